@@ -1,0 +1,162 @@
+//! Prometheus metrics. Label values come only from configuration (listener names,
+//! profiles) and fixed strings chosen here, never from a request: no number, account,
+//! address or content can reach `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: String,
+    /// `message` (recorded), `passthrough` (no message in it), `rejected` (bad input,
+    /// not forwarded), `fail_closed` (store could not take it, not forwarded).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub messages: Family<ListenerLabels, Counter>,
+    pub records_written: Counter,
+    pub outcomes_written: Counter,
+    pub batch_records: Histogram,
+    pub commit_seconds: Histogram,
+    pub queue_depth: Gauge,
+    pub forward_seconds: Family<ListenerLabels, Histogram>,
+    pub fail_closed: Family<ReasonLabels, Counter>,
+    pub upstream_errors: Family<ReasonLabels, Counter>,
+    pub rejected: Family<ReasonLabels, Counter>,
+    pub connections_refused: Family<ListenerLabels, Counter>,
+    pub store_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("relaylog");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests received, by what became of them",
+            requests.clone(),
+        );
+        let messages = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages (submissions) recorded and forwarded",
+            messages.clone(),
+        );
+        let records_written = Counter::default();
+        registry.register(
+            "records_written",
+            "Recipient records committed to the store",
+            records_written.clone(),
+        );
+        let outcomes_written = Counter::default();
+        registry.register(
+            "outcomes_written",
+            "Outcome events committed to the store",
+            outcomes_written.clone(),
+        );
+        let batch_records = Histogram::new(exponential_buckets(1.0, 4.0, 9));
+        registry.register(
+            "batch_records",
+            "Records per group commit",
+            batch_records.clone(),
+        );
+        let commit_seconds = Histogram::new(exponential_buckets(0.000_05, 2.5, 12));
+        registry.register(
+            "commit_seconds",
+            "Time to write and commit one batch",
+            commit_seconds.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Jobs waiting for the writer",
+            queue_depth.clone(),
+        );
+        let forward_seconds = Family::<ListenerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+        });
+        registry.register(
+            "forward_seconds",
+            "Time from request received to upstream response",
+            forward_seconds.clone(),
+        );
+        let fail_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "fail_closed",
+            "Messages refused with a temporary error because the store could not take their records",
+            fail_closed.clone(),
+        );
+        let upstream_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream could not be reached or answered badly",
+            upstream_errors.clone(),
+        );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected",
+            "Requests refused for bad input, not forwarded",
+            rejected.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused at max-connections",
+            connections_refused.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Failed commits and partition opens",
+            store_errors.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            messages,
+            records_written,
+            outcomes_written,
+            batch_records,
+            commit_seconds,
+            queue_depth,
+            forward_seconds,
+            fail_closed,
+            upstream_errors,
+            rejected,
+            connections_refused,
+            store_errors,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,832 @@
+//! Configuration: TOML with kebab-case keys, read into raw serde structs that reject
+//! unknown keys, then [`RawConfig::validate`]d into types that cannot hold bad values.
+//! Every key and its default is documented in `config/relaylog.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use phonenumber::country;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Raw, as written in the file.
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawStore {
+    pub path: PathBuf,
+    pub keyring: PathBuf,
+    pub master_key: PathBuf,
+    pub partition: String,
+    pub retention: String,
+    pub durability: String,
+    pub default_region: String,
+    pub sync: String,
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+    pub enqueue_timeout: String,
+    pub index_bytes: u8,
+    pub index_bucket: String,
+    pub cache_mib: u32,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            path: "data/store".into(),
+            keyring: "data/keys/keyring".into(),
+            master_key: "data/keys/master.key".into(),
+            partition: "day".into(),
+            retention: "13 months".into(),
+            durability: "record-before-forward".into(),
+            default_region: "NL".into(),
+            sync: "normal".into(),
+            queue_capacity: 65_536,
+            batch_max: 4_096,
+            enqueue_timeout: "1s".into(),
+            index_bytes: 8,
+            index_bucket: "1m".into(),
+            cache_mib: 16,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawListener {
+    pub name: String,
+    pub listen: String,
+    pub profile: String,
+    pub upstream: Option<String>,
+    pub upstream_ca: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    pub rewrite_host: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub path: Option<String>,
+    #[serde(default = "d_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "d_max_response")]
+    pub max_response_bytes: usize,
+    #[serde(default = "d_header_timeout")]
+    pub header_timeout: String,
+    #[serde(default = "d_idle_timeout")]
+    pub idle_timeout: String,
+    #[serde(default = "d_request_timeout")]
+    pub request_timeout: String,
+    #[serde(default = "d_upstream_timeout")]
+    pub upstream_timeout: String,
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "d_upstream_pool")]
+    pub upstream_pool_idle: usize,
+    pub json: Option<RawJsonProfile>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn d_max_body() -> usize {
+    64 * 1024
+}
+fn d_max_response() -> usize {
+    64 * 1024
+}
+fn d_header_timeout() -> String {
+    "10s".into()
+}
+fn d_idle_timeout() -> String {
+    "60s".into()
+}
+fn d_request_timeout() -> String {
+    "30s".into()
+}
+fn d_upstream_timeout() -> String {
+    "30s".into()
+}
+fn d_max_connections() -> usize {
+    4096
+}
+fn d_upstream_pool() -> usize {
+    256
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawJsonProfile {
+    /// "basic-auth" or "field".
+    #[serde(default = "d_account_from")]
+    pub account_from: String,
+    pub account_pointer: Option<String>,
+    pub originator_pointer: Option<String>,
+    pub recipients_pointer: String,
+    pub text_pointer: Option<String>,
+    pub message_id_pointer: Option<String>,
+}
+
+fn d_account_from() -> String {
+    "basic-auth".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAdmin {
+    pub listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawLog {
+    pub format: String,
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Validated.
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Granularity {
+    Day,
+    Month,
+}
+
+/// How long traffic data is kept. Calendar months are the legal unit (13 months).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Months(u32),
+    Days(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Forward only after the records are committed (the default).
+    RecordBeforeForward,
+    /// Queue the records and forward at once; a crash can lose the queued records.
+    Async,
+}
+
+/// SQLite `synchronous` under WAL: `normal` survives a process crash (kill -9) but can
+/// lose the last commits on power loss; `full` fsyncs every commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Normal,
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub keyring: PathBuf,
+    pub master_key: PathBuf,
+    pub partition: Granularity,
+    pub retention: Retention,
+    pub durability: Durability,
+    pub default_region: country::Id,
+    pub sync: SyncMode,
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+    pub enqueue_timeout: Duration,
+    /// Bytes of HMAC kept in a blind index (1..=8). Fewer bytes: more collisions, which
+    /// disclosure resolves by decrypting; none of them identifies anyone by itself.
+    pub index_bytes: u8,
+    /// Width of the time bucket that leads every blind index, in microseconds.
+    pub index_bucket_us: i64,
+    pub cache_mib: u32,
+}
+
+impl StoreConfig {
+    /// Defaults with every path under `dir`: for tests, benches and examples.
+    pub fn under(dir: &Path) -> Self {
+        let raw = RawStore {
+            path: dir.join("store"),
+            keyring: dir.join("keys/keyring"),
+            master_key: dir.join("keys/master.key"),
+            ..RawStore::default()
+        };
+        raw.validate()
+            .expect("the built-in store defaults are valid")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileKind {
+    Kannel,
+    Jasmin,
+    Json,
+}
+
+impl ProfileKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "kannel" => Some(Self::Kannel),
+            "jasmin" => Some(Self::Jasmin),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kannel => "kannel",
+            Self::Jasmin => "jasmin",
+            Self::Json => "json",
+        }
+    }
+    pub fn default_path(self) -> &'static str {
+        match self {
+            Self::Kannel => "/cgi-bin/sendsms",
+            Self::Jasmin => "/send",
+            Self::Json => "/messages",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountFrom {
+    BasicAuth,
+    Field(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct JsonProfile {
+    pub account: AccountFrom,
+    pub originator_pointer: Option<String>,
+    pub recipients_pointer: String,
+    pub text_pointer: Option<String>,
+    pub message_id_pointer: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub kind: ProfileKind,
+    /// The request path that carries a message; other paths are passed through unrecorded.
+    pub path: String,
+    pub json: Option<JsonProfile>,
+}
+
+/// How a listener forwards to its upstream.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// `None`: serve starts the built-in gateway simulator and forwards to it.
+    pub upstream: Option<http::Uri>,
+    /// Extra CA certificates (PEM) trusted for an https upstream, beside the web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Set `Host` to the upstream's authority (as nginx does); off keeps the client's.
+    pub rewrite_host: bool,
+    pub timeout: Duration,
+    pub pool_idle: usize,
+    pub max_response_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub profile: Profile,
+    pub forward: Forward,
+    pub tls: Option<TlsFiles>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        raw.validate()
+    }
+
+    /// Problems that do not stop relaylog from running but that an operator should
+    /// know about, as printed by `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let store = absolute(&self.store.path);
+        for (key, p) in [
+            ("store.keyring", &self.store.keyring),
+            ("store.master-key", &self.store.master_key),
+        ] {
+            if absolute(p).starts_with(&store) {
+                out.push(format!(
+                    "{key} lies inside store.path: a backup of the store would carry the keys that are meant to shred it"
+                ));
+            }
+        }
+        for l in &self.listeners {
+            if l.forward.upstream.is_none() {
+                out.push(format!(
+                    "listener `{}` has no upstream: serve will forward to the built-in simulator",
+                    l.name
+                ));
+            }
+        }
+        if self.store.durability == Durability::Async {
+            out.push(
+                "store.durability = \"async\": a crash can lose records of messages already forwarded"
+                    .into(),
+            );
+        }
+        out
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{s}` is not a duration ({e}); write e.g. \"10s\" or \"500ms\""),
+        )
+    })
+}
+
+impl Retention {
+    pub fn parse(s: &str) -> Option<Retention> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit())?;
+        let (n, unit) = s.split_at(split);
+        let n: u32 = n.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        match unit.trim() {
+            "month" | "months" => Some(Retention::Months(n)),
+            "day" | "days" | "d" => Some(Retention::Days(n)),
+            _ => None,
+        }
+    }
+}
+
+impl RawStore {
+    pub fn validate(self) -> Result<StoreConfig, ConfigError> {
+        let partition = match self.partition.as_str() {
+            "day" => Granularity::Day,
+            "month" => Granularity::Month,
+            other => {
+                return Err(invalid(
+                    "store.partition",
+                    format!("`{other}`: expected \"day\" or \"month\""),
+                ));
+            }
+        };
+        let retention = Retention::parse(&self.retention).ok_or_else(|| {
+            invalid(
+                "store.retention",
+                format!(
+                    "`{}`: expected e.g. \"13 months\" or \"400 days\"",
+                    self.retention
+                ),
+            )
+        })?;
+        let durability = match self.durability.as_str() {
+            "record-before-forward" => Durability::RecordBeforeForward,
+            "async" => Durability::Async,
+            other => {
+                return Err(invalid(
+                    "store.durability",
+                    format!("`{other}`: expected \"record-before-forward\" or \"async\""),
+                ));
+            }
+        };
+        let default_region: country::Id = self
+            .default_region
+            .trim()
+            .to_ascii_uppercase()
+            .parse()
+            .map_err(|_| {
+            invalid(
+                "store.default-region",
+                format!(
+                    "`{}` is not an ISO 3166 region code such as \"NL\"",
+                    self.default_region
+                ),
+            )
+        })?;
+        let sync = match self.sync.as_str() {
+            "normal" => SyncMode::Normal,
+            "full" => SyncMode::Full,
+            other => {
+                return Err(invalid(
+                    "store.sync",
+                    format!("`{other}`: expected \"normal\" or \"full\""),
+                ));
+            }
+        };
+        if !(1..=8).contains(&self.index_bytes) {
+            return Err(invalid("store.index-bytes", "must be between 1 and 8"));
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > 16 * 1024 * 1024 {
+            return Err(invalid(
+                "store.queue-capacity",
+                "must be between 1 and 16777216",
+            ));
+        }
+        if self.batch_max == 0 || self.batch_max > 1_000_000 {
+            return Err(invalid("store.batch-max", "must be between 1 and 1000000"));
+        }
+        let bucket = parse_duration("store.index-bucket", &self.index_bucket)?;
+        if bucket < Duration::from_secs(1)
+            || bucket > Duration::from_secs(86_400)
+            || 86_400 % bucket.as_secs() != 0
+            || bucket.subsec_nanos() != 0
+        {
+            return Err(invalid(
+                "store.index-bucket",
+                "must be a whole number of seconds between 1s and 1d that divides a day",
+            ));
+        }
+        for (key, p) in [
+            ("store.path", &self.path),
+            ("store.keyring", &self.keyring),
+            ("store.master-key", &self.master_key),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        Ok(StoreConfig {
+            path: self.path,
+            keyring: self.keyring,
+            master_key: self.master_key,
+            partition,
+            retention,
+            durability,
+            default_region,
+            sync,
+            queue_capacity: self.queue_capacity,
+            batch_max: self.batch_max,
+            enqueue_timeout: parse_duration("store.enqueue-timeout", &self.enqueue_timeout)?,
+            index_bytes: self.index_bytes,
+            index_bucket_us: bucket.as_secs() as i64 * 1_000_000,
+            cache_mib: self.cache_mib.clamp(1, 4096),
+        })
+    }
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let store = self.store.validate()?;
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for (i, l) in self.listeners.into_iter().enumerate() {
+            let listener = validate_listener(i, l)?;
+            if listeners
+                .iter()
+                .any(|o: &ListenerConfig| o.name == listener.name)
+            {
+                return Err(invalid(
+                    format!("listener[{i}].name"),
+                    format!("`{}` is used twice", listener.name),
+                ));
+            }
+            listeners.push(listener);
+        }
+        let admin = match self.admin {
+            Some(a) => Some(AdminConfig {
+                listen: a.listen.parse().map_err(|_| {
+                    invalid(
+                        "admin.listen",
+                        format!("`{}` is not an address such as 127.0.0.1:13090", a.listen),
+                    )
+                })?,
+            }),
+            None => None,
+        };
+        let format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("`{other}`: expected \"text\" or \"json\""),
+                ));
+            }
+        };
+        Ok(Config {
+            store,
+            listeners,
+            admin,
+            log: LogConfig {
+                format,
+                level: self.log.level,
+            },
+        })
+    }
+}
+
+fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConfig, ConfigError> {
+    let key = |k: &str| format!("listener[{i}].{k}");
+    if l.name.trim().is_empty() {
+        return Err(invalid(key("name"), "must not be empty"));
+    }
+    let listen: SocketAddr = l.listen.parse().map_err(|_| {
+        invalid(
+            key("listen"),
+            format!("`{}` is not an address such as 127.0.0.1:13080", l.listen),
+        )
+    })?;
+    let kind = ProfileKind::parse(&l.profile).ok_or_else(|| {
+        invalid(
+            key("profile"),
+            format!("`{}`: expected kannel, jasmin or json", l.profile),
+        )
+    })?;
+    let path = l.path.unwrap_or_else(|| kind.default_path().to_owned());
+    if !path.starts_with('/') {
+        return Err(invalid(key("path"), "must start with /"));
+    }
+    let json = match (kind, l.json) {
+        (ProfileKind::Json, Some(j)) => Some(validate_json(&key("json"), j)?),
+        (ProfileKind::Json, None) => {
+            return Err(invalid(
+                key("json"),
+                "profile \"json\" needs a [listener.json] table with recipients-pointer",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                key("json"),
+                "only a listener with profile \"json\" takes a json table",
+            ));
+        }
+        (_, None) => None,
+    };
+    let upstream_timeout = parse_duration(&key("upstream-timeout"), &l.upstream_timeout)?;
+    let upstream = match l.upstream {
+        Some(u) => {
+            let uri: http::Uri = u
+                .parse()
+                .map_err(|_| invalid(key("upstream"), format!("`{u}` is not a URL")))?;
+            match uri.scheme_str() {
+                Some("http") | Some("https") => {}
+                _ => {
+                    return Err(invalid(
+                        key("upstream"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+            }
+            if uri.host().is_none() {
+                return Err(invalid(key("upstream"), "has no host"));
+            }
+            if uri
+                .path_and_query()
+                .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+            {
+                return Err(invalid(
+                    key("upstream"),
+                    "must be scheme://host:port only: the client's path and query are forwarded as sent",
+                ));
+            }
+            Some(uri)
+        }
+        None => None,
+    };
+    let tls = match (l.tls_cert, l.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => return Err(invalid(key("tls-cert"), "tls-cert and tls-key go together")),
+    };
+    if l.max_connections == 0 {
+        return Err(invalid(key("max-connections"), "must be at least 1"));
+    }
+    if l.max_body_bytes == 0 || l.max_body_bytes > 64 * 1024 * 1024 {
+        return Err(invalid(
+            key("max-body-bytes"),
+            "must be between 1 and 67108864",
+        ));
+    }
+    Ok(ListenerConfig {
+        name: l.name,
+        listen,
+        profile: Profile { kind, path, json },
+        forward: Forward {
+            upstream,
+            ca_file: l.upstream_ca,
+            rewrite_host: l.rewrite_host,
+            timeout: upstream_timeout,
+            pool_idle: l.upstream_pool_idle,
+            max_response_bytes: l.max_response_bytes,
+        },
+        tls,
+        limits: Limits {
+            max_body_bytes: l.max_body_bytes,
+            header_timeout: parse_duration(&key("header-timeout"), &l.header_timeout)?,
+            idle_timeout: parse_duration(&key("idle-timeout"), &l.idle_timeout)?,
+            request_timeout: parse_duration(&key("request-timeout"), &l.request_timeout)?,
+            max_connections: l.max_connections,
+        },
+    })
+}
+
+fn validate_json(key: &str, j: RawJsonProfile) -> Result<JsonProfile, ConfigError> {
+    let pointer = |k: &str, p: &Option<String>| -> Result<(), ConfigError> {
+        match p {
+            Some(p) if !p.is_empty() && !p.starts_with('/') => Err(invalid(
+                format!("{key}.{k}"),
+                format!("`{p}` is not a JSON pointer (RFC 6901): it starts with /"),
+            )),
+            _ => Ok(()),
+        }
+    };
+    pointer("account-pointer", &j.account_pointer)?;
+    pointer("originator-pointer", &j.originator_pointer)?;
+    pointer("recipients-pointer", &Some(j.recipients_pointer.clone()))?;
+    pointer("text-pointer", &j.text_pointer)?;
+    pointer("message-id-pointer", &j.message_id_pointer)?;
+    let account = match (j.account_from.as_str(), j.account_pointer) {
+        ("basic-auth", _) => AccountFrom::BasicAuth,
+        ("field", Some(p)) => AccountFrom::Field(p),
+        ("field", None) => {
+            return Err(invalid(
+                format!("{key}.account-pointer"),
+                "account-from = \"field\" needs account-pointer",
+            ));
+        }
+        (other, _) => {
+            return Err(invalid(
+                format!("{key}.account-from"),
+                format!("`{other}`: expected \"basic-auth\" or \"field\""),
+            ));
+        }
+    };
+    Ok(JsonProfile {
+        account,
+        originator_pointer: j.originator_pointer,
+        recipients_pointer: j.recipients_pointer,
+        text_pointer: j.text_pointer,
+        message_id_pointer: j.message_id_pointer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../config/relaylog.toml");
+        let cfg = parse(text).unwrap();
+        assert_eq!(cfg.store.retention, Retention::Months(13));
+        assert_eq!(cfg.store.durability, Durability::RecordBeforeForward);
+        assert_eq!(cfg.listeners[0].profile.kind, ProfileKind::Kannel);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[store]\npaht = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("paht"), "{err}");
+        let err = parse("[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstreem=\"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstreem"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let table = [
+            ("[store]\nretention = \"13 weeks\"\n", "store.retention"),
+            ("[store]\ndurability = \"maybe\"\n", "store.durability"),
+            (
+                "[store]\ndefault-region = \"XX1\"\n",
+                "store.default-region",
+            ),
+            ("[store]\nindex-bytes = 9\n", "store.index-bytes"),
+            ("[store]\nindex-bucket = \"7s\"\n", "store.index-bucket"),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"nope\"\nprofile=\"kannel\"\n",
+                "listener[0].listen",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"smtp\"\n",
+                "listener[0].profile",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstream=\"http://h:1/cgi-bin\"\n",
+                "listener[0].upstream",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"json\"\n",
+                "listener[0].json",
+            ),
+        ];
+        for (text, key) in table {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn retention_parses_months_and_days() {
+        assert_eq!(Retention::parse("13 months"), Some(Retention::Months(13)));
+        assert_eq!(Retention::parse("1 month"), Some(Retention::Months(1)));
+        assert_eq!(Retention::parse("400 days"), Some(Retention::Days(400)));
+        assert_eq!(Retention::parse("0 days"), None);
+        assert_eq!(Retention::parse("months"), None);
+    }
+
+    #[test]
+    fn keyring_inside_store_is_warned_about() {
+        let cfg = parse("[store]\npath = \"d/store\"\nkeyring = \"d/store/keys\"\n").unwrap();
+        assert!(cfg.warnings().iter().any(|w| w.contains("store.keyring")));
+        let cfg = parse("[store]\n").unwrap();
+        assert!(!cfg.warnings().iter().any(|w| w.contains("store.keyring")));
+    }
+}

@@ -1,0 +1,28 @@
+//! relaylog: a relay in front of SMS gateways (and mail relays) that forwards every
+//! message unchanged and records who sent to whom, from where and when — never what.
+//!
+//! # Layout
+//!
+//! The modules follow the data flow:
+//!
+//! - [`config`]: TOML in, validated types out.
+//! - [`ingress`]: client-facing listeners. [`ingress::profile`] parses a request into a
+//!   [`record::Submission`] without doing I/O; [`ingress::http`] is the hyper server.
+//! - [`relay`]: the phases of one relayed request — parse, record, forward, outcome —
+//!   with exactly one outcome per message whatever happens.
+//! - [`egress`]: the upstream side: a keep-alive client pool (rustls for https).
+//! - [`record`] and [`canonical`]: the metadata-only record and the canonical forms of
+//!   numbers, addresses and accounts.
+//! - [`store`]: partitions, keys (keyring, blind index, sealing), the group-commit
+//!   writer, queries.
+//! - [`admin`]: `/metrics` and `/healthz`.
+//! - [`simulator`]: a gateway look-alike for tests, benchmarks and the default upstream.
+//! - [`serve`]: wires it together and handles shutdown.
+//! - [`clock`]: injected time.
+
+pub mod admin;
+pub mod canonical;
+pub mod clock;
+pub mod config;
+pub mod record;
+pub mod store;

@@ -1,0 +1,149 @@
+//! The plaintext inside a record's sealed value, and the AAD that binds it to its row.
+//!
+//! Layout (version 1), all integers big-endian:
+//!
+//! ```text
+//! version u8 = 1
+//! account      len u16 | utf-8
+//! client ip    len u8 (4 or 16) | octets
+//! client port  u16
+//! originator   form u8 (0 = none) | len u16 | utf-8
+//! recipient    form u8 | len u16 | utf-8
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::canonical::{Form, Identifier};
+use crate::record::{SubmissionId, TrafficRecord};
+
+const VERSION: u8 = 1;
+
+/// The identifying fields of one record, as sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedFields {
+    pub account: String,
+    pub client_ip: IpAddr,
+    pub client_port: u16,
+    pub originator: Option<Identifier>,
+    pub recipient: Identifier,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("sealed record payload is malformed")]
+pub struct CodecError;
+
+pub fn record_aad(submission: SubmissionId, ordinal: u32) -> [u8; 13] {
+    let mut aad = [0u8; 13];
+    aad[0] = b'r';
+    aad[1..9].copy_from_slice(&submission.0.to_be_bytes());
+    aad[9..].copy_from_slice(&ordinal.to_be_bytes());
+    aad
+}
+
+pub fn outcome_aad(submission: SubmissionId) -> [u8; 9] {
+    let mut aad = [0u8; 9];
+    aad[0] = b'o';
+    aad[1..].copy_from_slice(&submission.0.to_be_bytes());
+    aad
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Identifiers are capped at MAX_IDENTIFIER_BYTES (256) upstream; the cap here only
+    // keeps the length field honest.
+    let bytes = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+pub fn encode(record: &TrafficRecord<'_>, out: &mut Vec<u8>) {
+    let s = record.submission;
+    out.push(VERSION);
+    put_str(out, &s.account);
+    match s.client_ip {
+        IpAddr::V4(v4) => {
+            out.push(4);
+            out.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out.push(16);
+            out.extend_from_slice(&v6.octets());
+        }
+    }
+    out.extend_from_slice(&s.client_port.to_be_bytes());
+    match &s.originator {
+        Some(o) => {
+            out.push(o.form as u8);
+            put_str(out, &o.value);
+        }
+        None => out.push(0),
+    }
+    out.push(record.recipient.form as u8);
+    put_str(out, &record.recipient.value);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if self.0.len() < n {
+            return Err(CodecError);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, CodecError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn string(&mut self) -> Result<String, CodecError> {
+        let n = self.u16()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| CodecError)
+    }
+    fn identifier(&mut self, form: u8) -> Result<Identifier, CodecError> {
+        let form = Form::from_u8(form).ok_or(CodecError)?;
+        Ok(Identifier {
+            form,
+            value: self.string()?,
+        })
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<SealedFields, CodecError> {
+    let mut r = Reader(bytes);
+    if r.u8()? != VERSION {
+        return Err(CodecError);
+    }
+    let account = r.string()?;
+    let client_ip = match r.u8()? {
+        4 => {
+            let b: [u8; 4] = r.take(4)?.try_into().map_err(|_| CodecError)?;
+            IpAddr::V4(Ipv4Addr::from(b))
+        }
+        16 => {
+            let b: [u8; 16] = r.take(16)?.try_into().map_err(|_| CodecError)?;
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return Err(CodecError),
+    };
+    let client_port = r.u16()?;
+    let originator = match r.u8()? {
+        0 => None,
+        form => Some(r.identifier(form)?),
+    };
+    let form = r.u8()?;
+    let recipient = r.identifier(form)?;
+    if !r.0.is_empty() {
+        return Err(CodecError);
+    }
+    Ok(SealedFields {
+        account,
+        client_ip,
+        client_port,
+        originator,
+        recipient,
+    })
+}

@@ -1,0 +1,574 @@
+//! Key custody: the master key, and the keyring of per-partition keys it wraps.
+//!
+//! Each partition has a random 256-bit *data key* (AES-256-GCM, seals the identifying
+//! fields) and a random 256-bit *index key* (HMAC-SHA256, makes the blind index). They
+//! are stored wrapped by the master key in the keyring directory, which lives apart from
+//! the store directory: destroying a partition's key file shreds every copy of that
+//! partition, backups included.
+//!
+//! Key file layout (`<keyring>/<partition>.key`, 101 bytes):
+//!
+//! ```text
+//! magic "RLK1" | index_bytes u8 | bucket_secs u32 | nonce [12]
+//!   | AES-256-GCM(master, data_key [32] | index_key [32]) + tag [16]
+//! AAD = magic | index_bytes | bucket_secs | partition name
+//! ```
+//!
+//! The blind-index parameters live with the index key: they are fixed when a partition
+//! is created, so changing them in the config never makes an older partition unsearchable.
+//!
+//! The master key file holds 64 hex digits and a newline, mode 0600.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ring::aead::{self, AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::partition::PartitionId;
+
+const KEY_MAGIC: &[u8; 4] = b"RLK1";
+const KEY_FILE_LEN: usize = 4 + 1 + 4 + NONCE_LEN + 64 + 16;
+const HEADER_LEN: usize = 4 + 1 + 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key file {path} already exists: relaylog init never overwrites keys")]
+    Exists { path: PathBuf },
+    #[error("master key file {path} is missing: run `relaylog init` first")]
+    MasterMissing { path: PathBuf },
+    #[error("master key file {path} is readable by group or others (mode {mode:o}): chmod 600 it")]
+    MasterPermissions { path: PathBuf, mode: u32 },
+    #[error("master key file {path} is malformed: expected 64 hex digits")]
+    MasterMalformed { path: PathBuf },
+    #[error(
+        "keys of partition {partition} are gone (shredded at expiry, or the keyring was not restored)"
+    )]
+    Shredded { partition: PartitionId },
+    #[error(
+        "key file of partition {partition} cannot be unwrapped: wrong master key or a damaged file"
+    )]
+    Unwrap { partition: PartitionId },
+    #[error("sealed value cannot be opened: damaged, or sealed under other keys")]
+    Open,
+    #[error("the system random generator failed")]
+    Random,
+    #[error("key I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates the master key file (mode 0600, parent directories as needed). Refuses to
+/// overwrite an existing file.
+pub fn create_master_key(path: &Path) -> Result<(), KeyError> {
+    if path.exists() {
+        return Err(KeyError::Exists {
+            path: path.to_owned(),
+        });
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let mut key = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| KeyError::Random)?;
+    let mut text = String::with_capacity(65);
+    for b in key {
+        text.push_str(&format!("{b:02x}"));
+    }
+    text.push('\n');
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => KeyError::Exists {
+                path: path.to_owned(),
+            },
+            _ => KeyError::Io {
+                path: path.to_owned(),
+                source: e,
+            },
+        })?;
+    f.write_all(text.as_bytes()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    Ok(())
+}
+
+/// The installation's master key: wraps every partition's keys.
+pub struct MasterKey(LessSafeKey);
+
+impl MasterKey {
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(KeyError::MasterMissing {
+                    path: path.to_owned(),
+                });
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::MasterPermissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let bytes = decode_hex(text.trim()).ok_or_else(|| KeyError::MasterMalformed {
+            path: path.to_owned(),
+        })?;
+        let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| KeyError::MasterMalformed {
+            path: path.to_owned(),
+        })?;
+        Ok(Self(LessSafeKey::new(key)))
+    }
+}
+
+fn decode_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let hi = (chunk[0] as char).to_digit(16)?;
+        let lo = (chunk[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// What a blind index is computed over. Domain-separated so that the same string used
+/// as an account and as a recipient gives unrelated tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum IndexKind {
+    Account = 1,
+    ClientIp = 2,
+    Originator = 3,
+    Recipient = 4,
+}
+
+/// How a partition's blind index is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexParams {
+    /// Bytes of HMAC kept (1..=8).
+    pub bytes: u8,
+    /// Width of the time bucket leading every index, in seconds.
+    pub bucket_secs: u32,
+}
+
+/// The keys of one partition, unwrapped. Built once per partition and shared.
+pub struct PartitionKeys {
+    partition: PartitionId,
+    data: LessSafeKey,
+    index: hmac::Key,
+    params: IndexParams,
+}
+
+impl PartitionKeys {
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    pub fn params(&self) -> IndexParams {
+        self.params
+    }
+
+    /// The index bucket holding time `at_us`.
+    pub fn bucket(&self, at_us: i64) -> i64 {
+        at_us.div_euclid(i64::from(self.params.bucket_secs) * 1_000_000)
+    }
+
+    /// Truncated HMAC-SHA256 of `kind | value` under the index key, as an integer
+    /// (SQLite compares integers faster than blobs and stores them in ≤ 8 bytes).
+    pub fn blind_index(&self, kind: IndexKind, value: &str) -> i64 {
+        let mut ctx = hmac::Context::with_key(&self.index);
+        ctx.update(&[kind as u8]);
+        ctx.update(value.as_bytes());
+        let tag = ctx.sign();
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&tag.as_ref()[..8]);
+        let shift = 8 * (8 - u32::from(self.params.bytes));
+        (u64::from_be_bytes(head) >> shift) as i64
+    }
+
+    /// Seals `plaintext` in place: the result is `nonce | ciphertext | tag`. `aad` binds
+    /// the sealed value to its row, so it cannot be moved to another.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let nonce = next_nonce()?;
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let mut body = out.split_off(NONCE_LEN);
+        self.data
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body,
+            )
+            .map_err(|_| KeyError::Open)?;
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return Err(KeyError::Open);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Open)?;
+        let mut buf = body.to_vec();
+        let plain = self
+            .data
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| KeyError::Open)?;
+        let n = plain.len();
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+/// Random 96-bit nonces, drawn from the system generator 100 at a time so that
+/// sealing does not make a syscall per record. A fresh random nonce per seal (rather
+/// than a counter) stays safe when several processes seal under one partition's key.
+fn next_nonce() -> Result<[u8; NONCE_LEN], KeyError> {
+    const BATCH: usize = 100;
+    struct Pool {
+        buf: [u8; NONCE_LEN * BATCH],
+        used: usize,
+    }
+    thread_local! {
+        static POOL: RefCell<Pool> = const { RefCell::new(Pool { buf: [0; NONCE_LEN * BATCH], used: BATCH }) };
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.used == BATCH {
+            SystemRandom::new()
+                .fill(&mut pool.buf)
+                .map_err(|_| KeyError::Random)?;
+            pool.used = 0;
+        }
+        let at = pool.used * NONCE_LEN;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&pool.buf[at..at + NONCE_LEN]);
+        // Never hand the same bytes out twice.
+        pool.buf[at..at + NONCE_LEN].fill(0);
+        pool.used += 1;
+        Ok(nonce)
+    })
+}
+
+/// The keyring: wrapped partition keys on disk, unwrapped ones cached in memory.
+pub struct Keyring {
+    dir: PathBuf,
+    master: MasterKey,
+    /// Index shape for partitions created from now on; existing ones keep theirs.
+    params: IndexParams,
+    cache: Mutex<HashMap<PartitionId, Arc<PartitionKeys>>>,
+    rng: SystemRandom,
+}
+
+impl Keyring {
+    pub fn open(dir: &Path, master: MasterKey, params: IndexParams) -> Result<Self, KeyError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            master,
+            params,
+            cache: Mutex::new(HashMap::new()),
+            rng: SystemRandom::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn key_path(&self, partition: PartitionId) -> PathBuf {
+        self.dir.join(format!("{partition}.key"))
+    }
+
+    pub fn exists(&self, partition: PartitionId) -> bool {
+        self.key_path(partition).exists()
+    }
+
+    /// The keys of an existing partition; [`KeyError::Shredded`] when its key file is gone.
+    pub fn keys(&self, partition: PartitionId) -> Result<Arc<PartitionKeys>, KeyError> {
+        if let Some(k) = self.cached(partition) {
+            return Ok(k);
+        }
+        let path = self.key_path(partition);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(KeyError::Shredded { partition });
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let keys = Arc::new(self.unwrap_keys(partition, &bytes)?);
+        Ok(self.remember(keys))
+    }
+
+    /// The keys of a partition, creating and durably storing them first if it has none.
+    pub fn keys_or_create(&self, partition: PartitionId) -> Result<Arc<PartitionKeys>, KeyError> {
+        match self.keys(partition) {
+            Err(KeyError::Shredded { .. }) => {}
+            other => return other,
+        }
+        let mut material = [0u8; 64];
+        self.rng.fill(&mut material).map_err(|_| KeyError::Random)?;
+        let file = self.wrap_keys(partition, &material)?;
+        let path = self.key_path(partition);
+        let tmp = self.dir.join(format!(".{partition}.key.tmp"));
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
+            f.write_all(&file).map_err(io_err(&tmp))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+        }
+        // Another process may have created the keys meanwhile: never replace them.
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&tmp);
+                return self.keys(partition);
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        let _ = std::fs::remove_file(&tmp);
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        let keys = Arc::new(self.unwrap_keys(partition, &file)?);
+        Ok(self.remember(keys))
+    }
+
+    /// Destroys a partition's keys: the key file is overwritten, synced and removed.
+    pub fn shred(&self, partition: PartitionId) -> Result<(), KeyError> {
+        self.cache_lock().remove(&partition);
+        let path = self.key_path(partition);
+        match OpenOptions::new().write(true).open(&path) {
+            Ok(mut f) => {
+                f.write_all(&[0u8; KEY_FILE_LEN]).map_err(io_err(&path))?;
+                f.sync_all().map_err(io_err(&path))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        std::fs::remove_file(&path).map_err(io_err(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
+    }
+
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashMap<PartitionId, Arc<PartitionKeys>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (each
+        // operation is a single insert or remove), so a poisoned lock is still usable.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self, partition: PartitionId) -> Option<Arc<PartitionKeys>> {
+        self.cache_lock().get(&partition).cloned()
+    }
+
+    fn remember(&self, keys: Arc<PartitionKeys>) -> Arc<PartitionKeys> {
+        self.cache_lock()
+            .entry(keys.partition)
+            .or_insert(keys)
+            .clone()
+    }
+
+    fn aad(partition: PartitionId, header: &[u8]) -> Vec<u8> {
+        let mut aad = header.to_vec();
+        aad.extend_from_slice(partition.to_string().as_bytes());
+        aad
+    }
+
+    fn wrap_keys(&self, partition: PartitionId, material: &[u8; 64]) -> Result<Vec<u8>, KeyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
+        let mut file = Vec::with_capacity(KEY_FILE_LEN);
+        file.extend_from_slice(KEY_MAGIC);
+        file.push(self.params.bytes);
+        file.extend_from_slice(&self.params.bucket_secs.to_be_bytes());
+        let mut body = material.to_vec();
+        self.master
+            .0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(Self::aad(partition, &file)),
+                &mut body,
+            )
+            .map_err(|_| KeyError::Random)?;
+        file.extend_from_slice(&nonce);
+        file.extend_from_slice(&body);
+        Ok(file)
+    }
+
+    fn unwrap_keys(&self, partition: PartitionId, file: &[u8]) -> Result<PartitionKeys, KeyError> {
+        if file.len() != KEY_FILE_LEN || &file[..4] != KEY_MAGIC {
+            return Err(KeyError::Unwrap { partition });
+        }
+        let params = IndexParams {
+            bytes: file[4],
+            bucket_secs: u32::from_be_bytes([file[5], file[6], file[7], file[8]]),
+        };
+        if !(1..=8).contains(&params.bytes) || params.bucket_secs == 0 {
+            return Err(KeyError::Unwrap { partition });
+        }
+        let header = &file[..HEADER_LEN];
+        let nonce = Nonce::try_assume_unique_for_key(&file[HEADER_LEN..HEADER_LEN + NONCE_LEN])
+            .map_err(|_| KeyError::Unwrap { partition })?;
+        let mut body = file[HEADER_LEN + NONCE_LEN..].to_vec();
+        let material = self
+            .master
+            .0
+            .open_in_place(nonce, Aad::from(Self::aad(partition, header)), &mut body)
+            .map_err(|_| KeyError::Unwrap { partition })?;
+        let data = UnboundKey::new(&aead::AES_256_GCM, &material[..32])
+            .map_err(|_| KeyError::Unwrap { partition })?;
+        let index = hmac::Key::new(hmac::HMAC_SHA256, &material[32..64]);
+        Ok(PartitionKeys {
+            partition,
+            data: LessSafeKey::new(data),
+            index,
+            params,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::Granularity;
+    use chrono::NaiveDate;
+
+    pub(crate) fn keyring(dir: &Path, bytes: u8) -> Keyring {
+        let master = dir.join("master.key");
+        if !master.exists() {
+            create_master_key(&master).unwrap();
+        }
+        let params = IndexParams {
+            bytes,
+            bucket_secs: 60,
+        };
+        Keyring::open(
+            &dir.join("keyring"),
+            MasterKey::load(&master).unwrap(),
+            params,
+        )
+        .unwrap()
+    }
+
+    fn day(d: u32) -> PartitionId {
+        PartitionId::of_date(
+            Granularity::Day,
+            NaiveDate::from_ymd_opt(2026, 11, d).unwrap(),
+        )
+    }
+
+    #[test]
+    fn master_key_is_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k/master.key");
+        create_master_key(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(
+            create_master_key(&path),
+            Err(KeyError::Exists { .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            MasterKey::load(&path),
+            Err(KeyError::MasterPermissions { .. })
+        ));
+    }
+
+    #[test]
+    fn keys_survive_reopen_and_differ_per_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = keyring(dir.path(), 8).keys_or_create(day(1)).unwrap();
+        let b = keyring(dir.path(), 8).keys_or_create(day(2)).unwrap();
+        let a_again = keyring(dir.path(), 8).keys(day(1)).unwrap();
+        let tag = a.blind_index(IndexKind::Recipient, "+31612345678");
+        assert_eq!(
+            tag,
+            a_again.blind_index(IndexKind::Recipient, "+31612345678")
+        );
+        assert_ne!(tag, b.blind_index(IndexKind::Recipient, "+31612345678"));
+        assert_ne!(tag, a.blind_index(IndexKind::Originator, "+31612345678"));
+    }
+
+    #[test]
+    fn shredded_partition_cannot_be_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = keyring(dir.path(), 8);
+        let keys = ring.keys_or_create(day(3)).unwrap();
+        let sealed = keys.seal(b"row", b"secret").unwrap();
+        ring.shred(day(3)).unwrap();
+        let fresh = keyring(dir.path(), 8);
+        assert!(matches!(fresh.keys(day(3)), Err(KeyError::Shredded { .. })));
+        // New keys for the same day do not open the old value.
+        let new = fresh.keys_or_create(day(3)).unwrap();
+        assert!(new.open(b"row", &sealed).is_err());
+    }
+
+    #[test]
+    fn wrong_master_key_fails_to_unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        keyring(dir.path(), 8).keys_or_create(day(4)).unwrap();
+        std::fs::remove_file(dir.path().join("master.key")).unwrap();
+        assert!(matches!(
+            keyring(dir.path(), 8).keys(day(4)),
+            Err(KeyError::Unwrap { .. })
+        ));
+    }
+
+    #[test]
+    fn short_index_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keyring(dir.path(), 1).keys_or_create(day(5)).unwrap();
+        for v in ["a", "b", "c", "+31612345678"] {
+            let t = keys.blind_index(IndexKind::Recipient, v);
+            assert!((0..256).contains(&t), "{t}");
+        }
+    }
+
+    #[test]
+    fn seal_binds_aad() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keyring(dir.path(), 8).keys_or_create(day(6)).unwrap();
+        let sealed = keys.seal(b"row-1", b"payload").unwrap();
+        assert_eq!(keys.open(b"row-1", &sealed).unwrap(), b"payload");
+        assert!(keys.open(b"row-2", &sealed).is_err());
+        let mut bad = sealed.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(keys.open(b"row-1", &bad).is_err());
+    }
+}

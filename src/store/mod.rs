@@ -1,0 +1,344 @@
+//! The store: partitions of SQLite files, per-partition keys, and the single writer.
+//!
+//! [`Store::open`] loads the master key, opens the keyring and starts the writer thread.
+//! A [`Recorder`] (cheap to clone) is what ingress holds: it normalises nothing and
+//! decides nothing, it seals a [`Submission`] in the caller's thread — blind indexes
+//! and AEAD run in parallel on every core — and hands the rows to the writer.
+
+pub mod codec;
+pub mod keys;
+pub mod partition;
+pub mod query;
+pub mod schema;
+pub mod writer;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::admin::metrics::Metrics;
+use crate::clock::{Micros, SharedClock};
+use crate::config::{Durability, Granularity, StoreConfig};
+use crate::record::{OutcomeEvent, Submission, SubmissionId, SubmissionIds};
+use keys::{IndexParams, KeyError, Keyring, MasterKey, PartitionKeys};
+use partition::PartitionId;
+use writer::{Job, OutcomeRow, Row, WriteError};
+
+pub use keys::IndexKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("cannot create store directory {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why a submission's records were not committed. Every variant means: do not forward.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("record queue full")]
+    QueueFull,
+    #[error("store is shutting down")]
+    Closed,
+    #[error("commit failed: {0}")]
+    Commit(#[from] WriteError),
+    #[error("commit did not complete within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+impl RecordError {
+    /// A short, fixed label for metrics and client replies.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RecordError::QueueFull => "queue_full",
+            RecordError::Closed => "shutting_down",
+            RecordError::Commit(_) => "commit_error",
+            RecordError::Timeout(_) => "commit_timeout",
+            RecordError::Keys(_) => "keys",
+        }
+    }
+}
+
+/// How long a durable submission waits for its commit before the relay gives up and
+/// answers with a temporary error. Generous: a commit normally takes well under 10 ms.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Store {
+    recorder: Recorder,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct Inner {
+    cfg: StoreConfig,
+    keyring: Keyring,
+    tx: mpsc::Sender<Job>,
+    clock: SharedClock,
+    ids: SubmissionIds,
+    /// The keys of the partition written most recently: the hot path's only lookup.
+    current: Mutex<Option<Arc<PartitionKeys>>>,
+}
+
+/// Seals submissions and outcomes and queues them for the writer.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+/// Opens the keyring named by the config, with the index shape for new partitions.
+pub fn open_keyring(cfg: &StoreConfig) -> Result<Keyring, KeyError> {
+    let master = MasterKey::load(&cfg.master_key)?;
+    let params = IndexParams {
+        bytes: cfg.index_bytes,
+        bucket_secs: (cfg.index_bucket_us / 1_000_000) as u32,
+    };
+    Keyring::open(&cfg.keyring, master, params)
+}
+
+impl Store {
+    pub fn open(
+        cfg: StoreConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, OpenError> {
+        let keyring = open_keyring(&cfg)?;
+        std::fs::create_dir_all(&cfg.path).map_err(|source| OpenError::Dir {
+            path: cfg.path.clone(),
+            source,
+        })?;
+        let (tx, handle) = writer::spawn(
+            writer::WriterConfig {
+                store_dir: cfg.path.clone(),
+                sync: cfg.sync,
+                cache_mib: cfg.cache_mib,
+                batch_max: cfg.batch_max,
+                queue_capacity: cfg.queue_capacity,
+            },
+            metrics,
+        )
+        .map_err(OpenError::Thread)?;
+        Ok(Store {
+            recorder: Recorder {
+                inner: Arc::new(Inner {
+                    cfg,
+                    keyring,
+                    tx,
+                    clock,
+                    ids: SubmissionIds::default(),
+                    current: Mutex::new(None),
+                }),
+            },
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    pub fn recorder(&self) -> Recorder {
+        self.recorder.clone()
+    }
+
+    /// Commits everything queued so far, stops the writer and waits for it. Later
+    /// submissions get [`RecordError::Closed`].
+    pub async fn close(&self) {
+        let _ = self.recorder.inner.tx.send(Job::Stop).await;
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    /// Blocking variant of [`Store::close`], for the CLI and benches.
+    pub fn close_blocking(&self) {
+        let _ = self.recorder.inner.tx.blocking_send(Job::Stop);
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Recorder {
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    pub fn now(&self) -> Micros {
+        self.inner.clock.now_micros()
+    }
+
+    pub fn next_submission_id(&self, at: Micros) -> SubmissionId {
+        self.inner.ids.next(at)
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.inner.cfg.durability
+    }
+
+    fn keys_for(&self, partition: PartitionId) -> Result<Arc<PartitionKeys>, KeyError> {
+        let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = current.as_ref().filter(|k| k.partition() == partition) {
+            return Ok(k.clone());
+        }
+        let keys = self.inner.keyring.keys_or_create(partition)?;
+        *current = Some(keys.clone());
+        Ok(keys)
+    }
+
+    fn partition_of(&self, at: Micros) -> PartitionId {
+        PartitionId::containing(self.inner.cfg.partition, at)
+    }
+
+    /// Seals a submission into rows: blind indexes and AEAD, no I/O beyond creating a
+    /// new partition's keys.
+    pub fn seal(&self, sub: &Submission) -> Result<(PartitionId, Vec<Row>), KeyError> {
+        let partition = self.partition_of(sub.at);
+        let keys = self.keys_for(partition)?;
+        let account_ix = keys.blind_index(IndexKind::Account, &sub.account);
+        let ip = crate::canonical::canonical_ip(sub.client_ip).to_string();
+        let ip_ix = keys.blind_index(IndexKind::ClientIp, &ip);
+        let originator_ix = sub
+            .originator
+            .as_ref()
+            .map(|o| keys.blind_index(IndexKind::Originator, &o.value));
+        let bucket = keys.bucket(sub.at);
+        let mut plain = Vec::with_capacity(128);
+        let mut rows = Vec::with_capacity(sub.recipients.len());
+        for rec in sub.records() {
+            plain.clear();
+            codec::encode(&rec, &mut plain);
+            let sealed = keys.seal(&codec::record_aad(sub.id, rec.ordinal), &plain)?;
+            rows.push(Row {
+                submission: sub.id.0,
+                ordinal: rec.ordinal,
+                at_us: sub.at,
+                bucket,
+                protocol: sub.protocol as u8,
+                service: sub.service as u8,
+                recipient_form: rec.recipient.form as u8,
+                segments: sub.segments,
+                account_ix,
+                ip_ix,
+                originator_ix,
+                recipient_ix: keys.blind_index(IndexKind::Recipient, &rec.recipient.value),
+                sealed,
+            });
+        }
+        Ok((partition, rows))
+    }
+
+    /// Records a submission. In `record-before-forward` mode it returns once the rows
+    /// are committed; in `async` mode once they are queued. Either way the queue wait
+    /// is bounded by `enqueue-timeout`.
+    pub async fn record(&self, sub: &Submission) -> Result<(), RecordError> {
+        let (partition, rows) = self.seal(sub)?;
+        let durable = self.inner.cfg.durability == Durability::RecordBeforeForward;
+        let (done, wait) = if durable {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.enqueue(Job::Records {
+            partition,
+            rows,
+            done,
+        })
+        .await?;
+        match wait {
+            Some(rx) => match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+                Ok(Ok(result)) => result.map_err(RecordError::from),
+                Ok(Err(_)) => Err(RecordError::Closed),
+                Err(_) => Err(RecordError::Timeout(COMMIT_TIMEOUT)),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Blocking variant of [`Recorder::record`], never durable-waiting: for the bench
+    /// and tools that fill a store. Use [`Recorder::barrier_blocking`] to wait.
+    pub fn record_blocking(&self, sub: &Submission) -> Result<(), RecordError> {
+        let (partition, rows) = self.seal(sub)?;
+        self.inner
+            .tx
+            .blocking_send(Job::Records {
+                partition,
+                rows,
+                done: None,
+            })
+            .map_err(|_| RecordError::Closed)
+    }
+
+    /// Appends an outcome event. Waits for queue space (bounded), not for the commit.
+    pub async fn record_outcome(&self, ev: &OutcomeEvent) -> Result<(), RecordError> {
+        let job = self.outcome_job(ev)?;
+        self.enqueue(job).await
+    }
+
+    fn outcome_job(&self, ev: &OutcomeEvent) -> Result<Job, RecordError> {
+        let partition = self.partition_of(ev.submitted_at);
+        let message_id_sealed = match &ev.upstream_message_id {
+            Some(id) => {
+                let keys = self.keys_for(partition)?;
+                Some(keys.seal(&codec::outcome_aad(ev.submission), id.as_bytes())?)
+            }
+            None => None,
+        };
+        Ok(Job::Outcome {
+            partition,
+            row: OutcomeRow {
+                submission: ev.submission.0,
+                at_us: ev.at,
+                outcome: ev.outcome as u8,
+                upstream_status: ev.upstream_status,
+                gateway_code: ev.gateway_code,
+                message_id_sealed,
+            },
+            done: None,
+        })
+    }
+
+    /// Waits until everything queued before this call is committed.
+    pub async fn barrier(&self) -> Result<(), RecordError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Job::Barrier(tx)).await?;
+        rx.await
+            .map_err(|_| RecordError::Closed)?
+            .map_err(RecordError::from)
+    }
+
+    pub fn barrier_blocking(&self) -> Result<(), RecordError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .blocking_send(Job::Barrier(tx))
+            .map_err(|_| RecordError::Closed)?;
+        rx.blocking_recv()
+            .map_err(|_| RecordError::Closed)?
+            .map_err(RecordError::from)
+    }
+
+    async fn enqueue(&self, job: Job) -> Result<(), RecordError> {
+        use mpsc::error::SendTimeoutError;
+        match self
+            .inner
+            .tx
+            .send_timeout(job, self.inner.cfg.enqueue_timeout)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => Err(RecordError::QueueFull),
+            Err(SendTimeoutError::Closed(_)) => Err(RecordError::Closed),
+        }
+    }
+
+    pub fn granularity(&self) -> Granularity {
+        self.inner.cfg.partition
+    }
+}

@@ -1,0 +1,183 @@
+//! Partitions: one SQLite file per UTC day (or month), named by the period it covers.
+//! A partition is the unit of writing, querying, key custody and expiry.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::{Datelike, NaiveDate};
+
+use crate::clock::{Micros, micros_to_datetime};
+use crate::config::Granularity;
+
+/// One period of the store: `2026-11-22` (day) or `2026-11` (month).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId {
+    /// First day of the period; for a month partition, the 1st.
+    start: NaiveDate,
+    granularity: Granularity,
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+impl PartitionId {
+    pub fn containing(granularity: Granularity, at: Micros) -> Self {
+        let date = micros_to_datetime(at).date_naive();
+        Self::of_date(granularity, date)
+    }
+
+    pub fn of_date(granularity: Granularity, date: NaiveDate) -> Self {
+        let start = match granularity {
+            Granularity::Day => date,
+            Granularity::Month => date.with_day(1).unwrap_or(date),
+        };
+        Self { start, granularity }
+    }
+
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    pub fn start_date(&self) -> NaiveDate {
+        self.start
+    }
+
+    /// The first day after the period.
+    pub fn end_date(&self) -> NaiveDate {
+        match self.granularity {
+            Granularity::Day => self.start.succ_opt().unwrap_or(self.start),
+            Granularity::Month => self
+                .start
+                .checked_add_months(chrono::Months::new(1))
+                .unwrap_or(self.start),
+        }
+    }
+
+    pub fn start_micros(&self) -> Micros {
+        date_micros(self.start)
+    }
+
+    /// Exclusive end.
+    pub fn end_micros(&self) -> Micros {
+        date_micros(self.end_date())
+    }
+
+    pub fn next(&self) -> Self {
+        Self::of_date(self.granularity, self.end_date())
+    }
+
+    /// Parses a partition name as written by [`fmt::Display`].
+    pub fn parse(name: &str) -> Option<Self> {
+        if let Ok(d) = NaiveDate::parse_from_str(name, "%Y-%m-%d") {
+            return (d.format("%Y-%m-%d").to_string() == name)
+                .then_some(Self::of_date(Granularity::Day, d));
+        }
+        let d = NaiveDate::parse_from_str(&format!("{name}-01"), "%Y-%m-%d").ok()?;
+        (d.format("%Y-%m").to_string() == name).then_some(Self::of_date(Granularity::Month, d))
+    }
+
+    pub fn file_name(&self) -> String {
+        format!("{self}.sqlite")
+    }
+
+    pub fn path_in(&self, store_dir: &Path) -> PathBuf {
+        store_dir.join(self.file_name())
+    }
+
+    /// Every partition of this granularity that overlaps `[since, until)`, oldest first.
+    pub fn range(granularity: Granularity, since: Micros, until: Micros) -> Vec<PartitionId> {
+        let mut out = Vec::new();
+        if until <= since {
+            return out;
+        }
+        let mut p = Self::containing(granularity, since);
+        while p.start_micros() < until {
+            out.push(p);
+            let next = p.next();
+            if next == p {
+                break;
+            }
+            p = next;
+        }
+        out
+    }
+}
+
+fn date_micros(d: NaiveDate) -> Micros {
+    let days = d.signed_duration_since(NaiveDate::default()).num_days();
+    days.saturating_mul(MICROS_PER_DAY)
+}
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.granularity {
+            Granularity::Day => write!(f, "{}", self.start.format("%Y-%m-%d")),
+            Granularity::Month => write!(f, "{}", self.start.format("%Y-%m")),
+        }
+    }
+}
+
+/// The partitions present in a store directory, oldest first. Files that are not
+/// partitions (`-wal`, `-shm`, strays) are ignored.
+pub fn list(store_dir: &Path) -> std::io::Result<Vec<PartitionId>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(store_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".sqlite")
+            && let Some(p) = PartitionId::parse(stem)
+        {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn us(y: i32, m: u32, d: u32, h: u32) -> Micros {
+        chrono::Utc
+            .with_ymd_and_hms(y, m, d, h, 0, 0)
+            .unwrap()
+            .timestamp_micros()
+    }
+
+    #[test]
+    fn names_and_bounds() {
+        let p = PartitionId::containing(Granularity::Day, us(2026, 11, 22, 23));
+        assert_eq!(p.to_string(), "2026-11-22");
+        assert_eq!(p.file_name(), "2026-11-22.sqlite");
+        assert_eq!(p.start_micros(), us(2026, 11, 22, 0));
+        assert_eq!(p.end_micros(), us(2026, 11, 23, 0));
+        let m = PartitionId::containing(Granularity::Month, us(2026, 12, 31, 23));
+        assert_eq!(m.to_string(), "2026-12");
+        assert_eq!(m.next().to_string(), "2027-01");
+        assert_eq!(m.end_micros(), us(2027, 1, 1, 0));
+    }
+
+    #[test]
+    fn parse_round_trips_and_rejects_strays() {
+        for name in ["2026-11-22", "2024-02-29", "2026-11"] {
+            assert_eq!(PartitionId::parse(name).unwrap().to_string(), name);
+        }
+        for name in ["2026-11-22-wal", "2025-02-29", "2026-13", "2026-1-2", "x"] {
+            assert!(PartitionId::parse(name).is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn range_covers_the_window_and_nothing_else() {
+        let r = PartitionId::range(Granularity::Day, us(2026, 2, 27, 12), us(2026, 3, 2, 0));
+        let names: Vec<_> = r.iter().map(|p| p.to_string()).collect();
+        assert_eq!(names, ["2026-02-27", "2026-02-28", "2026-03-01"]);
+        assert!(PartitionId::range(Granularity::Day, 10, 10).is_empty());
+    }
+}

@@ -1,0 +1,235 @@
+//! Lookups by identifier and time window.
+//!
+//! For each partition overlapping the window: compute the identifier's blind index
+//! under that partition's index key, seek `(bucket, tag)` once per bucket in the window,
+//! decrypt each hit and keep it only if the decrypted value equals the identifier (a
+//! truncated HMAC can collide). Sealed values are never scanned.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::codec::{self, SealedFields};
+use super::keys::{IndexKind, KeyError, Keyring};
+use super::partition::{self, PartitionId};
+use super::schema;
+use crate::clock::Micros;
+use crate::record::{Outcome, Protocol, Service, SubmissionId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("cannot list the store directory {path}: {source}")]
+    List {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("partition {partition}: {message}")]
+    Partition {
+        partition: PartitionId,
+        message: String,
+    },
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("the time window is empty: --since must be before --until")]
+    EmptyWindow,
+}
+
+/// What to look for.
+#[derive(Debug, Clone)]
+pub struct Criteria {
+    pub kind: IndexKind,
+    /// The canonical value (see `canonical`): E.164 number, account, canonical IP.
+    pub value: String,
+    pub since: Micros,
+    /// Exclusive.
+    pub until: Micros,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundOutcome {
+    pub outcome: Outcome,
+    pub at: Micros,
+    pub upstream_status: Option<u16>,
+    pub gateway_code: Option<i32>,
+    pub upstream_message_id: Option<String>,
+}
+
+/// One matching record, decrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub partition: PartitionId,
+    pub record_id: i64,
+    pub submission: SubmissionId,
+    pub ordinal: u32,
+    pub at: Micros,
+    pub protocol: Protocol,
+    pub service: Service,
+    pub segments: u16,
+    pub fields: SealedFields,
+    pub outcome: Option<FoundOutcome>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct QueryStats {
+    pub partitions_searched: usize,
+    /// Partitions in the window whose keys are gone: their records cannot be read.
+    pub partitions_shredded: Vec<PartitionId>,
+    /// Index hits whose decrypted value did not match (truncated-HMAC collisions).
+    pub collisions: u64,
+    pub matches: u64,
+}
+
+fn part_err(partition: PartitionId) -> impl Fn(rusqlite::Error) -> QueryError {
+    move |e| QueryError::Partition {
+        partition,
+        message: e.to_string(),
+    }
+}
+
+impl IndexKind {
+    fn column(self) -> &'static str {
+        match self {
+            IndexKind::Account => "account_ix",
+            IndexKind::ClientIp => "ip_ix",
+            IndexKind::Originator => "originator_ix",
+            IndexKind::Recipient => "recipient_ix",
+        }
+    }
+
+    /// Does the decrypted record hold `value` in this role?
+    fn matches(self, fields: &SealedFields, value: &str) -> bool {
+        match self {
+            IndexKind::Account => fields.account == value,
+            IndexKind::ClientIp => {
+                crate::canonical::canonical_ip(fields.client_ip).to_string() == value
+            }
+            IndexKind::Originator => fields.originator.as_ref().is_some_and(|o| o.value == value),
+            IndexKind::Recipient => fields.recipient.value == value,
+        }
+    }
+}
+
+/// Runs a lookup, handing each match to `emit` in time order within each partition,
+/// partitions oldest first.
+pub fn run(
+    store_dir: &Path,
+    keyring: &Keyring,
+    criteria: &Criteria,
+    mut emit: impl FnMut(Found),
+) -> Result<QueryStats, QueryError> {
+    if criteria.until <= criteria.since {
+        return Err(QueryError::EmptyWindow);
+    }
+    let partitions = partition::list(store_dir).map_err(|source| QueryError::List {
+        path: store_dir.to_owned(),
+        source,
+    })?;
+    let mut stats = QueryStats::default();
+    for p in partitions
+        .into_iter()
+        .filter(|p| p.start_micros() < criteria.until && p.end_micros() > criteria.since)
+    {
+        let keys = match keyring.keys(p) {
+            Ok(k) => k,
+            Err(KeyError::Shredded { .. }) => {
+                stats.partitions_shredded.push(p);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        stats.partitions_searched += 1;
+        let conn = schema::open_for_read(&p.path_in(store_dir)).map_err(part_err(p))?;
+        let since = criteria.since.max(p.start_micros());
+        let until = criteria.until.min(p.end_micros());
+        let tag = keys.blind_index(criteria.kind, &criteria.value);
+        let sql = format!(
+            "SELECT id, submission, ordinal, at_us, protocol, service, segments, sealed FROM record \
+             WHERE bucket = ?1 AND {} = ?2 AND at_us >= ?3 AND at_us < ?4 ORDER BY id",
+            criteria.kind.column()
+        );
+        let mut stmt = conn.prepare(&sql).map_err(part_err(p))?;
+        let mut outcome_stmt = conn
+            .prepare(
+                "SELECT outcome, at_us, upstream_status, gateway_code, message_id_sealed FROM outcome \
+                 WHERE submission = ?1 ORDER BY id DESC LIMIT 1",
+            )
+            .map_err(part_err(p))?;
+        for bucket in keys.bucket(since)..=keys.bucket(until - 1) {
+            let mut rows = stmt
+                .query(params![bucket, tag, since, until])
+                .map_err(part_err(p))?;
+            while let Some(row) = rows.next().map_err(part_err(p))? {
+                let record_id: i64 = row.get(0).map_err(part_err(p))?;
+                let submission = SubmissionId(row.get(1).map_err(part_err(p))?);
+                let ordinal: u32 = row.get(2).map_err(part_err(p))?;
+                let sealed: Vec<u8> = row.get(7).map_err(part_err(p))?;
+                let corrupt = |what: &str| QueryError::Partition {
+                    partition: p,
+                    message: format!("record {record_id}: {what}"),
+                };
+                let plain = keys
+                    .open(&codec::record_aad(submission, ordinal), &sealed)
+                    .map_err(|_| corrupt("sealed value does not open (damaged or moved)"))?;
+                let fields =
+                    codec::decode(&plain).map_err(|_| corrupt("sealed payload malformed"))?;
+                if !criteria.kind.matches(&fields, &criteria.value) {
+                    stats.collisions += 1;
+                    continue;
+                }
+                let outcome = outcome_stmt
+                    .query_row(params![submission.0], |r| {
+                        Ok((
+                            r.get::<_, u8>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<u16>>(2)?,
+                            r.get::<_, Option<i32>>(3)?,
+                            r.get::<_, Option<Vec<u8>>>(4)?,
+                        ))
+                    })
+                    .optional()
+                    .map_err(part_err(p))?;
+                let outcome = match outcome {
+                    Some((o, at, status, code, msgid)) => Some(FoundOutcome {
+                        outcome: Outcome::from_u8(o).ok_or_else(|| corrupt("unknown outcome"))?,
+                        at,
+                        upstream_status: status,
+                        gateway_code: code,
+                        upstream_message_id: match msgid {
+                            Some(sealed) => Some(
+                                String::from_utf8(
+                                    keys.open(&codec::outcome_aad(submission), &sealed)
+                                        .map_err(|_| corrupt("sealed message id does not open"))?,
+                                )
+                                .map_err(|_| corrupt("message id is not UTF-8"))?,
+                            ),
+                            None => None,
+                        },
+                    }),
+                    None => None,
+                };
+                stats.matches += 1;
+                emit(Found {
+                    partition: p,
+                    record_id,
+                    submission,
+                    ordinal,
+                    at: row.get(3).map_err(part_err(p))?,
+                    protocol: Protocol::from_u8(row.get(4).map_err(part_err(p))?)
+                        .ok_or_else(|| corrupt("unknown protocol"))?,
+                    service: Service::from_u8(row.get(5).map_err(part_err(p))?)
+                        .ok_or_else(|| corrupt("unknown service"))?,
+                    segments: row.get(6).map_err(part_err(p))?,
+                    fields,
+                    outcome,
+                });
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Canonical search value for an IP address as typed by an officer.
+pub fn ip_criteria_value(ip: IpAddr) -> String {
+    crate::canonical::canonical_ip(ip).to_string()
+}
