@@ -22,7 +22,14 @@
 
 pub mod admin;
 pub mod canonical;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod egress;
+pub mod ingress;
 pub mod record;
+pub mod relay;
+pub mod serve;
+pub mod shutdown;
+pub mod simulator;
 pub mod store;

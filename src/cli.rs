@@ -1,0 +1,401 @@
+//! The command line: `init`, `serve`, `check-config`, `mock-gateway`, `query`.
+//! Errors here are `anyhow`; `main` prints them and exits non-zero.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::canonical::{NumberNormalizer, canonical_account, canonical_raw};
+use crate::clock::{Clock, SystemClock, micros_to_datetime};
+use crate::config::{Config, LogFormat, ProfileKind};
+use crate::store::query::{self, Criteria, Found};
+use crate::store::{IndexKind, keys};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "relaylog",
+    version,
+    about = "Relays SMS to a gateway and records traffic metadata, never content"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/relaylog.toml",
+        env = "RELAYLOG_CONFIG"
+    )]
+    pub config: PathBuf,
+    /// Log format; overrides [log] format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data directories, the master key (mode 0600) and the keyring.
+    /// Never overwrites existing keys.
+    Init,
+    /// Run the relay (and the admin listener).
+    Serve,
+    /// Validate the configuration and the files it names; print warnings.
+    CheckConfig,
+    /// Run a gateway simulator that answers like Kannel, Jasmin or a JSON API.
+    MockGateway(MockArgs),
+    /// Look up records by recipient, account, client IP or originator.
+    Query(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    #[arg(long, default_value = "127.0.0.1:13013")]
+    pub listen: SocketAddr,
+    #[arg(long, value_enum, default_value = "kannel")]
+    pub api: ApiArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ApiArg {
+    Kannel,
+    Jasmin,
+    Json,
+}
+
+impl From<ApiArg> for ProfileKind {
+    fn from(a: ApiArg) -> Self {
+        match a {
+            ApiArg::Kannel => ProfileKind::Kannel,
+            ApiArg::Jasmin => ProfileKind::Jasmin,
+            ApiArg::Json => ProfileKind::Json,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("identifier").required(true).args(["recipient", "account", "ip", "originator"])))]
+pub struct QueryArgs {
+    /// A recipient phone number (any format; national numbers use store.default-region).
+    #[arg(long)]
+    pub recipient: Option<String>,
+    /// An account (gateway user name).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// A client IP address.
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    /// An originator: sender number or alphanumeric sender id.
+    #[arg(long)]
+    pub originator: Option<String>,
+    /// Start of the window: RFC 3339 time or a date (its midnight, UTC). Default: all.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// End of the window: RFC 3339 time (exclusive) or a date (that whole day included).
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Json,
+    Csv,
+}
+
+pub fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn log_format(cli: &Cli, config: Option<&Config>) -> LogFormat {
+    match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => config.map_or(LogFormat::Text, |c| c.log.format),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::MockGateway(args) => {
+            init_tracing(log_format(&cli, None), "info");
+            mock_gateway(args)
+        }
+        command => {
+            let config = Config::load(&cli.config)?;
+            init_tracing(log_format(&cli, Some(&config)), &config.log.level);
+            match command {
+                Command::Init => init(&config),
+                Command::Serve => serve(config),
+                Command::CheckConfig => check_config(&cli, &config),
+                Command::Query(args) => run_query(&config, args),
+                Command::MockGateway(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init(config: &Config) -> Result<()> {
+    let store = &config.store;
+    std::fs::create_dir_all(&store.path)
+        .with_context(|| format!("cannot create {}", store.path.display()))?;
+    std::fs::create_dir_all(&store.keyring)
+        .with_context(|| format!("cannot create {}", store.keyring.display()))?;
+    keys::create_master_key(&store.master_key)?;
+    println!(
+        "created master key {} (mode 0600)",
+        store.master_key.display()
+    );
+    println!("keyring {}", store.keyring.display());
+    println!("store   {}", store.path.display());
+    for w in config.warnings() {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn check_config(cli: &Cli, config: &Config) -> Result<()> {
+    keys::MasterKey::load(&config.store.master_key)?;
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            crate::ingress::tls::server_config(&tls.cert, &tls.key)
+                .with_context(|| format!("listener `{}`", l.name))?;
+        }
+        if let Some(ca) = &l.forward.ca_file {
+            crate::ingress::tls::load_certs(ca)
+                .with_context(|| format!("listener `{}`", l.name))?;
+        }
+    }
+    println!("{}: ok", cli.config.display());
+    for w in config.warnings() {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn serve(config: Config) -> Result<()> {
+    runtime()?.block_on(async move {
+        let running = crate::serve::start(config, Arc::new(SystemClock)).await?;
+        wait_for_signal().await?;
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}
+
+fn mock_gateway(args: &MockArgs) -> Result<()> {
+    runtime()?.block_on(async move {
+        let sim = crate::simulator::Simulator::bind(args.listen, crate::simulator::Simulator::profile_for(args.api.into()))
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = sim.local_addr()?;
+        tracing::info!(addr = %addr, api = ?args.api, "gateway simulator listening (GET /stats for counts)");
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let task = tokio::spawn(sim.run(shutdown));
+        wait_for_signal().await?;
+        trigger.trigger();
+        let _ = task.await;
+        Ok(())
+    })
+}
+
+/// Parses `--since`/`--until`: an RFC 3339 time, or a date. A date as `until` means
+/// the end of that day, so `--since 2026-03-01 --until 2026-03-01` is all of 1 March.
+pub fn parse_time(s: &str, end_of_day: bool) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .with_context(|| format!("`{s}` is neither an RFC 3339 time nor a date (YYYY-MM-DD)"))?;
+    let d = if end_of_day {
+        d.succ_opt().unwrap_or(d)
+    } else {
+        d
+    };
+    Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+}
+
+fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
+    let since = match &args.since {
+        Some(s) => parse_time(s, false)?.timestamp_micros(),
+        None => 0,
+    };
+    let until = match &args.until {
+        Some(s) => parse_time(s, true)?.timestamp_micros(),
+        None => SystemClock.now_micros() + 86_400_000_000,
+    };
+    if until <= since {
+        bail!("--until must be after --since");
+    }
+    let normalizer = NumberNormalizer::new(config.store.default_region);
+    let (kind, value) = if let Some(r) = &args.recipient {
+        (IndexKind::Recipient, normalizer.normalize(r).value)
+    } else if let Some(a) = &args.account {
+        (IndexKind::Account, canonical_account(a))
+    } else if let Some(ip) = args.ip {
+        (IndexKind::ClientIp, query::ip_criteria_value(ip))
+    } else if let Some(o) = &args.originator {
+        let id = normalizer.normalize(o);
+        // An alphanumeric sender id is matched as typed (canonical raw form).
+        (
+            IndexKind::Originator,
+            if id.value.is_empty() {
+                canonical_raw(o)
+            } else {
+                id.value
+            },
+        )
+    } else {
+        bail!("give one of --recipient, --account, --ip, --originator");
+    };
+    if value.is_empty() {
+        bail!("the identifier is empty");
+    }
+    let keyring = crate::store::open_keyring(&config.store)?;
+    let criteria = Criteria {
+        kind,
+        value,
+        since,
+        until,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_err: Option<std::io::Error> = None;
+    if args.format == OutputFormat::Csv {
+        writeln!(out, "{}", CSV_HEADER.join(","))?;
+    }
+    let stats = query::run(&config.store.path, &keyring, &criteria, |found| {
+        if write_err.is_some() {
+            return;
+        }
+        let line = match args.format {
+            OutputFormat::Json => found_json(&found).to_string(),
+            OutputFormat::Csv => found_csv(&found),
+        };
+        if let Err(e) = writeln!(out, "{line}") {
+            write_err = Some(e);
+        }
+    })?;
+    if let Some(e) = write_err {
+        return Err(e.into());
+    }
+    out.flush()?;
+    for p in &stats.partitions_shredded {
+        eprintln!(
+            "warning: partition {p} is in the window but its keys are shredded: its records cannot be read"
+        );
+    }
+    eprintln!(
+        "{} record(s) from {} partition(s)",
+        stats.matches, stats.partitions_searched
+    );
+    Ok(())
+}
+
+const CSV_HEADER: [&str; 18] = [
+    "time",
+    "protocol",
+    "service",
+    "account",
+    "client_ip",
+    "client_port",
+    "originator",
+    "originator_form",
+    "recipient",
+    "recipient_form",
+    "segments",
+    "submission",
+    "partition",
+    "outcome",
+    "outcome_time",
+    "upstream_status",
+    "gateway_code",
+    "upstream_message_id",
+];
+
+fn rfc3339(us: i64) -> String {
+    micros_to_datetime(us).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+pub fn found_json(f: &Found) -> serde_json::Value {
+    let o = f.outcome.as_ref();
+    serde_json::json!({
+        "time": rfc3339(f.at),
+        "protocol": f.protocol.as_str(),
+        "service": f.service.as_str(),
+        "account": f.fields.account,
+        "client_ip": f.fields.client_ip.to_string(),
+        "client_port": f.fields.client_port,
+        "originator": f.fields.originator.as_ref().map(|o| o.value.clone()),
+        "originator_form": f.fields.originator.as_ref().map(|o| o.form.as_str()),
+        "recipient": f.fields.recipient.value,
+        "recipient_form": f.fields.recipient.form.as_str(),
+        "segments": f.segments,
+        "submission": f.submission.0,
+        "partition": f.partition.to_string(),
+        "outcome": o.map(|o| o.outcome.as_str()),
+        "outcome_time": o.map(|o| rfc3339(o.at)),
+        "upstream_status": o.and_then(|o| o.upstream_status),
+        "gateway_code": o.and_then(|o| o.gateway_code),
+        "upstream_message_id": o.and_then(|o| o.upstream_message_id.clone()),
+    })
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn found_csv(f: &Found) -> String {
+    let v = found_json(f);
+    CSV_HEADER
+        .iter()
+        .map(|k| match &v[*k] {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => csv_field(s),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,238 @@
+//! Forwarding one request upstream and reading its bounded reply.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Forward;
+use crate::ingress::tls::{TlsError, load_certs, ring_provider};
+
+/// Why a request got no usable reply from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unreachable")]
+    Connect,
+    #[error("upstream did not answer in time")]
+    Timeout,
+    #[error("upstream reply larger than max-response-bytes")]
+    TooLarge,
+    #[error("upstream reply broken off")]
+    Body,
+    #[error("request cannot be forwarded: {0}")]
+    Request(&'static str),
+}
+
+impl UpstreamError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::TooLarge => "response_too_large",
+            Self::Body => "body",
+            Self::Request(_) => "request",
+        }
+    }
+
+    /// The status relaylog answers the client with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// A reply, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    base: Uri,
+    host: HeaderValue,
+    rewrite_host: bool,
+    timeout: Duration,
+    max_response_bytes: usize,
+}
+
+impl Upstream {
+    pub fn new(base: Uri, cfg: &Forward) -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(ca) = &cfg.ca_file {
+            for cert in load_certs(ca)? {
+                roots.add(cert)?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(ring_provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(cfg.pool_idle)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
+        let host = HeaderValue::from_str(authority)
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Ok(Self {
+            client,
+            base,
+            host,
+            rewrite_host: cfg.rewrite_host,
+            timeout: cfg.timeout,
+            max_response_bytes: cfg.max_response_bytes,
+        })
+    }
+
+    pub fn base(&self) -> &Uri {
+        &self.base
+    }
+
+    /// Forwards a request (head as received, body already read) and reads the reply.
+    pub async fn forward(
+        &self,
+        head: &http::request::Parts,
+        body: Bytes,
+    ) -> Result<Reply, UpstreamError> {
+        let mut uri = http::uri::Builder::new();
+        if let Some(scheme) = self.base.scheme() {
+            uri = uri.scheme(scheme.clone());
+        }
+        if let Some(authority) = self.base.authority() {
+            uri = uri.authority(authority.clone());
+        }
+        let path = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri = uri
+            .path_and_query(path)
+            .build()
+            .map_err(|_| UpstreamError::Request("bad URI"))?;
+        let mut req = Request::builder()
+            .method(head.method.clone())
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|_| UpstreamError::Request("bad request head"))?;
+        copy_end_to_end(&head.headers, req.headers_mut());
+        if self.rewrite_host || !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, self.host.clone());
+        }
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|_| UpstreamError::Connect)?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, self.max_response_bytes)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        UpstreamError::TooLarge
+                    } else {
+                        UpstreamError::Body
+                    }
+                })?
+                .to_bytes();
+            Ok(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+impl Reply {
+    /// The reply as it goes back to the client: status, end-to-end headers, body.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(self.body));
+        *resp.status_mut() = self.status;
+        copy_end_to_end(&self.headers, resp.headers_mut());
+        resp
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must not forward; `content-length`
+/// is dropped too and set again by hyper from the body it sends.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Copies every header except hop-by-hop ones and those the `Connection` header names.
+pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    let named_by_connection = |name: &HeaderName| {
+        from.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    for (name, value) in from {
+        if HOP_BY_HOP.contains(name) || *name == header::CONTENT_LENGTH || named_by_connection(name)
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let mut from = HeaderMap::new();
+        from.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        from.insert("x-secret-hop", HeaderValue::from_static("1"));
+        from.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        from.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        from.insert("x-kannel-username", HeaderValue::from_static("tester"));
+        from.append("x-kannel-to", HeaderValue::from_static("1"));
+        from.append("x-kannel-to", HeaderValue::from_static("2"));
+        let mut to = HeaderMap::new();
+        copy_end_to_end(&from, &mut to);
+        let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kannel-username", "x-kannel-to"]);
+        assert_eq!(to.get_all("x-kannel-to").iter().count(), 2);
+    }
+}

@@ -1,0 +1,258 @@
+//! The HTTP(S) listener: accept loop with a connection limit, one hyper http1
+//! connection per socket, a watchdog per connection for idle and slow-head timeouts,
+//! and graceful shutdown (stop accepting, let in-flight requests finish).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::metrics::ListenerLabels;
+use crate::relay::{self, Listener};
+use crate::shutdown::{Drain, Shutdown};
+
+pub struct HttpServer {
+    pub listener: TcpListener,
+    pub relay: Arc<Listener>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nRetry-After: 1\r\nConnection: close\r\n\r\nrelaylog: too many connections, busy";
+
+impl HttpServer {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts until shutdown. Each connection holds a [`Drain`] token until it ends.
+    pub async fn run(self, mut shutdown: Shutdown, drain: Drain) {
+        let permits = Arc::new(Semaphore::new(self.relay.limits.max_connections));
+        let refused = self
+            .relay
+            .metrics
+            .connections_refused
+            .get_or_create_owned(&ListenerLabels {
+                listener: self.relay.name.clone(),
+            });
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.wait() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(listener = %self.relay.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                refused.inc();
+                if self.tls.is_none() {
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY))
+                                .await;
+                    });
+                }
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let relay = self.relay.clone();
+            let tls = self.tls.clone();
+            let shutdown = shutdown.clone();
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                connection(stream, peer, relay, tls, shutdown).await;
+                drop(permit);
+                drop(drain);
+            });
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    relay: Arc<Listener>,
+    tls: Option<TlsAcceptor>,
+    shutdown: Shutdown,
+) {
+    match tls {
+        None => serve(stream, peer, relay, shutdown).await,
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(relay.limits.header_timeout, acceptor.accept(stream)).await;
+            match handshake {
+                Ok(Ok(tls_stream)) => serve(tls_stream, peer, relay, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// What the watchdog knows of a connection. Times are milliseconds since `base`.
+struct Activity {
+    base: Instant,
+    in_flight: AtomicUsize,
+    last: AtomicU64,
+    /// When the first byte of a request head arrived with no request in flight
+    /// (`u64::MAX`: none pending).
+    head_started: AtomicU64,
+}
+
+impl Activity {
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+    fn read_some(&self) {
+        let now = self.now();
+        self.last.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_started.compare_exchange(
+                u64::MAX,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(u64::MAX, Ordering::Relaxed);
+    }
+    fn end(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An IO stream that reports reads to the connection's [`Activity`].
+struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read_some();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+async fn serve<I>(io: I, peer: SocketAddr, relay: Arc<Listener>, mut shutdown: Shutdown)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity {
+        base: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        last: AtomicU64::new(0),
+        head_started: AtomicU64::new(u64::MAX),
+    });
+    let limits = relay.limits;
+    let svc = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let relay = relay.clone();
+            let activity = activity.clone();
+            async move {
+                activity.begin();
+                let resp = relay::handle(&relay, req, peer).await;
+                activity.end();
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let io = Watched {
+        io,
+        activity: activity.clone(),
+    };
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let tick = Duration::from_millis(250)
+        .min(limits.header_timeout)
+        .min(limits.idle_timeout);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.wait(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep(tick), if !closing => {
+                if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    continue;
+                }
+                let now = activity.now();
+                let head = activity.head_started.load(Ordering::Relaxed);
+                if head != u64::MAX && now.saturating_sub(head) >= limits.header_timeout.as_millis() as u64 {
+                    tracing::debug!("request head not received in time; closing");
+                    break;
+                }
+                if head == u64::MAX && now.saturating_sub(activity.last.load(Ordering::Relaxed)) >= limits.idle_timeout.as_millis() as u64 {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}

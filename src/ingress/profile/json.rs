@@ -1,0 +1,199 @@
+//! A JSON REST API: `POST` of a JSON object; where the account, originator, recipients
+//! and text are is configured as JSON pointers (RFC 6901). The account can also come
+//! from HTTP basic auth (the user part; the password is never read beyond the colon).
+
+use base64::Engine;
+use http::Method;
+use serde_json::Value;
+
+use super::{Extract, Extracted, ParseError, RequestView, bounded_id, split_recipients};
+use crate::config::{AccountFrom, JsonProfile};
+
+pub fn extract(cfg: &JsonProfile, req: &RequestView<'_>) -> Result<Extract, ParseError> {
+    if *req.method != Method::POST {
+        return Ok(Extract::Passthrough);
+    }
+    let doc: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::MalformedJson)?;
+    let mut out = Extracted::default();
+    match doc.pointer(&cfg.recipients_pointer) {
+        Some(Value::String(s)) => split_recipients(s, &mut out.recipients)?,
+        Some(Value::Array(items)) => {
+            for item in items {
+                match item {
+                    Value::String(s) => split_recipients(s, &mut out.recipients)?,
+                    Value::Number(n) => split_recipients(&n.to_string(), &mut out.recipients)?,
+                    _ => return Err(ParseError::WrongType("recipients")),
+                }
+            }
+        }
+        Some(Value::Number(n)) => out.recipients.push(n.to_string()),
+        Some(Value::Null) | None => {}
+        Some(_) => return Err(ParseError::WrongType("recipients")),
+    }
+    if out.recipients.is_empty() {
+        return Err(ParseError::MissingRecipient);
+    }
+    out.account = match &cfg.account {
+        AccountFrom::BasicAuth => basic_auth_user(req.headers)?.unwrap_or_default(),
+        AccountFrom::Field(p) => match doc.pointer(p) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(_) => return Err(ParseError::WrongType("account")),
+        },
+    };
+    if out.account.trim().is_empty() {
+        return Err(ParseError::MissingAccount);
+    }
+    if let Some(p) = &cfg.originator_pointer {
+        out.originator = match doc.pointer(p) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Null) | None => None,
+            Some(_) => return Err(ParseError::WrongType("originator")),
+        };
+    }
+    if let Some(p) = &cfg.text_pointer
+        && let Some(Value::String(s)) = doc.pointer(p)
+    {
+        out.text_chars = s.chars().count();
+        if s.chars().any(|c| !is_gsm_basic(c)) {
+            out.coding = 2;
+        }
+    }
+    Ok(Extract::Message(out))
+}
+
+/// Rough test for the GSM 03.38 basic set, enough to choose 7-bit or UCS-2 segments.
+fn is_gsm_basic(c: char) -> bool {
+    c.is_ascii() || "£¥èéùìòÇØøÅåΔΦΓΛΩΠΨΣΘΞÆæßÉÄÖÑÜ§¿äöñüà¡€".contains(c)
+}
+
+/// The user name of `Authorization: Basic …`, if present.
+fn basic_auth_user(headers: &http::HeaderMap) -> Result<Option<String>, ParseError> {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| ParseError::BadAuthorization)?;
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return Err(ParseError::BadAuthorization);
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .map_err(|_| ParseError::BadAuthorization)?;
+    let user = decoded.split(|&b| b == b':').next().unwrap_or(&[]);
+    let user = std::str::from_utf8(user).map_err(|_| ParseError::BadAuthorization)?;
+    Ok(Some(user.to_owned()))
+}
+
+/// The message id at `pointer` in the upstream's JSON reply.
+pub fn reply_message_id(pointer: &str, body: &[u8]) -> Option<String> {
+    let doc: Value = serde_json::from_slice(body).ok()?;
+    match doc.pointer(pointer)? {
+        Value::String(s) => bounded_id(s),
+        Value::Number(n) => bounded_id(&n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    fn cfg(account: AccountFrom) -> JsonProfile {
+        JsonProfile {
+            account,
+            originator_pointer: Some("/from".into()),
+            recipients_pointer: "/to".into(),
+            text_pointer: Some("/text".into()),
+            message_id_pointer: Some("/id".into()),
+        }
+    }
+
+    fn run(cfg: &JsonProfile, h: &HeaderMap, body: &[u8]) -> Result<Extract, ParseError> {
+        extract(
+            cfg,
+            &RequestView {
+                method: &Method::POST,
+                path: "/messages",
+                query: None,
+                headers: h,
+                body,
+            },
+        )
+    }
+
+    #[test]
+    fn pointers_and_basic_auth() {
+        let mut h = HeaderMap::new();
+        // "acme:s3cret"
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Basic YWNtZTpzM2NyZXQ="),
+        );
+        let body =
+            br#"{"from":"ACME","to":["+31612345678","0687654321"],"text":"h\u00e9llo \u4e16"}"#;
+        let Ok(Extract::Message(m)) = run(&cfg(AccountFrom::BasicAuth), &h, body) else {
+            panic!()
+        };
+        assert_eq!(m.account, "acme");
+        assert_eq!(m.recipients.len(), 2);
+        assert_eq!(m.text_chars, 7);
+        assert_eq!(m.coding, 2);
+        let field = cfg(AccountFrom::Field("/auth/user".into()));
+        let body = br#"{"auth":{"user":"bob"},"to":"+31612345678"}"#;
+        let Ok(Extract::Message(m)) = run(&field, &HeaderMap::new(), body) else {
+            panic!()
+        };
+        assert_eq!(m.account, "bob");
+    }
+
+    #[test]
+    fn bad_bodies() {
+        let h = HeaderMap::new();
+        let c = cfg(AccountFrom::Field("/user".into()));
+        let table: [(&[u8], ParseError); 5] = [
+            (b"{not json", ParseError::MalformedJson),
+            (br#"{"user":"a"}"#, ParseError::MissingRecipient),
+            (
+                br#"{"user":"a","to":[{}]}"#,
+                ParseError::WrongType("recipients"),
+            ),
+            (br#"{"to":"1234"}"#, ParseError::MissingAccount),
+            (
+                br#"{"user":7,"to":"1234"}"#,
+                ParseError::WrongType("account"),
+            ),
+        ];
+        for (body, err) in table {
+            assert_eq!(
+                run(&c, &h, body),
+                Err(err),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let mut bad = HeaderMap::new();
+        bad.insert("authorization", HeaderValue::from_static("Basic !!!"));
+        assert_eq!(
+            run(&cfg(AccountFrom::BasicAuth), &bad, br#"{"to":"1"}"#),
+            Err(ParseError::BadAuthorization)
+        );
+    }
+
+    #[test]
+    fn reply_id() {
+        assert_eq!(
+            reply_message_id("/id", br#"{"id":"abc"}"#).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            reply_message_id("/id", br#"{"id":42}"#).as_deref(),
+            Some("42")
+        );
+        assert_eq!(reply_message_id("/id", b"nope"), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! API profiles: how to find a message's metadata in a request, and its outcome in the
+//! upstream's reply. Parsers only: they read a borrowed view of a request, do no I/O and
+//! keep nothing but the metadata. Message text is measured (for the segment count),
+//! never copied.
+
+pub mod jasmin;
+pub mod json;
+pub mod kannel;
+
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::config::{Profile, ProfileKind};
+use crate::record::Outcome;
+
+/// Most recipients accepted in one request. Kannel splits `to` itself; a request past
+/// this is refused rather than recorded in part.
+pub const MAX_RECIPIENTS: usize = 1_000;
+
+/// A request as the parsers see it: everything borrowed, the body already bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// The metadata of one message, still as the client wrote it (not normalised).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Extracted {
+    pub account: String,
+    pub originator: Option<String>,
+    pub recipients: Vec<String>,
+    /// Length of the text in characters (or octets for binary content), for segments.
+    pub text_chars: usize,
+    /// 0 GSM 7-bit, 1 8-bit, 2 UCS-2.
+    pub coding: u8,
+}
+
+/// Why a request that carries a message cannot be recorded, and so is not relayed.
+/// Messages name the field, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("missing receiver number (to)")]
+    MissingRecipient,
+    #[error("missing account (username)")]
+    MissingAccount,
+    #[error("more than {MAX_RECIPIENTS} recipients in one request")]
+    TooManyRecipients,
+    #[error("malformed XML body")]
+    MalformedXml,
+    #[error("malformed JSON body")]
+    MalformedJson,
+    #[error("field {0} has the wrong type")]
+    WrongType(&'static str),
+    #[error("content type not understood for a message submission")]
+    UnsupportedContentType,
+    #[error("malformed Authorization header")]
+    BadAuthorization,
+}
+
+impl ParseError {
+    /// A short, fixed label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingRecipient => "missing_recipient",
+            Self::MissingAccount => "missing_account",
+            Self::TooManyRecipients => "too_many_recipients",
+            Self::MalformedXml => "malformed_xml",
+            Self::MalformedJson => "malformed_json",
+            Self::WrongType(_) => "wrong_type",
+            Self::UnsupportedContentType => "unsupported_content_type",
+            Self::BadAuthorization => "bad_authorization",
+        }
+    }
+}
+
+/// What a request is, to the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extract {
+    /// Not a message submission (another path, a status query): forward, no record.
+    Passthrough,
+    Message(Extracted),
+}
+
+/// The upstream's answer, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOutcome {
+    pub outcome: Outcome,
+    pub gateway_code: Option<i32>,
+    pub message_id: Option<String>,
+}
+
+impl Profile {
+    pub fn extract(&self, req: &RequestView<'_>) -> Result<Extract, ParseError> {
+        if req.path != self.path {
+            return Ok(Extract::Passthrough);
+        }
+        match self.kind {
+            ProfileKind::Kannel => kannel::extract(req),
+            ProfileKind::Jasmin => jasmin::extract(req),
+            ProfileKind::Json => match &self.json {
+                Some(cfg) => json::extract(cfg, req),
+                None => Ok(Extract::Passthrough),
+            },
+        }
+    }
+
+    /// Reads the outcome from the upstream's status and (bounded) body.
+    pub fn read_outcome(&self, status: StatusCode, body: &[u8]) -> ReadOutcome {
+        let outcome = outcome_of(status);
+        match self.kind {
+            ProfileKind::Kannel => ReadOutcome {
+                outcome,
+                gateway_code: kannel::reply_code(body),
+                message_id: None,
+            },
+            ProfileKind::Jasmin => ReadOutcome {
+                outcome,
+                gateway_code: None,
+                message_id: jasmin::reply_message_id(status, body),
+            },
+            ProfileKind::Json => ReadOutcome {
+                outcome,
+                gateway_code: None,
+                message_id: self
+                    .json
+                    .as_ref()
+                    .and_then(|c| c.message_id_pointer.as_deref())
+                    .and_then(|p| json::reply_message_id(p, body)),
+            },
+        }
+    }
+}
+
+pub fn outcome_of(status: StatusCode) -> Outcome {
+    if status.is_success() {
+        Outcome::Accepted
+    } else if status.is_client_error() {
+        Outcome::Rejected
+    } else {
+        Outcome::Failed
+    }
+}
+
+/// Longest upstream message id kept.
+const MAX_MESSAGE_ID: usize = 128;
+
+fn bounded_id(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty() && s.len() <= MAX_MESSAGE_ID).then(|| s.to_owned())
+}
+
+/// Splits a recipient list on white space (`+` in a query has already become a space).
+fn split_recipients(to: &str, out: &mut Vec<String>) -> Result<(), ParseError> {
+    for number in to.split_ascii_whitespace() {
+        if out.len() == MAX_RECIPIENTS {
+            return Err(ParseError::TooManyRecipients);
+        }
+        out.push(number.to_owned());
+    }
+    Ok(())
+}
+
+/// The media type of a request, lower-cased, without parameters.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+/// The form fields of a request that a sendsms-style API reads: its query string, and a
+/// form-encoded body if there is one. The body wins where both name a field.
+struct FormFields<'a> {
+    query: Option<&'a str>,
+    body: Option<&'a [u8]>,
+}
+
+impl<'a> FormFields<'a> {
+    fn of(req: &RequestView<'a>) -> Self {
+        let form_body = *req.method == Method::POST
+            && media_type(req.headers).as_deref() == Some("application/x-www-form-urlencoded");
+        Self {
+            query: req.query,
+            body: form_body.then_some(req.body),
+        }
+    }
+
+    /// Visits every (name, value) pair, query first, then body.
+    fn each(&self, mut f: impl FnMut(&str, &str)) {
+        if let Some(q) = self.query {
+            for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+                f(&k, &v);
+            }
+        }
+        if let Some(b) = self.body {
+            for (k, v) in form_urlencoded::parse(b) {
+                f(&k, &v);
+            }
+        }
+    }
+}

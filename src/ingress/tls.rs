@@ -1,0 +1,54 @@
+//! TLS for listeners: certificate chain and key from PEM files, rustls with the ring
+//! provider. Loaded at start-up so that a bad file stops `serve` with a clear message.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificates from {path}: {message}")]
+    Certs { path: PathBuf, message: String },
+    #[error("no certificate in {path}")]
+    NoCerts { path: PathBuf },
+    #[error("cannot read private key from {path}: {message}")]
+    Key { path: PathBuf, message: String },
+    #[error("TLS configuration rejected: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+pub fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certs {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCerts {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut config = ServerConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

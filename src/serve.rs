@@ -1,0 +1,229 @@
+//! `relaylog serve`: opens the store, binds every listener (starting the built-in
+//! simulator for listeners without an upstream), and shuts down in order: stop
+//! accepting, let in-flight requests finish, commit the last batch, stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::AdminServer;
+use crate::admin::metrics::Metrics;
+use crate::canonical::NumberNormalizer;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::egress::http::Upstream;
+use crate::ingress::http::HttpServer;
+use crate::ingress::tls::{self, TlsError};
+use crate::relay::Listener;
+use crate::shutdown::{self, DrainWaiter, Trigger};
+use crate::simulator::{Simulator, Stats};
+use crate::store::{OpenError, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("listener `{listener}`: cannot listen on {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener `{listener}`: {source}")]
+    Tls { listener: String, source: TlsError },
+    #[error("admin: cannot listen on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A built-in simulator started because a listener has no upstream.
+pub struct StartedSimulator {
+    pub listener: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+}
+
+pub struct Running {
+    /// (listener name, bound address), in config order.
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin: Option<SocketAddr>,
+    pub simulators: Vec<StartedSimulator>,
+    pub metrics: Arc<Metrics>,
+    trigger: Trigger,
+    simulator_trigger: Trigger,
+    drain: DrainWaiter,
+    tasks: Vec<JoinHandle<()>>,
+    store: Store,
+}
+
+pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeError> {
+    let (trigger, shutdown) = shutdown::channel();
+    let (simulator_trigger, simulator_shutdown) = shutdown::channel();
+    let mut tasks = Vec::new();
+    // Simulators first, so that saying so is the first thing serve logs.
+    let mut simulators = Vec::new();
+    let mut upstreams = Vec::new();
+    for l in &config.listeners {
+        let uri = match &l.forward.upstream {
+            Some(uri) => uri.clone(),
+            None => {
+                let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+                let sim = Simulator::bind(loopback, l.profile.clone())
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        listener: l.name.clone(),
+                        addr: loopback,
+                        source,
+                    })?;
+                let addr = sim.local_addr().map_err(|source| ServeError::Bind {
+                    listener: l.name.clone(),
+                    addr: loopback,
+                    source,
+                })?;
+                tracing::info!(
+                    listener = %l.name,
+                    simulator = %addr,
+                    "no upstream configured: forwarding to the built-in {} gateway simulator at http://{addr} (GET /stats for its counts)",
+                    l.profile.kind.as_str()
+                );
+                simulators.push(StartedSimulator {
+                    listener: l.name.clone(),
+                    addr,
+                    stats: sim.stats.clone(),
+                });
+                tasks.push(tokio::spawn(sim.run(simulator_shutdown.clone())));
+                format!("http://{addr}")
+                    .parse()
+                    .map_err(|_| ServeError::Bind {
+                        listener: l.name.clone(),
+                        addr,
+                        source: std::io::Error::other("simulator address is not a URI"),
+                    })?
+            }
+        };
+        upstreams.push(uri);
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(config.store.clone(), clock, metrics.clone())?;
+    let normalizer = NumberNormalizer::new(config.store.default_region);
+    let (drain, drain_waiter) = shutdown::drain();
+    let mut bound = Vec::new();
+    for (l, uri) in config.listeners.iter().zip(upstreams) {
+        let tls = match &l.tls {
+            Some(files) => Some(TlsAcceptor::from(
+                tls::server_config(&files.cert, &files.key).map_err(|source| ServeError::Tls {
+                    listener: l.name.clone(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
+        let upstream = Upstream::new(uri, &l.forward).map_err(|source| ServeError::Tls {
+            listener: l.name.clone(),
+            source,
+        })?;
+        let listener = TcpListener::bind(l.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                listener: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            listener: l.name.clone(),
+            addr: l.listen,
+            source,
+        })?;
+        let relay = Arc::new(Listener::new(
+            l.name.clone(),
+            l.profile.clone(),
+            l.limits,
+            upstream,
+            store.recorder(),
+            normalizer,
+            metrics.clone(),
+        ));
+        tracing::info!(
+            listener = %l.name,
+            addr = %addr,
+            profile = l.profile.kind.as_str(),
+            tls = tls.is_some(),
+            upstream = %relay.upstream.base(),
+            "listening"
+        );
+        let server = HttpServer {
+            listener,
+            relay,
+            tls,
+        };
+        tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));
+        bound.push((l.name.clone(), addr));
+    }
+    drop(drain);
+
+    let admin = match &config.admin {
+        Some(a) => {
+            let listener =
+                TcpListener::bind(a.listen)
+                    .await
+                    .map_err(|source| ServeError::AdminBind {
+                        addr: a.listen,
+                        source,
+                    })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| ServeError::AdminBind {
+                    addr: a.listen,
+                    source,
+                })?;
+            tracing::info!(addr = %addr, "admin listening (/metrics, /healthz)");
+            let server = AdminServer {
+                listener,
+                metrics: metrics.clone(),
+            };
+            tasks.push(tokio::spawn(server.run(shutdown.clone())));
+            Some(addr)
+        }
+        None => None,
+    };
+
+    Ok(Running {
+        listeners: bound,
+        admin,
+        simulators,
+        metrics,
+        trigger,
+        simulator_trigger,
+        drain: drain_waiter,
+        tasks,
+        store,
+    })
+}
+
+impl Running {
+    pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, lets in-flight requests finish, commits the last batch.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        self.trigger.trigger();
+        self.drain.wait().await;
+        self.store.close().await;
+        self.simulator_trigger.trigger();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("stopped; last batch committed");
+    }
+}
