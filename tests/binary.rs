@@ -1,0 +1,360 @@
+//! The real `relaylog` binary: canaries never leak, a kill -9 loses nothing that was
+//! forwarded, configuration and key errors are clear, `query` works from the CLI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Method;
+use relaylog::config::Config;
+use relaylog::store::IndexKind;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relaylog"))
+}
+
+/// A running `relaylog serve` with its output in files.
+struct Served {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Served {
+    fn start(dir: &Path, config: &Path) -> Served {
+        let (out, err) = (dir.join("serve.out"), dir.join("serve.err"));
+        let child = bin()
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("RUST_LOG", "debug")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Served { child, out, err }
+    }
+
+    /// Waits for the log line that names the bound address of the listener or admin.
+    fn addr(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = std::fs::read_to_string(&self.err).unwrap_or_default();
+            for line in log.lines().filter(|l| l.contains(what)) {
+                if let Some(i) = line.find("addr=") {
+                    let rest = &line[i + 5..];
+                    let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+                    return format!("http://{}", rest[..end].trim_matches('"'));
+                }
+            }
+            assert!(Instant::now() < deadline, "serve did not start:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn output(&self) -> Vec<u8> {
+        let mut all = std::fs::read(&self.out).unwrap_or_default();
+        all.extend(std::fs::read(&self.err).unwrap_or_default());
+        all
+    }
+
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<u8>) {
+        unsafe_kill(self.child.id(), "TERM");
+        let status = self.child.wait().unwrap();
+        let out = self.output();
+        (status, out)
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn plain_config(dir: &Path, upstream: Option<&str>) -> PathBuf {
+    let text = config_text(dir, "kannel", upstream, "", "").replace(
+        "listen = \"127.0.0.1:0\"\nprofile",
+        "listen = \"127.0.0.1:0\"\nprofile",
+    );
+    write_config(dir, &text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_never_leave_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plain_config(dir.path(), None);
+    let init = bin()
+        .args(["--config", config.to_str().unwrap(), "init"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let served = Served::start(dir.path(), &config);
+    let url = served.addr("listening");
+    let admin = served.addr("admin listening");
+    let log = String::from_utf8_lossy(&served.output()).into_owned();
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("built-in kannel gateway simulator"),
+        "first log line: {first}"
+    );
+
+    let c = client();
+    let mut canaries = Vec::new();
+    let sendsms = format!("{url}/cgi-bin/sendsms");
+    for form in 0..4 {
+        let (text, password) = (
+            format!("text{}", random_token(24)),
+            format!("pw{}", random_token(24)),
+        );
+        let number = format!("+316{}", 10_000_000 + form * 1_234_567);
+        let (s, reply) = match form {
+            0 => {
+                get(
+                    &c,
+                    &format!(
+                        "{sendsms}?username=canary&password={password}&to={}&text={text}",
+                        number.replace('+', "%2B")
+                    ),
+                )
+                .await
+            }
+            1 => {
+                let body = format!(
+                    "username=canary&password={password}&to={}&text={text}",
+                    number.replace('+', "%2B")
+                );
+                send(
+                    &c,
+                    Method::POST,
+                    &sendsms,
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    body,
+                )
+                .await
+            }
+            2 => {
+                let h = [
+                    ("content-type", "text/plain"),
+                    ("x-kannel-username", "canary"),
+                    ("x-kannel-password", password.as_str()),
+                    ("x-kannel-to", number.as_str()),
+                ];
+                send(&c, Method::POST, &sendsms, &h, text.clone()).await
+            }
+            _ => {
+                let xml = format!(
+                    "<message><submit><da><number>{number}</number></da><ud>{text}</ud><from><username>canary</username><password>{password}</password></from></submit></message>"
+                );
+                send(
+                    &c,
+                    Method::POST,
+                    &sendsms,
+                    &[("content-type", "text/xml")],
+                    xml,
+                )
+                .await
+            }
+        };
+        assert_eq!(s.as_u16(), 202, "form {form}: {reply}");
+        canaries.extend([text, password, number.clone(), number[1..].to_string()]);
+    }
+    let metrics = get(&c, &format!("{admin}/metrics")).await.1;
+    assert!(
+        metrics.contains("relaylog_records_written_total 4"),
+        "{metrics}"
+    );
+
+    // Query from the CLI while serve is running.
+    let q = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "query",
+            "--account",
+            "canary",
+        ])
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    assert_eq!(String::from_utf8_lossy(&q.stdout).lines().count(), 4);
+
+    let (status, output) = served.terminate();
+    assert!(status.success(), "serve exited with {status}");
+    assert!(contains(&output, b"last batch committed"));
+    for canary in &canaries {
+        let needle = canary.as_bytes();
+        assert!(
+            !contains(&output, needle),
+            "canary {canary} in the process output"
+        );
+        assert!(
+            !contains(metrics.as_bytes(), needle),
+            "canary {canary} in /metrics"
+        );
+        for file in files_under(&dir.path().join("store"))
+            .into_iter()
+            .chain(files_under(&dir.path().join("keys")))
+        {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !contains(&bytes, needle),
+                "canary {canary} in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_forwarded_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start("0: Accepted for delivery").await;
+    let config = plain_config(dir.path(), Some(&up.url()));
+    init_keys(dir.path());
+    let served = Served::start(dir.path(), &config);
+    let url = served.addr("listening");
+
+    // 16 clients send numbered messages until the relay is killed under them.
+    let mut clients = Vec::new();
+    for worker in 0..16u64 {
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            for i in 0..10_000u64 {
+                let n = 31_600_000_000 + worker * 100_000 + i;
+                let target =
+                    format!("{url}/cgi-bin/sendsms?username=crash&password=pw&to=%2B{n}&text=x");
+                let req = http::Request::get(target).body(Default::default()).unwrap();
+                if c.request(req).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while up.count() < 300 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut child = served.child;
+    unsafe_kill(child.id(), "KILL");
+    child.wait().unwrap();
+    for c in clients {
+        let _ = c.await;
+    }
+    let forwarded: Vec<String> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let q = r.path_and_query.split_once('?').unwrap().1;
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "to")
+                .unwrap()
+                .1
+                .into_owned()
+        })
+        .collect();
+    assert!(
+        forwarded.len() >= 300,
+        "load did not get going: {}",
+        forwarded.len()
+    );
+
+    // Restart on the same store; then look every forwarded message up.
+    let again = Served::start(dir.path(), &config);
+    again.addr("listening");
+    let cfg = Config::load(&config).unwrap();
+    let stored: std::collections::HashSet<String> = query_store(&cfg, IndexKind::Account, "crash")
+        .into_iter()
+        .map(|f| f.fields.recipient.value)
+        .collect();
+    let missing: Vec<_> = forwarded.iter().filter(|n| !stored.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} forwarded message(s) have no record, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    let (status, _) = again.terminate();
+    assert!(status.success());
+
+    // The CLI reads what was committed after the process is gone.
+    let q = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "query",
+            "--recipient",
+            &forwarded[0],
+            "--format",
+            "csv",
+        ])
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let csv = String::from_utf8_lossy(&q.stdout);
+    assert!(csv.starts_with("time,protocol,"), "{csv}");
+    assert!(csv.lines().nth(1).unwrap().contains(&forwarded[0]), "{csv}");
+}
+
+#[test]
+fn configuration_and_key_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &Path, args: &[&str]| {
+        let out = bin()
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[store]\nretension = \"13 months\"\n").unwrap();
+    let (ok, text) = run(&bad, &["check-config"]);
+    assert!(!ok && text.contains("retension"), "{text}");
+    let (ok, text) = run(&bad, &["serve"]);
+    assert!(!ok && text.contains("retension"), "{text}");
+
+    let missing = dir.path().join("missing.toml");
+    let (ok, text) = run(&missing, &["serve"]);
+    assert!(!ok && text.contains("cannot read config file"), "{text}");
+
+    let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
+    let (ok, text) = run(&config, &["serve"]);
+    assert!(
+        !ok && text.contains("relaylog init"),
+        "missing master key: {text}"
+    );
+    let (ok, text) = run(&config, &["check-config"]);
+    assert!(!ok && text.contains("relaylog init"), "{text}");
+
+    let (ok, text) = run(&config, &["init"]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&config, &["init"]);
+    assert!(!ok && text.contains("never overwrites"), "{text}");
+    let (ok, text) = run(&config, &["check-config"]);
+    assert!(ok && text.contains(": ok"), "{text}");
+
+    let (ok, text) = run(
+        &config,
+        &["query", "--recipient", "0612345678", "--since", "yesterday"],
+    );
+    assert!(!ok && text.contains("RFC 3339"), "{text}");
+    let (ok, text) = run(&config, &["query"]);
+    assert!(!ok && text.contains("--recipient"), "{text}");
+}

@@ -1,0 +1,242 @@
+//! Shared test harness: a capturing upstream, an in-process relay on loopback, and a
+//! small HTTP client. Everything binds 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use relaylog::clock::SystemClock;
+use relaylog::config::Config;
+use relaylog::serve::Running;
+use relaylog::store::query::{self, Criteria, Found};
+use relaylog::store::{IndexKind, keys, open_keyring};
+
+/// A request exactly as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An upstream that records every request and answers like the named gateway.
+pub struct CaptureUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Captured>>>,
+    /// Status the next replies use (202 Kannel acceptance by default).
+    pub status: Arc<AtomicU16>,
+}
+
+impl CaptureUpstream {
+    pub async fn start(reply_body: &'static str) -> CaptureUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Captured>>> = Arc::default();
+        let status = Arc::new(AtomicU16::new(202));
+        let (s2, st2) = (seen.clone(), status.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, status) = (s2.clone(), st2.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (seen, status) = (seen.clone(), status.clone());
+                        async move {
+                            let (head, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            seen.lock().unwrap().push(Captured {
+                                method: head.method,
+                                path_and_query: head
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                headers: head.headers,
+                                body,
+                            });
+                            let mut r =
+                                Response::new(Full::new(Bytes::from_static(reply_body.as_bytes())));
+                            *r.status_mut() =
+                                StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap();
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        CaptureUpstream { addr, seen, status }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Captured {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+}
+
+/// Writes a config for one listener into `dir` and returns its text.
+pub fn config_text(
+    dir: &Path,
+    profile: &str,
+    upstream: Option<&str>,
+    extra_listener: &str,
+    extra_store: &str,
+) -> String {
+    let d = dir.display();
+    let upstream = upstream
+        .map(|u| format!("upstream = \"{u}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\n{extra_store}\n\
+         [[listener]]\nname = \"sms\"\nlisten = \"127.0.0.1:0\"\nprofile = \"{profile}\"\n{upstream}{extra_listener}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n"
+    )
+}
+
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("relaylog.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn init_keys(dir: &Path) {
+    let master = dir.join("keys/master.key");
+    if !master.exists() {
+        keys::create_master_key(&master).unwrap();
+    }
+}
+
+pub struct Relay {
+    pub running: Running,
+    pub config: Config,
+    pub url: String,
+    pub admin: String,
+}
+
+impl Relay {
+    pub async fn start(dir: &Path, text: &str) -> Relay {
+        init_keys(dir);
+        let config = Config::parse(text, Path::new("test.toml")).unwrap();
+        let running = relaylog::serve::start(config.clone(), Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let url = format!("http://{}", running.addr("sms").unwrap());
+        let admin = format!("http://{}", running.admin.unwrap());
+        Relay {
+            running,
+            config,
+            url,
+            admin,
+        }
+    }
+
+    /// Looks records up through the store's query path, as `relaylog query` does.
+    pub fn query(&self, kind: IndexKind, value: &str) -> Vec<Found> {
+        query_store(&self.config, kind, value)
+    }
+}
+
+pub fn query_store(config: &Config, kind: IndexKind, value: &str) -> Vec<Found> {
+    let keyring = open_keyring(&config.store).unwrap();
+    let criteria = Criteria {
+        kind,
+        value: value.to_owned(),
+        since: 0,
+        until: i64::MAX / 2,
+    };
+    let mut out = Vec::new();
+    query::run(&config.store.path, &keyring, &criteria, |f| out.push(f)).unwrap();
+    out
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub async fn send(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (StatusCode, String) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> (StatusCode, String) {
+    send(client, Method::GET, url, &[], Bytes::new()).await
+}
+
+/// A random string of lowercase letters, for canaries.
+pub fn random_token(len: usize) -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = vec![0u8; len];
+    SystemRandom::new().fill(&mut bytes).unwrap();
+    bytes.iter().map(|b| (b'a' + b % 26) as char).collect()
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

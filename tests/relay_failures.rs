@@ -1,0 +1,302 @@
+//! Bad input, a store that cannot write, slow clients and TLS ingress: every refusal is
+//! a clear reply, nothing unrecorded is forwarded, and the relay keeps serving.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use relaylog::store::IndexKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KANNEL_OK: &str = "0: Accepted for delivery";
+
+fn sendsms(base: &str, user: &str, to: &str) -> String {
+    format!("{base}/cgi-bin/sendsms?username={user}&password=pw&to={to}&text=hello")
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_not_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let limits = "max-body-bytes = 1024\n";
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&up.url()), limits, ""),
+    )
+    .await;
+    let c = client();
+
+    let (s, _) = get(&c, &sendsms(&relay.url, "first", "%2B31612345678")).await;
+    assert_eq!(s.as_u16(), 202);
+    assert_eq!(up.count(), 1);
+
+    let url = format!("{}/cgi-bin/sendsms", relay.url);
+    let cases: Vec<(Method, String, Vec<(&str, &str)>, String, u16, &str)> = vec![
+        (
+            Method::GET,
+            format!("{url}?username=u&password=p&text=x"),
+            vec![],
+            String::new(),
+            400,
+            "missing receiver number",
+        ),
+        (
+            Method::GET,
+            format!("{url}?username=u&password=p&to=&text=x"),
+            vec![],
+            String::new(),
+            400,
+            "missing receiver number",
+        ),
+        (
+            Method::GET,
+            format!("{url}?password=p&to=0612345678"),
+            vec![],
+            String::new(),
+            400,
+            "missing account",
+        ),
+        (
+            Method::POST,
+            url.clone(),
+            vec![("content-type", "text/xml")],
+            "<message><submit><da><number>1</number>".into(),
+            400,
+            "malformed XML",
+        ),
+        (
+            Method::POST,
+            url.clone(),
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            format!("username=u&to=0612345678&text={}", "x".repeat(2000)),
+            413,
+            "larger than max-body-bytes",
+        ),
+        (
+            Method::POST,
+            url.clone(),
+            vec![("content-type", "image/png")],
+            "x".into(),
+            400,
+            "content type",
+        ),
+    ];
+    for (method, target, headers, body, status, text) in cases {
+        let (s, reply) = send(&c, method, &target, &headers, body).await;
+        assert_eq!(s.as_u16(), status, "{target}: {reply}");
+        assert!(reply.contains(text), "{target}: {reply}");
+    }
+    assert_eq!(up.count(), 1, "no refused request reached the upstream");
+
+    // Still serving, and nothing accepted earlier was lost.
+    let (s, _) = get(&c, &sendsms(&relay.url, "after", "%2B31612345679")).await;
+    assert_eq!(s.as_u16(), 202);
+    assert_eq!(relay.query(IndexKind::Account, "first").len(), 1);
+    assert_eq!(relay.query(IndexKind::Account, "after").len(), 1);
+    let metrics = get(&c, &format!("{}/metrics", relay.admin)).await.1;
+    assert!(
+        metrics.contains("relaylog_requests_total{listener=\"sms\",kind=\"rejected\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("reason=\"missing_recipient\"} 2"),
+        "{metrics}"
+    );
+    relay.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start("{}").await;
+    let extra = "[listener.json]\naccount-from = \"field\"\naccount-pointer = \"/user\"\nrecipients-pointer = \"/to\"\n";
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "json", Some(&up.url()), extra, ""),
+    )
+    .await;
+    let c = client();
+    let url = format!("{}/messages", relay.url);
+    for (body, text) in [
+        ("{\"user\":", "malformed JSON"),
+        ("{\"user\":\"a\"}", "missing receiver"),
+        ("{\"to\":\"1\"}", "missing account"),
+    ] {
+        let (s, reply) = send(
+            &c,
+            Method::POST,
+            &url,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+        assert_eq!(s.as_u16(), 400, "{body}");
+        assert!(reply.contains(text), "{body}: {reply}");
+    }
+    assert_eq!(up.count(), 0);
+    relay.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn unwritable_store_fails_closed_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&up.url()), "", ""),
+    )
+    .await;
+    let c = client();
+    assert_eq!(
+        get(&c, &sendsms(&relay.url, "before", "%2B31612345601"))
+            .await
+            .0
+            .as_u16(),
+        202
+    );
+
+    // Take the store directory away and put a plain file where it was.
+    let store = dir.path().join("store");
+    let moved = dir.path().join("store.moved");
+    std::fs::rename(&store, &moved).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    let (s, reply) = get(&c, &sendsms(&relay.url, "during", "%2B31612345602")).await;
+    assert_eq!(s.as_u16(), 503, "{reply}");
+    assert!(reply.contains("try again later"), "{reply}");
+    assert_eq!(
+        up.count(),
+        1,
+        "nothing forwarded while the store cannot write"
+    );
+    let metrics = get(&c, &format!("{}/metrics", relay.admin)).await.1;
+    assert!(
+        metrics.contains("relaylog_fail_closed_total{listener=\"sms\",reason=\"commit_error\"} 1"),
+        "{metrics}"
+    );
+
+    // The store comes back: relaying resumes.
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&moved, &store).unwrap();
+    let (s, _) = get(&c, &sendsms(&relay.url, "after", "%2B31612345603")).await;
+    assert_eq!(s.as_u16(), 202);
+    assert_eq!(up.count(), 2);
+    assert_eq!(relay.query(IndexKind::Account, "before").len(), 1);
+    assert_eq!(relay.query(IndexKind::Account, "during").len(), 0);
+    assert_eq!(relay.query(IndexKind::Account, "after").len(), 1);
+    relay.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_clients_time_out_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let limits = "request-timeout = \"300ms\"\nheader-timeout = \"300ms\"\n";
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&up.url()), limits, ""),
+    )
+    .await;
+    let addr = relay.running.addr("sms").unwrap();
+
+    // Body promised, never sent: 408.
+    let mut slow_body = TcpStream::connect(addr).await.unwrap();
+    slow_body
+        .write_all(b"POST /cgi-bin/sendsms HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nusername=u")
+        .await
+        .unwrap();
+    // Half a request head, then silence: the connection is closed.
+    let mut slow_head = TcpStream::connect(addr).await.unwrap();
+    slow_head
+        .write_all(b"GET /cgi-bin/sendsms?username=u HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow_body.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), slow_head.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(n, Ok(Ok(_)) | Ok(Err(_))),
+        "slow head connection was not closed"
+    );
+
+    let c = client();
+    assert_eq!(
+        get(&c, &sendsms(&relay.url, "fast", "%2B31612345604"))
+            .await
+            .0
+            .as_u16(),
+        202
+    );
+    assert_eq!(up.count(), 1);
+    relay.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_ingress_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "tls-cert = \"{}\"\ntls-key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&up.url()), &tls, ""),
+    )
+    .await;
+    let addr = relay.running.addr("sms").unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /cgi-bin/sendsms?username=tlsuser&password=pw&to=%2B31612345605&text=x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tls.read_to_end(&mut reply).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+    assert!(reply.ends_with(KANNEL_OK), "{reply}");
+    assert_eq!(relay.query(IndexKind::Account, "tlsuser").len(), 1);
+
+    // Plain HTTP to the TLS port gets no relay.
+    let c = client();
+    let plain = c
+        .get(
+            format!("http://{addr}/cgi-bin/sendsms?username=x&to=1")
+                .parse()
+                .unwrap(),
+        )
+        .await;
+    assert!(plain.is_err() || plain.unwrap().status().as_u16() >= 400);
+    assert_eq!(up.count(), 1);
+    relay.running.shutdown().await;
+}
