@@ -186,6 +186,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
             let server = AdminServer {
                 listener,
                 metrics: metrics.clone(),
+                recorder: store.recorder(),
             };
             tasks.push(tokio::spawn(server.run(shutdown.clone())));
             Some(addr)
@@ -212,6 +213,11 @@ impl Running {
             .iter()
             .find(|(n, _)| n == listener)
             .map(|(_, a)| *a)
+    }
+
+    /// Waits until everything queued so far (records and outcome events) is committed.
+    pub async fn settle(&self) -> Result<(), crate::store::RecordError> {
+        self.store.recorder().barrier().await
     }
 
     /// Stops accepting, lets in-flight requests finish, commits the last batch.

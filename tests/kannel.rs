@@ -35,14 +35,22 @@ impl Drop for Kannel {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn kannel_installed() -> bool {
-    let present = [BEARERBOX, SMSBOX, FAKESMSC].iter().all(|p| Path::new(p).exists());
+    let present = [BEARERBOX, SMSBOX, FAKESMSC]
+        .iter()
+        .all(|p| Path::new(p).exists());
     if !present {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("Kannel is not installed ({BEARERBOX}, {SMSBOX}, {FAKESMSC}): .ci/run must apt-get install kannel kannel-extras");
+            panic!(
+                "Kannel is not installed ({BEARERBOX}, {SMSBOX}, {FAKESMSC}): .ci/run must apt-get install kannel kannel-extras"
+            );
         }
         eprintln!("SKIPPED: Kannel not installed (apt-get install kannel kannel-extras)");
     }
@@ -82,7 +90,15 @@ impl Kannel {
         wait_port(admin, "bearerbox admin");
         k.children.push(
             Command::new(FAKESMSC)
-                .args(["-H", "127.0.0.1", "-r", &smsc.to_string(), "-m", "0", "1 2 text nop"])
+                .args([
+                    "-H",
+                    "127.0.0.1",
+                    "-r",
+                    &smsc.to_string(),
+                    "-m",
+                    "0",
+                    "1 2 text nop",
+                ])
                 .stdin(Stdio::null())
                 .stdout(log("fakesmsc.out"))
                 .stderr(log("fakesmsc.err"))
@@ -104,11 +120,16 @@ impl Kannel {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new("curl").args(["-s", &status_url]).output();
-            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            let text = out
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
             if text.contains("fake1") && text.contains("online") {
                 break;
             }
-            assert!(Instant::now() < deadline, "fake SMSC never came online:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "fake SMSC never came online:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         k
@@ -118,7 +139,9 @@ impl Kannel {
     fn delivered(&self) -> Vec<String> {
         // fakesmsc logs to stderr; read both streams.
         let mut text = std::fs::read_to_string(&self.fakesmsc_log).unwrap_or_default();
-        text.push_str(&std::fs::read_to_string(self.fakesmsc_log.with_extension("err")).unwrap_or_default());
+        text.push_str(
+            &std::fs::read_to_string(self.fakesmsc_log.with_extension("err")).unwrap_or_default(),
+        );
         text.lines()
             .filter(|l| l.contains("Got message"))
             .map(str::to_owned)
@@ -142,15 +165,28 @@ async fn relays_to_a_real_kannel() {
     let dir = tempfile::tempdir().unwrap();
     let kannel_dir = dir.path().join("kannel");
     std::fs::create_dir_all(&kannel_dir).unwrap();
-    let kannel = tokio::task::spawn_blocking(move || Kannel::start(&kannel_dir)).await.unwrap();
+    let kannel = tokio::task::spawn_blocking(move || Kannel::start(&kannel_dir))
+        .await
+        .unwrap();
     let upstream = format!("http://127.0.0.1:{}", kannel.sendsms);
-    let relay = Relay::start(dir.path(), &config_text(dir.path(), "kannel", Some(&upstream), "", "")).await;
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&upstream), "", ""),
+    )
+    .await;
     let c = client();
     let url = format!("{}/cgi-bin/sendsms", relay.url);
 
     // GET with two recipients.
-    let (s, body) = get(&c, &format!("{url}?username=tester&password=foobar&to=%2B31612345678+0687654321&text=via+get")).await;
-    assert_eq!((s.as_u16(), body.as_str()), (202, "0: Accepted for delivery"));
+    let (s, body) = get(
+        &c,
+        &format!("{url}?username=tester&password=foobar&to=%2B31612345678+0687654321&text=via+get"),
+    )
+    .await;
+    assert_eq!(
+        (s.as_u16(), body.as_str()),
+        (202, "0: Accepted for delivery")
+    );
     // POST text/plain with X-Kannel-* headers (Kannel's header form).
     let h = [
         ("content-type", "text/plain"),
@@ -159,20 +195,37 @@ async fn relays_to_a_real_kannel() {
         ("x-kannel-to", "+31644444444"),
     ];
     let (s, body) = send(&c, Method::POST, &url, &h, "via header post").await;
-    assert_eq!((s.as_u16(), body.as_str()), (202, "0: Accepted for delivery"));
+    assert_eq!(
+        (s.as_u16(), body.as_str()),
+        (202, "0: Accepted for delivery")
+    );
     // POST text/xml with two <da>.
     let xml = "<?xml version=\"1.0\"?><message><submit><da><number>+31622222222</number></da>\
                <da><number>+31633333333</number></da><ud>via xml</ud>\
                <from><username>tester</username><password>foobar</password></from></submit></message>";
     let (s, body) = send(&c, Method::POST, &url, &[("content-type", "text/xml")], xml).await;
-    assert_eq!((s.as_u16(), body.as_str()), (202, "0: Accepted for delivery"));
+    assert_eq!(
+        (s.as_u16(), body.as_str()),
+        (202, "0: Accepted for delivery")
+    );
     // A form-encoded POST: Kannel 1.4.5 refuses the content type; the refusal comes back
     // unchanged and is recorded as such.
     let form = "username=tester&password=foobar&to=%2B31655555555&text=via+form";
-    let (s, body) = send(&c, Method::POST, &url, &[("content-type", "application/x-www-form-urlencoded")], form).await;
+    let (s, body) = send(
+        &c,
+        Method::POST,
+        &url,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        form,
+    )
+    .await;
     assert_eq!((s.as_u16(), body.as_str()), (400, "Invalid content-type"));
     // Wrong password: Kannel's 403 comes back, the attempt is recorded as rejected.
-    let (s, _) = get(&c, &format!("{url}?username=tester&password=wrong&to=%2B31666666666&text=x")).await;
+    let (s, _) = get(
+        &c,
+        &format!("{url}?username=tester&password=wrong&to=%2B31666666666&text=x"),
+    )
+    .await;
     assert_eq!(s.as_u16(), 403);
 
     // (as sent, and so as Kannel delivers it; as recorded, normalised to E.164)
@@ -186,24 +239,45 @@ async fn relays_to_a_real_kannel() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let delivered = kannel.delivered();
-        if expected.iter().all(|(sent, _)| delivered.iter().any(|l| l.contains(&format!(" {sent} ")))) {
+        if expected
+            .iter()
+            .all(|(sent, _)| delivered.iter().any(|l| l.contains(&format!(" {sent} "))))
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "fakesmsc did not get every message: {delivered:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "fakesmsc did not get every message: {delivered:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!kannel.delivered().iter().any(|l| l.contains("+31655555555") || l.contains("+31666666666")));
+    assert!(
+        !kannel
+            .delivered()
+            .iter()
+            .any(|l| l.contains("+31655555555") || l.contains("+31666666666"))
+    );
 
+    relay.settle().await;
     for (_, n) in expected {
         let f = relay.query(IndexKind::Recipient, n);
         assert_eq!(f.len(), 1, "{n}");
         assert_eq!(f[0].fields.account, "tester");
         let o = f[0].outcome.as_ref().unwrap();
-        assert_eq!((o.outcome, o.upstream_status, o.gateway_code), (Outcome::Accepted, Some(202), Some(0)));
+        assert_eq!(
+            (o.outcome, o.upstream_status, o.gateway_code),
+            (Outcome::Accepted, Some(202), Some(0))
+        );
     }
     let refused = relay.query(IndexKind::Recipient, "+31655555555");
-    assert_eq!(refused[0].outcome.as_ref().unwrap().outcome, Outcome::Rejected);
+    assert_eq!(
+        refused[0].outcome.as_ref().unwrap().outcome,
+        Outcome::Rejected
+    );
     let denied = relay.query(IndexKind::Recipient, "+31666666666");
-    assert_eq!(denied[0].outcome.as_ref().unwrap().upstream_status, Some(403));
+    assert_eq!(
+        denied[0].outcome.as_ref().unwrap().upstream_status,
+        Some(403)
+    );
     relay.running.shutdown().await;
 }

@@ -35,7 +35,16 @@ async fn bad_requests_are_refused_and_not_forwarded() {
     assert_eq!(up.count(), 1);
 
     let url = format!("{}/cgi-bin/sendsms", relay.url);
-    let cases: Vec<(Method, String, Vec<(&str, &str)>, String, u16, &str)> = vec![
+    // (method, target, headers, body, expected status, text the reply must contain)
+    type Case<'a> = (
+        Method,
+        String,
+        Vec<(&'a str, &'a str)>,
+        String,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             Method::GET,
             format!("{url}?username=u&password=p&text=x"),

@@ -32,6 +32,7 @@ async fn kannel_get_query_several_recipients() {
         "query string forwarded unchanged, password and text included"
     );
 
+    relay.settle().await;
     for number in ["+31612345678", "+31687654321"] {
         let found = relay.query(IndexKind::Recipient, number);
         assert_eq!(found.len(), 1, "{number}");
@@ -150,6 +151,7 @@ async fn jasmin_send_records_message_id() {
     assert_eq!(s.as_u16(), 200);
     assert!(body.starts_with("Success"));
     assert_eq!(up.last().path_and_query, pq);
+    relay.settle().await;
     let f = relay.query(IndexKind::Recipient, "+4915112345678");
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].fields.account, "jasuser");
@@ -198,6 +200,7 @@ async fn json_api_with_basic_auth_and_pointers() {
         seen.headers.get("authorization").unwrap(),
         "Basic YXBpdXNlcjphcGlzZWNyZXQ="
     );
+    relay.settle().await;
     let f = relay.query(IndexKind::Account, "apiuser");
     assert_eq!(f.len(), 2);
     assert_eq!(

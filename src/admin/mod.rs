@@ -16,11 +16,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
+use crate::store::Recorder;
 use metrics::Metrics;
 
 pub struct AdminServer {
     pub listener: TcpListener,
     pub metrics: Arc<Metrics>,
+    /// Health is the writer's: without it every message is refused.
+    pub recorder: Recorder,
 }
 
 impl AdminServer {
@@ -37,11 +40,13 @@ impl AdminServer {
                 },
             };
             let metrics = self.metrics.clone();
+            let recorder = self.recorder.clone();
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(answer(&metrics, req)) }
+                    let healthy = recorder.writer_alive();
+                    async move { Ok::<_, Infallible>(answer(&metrics, healthy, req)) }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
                 tokio::pin!(conn);
@@ -57,14 +62,19 @@ impl AdminServer {
     }
 }
 
-fn answer(metrics: &Metrics, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(metrics: &Metrics, healthy: bool, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/healthz") if healthy => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/healthz") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "store writer stopped: messages are refused\n".to_owned(),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

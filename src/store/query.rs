@@ -1,9 +1,11 @@
 //! Lookups by identifier and time window.
 //!
-//! For each partition overlapping the window: compute the identifier's blind index
-//! under that partition's index key, seek `(bucket, tag)` once per bucket in the window,
-//! decrypt each hit and keep it only if the decrypted value equals the identifier (a
-//! truncated HMAC can collide). Sealed values are never scanned.
+//! For each partition overlapping the window, in one read transaction: compute the
+//! identifier's blind index under that partition's index key, seek `(bucket, tag)` in
+//! its `ix_*` table once per bucket in the window, then scan the unindexed tail
+//! (`id > indexed_through`, bounded by the writer's flush cap) by its tag column.
+//! Each hit is decrypted and kept only if the decrypted value equals the identifier
+//! (a truncated HMAC can collide). Sealed values are never scanned.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -13,6 +15,7 @@ use rusqlite::{OptionalExtension, params};
 use super::codec::{self, SealedFields};
 use super::keys::{IndexKind, KeyError, Keyring};
 use super::partition::{self, PartitionId};
+use super::postings;
 use super::schema;
 use crate::clock::Micros;
 use crate::record::{Outcome, Protocol, Service, SubmissionId};
@@ -88,6 +91,10 @@ fn part_err(partition: PartitionId) -> impl Fn(rusqlite::Error) -> QueryError {
 }
 
 impl IndexKind {
+    fn table(self) -> &'static str {
+        schema::INDEX_TABLES[self as usize - 1]
+    }
+
     fn column(self) -> &'static str {
         match self {
             IndexKind::Account => "account_ix",
@@ -143,87 +150,125 @@ pub fn run(
         let since = criteria.since.max(p.start_micros());
         let until = criteria.until.min(p.end_micros());
         let tag = keys.blind_index(criteria.kind, &criteria.value);
-        let sql = format!(
-            "SELECT id, submission, ordinal, at_us, protocol, service, segments, sealed FROM record \
-             WHERE bucket = ?1 AND {} = ?2 AND at_us >= ?3 AND at_us < ?4 ORDER BY id",
+        let tx = conn.unchecked_transaction().map_err(part_err(p))?;
+        let through: i64 = tx
+            .query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))
+            .map_err(part_err(p))?;
+        const COLUMNS: &str =
+            "r.id, r.submission, r.ordinal, r.at_us, r.protocol, r.service, r.segments, r.sealed";
+        let postings_sql = format!(
+            "SELECT ids FROM {} WHERE bucket = ?1 AND tag = ?2",
+            criteria.kind.table()
+        );
+        let by_id = format!(
+            "SELECT {COLUMNS} FROM record r WHERE r.id = ?1 AND r.at_us >= ?2 AND r.at_us < ?3"
+        );
+        let tail = format!(
+            "SELECT {COLUMNS} FROM record r WHERE r.id > ?1 AND r.{} = ?2 AND r.at_us >= ?3 AND r.at_us < ?4 ORDER BY r.id",
             criteria.kind.column()
         );
-        let mut stmt = conn.prepare(&sql).map_err(part_err(p))?;
-        let mut outcome_stmt = conn
+        let mut outcome_stmt = tx
             .prepare(
                 "SELECT outcome, at_us, upstream_status, gateway_code, message_id_sealed FROM outcome \
                  WHERE submission = ?1 ORDER BY id DESC LIMIT 1",
             )
             .map_err(part_err(p))?;
-        for bucket in keys.bucket(since)..=keys.bucket(until - 1) {
-            let mut rows = stmt
-                .query(params![bucket, tag, since, until])
-                .map_err(part_err(p))?;
-            while let Some(row) = rows.next().map_err(part_err(p))? {
-                let record_id: i64 = row.get(0).map_err(part_err(p))?;
-                let submission = SubmissionId(row.get(1).map_err(part_err(p))?);
-                let ordinal: u32 = row.get(2).map_err(part_err(p))?;
-                let sealed: Vec<u8> = row.get(7).map_err(part_err(p))?;
-                let corrupt = |what: &str| QueryError::Partition {
-                    partition: p,
-                    message: format!("record {record_id}: {what}"),
-                };
-                let plain = keys
-                    .open(&codec::record_aad(submission, ordinal), &sealed)
-                    .map_err(|_| corrupt("sealed value does not open (damaged or moved)"))?;
-                let fields =
-                    codec::decode(&plain).map_err(|_| corrupt("sealed payload malformed"))?;
-                if !criteria.kind.matches(&fields, &criteria.value) {
-                    stats.collisions += 1;
-                    continue;
-                }
-                let outcome = outcome_stmt
-                    .query_row(params![submission.0], |r| {
-                        Ok((
-                            r.get::<_, u8>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, Option<u16>>(2)?,
-                            r.get::<_, Option<i32>>(3)?,
-                            r.get::<_, Option<Vec<u8>>>(4)?,
-                        ))
-                    })
-                    .optional()
-                    .map_err(part_err(p))?;
-                let outcome = match outcome {
-                    Some((o, at, status, code, msgid)) => Some(FoundOutcome {
-                        outcome: Outcome::from_u8(o).ok_or_else(|| corrupt("unknown outcome"))?,
-                        at,
-                        upstream_status: status,
-                        gateway_code: code,
-                        upstream_message_id: match msgid {
-                            Some(sealed) => Some(
-                                String::from_utf8(
-                                    keys.open(&codec::outcome_aad(submission), &sealed)
-                                        .map_err(|_| corrupt("sealed message id does not open"))?,
-                                )
-                                .map_err(|_| corrupt("message id is not UTF-8"))?,
-                            ),
-                            None => None,
-                        },
-                    }),
-                    None => None,
-                };
-                stats.matches += 1;
-                emit(Found {
-                    partition: p,
-                    record_id,
-                    submission,
-                    ordinal,
-                    at: row.get(3).map_err(part_err(p))?,
-                    protocol: Protocol::from_u8(row.get(4).map_err(part_err(p))?)
-                        .ok_or_else(|| corrupt("unknown protocol"))?,
-                    service: Service::from_u8(row.get(5).map_err(part_err(p))?)
-                        .ok_or_else(|| corrupt("unknown service"))?,
-                    segments: row.get(6).map_err(part_err(p))?,
-                    fields,
-                    outcome,
-                });
+        let mut take = |row: &rusqlite::Row<'_>| -> Result<(), QueryError> {
+            let record_id: i64 = row.get(0).map_err(part_err(p))?;
+            let submission = SubmissionId(row.get(1).map_err(part_err(p))?);
+            let ordinal: u32 = row.get(2).map_err(part_err(p))?;
+            let sealed: Vec<u8> = row.get(7).map_err(part_err(p))?;
+            let corrupt = |what: &str| QueryError::Partition {
+                partition: p,
+                message: format!("record {record_id}: {what}"),
+            };
+            let plain = keys
+                .open(&codec::record_aad(submission, ordinal), &sealed)
+                .map_err(|_| corrupt("sealed value does not open (damaged or moved)"))?;
+            let fields = codec::decode(&plain).map_err(|_| corrupt("sealed payload malformed"))?;
+            if !criteria.kind.matches(&fields, &criteria.value) {
+                stats.collisions += 1;
+                return Ok(());
             }
+            let outcome = outcome_stmt
+                .query_row(params![submission.0], |r| {
+                    Ok((
+                        r.get::<_, u8>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<u16>>(2)?,
+                        r.get::<_, Option<i32>>(3)?,
+                        r.get::<_, Option<Vec<u8>>>(4)?,
+                    ))
+                })
+                .optional()
+                .map_err(part_err(p))?;
+            let outcome = match outcome {
+                Some((o, at, status, code, msgid)) => Some(FoundOutcome {
+                    outcome: Outcome::from_u8(o).ok_or_else(|| corrupt("unknown outcome"))?,
+                    at,
+                    upstream_status: status,
+                    gateway_code: code,
+                    upstream_message_id: match msgid {
+                        Some(sealed) => Some(
+                            String::from_utf8(
+                                keys.open(&codec::outcome_aad(submission), &sealed)
+                                    .map_err(|_| corrupt("sealed message id does not open"))?,
+                            )
+                            .map_err(|_| corrupt("message id is not UTF-8"))?,
+                        ),
+                        None => None,
+                    },
+                }),
+                None => None,
+            };
+            stats.matches += 1;
+            emit(Found {
+                partition: p,
+                record_id,
+                submission,
+                ordinal,
+                at: row.get(3).map_err(part_err(p))?,
+                protocol: Protocol::from_u8(row.get(4).map_err(part_err(p))?)
+                    .ok_or_else(|| corrupt("unknown protocol"))?,
+                service: Service::from_u8(row.get(5).map_err(part_err(p))?)
+                    .ok_or_else(|| corrupt("unknown service"))?,
+                segments: row.get(6).map_err(part_err(p))?,
+                fields,
+                outcome,
+            });
+            Ok(())
+        };
+        {
+            let mut postings = tx.prepare(&postings_sql).map_err(part_err(p))?;
+            let mut record = tx.prepare(&by_id).map_err(part_err(p))?;
+            let mut ids = Vec::new();
+            for bucket in keys.bucket(since)..=keys.bucket(until - 1) {
+                ids.clear();
+                let mut rows = postings.query(params![bucket, tag]).map_err(part_err(p))?;
+                while let Some(row) = rows.next().map_err(part_err(p))? {
+                    let blob: Vec<u8> = row.get(0).map_err(part_err(p))?;
+                    postings::decode(&blob, &mut ids).map_err(|_| QueryError::Partition {
+                        partition: p,
+                        message: format!("damaged posting list in bucket {bucket}"),
+                    })?;
+                }
+                ids.sort_unstable();
+                for &id in &ids {
+                    let mut rows = record
+                        .query(params![id, since, until])
+                        .map_err(part_err(p))?;
+                    if let Some(row) = rows.next().map_err(part_err(p))? {
+                        take(row)?;
+                    }
+                }
+            }
+        }
+        let mut stmt = tx.prepare(&tail).map_err(part_err(p))?;
+        let mut rows = stmt
+            .query(params![through, tag, since, until])
+            .map_err(part_err(p))?;
+        while let Some(row) = rows.next().map_err(part_err(p))? {
+            take(row)?;
         }
     }
     Ok(stats)

@@ -5,12 +5,17 @@
 //! answers every waiting submission. A failed commit answers each of its waiters with
 //! the error and drops the connection, so the next batch reopens the partition: the
 //! store recovers by itself when the fault goes away.
+//!
+//! The blind indexes are written late and sorted (see [`super::schema`]): each open
+//! partition keeps its rows' index entries in [`Pending`] until a bucket closes, the
+//! pending set reaches [`FLUSH_ROWS`], the queue has been idle for [`IDLE_FLUSH`], or
+//! the writer stops. The flush goes into the same transaction as the batch it follows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
@@ -90,8 +95,100 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
 }
 
+/// Flush the pending index entries once this many rows are waiting, even inside one
+/// bucket: bounds the writer's memory and the unindexed tail a query scans.
+pub const FLUSH_ROWS: usize = 65_536;
+
+/// Flush the pending index entries when no job has arrived for this long.
+pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
+
+/// Index entries `(bucket, tag, record id)` of rows not yet in the `ix_*` tables, one
+/// list per [`crate::store::IndexKind`] (account, ip, originator, recipient).
+#[derive(Default)]
+struct Pending {
+    entries: [Vec<(i64, i64, i64)>; 4],
+    rows: usize,
+    min_bucket: i64,
+    max_bucket: i64,
+    last_id: i64,
+}
+
+impl Pending {
+    fn push(&mut self, id: i64, bucket: i64, tags: [Option<i64>; 4]) {
+        if self.rows == 0 {
+            self.min_bucket = bucket;
+            self.max_bucket = bucket;
+        }
+        self.min_bucket = self.min_bucket.min(bucket);
+        self.max_bucket = self.max_bucket.max(bucket);
+        for (list, tag) in self.entries.iter_mut().zip(tags) {
+            if let Some(tag) = tag {
+                list.push((bucket, tag, id));
+            }
+        }
+        self.rows += 1;
+        self.last_id = self.last_id.max(id);
+    }
+
+    /// A bucket has closed (a later one has begun) or the cap is reached.
+    fn due(&self) -> bool {
+        self.rows >= FLUSH_ROWS || (self.rows > 0 && self.max_bucket > self.min_bucket)
+    }
+
+    /// Writes the entries sorted, moves the watermark, empties the set. Runs inside the
+    /// caller's transaction: if that fails, the partition is dropped and reopened, and
+    /// the reopen rebuilds the pending set from the unindexed tail.
+    fn flush(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let mut blob = Vec::with_capacity(4 * super::postings::MAX_IDS);
+        let mut ids = Vec::with_capacity(super::postings::MAX_IDS);
+        for (list, sql) in self.entries.iter_mut().zip(schema::INSERT_INDEX) {
+            list.sort_unstable();
+            let mut stmt = tx.prepare_cached(sql)?;
+            // One posting row per (bucket, tag), split every MAX_IDS ids.
+            for group in list.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+                let (bucket, tag) = (group[0].0, group[0].1);
+                for chunk in group.chunks(super::postings::MAX_IDS) {
+                    ids.clear();
+                    ids.extend(chunk.iter().map(|e| e.2));
+                    blob.clear();
+                    super::postings::encode(&ids, &mut blob);
+                    stmt.execute(params![bucket, tag, ids[0], blob])?;
+                }
+            }
+            list.clear();
+        }
+        tx.prepare_cached(schema::SET_INDEXED_THROUGH)?
+            .execute([self.last_id])?;
+        self.rows = 0;
+        Ok(())
+    }
+
+    /// The entries of every row past the watermark, after a restart or a reopen.
+    fn rebuild(conn: &Connection) -> rusqlite::Result<Pending> {
+        let mut p = Pending::default();
+        let through: i64 = conn.query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))?;
+        p.last_id = through;
+        let mut stmt = conn.prepare(
+            "SELECT id, bucket, account_ix, ip_ix, originator_ix, recipient_ix FROM record WHERE id > ?1 ORDER BY id",
+        )?;
+        let mut rows = stmt.query([through])?;
+        while let Some(r) = rows.next()? {
+            p.push(
+                r.get(0)?,
+                r.get(1)?,
+                [Some(r.get(2)?), Some(r.get(3)?), r.get(4)?, Some(r.get(5)?)],
+            );
+        }
+        Ok(p)
+    }
+}
+
 struct OpenPartition {
     conn: Connection,
+    pending: Pending,
     /// (device, inode) of the file when opened: if the path stops naming this file
     /// (deleted, replaced), writing on would put records where no one can find them.
     identity: (u64, u64),
@@ -114,6 +211,10 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+    // Only to wait on the queue with a timeout (for the idle flush).
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     let writer = Writer {
         cfg,
         open: HashMap::new(),
@@ -122,18 +223,27 @@ pub fn spawn(
     };
     let handle = std::thread::Builder::new()
         .name("relaylog-writer".into())
-        .spawn(move || writer.run(rx))?;
+        .spawn(move || writer.run(rx, timer))?;
     Ok((tx, handle))
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>, timer: tokio::runtime::Runtime) {
         let mut jobs: Vec<Job> = Vec::with_capacity(1024);
         let mut stop = false;
         while !stop {
-            let Some(first) = rx.blocking_recv() else {
-                break;
+            let next = if self.open.values().any(|p| p.pending.rows > 0) {
+                match timer.block_on(async { tokio::time::timeout(IDLE_FLUSH, rx.recv()).await }) {
+                    Ok(job) => job,
+                    Err(_) => {
+                        self.flush_all();
+                        continue;
+                    }
+                }
+            } else {
+                rx.blocking_recv()
             };
+            let Some(first) = next else { break };
             let mut rows = first.rows();
             stop = matches!(first, Job::Stop);
             jobs.push(first);
@@ -150,8 +260,29 @@ impl Writer {
             self.metrics.queue_depth.set(rx.len() as i64);
             self.commit(&mut jobs);
         }
+        self.flush_all();
         // Close connections cleanly (checkpoints the WAL).
         self.open.clear();
+    }
+
+    /// Flushes every open partition's pending index entries, one transaction each.
+    fn flush_all(&mut self) {
+        let ids: Vec<PartitionId> = self.open.keys().copied().collect();
+        for id in ids {
+            let Some(open) = self.open.get_mut(&id) else {
+                continue;
+            };
+            let result = (|| {
+                let tx = open.conn.unchecked_transaction()?;
+                open.pending.flush(&tx)?;
+                tx.commit()
+            })();
+            if let Err(e) = result {
+                self.metrics.store_errors.inc();
+                tracing::error!(partition = %id, error = %e, "index flush failed; partition will be reopened");
+                self.open.remove(&id);
+            }
+        }
     }
 
     fn commit(&mut self, jobs: &mut Vec<Job>) {
@@ -208,7 +339,8 @@ impl Writer {
         idx: &[usize],
         jobs: &[Job],
     ) -> Result<(u64, u64), WriteError> {
-        let conn = self.connection(partition)?;
+        let open = self.connection(partition)?;
+        let (conn, pending) = (&open.conn, &mut open.pending);
         let tx = conn.unchecked_transaction().map_err(sql)?;
         let (mut records, mut outcomes) = (0u64, 0u64);
         {
@@ -234,6 +366,16 @@ impl Writer {
                                 r.sealed,
                             ])
                             .map_err(sql)?;
+                            pending.push(
+                                tx.last_insert_rowid(),
+                                r.bucket,
+                                [
+                                    Some(r.account_ix),
+                                    Some(r.ip_ix),
+                                    r.originator_ix,
+                                    Some(r.recipient_ix),
+                                ],
+                            );
                             records += 1;
                         }
                     }
@@ -253,13 +395,16 @@ impl Writer {
                 }
             }
         }
+        if pending.due() {
+            pending.flush(&tx).map_err(sql)?;
+        }
         tx.commit().map_err(sql)?;
         Ok((records, outcomes))
     }
 
     /// The open connection of a partition, (re)opened if it is not open or if its path
     /// no longer names the file that is open.
-    fn connection(&mut self, partition: PartitionId) -> Result<&Connection, WriteError> {
+    fn connection(&mut self, partition: PartitionId) -> Result<&mut OpenPartition, WriteError> {
         self.tick += 1;
         let path = partition.path_in(&self.cfg.store_dir);
         let current = file_identity(&path);
@@ -280,7 +425,7 @@ impl Writer {
                     .min_by_key(|(_, p)| p.last_used)
                     .map(|(id, _)| *id)
             {
-                self.open.remove(&oldest);
+                self.close_partition(oldest);
             }
             std::fs::create_dir_all(&self.cfg.store_dir).map_err(|e| io(&self.cfg.store_dir, e))?;
             let conn = schema::open_for_write(
@@ -292,10 +437,12 @@ impl Writer {
             .map_err(sql)?;
             let identity = file_identity(&path)
                 .ok_or_else(|| WriteError(format!("{} vanished after opening", path.display())))?;
+            let pending = Pending::rebuild(&conn).map_err(sql)?;
             self.open.insert(
                 partition,
                 OpenPartition {
                     conn,
+                    pending,
                     identity,
                     last_used: self.tick,
                 },
@@ -306,7 +453,22 @@ impl Writer {
             .get_mut(&partition)
             .ok_or_else(|| WriteError("partition not open".into()))?;
         open.last_used = self.tick;
-        Ok(&open.conn)
+        Ok(open)
+    }
+
+    /// Closes a partition after flushing its pending index entries (best effort: what
+    /// is not flushed is rebuilt when it is next opened).
+    fn close_partition(&mut self, id: PartitionId) {
+        if let Some(mut open) = self.open.remove(&id) {
+            let result = (|| {
+                let tx = open.conn.unchecked_transaction()?;
+                open.pending.flush(&tx)?;
+                tx.commit()
+            })();
+            if let Err(e) = result {
+                tracing::warn!(partition = %id, error = %e, "index flush on close failed; rebuilt on reopen");
+            }
+        }
     }
 }
 

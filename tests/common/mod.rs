@@ -160,6 +160,12 @@ impl Relay {
         }
     }
 
+    /// Waits until every queued record and outcome event is committed (outcomes are
+    /// queued when the reply goes back, and committed a moment later).
+    pub async fn settle(&self) {
+        self.running.settle().await.unwrap();
+    }
+
     /// Looks records up through the store's query path, as `relaylog query` does.
     pub fn query(&self, kind: IndexKind, value: &str) -> Vec<Found> {
         query_store(&self.config, kind, value)
