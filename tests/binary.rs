@@ -67,6 +67,14 @@ impl Served {
     }
 }
 
+/// A failed assertion must not leave a relay running.
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn unsafe_kill(pid: u32, signal: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
@@ -240,9 +248,8 @@ async fn kill_9_loses_no_forwarded_message() {
     while up.count() < 300 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut child = served.child;
-    unsafe_kill(child.id(), "KILL");
-    child.wait().unwrap();
+    unsafe_kill(served.child.id(), "KILL");
+    drop(served);
     for c in clients {
         let _ = c.await;
     }
@@ -354,4 +361,44 @@ fn configuration_and_key_errors_are_clear() {
     assert!(!ok && text.contains("RFC 3339"), "{text}");
     let (ok, text) = run(&config, &["query"]);
     assert!(!ok && text.contains("--recipient"), "{text}");
+}
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("mock.err");
+    let mut child = bin()
+        .args([
+            "--log-format",
+            "json",
+            "mock-gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "jasmin",
+        ])
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&err).unwrap_or_default();
+        if text.contains("simulator listening") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let first = text.lines().next().expect("a log line");
+    let v: serde_json::Value =
+        serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("simulator listening"),
+        "{v}"
+    );
 }

@@ -309,3 +309,40 @@ async fn tls_ingress_with_a_generated_certificate() {
     assert_eq!(up.count(), 1);
     relay.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight_and_commits_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    up.delay_ms.store(400, std::sync::atomic::Ordering::SeqCst);
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&up.url()), "", ""),
+    )
+    .await;
+    let config = relay.config.clone();
+    let addr = relay.running.addr("sms").unwrap();
+    let c = client();
+    let url = sendsms(&relay.url, "inflight", "%2B31612345606");
+    let request = tokio::spawn(async move { get(&c, &url).await });
+    // Wait until the request is at the upstream, then shut down under it.
+    while up.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let shutdown = tokio::spawn(relay.running.shutdown());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections during shutdown"
+    );
+    let (status, body) = request.await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (202, KANNEL_OK));
+    shutdown.await.unwrap();
+    let found = query_store(&config, IndexKind::Account, "inflight");
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].outcome.as_ref().map(|o| o.outcome),
+        Some(relaylog::record::Outcome::Accepted),
+        "the outcome of the request in flight is committed before exit"
+    );
+}

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -39,6 +39,8 @@ pub struct CaptureUpstream {
     pub seen: Arc<Mutex<Vec<Captured>>>,
     /// Status the next replies use (202 Kannel acceptance by default).
     pub status: Arc<AtomicU16>,
+    /// Milliseconds to wait before answering.
+    pub delay_ms: Arc<AtomicU64>,
 }
 
 impl CaptureUpstream {
@@ -47,17 +49,22 @@ impl CaptureUpstream {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Captured>>> = Arc::default();
         let status = Arc::new(AtomicU16::new(202));
-        let (s2, st2) = (seen.clone(), status.clone());
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (s2, st2, d2) = (seen.clone(), status.clone(), delay_ms.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (seen, status) = (s2.clone(), st2.clone());
+                let (seen, status, delay) = (s2.clone(), st2.clone(), d2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (seen, status) = (seen.clone(), status.clone());
+                        let (seen, status, delay) = (seen.clone(), status.clone(), delay.clone());
                         async move {
+                            let wait = delay.load(Ordering::SeqCst);
+                            if wait > 0 {
+                                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                            }
                             let (head, body) = req.into_parts();
                             let body = body.collect().await.unwrap().to_bytes();
                             seen.lock().unwrap().push(Captured {
@@ -83,7 +90,12 @@ impl CaptureUpstream {
                 });
             }
         });
-        CaptureUpstream { addr, seen, status }
+        CaptureUpstream {
+            addr,
+            seen,
+            status,
+            delay_ms,
+        }
     }
 
     pub fn url(&self) -> String {
