@@ -179,6 +179,7 @@ pub async fn handle(
     }
     listener.counters.message.inc();
     listener.counters.messages.inc();
+    let (submission_id, recipients) = (submission.id.0, submission.recipients.len());
     // From here on the message is recorded: forward and outcome must happen even if the
     // client goes away, so they run in their own task.
     let l = listener.clone();
@@ -203,14 +204,24 @@ pub async fn handle(
         }
         result
     });
-    match task.await {
+    let resp = match task.await {
         Ok(Ok(r)) => r.into_response(),
         Ok(Err(e)) => reply(listener, Refusal::Upstream(e)),
         Err(_) => reply(
             listener,
             Refusal::Upstream(UpstreamError::Request("relay task failed")),
         ),
-    }
+    };
+    // The access log: ids, counts and status only. No query string, body or identifier.
+    tracing::debug!(
+        listener = %listener.name,
+        submission = submission_id,
+        recipients,
+        status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "relayed"
+    );
+    resp
 }
 
 fn outcome_event(

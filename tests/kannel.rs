@@ -116,13 +116,9 @@ impl Kannel {
         );
         wait_port(sendsms, "smsbox sendsms");
         // Wait until the fake SMSC is online, else Kannel only queues ("3: Queued").
-        let status_url = format!("http://127.0.0.1:{admin}/status.txt?password=adminpw");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new("curl").args(["-s", &status_url]).output();
-            let text = out
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
+            let text = http_get(admin, "/status.txt?password=adminpw");
             if text.contains("fake1") && text.contains("online") {
                 break;
             }

@@ -41,21 +41,48 @@ pub struct CaptureUpstream {
     pub status: Arc<AtomicU16>,
     /// Milliseconds to wait before answering.
     pub delay_ms: Arc<AtomicU64>,
+    /// TCP connections accepted (keep-alive reuse shows as few connections).
+    pub connections: Arc<AtomicU64>,
+    scheme: &'static str,
 }
 
 impl CaptureUpstream {
     pub async fn start(reply_body: &'static str) -> CaptureUpstream {
+        Self::start_with(reply_body, None).await
+    }
+
+    /// An https upstream with the given rustls server config.
+    pub async fn start_tls(
+        reply_body: &'static str,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> CaptureUpstream {
+        Self::start_with(reply_body, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(
+        reply_body: &'static str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> CaptureUpstream {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Captured>>> = Arc::default();
         let status = Arc::new(AtomicU16::new(202));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (s2, st2, d2) = (seen.clone(), status.clone(), delay_ms.clone());
+        let connections = Arc::new(AtomicU64::new(0));
+        let (s2, st2, d2, c2) = (
+            seen.clone(),
+            status.clone(),
+            delay_ms.clone(),
+            connections.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                c2.fetch_add(1, Ordering::SeqCst);
+                let tls = tls.clone();
                 let (seen, status, delay) = (s2.clone(), st2.clone(), d2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -84,9 +111,20 @@ impl CaptureUpstream {
                             Ok::<_, Infallible>(r)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -95,11 +133,17 @@ impl CaptureUpstream {
             seen,
             status,
             delay_ms,
+            connections,
+            scheme,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.scheme {
+            // The certificate names localhost.
+            "https" => format!("https://localhost:{}", self.addr.port()),
+            _ => format!("http://{}", self.addr),
+        }
     }
 
     pub fn count(&self) -> usize {

@@ -1,0 +1,170 @@
+//! The upstream side: connection reuse, an https upstream (rustls, ring), an upstream
+//! that is down, and the connection limit on the client side.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use relaylog::record::Outcome;
+use relaylog::store::IndexKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KANNEL_OK: &str = "0: Accepted for delivery";
+
+fn sendsms(base: &str, user: &str, n: u32) -> String {
+    format!("{base}/cgi-bin/sendsms?username={user}&password=pw&to=%2B316{n:08}&text=x")
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&up.url()), "", ""),
+    )
+    .await;
+    let c = client();
+    for i in 0..20 {
+        assert_eq!(
+            get(&c, &sendsms(&relay.url, "pool", i)).await.0.as_u16(),
+            202
+        );
+    }
+    assert_eq!(up.count(), 20);
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "one pooled connection for 20 sequential requests"
+    );
+    relay.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let ca = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    let up = CaptureUpstream::start_tls(KANNEL_OK, Arc::new(server)).await;
+    let extra = format!("upstream-ca = \"{}\"\n", ca.display());
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&up.url()), &extra, ""),
+    )
+    .await;
+    let c = client();
+    let target = sendsms(&relay.url, "tlsup", 1);
+    let (s, body) = get(&c, &target).await;
+    assert_eq!((s.as_u16(), body.as_str()), (202, KANNEL_OK));
+    assert_eq!(
+        up.last().path_and_query,
+        target.trim_start_matches(&relay.url)
+    );
+    assert_eq!(
+        up.last().headers.get("host").unwrap().to_str().unwrap(),
+        format!("localhost:{}", up.addr.port())
+    );
+    relay.running.shutdown().await;
+
+    // Without the private CA the upstream's certificate is refused: 502, recorded as failed.
+    let dir2 = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir2.path(),
+        &config_text(dir2.path(), "kannel", Some(&up.url()), "", ""),
+    )
+    .await;
+    let (s, _) = get(&c, &sendsms(&relay.url, "untrusted", 2)).await;
+    assert_eq!(s.as_u16(), 502);
+    assert_eq!(up.count(), 1);
+    relay.settle().await;
+    let f = relay.query(IndexKind::Account, "untrusted");
+    assert_eq!(f[0].outcome.as_ref().unwrap().outcome, Outcome::Failed);
+    relay.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_down_gives_502_and_a_failed_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let upstream = format!("http://{closed}");
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&upstream), "", ""),
+    )
+    .await;
+    let c = client();
+    let (s, body) = get(&c, &sendsms(&relay.url, "down", 3)).await;
+    assert_eq!(s.as_u16(), 502, "{body}");
+    assert!(body.contains("upstream unreachable"), "{body}");
+    relay.settle().await;
+    let f = relay.query(IndexKind::Account, "down");
+    assert_eq!(f.len(), 1, "the attempt is on record");
+    let o = f[0].outcome.as_ref().unwrap();
+    assert_eq!((o.outcome, o.upstream_status), (Outcome::Failed, None));
+    let metrics = get(&c, &format!("{}/metrics", relay.admin)).await.1;
+    assert!(
+        metrics.contains("relaylog_upstream_errors_total{listener=\"sms\",reason=\"connect\"} 1"),
+        "{metrics}"
+    );
+    relay.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_told_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(
+            dir.path(),
+            "kannel",
+            Some(&up.url()),
+            "max-connections = 1\n",
+            "",
+        ),
+    )
+    .await;
+    let addr = relay.running.addr("sms").unwrap();
+    // The first connection holds the only place (keep-alive, idle).
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first
+        .write_all(b"GET /cgi-bin/sendsms?username=a&password=p&to=%2B31612345678&text=x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 202"));
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("busy"), "{reply}");
+    drop(first);
+    let metrics = get(&client(), &format!("{}/metrics", relay.admin)).await.1;
+    assert!(
+        metrics.contains("relaylog_connections_refused_total{listener=\"sms\"} 1"),
+        "{metrics}"
+    );
+    relay.running.shutdown().await;
+}
