@@ -18,7 +18,7 @@
 //! - [`admin`]: `/metrics` and `/healthz`.
 //! - [`simulator`]: a gateway look-alike for tests, benchmarks and the default upstream.
 //! - [`serve`]: wires it together and handles shutdown.
-//! - [`clock`]: injected time.
+//! - [`clock`]: injected time; [`shutdown`] and [`net`]: the plumbing every listener shares.
 
 pub mod admin;
 pub mod canonical;
@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod egress;
 pub mod ingress;
+pub mod net;
 pub mod record;
 pub mod relay;
 pub mod serve;

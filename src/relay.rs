@@ -148,13 +148,7 @@ pub async fn handle(
         Ok(b) => b,
         Err(refusal) => return reply(listener, refusal),
     };
-    let view = RequestView {
-        method: &head.method,
-        path: head.uri.path(),
-        query: head.uri.query(),
-        headers: &head.headers,
-        body: &body,
-    };
+    let view = RequestView::of(&head, &body);
     let extracted = match listener.profile.extract(&view) {
         Ok(Extract::Passthrough) => {
             listener.counters.passthrough.inc();

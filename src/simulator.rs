@@ -12,9 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::config::{AccountFrom, JsonProfile, Profile, ProfileKind};
@@ -85,37 +83,17 @@ impl Simulator {
 
     pub async fn run(self, mut shutdown: Shutdown) {
         let profile = Arc::new(self.profile);
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = shutdown.wait() => break,
-                a = self.listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(_) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
+        while let Some((stream, _)) =
+            crate::net::accept(&self.listener, &mut shutdown, "simulator").await
+        {
             let profile = profile.clone();
             let stats = self.stats.clone();
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let profile = profile.clone();
-                    let stats = stats.clone();
-                    async move { Ok::<_, Infallible>(answer(&profile, &stats, req).await) }
-                });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = shutdown.wait() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
+            let svc = service_fn(move |req| {
+                let profile = profile.clone();
+                let stats = stats.clone();
+                async move { Ok::<_, Infallible>(answer(&profile, &stats, req).await) }
             });
+            tokio::spawn(crate::net::serve_http1(stream, svc, shutdown.clone()));
         }
     }
 }
@@ -148,13 +126,7 @@ async fn answer(profile: &Profile, stats: &Stats, req: Request<Incoming>) -> Res
     else {
         return text(StatusCode::BAD_REQUEST, "Body too large");
     };
-    let view = RequestView {
-        method: &head.method,
-        path: head.uri.path(),
-        query: head.uri.query(),
-        headers: &head.headers,
-        body: &body,
-    };
+    let view = RequestView::of(&head, &body);
     let n = stats.accepted.load(Ordering::Relaxed);
     match (profile.kind, profile.extract(&view)) {
         (_, Ok(Extract::Message(m))) => {

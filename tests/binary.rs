@@ -194,7 +194,10 @@ async fn canaries_never_leave_the_request() {
     let (status, output) = served.terminate();
     assert!(status.success(), "serve exited with {status}");
     assert!(contains(&output, b"last batch committed"));
-    assert!(contains(&output, b"relayed"), "debug access log was on, so the leak check saw it");
+    assert!(
+        contains(&output, b"relayed"),
+        "debug access log was on, so the leak check saw it"
+    );
     for canary in &canaries {
         let needle = canary.as_bytes();
         assert!(

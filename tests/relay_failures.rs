@@ -14,10 +14,6 @@ use tokio::net::TcpStream;
 
 const KANNEL_OK: &str = "0: Accepted for delivery";
 
-fn sendsms(base: &str, user: &str, to: &str) -> String {
-    format!("{base}/cgi-bin/sendsms?username={user}&password=pw&to={to}&text=hello")
-}
-
 #[tokio::test]
 async fn bad_requests_are_refused_and_not_forwarded() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +102,7 @@ async fn bad_requests_are_refused_and_not_forwarded() {
     assert_eq!(s.as_u16(), 202);
     assert_eq!(relay.query(IndexKind::Account, "first").len(), 1);
     assert_eq!(relay.query(IndexKind::Account, "after").len(), 1);
-    let metrics = get(&c, &format!("{}/metrics", relay.admin)).await.1;
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("relaylog_requests_total{listener=\"sms\",kind=\"rejected\"} 6"),
         "{metrics}"
@@ -181,7 +177,7 @@ async fn unwritable_store_fails_closed_then_recovers() {
         1,
         "nothing forwarded while the store cannot write"
     );
-    let metrics = get(&c, &format!("{}/metrics", relay.admin)).await.1;
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("relaylog_fail_closed_total{listener=\"sms\",reason=\"commit_error\"} 1"),
         "{metrics}"

@@ -232,7 +232,7 @@ async fn requests_without_a_message_pass_through_unrecorded() {
     let (s, body) = get(&c, &format!("{}/status?password=adminpw", relay.url)).await;
     assert_eq!((s.as_u16(), body.as_str()), (200, "status ok"));
     assert_eq!(up.last().path_and_query, "/status?password=adminpw");
-    let metrics = get(&c, &format!("{}/metrics", relay.admin)).await.1;
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("relaylog_requests_total{listener=\"sms\",kind=\"passthrough\"} 1"),
         "{metrics}"

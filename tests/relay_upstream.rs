@@ -15,10 +15,6 @@ use tokio::net::TcpStream;
 
 const KANNEL_OK: &str = "0: Accepted for delivery";
 
-fn sendsms(base: &str, user: &str, n: u32) -> String {
-    format!("{base}/cgi-bin/sendsms?username={user}&password=pw&to=%2B316{n:08}&text=x")
-}
-
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let dir = tempfile::tempdir().unwrap();
@@ -31,7 +27,10 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     let c = client();
     for i in 0..20 {
         assert_eq!(
-            get(&c, &sendsms(&relay.url, "pool", i)).await.0.as_u16(),
+            get(&c, &sendsms(&relay.url, "pool", &number(i)))
+                .await
+                .0
+                .as_u16(),
             202
         );
     }
@@ -67,7 +66,7 @@ async fn https_upstream_with_a_private_ca() {
     )
     .await;
     let c = client();
-    let target = sendsms(&relay.url, "tlsup", 1);
+    let target = sendsms(&relay.url, "tlsup", &number(1));
     let (s, body) = get(&c, &target).await;
     assert_eq!((s.as_u16(), body.as_str()), (202, KANNEL_OK));
     assert_eq!(
@@ -87,7 +86,7 @@ async fn https_upstream_with_a_private_ca() {
         &config_text(dir2.path(), "kannel", Some(&up.url()), "", ""),
     )
     .await;
-    let (s, _) = get(&c, &sendsms(&relay.url, "untrusted", 2)).await;
+    let (s, _) = get(&c, &sendsms(&relay.url, "untrusted", &number(2))).await;
     assert_eq!(s.as_u16(), 502);
     assert_eq!(up.count(), 1);
     relay.settle().await;
@@ -110,7 +109,7 @@ async fn upstream_down_gives_502_and_a_failed_outcome() {
     )
     .await;
     let c = client();
-    let (s, body) = get(&c, &sendsms(&relay.url, "down", 3)).await;
+    let (s, body) = get(&c, &sendsms(&relay.url, "down", &number(3))).await;
     assert_eq!(s.as_u16(), 502, "{body}");
     assert!(body.contains("upstream unreachable"), "{body}");
     relay.settle().await;
@@ -118,7 +117,7 @@ async fn upstream_down_gives_502_and_a_failed_outcome() {
     assert_eq!(f.len(), 1, "the attempt is on record");
     let o = f[0].outcome.as_ref().unwrap();
     assert_eq!((o.outcome, o.upstream_status), (Outcome::Failed, None));
-    let metrics = get(&c, &format!("{}/metrics", relay.admin)).await.1;
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("relaylog_upstream_errors_total{listener=\"sms\",reason=\"connect\"} 1"),
         "{metrics}"
@@ -161,7 +160,7 @@ async fn connections_past_the_limit_are_told_busy() {
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
     assert!(reply.contains("busy"), "{reply}");
     drop(first);
-    let metrics = get(&client(), &format!("{}/metrics", relay.admin)).await.1;
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("relaylog_connections_refused_total{listener=\"sms\"} 1"),
         "{metrics}"

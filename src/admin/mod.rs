@@ -10,9 +10,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
@@ -28,36 +26,17 @@ pub struct AdminServer {
 
 impl AdminServer {
     pub async fn run(self, mut shutdown: Shutdown) {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = shutdown.wait() => break,
-                a = self.listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(_) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((stream, _)) =
+            crate::net::accept(&self.listener, &mut shutdown, "admin").await
+        {
             let metrics = self.metrics.clone();
             let recorder = self.recorder.clone();
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let metrics = metrics.clone();
-                    let healthy = recorder.writer_alive();
-                    async move { Ok::<_, Infallible>(answer(&metrics, healthy, req)) }
-                });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = shutdown.wait() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
+            let svc = service_fn(move |req| {
+                let metrics = metrics.clone();
+                let healthy = recorder.writer_alive();
+                async move { Ok::<_, Infallible>(answer(&metrics, healthy, req)) }
             });
+            tokio::spawn(crate::net::serve_http1(stream, svc, shutdown.clone()));
         }
     }
 }

@@ -46,19 +46,9 @@ impl HttpServer {
             .get_or_create_owned(&ListenerLabels {
                 listener: self.relay.name.clone(),
             });
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.wait() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(listener = %self.relay.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((stream, peer)) =
+            crate::net::accept(&self.listener, &mut shutdown, &self.relay.name).await
+        {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 refused.inc();
                 if self.tls.is_none() {

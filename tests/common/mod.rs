@@ -222,6 +222,11 @@ impl Relay {
         self.running.settle().await.unwrap();
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        get(&client(), &format!("{}/metrics", self.admin)).await.1
+    }
+
     /// Looks records up through the store's query path, as `relaylog query` does.
     pub fn query(&self, kind: IndexKind, value: &str) -> Vec<Found> {
         query_store(&self.config, kind, value)
@@ -301,4 +306,14 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A Kannel sendsms GET URL; `to` as it goes in the query (`%2B31…`).
+pub fn sendsms(base: &str, user: &str, to: &str) -> String {
+    format!("{base}/cgi-bin/sendsms?username={user}&password=pw&to={to}&text=hello")
+}
+
+/// The `n`th test number, query-encoded: `%2B316nnnnnnnn`.
+pub fn number(n: u32) -> String {
+    format!("%2B316{n:08}")
 }

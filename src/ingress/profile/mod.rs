@@ -26,6 +26,18 @@ pub struct RequestView<'a> {
     pub body: &'a [u8],
 }
 
+impl<'a> RequestView<'a> {
+    pub fn of(head: &'a http::request::Parts, body: &'a [u8]) -> Self {
+        Self {
+            method: &head.method,
+            path: head.uri.path(),
+            query: head.uri.query(),
+            headers: &head.headers,
+            body,
+        }
+    }
+}
+
 /// The metadata of one message, still as the client wrote it (not normalised).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Extracted {
