@@ -342,3 +342,59 @@ async fn shutdown_finishes_requests_in_flight_and_commits_them() {
         "the outcome of the request in flight is committed before exit"
     );
 }
+
+#[tokio::test]
+async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let store = "queue-capacity = 1\nenqueue-timeout = \"100ms\"\n";
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&up.url()), "", store),
+    )
+    .await;
+    let c = client();
+    assert_eq!(
+        get(&c, &sendsms(&relay.url, "first", &number(1)))
+            .await
+            .0
+            .as_u16(),
+        202
+    );
+    relay.settle().await;
+
+    // Another process takes the partition's write lock: the writer waits on it.
+    let day = std::fs::read_dir(dir.path().join("store"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite"))
+        .unwrap();
+    let lock = rusqlite::Connection::open(&day).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    // One submission blocks in the writer, one fills the queue...
+    let mut waiting = Vec::new();
+    for (i, user) in ["blocked", "queued"].into_iter().enumerate() {
+        let (c, url) = (c.clone(), sendsms(&relay.url, user, &number(10 + i as u32)));
+        waiting.push(tokio::spawn(async move { get(&c, &url).await }));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // ...and the next finds it full past enqueue-timeout.
+    let (s, reply) = get(&c, &sendsms(&relay.url, "refused", &number(20))).await;
+    assert_eq!(s.as_u16(), 503, "{reply}");
+    assert!(reply.contains("queue_full"), "{reply}");
+    assert_eq!(up.count(), 1, "nothing forwarded while the store is stuck");
+
+    lock.execute_batch("COMMIT").unwrap();
+    for w in waiting {
+        assert_eq!(w.await.unwrap().0.as_u16(), 202);
+    }
+    assert_eq!(up.count(), 3);
+    relay.settle().await;
+    assert_eq!(relay.query(IndexKind::Account, "refused").len(), 0);
+    assert_eq!(relay.query(IndexKind::Account, "queued").len(), 1);
+    let metrics = relay.metrics().await;
+    assert!(metrics.contains("reason=\"queue_full\"} 1"), "{metrics}");
+    relay.running.shutdown().await;
+}

@@ -269,3 +269,43 @@ async fn invalid_recipient_is_recorded_raw_and_forwarded() {
     assert_eq!(f[0].fields.recipient.form, Form::Raw);
     relay.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn without_upstream_serve_starts_the_simulator_which_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), &config_text(dir.path(), "jasmin", None, "", "")).await;
+    let sim = &relay.running.simulators[0];
+    let c = client();
+    let (s, body) = get(
+        &c,
+        &format!(
+            "{}/send?username=u&password=p&to=%2B31612345678&content=x",
+            relay.url
+        ),
+    )
+    .await;
+    assert_eq!(s.as_u16(), 200);
+    assert!(body.starts_with("Success \""), "{body}");
+    let (s, _) = get(
+        &c,
+        &format!("{}/send?username=u&password=p&content=x", relay.url),
+    )
+    .await;
+    assert_eq!(
+        s.as_u16(),
+        400,
+        "refused by relaylog, never reaches the simulator"
+    );
+    let (s, stats) = get(&c, &format!("http://{}/stats", sim.addr)).await;
+    assert_eq!(s.as_u16(), 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        (
+            stats["accepted"].as_u64(),
+            stats["recipients"].as_u64(),
+            stats["rejected"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    relay.running.shutdown().await;
+}

@@ -36,6 +36,9 @@ use crate::config::SyncMode;
 
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// How long the writer waits for a lock held by another connection.
+pub const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS record (
@@ -105,6 +108,10 @@ pub fn open_for_write(
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    // Another process (a query's WAL recovery, a maintenance command) may hold the write
+    // lock for a moment: wait for it rather than fail the batch. While the writer waits
+    // the queue fills, and past enqueue-timeout the relay fails closed.
+    conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
         None,
