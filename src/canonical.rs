@@ -52,6 +52,14 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 
 /// Normalises phone numbers with a default region for national formats.
 ///
+/// ```
+/// use relaylog::canonical::{Form, NumberNormalizer};
+/// let nl = NumberNormalizer::new(phonenumber::country::Id::NL);
+/// let id = nl.normalize("06-1234 5678");
+/// assert_eq!((id.form, id.value.as_str()), (Form::E164, "+31612345678"));
+/// assert_eq!(nl.normalize("ACME").form, Form::Raw);
+/// ```
+///
 /// `phonenumber` loads its metadata on first use (~100 ms): [`NumberNormalizer::new`]
 /// warms it so the first request does not pay for it.
 #[derive(Debug, Clone, Copy)]
