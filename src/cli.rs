@@ -57,6 +57,74 @@ pub enum Command {
     MockGateway(MockArgs),
     /// Look up records by recipient, account, client IP or originator.
     Query(QueryArgs),
+    /// Remove partitions past retention and shred their keys (serve does this itself).
+    Expire(ExpireArgs),
+    /// Legal holds: partitions they cover are kept past retention.
+    #[command(subcommand)]
+    Hold(HoldCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Write synthetic records through the real store; print records/s per tenth.
+    Store {
+        #[arg(long)]
+        records: u64,
+        /// Spread the records evenly over this many UTC days.
+        #[arg(long, default_value_t = 1)]
+        days: u32,
+        /// First day (YYYY-MM-DD); default today.
+        #[arg(long)]
+        start: Option<NaiveDate>,
+        /// Recipient numbers are drawn from a pool of this size.
+        #[arg(long, default_value_t = 1_000_000)]
+        recipients_pool: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Threads sealing records.
+        #[arg(long, default_value_t = 2)]
+        producers: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    /// Expire as of this time (RFC 3339 or date) instead of now.
+    #[arg(long)]
+    pub now: Option<String>,
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HoldCommand {
+    /// Place a hold on the partitions overlapping a window.
+    Add {
+        /// The case reference (e.g. the authority's request number).
+        #[arg(long)]
+        case: String,
+        #[arg(long)]
+        since: String,
+        /// End of the window (a date includes that day).
+        #[arg(long)]
+        until: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the holds in force.
+    List,
+    /// Release every hold of a case.
+    Release {
+        #[arg(long)]
+        case: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +221,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Serve => serve(config),
                 Command::CheckConfig => check_config(&cli, &config),
                 Command::Query(args) => run_query(&config, args),
+                Command::Expire(args) => expire(&config, args),
+                Command::Hold(h) => hold(&config, h),
+                Command::Bench(b) => bench(&config, b),
                 Command::MockGateway(_) => unreachable!("handled above"),
             }
         }
@@ -238,6 +309,151 @@ fn mock_gateway(args: &MockArgs) -> Result<()> {
         let _ = task.await;
         Ok(())
     })
+}
+
+fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Store {
+            records,
+            days,
+            start,
+            recipients_pool,
+            seed,
+            producers,
+            quiet,
+        } => {
+            let b = crate::bench::StoreBench {
+                records: *records,
+                days: *days,
+                start: start.unwrap_or_else(|| SystemClock.now().date_naive()),
+                recipients_pool: *recipients_pool,
+                seed: *seed,
+                producers: *producers,
+                progress: !quiet,
+            };
+            let report = crate::bench::store(config.store.clone(), &b)?;
+            for (i, rate) in report.tenths.iter().enumerate() {
+                println!("tenth {:>2}: {:>10.0} records/s", i + 1, rate);
+            }
+            println!(
+                "{} records over {} day(s) from {} in {:.2} s: {:.0} records/s",
+                report.records,
+                b.days,
+                b.start,
+                report.seconds,
+                report.overall()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Who is acting, for the audit log: the login name until officers exist.
+fn actor() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
+    use crate::store::expiry;
+    let now = match &args.now {
+        Some(t) => parse_time(t, false)?,
+        None => SystemClock.now(),
+    };
+    let keyring = crate::store::open_keyring(&config.store)?;
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let plan = expiry::plan(&config.store, &keyring, &ledger.holds()?, now)?;
+    let cutoff = plan.cutoff.map(|c| c.to_rfc3339()).unwrap_or_default();
+    println!(
+        "retention cutoff {cutoff}: {} partition(s) to remove, {} held",
+        plan.expire.len(),
+        plan.held.len()
+    );
+    for (p, cases) in &plan.held {
+        println!("held     {p} (cases: {})", cases.join(", "));
+    }
+    if args.dry_run {
+        for (p, records) in &plan.expire {
+            println!("would remove {p} ({records} records)");
+        }
+        return Ok(());
+    }
+    use std::io::IsTerminal;
+    let bar = if plan.expire.len() > 10 && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(plan.expire.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} partitions {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    expiry::execute(
+        &config.store,
+        &keyring,
+        &mut ledger,
+        &plan,
+        &actor(),
+        now,
+        |p| {
+            if let Some(b) = &bar {
+                b.set_message(p.to_string());
+                b.inc(1);
+            }
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for (p, records) in &plan.expire {
+        println!("removed  {p} ({records} records), keys shredded");
+    }
+    Ok(())
+}
+
+fn hold(config: &Config, command: &HoldCommand) -> Result<()> {
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    match command {
+        HoldCommand::Add {
+            case,
+            since,
+            until,
+            reason,
+        } => {
+            let hold = crate::ledger::Hold {
+                case: case.clone(),
+                since: parse_time(since, false)?.timestamp_micros(),
+                until: parse_time(until, true)?.timestamp_micros(),
+                reason: reason.clone(),
+                placed_at: SystemClock.now_micros(),
+                placed_by: actor(),
+            };
+            ledger.add_hold(&hold)?;
+            println!("hold placed for case {case}");
+        }
+        HoldCommand::List => {
+            for h in ledger.holds()? {
+                println!(
+                    "{}\t{} .. {}\tby {} at {}\t{}",
+                    h.case,
+                    rfc3339(h.since),
+                    rfc3339(h.until),
+                    h.placed_by,
+                    rfc3339(h.placed_at),
+                    h.reason
+                );
+            }
+        }
+        HoldCommand::Release { case } => {
+            let n = ledger.release(case, SystemClock.now_micros(), &actor())?;
+            println!(
+                "released {n} hold(s) of case {case}; the next expiry removes what is past retention"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parses `--since`/`--until`: an RFC 3339 time, or a date. A date as `until` means

@@ -62,6 +62,8 @@ pub struct RawStore {
     pub index_bytes: u8,
     pub index_bucket: String,
     pub cache_mib: u32,
+    pub ledger: PathBuf,
+    pub expire_interval: String,
 }
 
 impl Default for RawStore {
@@ -81,6 +83,8 @@ impl Default for RawStore {
             index_bytes: 8,
             index_bucket: "1m".into(),
             cache_mib: 16,
+            ledger: "data/ledger.sqlite".into(),
+            expire_interval: "1h".into(),
         }
     }
 }
@@ -244,6 +248,10 @@ pub struct StoreConfig {
     /// Width of the time bucket that leads every blind index, in microseconds.
     pub index_bucket_us: i64,
     pub cache_mib: u32,
+    /// Legal holds and the audit log: outside the partitions they protect.
+    pub ledger: PathBuf,
+    /// How often `serve` runs expiry (it also runs it at start-up).
+    pub expire_interval: Duration,
 }
 
 impl StoreConfig {
@@ -253,6 +261,7 @@ impl StoreConfig {
             path: dir.join("store"),
             keyring: dir.join("keys/keyring"),
             master_key: dir.join("keys/master.key"),
+            ledger: dir.join("ledger.sqlite"),
             ..RawStore::default()
         };
         raw.validate()
@@ -396,6 +405,7 @@ impl Config {
         for (key, p) in [
             ("store.keyring", &self.store.keyring),
             ("store.master-key", &self.store.master_key),
+            ("store.ledger", &self.store.ledger),
         ] {
             if absolute(p).starts_with(&store) {
                 out.push(format!(
@@ -435,6 +445,17 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
 }
 
 impl Retention {
+    /// The instant before which a partition must be wholly gone: `now` minus the
+    /// retention, in calendar months (31 January − 1 month = 31 December; 31 March −
+    /// 1 month = 28 or 29 February) or in days.
+    pub fn cutoff(self, now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        let earlier = match self {
+            Retention::Months(n) => now.checked_sub_months(chrono::Months::new(n)),
+            Retention::Days(n) => now.checked_sub_signed(chrono::Duration::days(i64::from(n))),
+        };
+        earlier.unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+    }
+
     pub fn parse(s: &str) -> Option<Retention> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit())?;
@@ -529,10 +550,15 @@ impl RawStore {
                 "must be a whole number of seconds between 1s and 1d that divides a day",
             ));
         }
+        let expire_interval = parse_duration("store.expire-interval", &self.expire_interval)?;
+        if expire_interval < Duration::from_secs(1) {
+            return Err(invalid("store.expire-interval", "must be at least 1s"));
+        }
         for (key, p) in [
             ("store.path", &self.path),
             ("store.keyring", &self.keyring),
             ("store.master-key", &self.master_key),
+            ("store.ledger", &self.ledger),
         ] {
             if p.as_os_str().is_empty() {
                 return Err(invalid(key, "must not be empty"));
@@ -553,6 +579,8 @@ impl RawStore {
             index_bytes: self.index_bytes,
             index_bucket_us: bucket.as_secs() as i64 * 1_000_000,
             cache_mib: self.cache_mib.clamp(1, 4096),
+            ledger: self.ledger,
+            expire_interval,
         })
     }
 }
@@ -820,6 +848,23 @@ mod tests {
         assert_eq!(Retention::parse("400 days"), Some(Retention::Days(400)));
         assert_eq!(Retention::parse("0 days"), None);
         assert_eq!(Retention::parse("months"), None);
+    }
+
+    #[test]
+    fn retention_cutoff_is_calendar_arithmetic() {
+        use chrono::TimeZone;
+        let t = |y, m, d| chrono::Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap();
+        let table = [
+            (Retention::Months(13), t(2026, 11, 22), t(2025, 10, 22)),
+            (Retention::Months(1), t(2026, 3, 31), t(2026, 2, 28)),
+            (Retention::Months(1), t(2024, 3, 31), t(2024, 2, 29)),
+            (Retention::Months(1), t(2027, 1, 31), t(2026, 12, 31)),
+            (Retention::Months(13), t(2025, 1, 31), t(2023, 12, 31)),
+            (Retention::Days(400), t(2026, 11, 22), t(2025, 10, 18)),
+        ];
+        for (r, now, cutoff) in table {
+            assert_eq!(r.cutoff(now), cutoff, "{r:?} before {now}");
+        }
     }
 
     #[test]

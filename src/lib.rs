@@ -21,12 +21,14 @@
 //! - [`clock`]: injected time; [`shutdown`] and [`net`]: the plumbing every listener shares.
 
 pub mod admin;
+pub mod bench;
 pub mod canonical;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod egress;
 pub mod ingress;
+pub mod ledger;
 pub mod net;
 pub mod record;
 pub mod relay;

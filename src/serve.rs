@@ -110,7 +110,23 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     }
 
     let metrics = Arc::new(Metrics::new());
-    let store = Store::open(config.store.clone(), clock, metrics.clone())?;
+    let store = Store::open(config.store.clone(), clock.clone(), metrics.clone())?;
+    // Expiry at start-up, then every expire-interval.
+    run_expiry(&config.store, clock.as_ref());
+    {
+        let (cfg, clock, mut shutdown) = (config.store.clone(), clock.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tokio::time::sleep(cfg.expire_interval) => {
+                        let (cfg, clock) = (cfg.clone(), clock.clone());
+                        let _ = tokio::task::spawn_blocking(move || run_expiry(&cfg, clock.as_ref())).await;
+                    }
+                }
+            }
+        }));
+    }
     let normalizer = NumberNormalizer::new(config.store.default_region);
     let (drain, drain_waiter) = shutdown::drain();
     let mut bound = Vec::new();
@@ -205,6 +221,24 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         tasks,
         store,
     })
+}
+
+/// Runs expiry, logging (not failing) on error: a failed run is retried next interval.
+fn run_expiry(cfg: &crate::config::StoreConfig, clock: &dyn crate::clock::Clock) {
+    let result = crate::store::open_keyring(cfg)
+        .map_err(crate::store::expiry::ExpiryError::from)
+        .and_then(|keyring| crate::store::expiry::run(cfg, &keyring, "serve", clock.now()));
+    match result {
+        Ok(plan) if !plan.expire.is_empty() || !plan.held.is_empty() => {
+            tracing::info!(
+                removed = plan.expire.len(),
+                held = plan.held.len(),
+                "expiry done"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "expiry failed; retried at the next interval"),
+    }
 }
 
 impl Running {

@@ -308,6 +308,23 @@ impl Keyring {
         self.dir.join(format!("{partition}.key"))
     }
 
+    /// Partitions that have a key file, oldest first.
+    pub fn partitions(&self) -> Result<Vec<PartitionId>, KeyError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let name = entry.map_err(io_err(&self.dir))?.file_name();
+            if let Some(p) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".key"))
+                .and_then(PartitionId::parse)
+            {
+                out.push(p);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     pub fn exists(&self, partition: PartitionId) -> bool {
         self.key_path(partition).exists()
     }

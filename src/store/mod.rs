@@ -6,6 +6,7 @@
 //! and AEAD run in parallel on every core — and hands the rows to the writer.
 
 pub mod codec;
+pub mod expiry;
 pub mod keys;
 pub mod partition;
 pub mod postings;

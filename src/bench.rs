@@ -1,0 +1,181 @@
+//! `relaylog bench store`: synthetic records through the real store (sealing, the
+//! writer, group commit, index flushes), spread evenly over a number of UTC days, with
+//! records/s reported for each successive tenth of the run. Also how a demo or a test
+//! fills a store with history.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+
+use crate::admin::metrics::Metrics;
+use crate::canonical::{Form, Identifier};
+use crate::clock::SystemClock;
+use crate::config::StoreConfig;
+use crate::record::{Protocol, Service, Submission};
+use crate::store::{OpenError, RecordError, Store};
+
+#[derive(Debug, Clone)]
+pub struct StoreBench {
+    pub records: u64,
+    pub days: u32,
+    pub start: NaiveDate,
+    pub recipients_pool: u64,
+    pub seed: u64,
+    /// Threads sealing records (the writer is one more).
+    pub producers: usize,
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("--records and --days must be at least 1")]
+    Empty,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreBenchReport {
+    pub records: u64,
+    pub seconds: f64,
+    /// Records/s committed in each tenth of the run.
+    pub tenths: Vec<f64>,
+}
+
+impl StoreBenchReport {
+    pub fn overall(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+}
+
+/// xorshift64*: fixed-seed, fast, good enough to spread synthetic identifiers.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// The `i`th synthetic submission: the same for the same seed, whatever the thread.
+fn synthetic(
+    b: &StoreBench,
+    i: u64,
+    start_us: i64,
+    span_us: i64,
+    rec: &crate::store::Recorder,
+) -> Submission {
+    let mut rng = Rng((b.seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+    let at = start_us + ((i as i128 * span_us as i128) / b.records as i128) as i64;
+    let (a, ip, n) = (rng.next(), rng.next(), rng.next());
+    Submission {
+        id: rec.next_submission_id(at),
+        at,
+        protocol: Protocol::Http,
+        service: Service::Sms,
+        account: format!("account{:03}", a % 200),
+        client_ip: IpAddr::V4(Ipv4Addr::new(198, 51, (ip >> 8) as u8 % 4, ip as u8)),
+        client_port: (ip >> 16) as u16,
+        originator: Some(Identifier {
+            form: Form::Raw,
+            value: format!("SENDER{}", a % 20),
+        }),
+        segments: 1,
+        recipients: vec![Identifier {
+            form: Form::E164,
+            value: format!("+3161{:07}", n % b.recipients_pool.max(1)),
+        }],
+    }
+}
+
+pub fn store(cfg: StoreConfig, b: &StoreBench) -> Result<StoreBenchReport, BenchError> {
+    if b.records == 0 || b.days == 0 {
+        return Err(BenchError::Empty);
+    }
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(cfg, Arc::new(SystemClock), metrics.clone())?;
+    let start_us = b
+        .start
+        .and_hms_opt(0, 0, 0)
+        .unwrap_or_default()
+        .and_utc()
+        .timestamp_micros();
+    let span_us = i64::from(b.days) * 86_400_000_000;
+    let bar = (b.progress && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(b.records);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} records {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let began = Instant::now();
+    let producers: Vec<_> = (0..b.producers.max(1))
+        .map(|t| {
+            let rec = store.recorder();
+            let b = b.clone();
+            let step = b.producers.max(1) as u64;
+            std::thread::spawn(move || -> Result<(), RecordError> {
+                let mut i = t as u64;
+                while i < b.records {
+                    rec.record_blocking(&synthetic(&b, i, start_us, span_us, &rec))?;
+                    i += step;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    // Watch what is committed; note when each tenth is crossed.
+    let mut marks = Vec::with_capacity(10);
+    loop {
+        let done = metrics.records_written.get();
+        while marks.len() < 10 && done >= b.records * (marks.len() as u64 + 1) / 10 {
+            marks.push(began.elapsed().as_secs_f64());
+        }
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+        if marks.len() == 10 || producers.iter().all(|p| p.is_finished()) && done >= b.records {
+            break;
+        }
+        if producers.iter().all(|p| p.is_finished()) {
+            // A producer failed, or records are still in the queue: flush and look again.
+            store.recorder().barrier_blocking()?;
+            if metrics.records_written.get() < b.records {
+                break;
+            }
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in producers {
+        p.join().unwrap_or(Ok(()))?;
+    }
+    store.recorder().barrier_blocking()?;
+    let seconds = began.elapsed().as_secs_f64();
+    store.close_blocking();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let mut tenths = Vec::with_capacity(10);
+    let mut prev = 0.0;
+    for m in &marks {
+        tenths.push((b.records as f64 / 10.0) / (m - prev).max(1e-9));
+        prev = *m;
+    }
+    Ok(StoreBenchReport {
+        records: b.records,
+        seconds,
+        tenths,
+    })
+}

@@ -1,0 +1,373 @@
+//! The ledger: legal holds and the audit log, in one SQLite file kept outside the store
+//! directory (`store.ledger`), so that what protects a partition and what records who
+//! touched it never expire with it.
+//!
+//! The audit log is append-only and hash-chained:
+//!
+//! ```text
+//! hash(n) = SHA-256( hash(n-1) | seq u64 | at_us i64 | actor | 0x00 | action | 0x00 | details )
+//! hash(0) = SHA-256("relaylog audit v1")   -- the chain's anchor
+//! ```
+//!
+//! `details` is JSON of ids, windows and counts, never a phone number or an address in
+//! the clear.
+
+use std::path::Path;
+
+use ring::digest;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::clock::Micros;
+use crate::store::partition::PartitionId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {message}")]
+    Sql { path: String, message: String },
+    #[error("case `{0}` has no hold")]
+    NoHold(String),
+    #[error("a hold needs a case reference and a reason")]
+    Incomplete,
+    #[error("the hold's window is empty: --since must be before --until")]
+    EmptyWindow,
+    #[error("audit entry {seq} does not match the chain: the audit log was edited")]
+    Broken { seq: i64 },
+}
+
+const DDL: &str = "
+CREATE TABLE IF NOT EXISTS hold (
+    id        INTEGER PRIMARY KEY,
+    case_ref  TEXT NOT NULL,
+    since_us  INTEGER NOT NULL,
+    until_us  INTEGER NOT NULL,
+    reason    TEXT NOT NULL,
+    placed_at INTEGER NOT NULL,
+    placed_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq     INTEGER PRIMARY KEY,
+    at_us   INTEGER NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    details TEXT NOT NULL,
+    hash    BLOB NOT NULL
+);
+";
+
+/// A legal hold: partitions overlapping `[since, until)` are kept past retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub case: String,
+    pub since: Micros,
+    pub until: Micros,
+    pub reason: String,
+    pub placed_at: Micros,
+    pub placed_by: String,
+}
+
+impl Hold {
+    pub fn covers(&self, p: PartitionId) -> bool {
+        self.since < p.end_micros() && self.until > p.start_micros()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: Micros,
+    pub actor: String,
+    pub action: String,
+    pub details: String,
+}
+
+pub struct Ledger {
+    conn: Connection,
+    path: String,
+}
+
+fn anchor() -> Vec<u8> {
+    digest::digest(&digest::SHA256, b"relaylog audit v1")
+        .as_ref()
+        .to_vec()
+}
+
+fn chain(prev: &[u8], e: &AuditEntry) -> Vec<u8> {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(prev);
+    ctx.update(&(e.seq as u64).to_be_bytes());
+    ctx.update(&e.at.to_be_bytes());
+    ctx.update(e.actor.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(e.action.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(e.details.as_bytes());
+    ctx.finish().as_ref().to_vec()
+}
+
+impl Ledger {
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        let name = path.display().to_string();
+        let err = |e: rusqlite::Error| LedgerError::Sql {
+            path: name.clone(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| LedgerError::Sql {
+                path: name.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.execute_batch(DDL).map_err(err)?;
+        Ok(Ledger { conn, path: name })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
+        |e| LedgerError::Sql {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Appends an audit entry inside the caller's transaction (or on its own).
+    fn append(
+        conn: &Connection,
+        at: Micros,
+        actor: &str,
+        action: &str,
+        details: &serde_json::Value,
+    ) -> rusqlite::Result<i64> {
+        let last: Option<(i64, Vec<u8>)> = conn
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (seq, prev) = match last {
+            Some((s, h)) => (s + 1, h),
+            None => (1, anchor()),
+        };
+        let entry = AuditEntry {
+            seq,
+            at,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            details: details.to_string(),
+        };
+        let hash = chain(&prev, &entry);
+        conn.execute(
+            "INSERT INTO audit (seq, at_us, actor, action, details, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![seq, at, entry.actor, entry.action, entry.details, hash],
+        )?;
+        Ok(seq)
+    }
+
+    /// Appends one audit entry.
+    pub fn audit(
+        &mut self,
+        at: Micros,
+        actor: &str,
+        action: &str,
+        details: serde_json::Value,
+    ) -> Result<i64, LedgerError> {
+        let tx = self.conn.transaction().map_err(|e| LedgerError::Sql {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let seq = Self::append(&tx, at, actor, action, &details).map_err(|e| LedgerError::Sql {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        tx.commit().map_err(|e| LedgerError::Sql {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(seq)
+    }
+
+    /// Places a hold, audited in the same transaction.
+    pub fn add_hold(&mut self, hold: &Hold) -> Result<(), LedgerError> {
+        if hold.case.trim().is_empty() || hold.reason.trim().is_empty() {
+            return Err(LedgerError::Incomplete);
+        }
+        if hold.until <= hold.since {
+            return Err(LedgerError::EmptyWindow);
+        }
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| LedgerError::Sql {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "INSERT INTO hold (case_ref, since_us, until_us, reason, placed_at, placed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![hold.case, hold.since, hold.until, hold.reason, hold.placed_at, hold.placed_by],
+        )
+        .map_err(err)?;
+        let details = serde_json::json!({"case": hold.case, "since_us": hold.since, "until_us": hold.until, "reason": hold.reason});
+        Self::append(&tx, hold.placed_at, &hold.placed_by, "hold.add", &details).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Releases every hold of a case, audited. Returns how many were released.
+    pub fn release(&mut self, case: &str, at: Micros, actor: &str) -> Result<usize, LedgerError> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| LedgerError::Sql {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let n = tx
+            .execute("DELETE FROM hold WHERE case_ref = ?1", [case])
+            .map_err(err)?;
+        if n == 0 {
+            return Err(LedgerError::NoHold(case.to_owned()));
+        }
+        Self::append(
+            &tx,
+            at,
+            actor,
+            "hold.release",
+            &serde_json::json!({"case": case, "holds": n}),
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(n)
+    }
+
+    pub fn holds(&self) -> Result<Vec<Hold>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT case_ref, since_us, until_us, reason, placed_at, placed_by FROM hold ORDER BY id")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Hold {
+                    case: r.get(0)?,
+                    since: r.get(1)?,
+                    until: r.get(2)?,
+                    reason: r.get(3)?,
+                    placed_at: r.get(4)?,
+                    placed_by: r.get(5)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    pub fn entries(&self) -> Result<Vec<AuditEntry>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, at_us, actor, action, details FROM audit ORDER BY seq")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AuditEntry {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    details: r.get(4)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Recomputes the chain; the number of entries when it holds.
+    pub fn verify_audit(&self) -> Result<usize, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, at_us, actor, action, details, hash FROM audit ORDER BY seq")
+            .map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        let mut prev = anchor();
+        let mut expected_seq = 1;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            let e = AuditEntry {
+                seq: r.get(0).map_err(self.err())?,
+                at: r.get(1).map_err(self.err())?,
+                actor: r.get(2).map_err(self.err())?,
+                action: r.get(3).map_err(self.err())?,
+                details: r.get(4).map_err(self.err())?,
+            };
+            let stored: Vec<u8> = r.get(5).map_err(self.err())?;
+            if e.seq != expected_seq || chain(&prev, &e) != stored {
+                return Err(LedgerError::Broken { seq: e.seq });
+            }
+            prev = stored;
+            expected_seq += 1;
+        }
+        Ok((expected_seq - 1) as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(case: &str, since: Micros, until: Micros) -> Hold {
+        Hold {
+            case: case.into(),
+            since,
+            until,
+            reason: "order 2026/17".into(),
+            placed_at: 1,
+            placed_by: "officer".into(),
+        }
+    }
+
+    #[test]
+    fn holds_are_added_released_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+        l.add_hold(&hold("NL-1", 0, 100)).unwrap();
+        l.add_hold(&hold("NL-2", 50, 200)).unwrap();
+        assert_eq!(l.holds().unwrap().len(), 2);
+        assert!(matches!(
+            l.add_hold(&hold("NL-3", 10, 10)),
+            Err(LedgerError::EmptyWindow)
+        ));
+        assert_eq!(l.release("NL-1", 5, "officer").unwrap(), 1);
+        assert!(matches!(
+            l.release("NL-1", 6, "officer"),
+            Err(LedgerError::NoHold(_))
+        ));
+        let actions: Vec<_> = l.entries().unwrap().into_iter().map(|e| e.action).collect();
+        assert_eq!(actions, ["hold.add", "hold.add", "hold.release"]);
+        assert_eq!(l.verify_audit().unwrap(), 3);
+    }
+
+    #[test]
+    fn editing_the_audit_log_breaks_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let mut l = Ledger::open(&path).unwrap();
+        for i in 0..3 {
+            l.audit(i, "x", "expire", serde_json::json!({"removed": i}))
+                .unwrap();
+        }
+        l.conn
+            .execute(
+                "UPDATE audit SET details = '{\"removed\":9}' WHERE seq = 2",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(
+            l.verify_audit(),
+            Err(LedgerError::Broken { seq: 2 })
+        ));
+        let mut l = Ledger::open(&dir.path().join("other.sqlite")).unwrap();
+        l.audit(1, "x", "a", serde_json::json!({})).unwrap();
+        l.audit(2, "x", "b", serde_json::json!({})).unwrap();
+        l.conn
+            .execute("DELETE FROM audit WHERE seq = 1", [])
+            .unwrap();
+        assert!(matches!(l.verify_audit(), Err(LedgerError::Broken { .. })));
+    }
+}

@@ -1,0 +1,186 @@
+//! Expiry: a partition whose whole period lies before `now − retention` is removed as a
+//! file, and its keys are shredded in the same step, so that every earlier copy of it
+//! (backups included) becomes unreadable at that moment. A partition under a legal
+//! hold is kept until every hold on it is released.
+//!
+//! Order, for crash safety: keys first (the step that makes the data unreadable), then
+//! the file. Candidates are the union of partition files and key files, so a crash
+//! between the two steps is finished by the next run.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use rusqlite::OpenFlags;
+
+use super::keys::{KeyError, Keyring};
+use super::partition::{self, PartitionId};
+use crate::config::StoreConfig;
+use crate::ledger::{Hold, Ledger, LedgerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExpiryError {
+    #[error("cannot list {path}: {source}")]
+    List {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot remove {path}: {source}")]
+    Remove {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// What a run will do (and, after [`execute`], did).
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub cutoff: Option<DateTime<Utc>>,
+    /// Partitions to remove, with their record counts.
+    pub expire: Vec<(PartitionId, u64)>,
+    /// Partitions past retention kept by holds, with the cases holding them.
+    pub held: Vec<(PartitionId, Vec<String>)>,
+}
+
+/// Records in a partition: its highest record id (ids are dense from 1; O(log n),
+/// so planning costs the same whatever the partition's size).
+fn record_count(path: &Path) -> u64 {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    conn.query_row("SELECT coalesce(max(id), 0) FROM record", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n.max(0) as u64)
+    .unwrap_or(0)
+}
+
+pub fn plan(
+    cfg: &StoreConfig,
+    keyring: &Keyring,
+    holds: &[Hold],
+    now: DateTime<Utc>,
+) -> Result<Plan, ExpiryError> {
+    let cutoff = cfg.retention.cutoff(now);
+    let cutoff_us = cutoff.timestamp_micros();
+    let mut candidates = partition::list(&cfg.path).map_err(|source| ExpiryError::List {
+        path: cfg.path.clone(),
+        source,
+    })?;
+    candidates.extend(keyring.partitions()?);
+    candidates.sort();
+    candidates.dedup();
+    let mut plan = Plan {
+        cutoff: Some(cutoff),
+        ..Plan::default()
+    };
+    for p in candidates
+        .into_iter()
+        .filter(|p| p.end_micros() <= cutoff_us)
+    {
+        let cases: Vec<String> = holds
+            .iter()
+            .filter(|h| h.covers(p))
+            .map(|h| h.case.clone())
+            .collect();
+        if cases.is_empty() {
+            plan.expire.push((p, record_count(&p.path_in(&cfg.path))));
+        } else {
+            plan.held.push((p, cases));
+        }
+    }
+    Ok(plan)
+}
+
+fn remove_if_present(path: &Path) -> Result<(), ExpiryError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ExpiryError::Remove {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Removes one partition: keys shredded, then the file and its WAL.
+pub fn remove(cfg: &StoreConfig, keyring: &Keyring, p: PartitionId) -> Result<(), ExpiryError> {
+    keyring.shred(p)?;
+    let file = p.path_in(&cfg.path);
+    for suffix in ["-wal", "-shm"] {
+        let mut side = file.clone().into_os_string();
+        side.push(suffix);
+        remove_if_present(Path::new(&side))?;
+    }
+    remove_if_present(&file)?;
+    if let Ok(dir) = std::fs::File::open(&cfg.path) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Carries out a plan, calling `progress` after each partition, and writes one audit
+/// entry (partition ids and counts only).
+pub fn execute(
+    cfg: &StoreConfig,
+    keyring: &Keyring,
+    ledger: &mut Ledger,
+    plan: &Plan,
+    actor: &str,
+    now: DateTime<Utc>,
+    mut progress: impl FnMut(PartitionId),
+) -> Result<(), ExpiryError> {
+    let mut done = Vec::new();
+    let mut failure = None;
+    for &(p, records) in &plan.expire {
+        match remove(cfg, keyring, p) {
+            Ok(()) => {
+                tracing::info!(partition = %p, records, "expired: partition removed, keys shredded");
+                done.push(serde_json::json!({"partition": p.to_string(), "records": records}));
+                progress(p);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    for (p, cases) in &plan.held {
+        tracing::info!(partition = %p, holds = cases.len(), "past retention but held: kept");
+    }
+    if !done.is_empty() || !plan.held.is_empty() {
+        let held: Vec<_> = plan
+            .held
+            .iter()
+            .map(|(p, cases)| serde_json::json!({"partition": p.to_string(), "cases": cases}))
+            .collect();
+        let cutoff = plan.cutoff.map(|c| c.to_rfc3339());
+        ledger.audit(
+            now.timestamp_micros(),
+            actor,
+            "expire",
+            serde_json::json!({"cutoff": cutoff, "removed": done, "held": held}),
+        )?;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Plans and executes in one go: what `serve` runs at start-up and periodically.
+pub fn run(
+    cfg: &StoreConfig,
+    keyring: &Keyring,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Plan, ExpiryError> {
+    let mut ledger = Ledger::open(&cfg.ledger)?;
+    let plan = plan(cfg, keyring, &ledger.holds()?, now)?;
+    execute(cfg, keyring, &mut ledger, &plan, actor, now, |_| {})?;
+    Ok(plan)
+}

@@ -1,0 +1,208 @@
+//! The store's life cycle with an injected clock: 400 days of records, expiry at 13
+//! calendar months with crypto-shredding, a restored backup that stays unreadable, and
+//! legal holds.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use relaylog::admin::metrics::Metrics;
+use relaylog::canonical::{Form, Identifier};
+use relaylog::clock::ManualClock;
+use relaylog::config::{Granularity, StoreConfig};
+use relaylog::ledger::{Hold, Ledger};
+use relaylog::record::{Protocol, Service, Submission};
+use relaylog::store::partition::{self, PartitionId};
+use relaylog::store::query::{self, Criteria};
+use relaylog::store::{IndexKind, Store, expiry, keys, open_keyring};
+
+const NUMBER: &str = "+31612345678";
+
+fn day(n: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 10, 1, 12, 0, 0).unwrap() + Duration::days(n)
+}
+
+/// One record per day for `days` days from 2025-10-01, each at noon.
+async fn fill(cfg: &StoreConfig, days: i64) {
+    keys::create_master_key(&cfg.master_key).unwrap();
+    let clock = ManualClock::new(day(0));
+    let store = Store::open(
+        cfg.clone(),
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let rec = store.recorder();
+    for n in 0..days {
+        clock.set(day(n));
+        let at = rec.now();
+        let sub = Submission {
+            id: rec.next_submission_id(at),
+            at,
+            protocol: Protocol::Http,
+            service: Service::Sms,
+            account: "acme".into(),
+            client_ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+            client_port: 5000,
+            originator: None,
+            segments: 1,
+            recipients: vec![Identifier {
+                form: Form::E164,
+                value: NUMBER.into(),
+            }],
+        };
+        rec.record(&sub).await.unwrap();
+    }
+    store.close().await;
+}
+
+fn lookup(cfg: &StoreConfig) -> (usize, Vec<PartitionId>) {
+    let keyring = open_keyring(cfg).unwrap();
+    let criteria = Criteria {
+        kind: IndexKind::Recipient,
+        value: NUMBER.into(),
+        since: 0,
+        until: i64::MAX / 2,
+    };
+    let mut n = 0;
+    let stats = query::run(&cfg.path, &keyring, &criteria, |_| n += 1).unwrap();
+    (n, stats.partitions_shredded)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).unwrap()
+}
+
+#[tokio::test]
+async fn four_hundred_days_expire_at_thirteen_calendar_months() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    fill(&cfg, 400).await;
+    assert_eq!(partition::list(&cfg.path).unwrap().len(), 400);
+    assert_eq!(lookup(&cfg).0, 400);
+    let backup = dir.path().join("backup-of-store");
+    copy_dir(&cfg.path, &backup);
+
+    // Day 400 is 2026-11-05 12:00; 13 months earlier is 2025-10-05 12:00: the days
+    // 2025-10-01 .. 2025-10-04 lie wholly before it, 2025-10-05 does not.
+    let now = day(400);
+    assert_eq!(now.date_naive(), date(2026, 11, 5));
+    let keyring = open_keyring(&cfg).unwrap();
+    let plan = expiry::run(&cfg, &keyring, "test", now).unwrap();
+    let gone: Vec<String> = plan.expire.iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(
+        gone,
+        ["2025-10-01", "2025-10-02", "2025-10-03", "2025-10-04"]
+    );
+    assert!(plan.expire.iter().all(|(_, records)| *records == 1));
+    let left = partition::list(&cfg.path).unwrap();
+    assert_eq!(left.len(), 396);
+    assert_eq!(
+        left[0],
+        PartitionId::of_date(Granularity::Day, date(2025, 10, 5))
+    );
+    for (p, _) in &plan.expire {
+        assert!(!keyring.exists(*p), "keys of {p} shredded");
+        assert!(!p.path_in(&cfg.path).exists());
+    }
+    let (found, shredded) = lookup(&cfg);
+    assert_eq!(
+        (found, shredded.len()),
+        (396, 0),
+        "everything newer is still queryable"
+    );
+
+    // A second run removes nothing more.
+    assert!(
+        expiry::run(&cfg, &keyring, "test", now)
+            .unwrap()
+            .expire
+            .is_empty()
+    );
+
+    // The old copy of the store, restored: the expired days cannot be read.
+    std::fs::remove_dir_all(&cfg.path).unwrap();
+    copy_dir(&backup, &cfg.path);
+    let (found, shredded) = lookup(&cfg);
+    assert_eq!(found, 396, "only what is still within retention");
+    let shredded: Vec<String> = shredded.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        shredded, gone,
+        "the restored expired days are reported as shredded"
+    );
+
+    // Expiry is audited with partition ids and counts, nothing else.
+    let ledger = Ledger::open(&cfg.ledger).unwrap();
+    let entries = ledger.entries().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].action, "expire");
+    assert!(entries[0].details.contains("2025-10-04") && !entries[0].details.contains(NUMBER));
+    assert_eq!(ledger.verify_audit().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_held_partition_survives_expiry_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    fill(&cfg, 10).await;
+    let mut ledger = Ledger::open(&cfg.ledger).unwrap();
+    // Hold 2025-10-03 and 2025-10-04 (case NL-42).
+    ledger
+        .add_hold(&Hold {
+            case: "NL-42".into(),
+            since: day(2).timestamp_micros(),
+            until: day(3).timestamp_micros(),
+            reason: "production order".into(),
+            placed_at: 0,
+            placed_by: "officer".into(),
+        })
+        .unwrap();
+    let keyring = open_keyring(&cfg).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap(); // everything is past retention
+    let plan = expiry::run(&cfg, &keyring, "test", now).unwrap();
+    let held: Vec<String> = plan.held.iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(held, ["2025-10-03", "2025-10-04"]);
+    assert_eq!(plan.held[0].1, ["NL-42"]);
+    assert_eq!(plan.expire.len(), 8);
+    assert_eq!(lookup(&cfg).0, 2, "held records stay readable");
+
+    ledger.release("NL-42", 1, "officer").unwrap();
+    let plan = expiry::run(&cfg, &keyring, "test", now).unwrap();
+    assert_eq!(
+        plan.expire.len(),
+        2,
+        "gone at the first expiry after release"
+    );
+    assert!(partition::list(&cfg.path).unwrap().is_empty());
+    assert!(keyring.partitions().unwrap().is_empty());
+    let actions: Vec<String> = Ledger::open(&cfg.ledger)
+        .unwrap()
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["hold.add", "expire", "hold.release", "expire"]);
+}
+
+#[tokio::test]
+async fn a_crash_between_shredding_and_removal_is_finished_next_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    fill(&cfg, 3).await;
+    let keyring = open_keyring(&cfg).unwrap();
+    let first = PartitionId::of_date(Granularity::Day, date(2025, 10, 1));
+    keyring.shred(first).unwrap(); // the step before the crash
+    let now = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+    let plan = expiry::run(&cfg, &keyring, "test", now).unwrap();
+    assert_eq!(plan.expire.len(), 3);
+    assert!(partition::list(&cfg.path).unwrap().is_empty());
+}
