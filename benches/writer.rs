@@ -17,8 +17,8 @@ use relaylog::canonical::{Form, Identifier};
 use relaylog::clock::{ManualClock, SharedClock};
 use relaylog::config::StoreConfig;
 use relaylog::record::{Protocol, Service, Submission, SubmissionId};
+use relaylog::store::Store;
 use relaylog::store::writer::{self, Job, Row, WriterConfig};
-use relaylog::store::{Store, keys};
 
 const BATCH: usize = 1_000;
 const START_US: i64 = 1_795_000_000_000_000; // 2026-11-18
@@ -55,7 +55,7 @@ fn submissions(n: usize, first: usize) -> Vec<Submission> {
 
 fn open_store(dir: &std::path::Path) -> Store {
     let cfg = StoreConfig::under(dir);
-    keys::create_master_key(&cfg.master_key).unwrap();
+    relaylog::store::init_keys(&cfg).unwrap();
     let clock: SharedClock = Arc::new(ManualClock::new(
         chrono::DateTime::from_timestamp_micros(START_US).unwrap(),
     ));
@@ -79,6 +79,7 @@ fn bench(c: &mut Criterion) {
                 cache_mib: 16,
                 batch_max: 4_096,
                 queue_capacity: 65_536,
+                signer: None,
             },
             Arc::new(Metrics::new()),
         )

@@ -64,6 +64,7 @@ pub struct RawStore {
     pub cache_mib: u32,
     pub ledger: PathBuf,
     pub expire_interval: String,
+    pub signing_key: PathBuf,
 }
 
 impl Default for RawStore {
@@ -85,6 +86,7 @@ impl Default for RawStore {
             cache_mib: 16,
             ledger: "data/ledger.sqlite".into(),
             expire_interval: "1h".into(),
+            signing_key: "data/keys/signing.key".into(),
         }
     }
 }
@@ -252,6 +254,8 @@ pub struct StoreConfig {
     pub ledger: PathBuf,
     /// How often `serve` runs expiry (it also runs it at start-up).
     pub expire_interval: Duration,
+    /// The installation's Ed25519 key (PKCS#8, hex); its public key is `<path>.pub`.
+    pub signing_key: PathBuf,
 }
 
 impl StoreConfig {
@@ -262,6 +266,7 @@ impl StoreConfig {
             keyring: dir.join("keys/keyring"),
             master_key: dir.join("keys/master.key"),
             ledger: dir.join("ledger.sqlite"),
+            signing_key: dir.join("keys/signing.key"),
             ..RawStore::default()
         };
         raw.validate()
@@ -559,6 +564,7 @@ impl RawStore {
             ("store.keyring", &self.keyring),
             ("store.master-key", &self.master_key),
             ("store.ledger", &self.ledger),
+            ("store.signing-key", &self.signing_key),
         ] {
             if p.as_os_str().is_empty() {
                 return Err(invalid(key, "must not be empty"));
@@ -581,6 +587,7 @@ impl RawStore {
             cache_mib: self.cache_mib.clamp(1, 4096),
             ledger: self.ledger,
             expire_interval,
+            signing_key: self.signing_key,
         })
     }
 }

@@ -15,7 +15,7 @@ use relaylog::ledger::{Hold, Ledger};
 use relaylog::record::{Protocol, Service, Submission};
 use relaylog::store::partition::{self, PartitionId};
 use relaylog::store::query::{self, Criteria};
-use relaylog::store::{IndexKind, Store, expiry, keys, open_keyring};
+use relaylog::store::{IndexKind, Store, expiry, open_keyring};
 
 const NUMBER: &str = "+31612345678";
 
@@ -25,7 +25,7 @@ fn day(n: i64) -> DateTime<Utc> {
 
 /// One record per day for `days` days from 2025-10-01, each at noon.
 async fn fill(cfg: &StoreConfig, days: i64) {
-    keys::create_master_key(&cfg.master_key).unwrap();
+    relaylog::store::init_keys(cfg).unwrap();
     let clock = ManualClock::new(day(0));
     let store = Store::open(
         cfg.clone(),

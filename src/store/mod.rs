@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod expiry;
+pub mod integrity;
 pub mod keys;
 pub mod partition;
 pub mod postings;
@@ -40,6 +41,22 @@ pub enum OpenError {
     },
     #[error("cannot start the writer thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Signing(#[from] integrity::SigningKeyError),
+}
+
+/// Creates the installation's keys: the master key and the Ed25519 signing key pair.
+/// Refuses to overwrite either.
+pub fn init_keys(cfg: &StoreConfig) -> Result<(), OpenError> {
+    if cfg.signing_key.exists() {
+        return Err(integrity::SigningKeyError::Exists {
+            path: cfg.signing_key.clone(),
+        }
+        .into());
+    }
+    keys::create_master_key(&cfg.master_key)?;
+    integrity::create_signing_key(&cfg.signing_key)?;
+    Ok(())
 }
 
 /// Why a submission's records were not committed. Every variant means: do not forward.
@@ -112,6 +129,7 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<Store, OpenError> {
         let keyring = open_keyring(&cfg)?;
+        let signer = Arc::new(integrity::load_signing_key(&cfg.signing_key)?);
         std::fs::create_dir_all(&cfg.path).map_err(|source| OpenError::Dir {
             path: cfg.path.clone(),
             source,
@@ -123,6 +141,7 @@ impl Store {
                 cache_mib: cfg.cache_mib,
                 batch_max: cfg.batch_max,
                 queue_capacity: cfg.queue_capacity,
+                signer: Some(signer),
             },
             metrics,
         )
@@ -230,7 +249,11 @@ impl Recorder {
                 originator_ix,
                 recipient_ix: keys.blind_index(IndexKind::Recipient, &rec.recipient.value),
                 sealed,
+                leaf: [0; 32],
             });
+            if let Some(row) = rows.last_mut() {
+                row.leaf = integrity::record_leaf(row);
+            }
         }
         Ok((partition, rows))
     }
@@ -292,16 +315,19 @@ impl Recorder {
             }
             None => None,
         };
+        let mut row = OutcomeRow {
+            submission: ev.submission.0,
+            at_us: ev.at,
+            outcome: ev.outcome as u8,
+            upstream_status: ev.upstream_status,
+            gateway_code: ev.gateway_code,
+            message_id_sealed,
+            leaf: [0; 32],
+        };
+        row.leaf = integrity::outcome_leaf(&row);
         Ok(Job::Outcome {
             partition,
-            row: OutcomeRow {
-                submission: ev.submission.0,
-                at_us: ev.at,
-                outcome: ev.outcome as u8,
-                upstream_status: ev.upstream_status,
-                gateway_code: ev.gateway_code,
-                message_id_sealed,
-            },
+            row,
             done: None,
         })
     }
@@ -419,7 +445,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig::under(dir.path());
         cfg.index_bytes = 1;
-        keys::create_master_key(&cfg.master_key).unwrap();
+        init_keys(&cfg).unwrap();
         let clock = ManualClock::new(at(23, 50, 0));
         let store = open(&cfg, &clock);
         let rec = store.recorder();
@@ -478,7 +504,7 @@ mod tests {
     async fn unflushed_tail_is_indexed_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig::under(dir.path());
-        keys::create_master_key(&cfg.master_key).unwrap();
+        init_keys(&cfg).unwrap();
         let clock = ManualClock::new(at(10, 0, 0));
         let store = open(&cfg, &clock);
         let rec = store.recorder();

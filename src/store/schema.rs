@@ -13,6 +13,8 @@
 //!        (bucket, tag, first, ids) PRIMARY KEY (bucket, tag, first), WITHOUT ROWID
 //!                                  -- blind-index posting lists (see `postings`)
 //! ix_state(indexed_through)        -- every record with id <= this is in the ix_* tables
+//! head(seq, size, record_through, outcome_through, root, frontier, at_us, signature)
+//!                                  -- a signed Merkle head per commit (see `integrity`)
 //! ```
 //!
 //! **Why the indexes are separate tables, written late.** A B-tree index over a random
@@ -63,6 +65,16 @@ CREATE TABLE IF NOT EXISTS ix_originator (bucket INTEGER, tag INTEGER, first INT
 CREATE TABLE IF NOT EXISTS ix_recipient (bucket INTEGER, tag INTEGER, first INTEGER, ids BLOB NOT NULL, PRIMARY KEY (bucket, tag, first)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ix_state (one INTEGER PRIMARY KEY CHECK (one = 1), indexed_through INTEGER NOT NULL);
 INSERT OR IGNORE INTO ix_state (one, indexed_through) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS head (
+    seq             INTEGER PRIMARY KEY,
+    size            INTEGER NOT NULL,
+    record_through  INTEGER NOT NULL,
+    outcome_through INTEGER NOT NULL,
+    root            BLOB NOT NULL,
+    frontier        BLOB NOT NULL,
+    at_us           INTEGER NOT NULL,
+    signature       BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outcome (
     id                INTEGER PRIMARY KEY,
     submission        INTEGER NOT NULL,

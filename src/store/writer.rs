@@ -41,6 +41,8 @@ pub struct Row {
     pub originator_ix: Option<i64>,
     pub recipient_ix: i64,
     pub sealed: Vec<u8>,
+    /// Merkle leaf of this row (see `integrity`), hashed by the sealing thread.
+    pub leaf: super::integrity::Hash,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +53,7 @@ pub struct OutcomeRow {
     pub upstream_status: Option<u16>,
     pub gateway_code: Option<i32>,
     pub message_id_sealed: Option<Vec<u8>>,
+    pub leaf: super::integrity::Hash,
 }
 
 /// Why a batch could not be committed. Carries SQLite's or the OS's message, which
@@ -93,6 +96,9 @@ pub struct WriterConfig {
     pub cache_mib: u32,
     pub batch_max: usize,
     pub queue_capacity: usize,
+    /// Signs each commit's Merkle head. `None` only in benchmarks that measure the
+    /// writer without integrity.
+    pub signer: Option<Arc<ring::signature::Ed25519KeyPair>>,
 }
 
 /// Flush the pending index entries once this many rows are waiting, even inside one
@@ -189,6 +195,7 @@ impl Pending {
 struct OpenPartition {
     conn: Connection,
     pending: Pending,
+    tree: super::integrity::TreeState,
     /// (device, inode) of the file when opened: if the path stops naming this file
     /// (deleted, replaced), writing on would put records where no one can find them.
     identity: (u64, u64),
@@ -339,8 +346,11 @@ impl Writer {
         idx: &[usize],
         jobs: &[Job],
     ) -> Result<(u64, u64), WriteError> {
+        let signer = self.cfg.signer.clone();
         let open = self.connection(partition)?;
-        let (conn, pending) = (&open.conn, &mut open.pending);
+        let (conn, pending, tree) = (&open.conn, &mut open.pending, &mut open.tree);
+        let mut outcome_leaves = Vec::new();
+        let (mut record_through, mut outcome_through) = (tree.record_through, tree.outcome_through);
         let tx = conn.unchecked_transaction().map_err(sql)?;
         let (mut records, mut outcomes) = (0u64, 0u64);
         {
@@ -366,8 +376,12 @@ impl Writer {
                                 r.sealed,
                             ])
                             .map_err(sql)?;
+                            record_through = tx.last_insert_rowid();
+                            if signer.is_some() {
+                                tree.frontier.push(r.leaf);
+                            }
                             pending.push(
-                                tx.last_insert_rowid(),
+                                record_through,
                                 r.bucket,
                                 [
                                     Some(r.account_ix),
@@ -389,11 +403,24 @@ impl Writer {
                             o.message_id_sealed,
                         ])
                         .map_err(sql)?;
+                        outcome_through = tx.last_insert_rowid();
+                        outcome_leaves.push(o.leaf);
                         outcomes += 1;
                     }
                     Job::Barrier(_) | Job::Stop => {}
                 }
             }
+        }
+        if let Some(key) = &signer
+            && records + outcomes > 0
+        {
+            // Leaf order: this commit's records by id (pushed above), then its outcomes.
+            for leaf in outcome_leaves {
+                tree.frontier.push(leaf);
+            }
+            let now = chrono::Utc::now().timestamp_micros();
+            tree.sign_head(&tx, key, partition, record_through, outcome_through, now)
+                .map_err(sql)?;
         }
         if pending.due() {
             pending.flush(&tx).map_err(sql)?;
@@ -438,11 +465,13 @@ impl Writer {
             let identity = file_identity(&path)
                 .ok_or_else(|| WriteError(format!("{} vanished after opening", path.display())))?;
             let pending = Pending::rebuild(&conn).map_err(sql)?;
+            let tree = super::integrity::TreeState::load(&conn).map_err(sql)?;
             self.open.insert(
                 partition,
                 OpenPartition {
                     conn,
                     pending,
+                    tree,
                     identity,
                     last_used: self.tick,
                 },

@@ -173,7 +173,7 @@ pub fn config_text(
         .map(|u| format!("upstream = \"{u}\"\n"))
         .unwrap_or_default();
     format!(
-        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\n{extra_store}\n\
+        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{extra_store}\n\
          [[listener]]\nname = \"sms\"\nlisten = \"127.0.0.1:0\"\nprofile = \"{profile}\"\n{upstream}{extra_listener}\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n"
     )
@@ -185,10 +185,12 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
+/// Creates the master and signing keys where [`config_text`] names them.
 pub fn init_keys(dir: &Path) {
     let master = dir.join("keys/master.key");
     if !master.exists() {
         keys::create_master_key(&master).unwrap();
+        relaylog::store::integrity::create_signing_key(&dir.join("keys/signing.key")).unwrap();
     }
 }
 
