@@ -54,7 +54,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -257,7 +257,7 @@ impl Frontier {
     }
 
     pub fn from_bytes(size: u64, bytes: &[u8]) -> Option<Frontier> {
-        if bytes.len() % 32 != 0 || bytes.len() / 32 != size.count_ones() as usize {
+        if !bytes.len().is_multiple_of(32) || bytes.len() / 32 != size.count_ones() as usize {
             return None;
         }
         let stack = bytes
