@@ -120,7 +120,9 @@ async fn untouched_store_verifies_clean() {
 
 #[tokio::test]
 async fn each_kind_of_damage_is_named() {
-    let cases: [(&str, &str, fn(&Damage) -> bool); 6] = [
+    // (what, the tampering SQL, the damage verify must report)
+    type Case = (&'static str, &'static str, fn(&Damage) -> bool);
+    let cases: [Case; 6] = [
         (
             "changed field",
             "UPDATE record SET segments = 9 WHERE id = 3",
