@@ -92,8 +92,9 @@ pub enum BenchCommand {
         recipients_pool: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Threads sealing records.
-        #[arg(long, default_value_t = 2)]
+        /// Threads sealing records. One keeps up with the writer; on two cores a
+        /// second one only takes time from it.
+        #[arg(long, default_value_t = 1)]
         producers: usize,
         /// No progress bar.
         #[arg(long)]

@@ -148,20 +148,43 @@ impl Pending {
         if self.rows == 0 {
             return Ok(());
         }
-        let mut blob = Vec::with_capacity(4 * super::postings::MAX_IDS);
         let mut ids = Vec::with_capacity(super::postings::MAX_IDS);
-        for (list, sql) in self.entries.iter_mut().zip(schema::INSERT_INDEX) {
+        // (bucket, tag, first id, posting blob) rows of one index, before insertion.
+        let mut postings: Vec<(i64, i64, i64, Vec<u8>)> = Vec::new();
+        for (kind, list) in self.entries.iter_mut().enumerate() {
             list.sort_unstable();
-            let mut stmt = tx.prepare_cached(sql)?;
+            postings.clear();
             // One posting row per (bucket, tag), split every MAX_IDS ids.
             for group in list.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
                 let (bucket, tag) = (group[0].0, group[0].1);
                 for chunk in group.chunks(super::postings::MAX_IDS) {
                     ids.clear();
                     ids.extend(chunk.iter().map(|e| e.2));
-                    blob.clear();
+                    let mut blob = Vec::with_capacity(ids.len() * 2);
                     super::postings::encode(&ids, &mut blob);
-                    stmt.execute(params![bucket, tag, ids[0], blob])?;
+                    postings.push((bucket, tag, ids[0], blob));
+                }
+            }
+            // Many rows per statement: the flush is the writer's second-largest cost.
+            for chunk in postings.chunks(schema::POSTINGS_PER_INSERT) {
+                let sql_text = if chunk.len() == schema::POSTINGS_PER_INSERT {
+                    schema::insert_postings_many(kind)
+                } else {
+                    schema::INSERT_INDEX[kind]
+                };
+                let mut stmt = tx.prepare_cached(sql_text)?;
+                if chunk.len() == schema::POSTINGS_PER_INSERT {
+                    for (k, (bucket, tag, first, blob)) in chunk.iter().enumerate() {
+                        stmt.raw_bind_parameter(4 * k + 1, bucket)?;
+                        stmt.raw_bind_parameter(4 * k + 2, tag)?;
+                        stmt.raw_bind_parameter(4 * k + 3, first)?;
+                        stmt.raw_bind_parameter(4 * k + 4, blob)?;
+                    }
+                    stmt.raw_execute()?;
+                } else {
+                    for (bucket, tag, first, blob) in chunk {
+                        stmt.execute(params![bucket, tag, first, blob])?;
+                    }
                 }
             }
             list.clear();
@@ -354,60 +377,73 @@ impl Writer {
         let tx = conn.unchecked_transaction().map_err(sql)?;
         let (mut records, mut outcomes) = (0u64, 0u64);
         {
-            let mut rec = tx.prepare_cached(schema::INSERT_RECORD).map_err(sql)?;
+            // Records go in with multi-row INSERTs (fewer statement executions per row,
+            // the writer's main cost); SQLite gives the rows of one statement
+            // consecutive ids, so each row's id follows from the last one.
+            let rows: Vec<&Row> = idx
+                .iter()
+                .filter_map(|&i| match &jobs[i] {
+                    Job::Records { rows, .. } => Some(rows.iter()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            for chunk in rows.chunks(schema::RECORDS_PER_INSERT) {
+                let sql_text = if chunk.len() == schema::RECORDS_PER_INSERT {
+                    schema::insert_records_many()
+                } else {
+                    schema::INSERT_RECORD
+                };
+                if chunk.len() == schema::RECORDS_PER_INSERT {
+                    let mut stmt = tx.prepare_cached(sql_text).map_err(sql)?;
+                    let mut n = 1;
+                    for r in chunk {
+                        bind_record(&mut stmt, n, r).map_err(sql)?;
+                        n += RECORD_COLUMNS;
+                    }
+                    stmt.raw_execute().map_err(sql)?;
+                } else {
+                    let mut stmt = tx.prepare_cached(sql_text).map_err(sql)?;
+                    for r in chunk {
+                        bind_record(&mut stmt, 1, r).map_err(sql)?;
+                        stmt.raw_execute().map_err(sql)?;
+                    }
+                }
+                let last = tx.last_insert_rowid();
+                let first = last - chunk.len() as i64 + 1;
+                for (k, r) in chunk.iter().enumerate() {
+                    if signer.is_some() {
+                        tree.frontier.push(r.leaf);
+                    }
+                    pending.push(
+                        first + k as i64,
+                        r.bucket,
+                        [
+                            Some(r.account_ix),
+                            Some(r.ip_ix),
+                            r.originator_ix,
+                            Some(r.recipient_ix),
+                        ],
+                    );
+                }
+                record_through = last;
+                records += chunk.len() as u64;
+            }
             let mut out = tx.prepare_cached(schema::INSERT_OUTCOME).map_err(sql)?;
             for &i in idx {
-                match &jobs[i] {
-                    Job::Records { rows, .. } => {
-                        for r in rows {
-                            rec.execute(params![
-                                r.submission,
-                                r.ordinal,
-                                r.at_us,
-                                r.bucket,
-                                r.protocol,
-                                r.service,
-                                r.recipient_form,
-                                r.segments,
-                                r.account_ix,
-                                r.ip_ix,
-                                r.originator_ix,
-                                r.recipient_ix,
-                                r.sealed,
-                            ])
-                            .map_err(sql)?;
-                            record_through = tx.last_insert_rowid();
-                            if signer.is_some() {
-                                tree.frontier.push(r.leaf);
-                            }
-                            pending.push(
-                                record_through,
-                                r.bucket,
-                                [
-                                    Some(r.account_ix),
-                                    Some(r.ip_ix),
-                                    r.originator_ix,
-                                    Some(r.recipient_ix),
-                                ],
-                            );
-                            records += 1;
-                        }
-                    }
-                    Job::Outcome { row: o, .. } => {
-                        out.execute(params![
-                            o.submission,
-                            o.at_us,
-                            o.outcome,
-                            o.upstream_status,
-                            o.gateway_code,
-                            o.message_id_sealed,
-                        ])
-                        .map_err(sql)?;
-                        outcome_through = tx.last_insert_rowid();
-                        outcome_leaves.push(o.leaf);
-                        outcomes += 1;
-                    }
-                    Job::Barrier(_) | Job::Stop => {}
+                if let Job::Outcome { row: o, .. } = &jobs[i] {
+                    out.execute(params![
+                        o.submission,
+                        o.at_us,
+                        o.outcome,
+                        o.upstream_status,
+                        o.gateway_code,
+                        o.message_id_sealed,
+                    ])
+                    .map_err(sql)?;
+                    outcome_through = tx.last_insert_rowid();
+                    outcome_leaves.push(o.leaf);
+                    outcomes += 1;
                 }
             }
         }
@@ -499,6 +535,31 @@ impl Writer {
             }
         }
     }
+}
+
+/// Columns bound per record row.
+const RECORD_COLUMNS: usize = 13;
+
+/// Binds one record's columns from parameter `first` on.
+fn bind_record(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    first: usize,
+    r: &Row,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(first, r.submission)?;
+    stmt.raw_bind_parameter(first + 1, r.ordinal)?;
+    stmt.raw_bind_parameter(first + 2, r.at_us)?;
+    stmt.raw_bind_parameter(first + 3, r.bucket)?;
+    stmt.raw_bind_parameter(first + 4, r.protocol)?;
+    stmt.raw_bind_parameter(first + 5, r.service)?;
+    stmt.raw_bind_parameter(first + 6, r.recipient_form)?;
+    stmt.raw_bind_parameter(first + 7, r.segments)?;
+    stmt.raw_bind_parameter(first + 8, r.account_ix)?;
+    stmt.raw_bind_parameter(first + 9, r.ip_ix)?;
+    stmt.raw_bind_parameter(first + 10, r.originator_ix)?;
+    stmt.raw_bind_parameter(first + 11, r.recipient_ix)?;
+    stmt.raw_bind_parameter(first + 12, &r.sealed)?;
+    Ok(())
 }
 
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
