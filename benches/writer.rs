@@ -1,6 +1,9 @@
 //! The store's write path, in batches of 1,000 one-recipient submissions:
 //! - `writer/commit`: the writer thread alone, rows already sealed (group commit of
 //!   1,000 queued jobs, four blind indexes, WAL);
+//! - `writer/commit_with_integrity`: the same with the Merkle tree and a signed head
+//!   per commit, as in production; `writer/leaf_hashes`: the leaf hashing that the
+//!   sealing threads do for it;
 //! - `writer/seal_and_commit`: the whole path a relayed message takes, blind indexes
 //!   and AEAD in the caller's thread, then the commit.
 //!
@@ -67,25 +70,33 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(30);
 
-    // Seal everything up front with a real recorder, then time only the writer.
-    {
+    // Seal everything up front with a real recorder, then time only the writer: once
+    // without the Merkle tree and signed heads, once with them.
+    let keys_dir = tempfile::tempdir().unwrap();
+    let store = open_store(keys_dir.path());
+    let recorder = store.recorder();
+    let signer = Arc::new(
+        relaylog::store::integrity::load_signing_key(
+            &StoreConfig::under(keys_dir.path()).signing_key,
+        )
+        .unwrap(),
+    );
+    for (name, signer) in [("commit", None), ("commit_with_integrity", Some(signer))] {
         let dir = tempfile::tempdir().unwrap();
-        let store = open_store(dir.path());
-        let recorder = store.recorder();
         let (tx, handle) = writer::spawn(
             WriterConfig {
-                store_dir: dir.path().join("commit-only"),
+                store_dir: dir.path().join("store"),
                 sync: relaylog::config::SyncMode::Normal,
                 cache_mib: 16,
                 batch_max: 4_096,
                 queue_capacity: 65_536,
-                signer: None,
+                signer,
             },
             Arc::new(Metrics::new()),
         )
         .unwrap();
         let mut next = 0usize;
-        group.bench_function("commit", |b| {
+        group.bench_function(name, |b| {
             b.iter_batched(
                 || {
                     let rows: Vec<(relaylog::store::partition::PartitionId, Vec<Row>)> =
@@ -114,8 +125,20 @@ fn bench(c: &mut Criterion) {
         });
         tx.blocking_send(Job::Stop).unwrap();
         handle.join().unwrap();
-        store.close_blocking();
     }
+    // The sealing threads' share of integrity: one leaf hash per record.
+    let sealed: Vec<Row> = submissions(BATCH, 0)
+        .iter()
+        .flat_map(|s| recorder.seal(s).unwrap().1)
+        .collect();
+    group.bench_function("leaf_hashes", |b| {
+        b.iter(|| {
+            for r in &sealed {
+                std::hint::black_box(relaylog::store::integrity::record_leaf(r));
+            }
+        })
+    });
+    store.close_blocking();
 
     {
         let dir = tempfile::tempdir().unwrap();
