@@ -406,3 +406,161 @@ fn json_log_format_writes_one_json_object_per_line() {
         "{v}"
     );
 }
+
+#[test]
+fn serve_expires_old_partitions_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
+    let run = |args: &[&str]| {
+        let out = bin()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["init"]);
+    // Three days of history two years ago, and one day now.
+    let report = run(&[
+        "bench",
+        "store",
+        "--records",
+        "300",
+        "--days",
+        "3",
+        "--start",
+        "2024-06-01",
+        "--quiet",
+    ]);
+    assert!(report.contains("300 records over 3 day(s)"), "{report}");
+    let today = chrono::Utc::now().date_naive().to_string();
+    run(&[
+        "bench",
+        "store",
+        "--records",
+        "10",
+        "--start",
+        &today,
+        "--quiet",
+    ]);
+    let store = dir.path().join("store");
+    assert!(store.join("2024-06-01.sqlite").exists());
+    let dry = run(&["expire", "--dry-run"]);
+    assert!(
+        dry.contains("would remove 2024-06-01 (100 records)"),
+        "{dry}"
+    );
+    assert!(
+        store.join("2024-06-01.sqlite").exists(),
+        "a dry run removes nothing"
+    );
+
+    let served = Served::start(dir.path(), &config);
+    served.addr("listening");
+    let (status, output) = served.terminate();
+    assert!(status.success());
+    let log = String::from_utf8_lossy(&output);
+    for day in ["2024-06-01", "2024-06-02", "2024-06-03"] {
+        assert!(
+            !store.join(format!("{day}.sqlite")).exists(),
+            "{day} expired at start-up"
+        );
+        assert!(
+            !dir.path().join(format!("keys/keyring/{day}.key")).exists(),
+            "{day} keys shredded"
+        );
+        assert!(
+            log.contains(&format!("partition={day}")),
+            "expiry logs {day}: {log}"
+        );
+    }
+    assert!(
+        store.join(format!("{today}.sqlite")).exists(),
+        "today stays"
+    );
+    let verify = run(&["verify"]);
+    assert!(
+        verify.contains(&format!("{today}  ok  10 records")),
+        "{verify}"
+    );
+}
+
+#[test]
+fn holds_from_the_command_line_keep_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
+    let run = |args: &[&str]| {
+        let out = bin()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    assert!(run(&["init"]).0);
+    assert!(
+        run(&[
+            "bench",
+            "store",
+            "--records",
+            "20",
+            "--days",
+            "2",
+            "--start",
+            "2024-06-01",
+            "--quiet"
+        ])
+        .0
+    );
+    let (ok, text) = run(&[
+        "hold",
+        "add",
+        "--case",
+        "NL-7",
+        "--since",
+        "2024-06-02",
+        "--until",
+        "2024-06-02",
+        "--reason",
+        "order 17",
+    ]);
+    assert!(ok, "{text}");
+    let (_, list) = run(&["hold", "list"]);
+    assert!(list.contains("NL-7") && list.contains("order 17"), "{list}");
+    let (ok, text) = run(&["expire"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("removed  2024-06-01") && text.contains("held     2024-06-02 (cases: NL-7)"),
+        "{text}"
+    );
+    let (ok, text) = run(&["hold", "release", "--case", "NL-7"]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["hold", "release", "--case", "NL-7"]);
+    assert!(!ok && text.contains("has no hold"), "{text}");
+    let (_, text) = run(&["expire"]);
+    assert!(text.contains("removed  2024-06-02"), "{text}");
+    let (ok, text) = run(&[
+        "hold",
+        "add",
+        "--case",
+        "X",
+        "--since",
+        "2024-06-03",
+        "--until",
+        "2024-06-01",
+        "--reason",
+        "r",
+    ]);
+    assert!(!ok && text.contains("window is empty"), "{text}");
+}

@@ -164,6 +164,41 @@ mod tests {
     }
 
     #[test]
+    fn rollover_across_days_months_years_and_leap_days() {
+        let table = [
+            (us(2026, 12, 31, 23), "2026-12-31", "2027-01-01"),
+            (us(2028, 2, 28, 12), "2028-02-28", "2028-02-29"),
+            (us(2028, 2, 29, 23), "2028-02-29", "2028-03-01"),
+            (us(2026, 3, 29, 1), "2026-03-29", "2026-03-30"), // EU DST change: UTC has none
+        ];
+        for (at, name, next) in table {
+            let p = PartitionId::containing(Granularity::Day, at);
+            assert_eq!(
+                (p.to_string().as_str(), p.next().to_string().as_str()),
+                (name, next)
+            );
+            assert_eq!(
+                p.end_micros() - p.start_micros(),
+                MICROS_PER_DAY,
+                "{name} is 24 h"
+            );
+        }
+        let last_us_of_year = us(2027, 1, 1, 0) - 1;
+        assert_eq!(
+            PartitionId::containing(Granularity::Day, last_us_of_year).to_string(),
+            "2026-12-31"
+        );
+        assert_eq!(
+            PartitionId::containing(Granularity::Month, last_us_of_year).to_string(),
+            "2026-12"
+        );
+        assert_eq!(
+            PartitionId::containing(Granularity::Month, us(2028, 2, 29, 0)).end_micros(),
+            us(2028, 3, 1, 0)
+        );
+    }
+
+    #[test]
     fn parse_round_trips_and_rejects_strays() {
         for name in ["2026-11-22", "2024-02-29", "2026-11"] {
             assert_eq!(PartitionId::parse(name).unwrap().to_string(), name);
