@@ -58,7 +58,7 @@ pub struct Running {
     simulator_trigger: Trigger,
     drain: DrainWaiter,
     tasks: Vec<JoinHandle<()>>,
-    store: Store,
+    store: Arc<Store>,
 }
 
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeError> {
@@ -112,16 +112,18 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(config.store.clone(), clock.clone(), metrics.clone())?;
     // Expiry at start-up, then every expire-interval.
-    run_expiry(&config.store, clock.as_ref());
+    let store = Arc::new(store);
+    run_expiry(&store, clock.as_ref());
     {
-        let (cfg, clock, mut shutdown) = (config.store.clone(), clock.clone(), shutdown.clone());
+        let (store, clock, mut shutdown) = (store.clone(), clock.clone(), shutdown.clone());
+        let interval = config.store.expire_interval;
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.wait() => break,
-                    _ = tokio::time::sleep(cfg.expire_interval) => {
-                        let (cfg, clock) = (cfg.clone(), clock.clone());
-                        let _ = tokio::task::spawn_blocking(move || run_expiry(&cfg, clock.as_ref())).await;
+                    _ = tokio::time::sleep(interval) => {
+                        let (store, clock) = (store.clone(), clock.clone());
+                        let _ = tokio::task::spawn_blocking(move || run_expiry(&store, clock.as_ref())).await;
                     }
                 }
             }
@@ -224,11 +226,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
 }
 
 /// Runs expiry, logging (not failing) on error: a failed run is retried next interval.
-fn run_expiry(cfg: &crate::config::StoreConfig, clock: &dyn crate::clock::Clock) {
-    let result = crate::store::open_keyring(cfg)
-        .map_err(crate::store::expiry::ExpiryError::from)
-        .and_then(|keyring| crate::store::expiry::run(cfg, &keyring, "serve", clock.now()));
-    match result {
+fn run_expiry(store: &Store, clock: &dyn crate::clock::Clock) {
+    match store.expire("serve", clock.now()) {
         Ok(plan) if !plan.expire.is_empty() || !plan.held.is_empty() => {
             tracing::info!(
                 removed = plan.expire.len(),

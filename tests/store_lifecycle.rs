@@ -214,12 +214,22 @@ async fn month_partitions_expire_as_whole_months() {
     cfg.partition = Granularity::Month;
     // 2025-10-01 .. 2026-01-28: months 2025-10, -11, -12 and 2026-01.
     fill(&cfg, 120).await;
-    let names: Vec<String> = partition::list(&cfg.path).unwrap().iter().map(|p| p.to_string()).collect();
+    let names: Vec<String> = partition::list(&cfg.path)
+        .unwrap()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
     assert_eq!(names, ["2025-10", "2025-11", "2025-12", "2026-01"]);
     assert_eq!(lookup(&cfg).0, 120);
     // On 2026-12-15, 13 months back is 2025-11-15: only October 2025 lies wholly before it.
     let keyring = open_keyring(&cfg).unwrap();
-    let plan = expiry::run(&cfg, &keyring, "test", Utc.with_ymd_and_hms(2026, 12, 15, 0, 0, 0).unwrap()).unwrap();
+    let plan = expiry::run(
+        &cfg,
+        &keyring,
+        "test",
+        Utc.with_ymd_and_hms(2026, 12, 15, 0, 0, 0).unwrap(),
+    )
+    .unwrap();
     let gone: Vec<String> = plan.expire.iter().map(|(p, _)| p.to_string()).collect();
     assert_eq!(gone, ["2025-10"]);
     assert_eq!(plan.expire[0].1, 31, "31 daily records in October");

@@ -34,6 +34,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::partition::PartitionId;
 
 const KEY_MAGIC: &[u8; 4] = b"RLK1";
+
+/// Most partitions whose unwrapped keys a keyring keeps in memory.
+const MAX_CACHED: usize = 8;
 const KEY_FILE_LEN: usize = 4 + 1 + 4 + NONCE_LEN + 64 + 16;
 const HEADER_LEN: usize = 4 + 1 + 4;
 
@@ -414,10 +417,16 @@ impl Keyring {
     }
 
     fn remember(&self, keys: Arc<PartitionKeys>) -> Arc<PartitionKeys> {
-        self.cache_lock()
-            .entry(keys.partition)
-            .or_insert(keys)
-            .clone()
+        let mut cache = self.cache_lock();
+        // Unwrapped keys stay in memory only for the few partitions in use: a query
+        // over a year must not leave a year of keys behind it.
+        if cache.len() >= MAX_CACHED
+            && !cache.contains_key(&keys.partition)
+            && let Some(oldest) = cache.keys().min().copied()
+        {
+            cache.remove(&oldest);
+        }
+        cache.entry(keys.partition).or_insert(keys).clone()
     }
 
     fn aad(partition: PartitionId, header: &[u8]) -> Vec<u8> {

@@ -165,6 +165,25 @@ impl Store {
         self.recorder.clone()
     }
 
+    /// Runs expiry through this store's own keyring, so that the keys it shreds leave
+    /// this process's memory too.
+    pub fn expire(
+        &self,
+        actor: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<expiry::Plan, expiry::ExpiryError> {
+        let inner = &self.recorder.inner;
+        let plan = expiry::run(&inner.cfg, &inner.keyring, actor, now)?;
+        let mut current = inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|k| plan.expire.iter().any(|(p, _)| *p == k.partition()))
+        {
+            *current = None;
+        }
+        Ok(plan)
+    }
+
     /// Commits everything queued so far, stops the writer and waits for it. Later
     /// submissions get [`RecordError::Closed`].
     pub async fn close(&self) {
@@ -381,7 +400,7 @@ impl Recorder {
 mod tests {
     use super::*;
     use crate::canonical::{Form, Identifier};
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock, ManualClock};
     use crate::config::StoreConfig;
     use crate::record::{Protocol, Service};
     use chrono::TimeZone;
@@ -495,6 +514,36 @@ mod tests {
         assert_eq!(find(&cfg, IndexKind::Account, "acct0").len(), 14);
         assert_eq!(find(&cfg, IndexKind::ClientIp, "192.0.2.1").len(), 41);
         assert!(find(&cfg, IndexKind::Recipient, "+31600000000").is_empty());
+        store.close().await;
+    }
+
+    /// Expiry through the store drops the shredded keys from the running process too.
+    #[tokio::test]
+    async fn expired_keys_leave_the_running_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::under(dir.path());
+        cfg.retention = crate::config::Retention::Days(5);
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        let first = at(10, 0, 0).timestamp_micros();
+        rec.record(&submission(&rec, first, "a", "+31612345678"))
+            .await
+            .unwrap();
+        let p = PartitionId::containing(cfg.partition, first);
+        assert!(
+            store.recorder.inner.keyring.keys(p).is_ok(),
+            "cached while in use"
+        );
+        clock.advance(chrono::Duration::days(10));
+        let plan = store.expire("test", clock.now()).unwrap();
+        assert_eq!(plan.expire.len(), 1);
+        assert!(matches!(
+            store.recorder.inner.keyring.keys(p),
+            Err(KeyError::Shredded { .. })
+        ));
+        assert!(store.recorder.inner.current.lock().unwrap().is_none());
         store.close().await;
     }
 
