@@ -317,53 +317,40 @@ async fn kill_9_loses_no_forwarded_message() {
 #[test]
 fn configuration_and_key_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |config: &Path, args: &[&str]| {
-        let out = bin()
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned()
-                + &String::from_utf8_lossy(&out.stdout),
-        )
-    };
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[store]\nretension = \"13 months\"\n").unwrap();
-    let (ok, text) = run(&bad, &["check-config"]);
+    let (ok, text) = cli(&bad, &["check-config"]);
     assert!(!ok && text.contains("retension"), "{text}");
-    let (ok, text) = run(&bad, &["serve"]);
+    let (ok, text) = cli(&bad, &["serve"]);
     assert!(!ok && text.contains("retension"), "{text}");
 
     let missing = dir.path().join("missing.toml");
-    let (ok, text) = run(&missing, &["serve"]);
+    let (ok, text) = cli(&missing, &["serve"]);
     assert!(!ok && text.contains("cannot read config file"), "{text}");
 
     let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
-    let (ok, text) = run(&config, &["serve"]);
+    let (ok, text) = cli(&config, &["serve"]);
     assert!(
         !ok && text.contains("relaylog init"),
         "missing master key: {text}"
     );
-    let (ok, text) = run(&config, &["check-config"]);
+    let (ok, text) = cli(&config, &["check-config"]);
     assert!(!ok && text.contains("relaylog init"), "{text}");
 
-    let (ok, text) = run(&config, &["init"]);
+    let (ok, text) = cli(&config, &["init"]);
     assert!(ok, "{text}");
-    let (ok, text) = run(&config, &["init"]);
+    let (ok, text) = cli(&config, &["init"]);
     assert!(!ok && text.contains("never overwrites"), "{text}");
-    let (ok, text) = run(&config, &["check-config"]);
+    let (ok, text) = cli(&config, &["check-config"]);
     assert!(ok && text.contains(": ok"), "{text}");
 
-    let (ok, text) = run(
+    let (ok, text) = cli(
         &config,
         &["query", "--recipient", "0612345678", "--since", "yesterday"],
     );
     assert!(!ok && text.contains("RFC 3339"), "{text}");
-    let (ok, text) = run(&config, &["query"]);
+    let (ok, text) = cli(&config, &["query"]);
     assert!(!ok && text.contains("--recipient"), "{text}");
 }
 
@@ -412,18 +399,9 @@ fn serve_expires_old_partitions_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
     let run = |args: &[&str]| {
-        let out = bin()
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (ok, text) = cli(&config, args);
+        assert!(ok, "{args:?}: {text}");
+        text
     };
     run(&["init"]);
     // Three days of history two years ago, and one day now.
@@ -495,19 +473,7 @@ fn serve_expires_old_partitions_at_start_up() {
 fn holds_from_the_command_line_keep_a_partition() {
     let dir = tempfile::tempdir().unwrap();
     let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
-    let run = |args: &[&str]| {
-        let out = bin()
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = |args: &[&str]| cli(&config, args);
     assert!(run(&["init"]).0);
     assert!(
         run(&[

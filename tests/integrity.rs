@@ -1,16 +1,17 @@
 //! Tamper evidence: edits made directly to a partition's SQLite file are found by
 //! `verify`, named by partition and kind; an untouched store verifies clean.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
+mod common;
+
+use common::{cli, one_recipient};
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use relaylog::admin::metrics::Metrics;
-use relaylog::canonical::{Form, Identifier};
 use relaylog::clock::ManualClock;
 use relaylog::config::StoreConfig;
-use relaylog::record::{Outcome, OutcomeEvent, Protocol, Service, Submission};
+use relaylog::record::{Outcome, OutcomeEvent};
 use relaylog::store::integrity::{self, Damage, PartitionReport};
 use relaylog::store::{Store, init_keys, open_keyring};
 
@@ -35,21 +36,7 @@ async fn fill(cfg: &StoreConfig) {
         for m in 0..5 {
             clock.set(day(d, m));
             let at = rec.now();
-            let sub = Submission {
-                id: rec.next_submission_id(at),
-                at,
-                protocol: Protocol::Http,
-                service: Service::Sms,
-                account: format!("acct{m}"),
-                client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, m as u8)),
-                client_port: 1000,
-                originator: None,
-                segments: 1,
-                recipients: vec![Identifier {
-                    form: Form::E164,
-                    value: format!("+3161234567{m}"),
-                }],
-            };
+            let sub = one_recipient(&rec, at, &format!("acct{m}"), &format!("+3161234567{m}"));
             rec.record(&sub).await.unwrap();
             let ev = OutcomeEvent {
                 submission: sub.id,
@@ -194,19 +181,7 @@ async fn verify_command_names_the_partition_and_fails() {
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_relaylog"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = |args: &[&str]| cli(&config, args);
     let (ok, text) = run(&["verify"]);
     assert!(ok, "{text}");
     assert!(text.contains("2026-11-01  ok  5 records"), "{text}");

@@ -2,17 +2,18 @@
 //! calendar months with crypto-shredding, a restored backup that stays unreadable, and
 //! legal holds.
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
+
+use common::one_recipient;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use relaylog::admin::metrics::Metrics;
-use relaylog::canonical::{Form, Identifier};
 use relaylog::clock::ManualClock;
 use relaylog::config::{Granularity, StoreConfig};
 use relaylog::ledger::{Hold, Ledger};
-use relaylog::record::{Protocol, Service, Submission};
 use relaylog::store::partition::{self, PartitionId};
 use relaylog::store::query::{self, Criteria};
 use relaylog::store::{IndexKind, Store, expiry, open_keyring};
@@ -37,21 +38,7 @@ async fn fill(cfg: &StoreConfig, days: i64) {
     for n in 0..days {
         clock.set(day(n));
         let at = rec.now();
-        let sub = Submission {
-            id: rec.next_submission_id(at),
-            at,
-            protocol: Protocol::Http,
-            service: Service::Sms,
-            account: "acme".into(),
-            client_ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
-            client_port: 5000,
-            originator: None,
-            segments: 1,
-            recipients: vec![Identifier {
-                form: Form::E164,
-                value: NUMBER.into(),
-            }],
-        };
+        let sub = one_recipient(&rec, at, "acme", NUMBER);
         rec.record(&sub).await.unwrap();
     }
     store.close().await;

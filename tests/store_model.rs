@@ -2,18 +2,18 @@
 //! the clock / expire / hold / release / query, checked against a plain in-memory
 //! model of what must be visible.
 
+mod common;
+
+use common::one_recipient;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use relaylog::admin::metrics::Metrics;
-use relaylog::canonical::{Form, Identifier};
 use relaylog::clock::{Clock, ManualClock};
 use relaylog::config::{Retention, StoreConfig};
 use relaylog::ledger::{Hold, Ledger};
-use relaylog::record::{Protocol, Service, Submission};
 use relaylog::store::query::{self, Criteria};
 use relaylog::store::{IndexKind, Store, expiry, init_keys, open_keyring};
 
@@ -151,21 +151,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             match op {
                 Op::Record { number } => {
                     let at = rec.now();
-                    let sub = Submission {
-                        id: rec.next_submission_id(at),
-                        at,
-                        protocol: Protocol::Http,
-                        service: Service::Sms,
-                        account: "acme".into(),
-                        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                        client_port: 1,
-                        originator: None,
-                        segments: 1,
-                        recipients: vec![Identifier {
-                            form: Form::E164,
-                            value: NUMBERS[number].into(),
-                        }],
-                    };
+                    let sub = one_recipient(&rec, at, "acme", NUMBERS[number]);
                     rec.record(&sub).await.unwrap();
                     model.records.push((day_of(clock.now()), number));
                 }

@@ -22,6 +22,7 @@ use ring::digest::{self, SHA256};
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use rusqlite::Connection;
 
+use super::keys::{hex, unhex};
 use super::partition::PartitionId;
 use super::writer::{OutcomeRow, Row};
 
@@ -47,20 +48,6 @@ pub fn public_key_path(signing_key: &Path) -> PathBuf {
     let mut p = signing_key.as_os_str().to_owned();
     p.push(".pub");
     PathBuf::from(p)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Creates the Ed25519 key pair: PKCS#8 private key (mode 0600) and the public key.

@@ -91,11 +91,7 @@ pub fn create_master_key(path: &Path) -> Result<(), KeyError> {
     SystemRandom::new()
         .fill(&mut key)
         .map_err(|_| KeyError::Random)?;
-    let mut text = String::with_capacity(65);
-    for b in key {
-        text.push_str(&format!("{b:02x}"));
-    }
-    text.push('\n');
+    let text = format!("{}\n", hex(&key));
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -147,17 +143,23 @@ impl MasterKey {
     }
 }
 
-fn decode_hex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+/// Lower-case hex, as key files are written.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let hi = (chunk[0] as char).to_digit(16)?;
-        let lo = (chunk[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn decode_hex(s: &str) -> Option<[u8; 32]> {
+    unhex(s)?.try_into().ok()
 }
 
 /// What a blind index is computed over. Domain-separated so that the same string used

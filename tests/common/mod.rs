@@ -319,3 +319,40 @@ pub fn sendsms(base: &str, user: &str, to: &str) -> String {
 pub fn number(n: u32) -> String {
     format!("%2B316{n:08}")
 }
+
+/// One SMS to one recipient, recorded at `at`, as the relay would build it.
+pub fn one_recipient(
+    rec: &relaylog::store::Recorder,
+    at: i64,
+    account: &str,
+    number: &str,
+) -> relaylog::record::Submission {
+    relaylog::record::Submission {
+        id: rec.next_submission_id(at),
+        at,
+        protocol: relaylog::record::Protocol::Http,
+        service: relaylog::record::Service::Sms,
+        account: account.into(),
+        client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        client_port: 1000,
+        originator: None,
+        segments: 1,
+        recipients: vec![relaylog::canonical::Identifier {
+            form: relaylog::canonical::Form::E164,
+            value: number.into(),
+        }],
+    }
+}
+
+/// Runs the relaylog binary with a config: (succeeded, stdout and stderr).
+pub fn cli(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaylog"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
