@@ -59,6 +59,15 @@ fn record_count(path: &Path) -> u64 {
     .unwrap_or(0)
 }
 
+/// Is the whole of partition `p` older than `now − retention`?
+pub fn past_retention(
+    retention: crate::config::Retention,
+    p: PartitionId,
+    now: DateTime<Utc>,
+) -> bool {
+    p.end_micros() <= retention.cutoff(now).timestamp_micros()
+}
+
 pub fn plan(
     cfg: &StoreConfig,
     keyring: &Keyring,
@@ -66,7 +75,6 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> Result<Plan, ExpiryError> {
     let cutoff = cfg.retention.cutoff(now);
-    let cutoff_us = cutoff.timestamp_micros();
     let mut candidates = partition::list(&cfg.path).map_err(|source| ExpiryError::List {
         path: cfg.path.clone(),
         source,
@@ -80,7 +88,7 @@ pub fn plan(
     };
     for p in candidates
         .into_iter()
-        .filter(|p| p.end_micros() <= cutoff_us)
+        .filter(|p| past_retention(cfg.retention, *p, now))
     {
         let cases: Vec<String> = holds
             .iter()
@@ -183,4 +191,54 @@ pub fn run(
     let plan = plan(cfg, keyring, &ledger.holds()?, now)?;
     execute(cfg, keyring, &mut ledger, &plan, actor, now, |_| {})?;
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Granularity, Retention};
+    use chrono::{NaiveDate, TimeZone};
+
+    /// The first instant at which a day partition is past retention, searched for.
+    fn first_expiry(r: Retention, y: i32, m: u32, d: u32) -> DateTime<Utc> {
+        let p = PartitionId::of_date(Granularity::Day, NaiveDate::from_ymd_opt(y, m, d).unwrap());
+        let mut t = Utc.timestamp_micros(p.end_micros()).unwrap();
+        while !past_retention(r, p, t) {
+            t += chrono::Duration::hours(1);
+        }
+        let mut lo = t - chrono::Duration::hours(1);
+        while (t - lo).num_microseconds().unwrap_or(0) > 1 {
+            let mid = lo + (t - lo) / 2;
+            if past_retention(r, p, mid) {
+                t = mid
+            } else {
+                lo = mid
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn end_of_month_days_expire_when_the_calendar_says() {
+        let at = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap();
+        // 31 January + 1 month: the day ends 1 February 00:00, one month before 1 March,
+        // so 31 January goes on 1 March, not on a "31 February".
+        assert_eq!(
+            first_expiry(Retention::Months(1), 2026, 1, 31),
+            at(2026, 3, 1)
+        );
+        assert_eq!(
+            first_expiry(Retention::Months(13), 2025, 1, 31),
+            at(2026, 3, 1)
+        );
+        // 29 February 2028 ends 1 March 2028: gone 13 calendar months later.
+        assert_eq!(
+            first_expiry(Retention::Months(13), 2028, 2, 29),
+            at(2029, 4, 1)
+        );
+        assert_eq!(
+            first_expiry(Retention::Days(400), 2025, 1, 31),
+            at(2025, 2, 1) + chrono::Duration::days(400)
+        );
+    }
 }
