@@ -100,6 +100,41 @@ pub enum BenchCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Load an SMS submission API (relaylog, or a gateway directly) and report
+    /// throughput, errors and latency percentiles.
+    Http {
+        /// http://host:port of the relay or gateway.
+        #[arg(long)]
+        target: http::Uri,
+        #[arg(long, value_enum, default_value = "kannel")]
+        api: ApiArg,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// How long to run, e.g. "10s" (stops at whichever of --duration and --requests comes first).
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Open loop at this many requests/s; default: closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 1)]
+        recipients: usize,
+        /// Recipient numbers are drawn from a pool of this size.
+        #[arg(long, default_value_t = 1_000_000)]
+        pool: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Runtime threads for the load generator.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +256,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::MockGateway(args) => {
             init_tracing(log_format(&cli, None), "info");
             mock_gateway(args)
+        }
+        Command::Bench(b @ BenchCommand::Http { .. }) => {
+            init_tracing(log_format(&cli, None), "warn");
+            let config = Config::parse("", &cli.config)?;
+            bench(&config, b)
         }
         command => {
             let config = Config::load(&cli.config)?;
@@ -406,6 +446,45 @@ fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 report.seconds,
                 report.overall()
             );
+            Ok(())
+        }
+        BenchCommand::Http {
+            target,
+            api,
+            connections,
+            duration,
+            requests,
+            rate,
+            recipients,
+            pool,
+            seed,
+            threads,
+            json,
+            quiet,
+        } => {
+            let b = crate::bench::http::HttpBench {
+                target: target.clone(),
+                profile: (*api).into(),
+                connections: *connections,
+                duration: duration.map(Into::into),
+                requests: *requests,
+                rate: *rate,
+                recipients: *recipients,
+                pool: *pool,
+                seed: *seed,
+                progress: !quiet,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads((*threads).max(1))
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt.block_on(crate::bench::http::run(b))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
             Ok(())
         }
     }

@@ -1,0 +1,373 @@
+//! `relaylog bench http`: a load generator for SMS submission APIs (Kannel, Jasmin,
+//! JSON). Closed loop (each connection sends as soon as it has its answer) or open loop
+//! at a target rate; latency in an HDR histogram, measured from the moment a request
+//! was *due* in open loop, so that a stalled server cannot hide its queueing
+//! (coordinated omission). Always bounded: by duration or by request count.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::config::ProfileKind;
+
+#[derive(Debug, Clone)]
+pub struct HttpBench {
+    /// scheme://host:port of the relay (or gateway) under test; http only.
+    pub target: Uri,
+    pub profile: ProfileKind,
+    pub connections: usize,
+    pub duration: Option<Duration>,
+    pub requests: Option<u64>,
+    /// Open loop: requests per second over all connections. `None`: closed loop.
+    pub rate: Option<f64>,
+    pub recipients: usize,
+    pub pool: u64,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpBenchError {
+    #[error("--target must be http://host:port (no TLS in the load generator)")]
+    Target,
+    #[error("give --duration or --requests: the load stops by itself")]
+    Unbounded,
+    #[error("--connections and --recipients must be at least 1")]
+    Empty,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Errors {
+    pub connect: u64,
+    pub io: u64,
+    pub timeout: u64,
+    /// Answers with a status outside 2xx, by status.
+    pub status: std::collections::BTreeMap<u16, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpReport {
+    pub seconds: f64,
+    pub requests: u64,
+    pub ok: u64,
+    pub requests_per_second: f64,
+    pub messages_per_second: f64,
+    pub recipients_per_message: usize,
+    pub latency_ms: Percentiles,
+    pub errors: Errors,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+}
+
+/// xorshift64*, fixed seed per connection.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// One submission request of the profile, to `recipients` numbers from the pool.
+fn request(b: &HttpBench, rng: &mut Rng) -> Request<Full<Bytes>> {
+    let authority = b
+        .target
+        .authority()
+        .map(|a| a.as_str())
+        .unwrap_or("localhost");
+    let numbers: Vec<String> = (0..b.recipients)
+        .map(|_| format!("+3161{:07}", rng.next() % b.pool.max(1)))
+        .collect();
+    let text = "Your code is 123456";
+    let (method, path, body, json) = match b.profile {
+        ProfileKind::Kannel => {
+            let to = numbers
+                .iter()
+                .map(|n| n.replace('+', "%2B"))
+                .collect::<Vec<_>>()
+                .join("+");
+            let q = format!(
+                "/cgi-bin/sendsms?username=bench&password=bench&from=BENCH&to={to}&text=Your+code+is+123456"
+            );
+            (Method::GET, q, Bytes::new(), false)
+        }
+        ProfileKind::Jasmin => {
+            let q = format!(
+                "/send?username=bench&password=bench&from=BENCH&to={}&content=Your%20code%20is%20123456",
+                numbers[0].replace('+', "%2B")
+            );
+            (Method::GET, q, Bytes::new(), false)
+        }
+        ProfileKind::Json => {
+            let body =
+                serde_json::json!({"from": "BENCH", "to": numbers, "text": text}).to_string();
+            (
+                Method::POST,
+                "/messages".to_owned(),
+                Bytes::from(body),
+                true,
+            )
+        }
+    };
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, authority);
+    if json {
+        req = req
+            .header(http::header::CONTENT_TYPE, "application/json")
+            // "bench:bench"
+            .header(http::header::AUTHORIZATION, "Basic YmVuY2g6YmVuY2g=");
+    }
+    req.body(Full::new(body)).unwrap_or_default()
+}
+
+struct Shared {
+    issued: AtomicU64,
+    done: AtomicU64,
+}
+
+/// What one connection measured.
+struct Worker {
+    hist: Histogram<u64>,
+    errors: Errors,
+    ok: u64,
+    requests: u64,
+}
+
+/// Latencies from 1 µs to 60 s with 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    // new_with_bounds fails only for low < 1, high < 2 * low or sigfig > 5: not these.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Wake-up lateness of tokio's timer that is not charged to the server.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn worker(
+    b: Arc<HttpBench>,
+    index: usize,
+    shared: Arc<Shared>,
+    deadline: Option<Instant>,
+) -> Worker {
+    let mut w = Worker {
+        hist: histogram(),
+        errors: Errors::default(),
+        ok: 0,
+        requests: 0,
+    };
+    let mut rng = Rng(b.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let addr = format!(
+        "{}:{}",
+        b.target.host().unwrap_or("127.0.0.1"),
+        b.target.port_u16().unwrap_or(80)
+    );
+    // Open loop: this connection's share of the rate, on a fixed schedule.
+    let interval = b
+        .rate
+        .map(|r| Duration::from_secs_f64(b.connections as f64 / r.max(1e-6)));
+    let begin = Instant::now();
+    let mut sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
+    let mut n: u64 = 0;
+    loop {
+        let due = match interval {
+            Some(i) => begin + i.mul_f64(n as f64),
+            None => Instant::now(),
+        };
+        if deadline.is_some_and(|d| due >= d) {
+            break;
+        }
+        if let Some(limit) = b.requests
+            && shared.issued.fetch_add(1, Ordering::Relaxed) >= limit
+        {
+            break;
+        }
+        n += 1;
+        // Latency counts from when the request was due (open loop), so that queueing
+        // behind a slow answer is seen. The timer itself wakes up to ~1 ms late; that
+        // lateness is the load generator's, not the server's, and is not counted.
+        let mut start = due;
+        if interval.is_some() {
+            tokio::time::sleep_until(due.into()).await;
+            let woke = Instant::now();
+            if woke.duration_since(due) < TIMER_SLACK {
+                start = woke;
+            }
+        }
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            sender = match TcpStream::connect(&addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                        Ok((s, conn)) => {
+                            tokio::spawn(conn);
+                            Some(s)
+                        }
+                        Err(_) => None,
+                    }
+                }
+                Err(_) => None,
+            };
+            if sender.is_none() {
+                w.errors.connect += 1;
+                w.requests += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        let req = request(&b, &mut rng);
+        w.requests += 1;
+        let exchange = async {
+            s.ready().await?;
+            let resp = s.send_request(req).await?;
+            let status = resp.status();
+            resp.into_body().collect().await?;
+            Ok::<_, hyper::Error>(status)
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok(status)) => {
+                let micros = start.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+                let _ = w.hist.record(micros);
+                if status.is_success() {
+                    w.ok += 1;
+                } else {
+                    *w.errors.status.entry(status.as_u16()).or_default() += 1;
+                }
+            }
+            Ok(Err(_)) => {
+                w.errors.io += 1;
+                sender = None;
+            }
+            Err(_) => {
+                w.errors.timeout += 1;
+                sender = None;
+            }
+        }
+        shared.done.fetch_add(1, Ordering::Relaxed);
+    }
+    w
+}
+
+pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
+    if b.target.scheme_str() != Some("http") || b.target.host().is_none() {
+        return Err(HttpBenchError::Target);
+    }
+    if b.duration.is_none() && b.requests.is_none() {
+        return Err(HttpBenchError::Unbounded);
+    }
+    if b.connections == 0 || b.recipients == 0 {
+        return Err(HttpBenchError::Empty);
+    }
+    let b = Arc::new(b);
+    let shared = Arc::new(Shared {
+        issued: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+    });
+    let started = Instant::now();
+    let deadline = b.duration.map(|d| started + d);
+    let bar = (b.progress && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {pos} requests {per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    });
+    let workers: Vec<_> = (0..b.connections)
+        .map(|i| tokio::spawn(worker(b.clone(), i, shared.clone(), deadline)))
+        .collect();
+    if let Some(bar) = &bar {
+        while !workers.iter().all(|w| w.is_finished()) {
+            bar.set_position(shared.done.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut hist = histogram();
+    let mut errors = Errors::default();
+    let (mut ok, mut requests) = (0u64, 0u64);
+    for w in workers {
+        let Ok(w) = w.await else { continue };
+        let _ = hist.add(&w.hist);
+        ok += w.ok;
+        requests += w.requests;
+        errors.connect += w.errors.connect;
+        errors.io += w.errors.io;
+        errors.timeout += w.errors.timeout;
+        for (s, n) in w.errors.status {
+            *errors.status.entry(s).or_default() += n;
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(HttpReport {
+        seconds,
+        requests,
+        ok,
+        requests_per_second: ok as f64 / seconds,
+        messages_per_second: (ok * b.recipients as u64) as f64 / seconds,
+        recipients_per_message: b.recipients,
+        latency_ms: Percentiles {
+            p50: ms(0.50),
+            p90: ms(0.90),
+            p99: ms(0.99),
+            p99_9: ms(0.999),
+            max: hist.max() as f64 / 1000.0,
+        },
+        errors,
+    })
+}
+
+impl HttpReport {
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "{} requests in {:.2} s, {} ok: {:.0} requests/s, {:.0} messages/s ({} recipient(s) each)\n\
+             latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n",
+            self.requests,
+            self.seconds,
+            self.ok,
+            self.requests_per_second,
+            self.messages_per_second,
+            self.recipients_per_message,
+            self.latency_ms.p50,
+            self.latency_ms.p90,
+            self.latency_ms.p99,
+            self.latency_ms.p99_9,
+            self.latency_ms.max
+        );
+        let e = &self.errors;
+        s.push_str(&format!(
+            "errors: connect {}  io {}  timeout {}",
+            e.connect, e.io, e.timeout
+        ));
+        for (status, n) in &e.status {
+            s.push_str(&format!("  http {status}: {n}"));
+        }
+        s.push('\n');
+        s
+    }
+}
