@@ -288,17 +288,51 @@ impl Head {
 pub const INSERT_HEAD: &str = "INSERT INTO head (seq, size, record_through, outcome_through, root, frontier, at_us, signature) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
-/// The writer's view of a partition's tree: the last head, and the leaves since.
-#[derive(Debug, Clone, Default)]
+/// Sign a head at least this often while leaves arrive.
+pub const HEAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// ... or as soon as this many leaves wait for one.
+pub const HEAD_MAX_LEAVES: usize = 65_536;
+
+/// Rows this recent may still be waiting for their signed head when `verify` runs
+/// beside a live writer.
+const PENDING_GRACE_US: i64 = 10_000_000;
+
+/// The writer's view of a partition's tree: the tree as of the last signed head, and
+/// the leaves since, kept apart (records, outcomes) until the next head folds them in
+/// the order `verify` uses: that head's records by id, then its outcomes by id.
+#[derive(Debug, Clone)]
 pub struct TreeState {
     pub frontier: Frontier,
     pub seq: i64,
     pub record_through: i64,
     pub outcome_through: i64,
+    records: Vec<Hash>,
+    outcomes: Vec<Hash>,
+    last_record: i64,
+    last_outcome: i64,
+    last_signed: std::time::Instant,
+}
+
+impl Default for TreeState {
+    fn default() -> Self {
+        Self {
+            frontier: Frontier::default(),
+            seq: 0,
+            record_through: 0,
+            outcome_through: 0,
+            records: Vec::new(),
+            outcomes: Vec::new(),
+            last_record: 0,
+            last_outcome: 0,
+            last_signed: std::time::Instant::now(),
+        }
+    }
 }
 
 impl TreeState {
-    /// Loads the state from the last head (an empty tree when there is none).
+    /// Loads the state from the last head, and the leaves of every row written after
+    /// it (a writer that stopped before signing them).
     pub fn load(conn: &Connection) -> rusqlite::Result<TreeState> {
         use rusqlite::OptionalExtension;
         let last = conn
@@ -308,36 +342,72 @@ impl TreeState {
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?, r.get::<_, Vec<u8>>(4)?)),
             )
             .optional()?;
-        Ok(match last {
+        let mut t = match last {
             None => TreeState::default(),
             Some((seq, size, rt, ot, frontier)) => TreeState {
                 frontier: Frontier::from_bytes(size as u64, &frontier).unwrap_or_default(),
                 seq,
                 record_through: rt,
                 outcome_through: ot,
+                last_record: rt,
+                last_outcome: ot,
+                ..TreeState::default()
             },
-        })
+        };
+        let mut stmt = conn.prepare(&format!("{RECORD_SELECT} WHERE id > ?1 ORDER BY id"))?;
+        for row in stmt.query_map([t.record_through], read_record)? {
+            let (id, row) = row?;
+            t.push_record(id, record_leaf(&row));
+        }
+        let mut stmt = conn.prepare(&format!("{OUTCOME_SELECT} WHERE id > ?1 ORDER BY id"))?;
+        for row in stmt.query_map([t.outcome_through], read_outcome)? {
+            let (id, row) = row?;
+            t.push_outcome(id, outcome_leaf(&row));
+        }
+        Ok(t)
     }
 
-    /// Appends a signed head for the leaves pushed since the last one.
+    pub fn push_record(&mut self, id: i64, leaf: Hash) {
+        self.records.push(leaf);
+        self.last_record = id;
+    }
+
+    pub fn push_outcome(&mut self, id: i64, leaf: Hash) {
+        self.outcomes.push(leaf);
+        self.last_outcome = id;
+    }
+
+    pub fn unsigned(&self) -> usize {
+        self.records.len() + self.outcomes.len()
+    }
+
+    /// Time for a head: leaves waiting, and the interval passed or the cap reached.
+    pub fn due(&self) -> bool {
+        let n = self.unsigned();
+        n >= HEAD_MAX_LEAVES || (n > 0 && self.last_signed.elapsed() >= HEAD_INTERVAL)
+    }
+
+    /// Folds the waiting leaves into the tree and appends a signed head for them.
     pub fn sign_head(
         &mut self,
         conn: &Connection,
         key: &Ed25519KeyPair,
         partition: PartitionId,
-        record_through: i64,
-        outcome_through: i64,
         at_us: i64,
     ) -> rusqlite::Result<()> {
-        self.seq += 1;
-        self.record_through = record_through;
-        self.outcome_through = outcome_through;
+        if self.unsigned() == 0 {
+            return Ok(());
+        }
+        let mut frontier = self.frontier.clone();
+        for leaf in self.records.iter().chain(&self.outcomes) {
+            frontier.push(*leaf);
+        }
         let head = Head {
-            seq: self.seq,
-            size: self.frontier.size(),
-            record_through,
-            outcome_through,
-            root: self.frontier.root(),
+            seq: self.seq + 1,
+            size: frontier.size(),
+            record_through: self.last_record,
+            outcome_through: self.last_outcome,
+            root: frontier.root(),
             at_us,
         };
         let sig = key.sign(&head.message(partition));
@@ -348,13 +418,26 @@ impl TreeState {
                 head.record_through,
                 head.outcome_through,
                 head.root.to_vec(),
-                self.frontier.to_bytes(),
+                frontier.to_bytes(),
                 head.at_us,
                 sig.as_ref().to_vec(),
             ])?;
+        // Only now, with the head written into the caller's transaction: if that fails,
+        // the writer drops this state and reloads it from the file.
+        self.frontier = frontier;
+        self.seq = head.seq;
+        self.record_through = head.record_through;
+        self.outcome_through = head.outcome_through;
+        self.records.clear();
+        self.outcomes.clear();
+        self.last_signed = std::time::Instant::now();
         Ok(())
     }
 }
+
+const RECORD_SELECT: &str = "SELECT id, submission, ordinal, at_us, bucket, protocol, service, recipient_form, segments, \
+     account_ix, ip_ix, originator_ix, recipient_ix, sealed FROM record";
+const OUTCOME_SELECT: &str = "SELECT id, submission, at_us, outcome, upstream_status, gateway_code, message_id_sealed FROM outcome";
 
 /// What `verify` found in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -432,6 +515,9 @@ impl std::fmt::Display for Damage {
 
 #[derive(Debug, Clone, Default)]
 pub struct Verified {
+    /// Rows written in the last seconds that no signed head covers yet (a live writer
+    /// signs within `HEAD_INTERVAL`): not damage.
+    pub pending: i64,
     pub records: i64,
     pub outcomes: i64,
     pub heads: i64,
@@ -476,8 +562,13 @@ fn read_outcome(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, OutcomeRow)> {
 }
 
 /// Recomputes a partition's tree head by head and checks every signature.
-pub fn verify(conn: &Connection, partition: PartitionId, public_key: &[u8]) -> Verified {
-    match verify_inner(conn, partition, public_key) {
+pub fn verify(
+    conn: &Connection,
+    partition: PartitionId,
+    public_key: &[u8],
+    now_us: i64,
+) -> Verified {
+    match verify_inner(conn, partition, public_key, now_us) {
         Ok(v) => v,
         Err(e) => Verified {
             damage: vec![Damage::Unreadable(e.to_string())],
@@ -490,6 +581,7 @@ fn verify_inner(
     conn: &Connection,
     partition: PartitionId,
     public_key: &[u8],
+    now_us: i64,
 ) -> rusqlite::Result<Verified> {
     let key = signature::UnparsedPublicKey::new(&signature::ED25519, public_key);
     let mut out = Verified::default();
@@ -520,13 +612,8 @@ fn verify_inner(
         }
     }
     out.heads = heads.len() as i64;
-    let mut records = conn.prepare(
-        "SELECT id, submission, ordinal, at_us, bucket, protocol, service, recipient_form, segments, \
-         account_ix, ip_ix, originator_ix, recipient_ix, sealed FROM record ORDER BY id",
-    )?;
-    let mut outcomes = conn.prepare(
-        "SELECT id, submission, at_us, outcome, upstream_status, gateway_code, message_id_sealed FROM outcome ORDER BY id",
-    )?;
+    let mut records = conn.prepare(&format!("{RECORD_SELECT} ORDER BY id"))?;
+    let mut outcomes = conn.prepare(&format!("{OUTCOME_SELECT} ORDER BY id"))?;
     let mut rec_iter = records.query_map([], read_record)?.peekable();
     let mut out_iter = outcomes.query_map([], read_outcome)?.peekable();
     let mut frontier = Frontier::default();
@@ -601,8 +688,27 @@ fn verify_inner(
         prev_r = head.record_through;
         prev_o = head.outcome_through;
     }
-    let extra_r: Vec<i64> = rec_iter.filter_map(|r| r.ok().map(|(id, _)| id)).collect();
-    let extra_o: Vec<i64> = out_iter.filter_map(|r| r.ok().map(|(id, _)| id)).collect();
+    // Rows past the last signed head: a running writer signs within HEAD_INTERVAL, so
+    // only the last moments may be unsigned. Anything older (or dated in the future)
+    // was put there by someone else.
+    let recent = |at: i64| at >= now_us - PENDING_GRACE_US && at <= now_us + 1_000_000;
+    let (mut extra_r, mut extra_o) = (Vec::new(), Vec::new());
+    let mut pending = 0i64;
+    for (id, row) in rec_iter.filter_map(Result::ok) {
+        if recent(row.at_us) {
+            pending += 1
+        } else {
+            extra_r.push(id)
+        }
+    }
+    for (id, row) in out_iter.filter_map(Result::ok) {
+        if recent(row.at_us) {
+            pending += 1
+        } else {
+            extra_o.push(id)
+        }
+    }
+    out.pending = pending;
     if heads.is_empty() && (!extra_r.is_empty() || !extra_o.is_empty()) {
         out.damage.push(Damage::NoHeads {
             records: extra_r.len() as i64,
@@ -656,7 +762,7 @@ pub fn verify_store(
         .filter(|p| p.start_micros() < until && p.end_micros() > since)
     {
         let verified = match super::schema::open_for_read(&p.path_in(&cfg.path)) {
-            Ok(conn) => verify(&conn, p, public_key),
+            Ok(conn) => verify(&conn, p, public_key, chrono::Utc::now().timestamp_micros()),
             Err(e) => Verified {
                 damage: vec![Damage::Unreadable(e.to_string())],
                 ..Verified::default()

@@ -262,16 +262,24 @@ impl Writer {
         let mut jobs: Vec<Job> = Vec::with_capacity(1024);
         let mut stop = false;
         while !stop {
-            let next = if self.open.values().any(|p| p.pending.rows > 0) {
-                match timer.block_on(async { tokio::time::timeout(IDLE_FLUSH, rx.recv()).await }) {
-                    Ok(job) => job,
-                    Err(_) => {
-                        self.flush_all();
-                        continue;
+            let wait = if self.open.values().any(|p| p.tree.unsigned() > 0) {
+                Some(super::integrity::HEAD_INTERVAL)
+            } else if self.open.values().any(|p| p.pending.rows > 0) {
+                Some(IDLE_FLUSH)
+            } else {
+                None
+            };
+            let next = match wait {
+                Some(wait) => {
+                    match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                        Ok(job) => job,
+                        Err(_) => {
+                            self.flush_all();
+                            continue;
+                        }
                     }
                 }
-            } else {
-                rx.blocking_recv()
+                None => rx.blocking_recv(),
             };
             let Some(first) = next else { break };
             let mut rows = first.rows();
@@ -295,16 +303,33 @@ impl Writer {
         self.open.clear();
     }
 
-    /// Flushes every open partition's pending index entries, one transaction each.
+    /// Signs every open partition's waiting leaves and flushes its pending index
+    /// entries, one transaction each.
     fn flush_all(&mut self) {
+        self.seal_all(true);
+    }
+
+    /// Signs every open partition's waiting leaves (and, with `index`, flushes its
+    /// pending index entries), one transaction each.
+    fn seal_all(&mut self, index: bool) {
+        let signer = self.cfg.signer.clone();
         let ids: Vec<PartitionId> = self.open.keys().copied().collect();
         for id in ids {
             let Some(open) = self.open.get_mut(&id) else {
                 continue;
             };
+            if open.tree.unsigned() == 0 && (!index || open.pending.rows == 0) {
+                continue;
+            }
             let result = (|| {
                 let tx = open.conn.unchecked_transaction()?;
-                open.pending.flush(&tx)?;
+                if let Some(key) = &signer {
+                    open.tree
+                        .sign_head(&tx, key, id, chrono::Utc::now().timestamp_micros())?;
+                }
+                if index {
+                    open.pending.flush(&tx)?;
+                }
                 tx.commit()
             })();
             if let Err(e) = result {
@@ -317,6 +342,8 @@ impl Writer {
 
     fn commit(&mut self, jobs: &mut Vec<Job>) {
         let started = Instant::now();
+        // A barrier promises that what came before it is committed and signed.
+        let barrier = jobs.iter().any(|j| matches!(j, Job::Barrier(_)));
         let mut by_partition: BTreeMap<PartitionId, Vec<usize>> = BTreeMap::new();
         for (i, job) in jobs.iter().enumerate() {
             match job {
@@ -345,6 +372,9 @@ impl Writer {
                 results[i] = result.clone().map(|_| ());
             }
         }
+        if barrier {
+            self.seal_all(false);
+        }
         self.metrics.records_written.inc_by(records);
         self.metrics.batch_records.observe(records as f64);
         self.metrics
@@ -372,8 +402,6 @@ impl Writer {
         let signer = self.cfg.signer.clone();
         let open = self.connection(partition)?;
         let (conn, pending, tree) = (&open.conn, &mut open.pending, &mut open.tree);
-        let mut outcome_leaves = Vec::new();
-        let (mut record_through, mut outcome_through) = (tree.record_through, tree.outcome_through);
         let tx = conn.unchecked_transaction().map_err(sql)?;
         let (mut records, mut outcomes) = (0u64, 0u64);
         {
@@ -413,7 +441,7 @@ impl Writer {
                 let first = last - chunk.len() as i64 + 1;
                 for (k, r) in chunk.iter().enumerate() {
                     if signer.is_some() {
-                        tree.frontier.push(r.leaf);
+                        tree.push_record(first + k as i64, r.leaf);
                     }
                     pending.push(
                         first + k as i64,
@@ -426,7 +454,6 @@ impl Writer {
                         ],
                     );
                 }
-                record_through = last;
                 records += chunk.len() as u64;
             }
             let mut out = tx.prepare_cached(schema::INSERT_OUTCOME).map_err(sql)?;
@@ -441,22 +468,20 @@ impl Writer {
                         o.message_id_sealed,
                     ])
                     .map_err(sql)?;
-                    outcome_through = tx.last_insert_rowid();
-                    outcome_leaves.push(o.leaf);
+                    if signer.is_some() {
+                        tree.push_outcome(tx.last_insert_rowid(), o.leaf);
+                    }
                     outcomes += 1;
                 }
             }
         }
+        // A signed head at most every HEAD_INTERVAL: signing (Ed25519) per commit cost
+        // a tenth of the relay's CPU under load. Idle, barrier and stop sign the rest.
         if let Some(key) = &signer
-            && records + outcomes > 0
+            && tree.due()
         {
-            // Leaf order: this commit's records by id (pushed above), then its outcomes.
-            for leaf in outcome_leaves {
-                tree.frontier.push(leaf);
-            }
             let now = chrono::Utc::now().timestamp_micros();
-            tree.sign_head(&tx, key, partition, record_through, outcome_through, now)
-                .map_err(sql)?;
+            tree.sign_head(&tx, key, partition, now).map_err(sql)?;
         }
         if pending.due() {
             pending.flush(&tx).map_err(sql)?;
@@ -524,9 +549,14 @@ impl Writer {
     /// Closes a partition after flushing its pending index entries (best effort: what
     /// is not flushed is rebuilt when it is next opened).
     fn close_partition(&mut self, id: PartitionId) {
+        let signer = self.cfg.signer.clone();
         if let Some(mut open) = self.open.remove(&id) {
             let result = (|| {
                 let tx = open.conn.unchecked_transaction()?;
+                if let Some(key) = &signer {
+                    open.tree
+                        .sign_head(&tx, key, id, chrono::Utc::now().timestamp_micros())?;
+                }
                 open.pending.flush(&tx)?;
                 tx.commit()
             })();
