@@ -297,7 +297,10 @@ async fn kill_9_loses_no_forwarded_message() {
     // The rows the killed writer had not yet signed were signed by the next one.
     let (ok, text) = cli(&config, &["verify"]);
     assert!(ok, "{text}");
-    assert!(text.contains(" ok ") && text.contains("0 problem(s)"), "{text}");
+    assert!(
+        text.contains(" ok ") && text.contains("0 problem(s)"),
+        "{text}"
+    );
 
     // The CLI reads what was committed after the process is gone.
     let q = bin()
