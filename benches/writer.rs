@@ -90,6 +90,7 @@ fn bench(c: &mut Criterion) {
                 cache_mib: 16,
                 batch_max: 4_096,
                 queue_capacity: 65_536,
+                waiting: Default::default(),
                 signer,
             },
             Arc::new(Metrics::new()),

@@ -102,8 +102,26 @@ struct Inner {
     tx: mpsc::Sender<Job>,
     clock: SharedClock,
     ids: SubmissionIds,
+    /// Durable submissions waiting for their commit (shared with the writer).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// The keys of the partition written most recently: the hot path's only lookup.
     current: Mutex<Option<Arc<PartitionKeys>>>,
+}
+
+/// One durable submission waiting for its commit; counted while alive.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Seals submissions and outcomes and queues them for the writer.
@@ -134,6 +152,7 @@ impl Store {
             path: cfg.path.clone(),
             source,
         })?;
+        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (tx, handle) = writer::spawn(
             writer::WriterConfig {
                 store_dir: cfg.path.clone(),
@@ -141,6 +160,7 @@ impl Store {
                 cache_mib: cfg.cache_mib,
                 batch_max: cfg.batch_max,
                 queue_capacity: cfg.queue_capacity,
+                waiting: waiting.clone(),
                 signer: Some(signer),
             },
             metrics,
@@ -154,6 +174,7 @@ impl Store {
                     tx,
                     clock,
                     ids: SubmissionIds::default(),
+                    waiting,
                     current: Mutex::new(None),
                 }),
             },
@@ -281,8 +302,11 @@ impl Recorder {
     /// are committed; in `async` mode once they are queued. Either way the queue wait
     /// is bounded by `enqueue-timeout`.
     pub async fn record(&self, sub: &Submission) -> Result<(), RecordError> {
-        let (partition, rows) = self.seal(sub)?;
         let durable = self.inner.cfg.durability == Durability::RecordBeforeForward;
+        // Counted from before sealing until the commit's answer, so the writer knows
+        // more submissions are on their way (and dropped with the future if cancelled).
+        let _waiting = durable.then(|| Waiting::new(&self.inner.waiting));
+        let (partition, rows) = self.seal(sub)?;
         let (done, wait) = if durable {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))

@@ -96,6 +96,9 @@ pub struct WriterConfig {
     pub cache_mib: u32,
     pub batch_max: usize,
     pub queue_capacity: usize,
+    /// Submissions waiting for their commit right now (kept by the recorder): tells the
+    /// writer whether more are about to arrive.
+    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// Signs each commit's Merkle head. `None` only in benchmarks that measure the
     /// writer without integrity.
     pub signer: Option<Arc<ring::signature::Ed25519KeyPair>>,
@@ -104,6 +107,12 @@ pub struct WriterConfig {
 /// Flush the pending index entries once this many rows are waiting, even inside one
 /// bucket: bounds the writer's memory and the unindexed tail a query scans.
 pub const FLUSH_ROWS: usize = 65_536;
+
+/// Longest wait for sibling submissions before a commit that clients wait on.
+pub const SIBLING_DELAY: Duration = Duration::from_micros(200);
+
+/// Longest wait before committing a batch no one waits on (outcomes, async records).
+pub const ASYNC_DELAY: Duration = Duration::from_millis(2);
 
 /// Flush the pending index entries when no job has arrived for this long.
 pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
@@ -282,15 +291,35 @@ impl Writer {
                 None => rx.blocking_recv(),
             };
             let Some(first) = next else { break };
+            let started = Instant::now();
             let mut rows = first.rows();
             stop = matches!(first, Job::Stop);
             jobs.push(first);
-            while rows < self.cfg.batch_max && !stop {
-                match rx.try_recv() {
-                    Ok(job) => {
+            loop {
+                while rows < self.cfg.batch_max && !stop {
+                    match rx.try_recv() {
+                        Ok(job) => {
+                            rows += job.rows();
+                            stop = matches!(job, Job::Stop);
+                            jobs.push(job);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // Group commit that groups: wait briefly for more when it pays (see
+                // SIBLING_DELAY and ASYNC_DELAY); otherwise commit what is in hand.
+                let Some(left) = self.linger(&jobs, rows, stop, started) else {
+                    break;
+                };
+                match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(Some(job)) => {
                         rows += job.rows();
                         stop = matches!(job, Job::Stop);
                         jobs.push(job);
+                    }
+                    Ok(None) => {
+                        stop = true;
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -301,6 +330,37 @@ impl Writer {
         self.flush_all();
         // Close connections cleanly (checkpoints the WAL).
         self.open.clear();
+    }
+
+    /// How much longer to wait for more jobs before committing, if at all.
+    ///
+    /// - A batch that someone waits on (a durable submission, a barrier) waits up to
+    ///   [`SIBLING_DELAY`] while more submissions are waiting for a commit than the
+    ///   batch holds: they are about to arrive, and one commit for all of them is
+    ///   cheaper than one each (PostgreSQL's commit_delay/commit_siblings). Alone, it
+    ///   commits at once.
+    /// - A batch no one waits on (outcome events, async records) lingers up to
+    ///   [`ASYNC_DELAY`] to ride along with the next one.
+    fn linger(&self, jobs: &[Job], rows: usize, stop: bool, started: Instant) -> Option<Duration> {
+        if stop || rows >= self.cfg.batch_max {
+            return None;
+        }
+        let waited_on = jobs
+            .iter()
+            .filter(|j| matches!(j, Job::Records { done: Some(_), .. } | Job::Barrier(_)))
+            .count();
+        let limit = if waited_on == 0 {
+            ASYNC_DELAY
+        } else if jobs.iter().any(|j| matches!(j, Job::Barrier(_))) {
+            return None;
+        } else if self.cfg.waiting.load(std::sync::atomic::Ordering::Relaxed) > waited_on {
+            SIBLING_DELAY
+        } else {
+            return None;
+        };
+        limit
+            .checked_sub(started.elapsed())
+            .filter(|d| !d.is_zero())
     }
 
     /// Signs every open partition's waiting leaves and flushes its pending index
