@@ -91,6 +91,15 @@ run() {
 }
 run direct "$sim"; run nginx "$ngx"; run relaylog-durable "$durable"; run relaylog-async "$async"
 
+# Added latency at half of nginx's saturating rate: open loop, same rate, direct and
+# through relaylog (durable).
+half=$(python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_second"] / 2)))' "$work/nginx.json")
+open_loop() {
+    "$bin" bench http --target "http://127.0.0.1:$2" --api "$api" --connections "$connections" \
+        --duration "$duration" --rate "$half" --quiet --json > "$work/$1.json"
+}
+open_loop half-direct "$sim"; open_loop half-relaylog "$durable"
+
 python3 - "$work" "$connections" "$duration" "$api" <<'PY'
 import json, os, platform, sys
 work, conns, duration, api = sys.argv[1:5]
@@ -105,4 +114,8 @@ for name, r in rows.items():
     print(f"{name:<18} {r['messages_per_second']:>11.0f} {r['latency_ms']['p50']:>8.2f} {r['latency_ms']['p99']:>8.2f} {errors:>7}")
 n, d, a = (rows[k]["messages_per_second"] for k in ["nginx", "relaylog-durable", "relaylog-async"])
 print(f"relaylog durable / nginx: {d / n:.2f}x   relaylog async / nginx: {a / n:.2f}x   durable / async: {d / a:.2f}x")
+hd = json.load(open(os.path.join(work, "half-direct.json")))
+hr = json.load(open(os.path.join(work, "half-relaylog.json")))
+print(f"open loop at half of nginx's rate ({hr['requests_per_second']:.0f} req/s): p99 direct {hd['latency_ms']['p99']:.2f} ms, "
+      f"through relaylog {hr['latency_ms']['p99']:.2f} ms, added {hr['latency_ms']['p99'] - hd['latency_ms']['p99']:.2f} ms")
 PY
