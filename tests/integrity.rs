@@ -3,17 +3,14 @@
 
 mod common;
 
-use common::{cli, one_recipient};
-
-use std::sync::Arc;
+use common::{cli, one_recipient, open_store};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use relaylog::admin::metrics::Metrics;
 use relaylog::clock::ManualClock;
 use relaylog::config::StoreConfig;
 use relaylog::record::{Outcome, OutcomeEvent};
 use relaylog::store::integrity::{self, Damage, PartitionReport};
-use relaylog::store::{Store, init_keys, open_keyring};
+use relaylog::store::{init_keys, open_keyring};
 
 fn day(n: i64, minute: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 1, 9, 0, 0).unwrap()
@@ -25,12 +22,7 @@ fn day(n: i64, minute: i64) -> DateTime<Utc> {
 async fn fill(cfg: &StoreConfig) {
     init_keys(cfg).unwrap();
     let clock = ManualClock::new(day(0, 0));
-    let store = Store::open(
-        cfg.clone(),
-        Arc::new(clock.clone()),
-        Arc::new(Metrics::new()),
-    )
-    .unwrap();
+    let store = open_store(cfg, &clock);
     let rec = store.recorder();
     for d in 0..3 {
         for m in 0..5 {

@@ -4,19 +4,17 @@
 
 mod common;
 
-use common::one_recipient;
+use common::{one_recipient, open_store};
 
 use std::path::Path;
-use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use relaylog::admin::metrics::Metrics;
 use relaylog::clock::ManualClock;
 use relaylog::config::{Granularity, StoreConfig};
 use relaylog::ledger::{Hold, Ledger};
 use relaylog::store::partition::{self, PartitionId};
 use relaylog::store::query::{self, Criteria};
-use relaylog::store::{IndexKind, Store, expiry, open_keyring};
+use relaylog::store::{IndexKind, expiry, open_keyring};
 
 const NUMBER: &str = "+31612345678";
 
@@ -28,12 +26,7 @@ fn day(n: i64) -> DateTime<Utc> {
 async fn fill(cfg: &StoreConfig, days: i64) {
     relaylog::store::init_keys(cfg).unwrap();
     let clock = ManualClock::new(day(0));
-    let store = Store::open(
-        cfg.clone(),
-        Arc::new(clock.clone()),
-        Arc::new(Metrics::new()),
-    )
-    .unwrap();
+    let store = open_store(cfg, &clock);
     let rec = store.recorder();
     for n in 0..days {
         clock.set(day(n));

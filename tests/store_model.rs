@@ -4,18 +4,16 @@
 
 mod common;
 
-use common::one_recipient;
+use common::{one_recipient, open_store};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
-use relaylog::admin::metrics::Metrics;
 use relaylog::clock::{Clock, ManualClock};
 use relaylog::config::{Retention, StoreConfig};
 use relaylog::ledger::{Hold, Ledger};
 use relaylog::store::query::{self, Criteria};
-use relaylog::store::{IndexKind, Store, expiry, init_keys, open_keyring};
+use relaylog::store::{IndexKind, expiry, init_keys, open_keyring};
 
 const NUMBERS: [&str; 3] = ["+31612345671", "+31612345672", "+31612345673"];
 const CASES: [&str; 2] = ["NL-1", "NL-2"];
@@ -139,12 +137,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         cfg.retention = Retention::Days(5);
         init_keys(&cfg).unwrap();
         let clock = ManualClock::new(start());
-        let store = Store::open(
-            cfg.clone(),
-            Arc::new(clock.clone()),
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
+        let store = open_store(&cfg, &clock);
         let rec = store.recorder();
         let mut model = Model::default();
         for op in ops {

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
+use super::Rng;
 use crate::config::ProfileKind;
 
 #[derive(Debug, Clone)]
@@ -73,18 +74,6 @@ pub struct Percentiles {
     pub p99: f64,
     pub p99_9: f64,
     pub max: f64,
-}
-
-/// xorshift64*, fixed seed per connection.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// One submission request of the profile, to `recipients` numbers from the pool.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 
+use super::Rng;
 use crate::admin::metrics::Metrics;
 use crate::canonical::{Form, Identifier};
 use crate::clock::SystemClock;
@@ -50,18 +51,6 @@ pub struct StoreBenchReport {
 impl StoreBenchReport {
     pub fn overall(&self) -> f64 {
         self.records as f64 / self.seconds
-    }
-}
-
-/// xorshift64*: fixed-seed, fast, good enough to spread synthetic identifiers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
 

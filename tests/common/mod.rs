@@ -356,3 +356,16 @@ pub fn cli(config: &Path, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
+
+/// A store on `cfg` driven by a manual clock (keys must exist: see `init_keys`).
+pub fn open_store(
+    cfg: &relaylog::config::StoreConfig,
+    clock: &relaylog::clock::ManualClock,
+) -> relaylog::store::Store {
+    relaylog::store::Store::open(
+        cfg.clone(),
+        Arc::new(clock.clone()),
+        Arc::new(relaylog::admin::metrics::Metrics::new()),
+    )
+    .unwrap()
+}
