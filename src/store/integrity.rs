@@ -627,36 +627,23 @@ fn verify_inner(
         if key.verify(&head.message(partition), sig).is_err() {
             out.damage.push(Damage::HeadSignature { seq: head.seq });
         }
-        let mut removed_r = Vec::new();
-        let mut expect = prev_r + 1;
-        while let Some(Ok((id, _))) = rec_iter.peek() {
-            if *id > head.record_through {
-                break;
-            }
-            let Some(Ok((id, row))) = rec_iter.next() else {
-                break;
-            };
-            removed_r.extend(expect..id);
-            expect = id + 1;
-            frontier.push(record_leaf(&row));
-            out.records += 1;
-        }
-        removed_r.extend(expect..=head.record_through);
-        let mut removed_o = Vec::new();
-        let mut expect = prev_o + 1;
-        while let Some(Ok((id, _))) = out_iter.peek() {
-            if *id > head.outcome_through {
-                break;
-            }
-            let Some(Ok((id, row))) = out_iter.next() else {
-                break;
-            };
-            removed_o.extend(expect..id);
-            expect = id + 1;
-            frontier.push(outcome_leaf(&row));
-            out.outcomes += 1;
-        }
-        removed_o.extend(expect..=head.outcome_through);
+        // This head's records by id, then its outcomes by id: the writer's leaf order.
+        let (n, removed_r) = fold_range(
+            &mut rec_iter,
+            prev_r,
+            head.record_through,
+            &mut frontier,
+            record_leaf,
+        )?;
+        out.records += n;
+        let (n, removed_o) = fold_range(
+            &mut out_iter,
+            prev_o,
+            head.outcome_through,
+            &mut frontier,
+            outcome_leaf,
+        )?;
+        out.outcomes += n;
         if !removed_r.is_empty() {
             out.damage.push(Damage::Removed {
                 table: "record",
@@ -694,14 +681,16 @@ fn verify_inner(
     let recent = |at: i64| at >= now_us - PENDING_GRACE_US && at <= now_us + 1_000_000;
     let (mut extra_r, mut extra_o) = (Vec::new(), Vec::new());
     let mut pending = 0i64;
-    for (id, row) in rec_iter.filter_map(Result::ok) {
+    for next in rec_iter {
+        let (id, row) = next?;
         if recent(row.at_us) {
             pending += 1
         } else {
             extra_r.push(id)
         }
     }
-    for (id, row) in out_iter.filter_map(Result::ok) {
+    for next in out_iter {
+        let (id, row) = next?;
         if recent(row.at_us) {
             pending += 1
         } else {
@@ -776,6 +765,28 @@ pub fn verify_store(
         });
     }
     Ok(out)
+}
+
+/// Folds the rows with ids in `(prev, through]` into the tree, in id order. Returns
+/// how many rows there were and which ids of the range are missing. A row that cannot
+/// be read is an error (the partition is unreadable), never a gap.
+fn fold_range<T>(
+    rows: &mut std::iter::Peekable<impl Iterator<Item = rusqlite::Result<(i64, T)>>>,
+    prev: i64,
+    through: i64,
+    frontier: &mut Frontier,
+    leaf: fn(&T) -> Hash,
+) -> rusqlite::Result<(i64, Vec<i64>)> {
+    let (mut n, mut missing, mut expect) = (0i64, Vec::new(), prev + 1);
+    while let Some(next) = rows.next_if(|r| r.as_ref().map_or(true, |(id, _)| *id <= through)) {
+        let (id, row) = next?;
+        missing.extend(expect..id);
+        expect = id + 1;
+        frontier.push(leaf(&row));
+        n += 1;
+    }
+    missing.extend(expect..=through);
+    Ok((n, missing))
 }
 
 fn rebuild_frontier_from_head(conn: &Connection, seq: i64) -> Option<Frontier> {
