@@ -74,10 +74,6 @@ impl NumberNormalizer {
         n
     }
 
-    pub fn region(&self) -> country::Id {
-        self.region
-    }
-
     /// E.164 when the number parses, otherwise the canonical raw form marked
     /// [`Form::Raw`]. Idempotent: normalising the output again yields the output.
     pub fn normalize(&self, input: &str) -> Identifier {

@@ -26,10 +26,6 @@ impl Trigger {
 }
 
 impl Shutdown {
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
-
     /// Resolves once shutdown is triggered (at once if it already was).
     pub async fn wait(&mut self) {
         // An error means the trigger is gone, which also means: stop.

@@ -305,10 +305,6 @@ impl Keyring {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn key_path(&self, partition: PartitionId) -> PathBuf {
         self.dir.join(format!("{partition}.key"))
     }

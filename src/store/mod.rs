@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::metrics::Metrics;
 use crate::clock::{Micros, SharedClock};
-use crate::config::{Durability, Granularity, StoreConfig};
+use crate::config::{Durability, StoreConfig};
 use crate::record::{OutcomeEvent, Submission, SubmissionId, SubmissionIds};
 use keys::{IndexParams, KeyError, Keyring, MasterKey, PartitionKeys};
 use partition::PartitionId;
@@ -226,20 +226,12 @@ impl Store {
 }
 
 impl Recorder {
-    pub fn config(&self) -> &StoreConfig {
-        &self.inner.cfg
-    }
-
     pub fn now(&self) -> Micros {
         self.inner.clock.now_micros()
     }
 
     pub fn next_submission_id(&self, at: Micros) -> SubmissionId {
         self.inner.ids.next(at)
-    }
-
-    pub fn durability(&self) -> Durability {
-        self.inner.cfg.durability
     }
 
     fn keys_for(&self, partition: PartitionId) -> Result<Arc<PartitionKeys>, KeyError> {
@@ -413,10 +405,6 @@ impl Recorder {
     /// is then refused and the relay fails closed.
     pub fn writer_alive(&self) -> bool {
         !self.inner.tx.is_closed()
-    }
-
-    pub fn granularity(&self) -> Granularity {
-        self.inner.cfg.partition
     }
 }
 
