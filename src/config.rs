@@ -684,7 +684,8 @@ fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConfig, ConfigE
         Some(u) => {
             let uri: http::Uri = u
                 .parse()
-                .map_err(|_| invalid(key("upstream"), format!("`{u}` is not a URL")))?;
+                // The value is not echoed: an upstream URL may carry credentials.
+                .map_err(|_| invalid(key("upstream"), "is not a URL"))?;
             match uri.scheme_str() {
                 Some("http") | Some("https") => {}
                 _ => {
@@ -696,6 +697,14 @@ fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConfig, ConfigE
             }
             if uri.host().is_none() {
                 return Err(invalid(key("upstream"), "has no host"));
+            }
+            // Credentials in the URL would be logged (and sent as the Host header):
+            // gateway credentials travel in the clients' own requests.
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(invalid(
+                    key("upstream"),
+                    "must not contain user:password@; gateway credentials come from the client requests",
+                ));
             }
             if uri
                 .path_and_query()
@@ -841,10 +850,22 @@ mod tests {
                 "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"json\"\n",
                 "listener[0].json",
             ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstream=\"http://u:s3cret@h:1\"\n",
+                "listener[0].upstream",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstream=\"http://u:s3cret@ h\"\n",
+                "listener[0].upstream",
+            ),
         ];
         for (text, key) in table {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} gave {err}");
+            assert!(
+                !err.contains("s3cret"),
+                "a credential in the URL is never echoed: {err}"
+            );
         }
     }
 
