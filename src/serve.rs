@@ -227,6 +227,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
 
 /// Runs expiry, logging (not failing) on error: a failed run is retried next interval.
 fn run_expiry(store: &Store, clock: &dyn crate::clock::Clock) {
+    // The same periodic task makes tomorrow's keys, off the request path.
+    if let Err(e) = store.prepare_keys(clock.now()) {
+        tracing::error!(error = %e, "cannot create the next partition's keys; the first message of the day will");
+    }
     match store.expire("serve", clock.now()) {
         Ok(plan) if !plan.expire.is_empty() || !plan.held.is_empty() => {
             tracing::info!(

@@ -186,6 +186,18 @@ impl Store {
         self.recorder.clone()
     }
 
+    /// Creates (durably) and caches the keys of the partition holding `now` and of the
+    /// next one, so that the first message of a day does not create key files, with
+    /// their fsyncs, on a request thread. Keys of a day that then sees no traffic are
+    /// removed by expiry like any others.
+    pub fn prepare_keys(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), KeyError> {
+        let inner = &self.recorder.inner;
+        let current = PartitionId::containing(inner.cfg.partition, now.timestamp_micros());
+        inner.keyring.keys_or_create(current)?;
+        inner.keyring.keys_or_create(current.next())?;
+        Ok(())
+    }
+
     /// Runs expiry through this store's own keyring, so that the keys it shreds leave
     /// this process's memory too.
     pub fn expire(
@@ -526,6 +538,21 @@ mod tests {
         assert_eq!(find(&cfg, IndexKind::Account, "acct0").len(), 14);
         assert_eq!(find(&cfg, IndexKind::ClientIp, "192.0.2.1").len(), 41);
         assert!(find(&cfg, IndexKind::Recipient, "+31600000000").is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn next_partitions_keys_are_made_ahead_of_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(23, 59, 59));
+        let store = open(&cfg, &clock);
+        store.prepare_keys(clock.now()).unwrap();
+        let today = PartitionId::containing(cfg.partition, clock.now_micros());
+        let keyring = open_keyring(&cfg).unwrap();
+        assert!(keyring.exists(today) && keyring.exists(today.next()));
+        assert_eq!(today.next().to_string(), "2026-11-23");
         store.close().await;
     }
 
