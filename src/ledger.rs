@@ -85,6 +85,13 @@ pub struct Ledger {
     path: String,
 }
 
+fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
+    move |e| LedgerError::Sql {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
 fn anchor() -> Vec<u8> {
     digest::digest(&digest::SHA256, b"relaylog audit v1")
         .as_ref()
@@ -127,10 +134,7 @@ impl Ledger {
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
-        |e| LedgerError::Sql {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
+        sql_err(&self.path)
     }
 
     /// Appends an audit entry inside the caller's transaction (or on its own).
@@ -175,18 +179,9 @@ impl Ledger {
         action: &str,
         details: serde_json::Value,
     ) -> Result<i64, LedgerError> {
-        let tx = self.conn.transaction().map_err(|e| LedgerError::Sql {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        let seq = Self::append(&tx, at, actor, action, &details).map_err(|e| LedgerError::Sql {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        tx.commit().map_err(|e| LedgerError::Sql {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
+        let tx = self.conn.transaction().map_err(sql_err(&self.path))?;
+        let seq = Self::append(&tx, at, actor, action, &details).map_err(sql_err(&self.path))?;
+        tx.commit().map_err(sql_err(&self.path))?;
         Ok(seq)
     }
 
@@ -198,11 +193,7 @@ impl Ledger {
         if hold.until <= hold.since {
             return Err(LedgerError::EmptyWindow);
         }
-        let path = self.path.clone();
-        let err = |e: rusqlite::Error| LedgerError::Sql {
-            path: path.clone(),
-            message: e.to_string(),
-        };
+        let err = sql_err(&self.path);
         let tx = self.conn.transaction().map_err(err)?;
         tx.execute(
             "INSERT INTO hold (case_ref, since_us, until_us, reason, placed_at, placed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -216,11 +207,7 @@ impl Ledger {
 
     /// Releases every hold of a case, audited. Returns how many were released.
     pub fn release(&mut self, case: &str, at: Micros, actor: &str) -> Result<usize, LedgerError> {
-        let path = self.path.clone();
-        let err = |e: rusqlite::Error| LedgerError::Sql {
-            path: path.clone(),
-            message: e.to_string(),
-        };
+        let err = sql_err(&self.path);
         let tx = self.conn.transaction().map_err(err)?;
         let n = tx
             .execute("DELETE FROM hold WHERE case_ref = ?1", [case])
