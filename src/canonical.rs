@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
 use phonenumber::country;
 
 /// How an identifier was normalised. Stored plain beside the record: it tells a
@@ -62,15 +64,22 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 ///
 /// `phonenumber` loads its metadata on first use (~100 ms): [`NumberNormalizer::new`]
 /// warms it so the first request does not pay for it.
-#[derive(Debug, Clone, Copy)]
+///
+/// Numbers already in international format (`+` or the region's `00`, then digits)
+/// take a fast path that needs no parsing: see [`International`].
+#[derive(Debug, Clone)]
 pub struct NumberNormalizer {
     region: country::Id,
+    international: Arc<International>,
 }
 
 impl NumberNormalizer {
     pub fn new(region: country::Id) -> Self {
-        let n = Self { region };
-        let _ = n.normalize("+31612345678");
+        let n = Self {
+            region,
+            international: Arc::new(International::new(region)),
+        };
+        let _ = n.normalize("0612345678");
         n
     }
 
@@ -78,6 +87,15 @@ impl NumberNormalizer {
     /// [`Form::Raw`]. Idempotent: normalising the output again yields the output.
     pub fn normalize(&self, input: &str) -> Identifier {
         let raw = canonical_raw(input);
+        match self.international.classify(&raw) {
+            Fast::E164(value) => {
+                return Identifier {
+                    form: Form::E164,
+                    value,
+                };
+            }
+            Fast::Parse => {}
+        }
         if let Some(e164) = self.parse_e164(&raw) {
             return Identifier {
                 form: Form::E164,
@@ -115,6 +133,142 @@ impl NumberNormalizer {
             && e164[1..].bytes().all(|b| b.is_ascii_digit())
             && e164.len() <= 16;
         stable.then_some(e164)
+    }
+}
+
+/// What the fast path decided about a number in canonical raw form.
+#[derive(Debug, PartialEq, Eq)]
+enum Fast {
+    /// International format, a country code in use, a length possible there: this is
+    /// the E.164 form.
+    E164(String),
+    /// Anything else (national format, a prefix the parser would strip or rewrite,
+    /// an unknown code or impossible length): ask the full parser.
+    Parse,
+}
+
+/// The fast path for numbers in international format, built once from the
+/// `phonenumber` metadata.
+///
+/// Why: `phonenumber` runs every regular expression through one process-wide,
+/// mutex-guarded cache keyed by the pattern text, so under load two request threads
+/// spend most of a normalisation hashing pattern strings and waiting for each other
+/// (20% of the relay's CPU in the issue 4 profile). A number that arrives as `+` and
+/// digits is already E.164 when its country code is in use, the default region's
+/// parser would not strip a national prefix from it, and its national part has a
+/// possible length for that code (libphonenumber's `isPossibleNumber`): those three
+/// checks are table lookups here. Everything else goes to the parser as before.
+///
+/// The E.164 form of a number that is possible but not valid in its country's
+/// numbering plan (a range not assigned) is now [`Form::E164`] where the parser alone
+/// said [`Form::Raw`]; the value, and so the blind index, is the same either way.
+/// `fast_path_agrees_with_the_parser` checks the two against each other.
+#[derive(Debug)]
+struct International {
+    /// Possible lengths of the national significant number, per country calling code
+    /// (index = code, 1..=999); empty where the code is not in use.
+    lengths: Vec<Vec<u16>>,
+    /// Leading digits of a national part that the default region's parser would
+    /// strip or rewrite (its national prefix): those take the slow path.
+    national_prefix: Option<String>,
+    /// The parser applies a national-prefix pattern of the default region: if it is
+    /// not a plain literal, every number takes the slow path.
+    disabled: bool,
+    /// `00` is the default region's international call prefix.
+    idd_00: bool,
+}
+
+impl International {
+    fn new(region: country::Id) -> Self {
+        let db = &*phonenumber::metadata::DATABASE;
+        let mut lengths: Vec<Vec<u16>> = vec![Vec::new(); 1000];
+        for meta in db.iter() {
+            let code = meta.country_code() as usize;
+            if code == 0 || code >= lengths.len() {
+                continue;
+            }
+            // The general descriptor's lengths are not filled in by the loader: the
+            // union of the number types the validator knows.
+            let d = meta.descriptors();
+            let slot = &mut lengths[code];
+            for desc in [
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.shared_cost(),
+                d.personal_number(),
+                d.voip(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                slot.extend_from_slice(desc.possible_length());
+            }
+            slot.sort_unstable();
+            slot.dedup();
+        }
+        let home = db.by_id(region.as_ref());
+        let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let national_prefix = home.and_then(|m| m.national_prefix()).map(str::to_owned);
+        let parsing = home
+            .and_then(|m| m.national_prefix_for_parsing())
+            .map(|r| r.as_str().to_owned());
+        let disabled = home.is_none()
+            || national_prefix.as_deref().is_some_and(|p| !plain(p))
+            || parsing
+                .as_deref()
+                .is_some_and(|p| Some(p) != national_prefix.as_deref());
+        let idd_00 = home
+            .and_then(|m| m.international_prefix())
+            .is_some_and(|r| r.as_str() == "00");
+        Self {
+            lengths,
+            national_prefix,
+            disabled,
+            idd_00,
+        }
+    }
+
+    fn classify(&self, raw: &str) -> Fast {
+        if self.disabled {
+            return Fast::Parse;
+        }
+        let digits = if let Some(d) = raw.strip_prefix('+') {
+            d
+        } else if let Some(d) = raw.strip_prefix("00").filter(|_| self.idd_00) {
+            d
+        } else {
+            return Fast::Parse;
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Fast::Parse;
+        }
+        // Country calling codes are prefix-free: at most one of 1, 2, 3 digits is in use.
+        let Some((code_len, lengths)) = (1..=3.min(digits.len()))
+            .map(|n| (n, &self.lengths[digits[..n].parse::<usize>().unwrap_or(0)]))
+            .find(|(_, l)| !l.is_empty())
+        else {
+            return Fast::Parse;
+        };
+        let national = &digits[code_len..];
+        if self
+            .national_prefix
+            .as_deref()
+            .is_some_and(|p| national.starts_with(p))
+        {
+            return Fast::Parse;
+        }
+        if !lengths.contains(&(national.len() as u16)) {
+            return Fast::Parse;
+        }
+        let mut value = String::with_capacity(1 + digits.len());
+        value.push('+');
+        value.push_str(digits);
+        Fast::E164(value)
     }
 }
 
@@ -196,7 +350,11 @@ mod tests {
             ("+44 20 7946 0958", Form::E164, "+442079460958"),
             ("ACME", Form::Raw, "ACME"),
             ("12", Form::Raw, "12"),
-            ("  +31 6 1234  ", Form::Raw, "+3161234"),
+            // Too short for a mobile number, but a length NL numbers can have: the
+            // fast path calls it E.164 without asking the numbering plan; the value is
+            // the raw form either way.
+            ("  +31 6 1234  ", Form::E164, "+3161234"),
+            ("  +31 6 12  ", Form::Raw, "+31612"),
         ];
         for (input, form, value) in cases {
             let id = nl().normalize(input);
@@ -206,6 +364,25 @@ mod tests {
                 "input {input:?}"
             );
         }
+    }
+
+    #[test]
+    fn international_numbers_take_the_fast_path() {
+        let n = nl();
+        let fast = |s: &str| n.international.classify(&canonical_raw(s));
+        assert_eq!(fast("+31612345678"), Fast::E164("+31612345678".into()));
+        assert_eq!(fast("0031 6 12345678"), Fast::E164("+31612345678".into()));
+        assert_eq!(fast("+44 20 7946 0958"), Fast::E164("+442079460958".into()));
+        // The national prefix after the code, national format, letters, an unused
+        // code, an impossible length: the parser decides.
+        assert_eq!(fast("+31 (0)6 12345678"), Fast::Parse);
+        assert_eq!(fast("0612345678"), Fast::Parse);
+        assert_eq!(fast("+31ABC"), Fast::Parse);
+        assert_eq!(fast("+999123456789"), Fast::Parse);
+        assert_eq!(fast("+316123"), Fast::Parse);
+        // A region whose international prefix is not 00 reads 00 as national digits.
+        let us = NumberNormalizer::new(country::Id::US);
+        assert_eq!(us.international.classify("0044207946095"), Fast::Parse);
     }
 
     #[test]
@@ -238,6 +415,26 @@ mod tests {
             let once = n.normalize(&s);
             let twice = n.normalize(&once.value);
             prop_assert_eq!(once, twice);
+        }
+
+        /// The fast path against the full parser, for numbers in international
+        /// format across several numbering plans: wherever the parser gives an E.164
+        /// form, the fast path gives the same value (or defers to the parser); where
+        /// the parser finds no number, the fast path's value is the raw form itself.
+        #[test]
+        fn fast_path_agrees_with_the_parser(
+            prefix in prop::sample::select(vec!["+", "00"]),
+            code in prop::sample::select(vec!["31", "49", "44", "1", "33", "39", "7", "86", "91", "358", "998", "999"]),
+            national in "[0-9]{0,14}",
+        ) {
+            let n = nl();
+            let raw = format!("{prefix}{code}{national}");
+            if let Fast::E164(fast) = n.international.classify(&raw) {
+                match n.parse_e164(&raw) {
+                    Some(parsed) => prop_assert_eq!(&fast, &parsed),
+                    None => prop_assert_eq!(fast, format!("+{code}{national}")),
+                }
+            }
         }
 
         #[test]

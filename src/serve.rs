@@ -164,7 +164,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
             l.limits,
             upstream,
             store.recorder(),
-            normalizer,
+            normalizer.clone(),
             metrics.clone(),
         ));
         tracing::info!(
