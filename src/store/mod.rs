@@ -102,8 +102,8 @@ struct Inner {
     tx: mpsc::Sender<Job>,
     clock: SharedClock,
     ids: SubmissionIds,
-    /// Durable submissions waiting for their commit (shared with the writer).
-    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Durable submissions waiting for their commit, and the writer's wake-up.
+    signals: Arc<writer::Signals>,
     /// The keys of the partition written most recently: the hot path's only lookup.
     current: Mutex<Option<Arc<PartitionKeys>>>,
 }
@@ -152,7 +152,7 @@ impl Store {
             path: cfg.path.clone(),
             source,
         })?;
-        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let signals = Arc::new(writer::Signals::default());
         let (tx, handle) = writer::spawn(
             writer::WriterConfig {
                 store_dir: cfg.path.clone(),
@@ -160,7 +160,8 @@ impl Store {
                 cache_mib: cfg.cache_mib,
                 batch_max: cfg.batch_max,
                 queue_capacity: cfg.queue_capacity,
-                waiting: waiting.clone(),
+                checkpoint_rows: writer::CHECKPOINT_ROWS,
+                signals: signals.clone(),
                 signer: Some(signer),
             },
             metrics,
@@ -174,7 +175,7 @@ impl Store {
                     tx,
                     clock,
                     ids: SubmissionIds::default(),
-                    waiting,
+                    signals,
                     current: Mutex::new(None),
                 }),
             },
@@ -309,7 +310,7 @@ impl Recorder {
         let durable = self.inner.cfg.durability == Durability::RecordBeforeForward;
         // Counted from before sealing until the commit's answer, so the writer knows
         // more submissions are on their way (and dropped with the future if cancelled).
-        let _waiting = durable.then(|| Waiting::new(&self.inner.waiting));
+        let _waiting = durable.then(|| Waiting::new(&self.inner.signals.waiting));
         let (partition, rows) = self.seal(sub)?;
         let (done, wait) = if durable {
             let (tx, rx) = oneshot::channel();
@@ -323,6 +324,9 @@ impl Recorder {
             done,
         })
         .await?;
+        if durable {
+            self.inner.signals.durable_queued();
+        }
         match wait {
             Some(rx) => match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
                 Ok(Ok(result)) => result.map_err(RecordError::from),
@@ -383,6 +387,7 @@ impl Recorder {
     pub async fn barrier(&self) -> Result<(), RecordError> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Barrier(tx)).await?;
+        self.inner.signals.durable_queued();
         rx.await
             .map_err(|_| RecordError::Closed)?
             .map_err(RecordError::from)
@@ -394,6 +399,7 @@ impl Recorder {
             .tx
             .blocking_send(Job::Barrier(tx))
             .map_err(|_| RecordError::Closed)?;
+        self.inner.signals.durable_queued();
         rx.blocking_recv()
             .map_err(|_| RecordError::Closed)?
             .map_err(RecordError::from)
@@ -478,6 +484,69 @@ mod tests {
         let conn = schema::open_for_read(&cfg.path.join(format!("{day}.sqlite"))).unwrap();
         conn.query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// The checkpointer copies the WAL into the partition file while the writer keeps
+    /// it open: without it the file would hold only the schema until the backstop
+    /// checkpoint at 65,536 pages.
+    #[tokio::test]
+    async fn checkpointer_copies_the_wal_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        let (tx, writer) = writer::spawn(
+            writer::WriterConfig {
+                store_dir: dir.path().join("other"),
+                sync: cfg.sync,
+                cache_mib: cfg.cache_mib,
+                batch_max: 64,
+                queue_capacity: 1024,
+                checkpoint_rows: 256,
+                signals: Default::default(),
+                signer: None,
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let file = dir.path().join("other").join("2026-11-22.sqlite");
+        for i in 0..4_000 {
+            let t = at(10, 0, 0).timestamp_micros() + i;
+            let (partition, rows) = rec
+                .seal(&submission(&rec, t, "acct", "+31612345678"))
+                .unwrap();
+            tx.send(Job::Records {
+                partition,
+                rows,
+                done: None,
+            })
+            .await
+            .unwrap();
+        }
+        let (done, answer) = oneshot::channel();
+        tx.send(Job::Barrier(done)).await.unwrap();
+        answer.await.unwrap().unwrap();
+        // The checkpointer runs on its own thread: give it a moment, bounded.
+        let mut size = 0;
+        for _ in 0..100 {
+            size = std::fs::metadata(&file).unwrap().len();
+            if size > 64 * 1024 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            size > 64 * 1024,
+            "partition file still {size} bytes: WAL not checkpointed"
+        );
+        tx.send(Job::Stop).await.unwrap();
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .unwrap()
+            .unwrap();
+        store.close().await;
     }
 
     /// Records in many buckets and across midnight are found through the index runs,

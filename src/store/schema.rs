@@ -43,8 +43,13 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// 59 ms against 10 ms under 64 connections); 4 KiB suits both.
 pub const PAGE_SIZE: i64 = 4_096;
 
-/// WAL pages between automatic checkpoints.
-pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 8_192;
+/// WAL pages between the writer's own automatic checkpoints: the backstop behind the
+/// checkpointer thread (see `writer::spawn_checkpointer`), which normally copies the
+/// WAL every [`super::writer::CHECKPOINT_ROWS`] rows, long before this.
+pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 65_536;
+
+/// A WAL file larger than this is truncated back to it once checkpointed.
+pub const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// How long the writer waits for a lock held by another connection.
 pub const WRITER_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -112,24 +117,61 @@ pub const INSERT_INDEX: [&str; 4] = [
 pub const SET_INDEXED_THROUGH: &str = "UPDATE ix_state SET indexed_through = ?1 WHERE one = 1";
 pub const GET_INDEXED_THROUGH: &str = "SELECT indexed_through FROM ix_state WHERE one = 1";
 
-/// Rows per multi-row record INSERT.
-pub const RECORDS_PER_INSERT: usize = 32;
+/// Most rows per multi-row record or outcome INSERT.
+pub const ROWS_PER_INSERT: usize = 32;
 
-/// `INSERT INTO record (...) VALUES (...), (...), ...` for [`RECORDS_PER_INSERT`] rows.
-pub fn insert_records_many() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let head = INSERT_RECORD
-            .split(" VALUES")
-            .next()
-            .unwrap_or(INSERT_RECORD);
-        let rows: Vec<String> = (0..RECORDS_PER_INSERT)
-            .map(|r| {
-                let params: Vec<String> = (1..=13).map(|c| format!("?{}", r * 13 + c)).collect();
-                format!("({})", params.join(", "))
+/// Columns of [`INSERT_RECORD`] and [`INSERT_OUTCOME`].
+pub const RECORD_COLUMNS: usize = 13;
+pub const OUTCOME_COLUMNS: usize = 6;
+
+/// The tables written a batch at a time by [`insert_many`].
+#[derive(Debug, Clone, Copy)]
+pub enum Batched {
+    Record,
+    Outcome,
+}
+
+/// `INSERT INTO <table> (...) VALUES (...), (...), ...` for `rows` rows, a power of two
+/// up to [`ROWS_PER_INSERT`]: a batch of any size is written with at most six
+/// statement executions (its binary digits), each prepared once per connection.
+pub fn insert_many(table: Batched, rows: usize) -> &'static str {
+    const SIZES: usize = ROWS_PER_INSERT.trailing_zeros() as usize + 1;
+    static SQL: std::sync::OnceLock<[[String; SIZES]; 2]> = std::sync::OnceLock::new();
+    debug_assert!(rows.is_power_of_two() && rows <= ROWS_PER_INSERT);
+    let all = SQL.get_or_init(|| {
+        [
+            (INSERT_RECORD, RECORD_COLUMNS),
+            (INSERT_OUTCOME, OUTCOME_COLUMNS),
+        ]
+        .map(|(single, columns)| {
+            let head = single.split(" VALUES").next().unwrap_or(single);
+            std::array::from_fn(|k| {
+                let values: Vec<String> = (0..1usize << k)
+                    .map(|r| {
+                        let params: Vec<String> = (1..=columns)
+                            .map(|c| format!("?{}", r * columns + c))
+                            .collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                format!("{head} VALUES {}", values.join(", "))
             })
-            .collect();
-        format!("{head} VALUES {}", rows.join(", "))
+        })
+    });
+    &all[table as usize][rows.trailing_zeros() as usize]
+}
+
+/// Splits `items` into runs whose lengths are powers of two (largest first), at most
+/// [`ROWS_PER_INSERT`] each: the statement sizes [`insert_many`] has.
+pub fn power_of_two_runs<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let n = ROWS_PER_INSERT.min(1 << items.len().ilog2());
+        let (run, rest) = items.split_at(n);
+        items = rest;
+        Some(run)
     })
 }
 
@@ -184,10 +226,10 @@ pub fn open_for_write(
     // Takes effect only when the file is new (before its first write).
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // Checkpoint every 8,192 pages (32 MiB) rather than SQLite's 1,000 (4 MiB): the
-    // pages the writer appends to are rewritten at nearly every commit, and a longer
-    // interval copies each of them to the database file once instead of many times.
+    // Checkpoints run on another thread (see `writer::spawn_checkpointer`): the
+    // automatic one is only a backstop, far apart.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     conn.pragma_update(
         None,
         "synchronous",
@@ -206,6 +248,16 @@ pub fn open_for_write(
     Ok(conn)
 }
 
+/// Opens an existing partition for the checkpointer thread.
+pub fn open_for_checkpoint(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(1))?;
+    Ok(conn)
+}
+
 /// Opens an existing partition for queries. Read-write without create, so that a WAL
 /// left by a killed writer is recovered rather than refused; queries never write.
 pub fn open_for_read(path: &Path) -> rusqlite::Result<Connection> {
@@ -215,4 +267,35 @@ pub fn open_for_read(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_into_power_of_two_statements() {
+        for n in 0..200usize {
+            let items: Vec<usize> = (0..n).collect();
+            let runs: Vec<&[usize]> = power_of_two_runs(&items).collect();
+            assert_eq!(runs.concat(), items, "n = {n}");
+            assert!(
+                runs.iter()
+                    .all(|r| r.len().is_power_of_two() && r.len() <= ROWS_PER_INSERT)
+            );
+            assert!(runs.windows(2).all(|w| w[0].len() >= w[1].len()));
+        }
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(DDL).unwrap();
+        for k in 0..=ROWS_PER_INSERT.ilog2() {
+            let rows = 1usize << k;
+            for (table, columns) in [
+                (Batched::Record, RECORD_COLUMNS),
+                (Batched::Outcome, OUTCOME_COLUMNS),
+            ] {
+                let stmt = conn.prepare(insert_many(table, rows)).unwrap();
+                assert_eq!(stmt.parameter_count(), rows * columns);
+            }
+        }
+    }
 }

@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
@@ -79,12 +80,16 @@ pub enum Job {
     Barrier(Done),
     /// Commit what is queued before it, then stop.
     Stop,
+    /// Sent by the ticker every [`super::integrity::HEAD_INTERVAL`]: time-based duties
+    /// (sign heads, flush the index when idle) without a timed wait on the queue.
+    Tick,
 }
 
 impl Job {
     fn rows(&self) -> usize {
         match self {
             Job::Records { rows, .. } => rows.len(),
+            Job::Tick => 0,
             _ => 1,
         }
     }
@@ -96,9 +101,11 @@ pub struct WriterConfig {
     pub cache_mib: u32,
     pub batch_max: usize,
     pub queue_capacity: usize,
-    /// Submissions waiting for their commit right now (kept by the recorder): tells the
-    /// writer whether more are about to arrive.
-    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
+    /// Shared with the recorder: how many durable submissions wait for a commit, and
+    /// a way for them to cut short the writer's wait for more work.
+    pub signals: Arc<Signals>,
+    /// Rows between requests to the checkpointer ([`CHECKPOINT_ROWS`]).
+    pub checkpoint_rows: u64,
     /// Signs each commit's Merkle head. `None` only in benchmarks that measure the
     /// writer without integrity.
     pub signer: Option<Arc<ring::signature::Ed25519KeyPair>>,
@@ -116,6 +123,42 @@ pub const ASYNC_DELAY: Duration = Duration::from_millis(2);
 
 /// Flush the pending index entries when no job has arrived for this long.
 pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
+
+/// Ask the checkpointer to copy a partition's WAL into its file after this many rows.
+pub const CHECKPOINT_ROWS: u64 = 32_768;
+
+/// What the recorder and the writer share besides the queue.
+///
+/// The writer waits for more work by sleeping, not by waiting on the queue: a thread
+/// waiting on the queue is woken by every job, and at 40,000 jobs/s those wake-ups
+/// cost more than the commits. A durable submission arriving while the writer lingers
+/// for async work (which may take [`ASYNC_DELAY`]) wakes it with [`Signals::durable_queued`].
+#[derive(Default)]
+pub struct Signals {
+    /// Durable submissions between sealing and their commit's answer.
+    pub waiting: AtomicUsize,
+    /// The writer is sleeping on a batch no one waits on.
+    lingering: AtomicBool,
+    /// The writer waits on an empty queue with heads to sign or index entries to
+    /// flush: the ticker wakes it. Ticks go only to an idle writer, so they never take
+    /// queue space a submission is waiting for.
+    idle_with_duties: AtomicBool,
+    writer: OnceLock<std::thread::Thread>,
+}
+
+impl Signals {
+    /// Called after a durable submission is queued.
+    pub fn durable_queued(&self) {
+        // SeqCst pairs with the writer's store before it drains the queue: either it
+        // sees this job when it drains, or this sees it lingering. A missed wake-up
+        // would cost at most ASYNC_DELAY.
+        if self.lingering.load(Ordering::SeqCst)
+            && let Some(t) = self.writer.get()
+        {
+            t.unpark();
+        }
+    }
+}
 
 /// Index entries `(bucket, tag, record id)` of rows not yet in the `ix_*` tables, one
 /// list per [`crate::store::IndexKind`] (account, ip, originator, recipient).
@@ -232,6 +275,8 @@ struct OpenPartition {
     /// (deleted, replaced), writing on would put records where no one can find them.
     identity: (u64, u64),
     last_used: u64,
+    /// Rows committed since the checkpointer was last asked to copy this WAL.
+    since_checkpoint: u64,
 }
 
 /// Most partitions the writer keeps open; traffic normally touches one, two around
@@ -243,6 +288,9 @@ struct Writer {
     open: HashMap<PartitionId, OpenPartition>,
     metrics: Arc<Metrics>,
     tick: u64,
+    /// When the last job other than a tick arrived.
+    last_job: Instant,
+    checkpointer: Option<std::sync::mpsc::SyncSender<PathBuf>>,
 }
 
 pub fn spawn(
@@ -250,47 +298,114 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-    // Only to wait on the queue with a timeout (for the idle flush).
-    let timer = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()?;
+    let checkpointer = spawn_checkpointer()?;
+    let signals = cfg.signals.clone();
     let writer = Writer {
         cfg,
         open: HashMap::new(),
         metrics,
         tick: 0,
+        last_job: Instant::now(),
+        checkpointer: Some(checkpointer),
     };
     let handle = std::thread::Builder::new()
         .name("relaylog-writer".into())
-        .spawn(move || writer.run(rx, timer))?;
+        .spawn(move || writer.run(rx))?;
+    let _ = signals.writer.set(handle.thread().clone());
+    spawn_ticker(tx.downgrade(), signals)?;
     Ok((tx, handle))
 }
 
+/// Sends [`Job::Tick`] every head interval until the writer is gone. Holds only a
+/// weak sender, so the queue still closes when the last recorder goes.
+fn spawn_ticker(tx: mpsc::WeakSender<Job>, signals: Arc<Signals>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("relaylog-ticker".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(super::integrity::HEAD_INTERVAL);
+                let Some(tx) = tx.upgrade() else { return };
+                if !signals.idle_with_duties.load(Ordering::Relaxed) {
+                    continue;
+                }
+                // A full queue means the writer is busy and will sign as it commits.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Job::Tick) {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Copies partitions' WALs into their files on a connection of its own, so the writer
+/// does not stop for a whole checkpoint: inline, a 32 MiB checkpoint held every client
+/// waiting on a commit for ~100 ms. The writer's own automatic checkpoint stays on, at
+/// a larger interval, as the backstop.
+fn spawn_checkpointer() -> std::io::Result<std::sync::mpsc::SyncSender<PathBuf>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PathBuf>(4);
+    std::thread::Builder::new()
+        .name("relaylog-checkpoint".into())
+        .spawn(move || {
+            let mut conns: Vec<(PathBuf, Connection)> = Vec::new();
+            while let Ok(path) = rx.recv() {
+                let conn = match conns.iter().position(|(p, _)| *p == path) {
+                    Some(i) => &conns[i].1,
+                    None => match schema::open_for_checkpoint(&path) {
+                        Ok(c) => {
+                            if conns.len() >= MAX_OPEN {
+                                conns.remove(0);
+                            }
+                            conns.push((path.clone(), c));
+                            &conns[conns.len() - 1].1
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "checkpoint connection failed");
+                            continue;
+                        }
+                    },
+                };
+                // PASSIVE copies the bulk beside the writer. It cannot empty a WAL that
+                // is still being appended to, so a short RESTART follows: it holds the
+                // writer back only while it copies what arrived during the first pass,
+                // and makes the next commit start the WAL from its beginning.
+                let result = conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())));
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "checkpoint failed; the writer's automatic checkpoint remains");
+                    conns.retain(|(p, _)| *p != path);
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Job>, timer: tokio::runtime::Runtime) {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut jobs: Vec<Job> = Vec::with_capacity(1024);
         let mut stop = false;
         while !stop {
-            let wait = if self.open.values().any(|p| p.tree.unsigned() > 0) {
-                Some(super::integrity::HEAD_INTERVAL)
-            } else if self.open.values().any(|p| p.pending.rows > 0) {
-                Some(IDLE_FLUSH)
-            } else {
-                None
+            let duties = self
+                .open
+                .values()
+                .any(|p| p.tree.unsigned() > 0 || p.pending.rows > 0);
+            self.cfg
+                .signals
+                .idle_with_duties
+                .store(duties, Ordering::Relaxed);
+            let next = rx.blocking_recv();
+            self.cfg
+                .signals
+                .idle_with_duties
+                .store(false, Ordering::Relaxed);
+            let Some(first) = next else {
+                break;
             };
-            let next = match wait {
-                Some(wait) => {
-                    match timer.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                        Ok(job) => job,
-                        Err(_) => {
-                            self.flush_all();
-                            continue;
-                        }
-                    }
-                }
-                None => rx.blocking_recv(),
-            };
-            let Some(first) = next else { break };
+            if matches!(first, Job::Tick) {
+                self.on_tick();
+                continue;
+            }
+            self.last_job = Instant::now();
             let started = Instant::now();
             let mut rows = first.rows();
             stop = matches!(first, Job::Stop);
@@ -298,6 +413,7 @@ impl Writer {
             loop {
                 while rows < self.cfg.batch_max && !stop {
                     match rx.try_recv() {
+                        Ok(Job::Tick) => {}
                         Ok(job) => {
                             rows += job.rows();
                             stop = matches!(job, Job::Stop);
@@ -308,20 +424,20 @@ impl Writer {
                 }
                 // Group commit that groups: wait briefly for more when it pays (see
                 // SIBLING_DELAY and ASYNC_DELAY); otherwise commit what is in hand.
-                let Some(left) = self.linger(&jobs, rows, stop, started) else {
+                let Some((left, waited_on)) = self.linger(&jobs, rows, stop, started) else {
                     break;
                 };
-                match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
-                    Ok(Some(job)) => {
-                        rows += job.rows();
-                        stop = matches!(job, Job::Stop);
-                        jobs.push(job);
+                // Sleep rather than wait on the queue (see Signals); a durable
+                // submission wakes a writer that lingers for async work.
+                if waited_on {
+                    std::thread::park_timeout(left);
+                } else {
+                    self.cfg.signals.lingering.store(true, Ordering::SeqCst);
+                    // A durable job queued before the flag was up is seen here.
+                    if rx.is_empty() {
+                        std::thread::park_timeout(left);
                     }
-                    Ok(None) => {
-                        stop = true;
-                        break;
-                    }
-                    Err(_) => break,
+                    self.cfg.signals.lingering.store(false, Ordering::SeqCst);
                 }
             }
             self.metrics.queue_depth.set(rx.len() as i64);
@@ -330,6 +446,25 @@ impl Writer {
         self.flush_all();
         // Close connections cleanly (checkpoints the WAL).
         self.open.clear();
+    }
+
+    /// Time-based duties: sign the heads of leaves written since the last head, and
+    /// flush the index entries once the queue has been idle for [`IDLE_FLUSH`].
+    fn on_tick(&mut self) {
+        let idle = self.last_job.elapsed();
+        if idle >= IDLE_FLUSH {
+            if self
+                .open
+                .values()
+                .any(|p| p.pending.rows > 0 || p.tree.unsigned() > 0)
+            {
+                self.flush_all();
+            }
+        } else if idle >= super::integrity::HEAD_INTERVAL
+            && self.open.values().any(|p| p.tree.unsigned() > 0)
+        {
+            self.seal_all(false);
+        }
     }
 
     /// How much longer to wait for more jobs before committing, if at all.
@@ -341,7 +476,13 @@ impl Writer {
     ///   commits at once.
     /// - A batch no one waits on (outcome events, async records) lingers up to
     ///   [`ASYNC_DELAY`] to ride along with the next one.
-    fn linger(&self, jobs: &[Job], rows: usize, stop: bool, started: Instant) -> Option<Duration> {
+    fn linger(
+        &self,
+        jobs: &[Job],
+        rows: usize,
+        stop: bool,
+        started: Instant,
+    ) -> Option<(Duration, bool)> {
         if stop || rows >= self.cfg.batch_max {
             return None;
         }
@@ -353,7 +494,7 @@ impl Writer {
             ASYNC_DELAY
         } else if jobs.iter().any(|j| matches!(j, Job::Barrier(_))) {
             return None;
-        } else if self.cfg.waiting.load(std::sync::atomic::Ordering::Relaxed) > waited_on {
+        } else if self.cfg.signals.waiting.load(Ordering::Relaxed) > waited_on {
             SIBLING_DELAY
         } else {
             return None;
@@ -361,6 +502,7 @@ impl Writer {
         limit
             .checked_sub(started.elapsed())
             .filter(|d| !d.is_zero())
+            .map(|d| (d, waited_on > 0))
     }
 
     /// Signs every open partition's waiting leaves and flushes its pending index
@@ -410,7 +552,7 @@ impl Writer {
                 Job::Records { partition, .. } | Job::Outcome { partition, .. } => {
                     by_partition.entry(*partition).or_default().push(i)
                 }
-                Job::Barrier(_) | Job::Stop => {}
+                Job::Barrier(_) | Job::Stop | Job::Tick => {}
             }
         }
         let mut results: Vec<Result<(), WriteError>> = vec![Ok(()); jobs.len()];
@@ -444,7 +586,7 @@ impl Writer {
             let done = match job {
                 Job::Records { done, .. } | Job::Outcome { done, .. } => done,
                 Job::Barrier(done) => Some(done),
-                Job::Stop => None,
+                Job::Stop | Job::Tick => None,
             };
             if let Some(done) = done {
                 // The waiter may have given up (timeout, client gone): nothing to do.
@@ -460,6 +602,9 @@ impl Writer {
         jobs: &[Job],
     ) -> Result<(u64, u64), WriteError> {
         let signer = self.cfg.signer.clone();
+        let checkpointer = self.checkpointer.clone();
+        let checkpoint_rows = self.cfg.checkpoint_rows;
+        let path = partition.path_in(&self.cfg.store_dir);
         let open = self.connection(partition)?;
         let (conn, pending, tree) = (&open.conn, &mut open.pending, &mut open.tree);
         let tx = conn.unchecked_transaction().map_err(sql)?;
@@ -476,27 +621,14 @@ impl Writer {
                 })
                 .flatten()
                 .collect();
-            for chunk in rows.chunks(schema::RECORDS_PER_INSERT) {
-                let sql_text = if chunk.len() == schema::RECORDS_PER_INSERT {
-                    schema::insert_records_many()
-                } else {
-                    schema::INSERT_RECORD
-                };
-                if chunk.len() == schema::RECORDS_PER_INSERT {
-                    let mut stmt = tx.prepare_cached(sql_text).map_err(sql)?;
-                    let mut n = 1;
-                    for r in chunk {
-                        bind_record(&mut stmt, n, r).map_err(sql)?;
-                        n += RECORD_COLUMNS;
-                    }
-                    stmt.raw_execute().map_err(sql)?;
-                } else {
-                    let mut stmt = tx.prepare_cached(sql_text).map_err(sql)?;
-                    for r in chunk {
-                        bind_record(&mut stmt, 1, r).map_err(sql)?;
-                        stmt.raw_execute().map_err(sql)?;
-                    }
+            for chunk in schema::power_of_two_runs(&rows) {
+                let mut stmt = tx
+                    .prepare_cached(schema::insert_many(schema::Batched::Record, chunk.len()))
+                    .map_err(sql)?;
+                for (k, r) in chunk.iter().enumerate() {
+                    bind_record(&mut stmt, 1 + k * schema::RECORD_COLUMNS, r).map_err(sql)?;
                 }
+                stmt.raw_execute().map_err(sql)?;
                 let last = tx.last_insert_rowid();
                 let first = last - chunk.len() as i64 + 1;
                 for (k, r) in chunk.iter().enumerate() {
@@ -516,23 +648,37 @@ impl Writer {
                 }
                 records += chunk.len() as u64;
             }
-            let mut out = tx.prepare_cached(schema::INSERT_OUTCOME).map_err(sql)?;
-            for &i in idx {
-                if let Job::Outcome { row: o, .. } = &jobs[i] {
-                    out.execute(params![
-                        o.submission,
-                        o.at_us,
-                        o.outcome,
-                        o.upstream_status,
-                        o.gateway_code,
-                        o.message_id_sealed,
-                    ])
+            let events: Vec<&OutcomeRow> = idx
+                .iter()
+                .filter_map(|&i| match &jobs[i] {
+                    Job::Outcome { row, .. } => Some(row),
+                    _ => None,
+                })
+                .collect();
+            for chunk in schema::power_of_two_runs(&events) {
+                let mut stmt = tx
+                    .prepare_cached(schema::insert_many(schema::Batched::Outcome, chunk.len()))
                     .map_err(sql)?;
-                    if signer.is_some() {
-                        tree.push_outcome(tx.last_insert_rowid(), o.leaf);
-                    }
-                    outcomes += 1;
+                for (k, o) in chunk.iter().enumerate() {
+                    let n = 1 + k * schema::OUTCOME_COLUMNS;
+                    stmt.raw_bind_parameter(n, o.submission).map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 1, o.at_us).map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 2, o.outcome).map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 3, o.upstream_status)
+                        .map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 4, o.gateway_code)
+                        .map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 5, &o.message_id_sealed)
+                        .map_err(sql)?;
                 }
+                stmt.raw_execute().map_err(sql)?;
+                let first = tx.last_insert_rowid() - chunk.len() as i64 + 1;
+                if signer.is_some() {
+                    for (k, o) in chunk.iter().enumerate() {
+                        tree.push_outcome(first + k as i64, o.leaf);
+                    }
+                }
+                outcomes += chunk.len() as u64;
             }
         }
         // A signed head at most every HEAD_INTERVAL: signing (Ed25519) per commit cost
@@ -547,6 +693,15 @@ impl Writer {
             pending.flush(&tx).map_err(sql)?;
         }
         tx.commit().map_err(sql)?;
+        open.since_checkpoint += records + outcomes;
+        if open.since_checkpoint >= checkpoint_rows
+            && let Some(c) = checkpointer
+        {
+            // A busy checkpointer (queue full) is asked again after the next rows.
+            if c.try_send(path).is_ok() {
+                open.since_checkpoint = 0;
+            }
+        }
         Ok((records, outcomes))
     }
 
@@ -595,6 +750,7 @@ impl Writer {
                     tree,
                     identity,
                     last_used: self.tick,
+                    since_checkpoint: 0,
                 },
             );
         }
@@ -626,9 +782,6 @@ impl Writer {
         }
     }
 }
-
-/// Columns bound per record row.
-const RECORD_COLUMNS: usize = 13;
 
 /// Binds one record's columns from parameter `first` on.
 fn bind_record(
