@@ -11,8 +11,11 @@
 //! client that disconnects cannot leave a recorded message without its forward and its
 //! outcome. Every refusal is turned into a client reply in [`reply`], one place.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -175,9 +178,9 @@ pub async fn handle(
     listener.counters.messages.inc();
     let (submission_id, recipients) = (submission.id.0, submission.recipients.len());
     // From here on the message is recorded: forward and outcome must happen even if the
-    // client goes away, so they run in their own task.
+    // client goes away, so they run to completion whatever happens to this future.
     let l = listener.clone();
-    let task = tokio::spawn(async move {
+    let task = Detached::new(async move {
         let result = l.upstream.forward(&head, body).await;
         l.counters
             .forward_seconds
@@ -199,12 +202,8 @@ pub async fn handle(
         result
     });
     let resp = match task.await {
-        Ok(Ok(r)) => r.into_response(),
-        Ok(Err(e)) => reply(listener, Refusal::Upstream(e)),
-        Err(_) => reply(
-            listener,
-            Refusal::Upstream(UpstreamError::Request("relay task failed")),
-        ),
+        Ok(r) => r.into_response(),
+        Err(e) => reply(listener, Refusal::Upstream(e)),
     };
     // The access log: ids, counts and status only. No query string, body or identifier.
     tracing::debug!(
@@ -216,6 +215,47 @@ pub async fn handle(
         "relayed"
     );
     resp
+}
+
+/// A future that runs to completion even if the one awaiting it is dropped: polled in
+/// place while awaited (no task, no cross-task wake-up per request), handed to a task
+/// of its own if the awaiting future goes away first (a client that disconnects while
+/// its message is forwarded).
+struct Detached<T: Send + 'static> {
+    fut: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+}
+
+impl<T: Send + 'static> Detached<T> {
+    fn new(fut: impl Future<Output = T> + Send + 'static) -> Self {
+        Self {
+            fut: Some(Box::pin(fut)),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for Detached<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Pending;
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for Detached<T> {
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                fut.await;
+            });
+        }
+    }
 }
 
 fn outcome_event(
@@ -327,4 +367,38 @@ fn reply(l: &Listener, refusal: Refusal) -> Response<Full<Bytes>> {
         );
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Dropped while its work waits, a detached future still finishes on a task.
+    #[tokio::test]
+    async fn detached_work_finishes_when_its_waiter_is_dropped() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let flag = finished.clone();
+        let mut work = Box::pin(Detached::new(async move {
+            let _ = wait.await;
+            flag.store(true, Ordering::SeqCst);
+        }));
+        // Polled once in place: pending on the channel.
+        assert!(futures_poll_once(work.as_mut()).is_pending());
+        drop(work);
+        go.send(()).unwrap();
+        for _ in 0..100 {
+            if finished.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(finished.load(Ordering::SeqCst));
+    }
+
+    fn futures_poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        f.poll(&mut Context::from_waker(waker))
+    }
 }

@@ -398,3 +398,39 @@ async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
     assert!(metrics.contains("reason=\"queue_full\"} 1"), "{metrics}");
     relay.running.shutdown().await;
 }
+
+/// A client that hangs up while its recorded message is being forwarded: the message
+/// still reaches the upstream and its outcome is committed.
+#[tokio::test]
+async fn client_gone_mid_forward_still_forwards_and_records_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    up.delay_ms.store(300, std::sync::atomic::Ordering::SeqCst);
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(dir.path(), "kannel", Some(&up.url()), "", ""),
+    )
+    .await;
+    let addr = relay.running.addr("sms").unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /cgi-bin/sendsms?username=gone&password=p&to=%2B31612345607&text=x HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Hang up once the request is at the upstream (its reply is 300 ms away).
+    while up.count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    relay.settle().await;
+    let found = relay.query(IndexKind::Account, "gone");
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].outcome.as_ref().map(|o| o.outcome),
+        Some(relaylog::record::Outcome::Accepted),
+        "the upstream's answer is recorded although the client left"
+    );
+    relay.running.shutdown().await;
+}
