@@ -167,3 +167,69 @@ async fn connections_past_the_limit_are_told_busy() {
     );
     relay.running.shutdown().await;
 }
+
+/// An upstream that closes each keep-alive connection after answering (as gateways do
+/// at their idle timeout): the next message finds its pooled connection closed and goes
+/// out on a new one, without an error and without being sent twice.
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !contains(&head, b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let body = KANNEL_OK;
+                let reply = format!(
+                    "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\nKeep-Alive: timeout=5\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(reply.as_bytes()).await.unwrap();
+                // Announced keep-alive, then gone.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(s);
+            });
+        }
+    });
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(
+            dir.path(),
+            "kannel",
+            Some(&format!("http://{addr}")),
+            "",
+            "",
+        ),
+    )
+    .await;
+    let c = client();
+    for i in 0..5 {
+        let (s, body) = get(&c, &sendsms(&relay.url, "closing", &number(i))).await;
+        assert_eq!((s.as_u16(), body.as_str()), (202, KANNEL_OK), "message {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 5, "each message sent once");
+    relay.settle().await;
+    let found = relay.query(IndexKind::Account, "closing");
+    assert_eq!(found.len(), 5);
+    assert!(
+        found
+            .iter()
+            .all(|f| f.outcome.as_ref().map(|o| o.outcome) == Some(Outcome::Accepted))
+    );
+    relay.running.shutdown().await;
+}

@@ -1,15 +1,16 @@
 //! Forwarding one request upstream and reading its bounded reply.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::pool::{Conn, Pool, Target};
 
 use crate::config::Forward;
 use crate::ingress::tls::{TlsError, load_certs, ring_provider};
@@ -58,7 +59,7 @@ pub struct Reply {
 }
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    pool: Arc<Pool>,
     base: Uri,
     host: HeaderValue,
     rewrite_host: bool,
@@ -66,38 +67,56 @@ pub struct Upstream {
     max_response_bytes: usize,
 }
 
+/// How one attempt at an exchange ended, when it did not give a reply.
+enum Attempt {
+    /// The connection went away before the request was written: safe to send again.
+    NotSent(Request<Full<Bytes>>),
+    Failed(UpstreamError),
+}
+
 impl Upstream {
     pub fn new(base: Uri, cfg: &Forward) -> Result<Self, TlsError> {
-        let mut roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(ca) = &cfg.ca_file {
-            for cert in load_certs(ca)? {
-                roots.add(cert)?;
+        let host_str = base.host().unwrap_or("localhost");
+        // `[::1]` in a URI, `::1` to connect to and to name in TLS.
+        let host = host_str
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let https = base.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let port = base.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let mut roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            if let Some(ca) = &cfg.ca_file {
+                for cert in load_certs(ca)? {
+                    roots.add(cert)?;
+                }
             }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(ring_provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.pool_idle)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            let config = rustls::ClientConfig::builder_with_provider(ring_provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = ServerName::try_from(host.clone())
+                .map_err(|_| TlsError::Invalid("upstream host is not a valid TLS server name"))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        let pool = Pool::new(
+            Target {
+                host,
+                port,
+                tls,
+                connect_timeout: cfg.timeout,
+            },
+            cfg.pool_idle,
+        );
         let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
         let host = HeaderValue::from_str(authority)
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Ok(Self {
-            client,
+            pool,
             base,
             host,
             rewrite_host: cfg.rewrite_host,
@@ -116,43 +135,71 @@ impl Upstream {
         head: &http::request::Parts,
         body: Bytes,
     ) -> Result<Reply, UpstreamError> {
-        let mut uri = http::uri::Builder::new();
-        if let Some(scheme) = self.base.scheme() {
-            uri = uri.scheme(scheme.clone());
-        }
-        if let Some(authority) = self.base.authority() {
-            uri = uri.authority(authority.clone());
-        }
         let path = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let uri = uri
-            .path_and_query(path)
-            .build()
-            .map_err(|_| UpstreamError::Request("bad URI"))?;
+        // Origin form: the connection already names the upstream.
         let mut req = Request::builder()
             .method(head.method.clone())
-            .uri(uri)
+            .uri(path)
             .body(Full::new(body))
             .map_err(|_| UpstreamError::Request("bad request head"))?;
         copy_end_to_end(&head.headers, req.headers_mut());
         if self.rewrite_host || !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|_| UpstreamError::Connect)?;
+        tokio::time::timeout(self.timeout, self.exchange(req))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+
+    /// Sends on a pooled connection; if that connection turns out closed before the
+    /// request was written (the upstream dropped it while idle), once more on a new one.
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Reply, UpstreamError> {
+        let mut conn = self
+            .pool
+            .checkout()
+            .await
+            .map_err(|_| UpstreamError::Connect)?;
+        let req = match self.attempt(&mut conn, req).await {
+            Ok(reply) => {
+                self.pool.checkin(conn);
+                return Ok(reply);
+            }
+            Err(Attempt::Failed(e)) => return Err(e),
+            Err(Attempt::NotSent(req)) => req,
+        };
+        let mut conn = self
+            .pool
+            .connect()
+            .await
+            .map_err(|_| UpstreamError::Connect)?;
+        match self.attempt(&mut conn, req).await {
+            Ok(reply) => {
+                self.pool.checkin(conn);
+                Ok(reply)
+            }
+            Err(Attempt::Failed(e)) => Err(e),
+            Err(Attempt::NotSent(_)) => Err(UpstreamError::Connect),
+        }
+    }
+
+    async fn attempt(&self, conn: &mut Conn, req: Request<Full<Bytes>>) -> Result<Reply, Attempt> {
+        let send = conn.send(req);
+        let max = self.max_response_bytes;
+        conn.drive_while(async move {
+            let resp = send.await.map_err(|mut e| match e.take_message() {
+                Some(req) => Attempt::NotSent(req),
+                None => Attempt::Failed(UpstreamError::Connect),
+            })?;
             let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, self.max_response_bytes)
+            let body = Limited::new(body, max)
                 .collect()
                 .await
                 .map_err(|e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
+                    Attempt::Failed(if e.is::<http_body_util::LengthLimitError>() {
                         UpstreamError::TooLarge
                     } else {
                         UpstreamError::Body
-                    }
+                    })
                 })?
                 .to_bytes();
             Ok(Reply {
@@ -160,10 +207,8 @@ impl Upstream {
                 headers: parts.headers,
                 body,
             })
-        };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout))
+        })
+        .await
     }
 }
 

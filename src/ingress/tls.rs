@@ -18,6 +18,8 @@ pub enum TlsError {
     Key { path: PathBuf, message: String },
     #[error("TLS configuration rejected: {0}")]
     Config(#[from] rustls::Error),
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 pub fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
