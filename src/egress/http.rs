@@ -70,7 +70,7 @@ pub struct Upstream {
 /// How one attempt at an exchange ended, when it did not give a reply.
 enum Attempt {
     /// The connection went away before the request was written: safe to send again.
-    NotSent(Request<Full<Bytes>>),
+    NotSent(Box<Request<Full<Bytes>>>),
     Failed(UpstreamError),
 }
 
@@ -165,7 +165,7 @@ impl Upstream {
                 return Ok(reply);
             }
             Err(Attempt::Failed(e)) => return Err(e),
-            Err(Attempt::NotSent(req)) => req,
+            Err(Attempt::NotSent(req)) => *req,
         };
         let mut conn = self
             .pool
@@ -187,7 +187,7 @@ impl Upstream {
         let max = self.max_response_bytes;
         conn.drive_while(async move {
             let resp = send.await.map_err(|mut e| match e.take_message() {
-                Some(req) => Attempt::NotSent(req),
+                Some(req) => Attempt::NotSent(Box::new(req)),
                 None => Attempt::Failed(UpstreamError::Connect),
             })?;
             let (parts, body) = resp.into_parts();
