@@ -41,8 +41,9 @@ sim=$(port); ngx=$(port); durable=$(port); async=$(port)
 "$bin" mock-gateway --listen "127.0.0.1:$sim" --api "$api" 2>"$work/sim.log" & pids+=($!)
 
 mkdir -p "$work/nginx/logs"
+# As Debian's package ships it: one worker per core.
 cat > "$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
+worker_processes auto;
 error_log $work/nginx/logs/error.log warn;
 pid $work/nginx/nginx.pid;
 events { worker_connections 4096; }
