@@ -83,6 +83,7 @@ fn bench(c: &mut Criterion) {
     );
     for (name, signer) in [("commit", None), ("commit_with_integrity", Some(signer))] {
         let dir = tempfile::tempdir().unwrap();
+        let signals: Arc<writer::Signals> = Default::default();
         let (tx, handle) = writer::spawn(
             WriterConfig {
                 store_dir: dir.path().join("store"),
@@ -91,7 +92,7 @@ fn bench(c: &mut Criterion) {
                 batch_max: 4_096,
                 queue_capacity: 65_536,
                 checkpoint_rows: relaylog::store::writer::CHECKPOINT_ROWS,
-                signals: Default::default(),
+                signals: signals.clone(),
                 signer,
             },
             Arc::new(Metrics::new()),
@@ -120,6 +121,9 @@ fn bench(c: &mut Criterion) {
                     }
                     let (done, wait) = oneshot::channel();
                     tx.blocking_send(Job::Barrier(done)).unwrap();
+                    // As the recorder does: a job someone waits on wakes a writer
+                    // that lingers for more async work.
+                    signals.durable_queued();
                     wait.blocking_recv().unwrap().unwrap();
                 },
                 BatchSize::PerIteration,
