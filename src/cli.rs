@@ -62,6 +62,12 @@ pub enum Command {
     /// Legal holds: partitions they cover are kept past retention.
     #[command(subcommand)]
     Hold(HoldCommand),
+    /// Compliance officers: add (prints the TOTP enrolment URI once), list, disable.
+    #[command(subcommand)]
+    Officer(OfficerCommand),
+    /// The hash-chained audit log: list it, or check that no entry was edited.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -145,6 +151,32 @@ pub struct ExpireArgs {
     /// Show what would be removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OfficerCommand {
+    /// Add an officer. The password is read from the first line of standard input;
+    /// the TOTP enrolment URI is printed once, for the officer's authenticator app.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: crate::compliance::officers::Role,
+    },
+    /// List officers, their roles and whether they are enabled.
+    List,
+    /// Disable an officer (kept, for the audit trail).
+    Disable { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the audit log, oldest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the hash chain; non-zero exit if any entry was edited or removed.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +304,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Query(args) => run_query(&config, args),
                 Command::Expire(args) => expire(&config, args),
                 Command::Hold(h) => hold(&config, h),
+                Command::Officer(o) => officer(&config, o),
+                Command::Audit(a) => audit(&config, a),
                 Command::Bench(b) => bench(&config, b),
                 Command::Verify { since, until } => {
                     verify(&config, since.as_deref(), until.as_deref())
@@ -551,6 +585,86 @@ fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
     }
     for (p, records) in &plan.expire {
         println!("removed  {p} ({records} records), keys shredded");
+    }
+    Ok(())
+}
+
+/// The first line of standard input, without its line end: how secrets reach the CLI
+/// (never as arguments, which `ps` shows).
+fn read_secret_line(what: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("{what}: ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let now = SystemClock.now_micros();
+    match command {
+        OfficerCommand::Add { name, role } => {
+            let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
+            let password = read_secret_line("password")?;
+            let e = ledger.add_officer(&master, name, *role, &password, now, &actor())?;
+            println!(
+                "officer {} added with role {}",
+                e.officer.name,
+                e.officer.role.as_str()
+            );
+            println!("TOTP enrolment (shown once; scan or type it into an authenticator app):");
+            println!("{}", e.otpauth_uri);
+        }
+        OfficerCommand::List => {
+            for o in ledger.officers()? {
+                println!(
+                    "{}\t{}\t{}\tadded by {} at {}",
+                    o.name,
+                    o.role.as_str(),
+                    if o.enabled { "enabled" } else { "disabled" },
+                    o.created_by,
+                    rfc3339(o.created_at)
+                );
+            }
+        }
+        OfficerCommand::Disable { name } => {
+            ledger.disable_officer(name, now, &actor())?;
+            println!("officer {name} disabled");
+        }
+    }
+    Ok(())
+}
+
+fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
+    let ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    match command {
+        AuditCommand::List { json } => {
+            for e in ledger.entries()? {
+                if *json {
+                    let details: serde_json::Value =
+                        serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null);
+                    println!(
+                        "{}",
+                        serde_json::json!({"seq": e.seq, "at": rfc3339(e.at), "actor": e.actor, "action": e.action, "details": details})
+                    );
+                } else {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        e.seq,
+                        rfc3339(e.at),
+                        e.actor,
+                        e.action,
+                        e.details
+                    );
+                }
+            }
+        }
+        AuditCommand::Verify => {
+            let n = ledger.verify_audit()?;
+            println!("audit log intact: {n} entries");
+        }
     }
     Ok(())
 }

@@ -44,6 +44,16 @@ CREATE TABLE IF NOT EXISTS hold (
     placed_at INTEGER NOT NULL,
     placed_by TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS officer (
+    name           TEXT PRIMARY KEY,
+    role           TEXT NOT NULL CHECK (role IN ('officer', 'approver', 'admin')),
+    password       TEXT NOT NULL,   -- argon2id, PHC string
+    totp           BLOB NOT NULL,   -- TOTP seed sealed under the master key
+    totp_last_step INTEGER NOT NULL DEFAULT -1,
+    enabled        INTEGER NOT NULL DEFAULT 1,
+    created_at     INTEGER NOT NULL,
+    created_by     TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq     INTEGER PRIMARY KEY,
     at_us   INTEGER NOT NULL,
@@ -81,11 +91,11 @@ pub struct AuditEntry {
 }
 
 pub struct Ledger {
-    conn: Connection,
-    path: String,
+    pub(crate) conn: Connection,
+    pub(crate) path: String,
 }
 
-fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
+pub(crate) fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
     move |e| LedgerError::Sql {
         path: path.to_owned(),
         message: e.to_string(),
@@ -138,7 +148,7 @@ impl Ledger {
     }
 
     /// Appends an audit entry inside the caller's transaction (or on its own).
-    fn append(
+    pub(crate) fn append(
         conn: &Connection,
         at: Micros,
         actor: &str,

@@ -25,6 +25,7 @@ pub mod bench;
 pub mod canonical;
 pub mod cli;
 pub mod clock;
+pub mod compliance;
 pub mod config;
 pub mod egress;
 pub mod ingress;
@@ -36,3 +37,10 @@ pub mod serve;
 pub mod shutdown;
 pub mod simulator;
 pub mod store;
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+}

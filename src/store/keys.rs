@@ -143,6 +143,42 @@ impl MasterKey {
     }
 }
 
+impl MasterKey {
+    /// Seals a small secret kept outside the keyring (an officer's TOTP seed, a case's
+    /// identifiers), bound to `context` so that it cannot be moved to another row.
+    /// `nonce | ciphertext | tag`, AES-256-GCM under the master key.
+    pub fn seal_secret(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let nonce = next_nonce()?;
+        let mut body = plaintext.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context),
+                &mut body,
+            )
+            .map_err(|_| KeyError::Open)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    pub fn open_secret(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return Err(KeyError::Open);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Open)?;
+        let mut buf = body.to_vec();
+        let n = self
+            .0
+            .open_in_place(nonce, Aad::from(context), &mut buf)
+            .map_err(|_| KeyError::Open)?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
 /// Lower-case hex, as key files are written.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -1,0 +1,4 @@
+//! The compliance side: officers, cases, disclosures and the audit trail around them.
+
+pub mod officers;
+pub mod totp;
