@@ -148,34 +148,11 @@ impl MasterKey {
     /// identifiers), bound to `context` so that it cannot be moved to another row.
     /// `nonce | ciphertext | tag`, AES-256-GCM under the master key.
     pub fn seal_secret(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let nonce = next_nonce()?;
-        let mut body = plaintext.to_vec();
-        self.0
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(context),
-                &mut body,
-            )
-            .map_err(|_| KeyError::Open)?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&body);
-        Ok(out)
+        seal_with(&self.0, context, plaintext)
     }
 
     pub fn open_secret(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
-        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
-            return Err(KeyError::Open);
-        }
-        let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Open)?;
-        let mut buf = body.to_vec();
-        let n = self
-            .0
-            .open_in_place(nonce, Aad::from(context), &mut buf)
-            .map_err(|_| KeyError::Open)?
-            .len();
-        buf.truncate(n);
-        Ok(buf)
+        open_with(&self.0, context, sealed)
     }
 }
 
@@ -256,37 +233,44 @@ impl PartitionKeys {
     /// Seals `plaintext` in place: the result is `nonce | ciphertext | tag`. `aad` binds
     /// the sealed value to its row, so it cannot be moved to another.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let nonce = next_nonce()?;
-        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let mut body = out.split_off(NONCE_LEN);
-        self.data
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut body,
-            )
-            .map_err(|_| KeyError::Open)?;
-        out.extend_from_slice(&body);
-        Ok(out)
+        seal_with(&self.data, aad, plaintext)
     }
 
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
-        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
-            return Err(KeyError::Open);
-        }
-        let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Open)?;
-        let mut buf = body.to_vec();
-        let plain = self
-            .data
-            .open_in_place(nonce, Aad::from(aad), &mut buf)
-            .map_err(|_| KeyError::Open)?;
-        let n = plain.len();
-        buf.truncate(n);
-        Ok(buf)
+        open_with(&self.data, aad, sealed)
     }
+}
+
+/// AES-256-GCM with a fresh random nonce: `nonce | ciphertext | tag`.
+fn seal_with(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let nonce = next_nonce()?;
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let mut body = out.split_off(NONCE_LEN);
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut body,
+    )
+    .map_err(|_| KeyError::Open)?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn open_with(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+    if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+        return Err(KeyError::Open);
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KeyError::Open)?;
+    let mut buf = body.to_vec();
+    let n = key
+        .open_in_place(nonce, Aad::from(aad), &mut buf)
+        .map_err(|_| KeyError::Open)?
+        .len();
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// Random 96-bit nonces, drawn from the system generator 100 at a time so that
