@@ -65,6 +65,10 @@ pub enum Command {
     /// Compliance officers: add (prints the TOTP enrolment URI once), list, disable.
     #[command(subcommand)]
     Officer(OfficerCommand),
+    /// Cases: the only way records are disclosed (open, approve by another approver,
+    /// then disclose).
+    #[command(subcommand)]
+    Case(CaseCommand),
     /// The hash-chained audit log: list it, or check that no entry was edited.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -166,6 +170,83 @@ pub enum OfficerCommand {
     List,
     /// Disable an officer (kept, for the audit trail).
     Disable { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaseCommand {
+    /// Open a case (the officer's password is read from standard input).
+    Open(Box<CaseOpenArgs>),
+    /// Approve an open case: an approver other than its opener, password on standard
+    /// input and a TOTP code.
+    Approve(DecideArgs),
+    /// Reject an open case, with a reason.
+    Reject(DecideArgs),
+    /// Close a case: nothing more is disclosed under it.
+    Close {
+        id: i64,
+        #[arg(long)]
+        officer: String,
+    },
+    /// Show a case (identifiers by kind and audit tag only).
+    Show { id: i64 },
+    /// List the cases.
+    List,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaseOpenArgs {
+    #[arg(long)]
+    pub officer: String,
+    /// The requesting authority, by name.
+    #[arg(long)]
+    pub authority: String,
+    /// ETSI TS 102 657 request id, part 1: the country code (e.g. NL).
+    #[arg(long)]
+    pub country: String,
+    /// Part 2: the authorised organisation's id.
+    #[arg(long)]
+    pub organisation: String,
+    /// Part 3: the organisation's request number.
+    #[arg(long)]
+    pub request: String,
+    #[arg(long)]
+    pub legal_basis: String,
+    #[arg(long)]
+    pub order_ref: String,
+    #[arg(long)]
+    pub order_date: String,
+    #[arg(long)]
+    pub deadline: String,
+    /// Records of a confidential case are left out of data-subject exports.
+    #[arg(long)]
+    pub confidential: bool,
+    #[arg(long)]
+    pub since: String,
+    /// End of the window (a date includes that day).
+    #[arg(long)]
+    pub until: String,
+    #[arg(long)]
+    pub recipient: Vec<String>,
+    #[arg(long)]
+    pub originator: Vec<String>,
+    #[arg(long)]
+    pub account: Vec<String>,
+    #[arg(long)]
+    pub ip: Vec<String>,
+    #[arg(long)]
+    pub email: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecideArgs {
+    pub id: i64,
+    #[arg(long)]
+    pub officer: String,
+    /// The current code of the officer's authenticator.
+    #[arg(long)]
+    pub totp: String,
+    #[arg(long, default_value = "")]
+    pub note: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +387,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Hold(h) => hold(&config, h),
                 Command::Officer(o) => officer(&config, o),
                 Command::Audit(a) => audit(&config, a),
+                Command::Case(c) => case(&config, c),
                 Command::Bench(b) => bench(&config, b),
                 Command::Verify { since, until } => {
                     verify(&config, since.as_deref(), until.as_deref())
@@ -632,6 +714,167 @@ fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
         OfficerCommand::Disable { name } => {
             ledger.disable_officer(name, now, &actor())?;
             println!("officer {name} disabled");
+        }
+    }
+    Ok(())
+}
+
+fn case(config: &Config, command: &CaseCommand) -> Result<()> {
+    use crate::compliance::cases::{self, CaseDetails, IdentifierKind, NewCase, RequestId};
+    use crate::compliance::officers::{Credentials, Role};
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let now = SystemClock.now_micros();
+    ledger.note_four_eyes(config.compliance.four_eyes, now, &actor())?;
+    let master = || crate::store::keys::MasterKey::load(&config.store.master_key);
+    match command {
+        CaseCommand::Open(a) => {
+            let master = master()?;
+            let password = read_secret_line("password")?;
+            let who = Credentials {
+                name: &a.officer,
+                password: &password,
+                totp: None,
+            };
+            let officer = ledger.authenticate(&master, who, Role::Officer, now, "case.open")?;
+            let numbers = NumberNormalizer::new(config.store.default_region);
+            let mut criteria = Vec::new();
+            for (kind, values) in [
+                (IdentifierKind::Recipient, &a.recipient),
+                (IdentifierKind::Originator, &a.originator),
+                (IdentifierKind::Account, &a.account),
+                (IdentifierKind::Ip, &a.ip),
+                (IdentifierKind::Email, &a.email),
+            ] {
+                for v in values {
+                    criteria.push(cases::criterion(kind, v, &numbers)?);
+                }
+            }
+            let since = parse_time(&a.since, false)?.timestamp_micros();
+            let until = parse_time(&a.until, true)?.timestamp_micros();
+            let cutoff = Some(
+                config
+                    .store
+                    .retention
+                    .cutoff(SystemClock.now())
+                    .timestamp_micros(),
+            );
+            cases::check_window(since, until, now, cutoff)?;
+            let new = NewCase {
+                details: CaseDetails {
+                    request: RequestId {
+                        country: a.country.trim().to_ascii_uppercase(),
+                        organisation: a.organisation.trim().to_owned(),
+                        number: a.request.trim().to_owned(),
+                    },
+                    authority: a.authority.clone(),
+                    legal_basis: a.legal_basis.clone(),
+                    order_reference: a.order_ref.clone(),
+                    order_date: a.order_date.clone(),
+                    deadline: a.deadline.clone(),
+                    confidential: a.confidential,
+                    since,
+                    until,
+                },
+                criteria,
+            };
+            let id = ledger.open_case(&master, &officer, &new, now)?;
+            println!(
+                "case {id} opened ({}); it needs an approver's approval",
+                new.details.request
+            );
+        }
+        CaseCommand::Approve(d) | CaseCommand::Reject(d) => {
+            let approve = matches!(command, CaseCommand::Approve(_));
+            if !approve && d.note.trim().is_empty() {
+                bail!("a rejection needs --note with the reason");
+            }
+            let master = master()?;
+            let password = read_secret_line("password")?;
+            let who = Credentials {
+                name: &d.officer,
+                password: &password,
+                totp: Some(&d.totp),
+            };
+            let action = if approve {
+                "case.approve"
+            } else {
+                "case.reject"
+            };
+            let officer = ledger.authenticate(&master, who, Role::Approver, now, action)?;
+            ledger.decide_case(
+                &officer,
+                d.id,
+                approve,
+                &d.note,
+                config.compliance.four_eyes,
+                now,
+            )?;
+            println!(
+                "case {} {}",
+                d.id,
+                if approve { "approved" } else { "rejected" }
+            );
+        }
+        CaseCommand::Close { id, officer } => {
+            let master = master()?;
+            let password = read_secret_line("password")?;
+            let who = Credentials {
+                name: officer,
+                password: &password,
+                totp: None,
+            };
+            let officer = ledger.authenticate(&master, who, Role::Officer, now, "case.close")?;
+            ledger.close_case(&officer, *id, now)?;
+            println!("case {id} closed");
+        }
+        CaseCommand::Show { id } => {
+            let found = ledger.case(*id);
+            ledger.audit(
+                now,
+                &actor(),
+                "case.show",
+                serde_json::json!({"case": id, "found": found.is_ok()}),
+            )?;
+            let c = found?;
+            println!("case {}\t{}\t{}", c.id, c.details.request, c.state.as_str());
+            println!("authority\t{}", c.details.authority);
+            println!("legal basis\t{}", c.details.legal_basis);
+            println!(
+                "order\t{} of {}",
+                c.details.order_reference, c.details.order_date
+            );
+            println!("deadline\t{}", c.details.deadline);
+            println!("confidential\t{}", c.details.confidential);
+            println!(
+                "window\t{} .. {}",
+                rfc3339(c.details.since),
+                rfc3339(c.details.until)
+            );
+            for (kind, tag) in &c.criteria_tags {
+                println!("identifier\t{}\t{tag}", kind.as_str());
+            }
+            println!("opened\tby {} at {}", c.opened_by, rfc3339(c.opened_at));
+            if let (Some(by), Some(at)) = (&c.decided_by, c.decided_at) {
+                println!(
+                    "decided\tby {by} at {}: {}",
+                    rfc3339(at),
+                    c.decision_note.as_deref().unwrap_or("")
+                );
+            }
+        }
+        CaseCommand::List => {
+            ledger.audit(now, &actor(), "case.list", serde_json::json!({}))?;
+            for c in ledger.cases()? {
+                println!(
+                    "{}\t{}\t{}\t{}\topened by {}\tdeadline {}",
+                    c.id,
+                    c.details.request,
+                    c.state.as_str(),
+                    c.details.authority,
+                    c.opened_by,
+                    c.details.deadline
+                );
+            }
         }
     }
     Ok(())

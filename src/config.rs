@@ -43,6 +43,20 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub compliance: RawCompliance,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawCompliance {
+    pub four_eyes: bool,
+}
+
+impl Default for RawCompliance {
+    fn default() -> Self {
+        Self { four_eyes: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +214,15 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
+    pub compliance: ComplianceConfig,
+}
+
+/// How cases are decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComplianceConfig {
+    /// A case must be approved by an approver other than the officer who opened it.
+    /// Off only for a single-officer installation; every change of it is audited.
+    pub four_eyes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -637,6 +660,9 @@ impl RawConfig {
             log: LogConfig {
                 format,
                 level: self.log.level,
+            },
+            compliance: ComplianceConfig {
+                four_eyes: self.compliance.four_eyes,
             },
         })
     }

@@ -54,6 +54,30 @@ CREATE TABLE IF NOT EXISTS officer (
     created_at     INTEGER NOT NULL,
     created_by     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cases (
+    id              INTEGER PRIMARY KEY,
+    country         TEXT NOT NULL,
+    organisation    TEXT NOT NULL,
+    request_number  TEXT NOT NULL,
+    authority       TEXT NOT NULL,
+    legal_basis     TEXT NOT NULL,
+    order_reference TEXT NOT NULL,
+    order_date      TEXT NOT NULL,
+    deadline        TEXT NOT NULL,
+    confidential    INTEGER NOT NULL,
+    since_us        INTEGER NOT NULL,
+    until_us        INTEGER NOT NULL,
+    criteria        BLOB NOT NULL,   -- JSON of the identifiers, sealed under the master key
+    criteria_tags   TEXT NOT NULL,   -- their kinds and audit tags
+    state           TEXT NOT NULL,
+    opened_by       TEXT NOT NULL,
+    opened_at       INTEGER NOT NULL,
+    decided_by      TEXT,
+    decided_at      INTEGER,
+    decision_note   TEXT,
+    closed_at       INTEGER,
+    UNIQUE (country, organisation, request_number)
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq     INTEGER PRIMARY KEY,
     at_us   INTEGER NOT NULL,

@@ -1,4 +1,5 @@
 //! The compliance side: officers, cases, disclosures and the audit trail around them.
 
+pub mod cases;
 pub mod officers;
 pub mod totp;

@@ -386,30 +386,7 @@ mod tests {
     }
 
     fn seed_of(uri: &str) -> Vec<u8> {
-        let b32 = uri
-            .split("secret=")
-            .nth(1)
-            .unwrap()
-            .split('&')
-            .next()
-            .unwrap();
-        // Decode RFC 4648 base32 (test only).
-        let mut out = Vec::new();
-        let (mut buf, mut bits) = (0u32, 0);
-        for c in b32.bytes() {
-            let v = if c.is_ascii_uppercase() {
-                c - b'A'
-            } else {
-                c - b'2' + 26
-            };
-            buf = (buf << 5) | u32::from(v);
-            bits += 5;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((buf >> bits) as u8);
-            }
-        }
-        out
+        totp::secret_of(uri).unwrap()
     }
 
     pub(crate) fn code_at(seed: &[u8], at: Micros) -> String {

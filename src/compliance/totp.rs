@@ -65,6 +65,32 @@ pub fn base32(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes RFC 4648 base32 (no padding, upper case), as in an `otpauth://` URI.
+pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
+    let (mut out, mut buffer, mut bits) = (Vec::with_capacity(text.len() * 5 / 8), 0u32, 0u32);
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        buffer = (buffer << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// The secret of an `otpauth://` URI.
+pub fn secret_of(uri: &str) -> Option<Vec<u8>> {
+    let query = uri.split_once('?')?.1;
+    let b32 = query.split('&').find_map(|p| p.strip_prefix("secret="))?;
+    base32_decode(b32)
+}
+
 /// The enrolment URI an authenticator app scans.
 pub fn otpauth_uri(issuer: &str, account: &str, secret: &[u8]) -> String {
     let enc = |s: &str| {
@@ -127,6 +153,7 @@ mod tests {
             ("foobar", "MZXW6YTBOI"),
         ] {
             assert_eq!(base32(input.as_bytes()), out);
+            assert_eq!(base32_decode(out).unwrap(), input.as_bytes());
         }
         assert_eq!(
             otpauth_uri("relaylog", "anna", b"12345678901234567890"),
