@@ -11,9 +11,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::canonical::{NumberNormalizer, canonical_account, canonical_raw};
-use crate::clock::{Clock, SystemClock, micros_to_datetime};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, LogFormat, ProfileKind};
-use crate::store::query::{self, Criteria, Found};
+use crate::export::{CSV_HEADER, found_csv, found_json, rfc3339};
+use crate::store::query::{self, Criteria};
 use crate::store::{IndexKind, keys};
 
 #[derive(Debug, Parser)]
@@ -1046,74 +1047,4 @@ fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
         stats.matches, stats.partitions_searched
     );
     Ok(())
-}
-
-const CSV_HEADER: [&str; 18] = [
-    "time",
-    "protocol",
-    "service",
-    "account",
-    "client_ip",
-    "client_port",
-    "originator",
-    "originator_form",
-    "recipient",
-    "recipient_form",
-    "segments",
-    "submission",
-    "partition",
-    "outcome",
-    "outcome_time",
-    "upstream_status",
-    "gateway_code",
-    "upstream_message_id",
-];
-
-fn rfc3339(us: i64) -> String {
-    micros_to_datetime(us).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
-pub fn found_json(f: &Found) -> serde_json::Value {
-    let o = f.outcome.as_ref();
-    serde_json::json!({
-        "time": rfc3339(f.at),
-        "protocol": f.protocol.as_str(),
-        "service": f.service.as_str(),
-        "account": f.fields.account,
-        "client_ip": f.fields.client_ip.to_string(),
-        "client_port": f.fields.client_port,
-        "originator": f.fields.originator.as_ref().map(|o| o.value.clone()),
-        "originator_form": f.fields.originator.as_ref().map(|o| o.form.as_str()),
-        "recipient": f.fields.recipient.value,
-        "recipient_form": f.fields.recipient.form.as_str(),
-        "segments": f.segments,
-        "submission": f.submission.0,
-        "partition": f.partition.to_string(),
-        "outcome": o.map(|o| o.outcome.as_str()),
-        "outcome_time": o.map(|o| rfc3339(o.at)),
-        "upstream_status": o.and_then(|o| o.upstream_status),
-        "gateway_code": o.and_then(|o| o.gateway_code),
-        "upstream_message_id": o.and_then(|o| o.upstream_message_id.clone()),
-    })
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
-fn found_csv(f: &Found) -> String {
-    let v = found_json(f);
-    CSV_HEADER
-        .iter()
-        .map(|k| match &v[*k] {
-            serde_json::Value::Null => String::new(),
-            serde_json::Value::String(s) => csv_field(s),
-            other => other.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }

@@ -28,6 +28,7 @@ pub mod clock;
 pub mod compliance;
 pub mod config;
 pub mod egress;
+pub mod export;
 pub mod ingress;
 pub mod ledger;
 pub mod net;

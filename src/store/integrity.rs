@@ -117,7 +117,13 @@ pub fn load_signing_key(path: &Path) -> Result<Ed25519KeyPair, SigningKeyError> 
 
 /// The public key, from `<signing-key>.pub`: all that `verify` needs.
 pub fn load_public_key(signing_key: &Path) -> Result<Vec<u8>, SigningKeyError> {
-    let path = public_key_path(signing_key);
+    read_public_key(&public_key_path(signing_key))
+}
+
+/// Reads a `.pub` file (64 hex digits) wherever it is: a machine that checks exports
+/// may hold only this file.
+pub fn read_public_key(path: &Path) -> Result<Vec<u8>, SigningKeyError> {
+    let path = path.to_owned();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -283,6 +289,34 @@ impl Head {
         m.extend_from_slice(&self.at_us.to_be_bytes());
         m
     }
+}
+
+/// The last signed head of a partition and its signature, if it has one.
+pub fn latest_head(conn: &Connection) -> rusqlite::Result<Option<(Head, Vec<u8>)>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT seq, size, record_through, outcome_through, root, at_us, signature FROM head ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| {
+            let root: Vec<u8> = r.get(4)?;
+            let mut hash = [0u8; 32];
+            if root.len() == 32 {
+                hash.copy_from_slice(&root);
+            }
+            Ok((
+                Head {
+                    seq: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    record_through: r.get(2)?,
+                    outcome_through: r.get(3)?,
+                    root: hash,
+                    at_us: r.get(5)?,
+                },
+                r.get(6)?,
+            ))
+        },
+    )
+    .optional()
 }
 
 pub const INSERT_HEAD: &str = "INSERT INTO head (seq, size, record_through, outcome_through, root, frontier, at_us, signature) \

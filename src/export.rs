@@ -1,0 +1,75 @@
+//! How a record is written out: one JSON object or one CSV row per record, the same
+//! fields either way. Used by `query`, disclosures and data-subject exports.
+
+use crate::clock::micros_to_datetime;
+use crate::store::query::Found;
+
+pub const CSV_HEADER: [&str; 18] = [
+    "time",
+    "protocol",
+    "service",
+    "account",
+    "client_ip",
+    "client_port",
+    "originator",
+    "originator_form",
+    "recipient",
+    "recipient_form",
+    "segments",
+    "submission",
+    "partition",
+    "outcome",
+    "outcome_time",
+    "upstream_status",
+    "gateway_code",
+    "upstream_message_id",
+];
+
+pub fn rfc3339(us: i64) -> String {
+    micros_to_datetime(us).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+pub fn found_json(f: &Found) -> serde_json::Value {
+    let o = f.outcome.as_ref();
+    serde_json::json!({
+        "time": rfc3339(f.at),
+        "protocol": f.protocol.as_str(),
+        "service": f.service.as_str(),
+        "account": f.fields.account,
+        "client_ip": f.fields.client_ip.to_string(),
+        "client_port": f.fields.client_port,
+        "originator": f.fields.originator.as_ref().map(|o| o.value.clone()),
+        "originator_form": f.fields.originator.as_ref().map(|o| o.form.as_str()),
+        "recipient": f.fields.recipient.value,
+        "recipient_form": f.fields.recipient.form.as_str(),
+        "segments": f.segments,
+        "submission": f.submission.0,
+        "partition": f.partition.to_string(),
+        "outcome": o.map(|o| o.outcome.as_str()),
+        "outcome_time": o.map(|o| rfc3339(o.at)),
+        "upstream_status": o.and_then(|o| o.upstream_status),
+        "gateway_code": o.and_then(|o| o.gateway_code),
+        "upstream_message_id": o.and_then(|o| o.upstream_message_id.clone()),
+    })
+}
+
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+pub fn found_csv(f: &Found) -> String {
+    let v = found_json(f);
+    CSV_HEADER
+        .iter()
+        .map(|k| match &v[*k] {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => csv_field(s),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
