@@ -70,6 +70,17 @@ pub enum Command {
     /// then disclose).
     #[command(subcommand)]
     Case(CaseCommand),
+    /// Export an approved case's records with a signed manifest (password on standard
+    /// input, and a TOTP code).
+    Disclose(DiscloseArgs),
+    /// Check an export's manifest signature and the export's digest. With
+    /// --public-key, needs nothing else of the installation.
+    VerifyExport {
+        manifest: PathBuf,
+        /// The installation's `signing.key.pub`; default: the configured one.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
     /// The hash-chained audit log: list it, or check that no entry was edited.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -239,6 +250,21 @@ pub struct CaseOpenArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct DiscloseArgs {
+    #[arg(long)]
+    pub case: i64,
+    #[arg(long)]
+    pub officer: String,
+    #[arg(long)]
+    pub totp: String,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: crate::compliance::disclosure::Format,
+    /// The export file; the manifest goes beside it (`<out>.manifest.json`, `.sig`).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct DecideArgs {
     pub id: i64,
     #[arg(long)]
@@ -371,6 +397,11 @@ pub fn run(cli: Cli) -> Result<()> {
             init_tracing(log_format(&cli, None), "info");
             mock_gateway(args)
         }
+        // A machine that only checks exports needs only the public key.
+        Command::VerifyExport {
+            manifest,
+            public_key: Some(key),
+        } => verify_export(manifest, key),
         Command::Bench(b @ BenchCommand::Http { .. }) => {
             init_tracing(log_format(&cli, None), "warn");
             let config = Config::parse("", &cli.config)?;
@@ -389,6 +420,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Officer(o) => officer(&config, o),
                 Command::Audit(a) => audit(&config, a),
                 Command::Case(c) => case(&config, c),
+                Command::Disclose(d) => disclose(&config, d),
+                Command::VerifyExport { manifest, .. } => verify_export(
+                    manifest,
+                    &crate::store::integrity::public_key_path(&config.store.signing_key),
+                ),
                 Command::Bench(b) => bench(&config, b),
                 Command::Verify { since, until } => {
                     verify(&config, since.as_deref(), until.as_deref())
@@ -878,6 +914,57 @@ fn case(config: &Config, command: &CaseCommand) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn disclose(config: &Config, args: &DiscloseArgs) -> Result<()> {
+    use crate::compliance::disclosure::{self, Installation};
+    use crate::compliance::officers::{Credentials, Role};
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let now = SystemClock.now_micros();
+    let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
+    let password = read_secret_line("password")?;
+    let who = Credentials {
+        name: &args.officer,
+        password: &password,
+        totp: Some(&args.totp),
+    };
+    let officer = ledger.authenticate(&master, who, Role::Officer, now, "case.disclose")?;
+    let keyring = crate::store::open_keyring(&config.store)?;
+    let signer = crate::store::integrity::load_signing_key(&config.store.signing_key)?;
+    let inst = Installation {
+        store: &config.store,
+        keyring: &keyring,
+        master: &master,
+        signer: &signer,
+    };
+    let d = disclosure::disclose(
+        &inst,
+        &mut ledger,
+        &officer,
+        args.case,
+        args.format,
+        &args.out,
+        now,
+    )?;
+    println!(
+        "case {}: {} records to {}\nmanifest {} (sha256 of the export {})",
+        args.case,
+        d.records,
+        d.export.display(),
+        d.manifest.display(),
+        d.sha256
+    );
+    Ok(())
+}
+
+fn verify_export(manifest: &std::path::Path, public_key: &std::path::Path) -> Result<()> {
+    let key = crate::store::integrity::read_public_key(public_key)?;
+    let m = crate::compliance::disclosure::verify_export(manifest, &key)?;
+    println!(
+        "export verified: case {} ({}), {} records, sha256 {}",
+        m.case, m.request, m.records, m.export_sha256
+    );
     Ok(())
 }
 

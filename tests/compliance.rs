@@ -84,9 +84,19 @@ fn seed_from(uri: &str) -> Vec<u8> {
 }
 
 fn totp_now(seed: &[u8]) -> String {
+    totp_ahead(seed, 0)
+}
+
+/// The code `steps` 30-second steps ahead: a second use by one officer within the
+/// same step would be a replay, so tests that act twice take the next step's code
+/// (one step of clock skew is accepted).
+fn totp_ahead(seed: &[u8], steps: i64) -> String {
     use relaylog::compliance::totp;
     let now = chrono::Utc::now().timestamp();
-    format!("{:06}", totp::hotp(seed, totp::step_at(now) as u64, 6))
+    format!(
+        "{:06}",
+        totp::hotp(seed, (totp::step_at(now) + steps) as u64, 6)
+    )
 }
 
 fn add_officer(config: &std::path::Path, name: &str, role: &str) -> Vec<u8> {
@@ -99,6 +109,53 @@ fn add_officer(config: &std::path::Path, name: &str, role: &str) -> Vec<u8> {
     seed_from(out.lines().find(|l| l.starts_with("otpauth://")).unwrap())
 }
 
+/// `case open` for the test request, with the officer's password on standard input.
+fn open_case(
+    config: &std::path::Path,
+    officer: &str,
+    request: &str,
+    (since, until): (&str, &str),
+    identifiers: &[&str],
+) -> (bool, String) {
+    let mut args = vec![
+        "case",
+        "open",
+        "--officer",
+        officer,
+        "--authority",
+        "Openbaar Ministerie",
+        "--country",
+        "NL",
+        "--organisation",
+        "OM-0042",
+        "--request",
+        request,
+        "--legal-basis",
+        "Sv 126n",
+        "--order-ref",
+        "RC 26/1234",
+        "--order-date",
+        "2026-11-20",
+        "--deadline",
+        "2026-12-04",
+        "--since",
+        since,
+        "--until",
+        until,
+    ];
+    args.extend_from_slice(identifiers);
+    cli_with_input(config, &args, &format!("{officer}-long-password\n"))
+}
+
+fn approve_case(config: &std::path::Path, id: i64, officer: &str, code: &str) -> (bool, String) {
+    let id = id.to_string();
+    cli_with_input(
+        config,
+        &["case", "approve", &id, "--officer", officer, "--totp", code],
+        &format!("{officer}-long-password\n"),
+    )
+}
+
 #[test]
 fn a_case_is_opened_refused_to_its_opener_and_approved_by_another_approver() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,34 +166,7 @@ fn a_case_is_opened_refused_to_its_opener_and_approved_by_another_approver() {
     add_officer(&config, "carl", "officer");
     let today = chrono::Utc::now().date_naive().to_string();
     let open = |officer: &str, request: &str, extra: &[&str]| {
-        let mut args = vec![
-            "case",
-            "open",
-            "--officer",
-            officer,
-            "--authority",
-            "Openbaar Ministerie",
-            "--country",
-            "NL",
-            "--organisation",
-            "OM-0042",
-            "--request",
-            request,
-            "--legal-basis",
-            "Sv 126n",
-            "--order-ref",
-            "RC 26/1234",
-            "--order-date",
-            "2026-11-20",
-            "--deadline",
-            "2026-12-04",
-            "--since",
-            &today,
-            "--until",
-            &today,
-        ];
-        args.extend_from_slice(extra);
-        cli_with_input(&config, &args, &format!("{officer}-long-password\n"))
+        open_case(&config, officer, request, (&today, &today), extra)
     };
     // Bad input, each a clear error.
     let (ok, out) = open("carl", "2026-117", &["--recipient", "call me maybe"]);
@@ -146,37 +176,12 @@ fn a_case_is_opened_refused_to_its_opener_and_approved_by_another_approver() {
     );
     let (ok, out) = open("carl", "2026-117", &[]);
     assert!(!ok && out.contains("at least one identifier"), "{out}");
-    let (ok, out) = cli_with_input(
+    let (ok, out) = open_case(
         &config,
-        &[
-            "case",
-            "open",
-            "--officer",
-            "carl",
-            "--authority",
-            "A",
-            "--country",
-            "NL",
-            "--organisation",
-            "O",
-            "--request",
-            "1",
-            "--legal-basis",
-            "L",
-            "--order-ref",
-            "R",
-            "--order-date",
-            "D",
-            "--deadline",
-            "D",
-            "--since",
-            "2020-01-01",
-            "--until",
-            "2020-02-01",
-            "--recipient",
-            "+31612345678",
-        ],
-        "carl-long-password\n",
+        "carl",
+        "2026-116",
+        ("2020-01-01", "2020-02-01"),
+        &["--recipient", "+31612345678"],
     );
     assert!(!ok && out.contains("retention cutoff"), "{out}");
     let (ok, out) = open("carl", "2026-117", &["--recipient", "06 1234 5678"]);
@@ -185,13 +190,7 @@ fn a_case_is_opened_refused_to_its_opener_and_approved_by_another_approver() {
         "{out}"
     );
 
-    let approve = |officer: &str, code: &str| {
-        cli_with_input(
-            &config,
-            &["case", "approve", "1", "--officer", officer, "--totp", code],
-            &format!("{officer}-long-password\n"),
-        )
-    };
+    let approve = |officer: &str, code: &str| approve_case(&config, 1, officer, code);
     let (ok, out) = approve("carl", "000000");
     assert!(!ok, "{out}");
     let (ok, out) = approve("anna", "12345");
@@ -228,5 +227,192 @@ fn a_case_is_opened_refused_to_its_opener_and_approved_by_another_approver() {
         !out.contains("612345678"),
         "no number in the audit log: {out}"
     );
+    assert!(cli(&config, &["audit", "verify"]).0);
+}
+
+/// The whole lawful-request path: traffic through `serve`, a case for one recipient,
+/// disclosure refused before approval and approval refused to the case's own opener,
+/// then approval by another approver and an export that holds exactly that recipient's
+/// records of the window: none from outside it, and none of a number whose 1-byte blind
+/// index collides with it. The manifest and export verify with the public key alone,
+/// and fail after a one-byte change to either.
+#[tokio::test]
+async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest() {
+    use relaylog::store::IndexKind;
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start("0: Accepted for delivery").await;
+    let text = config_text(
+        dir.path(),
+        "kannel",
+        Some(&up.url()),
+        "",
+        "index-bytes = 1\n",
+    );
+    let config = write_config(dir.path(), &text);
+    let relay = Relay::start(dir.path(), &text).await;
+    let target = "+31612345601";
+    let c = client();
+    for user in ["a1", "a2", "a3"] {
+        let (s, _) = get(&c, &sendsms(&relay.url, user, "%2B31612345601")).await;
+        assert_eq!(s.as_u16(), 202);
+    }
+    for n in 2..6 {
+        let (s, _) = get(&c, &sendsms(&relay.url, "other", &number(n))).await;
+        assert_eq!(s.as_u16(), 202);
+    }
+    relay.settle().await;
+    let store_cfg = relay.config.store.clone();
+    relay.running.shutdown().await;
+
+    // The same number yesterday (outside the window), and today a number whose
+    // 1-byte blind index equals the target's.
+    let now = chrono::Utc::now();
+    let keyring = relaylog::store::open_keyring(&store_cfg).unwrap();
+    let today = relaylog::store::partition::PartitionId::containing(
+        store_cfg.partition,
+        now.timestamp_micros(),
+    );
+    let keys = keyring.keys(today).unwrap();
+    let target_tag = keys.blind_index(IndexKind::Recipient, target);
+    let collider = (0..100_000)
+        .map(|i| format!("+3162{i:07}"))
+        .find(|n| keys.blind_index(IndexKind::Recipient, n) == target_tag)
+        .unwrap();
+    drop(keyring);
+    let clock = relaylog::clock::ManualClock::new(now);
+    let store = open_store(&store_cfg, &clock);
+    let rec = store.recorder();
+    rec.record(&one_recipient(
+        &rec,
+        now.timestamp_micros(),
+        "collider",
+        &collider,
+    ))
+    .await
+    .unwrap();
+    let yesterday = (now - chrono::Duration::days(1)).timestamp_micros();
+    rec.record(&one_recipient(&rec, yesterday, "yesterday", target))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let anna = add_officer(&config, "anna", "approver");
+    let bob = add_officer(&config, "bob", "approver");
+    let carl = add_officer(&config, "carl", "officer");
+    let day = now.date_naive().to_string();
+    let (ok, out) = open_case(
+        &config,
+        "anna",
+        "2026-117",
+        (&day, &day),
+        &["--recipient", "06 1234 5601"],
+    );
+    assert!(ok, "{out}");
+    let export = dir.path().join("case1.json");
+    let export_arg = export.to_str().unwrap().to_owned();
+    let disclose = |officer: &str, code: &str| {
+        cli_with_input(
+            &config,
+            &[
+                "disclose",
+                "--case",
+                "1",
+                "--officer",
+                officer,
+                "--totp",
+                code,
+                "--out",
+                &export_arg,
+            ],
+            &format!("{officer}-long-password\n"),
+        )
+    };
+    let (ok, out) = disclose("carl", &totp_now(&carl));
+    assert!(
+        !ok && out.contains("is open; this needs it approved"),
+        "{out}"
+    );
+    assert!(!export.exists());
+    let approve = |officer: &str, code: &str| approve_case(&config, 1, officer, code);
+    let (ok, out) = approve("anna", &totp_now(&anna));
+    assert!(!ok && out.contains("four-eyes"), "{out}");
+    let (ok, out) = approve("bob", &totp_now(&bob));
+    assert!(ok, "{out}");
+    let (ok, out) = disclose("carl", &totp_ahead(&carl, 1));
+    assert!(ok && out.contains("3 records"), "{out}");
+
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["recipient"] == target), "{rows:?}");
+    let mut accounts: Vec<&str> = rows
+        .iter()
+        .map(|r| r["account"].as_str().unwrap())
+        .collect();
+    accounts.sort();
+    assert_eq!(accounts, ["a1", "a2", "a3"]);
+    let manifest = dir.path().join("case1.json.manifest.json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["records"], 3);
+    assert!(m["collisions_dropped"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(m["partitions"].as_array().unwrap().len(), 1, "{m}");
+
+    // Verify with nothing but the public key, then break each file by one byte.
+    let public = dir.path().join("keys/signing.key.pub");
+    let nowhere = dir.path().join("no-such-config.toml");
+    let verify = || {
+        cli(
+            &nowhere,
+            &[
+                "verify-export",
+                manifest.to_str().unwrap(),
+                "--public-key",
+                public.to_str().unwrap(),
+            ],
+        )
+    };
+    let (ok, out) = verify();
+    assert!(ok && out.contains("export verified: case 1"), "{out}");
+    for (file, what) in [
+        (&export, "export was changed"),
+        (&manifest, "signature does not verify"),
+    ] {
+        let original = std::fs::read(file).unwrap();
+        let mut changed = original.clone();
+        let at = changed.len() / 2;
+        changed[at] ^= 0x01;
+        std::fs::write(file, &changed).unwrap();
+        let (ok, out) = verify();
+        assert!(!ok && out.contains(what), "{out}");
+        std::fs::write(file, &original).unwrap();
+    }
+    assert!(verify().0);
+    let (ok, out) = disclose("bob", &totp_ahead(&bob, 1));
+    assert!(!ok && out.contains("never overwrites"), "{out}");
+
+    // The audit trail, in order, with no number in the clear.
+    let (actions, out) = audit_actions(&config);
+    let relevant: Vec<&str> = actions
+        .iter()
+        .map(String::as_str)
+        .filter(|a| a.starts_with("case.") || a.starts_with("auth."))
+        .collect();
+    assert_eq!(
+        relevant,
+        [
+            "case.open",
+            "case.disclose.refused",
+            "case.approve.refused",
+            "case.approve",
+            "case.disclose"
+        ],
+        "{out}"
+    );
+    assert!(
+        !out.contains("612345601") && !out.contains(&collider[3..]),
+        "{out}"
+    );
+    let ledger = std::fs::read(dir.path().join("ledger.sqlite")).unwrap();
+    assert!(!contains(&ledger, b"612345601"));
     assert!(cli(&config, &["audit", "verify"]).0);
 }

@@ -1,5 +1,6 @@
 //! The compliance side: officers, cases, disclosures and the audit trail around them.
 
 pub mod cases;
+pub mod disclosure;
 pub mod officers;
 pub mod totp;

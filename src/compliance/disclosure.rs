@@ -1,0 +1,429 @@
+//! Disclosure: an approved case's records, exported with a signed manifest.
+//!
+//! The case's criteria run over the partitions of its window through the blind indexes
+//! (`store::query`); every hit is decrypted and kept only if its decrypted value equals
+//! the criterion (truncated-HMAC collisions fall out there). The export is written
+//! next to a manifest (`<out>.manifest.json`) that names the case, its criteria by
+//! audit tag, the window, the record count, the export's SHA-256 and the last signed
+//! integrity head of every partition read; `<out>.manifest.json.sig` holds the
+//! installation's Ed25519 signature over the manifest's exact bytes, so that changing
+//! any byte of either file is detected by `verify-export` with the public key alone.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ring::digest;
+use ring::signature::{ED25519, Ed25519KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+use super::cases::{CaseError, Criterion, State};
+use super::officers::Officer;
+use crate::clock::Micros;
+use crate::config::StoreConfig;
+use crate::export::{CSV_HEADER, found_csv, found_json, rfc3339};
+use crate::ledger::Ledger;
+use crate::store::keys::{Keyring, MasterKey, hex, unhex};
+use crate::store::partition::{self, PartitionId};
+use crate::store::query::{self, Criteria, Found};
+use crate::store::{integrity, schema};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Csv,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscloseError {
+    #[error(transparent)]
+    Case(#[from] CaseError),
+    #[error("{0} exists: a disclosure never overwrites a file")]
+    Exists(PathBuf),
+    #[error("writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Query(#[from] query::QueryError),
+    #[error("partition {partition}: {message}")]
+    Partition {
+        partition: PartitionId,
+        message: String,
+    },
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the manifest's signature does not verify with this public key: the manifest was changed, or signed by another installation"
+    )]
+    Signature,
+    #[error("the manifest is not a relaylog manifest: {0}")]
+    Malformed(String),
+    #[error(
+        "the export's SHA-256 is {actual}, the manifest says {expected}: the export was changed"
+    )]
+    Digest { expected: String, actual: String },
+}
+
+/// The last signed head of a partition read for the export.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeadRef {
+    pub partition: String,
+    pub seq: i64,
+    pub size: u64,
+    pub root: String,
+    pub at: String,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub kind: String,
+    pub case: i64,
+    pub request: String,
+    pub authority: String,
+    pub legal_basis: String,
+    pub order_reference: String,
+    pub criteria: Vec<TaggedCriterion>,
+    pub since: String,
+    pub until: String,
+    pub format: Format,
+    /// The export's file name, in the manifest's directory.
+    pub export: String,
+    pub export_sha256: String,
+    pub records: u64,
+    /// Index hits whose decrypted value did not match the criterion.
+    pub collisions_dropped: u64,
+    pub partitions: Vec<HeadRef>,
+    /// Partitions in the window whose keys are gone (expired or shredded).
+    pub partitions_unreadable: Vec<String>,
+    pub officer: String,
+    pub created_at: String,
+    /// SHA-256 of the public key that verifies the signature.
+    pub key_fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaggedCriterion {
+    pub kind: String,
+    pub tag: String,
+}
+
+/// What a disclosure wrote.
+#[derive(Debug)]
+pub struct Disclosure {
+    pub export: PathBuf,
+    pub manifest: PathBuf,
+    pub records: u64,
+    pub sha256: String,
+}
+
+pub fn manifest_path(export: &Path) -> PathBuf {
+    let mut p = export.as_os_str().to_owned();
+    p.push(".manifest.json");
+    PathBuf::from(p)
+}
+
+pub fn signature_path(manifest: &Path) -> PathBuf {
+    let mut p = manifest.as_os_str().to_owned();
+    p.push(".sig");
+    PathBuf::from(p)
+}
+
+/// What criteria found over a window.
+pub struct Collected {
+    /// Each record once (a record may match several criteria), in time order.
+    pub records: Vec<Found>,
+    /// Partitions read.
+    pub read: Vec<PartitionId>,
+    /// Partitions in the window whose keys are gone.
+    pub unreadable: Vec<PartitionId>,
+    /// Index hits dropped because the decrypted value did not match.
+    pub collisions: u64,
+}
+
+/// Runs criteria over a window.
+pub fn collect(
+    store: &StoreConfig,
+    keyring: &Keyring,
+    criteria: &[Criterion],
+    since: Micros,
+    until: Micros,
+) -> Result<Collected, DiscloseError> {
+    let mut found: BTreeMap<(Micros, String, i64), Found> = BTreeMap::new();
+    let mut collisions = 0;
+    let mut unreadable = Vec::new();
+    for c in criteria {
+        let q = Criteria {
+            kind: c.kind.index(),
+            value: c.value.clone(),
+            since,
+            until,
+        };
+        let stats = query::run(&store.path, keyring, &q, |f| {
+            found.insert((f.at, f.partition.to_string(), f.record_id), f);
+        })?;
+        collisions += stats.collisions;
+        unreadable.extend(stats.partitions_shredded);
+    }
+    unreadable.sort();
+    unreadable.dedup();
+    let read: Vec<PartitionId> = partition::list(&store.path)
+        .map_err(|e| DiscloseError::Io {
+            path: store.path.clone(),
+            source: e,
+        })?
+        .into_iter()
+        .filter(|p| p.start_micros() < until && p.end_micros() > since && !unreadable.contains(p))
+        .collect();
+    Ok(Collected {
+        records: found.into_values().collect(),
+        read,
+        unreadable,
+        collisions,
+    })
+}
+
+/// The last signed head of each partition.
+pub fn heads(
+    store: &StoreConfig,
+    partitions: &[PartitionId],
+) -> Result<Vec<HeadRef>, DiscloseError> {
+    let mut out = Vec::new();
+    for p in partitions {
+        let err = |e: rusqlite::Error| DiscloseError::Partition {
+            partition: *p,
+            message: e.to_string(),
+        };
+        let conn = schema::open_for_read(&p.path_in(&store.path)).map_err(err)?;
+        if let Some((head, signature)) = integrity::latest_head(&conn).map_err(err)? {
+            out.push(HeadRef {
+                partition: p.to_string(),
+                seq: head.seq,
+                size: head.size,
+                root: hex(&head.root),
+                at: rfc3339(head.at_us),
+                signature: hex(&signature),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Writes records as JSON (an array) or CSV (a header row, then a row each).
+pub fn render(records: &[Found], format: Format) -> Vec<u8> {
+    match format {
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = records.iter().map(found_json).collect();
+            let mut out = serde_json::to_vec_pretty(&rows).unwrap_or_default();
+            out.push(b'\n');
+            out
+        }
+        Format::Csv => {
+            let mut out = CSV_HEADER.join(",");
+            out.push('\n');
+            for r in records {
+                out.push_str(&found_csv(r));
+                out.push('\n');
+            }
+            out.into_bytes()
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(digest::digest(&digest::SHA256, bytes).as_ref())
+}
+
+/// Creates `path` with `bytes`, failing if it exists (never overwrites).
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), DiscloseError> {
+    let io = |source| DiscloseError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                DiscloseError::Exists(path.to_owned())
+            } else {
+                io(e)
+            }
+        })?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Everything a disclosure needs from the installation.
+pub struct Installation<'a> {
+    pub store: &'a StoreConfig,
+    pub keyring: &'a Keyring,
+    pub master: &'a MasterKey,
+    pub signer: &'a Ed25519KeyPair,
+}
+
+/// Discloses an approved case to `out` (and its manifest). A case that is not
+/// approved is refused, and the refusal audited. The disclosure is audited before
+/// this returns; if the audit cannot be written, the files are removed again.
+pub fn disclose(
+    inst: &Installation<'_>,
+    ledger: &mut Ledger,
+    officer: &Officer,
+    case_id: i64,
+    format: Format,
+    out: &Path,
+    now: Micros,
+) -> Result<Disclosure, DiscloseError> {
+    let case = ledger.case(case_id)?;
+    if case.state != State::Approved {
+        let e = CaseError::WrongState {
+            id: case_id,
+            state: case.state.as_str(),
+            needed: "approved",
+        };
+        ledger.audit(
+            now,
+            &officer.name,
+            "case.disclose.refused",
+            serde_json::json!({"case": case_id, "reason": e.to_string()}),
+        )?;
+        return Err(e.into());
+    }
+    let manifest_file = manifest_path(out);
+    let sig_file = signature_path(&manifest_file);
+    for p in [out, manifest_file.as_path(), sig_file.as_path()] {
+        if p.exists() {
+            return Err(DiscloseError::Exists(p.to_owned()));
+        }
+    }
+    let criteria = ledger.case_criteria(inst.master, case_id)?;
+    let d = &case.details;
+    let Collected {
+        records,
+        read,
+        unreadable,
+        collisions,
+    } = collect(inst.store, inst.keyring, &criteria, d.since, d.until)?;
+    let body = render(&records, format);
+    let sha = sha256_hex(&body);
+    let manifest = Manifest {
+        kind: "relaylog disclosure v1".into(),
+        case: case_id,
+        request: d.request.to_string(),
+        authority: d.authority.clone(),
+        legal_basis: d.legal_basis.clone(),
+        order_reference: d.order_reference.clone(),
+        criteria: case
+            .criteria_tags
+            .iter()
+            .map(|(k, t)| TaggedCriterion {
+                kind: k.as_str().into(),
+                tag: t.clone(),
+            })
+            .collect(),
+        since: rfc3339(d.since),
+        until: rfc3339(d.until),
+        format,
+        export: out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        export_sha256: sha.clone(),
+        records: records.len() as u64,
+        collisions_dropped: collisions,
+        partitions: heads(inst.store, &read)?,
+        partitions_unreadable: unreadable.iter().map(|p| p.to_string()).collect(),
+        officer: officer.name.clone(),
+        created_at: rfc3339(now),
+        key_fingerprint: sha256_hex(ring::signature::KeyPair::public_key(inst.signer).as_ref()),
+    };
+    let mut manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    manifest_bytes.push(b'\n');
+    let signature = inst.signer.sign(&manifest_bytes);
+    write_new(out, &body)?;
+    let written = write_new(&manifest_file, &manifest_bytes)
+        .and_then(|()| {
+            write_new(
+                &sig_file,
+                format!("{}\n", hex(signature.as_ref())).as_bytes(),
+            )
+        })
+        .and_then(|()| {
+            ledger
+                .audit(
+                    now,
+                    &officer.name,
+                    "case.disclose",
+                    serde_json::json!({
+                        "case": case_id,
+                        "criteria": manifest.criteria,
+                        "records": manifest.records,
+                        "export_sha256": sha,
+                        "format": format,
+                    }),
+                )
+                .map_err(DiscloseError::from)
+        });
+    if let Err(e) = written {
+        for p in [out, manifest_file.as_path(), sig_file.as_path()] {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    Ok(Disclosure {
+        export: out.to_owned(),
+        manifest: manifest_file,
+        records: records.len() as u64,
+        sha256: sha,
+    })
+}
+
+/// Checks a manifest's signature (over its exact bytes) with `public_key`, then the
+/// export's digest. Returns the manifest.
+pub fn verify_export(manifest_file: &Path, public_key: &[u8]) -> Result<Manifest, VerifyError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| VerifyError::Io {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let bytes = read(manifest_file)?;
+    let sig_text = read(&signature_path(manifest_file))?;
+    let sig = unhex(String::from_utf8_lossy(&sig_text).trim()).ok_or(VerifyError::Signature)?;
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(&bytes, &sig)
+        .map_err(|_| VerifyError::Signature)?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    if manifest.kind != "relaylog disclosure v1" && manifest.kind != "relaylog subject export v1" {
+        return Err(VerifyError::Malformed(format!(
+            "unknown kind `{}`",
+            manifest.kind
+        )));
+    }
+    let export = manifest_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&manifest.export);
+    let actual = sha256_hex(&read(&export)?);
+    if actual != manifest.export_sha256 {
+        return Err(VerifyError::Digest {
+            expected: manifest.export_sha256.clone(),
+            actual,
+        });
+    }
+    Ok(manifest)
+}
