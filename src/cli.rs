@@ -73,6 +73,9 @@ pub enum Command {
     /// Export an approved case's records with a signed manifest (password on standard
     /// input, and a TOTP code).
     Disclose(DiscloseArgs),
+    /// Data-subject requests.
+    #[command(subcommand)]
+    Subject(SubjectCommand),
     /// Check an export's manifest signature and the export's digest. With
     /// --public-key, needs nothing else of the installation.
     VerifyExport {
@@ -249,6 +252,31 @@ pub struct CaseOpenArgs {
     pub email: Vec<String>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SubjectCommand {
+    /// Everything held about one number or address, with each record's deletion date
+    /// (password on standard input, and a TOTP code).
+    Export(SubjectExportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["recipient", "email"])))]
+pub struct SubjectExportArgs {
+    #[arg(long)]
+    pub recipient: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+    #[arg(long)]
+    pub officer: String,
+    #[arg(long)]
+    pub totp: String,
+    /// Only JSON: the machine-readable form the subject is entitled to.
+    #[arg(long, value_parser = ["json"], default_value = "json")]
+    pub format: String,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DiscloseArgs {
     #[arg(long)]
@@ -421,6 +449,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Audit(a) => audit(&config, a),
                 Command::Case(c) => case(&config, c),
                 Command::Disclose(d) => disclose(&config, d),
+                Command::Subject(SubjectCommand::Export(a)) => subject_export(&config, a),
                 Command::VerifyExport { manifest, .. } => verify_export(
                     manifest,
                     &crate::store::integrity::public_key_path(&config.store.signing_key),
@@ -917,35 +946,90 @@ fn case(config: &Config, command: &CaseCommand) -> Result<()> {
     Ok(())
 }
 
-fn disclose(config: &Config, args: &DiscloseArgs) -> Result<()> {
-    use crate::compliance::disclosure::{self, Installation};
-    use crate::compliance::officers::{Credentials, Role};
-    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
-    let now = SystemClock.now_micros();
-    let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
-    let password = read_secret_line("password")?;
-    let who = Credentials {
-        name: &args.officer,
-        password: &password,
-        totp: Some(&args.totp),
+/// The keys an export needs, and the officer, authenticated with password and TOTP.
+struct Exporter {
+    ledger: crate::ledger::Ledger,
+    master: crate::store::keys::MasterKey,
+    keyring: crate::store::keys::Keyring,
+    signer: ring::signature::Ed25519KeyPair,
+    officer: crate::compliance::officers::Officer,
+    now: i64,
+}
+
+impl Exporter {
+    fn login(config: &Config, officer: &str, totp: &str, action: &str) -> Result<Exporter> {
+        use crate::compliance::officers::{Credentials, Role};
+        let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+        let now = SystemClock.now_micros();
+        let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
+        let password = read_secret_line("password")?;
+        let who = Credentials {
+            name: officer,
+            password: &password,
+            totp: Some(totp),
+        };
+        let officer = ledger.authenticate(&master, who, Role::Officer, now, action)?;
+        Ok(Exporter {
+            ledger,
+            master,
+            keyring: crate::store::open_keyring(&config.store)?,
+            signer: crate::store::integrity::load_signing_key(&config.store.signing_key)?,
+            officer,
+            now,
+        })
+    }
+}
+
+fn subject_export(config: &Config, args: &SubjectExportArgs) -> Result<()> {
+    use crate::compliance::cases::{IdentifierKind, criterion};
+    let numbers = NumberNormalizer::new(config.store.default_region);
+    let subject = match (&args.recipient, &args.email) {
+        (Some(n), _) => criterion(IdentifierKind::Recipient, n, &numbers)?,
+        (_, Some(e)) => criterion(IdentifierKind::Email, e, &numbers)?,
+        _ => bail!("give --recipient or --email"),
     };
-    let officer = ledger.authenticate(&master, who, Role::Officer, now, "case.disclose")?;
-    let keyring = crate::store::open_keyring(&config.store)?;
-    let signer = crate::store::integrity::load_signing_key(&config.store.signing_key)?;
-    let inst = Installation {
+    let mut x = Exporter::login(config, &args.officer, &args.totp, "subject.export")?;
+    let inst = crate::compliance::disclosure::Installation {
         store: &config.store,
-        keyring: &keyring,
-        master: &master,
-        signer: &signer,
+        keyring: &x.keyring,
+        master: &x.master,
+        signer: &x.signer,
     };
-    let d = disclosure::disclose(
+    let d = crate::compliance::disclosure::subject_export(
         &inst,
-        &mut ledger,
-        &officer,
+        &mut x.ledger,
+        &x.officer,
+        &subject,
+        config.store.retention,
+        &args.out,
+        x.now,
+    )?;
+    println!(
+        "{} records to {}\nmanifest {} (sha256 of the export {})",
+        d.records,
+        d.export.display(),
+        d.manifest.display(),
+        d.sha256
+    );
+    Ok(())
+}
+
+fn disclose(config: &Config, args: &DiscloseArgs) -> Result<()> {
+    let mut x = Exporter::login(config, &args.officer, &args.totp, "case.disclose")?;
+    let inst = crate::compliance::disclosure::Installation {
+        store: &config.store,
+        keyring: &x.keyring,
+        master: &x.master,
+        signer: &x.signer,
+    };
+    let d = crate::compliance::disclosure::disclose(
+        &inst,
+        &mut x.ledger,
+        &x.officer,
         args.case,
         args.format,
         &args.out,
-        now,
+        x.now,
     )?;
     println!(
         "case {}: {} records to {}\nmanifest {} (sha256 of the export {})",

@@ -484,6 +484,22 @@ impl Retention {
         earlier.unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
     }
 
+    /// The first day on which a partition ending at `end` is past retention: its
+    /// records are deleted at the first expiry run from then on.
+    pub fn expires(self, end: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        let mut at = match self {
+            Retention::Months(n) => end.checked_add_months(chrono::Months::new(n)),
+            Retention::Days(n) => end.checked_add_signed(chrono::Duration::days(i64::from(n))),
+        }
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        // Month arithmetic clamps at month ends (31 March + 1 month = 30 April, whose
+        // cutoff is 30 March): step on to the first day whose cutoff reaches `end`.
+        while self.cutoff(at) < end {
+            at += chrono::Duration::days(1);
+        }
+        at
+    }
+
     pub fn parse(s: &str) -> Option<Retention> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit())?;
@@ -825,6 +841,22 @@ fn validate_json(key: &str, j: RawJsonProfile) -> Result<JsonProfile, ConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_expires_on_the_first_day_its_cutoff_reaches_its_end() {
+        use chrono::TimeZone;
+        let t = |y, m, d| chrono::Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap();
+        let r = Retention::Months(13);
+        assert_eq!(r.expires(t(2026, 11, 23)), t(2027, 12, 23));
+        // 31 March + 1 month clamps to 30 April, whose cutoff (30 March) is too early.
+        assert_eq!(Retention::Months(1).expires(t(2026, 3, 31)), t(2026, 5, 1));
+        assert_eq!(Retention::Days(30).expires(t(2026, 1, 1)), t(2026, 1, 31));
+        for end in [t(2026, 3, 31), t(2024, 2, 29), t(2026, 1, 31)] {
+            let at = r.expires(end);
+            assert!(r.cutoff(at) >= end);
+            assert!(r.cutoff(at - chrono::Duration::days(1)) < end);
+        }
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))

@@ -390,12 +390,89 @@ async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest()
     let (ok, out) = disclose("bob", &totp_ahead(&bob, 1));
     assert!(!ok && out.contains("never overwrites"), "{out}");
 
+    // A data subject's access request: every record of the number in every retained
+    // day (yesterday's too), each with its deletion date, except what a confidential
+    // case covers (here: account a2's messages).
+    let (ok, out) = open_case(
+        &config,
+        "anna",
+        "2026-118",
+        (&day, &day),
+        &["--account", "a2", "--confidential"],
+    );
+    assert!(ok, "{out}");
+    let dora = add_officer(&config, "dora", "officer");
+    let subject = dir.path().join("subject.json");
+    let (ok, out) = cli_with_input(
+        &config,
+        &[
+            "subject",
+            "export",
+            "--recipient",
+            "0612345601",
+            "--officer",
+            "dora",
+            "--totp",
+            &totp_now(&dora),
+            "--out",
+            subject.to_str().unwrap(),
+        ],
+        "dora-long-password\n",
+    );
+    assert!(ok, "{out}");
+    let body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&subject).unwrap()).unwrap();
+    let records = body["records"].as_array().unwrap();
+    let mut accounts: Vec<&str> = records
+        .iter()
+        .map(|r| r["account"].as_str().unwrap())
+        .collect();
+    accounts.sort();
+    assert_eq!(accounts, ["a1", "a3", "yesterday"], "{body}");
+    let end = relaylog::clock::micros_to_datetime(today.end_micros());
+    let retained = relaylog::config::Retention::Months(13)
+        .expires(end)
+        .date_naive()
+        .to_string();
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["account"] != "yesterday")
+            .all(|r| r["retained_until"] == retained.as_str()),
+        "{body}"
+    );
+    let (ok, out) = cli(
+        &nowhere,
+        &[
+            "verify-export",
+            &format!("{}.manifest.json", subject.display()),
+            "--public-key",
+            public.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli_with_input(
+        &config,
+        &[
+            "subject",
+            "export",
+            "--officer",
+            "dora",
+            "--totp",
+            "000000",
+            "--out",
+            "x.json",
+        ],
+        "dora-long-password\n",
+    );
+    assert!(!ok && out.contains("--recipient"), "{out}");
+
     // The audit trail, in order, with no number in the clear.
     let (actions, out) = audit_actions(&config);
     let relevant: Vec<&str> = actions
         .iter()
         .map(String::as_str)
-        .filter(|a| a.starts_with("case.") || a.starts_with("auth."))
+        .filter(|a| a.starts_with("case.") || a.starts_with("auth.") || a.starts_with("subject."))
         .collect();
     assert_eq!(
         relevant,
@@ -404,7 +481,9 @@ async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest()
             "case.disclose.refused",
             "case.approve.refused",
             "case.approve",
-            "case.disclose"
+            "case.disclose",
+            "case.open",
+            "subject.export"
         ],
         "{out}"
     );

@@ -430,6 +430,16 @@ impl Ledger {
                 needed: "approved",
             });
         }
+        self.criteria_of(master, id)
+    }
+
+    /// A case's identifiers whatever its state: for keeping a confidential case's
+    /// records out of data-subject exports, never for disclosure.
+    pub(crate) fn criteria_of(
+        &self,
+        master: &MasterKey,
+        id: i64,
+    ) -> Result<Vec<Criterion>, CaseError> {
         let sealed: Vec<u8> = self
             .conn
             .query_row("SELECT criteria FROM cases WHERE id = ?1", [id], |r| {

@@ -350,10 +350,33 @@ pub fn disclose(
         created_at: rfc3339(now),
         key_fingerprint: sha256_hex(ring::signature::KeyPair::public_key(inst.signer).as_ref()),
     };
-    let mut manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    let details = serde_json::json!({
+        "case": case_id,
+        "criteria": manifest.criteria,
+        "records": manifest.records,
+        "export_sha256": sha,
+        "format": format,
+    });
+    write_signed(inst, out, &body, &manifest, || {
+        ledger.audit(now, &officer.name, "case.disclose", details)
+    })
+}
+
+/// Writes the export, its manifest and the manifest's signature (none overwriting),
+/// then runs `audit`; if any step fails, removes what was written.
+fn write_signed(
+    inst: &Installation<'_>,
+    out: &Path,
+    body: &[u8],
+    manifest: &Manifest,
+    audit: impl FnOnce() -> Result<i64, crate::ledger::LedgerError>,
+) -> Result<Disclosure, DiscloseError> {
+    let manifest_file = manifest_path(out);
+    let sig_file = signature_path(&manifest_file);
+    let mut manifest_bytes = serde_json::to_vec_pretty(manifest).unwrap_or_default();
     manifest_bytes.push(b'\n');
     let signature = inst.signer.sign(&manifest_bytes);
-    write_new(out, &body)?;
+    write_new(out, body)?;
     let written = write_new(&manifest_file, &manifest_bytes)
         .and_then(|()| {
             write_new(
@@ -361,22 +384,7 @@ pub fn disclose(
                 format!("{}\n", hex(signature.as_ref())).as_bytes(),
             )
         })
-        .and_then(|()| {
-            ledger
-                .audit(
-                    now,
-                    &officer.name,
-                    "case.disclose",
-                    serde_json::json!({
-                        "case": case_id,
-                        "criteria": manifest.criteria,
-                        "records": manifest.records,
-                        "export_sha256": sha,
-                        "format": format,
-                    }),
-                )
-                .map_err(DiscloseError::from)
-        });
+        .and_then(|()| audit().map(|_| ()).map_err(DiscloseError::from));
     if let Err(e) = written {
         for p in [out, manifest_file.as_path(), sig_file.as_path()] {
             let _ = std::fs::remove_file(p);
@@ -386,8 +394,118 @@ pub fn disclose(
     Ok(Disclosure {
         export: out.to_owned(),
         manifest: manifest_file,
+        records: manifest.records,
+        sha256: manifest.export_sha256.clone(),
+    })
+}
+
+/// A data subject's access request (GDPR art. 15, and art. 20 portability): every
+/// record held about one number or address, in every retained partition, each with
+/// the date it will be deleted. Records that an open or approved confidential case
+/// covers are left out (telling the subject would defeat the case). Signed and
+/// audited like a disclosure.
+pub fn subject_export(
+    inst: &Installation<'_>,
+    ledger: &mut Ledger,
+    officer: &Officer,
+    subject: &Criterion,
+    retention: crate::config::Retention,
+    out: &Path,
+    now: Micros,
+) -> Result<Disclosure, DiscloseError> {
+    let manifest_file = manifest_path(out);
+    for p in [
+        out,
+        manifest_file.as_path(),
+        signature_path(&manifest_file).as_path(),
+    ] {
+        if p.exists() {
+            return Err(DiscloseError::Exists(p.to_owned()));
+        }
+    }
+    let until = now + 2 * 86_400_000_000;
+    let found = collect(
+        inst.store,
+        inst.keyring,
+        std::slice::from_ref(subject),
+        0,
+        until,
+    )?;
+    let mut hidden = std::collections::HashSet::new();
+    for case in ledger.cases()? {
+        if !case.details.confidential || !matches!(case.state, State::Open | State::Approved) {
+            continue;
+        }
+        let criteria = ledger.criteria_of(inst.master, case.id)?;
+        let covered = collect(
+            inst.store,
+            inst.keyring,
+            &criteria,
+            case.details.since,
+            case.details.until,
+        )?;
+        hidden.extend(covered.records.iter().map(|f| (f.partition, f.record_id)));
+    }
+    let records: Vec<&Found> = found
+        .records
+        .iter()
+        .filter(|f| !hidden.contains(&(f.partition, f.record_id)))
+        .collect();
+    let withheld = found.records.len() - records.len();
+    let rows: Vec<serde_json::Value> = records
+        .iter()
+        .map(|f| {
+            let mut v = found_json(f);
+            let end = crate::clock::micros_to_datetime(f.partition.end_micros());
+            v["retained_until"] =
+                serde_json::Value::String(retention.expires(end).date_naive().to_string());
+            v
+        })
+        .collect();
+    let body_json = serde_json::json!({
+        "subject": {"kind": subject.kind.as_str(), "value": subject.value},
+        "generated_at": rfc3339(now),
+        "records": rows,
+    });
+    let mut body = serde_json::to_vec_pretty(&body_json).unwrap_or_default();
+    body.push(b'\n');
+    let sha = sha256_hex(&body);
+    let tag = inst.master.audit_tag(subject.kind.as_str(), &subject.value);
+    let manifest = Manifest {
+        kind: "relaylog subject export v1".into(),
+        case: 0,
+        request: "data subject access".into(),
+        authority: "data subject".into(),
+        legal_basis: "GDPR art. 15 and 20".into(),
+        order_reference: String::new(),
+        criteria: vec![TaggedCriterion {
+            kind: subject.kind.as_str().into(),
+            tag: tag.clone(),
+        }],
+        since: rfc3339(0),
+        until: rfc3339(until),
+        format: Format::Json,
+        export: out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        export_sha256: sha.clone(),
         records: records.len() as u64,
-        sha256: sha,
+        collisions_dropped: found.collisions,
+        partitions: heads(inst.store, &found.read)?,
+        partitions_unreadable: found.unreadable.iter().map(|p| p.to_string()).collect(),
+        officer: officer.name.clone(),
+        created_at: rfc3339(now),
+        key_fingerprint: sha256_hex(ring::signature::KeyPair::public_key(inst.signer).as_ref()),
+    };
+    let details = serde_json::json!({
+        "criteria": [{"kind": subject.kind.as_str(), "tag": tag}],
+        "records": records.len(),
+        "withheld_for_confidential_cases": withheld,
+        "export_sha256": sha,
+    });
+    write_signed(inst, out, &body, &manifest, || {
+        ledger.audit(now, &officer.name, "subject.export", details)
     })
 }
 
