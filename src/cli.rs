@@ -73,6 +73,9 @@ pub enum Command {
     /// Export an approved case's records with a signed manifest (password on standard
     /// input, and a TOTP code).
     Disclose(DiscloseArgs),
+    /// Statistics without personal data.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Data-subject requests.
     #[command(subcommand)]
     Subject(SubjectCommand),
@@ -250,6 +253,18 @@ pub struct CaseOpenArgs {
     pub ip: Vec<String>,
     #[arg(long)]
     pub email: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Lawful requests of a year: cases, records disclosed, the age of the records
+    /// asked for, requests that could not be met.
+    Cases {
+        #[arg(long)]
+        year: i32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -449,6 +464,22 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Audit(a) => audit(&config, a),
                 Command::Case(c) => case(&config, c),
                 Command::Disclose(d) => disclose(&config, d),
+                Command::Report(ReportCommand::Cases { year, json }) => {
+                    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+                    let report = crate::compliance::report::cases_in_year(&ledger, *year)?;
+                    ledger.audit(
+                        SystemClock.now_micros(),
+                        &actor(),
+                        "report.cases",
+                        serde_json::json!({"year": year}),
+                    )?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", report.to_text());
+                    }
+                    Ok(())
+                }
                 Command::Subject(SubjectCommand::Export(a)) => subject_export(&config, a),
                 Command::VerifyExport { manifest, .. } => verify_export(
                     manifest,

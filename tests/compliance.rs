@@ -467,6 +467,24 @@ async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest()
     );
     assert!(!ok && out.contains("--recipient"), "{out}");
 
+    // The year's statistics, without personal data.
+    let year = now.format("%Y").to_string();
+    let (ok, out) = cli(&config, &["report", "cases", "--year", &year, "--json"]);
+    assert!(ok, "{out}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            r["cases"].as_u64(),
+            r["disclosures"].as_u64(),
+            r["records_disclosed"].as_u64()
+        ),
+        (Some(2), Some(1), Some(3)),
+        "{r}"
+    );
+    assert_eq!(r["record_age_months"]["0-3"], 3, "{r}");
+    assert_eq!(r["by_state"]["approved"], 1, "{r}");
+    assert!(!out.contains("612345601") && !out.contains("a2"), "{out}");
+
     // The audit trail, in order, with no number in the clear.
     let (actions, out) = audit_actions(&config);
     let relevant: Vec<&str> = actions

@@ -354,12 +354,39 @@ pub fn disclose(
         "case": case_id,
         "criteria": manifest.criteria,
         "records": manifest.records,
+        "record_age_months": age_buckets(&records, case.opened_at),
         "export_sha256": sha,
         "format": format,
     });
     write_signed(inst, out, &body, &manifest, || {
         ledger.audit(now, &officer.name, "case.disclose", details)
     })
+}
+
+/// Age bands of the records at the time of the request, for the yearly statistics
+/// (how old traffic data is when authorities ask for it): `[0-3), [3-6), [6-12),
+/// 12 and more` months.
+pub const AGE_BANDS: [&str; 4] = ["0-3", "3-6", "6-12", "12+"];
+
+fn age_buckets(records: &[Found], requested: Micros) -> serde_json::Value {
+    const MONTH_US: i64 = 30 * 86_400_000_000;
+    let mut counts = [0u64; 4];
+    for r in records {
+        let months = (requested - r.at).max(0) / MONTH_US;
+        let band = match months {
+            0..3 => 0,
+            3..6 => 1,
+            6..12 => 2,
+            _ => 3,
+        };
+        counts[band] += 1;
+    }
+    AGE_BANDS
+        .iter()
+        .zip(counts)
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// Writes the export, its manifest and the manifest's signature (none overwriting),

@@ -3,4 +3,5 @@
 pub mod cases;
 pub mod disclosure;
 pub mod officers;
+pub mod report;
 pub mod totp;
