@@ -73,6 +73,9 @@ pub enum Command {
     /// Export an approved case's records with a signed manifest (password on standard
     /// input, and a TOTP code).
     Disclose(DiscloseArgs),
+    /// Customer accounts: contract-end return and deletion.
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Statistics without personal data.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -253,6 +256,22 @@ pub struct CaseOpenArgs {
     pub ip: Vec<String>,
     #[arg(long)]
     pub email: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Export an account's records to DIR, erase them (and their outcome events) from
+    /// every partition, and write a signed deletion statement. An admin officer's
+    /// password on standard input, and a TOTP code.
+    Offboard {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        officer: String,
+        #[arg(long)]
+        totp: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -464,6 +483,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Audit(a) => audit(&config, a),
                 Command::Case(c) => case(&config, c),
                 Command::Disclose(d) => disclose(&config, d),
+                Command::Account(AccountCommand::Offboard {
+                    name,
+                    out,
+                    officer,
+                    totp,
+                }) => offboard(&config, name, out, officer, totp),
                 Command::Report(ReportCommand::Cases { year, json }) => {
                     let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
                     let report = crate::compliance::report::cases_in_year(&ledger, *year)?;
@@ -600,10 +625,16 @@ fn verify(config: &Config, since: Option<&str>, until: Option<&str>) -> Result<(
     let mut bad = 0;
     for r in &reports {
         let v = &r.verified;
-        let counts = format!(
+        let mut counts = format!(
             "{} records, {} outcomes, {} signed heads",
             v.records, v.outcomes, v.heads
         );
+        if v.erasures > 0 {
+            counts += &format!(
+                "; {} rows erased under {} signed erasure statement(s)",
+                v.erased, v.erasures
+            );
+        }
         if v.damage.is_empty() {
             println!("{}  ok  {counts}", r.partition);
         } else {
@@ -980,16 +1011,40 @@ fn case(config: &Config, command: &CaseCommand) -> Result<()> {
 /// The keys an export needs, and the officer, authenticated with password and TOTP.
 struct Exporter {
     ledger: crate::ledger::Ledger,
-    master: crate::store::keys::MasterKey,
-    keyring: crate::store::keys::Keyring,
-    signer: ring::signature::Ed25519KeyPair,
+    keys: ExportKeys,
     officer: crate::compliance::officers::Officer,
     now: i64,
 }
 
+struct ExportKeys {
+    master: crate::store::keys::MasterKey,
+    keyring: crate::store::keys::Keyring,
+    signer: ring::signature::Ed25519KeyPair,
+}
+
+impl ExportKeys {
+    fn installation<'a>(
+        &'a self,
+        config: &'a Config,
+    ) -> crate::compliance::disclosure::Installation<'a> {
+        crate::compliance::disclosure::Installation {
+            store: &config.store,
+            keyring: &self.keyring,
+            master: &self.master,
+            signer: &self.signer,
+        }
+    }
+}
+
 impl Exporter {
-    fn login(config: &Config, officer: &str, totp: &str, action: &str) -> Result<Exporter> {
-        use crate::compliance::officers::{Credentials, Role};
+    fn login(
+        config: &Config,
+        officer: &str,
+        totp: &str,
+        action: &str,
+        role: crate::compliance::officers::Role,
+    ) -> Result<Exporter> {
+        use crate::compliance::officers::Credentials;
         let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
         let now = SystemClock.now_micros();
         let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
@@ -999,12 +1054,14 @@ impl Exporter {
             password: &password,
             totp: Some(totp),
         };
-        let officer = ledger.authenticate(&master, who, Role::Officer, now, action)?;
+        let officer = ledger.authenticate(&master, who, role, now, action)?;
         Ok(Exporter {
             ledger,
-            master,
-            keyring: crate::store::open_keyring(&config.store)?,
-            signer: crate::store::integrity::load_signing_key(&config.store.signing_key)?,
+            keys: ExportKeys {
+                master,
+                keyring: crate::store::open_keyring(&config.store)?,
+                signer: crate::store::integrity::load_signing_key(&config.store.signing_key)?,
+            },
             officer,
             now,
         })
@@ -1019,13 +1076,14 @@ fn subject_export(config: &Config, args: &SubjectExportArgs) -> Result<()> {
         (_, Some(e)) => criterion(IdentifierKind::Email, e, &numbers)?,
         _ => bail!("give --recipient or --email"),
     };
-    let mut x = Exporter::login(config, &args.officer, &args.totp, "subject.export")?;
-    let inst = crate::compliance::disclosure::Installation {
-        store: &config.store,
-        keyring: &x.keyring,
-        master: &x.master,
-        signer: &x.signer,
-    };
+    let mut x = Exporter::login(
+        config,
+        &args.officer,
+        &args.totp,
+        "subject.export",
+        crate::compliance::officers::Role::Officer,
+    )?;
+    let inst = x.keys.installation(config);
     let d = crate::compliance::disclosure::subject_export(
         &inst,
         &mut x.ledger,
@@ -1045,14 +1103,43 @@ fn subject_export(config: &Config, args: &SubjectExportArgs) -> Result<()> {
     Ok(())
 }
 
+fn offboard(
+    config: &Config,
+    name: &str,
+    out: &std::path::Path,
+    officer: &str,
+    totp: &str,
+) -> Result<()> {
+    let mut x = Exporter::login(
+        config,
+        officer,
+        totp,
+        "account.offboard",
+        crate::compliance::officers::Role::Admin,
+    )?;
+    let inst = x.keys.installation(config);
+    let o =
+        crate::compliance::offboard::offboard(&inst, &mut x.ledger, &x.officer, name, out, x.now)?;
+    println!(
+        "account {name}: {} records and {} outcome events exported to {} and erased from {} partition(s)\ndeletion statement {}",
+        o.records,
+        o.outcomes,
+        o.export.display(),
+        o.partitions.len(),
+        o.statement.display()
+    );
+    Ok(())
+}
+
 fn disclose(config: &Config, args: &DiscloseArgs) -> Result<()> {
-    let mut x = Exporter::login(config, &args.officer, &args.totp, "case.disclose")?;
-    let inst = crate::compliance::disclosure::Installation {
-        store: &config.store,
-        keyring: &x.keyring,
-        master: &x.master,
-        signer: &x.signer,
-    };
+    let mut x = Exporter::login(
+        config,
+        &args.officer,
+        &args.totp,
+        "case.disclose",
+        crate::compliance::officers::Role::Officer,
+    )?;
+    let inst = x.keys.installation(config);
     let d = crate::compliance::disclosure::disclose(
         &inst,
         &mut x.ledger,

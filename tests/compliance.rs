@@ -513,3 +513,105 @@ async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest()
     assert!(!contains(&ledger, b"612345601"));
     assert!(cli(&config, &["audit", "verify"]).0);
 }
+
+/// Contract end: the account's records are exported, erased from the store with their
+/// outcomes, `verify` still passes and reports the erasure, the deletion statement
+/// verifies, and other accounts keep their records. A forged erasure is damage.
+#[tokio::test]
+async fn an_offboarded_account_is_exported_erased_and_verify_reports_it() {
+    use relaylog::store::IndexKind;
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start("0: Accepted for delivery").await;
+    let text = config_text(dir.path(), "kannel", Some(&up.url()), "", "");
+    let config = write_config(dir.path(), &text);
+    let relay = Relay::start(dir.path(), &text).await;
+    let c = client();
+    for (user, n) in [
+        ("leaving", 1),
+        ("leaving", 2),
+        ("staying", 3),
+        ("leaving", 4),
+        ("staying", 5),
+    ] {
+        let (s, _) = get(&c, &sendsms(&relay.url, user, &number(n))).await;
+        assert_eq!(s.as_u16(), 202);
+    }
+    relay.settle().await;
+    let cfg = relay.config.clone();
+    relay.running.shutdown().await;
+
+    let root = add_officer(&config, "root1", "admin");
+    let carl = add_officer(&config, "carl", "officer");
+    let out = dir.path().join("returned");
+    let offboard = |officer: &str, code: &str| {
+        cli_with_input(
+            &config,
+            &[
+                "account",
+                "offboard",
+                "leaving",
+                "--out",
+                out.to_str().unwrap(),
+                "--officer",
+                officer,
+                "--totp",
+                code,
+            ],
+            &format!("{officer}-long-password\n"),
+        )
+    };
+    let (ok, text_out) = offboard("carl", &totp_now(&carl));
+    assert!(
+        !ok && text_out.contains("needs the admin role"),
+        "{text_out}"
+    );
+    let (ok, text_out) = offboard("root1", &totp_now(&root));
+    assert!(
+        ok && text_out.contains("3 records and 3 outcome events"),
+        "{text_out}"
+    );
+
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("leaving-records.json")).unwrap()).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["account"] == "leaving"));
+    assert!(query_store(&cfg, IndexKind::Account, "leaving").is_empty());
+    assert_eq!(query_store(&cfg, IndexKind::Account, "staying").len(), 2);
+
+    let (ok, v) = cli(&config, &["verify"]);
+    assert!(ok, "{v}");
+    assert!(
+        v.contains("6 rows erased under 1 signed erasure statement"),
+        "{v}"
+    );
+    let statement = out.join("leaving-deletion.json");
+    let (ok, s) = cli(&config, &["verify-export", statement.to_str().unwrap()]);
+    assert!(ok, "{s}");
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&statement).unwrap()).unwrap();
+    assert_eq!(st["records"], 3);
+    assert_eq!(st["officer"], "root1");
+    let (actions, log) = audit_actions(&config);
+    assert_eq!(
+        actions.iter().filter(|a| *a == "account.offboard").count(),
+        1
+    );
+    assert!(
+        !log.contains("\"leaving\""),
+        "the audit log names the account by tag: {log}"
+    );
+
+    // An erasure statement edited afterwards no longer verifies: its rows are damage.
+    let day = std::fs::read_dir(&cfg.store.path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite"))
+        .unwrap();
+    let conn = rusqlite::Connection::open(&day).unwrap();
+    conn.execute("UPDATE erasure SET reason = 'nothing to see'", [])
+        .unwrap();
+    drop(conn);
+    let (ok, v) = cli(&config, &["verify"]);
+    assert!(!ok && v.contains("not signed by this installation"), "{v}");
+}

@@ -553,7 +553,13 @@ pub fn verify_export(manifest_file: &Path, public_key: &[u8]) -> Result<Manifest
         .map_err(|_| VerifyError::Signature)?;
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-    if manifest.kind != "relaylog disclosure v1" && manifest.kind != "relaylog subject export v1" {
+    if ![
+        "relaylog disclosure v1",
+        "relaylog subject export v1",
+        "relaylog deletion statement v1",
+    ]
+    .contains(&manifest.kind.as_str())
+    {
         return Err(VerifyError::Malformed(format!(
             "unknown kind `{}`",
             manifest.kind

@@ -18,6 +18,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use ring::digest::{self, SHA256};
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use rusqlite::Connection;
@@ -504,6 +506,10 @@ pub enum Damage {
     HeadsBroken {
         seq: i64,
     },
+    /// An erasure statement whose signature does not verify: its rows count as removed.
+    ErasureSignature {
+        id: i64,
+    },
     Unreadable(String),
 }
 
@@ -542,6 +548,12 @@ impl std::fmt::Display for Damage {
             Damage::HeadsBroken { seq } => {
                 write!(f, "heads broken at {seq}: a head was removed or edited")
             }
+            Damage::ErasureSignature { id } => {
+                write!(
+                    f,
+                    "erasure statement {id} is not signed by this installation"
+                )
+            }
             Damage::Unreadable(m) => write!(f, "unreadable: {m}"),
         }
     }
@@ -555,6 +567,9 @@ pub struct Verified {
     pub records: i64,
     pub outcomes: i64,
     pub heads: i64,
+    /// Rows removed under signed erasure statements (contract end), their leaves kept.
+    pub erased: i64,
+    pub erasures: i64,
     pub damage: Vec<Damage>,
 }
 
@@ -650,6 +665,8 @@ fn verify_inner(
     let mut outcomes = conn.prepare(&format!("{OUTCOME_SELECT} ORDER BY id"))?;
     let mut rec_iter = records.query_map([], read_record)?.peekable();
     let mut out_iter = outcomes.query_map([], read_outcome)?.peekable();
+    let (erased_r, erased_o, statements) = load_erased(conn, partition, &key, &mut out.damage)?;
+    out.erasures = statements;
     let mut frontier = Frontier::default();
     let (mut prev_r, mut prev_o) = (0i64, 0i64);
     for (i, (head, sig)) in heads.iter().enumerate() {
@@ -664,16 +681,18 @@ fn verify_inner(
         // This head's records by id, then its outcomes by id: the writer's leaf order.
         let (n, removed_r) = fold_range(
             &mut rec_iter,
-            prev_r,
-            head.record_through,
+            (prev_r, head.record_through),
+            &erased_r,
+            &mut out.erased,
             &mut frontier,
             record_leaf,
         )?;
         out.records += n;
         let (n, removed_o) = fold_range(
             &mut out_iter,
-            prev_o,
-            head.outcome_through,
+            (prev_o, head.outcome_through),
+            &erased_o,
+            &mut out.erased,
             &mut frontier,
             outcome_leaf,
         )?;
@@ -804,23 +823,170 @@ pub fn verify_store(
 /// Folds the rows with ids in `(prev, through]` into the tree, in id order. Returns
 /// how many rows there were and which ids of the range are missing. A row that cannot
 /// be read is an error (the partition is unreadable), never a gap.
+/// Folds the rows of one head's id range into the tree, in id order. A row that is
+/// gone but named by a signed erasure statement contributes its kept leaf (counted in
+/// `erased_n`); any other gap is a removal.
 fn fold_range<T>(
     rows: &mut std::iter::Peekable<impl Iterator<Item = rusqlite::Result<(i64, T)>>>,
-    prev: i64,
-    through: i64,
+    (prev, through): (i64, i64),
+    erased: &HashMap<i64, Hash>,
+    erased_n: &mut i64,
     frontier: &mut Frontier,
     leaf: fn(&T) -> Hash,
 ) -> rusqlite::Result<(i64, Vec<i64>)> {
     let (mut n, mut missing, mut expect) = (0i64, Vec::new(), prev + 1);
+    let mut gap = |from: i64, to: i64, frontier: &mut Frontier, missing: &mut Vec<i64>| {
+        for id in from..to {
+            match erased.get(&id) {
+                Some(l) => {
+                    frontier.push(*l);
+                    *erased_n += 1;
+                }
+                None => missing.push(id),
+            }
+        }
+    };
     while let Some(next) = rows.next_if(|r| r.as_ref().map_or(true, |(id, _)| *id <= through)) {
         let (id, row) = next?;
-        missing.extend(expect..id);
+        gap(expect, id, frontier, &mut missing);
         expect = id + 1;
         frontier.push(leaf(&row));
         n += 1;
     }
-    missing.extend(expect..=through);
+    gap(expect, through + 1, frontier, &mut missing);
     Ok((n, missing))
+}
+
+const ERASED_RECORD: u8 = b'r';
+const ERASED_OUTCOME: u8 = b'o';
+
+/// What an erasure statement's signature covers.
+pub fn erasure_message(
+    partition: PartitionId,
+    id: i64,
+    at_us: i64,
+    reason: &str,
+    entries: &[u8],
+) -> Vec<u8> {
+    let mut m = b"relaylog erasure v1".to_vec();
+    m.extend_from_slice(partition.to_string().as_bytes());
+    m.push(0);
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&at_us.to_be_bytes());
+    m.extend_from_slice(reason.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&sha(&[entries]));
+    m
+}
+
+/// The kept leaves of every validly signed erasure: (records, outcomes, statements).
+#[allow(clippy::type_complexity)]
+fn load_erased(
+    conn: &Connection,
+    partition: PartitionId,
+    key: &signature::UnparsedPublicKey<&[u8]>,
+    damage: &mut Vec<Damage>,
+) -> rusqlite::Result<(HashMap<i64, Hash>, HashMap<i64, Hash>, i64)> {
+    let (mut records, mut outcomes, mut statements) = (HashMap::new(), HashMap::new(), 0);
+    let exists: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'erasure'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok((records, outcomes, 0));
+    }
+    let mut stmt =
+        conn.prepare("SELECT id, at_us, reason, entries, signature FROM erasure ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let (id, at, reason, entries, sig): (i64, i64, String, Vec<u8>, Vec<u8>) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        if key
+            .verify(&erasure_message(partition, id, at, &reason, &entries), &sig)
+            .is_err()
+        {
+            damage.push(Damage::ErasureSignature { id });
+            continue;
+        }
+        statements += 1;
+        for e in entries.chunks_exact(41) {
+            let mut leaf = [0u8; 32];
+            leaf.copy_from_slice(&e[9..41]);
+            let row_id = i64::from_be_bytes(e[1..9].try_into().unwrap_or_default());
+            match e[0] {
+                ERASED_RECORD => records.insert(row_id, leaf),
+                _ => outcomes.insert(row_id, leaf),
+            };
+        }
+    }
+    Ok((records, outcomes, statements))
+}
+
+/// Erases records (and the outcome events of their submissions) from a partition
+/// under a signed statement: the rows go, their leaves stay, so `verify` still
+/// recomputes every signed head and reports the erasure as such. One transaction.
+/// Returns (records, outcomes) erased.
+pub fn erase_records(
+    conn: &mut Connection,
+    partition: PartitionId,
+    signer: &Ed25519KeyPair,
+    at_us: i64,
+    reason: &str,
+    record_ids: &[i64],
+) -> rusqlite::Result<(usize, usize)> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(super::schema::ERASURE_DDL)?;
+    let mut entries = Vec::new();
+    let mut submissions = std::collections::BTreeSet::new();
+    let mut ids: Vec<i64> = record_ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    {
+        let mut stmt = tx.prepare(&format!("{RECORD_SELECT} WHERE id = ?1"))?;
+        for id in &ids {
+            let (id, row) = stmt.query_row([id], read_record)?;
+            entries.push(ERASED_RECORD);
+            entries.extend_from_slice(&id.to_be_bytes());
+            entries.extend_from_slice(&record_leaf(&row));
+            submissions.insert(row.submission);
+        }
+    }
+    let mut outcome_ids = Vec::new();
+    {
+        let mut stmt = tx.prepare(&format!(
+            "{OUTCOME_SELECT} WHERE submission = ?1 ORDER BY id"
+        ))?;
+        for s in &submissions {
+            for r in stmt.query_map([s], read_outcome)? {
+                let (id, row) = r?;
+                entries.push(ERASED_OUTCOME);
+                entries.extend_from_slice(&id.to_be_bytes());
+                entries.extend_from_slice(&outcome_leaf(&row));
+                outcome_ids.push(id);
+            }
+        }
+    }
+    let id: i64 = tx.query_row("SELECT coalesce(max(id), 0) + 1 FROM erasure", [], |r| {
+        r.get(0)
+    })?;
+    let sig = signer.sign(&erasure_message(partition, id, at_us, reason, &entries));
+    tx.execute(
+        "INSERT INTO erasure (id, at_us, reason, entries, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![id, at_us, reason, entries, sig.as_ref()],
+    )?;
+    {
+        let mut del = tx.prepare("DELETE FROM record WHERE id = ?1")?;
+        for id in &ids {
+            del.execute([id])?;
+        }
+        let mut del = tx.prepare("DELETE FROM outcome WHERE id = ?1")?;
+        for id in &outcome_ids {
+            del.execute([id])?;
+        }
+    }
+    tx.commit()?;
+    Ok((ids.len(), outcome_ids.len()))
 }
 
 fn rebuild_frontier_from_head(conn: &Connection, seq: i64) -> Option<Frontier> {

@@ -100,6 +100,18 @@ CREATE TABLE IF NOT EXISTS outcome (
 CREATE INDEX IF NOT EXISTS outcome_submission ON outcome(submission);
 ";
 
+/// Erasure statements (contract end): created with new partitions, and on older ones
+/// when they are first erased from.
+pub const ERASURE_DDL: &str = "
+CREATE TABLE IF NOT EXISTS erasure (
+    id        INTEGER PRIMARY KEY,
+    at_us     INTEGER NOT NULL,
+    reason    TEXT NOT NULL,
+    entries   BLOB NOT NULL,  -- (table byte, id, leaf) of every row erased, in id order
+    signature BLOB NOT NULL   -- Ed25519 over integrity::erasure_message
+);
+";
+
 pub const INSERT_RECORD: &str = "INSERT INTO record (submission, ordinal, at_us, bucket, protocol, service, \
     recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
@@ -241,6 +253,7 @@ pub fn open_for_write(
     conn.pragma_update(None, "cache_size", -(i64::from(cache_mib) * 1024))?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.execute_batch(DDL)?;
+    conn.execute_batch(ERASURE_DDL)?;
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1), ('partition', ?2)",
         rusqlite::params![SCHEMA_VERSION, partition],
