@@ -421,6 +421,10 @@ pub struct QueryArgs {
     pub until: Option<String>,
     #[arg(long, value_enum, default_value = "json")]
     pub format: OutputFormat,
+    /// Most records printed (all are counted). The query is audited, with its count,
+    /// before anything is printed, so its results are held in memory until then.
+    #[arg(long, default_value_t = 100_000)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -1304,28 +1308,51 @@ fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
         since,
         until,
     };
+    let mut found = Vec::new();
+    let stats = query::run(&config.store.path, &keyring, &criteria, |f| {
+        if found.len() < args.limit {
+            found.push(f);
+        }
+    })?;
+    // Audited before anything is shown: who asked, for what (as a keyed tag), how many.
+    let master = keys::MasterKey::load(&config.store.master_key)?;
+    // The names cases use, so that a query and a case about the same value share a tag.
+    let kind_name = match kind {
+        IndexKind::Account => "account",
+        IndexKind::ClientIp => "ip",
+        IndexKind::Originator => "originator",
+        IndexKind::Recipient => "recipient",
+    };
+    crate::ledger::Ledger::open(&config.store.ledger)?.audit(
+        SystemClock.now_micros(),
+        &actor(),
+        "query",
+        serde_json::json!({
+            "criteria": [{"kind": kind_name, "tag": master.audit_tag(kind_name, &criteria.value)}],
+            "since_us": since,
+            "until_us": until,
+            "records": stats.matches,
+        }),
+    )?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut write_err: Option<std::io::Error> = None;
     if args.format == OutputFormat::Csv {
         writeln!(out, "{}", CSV_HEADER.join(","))?;
     }
-    let stats = query::run(&config.store.path, &keyring, &criteria, |found| {
-        if write_err.is_some() {
-            return;
+    for f in &found {
+        match args.format {
+            OutputFormat::Json => writeln!(out, "{}", found_json(f))?,
+            OutputFormat::Csv => writeln!(out, "{}", found_csv(f))?,
         }
-        let line = match args.format {
-            OutputFormat::Json => found_json(&found).to_string(),
-            OutputFormat::Csv => found_csv(&found),
-        };
-        if let Err(e) = writeln!(out, "{line}") {
-            write_err = Some(e);
-        }
-    })?;
-    if let Some(e) = write_err {
-        return Err(e.into());
     }
     out.flush()?;
+    if stats.matches > found.len() as u64 {
+        eprintln!(
+            "warning: {} records matched; the first {} are shown (--limit)",
+            stats.matches,
+            found.len()
+        );
+    }
     for p in &stats.partitions_shredded {
         eprintln!(
             "warning: partition {p} is in the window but its keys are shredded: its records cannot be read"

@@ -190,6 +190,13 @@ async fn canaries_never_leave_the_request() {
         .unwrap();
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     assert_eq!(String::from_utf8_lossy(&q.stdout).lines().count(), 4);
+    // The query is in the audit log, with its count and without the account in clear.
+    let (ok, audit) = cli(&config, &["audit", "list"]);
+    assert!(
+        ok && audit.contains("\tquery\t") && audit.contains("\"records\":4"),
+        "{audit}"
+    );
+    assert!(!audit.contains("canary"), "{audit}");
 
     let (status, output) = served.terminate();
     assert!(status.success(), "serve exited with {status}");
