@@ -10,12 +10,12 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::canonical::{NumberNormalizer, canonical_account, canonical_raw};
+use crate::canonical::NumberNormalizer;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, LogFormat, ProfileKind};
 use crate::export::{CSV_HEADER, found_csv, found_json, rfc3339};
+use crate::store::keys;
 use crate::store::query::{self, Criteria};
-use crate::store::{IndexKind, keys};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -806,12 +806,20 @@ fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
 /// The first line of standard input, without its line end: how secrets reach the CLI
 /// (never as arguments, which `ps` shows).
 fn read_secret_line(what: &str) -> Result<String> {
-    use std::io::{BufRead, IsTerminal};
+    use std::io::{BufRead, IsTerminal, Read};
     if std::io::stdin().is_terminal() {
         eprint!("{what}: ");
     }
+    // Bounded like every other input: a secret longer than this is refused, not read on.
+    const MAX_SECRET: u64 = 1024;
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
+    std::io::stdin()
+        .lock()
+        .take(MAX_SECRET + 1)
+        .read_line(&mut line)?;
+    if line.len() as u64 > MAX_SECRET {
+        bail!("the {what} on standard input is longer than {MAX_SECRET} bytes");
+    }
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -1277,33 +1285,21 @@ fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
     if until <= since {
         bail!("--until must be after --since");
     }
-    let normalizer = NumberNormalizer::new(config.store.default_region);
-    let (kind, value) = if let Some(r) = &args.recipient {
-        (IndexKind::Recipient, normalizer.normalize(r).value)
-    } else if let Some(a) = &args.account {
-        (IndexKind::Account, canonical_account(a))
-    } else if let Some(ip) = args.ip {
-        (IndexKind::ClientIp, query::ip_criteria_value(ip))
-    } else if let Some(o) = &args.originator {
-        let id = normalizer.normalize(o);
-        // An alphanumeric sender id is matched as typed (canonical raw form).
-        (
-            IndexKind::Originator,
-            if id.value.is_empty() {
-                canonical_raw(o)
-            } else {
-                id.value
-            },
-        )
-    } else {
-        bail!("give one of --recipient, --account, --ip, --originator");
+    // The same canonical forms, and the same refusals, as a case's identifiers.
+    use crate::compliance::cases::{IdentifierKind, criterion};
+    let numbers = NumberNormalizer::new(config.store.default_region);
+    let ip = args.ip.map(|ip| ip.to_string());
+    let (kind, raw) = match (&args.recipient, &args.account, &ip, &args.originator) {
+        (Some(r), ..) => (IdentifierKind::Recipient, r),
+        (_, Some(a), ..) => (IdentifierKind::Account, a),
+        (_, _, Some(ip), _) => (IdentifierKind::Ip, ip),
+        (.., Some(o)) => (IdentifierKind::Originator, o),
+        _ => bail!("give one of --recipient, --account, --ip, --originator"),
     };
-    if value.is_empty() {
-        bail!("the identifier is empty");
-    }
+    let value = criterion(kind, raw, &numbers)?.value;
     let keyring = crate::store::open_keyring(&config.store)?;
     let criteria = Criteria {
-        kind,
+        kind: kind.index(),
         value,
         since,
         until,
@@ -1316,13 +1312,7 @@ fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
     })?;
     // Audited before anything is shown: who asked, for what (as a keyed tag), how many.
     let master = keys::MasterKey::load(&config.store.master_key)?;
-    // The names cases use, so that a query and a case about the same value share a tag.
-    let kind_name = match kind {
-        IndexKind::Account => "account",
-        IndexKind::ClientIp => "ip",
-        IndexKind::Originator => "originator",
-        IndexKind::Recipient => "recipient",
-    };
+    let kind_name = kind.as_str();
     crate::ledger::Ledger::open(&config.store.ledger)?.audit(
         SystemClock.now_micros(),
         &actor(),

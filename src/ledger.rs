@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS audit (
     details TEXT NOT NULL,
     hash    BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS audit_action ON audit (action, seq);
 ";
 
 /// A legal hold: partitions overlapping `[since, until)` are kept past retention.

@@ -19,11 +19,7 @@ async fn bad_requests_are_refused_and_not_forwarded() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
     let limits = "max-body-bytes = 1024\n";
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "kannel", Some(&up.url()), limits, ""),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", limits, "").await;
     let c = client();
 
     let (s, _) = get(&c, &sendsms(&relay.url, "first", "%2B31612345678")).await;
@@ -103,14 +99,11 @@ async fn bad_requests_are_refused_and_not_forwarded() {
     assert_eq!(relay.query(IndexKind::Account, "first").len(), 1);
     assert_eq!(relay.query(IndexKind::Account, "after").len(), 1);
     let metrics = relay.metrics().await;
-    assert!(
-        metrics.contains("relaylog_requests_total{listener=\"sms\",kind=\"rejected\"} 6"),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        "relaylog_requests_total{listener=\"sms\",kind=\"rejected\"} 6",
     );
-    assert!(
-        metrics.contains("reason=\"missing_recipient\"} 2"),
-        "{metrics}"
-    );
+    assert_metric(&metrics, "reason=\"missing_recipient\"} 2");
     relay.running.shutdown().await;
 }
 
@@ -119,11 +112,7 @@ async fn malformed_json_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start("{}").await;
     let extra = "[listener.json]\naccount-from = \"field\"\naccount-pointer = \"/user\"\nrecipients-pointer = \"/to\"\n";
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "json", Some(&up.url()), extra, ""),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "json", extra, "").await;
     let c = client();
     let url = format!("{}/messages", relay.url);
     for (body, text) in [
@@ -150,11 +139,7 @@ async fn malformed_json_is_refused() {
 async fn unwritable_store_fails_closed_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "kannel", Some(&up.url()), "", ""),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
     let c = client();
     assert_eq!(
         get(&c, &sendsms(&relay.url, "before", "%2B31612345601"))
@@ -178,9 +163,9 @@ async fn unwritable_store_fails_closed_then_recovers() {
         "nothing forwarded while the store cannot write"
     );
     let metrics = relay.metrics().await;
-    assert!(
-        metrics.contains("relaylog_fail_closed_total{listener=\"sms\",reason=\"commit_error\"} 1"),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        "relaylog_fail_closed_total{listener=\"sms\",reason=\"commit_error\"} 1",
     );
 
     // The store comes back: relaying resumes.
@@ -200,11 +185,7 @@ async fn slow_clients_time_out_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
     let limits = "request-timeout = \"300ms\"\nheader-timeout = \"300ms\"\n";
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "kannel", Some(&up.url()), limits, ""),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", limits, "").await;
     let addr = relay.running.addr("sms").unwrap();
 
     // Body promised, never sent: 408.
@@ -262,11 +243,7 @@ async fn tls_ingress_with_a_generated_certificate() {
         cert.display(),
         key.display()
     );
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "kannel", Some(&up.url()), &tls, ""),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", &tls, "").await;
     let addr = relay.running.addr("sms").unwrap();
 
     let mut roots = rustls::RootCertStore::empty();
@@ -311,11 +288,7 @@ async fn shutdown_finishes_requests_in_flight_and_commits_them() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
     up.delay_ms.store(400, std::sync::atomic::Ordering::SeqCst);
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "kannel", Some(&up.url()), "", ""),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
     let config = relay.config.clone();
     let addr = relay.running.addr("sms").unwrap();
     let c = client();
@@ -348,11 +321,7 @@ async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
     let store = "queue-capacity = 1\nenqueue-timeout = \"100ms\"\n";
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "kannel", Some(&up.url()), "", store),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", store).await;
     let c = client();
     assert_eq!(
         get(&c, &sendsms(&relay.url, "first", &number(1)))
@@ -395,7 +364,7 @@ async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
     assert_eq!(relay.query(IndexKind::Account, "refused").len(), 0);
     assert_eq!(relay.query(IndexKind::Account, "queued").len(), 1);
     let metrics = relay.metrics().await;
-    assert!(metrics.contains("reason=\"queue_full\"} 1"), "{metrics}");
+    assert_metric(&metrics, "reason=\"queue_full\"} 1");
     relay.running.shutdown().await;
 }
 
@@ -406,11 +375,7 @@ async fn client_gone_mid_forward_still_forwards_and_records_the_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
     up.delay_ms.store(300, std::sync::atomic::Ordering::SeqCst);
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "kannel", Some(&up.url()), "", ""),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
     let addr = relay.running.addr("sms").unwrap();
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(

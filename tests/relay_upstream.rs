@@ -19,11 +19,7 @@ const KANNEL_OK: &str = "0: Accepted for delivery";
 async fn upstream_connections_are_kept_alive_and_reused() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "kannel", Some(&up.url()), "", ""),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
     let c = client();
     for i in 0..20 {
         assert_eq!(
@@ -60,11 +56,7 @@ async fn https_upstream_with_a_private_ca() {
     .unwrap();
     let up = CaptureUpstream::start_tls(KANNEL_OK, Arc::new(server)).await;
     let extra = format!("upstream-ca = \"{}\"\n", ca.display());
-    let relay = Relay::start(
-        dir.path(),
-        &config_text(dir.path(), "kannel", Some(&up.url()), &extra, ""),
-    )
-    .await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", &extra, "").await;
     let c = client();
     let target = sendsms(&relay.url, "tlsup", &number(1));
     let (s, body) = get(&c, &target).await;
@@ -118,9 +110,9 @@ async fn upstream_down_gives_502_and_a_failed_outcome() {
     let o = f[0].outcome.as_ref().unwrap();
     assert_eq!((o.outcome, o.upstream_status), (Outcome::Failed, None));
     let metrics = relay.metrics().await;
-    assert!(
-        metrics.contains("relaylog_upstream_errors_total{listener=\"sms\",reason=\"connect\"} 1"),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        "relaylog_upstream_errors_total{listener=\"sms\",reason=\"connect\"} 1",
     );
     relay.running.shutdown().await;
 }
@@ -161,9 +153,9 @@ async fn connections_past_the_limit_are_told_busy() {
     assert!(reply.contains("busy"), "{reply}");
     drop(first);
     let metrics = relay.metrics().await;
-    assert!(
-        metrics.contains("relaylog_connections_refused_total{listener=\"sms\"} 1"),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        "relaylog_connections_refused_total{listener=\"sms\"} 1",
     );
     relay.running.shutdown().await;
 }

@@ -247,10 +247,19 @@ impl Ledger {
         at: Micros,
         actor: &str,
     ) -> Result<(), LedgerError> {
-        let last = self
-            .entries_for("setting.four-eyes")?
-            .last()
-            .map(|e| e.details.contains("true"));
+        // The last recorded value: one indexed lookup, not a read of the whole log.
+        let last: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT details FROM audit WHERE action = 'setting.four-eyes' ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql_err(&self.path))?;
+        let last = last
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|v| v["four_eyes"].as_bool());
         if last != Some(four_eyes) {
             self.audit(
                 at,
@@ -260,14 +269,6 @@ impl Ledger {
             )?;
         }
         Ok(())
-    }
-
-    fn entries_for(&self, action: &str) -> Result<Vec<crate::ledger::AuditEntry>, LedgerError> {
-        Ok(self
-            .entries()?
-            .into_iter()
-            .filter(|e| e.action == action)
-            .collect())
     }
 
     /// Opens a case for an authenticated officer. Returns its id.

@@ -55,7 +55,15 @@ pub enum DiscloseError {
     },
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error(
+        "more than {MAX_EXPORT_RECORDS} records match: narrow the window, or split the request"
+    )]
+    TooMany,
 }
+
+/// Most records one export holds: an export is assembled in memory (deduplicated
+/// across criteria and sorted by time) before it is signed.
+pub const MAX_EXPORT_RECORDS: usize = 2_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -112,6 +120,74 @@ pub struct Manifest {
     pub created_at: String,
     /// SHA-256 of the public key that verifies the signature.
     pub key_fingerprint: String,
+    /// A deletion statement's erasure: what was removed from the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased: Option<Erased>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Erased {
+    pub account: String,
+    pub records: u64,
+    pub outcome_events: u64,
+    pub partitions: Vec<String>,
+}
+
+/// What every signed export says about itself; the caller adds who asked and why.
+pub struct Describe<'a> {
+    pub kind: &'static str,
+    pub out: &'a Path,
+    pub body: &'a [u8],
+    pub found: &'a Collected,
+    /// Records in the export (a subject export may hold fewer than were found).
+    pub records: u64,
+    pub criteria: Vec<TaggedCriterion>,
+    pub window: (Micros, Micros),
+    pub format: Format,
+}
+
+impl Manifest {
+    /// A manifest with the fields every export shares filled in, and the request's
+    /// own fields (case, request, authority, legal basis, order) empty.
+    pub fn describe(
+        inst: &Installation<'_>,
+        d: Describe<'_>,
+        officer: &Officer,
+        now: Micros,
+    ) -> Result<Manifest, DiscloseError> {
+        Ok(Manifest {
+            kind: d.kind.into(),
+            case: 0,
+            request: String::new(),
+            authority: String::new(),
+            legal_basis: String::new(),
+            order_reference: String::new(),
+            criteria: d.criteria,
+            since: rfc3339(d.window.0),
+            until: rfc3339(d.window.1),
+            format: d.format,
+            export: d
+                .out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            export_sha256: sha256_hex(d.body),
+            records: d.records,
+            collisions_dropped: d.found.collisions,
+            partitions: heads(inst.store, &d.found.read)?,
+            partitions_unreadable: d.found.unreadable.iter().map(|p| p.to_string()).collect(),
+            officer: officer.name.clone(),
+            created_at: rfc3339(now),
+            key_fingerprint: sha256_hex(ring::signature::KeyPair::public_key(inst.signer).as_ref()),
+            erased: None,
+        })
+    }
+}
+
+/// Everything held from `now` back: the window of subject exports and offboarding
+/// (the store keeps nothing older than retention; a little future covers clock skew).
+pub fn everything_until(now: Micros) -> (Micros, Micros) {
+    (0, now + 2 * 86_400_000_000)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -161,7 +237,7 @@ pub fn collect(
     since: Micros,
     until: Micros,
 ) -> Result<Collected, DiscloseError> {
-    let mut found: BTreeMap<(Micros, String, i64), Found> = BTreeMap::new();
+    let mut found: BTreeMap<(Micros, PartitionId, i64), Found> = BTreeMap::new();
     let mut collisions = 0;
     let mut unreadable = Vec::new();
     for c in criteria {
@@ -171,9 +247,18 @@ pub fn collect(
             since,
             until,
         };
+        let mut too_many = false;
         let stats = query::run(&store.path, keyring, &q, |f| {
-            found.insert((f.at, f.partition.to_string(), f.record_id), f);
+            let key = (f.at, f.partition, f.record_id);
+            if found.len() < MAX_EXPORT_RECORDS || found.contains_key(&key) {
+                found.insert(key, f);
+            } else {
+                too_many = true;
+            }
         })?;
+        if too_many {
+            return Err(DiscloseError::TooMany);
+        }
         collisions += stats.collisions;
         unreadable.extend(stats.partitions_shredded);
     }
@@ -311,51 +396,40 @@ pub fn disclose(
     }
     let criteria = ledger.case_criteria(inst.master, case_id)?;
     let d = &case.details;
-    let Collected {
-        records,
-        read,
-        unreadable,
-        collisions,
-    } = collect(inst.store, inst.keyring, &criteria, d.since, d.until)?;
-    let body = render(&records, format);
-    let sha = sha256_hex(&body);
+    let found = collect(inst.store, inst.keyring, &criteria, d.since, d.until)?;
+    let body = render(&found.records, format);
+    let tags = case
+        .criteria_tags
+        .iter()
+        .map(|(k, t)| TaggedCriterion {
+            kind: k.as_str().into(),
+            tag: t.clone(),
+        })
+        .collect();
+    let describe = Describe {
+        kind: "relaylog disclosure v1",
+        out,
+        body: &body,
+        found: &found,
+        records: found.records.len() as u64,
+        criteria: tags,
+        window: (d.since, d.until),
+        format,
+    };
     let manifest = Manifest {
-        kind: "relaylog disclosure v1".into(),
         case: case_id,
         request: d.request.to_string(),
         authority: d.authority.clone(),
         legal_basis: d.legal_basis.clone(),
         order_reference: d.order_reference.clone(),
-        criteria: case
-            .criteria_tags
-            .iter()
-            .map(|(k, t)| TaggedCriterion {
-                kind: k.as_str().into(),
-                tag: t.clone(),
-            })
-            .collect(),
-        since: rfc3339(d.since),
-        until: rfc3339(d.until),
-        format,
-        export: out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        export_sha256: sha.clone(),
-        records: records.len() as u64,
-        collisions_dropped: collisions,
-        partitions: heads(inst.store, &read)?,
-        partitions_unreadable: unreadable.iter().map(|p| p.to_string()).collect(),
-        officer: officer.name.clone(),
-        created_at: rfc3339(now),
-        key_fingerprint: sha256_hex(ring::signature::KeyPair::public_key(inst.signer).as_ref()),
+        ..Manifest::describe(inst, describe, officer, now)?
     };
     let details = serde_json::json!({
         "case": case_id,
         "criteria": manifest.criteria,
         "records": manifest.records,
-        "record_age_months": age_buckets(&records, case.opened_at),
-        "export_sha256": sha,
+        "record_age_months": age_buckets(&found.records, case.opened_at),
+        "export_sha256": manifest.export_sha256,
         "format": format,
     });
     write_signed(inst, out, &body, &manifest, || {
@@ -400,17 +474,8 @@ fn write_signed(
 ) -> Result<Disclosure, DiscloseError> {
     let manifest_file = manifest_path(out);
     let sig_file = signature_path(&manifest_file);
-    let mut manifest_bytes = serde_json::to_vec_pretty(manifest).unwrap_or_default();
-    manifest_bytes.push(b'\n');
-    let signature = inst.signer.sign(&manifest_bytes);
     write_new(out, body)?;
-    let written = write_new(&manifest_file, &manifest_bytes)
-        .and_then(|()| {
-            write_new(
-                &sig_file,
-                format!("{}\n", hex(signature.as_ref())).as_bytes(),
-            )
-        })
+    let written = write_manifest(inst, &manifest_file, manifest)
         .and_then(|()| audit().map(|_| ()).map_err(DiscloseError::from));
     if let Err(e) = written {
         for p in [out, manifest_file.as_path(), sig_file.as_path()] {
@@ -424,6 +489,23 @@ fn write_signed(
         records: manifest.records,
         sha256: manifest.export_sha256.clone(),
     })
+}
+
+/// Writes a manifest and, beside it (`.sig`), the Ed25519 signature over its exact
+/// bytes. Neither file may exist.
+pub fn write_manifest(
+    inst: &Installation<'_>,
+    manifest_file: &Path,
+    manifest: &Manifest,
+) -> Result<(), DiscloseError> {
+    let mut bytes = serde_json::to_vec_pretty(manifest).unwrap_or_default();
+    bytes.push(b'\n');
+    let signature = inst.signer.sign(&bytes);
+    write_new(manifest_file, &bytes)?;
+    write_new(
+        &signature_path(manifest_file),
+        format!("{}\n", hex(signature.as_ref())).as_bytes(),
+    )
 }
 
 /// A data subject's access request (GDPR art. 15, and art. 20 portability): every
@@ -450,12 +532,12 @@ pub fn subject_export(
             return Err(DiscloseError::Exists(p.to_owned()));
         }
     }
-    let until = now + 2 * 86_400_000_000;
+    let (since, until) = everything_until(now);
     let found = collect(
         inst.store,
         inst.keyring,
         std::slice::from_ref(subject),
-        0,
+        since,
         until,
     )?;
     let mut hidden = std::collections::HashSet::new();
@@ -496,40 +578,31 @@ pub fn subject_export(
     });
     let mut body = serde_json::to_vec_pretty(&body_json).unwrap_or_default();
     body.push(b'\n');
-    let sha = sha256_hex(&body);
     let tag = inst.master.audit_tag(subject.kind.as_str(), &subject.value);
-    let manifest = Manifest {
-        kind: "relaylog subject export v1".into(),
-        case: 0,
-        request: "data subject access".into(),
-        authority: "data subject".into(),
-        legal_basis: "GDPR art. 15 and 20".into(),
-        order_reference: String::new(),
+    let describe = Describe {
+        kind: "relaylog subject export v1",
+        out,
+        body: &body,
+        found: &found,
+        records: records.len() as u64,
         criteria: vec![TaggedCriterion {
             kind: subject.kind.as_str().into(),
             tag: tag.clone(),
         }],
-        since: rfc3339(0),
-        until: rfc3339(until),
+        window: (since, until),
         format: Format::Json,
-        export: out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        export_sha256: sha.clone(),
-        records: records.len() as u64,
-        collisions_dropped: found.collisions,
-        partitions: heads(inst.store, &found.read)?,
-        partitions_unreadable: found.unreadable.iter().map(|p| p.to_string()).collect(),
-        officer: officer.name.clone(),
-        created_at: rfc3339(now),
-        key_fingerprint: sha256_hex(ring::signature::KeyPair::public_key(inst.signer).as_ref()),
+    };
+    let manifest = Manifest {
+        request: "data subject access".into(),
+        authority: "data subject".into(),
+        legal_basis: "GDPR art. 15 and 20".into(),
+        ..Manifest::describe(inst, describe, officer, now)?
     };
     let details = serde_json::json!({
         "criteria": [{"kind": subject.kind.as_str(), "tag": tag}],
         "records": records.len(),
         "withheld_for_confidential_cases": withheld,
-        "export_sha256": sha,
+        "export_sha256": manifest.export_sha256,
     });
     write_signed(inst, out, &body, &manifest, || {
         ledger.audit(now, &officer.name, "subject.export", details)

@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 
 use super::cases::{Criterion, IdentifierKind};
 use super::disclosure::{
-    DiscloseError, Format, Installation, Manifest, TaggedCriterion, collect, heads, render,
-    sha256_hex, signature_path, write_new,
+    Describe, DiscloseError, Erased, Format, Installation, Manifest, TaggedCriterion, collect,
+    everything_until, render, signature_path, write_manifest, write_new,
 };
 use super::officers::Officer;
 use crate::clock::Micros;
-use crate::export::rfc3339;
 use crate::ledger::Ledger;
 use crate::store::integrity;
 use crate::store::partition::PartitionId;
@@ -58,12 +57,12 @@ pub fn offboard(
         kind: IdentifierKind::Account,
         value: account.clone(),
     };
-    let until = now + 2 * 86_400_000_000;
+    let (since, until) = everything_until(now);
     let found = collect(
         inst.store,
         inst.keyring,
         std::slice::from_ref(&criterion),
-        0,
+        since,
         until,
     )?;
     // 1. The customer's copy, first: nothing is erased that was not exported.
@@ -101,44 +100,31 @@ pub fn offboard(
     // 3. The statement: signed like a disclosure manifest, over the export.
     let tag = inst.master.audit_tag("account", &account);
     let touched: Vec<PartitionId> = by_partition.keys().copied().collect();
-    let manifest = Manifest {
-        kind: "relaylog deletion statement v1".into(),
-        case: 0,
-        request: format!("contract end: account {account}"),
-        authority: String::new(),
-        legal_basis: "GDPR art. 28(3)(g): return and deletion at the end of the contract".into(),
-        order_reference: format!(
-            "{records} records and {outcomes} outcome events erased from {} partition(s)",
-            touched.len()
-        ),
+    let describe = Describe {
+        kind: "relaylog deletion statement v1",
+        out: &export,
+        body: &body,
+        found: &found,
+        records,
         criteria: vec![TaggedCriterion {
             kind: "account".into(),
             tag: tag.clone(),
         }],
-        since: rfc3339(0),
-        until: rfc3339(until),
+        window: (since, until),
         format: Format::Json,
-        export: export
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        export_sha256: sha256_hex(&body),
-        records,
-        collisions_dropped: found.collisions,
-        partitions: heads(inst.store, &touched)?,
-        partitions_unreadable: found.unreadable.iter().map(|p| p.to_string()).collect(),
-        officer: officer.name.clone(),
-        created_at: rfc3339(now),
-        key_fingerprint: sha256_hex(ring::signature::KeyPair::public_key(inst.signer).as_ref()),
     };
-    let mut bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-    bytes.push(b'\n');
-    write_new(&statement, &bytes)?;
-    let sig = inst.signer.sign(&bytes);
-    write_new(
-        &signature_path(&statement),
-        format!("{}\n", crate::store::keys::hex(sig.as_ref())).as_bytes(),
-    )?;
+    let manifest = Manifest {
+        request: format!("contract end: account {account}"),
+        legal_basis: "GDPR art. 28(3)(g): return and deletion at the end of the contract".into(),
+        erased: Some(Erased {
+            account: account.clone(),
+            records,
+            outcome_events: outcomes,
+            partitions: touched.iter().map(|p| p.to_string()).collect(),
+        }),
+        ..Manifest::describe(inst, describe, officer, now)?
+    };
+    write_manifest(inst, &statement, &manifest)?;
     ledger.audit(
         now,
         &officer.name,
@@ -147,7 +133,7 @@ pub fn offboard(
             "account": tag,
             "records": records,
             "outcomes": outcomes,
-            "partitions": touched.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "partitions": manifest.erased.as_ref().map(|e| e.partitions.clone()),
             "export_sha256": manifest.export_sha256,
         }),
     )?;

@@ -7,7 +7,6 @@
 //! Each hit is decrypted and kept only if the decrypted value equals the identifier
 //! (a truncated HMAC can collide). Sealed values are never scanned.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use rusqlite::{OptionalExtension, params};
@@ -272,9 +271,4 @@ pub fn run(
         }
     }
     Ok(stats)
-}
-
-/// Canonical search value for an IP address as typed by an officer.
-pub fn ip_criteria_value(ip: IpAddr) -> String {
-    crate::canonical::canonical_ip(ip).to_string()
 }

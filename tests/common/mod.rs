@@ -344,6 +344,24 @@ pub fn one_recipient(
     }
 }
 
+/// A relay with one listener of `profile` in front of `up`.
+pub async fn relay_in_front_of(
+    dir: &Path,
+    up: &CaptureUpstream,
+    profile: &str,
+    extra_listener: &str,
+    extra_store: &str,
+) -> Relay {
+    let text = config_text(dir, profile, Some(&up.url()), extra_listener, extra_store);
+    Relay::start(dir, &text).await
+}
+
+/// Fails with the whole metrics text when `needle` is not in it.
+#[track_caller]
+pub fn assert_metric(metrics: &str, needle: &str) {
+    assert!(metrics.contains(needle), "`{needle}` not in:\n{metrics}");
+}
+
 /// Runs the relaylog binary with a config: (succeeded, stdout and stderr).
 pub fn cli(config: &Path, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaylog"))
