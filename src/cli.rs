@@ -15,7 +15,6 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, LogFormat, ProfileKind};
 use crate::export::{CSV_HEADER, found_csv, found_json, rfc3339};
 use crate::store::keys;
-use crate::store::query::{self, Criteria};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -256,6 +255,32 @@ pub struct CaseOpenArgs {
     pub ip: Vec<String>,
     #[arg(long)]
     pub email: Vec<String>,
+}
+
+impl CaseOpenArgs {
+    fn form(&self) -> crate::compliance::cases::CaseForm {
+        use crate::compliance::cases::{CaseForm, Identifiers};
+        CaseForm {
+            authority: self.authority.clone(),
+            country: self.country.clone(),
+            organisation: self.organisation.clone(),
+            request: self.request.clone(),
+            legal_basis: self.legal_basis.clone(),
+            order_reference: self.order_ref.clone(),
+            order_date: self.order_date.clone(),
+            deadline: self.deadline.clone(),
+            confidential: self.confidential,
+            since: self.since.clone(),
+            until: self.until.clone(),
+            identifiers: Identifiers {
+                recipient: self.recipient.clone(),
+                originator: self.originator.clone(),
+                account: self.account.clone(),
+                ip: self.ip.clone(),
+                email: self.email.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -860,7 +885,6 @@ fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
 }
 
 fn case(config: &Config, command: &CaseCommand) -> Result<()> {
-    use crate::compliance::cases::{self, CaseDetails, IdentifierKind, NewCase, RequestId};
     use crate::compliance::officers::{Credentials, Role};
     let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
     let now = SystemClock.now_micros();
@@ -877,46 +901,10 @@ fn case(config: &Config, command: &CaseCommand) -> Result<()> {
             };
             let officer = ledger.authenticate(&master, who, Role::Officer, now, "case.open")?;
             let numbers = NumberNormalizer::new(config.store.default_region);
-            let mut criteria = Vec::new();
-            for (kind, values) in [
-                (IdentifierKind::Recipient, &a.recipient),
-                (IdentifierKind::Originator, &a.originator),
-                (IdentifierKind::Account, &a.account),
-                (IdentifierKind::Ip, &a.ip),
-                (IdentifierKind::Email, &a.email),
-            ] {
-                for v in values {
-                    criteria.push(cases::criterion(kind, v, &numbers)?);
-                }
-            }
-            let since = parse_time(&a.since, false)?.timestamp_micros();
-            let until = parse_time(&a.until, true)?.timestamp_micros();
-            let cutoff = Some(
-                config
-                    .store
-                    .retention
-                    .cutoff(SystemClock.now())
-                    .timestamp_micros(),
-            );
-            cases::check_window(since, until, now, cutoff)?;
-            let new = NewCase {
-                details: CaseDetails {
-                    request: RequestId {
-                        country: a.country.trim().to_ascii_uppercase(),
-                        organisation: a.organisation.trim().to_owned(),
-                        number: a.request.trim().to_owned(),
-                    },
-                    authority: a.authority.clone(),
-                    legal_basis: a.legal_basis.clone(),
-                    order_reference: a.order_ref.clone(),
-                    order_date: a.order_date.clone(),
-                    deadline: a.deadline.clone(),
-                    confidential: a.confidential,
-                    since,
-                    until,
-                },
-                criteria,
-            };
+            let cutoff = config.store.retention.cutoff(SystemClock.now());
+            let new = a
+                .form()
+                .validate(&numbers, now, Some(cutoff.timestamp_micros()))?;
             let id = ledger.open_case(&master, &officer, &new, now)?;
             println!(
                 "case {id} opened ({}); it needs an approver's approval",
@@ -1257,20 +1245,9 @@ fn hold(config: &Config, command: &HoldCommand) -> Result<()> {
     Ok(())
 }
 
-/// Parses `--since`/`--until`: an RFC 3339 time, or a date. A date as `until` means
-/// the end of that day, so `--since 2026-03-01 --until 2026-03-01` is all of 1 March.
+/// Parses `--since`/`--until` (see [`crate::clock::parse_time`]).
 pub fn parse_time(s: &str, end_of_day: bool) -> Result<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .with_context(|| format!("`{s}` is neither an RFC 3339 time nor a date (YYYY-MM-DD)"))?;
-    let d = if end_of_day {
-        d.succ_opt().unwrap_or(d)
-    } else {
-        d
-    };
-    Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+    Ok(crate::clock::parse_time(s, end_of_day)?)
 }
 
 fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
@@ -1282,11 +1259,9 @@ fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
         Some(s) => parse_time(s, true)?.timestamp_micros(),
         None => SystemClock.now_micros() + 86_400_000_000,
     };
-    if until <= since {
-        bail!("--until must be after --since");
-    }
     // The same canonical forms, and the same refusals, as a case's identifiers.
     use crate::compliance::cases::{IdentifierKind, criterion};
+    use crate::compliance::lookup::{self, Window};
     let numbers = NumberNormalizer::new(config.store.default_region);
     let ip = args.ip.map(|ip| ip.to_string());
     let (kind, raw) = match (&args.recipient, &args.account, &ip, &args.originator) {
@@ -1296,34 +1271,29 @@ fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
         (.., Some(o)) => (IdentifierKind::Originator, o),
         _ => bail!("give one of --recipient, --account, --ip, --originator"),
     };
-    let value = criterion(kind, raw, &numbers)?.value;
+    let criterion = criterion(kind, raw, &numbers)?;
     let keyring = crate::store::open_keyring(&config.store)?;
-    let criteria = Criteria {
-        kind: kind.index(),
-        value,
+    let master = keys::MasterKey::load(&config.store.master_key)?;
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let window = Window {
         since,
         until,
+        limit: args.limit,
     };
-    let mut found = Vec::new();
-    let stats = query::run(&config.store.path, &keyring, &criteria, |f| {
-        if found.len() < args.limit {
-            found.push(f);
-        }
-    })?;
-    // Audited before anything is shown: who asked, for what (as a keyed tag), how many.
-    let master = keys::MasterKey::load(&config.store.master_key)?;
-    let kind_name = kind.as_str();
-    crate::ledger::Ledger::open(&config.store.ledger)?.audit(
-        SystemClock.now_micros(),
+    let lookup::Lookup { found, stats } = lookup::audited(
+        &config.store,
+        &keyring,
+        &master,
+        &mut ledger,
         &actor(),
-        "query",
-        serde_json::json!({
-            "criteria": [{"kind": kind_name, "tag": master.audit_tag(kind_name, &criteria.value)}],
-            "since_us": since,
-            "until_us": until,
-            "records": stats.matches,
-        }),
-    )?;
+        &criterion,
+        &window,
+        SystemClock.now_micros(),
+    )
+    .map_err(|e| match e {
+        lookup::LookupError::EmptyWindow => anyhow::anyhow!("--until must be after --since"),
+        e => e.into(),
+    })?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.format == OutputFormat::Csv {

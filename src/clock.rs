@@ -59,3 +59,24 @@ pub type SharedClock = Arc<dyn Clock>;
 pub fn micros_to_datetime(us: Micros) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
+
+/// Parses a `since`/`until` as officers write them: an RFC 3339 time, or a date. A
+/// date as `until` (`end_of_day`) means the end of that day, so since 2026-03-01 until
+/// 2026-03-01 is all of 1 March.
+pub fn parse_time(s: &str, end_of_day: bool) -> Result<DateTime<Utc>, BadTime> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let d = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| BadTime(s.to_owned()))?;
+    let d = if end_of_day {
+        d.succ_opt().unwrap_or(d)
+    } else {
+        d
+    };
+    Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is neither an RFC 3339 time nor a date (YYYY-MM-DD)")]
+pub struct BadTime(pub String);

@@ -79,36 +79,6 @@ fn officers_are_added_listed_disabled_and_every_step_is_audited() {
     assert!(!ok && out.contains("audit entry 1"), "{out}");
 }
 
-fn seed_from(uri: &str) -> Vec<u8> {
-    relaylog::compliance::totp::secret_of(uri).unwrap()
-}
-
-fn totp_now(seed: &[u8]) -> String {
-    totp_ahead(seed, 0)
-}
-
-/// The code `steps` 30-second steps ahead: a second use by one officer within the
-/// same step would be a replay, so tests that act twice take the next step's code
-/// (one step of clock skew is accepted).
-fn totp_ahead(seed: &[u8], steps: i64) -> String {
-    use relaylog::compliance::totp;
-    let now = chrono::Utc::now().timestamp();
-    format!(
-        "{:06}",
-        totp::hotp(seed, (totp::step_at(now) + steps) as u64, 6)
-    )
-}
-
-fn add_officer(config: &std::path::Path, name: &str, role: &str) -> Vec<u8> {
-    let (ok, out) = cli_with_input(
-        config,
-        &["officer", "add", name, "--role", role],
-        &format!("{name}-long-password\n"),
-    );
-    assert!(ok, "{out}");
-    seed_from(out.lines().find(|l| l.starts_with("otpauth://")).unwrap())
-}
-
 /// `case open` for the test request, with the officer's password on standard input.
 fn open_case(
     config: &std::path::Path,

@@ -196,6 +196,10 @@ pub enum CaseError {
     BadIdentifier { kind: &'static str, why: String },
     #[error("a case needs at least one identifier")]
     NoCriteria,
+    #[error("a case names at most {MAX_IDENTIFIERS} identifiers")]
+    TooManyIdentifiers,
+    #[error(transparent)]
+    BadTime(#[from] crate::clock::BadTime),
     #[error("a case needs {0}")]
     Missing(&'static str),
     #[error("the window is empty: since must be before until")]
@@ -541,6 +545,96 @@ impl Ledger {
     }
 }
 
+/// A case as an officer fills it in, on the command line or as the API's JSON body:
+/// free text, times as written, identifiers as typed. [`CaseForm::validate`] turns it
+/// into a [`NewCase`] or says what is wrong, the same way for both.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseForm {
+    pub authority: String,
+    pub country: String,
+    pub organisation: String,
+    pub request: String,
+    pub legal_basis: String,
+    pub order_reference: String,
+    pub order_date: String,
+    pub deadline: String,
+    #[serde(default)]
+    pub confidential: bool,
+    pub since: String,
+    pub until: String,
+    #[serde(default)]
+    pub identifiers: Identifiers,
+}
+
+/// A case's identifiers by kind, each as typed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identifiers {
+    #[serde(default)]
+    pub recipient: Vec<String>,
+    #[serde(default)]
+    pub originator: Vec<String>,
+    #[serde(default)]
+    pub account: Vec<String>,
+    #[serde(default)]
+    pub ip: Vec<String>,
+    #[serde(default)]
+    pub email: Vec<String>,
+}
+
+/// Identifiers one case may name; a longer list is a mistake or a trawl, not a case.
+pub const MAX_IDENTIFIERS: usize = 256;
+
+impl CaseForm {
+    /// Canonical identifiers, parsed window (checked against `now` and the retention
+    /// cutoff), and the trimmed request id.
+    pub fn validate(
+        &self,
+        numbers: &NumberNormalizer,
+        now: Micros,
+        cutoff: Option<Micros>,
+    ) -> Result<NewCase, CaseError> {
+        let ids = &self.identifiers;
+        let mut criteria = Vec::new();
+        for (kind, values) in [
+            (IdentifierKind::Recipient, &ids.recipient),
+            (IdentifierKind::Originator, &ids.originator),
+            (IdentifierKind::Account, &ids.account),
+            (IdentifierKind::Ip, &ids.ip),
+            (IdentifierKind::Email, &ids.email),
+        ] {
+            for v in values {
+                if criteria.len() == MAX_IDENTIFIERS {
+                    return Err(CaseError::TooManyIdentifiers);
+                }
+                criteria.push(criterion(kind, v, numbers)?);
+            }
+        }
+        let since = crate::clock::parse_time(&self.since, false)?.timestamp_micros();
+        let until = crate::clock::parse_time(&self.until, true)?.timestamp_micros();
+        check_window(since, until, now, cutoff)?;
+        Ok(NewCase {
+            details: CaseDetails {
+                request: RequestId {
+                    country: self.country.trim().to_ascii_uppercase(),
+                    organisation: self.organisation.trim().to_owned(),
+                    number: self.request.trim().to_owned(),
+                },
+                authority: self.authority.clone(),
+                legal_basis: self.legal_basis.clone(),
+                order_reference: self.order_reference.clone(),
+                order_date: self.order_date.clone(),
+                deadline: self.deadline.clone(),
+                confidential: self.confidential,
+                since,
+                until,
+            },
+            criteria,
+        })
+    }
+}
+
 /// A case's window must be non-empty, must not start in the future, and must reach past
 /// the retention cutoff (before it, everything has been deleted).
 pub fn check_window(
@@ -645,6 +739,53 @@ mod tests {
         assert!(matches!(
             check_window(10, 20, 100, Some(20)),
             Err(CaseError::OutsideRetention { .. })
+        ));
+    }
+
+    #[test]
+    fn a_case_form_is_validated_whole() {
+        let nl = NumberNormalizer::new(country::Id::NL);
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z")
+            .unwrap()
+            .timestamp_micros();
+        let mut form = CaseForm {
+            authority: "OM".into(),
+            country: " nl ".into(),
+            organisation: "OM-0042 ".into(),
+            request: "7".into(),
+            since: "2026-11-01".into(),
+            until: "2026-11-21".into(),
+            ..CaseForm::default()
+        };
+        form.identifiers.recipient.push("0612345678".into());
+        form.identifiers.ip.push("192.0.2.1".into());
+        let new = form.validate(&nl, now, None).unwrap();
+        assert_eq!(new.details.request.to_string(), "NL/OM-0042/7");
+        assert_eq!(new.criteria[0].value, "+31612345678");
+        assert_eq!(new.criteria[1].kind, IdentifierKind::Ip);
+        // The whole of 21 November is in the window.
+        assert_eq!(new.details.until - new.details.since, 21 * 86_400_000_000);
+
+        let mut late = form.clone();
+        late.until = "next week".into();
+        assert!(matches!(
+            late.validate(&nl, now, None),
+            Err(CaseError::BadTime(_))
+        ));
+        let mut trawl = form.clone();
+        trawl.identifiers.recipient = (0..MAX_IDENTIFIERS)
+            .map(|n| format!("+3161{n:07}"))
+            .collect();
+        assert!(matches!(
+            trawl.validate(&nl, now, None),
+            Err(CaseError::TooManyIdentifiers)
+        ));
+        let mut future = form;
+        future.since = "2026-12-01".into();
+        future.until = "2026-12-02".into();
+        assert!(matches!(
+            future.validate(&nl, now, None),
+            Err(CaseError::FutureWindow)
         ));
     }
 

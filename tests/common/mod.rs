@@ -410,3 +410,42 @@ pub fn open_store(
     )
     .unwrap()
 }
+
+pub fn seed_from(uri: &str) -> Vec<u8> {
+    relaylog::compliance::totp::secret_of(uri).unwrap()
+}
+
+pub fn totp_now(seed: &[u8]) -> String {
+    totp_ahead(seed, 0)
+}
+
+/// The code `steps` 30-second steps ahead: a second use by one officer within the
+/// same step would be a replay, so tests that act twice take the next step's code
+/// (one step of clock skew is accepted).
+pub fn totp_ahead(seed: &[u8], steps: i64) -> String {
+    use relaylog::compliance::totp;
+    let now = chrono::Utc::now().timestamp();
+    format!(
+        "{:06}",
+        totp::hotp(seed, (totp::step_at(now) + steps) as u64, 6)
+    )
+}
+
+pub fn add_officer(config: &std::path::Path, name: &str, role: &str) -> Vec<u8> {
+    let (ok, out) = cli_with_input(
+        config,
+        &["officer", "add", name, "--role", role],
+        &format!("{name}-long-password\n"),
+    );
+    assert!(ok, "{out}");
+    seed_from(out.lines().find(|l| l.starts_with("otpauth://")).unwrap())
+}
+
+/// The TOTP code for the step of `at` (microseconds), for servers on a manual clock.
+pub fn totp_at(seed: &[u8], at: i64) -> String {
+    use relaylog::compliance::totp;
+    format!(
+        "{:06}",
+        totp::hotp(seed, totp::step_at(at.div_euclid(1_000_000)) as u64, 6)
+    )
+}
