@@ -186,6 +186,19 @@ fn d_account_from() -> String {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawAdmin {
     pub listen: String,
+    /// TLS for the admin listener. The compliance API is served only with it.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How long an officer's API session lasts after login (not extended by use).
+    #[serde(default = "d_session_ttl")]
+    pub session_ttl: String,
+    /// Where API disclosures, subject exports and offboarding files are written.
+    /// Defaults to `exports` beside the ledger.
+    pub exports: Option<PathBuf>,
+}
+
+fn d_session_ttl() -> String {
+    "15m".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -394,7 +407,16 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// With TLS, the admin listener also serves the compliance API under `/api/v1`.
+    pub tls: Option<TlsFiles>,
+    pub session_ttl: Duration,
+    pub exports: PathBuf,
 }
+
+/// Bounds of `admin.session-ttl`: short enough that a session stands for a recent
+/// second factor, long enough to work a case.
+pub const SESSION_TTL_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(8 * 3600));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -461,6 +483,45 @@ impl Config {
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+fn validate_admin(a: RawAdmin, ledger: &Path) -> Result<AdminConfig, ConfigError> {
+    let listen = a.listen.parse().map_err(|_| {
+        invalid(
+            "admin.listen",
+            format!("`{}` is not an address such as 127.0.0.1:13090", a.listen),
+        )
+    })?;
+    let tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "admin.tls-cert",
+                "tls-cert and tls-key go together",
+            ));
+        }
+    };
+    let session_ttl = parse_duration("admin.session-ttl", &a.session_ttl)?;
+    let (min, max) = SESSION_TTL_BOUNDS;
+    if !(min..=max).contains(&session_ttl) {
+        return Err(invalid(
+            "admin.session-ttl",
+            format!("`{}` is outside 1m..8h", a.session_ttl),
+        ));
+    }
+    let exports = a.exports.unwrap_or_else(|| {
+        ledger
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("exports")
+    });
+    Ok(AdminConfig {
+        listen,
+        tls,
+        session_ttl,
+        exports,
+    })
 }
 
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -649,14 +710,7 @@ impl RawConfig {
             listeners.push(listener);
         }
         let admin = match self.admin {
-            Some(a) => Some(AdminConfig {
-                listen: a.listen.parse().map_err(|_| {
-                    invalid(
-                        "admin.listen",
-                        format!("`{}` is not an address such as 127.0.0.1:13090", a.listen),
-                    )
-                })?,
-            }),
+            Some(a) => Some(validate_admin(a, &store.ledger)?),
             None => None,
         };
         let format = match self.log.format.as_str() {
@@ -869,6 +923,37 @@ mod tests {
         assert_eq!(cfg.store.retention, Retention::Months(13));
         assert_eq!(cfg.store.durability, Durability::RecordBeforeForward);
         assert_eq!(cfg.listeners[0].profile.kind, ProfileKind::Kannel);
+    }
+
+    #[test]
+    fn admin_tls_session_ttl_and_exports_are_checked() {
+        let admin = |extra: &str| {
+            parse(&format!(
+                "[store]\nledger = \"/srv/rl/ledger.sqlite\"\n[admin]\nlisten = \"127.0.0.1:13090\"\n{extra}"
+            ))
+        };
+        let a = admin("").unwrap().admin.unwrap();
+        assert!(a.tls.is_none());
+        assert_eq!(a.session_ttl, Duration::from_secs(900));
+        assert_eq!(a.exports, Path::new("/srv/rl/exports"));
+        let a = admin(
+            "tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\nsession-ttl = \"5m\"\nexports = \"/x\"\n",
+        )
+        .unwrap()
+        .admin
+        .unwrap();
+        assert_eq!(a.tls.unwrap().cert, Path::new("c.pem"));
+        assert_eq!(a.session_ttl, Duration::from_secs(300));
+        assert_eq!(a.exports, Path::new("/x"));
+        for (extra, key) in [
+            ("tls-cert = \"c.pem\"\n", "admin.tls-cert"),
+            ("session-ttl = \"10s\"\n", "admin.session-ttl"),
+            ("session-ttl = \"9h\"\n", "admin.session-ttl"),
+            ("session-ttl = \"soon\"\n", "admin.session-ttl"),
+        ] {
+            let err = admin(extra).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -282,13 +282,14 @@ impl Ledger {
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
-    pub fn entries(&self) -> Result<Vec<AuditEntry>, LedgerError> {
+    /// Up to `limit` entries after sequence number `after`, oldest first.
+    pub fn entries_page(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>, LedgerError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, at_us, actor, action, details FROM audit ORDER BY seq")
+            .prepare("SELECT seq, at_us, actor, action, details FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
             .map_err(self.err())?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(params![after, limit as i64], |r| {
                 Ok(AuditEntry {
                     seq: r.get(0)?,
                     at: r.get(1)?,
@@ -299,6 +300,10 @@ impl Ledger {
             })
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    pub fn entries(&self) -> Result<Vec<AuditEntry>, LedgerError> {
+        self.entries_page(0, i64::MAX as usize)
     }
 
     /// Recomputes the chain; the number of entries when it holds.

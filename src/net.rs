@@ -34,9 +34,13 @@ pub async fn accept(
     }
 }
 
+/// How long a request head may take to arrive (and an idle keep-alive connection
+/// waits for the next one) on the admin listener and the simulator.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves one connection until it ends; on shutdown, finishes the request in flight
 /// and closes.
-pub async fn serve_http1<S>(stream: TcpStream, svc: S, mut shutdown: Shutdown)
+pub async fn serve_http1<S>(stream: TcpStream, svc: S, shutdown: Shutdown)
 where
     S: HttpService<Incoming>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -44,7 +48,22 @@ where
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let _ = stream.set_nodelay(true);
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    serve_http1_io(stream, svc, shutdown).await
+}
+
+/// [`serve_http1`] over any stream (a TLS one, say).
+pub async fn serve_http1_io<I, S>(stream: I, svc: S, mut shutdown: Shutdown)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

@@ -34,6 +34,10 @@ pub enum ServeError {
     },
     #[error("listener `{listener}`: {source}")]
     Tls { listener: String, source: TlsError },
+    #[error("admin: {0}")]
+    AdminTls(TlsError),
+    #[error("admin: compliance API: {0}")]
+    Api(#[from] crate::admin::api::ApiSetupError),
     #[error("admin: cannot listen on {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -200,11 +204,25 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     addr: a.listen,
                     source,
                 })?;
-            tracing::info!(addr = %addr, "admin listening (/metrics, /healthz)");
+            let api = match &a.tls {
+                Some(files) => {
+                    let tls = tls::server_config(&files.cert, &files.key)
+                        .map_err(ServeError::AdminTls)?;
+                    let api = crate::admin::api::Api::new(config.clone(), clock.clone())?;
+                    Some((TlsAcceptor::from(tls), api))
+                }
+                None => None,
+            };
+            if api.is_some() {
+                tracing::info!(addr = %addr, "admin listening over TLS (/metrics, /healthz, compliance API under /api/v1)");
+            } else {
+                tracing::info!(addr = %addr, "admin listening (/metrics, /healthz; no TLS, so no compliance API)");
+            }
             let server = AdminServer {
                 listener,
                 metrics: metrics.clone(),
                 recorder: store.recorder(),
+                api,
             };
             tasks.push(tokio::spawn(server.run(shutdown.clone())));
             Some(addr)

@@ -1,17 +1,25 @@
-//! The admin listener: `/metrics` (Prometheus text) and `/healthz`. It exposes counts,
-//! never records.
+//! The admin listener: `/metrics` (Prometheus text) and `/healthz`, which expose
+//! counts, never records, and need no login; and, when the listener has TLS, the
+//! compliance API under `/api/v1` ([`api`]). Without TLS the API is not served at all:
+//! passwords and exports do not cross a network in the clear.
 
+pub mod api;
 pub mod metrics;
+pub mod session;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::shutdown::Shutdown;
 use crate::store::Recorder;
@@ -22,23 +30,109 @@ pub struct AdminServer {
     pub metrics: Arc<Metrics>,
     /// Health is the writer's: without it every message is refused.
     pub recorder: Recorder,
+    /// TLS and the compliance API come together.
+    pub api: Option<(TlsAcceptor, Arc<api::Api>)>,
 }
+
+/// Admin connections open at once; more are closed at accept. Scrapers, officers and
+/// health checks need a handful.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take over the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AdminServer {
     pub async fn run(self, mut shutdown: Shutdown) {
-        while let Some((stream, _)) =
+        let router = self.api.as_ref().map(|(_, api)| api.router());
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        while let Some((stream, peer)) =
             crate::net::accept(&self.listener, &mut shutdown, "admin").await
         {
-            let metrics = self.metrics.clone();
-            let recorder = self.recorder.clone();
-            let svc = service_fn(move |req| {
-                let metrics = metrics.clone();
-                let healthy = recorder.writer_alive();
-                async move { Ok::<_, Infallible>(answer(&metrics, healthy, req)) }
-            });
-            tokio::spawn(crate::net::serve_http1(stream, svc, shutdown.clone()));
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(peer = %peer, "admin connection refused: {MAX_CONNECTIONS} open");
+                continue;
+            };
+            let conn = Connection {
+                metrics: self.metrics.clone(),
+                recorder: self.recorder.clone(),
+                router: router.clone(),
+                peer,
+            };
+            match &self.api {
+                None => {
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        conn.serve(stream, shutdown).await;
+                        drop(permit);
+                    });
+                }
+                Some((tls, _)) => {
+                    let (tls, shutdown) = (tls.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => conn.serve(stream, shutdown).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(peer = %peer, error = %e, "admin TLS handshake failed")
+                            }
+                            Err(_) => {
+                                tracing::debug!(peer = %peer, "admin TLS handshake timed out")
+                            }
+                        }
+                    });
+                }
+            }
         }
     }
+}
+
+/// One admin connection: `/metrics` and `/healthz` answered here, `/api/` handed to
+/// the API's router (or refused when there is none).
+#[derive(Clone)]
+struct Connection {
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    router: Option<axum::Router>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve<S>(self, stream: S, shutdown: Shutdown)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = service_fn(move |mut req: Request<Incoming>| {
+            let this = self.clone();
+            async move {
+                if !req.uri().path().starts_with("/api/") {
+                    let healthy = this.recorder.writer_alive();
+                    return Ok::<_, Infallible>(
+                        answer(&this.metrics, healthy, req).map(axum::body::Body::new),
+                    );
+                }
+                match this.router {
+                    Some(router) => {
+                        req.extensions_mut().insert(ConnectInfo(this.peer));
+                        router.oneshot(req.map(axum::body::Body::new)).await
+                    }
+                    None => Ok(no_api()),
+                }
+            }
+        });
+        crate::net::serve_http1_io(stream, svc, shutdown).await;
+    }
+}
+
+fn no_api() -> Response<axum::body::Body> {
+    let mut r = Response::new(axum::body::Body::from(
+        "{\"error\":\"the compliance API is served only over TLS: set admin.tls-cert and admin.tls-key\"}\n",
+    ));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn answer(metrics: &Metrics, healthy: bool, req: Request<Incoming>) -> Response<Full<Bytes>> {

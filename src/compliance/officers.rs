@@ -16,7 +16,10 @@ use crate::clock::Micros;
 use crate::ledger::{Ledger, LedgerError, sql_err};
 use crate::store::keys::{KeyError, MasterKey};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Opens cases and runs approved disclosures.
     Officer,

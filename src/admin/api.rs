@@ -1,0 +1,1282 @@
+//! The compliance API: the officer's commands over HTTPS on the admin listener, under
+//! `/api/v1` (documented in `docs/openapi.json`).
+//!
+//! An officer logs in with password and TOTP and gets a bearer token that lasts
+//! `admin.session-ttl` from then (see [`super::session`]). Every call runs the same
+//! library functions as the command line, so it is refused, and audited, the same
+//! way; calls without a live session get 401 and are audited as `api.unauthenticated`
+//! (method, route template and peer, never the query string or body). Ledger and store
+//! work runs on the blocking pool: password hashing and exports are slow on purpose or
+//! by size, and never hold up `/metrics` or the relay.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use super::session::{SessionError, Sessions};
+use crate::canonical::NumberNormalizer;
+use crate::clock::{Micros, SharedClock};
+use crate::compliance::cases::{Case, CaseError, CaseForm, IdentifierKind, criterion};
+use crate::compliance::disclosure::{self, DiscloseError, Format, Installation};
+use crate::compliance::lookup::{self, LookupError, Window};
+use crate::compliance::officers::{Credentials, Officer, OfficerError, Role};
+use crate::config::Config;
+use crate::export::{found_json, rfc3339};
+use crate::ledger::{Ledger, LedgerError};
+use crate::store::keys::{KeyError, MasterKey};
+
+/// Largest request body the API reads (JSON forms; no upload is larger).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Password checks (argon2id, ~50 ms and 19 MiB each) running at once; more logins
+/// at the same moment are told to retry.
+const CONCURRENT_LOGINS: usize = 2;
+/// Records a query answers with at most (they are held in memory to be audited first).
+pub const MAX_QUERY_LIMIT: usize = 10_000;
+/// Audit entries one page of `GET /api/v1/audit` holds at most.
+pub const MAX_AUDIT_PAGE: usize = 10_000;
+
+/// Every route the API serves, as (method, path template): the router is built from
+/// the same handlers, and a test holds `docs/openapi.json` to this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/session"),
+    ("DELETE", "/api/v1/session"),
+    ("GET", "/api/v1/cases"),
+    ("POST", "/api/v1/cases"),
+    ("GET", "/api/v1/cases/{id}"),
+    ("POST", "/api/v1/cases/{id}/approve"),
+    ("POST", "/api/v1/cases/{id}/reject"),
+    ("POST", "/api/v1/cases/{id}/close"),
+    ("POST", "/api/v1/cases/{id}/disclosures"),
+    ("POST", "/api/v1/subject-exports"),
+    ("POST", "/api/v1/accounts/{name}/offboard"),
+    ("GET", "/api/v1/exports/{file}"),
+    ("POST", "/api/v1/queries"),
+    ("GET", "/api/v1/reports/cases"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/audit/verify"),
+    ("GET", "/api/v1/officers"),
+    ("POST", "/api/v1/officers"),
+    ("POST", "/api/v1/officers/{name}/disable"),
+    ("GET", "/api/v1/holds"),
+    ("POST", "/api/v1/holds"),
+    ("POST", "/api/v1/holds/{case}/release"),
+];
+
+pub struct Api {
+    config: Config,
+    exports: PathBuf,
+    clock: SharedClock,
+    master: MasterKey,
+    signer: ring::signature::Ed25519KeyPair,
+    numbers: NumberNormalizer,
+    sessions: Sessions,
+    logins: Semaphore,
+    /// One export or offboarding at a time: each holds its records in memory.
+    exporting: Semaphore,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiSetupError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("signing key: {0}")]
+    Signing(String),
+    #[error("exports directory {path}: {source}")]
+    Exports {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Api {
+    pub fn new(config: Config, clock: SharedClock) -> Result<Arc<Api>, ApiSetupError> {
+        let admin = config.admin.as_ref();
+        let exports = admin.map(|a| a.exports.clone()).unwrap_or_default();
+        std::fs::create_dir_all(&exports).map_err(|source| ApiSetupError::Exports {
+            path: exports.clone(),
+            source,
+        })?;
+        let ttl = admin.map_or(std::time::Duration::from_secs(900), |a| a.session_ttl);
+        Ok(Arc::new(Api {
+            master: MasterKey::load(&config.store.master_key)?,
+            signer: crate::store::integrity::load_signing_key(&config.store.signing_key)
+                .map_err(|e| ApiSetupError::Signing(e.to_string()))?,
+            numbers: NumberNormalizer::new(config.store.default_region),
+            sessions: Sessions::new(ttl),
+            logins: Semaphore::new(CONCURRENT_LOGINS),
+            exporting: Semaphore::new(1),
+            exports,
+            clock,
+            config,
+        }))
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/api/v1/session", post(login).delete(logout))
+            .route("/api/v1/cases", get(list_cases).post(open_case))
+            .route("/api/v1/cases/{id}", get(show_case))
+            .route("/api/v1/cases/{id}/approve", post(approve_case))
+            .route("/api/v1/cases/{id}/reject", post(reject_case))
+            .route("/api/v1/cases/{id}/close", post(close_case))
+            .route("/api/v1/cases/{id}/disclosures", post(disclose))
+            .route("/api/v1/subject-exports", post(subject_export))
+            .route("/api/v1/accounts/{name}/offboard", post(offboard))
+            .route("/api/v1/exports/{file}", get(download))
+            .route("/api/v1/queries", post(query))
+            .route("/api/v1/reports/cases", get(report))
+            .route("/api/v1/audit", get(audit_list))
+            .route("/api/v1/audit/verify", get(audit_verify))
+            .route("/api/v1/officers", get(list_officers).post(add_officer))
+            .route("/api/v1/officers/{name}/disable", post(disable_officer))
+            .route("/api/v1/holds", get(list_holds).post(add_hold))
+            .route("/api/v1/holds/{case}/release", post(release_hold))
+            .fallback(not_found)
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self.clone())
+    }
+
+    fn ledger(&self) -> Result<Ledger, ApiError> {
+        Ok(Ledger::open(&self.config.store.ledger)?)
+    }
+
+    fn now(&self) -> Micros {
+        self.clock.now_micros()
+    }
+
+    /// The installation's keys for an export; the keyring is opened per export, as
+    /// partitions get keys day by day.
+    fn with_installation<T>(
+        &self,
+        f: impl FnOnce(&Installation<'_>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let keyring = crate::store::open_keyring(&self.config.store)?;
+        f(&Installation {
+            store: &self.config.store,
+            keyring: &keyring,
+            master: &self.master,
+            signer: &self.signer,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Errors: JSON `{"error": "..."}` with the status that says what to do.
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A failure of the installation, not of the request: logged in full, answered
+    /// without detail.
+    fn internal(e: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "compliance API call failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; the server log has the cause",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+impl From<OfficerError> for ApiError {
+    fn from(e: OfficerError) -> ApiError {
+        let status = match &e {
+            OfficerError::BadCredentials | OfficerError::Disabled | OfficerError::BadTotp => {
+                StatusCode::UNAUTHORIZED
+            }
+            OfficerError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            OfficerError::BadName | OfficerError::WeakPassword => StatusCode::BAD_REQUEST,
+            OfficerError::Exists(_) => StatusCode::CONFLICT,
+            OfficerError::Unknown(_) => StatusCode::NOT_FOUND,
+            OfficerError::Ledger(e) => return ApiError::from_ledger(e),
+            OfficerError::Key(_) | OfficerError::Hash => return ApiError::internal(&e),
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<CaseError> for ApiError {
+    fn from(e: CaseError) -> ApiError {
+        let status = match &e {
+            CaseError::Unknown(_) => StatusCode::NOT_FOUND,
+            CaseError::BadIdentifier { .. }
+            | CaseError::NoCriteria
+            | CaseError::TooManyIdentifiers
+            | CaseError::BadTime(_)
+            | CaseError::Missing(_)
+            | CaseError::EmptyWindow
+            | CaseError::OutsideRetention { .. }
+            | CaseError::FutureWindow => StatusCode::BAD_REQUEST,
+            CaseError::Duplicate(_) | CaseError::WrongState { .. } => StatusCode::CONFLICT,
+            CaseError::SameOfficer(_) => StatusCode::FORBIDDEN,
+            CaseError::Officer(_) | CaseError::Ledger(_) | CaseError::Key(_) => {
+                return match e {
+                    CaseError::Officer(e) => e.into(),
+                    CaseError::Ledger(e) => ApiError::from_ledger(&e),
+                    e => ApiError::internal(&e),
+                };
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<DiscloseError> for ApiError {
+    fn from(e: DiscloseError) -> ApiError {
+        match e {
+            DiscloseError::Case(e) => e.into(),
+            DiscloseError::Exists(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "an export of that name exists already; try again in a moment",
+            ),
+            DiscloseError::TooMany => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            DiscloseError::Ledger(e) => ApiError::from_ledger(&e),
+            e => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<LookupError> for ApiError {
+    fn from(e: LookupError) -> ApiError {
+        match e {
+            LookupError::EmptyWindow => ApiError::bad_request(e.to_string()),
+            LookupError::Case(e) => e.into(),
+            LookupError::Ledger(e) => ApiError::from_ledger(&e),
+            e => ApiError::internal(&e),
+        }
+    }
+}
+
+impl ApiError {
+    fn from_ledger(e: &LedgerError) -> ApiError {
+        match e {
+            LedgerError::NoHold(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            LedgerError::Incomplete | LedgerError::EmptyWindow => {
+                ApiError::bad_request(e.to_string())
+            }
+            LedgerError::Broken { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            LedgerError::Sql { .. } => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> ApiError {
+        ApiError::from_ledger(&e)
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> ApiError {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<crate::clock::BadTime> for ApiError {
+    fn from(e: crate::clock::BadTime) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+/// Runs ledger and store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(&e)))
+}
+
+// ---------------------------------------------------------------------------------
+// Extractors: a JSON body with JSON errors, and the session.
+// ---------------------------------------------------------------------------------
+
+/// A JSON body whose rejections (not JSON, wrong fields, too large) answer in the
+/// API's error format.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(r) => {
+                let status = match &r {
+                    JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                let message = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        format!("the request body is larger than {MAX_BODY} bytes")
+                    }
+                    _ => r.body_text(),
+                };
+                Err(ApiError::new(status, message))
+            }
+        }
+    }
+}
+
+/// A path parameter whose rejection (`/cases/abc`) answers in the API's error format.
+pub struct Param<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Param<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Param(v))
+            .map_err(|r| ApiError::bad_request(r.body_text()))
+    }
+}
+
+/// The officer behind a live session. Extracting it checks the bearer token and that
+/// the officer is still enabled (disabling ends sessions at once); a failure is
+/// audited and answered with 401.
+pub struct Authed {
+    pub officer: Officer,
+    token: String,
+}
+
+fn peer(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+impl FromRequestParts<Arc<Api>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
+        let now = api.now();
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned());
+        let session = match &token {
+            None => Err(SessionError::Missing),
+            Some(t) => api.sessions.get(t, now),
+        };
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let call = json!({"method": parts.method.as_str(), "route": route, "peer": peer(parts)});
+        let api = api.clone();
+        blocking(move || {
+            let mut ledger = api.ledger()?;
+            let (actor, reason, message) = match session {
+                Ok(s) => {
+                    let current = ledger
+                        .officers()?
+                        .into_iter()
+                        .find(|o| o.name == s.officer.name);
+                    match current {
+                        Some(officer) if officer.enabled => {
+                            return Ok(Authed {
+                                officer,
+                                token: token.unwrap_or_default(),
+                            });
+                        }
+                        _ => {
+                            api.sessions.close_officer(&s.officer.name);
+                            (
+                                s.officer.name,
+                                "officer disabled",
+                                "officer is disabled".to_owned(),
+                            )
+                        }
+                    }
+                }
+                Err(e) => ("(unauthenticated)".to_owned(), e.reason(), e.to_string()),
+            };
+            let mut details = call;
+            details["reason"] = reason.into();
+            ledger.audit(now, &actor, "api.unauthenticated", details)?;
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
+        })
+        .await
+    }
+}
+
+impl Authed {
+    /// Refuses (403, audited like the command line's role check) an officer whose
+    /// role is below `needed`.
+    fn require(
+        &self,
+        ledger: &mut Ledger,
+        needed: Role,
+        action: &str,
+        now: Micros,
+    ) -> Result<(), ApiError> {
+        if self.officer.role.allows(needed) {
+            return Ok(());
+        }
+        ledger.audit(
+            now,
+            &self.officer.name,
+            "auth.failure",
+            json!({"for": action, "reason": "role"}),
+        )?;
+        Err(OfficerError::Forbidden {
+            needed: needed.as_str(),
+        }
+        .into())
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such API route; see docs/openapi.json",
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// Session.
+// ---------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    officer: String,
+    password: String,
+    totp: String,
+}
+
+async fn login(
+    axum::extract::State(api): axum::extract::State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(login): Body<Login>,
+) -> Result<Response, ApiError> {
+    if login.password.len() > 1024 {
+        return Err(ApiError::bad_request(
+            "the password is longer than 1024 bytes",
+        ));
+    }
+    let Ok(_permit) = api.logins.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many logins at once; retry in a moment",
+        ));
+    };
+    let api2 = api.clone();
+    blocking(move || {
+        let api = api2;
+        let now = api.now();
+        let mut ledger = api.ledger()?;
+        let who = Credentials {
+            name: &login.officer,
+            password: &login.password,
+            totp: Some(&login.totp),
+        };
+        let officer = ledger.authenticate(&api.master, who, Role::Officer, now, "session.login")?;
+        let (token, session) = api
+            .sessions
+            .open(officer.clone(), now)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        ledger.audit(
+            now,
+            &officer.name,
+            "session.login",
+            json!({"expires_at": rfc3339(session.expires_at), "peer": peer.ip().to_string()}),
+        )?;
+        Ok((
+            StatusCode::CREATED,
+            Json(json!({
+                "token": token,
+                "expires_at": rfc3339(session.expires_at),
+                "officer": officer.name,
+                "role": officer.role.as_str(),
+            })),
+        )
+            .into_response())
+    })
+    .await
+}
+
+async fn logout(
+    axum::extract::State(api): axum::extract::State<Arc<Api>>,
+    who: Authed,
+) -> Result<StatusCode, ApiError> {
+    api.sessions.close(&who.token);
+    blocking(move || {
+        api.ledger()?
+            .audit(api.now(), &who.officer.name, "session.logout", json!({}))?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+type State = axum::extract::State<Arc<Api>>;
+
+// ---------------------------------------------------------------------------------
+// Cases.
+// ---------------------------------------------------------------------------------
+
+fn case_json(c: &Case) -> Value {
+    let d = &c.details;
+    json!({
+        "id": c.id,
+        "request": {
+            "country": d.request.country,
+            "organisation": d.request.organisation,
+            "number": d.request.number,
+        },
+        "request_id": d.request.to_string(),
+        "state": c.state.as_str(),
+        "authority": d.authority,
+        "legal_basis": d.legal_basis,
+        "order_reference": d.order_reference,
+        "order_date": d.order_date,
+        "deadline": d.deadline,
+        "confidential": d.confidential,
+        "since": rfc3339(d.since),
+        "until": rfc3339(d.until),
+        "identifiers": c.criteria_tags.iter()
+            .map(|(k, tag)| json!({"kind": k.as_str(), "tag": tag}))
+            .collect::<Vec<_>>(),
+        "opened_by": c.opened_by,
+        "opened_at": rfc3339(c.opened_at),
+        "decided_by": c.decided_by,
+        "decided_at": c.decided_at.map(rfc3339),
+        "decision_note": c.decision_note,
+    })
+}
+
+/// A case command: the session's officer, the ledger with the four-eyes setting noted
+/// (as every case command of the command line does), and the time.
+fn case_command<T>(
+    api: &Api,
+    who: &Authed,
+    f: impl FnOnce(&mut Ledger, Micros) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let now = api.now();
+    let mut ledger = api.ledger()?;
+    ledger.note_four_eyes(api.config.compliance.four_eyes, now, &who.officer.name)?;
+    f(&mut ledger, now)
+}
+
+async fn list_cases(
+    axum::extract::State(api): State,
+    who: Authed,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        case_command(&api, &who, |ledger, now| {
+            ledger.audit(now, &who.officer.name, "case.list", json!({}))?;
+            let cases = ledger.cases()?;
+            Ok(Json(
+                json!({ "cases": cases.iter().map(case_json).collect::<Vec<_>>() }),
+            ))
+        })
+    })
+    .await
+}
+
+async fn open_case(
+    axum::extract::State(api): State,
+    who: Authed,
+    Body(form): Body<CaseForm>,
+) -> Result<Response, ApiError> {
+    blocking(move || {
+        case_command(&api, &who, |ledger, now| {
+            let cutoff = api.config.store.retention.cutoff(api.clock.now());
+            let new = form.validate(&api.numbers, now, Some(cutoff.timestamp_micros()))?;
+            let id = ledger.open_case(&api.master, &who.officer, &new, now)?;
+            let case = ledger.case(id)?;
+            Ok((StatusCode::CREATED, Json(case_json(&case))).into_response())
+        })
+    })
+    .await
+}
+
+async fn show_case(
+    axum::extract::State(api): State,
+    who: Authed,
+    Param(id): Param<i64>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        case_command(&api, &who, |ledger, now| {
+            let found = ledger.case(id);
+            ledger.audit(
+                now,
+                &who.officer.name,
+                "case.show",
+                json!({"case": id, "found": found.is_ok()}),
+            )?;
+            Ok(Json(case_json(&found?)))
+        })
+    })
+    .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    #[serde(default)]
+    note: String,
+}
+
+async fn decide(
+    api: Arc<Api>,
+    who: Authed,
+    id: i64,
+    approve: bool,
+    note: String,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        case_command(&api, &who, |ledger, now| {
+            let action = if approve {
+                "case.approve"
+            } else {
+                "case.reject"
+            };
+            who.require(ledger, Role::Approver, action, now)?;
+            if !approve && note.trim().is_empty() {
+                return Err(ApiError::bad_request(
+                    "a rejection needs a note with the reason",
+                ));
+            }
+            ledger.decide_case(
+                &who.officer,
+                id,
+                approve,
+                &note,
+                api.config.compliance.four_eyes,
+                now,
+            )?;
+            Ok(Json(case_json(&ledger.case(id)?)))
+        })
+    })
+    .await
+}
+
+async fn approve_case(
+    axum::extract::State(api): State,
+    who: Authed,
+    Param(id): Param<i64>,
+    Body(d): Body<Decision>,
+) -> Result<Json<Value>, ApiError> {
+    decide(api, who, id, true, d.note).await
+}
+
+async fn reject_case(
+    axum::extract::State(api): State,
+    who: Authed,
+    Param(id): Param<i64>,
+    Body(d): Body<Decision>,
+) -> Result<Json<Value>, ApiError> {
+    decide(api, who, id, false, d.note).await
+}
+
+async fn close_case(
+    axum::extract::State(api): State,
+    who: Authed,
+    Param(id): Param<i64>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        case_command(&api, &who, |ledger, now| {
+            ledger.close_case(&who.officer, id, now)?;
+            Ok(Json(case_json(&ledger.case(id)?)))
+        })
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------
+// Exports: written to `admin.exports` with manifest and signature, fetched by name.
+// ---------------------------------------------------------------------------------
+
+/// A file name unique to this moment, e.g. `case-7-20261122T101530.123456Z.json`.
+fn export_name(prefix: &str, now: Micros, ext: &str) -> String {
+    let t = crate::clock::micros_to_datetime(now).format("%Y%m%dT%H%M%S%.6fZ");
+    format!("{prefix}-{t}.{ext}")
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn exported(d: &disclosure::Disclosure) -> Value {
+    let manifest = file_name(&d.manifest);
+    json!({
+        "records": d.records,
+        "sha256": d.sha256,
+        "export": file_name(&d.export),
+        "manifest": manifest,
+        "signature": file_name(&disclosure::signature_path(&d.manifest)),
+        "download": format!("/api/v1/exports/{}", file_name(&d.export)),
+    })
+}
+
+fn busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "another export is running; retry when it is done",
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscloseForm {
+    #[serde(default = "json_format")]
+    format: Format,
+}
+
+fn json_format() -> Format {
+    Format::Json
+}
+
+async fn disclose(
+    axum::extract::State(api): State,
+    who: Authed,
+    Param(id): Param<i64>,
+    Body(form): Body<DiscloseForm>,
+) -> Result<Response, ApiError> {
+    let permit = api.exporting.try_acquire().map_err(|_| busy())?;
+    let api2 = api.clone();
+    let out = blocking(move || {
+        let api = api2;
+        let now = api.now();
+        let mut ledger = api.ledger()?;
+        let ext = match form.format {
+            Format::Json => "json",
+            Format::Csv => "csv",
+        };
+        let out = api
+            .exports
+            .join(export_name(&format!("case-{id}"), now, ext));
+        api.with_installation(|inst| {
+            let d =
+                disclosure::disclose(inst, &mut ledger, &who.officer, id, form.format, &out, now)?;
+            let mut v = exported(&d);
+            v["case"] = id.into();
+            Ok(v)
+        })
+    })
+    .await;
+    drop(permit);
+    Ok((StatusCode::CREATED, Json(out?)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubjectForm {
+    recipient: Option<String>,
+    email: Option<String>,
+}
+
+async fn subject_export(
+    axum::extract::State(api): State,
+    who: Authed,
+    Body(form): Body<SubjectForm>,
+) -> Result<Response, ApiError> {
+    let subject = match (&form.recipient, &form.email) {
+        (Some(n), None) => criterion(IdentifierKind::Recipient, n, &api.numbers)?,
+        (None, Some(e)) => criterion(IdentifierKind::Email, e, &api.numbers)?,
+        _ => return Err(ApiError::bad_request("give one of recipient or email")),
+    };
+    let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
+    let api2 = api.clone();
+    let v = blocking(move || {
+        let api = api2;
+        let now = api.now();
+        let mut ledger = api.ledger()?;
+        let out = api.exports.join(export_name("subject", now, "json"));
+        api.with_installation(|inst| {
+            let d = disclosure::subject_export(
+                inst,
+                &mut ledger,
+                &who.officer,
+                &subject,
+                api.config.store.retention,
+                &out,
+                now,
+            )?;
+            Ok(exported(&d))
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn offboard(
+    axum::extract::State(api): State,
+    who: Authed,
+    Param(name): Param<String>,
+) -> Result<Response, ApiError> {
+    let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
+    let api2 = api.clone();
+    let v = blocking(move || {
+        let api = api2;
+        let now = api.now();
+        let mut ledger = api.ledger()?;
+        who.require(&mut ledger, Role::Admin, "account.offboard", now)?;
+        let dir = api.exports.clone();
+        api.with_installation(|inst| {
+            let o = crate::compliance::offboard::offboard(
+                inst,
+                &mut ledger,
+                &who.officer,
+                &name,
+                &dir,
+                now,
+            )?;
+            Ok(json!({
+                "account": name,
+                "records": o.records,
+                "outcomes": o.outcomes,
+                "partitions": o.partitions.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "export": file_name(&o.export),
+                "statement": file_name(&o.statement),
+                "signature": file_name(&disclosure::signature_path(&o.statement)),
+            }))
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// Names `download` serves: what the API writes, nothing else (no paths, no dot files).
+fn servable(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+async fn download(
+    axum::extract::State(api): State,
+    who: Authed,
+    Param(name): Param<String>,
+) -> Result<Response, ApiError> {
+    if !servable(&name) {
+        return Err(ApiError::bad_request("not an export file name"));
+    }
+    let path = api.exports.join(&name);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no export {name}"),
+            ));
+        }
+        Err(e) => return Err(ApiError::internal(&e)),
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .len();
+    let (api2, name2) = (api.clone(), name.clone());
+    blocking(move || {
+        api2.ledger()?.audit(
+            api2.now(),
+            &who.officer.name,
+            "export.download",
+            json!({"file": name2, "bytes": len}),
+        )?;
+        Ok(())
+    })
+    .await?;
+    let ctype = match Path::new(&name).extension().and_then(|e| e.to_str()) {
+        Some("json") => "application/json",
+        Some("csv") => "text/csv; charset=utf-8",
+        _ => "text/plain; charset=utf-8",
+    };
+    // Streamed in 64 KiB reads: an export may be far larger than memory should hold.
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
+    Ok((
+        [
+            (header::CONTENT_TYPE, ctype.to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+// ---------------------------------------------------------------------------------
+// Queries, reports, audit.
+// ---------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryForm {
+    kind: IdentifierKind,
+    value: String,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn query(
+    axum::extract::State(api): State,
+    who: Authed,
+    Body(q): Body<QueryForm>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_QUERY_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_QUERY_LIMIT}"
+        )));
+    }
+    let since = match &q.since {
+        Some(s) => crate::clock::parse_time(s, false)?.timestamp_micros(),
+        None => 0,
+    };
+    let until = match &q.until {
+        Some(s) => crate::clock::parse_time(s, true)?.timestamp_micros(),
+        None => api.now() + 86_400_000_000,
+    };
+    let c = criterion(q.kind, &q.value, &api.numbers)?;
+    blocking(move || {
+        let now = api.now();
+        let mut ledger = api.ledger()?;
+        let keyring = crate::store::open_keyring(&api.config.store)?;
+        let window = Window { since, until, limit };
+        let found = lookup::audited(
+            &api.config.store,
+            &keyring,
+            &api.master,
+            &mut ledger,
+            &who.officer.name,
+            &c,
+            &window,
+            now,
+        )?;
+        Ok(Json(json!({
+            "matches": found.stats.matches,
+            "shown": found.found.len(),
+            "partitions_searched": found.stats.partitions_searched,
+            "partitions_shredded": found.stats.partitions_shredded.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "records": found.found.iter().map(found_json).collect::<Vec<_>>(),
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportParams {
+    year: i32,
+}
+
+async fn report(
+    axum::extract::State(api): State,
+    who: Authed,
+    params: Result<Query<ReportParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    blocking(move || {
+        let mut ledger = api.ledger()?;
+        let report = crate::compliance::report::cases_in_year(&ledger, p.year)?;
+        ledger.audit(
+            api.now(),
+            &who.officer.name,
+            "report.cases",
+            json!({"year": p.year}),
+        )?;
+        Ok(Json(serde_json::to_value(&report).unwrap_or_default()))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    #[serde(default)]
+    after: i64,
+    limit: Option<usize>,
+}
+
+async fn audit_list(
+    axum::extract::State(api): State,
+    who: Authed,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    let limit = p.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_AUDIT_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_AUDIT_PAGE}"
+        )));
+    }
+    blocking(move || {
+        let now = api.now();
+        let mut ledger = api.ledger()?;
+        who.require(&mut ledger, Role::Admin, "audit.list", now)?;
+        ledger.audit(now, &who.officer.name, "audit.list", json!({"after": p.after, "limit": limit}))?;
+        let entries = ledger.entries_page(p.after, limit)?;
+        let entries: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                let details: Value = serde_json::from_str(&e.details).unwrap_or(Value::Null);
+                json!({"seq": e.seq, "at": rfc3339(e.at), "actor": e.actor, "action": e.action, "details": details})
+            })
+            .collect();
+        Ok(Json(json!({ "entries": entries })))
+    })
+    .await
+}
+
+async fn audit_verify(
+    axum::extract::State(api): State,
+    who: Authed,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        let now = api.now();
+        let mut ledger = api.ledger()?;
+        who.require(&mut ledger, Role::Admin, "audit.verify", now)?;
+        let n = ledger.verify_audit()?;
+        Ok(Json(json!({ "intact": true, "entries": n })))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------
+// Officers and holds.
+// ---------------------------------------------------------------------------------
+
+fn officer_json(o: &Officer) -> Value {
+    json!({
+        "name": o.name,
+        "role": o.role.as_str(),
+        "enabled": o.enabled,
+        "created_by": o.created_by,
+        "created_at": rfc3339(o.created_at),
+    })
+}
+
+async fn list_officers(
+    axum::extract::State(api): State,
+    who: Authed,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        let mut ledger = api.ledger()?;
+        who.require(&mut ledger, Role::Admin, "officer.list", api.now())?;
+        let officers = ledger.officers()?;
+        Ok(Json(
+            json!({ "officers": officers.iter().map(officer_json).collect::<Vec<_>>() }),
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOfficer {
+    name: String,
+    role: Role,
+    password: String,
+}
+
+async fn add_officer(
+    axum::extract::State(api): State,
+    who: Authed,
+    Body(new): Body<NewOfficer>,
+) -> Result<Response, ApiError> {
+    if new.password.len() > 1024 {
+        return Err(ApiError::bad_request(
+            "the password is longer than 1024 bytes",
+        ));
+    }
+    let _permit = api.logins.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many password operations at once; retry in a moment",
+        )
+    })?;
+    let api2 = api.clone();
+    blocking(move || {
+        let api = api2;
+        let now = api.now();
+        let mut ledger = api.ledger()?;
+        who.require(&mut ledger, Role::Admin, "officer.add", now)?;
+        let e = ledger.add_officer(
+            &api.master,
+            &new.name,
+            new.role,
+            &new.password,
+            now,
+            &who.officer.name,
+        )?;
+        let mut v = officer_json(&e.officer);
+        v["otpauth_uri"] = e.otpauth_uri.into();
+        Ok((StatusCode::CREATED, Json(v)).into_response())
+    })
+    .await
+}
+
+async fn disable_officer(
+    axum::extract::State(api): State,
+    who: Authed,
+    Param(name): Param<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        let now = api.now();
+        let mut ledger = api.ledger()?;
+        who.require(&mut ledger, Role::Admin, "officer.disable", now)?;
+        // Her sessions end at their next use, which says why (see `Authed`).
+        ledger.disable_officer(&name, now, &who.officer.name)?;
+        let officer = ledger.officers()?.into_iter().find(|o| o.name == name);
+        Ok(Json(officer.as_ref().map(officer_json).unwrap_or_default()))
+    })
+    .await
+}
+
+fn hold_json(h: &crate::ledger::Hold) -> Value {
+    json!({
+        "case": h.case,
+        "since": rfc3339(h.since),
+        "until": rfc3339(h.until),
+        "reason": h.reason,
+        "placed_by": h.placed_by,
+        "placed_at": rfc3339(h.placed_at),
+    })
+}
+
+async fn list_holds(
+    axum::extract::State(api): State,
+    _who: Authed,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        let holds = api.ledger()?.holds()?;
+        Ok(Json(
+            json!({ "holds": holds.iter().map(hold_json).collect::<Vec<_>>() }),
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewHold {
+    case: String,
+    since: String,
+    until: String,
+    reason: String,
+}
+
+async fn add_hold(
+    axum::extract::State(api): State,
+    who: Authed,
+    Body(h): Body<NewHold>,
+) -> Result<Response, ApiError> {
+    let hold = crate::ledger::Hold {
+        case: h.case,
+        since: crate::clock::parse_time(&h.since, false)?.timestamp_micros(),
+        until: crate::clock::parse_time(&h.until, true)?.timestamp_micros(),
+        reason: h.reason,
+        placed_at: api.now(),
+        placed_by: who.officer.name.clone(),
+    };
+    blocking(move || {
+        api.ledger()?.add_hold(&hold)?;
+        Ok((StatusCode::CREATED, Json(hold_json(&hold))).into_response())
+    })
+    .await
+}
+
+async fn release_hold(
+    axum::extract::State(api): State,
+    who: Authed,
+    Param(case): Param<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        let n = api.ledger()?.release(&case, api.now(), &who.officer.name)?;
+        Ok(Json(json!({ "case": case, "released": n })))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_export_names_are_served() {
+        for ok in [
+            "case-7-20261122T101530.123456Z.json",
+            "acme-deletion.json.sig",
+        ] {
+            assert!(servable(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../ledger.sqlite",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "x%2e",
+            &"a".repeat(256),
+        ] {
+            assert!(!servable(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn export_names_sort_by_time_and_carry_no_identifier() {
+        let a = export_name("subject", 1_795_000_000_000_000, "json");
+        let b = export_name("subject", 1_795_000_000_000_001, "json");
+        assert_eq!(a, "subject-20261118T110640.000000Z.json");
+        assert!(a < b);
+    }
+}

@@ -1,0 +1,732 @@
+//! The compliance API over HTTPS, in-process on a manual clock (so that session
+//! expiry is tested without waiting), against the command line's results.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use common::*;
+use relaylog::clock::{Clock, ManualClock};
+use relaylog::config::Config;
+
+/// An HTTPS client for the admin listener that trusts only the test's certificate.
+struct Admin {
+    addr: SocketAddr,
+    tls: tokio_rustls::TlsConnector,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    #[track_caller]
+    fn expect(&self, status: StatusCode) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()
+    }
+}
+
+impl Admin {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.raw(method, path, token, Bytes::from(body)).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Option<Value>) -> Reply {
+        self.call(Method::POST, path, Some(token), body).await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Bytes) -> Reply {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = self.tls.connect(name, tcp).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = send
+            .send_request(req.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let (head, body) = resp.into_parts();
+        Reply {
+            status: head.status,
+            headers: head.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    async fn login(&self, officer: &str, seed: &[u8], clock: &ManualClock) -> String {
+        let r = self
+            .call(
+                Method::POST,
+                "/api/v1/session",
+                None,
+                Some(json!({
+                    "officer": officer,
+                    "password": format!("{officer}-long-password"),
+                    "totp": totp_at(seed, clock.now_micros()),
+                })),
+            )
+            .await;
+        r.expect(StatusCode::CREATED)["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config_path: std::path::PathBuf,
+    config: Config,
+    clock: ManualClock,
+    running: relaylog::serve::Running,
+    admin: Admin,
+}
+
+/// `serve` with a TLS admin listener, on a manual clock set to now.
+async fn start(four_eyes: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("admin.crt"), dir.path().join("admin.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let text = format!(
+        "{}tls-cert = \"{}\"\ntls-key = \"{}\"\nsession-ttl = \"15m\"\n\n[compliance]\nfour-eyes = {four_eyes}\n",
+        config_text(dir.path(), "kannel", None, "", ""),
+        cert.display(),
+        key.display(),
+    );
+    let config_path = write_config(dir.path(), &text);
+    init_keys(dir.path());
+    let config = Config::parse(&text, &config_path).unwrap();
+    let clock = ManualClock::new(chrono::Utc::now());
+    let running = relaylog::serve::start(config.clone(), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let admin = Admin {
+        addr: running.admin.unwrap(),
+        tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+    };
+    Setup {
+        dir,
+        config_path,
+        config,
+        clock,
+        running,
+        admin,
+    }
+}
+
+/// Sends `to` one message from `user` through the relay.
+async fn relay_one(s: &Setup, user: &str, to: &str) {
+    let url = format!("http://{}", s.running.addr("sms").unwrap());
+    let (status, body) = get(&client(), &sendsms(&url, user, to)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+fn audit_actions(config: &Path) -> Vec<(String, Value)> {
+    let (ok, out) = cli(config, &["audit", "list", "--json"]);
+    assert!(ok, "{out}");
+    out.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["action"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
+fn case_form(request: &str, recipient: &str) -> Value {
+    let today = chrono::Utc::now().date_naive();
+    json!({
+        "authority": "Openbaar Ministerie",
+        "country": "nl",
+        "organisation": "OM-0042",
+        "request": request,
+        "legal_basis": "Sv 126n",
+        "order_reference": "RC 26/1234",
+        "order_date": "2026-11-20",
+        "deadline": "2026-12-04",
+        "since": (today - chrono::Days::new(1)).to_string(),
+        "until": today.to_string(),
+        "identifiers": {"recipient": [recipient]},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audited() {
+    let s = start(true).await;
+    let anna = add_officer(&s.config_path, "anna", "officer");
+    let bert = add_officer(&s.config_path, "bert", "approver");
+    let carl = add_officer(&s.config_path, "carl", "admin");
+    let target = "+31612345678";
+    relay_one(&s, "acme", "%2B31612345678").await;
+    relay_one(&s, "acme", "%2B31612345678").await;
+    relay_one(&s, "acme", "%2B31687654321").await;
+    relay_one(&s, "leaver", "%2B31611111111").await;
+    s.running.settle().await.unwrap();
+
+    // No session: 401, audited with the route template (never the query string).
+    let r = s
+        .admin
+        .call(Method::GET, "/api/v1/cases?who=x", None, None)
+        .await;
+    assert_eq!(
+        r.expect(StatusCode::UNAUTHORIZED)["error"],
+        "no session token: log in with POST /api/v1/session"
+    );
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    let r = s.admin.get("/api/v1/cases", "forged-token").await;
+    r.expect(StatusCode::UNAUTHORIZED);
+    // A wrong TOTP code at login: 401, audited as an authentication failure.
+    let wrong = format!(
+        "{:06}",
+        (totp_at(&anna, s.clock.now_micros()).parse::<u32>().unwrap() + 1) % 1_000_000
+    );
+    let r = s
+        .admin
+        .call(
+            Method::POST,
+            "/api/v1/session",
+            None,
+            Some(json!({"officer": "anna", "password": "anna-long-password", "totp": wrong})),
+        )
+        .await;
+    assert!(
+        r.expect(StatusCode::UNAUTHORIZED)["error"]
+            .as_str()
+            .unwrap()
+            .contains("TOTP")
+    );
+
+    // /metrics and /healthz need no login, over the same TLS listener.
+    let r = s.admin.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!contains(&r.body, b"31612345678"));
+    assert_eq!(
+        s.admin
+            .call(Method::GET, "/healthz", None, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let anna_t = s.admin.login("anna", &anna, &s.clock).await;
+    // The same TOTP code again is a replay.
+    let r = s
+        .admin
+        .call(
+            Method::POST,
+            "/api/v1/session",
+            None,
+            Some(json!({"officer": "anna", "password": "anna-long-password", "totp": totp_at(&anna, s.clock.now_micros())})),
+        )
+        .await;
+    r.expect(StatusCode::UNAUTHORIZED);
+
+    // Bad input, each a clear error.
+    let mut bad = case_form("0001", "not-a-number");
+    let r = s
+        .admin
+        .post("/api/v1/cases", &anna_t, Some(bad.clone()))
+        .await;
+    assert!(
+        r.expect(StatusCode::BAD_REQUEST)["error"]
+            .as_str()
+            .unwrap()
+            .contains("recipient identifier is malformed")
+    );
+    bad["identifiers"]["recipient"] = json!([target]);
+    bad["since"] = json!("2020-01-01");
+    bad["until"] = json!("2020-01-31");
+    let r = s.admin.post("/api/v1/cases", &anna_t, Some(bad)).await;
+    assert!(
+        r.expect(StatusCode::BAD_REQUEST)["error"]
+            .as_str()
+            .unwrap()
+            .contains("retention cutoff")
+    );
+    let r = s.admin.get("/api/v1/cases/999", &anna_t).await;
+    assert_eq!(r.expect(StatusCode::NOT_FOUND)["error"], "no case 999");
+    let r = s
+        .admin
+        .raw(
+            Method::POST,
+            "/api/v1/cases",
+            Some(&anna_t),
+            Bytes::from_static(b"{not json"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.json()["error"].is_string());
+    let huge = Bytes::from(vec![b' '; 70 * 1024]);
+    let r = s
+        .admin
+        .raw(Method::POST, "/api/v1/cases", Some(&anna_t), huge)
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Open, try to disclose before approval, try to approve without the role.
+    let case = s
+        .admin
+        .post("/api/v1/cases", &anna_t, Some(case_form("0001", target)))
+        .await
+        .expect(StatusCode::CREATED);
+    let id = case["id"].as_i64().unwrap();
+    assert_eq!(case["state"], "open");
+    assert_eq!(case["request_id"], "NL/OM-0042/0001");
+    assert!(!case.to_string().contains("612345678"), "{case}");
+    let disclosures = format!("/api/v1/cases/{id}/disclosures");
+    let r = s
+        .admin
+        .post(&disclosures, &anna_t, Some(json!({"format": "json"})))
+        .await;
+    assert!(
+        r.expect(StatusCode::CONFLICT)["error"]
+            .as_str()
+            .unwrap()
+            .contains("needs it approved")
+    );
+    let approve = format!("/api/v1/cases/{id}/approve");
+    let r = s.admin.post(&approve, &anna_t, Some(json!({}))).await;
+    r.expect(StatusCode::FORBIDDEN);
+
+    let bert_t = s.admin.login("bert", &bert, &s.clock).await;
+    let approved = s
+        .admin
+        .post(&approve, &bert_t, Some(json!({"note": "order checked"})))
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(approved["state"], "approved");
+    assert_eq!(approved["decided_by"], "bert");
+    let r = s.admin.delete("/api/v1/session", &bert_t).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = s.admin.get("/api/v1/cases", &bert_t).await;
+    r.expect(StatusCode::UNAUTHORIZED);
+
+    // Disclose through the API, fetch the three files, verify them as the authority would.
+    let d = s
+        .admin
+        .post(&disclosures, &anna_t, Some(json!({"format": "json"})))
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(d["records"], 2);
+    let fetched = tempfile::tempdir().unwrap();
+    for key in ["export", "manifest", "signature"] {
+        let name = d[key].as_str().unwrap();
+        let r = s
+            .admin
+            .get(&format!("/api/v1/exports/{name}"), &anna_t)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{name}");
+        std::fs::write(fetched.path().join(name), &r.body).unwrap();
+    }
+    let r = s
+        .admin
+        .get("/api/v1/exports/..%2Fledger.sqlite", &anna_t)
+        .await;
+    assert!(
+        r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::NOT_FOUND,
+        "{}",
+        r.status
+    );
+    let manifest = fetched.path().join(d["manifest"].as_str().unwrap());
+    let pubkey = s.dir.path().join("keys/signing.key.pub");
+    let (ok, out) = cli(
+        &s.config_path,
+        &[
+            "verify-export",
+            manifest.to_str().unwrap(),
+            "--public-key",
+            pubkey.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("2 records"), "{out}");
+
+    // The command line's disclosure of the same case holds the same bytes.
+    let cli_out = s.dir.path().join("cli-export.json");
+    let (ok, out) = cli_with_input(
+        &s.config_path,
+        &[
+            "disclose",
+            "--case",
+            &id.to_string(),
+            "--officer",
+            "anna",
+            "--totp",
+            &totp_ahead(&anna, 1),
+            "--format",
+            "json",
+            "--out",
+            cli_out.to_str().unwrap(),
+        ],
+        "anna-long-password\n",
+    );
+    assert!(ok, "{out}");
+    let api_export = std::fs::read(fetched.path().join(d["export"].as_str().unwrap())).unwrap();
+    assert_eq!(std::fs::read(&cli_out).unwrap(), api_export);
+    let exported: Value = serde_json::from_slice(&api_export).unwrap();
+    let records = exported.as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(
+        records.iter().all(|r| r.to_string().contains(target)),
+        "{exported}"
+    );
+
+    // An ad hoc query, audited.
+    let q = s
+        .admin
+        .post(
+            "/api/v1/queries",
+            &anna_t,
+            Some(json!({"kind": "recipient", "value": "0612345678"})),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(q["matches"], 2);
+
+    // Subject access and contract end, by the admin.
+    let carl_t = s.admin.login("carl", &carl, &s.clock).await;
+    let subject = s
+        .admin
+        .post(
+            "/api/v1/subject-exports",
+            &anna_t,
+            Some(json!({"recipient": "+31611111111"})),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(subject["records"], 1);
+    let r = s
+        .admin
+        .post("/api/v1/accounts/leaver/offboard", &anna_t, None)
+        .await;
+    r.expect(StatusCode::FORBIDDEN);
+    let o = s
+        .admin
+        .post("/api/v1/accounts/leaver/offboard", &carl_t, None)
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(o["records"], 1);
+    let q = s
+        .admin
+        .post(
+            "/api/v1/queries",
+            &anna_t,
+            Some(json!({"kind": "account", "value": "leaver"})),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(q["matches"], 0);
+    let statement = s
+        .config
+        .admin
+        .as_ref()
+        .unwrap()
+        .exports
+        .join(o["statement"].as_str().unwrap());
+    let (ok, out) = cli(
+        &s.config_path,
+        &["verify-export", statement.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+
+    let report = s
+        .admin
+        .call(
+            Method::GET,
+            &format!(
+                "/api/v1/reports/cases?year={}",
+                chrono::Utc::now().format("%Y")
+            ),
+            Some(&anna_t),
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(report["cases"], 1);
+    assert_eq!(report["disclosures"], 2);
+
+    // The audit log through the API: admins only.
+    s.admin
+        .get("/api/v1/audit", &anna_t)
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    let v = s
+        .admin
+        .get("/api/v1/audit/verify", &carl_t)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(v["intact"], true);
+
+    // Disabling an officer ends her session at once.
+    s.admin
+        .post("/api/v1/officers/anna/disable", &carl_t, None)
+        .await
+        .expect(StatusCode::OK);
+    let r = s.admin.get("/api/v1/cases", &anna_t).await;
+    r.expect(StatusCode::UNAUTHORIZED);
+
+    // Sessions end after session-ttl, with an error that says so.
+    s.clock.advance(chrono::Duration::minutes(16));
+    let r = s.admin.get("/api/v1/cases", &carl_t).await;
+    assert!(
+        r.expect(StatusCode::UNAUTHORIZED)["error"]
+            .as_str()
+            .unwrap()
+            .contains("session expired")
+    );
+
+    let actions = audit_actions(&s.config_path);
+    let names: Vec<&str> = actions.iter().map(|(a, _)| a.as_str()).collect();
+    let unauthenticated: Vec<&Value> = actions
+        .iter()
+        .filter(|(a, _)| a == "api.unauthenticated")
+        .map(|(_, v)| v)
+        .collect();
+    let reasons: Vec<&str> = unauthenticated
+        .iter()
+        .map(|v| v["details"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "no token",
+            "unknown token",
+            "unknown token",
+            "officer disabled",
+            "expired token"
+        ]
+    );
+    assert_eq!(unauthenticated[0]["details"]["route"], "/api/v1/cases");
+    let failures: Vec<&Value> = actions
+        .iter()
+        .filter(|(a, _)| a == "auth.failure")
+        .map(|(_, v)| v)
+        .collect();
+    let why: Vec<(&str, &str)> = failures
+        .iter()
+        .map(|v| {
+            (
+                v["details"]["for"].as_str().unwrap(),
+                v["details"]["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        why,
+        [
+            ("session.login", "totp"),
+            ("session.login", "totp"),
+            ("case.approve", "role"),
+            ("account.offboard", "role"),
+            ("audit.list", "role")
+        ]
+    );
+    let case_steps: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|a| a.starts_with("case.") || *a == "export.download" || *a == "query")
+        .collect();
+    assert_eq!(
+        case_steps,
+        [
+            "case.show",
+            "case.open",
+            "case.disclose.refused",
+            "case.approve",
+            "case.disclose",
+            "export.download",
+            "export.download",
+            "export.download",
+            "case.disclose",
+            "query",
+            "query",
+        ]
+    );
+    for action in [
+        "session.login",
+        "session.logout",
+        "subject.export",
+        "account.offboard",
+        "report.cases",
+        "officer.disable",
+    ] {
+        assert!(names.contains(&action), "{action} not in {names:?}");
+    }
+    let (ok, out) = cli(&s.config_path, &["audit", "verify"]);
+    assert!(ok, "{out}");
+    let ledger = std::fs::read(&s.config.store.ledger).unwrap();
+    for number in ["31612345678", "612345678", "31611111111"] {
+        assert!(
+            !contains(&ledger, number.as_bytes()),
+            "{number} in the ledger"
+        );
+        assert!(
+            !actions.iter().any(|(_, v)| v.to_string().contains(number)),
+            "{number} in the audit log"
+        );
+    }
+    s.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_tls_the_admin_listener_serves_no_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), &config_text(dir.path(), "kannel", None, "", "")).await;
+    let c = client();
+    let (status, body) = send(
+        &c,
+        Method::POST,
+        &format!("{}/api/v1/session", relay.admin),
+        &[("content-type", "application/json")],
+        r#"{"officer":"anna","password":"anna-long-password","totp":"000000"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("served only over TLS"), "{body}");
+    assert_eq!(
+        get(&c, &format!("{}/healthz", relay.admin)).await.0,
+        StatusCode::OK
+    );
+    relay.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served_and_asks_for_a_session() {
+    let spec: Value = serde_json::from_str(include_str!("../docs/openapi.json")).unwrap();
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if path.starts_with("/api/") {
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+            // Every operation says what it answers, and the secured ones say 401.
+            let responses = op["responses"].as_object().unwrap();
+            let public = op.get("security").is_some_and(|s| s == &json!([]));
+            assert!(public || responses.contains_key("401"), "{method} {path}");
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = relaylog::admin::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    served.sort();
+    assert_eq!(
+        documented, served,
+        "docs/openapi.json and the router differ"
+    );
+
+    let s = start(true).await;
+    for (method, path) in relaylog::admin::api::ROUTES {
+        let path = path
+            .replace("{id}", "1")
+            .replace("{name}", "x")
+            .replace("{file}", "x.json")
+            .replace("{case}", "x");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let r = s
+            .admin
+            .call(
+                method.clone(),
+                &path,
+                Some("not-a-session"),
+                Some(json!({})),
+            )
+            .await;
+        let expected = if path == "/api/v1/session" && method == Method::POST {
+            StatusCode::BAD_REQUEST // the login form itself is checked
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(
+            r.status,
+            expected,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let r = s
+        .admin
+        .call(Method::GET, "/api/v1/nothing-here", None, None)
+        .await;
+    r.expect(StatusCode::NOT_FOUND);
+
+    // A malformed path parameter is a clear JSON error too.
+    let anna = add_officer(&s.config_path, "anna", "officer");
+    let token = s.admin.login("anna", &anna, &s.clock).await;
+    let r = s.admin.get("/api/v1/cases/abc", &token).await;
+    assert!(r.expect(StatusCode::BAD_REQUEST)["error"].is_string());
+    let r = s
+        .admin
+        .post(
+            "/api/v1/queries",
+            &token,
+            Some(json!({"kind": "recipient", "value": "+31612345678", "limit": 0})),
+        )
+        .await;
+    r.expect(StatusCode::BAD_REQUEST);
+    let r = s
+        .admin
+        .post("/api/v1/subject-exports", &token, Some(json!({})))
+        .await;
+    r.expect(StatusCode::BAD_REQUEST);
+    s.running.shutdown().await;
+}
