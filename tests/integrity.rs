@@ -18,6 +18,23 @@ fn day(n: i64, minute: i64) -> DateTime<Utc> {
         + Duration::minutes(minute)
 }
 
+/// One message from `account` to `number` at the clock's time, and its acceptance.
+async fn accepted(rec: &relaylog::store::Recorder, account: &str, number: &str) {
+    let at = rec.now();
+    let sub = one_recipient(rec, at, account, number);
+    rec.record(&sub).await.unwrap();
+    let ev = OutcomeEvent {
+        submission: sub.id,
+        submitted_at: at,
+        at,
+        outcome: Outcome::Accepted,
+        upstream_status: Some(202),
+        gateway_code: Some(0),
+        upstream_message_id: None,
+    };
+    rec.record_outcome(&ev).await.unwrap();
+}
+
 /// Three days, five messages a day, each with its outcome: many signed heads.
 async fn fill(cfg: &StoreConfig) {
     init_keys(cfg).unwrap();
@@ -27,19 +44,7 @@ async fn fill(cfg: &StoreConfig) {
     for d in 0..3 {
         for m in 0..5 {
             clock.set(day(d, m));
-            let at = rec.now();
-            let sub = one_recipient(&rec, at, &format!("acct{m}"), &format!("+3161234567{m}"));
-            rec.record(&sub).await.unwrap();
-            let ev = OutcomeEvent {
-                submission: sub.id,
-                submitted_at: at,
-                at,
-                outcome: Outcome::Accepted,
-                upstream_status: Some(202),
-                gateway_code: Some(0),
-                upstream_message_id: None,
-            };
-            rec.record_outcome(&ev).await.unwrap();
+            accepted(&rec, &format!("acct{m}"), &format!("+3161234567{m}")).await;
             rec.barrier().await.unwrap();
         }
     }
@@ -190,4 +195,121 @@ async fn verify_command_names_the_partition_and_fails() {
     std::fs::remove_file(&cfg.master_key).unwrap();
     let (ok, text) = run(&["verify", "--since", "2026-11-02"]);
     assert!(ok, "{text}");
+}
+
+/// Contract end for an account far larger than one erasure statement: the export is
+/// streamed, erasure goes partition by partition in signed chunks, and `verify`
+/// still passes and counts every erased row.
+#[tokio::test]
+async fn offboarding_erases_in_signed_chunks_and_the_store_still_verifies() {
+    use relaylog::compliance::disclosure::Installation;
+    use relaylog::compliance::officers::{Officer, Role};
+    use relaylog::store::IndexKind;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    init_keys(&cfg).unwrap();
+    let clock = ManualClock::new(day(0, 0));
+    let store = open_store(&cfg, &clock);
+    let rec = store.recorder();
+    // Day 0: five of the leaving account's messages and one of another; day 1: two.
+    for (d, m, account) in [
+        (0, 0, "big"),
+        (0, 1, "big"),
+        (0, 2, "other"),
+        (0, 3, "big"),
+        (0, 4, "big"),
+        (0, 5, "big"),
+        (1, 0, "big"),
+        (1, 1, "big"),
+    ] {
+        clock.set(day(d, m));
+        accepted(&rec, account, &format!("+316123456{d}{m}")).await;
+    }
+    rec.barrier().await.unwrap();
+    store.close().await;
+
+    let keyring = open_keyring(&cfg).unwrap();
+    let master = relaylog::store::keys::MasterKey::load(&cfg.master_key).unwrap();
+    let signer = integrity::load_signing_key(&cfg.signing_key).unwrap();
+    let inst = Installation {
+        store: &cfg,
+        keyring: &keyring,
+        master: &master,
+        signer: &signer,
+    };
+    let mut ledger = relaylog::ledger::Ledger::open(&cfg.ledger).unwrap();
+    let root = Officer {
+        name: "root".into(),
+        role: Role::Admin,
+        enabled: true,
+        created_at: 0,
+        created_by: "test".into(),
+    };
+    let now = day(3, 0).timestamp_micros();
+    let offboard = |ledger: &mut relaylog::ledger::Ledger, out: &str| {
+        relaylog::compliance::offboard::offboard_in_chunks(
+            &inst,
+            ledger,
+            &root,
+            "big",
+            &dir.path().join(out),
+            now,
+            2,
+        )
+    };
+
+    // Day 1's partition is locked by another writer: day 0 is erased, day 1 is not,
+    // and the audit log says how far it got.
+    let day1 = rusqlite::Connection::open(cfg.path.join("2026-11-02.sqlite")).unwrap();
+    day1.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = offboard(&mut ledger, "first").unwrap_err().to_string();
+    assert!(err.contains("2026-11-02"), "{err}");
+    day1.execute_batch("ROLLBACK").unwrap();
+    let first: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("first/big-records.json")).unwrap())
+            .unwrap();
+    let times: Vec<&str> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["time"].as_str().unwrap())
+        .collect();
+    assert_eq!(times.len(), 7, "the whole account was exported first");
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    let incomplete = ledger.entries().unwrap().pop().unwrap();
+    assert_eq!(incomplete.action, "account.offboard.incomplete");
+    let details: serde_json::Value = serde_json::from_str(&incomplete.details).unwrap();
+    assert_eq!(details["records"], 5);
+    assert_eq!(details["failed_partition"], "2026-11-02");
+    assert_eq!(
+        common::query_store_cfg(&cfg, IndexKind::Account, "big").len(),
+        2
+    );
+
+    // A second run into a new directory finishes it.
+    let o = offboard(&mut ledger, "second").unwrap();
+    assert_eq!((o.records, o.outcomes), (2, 2));
+    assert_eq!(o.partitions.len(), 1);
+
+    // Five rows of day 0 in chunks of two: three signed statements; day 1: one.
+    let reports = verify(&cfg);
+    let erasures: Vec<(i64, i64)> = reports
+        .iter()
+        .map(|r| (r.verified.erasures, r.verified.erased))
+        .collect();
+    assert_eq!(erasures, [(3, 10), (1, 4)]);
+    assert!(reports.iter().all(|r| r.ok()), "{reports:?}");
+    assert!(common::query_store_cfg(&cfg, IndexKind::Account, "big").is_empty());
+    assert_eq!(
+        common::query_store_cfg(&cfg, IndexKind::Account, "other").len(),
+        1
+    );
+    let key = integrity::load_public_key(&cfg.signing_key).unwrap();
+    let statement = relaylog::compliance::disclosure::verify_export(&o.statement, &key).unwrap();
+    assert_eq!(statement.records, 2);
+    assert_eq!(statement.erased.unwrap().records, 2);
+    assert_eq!(
+        ledger.entries().unwrap().pop().unwrap().action,
+        "account.offboard"
+    );
 }

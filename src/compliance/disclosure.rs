@@ -137,7 +137,8 @@ pub struct Erased {
 pub struct Describe<'a> {
     pub kind: &'static str,
     pub out: &'a Path,
-    pub body: &'a [u8],
+    /// SHA-256 of the export, hex.
+    pub export_sha256: String,
     pub found: &'a Collected,
     /// Records in the export (a subject export may hold fewer than were found).
     pub records: u64,
@@ -171,7 +172,7 @@ impl Manifest {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            export_sha256: sha256_hex(d.body),
+            export_sha256: d.export_sha256,
             records: d.records,
             collisions_dropped: d.found.collisions,
             partitions: heads(inst.store, &d.found.read)?,
@@ -264,20 +265,30 @@ pub fn collect(
     }
     unreadable.sort();
     unreadable.dedup();
-    let read: Vec<PartitionId> = partition::list(&store.path)
-        .map_err(|e| DiscloseError::Io {
-            path: store.path.clone(),
-            source: e,
-        })?
-        .into_iter()
-        .filter(|p| p.start_micros() < until && p.end_micros() > since && !unreadable.contains(p))
-        .collect();
+    let read = readable(store, since, until, &unreadable)?;
     Ok(Collected {
         records: found.into_values().collect(),
         read,
         unreadable,
         collisions,
     })
+}
+
+/// The partitions overlapping a window, but for those whose keys are gone.
+pub fn readable(
+    store: &StoreConfig,
+    since: Micros,
+    until: Micros,
+    unreadable: &[PartitionId],
+) -> Result<Vec<PartitionId>, DiscloseError> {
+    Ok(partition::list(&store.path)
+        .map_err(|e| DiscloseError::Io {
+            path: store.path.clone(),
+            source: e,
+        })?
+        .into_iter()
+        .filter(|p| p.start_micros() < until && p.end_micros() > since && !unreadable.contains(p))
+        .collect())
 }
 
 /// The last signed head of each partition.
@@ -327,6 +338,62 @@ pub fn render(records: &[Found], format: Format) -> Vec<u8> {
     }
 }
 
+/// A JSON array of records written one at a time, hashed as it goes: the same bytes
+/// as [`render`] in JSON, without holding the records. For exports with no upper
+/// bound (an account's whole history at contract end).
+pub struct JsonArrayFile {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    digest: digest::Context,
+    count: u64,
+}
+
+impl JsonArrayFile {
+    /// Creates `path`, failing if it exists.
+    pub fn create(path: &Path) -> Result<JsonArrayFile, DiscloseError> {
+        let f = create_new(path)?;
+        Ok(JsonArrayFile {
+            path: path.to_owned(),
+            out: std::io::BufWriter::with_capacity(256 * 1024, f),
+            digest: digest::Context::new(&digest::SHA256),
+            count: 0,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), DiscloseError> {
+        self.digest.update(bytes);
+        self.out
+            .write_all(bytes)
+            .map_err(|source| DiscloseError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    pub fn push(&mut self, value: &serde_json::Value) -> Result<(), DiscloseError> {
+        let pretty = serde_json::to_string_pretty(value).unwrap_or_default();
+        let sep: &[u8] = if self.count == 0 { b"[\n  " } else { b",\n  " };
+        self.write(sep)?;
+        // JSON strings cannot hold a raw newline: every one is a line break to indent.
+        self.write(pretty.replace('\n', "\n  ").as_bytes())?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Closes the array, syncs the file; returns (records, SHA-256 hex).
+    pub fn finish(mut self) -> Result<(u64, String), DiscloseError> {
+        let end: &[u8] = if self.count == 0 { b"[]\n" } else { b"\n]\n" };
+        self.write(end)?;
+        let io = |source| DiscloseError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let f = self.out.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+        Ok((self.count, hex(self.digest.finish().as_ref())))
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, bytes).as_ref())
 }
@@ -337,7 +404,14 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), DiscloseError> {
         path: path.to_owned(),
         source,
     };
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = create_new(path)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Creates `path` for writing; an existing file is [`DiscloseError::Exists`].
+fn create_new(path: &Path) -> Result<std::fs::File, DiscloseError> {
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
@@ -345,11 +419,12 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), DiscloseError> {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 DiscloseError::Exists(path.to_owned())
             } else {
-                io(e)
+                DiscloseError::Io {
+                    path: path.to_owned(),
+                    source: e,
+                }
             }
-        })?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)
+        })
 }
 
 /// Everything a disclosure needs from the installation.
@@ -409,7 +484,7 @@ pub fn disclose(
     let describe = Describe {
         kind: "relaylog disclosure v1",
         out,
-        body: &body,
+        export_sha256: sha256_hex(&body),
         found: &found,
         records: found.records.len() as u64,
         criteria: tags,
@@ -582,7 +657,7 @@ pub fn subject_export(
     let describe = Describe {
         kind: "relaylog subject export v1",
         out,
-        body: &body,
+        export_sha256: sha256_hex(&body),
         found: &found,
         records: records.len() as u64,
         criteria: vec![TaggedCriterion {
@@ -650,4 +725,47 @@ pub fn verify_export(manifest_file: &Path, public_key: &[u8]) -> Result<Manifest
         });
     }
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A streamed export is byte for byte what `render` makes of the same records, so
+    /// both kinds of export read, and hash, alike.
+    #[test]
+    fn a_streamed_json_array_is_the_rendered_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<serde_json::Value> = (0..3)
+            .map(|n| {
+                serde_json::json!({
+                    "time": format!("2026-11-2{n}T00:00:00Z"),
+                    "recipient": "+31612345678",
+                    "outcome": {"status": 202, "nested": [1, "a\nb"]},
+                    "empty": {},
+                })
+            })
+            .collect();
+        for n in 0..=values.len() {
+            let path = dir.path().join(format!("{n}.json"));
+            let mut f = JsonArrayFile::create(&path).unwrap();
+            for v in &values[..n] {
+                f.push(v).unwrap();
+            }
+            let (count, sha) = f.finish().unwrap();
+            let mut expected = serde_json::to_vec_pretty(&values[..n]).unwrap();
+            expected.push(b'\n');
+            let written = std::fs::read(&path).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&written),
+                String::from_utf8_lossy(&expected)
+            );
+            assert_eq!(count, n as u64);
+            assert_eq!(sha, sha256_hex(&expected));
+            assert!(matches!(
+                JsonArrayFile::create(&path),
+                Err(DiscloseError::Exists(_))
+            ));
+        }
+    }
 }

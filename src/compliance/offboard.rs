@@ -10,16 +10,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::cases::{Criterion, IdentifierKind};
 use super::disclosure::{
-    Describe, DiscloseError, Erased, Format, Installation, Manifest, TaggedCriterion, collect,
-    everything_until, render, signature_path, write_manifest, write_new,
+    Collected, Describe, DiscloseError, Erased, Format, Installation, JsonArrayFile, Manifest,
+    TaggedCriterion, everything_until, readable, signature_path, write_manifest,
 };
 use super::officers::Officer;
 use crate::clock::Micros;
+use crate::export::found_json;
 use crate::ledger::Ledger;
+use crate::store::IndexKind;
 use crate::store::integrity;
 use crate::store::partition::PartitionId;
+use crate::store::query::{self, Criteria};
 
 #[derive(Debug)]
 pub struct Offboarding {
@@ -30,9 +32,19 @@ pub struct Offboarding {
     pub partitions: Vec<PartitionId>,
 }
 
+/// Record ids one erasure statement covers at most: a statement holds ~41 bytes per
+/// row, and its transaction holds the partition's write lock while it runs.
+pub const ERASE_CHUNK: usize = 100_000;
+
 /// Exports `account`'s records to `dir/<account>-records.json`, erases them and their
 /// outcome events from every partition, and writes `dir/<account>-deletion.json`
 /// (signed, `.sig` beside it; `verify-export` checks it). Audited.
+///
+/// Memory stays bounded whatever the account's size: the export is streamed to disk
+/// (and synced) before anything is erased, and erasure then goes partition by
+/// partition, [`ERASE_CHUNK`] records per signed statement. Only records that are in
+/// the export are erased: a message recorded meanwhile stays (its id is above the
+/// highest exported in its partition).
 pub fn offboard(
     inst: &Installation<'_>,
     ledger: &mut Ledger,
@@ -40,6 +52,20 @@ pub fn offboard(
     account: &str,
     dir: &Path,
     now: Micros,
+) -> Result<Offboarding, DiscloseError> {
+    offboard_in_chunks(inst, ledger, officer, account, dir, now, ERASE_CHUNK)
+}
+
+/// [`offboard`] with the erasure chunk as a parameter (tests use small ones).
+#[allow(clippy::too_many_arguments)]
+pub fn offboard_in_chunks(
+    inst: &Installation<'_>,
+    ledger: &mut Ledger,
+    officer: &Officer,
+    account: &str,
+    dir: &Path,
+    now: Micros,
+    chunk: usize,
 ) -> Result<Offboarding, DiscloseError> {
     let account = crate::canonical::canonical_account(account);
     let export = dir.join(format!("{}-records.json", safe_name(&account)));
@@ -53,59 +79,103 @@ pub fn offboard(
         path: dir.to_owned(),
         source,
     })?;
-    let criterion = Criterion {
-        kind: IdentifierKind::Account,
-        value: account.clone(),
-    };
     let (since, until) = everything_until(now);
-    let found = collect(
-        inst.store,
-        inst.keyring,
-        std::slice::from_ref(&criterion),
+    let criteria = |since, until| Criteria {
+        kind: IndexKind::Account,
+        value: account.clone(),
         since,
         until,
-    )?;
-    // 1. The customer's copy, first: nothing is erased that was not exported.
-    let body = render(&found.records, Format::Json);
-    write_new(&export, &body)?;
-    // 2. Erase, partition by partition.
-    let mut by_partition: BTreeMap<PartitionId, Vec<i64>> = BTreeMap::new();
-    for f in &found.records {
-        by_partition
-            .entry(f.partition)
-            .or_default()
-            .push(f.record_id);
-    }
-    let reason = format!(
-        "contract end of account tag {}",
-        inst.master.audit_tag("account", &account)
+    };
+
+    // 1. The customer's copy, first and synced: nothing is erased that was not
+    // exported. Per partition: the highest record id exported.
+    let mut file = JsonArrayFile::create(&export)?;
+    let mut exported: BTreeMap<PartitionId, i64> = BTreeMap::new();
+    let mut failed = None;
+    let stats = query::run(
+        &inst.store.path,
+        inst.keyring,
+        &criteria(since, until),
+        |f| {
+            if failed.is_some() {
+                return;
+            }
+            let top = exported.entry(f.partition).or_insert(f.record_id);
+            *top = (*top).max(f.record_id);
+            if let Err(e) = file.push(&found_json(&f)) {
+                failed = Some(e);
+            }
+        },
     );
-    let (mut records, mut outcomes) = (0u64, 0u64);
-    for (p, ids) in &by_partition {
-        let mut conn =
-            crate::store::schema::open_for_read(&p.path_in(&inst.store.path)).map_err(|e| {
-                DiscloseError::Partition {
-                    partition: *p,
-                    message: e.to_string(),
-                }
-            })?;
-        let (r, o) = integrity::erase_records(&mut conn, *p, inst.signer, now, &reason, ids)
-            .map_err(|e| DiscloseError::Partition {
-                partition: *p,
-                message: e.to_string(),
-            })?;
-        records += r as u64;
-        outcomes += o as u64;
-    }
-    // 3. The statement: signed like a disclosure manifest, over the export.
+    let stats = match (stats, failed) {
+        (Ok(stats), None) => stats,
+        (Err(e), _) => {
+            let _ = std::fs::remove_file(&export);
+            return Err(e.into());
+        }
+        (_, Some(e)) => {
+            let _ = std::fs::remove_file(&export);
+            return Err(e);
+        }
+    };
+    let (exported_records, export_sha256) = file.finish()?;
+
+    // 2. Erase, partition by partition, chunk by chunk.
     let tag = inst.master.audit_tag("account", &account);
-    let touched: Vec<PartitionId> = by_partition.keys().copied().collect();
+    let reason = format!("contract end of account tag {tag}");
+    let (mut records, mut outcomes) = (0u64, 0u64);
+    let mut touched = Vec::new();
+    for (&p, &top) in &exported {
+        let erased = erase_partition(
+            inst,
+            &criteria(p.start_micros(), p.end_micros()),
+            p,
+            top,
+            chunk,
+            now,
+            &reason,
+        );
+        match erased {
+            Ok((r, o)) => {
+                records += r;
+                outcomes += o;
+                touched.push(p);
+            }
+            Err(e) => {
+                // What is erased stays erased (each under its own signed statement);
+                // the audit log says how far it got before the error is returned.
+                ledger.audit(
+                    now,
+                    &officer.name,
+                    "account.offboard.incomplete",
+                    serde_json::json!({
+                        "account": tag,
+                        "records": records,
+                        "outcomes": outcomes,
+                        "partitions": touched.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                        "failed_partition": p.to_string(),
+                        "export_sha256": export_sha256,
+                    }),
+                )?;
+                return Err(e);
+            }
+        }
+    }
+
+    // 3. The statement: signed like a disclosure manifest, over the export.
+    let unreadable = stats.partitions_shredded;
+    let found = Collected {
+        records: Vec::new(),
+        read: readable(inst.store, since, until, &unreadable)?,
+        unreadable,
+        collisions: stats.collisions,
+    };
     let describe = Describe {
         kind: "relaylog deletion statement v1",
         out: &export,
-        body: &body,
+        export_sha256,
         found: &found,
-        records,
+        records: exported_records,
         criteria: vec![TaggedCriterion {
             kind: "account".into(),
             tag: tag.clone(),
@@ -144,6 +214,39 @@ pub fn offboard(
         outcomes,
         partitions: touched,
     })
+}
+
+/// Erases the account's records of one partition with ids up to `top` (the highest
+/// exported), `chunk` per signed statement. Returns (records, outcome events).
+fn erase_partition(
+    inst: &Installation<'_>,
+    criteria: &Criteria,
+    p: PartitionId,
+    top: i64,
+    chunk: usize,
+    now: Micros,
+    reason: &str,
+) -> Result<(u64, u64), DiscloseError> {
+    let mut ids = Vec::new();
+    query::run(&inst.store.path, inst.keyring, criteria, |f| {
+        if f.partition == p && f.record_id <= top {
+            ids.push(f.record_id);
+        }
+    })?;
+    let err = |e: rusqlite::Error| DiscloseError::Partition {
+        partition: p,
+        message: e.to_string(),
+    };
+    let mut conn =
+        crate::store::schema::open_for_read(&p.path_in(&inst.store.path)).map_err(err)?;
+    let (mut records, mut outcomes) = (0u64, 0u64);
+    for ids in ids.chunks(chunk.max(1)) {
+        let (r, o) =
+            integrity::erase_records(&mut conn, p, inst.signer, now, reason, ids).map_err(err)?;
+        records += r as u64;
+        outcomes += o as u64;
+    }
+    Ok((records, outcomes))
 }
 
 /// An account name as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.

@@ -935,7 +935,9 @@ pub fn erase_records(
     reason: &str,
     record_ids: &[i64],
 ) -> rusqlite::Result<(usize, usize)> {
-    let tx = conn.transaction()?;
+    // Immediate: wait (busy timeout) for a live writer to commit, rather than read
+    // first and fail at once when upgrading to write.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(super::schema::ERASURE_DDL)?;
     let mut entries = Vec::new();
     let mut submissions = std::collections::BTreeSet::new();

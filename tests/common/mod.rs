@@ -236,7 +236,16 @@ impl Relay {
 }
 
 pub fn query_store(config: &Config, kind: IndexKind, value: &str) -> Vec<Found> {
-    let keyring = open_keyring(&config.store).unwrap();
+    query_store_cfg(&config.store, kind, value)
+}
+
+/// [`query_store`] on a store's own config.
+pub fn query_store_cfg(
+    store: &relaylog::config::StoreConfig,
+    kind: IndexKind,
+    value: &str,
+) -> Vec<Found> {
+    let keyring = open_keyring(store).unwrap();
     let criteria = Criteria {
         kind,
         value: value.to_owned(),
@@ -244,7 +253,7 @@ pub fn query_store(config: &Config, kind: IndexKind, value: &str) -> Vec<Found> 
         until: i64::MAX / 2,
     };
     let mut out = Vec::new();
-    query::run(&config.store.path, &keyring, &criteria, |f| out.push(f)).unwrap();
+    query::run(&store.path, &keyring, &criteria, |f| out.push(f)).unwrap();
     out
 }
 
