@@ -592,6 +592,11 @@ fn check_config(cli: &Cli, config: &Config) -> Result<()> {
                 .with_context(|| format!("listener `{}`", l.name))?;
         }
     }
+    if let Some(tls) = config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        crate::ingress::tls::server_config(&tls.cert, &tls.key).context("admin")?;
+        crate::store::integrity::load_signing_key(&config.store.signing_key)
+            .context("admin: the compliance API signs exports")?;
+    }
     println!("{}: ok", cli.config.display());
     for w in config.warnings() {
         println!("warning: {w}");

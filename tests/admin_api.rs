@@ -514,6 +514,48 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
         .await
         .expect(StatusCode::OK);
     assert_eq!(v["intact"], true);
+    let page = s
+        .admin
+        .get("/api/v1/audit?after=0&limit=3", &carl_t)
+        .await
+        .expect(StatusCode::OK);
+    let seqs: Vec<i64> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let officers = s
+        .admin
+        .get("/api/v1/officers", &carl_t)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(officers["officers"].as_array().unwrap().len(), 3);
+
+    // Legal holds.
+    let hold = json!({"case": "NL/OM-0042/0001", "since": "2026-01-01", "until": "2026-01-31", "reason": "order RC 26/1234"});
+    s.admin
+        .post("/api/v1/holds", &anna_t, Some(hold))
+        .await
+        .expect(StatusCode::CREATED);
+    let holds = s
+        .admin
+        .get("/api/v1/holds", &anna_t)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(holds["holds"][0]["placed_by"], "anna");
+    let released = s
+        .admin
+        .post("/api/v1/holds/NL%2FOM-0042%2F0001/release", &anna_t, None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(released["released"], 1);
+    let r = s
+        .admin
+        .post("/api/v1/holds/NL%2FOM-0042%2F0001/release", &anna_t, None)
+        .await;
+    r.expect(StatusCode::NOT_FOUND);
 
     // Disabling an officer ends her session at once.
     s.admin
@@ -601,6 +643,12 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
         ]
     );
     for action in [
+        "hold.add",
+        "hold.list",
+        "hold.release",
+        "officer.list",
+        "audit.list",
+        "audit.verify",
         "session.login",
         "session.logout",
         "subject.export",

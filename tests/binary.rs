@@ -356,6 +356,20 @@ fn configuration_and_key_errors_are_clear() {
     let (ok, text) = cli(&config, &["check-config"]);
     assert!(ok && text.contains(": ok"), "{text}");
 
+    // The admin listener's TLS files are checked too (config_text ends with [admin]).
+    let tls = dir.path().join("admin-tls.toml");
+    let admin = format!(
+        "{}tls-cert = \"{d}/nope.crt\"\ntls-key = \"{d}/nope.key\"\n",
+        std::fs::read_to_string(&config).unwrap(),
+        d = dir.path().display()
+    );
+    std::fs::write(&tls, admin).unwrap();
+    let (ok, text) = cli(&tls, &["check-config"]);
+    assert!(
+        !ok && text.contains("admin") && text.contains("nope.crt"),
+        "{text}"
+    );
+
     let (ok, text) = cli(
         &config,
         &["query", "--recipient", "0612345678", "--since", "yesterday"],

@@ -1086,6 +1086,12 @@ async fn audit_verify(
         let mut ledger = api.ledger()?;
         who.require(&mut ledger, Role::Admin, "audit.verify", now)?;
         let n = ledger.verify_audit()?;
+        ledger.audit(
+            now,
+            &who.officer.name,
+            "audit.verify",
+            json!({"entries": n}),
+        )?;
         Ok(Json(json!({ "intact": true, "entries": n })))
     })
     .await
@@ -1111,7 +1117,9 @@ async fn list_officers(
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
         let mut ledger = api.ledger()?;
-        who.require(&mut ledger, Role::Admin, "officer.list", api.now())?;
+        let now = api.now();
+        who.require(&mut ledger, Role::Admin, "officer.list", now)?;
+        ledger.audit(now, &who.officer.name, "officer.list", json!({}))?;
         let officers = ledger.officers()?;
         Ok(Json(
             json!({ "officers": officers.iter().map(officer_json).collect::<Vec<_>>() }),
@@ -1195,10 +1203,12 @@ fn hold_json(h: &crate::ledger::Hold) -> Value {
 
 async fn list_holds(
     axum::extract::State(api): State,
-    _who: Authed,
+    who: Authed,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
-        let holds = api.ledger()?.holds()?;
+        let mut ledger = api.ledger()?;
+        ledger.audit(api.now(), &who.officer.name, "hold.list", json!({}))?;
+        let holds = ledger.holds()?;
         Ok(Json(
             json!({ "holds": holds.iter().map(hold_json).collect::<Vec<_>>() }),
         ))
