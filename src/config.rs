@@ -195,10 +195,18 @@ pub struct RawAdmin {
     /// Where API disclosures, subject exports and offboarding files are written.
     /// Defaults to `exports` beside the ledger.
     pub exports: Option<PathBuf>,
+    /// How long files in `exports` are kept before `serve` deletes them: they are
+    /// copies of traffic data, and must not outlive their purpose.
+    #[serde(default = "d_exports_keep")]
+    pub exports_keep: String,
 }
 
 fn d_session_ttl() -> String {
     "15m".into()
+}
+
+fn d_exports_keep() -> String {
+    "30days".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -411,6 +419,7 @@ pub struct AdminConfig {
     pub tls: Option<TlsFiles>,
     pub session_ttl: Duration,
     pub exports: PathBuf,
+    pub exports_keep: Duration,
 }
 
 /// Bounds of `admin.session-ttl`: short enough that a session stands for a recent
@@ -510,6 +519,13 @@ fn validate_admin(a: RawAdmin, ledger: &Path) -> Result<AdminConfig, ConfigError
             format!("`{}` is outside 1m..8h", a.session_ttl),
         ));
     }
+    let exports_keep = parse_duration("admin.exports-keep", &a.exports_keep)?;
+    if !(Duration::from_secs(3600)..=Duration::from_secs(400 * 86_400)).contains(&exports_keep) {
+        return Err(invalid(
+            "admin.exports-keep",
+            format!("`{}` is outside 1h..400days", a.exports_keep),
+        ));
+    }
     let exports = a.exports.unwrap_or_else(|| {
         ledger
             .parent()
@@ -521,6 +537,7 @@ fn validate_admin(a: RawAdmin, ledger: &Path) -> Result<AdminConfig, ConfigError
         tls,
         session_ttl,
         exports,
+        exports_keep,
     })
 }
 
@@ -936,6 +953,7 @@ mod tests {
         assert!(a.tls.is_none());
         assert_eq!(a.session_ttl, Duration::from_secs(900));
         assert_eq!(a.exports, Path::new("/srv/rl/exports"));
+        assert_eq!(a.exports_keep, Duration::from_secs(30 * 86_400));
         let a = admin(
             "tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\nsession-ttl = \"5m\"\nexports = \"/x\"\n",
         )
@@ -950,6 +968,7 @@ mod tests {
             ("session-ttl = \"10s\"\n", "admin.session-ttl"),
             ("session-ttl = \"9h\"\n", "admin.session-ttl"),
             ("session-ttl = \"soon\"\n", "admin.session-ttl"),
+            ("exports-keep = \"1m\"\n", "admin.exports-keep"),
         ] {
             let err = admin(extra).unwrap_err().to_string();
             assert!(err.contains(key), "{extra}: {err}");

@@ -117,17 +117,18 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     let store = Store::open(config.store.clone(), clock.clone(), metrics.clone())?;
     // Expiry at start-up, then every expire-interval.
     let store = Arc::new(store);
-    run_expiry(&store, clock.as_ref());
+    run_expiry(&store, &config, clock.as_ref());
     {
         let (store, clock, mut shutdown) = (store.clone(), clock.clone(), shutdown.clone());
         let interval = config.store.expire_interval;
+        let config = config.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.wait() => break,
                     _ = tokio::time::sleep(interval) => {
-                        let (store, clock) = (store.clone(), clock.clone());
-                        let _ = tokio::task::spawn_blocking(move || run_expiry(&store, clock.as_ref())).await;
+                        let (store, clock, config) = (store.clone(), clock.clone(), config.clone());
+                        let _ = tokio::task::spawn_blocking(move || run_expiry(&store, &config, clock.as_ref())).await;
                     }
                 }
             }
@@ -244,7 +245,17 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
 }
 
 /// Runs expiry, logging (not failing) on error: a failed run is retried next interval.
-fn run_expiry(store: &Store, clock: &dyn crate::clock::Clock) {
+fn run_expiry(store: &Store, config: &Config, clock: &dyn crate::clock::Clock) {
+    // API exports are copies of traffic data: they go after admin.exports-keep.
+    match crate::admin::api::expire_exports(config, clock.now_micros()) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(removed = removed.len(), "old exports deleted");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = ?e, "deleting old exports failed; retried at the next interval")
+        }
+    }
     // The same periodic task makes tomorrow's keys, off the request path.
     if let Err(e) = store.prepare_keys(clock.now()) {
         tracing::error!(error = %e, "cannot create the next partition's keys; the first message of the day will");

@@ -575,6 +575,25 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
             .contains("session expired")
     );
 
+    // Exports are copies of traffic data: serve deletes them after exports-keep.
+    let later = s.clock.now_micros();
+    let export = s
+        .config
+        .admin
+        .as_ref()
+        .unwrap()
+        .exports
+        .join(d["export"].as_str().unwrap());
+    assert!(
+        relaylog::admin::api::expire_exports(&s.config, later)
+            .unwrap()
+            .is_empty()
+    );
+    let removed =
+        relaylog::admin::api::expire_exports(&s.config, later + 31 * 86_400_000_000).unwrap();
+    assert_eq!(removed.len(), 9, "{removed:?}"); // disclosure, subject export, offboarding: 3 files each
+    assert!(!export.exists());
+
     let actions = audit_actions(&s.config_path);
     let names: Vec<&str> = actions.iter().map(|(a, _)| a.as_str()).collect();
     let unauthenticated: Vec<&Value> = actions
@@ -643,6 +662,7 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
         ]
     );
     for action in [
+        "export.expired",
         "hold.add",
         "hold.list",
         "hold.release",

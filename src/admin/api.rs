@@ -1257,6 +1257,43 @@ async fn release_hold(
     .await
 }
 
+/// Deletes files in `admin.exports` last written more than `admin.exports-keep`
+/// before `now`, each deletion audited as `export.expired`. `serve` runs it with
+/// expiry. Returns the names deleted.
+pub fn expire_exports(config: &Config, now: Micros) -> Result<Vec<String>, ApiError> {
+    let Some(admin) = &config.admin else {
+        return Ok(Vec::new());
+    };
+    let keep = Micros::try_from(admin.exports_keep.as_micros()).unwrap_or(Micros::MAX);
+    let entries = match std::fs::read_dir(&admin.exports) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ApiError::internal(&e)),
+    };
+    let mut old = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let written = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| Micros::try_from(d.as_micros()).ok());
+        if meta.is_file() && written.is_some_and(|w| w.saturating_add(keep) <= now) {
+            old.push(entry.path());
+        }
+    }
+    old.sort();
+    let mut ledger = Ledger::open(&config.store.ledger)?;
+    let mut removed = Vec::new();
+    for path in old {
+        std::fs::remove_file(&path).map_err(|e| ApiError::internal(&e))?;
+        let name = file_name(&path);
+        ledger.audit(now, "serve", "export.expired", json!({"file": name}))?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
