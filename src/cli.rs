@@ -1123,8 +1123,17 @@ fn offboard(
         crate::compliance::officers::Role::Admin,
     )?;
     let inst = x.keys.installation(config);
-    let o =
-        crate::compliance::offboard::offboard(&inst, &mut x.ledger, &x.officer, name, out, x.now)?;
+    let o = crate::compliance::offboard::offboard(
+        &inst,
+        &mut x.ledger,
+        &x.officer,
+        name,
+        crate::compliance::offboard::Out {
+            dir: out,
+            stem: None,
+        },
+        x.now,
+    )?;
     println!(
         "account {name}: {} records and {} outcome events exported to {} and erased from {} partition(s)\ndeletion statement {}",
         o.records,

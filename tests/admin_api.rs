@@ -464,6 +464,10 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
         .await
         .expect(StatusCode::CREATED);
     assert_eq!(o["records"], 1);
+    assert!(
+        o["statement"].as_str().unwrap().starts_with("offboard-"),
+        "{o}"
+    );
     let q = s
         .admin
         .post(
@@ -681,7 +685,7 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
     let (ok, out) = cli(&s.config_path, &["audit", "verify"]);
     assert!(ok, "{out}");
     let ledger = std::fs::read(&s.config.store.ledger).unwrap();
-    for number in ["31612345678", "612345678", "31611111111"] {
+    for number in ["31612345678", "612345678", "31611111111", "leaver"] {
         assert!(
             !contains(&ledger, number.as_bytes()),
             "{number} in the ledger"

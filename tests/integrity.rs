@@ -252,7 +252,10 @@ async fn offboarding_erases_in_signed_chunks_and_the_store_still_verifies() {
             ledger,
             &root,
             "big",
-            &dir.path().join(out),
+            relaylog::compliance::offboard::Out {
+                dir: &dir.path().join(out),
+                stem: None,
+            },
             now,
             2,
         )

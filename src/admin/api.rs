@@ -740,8 +740,13 @@ async fn close_case(
 
 /// A file name unique to this moment, e.g. `case-7-20261122T101530.123456Z.json`.
 fn export_name(prefix: &str, now: Micros, ext: &str) -> String {
+    format!("{}.{ext}", stamped(prefix, now))
+}
+
+/// `prefix-<UTC time to the microsecond>`.
+fn stamped(prefix: &str, now: Micros) -> String {
     let t = crate::clock::micros_to_datetime(now).format("%Y%m%dT%H%M%S%.6fZ");
-    format!("{prefix}-{t}.{ext}")
+    format!("{prefix}-{t}")
 }
 
 fn file_name(p: &Path) -> String {
@@ -865,14 +870,20 @@ async fn offboard(
         let now = api.now();
         let mut ledger = api.ledger()?;
         who.require(&mut ledger, Role::Admin, "account.offboard", now)?;
-        let dir = api.exports.clone();
+        // Named by time, not account: download and expiry put file names in the
+        // audit log, which names accounts only by tag.
+        let stem = stamped("offboard", now);
+        let out = crate::compliance::offboard::Out {
+            dir: &api.exports,
+            stem: Some(&stem),
+        };
         api.with_installation(|inst| {
             let o = crate::compliance::offboard::offboard(
                 inst,
                 &mut ledger,
                 &who.officer,
                 &name,
-                &dir,
+                out,
                 now,
             )?;
             Ok(json!({

@@ -36,9 +36,11 @@ pub struct Offboarding {
 /// row, and its transaction holds the partition's write lock while it runs.
 pub const ERASE_CHUNK: usize = 100_000;
 
-/// Exports `account`'s records to `dir/<account>-records.json`, erases them and their
-/// outcome events from every partition, and writes `dir/<account>-deletion.json`
-/// (signed, `.sig` beside it; `verify-export` checks it). Audited.
+/// Exports `account`'s records to `dir/<stem>-records.json`, erases them and their
+/// outcome events from every partition, and writes `dir/<stem>-deletion.json`
+/// (signed, `.sig` beside it; `verify-export` checks it). Audited. The stem is the
+/// account's name unless one is given: the API gives a neutral one, since its file
+/// names reach the audit log, which names accounts only by tag.
 ///
 /// Memory stays bounded whatever the account's size: the export is streamed to disk
 /// (and synced) before anything is erased, and erasure then goes partition by
@@ -50,10 +52,18 @@ pub fn offboard(
     ledger: &mut Ledger,
     officer: &Officer,
     account: &str,
-    dir: &Path,
+    out: Out<'_>,
     now: Micros,
 ) -> Result<Offboarding, DiscloseError> {
-    offboard_in_chunks(inst, ledger, officer, account, dir, now, ERASE_CHUNK)
+    offboard_in_chunks(inst, ledger, officer, account, out, now, ERASE_CHUNK)
+}
+
+/// Where offboarding writes its files.
+#[derive(Debug, Clone, Copy)]
+pub struct Out<'a> {
+    pub dir: &'a Path,
+    /// File name stem; `None`: the account's name.
+    pub stem: Option<&'a str>,
 }
 
 /// [`offboard`] with the erasure chunk as a parameter (tests use small ones).
@@ -63,13 +73,15 @@ pub fn offboard_in_chunks(
     ledger: &mut Ledger,
     officer: &Officer,
     account: &str,
-    dir: &Path,
+    out: Out<'_>,
     now: Micros,
     chunk: usize,
 ) -> Result<Offboarding, DiscloseError> {
     let account = crate::canonical::canonical_account(account);
-    let export = dir.join(format!("{}-records.json", safe_name(&account)));
-    let statement = dir.join(format!("{}-deletion.json", safe_name(&account)));
+    let dir = out.dir;
+    let stem = safe_name(out.stem.unwrap_or(&account));
+    let export = dir.join(format!("{stem}-records.json"));
+    let statement = dir.join(format!("{stem}-deletion.json"));
     for p in [&export, &statement, &signature_path(&statement)] {
         if p.exists() {
             return Err(DiscloseError::Exists(p.clone()));

@@ -293,30 +293,37 @@ impl Head {
     }
 }
 
+const HEAD_SELECT: &str =
+    "SELECT seq, size, record_through, outcome_through, root, at_us, signature FROM head";
+
+/// A head row and its signature. A root of the wrong length reads as zeros, which the
+/// signature over it then fails to verify: damage, reported as such.
+fn read_head(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Head, Vec<u8>)> {
+    let root: Vec<u8> = r.get(4)?;
+    let mut hash = [0u8; 32];
+    if root.len() == 32 {
+        hash.copy_from_slice(&root);
+    }
+    Ok((
+        Head {
+            seq: r.get(0)?,
+            size: r.get::<_, i64>(1)? as u64,
+            record_through: r.get(2)?,
+            outcome_through: r.get(3)?,
+            root: hash,
+            at_us: r.get(5)?,
+        },
+        r.get(6)?,
+    ))
+}
+
 /// The last signed head of a partition and its signature, if it has one.
 pub fn latest_head(conn: &Connection) -> rusqlite::Result<Option<(Head, Vec<u8>)>> {
     use rusqlite::OptionalExtension;
     conn.query_row(
-        "SELECT seq, size, record_through, outcome_through, root, at_us, signature FROM head ORDER BY seq DESC LIMIT 1",
+        &format!("{HEAD_SELECT} ORDER BY seq DESC LIMIT 1"),
         [],
-        |r| {
-            let root: Vec<u8> = r.get(4)?;
-            let mut hash = [0u8; 32];
-            if root.len() == 32 {
-                hash.copy_from_slice(&root);
-            }
-            Ok((
-                Head {
-                    seq: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    record_through: r.get(2)?,
-                    outcome_through: r.get(3)?,
-                    root: hash,
-                    at_us: r.get(5)?,
-                },
-                r.get(6)?,
-            ))
-        },
+        read_head,
     )
     .optional()
 }
@@ -634,32 +641,10 @@ fn verify_inner(
 ) -> rusqlite::Result<Verified> {
     let key = signature::UnparsedPublicKey::new(&signature::ED25519, public_key);
     let mut out = Verified::default();
-    let mut heads = Vec::new();
-    {
-        let mut stmt = conn.prepare(
-            "SELECT seq, size, record_through, outcome_through, root, at_us, signature FROM head ORDER BY seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let root: Vec<u8> = r.get(4)?;
-            let sig: Vec<u8> = r.get(6)?;
-            let mut h = [0u8; 32];
-            if root.len() == 32 {
-                h.copy_from_slice(&root);
-            }
-            heads.push((
-                Head {
-                    seq: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    record_through: r.get(2)?,
-                    outcome_through: r.get(3)?,
-                    root: h,
-                    at_us: r.get(5)?,
-                },
-                sig,
-            ));
-        }
-    }
+    let heads = conn
+        .prepare(&format!("{HEAD_SELECT} ORDER BY seq"))?
+        .query_map([], read_head)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     out.heads = heads.len() as i64;
     let mut records = conn.prepare(&format!("{RECORD_SELECT} ORDER BY id"))?;
     let mut outcomes = conn.prepare(&format!("{OUTCOME_SELECT} ORDER BY id"))?;
