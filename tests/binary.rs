@@ -555,3 +555,71 @@ fn holds_from_the_command_line_keep_a_partition() {
     ]);
     assert!(!ok && text.contains("window is empty"), "{text}");
 }
+
+/// Issue 10, as a new user met it: two accounts' messages, `serve` stopped (by SIGTERM,
+/// or by `kill -9` with rows still unsigned), the second account offboarded, `serve`
+/// again with a third account's messages. Before ids were the writer's, SQLite gave
+/// the erased ids out again and `verify` reported a clean store as DAMAGED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9() {
+    for stop in ["TERM", "KILL"] {
+        let dir = tempfile::tempdir().unwrap();
+        let up = CaptureUpstream::start("0: Accepted for delivery").await;
+        let config = plain_config(dir.path(), Some(&up.url()));
+        init_keys(dir.path());
+        let c = client();
+        // As a person sends them: apart, so that each gets a signed head of its own.
+        let send = |url: String, user: &'static str, n: u32| {
+            let c = c.clone();
+            async move {
+                let (s, _) = get(&c, &sendsms(&url, user, &number(n))).await;
+                assert_eq!(s.as_u16(), 202, "{user}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        };
+        let served = Served::start(dir.path(), &config);
+        let url = served.addr("listening");
+        for (user, n) in [("bee", 1), ("bee", 2), ("aay", 3), ("aay", 4)] {
+            send(url.clone(), user, n).await;
+        }
+        unsafe_kill(served.child.id(), stop);
+        drop(served);
+
+        let root = add_officer(&config, "root1", "admin");
+        let (ok, out) = cli_with_input(
+            &config,
+            &[
+                "account",
+                "offboard",
+                "aay",
+                "--out",
+                dir.path().join("returned").to_str().unwrap(),
+                "--officer",
+                "root1",
+                "--totp",
+                &totp_now(&root),
+            ],
+            "root1-long-password\n",
+        );
+        assert!(ok && out.contains("2 records"), "{stop}: {out}");
+
+        let served = Served::start(dir.path(), &config);
+        let url = served.addr("listening");
+        send(url.clone(), "cee", 5).await;
+        send(url, "cee", 6).await;
+        let (status, _) = served.terminate();
+        assert!(status.success());
+
+        let (ok, text) = cli(&config, &["verify"]);
+        assert!(ok && text.contains("0 problem(s)"), "{stop}: {text}");
+        assert!(!text.contains("DAMAGED"), "{stop}: {text}");
+        let cfg = Config::load(&config).unwrap();
+        for (account, n) in [("bee", 2), ("aay", 0), ("cee", 2)] {
+            assert_eq!(
+                query_store(&cfg, IndexKind::Account, account).len(),
+                n,
+                "{stop}: {account}"
+            );
+        }
+    }
+}

@@ -316,3 +316,172 @@ async fn offboarding_erases_in_signed_chunks_and_the_store_still_verifies() {
         "account.offboard"
     );
 }
+
+/// Offboards `account` from the closed or open store at `cfg` (chunks of 100).
+fn erase_account(cfg: &StoreConfig, account: &str, out: &std::path::Path, now: i64) -> (u64, u64) {
+    use relaylog::compliance::disclosure::Installation;
+    use relaylog::compliance::officers::{Officer, Role};
+    let keyring = open_keyring(cfg).unwrap();
+    let master = relaylog::store::keys::MasterKey::load(&cfg.master_key).unwrap();
+    let signer = integrity::load_signing_key(&cfg.signing_key).unwrap();
+    let inst = Installation {
+        store: cfg,
+        keyring: &keyring,
+        master: &master,
+        signer: &signer,
+    };
+    let mut ledger = relaylog::ledger::Ledger::open(&cfg.ledger).unwrap();
+    let root = Officer {
+        name: "root".into(),
+        role: Role::Admin,
+        enabled: true,
+        created_at: 0,
+        created_by: "test".into(),
+    };
+    let o = relaylog::compliance::offboard::offboard_in_chunks(
+        &inst,
+        &mut ledger,
+        &root,
+        account,
+        relaylog::compliance::offboard::Out {
+            dir: out,
+            stem: None,
+        },
+        now,
+        100,
+    )
+    .unwrap();
+    (o.records, o.outcomes)
+}
+
+/// Every record id and outcome id in a partition, in order.
+fn ids(cfg: &StoreConfig, partition: &str, table: &str) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(cfg.path.join(format!("{partition}.sqlite"))).unwrap();
+    let mut stmt = conn
+        .prepare(&format!("SELECT id FROM {table} ORDER BY id"))
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+fn assert_clean(cfg: &StoreConfig, erased: i64) {
+    let reports = verify(cfg);
+    assert!(reports.iter().all(|r| r.ok()), "{reports:?}");
+    assert_eq!(
+        reports.iter().map(|r| r.verified.erased).sum::<i64>(),
+        erased,
+        "{reports:?}"
+    );
+}
+
+/// Issue 10: erasing a partition's highest ids and then writing more made SQLite hand
+/// those ids out again (`INTEGER PRIMARY KEY` is `max(id) + 1`), and `verify` cried
+/// "record changed" over a store nobody had touched. Here the erasure runs with the
+/// store closed, then with the writer live, and the store verifies clean each time.
+#[tokio::test]
+async fn erasing_the_highest_ids_then_writing_more_does_not_reuse_ids_or_cry_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    init_keys(&cfg).unwrap();
+    let clock = ManualClock::new(day(0, 0));
+    let send = |store: &relaylog::store::Store, account: &'static str, minute: i64| {
+        clock.set(day(0, minute));
+        let rec = store.recorder();
+        async move {
+            accepted(&rec, account, "+31612000001").await;
+            accepted(&rec, account, "+31612000002").await;
+            rec.barrier().await.unwrap();
+        }
+    };
+    let store = open_store(&cfg, &clock);
+    send(&store, "bee", 1).await;
+    send(&store, "aay", 2).await;
+    store.close().await;
+    // aay's rows are the partition's highest (records 3, 4; outcomes 3, 4).
+    assert_eq!(
+        erase_account(
+            &cfg,
+            "aay",
+            &dir.path().join("a"),
+            day(1, 0).timestamp_micros()
+        ),
+        (2, 2)
+    );
+    assert_eq!(ids(&cfg, "2026-11-01", "record"), [1, 2]);
+
+    let store = open_store(&cfg, &clock);
+    send(&store, "cee", 3).await;
+    // Erased while the writer has the partition open, then more traffic.
+    assert_eq!(
+        erase_account(
+            &cfg,
+            "cee",
+            &dir.path().join("c"),
+            day(1, 0).timestamp_micros()
+        ),
+        (2, 2)
+    );
+    send(&store, "dee", 4).await;
+    store.close().await;
+    assert_eq!(ids(&cfg, "2026-11-01", "record"), [1, 2, 7, 8]);
+    assert_eq!(ids(&cfg, "2026-11-01", "outcome"), [1, 2, 7, 8]);
+    assert_clean(&cfg, 8);
+    for (account, n) in [("bee", 2), ("aay", 0), ("cee", 0), ("dee", 2)] {
+        assert_eq!(
+            common::query_store_cfg(&cfg, relaylog::store::IndexKind::Account, account).len(),
+            n,
+            "{account}"
+        );
+    }
+}
+
+/// The state a `kill -9` leaves: rows committed, their head not yet signed. Those rows
+/// erased, the next writer must still fold their kept leaves into its first head and
+/// never give their ids out again.
+#[tokio::test]
+async fn erasing_unsigned_rows_after_a_crash_does_not_reuse_ids_or_cry_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    init_keys(&cfg).unwrap();
+    let clock = ManualClock::new(day(0, 1));
+    let store = open_store(&cfg, &clock);
+    let rec = store.recorder();
+    accepted(&rec, "bee", "+31612000001").await;
+    rec.barrier().await.unwrap();
+    clock.set(day(0, 2));
+    accepted(&rec, "aay", "+31612000002").await;
+    accepted(&rec, "aay", "+31612000003").await;
+    store.close().await;
+    // Drop the heads that cover aay's rows, as if the writer died before signing them.
+    let covered_bee = {
+        let conn = rusqlite::Connection::open(cfg.path.join("2026-11-01.sqlite")).unwrap();
+        conn.execute(
+            "DELETE FROM head WHERE record_through > 1 OR outcome_through > 1",
+            [],
+        )
+        .unwrap();
+        conn.query_row("SELECT count(*) FROM head", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    assert!(covered_bee >= 1, "bee's rows keep their head");
+    assert_eq!(
+        erase_account(
+            &cfg,
+            "aay",
+            &dir.path().join("a"),
+            day(1, 0).timestamp_micros()
+        ),
+        (2, 2)
+    );
+
+    let store = open_store(&cfg, &clock);
+    clock.set(day(0, 3));
+    let rec = store.recorder();
+    accepted(&rec, "cee", "+31612000004").await;
+    rec.barrier().await.unwrap();
+    store.close().await;
+    assert_eq!(ids(&cfg, "2026-11-01", "record"), [1, 4]);
+    assert_clean(&cfg, 4);
+}

@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ring::digest::{self, SHA256};
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
@@ -375,7 +375,9 @@ impl Default for TreeState {
 
 impl TreeState {
     /// Loads the state from the last head, and the leaves of every row written after
-    /// it (a writer that stopped before signing them).
+    /// it (a writer that stopped before signing them), in id order. A row erased
+    /// before its head was signed contributes the leaf its erasure statement kept, as
+    /// [`verify`] will fold it.
     pub fn load(conn: &Connection) -> rusqlite::Result<TreeState> {
         use rusqlite::OptionalExtension;
         let last = conn
@@ -397,17 +399,43 @@ impl TreeState {
                 ..TreeState::default()
             },
         };
+        let (erased_r, erased_o) = erased_leaves(conn, |_| true)?;
+        let mut leaves: BTreeMap<i64, Hash> = erased_r
+            .into_iter()
+            .filter(|(id, _)| *id > t.record_through)
+            .collect();
         let mut stmt = conn.prepare(&format!("{RECORD_SELECT} WHERE id > ?1 ORDER BY id"))?;
         for row in stmt.query_map([t.record_through], read_record)? {
             let (id, row) = row?;
-            t.push_record(id, record_leaf(&row));
+            leaves.insert(id, record_leaf(&row));
         }
+        for (id, leaf) in leaves {
+            t.push_record(id, leaf);
+        }
+        let mut leaves: BTreeMap<i64, Hash> = erased_o
+            .into_iter()
+            .filter(|(id, _)| *id > t.outcome_through)
+            .collect();
         let mut stmt = conn.prepare(&format!("{OUTCOME_SELECT} WHERE id > ?1 ORDER BY id"))?;
         for row in stmt.query_map([t.outcome_through], read_outcome)? {
             let (id, row) = row?;
-            t.push_outcome(id, outcome_leaf(&row));
+            leaves.insert(id, outcome_leaf(&row));
+        }
+        for (id, leaf) in leaves {
+            t.push_outcome(id, leaf);
         }
         Ok(t)
+    }
+
+    /// The highest record id this partition has ever held (signed, unsigned or
+    /// erased): the next record's id is one more. Ids are never reused.
+    pub fn last_record(&self) -> i64 {
+        self.last_record
+    }
+
+    /// As [`TreeState::last_record`], for outcome events.
+    pub fn last_outcome(&self) -> i64 {
+        self.last_outcome
     }
 
     pub fn push_record(&mut self, id: i64, leaf: Hash) {
@@ -872,30 +900,64 @@ fn load_erased(
     key: &signature::UnparsedPublicKey<&[u8]>,
     damage: &mut Vec<Damage>,
 ) -> rusqlite::Result<(HashMap<i64, Hash>, HashMap<i64, Hash>, i64)> {
-    let (mut records, mut outcomes, mut statements) = (HashMap::new(), HashMap::new(), 0);
+    let mut statements = 0;
+    let (records, outcomes) = erased_leaves(conn, |s| {
+        if key
+            .verify(
+                &erasure_message(partition, s.id, s.at_us, &s.reason, &s.entries),
+                &s.signature,
+            )
+            .is_err()
+        {
+            damage.push(Damage::ErasureSignature { id: s.id });
+            return false;
+        }
+        statements += 1;
+        true
+    })?;
+    Ok((records, outcomes, statements))
+}
+
+/// One stored erasure statement.
+struct ErasureStatement {
+    id: i64,
+    at_us: i64,
+    reason: String,
+    entries: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// The kept leaves (records, outcomes) of every erasure statement that `accept` takes.
+/// A partition written before erasure existed has no statements.
+#[allow(clippy::type_complexity)]
+fn erased_leaves(
+    conn: &Connection,
+    mut accept: impl FnMut(&ErasureStatement) -> bool,
+) -> rusqlite::Result<(HashMap<i64, Hash>, HashMap<i64, Hash>)> {
+    let (mut records, mut outcomes) = (HashMap::new(), HashMap::new());
     let exists: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'erasure'",
         [],
         |r| r.get(0),
     )?;
     if exists == 0 {
-        return Ok((records, outcomes, 0));
+        return Ok((records, outcomes));
     }
     let mut stmt =
         conn.prepare("SELECT id, at_us, reason, entries, signature FROM erasure ORDER BY id")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let (id, at, reason, entries, sig): (i64, i64, String, Vec<u8>, Vec<u8>) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-        if key
-            .verify(&erasure_message(partition, id, at, &reason, &entries), &sig)
-            .is_err()
-        {
-            damage.push(Damage::ErasureSignature { id });
+        let s = ErasureStatement {
+            id: r.get(0)?,
+            at_us: r.get(1)?,
+            reason: r.get(2)?,
+            entries: r.get(3)?,
+            signature: r.get(4)?,
+        };
+        if !accept(&s) {
             continue;
         }
-        statements += 1;
-        for e in entries.chunks_exact(41) {
+        for e in s.entries.chunks_exact(41) {
             let mut leaf = [0u8; 32];
             leaf.copy_from_slice(&e[9..41]);
             let row_id = i64::from_be_bytes(e[1..9].try_into().unwrap_or_default());
@@ -905,7 +967,7 @@ fn load_erased(
             };
         }
     }
-    Ok((records, outcomes, statements))
+    Ok((records, outcomes))
 }
 
 /// Erases records (and the outcome events of their submissions) from a partition

@@ -112,9 +112,16 @@ CREATE TABLE IF NOT EXISTS erasure (
 );
 ";
 
-pub const INSERT_RECORD: &str = "INSERT INTO record (submission, ordinal, at_us, bucket, protocol, service, \
+/// Records and outcomes are inserted with their ids given, never left to SQLite: an
+/// `INTEGER PRIMARY KEY` without AUTOINCREMENT hands out `max(id) + 1`, so once an
+/// erasure removed a partition's highest rows their ids came back, and the Merkle fold
+/// and the `id > watermark` scans no longer lined up. The writer assigns ids above a
+/// high-water mark it derives when it opens a partition (the last signed head, the
+/// rows after it and the erasure statements: see `integrity::TreeState::load`), so
+/// partitions written before need no migration.
+pub const INSERT_RECORD: &str = "INSERT INTO record (id, submission, ordinal, at_us, bucket, protocol, service, \
     recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
 /// The index tables, in [`crate::store::IndexKind`] order: account, ip, originator, recipient.
 pub const INDEX_TABLES: [&str; 4] = ["ix_account", "ix_ip", "ix_originator", "ix_recipient"];
@@ -133,8 +140,8 @@ pub const GET_INDEXED_THROUGH: &str = "SELECT indexed_through FROM ix_state WHER
 pub const ROWS_PER_INSERT: usize = 32;
 
 /// Columns of [`INSERT_RECORD`] and [`INSERT_OUTCOME`].
-pub const RECORD_COLUMNS: usize = 13;
-pub const OUTCOME_COLUMNS: usize = 6;
+pub const RECORD_COLUMNS: usize = 14;
+pub const OUTCOME_COLUMNS: usize = 7;
 
 /// The tables written a batch at a time by [`insert_many`].
 #[derive(Debug, Clone, Copy)]
@@ -215,8 +222,9 @@ pub fn insert_postings_many(kind: usize) -> &'static str {
     &all[kind]
 }
 
-pub const INSERT_OUTCOME: &str = "INSERT INTO outcome (submission, at_us, outcome, upstream_status, \
-    gateway_code, message_id_sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+/// See [`INSERT_RECORD`]: ids are the writer's.
+pub const INSERT_OUTCOME: &str = "INSERT INTO outcome (id, submission, at_us, outcome, upstream_status, \
+    gateway_code, message_id_sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// Opens (creating if needed) a partition for the writer.
 pub fn open_for_write(

@@ -284,6 +284,12 @@ struct OpenPartition {
     last_used: u64,
     /// Rows committed since the checkpointer was last asked to copy this WAL.
     since_checkpoint: u64,
+    /// The highest record and outcome ids this partition has ever held; the next
+    /// rows get the ids after them (see `schema::INSERT_RECORD`). Advanced only when a
+    /// commit succeeds: a failed one drops the partition, and the reopen derives them
+    /// again from the file.
+    last_record: i64,
+    last_outcome: i64,
 }
 
 /// Most partitions the writer keeps open; traffic normally touches one, two around
@@ -616,10 +622,10 @@ impl Writer {
         let (conn, pending, tree) = (&open.conn, &mut open.pending, &mut open.tree);
         let tx = conn.unchecked_transaction().map_err(sql)?;
         let (mut records, mut outcomes) = (0u64, 0u64);
+        let (mut next_record, mut next_outcome) = (open.last_record + 1, open.last_outcome + 1);
         {
             // Records go in with multi-row INSERTs (fewer statement executions per row,
-            // the writer's main cost); SQLite gives the rows of one statement
-            // consecutive ids, so each row's id follows from the last one.
+            // the writer's main cost), each with the id the writer gives it.
             let rows: Vec<&Row> = idx
                 .iter()
                 .filter_map(|&i| match &jobs[i] {
@@ -633,17 +639,23 @@ impl Writer {
                     .prepare_cached(schema::insert_many(schema::Batched::Record, chunk.len()))
                     .map_err(sql)?;
                 for (k, r) in chunk.iter().enumerate() {
-                    bind_record(&mut stmt, 1 + k * schema::RECORD_COLUMNS, r).map_err(sql)?;
+                    bind_record(
+                        &mut stmt,
+                        1 + k * schema::RECORD_COLUMNS,
+                        next_record + k as i64,
+                        r,
+                    )
+                    .map_err(sql)?;
                 }
                 stmt.raw_execute().map_err(sql)?;
-                let last = tx.last_insert_rowid();
-                let first = last - chunk.len() as i64 + 1;
-                for (k, r) in chunk.iter().enumerate() {
+                for r in chunk {
+                    let id = next_record;
+                    next_record += 1;
                     if signer.is_some() {
-                        tree.push_record(first + k as i64, r.leaf);
+                        tree.push_record(id, r.leaf);
                     }
                     pending.push(
-                        first + k as i64,
+                        id,
                         r.bucket,
                         [
                             Some(r.account_ix),
@@ -668,22 +680,24 @@ impl Writer {
                     .map_err(sql)?;
                 for (k, o) in chunk.iter().enumerate() {
                     let n = 1 + k * schema::OUTCOME_COLUMNS;
-                    stmt.raw_bind_parameter(n, o.submission).map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 1, o.at_us).map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 2, o.outcome).map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 3, o.upstream_status)
+                    stmt.raw_bind_parameter(n, next_outcome + k as i64)
                         .map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 4, o.gateway_code)
+                    stmt.raw_bind_parameter(n + 1, o.submission).map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 2, o.at_us).map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 3, o.outcome).map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 4, o.upstream_status)
                         .map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 5, &o.message_id_sealed)
+                    stmt.raw_bind_parameter(n + 5, o.gateway_code)
+                        .map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 6, &o.message_id_sealed)
                         .map_err(sql)?;
                 }
                 stmt.raw_execute().map_err(sql)?;
-                let first = tx.last_insert_rowid() - chunk.len() as i64 + 1;
-                if signer.is_some() {
-                    for (k, o) in chunk.iter().enumerate() {
-                        tree.push_outcome(first + k as i64, o.leaf);
+                for o in chunk {
+                    if signer.is_some() {
+                        tree.push_outcome(next_outcome, o.leaf);
                     }
+                    next_outcome += 1;
                 }
                 outcomes += chunk.len() as u64;
             }
@@ -700,6 +714,8 @@ impl Writer {
             pending.flush(&tx).map_err(sql)?;
         }
         tx.commit().map_err(sql)?;
+        open.last_record = next_record - 1;
+        open.last_outcome = next_outcome - 1;
         open.since_checkpoint += records + outcomes;
         if open.since_checkpoint >= checkpoint_rows
             && let Some(c) = checkpointer
@@ -749,6 +765,7 @@ impl Writer {
                 .ok_or_else(|| WriteError(format!("{} vanished after opening", path.display())))?;
             let pending = Pending::rebuild(&conn).map_err(sql)?;
             let tree = super::integrity::TreeState::load(&conn).map_err(sql)?;
+            let (last_record, last_outcome) = (tree.last_record(), tree.last_outcome());
             self.open.insert(
                 partition,
                 OpenPartition {
@@ -758,6 +775,8 @@ impl Writer {
                     identity,
                     last_used: self.tick,
                     since_checkpoint: 0,
+                    last_record,
+                    last_outcome,
                 },
             );
         }
@@ -794,21 +813,23 @@ impl Writer {
 fn bind_record(
     stmt: &mut rusqlite::CachedStatement<'_>,
     first: usize,
+    id: i64,
     r: &Row,
 ) -> rusqlite::Result<()> {
-    stmt.raw_bind_parameter(first, r.submission)?;
-    stmt.raw_bind_parameter(first + 1, r.ordinal)?;
-    stmt.raw_bind_parameter(first + 2, r.at_us)?;
-    stmt.raw_bind_parameter(first + 3, r.bucket)?;
-    stmt.raw_bind_parameter(first + 4, r.protocol)?;
-    stmt.raw_bind_parameter(first + 5, r.service)?;
-    stmt.raw_bind_parameter(first + 6, r.recipient_form)?;
-    stmt.raw_bind_parameter(first + 7, r.segments)?;
-    stmt.raw_bind_parameter(first + 8, r.account_ix)?;
-    stmt.raw_bind_parameter(first + 9, r.ip_ix)?;
-    stmt.raw_bind_parameter(first + 10, r.originator_ix)?;
-    stmt.raw_bind_parameter(first + 11, r.recipient_ix)?;
-    stmt.raw_bind_parameter(first + 12, &r.sealed)?;
+    stmt.raw_bind_parameter(first, id)?;
+    stmt.raw_bind_parameter(first + 1, r.submission)?;
+    stmt.raw_bind_parameter(first + 2, r.ordinal)?;
+    stmt.raw_bind_parameter(first + 3, r.at_us)?;
+    stmt.raw_bind_parameter(first + 4, r.bucket)?;
+    stmt.raw_bind_parameter(first + 5, r.protocol)?;
+    stmt.raw_bind_parameter(first + 6, r.service)?;
+    stmt.raw_bind_parameter(first + 7, r.recipient_form)?;
+    stmt.raw_bind_parameter(first + 8, r.segments)?;
+    stmt.raw_bind_parameter(first + 9, r.account_ix)?;
+    stmt.raw_bind_parameter(first + 10, r.ip_ix)?;
+    stmt.raw_bind_parameter(first + 11, r.originator_ix)?;
+    stmt.raw_bind_parameter(first + 12, r.recipient_ix)?;
+    stmt.raw_bind_parameter(first + 13, &r.sealed)?;
     Ok(())
 }
 
