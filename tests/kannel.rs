@@ -236,9 +236,25 @@ async fn relays_to_a_real_kannel() {
     )
     .await;
     assert_eq!(s.as_u16(), 403);
+    // Issue 10: a parameter given twice. Straight to Kannel, this request is delivered
+    // to the first `to` as the first `username`; relaylog used to record the last ones
+    // (someone else's account and number) while Kannel sent to the first. It is now
+    // refused, named, counted, and neither forwarded nor recorded.
+    let dup = "username=tester&password=foobar&username=nobody&from=555&text=dup&to=%2B31612000101&to=%2B31612000202";
+    let (s, body) = get(&c, &format!("{url}?{dup}")).await;
+    assert_eq!(s.as_u16(), 400, "{body}");
+    assert!(body.contains("username given more than once"), "{body}");
+    assert_metric(&relay.metrics().await, "reason=\"duplicate_field\"} 1");
+    let sendsms = kannel.sendsms;
+    let direct =
+        tokio::task::spawn_blocking(move || http_get(sendsms, &format!("/cgi-bin/sendsms?{dup}")))
+            .await
+            .unwrap();
+    assert!(direct.contains("Accepted for delivery"), "{direct}");
 
     // (as sent, and so as Kannel delivers it; as recorded, normalised to E.164)
     let expected = [
+        ("+31612000101", "+31612000101"),
         ("+31612345678", "+31612345678"),
         ("0687654321", "+31687654321"),
         ("+31644444444", "+31644444444"),
@@ -261,14 +277,19 @@ async fn relays_to_a_real_kannel() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        !kannel
-            .delivered()
-            .iter()
-            .any(|l| l.contains("+31655555555") || l.contains("+31666666666"))
+        !kannel.delivered().iter().any(|l| l.contains("+31655555555")
+            || l.contains("+31666666666")
+            || l.contains("+31612000202"))
     );
+    // Kannel took the first `to`, from the first `username`'s messages; relaylog
+    // recorded neither (the delivery went around it, straight to Kannel).
+    for n in ["+31612000101", "+31612000202"] {
+        assert!(relay.query(IndexKind::Recipient, n).is_empty(), "{n}");
+    }
+    assert!(relay.query(IndexKind::Account, "nobody").is_empty());
 
     relay.settle().await;
-    for (_, n) in expected {
+    for (_, n) in expected.iter().skip(1) {
         let f = relay.query(IndexKind::Recipient, n);
         assert_eq!(f.len(), 1, "{n}");
         assert_eq!(f[0].fields.account, "tester");

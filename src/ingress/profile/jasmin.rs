@@ -4,26 +4,52 @@
 
 use http::StatusCode;
 
-use super::{Extract, Extracted, FormFields, ParseError, RequestView, bounded_id};
+use super::{Extract, Extracted, FormFields, Params, ParseError, RequestView, Seen, bounded_id};
+
+/// Jasmin's `/send` parameters; `content` and `hex-content` are one parameter (the
+/// text) under two names. Any of them given twice is refused (see [`Seen`]).
+const PARAMS: Params = &[
+    &["username"],
+    &["password"],
+    &["to"],
+    &["from"],
+    &["content", "hex-content"],
+    &["coding"],
+    &["priority"],
+    &["sdt"],
+    &["validity-period"],
+    &["dlr"],
+    &["dlr-url"],
+    &["dlr-level"],
+    &["dlr-method"],
+    &["tags"],
+];
 
 pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
     let mut out = Extracted::default();
     let mut to: Option<String> = None;
-    FormFields::of(req).each(|k, v| match k {
-        "username" => out.account = v.to_owned(),
-        "from" => out.originator = Some(v.to_owned()),
-        "to" => to = Some(v.trim().to_owned()),
-        "content" => out.text_chars = v.chars().count(),
-        "hex-content" => out.text_chars = v.len() / 2,
-        "coding" => {
-            out.coding = match v.trim() {
-                "8" => 2,
-                "4" | "2" => 1,
-                _ => 0,
-            }
+    let mut seen = Seen::default();
+    FormFields::of(req).each(|k, v| {
+        if seen.note(PARAMS, k)?.is_none() {
+            return Ok(());
         }
-        _ => {}
-    });
+        match k {
+            "username" => out.account = v.to_owned(),
+            "from" => out.originator = Some(v.to_owned()),
+            "to" => to = Some(v.trim().to_owned()),
+            "content" => out.text_chars = v.chars().count(),
+            "hex-content" => out.text_chars = v.len() / 2,
+            "coding" => {
+                out.coding = match v.trim() {
+                    "8" => 2,
+                    "4" | "2" => 1,
+                    _ => 0,
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
     match to {
         Some(to) if !to.is_empty() => out.recipients.push(to),
         _ => return Err(ParseError::MissingRecipient),
@@ -81,6 +107,25 @@ mod tests {
             extract(&view("to=1234", &h)),
             Err(ParseError::MissingAccount)
         );
+    }
+
+    /// Issue 10: a repeated parameter (or the text under both its names) is refused.
+    #[test]
+    fn a_parameter_given_twice_is_refused() {
+        let h = HeaderMap::new();
+        for (q, field) in [
+            ("username=a&username=b&to=1", "username"),
+            ("username=a&to=1&to=2", "to"),
+            ("username=a&to=1&from=x&from=y", "from"),
+            ("username=a&to=1&content=x&hex-content=41", "content"),
+            ("username=a&password=x&to=1&password=y", "password"),
+        ] {
+            assert_eq!(
+                extract(&view(q, &h)),
+                Err(ParseError::Duplicate(field)),
+                "{q}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub fn extract(cfg: &JsonProfile, req: &RequestView<'_>) -> Result<Extract, Pars
     if *req.method != Method::POST {
         return Ok(Extract::Passthrough);
     }
-    let doc: Value = serde_json::from_slice(req.body).map_err(|_| ParseError::MalformedJson)?;
+    let doc = parse_strict(cfg, req.body)?;
     let mut out = Extracted::default();
     match doc.pointer(&cfg.recipients_pointer) {
         Some(Value::String(s)) => split_recipients(s, &mut out.recipients)?,
@@ -63,6 +63,108 @@ pub fn extract(cfg: &JsonProfile, req: &RequestView<'_>) -> Result<Extract, Pars
     Ok(Extract::Message(out))
 }
 
+/// Parses the body as serde_json does, except that an object naming a key twice is
+/// refused: serde_json keeps the last occurrence, other gateways' parsers the first,
+/// so relaylog could record a different number or account than the gateway uses.
+fn parse_strict(cfg: &JsonProfile, body: &[u8]) -> Result<Value, ParseError> {
+    use serde::de::DeserializeSeed;
+    let duplicate = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = StrictSeed(&duplicate)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    match (parsed, duplicate.into_inner()) {
+        (_, Some(key)) => Err(ParseError::Duplicate(field_named(cfg, &key))),
+        (Ok(v), None) => Ok(v),
+        (Err(_), None) => Err(ParseError::MalformedJson),
+    }
+}
+
+/// Which configured field a JSON key is (the last token of its pointer), for the
+/// error; the key itself is the client's text and is not echoed.
+fn field_named(cfg: &JsonProfile, key: &str) -> &'static str {
+    let last = |p: &str| {
+        p.rsplit('/')
+            .next()
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+    };
+    let is = |p: Option<&str>| p.and_then(last).is_some_and(|t| t == key);
+    if is(Some(&cfg.recipients_pointer)) {
+        "recipients"
+    } else if is(match &cfg.account {
+        AccountFrom::Field(p) => Some(p),
+        AccountFrom::BasicAuth => None,
+    }) {
+        "account"
+    } else if is(cfg.originator_pointer.as_deref()) {
+        "originator"
+    } else if is(cfg.text_pointer.as_deref()) {
+        "text"
+    } else {
+        "(a JSON object key)"
+    }
+}
+
+/// Deserialises a [`Value`], noting the first key an object repeats (and failing).
+struct StrictSeed<'a>(&'a std::cell::RefCell<Option<String>>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StrictSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(StrictSeed(self.0))? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde::de::Error;
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                *self.0.borrow_mut() = Some(key);
+                return Err(A::Error::custom("duplicate key"));
+            }
+            let value = map.next_value_seed(StrictSeed(self.0))?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 /// Rough test for the GSM 03.38 basic set, enough to choose 7-bit or UCS-2 segments.
 fn is_gsm_basic(c: char) -> bool {
     c.is_ascii() || "£¥èéùìòÇØøÅåΔΦΓΛΩΠΨΣΘΞÆæßÉÄÖÑÜ§¿äöñüà¡€".contains(c)
@@ -70,7 +172,12 @@ fn is_gsm_basic(c: char) -> bool {
 
 /// The user name of `Authorization: Basic …`, if present.
 fn basic_auth_user(headers: &http::HeaderMap) -> Result<Option<String>, ParseError> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+    let mut all = headers.get_all(http::header::AUTHORIZATION).iter();
+    let (value, again) = (all.next(), all.next());
+    if again.is_some() {
+        return Err(ParseError::Duplicate("Authorization"));
+    }
+    let Some(value) = value else {
         return Ok(None);
     };
     let value = value.to_str().map_err(|_| ParseError::BadAuthorization)?;
@@ -181,6 +288,49 @@ mod tests {
         assert_eq!(
             run(&cfg(AccountFrom::BasicAuth), &bad, br#"{"to":"1"}"#),
             Err(ParseError::BadAuthorization)
+        );
+    }
+
+    /// Issue 10: serde_json keeps a repeated key's last value, other parsers the first;
+    /// a repeated key anywhere in the document, or a second Authorization header, is
+    /// refused and named by its role, never by the client's text.
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let h = HeaderMap::new();
+        let c = cfg(AccountFrom::Field("/user".into()));
+        let table: [(&[u8], &str); 5] = [
+            (br#"{"user":"a","to":"1","to":"2"}"#, "recipients"),
+            (br#"{"user":"a","user":"b","to":"1"}"#, "account"),
+            (
+                br#"{"user":"a","to":"1","from":"x","from":"y"}"#,
+                "originator",
+            ),
+            (br#"{"user":"a","to":"1","text":"x","text":"y"}"#, "text"),
+            (
+                br#"{"user":"a","to":"1","opts":[{"+31612345678":1,"+31612345678":2}]}"#,
+                "(a JSON object key)",
+            ),
+        ];
+        for (body, field) in table {
+            assert_eq!(
+                run(&c, &h, body),
+                Err(ParseError::Duplicate(field)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // The same keys in different objects are not a repetition.
+        let Ok(Extract::Message(m)) = run(&c, &h, br#"{"user":"a","to":["1"],"x":{"to":"2"}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(m.recipients, ["1"]);
+        let mut two = HeaderMap::new();
+        two.append("authorization", HeaderValue::from_static("Basic YWNtZTpz"));
+        two.append("authorization", HeaderValue::from_static("Basic Ym9iOnM="));
+        assert_eq!(
+            run(&cfg(AccountFrom::BasicAuth), &two, br#"{"to":"1"}"#),
+            Err(ParseError::Duplicate("Authorization"))
         );
     }
 

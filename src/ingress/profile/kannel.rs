@@ -5,11 +5,49 @@ use http::{HeaderMap, Method};
 use quick_xml::events::Event;
 
 use super::{
-    Extract, Extracted, FormFields, ParseError, RequestView, media_type, split_recipients,
+    Extract, Extracted, FormFields, Params, ParseError, RequestView, Seen, media_type,
+    split_recipients,
 };
+
+/// Kannel's sendsms parameters (CGI names; the `X-Kannel-*` headers use the first name
+/// of each). Any of them given twice is refused: Kannel reads the first, and a client
+/// could otherwise have relaylog record a different account or number than the one
+/// Kannel acts on.
+const PARAMS: Params = &[
+    &["username", "user"],
+    &["password", "pass"],
+    &["from"],
+    &["to"],
+    &["text"],
+    &["coding"],
+    &["charset"],
+    &["udh"],
+    &["smsc"],
+    &["flash"],
+    &["mclass"],
+    &["mwi"],
+    &["compress"],
+    &["validity"],
+    &["deferred"],
+    &["dlr-mask"],
+    &["dlr-url"],
+    &["pid"],
+    &["alt-dcs"],
+    &["rpi"],
+    &["account"],
+    &["binfo"],
+    &["priority"],
+    &["meta-data"],
+];
+const USERNAME: usize = 0;
+const FROM: usize = 2;
+const TO: usize = 3;
+const TEXT: usize = 4;
+const CODING: usize = 5;
 
 pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
     let mut out = Extracted::default();
+    let mut seen = Seen::default();
     if *req.method == Method::POST {
         match media_type(req.headers).as_deref() {
             Some("text/xml") | Some("application/xml") => {
@@ -17,7 +55,7 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
                 return finish(out);
             }
             Some("text/plain") | Some("text/html") | Some("application/octet-stream") => {
-                headers(req.headers, &mut out)?;
+                headers(req.headers, &mut seen, &mut out)?;
                 out.text_chars = text_len(req.body, out.coding);
                 // Fields missing from the headers may still be in the query string.
                 form(
@@ -25,6 +63,7 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
                         query: req.query,
                         body: None,
                     },
+                    &mut seen,
                     &mut out,
                     false,
                 )?;
@@ -34,7 +73,7 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
             Some(_) => return Err(ParseError::UnsupportedContentType),
         }
     }
-    form(&FormFields::of(req), &mut out, true)?;
+    form(&FormFields::of(req), &mut seen, &mut out, true)?;
     finish(out)
 }
 
@@ -48,59 +87,58 @@ fn finish(out: Extracted) -> Result<Extract, ParseError> {
     Ok(Extract::Message(out))
 }
 
-/// Reads sendsms CGI fields into whatever `out` does not have yet (the `text/plain`
-/// form fills from its headers first). A repeated field keeps its last value, as
-/// Kannel's CGI parser does. `text` and `coding` are read only when the text is a
-/// field, not the body.
+/// Reads sendsms CGI fields. `text` and `coding` are read only when the text is a
+/// field, not the body (the `text/plain` form reads its coding from a header).
 fn form(
     fields: &FormFields<'_>,
+    seen: &mut Seen,
     out: &mut Extracted,
     text_is_field: bool,
 ) -> Result<(), ParseError> {
-    let (mut account, mut from, mut to, mut text_len, mut coding) = (None, None, None, None, None);
-    fields.each(|k, v| match k {
-        "username" | "user" => account = Some(v.to_owned()),
-        "from" => from = Some(v.to_owned()),
-        "to" => to = Some(v.to_owned()),
-        "text" => text_len = Some(v.chars().count()),
-        "coding" => coding = v.trim().parse().ok(),
-        _ => {}
-    });
-    if out.account.is_empty() {
-        out.account = account.unwrap_or_default();
-    }
-    if out.originator.is_none() {
-        out.originator = from;
-    }
-    if out.recipients.is_empty()
-        && let Some(to) = to
-    {
-        split_recipients(&to, &mut out.recipients)?;
-    }
-    if text_is_field {
-        out.text_chars = text_len.unwrap_or(0);
-        out.coding = coding.unwrap_or(0);
-    }
-    Ok(())
+    fields.each(|k, v| {
+        match seen.note(PARAMS, k)? {
+            Some(USERNAME) => out.account = v.to_owned(),
+            Some(FROM) => out.originator = Some(v.to_owned()),
+            Some(TO) => split_recipients(v, &mut out.recipients)?,
+            Some(TEXT) if text_is_field => out.text_chars = v.chars().count(),
+            Some(CODING) if text_is_field => out.coding = v.trim().parse().unwrap_or(0),
+            _ => {}
+        }
+        Ok(())
+    })
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn headers(h: &HeaderMap, out: &mut Extracted) -> Result<(), ParseError> {
-    if let Some(u) = header(h, "x-kannel-username") {
-        out.account = u.to_owned();
-    }
-    if let Some(f) = header(h, "x-kannel-from") {
-        out.originator = Some(f.to_owned());
-    }
-    if let Some(c) = header(h, "x-kannel-coding") {
-        out.coding = c.trim().parse().unwrap_or(0);
-    }
-    for to in h.get_all("x-kannel-to") {
-        if let Ok(to) = to.to_str() {
-            split_recipients(to, &mut out.recipients)?;
+/// Reads the `X-Kannel-*` headers of a `text/plain` POST. A header that is repeated,
+/// or whose value is not text, is refused when it names the sender or a recipient.
+fn headers(h: &HeaderMap, seen: &mut Seen, out: &mut Extracted) -> Result<(), ParseError> {
+    for name in h.keys() {
+        let Some(suffix) = name.as_str().strip_prefix("x-kannel-") else {
+            continue;
+        };
+        let mut values = h.get_all(name).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(ParseError::Duplicate(
+                PARAMS
+                    .iter()
+                    .find(|names| names[0] == suffix)
+                    .map_or("X-Kannel-*", |names| names[0]),
+            ));
+        };
+        let Some(i) = PARAMS.iter().position(|names| names[0] == suffix) else {
+            continue;
+        };
+        seen.once(PARAMS, i)?;
+        let text = || {
+            value
+                .to_str()
+                .map_err(|_| ParseError::WrongType(PARAMS[i][0]))
+        };
+        match i {
+            USERNAME => out.account = text()?.to_owned(),
+            FROM => out.originator = Some(text()?.to_owned()),
+            TO => split_recipients(text()?, &mut out.recipients)?,
+            CODING => out.coding = text()?.trim().parse().unwrap_or(0),
+            _ => {}
         }
     }
     Ok(())
@@ -125,6 +163,19 @@ enum Field {
     Coding,
 }
 
+impl Field {
+    /// The element's name, for errors.
+    fn name(self) -> &'static str {
+        match self {
+            Field::Recipient => "da",
+            Field::Originator => "oa",
+            Field::Account => "username",
+            Field::Text => "ud",
+            Field::Coding => "coding",
+        }
+    }
+}
+
 fn field_at(path: &[Vec<u8>]) -> Option<Field> {
     let p: Vec<&[u8]> = path.iter().map(Vec::as_slice).collect();
     match p.as_slice() {
@@ -147,6 +198,9 @@ fn xml(body: &[u8], out: &mut Extracted) -> Result<(), ParseError> {
     let mut value = String::new();
     let mut text_chars = 0usize;
     let mut saw_message = false;
+    // The single-valued fields met so far (by `Field as u8`): `<da>` repeats, they
+    // must not.
+    let mut once = 0u8;
     loop {
         let event = reader.read_event().map_err(|_| ParseError::MalformedXml)?;
         match event {
@@ -159,7 +213,15 @@ fn xml(body: &[u8], out: &mut Extracted) -> Result<(), ParseError> {
                 value.clear();
             }
             Event::End(_) => {
-                match field_at(&path) {
+                let field = field_at(&path);
+                if let Some(f) = field.filter(|f| *f != Field::Recipient) {
+                    let bit = 1u8 << (f as u8);
+                    if once & bit != 0 {
+                        return Err(ParseError::Duplicate(f.name()));
+                    }
+                    once |= bit;
+                }
+                match field {
                     Some(Field::Recipient) => super::split_recipients(&value, &mut out.recipients)?,
                     Some(Field::Originator) => out.originator = Some(value.trim().to_owned()),
                     Some(Field::Account) => out.account = value.trim().to_owned(),
@@ -349,6 +411,129 @@ mod tests {
         assert_eq!(
             extract(&view(&Method::GET, Some(&many), &h, b"")),
             Err(ParseError::TooManyRecipients)
+        );
+    }
+
+    /// Issue 10: Kannel acts on a parameter's first occurrence; relaylog used to record
+    /// the last, so a repeated `username` or `to` put someone else's account or number
+    /// in the record. Every way of giving a parameter twice is refused, named.
+    #[test]
+    fn a_parameter_given_twice_is_refused_whatever_its_spelling() {
+        let h = HeaderMap::new();
+        for (q, field) in [
+            (
+                "username=tester&password=foobar&username=nobody&from=555&text=dup&to=%2B31612000101&to=%2B31612000202",
+                "username",
+            ),
+            ("username=a&user=b&to=1", "username"),
+            ("user=a&to=1&to=2", "to"),
+            ("username=a&to=1&pass=x&password=y", "password"),
+            ("username=a&to=1&from=x&from=x", "from"),
+            ("username=a&to=1&text=x&text=y", "text"),
+            ("username=a&to=1&smsc=x&smsc=y", "smsc"),
+        ] {
+            assert_eq!(
+                extract(&view(&Method::GET, Some(q), &h, b"")),
+                Err(ParseError::Duplicate(field)),
+                "{q}"
+            );
+        }
+        // A form body and the query naming one field.
+        let mut form = HeaderMap::new();
+        form.insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert_eq!(
+            extract(&view(
+                &Method::POST,
+                Some("username=a"),
+                &form,
+                b"username=b&to=1"
+            )),
+            Err(ParseError::Duplicate("username"))
+        );
+        // Headers: repeated, or beside the same field in the query.
+        let plain = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static("text/plain"));
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let cases: [(HeaderMap, Option<&str>, &str); 3] = [
+            (
+                plain(&[
+                    ("x-kannel-username", "a"),
+                    ("x-kannel-to", "1"),
+                    ("x-kannel-to", "2"),
+                ]),
+                None,
+                "to",
+            ),
+            (
+                plain(&[
+                    ("x-kannel-username", "a"),
+                    ("x-kannel-username", "b"),
+                    ("x-kannel-to", "1"),
+                ]),
+                None,
+                "username",
+            ),
+            (
+                plain(&[("x-kannel-username", "a"), ("x-kannel-to", "1")]),
+                Some("username=b"),
+                "username",
+            ),
+        ];
+        for (h, q, field) in cases {
+            assert_eq!(
+                extract(&view(&Method::POST, q, &h, b"hi")),
+                Err(ParseError::Duplicate(field)),
+                "{h:?} {q:?}"
+            );
+        }
+        // XML: single-valued elements twice; several <da> stay fine.
+        let mut xh = HeaderMap::new();
+        xh.insert("content-type", HeaderValue::from_static("text/xml"));
+        let submit = |inner: &str| {
+            format!(
+                "<message><submit><da><number>1</number></da><da><number>2</number></da>{inner}</submit></message>"
+            )
+        };
+        for (inner, field) in [
+            (
+                "<from><username>a</username><username>b</username></from>",
+                "username",
+            ),
+            (
+                "<from><user>a</user><username>b</username></from>",
+                "username",
+            ),
+            (
+                "<from><username>a</username></from><from><username>b</username></from>",
+                "username",
+            ),
+            (
+                "<oa><number>1</number></oa><oa><number>2</number></oa><from><username>a</username></from>",
+                "oa",
+            ),
+            (
+                "<ud>x</ud><ud>y</ud><from><username>a</username></from>",
+                "ud",
+            ),
+        ] {
+            assert_eq!(
+                extract(&view(&Method::POST, None, &xh, submit(inner).as_bytes())),
+                Err(ParseError::Duplicate(field)),
+                "{inner}"
+            );
+        }
+        let ok = submit("<from><username>a</username></from>");
+        assert_eq!(
+            message(extract(&view(&Method::POST, None, &xh, ok.as_bytes()))).recipients,
+            ["1", "2"]
         );
     }
 

@@ -70,6 +70,10 @@ pub enum ParseError {
     UnsupportedContentType,
     #[error("malformed Authorization header")]
     BadAuthorization,
+    /// A message parameter given twice (or under two of its names): the relay and the
+    /// gateway could each read a different one, so the request is ambiguous.
+    #[error("field {0} given more than once")]
+    Duplicate(&'static str),
 }
 
 impl ParseError {
@@ -84,6 +88,7 @@ impl ParseError {
             Self::WrongType(_) => "wrong_type",
             Self::UnsupportedContentType => "unsupported_content_type",
             Self::BadAuthorization => "bad_authorization",
+            Self::Duplicate(_) => "duplicate_field",
         }
     }
 }
@@ -204,17 +209,55 @@ impl<'a> FormFields<'a> {
         }
     }
 
-    /// Visits every (name, value) pair, query first, then body.
-    fn each(&self, mut f: impl FnMut(&str, &str)) {
+    /// Visits every (name, value) pair, query first, then body. Stops at the first
+    /// error `f` returns.
+    fn each(
+        &self,
+        mut f: impl FnMut(&str, &str) -> Result<(), ParseError>,
+    ) -> Result<(), ParseError> {
         if let Some(q) = self.query {
             for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-                f(&k, &v);
+                f(&k, &v)?;
             }
         }
         if let Some(b) = self.body {
             for (k, v) in form_urlencoded::parse(b) {
-                f(&k, &v);
+                f(&k, &v)?;
             }
         }
+        Ok(())
+    }
+}
+
+/// The message parameters of a form-style API, each with its names (aliases), the
+/// first being the one errors give. At most 64.
+type Params = &'static [&'static [&'static str]];
+
+/// Which of an API's message parameters a request has given so far, wherever it gave
+/// them (query, form body, headers). A gateway reads one occurrence of a parameter,
+/// Kannel the first and others the last; relaylog cannot know which, so a parameter
+/// given twice, or under two of its names, is refused rather than guessed at.
+#[derive(Debug, Default)]
+struct Seen(u64);
+
+impl Seen {
+    /// Notes one occurrence of `name`: its index in `params`, `None` for a name that is
+    /// not a message parameter.
+    fn note(&mut self, params: Params, name: &str) -> Result<Option<usize>, ParseError> {
+        let Some(i) = params.iter().position(|names| names.contains(&name)) else {
+            return Ok(None);
+        };
+        self.once(params, i)?;
+        Ok(Some(i))
+    }
+
+    /// Notes parameter `i`, refusing a second occurrence.
+    fn once(&mut self, params: Params, i: usize) -> Result<(), ParseError> {
+        let bit = 1u64 << i;
+        if self.0 & bit != 0 {
+            return Err(ParseError::Duplicate(params[i][0]));
+        }
+        self.0 |= bit;
+        Ok(())
     }
 }
