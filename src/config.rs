@@ -118,6 +118,7 @@ pub struct RawListener {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub path: Option<String>,
+    pub passthrough: Option<Vec<String>>,
     #[serde(default = "d_max_body")]
     pub max_body_bytes: usize,
     #[serde(default = "d_max_response")]
@@ -348,7 +349,21 @@ impl ProfileKind {
             Self::Json => "/messages",
         }
     }
+
+    /// Paths forwarded without a record when a listener names none: the gateway's
+    /// requests that carry no message. Kannel's sendsms port serves only sendsms and
+    /// sendota (which sends, so it is not here); its status pages are on bearerbox's
+    /// admin port. Jasmin's HTTP API has `/balance`, `/rate` and `/ping` beside `/send`.
+    pub fn default_passthrough(self) -> &'static [&'static str] {
+        match self {
+            Self::Kannel | Self::Json => &[],
+            Self::Jasmin => &["/balance", "/rate", "/ping"],
+        }
+    }
 }
+
+/// Most `passthrough` paths per listener.
+pub const MAX_PASSTHROUGH: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountFrom {
@@ -368,9 +383,35 @@ pub struct JsonProfile {
 #[derive(Debug, Clone)]
 pub struct Profile {
     pub kind: ProfileKind,
-    /// The request path that carries a message; other paths are passed through unrecorded.
+    /// The request path that carries a message, as configured.
     pub path: String,
+    /// The same, normalised (see [`crate::ingress::profile::normalize_path`]): a request
+    /// whose path normalises to it is a message, however it is spelt.
+    pub message_path: String,
+    /// Normalised paths forwarded without a record. Any other path gets 404.
+    pub passthrough: Vec<String>,
     pub json: Option<JsonProfile>,
+}
+
+impl Profile {
+    pub fn new(
+        kind: ProfileKind,
+        path: String,
+        passthrough: &[impl AsRef<str>],
+        json: Option<JsonProfile>,
+    ) -> Profile {
+        use crate::ingress::profile::normalize_path;
+        Profile {
+            kind,
+            message_path: normalize_path(&path),
+            path,
+            passthrough: passthrough
+                .iter()
+                .map(|p| normalize_path(p.as_ref()))
+                .collect(),
+            json,
+        }
+    }
 }
 
 /// How a listener forwards to its upstream.
@@ -776,6 +817,33 @@ fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConfig, ConfigE
     if !path.starts_with('/') {
         return Err(invalid(key("path"), "must start with /"));
     }
+    let passthrough = l.passthrough.unwrap_or_else(|| {
+        kind.default_passthrough()
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    });
+    if passthrough.len() > MAX_PASSTHROUGH {
+        return Err(invalid(
+            key("passthrough"),
+            format!("at most {MAX_PASSTHROUGH} paths"),
+        ));
+    }
+    for p in &passthrough {
+        if !p.starts_with('/') {
+            return Err(invalid(
+                key("passthrough"),
+                format!("`{p}` must start with /"),
+            ));
+        }
+        let n = crate::ingress::profile::normalize_path(p);
+        if n == crate::ingress::profile::normalize_path(&path) {
+            return Err(invalid(
+                key("passthrough"),
+                format!("`{p}` is the message path: it is always recorded, never passed through"),
+            ));
+        }
+    }
     let json = match (kind, l.json) {
         (ProfileKind::Json, Some(j)) => Some(validate_json(&key("json"), j)?),
         (ProfileKind::Json, None) => {
@@ -849,7 +917,7 @@ fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConfig, ConfigE
     Ok(ListenerConfig {
         name: l.name,
         listen,
-        profile: Profile { kind, path, json },
+        profile: Profile::new(kind, path, &passthrough, json),
         forward: Forward {
             upstream,
             ca_file: l.upstream_ca,

@@ -330,7 +330,7 @@ fn reply(l: &Listener, refusal: Refusal) -> Response<Full<Bytes>> {
                 .rejected
                 .get_or_create(&l.reason(e.reason()))
                 .inc();
-            (StatusCode::BAD_REQUEST, format!("{e}, rejected"), false)
+            (e.status(), format!("{e}, rejected"), false)
         }
         Refusal::Store(e) => {
             l.counters.fail_closed_requests.inc();

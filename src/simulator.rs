@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
 use crate::config::{AccountFrom, JsonProfile, Profile, ProfileKind};
-use crate::ingress::profile::{Extract, RequestView};
+use crate::ingress::profile::{Extract, ParseError, RequestView};
 use crate::shutdown::Shutdown;
 
 /// Counts, as served on `/stats`.
@@ -70,11 +70,12 @@ impl Simulator {
     }
 
     pub fn profile_for(kind: ProfileKind) -> Profile {
-        Profile {
+        Profile::new(
             kind,
-            path: kind.default_path().to_owned(),
-            json: (kind == ProfileKind::Json).then(default_json_profile),
-        }
+            kind.default_path().to_owned(),
+            kind.default_passthrough(),
+            (kind == ProfileKind::Json).then(default_json_profile),
+        )
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -150,7 +151,7 @@ async fn answer(profile: &Profile, stats: &Stats, req: Request<Incoming>) -> Res
                 }
             }
         }
-        (kind, Ok(Extract::Passthrough)) => match kind {
+        (kind, Ok(Extract::Passthrough) | Err(ParseError::UnknownPath)) => match kind {
             ProfileKind::Kannel => text(StatusCode::NOT_FOUND, "Unknown request."),
             _ => text(StatusCode::NOT_FOUND, "Not found"),
         },

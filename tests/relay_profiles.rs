@@ -202,22 +202,109 @@ async fn json_api_with_basic_auth_and_pointers() {
     relay.running.shutdown().await;
 }
 
+/// Only the paths a listener names are forwarded without a record; anything else gets
+/// 404 from relaylog itself and is counted, and never reaches the gateway.
 #[tokio::test]
 async fn requests_without_a_message_pass_through_unrecorded() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start("status ok").await;
     up.status.store(200, std::sync::atomic::Ordering::SeqCst);
-    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let relay = relay_in_front_of(
+        dir.path(),
+        &up,
+        "kannel",
+        "passthrough = [\"/status\"]\n",
+        "",
+    )
+    .await;
     let c = client();
     let (s, body) = get(&c, &format!("{}/status?password=adminpw", relay.url)).await;
     assert_eq!((s.as_u16(), body.as_str()), (200, "status ok"));
     assert_eq!(up.last().path_and_query, "/status?password=adminpw");
+    for other in [
+        "/cgi-bin/sendota?username=a&to=1",
+        "/",
+        "/cgi-bin/sendsmsx?to=1",
+    ] {
+        let (s, body) = get(&c, &format!("{}{other}", relay.url)).await;
+        assert_eq!(
+            (s.as_u16(), body.as_str()),
+            (404, "relaylog: unknown path, rejected\n"),
+            "{other}"
+        );
+    }
+    assert_eq!(up.count(), 1, "unknown paths never reach the gateway");
     let metrics = relay.metrics().await;
     assert_metric(
         &metrics,
         "relaylog_requests_total{listener=\"sms\",kind=\"passthrough\"} 1",
     );
+    assert_metric(&metrics, "reason=\"unknown_path\"} 3");
     assert_metric(&metrics, "relaylog_records_written_total 0");
+    relay.running.shutdown().await;
+}
+
+/// Issue 10: only a byte-exact path was recorded, so `/cgi-bin/sendsms/` and friends,
+/// which frameworks in front of gateways route to the same handler, were forwarded
+/// unrecorded. Every spelling of the message path is now a message.
+#[tokio::test]
+async fn every_spelling_of_the_message_path_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let c = client();
+    let spellings = [
+        "/cgi-bin/sendsms/",
+        "//cgi-bin//sendsms",
+        "/cgi-bin/%73endsms",
+        "/CGI-BIN/SendSMS",
+        "/cgi-bin/sendsms;jsessionid=1",
+        "/cgi-bin/x/../sendsms",
+        "/cgi-bin/./sendsms",
+    ];
+    for (i, path) in spellings.iter().enumerate() {
+        let pq = format!("{path}?username=spell&to=%2B3161200{i:04}&text=x");
+        let (s, body) = get(&c, &format!("{}{pq}", relay.url)).await;
+        assert_eq!((s.as_u16(), body.as_str()), (202, KANNEL_OK), "{path}");
+        assert_eq!(
+            up.last().path_and_query,
+            pq,
+            "forwarded as the client spelt it"
+        );
+    }
+    relay.settle().await;
+    assert_eq!(
+        relay.query(IndexKind::Account, "spell").len(),
+        spellings.len()
+    );
+    relay.running.shutdown().await;
+}
+
+/// The JSON profile: a request on the message path that is not a POST is no message,
+/// and is not forwarded either. Jasmin's `/balance` passes through by default.
+#[tokio::test]
+async fn json_non_post_on_the_message_path_is_refused_and_jasmin_balance_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start("{}").await;
+    let json = "[listener.json]\naccount-from = \"field\"\naccount-pointer = \"/user\"\nrecipients-pointer = \"/to\"\n";
+    let relay = relay_in_front_of(dir.path(), &up, "json", json, "").await;
+    let c = client();
+    let (s, _) = get(&c, &format!("{}/messages/", relay.url)).await;
+    assert_eq!(s.as_u16(), 405);
+    assert_eq!(up.count(), 0);
+    assert_metric(&relay.metrics().await, "reason=\"method_not_allowed\"} 1");
+    relay.running.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start("{\"balance\": 1}").await;
+    up.status.store(200, std::sync::atomic::Ordering::SeqCst);
+    let relay = relay_in_front_of(dir.path(), &up, "jasmin", "", "").await;
+    let (s, _) = get(&c, &format!("{}/balance?username=a&password=b", relay.url)).await;
+    assert_eq!(s.as_u16(), 200);
+    assert_eq!(up.count(), 1);
+    let (s, _) = get(&c, &format!("{}/secret?username=a&password=b", relay.url)).await;
+    assert_eq!(s.as_u16(), 404);
+    assert_eq!(up.count(), 1);
     relay.running.shutdown().await;
 }
 

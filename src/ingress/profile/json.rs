@@ -11,7 +11,7 @@ use crate::config::{AccountFrom, JsonProfile};
 
 pub fn extract(cfg: &JsonProfile, req: &RequestView<'_>) -> Result<Extract, ParseError> {
     if *req.method != Method::POST {
-        return Ok(Extract::Passthrough);
+        return Err(ParseError::MethodNotAllowed);
     }
     let doc = parse_strict(cfg, req.body)?;
     let mut out = Extracted::default();

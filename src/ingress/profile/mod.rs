@@ -74,6 +74,13 @@ pub enum ParseError {
     /// gateway could each read a different one, so the request is ambiguous.
     #[error("field {0} given more than once")]
     Duplicate(&'static str),
+    /// Neither the message path nor one the listener passes through: relaylog forwards
+    /// only what it knows to carry no message, or what it records.
+    #[error("unknown path")]
+    UnknownPath,
+    /// The message path with a method that sends no message (the JSON profile: not POST).
+    #[error("method not allowed on the message path")]
+    MethodNotAllowed,
 }
 
 impl ParseError {
@@ -89,6 +96,17 @@ impl ParseError {
             Self::UnsupportedContentType => "unsupported_content_type",
             Self::BadAuthorization => "bad_authorization",
             Self::Duplicate(_) => "duplicate_field",
+            Self::UnknownPath => "unknown_path",
+            Self::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// The HTTP status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownPath => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            _ => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -109,10 +127,49 @@ pub struct ReadOutcome {
     pub message_id: Option<String>,
 }
 
+/// A request path as a web framework in front of a gateway may route it: percent-escapes
+/// decoded, `\\` read as `/`, `;parameters` cut from each segment, empty and `.`
+/// segments dropped, `..` applied, ASCII lower-cased, no trailing slash. So `/send/`,
+/// `//send`, `/%73end`, `/Send;x=1` and `/a/../send` are all `/send`. Matching more
+/// spellings than a gateway does only ever records more, never less.
+pub fn normalize_path(path: &str) -> String {
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
+    let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        let segment = segment.split(';').next().unwrap_or("");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out.make_ascii_lowercase();
+    out
+}
+
 impl Profile {
     pub fn extract(&self, req: &RequestView<'_>) -> Result<Extract, ParseError> {
+        // The exact configured path is the hot path: no normalisation, no allocation.
         if req.path != self.path {
-            return Ok(Extract::Passthrough);
+            let path = normalize_path(req.path);
+            if path != self.message_path {
+                return if self.passthrough.contains(&path) {
+                    Ok(Extract::Passthrough)
+                } else {
+                    Err(ParseError::UnknownPath)
+                };
+            }
         }
         match self.kind {
             ProfileKind::Kannel => kannel::extract(req),
@@ -259,5 +316,34 @@ impl Seen {
         }
         self.0 |= bit;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    #[test]
+    fn paths_normalise_as_a_router_would_match_them() {
+        for (path, expected) in [
+            ("/send", "/send"),
+            ("/send/", "/send"),
+            ("//send", "/send"),
+            ("/%73end", "/send"),
+            ("/%73%65%6E%64", "/send"),
+            ("/SEND", "/send"),
+            ("/send;x=1", "/send"),
+            ("/a/../send", "/send"),
+            ("/./send/.", "/send"),
+            ("/../../send", "/send"),
+            ("\\send", "/send"),
+            ("/cgi-bin%2Fsendsms", "/cgi-bin/sendsms"),
+            ("/", "/"),
+            ("", "/"),
+            ("/%zz", "/%zz"),
+            ("/sendx", "/sendx"),
+        ] {
+            assert_eq!(normalize_path(path), expected, "{path}");
+        }
     }
 }
