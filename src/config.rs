@@ -45,6 +45,30 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub compliance: RawCompliance,
+    #[serde(default)]
+    pub serve: RawServe,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawServe {
+    pub shutdown_timeout: String,
+}
+
+impl Default for RawServe {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: "30s".into(),
+        }
+    }
+}
+
+/// How `serve` runs, beyond its listeners and store.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeConfig {
+    /// How long a graceful shutdown lets requests in flight finish. Past it, what is
+    /// still in flight is cut short and recorded as `failed: shutdown`.
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,6 +261,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
     pub compliance: ComplianceConfig,
+    pub serve: ServeConfig,
 }
 
 /// How cases are decided.
@@ -791,6 +816,16 @@ impl RawConfig {
             },
             compliance: ComplianceConfig {
                 four_eyes: self.compliance.four_eyes,
+            },
+            serve: ServeConfig {
+                shutdown_timeout: {
+                    let key = "serve.shutdown-timeout";
+                    let d = parse_duration(key, &self.serve.shutdown_timeout)?;
+                    if d.is_zero() || d > Duration::from_secs(3600) {
+                        return Err(invalid(key, "must be between 1ms and 1h"));
+                    }
+                    d
+                },
             },
         })
     }

@@ -96,8 +96,15 @@ pub enum Outcome {
     Accepted = 1,
     /// The upstream refused it (4xx: authentication, missing fields, lists).
     Rejected = 2,
-    /// The upstream failed or could not be reached (5xx, connection error, timeout).
+    /// The upstream failed or could not be reached (5xx, connection error, timeout),
+    /// or the relay could not confirm the record and did not forward.
     Failed = 3,
+    /// `serve` was shutting down and `shutdown-timeout` passed: the forward was cut
+    /// short (the gateway may or may not have the message) or never started.
+    FailedShutdown = 4,
+    /// The client went away after its message was recorded, before it was forwarded:
+    /// not forwarded (the client, given no answer, will send it again).
+    FailedClientGone = 5,
 }
 
 impl Outcome {
@@ -106,6 +113,8 @@ impl Outcome {
             1 => Some(Self::Accepted),
             2 => Some(Self::Rejected),
             3 => Some(Self::Failed),
+            4 => Some(Self::FailedShutdown),
+            5 => Some(Self::FailedClientGone),
             _ => None,
         }
     }
@@ -114,6 +123,8 @@ impl Outcome {
             Self::Accepted => "accepted",
             Self::Rejected => "rejected",
             Self::Failed => "failed",
+            Self::FailedShutdown => "failed: shutdown",
+            Self::FailedClientGone => "failed: client gone",
         }
     }
 }

@@ -5,18 +5,23 @@
 //! 3. **record**: the submission is sealed and committed (or queued, in async mode) —
 //!    if the store cannot take it, the client gets 503 and nothing is forwarded;
 //! 4. **forward**: the request goes upstream unchanged;
-//! 5. **outcome**: the upstream's answer is appended as an outcome event.
+//! 5. **outcome**: the upstream's answer is appended as an outcome event;
+//! 6. **logging**: one access-log line and the metrics, on every exit ([`Exit`]).
 //!
-//! Once a submission is recorded, phases 4 and 5 run in a task of their own, so a
-//! client that disconnects cannot leave a recorded message without its forward and its
-//! outcome. Every refusal is turned into a client reply in [`reply`], one place.
+//! Phases 3 to 6 run in a [`Detached`] future holding a drain token: once a submission
+//! is recorded, a client that disconnects cannot leave it without its outcome, and
+//! `serve` does not close the store before that outcome is written. A client gone
+//! before the forward starts is not forwarded for (`failed: client gone`); past
+//! `shutdown-timeout` a forward is cut short (`failed: shutdown`). Every refusal is
+//! turned into a client reply in [`reply`], one place.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -31,6 +36,7 @@ use crate::config::{Limits, Profile};
 use crate::egress::http::{Upstream, UpstreamError};
 use crate::ingress::profile::{Extract, Extracted, ParseError, RequestView};
 use crate::record::{Outcome, OutcomeEvent, Protocol, Service, Submission, sms_segments};
+use crate::shutdown::{Drain, Shutdown};
 use crate::store::{RecordError, Recorder};
 
 /// Everything one listener needs to relay a request. Shared by its connections.
@@ -42,6 +48,8 @@ pub struct Listener {
     pub recorder: Recorder,
     pub normalizer: NumberNormalizer,
     pub metrics: Arc<Metrics>,
+    /// Fires when `shutdown-timeout` has passed: forwards still running are cut short.
+    pub abort: Shutdown,
     counters: Counters,
 }
 
@@ -64,9 +72,46 @@ enum Refusal {
     Invalid(ParseError),
     Store(RecordError),
     Upstream(UpstreamError),
+    /// Recorded, then not forwarded (client gone) or cut short (shutdown): no one
+    /// reads this reply, but the exit is logged like any other.
+    NotForwarded(Outcome),
+}
+
+impl Refusal {
+    /// A short, fixed label for metrics and the log line.
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::BodyBroken => "body_broken",
+            Refusal::Invalid(e) => e.reason(),
+            Refusal::Store(e) => e.reason(),
+            Refusal::Upstream(e) => e.reason(),
+            Refusal::NotForwarded(Outcome::FailedClientGone) => "client_gone",
+            Refusal::NotForwarded(_) => "shutdown",
+        }
+    }
+}
+
+/// How a request ended: what the logging phase counts and writes, one line each.
+enum Exit {
+    /// Refused before anything was recorded or forwarded (bad input).
+    Rejected,
+    /// The store could not take the records: 503, nothing forwarded.
+    FailClosed,
+    /// No message in it (a passthrough path): forwarded, not recorded.
+    Passthrough,
+    /// Recorded, then forwarded (or not: `Refusal::Upstream`, `Refusal::NotForwarded`).
+    Message {
+        submission: u64,
+        recipients: usize,
+        /// How long the forward took, if there was one.
+        forward: Option<Duration>,
+    },
 }
 
 impl Listener {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         profile: Profile,
@@ -75,6 +120,7 @@ impl Listener {
         recorder: Recorder,
         normalizer: NumberNormalizer,
         metrics: Arc<Metrics>,
+        abort: Shutdown,
     ) -> Self {
         let req = |kind| {
             metrics.requests.get_or_create_owned(&RequestLabels {
@@ -101,6 +147,7 @@ impl Listener {
             recorder,
             normalizer,
             metrics,
+            abort,
             counters,
         }
     }
@@ -137,98 +184,233 @@ impl Listener {
                 .collect(),
         }
     }
+
+    /// The logging phase: every exit of every request passes here once, and only
+    /// here are requests counted and the access-log line written. The line holds ids,
+    /// counts, status and fixed labels: no query string, body or identifier.
+    fn logging(
+        &self,
+        exit: &Exit,
+        refusal: Option<&Refusal>,
+        status: StatusCode,
+        started: Instant,
+    ) {
+        let reason = refusal.map(Refusal::reason);
+        let kind = match (exit, refusal) {
+            (Exit::Rejected, _) => {
+                self.counters.rejected_requests.inc();
+                "rejected"
+            }
+            (Exit::FailClosed, _) => {
+                self.counters.fail_closed_requests.inc();
+                "fail_closed"
+            }
+            (Exit::Passthrough, _) => {
+                self.counters.passthrough.inc();
+                "passthrough"
+            }
+            (Exit::Message { forward, .. }, refusal) => {
+                self.counters.message.inc();
+                self.counters.messages.inc();
+                if let Some(d) = forward {
+                    self.counters.forward_seconds.observe(d.as_secs_f64());
+                }
+                match refusal {
+                    None => "relayed",
+                    Some(Refusal::NotForwarded(Outcome::FailedClientGone)) => "client_gone",
+                    Some(Refusal::NotForwarded(_)) => "shutdown",
+                    Some(_) => "upstream_error",
+                }
+            }
+        };
+        if let (Some(refusal), Some(reason)) = (refusal, reason) {
+            let family = match refusal {
+                Refusal::Store(_) => &self.metrics.fail_closed,
+                Refusal::Upstream(_) => &self.metrics.upstream_errors,
+                Refusal::NotForwarded(_) => &self.metrics.not_forwarded,
+                _ => &self.metrics.rejected,
+            };
+            family.get_or_create(&self.reason(reason)).inc();
+        }
+        let (submission, recipients) = match exit {
+            Exit::Message {
+                submission,
+                recipients,
+                ..
+            } => (Some(*submission), Some(*recipients)),
+            _ => (None, None),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        let status = status.as_u16();
+        match refusal {
+            Some(Refusal::Store(e)) => tracing::warn!(
+                listener = %self.name, exit = kind, reason, status, micros, error = %e,
+                "store cannot record; message refused, not forwarded"
+            ),
+            Some(Refusal::Upstream(e)) => tracing::warn!(
+                listener = %self.name, exit = kind, reason, status, submission, recipients,
+                micros, error = %e, "upstream failed"
+            ),
+            Some(Refusal::NotForwarded(_)) => tracing::warn!(
+                listener = %self.name, exit = kind, reason, status, submission, recipients,
+                micros, "recorded, not forwarded"
+            ),
+            _ => tracing::debug!(
+                listener = %self.name, exit = kind, reason, status, submission, recipients,
+                micros, "request"
+            ),
+        }
+    }
+
+    /// Ends a request that never got as far as a record or a forward.
+    fn refuse(&self, exit: Exit, refusal: Refusal, started: Instant) -> Response<Full<Bytes>> {
+        let resp = reply(&refusal);
+        self.logging(&exit, Some(&refusal), resp.status(), started);
+        resp
+    }
+
+    /// Phases 3 to 6 for a message: record, forward, outcome, logging.
+    async fn relay_message(
+        self: Arc<Self>,
+        submission: Submission,
+        head: http::request::Parts,
+        body: Bytes,
+        started: Instant,
+        client_gone: Arc<AtomicBool>,
+    ) -> Response<Full<Bytes>> {
+        if let Err(e) = self.recorder.record(&submission).await {
+            if matches!(e, RecordError::Timeout(_)) {
+                // The records may still be committed: say that this message was not sent.
+                self.outcome(outcome_event(&self, &submission, Outcome::Failed, None))
+                    .await;
+            }
+            return self.refuse(Exit::FailClosed, Refusal::Store(e), started);
+        }
+        let exit = |forward| Exit::Message {
+            submission: submission.id.0 as u64,
+            recipients: submission.recipients.len(),
+            forward,
+        };
+        // Recorded. Past shutdown-timeout, or with its client gone meanwhile (it had no
+        // answer and will send again, so forwarding now could deliver it twice), the
+        // message is not forwarded.
+        let not_now = if self.abort.is_triggered() {
+            Some(Outcome::FailedShutdown)
+        } else if client_gone.load(Ordering::Acquire) {
+            Some(Outcome::FailedClientGone)
+        } else {
+            None
+        };
+        if let Some(outcome) = not_now {
+            self.outcome(outcome_event(&self, &submission, outcome, None))
+                .await;
+            return self.refuse(exit(None), Refusal::NotForwarded(outcome), started);
+        }
+        let forwarding = Instant::now();
+        let mut abort = self.abort.clone();
+        let result = tokio::select! {
+            r = self.upstream.forward(&head, body) => Some(r),
+            () = abort.wait() => None,
+        };
+        let forward = Some(forwarding.elapsed());
+        let (event, refusal) = match result {
+            Some(Ok(r)) => {
+                let read = self.profile.read_outcome(r.status, &r.body);
+                let mut ev =
+                    outcome_event(&self, &submission, read.outcome, Some(r.status.as_u16()));
+                ev.gateway_code = read.gateway_code;
+                ev.upstream_message_id = read.message_id;
+                self.outcome(ev).await;
+                let resp = r.into_response();
+                self.logging(&exit(forward), None, resp.status(), started);
+                return resp;
+            }
+            Some(Err(e)) => (
+                outcome_event(&self, &submission, Outcome::Failed, None),
+                Refusal::Upstream(e),
+            ),
+            None => (
+                outcome_event(&self, &submission, Outcome::FailedShutdown, None),
+                Refusal::NotForwarded(Outcome::FailedShutdown),
+            ),
+        };
+        self.outcome(event).await;
+        self.refuse(exit(forward), refusal, started)
+    }
+
+    /// Appends an outcome event; a failure is counted and logged, never silent.
+    async fn outcome(&self, event: OutcomeEvent) {
+        if let Err(e) = self.recorder.record_outcome(&event).await {
+            self.metrics.store_errors.inc();
+            tracing::error!(listener = %self.name, reason = e.reason(), error = %e, "outcome event could not be queued");
+        }
+    }
 }
 
-/// Relays one request. Never fails: every error becomes a reply.
+/// Relays one request. Never fails: every error becomes a reply. `drain` is the
+/// connection's token: a recorded message's phases hold a clone of it to the end.
 pub async fn handle(
     listener: &Arc<Listener>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    drain: &Drain,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let (head, body) = req.into_parts();
     let body = match read_body(body, &listener.limits).await {
         Ok(b) => b,
-        Err(refusal) => return reply(listener, refusal),
+        Err(refusal) => return listener.refuse(Exit::Rejected, refusal, started),
     };
     let view = RequestView::of(&head, &body);
     let extracted = match listener.profile.extract(&view) {
         Ok(Extract::Passthrough) => {
-            listener.counters.passthrough.inc();
-            return match listener.upstream.forward(&head, body).await {
-                Ok(r) => r.into_response(),
-                Err(e) => reply(listener, Refusal::Upstream(e)),
+            let result = listener.upstream.forward(&head, body).await;
+            return match result {
+                Ok(r) => {
+                    let resp = r.into_response();
+                    listener.logging(&Exit::Passthrough, None, resp.status(), started);
+                    resp
+                }
+                Err(e) => listener.refuse(Exit::Passthrough, Refusal::Upstream(e), started),
             };
         }
         Ok(Extract::Message(x)) => x,
-        Err(e) => return reply(listener, Refusal::Invalid(e)),
+        Err(e) => return listener.refuse(Exit::Rejected, Refusal::Invalid(e), started),
     };
     let submission = listener.submission(extracted, peer);
-    if let Err(e) = listener.recorder.record(&submission).await {
-        if matches!(e, RecordError::Timeout(_)) {
-            // The records may still be committed: say that this message was not sent.
-            let _ = listener
-                .recorder
-                .record_outcome(&outcome_event(listener, &submission, Outcome::Failed, None))
+    let (l, drain) = (listener.clone(), drain.clone());
+    let client_gone = Arc::new(AtomicBool::new(false));
+    let gone = client_gone.clone();
+    Detached::new(
+        async move {
+            let resp = l
+                .relay_message(submission, head, body, started, client_gone)
                 .await;
-        }
-        return reply(listener, Refusal::Store(e));
-    }
-    listener.counters.message.inc();
-    listener.counters.messages.inc();
-    let (submission_id, recipients) = (submission.id.0, submission.recipients.len());
-    // From here on the message is recorded: forward and outcome must happen even if the
-    // client goes away, so they run to completion whatever happens to this future.
-    let l = listener.clone();
-    let task = Detached::new(async move {
-        let result = l.upstream.forward(&head, body).await;
-        l.counters
-            .forward_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let event = match &result {
-            Ok(r) => {
-                let read = l.profile.read_outcome(r.status, &r.body);
-                let mut ev = outcome_event(&l, &submission, read.outcome, Some(r.status.as_u16()));
-                ev.gateway_code = read.gateway_code;
-                ev.upstream_message_id = read.message_id;
-                ev
-            }
-            Err(_) => outcome_event(&l, &submission, Outcome::Failed, None),
-        };
-        if let Err(e) = l.recorder.record_outcome(&event).await {
-            l.metrics.store_errors.inc();
-            tracing::error!(listener = %l.name, error = %e, "outcome event could not be queued");
-        }
-        result
-    });
-    let resp = match task.await {
-        Ok(r) => r.into_response(),
-        Err(e) => reply(listener, Refusal::Upstream(e)),
-    };
-    // The access log: ids, counts and status only. No query string, body or identifier.
-    tracing::debug!(
-        listener = %listener.name,
-        submission = submission_id,
-        recipients,
-        status = resp.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        "relayed"
-    );
-    resp
+            drop(drain);
+            resp
+        },
+        gone,
+    )
+    .await
 }
 
 /// A future that runs to completion even if the one awaiting it is dropped: polled in
 /// place while awaited (no task, no cross-task wake-up per request), handed to a task
 /// of its own if the awaiting future goes away first (a client that disconnects while
 /// its message is forwarded).
+///
+/// `dropped` is set when that happens, so the work can tell that no one will read its
+/// result.
 struct Detached<T: Send + 'static> {
     fut: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    dropped: Arc<AtomicBool>,
 }
 
 impl<T: Send + 'static> Detached<T> {
-    fn new(fut: impl Future<Output = T> + Send + 'static) -> Self {
+    fn new(fut: impl Future<Output = T> + Send + 'static, dropped: Arc<AtomicBool>) -> Self {
         Self {
             fut: Some(Box::pin(fut)),
+            dropped,
         }
     }
 }
@@ -251,6 +433,7 @@ impl<T: Send + 'static> Drop for Detached<T> {
         if let Some(fut) = self.fut.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
+            self.dropped.store(true, Ordering::Release);
             rt.spawn(async move {
                 fut.await;
             });
@@ -285,74 +468,36 @@ async fn read_body(body: Incoming, limits: &Limits) -> Result<Bytes, Refusal> {
     }
 }
 
-/// The one place where a refusal becomes a client reply and a metric.
-fn reply(l: &Listener, refusal: Refusal) -> Response<Full<Bytes>> {
-    let (status, text, retry): (StatusCode, String, bool) = match &refusal {
-        Refusal::BodyTooLarge => {
-            l.counters.rejected_requests.inc();
-            l.metrics
-                .rejected
-                .get_or_create(&l.reason("body_too_large"))
-                .inc();
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body larger than max-body-bytes".into(),
-                false,
-            )
-        }
-        Refusal::BodyTimeout => {
-            l.counters.rejected_requests.inc();
-            l.metrics
-                .rejected
-                .get_or_create(&l.reason("body_timeout"))
-                .inc();
-            (
-                StatusCode::REQUEST_TIMEOUT,
-                "request body not received in time".into(),
-                false,
-            )
-        }
-        Refusal::BodyBroken => {
-            l.counters.rejected_requests.inc();
-            l.metrics
-                .rejected
-                .get_or_create(&l.reason("body_broken"))
-                .inc();
-            (
-                StatusCode::BAD_REQUEST,
-                "request body broken off".into(),
-                false,
-            )
-        }
-        Refusal::Invalid(e) => {
-            l.counters.rejected_requests.inc();
-            l.metrics
-                .rejected
-                .get_or_create(&l.reason(e.reason()))
-                .inc();
-            (e.status(), format!("{e}, rejected"), false)
-        }
-        Refusal::Store(e) => {
-            l.counters.fail_closed_requests.inc();
-            l.metrics
-                .fail_closed
-                .get_or_create(&l.reason(e.reason()))
-                .inc();
-            tracing::warn!(listener = %l.name, reason = e.reason(), error = %e, "store cannot record; message refused, not forwarded");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("temporary failure, try again later ({})", e.reason()),
-                true,
-            )
-        }
-        Refusal::Upstream(e) => {
-            l.metrics
-                .upstream_errors
-                .get_or_create(&l.reason(e.reason()))
-                .inc();
-            tracing::warn!(listener = %l.name, reason = e.reason(), "upstream failed");
-            (e.status(), e.to_string(), false)
-        }
+/// The one place where a refusal becomes a client reply.
+fn reply(refusal: &Refusal) -> Response<Full<Bytes>> {
+    let (status, text, retry): (StatusCode, String, bool) = match refusal {
+        Refusal::BodyTooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than max-body-bytes".into(),
+            false,
+        ),
+        Refusal::BodyTimeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time".into(),
+            false,
+        ),
+        Refusal::BodyBroken => (
+            StatusCode::BAD_REQUEST,
+            "request body broken off".into(),
+            false,
+        ),
+        Refusal::Invalid(e) => (e.status(), format!("{e}, rejected"), false),
+        Refusal::Store(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("temporary failure, try again later ({})", e.reason()),
+            true,
+        ),
+        Refusal::Upstream(e) => (e.status(), e.to_string(), false),
+        Refusal::NotForwarded(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down, not sent; try again later".into(),
+            true,
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(format!("relaylog: {text}\n"))));
     *resp.status_mut() = status;
@@ -380,13 +525,18 @@ mod tests {
         let finished = Arc::new(AtomicBool::new(false));
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
         let flag = finished.clone();
-        let mut work = Box::pin(Detached::new(async move {
-            let _ = wait.await;
-            flag.store(true, Ordering::SeqCst);
-        }));
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut work = Box::pin(Detached::new(
+            async move {
+                let _ = wait.await;
+                flag.store(true, Ordering::SeqCst);
+            },
+            dropped.clone(),
+        ));
         // Polled once in place: pending on the channel.
         assert!(futures_poll_once(work.as_mut()).is_pending());
         drop(work);
+        assert!(dropped.load(Ordering::SeqCst), "the work is told");
         go.send(()).unwrap();
         for _ in 0..100 {
             if finished.load(Ordering::SeqCst) {

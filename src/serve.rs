@@ -59,6 +59,9 @@ pub struct Running {
     pub simulators: Vec<StartedSimulator>,
     pub metrics: Arc<Metrics>,
     trigger: Trigger,
+    /// Fired when `shutdown-timeout` has passed with requests still in flight.
+    abort_trigger: Trigger,
+    shutdown_timeout: std::time::Duration,
     simulator_trigger: Trigger,
     drain: DrainWaiter,
     tasks: Vec<JoinHandle<()>>,
@@ -67,6 +70,7 @@ pub struct Running {
 
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeError> {
     let (trigger, shutdown) = shutdown::channel();
+    let (abort_trigger, abort) = shutdown::channel();
     let (simulator_trigger, simulator_shutdown) = shutdown::channel();
     let mut tasks = Vec::new();
     // Simulators first, so that saying so is the first thing serve logs.
@@ -171,6 +175,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
             store.recorder(),
             normalizer.clone(),
             metrics.clone(),
+            abort.clone(),
         ));
         tracing::info!(
             listener = %l.name,
@@ -237,6 +242,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         simulators,
         metrics,
         trigger,
+        abort_trigger,
+        shutdown_timeout: config.serve.shutdown_timeout,
         simulator_trigger,
         drain: drain_waiter,
         tasks,
@@ -286,11 +293,25 @@ impl Running {
         self.store.recorder().barrier().await
     }
 
-    /// Stops accepting, lets in-flight requests finish, commits the last batch.
+    /// Stops accepting, lets in-flight requests finish for up to `shutdown-timeout`,
+    /// then cuts short what is left (each recorded message still gets its outcome,
+    /// `failed: shutdown`), commits the last batch.
     pub async fn shutdown(self) {
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         self.trigger.trigger();
-        self.drain.wait().await;
+        let mut drain = std::pin::pin!(self.drain.wait());
+        if tokio::time::timeout(self.shutdown_timeout, drain.as_mut())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout = ?self.shutdown_timeout,
+                "shutdown-timeout passed: cutting short what is in flight, recorded as failed: shutdown"
+            );
+            self.abort_trigger.trigger();
+            // What is left now only writes its outcome: bounded by enqueue-timeout.
+            drain.await;
+        }
         self.store.close().await;
         self.simulator_trigger.trigger();
         for t in self.tasks {

@@ -26,6 +26,11 @@ impl Trigger {
 }
 
 impl Shutdown {
+    /// Whether shutdown has been triggered (or its trigger is gone).
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow() || self.rx.has_changed().is_err()
+    }
+
     /// Resolves once shutdown is triggered (at once if it already was).
     pub async fn wait(&mut self) {
         // An error means the trigger is gone, which also means: stop.

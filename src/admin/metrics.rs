@@ -40,6 +40,7 @@ pub struct Metrics {
     pub forward_seconds: Family<ListenerLabels, Histogram>,
     pub fail_closed: Family<ReasonLabels, Counter>,
     pub upstream_errors: Family<ReasonLabels, Counter>,
+    pub not_forwarded: Family<ReasonLabels, Counter>,
     pub rejected: Family<ReasonLabels, Counter>,
     pub connections_refused: Family<ListenerLabels, Counter>,
     pub store_errors: Counter,
@@ -101,7 +102,7 @@ impl Metrics {
         });
         registry.register(
             "forward_seconds",
-            "Time from request received to upstream response",
+            "Time the forward of a recorded message took, request sent to reply read",
             forward_seconds.clone(),
         );
         let fail_closed = Family::<ReasonLabels, Counter>::default();
@@ -115,6 +116,12 @@ impl Metrics {
             "upstream_errors",
             "Upstream could not be reached or answered badly",
             upstream_errors.clone(),
+        );
+        let not_forwarded = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "not_forwarded",
+            "Recorded messages not forwarded (client_gone) or cut short (shutdown), each with its outcome",
+            not_forwarded.clone(),
         );
         let rejected = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -146,6 +153,7 @@ impl Metrics {
             forward_seconds,
             fail_closed,
             upstream_errors,
+            not_forwarded,
             rejected,
             connections_refused,
             store_errors,

@@ -67,7 +67,7 @@ impl HttpServer {
             let shutdown = shutdown.clone();
             let drain = drain.clone();
             tokio::spawn(async move {
-                connection(stream, peer, relay, tls, shutdown).await;
+                connection(stream, peer, relay, tls, shutdown, &drain).await;
                 drop(permit);
                 drop(drain);
             });
@@ -81,14 +81,15 @@ async fn connection(
     relay: Arc<Listener>,
     tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
+    drain: &Drain,
 ) {
     match tls {
-        None => serve(stream, peer, relay, shutdown).await,
+        None => serve(stream, peer, relay, shutdown, drain).await,
         Some(acceptor) => {
             let handshake =
                 tokio::time::timeout(relay.limits.header_timeout, acceptor.accept(stream)).await;
             match handshake {
-                Ok(Ok(tls_stream)) => serve(tls_stream, peer, relay, shutdown).await,
+                Ok(Ok(tls_stream)) => serve(tls_stream, peer, relay, shutdown, drain).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -179,8 +180,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 }
 
-async fn serve<I>(io: I, peer: SocketAddr, relay: Arc<Listener>, mut shutdown: Shutdown)
-where
+/// Serves one connection until it ends, the idle timeout closes it, or shutdown:
+/// then hyper finishes the request in flight and closes. The header timeout keeps
+/// applying while closing (a client that never finishes its head cannot hold the
+/// drain), and past `shutdown-timeout` (the listener's `abort`) the connection is
+/// dropped at once; a recorded message in it still gets its outcome (see `relay`).
+async fn serve<I>(
+    io: I,
+    peer: SocketAddr,
+    relay: Arc<Listener>,
+    mut shutdown: Shutdown,
+    drain: &Drain,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity {
@@ -190,14 +201,17 @@ where
         head_started: AtomicU64::new(u64::MAX),
     });
     let limits = relay.limits;
+    let mut abort = relay.abort.clone();
     let svc = {
         let activity = activity.clone();
+        let drain = drain.clone();
         service_fn(move |req| {
             let relay = relay.clone();
             let activity = activity.clone();
+            let drain = drain.clone();
             async move {
                 activity.begin();
-                let resp = relay::handle(&relay, req, peer).await;
+                let resp = relay::handle(&relay, req, peer, &drain).await;
                 activity.end();
                 Ok::<_, Infallible>(resp)
             }
@@ -228,7 +242,11 @@ where
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = tokio::time::sleep(tick), if !closing => {
+            () = abort.wait() => {
+                tracing::debug!("shutdown-timeout passed; closing the connection");
+                break;
+            }
+            _ = tokio::time::sleep(tick) => {
                 if activity.in_flight.load(Ordering::Relaxed) > 0 {
                     continue;
                 }
@@ -238,7 +256,7 @@ where
                     tracing::debug!("request head not received in time; closing");
                     break;
                 }
-                if head == u64::MAX && now.saturating_sub(activity.last.load(Ordering::Relaxed)) >= limits.idle_timeout.as_millis() as u64 {
+                if !closing && head == u64::MAX && now.saturating_sub(activity.last.load(Ordering::Relaxed)) >= limits.idle_timeout.as_millis() as u64 {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
