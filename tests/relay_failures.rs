@@ -384,10 +384,9 @@ async fn client_gone_mid_forward_still_forwards_and_records_the_outcome() {
     .await
     .unwrap();
     // Hang up once the request is at the upstream (its reply is 300 ms away).
-    while up.count() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    up.wait_arrived(1).await;
     drop(s);
+    assert_eq!(up.count(), 0, "hung up before the upstream answered");
     tokio::time::sleep(Duration::from_millis(600)).await;
     relay.settle().await;
     let found = relay.query(IndexKind::Account, "gone");

@@ -43,6 +43,8 @@ pub struct CaptureUpstream {
     pub delay_ms: Arc<AtomicU64>,
     /// TCP connections accepted (keep-alive reuse shows as few connections).
     pub connections: Arc<AtomicU64>,
+    /// Requests that have arrived, counted before the delay (`seen` fills after it).
+    pub arrived: Arc<AtomicU64>,
     scheme: &'static str,
 }
 
@@ -70,11 +72,13 @@ impl CaptureUpstream {
         let status = Arc::new(AtomicU16::new(202));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
-        let (s2, st2, d2, c2) = (
+        let arrived = Arc::new(AtomicU64::new(0));
+        let (s2, st2, d2, c2, a2) = (
             seen.clone(),
             status.clone(),
             delay_ms.clone(),
             connections.clone(),
+            arrived.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -83,10 +87,12 @@ impl CaptureUpstream {
                 };
                 c2.fetch_add(1, Ordering::SeqCst);
                 let tls = tls.clone();
-                let (seen, status, delay) = (s2.clone(), st2.clone(), d2.clone());
+                let (seen, status, delay, arrived) =
+                    (s2.clone(), st2.clone(), d2.clone(), a2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let (seen, status, delay) = (seen.clone(), status.clone(), delay.clone());
+                        arrived.fetch_add(1, Ordering::SeqCst);
                         async move {
                             let wait = delay.load(Ordering::SeqCst);
                             if wait > 0 {
@@ -134,6 +140,7 @@ impl CaptureUpstream {
             status,
             delay_ms,
             connections,
+            arrived,
             scheme,
         }
     }
@@ -143,6 +150,13 @@ impl CaptureUpstream {
             // The certificate names localhost.
             "https" => format!("https://localhost:{}", self.addr.port()),
             _ => format!("http://{}", self.addr),
+        }
+    }
+
+    /// Waits until `n` requests have arrived (before any delay).
+    pub async fn wait_arrived(&self, n: u64) {
+        while self.arrived.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
@@ -457,4 +471,52 @@ pub fn totp_at(seed: &[u8], at: i64) -> String {
         "{:06}",
         totp::hotp(seed, totp::step_at(at.div_euclid(1_000_000)) as u64, 6)
     )
+}
+
+/// The log lines written on this thread while it lives: for tests on the
+/// current-thread runtime, where the relay's tasks run on the test's own thread.
+pub struct LogCapture {
+    buf: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    pub fn start() -> LogCapture {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || CaptureWriter(writer.clone()))
+            .finish();
+        LogCapture {
+            buf,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Every captured line that contains `needle`.
+    pub fn lines(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.buf.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
 }

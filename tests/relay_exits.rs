@@ -1,0 +1,283 @@
+//! Issue 10: every exit of a relayed request passes through one logging phase (one
+//! access-log line, its metrics), and every recorded message gets exactly one outcome,
+//! whatever happens: client gone, shutdown, slow clients, a shutdown deadline.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use relaylog::record::Outcome;
+use relaylog::store::IndexKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KANNEL_OK: &str = "0: Accepted for delivery";
+
+/// The one access-log line of the request whose exit is `exit`.
+fn one_line(log: &LogCapture, exit: &str) -> String {
+    let lines = log.lines(&format!("exit=\"{exit}\""));
+    assert_eq!(lines.len(), 1, "{exit}: {lines:#?}\n{}", log.text());
+    lines.into_iter().next().unwrap()
+}
+
+/// Relayed, rejected, passthrough, unknown path, upstream error: each request writes
+/// exactly one line naming its exit and is counted once. No line holds the query.
+#[tokio::test]
+async fn every_exit_writes_one_log_line_and_its_metrics() {
+    let log = LogCapture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let extra = "passthrough = [\"/status\"]\nupstream-timeout = \"300ms\"\n";
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", extra, "").await;
+    let c = client();
+
+    let (s, _) = get(&c, &sendsms(&relay.url, "ok", &number(1))).await;
+    assert_eq!(s.as_u16(), 202);
+    let line = one_line(&log, "relayed");
+    assert!(
+        line.contains("status=202") && line.contains("recipients=1"),
+        "{line}"
+    );
+
+    let (s, _) = get(
+        &c,
+        &format!("{}/cgi-bin/sendsms?username=x&text=secret", relay.url),
+    )
+    .await;
+    assert_eq!(s.as_u16(), 400);
+    let line = one_line(&log, "rejected");
+    assert!(line.contains("reason=\"missing_recipient\""), "{line}");
+
+    up.status.store(200, std::sync::atomic::Ordering::SeqCst);
+    let (s, _) = get(&c, &format!("{}/status?password=adminpw", relay.url)).await;
+    assert_eq!(s.as_u16(), 200);
+    assert!(one_line(&log, "passthrough").contains("status=200"));
+
+    // The upstream answers after upstream-timeout: the message is recorded, its
+    // forward fails, the client gets 504.
+    up.delay_ms
+        .store(2_000, std::sync::atomic::Ordering::SeqCst);
+    let (s, _) = get(&c, &sendsms(&relay.url, "slow", &number(2))).await;
+    assert_eq!(s.as_u16(), 504);
+    let line = one_line(&log, "upstream_error");
+    assert!(
+        line.contains("reason=\"timeout\"") && line.contains("status=504"),
+        "{line}"
+    );
+
+    let all = log.text();
+    for secret in ["password", "secret", "adminpw", "31600000001"] {
+        assert!(!all.contains(secret), "{secret} in the log:\n{all}");
+    }
+    let metrics = relay.metrics().await;
+    for needle in [
+        "relaylog_requests_total{listener=\"sms\",kind=\"message\"} 2",
+        "relaylog_requests_total{listener=\"sms\",kind=\"rejected\"} 1",
+        "relaylog_requests_total{listener=\"sms\",kind=\"passthrough\"} 1",
+        "relaylog_rejected_total{listener=\"sms\",reason=\"missing_recipient\"} 1",
+        "relaylog_upstream_errors_total{listener=\"sms\",reason=\"timeout\"} 1",
+        "relaylog_forward_seconds_count{listener=\"sms\"} 2",
+    ] {
+        assert_metric(&metrics, needle);
+    }
+    relay.settle().await;
+    let slow = relay.query(IndexKind::Account, "slow");
+    assert_eq!(slow[0].outcome.as_ref().unwrap().outcome, Outcome::Failed);
+    relay.running.shutdown().await;
+}
+
+/// The store refuses: 503, one `fail_closed` line with its reason, nothing forwarded.
+#[tokio::test]
+async fn fail_closed_writes_one_log_line_and_its_metric() {
+    let log = LogCapture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let c = client();
+    let store = dir.path().join("store");
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    let (s, _) = get(&c, &sendsms(&relay.url, "during", &number(3))).await;
+    assert_eq!(s.as_u16(), 503);
+    let line = one_line(&log, "fail_closed");
+    assert!(
+        line.contains("reason=\"") && line.contains("status=503"),
+        "{line}"
+    );
+    assert_metric(
+        &relay.metrics().await,
+        "relaylog_requests_total{listener=\"sms\",kind=\"fail_closed\"} 1",
+    );
+    assert_eq!(up.count(), 0);
+    std::fs::remove_file(&store).unwrap();
+    relay.running.shutdown().await;
+}
+
+/// Issue 10: a forward detached because its client left held no drain token, so
+/// `serve` closed the store before the outcome came, and the message was left without
+/// one. Now shutdown (what SIGTERM runs) waits for it.
+#[tokio::test]
+async fn shutdown_waits_for_a_detached_forward_and_records_its_outcome() {
+    let log = LogCapture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    up.delay_ms.store(800, std::sync::atomic::Ordering::SeqCst);
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let config = relay.config.clone();
+    let addr = relay.running.addr("sms").unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /cgi-bin/sendsms?username=detached&password=p&to=%2B31612345607&text=x HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    up.wait_arrived(1).await;
+    drop(s);
+    // The connection notices its client is gone and detaches the forward.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        up.count(),
+        0,
+        "the forward is still waiting on the upstream"
+    );
+    relay.running.shutdown().await;
+    let found = query_store(&config, IndexKind::Account, "detached");
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].outcome.as_ref().map(|o| o.outcome),
+        Some(Outcome::Accepted),
+        "the detached forward's outcome is committed before serve returns"
+    );
+    one_line(&log, "relayed");
+}
+
+/// Issue 10: graceful shutdown switched off the connection watchdog, so a client that
+/// never finished its request head held the drain, and serve, forever.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_head_cannot_hold_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let limits = "header-timeout = \"300ms\"\n";
+    let store = "";
+    let text = config_text(dir.path(), "kannel", Some(&up.url()), limits, store)
+        + "[serve]\nshutdown-timeout = \"1h\"\n";
+    let relay = Relay::start(dir.path(), &text).await;
+    let addr = relay.running.addr("sms").unwrap();
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /cgi-bin/sendsms?username=u HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A liveness bound, not a speed measure: before the fix this never returned.
+    tokio::time::timeout(Duration::from_secs(30), relay.running.shutdown())
+        .await
+        .expect("shutdown held by a client that never finished its head");
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest).await;
+    assert_eq!(up.count(), 0);
+}
+
+/// Past `shutdown-timeout`, a forward still waiting on the upstream is cut short and
+/// recorded as `failed: shutdown`; serve exits.
+#[tokio::test]
+async fn past_the_shutdown_timeout_what_is_in_flight_is_recorded_failed_shutdown() {
+    let log = LogCapture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    up.delay_ms
+        .store(3_600_000, std::sync::atomic::Ordering::SeqCst);
+    let text = config_text(
+        dir.path(),
+        "kannel",
+        Some(&up.url()),
+        "upstream-timeout = \"1h\"\n",
+        "",
+    ) + "[serve]\nshutdown-timeout = \"300ms\"\n";
+    let relay = Relay::start(dir.path(), &text).await;
+    let config = relay.config.clone();
+    let metrics = relay.running.metrics.clone();
+    let c = client();
+    let url = sendsms(&relay.url, "stuck", &number(4));
+    let request = tokio::spawn(async move { get(&c, &url).await });
+    up.wait_arrived(1).await;
+    tokio::time::timeout(Duration::from_secs(30), relay.running.shutdown())
+        .await
+        .expect("shutdown-timeout did not end the drain");
+    let _ = request.await;
+    let found = query_store(&config, IndexKind::Account, "stuck");
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].outcome.as_ref().map(|o| o.outcome),
+        Some(Outcome::FailedShutdown)
+    );
+    let line = one_line(&log, "shutdown");
+    assert!(line.contains("reason=\"shutdown\""), "{line}");
+    assert_metric(
+        &metrics.encode(),
+        "relaylog_not_forwarded_total{listener=\"sms\",reason=\"shutdown\"} 1",
+    );
+}
+
+/// A client that leaves while its message is being recorded: the record stands, the
+/// message is not forwarded (the client had no answer and will send again), and the
+/// outcome says so.
+#[tokio::test]
+async fn a_client_gone_before_the_forward_is_not_forwarded_for_and_the_outcome_says_so() {
+    let log = LogCapture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let c = client();
+    assert_eq!(
+        get(&c, &sendsms(&relay.url, "first", &number(5)))
+            .await
+            .0
+            .as_u16(),
+        202
+    );
+    relay.settle().await;
+    // Another connection holds the partition's write lock: the next record waits.
+    let day = std::fs::read_dir(dir.path().join("store"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite"))
+        .unwrap();
+    let lock = rusqlite::Connection::open(&day).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let addr = relay.running.addr("sms").unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /cgi-bin/sendsms?username=leaver&password=p&to=%2B31612345608&text=x HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    // The record commits; the message is not forwarded; its outcome is written.
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        relay.settle().await;
+        found = relay.query(IndexKind::Account, "leaver");
+        if found.first().is_some_and(|f| f.outcome.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].outcome.as_ref().map(|o| o.outcome),
+        Some(Outcome::FailedClientGone)
+    );
+    assert_eq!(up.count(), 1, "only the first message was forwarded");
+    one_line(&log, "client_gone");
+    assert_metric(
+        &relay.metrics().await,
+        "relaylog_not_forwarded_total{listener=\"sms\",reason=\"client_gone\"} 1",
+    );
+    relay.running.shutdown().await;
+}
