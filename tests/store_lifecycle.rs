@@ -215,3 +215,78 @@ async fn month_partitions_expire_as_whole_months() {
     assert_eq!(plan.expire[0].1, 31, "31 daily records in October");
     assert_eq!(lookup(&cfg).0, 120 - 31);
 }
+
+/// Issue 10: a partition's key file was read (or created and synced) under a lock on
+/// the async worker that recorded the partition's first message, so a slow disk
+/// stalled every client on that worker. Here the key file is a FIFO that no one
+/// writes: reading it blocks like a stalled disk. On a one-thread runtime, other tasks
+/// must still run while that record waits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_key_file_stalls_only_its_own_record_not_the_runtime() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    relaylog::store::init_keys(&cfg).unwrap();
+    // The real key file's bytes, made in a keyring of their own under the same master.
+    let p = PartitionId::containing(cfg.partition, day(0).timestamp_micros());
+    let spare = dir.path().join("spare-keyring");
+    let mut spare_cfg = cfg.clone();
+    spare_cfg.keyring = spare.clone();
+    let bytes = open_keyring(&spare_cfg)
+        .unwrap()
+        .keys_or_create(p)
+        .map(|_| ())
+        .unwrap();
+    let _ = bytes;
+    let key_bytes = std::fs::read(spare.join(format!("{p}.key"))).unwrap();
+    std::fs::create_dir_all(&cfg.keyring).unwrap();
+    let fifo = cfg.keyring.join(format!("{p}.key"));
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // The stalled disk: answers once the runtime has shown it runs, or after 10 s
+    // (then it stalled the runtime: the old behaviour).
+    let runtime_ran = Arc::new(AtomicBool::new(false));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let disk = {
+        let (ran, stalled, fifo) = (runtime_ran.clone(), stalled.clone(), fifo.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !ran.load(Ordering::SeqCst) {
+                if std::time::Instant::now() > deadline {
+                    stalled.store(true, Ordering::SeqCst);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            std::fs::write(&fifo, &key_bytes).unwrap();
+            key_bytes
+        })
+    };
+
+    let clock = ManualClock::new(day(0));
+    let store = open_store(&cfg, &clock);
+    let rec = store.recorder();
+    let sub = one_recipient(&rec, rec.now(), "acme", NUMBER);
+    let record = tokio::spawn(async move { rec.record(&sub).await });
+    // Another client's work on the same (only) runtime thread.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    runtime_ran.store(true, Ordering::SeqCst);
+    record.await.unwrap().unwrap();
+    let key_bytes = disk.join().unwrap();
+    assert!(
+        !stalled.load(Ordering::SeqCst),
+        "the runtime thread was blocked on the key file"
+    );
+    store.close().await;
+    // The disk recovers: the key file is a file again, and the record is there.
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::write(&fifo, &key_bytes).unwrap();
+    assert_eq!(lookup(&cfg).0, 1);
+}

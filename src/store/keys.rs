@@ -62,6 +62,10 @@ pub enum KeyError {
     Open,
     #[error("the system random generator failed")]
     Random,
+    /// The blocking task that read or created a key file did not finish (the runtime
+    /// is shutting down).
+    #[error("key file access was interrupted")]
+    Interrupted,
     #[error("key I/O on {path}: {source}")]
     Io {
         path: PathBuf,

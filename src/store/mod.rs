@@ -247,13 +247,44 @@ impl Recorder {
         self.inner.ids.next(at)
     }
 
+    /// The keys of `partition` if they are the ones cached: the hot path's lookup.
+    fn cached_keys(&self, partition: PartitionId) -> Option<Arc<PartitionKeys>> {
+        let current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        current
+            .as_ref()
+            .filter(|k| k.partition() == partition)
+            .cloned()
+    }
+
+    fn cache_keys(&self, keys: &Arc<PartitionKeys>) {
+        *self.inner.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys.clone());
+    }
+
+    /// The keys of `partition`, read or created (file I/O and fsyncs) on this thread.
+    /// For blocking callers; async ones use [`Recorder::keys_async`].
     fn keys_for(&self, partition: PartitionId) -> Result<Arc<PartitionKeys>, KeyError> {
-        let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = current.as_ref().filter(|k| k.partition() == partition) {
-            return Ok(k.clone());
+        if let Some(k) = self.cached_keys(partition) {
+            return Ok(k);
         }
         let keys = self.inner.keyring.keys_or_create(partition)?;
-        *current = Some(keys.clone());
+        self.cache_keys(&keys);
+        Ok(keys)
+    }
+
+    /// The keys of `partition`. A miss (the first message of a partition whose keys
+    /// `prepare_keys` did not make ahead, or a late outcome of yesterday's) reads or
+    /// creates the key file on a blocking thread: a slow disk then holds this one
+    /// submission, not the runtime's workers and every client on them. No lock is held
+    /// across the I/O.
+    async fn keys_async(&self, partition: PartitionId) -> Result<Arc<PartitionKeys>, KeyError> {
+        if let Some(k) = self.cached_keys(partition) {
+            return Ok(k);
+        }
+        let inner = self.inner.clone();
+        let keys = tokio::task::spawn_blocking(move || inner.keyring.keys_or_create(partition))
+            .await
+            .map_err(|_| KeyError::Interrupted)??;
+        self.cache_keys(&keys);
         Ok(keys)
     }
 
@@ -261,11 +292,16 @@ impl Recorder {
         PartitionId::containing(self.inner.cfg.partition, at)
     }
 
-    /// Seals a submission into rows: blind indexes and AEAD, no I/O beyond creating a
-    /// new partition's keys.
+    /// Seals a submission into rows: blind indexes and AEAD, no I/O beyond reading or
+    /// creating a new partition's keys (on this thread).
     pub fn seal(&self, sub: &Submission) -> Result<(PartitionId, Vec<Row>), KeyError> {
         let partition = self.partition_of(sub.at);
         let keys = self.keys_for(partition)?;
+        Ok((partition, self.seal_with(sub, &keys)?))
+    }
+
+    /// Seals a submission with its partition's keys: no I/O.
+    fn seal_with(&self, sub: &Submission, keys: &PartitionKeys) -> Result<Vec<Row>, KeyError> {
         let account_ix = keys.blind_index(IndexKind::Account, &sub.account);
         let ip = crate::canonical::canonical_ip(sub.client_ip).to_string();
         let ip_ix = keys.blind_index(IndexKind::ClientIp, &ip);
@@ -300,7 +336,7 @@ impl Recorder {
                 row.leaf = integrity::record_leaf(row);
             }
         }
-        Ok((partition, rows))
+        Ok(rows)
     }
 
     /// Records a submission. In `record-before-forward` mode it returns once the rows
@@ -311,7 +347,9 @@ impl Recorder {
         // Counted from before sealing until the commit's answer, so the writer knows
         // more submissions are on their way (and dropped with the future if cancelled).
         let _waiting = durable.then(|| Waiting::new(&self.inner.signals.waiting));
-        let (partition, rows) = self.seal(sub)?;
+        let partition = self.partition_of(sub.at);
+        let keys = self.keys_async(partition).await?;
+        let rows = self.seal_with(sub, &keys)?;
         let (done, wait) = if durable {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -353,18 +391,27 @@ impl Recorder {
 
     /// Appends an outcome event. Waits for queue space (bounded), not for the commit.
     pub async fn record_outcome(&self, ev: &OutcomeEvent) -> Result<(), RecordError> {
-        let job = self.outcome_job(ev)?;
+        let partition = self.partition_of(ev.submitted_at);
+        let keys = match &ev.upstream_message_id {
+            Some(_) => Some(self.keys_async(partition).await?),
+            None => None,
+        };
+        let job = self.outcome_job(ev, partition, keys.as_deref())?;
         self.enqueue(job).await
     }
 
-    fn outcome_job(&self, ev: &OutcomeEvent) -> Result<Job, RecordError> {
-        let partition = self.partition_of(ev.submitted_at);
-        let message_id_sealed = match &ev.upstream_message_id {
-            Some(id) => {
-                let keys = self.keys_for(partition)?;
+    /// An outcome event as a job; `keys` seal the upstream message id, if there is one.
+    fn outcome_job(
+        &self,
+        ev: &OutcomeEvent,
+        partition: PartitionId,
+        keys: Option<&PartitionKeys>,
+    ) -> Result<Job, RecordError> {
+        let message_id_sealed = match (&ev.upstream_message_id, keys) {
+            (Some(id), Some(keys)) => {
                 Some(keys.seal(&codec::outcome_aad(ev.submission), id.as_bytes())?)
             }
-            None => None,
+            _ => None,
         };
         let mut row = OutcomeRow {
             submission: ev.submission.0,
