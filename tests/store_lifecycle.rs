@@ -233,12 +233,7 @@ async fn a_slow_key_file_stalls_only_its_own_record_not_the_runtime() {
     let spare = dir.path().join("spare-keyring");
     let mut spare_cfg = cfg.clone();
     spare_cfg.keyring = spare.clone();
-    let bytes = open_keyring(&spare_cfg)
-        .unwrap()
-        .keys_or_create(p)
-        .map(|_| ())
-        .unwrap();
-    let _ = bytes;
+    open_keyring(&spare_cfg).unwrap().keys_or_create(p).unwrap();
     let key_bytes = std::fs::read(spare.join(format!("{p}.key"))).unwrap();
     std::fs::create_dir_all(&cfg.keyring).unwrap();
     let fifo = cfg.keyring.join(format!("{p}.key"));
