@@ -247,10 +247,13 @@ impl Listener {
                 listener = %self.name, exit = kind, reason, status, micros, error = %e,
                 "store cannot record; message refused, not forwarded"
             ),
-            Some(Refusal::Upstream(e)) => tracing::warn!(
-                listener = %self.name, exit = kind, reason, status, submission, recipients,
-                micros, error = %e, "upstream failed"
-            ),
+            Some(Refusal::Upstream(e)) => {
+                let cause = std::error::Error::source(e).map(ToString::to_string);
+                tracing::warn!(
+                    listener = %self.name, exit = kind, reason, status, submission, recipients,
+                    micros, error = %e, cause, "upstream failed"
+                )
+            }
             Some(Refusal::NotForwarded(_)) => tracing::warn!(
                 listener = %self.name, exit = kind, reason, status, submission, recipients,
                 micros, "recorded, not forwarded"

@@ -165,7 +165,7 @@ async fn unwritable_store_fails_closed_then_recovers() {
     let metrics = relay.metrics().await;
     assert_metric(
         &metrics,
-        "relaylog_fail_closed_total{listener=\"sms\",reason=\"commit_error\"} 1",
+        "relaylog_fail_closed_total{listener=\"sms\",reason=\"cannot_open\"} 1",
     );
 
     // The store comes back: relaying resumes.
@@ -396,5 +396,59 @@ async fn client_gone_mid_forward_still_forwards_and_records_the_outcome() {
         Some(relaylog::record::Outcome::Accepted),
         "the upstream's answer is recorded although the client left"
     );
+    relay.running.shutdown().await;
+}
+
+/// Issue 10: every commit failure was one opaque string and one label, `commit_error`.
+/// A damaged partition file now fails closed as `corrupt`, in the metric and the reply,
+/// and the relay recovers when the file is put back.
+#[tokio::test]
+async fn a_corrupt_partition_fails_closed_and_says_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let c = client();
+    assert_eq!(
+        get(&c, &sendsms(&relay.url, "before", &number(1)))
+            .await
+            .0
+            .as_u16(),
+        202
+    );
+    relay.settle().await;
+    let day = std::fs::read_dir(dir.path().join("store"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite"))
+        .unwrap();
+    // The file and its WAL moved aside (the WAL still holds its first page), garbage
+    // in its place.
+    let aside = |from: &std::path::Path, to: &std::path::Path| {
+        for suffix in ["", "-wal", "-shm"] {
+            let (f, t) = (
+                format!("{}{suffix}", from.display()),
+                format!("{}{suffix}", to.display()),
+            );
+            let _ = std::fs::remove_file(&t);
+            if std::path::Path::new(&f).exists() {
+                std::fs::rename(&f, &t).unwrap();
+            }
+        }
+    };
+    let kept = day.with_extension("kept");
+    aside(&day, &kept);
+    std::fs::write(&day, vec![0x5a; 8192]).unwrap();
+    let (s, reply) = get(&c, &sendsms(&relay.url, "during", &number(2))).await;
+    assert_eq!(s.as_u16(), 503, "{reply}");
+    assert!(reply.contains("(corrupt)"), "{reply}");
+    assert_metric(
+        &relay.metrics().await,
+        "relaylog_fail_closed_total{listener=\"sms\",reason=\"corrupt\"} 1",
+    );
+    assert_eq!(up.count(), 1, "nothing forwarded");
+    aside(&kept, &day);
+    let (s, _) = get(&c, &sendsms(&relay.url, "after", &number(3))).await;
+    assert_eq!(s.as_u16(), 202);
     relay.running.shutdown().await;
 }

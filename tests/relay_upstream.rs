@@ -84,6 +84,11 @@ async fn https_upstream_with_a_private_ca() {
     relay.settle().await;
     let f = relay.query(IndexKind::Account, "untrusted");
     assert_eq!(f[0].outcome.as_ref().unwrap().outcome, Outcome::Failed);
+    // Issue 10: the cause is kept, not flattened into "connect".
+    assert_metric(
+        &relay.metrics().await,
+        "relaylog_upstream_errors_total{listener=\"sms\",reason=\"tls\"} 1",
+    );
     relay.running.shutdown().await;
 }
 
@@ -112,7 +117,7 @@ async fn upstream_down_gives_502_and_a_failed_outcome() {
     let metrics = relay.metrics().await;
     assert_metric(
         &metrics,
-        "relaylog_upstream_errors_total{listener=\"sms\",reason=\"connect\"} 1",
+        "relaylog_upstream_errors_total{listener=\"sms\",reason=\"connect_refused\"} 1",
     );
     relay.running.shutdown().await;
 }

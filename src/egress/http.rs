@@ -15,11 +15,94 @@ use super::pool::{Conn, Pool, Target};
 use crate::config::Forward;
 use crate::ingress::tls::{TlsError, load_certs, ring_provider};
 
+/// Why a connection to the upstream could not be made or broke before its reply: what
+/// an operator needs to tell a stopped gateway from a firewall, a certificate problem
+/// or a gateway that hangs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectCause {
+    /// Nothing listens there (connection refused).
+    Refused,
+    /// No answer to the TCP or TLS handshake within the timeout.
+    TimedOut,
+    /// No route to the host or network.
+    Unreachable,
+    /// The host name did not resolve.
+    Resolve,
+    /// The TLS handshake failed (certificate, protocol version, name).
+    Tls,
+    /// The connection was reset or closed before the reply.
+    Reset,
+    Other,
+}
+
+impl ConnectCause {
+    /// Classifies the error of a connect, TLS handshake or exchange.
+    pub fn of(e: &std::io::Error) -> ConnectCause {
+        use std::io::ErrorKind as K;
+        if e.get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return ConnectCause::Tls;
+        }
+        match e.kind() {
+            K::ConnectionRefused => ConnectCause::Refused,
+            K::TimedOut => ConnectCause::TimedOut,
+            K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+                ConnectCause::Unreachable
+            }
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                ConnectCause::Reset
+            }
+            // Name resolution failures come back as `Other`/`Uncategorized` from
+            // getaddrinfo, with a message that says so.
+            _ if e.to_string().contains("lookup") => ConnectCause::Resolve,
+            K::InvalidData => ConnectCause::Tls,
+            _ => ConnectCause::Other,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnectCause::Refused => "connection refused",
+            ConnectCause::TimedOut => "connect timed out",
+            ConnectCause::Unreachable => "host unreachable",
+            ConnectCause::Resolve => "name does not resolve",
+            ConnectCause::Tls => "TLS handshake failed",
+            ConnectCause::Reset => "connection reset",
+            ConnectCause::Other => "connect failed",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            ConnectCause::Refused => "connect_refused",
+            ConnectCause::TimedOut => "connect_timeout",
+            ConnectCause::Unreachable => "connect_unreachable",
+            ConnectCause::Resolve => "connect_resolve",
+            ConnectCause::Tls => "tls",
+            ConnectCause::Reset => "connection_reset",
+            ConnectCause::Other => "connect",
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a request got no usable reply from the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("upstream unreachable")]
-    Connect,
+    /// The cause is kept typed for the metric label; `source` (the OS's or rustls's
+    /// own words, no request data in them) goes to the log line.
+    #[error("upstream unreachable ({cause})")]
+    Connect {
+        cause: ConnectCause,
+        #[source]
+        source: Option<std::io::Error>,
+    },
     #[error("upstream did not answer in time")]
     Timeout,
     #[error("upstream reply larger than max-response-bytes")]
@@ -31,9 +114,16 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    fn connect(e: std::io::Error) -> UpstreamError {
+        UpstreamError::Connect {
+            cause: ConnectCause::of(&e),
+            source: Some(e),
+        }
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Connect => "connect",
+            Self::Connect { cause, .. } => cause.reason(),
             Self::Timeout => "timeout",
             Self::TooLarge => "response_too_large",
             Self::Body => "body",
@@ -154,11 +244,7 @@ impl Upstream {
     /// Sends on a pooled connection; if that connection turns out closed before the
     /// request was written (the upstream dropped it while idle), once more on a new one.
     async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Reply, UpstreamError> {
-        let mut conn = self
-            .pool
-            .checkout()
-            .await
-            .map_err(|_| UpstreamError::Connect)?;
+        let mut conn = self.pool.checkout().await.map_err(UpstreamError::connect)?;
         let req = match self.attempt(&mut conn, req).await {
             Ok(reply) => {
                 self.pool.checkin(conn);
@@ -167,18 +253,17 @@ impl Upstream {
             Err(Attempt::Failed(e)) => return Err(e),
             Err(Attempt::NotSent(req)) => *req,
         };
-        let mut conn = self
-            .pool
-            .connect()
-            .await
-            .map_err(|_| UpstreamError::Connect)?;
+        let mut conn = self.pool.connect().await.map_err(UpstreamError::connect)?;
         match self.attempt(&mut conn, req).await {
             Ok(reply) => {
                 self.pool.checkin(conn);
                 Ok(reply)
             }
             Err(Attempt::Failed(e)) => Err(e),
-            Err(Attempt::NotSent(_)) => Err(UpstreamError::Connect),
+            Err(Attempt::NotSent(_)) => Err(UpstreamError::Connect {
+                cause: ConnectCause::Reset,
+                source: None,
+            }),
         }
     }
 
@@ -188,7 +273,10 @@ impl Upstream {
         conn.drive_while(async move {
             let resp = send.await.map_err(|mut e| match e.take_message() {
                 Some(req) => Attempt::NotSent(Box::new(req)),
-                None => Attempt::Failed(UpstreamError::Connect),
+                None => Attempt::Failed(UpstreamError::Connect {
+                    cause: ConnectCause::Reset,
+                    source: Some(std::io::Error::other(e.into_error())),
+                }),
             })?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, max)
@@ -257,6 +345,32 @@ pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 10: the upstream's connect errors keep their cause.
+    #[test]
+    fn connect_errors_keep_their_cause() {
+        use std::io::{Error, ErrorKind as K};
+        for (e, cause) in [
+            (Error::from(K::ConnectionRefused), ConnectCause::Refused),
+            (Error::from(K::TimedOut), ConnectCause::TimedOut),
+            (Error::from(K::HostUnreachable), ConnectCause::Unreachable),
+            (Error::from(K::ConnectionReset), ConnectCause::Reset),
+            (
+                Error::new(K::InvalidData, rustls::Error::NoCertificatesPresented),
+                ConnectCause::Tls,
+            ),
+            (
+                Error::other("failed to lookup address information"),
+                ConnectCause::Resolve,
+            ),
+            (Error::other("something else"), ConnectCause::Other),
+        ] {
+            assert_eq!(ConnectCause::of(&e), cause, "{e}");
+        }
+        let e = UpstreamError::connect(Error::from(K::ConnectionRefused));
+        assert_eq!(e.reason(), "connect_refused");
+        assert_eq!(e.to_string(), "upstream unreachable (connection refused)");
+    }
 
     #[test]
     fn hop_by_hop_headers_stay_behind() {

@@ -75,12 +75,13 @@ pub enum RecordError {
 }
 
 impl RecordError {
-    /// A short, fixed label for metrics and client replies.
+    /// A short, fixed label for metrics and client replies. A failed commit says why
+    /// (`disk_full`, `busy`, `corrupt`, `read_only`, `cannot_open`, `io`, `sqlite`).
     pub fn reason(&self) -> &'static str {
         match self {
             RecordError::QueueFull => "queue_full",
             RecordError::Closed => "shutting_down",
-            RecordError::Commit(_) => "commit_error",
+            RecordError::Commit(e) => e.reason(),
             RecordError::Timeout(_) => "commit_timeout",
             RecordError::Keys(_) => "keys",
         }

@@ -57,11 +57,54 @@ pub struct OutcomeRow {
     pub leaf: super::integrity::Hash,
 }
 
-/// Why a batch could not be committed. Carries SQLite's or the OS's message, which
-/// never contains a bound value.
+/// Why a batch could not be committed, typed so that a full disk, a lock held too long
+/// and a damaged file are told apart (metrics label, log line, client reply). The
+/// messages are SQLite's or the OS's, which never contain a bound value. Clone: one
+/// failed commit answers every submission in it.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct WriteError(pub String);
+pub enum WriteError {
+    #[error("SQLite: {message}")]
+    Sqlite {
+        code: rusqlite::ErrorCode,
+        /// SQLite's extended result code (0 when the failure was not SQLite's own).
+        extended: i32,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Io {
+        path: PathBuf,
+        kind: std::io::ErrorKind,
+        message: String,
+    },
+    #[error("{0} vanished after opening")]
+    Vanished(PathBuf),
+}
+
+impl WriteError {
+    /// A short, fixed label for metrics, log lines and the client's reply.
+    pub fn reason(&self) -> &'static str {
+        use rusqlite::ErrorCode as C;
+        use std::io::ErrorKind as K;
+        match self {
+            WriteError::Sqlite { code, .. } => match code {
+                C::DiskFull => "disk_full",
+                C::DatabaseBusy | C::DatabaseLocked => "busy",
+                C::DatabaseCorrupt | C::NotADatabase => "corrupt",
+                C::ReadOnly | C::PermissionDenied => "read_only",
+                C::CannotOpen => "cannot_open",
+                C::SystemIoFailure => "io",
+                _ => "sqlite",
+            },
+            WriteError::Io { kind, .. } => match kind {
+                K::StorageFull | K::QuotaExceeded => "disk_full",
+                K::PermissionDenied | K::ReadOnlyFilesystem => "read_only",
+                K::NotFound | K::NotADirectory | K::AlreadyExists => "cannot_open",
+                _ => "io",
+            },
+            WriteError::Vanished(_) => "cannot_open",
+        }
+    }
+}
 
 pub type Done = oneshot::Sender<Result<(), WriteError>>;
 
@@ -549,7 +592,8 @@ impl Writer {
             })();
             if let Err(e) = result {
                 self.metrics.store_errors.inc();
-                tracing::error!(partition = %id, error = %e, "index flush failed; partition will be reopened");
+                let e = sql(e);
+                tracing::error!(partition = %id, reason = e.reason(), error = %e, "index flush failed; partition will be reopened");
                 self.open.remove(&id);
             }
         }
@@ -579,7 +623,7 @@ impl Writer {
                 }
                 Err(e) => {
                     self.metrics.store_errors.inc();
-                    tracing::error!(partition = %partition, error = %e, "commit failed; records refused, partition will be reopened");
+                    tracing::error!(partition = %partition, reason = e.reason(), error = %e, "commit failed; records refused, partition will be reopened");
                     self.open.remove(partition);
                 }
             }
@@ -761,8 +805,8 @@ impl Writer {
                 self.cfg.cache_mib,
             )
             .map_err(sql)?;
-            let identity = file_identity(&path)
-                .ok_or_else(|| WriteError(format!("{} vanished after opening", path.display())))?;
+            let identity =
+                file_identity(&path).ok_or_else(|| WriteError::Vanished(path.clone()))?;
             let pending = Pending::rebuild(&conn).map_err(sql)?;
             let tree = super::integrity::TreeState::load(&conn).map_err(sql)?;
             let (last_record, last_outcome) = (tree.last_record(), tree.last_outcome());
@@ -783,7 +827,7 @@ impl Writer {
         let open = self
             .open
             .get_mut(&partition)
-            .ok_or_else(|| WriteError("partition not open".into()))?;
+            .ok_or_else(|| WriteError::Vanished(path.clone()))?;
         open.last_used = self.tick;
         Ok(open)
     }
@@ -841,9 +885,59 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
 }
 
 fn sql(e: rusqlite::Error) -> WriteError {
-    WriteError(e.to_string())
+    let (code, extended) = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => (f.code, f.extended_code),
+        _ => (rusqlite::ErrorCode::Unknown, 0),
+    };
+    WriteError::Sqlite {
+        code,
+        extended,
+        message: e.to_string(),
+    }
 }
 
 fn io(path: &Path, e: std::io::Error) -> WriteError {
-    WriteError(format!("{}: {e}", path.display()))
+    WriteError::Io {
+        path: path.to_owned(),
+        kind: e.kind(),
+        message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: a full disk, a lock held too long and a damaged file each have a label
+    /// of their own, from SQLite's code or the OS's error kind.
+    #[test]
+    fn write_errors_keep_their_cause() {
+        use rusqlite::ffi;
+        use std::io::ErrorKind as K;
+        for (code, reason) in [
+            (ffi::SQLITE_FULL, "disk_full"),
+            (ffi::SQLITE_BUSY, "busy"),
+            (ffi::SQLITE_LOCKED, "busy"),
+            (ffi::SQLITE_CORRUPT, "corrupt"),
+            (ffi::SQLITE_NOTADB, "corrupt"),
+            (ffi::SQLITE_READONLY, "read_only"),
+            (ffi::SQLITE_CANTOPEN, "cannot_open"),
+            (ffi::SQLITE_IOERR, "io"),
+            (ffi::SQLITE_CONSTRAINT, "sqlite"),
+        ] {
+            let e = sql(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None));
+            assert_eq!(e.reason(), reason, "{code}");
+        }
+        for (kind, reason) in [
+            (K::StorageFull, "disk_full"),
+            (K::PermissionDenied, "read_only"),
+            (K::ReadOnlyFilesystem, "read_only"),
+            (K::NotADirectory, "cannot_open"),
+            (K::Other, "io"),
+        ] {
+            let e = io(Path::new("/store"), std::io::Error::from(kind));
+            assert_eq!(e.reason(), reason, "{kind:?}");
+            assert!(e.to_string().starts_with("/store: "), "{e}");
+        }
+    }
 }
