@@ -94,6 +94,7 @@ fn bench(c: &mut Criterion) {
                 checkpoint_rows: relaylog::store::writer::CHECKPOINT_ROWS,
                 signals: signals.clone(),
                 signer,
+                clock: Arc::new(relaylog::clock::SystemClock),
             },
             Arc::new(Metrics::new()),
         )

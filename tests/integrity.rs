@@ -485,3 +485,39 @@ async fn erasing_unsigned_rows_after_a_crash_does_not_reuse_ids_or_cry_damage() 
     assert_eq!(ids(&cfg, "2026-11-01", "record"), [1, 4]);
     assert_clean(&cfg, 4);
 }
+
+/// Issue 10: the writer stamped its signed heads with the wall clock while everything
+/// else in the store used the injected one. Heads and erasure statements now carry the
+/// store's time.
+#[tokio::test]
+async fn heads_and_erasures_carry_the_injected_clock_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    init_keys(&cfg).unwrap();
+    let clock = ManualClock::new(day(0, 1));
+    let store = open_store(&cfg, &clock);
+    let rec = store.recorder();
+    accepted(&rec, "bee", "+31612000001").await;
+    rec.barrier().await.unwrap();
+    clock.set(day(0, 2));
+    accepted(&rec, "aay", "+31612000002").await;
+    store.close().await;
+    let erased_at = day(1, 0).timestamp_micros();
+    erase_account(&cfg, "aay", &dir.path().join("a"), erased_at);
+    let conn = rusqlite::Connection::open(cfg.path.join("2026-11-01.sqlite")).unwrap();
+    let heads: Vec<i64> = conn
+        .prepare("SELECT at_us FROM head ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(!heads.is_empty());
+    let window = day(0, 1).timestamp_micros()..=day(0, 2).timestamp_micros();
+    assert!(heads.iter().all(|t| window.contains(t)), "{heads:?}");
+    let erasure: i64 = conn
+        .query_row("SELECT at_us FROM erasure", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(erasure, erased_at);
+    assert_clean(&cfg, 2);
+}

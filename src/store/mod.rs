@@ -164,6 +164,7 @@ impl Store {
                 checkpoint_rows: writer::CHECKPOINT_ROWS,
                 signals: signals.clone(),
                 signer: Some(signer),
+                clock: clock.clone(),
             },
             metrics,
         )
@@ -555,6 +556,7 @@ mod tests {
                 checkpoint_rows: 256,
                 signals: Default::default(),
                 signer: None,
+                clock: Arc::new(clock.clone()),
             },
             Arc::new(Metrics::new()),
         )

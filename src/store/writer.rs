@@ -152,6 +152,8 @@ pub struct WriterConfig {
     /// Signs each commit's Merkle head. `None` only in benchmarks that measure the
     /// writer without integrity.
     pub signer: Option<Arc<ring::signature::Ed25519KeyPair>>,
+    /// The store's clock: head timestamps are its time, like everything else stored.
+    pub clock: crate::clock::SharedClock,
 }
 
 /// Flush the pending index entries once this many rows are waiting, even inside one
@@ -583,7 +585,7 @@ impl Writer {
                 let tx = open.conn.unchecked_transaction()?;
                 if let Some(key) = &signer {
                     open.tree
-                        .sign_head(&tx, key, id, chrono::Utc::now().timestamp_micros())?;
+                        .sign_head(&tx, key, id, self.cfg.clock.now_micros())?;
                 }
                 if index {
                     open.pending.flush(&tx)?;
@@ -659,6 +661,7 @@ impl Writer {
         jobs: &[Job],
     ) -> Result<(u64, u64), WriteError> {
         let signer = self.cfg.signer.clone();
+        let clock = self.cfg.clock.clone();
         let checkpointer = self.checkpointer.clone();
         let checkpoint_rows = self.cfg.checkpoint_rows;
         let path = partition.path_in(&self.cfg.store_dir);
@@ -751,7 +754,7 @@ impl Writer {
         if let Some(key) = &signer
             && tree.due()
         {
-            let now = chrono::Utc::now().timestamp_micros();
+            let now = clock.now_micros();
             tree.sign_head(&tx, key, partition, now).map_err(sql)?;
         }
         if pending.due() {
@@ -841,7 +844,7 @@ impl Writer {
                 let tx = open.conn.unchecked_transaction()?;
                 if let Some(key) = &signer {
                     open.tree
-                        .sign_head(&tx, key, id, chrono::Utc::now().timestamp_micros())?;
+                        .sign_head(&tx, key, id, self.cfg.clock.now_micros())?;
                 }
                 open.pending.flush(&tx)?;
                 tx.commit()
