@@ -285,3 +285,39 @@ async fn a_slow_key_file_stalls_only_its_own_record_not_the_runtime() {
     std::fs::write(&fifo, &key_bytes).unwrap();
     assert_eq!(lookup(&cfg).0, 1);
 }
+
+/// Review of issue 10: with key files created off the runtime, the first messages of a
+/// partition arriving together each created keys, through one temporary file, so the
+/// keys in memory could differ from those on disk and the partition read back as
+/// nothing. Many first messages at once; after a restart every record is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_messages_of_a_partition_at_once_create_one_set_of_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    relaylog::store::init_keys(&cfg).unwrap();
+    let clock = ManualClock::new(day(0));
+    let store = open_store(&cfg, &clock);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let rec = store.recorder();
+        tasks.push(tokio::spawn(async move {
+            let sub = one_recipient(&rec, rec.now(), "acme", NUMBER);
+            rec.record(&sub).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    store.close().await;
+    let tmp_left: Vec<_> = std::fs::read_dir(&cfg.keyring)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(tmp_left.is_empty(), "{tmp_left:?}");
+    assert_eq!(
+        lookup(&cfg).0,
+        16,
+        "every record reads back with the keys on disk"
+    );
+}

@@ -45,8 +45,9 @@ pub struct Plan {
     pub held: Vec<(PartitionId, Vec<String>)>,
 }
 
-/// Records in a partition: its highest record id (ids are dense from 1; O(log n),
-/// so planning costs the same whatever the partition's size).
+/// Records a partition has held: its highest record id (ids are given from 1 and never
+/// reused, so rows erased at contract end are counted too; O(log n), so planning costs
+/// the same whatever the partition's size).
 fn record_count(path: &Path) -> u64 {
     let Ok(conn) = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
     else {

@@ -12,8 +12,10 @@
 //! ```
 //!
 //! A leaf leaves out the row id: the leaf's position binds it, so the sealing threads
-//! can hash a row before SQLite assigns its id, and the writer only folds hashes into
-//! the tree's right edge (the frontier: one hash per set bit of the size).
+//! can hash a row before the writer gives it its id, and the writer only folds hashes
+//! into the tree's right edge (the frontier: one hash per set bit of the size). Ids are
+//! never reused (see `schema::INSERT_RECORD`): an erased row's id stays taken, its
+//! kept leaf standing in for it.
 //! [`verify`] needs no data key: it reads stored bytes and the public key only.
 
 use std::path::{Path, PathBuf};
@@ -399,11 +401,8 @@ impl TreeState {
                 ..TreeState::default()
             },
         };
-        let (erased_r, erased_o) = erased_leaves(conn, |_| true)?;
-        let mut leaves: BTreeMap<i64, Hash> = erased_r
-            .into_iter()
-            .filter(|(id, _)| *id > t.record_through)
-            .collect();
+        let erased = erased_leaves(conn, (t.record_through, t.outcome_through), |_| true)?;
+        let mut leaves: BTreeMap<i64, Hash> = erased.records.into_iter().collect();
         let mut stmt = conn.prepare(&format!("{RECORD_SELECT} WHERE id > ?1 ORDER BY id"))?;
         for row in stmt.query_map([t.record_through], read_record)? {
             let (id, row) = row?;
@@ -412,10 +411,7 @@ impl TreeState {
         for (id, leaf) in leaves {
             t.push_record(id, leaf);
         }
-        let mut leaves: BTreeMap<i64, Hash> = erased_o
-            .into_iter()
-            .filter(|(id, _)| *id > t.outcome_through)
-            .collect();
+        let mut leaves: BTreeMap<i64, Hash> = erased.outcomes.into_iter().collect();
         let mut stmt = conn.prepare(&format!("{OUTCOME_SELECT} WHERE id > ?1 ORDER BY id"))?;
         for row in stmt.query_map([t.outcome_through], read_outcome)? {
             let (id, row) = row?;
@@ -901,7 +897,7 @@ fn load_erased(
     damage: &mut Vec<Damage>,
 ) -> rusqlite::Result<(HashMap<i64, Hash>, HashMap<i64, Hash>, i64)> {
     let mut statements = 0;
-    let (records, outcomes) = erased_leaves(conn, |s| {
+    let erased = erased_leaves(conn, (0, 0), |s| {
         if key
             .verify(
                 &erasure_message(partition, s.id, s.at_us, &s.reason, &s.entries),
@@ -915,7 +911,7 @@ fn load_erased(
         statements += 1;
         true
     })?;
-    Ok((records, outcomes, statements))
+    Ok((erased.records, erased.outcomes, statements))
 }
 
 /// One stored erasure statement.
@@ -927,21 +923,29 @@ struct ErasureStatement {
     signature: Vec<u8>,
 }
 
-/// The kept leaves (records, outcomes) of every erasure statement that `accept` takes.
-/// A partition written before erasure existed has no statements.
-#[allow(clippy::type_complexity)]
+/// Kept leaves of erased rows, by row id.
+#[derive(Default)]
+struct Erased {
+    records: HashMap<i64, Hash>,
+    outcomes: HashMap<i64, Hash>,
+}
+
+/// The kept leaves of every erasure statement that `accept` takes, of rows with ids
+/// above `(records, outcomes)` (the writer needs only those past its last head). A
+/// partition written before erasure existed has no statements.
 fn erased_leaves(
     conn: &Connection,
+    (above_r, above_o): (i64, i64),
     mut accept: impl FnMut(&ErasureStatement) -> bool,
-) -> rusqlite::Result<(HashMap<i64, Hash>, HashMap<i64, Hash>)> {
-    let (mut records, mut outcomes) = (HashMap::new(), HashMap::new());
+) -> rusqlite::Result<Erased> {
+    let mut out = Erased::default();
     let exists: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'erasure'",
         [],
         |r| r.get(0),
     )?;
     if exists == 0 {
-        return Ok((records, outcomes));
+        return Ok(out);
     }
     let mut stmt =
         conn.prepare("SELECT id, at_us, reason, entries, signature FROM erasure ORDER BY id")?;
@@ -962,12 +966,14 @@ fn erased_leaves(
             leaf.copy_from_slice(&e[9..41]);
             let row_id = i64::from_be_bytes(e[1..9].try_into().unwrap_or_default());
             match e[0] {
-                ERASED_RECORD => records.insert(row_id, leaf),
-                _ => outcomes.insert(row_id, leaf),
+                ERASED_RECORD if row_id > above_r => out.records.insert(row_id, leaf),
+                ERASED_RECORD => None,
+                _ if row_id > above_o => out.outcomes.insert(row_id, leaf),
+                _ => None,
             };
         }
     }
-    Ok((records, outcomes))
+    Ok(out)
 }
 
 /// Erases records (and the outcome events of their submissions) from a partition

@@ -62,10 +62,13 @@ pub enum KeyError {
     Open,
     #[error("the system random generator failed")]
     Random,
-    /// The blocking task that read or created a key file did not finish (the runtime
-    /// is shutting down).
-    #[error("key file access was interrupted")]
-    Interrupted,
+    /// Reading or creating a key file took longer than the relay waits (a stalled
+    /// disk): the message is refused, the file access goes on in the background.
+    #[error("key file access did not finish within {0:?}")]
+    TimedOut(std::time::Duration),
+    /// The blocking task for a key file was cancelled (the runtime is shutting down).
+    #[error("key file access was cancelled")]
+    Cancelled,
     #[error("key I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -334,6 +337,10 @@ pub struct Keyring {
     /// Index shape for partitions created from now on; existing ones keep theirs.
     params: IndexParams,
     cache: Mutex<HashMap<PartitionId, Arc<PartitionKeys>>>,
+    /// Held while a key file is created: two threads of this process never write key
+    /// material for one partition at once (another process is told apart by the
+    /// hard link below).
+    creating: Mutex<()>,
     rng: SystemRandom,
 }
 
@@ -345,6 +352,7 @@ impl Keyring {
             master,
             params,
             cache: Mutex::new(HashMap::new()),
+            creating: Mutex::new(()),
             rng: SystemRandom::new(),
         })
     }
@@ -397,11 +405,21 @@ impl Keyring {
             Err(KeyError::Shredded { .. }) => {}
             other => return other,
         }
+        // A poisoned lock guards nothing but this section: still usable.
+        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        // Another thread may have created them while this one waited.
+        match self.keys(partition) {
+            Err(KeyError::Shredded { .. }) => {}
+            other => return other,
+        }
         let mut material = [0u8; 64];
         self.rng.fill(&mut material).map_err(|_| KeyError::Random)?;
         let file = self.wrap_keys(partition, &material)?;
         let path = self.key_path(partition);
-        let tmp = self.dir.join(format!(".{partition}.key.tmp"));
+        // Named by process: another process creating the same keys has its own file.
+        let tmp = self
+            .dir
+            .join(format!(".{partition}.key.{}.tmp", std::process::id()));
         {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -454,7 +472,8 @@ impl Keyring {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn cached(&self, partition: PartitionId) -> Option<Arc<PartitionKeys>> {
+    /// The keys of `partition` if they are in memory: no I/O.
+    pub fn cached(&self, partition: PartitionId) -> Option<Arc<PartitionKeys>> {
         self.cache_lock().get(&partition).cloned()
     }
 

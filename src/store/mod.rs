@@ -107,6 +107,8 @@ struct Inner {
     signals: Arc<writer::Signals>,
     /// The keys of the partition written most recently: the hot path's only lookup.
     current: Mutex<Option<Arc<PartitionKeys>>>,
+    /// One key file access at a time from the async path (see `Recorder::keys_async`).
+    key_io: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One durable submission waiting for its commit; counted while alive.
@@ -179,6 +181,7 @@ impl Store {
                     ids: SubmissionIds::default(),
                     signals,
                     current: Mutex::new(None),
+                    key_io: Default::default(),
                 }),
             },
             writer: Mutex::new(Some(handle)),
@@ -273,19 +276,37 @@ impl Recorder {
         Ok(keys)
     }
 
-    /// The keys of `partition`. A miss (the first message of a partition whose keys
-    /// `prepare_keys` did not make ahead, or a late outcome of yesterday's) reads or
-    /// creates the key file on a blocking thread: a slow disk then holds this one
-    /// submission, not the runtime's workers and every client on them. No lock is held
-    /// across the I/O.
+    /// The keys of `partition`. A miss in both caches (the first message of a partition
+    /// whose keys `prepare_keys` did not make ahead) reads or creates the key file on a
+    /// blocking thread: a slow disk then holds the submissions of that partition, not
+    /// the runtime's workers and every client on them. One such file access runs at a
+    /// time (the gate goes with it onto the blocking thread, so a stalled disk ties up
+    /// one thread, not one per waiting request), and a submission waits for it at most
+    /// [`COMMIT_TIMEOUT`], then fails closed (`keys`).
     async fn keys_async(&self, partition: PartitionId) -> Result<Arc<PartitionKeys>, KeyError> {
         if let Some(k) = self.cached_keys(partition) {
             return Ok(k);
         }
-        let inner = self.inner.clone();
-        let keys = tokio::task::spawn_blocking(move || inner.keyring.keys_or_create(partition))
+        if let Some(k) = self.inner.keyring.cached(partition) {
+            self.cache_keys(&k);
+            return Ok(k);
+        }
+        let load = async {
+            let gate = self.inner.key_io.clone().lock_owned().await;
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || {
+                let keys = inner.keyring.keys_or_create(partition);
+                drop(gate);
+                keys
+            })
             .await
-            .map_err(|_| KeyError::Interrupted)??;
+        };
+        let keys = match tokio::time::timeout(COMMIT_TIMEOUT, load).await {
+            Err(_) => return Err(KeyError::TimedOut(COMMIT_TIMEOUT)),
+            Ok(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Ok(Err(_)) => return Err(KeyError::Cancelled),
+            Ok(Ok(keys)) => keys?,
+        };
         self.cache_keys(&keys);
         Ok(keys)
     }

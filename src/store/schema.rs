@@ -1,13 +1,15 @@
 //! The on-disk layout of a partition file, and how it is opened.
 //!
 //! ```sql
-//! record(id INTEGER PRIMARY KEY,   -- record id within the partition, in commit order
+//! record(id INTEGER PRIMARY KEY,   -- record id within the partition, in commit order,
+//!                                  --   given by the writer and never reused
 //!        submission, ordinal,      -- submission id (time-ordered) and recipient position
 //!        at_us, bucket,            -- receive time (µs UTC) and its index bucket
 //!        protocol, service, recipient_form, segments,      -- plain, identify no one
 //!        account_ix, ip_ix, originator_ix, recipient_ix,   -- blind indexes (integers)
 //!        sealed)                   -- nonce | AES-256-GCM(codec payload) | tag
-//! outcome(id INTEGER PRIMARY KEY, submission, at_us, outcome, upstream_status,
+//! outcome(id INTEGER PRIMARY KEY, -- given by the writer, never reused, like record.id
+//!         submission, at_us, outcome, upstream_status,
 //!         gateway_code, message_id_sealed)   -- appended, never updated
 //! ix_account / ix_ip / ix_originator / ix_recipient
 //!        (bucket, tag, first, ids) PRIMARY KEY (bucket, tag, first), WITHOUT ROWID

@@ -813,24 +813,22 @@ impl Writer {
             let pending = Pending::rebuild(&conn).map_err(sql)?;
             let tree = super::integrity::TreeState::load(&conn).map_err(sql)?;
             let (last_record, last_outcome) = (tree.last_record(), tree.last_outcome());
-            self.open.insert(
-                partition,
-                OpenPartition {
-                    conn,
-                    pending,
-                    tree,
-                    identity,
-                    last_used: self.tick,
-                    since_checkpoint: 0,
-                    last_record,
-                    last_outcome,
-                },
-            );
+            let fresh = OpenPartition {
+                conn,
+                pending,
+                tree,
+                identity,
+                last_used: self.tick,
+                since_checkpoint: 0,
+                last_record,
+                last_outcome,
+            };
+            self.open.insert(partition, fresh);
         }
-        let open = self
-            .open
-            .get_mut(&partition)
-            .ok_or_else(|| WriteError::Vanished(path.clone()))?;
+        let Some(open) = self.open.get_mut(&partition) else {
+            // Inserted just above when absent; kept for the type, never taken.
+            return Err(WriteError::Vanished(path));
+        };
         open.last_used = self.tick;
         Ok(open)
     }
