@@ -428,11 +428,18 @@ impl Profile {
         use crate::ingress::profile::normalize_path;
         Profile {
             kind,
-            message_path: normalize_path(&path),
+            // Validation refuses a path that does not normalise.
+            message_path: normalize_path(&path).unwrap_or_else(|| path.clone()),
             path,
             passthrough: passthrough
                 .iter()
-                .map(|p| normalize_path(p.as_ref()))
+                .map(|p| {
+                    let p = p.as_ref();
+                    p.strip_suffix('/')
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or(p)
+                        .to_owned()
+                })
                 .collect(),
             json,
         }
@@ -852,6 +859,12 @@ fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConfig, ConfigE
     if !path.starts_with('/') {
         return Err(invalid(key("path"), "must start with /"));
     }
+    let Some(message_path) = crate::ingress::profile::normalize_path(&path) else {
+        return Err(invalid(
+            key("path"),
+            "must not hold dot segments or encoded slashes",
+        ));
+    };
     let passthrough = l.passthrough.unwrap_or_else(|| {
         kind.default_passthrough()
             .iter()
@@ -871,11 +884,12 @@ fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConfig, ConfigE
                 format!("`{p}` must start with /"),
             ));
         }
-        let n = crate::ingress::profile::normalize_path(p);
-        if n == crate::ingress::profile::normalize_path(&path) {
+        if crate::ingress::profile::normalize_path(p).is_none_or(|n| n == message_path) {
             return Err(invalid(
                 key("passthrough"),
-                format!("`{p}` is the message path: it is always recorded, never passed through"),
+                format!(
+                    "`{p}` is (a spelling of) the message path, or ambiguous: the message path is always recorded, never passed through"
+                ),
             ));
         }
     }

@@ -251,10 +251,31 @@ async fn relays_to_a_real_kannel() {
             .await
             .unwrap();
     assert!(direct.contains("Accepted for delivery"), "{direct}");
+    // Review of issue 10: a POST with no content type. Kannel reads it as
+    // octet-stream, from the X-Kannel-* headers, and never reads a POST's query; so
+    // does relaylog now (it used to record the query's account and number).
+    let h = [
+        ("x-kannel-username", "tester"),
+        ("x-kannel-password", "foobar"),
+        ("x-kannel-to", "+31612000303"),
+    ];
+    let (s, body) = send(
+        &c,
+        Method::POST,
+        &format!("{url}?username=nobody&password=x&to=%2B31612000404"),
+        &h,
+        "no content type",
+    )
+    .await;
+    assert_eq!(
+        (s.as_u16(), body.as_str()),
+        (202, "0: Accepted for delivery")
+    );
 
     // (as sent, and so as Kannel delivers it; as recorded, normalised to E.164)
     let expected = [
         ("+31612000101", "+31612000101"),
+        ("+31612000303", "+31612000303"),
         ("+31612345678", "+31612345678"),
         ("0687654321", "+31687654321"),
         ("+31644444444", "+31644444444"),

@@ -259,8 +259,6 @@ async fn every_spelling_of_the_message_path_is_recorded() {
         "/cgi-bin/%73endsms",
         "/CGI-BIN/SendSMS",
         "/cgi-bin/sendsms;jsessionid=1",
-        "/cgi-bin/x/../sendsms",
-        "/cgi-bin/./sendsms",
     ];
     for (i, path) in spellings.iter().enumerate() {
         let pq = format!("{path}?username=spell&to=%2B3161200{i:04}&text=x");

@@ -312,7 +312,7 @@ impl Reply {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must not forward; `content-length`
 /// is dropped too and set again by hyper from the body it sends.
-const HOP_BY_HOP: [HeaderName; 9] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,

@@ -1,10 +1,14 @@
 //! Jasmin's HTTP API `/send`: `username`, `to` (one recipient), `from`, `content` or
-//! `hex-content`, `coding`; GET query or form-encoded POST. Replies
+//! `hex-content`, `coding`; GET query, form-encoded or JSON POST. Replies
 //! `200 Success "<message id>"`.
 
-use http::StatusCode;
+use http::{Method, StatusCode};
+use serde_json::Value;
 
-use super::{Extract, Extracted, FormFields, Params, ParseError, RequestView, Seen, bounded_id};
+use super::{
+    Extract, Extracted, FormFields, Params, ParseError, RequestView, Seen, bounded_id, identity,
+    media_type,
+};
 
 /// Jasmin's `/send` parameters; `content` and `hex-content` are one parameter (the
 /// text) under two names. Any of them given twice is refused (see [`Seen`]).
@@ -25,21 +29,45 @@ const PARAMS: Params = &[
     &["tags"],
 ];
 
+pub(super) const PARAM_COUNT: usize = PARAMS.len();
+const USERNAME: usize = 0;
+const TO: usize = 2;
+const FROM: usize = 3;
+const CONTENT: usize = 4;
+const CODING: usize = 5;
+
+/// Reads `/send` as Jasmin (Twisted) does: the query string, a form-encoded body, and
+/// the keys of a JSON body (which Jasmin copies over the others). A parameter given
+/// twice anywhere is refused; so is a raw `;` (Twisted's query parser may split on
+/// it) and a multipart body (whose fields Twisted merges in too).
 pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
     let mut out = Extracted::default();
     let mut to: Option<String> = None;
     let mut seen = Seen::default();
-    FormFields::of(req).each(|k, v| {
-        if seen.note(PARAMS, k)?.is_none() {
-            return Ok(());
-        }
-        match k {
-            "username" => out.account = v.to_owned(),
-            "from" => out.originator = Some(v.to_owned()),
-            "to" => to = Some(v.trim().to_owned()),
-            "content" => out.text_chars = v.chars().count(),
-            "hex-content" => out.text_chars = v.len() / 2,
-            "coding" => {
+    let fields = FormFields::of(req);
+    if [req.query.map(str::as_bytes), fields.body]
+        .into_iter()
+        .flatten()
+        .any(|raw| raw.contains(&b';'))
+    {
+        return Err(ParseError::MalformedField("(a `;` between parameters)"));
+    }
+    let media = media_type(req.headers);
+    let json_body = *req.method == Method::POST && media.as_deref() == Some("application/json");
+    if media
+        .as_deref()
+        .is_some_and(|m| m.starts_with("multipart/"))
+    {
+        return Err(ParseError::UnsupportedContentType);
+    }
+    let mut visit = |k: &str, v: &str| -> Result<(), ParseError> {
+        match seen.note(PARAMS, k)? {
+            Some(USERNAME) => out.account = identity("username", v)?.to_owned(),
+            Some(FROM) => out.originator = Some(identity("from", v)?.to_owned()),
+            Some(TO) => to = Some(identity("to", v)?.trim().to_owned()),
+            Some(CONTENT) if k == "hex-content" => out.text_chars = v.len() / 2,
+            Some(CONTENT) => out.text_chars = v.chars().count(),
+            Some(CODING) => {
                 out.coding = match v.trim() {
                     "8" => 2,
                     "4" | "2" => 1,
@@ -49,7 +77,28 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
             _ => {}
         }
         Ok(())
-    })?;
+    };
+    fields.each(&mut visit)?;
+    if json_body {
+        let doc = super::json::parse_unique_keys(req.body).map_err(|e| match e {
+            Some(_) => ParseError::Duplicate("(a JSON object key)"),
+            None => ParseError::MalformedJson,
+        })?;
+        let Value::Object(map) = doc else {
+            return Err(ParseError::MalformedJson);
+        };
+        for (k, v) in &map {
+            match v {
+                Value::String(s) => visit(k, s)?,
+                Value::Number(n) if n.is_i64() || n.is_u64() => visit(k, &n.to_string())?,
+                _ => {
+                    if let Some(name) = param_name(k) {
+                        return Err(ParseError::WrongType(name));
+                    }
+                }
+            }
+        }
+    }
     match to {
         Some(to) if !to.is_empty() => out.recipients.push(to),
         _ => return Err(ParseError::MissingRecipient),
@@ -58,6 +107,14 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
         return Err(ParseError::MissingAccount);
     }
     Ok(Extract::Message(out))
+}
+
+/// The parameter `name` is a name of, if it is one of Jasmin's message parameters.
+fn param_name(name: &str) -> Option<&'static str> {
+    PARAMS
+        .iter()
+        .find(|names| names.contains(&name))
+        .map(|names| names[0])
 }
 
 /// The id in `Success "08391bd0-…"`.
@@ -126,6 +183,60 @@ mod tests {
                 "{q}"
             );
         }
+    }
+
+    /// Review of issue 10: Jasmin also reads a JSON body's keys and (through Twisted)
+    /// `;`-separated and multipart fields; relaylog reads the first and refuses the rest.
+    #[test]
+    fn jasmin_and_relaylog_read_the_same_request_the_same_way() {
+        use http::HeaderValue;
+        let post = |ct: &'static str, q: Option<&'static str>, body: &'static [u8]| {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static(ct));
+            extract(&RequestView {
+                method: &Method::POST,
+                path: "/send",
+                query: q,
+                headers: &h,
+                body,
+            })
+        };
+        let r = post(
+            "application/json",
+            None,
+            br#"{"username":"tester","password":"x","to":"+31612000101","content":"hi"}"#,
+        );
+        let Ok(Extract::Message(m)) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (m.account.as_str(), &m.recipients[..]),
+            ("tester", &["+31612000101".to_string()][..])
+        );
+        assert_eq!(
+            post(
+                "application/json",
+                Some("username=nobody&to=000"),
+                br#"{"username":"tester","to":"+31612000101"}"#
+            ),
+            Err(ParseError::Duplicate("username"))
+        );
+        assert_eq!(
+            post(
+                "multipart/form-data; boundary=x",
+                Some("username=a&to=1"),
+                b"--x--"
+            ),
+            Err(ParseError::UnsupportedContentType)
+        );
+        let h = HeaderMap::new();
+        assert!(matches!(
+            extract(&view(
+                "a=;username=tester;to=%2B31612000101&username=nobody&to=000",
+                &h
+            )),
+            Err(ParseError::MalformedField(_))
+        ));
     }
 
     #[test]

@@ -13,6 +13,11 @@ pub fn extract(cfg: &JsonProfile, req: &RequestView<'_>) -> Result<Extract, Pars
     if *req.method != Method::POST {
         return Err(ParseError::MethodNotAllowed);
     }
+    // A body that is not declared JSON may be read as a form by the gateway.
+    match super::media_type(req.headers).as_deref() {
+        Some(m) if m == "application/json" || m.ends_with("+json") => {}
+        _ => return Err(ParseError::UnsupportedContentType),
+    }
     let doc = parse_strict(cfg, req.body)?;
     let mut out = Extracted::default();
     match doc.pointer(&cfg.recipients_pointer) {
@@ -21,12 +26,12 @@ pub fn extract(cfg: &JsonProfile, req: &RequestView<'_>) -> Result<Extract, Pars
             for item in items {
                 match item {
                     Value::String(s) => split_recipients(s, &mut out.recipients)?,
-                    Value::Number(n) => split_recipients(&n.to_string(), &mut out.recipients)?,
+                    Value::Number(n) => out.recipients.push(integer(n, "recipients")?),
                     _ => return Err(ParseError::WrongType("recipients")),
                 }
             }
         }
-        Some(Value::Number(n)) => out.recipients.push(n.to_string()),
+        Some(Value::Number(n)) => out.recipients.push(integer(n, "recipients")?),
         Some(Value::Null) | None => {}
         Some(_) => return Err(ParseError::WrongType("recipients")),
     }
@@ -47,7 +52,7 @@ pub fn extract(cfg: &JsonProfile, req: &RequestView<'_>) -> Result<Extract, Pars
     if let Some(p) = &cfg.originator_pointer {
         out.originator = match doc.pointer(p) {
             Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Number(n)) => Some(integer(n, "originator")?),
             Some(Value::Null) | None => None,
             Some(_) => return Err(ParseError::WrongType("originator")),
         };
@@ -63,10 +68,29 @@ pub fn extract(cfg: &JsonProfile, req: &RequestView<'_>) -> Result<Extract, Pars
     Ok(Extract::Message(out))
 }
 
+/// A number given as a JSON number: only an integer is a phone number (`3.16e10` is
+/// read differently by every parser).
+fn integer(n: &serde_json::Number, field: &'static str) -> Result<String, ParseError> {
+    if n.is_i64() || n.is_u64() {
+        Ok(n.to_string())
+    } else {
+        Err(ParseError::WrongType(field))
+    }
+}
+
 /// Parses the body as serde_json does, except that an object naming a key twice is
 /// refused: serde_json keeps the last occurrence, other gateways' parsers the first,
 /// so relaylog could record a different number or account than the gateway uses.
 fn parse_strict(cfg: &JsonProfile, body: &[u8]) -> Result<Value, ParseError> {
+    parse_unique_keys(body).map_err(|e| match e {
+        Some(key) => ParseError::Duplicate(field_named(cfg, &key)),
+        None => ParseError::MalformedJson,
+    })
+}
+
+/// A JSON document whose objects name each key once. `Err(Some(key))`: a key given
+/// twice (kept inside relaylog, never echoed); `Err(None)`: not JSON.
+pub(super) fn parse_unique_keys(body: &[u8]) -> Result<Value, Option<String>> {
     use serde::de::DeserializeSeed;
     let duplicate = std::cell::RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -74,9 +98,9 @@ fn parse_strict(cfg: &JsonProfile, body: &[u8]) -> Result<Value, ParseError> {
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v));
     match (parsed, duplicate.into_inner()) {
-        (_, Some(key)) => Err(ParseError::Duplicate(field_named(cfg, &key))),
+        (_, Some(key)) => Err(Some(key)),
         (Ok(v), None) => Ok(v),
-        (Err(_), None) => Err(ParseError::MalformedJson),
+        (Err(_), None) => Err(None),
     }
 }
 
@@ -220,14 +244,20 @@ mod tests {
         }
     }
 
+    /// A POST of `body` with the headers `h` and, unless they say otherwise, a JSON
+    /// content type.
     fn run(cfg: &JsonProfile, h: &HeaderMap, body: &[u8]) -> Result<Extract, ParseError> {
+        let mut h = h.clone();
+        if !h.contains_key("content-type") {
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+        }
         extract(
             cfg,
             &RequestView {
                 method: &Method::POST,
                 path: "/messages",
                 query: None,
-                headers: h,
+                headers: &h,
                 body,
             },
         )
@@ -332,6 +362,40 @@ mod tests {
             run(&cfg(AccountFrom::BasicAuth), &two, br#"{"to":"1"}"#),
             Err(ParseError::Duplicate("Authorization"))
         );
+    }
+
+    /// Review of issue 10: a float is no phone number, and a body not declared JSON may
+    /// be read as something else by the gateway.
+    #[test]
+    fn only_json_with_integer_numbers_is_read() {
+        let c = cfg(AccountFrom::Field("/user".into()));
+        assert_eq!(
+            run(
+                &c,
+                &HeaderMap::new(),
+                br#"{"user":"a","to":3.1612000101e10}"#
+            ),
+            Err(ParseError::WrongType("recipients"))
+        );
+        assert_eq!(
+            run(&c, &HeaderMap::new(), br#"{"user":"a","to":[3.5]}"#),
+            Err(ParseError::WrongType("recipients"))
+        );
+        let mut form = HeaderMap::new();
+        form.insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert_eq!(
+            run(&c, &form, br#"{"user":"a","to":"1"}"#),
+            Err(ParseError::UnsupportedContentType)
+        );
+        let Ok(Extract::Message(m)) =
+            run(&c, &HeaderMap::new(), br#"{"user":"a","to":31612000101}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(m.recipients, ["31612000101"]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use http::{HeaderMap, Method};
 use quick_xml::events::Event;
 
 use super::{
-    Extract, Extracted, FormFields, Params, ParseError, RequestView, Seen, media_type,
+    Extract, Extracted, FormFields, Params, ParseError, RequestView, Seen, identity, media_type,
     split_recipients,
 };
 
@@ -39,41 +39,43 @@ const PARAMS: Params = &[
     &["priority"],
     &["meta-data"],
 ];
+pub(super) const PARAM_COUNT: usize = PARAMS.len();
 const USERNAME: usize = 0;
 const FROM: usize = 2;
 const TO: usize = 3;
 const TEXT: usize = 4;
 const CODING: usize = 5;
 
+/// Reads a request as Kannel's smsbox dispatches it: a GET from its query string, a
+/// POST from its body (`text/xml`) or its `X-Kannel-*` headers (`text/plain`,
+/// `text/html`, `application/octet-stream`, or no content type, which Kannel takes as
+/// octet-stream), never from the query string of a POST, which Kannel does not read.
+/// A GET with a body is refused: Kannel would handle it as a POST, from its headers.
 pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
     let mut out = Extracted::default();
     let mut seen = Seen::default();
-    if *req.method == Method::POST {
-        match media_type(req.headers).as_deref() {
-            Some("text/xml") | Some("application/xml") => {
-                xml(req.body, &mut out)?;
-                return finish(out);
-            }
-            Some("text/plain") | Some("text/html") | Some("application/octet-stream") => {
-                headers(req.headers, &mut seen, &mut out)?;
-                out.text_chars = text_len(req.body, out.coding);
-                // Fields missing from the headers may still be in the query string.
-                form(
-                    &FormFields {
-                        query: req.query,
-                        body: None,
-                    },
-                    &mut seen,
-                    &mut out,
-                    false,
-                )?;
-                return finish(out);
-            }
-            Some("application/x-www-form-urlencoded") | None => {}
-            Some(_) => return Err(ParseError::UnsupportedContentType),
+    if *req.method != Method::POST {
+        let framed = req.headers.contains_key(http::header::CONTENT_LENGTH)
+            || req.headers.contains_key(http::header::TRANSFER_ENCODING);
+        if framed || !req.body.is_empty() {
+            return Err(ParseError::UnexpectedBody);
         }
+        form(&FormFields::of(req), &mut seen, &mut out, true)?;
+        return finish(out);
     }
-    form(&FormFields::of(req), &mut seen, &mut out, true)?;
+    match media_type(req.headers).as_deref() {
+        Some("text/xml") | Some("application/xml") => xml(req.body, &mut out)?,
+        Some("text/plain") | Some("text/html") | Some("application/octet-stream") | None => {
+            headers(req.headers, &mut seen, &mut out)?;
+            out.text_chars = text_len(req.body, out.coding);
+        }
+        // Kannel 1.4.5 answers these `400 Invalid content-type`: relaylog records what
+        // the form says and forwards, and the refusal is the outcome.
+        Some("application/x-www-form-urlencoded") => {
+            form(&FormFields::of(req), &mut seen, &mut out, true)?
+        }
+        Some(_) => return Err(ParseError::UnsupportedContentType),
+    }
     finish(out)
 }
 
@@ -97,9 +99,9 @@ fn form(
 ) -> Result<(), ParseError> {
     fields.each(|k, v| {
         match seen.note(PARAMS, k)? {
-            Some(USERNAME) => out.account = v.to_owned(),
-            Some(FROM) => out.originator = Some(v.to_owned()),
-            Some(TO) => split_recipients(v, &mut out.recipients)?,
+            Some(USERNAME) => out.account = identity("username", v)?.to_owned(),
+            Some(FROM) => out.originator = Some(identity("from", v)?.to_owned()),
+            Some(TO) => split_recipients(identity("to", v)?, &mut out.recipients)?,
             Some(TEXT) if text_is_field => out.text_chars = v.chars().count(),
             Some(CODING) if text_is_field => out.coding = v.trim().parse().unwrap_or(0),
             _ => {}
@@ -108,8 +110,9 @@ fn form(
     })
 }
 
-/// Reads the `X-Kannel-*` headers of a `text/plain` POST. A header that is repeated,
-/// or whose value is not text, is refused when it names the sender or a recipient.
+/// Reads the `X-Kannel-*` headers of a `text/plain` POST. Any repeated `X-Kannel-*`
+/// header is refused, and so is a sender, recipient or coding header that is not text
+/// or holds a control character.
 fn headers(h: &HeaderMap, seen: &mut Seen, out: &mut Extracted) -> Result<(), ParseError> {
     for name in h.keys() {
         let Some(suffix) = name.as_str().strip_prefix("x-kannel-") else {
@@ -131,7 +134,9 @@ fn headers(h: &HeaderMap, seen: &mut Seen, out: &mut Extracted) -> Result<(), Pa
         let text = || {
             value
                 .to_str()
-                .map_err(|_| ParseError::WrongType(PARAMS[i][0]))
+                .ok()
+                .filter(|v| !super::has_control(v))
+                .ok_or(ParseError::MalformedField(PARAMS[i][0]))
         };
         match i {
             USERNAME => out.account = text()?.to_owned(),
@@ -203,7 +208,24 @@ fn xml(body: &[u8], out: &mut Extracted) -> Result<(), ParseError> {
     let mut once = 0u8;
     loop {
         let event = reader.read_event().map_err(|_| ParseError::MalformedXml)?;
+        // Inside an element whose text relaylog records, that text must be one run, as
+        // Kannel (libxml2) reads it: no child elements, comments or processing
+        // instructions to split or hide part of it.
+        let in_identity = matches!(field_at(&path), Some(f) if f != Field::Text);
         match event {
+            Event::DocType(_) => return Err(ParseError::MalformedXml),
+            Event::Decl(d) => {
+                if let Some(enc) = d.encoding() {
+                    let enc = enc.map_err(|_| ParseError::MalformedXml)?;
+                    if !enc.eq_ignore_ascii_case(b"utf-8") {
+                        return Err(ParseError::MalformedXml);
+                    }
+                }
+            }
+            Event::Empty(_) | Event::Comment(_) | Event::PI(_) if in_identity => {
+                return Err(ParseError::MalformedXml);
+            }
+            Event::Start(_) if in_identity => return Err(ParseError::MalformedXml),
             Event::Start(e) => {
                 if path.len() == MAX_DEPTH {
                     return Err(ParseError::MalformedXml);
@@ -222,9 +244,15 @@ fn xml(body: &[u8], out: &mut Extracted) -> Result<(), ParseError> {
                     once |= bit;
                 }
                 match field {
-                    Some(Field::Recipient) => super::split_recipients(&value, &mut out.recipients)?,
-                    Some(Field::Originator) => out.originator = Some(value.trim().to_owned()),
-                    Some(Field::Account) => out.account = value.trim().to_owned(),
+                    Some(Field::Recipient) => {
+                        split_recipients(identity("da", &value)?, &mut out.recipients)?
+                    }
+                    Some(Field::Originator) => {
+                        out.originator = Some(identity("oa", value.trim())?.to_owned())
+                    }
+                    Some(Field::Account) => {
+                        out.account = identity("username", value.trim())?.to_owned()
+                    }
                     Some(Field::Coding) => out.coding = value.trim().parse().unwrap_or(0),
                     Some(Field::Text) | None => {}
                 }
@@ -244,7 +272,7 @@ fn xml(body: &[u8], out: &mut Extracted) -> Result<(), ParseError> {
             },
             Event::CData(t) => match field_at(&path) {
                 Some(Field::Text) => text_chars += String::from_utf8_lossy(&t).chars().count(),
-                Some(_) => value.push_str(&String::from_utf8_lossy(&t)),
+                Some(_) => return Err(ParseError::MalformedXml),
                 None => {}
             },
             Event::GeneralRef(r) => {
@@ -462,7 +490,7 @@ mod tests {
             }
             h
         };
-        let cases: [(HeaderMap, Option<&str>, &str); 3] = [
+        let cases: [(HeaderMap, Option<&str>, &str); 2] = [
             (
                 plain(&[
                     ("x-kannel-username", "a"),
@@ -481,11 +509,6 @@ mod tests {
                 None,
                 "username",
             ),
-            (
-                plain(&[("x-kannel-username", "a"), ("x-kannel-to", "1")]),
-                Some("username=b"),
-                "username",
-            ),
         ];
         for (h, q, field) in cases {
             assert_eq!(
@@ -494,6 +517,18 @@ mod tests {
                 "{h:?} {q:?}"
             );
         }
+        // Kannel never reads the query of a POST: neither does relaylog.
+        let h = plain(&[("x-kannel-username", "a"), ("x-kannel-to", "1")]);
+        let m = message(extract(&view(
+            &Method::POST,
+            Some("username=b&to=2"),
+            &h,
+            b"hi",
+        )));
+        assert_eq!(
+            (m.account.as_str(), &m.recipients[..]),
+            ("a", &["1".to_string()][..])
+        );
         // XML: single-valued elements twice; several <da> stay fine.
         let mut xh = HeaderMap::new();
         xh.insert("content-type", HeaderValue::from_static("text/xml"));
@@ -535,6 +570,90 @@ mod tests {
             message(extract(&view(&Method::POST, None, &xh, ok.as_bytes()))).recipients,
             ["1", "2"]
         );
+    }
+
+    /// Review of issue 10: ways in which what relaylog read differed from what Kannel
+    /// acts on. Each is now read Kannel's way or refused.
+    #[test]
+    fn kannel_and_relaylog_read_the_same_request_the_same_way() {
+        // A POST with no content type: Kannel reads the X-Kannel-* headers (as
+        // octet-stream), never the query.
+        let mut h = HeaderMap::new();
+        h.insert("x-kannel-username", HeaderValue::from_static("tester"));
+        h.insert("x-kannel-to", HeaderValue::from_static("+31612000101"));
+        let m = message(extract(&view(
+            &Method::POST,
+            Some("username=nobody&to=000"),
+            &h,
+            b"",
+        )));
+        assert_eq!(
+            (m.account.as_str(), &m.recipients[..]),
+            ("tester", &["+31612000101".to_string()][..])
+        );
+        // A GET with a body would be a POST to Kannel.
+        let mut framed = HeaderMap::new();
+        framed.insert("content-length", HeaderValue::from_static("0"));
+        assert_eq!(
+            extract(&view(&Method::GET, Some("username=a&to=1"), &framed, b"")),
+            Err(ParseError::UnexpectedBody)
+        );
+        let none = HeaderMap::new();
+        // Kannel cuts a name or value at a trailing `%`; control characters end C strings.
+        for q in [
+            "username%=tester&to%=%2B31612000101&username=nobody&to=000",
+            "username=a&to=%2B31612000101%",
+            "username=a&to=%2B31612000101%2",
+            "username=te%00ster&to=1",
+            "username=a&to=%2B316120%01",
+        ] {
+            assert!(
+                matches!(
+                    extract(&view(&Method::GET, Some(q), &none, b"")),
+                    Err(ParseError::MalformedField(_))
+                ),
+                "{q}"
+            );
+        }
+        // Kannel splits `to` on C white space, vertical tab included.
+        let m = message(extract(&view(
+            &Method::GET,
+            Some("username=a&to=%2B31612000101%0B%2B31612000202"),
+            &none,
+            b"",
+        )));
+        assert_eq!(m.recipients, ["+31612000101", "+31612000202"]);
+        // XML: a recorded field's text is one run; no DOCTYPE; UTF-8 only.
+        let mut xh = HeaderMap::new();
+        xh.insert("content-type", HeaderValue::from_static("text/xml"));
+        for body in [
+            "<message><submit><da><number>+31612000101<x></x></number></da><da><number>1</number></da><from><username>a</username></from></submit></message>",
+            "<message><submit><da><number>1</number></da><from><username>te<x/>ster</username></from></submit></message>",
+            "<message><submit><da><number>1<!-- -->2</number></da><from><username>a</username></from></submit></message>",
+            "<message><submit><da><number><![CDATA[1]]></number></da><from><username>a</username></from></submit></message>",
+            "<!DOCTYPE message [<!ENTITY n \"1\">]><message><submit><da><number>&n;</number></da><from><username>a</username></from></submit></message>",
+            "<?xml version=\"1.0\" encoding=\"UTF-7\"?><message><submit><da><number>1</number></da><from><username>a</username></from></submit></message>",
+        ] {
+            assert_eq!(
+                extract(&view(&Method::POST, None, &xh, body.as_bytes())),
+                Err(ParseError::MalformedXml),
+                "{body}"
+            );
+        }
+    }
+
+    /// The sendsms parameter indexes name the parameters they stand for.
+    #[test]
+    fn parameter_indexes_match_their_names() {
+        for (i, name) in [
+            (USERNAME, "username"),
+            (FROM, "from"),
+            (TO, "to"),
+            (TEXT, "text"),
+            (CODING, "coding"),
+        ] {
+            assert_eq!(PARAMS[i][0], name);
+        }
     }
 
     #[test]

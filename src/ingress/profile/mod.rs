@@ -81,6 +81,23 @@ pub enum ParseError {
     /// The message path with a method that sends no message (the JSON profile: not POST).
     #[error("method not allowed on the message path")]
     MethodNotAllowed,
+    /// The `Connection` header names an end-to-end header: it would not be forwarded
+    /// (a proxy drops the headers `Connection` names) while relaylog read it.
+    #[error("Connection header names a header that carries the message")]
+    ConnectionNamesHeader,
+    /// A percent-escape that is not `%` and two hex digits, or a control character in
+    /// a field: gateways decode these differently (Kannel cuts a name at a trailing
+    /// `%`), so what relaylog reads may not be what the gateway acts on.
+    #[error("malformed escape or control character in field {0}")]
+    MalformedField(&'static str),
+    /// A path with dot segments or an encoded `/` or `\\`: routers resolve these in
+    /// different ways.
+    #[error("ambiguous path")]
+    AmbiguousPath,
+    /// A body where the gateway's API takes none (a GET with a body: Kannel would read
+    /// it as a POST, from headers).
+    #[error("request body not expected")]
+    UnexpectedBody,
 }
 
 impl ParseError {
@@ -98,6 +115,10 @@ impl ParseError {
             Self::Duplicate(_) => "duplicate_field",
             Self::UnknownPath => "unknown_path",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::ConnectionNamesHeader => "connection_header",
+            Self::MalformedField(_) => "malformed_field",
+            Self::AmbiguousPath => "ambiguous_path",
+            Self::UnexpectedBody => "unexpected_body",
         }
     }
 
@@ -128,47 +149,72 @@ pub struct ReadOutcome {
 }
 
 /// A request path as a web framework in front of a gateway may route it: percent-escapes
-/// decoded, `\\` read as `/`, `;parameters` cut from each segment, empty and `.`
-/// segments dropped, `..` applied, ASCII lower-cased, no trailing slash. So `/send/`,
-/// `//send`, `/%73end`, `/Send;x=1` and `/a/../send` are all `/send`. Matching more
-/// spellings than a gateway does only ever records more, never less.
-pub fn normalize_path(path: &str) -> String {
+/// decoded, empty segments dropped, `;parameters` cut from each segment, ASCII
+/// lower-cased, no trailing slash. So `/send/`, `//send`, `/%73end` and `/Send;x=1`
+/// are all `/send`. Matching more spellings than a gateway does only ever records more,
+/// never less. Paths that routers resolve in different ways (dot segments, an encoded
+/// `/` or `\\`, a `\\`) are not guessed at: `None`, and the request is refused.
+pub fn normalize_path(path: &str) -> Option<String> {
     let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
-    let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
-    let mut segments: Vec<&str> = Vec::new();
+    let decoded = String::from_utf8_lossy(&decoded);
+    let raw_slashes = path.matches('/').count();
+    if decoded.contains('\\') || decoded.matches('/').count() != raw_slashes {
+        return None;
+    }
+    let mut out = String::with_capacity(decoded.len() + 1);
     for segment in decoded.split('/') {
         let segment = segment.split(';').next().unwrap_or("");
         match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
+            "" => {}
+            "." | ".." => return None,
+            s => {
+                out.push('/');
+                out.push_str(s);
             }
-            s => segments.push(s),
         }
-    }
-    let mut out = String::with_capacity(decoded.len() + 1);
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
     }
     if out.is_empty() {
         out.push('/');
     }
     out.make_ascii_lowercase();
-    out
+    Some(out)
+}
+
+/// Refuses a request whose `Connection` header names anything but `close` and the
+/// hop-by-hop headers a proxy drops anyway (see [`ParseError::ConnectionNamesHeader`]).
+fn check_connection(headers: &HeaderMap) -> Result<(), ParseError> {
+    use crate::egress::http::HOP_BY_HOP;
+    for value in headers.get_all(http::header::CONNECTION) {
+        let value = value
+            .to_str()
+            .map_err(|_| ParseError::ConnectionNamesHeader)?;
+        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let hop = token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+            if !hop {
+                return Err(ParseError::ConnectionNamesHeader);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Profile {
     pub fn extract(&self, req: &RequestView<'_>) -> Result<Extract, ParseError> {
+        check_connection(req.headers)?;
         // The exact configured path is the hot path: no normalisation, no allocation.
         if req.path != self.path {
-            let path = normalize_path(req.path);
+            // Passthrough paths match as configured (a trailing slash aside): only what
+            // the operator named goes through unrecorded.
+            let trimmed = req.path.strip_suffix('/').unwrap_or(req.path);
+            if self.passthrough.iter().any(|p| p == trimmed) {
+                return Ok(Extract::Passthrough);
+            }
+            let path = normalize_path(req.path).ok_or(ParseError::AmbiguousPath)?;
             if path != self.message_path {
-                return if self.passthrough.contains(&path) {
-                    Ok(Extract::Passthrough)
-                } else {
-                    Err(ParseError::UnknownPath)
-                };
+                return Err(ParseError::UnknownPath);
             }
         }
         match self.kind {
@@ -226,9 +272,12 @@ fn bounded_id(s: &str) -> Option<String> {
     (!s.is_empty() && s.len() <= MAX_MESSAGE_ID).then(|| s.to_owned())
 }
 
-/// Splits a recipient list on white space (`+` in a query has already become a space).
+/// Splits a recipient list on white space as Kannel does (C `isspace`: space, tab,
+/// line feed, vertical tab, form feed, carriage return; `+` in a query has already
+/// become a space).
 fn split_recipients(to: &str, out: &mut Vec<String>) -> Result<(), ParseError> {
-    for number in to.split_ascii_whitespace() {
+    let space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r');
+    for number in to.split(space).filter(|n| !n.is_empty()) {
         if out.len() == MAX_RECIPIENTS {
             return Err(ParseError::TooManyRecipients);
         }
@@ -268,22 +317,56 @@ impl<'a> FormFields<'a> {
 
     /// Visits every (name, value) pair, query first, then body. Stops at the first
     /// error `f` returns.
+    ///
+    /// A malformed percent-escape anywhere is refused, and so is a control character
+    /// in a name (see [`ParseError::MalformedField`]); the profiles check the values
+    /// they record with [`identity`].
     fn each(
         &self,
         mut f: impl FnMut(&str, &str) -> Result<(), ParseError>,
     ) -> Result<(), ParseError> {
-        if let Some(q) = self.query {
-            for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-                f(&k, &v)?;
-            }
-        }
-        if let Some(b) = self.body {
-            for (k, v) in form_urlencoded::parse(b) {
+        for part in [self.query.map(str::as_bytes), self.body]
+            .into_iter()
+            .flatten()
+        {
+            check_escapes(part)?;
+            for (k, v) in form_urlencoded::parse(part) {
+                if has_control(&k) {
+                    return Err(ParseError::MalformedField("(a field name)"));
+                }
                 f(&k, &v)?;
             }
         }
         Ok(())
     }
+}
+
+/// Every `%` is followed by two hex digits.
+fn check_escapes(raw: &[u8]) -> Result<(), ParseError> {
+    let mut i = 0;
+    while let Some(at) = raw[i..].iter().position(|&b| b == b'%') {
+        let at = i + at;
+        match raw.get(at + 1..at + 3) {
+            Some([a, b]) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => i = at + 3,
+            _ => return Err(ParseError::MalformedField("(a percent-escape)")),
+        }
+    }
+    Ok(())
+}
+
+/// A value relaylog records (account, originator, recipients), refused if it holds a
+/// control character: gateways written in C may cut it there.
+fn identity<'v>(field: &'static str, v: &'v str) -> Result<&'v str, ParseError> {
+    if has_control(v) || v.contains('\0') {
+        return Err(ParseError::MalformedField(field));
+    }
+    Ok(v)
+}
+
+/// A C0 control character or DEL, other than recipient-separating white space.
+fn has_control(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_ascii_control() && !matches!(c, '\t' | '\n' | '\x0b' | '\x0c' | '\r'))
 }
 
 /// The message parameters of a form-style API, each with its names (aliases), the
@@ -296,6 +379,8 @@ type Params = &'static [&'static [&'static str]];
 /// given twice, or under two of its names, is refused rather than guessed at.
 #[derive(Debug, Default)]
 struct Seen(u64);
+
+const _: () = assert!(kannel::PARAM_COUNT <= 64 && jasmin::PARAM_COUNT <= 64);
 
 impl Seen {
     /// Notes one occurrence of `name`: its index in `params`, `None` for a name that is
@@ -321,29 +406,93 @@ impl Seen {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_path;
+    use super::*;
+    use crate::config::{Profile, ProfileKind};
+
+    /// Review of issue 10: a `Connection` header that names a header relaylog reads
+    /// makes the proxy drop it on the way; passthrough paths match as configured, so
+    /// `/send/../balance` is no way around the record.
+    #[test]
+    fn requests_the_gateway_would_read_otherwise_are_refused() {
+        let jasmin = Profile::new(
+            ProfileKind::Jasmin,
+            "/send".into(),
+            ProfileKind::Jasmin.default_passthrough(),
+            None,
+        );
+        let mut h = HeaderMap::new();
+        let view = |path: &'static str, h: &'static HeaderMap| RequestView {
+            method: &Method::GET,
+            path,
+            query: Some("username=a&to=1"),
+            headers: h,
+            body: b"",
+        };
+        let empty: &'static HeaderMap = Box::leak(Box::new(HeaderMap::new()));
+        assert_eq!(
+            jasmin.extract(&view("/balance", empty)),
+            Ok(Extract::Passthrough)
+        );
+        assert_eq!(
+            jasmin.extract(&view("/balance/", empty)),
+            Ok(Extract::Passthrough)
+        );
+        for path in ["/send/../balance", "/send%2F..%2Fbalance", "/x/../send"] {
+            assert_eq!(
+                jasmin.extract(&view(path, empty)),
+                Err(ParseError::AmbiguousPath),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            jasmin.extract(&view("/Balance", empty)),
+            Err(ParseError::UnknownPath)
+        );
+        h.insert(
+            "connection",
+            http::HeaderValue::from_static("keep-alive, content-type"),
+        );
+        let h: &'static HeaderMap = Box::leak(Box::new(h));
+        assert_eq!(
+            jasmin.extract(&view("/send", h)),
+            Err(ParseError::ConnectionNamesHeader)
+        );
+        let mut ok = HeaderMap::new();
+        ok.insert(
+            "connection",
+            http::HeaderValue::from_static("Keep-Alive, close, TE"),
+        );
+        let ok: &'static HeaderMap = Box::leak(Box::new(ok));
+        assert!(matches!(
+            jasmin.extract(&view("/send", ok)),
+            Ok(Extract::Message(_))
+        ));
+    }
 
     #[test]
     fn paths_normalise_as_a_router_would_match_them() {
         for (path, expected) in [
-            ("/send", "/send"),
-            ("/send/", "/send"),
-            ("//send", "/send"),
-            ("/%73end", "/send"),
-            ("/%73%65%6E%64", "/send"),
-            ("/SEND", "/send"),
-            ("/send;x=1", "/send"),
-            ("/a/../send", "/send"),
-            ("/./send/.", "/send"),
-            ("/../../send", "/send"),
-            ("\\send", "/send"),
-            ("/cgi-bin%2Fsendsms", "/cgi-bin/sendsms"),
-            ("/", "/"),
-            ("", "/"),
-            ("/%zz", "/%zz"),
-            ("/sendx", "/sendx"),
+            ("/send", Some("/send")),
+            ("/send/", Some("/send")),
+            ("//send", Some("/send")),
+            ("/%73end", Some("/send")),
+            ("/%73%65%6E%64", Some("/send")),
+            ("/SEND", Some("/send")),
+            ("/send;x=1", Some("/send")),
+            ("/", Some("/")),
+            ("", Some("/")),
+            ("/%zz", Some("/%zz")),
+            ("/sendx", Some("/sendx")),
+            // Routers resolve these differently: refused, not guessed at.
+            ("/a/../send", None),
+            ("/./send", None),
+            ("/send/..", None),
+            ("/%2e%2e/send", None),
+            ("/cgi-bin%2Fsendsms", None),
+            ("/cgi-bin%5Csendsms", None),
+            ("\\send", None),
         ] {
-            assert_eq!(normalize_path(path), expected, "{path}");
+            assert_eq!(normalize_path(path).as_deref(), expected, "{path}");
         }
     }
 }
