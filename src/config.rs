@@ -725,10 +725,11 @@ impl RawStore {
         if !(1..=8).contains(&self.index_bytes) {
             return Err(invalid("store.index-bytes", "must be between 1 and 8"));
         }
-        if self.queue_capacity == 0 || self.queue_capacity > 16 * 1024 * 1024 {
+        // A message takes two places: its records, and the one kept for its outcome.
+        if self.queue_capacity < 2 || self.queue_capacity > 16 * 1024 * 1024 {
             return Err(invalid(
                 "store.queue-capacity",
-                "must be between 1 and 16777216",
+                "must be between 2 and 16777216",
             ));
         }
         if self.batch_max == 0 || self.batch_max > 1_000_000 {

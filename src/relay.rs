@@ -13,7 +13,7 @@
 //! `serve` does not close the store before that outcome is written. A client gone
 //! before the forward starts is not forwarded for (`failed: client gone`); past
 //! `shutdown-timeout` a forward is cut short (`failed: shutdown`). Every refusal is
-//! turned into a client reply in [`reply`], one place.
+//! turned into a client reply in [`Exit::reply`], one place.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -63,51 +63,163 @@ struct Counters {
     forward_seconds: Histogram,
 }
 
-/// Why a request was not relayed, or failed on the way: each maps to one reply.
+/// Why a request was refused before anything was recorded or forwarded.
 #[derive(Debug)]
 enum Refusal {
     BodyTooLarge,
     BodyTimeout,
     BodyBroken,
     Invalid(ParseError),
-    Store(RecordError),
-    Upstream(UpstreamError),
-    /// Recorded, then not forwarded (client gone) or cut short (shutdown): no one
-    /// reads this reply, but the exit is logged like any other.
-    NotForwarded(Outcome),
 }
 
-impl Refusal {
-    /// A short, fixed label for metrics and the log line.
-    fn reason(&self) -> &'static str {
+/// Why a recorded message was not forwarded, or not to the end.
+#[derive(Debug, Clone, Copy)]
+enum NotForwarded {
+    /// Its client left before the forward began (and will send again).
+    ClientGone,
+    /// `shutdown-timeout` passed: not begun, or cut short.
+    Shutdown,
+}
+
+impl NotForwarded {
+    fn outcome(self) -> Outcome {
         match self {
-            Refusal::BodyTooLarge => "body_too_large",
-            Refusal::BodyTimeout => "body_timeout",
-            Refusal::BodyBroken => "body_broken",
-            Refusal::Invalid(e) => e.reason(),
-            Refusal::Store(e) => e.reason(),
-            Refusal::Upstream(e) => e.reason(),
-            Refusal::NotForwarded(Outcome::FailedClientGone) => "client_gone",
-            Refusal::NotForwarded(_) => "shutdown",
+            NotForwarded::ClientGone => Outcome::FailedClientGone,
+            NotForwarded::Shutdown => Outcome::FailedShutdown,
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            NotForwarded::ClientGone => "client_gone",
+            NotForwarded::Shutdown => "shutdown",
         }
     }
 }
 
-/// How a request ended: what the logging phase counts and writes, one line each.
+/// How a recorded message's forward ended.
+#[derive(Debug)]
+enum End {
+    Relayed,
+    Upstream(UpstreamError),
+    NotForwarded(NotForwarded),
+}
+
+/// How a request ended: what the logging phase counts and writes, one line each, and
+/// (for the refusals) what the client is told, in [`Exit::reply`].
+#[derive(Debug)]
 enum Exit {
-    /// Refused before anything was recorded or forwarded (bad input).
-    Rejected,
+    /// Bad input: nothing recorded, nothing forwarded.
+    Rejected(Refusal),
     /// The store could not take the records: 503, nothing forwarded.
-    FailClosed,
-    /// No message in it (a passthrough path): forwarded, not recorded.
-    Passthrough,
-    /// Recorded, then forwarded (or not: `Refusal::Upstream`, `Refusal::NotForwarded`).
+    FailClosed(RecordError),
+    /// No message in it (a passthrough path): forwarded without a record.
+    Passthrough(Option<UpstreamError>),
+    /// Recorded, then forwarded or not.
     Message {
         submission: u64,
         recipients: usize,
-        /// How long the forward took, if there was one.
+        /// How long a forward that ran to its end took.
         forward: Option<Duration>,
+        end: End,
     },
+}
+
+impl Exit {
+    /// The `exit` of the access-log line.
+    fn kind(&self) -> &'static str {
+        match self {
+            Exit::Rejected(_) => "rejected",
+            Exit::FailClosed(_) => "fail_closed",
+            Exit::Passthrough(_) => "passthrough",
+            Exit::Message { end, .. } => match end {
+                End::Relayed => "relayed",
+                End::Upstream(_) => "upstream_error",
+                End::NotForwarded(n) => n.label(),
+            },
+        }
+    }
+
+    /// A short, fixed label for metrics and the log line; `None` when all went well.
+    fn reason(&self) -> Option<&'static str> {
+        match self {
+            Exit::Rejected(Refusal::BodyTooLarge) => Some("body_too_large"),
+            Exit::Rejected(Refusal::BodyTimeout) => Some("body_timeout"),
+            Exit::Rejected(Refusal::BodyBroken) => Some("body_broken"),
+            Exit::Rejected(Refusal::Invalid(e)) => Some(e.reason()),
+            Exit::FailClosed(e) => Some(e.reason()),
+            Exit::Passthrough(e) => e.as_ref().map(UpstreamError::reason),
+            Exit::Message { end, .. } => match end {
+                End::Relayed => None,
+                End::Upstream(e) => Some(e.reason()),
+                End::NotForwarded(n) => Some(n.label()),
+            },
+        }
+    }
+
+    /// The reply relaylog gives itself: every exit but a forward that got an answer.
+    fn reply(&self) -> Response<Full<Bytes>> {
+        let (status, text, retry): (StatusCode, String, bool) = match self {
+            Exit::Rejected(Refusal::BodyTooLarge) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body larger than max-body-bytes".into(),
+                false,
+            ),
+            Exit::Rejected(Refusal::BodyTimeout) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time".into(),
+                false,
+            ),
+            Exit::Rejected(Refusal::BodyBroken) => (
+                StatusCode::BAD_REQUEST,
+                "request body broken off".into(),
+                false,
+            ),
+            Exit::Rejected(Refusal::Invalid(e)) => (e.status(), format!("{e}, rejected"), false),
+            Exit::FailClosed(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("temporary failure, try again later ({})", e.reason()),
+                true,
+            ),
+            Exit::Passthrough(Some(e))
+            | Exit::Message {
+                end: End::Upstream(e),
+                ..
+            } => (e.status(), e.to_string(), false),
+            Exit::Message {
+                end: End::NotForwarded(NotForwarded::ClientGone),
+                ..
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "client gone, not sent".into(),
+                true,
+            ),
+            Exit::Message {
+                end: End::NotForwarded(NotForwarded::Shutdown),
+                ..
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting down, not sent; try again later".into(),
+                true,
+            ),
+            Exit::Passthrough(None)
+            | Exit::Message {
+                end: End::Relayed, ..
+            } => (StatusCode::BAD_GATEWAY, "no reply".into(), false),
+        };
+        let mut resp = Response::new(Full::new(Bytes::from(format!("relaylog: {text}\n"))));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if retry {
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
+    }
 }
 
 impl Listener {
@@ -186,53 +298,47 @@ impl Listener {
     }
 
     /// The logging phase: every exit of every request passes here once, and only
-    /// here are requests counted and the access-log line written. The line holds ids,
-    /// counts, status and fixed labels: no query string, body or identifier.
-    fn logging(
+    /// here are requests counted and the access-log line written (target
+    /// `relaylog::access`). The line holds ids, counts, status and fixed labels: no
+    /// query string, body or identifier. `resp` is the upstream's answer, if the
+    /// request got one; otherwise relaylog answers for itself.
+    fn finish(
         &self,
-        exit: &Exit,
-        refusal: Option<&Refusal>,
-        status: StatusCode,
+        exit: Exit,
+        resp: Option<Response<Full<Bytes>>>,
         started: Instant,
-    ) {
-        let reason = refusal.map(Refusal::reason);
-        let kind = match (exit, refusal) {
-            (Exit::Rejected, _) => {
+    ) -> Response<Full<Bytes>> {
+        let resp = resp.unwrap_or_else(|| exit.reply());
+        let family = match &exit {
+            Exit::Rejected(_) => {
                 self.counters.rejected_requests.inc();
-                "rejected"
+                &self.metrics.rejected
             }
-            (Exit::FailClosed, _) => {
+            Exit::FailClosed(_) => {
                 self.counters.fail_closed_requests.inc();
-                "fail_closed"
+                &self.metrics.fail_closed
             }
-            (Exit::Passthrough, _) => {
+            Exit::Passthrough(_) => {
                 self.counters.passthrough.inc();
-                "passthrough"
+                &self.metrics.upstream_errors
             }
-            (Exit::Message { forward, .. }, refusal) => {
+            Exit::Message { forward, end, .. } => {
                 self.counters.message.inc();
                 self.counters.messages.inc();
                 if let Some(d) = forward {
                     self.counters.forward_seconds.observe(d.as_secs_f64());
                 }
-                match refusal {
-                    None => "relayed",
-                    Some(Refusal::NotForwarded(Outcome::FailedClientGone)) => "client_gone",
-                    Some(Refusal::NotForwarded(_)) => "shutdown",
-                    Some(_) => "upstream_error",
+                match end {
+                    End::NotForwarded(_) => &self.metrics.not_forwarded,
+                    _ => &self.metrics.upstream_errors,
                 }
             }
         };
-        if let (Some(refusal), Some(reason)) = (refusal, reason) {
-            let family = match refusal {
-                Refusal::Store(_) => &self.metrics.fail_closed,
-                Refusal::Upstream(_) => &self.metrics.upstream_errors,
-                Refusal::NotForwarded(_) => &self.metrics.not_forwarded,
-                _ => &self.metrics.rejected,
-            };
+        let (kind, reason) = (exit.kind(), exit.reason());
+        if let Some(reason) = reason {
             family.get_or_create(&self.reason(reason)).inc();
         }
-        let (submission, recipients) = match exit {
+        let (submission, recipients) = match &exit {
             Exit::Message {
                 submission,
                 recipients,
@@ -241,34 +347,36 @@ impl Listener {
             _ => (None, None),
         };
         let micros = started.elapsed().as_micros() as u64;
-        let status = status.as_u16();
-        match refusal {
-            Some(Refusal::Store(e)) => tracing::warn!(
-                listener = %self.name, exit = kind, reason, status, micros, error = %e,
-                "store cannot record; message refused, not forwarded"
+        let status = resp.status().as_u16();
+        let listener = self.name.as_str();
+        match &exit {
+            Exit::FailClosed(e) => tracing::warn!(
+                target: "relaylog::access", listener, exit = kind, reason, status, micros,
+                error = %e, "store cannot record; message refused, not forwarded"
             ),
-            Some(Refusal::Upstream(e)) => {
+            Exit::Passthrough(Some(e))
+            | Exit::Message {
+                end: End::Upstream(e),
+                ..
+            } => {
                 let cause = std::error::Error::source(e).map(ToString::to_string);
                 tracing::warn!(
-                    listener = %self.name, exit = kind, reason, status, submission, recipients,
-                    micros, error = %e, cause, "upstream failed"
+                    target: "relaylog::access", listener, exit = kind, reason, status,
+                    submission, recipients, micros, error = %e, cause, "upstream failed"
                 )
             }
-            Some(Refusal::NotForwarded(_)) => tracing::warn!(
-                listener = %self.name, exit = kind, reason, status, submission, recipients,
-                micros, "recorded, not forwarded"
+            Exit::Message {
+                end: End::NotForwarded(_),
+                ..
+            } => tracing::warn!(
+                target: "relaylog::access", listener, exit = kind, reason, status, submission,
+                recipients, micros, "recorded, not forwarded"
             ),
             _ => tracing::debug!(
-                listener = %self.name, exit = kind, reason, status, submission, recipients,
-                micros, "request"
+                target: "relaylog::access", listener, exit = kind, reason, status, submission,
+                recipients, micros, "request"
             ),
         }
-    }
-
-    /// Ends a request that never got as far as a record or a forward.
-    fn refuse(&self, exit: Exit, refusal: Refusal, started: Instant) -> Response<Full<Bytes>> {
-        let resp = reply(&refusal);
-        self.logging(&exit, Some(&refusal), resp.status(), started);
         resp
     }
 
@@ -281,33 +389,39 @@ impl Listener {
         started: Instant,
         client_gone: Arc<AtomicBool>,
     ) -> Response<Full<Bytes>> {
+        // The outcome's place in the queue is kept before the records go in.
+        let slot = match self.recorder.reserve_outcome().await {
+            Ok(slot) => slot,
+            Err(e) => return self.finish(Exit::FailClosed(e), None, started),
+        };
         if let Err(e) = self.recorder.record(&submission).await {
             if matches!(e, RecordError::Timeout(_)) {
                 // The records may still be committed: say that this message was not sent.
-                self.outcome(outcome_event(&self, &submission, Outcome::Failed, None))
+                slot.record(&outcome_event(&self, &submission, Outcome::Failed, None))
                     .await;
             }
-            return self.refuse(Exit::FailClosed, Refusal::Store(e), started);
+            return self.finish(Exit::FailClosed(e), None, started);
         }
-        let exit = |forward| Exit::Message {
+        let message = |forward, end| Exit::Message {
             submission: submission.id.0 as u64,
             recipients: submission.recipients.len(),
             forward,
+            end,
         };
         // Recorded. Past shutdown-timeout, or with its client gone meanwhile (it had no
         // answer and will send again, so forwarding now could deliver it twice), the
         // message is not forwarded.
         let not_now = if self.abort.is_triggered() {
-            Some(Outcome::FailedShutdown)
+            Some(NotForwarded::Shutdown)
         } else if client_gone.load(Ordering::Acquire) {
-            Some(Outcome::FailedClientGone)
+            Some(NotForwarded::ClientGone)
         } else {
             None
         };
-        if let Some(outcome) = not_now {
-            self.outcome(outcome_event(&self, &submission, outcome, None))
+        if let Some(why) = not_now {
+            slot.record(&outcome_event(&self, &submission, why.outcome(), None))
                 .await;
-            return self.refuse(exit(None), Refusal::NotForwarded(outcome), started);
+            return self.finish(message(None, End::NotForwarded(why)), None, started);
         }
         let forwarding = Instant::now();
         let mut abort = self.abort.clone();
@@ -315,73 +429,65 @@ impl Listener {
             r = self.upstream.forward(&head, body) => Some(r),
             () = abort.wait() => None,
         };
-        let forward = Some(forwarding.elapsed());
-        let (event, refusal) = match result {
+        let forward = forwarding.elapsed();
+        let (event, exit, resp) = match result {
             Some(Ok(r)) => {
                 let read = self.profile.read_outcome(r.status, &r.body);
                 let mut ev =
                     outcome_event(&self, &submission, read.outcome, Some(r.status.as_u16()));
                 ev.gateway_code = read.gateway_code;
                 ev.upstream_message_id = read.message_id;
-                self.outcome(ev).await;
-                let resp = r.into_response();
-                self.logging(&exit(forward), None, resp.status(), started);
-                return resp;
+                (
+                    ev,
+                    message(Some(forward), End::Relayed),
+                    Some(r.into_response()),
+                )
             }
             Some(Err(e)) => (
                 outcome_event(&self, &submission, Outcome::Failed, None),
-                Refusal::Upstream(e),
+                message(Some(forward), End::Upstream(e)),
+                None,
             ),
             None => (
                 outcome_event(&self, &submission, Outcome::FailedShutdown, None),
-                Refusal::NotForwarded(Outcome::FailedShutdown),
+                message(None, End::NotForwarded(NotForwarded::Shutdown)),
+                None,
             ),
         };
-        self.outcome(event).await;
-        self.refuse(exit(forward), refusal, started)
-    }
-
-    /// Appends an outcome event; a failure is counted and logged, never silent.
-    async fn outcome(&self, event: OutcomeEvent) {
-        if let Err(e) = self.recorder.record_outcome(&event).await {
-            self.metrics.store_errors.inc();
-            tracing::error!(listener = %self.name, reason = e.reason(), error = %e, "outcome event could not be queued");
-        }
+        slot.record(&event).await;
+        self.finish(exit, resp, started)
     }
 }
 
-/// Relays one request. Never fails: every error becomes a reply. `drain` is the
-/// connection's token: a recorded message's phases hold a clone of it to the end.
+/// Relays one request. Never fails: every error becomes a reply. `drain` is a token
+/// of the connection's: a recorded message's phases hold it to the end.
 pub async fn handle(
     listener: &Arc<Listener>,
     req: Request<Incoming>,
     peer: SocketAddr,
-    drain: &Drain,
+    drain: Drain,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let (head, body) = req.into_parts();
     let body = match read_body(body, &listener.limits).await {
         Ok(b) => b,
-        Err(refusal) => return listener.refuse(Exit::Rejected, refusal, started),
+        Err(refusal) => return listener.finish(Exit::Rejected(refusal), None, started),
     };
     let view = RequestView::of(&head, &body);
     let extracted = match listener.profile.extract(&view) {
         Ok(Extract::Passthrough) => {
-            let result = listener.upstream.forward(&head, body).await;
-            return match result {
-                Ok(r) => {
-                    let resp = r.into_response();
-                    listener.logging(&Exit::Passthrough, None, resp.status(), started);
-                    resp
-                }
-                Err(e) => listener.refuse(Exit::Passthrough, Refusal::Upstream(e), started),
+            return match listener.upstream.forward(&head, body).await {
+                Ok(r) => listener.finish(Exit::Passthrough(None), Some(r.into_response()), started),
+                Err(e) => listener.finish(Exit::Passthrough(Some(e)), None, started),
             };
         }
         Ok(Extract::Message(x)) => x,
-        Err(e) => return listener.refuse(Exit::Rejected, Refusal::Invalid(e), started),
+        Err(e) => {
+            return listener.finish(Exit::Rejected(Refusal::Invalid(e)), None, started);
+        }
     };
     let submission = listener.submission(extracted, peer);
-    let (l, drain) = (listener.clone(), drain.clone());
+    let l = listener.clone();
     let client_gone = Arc::new(AtomicBool::new(false));
     let gone = client_gone.clone();
     Detached::new(
@@ -437,6 +543,7 @@ impl<T: Send + 'static> Drop for Detached<T> {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             self.dropped.store(true, Ordering::Release);
+            tracing::debug!(target: "relaylog::access", "client gone; the message goes on detached");
             rt.spawn(async move {
                 fut.await;
             });
@@ -469,52 +576,6 @@ async fn read_body(body: Incoming, limits: &Limits) -> Result<Bytes, Refusal> {
         Ok(Err(_)) => Err(Refusal::BodyBroken),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
-}
-
-/// The one place where a refusal becomes a client reply.
-fn reply(refusal: &Refusal) -> Response<Full<Bytes>> {
-    let (status, text, retry): (StatusCode, String, bool) = match refusal {
-        Refusal::BodyTooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body larger than max-body-bytes".into(),
-            false,
-        ),
-        Refusal::BodyTimeout => (
-            StatusCode::REQUEST_TIMEOUT,
-            "request body not received in time".into(),
-            false,
-        ),
-        Refusal::BodyBroken => (
-            StatusCode::BAD_REQUEST,
-            "request body broken off".into(),
-            false,
-        ),
-        Refusal::Invalid(e) => (e.status(), format!("{e}, rejected"), false),
-        Refusal::Store(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("temporary failure, try again later ({})", e.reason()),
-            true,
-        ),
-        Refusal::Upstream(e) => (e.status(), e.to_string(), false),
-        Refusal::NotForwarded(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down, not sent; try again later".into(),
-            true,
-        ),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(format!("relaylog: {text}\n"))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if retry {
-        resp.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("1"),
-        );
-    }
-    resp
 }
 
 #[cfg(test)]

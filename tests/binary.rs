@@ -568,22 +568,34 @@ async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9()
         let config = plain_config(dir.path(), Some(&up.url()));
         init_keys(dir.path());
         let c = client();
-        // As a person sends them: apart, so that each gets a signed head of its own.
-        let send = |url: String, user: &'static str, n: u32| {
+        // As a person sends them: apart, so that each gets a signed head of its own...
+        let send = |url: String, user: &'static str, n: u32, pause: u64| {
             let c = c.clone();
             async move {
                 let (s, _) = get(&c, &sendsms(&url, user, &number(n))).await;
                 assert_eq!(s.as_u16(), 202, "{user}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         };
         let served = Served::start(dir.path(), &config);
         let url = served.addr("listening");
-        for (user, n) in [("bee", 1), ("bee", 2), ("aay", 3), ("aay", 4)] {
-            send(url.clone(), user, n).await;
+        // ...but aay's two back to back, and the stop right after: with kill -9 the
+        // last rows are still waiting for their head (signed at most every 100 ms).
+        for (user, n, pause) in [
+            ("bee", 1, 250),
+            ("bee", 2, 250),
+            ("aay", 3, 0),
+            ("aay", 4, 0),
+        ] {
+            send(url.clone(), user, n, pause).await;
         }
-        unsafe_kill(served.child.id(), stop);
-        drop(served);
+        if stop == "TERM" {
+            let (status, _) = served.terminate();
+            assert!(status.success());
+        } else {
+            unsafe_kill(served.child.id(), stop);
+            drop(served);
+        }
 
         let root = add_officer(&config, "root1", "admin");
         let (ok, out) = cli_with_input(
@@ -605,8 +617,8 @@ async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9()
 
         let served = Served::start(dir.path(), &config);
         let url = served.addr("listening");
-        send(url.clone(), "cee", 5).await;
-        send(url, "cee", 6).await;
+        send(url.clone(), "cee", 5, 250).await;
+        send(url, "cee", 6, 0).await;
         let (status, _) = served.terminate();
         assert!(status.success());
 

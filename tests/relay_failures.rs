@@ -320,7 +320,8 @@ async fn shutdown_finishes_requests_in_flight_and_commits_them() {
 async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
-    let store = "queue-capacity = 1\nenqueue-timeout = \"100ms\"\n";
+    // Each message in flight holds two places: its records and its outcome's.
+    let store = "queue-capacity = 3\nenqueue-timeout = \"100ms\"\n";
     let relay = relay_in_front_of(dir.path(), &up, "kannel", "", store).await;
     let c = client();
     assert_eq!(
@@ -333,13 +334,7 @@ async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
     relay.settle().await;
 
     // Another process takes the partition's write lock: the writer waits on it.
-    let day = std::fs::read_dir(dir.path().join("store"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "sqlite"))
-        .unwrap();
-    let lock = rusqlite::Connection::open(&day).unwrap();
+    let lock = rusqlite::Connection::open(partition_file(dir.path())).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
 
     // One submission blocks in the writer, one fills the queue...
@@ -416,12 +411,7 @@ async fn a_corrupt_partition_fails_closed_and_says_corrupt() {
         202
     );
     relay.settle().await;
-    let day = std::fs::read_dir(dir.path().join("store"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "sqlite"))
-        .unwrap();
+    let day = partition_file(dir.path());
     // The file and its WAL moved aside (the WAL still holds its first page), garbage
     // in its place.
     let aside = |from: &std::path::Path, to: &std::path::Path| {

@@ -211,7 +211,7 @@ async fn serve<I>(
             let drain = drain.clone();
             async move {
                 activity.begin();
-                let resp = relay::handle(&relay, req, peer, &drain).await;
+                let resp = relay::handle(&relay, req, peer, drain).await;
                 activity.end();
                 Ok::<_, Infallible>(resp)
             }

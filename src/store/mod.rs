@@ -127,6 +127,37 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A place kept in the writer's queue for one outcome event (see
+/// [`Recorder::reserve_outcome`]). Dropped unused, the place is given back.
+pub struct OutcomeSlot {
+    permit: mpsc::OwnedPermit<Job>,
+    recorder: Recorder,
+}
+
+impl OutcomeSlot {
+    /// Queues the outcome in the kept place: no wait for queue space. If its upstream
+    /// message id cannot be sealed (the partition's keys are unreadable), the outcome
+    /// is queued without it rather than lost.
+    pub async fn record(self, ev: &OutcomeEvent) {
+        let job = match self.recorder.sealed_outcome(ev).await {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(reason = e.reason(), error = %e, "outcome's message id not sealed; recorded without it");
+                let bare = OutcomeEvent {
+                    upstream_message_id: None,
+                    ..ev.clone()
+                };
+                let partition = self.recorder.partition_of(ev.submitted_at);
+                match self.recorder.outcome_job(&bare, partition, None) {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            }
+        };
+        self.permit.send(job);
+    }
+}
+
 /// Seals submissions and outcomes and queues them for the writer.
 #[derive(Clone)]
 pub struct Recorder {
@@ -413,14 +444,41 @@ impl Recorder {
     }
 
     /// Appends an outcome event. Waits for queue space (bounded), not for the commit.
+    /// The relay uses [`Recorder::reserve_outcome`] instead, so that a full queue can
+    /// never leave a forwarded message without its outcome.
     pub async fn record_outcome(&self, ev: &OutcomeEvent) -> Result<(), RecordError> {
+        let job = self.sealed_outcome(ev).await?;
+        self.enqueue(job).await
+    }
+
+    /// Keeps one place in the writer's queue for a message's outcome event, before its
+    /// records are queued: however full the queue gets while the message is forwarded,
+    /// its outcome goes in. Waits for the place as long as a record would
+    /// (`enqueue-timeout`); a relay that cannot get one fails closed.
+    pub async fn reserve_outcome(&self) -> Result<OutcomeSlot, RecordError> {
+        match tokio::time::timeout(
+            self.inner.cfg.enqueue_timeout,
+            self.inner.tx.clone().reserve_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(OutcomeSlot {
+                permit,
+                recorder: self.clone(),
+            }),
+            Ok(Err(_)) => Err(RecordError::Closed),
+            Err(_) => Err(RecordError::QueueFull),
+        }
+    }
+
+    /// An outcome event as a job, its upstream message id sealed.
+    async fn sealed_outcome(&self, ev: &OutcomeEvent) -> Result<Job, RecordError> {
         let partition = self.partition_of(ev.submitted_at);
         let keys = match &ev.upstream_message_id {
             Some(_) => Some(self.keys_async(partition).await?),
             None => None,
         };
-        let job = self.outcome_job(ev, partition, keys.as_deref())?;
-        self.enqueue(job).await
+        self.outcome_job(ev, partition, keys.as_deref())
     }
 
     /// An outcome event as a job; `keys` seal the upstream message id, if there is one.

@@ -153,9 +153,15 @@ impl CaptureUpstream {
         }
     }
 
-    /// Waits until `n` requests have arrived (before any delay).
+    /// Waits until `n` requests have arrived (before any delay); fails after 30 s.
     pub async fn wait_arrived(&self, n: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while self.arrived.load(Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} requests arrived",
+                self.arrived.load(Ordering::SeqCst)
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
@@ -516,7 +522,32 @@ impl LogCapture {
             .collect()
     }
 
+    /// Waits (up to 30 s) until a line containing `needle` has been written.
+    pub async fn wait_for(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.lines(needle).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{needle}` in the log:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
     }
+}
+
+/// The one partition file of a store under `dir` (`dir/store/<day>.sqlite`).
+pub fn partition_file(dir: &Path) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.join("store"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sqlite"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.into_iter().next().unwrap()
 }
