@@ -521,3 +521,37 @@ async fn heads_and_erasures_carry_the_injected_clock_time() {
     assert_eq!(erasure, erased_at);
     assert_clean(&cfg, 2);
 }
+
+/// Review of issue 10: the writer took every erasure statement in a partition as true
+/// when it opened it. One forged into the file (here naming an erased record 1000)
+/// would have moved the writer's ids and put its leaf into the next signed head. Only
+/// statements signed by this installation count; `verify` names the forgery.
+#[tokio::test]
+async fn a_forged_erasure_statement_does_not_steer_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    init_keys(&cfg).unwrap();
+    let clock = ManualClock::new(day(0, 1));
+    let store = open_store(&cfg, &clock);
+    let rec = store.recorder();
+    accepted(&rec, "bee", "+31612000001").await;
+    accepted(&rec, "bee", "+31612000002").await;
+    store.close().await;
+    let mut entry = vec![b'r'];
+    entry.extend_from_slice(&1000i64.to_be_bytes());
+    entry.extend_from_slice(&[0u8; 32]);
+    let conn = rusqlite::Connection::open(cfg.path.join("2026-11-01.sqlite")).unwrap();
+    conn.execute(
+        "INSERT INTO erasure (id, at_us, reason, entries, signature) VALUES (1, 0, 'forged', ?1, x'00')",
+        [entry],
+    )
+    .unwrap();
+    drop(conn);
+    let store = open_store(&cfg, &clock);
+    let rec = store.recorder();
+    accepted(&rec, "cee", "+31612000003").await;
+    store.close().await;
+    assert_eq!(ids(&cfg, "2026-11-01", "record"), [1, 2, 3]);
+    let damage = damage_in(&verify(&cfg), "2026-11-01");
+    assert_eq!(damage, [Damage::ErasureSignature { id: 1 }]);
+}

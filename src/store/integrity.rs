@@ -380,7 +380,15 @@ impl TreeState {
     /// it (a writer that stopped before signing them), in id order. A row erased
     /// before its head was signed contributes the leaf its erasure statement kept, as
     /// [`verify`] will fold it.
-    pub fn load(conn: &Connection) -> rusqlite::Result<TreeState> {
+    ///
+    /// With the installation's key, only erasure statements signed by it count: a
+    /// statement forged into the file cannot put its leaves (or its ids) into the
+    /// next signed head. (`verify` reports it as damage.)
+    pub fn load(
+        conn: &Connection,
+        partition: PartitionId,
+        key: Option<&Ed25519KeyPair>,
+    ) -> rusqlite::Result<TreeState> {
         use rusqlite::OptionalExtension;
         let last = conn
             .query_row(
@@ -401,7 +409,18 @@ impl TreeState {
                 ..TreeState::default()
             },
         };
-        let erased = erased_leaves(conn, (t.record_through, t.outcome_through), |_| true)?;
+        let public = key.map(|k| {
+            signature::UnparsedPublicKey::new(&signature::ED25519, k.public_key().as_ref().to_vec())
+        });
+        let erased = erased_leaves(conn, (t.record_through, t.outcome_through), |s| {
+            public.as_ref().is_none_or(|p| {
+                p.verify(
+                    &erasure_message(partition, s.id, s.at_us, &s.reason, &s.entries),
+                    &s.signature,
+                )
+                .is_ok()
+            })
+        })?;
         let mut leaves: BTreeMap<i64, Hash> = erased.records.into_iter().collect();
         let mut stmt = conn.prepare(&format!("{RECORD_SELECT} WHERE id > ?1 ORDER BY id"))?;
         for row in stmt.query_map([t.record_through], read_record)? {

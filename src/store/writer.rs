@@ -78,6 +78,10 @@ pub enum WriteError {
     },
     #[error("{0} vanished after opening")]
     Vanished(PathBuf),
+    /// A partition's ids are near the end of their range: only rows put there from
+    /// outside the writer can do that.
+    #[error("partition ids exhausted (rows from outside the writer?)")]
+    IdsExhausted,
 }
 
 impl WriteError {
@@ -102,6 +106,7 @@ impl WriteError {
                 _ => "io",
             },
             WriteError::Vanished(_) => "cannot_open",
+            WriteError::IdsExhausted => "corrupt",
         }
     }
 }
@@ -669,6 +674,11 @@ impl Writer {
         let (conn, pending, tree) = (&open.conn, &mut open.pending, &mut open.tree);
         let tx = conn.unchecked_transaction().map_err(sql)?;
         let (mut records, mut outcomes) = (0u64, 0u64);
+        // Far from i64::MAX in any store this writer wrote: a batch cannot overflow.
+        const ID_LIMIT: i64 = i64::MAX / 2;
+        if open.last_record > ID_LIMIT || open.last_outcome > ID_LIMIT {
+            return Err(WriteError::IdsExhausted);
+        }
         let (mut next_record, mut next_outcome) = (open.last_record + 1, open.last_outcome + 1);
         {
             // Records go in with multi-row INSERTs (fewer statement executions per row,
@@ -811,7 +821,9 @@ impl Writer {
             let identity =
                 file_identity(&path).ok_or_else(|| WriteError::Vanished(path.clone()))?;
             let pending = Pending::rebuild(&conn).map_err(sql)?;
-            let tree = super::integrity::TreeState::load(&conn).map_err(sql)?;
+            let tree =
+                super::integrity::TreeState::load(&conn, partition, self.cfg.signer.as_deref())
+                    .map_err(sql)?;
             let (last_record, last_outcome) = (tree.last_record(), tree.last_outcome());
             let fresh = OpenPartition {
                 conn,
