@@ -36,14 +36,10 @@ pub enum ConnectCause {
 }
 
 impl ConnectCause {
-    /// Classifies the error of a connect, TLS handshake or exchange.
-    pub fn of(e: &std::io::Error) -> ConnectCause {
+    /// Classifies the error of a TCP connect (name resolution, TLS and the HTTP
+    /// handshake are told apart by the step that failed, in `pool::Pool::connect`).
+    pub fn of_tcp(e: &std::io::Error) -> ConnectCause {
         use std::io::ErrorKind as K;
-        if e.get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-        {
-            return ConnectCause::Tls;
-        }
         match e.kind() {
             K::ConnectionRefused => ConnectCause::Refused,
             K::TimedOut => ConnectCause::TimedOut,
@@ -53,10 +49,6 @@ impl ConnectCause {
             K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
                 ConnectCause::Reset
             }
-            // Name resolution failures come back as `Other`/`Uncategorized` from
-            // getaddrinfo, with a message that says so.
-            _ if e.to_string().contains("lookup") => ConnectCause::Resolve,
-            K::InvalidData => ConnectCause::Tls,
             _ => ConnectCause::Other,
         }
     }
@@ -101,8 +93,12 @@ pub enum UpstreamError {
     Connect {
         cause: ConnectCause,
         #[source]
-        source: Option<std::io::Error>,
+        source: std::io::Error,
     },
+    /// The connection broke after the request was sent, before the reply: the gateway
+    /// may or may not have the message.
+    #[error("upstream connection broke before its reply")]
+    Broken(#[source] std::io::Error),
     #[error("upstream did not answer in time")]
     Timeout,
     #[error("upstream reply larger than max-response-bytes")]
@@ -114,16 +110,17 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    fn connect(e: std::io::Error) -> UpstreamError {
+    fn connect(e: super::pool::ConnectError) -> UpstreamError {
         UpstreamError::Connect {
-            cause: ConnectCause::of(&e),
-            source: Some(e),
+            cause: e.cause,
+            source: e.source,
         }
     }
 
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Connect { cause, .. } => cause.reason(),
+            Self::Broken(_) => "connection_broken",
             Self::Timeout => "timeout",
             Self::TooLarge => "response_too_large",
             Self::Body => "body",
@@ -262,7 +259,7 @@ impl Upstream {
             Err(Attempt::Failed(e)) => Err(e),
             Err(Attempt::NotSent(_)) => Err(UpstreamError::Connect {
                 cause: ConnectCause::Reset,
-                source: None,
+                source: std::io::Error::other("a new connection closed before the request"),
             }),
         }
     }
@@ -273,10 +270,9 @@ impl Upstream {
         conn.drive_while(async move {
             let resp = send.await.map_err(|mut e| match e.take_message() {
                 Some(req) => Attempt::NotSent(Box::new(req)),
-                None => Attempt::Failed(UpstreamError::Connect {
-                    cause: ConnectCause::Reset,
-                    source: Some(std::io::Error::other(e.into_error())),
-                }),
+                None => {
+                    Attempt::Failed(UpstreamError::Broken(std::io::Error::other(e.into_error())))
+                }
             })?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, max)
@@ -355,21 +351,20 @@ mod tests {
             (Error::from(K::TimedOut), ConnectCause::TimedOut),
             (Error::from(K::HostUnreachable), ConnectCause::Unreachable),
             (Error::from(K::ConnectionReset), ConnectCause::Reset),
-            (
-                Error::new(K::InvalidData, rustls::Error::NoCertificatesPresented),
-                ConnectCause::Tls,
-            ),
-            (
-                Error::other("failed to lookup address information"),
-                ConnectCause::Resolve,
-            ),
             (Error::other("something else"), ConnectCause::Other),
         ] {
-            assert_eq!(ConnectCause::of(&e), cause, "{e}");
+            assert_eq!(ConnectCause::of_tcp(&e), cause, "{e}");
         }
-        let e = UpstreamError::connect(Error::from(K::ConnectionRefused));
+        let e = UpstreamError::connect(super::super::pool::ConnectError {
+            cause: ConnectCause::Refused,
+            source: Error::from(K::ConnectionRefused),
+        });
         assert_eq!(e.reason(), "connect_refused");
         assert_eq!(e.to_string(), "upstream unreachable (connection refused)");
+        assert_eq!(
+            UpstreamError::Broken(Error::other("x")).reason(),
+            "connection_broken"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! ready, which is also where a connection the upstream has closed is found and
 //! dropped.
 
+use super::http::ConnectCause;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
@@ -153,6 +154,22 @@ pub struct Target {
     pub connect_timeout: Duration,
 }
 
+/// Why a new upstream connection failed, and the OS's, rustls's or hyper's words.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub cause: ConnectCause,
+    pub source: io::Error,
+}
+
+impl ConnectError {
+    fn tcp(source: io::Error) -> ConnectError {
+        ConnectError {
+            cause: ConnectCause::of_tcp(&source),
+            source,
+        }
+    }
+}
+
 /// Idle connections to one upstream, most recently used first out.
 pub struct Pool {
     target: Target,
@@ -170,7 +187,7 @@ impl Pool {
     }
 
     /// An idle connection that is still open, or a new one.
-    pub async fn checkout(&self) -> io::Result<Conn> {
+    pub async fn checkout(&self) -> Result<Conn, ConnectError> {
         loop {
             let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
             let Some(mut conn) = idle else { break };
@@ -194,31 +211,63 @@ impl Pool {
         }
     }
 
-    /// A new connection, not from the pool.
-    pub async fn connect(&self) -> io::Result<Conn> {
+    /// A new connection, not from the pool. Each step says how it failed: name
+    /// resolution, TCP connect, TLS handshake, HTTP handshake.
+    pub async fn connect(&self) -> Result<Conn, ConnectError> {
         let t = &self.target;
-        let tcp = tokio::time::timeout(
+        let timed_out = |what: &str| ConnectError {
+            cause: ConnectCause::TimedOut,
+            source: io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out")),
+        };
+        let addrs: Vec<std::net::SocketAddr> = tokio::time::timeout(
             t.connect_timeout,
-            TcpStream::connect((t.host.as_str(), t.port)),
+            tokio::net::lookup_host((t.host.as_str(), t.port)),
         )
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        tcp.set_nodelay(true)?;
+        .map_err(|_| timed_out("name resolution"))?
+        .map_err(|source| ConnectError {
+            cause: ConnectCause::Resolve,
+            source,
+        })?
+        .collect();
+        if addrs.is_empty() {
+            return Err(ConnectError {
+                cause: ConnectCause::Resolve,
+                source: io::Error::new(io::ErrorKind::NotFound, "the name has no address"),
+            });
+        }
+        let tcp = tokio::time::timeout(t.connect_timeout, TcpStream::connect(&addrs[..]))
+            .await
+            .map_err(|_| timed_out("connect"))?
+            .map_err(ConnectError::tcp)?;
+        tcp.set_nodelay(true).map_err(ConnectError::tcp)?;
         let stream = match &t.tls {
             None => Stream::Plain(tcp),
             Some((connector, name)) => {
                 let tls =
                     tokio::time::timeout(t.connect_timeout, connector.connect(name.clone(), tcp))
                         .await
-                        .map_err(|_| {
-                            io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
-                        })??;
+                        .map_err(|_| ConnectError {
+                            cause: ConnectCause::Tls,
+                            source: io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "TLS handshake timed out",
+                            ),
+                        })?
+                        .map_err(|source| ConnectError {
+                            cause: ConnectCause::Tls,
+                            source,
+                        })?;
                 Stream::Tls(Box::new(tls))
             }
         };
-        let (sender, driver) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
+        let (sender, driver) =
+            http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| ConnectError {
+                    cause: ConnectCause::Other,
+                    source: io::Error::other(e),
+                })?;
         Ok(Conn {
             sender,
             driver: Box::pin(driver),
