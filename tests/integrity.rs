@@ -317,6 +317,14 @@ async fn offboarding_erases_in_signed_chunks_and_the_store_still_verifies() {
     );
 }
 
+/// An empty store with its keys, in a directory of its own.
+fn empty_store() -> (tempfile::TempDir, StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::under(dir.path());
+    init_keys(&cfg).unwrap();
+    (dir, cfg)
+}
+
 /// Offboards `account` from the closed or open store at `cfg` (chunks of 100).
 fn erase_account(cfg: &StoreConfig, account: &str, out: &std::path::Path, now: i64) -> (u64, u64) {
     use relaylog::compliance::disclosure::Installation;
@@ -382,9 +390,7 @@ fn assert_clean(cfg: &StoreConfig, erased: i64) {
 /// store closed, then with the writer live, and the store verifies clean each time.
 #[tokio::test]
 async fn erasing_the_highest_ids_then_writing_more_does_not_reuse_ids_or_cry_damage() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig::under(dir.path());
-    init_keys(&cfg).unwrap();
+    let (dir, cfg) = empty_store();
     let clock = ManualClock::new(day(0, 0));
     let send = |store: &relaylog::store::Store, account: &'static str, minute: i64| {
         clock.set(day(0, minute));
@@ -442,9 +448,7 @@ async fn erasing_the_highest_ids_then_writing_more_does_not_reuse_ids_or_cry_dam
 /// never give their ids out again.
 #[tokio::test]
 async fn erasing_unsigned_rows_after_a_crash_does_not_reuse_ids_or_cry_damage() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig::under(dir.path());
-    init_keys(&cfg).unwrap();
+    let (dir, cfg) = empty_store();
     let clock = ManualClock::new(day(0, 1));
     let store = open_store(&cfg, &clock);
     let rec = store.recorder();
@@ -491,9 +495,7 @@ async fn erasing_unsigned_rows_after_a_crash_does_not_reuse_ids_or_cry_damage() 
 /// store's time.
 #[tokio::test]
 async fn heads_and_erasures_carry_the_injected_clock_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig::under(dir.path());
-    init_keys(&cfg).unwrap();
+    let (dir, cfg) = empty_store();
     let clock = ManualClock::new(day(0, 1));
     let store = open_store(&cfg, &clock);
     let rec = store.recorder();
@@ -528,9 +530,7 @@ async fn heads_and_erasures_carry_the_injected_clock_time() {
 /// statements signed by this installation count; `verify` names the forgery.
 #[tokio::test]
 async fn a_forged_erasure_statement_does_not_steer_the_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig::under(dir.path());
-    init_keys(&cfg).unwrap();
+    let (dir, cfg) = empty_store();
     let clock = ManualClock::new(day(0, 1));
     let store = open_store(&cfg, &clock);
     let rec = store.recorder();
