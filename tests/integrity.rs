@@ -530,7 +530,7 @@ async fn heads_and_erasures_carry_the_injected_clock_time() {
 /// statements signed by this installation count; `verify` names the forgery.
 #[tokio::test]
 async fn a_forged_erasure_statement_does_not_steer_the_writer() {
-    let (dir, cfg) = empty_store();
+    let (_dir, cfg) = empty_store();
     let clock = ManualClock::new(day(0, 1));
     let store = open_store(&cfg, &clock);
     let rec = store.recorder();
