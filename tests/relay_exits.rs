@@ -330,3 +330,49 @@ async fn a_full_queue_cannot_take_a_forwarded_message_s_outcome() {
     );
     relay.running.shutdown().await;
 }
+
+/// Review of issue 10: a failed commit dropped every job in its batch, the outcome
+/// events of messages already forwarded among them. Jobs no one waits on are now tried
+/// again with the next batch, so the outcome is there once the fault clears.
+#[tokio::test]
+async fn an_outcome_whose_commit_failed_is_written_once_the_store_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    up.delay_ms.store(500, std::sync::atomic::Ordering::SeqCst);
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let c = client();
+    let url = sendsms(&relay.url, "survivor", &number(1));
+    let request = tokio::spawn(async move { get(&c, &url).await });
+    // Recorded and at the upstream; then the store directory goes away.
+    up.wait_arrived(1).await;
+    let store = dir.path().join("store");
+    let moved = dir.path().join("store.moved");
+    std::fs::rename(&store, &moved).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    assert_eq!(request.await.unwrap().0.as_u16(), 202);
+    // The outcome's commit fails while the directory is gone...
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !relay
+        .metrics()
+        .await
+        .contains("relaylog_store_errors_total 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit did not fail"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and succeeds when it is back.
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&moved, &store).unwrap();
+    relay.settle().await;
+    let found = relay.query(IndexKind::Account, "survivor");
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].outcome.as_ref().map(|o| o.outcome),
+        Some(Outcome::Accepted),
+        "the outcome was lost with its failed commit"
+    );
+    relay.running.shutdown().await;
+}

@@ -354,7 +354,15 @@ struct Writer {
     /// When the last job other than a tick arrived.
     last_job: Instant,
     checkpointer: Option<std::sync::mpsc::SyncSender<PathBuf>>,
+    /// Jobs no one waits on (outcome events, async records) whose commit failed: tried
+    /// again with the next batch, so that a passing fault (a full disk, a lock held too
+    /// long) does not lose a forwarded message's outcome. At most [`MAX_RETRY_ROWS`].
+    retry: Vec<Job>,
 }
+
+/// Most rows kept for another try after failed commits; past it the oldest are
+/// dropped, each drop logged and counted as a store error.
+pub const MAX_RETRY_ROWS: usize = 65_536;
 
 pub fn spawn(
     cfg: WriterConfig,
@@ -370,6 +378,7 @@ pub fn spawn(
         tick: 0,
         last_job: Instant::now(),
         checkpointer: Some(checkpointer),
+        retry: Vec::new(),
     };
     let handle = std::thread::Builder::new()
         .name("relaylog-writer".into())
@@ -448,10 +457,11 @@ impl Writer {
         let mut jobs: Vec<Job> = Vec::with_capacity(1024);
         let mut stop = false;
         while !stop {
-            let duties = self
-                .open
-                .values()
-                .any(|p| p.tree.unsigned() > 0 || p.pending.rows > 0);
+            let duties = !self.retry.is_empty()
+                || self
+                    .open
+                    .values()
+                    .any(|p| p.tree.unsigned() > 0 || p.pending.rows > 0);
             self.cfg
                 .signals
                 .idle_with_duties
@@ -506,6 +516,14 @@ impl Writer {
             self.metrics.queue_depth.set(rx.len() as i64);
             self.commit(&mut jobs);
         }
+        if !self.retry.is_empty() {
+            let rows: usize = self.retry.iter().map(Job::rows).sum();
+            self.metrics.store_errors.inc();
+            tracing::error!(
+                rows,
+                "stopping with failed commits: outcome events or async records lost"
+            );
+        }
         self.flush_all();
         // Close connections cleanly (checkpoints the WAL).
         self.open.clear();
@@ -514,6 +532,9 @@ impl Writer {
     /// Time-based duties: sign the heads of leaves written since the last head, and
     /// flush the index entries once the queue has been idle for [`IDLE_FLUSH`].
     fn on_tick(&mut self) {
+        if !self.retry.is_empty() {
+            self.commit(&mut Vec::new());
+        }
         let idle = self.last_job.elapsed();
         if idle >= IDLE_FLUSH {
             if self
@@ -608,6 +629,11 @@ impl Writer {
 
     fn commit(&mut self, jobs: &mut Vec<Job>) {
         let started = Instant::now();
+        if !self.retry.is_empty() {
+            let mut again = std::mem::take(&mut self.retry);
+            again.append(jobs);
+            *jobs = again;
+        }
         // A barrier promises that what came before it is committed and signed.
         let barrier = jobs.iter().any(|j| matches!(j, Job::Barrier(_)));
         let mut by_partition: BTreeMap<PartitionId, Vec<usize>> = BTreeMap::new();
@@ -632,11 +658,30 @@ impl Writer {
                     self.metrics.store_errors.inc();
                     tracing::error!(partition = %partition, reason = e.reason(), error = %e, "commit failed; records refused, partition will be reopened");
                     self.open.remove(partition);
+                    for &i in idx {
+                        let unwaited = matches!(
+                            jobs[i],
+                            Job::Records { done: None, .. } | Job::Outcome { done: None, .. }
+                        );
+                        if unwaited {
+                            self.retry.push(std::mem::replace(&mut jobs[i], Job::Tick));
+                        }
+                    }
                 }
             }
             for &i in idx {
                 results[i] = result.clone().map(|_| ());
             }
+        }
+        let mut kept: usize = self.retry.iter().map(Job::rows).sum();
+        while kept > MAX_RETRY_ROWS && !self.retry.is_empty() {
+            let dropped = self.retry.remove(0);
+            kept -= dropped.rows();
+            self.metrics.store_errors.inc();
+            tracing::error!(
+                rows = dropped.rows(),
+                "commits keep failing: rows kept for another try dropped (outcome events or async records lost)"
+            );
         }
         if barrier {
             self.seal_all(false);
