@@ -121,6 +121,21 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         upstreams.push(uri);
     }
 
+    // Each message in flight holds two places in the writer's queue (its records, and
+    // the one kept for its outcome): fewer places than that fails messages closed while
+    // the writer idles.
+    let in_flight: usize = config
+        .listeners
+        .iter()
+        .map(|l| l.limits.max_connections)
+        .sum();
+    if config.store.queue_capacity < 2 * in_flight {
+        tracing::warn!(
+            queue_capacity = config.store.queue_capacity,
+            max_connections = in_flight,
+            "store.queue-capacity is below twice the listeners' max-connections: busy forwards can fill the queue and fail messages closed"
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(config.store.clone(), clock.clone(), metrics.clone())?;
     // Expiry at start-up, then every expire-interval.

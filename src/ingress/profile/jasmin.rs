@@ -2,7 +2,7 @@
 //! `hex-content`, `coding`; GET query, form-encoded or JSON POST. Replies
 //! `200 Success "<message id>"`.
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::Value;
 
 use super::{
@@ -36,8 +36,8 @@ const FROM: usize = 3;
 const CONTENT: usize = 4;
 const CODING: usize = 5;
 
-/// Reads `/send` as Jasmin (Twisted) does: the query string, a form-encoded body, and
-/// the keys of a JSON body (which Jasmin copies over the others). A parameter given
+/// Reads `/send` as Jasmin (Twisted) does: the query string, a form-encoded POST body,
+/// and the keys of a JSON body on any method (which Jasmin copies over the others). A parameter given
 /// twice anywhere is refused; so is a raw `;` (Twisted's query parser may split on
 /// it) and a multipart body (whose fields Twisted merges in too).
 pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
@@ -53,7 +53,8 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
         return Err(ParseError::MalformedField("(a `;` between parameters)"));
     }
     let media = media_type(req.headers);
-    let json_body = *req.method == Method::POST && media.as_deref() == Some("application/json");
+    // Jasmin reads a JSON body whatever the method (its GET handler is its POST one).
+    let json_body = media.as_deref() == Some("application/json");
     if media
         .as_deref()
         .is_some_and(|m| m.starts_with("multipart/"))

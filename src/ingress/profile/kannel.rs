@@ -50,16 +50,11 @@ const CODING: usize = 5;
 /// POST from its body (`text/xml`) or its `X-Kannel-*` headers (`text/plain`,
 /// `text/html`, `application/octet-stream`, or no content type, which Kannel takes as
 /// octet-stream), never from the query string of a POST, which Kannel does not read.
-/// A GET with a body is refused: Kannel would handle it as a POST, from its headers.
+/// Kannel discards the body of anything but a POST.
 pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
     let mut out = Extracted::default();
     let mut seen = Seen::default();
     if *req.method != Method::POST {
-        let framed = req.headers.contains_key(http::header::CONTENT_LENGTH)
-            || req.headers.contains_key(http::header::TRANSFER_ENCODING);
-        if framed || !req.body.is_empty() {
-            return Err(ParseError::UnexpectedBody);
-        }
         form(&FormFields::of(req), &mut seen, &mut out, true)?;
         return finish(out);
     }
@@ -101,7 +96,7 @@ fn form(
         match seen.note(PARAMS, k)? {
             Some(USERNAME) => out.account = identity("username", v)?.to_owned(),
             Some(FROM) => out.originator = Some(identity("from", v)?.to_owned()),
-            Some(TO) => split_recipients(identity("to", v)?, &mut out.recipients)?,
+            Some(TO) => kannel_recipients(identity("to", v)?, &mut out.recipients)?,
             Some(TEXT) if text_is_field => out.text_chars = v.chars().count(),
             Some(CODING) if text_is_field => out.coding = v.trim().parse().unwrap_or(0),
             _ => {}
@@ -141,9 +136,22 @@ fn headers(h: &HeaderMap, seen: &mut Seen, out: &mut Extracted) -> Result<(), Pa
         match i {
             USERNAME => out.account = text()?.to_owned(),
             FROM => out.originator = Some(text()?.to_owned()),
-            TO => split_recipients(text()?, &mut out.recipients)?,
+            TO => kannel_recipients(text()?, &mut out.recipients)?,
             CODING => out.coding = text()?.trim().parse().unwrap_or(0),
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Kannel's receivers from a `to` list: split on white space, each number once
+/// (Kannel sends one message to a number listed twice).
+fn kannel_recipients(to: &str, out: &mut Vec<String>) -> Result<(), ParseError> {
+    let mut list = Vec::new();
+    split_recipients(to, &mut list)?;
+    for number in list {
+        if !out.contains(&number) {
+            out.push(number);
         }
     }
     Ok(())
@@ -217,7 +225,20 @@ fn xml(body: &[u8], out: &mut Extracted) -> Result<(), ParseError> {
             Event::Decl(d) => {
                 if let Some(enc) = d.encoding() {
                     let enc = enc.map_err(|_| ParseError::MalformedXml)?;
-                    if !enc.eq_ignore_ascii_case(b"utf-8") {
+                    // The fields relaylog records are ASCII: any encoding that writes
+                    // ASCII as ASCII reads them the same. Others (UTF-7, UTF-16, …)
+                    // could hide markup in what quick_xml reads as text.
+                    let ascii_compatible = [
+                        &b"utf-8"[..],
+                        b"us-ascii",
+                        b"iso-8859-1",
+                        b"iso-8859-15",
+                        b"latin1",
+                        b"windows-1252",
+                    ]
+                    .iter()
+                    .any(|e| enc.eq_ignore_ascii_case(e));
+                    if !ascii_compatible {
                         return Err(ParseError::MalformedXml);
                     }
                 }
@@ -244,8 +265,13 @@ fn xml(body: &[u8], out: &mut Extracted) -> Result<(), ParseError> {
                     once |= bit;
                 }
                 match field {
+                    // One receiver per `<number>`, as Kannel reads it (no splitting).
                     Some(Field::Recipient) => {
-                        split_recipients(identity("da", &value)?, &mut out.recipients)?
+                        if out.recipients.len() == super::MAX_RECIPIENTS {
+                            return Err(ParseError::TooManyRecipients);
+                        }
+                        out.recipients
+                            .push(identity("da", value.trim())?.to_owned())
                     }
                     Some(Field::Originator) => {
                         out.originator = Some(identity("oa", value.trim())?.to_owned())
@@ -260,13 +286,9 @@ fn xml(body: &[u8], out: &mut Extracted) -> Result<(), ParseError> {
                 path.pop();
             }
             Event::Text(t) => match field_at(&path) {
-                Some(Field::Text) => {
-                    text_chars += t
-                        .decode()
-                        .map_err(|_| ParseError::MalformedXml)?
-                        .chars()
-                        .count()
-                }
+                // Counted, not read: a text in a declared single-byte encoding counts
+                // a character per byte that is not UTF-8.
+                Some(Field::Text) => text_chars += String::from_utf8_lossy(&t).chars().count(),
                 Some(_) => value.push_str(&t.decode().map_err(|_| ParseError::MalformedXml)?),
                 None => {}
             },
@@ -591,12 +613,18 @@ mod tests {
             (m.account.as_str(), &m.recipients[..]),
             ("tester", &["+31612000101".to_string()][..])
         );
-        // A GET with a body would be a POST to Kannel.
+        // Kannel discards a GET's body: so does relaylog.
         let mut framed = HeaderMap::new();
-        framed.insert("content-length", HeaderValue::from_static("0"));
+        framed.insert("content-length", HeaderValue::from_static("4"));
         assert_eq!(
-            extract(&view(&Method::GET, Some("username=a&to=1"), &framed, b"")),
-            Err(ParseError::UnexpectedBody)
+            message(extract(&view(
+                &Method::GET,
+                Some("username=a&to=1"),
+                &framed,
+                b"to=2"
+            )))
+            .recipients,
+            ["1"]
         );
         let none = HeaderMap::new();
         // Kannel cuts a name or value at a trailing `%`; control characters end C strings.
@@ -640,6 +668,25 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    /// Second review of issue 10: Kannel sends once to a number listed twice, takes a
+    /// `<number>` whole, and reads ASCII-compatible encodings.
+    #[test]
+    fn recipients_are_counted_as_kannel_counts_them() {
+        let none = HeaderMap::new();
+        let m = message(extract(&view(
+            &Method::GET,
+            Some("username=a&to=%2B31612000101+%2B31612000101+0612000102"),
+            &none,
+            b"",
+        )));
+        assert_eq!(m.recipients, ["+31612000101", "0612000102"]);
+        let mut xh = HeaderMap::new();
+        xh.insert("content-type", HeaderValue::from_static("text/xml"));
+        let body = "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><message><submit><da><number>+31612000101 +31612000202</number></da><from><username>a</username></from></submit></message>";
+        let m = message(extract(&view(&Method::POST, None, &xh, body.as_bytes())));
+        assert_eq!(m.recipients, ["+31612000101 +31612000202"]);
     }
 
     /// The sendsms parameter indexes name the parameters they stand for.

@@ -94,10 +94,6 @@ pub enum ParseError {
     /// different ways.
     #[error("ambiguous path")]
     AmbiguousPath,
-    /// A body where the gateway's API takes none (a GET with a body: Kannel would read
-    /// it as a POST, from headers).
-    #[error("request body not expected")]
-    UnexpectedBody,
 }
 
 impl ParseError {
@@ -118,7 +114,6 @@ impl ParseError {
             Self::ConnectionNamesHeader => "connection_header",
             Self::MalformedField(_) => "malformed_field",
             Self::AmbiguousPath => "ambiguous_path",
-            Self::UnexpectedBody => "unexpected_body",
         }
     }
 
@@ -180,20 +175,22 @@ pub fn normalize_path(path: &str) -> Option<String> {
     Some(out)
 }
 
-/// Refuses a request whose `Connection` header names anything but `close` and the
-/// hop-by-hop headers a proxy drops anyway (see [`ParseError::ConnectionNamesHeader`]).
+/// Refuses a request whose `Connection` header names a header relaylog reads (the
+/// content type, framing, `Authorization`, `X-Kannel-*`): a proxy drops what
+/// `Connection` names, so the gateway would not see what relaylog read. Other names
+/// (`keep-alive`, `Upgrade, HTTP2-Settings`, …) only drop headers no profile reads.
 fn check_connection(headers: &HeaderMap) -> Result<(), ParseError> {
-    use crate::egress::http::HOP_BY_HOP;
     for value in headers.get_all(http::header::CONNECTION) {
         let value = value
             .to_str()
             .map_err(|_| ParseError::ConnectionNamesHeader)?;
-        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let hop = token.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()));
-            if !hop {
+        for token in value.split(',').map(str::trim) {
+            let token = token.to_ascii_lowercase();
+            let read = matches!(
+                token.as_str(),
+                "content-type" | "content-length" | "authorization" | "host"
+            ) || token.starts_with("x-kannel-");
+            if read {
                 return Err(ParseError::ConnectionNamesHeader);
             }
         }
@@ -201,9 +198,25 @@ fn check_connection(headers: &HeaderMap) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// Refuses a request with two `Content-Type` headers (parsers differ on which one
+/// counts) or one that is not plain text (relaylog would not read it; a gateway
+/// might, up to its first `;`).
+fn check_content_type(headers: &HeaderMap) -> Result<(), ParseError> {
+    let mut all = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (first, second) = (all.next(), all.next());
+    if second.is_some() {
+        return Err(ParseError::Duplicate("Content-Type"));
+    }
+    if first.is_some_and(|v| v.to_str().is_err()) {
+        return Err(ParseError::MalformedField("Content-Type"));
+    }
+    Ok(())
+}
+
 impl Profile {
     pub fn extract(&self, req: &RequestView<'_>) -> Result<Extract, ParseError> {
         check_connection(req.headers)?;
+        check_content_type(req.headers)?;
         // The exact configured path is the hot path: no normalisation, no allocation.
         if req.path != self.path {
             // Passthrough paths match as configured (a trailing slash aside): only what
