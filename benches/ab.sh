@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# A/B of two relaylog builds on this machine: each build's `serve` (durable, built-in
+# Kannel simulator) under the same `relaylog bench http` load, alternating, so that the
+# machine's drift falls on both. Prints messages/s and serve's CPU per message
+# (utime + stime from /proc/PID/stat), the steadier figure on a shared machine.
+#
+#   benches/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]     (e.g. an older commit built in a worktree)
+#
+# Loopback only; ports 18080/18090.
+set -euo pipefail
+[ $# -ge 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY [ROUNDS]" >&2; exit 2; }
+old=$1 new=$2 rounds=${3:-5}
+load=$new
+tck=$(getconf CLK_TCK)
+run() {
+    local name=$1 bin=$2 dir pid t0 t1 out
+    dir=$(mktemp -d)
+    cat > "$dir/c.toml" <<T
+[store]
+path = "$dir/store"
+keyring = "$dir/keys/keyring"
+master-key = "$dir/keys/master.key"
+signing-key = "$dir/keys/signing.key"
+ledger = "$dir/ledger.sqlite"
+[[listener]]
+name = "sms"
+listen = "127.0.0.1:18080"
+profile = "kannel"
+[admin]
+listen = "127.0.0.1:18090"
+[log]
+level = "warn"
+T
+    "$bin" --config "$dir/c.toml" init >/dev/null 2>&1
+    "$bin" --config "$dir/c.toml" serve 2>"$dir/err" &
+    pid=$!
+    for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/18080) 2>/dev/null && break; sleep 0.1; done
+    t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    out=$("$load" bench http --target http://127.0.0.1:18080 --connections 64 --duration 10s --json --quiet)
+    t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    python3 - "$name" "$out" "$t0" "$t1" "$tck" <<'P'
+import json, sys
+name, out, t0, t1, tck = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+cpu = (t1 - t0) / tck
+n = out["ok"]
+print(f"{name}: {out['messages_per_second']:.0f} msg/s, serve CPU {cpu:.2f} s for {n} messages = {cpu / max(n, 1) * 1e6:.1f} us/msg")
+P
+    rm -rf "$dir"
+}
+for _ in $(seq "$rounds"); do
+    run old "$old"
+    run new "$new"
+done
