@@ -37,7 +37,7 @@ use crate::egress::http::{Upstream, UpstreamError};
 use crate::ingress::profile::{Extract, Extracted, ParseError, RequestView};
 use crate::record::{Outcome, OutcomeEvent, Protocol, Service, Submission, sms_segments};
 use crate::shutdown::{Drain, Shutdown};
-use crate::store::{RecordError, Recorder};
+use crate::store::{OutcomeSlot, RecordError, Recorder};
 
 /// Everything one listener needs to relay a request. Shared by its connections.
 pub struct Listener {
@@ -49,7 +49,7 @@ pub struct Listener {
     pub normalizer: NumberNormalizer,
     pub metrics: Arc<Metrics>,
     /// Fires when `shutdown-timeout` has passed: forwards still running are cut short.
-    pub abort: Shutdown,
+    pub abort: Arc<Shutdown>,
     counters: Counters,
 }
 
@@ -232,7 +232,7 @@ impl Listener {
         recorder: Recorder,
         normalizer: NumberNormalizer,
         metrics: Arc<Metrics>,
-        abort: Shutdown,
+        abort: Arc<Shutdown>,
     ) -> Self {
         let req = |kind| {
             metrics.requests.get_or_create_owned(&RequestLabels {
@@ -389,12 +389,26 @@ impl Listener {
         started: Instant,
         client_gone: Arc<AtomicBool>,
     ) -> Response<Full<Bytes>> {
-        // The outcome's place in the queue is kept before the records go in.
+        // The outcome's place in the queue is kept before the records go in; from
+        // here on the guard writes `failed: shutdown` if this future is dropped.
         let slot = match self.recorder.reserve_outcome().await {
             Ok(slot) => slot,
             Err(e) => return self.finish(Exit::FailClosed(e), None, started),
         };
+        let message = |forward, end| Exit::Message {
+            submission: submission.id.0 as u64,
+            recipients: submission.recipients.len(),
+            forward,
+            end,
+        };
+        let mut guard = CutShort {
+            listener: &self,
+            submission: &submission,
+            slot: Some(slot),
+            started,
+        };
         if let Err(e) = self.recorder.record(&submission).await {
+            let slot = guard.disarm();
             if matches!(e, RecordError::Timeout(_)) {
                 // The records may still be committed: say that this message was not sent.
                 slot.record(&outcome_event(&self, &submission, Outcome::Failed, None))
@@ -402,12 +416,6 @@ impl Listener {
             }
             return self.finish(Exit::FailClosed(e), None, started);
         }
-        let message = |forward, end| Exit::Message {
-            submission: submission.id.0 as u64,
-            recipients: submission.recipients.len(),
-            forward,
-            end,
-        };
         // Recorded. Past shutdown-timeout, or with its client gone meanwhile (it had no
         // answer and will send again, so forwarding now could deliver it twice), the
         // message is not forwarded.
@@ -419,43 +427,76 @@ impl Listener {
             None
         };
         if let Some(why) = not_now {
-            slot.record(&outcome_event(&self, &submission, why.outcome(), None))
+            guard
+                .disarm()
+                .record(&outcome_event(&self, &submission, why.outcome(), None))
                 .await;
             return self.finish(message(None, End::NotForwarded(why)), None, started);
         }
+        // Cut short at shutdown-timeout by dropping this future (see `Detached`): the
+        // guard then writes the outcome.
         let forwarding = Instant::now();
-        let mut abort = self.abort.clone();
-        let result = tokio::select! {
-            r = self.upstream.forward(&head, body) => Some(r),
-            () = abort.wait() => None,
-        };
-        let forward = forwarding.elapsed();
+        let result = self.upstream.forward(&head, body).await;
+        let slot = guard.disarm();
+        let forward = Some(forwarding.elapsed());
         let (event, exit, resp) = match result {
-            Some(Ok(r)) => {
+            Ok(r) => {
                 let read = self.profile.read_outcome(r.status, &r.body);
                 let mut ev =
                     outcome_event(&self, &submission, read.outcome, Some(r.status.as_u16()));
                 ev.gateway_code = read.gateway_code;
                 ev.upstream_message_id = read.message_id;
-                (
-                    ev,
-                    message(Some(forward), End::Relayed),
-                    Some(r.into_response()),
-                )
+                (ev, message(forward, End::Relayed), Some(r.into_response()))
             }
-            Some(Err(e)) => (
+            Err(e) => (
                 outcome_event(&self, &submission, Outcome::Failed, None),
-                message(Some(forward), End::Upstream(e)),
-                None,
-            ),
-            None => (
-                outcome_event(&self, &submission, Outcome::FailedShutdown, None),
-                message(None, End::NotForwarded(NotForwarded::Shutdown)),
+                message(forward, End::Upstream(e)),
                 None,
             ),
         };
         slot.record(&event).await;
         self.finish(exit, resp, started)
+    }
+}
+
+/// A recorded message's outcome, written as `failed: shutdown` (with its log line) if
+/// its phases are dropped before they write one themselves: that is how a forward is
+/// cut short when `shutdown-timeout` passes.
+struct CutShort<'a> {
+    listener: &'a Listener,
+    submission: &'a Submission,
+    slot: Option<OutcomeSlot>,
+    started: Instant,
+}
+
+impl CutShort<'_> {
+    /// The kept place, for the phases to write the outcome themselves.
+    fn disarm(&mut self) -> OutcomeSlot {
+        // Taken once on each path through `relay_message`; a second take is a bug there.
+        self.slot.take().expect("outcome slot taken twice")
+    }
+}
+
+impl Drop for CutShort<'_> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        let l = self.listener;
+        slot.record_now(&outcome_event(
+            l,
+            self.submission,
+            Outcome::FailedShutdown,
+            None,
+        ));
+        l.finish(
+            Exit::Message {
+                submission: self.submission.id.0 as u64,
+                recipients: self.submission.recipients.len(),
+                forward: None,
+                end: End::NotForwarded(NotForwarded::Shutdown),
+            },
+            None,
+            self.started,
+        );
     }
 }
 
@@ -499,6 +540,7 @@ pub async fn handle(
             resp
         },
         gone,
+        listener.abort.clone(),
     )
     .await
 }
@@ -509,17 +551,25 @@ pub async fn handle(
 /// its message is forwarded).
 ///
 /// `dropped` is set when that happens, so the work can tell that no one will read its
-/// result.
+/// result. Once `abort` (shutdown-timeout) has fired, detached work is dropped instead,
+/// or when it fires later: that is how relaylog cuts it short.
 struct Detached<T: Send + 'static> {
     fut: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
     dropped: Arc<AtomicBool>,
+    /// The listener's `abort` (shutdown-timeout), looked at only when detaching.
+    abort: Arc<Shutdown>,
 }
 
 impl<T: Send + 'static> Detached<T> {
-    fn new(fut: impl Future<Output = T> + Send + 'static, dropped: Arc<AtomicBool>) -> Self {
+    fn new(
+        fut: impl Future<Output = T> + Send + 'static,
+        dropped: Arc<AtomicBool>,
+        abort: Arc<Shutdown>,
+    ) -> Self {
         Self {
             fut: Some(Box::pin(fut)),
             dropped,
+            abort,
         }
     }
 }
@@ -539,13 +589,19 @@ impl<T: Send + 'static> Future for Detached<T> {
 
 impl<T: Send + 'static> Drop for Detached<T> {
     fn drop(&mut self) {
-        if let Some(fut) = self.fut.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            self.dropped.store(true, Ordering::Release);
+        let Some(fut) = self.fut.take() else { return };
+        self.dropped.store(true, Ordering::Release);
+        if self.abort.is_triggered() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
             tracing::debug!(target: "relaylog::access", "client gone; the message goes on detached");
+            let mut abort = Shutdown::clone(&self.abort);
             rt.spawn(async move {
-                fut.await;
+                tokio::select! {
+                    _ = fut => {}
+                    () = abort.wait() => {}
+                }
             });
         }
     }
@@ -590,12 +646,14 @@ mod tests {
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
         let flag = finished.clone();
         let dropped = Arc::new(AtomicBool::new(false));
+        let (_trigger, abort) = crate::shutdown::channel();
         let mut work = Box::pin(Detached::new(
             async move {
                 let _ = wait.await;
                 flag.store(true, Ordering::SeqCst);
             },
             dropped.clone(),
+            Arc::new(abort),
         ));
         // Polled once in place: pending on the channel.
         assert!(futures_poll_once(work.as_mut()).is_pending());

@@ -194,7 +194,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
             store.recorder(),
             normalizer.clone(),
             metrics.clone(),
-            abort.clone(),
+            Arc::new(abort.clone()),
         ));
         tracing::info!(
             listener = %l.name,

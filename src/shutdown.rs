@@ -2,33 +2,48 @@
 //! selects on [`Shutdown::wait`]; [`Drain`] tokens held by connections tell the server
 //! when the last one has finished.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
+    /// The same news as a flag: [`Shutdown::is_triggered`] is one atomic load, for
+    /// checks on the hot path (a watch read takes its lock).
+    flag: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
 pub struct Trigger {
     tx: watch::Sender<bool>,
+    flag: Arc<AtomicBool>,
 }
 
 pub fn channel() -> (Trigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
-    (Trigger { tx }, Shutdown { rx })
+    let flag = Arc::new(AtomicBool::new(false));
+    (
+        Trigger {
+            tx,
+            flag: flag.clone(),
+        },
+        Shutdown { rx, flag },
+    )
 }
 
 impl Trigger {
     pub fn trigger(&self) {
+        self.flag.store(true, Ordering::Release);
         let _ = self.tx.send(true);
     }
 }
 
 impl Shutdown {
-    /// Whether shutdown has been triggered (or its trigger is gone).
+    /// Whether shutdown has been triggered.
     pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow() || self.rx.has_changed().is_err()
+        self.flag.load(Ordering::Acquire)
     }
 
     /// Resolves once shutdown is triggered (at once if it already was).

@@ -185,13 +185,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 /// applying while closing (a client that never finishes its head cannot hold the
 /// drain), and past `shutdown-timeout` (the listener's `abort`) the connection is
 /// dropped at once; a recorded message in it still gets its outcome (see `relay`).
-async fn serve<I>(
-    io: I,
-    peer: SocketAddr,
-    relay: Arc<Listener>,
-    mut shutdown: Shutdown,
-    drain: &Drain,
-) where
+async fn serve<I>(io: I, peer: SocketAddr, relay: Arc<Listener>, shutdown: Shutdown, drain: &Drain)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity {
@@ -201,10 +196,10 @@ async fn serve<I>(
         head_started: AtomicU64::new(u64::MAX),
     });
     let limits = relay.limits;
-    let mut abort = relay.abort.clone();
     let svc = {
         let activity = activity.clone();
         let drain = drain.clone();
+        let relay = relay.clone();
         service_fn(move |req| {
             let relay = relay.clone();
             let activity = activity.clone();
@@ -238,15 +233,18 @@ async fn serve<I>(
                 }
                 break;
             }
-            _ = shutdown.wait(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            () = abort.wait() => {
-                tracing::debug!("shutdown-timeout passed; closing the connection");
-                break;
-            }
+            // Shutdown and its deadline are looked at on the tick, not awaited: a
+            // watch awaited here would take its lock on every poll of every
+            // connection (twice a request), for news that comes once.
             _ = tokio::time::sleep(tick) => {
+                if relay.abort.is_triggered() {
+                    tracing::debug!("shutdown-timeout passed; closing the connection");
+                    break;
+                }
+                if !closing && shutdown.is_triggered() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
                 if activity.in_flight.load(Ordering::Relaxed) > 0 {
                     continue;
                 }

@@ -156,6 +156,19 @@ impl OutcomeSlot {
         };
         self.permit.send(job);
     }
+
+    /// Queues an outcome without a message id at once, from synchronous code (a drop
+    /// guard): no sealing is needed, so no wait.
+    pub fn record_now(self, ev: &OutcomeEvent) {
+        let bare = OutcomeEvent {
+            upstream_message_id: None,
+            ..ev.clone()
+        };
+        let partition = self.recorder.partition_of(ev.submitted_at);
+        if let Ok(job) = self.recorder.outcome_job(&bare, partition, None) {
+            self.permit.send(job);
+        }
+    }
 }
 
 /// Seals submissions and outcomes and queues them for the writer.
