@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use relaylog::admin::metrics::Metrics;
 use relaylog::canonical::NumberNormalizer;
 use relaylog::clock::SystemClock;
 use relaylog::config::StoreConfig;
+use relaylog::metrics::Metrics;
 use relaylog::record::{Protocol, Service, Submission};
 use relaylog::store::{Store, init_keys};
 

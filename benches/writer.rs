@@ -15,10 +15,10 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::sync::oneshot;
 
-use relaylog::admin::metrics::Metrics;
 use relaylog::canonical::{Form, Identifier};
 use relaylog::clock::{ManualClock, SharedClock};
 use relaylog::config::StoreConfig;
+use relaylog::metrics::Metrics;
 use relaylog::record::{Protocol, Service, Submission, SubmissionId};
 use relaylog::store::Store;
 use relaylog::store::writer::{self, Job, Row, WriterConfig};

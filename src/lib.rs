@@ -15,7 +15,9 @@
 //!   numbers, addresses and accounts.
 //! - [`store`]: partitions, keys (keyring, blind index, sealing), the group-commit
 //!   writer, queries.
-//! - [`admin`]: `/metrics` and `/healthz`.
+//! - [`metrics`]: the Prometheus registry every layer counts into (labels from config and
+//!   fixed strings only).
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz` and the compliance API.
 //! - [`simulator`]: a gateway look-alike for tests, benchmarks and the default upstream.
 //! - [`serve`]: wires it together and handles shutdown.
 //! - [`clock`]: injected time; [`shutdown`] and [`net`]: the plumbing every listener shares.
@@ -31,6 +33,7 @@ pub mod egress;
 pub mod export;
 pub mod ingress;
 pub mod ledger;
+pub mod metrics;
 pub mod net;
 pub mod record;
 pub mod relay;

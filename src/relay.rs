@@ -30,11 +30,11 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::admin::metrics::{ListenerLabels, Metrics, ReasonLabels, RequestLabels};
 use crate::canonical::{self, NumberNormalizer};
 use crate::config::{Limits, Profile};
 use crate::egress::http::{Upstream, UpstreamError};
 use crate::ingress::profile::{Extract, Extracted, ParseError, RequestView};
+use crate::metrics::{ListenerLabels, Metrics, ReasonLabels, RequestLabels};
 use crate::record::{Outcome, OutcomeEvent, Protocol, Service, Submission, sms_segments};
 use crate::shutdown::{Drain, Shutdown};
 use crate::store::{OutcomeSlot, RecordError, Recorder};

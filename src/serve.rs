@@ -10,13 +10,13 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::AdminServer;
-use crate::admin::metrics::Metrics;
 use crate::canonical::NumberNormalizer;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::egress::http::Upstream;
 use crate::ingress::http::HttpServer;
 use crate::ingress::tls::{self, TlsError};
+use crate::metrics::Metrics;
 use crate::relay::Listener;
 use crate::shutdown::{self, DrainWaiter, Trigger};
 use crate::simulator::{Simulator, Stats};

@@ -4,7 +4,6 @@
 //! passwords and exports do not cross a network in the clear.
 
 pub mod api;
-pub mod metrics;
 pub mod session;
 
 use std::convert::Infallible;
@@ -21,9 +20,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::Recorder;
-use metrics::Metrics;
 
 pub struct AdminServer {
     pub listener: TcpListener,

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 
 use super::Rng;
-use crate::admin::metrics::Metrics;
 use crate::canonical::{Form, Identifier};
 use crate::clock::SystemClock;
 use crate::config::StoreConfig;
+use crate::metrics::Metrics;
 use crate::record::{Protocol, Service, Submission};
 use crate::store::{OpenError, RecordError, Store};
 

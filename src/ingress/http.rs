@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::metrics::ListenerLabels;
+use crate::metrics::ListenerLabels;
 use crate::relay::{self, Listener};
 use crate::shutdown::{Drain, Shutdown};
 

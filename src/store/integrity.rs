@@ -28,9 +28,9 @@ use rusqlite::Connection;
 
 use super::keys::{hex, unhex};
 use super::partition::PartitionId;
-use super::writer::{OutcomeRow, Row};
+use super::rows::{OutcomeRow, Row};
 
-pub type Hash = [u8; 32];
+pub use super::rows::Hash;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigningKeyError {

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod partition;
 pub mod postings;
 pub mod query;
+pub mod rows;
 pub mod schema;
 pub mod writer;
 
@@ -20,9 +21,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::admin::metrics::Metrics;
 use crate::clock::{Micros, SharedClock};
 use crate::config::{Durability, StoreConfig};
+use crate::metrics::Metrics;
 use crate::record::{OutcomeEvent, Submission, SubmissionId, SubmissionIds};
 use keys::{IndexParams, KeyError, Keyring, MasterKey, PartitionKeys};
 use partition::PartitionId;

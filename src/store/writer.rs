@@ -23,39 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::partition::PartitionId;
 use super::schema;
-use crate::admin::metrics::Metrics;
 use crate::config::SyncMode;
+use crate::metrics::Metrics;
 
-/// One recipient row, sealed and indexed, ready to insert.
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub submission: i64,
-    pub ordinal: u32,
-    pub at_us: i64,
-    pub bucket: i64,
-    pub protocol: u8,
-    pub service: u8,
-    pub recipient_form: u8,
-    pub segments: u16,
-    pub account_ix: i64,
-    pub ip_ix: i64,
-    pub originator_ix: Option<i64>,
-    pub recipient_ix: i64,
-    pub sealed: Vec<u8>,
-    /// Merkle leaf of this row (see `integrity`), hashed by the sealing thread.
-    pub leaf: super::integrity::Hash,
-}
-
-#[derive(Debug, Clone)]
-pub struct OutcomeRow {
-    pub submission: i64,
-    pub at_us: i64,
-    pub outcome: u8,
-    pub upstream_status: Option<u16>,
-    pub gateway_code: Option<i32>,
-    pub message_id_sealed: Option<Vec<u8>>,
-    pub leaf: super::integrity::Hash,
-}
+pub use super::rows::{OutcomeRow, Row};
 
 /// Why a batch could not be committed, typed so that a full disk, a lock held too long
 /// and a damaged file are told apart (metrics label, log line, client reply). The

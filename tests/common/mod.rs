@@ -435,7 +435,7 @@ pub fn open_store(
     relaylog::store::Store::open(
         cfg.clone(),
         Arc::new(clock.clone()),
-        Arc::new(relaylog::admin::metrics::Metrics::new()),
+        Arc::new(relaylog::metrics::Metrics::new()),
     )
     .unwrap()
 }
