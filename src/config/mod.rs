@@ -1,0 +1,420 @@
+//! Configuration: TOML with kebab-case keys, read into raw serde structs that reject
+//! unknown keys, then [`RawConfig::validate`]d into types that cannot hold bad values.
+//! Every key and its default is documented in `config/relaylog.toml`.
+//!
+//! One file per section: `store.rs` (`[store]`), `listener.rs` (`[[listener]]`), `admin.rs`
+//! (`[admin]`); the top level, `[log]`, `[compliance]` and `[serve]` are here.
+
+mod admin;
+mod listener;
+mod store;
+
+pub use admin::*;
+pub use listener::*;
+pub use store::*;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Raw, as written in the file.
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub compliance: RawCompliance,
+    #[serde(default)]
+    pub serve: RawServe,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawServe {
+    pub shutdown_timeout: String,
+}
+
+impl Default for RawServe {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: "30s".into(),
+        }
+    }
+}
+
+/// How `serve` runs, beyond its listeners and store.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeConfig {
+    /// How long a graceful shutdown lets requests in flight finish. Past it, what is
+    /// still in flight is cut short and recorded as `failed: shutdown`.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawCompliance {
+    pub four_eyes: bool,
+}
+
+impl Default for RawCompliance {
+    fn default() -> Self {
+        Self { four_eyes: true }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawLog {
+    pub format: String,
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Validated.
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
+    pub compliance: ComplianceConfig,
+    pub serve: ServeConfig,
+}
+
+/// How cases are decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComplianceConfig {
+    /// A case must be approved by an approver other than the officer who opened it.
+    /// Off only for a single-officer installation; every change of it is audited.
+    pub four_eyes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        raw.validate()
+    }
+
+    /// Problems that do not stop relaylog from running but that an operator should
+    /// know about, as printed by `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let store = absolute(&self.store.path);
+        for (key, p) in [
+            ("store.keyring", &self.store.keyring),
+            ("store.master-key", &self.store.master_key),
+            ("store.ledger", &self.store.ledger),
+        ] {
+            if absolute(p).starts_with(&store) {
+                out.push(format!(
+                    "{key} lies inside store.path: a backup of the store would carry the keys that are meant to shred it"
+                ));
+            }
+        }
+        for l in &self.listeners {
+            if l.forward.upstream.is_none() {
+                out.push(format!(
+                    "listener `{}` has no upstream: serve will forward to the built-in simulator",
+                    l.name
+                ));
+            }
+        }
+        if self.store.durability == Durability::Async {
+            out.push(
+                "store.durability = \"async\": a crash can lose records of messages already forwarded"
+                    .into(),
+            );
+        }
+        out
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{s}` is not a duration ({e}); write e.g. \"10s\" or \"500ms\""),
+        )
+    })
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let store = self.store.validate()?;
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for (i, l) in self.listeners.into_iter().enumerate() {
+            let listener = validate_listener(i, l)?;
+            if listeners
+                .iter()
+                .any(|o: &ListenerConfig| o.name == listener.name)
+            {
+                return Err(invalid(
+                    format!("listener[{i}].name"),
+                    format!("`{}` is used twice", listener.name),
+                ));
+            }
+            listeners.push(listener);
+        }
+        let admin = match self.admin {
+            Some(a) => Some(validate_admin(a, &store.ledger)?),
+            None => None,
+        };
+        let format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("`{other}`: expected \"text\" or \"json\""),
+                ));
+            }
+        };
+        Ok(Config {
+            store,
+            listeners,
+            admin,
+            log: LogConfig {
+                format,
+                level: self.log.level,
+            },
+            compliance: ComplianceConfig {
+                four_eyes: self.compliance.four_eyes,
+            },
+            serve: ServeConfig {
+                shutdown_timeout: {
+                    let key = "serve.shutdown-timeout";
+                    let d = parse_duration(key, &self.serve.shutdown_timeout)?;
+                    if d.is_zero() || d > Duration::from_secs(3600) {
+                        return Err(invalid(key, "must be between 1ms and 1h"));
+                    }
+                    d
+                },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_expires_on_the_first_day_its_cutoff_reaches_its_end() {
+        use chrono::TimeZone;
+        let t = |y, m, d| chrono::Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap();
+        let r = Retention::Months(13);
+        assert_eq!(r.expires(t(2026, 11, 23)), t(2027, 12, 23));
+        // 31 March + 1 month clamps to 30 April, whose cutoff (30 March) is too early.
+        assert_eq!(Retention::Months(1).expires(t(2026, 3, 31)), t(2026, 5, 1));
+        assert_eq!(Retention::Days(30).expires(t(2026, 1, 1)), t(2026, 1, 31));
+        for end in [t(2026, 3, 31), t(2024, 2, 29), t(2026, 1, 31)] {
+            let at = r.expires(end);
+            assert!(r.cutoff(at) >= end);
+            assert!(r.cutoff(at - chrono::Duration::days(1)) < end);
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../../config/relaylog.toml");
+        let cfg = parse(text).unwrap();
+        assert_eq!(cfg.store.retention, Retention::Months(13));
+        assert_eq!(cfg.store.durability, Durability::RecordBeforeForward);
+        assert_eq!(cfg.listeners[0].profile.kind, ProfileKind::Kannel);
+    }
+
+    #[test]
+    fn admin_tls_session_ttl_and_exports_are_checked() {
+        let admin = |extra: &str| {
+            parse(&format!(
+                "[store]\nledger = \"/srv/rl/ledger.sqlite\"\n[admin]\nlisten = \"127.0.0.1:13090\"\n{extra}"
+            ))
+        };
+        let a = admin("").unwrap().admin.unwrap();
+        assert!(a.tls.is_none());
+        assert_eq!(a.session_ttl, Duration::from_secs(900));
+        assert_eq!(a.exports, Path::new("/srv/rl/exports"));
+        assert_eq!(a.exports_keep, Duration::from_secs(30 * 86_400));
+        let a = admin(
+            "tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\nsession-ttl = \"5m\"\nexports = \"/x\"\n",
+        )
+        .unwrap()
+        .admin
+        .unwrap();
+        assert_eq!(a.tls.unwrap().cert, Path::new("c.pem"));
+        assert_eq!(a.session_ttl, Duration::from_secs(300));
+        assert_eq!(a.exports, Path::new("/x"));
+        for (extra, key) in [
+            ("tls-cert = \"c.pem\"\n", "admin.tls-cert"),
+            ("session-ttl = \"10s\"\n", "admin.session-ttl"),
+            ("session-ttl = \"9h\"\n", "admin.session-ttl"),
+            ("session-ttl = \"soon\"\n", "admin.session-ttl"),
+            ("exports-keep = \"1m\"\n", "admin.exports-keep"),
+        ] {
+            let err = admin(extra).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[store]\npaht = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("paht"), "{err}");
+        let err = parse("[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstreem=\"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstreem"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let table = [
+            ("[store]\nretention = \"13 weeks\"\n", "store.retention"),
+            ("[store]\ndurability = \"maybe\"\n", "store.durability"),
+            (
+                "[store]\ndefault-region = \"XX1\"\n",
+                "store.default-region",
+            ),
+            ("[store]\nindex-bytes = 9\n", "store.index-bytes"),
+            ("[store]\nindex-bucket = \"7s\"\n", "store.index-bucket"),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"nope\"\nprofile=\"kannel\"\n",
+                "listener[0].listen",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"smtp\"\n",
+                "listener[0].profile",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstream=\"http://h:1/cgi-bin\"\n",
+                "listener[0].upstream",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"json\"\n",
+                "listener[0].json",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstream=\"http://u:s3cret@h:1\"\n",
+                "listener[0].upstream",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstream=\"http://u:s3cret@ h\"\n",
+                "listener[0].upstream",
+            ),
+        ];
+        for (text, key) in table {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} gave {err}");
+            assert!(
+                !err.contains("s3cret"),
+                "a credential in the URL is never echoed: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn retention_parses_months_and_days() {
+        assert_eq!(Retention::parse("13 months"), Some(Retention::Months(13)));
+        assert_eq!(Retention::parse("1 month"), Some(Retention::Months(1)));
+        assert_eq!(Retention::parse("400 days"), Some(Retention::Days(400)));
+        assert_eq!(Retention::parse("0 days"), None);
+        assert_eq!(Retention::parse("months"), None);
+    }
+
+    #[test]
+    fn retention_cutoff_is_calendar_arithmetic() {
+        use chrono::TimeZone;
+        let t = |y, m, d| chrono::Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap();
+        let table = [
+            (Retention::Months(13), t(2026, 11, 22), t(2025, 10, 22)),
+            (Retention::Months(1), t(2026, 3, 31), t(2026, 2, 28)),
+            (Retention::Months(1), t(2024, 3, 31), t(2024, 2, 29)),
+            (Retention::Months(1), t(2027, 1, 31), t(2026, 12, 31)),
+            (Retention::Months(13), t(2025, 1, 31), t(2023, 12, 31)),
+            (Retention::Days(400), t(2026, 11, 22), t(2025, 10, 18)),
+        ];
+        for (r, now, cutoff) in table {
+            assert_eq!(r.cutoff(now), cutoff, "{r:?} before {now}");
+        }
+    }
+
+    #[test]
+    fn keyring_inside_store_is_warned_about() {
+        let cfg = parse("[store]\npath = \"d/store\"\nkeyring = \"d/store/keys\"\n").unwrap();
+        assert!(cfg.warnings().iter().any(|w| w.contains("store.keyring")));
+        let cfg = parse("[store]\n").unwrap();
+        assert!(!cfg.warnings().iter().any(|w| w.contains("store.keyring")));
+    }
+}
