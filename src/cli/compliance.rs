@@ -1,0 +1,567 @@
+//! The compliance commands: officers, cases, disclosure, subject export, offboarding,
+//! the audit log, reports.
+
+use super::*;
+
+#[derive(Debug, Subcommand)]
+pub enum OfficerCommand {
+    /// Add an officer. The password is read from the first line of standard input;
+    /// the TOTP enrolment URI is printed once, for the officer's authenticator app.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: crate::compliance::officers::Role,
+    },
+    /// List officers, their roles and whether they are enabled.
+    List,
+    /// Disable an officer (kept, for the audit trail).
+    Disable { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaseCommand {
+    /// Open a case (the officer's password is read from standard input).
+    Open(Box<CaseOpenArgs>),
+    /// Approve an open case: an approver other than its opener, password on standard
+    /// input and a TOTP code.
+    Approve(DecideArgs),
+    /// Reject an open case, with a reason.
+    Reject(DecideArgs),
+    /// Close a case: nothing more is disclosed under it.
+    Close {
+        id: i64,
+        #[arg(long)]
+        officer: String,
+    },
+    /// Show a case (identifiers by kind and audit tag only).
+    Show { id: i64 },
+    /// List the cases.
+    List,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaseOpenArgs {
+    #[arg(long)]
+    pub officer: String,
+    /// The requesting authority, by name.
+    #[arg(long)]
+    pub authority: String,
+    /// ETSI TS 102 657 request id, part 1: the country code (e.g. NL).
+    #[arg(long)]
+    pub country: String,
+    /// Part 2: the authorised organisation's id.
+    #[arg(long)]
+    pub organisation: String,
+    /// Part 3: the organisation's request number.
+    #[arg(long)]
+    pub request: String,
+    #[arg(long)]
+    pub legal_basis: String,
+    #[arg(long)]
+    pub order_ref: String,
+    #[arg(long)]
+    pub order_date: String,
+    #[arg(long)]
+    pub deadline: String,
+    /// Records of a confidential case are left out of data-subject exports.
+    #[arg(long)]
+    pub confidential: bool,
+    #[arg(long)]
+    pub since: String,
+    /// End of the window (a date includes that day).
+    #[arg(long)]
+    pub until: String,
+    #[arg(long)]
+    pub recipient: Vec<String>,
+    #[arg(long)]
+    pub originator: Vec<String>,
+    #[arg(long)]
+    pub account: Vec<String>,
+    #[arg(long)]
+    pub ip: Vec<String>,
+    #[arg(long)]
+    pub email: Vec<String>,
+}
+
+impl CaseOpenArgs {
+    fn form(&self) -> crate::compliance::cases::CaseForm {
+        use crate::compliance::cases::{CaseForm, Identifiers};
+        CaseForm {
+            authority: self.authority.clone(),
+            country: self.country.clone(),
+            organisation: self.organisation.clone(),
+            request: self.request.clone(),
+            legal_basis: self.legal_basis.clone(),
+            order_reference: self.order_ref.clone(),
+            order_date: self.order_date.clone(),
+            deadline: self.deadline.clone(),
+            confidential: self.confidential,
+            since: self.since.clone(),
+            until: self.until.clone(),
+            identifiers: Identifiers {
+                recipient: self.recipient.clone(),
+                originator: self.originator.clone(),
+                account: self.account.clone(),
+                ip: self.ip.clone(),
+                email: self.email.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Export an account's records to DIR, erase them (and their outcome events) from
+    /// every partition, and write a signed deletion statement. An admin officer's
+    /// password on standard input, and a TOTP code.
+    Offboard {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        officer: String,
+        #[arg(long)]
+        totp: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Lawful requests of a year: cases, records disclosed, the age of the records
+    /// asked for, requests that could not be met.
+    Cases {
+        #[arg(long)]
+        year: i32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubjectCommand {
+    /// Everything held about one number or address, with each record's deletion date
+    /// (password on standard input, and a TOTP code).
+    Export(SubjectExportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["recipient", "email"])))]
+pub struct SubjectExportArgs {
+    #[arg(long)]
+    pub recipient: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+    #[arg(long)]
+    pub officer: String,
+    #[arg(long)]
+    pub totp: String,
+    /// Only JSON: the machine-readable form the subject is entitled to.
+    #[arg(long, value_parser = ["json"], default_value = "json")]
+    pub format: String,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiscloseArgs {
+    #[arg(long)]
+    pub case: i64,
+    #[arg(long)]
+    pub officer: String,
+    #[arg(long)]
+    pub totp: String,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: crate::compliance::disclosure::Format,
+    /// The export file; the manifest goes beside it (`<out>.manifest.json`, `.sig`).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DecideArgs {
+    pub id: i64,
+    #[arg(long)]
+    pub officer: String,
+    /// The current code of the officer's authenticator.
+    #[arg(long)]
+    pub totp: String,
+    #[arg(long, default_value = "")]
+    pub note: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the audit log, oldest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the hash chain; non-zero exit if any entry was edited or removed.
+    Verify,
+}
+
+pub(super) fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let now = SystemClock.now_micros();
+    match command {
+        OfficerCommand::Add { name, role } => {
+            let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
+            let password = read_secret_line("password")?;
+            let e = ledger.add_officer(&master, name, *role, &password, now, &actor())?;
+            println!(
+                "officer {} added with role {}",
+                e.officer.name,
+                e.officer.role.as_str()
+            );
+            println!("TOTP enrolment (shown once; scan or type it into an authenticator app):");
+            println!("{}", e.otpauth_uri);
+        }
+        OfficerCommand::List => {
+            for o in ledger.officers()? {
+                println!(
+                    "{}\t{}\t{}\tadded by {} at {}",
+                    o.name,
+                    o.role.as_str(),
+                    if o.enabled { "enabled" } else { "disabled" },
+                    o.created_by,
+                    rfc3339(o.created_at)
+                );
+            }
+        }
+        OfficerCommand::Disable { name } => {
+            ledger.disable_officer(name, now, &actor())?;
+            println!("officer {name} disabled");
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn case(config: &Config, command: &CaseCommand) -> Result<()> {
+    use crate::compliance::officers::{Credentials, Role};
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let now = SystemClock.now_micros();
+    ledger.note_four_eyes(config.compliance.four_eyes, now, &actor())?;
+    let master = || crate::store::keys::MasterKey::load(&config.store.master_key);
+    match command {
+        CaseCommand::Open(a) => {
+            let master = master()?;
+            let password = read_secret_line("password")?;
+            let who = Credentials {
+                name: &a.officer,
+                password: &password,
+                totp: None,
+            };
+            let officer = ledger.authenticate(&master, who, Role::Officer, now, "case.open")?;
+            let numbers = NumberNormalizer::new(config.store.default_region);
+            let cutoff = config.store.retention.cutoff(SystemClock.now());
+            let new = a
+                .form()
+                .validate(&numbers, now, Some(cutoff.timestamp_micros()))?;
+            let id = ledger.open_case(&master, &officer, &new, now)?;
+            println!(
+                "case {id} opened ({}); it needs an approver's approval",
+                new.details.request
+            );
+        }
+        CaseCommand::Approve(d) | CaseCommand::Reject(d) => {
+            let approve = matches!(command, CaseCommand::Approve(_));
+            if !approve && d.note.trim().is_empty() {
+                bail!("a rejection needs --note with the reason");
+            }
+            let master = master()?;
+            let password = read_secret_line("password")?;
+            let who = Credentials {
+                name: &d.officer,
+                password: &password,
+                totp: Some(&d.totp),
+            };
+            let action = if approve {
+                "case.approve"
+            } else {
+                "case.reject"
+            };
+            let officer = ledger.authenticate(&master, who, Role::Approver, now, action)?;
+            ledger.decide_case(
+                &officer,
+                d.id,
+                approve,
+                &d.note,
+                config.compliance.four_eyes,
+                now,
+            )?;
+            println!(
+                "case {} {}",
+                d.id,
+                if approve { "approved" } else { "rejected" }
+            );
+        }
+        CaseCommand::Close { id, officer } => {
+            let master = master()?;
+            let password = read_secret_line("password")?;
+            let who = Credentials {
+                name: officer,
+                password: &password,
+                totp: None,
+            };
+            let officer = ledger.authenticate(&master, who, Role::Officer, now, "case.close")?;
+            ledger.close_case(&officer, *id, now)?;
+            println!("case {id} closed");
+        }
+        CaseCommand::Show { id } => {
+            let found = ledger.case(*id);
+            ledger.audit(
+                now,
+                &actor(),
+                "case.show",
+                serde_json::json!({"case": id, "found": found.is_ok()}),
+            )?;
+            let c = found?;
+            println!("case {}\t{}\t{}", c.id, c.details.request, c.state.as_str());
+            println!("authority\t{}", c.details.authority);
+            println!("legal basis\t{}", c.details.legal_basis);
+            println!(
+                "order\t{} of {}",
+                c.details.order_reference, c.details.order_date
+            );
+            println!("deadline\t{}", c.details.deadline);
+            println!("confidential\t{}", c.details.confidential);
+            println!(
+                "window\t{} .. {}",
+                rfc3339(c.details.since),
+                rfc3339(c.details.until)
+            );
+            for (kind, tag) in &c.criteria_tags {
+                println!("identifier\t{}\t{tag}", kind.as_str());
+            }
+            println!("opened\tby {} at {}", c.opened_by, rfc3339(c.opened_at));
+            if let (Some(by), Some(at)) = (&c.decided_by, c.decided_at) {
+                println!(
+                    "decided\tby {by} at {}: {}",
+                    rfc3339(at),
+                    c.decision_note.as_deref().unwrap_or("")
+                );
+            }
+        }
+        CaseCommand::List => {
+            ledger.audit(now, &actor(), "case.list", serde_json::json!({}))?;
+            for c in ledger.cases()? {
+                println!(
+                    "{}\t{}\t{}\t{}\topened by {}\tdeadline {}",
+                    c.id,
+                    c.details.request,
+                    c.state.as_str(),
+                    c.details.authority,
+                    c.opened_by,
+                    c.details.deadline
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The keys an export needs, and the officer, authenticated with password and TOTP.
+struct Exporter {
+    ledger: crate::ledger::Ledger,
+    keys: ExportKeys,
+    officer: crate::compliance::officers::Officer,
+    now: i64,
+}
+
+struct ExportKeys {
+    master: crate::store::keys::MasterKey,
+    keyring: crate::store::keys::Keyring,
+    signer: ring::signature::Ed25519KeyPair,
+}
+
+impl ExportKeys {
+    fn installation<'a>(
+        &'a self,
+        config: &'a Config,
+    ) -> crate::compliance::disclosure::Installation<'a> {
+        crate::compliance::disclosure::Installation {
+            store: &config.store,
+            keyring: &self.keyring,
+            master: &self.master,
+            signer: &self.signer,
+        }
+    }
+}
+
+impl Exporter {
+    fn login(
+        config: &Config,
+        officer: &str,
+        totp: &str,
+        action: &str,
+        role: crate::compliance::officers::Role,
+    ) -> Result<Exporter> {
+        use crate::compliance::officers::Credentials;
+        let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+        let now = SystemClock.now_micros();
+        let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
+        let password = read_secret_line("password")?;
+        let who = Credentials {
+            name: officer,
+            password: &password,
+            totp: Some(totp),
+        };
+        let officer = ledger.authenticate(&master, who, role, now, action)?;
+        Ok(Exporter {
+            ledger,
+            keys: ExportKeys {
+                master,
+                keyring: crate::store::open_keyring(&config.store)?,
+                signer: crate::store::integrity::load_signing_key(&config.store.signing_key)?,
+            },
+            officer,
+            now,
+        })
+    }
+}
+
+pub(super) fn subject_export(config: &Config, args: &SubjectExportArgs) -> Result<()> {
+    use crate::compliance::cases::{IdentifierKind, criterion};
+    let numbers = NumberNormalizer::new(config.store.default_region);
+    let subject = match (&args.recipient, &args.email) {
+        (Some(n), _) => criterion(IdentifierKind::Recipient, n, &numbers)?,
+        (_, Some(e)) => criterion(IdentifierKind::Email, e, &numbers)?,
+        _ => bail!("give --recipient or --email"),
+    };
+    let mut x = Exporter::login(
+        config,
+        &args.officer,
+        &args.totp,
+        "subject.export",
+        crate::compliance::officers::Role::Officer,
+    )?;
+    let inst = x.keys.installation(config);
+    let d = crate::compliance::disclosure::subject_export(
+        &inst,
+        &mut x.ledger,
+        &x.officer,
+        &subject,
+        config.store.retention,
+        &args.out,
+        x.now,
+    )?;
+    println!(
+        "{} records to {}\nmanifest {} (sha256 of the export {})",
+        d.records,
+        d.export.display(),
+        d.manifest.display(),
+        d.sha256
+    );
+    Ok(())
+}
+
+pub(super) fn offboard(
+    config: &Config,
+    name: &str,
+    out: &std::path::Path,
+    officer: &str,
+    totp: &str,
+) -> Result<()> {
+    let mut x = Exporter::login(
+        config,
+        officer,
+        totp,
+        "account.offboard",
+        crate::compliance::officers::Role::Admin,
+    )?;
+    let inst = x.keys.installation(config);
+    let o = crate::compliance::offboard::offboard(
+        &inst,
+        &mut x.ledger,
+        &x.officer,
+        name,
+        crate::compliance::offboard::Out {
+            dir: out,
+            stem: None,
+        },
+        x.now,
+    )?;
+    println!(
+        "account {name}: {} records and {} outcome events exported to {} and erased from {} partition(s)\ndeletion statement {}",
+        o.records,
+        o.outcomes,
+        o.export.display(),
+        o.partitions.len(),
+        o.statement.display()
+    );
+    Ok(())
+}
+
+pub(super) fn disclose(config: &Config, args: &DiscloseArgs) -> Result<()> {
+    let mut x = Exporter::login(
+        config,
+        &args.officer,
+        &args.totp,
+        "case.disclose",
+        crate::compliance::officers::Role::Officer,
+    )?;
+    let inst = x.keys.installation(config);
+    let d = crate::compliance::disclosure::disclose(
+        &inst,
+        &mut x.ledger,
+        &x.officer,
+        args.case,
+        args.format,
+        &args.out,
+        x.now,
+    )?;
+    println!(
+        "case {}: {} records to {}\nmanifest {} (sha256 of the export {})",
+        args.case,
+        d.records,
+        d.export.display(),
+        d.manifest.display(),
+        d.sha256
+    );
+    Ok(())
+}
+
+pub(super) fn verify_export(
+    manifest: &std::path::Path,
+    public_key: &std::path::Path,
+) -> Result<()> {
+    let key = crate::store::integrity::read_public_key(public_key)?;
+    let m = crate::compliance::disclosure::verify_export(manifest, &key)?;
+    println!(
+        "export verified: case {} ({}), {} records, sha256 {}",
+        m.case, m.request, m.records, m.export_sha256
+    );
+    Ok(())
+}
+
+pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
+    let ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    match command {
+        AuditCommand::List { json } => {
+            for e in ledger.entries()? {
+                if *json {
+                    let details: serde_json::Value =
+                        serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null);
+                    println!(
+                        "{}",
+                        serde_json::json!({"seq": e.seq, "at": rfc3339(e.at), "actor": e.actor, "action": e.action, "details": details})
+                    );
+                } else {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        e.seq,
+                        rfc3339(e.at),
+                        e.actor,
+                        e.action,
+                        e.details
+                    );
+                }
+            }
+        }
+        AuditCommand::Verify => {
+            let n = ledger.verify_audit()?;
+            println!("audit log intact: {n} entries");
+        }
+    }
+    Ok(())
+}

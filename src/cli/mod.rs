@@ -1,0 +1,247 @@
+//! The command line: clap's definitions and the dispatch in [`run`]; the commands live by
+//! family in `relay.rs` (init, check-config, serve, mock-gateway, bench), `store.rs`
+//! (query, verify, expire, hold) and `compliance.rs` (officers, cases, disclosure,
+//! subject export, offboarding, audit, report).
+//! Errors here are `anyhow`; `main` prints them and exits non-zero.
+
+mod compliance;
+mod relay;
+mod store;
+
+pub use compliance::*;
+pub use relay::*;
+pub use store::*;
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::canonical::NumberNormalizer;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, LogFormat, ProfileKind};
+use crate::export::{CSV_HEADER, found_csv, found_json, rfc3339};
+use crate::store::keys;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "relaylog",
+    version,
+    about = "Relays SMS to a gateway and records traffic metadata, never content"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/relaylog.toml",
+        env = "RELAYLOG_CONFIG"
+    )]
+    pub config: PathBuf,
+    /// Log format; overrides [log] format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data directories, the master key (mode 0600) and the keyring.
+    /// Never overwrites existing keys.
+    Init,
+    /// Run the relay (and the admin listener).
+    Serve,
+    /// Validate the configuration and the files it names; print warnings.
+    CheckConfig,
+    /// Run a gateway simulator that answers like Kannel, Jasmin or a JSON API.
+    MockGateway(MockArgs),
+    /// Look up records by recipient, account, client IP or originator.
+    Query(QueryArgs),
+    /// Remove partitions past retention and shred their keys (serve does this itself).
+    Expire(ExpireArgs),
+    /// Legal holds: partitions they cover are kept past retention.
+    #[command(subcommand)]
+    Hold(HoldCommand),
+    /// Compliance officers: add (prints the TOTP enrolment URI once), list, disable.
+    #[command(subcommand)]
+    Officer(OfficerCommand),
+    /// Cases: the only way records are disclosed (open, approve by another approver,
+    /// then disclose).
+    #[command(subcommand)]
+    Case(CaseCommand),
+    /// Export an approved case's records with a signed manifest (password on standard
+    /// input, and a TOTP code).
+    Disclose(DiscloseArgs),
+    /// Customer accounts: contract-end return and deletion.
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Statistics without personal data.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Data-subject requests.
+    #[command(subcommand)]
+    Subject(SubjectCommand),
+    /// Check an export's manifest signature and the export's digest. With
+    /// --public-key, needs nothing else of the installation.
+    VerifyExport {
+        manifest: PathBuf,
+        /// The installation's `signing.key.pub`; default: the configured one.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// The hash-chained audit log: list it, or check that no entry was edited.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Recompute every partition's Merkle tree and check its signed heads.
+    Verify {
+        #[arg(long)]
+        since: Option<String>,
+        /// A date includes that day.
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+pub fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colour only on a terminal: a log file or journal must not get escape codes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn log_format(cli: &Cli, config: Option<&Config>) -> LogFormat {
+    match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        None => config.map_or(LogFormat::Text, |c| c.log.format),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::MockGateway(args) => {
+            init_tracing(log_format(&cli, None), "info");
+            mock_gateway(args)
+        }
+        // A machine that only checks exports needs only the public key.
+        Command::VerifyExport {
+            manifest,
+            public_key: Some(key),
+        } => verify_export(manifest, key),
+        Command::Bench(b @ BenchCommand::Http { .. }) => {
+            init_tracing(log_format(&cli, None), "warn");
+            let config = Config::parse("", &cli.config)?;
+            bench(&config, b)
+        }
+        command => {
+            let config = Config::load(&cli.config)?;
+            init_tracing(log_format(&cli, Some(&config)), &config.log.level);
+            match command {
+                Command::Init => init(&config),
+                Command::Serve => serve(config),
+                Command::CheckConfig => check_config(&cli, &config),
+                Command::Query(args) => run_query(&config, args),
+                Command::Expire(args) => expire(&config, args),
+                Command::Hold(h) => hold(&config, h),
+                Command::Officer(o) => officer(&config, o),
+                Command::Audit(a) => audit(&config, a),
+                Command::Case(c) => case(&config, c),
+                Command::Disclose(d) => disclose(&config, d),
+                Command::Account(AccountCommand::Offboard {
+                    name,
+                    out,
+                    officer,
+                    totp,
+                }) => offboard(&config, name, out, officer, totp),
+                Command::Report(ReportCommand::Cases { year, json }) => {
+                    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+                    let report = crate::compliance::report::cases_in_year(&ledger, *year)?;
+                    ledger.audit(
+                        SystemClock.now_micros(),
+                        &actor(),
+                        "report.cases",
+                        serde_json::json!({"year": year}),
+                    )?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", report.to_text());
+                    }
+                    Ok(())
+                }
+                Command::Subject(SubjectCommand::Export(a)) => subject_export(&config, a),
+                Command::VerifyExport { manifest, .. } => verify_export(
+                    manifest,
+                    &crate::store::integrity::public_key_path(&config.store.signing_key),
+                ),
+                Command::Bench(b) => bench(&config, b),
+                Command::Verify { since, until } => {
+                    verify(&config, since.as_deref(), until.as_deref())
+                }
+                Command::MockGateway(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Who is acting, for the audit log: the login name until officers exist.
+fn actor() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The first line of standard input, without its line end: how secrets reach the CLI
+/// (never as arguments, which `ps` shows).
+fn read_secret_line(what: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal, Read};
+    if std::io::stdin().is_terminal() {
+        eprint!("{what}: ");
+    }
+    // Bounded like every other input: a secret longer than this is refused, not read on.
+    const MAX_SECRET: u64 = 1024;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_SECRET + 1)
+        .read_line(&mut line)?;
+    if line.len() as u64 > MAX_SECRET {
+        bail!("the {what} on standard input is longer than {MAX_SECRET} bytes");
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Parses `--since`/`--until` (see [`crate::clock::parse_time`]).
+pub fn parse_time(s: &str, end_of_day: bool) -> Result<DateTime<Utc>> {
+    Ok(crate::clock::parse_time(s, end_of_day)?)
+}

@@ -1,0 +1,251 @@
+//! Commands that run or test the relay: `init`, `check-config`, `serve`,
+//! `mock-gateway`, `bench`.
+
+use super::*;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Write synthetic records through the real store; print records/s per tenth.
+    Store {
+        #[arg(long)]
+        records: u64,
+        /// Spread the records evenly over this many UTC days.
+        #[arg(long, default_value_t = 1)]
+        days: u32,
+        /// First day (YYYY-MM-DD); default today.
+        #[arg(long)]
+        start: Option<NaiveDate>,
+        /// Recipient numbers are drawn from a pool of this size.
+        #[arg(long, default_value_t = 1_000_000)]
+        recipients_pool: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Threads sealing records. One keeps up with the writer; on two cores a
+        /// second one only takes time from it.
+        #[arg(long, default_value_t = 1)]
+        producers: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Load an SMS submission API (relaylog, or a gateway directly) and report
+    /// throughput, errors and latency percentiles.
+    Http {
+        /// http://host:port of the relay or gateway.
+        #[arg(long)]
+        target: http::Uri,
+        #[arg(long, value_enum, default_value = "kannel")]
+        api: ApiArg,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// How long to run, e.g. "10s" (stops at whichever of --duration and --requests comes first).
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Open loop at this many requests/s; default: closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 1)]
+        recipients: usize,
+        /// Recipient numbers are drawn from a pool of this size.
+        #[arg(long, default_value_t = 1_000_000)]
+        pool: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Runtime threads for the load generator.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    #[arg(long, default_value = "127.0.0.1:13013")]
+    pub listen: SocketAddr,
+    #[arg(long, value_enum, default_value = "kannel")]
+    pub api: ApiArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ApiArg {
+    Kannel,
+    Jasmin,
+    Json,
+}
+
+impl From<ApiArg> for ProfileKind {
+    fn from(a: ApiArg) -> Self {
+        match a {
+            ApiArg::Kannel => ProfileKind::Kannel,
+            ApiArg::Jasmin => ProfileKind::Jasmin,
+            ApiArg::Json => ProfileKind::Json,
+        }
+    }
+}
+
+pub(super) fn init(config: &Config) -> Result<()> {
+    let store = &config.store;
+    std::fs::create_dir_all(&store.path)
+        .with_context(|| format!("cannot create {}", store.path.display()))?;
+    std::fs::create_dir_all(&store.keyring)
+        .with_context(|| format!("cannot create {}", store.keyring.display()))?;
+    crate::store::init_keys(store)?;
+    println!(
+        "created master key {} (mode 0600)",
+        store.master_key.display()
+    );
+    println!(
+        "created signing key {} (mode 0600) and {}",
+        store.signing_key.display(),
+        crate::store::integrity::public_key_path(&store.signing_key).display()
+    );
+    println!("keyring {}", store.keyring.display());
+    println!("store   {}", store.path.display());
+    for w in config.warnings() {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
+    keys::MasterKey::load(&config.store.master_key)?;
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            crate::ingress::tls::server_config(&tls.cert, &tls.key)
+                .with_context(|| format!("listener `{}`", l.name))?;
+        }
+        if let Some(ca) = &l.forward.ca_file {
+            crate::ingress::tls::load_certs(ca)
+                .with_context(|| format!("listener `{}`", l.name))?;
+        }
+    }
+    if let Some(tls) = config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        crate::ingress::tls::server_config(&tls.cert, &tls.key).context("admin")?;
+        crate::store::integrity::load_signing_key(&config.store.signing_key)
+            .context("admin: the compliance API signs exports")?;
+    }
+    println!("{}: ok", cli.config.display());
+    for w in config.warnings() {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+pub(super) fn serve(config: Config) -> Result<()> {
+    runtime()?.block_on(async move {
+        let running = crate::serve::start(config, Arc::new(SystemClock)).await?;
+        wait_for_signal().await?;
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+pub(super) async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}
+
+pub(super) fn mock_gateway(args: &MockArgs) -> Result<()> {
+    runtime()?.block_on(async move {
+        let sim = crate::simulator::Simulator::bind(args.listen, crate::simulator::Simulator::profile_for(args.api.into()))
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = sim.local_addr()?;
+        tracing::info!(addr = %addr, api = ?args.api, "gateway simulator listening (GET /stats for counts)");
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let task = tokio::spawn(sim.run(shutdown));
+        wait_for_signal().await?;
+        trigger.trigger();
+        let _ = task.await;
+        Ok(())
+    })
+}
+
+pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Store {
+            records,
+            days,
+            start,
+            recipients_pool,
+            seed,
+            producers,
+            quiet,
+        } => {
+            let b = crate::bench::StoreBench {
+                records: *records,
+                days: *days,
+                start: start.unwrap_or_else(|| SystemClock.now().date_naive()),
+                recipients_pool: *recipients_pool,
+                seed: *seed,
+                producers: *producers,
+                progress: !quiet,
+            };
+            let report = crate::bench::store(config.store.clone(), &b)?;
+            for (i, rate) in report.tenths.iter().enumerate() {
+                println!("tenth {:>2}: {:>10.0} records/s", i + 1, rate);
+            }
+            println!(
+                "{} records over {} day(s) from {} in {:.2} s: {:.0} records/s",
+                report.records,
+                b.days,
+                b.start,
+                report.seconds,
+                report.overall()
+            );
+            Ok(())
+        }
+        BenchCommand::Http {
+            target,
+            api,
+            connections,
+            duration,
+            requests,
+            rate,
+            recipients,
+            pool,
+            seed,
+            threads,
+            json,
+            quiet,
+        } => {
+            let b = crate::bench::http::HttpBench {
+                target: target.clone(),
+                profile: (*api).into(),
+                connections: *connections,
+                duration: duration.map(Into::into),
+                requests: *requests,
+                rate: *rate,
+                recipients: *recipients,
+                pool: *pool,
+                seed: *seed,
+                progress: !quiet,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads((*threads).max(1))
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = rt.block_on(crate::bench::http::run(b))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Commands on the store: `query`, `verify`, `expire`, `hold`.
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct ExpireArgs {
+    /// Expire as of this time (RFC 3339 or date) instead of now.
+    #[arg(long)]
+    pub now: Option<String>,
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HoldCommand {
+    /// Place a hold on the partitions overlapping a window.
+    Add {
+        /// The case reference (e.g. the authority's request number).
+        #[arg(long)]
+        case: String,
+        #[arg(long)]
+        since: String,
+        /// End of the window (a date includes that day).
+        #[arg(long)]
+        until: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the holds in force.
+    List,
+    /// Release every hold of a case.
+    Release {
+        #[arg(long)]
+        case: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("identifier").required(true).args(["recipient", "account", "ip", "originator"])))]
+pub struct QueryArgs {
+    /// A recipient phone number (any format; national numbers use store.default-region).
+    #[arg(long)]
+    pub recipient: Option<String>,
+    /// An account (gateway user name).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// A client IP address.
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    /// An originator: sender number or alphanumeric sender id.
+    #[arg(long)]
+    pub originator: Option<String>,
+    /// Start of the window: RFC 3339 time or a date (its midnight, UTC). Default: all.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// End of the window: RFC 3339 time (exclusive) or a date (that whole day included).
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: OutputFormat,
+    /// Most records printed (all are counted). The query is audited, with its count,
+    /// before anything is printed, so its results are held in memory until then.
+    #[arg(long, default_value_t = 100_000)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Json,
+    Csv,
+}
+
+pub(super) fn verify(config: &Config, since: Option<&str>, until: Option<&str>) -> Result<()> {
+    use crate::store::integrity;
+    let since = since
+        .map(|s| parse_time(s, false))
+        .transpose()?
+        .map_or(0, |t| t.timestamp_micros());
+    let until = until
+        .map(|s| parse_time(s, true))
+        .transpose()?
+        .map_or(i64::MAX / 2, |t| t.timestamp_micros());
+    let public_key = integrity::load_public_key(&config.store.signing_key)?;
+    // The keyring is optional here: verify needs only the public key.
+    let keyring = crate::store::open_keyring(&config.store).ok();
+    let reports =
+        integrity::verify_store(&config.store, keyring.as_ref(), &public_key, since, until)
+            .with_context(|| format!("cannot list {}", config.store.path.display()))?;
+    let mut bad = 0;
+    for r in &reports {
+        let v = &r.verified;
+        let mut counts = format!(
+            "{} records, {} outcomes, {} signed heads",
+            v.records, v.outcomes, v.heads
+        );
+        if v.erasures > 0 {
+            counts += &format!(
+                "; {} rows erased under {} signed erasure statement(s)",
+                v.erased, v.erasures
+            );
+        }
+        if v.damage.is_empty() {
+            println!("{}  ok  {counts}", r.partition);
+        } else {
+            bad += 1;
+            for d in &v.damage {
+                println!("{}  DAMAGED  {d}", r.partition);
+            }
+        }
+        if r.keys_missing {
+            bad += 1;
+            println!(
+                "{}  KEYS MISSING  values unreadable; hashes and signatures checked ({counts})",
+                r.partition
+            );
+        }
+    }
+    println!("{} partition(s) verified, {bad} problem(s)", reports.len());
+    if bad > 0 {
+        bail!("integrity check failed for {bad} partition(s)");
+    }
+    Ok(())
+}
+
+pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
+    use crate::store::expiry;
+    let now = match &args.now {
+        Some(t) => parse_time(t, false)?,
+        None => SystemClock.now(),
+    };
+    let keyring = crate::store::open_keyring(&config.store)?;
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let plan = expiry::plan(&config.store, &keyring, &ledger.holds()?, now)?;
+    let cutoff = plan.cutoff.map(|c| c.to_rfc3339()).unwrap_or_default();
+    println!(
+        "retention cutoff {cutoff}: {} partition(s) to remove, {} held",
+        plan.expire.len(),
+        plan.held.len()
+    );
+    for (p, cases) in &plan.held {
+        println!("held     {p} (cases: {})", cases.join(", "));
+    }
+    if args.dry_run {
+        for (p, records) in &plan.expire {
+            println!("would remove {p} ({records} records)");
+        }
+        return Ok(());
+    }
+    use std::io::IsTerminal;
+    let bar = if plan.expire.len() > 10 && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(plan.expire.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} partitions {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    expiry::execute(
+        &config.store,
+        &keyring,
+        &mut ledger,
+        &plan,
+        &actor(),
+        now,
+        |p| {
+            if let Some(b) = &bar {
+                b.set_message(p.to_string());
+                b.inc(1);
+            }
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for (p, records) in &plan.expire {
+        println!("removed  {p} ({records} records), keys shredded");
+    }
+    Ok(())
+}
+
+pub(super) fn hold(config: &Config, command: &HoldCommand) -> Result<()> {
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    match command {
+        HoldCommand::Add {
+            case,
+            since,
+            until,
+            reason,
+        } => {
+            let hold = crate::ledger::Hold {
+                case: case.clone(),
+                since: parse_time(since, false)?.timestamp_micros(),
+                until: parse_time(until, true)?.timestamp_micros(),
+                reason: reason.clone(),
+                placed_at: SystemClock.now_micros(),
+                placed_by: actor(),
+            };
+            ledger.add_hold(&hold)?;
+            println!("hold placed for case {case}");
+        }
+        HoldCommand::List => {
+            for h in ledger.holds()? {
+                println!(
+                    "{}\t{} .. {}\tby {} at {}\t{}",
+                    h.case,
+                    rfc3339(h.since),
+                    rfc3339(h.until),
+                    h.placed_by,
+                    rfc3339(h.placed_at),
+                    h.reason
+                );
+            }
+        }
+        HoldCommand::Release { case } => {
+            let n = ledger.release(case, SystemClock.now_micros(), &actor())?;
+            println!(
+                "released {n} hold(s) of case {case}; the next expiry removes what is past retention"
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
+    let since = match &args.since {
+        Some(s) => parse_time(s, false)?.timestamp_micros(),
+        None => 0,
+    };
+    let until = match &args.until {
+        Some(s) => parse_time(s, true)?.timestamp_micros(),
+        None => SystemClock.now_micros() + 86_400_000_000,
+    };
+    // The same canonical forms, and the same refusals, as a case's identifiers.
+    use crate::compliance::cases::{IdentifierKind, criterion};
+    use crate::compliance::lookup::{self, Window};
+    let numbers = NumberNormalizer::new(config.store.default_region);
+    let ip = args.ip.map(|ip| ip.to_string());
+    let (kind, raw) = match (&args.recipient, &args.account, &ip, &args.originator) {
+        (Some(r), ..) => (IdentifierKind::Recipient, r),
+        (_, Some(a), ..) => (IdentifierKind::Account, a),
+        (_, _, Some(ip), _) => (IdentifierKind::Ip, ip),
+        (.., Some(o)) => (IdentifierKind::Originator, o),
+        _ => bail!("give one of --recipient, --account, --ip, --originator"),
+    };
+    let criterion = criterion(kind, raw, &numbers)?;
+    let keyring = crate::store::open_keyring(&config.store)?;
+    let master = keys::MasterKey::load(&config.store.master_key)?;
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let window = Window {
+        since,
+        until,
+        limit: args.limit,
+    };
+    let lookup::Lookup { found, stats } = lookup::audited(
+        &config.store,
+        &keyring,
+        &master,
+        &mut ledger,
+        &actor(),
+        &criterion,
+        &window,
+        SystemClock.now_micros(),
+    )
+    .map_err(|e| match e {
+        lookup::LookupError::EmptyWindow => anyhow::anyhow!("--until must be after --since"),
+        e => e.into(),
+    })?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.format == OutputFormat::Csv {
+        writeln!(out, "{}", CSV_HEADER.join(","))?;
+    }
+    for f in &found {
+        match args.format {
+            OutputFormat::Json => writeln!(out, "{}", found_json(f))?,
+            OutputFormat::Csv => writeln!(out, "{}", found_csv(f))?,
+        }
+    }
+    out.flush()?;
+    if stats.matches > found.len() as u64 {
+        eprintln!(
+            "warning: {} records matched; the first {} are shown (--limit)",
+            stats.matches,
+            found.len()
+        );
+    }
+    for p in &stats.partitions_shredded {
+        eprintln!(
+            "warning: partition {p} is in the window but its keys are shredded: its records cannot be read"
+        );
+    }
+    eprintln!(
+        "{} record(s) from {} partition(s)",
+        stats.matches, stats.partitions_searched
+    );
+    Ok(())
+}
