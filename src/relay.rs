@@ -401,7 +401,7 @@ impl Listener {
             forward,
             end,
         };
-        let mut guard = CutShort {
+        let guard = CutShort {
             listener: &self,
             submission: &submission,
             slot: Some(slot),
@@ -471,9 +471,9 @@ struct CutShort<'a> {
 
 impl CutShort<'_> {
     /// The kept place, for the phases to write the outcome themselves.
-    fn disarm(&mut self) -> OutcomeSlot {
-        // Taken once on each path through `relay_message`; a second take is a bug there.
-        self.slot.take().expect("outcome slot taken twice")
+    fn disarm(mut self) -> OutcomeSlot {
+        // Built with `Some`, and only this method, which consumes the guard, takes it.
+        self.slot.take().expect("a CutShort guard holds its slot until disarmed")
     }
 }
 
