@@ -473,7 +473,9 @@ impl CutShort<'_> {
     /// The kept place, for the phases to write the outcome themselves.
     fn disarm(mut self) -> OutcomeSlot {
         // Built with `Some`, and only this method, which consumes the guard, takes it.
-        self.slot.take().expect("a CutShort guard holds its slot until disarmed")
+        self.slot
+            .take()
+            .expect("a CutShort guard holds its slot until disarmed")
     }
 }
 

@@ -434,14 +434,16 @@ mod tests {
             None,
         );
         let mut h = HeaderMap::new();
-        let view = |path: &'static str, h: &'static HeaderMap| RequestView {
-            method: &Method::GET,
-            path,
-            query: Some("username=a&to=1"),
-            headers: h,
-            body: b"",
-        };
-        let empty: &'static HeaderMap = Box::leak(Box::new(HeaderMap::new()));
+        fn view<'a>(path: &'a str, h: &'a HeaderMap) -> RequestView<'a> {
+            RequestView {
+                method: &Method::GET,
+                path,
+                query: Some("username=a&to=1"),
+                headers: h,
+                body: b"",
+            }
+        }
+        let empty = &HeaderMap::new();
         assert_eq!(
             jasmin.extract(&view("/balance", empty)),
             Ok(Extract::Passthrough)
@@ -465,7 +467,7 @@ mod tests {
             "connection",
             http::HeaderValue::from_static("keep-alive, content-type"),
         );
-        let h: &'static HeaderMap = Box::leak(Box::new(h));
+        let h = &h;
         assert_eq!(
             jasmin.extract(&view("/send", h)),
             Err(ParseError::ConnectionNamesHeader)
@@ -475,7 +477,7 @@ mod tests {
             "connection",
             http::HeaderValue::from_static("Keep-Alive, close, TE"),
         );
-        let ok: &'static HeaderMap = Box::leak(Box::new(ok));
+        let ok = &ok;
         assert!(matches!(
             jasmin.extract(&view("/send", ok)),
             Ok(Extract::Message(_))
