@@ -7,9 +7,11 @@
 //!
 //! - [`config`]: TOML in, validated types out.
 //! - [`ingress`]: client-facing listeners. [`ingress::profile`] parses a request into a
-//!   [`record::Submission`] without doing I/O; [`ingress::http`] is the hyper server.
-//! - [`relay`]: the phases of one relayed request — parse, record, forward, outcome —
-//!   with exactly one outcome per message whatever happens.
+//!   message's metadata without doing I/O; [`ingress::http`] is the hyper server and the
+//!   phases of one HTTP request.
+//! - [`relay`]: the protocol-neutral core every session calls — record before forward
+//!   ([`relay::Relay::record`]), exactly one outcome after ([`relay::Ticket`]), one
+//!   logging phase on every exit.
 //! - [`egress`]: the upstream side: a keep-alive client pool (rustls for https).
 //! - [`record`] and [`canonical`]: the metadata-only record and the canonical forms of
 //!   numbers, addresses and accounts.

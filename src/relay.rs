@@ -1,19 +1,22 @@
-//! The phases of one relayed HTTP request, after the pingora model:
+//! The relay core every protocol session calls: record before forward, exactly one
+//! outcome after, and one logging phase on every exit, after the pingora model.
 //!
-//! 1. **read**: the body, bounded by `max-body-bytes` and `request-timeout`;
-//! 2. **extract**: the profile finds the message metadata (or says there is none);
-//! 3. **record**: the submission is sealed and committed (or queued, in async mode) —
-//!    if the store cannot take it, the client gets 503 and nothing is forwarded;
-//! 4. **forward**: the request goes upstream unchanged;
-//! 5. **outcome**: the upstream's answer is appended as an outcome event;
-//! 6. **logging**: one access-log line and the metrics, on every exit ([`Exit`]).
+//! A session parses its own wire format into a [`Submission`], then:
 //!
-//! Phases 3 to 6 run in a [`Detached`] future holding a drain token: once a submission
-//! is recorded, a client that disconnects cannot leave it without its outcome, and
-//! `serve` does not close the store before that outcome is written. A client gone
-//! before the forward starts is not forwarded for (`failed: client gone`); past
-//! `shutdown-timeout` a forward is cut short (`failed: shutdown`). Every refusal is
-//! turned into a client reply in [`Exit::reply`], one place.
+//! 1. [`Relay::record`] keeps a place in the writer's queue for the outcome, commits the
+//!    records (or queues them, in async mode) and hands back a [`Ticket`] — or a
+//!    [`RecordError`], and the session refuses the message with its own "try later"
+//!    (HTTP 503, SMTP 451 4.3.0, SMPP `ESME_RTHROTTLED`) and forwards nothing;
+//! 2. the session forwards the message its own way (an HTTP request, an SMTP `DATA`, an
+//!    SMPP `submit_sm`), unless [`Ticket::not_now`] says not to;
+//! 3. [`Ticket::outcome`] appends the outcome event and writes the log line. A ticket
+//!    dropped before that (a forward cut short at `shutdown-timeout`) writes
+//!    `failed: shutdown` itself: no recorded message is left without an outcome.
+//!
+//! Every exit of every request, the refusals included, is counted and logged in one
+//! place, [`Relay::log`]: listener, exit, reason, status, submission, recipients, µs;
+//! never the content, a password or an identifier. Each protocol turns an exit into its
+//! own reply in one function of its own.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,58 +26,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::canonical::{self, NumberNormalizer};
-use crate::config::{Limits, Profile};
-use crate::egress::http::{Upstream, UpstreamError};
-use crate::ingress::profile::{Extract, Extracted, ParseError, RequestView};
+use crate::canonical::{self, Identifier, NumberNormalizer};
 use crate::metrics::{ListenerLabels, Metrics, ReasonLabels, RequestLabels};
-use crate::record::{Outcome, OutcomeEvent, Protocol, Service, Submission, sms_segments};
-use crate::shutdown::{Drain, Shutdown};
+use crate::record::{Outcome, OutcomeEvent, Protocol, Service, Submission, SubmissionId};
+use crate::shutdown::Shutdown;
 use crate::store::{OutcomeSlot, RecordError, Recorder};
 
-/// Everything one listener needs to relay a request. Shared by its connections.
-pub struct Listener {
-    pub name: String,
-    pub profile: Profile,
-    pub limits: Limits,
-    pub upstream: Upstream,
-    pub recorder: Recorder,
-    pub normalizer: NumberNormalizer,
-    pub metrics: Arc<Metrics>,
-    /// Fires when `shutdown-timeout` has passed: forwards still running are cut short.
-    pub abort: Arc<Shutdown>,
-    counters: Counters,
-}
-
-/// Metric handles resolved once per listener, so the hot path does no label lookups.
-struct Counters {
-    message: Counter,
-    passthrough: Counter,
-    rejected_requests: Counter,
-    fail_closed_requests: Counter,
-    messages: Counter,
-    forward_seconds: Histogram,
-}
-
-/// Why a request was refused before anything was recorded or forwarded.
-#[derive(Debug)]
-enum Refusal {
-    BodyTooLarge,
-    BodyTimeout,
-    BodyBroken,
-    Invalid(ParseError),
+/// An error a session's upstream step can end with: its text for the log line (the
+/// upstream's or the OS's words, never request data) and a fixed label.
+pub trait Failure: std::error::Error + Send + Sync {
+    fn reason(&self) -> &'static str;
 }
 
 /// Why a recorded message was not forwarded, or not to the end.
-#[derive(Debug, Clone, Copy)]
-enum NotForwarded {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotForwarded {
     /// Its client left before the forward began (and will send again).
     ClientGone,
     /// `shutdown-timeout` passed: not begun, or cut short.
@@ -82,12 +51,13 @@ enum NotForwarded {
 }
 
 impl NotForwarded {
-    fn outcome(self) -> Outcome {
+    pub fn outcome(self) -> Outcome {
         match self {
             NotForwarded::ClientGone => Outcome::FailedClientGone,
             NotForwarded::Shutdown => Outcome::FailedShutdown,
         }
     }
+
     fn label(self) -> &'static str {
         match self {
             NotForwarded::ClientGone => "client_gone",
@@ -97,34 +67,31 @@ impl NotForwarded {
 }
 
 /// How a recorded message's forward ended.
-#[derive(Debug)]
-enum End {
+pub enum End<'e> {
     Relayed,
-    Upstream(UpstreamError),
+    Upstream(&'e dyn Failure),
     NotForwarded(NotForwarded),
 }
 
-/// How a request ended: what the logging phase counts and writes, one line each, and
-/// (for the refusals) what the client is told, in [`Exit::reply`].
-#[derive(Debug)]
-enum Exit {
-    /// Bad input: nothing recorded, nothing forwarded.
-    Rejected(Refusal),
-    /// The store could not take the records: 503, nothing forwarded.
-    FailClosed(RecordError),
-    /// No message in it (a passthrough path): forwarded without a record.
-    Passthrough(Option<UpstreamError>),
+/// How a request ended: what the logging phase counts and writes.
+pub enum Exit<'e> {
+    /// Bad input, with the session's fixed label: nothing recorded, nothing forwarded.
+    Rejected(&'static str),
+    /// The store could not take the records: nothing forwarded.
+    FailClosed(&'e RecordError),
+    /// No message in it: forwarded without a record (`Some`: and the forward failed).
+    Passthrough(Option<&'e dyn Failure>),
     /// Recorded, then forwarded or not.
     Message {
         submission: u64,
         recipients: usize,
         /// How long a forward that ran to its end took.
         forward: Option<Duration>,
-        end: End,
+        end: End<'e>,
     },
 }
 
-impl Exit {
+impl Exit<'_> {
     /// The `exit` of the access-log line.
     fn kind(&self) -> &'static str {
         match self {
@@ -142,12 +109,9 @@ impl Exit {
     /// A short, fixed label for metrics and the log line; `None` when all went well.
     fn reason(&self) -> Option<&'static str> {
         match self {
-            Exit::Rejected(Refusal::BodyTooLarge) => Some("body_too_large"),
-            Exit::Rejected(Refusal::BodyTimeout) => Some("body_timeout"),
-            Exit::Rejected(Refusal::BodyBroken) => Some("body_broken"),
-            Exit::Rejected(Refusal::Invalid(e)) => Some(e.reason()),
+            Exit::Rejected(reason) => Some(reason),
             Exit::FailClosed(e) => Some(e.reason()),
-            Exit::Passthrough(e) => e.as_ref().map(UpstreamError::reason),
+            Exit::Passthrough(e) => e.map(Failure::reason),
             Exit::Message { end, .. } => match end {
                 End::Relayed => None,
                 End::Upstream(e) => Some(e.reason()),
@@ -155,85 +119,57 @@ impl Exit {
             },
         }
     }
-
-    /// The reply relaylog gives itself: every exit but a forward that got an answer.
-    fn reply(&self) -> Response<Full<Bytes>> {
-        let (status, text, retry): (StatusCode, String, bool) = match self {
-            Exit::Rejected(Refusal::BodyTooLarge) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body larger than max-body-bytes".into(),
-                false,
-            ),
-            Exit::Rejected(Refusal::BodyTimeout) => (
-                StatusCode::REQUEST_TIMEOUT,
-                "request body not received in time".into(),
-                false,
-            ),
-            Exit::Rejected(Refusal::BodyBroken) => (
-                StatusCode::BAD_REQUEST,
-                "request body broken off".into(),
-                false,
-            ),
-            Exit::Rejected(Refusal::Invalid(e)) => (e.status(), format!("{e}, rejected"), false),
-            Exit::FailClosed(e) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("temporary failure, try again later ({})", e.reason()),
-                true,
-            ),
-            Exit::Passthrough(Some(e))
-            | Exit::Message {
-                end: End::Upstream(e),
-                ..
-            } => (e.status(), e.to_string(), false),
-            Exit::Message {
-                end: End::NotForwarded(NotForwarded::ClientGone),
-                ..
-            } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "client gone, not sent".into(),
-                true,
-            ),
-            Exit::Message {
-                end: End::NotForwarded(NotForwarded::Shutdown),
-                ..
-            } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting down, not sent; try again later".into(),
-                true,
-            ),
-            Exit::Passthrough(None)
-            | Exit::Message {
-                end: End::Relayed, ..
-            } => (StatusCode::BAD_GATEWAY, "no reply".into(), false),
-        };
-        let mut resp = Response::new(Full::new(Bytes::from(format!("relaylog: {text}\n"))));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if retry {
-            resp.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-        }
-        resp
-    }
 }
 
-impl Listener {
+/// The protocol-neutral part of one listener: its store, its metrics, its shutdown
+/// deadline. Shared by the listener's sessions.
+pub struct Relay {
+    pub name: String,
+    pub protocol: Protocol,
+    pub service: Service,
+    pub recorder: Recorder,
+    pub normalizer: NumberNormalizer,
+    pub metrics: Arc<Metrics>,
+    /// Fires when `shutdown-timeout` has passed: forwards still running are cut short.
+    pub abort: Arc<Shutdown>,
+    /// The status a session's own reply has when its message is cut short at shutdown,
+    /// for the log line written by a dropped [`Ticket`] (HTTP 503, SMTP 421).
+    cut_short_status: u16,
+    counters: Counters,
+}
+
+/// Metric handles resolved once per listener, so the hot path does no label lookups.
+struct Counters {
+    message: Counter,
+    passthrough: Counter,
+    rejected_requests: Counter,
+    fail_closed_requests: Counter,
+    messages: Counter,
+    forward_seconds: Histogram,
+}
+
+/// A message's metadata as a session found it, not yet canonical.
+pub struct Found<'a> {
+    pub account: &'a str,
+    pub originator: Option<&'a str>,
+    pub recipients: &'a [String],
+    /// SMS parts, or the e-mail's size bucket.
+    pub segments: u16,
+    pub peer: SocketAddr,
+}
+
+impl Relay {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
-        profile: Profile,
-        limits: Limits,
-        upstream: Upstream,
+        protocol: Protocol,
+        service: Service,
         recorder: Recorder,
         normalizer: NumberNormalizer,
         metrics: Arc<Metrics>,
         abort: Arc<Shutdown>,
-    ) -> Self {
+        cut_short_status: u16,
+    ) -> Relay {
         let req = |kind| {
             metrics.requests.get_or_create_owned(&RequestLabels {
                 listener: name.clone(),
@@ -251,64 +187,83 @@ impl Listener {
             messages: metrics.messages.get_or_create_owned(&l),
             forward_seconds: metrics.forward_seconds.get_or_create_owned(&l),
         };
-        Self {
+        Relay {
             name,
-            profile,
-            limits,
-            upstream,
+            protocol,
+            service,
             recorder,
             normalizer,
             metrics,
             abort,
+            cut_short_status,
             counters,
         }
     }
 
-    fn reason(&self, reason: &'static str) -> ReasonLabels {
-        ReasonLabels {
-            listener: self.name.clone(),
-            reason,
-        }
-    }
-
-    /// Builds the submission from the extracted metadata: canonical forms, time, id.
-    fn submission(&self, x: Extracted, peer: SocketAddr) -> Submission {
+    /// The submission of what a session found: canonical forms, time, id.
+    pub fn submission(&self, found: Found<'_>) -> Submission {
         let at = self.recorder.now();
+        let normalize = |v: &str| -> Identifier { self.normalizer.normalize(v) };
         Submission {
             id: self.recorder.next_submission_id(at),
             at,
-            protocol: Protocol::Http,
-            service: Service::Sms,
-            account: canonical::canonical_account(&x.account),
-            client_ip: canonical::canonical_ip(peer.ip()),
-            client_port: peer.port(),
-            originator: x
+            protocol: self.protocol,
+            service: self.service,
+            account: canonical::canonical_account(found.account),
+            client_ip: canonical::canonical_ip(found.peer.ip()),
+            client_port: found.peer.port(),
+            originator: found
                 .originator
-                .as_deref()
                 .map(str::trim)
                 .filter(|o| !o.is_empty())
-                .map(|o| self.normalizer.normalize(o)),
-            segments: sms_segments(x.text_chars, x.coding),
-            recipients: x
-                .recipients
-                .iter()
-                .map(|r| self.normalizer.normalize(r))
-                .collect(),
+                .map(normalize),
+            segments: found.segments,
+            recipients: found.recipients.iter().map(|r| normalize(r)).collect(),
+        }
+    }
+
+    /// Records a submission before it is forwarded. The outcome's place in the writer's
+    /// queue is kept first, so that a full queue can never lose it. An error means:
+    /// nothing is recorded (or, on a commit timeout, the records may be and their
+    /// outcome says the message was not sent); refuse it, forward nothing.
+    pub async fn record(
+        self: &Arc<Self>,
+        submission: &Submission,
+        started: Instant,
+    ) -> Result<Ticket, RecordError> {
+        let slot = self.recorder.reserve_outcome().await?;
+        let ticket = Ticket {
+            relay: self.clone(),
+            submission: submission.id,
+            submitted_at: submission.at,
+            recipients: submission.recipients.len(),
+            slot: Some(slot),
+            started,
+        };
+        match self.recorder.record(submission).await {
+            Ok(()) => Ok(ticket),
+            Err(e) => {
+                let slot = ticket.disarm();
+                if matches!(e, RecordError::Timeout(_)) {
+                    // The records may still be committed: say this message was not sent.
+                    slot.record(&ticket_event(
+                        submission.id,
+                        submission.at,
+                        self.recorder.now(),
+                        Outcome::Failed,
+                    ))
+                    .await;
+                }
+                Err(e)
+            }
         }
     }
 
     /// The logging phase: every exit of every request passes here once, and only
     /// here are requests counted and the access-log line written (target
-    /// `relaylog::access`). The line holds ids, counts, status and fixed labels: no
-    /// query string, body or identifier. `resp` is the upstream's answer, if the
-    /// request got one; otherwise relaylog answers for itself.
-    fn finish(
-        &self,
-        exit: Exit,
-        resp: Option<Response<Full<Bytes>>>,
-        started: Instant,
-    ) -> Response<Full<Bytes>> {
-        let resp = resp.unwrap_or_else(|| exit.reply());
+    /// `relaylog::access`). `status` is the session's reply (HTTP status, SMTP reply
+    /// code, SMPP command status).
+    pub fn log(&self, exit: Exit<'_>, status: u16, started: Instant) {
         let family = match &exit {
             Exit::Rejected(_) => {
                 self.counters.rejected_requests.inc();
@@ -336,7 +291,12 @@ impl Listener {
         };
         let (kind, reason) = (exit.kind(), exit.reason());
         if let Some(reason) = reason {
-            family.get_or_create(&self.reason(reason)).inc();
+            family
+                .get_or_create(&ReasonLabels {
+                    listener: self.name.clone(),
+                    reason,
+                })
+                .inc();
         }
         let (submission, recipients) = match &exit {
             Exit::Message {
@@ -347,7 +307,6 @@ impl Listener {
             _ => (None, None),
         };
         let micros = started.elapsed().as_micros() as u64;
-        let status = resp.status().as_u16();
         let listener = self.name.as_str();
         match &exit {
             Exit::FailClosed(e) => tracing::warn!(
@@ -359,7 +318,7 @@ impl Listener {
                 end: End::Upstream(e),
                 ..
             } => {
-                let cause = std::error::Error::source(e).map(ToString::to_string);
+                let cause = e.source().map(ToString::to_string);
                 tracing::warn!(
                     target: "relaylog::access", listener, exit = kind, reason, status,
                     submission, recipients, micros, error = %e, cause, "upstream failed"
@@ -377,174 +336,148 @@ impl Listener {
                 recipients, micros, "request"
             ),
         }
-        resp
-    }
-
-    /// Phases 3 to 6 for a message: record, forward, outcome, logging.
-    async fn relay_message(
-        self: Arc<Self>,
-        submission: Submission,
-        head: http::request::Parts,
-        body: Bytes,
-        started: Instant,
-        client_gone: Arc<AtomicBool>,
-    ) -> Response<Full<Bytes>> {
-        // The outcome's place in the queue is kept before the records go in; from
-        // here on the guard writes `failed: shutdown` if this future is dropped.
-        let slot = match self.recorder.reserve_outcome().await {
-            Ok(slot) => slot,
-            Err(e) => return self.finish(Exit::FailClosed(e), None, started),
-        };
-        let message = |forward, end| Exit::Message {
-            submission: submission.id.0 as u64,
-            recipients: submission.recipients.len(),
-            forward,
-            end,
-        };
-        let guard = CutShort {
-            listener: &self,
-            submission: &submission,
-            slot: Some(slot),
-            started,
-        };
-        if let Err(e) = self.recorder.record(&submission).await {
-            let slot = guard.disarm();
-            if matches!(e, RecordError::Timeout(_)) {
-                // The records may still be committed: say that this message was not sent.
-                slot.record(&outcome_event(&self, &submission, Outcome::Failed, None))
-                    .await;
-            }
-            return self.finish(Exit::FailClosed(e), None, started);
-        }
-        // Recorded. Past shutdown-timeout, or with its client gone meanwhile (it had no
-        // answer and will send again, so forwarding now could deliver it twice), the
-        // message is not forwarded.
-        let not_now = if self.abort.is_triggered() {
-            Some(NotForwarded::Shutdown)
-        } else if client_gone.load(Ordering::Acquire) {
-            Some(NotForwarded::ClientGone)
-        } else {
-            None
-        };
-        if let Some(why) = not_now {
-            guard
-                .disarm()
-                .record(&outcome_event(&self, &submission, why.outcome(), None))
-                .await;
-            return self.finish(message(None, End::NotForwarded(why)), None, started);
-        }
-        // Cut short at shutdown-timeout by dropping this future (see `Detached`): the
-        // guard then writes the outcome.
-        let forwarding = Instant::now();
-        let result = self.upstream.forward(&head, body).await;
-        let slot = guard.disarm();
-        let forward = Some(forwarding.elapsed());
-        let (event, exit, resp) = match result {
-            Ok(r) => {
-                let read = self.profile.read_outcome(r.status, &r.body);
-                let mut ev =
-                    outcome_event(&self, &submission, read.outcome, Some(r.status.as_u16()));
-                ev.gateway_code = read.gateway_code;
-                ev.upstream_message_id = read.message_id;
-                (ev, message(forward, End::Relayed), Some(r.into_response()))
-            }
-            Err(e) => (
-                outcome_event(&self, &submission, Outcome::Failed, None),
-                message(forward, End::Upstream(e)),
-                None,
-            ),
-        };
-        slot.record(&event).await;
-        self.finish(exit, resp, started)
     }
 }
 
-/// A recorded message's outcome, written as `failed: shutdown` (with its log line) if
-/// its phases are dropped before they write one themselves: that is how a forward is
-/// cut short when `shutdown-timeout` passes.
-struct CutShort<'a> {
-    listener: &'a Listener,
-    submission: &'a Submission,
+/// What the upstream made of a forwarded message, as the outcome event records it.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub upstream_status: Option<u16>,
+    pub gateway_code: Option<i32>,
+    pub message_id: Option<String>,
+}
+
+/// A recorded message on its way: the promise of exactly one outcome. Spent by
+/// [`Ticket::outcome`] or [`Ticket::not_forwarded`]; dropped unspent (its forward cut
+/// short at `shutdown-timeout`), it writes `failed: shutdown` and its log line itself.
+pub struct Ticket {
+    relay: Arc<Relay>,
+    submission: SubmissionId,
+    submitted_at: i64,
+    recipients: usize,
     slot: Option<OutcomeSlot>,
     started: Instant,
 }
 
-impl CutShort<'_> {
-    /// The kept place, for the phases to write the outcome themselves.
+impl Ticket {
+    /// Whether the message must not be forwarded now: past `shutdown-timeout`, or its
+    /// client gone (it had no answer and will send again, so a forward now could
+    /// deliver it twice).
+    pub fn not_now(&self, client_gone: bool) -> Option<NotForwarded> {
+        if self.relay.abort.is_triggered() {
+            Some(NotForwarded::Shutdown)
+        } else if client_gone {
+            Some(NotForwarded::ClientGone)
+        } else {
+            None
+        }
+    }
+
+    /// The message was not forwarded: its outcome says why; `status` is the session's
+    /// reply.
+    pub async fn not_forwarded(self, why: NotForwarded, status: u16) {
+        let relay = self.relay.clone();
+        let (submission, recipients, started) = (self.submission, self.recipients, self.started);
+        let at = relay.recorder.now();
+        let event = ticket_event(submission, self.submitted_at, at, why.outcome());
+        self.disarm().record(&event).await;
+        relay.log(
+            Exit::Message {
+                submission: submission.0 as u64,
+                recipients,
+                forward: None,
+                end: End::NotForwarded(why),
+            },
+            status,
+            started,
+        );
+    }
+
+    /// The forward ended after `forward` with `outcome` (`Err`: the upstream step
+    /// failed, and the outcome is `failed`); `status` is the session's reply.
+    pub async fn outcome(
+        self,
+        outcome: Result<(Outcome, Answer), &dyn Failure>,
+        forward: Duration,
+        status: u16,
+    ) {
+        let relay = self.relay.clone();
+        let (submission, recipients, started) = (self.submission, self.recipients, self.started);
+        let at = relay.recorder.now();
+        let (event, end) = match outcome {
+            Ok((outcome, answer)) => {
+                let mut event = ticket_event(submission, self.submitted_at, at, outcome);
+                event.upstream_status = answer.upstream_status;
+                event.gateway_code = answer.gateway_code;
+                event.upstream_message_id = answer.message_id;
+                (event, End::Relayed)
+            }
+            Err(e) => (
+                ticket_event(submission, self.submitted_at, at, Outcome::Failed),
+                End::Upstream(e),
+            ),
+        };
+        self.disarm().record(&event).await;
+        relay.log(
+            Exit::Message {
+                submission: submission.0 as u64,
+                recipients,
+                forward: Some(forward),
+                end,
+            },
+            status,
+            started,
+        );
+    }
+
+    /// The kept place, for the ticket's owner to write the outcome itself.
     fn disarm(mut self) -> OutcomeSlot {
-        // Built with `Some`, and only this method, which consumes the guard, takes it.
+        // Built with `Some`, and only this method, which consumes the ticket, takes it.
         self.slot
             .take()
-            .expect("a CutShort guard holds its slot until disarmed")
+            .expect("a ticket holds its slot until it is spent")
     }
 }
 
-impl Drop for CutShort<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
         let Some(slot) = self.slot.take() else { return };
-        let l = self.listener;
-        slot.record_now(&outcome_event(
-            l,
+        let why = NotForwarded::Shutdown;
+        let at = self.relay.recorder.now();
+        slot.record_now(&ticket_event(
             self.submission,
-            Outcome::FailedShutdown,
-            None,
+            self.submitted_at,
+            at,
+            why.outcome(),
         ));
-        l.finish(
+        self.relay.log(
             Exit::Message {
-                submission: self.submission.id.0 as u64,
-                recipients: self.submission.recipients.len(),
+                submission: self.submission.0 as u64,
+                recipients: self.recipients,
                 forward: None,
-                end: End::NotForwarded(NotForwarded::Shutdown),
+                end: End::NotForwarded(why),
             },
-            None,
+            self.relay.cut_short_status,
             self.started,
         );
     }
 }
 
-/// Relays one request. Never fails: every error becomes a reply. `drain` is a token
-/// of the connection's: a recorded message's phases hold it to the end.
-pub async fn handle(
-    listener: &Arc<Listener>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    drain: Drain,
-) -> Response<Full<Bytes>> {
-    let started = Instant::now();
-    let (head, body) = req.into_parts();
-    let body = match read_body(body, &listener.limits).await {
-        Ok(b) => b,
-        Err(refusal) => return listener.finish(Exit::Rejected(refusal), None, started),
-    };
-    let view = RequestView::of(&head, &body);
-    let extracted = match listener.profile.extract(&view) {
-        Ok(Extract::Passthrough) => {
-            return match listener.upstream.forward(&head, body).await {
-                Ok(r) => listener.finish(Exit::Passthrough(None), Some(r.into_response()), started),
-                Err(e) => listener.finish(Exit::Passthrough(Some(e)), None, started),
-            };
-        }
-        Ok(Extract::Message(x)) => x,
-        Err(e) => {
-            return listener.finish(Exit::Rejected(Refusal::Invalid(e)), None, started);
-        }
-    };
-    let submission = listener.submission(extracted, peer);
-    let l = listener.clone();
-    let client_gone = Arc::new(AtomicBool::new(false));
-    let gone = client_gone.clone();
-    Detached::new(
-        async move {
-            let resp = l
-                .relay_message(submission, head, body, started, client_gone)
-                .await;
-            drop(drain);
-            resp
-        },
-        gone,
-        listener.abort.clone(),
-    )
-    .await
+fn ticket_event(
+    submission: SubmissionId,
+    submitted_at: i64,
+    at: i64,
+    outcome: Outcome,
+) -> OutcomeEvent {
+    OutcomeEvent {
+        submission,
+        submitted_at,
+        at,
+        outcome,
+        upstream_status: None,
+        gateway_code: None,
+        upstream_message_id: None,
+    }
 }
 
 /// A future that runs to completion even if the one awaiting it is dropped: polled in
@@ -555,7 +488,7 @@ pub async fn handle(
 /// `dropped` is set when that happens, so the work can tell that no one will read its
 /// result. Once `abort` (shutdown-timeout) has fired, detached work is dropped instead,
 /// or when it fires later: that is how relaylog cuts it short.
-struct Detached<T: Send + 'static> {
+pub struct Detached<T: Send + 'static> {
     fut: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
     dropped: Arc<AtomicBool>,
     /// The listener's `abort` (shutdown-timeout), looked at only when detaching.
@@ -563,7 +496,7 @@ struct Detached<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> Detached<T> {
-    fn new(
+    pub fn new(
         fut: impl Future<Output = T> + Send + 'static,
         dropped: Arc<AtomicBool>,
         abort: Arc<Shutdown>,
@@ -606,33 +539,6 @@ impl<T: Send + 'static> Drop for Detached<T> {
                 }
             });
         }
-    }
-}
-
-fn outcome_event(
-    l: &Listener,
-    s: &Submission,
-    outcome: Outcome,
-    status: Option<u16>,
-) -> OutcomeEvent {
-    OutcomeEvent {
-        submission: s.id,
-        submitted_at: s.at,
-        at: l.recorder.now(),
-        outcome,
-        upstream_status: status,
-        gateway_code: None,
-        upstream_message_id: None,
-    }
-}
-
-async fn read_body(body: Incoming, limits: &Limits) -> Result<Bytes, Refusal> {
-    let collect = Limited::new(body, limits.max_body_bytes).collect();
-    match tokio::time::timeout(limits.request_timeout, collect).await {
-        Err(_) => Err(Refusal::BodyTimeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::BodyTooLarge),
-        Ok(Err(_)) => Err(Refusal::BodyBroken),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
     }
 }
 

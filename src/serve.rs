@@ -15,9 +15,11 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::egress::http::Upstream;
 use crate::ingress::http::HttpServer;
+use crate::ingress::http::Listener;
 use crate::ingress::tls::{self, TlsError};
 use crate::metrics::Metrics;
-use crate::relay::Listener;
+use crate::record::{Protocol, Service};
+use crate::relay::Relay;
 use crate::shutdown::{self, DrainWaiter, Trigger};
 use crate::simulator::{Simulator, Stats};
 use crate::store::{OpenError, Store};
@@ -186,16 +188,22 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
             addr: l.listen,
             source,
         })?;
-        let relay = Arc::new(Listener::new(
+        let core = Arc::new(Relay::new(
             l.name.clone(),
-            l.profile.clone(),
-            l.limits,
-            upstream,
+            Protocol::Http,
+            Service::Sms,
             store.recorder(),
             normalizer.clone(),
             metrics.clone(),
             Arc::new(abort.clone()),
+            http::StatusCode::SERVICE_UNAVAILABLE.as_u16(),
         ));
+        let relay = Arc::new(Listener {
+            relay: core,
+            profile: l.profile.clone(),
+            limits: l.limits,
+            upstream,
+        });
         tracing::info!(
             listener = %l.name,
             addr = %addr,

@@ -137,6 +137,12 @@ impl UpstreamError {
     }
 }
 
+impl crate::relay::Failure for UpstreamError {
+    fn reason(&self) -> &'static str {
+        UpstreamError::reason(self)
+    }
+}
+
 /// A reply, fully read.
 #[derive(Debug)]
 pub struct Reply {

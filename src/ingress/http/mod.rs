@@ -20,8 +20,11 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::ListenerLabels;
-use crate::relay::{self, Listener};
+
+mod request;
+
 use crate::shutdown::{Drain, Shutdown};
+pub use request::{Listener, handle};
 
 pub struct HttpServer {
     pub listener: TcpListener,
@@ -41,13 +44,14 @@ impl HttpServer {
         let permits = Arc::new(Semaphore::new(self.relay.limits.max_connections));
         let refused = self
             .relay
+            .relay
             .metrics
             .connections_refused
             .get_or_create_owned(&ListenerLabels {
-                listener: self.relay.name.clone(),
+                listener: self.relay.relay.name.clone(),
             });
         while let Some((stream, peer)) =
-            crate::net::accept(&self.listener, &mut shutdown, &self.relay.name).await
+            crate::net::accept(&self.listener, &mut shutdown, &self.relay.relay.name).await
         {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 refused.inc();
@@ -206,7 +210,7 @@ where
             let drain = drain.clone();
             async move {
                 activity.begin();
-                let resp = relay::handle(&relay, req, peer, drain).await;
+                let resp = handle(&relay, req, peer, drain).await;
                 activity.end();
                 Ok::<_, Infallible>(resp)
             }
@@ -237,7 +241,7 @@ where
             // watch awaited here would take its lock on every poll of every
             // connection (twice a request), for news that comes once.
             _ = tokio::time::sleep(tick) => {
-                if relay.abort.is_triggered() {
+                if relay.relay.abort.is_triggered() {
                     tracing::debug!("shutdown-timeout passed; closing the connection");
                     break;
                 }
