@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::AdminServer;
 use crate::canonical::NumberNormalizer;
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, ListenerProtocol};
 use crate::egress::http::Upstream;
 use crate::ingress::http::HttpServer;
 use crate::ingress::http::Listener;
@@ -83,11 +83,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     let mut simulators = Vec::new();
     let mut upstreams = Vec::new();
     for l in &config.listeners {
-        let uri = match &l.forward.upstream {
+        let ListenerProtocol::Http { profile, forward } = &l.protocol;
+        let uri = match &forward.upstream {
             Some(uri) => uri.clone(),
             None => {
                 let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-                let sim = Simulator::bind(loopback, l.profile.clone())
+                let sim = Simulator::bind(loopback, profile.clone())
                     .await
                     .map_err(|source| ServeError::Bind {
                         listener: l.name.clone(),
@@ -103,7 +104,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     listener = %l.name,
                     simulator = %addr,
                     "no upstream configured: forwarding to the built-in {} gateway simulator at http://{addr} (GET /stats for its counts)",
-                    l.profile.kind.as_str()
+                    profile.kind.as_str()
                 );
                 simulators.push(StartedSimulator {
                     listener: l.name.clone(),
@@ -163,6 +164,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     let (drain, drain_waiter) = shutdown::drain();
     let mut bound = Vec::new();
     for (l, uri) in config.listeners.iter().zip(upstreams) {
+        let ListenerProtocol::Http { profile, forward } = &l.protocol;
         let tls = match &l.tls {
             Some(files) => Some(TlsAcceptor::from(
                 tls::server_config(&files.cert, &files.key).map_err(|source| ServeError::Tls {
@@ -172,7 +174,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
             )),
             None => None,
         };
-        let upstream = Upstream::new(uri, &l.forward).map_err(|source| ServeError::Tls {
+        let upstream = Upstream::new(uri, forward).map_err(|source| ServeError::Tls {
             listener: l.name.clone(),
             source,
         })?;
@@ -200,14 +202,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         ));
         let relay = Arc::new(Listener {
             relay: core,
-            profile: l.profile.clone(),
+            profile: profile.clone(),
             limits: l.limits,
             upstream,
         });
         tracing::info!(
             listener = %l.name,
             addr = %addr,
-            profile = l.profile.kind.as_str(),
+            profile = profile.kind.as_str(),
             tls = tls.is_some(),
             upstream = %relay.upstream.base(),
             "listening"

@@ -13,6 +13,8 @@ use super::{ConfigError, invalid, parse_duration};
 pub struct RawListener {
     pub name: String,
     pub listen: String,
+    /// `http` (the default).
+    pub protocol: Option<String>,
     pub profile: String,
     pub upstream: Option<String>,
     pub upstream_ca: Option<PathBuf>,
@@ -229,10 +231,26 @@ pub struct Limits {
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
-    pub profile: Profile,
-    pub forward: Forward,
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
+    /// What the listener speaks, with what that protocol needs.
+    pub protocol: ListenerProtocol,
+}
+
+/// A listener's protocol (`protocol = "http"`, the default) and its settings.
+#[derive(Debug, Clone)]
+pub enum ListenerProtocol {
+    /// An HTTP SMS API in front of an HTTP gateway.
+    Http { profile: Profile, forward: Forward },
+}
+
+impl ListenerConfig {
+    /// The upstream side of the listener.
+    pub fn forward(&self) -> &Forward {
+        match &self.protocol {
+            ListenerProtocol::Http { forward, .. } => forward,
+        }
+    }
 }
 
 pub(super) fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConfig, ConfigError> {
@@ -360,18 +378,29 @@ pub(super) fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConf
             "must be between 1 and 67108864",
         ));
     }
+    let protocol = match l.protocol.as_deref().unwrap_or("http") {
+        "http" => ListenerProtocol::Http {
+            profile: Profile::new(kind, path, &passthrough, json),
+            forward: Forward {
+                upstream,
+                ca_file: l.upstream_ca,
+                rewrite_host: l.rewrite_host,
+                timeout: upstream_timeout,
+                pool_idle: l.upstream_pool_idle,
+                max_response_bytes: l.max_response_bytes,
+            },
+        },
+        other => {
+            return Err(invalid(
+                key("protocol"),
+                format!("`{other}`: expected \"http\" (SMTP and SMPP listeners are not built yet)"),
+            ));
+        }
+    };
     Ok(ListenerConfig {
         name: l.name,
         listen,
-        profile: Profile::new(kind, path, &passthrough, json),
-        forward: Forward {
-            upstream,
-            ca_file: l.upstream_ca,
-            rewrite_host: l.rewrite_host,
-            timeout: upstream_timeout,
-            pool_idle: l.upstream_pool_idle,
-            max_response_bytes: l.max_response_bytes,
-        },
+        protocol,
         tls,
         limits: Limits {
             max_body_bytes: l.max_body_bytes,

@@ -176,7 +176,7 @@ impl Config {
             }
         }
         for l in &self.listeners {
-            if l.forward.upstream.is_none() {
+            if l.forward().upstream.is_none() {
                 out.push(format!(
                     "listener `{}` has no upstream: serve will forward to the built-in simulator",
                     l.name
@@ -292,7 +292,8 @@ mod tests {
         let cfg = parse(text).unwrap();
         assert_eq!(cfg.store.retention, Retention::Months(13));
         assert_eq!(cfg.store.durability, Durability::RecordBeforeForward);
-        assert_eq!(cfg.listeners[0].profile.kind, ProfileKind::Kannel);
+        let ListenerProtocol::Http { profile, .. } = &cfg.listeners[0].protocol;
+        assert_eq!(profile.kind, ProfileKind::Kannel);
     }
 
     #[test]
@@ -356,6 +357,10 @@ mod tests {
             (
                 "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"smtp\"\n",
                 "listener[0].profile",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nprofile=\"kannel\"\n",
+                "listener[0].protocol",
             ),
             (
                 "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstream=\"http://h:1/cgi-bin\"\n",
