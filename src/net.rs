@@ -1,5 +1,6 @@
-//! Plumbing every TCP listener shares: accepting until shutdown, and serving one HTTP/1
-//! connection that closes gracefully when shutdown comes.
+//! Plumbing every TCP listener shares: the one accept loop ([`run`]: a connection cap,
+//! TLS with a handshake deadline, a task per connection, until shutdown), and serving
+//! one HTTP/1 connection that closes gracefully when shutdown comes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -70,6 +71,130 @@ where
         _ = shutdown.wait() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+    }
+}
+
+/// A client connection, in the clear or over TLS.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for ClientStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// How a listener takes connections: at most `max_connections` at once (the next is
+/// handed to `refuse`, which may answer "busy" in the protocol's words), and with TLS
+/// when there is an acceptor, whose handshake must finish within `handshake_timeout`.
+pub struct Gate {
+    pub name: String,
+    pub max_connections: usize,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts until shutdown, then returns. Each connection runs `serve` on a task of its
+/// own, holding its permit (and whatever `serve` captures, such as a drain token)
+/// until it ends. The one accept loop of every listener: relay and admin alike.
+pub async fn run<S, F>(
+    listener: TcpListener,
+    gate: Gate,
+    mut shutdown: Shutdown,
+    refuse: impl Fn(TcpStream, SocketAddr),
+    serve: S,
+) where
+    S: Fn(ClientStream, SocketAddr) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(gate.max_connections));
+    while let Some((stream, peer)) = accept(&listener, &mut shutdown, &gate.name).await {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse(stream, peer);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        match &gate.tls {
+            None => {
+                let work = serve(ClientStream::Plain(stream), peer);
+                tokio::spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let (acceptor, timeout) = (acceptor.clone(), gate.handshake_timeout);
+                let (serve, name) = (serve.clone(), gate.name.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve(ClientStream::Tls(Box::new(tls)), peer).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = %name, peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = %name, peer = %peer, "TLS handshake timed out")
+                        }
+                    }
+                });
+            }
         }
     }
 }

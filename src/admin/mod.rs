@@ -41,47 +41,29 @@ const MAX_CONNECTIONS: usize = 64;
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AdminServer {
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub async fn run(self, shutdown: Shutdown) {
         let router = self.api.as_ref().map(|(_, api)| api.router());
-        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        while let Some((stream, peer)) =
-            crate::net::accept(&self.listener, &mut shutdown, "admin").await
-        {
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(peer = %peer, "admin connection refused: {MAX_CONNECTIONS} open");
-                continue;
-            };
+        let gate = crate::net::Gate {
+            name: "admin".into(),
+            max_connections: MAX_CONNECTIONS,
+            tls: self.api.as_ref().map(|(tls, _)| tls.clone()),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        };
+        let refuse = |_stream, peer: SocketAddr| {
+            tracing::warn!(peer = %peer, "admin connection refused: {MAX_CONNECTIONS} open");
+        };
+        let (metrics, recorder, sessions) = (self.metrics, self.recorder, shutdown.clone());
+        let session = move |stream, peer| {
             let conn = Connection {
-                metrics: self.metrics.clone(),
-                recorder: self.recorder.clone(),
+                metrics: metrics.clone(),
+                recorder: recorder.clone(),
                 router: router.clone(),
                 peer,
             };
-            match &self.api {
-                None => {
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        conn.serve(stream, shutdown).await;
-                        drop(permit);
-                    });
-                }
-                Some((tls, _)) => {
-                    let (tls, shutdown) = (tls.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => conn.serve(stream, shutdown).await,
-                            Ok(Err(e)) => {
-                                tracing::debug!(peer = %peer, error = %e, "admin TLS handshake failed")
-                            }
-                            Err(_) => {
-                                tracing::debug!(peer = %peer, "admin TLS handshake timed out")
-                            }
-                        }
-                    });
-                }
-            }
-        }
+            let shutdown = sessions.clone();
+            async move { conn.serve(stream, shutdown).await }
+        };
+        crate::net::run(self.listener, gate, shutdown, refuse, session).await;
     }
 }
 

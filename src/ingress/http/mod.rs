@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::ListenerLabels;
@@ -40,8 +39,7 @@ impl HttpServer {
     }
 
     /// Accepts until shutdown. Each connection holds a [`Drain`] token until it ends.
-    pub async fn run(self, mut shutdown: Shutdown, drain: Drain) {
-        let permits = Arc::new(Semaphore::new(self.relay.limits.max_connections));
+    pub async fn run(self, shutdown: Shutdown, drain: Drain) {
         let refused = self
             .relay
             .relay
@@ -50,54 +48,33 @@ impl HttpServer {
             .get_or_create_owned(&ListenerLabels {
                 listener: self.relay.relay.name.clone(),
             });
-        while let Some((stream, peer)) =
-            crate::net::accept(&self.listener, &mut shutdown, &self.relay.relay.name).await
-        {
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                refused.inc();
-                if self.tls.is_none() {
-                    tokio::spawn(async move {
-                        let mut stream = stream;
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY))
-                                .await;
-                    });
-                }
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let relay = self.relay.clone();
-            let tls = self.tls.clone();
-            let shutdown = shutdown.clone();
-            let drain = drain.clone();
-            tokio::spawn(async move {
-                connection(stream, peer, relay, tls, shutdown, &drain).await;
-                drop(permit);
-                drop(drain);
-            });
-        }
-    }
-}
-
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    relay: Arc<Listener>,
-    tls: Option<TlsAcceptor>,
-    shutdown: Shutdown,
-    drain: &Drain,
-) {
-    match tls {
-        None => serve(stream, peer, relay, shutdown, drain).await,
-        Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(relay.limits.header_timeout, acceptor.accept(stream)).await;
-            match handshake {
-                Ok(Ok(tls_stream)) => serve(tls_stream, peer, relay, shutdown, drain).await,
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
+        let plain = self.tls.is_none();
+        let gate = crate::net::Gate {
+            name: self.relay.relay.name.clone(),
+            max_connections: self.relay.limits.max_connections,
+            tls: self.tls,
+            handshake_timeout: self.relay.limits.header_timeout,
+        };
+        let relay = self.relay.clone();
+        let sessions = shutdown.clone();
+        let refuse = move |mut stream: TcpStream, _peer| {
+            refused.inc();
+            // Over TLS there is no cheap way to say it: the connection just closes.
+            if plain {
+                tokio::spawn(async move {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+                });
             }
-        }
+        };
+        let session = move |stream, peer| {
+            let (relay, shutdown, drain) = (relay.clone(), sessions.clone(), drain.clone());
+            async move {
+                serve(stream, peer, relay, shutdown, &drain).await;
+                drop(drain);
+            }
+        };
+        crate::net::run(self.listener, gate, shutdown, refuse, session).await;
     }
 }
 
