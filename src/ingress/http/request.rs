@@ -107,7 +107,9 @@ impl Listener {
         // Cut short at shutdown-timeout by dropping this future (see `Detached`): the
         // ticket then writes the outcome.
         let forwarding = Instant::now();
-        match self.upstream.forward(&head, body).await {
+        let result = self.upstream.forward(&head, body).await;
+        let forward = forwarding.elapsed();
+        match result {
             Ok(r) => {
                 let read = self.profile.read_outcome(r.status, &r.body);
                 let answer = Answer {
@@ -118,14 +120,14 @@ impl Listener {
                 let resp = r.into_response();
                 let status = resp.status().as_u16();
                 ticket
-                    .outcome(Ok((read.outcome, answer)), forwarding.elapsed(), status)
+                    .outcome(Ok((read.outcome, answer)), forward, status)
                     .await;
                 resp
             }
             Err(e) => {
                 let resp = reply(Own::Upstream(&e));
                 let status = resp.status().as_u16();
-                ticket.outcome(Err(&e), forwarding.elapsed(), status).await;
+                ticket.outcome(Err(&e), forward, status).await;
                 resp
             }
         }
