@@ -380,7 +380,7 @@ impl Ticket {
         let (submission, recipients, started) = (self.submission, self.recipients, self.started);
         let at = relay.recorder.now();
         let event = ticket_event(submission, self.submitted_at, at, why.outcome());
-        self.disarm().record(&event).await;
+        self.spend(&event).await;
         relay.log(
             Exit::Message {
                 submission: submission.0 as u64,
@@ -417,7 +417,7 @@ impl Ticket {
                 End::Upstream(e),
             ),
         };
-        self.disarm().record(&event).await;
+        self.spend(&event).await;
         relay.log(
             Exit::Message {
                 submission: submission.0 as u64,
@@ -428,6 +428,19 @@ impl Ticket {
             status,
             started,
         );
+    }
+
+    /// Writes the ticket's outcome. Sealing may wait (a key file); dropped during that
+    /// wait, the ticket still holds its slot and writes `failed: shutdown` instead.
+    async fn spend(self, event: &OutcomeEvent) {
+        let prepared = match &self.slot {
+            Some(slot) => slot.prepare(event).await,
+            None => None,
+        };
+        let slot = self.disarm();
+        if let Some(prepared) = prepared {
+            slot.send(prepared);
+        }
     }
 
     /// The kept place, for the ticket's owner to write the outcome itself.

@@ -135,13 +135,17 @@ pub struct OutcomeSlot {
     recorder: Recorder,
 }
 
+/// An outcome event sealed and ready for its kept place ([`OutcomeSlot::send`]).
+pub struct PreparedOutcome(Job);
+
 impl OutcomeSlot {
-    /// Queues the outcome in the kept place: no wait for queue space. If its upstream
-    /// message id cannot be sealed (the partition's keys are unreadable), the outcome
-    /// is queued without it rather than lost.
-    pub async fn record(self, ev: &OutcomeEvent) {
-        let job = match self.recorder.sealed_outcome(ev).await {
-            Ok(job) => job,
+    /// Seals the outcome (its upstream message id) without spending the slot: a caller
+    /// dropped during this wait still holds the slot, and can still write an outcome.
+    /// If the message id cannot be sealed (the partition's keys are unreadable), the
+    /// outcome is prepared without it rather than lost.
+    pub async fn prepare(&self, ev: &OutcomeEvent) -> Option<PreparedOutcome> {
+        match self.recorder.sealed_outcome(ev).await {
+            Ok(job) => Some(PreparedOutcome(job)),
             Err(e) => {
                 tracing::error!(reason = e.reason(), error = %e, "outcome's message id not sealed; recorded without it");
                 let bare = OutcomeEvent {
@@ -149,13 +153,24 @@ impl OutcomeSlot {
                     ..ev.clone()
                 };
                 let partition = self.recorder.partition_of(ev.submitted_at);
-                match self.recorder.outcome_job(&bare, partition, None) {
-                    Ok(job) => job,
-                    Err(_) => return,
-                }
+                self.recorder
+                    .outcome_job(&bare, partition, None)
+                    .ok()
+                    .map(PreparedOutcome)
             }
-        };
-        self.permit.send(job);
+        }
+    }
+
+    /// Queues a prepared outcome in the kept place: no wait.
+    pub fn send(self, prepared: PreparedOutcome) {
+        self.permit.send(prepared.0);
+    }
+
+    /// [`OutcomeSlot::prepare`], then [`OutcomeSlot::send`].
+    pub async fn record(self, ev: &OutcomeEvent) {
+        if let Some(prepared) = self.prepare(ev).await {
+            self.send(prepared);
+        }
     }
 
     /// Queues an outcome without a message id at once, from synchronous code (a drop
