@@ -216,7 +216,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         );
         let server = HttpServer {
             listener,
-            relay,
+            http: relay,
             tls,
         };
         tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));

@@ -239,8 +239,7 @@ async fn a_client_gone_before_the_forward_is_not_forwarded_for_and_the_outcome_s
     );
     relay.settle().await;
     // Another connection holds the partition's write lock: the next record waits.
-    let lock = rusqlite::Connection::open(partition_file(dir.path())).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = hold_writer(dir.path());
     let addr = relay.running.addr("sms").unwrap();
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(
@@ -304,8 +303,7 @@ async fn a_full_queue_cannot_take_a_forwarded_message_s_outcome() {
     let slow = tokio::spawn(async move { get(&c2, &url).await });
     up.wait_arrived(2).await;
     // The writer is held up and others fill the queue meanwhile.
-    let lock = rusqlite::Connection::open(partition_file(dir.path())).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = hold_writer(dir.path());
     let mut others = Vec::new();
     for i in 0..4 {
         let (c, url) = (c.clone(), sendsms(&relay.url, "other", &number(10 + i)));

@@ -334,8 +334,7 @@ async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
     relay.settle().await;
 
     // Another process takes the partition's write lock: the writer waits on it.
-    let lock = rusqlite::Connection::open(partition_file(dir.path())).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let lock = hold_writer(dir.path());
 
     // One submission blocks in the writer, one fills the queue...
     let mut waiting = Vec::new();

@@ -148,15 +148,7 @@ impl OutcomeSlot {
             Ok(job) => Some(PreparedOutcome(job)),
             Err(e) => {
                 tracing::error!(reason = e.reason(), error = %e, "outcome's message id not sealed; recorded without it");
-                let bare = OutcomeEvent {
-                    upstream_message_id: None,
-                    ..ev.clone()
-                };
-                let partition = self.recorder.partition_of(ev.submitted_at);
-                self.recorder
-                    .outcome_job(&bare, partition, None)
-                    .ok()
-                    .map(PreparedOutcome)
+                self.unsealed(ev)
             }
         }
     }
@@ -176,14 +168,18 @@ impl OutcomeSlot {
     /// Queues an outcome without a message id at once, from synchronous code (a drop
     /// guard): no sealing is needed, so no wait.
     pub fn record_now(self, ev: &OutcomeEvent) {
-        let bare = OutcomeEvent {
-            upstream_message_id: None,
-            ..ev.clone()
-        };
-        let partition = self.recorder.partition_of(ev.submitted_at);
-        if let Ok(job) = self.recorder.outcome_job(&bare, partition, None) {
-            self.permit.send(job);
+        if let Some(prepared) = self.unsealed(ev) {
+            self.send(prepared);
         }
+    }
+
+    /// The outcome without its upstream message id (there are no keys to seal it).
+    fn unsealed(&self, ev: &OutcomeEvent) -> Option<PreparedOutcome> {
+        let partition = self.recorder.partition_of(ev.submitted_at);
+        self.recorder
+            .outcome_job(ev, partition, None)
+            .ok()
+            .map(PreparedOutcome)
     }
 }
 

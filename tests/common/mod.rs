@@ -551,3 +551,11 @@ pub fn partition_file(dir: &Path) -> PathBuf {
     assert_eq!(files.len(), 1, "{files:?}");
     files.into_iter().next().unwrap()
 }
+
+/// Another connection takes the write lock of the store's one partition: the writer
+/// waits on it until `COMMIT` (or `ROLLBACK`) on the returned connection.
+pub fn hold_writer(dir: &Path) -> rusqlite::Connection {
+    let lock = rusqlite::Connection::open(partition_file(dir)).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    lock
+}

@@ -1,6 +1,7 @@
-//! The HTTP(S) listener: accept loop with a connection limit, one hyper http1
-//! connection per socket, a watchdog per connection for idle and slow-head timeouts,
-//! and graceful shutdown (stop accepting, let in-flight requests finish).
+//! The HTTP(S) listener: the shared accept loop ([`crate::net::run`]) with a "busy"
+//! reply at the connection limit, one hyper http1 connection per socket, a watchdog
+//! per connection for idle and slow-head timeouts and for shutdown, and the request
+//! phases in `request.rs`.
 
 use std::convert::Infallible;
 use std::io;
@@ -27,7 +28,8 @@ pub use request::{Listener, handle};
 
 pub struct HttpServer {
     pub listener: TcpListener,
-    pub relay: Arc<Listener>,
+    /// What each connection relays with: the HTTP phases and the relay core.
+    pub http: Arc<Listener>,
     pub tls: Option<TlsAcceptor>,
 }
 
@@ -41,21 +43,21 @@ impl HttpServer {
     /// Accepts until shutdown. Each connection holds a [`Drain`] token until it ends.
     pub async fn run(self, shutdown: Shutdown, drain: Drain) {
         let refused = self
-            .relay
+            .http
             .relay
             .metrics
             .connections_refused
             .get_or_create_owned(&ListenerLabels {
-                listener: self.relay.relay.name.clone(),
+                listener: self.http.relay.name.clone(),
             });
         let plain = self.tls.is_none();
         let gate = crate::net::Gate {
-            name: self.relay.relay.name.clone(),
-            max_connections: self.relay.limits.max_connections,
+            name: self.http.relay.name.clone(),
+            max_connections: self.http.limits.max_connections,
             tls: self.tls,
-            handshake_timeout: self.relay.limits.header_timeout,
+            handshake_timeout: self.http.limits.header_timeout,
         };
-        let relay = self.relay.clone();
+        let http = self.http.clone();
         let sessions = shutdown.clone();
         let refuse = move |mut stream: TcpStream, _peer| {
             refused.inc();
@@ -68,9 +70,9 @@ impl HttpServer {
             }
         };
         let session = move |stream, peer| {
-            let (relay, shutdown, drain) = (relay.clone(), sessions.clone(), drain.clone());
+            let (http, shutdown, drain) = (http.clone(), sessions.clone(), drain.clone());
             async move {
-                serve(stream, peer, relay, shutdown, &drain).await;
+                serve(stream, peer, http, shutdown, &drain).await;
                 drop(drain);
             }
         };
@@ -166,7 +168,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 /// applying while closing (a client that never finishes its head cannot hold the
 /// drain), and past `shutdown-timeout` (the listener's `abort`) the connection is
 /// dropped at once; a recorded message in it still gets its outcome (see `relay`).
-async fn serve<I>(io: I, peer: SocketAddr, relay: Arc<Listener>, shutdown: Shutdown, drain: &Drain)
+async fn serve<I>(io: I, peer: SocketAddr, http: Arc<Listener>, shutdown: Shutdown, drain: &Drain)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -176,18 +178,18 @@ where
         last: AtomicU64::new(0),
         head_started: AtomicU64::new(u64::MAX),
     });
-    let limits = relay.limits;
+    let limits = http.limits;
     let svc = {
         let activity = activity.clone();
         let drain = drain.clone();
-        let relay = relay.clone();
+        let http = http.clone();
         service_fn(move |req| {
-            let relay = relay.clone();
+            let http = http.clone();
             let activity = activity.clone();
             let drain = drain.clone();
             async move {
                 activity.begin();
-                let resp = handle(&relay, req, peer, drain).await;
+                let resp = handle(&http, req, peer, drain).await;
                 activity.end();
                 Ok::<_, Infallible>(resp)
             }
@@ -218,7 +220,7 @@ where
             // watch awaited here would take its lock on every poll of every
             // connection (twice a request), for news that comes once.
             _ = tokio::time::sleep(tick) => {
-                if relay.relay.abort.is_triggered() {
+                if http.relay.abort.is_triggered() {
                     tracing::debug!("shutdown-timeout passed; closing the connection");
                     break;
                 }

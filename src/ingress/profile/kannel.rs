@@ -147,13 +147,16 @@ fn headers(h: &HeaderMap, seen: &mut Seen, out: &mut Extracted) -> Result<(), Pa
 /// Kannel's receivers from a `to` list: split on white space, each number once
 /// (Kannel sends one message to a number listed twice).
 fn kannel_recipients(to: &str, out: &mut Vec<String>) -> Result<(), ParseError> {
-    let mut list = Vec::new();
-    split_recipients(to, &mut list)?;
-    for number in list {
-        if !out.contains(&number) {
-            out.push(number);
+    let start = out.len();
+    split_recipients(to, out)?;
+    let mut kept = start;
+    for i in start..out.len() {
+        if !out[..kept].contains(&out[i]) {
+            out.swap(kept, i);
+            kept += 1;
         }
     }
+    out.truncate(kept);
     Ok(())
 }
 
