@@ -42,6 +42,7 @@ pub mod relay;
 pub mod serve;
 pub mod shutdown;
 pub mod simulator;
+pub mod smtp;
 pub mod store;
 
 #[cfg(test)]

@@ -141,6 +141,25 @@ impl tokio::io::AsyncWrite for ClientStream {
     }
 }
 
+/// A `refuse` for [`run`]: counts the refused connection and, in the clear, writes
+/// `busy` (the protocol's "too many connections") before closing. Over TLS there is
+/// no cheap way to say it: the connection just closes.
+pub fn refuse_busy(
+    refused: prometheus_client::metrics::counter::Counter,
+    plain: bool,
+    busy: &'static [u8],
+) -> impl Fn(TcpStream, SocketAddr) {
+    move |mut stream, _peer| {
+        refused.inc();
+        if plain {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(busy)).await;
+            });
+        }
+    }
+}
+
 /// How a listener takes connections: at most `max_connections` at once (the next is
 /// handed to `refuse`, which may answer "busy" in the protocol's words), and with TLS
 /// when there is an acceptor, whose handshake must finish within `handshake_timeout`.

@@ -183,8 +183,12 @@ pub struct OutcomeEvent {
     pub upstream_status: Option<u16>,
     /// The gateway's own status code where its body carries one (Kannel's `0:`).
     pub gateway_code: Option<i32>,
-    /// The gateway's message id, sealed in the store.
+    /// The gateway's message id (an MTA's queue id), sealed in the store.
     pub upstream_message_id: Option<String>,
+    /// SMTP: the final reply's enhanced status code (RFC 3463), such as `2.0.0`.
+    pub enhanced_status: Option<String>,
+    /// SMTP: the message's size in bytes as it went upstream.
+    pub size_bytes: Option<u64>,
 }
 
 /// SMS parts needed for a text, from its length in characters and its coding

@@ -203,7 +203,12 @@ impl Relay {
     /// The submission of what a session found: canonical forms, time, id.
     pub fn submission(&self, found: Found<'_>) -> Submission {
         let at = self.recorder.now();
-        let normalize = |v: &str| -> Identifier { self.normalizer.normalize(v) };
+        let normalize = |v: &str| -> Identifier {
+            match self.service {
+                Service::Sms => self.normalizer.normalize(v),
+                Service::Email => canonical::normalize_email(v),
+            }
+        };
         Submission {
             id: self.recorder.next_submission_id(at),
             at,
@@ -345,6 +350,10 @@ pub struct Answer {
     pub upstream_status: Option<u16>,
     pub gateway_code: Option<i32>,
     pub message_id: Option<String>,
+    /// SMTP: the enhanced status code of the final reply (`2.0.0`).
+    pub enhanced_status: Option<String>,
+    /// SMTP: the message's size in bytes as it went upstream.
+    pub size_bytes: Option<u64>,
 }
 
 /// A recorded message on its way: the promise of exactly one outcome. Spent by
@@ -410,6 +419,8 @@ impl Ticket {
                 event.upstream_status = answer.upstream_status;
                 event.gateway_code = answer.gateway_code;
                 event.upstream_message_id = answer.message_id;
+                event.enhanced_status = answer.enhanced_status;
+                event.size_bytes = answer.size_bytes;
                 (event, End::Relayed)
             }
             Err(e) => (
@@ -490,6 +501,8 @@ fn ticket_event(
         upstream_status: None,
         gateway_code: None,
         upstream_message_id: None,
+        enhanced_status: None,
+        size_bytes: None,
     }
 }
 

@@ -12,15 +12,18 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::AdminServer;
 use crate::canonical::NumberNormalizer;
 use crate::clock::SharedClock;
-use crate::config::{Config, ListenerProtocol};
+use crate::config::{Config, ListenerProtocol, SmtpTarget};
 use crate::egress::http::Upstream;
+use crate::egress::smtp::SmtpUpstream;
 use crate::ingress::http::HttpServer;
 use crate::ingress::http::Listener;
+use crate::ingress::smtp::{SmtpListener, SmtpServer};
 use crate::ingress::tls::{self, TlsError};
 use crate::metrics::Metrics;
 use crate::record::{Protocol, Service};
 use crate::relay::Relay;
 use crate::shutdown::{self, DrainWaiter, Trigger};
+use crate::simulator::smtp::{SinkStats, SmtpSink};
 use crate::simulator::{Simulator, Stats};
 use crate::store::{OpenError, Store};
 
@@ -47,11 +50,75 @@ pub enum ServeError {
     },
 }
 
+/// Where a listener forwards: an HTTP gateway or a mail server.
+enum Target {
+    Http(http::Uri),
+    Smtp(SmtpTarget),
+}
+
+/// Starts the built-in simulator for a listener without an upstream: the gateway
+/// look-alike for `profile`, or the sink MTA for an SMTP listener (`None`).
+async fn start_simulator(
+    l: &crate::config::ListenerConfig,
+    profile: Option<crate::config::Profile>,
+    shutdown: &crate::shutdown::Shutdown,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(SocketAddr, StartedSimulator), ServeError> {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let bind_err = |source| ServeError::Bind {
+        listener: l.name.clone(),
+        addr: loopback,
+        source,
+    };
+    let (addr, stats) = match profile {
+        Some(profile) => {
+            let kind = profile.kind;
+            let sim = Simulator::bind(loopback, profile).await.map_err(bind_err)?;
+            let addr = sim.local_addr().map_err(bind_err)?;
+            tracing::info!(
+                listener = %l.name,
+                simulator = %addr,
+                "no upstream configured: forwarding to the built-in {} gateway simulator at http://{addr} (GET /stats for its counts)",
+                kind.as_str()
+            );
+            let stats = SimulatorStats::Http(sim.stats.clone());
+            tasks.push(tokio::spawn(sim.run(shutdown.clone())));
+            (addr, stats)
+        }
+        None => {
+            let sink = SmtpSink::bind(loopback).await.map_err(bind_err)?;
+            let addr = sink.local_addr().map_err(bind_err)?;
+            tracing::info!(
+                listener = %l.name,
+                simulator = %addr,
+                "no upstream configured: relaying to the built-in sink MTA at smtp://{addr}, which discards every message"
+            );
+            let stats = SimulatorStats::Smtp(sink.stats.clone());
+            tasks.push(tokio::spawn(sink.run(shutdown.clone())));
+            (addr, stats)
+        }
+    };
+    Ok((
+        addr,
+        StartedSimulator {
+            listener: l.name.clone(),
+            addr,
+            stats,
+        },
+    ))
+}
+
+/// A started simulator's counts.
+pub enum SimulatorStats {
+    Http(Arc<Stats>),
+    Smtp(Arc<SinkStats>),
+}
+
 /// A built-in simulator started because a listener has no upstream.
 pub struct StartedSimulator {
     pub listener: String,
     pub addr: SocketAddr,
-    pub stats: Arc<Stats>,
+    pub stats: SimulatorStats,
 }
 
 /// How long requests cut short at `shutdown-timeout` get to write their outcomes: more
@@ -83,45 +150,42 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     let mut simulators = Vec::new();
     let mut upstreams = Vec::new();
     for l in &config.listeners {
-        let ListenerProtocol::Http { profile, forward } = &l.protocol;
-        let uri = match &forward.upstream {
-            Some(uri) => uri.clone(),
-            None => {
-                let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-                let sim = Simulator::bind(loopback, profile.clone())
-                    .await
-                    .map_err(|source| ServeError::Bind {
-                        listener: l.name.clone(),
-                        addr: loopback,
-                        source,
-                    })?;
-                let addr = sim.local_addr().map_err(|source| ServeError::Bind {
-                    listener: l.name.clone(),
-                    addr: loopback,
-                    source,
-                })?;
-                tracing::info!(
-                    listener = %l.name,
-                    simulator = %addr,
-                    "no upstream configured: forwarding to the built-in {} gateway simulator at http://{addr} (GET /stats for its counts)",
-                    profile.kind.as_str()
-                );
-                simulators.push(StartedSimulator {
-                    listener: l.name.clone(),
-                    addr,
-                    stats: sim.stats.clone(),
-                });
-                tasks.push(tokio::spawn(sim.run(simulator_shutdown.clone())));
-                format!("http://{addr}")
-                    .parse()
-                    .map_err(|_| ServeError::Bind {
-                        listener: l.name.clone(),
-                        addr,
-                        source: std::io::Error::other("simulator address is not a URI"),
-                    })?
-            }
+        let upstream = match &l.protocol {
+            ListenerProtocol::Http { profile, forward } => match &forward.upstream {
+                Some(uri) => Target::Http(uri.clone()),
+                None => {
+                    let (addr, sim) = start_simulator(
+                        l,
+                        Some((**profile).clone()),
+                        &simulator_shutdown,
+                        &mut tasks,
+                    )
+                    .await?;
+                    simulators.push(sim);
+                    Target::Http(format!("http://{addr}").parse().map_err(|_| {
+                        ServeError::Bind {
+                            listener: l.name.clone(),
+                            addr,
+                            source: std::io::Error::other("simulator address is not a URI"),
+                        }
+                    })?)
+                }
+            },
+            ListenerProtocol::Smtp(smtp) => match &smtp.upstream {
+                Some(target) => Target::Smtp(target.clone()),
+                None => {
+                    let (addr, sim) =
+                        start_simulator(l, None, &simulator_shutdown, &mut tasks).await?;
+                    simulators.push(sim);
+                    Target::Smtp(SmtpTarget {
+                        host: addr.ip().to_string(),
+                        port: addr.port(),
+                        implicit_tls: false,
+                    })
+                }
+            },
         };
-        upstreams.push(uri);
+        upstreams.push(upstream);
     }
 
     // Each message in flight holds two places in the writer's queue (its records, and
@@ -163,21 +227,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     let normalizer = NumberNormalizer::new(config.store.default_region);
     let (drain, drain_waiter) = shutdown::drain();
     let mut bound = Vec::new();
-    for (l, uri) in config.listeners.iter().zip(upstreams) {
-        let ListenerProtocol::Http { profile, forward } = &l.protocol;
-        let tls = match &l.tls {
-            Some(files) => Some(TlsAcceptor::from(
-                tls::server_config(&files.cert, &files.key).map_err(|source| ServeError::Tls {
-                    listener: l.name.clone(),
-                    source,
-                })?,
-            )),
-            None => None,
-        };
-        let upstream = Upstream::new(uri, forward).map_err(|source| ServeError::Tls {
-            listener: l.name.clone(),
-            source,
-        })?;
+    for (l, upstream) in config.listeners.iter().zip(upstreams) {
         let listener = TcpListener::bind(l.listen)
             .await
             .map_err(|source| ServeError::Bind {
@@ -190,36 +240,92 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
             addr: l.listen,
             source,
         })?;
+        let tls_err = |source| ServeError::Tls {
+            listener: l.name.clone(),
+            source,
+        };
+        let (protocol, service, cut_short) = match &l.protocol {
+            ListenerProtocol::Http { .. } => (Protocol::Http, Service::Sms, 503),
+            ListenerProtocol::Smtp(_) => (Protocol::Smtp, Service::Email, 421),
+        };
         let core = Arc::new(Relay::new(
             l.name.clone(),
-            Protocol::Http,
-            Service::Sms,
+            protocol,
+            service,
             store.recorder(),
             normalizer.clone(),
             metrics.clone(),
             Arc::new(abort.clone()),
-            http::StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+            cut_short,
         ));
-        let relay = Arc::new(Listener {
-            relay: core,
-            profile: profile.clone(),
-            limits: l.limits,
-            upstream,
-        });
-        tracing::info!(
-            listener = %l.name,
-            addr = %addr,
-            profile = profile.kind.as_str(),
-            tls = tls.is_some(),
-            upstream = %relay.upstream.base(),
-            "listening"
-        );
-        let server = HttpServer {
-            listener,
-            http: relay,
-            tls,
-        };
-        tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));
+        match (&l.protocol, upstream) {
+            (ListenerProtocol::Http { profile, forward }, Target::Http(uri)) => {
+                let tls = match &l.tls {
+                    Some(files) => Some(TlsAcceptor::from(
+                        tls::server_config(&files.cert, &files.key).map_err(tls_err)?,
+                    )),
+                    None => None,
+                };
+                let upstream = Upstream::new(uri, forward).map_err(tls_err)?;
+                let relay = Arc::new(Listener {
+                    relay: core,
+                    profile: (**profile).clone(),
+                    limits: l.limits,
+                    upstream,
+                });
+                tracing::info!(
+                    listener = %l.name,
+                    addr = %addr,
+                    profile = profile.kind.as_str(),
+                    tls = tls.is_some(),
+                    upstream = %relay.upstream.base(),
+                    "listening"
+                );
+                let server = HttpServer {
+                    listener,
+                    http: relay,
+                    tls,
+                };
+                tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));
+            }
+            (ListenerProtocol::Smtp(smtp), Target::Smtp(target)) => {
+                let tls = match &l.tls {
+                    Some(files) => Some(TlsAcceptor::from(
+                        tls::server_config_alpn(&files.cert, &files.key, &[]).map_err(tls_err)?,
+                    )),
+                    None => None,
+                };
+                let upstream = SmtpUpstream::new(target, smtp).map_err(tls_err)?;
+                tracing::info!(
+                    listener = %l.name,
+                    addr = %addr,
+                    protocol = "smtp",
+                    tls = if smtp.implicit_tls { "implicit" } else if tls.is_some() { "starttls" } else { "none" },
+                    upstream = %upstream.target(),
+                    xclient = smtp.xclient,
+                    "listening"
+                );
+                let (implicit_tls, starttls) = if smtp.implicit_tls {
+                    (tls, None)
+                } else {
+                    (None, tls)
+                };
+                let server = SmtpServer {
+                    listener,
+                    smtp: Arc::new(SmtpListener {
+                        relay: core,
+                        settings: smtp.clone(),
+                        starttls,
+                        upstream,
+                        handshake_timeout: l.limits.header_timeout,
+                        max_connections: l.limits.max_connections,
+                    }),
+                    implicit_tls,
+                };
+                tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));
+            }
+            _ => unreachable!("each listener's upstream is made for its protocol above"),
+        }
         bound.push((l.name.clone(), addr));
     }
     drop(drain);

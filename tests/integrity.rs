@@ -31,6 +31,8 @@ async fn accepted(rec: &relaylog::store::Recorder, account: &str, number: &str) 
         upstream_status: Some(202),
         gateway_code: Some(0),
         upstream_message_id: None,
+        enhanced_status: None,
+        size_bytes: None,
     };
     rec.record_outcome(&ev).await.unwrap();
 }

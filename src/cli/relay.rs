@@ -121,7 +121,7 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
             crate::ingress::tls::server_config(&tls.cert, &tls.key)
                 .with_context(|| format!("listener `{}`", l.name))?;
         }
-        if let Some(ca) = &l.forward().ca_file {
+        if let Some(ca) = l.upstream_ca() {
             crate::ingress::tls::load_certs(ca)
                 .with_context(|| format!("listener `{}`", l.name))?;
         }

@@ -13,13 +13,13 @@ use super::{ConfigError, invalid, parse_duration};
 pub struct RawListener {
     pub name: String,
     pub listen: String,
-    /// `http` (the default).
+    /// `http` (the default) or `smtp`.
     pub protocol: Option<String>,
-    pub profile: String,
+    /// HTTP: the gateway API (required).
+    pub profile: Option<String>,
     pub upstream: Option<String>,
     pub upstream_ca: Option<PathBuf>,
-    #[serde(default = "default_true")]
-    pub rewrite_host: bool,
+    pub rewrite_host: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub path: Option<String>,
@@ -34,17 +34,22 @@ pub struct RawListener {
     pub idle_timeout: String,
     #[serde(default = "d_request_timeout")]
     pub request_timeout: String,
-    #[serde(default = "d_upstream_timeout")]
-    pub upstream_timeout: String,
+    pub upstream_timeout: Option<String>,
     #[serde(default = "d_max_connections")]
     pub max_connections: usize,
     #[serde(default = "d_upstream_pool")]
     pub upstream_pool_idle: usize,
     pub json: Option<RawJsonProfile>,
-}
-
-fn default_true() -> bool {
-    true
+    // SMTP only.
+    pub upstream_starttls: Option<bool>,
+    pub implicit_tls: Option<bool>,
+    pub require_tls: Option<bool>,
+    pub xclient: Option<bool>,
+    pub max_message_bytes: Option<u64>,
+    pub max_recipients: Option<usize>,
+    pub command_timeout: Option<String>,
+    pub data_timeout: Option<String>,
+    pub max_session: Option<String>,
 }
 
 fn d_max_body() -> usize {
@@ -64,10 +69,6 @@ fn d_idle_timeout() -> String {
 }
 
 fn d_request_timeout() -> String {
-    "30s".into()
-}
-
-fn d_upstream_timeout() -> String {
     "30s".into()
 }
 
@@ -241,14 +242,76 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone)]
 pub enum ListenerProtocol {
     /// An HTTP SMS API in front of an HTTP gateway.
-    Http { profile: Profile, forward: Forward },
+    Http {
+        profile: Box<Profile>,
+        forward: Forward,
+    },
+    /// SMTP in front of a mail server.
+    Smtp(Smtp),
+}
+
+/// Where an SMTP listener relays to: `smtp://host:port` (25 by default) or
+/// `smtps://host:port` (TLS from the first byte, 465 by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpTarget {
+    pub host: String,
+    pub port: u16,
+    pub implicit_tls: bool,
+}
+
+impl std::fmt::Display for SmtpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.implicit_tls { "smtps" } else { "smtp" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// An SMTP listener's settings (see the README's SMTP section).
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    /// `None`: serve starts the built-in sink MTA and relays to it.
+    pub upstream: Option<SmtpTarget>,
+    /// STARTTLS towards a `smtp://` upstream before anything else.
+    pub upstream_starttls: bool,
+    /// Extra CA certificates (PEM) trusted for the upstream's TLS, beside the web PKI.
+    pub upstream_ca: Option<PathBuf>,
+    /// Connecting to the upstream, and each of its replies (the final one after DATA too).
+    pub upstream_timeout: Duration,
+    /// Tell the upstream the real client with Postfix's XCLIENT (ADDR, PORT).
+    pub xclient: bool,
+    /// TLS from the first byte (port 465 style) with the listener's certificate;
+    /// otherwise the certificate, if any, is offered through STARTTLS.
+    pub implicit_tls: bool,
+    /// AUTH and MAIL only over TLS (`530 5.7.0` before it).
+    pub require_tls: bool,
+    pub max_message_bytes: u64,
+    pub max_recipients: usize,
+    /// Waiting for a command.
+    pub command_timeout: Duration,
+    /// Waiting for the next bytes of a message.
+    pub data_timeout: Duration,
+    /// The longest a session may last.
+    pub max_session: Duration,
 }
 
 impl ListenerConfig {
-    /// The upstream side of the listener.
-    pub fn forward(&self) -> &Forward {
+    /// Whether the listener names its upstream (else serve starts a simulator).
+    pub fn has_upstream(&self) -> bool {
         match &self.protocol {
-            ListenerProtocol::Http { forward, .. } => forward,
+            ListenerProtocol::Http { forward, .. } => forward.upstream.is_some(),
+            ListenerProtocol::Smtp(smtp) => smtp.upstream.is_some(),
+        }
+    }
+
+    /// The extra CA file trusted for the upstream's TLS.
+    pub fn upstream_ca(&self) -> Option<&PathBuf> {
+        match &self.protocol {
+            ListenerProtocol::Http { forward, .. } => forward.ca_file.as_ref(),
+            ListenerProtocol::Smtp(smtp) => smtp.upstream_ca.as_ref(),
         }
     }
 }
@@ -258,16 +321,87 @@ pub(super) fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConf
     if l.name.trim().is_empty() {
         return Err(invalid(key("name"), "must not be empty"));
     }
+    let name = l.name.clone();
     let listen: SocketAddr = l.listen.parse().map_err(|_| {
         invalid(
             key("listen"),
             format!("`{}` is not an address such as 127.0.0.1:13080", l.listen),
         )
     })?;
-    let kind = ProfileKind::parse(&l.profile).ok_or_else(|| {
+    let tls = match (l.tls_cert.clone(), l.tls_key.clone()) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => return Err(invalid(key("tls-cert"), "tls-cert and tls-key go together")),
+    };
+    if l.max_connections == 0 {
+        return Err(invalid(key("max-connections"), "must be at least 1"));
+    }
+    if l.max_body_bytes == 0 || l.max_body_bytes > 64 * 1024 * 1024 {
+        return Err(invalid(
+            key("max-body-bytes"),
+            "must be between 1 and 67108864",
+        ));
+    }
+    let limits = Limits {
+        max_body_bytes: l.max_body_bytes,
+        header_timeout: parse_duration(&key("header-timeout"), &l.header_timeout)?,
+        idle_timeout: parse_duration(&key("idle-timeout"), &l.idle_timeout)?,
+        request_timeout: parse_duration(&key("request-timeout"), &l.request_timeout)?,
+        max_connections: l.max_connections,
+    };
+    let protocol = match l.protocol.as_deref().unwrap_or("http") {
+        "http" => validate_http(&key, l)?,
+        "smtp" => ListenerProtocol::Smtp(validate_smtp(&key, l, tls.is_some())?),
+        other => {
+            return Err(invalid(
+                key("protocol"),
+                format!(
+                    "`{other}`: expected \"http\" or \"smtp\" (SMPP listeners are not built yet)"
+                ),
+            ));
+        }
+    };
+    Ok(ListenerConfig {
+        name,
+        listen,
+        protocol,
+        tls,
+        limits,
+    })
+}
+
+fn validate_http(
+    key: &dyn Fn(&str) -> String,
+    l: RawListener,
+) -> Result<ListenerProtocol, ConfigError> {
+    for (set, k) in [
+        (l.upstream_starttls.is_some(), "upstream-starttls"),
+        (l.implicit_tls.is_some(), "implicit-tls"),
+        (l.require_tls.is_some(), "require-tls"),
+        (l.xclient.is_some(), "xclient"),
+        (l.max_message_bytes.is_some(), "max-message-bytes"),
+        (l.max_recipients.is_some(), "max-recipients"),
+        (l.command_timeout.is_some(), "command-timeout"),
+        (l.data_timeout.is_some(), "data-timeout"),
+        (l.max_session.is_some(), "max-session"),
+    ] {
+        if set {
+            return Err(invalid(
+                key(k),
+                "is an SMTP setting: this listener speaks HTTP",
+            ));
+        }
+    }
+    let Some(profile) = l.profile else {
+        return Err(invalid(
+            key("profile"),
+            "an HTTP listener needs one: kannel, jasmin or json",
+        ));
+    };
+    let kind = ProfileKind::parse(&profile).ok_or_else(|| {
         invalid(
             key("profile"),
-            format!("`{}`: expected kannel, jasmin or json", l.profile),
+            format!("`{profile}`: expected kannel, jasmin or json"),
         )
     })?;
     let path = l.path.unwrap_or_else(|| kind.default_path().to_owned());
@@ -324,7 +458,10 @@ pub(super) fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConf
         }
         (_, None) => None,
     };
-    let upstream_timeout = parse_duration(&key("upstream-timeout"), &l.upstream_timeout)?;
+    let upstream_timeout = parse_duration(
+        &key("upstream-timeout"),
+        l.upstream_timeout.as_deref().unwrap_or("30s"),
+    )?;
     let upstream = match l.upstream {
         Some(u) => {
             let uri: http::Uri = u
@@ -364,51 +501,126 @@ pub(super) fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConf
         }
         None => None,
     };
-    let tls = match (l.tls_cert, l.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        (None, None) => None,
-        _ => return Err(invalid(key("tls-cert"), "tls-cert and tls-key go together")),
-    };
-    if l.max_connections == 0 {
-        return Err(invalid(key("max-connections"), "must be at least 1"));
-    }
-    if l.max_body_bytes == 0 || l.max_body_bytes > 64 * 1024 * 1024 {
-        return Err(invalid(
-            key("max-body-bytes"),
-            "must be between 1 and 67108864",
-        ));
-    }
-    let protocol = match l.protocol.as_deref().unwrap_or("http") {
-        "http" => ListenerProtocol::Http {
-            profile: Profile::new(kind, path, &passthrough, json),
-            forward: Forward {
-                upstream,
-                ca_file: l.upstream_ca,
-                rewrite_host: l.rewrite_host,
-                timeout: upstream_timeout,
-                pool_idle: l.upstream_pool_idle,
-                max_response_bytes: l.max_response_bytes,
-            },
+    Ok(ListenerProtocol::Http {
+        profile: Box::new(Profile::new(kind, path, &passthrough, json)),
+        forward: Forward {
+            upstream,
+            ca_file: l.upstream_ca,
+            rewrite_host: l.rewrite_host.unwrap_or(true),
+            timeout: upstream_timeout,
+            pool_idle: l.upstream_pool_idle,
+            max_response_bytes: l.max_response_bytes,
         },
-        other => {
+    })
+}
+
+fn validate_smtp(
+    key: &dyn Fn(&str) -> String,
+    l: RawListener,
+    has_cert: bool,
+) -> Result<Smtp, ConfigError> {
+    for (set, k) in [
+        (l.profile.is_some(), "profile"),
+        (l.path.is_some(), "path"),
+        (l.passthrough.is_some(), "passthrough"),
+        (l.json.is_some(), "json"),
+        (l.rewrite_host.is_some(), "rewrite-host"),
+    ] {
+        if set {
             return Err(invalid(
-                key("protocol"),
-                format!("`{other}`: expected \"http\" (SMTP and SMPP listeners are not built yet)"),
+                key(k),
+                "is an HTTP setting: this listener speaks SMTP",
             ));
         }
+    }
+    let upstream = match &l.upstream {
+        Some(u) => Some(parse_smtp_target(u).map_err(|why| invalid(key("upstream"), why))?),
+        None => None,
     };
-    Ok(ListenerConfig {
-        name: l.name,
-        listen,
-        protocol,
-        tls,
-        limits: Limits {
-            max_body_bytes: l.max_body_bytes,
-            header_timeout: parse_duration(&key("header-timeout"), &l.header_timeout)?,
-            idle_timeout: parse_duration(&key("idle-timeout"), &l.idle_timeout)?,
-            request_timeout: parse_duration(&key("request-timeout"), &l.request_timeout)?,
-            max_connections: l.max_connections,
-        },
+    let implicit_tls = l.implicit_tls.unwrap_or(false);
+    if implicit_tls && !has_cert {
+        return Err(invalid(key("implicit-tls"), "needs tls-cert and tls-key"));
+    }
+    let require_tls = l.require_tls.unwrap_or(false);
+    if require_tls && !has_cert {
+        return Err(invalid(
+            key("require-tls"),
+            "needs tls-cert and tls-key: clients could never send",
+        ));
+    }
+    let upstream_starttls = l.upstream_starttls.unwrap_or(false);
+    if upstream_starttls && upstream.as_ref().is_some_and(|u| u.implicit_tls) {
+        return Err(invalid(
+            key("upstream-starttls"),
+            "an smtps:// upstream is TLS from the start; STARTTLS is for smtp://",
+        ));
+    }
+    let max_message_bytes = l.max_message_bytes.unwrap_or(10_240_000);
+    if max_message_bytes == 0 {
+        return Err(invalid(key("max-message-bytes"), "must be at least 1"));
+    }
+    let max_recipients = l.max_recipients.unwrap_or(1000);
+    if !(1..=u16::MAX as usize).contains(&max_recipients) {
+        return Err(invalid(
+            key("max-recipients"),
+            "must be between 1 and 65535",
+        ));
+    }
+    let duration = |k: &str, v: &Option<String>, default: &str| {
+        let d = parse_duration(&key(k), v.as_deref().unwrap_or(default))?;
+        if d.is_zero() {
+            return Err(invalid(key(k), "must be more than zero"));
+        }
+        Ok(d)
+    };
+    Ok(Smtp {
+        upstream,
+        upstream_starttls,
+        upstream_ca: l.upstream_ca,
+        upstream_timeout: duration("upstream-timeout", &l.upstream_timeout, "300s")?,
+        xclient: l.xclient.unwrap_or(false),
+        implicit_tls,
+        require_tls,
+        max_message_bytes,
+        max_recipients,
+        command_timeout: duration("command-timeout", &l.command_timeout, "300s")?,
+        data_timeout: duration("data-timeout", &l.data_timeout, "300s")?,
+        max_session: duration("max-session", &l.max_session, "1h")?,
+    })
+}
+
+/// `smtp://host[:port]` or `smtps://host[:port]`, nothing else.
+fn parse_smtp_target(u: &str) -> Result<SmtpTarget, &'static str> {
+    // The value is never echoed: it could carry credentials.
+    let uri: http::Uri = u.parse().map_err(|_| "is not a URL")?;
+    let implicit_tls = match uri.scheme_str() {
+        Some("smtp") => false,
+        Some("smtps") => true,
+        _ => return Err("must be an smtp:// or smtps:// URL"),
+    };
+    let authority = uri.authority().ok_or("has no host")?;
+    if authority.as_str().contains('@') {
+        return Err("must not contain user:password@; clients authenticate themselves");
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+    {
+        return Err("must be scheme://host:port only");
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    Ok(SmtpTarget {
+        host: host.to_owned(),
+        port: authority
+            .port_u16()
+            .unwrap_or(if implicit_tls { 465 } else { 25 }),
+        implicit_tls,
     })
 }
 

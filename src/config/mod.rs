@@ -176,7 +176,7 @@ impl Config {
             }
         }
         for l in &self.listeners {
-            if l.forward().upstream.is_none() {
+            if !l.has_upstream() {
                 out.push(format!(
                     "listener `{}` has no upstream: serve will forward to the built-in simulator",
                     l.name
@@ -292,7 +292,9 @@ mod tests {
         let cfg = parse(text).unwrap();
         assert_eq!(cfg.store.retention, Retention::Months(13));
         assert_eq!(cfg.store.durability, Durability::RecordBeforeForward);
-        let ListenerProtocol::Http { profile, .. } = &cfg.listeners[0].protocol;
+        let ListenerProtocol::Http { profile, .. } = &cfg.listeners[0].protocol else {
+            panic!("the shipped listener speaks HTTP");
+        };
         assert_eq!(profile.kind, ProfileKind::Kannel);
     }
 
@@ -361,6 +363,30 @@ mod tests {
             (
                 "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nprofile=\"kannel\"\n",
                 "listener[0].protocol",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nprofile=\"kannel\"\n",
+                "listener[0].profile",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nupstream=\"http://h:25\"\n",
+                "listener[0].upstream",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nrequire-tls=true\n",
+                "listener[0].require-tls",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nupstream=\"smtps://h\"\nupstream-starttls=true\n",
+                "listener[0].upstream-starttls",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nxclient=true\n",
+                "listener[0].xclient",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\n",
+                "listener[0].profile",
             ),
             (
                 "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nupstream=\"http://h:1/cgi-bin\"\n",

@@ -13,7 +13,7 @@ use tokio_rustls::TlsConnector;
 use super::pool::{Conn, Pool, Target};
 
 use crate::config::Forward;
-use crate::ingress::tls::{TlsError, load_certs, ring_provider};
+use crate::ingress::tls::{TlsError, client_config};
 
 /// Why a connection to the upstream could not be made or broke before its reply: what
 /// an operator needs to tell a stopped gateway from a firewall, a certificate problem
@@ -53,7 +53,7 @@ impl ConnectCause {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             ConnectCause::Refused => "connection refused",
             ConnectCause::TimedOut => "connect timed out",
@@ -65,7 +65,7 @@ impl ConnectCause {
         }
     }
 
-    fn reason(self) -> &'static str {
+    pub fn reason(self) -> &'static str {
         match self {
             ConnectCause::Refused => "connect_refused",
             ConnectCause::TimedOut => "connect_timeout",
@@ -178,21 +178,10 @@ impl Upstream {
         let https = base.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = base.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let mut roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            if let Some(ca) = &cfg.ca_file {
-                for cert in load_certs(ca)? {
-                    roots.add(cert)?;
-                }
-            }
-            let config = rustls::ClientConfig::builder_with_provider(ring_provider())
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let config = client_config(cfg.ca_file.as_deref())?;
             let name = ServerName::try_from(host.clone())
                 .map_err(|_| TlsError::Invalid("upstream host is not a valid TLS server name"))?;
-            Some((TlsConnector::from(Arc::new(config)), name))
+            Some((TlsConnector::from(config), name))
         } else {
             None
         };

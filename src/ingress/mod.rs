@@ -3,4 +3,5 @@
 
 pub mod http;
 pub mod profile;
+pub mod smtp;
 pub mod tls;

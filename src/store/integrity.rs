@@ -29,6 +29,7 @@ use rusqlite::Connection;
 use super::keys::{hex, unhex};
 use super::partition::PartitionId;
 use super::rows::{OutcomeRow, Row};
+use super::schema;
 
 pub use super::rows::Hash;
 
@@ -207,6 +208,25 @@ pub fn outcome_leaf(o: &OutcomeRow) -> Hash {
             b.extend_from_slice(m);
         }
         None => b.push(0),
+    }
+    // The SMTP fields, only where there are any: older leaves hash as they did.
+    if o.enhanced_status.is_some() || o.size_bytes.is_some() {
+        b.push(b'x');
+        match &o.enhanced_status {
+            Some(e) => {
+                b.push(1);
+                b.extend_from_slice(&(e.len() as u32).to_be_bytes());
+                b.extend_from_slice(e.as_bytes());
+            }
+            None => b.push(0),
+        }
+        match o.size_bytes {
+            Some(n) => {
+                b.push(1);
+                b.extend_from_slice(&n.to_be_bytes());
+            }
+            None => b.push(0),
+        }
     }
     sha(&[&b])
 }
@@ -431,7 +451,10 @@ impl TreeState {
             t.push_record(id, leaf);
         }
         let mut leaves: BTreeMap<i64, Hash> = erased.outcomes.into_iter().collect();
-        let mut stmt = conn.prepare(&format!("{OUTCOME_SELECT} WHERE id > ?1 ORDER BY id"))?;
+        let mut stmt = conn.prepare(&format!(
+            "{} WHERE id > ?1 ORDER BY id",
+            outcome_select(conn)?
+        ))?;
         for row in stmt.query_map([t.outcome_through], read_outcome)? {
             let (id, row) = row?;
             leaves.insert(id, outcome_leaf(&row));
@@ -523,7 +546,14 @@ impl TreeState {
 
 const RECORD_SELECT: &str = "SELECT id, submission, ordinal, at_us, bucket, protocol, service, recipient_form, segments, \
      account_ix, ip_ix, originator_ix, recipient_ix, sealed FROM record";
-const OUTCOME_SELECT: &str = "SELECT id, submission, at_us, outcome, upstream_status, gateway_code, message_id_sealed FROM outcome";
+/// `SELECT <outcome columns> FROM outcome` for this partition (see
+/// [`schema::outcome_columns`]).
+fn outcome_select(conn: &Connection) -> rusqlite::Result<String> {
+    Ok(format!(
+        "SELECT {} FROM outcome",
+        schema::outcome_columns(conn)?
+    ))
+}
 
 /// What `verify` found in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -655,6 +685,8 @@ fn read_outcome(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, OutcomeRow)> {
             upstream_status: r.get(4)?,
             gateway_code: r.get(5)?,
             message_id_sealed: r.get(6)?,
+            enhanced_status: r.get(7)?,
+            size_bytes: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as u64),
             leaf: [0; 32],
         },
     ))
@@ -690,7 +722,7 @@ fn verify_inner(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     out.heads = heads.len() as i64;
     let mut records = conn.prepare(&format!("{RECORD_SELECT} ORDER BY id"))?;
-    let mut outcomes = conn.prepare(&format!("{OUTCOME_SELECT} ORDER BY id"))?;
+    let mut outcomes = conn.prepare(&format!("{} ORDER BY id", outcome_select(conn)?))?;
     let mut rec_iter = records.query_map([], read_record)?.peekable();
     let mut out_iter = outcomes.query_map([], read_outcome)?.peekable();
     let (erased_r, erased_o, statements) = load_erased(conn, partition, &key, &mut out.damage)?;
@@ -1029,7 +1061,8 @@ pub fn erase_records(
     let mut outcome_ids = Vec::new();
     {
         let mut stmt = tx.prepare(&format!(
-            "{OUTCOME_SELECT} WHERE submission = ?1 ORDER BY id"
+            "{} WHERE submission = ?1 ORDER BY id",
+            outcome_select(&tx)?
         ))?;
         for s in &submissions {
             for r in stmt.query_map([s], read_outcome)? {

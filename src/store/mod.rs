@@ -526,6 +526,8 @@ impl Recorder {
             upstream_status: ev.upstream_status,
             gateway_code: ev.gateway_code,
             message_id_sealed,
+            enhanced_status: ev.enhanced_status.clone(),
+            size_bytes: ev.size_bytes,
             leaf: [0; 32],
         };
         row.leaf = integrity::outcome_leaf(&row);

@@ -55,6 +55,8 @@ pub struct FoundOutcome {
     pub upstream_status: Option<u16>,
     pub gateway_code: Option<i32>,
     pub upstream_message_id: Option<String>,
+    pub enhanced_status: Option<String>,
+    pub size_bytes: Option<u64>,
 }
 
 /// One matching record, decrypted.
@@ -166,11 +168,11 @@ pub fn run(
             "SELECT {COLUMNS} FROM record r WHERE r.id > ?1 AND r.{} = ?2 AND r.at_us >= ?3 AND r.at_us < ?4 ORDER BY r.id",
             criteria.kind.column()
         );
+        let columns = schema::outcome_columns(&tx).map_err(part_err(p))?;
         let mut outcome_stmt = tx
-            .prepare(
-                "SELECT outcome, at_us, upstream_status, gateway_code, message_id_sealed FROM outcome \
-                 WHERE submission = ?1 ORDER BY id DESC LIMIT 1",
-            )
+            .prepare(&format!(
+                "SELECT {columns} FROM outcome WHERE submission = ?1 ORDER BY id DESC LIMIT 1"
+            ))
             .map_err(part_err(p))?;
         let mut take = |row: &rusqlite::Row<'_>| -> Result<(), QueryError> {
             let record_id: i64 = row.get(0).map_err(part_err(p))?;
@@ -192,17 +194,23 @@ pub fn run(
             let outcome = outcome_stmt
                 .query_row(params![submission.0], |r| {
                     Ok((
-                        r.get::<_, u8>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Option<u16>>(2)?,
-                        r.get::<_, Option<i32>>(3)?,
-                        r.get::<_, Option<Vec<u8>>>(4)?,
+                        (
+                            r.get::<_, u8>(3)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<u16>>(4)?,
+                            r.get::<_, Option<i32>>(5)?,
+                            r.get::<_, Option<Vec<u8>>>(6)?,
+                        ),
+                        r.get::<_, Option<String>>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
                     ))
                 })
                 .optional()
                 .map_err(part_err(p))?;
             let outcome = match outcome {
-                Some((o, at, status, code, msgid)) => Some(FoundOutcome {
+                Some(((o, at, status, code, msgid), enhanced_status, size)) => Some(FoundOutcome {
+                    enhanced_status,
+                    size_bytes: size.map(|n| n.max(0) as u64),
                     outcome: Outcome::from_u8(o).ok_or_else(|| corrupt("unknown outcome"))?,
                     at,
                     upstream_status: status,

@@ -33,5 +33,7 @@ pub struct OutcomeRow {
     pub upstream_status: Option<u16>,
     pub gateway_code: Option<i32>,
     pub message_id_sealed: Option<Vec<u8>>,
+    pub enhanced_status: Option<String>,
+    pub size_bytes: Option<u64>,
     pub leaf: Hash,
 }

@@ -10,7 +10,8 @@
 //!        sealed)                   -- nonce | AES-256-GCM(codec payload) | tag
 //! outcome(id INTEGER PRIMARY KEY, -- given by the writer, never reused, like record.id
 //!         submission, at_us, outcome, upstream_status,
-//!         gateway_code, message_id_sealed)   -- appended, never updated
+//!         gateway_code, message_id_sealed,   -- appended, never updated
+//!         enhanced_status, size_bytes)       -- SMTP; added by ALTER to older files
 //! ix_account / ix_ip / ix_originator / ix_recipient
 //!        (bucket, tag, first, ids) PRIMARY KEY (bucket, tag, first), WITHOUT ROWID
 //!                                  -- blind-index posting lists (see `postings`)
@@ -97,7 +98,9 @@ CREATE TABLE IF NOT EXISTS outcome (
     outcome           INTEGER NOT NULL,
     upstream_status   INTEGER,
     gateway_code      INTEGER,
-    message_id_sealed BLOB
+    message_id_sealed BLOB,
+    enhanced_status   TEXT,
+    size_bytes        INTEGER
 );
 CREATE INDEX IF NOT EXISTS outcome_submission ON outcome(submission);
 ";
@@ -143,7 +146,7 @@ pub const ROWS_PER_INSERT: usize = 32;
 
 /// Columns of [`INSERT_RECORD`] and [`INSERT_OUTCOME`].
 pub const RECORD_COLUMNS: usize = 14;
-pub const OUTCOME_COLUMNS: usize = 7;
+pub const OUTCOME_COLUMNS: usize = 9;
 
 /// The tables written a batch at a time by [`insert_many`].
 #[derive(Debug, Clone, Copy)]
@@ -226,7 +229,26 @@ pub fn insert_postings_many(kind: usize) -> &'static str {
 
 /// See [`INSERT_RECORD`]: ids are the writer's.
 pub const INSERT_OUTCOME: &str = "INSERT INTO outcome (id, submission, at_us, outcome, upstream_status, \
-    gateway_code, message_id_sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    gateway_code, message_id_sealed, enhanced_status, size_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Whether the partition's outcome table has the SMTP columns (`enhanced_status`,
+/// `size_bytes`); partitions written before them lack them until a writer opens them.
+pub fn has_outcome_extras(conn: &Connection) -> rusqlite::Result<bool> {
+    let mut stmt =
+        conn.prepare("SELECT 1 FROM pragma_table_info('outcome') WHERE name = 'size_bytes'")?;
+    stmt.exists([])
+}
+
+/// The outcome columns every reader selects, in this order: id, submission, at_us,
+/// outcome, upstream_status, gateway_code, message_id_sealed, enhanced_status,
+/// size_bytes (NULL for the last two in a partition that predates them).
+pub fn outcome_columns(conn: &Connection) -> rusqlite::Result<&'static str> {
+    Ok(if has_outcome_extras(conn)? {
+        "id, submission, at_us, outcome, upstream_status, gateway_code, message_id_sealed, enhanced_status, size_bytes"
+    } else {
+        "id, submission, at_us, outcome, upstream_status, gateway_code, message_id_sealed, NULL, NULL"
+    })
+}
 
 /// Opens (creating if needed) a partition for the writer.
 pub fn open_for_write(
@@ -264,6 +286,12 @@ pub fn open_for_write(
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.execute_batch(DDL)?;
     conn.execute_batch(ERASURE_DDL)?;
+    if !has_outcome_extras(&conn)? {
+        // A partition from before SMTP outcomes: two nullable columns, no rewrite.
+        conn.execute_batch(
+            "ALTER TABLE outcome ADD COLUMN enhanced_status TEXT; ALTER TABLE outcome ADD COLUMN size_bytes INTEGER;",
+        )?;
+    }
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1), ('partition', ?2)",
         rusqlite::params![SCHEMA_VERSION, partition],

@@ -764,6 +764,13 @@ impl Writer {
                         .map_err(sql)?;
                     stmt.raw_bind_parameter(n + 6, &o.message_id_sealed)
                         .map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 7, &o.enhanced_status)
+                        .map_err(sql)?;
+                    stmt.raw_bind_parameter(
+                        n + 8,
+                        o.size_bytes.map(|n| n.min(i64::MAX as u64) as i64),
+                    )
+                    .map_err(sql)?;
                 }
                 stmt.raw_execute().map_err(sql)?;
                 for o in chunk {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::ListenerLabels;
@@ -59,16 +59,7 @@ impl HttpServer {
         };
         let http = self.http.clone();
         let sessions = shutdown.clone();
-        let refuse = move |mut stream: TcpStream, _peer| {
-            refused.inc();
-            // Over TLS there is no cheap way to say it: the connection just closes.
-            if plain {
-                tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
-                });
-            }
-        };
+        let refuse = crate::net::refuse_busy(refused, plain, BUSY);
         let session = move |stream, peer| {
             let (http, shutdown, drain) = (http.clone(), sessions.clone(), drain.clone());
             async move {

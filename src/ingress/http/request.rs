@@ -116,6 +116,7 @@ impl Listener {
                     upstream_status: Some(r.status.as_u16()),
                     gateway_code: read.gateway_code,
                     message_id: read.message_id,
+                    ..Answer::default()
                 };
                 let resp = r.into_response();
                 let status = resp.status().as_u16();

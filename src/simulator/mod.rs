@@ -19,6 +19,8 @@ use crate::config::{AccountFrom, JsonProfile, Profile, ProfileKind};
 use crate::ingress::profile::{Extract, ParseError, RequestView};
 use crate::shutdown::Shutdown;
 
+pub mod smtp;
+
 /// Counts, as served on `/stats`.
 #[derive(Debug, Default)]
 pub struct Stats {

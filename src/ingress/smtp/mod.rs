@@ -1,0 +1,91 @@
+//! The SMTP listener: the shared accept loop ([`crate::net::run`]) with `421 4.7.0` at
+//! the connection limit, TLS from the first byte on an implicit-TLS listener, and one
+//! [`session`] per connection, each with its own upstream leg.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Smtp;
+use crate::egress::smtp::SmtpUpstream;
+use crate::metrics::ListenerLabels;
+use crate::net::ClientStream;
+use crate::relay::Relay;
+use crate::shutdown::{Drain, Shutdown};
+use crate::smtp::Io;
+
+pub mod offer;
+pub mod session;
+
+/// What every session of one SMTP listener shares.
+pub struct SmtpListener {
+    pub relay: Arc<Relay>,
+    pub settings: Smtp,
+    /// Offered through STARTTLS (`None`: no certificate, or TLS from the first byte).
+    pub starttls: Option<TlsAcceptor>,
+    pub upstream: SmtpUpstream,
+    /// How long a client's TLS handshake may take.
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+pub struct SmtpServer {
+    pub listener: TcpListener,
+    pub smtp: Arc<SmtpListener>,
+    /// TLS from the first byte (an implicit-TLS listener).
+    pub implicit_tls: Option<TlsAcceptor>,
+}
+
+const BUSY: &[u8] = b"421 4.7.0 relaylog: too many connections, try again later\r\n";
+
+impl SmtpServer {
+    /// Accepts until shutdown. Each session holds a [`Drain`] token until it ends.
+    pub async fn run(self, shutdown: Shutdown, drain: Drain) {
+        let relay = &self.smtp.relay;
+        let refused = relay
+            .metrics
+            .connections_refused
+            .get_or_create_owned(&ListenerLabels {
+                listener: relay.name.clone(),
+            });
+        let plain = self.implicit_tls.is_none();
+        let gate = crate::net::Gate {
+            name: relay.name.clone(),
+            max_connections: self.smtp.max_connections,
+            tls: self.implicit_tls,
+            handshake_timeout: self.smtp.handshake_timeout,
+        };
+        let refuse = crate::net::refuse_busy(refused, plain, BUSY);
+        let smtp = self.smtp.clone();
+        let sessions = shutdown.clone();
+        let serve = move |stream: ClientStream, peer: SocketAddr| {
+            let (smtp, shutdown, drain) = (smtp.clone(), sessions.clone(), drain.clone());
+            async move {
+                let tls = matches!(stream, ClientStream::Tls(_));
+                let io: Box<dyn Io> = Box::new(stream);
+                serve(&smtp, io, peer, tls, shutdown).await;
+                drop(drain);
+            }
+        };
+        crate::net::run(self.listener, gate, shutdown, refuse, serve).await;
+    }
+}
+
+/// One session, cut short when `shutdown-timeout` passes (a message still on its way
+/// then gets `failed: shutdown` from its dropped ticket).
+pub async fn serve(
+    smtp: &SmtpListener,
+    io: Box<dyn Io>,
+    peer: SocketAddr,
+    tls: bool,
+    shutdown: Shutdown,
+) {
+    let mut abort = Shutdown::clone(&smtp.relay.abort);
+    tokio::select! {
+        () = session::serve(smtp, io, peer, tls, shutdown) => {}
+        () = abort.wait() => {}
+    }
+}

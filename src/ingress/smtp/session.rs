@@ -1,0 +1,833 @@
+//! One SMTP session: a client leg and an upstream leg in lockstep. Each command is
+//! passed on by itself and the upstream's reply comes back unchanged, in order (so
+//! PIPELINING works without relaylog reordering anything); relaylog answers itself
+//! only for what it must refuse or cannot proxy, and edits only the EHLO offer.
+//!
+//! A transaction is MAIL, the RCPTs the upstream accepted, then DATA or BDAT. At
+//! DATA, or at the first BDAT, the transaction's records are committed through the
+//! relay core **before** a byte of content goes upstream; if they cannot be, the
+//! client gets `451 4.3.0` and the upstream an RSET. Content streams through in the
+//! chunks it arrives in and is never kept; at its end the upstream's final reply is
+//! the outcome (code, enhanced code, queue id, size).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::egress::smtp::{Leg, SmtpUpstreamError};
+use crate::record::Outcome;
+use crate::relay::{Answer, Exit, Found, NotForwarded, Ticket};
+use crate::shutdown::Shutdown;
+use crate::smtp::{self, DotScanner, Io, Line, Reply, Scan, Verb, Wire, WireError};
+
+use super::SmtpListener;
+use super::offer::{self, AuthWatch, Offer};
+
+/// Why a session ends.
+#[derive(Debug)]
+enum Stop {
+    Quit,
+    ClientGone,
+    /// relaylog's own last words (a `421`), then close.
+    Close(Reply, Option<&'static str>),
+}
+
+/// An open transaction: MAIL was accepted.
+struct Tx {
+    sender: String,
+    /// The recipients the upstream accepted, as sent.
+    recipients: Vec<String>,
+    /// Set once the records are committed (at DATA or the first BDAT).
+    ticket: Option<Ticket>,
+    /// Content bytes sent upstream so far.
+    size: u64,
+    /// When the content began to go upstream.
+    forward_started: Option<Instant>,
+}
+
+struct Session<'l> {
+    l: &'l SmtpListener,
+    peer: SocketAddr,
+    client: Wire<Box<dyn Io>>,
+    up: Leg,
+    /// Replies not yet written to the client: written when no further command is
+    /// waiting in the buffer (a pipelined batch gets its replies in one write).
+    out: Vec<u8>,
+    tls: bool,
+    account: Option<String>,
+    deadline: Instant,
+    tx: Option<Tx>,
+}
+
+/// Serves one client until QUIT, its departure, a limit, or shutdown. `tls`: the
+/// client connected over TLS (an implicit-TLS listener).
+pub async fn serve(
+    l: &SmtpListener,
+    client: Box<dyn Io>,
+    peer: SocketAddr,
+    tls: bool,
+    shutdown: Shutdown,
+) {
+    let started = Instant::now();
+    let mut client = Wire::new(client);
+    let (up, greeting) = match l.upstream.connect(peer).await {
+        Ok(c) => c,
+        Err(e) => {
+            l.relay.log(Exit::Passthrough(Some(&e)), 421, started);
+            let bye = Reply::local(
+                421,
+                "4.4.2 relaylog: mail service unavailable, try again later",
+            );
+            let _ = client.send(&bye.raw, l.settings.command_timeout).await;
+            return;
+        }
+    };
+    let mut s = Session {
+        l,
+        peer,
+        client,
+        up,
+        out: greeting.raw,
+        tls,
+        account: None,
+        deadline: started + l.settings.max_session,
+        tx: None,
+    };
+    let stop = s.run(shutdown).await;
+    s.end(stop).await;
+}
+
+fn reply_outcome(code: u16) -> Outcome {
+    match code {
+        200..=399 => Outcome::Accepted,
+        500..=599 => Outcome::Rejected,
+        _ => Outcome::Failed,
+    }
+}
+
+impl Session<'_> {
+    async fn run(&mut self, mut shutdown: Shutdown) -> Stop {
+        loop {
+            if !self.client.has_line()
+                && let Err(stop) = self.flush().await
+            {
+                return stop;
+            }
+            let now = Instant::now();
+            let Some(left) = self
+                .deadline
+                .checked_duration_since(now)
+                .filter(|d| !d.is_zero())
+            else {
+                return self.too_long();
+            };
+            let wait = self.l.settings.command_timeout.min(left);
+            let line = tokio::select! {
+                biased;
+                line = self.client.line(smtp::MAX_COMMAND_LINE, wait) => line,
+                _ = shutdown.wait() => {
+                    return Stop::Close(
+                        Reply::local(421, "4.3.2 relaylog: service shutting down, try again later"),
+                        None,
+                    );
+                }
+            };
+            let len = match line {
+                Ok(Line::Text { len, .. }) => len,
+                Ok(Line::TooLong) => {
+                    self.refuse(500, "5.5.2 Error: line too long", "line_too_long");
+                    continue;
+                }
+                Err(WireError::Timeout) if Instant::now() >= self.deadline => {
+                    return self.too_long();
+                }
+                Err(WireError::Timeout) => {
+                    return Stop::Close(
+                        Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
+                        Some("command_timeout"),
+                    );
+                }
+                Err(_) => return Stop::ClientGone,
+            };
+            let line = self.client.buffered()[..len].to_vec();
+            self.client.consume_line(len);
+            // A CR or NUL inside a command reads differently to different servers.
+            if line.iter().any(|&b| b == b'\r' || b == 0) {
+                self.refuse(500, "5.5.2 Error: bad characters in command", "bad_command");
+                continue;
+            }
+            if let Err(stop) = self.command(&line).await {
+                return stop;
+            }
+        }
+    }
+
+    fn too_long(&self) -> Stop {
+        Stop::Close(
+            Reply::local(421, "4.4.2 relaylog: session too long, closing"),
+            Some("session_too_long"),
+        )
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Result<(), Stop> {
+        let (verb, args) = smtp::verb(line);
+        match verb {
+            Verb::Ehlo => {
+                let reply = self.pass(line).await?;
+                if reply.code == 250 {
+                    self.tx = None;
+                }
+                let offer = Offer {
+                    starttls: self.l.starttls.is_some() && !self.tls,
+                    auth: self.tls || !self.l.settings.require_tls,
+                    max_message_bytes: self.l.settings.max_message_bytes,
+                };
+                self.say(&offer::edit_ehlo(&reply, offer));
+            }
+            Verb::Helo | Verb::Rset => {
+                let reply = self.pass(line).await?;
+                if reply.code == 250 {
+                    self.tx = None;
+                }
+                self.say(&reply);
+            }
+            Verb::Noop | Verb::Vrfy | Verb::Help => {
+                let reply = self.pass(line).await?;
+                self.say(&reply);
+            }
+            Verb::Quit => {
+                let reply = self.pass(line).await?;
+                self.say(&reply);
+                let _ = self.flush().await;
+                return Err(Stop::Quit);
+            }
+            Verb::StartTls => return self.starttls(args).await,
+            Verb::Auth => return self.auth(line, args).await,
+            Verb::Mail => return self.mail(line, args).await,
+            Verb::Rcpt => return self.rcpt(line, args).await,
+            Verb::Data => return self.data(args).await,
+            Verb::Bdat => return self.bdat(line, args).await,
+            Verb::Other => {
+                // XCLIENT and XFORWARD among them: only relaylog says who the client is.
+                self.refuse(
+                    502,
+                    "5.5.2 Error: command not recognized",
+                    "unknown_command",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a command upstream as parsed (re-terminated with CRLF) and reads its reply.
+    async fn pass(&mut self, line: &[u8]) -> Result<Reply, Stop> {
+        let mut cmd = Vec::with_capacity(line.len() + 2);
+        cmd.extend_from_slice(line);
+        cmd.extend_from_slice(b"\r\n");
+        self.exchange(&cmd).await
+    }
+
+    async fn exchange(&mut self, bytes: &[u8]) -> Result<Reply, Stop> {
+        let timeout = self.l.upstream.timeout;
+        let sent = self.up.send(bytes, timeout).await;
+        let reply = match sent {
+            Ok(()) => self.up.reply(timeout).await,
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.upstream_lost(e.into()).await),
+        }
+    }
+
+    /// The upstream leg broke: the client hears `421 4.4.2`; a message on its way gets
+    /// its outcome first (`failed`: it may or may not have reached the upstream).
+    async fn upstream_lost(&mut self, e: SmtpUpstreamError) -> Stop {
+        let reason = crate::relay::Failure::reason(&e);
+        tracing::warn!(
+            target: "relaylog::access", listener = %self.l.relay.name, reason, error = %e,
+            "upstream leg lost; closing the session"
+        );
+        if let Some(tx) = self.tx.take()
+            && let Some(ticket) = tx.ticket
+        {
+            let forward = tx.forward_started.map(|s| s.elapsed()).unwrap_or_default();
+            ticket.outcome(Err(&e), forward, 421).await;
+        }
+        self.drop_upstream();
+        Stop::Close(
+            Reply::local(
+                421,
+                "4.4.2 relaylog: mail service unavailable, try again later",
+            ),
+            Some(reason),
+        )
+    }
+
+    fn say(&mut self, reply: &Reply) {
+        self.out.extend_from_slice(&reply.raw);
+    }
+
+    /// A refusal of relaylog's own: counted and logged as rejected, nothing forwarded.
+    fn refuse(&mut self, code: u16, text: &str, reason: &'static str) {
+        self.say(&Reply::local(code, text));
+        self.l
+            .relay
+            .log(Exit::Rejected(reason), code, Instant::now());
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let sent = self
+            .client
+            .send(&self.out, self.l.settings.command_timeout)
+            .await;
+        self.out.clear();
+        sent.map_err(|_| Stop::ClientGone)
+    }
+
+    async fn starttls(&mut self, args: &[u8]) -> Result<(), Stop> {
+        let Some(acceptor) = self.l.starttls.clone().filter(|_| !self.tls) else {
+            self.refuse(
+                502,
+                "5.5.1 Error: command not implemented",
+                "starttls_unavailable",
+            );
+            return Ok(());
+        };
+        if !args.is_empty() {
+            self.refuse(501, "5.5.4 Syntax: STARTTLS", "bad_command");
+            return Ok(());
+        }
+        if self.tx.is_some() || self.account.is_some() {
+            self.refuse(
+                503,
+                "5.5.1 Error: STARTTLS only before MAIL and AUTH",
+                "bad_sequence",
+            );
+            return Ok(());
+        }
+        self.say(&Reply::local(220, "2.0.0 Ready to start TLS"));
+        self.flush().await?;
+        // What a client pipelined after STARTTLS was sent in the clear: it must not be
+        // read as if it came under TLS (the STARTTLS command injection attack).
+        if self.client.discard_buffered() > 0 {
+            return Err(Stop::Close(
+                Reply::local(421, "4.7.0 relaylog: commands after STARTTLS, closing"),
+                Some("starttls_injection"),
+            ));
+        }
+        let plain = std::mem::replace(&mut self.client, Wire::new(Box::new(smtp::Closed)));
+        let Wire { io, .. } = plain;
+        match tokio::time::timeout(self.l.handshake_timeout, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => {
+                self.client = Wire::new(Box::new(tls));
+                self.tls = true;
+                Ok(())
+            }
+            _ => Err(Stop::ClientGone),
+        }
+    }
+
+    /// `require-tls` and no TLS yet: refused with `530 5.7.0`.
+    fn tls_required(&mut self) -> bool {
+        let required = self.l.settings.require_tls && !self.tls;
+        if required {
+            self.refuse(
+                530,
+                "5.7.0 Must issue a STARTTLS command first",
+                "tls_required",
+            );
+        }
+        required
+    }
+
+    async fn auth(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
+        if self.tls_required() {
+            return Ok(());
+        }
+        if self.account.is_some() {
+            self.refuse(503, "5.5.1 Error: already authenticated", "bad_sequence");
+            return Ok(());
+        }
+        if self.tx.is_some() {
+            self.refuse(
+                503,
+                "5.5.1 Error: MAIL transaction in progress",
+                "bad_sequence",
+            );
+            return Ok(());
+        }
+        let Some((mut watch, _)) = AuthWatch::start(args) else {
+            self.refuse(
+                504,
+                "5.5.4 Unsupported authentication mechanism",
+                "auth_mechanism",
+            );
+            return Ok(());
+        };
+        let mut reply = self.pass(line).await?;
+        // 334: a challenge, then one client response; until the upstream decides.
+        while reply.code == 334 {
+            self.say(&reply);
+            self.flush().await?;
+            let timeout = self.l.settings.command_timeout;
+            let len = match self.client.line(smtp::MAX_COMMAND_LINE, timeout).await {
+                Ok(Line::Text { len, .. }) => len,
+                // Too long for a response: cancel the exchange upstream.
+                Ok(Line::TooLong) => {
+                    reply = self.pass(b"*").await?;
+                    continue;
+                }
+                Err(_) => return Err(Stop::ClientGone),
+            };
+            // The response may hold the password: it is passed on and dropped, never
+            // logged, never kept.
+            let response = self.client.buffered()[..len].to_vec();
+            self.client.consume_line(len);
+            if response.iter().any(|&b| b == b'\r' || b == 0) {
+                reply = self.pass(b"*").await?;
+                continue;
+            }
+            watch.response(&response);
+            reply = self.pass(&response).await?;
+        }
+        if reply.code == 235 {
+            self.account = watch.identity();
+        }
+        self.say(&reply);
+        Ok(())
+    }
+
+    async fn mail(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
+        if self.tls_required() {
+            return Ok(());
+        }
+        if self.tx.is_some() {
+            self.refuse(503, "5.5.1 Error: nested MAIL command", "bad_sequence");
+            return Ok(());
+        }
+        let Some((path, params)) = smtp::path_arg(args, b"FROM:") else {
+            self.refuse(501, "5.5.4 Syntax: MAIL FROM:<address>", "bad_command");
+            return Ok(());
+        };
+        let declared = smtp::param(params, b"SIZE")
+            .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|s| s > self.l.settings.max_message_bytes) {
+            self.refuse(
+                552,
+                "5.3.4 Message size exceeds fixed limit",
+                "message_too_big",
+            );
+            return Ok(());
+        }
+        let sender = String::from_utf8_lossy(path).into_owned();
+        let reply = self.pass(line).await?;
+        if reply.code == 250 {
+            self.tx = Some(Tx {
+                sender,
+                recipients: Vec::new(),
+                ticket: None,
+                size: 0,
+                forward_started: None,
+            });
+        }
+        self.say(&reply);
+        Ok(())
+    }
+
+    async fn rcpt(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
+        let Some(tx) = &self.tx else {
+            self.refuse(503, "5.5.1 Error: need MAIL command", "bad_sequence");
+            return Ok(());
+        };
+        if tx.ticket.is_some() {
+            self.refuse(
+                503,
+                "5.5.1 Error: RCPT after the content began",
+                "bad_sequence",
+            );
+            return Ok(());
+        }
+        let Some((path, _)) = smtp::path_arg(args, b"TO:") else {
+            self.refuse(501, "5.5.4 Syntax: RCPT TO:<address>", "bad_command");
+            return Ok(());
+        };
+        if path.is_empty() {
+            self.refuse(501, "5.1.3 Bad recipient address syntax", "bad_command");
+            return Ok(());
+        }
+        if tx.recipients.len() >= self.l.settings.max_recipients {
+            self.refuse(
+                452,
+                "4.5.3 Error: too many recipients",
+                "too_many_recipients",
+            );
+            return Ok(());
+        }
+        let recipient = String::from_utf8_lossy(path).into_owned();
+        let reply = self.pass(line).await?;
+        if (reply.code == 250 || reply.code == 251)
+            && let Some(tx) = &mut self.tx
+        {
+            tx.recipients.push(recipient);
+        }
+        self.say(&reply);
+        Ok(())
+    }
+
+    /// Commits the open transaction's records before its content goes upstream.
+    /// `Ok(false)`: it could not be; the client has its `451 4.3.0` and the
+    /// upstream an RSET.
+    async fn record(&mut self) -> Result<bool, Stop> {
+        let Some(tx) = &self.tx else { return Ok(false) };
+        let started = Instant::now();
+        let relay = &self.l.relay;
+        let submission = relay.submission(Found {
+            account: self.account.as_deref().unwrap_or(""),
+            originator: Some(&tx.sender),
+            recipients: &tx.recipients,
+            segments: tx.recipients.len().min(u16::MAX as usize) as u16,
+            peer: self.peer,
+        });
+        match relay.record(&submission, started).await {
+            Ok(ticket) => {
+                if let Some(why) = ticket.not_now(false) {
+                    ticket.not_forwarded(why, 421).await;
+                    self.tx = None;
+                    return Err(Stop::Close(
+                        Reply::local(
+                            421,
+                            "4.3.2 relaylog: service shutting down, try again later",
+                        ),
+                        None,
+                    ));
+                }
+                if let Some(tx) = &mut self.tx {
+                    tx.ticket = Some(ticket);
+                    tx.forward_started = Some(Instant::now());
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                relay.log(Exit::FailClosed(&e), 451, started);
+                self.tx = None;
+                self.say(&Reply::local(
+                    451,
+                    "4.3.0 relaylog: cannot record the message now, try again later",
+                ));
+                // The upstream's transaction ends unused.
+                let _ = self.pass(b"RSET").await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Spends the transaction's ticket with the upstream's reply to its content.
+    async fn finish(&mut self, reply: &Reply) {
+        let Some(tx) = self.tx.take() else { return };
+        let Some(ticket) = tx.ticket else { return };
+        let forward = tx.forward_started.map(|s| s.elapsed()).unwrap_or_default();
+        let answer = Answer {
+            upstream_status: Some(reply.code),
+            gateway_code: None,
+            message_id: if reply.code == 250 {
+                reply.queue_id()
+            } else {
+                None
+            },
+            enhanced_status: reply.enhanced(),
+            size_bytes: Some(tx.size),
+        };
+        ticket
+            .outcome(Ok((reply_outcome(reply.code), answer)), forward, reply.code)
+            .await;
+    }
+
+    /// The content was not delivered: the upstream leg is dropped without its end,
+    /// so the upstream discards what it had; the ticket says why.
+    async fn abandon(&mut self, why: Abandon) -> Stop {
+        let tx = self.tx.take();
+        let (status, stop) = match why {
+            Abandon::ClientGone => (0, Stop::ClientGone),
+            Abandon::ClientTimeout => (
+                421,
+                Stop::Close(
+                    Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
+                    None,
+                ),
+            ),
+            Abandon::TooBig => (
+                552,
+                Stop::Close(
+                    Reply::local(552, "5.3.4 Message size exceeds fixed limit"),
+                    None,
+                ),
+            ),
+            Abandon::Bare => (
+                521,
+                Stop::Close(
+                    Reply::local(521, "5.5.2 relaylog: bare <CR> or <LF> in message content"),
+                    None,
+                ),
+            ),
+        };
+        if let Some(ticket) = tx.and_then(|t| t.ticket) {
+            match why {
+                Abandon::ClientGone | Abandon::ClientTimeout => {
+                    ticket.not_forwarded(NotForwarded::ClientGone, status).await;
+                }
+                Abandon::TooBig | Abandon::Bare => {
+                    let answer = Answer::default();
+                    ticket
+                        .outcome(Ok((Outcome::Rejected, answer)), Duration::ZERO, status)
+                        .await;
+                }
+            }
+        }
+        self.drop_upstream();
+        stop
+    }
+
+    /// Closes the upstream leg at once, mid-content: no end of data ever reaches it.
+    fn drop_upstream(&mut self) {
+        drop(std::mem::replace(
+            &mut self.up,
+            Wire::new(Box::new(smtp::Closed)),
+        ));
+    }
+
+    async fn data(&mut self, args: &[u8]) -> Result<(), Stop> {
+        if !args.is_empty() {
+            self.refuse(501, "5.5.4 Syntax: DATA", "bad_command");
+            return Ok(());
+        }
+        match &self.tx {
+            None => {
+                self.refuse(503, "5.5.1 Error: need RCPT command", "bad_sequence");
+                return Ok(());
+            }
+            Some(tx) if tx.recipients.is_empty() => {
+                self.refuse(554, "5.5.1 Error: no valid recipients", "no_recipients");
+                return Ok(());
+            }
+            Some(tx) if tx.ticket.is_some() => {
+                self.refuse(503, "5.5.1 Error: DATA after BDAT", "bad_sequence");
+                return Ok(());
+            }
+            Some(_) => {}
+        }
+        if !self.record().await? {
+            return Ok(());
+        }
+        let go = self.pass(b"DATA").await?;
+        if go.code != 354 {
+            self.finish(&go).await;
+            self.say(&go);
+            return Ok(());
+        }
+        self.say(&go);
+        self.flush().await?;
+        let mut scanner = DotScanner::default();
+        let timeout = self.l.settings.data_timeout;
+        let limit = self.l.settings.max_message_bytes;
+        loop {
+            if self.client.buffered().is_empty() {
+                self.fill_data(timeout).await?;
+            }
+            let chunk = self.client.buffered();
+            let (n, end) = match scanner.scan(chunk) {
+                Scan::More(n) => (n, false),
+                Scan::End(n) => (n, true),
+                Scan::Bare(_) => return Err(self.abandon(Abandon::Bare).await),
+            };
+            let content = if end { n.saturating_sub(3) } else { n } as u64;
+            if self.tx.as_ref().map_or(0, |t| t.size) + content > limit {
+                return Err(self.abandon(Abandon::TooBig).await);
+            }
+            self.send_content(n).await?;
+            if let Some(tx) = &mut self.tx {
+                tx.size += content;
+            }
+            if end {
+                break;
+            }
+            if n == 0 {
+                // A lone CR waits for what follows it.
+                self.fill_data(timeout).await?;
+            }
+        }
+        let timeout = self.l.upstream.timeout;
+        let reply = match self.up.reply(timeout).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.upstream_lost(e.into()).await),
+        };
+        self.finish(&reply).await;
+        self.say(&reply);
+        Ok(())
+    }
+
+    /// Reads more content from the client, within the data timeout.
+    async fn fill_data(&mut self, timeout: Duration) -> Result<(), Stop> {
+        match tokio::time::timeout(timeout, self.client.fill()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(self.abandon(Abandon::ClientGone).await),
+            Err(_) => Err(self.abandon(Abandon::ClientTimeout).await),
+        }
+    }
+
+    /// Sends the first `n` buffered client bytes upstream and consumes them.
+    async fn send_content(&mut self, n: usize) -> Result<(), Stop> {
+        if n == 0 {
+            return Ok(());
+        }
+        let timeout = self.l.upstream.timeout;
+        let sent = self.up.send(&self.client.buffered()[..n], timeout).await;
+        self.client.consume(n);
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.upstream_lost(e.into()).await),
+        }
+    }
+
+    async fn bdat(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
+        let Some((size, last)) = smtp::bdat_args(args) else {
+            // Without a size the chunk cannot be skipped: the session cannot go on.
+            return Err(Stop::Close(
+                Reply::local(501, "5.5.4 Syntax: BDAT count [LAST]"),
+                Some("bad_command"),
+            ));
+        };
+        let refusal = match &self.tx {
+            None => Some((503, "5.5.1 Error: need RCPT command", "bad_sequence")),
+            Some(tx) if tx.recipients.is_empty() => {
+                Some((554, "5.5.1 Error: no valid recipients", "no_recipients"))
+            }
+            Some(tx) if tx.size.saturating_add(size) > self.l.settings.max_message_bytes => Some((
+                552,
+                "5.3.4 Message size exceeds fixed limit",
+                "message_too_big",
+            )),
+            Some(_) => None,
+        };
+        if let Some((code, text, reason)) = refusal {
+            self.skip_chunk(size).await?;
+            if code == 552 {
+                // The chunks before went upstream: end the transaction there too.
+                let reply = Reply::local(552, "5.3.4 Message size exceeds fixed limit");
+                self.finish_refused(&reply).await;
+                let _ = self.pass(b"RSET").await?;
+            }
+            self.refuse(code, text, reason);
+            return Ok(());
+        }
+        if self.tx.as_ref().is_some_and(|t| t.ticket.is_none()) && !self.record().await? {
+            self.skip_chunk(size).await?;
+            return Ok(());
+        }
+        let timeout = self.l.upstream.timeout;
+        let mut cmd = Vec::with_capacity(line.len() + 2);
+        cmd.extend_from_slice(line);
+        cmd.extend_from_slice(b"\r\n");
+        if let Err(e) = self.up.send(&cmd, timeout).await {
+            return Err(self.upstream_lost(e.into()).await);
+        }
+        let mut left = size;
+        while left > 0 {
+            if self.client.buffered().is_empty() {
+                self.fill_data(self.l.settings.data_timeout).await?;
+            }
+            let n = (self.client.buffered().len() as u64).min(left) as usize;
+            self.send_content(n).await?;
+            left -= n as u64;
+        }
+        if let Some(tx) = &mut self.tx {
+            tx.size += size;
+        }
+        let reply = match self.up.reply(timeout).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.upstream_lost(e.into()).await),
+        };
+        if last || reply.code != 250 {
+            // The last chunk's reply, or a refused chunk: the transaction is over
+            // (RFC 3030: a failed BDAT fails the transaction).
+            self.finish(&reply).await;
+        }
+        self.say(&reply);
+        Ok(())
+    }
+
+    /// A transaction whose content began is refused by relaylog itself.
+    async fn finish_refused(&mut self, reply: &Reply) {
+        let Some(tx) = self.tx.take() else { return };
+        if let Some(ticket) = tx.ticket {
+            let forward = tx.forward_started.map(|s| s.elapsed()).unwrap_or_default();
+            let answer = Answer {
+                size_bytes: Some(tx.size),
+                ..Answer::default()
+            };
+            ticket
+                .outcome(Ok((Outcome::Rejected, answer)), forward, reply.code)
+                .await;
+        }
+    }
+
+    /// Reads and drops a chunk that is not passed on.
+    async fn skip_chunk(&mut self, mut left: u64) -> Result<(), Stop> {
+        while left > 0 {
+            if self.client.buffered().is_empty() {
+                match tokio::time::timeout(self.l.settings.data_timeout, self.client.fill()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return Err(Stop::ClientGone),
+                    Err(_) => {
+                        return Err(Stop::Close(
+                            Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
+                            Some("data_timeout"),
+                        ));
+                    }
+                }
+            }
+            let n = (self.client.buffered().len() as u64).min(left) as usize;
+            self.client.consume(n);
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Ends the session: relaylog's last reply if it has one, QUIT upstream when the
+    /// leg is still in step, and any message still on its way gets its outcome.
+    async fn end(mut self, stop: Stop) {
+        if let Some(tx) = self.tx.take()
+            && let Some(ticket) = tx.ticket
+        {
+            // The content had begun and did not end (the paths above spend tickets;
+            // this is the backstop): not delivered.
+            ticket.not_forwarded(NotForwarded::ClientGone, 0).await;
+        }
+        match stop {
+            Stop::Quit => {}
+            Stop::ClientGone => {
+                let _ = self.up.send(b"QUIT\r\n", Duration::from_secs(1)).await;
+            }
+            Stop::Close(reply, reason) => {
+                if let Some(reason) = reason {
+                    self.l
+                        .relay
+                        .log(Exit::Rejected(reason), reply.code, Instant::now());
+                }
+                self.say(&reply);
+                let _ = self.flush().await;
+                let _ = self.up.send(b"QUIT\r\n", Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Abandon {
+    ClientGone,
+    ClientTimeout,
+    TooBig,
+    Bare,
+}

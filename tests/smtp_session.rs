@@ -1,0 +1,699 @@
+//! SMTP sessions through `serve` on loopback, in front of the built-in sink MTA: the
+//! protocol's edge cases, what is recorded, and what is refused (smtp-proto's style:
+//! send lines, assert reply codes).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use relaylog::config::Config;
+use relaylog::record::Outcome;
+use relaylog::serve::SimulatorStats;
+use relaylog::simulator::smtp::SinkStats;
+use relaylog::smtp::{Io, Reply, Wire};
+use relaylog::store::keys::IndexKind;
+use relaylog::store::query::Found;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(10);
+
+fn smtp_config(dir: &Path, listener: &str, store: &str) -> String {
+    let d = dir.display();
+    format!(
+        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{store}\n\
+         [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n"
+    )
+}
+
+struct Mail {
+    running: relaylog::serve::Running,
+    config: Config,
+    addr: SocketAddr,
+    admin: String,
+}
+
+impl Mail {
+    async fn start(dir: &Path, listener: &str, store: &str) -> Mail {
+        init_keys(dir);
+        let text = smtp_config(dir, listener, store);
+        let config = Config::parse(&text, Path::new("test.toml")).unwrap();
+        let running =
+            relaylog::serve::start(config.clone(), Arc::new(relaylog::clock::SystemClock))
+                .await
+                .unwrap();
+        let addr = running.addr("mail").unwrap();
+        let admin = format!("http://{}", running.admin.unwrap());
+        Mail {
+            running,
+            config,
+            addr,
+            admin,
+        }
+    }
+
+    fn sink(&self) -> &SinkStats {
+        match &self.running.simulators[0].stats {
+            SimulatorStats::Smtp(s) => s,
+            SimulatorStats::Http(_) => panic!("an SMTP listener starts the sink"),
+        }
+    }
+
+    fn queued(&self) -> u64 {
+        self.sink().messages.load(Ordering::SeqCst)
+    }
+
+    async fn settle(&self) {
+        self.running.settle().await.unwrap();
+    }
+
+    fn by_recipient(&self, address: &str) -> Vec<Found> {
+        query_store(&self.config, IndexKind::Recipient, address)
+    }
+}
+
+struct Client {
+    wire: Wire<Box<dyn Io>>,
+    port: u16,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> (Client, Reply) {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let mut c = Client {
+            wire: Wire::new(Box::new(tcp)),
+            port,
+        };
+        let greeting = c.reply().await;
+        (c, greeting)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.wire.send(bytes, T).await.unwrap();
+    }
+
+    async fn reply(&mut self) -> Reply {
+        self.wire.reply(T).await.unwrap()
+    }
+
+    async fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    async fn code(&mut self, line: &str) -> u16 {
+        self.cmd(line).await.code
+    }
+
+    async fn closed(&mut self) -> bool {
+        matches!(
+            self.wire.reply(T).await,
+            Err(relaylog::smtp::WireError::Closed | relaylog::smtp::WireError::Io(_))
+        )
+    }
+}
+
+fn text(r: &Reply) -> String {
+    String::from_utf8_lossy(&r.raw).into_owned()
+}
+
+const CANARY_SUBJECT: &str = "Subject: canary-subject-7f3a";
+const CANARY_BODY: &str = "canary-body-91bd";
+
+/// A transaction with one recipient refused: the upstream's replies reach the client
+/// unchanged, the accepted recipients are recorded (never the refused one, the
+/// headers, the body or the EHLO name), and the outcome has the queue id.
+#[tokio::test]
+async fn a_message_is_relayed_and_its_envelope_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let (mut c, greeting) = Client::connect(mail.addr).await;
+    assert_eq!(
+        text(&greeting),
+        "220 sink.relaylog.test ESMTP relaylog sink\r\n"
+    );
+    let ehlo = text(&c.cmd("EHLO canary-helo.example").await);
+    for ext in [
+        "PIPELINING",
+        "SIZE 10240000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "DSN",
+        "CHUNKING",
+        "AUTH PLAIN LOGIN",
+    ] {
+        assert!(
+            ehlo.contains(&format!("250-{ext}\r\n")) || ehlo.contains(&format!("250 {ext}\r\n")),
+            "{ext} in {ehlo}"
+        );
+    }
+    assert!(
+        !ehlo.contains("XCLIENT")
+            && !ehlo.contains("ETRN")
+            && !ehlo.contains("STARTTLS")
+            && !ehlo.contains("AUTH="),
+        "{ehlo}"
+    );
+
+    assert_eq!(
+        text(
+            &c.cmd("MAIL FROM:<Sender@Example.ORG> SIZE=100 BODY=8BITMIME")
+                .await
+        ),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(
+        c.code(
+            "RCPT TO:<Jan.Jansen@Example.NL> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;jan@example.nl"
+        )
+        .await,
+        250
+    );
+    let refused = c.cmd("RCPT TO:<refuse-me@example.nl>").await;
+    assert_eq!(
+        text(&refused),
+        "550 5.1.1 Recipient address rejected: User unknown in local recipient table\r\n"
+    );
+    assert_eq!(c.code("RCPT TO:<piet@example.nl>").await, 250);
+    assert_eq!(c.code("DATA").await, 354);
+    c.send(
+        format!("{CANARY_SUBJECT}\r\nFrom: someone\r\n\r\n{CANARY_BODY}\r\n..dot-stuffed\r\n.\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let done = c.reply().await;
+    assert_eq!(done.code, 250);
+    let queue_id = done.queue_id().expect("the sink says queued as");
+    assert_eq!(c.code("QUIT").await, 221);
+    assert_eq!(mail.queued(), 1);
+    mail.settle().await;
+
+    let found = mail.by_recipient("Jan.Jansen@example.nl");
+    assert_eq!(
+        found.len(),
+        1,
+        "the canonical form (domain lower-cased) finds it"
+    );
+    let f = &found[0];
+    assert_eq!((f.protocol.as_str(), f.service.as_str()), ("smtp", "email"));
+    assert_eq!(f.fields.account, "");
+    assert_eq!(f.fields.client_port, c.port);
+    assert_eq!(
+        f.fields.originator.as_ref().unwrap().value,
+        "Sender@example.org"
+    );
+    assert_eq!(f.segments, 2, "the transaction's recipient count");
+    let o = f.outcome.as_ref().expect("an outcome");
+    assert_eq!(o.outcome, Outcome::Accepted);
+    assert_eq!(o.upstream_status, Some(250));
+    assert_eq!(o.enhanced_status.as_deref(), Some("2.0.0"));
+    assert_eq!(o.upstream_message_id.as_deref(), Some(queue_id.as_str()));
+    let size =
+        format!("{CANARY_SUBJECT}\r\nFrom: someone\r\n\r\n{CANARY_BODY}\r\n..dot-stuffed\r\n")
+            .len();
+    assert_eq!(o.size_bytes, Some(size as u64));
+    assert_eq!(mail.by_recipient("piet@example.nl").len(), 1);
+    assert!(
+        mail.by_recipient("refuse-me@example.nl").is_empty(),
+        "a refused recipient is not recorded"
+    );
+    let by_sender = query_store(&mail.config, IndexKind::Originator, "Sender@example.org");
+    assert_eq!(by_sender.len(), 2);
+
+    let metrics = reqwest_metrics(&mail.admin).await;
+    mail.running.shutdown().await;
+    for f in files_under(dir.path()) {
+        let bytes = std::fs::read(&f).unwrap();
+        for canary in [CANARY_SUBJECT, CANARY_BODY, "canary-helo"] {
+            assert!(
+                !contains(&bytes, canary.as_bytes()),
+                "{canary} in {}",
+                f.display()
+            );
+        }
+    }
+    for canary in [CANARY_SUBJECT, CANARY_BODY, "canary-helo", "Jansen"] {
+        assert!(!metrics.contains(canary), "{canary} in the metrics");
+    }
+}
+
+async fn reqwest_metrics(admin: &str) -> String {
+    get(&client(), &format!("{admin}/metrics")).await.1
+}
+
+/// A pipelined batch (MAIL, RCPT, DATA; then the content and the next transaction)
+/// split at every byte: the replies come back complete and in order.
+#[tokio::test]
+async fn pipelined_batches_split_at_every_byte_get_their_replies_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let batch = b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<refuse@example.net>\r\nDATA\r\n";
+    let content = b"hello\r\n.\r\nRSET\r\nNOOP\r\n";
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    for split in 0..=batch.len() {
+        c.send(&batch[..split]).await;
+        tokio::task::yield_now().await;
+        c.send(&batch[split..]).await;
+        let codes = [
+            c.reply().await.code,
+            c.reply().await.code,
+            c.reply().await.code,
+            c.reply().await.code,
+        ];
+        assert_eq!(codes, [250, 250, 550, 354], "batch split at {split}");
+        let at = split % content.len();
+        c.send(&content[..at]).await;
+        tokio::task::yield_now().await;
+        c.send(&content[at..]).await;
+        let codes = [
+            c.reply().await.code,
+            c.reply().await.code,
+            c.reply().await.code,
+        ];
+        assert_eq!(codes, [250, 250, 250], "content split at {at}");
+    }
+    assert_eq!(c.code("QUIT").await, 221);
+    assert_eq!(mail.queued(), batch.len() as u64 + 1);
+    mail.settle().await;
+    assert_eq!(mail.by_recipient("b@example.net").len(), batch.len() + 1);
+    mail.running.shutdown().await;
+}
+
+/// BDAT in chunks of mixed sizes, `BDAT n LAST`, `BDAT 0 LAST`, and several
+/// transactions in one session.
+#[tokio::test]
+async fn chunking_passes_binary_chunks_and_several_transactions_share_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    // Binary content with what would end DATA: BDAT does not look at it.
+    let first = b"\r\n.\r\nMAIL FROM:<x@y>\r\n\0\xff";
+    let mut batch = b"MAIL FROM:<c@example.org>\r\nRCPT TO:<d@example.net>\r\n".to_vec();
+    batch.extend_from_slice(format!("BDAT {}\r\n", first.len()).as_bytes());
+    batch.extend_from_slice(first);
+    batch.extend_from_slice(b"BDAT 3\r\nabcBDAT 5 LAST\r\n12345");
+    c.send(&batch).await;
+    let codes: Vec<u16> = [(); 5].iter().map(|_| 0).collect();
+    let mut got = Vec::new();
+    for _ in codes {
+        got.push(c.reply().await);
+    }
+    assert_eq!(
+        got.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [250, 250, 250, 250, 250]
+    );
+    let queue_id = got[4].queue_id().expect("the last chunk is queued");
+    // A second transaction, empty but for BDAT 0 LAST, after RSET and NOOP.
+    assert_eq!(c.code("RSET").await, 250);
+    assert_eq!(c.code("NOOP").await, 250);
+    assert_eq!(c.code("MAIL FROM:<>").await, 250);
+    assert_eq!(c.code("RCPT TO:<e@example.net>").await, 250);
+    assert_eq!(c.code("BDAT 0 LAST").await, 250);
+    assert_eq!(c.code("QUIT").await, 221);
+    assert_eq!(mail.queued(), 2);
+    mail.settle().await;
+    let f = &mail.by_recipient("d@example.net")[0];
+    let o = f.outcome.as_ref().unwrap();
+    assert_eq!(o.size_bytes, Some(first.len() as u64 + 8));
+    assert_eq!(o.upstream_message_id.as_deref(), Some(queue_id.as_str()));
+    let bounce = &mail.by_recipient("e@example.net")[0];
+    assert_eq!(bounce.fields.originator, None, "the null sender");
+    assert_eq!(bounce.outcome.as_ref().unwrap().size_bytes, Some(0));
+    mail.running.shutdown().await;
+}
+
+/// AUTH passes through; the account is the authentication identity once the upstream
+/// said 235, and the password appears nowhere: not in the store, the logs or metrics.
+#[tokio::test(flavor = "current_thread")]
+async fn auth_passes_through_and_the_password_is_never_kept() {
+    let logs = LogCapture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let b64 = |s: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let password = "canary-password-5c1e";
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    // A wrong password: the upstream refuses, no account.
+    let wrong = b64(b"\0mallory\0wrong");
+    assert_eq!(
+        text(&c.cmd(&format!("AUTH PLAIN {wrong}")).await),
+        "535 5.7.8 Error: authentication failed: authentication failure\r\n"
+    );
+    assert_eq!(c.code("AUTH CRAM-MD5").await, 504);
+    // LOGIN, with the challenges passed on.
+    assert_eq!(text(&c.cmd("AUTH LOGIN").await), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(c.code(&b64(b"alice@example.com")).await, 334);
+    assert_eq!(c.code(&b64(password.as_bytes())).await, 235);
+    assert_eq!(c.code("MAIL FROM:<alice@example.com>").await, 250);
+    assert_eq!(c.code("RCPT TO:<bob@example.net>").await, 250);
+    assert_eq!(c.code("DATA").await, 354);
+    assert_eq!(c.cmd("hi\r\n.").await.code, 250);
+    assert_eq!(c.code("QUIT").await, 221);
+    mail.settle().await;
+    let found = query_store(&mail.config, IndexKind::Account, "alice@example.com");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].fields.recipient.value, "bob@example.net");
+
+    // PLAIN with an initial response, in another session.
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    let plain = b64(format!("\0carol\0{password}").as_bytes());
+    assert_eq!(c.code(&format!("AUTH PLAIN {plain}")).await, 235);
+    assert_eq!(c.code("AUTH PLAIN").await, 503, "once per session");
+    assert_eq!(c.code("MAIL FROM:<carol@example.com>").await, 250);
+    assert_eq!(c.code("RCPT TO:<dave@example.net>").await, 250);
+    assert_eq!(c.code("DATA").await, 354);
+    assert_eq!(c.cmd("hi\r\n.").await.code, 250);
+    mail.settle().await;
+    assert_eq!(
+        query_store(&mail.config, IndexKind::Account, "carol").len(),
+        1
+    );
+    let metrics = reqwest_metrics(&mail.admin).await;
+    mail.running.shutdown().await;
+
+    let secrets = [password.to_owned(), b64(password.as_bytes()), plain.clone()];
+    for s in &secrets {
+        assert!(!logs.text().contains(s.as_str()), "a secret in the log");
+        assert!(!metrics.contains(s.as_str()), "a secret in the metrics");
+    }
+    for f in files_under(dir.path()) {
+        let bytes = std::fs::read(&f).unwrap();
+        for s in &secrets {
+            assert!(
+                !contains(&bytes, s.as_bytes()),
+                "a secret in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+/// Limits, each with its RFC 5321 reply: line length, recipients, declared and actual
+/// size. An oversized message never gets its end of data upstream.
+#[tokio::test]
+async fn limits_are_refused_with_their_replies_and_nothing_oversized_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(
+        dir.path(),
+        "max-recipients = 2\nmax-message-bytes = 1000\n",
+        "",
+    )
+    .await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    let ehlo = text(&c.cmd("EHLO client").await);
+    assert!(
+        ehlo.contains("250-SIZE 1000\r\n"),
+        "the listener's lower limit is offered: {ehlo}"
+    );
+    let long = format!("NOOP {}", "x".repeat(3000));
+    assert_eq!(
+        text(&c.cmd(&long).await),
+        "500 5.5.2 Error: line too long\r\n"
+    );
+    assert_eq!(c.code("NOOP").await, 250, "the session goes on");
+    assert_eq!(c.code("MAIL FROM:<a@example.org> SIZE=2000").await, 552);
+    assert_eq!(c.code("MAIL FROM:<a@example.org> SIZE=900").await, 250);
+    assert_eq!(c.code("RCPT TO:<one@example.net>").await, 250);
+    assert_eq!(c.code("RCPT TO:<two@example.net>").await, 250);
+    assert_eq!(
+        text(&c.cmd("RCPT TO:<three@example.net>").await),
+        "452 4.5.3 Error: too many recipients\r\n"
+    );
+    assert_eq!(c.code("DATA").await, 354);
+    // Over the limit: refused after its end, the session closed, nothing queued.
+    c.send(&vec![b'x'; 1500]).await;
+    c.send(b"\r\n.\r\n").await;
+    assert_eq!(
+        text(&c.reply().await),
+        "552 5.3.4 Message size exceeds fixed limit\r\n"
+    );
+    assert!(c.closed().await);
+    assert_eq!(mail.queued(), 0);
+    mail.settle().await;
+    let f = &mail.by_recipient("one@example.net")[0];
+    assert_eq!(f.outcome.as_ref().unwrap().outcome, Outcome::Rejected);
+    assert!(mail.by_recipient("three@example.net").is_empty());
+
+    // BDAT over the limit: refused before it goes upstream; the transaction ends.
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<four@example.net>").await, 250);
+    c.send(b"BDAT 600\r\n").await;
+    c.send(&[b'y'; 600]).await;
+    assert_eq!(c.reply().await.code, 250);
+    c.send(b"BDAT 600 LAST\r\n").await;
+    c.send(&[b'y'; 600]).await;
+    assert_eq!(c.reply().await.code, 552);
+    assert_eq!(c.code("RSET").await, 250, "the session goes on");
+    assert_eq!(mail.queued(), 0);
+    mail.settle().await;
+    let o = mail.by_recipient("four@example.net")[0]
+        .outcome
+        .clone()
+        .unwrap();
+    assert_eq!((o.outcome, o.size_bytes), (Outcome::Rejected, Some(600)));
+    mail.running.shutdown().await;
+}
+
+/// SMTP smuggling: a bare LF (or CR) inside DATA is where some receivers end a
+/// message and others do not. relaylog refuses it and never sends it upstream.
+#[tokio::test]
+async fn bare_line_endings_in_content_are_refused_and_not_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    for smuggled in [
+        &b"one\n.\nMAIL FROM:<s@x>\r\n"[..],
+        b"one\r\n.\nRCPT",
+        b"one\r.\r\nX",
+    ] {
+        let (mut c, _) = Client::connect(mail.addr).await;
+        assert_eq!(c.code("EHLO client").await, 250);
+        assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+        assert_eq!(c.code("RCPT TO:<smuggle@example.net>").await, 250);
+        assert_eq!(c.code("DATA").await, 354);
+        c.send(smuggled).await;
+        c.send(b"\r\n.\r\n").await;
+        assert_eq!(c.reply().await.code, 521);
+        assert!(c.closed().await);
+    }
+    assert_eq!(mail.queued(), 0);
+    mail.settle().await;
+    let found = mail.by_recipient("smuggle@example.net");
+    assert_eq!(found.len(), 3);
+    assert!(
+        found
+            .iter()
+            .all(|f| f.outcome.as_ref().unwrap().outcome == Outcome::Rejected)
+    );
+    mail.running.shutdown().await;
+}
+
+/// A client that leaves mid-DATA: the upstream never gets an end of data, and the
+/// records say the message was not sent.
+#[tokio::test]
+async fn a_client_gone_mid_data_leaves_records_saying_so_and_nothing_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<gone@example.net>").await, 250);
+    assert_eq!(c.code("DATA").await, 354);
+    c.send(b"half a message\r\n").await;
+    drop(c);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        mail.settle().await;
+        let found = mail.by_recipient("gone@example.net");
+        if let Some(o) = found.first().and_then(|f| f.outcome.clone()) {
+            assert_eq!(o.outcome, Outcome::FailedClientGone);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no outcome");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mail.queued(), 0);
+    mail.running.shutdown().await;
+}
+
+/// Commands only relaylog may send (XCLIENT, XFORWARD) and commands it does not proxy
+/// are refused, never passed on; with `xclient = true` relaylog itself tells the
+/// upstream the real client.
+#[tokio::test]
+async fn xclient_is_relaylogs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    assert_eq!(c.code("XCLIENT ADDR=10.0.0.1").await, 502);
+    assert_eq!(c.code("XFORWARD ADDR=10.0.0.1").await, 502);
+    assert_eq!(c.code("ETRN example.org").await, 502);
+    assert_eq!(c.code("QUIT").await, 221);
+    assert_eq!(mail.sink().xclients.load(Ordering::SeqCst), 0);
+    mail.running.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "xclient = true\n", "").await;
+    let (mut c, greeting) = Client::connect(mail.addr).await;
+    assert_eq!(greeting.code, 220);
+    assert_eq!(c.code("EHLO client").await, 250);
+    assert_eq!(mail.sink().xclients.load(Ordering::SeqCst), 1);
+    let told = mail.sink().xclient_last.lock().unwrap().clone().unwrap();
+    assert_eq!(told, format!("ADDR=127.0.0.1 PORT={}", c.port));
+    mail.running.shutdown().await;
+}
+
+/// The store cannot take the records: `451 4.3.0`, the upstream transaction is reset,
+/// nothing is delivered.
+#[tokio::test]
+async fn when_records_cannot_be_committed_the_message_is_refused_and_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = "queue-capacity = 3\nenqueue-timeout = \"100ms\"\n";
+    let mail = Mail::start(dir.path(), "", store).await;
+    // A first message makes the day's partition.
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    for cmd in ["MAIL FROM:<a@example.org>", "RCPT TO:<first@example.net>"] {
+        assert_eq!(c.code(cmd).await, 250);
+    }
+    assert_eq!(c.code("DATA").await, 354);
+    assert_eq!(c.cmd("x\r\n.").await.code, 250);
+    mail.settle().await;
+
+    let lock = hold_writer(dir.path());
+    // Two messages wait on the writer and fill its queue...
+    let mut waiting = Vec::new();
+    for n in 0..2 {
+        let addr = mail.addr;
+        waiting.push(tokio::spawn(async move {
+            let (mut c, _) = Client::connect(addr).await;
+            c.code("EHLO client").await;
+            c.code("MAIL FROM:<a@example.org>").await;
+            c.code(&format!("RCPT TO:<waiting{n}@example.net>")).await;
+            let go = c.code("DATA").await;
+            if go == 354 {
+                c.cmd("x\r\n.").await.code
+            } else {
+                go
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // ...and the next is refused.
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<closed-out@example.net>").await, 250);
+    assert_eq!(
+        text(&c.cmd("DATA").await),
+        "451 4.3.0 relaylog: cannot record the message now, try again later\r\n"
+    );
+    // The upstream transaction was reset: a new one starts cleanly.
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RSET").await, 250);
+    assert_eq!(mail.queued(), 1);
+    lock.execute_batch("COMMIT").unwrap();
+    for w in waiting {
+        assert_eq!(
+            w.await.unwrap(),
+            250,
+            "the waiting messages go through once the writer resumes"
+        );
+    }
+    mail.settle().await;
+    assert!(mail.by_recipient("closed-out@example.net").is_empty());
+    assert_eq!(mail.queued(), 3);
+    mail.running.shutdown().await;
+}
+
+/// An upstream that is down: `421 4.4.2` at once, nothing recorded.
+#[tokio::test]
+async fn an_upstream_that_is_down_gets_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mail = Mail::start(
+        dir.path(),
+        &format!("upstream = \"smtp://127.0.0.1:{port}\"\n"),
+        "",
+    )
+    .await;
+    let (mut c, greeting) = Client::connect(mail.addr).await;
+    assert_eq!(greeting.code, 421);
+    assert!(
+        text(&greeting).starts_with("421 4.4.2 "),
+        "{}",
+        text(&greeting)
+    );
+    assert!(c.closed().await);
+    let metrics = reqwest_metrics(&mail.admin).await;
+    assert!(metrics.contains("reason=\"connect_refused\""), "{metrics}");
+    mail.running.shutdown().await;
+}
+
+/// Timeouts and the session limit: `421 4.4.2` and close; the connection limit:
+/// `421 4.7.0`.
+#[tokio::test]
+async fn timeouts_and_connection_limits_close_with_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(
+        dir.path(),
+        "command-timeout = \"300ms\"\nmax-connections = 1\n",
+        "",
+    )
+    .await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut other, busy) = Client::connect(mail.addr).await;
+    assert_eq!(
+        text(&busy),
+        "421 4.7.0 relaylog: too many connections, try again later\r\n"
+    );
+    assert!(other.closed().await);
+    let idle = c.reply().await;
+    assert!(text(&idle).starts_with("421 4.4.2 "), "{}", text(&idle));
+    assert!(c.closed().await);
+    mail.running.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "max-session = \"500ms\"\n", "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    let mut last = 250;
+    for _ in 0..50 {
+        last = c.code("NOOP").await;
+        if last != 250 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, 421, "the session is closed at max-session");
+    mail.running.shutdown().await;
+}
+
+/// At shutdown, an idle session is told `421 4.3.2` and closed.
+#[tokio::test]
+async fn shutdown_closes_idle_sessions_with_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    let stop = tokio::spawn(mail.running.shutdown());
+    let bye = c.reply().await;
+    assert!(text(&bye).starts_with("421 4.3.2 "), "{}", text(&bye));
+    stop.await.unwrap();
+    let mut w = c.wire;
+    let _ = w.io.shutdown().await;
+}
