@@ -78,14 +78,18 @@ pub enum ApiArg {
     Kannel,
     Jasmin,
     Json,
+    /// A sink MTA that answers like Postfix and discards every message.
+    Smtp,
 }
 
-impl From<ApiArg> for ProfileKind {
-    fn from(a: ApiArg) -> Self {
-        match a {
-            ApiArg::Kannel => ProfileKind::Kannel,
-            ApiArg::Jasmin => ProfileKind::Jasmin,
-            ApiArg::Json => ProfileKind::Json,
+impl ApiArg {
+    /// The HTTP gateway profile; `None` for SMTP.
+    pub fn profile(self) -> Option<ProfileKind> {
+        match self {
+            ApiArg::Kannel => Some(ProfileKind::Kannel),
+            ApiArg::Jasmin => Some(ProfileKind::Jasmin),
+            ApiArg::Json => Some(ProfileKind::Json),
+            ApiArg::Smtp => None,
         }
     }
 }
@@ -160,13 +164,32 @@ pub(super) async fn wait_for_signal() -> Result<()> {
 
 pub(super) fn mock_gateway(args: &MockArgs) -> Result<()> {
     runtime()?.block_on(async move {
-        let sim = crate::simulator::Simulator::bind(args.listen, crate::simulator::Simulator::profile_for(args.api.into()))
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let addr = sim.local_addr()?;
-        tracing::info!(addr = %addr, api = ?args.api, "gateway simulator listening (GET /stats for counts)");
         let (trigger, shutdown) = crate::shutdown::channel();
-        let task = tokio::spawn(sim.run(shutdown));
+        let task = match args.api.profile() {
+            Some(kind) => {
+                let profile = crate::simulator::Simulator::profile_for(kind);
+                let sim = crate::simulator::Simulator::bind(args.listen, profile)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.listen))?;
+                let addr = sim.local_addr()?;
+                tracing::info!(addr = %addr, api = ?args.api, "gateway simulator listening (GET /stats for counts)");
+                tokio::spawn(sim.run(shutdown))
+            }
+            None => {
+                let sink = crate::simulator::smtp::SmtpSink::bind(args.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.listen))?;
+                let addr = sink.local_addr()?;
+                tracing::info!(addr = %addr, "sink MTA listening; it discards every message");
+                let stats = sink.stats.clone();
+                let task = tokio::spawn(sink.run(shutdown));
+                wait_for_signal().await?;
+                tracing::info!(counts = %stats.to_json(), "sink MTA stopping");
+                trigger.trigger();
+                let _ = task.await;
+                return Ok(());
+            }
+        };
         wait_for_signal().await?;
         trigger.trigger();
         let _ = task.await;
@@ -224,7 +247,9 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
         } => {
             let b = crate::bench::http::HttpBench {
                 target: target.clone(),
-                profile: (*api).into(),
+                profile: api
+                    .profile()
+                    .context("bench http loads an HTTP API; --api smtp is for mock-gateway")?,
                 connections: *connections,
                 duration: duration.map(Into::into),
                 requests: *requests,
