@@ -697,3 +697,107 @@ async fn shutdown_closes_idle_sessions_with_421() {
     let mut w = c.wire;
     let _ = w.io.shutdown().await;
 }
+
+/// A TLS client config trusting only `cert`.
+fn trusting(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+fn cert_files(dir: &Path) -> (rcgen::CertifiedKey<rcgen::KeyPair>, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("mail.crt"), dir.join("mail.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let keys = format!(
+        "tls-cert = \"{}\"\ntls-key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    (ck, keys)
+}
+
+/// STARTTLS towards the client, with `require-tls`: AUTH and MAIL wait for it
+/// (`530 5.7.0`), AUTH is offered only after it, and a message then goes through.
+#[tokio::test]
+async fn starttls_is_offered_and_require_tls_holds_auth_and_mail_until_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, keys) = cert_files(dir.path());
+    let mail = Mail::start(dir.path(), &format!("{keys}require-tls = true\n"), "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    let ehlo = text(&c.cmd("EHLO client").await);
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        text(&c.cmd("MAIL FROM:<a@example.org>").await),
+        "530 5.7.0 Must issue a STARTTLS command first\r\n"
+    );
+    assert_eq!(c.code("AUTH PLAIN AGEAYg==").await, 530);
+    assert_eq!(c.code("STARTTLS").await, 220);
+    let Wire { io, .. } = c.wire;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = trusting(&ck).connect(name, io).await.unwrap();
+    let mut c = Client {
+        wire: Wire::new(Box::new(tls)),
+        port: c.port,
+    };
+    let ehlo = text(&c.cmd("EHLO client").await);
+    assert!(
+        !ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"),
+        "{ehlo}"
+    );
+    assert_eq!(c.code("STARTTLS").await, 502, "not twice");
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<tls@example.net>").await, 250);
+    assert_eq!(c.code("DATA").await, 354);
+    assert_eq!(c.cmd("secret\r\n.").await.code, 250);
+    assert_eq!(mail.queued(), 1);
+    mail.settle().await;
+    assert_eq!(mail.by_recipient("tls@example.net").len(), 1);
+    mail.running.shutdown().await;
+}
+
+/// An implicit-TLS listener (port 465 style): TLS from the first byte, no STARTTLS.
+#[tokio::test]
+async fn an_implicit_tls_listener_speaks_tls_from_the_first_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, keys) = cert_files(dir.path());
+    let mail = Mail::start(
+        dir.path(),
+        &format!("{keys}implicit-tls = true\nrequire-tls = true\n"),
+        "",
+    )
+    .await;
+    let tcp = TcpStream::connect(mail.addr).await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = trusting(&ck).connect(name, tcp).await.unwrap();
+    let mut c = Client {
+        wire: Wire::new(Box::new(tls)),
+        port,
+    };
+    assert_eq!(c.reply().await.code, 220);
+    let ehlo = text(&c.cmd("EHLO client").await);
+    assert!(
+        !ehlo.contains("STARTTLS") && ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<implicit@example.net>").await, 250);
+    c.send(b"BDAT 2 LAST\r\nhi").await;
+    assert_eq!(c.reply().await.code, 250);
+    assert_eq!(mail.queued(), 1);
+    mail.settle().await;
+    assert_eq!(mail.by_recipient("implicit@example.net").len(), 1);
+    mail.running.shutdown().await;
+}
