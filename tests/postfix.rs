@@ -234,18 +234,13 @@ async fn relaylog_in_front_of_postfix_records_every_accepted_recipient() {
     tokio::spawn(sink.run(sink_shutdown));
     let postfix = Postfix::start(&dir.path().join("postfix"), sink_addr);
 
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.path().join("smtp.crt"), dir.path().join("smtp.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (_, tls_keys) = cert_files(dir.path(), "smtp");
     let d = dir.path().display();
     let text = format!(
         "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n\
          [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"smtp://127.0.0.1:{}\"\nxclient = true\n\
-         tls-cert = \"{}\"\ntls-key = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+         {tls_keys}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         postfix.port,
-        cert.display(),
-        key.display()
     );
     init_keys(dir.path());
     let config = Config::parse(&text, Path::new("test.toml")).unwrap();

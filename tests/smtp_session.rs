@@ -698,39 +698,12 @@ async fn shutdown_closes_idle_sessions_with_421() {
     let _ = w.io.shutdown().await;
 }
 
-/// A TLS client config trusting only `cert`.
-fn trusting(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-fn cert_files(dir: &Path) -> (rcgen::CertifiedKey<rcgen::KeyPair>, String) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.join("mail.crt"), dir.join("mail.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let keys = format!(
-        "tls-cert = \"{}\"\ntls-key = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    (ck, keys)
-}
-
 /// STARTTLS towards the client, with `require-tls`: AUTH and MAIL wait for it
 /// (`530 5.7.0`), AUTH is offered only after it, and a message then goes through.
 #[tokio::test]
 async fn starttls_is_offered_and_require_tls_holds_auth_and_mail_until_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (ck, keys) = cert_files(dir.path());
+    let (ck, keys) = cert_files(dir.path(), "mail");
     let mail = Mail::start(dir.path(), &format!("{keys}require-tls = true\n"), "").await;
     let (mut c, _) = Client::connect(mail.addr).await;
     let ehlo = text(&c.cmd("EHLO client").await);
@@ -771,7 +744,7 @@ async fn starttls_is_offered_and_require_tls_holds_auth_and_mail_until_it() {
 #[tokio::test]
 async fn an_implicit_tls_listener_speaks_tls_from_the_first_byte() {
     let dir = tempfile::tempdir().unwrap();
-    let (ck, keys) = cert_files(dir.path());
+    let (ck, keys) = cert_files(dir.path(), "mail");
     let mail = Mail::start(
         dir.path(),
         &format!("{keys}implicit-tls = true\nrequire-tls = true\n"),

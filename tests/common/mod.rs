@@ -559,3 +559,35 @@ pub fn hold_writer(dir: &Path) -> rusqlite::Connection {
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     lock
 }
+
+/// A self-signed certificate for `localhost`, written as `<name>.crt` and `<name>.key`
+/// in `dir`; with the `tls-cert`/`tls-key` lines that name them.
+pub fn cert_files(dir: &Path, name: &str) -> (rcgen::CertifiedKey<rcgen::KeyPair>, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let keys = format!(
+        "tls-cert = \"{}\"\ntls-key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    (ck, keys)
+}
+
+/// A TLS client that trusts only `cert`.
+pub fn trusting(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}

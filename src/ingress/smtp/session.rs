@@ -242,16 +242,21 @@ impl Session<'_> {
     /// The upstream leg broke: the client hears `421 4.4.2`; a message on its way gets
     /// its outcome first (`failed`: it may or may not have reached the upstream).
     async fn upstream_lost(&mut self, e: SmtpUpstreamError) -> Stop {
-        let reason = crate::relay::Failure::reason(&e);
-        tracing::warn!(
-            target: "relaylog::access", listener = %self.l.relay.name, reason, error = %e,
-            "upstream leg lost; closing the session"
-        );
-        if let Some(tx) = self.tx.take()
-            && let Some(ticket) = tx.ticket
+        // Counted and logged once: as the message's outcome when one was on its way,
+        // else as an upstream failure of the session.
+        match self
+            .tx
+            .take()
+            .and_then(|tx| Some((tx.ticket?, tx.forward_started)))
         {
-            let forward = tx.forward_started.map(|s| s.elapsed()).unwrap_or_default();
-            ticket.outcome(Err(&e), forward, 421).await;
+            Some((ticket, started)) => {
+                let forward = started.map(|s| s.elapsed()).unwrap_or_default();
+                ticket.outcome(Err(&e), forward, 421).await;
+            }
+            None => self
+                .l
+                .relay
+                .log(Exit::Passthrough(Some(&e)), 421, Instant::now()),
         }
         self.drop_upstream();
         Stop::Close(
@@ -259,7 +264,7 @@ impl Session<'_> {
                 421,
                 "4.4.2 relaylog: mail service unavailable, try again later",
             ),
-            Some(reason),
+            None,
         )
     }
 
@@ -713,13 +718,16 @@ impl Session<'_> {
         };
         if let Some((code, text, reason)) = refusal {
             self.skip_chunk(size).await?;
-            if code == 552 {
-                // The chunks before went upstream: end the transaction there too.
-                let reply = Reply::local(552, "5.3.4 Message size exceeds fixed limit");
+            let reply = Reply::local(code, text);
+            if self.tx.as_ref().is_some_and(|t| t.ticket.is_some()) {
+                // The chunks before went upstream: the message's outcome says it was
+                // refused (and is its one log line), and the upstream's transaction ends.
                 self.finish_refused(&reply).await;
                 let _ = self.pass(b"RSET").await?;
+                self.say(&reply);
+            } else {
+                self.refuse(code, text, reason);
             }
-            self.refuse(code, text, reason);
             return Ok(());
         }
         if self.tx.as_ref().is_some_and(|t| t.ticket.is_none()) && !self.record().await? {
@@ -777,16 +785,7 @@ impl Session<'_> {
     async fn skip_chunk(&mut self, mut left: u64) -> Result<(), Stop> {
         while left > 0 {
             if self.client.buffered().is_empty() {
-                match tokio::time::timeout(self.l.settings.data_timeout, self.client.fill()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) => return Err(Stop::ClientGone),
-                    Err(_) => {
-                        return Err(Stop::Close(
-                            Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
-                            Some("data_timeout"),
-                        ));
-                    }
-                }
+                self.fill_data(self.l.settings.data_timeout).await?;
             }
             let n = (self.client.buffered().len() as u64).min(left) as usize;
             self.client.consume(n);
