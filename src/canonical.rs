@@ -2,6 +2,7 @@
 //! number can be parsed), e-mail addresses and IP addresses. The blind index is computed
 //! over these forms, so a lookup finds a record however the client spelled the value.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use std::sync::Arc;
@@ -289,19 +290,56 @@ pub fn canonical_raw(input: &str) -> String {
     out
 }
 
-/// An e-mail address: domain lower-cased, local part kept as given (RFC 5321 leaves
-/// its case to the receiving domain). Returns a raw form when there is no `@`.
+/// An e-mail address as the client sent it (surrounding space and angle brackets taken
+/// off, capped): this is the value sealed in the record. Returns a raw form when there
+/// is no local part and domain. The blind index is made of [`email_index_form`].
 pub fn normalize_email(input: &str) -> Identifier {
     let trimmed = cap(input.trim().trim_start_matches('<').trim_end_matches('>'));
-    match trimmed.rsplit_once('@') {
-        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Identifier {
-            form: Form::Email,
-            value: format!("{local}@{}", domain.to_ascii_lowercase()),
-        },
-        _ => Identifier {
-            form: Form::Raw,
-            value: trimmed.to_owned(),
-        },
+    let form = match trimmed.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Form::Email,
+        _ => Form::Raw,
+    };
+    Identifier {
+        form,
+        value: trimmed.to_owned(),
+    }
+}
+
+/// The form an e-mail address is indexed and searched by: the local part as sent (RFC
+/// 5321 leaves its case to the receiving domain), the domain in IDNA A-labels,
+/// lower-cased, so that `Jan@Bücher.example` and `Jan@xn--bcher-kva.EXAMPLE` are one
+/// address.
+///
+/// ```
+/// use relaylog::canonical::email_index_form;
+/// assert_eq!(email_index_form("Jan@Bücher.Example"), "Jan@xn--bcher-kva.example");
+/// assert_eq!(email_index_form("Jan@XN--BCHER-KVA.example"), "Jan@xn--bcher-kva.example");
+/// ```
+///
+/// A domain IDNA refuses (it is what the client sent, and the upstream decides) is
+/// only lower-cased.
+pub fn email_index_form(address: &str) -> Cow<'_, str> {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return Cow::Borrowed(address);
+    };
+    if domain.is_ascii() {
+        if !domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Cow::Borrowed(address);
+        }
+        return Cow::Owned(format!("{local}@{}", domain.to_ascii_lowercase()));
+    }
+    let domain = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase());
+    Cow::Owned(format!("{local}@{domain}"))
+}
+
+impl Identifier {
+    /// The value the blind index is computed over: the identifier itself, except for an
+    /// e-mail address, which is sealed as sent and indexed by [`email_index_form`].
+    pub fn index_value(&self) -> Cow<'_, str> {
+        match self.form {
+            Form::Email => email_index_form(&self.value),
+            Form::E164 | Form::Raw => Cow::Borrowed(&self.value),
+        }
     }
 }
 
@@ -386,11 +424,25 @@ mod tests {
     }
 
     #[test]
-    fn email_lowercases_domain_only() {
-        let id = normalize_email("<Jan.Jansen@Example.NL>");
+    fn email_is_sealed_as_sent_and_indexed_by_its_domain() {
+        let id = normalize_email(" <Jan.Jansen@Example.NL>");
         assert_eq!(id.form, Form::Email);
-        assert_eq!(id.value, "Jan.Jansen@example.nl");
+        assert_eq!(id.value, "Jan.Jansen@Example.NL");
+        assert_eq!(id.index_value(), "Jan.Jansen@example.nl");
         assert_eq!(normalize_email("nobody").form, Form::Raw);
+        assert_eq!(normalize_email("@example.nl").form, Form::Raw);
+        // U-labels and A-labels of one domain are one address; the local part keeps
+        // its case and its UTF-8 (SMTPUTF8).
+        let u = normalize_email("Jürgen@Bücher.Example");
+        let a = normalize_email("Jürgen@xn--bcher-kva.example");
+        assert_eq!(u.index_value(), a.index_value());
+        assert_eq!(u.index_value(), "Jürgen@xn--bcher-kva.example");
+        assert_ne!(
+            u.index_value(),
+            normalize_email("jürgen@bücher.example").index_value()
+        );
+        // A domain IDNA refuses is still indexed, lower-cased.
+        assert_eq!(email_index_form("a@\u{301}É.Example"), "a@\u{301}é.example");
     }
 
     #[test]

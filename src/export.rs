@@ -4,7 +4,7 @@
 use crate::clock::micros_to_datetime;
 use crate::store::query::Found;
 
-pub const CSV_HEADER: [&str; 18] = [
+pub const CSV_HEADER: [&str; 20] = [
     "time",
     "protocol",
     "service",
@@ -23,6 +23,8 @@ pub const CSV_HEADER: [&str; 18] = [
     "upstream_status",
     "gateway_code",
     "upstream_message_id",
+    "enhanced_status",
+    "size_bytes",
 ];
 
 pub fn rfc3339(us: i64) -> String {
@@ -50,6 +52,8 @@ pub fn found_json(f: &Found) -> serde_json::Value {
         "upstream_status": o.and_then(|o| o.upstream_status),
         "gateway_code": o.and_then(|o| o.gateway_code),
         "upstream_message_id": o.and_then(|o| o.upstream_message_id.clone()),
+        "enhanced_status": o.and_then(|o| o.enhanced_status.clone()),
+        "size_bytes": o.and_then(|o| o.size_bytes),
     })
 }
 

@@ -585,3 +585,228 @@ async fn an_offboarded_account_is_exported_erased_and_verify_reports_it() {
     let (ok, v) = cli(&config, &["verify"]);
     assert!(!ok && v.contains("not signed by this installation"), "{v}");
 }
+
+/// One command, its reply's code.
+async fn smtp_cmd(w: &mut relaylog::smtp::Wire<Box<dyn relaylog::smtp::Io>>, line: &str) -> u16 {
+    let t = std::time::Duration::from_secs(10);
+    w.send(format!("{line}\r\n").as_bytes(), t).await.unwrap();
+    w.reply(t).await.unwrap().code
+}
+
+/// Sends one message through an SMTP listener (in front of the built-in sink), AUTH
+/// PLAIN as `account` when given, and checks each reply.
+async fn send_mail(addr: std::net::SocketAddr, account: Option<&str>, from: &str, to: &[&str]) {
+    use base64::Engine;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut w = relaylog::smtp::Wire::new(Box::new(tcp) as Box<dyn relaylog::smtp::Io>);
+    let t = std::time::Duration::from_secs(10);
+    assert_eq!(w.reply(t).await.unwrap().code, 220);
+    assert_eq!(smtp_cmd(&mut w, "EHLO client.example").await, 250);
+    if let Some(account) = account {
+        let plain = base64::engine::general_purpose::STANDARD
+            .encode(format!("\0{account}\0{account}-secret"));
+        assert_eq!(smtp_cmd(&mut w, &format!("AUTH PLAIN {plain}")).await, 235);
+    }
+    assert_eq!(
+        smtp_cmd(&mut w, &format!("MAIL FROM:<{from}> SMTPUTF8")).await,
+        250
+    );
+    for r in to {
+        assert_eq!(smtp_cmd(&mut w, &format!("RCPT TO:<{r}>")).await, 250);
+    }
+    assert_eq!(smtp_cmd(&mut w, "DATA").await, 354);
+    w.send(b"Subject: hello\r\n\r\nhello\r\n.\r\n", t)
+        .await
+        .unwrap();
+    assert_eq!(w.reply(t).await.unwrap().code, 250);
+    assert_eq!(smtp_cmd(&mut w, "QUIT").await, 221);
+}
+
+/// Mail records are found by address wherever an e-mail identifier is accepted:
+/// `query --email` and `--originator`, a case, a subject export (the address as
+/// recipient and as envelope sender) and offboarding. The domain may be typed in
+/// Unicode or IDNA form and in any case; the local part is compared as sent; the
+/// records show the address as the client sent it.
+#[tokio::test]
+async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboarding() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = smtp_config_text(dir.path(), "", "");
+    let config = write_config(dir.path(), &text);
+    init_keys(dir.path());
+    let cfg = relaylog::config::Config::parse(&text, &config).unwrap();
+    let running = relaylog::serve::start(
+        cfg.clone(),
+        std::sync::Arc::new(relaylog::clock::SystemClock),
+    )
+    .await
+    .unwrap();
+    let addr = running.addr("mail").unwrap();
+    let subject = "Jürgen@Bücher.Example";
+    send_mail(
+        addr,
+        Some("shop"),
+        "No.Reply@Shop.Example",
+        &[subject, "piet@example.nl"],
+    )
+    .await;
+    // Another local part (case counts there): not the subject.
+    send_mail(
+        addr,
+        Some("shop"),
+        "No.Reply@Shop.Example",
+        &["JÜRGEN@xn--bcher-kva.example"],
+    )
+    .await;
+    // The subject as the envelope sender, in IDNA form.
+    send_mail(
+        addr,
+        Some("other"),
+        "Jürgen@XN--BCHER-KVA.example",
+        &["anna@example.com"],
+    )
+    .await;
+    running.settle().await.unwrap();
+    running.shutdown().await;
+
+    let query = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["query"];
+        all.extend_from_slice(args);
+        let (ok, out) = cli(&config, &all);
+        assert!(ok, "{out}");
+        out.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let rows = query(&["--email", "Jürgen@xn--BCHER-KVA.example"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r["protocol"], "smtp");
+    assert_eq!(r["service"], "email");
+    assert_eq!(r["account"], "shop");
+    assert_eq!(r["recipient"], subject, "sealed as sent");
+    assert_eq!(r["recipient_form"], "email");
+    assert_eq!(r["originator"], "No.Reply@Shop.Example");
+    assert_eq!(r["segments"], 2, "the transaction's recipient count");
+    assert_eq!(r["outcome"], "accepted");
+    assert_eq!(r["upstream_status"], 250);
+    assert_eq!(r["enhanced_status"], "2.0.0");
+    assert!(
+        r["upstream_message_id"]
+            .as_str()
+            .is_some_and(|q| q.starts_with('S')),
+        "{r}"
+    );
+    assert!(r["size_bytes"].as_u64().is_some_and(|n| n > 0), "{r}");
+    assert_eq!(query(&["--email", "jürgen@bücher.example"]).len(), 0);
+    assert_eq!(query(&["--originator", "No.Reply@shop.example"]).len(), 3);
+    let (ok, out) = cli(&config, &["query", "--email", "nobody"]);
+    assert!(!ok && out.contains("not an e-mail address"), "{out}");
+    let (ok, out) = cli(&config, &["query", "--email", "a@b.c", "--account", "x"]);
+    assert!(!ok && out.contains("cannot be used with"), "{out}");
+
+    let anna = add_officer(&config, "anna", "approver");
+    let bob = add_officer(&config, "bob", "approver");
+    let carl = add_officer(&config, "carl", "officer");
+    let root = add_officer(&config, "root1", "admin");
+    let day = chrono::Utc::now().date_naive().to_string();
+    let (ok, out) = open_case(
+        &config,
+        "anna",
+        "2026-200",
+        (&day, &day),
+        &["--email", "jürgen@bücher.example", "--email", subject],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = approve_case(&config, 1, "bob", &totp_now(&bob));
+    assert!(ok, "{out}");
+    let export = dir.path().join("case1.json");
+    let (ok, out) = cli_with_input(
+        &config,
+        &[
+            "disclose",
+            "--case",
+            "1",
+            "--officer",
+            "carl",
+            "--totp",
+            &totp_now(&carl),
+            "--out",
+            export.to_str().unwrap(),
+        ],
+        "carl-long-password\n",
+    );
+    assert!(ok && out.contains("1 records"), "{out}");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["recipient"], subject);
+    drop(anna);
+
+    let subject_out = dir.path().join("subject.json");
+    let (ok, out) = cli_with_input(
+        &config,
+        &[
+            "subject",
+            "export",
+            "--email",
+            "Jürgen@bücher.EXAMPLE",
+            "--officer",
+            "carl",
+            "--totp",
+            &totp_ahead(&carl, 1),
+            "--out",
+            subject_out.to_str().unwrap(),
+        ],
+        "carl-long-password\n",
+    );
+    assert!(ok, "{out}");
+    let export: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&subject_out).unwrap()).unwrap();
+    let mut roles: Vec<(String, String)> = export["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["originator"].as_str().unwrap().to_owned(),
+                r["recipient"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    roles.sort();
+    assert_eq!(
+        roles,
+        [
+            (
+                "Jürgen@XN--BCHER-KVA.example".to_owned(),
+                "anna@example.com".to_owned()
+            ),
+            ("No.Reply@Shop.Example".to_owned(), subject.to_owned()),
+        ],
+        "as recipient and as envelope sender"
+    );
+
+    let returned = dir.path().join("returned");
+    let (ok, out) = cli_with_input(
+        &config,
+        &[
+            "account",
+            "offboard",
+            "shop",
+            "--out",
+            returned.to_str().unwrap(),
+            "--officer",
+            "root1",
+            "--totp",
+            &totp_now(&root),
+        ],
+        "root1-long-password\n",
+    );
+    assert!(
+        ok && out.contains("3 records and 2 outcome events"),
+        "{out}"
+    );
+    assert_eq!(query(&["--originator", "No.Reply@shop.example"]).len(), 0);
+    assert_eq!(query(&["--email", "anna@example.com"]).len(), 1);
+}

@@ -23,15 +23,6 @@ use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(10);
 
-fn smtp_config(dir: &Path, listener: &str, store: &str) -> String {
-    let d = dir.display();
-    format!(
-        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{store}\n\
-         [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n"
-    )
-}
-
 struct Mail {
     running: relaylog::serve::Running,
     config: Config,
@@ -42,7 +33,7 @@ struct Mail {
 impl Mail {
     async fn start(dir: &Path, listener: &str, store: &str) -> Mail {
         init_keys(dir);
-        let text = smtp_config(dir, listener, store);
+        let text = smtp_config_text(dir, listener, store);
         let config = Config::parse(&text, Path::new("test.toml")).unwrap();
         let running =
             relaylog::serve::start(config.clone(), Arc::new(relaylog::clock::SystemClock))
@@ -200,7 +191,7 @@ async fn a_message_is_relayed_and_its_envelope_recorded() {
     assert_eq!(
         found.len(),
         1,
-        "the canonical form (domain lower-cased) finds it"
+        "the indexed form (domain lower-cased) finds it"
     );
     let f = &found[0];
     assert_eq!((f.protocol.as_str(), f.service.as_str()), ("smtp", "email"));
@@ -208,8 +199,10 @@ async fn a_message_is_relayed_and_its_envelope_recorded() {
     assert_eq!(f.fields.client_port, c.port);
     assert_eq!(
         f.fields.originator.as_ref().unwrap().value,
-        "Sender@example.org"
+        "Sender@Example.ORG",
+        "sealed as sent"
     );
+    assert_eq!(f.fields.recipient.value, "Jan.Jansen@Example.NL");
     assert_eq!(f.segments, 2, "the transaction's recipient count");
     let o = f.outcome.as_ref().expect("an outcome");
     assert_eq!(o.outcome, Outcome::Accepted);

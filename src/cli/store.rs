@@ -37,7 +37,7 @@ pub enum HoldCommand {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("identifier").required(true).args(["recipient", "account", "ip", "originator"])))]
+#[command(group(clap::ArgGroup::new("identifier").required(true).args(["recipient", "account", "ip", "originator", "email"])))]
 pub struct QueryArgs {
     /// A recipient phone number (any format; national numbers use store.default-region).
     #[arg(long)]
@@ -48,9 +48,13 @@ pub struct QueryArgs {
     /// A client IP address.
     #[arg(long)]
     pub ip: Option<IpAddr>,
-    /// An originator: sender number or alphanumeric sender id.
+    /// An originator: sender number, alphanumeric sender id, or a mail's envelope
+    /// sender (an address with `@`).
     #[arg(long)]
     pub originator: Option<String>,
+    /// A mail recipient's address (the domain may be given in Unicode or IDNA form).
+    #[arg(long)]
+    pub email: Option<String>,
     /// Start of the window: RFC 3339 time or a date (its midnight, UTC). Default: all.
     #[arg(long)]
     pub since: Option<String>,
@@ -238,12 +242,16 @@ pub(super) fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
     use crate::compliance::lookup::{self, Window};
     let numbers = NumberNormalizer::new(config.store.default_region);
     let ip = args.ip.map(|ip| ip.to_string());
-    let (kind, raw) = match (&args.recipient, &args.account, &ip, &args.originator) {
-        (Some(r), ..) => (IdentifierKind::Recipient, r),
-        (_, Some(a), ..) => (IdentifierKind::Account, a),
-        (_, _, Some(ip), _) => (IdentifierKind::Ip, ip),
-        (.., Some(o)) => (IdentifierKind::Originator, o),
-        _ => bail!("give one of --recipient, --account, --ip, --originator"),
+    let given = [
+        (IdentifierKind::Recipient, args.recipient.as_ref()),
+        (IdentifierKind::Account, args.account.as_ref()),
+        (IdentifierKind::Ip, ip.as_ref()),
+        (IdentifierKind::Originator, args.originator.as_ref()),
+        (IdentifierKind::Email, args.email.as_ref()),
+    ];
+    // The argument group admits exactly one.
+    let Some((kind, raw)) = given.into_iter().find_map(|(k, v)| Some((k, v?))) else {
+        bail!("give one of --recipient, --account, --ip, --originator, --email");
     };
     let criterion = criterion(kind, raw, &numbers)?;
     let keyring = crate::store::open_keyring(&config.store)?;

@@ -61,6 +61,22 @@ pub struct Criterion {
     pub value: String,
 }
 
+impl Criterion {
+    /// The roles a data subject's number or address can have in a record: recipient,
+    /// and originator (the SMS sender number, the envelope sender of a mail). Other
+    /// kinds are one role.
+    pub fn every_role(&self) -> Vec<Criterion> {
+        let mut roles = vec![self.clone()];
+        if matches!(self.kind, IdentifierKind::Recipient | IdentifierKind::Email) {
+            roles.push(Criterion {
+                kind: IdentifierKind::Originator,
+                value: self.value.clone(),
+            });
+        }
+        roles
+    }
+}
+
 /// Turns what an officer typed into the canonical form, or says why it cannot be one.
 pub fn criterion(
     kind: IdentifierKind,
@@ -83,6 +99,14 @@ pub fn criterion(
             }
             id.value
         }
+        IdentifierKind::Originator if raw.contains('@') => {
+            // An envelope sender (MAIL FROM): indexed like any e-mail address.
+            let id = canonical::normalize_email(raw);
+            if id.form != Form::Email {
+                return Err(bad("not an e-mail address (local@domain)"));
+            }
+            id.index_value().into_owned()
+        }
         IdentifierKind::Originator => {
             let id = numbers.normalize(raw);
             if id.value.is_empty() {
@@ -103,7 +127,7 @@ pub fn criterion(
             if id.form != Form::Email {
                 return Err(bad("not an e-mail address (local@domain)"));
             }
-            id.value
+            id.index_value().into_owned()
         }
     };
     Ok(Criterion { kind, value })
@@ -712,6 +736,19 @@ mod tests {
         assert_eq!(
             c(IdentifierKind::Email, "<Jan@Example.NL>").unwrap().value,
             "Jan@example.nl"
+        );
+        assert_eq!(
+            c(IdentifierKind::Email, "Jan@Bücher.example")
+                .unwrap()
+                .value,
+            "Jan@xn--bcher-kva.example"
+        );
+        // An envelope sender is searched as an address, not as a phone number.
+        assert_eq!(
+            c(IdentifierKind::Originator, "No.Reply@Shop.Example")
+                .unwrap()
+                .value,
+            "No.Reply@shop.example"
         );
         assert_eq!(c(IdentifierKind::Originator, "ACME").unwrap().value, "ACME");
         for (kind, bad) in [

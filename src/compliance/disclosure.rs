@@ -584,7 +584,8 @@ pub fn write_manifest(
 }
 
 /// A data subject's access request (GDPR art. 15, and art. 20 portability): every
-/// record held about one number or address, in every retained partition, each with
+/// record held about one number or address, as recipient or as originator (see
+/// [`Criterion::every_role`]), in every retained partition, each with
 /// the date it will be deleted. Records that an open or approved confidential case
 /// covers are left out (telling the subject would defeat the case). Signed and
 /// audited like a disclosure.
@@ -611,7 +612,7 @@ pub fn subject_export(
     let found = collect(
         inst.store,
         inst.keyring,
-        std::slice::from_ref(subject),
+        &subject.every_role(),
         since,
         until,
     )?;

@@ -387,7 +387,7 @@ impl Recorder {
         let originator_ix = sub
             .originator
             .as_ref()
-            .map(|o| keys.blind_index(IndexKind::Originator, &o.value));
+            .map(|o| keys.blind_index(IndexKind::Originator, &o.index_value()));
         let bucket = keys.bucket(sub.at);
         let mut plain = Vec::with_capacity(128);
         let mut rows = Vec::with_capacity(sub.recipients.len());
@@ -407,7 +407,7 @@ impl Recorder {
                 account_ix,
                 ip_ix,
                 originator_ix,
-                recipient_ix: keys.blind_index(IndexKind::Recipient, &rec.recipient.value),
+                recipient_ix: keys.blind_index(IndexKind::Recipient, &rec.recipient.index_value()),
                 sealed,
                 leaf: [0; 32],
             });

@@ -105,15 +105,18 @@ impl IndexKind {
         }
     }
 
-    /// Does the decrypted record hold `value` in this role?
+    /// Does the decrypted record hold `value` (in its indexed form) in this role?
     fn matches(self, fields: &SealedFields, value: &str) -> bool {
         match self {
             IndexKind::Account => fields.account == value,
             IndexKind::ClientIp => {
                 crate::canonical::canonical_ip(fields.client_ip).to_string() == value
             }
-            IndexKind::Originator => fields.originator.as_ref().is_some_and(|o| o.value == value),
-            IndexKind::Recipient => fields.recipient.value == value,
+            IndexKind::Originator => fields
+                .originator
+                .as_ref()
+                .is_some_and(|o| o.index_value() == value),
+            IndexKind::Recipient => fields.recipient.index_value() == value,
         }
     }
 }

@@ -199,6 +199,17 @@ pub fn config_text(
     )
 }
 
+/// A configuration with one SMTP listener named `mail` (in front of the built-in sink
+/// unless `listener` names an upstream).
+pub fn smtp_config_text(dir: &Path, listener: &str, store: &str) -> String {
+    let d = dir.display();
+    format!(
+        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{store}\n\
+         [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n"
+    )
+}
+
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("relaylog.toml");
     std::fs::write(&path, text).unwrap();
