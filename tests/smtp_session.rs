@@ -767,3 +767,187 @@ async fn an_implicit_tls_listener_speaks_tls_from_the_first_byte() {
     assert_eq!(mail.by_recipient("implicit@example.net").len(), 1);
     mail.running.shutdown().await;
 }
+
+/// A sink speaking TLS with a certificate for `localhost`: its address, its counts, the
+/// trigger that keeps it running, and the `upstream-ca` line that trusts it.
+async fn tls_sink(
+    dir: &Path,
+    implicit: bool,
+) -> (
+    SocketAddr,
+    Arc<SinkStats>,
+    relaylog::shutdown::Trigger,
+    String,
+) {
+    use relaylog::simulator::smtp::{SinkTls, SmtpSink};
+    let _ = cert_files(dir, "upstream");
+    let (crt, key) = (dir.join("upstream.crt"), dir.join("upstream.key"));
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(relaylog::ingress::tls::server_config(&crt, &key).unwrap());
+    let tls = if implicit {
+        SinkTls::Implicit(acceptor)
+    } else {
+        SinkTls::StartTls(acceptor)
+    };
+    let sink = SmtpSink::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .with_tls(tls);
+    let addr = sink.local_addr().unwrap();
+    let stats = sink.stats.clone();
+    let (trigger, shutdown) = relaylog::shutdown::channel();
+    tokio::spawn(sink.run(shutdown));
+    (
+        addr,
+        stats,
+        trigger,
+        format!("upstream-ca = \"{}\"\n", crt.display()),
+    )
+}
+
+/// One message through; its outcome carries the upstream's queue id.
+async fn one_message(mail: &Mail, to: &str) -> Reply {
+    let (mut c, greeting) = Client::connect(mail.addr).await;
+    assert_eq!(greeting.code, 220, "{}", text(&greeting));
+    assert_eq!(c.code("EHLO client.example").await, 250);
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code(&format!("RCPT TO:<{to}>")).await, 250);
+    assert_eq!(c.code("DATA").await, 354);
+    c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
+    let done = c.reply().await;
+    assert_eq!(c.code("QUIT").await, 221);
+    done
+}
+
+/// TLS towards the upstream: implicit (`smtps://`) and STARTTLS (`upstream-starttls`),
+/// both verified against `upstream-ca`. An upstream whose certificate is not trusted,
+/// or that does not offer STARTTLS, is never spoken to in the clear: the client hears
+/// `421 4.4.2`.
+#[tokio::test]
+async fn tls_towards_the_upstream_is_implicit_or_starttls_and_verified() {
+    for implicit in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, stats, _keep, ca) = tls_sink(dir.path(), implicit).await;
+        let upstream = if implicit {
+            format!("upstream = \"smtps://localhost:{}\"\n", addr.port())
+        } else {
+            format!(
+                "upstream = \"smtp://localhost:{}\"\nupstream-starttls = true\n",
+                addr.port()
+            )
+        };
+        let mail = Mail::start(dir.path(), &format!("{upstream}{ca}"), "").await;
+        let done = one_message(&mail, "jan@example.nl").await;
+        assert_eq!(done.code, 250, "{}", text(&done));
+        assert_eq!(stats.messages.load(Ordering::SeqCst), 1);
+        mail.settle().await;
+        let found = mail.by_recipient("jan@example.nl");
+        assert_eq!(found.len(), 1);
+        let o = found[0].outcome.as_ref().unwrap();
+        assert_eq!(o.outcome, Outcome::Accepted);
+        assert_eq!(o.upstream_message_id, done.queue_id());
+        mail.running.shutdown().await;
+
+        // Without upstream-ca the system roots do not trust the sink's certificate.
+        let dir = tempfile::tempdir().unwrap();
+        let mail = Mail::start(dir.path(), &upstream, "").await;
+        let (mut c, greeting) = Client::connect(mail.addr).await;
+        assert!(
+            text(&greeting).starts_with("421 4.4.2 "),
+            "implicit={implicit}: {}",
+            text(&greeting)
+        );
+        assert!(c.closed().await);
+        let metrics = reqwest_metrics(&mail.admin).await;
+        assert!(metrics.contains("reason=\"upstream_tls\""), "{metrics}");
+        mail.running.shutdown().await;
+        assert_eq!(stats.messages.load(Ordering::SeqCst), 1);
+    }
+
+    // upstream-starttls in front of an upstream that does not offer it.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = Mail::start(plain_dir.path(), "", "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let _ = cert_files(dir.path(), "ca");
+    let mail = Mail::start(
+        dir.path(),
+        &format!(
+            "upstream = \"smtp://127.0.0.1:{}\"\nupstream-starttls = true\nupstream-ca = \"{}\"\n",
+            plain.addr.port(),
+            dir.path().join("ca.crt").display()
+        ),
+        "",
+    )
+    .await;
+    let (mut c, greeting) = Client::connect(mail.addr).await;
+    assert!(
+        text(&greeting).starts_with("421 4.4.2 "),
+        "{}",
+        text(&greeting)
+    );
+    assert!(c.closed().await);
+    let metrics = reqwest_metrics(&mail.admin).await;
+    assert!(
+        metrics.contains("reason=\"upstream_starttls\""),
+        "{metrics}"
+    );
+    mail.running.shutdown().await;
+    plain.running.shutdown().await;
+}
+
+/// An upstream that takes the content and never answers: after `upstream-timeout` the
+/// client hears `421 4.4.2`, and the records say `failed` (never accepted).
+#[tokio::test]
+async fn an_upstream_that_stops_answering_gets_421_and_a_failed_outcome() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (tcp, _) = silent.accept().await.unwrap();
+        let (r, mut w) = tcp.into_split();
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"220 silent ESMTP\r\n").await.unwrap();
+        let mut in_data = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply: &[u8] = match line.get(..4).map(str::to_ascii_uppercase).as_deref() {
+                _ if in_data => continue, // never answers the end of data
+                Some("EHLO") => b"250-silent\r\n250 PIPELINING\r\n",
+                Some("DATA") => {
+                    in_data = true;
+                    b"354 go ahead\r\n"
+                }
+                _ => b"250 ok\r\n",
+            };
+            w.write_all(reply).await.unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(
+        dir.path(),
+        &format!("upstream = \"smtp://127.0.0.1:{port}\"\nupstream-timeout = \"500ms\"\n"),
+        "",
+    )
+    .await;
+    let done = one_message_unanswered(&mail).await;
+    assert!(text(&done).starts_with("421 4.4.2 "), "{}", text(&done));
+    mail.settle().await;
+    let found = mail.by_recipient("jan@example.nl");
+    assert_eq!(found.len(), 1, "recorded before the content went upstream");
+    let o = found[0].outcome.as_ref().expect("an outcome");
+    assert_eq!(o.outcome, Outcome::Failed);
+    assert_eq!(o.upstream_message_id, None);
+    mail.running.shutdown().await;
+}
+
+async fn one_message_unanswered(mail: &Mail) -> Reply {
+    let (mut c, greeting) = Client::connect(mail.addr).await;
+    assert_eq!(greeting.code, 220, "{}", text(&greeting));
+    assert_eq!(c.code("EHLO client.example").await, 250);
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<jan@example.nl>").await, 250);
+    assert_eq!(c.code("DATA").await, 354);
+    c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n").await;
+    let done = c.reply().await;
+    assert!(c.closed().await, "closed after 421");
+    done
+}

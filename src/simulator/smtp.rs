@@ -3,6 +3,9 @@
 //! listener that names none (`mock-gateway --api smtp`), and the upstream of the SMTP
 //! tests and `bench smtp`. It counts what it took and keeps nothing else.
 //!
+//! With a certificate it offers STARTTLS, or speaks TLS from the first byte (smtps):
+//! the upstream of the tests of relaylog's TLS towards its upstream.
+//!
 //! Test hooks, so that tests can drive refusals through a real session: a recipient
 //! whose local part starts with `refuse` gets `550 5.1.1`, one starting with `later`
 //! gets `450 4.2.0`, and the password `wrong` fails AUTH.
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::shutdown::Shutdown;
 use crate::smtp::{DotScanner, Io, Line, MAX_COMMAND_LINE, Scan, Verb, Wire, WireError};
@@ -55,8 +59,18 @@ impl SinkStats {
     }
 }
 
+/// How the sink speaks TLS.
+#[derive(Clone)]
+pub enum SinkTls {
+    /// Offers STARTTLS in its EHLO reply.
+    StartTls(TlsAcceptor),
+    /// TLS from the first byte (port 465 style).
+    Implicit(TlsAcceptor),
+}
+
 pub struct SmtpSink {
     listener: TcpListener,
+    tls: Option<SinkTls>,
     pub stats: Arc<SinkStats>,
 }
 
@@ -64,8 +78,14 @@ impl SmtpSink {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<SmtpSink> {
         Ok(SmtpSink {
             listener: TcpListener::bind(addr).await?,
+            tls: None,
             stats: Arc::new(SinkStats::default()),
         })
+    }
+
+    pub fn with_tls(mut self, tls: SinkTls) -> SmtpSink {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -78,10 +98,25 @@ impl SmtpSink {
         {
             let _ = stream.set_nodelay(true);
             let stats = self.stats.clone();
+            let tls = self.tls.clone();
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
+                let served = async {
+                    match tls {
+                        None => session(stream, &stats, None).await,
+                        Some(SinkTls::StartTls(acceptor)) => {
+                            session(stream, &stats, Some(&acceptor)).await
+                        }
+                        Some(SinkTls::Implicit(acceptor)) => {
+                            let handshake = acceptor.accept(stream);
+                            if let Ok(Ok(tls)) = tokio::time::timeout(TIMEOUT, handshake).await {
+                                session(tls, &stats, None).await
+                            }
+                        }
+                    }
+                };
                 tokio::select! {
-                    _ = session(stream, &stats) => {}
+                    _ = served => {}
                     _ = shutdown.wait() => {}
                 }
             });
@@ -96,16 +131,47 @@ struct Tx {
     failed: bool,
 }
 
-/// One SMTP session against the sink, until QUIT or the client leaves.
-pub async fn session<S: Io>(io: S, stats: &SinkStats) {
+/// One SMTP session against the sink, until QUIT or the client leaves; with
+/// `starttls`, the sink offers it.
+pub async fn session<S: Io>(io: S, stats: &SinkStats, starttls: Option<&TlsAcceptor>) {
     stats.sessions.fetch_add(1, Ordering::Relaxed);
     let mut w = Wire::new(io);
-    let _ = serve(&mut w, stats).await;
+    if !matches!(
+        serve(&mut w, stats, starttls.is_some()).await,
+        Ok(Served::StartTls)
+    ) {
+        return;
+    }
+    let Some(acceptor) = starttls else { return };
+    let Wire { io, .. } = w;
+    if let Ok(Ok(tls)) = tokio::time::timeout(TIMEOUT, acceptor.accept(io)).await {
+        // After the handshake the client speaks first (EHLO), with no greeting.
+        let _ = serve_commands(&mut Wire::new(tls), stats, false).await;
+    }
 }
 
-async fn serve<S: Io>(w: &mut Wire<S>, stats: &SinkStats) -> Result<(), WireError> {
-    const GREETING: &[u8] = b"220 sink.relaylog.test ESMTP relaylog sink\r\n";
+/// How a session ended.
+enum Served {
+    Quit,
+    StartTls,
+}
+
+const GREETING: &[u8] = b"220 sink.relaylog.test ESMTP relaylog sink\r\n";
+
+async fn serve<S: Io>(
+    w: &mut Wire<S>,
+    stats: &SinkStats,
+    starttls: bool,
+) -> Result<Served, WireError> {
     w.send(GREETING, TIMEOUT).await?;
+    serve_commands(w, stats, starttls).await
+}
+
+async fn serve_commands<S: Io>(
+    w: &mut Wire<S>,
+    stats: &SinkStats,
+    starttls: bool,
+) -> Result<Served, WireError> {
     let mut tx: Option<Tx> = None;
     let mut out = Vec::new();
     loop {
@@ -124,6 +190,12 @@ async fn serve<S: Io>(w: &mut Wire<S>, stats: &SinkStats) -> Result<(), WireErro
         w.consume_line(len);
         let (verb, args) = crate::smtp::verb(&line);
         let reply: &[u8] = match verb {
+            Verb::Ehlo if starttls => b"250-sink.relaylog.test\r\n250-STARTTLS\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 CHUNKING\r\n",
+            Verb::StartTls if starttls && tx.is_none() && !w.has_line() => {
+                out.extend_from_slice(b"220 2.0.0 Ready to start TLS\r\n");
+                w.send(&out, TIMEOUT).await?;
+                return Ok(Served::StartTls);
+            }
             Verb::Ehlo => b"250-sink.relaylog.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN LOGIN\r\n250-XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n",
             Verb::Helo => b"250 sink.relaylog.test\r\n",
             Verb::Noop => b"250 2.0.0 Ok\r\n",
@@ -134,7 +206,8 @@ async fn serve<S: Io>(w: &mut Wire<S>, stats: &SinkStats) -> Result<(), WireErro
             Verb::Vrfy => b"252 2.0.0 Send some mail, I'll try my best\r\n",
             Verb::Quit => {
                 out.extend_from_slice(b"221 2.0.0 Bye\r\n");
-                return w.send(&out, TIMEOUT).await;
+                w.send(&out, TIMEOUT).await?;
+                return Ok(Served::Quit);
             }
             Verb::Auth => {
                 w.send(&out, TIMEOUT).await?;
@@ -196,7 +269,7 @@ async fn serve<S: Io>(w: &mut Wire<S>, stats: &SinkStats) -> Result<(), WireErro
                         None => {
                             w.send(b"521 5.5.2 Error: bare <LF> received\r\n", TIMEOUT)
                                 .await?;
-                            return Ok(());
+                            return Ok(Served::Quit);
                         }
                     }
                 }
