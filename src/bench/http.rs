@@ -4,7 +4,6 @@
 //! was *due* in open loop, so that a stalled server cannot hide its queueing
 //! (coordinated omission). Always bounded: by duration or by request count.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-use super::Rng;
+use super::{Percentiles, Rng, Schedule, histogram, spinner};
 use crate::config::ProfileKind;
 
 #[derive(Debug, Clone)]
@@ -65,15 +64,6 @@ pub struct HttpReport {
     pub recipients_per_message: usize,
     pub latency_ms: Percentiles,
     pub errors: Errors,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p99_9: f64,
-    pub max: f64,
 }
 
 /// One submission request of the profile, to `recipients` numbers from the pool.
@@ -143,15 +133,6 @@ struct Worker {
     requests: u64,
 }
 
-/// Latencies from 1 µs to 60 s with 3 significant digits.
-fn histogram() -> Histogram<u64> {
-    // new_with_bounds fails only for low < 1, high < 2 * low or sigfig > 5: not these.
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
-}
-
-/// Wake-up lateness of tokio's timer that is not charged to the server.
-const TIMER_SLACK: Duration = Duration::from_millis(2);
-
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn worker(
@@ -166,44 +147,24 @@ async fn worker(
         ok: 0,
         requests: 0,
     };
-    let mut rng = Rng(b.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::for_worker(b.seed, index);
     let addr = format!(
         "{}:{}",
         b.target.host().unwrap_or("127.0.0.1"),
         b.target.port_u16().unwrap_or(80)
     );
-    // Open loop: this connection's share of the rate, on a fixed schedule.
-    let interval = b
-        .rate
-        .map(|r| Duration::from_secs_f64(b.connections as f64 / r.max(1e-6)));
-    let begin = Instant::now();
+    let mut schedule = Schedule::new(b.rate, b.connections);
     let mut sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
-    let mut n: u64 = 0;
     loop {
-        let due = match interval {
-            Some(i) => begin + i.mul_f64(n as f64),
-            None => Instant::now(),
-        };
-        if deadline.is_some_and(|d| due >= d) {
+        let Some(due) = schedule.due(deadline) else {
             break;
-        }
+        };
         if let Some(limit) = b.requests
             && shared.issued.fetch_add(1, Ordering::Relaxed) >= limit
         {
             break;
         }
-        n += 1;
-        // Latency counts from when the request was due (open loop), so that queueing
-        // behind a slow answer is seen. The timer itself wakes up to ~1 ms late; that
-        // lateness is the load generator's, not the server's, and is not counted.
-        let mut start = due;
-        if interval.is_some() {
-            tokio::time::sleep_until(due.into()).await;
-            let woke = Instant::now();
-            if woke.duration_since(due) < TIMER_SLACK {
-                start = woke;
-            }
-        }
+        let start = schedule.wait(due).await;
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             sender = match TcpStream::connect(&addr).await {
                 Ok(stream) => {
@@ -237,7 +198,7 @@ async fn worker(
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(Ok(status)) => {
-                let micros = start.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+                let micros = super::micros_since(start);
                 let _ = w.hist.record(micros);
                 if status.is_success() {
                     w.ok += 1;
@@ -276,14 +237,7 @@ pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
     });
     let started = Instant::now();
     let deadline = b.duration.map(|d| started + d);
-    let bar = (b.progress && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {pos} requests {per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar
-    });
+    let bar = spinner(b.progress, "requests");
     let workers: Vec<_> = (0..b.connections)
         .map(|i| tokio::spawn(worker(b.clone(), i, shared.clone(), deadline)))
         .collect();
@@ -312,7 +266,6 @@ pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
         bar.finish_and_clear();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(HttpReport {
         seconds,
         requests,
@@ -320,13 +273,7 @@ pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
         requests_per_second: ok as f64 / seconds,
         messages_per_second: (ok * b.recipients as u64) as f64 / seconds,
         recipients_per_message: b.recipients,
-        latency_ms: Percentiles {
-            p50: ms(0.50),
-            p90: ms(0.90),
-            p99: ms(0.99),
-            p99_9: ms(0.999),
-            max: hist.max() as f64 / 1000.0,
-        },
+        latency_ms: Percentiles::of(&hist),
         errors,
     })
 }
@@ -334,19 +281,14 @@ pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
 impl HttpReport {
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "{} requests in {:.2} s, {} ok: {:.0} requests/s, {:.0} messages/s ({} recipient(s) each)\n\
-             latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n",
+            "{} requests in {:.2} s, {} ok: {:.0} requests/s, {:.0} messages/s ({} recipient(s) each)\n{}",
             self.requests,
             self.seconds,
             self.ok,
             self.requests_per_second,
             self.messages_per_second,
             self.recipients_per_message,
-            self.latency_ms.p50,
-            self.latency_ms.p90,
-            self.latency_ms.p99,
-            self.latency_ms.p99_9,
-            self.latency_ms.max
+            self.latency_ms.to_text(),
         );
         let e = &self.errors;
         s.push_str(&format!(

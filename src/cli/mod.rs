@@ -151,7 +151,7 @@ pub fn run(cli: Cli) -> Result<()> {
             manifest,
             public_key: Some(key),
         } => verify_export(manifest, key),
-        Command::Bench(b @ BenchCommand::Http { .. }) => {
+        Command::Bench(b @ (BenchCommand::Http { .. } | BenchCommand::Smtp { .. })) => {
             init_tracing(log_format(&cli, None), "warn");
             let config = Config::parse("", &cli.config)?;
             bench(&config, b)

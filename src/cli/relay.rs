@@ -63,6 +63,49 @@ pub enum BenchCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Load a mail server (relaylog's SMTP listener, or the MTA directly): sessions
+    /// sending pipelined messages; throughput, errors and latency percentiles.
+    Smtp {
+        /// host:port of the relay or mail server (plain SMTP, no TLS).
+        #[arg(long)]
+        target: SocketAddr,
+        /// Concurrent sessions.
+        #[arg(long, default_value_t = 20)]
+        sessions: usize,
+        /// Messages per session before it QUITs and a new one starts.
+        #[arg(long, default_value_t = 10)]
+        messages_per_session: u64,
+        #[arg(long, default_value_t = 1)]
+        recipients: usize,
+        /// Bytes of each message's content (headers included).
+        #[arg(long, default_value_t = 2048)]
+        size: usize,
+        /// How long to run, e.g. "10s" (stops at whichever of --duration and --messages comes first).
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Open loop at this many messages/s; default: closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Recipient addresses are drawn from a pool of this size.
+        #[arg(long, default_value_t = 1_000_000)]
+        pool: u64,
+        /// AUTH PLAIN as this user in each session (the password is "bench").
+        #[arg(long)]
+        auth: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Runtime threads for the load generator.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -259,12 +302,45 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 seed: *seed,
                 progress: !quiet,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads((*threads).max(1))
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let report = rt.block_on(crate::bench::http::run(b))?;
+            let report = load_runtime(*threads)?.block_on(crate::bench::http::run(b))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
+        BenchCommand::Smtp {
+            target,
+            sessions,
+            messages_per_session,
+            recipients,
+            size,
+            duration,
+            messages,
+            rate,
+            pool,
+            auth,
+            seed,
+            threads,
+            json,
+            quiet,
+        } => {
+            let b = crate::bench::smtp::SmtpBench {
+                target: *target,
+                sessions: *sessions,
+                messages_per_session: *messages_per_session,
+                recipients: *recipients,
+                size: *size,
+                duration: duration.map(Into::into),
+                messages: *messages,
+                rate: *rate,
+                pool: *pool,
+                auth: auth.clone(),
+                seed: *seed,
+                progress: !quiet,
+            };
+            let report = load_runtime(*threads)?.block_on(crate::bench::smtp::run(b))?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -273,4 +349,13 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The load generators' runtime, on `threads` threads.
+fn load_runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
