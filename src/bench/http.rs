@@ -155,10 +155,7 @@ async fn worker(
     );
     let mut schedule = Schedule::new(b.rate, b.connections);
     let mut sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
-    loop {
-        let Some(due) = schedule.due(deadline) else {
-            break;
-        };
+    while let Some(due) = schedule.due(deadline) {
         if let Some(limit) = b.requests
             && shared.issued.fetch_add(1, Ordering::Relaxed) >= limit
         {

@@ -201,10 +201,7 @@ async fn worker(
     let mut schedule = Schedule::new(b.rate, b.sessions);
     let mut leg: Option<(Leg, u64)> = None;
     let mut envelope = Vec::new();
-    loop {
-        let Some(due) = schedule.due(deadline) else {
-            break;
-        };
+    while let Some(due) = schedule.due(deadline) {
         if let Some(limit) = b.messages
             && shared.issued.fetch_add(1, Ordering::Relaxed) >= limit
         {
