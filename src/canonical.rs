@@ -322,14 +322,48 @@ pub fn email_index_form(address: &str) -> Cow<'_, str> {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return Cow::Borrowed(address);
     };
-    if domain.is_ascii() {
-        if !domain.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Cow::Borrowed(address);
-        }
-        return Cow::Owned(format!("{local}@{}", domain.to_ascii_lowercase()));
+    // The root's dot (`example.com.`) names the same domain.
+    let dotted = domain.strip_suffix('.');
+    let domain = dotted.unwrap_or(domain);
+    let local = unquote(local);
+    let clean = domain.is_ascii() && !domain.bytes().any(|b| b.is_ascii_uppercase());
+    if clean && dotted.is_none() && matches!(local, Cow::Borrowed(_)) {
+        return Cow::Borrowed(address);
     }
-    let domain = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase());
+    let domain = if domain.is_ascii() {
+        domain.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase())
+    };
     Cow::Owned(format!("{local}@{domain}"))
+}
+
+/// A quoted local part that needs no quotes (`"jan"`, `"j\an"`) is the same mailbox
+/// as the bare one (`jan`): RFC 5321 §4.1.2.
+fn unquote(local: &str) -> Cow<'_, str> {
+    let Some(inner) = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) else {
+        return Cow::Borrowed(local);
+    };
+    let mut plain = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        plain.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    // A dot-atom: atext runs joined by single dots (UTF-8 allowed, RFC 6531).
+    let atext = |c: char| c.is_alphanumeric() || !c.is_ascii() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    let dot_atom = !plain.is_empty()
+        && plain
+            .split('.')
+            .all(|run| !run.is_empty() && run.chars().all(atext));
+    if dot_atom {
+        Cow::Owned(plain)
+    } else {
+        Cow::Borrowed(local)
+    }
 }
 
 impl Identifier {
@@ -440,6 +474,17 @@ mod tests {
         assert_ne!(
             u.index_value(),
             normalize_email("jürgen@bücher.example").index_value()
+        );
+        // Quotes a local part does not need, and the root's dot, change nothing.
+        assert_eq!(email_index_form("\"jan\"@Example.NL."), "jan@example.nl");
+        assert_eq!(email_index_form("\"j\\an\"@example.nl"), "jan@example.nl");
+        assert_eq!(
+            email_index_form("\"jan jansen\"@example.nl"),
+            "\"jan jansen\"@example.nl"
+        );
+        assert_eq!(
+            email_index_form("\"a..b\"@example.nl"),
+            "\"a..b\"@example.nl"
         );
         // A domain IDNA refuses is still indexed, lower-cased.
         assert_eq!(email_index_form("a@\u{301}É.Example"), "a@\u{301}é.example");

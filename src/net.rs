@@ -149,13 +149,12 @@ pub fn refuse_busy(
     plain: bool,
     busy: &'static [u8],
 ) -> impl Fn(TcpStream, SocketAddr) {
-    move |mut stream, _peer| {
+    move |stream, _peer| {
         refused.inc();
         if plain {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(busy)).await;
-            });
+            // A few dozen bytes fit in a new socket's send buffer: written at once,
+            // without a task per refused connection (which a flood could pile up).
+            let _ = stream.try_write(busy);
         }
     }
 }
@@ -206,10 +205,10 @@ pub async fn run<S, F>(
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => serve(ClientStream::Tls(Box::new(tls)), peer).await,
                         Ok(Err(e)) => {
-                            tracing::debug!(listener = %name, peer = %peer, error = %e, "TLS handshake failed")
+                            tracing::debug!(listener = %name, error = %e, "TLS handshake failed")
                         }
                         Err(_) => {
-                            tracing::debug!(listener = %name, peer = %peer, "TLS handshake timed out")
+                            tracing::debug!(listener = %name, "TLS handshake timed out")
                         }
                     }
                 });

@@ -142,7 +142,8 @@ pub struct Submission {
     pub client_ip: IpAddr,
     pub client_port: u16,
     pub originator: Option<Identifier>,
-    /// SMS parts (estimated from the text length and coding) or an e-mail size bucket.
+    /// SMS parts (estimated from the text length and coding), or an e-mail
+    /// transaction's recipient count.
     pub segments: u16,
     pub recipients: Vec<Identifier>,
 }

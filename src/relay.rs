@@ -153,7 +153,7 @@ pub struct Found<'a> {
     pub account: &'a str,
     pub originator: Option<&'a str>,
     pub recipients: &'a [String],
-    /// SMS parts, or the e-mail's size bucket.
+    /// SMS parts, or an e-mail transaction's recipient count.
     pub segments: u16,
     pub peer: SocketAddr,
 }

@@ -305,6 +305,24 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     xclient = smtp.xclient,
                     "listening"
                 );
+                if smtp.upstream.is_some() && !smtp.xclient {
+                    tracing::warn!(
+                        listener = %l.name,
+                        "xclient = false: the upstream sees relaylog's address, not the client's, so its client restrictions (and permit_mynetworks) apply to relaylog; set xclient = true for Postfix"
+                    );
+                }
+                let target = upstream.target();
+                let loopback = target.host == "localhost"
+                    || target
+                        .host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback && !target.implicit_tls && !smtp.upstream_starttls {
+                    tracing::warn!(
+                        listener = %l.name,
+                        "the upstream is not on this host and not reached over TLS: clients' AUTH passwords and mail cross the network in the clear; set upstream-starttls = true or an smtps:// upstream"
+                    );
+                }
                 let (implicit_tls, starttls) = if smtp.implicit_tls {
                     (tls, None)
                 } else {

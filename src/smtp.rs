@@ -61,7 +61,8 @@ pub const MAX_REPLY_LINE: usize = 2048;
 /// Most lines in one reply (an EHLO reply has a dozen).
 pub const MAX_REPLY_LINES: usize = 64;
 
-/// Bytes read from a socket at a time, and the most a [`Wire`] buffers.
+/// Bytes read from a socket at a time. A [`Wire`] holds at most about twice this
+/// (what is left of one read and the next), plus one line being looked for.
 pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Why reading from a peer stopped.
@@ -81,8 +82,8 @@ pub enum WireError {
 /// What [`Wire::line`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
-    /// A line without its terminator. `bare_lf`: it ended in LF alone.
-    Text { len: usize, bare_lf: bool },
+    /// A line without its terminator (CRLF, or LF alone, which commands may end in).
+    Text { len: usize },
     /// Longer than the limit: skipped to its end.
     TooLong,
 }
@@ -155,7 +156,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     let cr = i > 0 && self.buf[i - 1] == b'\r';
                     return Ok(Line::Text {
                         len: if cr { i - 1 } else { i },
-                        bare_lf: !cr,
                     });
                 }
                 if self.skipping || self.buf.len() >= max {
@@ -266,10 +266,6 @@ impl Reply {
                 let l = l.strip_suffix(b"\r").unwrap_or(l);
                 l.get(4..).unwrap_or_default()
             })
-    }
-
-    pub fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
     }
 
     /// The enhanced status code (RFC 3463) that starts the last line, as `x.y.z`.
@@ -383,6 +379,31 @@ pub fn path_arg<'a>(args: &'a [u8], prefix: &[u8]) -> Option<(&'a [u8], &'a [u8]
     None
 }
 
+/// The mailbox of a path as relaylog records it, or `None` when the path is refused:
+/// a source route (`@a,@b:`, obsolete, which servers ignore) is taken off; a path that
+/// is not UTF-8, or holds what addresses never hold outside quotes (white space,
+/// control characters, comments, lists, angle brackets), is refused, so that what is
+/// recorded is what the upstream delivers to.
+pub fn mailbox(path: &[u8]) -> Option<&str> {
+    let path = match path.first() {
+        Some(b'@') => &path[path.iter().position(|&b| b == b':')? + 1..],
+        _ => path,
+    };
+    let text = std::str::from_utf8(path).ok()?;
+    let (mut quoted, mut escaped) = (false, false);
+    for c in text.chars() {
+        match c {
+            _ if c.is_control() => return None,
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ' ' | '(' | ')' | ',' | ';' | '<' | '>' if !quoted => return None,
+            _ => {}
+        }
+    }
+    (!quoted).then_some(text)
+}
+
 /// The value of an ESMTP parameter (`SIZE=1234`) among `params`, case-insensitive.
 pub fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     params.split(|&b| b == b' ').find_map(|p| {
@@ -434,11 +455,11 @@ enum At {
 /// What [`DotScanner::scan`] found in a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
-    /// No end yet: this many bytes of the chunk are content. A CR at the very end is
-    /// left out (scan it again with what follows), so that it is never sent before
-    /// it is known not to be a bare CR.
+    /// No end yet: this many bytes of the chunk are content. A CR, or a dot that
+    /// begins a line, at the very end is left out (scan it again with what follows).
     More(usize),
-    /// The content ends after this many bytes of the chunk, the `.CRLF` included.
+    /// The content ends after this many bytes of the chunk, the whole `.CRLF`
+    /// included: the content in this chunk is three bytes fewer.
     End(usize),
     /// A bare LF or bare CR at this offset: the bytes before it are content.
     Bare(usize),
@@ -453,6 +474,10 @@ impl Default for DotScanner {
 }
 
 impl DotScanner {
+    /// Scans the next chunk: the bytes the last scan did not take, then what came
+    /// after. Between chunks the state is `LineStart` or `Mid` (a chunk never ends
+    /// just after a CR or a line's leading dot: those wait), so the CR that `Bare(i -
+    /// 1)` points at is always in this chunk.
     pub fn scan(&mut self, chunk: &[u8]) -> Scan {
         let mut i = 0;
         while i < chunk.len() {
@@ -463,8 +488,22 @@ impl DotScanner {
                 }
             }
             let b = chunk[i];
-            if b == b'\r' && i + 1 == chunk.len() {
-                return Scan::More(i);
+            // A CR, or a dot at the start of a line, as the chunk's last byte waits
+            // for what follows: so that a CR is never sent before it is known not to be
+            // bare, and the end `.CRLF` is always whole in the chunk that ends.
+            if i + 1 == chunk.len() {
+                match (self.state, b) {
+                    (At::LineStart, b'.') | (At::Mid | At::LineStart, b'\r') => {
+                        return Scan::More(i);
+                    }
+                    (At::LeadingDot, b'\r') => {
+                        // `.CR` at the end: both wait (the dot was taken in this
+                        // chunk, since a dot that ends a chunk waits).
+                        self.state = At::LineStart;
+                        return Scan::More(i - 1);
+                    }
+                    _ => {}
+                }
             }
             self.state = match (self.state, b) {
                 (At::LineStart, b'.') => At::LeadingDot,
@@ -486,6 +525,40 @@ impl DotScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mailboxes_are_what_the_upstream_delivers_to() {
+        assert_eq!(mailbox(b"jan@example.nl"), Some("jan@example.nl"));
+        assert_eq!(mailbox(b""), Some(""), "the null sender");
+        assert_eq!(
+            mailbox(b"@relay.example,@b.example:jan@example.nl"),
+            Some("jan@example.nl")
+        );
+        assert_eq!(
+            mailbox(b"\"jan jansen\"@example.nl"),
+            Some("\"jan jansen\"@example.nl")
+        );
+        assert_eq!(
+            mailbox("jürgen@bücher.example".as_bytes()),
+            Some("jürgen@bücher.example")
+        );
+        for refused in [
+            &b"bob(comment)@example.com"[..],
+            b"bob @example.com",
+            b"a@b,c@d",
+            b"\"unterminated@example.com",
+            b"bell\x07@example.com",
+            b"\xff@example.com",
+            b"@route.example",
+        ] {
+            assert_eq!(
+                mailbox(refused),
+                None,
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+    }
 
     #[test]
     fn verbs_and_paths() {
@@ -562,18 +635,94 @@ mod tests {
         let t = Duration::from_secs(5);
         assert_eq!(wire.line(512, t).await.unwrap(), Line::TooLong);
         assert!(wire.buffered().len() <= 512 + READ_CHUNK);
-        let Line::Text { len, bare_lf } = wire.line(512, t).await.unwrap() else {
+        let Line::Text { len } = wire.line(512, t).await.unwrap() else {
             panic!("a line")
         };
-        assert_eq!((&wire.buffered()[..len], bare_lf), (&b"NOOP"[..], false));
+        assert_eq!(&wire.buffered()[..len], &b"NOOP"[..]);
         drop(writer.await.unwrap());
     }
 
-    /// Every way to split the content finds the same end, and bare line endings are
-    /// caught wherever the split falls, before any byte of them counts as content.
+    /// Where the content ends, read the plain way: CRLF.CRLF ends it, a bare LF or a
+    /// CR not followed by LF is refused, and the bytes that could still become either
+    /// (a last CR, a line's leading dot or `.CR`) wait.
+    fn reference(input: &[u8]) -> Scan {
+        let (mut i, mut line_start) = (0, true);
+        while i < input.len() {
+            let rest = &input[i..];
+            if line_start && rest.starts_with(b".\r\n") {
+                return Scan::End(i + 3);
+            }
+            if line_start && (rest == b"." || rest == b".\r") {
+                return Scan::More(i);
+            }
+            match input[i] {
+                b'\n' => return Scan::Bare(i),
+                b'\r' if i + 1 == input.len() => return Scan::More(i),
+                b'\r' if input[i + 1] != b'\n' => return Scan::Bare(i),
+                b'\r' => {
+                    i += 2;
+                    line_start = true;
+                }
+                _ => {
+                    i += 1;
+                    line_start = false;
+                }
+            }
+        }
+        Scan::More(input.len())
+    }
+
+    /// Feeds `input` in chunks cut at `cuts`, as a session does (what a scan did not
+    /// take is offered again with the next bytes), and says what was found overall.
+    fn scan_in_chunks(input: &[u8], cuts: &[usize]) -> Scan {
+        let mut s = DotScanner::default();
+        let mut taken = 0;
+        let mut got = Scan::More(0);
+        for end in cuts.iter().copied().chain([input.len()]) {
+            if end < taken {
+                continue;
+            }
+            got = match s.scan(&input[taken..end]) {
+                Scan::More(n) => {
+                    taken += n;
+                    Scan::More(taken)
+                }
+                Scan::End(n) => {
+                    // So content = n - 3 in the chunk that ends, exactly.
+                    assert!(n >= 3, "the end .CRLF is whole in the chunk that ends");
+                    Scan::End(taken + n)
+                }
+                Scan::Bare(n) => Scan::Bare(taken + n),
+            };
+            if !matches!(got, Scan::More(_)) {
+                break;
+            }
+        }
+        got
+    }
+
+    proptest::proptest! {
+        /// The scanner agrees with the plain reading however the bytes are chunked.
+        #[test]
+        fn the_scanner_agrees_with_the_reference(
+            input in proptest::collection::vec(proptest::sample::select(b"a.\r\n".to_vec()), 0..24),
+            mut cuts in proptest::collection::vec(0usize..24, 0..4),
+        ) {
+            cuts.sort_unstable();
+            let cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+            proptest::prop_assert_eq!(scan_in_chunks(&input, &cuts), reference(&input));
+        }
+    }
+
+    /// Every way to split the content finds the same end (and has the whole `.CRLF` in
+    /// the chunk that ends, so sizes come out exact), and bare line endings are caught
+    /// wherever the split falls, before any byte of them counts as content.
     #[test]
     fn the_end_of_data_is_found_across_any_split() {
-        let cases: [(&[u8], Scan); 9] = [
+        let cases: [(&[u8], Scan); 12] = [
+            (b"a\r\r\n.\r\n", Scan::Bare(1)),
+            (b"a\r\n.\r\r\n", Scan::Bare(4)),
+            (b"hello\r\n.", Scan::More(7)),
             (b"hello\r\n.\r\nMAIL", Scan::End(10)),
             (b".\r\n", Scan::End(3)),
             (b"..stuffed\r\n.\r\n", Scan::End(14)),
@@ -586,27 +735,7 @@ mod tests {
         ];
         for (input, want) in cases {
             for split in 0..=input.len() {
-                // Feed as a session does: what was not taken is offered again with
-                // the next bytes.
-                let mut s = DotScanner::default();
-                let mut taken = 0;
-                let mut got = Scan::More(0);
-                for end in [split, input.len()] {
-                    if end < taken {
-                        continue;
-                    }
-                    got = match s.scan(&input[taken..end]) {
-                        Scan::More(n) => {
-                            taken += n;
-                            Scan::More(taken)
-                        }
-                        Scan::End(n) => Scan::End(taken + n),
-                        Scan::Bare(n) => Scan::Bare(taken + n),
-                    };
-                    if !matches!(got, Scan::More(_)) {
-                        break;
-                    }
-                }
+                let got = scan_in_chunks(input, &[split]);
                 let shown = String::from_utf8_lossy(input);
                 assert_eq!(got, want, "{shown:?} split at {split}");
             }

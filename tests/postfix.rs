@@ -80,7 +80,7 @@ impl Postfix {
                  mail_owner = postfix\nsetgid_group = postdrop\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n\
                  myhostname = postfix.relaylog.test\nmydestination =\nrelayhost = [{}]:{}\nmynetworks = 127.0.0.0/8\n\
                  smtp_dns_support_level = disabled\nmaillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\n\
-                 smtpd_authorized_xclient_hosts = 127.0.0.1\n\
+                 smtpd_authorized_xclient_hosts = 127.0.0.1\nsmtpd_client_port_logging = yes\n\
                  smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = cyrus\nsmtpd_sasl_path = smtpd\n\
                  smtpd_sasl_security_options = noanonymous\n\
                  smtpd_recipient_restrictions = check_recipient_access inline:{{ {{ refused@example.net = 550 5.1.1 no such user }} }}, permit_sasl_authenticated, permit_mynetworks, reject_unauth_destination\n\
@@ -351,8 +351,16 @@ async fn relaylog_in_front_of_postfix_records_every_accepted_recipient() {
         );
         assert!(o.size_bytes.unwrap() > BODY.len() as u64);
     }
-    // xclient = true: had Postfix refused XCLIENT, every session above would have had
-    // 421 and nothing would have been delivered.
+    // xclient = true: Postfix logs each client's own port (relaylog's outbound
+    // ports are others), as relaylog recorded it.
+    for to in ["plain", "auth", "piped", "chunked"] {
+        let found = query_store(&config, IndexKind::Recipient, &format!("{to}@example.net"));
+        let port = found[0].fields.client_port;
+        assert!(
+            log.contains(&format!("[127.0.0.1]:{port}")),
+            "{to}: the client's port {port} in Postfix's log"
+        );
+    }
     let auth = query_store(&config, IndexKind::Recipient, "auth@example.net");
     assert_eq!(auth[0].fields.account, "alice@postfix.relaylog.test");
     assert!(query_store(&config, IndexKind::Recipient, "refused@example.net").is_empty());
@@ -360,12 +368,28 @@ async fn relaylog_in_front_of_postfix_records_every_accepted_recipient() {
     let metrics = get(&client(), &format!("{admin}/metrics")).await.1;
     running.shutdown().await;
     drop(postfix);
-    for canary in [PASSWORD, SUBJECT, BODY] {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let canaries = [
+        PASSWORD.to_owned(),
+        SUBJECT.to_owned(),
+        BODY.to_owned(),
+        b64(PASSWORD),
+        b64(&format!("\0alice@postfix.relaylog.test\0{PASSWORD}")),
+    ];
+    assert!(
+        !logs.lines("relaylog::access").is_empty(),
+        "relaylog's log was captured"
+    );
+    for canary in &canaries {
+        let canary = canary.as_str();
         assert!(!logs.text().contains(canary), "{canary} in relaylog's log");
         assert!(!metrics.contains(canary), "{canary} in the metrics");
-        for f in files_under(&dir.path().join("store"))
+        // Everything of relaylog's under the data directory (Postfix's own queue and
+        // log are Postfix's business).
+        for f in files_under(dir.path())
             .into_iter()
-            .chain(files_under(&dir.path().join("keys")))
+            .filter(|f| !f.starts_with(dir.path().join("postfix")))
         {
             let bytes = std::fs::read(&f).unwrap();
             assert!(

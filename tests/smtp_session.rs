@@ -252,9 +252,12 @@ async fn pipelined_batches_split_at_every_byte_get_their_replies_in_order() {
     let content = b"hello\r\n.\r\nRSET\r\nNOOP\r\n";
     let (mut c, _) = Client::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
+    // The pause lets relaylog read the first part alone (a timed wait only to make
+    // the split happen on the wire; nothing is asserted about time).
+    let pause = Duration::from_millis(3);
     for split in 0..=batch.len() {
         c.send(&batch[..split]).await;
-        tokio::task::yield_now().await;
+        tokio::time::sleep(pause).await;
         c.send(&batch[split..]).await;
         let codes = [
             c.reply().await.code,
@@ -265,7 +268,7 @@ async fn pipelined_batches_split_at_every_byte_get_their_replies_in_order() {
         assert_eq!(codes, [250, 250, 550, 354], "batch split at {split}");
         let at = split % content.len();
         c.send(&content[..at]).await;
-        tokio::task::yield_now().await;
+        tokio::time::sleep(pause).await;
         c.send(&content[at..]).await;
         let codes = [
             c.reply().await.code,
@@ -296,9 +299,8 @@ async fn chunking_passes_binary_chunks_and_several_transactions_share_a_session(
     batch.extend_from_slice(first);
     batch.extend_from_slice(b"BDAT 3\r\nabcBDAT 5 LAST\r\n12345");
     c.send(&batch).await;
-    let codes: Vec<u16> = [(); 5].iter().map(|_| 0).collect();
     let mut got = Vec::new();
-    for _ in codes {
+    for _ in 0..5 {
         got.push(c.reply().await);
     }
     assert_eq!(
@@ -378,6 +380,10 @@ async fn auth_passes_through_and_the_password_is_never_kept() {
     let metrics = reqwest_metrics(&mail.admin).await;
     mail.running.shutdown().await;
 
+    assert!(
+        !logs.lines("relaylog::access").is_empty(),
+        "relaylog's log was captured"
+    );
     let secrets = [password.to_owned(), b64(password.as_bytes()), plain.clone()];
     for s in &secrets {
         assert!(!logs.text().contains(s.as_str()), "a secret in the log");
@@ -427,7 +433,7 @@ async fn limits_are_refused_with_their_replies_and_nothing_oversized_is_delivere
         "452 4.5.3 Error: too many recipients\r\n"
     );
     assert_eq!(c.code("DATA").await, 354);
-    // Over the limit: refused after its end, the session closed, nothing queued.
+    // Over the limit: refused as soon as it is over, the session closed, nothing queued.
     c.send(&vec![b'x'; 1500]).await;
     c.send(b"\r\n.\r\n").await;
     assert_eq!(
@@ -595,6 +601,11 @@ async fn when_records_cannot_be_committed_the_message_is_refused_and_not_deliver
         "451 4.3.0 relaylog: cannot record the message now, try again later\r\n"
     );
     // The upstream transaction was reset: a new one starts cleanly.
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<closed-out@example.net>").await, 250);
+    // At the first BDAT the same: 451, the chunk read and dropped, the session on.
+    c.send(b"BDAT 5 LAST\r\nhello").await;
+    assert_eq!(c.reply().await.code, 451);
     assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
     assert_eq!(c.code("RSET").await, 250);
     assert_eq!(mail.queued(), 1);
@@ -950,4 +961,261 @@ async fn one_message_unanswered(mail: &Mail) -> Reply {
     let done = c.reply().await;
     assert!(c.closed().await, "closed after 421");
     done
+}
+
+/// A fake upstream on loopback: greets with `greeting`, then answers each command line
+/// with what `answer` says. Its port.
+async fn scripted_upstream(greeting: &'static str, answer: fn(&str) -> &'static str) -> u16 {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                let mut lines = BufReader::new(r).lines();
+                if w.write_all(greeting.as_bytes()).await.is_err() {
+                    return;
+                }
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if w.write_all(answer(&line).as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The upstream decides who is served: a greeting other than 220 reaches the client
+/// and the session ends there (no command goes to a leg that never got to XCLIENT or
+/// STARTTLS); an upstream that refuses XCLIENT gets no client at all.
+#[tokio::test]
+async fn an_upstream_that_will_not_serve_is_heard_and_nothing_is_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = scripted_upstream("554 5.7.1 not for you\r\n", |_| "250 2.0.0 Ok\r\n").await;
+    let mail = Mail::start(
+        dir.path(),
+        &format!("upstream = \"smtp://127.0.0.1:{port}\"\n"),
+        "",
+    )
+    .await;
+    let (mut c, greeting) = Client::connect(mail.addr).await;
+    assert_eq!(text(&greeting), "554 5.7.1 not for you\r\n");
+    assert!(c.closed().await);
+    mail.running.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = scripted_upstream("220 up ESMTP\r\n", |line| {
+        if line.starts_with("XCLIENT") {
+            "550 5.7.0 Error: insufficient authorization\r\n"
+        } else {
+            "250 up\r\n"
+        }
+    })
+    .await;
+    let mail = Mail::start(
+        dir.path(),
+        &format!("upstream = \"smtp://127.0.0.1:{port}\"\nxclient = true\n"),
+        "",
+    )
+    .await;
+    let (mut c, greeting) = Client::connect(mail.addr).await;
+    assert!(
+        text(&greeting).starts_with("421 4.4.2 "),
+        "{}",
+        text(&greeting)
+    );
+    assert!(c.closed().await);
+    let metrics = reqwest_metrics(&mail.admin).await;
+    assert!(metrics.contains("reason=\"upstream_xclient\""), "{metrics}");
+    mail.running.shutdown().await;
+}
+
+/// BDAT only goes to an upstream that offered CHUNKING in its last EHLO reply (after
+/// HELO none is offered): otherwise the upstream would read the chunk as commands,
+/// and a message hidden in it would go through unrecorded.
+#[tokio::test]
+async fn bdat_is_never_passed_to_an_upstream_that_did_not_offer_chunking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("HELO client").await, 250);
+    assert_eq!(c.code("MAIL FROM:<decoy@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<decoy@example.net>").await, 250);
+    let hidden = b"RSET\r\nMAIL FROM:<s@example.org>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n\r\nhi\r\n.\r\n";
+    c.send(format!("BDAT {} LAST\r\n", hidden.len()).as_bytes())
+        .await;
+    c.send(hidden).await;
+    assert_eq!(
+        text(&c.reply().await),
+        "502 5.5.1 Error: BDAT without CHUNKING\r\n"
+    );
+    assert_eq!(c.code("NOOP").await, 250, "the chunk was read and dropped");
+    assert_eq!(c.code("QUIT").await, 221);
+    assert_eq!(mail.queued(), 0);
+    mail.settle().await;
+    assert!(mail.by_recipient("victim@example.net").is_empty());
+    assert!(mail.by_recipient("decoy@example.net").is_empty());
+    mail.running.shutdown().await;
+}
+
+/// RSET after some BDAT chunks went upstream: the client abandoned the message; its
+/// records say so (not a shutdown), and nothing is delivered.
+#[tokio::test]
+async fn rset_between_chunks_abandons_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<reset@example.net>").await, 250);
+    c.send(b"BDAT 3\r\nabc").await;
+    assert_eq!(c.reply().await.code, 250);
+    assert_eq!(c.code("RSET").await, 250);
+    assert_eq!(c.code("QUIT").await, 221);
+    assert_eq!(mail.queued(), 0);
+    mail.settle().await;
+    let o = mail.by_recipient("reset@example.net")[0]
+        .outcome
+        .clone()
+        .unwrap();
+    assert_eq!(o.outcome, Outcome::FailedClientGone);
+    let metrics = reqwest_metrics(&mail.admin).await;
+    assert!(!metrics.contains("reason=\"shutdown\""), "{metrics}");
+    mail.running.shutdown().await;
+}
+
+/// A client that stalls mid-DATA meets `data-timeout`; one that trickles bytes meets
+/// `max-session`. Either way `421 4.4.2`, no end of data upstream, and the records
+/// say the message was not sent.
+#[tokio::test]
+async fn slow_content_meets_the_data_timeout_and_max_session() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    for (limits, trickle) in [
+        ("data-timeout = \"300ms\"\n", false),
+        ("max-session = \"600ms\"\n", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mail = Mail::start(dir.path(), limits, "").await;
+        let (r, mut w) = TcpStream::connect(mail.addr).await.unwrap().into_split();
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(
+            b"EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<slow@example.net>\r\nDATA\r\n",
+        )
+        .await
+        .unwrap();
+        loop {
+            let line = lines.next_line().await.unwrap().unwrap();
+            if line.starts_with("354 ") {
+                break;
+            }
+        }
+        w.write_all(b"a slow start\r\n").await.unwrap();
+        // One byte every 100 ms: each read is well within data-timeout.
+        let trickling = tokio::spawn(async move {
+            if trickle {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if w.write_all(b"x").await.is_err() {
+                        break;
+                    }
+                }
+            }
+            w
+        });
+        let bye = tokio::time::timeout(T, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(bye.starts_with("421 4.4.2 "), "{limits}: {bye}");
+        trickling.abort();
+        assert_eq!(mail.queued(), 0);
+        mail.settle().await;
+        let o = mail.by_recipient("slow@example.net")[0]
+            .outcome
+            .clone()
+            .unwrap();
+        assert_eq!(o.outcome, Outcome::FailedClientGone, "{limits}");
+        mail.running.shutdown().await;
+    }
+}
+
+/// What relaylog refuses itself: bytes that read differently to different servers
+/// inside a command, addresses that are not what the upstream would deliver to, an
+/// unauthenticated AUTH= on MAIL; a recipient given twice is recorded once; and after
+/// 20 refusals the session is closed.
+#[tokio::test]
+async fn bad_commands_and_addresses_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    assert_eq!(c.code("NOOP a\0b").await, 500);
+    assert_eq!(c.code("NOOP a\rb").await, 500);
+    assert_eq!(c.code("MAIL FROM:<bob(comment)@example.org>").await, 501);
+    assert_eq!(
+        c.code("MAIL FROM:<a@example.org> AUTH=<ceo@example.org>")
+            .await,
+        530
+    );
+    assert_eq!(c.code("MAIL FROM:<a@example.org> AUTH=<>").await, 250);
+    assert_eq!(c.code("RCPT TO:<a b@example.net>").await, 501);
+    assert_eq!(
+        c.code("RCPT TO:<@relay.example:twice@example.net>").await,
+        250
+    );
+    assert_eq!(c.code("RCPT TO:<twice@example.net>").await, 250);
+    assert_eq!(c.code("DATA").await, 354);
+    assert_eq!(c.cmd("x\r\n.").await.code, 250);
+    mail.settle().await;
+    let found = mail.by_recipient("twice@example.net");
+    assert_eq!(found.len(), 1, "one recipient, given twice");
+    assert_eq!(found[0].segments, 1);
+    // Five refusals so far; fifteen more and the session is over.
+    for _ in 0..15 {
+        assert_eq!(c.code("XFORWARD ADDR=10.0.0.1").await, 502);
+    }
+    let bye = c.reply().await;
+    assert_eq!(
+        text(&bye),
+        "421 4.7.0 relaylog: too many errors, closing\r\n"
+    );
+    assert!(c.closed().await);
+    mail.running.shutdown().await;
+}
+
+/// Commands pipelined after STARTTLS were sent in the clear and are never read as if
+/// they came under TLS (the session closes); after the handshake the client starts
+/// over with EHLO (RFC 3207).
+#[tokio::test]
+async fn starttls_discards_what_came_before_and_wants_a_new_ehlo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, keys) = cert_files(dir.path(), "mail");
+    let mail = Mail::start(dir.path(), &keys, "").await;
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    c.send(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n")
+        .await;
+    assert_eq!(c.reply().await.code, 220);
+    let bye = c.reply().await;
+    assert!(text(&bye).starts_with("421 4.7.0 "), "{}", text(&bye));
+
+    let (mut c, _) = Client::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    assert_eq!(c.code("STARTTLS").await, 220);
+    let Wire { io, .. } = c.wire;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = trusting(&ck).connect(name, io).await.unwrap();
+    let mut c = Client {
+        wire: Wire::new(Box::new(tls)),
+        port: c.port,
+    };
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 503);
+    assert_eq!(c.code("EHLO client").await, 250);
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("QUIT").await, 221);
+    mail.running.shutdown().await;
 }

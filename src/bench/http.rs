@@ -43,6 +43,8 @@ pub enum HttpBenchError {
     Unbounded,
     #[error("--connections and --recipients must be at least 1")]
     Empty,
+    #[error("a load worker failed: {0}")]
+    Worker(String),
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -248,7 +250,7 @@ pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
     let mut errors = Errors::default();
     let (mut ok, mut requests) = (0u64, 0u64);
     for w in workers {
-        let Ok(w) = w.await else { continue };
+        let w = w.await.map_err(|e| HttpBenchError::Worker(e.to_string()))?;
         let _ = hist.add(&w.hist);
         ok += w.ok;
         requests += w.requests;

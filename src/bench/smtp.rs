@@ -45,6 +45,8 @@ pub enum SmtpBenchError {
     Unbounded,
     #[error("--sessions, --messages-per-session and --recipients must be at least 1")]
     Empty,
+    #[error("a load worker failed: {0}")]
+    Worker(String),
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -107,9 +109,9 @@ struct Worker {
 
 /// Why a message did not go through.
 enum Failed {
-    /// The session is over (I/O error, timeout, or a 421): connect again.
+    /// The session broke (I/O error, timeout): connect again.
     Session(WireError),
-    /// Refused with this code; the session goes on.
+    /// Refused with this code; a 421 ends the session.
     Refused(u16),
 }
 
@@ -118,7 +120,7 @@ type Leg = Wire<Box<dyn Io>>;
 async fn reply(w: &mut Leg) -> Result<Reply, Failed> {
     let r = w.reply(TIMEOUT).await.map_err(Failed::Session)?;
     if r.code == 421 {
-        return Err(Failed::Session(WireError::Closed));
+        return Err(Failed::Refused(421));
     }
     Ok(r)
 }
@@ -150,7 +152,7 @@ async fn open(b: &SmtpBench) -> Result<Leg, Failed> {
     Ok(w)
 }
 
-/// One message: the envelope pipelined, then the content; the final reply's code.
+/// One message: the envelope pipelined, then the content, then the final reply.
 async fn message(
     w: &mut Leg,
     envelope: &[u8],
@@ -213,13 +215,12 @@ async fn worker(
             w.sessions += 1;
             match open(&b).await {
                 Ok(l) => leg = Some((l, 0)),
-                Err(Failed::Refused(code)) => {
-                    *w.errors.refused.entry(code).or_default() += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-                Err(Failed::Session(_)) => {
-                    w.errors.connect += 1;
+                Err(failed) => {
+                    match failed {
+                        Failed::Refused(code) => *w.errors.refused.entry(code).or_default() += 1,
+                        Failed::Session(_) => w.errors.connect += 1,
+                    }
+                    shared.done.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -242,7 +243,12 @@ async fn worker(
                 let _ = w.hist.record(micros_since(start));
                 w.ok += 1;
             }
-            Err(Failed::Refused(code)) => *w.errors.refused.entry(code).or_default() += 1,
+            Err(Failed::Refused(code)) => {
+                *w.errors.refused.entry(code).or_default() += 1;
+                if code == 421 {
+                    leg = None;
+                }
+            }
             Err(Failed::Session(WireError::Timeout)) => {
                 w.errors.timeout += 1;
                 leg = None;
@@ -300,7 +306,7 @@ pub async fn run(b: SmtpBench) -> Result<SmtpReport, SmtpBenchError> {
     let mut errors = Errors::default();
     let (mut ok, mut messages, mut sessions) = (0u64, 0u64, 0u64);
     for w in workers {
-        let Ok(w) = w.await else { continue };
+        let w = w.await.map_err(|e| SmtpBenchError::Worker(e.to_string()))?;
         let _ = hist.add(&w.hist);
         ok += w.ok;
         messages += w.messages;

@@ -24,21 +24,17 @@ pub struct RawListener {
     pub tls_key: Option<PathBuf>,
     pub path: Option<String>,
     pub passthrough: Option<Vec<String>>,
-    #[serde(default = "d_max_body")]
-    pub max_body_bytes: usize,
-    #[serde(default = "d_max_response")]
-    pub max_response_bytes: usize,
+    // HTTP only; defaults applied in `validate`, so that an SMTP listener can refuse them.
+    pub max_body_bytes: Option<usize>,
+    pub max_response_bytes: Option<usize>,
     #[serde(default = "d_header_timeout")]
     pub header_timeout: String,
-    #[serde(default = "d_idle_timeout")]
-    pub idle_timeout: String,
-    #[serde(default = "d_request_timeout")]
-    pub request_timeout: String,
+    pub idle_timeout: Option<String>,
+    pub request_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     #[serde(default = "d_max_connections")]
     pub max_connections: usize,
-    #[serde(default = "d_upstream_pool")]
-    pub upstream_pool_idle: usize,
+    pub upstream_pool_idle: Option<usize>,
     pub json: Option<RawJsonProfile>,
     // SMTP only.
     pub upstream_starttls: Option<bool>,
@@ -52,32 +48,18 @@ pub struct RawListener {
     pub max_session: Option<String>,
 }
 
-fn d_max_body() -> usize {
-    64 * 1024
-}
-
-fn d_max_response() -> usize {
-    64 * 1024
-}
+const D_MAX_BODY: usize = 64 * 1024;
+const D_MAX_RESPONSE: usize = 64 * 1024;
+const D_IDLE_TIMEOUT: &str = "60s";
+const D_REQUEST_TIMEOUT: &str = "30s";
+const D_UPSTREAM_POOL: usize = 256;
 
 fn d_header_timeout() -> String {
     "10s".into()
 }
 
-fn d_idle_timeout() -> String {
-    "60s".into()
-}
-
-fn d_request_timeout() -> String {
-    "30s".into()
-}
-
 fn d_max_connections() -> usize {
     4096
-}
-
-fn d_upstream_pool() -> usize {
-    256
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,17 +318,24 @@ pub(super) fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConf
     if l.max_connections == 0 {
         return Err(invalid(key("max-connections"), "must be at least 1"));
     }
-    if l.max_body_bytes == 0 || l.max_body_bytes > 64 * 1024 * 1024 {
+    let max_body_bytes = l.max_body_bytes.unwrap_or(D_MAX_BODY);
+    if max_body_bytes == 0 || max_body_bytes > 64 * 1024 * 1024 {
         return Err(invalid(
             key("max-body-bytes"),
             "must be between 1 and 67108864",
         ));
     }
     let limits = Limits {
-        max_body_bytes: l.max_body_bytes,
+        max_body_bytes,
         header_timeout: parse_duration(&key("header-timeout"), &l.header_timeout)?,
-        idle_timeout: parse_duration(&key("idle-timeout"), &l.idle_timeout)?,
-        request_timeout: parse_duration(&key("request-timeout"), &l.request_timeout)?,
+        idle_timeout: parse_duration(
+            &key("idle-timeout"),
+            l.idle_timeout.as_deref().unwrap_or(D_IDLE_TIMEOUT),
+        )?,
+        request_timeout: parse_duration(
+            &key("request-timeout"),
+            l.request_timeout.as_deref().unwrap_or(D_REQUEST_TIMEOUT),
+        )?,
         max_connections: l.max_connections,
     };
     let protocol = match l.protocol.as_deref().unwrap_or("http") {
@@ -508,8 +497,8 @@ fn validate_http(
             ca_file: l.upstream_ca,
             rewrite_host: l.rewrite_host.unwrap_or(true),
             timeout: upstream_timeout,
-            pool_idle: l.upstream_pool_idle,
-            max_response_bytes: l.max_response_bytes,
+            pool_idle: l.upstream_pool_idle.unwrap_or(D_UPSTREAM_POOL),
+            max_response_bytes: l.max_response_bytes.unwrap_or(D_MAX_RESPONSE),
         },
     })
 }
@@ -525,6 +514,11 @@ fn validate_smtp(
         (l.passthrough.is_some(), "passthrough"),
         (l.json.is_some(), "json"),
         (l.rewrite_host.is_some(), "rewrite-host"),
+        (l.max_body_bytes.is_some(), "max-body-bytes"),
+        (l.max_response_bytes.is_some(), "max-response-bytes"),
+        (l.idle_timeout.is_some(), "idle-timeout"),
+        (l.request_timeout.is_some(), "request-timeout"),
+        (l.upstream_pool_idle.is_some(), "upstream-pool-idle"),
     ] {
         if set {
             return Err(invalid(
@@ -553,6 +547,19 @@ fn validate_smtp(
         return Err(invalid(
             key("upstream-starttls"),
             "an smtps:// upstream is TLS from the start; STARTTLS is for smtp://",
+        ));
+    }
+    if upstream_starttls && upstream.is_none() {
+        return Err(invalid(
+            key("upstream-starttls"),
+            "needs an upstream: the built-in sink has no certificate",
+        ));
+    }
+    let tls_upstream = upstream_starttls || upstream.as_ref().is_some_and(|u| u.implicit_tls);
+    if l.upstream_ca.is_some() && !tls_upstream {
+        return Err(invalid(
+            key("upstream-ca"),
+            "is for a TLS upstream: set upstream = \"smtps://…\" or upstream-starttls = true",
         ));
     }
     let max_message_bytes = l.max_message_bytes.unwrap_or(10_240_000);

@@ -34,6 +34,8 @@ pub enum SmtpUpstreamError {
         "the upstream answered XCLIENT with {0}: allow relaylog in its smtpd_authorized_xclient_hosts"
     )]
     Xclient(u16),
+    #[error("the upstream answered RSET with {0}")]
+    Reset(u16),
     #[error("upstream: {0}")]
     Wire(#[from] WireError),
 }
@@ -45,6 +47,7 @@ impl Failure for SmtpUpstreamError {
             SmtpUpstreamError::Tls(_) => "upstream_tls",
             SmtpUpstreamError::StartTls(_) => "upstream_starttls",
             SmtpUpstreamError::Xclient(_) => "upstream_xclient",
+            SmtpUpstreamError::Reset(_) => "upstream_reset",
             SmtpUpstreamError::Wire(WireError::Timeout) => "upstream_timeout",
             SmtpUpstreamError::Wire(WireError::Closed) => "upstream_closed",
             SmtpUpstreamError::Wire(WireError::Malformed(_)) => "upstream_malformed",

@@ -65,16 +65,19 @@ pub fn server_config_alpn(
     Ok(Arc::new(config))
 }
 
-/// A client config trusting the web PKI roots and, if given, the CA certificates in
-/// `ca_file`: how relaylog checks its upstreams.
+/// A client config trusting the CA certificates in `ca_file` when given, else the web
+/// PKI roots: how relaylog checks its upstreams.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(ca) = ca_file {
-        for cert in load_certs(ca)? {
-            roots.add(cert)?;
+    // A private CA, when named, is the only one trusted: the public roots would let
+    // any publicly certified name stand in for the upstream.
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(ca) => {
+            for cert in load_certs(ca)? {
+                roots.add(cert)?;
+            }
         }
+        None => roots.roots = webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     }
     let config = rustls::ClientConfig::builder_with_provider(ring_provider())
         .with_safe_default_protocol_versions()?

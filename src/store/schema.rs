@@ -287,9 +287,10 @@ pub fn open_for_write(
     conn.execute_batch(DDL)?;
     conn.execute_batch(ERASURE_DDL)?;
     if !has_outcome_extras(&conn)? {
-        // A partition from before SMTP outcomes: two nullable columns, no rewrite.
+        // A partition from before SMTP outcomes: two nullable columns, no rewrite, both
+        // or neither.
         conn.execute_batch(
-            "ALTER TABLE outcome ADD COLUMN enhanced_status TEXT; ALTER TABLE outcome ADD COLUMN size_bytes INTEGER;",
+            "BEGIN; ALTER TABLE outcome ADD COLUMN enhanced_status TEXT; ALTER TABLE outcome ADD COLUMN size_bytes INTEGER; COMMIT;",
         )?;
     }
     conn.execute(

@@ -85,13 +85,33 @@ pub fn edit_ehlo(reply: &Reply, offer: Offer) -> Reply {
     Reply { code: 250, raw }
 }
 
-/// Follows an AUTH PLAIN or LOGIN exchange, seeing each client response once, and
-/// keeps the authentication identity. The password is decoded only to be skipped and
-/// is dropped with the response.
+/// Does an EHLO reply offer `keyword` (`CHUNKING`), in any case?
+pub fn offers(ehlo: &Reply, keyword: &[u8]) -> bool {
+    ehlo.code == 250
+        && ehlo.lines().skip(1).any(|l| {
+            l.split(|&b| b == b' ')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case(keyword))
+        })
+}
+
+/// Follows an AUTH PLAIN or LOGIN exchange and keeps the identity the upstream will
+/// know the client by. The password is decoded only to be skipped and is dropped with
+/// the response.
+///
+/// - PLAIN (`authzid NUL authcid NUL password`, in the initial response or the first
+///   response after a `334`): the authorization identity when one is given (what
+///   Postfix and Cyrus then call the user), else the authentication identity.
+/// - LOGIN: the response to the upstream's `Username:` challenge, or a non-empty
+///   initial response (`AUTH LOGIN =` gives none; the server then asks).
+///
+/// Base64 is read as leniently as the SASL libraries read it (padding optional,
+/// trailing bits ignored), so that no spelling the upstream accepts hides the identity.
 #[derive(Debug)]
 pub struct AuthWatch {
     mechanism: Mechanism,
-    responses: usize,
+    /// The next client response is the one that names the identity.
+    naming: bool,
     identity: Option<String>,
 }
 
@@ -101,49 +121,94 @@ enum Mechanism {
     Login,
 }
 
+/// Why an AUTH command is answered by relaylog itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// Not PLAIN or LOGIN: `504`.
+    Mechanism,
+    /// No mechanism, or more than one initial response: `501`.
+    Syntax,
+}
+
+/// Base64 as SASL implementations accept it.
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+fn decode(line: &[u8]) -> Option<Vec<u8>> {
+    let line = if line == b"=" { &b""[..] } else { line };
+    LENIENT.decode(line).ok()
+}
+
 impl AuthWatch {
-    /// For `AUTH <mechanism> [initial-response]`; `None` for a mechanism not passed.
-    pub fn start(args: &[u8]) -> Option<(AuthWatch, Option<&[u8]>)> {
+    /// For `AUTH <mechanism> [initial-response]`.
+    pub fn start(args: &[u8]) -> Result<AuthWatch, AuthRefusal> {
         let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
-        let mechanism = match words.next()?.to_ascii_uppercase().as_slice() {
+        let first = words.next().ok_or(AuthRefusal::Syntax)?;
+        let mechanism = match first.to_ascii_uppercase().as_slice() {
             b"PLAIN" => Mechanism::Plain,
             b"LOGIN" => Mechanism::Login,
-            _ => return None,
+            _ => return Err(AuthRefusal::Mechanism),
         };
         let initial = words.next();
         if words.next().is_some() {
-            return None;
+            return Err(AuthRefusal::Syntax);
         }
         let mut watch = AuthWatch {
             mechanism,
-            responses: 0,
+            naming: true,
             identity: None,
         };
         if let Some(r) = initial {
             watch.response(r);
         }
-        Some((watch, initial))
+        Ok(watch)
+    }
+
+    /// A `334` challenge from the upstream, before the client's next response.
+    pub fn challenge(&mut self, reply: &crate::smtp::Reply) {
+        if self.mechanism == Mechanism::Login && self.identity.is_none() {
+            let text = reply.raw.get(4..).unwrap_or_default();
+            let text = text.strip_suffix(b"\r\n").unwrap_or(text);
+            // `Username:` as servers spell it; anything but a password prompt.
+            self.naming =
+                decode(text).is_some_and(|t| !t.to_ascii_lowercase().starts_with(b"pass"));
+        }
     }
 
     /// A client response (base64, `=` for empty, `*` to cancel).
     pub fn response(&mut self, line: &[u8]) {
-        self.responses += 1;
-        if self.responses != 1 || line == b"*" {
+        if !std::mem::take(&mut self.naming) || line == b"*" {
             return;
         }
-        let line = if line == b"=" { &b""[..] } else { line };
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(line) else {
-            return;
-        };
+        let Some(decoded) = decode(line) else { return };
         let identity = match self.mechanism {
-            // authzid NUL authcid NUL passwd: the authentication identity is authcid.
-            Mechanism::Plain => decoded.split(|&b| b == 0).nth(1).map(<[u8]>::to_vec),
-            // The first response is the user name; the second, never kept, the password.
+            Mechanism::Plain => {
+                let mut parts = decoded.split(|&b| b == 0);
+                let authzid = parts.next().unwrap_or_default();
+                let authcid = parts.next();
+                if authzid.is_empty() {
+                    authcid
+                } else {
+                    Some(authzid)
+                }
+                .map(<[u8]>::to_vec)
+            }
             Mechanism::Login => Some(decoded),
         };
+        // Recorded as text: bytes that are not UTF-8, and control characters, become
+        // U+FFFD (an identity the upstream accepted is kept, however it is spelled).
         self.identity = identity
-            .and_then(|i| String::from_utf8(i).ok())
-            .filter(|i| !i.is_empty() && !i.chars().any(char::is_control));
+            .map(|i| {
+                String::from_utf8_lossy(&i)
+                    .chars()
+                    .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+                    .collect::<String>()
+            })
+            .filter(|i| !i.is_empty());
     }
 
     /// The identity, once the upstream has answered 235.
@@ -198,23 +263,48 @@ mod tests {
     fn auth_keeps_the_identity_and_never_the_password() {
         let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
         let plain = b64(b"\0alice@example.com\0canary-password");
-        let args = format!("PLAIN {plain}");
-        let (watch, initial) = AuthWatch::start(args.as_bytes()).unwrap();
-        assert!(initial.is_some());
+        let watch = AuthWatch::start(format!("PLAIN {plain}").as_bytes()).unwrap();
+        assert_eq!(watch.identity().as_deref(), Some("alice@example.com"));
+        // An authorization identity is the user the upstream knows.
+        let proxy = b64(b"bob\0alice\0canary-password");
+        let watch = AuthWatch::start(format!("PLAIN {proxy}").as_bytes()).unwrap();
+        assert_eq!(watch.identity().as_deref(), Some("bob"));
+        // Unpadded, or with trailing bits set, as SASL libraries accept it.
+        let unpadded = plain.trim_end_matches('=');
+        let watch = AuthWatch::start(format!("PLAIN {unpadded}").as_bytes()).unwrap();
         assert_eq!(watch.identity().as_deref(), Some("alice@example.com"));
 
-        let (mut watch, initial) = AuthWatch::start(b"login").unwrap();
-        assert!(initial.is_none());
+        let challenge = |text: &[u8]| crate::smtp::Reply {
+            code: 334,
+            raw: format!("334 {}\r\n", b64(text)).into_bytes(),
+        };
+        let mut watch = AuthWatch::start(b"login").unwrap();
+        watch.challenge(&challenge(b"Username:"));
         watch.response(b64(b"bob").as_bytes());
+        watch.challenge(&challenge(b"Password:"));
         watch.response(b64(b"canary-password").as_bytes());
         let kept = format!("{watch:?}");
         assert!(!kept.contains("canary"), "{kept}");
         assert_eq!(watch.identity().as_deref(), Some("bob"));
+        // `AUTH LOGIN =`: the server asks for the user name, which names the identity.
+        let mut watch = AuthWatch::start(b"LOGIN =").unwrap();
+        watch.challenge(&challenge(b"Username:"));
+        watch.response(b64(b"carol").as_bytes());
+        watch.challenge(&challenge(b"Password:"));
+        watch.response(b64(b"canary-password").as_bytes());
+        assert_eq!(watch.identity().as_deref(), Some("carol"));
 
-        let (mut watch, _) = AuthWatch::start(b"PLAIN").unwrap();
+        let mut watch = AuthWatch::start(b"PLAIN").unwrap();
         watch.response(b"*");
         assert_eq!(watch.identity(), None);
-        assert!(AuthWatch::start(b"CRAM-MD5").is_none());
-        assert!(AuthWatch::start(b"PLAIN a b").is_none());
+        assert_eq!(
+            AuthWatch::start(b"CRAM-MD5").unwrap_err(),
+            AuthRefusal::Mechanism
+        );
+        assert_eq!(
+            AuthWatch::start(b"PLAIN a b").unwrap_err(),
+            AuthRefusal::Syntax
+        );
+        assert_eq!(AuthWatch::start(b"").unwrap_err(), AuthRefusal::Syntax);
     }
 }

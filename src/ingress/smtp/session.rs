@@ -53,10 +53,29 @@ struct Session<'l> {
     /// waiting in the buffer (a pipelined batch gets its replies in one write).
     out: Vec<u8>,
     tls: bool,
+    /// The upstream answered 235 to an AUTH: no second one.
+    authenticated: bool,
+    /// The upstream's last EHLO offered CHUNKING: BDAT may be passed to it.
+    upstream_chunking: bool,
+    /// STARTTLS happened and no EHLO or HELO since (RFC 3207: the client starts over).
+    needs_ehlo: bool,
+    /// The identity that authenticated, when it could be read.
     account: Option<String>,
+    started: Instant,
+    /// `max-session` from the start: every wait of the session ends by then.
     deadline: Instant,
+    /// Refusals of relaylog's own so far (see [`MAX_ERRORS`]).
+    errors: u32,
     tx: Option<Tx>,
 }
+
+/// Refusals of relaylog's own a session may have before it is closed with `421 4.7.0`
+/// (Postfix's `smtpd_hard_error_limit`).
+pub const MAX_ERRORS: u32 = 20;
+
+/// Replies held for a pipelined batch are written when they reach this size, even if
+/// more commands are waiting.
+const MAX_HELD_REPLIES: usize = 64 * 1024;
 
 /// Serves one client until QUIT, its departure, a limit, or shutdown. `tls`: the
 /// client connected over TLS (an implicit-TLS listener).
@@ -81,6 +100,13 @@ pub async fn serve(
             return;
         }
     };
+    if greeting.code != 220 {
+        // The upstream will not serve (554) or is busy (421): the client hears it, and
+        // nothing is passed to an upstream leg that never got to STARTTLS or XCLIENT.
+        l.relay.log(Exit::Passthrough(None), greeting.code, started);
+        let _ = client.send(&greeting.raw, l.settings.command_timeout).await;
+        return;
+    }
     let mut s = Session {
         l,
         peer,
@@ -88,8 +114,13 @@ pub async fn serve(
         up,
         out: greeting.raw,
         tls,
+        authenticated: false,
+        upstream_chunking: false,
+        needs_ehlo: false,
         account: None,
+        started,
         deadline: started + l.settings.max_session,
+        errors: 0,
         tx: None,
     };
     let stop = s.run(shutdown).await;
@@ -107,10 +138,16 @@ fn reply_outcome(code: u16) -> Outcome {
 impl Session<'_> {
     async fn run(&mut self, mut shutdown: Shutdown) -> Stop {
         loop {
-            if !self.client.has_line()
+            if (!self.client.has_line() || self.out.len() >= MAX_HELD_REPLIES)
                 && let Err(stop) = self.flush().await
             {
                 return stop;
+            }
+            if self.errors >= MAX_ERRORS {
+                return Stop::Close(
+                    Reply::local(421, "4.7.0 relaylog: too many errors, closing"),
+                    Some("too_many_errors"),
+                );
             }
             let now = Instant::now();
             let Some(left) = self
@@ -118,7 +155,7 @@ impl Session<'_> {
                 .checked_duration_since(now)
                 .filter(|d| !d.is_zero())
             else {
-                return self.too_long();
+                return self.session_expired();
             };
             let wait = self.l.settings.command_timeout.min(left);
             let line = tokio::select! {
@@ -138,7 +175,7 @@ impl Session<'_> {
                     continue;
                 }
                 Err(WireError::Timeout) if Instant::now() >= self.deadline => {
-                    return self.too_long();
+                    return self.session_expired();
                 }
                 Err(WireError::Timeout) => {
                     return Stop::Close(
@@ -161,11 +198,17 @@ impl Session<'_> {
         }
     }
 
-    fn too_long(&self) -> Stop {
+    /// `max-session` has passed.
+    fn session_expired(&self) -> Stop {
         Stop::Close(
             Reply::local(421, "4.4.2 relaylog: session too long, closing"),
             Some("session_too_long"),
         )
+    }
+
+    /// `timeout`, or less if the session's `max-session` ends sooner.
+    fn within(&self, timeout: Duration) -> Duration {
+        timeout.min(self.deadline.saturating_duration_since(Instant::now()))
     }
 
     async fn command(&mut self, line: &[u8]) -> Result<(), Stop> {
@@ -174,7 +217,9 @@ impl Session<'_> {
             Verb::Ehlo => {
                 let reply = self.pass(line).await?;
                 if reply.code == 250 {
-                    self.tx = None;
+                    self.reset_tx(reply.code).await;
+                    self.needs_ehlo = false;
+                    self.upstream_chunking = offer::offers(&reply, b"CHUNKING");
                 }
                 let offer = Offer {
                     starttls: self.l.starttls.is_some() && !self.tls,
@@ -186,7 +231,11 @@ impl Session<'_> {
             Verb::Helo | Verb::Rset => {
                 let reply = self.pass(line).await?;
                 if reply.code == 250 {
-                    self.tx = None;
+                    self.reset_tx(reply.code).await;
+                    if verb == Verb::Helo {
+                        self.needs_ehlo = false;
+                        self.upstream_chunking = false;
+                    }
                 }
                 self.say(&reply);
             }
@@ -256,7 +305,7 @@ impl Session<'_> {
             None => self
                 .l
                 .relay
-                .log(Exit::Passthrough(Some(&e)), 421, Instant::now()),
+                .log(Exit::Passthrough(Some(&e)), 421, self.started),
         }
         self.drop_upstream();
         Stop::Close(
@@ -274,6 +323,7 @@ impl Session<'_> {
 
     /// A refusal of relaylog's own: counted and logged as rejected, nothing forwarded.
     fn refuse(&mut self, code: u16, text: &str, reason: &'static str) {
+        self.errors += 1;
         self.say(&Reply::local(code, text));
         self.l
             .relay
@@ -305,7 +355,7 @@ impl Session<'_> {
             self.refuse(501, "5.5.4 Syntax: STARTTLS", "bad_command");
             return Ok(());
         }
-        if self.tx.is_some() || self.account.is_some() {
+        if self.tx.is_some() || self.authenticated {
             self.refuse(
                 503,
                 "5.5.1 Error: STARTTLS only before MAIL and AUTH",
@@ -329,30 +379,36 @@ impl Session<'_> {
             Ok(Ok(tls)) => {
                 self.client = Wire::new(Box::new(tls));
                 self.tls = true;
+                self.needs_ehlo = true;
                 Ok(())
             }
             _ => Err(Stop::ClientGone),
         }
     }
 
-    /// `require-tls` and no TLS yet: refused with `530 5.7.0`.
-    fn tls_required(&mut self) -> bool {
-        let required = self.l.settings.require_tls && !self.tls;
-        if required {
+    /// What must come before AUTH and MAIL: TLS with `require-tls` (`530 5.7.0`), and
+    /// after STARTTLS a new EHLO (`503 5.5.1`). True when the command was refused.
+    fn not_ready(&mut self) -> bool {
+        if self.l.settings.require_tls && !self.tls {
             self.refuse(
                 530,
                 "5.7.0 Must issue a STARTTLS command first",
                 "tls_required",
             );
+            return true;
         }
-        required
+        if self.needs_ehlo {
+            self.refuse(503, "5.5.1 Error: send HELO/EHLO first", "bad_sequence");
+            return true;
+        }
+        false
     }
 
     async fn auth(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
-        if self.tls_required() {
+        if self.not_ready() {
             return Ok(());
         }
-        if self.account.is_some() {
+        if self.authenticated {
             self.refuse(503, "5.5.1 Error: already authenticated", "bad_sequence");
             return Ok(());
         }
@@ -364,26 +420,47 @@ impl Session<'_> {
             );
             return Ok(());
         }
-        let Some((mut watch, _)) = AuthWatch::start(args) else {
-            self.refuse(
-                504,
-                "5.5.4 Unsupported authentication mechanism",
-                "auth_mechanism",
-            );
-            return Ok(());
+        let mut watch = match AuthWatch::start(args) {
+            Ok(watch) => watch,
+            Err(offer::AuthRefusal::Mechanism) => {
+                self.refuse(
+                    504,
+                    "5.5.4 Unsupported authentication mechanism",
+                    "auth_mechanism",
+                );
+                return Ok(());
+            }
+            Err(offer::AuthRefusal::Syntax) => {
+                self.refuse(
+                    501,
+                    "5.5.4 Syntax: AUTH mechanism [initial-response]",
+                    "bad_command",
+                );
+                return Ok(());
+            }
         };
         let mut reply = self.pass(line).await?;
         // 334: a challenge, then one client response; until the upstream decides.
         while reply.code == 334 {
+            watch.challenge(&reply);
             self.say(&reply);
             self.flush().await?;
-            let timeout = self.l.settings.command_timeout;
-            let len = match self.client.line(smtp::MAX_COMMAND_LINE, timeout).await {
+            let wait = self.within(self.l.settings.command_timeout);
+            let len = match self.client.line(smtp::MAX_COMMAND_LINE, wait).await {
                 Ok(Line::Text { len, .. }) => len,
                 // Too long for a response: cancel the exchange upstream.
                 Ok(Line::TooLong) => {
                     reply = self.pass(b"*").await?;
                     continue;
+                }
+                Err(WireError::Timeout) if Instant::now() >= self.deadline => {
+                    return Err(self.session_expired());
+                }
+                Err(WireError::Timeout) => {
+                    return Err(Stop::Close(
+                        Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
+                        Some("command_timeout"),
+                    ));
                 }
                 Err(_) => return Err(Stop::ClientGone),
             };
@@ -399,14 +476,26 @@ impl Session<'_> {
             reply = self.pass(&response).await?;
         }
         if reply.code == 235 {
+            self.authenticated = true;
             self.account = watch.identity();
+            if self.account.is_none() {
+                // The upstream knows who this is and relaylog does not: no mail of
+                // this session could be recorded under its account.
+                return Err(Stop::Close(
+                    Reply::local(
+                        421,
+                        "4.7.0 relaylog: cannot tell who authenticated, closing",
+                    ),
+                    Some("auth_identity"),
+                ));
+            }
         }
         self.say(&reply);
         Ok(())
     }
 
     async fn mail(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
-        if self.tls_required() {
+        if self.not_ready() {
             return Ok(());
         }
         if self.tx.is_some() {
@@ -417,6 +506,16 @@ impl Session<'_> {
             self.refuse(501, "5.5.4 Syntax: MAIL FROM:<address>", "bad_command");
             return Ok(());
         };
+        let Some(sender) = smtp::mailbox(path) else {
+            self.refuse(501, "5.1.7 Bad sender address syntax", "bad_address");
+            return Ok(());
+        };
+        // RFC 4954's AUTH= names who submitted the message: only an authenticated
+        // client may name anyone (`<>` says nobody).
+        if !self.authenticated && smtp::param(params, b"AUTH").is_some_and(|v| v != b"<>") {
+            self.refuse(530, "5.7.0 Authentication required for AUTH=", "auth_param");
+            return Ok(());
+        }
         let declared = smtp::param(params, b"SIZE")
             .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
         if declared.is_some_and(|s| s > self.l.settings.max_message_bytes) {
@@ -427,7 +526,7 @@ impl Session<'_> {
             );
             return Ok(());
         }
-        let sender = String::from_utf8_lossy(path).into_owned();
+        let sender = sender.to_owned();
         let reply = self.pass(line).await?;
         if reply.code == 250 {
             self.tx = Some(Tx {
@@ -459,10 +558,11 @@ impl Session<'_> {
             self.refuse(501, "5.5.4 Syntax: RCPT TO:<address>", "bad_command");
             return Ok(());
         };
-        if path.is_empty() {
-            self.refuse(501, "5.1.3 Bad recipient address syntax", "bad_command");
+        let Some(recipient) = smtp::mailbox(path).filter(|m| !m.is_empty()) else {
+            self.refuse(501, "5.1.3 Bad recipient address syntax", "bad_address");
             return Ok(());
-        }
+        };
+        let recipient = recipient.to_owned();
         if tx.recipients.len() >= self.l.settings.max_recipients {
             self.refuse(
                 452,
@@ -471,11 +571,12 @@ impl Session<'_> {
             );
             return Ok(());
         }
-        let recipient = String::from_utf8_lossy(path).into_owned();
         let reply = self.pass(line).await?;
         if (reply.code == 250 || reply.code == 251)
             && let Some(tx) = &mut self.tx
+            && !tx.recipients.contains(&recipient)
         {
+            // A recipient given twice is one recipient (the upstream delivers once).
             tx.recipients.push(recipient);
         }
         self.say(&reply);
@@ -523,7 +624,7 @@ impl Session<'_> {
                     "4.3.0 relaylog: cannot record the message now, try again later",
                 ));
                 // The upstream's transaction ends unused.
-                let _ = self.pass(b"RSET").await?;
+                self.reset_upstream().await?;
                 Ok(false)
             }
         }
@@ -674,8 +775,9 @@ impl Session<'_> {
     }
 
     /// Reads more content from the client, within the data timeout.
+    /// (`max-session` bounds it too.)
     async fn fill_data(&mut self, timeout: Duration) -> Result<(), Stop> {
-        match tokio::time::timeout(timeout, self.client.fill()).await {
+        match tokio::time::timeout(self.within(timeout), self.client.fill()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(self.abandon(Abandon::ClientGone).await),
             Err(_) => Err(self.abandon(Abandon::ClientTimeout).await),
@@ -704,6 +806,21 @@ impl Session<'_> {
                 Some("bad_command"),
             ));
         };
+        if size > self.l.settings.max_message_bytes {
+            // Not worth reading through: the session ends here.
+            self.finish_refused(552).await;
+            return Err(Stop::Close(
+                Reply::local(552, "5.3.4 Message size exceeds fixed limit"),
+                Some("message_too_big"),
+            ));
+        }
+        if !self.upstream_chunking {
+            // An upstream that did not offer CHUNKING would read the chunk as
+            // commands: a message inside it would go through unrecorded.
+            self.skip_chunk(size).await?;
+            self.refuse(502, "5.5.1 Error: BDAT without CHUNKING", "bad_sequence");
+            return Ok(());
+        }
         let refusal = match &self.tx {
             None => Some((503, "5.5.1 Error: need RCPT command", "bad_sequence")),
             Some(tx) if tx.recipients.is_empty() => {
@@ -722,8 +839,8 @@ impl Session<'_> {
             if self.tx.as_ref().is_some_and(|t| t.ticket.is_some()) {
                 // The chunks before went upstream: the message's outcome says it was
                 // refused (and is its one log line), and the upstream's transaction ends.
-                self.finish_refused(&reply).await;
-                let _ = self.pass(b"RSET").await?;
+                self.finish_refused(reply.code).await;
+                self.reset_upstream().await?;
                 self.say(&reply);
             } else {
                 self.refuse(code, text, reason);
@@ -767,7 +884,7 @@ impl Session<'_> {
     }
 
     /// A transaction whose content began is refused by relaylog itself.
-    async fn finish_refused(&mut self, reply: &Reply) {
+    async fn finish_refused(&mut self, code: u16) {
         let Some(tx) = self.tx.take() else { return };
         if let Some(ticket) = tx.ticket {
             let forward = tx.forward_started.map(|s| s.elapsed()).unwrap_or_default();
@@ -776,7 +893,7 @@ impl Session<'_> {
                 ..Answer::default()
             };
             ticket
-                .outcome(Ok((Outcome::Rejected, answer)), forward, reply.code)
+                .outcome(Ok((Outcome::Rejected, answer)), forward, code)
                 .await;
         }
     }
@@ -801,8 +918,10 @@ impl Session<'_> {
             && let Some(ticket) = tx.ticket
         {
             // The content had begun and did not end (the paths above spend tickets;
-            // this is the backstop): not delivered.
+            // this is the backstop): not delivered, and the upstream leg, mid-content,
+            // must not get a QUIT it would read as content.
             ticket.not_forwarded(NotForwarded::ClientGone, 0).await;
+            self.drop_upstream();
         }
         match stop {
             Stop::Quit => {}
@@ -818,8 +937,54 @@ impl Session<'_> {
                 self.say(&reply);
                 let _ = self.flush().await;
                 let _ = self.up.send(b"QUIT\r\n", Duration::from_secs(1)).await;
+                self.linger().await;
             }
         }
+    }
+
+    /// After relaylog's last reply, closes its side and reads what the client still
+    /// sends, briefly: closing with unread input would reset the connection, and the
+    /// client could lose the reply that says why.
+    async fn linger(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        const LINGER: Duration = Duration::from_secs(1);
+        const LINGER_BYTES: usize = 1 << 20;
+        let _ = tokio::time::timeout(LINGER, self.client.io.shutdown()).await;
+        self.client.discard_buffered();
+        let mut read = 0;
+        let until = Instant::now() + LINGER;
+        while read < LINGER_BYTES {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.client.fill()).await {
+                Ok(Ok(n)) if n > 0 => {
+                    read += n;
+                    self.client.discard_buffered();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// The transaction ends (RSET, HELO, EHLO): a message whose content had begun
+    /// (BDAT chunks went upstream) was abandoned by its client; its ticket says so.
+    async fn reset_tx(&mut self, status: u16) {
+        if let Some(tx) = self.tx.take()
+            && let Some(ticket) = tx.ticket
+        {
+            ticket.not_forwarded(NotForwarded::ClientGone, status).await;
+        }
+    }
+
+    /// Ends the upstream's transaction with RSET; anything but 250 means the leg is
+    /// out of step with relaylog and cannot be used.
+    async fn reset_upstream(&mut self) -> Result<(), Stop> {
+        let reply = self.pass(b"RSET").await?;
+        if reply.code == 250 {
+            return Ok(());
+        }
+        Err(self
+            .upstream_lost(SmtpUpstreamError::Reset(reply.code))
+            .await)
     }
 }
 
