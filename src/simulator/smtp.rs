@@ -330,18 +330,14 @@ async fn data<S: Io>(w: &mut Wire<S>) -> Result<Option<u64>, WireError> {
     let mut size = 0u64;
     loop {
         if w.buffered().is_empty() {
-            tokio::time::timeout(TIMEOUT, w.fill())
-                .await
-                .map_err(|_| WireError::Timeout)??;
+            w.fill_within(TIMEOUT).await?;
         }
         match scanner.scan(w.buffered()) {
             Scan::More(n) => {
                 size += n as u64;
                 w.consume(n);
                 if n == 0 {
-                    tokio::time::timeout(TIMEOUT, w.fill())
-                        .await
-                        .map_err(|_| WireError::Timeout)??;
+                    w.fill_within(TIMEOUT).await?;
                 }
             }
             Scan::End(n) => {
@@ -358,9 +354,7 @@ async fn data<S: Io>(w: &mut Wire<S>) -> Result<Option<u64>, WireError> {
 async fn discard<S: Io>(w: &mut Wire<S>, mut n: u64) -> Result<(), WireError> {
     while n > 0 {
         if w.buffered().is_empty() {
-            tokio::time::timeout(TIMEOUT, w.fill())
-                .await
-                .map_err(|_| WireError::Timeout)??;
+            w.fill_within(TIMEOUT).await?;
         }
         let take = (w.buffered().len() as u64).min(n) as usize;
         w.consume(take);

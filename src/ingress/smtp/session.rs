@@ -20,6 +20,10 @@ use crate::shutdown::Shutdown;
 use crate::smtp::{self, DotScanner, Io, Line, Reply, Scan, Verb, Wire, WireError};
 
 use super::SmtpListener;
+
+mod auth;
+mod content;
+
 use super::offer::{self, AuthWatch, Offer};
 
 /// Why a session ends.
@@ -27,7 +31,9 @@ use super::offer::{self, AuthWatch, Offer};
 enum Stop {
     Quit,
     ClientGone,
-    /// relaylog's own last words (a `421`), then close.
+    /// relaylog's own last words (a `421`, `552`, `521`), then close; with the reason
+    /// to log and count it under, or `None` when it was logged already (as a
+    /// message's outcome or an upstream failure).
     Close(Reply, Option<&'static str>),
 }
 
@@ -44,8 +50,20 @@ struct Tx {
     forward_started: Option<Instant>,
 }
 
+/// One session's state. What holds between commands:
+///
+/// - `tx` is `Some` exactly while the upstream has an open transaction (it accepted
+///   MAIL); `tx.recipients` are the recipients it accepted.
+/// - `tx.ticket` is `Some` once the transaction's records are committed (at DATA or
+///   the first BDAT), and is spent exactly once on every way out ([`Ticket::outcome`]
+///   or [`Ticket::not_forwarded`]); `tx` is never dropped with a live ticket (see
+///   `reset_tx`, `finish`, `abandon`, and `end` as the backstop).
+/// - `up` is in step with the client: every command passed has had its reply read.
+///   After `drop_upstream` the caller returns a [`Stop`].
+/// - `out` is flushed before any wait on the client (and when it passes
+///   [`MAX_HELD_REPLIES`]).
 struct Session<'l> {
-    l: &'l SmtpListener,
+    listener: &'l SmtpListener,
     peer: SocketAddr,
     client: Wire<Box<dyn Io>>,
     up: Leg,
@@ -108,7 +126,7 @@ pub async fn serve(
         return;
     }
     let mut s = Session {
-        l,
+        listener: l,
         peer,
         client,
         up,
@@ -125,14 +143,6 @@ pub async fn serve(
     };
     let stop = s.run(shutdown).await;
     s.end(stop).await;
-}
-
-fn reply_outcome(code: u16) -> Outcome {
-    match code {
-        200..=399 => Outcome::Accepted,
-        500..=599 => Outcome::Rejected,
-        _ => Outcome::Failed,
-    }
 }
 
 impl Session<'_> {
@@ -157,7 +167,7 @@ impl Session<'_> {
             else {
                 return self.session_expired();
             };
-            let wait = self.l.settings.command_timeout.min(left);
+            let wait = self.listener.settings.command_timeout.min(left);
             let line = tokio::select! {
                 biased;
                 line = self.client.line(smtp::MAX_COMMAND_LINE, wait) => line,
@@ -222,9 +232,9 @@ impl Session<'_> {
                     self.upstream_chunking = offer::offers(&reply, b"CHUNKING");
                 }
                 let offer = Offer {
-                    starttls: self.l.starttls.is_some() && !self.tls,
-                    auth: self.tls || !self.l.settings.require_tls,
-                    max_message_bytes: self.l.settings.max_message_bytes,
+                    starttls: self.listener.starttls.is_some() && !self.tls,
+                    auth: self.tls || !self.listener.settings.require_tls,
+                    max_message_bytes: self.listener.settings.max_message_bytes,
                 };
                 self.say(&offer::edit_ehlo(&reply, offer));
             }
@@ -276,7 +286,7 @@ impl Session<'_> {
     }
 
     async fn exchange(&mut self, bytes: &[u8]) -> Result<Reply, Stop> {
-        let timeout = self.l.upstream.timeout;
+        let timeout = self.listener.upstream.timeout;
         let sent = self.up.send(bytes, timeout).await;
         let reply = match sent {
             Ok(()) => self.up.reply(timeout).await,
@@ -303,7 +313,7 @@ impl Session<'_> {
                 ticket.outcome(Err(&e), forward, 421).await;
             }
             None => self
-                .l
+                .listener
                 .relay
                 .log(Exit::Passthrough(Some(&e)), 421, self.started),
         }
@@ -325,7 +335,7 @@ impl Session<'_> {
     fn refuse(&mut self, code: u16, text: &str, reason: &'static str) {
         self.errors += 1;
         self.say(&Reply::local(code, text));
-        self.l
+        self.listener
             .relay
             .log(Exit::Rejected(reason), code, Instant::now());
     }
@@ -336,162 +346,10 @@ impl Session<'_> {
         }
         let sent = self
             .client
-            .send(&self.out, self.l.settings.command_timeout)
+            .send(&self.out, self.listener.settings.command_timeout)
             .await;
         self.out.clear();
         sent.map_err(|_| Stop::ClientGone)
-    }
-
-    async fn starttls(&mut self, args: &[u8]) -> Result<(), Stop> {
-        let Some(acceptor) = self.l.starttls.clone().filter(|_| !self.tls) else {
-            self.refuse(
-                502,
-                "5.5.1 Error: command not implemented",
-                "starttls_unavailable",
-            );
-            return Ok(());
-        };
-        if !args.is_empty() {
-            self.refuse(501, "5.5.4 Syntax: STARTTLS", "bad_command");
-            return Ok(());
-        }
-        if self.tx.is_some() || self.authenticated {
-            self.refuse(
-                503,
-                "5.5.1 Error: STARTTLS only before MAIL and AUTH",
-                "bad_sequence",
-            );
-            return Ok(());
-        }
-        self.say(&Reply::local(220, "2.0.0 Ready to start TLS"));
-        self.flush().await?;
-        // What a client pipelined after STARTTLS was sent in the clear: it must not be
-        // read as if it came under TLS (the STARTTLS command injection attack).
-        if self.client.discard_buffered() > 0 {
-            return Err(Stop::Close(
-                Reply::local(421, "4.7.0 relaylog: commands after STARTTLS, closing"),
-                Some("starttls_injection"),
-            ));
-        }
-        let plain = std::mem::replace(&mut self.client, Wire::new(Box::new(smtp::Closed)));
-        let Wire { io, .. } = plain;
-        match tokio::time::timeout(self.l.handshake_timeout, acceptor.accept(io)).await {
-            Ok(Ok(tls)) => {
-                self.client = Wire::new(Box::new(tls));
-                self.tls = true;
-                self.needs_ehlo = true;
-                Ok(())
-            }
-            _ => Err(Stop::ClientGone),
-        }
-    }
-
-    /// What must come before AUTH and MAIL: TLS with `require-tls` (`530 5.7.0`), and
-    /// after STARTTLS a new EHLO (`503 5.5.1`). True when the command was refused.
-    fn not_ready(&mut self) -> bool {
-        if self.l.settings.require_tls && !self.tls {
-            self.refuse(
-                530,
-                "5.7.0 Must issue a STARTTLS command first",
-                "tls_required",
-            );
-            return true;
-        }
-        if self.needs_ehlo {
-            self.refuse(503, "5.5.1 Error: send HELO/EHLO first", "bad_sequence");
-            return true;
-        }
-        false
-    }
-
-    async fn auth(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
-        if self.not_ready() {
-            return Ok(());
-        }
-        if self.authenticated {
-            self.refuse(503, "5.5.1 Error: already authenticated", "bad_sequence");
-            return Ok(());
-        }
-        if self.tx.is_some() {
-            self.refuse(
-                503,
-                "5.5.1 Error: MAIL transaction in progress",
-                "bad_sequence",
-            );
-            return Ok(());
-        }
-        let mut watch = match AuthWatch::start(args) {
-            Ok(watch) => watch,
-            Err(offer::AuthRefusal::Mechanism) => {
-                self.refuse(
-                    504,
-                    "5.5.4 Unsupported authentication mechanism",
-                    "auth_mechanism",
-                );
-                return Ok(());
-            }
-            Err(offer::AuthRefusal::Syntax) => {
-                self.refuse(
-                    501,
-                    "5.5.4 Syntax: AUTH mechanism [initial-response]",
-                    "bad_command",
-                );
-                return Ok(());
-            }
-        };
-        let mut reply = self.pass(line).await?;
-        // 334: a challenge, then one client response; until the upstream decides.
-        while reply.code == 334 {
-            watch.challenge(&reply);
-            self.say(&reply);
-            self.flush().await?;
-            let wait = self.within(self.l.settings.command_timeout);
-            let len = match self.client.line(smtp::MAX_COMMAND_LINE, wait).await {
-                Ok(Line::Text { len, .. }) => len,
-                // Too long for a response: cancel the exchange upstream.
-                Ok(Line::TooLong) => {
-                    reply = self.pass(b"*").await?;
-                    continue;
-                }
-                Err(WireError::Timeout) if Instant::now() >= self.deadline => {
-                    return Err(self.session_expired());
-                }
-                Err(WireError::Timeout) => {
-                    return Err(Stop::Close(
-                        Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
-                        Some("command_timeout"),
-                    ));
-                }
-                Err(_) => return Err(Stop::ClientGone),
-            };
-            // The response may hold the password: it is passed on and dropped, never
-            // logged, never kept.
-            let response = self.client.buffered()[..len].to_vec();
-            self.client.consume_line(len);
-            if response.iter().any(|&b| b == b'\r' || b == 0) {
-                reply = self.pass(b"*").await?;
-                continue;
-            }
-            watch.response(&response);
-            reply = self.pass(&response).await?;
-        }
-        if reply.code == 235 {
-            self.authenticated = true;
-            self.account = watch.identity();
-            if self.account.is_none() {
-                // The upstream knows who this is and relaylog does not: no mail of
-                // this session could be recorded under its account.
-                return Err(Stop::Close(
-                    Reply::local(
-                        421,
-                        "4.7.0 relaylog: cannot tell who authenticated, closing",
-                    ),
-                    Some("auth_identity"),
-                ));
-            }
-        }
-        self.say(&reply);
-        Ok(())
     }
 
     async fn mail(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
@@ -518,7 +376,7 @@ impl Session<'_> {
         }
         let declared = smtp::param(params, b"SIZE")
             .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|s| s > self.l.settings.max_message_bytes) {
+        if declared.is_some_and(|s| s > self.listener.settings.max_message_bytes) {
             self.refuse(
                 552,
                 "5.3.4 Message size exceeds fixed limit",
@@ -563,7 +421,7 @@ impl Session<'_> {
             return Ok(());
         };
         let recipient = recipient.to_owned();
-        if tx.recipients.len() >= self.l.settings.max_recipients {
+        if tx.recipients.len() >= self.listener.settings.max_recipients {
             self.refuse(
                 452,
                 "4.5.3 Error: too many recipients",
@@ -583,332 +441,12 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Commits the open transaction's records before its content goes upstream.
-    /// `Ok(false)`: it could not be; the client has its `451 4.3.0` and the
-    /// upstream an RSET.
-    async fn record(&mut self) -> Result<bool, Stop> {
-        let Some(tx) = &self.tx else { return Ok(false) };
-        let started = Instant::now();
-        let relay = &self.l.relay;
-        let submission = relay.submission(Found {
-            account: self.account.as_deref().unwrap_or(""),
-            originator: Some(&tx.sender),
-            recipients: &tx.recipients,
-            segments: tx.recipients.len().min(u16::MAX as usize) as u16,
-            peer: self.peer,
-        });
-        match relay.record(&submission, started).await {
-            Ok(ticket) => {
-                if let Some(why) = ticket.not_now(false) {
-                    ticket.not_forwarded(why, 421).await;
-                    self.tx = None;
-                    return Err(Stop::Close(
-                        Reply::local(
-                            421,
-                            "4.3.2 relaylog: service shutting down, try again later",
-                        ),
-                        None,
-                    ));
-                }
-                if let Some(tx) = &mut self.tx {
-                    tx.ticket = Some(ticket);
-                    tx.forward_started = Some(Instant::now());
-                }
-                Ok(true)
-            }
-            Err(e) => {
-                relay.log(Exit::FailClosed(&e), 451, started);
-                self.tx = None;
-                self.say(&Reply::local(
-                    451,
-                    "4.3.0 relaylog: cannot record the message now, try again later",
-                ));
-                // The upstream's transaction ends unused.
-                self.reset_upstream().await?;
-                Ok(false)
-            }
-        }
-    }
-
-    /// Spends the transaction's ticket with the upstream's reply to its content.
-    async fn finish(&mut self, reply: &Reply) {
-        let Some(tx) = self.tx.take() else { return };
-        let Some(ticket) = tx.ticket else { return };
-        let forward = tx.forward_started.map(|s| s.elapsed()).unwrap_or_default();
-        let answer = Answer {
-            upstream_status: Some(reply.code),
-            gateway_code: None,
-            message_id: if reply.code == 250 {
-                reply.queue_id()
-            } else {
-                None
-            },
-            enhanced_status: reply.enhanced(),
-            size_bytes: Some(tx.size),
-        };
-        ticket
-            .outcome(Ok((reply_outcome(reply.code), answer)), forward, reply.code)
-            .await;
-    }
-
-    /// The content was not delivered: the upstream leg is dropped without its end,
-    /// so the upstream discards what it had; the ticket says why.
-    async fn abandon(&mut self, why: Abandon) -> Stop {
-        let tx = self.tx.take();
-        let (status, stop) = match why {
-            Abandon::ClientGone => (0, Stop::ClientGone),
-            Abandon::ClientTimeout => (
-                421,
-                Stop::Close(
-                    Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
-                    None,
-                ),
-            ),
-            Abandon::TooBig => (
-                552,
-                Stop::Close(
-                    Reply::local(552, "5.3.4 Message size exceeds fixed limit"),
-                    None,
-                ),
-            ),
-            Abandon::Bare => (
-                521,
-                Stop::Close(
-                    Reply::local(521, "5.5.2 relaylog: bare <CR> or <LF> in message content"),
-                    None,
-                ),
-            ),
-        };
-        if let Some(ticket) = tx.and_then(|t| t.ticket) {
-            match why {
-                Abandon::ClientGone | Abandon::ClientTimeout => {
-                    ticket.not_forwarded(NotForwarded::ClientGone, status).await;
-                }
-                Abandon::TooBig | Abandon::Bare => {
-                    let answer = Answer::default();
-                    ticket
-                        .outcome(Ok((Outcome::Rejected, answer)), Duration::ZERO, status)
-                        .await;
-                }
-            }
-        }
-        self.drop_upstream();
-        stop
-    }
-
     /// Closes the upstream leg at once, mid-content: no end of data ever reaches it.
     fn drop_upstream(&mut self) {
         drop(std::mem::replace(
             &mut self.up,
             Wire::new(Box::new(smtp::Closed)),
         ));
-    }
-
-    async fn data(&mut self, args: &[u8]) -> Result<(), Stop> {
-        if !args.is_empty() {
-            self.refuse(501, "5.5.4 Syntax: DATA", "bad_command");
-            return Ok(());
-        }
-        match &self.tx {
-            None => {
-                self.refuse(503, "5.5.1 Error: need RCPT command", "bad_sequence");
-                return Ok(());
-            }
-            Some(tx) if tx.recipients.is_empty() => {
-                self.refuse(554, "5.5.1 Error: no valid recipients", "no_recipients");
-                return Ok(());
-            }
-            Some(tx) if tx.ticket.is_some() => {
-                self.refuse(503, "5.5.1 Error: DATA after BDAT", "bad_sequence");
-                return Ok(());
-            }
-            Some(_) => {}
-        }
-        if !self.record().await? {
-            return Ok(());
-        }
-        let go = self.pass(b"DATA").await?;
-        if go.code != 354 {
-            self.finish(&go).await;
-            self.say(&go);
-            return Ok(());
-        }
-        self.say(&go);
-        self.flush().await?;
-        let mut scanner = DotScanner::default();
-        let timeout = self.l.settings.data_timeout;
-        let limit = self.l.settings.max_message_bytes;
-        loop {
-            if self.client.buffered().is_empty() {
-                self.fill_data(timeout).await?;
-            }
-            let chunk = self.client.buffered();
-            let (n, end) = match scanner.scan(chunk) {
-                Scan::More(n) => (n, false),
-                Scan::End(n) => (n, true),
-                Scan::Bare(_) => return Err(self.abandon(Abandon::Bare).await),
-            };
-            let content = if end { n.saturating_sub(3) } else { n } as u64;
-            if self.tx.as_ref().map_or(0, |t| t.size) + content > limit {
-                return Err(self.abandon(Abandon::TooBig).await);
-            }
-            self.send_content(n).await?;
-            if let Some(tx) = &mut self.tx {
-                tx.size += content;
-            }
-            if end {
-                break;
-            }
-            if n == 0 {
-                // A lone CR waits for what follows it.
-                self.fill_data(timeout).await?;
-            }
-        }
-        let timeout = self.l.upstream.timeout;
-        let reply = match self.up.reply(timeout).await {
-            Ok(r) => r,
-            Err(e) => return Err(self.upstream_lost(e.into()).await),
-        };
-        self.finish(&reply).await;
-        self.say(&reply);
-        Ok(())
-    }
-
-    /// Reads more content from the client, within the data timeout.
-    /// (`max-session` bounds it too.)
-    async fn fill_data(&mut self, timeout: Duration) -> Result<(), Stop> {
-        match tokio::time::timeout(self.within(timeout), self.client.fill()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(self.abandon(Abandon::ClientGone).await),
-            Err(_) => Err(self.abandon(Abandon::ClientTimeout).await),
-        }
-    }
-
-    /// Sends the first `n` buffered client bytes upstream and consumes them.
-    async fn send_content(&mut self, n: usize) -> Result<(), Stop> {
-        if n == 0 {
-            return Ok(());
-        }
-        let timeout = self.l.upstream.timeout;
-        let sent = self.up.send(&self.client.buffered()[..n], timeout).await;
-        self.client.consume(n);
-        match sent {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.upstream_lost(e.into()).await),
-        }
-    }
-
-    async fn bdat(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
-        let Some((size, last)) = smtp::bdat_args(args) else {
-            // Without a size the chunk cannot be skipped: the session cannot go on.
-            return Err(Stop::Close(
-                Reply::local(501, "5.5.4 Syntax: BDAT count [LAST]"),
-                Some("bad_command"),
-            ));
-        };
-        if size > self.l.settings.max_message_bytes {
-            // Not worth reading through: the session ends here.
-            self.finish_refused(552).await;
-            return Err(Stop::Close(
-                Reply::local(552, "5.3.4 Message size exceeds fixed limit"),
-                Some("message_too_big"),
-            ));
-        }
-        if !self.upstream_chunking {
-            // An upstream that did not offer CHUNKING would read the chunk as
-            // commands: a message inside it would go through unrecorded.
-            self.skip_chunk(size).await?;
-            self.refuse(502, "5.5.1 Error: BDAT without CHUNKING", "bad_sequence");
-            return Ok(());
-        }
-        let refusal = match &self.tx {
-            None => Some((503, "5.5.1 Error: need RCPT command", "bad_sequence")),
-            Some(tx) if tx.recipients.is_empty() => {
-                Some((554, "5.5.1 Error: no valid recipients", "no_recipients"))
-            }
-            Some(tx) if tx.size.saturating_add(size) > self.l.settings.max_message_bytes => Some((
-                552,
-                "5.3.4 Message size exceeds fixed limit",
-                "message_too_big",
-            )),
-            Some(_) => None,
-        };
-        if let Some((code, text, reason)) = refusal {
-            self.skip_chunk(size).await?;
-            let reply = Reply::local(code, text);
-            if self.tx.as_ref().is_some_and(|t| t.ticket.is_some()) {
-                // The chunks before went upstream: the message's outcome says it was
-                // refused (and is its one log line), and the upstream's transaction ends.
-                self.finish_refused(reply.code).await;
-                self.reset_upstream().await?;
-                self.say(&reply);
-            } else {
-                self.refuse(code, text, reason);
-            }
-            return Ok(());
-        }
-        if self.tx.as_ref().is_some_and(|t| t.ticket.is_none()) && !self.record().await? {
-            self.skip_chunk(size).await?;
-            return Ok(());
-        }
-        let timeout = self.l.upstream.timeout;
-        let mut cmd = Vec::with_capacity(line.len() + 2);
-        cmd.extend_from_slice(line);
-        cmd.extend_from_slice(b"\r\n");
-        if let Err(e) = self.up.send(&cmd, timeout).await {
-            return Err(self.upstream_lost(e.into()).await);
-        }
-        let mut left = size;
-        while left > 0 {
-            if self.client.buffered().is_empty() {
-                self.fill_data(self.l.settings.data_timeout).await?;
-            }
-            let n = (self.client.buffered().len() as u64).min(left) as usize;
-            self.send_content(n).await?;
-            left -= n as u64;
-        }
-        if let Some(tx) = &mut self.tx {
-            tx.size += size;
-        }
-        let reply = match self.up.reply(timeout).await {
-            Ok(r) => r,
-            Err(e) => return Err(self.upstream_lost(e.into()).await),
-        };
-        if last || reply.code != 250 {
-            // The last chunk's reply, or a refused chunk: the transaction is over
-            // (RFC 3030: a failed BDAT fails the transaction).
-            self.finish(&reply).await;
-        }
-        self.say(&reply);
-        Ok(())
-    }
-
-    /// A transaction whose content began is refused by relaylog itself.
-    async fn finish_refused(&mut self, code: u16) {
-        let Some(tx) = self.tx.take() else { return };
-        if let Some(ticket) = tx.ticket {
-            let forward = tx.forward_started.map(|s| s.elapsed()).unwrap_or_default();
-            let answer = Answer {
-                size_bytes: Some(tx.size),
-                ..Answer::default()
-            };
-            ticket
-                .outcome(Ok((Outcome::Rejected, answer)), forward, code)
-                .await;
-        }
-    }
-
-    /// Reads and drops a chunk that is not passed on.
-    async fn skip_chunk(&mut self, mut left: u64) -> Result<(), Stop> {
-        while left > 0 {
-            if self.client.buffered().is_empty() {
-                self.fill_data(self.l.settings.data_timeout).await?;
-            }
-            let n = (self.client.buffered().len() as u64).min(left) as usize;
-            self.client.consume(n);
-            left -= n as u64;
-        }
-        Ok(())
     }
 
     /// Ends the session: relaylog's last reply if it has one, QUIT upstream when the
@@ -930,7 +468,7 @@ impl Session<'_> {
             }
             Stop::Close(reply, reason) => {
                 if let Some(reason) = reason {
-                    self.l
+                    self.listener
                         .relay
                         .log(Exit::Rejected(reason), reply.code, Instant::now());
                 }
@@ -986,12 +524,4 @@ impl Session<'_> {
             .upstream_lost(SmtpUpstreamError::Reset(reply.code))
             .await)
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Abandon {
-    ClientGone,
-    ClientTimeout,
-    TooBig,
-    Bare,
 }
