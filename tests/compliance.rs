@@ -586,40 +586,25 @@ async fn an_offboarded_account_is_exported_erased_and_verify_reports_it() {
     assert!(!ok && v.contains("not signed by this installation"), "{v}");
 }
 
-/// One command, its reply's code.
-async fn smtp_cmd(w: &mut relaylog::smtp::Wire<Box<dyn relaylog::smtp::Io>>, line: &str) -> u16 {
-    let t = std::time::Duration::from_secs(10);
-    w.send(format!("{line}\r\n").as_bytes(), t).await.unwrap();
-    w.reply(t).await.unwrap().code
-}
-
 /// Sends one message through an SMTP listener (in front of the built-in sink), AUTH
 /// PLAIN as `account` when given, and checks each reply.
 async fn send_mail(addr: std::net::SocketAddr, account: Option<&str>, from: &str, to: &[&str]) {
     use base64::Engine;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut w = relaylog::smtp::Wire::new(Box::new(tcp) as Box<dyn relaylog::smtp::Io>);
-    let t = std::time::Duration::from_secs(10);
-    assert_eq!(w.reply(t).await.unwrap().code, 220);
-    assert_eq!(smtp_cmd(&mut w, "EHLO client.example").await, 250);
+    let (mut c, greeting) = SmtpClient::connect(addr).await;
+    assert_eq!(greeting.code, 220);
+    assert_eq!(c.code("EHLO client.example").await, 250);
     if let Some(account) = account {
         let plain = base64::engine::general_purpose::STANDARD
             .encode(format!("\0{account}\0{account}-secret"));
-        assert_eq!(smtp_cmd(&mut w, &format!("AUTH PLAIN {plain}")).await, 235);
+        assert_eq!(c.code(&format!("AUTH PLAIN {plain}")).await, 235);
     }
-    assert_eq!(
-        smtp_cmd(&mut w, &format!("MAIL FROM:<{from}> SMTPUTF8")).await,
-        250
-    );
+    assert_eq!(c.code(&format!("MAIL FROM:<{from}> SMTPUTF8")).await, 250);
     for r in to {
-        assert_eq!(smtp_cmd(&mut w, &format!("RCPT TO:<{r}>")).await, 250);
+        assert_eq!(c.code(&format!("RCPT TO:<{r}>")).await, 250);
     }
-    assert_eq!(smtp_cmd(&mut w, "DATA").await, 354);
-    w.send(b"Subject: hello\r\n\r\nhello\r\n.\r\n", t)
-        .await
-        .unwrap();
-    assert_eq!(w.reply(t).await.unwrap().code, 250);
-    assert_eq!(smtp_cmd(&mut w, "QUIT").await, 221);
+    assert_eq!(c.code("DATA").await, 354);
+    assert_eq!(c.cmd("Subject: hello\r\n\r\nhello\r\n.").await.code, 250);
+    assert_eq!(c.code("QUIT").await, 221);
 }
 
 /// Mail records are found by address wherever an e-mail identifier is accepted:

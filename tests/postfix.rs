@@ -18,7 +18,6 @@ use common::*;
 use relaylog::config::Config;
 use relaylog::record::Outcome;
 use relaylog::simulator::smtp::SmtpSink;
-use relaylog::smtp::{Io, Wire};
 use relaylog::store::keys::IndexKind;
 
 const PASSWORD: &str = "canary-pass-1d9f";
@@ -235,12 +234,13 @@ async fn relaylog_in_front_of_postfix_records_every_accepted_recipient() {
     let postfix = Postfix::start(&dir.path().join("postfix"), sink_addr);
 
     let (_, tls_keys) = cert_files(dir.path(), "smtp");
-    let d = dir.path().display();
-    let text = format!(
-        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n\
-         [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\nupstream = \"smtp://127.0.0.1:{}\"\nxclient = true\n\
-         {tls_keys}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        postfix.port,
+    let text = smtp_config_text(
+        dir.path(),
+        &format!(
+            "upstream = \"smtp://127.0.0.1:{}\"\nxclient = true\n{tls_keys}",
+            postfix.port
+        ),
+        "",
     );
     init_keys(dir.path());
     let config = Config::parse(&text, Path::new("test.toml")).unwrap();
@@ -299,10 +299,8 @@ async fn relaylog_in_front_of_postfix_records_every_accepted_recipient() {
     let (ok, t) = swaks(args).await;
     assert!(ok, "{t}");
     // BDAT, by hand (swaks does not speak CHUNKING).
-    let tcp = tokio::net::TcpStream::connect(relay).await.unwrap();
-    let mut w: Wire<Box<dyn Io>> = Wire::new(Box::new(tcp));
-    let t = Duration::from_secs(10);
-    assert_eq!(w.reply(t).await.unwrap().code, 220);
+    let (mut c, greeting) = SmtpClient::connect(relay).await;
+    assert_eq!(greeting.code, 220);
     let msg = format!("Subject: {SUBJECT}\r\n\r\n{BODY}\r\n");
     let batch = format!(
         "EHLO client\r\nMAIL FROM:<sender@example.org>\r\nRCPT TO:<chunked@example.net>\r\nBDAT 10\r\n{}BDAT {} LAST\r\n{}",
@@ -310,16 +308,13 @@ async fn relaylog_in_front_of_postfix_records_every_accepted_recipient() {
         msg.len() - 10,
         &msg[10..]
     );
-    w.send(batch.as_bytes(), t).await.unwrap();
-    let codes: Vec<u16> = {
-        let mut v = Vec::new();
-        for _ in 0..5 {
-            v.push(w.reply(t).await.unwrap().code);
-        }
-        v
-    };
+    c.send(batch.as_bytes()).await;
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(c.reply().await.code);
+    }
     assert_eq!(codes, [250, 250, 250, 250, 250], "{}", postfix.log());
-    w.send(b"QUIT\r\n", t).await.unwrap();
+    assert_eq!(c.code("QUIT").await, 221);
 
     // Postfix delivers all four to the sink.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

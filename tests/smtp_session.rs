@@ -15,7 +15,7 @@ use relaylog::config::Config;
 use relaylog::record::Outcome;
 use relaylog::serve::SimulatorStats;
 use relaylog::simulator::smtp::SinkStats;
-use relaylog::smtp::{Io, Reply, Wire};
+use relaylog::smtp::{Reply, Wire};
 use relaylog::store::keys::IndexKind;
 use relaylog::store::query::Found;
 use tokio::io::AsyncWriteExt;
@@ -69,48 +69,6 @@ impl Mail {
     }
 }
 
-struct Client {
-    wire: Wire<Box<dyn Io>>,
-    port: u16,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> (Client, Reply) {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        let mut c = Client {
-            wire: Wire::new(Box::new(tcp)),
-            port,
-        };
-        let greeting = c.reply().await;
-        (c, greeting)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.wire.send(bytes, T).await.unwrap();
-    }
-
-    async fn reply(&mut self) -> Reply {
-        self.wire.reply(T).await.unwrap()
-    }
-
-    async fn cmd(&mut self, line: &str) -> Reply {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    async fn code(&mut self, line: &str) -> u16 {
-        self.cmd(line).await.code
-    }
-
-    async fn closed(&mut self) -> bool {
-        matches!(
-            self.wire.reply(T).await,
-            Err(relaylog::smtp::WireError::Closed | relaylog::smtp::WireError::Io(_))
-        )
-    }
-}
-
 fn text(r: &Reply) -> String {
     String::from_utf8_lossy(&r.raw).into_owned()
 }
@@ -125,7 +83,7 @@ const CANARY_BODY: &str = "canary-body-91bd";
 async fn a_message_is_relayed_and_its_envelope_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "", "").await;
-    let (mut c, greeting) = Client::connect(mail.addr).await;
+    let (mut c, greeting) = SmtpClient::connect(mail.addr).await;
     assert_eq!(
         text(&greeting),
         "220 sink.relaylog.test ESMTP relaylog sink\r\n"
@@ -250,7 +208,7 @@ async fn pipelined_batches_split_at_every_byte_get_their_replies_in_order() {
     let mail = Mail::start(dir.path(), "", "").await;
     let batch = b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<refuse@example.net>\r\nDATA\r\n";
     let content = b"hello\r\n.\r\nRSET\r\nNOOP\r\n";
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     // The pause lets relaylog read the first part alone (a timed wait only to make
     // the split happen on the wire; nothing is asserted about time).
@@ -290,7 +248,7 @@ async fn pipelined_batches_split_at_every_byte_get_their_replies_in_order() {
 async fn chunking_passes_binary_chunks_and_several_transactions_share_a_session() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "", "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     // Binary content with what would end DATA: BDAT does not look at it.
     let first = b"\r\n.\r\nMAIL FROM:<x@y>\r\n\0\xff";
@@ -339,7 +297,7 @@ async fn auth_passes_through_and_the_password_is_never_kept() {
         base64::engine::general_purpose::STANDARD.encode(s)
     };
     let password = "canary-password-5c1e";
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     // A wrong password: the upstream refuses, no account.
     let wrong = b64(b"\0mallory\0wrong");
@@ -363,7 +321,7 @@ async fn auth_passes_through_and_the_password_is_never_kept() {
     assert_eq!(found[0].fields.recipient.value, "bob@example.net");
 
     // PLAIN with an initial response, in another session.
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     let plain = b64(format!("\0carol\0{password}").as_bytes());
     assert_eq!(c.code(&format!("AUTH PLAIN {plain}")).await, 235);
@@ -412,7 +370,7 @@ async fn limits_are_refused_with_their_replies_and_nothing_oversized_is_delivere
         "",
     )
     .await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     let ehlo = text(&c.cmd("EHLO client").await);
     assert!(
         ehlo.contains("250-SIZE 1000\r\n"),
@@ -448,7 +406,7 @@ async fn limits_are_refused_with_their_replies_and_nothing_oversized_is_delivere
     assert!(mail.by_recipient("three@example.net").is_empty());
 
     // BDAT over the limit: refused before it goes upstream; the transaction ends.
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
     assert_eq!(c.code("RCPT TO:<four@example.net>").await, 250);
@@ -480,7 +438,7 @@ async fn bare_line_endings_in_content_are_refused_and_not_forwarded() {
         b"one\r\n.\nRCPT",
         b"one\r.\r\nX",
     ] {
-        let (mut c, _) = Client::connect(mail.addr).await;
+        let (mut c, _) = SmtpClient::connect(mail.addr).await;
         assert_eq!(c.code("EHLO client").await, 250);
         assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
         assert_eq!(c.code("RCPT TO:<smuggle@example.net>").await, 250);
@@ -508,7 +466,7 @@ async fn bare_line_endings_in_content_are_refused_and_not_forwarded() {
 async fn a_client_gone_mid_data_leaves_records_saying_so_and_nothing_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "", "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
     assert_eq!(c.code("RCPT TO:<gone@example.net>").await, 250);
@@ -537,7 +495,7 @@ async fn a_client_gone_mid_data_leaves_records_saying_so_and_nothing_delivered()
 async fn xclient_is_relaylogs_alone() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "", "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     assert_eq!(c.code("XCLIENT ADDR=10.0.0.1").await, 502);
     assert_eq!(c.code("XFORWARD ADDR=10.0.0.1").await, 502);
@@ -548,7 +506,7 @@ async fn xclient_is_relaylogs_alone() {
 
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "xclient = true\n", "").await;
-    let (mut c, greeting) = Client::connect(mail.addr).await;
+    let (mut c, greeting) = SmtpClient::connect(mail.addr).await;
     assert_eq!(greeting.code, 220);
     assert_eq!(c.code("EHLO client").await, 250);
     assert_eq!(mail.sink().xclients.load(Ordering::SeqCst), 1);
@@ -565,7 +523,7 @@ async fn when_records_cannot_be_committed_the_message_is_refused_and_not_deliver
     let store = "queue-capacity = 3\nenqueue-timeout = \"100ms\"\n";
     let mail = Mail::start(dir.path(), "", store).await;
     // A first message makes the day's partition.
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     for cmd in ["MAIL FROM:<a@example.org>", "RCPT TO:<first@example.net>"] {
         assert_eq!(c.code(cmd).await, 250);
@@ -580,7 +538,7 @@ async fn when_records_cannot_be_committed_the_message_is_refused_and_not_deliver
     for n in 0..2 {
         let addr = mail.addr;
         waiting.push(tokio::spawn(async move {
-            let (mut c, _) = Client::connect(addr).await;
+            let (mut c, _) = SmtpClient::connect(addr).await;
             c.code("EHLO client").await;
             c.code("MAIL FROM:<a@example.org>").await;
             c.code(&format!("RCPT TO:<waiting{n}@example.net>")).await;
@@ -636,7 +594,7 @@ async fn an_upstream_that_is_down_gets_421() {
         "",
     )
     .await;
-    let (mut c, greeting) = Client::connect(mail.addr).await;
+    let (mut c, greeting) = SmtpClient::connect(mail.addr).await;
     assert_eq!(greeting.code, 421);
     assert!(
         text(&greeting).starts_with("421 4.4.2 "),
@@ -660,8 +618,8 @@ async fn timeouts_and_connection_limits_close_with_421() {
         "",
     )
     .await;
-    let (mut c, _) = Client::connect(mail.addr).await;
-    let (mut other, busy) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
+    let (mut other, busy) = SmtpClient::connect(mail.addr).await;
     assert_eq!(
         text(&busy),
         "421 4.7.0 relaylog: too many connections, try again later\r\n"
@@ -674,7 +632,7 @@ async fn timeouts_and_connection_limits_close_with_421() {
 
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "max-session = \"500ms\"\n", "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     let mut last = 250;
     for _ in 0..50 {
         last = c.code("NOOP").await;
@@ -692,7 +650,7 @@ async fn timeouts_and_connection_limits_close_with_421() {
 async fn shutdown_closes_idle_sessions_with_421() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "", "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     let stop = tokio::spawn(mail.running.shutdown());
     let bye = c.reply().await;
@@ -709,7 +667,7 @@ async fn starttls_is_offered_and_require_tls_holds_auth_and_mail_until_it() {
     let dir = tempfile::tempdir().unwrap();
     let (ck, keys) = cert_files(dir.path(), "mail");
     let mail = Mail::start(dir.path(), &format!("{keys}require-tls = true\n"), "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     let ehlo = text(&c.cmd("EHLO client").await);
     assert!(
         ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
@@ -724,7 +682,7 @@ async fn starttls_is_offered_and_require_tls_holds_auth_and_mail_until_it() {
     let Wire { io, .. } = c.wire;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = trusting(&ck).connect(name, io).await.unwrap();
-    let mut c = Client {
+    let mut c = SmtpClient {
         wire: Wire::new(Box::new(tls)),
         port: c.port,
     };
@@ -759,7 +717,7 @@ async fn an_implicit_tls_listener_speaks_tls_from_the_first_byte() {
     let port = tcp.local_addr().unwrap().port();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = trusting(&ck).connect(name, tcp).await.unwrap();
-    let mut c = Client {
+    let mut c = SmtpClient {
         wire: Wire::new(Box::new(tls)),
         port,
     };
@@ -818,7 +776,7 @@ async fn tls_sink(
 
 /// One message through; its outcome carries the upstream's queue id.
 async fn one_message(mail: &Mail, to: &str) -> Reply {
-    let (mut c, greeting) = Client::connect(mail.addr).await;
+    let (mut c, greeting) = SmtpClient::connect(mail.addr).await;
     assert_eq!(greeting.code, 220, "{}", text(&greeting));
     assert_eq!(c.code("EHLO client.example").await, 250);
     assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
@@ -862,7 +820,7 @@ async fn tls_towards_the_upstream_is_implicit_or_starttls_and_verified() {
         // Without upstream-ca the system roots do not trust the sink's certificate.
         let dir = tempfile::tempdir().unwrap();
         let mail = Mail::start(dir.path(), &upstream, "").await;
-        let (mut c, greeting) = Client::connect(mail.addr).await;
+        let (mut c, greeting) = SmtpClient::connect(mail.addr).await;
         assert!(
             text(&greeting).starts_with("421 4.4.2 "),
             "implicit={implicit}: {}",
@@ -890,7 +848,7 @@ async fn tls_towards_the_upstream_is_implicit_or_starttls_and_verified() {
         "",
     )
     .await;
-    let (mut c, greeting) = Client::connect(mail.addr).await;
+    let (mut c, greeting) = SmtpClient::connect(mail.addr).await;
     assert!(
         text(&greeting).starts_with("421 4.4.2 "),
         "{}",
@@ -951,7 +909,7 @@ async fn an_upstream_that_stops_answering_gets_421_and_a_failed_outcome() {
 }
 
 async fn one_message_unanswered(mail: &Mail) -> Reply {
-    let (mut c, greeting) = Client::connect(mail.addr).await;
+    let (mut c, greeting) = SmtpClient::connect(mail.addr).await;
     assert_eq!(greeting.code, 220, "{}", text(&greeting));
     assert_eq!(c.code("EHLO client.example").await, 250);
     assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
@@ -1001,7 +959,7 @@ async fn an_upstream_that_will_not_serve_is_heard_and_nothing_is_passed() {
         "",
     )
     .await;
-    let (mut c, greeting) = Client::connect(mail.addr).await;
+    let (mut c, greeting) = SmtpClient::connect(mail.addr).await;
     assert_eq!(text(&greeting), "554 5.7.1 not for you\r\n");
     assert!(c.closed().await);
     mail.running.shutdown().await;
@@ -1021,7 +979,7 @@ async fn an_upstream_that_will_not_serve_is_heard_and_nothing_is_passed() {
         "",
     )
     .await;
-    let (mut c, greeting) = Client::connect(mail.addr).await;
+    let (mut c, greeting) = SmtpClient::connect(mail.addr).await;
     assert!(
         text(&greeting).starts_with("421 4.4.2 "),
         "{}",
@@ -1040,7 +998,7 @@ async fn an_upstream_that_will_not_serve_is_heard_and_nothing_is_passed() {
 async fn bdat_is_never_passed_to_an_upstream_that_did_not_offer_chunking() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "", "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("HELO client").await, 250);
     assert_eq!(c.code("MAIL FROM:<decoy@example.org>").await, 250);
     assert_eq!(c.code("RCPT TO:<decoy@example.net>").await, 250);
@@ -1067,7 +1025,7 @@ async fn bdat_is_never_passed_to_an_upstream_that_did_not_offer_chunking() {
 async fn rset_between_chunks_abandons_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "", "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
     assert_eq!(c.code("RCPT TO:<reset@example.net>").await, 250);
@@ -1151,7 +1109,7 @@ async fn slow_content_meets_the_data_timeout_and_max_session() {
 async fn bad_commands_and_addresses_are_refused_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "", "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     assert_eq!(c.code("NOOP a\0b").await, 500);
     assert_eq!(c.code("NOOP a\rb").await, 500);
@@ -1195,7 +1153,7 @@ async fn starttls_discards_what_came_before_and_wants_a_new_ehlo() {
     let dir = tempfile::tempdir().unwrap();
     let (ck, keys) = cert_files(dir.path(), "mail");
     let mail = Mail::start(dir.path(), &keys, "").await;
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     c.send(b"STARTTLS\r\nMAIL FROM:<injected@example.org>\r\n")
         .await;
@@ -1203,13 +1161,13 @@ async fn starttls_discards_what_came_before_and_wants_a_new_ehlo() {
     let bye = c.reply().await;
     assert!(text(&bye).starts_with("421 4.7.0 "), "{}", text(&bye));
 
-    let (mut c, _) = Client::connect(mail.addr).await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
     assert_eq!(c.code("EHLO client").await, 250);
     assert_eq!(c.code("STARTTLS").await, 220);
     let Wire { io, .. } = c.wire;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = trusting(&ck).connect(name, io).await.unwrap();
-    let mut c = Client {
+    let mut c = SmtpClient {
         wire: Wire::new(Box::new(tls)),
         port: c.port,
     };

@@ -602,3 +602,49 @@ pub fn trusting(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::Tls
     .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
+
+const SMTP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A test's SMTP client: one command, its reply; every wait bounded by 10 s.
+pub struct SmtpClient {
+    pub wire: relaylog::smtp::Wire<Box<dyn relaylog::smtp::Io>>,
+    /// Its own port, as relaylog should record it.
+    pub port: u16,
+}
+
+impl SmtpClient {
+    pub async fn connect(addr: SocketAddr) -> (SmtpClient, relaylog::smtp::Reply) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let mut c = SmtpClient {
+            wire: relaylog::smtp::Wire::new(Box::new(tcp)),
+            port,
+        };
+        let greeting = c.reply().await;
+        (c, greeting)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.wire.send(bytes, SMTP_WAIT).await.unwrap();
+    }
+
+    pub async fn reply(&mut self) -> relaylog::smtp::Reply {
+        self.wire.reply(SMTP_WAIT).await.unwrap()
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> relaylog::smtp::Reply {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    pub async fn code(&mut self, line: &str) -> u16 {
+        self.cmd(line).await.code
+    }
+
+    pub async fn closed(&mut self) -> bool {
+        matches!(
+            self.wire.reply(SMTP_WAIT).await,
+            Err(relaylog::smtp::WireError::Closed | relaylog::smtp::WireError::Io(_))
+        )
+    }
+}
