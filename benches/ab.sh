@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # A/B of two relaylog builds on this machine: each build's `serve` (durable, built-in
-# Kannel simulator) under the same `relaylog bench http` load, alternating, so that the
+# Kannel simulator or sink MTA) under the same load, alternating, so that the
 # machine's drift falls on both. Prints messages/s and serve's CPU per message
 # (utime + stime from /proc/PID/stat), the steadier figure on a shared machine.
 #
-#   benches/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]     (e.g. an older commit built in a worktree)
+#   benches/ab.sh [--smtp] OLD_BINARY NEW_BINARY [ROUNDS]   (e.g. an older commit built in a worktree)
 #
+# HTTP: `bench http`, 64 connections, Kannel. SMTP: `bench smtp`, 20 sessions of 100
+# pipelined messages each (serve's CPU then includes its sink's, the same for both).
 # Loopback only; ports 18080/18090.
 set -euo pipefail
-[ $# -ge 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY [ROUNDS]" >&2; exit 2; }
+smtp=false
+if [ "${1:-}" = "--smtp" ]; then smtp=true; shift; fi
+[ $# -ge 2 ] || { echo "usage: $0 [--smtp] OLD_BINARY NEW_BINARY [ROUNDS]" >&2; exit 2; }
 old=$1 new=$2 rounds=${3:-5}
 load=$new
 tck=$(getconf CLK_TCK)
@@ -23,9 +27,9 @@ master-key = "$dir/keys/master.key"
 signing-key = "$dir/keys/signing.key"
 ledger = "$dir/ledger.sqlite"
 [[listener]]
-name = "sms"
+name = "relay"
 listen = "127.0.0.1:18080"
-profile = "kannel"
+$( $smtp && echo 'protocol = "smtp"' || echo 'profile = "kannel"' )
 [admin]
 listen = "127.0.0.1:18090"
 [log]
@@ -36,7 +40,11 @@ T
     pid=$!
     for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/18080) 2>/dev/null && break; sleep 0.1; done
     t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
-    out=$("$load" bench http --target http://127.0.0.1:18080 --connections 64 --duration 10s --json --quiet)
+    if $smtp; then
+        out=$("$load" bench smtp --target 127.0.0.1:18080 --sessions 20 --messages-per-session 100 --duration 10s --json --quiet)
+    else
+        out=$("$load" bench http --target http://127.0.0.1:18080 --connections 64 --duration 10s --json --quiet)
+    fi
     t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     python3 - "$name" "$out" "$t0" "$t1" "$tck" <<'P'

@@ -1177,3 +1177,50 @@ async fn starttls_discards_what_came_before_and_wants_a_new_ehlo() {
     assert_eq!(c.code("QUIT").await, 221);
     mail.running.shutdown().await;
 }
+
+/// A pipelined batch goes upstream in one write (the sink offers PIPELINING), and the
+/// client gets every reply in its place: the upstream's, and relaylog's own refusals
+/// between them (a bad address, a recipient over `max-recipients`); only recipients the
+/// upstream accepted are recorded. After HELO (no PIPELINING) the same batch is passed
+/// one command at a time, with the same replies.
+#[tokio::test]
+async fn a_pipelined_batch_keeps_every_reply_in_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "max-recipients = 3\n", "").await;
+    for greet in ["EHLO client", "HELO client"] {
+        let (mut c, _) = SmtpClient::connect(mail.addr).await;
+        assert_eq!(c.code(greet).await, 250);
+        let tag = &greet[..4];
+        let batch = format!(
+            "MAIL FROM:<a@example.org>\r\nRCPT TO:<one-{tag}@example.net>\r\nRCPT TO:<bad address@example.net>\r\n\
+             RCPT TO:<refuse-{tag}@example.net>\r\nRCPT TO:<two-{tag}@example.net>\r\nRCPT TO:<three-{tag}@example.net>\r\n\
+             RCPT TO:<four-{tag}@example.net>\r\nDATA\r\n"
+        );
+        c.send(batch.as_bytes()).await;
+        let mut codes = Vec::new();
+        for _ in 0..8 {
+            codes.push(c.reply().await.code);
+        }
+        // At the limit the batch's replies are read first: the limit counts only the
+        // accepted, as in lockstep.
+        assert_eq!(codes, [250, 250, 501, 550, 250, 250, 452, 354], "{greet}");
+        assert_eq!(c.cmd("hello\r\n.").await.code, 250);
+        assert_eq!(c.code("QUIT").await, 221);
+        mail.settle().await;
+        for (who, n) in [
+            ("one", 1),
+            ("two", 1),
+            ("refuse", 0),
+            ("three", 1),
+            ("four", 0),
+        ] {
+            let found = mail.by_recipient(&format!("{who}-{tag}@example.net"));
+            assert_eq!(found.len(), n, "{greet}: {who}");
+            if let Some(f) = found.first() {
+                assert_eq!(f.segments, 3, "{greet}: the recipients accepted");
+            }
+        }
+    }
+    assert_eq!(mail.queued(), 2);
+    mail.running.shutdown().await;
+}

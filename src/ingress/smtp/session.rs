@@ -1,7 +1,11 @@
-//! One SMTP session: a client leg and an upstream leg in lockstep. Each command is
-//! passed on by itself and the upstream's reply comes back unchanged, in order (so
-//! PIPELINING works without relaylog reordering anything); relaylog answers itself
-//! only for what it must refuse or cannot proxy, and edits only the EHLO offer.
+//! One SMTP session: a client leg and an upstream leg in step. Each command is passed
+//! on as parsed and the upstream's reply comes back unchanged, in order; relaylog
+//! answers itself only for what it must refuse or cannot proxy, and edits only the
+//! EHLO offer. The MAIL and RCPT commands of a client's pipelined batch go upstream
+//! in one write when the upstream offers PIPELINING (RFC 2920), and their replies,
+//! with relaylog's own refusals in their places, come back in order before anything
+//! else is done: every other command waits until the upstream has answered all that
+//! came before it.
 //!
 //! A transaction is MAIL, the RCPTs the upstream accepted, then DATA or BDAT. At
 //! DATA, or at the first BDAT, the transaction's records are committed through the
@@ -37,6 +41,20 @@ enum Stop {
     Close(Reply, Option<&'static str>),
 }
 
+/// A reply the client is owed, in order, while MAIL and RCPT commands of a pipelined
+/// batch are with the upstream.
+enum Pending {
+    /// The upstream's reply to MAIL; 250 opens the transaction.
+    Mail { sender: String },
+    /// The upstream's reply to RCPT; 250 or 251 adds the recipient.
+    Rcpt { recipient: String },
+    /// A refusal of relaylog's own, between them.
+    Local(Reply),
+}
+
+/// Commands a batch may have with the upstream before their replies are read.
+const MAX_PIPELINE: usize = 100;
+
 /// An open transaction: MAIL was accepted.
 struct Tx {
     sender: String,
@@ -58,8 +76,10 @@ struct Tx {
 ///   the first BDAT), and is spent exactly once on every way out ([`Ticket::outcome`]
 ///   or [`Ticket::not_forwarded`]); `tx` is never dropped with a live ticket (see
 ///   `reset_tx`, `finish`, `abandon`, and `end` as the backstop).
-/// - `up` is in step with the client: every command passed has had its reply read.
-///   After `drop_upstream` the caller returns a [`Stop`].
+/// - `up` is in step with the client: every command passed has had its reply read,
+///   but for the MAIL and RCPT commands in `pending`, which are answered (by
+///   `settle`) before any other command is looked at and before the client is waited
+///   on. After `drop_upstream` the caller returns a [`Stop`].
 /// - `out` is flushed before any wait on the client (and when it passes
 ///   [`MAX_HELD_REPLIES`]).
 struct Session<'l> {
@@ -75,6 +95,12 @@ struct Session<'l> {
     authenticated: bool,
     /// The upstream's last EHLO offered CHUNKING: BDAT may be passed to it.
     upstream_chunking: bool,
+    /// The upstream's last EHLO offered PIPELINING: MAIL and RCPT may go in batches.
+    upstream_pipelining: bool,
+    /// MAIL and RCPT commands written for the upstream, not yet sent.
+    batch: Vec<u8>,
+    /// What the client is owed for them, in order (at most [`MAX_PIPELINE`]).
+    pending: std::collections::VecDeque<Pending>,
     /// STARTTLS happened and no EHLO or HELO since (RFC 3207: the client starts over).
     needs_ehlo: bool,
     /// The identity that authenticated, when it could be read.
@@ -134,6 +160,9 @@ pub async fn serve(
         tls,
         authenticated: false,
         upstream_chunking: false,
+        upstream_pipelining: false,
+        batch: Vec::new(),
+        pending: std::collections::VecDeque::new(),
         needs_ehlo: false,
         account: None,
         started,
@@ -148,6 +177,11 @@ pub async fn serve(
 impl Session<'_> {
     async fn run(&mut self, mut shutdown: Shutdown) -> Stop {
         loop {
+            if !self.client.has_line() || self.pending.len() >= MAX_PIPELINE {
+                if let Err(stop) = self.settle().await {
+                    return stop;
+                }
+            }
             if (!self.client.has_line() || self.out.len() >= MAX_HELD_REPLIES)
                 && let Err(stop) = self.flush().await
             {
@@ -223,6 +257,9 @@ impl Session<'_> {
 
     async fn command(&mut self, line: &[u8]) -> Result<(), Stop> {
         let (verb, args) = smtp::verb(line);
+        if !matches!(verb, Verb::Mail | Verb::Rcpt) {
+            self.settle().await?;
+        }
         match verb {
             Verb::Ehlo => {
                 let reply = self.pass(line).await?;
@@ -230,6 +267,7 @@ impl Session<'_> {
                     self.reset_tx(reply.code).await;
                     self.needs_ehlo = false;
                     self.upstream_chunking = offer::offers(&reply, b"CHUNKING");
+                    self.upstream_pipelining = offer::offers(&reply, b"PIPELINING");
                 }
                 let offer = Offer {
                     starttls: self.listener.starttls.is_some() && !self.tls,
@@ -245,6 +283,7 @@ impl Session<'_> {
                     if verb == Verb::Helo {
                         self.needs_ehlo = false;
                         self.upstream_chunking = false;
+                        self.upstream_pipelining = false;
                     }
                 }
                 self.say(&reply);
@@ -301,6 +340,9 @@ impl Session<'_> {
     /// The upstream leg broke: the client hears `421 4.4.2`; a message on its way gets
     /// its outcome first (`failed`: it may or may not have reached the upstream).
     async fn upstream_lost(&mut self, e: SmtpUpstreamError) -> Stop {
+        // What a batch was owed is not coming: the client hears the 421 next.
+        self.pending.clear();
+        self.batch.clear();
         // Counted and logged once: as the message's outcome when one was on its way,
         // else as an upstream failure of the session.
         match self
@@ -327,8 +369,102 @@ impl Session<'_> {
         )
     }
 
+    /// Owes the client `reply`: after the replies of a batch still with the upstream.
     fn say(&mut self, reply: &Reply) {
+        if self.pending.is_empty() {
+            self.out.extend_from_slice(&reply.raw);
+        } else {
+            self.pending.push_back(Pending::Local(reply.clone()));
+        }
+    }
+
+    /// Passes a MAIL or RCPT on: into the batch when the upstream takes pipelined
+    /// commands (answered by `settle`), else at once, its reply owed in order.
+    async fn pass_or_batch(&mut self, line: &[u8], owed: Pending) -> Result<(), Stop> {
+        if self.upstream_pipelining {
+            self.batch.extend_from_slice(line);
+            self.batch.extend_from_slice(b"\r\n");
+            self.pending.push_back(owed);
+            return Ok(());
+        }
+        let reply = self.pass(line).await?;
+        self.apply(owed, reply);
+        Ok(())
+    }
+
+    /// Sends the batch and reads the upstream's replies to it, in order, with
+    /// relaylog's own refusals in their places.
+    async fn settle(&mut self) -> Result<(), Stop> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.listener.upstream.timeout;
+        let batch = std::mem::take(&mut self.batch);
+        if let Err(e) = self.up.send(&batch, timeout).await {
+            return Err(self.upstream_lost(e.into()).await);
+        }
+        self.batch = batch;
+        self.batch.clear();
+        while let Some(owed) = self.pending.pop_front() {
+            let reply = match owed {
+                Pending::Local(r) => {
+                    self.out.extend_from_slice(&r.raw);
+                    continue;
+                }
+                _ => match self.up.reply(timeout).await {
+                    Ok(r) => r,
+                    Err(e) => return Err(self.upstream_lost(e.into()).await),
+                },
+            };
+            self.apply(owed, reply);
+        }
+        Ok(())
+    }
+
+    /// The upstream's reply to a MAIL or RCPT: its effect on the transaction, and the
+    /// client's copy (written in order: nothing is pending before it).
+    fn apply(&mut self, owed: Pending, reply: Reply) {
+        match owed {
+            Pending::Mail { sender } if reply.code == 250 => {
+                self.tx = Some(Tx {
+                    sender,
+                    recipients: Vec::new(),
+                    ticket: None,
+                    size: 0,
+                    forward_started: None,
+                });
+            }
+            Pending::Rcpt { recipient } if reply.code == 250 || reply.code == 251 => {
+                // A recipient given twice is one recipient (the upstream delivers once).
+                if let Some(tx) = &mut self.tx
+                    && !tx.recipients.contains(&recipient)
+                {
+                    tx.recipients.push(recipient);
+                }
+            }
+            _ => {}
+        }
         self.out.extend_from_slice(&reply.raw);
+    }
+
+    /// Recipients the upstream accepted in the open transaction.
+    fn accepted(&self) -> usize {
+        self.tx.as_ref().map_or(0, |tx| tx.recipients.len())
+    }
+
+    /// RCPT commands with the upstream, unanswered.
+    fn batched_rcpts(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|p| matches!(p, Pending::Rcpt { .. }))
+            .count()
+    }
+
+    /// A MAIL is with the upstream, unanswered: a transaction may be open.
+    fn mail_pending(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| matches!(p, Pending::Mail { .. }))
     }
 
     /// A refusal of relaylog's own: counted and logged as rejected, nothing forwarded.
@@ -385,26 +521,21 @@ impl Session<'_> {
             return Ok(());
         }
         let sender = sender.to_owned();
-        let reply = self.pass(line).await?;
-        if reply.code == 250 {
-            self.tx = Some(Tx {
-                sender,
-                recipients: Vec::new(),
-                ticket: None,
-                size: 0,
-                forward_started: None,
-            });
-        }
-        self.say(&reply);
-        Ok(())
+        self.pass_or_batch(line, Pending::Mail { sender }).await
     }
 
     async fn rcpt(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
-        let Some(tx) = &self.tx else {
+        // At the recipient limit, counting those still with the upstream: their
+        // replies first, so that the limit counts only what was accepted.
+        if self.accepted() + self.batched_rcpts() >= self.listener.settings.max_recipients {
+            self.settle().await?;
+        }
+        // With a MAIL still unanswered in the batch, the upstream decides the sequence.
+        if self.tx.is_none() && !self.mail_pending() {
             self.refuse(503, "5.5.1 Error: need MAIL command", "bad_sequence");
             return Ok(());
-        };
-        if tx.ticket.is_some() {
+        }
+        if self.tx.as_ref().is_some_and(|tx| tx.ticket.is_some()) {
             self.refuse(
                 503,
                 "5.5.1 Error: RCPT after the content began",
@@ -421,7 +552,8 @@ impl Session<'_> {
             return Ok(());
         };
         let recipient = recipient.to_owned();
-        if tx.recipients.len() >= self.listener.settings.max_recipients {
+        // Recipients in the batch count as if accepted: the limit never goes over.
+        if self.accepted() + self.batched_rcpts() >= self.listener.settings.max_recipients {
             self.refuse(
                 452,
                 "4.5.3 Error: too many recipients",
@@ -429,16 +561,7 @@ impl Session<'_> {
             );
             return Ok(());
         }
-        let reply = self.pass(line).await?;
-        if (reply.code == 250 || reply.code == 251)
-            && let Some(tx) = &mut self.tx
-            && !tx.recipients.contains(&recipient)
-        {
-            // A recipient given twice is one recipient (the upstream delivers once).
-            tx.recipients.push(recipient);
-        }
-        self.say(&reply);
-        Ok(())
+        self.pass_or_batch(line, Pending::Rcpt { recipient }).await
     }
 
     /// Closes the upstream leg at once, mid-content: no end of data ever reaches it.
@@ -452,6 +575,13 @@ impl Session<'_> {
     /// Ends the session: relaylog's last reply if it has one, QUIT upstream when the
     /// leg is still in step, and any message still on its way gets its outcome.
     async fn end(mut self, stop: Stop) {
+        if matches!(stop, Stop::Close(..)) && !self.pending.is_empty() {
+            // Replies owed for a batch go before relaylog's last words (if the
+            // upstream can give them; else they are dropped, and the 421 says why).
+            if self.settle().await.is_err() {
+                self.pending.clear();
+            }
+        }
         if let Some(tx) = self.tx.take()
             && let Some(ticket) = tx.ticket
         {
