@@ -177,10 +177,10 @@ pub async fn serve(
 impl Session<'_> {
     async fn run(&mut self, mut shutdown: Shutdown) -> Stop {
         loop {
-            if !self.client.has_line() || self.pending.len() >= MAX_PIPELINE {
-                if let Err(stop) = self.settle().await {
-                    return stop;
-                }
+            if (!self.client.has_line() || self.pending.len() >= MAX_PIPELINE)
+                && let Err(stop) = self.settle().await
+            {
+                return stop;
             }
             if (!self.client.has_line() || self.out.len() >= MAX_HELD_REPLIES)
                 && let Err(stop) = self.flush().await
