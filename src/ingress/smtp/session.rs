@@ -52,6 +52,14 @@ enum Pending {
     Local(Reply),
 }
 
+// The texts of replies relaylog gives in more than one place.
+const TOO_BIG: &str = "5.3.4 Message size exceeds fixed limit";
+const TIMED_OUT: &str = "4.4.2 relaylog: timeout exceeded, closing";
+const UNAVAILABLE: &str = "4.4.2 relaylog: mail service unavailable, try again later";
+const SHUTTING_DOWN: &str = "4.3.2 relaylog: service shutting down, try again later";
+const NEED_RCPT: &str = "5.5.1 Error: need RCPT command";
+const NO_RECIPIENTS: &str = "5.5.1 Error: no valid recipients";
+
 /// Commands a batch may have with the upstream before their replies are read.
 const MAX_PIPELINE: usize = 100;
 
@@ -136,10 +144,7 @@ pub async fn serve(
         Ok(c) => c,
         Err(e) => {
             l.relay.log(Exit::Passthrough(Some(&e)), 421, started);
-            let bye = Reply::local(
-                421,
-                "4.4.2 relaylog: mail service unavailable, try again later",
-            );
+            let bye = Reply::local(421, UNAVAILABLE);
             let _ = client.send(&bye.raw, l.settings.command_timeout).await;
             return;
         }
@@ -207,7 +212,7 @@ impl Session<'_> {
                 line = self.client.line(smtp::MAX_COMMAND_LINE, wait) => line,
                 _ = shutdown.wait() => {
                     return Stop::Close(
-                        Reply::local(421, "4.3.2 relaylog: service shutting down, try again later"),
+                        Reply::local(421, SHUTTING_DOWN),
                         None,
                     );
                 }
@@ -222,10 +227,7 @@ impl Session<'_> {
                     return self.session_expired();
                 }
                 Err(WireError::Timeout) => {
-                    return Stop::Close(
-                        Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
-                        Some("command_timeout"),
-                    );
+                    return Stop::Close(Reply::local(421, TIMED_OUT), Some("command_timeout"));
                 }
                 Err(_) => return Stop::ClientGone,
             };
@@ -360,13 +362,7 @@ impl Session<'_> {
                 .log(Exit::Passthrough(Some(&e)), 421, self.started),
         }
         self.drop_upstream();
-        Stop::Close(
-            Reply::local(
-                421,
-                "4.4.2 relaylog: mail service unavailable, try again later",
-            ),
-            None,
-        )
+        Stop::Close(Reply::local(421, UNAVAILABLE), None)
     }
 
     /// Owes the client `reply`: after the replies of a batch still with the upstream.
@@ -513,11 +509,7 @@ impl Session<'_> {
         let declared = smtp::param(params, b"SIZE")
             .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
         if declared.is_some_and(|s| s > self.listener.settings.max_message_bytes) {
-            self.refuse(
-                552,
-                "5.3.4 Message size exceeds fixed limit",
-                "message_too_big",
-            );
+            self.refuse(552, TOO_BIG, "message_too_big");
             return Ok(());
         }
         let sender = sender.to_owned();

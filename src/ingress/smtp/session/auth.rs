@@ -121,7 +121,7 @@ impl Session<'_> {
                 }
                 Err(WireError::Timeout) => {
                     return Err(Stop::Close(
-                        Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
+                        Reply::local(421, TIMED_OUT),
                         Some("command_timeout"),
                     ));
                 }

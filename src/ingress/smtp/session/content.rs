@@ -42,13 +42,7 @@ impl Session<'_> {
                 if let Some(why) = ticket.not_now(false) {
                     ticket.not_forwarded(why, 421).await;
                     self.tx = None;
-                    return Err(Stop::Close(
-                        Reply::local(
-                            421,
-                            "4.3.2 relaylog: service shutting down, try again later",
-                        ),
-                        None,
-                    ));
+                    return Err(Stop::Close(Reply::local(421, SHUTTING_DOWN), None));
                 }
                 if let Some(tx) = &mut self.tx {
                     tx.ticket = Some(ticket);
@@ -97,20 +91,8 @@ impl Session<'_> {
         let tx = self.tx.take();
         let (status, stop) = match why {
             Abandon::ClientGone => (0, Stop::ClientGone),
-            Abandon::ClientTimeout => (
-                421,
-                Stop::Close(
-                    Reply::local(421, "4.4.2 relaylog: timeout exceeded, closing"),
-                    None,
-                ),
-            ),
-            Abandon::TooBig => (
-                552,
-                Stop::Close(
-                    Reply::local(552, "5.3.4 Message size exceeds fixed limit"),
-                    None,
-                ),
-            ),
+            Abandon::ClientTimeout => (421, Stop::Close(Reply::local(421, TIMED_OUT), None)),
+            Abandon::TooBig => (552, Stop::Close(Reply::local(552, TOO_BIG), None)),
             Abandon::BareLineEnding => (
                 521,
                 Stop::Close(
@@ -143,11 +125,11 @@ impl Session<'_> {
         }
         match &self.tx {
             None => {
-                self.refuse(503, "5.5.1 Error: need RCPT command", "bad_sequence");
+                self.refuse(503, NEED_RCPT, "bad_sequence");
                 return Ok(());
             }
             Some(tx) if tx.recipients.is_empty() => {
-                self.refuse(554, "5.5.1 Error: no valid recipients", "no_recipients");
+                self.refuse(554, NO_RECIPIENTS, "no_recipients");
                 return Ok(());
             }
             Some(tx) if tx.ticket.is_some() => {
@@ -242,7 +224,7 @@ impl Session<'_> {
             // Not worth reading through: the session ends here.
             self.finish_refused(552).await;
             return Err(Stop::Close(
-                Reply::local(552, "5.3.4 Message size exceeds fixed limit"),
+                Reply::local(552, TOO_BIG),
                 Some("message_too_big"),
             ));
         }
@@ -254,16 +236,10 @@ impl Session<'_> {
             return Ok(());
         }
         let refusal = match &self.tx {
-            None => Some((503, "5.5.1 Error: need RCPT command", "bad_sequence")),
-            Some(tx) if tx.recipients.is_empty() => {
-                Some((554, "5.5.1 Error: no valid recipients", "no_recipients"))
-            }
+            None => Some((503, NEED_RCPT, "bad_sequence")),
+            Some(tx) if tx.recipients.is_empty() => Some((554, NO_RECIPIENTS, "no_recipients")),
             Some(tx) if tx.size.saturating_add(size) > self.listener.settings.max_message_bytes => {
-                Some((
-                    552,
-                    "5.3.4 Message size exceeds fixed limit",
-                    "message_too_big",
-                ))
+                Some((552, TOO_BIG, "message_too_big"))
             }
             Some(_) => None,
         };
