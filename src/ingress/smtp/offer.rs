@@ -128,6 +128,28 @@ pub enum AuthRefusal {
     Mechanism,
     /// No mechanism, or more than one initial response: `501`.
     Syntax,
+    /// PLAIN naming someone else to act as: `535`.
+    Proxy,
+}
+
+/// An identity as text, one for one: UTF-8 as it is, but for backslashes, control
+/// characters and bytes that are not UTF-8, which are written as escapes (`\\`,
+/// `\u{7}`, `\xff`), so that no two identities are recorded alike.
+fn escape_identity(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// Base64 as SASL implementations accept it.
@@ -163,52 +185,58 @@ impl AuthWatch {
             identity: None,
         };
         if let Some(r) = initial {
-            watch.response(r);
+            watch.response(r)?;
         }
         Ok(watch)
     }
 
     /// A `334` challenge from the upstream, before the client's next response.
     pub fn challenge(&mut self, reply: &crate::smtp::Reply) {
-        if self.mechanism == Mechanism::Login && self.identity.is_none() {
-            let text = reply.raw.get(4..).unwrap_or_default();
-            let text = text.strip_suffix(b"\r\n").unwrap_or(text);
-            // `Username:` as servers spell it; anything but a password prompt.
-            self.naming =
-                decode(text).is_some_and(|t| !t.to_ascii_lowercase().starts_with(b"pass"));
+        let text = reply.raw.get(4..).unwrap_or_default();
+        let text = text.strip_suffix(b"\r\n").unwrap_or(text);
+        let prompt = decode(text).unwrap_or_default().to_ascii_lowercase();
+        match self.mechanism {
+            // The server asks for the user name (again): its answer names the
+            // identity, whatever came before.
+            Mechanism::Login if prompt.starts_with(b"user") => {
+                self.identity = None;
+                self.naming = true;
+            }
+            Mechanism::Login => {}
+            // PLAIN asked again after a response: the next response is the one.
+            Mechanism::Plain if !self.naming => {
+                self.identity = None;
+                self.naming = true;
+            }
+            Mechanism::Plain => {}
         }
     }
 
-    /// A client response (base64, `=` for empty, `*` to cancel).
-    pub fn response(&mut self, line: &[u8]) {
+    /// A client response (base64, `=` for empty, `*` to cancel). Refused: PLAIN with
+    /// an authorization identity other than the login (proxy authentication), which
+    /// upstreams honour differently; relaylog would not know whom to record.
+    pub fn response(&mut self, line: &[u8]) -> Result<(), AuthRefusal> {
         if !std::mem::take(&mut self.naming) || line == b"*" {
-            return;
+            return Ok(());
         }
-        let Some(decoded) = decode(line) else { return };
+        let Some(decoded) = decode(line) else {
+            return Ok(());
+        };
         let identity = match self.mechanism {
             Mechanism::Plain => {
                 let mut parts = decoded.split(|&b| b == 0);
                 let authzid = parts.next().unwrap_or_default();
-                let authcid = parts.next();
-                if authzid.is_empty() {
-                    authcid
-                } else {
-                    Some(authzid)
+                let authcid = parts.next().unwrap_or_default();
+                if !authzid.is_empty() && authzid != authcid {
+                    return Err(AuthRefusal::Proxy);
                 }
-                .map(<[u8]>::to_vec)
+                authcid.to_vec()
             }
-            Mechanism::Login => Some(decoded),
+            Mechanism::Login => decoded,
         };
-        // Recorded as text: bytes that are not UTF-8, and control characters, become
-        // U+FFFD (an identity the upstream accepted is kept, however it is spelled).
-        self.identity = identity
-            .map(|i| {
-                String::from_utf8_lossy(&i)
-                    .chars()
-                    .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-                    .collect::<String>()
-            })
-            .filter(|i| !i.is_empty());
+        self.identity = Some(escape_identity(&identity))
+            .filter(|i| !i.is_empty() && i.len() <= crate::canonical::MAX_IDENTIFIER_BYTES);
+        Ok(())
     }
 
     /// The identity, once the upstream has answered 235.
@@ -265,10 +293,19 @@ mod tests {
         let plain = b64(b"\0alice@example.com\0canary-password");
         let watch = AuthWatch::start(format!("PLAIN {plain}").as_bytes()).unwrap();
         assert_eq!(watch.identity().as_deref(), Some("alice@example.com"));
-        // An authorization identity is the user the upstream knows.
+        // Acting as someone else is refused; naming oneself is not.
         let proxy = b64(b"bob\0alice\0canary-password");
-        let watch = AuthWatch::start(format!("PLAIN {proxy}").as_bytes()).unwrap();
-        assert_eq!(watch.identity().as_deref(), Some("bob"));
+        assert_eq!(
+            AuthWatch::start(format!("PLAIN {proxy}").as_bytes()).unwrap_err(),
+            AuthRefusal::Proxy
+        );
+        let same = b64(b"alice\0alice\0canary-password");
+        let watch = AuthWatch::start(format!("PLAIN {same}").as_bytes()).unwrap();
+        assert_eq!(watch.identity().as_deref(), Some("alice"));
+        // Identities are kept one for one, however they are spelled.
+        let odd = b64(b"\0a\\b\x07\xff\0pw");
+        let watch = AuthWatch::start(format!("PLAIN {odd}").as_bytes()).unwrap();
+        assert_eq!(watch.identity().as_deref(), Some("a\\\\b\\u{7}\\xff"));
         // Unpadded, or with trailing bits set, as SASL libraries accept it.
         let unpadded = plain.trim_end_matches('=');
         let watch = AuthWatch::start(format!("PLAIN {unpadded}").as_bytes()).unwrap();
@@ -280,22 +317,35 @@ mod tests {
         };
         let mut watch = AuthWatch::start(b"login").unwrap();
         watch.challenge(&challenge(b"Username:"));
-        watch.response(b64(b"bob").as_bytes());
+        watch.response(b64(b"bob").as_bytes()).unwrap();
         watch.challenge(&challenge(b"Password:"));
-        watch.response(b64(b"canary-password").as_bytes());
+        watch.response(b64(b"canary-password").as_bytes()).unwrap();
         let kept = format!("{watch:?}");
         assert!(!kept.contains("canary"), "{kept}");
         assert_eq!(watch.identity().as_deref(), Some("bob"));
         // `AUTH LOGIN =`: the server asks for the user name, which names the identity.
         let mut watch = AuthWatch::start(b"LOGIN =").unwrap();
         watch.challenge(&challenge(b"Username:"));
-        watch.response(b64(b"carol").as_bytes());
+        watch.response(b64(b"carol").as_bytes()).unwrap();
         watch.challenge(&challenge(b"Password:"));
-        watch.response(b64(b"canary-password").as_bytes());
+        watch.response(b64(b"canary-password").as_bytes()).unwrap();
         assert_eq!(watch.identity().as_deref(), Some("carol"));
+        // An initial user name the server asks again for: the answer to its question
+        // is the identity.
+        let mut watch = AuthWatch::start(format!("LOGIN {}", b64(b"alice")).as_bytes()).unwrap();
+        watch.challenge(&challenge(b"Username:"));
+        watch.response(b64(b"bob").as_bytes()).unwrap();
+        watch.challenge(&challenge(b"Password:"));
+        watch.response(b64(b"canary-password").as_bytes()).unwrap();
+        assert_eq!(watch.identity().as_deref(), Some("bob"));
+        // A prompt that is not for the user name never names it (a password could).
+        let mut watch = AuthWatch::start(b"LOGIN =").unwrap();
+        watch.challenge(&challenge(b"Mot de passe:"));
+        watch.response(b64(b"canary-password").as_bytes()).unwrap();
+        assert_eq!(watch.identity(), None);
 
         let mut watch = AuthWatch::start(b"PLAIN").unwrap();
-        watch.response(b"*");
+        watch.response(b"*").unwrap();
         assert_eq!(watch.identity(), None);
         assert_eq!(
             AuthWatch::start(b"CRAM-MD5").unwrap_err(),

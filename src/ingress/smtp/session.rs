@@ -14,6 +14,7 @@
 //! chunks it arrives in and is never kept; at its end the upstream's final reply is
 //! the outcome (code, enhanced code, queue id, size).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,9 @@ use super::SmtpListener;
 
 mod auth;
 mod content;
+mod envelope;
+
+use envelope::{MAX_BATCH_BYTES, MAX_PIPELINE, Pending};
 
 use super::offer::{self, AuthWatch, Offer};
 
@@ -36,20 +40,10 @@ enum Stop {
     Quit,
     ClientGone,
     /// relaylog's own last words (a `421`, `552`, `521`), then close; with the reason
-    /// to log and count it under, or `None` when it was logged already (as a
-    /// message's outcome or an upstream failure).
+    /// to log and count it under as a refusal, or `None` when it was logged already
+    /// (as a message's outcome or an upstream failure) or refuses nothing (an idle
+    /// session closed at shutdown).
     Close(Reply, Option<&'static str>),
-}
-
-/// A reply the client is owed, in order, while MAIL and RCPT commands of a pipelined
-/// batch are with the upstream.
-enum Pending {
-    /// The upstream's reply to MAIL; 250 opens the transaction.
-    Mail { sender: String },
-    /// The upstream's reply to RCPT; 250 or 251 adds the recipient.
-    Rcpt { recipient: String },
-    /// A refusal of relaylog's own, between them.
-    Local(Reply),
 }
 
 // The texts of replies relaylog gives in more than one place.
@@ -60,14 +54,13 @@ const SHUTTING_DOWN: &str = "4.3.2 relaylog: service shutting down, try again la
 const NEED_RCPT: &str = "5.5.1 Error: need RCPT command";
 const NO_RECIPIENTS: &str = "5.5.1 Error: no valid recipients";
 
-/// Commands a batch may have with the upstream before their replies are read.
-const MAX_PIPELINE: usize = 100;
-
 /// An open transaction: MAIL was accepted.
 struct Tx {
     sender: String,
-    /// The recipients the upstream accepted, as sent.
+    /// The recipients the upstream accepted, as sent, each once.
     recipients: Vec<String>,
+    /// The same, to find one given twice.
+    seen: std::collections::HashSet<String>,
     /// Set once the records are committed (at DATA or the first BDAT).
     ticket: Option<Ticket>,
     /// Content bytes sent upstream so far.
@@ -78,26 +71,32 @@ struct Tx {
 
 /// One session's state. What holds between commands:
 ///
-/// - `tx` is `Some` exactly while the upstream has an open transaction (it accepted
-///   MAIL); `tx.recipients` are the recipients it accepted.
+/// - `tx` is `Some` only after the upstream answered 250 to MAIL, and content is
+///   passed on only while it is; `tx.recipients` are the recipients the upstream
+///   accepted. (A MAIL still in the batch is not in `tx` yet.)
 /// - `tx.ticket` is `Some` once the transaction's records are committed (at DATA or
 ///   the first BDAT), and is spent exactly once on every way out ([`Ticket::outcome`]
-///   or [`Ticket::not_forwarded`]); `tx` is never dropped with a live ticket (see
-///   `reset_tx`, `finish`, `abandon`, and `end` as the backstop).
+///   or [`Ticket::not_forwarded`]): `finish`, `finish_refused`, `abandon`,
+///   `reset_tx`, `upstream_lost`, the `not_now` branch of `record`, and `end` as the
+///   backstop. `tx` is never dropped with a live ticket.
 /// - `up` is in step with the client: every command passed has had its reply read,
-///   but for the MAIL and RCPT commands in `pending`, which are answered (by
-///   `settle`) before any other command is looked at and before the client is waited
-///   on. After `drop_upstream` the caller returns a [`Stop`].
-/// - `out` is flushed before any wait on the client (and when it passes
-///   [`MAX_HELD_REPLIES`]).
+///   but for the MAIL and RCPT commands in `pending`, which leave only in `settle` and
+///   are answered before any other command is looked at, before the client is waited
+///   on for a line, and before relaylog's last words. After `drop_upstream` the
+///   caller returns a [`Stop`].
+/// - `out` is flushed before waiting for a command line, an AUTH response or DATA
+///   content (and when it passes [`MAX_HELD_REPLIES`]).
 struct Session<'l> {
     listener: &'l SmtpListener,
+    /// The client, as recorded (and told to the upstream with XCLIENT).
     peer: SocketAddr,
     client: Wire<Box<dyn Io>>,
     up: Leg,
     /// Replies not yet written to the client: written when no further command is
     /// waiting in the buffer (a pipelined batch gets its replies in one write).
     out: Vec<u8>,
+    /// The client leg is TLS (implicit, or after STARTTLS): AUTH is offered under
+    /// `require-tls`, and STARTTLS no longer.
     tls: bool,
     /// The upstream answered 235 to an AUTH: no second one.
     authenticated: bool,
@@ -108,13 +107,15 @@ struct Session<'l> {
     /// MAIL and RCPT commands written for the upstream, not yet sent.
     batch: Vec<u8>,
     /// What the client is owed for them, in order (at most [`MAX_PIPELINE`]).
-    pending: std::collections::VecDeque<Pending>,
+    pending: VecDeque<Pending>,
     /// STARTTLS happened and no EHLO or HELO since (RFC 3207: the client starts over).
     needs_ehlo: bool,
     /// The identity that authenticated, when it could be read.
     account: Option<String>,
+    /// When the client connected: the log line of a session-level failure counts
+    /// from here.
     started: Instant,
-    /// `max-session` from the start: every wait of the session ends by then.
+    /// `max-session` from the start: every wait on the client ends by then.
     deadline: Instant,
     /// Refusals of relaylog's own so far (see [`MAX_ERRORS`]).
     errors: u32,
@@ -132,7 +133,7 @@ const MAX_HELD_REPLIES: usize = 64 * 1024;
 /// Serves one client until QUIT, its departure, a limit, or shutdown. `tls`: the
 /// client connected over TLS (an implicit-TLS listener).
 pub async fn serve(
-    l: &SmtpListener,
+    listener: &SmtpListener,
     client: Box<dyn Io>,
     peer: SocketAddr,
     tls: bool,
@@ -140,24 +141,34 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     let mut client = Wire::new(client);
-    let (up, greeting) = match l.upstream.connect(peer).await {
+    let (up, greeting) = match listener.upstream.connect(peer).await {
         Ok(c) => c,
         Err(e) => {
-            l.relay.log(Exit::Passthrough(Some(&e)), 421, started);
+            listener
+                .relay
+                .log(Exit::Passthrough(Some(&e)), 421, started);
             let bye = Reply::local(421, UNAVAILABLE);
-            let _ = client.send(&bye.raw, l.settings.command_timeout).await;
+            let _ = client
+                .send(&bye.raw, listener.settings.command_timeout)
+                .await;
+            linger(&mut client).await;
             return;
         }
     };
     if greeting.code != 220 {
         // The upstream will not serve (554) or is busy (421): the client hears it, and
         // nothing is passed to an upstream leg that never got to STARTTLS or XCLIENT.
-        l.relay.log(Exit::Passthrough(None), greeting.code, started);
-        let _ = client.send(&greeting.raw, l.settings.command_timeout).await;
+        listener
+            .relay
+            .log(Exit::Passthrough(None), greeting.code, started);
+        let _ = client
+            .send(&greeting.raw, listener.settings.command_timeout)
+            .await;
+        linger(&mut client).await;
         return;
     }
     let mut s = Session {
-        listener: l,
+        listener,
         peer,
         client,
         up,
@@ -167,11 +178,11 @@ pub async fn serve(
         upstream_chunking: false,
         upstream_pipelining: false,
         batch: Vec::new(),
-        pending: std::collections::VecDeque::new(),
+        pending: VecDeque::new(),
         needs_ehlo: false,
         account: None,
         started,
-        deadline: started + l.settings.max_session,
+        deadline: started + listener.settings.max_session,
         errors: 0,
         tx: None,
     };
@@ -182,7 +193,9 @@ pub async fn serve(
 impl Session<'_> {
     async fn run(&mut self, mut shutdown: Shutdown) -> Stop {
         loop {
-            if (!self.client.has_line() || self.pending.len() >= MAX_PIPELINE)
+            if (!self.client.has_line()
+                || self.pending.len() >= MAX_PIPELINE
+                || self.batch.len() >= MAX_BATCH_BYTES)
                 && let Err(stop) = self.settle().await
             {
                 return stop;
@@ -211,10 +224,8 @@ impl Session<'_> {
                 biased;
                 line = self.client.line(smtp::MAX_COMMAND_LINE, wait) => line,
                 _ = shutdown.wait() => {
-                    return Stop::Close(
-                        Reply::local(421, SHUTTING_DOWN),
-                        None,
-                    );
+                    // Not a refusal of anything: an idle session told why it ends.
+                    return Stop::Close(Reply::local(421, SHUTTING_DOWN), None);
                 }
             };
             let len = match line {
@@ -223,13 +234,7 @@ impl Session<'_> {
                     self.refuse(500, "5.5.2 Error: line too long", "line_too_long");
                     continue;
                 }
-                Err(WireError::Timeout) if Instant::now() >= self.deadline => {
-                    return self.session_expired();
-                }
-                Err(WireError::Timeout) => {
-                    return Stop::Close(Reply::local(421, TIMED_OUT), Some("command_timeout"));
-                }
-                Err(_) => return Stop::ClientGone,
+                Err(e) => return self.line_failed(e),
             };
             let line = self.client.buffered()[..len].to_vec();
             self.client.consume_line(len);
@@ -241,6 +246,17 @@ impl Session<'_> {
             if let Err(stop) = self.command(&line).await {
                 return stop;
             }
+        }
+    }
+
+    /// Why waiting for a client line (a command, an AUTH response) ended the session.
+    fn line_failed(&self, e: WireError) -> Stop {
+        match e {
+            WireError::Timeout if Instant::now() >= self.deadline => self.session_expired(),
+            WireError::Timeout => {
+                Stop::Close(Reply::local(421, TIMED_OUT), Some("command_timeout"))
+            }
+            _ => Stop::ClientGone,
         }
     }
 
@@ -265,11 +281,12 @@ impl Session<'_> {
         match verb {
             Verb::Ehlo => {
                 let reply = self.pass(line).await?;
+                // A refused EHLO leaves nothing offered.
+                self.upstream_chunking = offer::offers(&reply, b"CHUNKING");
+                self.upstream_pipelining = offer::offers(&reply, b"PIPELINING");
                 if reply.code == 250 {
-                    self.reset_tx(reply.code).await;
+                    self.reset_tx().await;
                     self.needs_ehlo = false;
-                    self.upstream_chunking = offer::offers(&reply, b"CHUNKING");
-                    self.upstream_pipelining = offer::offers(&reply, b"PIPELINING");
                 }
                 let offer = Offer {
                     starttls: self.listener.starttls.is_some() && !self.tls,
@@ -281,7 +298,7 @@ impl Session<'_> {
             Verb::Helo | Verb::Rset => {
                 let reply = self.pass(line).await?;
                 if reply.code == 250 {
-                    self.reset_tx(reply.code).await;
+                    self.reset_tx().await;
                     if verb == Verb::Helo {
                         self.needs_ehlo = false;
                         self.upstream_chunking = false;
@@ -327,6 +344,7 @@ impl Session<'_> {
     }
 
     async fn exchange(&mut self, bytes: &[u8]) -> Result<Reply, Stop> {
+        self.upstream_in_step().await?;
         let timeout = self.listener.upstream.timeout;
         let sent = self.up.send(bytes, timeout).await;
         let reply = match sent {
@@ -337,6 +355,16 @@ impl Session<'_> {
             Ok(r) => Ok(r),
             Err(e) => Err(self.upstream_lost(e.into()).await),
         }
+    }
+
+    /// Before a command goes upstream: nothing may be waiting from the upstream that
+    /// no command asked for (it would be read as the next command's reply).
+    async fn upstream_in_step(&mut self) -> Result<(), Stop> {
+        if self.up.buffered().is_empty() {
+            return Ok(());
+        }
+        let e = WireError::Malformed("a reply no command asked for");
+        Err(self.upstream_lost(e.into()).await)
     }
 
     /// The upstream leg broke: the client hears `421 4.4.2`; a message on its way gets
@@ -374,95 +402,6 @@ impl Session<'_> {
         }
     }
 
-    /// Passes a MAIL or RCPT on: into the batch when the upstream takes pipelined
-    /// commands (answered by `settle`), else at once, its reply owed in order.
-    async fn pass_or_batch(&mut self, line: &[u8], owed: Pending) -> Result<(), Stop> {
-        if self.upstream_pipelining {
-            self.batch.extend_from_slice(line);
-            self.batch.extend_from_slice(b"\r\n");
-            self.pending.push_back(owed);
-            return Ok(());
-        }
-        let reply = self.pass(line).await?;
-        self.apply(owed, reply);
-        Ok(())
-    }
-
-    /// Sends the batch and reads the upstream's replies to it, in order, with
-    /// relaylog's own refusals in their places.
-    async fn settle(&mut self) -> Result<(), Stop> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let timeout = self.listener.upstream.timeout;
-        let batch = std::mem::take(&mut self.batch);
-        if let Err(e) = self.up.send(&batch, timeout).await {
-            return Err(self.upstream_lost(e.into()).await);
-        }
-        self.batch = batch;
-        self.batch.clear();
-        while let Some(owed) = self.pending.pop_front() {
-            let reply = match owed {
-                Pending::Local(r) => {
-                    self.out.extend_from_slice(&r.raw);
-                    continue;
-                }
-                _ => match self.up.reply(timeout).await {
-                    Ok(r) => r,
-                    Err(e) => return Err(self.upstream_lost(e.into()).await),
-                },
-            };
-            self.apply(owed, reply);
-        }
-        Ok(())
-    }
-
-    /// The upstream's reply to a MAIL or RCPT: its effect on the transaction, and the
-    /// client's copy (written in order: nothing is pending before it).
-    fn apply(&mut self, owed: Pending, reply: Reply) {
-        match owed {
-            Pending::Mail { sender } if reply.code == 250 => {
-                self.tx = Some(Tx {
-                    sender,
-                    recipients: Vec::new(),
-                    ticket: None,
-                    size: 0,
-                    forward_started: None,
-                });
-            }
-            Pending::Rcpt { recipient } if reply.code == 250 || reply.code == 251 => {
-                // A recipient given twice is one recipient (the upstream delivers once).
-                if let Some(tx) = &mut self.tx
-                    && !tx.recipients.contains(&recipient)
-                {
-                    tx.recipients.push(recipient);
-                }
-            }
-            _ => {}
-        }
-        self.out.extend_from_slice(&reply.raw);
-    }
-
-    /// Recipients the upstream accepted in the open transaction.
-    fn accepted(&self) -> usize {
-        self.tx.as_ref().map_or(0, |tx| tx.recipients.len())
-    }
-
-    /// RCPT commands with the upstream, unanswered.
-    fn batched_rcpts(&self) -> usize {
-        self.pending
-            .iter()
-            .filter(|p| matches!(p, Pending::Rcpt { .. }))
-            .count()
-    }
-
-    /// A MAIL is with the upstream, unanswered: a transaction may be open.
-    fn mail_pending(&self) -> bool {
-        self.pending
-            .iter()
-            .any(|p| matches!(p, Pending::Mail { .. }))
-    }
-
     /// A refusal of relaylog's own: counted and logged as rejected, nothing forwarded.
     fn refuse(&mut self, code: u16, text: &str, reason: &'static str) {
         self.errors += 1;
@@ -476,84 +415,10 @@ impl Session<'_> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let sent = self
-            .client
-            .send(&self.out, self.listener.settings.command_timeout)
-            .await;
+        let wait = self.within(self.listener.settings.command_timeout);
+        let sent = self.client.send(&self.out, wait).await;
         self.out.clear();
         sent.map_err(|_| Stop::ClientGone)
-    }
-
-    async fn mail(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
-        if self.not_ready() {
-            return Ok(());
-        }
-        if self.tx.is_some() {
-            self.refuse(503, "5.5.1 Error: nested MAIL command", "bad_sequence");
-            return Ok(());
-        }
-        let Some((path, params)) = smtp::path_arg(args, b"FROM:") else {
-            self.refuse(501, "5.5.4 Syntax: MAIL FROM:<address>", "bad_command");
-            return Ok(());
-        };
-        let Some(sender) = smtp::mailbox(path) else {
-            self.refuse(501, "5.1.7 Bad sender address syntax", "bad_address");
-            return Ok(());
-        };
-        // RFC 4954's AUTH= names who submitted the message: only an authenticated
-        // client may name anyone (`<>` says nobody).
-        if !self.authenticated && smtp::param(params, b"AUTH").is_some_and(|v| v != b"<>") {
-            self.refuse(530, "5.7.0 Authentication required for AUTH=", "auth_param");
-            return Ok(());
-        }
-        let declared = smtp::param(params, b"SIZE")
-            .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|s| s > self.listener.settings.max_message_bytes) {
-            self.refuse(552, TOO_BIG, "message_too_big");
-            return Ok(());
-        }
-        let sender = sender.to_owned();
-        self.pass_or_batch(line, Pending::Mail { sender }).await
-    }
-
-    async fn rcpt(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
-        // At the recipient limit, counting those still with the upstream: their
-        // replies first, so that the limit counts only what was accepted.
-        if self.accepted() + self.batched_rcpts() >= self.listener.settings.max_recipients {
-            self.settle().await?;
-        }
-        // With a MAIL still unanswered in the batch, the upstream decides the sequence.
-        if self.tx.is_none() && !self.mail_pending() {
-            self.refuse(503, "5.5.1 Error: need MAIL command", "bad_sequence");
-            return Ok(());
-        }
-        if self.tx.as_ref().is_some_and(|tx| tx.ticket.is_some()) {
-            self.refuse(
-                503,
-                "5.5.1 Error: RCPT after the content began",
-                "bad_sequence",
-            );
-            return Ok(());
-        }
-        let Some((path, _)) = smtp::path_arg(args, b"TO:") else {
-            self.refuse(501, "5.5.4 Syntax: RCPT TO:<address>", "bad_command");
-            return Ok(());
-        };
-        let Some(recipient) = smtp::mailbox(path).filter(|m| !m.is_empty()) else {
-            self.refuse(501, "5.1.3 Bad recipient address syntax", "bad_address");
-            return Ok(());
-        };
-        let recipient = recipient.to_owned();
-        // Recipients in the batch count as if accepted: the limit never goes over.
-        if self.accepted() + self.batched_rcpts() >= self.listener.settings.max_recipients {
-            self.refuse(
-                452,
-                "4.5.3 Error: too many recipients",
-                "too_many_recipients",
-            );
-            return Ok(());
-        }
-        self.pass_or_batch(line, Pending::Rcpt { recipient }).await
     }
 
     /// Closes the upstream leg at once, mid-content: no end of data ever reaches it.
@@ -566,13 +431,13 @@ impl Session<'_> {
 
     /// Ends the session: relaylog's last reply if it has one, QUIT upstream when the
     /// leg is still in step, and any message still on its way gets its outcome.
-    async fn end(mut self, stop: Stop) {
-        if matches!(stop, Stop::Close(..)) && !self.pending.is_empty() {
-            // Replies owed for a batch go before relaylog's last words (if the
-            // upstream can give them; else they are dropped, and the 421 says why).
-            if self.settle().await.is_err() {
-                self.pending.clear();
-            }
+    async fn end(mut self, mut stop: Stop) {
+        if matches!(stop, Stop::Close(..))
+            && let Err(lost) = self.settle().await
+        {
+            // Replies owed for a batch go before relaylog's last words; an upstream
+            // that cannot give them is what the client hears about instead.
+            stop = lost;
         }
         if let Some(tx) = self.tx.take()
             && let Some(ticket) = tx.ticket
@@ -595,43 +460,21 @@ impl Session<'_> {
                         .log(Exit::Rejected(reason), reply.code, Instant::now());
                 }
                 self.say(&reply);
-                let _ = self.flush().await;
+                // A second to say it, even when max-session is what ended the session.
+                let _ = self.client.send(&self.out, Duration::from_secs(1)).await;
                 let _ = self.up.send(b"QUIT\r\n", Duration::from_secs(1)).await;
-                self.linger().await;
-            }
-        }
-    }
-
-    /// After relaylog's last reply, closes its side and reads what the client still
-    /// sends, briefly: closing with unread input would reset the connection, and the
-    /// client could lose the reply that says why.
-    async fn linger(&mut self) {
-        use tokio::io::AsyncWriteExt;
-        const LINGER: Duration = Duration::from_secs(1);
-        const LINGER_BYTES: usize = 1 << 20;
-        let _ = tokio::time::timeout(LINGER, self.client.io.shutdown()).await;
-        self.client.discard_buffered();
-        let mut read = 0;
-        let until = Instant::now() + LINGER;
-        while read < LINGER_BYTES {
-            let left = until.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.client.fill()).await {
-                Ok(Ok(n)) if n > 0 => {
-                    read += n;
-                    self.client.discard_buffered();
-                }
-                _ => break,
+                linger(&mut self.client).await;
             }
         }
     }
 
     /// The transaction ends (RSET, HELO, EHLO): a message whose content had begun
     /// (BDAT chunks went upstream) was abandoned by its client; its ticket says so.
-    async fn reset_tx(&mut self, status: u16) {
+    async fn reset_tx(&mut self) {
         if let Some(tx) = self.tx.take()
             && let Some(ticket) = tx.ticket
         {
-            ticket.not_forwarded(NotForwarded::ClientGone, status).await;
+            ticket.not_forwarded(NotForwarded::ClientGone, 0).await;
         }
     }
 
@@ -645,5 +488,30 @@ impl Session<'_> {
         Err(self
             .upstream_lost(SmtpUpstreamError::Reset(reply.code))
             .await)
+    }
+}
+
+/// After relaylog's last reply, closes its side and reads what the client still
+/// sends, briefly: closing with unread input would reset the connection, and the
+/// client could lose the reply that says why.
+async fn linger(client: &mut Wire<Box<dyn Io>>) {
+    use tokio::io::AsyncWriteExt;
+    const LINGER: Duration = Duration::from_secs(1);
+    const LINGER_BYTES: usize = 1 << 20;
+    let _ = tokio::time::timeout(LINGER, client.io.shutdown()).await;
+    client.discard_buffered();
+    let mut read = 0;
+    let until = Instant::now() + LINGER;
+    while read < LINGER_BYTES {
+        match client
+            .fill_within(until.saturating_duration_since(Instant::now()))
+            .await
+        {
+            Ok(n) => {
+                read += n;
+                client.discard_buffered();
+            }
+            Err(_) => break,
+        }
     }
 }

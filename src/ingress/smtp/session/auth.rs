@@ -1,8 +1,10 @@
 //! AUTH (passed through, the identity kept) and STARTTLS towards the client.
 
-use std::time::Instant;
-
 use super::*;
+
+/// PLAIN naming someone else to act as: relaylog would not know whom to record.
+const PROXY_AUTH: &str =
+    "5.7.8 relaylog: an authorization identity other than the login is not supported";
 
 impl Session<'_> {
     pub(super) async fn starttls(&mut self, args: &[u8]) -> Result<(), Stop> {
@@ -38,7 +40,8 @@ impl Session<'_> {
         }
         let plain = std::mem::replace(&mut self.client, Wire::new(Box::new(smtp::Closed)));
         let Wire { io, .. } = plain;
-        match tokio::time::timeout(self.listener.handshake_timeout, acceptor.accept(io)).await {
+        let wait = self.within(self.listener.handshake_timeout);
+        match tokio::time::timeout(wait, acceptor.accept(io)).await {
             Ok(Ok(tls)) => {
                 self.client = Wire::new(Box::new(tls));
                 self.tls = true;
@@ -101,6 +104,10 @@ impl Session<'_> {
                 );
                 return Ok(());
             }
+            Err(offer::AuthRefusal::Proxy) => {
+                self.refuse(535, PROXY_AUTH, "auth_proxy");
+                return Ok(());
+            }
         };
         let mut reply = self.pass(line).await?;
         // 334: a challenge, then one client response; until the upstream decides.
@@ -116,16 +123,7 @@ impl Session<'_> {
                     reply = self.pass(b"*").await?;
                     continue;
                 }
-                Err(WireError::Timeout) if Instant::now() >= self.deadline => {
-                    return Err(self.session_expired());
-                }
-                Err(WireError::Timeout) => {
-                    return Err(Stop::Close(
-                        Reply::local(421, TIMED_OUT),
-                        Some("command_timeout"),
-                    ));
-                }
-                Err(_) => return Err(Stop::ClientGone),
+                Err(e) => return Err(self.line_failed(e)),
             };
             // The response may hold the password: it is passed on and dropped, never
             // logged, never kept.
@@ -135,7 +133,16 @@ impl Session<'_> {
                 reply = self.pass(b"*").await?;
                 continue;
             }
-            watch.response(&response);
+            if watch.response(&response).is_err() {
+                // Not passed on: the upstream's exchange is cancelled, and must end.
+                let cancelled = self.pass(b"*").await?;
+                if matches!(cancelled.code, 235 | 334) {
+                    let e = WireError::Malformed("AUTH not ended by its cancel");
+                    return Err(self.upstream_lost(e.into()).await);
+                }
+                self.refuse(535, PROXY_AUTH, "auth_proxy");
+                return Ok(());
+            }
             reply = self.pass(&response).await?;
         }
         if reply.code == 235 {

@@ -18,7 +18,8 @@ pub(super) fn reply_outcome(code: u16) -> Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Recorded {
     Committed,
-    /// They could not be: the client has its `451 4.3.0` and the upstream an RSET.
+    /// They could not be: the client has its refusal (`451 4.3.0`, and the upstream an
+    /// RSET).
     Refused,
 }
 
@@ -26,6 +27,8 @@ impl Session<'_> {
     /// Commits the open transaction's records before its content goes upstream.
     pub(super) async fn record(&mut self) -> Result<Recorded, Stop> {
         let Some(tx) = &self.tx else {
+            // (The callers have checked: a transaction is open.)
+            self.refuse(503, NEED_RCPT, "bad_sequence");
             return Ok(Recorded::Refused);
         };
         let started = Instant::now();
@@ -88,20 +91,29 @@ impl Session<'_> {
     /// The content was not delivered: the upstream leg is dropped without its end,
     /// so the upstream discards what it had; the ticket says why.
     pub(super) async fn abandon(&mut self, why: Abandon) -> Stop {
-        let tx = self.tx.take();
+        let ticket = self.tx.take().and_then(|t| t.ticket);
+        // Logged once: as the message's outcome when its content had begun, else
+        // under the reason here.
+        let reason = |r: &'static str| if ticket.is_some() { None } else { Some(r) };
         let (status, stop) = match why {
             Abandon::ClientGone => (0, Stop::ClientGone),
-            Abandon::ClientTimeout => (421, Stop::Close(Reply::local(421, TIMED_OUT), None)),
-            Abandon::TooBig => (552, Stop::Close(Reply::local(552, TOO_BIG), None)),
+            Abandon::ClientTimeout => (
+                421,
+                Stop::Close(Reply::local(421, TIMED_OUT), reason("data_timeout")),
+            ),
+            Abandon::TooBig => (
+                552,
+                Stop::Close(Reply::local(552, TOO_BIG), reason("message_too_big")),
+            ),
             Abandon::BareLineEnding => (
                 521,
                 Stop::Close(
                     Reply::local(521, "5.5.2 relaylog: bare <CR> or <LF> in message content"),
-                    None,
+                    reason("bare_line_ending"),
                 ),
             ),
         };
-        if let Some(ticket) = tx.and_then(|t| t.ticket) {
+        if let Some(ticket) = ticket {
             match why {
                 Abandon::ClientGone | Abandon::ClientTimeout => {
                     ticket.not_forwarded(NotForwarded::ClientGone, status).await;
@@ -213,20 +225,21 @@ impl Session<'_> {
     }
 
     pub(super) async fn bdat(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
+        let refused_here = |s: &Self| s.tx.as_ref().is_none_or(|t| t.ticket.is_none());
         let Some((size, last)) = smtp::bdat_args(args) else {
             // Without a size the chunk cannot be skipped: the session cannot go on.
+            let logged = (refused_here(self)).then_some("bad_command");
+            self.finish_refused(501).await;
             return Err(Stop::Close(
                 Reply::local(501, "5.5.4 Syntax: BDAT count [LAST]"),
-                Some("bad_command"),
+                logged,
             ));
         };
         if size > self.listener.settings.max_message_bytes {
             // Not worth reading through: the session ends here.
+            let logged = (refused_here(self)).then_some("message_too_big");
             self.finish_refused(552).await;
-            return Err(Stop::Close(
-                Reply::local(552, TOO_BIG),
-                Some("message_too_big"),
-            ));
+            return Err(Stop::Close(Reply::local(552, TOO_BIG), logged));
         }
         if !self.upstream_chunking {
             // An upstream that did not offer CHUNKING would read the chunk as
