@@ -8,11 +8,15 @@
 //! - [`config`]: TOML in, validated types out.
 //! - [`ingress`]: client-facing listeners. [`ingress::profile`] parses a request into a
 //!   message's metadata without doing I/O; [`ingress::http`] is the hyper server and the
-//!   phases of one HTTP request.
+//!   phases of one HTTP request; [`ingress::smtp`] the SMTP listener, one session per
+//!   client with its upstream leg (envelope, AUTH, content).
+//! - [`smtp`]: SMTP on the wire, shared by the listener, the upstream leg, the sink and
+//!   the load generator: bounded line and reply reading, commands, the end of DATA.
 //! - [`relay`]: the protocol-neutral core every session calls — record before forward
 //!   ([`relay::Relay::record`]), exactly one outcome after ([`relay::Ticket`]), one
 //!   logging phase on every exit.
-//! - [`egress`]: the upstream side: a keep-alive client pool (rustls for https).
+//! - [`egress`]: the upstream side: a keep-alive client pool (rustls for https), and
+//!   the SMTP upstream leg (TLS, STARTTLS, XCLIENT).
 //! - [`record`] and [`canonical`]: the metadata-only record and the canonical forms of
 //!   numbers, addresses and accounts.
 //! - [`store`]: partitions, keys (keyring, blind index, sealing), the group-commit
@@ -20,7 +24,9 @@
 //! - [`metrics`]: the Prometheus registry every layer counts into (labels from config and
 //!   fixed strings only).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz` and the compliance API.
-//! - [`simulator`]: a gateway look-alike for tests, benchmarks and the default upstream.
+//! - [`simulator`]: a gateway look-alike and a sink MTA for tests, benchmarks and the
+//!   default upstream; [`bench`]: the load generators (`bench http`, `bench smtp`) and
+//!   the store benchmark.
 //! - [`serve`]: wires it together and handles shutdown.
 //! - [`clock`]: injected time; [`shutdown`] and [`net`]: the plumbing every listener shares.
 

@@ -633,15 +633,20 @@ async fn timeouts_and_connection_limits_close_with_421() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "max-session = \"500ms\"\n", "").await;
     let (mut c, _) = SmtpClient::connect(mail.addr).await;
-    let mut last = 250;
+    let mut last = String::new();
     for _ in 0..50 {
-        last = c.code("NOOP").await;
-        if last != 250 {
+        last = text(&c.cmd("NOOP").await);
+        if !last.starts_with("250") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(last, 421, "the session is closed at max-session");
+    assert_eq!(
+        last, "421 4.4.2 relaylog: session too long, closing\r\n",
+        "the session is closed at max-session"
+    );
+    let metrics = reqwest_metrics(&mail.admin).await;
+    assert!(metrics.contains("reason=\"session_too_long\""), "{metrics}");
     mail.running.shutdown().await;
 }
 
@@ -1019,27 +1024,33 @@ async fn bdat_is_never_passed_to_an_upstream_that_did_not_offer_chunking() {
     mail.running.shutdown().await;
 }
 
-/// RSET after some BDAT chunks went upstream: the client abandoned the message; its
-/// records say so (not a shutdown), and nothing is delivered.
+/// RSET, HELO or EHLO after some BDAT chunks went upstream: the client abandoned the
+/// message; its records say so (not a shutdown), and nothing is delivered.
 #[tokio::test]
-async fn rset_between_chunks_abandons_the_message() {
+async fn a_reset_between_chunks_abandons_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let mail = Mail::start(dir.path(), "", "").await;
-    let (mut c, _) = SmtpClient::connect(mail.addr).await;
-    assert_eq!(c.code("EHLO client").await, 250);
-    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
-    assert_eq!(c.code("RCPT TO:<reset@example.net>").await, 250);
-    c.send(b"BDAT 3\r\nabc").await;
-    assert_eq!(c.reply().await.code, 250);
-    assert_eq!(c.code("RSET").await, 250);
-    assert_eq!(c.code("QUIT").await, 221);
+    for (n, reset) in ["RSET", "HELO client", "EHLO client"]
+        .into_iter()
+        .enumerate()
+    {
+        let (mut c, _) = SmtpClient::connect(mail.addr).await;
+        assert_eq!(c.code("EHLO client").await, 250);
+        assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+        assert_eq!(
+            c.code(&format!("RCPT TO:<reset{n}@example.net>")).await,
+            250
+        );
+        c.send(b"BDAT 3\r\nabc").await;
+        assert_eq!(c.reply().await.code, 250);
+        assert_eq!(c.code(reset).await, 250);
+        assert_eq!(c.code("QUIT").await, 221);
+        mail.settle().await;
+        let found = mail.by_recipient(&format!("reset{n}@example.net"));
+        let o = found[0].outcome.clone().unwrap();
+        assert_eq!(o.outcome, Outcome::FailedClientGone, "{reset}");
+    }
     assert_eq!(mail.queued(), 0);
-    mail.settle().await;
-    let o = mail.by_recipient("reset@example.net")[0]
-        .outcome
-        .clone()
-        .unwrap();
-    assert_eq!(o.outcome, Outcome::FailedClientGone);
     let metrics = reqwest_metrics(&mail.admin).await;
     assert!(!metrics.contains("reason=\"shutdown\""), "{metrics}");
     mail.running.shutdown().await;
@@ -1121,6 +1132,8 @@ async fn bad_commands_and_addresses_are_refused_and_counted() {
     );
     assert_eq!(c.code("MAIL FROM:<a@example.org> AUTH=<>").await, 250);
     assert_eq!(c.code("RCPT TO:<a b@example.net>").await, 501);
+    // Where relaylog and Postfix could read a different mailbox.
+    assert_eq!(c.code("RCPT TO:<decoy\\>@evil.example>").await, 501);
     assert_eq!(
         c.code("RCPT TO:<@relay.example:twice@example.net>").await,
         250
@@ -1132,8 +1145,8 @@ async fn bad_commands_and_addresses_are_refused_and_counted() {
     let found = mail.by_recipient("twice@example.net");
     assert_eq!(found.len(), 1, "one recipient, given twice");
     assert_eq!(found[0].segments, 1);
-    // Five refusals so far; fifteen more and the session is over.
-    for _ in 0..15 {
+    // Six refusals so far; fourteen more and the session is over.
+    for _ in 0..14 {
         assert_eq!(c.code("XFORWARD ADDR=10.0.0.1").await, 502);
     }
     let bye = c.reply().await;
@@ -1222,5 +1235,181 @@ async fn a_pipelined_batch_keeps_every_reply_in_its_place() {
         }
     }
     assert_eq!(mail.queued(), 2);
+    mail.running.shutdown().await;
+}
+
+/// An upstream that offers PIPELINING and answers nothing of a batch until it has the
+/// MAIL and both RCPTs: relaylog in lockstep would wait on it forever. With `hang_up`
+/// it closes instead, having read the batch.
+async fn batch_upstream(hang_up: bool) -> u16 {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (r, mut w) = tcp.into_split();
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"220 batch ESMTP\r\n").await.unwrap();
+        let mut envelope = 0;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" => b"250-batch\r\n250 PIPELINING\r\n",
+                "MAIL" | "RCPT" => {
+                    envelope += 1;
+                    if envelope < 3 {
+                        continue;
+                    }
+                    if hang_up {
+                        return;
+                    }
+                    b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"
+                }
+                "DATA" => b"354 go ahead\r\n",
+                "QUIT" => b"221 2.0.0 Bye\r\n",
+                _ if line == "." => b"250 2.0.0 Ok: queued as B1\r\n",
+                _ => continue,
+            };
+            w.write_all(reply).await.unwrap();
+        }
+    });
+    port
+}
+
+/// The MAIL and RCPT commands of a pipelined batch reach the upstream together; an
+/// upstream that hangs up mid-batch gets the client a `421 4.4.2`, and nothing is
+/// recorded.
+#[tokio::test]
+async fn a_batch_reaches_the_upstream_in_one_write() {
+    for hang_up in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = batch_upstream(hang_up).await;
+        let mail = Mail::start(
+            dir.path(),
+            &format!("upstream = \"smtp://127.0.0.1:{port}\"\nupstream-timeout = \"3s\"\n"),
+            "",
+        )
+        .await;
+        let (mut c, _) = SmtpClient::connect(mail.addr).await;
+        assert_eq!(c.code("EHLO client").await, 250);
+        c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b1@example.net>\r\nRCPT TO:<b2@example.net>\r\nDATA\r\n")
+            .await;
+        if hang_up {
+            let bye = c.reply().await;
+            assert!(text(&bye).starts_with("421 4.4.2 "), "{}", text(&bye));
+            assert!(c.closed().await);
+        } else {
+            let mut codes = Vec::new();
+            for _ in 0..4 {
+                codes.push(c.reply().await.code);
+            }
+            assert_eq!(codes, [250, 250, 250, 354]);
+            assert_eq!(
+                text(&c.cmd("hi\r\n.").await),
+                "250 2.0.0 Ok: queued as B1\r\n"
+            );
+        }
+        mail.settle().await;
+        let found = mail.by_recipient("b1@example.net");
+        assert_eq!(found.len(), usize::from(!hang_up), "hang_up={hang_up}");
+        mail.running.shutdown().await;
+    }
+}
+
+/// Edges of the batch: more commands than `MAX_PIPELINE` in one write; a MAIL the
+/// upstream refuses, with the RCPTs behind it; twenty refusals of relaylog's own in
+/// one batch, whose replies all come, in order, before the `421 4.7.0`.
+#[tokio::test]
+async fn long_batches_refused_mail_and_errors_in_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "max-message-bytes = 20000000\n", "").await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    let mut batch = b"MAIL FROM:<a@example.org>\r\n".to_vec();
+    for n in 0..150 {
+        batch.extend_from_slice(format!("RCPT TO:<many{n}@example.net>\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"DATA\r\n");
+    c.send(&batch).await;
+    for n in 0..151 {
+        assert_eq!(c.reply().await.code, 250, "reply {n}");
+    }
+    assert_eq!(c.reply().await.code, 354);
+    assert_eq!(c.cmd("hi\r\n.").await.code, 250);
+    // The sink refuses a declared size over its own limit (relaylog's is higher).
+    c.send(b"MAIL FROM:<a@example.org> SIZE=15000000\r\nRCPT TO:<orphan@example.net>\r\nDATA\r\n")
+        .await;
+    let codes = [
+        c.reply().await.code,
+        c.reply().await.code,
+        c.reply().await.code,
+    ];
+    assert_eq!(codes, [552, 503, 503]);
+    mail.settle().await;
+    assert_eq!(mail.by_recipient("many149@example.net")[0].segments, 150);
+    assert!(mail.by_recipient("orphan@example.net").is_empty());
+
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    let mut batch = b"MAIL FROM:<a@example.org>\r\n".to_vec();
+    for n in 0..25 {
+        batch.extend_from_slice(format!("RCPT TO:<bad{n}%x@example.net>\r\n").as_bytes());
+    }
+    c.send(&batch).await;
+    assert_eq!(c.reply().await.code, 250, "the upstream's reply first");
+    for n in 0..20 {
+        assert_eq!(c.reply().await.code, 501, "refusal {n}");
+    }
+    assert_eq!(
+        text(&c.reply().await),
+        "421 4.7.0 relaylog: too many errors, closing\r\n"
+    );
+    assert!(c.closed().await);
+    mail.running.shutdown().await;
+}
+
+/// AUTH whose identity relaylog cannot record: PLAIN acting as someone else is
+/// refused (`535`, before or after a challenge); an identity that is empty once
+/// decoded, accepted by the upstream, closes the session (`421 4.7.0`).
+#[tokio::test]
+async fn auth_that_relaylog_could_not_record_is_refused() {
+    use base64::Engine;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "", "").await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    let proxy = b64(b"victim\0attacker\0pw");
+    assert_eq!(c.code(&format!("AUTH PLAIN {proxy}")).await, 535);
+    assert_eq!(c.code("AUTH PLAIN").await, 334);
+    assert_eq!(c.code(&proxy).await, 535);
+    assert_eq!(mail.sink().auths.load(Ordering::SeqCst), 0);
+    let nobody = b64(b"\0\0pw");
+    assert_eq!(
+        text(&c.cmd(&format!("AUTH PLAIN {nobody}")).await),
+        "421 4.7.0 relaylog: cannot tell who authenticated, closing\r\n"
+    );
+    assert!(c.closed().await);
+    mail.running.shutdown().await;
+}
+
+/// A single BDAT chunk larger than `max-message-bytes` closes the session (`552`;
+/// not read through, nothing recorded).
+#[tokio::test]
+async fn a_bdat_chunk_over_the_limit_closes_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = Mail::start(dir.path(), "max-message-bytes = 1000\n", "").await;
+    let (mut c, _) = SmtpClient::connect(mail.addr).await;
+    assert_eq!(c.code("EHLO client").await, 250);
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<huge@example.net>").await, 250);
+    assert_eq!(c.code("BDAT 5000 LAST").await, 552);
+    assert!(c.closed().await);
+    assert_eq!(mail.queued(), 0);
+    mail.settle().await;
+    assert!(
+        mail.by_recipient("huge@example.net").is_empty(),
+        "refused before its records"
+    );
     mail.running.shutdown().await;
 }

@@ -385,6 +385,18 @@ mod tests {
                 "listener[0].xclient",
             ),
             (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nmax-body-bytes=10\n",
+                "listener[0].max-body-bytes",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nupstream-starttls=true\n",
+                "listener[0].upstream-starttls",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nupstream=\"smtp://h\"\nupstream-ca=\"ca.pem\"\n",
+                "listener[0].upstream-ca",
+            ),
+            (
                 "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\n",
                 "listener[0].profile",
             ),
