@@ -294,7 +294,11 @@ pub fn canonical_raw(input: &str) -> String {
 /// off, capped): this is the value sealed in the record. Returns a raw form when there
 /// is no local part and domain. The blind index is made of [`email_index_form`].
 pub fn normalize_email(input: &str) -> Identifier {
-    let trimmed = cap(input.trim().trim_start_matches('<').trim_end_matches('>'));
+    // ASCII white space only: a Unicode space may be part of an SMTPUTF8 address.
+    let trimmed = cap(input
+        .trim_ascii()
+        .trim_start_matches('<')
+        .trim_end_matches('>'));
     let form = match trimmed.rsplit_once('@') {
         Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Form::Email,
         _ => Form::Raw,
@@ -333,13 +337,16 @@ pub fn email_index_form(address: &str) -> Cow<'_, str> {
     let domain = if domain.is_ascii() {
         domain.to_ascii_lowercase()
     } else {
-        idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase())
+        // A domain IDNA refuses is folded no further than ASCII (so that no Unicode
+        // case mapping makes two names one).
+        idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
     };
     Cow::Owned(format!("{local}@{domain}"))
 }
 
-/// A quoted local part that needs no quotes (`"jan"`, `"j\an"`) is the same mailbox
-/// as the bare one (`jan`): RFC 5321 §4.1.2.
+/// A quoted local part in one spelling: without quotes when they are not needed
+/// (`"jan"`, `"j\an"` are `jan`, RFC 5321 §4.1.2), else quoted with only `"` and `\`
+/// escaped (`"a b"` and `"a\ b"` are one), as Postfix holds it.
 fn unquote(local: &str) -> Cow<'_, str> {
     let Some(inner) = local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) else {
         return Cow::Borrowed(local);
@@ -360,9 +367,21 @@ fn unquote(local: &str) -> Cow<'_, str> {
             .split('.')
             .all(|run| !run.is_empty() && run.chars().all(atext));
     if dot_atom {
-        Cow::Owned(plain)
-    } else {
+        return Cow::Owned(plain);
+    }
+    let mut quoted = String::with_capacity(plain.len() + 2);
+    quoted.push('"');
+    for c in plain.chars() {
+        if matches!(c, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    if quoted == local {
         Cow::Borrowed(local)
+    } else {
+        Cow::Owned(quoted)
     }
 }
 
@@ -483,11 +502,15 @@ mod tests {
             "\"jan jansen\"@example.nl"
         );
         assert_eq!(
+            email_index_form("\"jan\\ jansen\"@example.nl"),
+            "\"jan jansen\"@example.nl"
+        );
+        assert_eq!(
             email_index_form("\"a..b\"@example.nl"),
             "\"a..b\"@example.nl"
         );
         // A domain IDNA refuses is still indexed, lower-cased.
-        assert_eq!(email_index_form("a@\u{301}É.Example"), "a@\u{301}é.example");
+        assert_eq!(email_index_form("a@\u{301}É.Example"), "a@\u{301}É.example");
     }
 
     #[test]

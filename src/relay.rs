@@ -219,7 +219,7 @@ impl Relay {
             client_port: found.peer.port(),
             originator: found
                 .originator
-                .map(str::trim)
+                .map(str::trim_ascii)
                 .filter(|o| !o.is_empty())
                 .map(normalize),
             segments: found.segments,

@@ -130,6 +130,9 @@ pub enum AuthRefusal {
     Syntax,
     /// PLAIN naming someone else to act as: `535`.
     Proxy,
+    /// A user name with white space at either end, a NUL or a control character:
+    /// `535`.
+    Identity,
 }
 
 /// An identity as text, one for one: UTF-8 as it is, but for backslashes, control
@@ -234,6 +237,13 @@ impl AuthWatch {
             }
             Mechanism::Login => decoded,
         };
+        // What the SASL library would strip or cut (white space at either end, a NUL
+        // in a LOGIN name) or what no name holds (control characters): relaylog and
+        // the upstream would not agree on whom to record.
+        let trimmed = identity.trim_ascii();
+        if trimmed.len() != identity.len() || identity.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err(AuthRefusal::Identity);
+        }
         self.identity = Some(escape_identity(&identity))
             .filter(|i| !i.is_empty() && i.len() <= crate::canonical::MAX_IDENTIFIER_BYTES);
         Ok(())
@@ -303,9 +313,22 @@ mod tests {
         let watch = AuthWatch::start(format!("PLAIN {same}").as_bytes()).unwrap();
         assert_eq!(watch.identity().as_deref(), Some("alice"));
         // Identities are kept one for one, however they are spelled.
-        let odd = b64(b"\0a\\b\x07\xff\0pw");
+        let odd = b64(b"\0a\\b\xff\0pw");
         let watch = AuthWatch::start(format!("PLAIN {odd}").as_bytes()).unwrap();
-        assert_eq!(watch.identity().as_deref(), Some("a\\\\b\\u{7}\\xff"));
+        assert_eq!(watch.identity().as_deref(), Some("a\\\\b\\xff"));
+        // What the SASL library would trim or cut is refused.
+        for name in [&b"\0\talice\0pw"[..], b"\0alice\n\0pw", b"\0al\x07ice\0pw"] {
+            let plain = b64(name);
+            assert_eq!(
+                AuthWatch::start(format!("PLAIN {plain}").as_bytes()).unwrap_err(),
+                AuthRefusal::Identity
+            );
+        }
+        let mut watch = AuthWatch::start(b"LOGIN").unwrap();
+        assert_eq!(
+            watch.response(b64(b"alice\0x").as_bytes()),
+            Err(AuthRefusal::Identity)
+        );
         // Unpadded, or with trailing bits set, as SASL libraries accept it.
         let unpadded = plain.trim_end_matches('=');
         let watch = AuthWatch::start(format!("PLAIN {unpadded}").as_bytes()).unwrap();

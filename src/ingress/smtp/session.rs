@@ -319,8 +319,8 @@ impl Session<'_> {
             }
             Verb::StartTls => return self.starttls(args).await,
             Verb::Auth => return self.auth(line, args).await,
-            Verb::Mail => return self.mail(line, args).await,
-            Verb::Rcpt => return self.rcpt(line, args).await,
+            Verb::Mail => return self.mail(args).await,
+            Verb::Rcpt => return self.rcpt(args).await,
             Verb::Data => return self.data(args).await,
             Verb::Bdat => return self.bdat(line, args).await,
             Verb::Other => {

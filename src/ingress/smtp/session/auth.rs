@@ -2,9 +2,18 @@
 
 use super::*;
 
-/// PLAIN naming someone else to act as: relaylog would not know whom to record.
-const PROXY_AUTH: &str =
-    "5.7.8 relaylog: an authorization identity other than the login is not supported";
+/// Why an AUTH was refused because relaylog could not record its identity.
+fn unrecordable(why: offer::AuthRefusal) -> &'static str {
+    match why {
+        // Upstreams honour an authorization identity differently: whom to record?
+        offer::AuthRefusal::Proxy => {
+            "5.7.8 relaylog: an authorization identity other than the login is not supported"
+        }
+        _ => {
+            "5.7.8 relaylog: a user name with spaces at its ends or control characters is not supported"
+        }
+    }
+}
 
 impl Session<'_> {
     pub(super) async fn starttls(&mut self, args: &[u8]) -> Result<(), Stop> {
@@ -104,8 +113,8 @@ impl Session<'_> {
                 );
                 return Ok(());
             }
-            Err(offer::AuthRefusal::Proxy) => {
-                self.refuse(535, PROXY_AUTH, "auth_proxy");
+            Err(why) => {
+                self.refuse(535, unrecordable(why), "auth_identity");
                 return Ok(());
             }
         };
@@ -133,14 +142,14 @@ impl Session<'_> {
                 reply = self.pass(b"*").await?;
                 continue;
             }
-            if watch.response(&response).is_err() {
+            if let Err(why) = watch.response(&response) {
                 // Not passed on: the upstream's exchange is cancelled, and must end.
                 let cancelled = self.pass(b"*").await?;
                 if matches!(cancelled.code, 235 | 334) {
                     let e = WireError::Malformed("AUTH not ended by its cancel");
                     return Err(self.upstream_lost(e.into()).await);
                 }
-                self.refuse(535, PROXY_AUTH, "auth_proxy");
+                self.refuse(535, unrecordable(why), "auth_identity");
                 return Ok(());
             }
             reply = self.pass(&response).await?;

@@ -276,6 +276,7 @@ impl Session<'_> {
             self.skip_chunk(size).await?;
             return Ok(());
         }
+        self.upstream_in_step().await?;
         let timeout = self.listener.upstream.timeout;
         let mut cmd = Vec::with_capacity(line.len() + 2);
         cmd.extend_from_slice(line);

@@ -97,8 +97,10 @@ impl Session<'_> {
             }
             Pending::Rcpt { recipient } if is_2xx(reply.code) => {
                 // A recipient given twice is one recipient (the upstream delivers once).
+                // (Compared in the form the index uses: `"jan"@x` is `jan@x`.)
+                let key = crate::canonical::email_index_form(&recipient).into_owned();
                 if let Some(tx) = &mut self.tx
-                    && tx.seen.insert(recipient.clone())
+                    && tx.seen.insert(key)
                 {
                     tx.recipients.push(recipient);
                 }
@@ -128,7 +130,7 @@ impl Session<'_> {
             .any(|p| matches!(p, Pending::Mail { .. }))
     }
 
-    pub(super) async fn mail(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
+    pub(super) async fn mail(&mut self, args: &[u8]) -> Result<(), Stop> {
         if self.not_ready() {
             return Ok(());
         }
@@ -144,23 +146,18 @@ impl Session<'_> {
             self.refuse(501, "5.1.7 Bad sender address syntax", "bad_address");
             return Ok(());
         };
-        // RFC 4954's AUTH= names who submitted the message: only an authenticated
-        // client may name anyone (`<>` says nobody).
-        if !self.authenticated && smtp::param(params, b"AUTH").is_some_and(|v| v != b"<>") {
-            self.refuse(530, "5.7.0 Authentication required for AUTH=", "auth_param");
-            return Ok(());
-        }
         let declared = smtp::param(params, b"SIZE")
             .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
         if declared.is_some_and(|s| s > self.listener.settings.max_message_bytes) {
             self.refuse(552, TOO_BIG, "message_too_big");
             return Ok(());
         }
+        let line = envelope_line("MAIL FROM:", sender, params, self.authenticated);
         let sender = sender.to_owned();
-        self.pass_or_batch(line, Pending::Mail { sender }).await
+        self.pass_or_batch(&line, Pending::Mail { sender }).await
     }
 
-    pub(super) async fn rcpt(&mut self, line: &[u8], args: &[u8]) -> Result<(), Stop> {
+    pub(super) async fn rcpt(&mut self, args: &[u8]) -> Result<(), Stop> {
         // At the recipient limit, counting those still with the upstream: their
         // replies first, so that the limit counts only what was accepted.
         if self.accepted() + self.batched_rcpts() >= self.listener.settings.max_recipients {
@@ -179,7 +176,7 @@ impl Session<'_> {
             );
             return Ok(());
         }
-        let Some((path, _)) = smtp::path_arg(args, b"TO:") else {
+        let Some((path, params)) = smtp::path_arg(args, b"TO:") else {
             self.refuse(501, "5.5.4 Syntax: RCPT TO:<address>", "bad_command");
             return Ok(());
         };
@@ -197,6 +194,70 @@ impl Session<'_> {
             );
             return Ok(());
         }
-        self.pass_or_batch(line, Pending::Rcpt { recipient }).await
+        let line = envelope_line("RCPT TO:", &recipient, params, self.authenticated);
+        self.pass_or_batch(&line, Pending::Rcpt { recipient }).await
+    }
+}
+
+/// MAIL or RCPT as it goes upstream: rebuilt from what relaylog read and recorded, in
+/// RFC 5321's plain form (`MAIL FROM:<mailbox> params`), so that the upstream acts on
+/// the very mailbox in the record (a source route dropped, parameters one space
+/// apart). RFC 4954's `AUTH=` names who submitted the message; from a client that did
+/// not authenticate it becomes `AUTH=<>` (nobody), as §5 has servers treat it.
+fn envelope_line(command: &str, mailbox: &str, params: &[u8], authenticated: bool) -> Vec<u8> {
+    let mut line = format!("{command}<{mailbox}>").into_bytes();
+    for p in params
+        .split(u8::is_ascii_whitespace)
+        .filter(|p| !p.is_empty())
+    {
+        line.push(b' ');
+        let auth = p.len() >= 5 && p[..5].eq_ignore_ascii_case(b"AUTH=");
+        line.extend_from_slice(if auth && !authenticated {
+            b"AUTH=<>"
+        } else {
+            p
+        });
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::envelope_line;
+
+    #[test]
+    fn envelope_lines_carry_what_was_recorded() {
+        assert_eq!(
+            envelope_line(
+                "MAIL FROM:",
+                "a@example.org",
+                b"SIZE=10  BODY=8BITMIME",
+                false
+            ),
+            b"MAIL FROM:<a@example.org> SIZE=10 BODY=8BITMIME"
+        );
+        assert_eq!(
+            envelope_line(
+                "MAIL FROM:",
+                "a@example.org",
+                b"AUTH=<ceo@example.org>",
+                false
+            ),
+            b"MAIL FROM:<a@example.org> AUTH=<>"
+        );
+        assert_eq!(
+            envelope_line("MAIL FROM:", "a@example.org", b"auth=<a@example.org>", true),
+            b"MAIL FROM:<a@example.org> auth=<a@example.org>"
+        );
+        assert_eq!(envelope_line("MAIL FROM:", "", b"", false), b"MAIL FROM:<>");
+        assert_eq!(
+            envelope_line(
+                "RCPT TO:",
+                "jan@example.nl",
+                b"NOTIFY=NEVER\tORCPT=rfc822;jan@example.nl",
+                false
+            ),
+            b"RCPT TO:<jan@example.nl> NOTIFY=NEVER ORCPT=rfc822;jan@example.nl"
+        );
     }
 }
