@@ -48,6 +48,7 @@ pub mod relay;
 pub mod serve;
 pub mod shutdown;
 pub mod simulator;
+pub mod smpp;
 pub mod smtp;
 pub mod store;
 
