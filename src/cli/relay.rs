@@ -114,6 +114,9 @@ pub struct MockArgs {
     pub listen: SocketAddr,
     #[arg(long, value_enum, default_value = "kannel")]
     pub api: ApiArg,
+    /// SMSC simulator: how long after a submit its delivery receipt comes.
+    #[arg(long, default_value = "1s")]
+    pub receipt_delay: humantime::Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -123,16 +126,18 @@ pub enum ApiArg {
     Json,
     /// A sink MTA that answers like Postfix and discards every message.
     Smtp,
+    /// An SMSC simulator: binds, message ids, delivery receipts.
+    Smpp,
 }
 
 impl ApiArg {
-    /// The HTTP gateway profile; `None` for SMTP.
+    /// The HTTP gateway profile; `None` for SMTP and SMPP.
     pub fn profile(self) -> Option<ProfileKind> {
         match self {
             ApiArg::Kannel => Some(ProfileKind::Kannel),
             ApiArg::Jasmin => Some(ProfileKind::Jasmin),
             ApiArg::Json => Some(ProfileKind::Json),
-            ApiArg::Smtp => None,
+            ApiArg::Smtp | ApiArg::Smpp => None,
         }
     }
 }
@@ -218,6 +223,20 @@ pub(super) fn mock_gateway(args: &MockArgs) -> Result<()> {
                 tracing::info!(addr = %addr, api = ?args.api, "gateway simulator listening (GET /stats for counts)");
                 tokio::spawn(sim.run(shutdown))
             }
+            None if matches!(args.api, ApiArg::Smpp) => {
+                let smsc = crate::simulator::smpp::Smsc::bind(args.listen, args.receipt_delay.into())
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.listen))?;
+                let addr = smsc.local_addr()?;
+                tracing::info!(addr = %addr, "SMSC simulator listening");
+                let stats = smsc.stats.clone();
+                let task = tokio::spawn(smsc.run(shutdown));
+                wait_for_signal().await?;
+                tracing::info!(counts = %stats.to_json(), "SMSC simulator stopping");
+                trigger.trigger();
+                let _ = task.await;
+                return Ok(());
+            }
             None => {
                 let sink = crate::simulator::smtp::SmtpSink::bind(args.listen)
                     .await
@@ -292,7 +311,7 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 target: target.clone(),
                 profile: api
                     .profile()
-                    .context("bench http loads an HTTP API; --api smtp is for mock-gateway")?,
+                    .context("bench http loads an HTTP API; --api smtp and smpp are for mock-gateway")?,
                 connections: *connections,
                 duration: duration.map(Into::into),
                 requests: *requests,

@@ -19,6 +19,7 @@ use crate::config::{AccountFrom, JsonProfile, Profile, ProfileKind};
 use crate::ingress::profile::{Extract, ParseError, RequestView};
 use crate::shutdown::Shutdown;
 
+pub mod smpp;
 pub mod smtp;
 
 /// Counts, as served on `/stats`.
