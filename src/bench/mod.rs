@@ -1,6 +1,6 @@
 //! Benchmark commands: `bench store` (the write path through the real store),
-//! `bench http` (a load generator for SMS submission APIs) and `bench smtp` (one for
-//! mail servers). The two load generators share their schedule, histogram and report.
+//! `bench http` (a load generator for SMS submission APIs), `bench smtp` (one for
+//! mail servers) and `bench smpp` (one for SMSCs). The two load generators share their schedule, histogram and report.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 pub mod http;
+pub mod smpp;
 pub mod smtp;
 mod store;
 

@@ -151,7 +151,9 @@ pub fn run(cli: Cli) -> Result<()> {
             manifest,
             public_key: Some(key),
         } => verify_export(manifest, key),
-        Command::Bench(b @ (BenchCommand::Http { .. } | BenchCommand::Smtp { .. })) => {
+        Command::Bench(
+            b @ (BenchCommand::Http { .. } | BenchCommand::Smtp { .. } | BenchCommand::Smpp { .. }),
+        ) => {
             init_tracing(log_format(&cli, None), "warn");
             let config = Config::parse("", &cli.config)?;
             bench(&config, b)

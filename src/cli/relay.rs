@@ -106,6 +106,49 @@ pub enum BenchCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Load an SMSC (relaylog's SMPP listener, or the SMSC directly): transceiver
+    /// binds keeping a window of submit_sm outstanding; submits/s, errors by
+    /// command_status, response latency percentiles.
+    Smpp {
+        /// host:port of the relay or SMSC (plain SMPP, no TLS).
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 8)]
+        sessions: usize,
+        /// submit_sm outstanding per session at most.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// How long to run, e.g. "10s" (stops at whichever of --duration and --submits comes first).
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
+        #[arg(long)]
+        submits: Option<u64>,
+        /// Open loop at this many submits/s; default: closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Destination numbers are drawn from a pool of this size.
+        #[arg(long, default_value_t = 1_000_000)]
+        pool: u64,
+        /// Ask for delivery receipts (acknowledged and counted).
+        #[arg(long)]
+        receipts: bool,
+        #[arg(long, default_value = "bench")]
+        system_id: String,
+        /// The bind password (a test account's; it is sent, never printed).
+        #[arg(long, default_value = "bench")]
+        password: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Runtime threads for the load generator.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -309,9 +352,9 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
         } => {
             let b = crate::bench::http::HttpBench {
                 target: target.clone(),
-                profile: api
-                    .profile()
-                    .context("bench http loads an HTTP API; --api smtp and smpp are for mock-gateway")?,
+                profile: api.profile().context(
+                    "bench http loads an HTTP API; --api smtp and smpp are for mock-gateway",
+                )?,
                 connections: *connections,
                 duration: duration.map(Into::into),
                 requests: *requests,
@@ -367,7 +410,51 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             }
             Ok(())
         }
+        BenchCommand::Smpp {
+            target,
+            sessions,
+            window,
+            duration,
+            submits,
+            rate,
+            pool,
+            receipts,
+            system_id,
+            password,
+            seed,
+            threads,
+            json,
+            quiet,
+        } => bench_smpp(
+            crate::bench::smpp::SmppBench {
+                target: *target,
+                sessions: *sessions,
+                window: *window,
+                duration: duration.map(Into::into),
+                submits: *submits,
+                rate: *rate,
+                pool: *pool,
+                receipts: *receipts,
+                system_id: system_id.clone(),
+                password: password.clone(),
+                seed: *seed,
+                progress: !quiet,
+            },
+            *threads,
+            *json,
+        ),
     }
+}
+
+/// Runs `bench smpp`.
+fn bench_smpp(b: crate::bench::smpp::SmppBench, threads: usize, json: bool) -> Result<()> {
+    let report = load_runtime(threads)?.block_on(crate::bench::smpp::run(b))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
 }
 
 /// The load generators' runtime, on `threads` threads.

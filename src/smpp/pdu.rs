@@ -23,6 +23,7 @@ pub mod id {
     pub const SUBMIT_MULTI: u32 = 0x0000_0021;
     pub const ALERT_NOTIFICATION: u32 = 0x0000_0102;
     pub const DATA_SM: u32 = 0x0000_0103;
+    pub const SUBMIT_SM_RESP: u32 = 0x8000_0004;
     pub const DELIVER_SM_RESP: u32 = 0x8000_0005;
     pub const DATA_SM_RESP: u32 = 0x8000_0103;
     /// Bit 31: a response.
