@@ -50,17 +50,27 @@ pub enum ServeError {
     },
 }
 
-/// Where a listener forwards: an HTTP gateway or a mail server.
+/// Where a listener forwards: an HTTP gateway, a mail server or an SMSC.
 enum Target {
     Http(http::Uri),
     Smtp(SmtpTarget),
+    Smpp(crate::config::SmppTarget),
 }
 
-/// Starts the built-in simulator for a listener without an upstream: the gateway
-/// look-alike for `profile`, or the sink MTA for an SMTP listener (`None`).
+/// Which built-in simulator a listener without an upstream gets.
+enum Simulated {
+    /// The gateway look-alike for an HTTP profile.
+    Gateway(crate::config::Profile),
+    /// The sink MTA.
+    Mta,
+    /// The SMSC simulator.
+    Smsc,
+}
+
+/// Starts the built-in simulator for a listener without an upstream.
 async fn start_simulator(
     l: &crate::config::ListenerConfig,
-    profile: Option<crate::config::Profile>,
+    simulated: Simulated,
     shutdown: &crate::shutdown::Shutdown,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<(SocketAddr, StartedSimulator), ServeError> {
@@ -70,8 +80,8 @@ async fn start_simulator(
         addr: loopback,
         source,
     };
-    let (addr, stats) = match profile {
-        Some(profile) => {
+    let (addr, stats) = match simulated {
+        Simulated::Gateway(profile) => {
             let kind = profile.kind;
             let sim = Simulator::bind(loopback, profile).await.map_err(bind_err)?;
             let addr = sim.local_addr().map_err(bind_err)?;
@@ -85,7 +95,21 @@ async fn start_simulator(
             tasks.push(tokio::spawn(sim.run(shutdown.clone())));
             (addr, stats)
         }
-        None => {
+        Simulated::Smsc => {
+            let smsc = crate::simulator::smpp::Smsc::bind(loopback, SIMULATOR_RECEIPT_DELAY)
+                .await
+                .map_err(bind_err)?;
+            let addr = smsc.local_addr().map_err(bind_err)?;
+            tracing::info!(
+                listener = %l.name,
+                simulator = %addr,
+                "no upstream configured: relaying to the built-in SMSC simulator at smpp://{addr}"
+            );
+            let stats = SimulatorStats::Smpp(smsc.stats.clone());
+            tasks.push(tokio::spawn(smsc.run(shutdown.clone())));
+            (addr, stats)
+        }
+        Simulated::Mta => {
             let sink = SmtpSink::bind(loopback).await.map_err(bind_err)?;
             let addr = sink.local_addr().map_err(bind_err)?;
             tracing::info!(
@@ -112,7 +136,11 @@ async fn start_simulator(
 pub enum SimulatorStats {
     Http(Arc<Stats>),
     Smtp(Arc<SinkStats>),
+    Smpp(Arc<crate::simulator::smpp::SmscStats>),
 }
+
+/// How long after a submit the built-in SMSC simulator sends its delivery receipt.
+const SIMULATOR_RECEIPT_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A built-in simulator started because a listener has no upstream.
 pub struct StartedSimulator {
@@ -156,7 +184,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 None => {
                     let (addr, sim) = start_simulator(
                         l,
-                        Some((**profile).clone()),
+                        Simulated::Gateway((**profile).clone()),
                         &simulator_shutdown,
                         &mut tasks,
                     )
@@ -175,12 +203,26 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 Some(target) => Target::Smtp(target.clone()),
                 None => {
                     let (addr, sim) =
-                        start_simulator(l, None, &simulator_shutdown, &mut tasks).await?;
+                        start_simulator(l, Simulated::Mta, &simulator_shutdown, &mut tasks).await?;
                     simulators.push(sim);
                     Target::Smtp(SmtpTarget {
                         host: addr.ip().to_string(),
                         port: addr.port(),
                         implicit_tls: false,
+                    })
+                }
+            },
+            ListenerProtocol::Smpp(smpp) => match &smpp.upstream {
+                Some(target) => Target::Smpp(target.clone()),
+                None => {
+                    let (addr, sim) =
+                        start_simulator(l, Simulated::Smsc, &simulator_shutdown, &mut tasks)
+                            .await?;
+                    simulators.push(sim);
+                    Target::Smpp(crate::config::SmppTarget {
+                        host: addr.ip().to_string(),
+                        port: addr.port(),
+                        tls: false,
                     })
                 }
             },
@@ -247,6 +289,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         let (protocol, service, cut_short) = match &l.protocol {
             ListenerProtocol::Http { .. } => (Protocol::Http, Service::Sms, 503),
             ListenerProtocol::Smtp(_) => (Protocol::Smtp, Service::Email, 421),
+            ListenerProtocol::Smpp(_) => (Protocol::Smpp, Service::Sms, 0x58),
         };
         let core = Arc::new(Relay::new(
             l.name.clone(),
@@ -339,6 +382,38 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                         max_connections: l.limits.max_connections,
                     }),
                     implicit_tls,
+                };
+                tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));
+            }
+            (ListenerProtocol::Smpp(smpp), Target::Smpp(target)) => {
+                let tls = match &l.tls {
+                    Some(files) => Some(TlsAcceptor::from(
+                        tls::server_config_alpn(&files.cert, &files.key, &[]).map_err(tls_err)?,
+                    )),
+                    None => None,
+                };
+                let upstream =
+                    crate::egress::smpp::SmppUpstream::new(target, smpp).map_err(tls_err)?;
+                tracing::info!(
+                    listener = %l.name,
+                    addr = %addr,
+                    protocol = "smpp",
+                    tls = if tls.is_some() { "implicit" } else { "none" },
+                    upstream = %upstream.target(),
+                    window = smpp.window,
+                    "listening"
+                );
+                let server = crate::ingress::smpp::SmppServer {
+                    listener,
+                    smpp: Arc::new(crate::ingress::smpp::SmppListener {
+                        relay: core,
+                        settings: smpp.clone(),
+                        upstream,
+                        accounts: Default::default(),
+                    }),
+                    tls,
+                    handshake_timeout: l.limits.header_timeout,
+                    max_connections: l.limits.max_connections,
                 };
                 tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));
             }

@@ -52,7 +52,7 @@ impl Mail {
     fn sink(&self) -> &SinkStats {
         match &self.running.simulators[0].stats {
             SimulatorStats::Smtp(s) => s,
-            SimulatorStats::Http(_) => panic!("an SMTP listener starts the sink"),
+            _ => panic!("an SMTP listener starts the sink"),
         }
     }
 

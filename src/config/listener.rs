@@ -46,6 +46,63 @@ pub struct RawListener {
     pub command_timeout: Option<String>,
     pub data_timeout: Option<String>,
     pub max_session: Option<String>,
+    // SMPP only.
+    pub window: Option<usize>,
+    pub bind_timeout: Option<String>,
+    pub inactivity_timeout: Option<String>,
+    pub max_pdu_bytes: Option<u32>,
+    pub max_sessions_per_account: Option<usize>,
+}
+
+impl RawListener {
+    /// The keys given that belong to one protocol only, with that protocol.
+    fn protocol_keys(&self) -> [(bool, &'static str, &'static str); 24] {
+        let http = "HTTP";
+        let smtp = "SMTP";
+        let smpp = "SMPP";
+        [
+            (self.profile.is_some(), "profile", http),
+            (self.path.is_some(), "path", http),
+            (self.passthrough.is_some(), "passthrough", http),
+            (self.json.is_some(), "json", http),
+            (self.rewrite_host.is_some(), "rewrite-host", http),
+            (self.max_body_bytes.is_some(), "max-body-bytes", http),
+            (
+                self.max_response_bytes.is_some(),
+                "max-response-bytes",
+                http,
+            ),
+            (self.idle_timeout.is_some(), "idle-timeout", http),
+            (self.request_timeout.is_some(), "request-timeout", http),
+            (
+                self.upstream_pool_idle.is_some(),
+                "upstream-pool-idle",
+                http,
+            ),
+            (self.upstream_starttls.is_some(), "upstream-starttls", smtp),
+            (self.implicit_tls.is_some(), "implicit-tls", smtp),
+            (self.require_tls.is_some(), "require-tls", smtp),
+            (self.xclient.is_some(), "xclient", smtp),
+            (self.max_message_bytes.is_some(), "max-message-bytes", smtp),
+            (self.max_recipients.is_some(), "max-recipients", smtp),
+            (self.command_timeout.is_some(), "command-timeout", smtp),
+            (self.data_timeout.is_some(), "data-timeout", smtp),
+            (self.max_session.is_some(), "max-session", smtp),
+            (self.window.is_some(), "window", smpp),
+            (self.bind_timeout.is_some(), "bind-timeout", smpp),
+            (
+                self.inactivity_timeout.is_some(),
+                "inactivity-timeout",
+                smpp,
+            ),
+            (self.max_pdu_bytes.is_some(), "max-pdu-bytes", smpp),
+            (
+                self.max_sessions_per_account.is_some(),
+                "max-sessions-per-account",
+                smpp,
+            ),
+        ]
+    }
 }
 
 const D_MAX_BODY: usize = 64 * 1024;
@@ -230,6 +287,43 @@ pub enum ListenerProtocol {
     },
     /// SMTP in front of a mail server.
     Smtp(Smtp),
+    /// SMPP 3.4 in front of an SMSC.
+    Smpp(Smpp),
+}
+
+/// Where an SMPP listener relays to: `smpp://host:port` (2775 by default) or
+/// `smpps://host:port` (TLS, 3550 by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmppTarget {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl std::fmt::Display for SmppTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "smpps" } else { "smpp" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// An SMPP listener's settings (see the README's SMPP section).
+#[derive(Debug, Clone)]
+pub struct Smpp {
+    /// `None`: serve starts the built-in SMSC simulator and relays to it.
+    pub upstream: Option<SmppTarget>,
+    pub upstream_ca: Option<PathBuf>,
+    /// Connecting to the upstream, and waiting for its bind_resp.
+    pub upstream_timeout: Duration,
+    /// A client's bind must come this soon after it connects.
+    pub bind_timeout: Duration,
+    /// A session with no PDU from the client for this long is unbound.
+    pub inactivity_timeout: Duration,
+    /// The largest command_length taken (`generic_nack` and close above it).
+    pub max_pdu_bytes: u32,
+    /// Requests of one session recorded or with the upstream at once.
+    pub window: usize,
+    pub max_sessions_per_account: usize,
 }
 
 /// Where an SMTP listener relays to: `smtp://host:port` (25 by default) or
@@ -286,6 +380,7 @@ impl ListenerConfig {
         match &self.protocol {
             ListenerProtocol::Http { forward, .. } => forward.upstream.is_some(),
             ListenerProtocol::Smtp(smtp) => smtp.upstream.is_some(),
+            ListenerProtocol::Smpp(smpp) => smpp.upstream.is_some(),
         }
     }
 
@@ -294,6 +389,7 @@ impl ListenerConfig {
         match &self.protocol {
             ListenerProtocol::Http { forward, .. } => forward.ca_file.as_ref(),
             ListenerProtocol::Smtp(smtp) => smtp.upstream_ca.as_ref(),
+            ListenerProtocol::Smpp(smpp) => smpp.upstream_ca.as_ref(),
         }
     }
 }
@@ -338,17 +434,31 @@ pub(super) fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConf
         )?,
         max_connections: l.max_connections,
     };
-    let protocol = match l.protocol.as_deref().unwrap_or("http") {
-        "http" => validate_http(&key, l)?,
-        "smtp" => ListenerProtocol::Smtp(validate_smtp(&key, l, tls.is_some())?),
+    let speaks = match l.protocol.as_deref().unwrap_or("http") {
+        "http" => "HTTP",
+        "smtp" => "SMTP",
+        "smpp" => "SMPP",
         other => {
             return Err(invalid(
                 key("protocol"),
-                format!(
-                    "`{other}`: expected \"http\" or \"smtp\" (SMPP listeners are not built yet)"
-                ),
+                format!("`{other}`: expected \"http\", \"smtp\" or \"smpp\""),
             ));
         }
+    };
+    if let Some((_, k, owner)) = l
+        .protocol_keys()
+        .into_iter()
+        .find(|(set, _, owner)| *set && *owner != speaks)
+    {
+        return Err(invalid(
+            key(k),
+            format!("is an {owner} setting: this listener speaks {speaks}"),
+        ));
+    }
+    let protocol = match speaks {
+        "HTTP" => validate_http(&key, l)?,
+        "SMTP" => ListenerProtocol::Smtp(validate_smtp(&key, l, tls.is_some())?),
+        _ => ListenerProtocol::Smpp(validate_smpp(&key, l)?),
     };
     Ok(ListenerConfig {
         name,
@@ -363,24 +473,6 @@ fn validate_http(
     key: &dyn Fn(&str) -> String,
     l: RawListener,
 ) -> Result<ListenerProtocol, ConfigError> {
-    for (set, k) in [
-        (l.upstream_starttls.is_some(), "upstream-starttls"),
-        (l.implicit_tls.is_some(), "implicit-tls"),
-        (l.require_tls.is_some(), "require-tls"),
-        (l.xclient.is_some(), "xclient"),
-        (l.max_message_bytes.is_some(), "max-message-bytes"),
-        (l.max_recipients.is_some(), "max-recipients"),
-        (l.command_timeout.is_some(), "command-timeout"),
-        (l.data_timeout.is_some(), "data-timeout"),
-        (l.max_session.is_some(), "max-session"),
-    ] {
-        if set {
-            return Err(invalid(
-                key(k),
-                "is an SMTP setting: this listener speaks HTTP",
-            ));
-        }
-    }
     let Some(profile) = l.profile else {
         return Err(invalid(
             key("profile"),
@@ -508,25 +600,6 @@ fn validate_smtp(
     l: RawListener,
     has_cert: bool,
 ) -> Result<Smtp, ConfigError> {
-    for (set, k) in [
-        (l.profile.is_some(), "profile"),
-        (l.path.is_some(), "path"),
-        (l.passthrough.is_some(), "passthrough"),
-        (l.json.is_some(), "json"),
-        (l.rewrite_host.is_some(), "rewrite-host"),
-        (l.max_body_bytes.is_some(), "max-body-bytes"),
-        (l.max_response_bytes.is_some(), "max-response-bytes"),
-        (l.idle_timeout.is_some(), "idle-timeout"),
-        (l.request_timeout.is_some(), "request-timeout"),
-        (l.upstream_pool_idle.is_some(), "upstream-pool-idle"),
-    ] {
-        if set {
-            return Err(invalid(
-                key(k),
-                "is an HTTP setting: this listener speaks SMTP",
-            ));
-        }
-    }
     let upstream = match &l.upstream {
         Some(u) => Some(parse_smtp_target(u).map_err(|why| invalid(key("upstream"), why))?),
         None => None,
@@ -596,39 +669,109 @@ fn validate_smtp(
     })
 }
 
+fn validate_smpp(key: &dyn Fn(&str) -> String, l: RawListener) -> Result<Smpp, ConfigError> {
+    let upstream = match &l.upstream {
+        Some(u) => Some(parse_smpp_target(u).map_err(|why| invalid(key("upstream"), why))?),
+        None => None,
+    };
+    if l.upstream_ca.is_some() && !upstream.as_ref().is_some_and(|u| u.tls) {
+        return Err(invalid(
+            key("upstream-ca"),
+            "is for a TLS upstream: set upstream = \"smpps://…\"",
+        ));
+    }
+    let duration = |k: &str, v: &Option<String>, default: &str| {
+        let d = parse_duration(&key(k), v.as_deref().unwrap_or(default))?;
+        if d.is_zero() {
+            return Err(invalid(key(k), "must be more than zero"));
+        }
+        Ok(d)
+    };
+    let window = l.window.unwrap_or(100);
+    if !(1..=10_000).contains(&window) {
+        return Err(invalid(key("window"), "must be between 1 and 10000"));
+    }
+    let max_pdu_bytes = l.max_pdu_bytes.unwrap_or(64 * 1024);
+    if !(1024..=1024 * 1024).contains(&max_pdu_bytes) {
+        return Err(invalid(
+            key("max-pdu-bytes"),
+            "must be between 1024 and 1048576",
+        ));
+    }
+    let max_sessions_per_account = l.max_sessions_per_account.unwrap_or(16);
+    if max_sessions_per_account == 0 {
+        return Err(invalid(
+            key("max-sessions-per-account"),
+            "must be at least 1",
+        ));
+    }
+    Ok(Smpp {
+        upstream,
+        upstream_ca: l.upstream_ca,
+        upstream_timeout: duration("upstream-timeout", &l.upstream_timeout, "30s")?,
+        bind_timeout: duration("bind-timeout", &l.bind_timeout, "30s")?,
+        inactivity_timeout: duration("inactivity-timeout", &l.inactivity_timeout, "300s")?,
+        max_pdu_bytes,
+        window,
+        max_sessions_per_account,
+    })
+}
+
+/// `smpp://host[:port]` or `smpps://host[:port]`, nothing else.
+fn parse_smpp_target(u: &str) -> Result<SmppTarget, &'static str> {
+    let (host, port, tls) = parse_target(u, ("smpp", "smpps"), (2775, 3550))
+        .map_err(|why| why.unwrap_or("must be an smpp:// or smpps:// URL"))?;
+    Ok(SmppTarget { host, port, tls })
+}
+
 /// `smtp://host[:port]` or `smtps://host[:port]`, nothing else.
 fn parse_smtp_target(u: &str) -> Result<SmtpTarget, &'static str> {
-    // The value is never echoed: it could carry credentials.
-    let uri: http::Uri = u.parse().map_err(|_| "is not a URL")?;
-    let implicit_tls = match uri.scheme_str() {
-        Some("smtp") => false,
-        Some("smtps") => true,
-        _ => return Err("must be an smtp:// or smtps:// URL"),
+    let (host, port, implicit_tls) = parse_target(u, ("smtp", "smtps"), (25, 465))
+        .map_err(|why| why.unwrap_or("must be an smtp:// or smtps:// URL"))?;
+    Ok(SmtpTarget {
+        host,
+        port,
+        implicit_tls,
+    })
+}
+
+/// `plain://host[:port]` or `tls://host[:port]` (the schemes named), with its default
+/// port: the host, the port, and whether it is the TLS scheme. `Err(None)`: another
+/// scheme. The value is never echoed: it could carry credentials.
+fn parse_target(
+    u: &str,
+    (plain, tls_scheme): (&str, &str),
+    (plain_port, tls_port): (u16, u16),
+) -> Result<(String, u16, bool), Option<&'static str>> {
+    let uri: http::Uri = u.parse().map_err(|_| Some("is not a URL"))?;
+    let tls = match uri.scheme_str() {
+        Some(s) if s == plain => false,
+        Some(s) if s == tls_scheme => true,
+        _ => return Err(None),
     };
-    let authority = uri.authority().ok_or("has no host")?;
+    let authority = uri.authority().ok_or(Some("has no host"))?;
     if authority.as_str().contains('@') {
-        return Err("must not contain user:password@; clients authenticate themselves");
+        return Err(Some(
+            "must not contain user:password@; clients authenticate themselves",
+        ));
     }
     if uri
         .path_and_query()
         .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
     {
-        return Err("must be scheme://host:port only");
+        return Err(Some("must be scheme://host:port only"));
     }
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
     if host.is_empty() {
-        return Err("has no host");
+        return Err(Some("has no host"));
     }
-    Ok(SmtpTarget {
-        host: host.to_owned(),
-        port: authority
-            .port_u16()
-            .unwrap_or(if implicit_tls { 465 } else { 25 }),
-        implicit_tls,
-    })
+    let port = authority
+        .port_u16()
+        .unwrap_or(if tls { tls_port } else { plain_port });
+    Ok((host.to_owned(), port, tls))
 }
 
 fn validate_json(key: &str, j: RawJsonProfile) -> Result<JsonProfile, ConfigError> {

@@ -361,8 +361,32 @@ mod tests {
                 "listener[0].profile",
             ),
             (
-                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nprofile=\"kannel\"\n",
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"ftp\"\n",
                 "listener[0].protocol",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nprofile=\"kannel\"\n",
+                "listener[0].profile",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nwindow=0\n",
+                "listener[0].window",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nupstream=\"http://h:2775\"\n",
+                "listener[0].upstream",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nxclient=true\n",
+                "listener[0].xclient",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nupstream=\"smpp://h\"\nupstream-ca=\"ca.pem\"\n",
+                "listener[0].upstream-ca",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprofile=\"kannel\"\nwindow=10\n",
+                "listener[0].window",
             ),
             (
                 "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nprofile=\"kannel\"\n",

@@ -4,4 +4,5 @@
 
 pub mod http;
 pub mod pool;
+pub mod smpp;
 pub mod smtp;

@@ -13,7 +13,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{Smtp, SmtpTarget};
 use crate::egress::http::ConnectCause;
-use crate::ingress::tls::{TlsError, client_config};
+use crate::ingress::tls::{TlsError, upstream_connector};
 use crate::relay::Failure;
 use crate::smtp::{Io, Reply, Wire, WireError};
 
@@ -70,10 +70,10 @@ pub struct SmtpUpstream {
 impl SmtpUpstream {
     pub fn new(target: SmtpTarget, cfg: &Smtp) -> Result<Self, TlsError> {
         let tls = if target.implicit_tls || cfg.upstream_starttls {
-            let config = client_config(cfg.upstream_ca.as_deref())?;
-            let name = ServerName::try_from(target.host.clone())
-                .map_err(|_| TlsError::Invalid("upstream host is not a valid TLS server name"))?;
-            Some((TlsConnector::from(config), name))
+            Some(upstream_connector(
+                &target.host,
+                cfg.upstream_ca.as_deref(),
+            )?)
         } else {
             None
         };

@@ -3,5 +3,6 @@
 
 pub mod http;
 pub mod profile;
+pub mod smpp;
 pub mod smtp;
 pub mod tls;

@@ -85,3 +85,21 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
+
+/// A TLS connector for an upstream at `host`, checked against `ca_file` (see
+/// [`client_config`]), with the server name it must present.
+pub fn upstream_connector(
+    host: &str,
+    ca_file: Option<&Path>,
+) -> Result<
+    (
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    ),
+    TlsError,
+> {
+    let config = client_config(ca_file)?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| TlsError::Invalid("upstream host is not a valid TLS server name"))?;
+    Ok((tokio_rustls::TlsConnector::from(config), name))
+}

@@ -1,0 +1,336 @@
+//! SMPP sessions through `serve` on loopback, in front of the built-in SMSC
+//! simulator: bind passthrough, a window of submits recorded before they go
+//! upstream, outcomes with the SMSC's message ids, what relaylog answers itself, and
+//! fail closed.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use relaylog::record::Outcome;
+use relaylog::serve::SimulatorStats;
+use relaylog::simulator::smpp::SmscStats;
+use relaylog::smpp::{
+    Address, Bind, Dest, Header, Message, SubmitResp, Tlvs, Writer, frame_len, id, status,
+};
+use relaylog::store::IndexKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(10);
+
+fn smpp_config_text(dir: &Path, listener: &str, store: &str) -> String {
+    let d = dir.display();
+    format!(
+        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{store}\n\
+         [[listener]]\nname = \"smpp\"\nprotocol = \"smpp\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n"
+    )
+}
+
+struct Relay {
+    running: relaylog::serve::Running,
+    config: relaylog::config::Config,
+    addr: SocketAddr,
+}
+
+impl Relay {
+    async fn start(dir: &Path, listener: &str, store: &str) -> Relay {
+        init_keys(dir);
+        let text = smpp_config_text(dir, listener, store);
+        let config = relaylog::config::Config::parse(&text, Path::new("test.toml")).unwrap();
+        let running =
+            relaylog::serve::start(config.clone(), Arc::new(relaylog::clock::SystemClock))
+                .await
+                .unwrap();
+        let addr = running.addr("smpp").unwrap();
+        Relay {
+            running,
+            config,
+            addr,
+        }
+    }
+
+    fn smsc(&self) -> &SmscStats {
+        match &self.running.simulators[0].stats {
+            SimulatorStats::Smpp(s) => s,
+            _ => panic!("an SMPP listener starts the SMSC simulator"),
+        }
+    }
+}
+
+struct Esme {
+    tcp: TcpStream,
+    buf: BytesMut,
+}
+
+impl Esme {
+    async fn connect(addr: SocketAddr) -> Esme {
+        Esme {
+            tcp: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, pdu: &[u8]) {
+        self.tcp.write_all(pdu).await.unwrap();
+    }
+
+    /// The next PDU, or `None` when the relay closed the connection.
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Ok(Some(len)) = frame_len(&self.buf, 1 << 20) {
+                return Some(self.buf.split_to(len).to_vec());
+            }
+            match tokio::time::timeout(T, self.tcp.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return None,
+                Err(_) => panic!("no PDU in time"),
+            }
+        }
+    }
+
+    /// Acknowledges a deliver_sm.
+    async fn ack(&mut self, sequence: u32) {
+        self.send(
+            &Writer::new(id::resp(id::DELIVER_SM), 0, sequence)
+                .cstr(b"")
+                .finish(),
+        )
+        .await;
+    }
+
+    async fn header(&mut self) -> Header {
+        Header::read(&self.next().await.expect("a PDU")).unwrap()
+    }
+
+    async fn bind(&mut self, system_id: &[u8], password: &[u8]) -> Header {
+        self.send(
+            &Bind {
+                system_id,
+                password,
+                system_type: b"",
+                interface_version: 0x34,
+                addr_ton: 0,
+                addr_npi: 0,
+                address_range: b"",
+            }
+            .write(id::BIND_TRANSCEIVER, 1),
+        )
+        .await;
+        self.header().await
+    }
+}
+
+fn submit(to: &[u8], sequence: u32) -> Vec<u8> {
+    Message {
+        service_type: b"",
+        source: Address {
+            ton: 5,
+            npi: 0,
+            addr: b"ACME",
+        },
+        dests: vec![Dest::Sme(Address {
+            ton: 1,
+            npi: 1,
+            addr: to,
+        })],
+        esm_class: 0,
+        registered_delivery: 1,
+        data_coding: 0,
+        short_message: b"canary-text-55e1",
+        tlvs: Tlvs::none(),
+    }
+    .write(id::SUBMIT_SM, sequence)
+}
+
+/// A bound session with a window of 100 submits in one write: each answered with
+/// the SMSC's message id, each destination recorded with that id as its outcome;
+/// receipts come back to the client; enquire_link is answered; unbind ends it.
+#[tokio::test]
+async fn a_window_of_submits_is_recorded_and_relayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), "", "").await;
+    let mut esme = Esme::connect(relay.addr).await;
+    // Before the bind, a submit is refused.
+    esme.send(&submit(b"31612345678", 2)).await;
+    let h = esme.header().await;
+    assert_eq!(
+        (h.id, h.status),
+        (id::SUBMIT_SM_RESP, status::INVALID_BIND_STATUS)
+    );
+    let h = esme.bind(b"shop", b"secret").await;
+    assert_eq!(
+        (h.id, h.status),
+        (id::resp(id::BIND_TRANSCEIVER), status::OK)
+    );
+
+    let mut window = Vec::new();
+    for n in 0..100u32 {
+        window.extend_from_slice(&submit(format!("316100000{n:02}").as_bytes(), 10 + n));
+    }
+    esme.send(&window).await;
+    let mut ids = std::collections::HashMap::new();
+    let mut receipts = 0;
+    while ids.len() < 100 {
+        let pdu = esme.next().await.unwrap();
+        let h = Header::read(&pdu).unwrap();
+        match h.id {
+            id::SUBMIT_SM_RESP => {
+                assert_eq!(h.status, status::OK);
+                let r = SubmitResp::read(h.id, &pdu[16..]).unwrap();
+                ids.insert(
+                    h.sequence,
+                    String::from_utf8(r.message_id.to_vec()).unwrap(),
+                );
+            }
+            id::DELIVER_SM => {
+                receipts += 1;
+                esme.ack(h.sequence).await;
+            }
+            other => panic!("unexpected {other:#x}"),
+        }
+    }
+    esme.send(&Writer::new(id::ENQUIRE_LINK, 0, 500).finish())
+        .await;
+    loop {
+        let pdu = esme.next().await.unwrap();
+        let h = Header::read(&pdu).unwrap();
+        if h.id == id::DELIVER_SM {
+            receipts += 1;
+            esme.ack(h.sequence).await;
+            continue;
+        }
+        assert_eq!((h.id, h.sequence), (id::resp(id::ENQUIRE_LINK), 500));
+        break;
+    }
+    // The receipts (one second after their submits) reach the client.
+    while receipts < 100 {
+        let pdu = esme.next().await.unwrap();
+        let h = Header::read(&pdu).unwrap();
+        assert_eq!(h.id, id::DELIVER_SM);
+        let m = Message::read(h.id, &pdu[16..]).unwrap();
+        assert!(m.is_receipt());
+        receipts += 1;
+        esme.ack(h.sequence).await;
+    }
+    esme.send(&Writer::new(id::UNBIND, 0, 600).finish()).await;
+    let h = esme.header().await;
+    assert_eq!(h.id, id::resp(id::UNBIND));
+    assert!(esme.next().await.is_none(), "closed after unbind");
+    assert_eq!(relay.smsc().submits.load(Ordering::SeqCst), 100);
+    assert_eq!(relay.smsc().delivery_acks.load(Ordering::SeqCst), 100);
+
+    relay.running.settle().await.unwrap();
+    let found = query_store(&relay.config, IndexKind::Recipient, "+31610000042");
+    assert_eq!(found.len(), 1);
+    let f = &found[0];
+    assert_eq!(
+        (f.protocol.as_str(), f.fields.account.as_str()),
+        ("smpp", "shop")
+    );
+    assert_eq!(f.fields.originator.as_ref().unwrap().value, "ACME");
+    let o = f.outcome.as_ref().expect("an outcome");
+    assert_eq!(o.outcome, Outcome::Accepted);
+    assert_eq!(o.gateway_code, Some(0));
+    assert_eq!(o.upstream_message_id.as_deref(), Some(ids[&52].as_str()));
+    assert_eq!(
+        query_store(&relay.config, IndexKind::Account, "shop").len(),
+        100
+    );
+    relay.running.shutdown().await;
+    for f in files_under(dir.path()) {
+        let bytes = std::fs::read(&f).unwrap();
+        for canary in [&b"canary-text-55e1"[..], b"secret"] {
+            assert!(
+                !contains(&bytes, canary),
+                "{} in {}",
+                String::from_utf8_lossy(canary),
+                f.display()
+            );
+        }
+    }
+}
+
+/// What relaylog answers itself: an unknown command (generic_nack), a second bind,
+/// a malformed submit (its status, nothing recorded or forwarded), a bad length
+/// (generic_nack and close).
+#[tokio::test]
+async fn bad_input_is_answered_and_never_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), "", "").await;
+    let mut esme = Esme::connect(relay.addr).await;
+    assert_eq!(esme.bind(b"shop", b"secret").await.status, status::OK);
+    esme.send(&Writer::new(0x0000_0042, 0, 7).finish()).await;
+    let h = esme.header().await;
+    assert_eq!(
+        (h.id, h.status, h.sequence),
+        (id::GENERIC_NACK, status::INVALID_CMD_ID, 7)
+    );
+    assert_eq!(
+        esme.bind(b"shop", b"secret").await.status,
+        status::ALREADY_BOUND
+    );
+    let mut w = Writer::new(id::SUBMIT_MULTI, 0, 8);
+    w.cstr(b"").u8(1).u8(1).cstr(b"3161").u8(0);
+    esme.send(&w.finish()).await;
+    let h = esme.header().await;
+    assert_eq!(
+        (h.id, h.status),
+        (id::resp(id::SUBMIT_MULTI), status::INVALID_NUM_DESTS)
+    );
+    esme.send(&[0, 0, 0, 9, 0, 0, 0, 4, 0]).await;
+    let h = esme.header().await;
+    assert_eq!(
+        (h.id, h.status),
+        (id::GENERIC_NACK, status::INVALID_CMD_LENGTH)
+    );
+    assert!(esme.next().await.is_none(), "closed");
+    assert_eq!(relay.smsc().submits.load(Ordering::SeqCst), 0);
+    relay.running.shutdown().await;
+}
+
+/// The store cannot take the records: the client hears ESME_RTHROTTLED and nothing
+/// goes upstream.
+#[tokio::test]
+async fn when_records_cannot_be_committed_the_submit_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = "queue-capacity = 2\nenqueue-timeout = \"100ms\"\n";
+    let relay = Relay::start(dir.path(), "", store).await;
+    let mut esme = Esme::connect(relay.addr).await;
+    assert_eq!(esme.bind(b"shop", b"secret").await.status, status::OK);
+    esme.send(&submit(b"31612345678", 2)).await;
+    assert_eq!(esme.header().await.status, status::OK);
+    relay.running.settle().await.unwrap();
+    let lock = hold_writer(dir.path());
+    let mut window = Vec::new();
+    for n in 0..4u32 {
+        window.extend_from_slice(&submit(b"31687654321", 10 + n));
+    }
+    esme.send(&window).await;
+    let mut statuses = Vec::new();
+    let mut lock = Some(lock);
+    while statuses.len() < 4 {
+        let h = esme.header().await;
+        assert_eq!(h.id, id::SUBMIT_SM_RESP);
+        statuses.push(h.status);
+        if h.status == status::THROTTLED
+            && let Some(lock) = lock.take()
+        {
+            // The rest go through once the writer resumes.
+            lock.execute_batch("COMMIT").unwrap();
+        }
+    }
+    let throttled = statuses.iter().filter(|&&s| s == status::THROTTLED).count();
+    assert!(throttled >= 1, "{statuses:?}");
+    // Only what was recorded reached the SMSC.
+    let ok = statuses.iter().filter(|&&s| s == status::OK).count();
+    assert_eq!(relay.smsc().submits.load(Ordering::SeqCst), 1 + ok as u64);
+    relay.running.shutdown().await;
+}
