@@ -285,6 +285,33 @@ async fn bad_input_is_answered_and_never_forwarded() {
         (h.id, h.status),
         (id::resp(id::SUBMIT_MULTI), status::INVALID_NUM_DESTS)
     );
+    // Two messages under one sequence number: the second is refused, so that the
+    // response finds its message.
+    let mut two = submit(b"31611111111", 20);
+    two.extend_from_slice(&submit(b"31622222222", 20));
+    esme.send(&two).await;
+    let mut statuses = vec![esme.header().await.status, esme.header().await.status];
+    statuses.sort();
+    assert_eq!(statuses, [status::OK, status::SYSTEM_ERROR]);
+    // What only an SMSC sends is not taken from a client; query_sm passes.
+    let deliver = Message::read(id::SUBMIT_SM, &submit(b"31633333333", 21)[16..])
+        .unwrap()
+        .write(id::DELIVER_SM, 21);
+    esme.send(&deliver).await;
+    let h = esme.header().await;
+    assert_eq!(
+        (h.id, h.status, h.sequence),
+        (id::GENERIC_NACK, status::INVALID_CMD_ID, 21)
+    );
+    let mut q = Writer::new(id::QUERY_SM, 0, 22);
+    q.cstr(b"00000001").u8(0).u8(0).cstr(b"ACME");
+    esme.send(&q.finish()).await;
+    let h = esme.header().await;
+    assert_eq!(
+        (h.id, h.sequence),
+        (id::resp(id::QUERY_SM), 22),
+        "passed to the SMSC and answered"
+    );
     esme.send(&[0, 0, 0, 9, 0, 0, 0, 4, 0]).await;
     let h = esme.header().await;
     assert_eq!(
@@ -292,7 +319,7 @@ async fn bad_input_is_answered_and_never_forwarded() {
         (id::GENERIC_NACK, status::INVALID_CMD_LENGTH)
     );
     assert!(esme.next().await.is_none(), "closed");
-    assert_eq!(relay.smsc().submits.load(Ordering::SeqCst), 0);
+    assert_eq!(relay.smsc().submits.load(Ordering::SeqCst), 1);
     relay.running.shutdown().await;
 }
 

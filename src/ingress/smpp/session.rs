@@ -217,6 +217,7 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
         uw,
         records: JoinSet::new(),
         in_flight: HashMap::new(),
+        outstanding: Default::default(),
     };
     s.run(&mut client, &mut up, &mut shutdown).await;
 }
@@ -266,6 +267,9 @@ struct Session<'l> {
     records: JoinSet<Recorded>,
     /// Sent upstream, waiting for the response: by sequence number.
     in_flight: HashMap<u32, (Ticket, Instant)>,
+    /// Sequence numbers of messages being recorded or with the upstream: a second
+    /// message under one of them is refused, so that each response finds its message.
+    outstanding: std::collections::HashSet<u32>,
 }
 
 /// How a bound session ends.
@@ -328,6 +332,15 @@ impl Session<'_> {
         let h = Header::read(&pdu)?;
         match h.id {
             id::SUBMIT_SM | id::SUBMIT_MULTI | id::DATA_SM => {
+                if self.outstanding.contains(&h.sequence) {
+                    self.l.relay.log(
+                        Exit::Rejected("sequence_in_use"),
+                        status::SYSTEM_ERROR as u16,
+                        Instant::now(),
+                    );
+                    return (!send(&mut self.cw, &answer(&h, status::SYSTEM_ERROR)).await)
+                        .then_some(End::ClientGone);
+                }
                 let message = match Message::read(h.id, &pdu[HEADER_LEN..]) {
                     Ok(m) => m,
                     Err(e) => {
@@ -362,6 +375,7 @@ impl Session<'_> {
                     peer: self.peer,
                 });
                 let started = Instant::now();
+                self.outstanding.insert(h.sequence);
                 self.records.spawn(async move {
                     let result = relay.record(&submission, started).await;
                     (h.sequence, pdu, started, result)
@@ -379,16 +393,27 @@ impl Session<'_> {
                 (!send(&mut self.cw, &nack(h.sequence, status::INVALID_CMD_ID)).await)
                     .then_some(End::ClientGone)
             }
-            // Responses (to the upstream's deliver_sm, unbind…), unbind, and requests
-            // without a message (query_sm, cancel_sm, replace_sm): passed on.
-            _ => (!send(&mut self.uw, &pdu).await)
+            // Requests without a new message (query_sm, cancel_sm, replace_sm, which
+            // changes a message's content, never its destination), unbind, and
+            // responses (to the upstream's deliver_sm, unbind…): passed on.
+            id::QUERY_SM | id::CANCEL_SM | id::REPLACE_SM | id::UNBIND => {
+                (!send(&mut self.uw, &pdu).await)
+                    .then_some(End::UpstreamGone(SmppUpstreamError::Closed))
+            }
+            _ if h.is_response() => (!send(&mut self.uw, &pdu).await)
                 .then_some(End::UpstreamGone(SmppUpstreamError::Closed)),
+            // What only an SMSC sends (deliver_sm, outbind, alert_notification) is not
+            // taken from a client: a message in it would go unrecorded.
+            _ => (!send(&mut self.cw, &nack(h.sequence, status::INVALID_CMD_ID)).await)
+                .then_some(End::ClientGone),
         }
     }
 
     /// A record's commit is done: its PDU goes upstream, or the client hears
     /// `ESME_RTHROTTLED`. False when the upstream cannot be written to.
     async fn committed(&mut self, (sequence, pdu, started, result): Recorded) -> bool {
+        // Outstanding again only if it goes in flight below.
+        self.outstanding.remove(&sequence);
         match result {
             Ok(ticket) => {
                 if let Some(why) = ticket.not_now(false) {
@@ -419,6 +444,7 @@ impl Session<'_> {
                     return false;
                 }
                 self.in_flight.insert(sequence, (ticket, Instant::now()));
+                self.outstanding.insert(sequence);
                 true
             }
             Err(e) => {
@@ -444,6 +470,7 @@ impl Session<'_> {
             }
             id::GENERIC_NACK | id::SUBMIT_SM_RESP | 0x8000_0021 | id::DATA_SM_RESP => {
                 if let Some((ticket, forwarded)) = self.in_flight.remove(&h.sequence) {
+                    self.outstanding.remove(&h.sequence);
                     let resp = SubmitResp::read(h.id, &pdu[HEADER_LEN..]).unwrap_or(SubmitResp {
                         message_id: &[],
                         unsuccess: Vec::new(),
