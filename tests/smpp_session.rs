@@ -301,7 +301,7 @@ async fn bad_input_is_answered_and_never_forwarded() {
     let h = esme.header().await;
     assert_eq!(
         (h.id, h.status, h.sequence),
-        (id::GENERIC_NACK, status::INVALID_CMD_ID, 21)
+        (id::resp(id::DELIVER_SM), status::INVALID_BIND_STATUS, 21)
     );
     let mut q = Writer::new(id::QUERY_SM, 0, 22);
     q.cstr(b"00000001").u8(0).u8(0).cstr(b"ACME");
@@ -359,5 +359,121 @@ async fn when_records_cannot_be_committed_the_submit_is_throttled() {
     // Only what was recorded reached the SMSC.
     let ok = statuses.iter().filter(|&&s| s == status::OK).count();
     assert_eq!(relay.smsc().submits.load(Ordering::SeqCst), 1 + ok as u64);
+    relay.running.shutdown().await;
+}
+
+/// A fake SMSC for one session: binds anyone; then, for submits, either never
+/// answers (`hang_up_after: None`) or closes the connection after that many.
+async fn fake_smsc(hang_up_after: Option<usize>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut submits = 0;
+        loop {
+            while let Ok(Some(len)) = frame_len(&buf, 1 << 20) {
+                let pdu = buf.split_to(len);
+                let h = Header::read(&pdu).unwrap();
+                match h.id {
+                    id::BIND_TRANSCEIVER => {
+                        let resp = Writer::new(id::resp(h.id), 0, h.sequence)
+                            .cstr(b"fake")
+                            .finish();
+                        tcp.write_all(&resp).await.unwrap();
+                    }
+                    id::SUBMIT_SM => {
+                        submits += 1;
+                        if Some(submits) == hang_up_after {
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if tcp.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    });
+    port
+}
+
+/// An SMSC that goes away mid-window: the client is unbound, and what was with the
+/// SMSC is recorded `failed`. One that never answers: after upstream-timeout the
+/// message is `failed` and its place in the window free.
+#[tokio::test]
+async fn an_smsc_that_goes_away_or_never_answers_leaves_failed_outcomes() {
+    for hang_up_after in [Some(3), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = fake_smsc(hang_up_after).await;
+        let relay = Relay::start(
+            dir.path(),
+            &format!("upstream = \"smpp://127.0.0.1:{port}\"\nupstream-timeout = \"1s\"\n"),
+            "",
+        )
+        .await;
+        let mut esme = Esme::connect(relay.addr).await;
+        assert_eq!(esme.bind(b"shop", b"secret").await.status, status::OK);
+        let mut window = Vec::new();
+        for n in 0..3u32 {
+            window.extend_from_slice(&submit(format!("3162000000{n}").as_bytes(), 10 + n));
+        }
+        esme.send(&window).await;
+        if hang_up_after.is_some() {
+            let h = esme.header().await;
+            assert_eq!(h.id, id::UNBIND, "the client is unbound");
+        }
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            relay.running.settle().await.unwrap();
+            let outcomes: Vec<_> = (0..3)
+                .filter_map(|n| {
+                    query_store(
+                        &relay.config,
+                        IndexKind::Recipient,
+                        &format!("+3162000000{n}"),
+                    )
+                    .first()
+                    .and_then(|f| f.outcome.clone())
+                })
+                .collect();
+            if outcomes.len() == 3 {
+                assert!(
+                    outcomes.iter().all(|o| o.outcome == Outcome::Failed),
+                    "{outcomes:?}"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "outcomes: {outcomes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        relay.running.shutdown().await;
+    }
+}
+
+/// `max-sessions-per-account`: a second session of a bound account is refused
+/// (`ESME_RBINDFAIL`); a bind the SMSC refuses (a wrong password) holds no place.
+#[tokio::test]
+async fn sessions_per_account_are_capped_once_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), "max-sessions-per-account = 1\n", "").await;
+    let mut wrong = Esme::connect(relay.addr).await;
+    assert_eq!(
+        wrong.bind(b"shop", b"wrong").await.status,
+        status::INVALID_PASSWORD
+    );
+    let mut first = Esme::connect(relay.addr).await;
+    assert_eq!(first.bind(b"shop", b"secret").await.status, status::OK);
+    let mut second = Esme::connect(relay.addr).await;
+    assert_eq!(
+        second.bind(b"shop", b"secret").await.status,
+        status::BIND_FAILED
+    );
+    let mut other = Esme::connect(relay.addr).await;
+    assert_eq!(other.bind(b"other", b"secret").await.status, status::OK);
     relay.running.shutdown().await;
 }

@@ -214,6 +214,12 @@ where
             _ => break,
         }
     }
+    // No MO goes to a session that has ended, and its writer can finish.
+    receivers
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|r| !r.same_channel(&tx));
     drop(tx);
     let _ = writing.await;
 }

@@ -10,7 +10,7 @@
 //! relaylog itself. An unbind passes through; a leg that goes away, shutdown or
 //! inactivity ends the other with an unbind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,12 @@ struct AccountSlot<'l> {
 }
 
 impl<'l> AccountSlot<'l> {
+    /// Is there a place for one more session of `account`?
+    fn free(listener: &SmppListener, account: &str) -> bool {
+        let accounts = listener.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        accounts.get(account).copied().unwrap_or(0) < listener.settings.max_sessions_per_account
+    }
+
     fn take(listener: &'l SmppListener, account: &str) -> Option<Self> {
         let mut accounts = listener.accounts.lock().unwrap_or_else(|p| p.into_inner());
         let n = accounts.entry(account.to_owned()).or_default();
@@ -155,7 +161,11 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
     // Until the bind: enquire_link answered, anything else refused.
     let bind_deadline = tokio::time::Instant::from_std(started + l.settings.bind_timeout);
     let (bind_pdu, h) = loop {
-        let pdu = match tokio::time::timeout_at(bind_deadline, client.next()).await {
+        let pdu = tokio::select! {
+            pdu = tokio::time::timeout_at(bind_deadline, client.next()) => pdu,
+            _ = shutdown.wait() => return,
+        };
+        let pdu = match pdu {
             Ok(Ok(pdu)) => pdu,
             Ok(Err(ReadError::Frame)) => {
                 send(&mut cw, &nack(0, status::INVALID_CMD_LENGTH)).await;
@@ -175,26 +185,34 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
             return;
         }
     };
-    let bind = match Bind::read(&bind_pdu[HEADER_LEN..]) {
-        Ok(b) => b,
+    let refuse = |reason: &'static str, code: u32| {
+        l.relay.log(Exit::Rejected(reason), code as u16, started);
+    };
+    let account = match Bind::read(&bind_pdu[HEADER_LEN..]) {
+        // An id the SMSC could read apart from another (spaces, bytes that are not
+        // UTF-8, controls) would share its records: refused.
+        Ok(b) => match std::str::from_utf8(b.system_id) {
+            Ok(id) if !id.is_empty() && id.bytes().all(|c| c.is_ascii_graphic() || c >= 0x80) => {
+                id.to_owned()
+            }
+            _ => {
+                refuse("bad_bind", status::INVALID_SYSTEM_ID);
+                send(&mut cw, &answer(&h, status::INVALID_SYSTEM_ID)).await;
+                return;
+            }
+        },
         Err(e) => {
-            l.relay
-                .log(Exit::Rejected("bad_bind"), e.status as u16, started);
+            refuse("bad_bind", e.status);
             send(&mut cw, &answer(&h, e.status)).await;
             return;
         }
     };
-    let account = crate::canonical::canonical_account(&String::from_utf8_lossy(bind.system_id));
-    let Some(_slot) = AccountSlot::take(l, &account) else {
-        l.relay.log(
-            Exit::Rejected("too_many_sessions"),
-            status::BIND_FAILED as u16,
-            started,
-        );
+    if !AccountSlot::free(l, &account) {
+        refuse("too_many_sessions", status::BIND_FAILED);
         send(&mut cw, &answer(&h, status::BIND_FAILED)).await;
         return;
-    };
-    let (mut up, uw, bound) = match bind_upstream(l, &bind_pdu, &h, &mut cw).await {
+    }
+    let (mut up, mut uw, resp) = match bind_upstream(l, &bind_pdu, &h).await {
         Ok(leg) => leg,
         Err(e) => {
             l.relay.log(
@@ -206,7 +224,25 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
             return;
         }
     };
-    if !bound {
+    // The password is not kept past the bind.
+    drop(bind_pdu);
+    let bound =
+        Header::read(&resp).is_some_and(|r| r.id == id::resp(h.id) && r.status == status::OK);
+    // A place counts only once the SMSC has let the account in: a bind that fails
+    // (a wrong password) never holds one.
+    let slot = if bound {
+        AccountSlot::take(l, &account)
+    } else {
+        None
+    };
+    if bound && slot.is_none() {
+        refuse("too_many_sessions", status::BIND_FAILED);
+        send(&mut uw, &Writer::new(id::UNBIND, 0, OWN_SEQUENCE).finish()).await;
+        send(&mut cw, &answer(&h, status::BIND_FAILED)).await;
+        return;
+    }
+    // The bind_resp, unchanged.
+    if !send(&mut cw, &resp).await || !bound {
         return;
     }
     let mut s = Session {
@@ -215,28 +251,31 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
         account,
         cw,
         uw,
+        client_alive: true,
         records: JoinSet::new(),
         in_flight: HashMap::new(),
-        outstanding: Default::default(),
+        outstanding: HashSet::new(),
+        upstream_requests: HashMap::new(),
     };
     s.run(&mut client, &mut up, &mut shutdown).await;
+    drop(slot);
 }
 
-/// Opens the upstream session with the client's bind PDU and passes its bind_resp
-/// back unchanged (an enquire_link before it is answered). Whether it bound.
+/// Opens the upstream session with the client's bind PDU; the upstream's bind_resp
+/// (an enquire_link before it is answered), all within upstream-timeout.
 async fn bind_upstream(
     l: &SmppListener,
     bind_pdu: &[u8],
     h: &Header,
-    cw: &mut WriteHalf<Box<dyn Io>>,
-) -> Result<(PduReader, WriteHalf<Box<dyn Io>>, bool), SmppUpstreamError> {
+) -> Result<(PduReader, WriteHalf<Box<dyn Io>>, BytesMut), SmppUpstreamError> {
+    let until = tokio::time::Instant::now() + l.upstream.timeout;
     let (ur, mut uw) = tokio::io::split(l.upstream.connect().await?);
     let mut up = PduReader::new(ur, l.settings.max_pdu_bytes);
     if !send(&mut uw, bind_pdu).await {
         return Err(SmppUpstreamError::Closed);
     }
     loop {
-        let pdu = match tokio::time::timeout(l.upstream.timeout, up.next()).await {
+        let pdu = match tokio::time::timeout_at(until, up.next()).await {
             Ok(Ok(pdu)) => pdu,
             Ok(Err(ReadError::Frame)) => return Err(SmppUpstreamError::Malformed),
             Ok(Err(ReadError::Closed)) => return Err(SmppUpstreamError::Closed),
@@ -247,193 +286,284 @@ async fn bind_upstream(
             send(&mut uw, &answer(&uh, status::OK)).await;
             continue;
         }
-        // Passed on as it is; a client that cannot take it is gone anyway.
-        send(cw, &pdu).await;
-        let bound = uh.id == id::resp(h.id) && uh.status == status::OK;
-        return Ok((up, uw, bound));
+        if uh.sequence != h.sequence {
+            return Err(SmppUpstreamError::Malformed);
+        }
+        return Ok((up, uw, pdu));
     }
 }
 
-/// A recorded message waiting for its commit: its sequence number and PDU.
-type Recorded = (u32, BytesMut, Instant, Result<Ticket, RecordError>);
+/// A recorded message waiting for its commit: its header, PDU, when it came, and the
+/// record's result.
+type Recorded = (Header, BytesMut, Instant, Result<Ticket, RecordError>);
 
+/// A message with the upstream, waiting for its response.
+struct InFlight {
+    ticket: Ticket,
+    /// submit_sm, submit_multi or data_sm: only its response (or a generic_nack)
+    /// is its outcome.
+    command: u32,
+    forwarded: Instant,
+}
+
+/// Requests from the upstream (deliver_sm, unbind…) the client has not answered yet
+/// that relaylog keeps track of; beyond this, late answers are not passed on.
+const MAX_UPSTREAM_REQUESTS: usize = 10_000;
+
+/// command_status values a proxy maps to "failed" (temporary) rather than "rejected".
+const TEMPORARY: [u32; 4] = [
+    status::SYSTEM_ERROR,
+    MESSAGE_QUEUE_FULL,
+    status::THROTTLED,
+    TEMPORARY_APP_ERROR,
+];
+const MESSAGE_QUEUE_FULL: u32 = 0x14;
+const TEMPORARY_APP_ERROR: u32 = 0x64;
+
+/// One bound session. What holds between PDUs:
+///
+/// - A submit_sm, submit_multi or data_sm goes upstream only from `committed`, after
+///   its records are; until then it is in `records`, then in `in_flight` until its
+///   response (or upstream-timeout).
+/// - `outstanding` is the sequence numbers in `records` and `in_flight`: no other
+///   client request may use one, so that a response (or a generic_nack the client
+///   could provoke) finds only its own message.
+/// - A client response passes only if it answers a request the upstream sent
+///   (`upstream_requests`): the upstream never sees one it could nack.
+/// - The window counts messages (`records` + `in_flight`); order among messages is
+///   not kept (each goes upstream when its records are committed).
 struct Session<'l> {
     l: &'l SmppListener,
     peer: SocketAddr,
     account: String,
     cw: WriteHalf<Box<dyn Io>>,
     uw: WriteHalf<Box<dyn Io>>,
-    /// Records being committed; their PDUs go upstream when they are.
+    /// False once the client is gone: nothing more is written to it.
+    client_alive: bool,
     records: JoinSet<Recorded>,
-    /// Sent upstream, waiting for the response: by sequence number.
-    in_flight: HashMap<u32, (Ticket, Instant)>,
-    /// Sequence numbers of messages being recorded or with the upstream: a second
-    /// message under one of them is refused, so that each response finds its message.
-    outstanding: std::collections::HashSet<u32>,
+    in_flight: HashMap<u32, InFlight>,
+    outstanding: HashSet<u32>,
+    /// By sequence number: the command_id of each request from the upstream the
+    /// client has still to answer.
+    upstream_requests: HashMap<u32, u32>,
 }
 
 /// How a bound session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     /// Unbound by either side (the response passed on): just close.
     Unbound,
-    /// The client went away: the upstream gets an unbind.
+    /// The client went away (or sent what cannot be read): the upstream gets an unbind.
     ClientGone,
     /// The upstream went away: the client gets an unbind.
-    UpstreamGone(SmppUpstreamError),
-    /// Inactivity or shutdown: both get an unbind.
-    Both,
+    UpstreamGone(UpstreamLoss),
+    /// No PDU from the client for inactivity-timeout: both get an unbind.
+    Idle,
+    /// relaylog is stopping: both get an unbind.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpstreamLoss {
+    Closed,
+    Malformed,
+}
+
+impl UpstreamLoss {
+    fn error(self) -> SmppUpstreamError {
+        match self {
+            UpstreamLoss::Closed => SmppUpstreamError::Closed,
+            UpstreamLoss::Malformed => SmppUpstreamError::Malformed,
+        }
+    }
 }
 
 impl Session<'_> {
     async fn run(&mut self, client: &mut PduReader, up: &mut PduReader, shutdown: &mut Shutdown) {
         let inactivity = self.l.settings.inactivity_timeout;
         let mut idle_until = tokio::time::Instant::now() + inactivity;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         let end = loop {
             let room = self.records.len() + self.in_flight.len() < self.l.settings.window;
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
-                _ = shutdown.wait() => break End::Both,
-                Some(done) = self.records.join_next(), if !self.records.is_empty() => {
-                    if let Ok(done) = done && !self.committed(done).await {
-                        break End::UpstreamGone(SmppUpstreamError::Closed);
-                    }
-                }
+                _ = shutdown.wait() => Some(End::Shutdown),
+                Some(done) = self.records.join_next(), if !self.records.is_empty() => match done {
+                    Ok(done) => self.committed(done).await,
+                    // A record task cannot panic short of a bug; its message is lost
+                    // to the session, not forwarded.
+                    Err(_) => None,
+                },
                 pdu = up.next() => match pdu {
-                    Ok(pdu) => match self.upstream_pdu(pdu).await {
-                        Some(end) => break end,
-                        None => continue,
-                    },
-                    Err(ReadError::Closed) => break End::UpstreamGone(SmppUpstreamError::Closed),
-                    Err(ReadError::Frame) => break End::UpstreamGone(SmppUpstreamError::Malformed),
+                    Ok(pdu) => self.upstream_pdu(pdu).await,
+                    Err(ReadError::Closed) => Some(End::UpstreamGone(UpstreamLoss::Closed)),
+                    Err(ReadError::Frame) => Some(End::UpstreamGone(UpstreamLoss::Malformed)),
                 },
                 pdu = client.next(), if room => match pdu {
                     Ok(pdu) => {
                         idle_until = tokio::time::Instant::now() + inactivity;
-                        if let Some(end) = self.client_pdu(pdu).await {
-                            break end;
-                        }
+                        self.client_pdu(pdu).await
                     }
-                    Err(ReadError::Closed) => break End::ClientGone,
+                    Err(ReadError::Closed) => {
+                        self.client_alive = false;
+                        Some(End::ClientGone)
+                    }
                     Err(ReadError::Frame) => {
-                        // The stream cannot be read on: the nack, then close (the
-                        // upstream gets its unbind).
-                        send(&mut self.cw, &nack(0, status::INVALID_CMD_LENGTH)).await;
-                        break End::ClientGone;
+                        // The stream cannot be read on: the nack, then close.
+                        self.send_client(&nack(0, status::INVALID_CMD_LENGTH)).await;
+                        self.client_alive = false;
+                        Some(End::ClientGone)
                     }
                 },
-                () = tokio::time::sleep_until(idle_until) => break End::Both,
+                _ = tick.tick() => {
+                    self.expire().await;
+                    None
+                }
+                () = tokio::time::sleep_until(idle_until) => Some(End::Idle),
+            };
+            if let Some(end) = step {
+                break end;
             }
         };
         self.end(end, up).await;
     }
 
+    /// Writes to the client while it is there. `Some(ClientGone)` when it is not.
+    async fn send_client(&mut self, pdu: &[u8]) -> Option<End> {
+        if self.client_alive && !send(&mut self.cw, pdu).await {
+            self.client_alive = false;
+        }
+        (!self.client_alive).then_some(End::ClientGone)
+    }
+
+    async fn send_upstream(&mut self, pdu: &[u8]) -> Option<End> {
+        (!send(&mut self.uw, pdu).await).then_some(End::UpstreamGone(UpstreamLoss::Closed))
+    }
+
+    /// relaylog's own refusal of a client request, logged under `reason`.
+    async fn refuse(&mut self, h: &Header, code: u32, reason: &'static str) -> Option<End> {
+        self.l
+            .relay
+            .log(Exit::Rejected(reason), code as u16, Instant::now());
+        // Commands without a response PDU get a generic_nack.
+        let has_resp = !matches!(
+            h.id,
+            id::GENERIC_NACK | id::OUTBIND | id::ALERT_NOTIFICATION
+        );
+        let reply = if id::known(h.id) && has_resp {
+            answer(h, code)
+        } else {
+            nack(h.sequence, code)
+        };
+        self.send_client(&reply).await
+    }
+
     /// A client PDU: recorded, answered, passed on or refused. `Some` ends the session.
     async fn client_pdu(&mut self, pdu: BytesMut) -> Option<End> {
         let h = Header::read(&pdu)?;
-        match h.id {
-            id::SUBMIT_SM | id::SUBMIT_MULTI | id::DATA_SM => {
-                if self.outstanding.contains(&h.sequence) {
-                    self.l.relay.log(
-                        Exit::Rejected("sequence_in_use"),
-                        status::SYSTEM_ERROR as u16,
-                        Instant::now(),
-                    );
-                    return (!send(&mut self.cw, &answer(&h, status::SYSTEM_ERROR)).await)
-                        .then_some(End::ClientGone);
+        if h.is_response() {
+            // Only an answer to what the upstream asked passes.
+            return match self.upstream_requests.remove(&h.sequence) {
+                Some(cmd) if h.id == id::resp(cmd) || h.id == id::GENERIC_NACK => {
+                    let end = self.send_upstream(&pdu).await;
+                    end.or((h.id == id::resp(id::UNBIND)).then_some(End::Unbound))
                 }
-                let message = match Message::read(h.id, &pdu[HEADER_LEN..]) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        self.l.relay.log(
-                            Exit::Rejected("bad_pdu"),
-                            e.status as u16,
-                            Instant::now(),
-                        );
-                        return (!send(&mut self.cw, &answer(&h, e.status)).await)
-                            .then_some(End::ClientGone);
-                    }
-                };
-                let recipients: Vec<String> = message
-                    .dests
-                    .iter()
-                    .map(|d| match d {
-                        Dest::Sme(a) => address_text(a),
-                        Dest::List(name) => format!("list:{}", String::from_utf8_lossy(name)),
-                    })
-                    .collect();
-                let source = address_text(&message.source);
-                let segments = segment(message.esm_class, message.content(), &message.tlvs)
-                    .ok()
-                    .flatten()
-                    .map_or(1, |s| u16::from(s.total));
-                let relay = self.l.relay.clone();
-                let submission = relay.submission(Found {
-                    account: &self.account,
-                    originator: Some(&source),
-                    recipients: &recipients,
-                    segments,
-                    peer: self.peer,
-                });
-                let started = Instant::now();
-                self.outstanding.insert(h.sequence);
-                self.records.spawn(async move {
-                    let result = relay.record(&submission, started).await;
-                    (h.sequence, pdu, started, result)
-                });
-                None
-            }
-            id::ENQUIRE_LINK => {
-                (!send(&mut self.cw, &answer(&h, status::OK)).await).then_some(End::ClientGone)
-            }
+                _ => {
+                    self.l
+                        .relay
+                        .log(Exit::Rejected("unexpected_response"), 0, Instant::now());
+                    None
+                }
+            };
+        }
+        if h.sequence == 0 || h.sequence > 0x7FFF_FFFF || self.outstanding.contains(&h.sequence) {
+            // Outside SMPP's range, or the number of a message still on its way.
+            return self
+                .refuse(&h, status::SYSTEM_ERROR, "sequence_in_use")
+                .await;
+        }
+        match h.id {
+            id::SUBMIT_SM | id::SUBMIT_MULTI | id::DATA_SM => self.message(h, pdu).await,
+            id::ENQUIRE_LINK => self.send_client(&answer(&h, status::OK)).await,
             id::BIND_RECEIVER | id::BIND_TRANSMITTER | id::BIND_TRANSCEIVER => {
-                (!send(&mut self.cw, &answer(&h, status::ALREADY_BOUND)).await)
-                    .then_some(End::ClientGone)
+                self.refuse(&h, status::ALREADY_BOUND, "already_bound")
+                    .await
             }
-            other if !id::known(other) => {
-                (!send(&mut self.cw, &nack(h.sequence, status::INVALID_CMD_ID)).await)
-                    .then_some(End::ClientGone)
+            // Requests without a new message (replace_sm changes a message's content,
+            // never its destination): passed on.
+            id::QUERY_SM | id::CANCEL_SM | id::REPLACE_SM => self.send_upstream(&pdu).await,
+            id::UNBIND => {
+                // Messages being recorded go first: nothing overtakes them.
+                while let Some(done) = self.records.join_next().await {
+                    if let Ok(done) = done
+                        && let Some(end) = self.committed(done).await
+                    {
+                        return Some(end);
+                    }
+                }
+                self.send_upstream(&pdu).await
             }
-            // Requests without a new message (query_sm, cancel_sm, replace_sm, which
-            // changes a message's content, never its destination), unbind, and
-            // responses (to the upstream's deliver_sm, unbind…): passed on.
-            id::QUERY_SM | id::CANCEL_SM | id::REPLACE_SM | id::UNBIND => {
-                (!send(&mut self.uw, &pdu).await)
-                    .then_some(End::UpstreamGone(SmppUpstreamError::Closed))
+            // What only an SMSC sends: not taken from a client (a message in it would
+            // go unrecorded).
+            id::DELIVER_SM | id::OUTBIND | id::ALERT_NOTIFICATION => {
+                self.refuse(&h, status::INVALID_BIND_STATUS, "smsc_only")
+                    .await
             }
-            _ if h.is_response() => (!send(&mut self.uw, &pdu).await)
-                .then_some(End::UpstreamGone(SmppUpstreamError::Closed)),
-            // What only an SMSC sends (deliver_sm, outbind, alert_notification) is not
-            // taken from a client: a message in it would go unrecorded.
-            _ => (!send(&mut self.cw, &nack(h.sequence, status::INVALID_CMD_ID)).await)
-                .then_some(End::ClientGone),
+            _ => {
+                self.refuse(&h, status::INVALID_CMD_ID, "unknown_command")
+                    .await
+            }
         }
     }
 
+    /// A submit_sm, submit_multi or data_sm: its records are committed (in a task, so
+    /// that a window commits together), then `committed` forwards it.
+    async fn message(&mut self, h: Header, pdu: BytesMut) -> Option<End> {
+        let message = match Message::read(h.id, &pdu[HEADER_LEN..]) {
+            Ok(m) => m,
+            Err(e) => return self.refuse(&h, e.status, "bad_pdu").await,
+        };
+        let recipients: Vec<String> = message
+            .dests
+            .iter()
+            .map(|d| match d {
+                Dest::Sme(a) => address_text(a),
+                Dest::List(name) => format!("list:{}", String::from_utf8_lossy(name)),
+            })
+            .collect();
+        let source = address_text(&message.source);
+        let segments = segment(message.esm_class, message.content(), &message.tlvs)
+            .ok()
+            .flatten()
+            .map_or(1, |s| u16::from(s.total));
+        let relay = self.l.relay.clone();
+        let submission = relay.submission(Found {
+            account: &self.account,
+            originator: Some(&source),
+            recipients: &recipients,
+            segments,
+            peer: self.peer,
+        });
+        let started = Instant::now();
+        self.outstanding.insert(h.sequence);
+        self.records.spawn(async move {
+            let result = relay.record(&submission, started).await;
+            (h, pdu, started, result)
+        });
+        None
+    }
+
     /// A record's commit is done: its PDU goes upstream, or the client hears
-    /// `ESME_RTHROTTLED`. False when the upstream cannot be written to.
-    async fn committed(&mut self, (sequence, pdu, started, result): Recorded) -> bool {
-        // Outstanding again only if it goes in flight below.
-        self.outstanding.remove(&sequence);
+    /// `ESME_RTHROTTLED`.
+    async fn committed(&mut self, (h, pdu, started, result): Recorded) -> Option<End> {
+        self.outstanding.remove(&h.sequence);
         match result {
             Ok(ticket) => {
                 if let Some(why) = ticket.not_now(false) {
                     ticket.not_forwarded(why, status::THROTTLED as u16).await;
-                    send(
-                        &mut self.cw,
-                        &answer(
-                            &Header::read(&pdu).unwrap_or(Header {
-                                length: 16,
-                                id: id::SUBMIT_SM,
-                                status: 0,
-                                sequence,
-                            }),
-                            status::THROTTLED,
-                        ),
-                    )
-                    .await;
-                    return true;
+                    return self.send_client(&answer(&h, status::THROTTLED)).await;
                 }
-                if !send(&mut self.uw, &pdu).await {
+                if let Some(end) = self.send_upstream(&pdu).await {
                     ticket
                         .outcome(
                             Err(&SmppUpstreamError::Closed),
@@ -441,20 +571,24 @@ impl Session<'_> {
                             status::SYSTEM_ERROR as u16,
                         )
                         .await;
-                    return false;
+                    return Some(end);
                 }
-                self.in_flight.insert(sequence, (ticket, Instant::now()));
-                self.outstanding.insert(sequence);
-                true
+                self.outstanding.insert(h.sequence);
+                self.in_flight.insert(
+                    h.sequence,
+                    InFlight {
+                        ticket,
+                        command: h.id,
+                        forwarded: Instant::now(),
+                    },
+                );
+                None
             }
             Err(e) => {
                 self.l
                     .relay
                     .log(Exit::FailClosed(&e), status::THROTTLED as u16, started);
-                if let Some(h) = Header::read(&pdu) {
-                    send(&mut self.cw, &answer(&h, status::THROTTLED)).await;
-                }
-                true
+                self.send_client(&answer(&h, status::THROTTLED)).await
             }
         }
     }
@@ -463,81 +597,119 @@ impl Session<'_> {
     /// (enquire_link answered here). `Some` ends the session.
     async fn upstream_pdu(&mut self, pdu: BytesMut) -> Option<End> {
         let h = Header::read(&pdu)?;
-        match h.id {
-            id::ENQUIRE_LINK => {
-                return (!send(&mut self.uw, &answer(&h, status::OK)).await)
-                    .then_some(End::UpstreamGone(SmppUpstreamError::Closed));
-            }
-            id::GENERIC_NACK | id::SUBMIT_SM_RESP | 0x8000_0021 | id::DATA_SM_RESP => {
-                if let Some((ticket, forwarded)) = self.in_flight.remove(&h.sequence) {
-                    self.outstanding.remove(&h.sequence);
-                    let resp = SubmitResp::read(h.id, &pdu[HEADER_LEN..]).unwrap_or(SubmitResp {
-                        message_id: &[],
-                        unsuccess: Vec::new(),
-                    });
-                    let outcome = match h.status {
-                        status::OK if h.id != id::GENERIC_NACK => Outcome::Accepted,
-                        // Temporary: the SMSC is busy or broken.
-                        status::THROTTLED | status::SYSTEM_ERROR | 0x14 => Outcome::Failed,
-                        _ => Outcome::Rejected,
-                    };
-                    let answer = Answer {
-                        gateway_code: Some(h.status as i32),
-                        message_id: (!resp.message_id.is_empty())
-                            .then(|| String::from_utf8_lossy(resp.message_id).into_owned()),
-                        ..Answer::default()
-                    };
-                    ticket
-                        .outcome(Ok((outcome, answer)), forwarded.elapsed(), h.status as u16)
-                        .await;
-                }
-            }
-            _ => {}
+        if h.id == id::ENQUIRE_LINK {
+            return self.send_upstream(&answer(&h, status::OK)).await;
         }
-        if !send(&mut self.cw, &pdu).await {
-            return Some(End::ClientGone);
+        if h.is_response() {
+            let answers_message = self
+                .in_flight
+                .get(&h.sequence)
+                .is_some_and(|f| h.id == id::resp(f.command) || h.id == id::GENERIC_NACK);
+            if answers_message && let Some(f) = self.in_flight.remove(&h.sequence) {
+                self.outstanding.remove(&h.sequence);
+                self.outcome(f, &h, &pdu).await;
+            }
+        } else if self.upstream_requests.len() < MAX_UPSTREAM_REQUESTS {
+            self.upstream_requests.insert(h.sequence, h.id);
+        }
+        if let Some(end) = self.send_client(&pdu).await {
+            return Some(end);
         }
         (h.id == id::resp(id::UNBIND)).then_some(End::Unbound)
     }
 
+    /// A message's outcome from its response.
+    async fn outcome(&mut self, f: InFlight, h: &Header, pdu: &[u8]) {
+        let resp = SubmitResp::read(h.id, &pdu[HEADER_LEN..]).ok();
+        let outcome = match h.status {
+            status::OK if h.id != id::GENERIC_NACK => Outcome::Accepted,
+            s if TEMPORARY.contains(&s) => Outcome::Failed,
+            _ => Outcome::Rejected,
+        };
+        let answer = Answer {
+            gateway_code: Some(h.status as i32),
+            message_id: resp
+                .filter(|r| !r.message_id.is_empty())
+                .map(|r| String::from_utf8_lossy(r.message_id).into_owned()),
+            ..Answer::default()
+        };
+        let code = h.status.min(u32::from(u16::MAX)) as u16;
+        f.ticket
+            .outcome(Ok((outcome, answer)), f.forwarded.elapsed(), code)
+            .await;
+    }
+
+    /// Messages the upstream has not answered within upstream-timeout: `failed`
+    /// (a late response still passes to the client), and their window places free.
+    async fn expire(&mut self) {
+        let limit = self.l.upstream.timeout;
+        let late: Vec<u32> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.forwarded.elapsed() >= limit)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in late {
+            if let Some(f) = self.in_flight.remove(&seq) {
+                self.outstanding.remove(&seq);
+                let waited = f.forwarded.elapsed();
+                f.ticket
+                    .outcome(
+                        Err(&SmppUpstreamError::Timeout),
+                        waited,
+                        status::SYSTEM_ERROR as u16,
+                    )
+                    .await;
+            }
+        }
+    }
+
     async fn end(&mut self, end: End, up: &mut PduReader) {
         // Messages whose records were being committed never went upstream.
+        let why = if end == End::Shutdown {
+            NotForwarded::Shutdown
+        } else {
+            NotForwarded::ClientGone
+        };
         while let Some(done) = self.records.join_next().await {
-            if let Ok((_, _, _, Ok(ticket))) = done {
-                ticket.not_forwarded(NotForwarded::ClientGone, 0).await;
+            if let Ok((h, _, _, Ok(ticket))) = done {
+                ticket.not_forwarded(why, status::THROTTLED as u16).await;
+                self.send_client(&answer(&h, status::THROTTLED)).await;
             }
         }
         let unbind = Writer::new(id::UNBIND, 0, OWN_SEQUENCE).finish();
-        match &end {
-            End::ClientGone | End::Both => {
-                // What is with the upstream may still be answered: its outcomes.
-                let until = tokio::time::Instant::now()
-                    + self.l.upstream.timeout.min(Duration::from_secs(5));
+        if matches!(end, End::ClientGone | End::Idle | End::Shutdown) {
+            // What is with the upstream may still be answered: its outcomes, within
+            // a few seconds in all.
+            let until =
+                tokio::time::Instant::now() + self.l.upstream.timeout.min(Duration::from_secs(5));
+            let drain = async {
                 while !self.in_flight.is_empty() {
-                    match tokio::time::timeout_at(until, up.next()).await {
-                        Ok(Ok(pdu)) => {
+                    match up.next().await {
+                        Ok(pdu) => {
                             let _ = self.upstream_pdu(pdu).await;
                         }
-                        _ => break,
+                        Err(_) => break,
                     }
                 }
-                send(&mut self.uw, &unbind).await;
-                if matches!(end, End::Both) {
-                    send(&mut self.cw, &unbind).await;
-                }
-            }
-            End::UpstreamGone(_) => {
-                send(&mut self.cw, &unbind).await;
-            }
-            End::Unbound => {}
+            };
+            let _ = tokio::time::timeout_at(until, drain).await;
+            send(&mut self.uw, &unbind).await;
+        }
+        if matches!(end, End::UpstreamGone(_) | End::Idle | End::Shutdown) {
+            self.send_client(&unbind).await;
         }
         let lost = match end {
-            End::UpstreamGone(e) => e,
+            End::UpstreamGone(loss) => loss.error(),
             _ => SmppUpstreamError::Closed,
         };
-        for (_, (ticket, forwarded)) in self.in_flight.drain() {
-            ticket
-                .outcome(Err(&lost), forwarded.elapsed(), status::SYSTEM_ERROR as u16)
+        for (_, f) in self.in_flight.drain() {
+            f.ticket
+                .outcome(
+                    Err(&lost),
+                    f.forwarded.elapsed(),
+                    status::SYSTEM_ERROR as u16,
+                )
                 .await;
         }
         let _ = shutdown_write(&mut self.cw).await;
