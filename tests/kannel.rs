@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,14 +31,6 @@ impl Drop for Kannel {
             let _ = c.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn kannel_installed() -> bool {
@@ -78,15 +69,8 @@ impl Kannel {
             fakesmsc_log: dir.join("fakesmsc.out"),
             sendsms,
         };
-        k.children.push(
-            Command::new(BEARERBOX)
-                .args(["-v", "1"])
-                .arg(&conf_path)
-                .stdout(log("bearerbox.out"))
-                .stderr(log("bearerbox.err"))
-                .spawn()
-                .unwrap(),
-        );
+        k.children
+            .push(spawn_kannel_box(BEARERBOX, &conf_path, dir, "bearerbox"));
         wait_port(admin, "bearerbox admin");
         k.children.push(
             Command::new(FAKESMSC)
@@ -105,29 +89,11 @@ impl Kannel {
                 .spawn()
                 .unwrap(),
         );
-        k.children.push(
-            Command::new(SMSBOX)
-                .args(["-v", "1"])
-                .arg(&conf_path)
-                .stdout(log("smsbox.out"))
-                .stderr(log("smsbox.err"))
-                .spawn()
-                .unwrap(),
-        );
+        k.children
+            .push(spawn_kannel_box(SMSBOX, &conf_path, dir, "smsbox"));
         wait_port(sendsms, "smsbox sendsms");
         // Wait until the fake SMSC is online, else Kannel only queues ("3: Queued").
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = http_get(admin, "/status.txt?password=adminpw");
-            if text.contains("fake1") && text.contains("online") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fake SMSC never came online:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_smsc_online(admin, "fake1");
         k
     }
 
@@ -142,27 +108,6 @@ impl Kannel {
             .filter(|l| l.contains("Got message"))
             .map(str::to_owned)
             .collect()
-    }
-}
-
-/// A plain HTTP/1.0 GET on loopback, the reply as text ("" on any error).
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not open port {port}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -56,14 +56,6 @@ struct Postfix {
     port: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Postfix {
     fn start(dir: &Path, relayhost: SocketAddr) -> Postfix {
         let port = free_port();

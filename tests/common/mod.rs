@@ -648,3 +648,66 @@ impl SmtpClient {
         )
     }
 }
+
+/// A port free on loopback now (for a peer the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (up to 30 s) until something listens on `port`.
+pub fn wait_port(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not open port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback, the reply as text ("" on any error).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Starts a Kannel box (`bearerbox` or `smsbox`) on `conf`, its output in
+/// `<dir>/<name>.out` and `.err`.
+pub fn spawn_kannel_box(binary: &str, conf: &Path, dir: &Path, name: &str) -> std::process::Child {
+    let log = |ext: &str| std::fs::File::create(dir.join(format!("{name}.{ext}"))).unwrap();
+    std::process::Command::new(binary)
+        .args(["-v", "1"])
+        .arg(conf)
+        .stdout(log("out"))
+        .stderr(log("err"))
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to 30 s) until bearerbox's status page shows SMSC `smsc_id` online.
+pub fn wait_smsc_online(admin: u16, smsc_id: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = http_get(admin, "/status.txt?password=adminpw");
+        if text.contains(smsc_id) && text.contains("online") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SMSC {smsc_id} never came online:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
