@@ -173,30 +173,40 @@ async fn worker(
     let mut sent: HashMap<u32, Instant> = HashMap::with_capacity(b.window);
     let mut sequence: u32 = 1;
     let mut sending = true;
+    let mut held: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
     let mut out = Vec::new();
     loop {
         // Fill the window with what is due.
+        // Everything already due goes in one write; a due time still ahead is held
+        // for the next round.
         let mut next_due = None;
+        let now = Instant::now();
         while sending && sent.len() < b.window {
-            let Some(due) = schedule.due(deadline) else {
+            let Some(due) = held.take().or_else(|| schedule.due(deadline)) else {
                 sending = false;
                 break;
             };
+            if b.rate.is_some() && due > now {
+                held = Some(due);
+                next_due = Some(due);
+                break;
+            }
             if let Some(limit) = b.submits
                 && shared.issued.fetch_add(1, Ordering::Relaxed) >= limit
             {
                 sending = false;
                 break;
             }
-            sequence = sequence.wrapping_add(1).max(2);
+            sequence = if sequence >= 0x7FFF_FFFE {
+                2
+            } else {
+                sequence + 1
+            };
             out.extend_from_slice(&submit(&b, &mut rng, sequence));
-            sent.insert(sequence, due);
+            // Open loop: latency counts from when the submit was due.
+            sent.insert(sequence, if b.rate.is_some() { due } else { now });
             w.submits += 1;
-            if b.rate.is_some() {
-                next_due = Some(due);
-                break;
-            }
         }
         if !out.is_empty() {
             if tcp.write_all(&out).await.is_err() {
