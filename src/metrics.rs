@@ -22,6 +22,24 @@ pub struct RequestLabels {
     pub kind: &'static str,
 }
 
+/// An SMPP bind: its kind (`receiver`, `transmitter`, `transceiver`) and whether the
+/// SMSC bound it (`ok`, `refused`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BindLabels {
+    pub listener: String,
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+/// An SMPP PDU relayed: from whom (`client`, `upstream`) and its command's name
+/// (`other` for what relaylog does not name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PduLabels {
+    pub listener: String,
+    pub from: &'static str,
+    pub command: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub listener: String,
@@ -44,6 +62,12 @@ pub struct Metrics {
     pub rejected: Family<ReasonLabels, Counter>,
     pub connections_refused: Family<ListenerLabels, Counter>,
     pub store_errors: Counter,
+    pub smpp_binds: Family<BindLabels, Counter>,
+    pub smpp_pdus: Family<PduLabels, Counter>,
+    /// SMPP messages being recorded or with the SMSC, all sessions of a listener.
+    pub smpp_window: Family<ListenerLabels, Gauge>,
+    /// Delivery receipts relayed to clients.
+    pub smpp_receipts: Family<ListenerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -135,6 +159,30 @@ impl Metrics {
             "Connections refused at max-connections",
             connections_refused.clone(),
         );
+        let smpp_binds = Family::<BindLabels, Counter>::default();
+        registry.register(
+            "smpp_binds",
+            "SMPP binds, by kind and whether the SMSC bound them",
+            smpp_binds.clone(),
+        );
+        let smpp_pdus = Family::<PduLabels, Counter>::default();
+        registry.register(
+            "smpp_pdus",
+            "SMPP PDUs received, by side and command",
+            smpp_pdus.clone(),
+        );
+        let smpp_window = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "smpp_window",
+            "SMPP messages being recorded or with the SMSC",
+            smpp_window.clone(),
+        );
+        let smpp_receipts = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "smpp_receipts",
+            "SMPP delivery receipts relayed to clients",
+            smpp_receipts.clone(),
+        );
         let store_errors = Counter::default();
         registry.register(
             "store_errors",
@@ -157,6 +205,10 @@ impl Metrics {
             rejected,
             connections_refused,
             store_errors,
+            smpp_binds,
+            smpp_pdus,
+            smpp_window,
+            smpp_receipts,
         }
     }
 

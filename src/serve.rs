@@ -408,6 +408,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     smpp: Arc::new(crate::ingress::smpp::SmppListener {
                         relay: core,
                         settings: smpp.clone(),
+                        metrics: crate::ingress::smpp::SmppMetrics::new(&metrics, &l.name),
                         upstream,
                         accounts: Default::default(),
                     }),

@@ -38,6 +38,7 @@ struct Relay {
     running: relaylog::serve::Running,
     config: relaylog::config::Config,
     addr: SocketAddr,
+    admin: String,
 }
 
 impl Relay {
@@ -50,10 +51,12 @@ impl Relay {
                 .await
                 .unwrap();
         let addr = running.addr("smpp").unwrap();
+        let admin = format!("http://{}", running.admin.unwrap());
         Relay {
             running,
             config,
             addr,
+            admin,
         }
     }
 
@@ -226,6 +229,16 @@ async fn a_window_of_submits_is_recorded_and_relayed() {
     assert!(esme.next().await.is_none(), "closed after unbind");
     assert_eq!(relay.smsc().submits.load(Ordering::SeqCst), 100);
     assert_eq!(relay.smsc().delivery_acks.load(Ordering::SeqCst), 100);
+    let metrics = get(&client(), &format!("{}/metrics", relay.admin)).await.1;
+    for line in [
+        "relaylog_smpp_binds_total{listener=\"smpp\",kind=\"transceiver\",result=\"ok\"} 1",
+        "relaylog_smpp_pdus_total{listener=\"smpp\",from=\"client\",command=\"submit_sm\"} 100",
+        "relaylog_smpp_pdus_total{listener=\"smpp\",from=\"upstream\",command=\"deliver_sm\"} 100",
+        "relaylog_smpp_receipts_total{listener=\"smpp\"} 100",
+        "relaylog_smpp_window{listener=\"smpp\"} 0",
+    ] {
+        assert_metric(&metrics, line);
+    }
 
     relay.running.settle().await.unwrap();
     let found = query_store(&relay.config, IndexKind::Recipient, "+31610000042");

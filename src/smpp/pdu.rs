@@ -34,6 +34,29 @@ pub mod id {
         request | RESPONSE
     }
 
+    /// The command's name, for metrics (`other` for ids SMPP 3.4 does not define).
+    pub fn name(id: u32) -> &'static str {
+        match id {
+            GENERIC_NACK => "generic_nack",
+            BIND_RECEIVER => "bind_receiver",
+            BIND_TRANSMITTER => "bind_transmitter",
+            BIND_TRANSCEIVER => "bind_transceiver",
+            QUERY_SM => "query_sm",
+            SUBMIT_SM => "submit_sm",
+            DELIVER_SM => "deliver_sm",
+            UNBIND => "unbind",
+            REPLACE_SM => "replace_sm",
+            CANCEL_SM => "cancel_sm",
+            OUTBIND => "outbind",
+            ENQUIRE_LINK => "enquire_link",
+            SUBMIT_MULTI => "submit_multi",
+            ALERT_NOTIFICATION => "alert_notification",
+            DATA_SM => "data_sm",
+            x if x & RESPONSE != 0 && known(x) => "response",
+            _ => "other",
+        }
+    }
+
     /// Is this a command id SMPP 3.4 defines (a request or its response)?
     pub fn known(id: u32) -> bool {
         matches!(

@@ -10,7 +10,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Smpp;
+use prometheus_client::metrics::counter::Counter;
+
 use crate::egress::smpp::SmppUpstream;
+use crate::metrics::ListenerLabels;
 use crate::net::ClientStream;
 use crate::relay::Relay;
 use crate::shutdown::{Drain, Shutdown};
@@ -25,6 +28,89 @@ pub struct SmppListener {
     pub upstream: SmppUpstream,
     /// Sessions bound per account (system_id), for `max-sessions-per-account`.
     pub accounts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    pub metrics: SmppMetrics,
+}
+
+/// The listener's SMPP counters, made once so that a PDU costs a lookup by a fixed
+/// name, not a label set.
+pub struct SmppMetrics {
+    binds: prometheus_client::metrics::family::Family<crate::metrics::BindLabels, Counter>,
+    listener: String,
+    pdus: std::collections::HashMap<(&'static str, &'static str), Counter>,
+    pub window: prometheus_client::metrics::gauge::Gauge,
+    pub receipts: Counter,
+}
+
+/// Command names counted per side (see [`crate::smpp::id::name`]).
+const COMMANDS: [&str; 17] = [
+    "generic_nack",
+    "bind_receiver",
+    "bind_transmitter",
+    "bind_transceiver",
+    "query_sm",
+    "submit_sm",
+    "deliver_sm",
+    "unbind",
+    "replace_sm",
+    "cancel_sm",
+    "outbind",
+    "enquire_link",
+    "submit_multi",
+    "alert_notification",
+    "data_sm",
+    "response",
+    "other",
+];
+
+impl SmppMetrics {
+    pub fn new(metrics: &crate::metrics::Metrics, listener: &str) -> SmppMetrics {
+        let labels = ListenerLabels {
+            listener: listener.to_owned(),
+        };
+        let mut pdus = std::collections::HashMap::new();
+        for from in ["client", "upstream"] {
+            for command in COMMANDS {
+                let counter = metrics
+                    .smpp_pdus
+                    .get_or_create_owned(&crate::metrics::PduLabels {
+                        listener: listener.to_owned(),
+                        from,
+                        command,
+                    });
+                pdus.insert((from, command), counter);
+            }
+        }
+        SmppMetrics {
+            binds: metrics.smpp_binds.clone(),
+            listener: listener.to_owned(),
+            pdus,
+            window: metrics.smpp_window.get_or_create_owned(&labels),
+            receipts: metrics.smpp_receipts.get_or_create_owned(&labels),
+        }
+    }
+
+    /// A PDU received from `from` (`client` or `upstream`).
+    pub fn pdu(&self, from: &'static str, command_id: u32) {
+        if let Some(c) = self.pdus.get(&(from, crate::smpp::id::name(command_id))) {
+            c.inc();
+        }
+    }
+
+    /// A bind of `command_id`, bound by the SMSC or not.
+    pub fn bind(&self, command_id: u32, bound: bool) {
+        let kind = match command_id {
+            crate::smpp::id::BIND_RECEIVER => "receiver",
+            crate::smpp::id::BIND_TRANSMITTER => "transmitter",
+            _ => "transceiver",
+        };
+        self.binds
+            .get_or_create(&crate::metrics::BindLabels {
+                listener: self.listener.clone(),
+                kind,
+                result: if bound { "ok" } else { "refused" },
+            })
+            .inc();
+    }
 }
 
 pub struct SmppServer {

@@ -228,6 +228,7 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
     drop(bind_pdu);
     let bound =
         Header::read(&resp).is_some_and(|r| r.id == id::resp(h.id) && r.status == status::OK);
+    l.metrics.bind(h.id, bound);
     // A place counts only once the SMSC has let the account in: a bind that fails
     // (a wrong password) never holds one.
     let slot = if bound {
@@ -256,6 +257,7 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
         in_flight: HashMap::new(),
         outstanding: HashSet::new(),
         upstream_requests: HashMap::new(),
+        window_reported: 0,
     };
     s.run(&mut client, &mut up, &mut shutdown).await;
     drop(slot);
@@ -346,6 +348,8 @@ struct Session<'l> {
     /// By sequence number: the command_id of each request from the upstream the
     /// client has still to answer.
     upstream_requests: HashMap<u32, u32>,
+    /// This session's share of the window gauge, as last reported.
+    window_reported: i64,
 }
 
 /// How a bound session ends.
@@ -421,11 +425,21 @@ impl Session<'_> {
                 }
                 () = tokio::time::sleep_until(idle_until) => Some(End::Idle),
             };
+            self.report_window();
             if let Some(end) = step {
                 break end;
             }
         };
         self.end(end, up).await;
+        self.report_window();
+    }
+
+    /// Keeps the listener's window gauge at the sum of its sessions' outstanding
+    /// messages.
+    fn report_window(&mut self) {
+        let now = self.outstanding.len() as i64;
+        self.l.metrics.window.inc_by(now - self.window_reported);
+        self.window_reported = now;
     }
 
     /// Writes to the client while it is there. `Some(ClientGone)` when it is not.
@@ -461,6 +475,7 @@ impl Session<'_> {
     /// A client PDU: recorded, answered, passed on or refused. `Some` ends the session.
     async fn client_pdu(&mut self, pdu: BytesMut) -> Option<End> {
         let h = Header::read(&pdu)?;
+        self.l.metrics.pdu("client", h.id);
         if h.is_response() {
             // Only an answer to what the upstream asked passes.
             return match self.upstream_requests.remove(&h.sequence) {
@@ -597,6 +612,12 @@ impl Session<'_> {
     /// (enquire_link answered here). `Some` ends the session.
     async fn upstream_pdu(&mut self, pdu: BytesMut) -> Option<End> {
         let h = Header::read(&pdu)?;
+        self.l.metrics.pdu("upstream", h.id);
+        if matches!(h.id, id::DELIVER_SM | id::DATA_SM)
+            && Message::read(h.id, &pdu[HEADER_LEN..]).is_ok_and(|m| m.is_receipt())
+        {
+            self.l.metrics.receipts.inc();
+        }
         if h.id == id::ENQUIRE_LINK {
             return self.send_upstream(&answer(&h, status::OK)).await;
         }
@@ -712,6 +733,7 @@ impl Session<'_> {
                 )
                 .await;
         }
+        self.outstanding.clear();
         let _ = shutdown_write(&mut self.cw).await;
         let _ = shutdown_write(&mut self.uw).await;
     }
