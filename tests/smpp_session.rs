@@ -490,3 +490,93 @@ async fn sessions_per_account_are_capped_once_bound() {
     assert_eq!(other.bind(b"other", b"secret").await.status, status::OK);
     relay.running.shutdown().await;
 }
+
+/// TLS on both legs: a client over TLS from the first byte to a listener with a
+/// certificate, and relaylog to an `smpps://` SMSC checked against `upstream-ca`; an
+/// SMSC whose certificate is not trusted refuses the bind (`ESME_RBINDFAIL`).
+#[tokio::test]
+async fn tls_towards_the_client_and_the_smsc() {
+    use relaylog::simulator::smpp::Smsc;
+    use tokio::io::AsyncReadExt as _;
+    let certs = tempfile::tempdir().unwrap();
+    let (ck, listener_keys) = cert_files(certs.path(), "listener");
+    let _ = cert_files(certs.path(), "smsc");
+    let smsc_crt = certs.path().join("smsc.crt");
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        relaylog::ingress::tls::server_config(&smsc_crt, &certs.path().join("smsc.key")).unwrap(),
+    );
+    let smsc = Smsc::bind("127.0.0.1:0".parse().unwrap(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .with_tls(acceptor);
+    let port = smsc.local_addr().unwrap().port();
+    let stats = smsc.stats.clone();
+    let (_keep, shutdown) = relaylog::shutdown::channel();
+    tokio::spawn(smsc.run(shutdown));
+    for trusted in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = if trusted {
+            format!("upstream-ca = \"{}\"\n", smsc_crt.display())
+        } else {
+            String::new()
+        };
+        let relay = Relay::start(
+            dir.path(),
+            &format!("upstream = \"smpps://localhost:{port}\"\n{ca}{listener_keys}"),
+            "",
+        )
+        .await;
+        let tcp = TcpStream::connect(relay.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = trusting(&ck).connect(name, tcp).await.unwrap();
+        let bind = Bind {
+            system_id: b"shop",
+            password: b"secret",
+            system_type: b"",
+            interface_version: 0x34,
+            addr_ton: 0,
+            addr_npi: 0,
+            address_range: b"",
+        }
+        .write(id::BIND_TRANSCEIVER, 1);
+        tls.write_all(&bind).await.unwrap();
+        let mut buf = BytesMut::new();
+        let pdu = loop {
+            if let Ok(Some(len)) = frame_len(&buf, 1 << 20) {
+                break buf.split_to(len);
+            }
+            let n = tokio::time::timeout(T, tls.read_buf(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed before the bind_resp");
+        };
+        let h = Header::read(&pdu).unwrap();
+        let want = if trusted {
+            status::OK
+        } else {
+            status::BIND_FAILED
+        };
+        assert_eq!(
+            (h.id, h.status),
+            (id::resp(id::BIND_TRANSCEIVER), want),
+            "trusted={trusted}"
+        );
+        if trusted {
+            tls.write_all(&submit(b"31612345678", 2)).await.unwrap();
+            let pdu = loop {
+                if let Ok(Some(len)) = frame_len(&buf, 1 << 20) {
+                    break buf.split_to(len);
+                }
+                let n = tokio::time::timeout(T, tls.read_buf(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0);
+            };
+            assert_eq!(Header::read(&pdu).unwrap().status, status::OK);
+        }
+        relay.running.shutdown().await;
+    }
+    assert_eq!(stats.submits.load(Ordering::SeqCst), 1);
+}

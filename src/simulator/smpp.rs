@@ -82,6 +82,8 @@ struct Receivers(Mutex<Vec<mpsc::Sender<Out>>>);
 
 pub struct Smsc {
     listener: TcpListener,
+    /// TLS from the first byte (`smpps`), when given a certificate.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     receipt_delay: Duration,
     receivers: Arc<Receivers>,
     pub stats: Arc<SmscStats>,
@@ -91,6 +93,7 @@ impl Smsc {
     pub async fn bind(addr: SocketAddr, receipt_delay: Duration) -> std::io::Result<Smsc> {
         Ok(Smsc {
             listener: TcpListener::bind(addr).await?,
+            tls: None,
             receipt_delay,
             receivers: Arc::default(),
             stats: Arc::default(),
@@ -99,6 +102,12 @@ impl Smsc {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Speaks TLS from the first byte.
+    pub fn with_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Smsc {
+        self.tls = Some(acceptor);
+        self
     }
 
     /// A handle that sends mobile-originated messages while the simulator runs.
@@ -117,10 +126,24 @@ impl Smsc {
             let _ = stream.set_nodelay(true);
             let (stats, receivers) = (self.stats.clone(), self.receivers.clone());
             let delay = self.receipt_delay;
+            let tls = self.tls.clone();
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
+                let served = async {
+                    match tls {
+                        None => session(stream, &stats, &receivers, delay).await,
+                        Some(acceptor) => {
+                            let handshake = acceptor.accept(stream);
+                            if let Ok(Ok(tls)) =
+                                tokio::time::timeout(Duration::from_secs(10), handshake).await
+                            {
+                                session(tls, &stats, &receivers, delay).await;
+                            }
+                        }
+                    }
+                };
                 tokio::select! {
-                    _ = session(stream, &stats, &receivers, delay) => {}
+                    _ = served => {}
                     _ = shutdown.wait() => {}
                 }
             });

@@ -151,6 +151,10 @@ pub fn run(
         };
         stats.partitions_searched += 1;
         let conn = schema::open_for_read(&p.path_in(store_dir)).map_err(part_err(p))?;
+        if !schema::is_ready(&conn) {
+            // Being created this very moment: nothing in it yet.
+            continue;
+        }
         let since = criteria.since.max(p.start_micros());
         let until = criteria.until.min(p.end_micros());
         let tag = keys.blind_index(criteria.kind, &criteria.value);
