@@ -580,3 +580,23 @@ async fn tls_towards_the_client_and_the_smsc() {
     }
     assert_eq!(stats.submits.load(Ordering::SeqCst), 1);
 }
+
+/// A client that never binds is let go after `bind-timeout`; a bound one that goes
+/// quiet is unbound after `inactivity-timeout`.
+#[tokio::test]
+async fn quiet_clients_are_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path(),
+        "bind-timeout = \"300ms\"\ninactivity-timeout = \"500ms\"\n",
+        "",
+    )
+    .await;
+    let mut never = Esme::connect(relay.addr).await;
+    assert!(never.next().await.is_none(), "closed without a bind");
+    let mut quiet = Esme::connect(relay.addr).await;
+    assert_eq!(quiet.bind(b"shop", b"secret").await.status, status::OK);
+    let h = quiet.header().await;
+    assert_eq!(h.id, id::UNBIND, "unbound when idle");
+    relay.running.shutdown().await;
+}
