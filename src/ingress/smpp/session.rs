@@ -52,6 +52,15 @@ impl PduReader {
         }
     }
 
+    /// The next PDU if it is already whole in the buffer (no read).
+    fn buffered(&mut self) -> Option<Result<BytesMut, ReadError>> {
+        match frame_len(&self.buf, self.max) {
+            Ok(Some(n)) => Some(Ok(self.buf.split_to(n))),
+            Ok(None) => None,
+            Err(_) => Some(Err(ReadError::Frame)),
+        }
+    }
+
     /// The next PDU. Cancel-safe: what was read stays in the buffer.
     async fn next(&mut self) -> Result<BytesMut, ReadError> {
         loop {
@@ -67,6 +76,9 @@ impl PduReader {
         }
     }
 }
+
+/// PDUs for one leg are written together, at the latest when this many bytes wait.
+const MAX_OUT: usize = 64 * 1024;
 
 /// The most a write to either leg may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -258,6 +270,8 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
         outstanding: HashSet::new(),
         upstream_requests: HashMap::new(),
         window_reported: 0,
+        client_out: Vec::new(),
+        up_out: Vec::new(),
     };
     s.run(&mut client, &mut up, &mut shutdown).await;
     drop(slot);
@@ -350,6 +364,9 @@ struct Session<'l> {
     upstream_requests: HashMap<u32, u32>,
     /// This session's share of the window gauge, as last reported.
     window_reported: i64,
+    /// PDUs queued for each leg (see `flush`).
+    client_out: Vec<u8>,
+    up_out: Vec<u8>,
 }
 
 /// How a bound session ends.
@@ -388,37 +405,43 @@ impl Session<'_> {
         let mut idle_until = tokio::time::Instant::now() + inactivity;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let end = loop {
-            let room = self.records.len() + self.in_flight.len() < self.l.settings.window;
+            // What the last step made ready goes out together, before any wait.
+            if let Some(end) = self.flush().await {
+                break end;
+            }
             let step = tokio::select! {
                 biased;
                 _ = shutdown.wait() => Some(End::Shutdown),
-                Some(done) = self.records.join_next(), if !self.records.is_empty() => match done {
-                    Ok(done) => self.committed(done).await,
-                    // A record task cannot panic short of a bug; its message is lost
-                    // to the session, not forwarded.
-                    Err(_) => None,
-                },
-                pdu = up.next() => match pdu {
-                    Ok(pdu) => self.upstream_pdu(pdu).await,
-                    Err(ReadError::Closed) => Some(End::UpstreamGone(UpstreamLoss::Closed)),
-                    Err(ReadError::Frame) => Some(End::UpstreamGone(UpstreamLoss::Malformed)),
-                },
-                pdu = client.next(), if room => match pdu {
-                    Ok(pdu) => {
-                        idle_until = tokio::time::Instant::now() + inactivity;
-                        self.client_pdu(pdu).await
+                Some(done) = self.records.join_next(), if !self.records.is_empty() => {
+                    let mut step = self.record_done(done).await;
+                    // And every other commit already done.
+                    while step.is_none()
+                        && let Some(done) = self.records.try_join_next()
+                    {
+                        step = self.record_done(done).await;
                     }
-                    Err(ReadError::Closed) => {
-                        self.client_alive = false;
-                        Some(End::ClientGone)
+                    step
+                }
+                pdu = up.next() => {
+                    let mut step = self.upstream_read(pdu).await;
+                    while step.is_none()
+                        && let Some(pdu) = up.buffered()
+                    {
+                        step = self.upstream_read(pdu).await;
                     }
-                    Err(ReadError::Frame) => {
-                        // The stream cannot be read on: the nack, then close.
-                        self.send_client(&nack(0, status::INVALID_CMD_LENGTH)).await;
-                        self.client_alive = false;
-                        Some(End::ClientGone)
+                    step
+                }
+                pdu = client.next(), if self.room() => {
+                    idle_until = tokio::time::Instant::now() + inactivity;
+                    let mut step = self.client_read(pdu).await;
+                    while step.is_none()
+                        && self.room()
+                        && let Some(pdu) = client.buffered()
+                    {
+                        step = self.client_read(pdu).await;
                     }
-                },
+                    step
+                }
                 _ = tick.tick() => {
                     self.expire().await;
                     None
@@ -434,6 +457,45 @@ impl Session<'_> {
         self.report_window();
     }
 
+    /// Room in the window for another message.
+    fn room(&self) -> bool {
+        self.records.len() + self.in_flight.len() < self.l.settings.window
+    }
+
+    async fn record_done(&mut self, done: Result<Recorded, tokio::task::JoinError>) -> Option<End> {
+        match done {
+            Ok(done) => self.committed(done).await,
+            // A record task cannot panic short of a bug; its message is lost to the
+            // session, not forwarded.
+            Err(_) => None,
+        }
+    }
+
+    async fn upstream_read(&mut self, pdu: Result<BytesMut, ReadError>) -> Option<End> {
+        match pdu {
+            Ok(pdu) => self.upstream_pdu(pdu).await,
+            Err(ReadError::Closed) => Some(End::UpstreamGone(UpstreamLoss::Closed)),
+            Err(ReadError::Frame) => Some(End::UpstreamGone(UpstreamLoss::Malformed)),
+        }
+    }
+
+    async fn client_read(&mut self, pdu: Result<BytesMut, ReadError>) -> Option<End> {
+        match pdu {
+            Ok(pdu) => self.client_pdu(pdu).await,
+            Err(ReadError::Closed) => {
+                self.client_alive = false;
+                Some(End::ClientGone)
+            }
+            Err(ReadError::Frame) => {
+                // The stream cannot be read on: the nack, then close.
+                self.send_client(&nack(0, status::INVALID_CMD_LENGTH)).await;
+                self.flush().await;
+                self.client_alive = false;
+                Some(End::ClientGone)
+            }
+        }
+    }
+
     /// Keeps the listener's window gauge at the sum of its sessions' outstanding
     /// messages.
     fn report_window(&mut self) {
@@ -442,16 +504,44 @@ impl Session<'_> {
         self.window_reported = now;
     }
 
-    /// Writes to the client while it is there. `Some(ClientGone)` when it is not.
+    /// Queues a PDU for the client while it is there (written by `flush`, together
+    /// with what else is ready). `Some(ClientGone)` when it is not there.
     async fn send_client(&mut self, pdu: &[u8]) -> Option<End> {
-        if self.client_alive && !send(&mut self.cw, pdu).await {
-            self.client_alive = false;
+        if self.client_alive {
+            self.client_out.extend_from_slice(pdu);
+            if self.client_out.len() >= MAX_OUT {
+                return self.flush().await;
+            }
         }
         (!self.client_alive).then_some(End::ClientGone)
     }
 
+    /// Queues a PDU for the upstream (written by `flush`).
     async fn send_upstream(&mut self, pdu: &[u8]) -> Option<End> {
-        (!send(&mut self.uw, pdu).await).then_some(End::UpstreamGone(UpstreamLoss::Closed))
+        self.up_out.extend_from_slice(pdu);
+        if self.up_out.len() >= MAX_OUT {
+            return self.flush().await;
+        }
+        None
+    }
+
+    /// Writes what is queued for either leg: one write per leg for everything that
+    /// was ready at once.
+    async fn flush(&mut self) -> Option<End> {
+        if !self.up_out.is_empty() {
+            let sent = send(&mut self.uw, &self.up_out).await;
+            self.up_out.clear();
+            if !sent {
+                return Some(End::UpstreamGone(UpstreamLoss::Closed));
+            }
+        }
+        if !self.client_out.is_empty() {
+            if self.client_alive && !send(&mut self.cw, &self.client_out).await {
+                self.client_alive = false;
+            }
+            self.client_out.clear();
+        }
+        (!self.client_alive).then_some(End::ClientGone)
     }
 
     /// relaylog's own refusal of a client request, logged under `reason`.
@@ -686,6 +776,8 @@ impl Session<'_> {
     }
 
     async fn end(&mut self, end: End, up: &mut PduReader) {
+        // What was queued goes first (a leg that is gone fails it at once).
+        let _ = self.flush().await;
         // Messages whose records were being committed never went upstream.
         let why = if end == End::Shutdown {
             NotForwarded::Shutdown
@@ -715,7 +807,7 @@ impl Session<'_> {
                 }
             };
             let _ = tokio::time::timeout_at(until, drain).await;
-            send(&mut self.uw, &unbind).await;
+            self.up_out.extend_from_slice(&unbind);
         }
         if matches!(end, End::UpstreamGone(_) | End::Idle | End::Shutdown) {
             self.send_client(&unbind).await;
@@ -734,6 +826,7 @@ impl Session<'_> {
                 .await;
         }
         self.outstanding.clear();
+        let _ = self.flush().await;
         let _ = shutdown_write(&mut self.cw).await;
         let _ = shutdown_write(&mut self.uw).await;
     }
