@@ -325,6 +325,23 @@ async fn bad_input_is_answered_and_never_forwarded() {
         (id::resp(id::QUERY_SM), 22),
         "passed to the SMSC and answered"
     );
+    // A request under a number still awaited from the SMSC refuses a message under
+    // it: its answer (say, a generic_nack) could otherwise settle the message.
+    let mut q = Writer::new(id::QUERY_SM, 0, 30);
+    q.cstr(b"00000001").u8(0).u8(0).cstr(b"ACME");
+    let mut both = q.finish();
+    both.extend_from_slice(&submit(b"31644444444", 30));
+    esme.send(&both).await;
+    let mut got = vec![esme.header().await, esme.header().await];
+    got.sort_by_key(|h| h.id);
+    assert_eq!(
+        (got[0].id, got[1].id, got[1].status),
+        (
+            id::resp(id::QUERY_SM),
+            id::SUBMIT_SM_RESP,
+            status::SYSTEM_ERROR
+        )
+    );
     esme.send(&[0, 0, 0, 9, 0, 0, 0, 4, 0]).await;
     let h = esme.header().await;
     assert_eq!(

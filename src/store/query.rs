@@ -151,7 +151,7 @@ pub fn run(
         };
         stats.partitions_searched += 1;
         let conn = schema::open_for_read(&p.path_in(store_dir)).map_err(part_err(p))?;
-        if !schema::is_ready(&conn) {
+        if !schema::is_ready(&conn).map_err(part_err(p))? {
             // Being created this very moment: nothing in it yet.
             continue;
         }

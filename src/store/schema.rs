@@ -310,16 +310,23 @@ pub fn open_for_checkpoint(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Opens an existing partition for queries. Read-write without create, so that a WAL
-/// left by a killed writer is recovered rather than refused; queries never write.
 /// Whether a partition's tables are all there: the writer creates a new partition's
 /// file, then its tables, then its `meta` row; a reader that opens the file in between
-/// sees a partition with nothing in it yet.
-pub fn is_ready(conn: &Connection) -> bool {
-    conn.query_row("SELECT 1 FROM meta WHERE key = 'schema'", [], |_| Ok(()))
-        .is_ok()
+/// sees a partition with nothing in it yet (`Ok(false)`). Any other failure is an
+/// error, never a partition silently left out.
+pub fn is_ready(conn: &Connection) -> rusqlite::Result<bool> {
+    match conn.query_row("SELECT 1 FROM meta WHERE key = 'schema'", [], |_| Ok(())) {
+        Ok(()) => Ok(true),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(false),
+        Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such table") => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
+/// Opens an existing partition for queries. Read-write without create, so that a WAL
+/// left by a killed writer is recovered rather than refused; queries never write.
 pub fn open_for_read(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -336,13 +343,13 @@ mod tests {
     #[test]
     fn a_partition_is_ready_once_its_meta_row_is_there() {
         let conn = Connection::open_in_memory().unwrap();
-        assert!(!is_ready(&conn), "no tables yet");
+        assert!(!is_ready(&conn).unwrap(), "no tables yet");
         conn.execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
             .unwrap();
-        assert!(!is_ready(&conn), "tables, no meta row");
+        assert!(!is_ready(&conn).unwrap(), "tables, no meta row");
         conn.execute("INSERT INTO meta VALUES ('schema', '1')", [])
             .unwrap();
-        assert!(is_ready(&conn));
+        assert!(is_ready(&conn).unwrap());
     }
 
     #[test]

@@ -265,10 +265,12 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
         cw,
         uw,
         client_alive: true,
+        up_alive: true,
         records: JoinSet::new(),
         in_flight: HashMap::new(),
         outstanding: HashSet::new(),
         upstream_requests: HashMap::new(),
+        awaited: HashMap::new(),
         window_reported: 0,
         client_out: Vec::new(),
         up_out: Vec::new(),
@@ -323,8 +325,11 @@ struct InFlight {
 }
 
 /// Requests from the upstream (deliver_sm, unbind…) the client has not answered yet
-/// that relaylog keeps track of; beyond this, late answers are not passed on.
+/// that relaylog keeps track of (the oldest is forgotten beyond this).
 const MAX_UPSTREAM_REQUESTS: usize = 10_000;
+
+/// Client requests other than messages (query_sm…) with the upstream at once.
+const MAX_AWAITED: usize = 10_000;
 
 /// command_status values a proxy maps to "failed" (temporary) rather than "rejected".
 const TEMPORARY: [u32; 4] = [
@@ -344,6 +349,9 @@ const TEMPORARY_APP_ERROR: u32 = 0x64;
 /// - `outstanding` is the sequence numbers in `records` and `in_flight`: no other
 ///   client request may use one, so that a response (or a generic_nack the client
 ///   could provoke) finds only its own message.
+/// - `awaited` is the other client requests with the upstream (query_sm, cancel_sm,
+///   replace_sm, unbind) and messages given up at upstream-timeout: their numbers
+///   are in use too, until their response (or twice upstream-timeout).
 /// - A client response passes only if it answers a request the upstream sent
 ///   (`upstream_requests`): the upstream never sees one it could nack.
 /// - The window counts messages (`records` + `in_flight`); order among messages is
@@ -356,12 +364,17 @@ struct Session<'l> {
     uw: WriteHalf<Box<dyn Io>>,
     /// False once the client is gone: nothing more is written to it.
     client_alive: bool,
+    /// False once a write to the upstream failed.
+    up_alive: bool,
     records: JoinSet<Recorded>,
     in_flight: HashMap<u32, InFlight>,
     outstanding: HashSet<u32>,
     /// By sequence number: the command_id of each request from the upstream the
-    /// client has still to answer.
-    upstream_requests: HashMap<u32, u32>,
+    /// client has still to answer, and when it came.
+    upstream_requests: HashMap<u32, (u32, Instant)>,
+    /// By sequence number: client requests other than messages with the upstream, and
+    /// messages given up at upstream-timeout (their command_id, and since when).
+    awaited: HashMap<u32, (u32, Instant)>,
     /// This session's share of the window gauge, as last reported.
     window_reported: i64,
     /// PDUs queued for each leg (see `flush`).
@@ -412,6 +425,11 @@ impl Session<'_> {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.wait() => Some(End::Shutdown),
+                // Ready once a second at most, and never starved by busy legs.
+                _ = tick.tick() => {
+                    self.expire().await;
+                    None
+                }
                 Some(done) = self.records.join_next(), if !self.records.is_empty() => {
                     let mut step = self.record_done(done).await;
                     // And every other commit already done.
@@ -441,10 +459,6 @@ impl Session<'_> {
                         step = self.client_read(pdu).await;
                     }
                     step
-                }
-                _ = tick.tick() => {
-                    self.expire().await;
-                    None
                 }
                 () = tokio::time::sleep_until(idle_until) => Some(End::Idle),
             };
@@ -510,31 +524,42 @@ impl Session<'_> {
         if self.client_alive {
             self.client_out.extend_from_slice(pdu);
             if self.client_out.len() >= MAX_OUT {
-                return self.flush().await;
+                return self.flush_client().await;
             }
         }
         (!self.client_alive).then_some(End::ClientGone)
     }
 
-    /// Queues a PDU for the upstream (written by `flush`).
+    /// Queues a PDU for the upstream while it is there (written by `flush`).
     async fn send_upstream(&mut self, pdu: &[u8]) -> Option<End> {
-        self.up_out.extend_from_slice(pdu);
-        if self.up_out.len() >= MAX_OUT {
-            return self.flush().await;
-        }
-        None
-    }
-
-    /// Writes what is queued for either leg: one write per leg for everything that
-    /// was ready at once.
-    async fn flush(&mut self) -> Option<End> {
-        if !self.up_out.is_empty() {
-            let sent = send(&mut self.uw, &self.up_out).await;
-            self.up_out.clear();
-            if !sent {
-                return Some(End::UpstreamGone(UpstreamLoss::Closed));
+        if self.up_alive {
+            self.up_out.extend_from_slice(pdu);
+            if self.up_out.len() >= MAX_OUT {
+                return self.flush_up().await;
             }
         }
+        (!self.up_alive).then_some(End::UpstreamGone(UpstreamLoss::Closed))
+    }
+
+    /// Writes what is queued for each leg: one write per leg for everything that was
+    /// ready at once. Each leg on its own: one that is gone does not hold the other.
+    async fn flush(&mut self) -> Option<End> {
+        let up = self.flush_up().await;
+        let client = self.flush_client().await;
+        up.or(client)
+    }
+
+    async fn flush_up(&mut self) -> Option<End> {
+        if !self.up_out.is_empty() {
+            if self.up_alive && !send(&mut self.uw, &self.up_out).await {
+                self.up_alive = false;
+            }
+            self.up_out.clear();
+        }
+        (!self.up_alive).then_some(End::UpstreamGone(UpstreamLoss::Closed))
+    }
+
+    async fn flush_client(&mut self) -> Option<End> {
         if !self.client_out.is_empty() {
             if self.client_alive && !send(&mut self.cw, &self.client_out).await {
                 self.client_alive = false;
@@ -569,7 +594,7 @@ impl Session<'_> {
         if h.is_response() {
             // Only an answer to what the upstream asked passes.
             return match self.upstream_requests.remove(&h.sequence) {
-                Some(cmd) if h.id == id::resp(cmd) || h.id == id::GENERIC_NACK => {
+                Some((cmd, _)) if h.id == id::resp(cmd) || h.id == id::GENERIC_NACK => {
                     let end = self.send_upstream(&pdu).await;
                     end.or((h.id == id::resp(id::UNBIND)).then_some(End::Unbound))
                 }
@@ -581,7 +606,11 @@ impl Session<'_> {
                 }
             };
         }
-        if h.sequence == 0 || h.sequence > 0x7FFF_FFFF || self.outstanding.contains(&h.sequence) {
+        if h.sequence == 0
+            || h.sequence > 0x7FFF_FFFF
+            || self.outstanding.contains(&h.sequence)
+            || self.awaited.contains_key(&h.sequence)
+        {
             // Outside SMPP's range, or the number of a message still on its way.
             return self
                 .refuse(&h, status::SYSTEM_ERROR, "sequence_in_use")
@@ -596,7 +625,15 @@ impl Session<'_> {
             }
             // Requests without a new message (replace_sm changes a message's content,
             // never its destination): passed on.
-            id::QUERY_SM | id::CANCEL_SM | id::REPLACE_SM => self.send_upstream(&pdu).await,
+            id::QUERY_SM | id::CANCEL_SM | id::REPLACE_SM => {
+                if self.awaited.len() >= MAX_AWAITED {
+                    return self
+                        .refuse(&h, status::THROTTLED, "too_many_requests")
+                        .await;
+                }
+                self.awaited.insert(h.sequence, (h.id, Instant::now()));
+                self.send_upstream(&pdu).await
+            }
             id::UNBIND => {
                 // Messages being recorded go first: nothing overtakes them.
                 while let Some(done) = self.records.join_next().await {
@@ -668,16 +705,8 @@ impl Session<'_> {
                     ticket.not_forwarded(why, status::THROTTLED as u16).await;
                     return self.send_client(&answer(&h, status::THROTTLED)).await;
                 }
-                if let Some(end) = self.send_upstream(&pdu).await {
-                    ticket
-                        .outcome(
-                            Err(&SmppUpstreamError::Closed),
-                            Duration::ZERO,
-                            status::SYSTEM_ERROR as u16,
-                        )
-                        .await;
-                    return Some(end);
-                }
+                // In flight before it is queued: whatever becomes of the write, `end`
+                // settles it (drained, or failed with the upstream).
                 self.outstanding.insert(h.sequence);
                 self.in_flight.insert(
                     h.sequence,
@@ -687,7 +716,7 @@ impl Session<'_> {
                         forwarded: Instant::now(),
                     },
                 );
-                None
+                self.send_upstream(&pdu).await
             }
             Err(e) => {
                 self.l
@@ -719,9 +748,28 @@ impl Session<'_> {
             if answers_message && let Some(f) = self.in_flight.remove(&h.sequence) {
                 self.outstanding.remove(&h.sequence);
                 self.outcome(f, &h, &pdu).await;
+            } else if self
+                .awaited
+                .get(&h.sequence)
+                .is_some_and(|(cmd, _)| h.id == id::resp(*cmd) || h.id == id::GENERIC_NACK)
+            {
+                self.awaited.remove(&h.sequence);
             }
-        } else if self.upstream_requests.len() < MAX_UPSTREAM_REQUESTS {
-            self.upstream_requests.insert(h.sequence, h.id);
+        } else if !matches!(h.id, id::ALERT_NOTIFICATION | id::OUTBIND) {
+            // A request the client is to answer (alert_notification has no answer).
+            if self.upstream_requests.len() >= MAX_UPSTREAM_REQUESTS {
+                // The oldest unanswered one is forgotten (its late answer dropped).
+                let oldest = self
+                    .upstream_requests
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(seq, _)| *seq);
+                if let Some(seq) = oldest {
+                    self.upstream_requests.remove(&seq);
+                }
+            }
+            self.upstream_requests
+                .insert(h.sequence, (h.id, Instant::now()));
         }
         if let Some(end) = self.send_client(&pdu).await {
             return Some(end);
@@ -754,6 +802,9 @@ impl Session<'_> {
     /// (a late response still passes to the client), and their window places free.
     async fn expire(&mut self) {
         let limit = self.l.upstream.timeout;
+        self.awaited.retain(|_, (_, at)| at.elapsed() < 2 * limit);
+        self.upstream_requests
+            .retain(|_, (_, at)| at.elapsed() < 2 * limit);
         let late: Vec<u32> = self
             .in_flight
             .iter()
@@ -763,6 +814,9 @@ impl Session<'_> {
         for seq in late {
             if let Some(f) = self.in_flight.remove(&seq) {
                 self.outstanding.remove(&seq);
+                // Its number stays in use until a late answer (or twice the timeout),
+                // so that the answer cannot settle another message.
+                self.awaited.insert(seq, (f.command, Instant::now()));
                 let waited = f.forwarded.elapsed();
                 f.ticket
                     .outcome(
@@ -785,10 +839,17 @@ impl Session<'_> {
             NotForwarded::ClientGone
         };
         while let Some(done) = self.records.join_next().await {
-            if let Ok((h, _, _, Ok(ticket))) = done {
-                ticket.not_forwarded(why, status::THROTTLED as u16).await;
-                self.send_client(&answer(&h, status::THROTTLED)).await;
+            let Ok((h, _, started, result)) = done else {
+                continue;
+            };
+            match result {
+                Ok(ticket) => ticket.not_forwarded(why, status::THROTTLED as u16).await,
+                Err(e) => self
+                    .l
+                    .relay
+                    .log(Exit::FailClosed(&e), status::THROTTLED as u16, started),
             }
+            self.send_client(&answer(&h, status::THROTTLED)).await;
         }
         let unbind = Writer::new(id::UNBIND, 0, OWN_SEQUENCE).finish();
         if matches!(end, End::ClientGone | End::Idle | End::Shutdown) {
@@ -796,17 +857,16 @@ impl Session<'_> {
             // a few seconds in all.
             let until =
                 tokio::time::Instant::now() + self.l.upstream.timeout.min(Duration::from_secs(5));
-            let drain = async {
-                while !self.in_flight.is_empty() {
-                    match up.next().await {
-                        Ok(pdu) => {
-                            let _ = self.upstream_pdu(pdu).await;
-                        }
-                        Err(_) => break,
+            // Only the read is under the deadline: handling a PDU (an outcome, a
+            // queued write) is never cut off half-way.
+            while !self.in_flight.is_empty() {
+                match tokio::time::timeout_at(until, up.next()).await {
+                    Ok(Ok(pdu)) => {
+                        let _ = self.upstream_pdu(pdu).await;
                     }
+                    _ => break,
                 }
-            };
-            let _ = tokio::time::timeout_at(until, drain).await;
+            }
             self.up_out.extend_from_slice(&unbind);
         }
         if matches!(end, End::UpstreamGone(_) | End::Idle | End::Shutdown) {
