@@ -332,7 +332,7 @@ async fn bad_input_is_answered_and_never_forwarded() {
     let mut both = q.finish();
     both.extend_from_slice(&submit(b"31644444444", 30));
     esme.send(&both).await;
-    let mut got = vec![esme.header().await, esme.header().await];
+    let mut got = [esme.header().await, esme.header().await];
     got.sort_by_key(|h| h.id);
     assert_eq!(
         (got[0].id, got[1].id, got[1].status),
