@@ -303,6 +303,10 @@ pub fn heads(
             message: e.to_string(),
         };
         let conn = schema::open_for_read(&p.path_in(&store.path)).map_err(err)?;
+        if !schema::is_ready(&conn).map_err(err)? {
+            // Being created this very moment: no head yet, nothing in it.
+            continue;
+        }
         if let Some((head, signature)) = integrity::latest_head(&conn).map_err(err)? {
             out.push(HeadRef {
                 partition: p.to_string(),
