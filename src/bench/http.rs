@@ -5,7 +5,6 @@
 //! (coordinated omission). Always bounded: by duration or by request count.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-use super::{Percentiles, Rng, Schedule, histogram, spinner};
+use super::{Percentiles, Rng, Schedule, Shared, histogram};
 use crate::config::ProfileKind;
 
 #[derive(Debug, Clone)]
@@ -122,11 +121,6 @@ fn request(b: &HttpBench, rng: &mut Rng) -> Request<Full<Bytes>> {
     req.body(Full::new(body)).unwrap_or_default()
 }
 
-struct Shared {
-    issued: AtomicU64,
-    done: AtomicU64,
-}
-
 /// What one connection measured.
 struct Worker {
     hist: Histogram<u64>,
@@ -158,9 +152,7 @@ async fn worker(
     let mut schedule = Schedule::new(b.rate, b.connections);
     let mut sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
     while let Some(due) = schedule.due(deadline) {
-        if let Some(limit) = b.requests
-            && shared.issued.fetch_add(1, Ordering::Relaxed) >= limit
-        {
+        if !shared.issue(b.requests) {
             break;
         }
         let start = schedule.wait(due).await;
@@ -214,7 +206,7 @@ async fn worker(
                 sender = None;
             }
         }
-        shared.done.fetch_add(1, Ordering::Relaxed);
+        shared.done();
     }
     w
 }
@@ -230,27 +222,17 @@ pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
         return Err(HttpBenchError::Empty);
     }
     let b = Arc::new(b);
-    let shared = Arc::new(Shared {
-        issued: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-    });
     let started = Instant::now();
     let deadline = b.duration.map(|d| started + d);
-    let bar = spinner(b.progress, "requests");
-    let workers: Vec<_> = (0..b.connections)
-        .map(|i| tokio::spawn(worker(b.clone(), i, shared.clone(), deadline)))
-        .collect();
-    if let Some(bar) = &bar {
-        while !workers.iter().all(|w| w.is_finished()) {
-            bar.set_position(shared.done.load(Ordering::Relaxed));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let workers = super::run_workers(b.connections, b.progress, "requests", |i, shared| {
+        worker(b.clone(), i, shared, deadline)
+    })
+    .await
+    .map_err(HttpBenchError::Worker)?;
     let mut hist = histogram();
     let mut errors = Errors::default();
     let (mut ok, mut requests) = (0u64, 0u64);
     for w in workers {
-        let w = w.await.map_err(|e| HttpBenchError::Worker(e.to_string()))?;
         let _ = hist.add(&w.hist);
         ok += w.ok;
         requests += w.requests;
@@ -260,9 +242,6 @@ pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
         for (s, n) in w.errors.status {
             *errors.status.entry(s).or_default() += n;
         }
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(HttpReport {

@@ -3,6 +3,8 @@
 //! mail servers) and `bench smpp` (one for SMSCs). The two load generators share their schedule, histogram and report.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -124,7 +126,7 @@ impl Schedule {
 }
 
 /// A progress spinner on a terminal (`what` counted per second), unless asked not to.
-pub(crate) fn spinner(progress: bool, what: &str) -> Option<indicatif::ProgressBar> {
+fn spinner(progress: bool, what: &str) -> Option<indicatif::ProgressBar> {
     (progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -135,4 +137,56 @@ pub(crate) fn spinner(progress: bool, what: &str) -> Option<indicatif::ProgressB
         );
         bar
     })
+}
+
+/// What a run's load workers share: submissions issued (against a count limit) and
+/// done (for the progress spinner).
+#[derive(Default)]
+pub(crate) struct Shared {
+    issued: AtomicU64,
+    pub(crate) done: AtomicU64,
+}
+
+impl Shared {
+    /// Takes one submission from `limit`: false once all are issued.
+    pub(crate) fn issue(&self, limit: Option<u64>) -> bool {
+        limit.is_none_or(|l| self.issued.fetch_add(1, Ordering::Relaxed) < l)
+    }
+
+    pub(crate) fn done(&self) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `n` load workers (`spawn(index, shared)`) to their end, a spinner counting
+/// `what` when `progress`: what each measured, or why one failed.
+pub(crate) async fn run_workers<W, F>(
+    n: usize,
+    progress: bool,
+    what: &str,
+    spawn: impl Fn(usize, Arc<Shared>) -> F,
+) -> Result<Vec<W>, String>
+where
+    F: std::future::Future<Output = W> + Send + 'static,
+    W: Send + 'static,
+{
+    let shared = Arc::new(Shared::default());
+    let bar = spinner(progress, what);
+    let workers: Vec<_> = (0..n)
+        .map(|i| tokio::spawn(spawn(i, shared.clone())))
+        .collect();
+    if let Some(bar) = &bar {
+        while !workers.iter().all(|w| w.is_finished()) {
+            bar.set_position(shared.done.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for w in workers {
+        out.push(w.await.map_err(|e| e.to_string())?);
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(out)
 }

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -16,7 +15,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Percentiles, Rng, Schedule, histogram, micros_since, spinner};
+use super::{Percentiles, Rng, Schedule, Shared, histogram, micros_since};
 use crate::smpp::{Address, Bind, Dest, Header, Message, Tlvs, Writer, frame_len, id, status};
 
 #[derive(Debug, Clone)]
@@ -80,11 +79,6 @@ pub struct SmppReport {
 const DRAIN: Duration = Duration::from_secs(10);
 
 const MAX_PDU: u32 = 64 * 1024;
-
-struct Shared {
-    issued: AtomicU64,
-    done: AtomicU64,
-}
 
 struct Worker {
     hist: Histogram<u64>,
@@ -192,9 +186,7 @@ async fn worker(
                 next_due = Some(due);
                 break;
             }
-            if let Some(limit) = b.submits
-                && shared.issued.fetch_add(1, Ordering::Relaxed) >= limit
-            {
+            if !shared.issue(b.submits) {
                 sending = false;
                 break;
             }
@@ -255,7 +247,7 @@ async fn worker(
                     } else {
                         *w.errors.status.entry(h.status).or_default() += 1;
                     }
-                    shared.done.fetch_add(1, Ordering::Relaxed);
+                    shared.done();
                 }
                 id::DELIVER_SM => {
                     w.receipts += 1;
@@ -326,27 +318,17 @@ pub async fn run(b: SmppBench) -> Result<SmppReport, SmppBenchError> {
         return Err(SmppBenchError::Credentials);
     }
     let b = Arc::new(b);
-    let shared = Arc::new(Shared {
-        issued: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-    });
     let started = Instant::now();
     let deadline = b.duration.map(|d| started + d);
-    let bar = spinner(b.progress, "submits");
-    let workers: Vec<_> = (0..b.sessions)
-        .map(|i| tokio::spawn(worker(b.clone(), i, shared.clone(), deadline)))
-        .collect();
-    if let Some(bar) = &bar {
-        while !workers.iter().all(|w| w.is_finished()) {
-            bar.set_position(shared.done.load(Ordering::Relaxed));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let workers = super::run_workers(b.sessions, b.progress, "submits", |i, shared| {
+        worker(b.clone(), i, shared, deadline)
+    })
+    .await
+    .map_err(SmppBenchError::Worker)?;
     let mut hist = histogram();
     let mut errors = Errors::default();
     let (mut ok, mut submits, mut receipts) = (0, 0, 0);
     for w in workers {
-        let w = w.await.map_err(|e| SmppBenchError::Worker(e.to_string()))?;
         let _ = hist.add(&w.hist);
         ok += w.ok;
         submits += w.submits;
@@ -360,9 +342,6 @@ pub async fn run(b: SmppBench) -> Result<SmppReport, SmppBenchError> {
         for (s, n) in w.errors.status {
             *errors.status.entry(s).or_default() += n;
         }
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(SmppReport {

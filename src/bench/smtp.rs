@@ -7,14 +7,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
-use super::{Percentiles, Rng, Schedule, histogram, micros_since, spinner};
+use super::{Percentiles, Rng, Schedule, Shared, histogram, micros_since};
 use crate::smtp::{Io, Reply, Wire, WireError};
 
 #[derive(Debug, Clone)]
@@ -91,11 +90,6 @@ fn content(size: usize) -> Vec<u8> {
         remaining = remaining.saturating_sub(line);
     }
     out
-}
-
-struct Shared {
-    issued: AtomicU64,
-    done: AtomicU64,
 }
 
 /// What one connection measured.
@@ -204,9 +198,7 @@ async fn worker(
     let mut leg: Option<(Leg, u64)> = None;
     let mut envelope = Vec::new();
     while let Some(due) = schedule.due(deadline) {
-        if let Some(limit) = b.messages
-            && shared.issued.fetch_add(1, Ordering::Relaxed) >= limit
-        {
+        if !shared.issue(b.messages) {
             break;
         }
         let start = schedule.wait(due).await;
@@ -220,7 +212,7 @@ async fn worker(
                         Failed::Refused(code) => *w.errors.refused.entry(code).or_default() += 1,
                         Failed::Session(_) => w.errors.connect += 1,
                     }
-                    shared.done.fetch_add(1, Ordering::Relaxed);
+                    shared.done();
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -265,7 +257,7 @@ async fn worker(
             let _ = l.reply(TIMEOUT).await;
             leg = None;
         }
-        shared.done.fetch_add(1, Ordering::Relaxed);
+        shared.done();
     }
     if let Some((mut l, _)) = leg {
         let _ = l.send(b"QUIT\r\n", TIMEOUT).await;
@@ -286,27 +278,17 @@ pub async fn run(b: SmtpBench) -> Result<SmtpReport, SmtpBenchError> {
     body.extend_from_slice(b".\r\n");
     let body: Arc<[u8]> = body.into();
     let b = Arc::new(b);
-    let shared = Arc::new(Shared {
-        issued: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-    });
     let started = Instant::now();
     let deadline = b.duration.map(|d| started + d);
-    let bar = spinner(b.progress, "messages");
-    let workers: Vec<_> = (0..b.sessions)
-        .map(|i| tokio::spawn(worker(b.clone(), body.clone(), i, shared.clone(), deadline)))
-        .collect();
-    if let Some(bar) = &bar {
-        while !workers.iter().all(|w| w.is_finished()) {
-            bar.set_position(shared.done.load(Ordering::Relaxed));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let workers = super::run_workers(b.sessions, b.progress, "messages", |i, shared| {
+        worker(b.clone(), body.clone(), i, shared, deadline)
+    })
+    .await
+    .map_err(SmtpBenchError::Worker)?;
     let mut hist = histogram();
     let mut errors = Errors::default();
     let (mut ok, mut messages, mut sessions) = (0u64, 0u64, 0u64);
     for w in workers {
-        let w = w.await.map_err(|e| SmtpBenchError::Worker(e.to_string()))?;
         let _ = hist.add(&w.hist);
         ok += w.ok;
         messages += w.messages;
@@ -317,9 +299,6 @@ pub async fn run(b: SmtpBench) -> Result<SmtpReport, SmtpBenchError> {
         for (code, n) in w.errors.refused {
             *errors.refused.entry(code).or_default() += n;
         }
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(SmtpReport {

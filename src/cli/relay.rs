@@ -365,12 +365,7 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 progress: !quiet,
             };
             let report = load_runtime(*threads)?.block_on(crate::bench::http::run(b))?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(())
+            print_report(&report, report.to_text(), *json)
         }
         BenchCommand::Smtp {
             target,
@@ -403,12 +398,7 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 progress: !quiet,
             };
             let report = load_runtime(*threads)?.block_on(crate::bench::smtp::run(b))?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(())
+            print_report(&report, report.to_text(), *json)
         }
         BenchCommand::Smpp {
             target,
@@ -425,8 +415,8 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             threads,
             json,
             quiet,
-        } => bench_smpp(
-            crate::bench::smpp::SmppBench {
+        } => {
+            let b = crate::bench::smpp::SmppBench {
                 target: *target,
                 sessions: *sessions,
                 window: *window,
@@ -439,20 +429,19 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 password: password.clone(),
                 seed: *seed,
                 progress: !quiet,
-            },
-            *threads,
-            *json,
-        ),
+            };
+            let report = load_runtime(*threads)?.block_on(crate::bench::smpp::run(b))?;
+            print_report(&report, report.to_text(), *json)
+        }
     }
 }
 
-/// Runs `bench smpp`.
-fn bench_smpp(b: crate::bench::smpp::SmppBench, threads: usize, json: bool) -> Result<()> {
-    let report = load_runtime(threads)?.block_on(crate::bench::smpp::run(b))?;
+/// A load generator's report: JSON, or its text.
+fn print_report<R: serde::Serialize>(report: &R, text: String, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", report.to_text());
+        print!("{text}");
     }
     Ok(())
 }
