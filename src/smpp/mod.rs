@@ -12,7 +12,7 @@ pub mod segment;
 
 pub use pdu::{
     Address, Bind, BodyError, Dest, FrameError, HEADER_LEN, Header, Message, SubmitResp, Tlvs,
-    Writer, frame_len, id, status, tag, tlv_bytes,
+    Writer, frame_len, id, is_receipt, status, tag, tlv_bytes,
 };
 pub use receipt::{Receipt, receipt};
 pub use segment::{Segment, SegmentError, UDHI, segment};

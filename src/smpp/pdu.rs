@@ -423,6 +423,18 @@ impl<'a> Message<'a> {
         })
     }
 
+    /// The esm_class of a submit_sm, deliver_sm or data_sm body, read without the
+    /// rest of it (what a proxy needs to tell a receipt from a message).
+    pub fn esm_class_of(command: u32, body: &[u8]) -> Option<u8> {
+        let addr_max = if command == id::DATA_SM { 65 } else { 21 };
+        let mut r = Reader(body);
+        r.cstr(6, 0).ok()?;
+        for _ in 0..2 {
+            Address::read(&mut r, addr_max, 0).ok()?;
+        }
+        r.u8(0).ok()
+    }
+
     /// The content: short_message, or the message_payload TLV when that is used.
     pub fn content(&self) -> &'a [u8] {
         match self.tlvs.get(tag::MESSAGE_PAYLOAD) {
@@ -431,12 +443,17 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// esm_class (bits 2–5, the message type) marks an SMSC delivery receipt (0x04)
-    /// or an intermediate delivery notification (0x20): facts about an earlier
-    /// message, not a message of its own.
+    /// See [`is_receipt`].
     pub fn is_receipt(&self) -> bool {
-        matches!(self.esm_class & 0x3C, 0x04 | 0x20)
+        is_receipt(self.esm_class)
     }
+}
+
+/// esm_class (bits 2–5, the message type) marks an SMSC delivery receipt (0x04) or
+/// an intermediate delivery notification (0x20): facts about an earlier message,
+/// not a message of its own.
+pub fn is_receipt(esm_class: u8) -> bool {
+    matches!(esm_class & 0x3C, 0x04 | 0x20)
 }
 
 /// A response's message_id: submit_sm_resp, data_sm_resp, submit_multi_resp (with the
@@ -725,6 +742,9 @@ mod tests {
             let (h, b) = body(&pdu);
             let back = Message::read(h.id, b).unwrap();
             assert_eq!(back, m, "{command:#x}");
+            if command != id::SUBMIT_MULTI {
+                assert_eq!(Message::esm_class_of(h.id, b), Some(0x40));
+            }
             assert!(!format!("{back:?}").contains("hello"));
         }
         let data_pdu = Message {

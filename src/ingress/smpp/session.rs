@@ -23,8 +23,8 @@ use crate::record::Outcome;
 use crate::relay::{Answer, Exit, Found, NotForwarded, Ticket};
 use crate::shutdown::Shutdown;
 use crate::smpp::{
-    Address, Bind, Dest, HEADER_LEN, Header, Message, SubmitResp, Writer, frame_len, id, segment,
-    status,
+    Address, Bind, Dest, HEADER_LEN, Header, Message, SubmitResp, Writer, frame_len, id,
+    is_receipt, segment, status,
 };
 use crate::smtp::Io;
 use crate::store::RecordError;
@@ -733,7 +733,7 @@ impl Session<'_> {
         let h = Header::read(&pdu)?;
         self.l.metrics.pdu("upstream", h.id);
         if matches!(h.id, id::DELIVER_SM | id::DATA_SM)
-            && Message::read(h.id, &pdu[HEADER_LEN..]).is_ok_and(|m| m.is_receipt())
+            && Message::esm_class_of(h.id, &pdu[HEADER_LEN..]).is_some_and(is_receipt)
         {
             self.l.metrics.receipts.inc();
         }
