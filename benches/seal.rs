@@ -30,6 +30,7 @@ fn bench(c: &mut Criterion) {
     });
     let at = rec.now();
     let sub = Submission {
+        smpp: None,
         id: rec.next_submission_id(at),
         at,
         protocol: Protocol::Http,

@@ -35,6 +35,7 @@ fn submissions(n: usize, first: usize) -> Vec<Submission> {
             x ^= x >> 7;
             x ^= x << 17;
             Submission {
+                smpp: None,
                 id: SubmissionId(((START_US + i as i64 * 1_000) << 8) | 1),
                 at: START_US + i as i64 * 1_000,
                 protocol: Protocol::Http,

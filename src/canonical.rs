@@ -21,6 +21,13 @@ pub enum Form {
     Raw = 2,
     /// An e-mail address, domain lower-cased, local part as given.
     Email = 3,
+    /// An alphanumeric sender id (SMPP TON 5, or letters in it), canonical raw form.
+    Alphanumeric = 4,
+    /// A short code or network-specific number (SMPP TON 3 or 6, or a few digits
+    /// that are no valid number), its digits.
+    ShortCode = 5,
+    /// A distribution list's name (SMPP submit_multi), as sent.
+    List = 6,
 }
 
 impl Form {
@@ -29,6 +36,9 @@ impl Form {
             1 => Some(Form::E164),
             2 => Some(Form::Raw),
             3 => Some(Form::Email),
+            4 => Some(Form::Alphanumeric),
+            5 => Some(Form::ShortCode),
+            6 => Some(Form::List),
             _ => None,
         }
     }
@@ -38,6 +48,9 @@ impl Form {
             Form::E164 => "e164",
             Form::Raw => "raw",
             Form::Email => "email",
+            Form::Alphanumeric => "alphanumeric",
+            Form::ShortCode => "short_code",
+            Form::List => "list",
         }
     }
 }
@@ -391,7 +404,9 @@ impl Identifier {
     pub fn index_value(&self) -> Cow<'_, str> {
         match self.form {
             Form::Email => email_index_form(&self.value),
-            Form::E164 | Form::Raw => Cow::Borrowed(&self.value),
+            Form::E164 | Form::Raw | Form::Alphanumeric | Form::ShortCode | Form::List => {
+                Cow::Borrowed(&self.value)
+            }
         }
     }
 }

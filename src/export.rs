@@ -4,7 +4,7 @@
 use crate::clock::micros_to_datetime;
 use crate::store::query::Found;
 
-pub const CSV_HEADER: [&str; 20] = [
+pub const CSV_HEADER: [&str; 28] = [
     "time",
     "protocol",
     "service",
@@ -25,6 +25,14 @@ pub const CSV_HEADER: [&str; 20] = [
     "upstream_message_id",
     "enhanced_status",
     "size_bytes",
+    "direction",
+    "registered_delivery",
+    "segment_reference",
+    "segment_part",
+    "receipt_state",
+    "receipt_error",
+    "receipt_done",
+    "receipt_time",
 ];
 
 pub fn rfc3339(us: i64) -> String {
@@ -33,6 +41,8 @@ pub fn rfc3339(us: i64) -> String {
 
 pub fn found_json(f: &Found) -> serde_json::Value {
     let o = f.outcome.as_ref();
+    let r = f.receipt.as_ref();
+    let smpp = f.fields.smpp.as_ref();
     serde_json::json!({
         "time": rfc3339(f.at),
         "protocol": f.protocol.as_str(),
@@ -54,6 +64,14 @@ pub fn found_json(f: &Found) -> serde_json::Value {
         "upstream_message_id": o.and_then(|o| o.upstream_message_id.clone()),
         "enhanced_status": o.and_then(|o| o.enhanced_status.clone()),
         "size_bytes": o.and_then(|o| o.size_bytes),
+        "direction": smpp.map(|d| d.direction.as_str()),
+        "registered_delivery": smpp.map(|d| d.registered_delivery),
+        "segment_reference": smpp.and_then(|d| d.part).map(|p| p.reference),
+        "segment_part": smpp.and_then(|d| d.part).map(|p| p.number),
+        "receipt_state": r.and_then(|r| r.state.clone()),
+        "receipt_error": r.and_then(|r| r.error.clone()),
+        "receipt_done": r.and_then(|r| r.done.clone()),
+        "receipt_time": r.map(|r| rfc3339(r.at)),
     })
 }
 

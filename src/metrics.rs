@@ -31,6 +31,15 @@ pub struct BindLabels {
     pub result: &'static str,
 }
 
+/// An SMPP delivery receipt: `matched` (attached to its message), `unmatched` (no
+/// message known by its id: sent before relaylog started, or past receipt-wait),
+/// `unrecorded` (matched, but the store could not take it).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiptLabels {
+    pub listener: String,
+    pub result: &'static str,
+}
+
 /// An SMPP PDU relayed: from whom (`client`, `upstream`) and its command's name
 /// (`other` for what relaylog does not name).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,8 +75,8 @@ pub struct Metrics {
     pub smpp_pdus: Family<PduLabels, Counter>,
     /// SMPP messages being recorded or with the SMSC, all sessions of a listener.
     pub smpp_window: Family<ListenerLabels, Gauge>,
-    /// Delivery receipts relayed to clients.
-    pub smpp_receipts: Family<ListenerLabels, Counter>,
+    /// Delivery receipts from the SMSC, by whether they found their message.
+    pub smpp_receipts: Family<ReceiptLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -177,10 +186,10 @@ impl Metrics {
             "SMPP messages being recorded or with the SMSC",
             smpp_window.clone(),
         );
-        let smpp_receipts = Family::<ListenerLabels, Counter>::default();
+        let smpp_receipts = Family::<ReceiptLabels, Counter>::default();
         registry.register(
             "smpp_receipts",
-            "SMPP delivery receipts relayed to clients",
+            "SMPP delivery receipts from the SMSC, by whether they found their message",
             smpp_receipts.clone(),
         );
         let store_errors = Counter::default();

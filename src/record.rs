@@ -105,6 +105,9 @@ pub enum Outcome {
     /// The client went away after its message was recorded, before it was forwarded:
     /// not forwarded (the client, given no answer, will send it again).
     FailedClientGone = 5,
+    /// Not an answer but a later event: the SMSC's delivery receipt for the message
+    /// (see [`Receipt`]). A message's outcome is its latest event of another kind.
+    Receipt = 6,
 }
 
 impl Outcome {
@@ -115,6 +118,7 @@ impl Outcome {
             3 => Some(Self::Failed),
             4 => Some(Self::FailedShutdown),
             5 => Some(Self::FailedClientGone),
+            6 => Some(Self::Receipt),
             _ => None,
         }
     }
@@ -125,6 +129,7 @@ impl Outcome {
             Self::Failed => "failed",
             Self::FailedShutdown => "failed: shutdown",
             Self::FailedClientGone => "failed: client gone",
+            Self::Receipt => "receipt",
         }
     }
 }
@@ -146,6 +151,53 @@ pub struct Submission {
     /// transaction's recipient count.
     pub segments: u16,
     pub recipients: Vec<Identifier>,
+    /// What SMPP adds: direction, registered_delivery, which part of a long message.
+    pub smpp: Option<SmppDetail>,
+}
+
+/// Which way an SMS went through relaylog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Direction {
+    /// From a client towards handsets (submit_sm, submit_multi, data_sm).
+    MobileTerminated = 1,
+    /// From a handset to a client (an SMSC's deliver_sm or data_sm that is not a
+    /// receipt): the originator is the handset, the recipient the client's number.
+    MobileOriginated = 2,
+}
+
+impl Direction {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::MobileTerminated),
+            2 => Some(Self::MobileOriginated),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MobileTerminated => "mt",
+            Self::MobileOriginated => "mo",
+        }
+    }
+}
+
+/// The SMPP facts of a message that name no one: sealed with the record all the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmppDetail {
+    pub direction: Direction,
+    /// The PDU's registered_delivery octet (bits 0-1: SMSC receipt requested).
+    pub registered_delivery: u8,
+    /// Which part of a concatenated message this PDU carries.
+    pub part: Option<Part>,
+}
+
+/// One part of a concatenated SMS (UDH or sar_* TLVs): the reference shared by its
+/// parts and its number among them (the count is [`Submission::segments`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub reference: u16,
+    pub number: u8,
 }
 
 impl Submission {
@@ -190,6 +242,47 @@ pub struct OutcomeEvent {
     pub enhanced_status: Option<String>,
     /// SMTP: the message's size in bytes as it went upstream.
     pub size_bytes: Option<u64>,
+    /// The one recipient (by ordinal) this event is about; `None`: the whole
+    /// submission. SMPP: a submit_multi_resp's unsuccess_sme entry, a receipt from one
+    /// of several destinations.
+    pub ordinal: Option<u32>,
+    /// A delivery receipt's facts (with [`Outcome::Receipt`]).
+    pub receipt: Option<Receipt>,
+}
+
+impl OutcomeEvent {
+    /// An event with nothing but its kind, for the fields that apply to be set.
+    pub fn new(
+        submission: SubmissionId,
+        submitted_at: Micros,
+        at: Micros,
+        outcome: Outcome,
+    ) -> Self {
+        OutcomeEvent {
+            submission,
+            submitted_at,
+            at,
+            outcome,
+            upstream_status: None,
+            gateway_code: None,
+            upstream_message_id: None,
+            enhanced_status: None,
+            size_bytes: None,
+            ordinal: None,
+            receipt: None,
+        }
+    }
+}
+
+/// The facts relaylog keeps of a delivery receipt: never its `text:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// `DELIVRD`, `UNDELIV`, `EXPIRED`, `REJECTD`, … as the SMSC wrote it.
+    pub state: Option<String>,
+    /// The SMSC's error code (`err:`), as written.
+    pub error: Option<String>,
+    /// `done date`, as the SMSC wrote it (`YYMMDDhhmm[ss]`, its own time zone).
+    pub done: Option<String>,
 }
 
 /// SMS parts needed for a text, from its length in characters and its coding

@@ -31,7 +31,9 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use crate::canonical::{self, Identifier, NumberNormalizer};
 use crate::metrics::{ListenerLabels, Metrics, ReasonLabels, RequestLabels};
-use crate::record::{Outcome, OutcomeEvent, Protocol, Service, Submission, SubmissionId};
+use crate::record::{
+    Outcome, OutcomeEvent, Protocol, Service, SmppDetail, Submission, SubmissionId,
+};
 use crate::shutdown::Shutdown;
 use crate::store::{OutcomeSlot, RecordError, Recorder};
 
@@ -158,6 +160,15 @@ pub struct Found<'a> {
     pub peer: SocketAddr,
 }
 
+/// A message's metadata with its identifiers already canonical.
+pub struct Identified<'a> {
+    pub account: &'a str,
+    pub peer: SocketAddr,
+    pub originator: Option<Identifier>,
+    pub recipients: Vec<Identifier>,
+    pub segments: u16,
+}
+
 impl Relay {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -202,13 +213,32 @@ impl Relay {
 
     /// The submission of what a session found: canonical forms, time, id.
     pub fn submission(&self, found: Found<'_>) -> Submission {
-        let at = self.recorder.now();
         let normalize = |v: &str| -> Identifier {
             match self.service {
                 Service::Sms => self.normalizer.normalize(v),
                 Service::Email => canonical::normalize_email(v),
             }
         };
+        self.submission_of(
+            Identified {
+                account: found.account,
+                peer: found.peer,
+                originator: found
+                    .originator
+                    .map(str::trim_ascii)
+                    .filter(|o| !o.is_empty())
+                    .map(normalize),
+                recipients: found.recipients.iter().map(|r| normalize(r)).collect(),
+                segments: found.segments,
+            },
+            None,
+        )
+    }
+
+    /// The submission of identifiers a session has already put in canonical form
+    /// (SMPP, whose addresses say what kind they are), with its SMPP details.
+    pub fn submission_of(&self, found: Identified<'_>, smpp: Option<SmppDetail>) -> Submission {
+        let at = self.recorder.now();
         Submission {
             id: self.recorder.next_submission_id(at),
             at,
@@ -217,13 +247,10 @@ impl Relay {
             account: canonical::canonical_account(found.account),
             client_ip: canonical::canonical_ip(found.peer.ip()),
             client_port: found.peer.port(),
-            originator: found
-                .originator
-                .map(str::trim_ascii)
-                .filter(|o| !o.is_empty())
-                .map(normalize),
+            originator: found.originator,
             segments: found.segments,
-            recipients: found.recipients.iter().map(|r| normalize(r)).collect(),
+            recipients: found.recipients,
+            smpp,
         }
     }
 
@@ -251,7 +278,7 @@ impl Relay {
                 let slot = ticket.disarm();
                 if matches!(e, RecordError::Timeout(_)) {
                     // The records may still be committed: say this message was not sent.
-                    slot.record(&ticket_event(
+                    slot.record(&OutcomeEvent::new(
                         submission.id,
                         submission.at,
                         self.recorder.now(),
@@ -262,6 +289,13 @@ impl Relay {
                 Err(e)
             }
         }
+    }
+
+    /// Appends a later event about a message already recorded (a delivery receipt, one
+    /// destination's refusal): waits for queue space (at most `enqueue-timeout`), not
+    /// for the commit. The message's own outcome does not depend on it.
+    pub async fn event(&self, ev: &OutcomeEvent) -> Result<(), RecordError> {
+        self.recorder.record_outcome(ev).await
     }
 
     /// The logging phase: every exit of every request passes here once, and only
@@ -369,6 +403,11 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The recorded submission: its id, and when it was received (its partition).
+    pub fn submission(&self) -> (SubmissionId, i64) {
+        (self.submission, self.submitted_at)
+    }
+
     /// Whether the message must not be forwarded now: past `shutdown-timeout`, or its
     /// client gone (it had no answer and will send again, so a forward now could
     /// deliver it twice).
@@ -388,7 +427,7 @@ impl Ticket {
         let relay = self.relay.clone();
         let (submission, recipients, started) = (self.submission, self.recipients, self.started);
         let at = relay.recorder.now();
-        let event = ticket_event(submission, self.submitted_at, at, why.outcome());
+        let event = OutcomeEvent::new(submission, self.submitted_at, at, why.outcome());
         self.spend(&event).await;
         relay.log(
             Exit::Message {
@@ -415,7 +454,7 @@ impl Ticket {
         let at = relay.recorder.now();
         let (event, end) = match outcome {
             Ok((outcome, answer)) => {
-                let mut event = ticket_event(submission, self.submitted_at, at, outcome);
+                let mut event = OutcomeEvent::new(submission, self.submitted_at, at, outcome);
                 event.upstream_status = answer.upstream_status;
                 event.gateway_code = answer.gateway_code;
                 event.upstream_message_id = answer.message_id;
@@ -424,7 +463,7 @@ impl Ticket {
                 (event, End::Relayed)
             }
             Err(e) => (
-                ticket_event(submission, self.submitted_at, at, Outcome::Failed),
+                OutcomeEvent::new(submission, self.submitted_at, at, Outcome::Failed),
                 End::Upstream(e),
             ),
         };
@@ -468,7 +507,7 @@ impl Drop for Ticket {
         let Some(slot) = self.slot.take() else { return };
         let why = NotForwarded::Shutdown;
         let at = self.relay.recorder.now();
-        slot.record_now(&ticket_event(
+        slot.record_now(&OutcomeEvent::new(
             self.submission,
             self.submitted_at,
             at,
@@ -484,25 +523,6 @@ impl Drop for Ticket {
             self.relay.cut_short_status,
             self.started,
         );
-    }
-}
-
-fn ticket_event(
-    submission: SubmissionId,
-    submitted_at: i64,
-    at: i64,
-    outcome: Outcome,
-) -> OutcomeEvent {
-    OutcomeEvent {
-        submission,
-        submitted_at,
-        at,
-        outcome,
-        upstream_status: None,
-        gateway_code: None,
-        upstream_message_id: None,
-        enhanced_status: None,
-        size_bytes: None,
     }
 }
 

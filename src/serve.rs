@@ -407,6 +407,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     listener,
                     smpp: Arc::new(crate::ingress::smpp::SmppListener {
                         relay: core,
+                        book: crate::ingress::smpp::receipts::ReceiptBook::new(
+                            smpp.receipt_wait,
+                            smpp.receipt_book,
+                            smpp.upstream_timeout,
+                        ),
                         settings: smpp.clone(),
                         metrics: crate::ingress::smpp::SmppMetrics::new(&metrics, &l.name),
                         upstream,

@@ -33,6 +33,8 @@ async fn accepted(rec: &relaylog::store::Recorder, account: &str, number: &str) 
         upstream_message_id: None,
         enhanced_status: None,
         size_bytes: None,
+        ordinal: None,
+        receipt: None,
     };
     rec.record_outcome(&ev).await.unwrap();
 }

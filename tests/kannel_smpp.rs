@@ -138,7 +138,21 @@ async fn kannel_submits_through_relaylog_and_gets_its_receipt() {
     let o = f.outcome.as_ref().expect("an outcome");
     assert_eq!(o.outcome, Outcome::Accepted);
     assert!(o.upstream_message_id.is_some(), "the SMSC's message id");
+    let smpp = f.fields.smpp.expect("SMPP details");
+    assert!(
+        smpp.registered_delivery & 0x01 != 0,
+        "Kannel asked for a receipt"
+    );
+    let r = f
+        .receipt
+        .as_ref()
+        .expect("the receipt, attached by message id");
+    assert_eq!(r.state.as_deref(), Some("DELIVRD"));
     let metrics = get(&c, &format!("{admin}/metrics")).await.1;
+    assert_metric(
+        &metrics,
+        "relaylog_smpp_receipts_total{listener=\"smpp\",result=\"matched\"} 1",
+    );
     drop(kannel);
     running.shutdown().await;
     for canary in [CANARY, "secret7"] {

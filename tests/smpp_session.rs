@@ -5,153 +5,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::smpp::*;
 use common::*;
-use relaylog::record::Outcome;
-use relaylog::serve::SimulatorStats;
-use relaylog::simulator::smpp::SmscStats;
-use relaylog::smpp::{
-    Address, Bind, Dest, Header, Message, SubmitResp, Tlvs, Writer, frame_len, id, status,
-};
+use relaylog::canonical::Form;
+use relaylog::record::{Direction, Outcome};
+use relaylog::smpp::{Bind, Header, Message, SubmitResp, Writer, frame_len, id, status};
 use relaylog::store::IndexKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const T: Duration = Duration::from_secs(10);
-
-fn smpp_config_text(dir: &Path, listener: &str, store: &str) -> String {
-    let d = dir.display();
-    format!(
-        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{store}\n\
-         [[listener]]\nname = \"smpp\"\nprotocol = \"smpp\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n"
-    )
-}
-
-struct Relay {
-    running: relaylog::serve::Running,
-    config: relaylog::config::Config,
-    addr: SocketAddr,
-    admin: String,
-}
-
-impl Relay {
-    async fn start(dir: &Path, listener: &str, store: &str) -> Relay {
-        init_keys(dir);
-        let text = smpp_config_text(dir, listener, store);
-        let config = relaylog::config::Config::parse(&text, Path::new("test.toml")).unwrap();
-        let running =
-            relaylog::serve::start(config.clone(), Arc::new(relaylog::clock::SystemClock))
-                .await
-                .unwrap();
-        let addr = running.addr("smpp").unwrap();
-        let admin = format!("http://{}", running.admin.unwrap());
-        Relay {
-            running,
-            config,
-            addr,
-            admin,
-        }
-    }
-
-    fn smsc(&self) -> &SmscStats {
-        match &self.running.simulators[0].stats {
-            SimulatorStats::Smpp(s) => s,
-            _ => panic!("an SMPP listener starts the SMSC simulator"),
-        }
-    }
-}
-
-struct Esme {
-    tcp: TcpStream,
-    buf: BytesMut,
-}
-
-impl Esme {
-    async fn connect(addr: SocketAddr) -> Esme {
-        Esme {
-            tcp: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, pdu: &[u8]) {
-        self.tcp.write_all(pdu).await.unwrap();
-    }
-
-    /// The next PDU, or `None` when the relay closed the connection.
-    async fn next(&mut self) -> Option<Vec<u8>> {
-        loop {
-            if let Ok(Some(len)) = frame_len(&self.buf, 1 << 20) {
-                return Some(self.buf.split_to(len).to_vec());
-            }
-            match tokio::time::timeout(T, self.tcp.read_buf(&mut self.buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return None,
-                Err(_) => panic!("no PDU in time"),
-            }
-        }
-    }
-
-    /// Acknowledges a deliver_sm.
-    async fn ack(&mut self, sequence: u32) {
-        self.send(
-            &Writer::new(id::resp(id::DELIVER_SM), 0, sequence)
-                .cstr(b"")
-                .finish(),
-        )
-        .await;
-    }
-
-    async fn header(&mut self) -> Header {
-        Header::read(&self.next().await.expect("a PDU")).unwrap()
-    }
-
-    async fn bind(&mut self, system_id: &[u8], password: &[u8]) -> Header {
-        self.send(
-            &Bind {
-                system_id,
-                password,
-                system_type: b"",
-                interface_version: 0x34,
-                addr_ton: 0,
-                addr_npi: 0,
-                address_range: b"",
-            }
-            .write(id::BIND_TRANSCEIVER, 1),
-        )
-        .await;
-        self.header().await
-    }
-}
-
-fn submit(to: &[u8], sequence: u32) -> Vec<u8> {
-    Message {
-        service_type: b"",
-        source: Address {
-            ton: 5,
-            npi: 0,
-            addr: b"ACME",
-        },
-        dests: vec![Dest::Sme(Address {
-            ton: 1,
-            npi: 1,
-            addr: to,
-        })],
-        esm_class: 0,
-        registered_delivery: 1,
-        data_coding: 0,
-        short_message: b"canary-text-55e1",
-        tlvs: Tlvs::none(),
-    }
-    .write(id::SUBMIT_SM, sequence)
-}
 
 /// A bound session with a window of 100 submits in one write: each answered with
 /// the SMSC's message id, each destination recorded with that id as its outcome;
@@ -159,7 +24,7 @@ fn submit(to: &[u8], sequence: u32) -> Vec<u8> {
 #[tokio::test]
 async fn a_window_of_submits_is_recorded_and_relayed() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), "", "").await;
+    let relay = SmppRelay::start(dir.path(), "", "").await;
     let mut esme = Esme::connect(relay.addr).await;
     // Before the bind, a submit is refused.
     esme.send(&submit(b"31612345678", 2)).await;
@@ -234,7 +99,8 @@ async fn a_window_of_submits_is_recorded_and_relayed() {
         "relaylog_smpp_binds_total{listener=\"smpp\",kind=\"transceiver\",result=\"ok\"} 1",
         "relaylog_smpp_pdus_total{listener=\"smpp\",from=\"client\",command=\"submit_sm\"} 100",
         "relaylog_smpp_pdus_total{listener=\"smpp\",from=\"upstream\",command=\"deliver_sm\"} 100",
-        "relaylog_smpp_receipts_total{listener=\"smpp\"} 100",
+        "relaylog_smpp_receipts_total{listener=\"smpp\",result=\"matched\"} 100",
+        "relaylog_smpp_receipts_total{listener=\"smpp\",result=\"unmatched\"} 0",
         "relaylog_smpp_window{listener=\"smpp\"} 0",
     ] {
         assert_metric(&metrics, line);
@@ -248,11 +114,27 @@ async fn a_window_of_submits_is_recorded_and_relayed() {
         (f.protocol.as_str(), f.fields.account.as_str()),
         ("smpp", "shop")
     );
-    assert_eq!(f.fields.originator.as_ref().unwrap().value, "ACME");
+    let originator = f.fields.originator.as_ref().unwrap();
+    assert_eq!(
+        (originator.form, originator.value.as_str()),
+        (Form::Alphanumeric, "ACME")
+    );
+    let smpp = f.fields.smpp.expect("SMPP details");
+    assert_eq!(
+        (smpp.direction, smpp.registered_delivery, smpp.part),
+        (Direction::MobileTerminated, 1, None)
+    );
     let o = f.outcome.as_ref().expect("an outcome");
     assert_eq!(o.outcome, Outcome::Accepted);
     assert_eq!(o.gateway_code, Some(0));
     assert_eq!(o.upstream_message_id.as_deref(), Some(ids[&52].as_str()));
+    // Its receipt, attached by the message id; its text: never kept.
+    let r = f.receipt.as_ref().expect("the receipt");
+    assert_eq!(
+        (r.state.as_deref(), r.error.as_deref()),
+        (Some("DELIVRD"), Some("000"))
+    );
+    assert!(r.done.as_deref().is_some_and(|d| d.len() == 10), "{r:?}");
     assert_eq!(
         query_store(&relay.config, IndexKind::Account, "shop").len(),
         100
@@ -277,7 +159,7 @@ async fn a_window_of_submits_is_recorded_and_relayed() {
 #[tokio::test]
 async fn bad_input_is_answered_and_never_forwarded() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), "", "").await;
+    let relay = SmppRelay::start(dir.path(), "", "").await;
     let mut esme = Esme::connect(relay.addr).await;
     assert_eq!(esme.bind(b"shop", b"secret").await.status, status::OK);
     esme.send(&Writer::new(0x0000_0042, 0, 7).finish()).await;
@@ -359,7 +241,7 @@ async fn bad_input_is_answered_and_never_forwarded() {
 async fn when_records_cannot_be_committed_the_submit_is_throttled() {
     let dir = tempfile::tempdir().unwrap();
     let store = "queue-capacity = 2\nenqueue-timeout = \"100ms\"\n";
-    let relay = Relay::start(dir.path(), "", store).await;
+    let relay = SmppRelay::start(dir.path(), "", store).await;
     let mut esme = Esme::connect(relay.addr).await;
     assert_eq!(esme.bind(b"shop", b"secret").await.status, status::OK);
     esme.send(&submit(b"31612345678", 2)).await;
@@ -437,7 +319,7 @@ async fn an_smsc_that_goes_away_or_never_answers_leaves_failed_outcomes() {
     for hang_up_after in [Some(3), None] {
         let dir = tempfile::tempdir().unwrap();
         let port = fake_smsc(hang_up_after).await;
-        let relay = Relay::start(
+        let relay = SmppRelay::start(
             dir.path(),
             &format!("upstream = \"smpp://127.0.0.1:{port}\"\nupstream-timeout = \"1s\"\n"),
             "",
@@ -490,7 +372,7 @@ async fn an_smsc_that_goes_away_or_never_answers_leaves_failed_outcomes() {
 #[tokio::test]
 async fn sessions_per_account_are_capped_once_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), "max-sessions-per-account = 1\n", "").await;
+    let relay = SmppRelay::start(dir.path(), "max-sessions-per-account = 1\n", "").await;
     let mut wrong = Esme::connect(relay.addr).await;
     assert_eq!(
         wrong.bind(b"shop", b"wrong").await.status,
@@ -537,7 +419,7 @@ async fn tls_towards_the_client_and_the_smsc() {
         } else {
             String::new()
         };
-        let relay = Relay::start(
+        let relay = SmppRelay::start(
             dir.path(),
             &format!("upstream = \"smpps://localhost:{port}\"\n{ca}{listener_keys}"),
             "",
@@ -603,7 +485,7 @@ async fn tls_towards_the_client_and_the_smsc() {
 #[tokio::test]
 async fn quiet_clients_are_let_go() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
+    let relay = SmppRelay::start(
         dir.path(),
         "bind-timeout = \"300ms\"\ninactivity-timeout = \"500ms\"\n",
         "",

@@ -66,6 +66,7 @@ fn synthetic(
     let at = start_us + ((i as i128 * span_us as i128) / b.records as i128) as i64;
     let (a, ip, n) = (rng.next(), rng.next(), rng.next());
     Submission {
+        smpp: None,
         id: rec.next_submission_id(at),
         at,
         protocol: Protocol::Http,

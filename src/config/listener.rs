@@ -52,11 +52,13 @@ pub struct RawListener {
     pub inactivity_timeout: Option<String>,
     pub max_pdu_bytes: Option<u32>,
     pub max_sessions_per_account: Option<usize>,
+    pub receipt_wait: Option<String>,
+    pub receipt_book: Option<usize>,
 }
 
 impl RawListener {
     /// The keys given that belong to one protocol only, with that protocol.
-    fn protocol_keys(&self) -> [(bool, &'static str, &'static str); 24] {
+    fn protocol_keys(&self) -> [(bool, &'static str, &'static str); 26] {
         let http = "HTTP";
         let smtp = "SMTP";
         let smpp = "SMPP";
@@ -101,6 +103,8 @@ impl RawListener {
                 "max-sessions-per-account",
                 smpp,
             ),
+            (self.receipt_wait.is_some(), "receipt-wait", smpp),
+            (self.receipt_book.is_some(), "receipt-book", smpp),
         ]
     }
 }
@@ -324,6 +328,10 @@ pub struct Smpp {
     /// Requests of one session recorded or with the upstream at once.
     pub window: usize,
     pub max_sessions_per_account: usize,
+    /// How long a sent message's id is kept to attach its delivery receipt.
+    pub receipt_wait: Duration,
+    /// The most message ids kept for receipts (the oldest go first).
+    pub receipt_book: usize,
 }
 
 /// Where an SMTP listener relays to: `smtp://host:port` (25 by default) or
@@ -705,6 +713,13 @@ fn validate_smpp(key: &dyn Fn(&str) -> String, l: RawListener) -> Result<Smpp, C
             "must be at least 1",
         ));
     }
+    let receipt_book = l.receipt_book.unwrap_or(1_000_000);
+    if !(1_000..=100_000_000).contains(&receipt_book) {
+        return Err(invalid(
+            key("receipt-book"),
+            "must be between 1000 and 100000000",
+        ));
+    }
     Ok(Smpp {
         upstream,
         upstream_ca: l.upstream_ca,
@@ -714,6 +729,8 @@ fn validate_smpp(key: &dyn Fn(&str) -> String, l: RawListener) -> Result<Smpp, C
         max_pdu_bytes,
         window,
         max_sessions_per_account,
+        receipt_wait: duration("receipt-wait", &l.receipt_wait, "72h")?,
+        receipt_book,
     })
 }
 

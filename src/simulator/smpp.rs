@@ -5,8 +5,11 @@
 //! `mock-gateway --api smpp` runs, the upstream of the SMPP tests and benchmarks, and
 //! it keeps nothing but counts.
 //!
-//! Test hook: a submit_multi destination whose address starts with `999` is refused
-//! (`ESME_RINVDSTADR` in unsuccess_sme).
+//! Test hooks: a submit_multi destination whose address starts with `999` is refused
+//! (`ESME_RINVDSTADR` in unsuccess_sme); [`Smsc::receipts_before_responses`] sends each
+//! receipt ahead of the response that carries its message id, as an SMSC answering on
+//! one path and delivering on another may. A receipt's `text:` holds the first 20
+//! bytes of the message, as real SMSCs write it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -45,8 +48,10 @@ pub struct SmscStats {
     pub destinations: AtomicU64,
     pub receipts_sent: AtomicU64,
     pub mo_sent: AtomicU64,
-    /// deliver_sm_resp and data_sm_resp from clients.
+    /// deliver_sm_resp and data_sm_resp from clients with ESME_ROK.
     pub delivery_acks: AtomicU64,
+    /// deliver_sm_resp and data_sm_resp with another status (to be sent again).
+    pub delivery_refusals: AtomicU64,
 }
 
 impl SmscStats {
@@ -61,6 +66,7 @@ impl SmscStats {
             "receipts_sent": n(&self.receipts_sent),
             "mo_sent": n(&self.mo_sent),
             "delivery_acks": n(&self.delivery_acks),
+            "delivery_refusals": n(&self.delivery_refusals),
         })
         .to_string()
     }
@@ -85,6 +91,7 @@ pub struct Smsc {
     /// TLS from the first byte (`smpps`), when given a certificate.
     tls: Option<tokio_rustls::TlsAcceptor>,
     receipt_delay: Duration,
+    receipts_first: bool,
     receivers: Arc<Receivers>,
     pub stats: Arc<SmscStats>,
 }
@@ -95,6 +102,7 @@ impl Smsc {
             listener: TcpListener::bind(addr).await?,
             tls: None,
             receipt_delay,
+            receipts_first: false,
             receivers: Arc::default(),
             stats: Arc::default(),
         })
@@ -107,6 +115,13 @@ impl Smsc {
     /// Speaks TLS from the first byte.
     pub fn with_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Smsc {
         self.tls = Some(acceptor);
+        self
+    }
+
+    /// Sends each receipt before the response to its submit (the receipt delay is
+    /// ignored).
+    pub fn receipts_before_responses(mut self) -> Smsc {
+        self.receipts_first = true;
         self
     }
 
@@ -125,7 +140,11 @@ impl Smsc {
         {
             let _ = stream.set_nodelay(true);
             let (stats, receivers) = (self.stats.clone(), self.receivers.clone());
-            let delay = self.receipt_delay;
+            let delay = if self.receipts_first {
+                None
+            } else {
+                Some(self.receipt_delay)
+            };
             let tls = self.tls.clone();
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -151,7 +170,8 @@ impl Smsc {
     }
 }
 
-/// Sends MO messages (deliver_sm, esm_class 0) to a bound receiver or transceiver.
+/// Sends MO messages (deliver_sm, esm_class 0) to a bound receiver or transceiver:
+/// from an international number to a number or (up to 8 digits) a short code.
 #[derive(Clone)]
 pub struct MoSender {
     receivers: Arc<Receivers>,
@@ -170,8 +190,9 @@ impl MoSender {
                 npi: 1,
                 addr: from,
             },
+            // A short code (up to 8 digits) as network specific, TON 3.
             dests: vec![Dest::Sme(Address {
-                ton: 1,
+                ton: if to.len() <= 8 { 3 } else { 1 },
                 npi: 1,
                 addr: to,
             })],
@@ -196,8 +217,12 @@ impl MoSender {
 
 /// One SMPP session against the simulator, until unbind, an unreadable stream or the
 /// client leaving.
-async fn session<S>(io: S, stats: &SmscStats, receivers: &Receivers, receipt_delay: Duration)
-where
+async fn session<S>(
+    io: S,
+    stats: &SmscStats,
+    receivers: &Receivers,
+    receipt_delay: Option<Duration>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     stats.sessions.fetch_add(1, Ordering::Relaxed);
@@ -252,7 +277,8 @@ struct State {
     bound: Option<bool>,
     next_id: u64,
     sequence: u32,
-    receipt_delay: Duration,
+    /// `None`: each receipt goes before its response.
+    receipt_delay: Option<Duration>,
 }
 
 impl State {
@@ -320,9 +346,12 @@ impl State {
                         .fetch_add(m.dests.len() as u64, Ordering::Relaxed);
                     if m.registered_delivery & 0x03 != 0 && self.bound == Some(true) {
                         for dest in delivered {
-                            let receipt = self.receipt(&message_id, dest, m.source);
-                            let due = Instant::now() + self.receipt_delay;
-                            if tx.try_send(Out::Later(due, receipt)).is_ok() {
+                            let receipt = self.receipt(&message_id, dest, m.source, m.content());
+                            let out = match self.receipt_delay {
+                                Some(delay) => Out::Later(Instant::now() + delay, receipt),
+                                None => Out::Now(receipt),
+                            };
+                            if tx.try_send(out).is_ok() {
                                 stats.receipts_sent.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -331,7 +360,12 @@ impl State {
                 }
             },
             id::DELIVER_SM_RESP | id::DATA_SM_RESP => {
-                stats.delivery_acks.fetch_add(1, Ordering::Relaxed);
+                let count = if h.status == status::OK {
+                    &stats.delivery_acks
+                } else {
+                    &stats.delivery_refusals
+                };
+                count.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             id::GENERIC_NACK => return None,
@@ -343,12 +377,20 @@ impl State {
     }
 
     /// A delivery receipt for `message_id`, from the destination back to the source.
-    fn receipt(&mut self, message_id: &str, from: Address<'_>, to: Address<'_>) -> Vec<u8> {
+    fn receipt(
+        &mut self,
+        message_id: &str,
+        from: Address<'_>,
+        to: Address<'_>,
+        content: &[u8],
+    ) -> Vec<u8> {
         self.sequence = self.sequence.wrapping_add(1);
         let now = chrono::Utc::now().format("%y%m%d%H%M");
-        let text = format!(
+        let mut text = format!(
             "id:{message_id} sub:001 dlvrd:001 submit date:{now} done date:{now} stat:DELIVRD err:000 text:"
-        );
+        )
+        .into_bytes();
+        text.extend_from_slice(&content[..content.len().min(20)]);
         let mut id_nul = message_id.as_bytes().to_vec();
         id_nul.push(0);
         let tlvs = tlv_bytes(&[
@@ -362,7 +404,7 @@ impl State {
             esm_class: 0x04,
             registered_delivery: 0,
             data_coding: 0,
-            short_message: text.as_bytes(),
+            short_message: &text,
             tlvs: crate::smpp::Tlvs::raw(&tlvs),
         }
         .write(id::DELIVER_SM, self.sequence)
@@ -554,7 +596,7 @@ mod tests {
         let stats = Arc::new(SmscStats::default());
         let receivers = Arc::new(Receivers::default());
         let st = stats.clone();
-        tokio::spawn(async move { session(server, &st, &receivers, Duration::ZERO).await });
+        tokio::spawn(async move { session(server, &st, &receivers, Some(Duration::ZERO)).await });
         let (mut r, mut w) = tokio::io::split(client);
         let mut buf = BytesMut::new();
         w.write_all(&bind(id::BIND_TRANSMITTER, b"wrong"))

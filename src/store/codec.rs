@@ -1,22 +1,28 @@
 //! The plaintext inside a record's sealed value, and the AAD that binds it to its row.
 //!
-//! Layout (version 1), all integers big-endian:
+//! Layout, all integers big-endian:
 //!
 //! ```text
-//! version u8 = 1
+//! version u8 = 1, or 2 when the SMPP part follows
 //! account      len u16 | utf-8
 //! client ip    len u8 (4 or 16) | octets
 //! client port  u16
 //! originator   form u8 (0 = none) | len u16 | utf-8
 //! recipient    form u8 | len u16 | utf-8
+//! version 2:   direction u8 | registered_delivery u8
+//!              | part u8 (0 = none, 1 = reference u16 | number u8)
 //! ```
+//!
+//! A record without SMPP details is written as version 1, so every record written
+//! before them reads as it did.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::canonical::{Form, Identifier};
-use crate::record::{SubmissionId, TrafficRecord};
+use crate::record::{Direction, Part, SmppDetail, SubmissionId, TrafficRecord};
 
 const VERSION: u8 = 1;
+const VERSION_SMPP: u8 = 2;
 
 /// The identifying fields of one record, as sealed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +32,7 @@ pub struct SealedFields {
     pub client_port: u16,
     pub originator: Option<Identifier>,
     pub recipient: Identifier,
+    pub smpp: Option<SmppDetail>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +64,11 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 pub fn encode(record: &TrafficRecord<'_>, out: &mut Vec<u8>) {
     let s = record.submission;
-    out.push(VERSION);
+    out.push(if s.smpp.is_some() {
+        VERSION_SMPP
+    } else {
+        VERSION
+    });
     put_str(out, &s.account);
     match s.client_ip {
         IpAddr::V4(v4) => {
@@ -79,6 +90,18 @@ pub fn encode(record: &TrafficRecord<'_>, out: &mut Vec<u8>) {
     }
     out.push(record.recipient.form as u8);
     put_str(out, &record.recipient.value);
+    if let Some(d) = &s.smpp {
+        out.push(d.direction as u8);
+        out.push(d.registered_delivery);
+        match d.part {
+            Some(p) => {
+                out.push(1);
+                out.extend_from_slice(&p.reference.to_be_bytes());
+                out.push(p.number);
+            }
+            None => out.push(0),
+        }
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -114,7 +137,8 @@ impl<'a> Reader<'a> {
 
 pub fn decode(bytes: &[u8]) -> Result<SealedFields, CodecError> {
     let mut r = Reader(bytes);
-    if r.u8()? != VERSION {
+    let version = r.u8()?;
+    if version != VERSION && version != VERSION_SMPP {
         return Err(CodecError);
     }
     let account = r.string()?;
@@ -136,6 +160,25 @@ pub fn decode(bytes: &[u8]) -> Result<SealedFields, CodecError> {
     };
     let form = r.u8()?;
     let recipient = r.identifier(form)?;
+    let smpp = if version == VERSION_SMPP {
+        let direction = Direction::from_u8(r.u8()?).ok_or(CodecError)?;
+        let registered_delivery = r.u8()?;
+        let part = match r.u8()? {
+            0 => None,
+            1 => Some(Part {
+                reference: r.u16()?,
+                number: r.u8()?,
+            }),
+            _ => return Err(CodecError),
+        };
+        Some(SmppDetail {
+            direction,
+            registered_delivery,
+            part,
+        })
+    } else {
+        None
+    };
     if !r.0.is_empty() {
         return Err(CodecError);
     }
@@ -145,6 +188,7 @@ pub fn decode(bytes: &[u8]) -> Result<SealedFields, CodecError> {
         client_port,
         originator,
         recipient,
+        smpp,
     })
 }
 
@@ -160,7 +204,7 @@ mod tests {
 
     fn identifier() -> impl Strategy<Value = Identifier> {
         (
-            prop_oneof![Just(Form::E164), Just(Form::Raw), Just(Form::Email)],
+            (1u8..=6).prop_map(|f| Form::from_u8(f).unwrap()),
             "\\PC{0,40}",
         )
             .prop_map(|(form, value)| Identifier { form, value })
@@ -175,9 +219,14 @@ mod tests {
             any::<u16>(),
             proptest::option::of(identifier()),
             proptest::collection::vec(identifier(), 1..5),
+            proptest::option::of((
+                1u8..=2,
+                any::<u8>(),
+                proptest::option::of((any::<u16>(), any::<u8>())),
+            )),
         )
             .prop_map(
-                |(id, account, ip, v4, port, originator, recipients)| Submission {
+                |(id, account, ip, v4, port, originator, recipients, smpp)| Submission {
                     id: SubmissionId(id),
                     at: 1_790_000_000_000_000,
                     protocol: Protocol::Http,
@@ -192,6 +241,11 @@ mod tests {
                     originator,
                     segments: 1,
                     recipients,
+                    smpp: smpp.map(|(direction, registered_delivery, part)| SmppDetail {
+                        direction: Direction::from_u8(direction).unwrap(),
+                        registered_delivery,
+                        part: part.map(|(reference, number)| Part { reference, number }),
+                    }),
                 },
             )
     }
@@ -216,6 +270,7 @@ mod tests {
                 prop_assert_eq!(fields.client_port, sub.client_port);
                 prop_assert_eq!(&fields.originator, &sub.originator);
                 prop_assert_eq!(&fields.recipient, rec.recipient);
+                prop_assert_eq!(fields.smpp, sub.smpp);
                 // Bound to its row: another ordinal does not open it.
                 prop_assert!(keys.open(&record_aad(sub.id, rec.ordinal + 1), &sealed).is_err());
             }
@@ -252,13 +307,28 @@ mod tests {
                 form: Form::E164,
                 value: "+31612345678".into(),
             }],
+            smpp: None,
         };
-        let mut plain = Vec::new();
-        encode(&sub.records().next().unwrap(), &mut plain);
-        for cut in 0..plain.len() {
-            assert!(decode(&plain[..cut]).is_err(), "cut at {cut}");
+        let smpp = Submission {
+            smpp: Some(SmppDetail {
+                direction: Direction::MobileOriginated,
+                registered_delivery: 1,
+                part: Some(Part {
+                    reference: 0x1234,
+                    number: 2,
+                }),
+            }),
+            ..sub.clone()
+        };
+        for sub in [sub, smpp] {
+            let mut plain = Vec::new();
+            encode(&sub.records().next().unwrap(), &mut plain);
+            assert_eq!(decode(&plain).unwrap().smpp, sub.smpp);
+            for cut in 0..plain.len() {
+                assert!(decode(&plain[..cut]).is_err(), "cut at {cut}");
+            }
+            plain.push(0);
+            assert!(decode(&plain).is_err(), "trailing byte");
         }
-        plain.push(0);
-        assert!(decode(&plain).is_err(), "trailing byte");
     }
 }

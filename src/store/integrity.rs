@@ -228,6 +228,31 @@ pub fn outcome_leaf(o: &OutcomeRow) -> Hash {
             None => b.push(0),
         }
     }
+    // The SMPP fields, likewise only where there are any.
+    if o.ordinal.is_some()
+        || o.receipt_state.is_some()
+        || o.receipt_error.is_some()
+        || o.receipt_done.is_some()
+    {
+        b.push(b'd');
+        match o.ordinal {
+            Some(n) => {
+                b.push(1);
+                b.extend_from_slice(&n.to_be_bytes());
+            }
+            None => b.push(0),
+        }
+        for text in [&o.receipt_state, &o.receipt_error, &o.receipt_done] {
+            match text {
+                Some(t) => {
+                    b.push(1);
+                    b.extend_from_slice(&(t.len() as u32).to_be_bytes());
+                    b.extend_from_slice(t.as_bytes());
+                }
+                None => b.push(0),
+            }
+        }
+    }
     sha(&[&b])
 }
 
@@ -551,7 +576,7 @@ const RECORD_SELECT: &str = "SELECT id, submission, ordinal, at_us, bucket, prot
 fn outcome_select(conn: &Connection) -> rusqlite::Result<String> {
     Ok(format!(
         "SELECT {} FROM outcome",
-        schema::outcome_columns(conn)?
+        schema::outcome_columns(conn)?.select
     ))
 }
 
@@ -687,6 +712,10 @@ fn read_outcome(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, OutcomeRow)> {
             message_id_sealed: r.get(6)?,
             enhanced_status: r.get(7)?,
             size_bytes: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as u64),
+            ordinal: r.get(9)?,
+            receipt_state: r.get(10)?,
+            receipt_error: r.get(11)?,
+            receipt_done: r.get(12)?,
             leaf: [0; 32],
         },
     ))

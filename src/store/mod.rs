@@ -528,6 +528,10 @@ impl Recorder {
             message_id_sealed,
             enhanced_status: ev.enhanced_status.clone(),
             size_bytes: ev.size_bytes,
+            ordinal: ev.ordinal,
+            receipt_state: ev.receipt.as_ref().and_then(|r| r.state.clone()),
+            receipt_error: ev.receipt.as_ref().and_then(|r| r.error.clone()),
+            receipt_done: ev.receipt.as_ref().and_then(|r| r.done.clone()),
             leaf: [0; 32],
         };
         row.leaf = integrity::outcome_leaf(&row);
@@ -597,6 +601,7 @@ mod tests {
 
     fn submission(rec: &Recorder, at_us: Micros, account: &str, number: &str) -> Submission {
         Submission {
+            smpp: None,
             id: rec.next_submission_id(at_us),
             at: at_us,
             protocol: Protocol::Http,

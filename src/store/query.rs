@@ -71,7 +71,19 @@ pub struct Found {
     pub service: Service,
     pub segments: u16,
     pub fields: SealedFields,
+    /// The upstream's answer: the latest event about this record other than a receipt.
     pub outcome: Option<FoundOutcome>,
+    /// The latest delivery receipt for this record.
+    pub receipt: Option<FoundReceipt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundReceipt {
+    /// When relaylog saw it.
+    pub at: Micros,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub done: Option<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -176,9 +188,27 @@ pub fn run(
             criteria.kind.column()
         );
         let columns = schema::outcome_columns(&tx).map_err(part_err(p))?;
+        // An event is about this record when it names its ordinal or none.
+        let about = if columns.per_recipient {
+            "submission = ?1 AND (ordinal IS NULL OR ordinal = ?2)"
+        } else {
+            "submission = ?1 AND ?2 IS NOT NULL"
+        };
+        let receipt = Outcome::Receipt as u8;
         let mut outcome_stmt = tx
             .prepare(&format!(
-                "SELECT {columns} FROM outcome WHERE submission = ?1 ORDER BY id DESC LIMIT 1"
+                "SELECT {} FROM outcome WHERE {about} AND outcome != {receipt} ORDER BY id DESC LIMIT 1",
+                columns.select
+            ))
+            .map_err(part_err(p))?;
+        let mut receipt_stmt = tx
+            .prepare(&format!(
+                "SELECT at_us, {} FROM outcome WHERE {about} AND outcome = {receipt} ORDER BY id DESC LIMIT 1",
+                if columns.per_recipient {
+                    "receipt_state, receipt_error, receipt_done"
+                } else {
+                    "NULL, NULL, NULL"
+                }
             ))
             .map_err(part_err(p))?;
         let mut take = |row: &rusqlite::Row<'_>| -> Result<(), QueryError> {
@@ -199,7 +229,7 @@ pub fn run(
                 return Ok(());
             }
             let outcome = outcome_stmt
-                .query_row(params![submission.0], |r| {
+                .query_row(params![submission.0, ordinal], |r| {
                     Ok((
                         (
                             r.get::<_, u8>(3)?,
@@ -235,6 +265,17 @@ pub fn run(
                 }),
                 None => None,
             };
+            let receipt = receipt_stmt
+                .query_row(params![submission.0, ordinal], |r| {
+                    Ok(FoundReceipt {
+                        at: r.get(0)?,
+                        state: r.get(1)?,
+                        error: r.get(2)?,
+                        done: r.get(3)?,
+                    })
+                })
+                .optional()
+                .map_err(part_err(p))?;
             stats.matches += 1;
             emit(Found {
                 partition: p,
@@ -249,6 +290,7 @@ pub fn run(
                 segments: row.get(6).map_err(part_err(p))?,
                 fields,
                 outcome,
+                receipt,
             });
             Ok(())
         };

@@ -35,5 +35,10 @@ pub struct OutcomeRow {
     pub message_id_sealed: Option<Vec<u8>>,
     pub enhanced_status: Option<String>,
     pub size_bytes: Option<u64>,
+    /// SMPP: the recipient this event is about (`None`: the whole submission).
+    pub ordinal: Option<u32>,
+    pub receipt_state: Option<String>,
+    pub receipt_error: Option<String>,
+    pub receipt_done: Option<String>,
     pub leaf: Hash,
 }

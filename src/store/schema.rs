@@ -11,7 +11,9 @@
 //! outcome(id INTEGER PRIMARY KEY, -- given by the writer, never reused, like record.id
 //!         submission, at_us, outcome, upstream_status,
 //!         gateway_code, message_id_sealed,   -- appended, never updated
-//!         enhanced_status, size_bytes)       -- SMTP; added by ALTER to older files
+//!         enhanced_status, size_bytes,       -- SMTP; added by ALTER to older files
+//!         ordinal, receipt_state,            -- SMPP: one recipient's event, a receipt;
+//!         receipt_error, receipt_done)       --   added by ALTER to older files
 //! ix_account / ix_ip / ix_originator / ix_recipient
 //!        (bucket, tag, first, ids) PRIMARY KEY (bucket, tag, first), WITHOUT ROWID
 //!                                  -- blind-index posting lists (see `postings`)
@@ -100,7 +102,11 @@ CREATE TABLE IF NOT EXISTS outcome (
     gateway_code      INTEGER,
     message_id_sealed BLOB,
     enhanced_status   TEXT,
-    size_bytes        INTEGER
+    size_bytes        INTEGER,
+    ordinal           INTEGER,
+    receipt_state     TEXT,
+    receipt_error     TEXT,
+    receipt_done      TEXT
 );
 CREATE INDEX IF NOT EXISTS outcome_submission ON outcome(submission);
 ";
@@ -146,7 +152,7 @@ pub const ROWS_PER_INSERT: usize = 32;
 
 /// Columns of [`INSERT_RECORD`] and [`INSERT_OUTCOME`].
 pub const RECORD_COLUMNS: usize = 14;
-pub const OUTCOME_COLUMNS: usize = 9;
+pub const OUTCOME_COLUMNS: usize = 13;
 
 /// The tables written a batch at a time by [`insert_many`].
 #[derive(Debug, Clone, Copy)]
@@ -229,24 +235,65 @@ pub fn insert_postings_many(kind: usize) -> &'static str {
 
 /// See [`INSERT_RECORD`]: ids are the writer's.
 pub const INSERT_OUTCOME: &str = "INSERT INTO outcome (id, submission, at_us, outcome, upstream_status, \
-    gateway_code, message_id_sealed, enhanced_status, size_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    gateway_code, message_id_sealed, enhanced_status, size_bytes, ordinal, receipt_state, receipt_error, \
+    receipt_done) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
-/// Whether the partition's outcome table has the SMTP columns (`enhanced_status`,
-/// `size_bytes`); partitions written before them lack them until a writer opens them.
-pub fn has_outcome_extras(conn: &Connection) -> rusqlite::Result<bool> {
-    let mut stmt =
-        conn.prepare("SELECT 1 FROM pragma_table_info('outcome') WHERE name = 'size_bytes'")?;
-    stmt.exists([])
+/// The outcome columns added after the first partitions were written, each group by
+/// one release: a partition written before a group lacks its columns until a writer
+/// opens it (and adds them, nullable, without a rewrite).
+const OUTCOME_GROUPS: [&[(&str, &str)]; 2] = [
+    // SMTP
+    &[("enhanced_status", "TEXT"), ("size_bytes", "INTEGER")],
+    // SMPP
+    &[
+        ("ordinal", "INTEGER"),
+        ("receipt_state", "TEXT"),
+        ("receipt_error", "TEXT"),
+        ("receipt_done", "TEXT"),
+    ],
+];
+
+/// Which groups of [`OUTCOME_GROUPS`] the partition's outcome table has.
+fn outcome_groups(conn: &Connection) -> rusqlite::Result<[bool; 2]> {
+    let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info('outcome') WHERE name = ?1")?;
+    let mut has = [false; 2];
+    for (group, columns) in OUTCOME_GROUPS.iter().enumerate() {
+        has[group] = stmt.exists([columns[0].0])?;
+    }
+    Ok(has)
 }
 
-/// The outcome columns every reader selects, in this order: id, submission, at_us,
-/// outcome, upstream_status, gateway_code, message_id_sealed, enhanced_status,
-/// size_bytes (NULL for the last two in a partition that predates them).
-pub fn outcome_columns(conn: &Connection) -> rusqlite::Result<&'static str> {
-    Ok(if has_outcome_extras(conn)? {
-        "id, submission, at_us, outcome, upstream_status, gateway_code, message_id_sealed, enhanced_status, size_bytes"
-    } else {
-        "id, submission, at_us, outcome, upstream_status, gateway_code, message_id_sealed, NULL, NULL"
+/// What a reader selects from a partition's outcome table.
+pub struct OutcomeColumns {
+    /// In this order: id, submission, at_us, outcome, upstream_status, gateway_code,
+    /// message_id_sealed, enhanced_status, size_bytes, ordinal, receipt_state,
+    /// receipt_error, receipt_done (NULL for those the partition predates).
+    pub select: String,
+    /// Whether the table has `ordinal`: without it every event is the submission's.
+    pub per_recipient: bool,
+}
+
+pub fn outcome_columns(conn: &Connection) -> rusqlite::Result<OutcomeColumns> {
+    let has = outcome_groups(conn)?;
+    let mut select = vec![
+        "id",
+        "submission",
+        "at_us",
+        "outcome",
+        "upstream_status",
+        "gateway_code",
+        "message_id_sealed",
+    ];
+    for (group, columns) in OUTCOME_GROUPS.iter().enumerate() {
+        select.extend(
+            columns
+                .iter()
+                .map(|(name, _)| if has[group] { *name } else { "NULL" }),
+        );
+    }
+    Ok(OutcomeColumns {
+        select: select.join(", "),
+        per_recipient: has[1],
     })
 }
 
@@ -286,12 +333,16 @@ pub fn open_for_write(
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.execute_batch(DDL)?;
     conn.execute_batch(ERASURE_DDL)?;
-    if !has_outcome_extras(&conn)? {
-        // A partition from before SMTP outcomes: two nullable columns, no rewrite, both
-        // or neither.
-        conn.execute_batch(
-            "BEGIN; ALTER TABLE outcome ADD COLUMN enhanced_status TEXT; ALTER TABLE outcome ADD COLUMN size_bytes INTEGER; COMMIT;",
-        )?;
+    for (has, columns) in outcome_groups(&conn)?.into_iter().zip(OUTCOME_GROUPS) {
+        if !has {
+            // Nullable columns, no rewrite: a group all or none.
+            let mut sql = String::from("BEGIN;");
+            for (name, kind) in columns {
+                sql.push_str(&format!(" ALTER TABLE outcome ADD COLUMN {name} {kind};"));
+            }
+            sql.push_str(" COMMIT;");
+            conn.execute_batch(&sql)?;
+        }
     }
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1), ('partition', ?2)",
@@ -350,6 +401,40 @@ mod tests {
         conn.execute("INSERT INTO meta VALUES ('schema', '1')", [])
             .unwrap();
         assert!(is_ready(&conn).unwrap());
+    }
+
+    /// A partition from before the SMTP and SMPP columns reads with NULL for them,
+    /// and gets them (both groups, no rewrite) when a writer opens it.
+    #[test]
+    fn older_outcome_tables_are_read_as_they_are_and_extended_by_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE outcome (id INTEGER PRIMARY KEY, submission INTEGER NOT NULL, \
+                 at_us INTEGER NOT NULL, outcome INTEGER NOT NULL, upstream_status INTEGER, \
+                 gateway_code INTEGER, message_id_sealed BLOB); \
+                 INSERT INTO outcome VALUES (1, 7, 70, 1, 202, 0, NULL);",
+            )
+            .unwrap();
+            let columns = outcome_columns(&conn).unwrap();
+            assert!(!columns.per_recipient);
+            let row: (i64, Option<String>, Option<i64>) = conn
+                .query_row(
+                    &format!("SELECT {} FROM outcome", columns.select),
+                    [],
+                    |r| Ok((r.get(1)?, r.get(7)?, r.get(9)?)),
+                )
+                .unwrap();
+            assert_eq!(row, (7, None, None));
+        }
+        let conn = open_for_write(&path, "old", SyncMode::Normal, 2).unwrap();
+        let columns = outcome_columns(&conn).unwrap();
+        assert!(columns.per_recipient);
+        assert!(!columns.select.contains("NULL"), "{}", columns.select);
+        let stmt = conn.prepare(INSERT_OUTCOME).unwrap();
+        assert_eq!(stmt.parameter_count(), OUTCOME_COLUMNS);
     }
 
     #[test]

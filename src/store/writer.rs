@@ -771,6 +771,13 @@ impl Writer {
                         o.size_bytes.map(|n| n.min(i64::MAX as u64) as i64),
                     )
                     .map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 9, o.ordinal).map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 10, &o.receipt_state)
+                        .map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 11, &o.receipt_error)
+                        .map_err(sql)?;
+                    stmt.raw_bind_parameter(n + 12, &o.receipt_done)
+                        .map_err(sql)?;
                 }
                 stmt.raw_execute().map_err(sql)?;
                 for o in chunk {

@@ -2,6 +2,8 @@
 //! small HTTP client. Everything binds 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod smpp;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -346,6 +348,19 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Fails if any file under `dir` holds `needle`.
+pub fn assert_nowhere(dir: &Path, needle: &[u8]) {
+    for f in files_under(dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !contains(&bytes, needle),
+            "{} in {}",
+            String::from_utf8_lossy(needle),
+            f.display()
+        );
+    }
+}
+
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -368,6 +383,7 @@ pub fn one_recipient(
     number: &str,
 ) -> relaylog::record::Submission {
     relaylog::record::Submission {
+        smpp: None,
         id: rec.next_submission_id(at),
         at,
         protocol: relaylog::record::Protocol::Http,

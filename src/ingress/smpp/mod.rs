@@ -19,6 +19,8 @@ use crate::relay::Relay;
 use crate::shutdown::{Drain, Shutdown};
 use crate::smtp::Io;
 
+pub mod address;
+pub mod receipts;
 pub mod session;
 
 /// What every session of one SMPP listener shares.
@@ -28,6 +30,8 @@ pub struct SmppListener {
     pub upstream: SmppUpstream,
     /// Sessions bound per account (system_id), for `max-sessions-per-account`.
     pub accounts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Accepted messages' ids, for their delivery receipts.
+    pub book: receipts::ReceiptBook,
     pub metrics: SmppMetrics,
 }
 
@@ -38,7 +42,12 @@ pub struct SmppMetrics {
     listener: String,
     pdus: std::collections::HashMap<(&'static str, &'static str), Counter>,
     pub window: prometheus_client::metrics::gauge::Gauge,
-    pub receipts: Counter,
+    /// Delivery receipts attached to their message.
+    pub receipts_matched: Counter,
+    /// Delivery receipts that found no message.
+    pub receipts_unmatched: Counter,
+    /// Delivery receipts matched but not recorded (the store could not take them).
+    pub receipts_unrecorded: Counter,
 }
 
 /// Command names counted per side (see [`crate::smpp::id::name`]).
@@ -80,12 +89,22 @@ impl SmppMetrics {
                 pdus.insert((from, command), counter);
             }
         }
+        let receipts = |result| {
+            metrics
+                .smpp_receipts
+                .get_or_create_owned(&crate::metrics::ReceiptLabels {
+                    listener: listener.to_owned(),
+                    result,
+                })
+        };
         SmppMetrics {
             binds: metrics.smpp_binds.clone(),
             listener: listener.to_owned(),
             pdus,
             window: metrics.smpp_window.get_or_create_owned(&labels),
-            receipts: metrics.smpp_receipts.get_or_create_owned(&labels),
+            receipts_matched: receipts("matched"),
+            receipts_unmatched: receipts("unmatched"),
+            receipts_unrecorded: receipts("unrecorded"),
         }
     }
 

@@ -6,9 +6,14 @@
 //! read, its records committed through the relay core (records of a window commit
 //! together), and only then written upstream; if they cannot be, the client gets the
 //! response with `ESME_RTHROTTLED` and nothing goes upstream. The upstream's response
-//! (status, message_id) is the outcome. enquire_link is answered on each leg by
-//! relaylog itself. An unbind passes through; a leg that goes away, shutdown or
-//! inactivity ends the other with an unbind.
+//! (status, message_id) is the outcome; a submit_multi_resp's unsuccess_sme entries
+//! are each their destination's own. The message id goes into the listener's
+//! [`ReceiptBook`](super::receipts::ReceiptBook), so that a delivery receipt from the
+//! SMSC (on any session of the account) is attached to its message; a mobile-originated
+//! deliver_sm or data_sm is recorded (inbound) before it goes to the client, whose
+//! response is its outcome. enquire_link is answered on each leg by relaylog itself.
+//! An unbind passes through; a leg that goes away, shutdown or inactivity ends the
+//! other with an unbind.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,17 +24,19 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::task::JoinSet;
 
 use crate::egress::smpp::SmppUpstreamError;
-use crate::record::Outcome;
-use crate::relay::{Answer, Exit, Found, NotForwarded, Ticket};
+use crate::record::{Direction, Outcome, OutcomeEvent, Part, SmppDetail};
+use crate::relay::{Answer, Exit, Identified, NotForwarded, Ticket};
 use crate::shutdown::Shutdown;
 use crate::smpp::{
-    Address, Bind, Dest, HEADER_LEN, Header, Message, SubmitResp, Writer, frame_len, id,
-    is_receipt, segment, status,
+    Bind, Dest, HEADER_LEN, Header, Message, SubmitResp, Writer, frame_len, id, receipt, segment,
+    status,
 };
 use crate::smtp::Io;
 use crate::store::RecordError;
 
 use super::SmppListener;
+use super::address;
+use super::receipts::{Attached, Found as Receipted};
 
 /// Reads whole PDUs from one leg, each at most `max` bytes.
 struct PduReader {
@@ -107,17 +114,6 @@ fn answer(h: &Header, status: u32) -> Vec<u8> {
 
 fn nack(sequence: u32, status: u32) -> Vec<u8> {
     Writer::new(id::GENERIC_NACK, status, sequence).finish()
-}
-
-/// An address as the record holds it: international numbers with their `+`, the
-/// rest (national, alphanumeric, short codes) as sent, for the normaliser to mark.
-fn address_text(a: &Address<'_>) -> String {
-    let text = String::from_utf8_lossy(a.addr);
-    if a.ton == 1 && !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        format!("+{text}")
-    } else {
-        text.into_owned()
-    }
 }
 
 /// A bound session's place in `max-sessions-per-account`, given back on drop.
@@ -267,6 +263,7 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
         client_alive: true,
         up_alive: true,
         records: JoinSet::new(),
+        inbound_recording: 0,
         in_flight: HashMap::new(),
         outstanding: HashSet::new(),
         upstream_requests: HashMap::new(),
@@ -311,9 +308,16 @@ async fn bind_upstream(
     }
 }
 
-/// A recorded message waiting for its commit: its header, PDU, when it came, and the
-/// record's result.
-type Recorded = (Header, BytesMut, Instant, Result<Ticket, RecordError>);
+/// A message whose records were being committed: which way it goes, its header and
+/// PDU, when it came, its recipients' keys (see `InFlight`) and the record's result.
+struct Recorded {
+    inbound: bool,
+    h: Header,
+    pdu: BytesMut,
+    started: Instant,
+    recipients: Box<[u64]>,
+    result: Result<Ticket, RecordError>,
+}
 
 /// A message with the upstream, waiting for its response.
 struct InFlight {
@@ -322,6 +326,19 @@ struct InFlight {
     /// is its outcome.
     command: u32,
     forwarded: Instant,
+    /// A submit_multi's recipients' keys ([`ReceiptBook::recipient_key`]), in ordinal
+    /// order: what tells which one an unsuccess_sme entry or a receipt is about.
+    ///
+    /// [`ReceiptBook::recipient_key`]: super::receipts::ReceiptBook::recipient_key
+    recipients: Box<[u64]>,
+}
+
+/// A request from the upstream the client is to answer.
+struct UpstreamRequest {
+    command: u32,
+    at: Instant,
+    /// A mobile-originated message: the client's answer is its outcome.
+    inbound: Option<Ticket>,
 }
 
 /// Requests from the upstream (deliver_sm, unbind…) the client has not answered yet
@@ -339,7 +356,18 @@ const TEMPORARY: [u32; 4] = [
     TEMPORARY_APP_ERROR,
 ];
 const MESSAGE_QUEUE_FULL: u32 = 0x14;
+/// ESME_RX_T_APPN: what an ESME answers a deliver_sm it cannot take now (the SMSC
+/// retries it later).
 const TEMPORARY_APP_ERROR: u32 = 0x64;
+
+/// The outcome a command_status says.
+fn outcome_of(command: u32, status: u32) -> Outcome {
+    match status {
+        status::OK if command != id::GENERIC_NACK => Outcome::Accepted,
+        s if TEMPORARY.contains(&s) => Outcome::Failed,
+        _ => Outcome::Rejected,
+    }
+}
 
 /// One bound session. What holds between PDUs:
 ///
@@ -367,11 +395,13 @@ struct Session<'l> {
     /// False once a write to the upstream failed.
     up_alive: bool,
     records: JoinSet<Recorded>,
+    /// Of `records`, the inbound (mobile-originated) messages.
+    inbound_recording: usize,
     in_flight: HashMap<u32, InFlight>,
     outstanding: HashSet<u32>,
-    /// By sequence number: the command_id of each request from the upstream the
-    /// client has still to answer, and when it came.
-    upstream_requests: HashMap<u32, (u32, Instant)>,
+    /// By sequence number: the requests from the upstream the client has still to
+    /// answer.
+    upstream_requests: HashMap<u32, UpstreamRequest>,
     /// By sequence number: client requests other than messages with the upstream, and
     /// messages given up at upstream-timeout (their command_id, and since when).
     awaited: HashMap<u32, (u32, Instant)>,
@@ -440,9 +470,10 @@ impl Session<'_> {
                     }
                     step
                 }
-                pdu = up.next() => {
+                pdu = up.next(), if self.inbound_room() => {
                     let mut step = self.upstream_read(pdu).await;
                     while step.is_none()
+                        && self.inbound_room()
                         && let Some(pdu) = up.buffered()
                     {
                         step = self.upstream_read(pdu).await;
@@ -474,6 +505,12 @@ impl Session<'_> {
     /// Room in the window for another message.
     fn room(&self) -> bool {
         self.records.len() + self.in_flight.len() < self.l.settings.window
+    }
+
+    /// Room for another inbound message being recorded (the upstream is not read
+    /// while `window` of them are).
+    fn inbound_room(&self) -> bool {
+        self.inbound_recording < self.l.settings.window
     }
 
     async fn record_done(&mut self, done: Result<Recorded, tokio::task::JoinError>) -> Option<End> {
@@ -593,18 +630,34 @@ impl Session<'_> {
         self.l.metrics.pdu("client", h.id);
         if h.is_response() {
             // Only an answer to what the upstream asked passes.
-            return match self.upstream_requests.remove(&h.sequence) {
-                Some((cmd, _)) if h.id == id::resp(cmd) || h.id == id::GENERIC_NACK => {
-                    let end = self.send_upstream(&pdu).await;
-                    end.or((h.id == id::resp(id::UNBIND)).then_some(End::Unbound))
-                }
-                _ => {
-                    self.l
-                        .relay
-                        .log(Exit::Rejected("unexpected_response"), 0, Instant::now());
-                    None
-                }
+            let answers = self
+                .upstream_requests
+                .get(&h.sequence)
+                .is_some_and(|r| h.id == id::resp(r.command) || h.id == id::GENERIC_NACK);
+            let request = if answers {
+                self.upstream_requests.remove(&h.sequence)
+            } else {
+                None
             };
+            let Some(request) = request else {
+                self.l
+                    .relay
+                    .log(Exit::Rejected("unexpected_response"), 0, Instant::now());
+                return None;
+            };
+            if let Some(ticket) = request.inbound {
+                let outcome = outcome_of(h.id, h.status);
+                let answer = Answer {
+                    gateway_code: Some(h.status as i32),
+                    ..Answer::default()
+                };
+                let code = h.status.min(u32::from(u16::MAX)) as u16;
+                ticket
+                    .outcome(Ok((outcome, answer)), request.at.elapsed(), code)
+                    .await;
+            }
+            let end = self.send_upstream(&pdu).await;
+            return end.or((h.id == id::resp(id::UNBIND)).then_some(End::Unbound));
         }
         if h.sequence == 0
             || h.sequence > 0x7FFF_FFFF
@@ -658,6 +711,53 @@ impl Session<'_> {
         }
     }
 
+    /// The record of a message read from `message`: its identifiers (by their type of
+    /// number), its SMPP details, and its recipients' keys when it has several.
+    fn identify(
+        &self,
+        message: &Message<'_>,
+        direction: Direction,
+    ) -> Result<(Identified<'_>, SmppDetail, Box<[u64]>), u32> {
+        let normalizer = &self.l.relay.normalizer;
+        let mut recipients = Vec::with_capacity(message.dests.len());
+        for dest in &message.dests {
+            recipients.push(match dest {
+                Dest::Sme(a) => {
+                    address::identifier(normalizer, a).ok_or(status::INVALID_DEST_ADDR)?
+                }
+                Dest::List(name) => address::list(name),
+            });
+        }
+        let keys: Box<[u64]> = if recipients.len() > 1 {
+            recipients
+                .iter()
+                .map(|r| self.l.book.recipient_key(r))
+                .collect()
+        } else {
+            Box::new([])
+        };
+        // Segment facts that cannot be believed are not recorded; the PDU passes.
+        let part = segment(message.esm_class, message.content(), &message.tlvs)
+            .ok()
+            .flatten();
+        let found = Identified {
+            account: &self.account,
+            peer: self.peer,
+            originator: address::identifier(normalizer, &message.source),
+            recipients,
+            segments: part.map_or(1, |s| u16::from(s.total)),
+        };
+        let detail = SmppDetail {
+            direction,
+            registered_delivery: message.registered_delivery,
+            part: part.map(|s| Part {
+                reference: s.reference,
+                number: s.part,
+            }),
+        };
+        Ok((found, detail, keys))
+    }
+
     /// A submit_sm, submit_multi or data_sm: its records are committed (in a task, so
     /// that a window commits together), then `committed` forwards it.
     async fn message(&mut self, h: Header, pdu: BytesMut) -> Option<End> {
@@ -665,80 +765,143 @@ impl Session<'_> {
             Ok(m) => m,
             Err(e) => return self.refuse(&h, e.status, "bad_pdu").await,
         };
-        let recipients: Vec<String> = message
-            .dests
-            .iter()
-            .map(|d| match d {
-                Dest::Sme(a) => address_text(a),
-                Dest::List(name) => format!("list:{}", String::from_utf8_lossy(name)),
-            })
-            .collect();
-        let source = address_text(&message.source);
-        let segments = segment(message.esm_class, message.content(), &message.tlvs)
-            .ok()
-            .flatten()
-            .map_or(1, |s| u16::from(s.total));
-        let relay = self.l.relay.clone();
-        let submission = relay.submission(Found {
-            account: &self.account,
-            originator: Some(&source),
-            recipients: &recipients,
-            segments,
-            peer: self.peer,
-        });
-        let started = Instant::now();
+        let (found, detail, recipients) = match self.identify(&message, Direction::MobileTerminated)
+        {
+            Ok(identified) => identified,
+            Err(code) => return self.refuse(&h, code, "bad_pdu").await,
+        };
+        let submission = self.l.relay.submission_of(found, Some(detail));
+        drop(message);
         self.outstanding.insert(h.sequence);
-        self.records.spawn(async move {
-            let result = relay.record(&submission, started).await;
-            (h, pdu, started, result)
-        });
+        self.spawn_record(false, h, pdu, submission, recipients);
         None
     }
 
-    /// A record's commit is done: its PDU goes upstream, or the client hears
-    /// `ESME_RTHROTTLED`.
-    async fn committed(&mut self, (h, pdu, started, result): Recorded) -> Option<End> {
-        self.outstanding.remove(&h.sequence);
-        match result {
-            Ok(ticket) => {
-                if let Some(why) = ticket.not_now(false) {
-                    ticket.not_forwarded(why, status::THROTTLED as u16).await;
-                    return self.send_client(&answer(&h, status::THROTTLED)).await;
-                }
-                // In flight before it is queued: whatever becomes of the write, `end`
-                // settles it (drained, or failed with the upstream).
-                self.outstanding.insert(h.sequence);
-                self.in_flight.insert(
-                    h.sequence,
-                    InFlight {
-                        ticket,
-                        command: h.id,
-                        forwarded: Instant::now(),
-                    },
-                );
-                self.send_upstream(&pdu).await
+    fn spawn_record(
+        &mut self,
+        inbound: bool,
+        h: Header,
+        pdu: BytesMut,
+        submission: crate::record::Submission,
+        recipients: Box<[u64]>,
+    ) {
+        let relay = self.l.relay.clone();
+        let started = Instant::now();
+        self.records.spawn(async move {
+            let result = relay.record(&submission, started).await;
+            Recorded {
+                inbound,
+                h,
+                pdu,
+                started,
+                recipients,
+                result,
             }
+        });
+    }
+
+    /// A record's commit is done: a message goes upstream (or the client hears
+    /// `ESME_RTHROTTLED`), an inbound one goes to the client (or the upstream hears
+    /// `ESME_RX_T_APPN`).
+    async fn committed(&mut self, done: Recorded) -> Option<End> {
+        let Recorded {
+            inbound,
+            h,
+            pdu,
+            started,
+            recipients,
+            result,
+        } = done;
+        let busy = if inbound {
+            self.inbound_recording -= 1;
+            TEMPORARY_APP_ERROR
+        } else {
+            self.outstanding.remove(&h.sequence);
+            status::THROTTLED
+        };
+        let ticket = match result {
+            Ok(ticket) => ticket,
             Err(e) => {
-                self.l
-                    .relay
-                    .log(Exit::FailClosed(&e), status::THROTTLED as u16, started);
-                self.send_client(&answer(&h, status::THROTTLED)).await
+                self.l.relay.log(Exit::FailClosed(&e), busy as u16, started);
+                return self.busy(inbound, &h, busy).await;
             }
+        };
+        if let Some(why) = ticket.not_now(inbound && !self.client_alive) {
+            ticket.not_forwarded(why, busy as u16).await;
+            return self.busy(inbound, &h, busy).await;
+        }
+        if inbound {
+            self.upstream_request(&h, Some(ticket)).await;
+            return self.send_client(&pdu).await;
+        }
+        // In flight before it is queued: whatever becomes of the write, `end` settles
+        // it (drained, or failed with the upstream).
+        self.outstanding.insert(h.sequence);
+        self.in_flight.insert(
+            h.sequence,
+            InFlight {
+                ticket,
+                command: h.id,
+                forwarded: Instant::now(),
+                recipients,
+            },
+        );
+        self.send_upstream(&pdu).await
+    }
+
+    /// relaylog's "not now" to a message it could not record: to the client for its
+    /// own, to the upstream for an inbound one.
+    async fn busy(&mut self, inbound: bool, h: &Header, code: u32) -> Option<End> {
+        if inbound {
+            self.send_upstream(&answer(h, code)).await
+        } else {
+            self.send_client(&answer(h, code)).await
         }
     }
 
-    /// An upstream PDU: an outcome when it answers a message, then passed on
-    /// (enquire_link answered here). `Some` ends the session.
+    /// A request from the upstream for the client to answer (alert_notification and
+    /// outbind have no answer): kept, so that only the client's answer to it passes.
+    async fn upstream_request(&mut self, h: &Header, inbound: Option<Ticket>) {
+        if matches!(h.id, id::ALERT_NOTIFICATION | id::OUTBIND) {
+            return;
+        }
+        if self.upstream_requests.len() >= MAX_UPSTREAM_REQUESTS
+            && !self.upstream_requests.contains_key(&h.sequence)
+        {
+            // The oldest unanswered one is forgotten (its late answer dropped).
+            let oldest = self
+                .upstream_requests
+                .iter()
+                .min_by_key(|(_, r)| r.at)
+                .map(|(seq, _)| *seq);
+            if let Some(seq) = oldest
+                && let Some(old) = self.upstream_requests.remove(&seq)
+            {
+                settle_unanswered(old, &SmppUpstreamError::Timeout).await;
+            }
+        }
+        let request = UpstreamRequest {
+            command: h.id,
+            at: Instant::now(),
+            inbound,
+        };
+        if let Some(old) = self.upstream_requests.insert(h.sequence, request) {
+            // The upstream reused a number still unanswered: the old request can no
+            // longer be told apart.
+            settle_unanswered(old, &SmppUpstreamError::Malformed).await;
+        }
+    }
+
+    /// An upstream PDU: an outcome when it answers a message, a receipt attached, an
+    /// inbound message recorded, then passed on (enquire_link answered here). `Some`
+    /// ends the session.
     async fn upstream_pdu(&mut self, pdu: BytesMut) -> Option<End> {
         let h = Header::read(&pdu)?;
         self.l.metrics.pdu("upstream", h.id);
-        if matches!(h.id, id::DELIVER_SM | id::DATA_SM)
-            && Message::esm_class_of(h.id, &pdu[HEADER_LEN..]).is_some_and(is_receipt)
-        {
-            self.l.metrics.receipts.inc();
-        }
-        if h.id == id::ENQUIRE_LINK {
-            return self.send_upstream(&answer(&h, status::OK)).await;
+        match h.id {
+            id::ENQUIRE_LINK => return self.send_upstream(&answer(&h, status::OK)).await,
+            id::DELIVER_SM | id::DATA_SM => return self.delivery(h, pdu).await,
+            _ => {}
         }
         if h.is_response() {
             let answers_message = self
@@ -755,21 +918,8 @@ impl Session<'_> {
             {
                 self.awaited.remove(&h.sequence);
             }
-        } else if !matches!(h.id, id::ALERT_NOTIFICATION | id::OUTBIND) {
-            // A request the client is to answer (alert_notification has no answer).
-            if self.upstream_requests.len() >= MAX_UPSTREAM_REQUESTS {
-                // The oldest unanswered one is forgotten (its late answer dropped).
-                let oldest = self
-                    .upstream_requests
-                    .iter()
-                    .min_by_key(|(_, (_, at))| *at)
-                    .map(|(seq, _)| *seq);
-                if let Some(seq) = oldest {
-                    self.upstream_requests.remove(&seq);
-                }
-            }
-            self.upstream_requests
-                .insert(h.sequence, (h.id, Instant::now()));
+        } else {
+            self.upstream_request(&h, None).await;
         }
         if let Some(end) = self.send_client(&pdu).await {
             return Some(end);
@@ -777,34 +927,178 @@ impl Session<'_> {
         (h.id == id::resp(id::UNBIND)).then_some(End::Unbound)
     }
 
-    /// A message's outcome from its response.
+    /// A deliver_sm or data_sm from the upstream: a receipt is attached to its message
+    /// and passed on; anything else is a mobile-originated message, recorded before it
+    /// goes to the client. What cannot be read is not passed on (it could not be
+    /// recorded): the upstream hears why.
+    async fn delivery(&mut self, h: Header, pdu: BytesMut) -> Option<End> {
+        let message = match Message::read(h.id, &pdu[HEADER_LEN..]) {
+            Ok(m) => m,
+            Err(e) => {
+                self.l.relay.log(
+                    Exit::Rejected("bad_pdu_upstream"),
+                    e.status as u16,
+                    Instant::now(),
+                );
+                return self.send_upstream(&answer(&h, e.status)).await;
+            }
+        };
+        if message.is_receipt() {
+            self.receipt(&message).await;
+            drop(message);
+            self.upstream_request(&h, None).await;
+            return self.send_client(&pdu).await;
+        }
+        let identified = self.identify(&message, Direction::MobileOriginated);
+        drop(message);
+        let (found, detail, _) = match identified {
+            Ok(identified) => identified,
+            Err(code) => {
+                self.l.relay.log(
+                    Exit::Rejected("bad_pdu_upstream"),
+                    code as u16,
+                    Instant::now(),
+                );
+                return self.send_upstream(&answer(&h, code)).await;
+            }
+        };
+        let submission = self.l.relay.submission_of(found, Some(detail));
+        self.inbound_recording += 1;
+        self.spawn_record(true, h, pdu, submission, Box::new([]));
+        None
+    }
+
+    /// A delivery receipt: attached to its message if the book knows its id (or
+    /// once it does), its `text:` never read.
+    async fn receipt(&mut self, message: &Message<'_>) {
+        let metrics = &self.l.metrics;
+        let Some(r) = receipt(message.content(), &message.tlvs) else {
+            metrics.receipts_unmatched.inc();
+            return;
+        };
+        let metrics = &self.l.metrics;
+        let sender = address::identifier(&self.l.relay.normalizer, &message.source);
+        let facts = crate::record::Receipt {
+            state: r.stat,
+            error: r.err,
+            done: r.done,
+        };
+        match self
+            .l
+            .book
+            .receipt(&self.account, &r.id, facts, sender.as_ref())
+        {
+            Receipted::Attached(to, facts) => Self::attach(self.l, to, facts).await,
+            Receipted::Waiting => {}
+            Receipted::Unknown => {
+                metrics.receipts_unmatched.inc();
+            }
+        }
+    }
+
+    /// Records a receipt's facts as an event of its message.
+    async fn attach(l: &SmppListener, to: Attached, facts: crate::record::Receipt) {
+        let event = OutcomeEvent {
+            receipt: Some(facts),
+            ordinal: to.ordinal,
+            ..event(l, to.submission, to.submitted_at, Outcome::Receipt)
+        };
+        match l.relay.event(&event).await {
+            Ok(()) => {
+                l.metrics.receipts_matched.inc();
+            }
+            Err(e) => {
+                l.metrics.receipts_unrecorded.inc();
+                tracing::warn!(
+                    listener = l.relay.name.as_str(), reason = e.reason(), error = %e,
+                    submission = to.submission.0, "delivery receipt not recorded"
+                );
+            }
+        };
+    }
+
+    /// A message's outcome from its response; its message id into the book; each
+    /// unsuccess_sme entry its destination's own event.
     async fn outcome(&mut self, f: InFlight, h: &Header, pdu: &[u8]) {
         let resp = SubmitResp::read(h.id, &pdu[HEADER_LEN..]).ok();
-        let outcome = match h.status {
-            status::OK if h.id != id::GENERIC_NACK => Outcome::Accepted,
-            s if TEMPORARY.contains(&s) => Outcome::Failed,
-            _ => Outcome::Rejected,
-        };
+        let outcome = outcome_of(h.id, h.status);
+        let message_id = resp
+            .as_ref()
+            .filter(|r| !r.message_id.is_empty())
+            .map(|r| String::from_utf8_lossy(r.message_id).into_owned());
         let answer = Answer {
             gateway_code: Some(h.status as i32),
-            message_id: resp
-                .filter(|r| !r.message_id.is_empty())
-                .map(|r| String::from_utf8_lossy(r.message_id).into_owned()),
+            message_id: message_id.clone(),
             ..Answer::default()
         };
+        let (submission, submitted_at) = f.ticket.submission();
         let code = h.status.min(u32::from(u16::MAX)) as u16;
         f.ticket
             .outcome(Ok((outcome, answer)), f.forwarded.elapsed(), code)
             .await;
+        if let Some(resp) = &resp {
+            for (addr, error) in &resp.unsuccess {
+                let ordinal = address::identifier(&self.l.relay.normalizer, addr)
+                    .map(|id| self.l.book.recipient_key(&id))
+                    .and_then(|key| f.recipients.iter().position(|k| *k == key));
+                let event = OutcomeEvent {
+                    gateway_code: Some(*error as i32),
+                    // One destination of one: the submission's own.
+                    ordinal: ordinal.map(|i| i as u32),
+                    ..event(
+                        self.l,
+                        submission,
+                        submitted_at,
+                        outcome_of(id::SUBMIT_MULTI, *error),
+                    )
+                };
+                if ordinal.is_none() && f.recipients.len() > 1 {
+                    // Not one of the message's destinations: nothing to attach it to.
+                    continue;
+                }
+                if let Err(e) = self.l.relay.event(&event).await {
+                    tracing::warn!(
+                        listener = self.l.relay.name.as_str(), reason = e.reason(), error = %e,
+                        submission = submission.0, "unsuccess_sme entry not recorded"
+                    );
+                }
+            }
+        }
+        if outcome == Outcome::Accepted
+            && let Some(message_id) = message_id
+        {
+            let early = self.l.book.sent(
+                &self.account,
+                &message_id,
+                submission,
+                submitted_at,
+                f.recipients,
+            );
+            for (to, facts) in early {
+                Self::attach(self.l, to, facts).await;
+            }
+        }
     }
 
     /// Messages the upstream has not answered within upstream-timeout: `failed`
     /// (a late response still passes to the client), and their window places free.
+    /// Inbound messages the client has not answered within twice that: `failed`.
     async fn expire(&mut self) {
         let limit = self.l.upstream.timeout;
         self.awaited.retain(|_, (_, at)| at.elapsed() < 2 * limit);
-        self.upstream_requests
-            .retain(|_, (_, at)| at.elapsed() < 2 * limit);
+        let unanswered: Vec<u32> = self
+            .upstream_requests
+            .iter()
+            .filter(|(_, r)| r.at.elapsed() >= 2 * limit)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in unanswered {
+            if let Some(r) = self.upstream_requests.remove(&seq) {
+                settle_unanswered(r, &SmppUpstreamError::Timeout).await;
+            }
+        }
+        let gave_up = self.l.book.expire();
+        self.l.metrics.receipts_unmatched.inc_by(gave_up as u64);
         let late: Vec<u32> = self
             .in_flight
             .iter()
@@ -832,25 +1126,31 @@ impl Session<'_> {
     async fn end(&mut self, end: End, up: &mut PduReader) {
         // What was queued goes first (a leg that is gone fails it at once).
         let _ = self.flush().await;
-        // Messages whose records were being committed never went upstream.
+        // Messages whose records were being committed never went on.
         let why = if end == End::Shutdown {
             NotForwarded::Shutdown
         } else {
             NotForwarded::ClientGone
         };
         while let Some(done) = self.records.join_next().await {
-            let Ok((h, _, started, result)) = done else {
+            let Ok(done) = done else {
                 continue;
             };
-            match result {
-                Ok(ticket) => ticket.not_forwarded(why, status::THROTTLED as u16).await,
+            let code = if done.inbound {
+                TEMPORARY_APP_ERROR
+            } else {
+                status::THROTTLED
+            };
+            match done.result {
+                Ok(ticket) => ticket.not_forwarded(why, code as u16).await,
                 Err(e) => self
                     .l
                     .relay
-                    .log(Exit::FailClosed(&e), status::THROTTLED as u16, started),
+                    .log(Exit::FailClosed(&e), code as u16, done.started),
             }
-            self.send_client(&answer(&h, status::THROTTLED)).await;
+            self.busy(done.inbound, &done.h, code).await;
         }
+        self.inbound_recording = 0;
         let unbind = Writer::new(id::UNBIND, 0, OWN_SEQUENCE).finish();
         if matches!(end, End::ClientGone | End::Idle | End::Shutdown) {
             // What is with the upstream may still be answered: its outcomes, within
@@ -885,11 +1185,34 @@ impl Session<'_> {
                 )
                 .await;
         }
+        // Inbound messages the client never answered.
+        for (_, r) in self.upstream_requests.drain() {
+            settle_unanswered(r, &SmppUpstreamError::Closed).await;
+        }
         self.outstanding.clear();
         let _ = self.flush().await;
         let _ = shutdown_write(&mut self.cw).await;
         let _ = shutdown_write(&mut self.uw).await;
     }
+}
+
+/// An inbound message the client did not answer: `failed`.
+async fn settle_unanswered(r: UpstreamRequest, why: &SmppUpstreamError) {
+    if let Some(ticket) = r.inbound {
+        ticket
+            .outcome(Err(why), r.at.elapsed(), TEMPORARY_APP_ERROR as u16)
+            .await;
+    }
+}
+
+/// An event of a recorded submission, now.
+fn event(
+    l: &SmppListener,
+    submission: crate::record::SubmissionId,
+    submitted_at: i64,
+    outcome: Outcome,
+) -> OutcomeEvent {
+    OutcomeEvent::new(submission, submitted_at, l.relay.recorder.now(), outcome)
 }
 
 async fn shutdown_write<W: AsyncWrite + Unpin>(w: &mut W) -> std::io::Result<()> {
