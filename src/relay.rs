@@ -263,32 +263,10 @@ impl Relay {
         submission: &Submission,
         started: Instant,
     ) -> Result<Ticket, RecordError> {
-        let slot = self.recorder.reserve_outcome().await?;
-        let ticket = Ticket {
-            relay: self.clone(),
-            submission: submission.id,
-            submitted_at: submission.at,
-            recipients: submission.recipients.len(),
-            slot: Some(slot),
-            started,
-        };
-        match self.recorder.record(submission).await {
-            Ok(()) => Ok(ticket),
-            Err(e) => {
-                let slot = ticket.disarm();
-                if matches!(e, RecordError::Timeout(_)) {
-                    // The records may still be committed: say this message was not sent.
-                    slot.record(&OutcomeEvent::new(
-                        submission.id,
-                        submission.at,
-                        self.recorder.now(),
-                        Outcome::Failed,
-                    ))
-                    .await;
-                }
-                Err(e)
-            }
-        }
+        let tickets = self
+            .record_many(std::slice::from_ref(submission), started)
+            .await?;
+        tickets.into_iter().next().ok_or(RecordError::Closed)
     }
 
     /// Appends a later event about a message already recorded (a delivery receipt, one
@@ -296,6 +274,54 @@ impl Relay {
     /// for the commit. The message's own outcome does not depend on it.
     pub async fn event(&self, ev: &OutcomeEvent) -> Result<(), RecordError> {
         self.recorder.record_outcome(ev).await
+    }
+
+    /// [`Relay::record`] for submissions of one partition together (a window of SMPP
+    /// messages read at once): one commit, a ticket each, all or none.
+    pub async fn record_many(
+        self: &Arc<Self>,
+        submissions: &[Submission],
+        started: Instant,
+    ) -> Result<Vec<Ticket>, RecordError> {
+        // The places first: a ticket made before a later place failed would write an
+        // outcome for a message never recorded.
+        let mut slots = Vec::with_capacity(submissions.len());
+        for _ in submissions {
+            slots.push(self.recorder.reserve_outcome().await?);
+        }
+        let tickets: Vec<Ticket> = submissions
+            .iter()
+            .zip(slots)
+            .map(|(submission, slot)| Ticket {
+                relay: self.clone(),
+                submission: submission.id,
+                submitted_at: submission.at,
+                recipients: submission.recipients.len(),
+                slot: Some(slot),
+                started,
+            })
+            .collect();
+        match self.recorder.record_many(submissions).await {
+            Ok(()) => Ok(tickets),
+            Err(e) => {
+                for ticket in tickets {
+                    let (submission, submitted_at) = ticket.submission();
+                    let slot = ticket.disarm();
+                    if matches!(e, RecordError::Timeout(_)) {
+                        // The records may still be committed: say they were not sent.
+                        let now = self.recorder.now();
+                        slot.record(&OutcomeEvent::new(
+                            submission,
+                            submitted_at,
+                            now,
+                            Outcome::Failed,
+                        ))
+                        .await;
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The logging phase: every exit of every request passes here once, and only

@@ -422,36 +422,62 @@ impl Recorder {
     /// are committed; in `async` mode once they are queued. Either way the queue wait
     /// is bounded by `enqueue-timeout`.
     pub async fn record(&self, sub: &Submission) -> Result<(), RecordError> {
+        self.record_many(std::slice::from_ref(sub)).await
+    }
+
+    /// Records submissions together: one queued job and one commit to wait for, all or
+    /// none when they are of one partition (the relay never batches across one: see
+    /// [`Recorder::same_partition`]). At most [`Recorder::batch_cap`] at once.
+    pub async fn record_many(&self, subs: &[Submission]) -> Result<(), RecordError> {
         let durable = self.inner.cfg.durability == Durability::RecordBeforeForward;
         // Counted from before sealing until the commit's answer, so the writer knows
         // more submissions are on their way (and dropped with the future if cancelled).
         let _waiting = durable.then(|| Waiting::new(&self.inner.signals.waiting));
-        let partition = self.partition_of(sub.at);
-        let keys = self.keys_async(partition).await?;
-        let rows = self.seal_with(sub, &keys)?;
-        let (done, wait) = if durable {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        self.enqueue(Job::Records {
-            partition,
-            rows,
-            done,
-        })
-        .await?;
-        if durable {
-            self.inner.signals.durable_queued();
+        let mut waits = Vec::new();
+        // A batch straddles partitions only at a partition's edge.
+        for run in subs.chunk_by(|a, b| self.partition_of(a.at) == self.partition_of(b.at)) {
+            let partition = self.partition_of(run[0].at);
+            let keys = self.keys_async(partition).await?;
+            let mut rows = Vec::with_capacity(run.iter().map(|s| s.recipients.len()).sum());
+            for sub in run {
+                rows.extend(self.seal_with(sub, &keys)?);
+            }
+            let done = if durable {
+                let (tx, rx) = oneshot::channel();
+                waits.push(rx);
+                Some(tx)
+            } else {
+                None
+            };
+            self.enqueue(Job::Records {
+                partition,
+                rows,
+                done,
+            })
+            .await?;
+            if durable {
+                self.inner.signals.durable_queued();
+            }
         }
-        match wait {
-            Some(rx) => match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
-                Ok(Ok(result)) => result.map_err(RecordError::from),
-                Ok(Err(_)) => Err(RecordError::Closed),
-                Err(_) => Err(RecordError::Timeout(COMMIT_TIMEOUT)),
-            },
-            None => Ok(()),
+        for rx in waits {
+            match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+                Ok(Ok(result)) => result?,
+                Ok(Err(_)) => return Err(RecordError::Closed),
+                Err(_) => return Err(RecordError::Timeout(COMMIT_TIMEOUT)),
+            }
         }
+        Ok(())
+    }
+
+    /// Whether two times fall in one partition (one batch, one commit).
+    pub fn same_partition(&self, a: Micros, b: Micros) -> bool {
+        self.partition_of(a) == self.partition_of(b)
+    }
+
+    /// The most submissions a caller records at once (with an outcome place kept for
+    /// each): a small share of the writer's queue, so that one batch always fits.
+    pub fn batch_cap(&self) -> usize {
+        (self.inner.cfg.queue_capacity / 8).clamp(1, 256)
     }
 
     /// Blocking variant of [`Recorder::record`], never durable-waiting: for the bench

@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::task::JoinSet;
 
 use crate::egress::smpp::SmppUpstreamError;
-use crate::record::{Direction, Outcome, OutcomeEvent, Part, SmppDetail};
+use crate::record::{Direction, Outcome, OutcomeEvent, Part, SmppDetail, Submission};
 use crate::relay::{Answer, Exit, Identified, NotForwarded, Ticket};
 use crate::shutdown::Shutdown;
 use crate::smpp::{
@@ -262,7 +262,9 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
         uw,
         client_alive: true,
         up_alive: true,
+        batch: Vec::new(),
         records: JoinSet::new(),
+        recording: 0,
         inbound_recording: 0,
         in_flight: HashMap::new(),
         outstanding: HashSet::new(),
@@ -308,15 +310,28 @@ async fn bind_upstream(
     }
 }
 
-/// A message whose records were being committed: which way it goes, its header and
-/// PDU, when it came, its recipients' keys (see `InFlight`) and the record's result.
-struct Recorded {
-    inbound: bool,
+/// A message read, to be recorded with the others read at once.
+struct Pending {
+    submission: Submission,
+    item: Item,
+}
+
+/// A message on its way to be recorded: its header and PDU, and what its response
+/// needs (see `InFlight`).
+struct Item {
     h: Header,
     pdu: BytesMut,
-    started: Instant,
     recipients: Box<[u64]>,
-    result: Result<Ticket, RecordError>,
+    wants_receipt: bool,
+}
+
+/// Messages whose records were committed together (or not): which way they go, when
+/// the first came, each one, and the result.
+struct Recorded {
+    inbound: bool,
+    started: Instant,
+    items: Vec<Item>,
+    result: Result<Vec<Ticket>, RecordError>,
 }
 
 /// A message with the upstream, waiting for its response.
@@ -331,6 +346,8 @@ struct InFlight {
     ///
     /// [`ReceiptBook::recipient_key`]: super::receipts::ReceiptBook::recipient_key
     recipients: Box<[u64]>,
+    /// It asked for a receipt (registered_delivery): its message id goes in the book.
+    wants_receipt: bool,
 }
 
 /// A request from the upstream the client is to answer.
@@ -356,6 +373,10 @@ const TEMPORARY: [u32; 4] = [
     TEMPORARY_APP_ERROR,
 ];
 const MESSAGE_QUEUE_FULL: u32 = 0x14;
+/// registered_delivery bits that ask for an SMSC delivery receipt (0-1) or an
+/// intermediate notification (4).
+const RECEIPT_REQUESTED: u8 = 0x13;
+
 /// ESME_RX_T_APPN: what an ESME answers a deliver_sm it cannot take now (the SMSC
 /// retries it later).
 const TEMPORARY_APP_ERROR: u32 = 0x64;
@@ -394,8 +415,12 @@ struct Session<'l> {
     client_alive: bool,
     /// False once a write to the upstream failed.
     up_alive: bool,
+    /// Messages read and not yet handed to `records`: recorded together, one commit.
+    batch: Vec<Pending>,
     records: JoinSet<Recorded>,
-    /// Of `records`, the inbound (mobile-originated) messages.
+    /// Outbound messages in `batch` and `records`.
+    recording: usize,
+    /// Inbound (mobile-originated) messages in `records`.
     inbound_recording: usize,
     in_flight: HashMap<u32, InFlight>,
     outstanding: HashSet<u32>,
@@ -445,10 +470,13 @@ impl UpstreamLoss {
 impl Session<'_> {
     async fn run(&mut self, client: &mut PduReader, up: &mut PduReader, shutdown: &mut Shutdown) {
         let inactivity = self.l.settings.inactivity_timeout;
-        let mut idle_until = tokio::time::Instant::now() + inactivity;
+        // Checked on the tick (a second's precision), not a timer reset per read.
+        let mut idle_until = Instant::now() + inactivity;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let end = loop {
-            // What the last step made ready goes out together, before any wait.
+            // The messages the last step read are recorded together, and what it made
+            // ready goes out together, before any wait.
+            self.record_batch();
             if let Some(end) = self.flush().await {
                 break end;
             }
@@ -457,8 +485,12 @@ impl Session<'_> {
                 _ = shutdown.wait() => Some(End::Shutdown),
                 // Ready once a second at most, and never starved by busy legs.
                 _ = tick.tick() => {
-                    self.expire().await;
-                    None
+                    if Instant::now() >= idle_until {
+                        Some(End::Idle)
+                    } else {
+                        self.expire().await;
+                        None
+                    }
                 }
                 Some(done) = self.records.join_next(), if !self.records.is_empty() => {
                     let mut step = self.record_done(done).await;
@@ -481,7 +513,7 @@ impl Session<'_> {
                     step
                 }
                 pdu = client.next(), if self.room() => {
-                    idle_until = tokio::time::Instant::now() + inactivity;
+                    idle_until = Instant::now() + inactivity;
                     let mut step = self.client_read(pdu).await;
                     while step.is_none()
                         && self.room()
@@ -491,7 +523,6 @@ impl Session<'_> {
                     }
                     step
                 }
-                () = tokio::time::sleep_until(idle_until) => Some(End::Idle),
             };
             self.report_window();
             if let Some(end) = step {
@@ -504,7 +535,7 @@ impl Session<'_> {
 
     /// Room in the window for another message.
     fn room(&self) -> bool {
-        self.records.len() + self.in_flight.len() < self.l.settings.window
+        self.recording + self.in_flight.len() < self.l.settings.window
     }
 
     /// Room for another inbound message being recorded (the upstream is not read
@@ -689,6 +720,7 @@ impl Session<'_> {
             }
             id::UNBIND => {
                 // Messages being recorded go first: nothing overtakes them.
+                self.record_batch();
                 while let Some(done) = self.records.join_next().await {
                     if let Ok(done) = done
                         && let Some(end) = self.committed(done).await
@@ -773,59 +805,109 @@ impl Session<'_> {
         let submission = self.l.relay.submission_of(found, Some(detail));
         drop(message);
         self.outstanding.insert(h.sequence);
-        self.spawn_record(false, h, pdu, submission, recipients);
+        self.recording += 1;
+        // A batch is of one partition, and of a size the writer's queue always has
+        // room for.
+        let recorder = &self.l.relay.recorder;
+        if self.batch.len() >= recorder.batch_cap()
+            || self
+                .batch
+                .first()
+                .is_some_and(|first| !recorder.same_partition(first.submission.at, submission.at))
+        {
+            self.record_batch();
+        }
+        let wants_receipt = submission
+            .smpp
+            .is_some_and(|d| d.registered_delivery & RECEIPT_REQUESTED != 0);
+        self.batch.push(Pending {
+            submission,
+            item: Item {
+                h,
+                pdu,
+                recipients,
+                wants_receipt,
+            },
+        });
         None
     }
 
-    fn spawn_record(
-        &mut self,
-        inbound: bool,
-        h: Header,
-        pdu: BytesMut,
-        submission: crate::record::Submission,
-        recipients: Box<[u64]>,
-    ) {
+    /// Hands the messages read so far to a task that records them together.
+    fn record_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let (submissions, items) = self.batch.drain(..).map(|p| (p.submission, p.item)).unzip();
+        self.spawn_record(false, submissions, items);
+    }
+
+    fn spawn_record(&mut self, inbound: bool, submissions: Vec<Submission>, items: Vec<Item>) {
         let relay = self.l.relay.clone();
         let started = Instant::now();
         self.records.spawn(async move {
-            let result = relay.record(&submission, started).await;
+            let result = relay.record_many(&submissions, started).await;
             Recorded {
                 inbound,
-                h,
-                pdu,
                 started,
-                recipients,
+                items,
                 result,
             }
         });
     }
 
-    /// A record's commit is done: a message goes upstream (or the client hears
+    /// A batch's commit is done: each message goes upstream (or the client hears
     /// `ESME_RTHROTTLED`), an inbound one goes to the client (or the upstream hears
-    /// `ESME_RX_T_APPN`).
+    /// `ESME_RX_T_APPN`). Every message of the batch is settled, whatever ends.
     async fn committed(&mut self, done: Recorded) -> Option<End> {
         let Recorded {
             inbound,
-            h,
-            pdu,
             started,
-            recipients,
+            items,
             result,
         } = done;
         let busy = if inbound {
-            self.inbound_recording -= 1;
+            self.inbound_recording -= items.len();
             TEMPORARY_APP_ERROR
         } else {
-            self.outstanding.remove(&h.sequence);
+            self.recording -= items.len();
+            for item in &items {
+                self.outstanding.remove(&item.h.sequence);
+            }
             status::THROTTLED
         };
-        let ticket = match result {
-            Ok(ticket) => ticket,
+        let tickets = match result {
+            Ok(tickets) => tickets,
             Err(e) => {
-                self.l.relay.log(Exit::FailClosed(&e), busy as u16, started);
-                return self.busy(inbound, &h, busy).await;
+                let mut end = None;
+                for item in &items {
+                    self.l.relay.log(Exit::FailClosed(&e), busy as u16, started);
+                    end = end.or(self.busy(inbound, &item.h, busy).await);
+                }
+                return end;
             }
         };
+        let mut end = None;
+        for (item, ticket) in items.into_iter().zip(tickets) {
+            let step = self.forward(inbound, item, ticket, busy).await;
+            end = end.or(step);
+        }
+        end
+    }
+
+    /// A recorded message on its way: upstream (outbound) or to the client (inbound).
+    async fn forward(
+        &mut self,
+        inbound: bool,
+        item: Item,
+        ticket: Ticket,
+        busy: u32,
+    ) -> Option<End> {
+        let Item {
+            h,
+            pdu,
+            recipients,
+            wants_receipt,
+        } = item;
         if let Some(why) = ticket.not_now(inbound && !self.client_alive) {
             ticket.not_forwarded(why, busy as u16).await;
             return self.busy(inbound, &h, busy).await;
@@ -844,6 +926,7 @@ impl Session<'_> {
                 command: h.id,
                 forwarded: Instant::now(),
                 recipients,
+                wants_receipt,
             },
         );
         self.send_upstream(&pdu).await
@@ -964,7 +1047,13 @@ impl Session<'_> {
         };
         let submission = self.l.relay.submission_of(found, Some(detail));
         self.inbound_recording += 1;
-        self.spawn_record(true, h, pdu, submission, Box::new([]));
+        let item = Item {
+            h,
+            pdu,
+            recipients: Box::new([]),
+            wants_receipt: false,
+        };
+        self.spawn_record(true, vec![submission], vec![item]);
         None
     }
 
@@ -1065,6 +1154,7 @@ impl Session<'_> {
             }
         }
         if outcome == Outcome::Accepted
+            && f.wants_receipt
             && let Some(message_id) = message_id
         {
             let early = self.l.book.sent(
@@ -1132,6 +1222,7 @@ impl Session<'_> {
         } else {
             NotForwarded::ClientGone
         };
+        self.record_batch();
         while let Some(done) = self.records.join_next().await {
             let Ok(done) = done else {
                 continue;
@@ -1142,14 +1233,24 @@ impl Session<'_> {
                 status::THROTTLED
             };
             match done.result {
-                Ok(ticket) => ticket.not_forwarded(why, code as u16).await,
-                Err(e) => self
-                    .l
-                    .relay
-                    .log(Exit::FailClosed(&e), code as u16, done.started),
+                Ok(tickets) => {
+                    for ticket in tickets {
+                        ticket.not_forwarded(why, code as u16).await;
+                    }
+                }
+                Err(e) => {
+                    for _ in &done.items {
+                        self.l
+                            .relay
+                            .log(Exit::FailClosed(&e), code as u16, done.started);
+                    }
+                }
             }
-            self.busy(done.inbound, &done.h, code).await;
+            for item in &done.items {
+                self.busy(done.inbound, &item.h, code).await;
+            }
         }
+        self.recording = 0;
         self.inbound_recording = 0;
         let unbind = Writer::new(id::UNBIND, 0, OWN_SEQUENCE).finish();
         if matches!(end, End::ClientGone | End::Idle | End::Shutdown) {
