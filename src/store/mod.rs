@@ -183,6 +183,34 @@ impl OutcomeSlot {
     }
 }
 
+/// The blind indexes of the last sender sealed (account, client IP, originator), for
+/// the next submission of a batch from the same sender. Within one partition's keys.
+#[derive(Default)]
+struct SenderTags {
+    last: Option<(String, std::net::IpAddr, Option<crate::canonical::Identifier>)>,
+    tags: (i64, i64, Option<i64>),
+}
+
+impl SenderTags {
+    fn of(&mut self, sub: &Submission, keys: &PartitionKeys) -> (i64, i64, Option<i64>) {
+        let same = self.last.as_ref().is_some_and(|(account, ip, originator)| {
+            *account == sub.account && *ip == sub.client_ip && *originator == sub.originator
+        });
+        if !same {
+            let ip = crate::canonical::canonical_ip(sub.client_ip).to_string();
+            self.tags = (
+                keys.blind_index(IndexKind::Account, &sub.account),
+                keys.blind_index(IndexKind::ClientIp, &ip),
+                sub.originator
+                    .as_ref()
+                    .map(|o| keys.blind_index(IndexKind::Originator, &o.index_value())),
+            );
+            self.last = Some((sub.account.clone(), sub.client_ip, sub.originator.clone()));
+        }
+        self.tags
+    }
+}
+
 /// Seals submissions and outcomes and queues them for the writer.
 #[derive(Clone)]
 pub struct Recorder {
@@ -381,16 +409,24 @@ impl Recorder {
 
     /// Seals a submission with its partition's keys: no I/O.
     fn seal_with(&self, sub: &Submission, keys: &PartitionKeys) -> Result<Vec<Row>, KeyError> {
-        let account_ix = keys.blind_index(IndexKind::Account, &sub.account);
-        let ip = crate::canonical::canonical_ip(sub.client_ip).to_string();
-        let ip_ix = keys.blind_index(IndexKind::ClientIp, &ip);
-        let originator_ix = sub
-            .originator
-            .as_ref()
-            .map(|o| keys.blind_index(IndexKind::Originator, &o.index_value()));
+        let mut rows = Vec::with_capacity(sub.recipients.len());
+        self.seal_into(sub, keys, &mut SenderTags::default(), &mut rows)?;
+        Ok(rows)
+    }
+
+    /// Seals a submission's rows onto `rows`. The sender's blind indexes (account, IP,
+    /// originator) are taken from `tags` when the previous submission sealed with it
+    /// had the same sender: a batch from one session computes them once.
+    fn seal_into(
+        &self,
+        sub: &Submission,
+        keys: &PartitionKeys,
+        tags: &mut SenderTags,
+        rows: &mut Vec<Row>,
+    ) -> Result<(), KeyError> {
+        let (account_ix, ip_ix, originator_ix) = tags.of(sub, keys);
         let bucket = keys.bucket(sub.at);
         let mut plain = Vec::with_capacity(128);
-        let mut rows = Vec::with_capacity(sub.recipients.len());
         for rec in sub.records() {
             plain.clear();
             codec::encode(&rec, &mut plain);
@@ -415,7 +451,7 @@ impl Recorder {
                 row.leaf = integrity::record_leaf(row);
             }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Records a submission. In `record-before-forward` mode it returns once the rows
@@ -439,8 +475,9 @@ impl Recorder {
             let partition = self.partition_of(run[0].at);
             let keys = self.keys_async(partition).await?;
             let mut rows = Vec::with_capacity(run.iter().map(|s| s.recipients.len()).sum());
+            let mut tags = SenderTags::default();
             for sub in run {
-                rows.extend(self.seal_with(sub, &keys)?);
+                self.seal_into(sub, &keys, &mut tags, &mut rows)?;
             }
             let done = if durable {
                 let (tx, rx) = oneshot::channel();
