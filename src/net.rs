@@ -13,6 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::shutdown::Shutdown;
 
+/// A byte stream a session can run over: TCP, TLS, or an in-memory pipe in tests.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// The next connection, or `None` once shutdown is triggered. Accept errors (out of
 /// file descriptors and the like) are logged and retried after a short pause: the
 /// listener keeps serving.

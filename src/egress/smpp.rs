@@ -11,8 +11,8 @@ use tokio_rustls::TlsConnector;
 use crate::config::{Smpp, SmppTarget};
 use crate::egress::http::ConnectCause;
 use crate::ingress::tls::{TlsError, upstream_connector};
+use crate::net::Io;
 use crate::relay::Failure;
-use crate::smtp::Io;
 
 /// Why the upstream leg could not be opened or broke. Texts hold the OS's words or a
 /// status, never session data.

@@ -6,9 +6,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// A byte stream a session can run over: TCP, TLS, or an in-memory pipe in tests.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub use crate::net::Io;
 
 /// A stream that is over: reads end at once, writes fail. What a session's leg is
 /// replaced with when it is closed or handed to TLS.

@@ -73,6 +73,9 @@ pub enum RecordError {
     Timeout(Duration),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The task recording it failed (a bug, logged where it happened).
+    #[error("recording failed")]
+    Internal,
 }
 
 impl RecordError {
@@ -85,6 +88,7 @@ impl RecordError {
             RecordError::Commit(e) => e.reason(),
             RecordError::Timeout(_) => "commit_timeout",
             RecordError::Keys(_) => "keys",
+            RecordError::Internal => "internal",
         }
     }
 }
@@ -187,7 +191,11 @@ impl OutcomeSlot {
 /// the next submission of a batch from the same sender. Within one partition's keys.
 #[derive(Default)]
 struct SenderTags {
-    last: Option<(String, std::net::IpAddr, Option<crate::canonical::Identifier>)>,
+    last: Option<(
+        String,
+        std::net::IpAddr,
+        Option<crate::canonical::Identifier>,
+    )>,
     tags: (i64, i64, Option<i64>),
 }
 

@@ -15,9 +15,9 @@ use prometheus_client::metrics::counter::Counter;
 use crate::egress::smpp::SmppUpstream;
 use crate::metrics::ListenerLabels;
 use crate::net::ClientStream;
+use crate::net::Io;
 use crate::relay::Relay;
 use crate::shutdown::{Drain, Shutdown};
-use crate::smtp::Io;
 
 pub mod address;
 pub mod receipts;

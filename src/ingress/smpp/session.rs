@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::task::JoinSet;
 
 use crate::egress::smpp::SmppUpstreamError;
+use crate::net::Io;
 use crate::record::{Direction, Outcome, OutcomeEvent, Part, SmppDetail, Submission};
 use crate::relay::{Answer, Exit, Identified, NotForwarded, Ticket};
 use crate::shutdown::Shutdown;
@@ -31,7 +32,6 @@ use crate::smpp::{
     Bind, Dest, HEADER_LEN, Header, Message, SubmitResp, Writer, frame_len, id, receipt, segment,
     status,
 };
-use crate::smtp::Io;
 use crate::store::RecordError;
 
 use super::SmppListener;
@@ -264,6 +264,7 @@ pub async fn serve(l: &SmppListener, io: Box<dyn Io>, peer: SocketAddr, mut shut
         up_alive: true,
         batch: Vec::new(),
         records: JoinSet::new(),
+        batches: HashMap::new(),
         recording: 0,
         inbound_recording: 0,
         in_flight: HashMap::new(),
@@ -325,14 +326,17 @@ struct Item {
     wants_receipt: bool,
 }
 
-/// Messages whose records were committed together (or not): which way they go, when
-/// the first came, each one, and the result.
-struct Recorded {
+/// Messages whose records are being committed together: which way they go, when the
+/// first came, each one. Kept by the session (by its task's id), not by the task, so
+/// that a task that panics cannot take its messages with it.
+struct Batch {
     inbound: bool,
     started: Instant,
     items: Vec<Item>,
-    result: Result<Vec<Ticket>, RecordError>,
 }
+
+/// What a record task ends with: its id, and each message's ticket or the error.
+type Recorded = Result<(tokio::task::Id, Result<Vec<Ticket>, RecordError>), tokio::task::JoinError>;
 
 /// A message with the upstream, waiting for its response.
 struct InFlight {
@@ -417,7 +421,9 @@ struct Session<'l> {
     up_alive: bool,
     /// Messages read and not yet handed to `records`: recorded together, one commit.
     batch: Vec<Pending>,
-    records: JoinSet<Recorded>,
+    records: JoinSet<Result<Vec<Ticket>, RecordError>>,
+    /// The messages of each task in `records`.
+    batches: HashMap<tokio::task::Id, Batch>,
     /// Outbound messages in `batch` and `records`.
     recording: usize,
     /// Inbound (mobile-originated) messages in `records`.
@@ -492,11 +498,11 @@ impl Session<'_> {
                         None
                     }
                 }
-                Some(done) = self.records.join_next(), if !self.records.is_empty() => {
+                Some(done) = self.records.join_next_with_id(), if !self.records.is_empty() => {
                     let mut step = self.record_done(done).await;
                     // And every other commit already done.
                     while step.is_none()
-                        && let Some(done) = self.records.try_join_next()
+                        && let Some(done) = self.records.try_join_next_with_id()
                     {
                         step = self.record_done(done).await;
                     }
@@ -544,13 +550,20 @@ impl Session<'_> {
         self.inbound_recording < self.l.settings.window
     }
 
-    async fn record_done(&mut self, done: Result<Recorded, tokio::task::JoinError>) -> Option<End> {
-        match done {
-            Ok(done) => self.committed(done).await,
-            // A record task cannot panic short of a bug; its message is lost to the
-            // session, not forwarded.
-            Err(_) => None,
-        }
+    /// A record task is done: its messages and what became of their records.
+    fn take_batch(&mut self, done: Recorded) -> Option<(Batch, Result<Vec<Ticket>, RecordError>)> {
+        let (id, result) = match done {
+            Ok((id, result)) => (id, result),
+            // Short of a bug a record task does not panic; its messages are refused.
+            Err(e) => (e.id(), Err(RecordError::Internal)),
+        };
+        let batch = self.batches.remove(&id)?;
+        Some((batch, result))
+    }
+
+    async fn record_done(&mut self, done: Recorded) -> Option<End> {
+        let (batch, result) = self.take_batch(done)?;
+        self.committed(batch, result).await
     }
 
     async fn upstream_read(&mut self, pdu: Result<BytesMut, ReadError>) -> Option<End> {
@@ -721,10 +734,8 @@ impl Session<'_> {
             id::UNBIND => {
                 // Messages being recorded go first: nothing overtakes them.
                 self.record_batch();
-                while let Some(done) = self.records.join_next().await {
-                    if let Ok(done) = done
-                        && let Some(end) = self.committed(done).await
-                    {
+                while let Some(done) = self.records.join_next_with_id().await {
+                    if let Some(end) = self.record_done(done).await {
                         return Some(end);
                     }
                 }
@@ -844,27 +855,32 @@ impl Session<'_> {
     fn spawn_record(&mut self, inbound: bool, submissions: Vec<Submission>, items: Vec<Item>) {
         let relay = self.l.relay.clone();
         let started = Instant::now();
-        self.records.spawn(async move {
-            let result = relay.record_many(&submissions, started).await;
-            Recorded {
+        let task = self
+            .records
+            .spawn(async move { relay.record_many(&submissions, started).await });
+        self.batches.insert(
+            task.id(),
+            Batch {
                 inbound,
                 started,
                 items,
-                result,
-            }
-        });
+            },
+        );
     }
 
     /// A batch's commit is done: each message goes upstream (or the client hears
     /// `ESME_RTHROTTLED`), an inbound one goes to the client (or the upstream hears
     /// `ESME_RX_T_APPN`). Every message of the batch is settled, whatever ends.
-    async fn committed(&mut self, done: Recorded) -> Option<End> {
-        let Recorded {
+    async fn committed(
+        &mut self,
+        batch: Batch,
+        result: Result<Vec<Ticket>, RecordError>,
+    ) -> Option<End> {
+        let Batch {
             inbound,
             started,
             items,
-            result,
-        } = done;
+        } = batch;
         let busy = if inbound {
             self.inbound_recording -= items.len();
             TEMPORARY_APP_ERROR
@@ -1223,8 +1239,8 @@ impl Session<'_> {
             NotForwarded::ClientGone
         };
         self.record_batch();
-        while let Some(done) = self.records.join_next().await {
-            let Ok(done) = done else {
+        while let Some(done) = self.records.join_next_with_id().await {
+            let Some((done, result)) = self.take_batch(done) else {
                 continue;
             };
             let code = if done.inbound {
@@ -1232,7 +1248,7 @@ impl Session<'_> {
             } else {
                 status::THROTTLED
             };
-            match done.result {
+            match result {
                 Ok(tickets) => {
                     for ticket in tickets {
                         ticket.not_forwarded(why, code as u16).await;

@@ -13,9 +13,9 @@ use crate::config::Smtp;
 use crate::egress::smtp::SmtpUpstream;
 use crate::metrics::ListenerLabels;
 use crate::net::ClientStream;
+use crate::net::Io;
 use crate::relay::Relay;
 use crate::shutdown::{Drain, Shutdown};
-use crate::smtp::Io;
 
 pub mod offer;
 pub mod session;
