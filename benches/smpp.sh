@@ -5,11 +5,14 @@
 # would otherwise use: it copies bytes); relaylog durable (record before forward);
 # relaylog async. Prints submits/s, p50/p99, CPU per submit (utime + stime from
 # /proc/PID/stat) of HAProxy and relaylog, and the ratios issue 12 states its targets
-# in; then the latency relaylog adds at half of HAProxy's rate (open loop).
+# in; then the latency relaylog adds at half of HAProxy's rate (open loop) and at half
+# of its own; and the CPU the store alone takes per record (`bench store`), the floor
+# under relaylog's figure.
 #
 #   benches/smpp.sh [--sessions 8] [--window 64] [--duration 10s]
 #
-# Loopback only. HAProxy is installed with apt-get when missing (needs root).
+# Loopback only. HAProxy (and GNU time) are installed with apt-get when missing
+# (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +28,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-if ! command -v haproxy >/dev/null 2>&1; then
-    echo "installing haproxy (apt-get)" >&2
+if ! command -v haproxy >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; then
+    echo "installing haproxy and time (apt-get)" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy >/dev/null
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy time >/dev/null
 fi
 cargo build --release --quiet
 bin=target/release/relaylog
@@ -105,6 +108,19 @@ run relaylog-async "$async" "${relay_pid[async]}"
 half=$(python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["submits_per_second"] / 2)))' "$work/haproxy.json")
 run half-haproxy "$hap" "" "$half"
 run half-relaylog "$durable" "" "$half"
+# Half of HAProxy's rate is more than relaylog carries; the same comparison at half
+# of relaylog's own rate shows what it adds when it is not saturated.
+half_own=$(python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["submits_per_second"] / 2)))' "$work/relaylog-durable.json")
+run own-haproxy "$hap" "" "$half_own"
+run own-relaylog "$durable" "" "$half_own"
+# The store's own floor: sealing and committing records alone, no network (CPU of
+# the bench process, which runs the real store).
+store="$work/store"
+mkdir -p "$store"
+sed -e "s|$work/durable|$store|g" -e "/^\[\[listener\]\]/,\$d" "$work/durable/relaylog.toml" > "$store/relaylog.toml"
+"$bin" --config "$store/relaylog.toml" init >/dev/null
+records=1000000
+/usr/bin/time -f "%U %S" -o "$work/store.time" "$bin" --config "$store/relaylog.toml" bench store --records $records --quiet > /dev/null
 
 python3 - "$work" "$sessions" "$window" "$duration" "$(getconf CLK_TCK)" "$half" <<'PY'
 import json, os, sys
@@ -131,4 +147,11 @@ hr = json.load(open(os.path.join(work, "half-relaylog.json")))
 added = hr["latency_ms"]["p99"] - hh["latency_ms"]["p99"]
 print(f"at half of HAProxy's rate ({half}/s): p99 through HAProxy {hh['latency_ms']['p99']:.2f} ms, "
       f"through relaylog {hr['latency_ms']['p99']:.2f} ms: {added:.2f} ms added (target <= 2 ms)")
+oh = json.load(open(os.path.join(work, "own-haproxy.json")))
+orl = json.load(open(os.path.join(work, "own-relaylog.json")))
+print(f"at half of relaylog's rate ({orl['submits_per_second']:.0f}/s): p99 through HAProxy {oh['latency_ms']['p99']:.2f} ms, "
+      f"through relaylog {orl['latency_ms']['p99']:.2f} ms: {orl['latency_ms']['p99'] - oh['latency_ms']['p99']:.2f} ms added")
+u, s_ = map(float, open(os.path.join(work, "store.time")).read().split())
+print(f"the store alone (bench store, 1,000,000 records, no network): {(u + s_) * 1e6 / 1_000_000:.1f} µs CPU per record; "
+      f"a submit writes a record and an outcome")
 PY
