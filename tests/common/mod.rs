@@ -414,8 +414,13 @@ pub async fn relay_in_front_of(
 
 /// Fails with the whole metrics text when `needle` is not in it.
 #[track_caller]
-pub fn assert_metric(metrics: &str, needle: &str) {
-    assert!(metrics.contains(needle), "`{needle}` not in:\n{metrics}");
+/// The end of a line of the exposition, value included: `…} 1` does not match
+/// `…} 10`.
+pub fn assert_metric(metrics: &str, line_end: &str) {
+    assert!(
+        metrics.lines().any(|l| l.ends_with(line_end)),
+        "`{line_end}` not in:\n{metrics}"
+    );
 }
 
 /// Runs the relaylog binary with a config: (succeeded, stdout and stderr).
