@@ -95,3 +95,52 @@ pub fn found_csv(f: &Found) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::{Form, Identifier};
+    use crate::config::Granularity;
+    use crate::record::{Direction, Protocol, Service, SmppDetail, SubmissionId};
+    use crate::store::codec::SealedFields;
+    use crate::store::partition::PartitionId;
+
+    /// Every CSV column is a field of the JSON object, and nothing else is.
+    #[test]
+    fn the_csv_columns_are_the_json_fields() {
+        let f = Found {
+            partition: PartitionId::containing(Granularity::Day, 0),
+            record_id: 1,
+            submission: SubmissionId(1),
+            ordinal: 0,
+            at: 0,
+            protocol: Protocol::Smpp,
+            service: Service::Sms,
+            segments: 1,
+            fields: SealedFields {
+                account: "acme".into(),
+                client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                client_port: 1,
+                originator: None,
+                recipient: Identifier {
+                    form: Form::E164,
+                    value: "+31612345678".into(),
+                },
+                smpp: Some(SmppDetail {
+                    direction: Direction::MobileTerminated,
+                    registered_delivery: 1,
+                    part: None,
+                }),
+            },
+            outcome: None,
+            receipt: None,
+        };
+        let v = found_json(&f);
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut columns = CSV_HEADER.to_vec();
+        keys.sort_unstable();
+        columns.sort_unstable();
+        assert_eq!(keys, columns);
+        assert_eq!(found_csv(&f).split(',').count(), CSV_HEADER.len());
+    }
+}

@@ -9,9 +9,13 @@
 //! - [`ingress`]: client-facing listeners. [`ingress::profile`] parses a request into a
 //!   message's metadata without doing I/O; [`ingress::http`] is the hyper server and the
 //!   phases of one HTTP request; [`ingress::smtp`] the SMTP listener, one session per
-//!   client with its upstream leg (envelope, AUTH, content).
+//!   client with its upstream leg (envelope, AUTH, content); [`ingress::smpp`] the SMPP
+//!   listener, one session per bind with its upstream session (records, outcomes,
+//!   delivery receipts, mobile-originated messages).
 //! - [`smtp`]: SMTP on the wire, shared by the listener, the upstream leg, the sink and
 //!   the load generator: bounded line and reply reading, commands, the end of DATA.
+//! - [`smpp`]: SMPP 3.4 PDUs, borrowed from the bytes they came in: framing, the
+//!   messages, responses, TLVs, segments of long messages, delivery receipts.
 //! - [`relay`]: the protocol-neutral core every session calls — record before forward
 //!   ([`relay::Relay::record`]), exactly one outcome after ([`relay::Ticket`]), one
 //!   logging phase on every exit.
@@ -24,9 +28,9 @@
 //! - [`metrics`]: the Prometheus registry every layer counts into (labels from config and
 //!   fixed strings only).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz` and the compliance API.
-//! - [`simulator`]: a gateway look-alike and a sink MTA for tests, benchmarks and the
-//!   default upstream; [`bench`]: the load generators (`bench http`, `bench smtp`) and
-//!   the store benchmark.
+//! - [`simulator`]: a gateway look-alike, a sink MTA and an SMSC for tests, benchmarks
+//!   and the default upstream; [`bench`]: the load generators (`bench http`, `bench
+//!   smtp`, `bench smpp`) and the store benchmark.
 //! - [`serve`]: wires it together and handles shutdown.
 //! - [`clock`]: injected time; [`shutdown`] and [`net`]: the plumbing every listener shares.
 

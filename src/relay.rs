@@ -266,7 +266,7 @@ impl Relay {
         let tickets = self
             .record_many(std::slice::from_ref(submission), started)
             .await?;
-        tickets.into_iter().next().ok_or(RecordError::Closed)
+        tickets.into_iter().next().ok_or(RecordError::Internal)
     }
 
     /// Appends a later event about a message already recorded (a delivery receipt, one
@@ -276,8 +276,9 @@ impl Relay {
         self.recorder.record_outcome(ev).await
     }
 
-    /// [`Relay::record`] for submissions of one partition together (a window of SMPP
-    /// messages read at once): one commit, a ticket each, all or none.
+    /// [`Relay::record`] for submissions of one partition together (the SMPP messages
+    /// read at once: see [`crate::store::Recorder::same_partition`]): one commit, a
+    /// ticket each, all or none.
     pub async fn record_many(
         self: &Arc<Self>,
         submissions: &[Submission],
@@ -285,10 +286,7 @@ impl Relay {
     ) -> Result<Vec<Ticket>, RecordError> {
         // The places first: a ticket made before a later place failed would write an
         // outcome for a message never recorded.
-        let mut slots = Vec::with_capacity(submissions.len());
-        for _ in submissions {
-            slots.push(self.recorder.reserve_outcome().await?);
-        }
+        let slots = self.recorder.reserve_outcomes(submissions.len()).await?;
         let tickets: Vec<Ticket> = submissions
             .iter()
             .zip(slots)

@@ -389,6 +389,18 @@ mod tests {
                 "listener[0].window",
             ),
             (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nreceipt-book=10\n",
+                "listener[0].receipt-book",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smpp\"\nreceipt-wait=\"0s\"\n",
+                "listener[0].receipt-wait",
+            ),
+            (
+                "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nreceipt-wait=\"1h\"\n",
+                "listener[0].receipt-wait",
+            ),
+            (
                 "[[listener]]\nname=\"a\"\nlisten=\"127.0.0.1:1\"\nprotocol=\"smtp\"\nprofile=\"kannel\"\n",
                 "listener[0].profile",
             ),

@@ -1,9 +1,9 @@
 //! An SMSC simulator: takes binds (any system_id; the password `wrong` is refused),
 //! answers submit_sm, submit_multi and data_sm with message ids, sends a delivery
 //! receipt after `receipt-delay` when one was asked for (registered_delivery), and
-//! mobile-originated messages on demand ([`Smsc::deliver_mo`]). It is what
-//! `mock-gateway --api smpp` runs, the upstream of the SMPP tests and benchmarks, and
-//! it keeps nothing but counts.
+//! mobile-originated messages on demand ([`MoSender::deliver_mo`]). It is what
+//! `mock-gateway --api smpp` runs, the upstream of the SMPP tests and benchmarks. It
+//! keeps counts, and a receipt's few bytes of the message only until it is sent.
 //!
 //! Test hooks: a submit_multi destination whose address starts with `999` is refused
 //! (`ESME_RINVDSTADR` in unsuccess_sme); [`Smsc::receipts_before_responses`] sends each
@@ -52,6 +52,8 @@ pub struct SmscStats {
     pub delivery_acks: AtomicU64,
     /// deliver_sm_resp and data_sm_resp with another status (to be sent again).
     pub delivery_refusals: AtomicU64,
+    /// The status of the last of those.
+    pub last_refusal: AtomicU64,
 }
 
 impl SmscStats {
@@ -363,6 +365,9 @@ impl State {
                 let count = if h.status == status::OK {
                     &stats.delivery_acks
                 } else {
+                    stats
+                        .last_refusal
+                        .store(u64::from(h.status), Ordering::Relaxed);
                     &stats.delivery_refusals
                 };
                 count.fetch_add(1, Ordering::Relaxed);

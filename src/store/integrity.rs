@@ -1141,6 +1141,42 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// An outcome written before the SMTP and SMPP columns hashes as it always did:
+    /// the sections for those are only there when one of their fields is.
+    #[test]
+    fn an_outcome_without_the_newer_fields_keeps_its_leaf() {
+        let mut row = OutcomeRow {
+            submission: 7,
+            at_us: 70,
+            outcome: 1,
+            upstream_status: Some(202),
+            gateway_code: Some(0),
+            message_id_sealed: Some(vec![9; 3]),
+            enhanced_status: None,
+            size_bytes: None,
+            ordinal: None,
+            receipt_state: None,
+            receipt_error: None,
+            receipt_done: None,
+            leaf: [0; 32],
+        };
+        let mut legacy = vec![0, b'o'];
+        legacy.extend_from_slice(&7i64.to_be_bytes());
+        legacy.extend_from_slice(&70i64.to_be_bytes());
+        legacy.push(1);
+        legacy.push(1);
+        legacy.extend_from_slice(&202u16.to_be_bytes());
+        legacy.push(1);
+        legacy.extend_from_slice(&0i32.to_be_bytes());
+        legacy.push(1);
+        legacy.extend_from_slice(&3u32.to_be_bytes());
+        legacy.extend_from_slice(&[9; 3]);
+        assert_eq!(outcome_leaf(&row), sha(&[&legacy]));
+        // A receipt's fields change it.
+        row.receipt_state = Some("DELIVRD".into());
+        assert_ne!(outcome_leaf(&row), sha(&[&legacy]));
+    }
+
     /// RFC 6962 §2.1, written the recursive way, as the reference.
     fn mth(leaves: &[Hash]) -> Hash {
         match leaves.len() {

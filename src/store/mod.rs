@@ -73,7 +73,7 @@ pub enum RecordError {
     Timeout(Duration),
     #[error(transparent)]
     Keys(#[from] KeyError),
-    /// The task recording it failed (a bug, logged where it happened).
+    /// The caller or the task recording it failed (a bug, logged where it is seen).
     #[error("recording failed")]
     Internal,
 }
@@ -469,49 +469,52 @@ impl Recorder {
         self.record_many(std::slice::from_ref(sub)).await
     }
 
-    /// Records submissions together: one queued job and one commit to wait for, all or
-    /// none when they are of one partition (the relay never batches across one: see
-    /// [`Recorder::same_partition`]). At most [`Recorder::batch_cap`] at once.
+    /// Records submissions of one partition together (see
+    /// [`Recorder::same_partition`]): one queued job and one commit to wait for, all or
+    /// none. At most [`Recorder::batch_cap`] at once. Submissions of several
+    /// partitions are refused (`Internal`: a caller's bug), nothing recorded.
     pub async fn record_many(&self, subs: &[Submission]) -> Result<(), RecordError> {
+        let Some(first) = subs.first() else {
+            return Ok(());
+        };
+        let partition = self.partition_of(first.at);
+        if subs.iter().any(|s| self.partition_of(s.at) != partition) {
+            debug_assert!(false, "a batch of several partitions");
+            return Err(RecordError::Internal);
+        }
         let durable = self.inner.cfg.durability == Durability::RecordBeforeForward;
         // Counted from before sealing until the commit's answer, so the writer knows
         // more submissions are on their way (and dropped with the future if cancelled).
         let _waiting = durable.then(|| Waiting::new(&self.inner.signals.waiting));
-        let mut waits = Vec::new();
-        // A batch straddles partitions only at a partition's edge.
-        for run in subs.chunk_by(|a, b| self.partition_of(a.at) == self.partition_of(b.at)) {
-            let partition = self.partition_of(run[0].at);
-            let keys = self.keys_async(partition).await?;
-            let mut rows = Vec::with_capacity(run.iter().map(|s| s.recipients.len()).sum());
-            let mut tags = SenderTags::default();
-            for sub in run {
-                self.seal_into(sub, &keys, &mut tags, &mut rows)?;
-            }
-            let done = if durable {
-                let (tx, rx) = oneshot::channel();
-                waits.push(rx);
-                Some(tx)
-            } else {
-                None
-            };
-            self.enqueue(Job::Records {
-                partition,
-                rows,
-                done,
-            })
-            .await?;
-            if durable {
-                self.inner.signals.durable_queued();
-            }
+        let keys = self.keys_async(partition).await?;
+        let mut rows = Vec::with_capacity(subs.iter().map(|s| s.recipients.len()).sum());
+        let mut tags = SenderTags::default();
+        for sub in subs {
+            self.seal_into(sub, &keys, &mut tags, &mut rows)?;
         }
-        for rx in waits {
-            match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
-                Ok(Ok(result)) => result?,
-                Ok(Err(_)) => return Err(RecordError::Closed),
-                Err(_) => return Err(RecordError::Timeout(COMMIT_TIMEOUT)),
-            }
+        let (done, wait) = if durable {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.enqueue(Job::Records {
+            partition,
+            rows,
+            done,
+        })
+        .await?;
+        if durable {
+            self.inner.signals.durable_queued();
         }
-        Ok(())
+        match wait {
+            Some(rx) => match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
+                Ok(Ok(result)) => result.map_err(RecordError::from),
+                Ok(Err(_)) => Err(RecordError::Closed),
+                Err(_) => Err(RecordError::Timeout(COMMIT_TIMEOUT)),
+            },
+            None => Ok(()),
+        }
     }
 
     /// Whether two times fall in one partition (one batch, one commit).
@@ -552,17 +555,25 @@ impl Recorder {
     /// its outcome goes in. Waits for the place as long as a record would
     /// (`enqueue-timeout`); a relay that cannot get one fails closed.
     pub async fn reserve_outcome(&self) -> Result<OutcomeSlot, RecordError> {
-        match tokio::time::timeout(
-            self.inner.cfg.enqueue_timeout,
-            self.inner.tx.clone().reserve_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => Ok(OutcomeSlot {
-                permit,
-                recorder: self.clone(),
-            }),
-            Ok(Err(_)) => Err(RecordError::Closed),
+        let mut slots = self.reserve_outcomes(1).await?;
+        slots.pop().ok_or(RecordError::Internal)
+    }
+
+    /// [`Recorder::reserve_outcome`] for `n` outcomes, all within one `enqueue-timeout`.
+    pub async fn reserve_outcomes(&self, n: usize) -> Result<Vec<OutcomeSlot>, RecordError> {
+        let reserve = async {
+            let mut slots = Vec::with_capacity(n);
+            for _ in 0..n {
+                let permit = self.inner.tx.clone().reserve_owned().await;
+                slots.push(OutcomeSlot {
+                    permit: permit.map_err(|_| RecordError::Closed)?,
+                    recorder: self.clone(),
+                });
+            }
+            Ok(slots)
+        };
+        match tokio::time::timeout(self.inner.cfg.enqueue_timeout, reserve).await {
+            Ok(slots) => slots,
             Err(_) => Err(RecordError::QueueFull),
         }
     }

@@ -192,6 +192,7 @@ pub fn run(
         let about = if columns.per_recipient {
             "submission = ?1 AND (ordinal IS NULL OR ordinal = ?2)"
         } else {
+            // Every event is the submission's; `?2` is still bound, so it is named.
             "submission = ?1 AND ?2 IS NOT NULL"
         };
         let receipt = Outcome::Receipt as u8;

@@ -241,7 +241,7 @@ pub const INSERT_OUTCOME: &str = "INSERT INTO outcome (id, submission, at_us, ou
 /// The outcome columns added after the first partitions were written, each group by
 /// one release: a partition written before a group lacks its columns until a writer
 /// opens it (and adds them, nullable, without a rewrite).
-const OUTCOME_GROUPS: [&[(&str, &str)]; 2] = [
+const OUTCOME_GROUPS: [&[(&str, &str)]; GROUPS] = [
     // SMTP
     &[("enhanced_status", "TEXT"), ("size_bytes", "INTEGER")],
     // SMPP
@@ -253,10 +253,14 @@ const OUTCOME_GROUPS: [&[(&str, &str)]; 2] = [
     ],
 ];
 
+const GROUPS: usize = 2;
+/// The group of `ordinal` and the receipt columns in [`OUTCOME_GROUPS`].
+const SMPP_GROUP: usize = 1;
+
 /// Which groups of [`OUTCOME_GROUPS`] the partition's outcome table has.
-fn outcome_groups(conn: &Connection) -> rusqlite::Result<[bool; 2]> {
+fn outcome_groups(conn: &Connection) -> rusqlite::Result<[bool; GROUPS]> {
     let mut stmt = conn.prepare("SELECT 1 FROM pragma_table_info('outcome') WHERE name = ?1")?;
-    let mut has = [false; 2];
+    let mut has = [false; GROUPS];
     for (group, columns) in OUTCOME_GROUPS.iter().enumerate() {
         has[group] = stmt.exists([columns[0].0])?;
     }
@@ -293,7 +297,7 @@ pub fn outcome_columns(conn: &Connection) -> rusqlite::Result<OutcomeColumns> {
     }
     Ok(OutcomeColumns {
         select: select.join(", "),
-        per_recipient: has[1],
+        per_recipient: has[SMPP_GROUP],
     })
 }
 

@@ -92,8 +92,13 @@ impl Esme {
 
     /// Acknowledges a deliver_sm.
     pub async fn ack(&mut self, sequence: u32) {
+        self.answer(sequence, 0).await;
+    }
+
+    /// Answers a deliver_sm with `status`.
+    pub async fn answer(&mut self, sequence: u32, status: u32) {
         self.send(
-            &Writer::new(id::resp(id::DELIVER_SM), 0, sequence)
+            &Writer::new(id::resp(id::DELIVER_SM), status, sequence)
                 .cstr(b"")
                 .finish(),
         )
