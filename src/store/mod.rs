@@ -963,6 +963,45 @@ mod tests {
         assert_eq!(found.len(), 8, "each once, from either file");
     }
 
+    /// An index file that claims records its partition does not have (restored apart
+    /// from it, or kept when the partition lost its last commits) is made again: the
+    /// records written next are not hidden behind its watermark.
+    #[tokio::test]
+    async fn an_index_file_ahead_of_its_partition_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let record_five = |store: &Store, minute: u32| {
+            let rec = store.recorder();
+            async move {
+                for i in 0..5 {
+                    rec.record(&submission(
+                        &rec,
+                        at(10, minute, i).timestamp_micros(),
+                        "a",
+                        "+31612345678",
+                    ))
+                    .await
+                    .unwrap();
+                }
+            }
+        };
+        let store = open(&cfg, &clock);
+        record_five(&store, 0).await;
+        store.close().await;
+        let index = cfg.path.join("2026-11-22.ix.sqlite");
+        let conn = rusqlite::Connection::open(&index).unwrap();
+        conn.execute("UPDATE ix_state SET indexed_through = 1000", [])
+            .unwrap();
+        drop(conn);
+        let store = open(&cfg, &clock);
+        record_five(&store, 5).await;
+        store.close().await;
+        assert_eq!(indexed_through(&cfg, "2026-11-22"), 10);
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31612345678").len(), 10);
+    }
+
     /// A writer killed before flushing leaves an unindexed tail; the next writer
     /// rebuilds the pending entries from it and indexes them.
     #[tokio::test]

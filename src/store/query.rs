@@ -2,8 +2,10 @@
 //!
 //! For each partition overlapping the window, in one read transaction: compute the
 //! identifier's blind index under that partition's index key, seek `(bucket, tag)` in
-//! its `ix_*` table once per bucket in the window, then scan the unindexed tail
-//! (`id > indexed_through`, bounded by the writer's flush cap) by its tag column.
+//! its `ix_*` tables (the index file's, and the partition's own for what was indexed
+//! before it had one) once per bucket in the window, then scan the unindexed tail
+//! (`id > indexed_through`, the higher of the two watermarks: what the writer has not
+//! handed to the index thread, or the thread not yet written) by its tag column.
 //! Each hit is decrypted and kept only if the decrypted value equals the identifier
 //! (a truncated HMAC can collide). Sealed values are never scanned.
 
@@ -170,24 +172,24 @@ pub fn run(
         }
         // The index file beside it, when there is one (see `schema::index_path`).
         let index = schema::index_path(&path);
-        let mut indexed = index.exists();
-        if indexed {
-            conn.execute("ATTACH DATABASE ?1 AS ix", [index.to_string_lossy()])
-                .map_err(part_err(p))?;
-            // Being created this very moment: its tables not there yet.
-            let ready: bool = conn
-                .query_row(
-                    "SELECT count(*) > 0 FROM ix.sqlite_master WHERE name = 'ix_state'",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(part_err(p))?;
-            if !ready {
-                conn.execute_batch("DETACH DATABASE ix")
-                    .map_err(part_err(p))?;
-                indexed = false;
-            }
-        }
+        // An index file that cannot be read (being created this very moment, removed,
+        // damaged) is left aside: the partition's own postings and a longer tail scan
+        // answer all the same.
+        let indexed = index.exists()
+            && conn
+                .execute("ATTACH DATABASE ?1 AS ix", [index.to_string_lossy()])
+                .is_ok()
+            && match conn.query_row(
+                "SELECT count(*) > 0 FROM ix.sqlite_master WHERE name = 'ix_state'",
+                [],
+                |r| r.get::<_, bool>(0),
+            ) {
+                Ok(true) => true,
+                _ => {
+                    let _ = conn.execute_batch("DETACH DATABASE ix");
+                    false
+                }
+            };
         let since = criteria.since.max(p.start_micros());
         let until = criteria.until.min(p.end_micros());
         let tag = keys.blind_index(criteria.kind, &criteria.value);

@@ -177,7 +177,9 @@ pub fn index_path(partition: &Path) -> std::path::PathBuf {
 
 /// Opens (creating if needed) a partition's index file for writing. Durable like the
 /// partition (`synchronous`): an index commit lost in a crash only moves its
-/// watermark back, and the writer indexes those records again from the partition.
+/// watermark back, and the writer indexes those records again from the partition; an
+/// index file that survived records its partition lost is ahead of it, and the writer
+/// makes it again (see `writer::Writer::index_watermark`).
 pub fn open_index(path: &Path, sync: SyncMode) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -207,8 +209,10 @@ pub fn open_index(path: &Path, sync: SyncMode) -> rusqlite::Result<Connection> {
 /// starts from.
 pub fn init_index(path: &Path, sync: SyncMode, legacy: i64) -> rusqlite::Result<i64> {
     let conn = open_index(path, sync)?;
+    // Never behind the partition's own: what that covers is indexed there.
     conn.execute(
-        "INSERT OR IGNORE INTO ix_state (one, indexed_through) VALUES (1, ?1)",
+        "INSERT INTO ix_state (one, indexed_through) VALUES (1, ?1) \
+         ON CONFLICT (one) DO UPDATE SET indexed_through = max(indexed_through, excluded.indexed_through)",
         [legacy],
     )?;
     conn.query_row(GET_INDEXED_THROUGH, [], |r| r.get(0))

@@ -134,8 +134,10 @@ pub struct WriterConfig {
     pub clock: crate::clock::SharedClock,
 }
 
-/// Flush the pending index entries once this many rows are waiting, even inside one
-/// bucket: bounds the writer's memory and the unindexed tail a query scans.
+/// Hand the pending index entries to the index thread once this many rows are
+/// waiting, even inside one bucket: bounds the writer's memory and, with the index
+/// thread's queue ([`INDEX_QUEUE`]), the unindexed tail a query scans while the index
+/// keeps up.
 ///
 /// The flush used to run inside a commit that durable clients wait on (65,536 rows held
 /// them for 60–80 ms on the 2-core test machine; flushing more often cost a quarter of
@@ -149,7 +151,7 @@ pub const SIBLING_DELAY: Duration = Duration::from_micros(200);
 /// Longest wait before committing a batch no one waits on (outcomes, async records).
 pub const ASYNC_DELAY: Duration = Duration::from_millis(2);
 
-/// Flush the pending index entries when no job has arrived for this long.
+/// Hand the pending index entries over when no job has arrived for this long.
 pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Ask the checkpointer to copy a partition's WAL into its file after this many rows.
@@ -325,6 +327,8 @@ enum IndexJob {
     Flush { path: PathBuf, batch: IndexBatch },
     /// Answer once everything asked before is written (or given up).
     Sync(std::sync::mpsc::SyncSender<()>),
+    /// Close the connection to this partition's index file (it is replaced).
+    Forget(PathBuf),
 }
 
 /// Index batches waiting for the index thread at most: past them the writer waits
@@ -343,6 +347,9 @@ struct Indexer {
     tx: Option<std::sync::mpsc::SyncSender<IndexJob>>,
     handle: Option<std::thread::JoinHandle<()>>,
     stale: Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    /// Batches handed over and not yet written, per partition file.
+    in_flight: Arc<std::sync::Mutex<HashMap<PathBuf, usize>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Indexer {
@@ -350,6 +357,9 @@ impl Indexer {
         let (tx, rx) = std::sync::mpsc::sync_channel::<IndexJob>(INDEX_QUEUE);
         let stale: Arc<std::sync::Mutex<Vec<PathBuf>>> = Arc::default();
         let marked = stale.clone();
+        let in_flight: Arc<std::sync::Mutex<HashMap<PathBuf, usize>>> = Arc::default();
+        let counts = in_flight.clone();
+        let thread_metrics = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("relaylog-index".into())
             .spawn(move || {
@@ -358,6 +368,10 @@ impl Indexer {
                     let (path, mut batch) = match job {
                         IndexJob::Sync(done) => {
                             let _ = done.send(());
+                            continue;
+                        }
+                        IndexJob::Forget(path) => {
+                            conns.retain(|(p, _)| *p != path);
                             continue;
                         }
                         IndexJob::Flush { path, batch } => (path, batch),
@@ -384,8 +398,15 @@ impl Indexer {
                         tx.commit()?;
                         Ok::<bool, rusqlite::Error>(true)
                     })();
+                    if let Some(n) = counts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&path)
+                    {
+                        *n = n.saturating_sub(1);
+                    }
                     if !matches!(result, Ok(true)) {
-                        metrics.store_errors.inc();
+                        thread_metrics.store_errors.inc();
                         match result {
                             Err(e) => tracing::error!(error = %e, path = %path.display(), "index write failed; the partition's index is rebuilt"),
                             _ => tracing::error!(path = %path.display(), "index file is not where its partition expects it; rebuilt"),
@@ -399,23 +420,59 @@ impl Indexer {
             tx: Some(tx),
             handle: Some(handle),
             stale,
+            in_flight,
+            metrics,
         })
+    }
+
+    fn send(&self, job: IndexJob) -> bool {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
+            // Queries stay right (the records are found by the tail scan), but the
+            // tail grows until a restart indexes it: say so.
+            self.metrics.store_errors.inc();
+            tracing::error!(
+                "the index thread is gone; records are found by scanning until a restart indexes them"
+            );
+        }
+        sent
     }
 
     /// Hands a batch to the index thread (waits while [`INDEX_QUEUE`] are queued).
     fn flush(&self, path: PathBuf, batch: IndexBatch) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(IndexJob::Flush { path, batch });
+        *self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(path.clone())
+            .or_default() += 1;
+        if !self.send(IndexJob::Flush {
+            path: path.clone(),
+            batch,
+        }) {
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&path);
         }
     }
 
-    /// Waits until everything handed over is written.
-    fn sync(&self) {
-        let (done, wait) = std::sync::mpsc::sync_channel(1);
-        if let Some(tx) = &self.tx
-            && tx.send(IndexJob::Sync(done)).is_ok()
-        {
-            let _ = wait.recv();
+    /// Before a partition is (re)opened: the index thread forgets its connection to
+    /// the partition's index file, and what was handed over for it is written (a wait
+    /// only when there is some).
+    fn settle(&self, path: &Path) {
+        self.send(IndexJob::Forget(path.to_owned()));
+        let busy = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .is_some_and(|n| *n > 0);
+        if busy {
+            let (done, wait) = std::sync::mpsc::sync_channel(1);
+            if self.send(IndexJob::Sync(done)) {
+                let _ = wait.recv();
+            }
         }
     }
 
@@ -703,14 +760,14 @@ impl Writer {
             .map(|d| (d, waited_on > 0))
     }
 
-    /// Signs every open partition's waiting leaves and flushes its pending index
-    /// entries, one transaction each.
+    /// Signs every open partition's waiting leaves, one transaction each, and hands its
+    /// pending index entries to the index thread.
     fn flush_all(&mut self) {
         self.seal_all(true);
     }
 
-    /// Signs every open partition's waiting leaves (and, with `index`, flushes its
-    /// pending index entries), one transaction each.
+    /// Signs every open partition's waiting leaves, one transaction each (and, with
+    /// `index`, hands its pending index entries to the index thread).
     fn seal_all(&mut self, index: bool) {
         let signer = self.cfg.signer.clone();
         let ids: Vec<PartitionId> = self.open.keys().copied().collect();
@@ -763,8 +820,15 @@ impl Writer {
         // A partition whose index the index thread could not write is reopened: its
         // pending entries are rebuilt from the index's watermark.
         for path in self.indexer.take_stale() {
-            self.open
-                .retain(|id, _| id.path_in(&self.cfg.store_dir) != path);
+            let stale: Vec<PartitionId> = self
+                .open
+                .keys()
+                .copied()
+                .filter(|id| id.path_in(&self.cfg.store_dir) == path)
+                .collect();
+            for id in stale {
+                self.close_partition(id, false);
+            }
         }
         let mut results: Vec<Result<(), WriteError>> = vec![Ok(()); jobs.len()];
         let mut records = 0u64;
@@ -994,7 +1058,7 @@ impl Writer {
                     .min_by_key(|(_, p)| p.last_used)
                     .map(|(id, _)| *id)
             {
-                self.close_partition(oldest);
+                self.close_partition(oldest, true);
             }
             std::fs::create_dir_all(&self.cfg.store_dir).map_err(|e| io(&self.cfg.store_dir, e))?;
             let conn = schema::open_for_write(
@@ -1008,17 +1072,16 @@ impl Writer {
                 file_identity(&path).ok_or_else(|| WriteError::Vanished(path.clone()))?;
             // What was handed to the index thread is written first: its watermark is
             // then where the pending entries start again.
-            self.indexer.sync();
-            let legacy: i64 = conn
-                .query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))
-                .map_err(sql)?;
-            let through = schema::init_index(&schema::index_path(&path), self.cfg.sync, legacy)
-                .map_err(sql)?;
-            let pending = Pending::rebuild(&conn, through.max(legacy)).map_err(sql)?;
+            self.indexer.settle(&path);
             let tree =
                 super::integrity::TreeState::load(&conn, partition, self.cfg.signer.as_deref())
                     .map_err(sql)?;
             let (last_record, last_outcome) = (tree.last_record(), tree.last_outcome());
+            let legacy: i64 = conn
+                .query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))
+                .map_err(sql)?;
+            let through = self.index_watermark(&path, legacy, last_record)?;
+            let pending = Pending::rebuild(&conn, through).map_err(sql)?;
             let fresh = OpenPartition {
                 conn,
                 pending,
@@ -1039,9 +1102,46 @@ impl Writer {
         Ok(open)
     }
 
-    /// Closes a partition after flushing its pending index entries (best effort: what
-    /// is not flushed is rebuilt when it is next opened).
-    fn close_partition(&mut self, id: PartitionId) {
+    /// Where a partition's index stands (its index file made if there is none): every
+    /// record up to the returned id is indexed. An index file that cannot be opened, or
+    /// that claims records the partition does not have (restored apart from it, or
+    /// outliving a partition file replaced), is derived data: removed and begun again
+    /// from the partition's own watermark (`legacy`).
+    fn index_watermark(
+        &self,
+        path: &Path,
+        legacy: i64,
+        last_record: i64,
+    ) -> Result<i64, WriteError> {
+        let index = schema::index_path(path);
+        match schema::init_index(&index, self.cfg.sync, legacy) {
+            Ok(through) if through <= last_record.max(legacy) => return Ok(through.max(legacy)),
+            Ok(through) => tracing::error!(
+                path = %index.display(), through, last_record,
+                "index file is ahead of its partition; indexing it again"
+            ),
+            Err(e) => {
+                tracing::error!(path = %index.display(), error = %e, "index file unusable; indexing it again")
+            }
+        }
+        self.metrics.store_errors.inc();
+        for side in ["", "-wal", "-shm"] {
+            let mut file = index.clone().into_os_string();
+            file.push(side);
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(Path::new(&file), e)),
+            }
+        }
+        let through = schema::init_index(&index, self.cfg.sync, legacy).map_err(sql)?;
+        Ok(through.max(legacy))
+    }
+
+    /// Closes a partition after signing its waiting leaves and, with `index`, handing
+    /// its pending index entries over (best effort: what is not indexed is rebuilt when
+    /// it is next opened).
+    fn close_partition(&mut self, id: PartitionId, index: bool) {
         let signer = self.cfg.signer.clone();
         if let Some(mut open) = self.open.remove(&id) {
             let result = (|| {
@@ -1056,11 +1156,12 @@ impl Writer {
                 Err(e) => {
                     tracing::warn!(partition = %id, error = %e, "signing on close failed; the index is rebuilt on reopen")
                 }
-                Ok(()) => {
+                Ok(()) if index => {
                     if let Some(batch) = open.pending.take() {
                         self.indexer.flush(id.path_in(&self.cfg.store_dir), batch);
                     }
                 }
+                Ok(()) => {}
             }
         }
     }
