@@ -34,27 +34,54 @@ pub mod id {
         request | RESPONSE
     }
 
-    /// The command's name, for metrics (`other` for ids SMPP 3.4 does not define).
-    pub fn name(id: u32) -> &'static str {
+    /// The names commands are counted under, in [`index`] order.
+    pub const NAMES: [&str; 17] = [
+        "generic_nack",
+        "bind_receiver",
+        "bind_transmitter",
+        "bind_transceiver",
+        "query_sm",
+        "submit_sm",
+        "deliver_sm",
+        "unbind",
+        "replace_sm",
+        "cancel_sm",
+        "outbind",
+        "enquire_link",
+        "submit_multi",
+        "alert_notification",
+        "data_sm",
+        "response",
+        "other",
+    ];
+
+    /// The command's place in [`NAMES`]: every response is `response`, an id SMPP 3.4
+    /// does not define `other`.
+    pub fn index(id: u32) -> usize {
         match id {
-            GENERIC_NACK => "generic_nack",
-            BIND_RECEIVER => "bind_receiver",
-            BIND_TRANSMITTER => "bind_transmitter",
-            BIND_TRANSCEIVER => "bind_transceiver",
-            QUERY_SM => "query_sm",
-            SUBMIT_SM => "submit_sm",
-            DELIVER_SM => "deliver_sm",
-            UNBIND => "unbind",
-            REPLACE_SM => "replace_sm",
-            CANCEL_SM => "cancel_sm",
-            OUTBIND => "outbind",
-            ENQUIRE_LINK => "enquire_link",
-            SUBMIT_MULTI => "submit_multi",
-            ALERT_NOTIFICATION => "alert_notification",
-            DATA_SM => "data_sm",
-            x if x & RESPONSE != 0 && known(x) => "response",
-            _ => "other",
+            GENERIC_NACK => 0,
+            BIND_RECEIVER => 1,
+            BIND_TRANSMITTER => 2,
+            BIND_TRANSCEIVER => 3,
+            QUERY_SM => 4,
+            SUBMIT_SM => 5,
+            DELIVER_SM => 6,
+            UNBIND => 7,
+            REPLACE_SM => 8,
+            CANCEL_SM => 9,
+            OUTBIND => 10,
+            ENQUIRE_LINK => 11,
+            SUBMIT_MULTI => 12,
+            ALERT_NOTIFICATION => 13,
+            DATA_SM => 14,
+            x if x & RESPONSE != 0 && known(x) => 15,
+            _ => 16,
         }
+    }
+
+    /// The command's name, for metrics.
+    pub fn name(id: u32) -> &'static str {
+        NAMES[index(id)]
     }
 
     /// Is this a command id SMPP 3.4 defines (a request or its response)?
@@ -620,6 +647,16 @@ impl<'a> Tlvs<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_is_counted_under_its_name() {
+        assert_eq!(id::name(id::SUBMIT_SM), "submit_sm");
+        assert_eq!(id::name(id::DATA_SM), "data_sm");
+        assert_eq!(id::name(id::resp(id::SUBMIT_SM)), "response");
+        assert_eq!(id::name(0x42), "other");
+        assert_eq!(id::name(id::resp(0x42)), "other");
+        assert_eq!(id::NAMES.len(), id::index(0x42) + 1);
+    }
     use proptest::prelude::*;
 
     fn body(pdu: &[u8]) -> (Header, &[u8]) {

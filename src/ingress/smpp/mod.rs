@@ -40,7 +40,8 @@ pub struct SmppListener {
 pub struct SmppMetrics {
     binds: prometheus_client::metrics::family::Family<crate::metrics::BindLabels, Counter>,
     listener: String,
-    pdus: std::collections::HashMap<(&'static str, &'static str), Counter>,
+    /// By side (client, upstream), then by [`crate::smpp::id::index`].
+    pdus: [Vec<Counter>; 2],
     pub window: prometheus_client::metrics::gauge::Gauge,
     /// Delivery receipts attached to their message.
     pub receipts_matched: Counter,
@@ -50,45 +51,25 @@ pub struct SmppMetrics {
     pub receipts_unrecorded: Counter,
 }
 
-/// Command names counted per side (see [`crate::smpp::id::name`]).
-const COMMANDS: [&str; 17] = [
-    "generic_nack",
-    "bind_receiver",
-    "bind_transmitter",
-    "bind_transceiver",
-    "query_sm",
-    "submit_sm",
-    "deliver_sm",
-    "unbind",
-    "replace_sm",
-    "cancel_sm",
-    "outbind",
-    "enquire_link",
-    "submit_multi",
-    "alert_notification",
-    "data_sm",
-    "response",
-    "other",
-];
-
 impl SmppMetrics {
     pub fn new(metrics: &crate::metrics::Metrics, listener: &str) -> SmppMetrics {
         let labels = ListenerLabels {
             listener: listener.to_owned(),
         };
-        let mut pdus = std::collections::HashMap::new();
-        for from in ["client", "upstream"] {
-            for command in COMMANDS {
-                let counter = metrics
-                    .smpp_pdus
-                    .get_or_create_owned(&crate::metrics::PduLabels {
-                        listener: listener.to_owned(),
-                        from,
-                        command,
-                    });
-                pdus.insert((from, command), counter);
-            }
-        }
+        let pdus = ["client", "upstream"].map(|from| {
+            crate::smpp::id::NAMES
+                .iter()
+                .map(|command| {
+                    metrics
+                        .smpp_pdus
+                        .get_or_create_owned(&crate::metrics::PduLabels {
+                            listener: listener.to_owned(),
+                            from,
+                            command,
+                        })
+                })
+                .collect()
+        });
         let receipts = |result| {
             metrics
                 .smpp_receipts
@@ -108,11 +89,9 @@ impl SmppMetrics {
         }
     }
 
-    /// A PDU received from `from` (`client` or `upstream`).
-    pub fn pdu(&self, from: &'static str, command_id: u32) {
-        if let Some(c) = self.pdus.get(&(from, crate::smpp::id::name(command_id))) {
-            c.inc();
-        }
+    /// A PDU received from the client (or, `upstream`, from the SMSC).
+    pub fn pdu(&self, upstream: bool, command_id: u32) {
+        self.pdus[usize::from(upstream)][crate::smpp::id::index(command_id)].inc();
     }
 
     /// A bind of `command_id`, bound by the SMSC or not.

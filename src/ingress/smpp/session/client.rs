@@ -55,7 +55,7 @@ impl Session<'_> {
     /// A client PDU: recorded, answered, passed on or refused. `Some` ends the session.
     async fn client_pdu(&mut self, pdu: BytesMut) -> Option<End> {
         let h = Header::read(&pdu)?;
-        self.l.metrics.pdu("client", h.id);
+        self.l.metrics.pdu(false, h.id);
         if h.is_response() {
             return self.client_answer(&h, &pdu).await;
         }

@@ -147,7 +147,7 @@ impl Session<'_> {
     /// ends the session.
     pub(super) async fn upstream_pdu(&mut self, pdu: BytesMut) -> Option<End> {
         let h = Header::read(&pdu)?;
-        self.l.metrics.pdu("upstream", h.id);
+        self.l.metrics.pdu(true, h.id);
         match h.id {
             id::ENQUIRE_LINK => return self.send_upstream(&answer(&h, status::OK)).await,
             id::DELIVER_SM | id::DATA_SM => return self.delivery(h, pdu).await,
