@@ -80,7 +80,8 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 /// warms it so the first request does not pay for it.
 ///
 /// Numbers already in international format (`+` or the region's `00`, then digits)
-/// take a fast path that needs no parsing: see [`International`].
+/// take a fast path that needs no parsing, and valid numbers in the region's national
+/// format one that runs the region's patterns compiled once: see [`International`].
 #[derive(Debug, Clone)]
 pub struct NumberNormalizer {
     region: country::Id,
@@ -190,6 +191,88 @@ struct International {
     disabled: bool,
     /// `00` is the default region's international call prefix.
     idd_00: bool,
+    /// The default region's own numbering plan, for numbers in its national format.
+    home: Option<Home>,
+}
+
+/// The default region's numbering plan as the validator reads it, its patterns
+/// compiled once (see [`International::national`]).
+#[derive(Debug)]
+struct Home {
+    /// Its country calling code, as digits.
+    code: String,
+    general: Pattern,
+    /// Every number type the validator knows (premium rate … mobile): a national
+    /// number that matches the general pattern and one of these is valid.
+    types: Vec<Pattern>,
+}
+
+/// One descriptor of the metadata: possible lengths and the national number pattern.
+#[derive(Debug)]
+struct Pattern {
+    lengths: Vec<u16>,
+    re: regex::Regex,
+}
+
+impl Pattern {
+    fn of(d: &phonenumber::metadata::Descriptor) -> Option<Pattern> {
+        Some(Pattern {
+            lengths: d.possible_length().to_vec(),
+            // Built as `phonenumber` builds it (its metadata is written with white space).
+            re: regex::RegexBuilder::new(d.national_number().as_str())
+                .ignore_whitespace(true)
+                .build()
+                .ok()?,
+        })
+    }
+
+    /// `phonenumber`'s `Descriptor::is_match`: a possible length (when there are
+    /// any), and the pattern found at the start.
+    fn is_match(&self, national: &str) -> bool {
+        (self.lengths.is_empty() || self.lengths.contains(&(national.len() as u16)))
+            && self.re.find(national).is_some_and(|m| m.start() == 0)
+    }
+}
+
+impl Home {
+    /// The plan of a region that is alone with its country code (the validator would
+    /// otherwise choose among regions by leading digits: those take the parser).
+    fn of(db: &phonenumber::metadata::Database, region: country::Id) -> Option<Home> {
+        let meta = db.by_id(region.as_ref())?;
+        let code = meta.country_code();
+        if db.region(&code)?.len() != 1 {
+            return None;
+        }
+        let d = meta.descriptors();
+        let mut types = Vec::new();
+        for desc in [
+            d.premium_rate(),
+            d.toll_free(),
+            d.shared_cost(),
+            d.voip(),
+            d.personal_number(),
+            d.pager(),
+            d.uan(),
+            d.voicemail(),
+            d.fixed_line(),
+            d.mobile(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            types.push(Pattern::of(desc)?);
+        }
+        Some(Home {
+            code: code.to_string(),
+            general: Pattern::of(d.general())?,
+            types,
+        })
+    }
+
+    /// `phonenumber`'s validity: the general pattern and a number type's.
+    fn is_valid(&self, national: &str) -> bool {
+        self.general.is_match(national) && self.types.iter().any(|t| t.is_match(national))
+    }
 }
 
 impl International {
@@ -244,6 +327,7 @@ impl International {
             national_prefix,
             disabled,
             idd_00,
+            home: Home::of(db, region),
         }
     }
 
@@ -256,7 +340,7 @@ impl International {
         } else if let Some(d) = raw.strip_prefix("00").filter(|_| self.idd_00) {
             d
         } else {
-            return Fast::Parse;
+            return self.national(raw);
         };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Fast::Parse;
@@ -282,6 +366,47 @@ impl International {
         let mut value = String::with_capacity(1 + digits.len());
         value.push('+');
         value.push_str(digits);
+        Fast::E164(value)
+    }
+}
+
+impl International {
+    /// The fast path for numbers in the default region's national format (`0612345678`
+    /// in NL, with its national prefix or without): the parser would strip the prefix
+    /// and validate the rest against the region's patterns, through `phonenumber`'s
+    /// mutex-guarded regex cache; here the same patterns, compiled once, give the same
+    /// answer for a valid number. Anything else (a number that begins with the region's
+    /// country code, which the parser may read as international; a second national
+    /// prefix; an invalid number) takes the parser. `national_fast_path_agrees_with_the_parser`
+    /// checks the two against each other.
+    fn national(&self, raw: &str) -> Fast {
+        let Some(home) = &self.home else {
+            return Fast::Parse;
+        };
+        if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) || raw.starts_with(&home.code)
+        {
+            return Fast::Parse;
+        }
+        let prefix = self.national_prefix.as_deref();
+        let national = match prefix {
+            Some(p) if raw.starts_with(p) => &raw[p.len()..],
+            _ => raw,
+        };
+        // The parser's own bounds (see `parse_e164`): 3 to 17 digits in, at most 15 out.
+        if !(3..=17).contains(&raw.len())
+            || home.code.len() + national.len() > 15
+            || national.is_empty()
+            || national.starts_with('0')
+            || prefix.is_some_and(|p| national.starts_with(p))
+            || national.starts_with(&home.code)
+            || !home.is_valid(national)
+        {
+            return Fast::Parse;
+        }
+        let mut value = String::with_capacity(1 + home.code.len() + national.len());
+        value.push('+');
+        value.push_str(&home.code);
+        value.push_str(national);
         Fast::E164(value)
     }
 }
@@ -445,6 +570,58 @@ mod tests {
         NumberNormalizer::new(country::Id::NL)
     }
 
+    /// One normaliser per region for the whole test run (each builds its tables).
+    fn normalizer(region: country::Id) -> NumberNormalizer {
+        static ALL: std::sync::Mutex<Vec<(country::Id, NumberNormalizer)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut all = ALL.lock().unwrap();
+        if let Some((_, n)) = all.iter().find(|(r, _)| *r == region) {
+            return n.clone();
+        }
+        let n = NumberNormalizer::new(region);
+        all.push((region, n.clone()));
+        n
+    }
+
+    /// Numbers people write in their own country's format take the fast path and come
+    /// out as the parser makes them.
+    #[test]
+    fn national_formats_take_the_fast_path() {
+        let table = [
+            (country::Id::NL, "0612345678", "+31612345678"),
+            (country::Id::NL, "612345678", "+31612345678"),
+            (country::Id::NL, "0201234567", "+31201234567"),
+            (country::Id::DE, "015123456789", "+4915123456789"),
+            (country::Id::FR, "0612345678", "+33612345678"),
+            (country::Id::BE, "0470123456", "+32470123456"),
+        ];
+        for (region, raw, e164) in table {
+            let n = normalizer(region);
+            assert_eq!(
+                n.international.national(raw),
+                Fast::E164(e164.into()),
+                "{region:?} {raw}"
+            );
+            assert_eq!(n.parse_e164(raw).as_deref(), Some(e164), "{region:?} {raw}");
+        }
+        // A country code shared by several regions (+44: GB, GG, IM, JE): the parser
+        // chooses among them.
+        let gb = normalizer(country::Id::GB);
+        assert_eq!(gb.international.national("07400123456"), Fast::Parse);
+        // What the parser may read otherwise goes to it.
+        let n = nl();
+        for raw in [
+            "31612345678",
+            "00612345678",
+            "00031612345678",
+            "0012",
+            "",
+            "06",
+        ] {
+            assert_eq!(n.international.national(raw), Fast::Parse, "{raw}");
+        }
+    }
+
     #[test]
     fn numbers_normalise_to_e164_or_raw() {
         let cases = [
@@ -482,7 +659,8 @@ mod tests {
         // The national prefix after the code, national format, letters, an unused
         // code, an impossible length: the parser decides.
         assert_eq!(fast("+31 (0)6 12345678"), Fast::Parse);
-        assert_eq!(fast("0612345678"), Fast::Parse);
+        // National format: the national fast path.
+        assert_eq!(fast("0612345678"), Fast::E164("+31612345678".into()));
         assert_eq!(fast("+31ABC"), Fast::Parse);
         assert_eq!(fast("+999123456789"), Fast::Parse);
         assert_eq!(fast("+316123"), Fast::Parse);
@@ -569,6 +747,24 @@ mod tests {
                     Some(parsed) => prop_assert_eq!(&fast, &parsed),
                     None => prop_assert_eq!(fast, format!("+{code}{national}")),
                 }
+            }
+        }
+
+        /// The national-format fast path against the full parser, in several
+        /// numbering plans: wherever it gives an E.164 form, the parser gives the same.
+        #[test]
+        fn national_fast_path_agrees_with_the_parser(
+            region in prop::sample::select(vec![
+                country::Id::NL, country::Id::DE, country::Id::GB, country::Id::FR,
+                country::Id::BE, country::Id::IT, country::Id::US, country::Id::CH,
+            ]),
+            prefix in prop::sample::select(vec!["", "0", "00", "1"]),
+            national in "6[0-9]{8}|[1-9][0-9]{1,2}[0-9]{4,9}|[0-9]{1,15}",
+        ) {
+            let n = normalizer(region);
+            let raw = format!("{prefix}{national}");
+            if let Fast::E164(fast) = n.international.national(&raw) {
+                prop_assert_eq!(Some(fast), n.parse_e164(&raw), "{:?} {}", region, raw);
             }
         }
 
