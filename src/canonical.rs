@@ -135,9 +135,9 @@ impl NumberNormalizer {
         // a connection down with it.
         let parsed = std::panic::catch_unwind(|| phonenumber::parse(Some(region), raw)).ok()?;
         let number = parsed.ok()?;
-        // Only a number the metadata knows as valid gets the E.164 form: a guess (such
-        // as `31612345678` read as a national NL number) would index a value no one
-        // typed; the raw form matches what the client sent.
+        // Only a number the metadata knows as valid gets the E.164 form: a guess (digits
+        // read in the region's format that its numbering plan does not have) would
+        // index a value no one typed; the raw form matches what the client sent.
         if !number.is_valid() {
             return None;
         }
@@ -372,25 +372,28 @@ impl International {
 
 impl International {
     /// The fast path for numbers in the default region's national format (`0612345678`
-    /// in NL, with its national prefix or without): the parser would strip the prefix
-    /// and validate the rest against the region's patterns, through `phonenumber`'s
-    /// mutex-guarded regex cache; here the same patterns, compiled once, give the same
-    /// answer for a valid number. Anything else (a number that begins with the region's
-    /// country code, which the parser may read as international; a second national
-    /// prefix; an invalid number) takes the parser. `national_fast_path_agrees_with_the_parser`
-    /// checks the two against each other.
+    /// in NL, with its national prefix or without) and for its international format
+    /// without `+` (`31612345678`): the parser would strip the country code or the
+    /// prefix and validate the rest against the region's patterns, through
+    /// `phonenumber`'s mutex-guarded regex cache; here the same patterns, compiled
+    /// once, give the same answer for a valid number. Anything else (a prefix after
+    /// the code, a second national prefix, an invalid number) takes the parser.
+    /// `national_fast_path_agrees_with_the_parser` checks the two against each other.
     fn national(&self, raw: &str) -> Fast {
         let Some(home) = &self.home else {
             return Fast::Parse;
         };
-        if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) || raw.starts_with(&home.code)
-        {
+        if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
             return Fast::Parse;
         }
         let prefix = self.national_prefix.as_deref();
-        let national = match prefix {
-            Some(p) if raw.starts_with(p) => &raw[p.len()..],
-            _ => raw,
+        // The parser reads digits that begin with the region's country code as the
+        // code and a national number (Kannel's `to=31612345678` in NL), whatever
+        // follows; otherwise it strips the national prefix.
+        let national = match (raw.strip_prefix(home.code.as_str()), prefix) {
+            (Some(rest), _) => rest,
+            (None, Some(p)) if raw.starts_with(p) => &raw[p.len()..],
+            (None, _) => raw,
         };
         // The parser's own bounds (see `parse_e164`): 3 to 17 digits in, at most 15 out.
         if !(3..=17).contains(&raw.len())
@@ -398,7 +401,6 @@ impl International {
             || national.is_empty()
             || national.starts_with('0')
             || prefix.is_some_and(|p| national.starts_with(p))
-            || national.starts_with(&home.code)
             || !home.is_valid(national)
         {
             return Fast::Parse;
@@ -608,10 +610,16 @@ mod tests {
         // chooses among them.
         let gb = normalizer(country::Id::GB);
         assert_eq!(gb.international.national("07400123456"), Fast::Parse);
-        // What the parser may read otherwise goes to it.
+        // The region's country code without `+`, as Kannel passes `to=`.
         let n = nl();
+        assert_eq!(
+            n.international.national("31612345678"),
+            Fast::E164("+31612345678".into())
+        );
+        assert_eq!(n.parse_e164("31612345678").as_deref(), Some("+31612345678"));
+        // What the parser may read otherwise goes to it.
         for raw in [
-            "31612345678",
+            "310612345678",
             "00612345678",
             "00031612345678",
             "0012",
@@ -758,7 +766,9 @@ mod tests {
                 country::Id::NL, country::Id::DE, country::Id::GB, country::Id::FR,
                 country::Id::BE, country::Id::IT, country::Id::US, country::Id::CH,
             ]),
-            prefix in prop::sample::select(vec!["", "0", "00", "1"]),
+            prefix in prop::sample::select(vec![
+                "", "0", "00", "1", "31", "49", "33", "32", "39", "41", "310", "490",
+            ]),
             national in "6[0-9]{8}|[1-9][0-9]{1,2}[0-9]{4,9}|[0-9]{1,15}",
         ) {
             let n = normalizer(region);
