@@ -191,6 +191,9 @@ struct International {
     disabled: bool,
     /// `00` is the default region's international call prefix.
     idd_00: bool,
+    /// The default region's international call prefix as the parser matches it: a
+    /// number that begins with it (`019…` in IL) is read as international.
+    idd: Option<regex::Regex>,
     /// The default region's own numbering plan, for numbers in its national format.
     home: Option<Home>,
 }
@@ -322,11 +325,18 @@ impl International {
         let idd_00 = home
             .and_then(|m| m.international_prefix())
             .is_some_and(|r| r.as_str() == "00");
+        let idd = home.and_then(|m| m.international_prefix()).and_then(|r| {
+            regex::RegexBuilder::new(r.as_str())
+                .ignore_whitespace(true)
+                .build()
+                .ok()
+        });
         Self {
             lengths,
             national_prefix,
             disabled,
             idd_00,
+            idd,
             home: Home::of(db, region),
         }
     }
@@ -342,7 +352,11 @@ impl International {
         } else {
             return self.national(raw);
         };
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        // A country code never begins with 0 (`+031…` is no number to the parser).
+        if digits.is_empty()
+            || digits.starts_with('0')
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
             return Fast::Parse;
         }
         // Country calling codes are prefix-free: at most one of 1, 2, 3 digits is in use.
@@ -384,6 +398,15 @@ impl International {
             return Fast::Parse;
         };
         if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+            return Fast::Parse;
+        }
+        // The parser strips the region's international call prefix first (its pattern,
+        // not only `00`): what begins with it is the parser's.
+        if self
+            .idd
+            .as_ref()
+            .is_none_or(|idd| idd.find(raw).is_some_and(|m| m.start() == 0))
+        {
             return Fast::Parse;
         }
         let prefix = self.national_prefix.as_deref();
@@ -606,6 +629,15 @@ mod tests {
             );
             assert_eq!(n.parse_e164(raw).as_deref(), Some(e164), "{region:?} {raw}");
         }
+        // The region's international call prefix is a pattern in some (IL: `01[2-9]`):
+        // what begins with it is read as international by the parser.
+        let il = normalizer(country::Id::IL);
+        assert_eq!(il.international.national("01919123404"), Fast::Parse);
+        assert_eq!(il.parse_e164("01919123404"), None);
+        // A country code never begins with 0.
+        let n = nl();
+        assert_eq!(n.international.classify("+012025550123"), Fast::Parse);
+        assert_eq!(n.international.classify("00031612345678"), Fast::Parse);
         // A country code shared by several regions (+44: GB, GG, IM, JE): the parser
         // chooses among them.
         let gb = normalizer(country::Id::GB);
@@ -765,9 +797,11 @@ mod tests {
             region in prop::sample::select(vec![
                 country::Id::NL, country::Id::DE, country::Id::GB, country::Id::FR,
                 country::Id::BE, country::Id::IT, country::Id::US, country::Id::CH,
+                country::Id::IL, country::Id::UY, country::Id::NZ, country::Id::KE,
             ]),
             prefix in prop::sample::select(vec![
                 "", "0", "00", "1", "31", "49", "33", "32", "39", "41", "310", "490",
+                "019", "012", "0198", "013", "972", "598", "64", "254",
             ]),
             national in "6[0-9]{8}|[1-9][0-9]{1,2}[0-9]{4,9}|[0-9]{1,15}",
         ) {
