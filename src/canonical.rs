@@ -81,7 +81,7 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 ///
 /// Numbers already in international format (`+` or the region's `00`, then digits)
 /// take a fast path that needs no parsing, and valid numbers in the region's national
-/// format one that runs the region's patterns compiled once: see [`International`].
+/// format one that runs the region's patterns compiled once: see `International`.
 #[derive(Debug, Clone)]
 pub struct NumberNormalizer {
     region: country::Id,

@@ -29,7 +29,7 @@
 //!   fixed strings only).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz` and the compliance API.
 //! - [`simulator`]: a gateway look-alike, a sink MTA and an SMSC for tests, benchmarks
-//!   and the default upstream; [`bench`]: the load generators (`bench http`, `bench
+//!   and the default upstream; [`bench`](mod@bench): the load generators (`bench http`, `bench
 //!   smtp`, `bench smpp`) and the store benchmark.
 //! - [`serve`]: wires it together and handles shutdown.
 //! - [`clock`]: injected time; [`shutdown`] and [`net`]: the plumbing every listener shares.

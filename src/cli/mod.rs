@@ -42,7 +42,7 @@ pub struct Cli {
         env = "RELAYLOG_CONFIG"
     )]
     pub config: PathBuf,
-    /// Log format; overrides [log] format.
+    /// Log format; overrides `[log] format`.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormatArg>,
     #[command(subcommand)]

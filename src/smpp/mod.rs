@@ -1,6 +1,6 @@
 //! SMPP 3.4 as relaylog needs it: framing with a length cap, the bodies of the PDUs
 //! whose metadata is recorded (binds, submit_sm, submit_multi, data_sm, deliver_sm and
-//! their responses), concatenation ([`segment`]) and delivery receipts ([`receipt`]).
+//! their responses), concatenation ([`segment`](mod@segment)) and delivery receipts ([`receipt`](mod@receipt)).
 //! Reading borrows from the frame; the relay passes every PDU on byte for byte.
 //!
 //! Nothing here keeps a password or message content: bind passwords and short

@@ -7,10 +7,10 @@
 //! store recovers by itself when the fault goes away.
 //!
 //! The blind indexes are written late and sorted (see [`super::schema`]): each open
-//! partition keeps its rows' index entries in [`Pending`] until a bucket closes, the
+//! partition keeps its rows' index entries in `Pending` until a bucket closes, the
 //! pending set reaches [`FLUSH_ROWS`], the queue has been idle for [`IDLE_FLUSH`], or
 //! the writer stops. Then, once their records are committed, the entries go to the
-//! index thread ([`Indexer`]), which writes them into the partition's index file
+//! index thread (`Indexer`), which writes them into the partition's index file
 //! beside it: no commit that clients wait on holds a flush.
 
 use std::collections::{BTreeMap, HashMap};
@@ -136,7 +136,7 @@ pub struct WriterConfig {
 
 /// Hand the pending index entries to the index thread once this many rows are
 /// waiting, even inside one bucket: bounds the writer's memory and, with the index
-/// thread's queue ([`INDEX_QUEUE`]), the unindexed tail a query scans while the index
+/// thread's queue (`INDEX_QUEUE`), the unindexed tail a query scans while the index
 /// keeps up.
 ///
 /// The flush used to run inside a commit that durable clients wait on (65,536 rows held

@@ -179,7 +179,7 @@ impl ReceiptBook {
         Match::Waiting { replaced }
     }
 
-    /// Drops what is too old, at most once every [`EXPIRE_EVERY`] whoever asks;
+    /// Drops what is too old, at most once every `EXPIRE_EVERY` whoever asks;
     /// returns how many waiting receipts gave up (unmatched).
     pub fn expire(&self) -> usize {
         let now = Instant::now();

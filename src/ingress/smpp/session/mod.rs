@@ -1,13 +1,13 @@
 //! One SMPP session: the client's bind opens an upstream session with the same bind
-//! PDU, whose bind_resp goes back unchanged ([`bind`]); after it, PDUs pass byte for
+//! PDU, whose bind_resp goes back unchanged (`bind`); after it, PDUs pass byte for
 //! byte in both directions with their sequence numbers, many outstanding at once (up
 //! to `window`).
 //!
-//! - submit_sm, submit_multi and data_sm ([`client`]) are recorded before they go
-//!   upstream: the messages read in one step are committed together ([`record`]), and
+//! - submit_sm, submit_multi and data_sm (`client`) are recorded before they go
+//!   upstream: the messages read in one step are committed together (`record`), and
 //!   only then written upstream; if they cannot be, the client gets `ESME_RTHROTTLED`
 //!   and nothing goes upstream.
-//! - The upstream's response is the outcome ([`upstream`]); a submit_multi_resp's
+//! - The upstream's response is the outcome (`upstream`); a submit_multi_resp's
 //!   unsuccess_sme entries are each their destination's own. The message id goes into
 //!   the listener's [`ReceiptBook`](super::receipts::ReceiptBook), so that a delivery
 //!   receipt (on any session of the account) is attached to its message.
@@ -15,7 +15,7 @@
 //!   the client, whose response is its outcome.
 //! - enquire_link is answered on each leg by relaylog itself. An unbind passes
 //!   through; a leg that goes away, shutdown or inactivity ends the other with an
-//!   unbind ([`Session::end`]).
+//!   unbind (`Session::end`).
 
 mod bind;
 mod client;
