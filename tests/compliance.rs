@@ -576,10 +576,7 @@ async fn an_offboarded_account_is_exported_erased_and_verify_reports_it() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
-            p.extension().is_some_and(|x| x == "sqlite")
-                && !p.to_string_lossy().ends_with(".ix.sqlite")
-        })
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite"))
         .unwrap();
     let conn = rusqlite::Connection::open(&day).unwrap();
     conn.execute("UPDATE erasure SET reason = 'nothing to see'", [])

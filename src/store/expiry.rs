@@ -116,19 +116,16 @@ fn remove_if_present(path: &Path) -> Result<(), ExpiryError> {
     }
 }
 
-/// Removes one partition: keys shredded, then its index file and the file, each with
-/// its WAL.
+/// Removes one partition: keys shredded, then the file and its WAL.
 pub fn remove(cfg: &StoreConfig, keyring: &Keyring, p: PartitionId) -> Result<(), ExpiryError> {
     keyring.shred(p)?;
     let file = p.path_in(&cfg.path);
-    for file in [super::schema::index_path(&file), file] {
-        for suffix in ["-wal", "-shm"] {
-            let mut side = file.clone().into_os_string();
-            side.push(suffix);
-            remove_if_present(Path::new(&side))?;
-        }
-        remove_if_present(&file)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = file.clone().into_os_string();
+        side.push(suffix);
+        remove_if_present(Path::new(&side))?;
     }
+    remove_if_present(&file)?;
     if let Ok(dir) = std::fs::File::open(&cfg.path) {
         let _ = dir.sync_all();
     }

@@ -722,9 +722,8 @@ mod tests {
         out
     }
 
-    /// The watermark of a partition's index file.
     fn indexed_through(cfg: &StoreConfig, day: &str) -> i64 {
-        let conn = schema::open_for_read(&cfg.path.join(format!("{day}.ix.sqlite"))).unwrap();
+        let conn = schema::open_for_read(&cfg.path.join(format!("{day}.sqlite"))).unwrap();
         conn.query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))
             .unwrap()
     }
@@ -899,109 +898,6 @@ mod tests {
         store.close().await;
     }
 
-    /// A partition written before index files existed holds its postings in its own
-    /// tables: a writer now starts its index file from that watermark, and a query
-    /// reads both.
-    #[tokio::test]
-    async fn a_partition_indexed_in_itself_reads_with_its_new_index_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig::under(dir.path());
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
-        let store = open(&cfg, &clock);
-        let rec = store.recorder();
-        for i in 0..5 {
-            rec.record(&submission(
-                &rec,
-                at(10, 0, i).timestamp_micros(),
-                "a",
-                "+31612345678",
-            ))
-            .await
-            .unwrap();
-        }
-        store.close().await;
-        // What an older relaylog left: the postings in the partition, no index file.
-        let file = cfg.path.join("2026-11-22.sqlite");
-        let index = schema::index_path(&file);
-        let conn = rusqlite::Connection::open(&file).unwrap();
-        conn.execute("ATTACH DATABASE ?1 AS ix", [index.to_string_lossy()])
-            .unwrap();
-        conn.execute_batch(
-            "INSERT INTO main.ix_account SELECT * FROM ix.ix_account;
-             INSERT INTO main.ix_ip SELECT * FROM ix.ix_ip;
-             INSERT INTO main.ix_originator SELECT * FROM ix.ix_originator;
-             INSERT INTO main.ix_recipient SELECT * FROM ix.ix_recipient;
-             UPDATE main.ix_state SET indexed_through = (SELECT indexed_through FROM ix.ix_state);
-             DETACH DATABASE ix;",
-        )
-        .unwrap();
-        drop(conn);
-        for side in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{side}", index.display()));
-        }
-        assert_eq!(find(&cfg, IndexKind::Recipient, "+31612345678").len(), 5);
-        let store = open(&cfg, &clock);
-        let rec = store.recorder();
-        for i in 0..3 {
-            rec.record(&submission(
-                &rec,
-                at(10, 5, i).timestamp_micros(),
-                "a",
-                "+31612345678",
-            ))
-            .await
-            .unwrap();
-        }
-        store.close().await;
-        assert_eq!(
-            indexed_through(&cfg, "2026-11-22"),
-            8,
-            "from the partition's 5 on"
-        );
-        let found = find(&cfg, IndexKind::Recipient, "+31612345678");
-        assert_eq!(found.len(), 8, "each once, from either file");
-    }
-
-    /// An index file that claims records its partition does not have (restored apart
-    /// from it, or kept when the partition lost its last commits) is made again: the
-    /// records written next are not hidden behind its watermark.
-    #[tokio::test]
-    async fn an_index_file_ahead_of_its_partition_is_made_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig::under(dir.path());
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
-        let record_five = |store: &Store, minute: u32| {
-            let rec = store.recorder();
-            async move {
-                for i in 0..5 {
-                    rec.record(&submission(
-                        &rec,
-                        at(10, minute, i).timestamp_micros(),
-                        "a",
-                        "+31612345678",
-                    ))
-                    .await
-                    .unwrap();
-                }
-            }
-        };
-        let store = open(&cfg, &clock);
-        record_five(&store, 0).await;
-        store.close().await;
-        let index = cfg.path.join("2026-11-22.ix.sqlite");
-        let conn = rusqlite::Connection::open(&index).unwrap();
-        conn.execute("UPDATE ix_state SET indexed_through = 1000", [])
-            .unwrap();
-        drop(conn);
-        let store = open(&cfg, &clock);
-        record_five(&store, 5).await;
-        store.close().await;
-        assert_eq!(indexed_through(&cfg, "2026-11-22"), 10);
-        assert_eq!(find(&cfg, IndexKind::Recipient, "+31612345678").len(), 10);
-    }
-
     /// A writer killed before flushing leaves an unindexed tail; the next writer
     /// rebuilds the pending entries from it and indexes them.
     #[tokio::test]
@@ -1024,7 +920,7 @@ mod tests {
         }
         store.close().await;
         // What a writer killed before its flush leaves: rows committed, no index runs.
-        let conn = schema::open_for_read(&cfg.path.join("2026-11-22.ix.sqlite")).unwrap();
+        let conn = schema::open_for_read(&cfg.path.join("2026-11-22.sqlite")).unwrap();
         conn.execute_batch(
             "DELETE FROM ix_account; DELETE FROM ix_ip; DELETE FROM ix_originator; DELETE FROM ix_recipient;
              UPDATE ix_state SET indexed_through = 0;",

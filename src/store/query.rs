@@ -2,10 +2,8 @@
 //!
 //! For each partition overlapping the window, in one read transaction: compute the
 //! identifier's blind index under that partition's index key, seek `(bucket, tag)` in
-//! its `ix_*` tables (the index file's, and the partition's own for what was indexed
-//! before it had one) once per bucket in the window, then scan the unindexed tail
-//! (`id > indexed_through`, the higher of the two watermarks: what the writer has not
-//! handed to the index thread, or the thread not yet written) by its tag column.
+//! its `ix_*` table once per bucket in the window, then scan the unindexed tail
+//! (`id > indexed_through`, bounded by the writer's flush cap) by its tag column.
 //! Each hit is decrypted and kept only if the decrypted value equals the identifier
 //! (a truncated HMAC can collide). Sealed values are never scanned.
 
@@ -164,62 +162,24 @@ pub fn run(
             Err(e) => return Err(e.into()),
         };
         stats.partitions_searched += 1;
-        let path = p.path_in(store_dir);
-        let conn = schema::open_for_read(&path).map_err(part_err(p))?;
+        let conn = schema::open_for_read(&p.path_in(store_dir)).map_err(part_err(p))?;
         if !schema::is_ready(&conn).map_err(part_err(p))? {
             // Being created this very moment: nothing in it yet.
             continue;
         }
-        // The index file beside it, when there is one (see `schema::index_path`).
-        let index = schema::index_path(&path);
-        // An index file that cannot be read (being created this very moment, removed,
-        // damaged) is left aside: the partition's own postings and a longer tail scan
-        // answer all the same.
-        let indexed = index.exists()
-            && conn
-                .execute("ATTACH DATABASE ?1 AS ix", [index.to_string_lossy()])
-                .is_ok()
-            && match conn.query_row(
-                "SELECT count(*) > 0 FROM ix.sqlite_master WHERE name = 'ix_state'",
-                [],
-                |r| r.get::<_, bool>(0),
-            ) {
-                Ok(true) => true,
-                _ => {
-                    let _ = conn.execute_batch("DETACH DATABASE ix");
-                    false
-                }
-            };
         let since = criteria.since.max(p.start_micros());
         let until = criteria.until.min(p.end_micros());
         let tag = keys.blind_index(criteria.kind, &criteria.value);
         let tx = conn.unchecked_transaction().map_err(part_err(p))?;
-        // Every record up to the higher watermark is in the postings of one file or
-        // the other (the partition's own tables hold what was indexed before it had an
-        // index file). Each file is read in its own snapshot: a record past the
-        // watermark is found by the tail scan, one up to it by its postings.
-        let through: i64 = if indexed {
-            tx.query_row(
-                "SELECT max((SELECT indexed_through FROM main.ix_state), \
-                 coalesce((SELECT indexed_through FROM ix.ix_state), 0))",
-                [],
-                |r| r.get(0),
-            )
-        } else {
-            tx.query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))
-        }
-        .map_err(part_err(p))?;
+        let through: i64 = tx
+            .query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))
+            .map_err(part_err(p))?;
         const COLUMNS: &str =
             "r.id, r.submission, r.ordinal, r.at_us, r.protocol, r.service, r.segments, r.sealed";
-        let table = criteria.kind.table();
-        let postings_sql = if indexed {
-            format!(
-                "SELECT ids FROM main.{table} WHERE bucket = ?1 AND tag = ?2 \
-                 UNION ALL SELECT ids FROM ix.{table} WHERE bucket = ?1 AND tag = ?2"
-            )
-        } else {
-            format!("SELECT ids FROM {table} WHERE bucket = ?1 AND tag = ?2")
-        };
+        let postings_sql = format!(
+            "SELECT ids FROM {} WHERE bucket = ?1 AND tag = ?2",
+            criteria.kind.table()
+        );
         let by_id = format!(
             "SELECT {COLUMNS} FROM record r WHERE r.id = ?1 AND r.at_us >= ?2 AND r.at_us < ?3"
         );
@@ -350,8 +310,6 @@ pub fn run(
                     })?;
                 }
                 ids.sort_unstable();
-                // The same record in both files' postings would be found twice.
-                ids.dedup();
                 for &id in &ids {
                     let mut rows = record
                         .query(params![id, since, until])

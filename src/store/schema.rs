@@ -18,8 +18,6 @@
 //!        (bucket, tag, first, ids) PRIMARY KEY (bucket, tag, first), WITHOUT ROWID
 //!                                  -- blind-index posting lists (see `postings`)
 //! ix_state(indexed_through)        -- every record with id <= this is in the ix_* tables
-//!                                  -- (both also in the index file beside the partition,
-//!                                  --  `<day>.ix.sqlite`, where they are written now)
 //! head(seq, size, record_through, outcome_through, root, frontier, at_us, signature)
 //!                                  -- a signed Merkle head per commit (see `integrity`)
 //! ```
@@ -32,10 +30,7 @@
 //! second is reached), then inserts them sorted and grouped: one row per `(bucket,
 //! tag)` holding the record ids (an account sends thousands of messages a minute; one
 //! row covers them all). The bucket leads every key and only grows, so the inserts
-//! land at the right edge of each tree. `ix_state` moves in the same transaction. The
-//! index thread writes them into the partition's index file (see [`index_path`]), not
-//! the partition: a flush of 65,536 rows takes 60–80 ms, and in the partition it held
-//! the commit clients waited on. A query seeks the
+//! land at the right edge of each tree. `ix_state` moves in the same transaction. A query seeks the
 //! `ix_*` tables once per bucket of its window, and scans the short unindexed tail
 //! (`id > indexed_through`) by its tag columns. After a crash the writer rebuilds the
 //! pending entries from that tail; nothing depends on memory.
@@ -151,72 +146,6 @@ pub const INSERT_INDEX: [&str; 4] = [
 
 pub const SET_INDEXED_THROUGH: &str = "UPDATE ix_state SET indexed_through = ?1 WHERE one = 1";
 pub const GET_INDEXED_THROUGH: &str = "SELECT indexed_through FROM ix_state WHERE one = 1";
-
-/// The blind index of a partition, in a file of its own beside it (see
-/// [`index_path`]): the same `ix_*` tables and `ix_state`, written by the index
-/// thread, so that a flush never holds a commit clients wait on. The partition file
-/// keeps its own (empty since; a partition written before holds its older postings
-/// there, and readers take both).
-const INDEX_DDL: &str = "
-CREATE TABLE IF NOT EXISTS ix_account (bucket INTEGER, tag INTEGER, first INTEGER, ids BLOB NOT NULL, PRIMARY KEY (bucket, tag, first)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ix_ip (bucket INTEGER, tag INTEGER, first INTEGER, ids BLOB NOT NULL, PRIMARY KEY (bucket, tag, first)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ix_originator (bucket INTEGER, tag INTEGER, first INTEGER, ids BLOB NOT NULL, PRIMARY KEY (bucket, tag, first)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ix_recipient (bucket INTEGER, tag INTEGER, first INTEGER, ids BLOB NOT NULL, PRIMARY KEY (bucket, tag, first)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ix_state (one INTEGER PRIMARY KEY CHECK (one = 1), indexed_through INTEGER NOT NULL);
-";
-
-/// The index file of the partition file at `partition`: `2026-11-22.sqlite` →
-/// `2026-11-22.ix.sqlite`.
-pub fn index_path(partition: &Path) -> std::path::PathBuf {
-    let stem = partition
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    partition.with_file_name(format!("{stem}.ix.sqlite"))
-}
-
-/// Opens (creating if needed) a partition's index file for writing. Durable like the
-/// partition (`synchronous`): an index commit lost in a crash only moves its
-/// watermark back, and the writer indexes those records again from the partition; an
-/// index file that survived records its partition lost is ahead of it, and the writer
-/// makes it again (see `writer::Writer::index_watermark`).
-pub fn open_index(path: &Path, sync: SyncMode) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        match sync {
-            SyncMode::Normal => "NORMAL",
-            SyncMode::Full => "FULL",
-        },
-    )?;
-    conn.execute_batch(INDEX_DDL)?;
-    Ok(conn)
-}
-
-/// Makes sure a partition's index file is there and returns its watermark: every
-/// record with an id up to it is indexed, in the index file or (written before it
-/// existed) in the partition's own tables, whose watermark `legacy` a new index file
-/// starts from.
-pub fn init_index(path: &Path, sync: SyncMode, legacy: i64) -> rusqlite::Result<i64> {
-    let conn = open_index(path, sync)?;
-    // Never behind the partition's own: what that covers is indexed there.
-    conn.execute(
-        "INSERT INTO ix_state (one, indexed_through) VALUES (1, ?1) \
-         ON CONFLICT (one) DO UPDATE SET indexed_through = max(indexed_through, excluded.indexed_through)",
-        [legacy],
-    )?;
-    conn.query_row(GET_INDEXED_THROUGH, [], |r| r.get(0))
-}
 
 /// Most rows per multi-row record or outcome INSERT.
 pub const ROWS_PER_INSERT: usize = 32;

@@ -9,9 +9,7 @@
 //! The blind indexes are written late and sorted (see [`super::schema`]): each open
 //! partition keeps its rows' index entries in `Pending` until a bucket closes, the
 //! pending set reaches [`FLUSH_ROWS`], the queue has been idle for [`IDLE_FLUSH`], or
-//! the writer stops. Then, once their records are committed, the entries go to the
-//! index thread (`Indexer`), which writes them into the partition's index file
-//! beside it: no commit that clients wait on holds a flush.
+//! the writer stops. The flush goes into the same transaction as the batch it follows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -134,15 +132,15 @@ pub struct WriterConfig {
     pub clock: crate::clock::SharedClock,
 }
 
-/// Hand the pending index entries to the index thread once this many rows are
-/// waiting, even inside one bucket: bounds the writer's memory and, with the index
-/// thread's queue (`INDEX_QUEUE`), the unindexed tail a query scans while the index
-/// keeps up.
+/// Flush the pending index entries once this many rows are waiting, even inside one
+/// bucket: bounds the writer's memory and the unindexed tail a query scans.
 ///
-/// The flush used to run inside a commit that durable clients wait on (65,536 rows held
-/// them for 60–80 ms on the 2-core test machine; flushing more often cost a quarter of
-/// the writer's throughput, as each flush rewrites most index pages of the open
-/// bucket). It now runs on the index thread, into a file of its own.
+/// The flush runs inside a commit that durable clients wait on: 65,536 rows hold them
+/// for 60–80 ms on the 2-core test machine. Flushing every 8,192 rows cut that to
+/// 7–10 ms but cost a quarter of the writer's throughput (criterion: 347k → 257k
+/// records/s): each flush rewrites most index pages of the open bucket, whatever its
+/// size. The way out is an index written beside the records, not inside their commits
+/// (see issue 4's note).
 pub const FLUSH_ROWS: usize = 65_536;
 
 /// Longest wait for sibling submissions before a commit that clients wait on.
@@ -151,7 +149,7 @@ pub const SIBLING_DELAY: Duration = Duration::from_micros(200);
 /// Longest wait before committing a batch no one waits on (outcomes, async records).
 pub const ASYNC_DELAY: Duration = Duration::from_millis(2);
 
-/// Hand the pending index entries over when no job has arrived for this long.
+/// Flush the pending index entries when no job has arrived for this long.
 pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Ask the checkpointer to copy a partition's WAL into its file after this many rows.
@@ -190,25 +188,14 @@ impl Signals {
     }
 }
 
-/// Index entries `(bucket, tag, record id)` of rows not yet handed to the index
-/// thread, one list per [`crate::store::IndexKind`] (account, ip, originator,
-/// recipient).
+/// Index entries `(bucket, tag, record id)` of rows not yet in the `ix_*` tables, one
+/// list per [`crate::store::IndexKind`] (account, ip, originator, recipient).
 #[derive(Default)]
 struct Pending {
     entries: [Vec<(i64, i64, i64)>; 4],
     rows: usize,
     min_bucket: i64,
     max_bucket: i64,
-    last_id: i64,
-    /// Every record with an id up to this is indexed, or handed to the index thread.
-    through: i64,
-}
-
-/// Index entries handed to the index thread: they index the records after `from` up
-/// to `last_id`.
-pub struct IndexBatch {
-    entries: [Vec<(i64, i64, i64)>; 4],
-    from: i64,
     last_id: i64,
 }
 
@@ -234,30 +221,65 @@ impl Pending {
         self.rows >= FLUSH_ROWS || (self.rows > 0 && self.max_bucket > self.min_bucket)
     }
 
-    /// The entries so far, for the index thread; the set starts again empty. Only
-    /// once the records they index are committed.
-    fn take(&mut self) -> Option<IndexBatch> {
+    /// Writes the entries sorted, moves the watermark, empties the set. Runs inside the
+    /// caller's transaction: if that fails, the partition is dropped and reopened, and
+    /// the reopen rebuilds the pending set from the unindexed tail.
+    fn flush(&mut self, tx: &Connection) -> rusqlite::Result<()> {
         if self.rows == 0 {
-            return None;
+            return Ok(());
         }
-        let batch = IndexBatch {
-            entries: std::mem::take(&mut self.entries),
-            from: self.through,
-            last_id: self.last_id,
-        };
-        self.through = self.last_id;
+        let mut ids = Vec::with_capacity(super::postings::MAX_IDS);
+        // (bucket, tag, first id, posting blob) rows of one index, before insertion.
+        let mut postings: Vec<(i64, i64, i64, Vec<u8>)> = Vec::new();
+        for (kind, list) in self.entries.iter_mut().enumerate() {
+            list.sort_unstable();
+            postings.clear();
+            // One posting row per (bucket, tag), split every MAX_IDS ids.
+            for group in list.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+                let (bucket, tag) = (group[0].0, group[0].1);
+                for chunk in group.chunks(super::postings::MAX_IDS) {
+                    ids.clear();
+                    ids.extend(chunk.iter().map(|e| e.2));
+                    let mut blob = Vec::with_capacity(ids.len() * 2);
+                    super::postings::encode(&ids, &mut blob);
+                    postings.push((bucket, tag, ids[0], blob));
+                }
+            }
+            // Many rows per statement: the flush is the writer's second-largest cost.
+            for chunk in postings.chunks(schema::POSTINGS_PER_INSERT) {
+                let sql_text = if chunk.len() == schema::POSTINGS_PER_INSERT {
+                    schema::insert_postings_many(kind)
+                } else {
+                    schema::INSERT_INDEX[kind]
+                };
+                let mut stmt = tx.prepare_cached(sql_text)?;
+                if chunk.len() == schema::POSTINGS_PER_INSERT {
+                    for (k, (bucket, tag, first, blob)) in chunk.iter().enumerate() {
+                        stmt.raw_bind_parameter(4 * k + 1, bucket)?;
+                        stmt.raw_bind_parameter(4 * k + 2, tag)?;
+                        stmt.raw_bind_parameter(4 * k + 3, first)?;
+                        stmt.raw_bind_parameter(4 * k + 4, blob)?;
+                    }
+                    stmt.raw_execute()?;
+                } else {
+                    for (bucket, tag, first, blob) in chunk {
+                        stmt.execute(params![bucket, tag, first, blob])?;
+                    }
+                }
+            }
+            list.clear();
+        }
+        tx.prepare_cached(schema::SET_INDEXED_THROUGH)?
+            .execute([self.last_id])?;
         self.rows = 0;
-        Some(batch)
+        Ok(())
     }
 
-    /// The entries of every row past `through` (the index's watermark), after a
-    /// restart or a reopen.
-    fn rebuild(conn: &Connection, through: i64) -> rusqlite::Result<Pending> {
-        let mut p = Pending {
-            last_id: through,
-            through,
-            ..Pending::default()
-        };
+    /// The entries of every row past the watermark, after a restart or a reopen.
+    fn rebuild(conn: &Connection) -> rusqlite::Result<Pending> {
+        let mut p = Pending::default();
+        let through: i64 = conn.query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))?;
+        p.last_id = through;
         let mut stmt = conn.prepare(
             "SELECT id, bucket, account_ix, ip_ix, originator_ix, recipient_ix FROM record WHERE id > ?1 ORDER BY id",
         )?;
@@ -270,225 +292,6 @@ impl Pending {
             );
         }
         Ok(p)
-    }
-}
-
-/// Writes a batch's entries sorted, one posting row per `(bucket, tag)` (split every
-/// [`super::postings::MAX_IDS`] ids), and moves the watermark, in the caller's
-/// transaction on the index file.
-fn write_postings(tx: &Connection, batch: &mut IndexBatch) -> rusqlite::Result<()> {
-    let mut ids = Vec::with_capacity(super::postings::MAX_IDS);
-    // (bucket, tag, first id, posting blob) rows of one index, before insertion.
-    let mut postings: Vec<(i64, i64, i64, Vec<u8>)> = Vec::new();
-    for (kind, list) in batch.entries.iter_mut().enumerate() {
-        list.sort_unstable();
-        postings.clear();
-        for group in list.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-            let (bucket, tag) = (group[0].0, group[0].1);
-            for chunk in group.chunks(super::postings::MAX_IDS) {
-                ids.clear();
-                ids.extend(chunk.iter().map(|e| e.2));
-                let mut blob = Vec::with_capacity(ids.len() * 2);
-                super::postings::encode(&ids, &mut blob);
-                postings.push((bucket, tag, ids[0], blob));
-            }
-        }
-        // Many rows per statement: the flush is the index's largest cost.
-        for chunk in postings.chunks(schema::POSTINGS_PER_INSERT) {
-            let sql_text = if chunk.len() == schema::POSTINGS_PER_INSERT {
-                schema::insert_postings_many(kind)
-            } else {
-                schema::INSERT_INDEX[kind]
-            };
-            let mut stmt = tx.prepare_cached(sql_text)?;
-            if chunk.len() == schema::POSTINGS_PER_INSERT {
-                for (k, (bucket, tag, first, blob)) in chunk.iter().enumerate() {
-                    stmt.raw_bind_parameter(4 * k + 1, bucket)?;
-                    stmt.raw_bind_parameter(4 * k + 2, tag)?;
-                    stmt.raw_bind_parameter(4 * k + 3, first)?;
-                    stmt.raw_bind_parameter(4 * k + 4, blob)?;
-                }
-                stmt.raw_execute()?;
-            } else {
-                for (bucket, tag, first, blob) in chunk {
-                    stmt.execute(params![bucket, tag, first, blob])?;
-                }
-            }
-        }
-    }
-    tx.prepare_cached(schema::SET_INDEXED_THROUGH)?
-        .execute([batch.last_id])?;
-    Ok(())
-}
-
-/// What the writer asks of the index thread.
-enum IndexJob {
-    /// Index these entries into the partition's index file.
-    Flush { path: PathBuf, batch: IndexBatch },
-    /// Answer once everything asked before is written (or given up).
-    Sync(std::sync::mpsc::SyncSender<()>),
-    /// Close the connection to this partition's index file (it is replaced).
-    Forget(PathBuf),
-}
-
-/// Index batches waiting for the index thread at most: past them the writer waits
-/// (the index cannot keep up with the records).
-const INDEX_QUEUE: usize = 4;
-
-/// The thread that writes the blind index into the partitions' index files, beside
-/// the writer: a flush (60–80 ms for 65,536 records on the test machine) no longer
-/// holds a commit that clients wait on.
-///
-/// A batch indexes the records after its `from`; it is written only if the index
-/// file's watermark is exactly that, so that no record is ever skipped. Otherwise (a
-/// failed write, an index file replaced) the partition goes on `stale`, and the writer
-/// reopens it: its pending entries are rebuilt from the index's watermark.
-struct Indexer {
-    tx: Option<std::sync::mpsc::SyncSender<IndexJob>>,
-    handle: Option<std::thread::JoinHandle<()>>,
-    stale: Arc<std::sync::Mutex<Vec<PathBuf>>>,
-    /// Batches handed over and not yet written, per partition file.
-    in_flight: Arc<std::sync::Mutex<HashMap<PathBuf, usize>>>,
-    metrics: Arc<Metrics>,
-}
-
-impl Indexer {
-    fn spawn(sync: SyncMode, metrics: Arc<Metrics>) -> std::io::Result<Indexer> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<IndexJob>(INDEX_QUEUE);
-        let stale: Arc<std::sync::Mutex<Vec<PathBuf>>> = Arc::default();
-        let marked = stale.clone();
-        let in_flight: Arc<std::sync::Mutex<HashMap<PathBuf, usize>>> = Arc::default();
-        let counts = in_flight.clone();
-        let thread_metrics = metrics.clone();
-        let handle = std::thread::Builder::new()
-            .name("relaylog-index".into())
-            .spawn(move || {
-                let mut conns: Vec<(PathBuf, Connection)> = Vec::new();
-                while let Ok(job) = rx.recv() {
-                    let (path, mut batch) = match job {
-                        IndexJob::Sync(done) => {
-                            let _ = done.send(());
-                            continue;
-                        }
-                        IndexJob::Forget(path) => {
-                            conns.retain(|(p, _)| *p != path);
-                            continue;
-                        }
-                        IndexJob::Flush { path, batch } => (path, batch),
-                    };
-                    let result = (|| {
-                        let conn = match conns.iter().position(|(p, _)| *p == path) {
-                            Some(i) => &conns[i].1,
-                            None => {
-                                let c = schema::open_index(&schema::index_path(&path), sync)?;
-                                if conns.len() >= MAX_OPEN {
-                                    conns.remove(0);
-                                }
-                                conns.push((path.clone(), c));
-                                &conns[conns.len() - 1].1
-                            }
-                        };
-                        let tx = conn.unchecked_transaction()?;
-                        let through: i64 =
-                            tx.query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))?;
-                        if through != batch.from {
-                            return Ok(false);
-                        }
-                        write_postings(&tx, &mut batch)?;
-                        tx.commit()?;
-                        Ok::<bool, rusqlite::Error>(true)
-                    })();
-                    if let Some(n) = counts
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_mut(&path)
-                    {
-                        *n = n.saturating_sub(1);
-                    }
-                    if !matches!(result, Ok(true)) {
-                        thread_metrics.store_errors.inc();
-                        match result {
-                            Err(e) => tracing::error!(error = %e, path = %path.display(), "index write failed; the partition's index is rebuilt"),
-                            _ => tracing::error!(path = %path.display(), "index file is not where its partition expects it; rebuilt"),
-                        }
-                        conns.retain(|(p, _)| *p != path);
-                        marked.lock().unwrap_or_else(|p| p.into_inner()).push(path);
-                    }
-                }
-            })?;
-        Ok(Indexer {
-            tx: Some(tx),
-            handle: Some(handle),
-            stale,
-            in_flight,
-            metrics,
-        })
-    }
-
-    fn send(&self, job: IndexJob) -> bool {
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
-        if !sent {
-            // Queries stay right (the records are found by the tail scan), but the
-            // tail grows until a restart indexes it: say so.
-            self.metrics.store_errors.inc();
-            tracing::error!(
-                "the index thread is gone; records are found by scanning until a restart indexes them"
-            );
-        }
-        sent
-    }
-
-    /// Hands a batch to the index thread (waits while [`INDEX_QUEUE`] are queued).
-    fn flush(&self, path: PathBuf, batch: IndexBatch) {
-        *self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(path.clone())
-            .or_default() += 1;
-        if !self.send(IndexJob::Flush {
-            path: path.clone(),
-            batch,
-        }) {
-            self.in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&path);
-        }
-    }
-
-    /// Before a partition is (re)opened: the index thread forgets its connection to
-    /// the partition's index file, and what was handed over for it is written (a wait
-    /// only when there is some).
-    fn settle(&self, path: &Path) {
-        self.send(IndexJob::Forget(path.to_owned()));
-        let busy = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(path)
-            .is_some_and(|n| *n > 0);
-        if busy {
-            let (done, wait) = std::sync::mpsc::sync_channel(1);
-            if self.send(IndexJob::Sync(done)) {
-                let _ = wait.recv();
-            }
-        }
-    }
-
-    /// Partitions whose index must be rebuilt.
-    fn take_stale(&self) -> Vec<PathBuf> {
-        std::mem::take(&mut *self.stale.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-impl Drop for Indexer {
-    /// Lets the thread write what it was handed, then joins it.
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
     }
 }
 
@@ -526,7 +329,6 @@ struct Writer {
     /// again with the next batch, so that a passing fault (a full disk, a lock held too
     /// long) does not lose a forwarded message's outcome. At most [`MAX_RETRY_ROWS`].
     retry: Vec<Job>,
-    indexer: Indexer,
 }
 
 /// Most rows kept for another try after failed commits; past it the oldest are
@@ -540,11 +342,9 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
     let checkpointer = spawn_checkpointer()?;
     let signals = cfg.signals.clone();
-    let indexer = Indexer::spawn(cfg.sync, metrics.clone())?;
     let writer = Writer {
         cfg,
         open: HashMap::new(),
-        indexer,
         metrics,
         tick: 0,
         last_job: Instant::now(),
@@ -760,14 +560,14 @@ impl Writer {
             .map(|d| (d, waited_on > 0))
     }
 
-    /// Signs every open partition's waiting leaves, one transaction each, and hands its
-    /// pending index entries to the index thread.
+    /// Signs every open partition's waiting leaves and flushes its pending index
+    /// entries, one transaction each.
     fn flush_all(&mut self) {
         self.seal_all(true);
     }
 
-    /// Signs every open partition's waiting leaves, one transaction each (and, with
-    /// `index`, hands its pending index entries to the index thread).
+    /// Signs every open partition's waiting leaves (and, with `index`, flushes its
+    /// pending index entries), one transaction each.
     fn seal_all(&mut self, index: bool) {
         let signer = self.cfg.signer.clone();
         let ids: Vec<PartitionId> = self.open.keys().copied().collect();
@@ -784,17 +584,16 @@ impl Writer {
                     open.tree
                         .sign_head(&tx, key, id, self.cfg.clock.now_micros())?;
                 }
+                if index {
+                    open.pending.flush(&tx)?;
+                }
                 tx.commit()
             })();
             if let Err(e) = result {
                 self.metrics.store_errors.inc();
                 let e = sql(e);
-                tracing::error!(partition = %id, reason = e.reason(), error = %e, "signing a head failed; partition will be reopened");
+                tracing::error!(partition = %id, reason = e.reason(), error = %e, "index flush failed; partition will be reopened");
                 self.open.remove(&id);
-                continue;
-            }
-            if index && let Some(batch) = open.pending.take() {
-                self.indexer.flush(id.path_in(&self.cfg.store_dir), batch);
             }
         }
     }
@@ -817,19 +616,6 @@ impl Writer {
                 Job::Barrier(_) | Job::Stop | Job::Tick => {}
             }
         }
-        // A partition whose index the index thread could not write is reopened: its
-        // pending entries are rebuilt from the index's watermark.
-        for path in self.indexer.take_stale() {
-            let stale: Vec<PartitionId> = self
-                .open
-                .keys()
-                .copied()
-                .filter(|id| id.path_in(&self.cfg.store_dir) == path)
-                .collect();
-            for id in stale {
-                self.close_partition(id, false);
-            }
-        }
         let mut results: Vec<Result<(), WriteError>> = vec![Ok(()); jobs.len()];
         let mut records = 0u64;
         for (partition, idx) in &by_partition {
@@ -838,15 +624,6 @@ impl Writer {
                 Ok((r, o)) => {
                     records += r;
                     self.metrics.outcomes_written.inc_by(*o);
-                    // The records are committed: their index entries go to the index
-                    // thread once a bucket closes or the cap is reached.
-                    if let Some(open) = self.open.get_mut(partition)
-                        && open.pending.due()
-                        && let Some(batch) = open.pending.take()
-                    {
-                        self.indexer
-                            .flush(partition.path_in(&self.cfg.store_dir), batch);
-                    }
                 }
                 Err(e) => {
                     self.metrics.store_errors.inc();
@@ -1020,6 +797,9 @@ impl Writer {
             let now = clock.now_micros();
             tree.sign_head(&tx, key, partition, now).map_err(sql)?;
         }
+        if pending.due() {
+            pending.flush(&tx).map_err(sql)?;
+        }
         tx.commit().map_err(sql)?;
         open.last_record = next_record - 1;
         open.last_outcome = next_outcome - 1;
@@ -1058,7 +838,7 @@ impl Writer {
                     .min_by_key(|(_, p)| p.last_used)
                     .map(|(id, _)| *id)
             {
-                self.close_partition(oldest, true);
+                self.close_partition(oldest);
             }
             std::fs::create_dir_all(&self.cfg.store_dir).map_err(|e| io(&self.cfg.store_dir, e))?;
             let conn = schema::open_for_write(
@@ -1070,18 +850,11 @@ impl Writer {
             .map_err(sql)?;
             let identity =
                 file_identity(&path).ok_or_else(|| WriteError::Vanished(path.clone()))?;
-            // What was handed to the index thread is written first: its watermark is
-            // then where the pending entries start again.
-            self.indexer.settle(&path);
+            let pending = Pending::rebuild(&conn).map_err(sql)?;
             let tree =
                 super::integrity::TreeState::load(&conn, partition, self.cfg.signer.as_deref())
                     .map_err(sql)?;
             let (last_record, last_outcome) = (tree.last_record(), tree.last_outcome());
-            let legacy: i64 = conn
-                .query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))
-                .map_err(sql)?;
-            let through = self.index_watermark(&path, legacy, last_record)?;
-            let pending = Pending::rebuild(&conn, through).map_err(sql)?;
             let fresh = OpenPartition {
                 conn,
                 pending,
@@ -1102,46 +875,9 @@ impl Writer {
         Ok(open)
     }
 
-    /// Where a partition's index stands (its index file made if there is none): every
-    /// record up to the returned id is indexed. An index file that cannot be opened, or
-    /// that claims records the partition does not have (restored apart from it, or
-    /// outliving a partition file replaced), is derived data: removed and begun again
-    /// from the partition's own watermark (`legacy`).
-    fn index_watermark(
-        &self,
-        path: &Path,
-        legacy: i64,
-        last_record: i64,
-    ) -> Result<i64, WriteError> {
-        let index = schema::index_path(path);
-        match schema::init_index(&index, self.cfg.sync, legacy) {
-            Ok(through) if through <= last_record.max(legacy) => return Ok(through.max(legacy)),
-            Ok(through) => tracing::error!(
-                path = %index.display(), through, last_record,
-                "index file is ahead of its partition; indexing it again"
-            ),
-            Err(e) => {
-                tracing::error!(path = %index.display(), error = %e, "index file unusable; indexing it again")
-            }
-        }
-        self.metrics.store_errors.inc();
-        for side in ["", "-wal", "-shm"] {
-            let mut file = index.clone().into_os_string();
-            file.push(side);
-            match std::fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(Path::new(&file), e)),
-            }
-        }
-        let through = schema::init_index(&index, self.cfg.sync, legacy).map_err(sql)?;
-        Ok(through.max(legacy))
-    }
-
-    /// Closes a partition after signing its waiting leaves and, with `index`, handing
-    /// its pending index entries over (best effort: what is not indexed is rebuilt when
-    /// it is next opened).
-    fn close_partition(&mut self, id: PartitionId, index: bool) {
+    /// Closes a partition after flushing its pending index entries (best effort: what
+    /// is not flushed is rebuilt when it is next opened).
+    fn close_partition(&mut self, id: PartitionId) {
         let signer = self.cfg.signer.clone();
         if let Some(mut open) = self.open.remove(&id) {
             let result = (|| {
@@ -1150,18 +886,11 @@ impl Writer {
                     open.tree
                         .sign_head(&tx, key, id, self.cfg.clock.now_micros())?;
                 }
+                open.pending.flush(&tx)?;
                 tx.commit()
             })();
-            match result {
-                Err(e) => {
-                    tracing::warn!(partition = %id, error = %e, "signing on close failed; the index is rebuilt on reopen")
-                }
-                Ok(()) if index => {
-                    if let Some(batch) = open.pending.take() {
-                        self.indexer.flush(id.path_in(&self.cfg.store_dir), batch);
-                    }
-                }
-                Ok(()) => {}
+            if let Err(e) = result {
+                tracing::warn!(partition = %id, error = %e, "index flush on close failed; rebuilt on reopen");
             }
         }
     }

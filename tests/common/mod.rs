@@ -572,17 +572,13 @@ impl LogCapture {
     }
 }
 
-/// The one partition file of a store under `dir` (`dir/store/<day>.sqlite`; not its
-/// index file, `<day>.ix.sqlite`).
+/// The one partition file of a store under `dir` (`dir/store/<day>.sqlite`).
 pub fn partition_file(dir: &Path) -> PathBuf {
     let files: Vec<PathBuf> = std::fs::read_dir(dir.join("store"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "sqlite")
-                && !p.to_string_lossy().ends_with(".ix.sqlite")
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "sqlite"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     files.into_iter().next().unwrap()
