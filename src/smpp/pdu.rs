@@ -130,6 +130,9 @@ pub mod status {
     pub const THROTTLED: u32 = 0x58;
     pub const INVALID_SCHEDULE: u32 = 0x61;
     pub const INVALID_EXPIRY: u32 = 0x62;
+    /// ESME_RX_T_APPN: an ESME cannot take a deliver_sm now (the SMSC sends it again).
+    pub const TEMPORARY_APP_ERROR: u32 = 0x64;
+    pub const MESSAGE_QUEUE_FULL: u32 = 0x14;
     pub const INVALID_OPT_PARAM_STREAM: u32 = 0xC0;
     pub const INVALID_PARAM_LENGTH: u32 = 0xC2;
 }

@@ -189,7 +189,11 @@ impl Session<'_> {
             Ok((id, result)) => (id, result),
             Err(e) => {
                 // Short of a bug a record task does not panic; its messages are refused.
-                tracing::error!(error = %e, "an SMPP record task failed; its messages are refused");
+                // Only whether it panicked: a panic's message is not for the log.
+                tracing::error!(
+                    panicked = e.is_panic(),
+                    "an SMPP record task failed; its messages are refused"
+                );
                 (e.id(), Err(RecordError::Internal))
             }
         };

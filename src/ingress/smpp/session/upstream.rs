@@ -51,14 +51,11 @@ pub(super) const MAX_AWAITED: usize = 10_000;
 /// command_status values a proxy maps to "failed" (temporary) rather than "rejected".
 const TEMPORARY: [u32; 4] = [
     status::SYSTEM_ERROR,
-    MESSAGE_QUEUE_FULL,
+    status::MESSAGE_QUEUE_FULL,
     status::THROTTLED,
-    TEMPORARY_APP_ERROR,
+    status::TEMPORARY_APP_ERROR,
 ];
-const MESSAGE_QUEUE_FULL: u32 = 0x14;
-/// ESME_RX_T_APPN: what an ESME answers a deliver_sm it cannot take now (the SMSC
-/// sends it again later).
-pub(super) const TEMPORARY_APP_ERROR: u32 = 0x64;
+pub(super) const TEMPORARY_APP_ERROR: u32 = status::TEMPORARY_APP_ERROR;
 
 /// The outcome a command_status says.
 fn outcome_of(status: u32) -> Outcome {
