@@ -2,8 +2,9 @@
 //!
 //! For each partition overlapping the window, in one read transaction: compute the
 //! identifier's blind index under that partition's index key, seek `(bucket, tag)` in
-//! its `ix_*` table once per bucket in the window, then scan the unindexed tail
-//! (`id > indexed_through`, bounded by the writer's flush cap) by its tag column.
+//! its `ix_*` table once per bucket in the window (keeping the ids up to
+//! `indexed_through`), then scan the unindexed tail (`id > indexed_through`, bounded by
+//! the writer's flush cap, see `index`) by its tag column.
 //! Each hit is decrypted and kept only if the decrypted value equals the identifier
 //! (a truncated HMAC can collide). Sealed values are never scanned.
 
@@ -309,6 +310,9 @@ pub fn run(
                         message: format!("damaged posting list in bucket {bucket}"),
                     })?;
                 }
+                // Postings past the watermark belong to a set still being written
+                // (see `index`): the tail scan below finds those records.
+                ids.retain(|&id| id <= through);
                 ids.sort_unstable();
                 for &id in &ids {
                     let mut rows = record

@@ -30,7 +30,8 @@
 //! second is reached), then inserts them sorted and grouped: one row per `(bucket,
 //! tag)` holding the record ids (an account sends thousands of messages a minute; one
 //! row covers them all). The bucket leads every key and only grows, so the inserts
-//! land at the right edge of each tree. `ix_state` moves in the same transaction. A query seeks the
+//! land at the right edge of each tree. The writes are spread over the commits that
+//! follow, and `ix_state` moves with the last of them (see `index`). A query seeks the
 //! `ix_*` tables once per bucket of its window, and scans the short unindexed tail
 //! (`id > indexed_through`) by its tag columns. After a crash the writer rebuilds the
 //! pending entries from that tail; nothing depends on memory.

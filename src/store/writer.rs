@@ -6,10 +6,9 @@
 //! the error and drops the connection, so the next batch reopens the partition: the
 //! store recovers by itself when the fault goes away.
 //!
-//! The blind indexes are written late and sorted (see [`super::schema`]): each open
-//! partition keeps its rows' index entries in `Pending` until a bucket closes, the
-//! pending set reaches [`FLUSH_ROWS`], the queue has been idle for [`IDLE_FLUSH`], or
-//! the writer stops. The flush goes into the same transaction as the batch it follows.
+//! The blind indexes are written late and sorted, a slice inside each commit (see
+//! [`super::index`]); once the queue has been idle for [`IDLE_FLUSH`], the rest is
+//! written in transactions of their own, and all of it when the writer stops.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -18,9 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::index::{BlindIndex, Budget};
 use super::partition::PartitionId;
 use super::schema;
 use crate::config::SyncMode;
@@ -132,24 +132,13 @@ pub struct WriterConfig {
     pub clock: crate::clock::SharedClock,
 }
 
-/// Flush the pending index entries once this many rows are waiting, even inside one
-/// bucket: bounds the writer's memory and the unindexed tail a query scans.
-///
-/// The flush runs inside a commit that durable clients wait on: 65,536 rows hold them
-/// for 60–80 ms on the 2-core test machine. Flushing every 8,192 rows cut that to
-/// 7–10 ms but cost a quarter of the writer's throughput (criterion: 347k → 257k
-/// records/s): each flush rewrites most index pages of the open bucket, whatever its
-/// size. The way out is an index written beside the records, not inside their commits
-/// (see issue 4's note).
-pub const FLUSH_ROWS: usize = 65_536;
-
 /// Longest wait for sibling submissions before a commit that clients wait on.
 pub const SIBLING_DELAY: Duration = Duration::from_micros(200);
 
 /// Longest wait before committing a batch no one waits on (outcomes, async records).
 pub const ASYNC_DELAY: Duration = Duration::from_millis(2);
 
-/// Flush the pending index entries when no job has arrived for this long.
+/// Write the waiting index entries when no job has arrived for this long.
 pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Ask the checkpointer to copy a partition's WAL into its file after this many rows.
@@ -188,116 +177,9 @@ impl Signals {
     }
 }
 
-/// Index entries `(bucket, tag, record id)` of rows not yet in the `ix_*` tables, one
-/// list per [`crate::store::IndexKind`] (account, ip, originator, recipient).
-#[derive(Default)]
-struct Pending {
-    entries: [Vec<(i64, i64, i64)>; 4],
-    rows: usize,
-    min_bucket: i64,
-    max_bucket: i64,
-    last_id: i64,
-}
-
-impl Pending {
-    fn push(&mut self, id: i64, bucket: i64, tags: [Option<i64>; 4]) {
-        if self.rows == 0 {
-            self.min_bucket = bucket;
-            self.max_bucket = bucket;
-        }
-        self.min_bucket = self.min_bucket.min(bucket);
-        self.max_bucket = self.max_bucket.max(bucket);
-        for (list, tag) in self.entries.iter_mut().zip(tags) {
-            if let Some(tag) = tag {
-                list.push((bucket, tag, id));
-            }
-        }
-        self.rows += 1;
-        self.last_id = self.last_id.max(id);
-    }
-
-    /// A bucket has closed (a later one has begun) or the cap is reached.
-    fn due(&self) -> bool {
-        self.rows >= FLUSH_ROWS || (self.rows > 0 && self.max_bucket > self.min_bucket)
-    }
-
-    /// Writes the entries sorted, moves the watermark, empties the set. Runs inside the
-    /// caller's transaction: if that fails, the partition is dropped and reopened, and
-    /// the reopen rebuilds the pending set from the unindexed tail.
-    fn flush(&mut self, tx: &Connection) -> rusqlite::Result<()> {
-        if self.rows == 0 {
-            return Ok(());
-        }
-        let mut ids = Vec::with_capacity(super::postings::MAX_IDS);
-        // (bucket, tag, first id, posting blob) rows of one index, before insertion.
-        let mut postings: Vec<(i64, i64, i64, Vec<u8>)> = Vec::new();
-        for (kind, list) in self.entries.iter_mut().enumerate() {
-            list.sort_unstable();
-            postings.clear();
-            // One posting row per (bucket, tag), split every MAX_IDS ids.
-            for group in list.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-                let (bucket, tag) = (group[0].0, group[0].1);
-                for chunk in group.chunks(super::postings::MAX_IDS) {
-                    ids.clear();
-                    ids.extend(chunk.iter().map(|e| e.2));
-                    let mut blob = Vec::with_capacity(ids.len() * 2);
-                    super::postings::encode(&ids, &mut blob);
-                    postings.push((bucket, tag, ids[0], blob));
-                }
-            }
-            // Many rows per statement: the flush is the writer's second-largest cost.
-            for chunk in postings.chunks(schema::POSTINGS_PER_INSERT) {
-                let sql_text = if chunk.len() == schema::POSTINGS_PER_INSERT {
-                    schema::insert_postings_many(kind)
-                } else {
-                    schema::INSERT_INDEX[kind]
-                };
-                let mut stmt = tx.prepare_cached(sql_text)?;
-                if chunk.len() == schema::POSTINGS_PER_INSERT {
-                    for (k, (bucket, tag, first, blob)) in chunk.iter().enumerate() {
-                        stmt.raw_bind_parameter(4 * k + 1, bucket)?;
-                        stmt.raw_bind_parameter(4 * k + 2, tag)?;
-                        stmt.raw_bind_parameter(4 * k + 3, first)?;
-                        stmt.raw_bind_parameter(4 * k + 4, blob)?;
-                    }
-                    stmt.raw_execute()?;
-                } else {
-                    for (bucket, tag, first, blob) in chunk {
-                        stmt.execute(params![bucket, tag, first, blob])?;
-                    }
-                }
-            }
-            list.clear();
-        }
-        tx.prepare_cached(schema::SET_INDEXED_THROUGH)?
-            .execute([self.last_id])?;
-        self.rows = 0;
-        Ok(())
-    }
-
-    /// The entries of every row past the watermark, after a restart or a reopen.
-    fn rebuild(conn: &Connection) -> rusqlite::Result<Pending> {
-        let mut p = Pending::default();
-        let through: i64 = conn.query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))?;
-        p.last_id = through;
-        let mut stmt = conn.prepare(
-            "SELECT id, bucket, account_ix, ip_ix, originator_ix, recipient_ix FROM record WHERE id > ?1 ORDER BY id",
-        )?;
-        let mut rows = stmt.query([through])?;
-        while let Some(r) = rows.next()? {
-            p.push(
-                r.get(0)?,
-                r.get(1)?,
-                [Some(r.get(2)?), Some(r.get(3)?), r.get(4)?, Some(r.get(5)?)],
-            );
-        }
-        Ok(p)
-    }
-}
-
 struct OpenPartition {
     conn: Connection,
-    pending: Pending,
+    index: BlindIndex,
     tree: super::integrity::TreeState,
     /// (device, inode) of the file when opened: if the path stops naming this file
     /// (deleted, replaced), writing on would put records where no one can find them.
@@ -428,11 +310,16 @@ impl Writer {
         let mut jobs: Vec<Job> = Vec::with_capacity(1024);
         let mut stop = false;
         while !stop {
+            // A gap in the work: write index slices until a job arrives.
+            if rx.is_empty() && self.open.values().any(|p| p.index.busy()) {
+                self.index_gap();
+                continue;
+            }
             let duties = !self.retry.is_empty()
                 || self
                     .open
                     .values()
-                    .any(|p| p.tree.unsigned() > 0 || p.pending.rows > 0);
+                    .any(|p| p.tree.unsigned() > 0 || p.index.waiting() > 0);
             self.cfg
                 .signals
                 .idle_with_duties
@@ -446,7 +333,7 @@ impl Writer {
                 break;
             };
             if matches!(first, Job::Tick) {
-                self.on_tick();
+                self.on_tick(&rx);
                 continue;
             }
             self.last_job = Instant::now();
@@ -501,24 +388,26 @@ impl Writer {
     }
 
     /// Time-based duties: sign the heads of leaves written since the last head, and
-    /// flush the index entries once the queue has been idle for [`IDLE_FLUSH`].
-    fn on_tick(&mut self) {
+    /// write the waiting index entries once the queue has been idle for
+    /// [`IDLE_FLUSH`], a step per transaction until a job arrives.
+    fn on_tick(&mut self, rx: &mpsc::Receiver<Job>) {
         if !self.retry.is_empty() {
             self.commit(&mut Vec::new());
         }
         let idle = self.last_job.elapsed();
         if idle >= IDLE_FLUSH {
-            if self
-                .open
-                .values()
-                .any(|p| p.pending.rows > 0 || p.tree.unsigned() > 0)
+            while rx.is_empty()
+                && self
+                    .open
+                    .values()
+                    .any(|p| p.index.waiting() > 0 || p.tree.unsigned() > 0)
             {
-                self.flush_all();
+                self.seal_all(Some(Budget::Idle));
             }
         } else if idle >= super::integrity::HEAD_INTERVAL
             && self.open.values().any(|p| p.tree.unsigned() > 0)
         {
-            self.seal_all(false);
+            self.seal_all(None);
         }
     }
 
@@ -560,22 +449,22 @@ impl Writer {
             .map(|d| (d, waited_on > 0))
     }
 
-    /// Signs every open partition's waiting leaves and flushes its pending index
+    /// Signs every open partition's waiting leaves and writes all its waiting index
     /// entries, one transaction each.
     fn flush_all(&mut self) {
-        self.seal_all(true);
+        self.seal_all(Some(Budget::All));
     }
 
-    /// Signs every open partition's waiting leaves (and, with `index`, flushes its
-    /// pending index entries), one transaction each.
-    fn seal_all(&mut self, index: bool) {
+    /// Signs every open partition's waiting leaves (and writes its waiting index
+    /// entries as far as `index` allows), one transaction each.
+    fn seal_all(&mut self, index: Option<Budget>) {
         let signer = self.cfg.signer.clone();
         let ids: Vec<PartitionId> = self.open.keys().copied().collect();
         for id in ids {
             let Some(open) = self.open.get_mut(&id) else {
                 continue;
             };
-            if open.tree.unsigned() == 0 && (!index || open.pending.rows == 0) {
+            if open.tree.unsigned() == 0 && (index.is_none() || open.index.waiting() == 0) {
                 continue;
             }
             let result = (|| {
@@ -584,8 +473,8 @@ impl Writer {
                     open.tree
                         .sign_head(&tx, key, id, self.cfg.clock.now_micros())?;
                 }
-                if index {
-                    open.pending.flush(&tx)?;
+                if let Some(budget) = index {
+                    open.index.write(&tx, 0, budget)?;
                 }
                 tx.commit()
             })();
@@ -593,6 +482,33 @@ impl Writer {
                 self.metrics.store_errors.inc();
                 let e = sql(e);
                 tracing::error!(partition = %id, reason = e.reason(), error = %e, "index flush failed; partition will be reopened");
+                self.open.remove(&id);
+            }
+        }
+    }
+
+    /// Writes index slices of the partitions with a set to write, for up to
+    /// [`super::index::GAP_BUDGET`] each, in transactions of their own.
+    fn index_gap(&mut self) {
+        let ids: Vec<PartitionId> = self
+            .open
+            .iter()
+            .filter(|(_, p)| p.index.busy())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(open) = self.open.get_mut(&id) else {
+                continue;
+            };
+            let result = (|| {
+                let tx = open.conn.unchecked_transaction()?;
+                open.index.write(&tx, 0, Budget::Gap)?;
+                tx.commit()
+            })();
+            if let Err(e) = result {
+                self.metrics.store_errors.inc();
+                let e = sql(e);
+                tracing::error!(partition = %id, reason = e.reason(), error = %e, "index write failed; partition will be reopened");
                 self.open.remove(&id);
             }
         }
@@ -655,7 +571,7 @@ impl Writer {
             );
         }
         if barrier {
-            self.seal_all(false);
+            self.seal_all(None);
         }
         self.metrics.records_written.inc_by(records);
         self.metrics.batch_records.observe(records as f64);
@@ -687,7 +603,7 @@ impl Writer {
         let checkpoint_rows = self.cfg.checkpoint_rows;
         let path = partition.path_in(&self.cfg.store_dir);
         let open = self.connection(partition)?;
-        let (conn, pending, tree) = (&open.conn, &mut open.pending, &mut open.tree);
+        let (conn, index, tree) = (&open.conn, &mut open.index, &mut open.tree);
         let tx = conn.unchecked_transaction().map_err(sql)?;
         let (mut records, mut outcomes) = (0u64, 0u64);
         // Far from i64::MAX in any store this writer wrote: a batch cannot overflow.
@@ -727,7 +643,7 @@ impl Writer {
                     if signer.is_some() {
                         tree.push_record(id, r.leaf);
                     }
-                    pending.push(
+                    index.push(
                         id,
                         r.bucket,
                         [
@@ -797,9 +713,9 @@ impl Writer {
             let now = clock.now_micros();
             tree.sign_head(&tx, key, partition, now).map_err(sql)?;
         }
-        if pending.due() {
-            pending.flush(&tx).map_err(sql)?;
-        }
+        index
+            .write(&tx, records as usize, Budget::Share)
+            .map_err(sql)?;
         tx.commit().map_err(sql)?;
         open.last_record = next_record - 1;
         open.last_outcome = next_outcome - 1;
@@ -850,14 +766,14 @@ impl Writer {
             .map_err(sql)?;
             let identity =
                 file_identity(&path).ok_or_else(|| WriteError::Vanished(path.clone()))?;
-            let pending = Pending::rebuild(&conn).map_err(sql)?;
+            let index = BlindIndex::rebuild(&conn).map_err(sql)?;
             let tree =
                 super::integrity::TreeState::load(&conn, partition, self.cfg.signer.as_deref())
                     .map_err(sql)?;
             let (last_record, last_outcome) = (tree.last_record(), tree.last_outcome());
             let fresh = OpenPartition {
                 conn,
-                pending,
+                index,
                 tree,
                 identity,
                 last_used: self.tick,
@@ -886,7 +802,7 @@ impl Writer {
                     open.tree
                         .sign_head(&tx, key, id, self.cfg.clock.now_micros())?;
                 }
-                open.pending.flush(&tx)?;
+                open.index.write(&tx, 0, Budget::All)?;
                 tx.commit()
             })();
             if let Err(e) = result {
