@@ -1,35 +1,53 @@
 #!/usr/bin/env bash
 # Side-by-side throughput on this machine, in one run and with the same load:
 #   direct to the gateway simulator; nginx as a reverse proxy (keep-alive upstream,
-#   access log of request metadata); relaylog durable (default); relaylog async.
-# Prints messages/s, p50/p99, and for nginx and relaylog the CPU per message (utime +
-# stime from /proc/PID/stat, nginx's workers included) and context switches per
-# message (every thread's, from /proc/PID/task/*/status), and the ratios the targets
-# are stated in.
+#   access log of request metadata); the floor (`relaylog bench passthrough`: a bare
+#   hyper pass-through, one thread, nothing recorded); relaylog durable (default);
+#   relaylog async.
+# Prints messages/s, p50/p99, and for each proxy the CPU per message (utime + stime
+# from /proc/PID/stat, nginx's workers included), context switches per message (every
+# thread's, from /proc/PID/task/*/status) and the CPU time the hypervisor stole from
+# the machine during the run (/proc/stat: windows with much of it are noise); then
+# relaylog's peak RSS, the open-loop latency added at half of nginx's rate, and the
+# ratios the targets of issue 13 are stated in.
 #
 #   benches/compare.sh [--connections 64] [--duration 10s] [--api kannel]
+#                      [--cores all|one] [--load bench|wrk]
 #
-# Loopback only. nginx is installed with apt-get when missing (needs root).
+# --cores one: every proxy gets core 1 alone (nginx with one worker, relaylog and the
+# floor pinned with taskset), the load generator and the simulator core 0.
+# --load wrk: wrk -t1 (one Kannel GET, one recipient) for the closed-loop runs instead
+# of `relaylog bench http`; the open-loop runs always use bench http.
+# Loopback only. nginx and wrk are installed with apt-get when missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 connections=64
 duration=10s
 api=kannel
+cores=all
+load=bench
 while [ $# -gt 0 ]; do
     case "$1" in
         --connections) connections=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --api) api=$2; shift 2 ;;
-        *) echo "usage: $0 [--connections N] [--duration D] [--api kannel|jasmin|json]" >&2; exit 2 ;;
+        --cores) cores=$2; shift 2 ;;
+        --load) load=$2; shift 2 ;;
+        *) echo "usage: $0 [--connections N] [--duration D] [--api kannel|jasmin|json] [--cores all|one] [--load bench|wrk]" >&2; exit 2 ;;
     esac
 done
+case "$cores" in all|one) ;; *) echo "--cores all|one" >&2; exit 2 ;; esac
+case "$load" in bench|wrk) ;; *) echo "--load bench|wrk" >&2; exit 2 ;; esac
+if [ "$load" = wrk ] && [ "$api" != kannel ]; then echo "--load wrk sends Kannel GETs only" >&2; exit 2; fi
 
-if ! command -v nginx >/dev/null 2>&1; then
-    echo "installing nginx (apt-get)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx >/dev/null
-fi
+for tool in nginx $( [ "$load" = wrk ] && echo wrk ); do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "installing $tool (apt-get)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends "$tool" >/dev/null
+    fi
+done
 cargo build --release --quiet
 bin=target/release/relaylog
 work=$(mktemp -d)
@@ -37,16 +55,24 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+# Where each side runs: the proxies on core 1, the rest on core 0 (--cores one).
+if [ "$cores" = one ]; then
+    proxy=(taskset -c 1); rest=(taskset -c 0); workers=1; affinity="worker_cpu_affinity 10;"
+else
+    proxy=(); rest=(); workers=auto; affinity=""
+fi
+
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 
-sim=$(port); ngx=$(port); durable=$(port); async=$(port)
-"$bin" mock-gateway --listen "127.0.0.1:$sim" --api "$api" 2>"$work/sim.log" & pids+=($!)
+sim=$(port); ngx=$(port); floor=$(port); durable=$(port); async=$(port)
+"${rest[@]}" "$bin" mock-gateway --listen "127.0.0.1:$sim" --api "$api" 2>"$work/sim.log" & pids+=($!)
 
 mkdir -p "$work/nginx/logs"
-# As Debian's package ships it: one worker per core.
+# As Debian's package ships it (one worker per core), or one worker on core 1.
 cat > "$work/nginx/nginx.conf" <<CONF
-worker_processes auto;
+worker_processes $workers;
+$affinity
 error_log $work/nginx/logs/error.log warn;
 pid $work/nginx/nginx.pid;
 events { worker_connections 4096; }
@@ -64,8 +90,10 @@ http {
     }
 }
 CONF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' & ngx_pid=$!
+"${proxy[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' & ngx_pid=$!
 pids+=($ngx_pid)
+"${proxy[@]}" "$bin" bench passthrough --listen "127.0.0.1:$floor" --upstream "127.0.0.1:$sim" 2>"$work/floor.log" & floor_pid=$!
+pids+=($floor_pid)
 declare -A relay_pid
 
 for mode in durable async; do
@@ -87,13 +115,14 @@ profile = "$api"
 upstream = "http://127.0.0.1:$sim"
 CONF
     "$bin" --config "$d/relaylog.toml" init >/dev/null
-    "$bin" --config "$d/relaylog.toml" serve 2>"$d/serve.log" & relay_pid[$mode]=$!
+    "${proxy[@]}" "$bin" --config "$d/relaylog.toml" serve 2>"$d/serve.log" & relay_pid[$mode]=$!
     pids+=(${relay_pid[$mode]})
 done
-for p in "$sim" "$ngx" "$durable" "$async"; do wait_port "$p"; done
+for p in "$sim" "$ngx" "$floor" "$durable" "$async"; do wait_port "$p"; done
 
 # CPU ticks (utime + stime) and context switches (voluntary and not, every thread) of
-# a process and its children (nginx's workers): "ticks switches".
+# a process and its children (nginx's workers), and the machine's stolen ticks:
+# "ticks switches steal".
 usage() {
     local ps=("$1") t=0 c=0 p
     ps+=($(pgrep -P "$1" || true))
@@ -101,49 +130,88 @@ usage() {
         t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat")))
         c=$((c + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s+0}')))
     done
-    echo "$t $c"
+    echo "$t $c $(awk '/^cpu / {print $9}' /proc/stat)"
 }
+url_path="/cgi-bin/sendsms?username=bench&password=bench&from=BENCH&to=%2B31612345678&text=Your+code+is+123456"
 run() { # name port [pid]
     local before after
-    before=$( [ -n "${3:-}" ] && usage "$3" || echo "0 0" )
-    "$bin" bench http --target "http://127.0.0.1:$2" --api "$api" --connections "$connections" \
-        --duration "$duration" --quiet --json > "$work/$1.json"
-    after=$( [ -n "${3:-}" ] && usage "$3" || echo "0 0" )
+    before=$( [ -n "${3:-}" ] && usage "$3" || echo "0 0 $(awk '/^cpu / {print $9}' /proc/stat)" )
+    if [ "$load" = wrk ]; then
+        "${rest[@]}" wrk -t1 -c"$connections" -d"$duration" --latency "http://127.0.0.1:$2$url_path" > "$work/$1.wrk"
+        python3 - "$work/$1.wrk" "$duration" > "$work/$1.json" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = float(re.match(r"[\d.]+", v).group()), re.sub(r"[\d.]", "", v)
+    return n * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M))
+done = int(re.search(r"(\d+) requests in", text).group(1))
+secs = float(re.search(r"requests in ([\d.]+)s", text).group(1))
+m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+non2xx = int(m.group(1)) if m else 0
+m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+errs = sum(int(x) for x in m.groups()) if m else 0
+print(json.dumps({"requests_per_second": done / secs, "messages_per_second": (done - non2xx) / secs,
+                  "messages": done - non2xx, "latency_ms": {"p50": ms(lat["50"]), "p99": ms(lat["99"])},
+                  "errors": {"connect": 0, "io": errs, "timeout": 0, "status": {"non-2xx": non2xx}}}))
+PY
+    else
+        "${rest[@]}" "$bin" bench http --target "http://127.0.0.1:$2" --api "$api" --connections "$connections" \
+            --duration "$duration" --quiet --json > "$work/$1.json"
+    fi
+    after=$( [ -n "${3:-}" ] && usage "$3" || echo "0 0 $(awk '/^cpu / {print $9}' /proc/stat)" )
     echo "$before $after" > "$work/$1.usage"
 }
-run direct "$sim"; run nginx "$ngx" "$ngx_pid"
+run direct "$sim"; run nginx "$ngx" "$ngx_pid"; run floor "$floor" "$floor_pid"
 run relaylog-durable "$durable" "${relay_pid[durable]}"; run relaylog-async "$async" "${relay_pid[async]}"
+awk '/VmHWM/ {print $2}' "/proc/${relay_pid[durable]}/status" > "$work/rss"
 
 # Added latency at half of nginx's saturating rate: open loop, same rate, direct and
 # through relaylog (durable).
 half=$(python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_second"] / 2)))' "$work/nginx.json")
 open_loop() {
-    "$bin" bench http --target "http://127.0.0.1:$2" --api "$api" --connections "$connections" \
+    local s0 s1
+    s0=$(awk '/^cpu / {print $9}' /proc/stat)
+    "${rest[@]}" "$bin" bench http --target "http://127.0.0.1:$2" --api "$api" --connections "$connections" \
         --duration "$duration" --rate "$half" --quiet --json > "$work/$1.json"
+    s1=$(awk '/^cpu / {print $9}' /proc/stat)
+    echo $((s1 - s0)) > "$work/$1.steal"
 }
 open_loop half-direct "$sim"; open_loop half-relaylog "$durable"
 
-python3 - "$work" "$connections" "$duration" "$api" "$(getconf CLK_TCK)" <<'PY'
-import json, os, platform, sys
-work, conns, duration, api, hz = sys.argv[1:6]
+python3 - "$work" "$connections" "$duration" "$api" "$(getconf CLK_TCK)" "$cores" "$load" <<'PY'
+import json, os, sys
+work, conns, duration, api, hz, cores, load = sys.argv[1:8]
 hz = int(hz)
 rows = {}
-for name in ["direct", "nginx", "relaylog-durable", "relaylog-async"]:
+for name in ["direct", "nginx", "floor", "relaylog-durable", "relaylog-async"]:
     rows[name] = json.load(open(os.path.join(work, name + ".json")))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"# {api}, {conns} connections, {duration} each; {os.cpu_count()} cores ({cpu}); load generator on the same cores")
-print(f"{'target':<18} {'messages/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU µs/msg':>11} {'switches/msg':>13}")
+where = "each proxy on core 1 alone, load and simulator on core 0" if cores == "one" else "all cores shared with the load generator"
+print(f"# {api}, {conns} connections, {duration} each, load {'wrk -t1' if load == 'wrk' else 'bench http'}; {os.cpu_count()} cores ({cpu}); {where}")
+print(f"{'target':<18} {'messages/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU µs/msg':>11} {'switches/msg':>13} {'stolen ms':>10}")
+per_msg = {}
 for name, r in rows.items():
     errors = r["errors"]["connect"] + r["errors"]["io"] + r["errors"]["timeout"] + sum(r["errors"]["status"].values())
-    t0, c0, t1, c1 = map(int, open(os.path.join(work, name + ".usage")).read().split())
+    t0, c0, s0, t1, c1, s1 = map(int, open(os.path.join(work, name + ".usage")).read().split())
     msgs = r["messages"] if "messages" in r else r["messages_per_second"] * r["seconds"]
-    cpu_s = f"{(t1 - t0) / hz * 1e6 / msgs:.1f}" if t1 > t0 and msgs else "-"
+    per_msg[name] = (t1 - t0) / hz * 1e6 / msgs if t1 > t0 and msgs else None
+    cpu_s = f"{per_msg[name]:.1f}" if per_msg[name] else "-"
     sw_s = f"{(c1 - c0) / msgs:.2f}" if c1 > c0 and msgs else "-"
-    print(f"{name:<18} {r['messages_per_second']:>11.0f} {r['latency_ms']['p50']:>8.2f} {r['latency_ms']['p99']:>8.2f} {errors:>7} {cpu_s:>11} {sw_s:>13}")
-n, d, a = (rows[k]["messages_per_second"] for k in ["nginx", "relaylog-durable", "relaylog-async"])
-print(f"relaylog durable / nginx: {d / n:.2f}x   relaylog async / nginx: {a / n:.2f}x   durable / async: {d / a:.2f}x")
+    print(f"{name:<18} {r['messages_per_second']:>11.0f} {r['latency_ms']['p50']:>8.2f} {r['latency_ms']['p99']:>8.2f} {errors:>7} {cpu_s:>11} {sw_s:>13} {(s1 - s0) * 1000 // hz:>10}")
+n, f, d, a = (rows[k]["messages_per_second"] for k in ["nginx", "floor", "relaylog-durable", "relaylog-async"])
+print(f"messages/s: durable / nginx {d / n:.2f}x (target >= 1.0)   floor / nginx {f / n:.2f}x   durable / async {d / a:.2f}x (target >= 0.9)")
+if per_msg["nginx"] and per_msg["relaylog-durable"]:
+    print(f"CPU per message: durable / nginx {per_msg['relaylog-durable'] / per_msg['nginx']:.2f}x (target <= 1.2)   "
+          f"floor / nginx {per_msg['floor'] / per_msg['nginx']:.2f}x   durable - floor {per_msg['relaylog-durable'] - per_msg['floor']:.1f} µs")
+rss = int(open(os.path.join(work, "rss")).read()) / 1024
+print(f"relaylog durable peak RSS: {rss:.0f} MiB (target < 100)")
 hd = json.load(open(os.path.join(work, "half-direct.json")))
 hr = json.load(open(os.path.join(work, "half-relaylog.json")))
-print(f"open loop at half of nginx's rate ({hr['requests_per_second']:.0f} req/s): p99 direct {hd['latency_ms']['p99']:.2f} ms, "
-      f"through relaylog {hr['latency_ms']['p99']:.2f} ms, added {hr['latency_ms']['p99'] - hd['latency_ms']['p99']:.2f} ms")
+sd = int(open(os.path.join(work, "half-direct.steal")).read()) * 1000 // hz
+sr = int(open(os.path.join(work, "half-relaylog.steal")).read()) * 1000 // hz
+for q, target in (("p99", 2), ("p99_9", 10)):
+    print(f"open loop at half of nginx's rate ({hr['requests_per_second']:.0f} req/s): {q} direct {hd['latency_ms'][q]:.2f} ms, "
+          f"through relaylog {hr['latency_ms'][q]:.2f} ms, added {hr['latency_ms'][q] - hd['latency_ms'][q]:.2f} ms (target <= {target})")
+print(f"  (stolen during those runs: {sd} and {sr} ms)")
 PY

@@ -1,6 +1,8 @@
 //! Benchmark commands: `bench store` (the write path through the real store),
 //! `bench http` (a load generator for SMS submission APIs), `bench smtp` (one for
-//! mail servers) and `bench smpp` (one for SMSCs). The two load generators share their schedule, histogram and report.
+//! mail servers), `bench smpp` (one for SMSCs) and `bench passthrough` (the bare proxy
+//! relaylog is compared with). The load generators share their schedule, histogram and
+//! report.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 pub mod http;
+pub mod passthrough;
 pub mod smpp;
 pub mod smtp;
 mod store;

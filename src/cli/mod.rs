@@ -152,7 +152,10 @@ pub fn run(cli: Cli) -> Result<()> {
             public_key: Some(key),
         } => verify_export(manifest, key),
         Command::Bench(
-            b @ (BenchCommand::Http { .. } | BenchCommand::Smtp { .. } | BenchCommand::Smpp { .. }),
+            b @ (BenchCommand::Http { .. }
+            | BenchCommand::Smtp { .. }
+            | BenchCommand::Smpp { .. }
+            | BenchCommand::Passthrough { .. }),
         ) => {
             init_tracing(log_format(&cli, None), "warn");
             let config = Config::parse("", &cli.config)?;

@@ -149,6 +149,15 @@ pub enum BenchCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run a bare HTTP/1.1 pass-through proxy (hyper, one thread, nothing recorded):
+    /// the floor `benches/compare.sh` measures relaylog against. Until SIGTERM.
+    Passthrough {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// host:port of the HTTP upstream.
+        #[arg(long)]
+        upstream: SocketAddr,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -432,6 +441,24 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             };
             let report = load_runtime(*threads)?.block_on(crate::bench::smpp::run(b))?;
             print_report(&report, report.to_text(), *json)
+        }
+        BenchCommand::Passthrough { listen, upstream } => {
+            // One current-thread runtime, as the floor is defined.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                tokio::select! {
+                    served = crate::bench::passthrough::run(listener, *upstream) => {
+                        served.context("pass-through stopped")
+                    }
+                    signal = wait_for_signal() => signal,
+                }
+            })
         }
     }
 }
