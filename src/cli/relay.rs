@@ -243,7 +243,12 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
 }
 
 pub(super) fn serve(config: Config) -> Result<()> {
-    runtime()?.block_on(async move {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.serve.workers)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
         let running = crate::serve::start(config, Arc::new(SystemClock)).await?;
         wait_for_signal().await?;
         running.shutdown().await;
