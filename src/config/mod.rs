@@ -285,7 +285,7 @@ impl RawConfig {
                         _ => {
                             return Err(invalid(
                                 key,
-                                &format!("must be \"auto\" or a number from 1 to {MAX_WORKERS}"),
+                                format!("must be \"auto\" or a number from 1 to {MAX_WORKERS}"),
                             ));
                         }
                     }
