@@ -1,21 +1,27 @@
-//! The blind indexes' writes: late, sorted, and spread over the commits that follow.
+//! The blind indexes' writes: late, sorted, and spread over the writer's idle moments.
 //!
 //! The writer keeps each record's `(bucket, tag, id)` entries in memory ([`Pending`])
 //! and writes them into the `ix_*` tables sorted and grouped into posting lists (see
-//! [`super::schema`] for why). Written in one go, 65,536 rows' entries took 60–80 ms
+//! [`super::schema`] for why). Written in one go, 65,536 records' entries took 60–80 ms
 //! inside a commit that durable clients waited on. So a set that is due is *frozen*
-//! ([`Flushing`]) and written a slice (64 posting rows) at a time:
+//! ([`Flushing`]) and written a slice at a time (at most 64 posting rows and
+//! [`SLICE_IDS`] ids; a list is sorted when the cursor enters it):
 //!
-//! - in the writer's gaps: when its queue is empty, it writes slices in transactions of
-//!   their own for up to [`GAP_BUDGET`], then looks at the queue again, so that a
-//!   submission arriving meanwhile waits at most that long;
+//! - in the writer's gaps: when its queue is empty, it writes slices in a transaction
+//!   of its own for up to [`GAP_BUDGET`], then looks at the queue again. A submission
+//!   arriving meanwhile waits for the slice under way and that transaction's commit;
 //! - inside each commit, only its share: enough that the frozen set is written by the
-//!   time another `FLUSH_ROWS / 2` rows have been committed, gaps or not (the pending
-//!   set, which keeps filling meanwhile, is never more than about `FLUSH_ROWS` behind);
-//! - the slices follow the sorted order, so the pages they dirty are the ones a single
-//!   flush would have dirtied: the total work is the same, only spread out;
+//!   time another `FLUSH_ROWS / 2` records have been committed, gaps or not. Gaps
+//!   usually write it all first, and then the share is nothing; a saturated writer
+//!   has no gaps and writes its share (sorts included) in its commits. So the pending
+//!   set, which keeps filling meanwhile, is never more than about `FLUSH_ROWS` behind,
+//!   and the records past the watermark (the tail a query scans) about 1.5 ×
+//!   `FLUSH_ROWS`: twice that after a restart that rebuilt a large tail;
+//! - the slices follow the sorted order, so they dirty mostly the pages one write of
+//!   the set would have; the pages at the edges of each gap transaction are written to
+//!   the WAL again, which the writer's bulk rate pays a few percent for;
 //! - the watermark (`ix_state.indexed_through`) moves only when the whole frozen set
-//!   is written, in the commit that writes its last slice.
+//!   is written, in the transaction that writes its last slice.
 //!
 //! A query trusts the `ix_*` tables only up to the watermark and scans the records
 //! past it by their tag columns, so the postings of a set still being written are
@@ -38,18 +44,28 @@ use super::{postings, schema};
 pub const FLUSH_ROWS: usize = 65_536;
 
 /// Longest a writer with nothing queued spends on index slices before it looks at its
-/// queue again: a slice takes 50–100 µs on the 2-core test machine, a frozen set of
-/// 65,536 rows 60–80 ms in all.
+/// queue again (a frozen set of 65,536 records takes 60–80 ms in all on the 2-core
+/// test machine).
 pub const GAP_BUDGET: Duration = Duration::from_micros(500);
+
+/// Most record ids one slice writes: with few tags and long lists (an account's, an
+/// IP's) a slice of 64 postings could otherwise hold 65,536 ids.
+pub const SLICE_IDS: usize = 4_096;
 
 /// `(bucket, tag, record id)`.
 type Entry = (i64, i64, i64);
 
+/// A posting row before insertion: `(bucket, tag, first id, ids blob)`.
+type PostingRow = (i64, i64, i64, Vec<u8>);
+
 /// Entries of rows not yet frozen, one list per [`crate::store::IndexKind`] (account,
 /// ip, originator, recipient).
+/// Every list, and `records`, is in ascending id order (the order rows are pushed in).
 #[derive(Default)]
 struct Pending {
     entries: [Vec<Entry>; 4],
+    /// `(id, bucket)` of each record.
+    records: Vec<(i64, i64)>,
     rows: usize,
     min_bucket: i64,
     max_bucket: i64,
@@ -61,6 +77,27 @@ impl Pending {
     fn due(&self) -> bool {
         self.rows >= FLUSH_ROWS || (self.rows > 0 && self.max_bucket > self.min_bucket)
     }
+
+    /// Takes the entries of the first `FLUSH_ROWS` records at most (a tail rebuilt
+    /// after failures can be longer), leaving the rest pending; the last id taken.
+    fn take_set(&mut self) -> ([Vec<Entry>; 4], usize, i64) {
+        if self.rows <= FLUSH_ROWS {
+            let taken = std::mem::take(self);
+            self.last_id = taken.last_id;
+            return (taken.entries, taken.rows, taken.last_id);
+        }
+        let through = self.records[FLUSH_ROWS - 1].0;
+        let mut entries: [Vec<Entry>; 4] = Default::default();
+        for (taken, list) in entries.iter_mut().zip(self.entries.iter_mut()) {
+            let rest = list.split_off(list.partition_point(|e| e.2 <= through));
+            *taken = std::mem::replace(list, rest);
+        }
+        self.records.drain(..FLUSH_ROWS);
+        self.rows = self.records.len();
+        self.min_bucket = self.records.iter().map(|r| r.1).min().unwrap_or(0);
+        self.max_bucket = self.records.iter().map(|r| r.1).max().unwrap_or(0);
+        (entries, FLUSH_ROWS, through)
+    }
 }
 
 /// A frozen set being written: each kind's list is sorted when the cursor reaches it.
@@ -69,11 +106,14 @@ struct Flushing {
     /// The cursor: the list being written and the next entry in it.
     kind: usize,
     pos: usize,
+    /// The list under the cursor is sorted.
     sorted: bool,
+    /// Entries in all four lists, and how many of them are written.
     total: usize,
     written: usize,
-    /// Rows committed since it was frozen: what the pace is reckoned against.
+    /// Records committed since it was frozen: what the pace is reckoned against.
     rows_since: usize,
+    /// Records it covers.
     rows: usize,
     /// The watermark once it is written: every record id up to this is indexed.
     through: i64,
@@ -84,6 +124,16 @@ impl Flushing {
         self.kind == self.entries.len()
     }
 
+    /// Moves the cursor past written (or empty) lists, freeing them.
+    fn skip_written(&mut self) {
+        while self.kind < self.entries.len() && self.pos >= self.entries[self.kind].len() {
+            self.entries[self.kind] = Vec::new();
+            self.kind += 1;
+            self.pos = 0;
+            self.sorted = false;
+        }
+    }
+
     /// Entries that must be written by now to finish within `FLUSH_ROWS / 2` rows.
     fn share(&self) -> usize {
         let due = self.total as u128 * self.rows_since as u128 * 2 / FLUSH_ROWS as u128;
@@ -92,7 +142,7 @@ impl Flushing {
 }
 
 /// How much one call may write.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum Budget {
     /// Inside a commit: its share of the frozen set (module docs), nothing more.
     Share,
@@ -100,7 +150,7 @@ pub enum Budget {
     Gap,
     /// An idle writer: like `Gap`, and pending entries are frozen even if not due.
     Idle,
-    /// Everything, pending entries included (idle, closing, stopping).
+    /// Everything, pending entries included (closing a partition, stopping).
     All,
 }
 
@@ -112,7 +162,7 @@ pub struct BlindIndex {
     gap_budget: Duration,
     /// Scratch, kept between steps.
     ids: Vec<i64>,
-    postings: Vec<(i64, i64, i64, Vec<u8>)>,
+    rows: Vec<PostingRow>,
 }
 
 impl Default for BlindIndex {
@@ -122,7 +172,7 @@ impl Default for BlindIndex {
             flushing: None,
             gap_budget: GAP_BUDGET,
             ids: Vec::new(),
-            postings: Vec::new(),
+            rows: Vec::new(),
         }
     }
 }
@@ -141,6 +191,7 @@ impl BlindIndex {
                 list.push((bucket, tag, id));
             }
         }
+        p.records.push((id, bucket));
         p.rows += 1;
         p.last_id = p.last_id.max(id);
     }
@@ -150,22 +201,34 @@ impl BlindIndex {
         self.pending.rows + self.flushing.as_ref().map_or(0, |f| f.rows)
     }
 
+    /// Entries not written yet: every slice makes it smaller.
+    pub fn remaining(&self) -> usize {
+        let pending: usize = self.pending.entries.iter().map(Vec::len).sum();
+        pending + self.flushing.as_ref().map_or(0, |f| f.total - f.written)
+    }
+
     /// A set is being written, or is due to be: work for the writer's gaps.
     pub fn busy(&self) -> bool {
         self.flushing.is_some() || self.pending.due()
     }
 
     /// Writes index entries inside the caller's transaction, as much as `budget`
-    /// allows; `rows` is how many rows the transaction commits (see the module docs). If the transaction fails, the partition is
-    /// dropped and reopened, and [`BlindIndex::rebuild`] starts again from the file.
-    pub fn write(&mut self, tx: &Connection, rows: usize, budget: Budget) -> rusqlite::Result<()> {
+    /// allows, and says how many posting rows it wrote; `records` is how many records
+    /// the transaction commits (the pace is reckoned in them, see the module docs). If the transaction fails, the partition
+    /// is dropped and reopened, and [`BlindIndex::rebuild`] starts again from the file.
+    pub fn write(
+        &mut self,
+        tx: &Connection,
+        records: usize,
+        budget: Budget,
+    ) -> rusqlite::Result<usize> {
         let started = Instant::now();
         let gap_budget = self.gap_budget;
         let spent = || started.elapsed() >= gap_budget;
         if let Some(f) = &mut self.flushing {
-            f.rows_since += rows;
+            f.rows_since += records;
         }
-        let mut slices = 0usize;
+        let (mut slices, mut written) = (0usize, 0usize);
         loop {
             if self.flushing.is_none() {
                 let wanted = match budget {
@@ -173,12 +236,12 @@ impl BlindIndex {
                     Budget::Idle | Budget::All => self.pending.rows > 0,
                 };
                 if !wanted {
-                    return Ok(());
+                    return Ok(written);
                 }
                 self.freeze();
             }
             let Some(f) = self.flushing.as_mut() else {
-                return Ok(());
+                return Ok(written);
             };
             while !f.done() {
                 let enough = match budget {
@@ -187,9 +250,9 @@ impl BlindIndex {
                     Budget::All => false,
                 };
                 if enough {
-                    return Ok(());
+                    return Ok(written);
                 }
-                write_slice(tx, f, &mut self.ids, &mut self.postings)?;
+                written += write_slice(tx, f, &mut self.ids, &mut self.rows)?;
                 slices += 1;
             }
             tx.prepare_cached(schema::SET_INDEXED_THROUGH)?
@@ -199,19 +262,20 @@ impl BlindIndex {
     }
 
     fn freeze(&mut self) {
-        let p = std::mem::take(&mut self.pending);
-        self.pending.last_id = p.last_id;
-        self.flushing = Some(Flushing {
-            total: p.entries.iter().map(Vec::len).sum(),
-            entries: p.entries,
+        let (entries, rows, through) = self.pending.take_set();
+        let mut f = Flushing {
+            total: entries.iter().map(Vec::len).sum(),
+            entries,
             kind: 0,
             pos: 0,
             sorted: false,
             written: 0,
             rows_since: 0,
-            rows: p.rows,
-            through: p.last_id,
-        });
+            rows,
+            through,
+        };
+        f.skip_written();
+        self.flushing = Some(f);
     }
 
     /// The entries of every row past the watermark, after a restart or a reopen.
@@ -249,15 +313,17 @@ impl BlindIndex {
     }
 }
 
-/// Writes the next [`schema::POSTINGS_PER_INSERT`] posting rows (fewer at the end of a
-/// list) from the cursor: one posting per `(bucket, tag)`, split every
-/// [`postings::MAX_IDS`] ids. A group never straddles two slices.
+/// Writes the next slice from the cursor: at most [`schema::POSTINGS_PER_INSERT`]
+/// posting rows holding at most [`SLICE_IDS`] ids. A posting is a run of one
+/// `(bucket, tag)`'s ids, at most [`postings::MAX_IDS`]; a long run is split over
+/// postings and slices (each keyed by its own first id, and a query reads them all).
+/// The list is sorted when the cursor enters it.
 fn write_slice(
     tx: &Connection,
     f: &mut Flushing,
     ids: &mut Vec<i64>,
-    out: &mut Vec<(i64, i64, i64, Vec<u8>)>,
-) -> rusqlite::Result<()> {
+    out: &mut Vec<PostingRow>,
+) -> rusqlite::Result<usize> {
     let kind = f.kind;
     let list = &mut f.entries[kind];
     if !f.sorted {
@@ -265,21 +331,21 @@ fn write_slice(
         f.sorted = true;
     }
     out.clear();
-    let mut end = f.pos;
-    for group in list[f.pos..].chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-        let postings_in_group = group.len().div_ceil(postings::MAX_IDS);
-        if !out.is_empty() && out.len() + postings_in_group > schema::POSTINGS_PER_INSERT {
-            break;
-        }
-        let (bucket, tag) = (group[0].0, group[0].1);
-        for chunk in group.chunks(postings::MAX_IDS) {
-            ids.clear();
-            ids.extend(chunk.iter().map(|e| e.2));
-            let mut blob = Vec::with_capacity(ids.len() * 2);
-            postings::encode(ids, &mut blob);
-            out.push((bucket, tag, ids[0], blob));
-        }
-        end += group.len();
+    let last = (f.pos + SLICE_IDS).min(list.len());
+    let mut at = f.pos;
+    while at < last && out.len() < schema::POSTINGS_PER_INSERT {
+        let (bucket, tag) = (list[at].0, list[at].1);
+        let limit = (at + postings::MAX_IDS).min(last);
+        let run = list[at..limit]
+            .iter()
+            .take_while(|e| (e.0, e.1) == (bucket, tag))
+            .count();
+        ids.clear();
+        ids.extend(list[at..at + run].iter().map(|e| e.2));
+        let mut blob = Vec::with_capacity(ids.len() * 2);
+        postings::encode(ids, &mut blob);
+        out.push((bucket, tag, ids[0], blob));
+        at += run;
     }
     if out.len() == schema::POSTINGS_PER_INSERT {
         // Many rows per statement: the index is the writer's second-largest cost.
@@ -297,16 +363,10 @@ fn write_slice(
             stmt.execute(params![bucket, tag, first, blob])?;
         }
     }
-    f.written += end - f.pos;
-    f.pos = end;
-    if f.pos == list.len() {
-        // This kind is written: free it and move on.
-        *list = Vec::new();
-        f.kind += 1;
-        f.pos = 0;
-        f.sorted = false;
-    }
-    Ok(())
+    f.written += at - f.pos;
+    f.pos = at;
+    f.skip_written();
+    Ok(out.len())
 }
 
 #[cfg(test)]
@@ -403,9 +463,26 @@ mod tests {
         index
     }
 
+    /// Posting rows and ids in all four index tables.
+    fn stored_sizes(conn: &Connection) -> (usize, usize) {
+        (0..4)
+            .map(|k| {
+                let s = stored(conn, k);
+                let rows: i64 = conn
+                    .query_row(
+                        &format!("SELECT count(*) FROM {}", schema::INDEX_TABLES[k]),
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                (rows as usize, s.values().map(Vec::len).sum::<usize>())
+            })
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
     fn step(conn: &Connection, index: &mut BlindIndex, rows: usize, budget: Budget) {
         let tx = conn.unchecked_transaction().unwrap();
-        index.write(&tx, rows, budget).unwrap();
+        let _ = index.write(&tx, rows, budget).unwrap();
         tx.commit().unwrap();
     }
 
@@ -417,9 +494,18 @@ mod tests {
         let mut index = slow_index(1..=n);
         assert_eq!(index.waiting(), n as usize);
         let mut steps = 0;
+        let (mut rows, mut ids) = (0, 0);
         while index.waiting() > 0 {
             step(&conn, &mut index, 0, Budget::Gap);
             steps += 1;
+            let (r, i) = stored_sizes(&conn);
+            assert!(
+                r - rows <= 64 && i - ids <= SLICE_IDS,
+                "a slice of {} rows, {} ids",
+                r - rows,
+                i - ids
+            );
+            (rows, ids) = (r, i);
             if index.waiting() > 0 {
                 assert_eq!(watermark(&conn), 0, "moved before the set was written");
             }
@@ -450,7 +536,9 @@ mod tests {
             index.pending.rows, 0,
             "a closed bucket is frozen for writing"
         );
-        assert!(index.flushing.is_some() || watermark(&conn) == 2_001);
+        let f = index.flushing.as_ref().unwrap();
+        assert_eq!(f.written, 0, "its share is nothing yet");
+        assert_eq!(watermark(&conn), 0);
         step(&conn, &mut index, 0, Budget::All);
         assert_eq!(index.waiting(), 0);
         assert_eq!(watermark(&conn), 2_001);
@@ -465,6 +553,11 @@ mod tests {
         let conn = partition(&dir, n);
         let mut index = slow_index(1..=n);
         step(&conn, &mut index, 0, Budget::Share);
+        assert_eq!(
+            index.flushing.as_ref().unwrap().written,
+            0,
+            "no rows, no share"
+        );
         let total: usize = (0..4)
             .map(|k| expected(n, k).values().map(Vec::len).sum::<usize>())
             .sum();
@@ -516,5 +609,100 @@ mod tests {
         for kind in 0..4 {
             assert_eq!(stored(&conn, kind), expected(n, kind), "index {kind}");
         }
+    }
+
+    /// An idle writer writes entries not yet due; a gap does not.
+    #[test]
+    fn idle_writes_what_is_not_due_and_a_gap_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = partition(&dir, 100);
+        let mut index = BlindIndex::default();
+        for id in 1..=100 {
+            index.push(id, bucket(id), tags(id));
+        }
+        assert!(!index.busy(), "one open bucket, under the cap");
+        step(&conn, &mut index, 0, Budget::Gap);
+        assert_eq!(index.waiting(), 100);
+        while index.waiting() > 0 {
+            step(&conn, &mut index, 0, Budget::Idle);
+        }
+        assert_eq!(watermark(&conn), 100);
+        assert_eq!(stored(&conn, 3), expected(100, 3));
+    }
+
+    /// One tag with thousands of ids (an account's) is split over postings of at most
+    /// MAX_IDS and slices of at most SLICE_IDS; a kind with no entries at all (no
+    /// originators) is passed over.
+    #[test]
+    fn a_long_list_is_split_and_an_empty_one_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 10_000;
+        let conn = partition(&dir, n);
+        let mut index = BlindIndex {
+            gap_budget: Duration::ZERO,
+            ..Default::default()
+        };
+        for id in 1..=n {
+            // All in one bucket, one account, one IP, no originator.
+            index.push(id, 7, [Some(1), Some(2), None, Some(3 + id % 5)]);
+        }
+        step(&conn, &mut index, 0, Budget::Idle);
+        let (rows, ids) = stored_sizes(&conn);
+        assert!(
+            rows <= 64 && ids <= SLICE_IDS,
+            "first slice: {rows} rows, {ids} ids"
+        );
+        while index.waiting() > 0 {
+            step(&conn, &mut index, 0, Budget::Idle);
+        }
+        assert_eq!(watermark(&conn), n);
+        let account = stored(&conn, 0);
+        assert_eq!(account.len(), 1);
+        assert_eq!(account[&(7, 1)], (1..=n).collect::<Vec<_>>());
+        let mut stmt = conn.prepare("SELECT ids FROM ix_account").unwrap();
+        let blobs: Vec<Vec<u8>> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(blobs.len() >= n as usize / postings::MAX_IDS);
+        for blob in blobs {
+            let mut ids = Vec::new();
+            postings::decode(&blob, &mut ids).unwrap();
+            assert!(
+                ids.len() <= postings::MAX_IDS,
+                "a posting of {} ids",
+                ids.len()
+            );
+        }
+        assert!(stored(&conn, 2).is_empty(), "no originators");
+    }
+
+    /// A tail longer than the cap (rebuilt after failures) is frozen a cap at a time,
+    /// the watermark moving at each set's end.
+    #[test]
+    fn a_long_tail_is_frozen_a_cap_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = FLUSH_ROWS as i64 + 500;
+        let conn = partition(&dir, n);
+        let mut index = BlindIndex::rebuild(&conn).unwrap();
+        assert_eq!(index.waiting(), n as usize);
+        step(&conn, &mut index, 0, Budget::Share);
+        let f = index.flushing.as_ref().unwrap();
+        assert_eq!((f.rows, f.through), (FLUSH_ROWS, FLUSH_ROWS as i64));
+        assert_eq!(index.pending.rows, 500);
+        assert_eq!(
+            index.pending.entries[0].first().map(|e| e.2),
+            Some(FLUSH_ROWS as i64 + 1)
+        );
+        step(&conn, &mut index, FLUSH_ROWS / 2, Budget::Share);
+        assert_eq!(
+            watermark(&conn),
+            FLUSH_ROWS as i64,
+            "the first set is written"
+        );
+        step(&conn, &mut index, 0, Budget::All);
+        assert_eq!(watermark(&conn), n);
+        assert_eq!(stored(&conn, 3), expected(n, 3));
     }
 }

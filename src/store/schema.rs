@@ -336,6 +336,9 @@ pub fn open_for_write(
     )?;
     conn.pragma_update(None, "cache_size", -(i64::from(cache_mib) * 1024))?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // The writer's statements (multi-row inserts of each size, index slices, heads,
+    // the watermark) are more than rusqlite's default cache of 16.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(DDL)?;
     conn.execute_batch(ERASURE_DDL)?;
     for (has, columns) in outcome_groups(&conn)?.into_iter().zip(OUTCOME_GROUPS) {

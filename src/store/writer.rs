@@ -6,9 +6,10 @@
 //! the error and drops the connection, so the next batch reopens the partition: the
 //! store recovers by itself when the fault goes away.
 //!
-//! The blind indexes are written late and sorted, a slice inside each commit (see
-//! [`super::index`]); once the queue has been idle for [`IDLE_FLUSH`], the rest is
-//! written in transactions of their own, and all of it when the writer stops.
+//! The blind indexes are written late and sorted, a slice at a time: in transactions of
+//! their own whenever the queue is empty, and as a share of each commit when it never
+//! is (see [`super::index`]). Once the queue has been idle for [`IDLE_FLUSH`], the
+//! entries not yet due are written too; all of them when the writer stops.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -100,7 +101,8 @@ pub enum Job {
     /// Commit what is queued before it, then stop.
     Stop,
     /// Sent by the ticker every [`super::integrity::HEAD_INTERVAL`]: time-based duties
-    /// (sign heads, flush the index when idle) without a timed wait on the queue.
+    /// (sign heads, write the index entries not yet due when idle) without a timed
+    /// wait on the queue.
     Tick,
 }
 
@@ -138,7 +140,8 @@ pub const SIBLING_DELAY: Duration = Duration::from_micros(200);
 /// Longest wait before committing a batch no one waits on (outcomes, async records).
 pub const ASYNC_DELAY: Duration = Duration::from_millis(2);
 
-/// Write the waiting index entries when no job has arrived for this long.
+/// Write the index entries not yet due (their bucket still open, fewer than
+/// `index::FLUSH_ROWS`) when no job has arrived for this long.
 pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Ask the checkpointer to copy a partition's WAL into its file after this many rows.
@@ -157,7 +160,7 @@ pub struct Signals {
     /// The writer is sleeping on a batch no one waits on.
     lingering: AtomicBool,
     /// The writer waits on an empty queue with heads to sign or index entries to
-    /// flush: the ticker wakes it. Ticks go only to an idle writer, so they never take
+    /// write: the ticker wakes it. Ticks go only to an idle writer, so they never take
     /// queue space a submission is waiting for.
     idle_with_duties: AtomicBool,
     writer: OnceLock<std::thread::Thread>,
@@ -193,6 +196,27 @@ struct OpenPartition {
     /// again from the file.
     last_record: i64,
     last_outcome: i64,
+}
+
+impl OpenPartition {
+    /// Counts rows written (records, outcomes, posting rows) and asks the checkpointer
+    /// to copy the WAL once [`CHECKPOINT_ROWS`] have been.
+    fn wrote(
+        &mut self,
+        rows: u64,
+        checkpointer: Option<&std::sync::mpsc::SyncSender<PathBuf>>,
+        checkpoint_rows: u64,
+        path: PathBuf,
+    ) {
+        self.since_checkpoint += rows;
+        if self.since_checkpoint >= checkpoint_rows
+            && let Some(c) = checkpointer
+            // A busy checkpointer (queue full) is asked again after the next rows.
+            && c.try_send(path).is_ok()
+        {
+            self.since_checkpoint = 0;
+        }
+    }
 }
 
 /// Most partitions the writer keeps open; traffic normally touches one, two around
@@ -312,7 +336,7 @@ impl Writer {
         while !stop {
             // A gap in the work: write index slices until a job arrives.
             if rx.is_empty() && self.open.values().any(|p| p.index.busy()) {
-                self.index_gap();
+                self.index_gap(&rx);
                 continue;
             }
             let duties = !self.retry.is_empty()
@@ -396,13 +420,22 @@ impl Writer {
         }
         let idle = self.last_job.elapsed();
         if idle >= IDLE_FLUSH {
-            while rx.is_empty()
-                && self
-                    .open
+            let left = |w: &Writer| -> usize {
+                w.open
                     .values()
-                    .any(|p| p.index.waiting() > 0 || p.tree.unsigned() > 0)
-            {
+                    .map(|p| p.index.remaining() + p.tree.unsigned())
+                    .sum()
+            };
+            // Each pass writes at least a slice of each partition with entries waiting
+            // (or drops a partition that fails); one that changes nothing ends it.
+            let mut before = left(self);
+            while rx.is_empty() && before > 0 {
                 self.seal_all(Some(Budget::Idle));
+                let after = left(self);
+                if after == before {
+                    break;
+                }
+                before = after;
             }
         } else if idle >= super::integrity::HEAD_INTERVAL
             && self.open.values().any(|p| p.tree.unsigned() > 0)
@@ -458,38 +491,20 @@ impl Writer {
     /// Signs every open partition's waiting leaves (and writes its waiting index
     /// entries as far as `index` allows), one transaction each.
     fn seal_all(&mut self, index: Option<Budget>) {
-        let signer = self.cfg.signer.clone();
-        let ids: Vec<PartitionId> = self.open.keys().copied().collect();
+        let ids: Vec<PartitionId> = self
+            .open
+            .iter()
+            .filter(|(_, p)| p.tree.unsigned() > 0 || (index.is_some() && p.index.waiting() > 0))
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
-            let Some(open) = self.open.get_mut(&id) else {
-                continue;
-            };
-            if open.tree.unsigned() == 0 && (index.is_none() || open.index.waiting() == 0) {
-                continue;
-            }
-            let result = (|| {
-                let tx = open.conn.unchecked_transaction()?;
-                if let Some(key) = &signer {
-                    open.tree
-                        .sign_head(&tx, key, id, self.cfg.clock.now_micros())?;
-                }
-                if let Some(budget) = index {
-                    open.index.write(&tx, 0, budget)?;
-                }
-                tx.commit()
-            })();
-            if let Err(e) = result {
-                self.metrics.store_errors.inc();
-                let e = sql(e);
-                tracing::error!(partition = %id, reason = e.reason(), error = %e, "index flush failed; partition will be reopened");
-                self.open.remove(&id);
-            }
+            self.maintain(id, true, index);
         }
     }
 
-    /// Writes index slices of the partitions with a set to write, for up to
-    /// [`super::index::GAP_BUDGET`] each, in transactions of their own.
-    fn index_gap(&mut self) {
+    /// A gap in the work: index slices of the partitions with a set to write, a
+    /// transaction each of up to [`super::index::GAP_BUDGET`], until a job arrives.
+    fn index_gap(&mut self, rx: &mpsc::Receiver<Job>) {
         let ids: Vec<PartitionId> = self
             .open
             .iter()
@@ -497,21 +512,61 @@ impl Writer {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            let Some(open) = self.open.get_mut(&id) else {
-                continue;
-            };
-            let result = (|| {
-                let tx = open.conn.unchecked_transaction()?;
-                open.index.write(&tx, 0, Budget::Gap)?;
-                tx.commit()
-            })();
-            if let Err(e) = result {
-                self.metrics.store_errors.inc();
-                let e = sql(e);
-                tracing::error!(partition = %id, reason = e.reason(), error = %e, "index write failed; partition will be reopened");
-                self.open.remove(&id);
+            if !rx.is_empty() {
+                return;
             }
+            self.maintain(id, false, Some(Budget::Gap));
         }
+    }
+
+    /// One transaction on an open partition besides a batch: sign its waiting leaves
+    /// (with `sign`) and write index entries as far as `index` allows. A failure drops
+    /// the partition: the next job reopens it, and its index entries are rebuilt.
+    ///
+    /// With `sync = "full"`, an index-only transaction does not wait for an fsync:
+    /// nothing in it needs to survive a power loss (the entries are rebuilt from the
+    /// records), and the next full commit syncs the WAL up to and past it.
+    fn maintain(&mut self, id: PartitionId, sign: bool, index: Option<Budget>) -> bool {
+        let signer = if sign { self.cfg.signer.clone() } else { None };
+        let now = self.cfg.clock.now_micros();
+        let relaxed = signer.is_none() && self.cfg.sync == SyncMode::Full;
+        let path = id.path_in(&self.cfg.store_dir);
+        let (checkpointer, checkpoint_rows) = (self.checkpointer.clone(), self.cfg.checkpoint_rows);
+        let Some(open) = self.open.get_mut(&id) else {
+            return false;
+        };
+        let result = (|| {
+            if relaxed {
+                open.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            }
+            let tx = open.conn.unchecked_transaction()?;
+            if let Some(key) = &signer {
+                open.tree.sign_head(&tx, key, id, now)?;
+            }
+            let postings = match index {
+                Some(budget) => open.index.write(&tx, 0, budget)?,
+                None => 0,
+            };
+            tx.commit()?;
+            if relaxed {
+                open.conn.pragma_update(None, "synchronous", "FULL")?;
+            }
+            open.wrote(
+                postings as u64,
+                checkpointer.as_ref(),
+                checkpoint_rows,
+                path,
+            );
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.metrics.store_errors.inc();
+            let e = sql(e);
+            tracing::error!(partition = %id, reason = e.reason(), error = %e, "signing or index write failed; partition will be reopened");
+            self.open.remove(&id);
+            return false;
+        }
+        true
     }
 
     fn commit(&mut self, jobs: &mut Vec<Job>) {
@@ -713,21 +768,18 @@ impl Writer {
             let now = clock.now_micros();
             tree.sign_head(&tx, key, partition, now).map_err(sql)?;
         }
-        index
+        let postings = index
             .write(&tx, records as usize, Budget::Share)
             .map_err(sql)?;
         tx.commit().map_err(sql)?;
         open.last_record = next_record - 1;
         open.last_outcome = next_outcome - 1;
-        open.since_checkpoint += records + outcomes;
-        if open.since_checkpoint >= checkpoint_rows
-            && let Some(c) = checkpointer
-        {
-            // A busy checkpointer (queue full) is asked again after the next rows.
-            if c.try_send(path).is_ok() {
-                open.since_checkpoint = 0;
-            }
-        }
+        open.wrote(
+            records + outcomes + postings as u64,
+            checkpointer.as_ref(),
+            checkpoint_rows,
+            path,
+        );
         Ok((records, outcomes))
     }
 
@@ -791,24 +843,12 @@ impl Writer {
         Ok(open)
     }
 
-    /// Closes a partition after flushing its pending index entries (best effort: what
-    /// is not flushed is rebuilt when it is next opened).
+    /// Closes a partition to make room, its waiting leaves signed. Its waiting index
+    /// entries are not written here, on the way to a commit clients wait on: they are
+    /// rebuilt when it is next opened, and a query scans them meanwhile.
     fn close_partition(&mut self, id: PartitionId) {
-        let signer = self.cfg.signer.clone();
-        if let Some(mut open) = self.open.remove(&id) {
-            let result = (|| {
-                let tx = open.conn.unchecked_transaction()?;
-                if let Some(key) = &signer {
-                    open.tree
-                        .sign_head(&tx, key, id, self.cfg.clock.now_micros())?;
-                }
-                open.index.write(&tx, 0, Budget::All)?;
-                tx.commit()
-            })();
-            if let Err(e) = result {
-                tracing::warn!(partition = %id, error = %e, "index flush on close failed; rebuilt on reopen");
-            }
-        }
+        self.maintain(id, true, None);
+        self.open.remove(&id);
     }
 }
 
