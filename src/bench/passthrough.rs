@@ -3,6 +3,10 @@
 //! upstream connection per client connection, each body collected (up to
 //! [`MAX_BODY`]) and forwarded; nothing parsed, recorded or logged. Whatever relaylog
 //! spends above it is relaylog's own.
+//!
+//! It forwards without recording, so it is no relay to put in front of a gateway: the
+//! command is hidden, listens on loopback only (checked by the CLI), and is bounded
+//! ([`MAX_CONNECTIONS`], [`HEAD_TIMEOUT`], [`MAX_BODY`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,15 +22,35 @@ use tokio::net::{TcpListener, TcpStream};
 /// Largest request or response body it forwards.
 pub const MAX_BODY: usize = 1 << 20;
 
+/// Most client connections at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1_024;
+
+/// Longest wait for a request head.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// Serves until the task is dropped: each accepted connection gets its own upstream
 /// connection to `upstream`.
-pub async fn run(listener: TcpListener, upstream: SocketAddr) -> std::io::Result<()> {
+pub async fn run(listener: TcpListener, upstream: SocketAddr) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (client, _) = listener.accept().await?;
+        // The semaphore is never closed.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            // Out of descriptors, a connection reset before it was taken: wait, go on.
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection(client, upstream).await {
                 tracing::debug!(error = %e, "pass-through connection ended");
             }
@@ -44,6 +68,8 @@ async fn connection(client: TcpStream, upstream: SocketAddr) -> Result<(), BoxEr
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
     let service = service_fn(move |req: Request<Incoming>| forward(sender.clone(), req));
     hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(TokioIo::new(client), service)
         .await?;
     Ok(())

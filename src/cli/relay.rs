@@ -149,8 +149,10 @@ pub enum BenchCommand {
         #[arg(long)]
         quiet: bool,
     },
-    /// Run a bare HTTP/1.1 pass-through proxy (hyper, one thread, nothing recorded):
-    /// the floor `benches/compare.sh` measures relaylog against. Until SIGTERM.
+    /// Run a bare HTTP/1.1 pass-through proxy (hyper, one thread, nothing recorded) on
+    /// loopback: the floor `benches/compare.sh` measures relaylog against. Until
+    /// SIGTERM. Hidden: it forwards without recording.
+    #[command(hide = true)]
     Passthrough {
         #[arg(long)]
         listen: SocketAddr,
@@ -243,12 +245,7 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
 }
 
 pub(super) fn serve(config: Config) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.serve.workers)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    runtime(Some(config.serve.workers))?.block_on(async move {
         let running = crate::serve::start(config, Arc::new(SystemClock)).await?;
         wait_for_signal().await?;
         running.shutdown().await;
@@ -268,7 +265,7 @@ pub(super) async fn wait_for_signal() -> Result<()> {
 }
 
 pub(super) fn mock_gateway(args: &MockArgs) -> Result<()> {
-    runtime()?.block_on(async move {
+    runtime(None)?.block_on(async move {
         let (trigger, shutdown) = crate::shutdown::channel();
         let task = match args.api.profile() {
             Some(kind) => {
@@ -448,6 +445,9 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             print_report(&report, report.to_text(), *json)
         }
         BenchCommand::Passthrough { listen, upstream } => {
+            if !listen.ip().is_loopback() {
+                bail!("bench passthrough forwards without recording: it listens on loopback only");
+            }
             // One current-thread runtime, as the floor is defined.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -458,9 +458,7 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 tokio::select! {
-                    served = crate::bench::passthrough::run(listener, *upstream) => {
-                        served.context("pass-through stopped")
-                    }
+                    () = crate::bench::passthrough::run(listener, *upstream) => Ok(()),
                     signal = wait_for_signal() => signal,
                 }
             })
