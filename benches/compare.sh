@@ -20,6 +20,8 @@
 # of `relaylog bench http`; the open-loop runs always use bench http.
 # Loopback only. nginx and wrk are installed with apt-get when missing (needs root).
 set -euo pipefail
+# Empty arrays ("${proxy[@]}") under set -u need bash 4.4.
+(( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 404 )) || { echo "$0 needs bash 4.4 or later" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 
 connections=64
@@ -50,10 +52,8 @@ for tool in nginx $( [ "$load" = wrk ] && echo wrk ); do
 done
 cargo build --release --quiet
 bin=target/release/relaylog
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. benches/lib.sh
+bench_setup
 
 # Where each side runs: the proxies on core 1, the rest on core 0 (--cores one).
 if [ "$cores" = one ]; then
@@ -62,8 +62,6 @@ else
     proxy=(); rest=(); workers=auto; affinity=""
 fi
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 
 sim=$(port); ngx=$(port); floor=$(port); durable=$(port); async=$(port)
 "${rest[@]}" "$bin" mock-gateway --listen "127.0.0.1:$sim" --api "$api" 2>"$work/sim.log" & pids+=($!)
@@ -100,13 +98,7 @@ for mode in durable async; do
     p=${!mode}
     d="$work/$mode"
     mkdir -p "$d"
-    cat > "$d/relaylog.toml" <<CONF
-[store]
-path = "$d/store"
-keyring = "$d/keys/keyring"
-master-key = "$d/keys/master.key"
-signing-key = "$d/keys/signing.key"
-ledger = "$d/ledger.sqlite"
+    { store_toml "$d"; cat <<CONF
 durability = "$( [ "$mode" = durable ] && echo record-before-forward || echo async )"
 [[listener]]
 name = "sms"
@@ -114,28 +106,45 @@ listen = "127.0.0.1:$p"
 profile = "$api"
 upstream = "http://127.0.0.1:$sim"
 CONF
+} > "$d/relaylog.toml"
     "$bin" --config "$d/relaylog.toml" init >/dev/null
     "${proxy[@]}" "$bin" --config "$d/relaylog.toml" serve 2>"$d/serve.log" & relay_pid[$mode]=$!
     pids+=(${relay_pid[$mode]})
 done
 for p in "$sim" "$ngx" "$floor" "$durable" "$async"; do wait_port "$p"; done
 
-# CPU ticks (utime + stime) and context switches (voluntary and not, every thread) of
-# a process and its children (nginx's workers), and the machine's stolen ticks:
-# "ticks switches steal".
+# CPU ticks (utime + stime, fields 14 and 15 of /proc/PID/stat, counted after the
+# command name) of a process and its children (nginx's workers).
+ticks() {
+    local t=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$t"
+}
+# Ticks, context switches (voluntary and not, every thread) and the machine's stolen
+# ticks: "ticks switches steal".
 usage() {
-    local ps=("$1") t=0 c=0 p
-    ps+=($(pgrep -P "$1" || true))
-    for p in "${ps[@]}"; do
-        t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat")))
+    local c=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
         c=$((c + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s+0}')))
     done
-    echo "$t $c $(awk '/^cpu / {print $9}' /proc/stat)"
+    echo "$(ticks "$1") $c $(steal)"
+}
+# Waits (at most 10 s) until a process has stopped working after a run: relaylog
+# writes its deferred index entries and drains its queue once the load stops, and that
+# work belongs to the run that caused it.
+settle() {
+    local a b
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        a=$(ticks "$1"); sleep 1; b=$(ticks "$1")
+        [ $((b - a)) -le 1 ] && return 0
+    done
 }
 url_path="/cgi-bin/sendsms?username=bench&password=bench&from=BENCH&to=%2B31612345678&text=Your+code+is+123456"
 run() { # name port [pid]
     local before after
-    before=$( [ -n "${3:-}" ] && usage "$3" || echo "0 0 $(awk '/^cpu / {print $9}' /proc/stat)" )
+    if [ -n "${3:-}" ]; then before=$(usage "$3"); else before="0 0 $(steal)"; fi
     if [ "$load" = wrk ]; then
         "${rest[@]}" wrk -t1 -c"$connections" -d"$duration" --latency "http://127.0.0.1:$2$url_path" > "$work/$1.wrk"
         python3 - "$work/$1.wrk" "$duration" > "$work/$1.json" <<'PY'
@@ -143,10 +152,11 @@ import json, re, sys
 text = open(sys.argv[1]).read()
 def ms(v):
     n, unit = float(re.match(r"[\d.]+", v).group()), re.sub(r"[\d.]", "", v)
-    return n * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+    return n * {"us": 1e-3, "ms": 1, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
 lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M))
 done = int(re.search(r"(\d+) requests in", text).group(1))
-secs = float(re.search(r"requests in ([\d.]+)s", text).group(1))
+m = re.search(r"requests in ([\d.]+)(s|m|h)", text)
+secs = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
 m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 non2xx = int(m.group(1)) if m else 0
 m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
@@ -159,22 +169,24 @@ PY
         "${rest[@]}" "$bin" bench http --target "http://127.0.0.1:$2" --api "$api" --connections "$connections" \
             --duration "$duration" --quiet --json > "$work/$1.json"
     fi
-    after=$( [ -n "${3:-}" ] && usage "$3" || echo "0 0 $(awk '/^cpu / {print $9}' /proc/stat)" )
+    if [ -n "${3:-}" ]; then settle "$3"; after=$(usage "$3"); else after="0 0 $(steal)"; fi
     echo "$before $after" > "$work/$1.usage"
 }
 run direct "$sim"; run nginx "$ngx" "$ngx_pid"; run floor "$floor" "$floor_pid"
 run relaylog-durable "$durable" "${relay_pid[durable]}"; run relaylog-async "$async" "${relay_pid[async]}"
 awk '/VmHWM/ {print $2}' "/proc/${relay_pid[durable]}/status" > "$work/rss"
+# Who got how many threads: nginx's workers, relaylog's and the floor's runtime workers.
+echo "nginx $(pgrep -c -P "$ngx_pid") worker process(es); floor 1 thread; relaylog $(grep -l tokio-rt-worker /proc/"${relay_pid[durable]}"/task/*/comm | wc -l) runtime worker(s) and its writer thread" > "$work/threads"
 
 # Added latency at half of nginx's saturating rate: open loop, same rate, direct and
 # through relaylog (durable).
 half=$(python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_second"] / 2)))' "$work/nginx.json")
 open_loop() {
     local s0 s1
-    s0=$(awk '/^cpu / {print $9}' /proc/stat)
+    s0=$(steal)
     "${rest[@]}" "$bin" bench http --target "http://127.0.0.1:$2" --api "$api" --connections "$connections" \
         --duration "$duration" --rate "$half" --quiet --json > "$work/$1.json"
-    s1=$(awk '/^cpu / {print $9}' /proc/stat)
+    s1=$(steal)
     echo $((s1 - s0)) > "$work/$1.steal"
 }
 open_loop half-direct "$sim"; open_loop half-relaylog "$durable"
@@ -199,11 +211,15 @@ for name, r in rows.items():
     cpu_s = f"{per_msg[name]:.1f}" if per_msg[name] else "-"
     sw_s = f"{(c1 - c0) / msgs:.2f}" if c1 > c0 and msgs else "-"
     print(f"{name:<18} {r['messages_per_second']:>11.0f} {r['latency_ms']['p50']:>8.2f} {r['latency_ms']['p99']:>8.2f} {errors:>7} {cpu_s:>11} {sw_s:>13} {(s1 - s0) * 1000 // hz:>10}")
+print(open(os.path.join(work, "threads")).read().strip())
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "-"
 n, f, d, a = (rows[k]["messages_per_second"] for k in ["nginx", "floor", "relaylog-durable", "relaylog-async"])
-print(f"messages/s: durable / nginx {d / n:.2f}x (target >= 1.0)   floor / nginx {f / n:.2f}x   durable / async {d / a:.2f}x (target >= 0.9)")
-if per_msg["nginx"] and per_msg["relaylog-durable"]:
-    print(f"CPU per message: durable / nginx {per_msg['relaylog-durable'] / per_msg['nginx']:.2f}x (target <= 1.2)   "
-          f"floor / nginx {per_msg['floor'] / per_msg['nginx']:.2f}x   durable - floor {per_msg['relaylog-durable'] - per_msg['floor']:.1f} µs")
+print(f"messages/s: durable / nginx {ratio(d, n)} (target >= 1.0)   floor / nginx {ratio(f, n)}   durable / async {ratio(d, a)} (target >= 0.9)")
+c = per_msg
+extra = f"{c['relaylog-durable'] - c['floor']:.1f} µs" if c["relaylog-durable"] and c["floor"] else "-"
+print(f"CPU per message: durable / nginx {ratio(c['relaylog-durable'], c['nginx'])} (target <= 1.2)   "
+      f"floor / nginx {ratio(c['floor'], c['nginx'])}   durable - floor {extra}")
 rss = int(open(os.path.join(work, "rss")).read()) / 1024
 print(f"relaylog durable peak RSS: {rss:.0f} MiB (target < 100)")
 hd = json.load(open(os.path.join(work, "half-direct.json")))

@@ -35,13 +35,9 @@ if ! command -v haproxy >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; then
 fi
 cargo build --release --quiet
 bin=target/release/relaylog
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. benches/lib.sh
+bench_setup
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 smsc=$(port); hap=$(port); durable=$(port); async=$(port)
@@ -69,13 +65,7 @@ for mode in durable async; do
     p=${!mode}
     d="$work/$mode"
     mkdir -p "$d"
-    cat > "$d/relaylog.toml" <<CONF
-[store]
-path = "$d/store"
-keyring = "$d/keys/keyring"
-master-key = "$d/keys/master.key"
-signing-key = "$d/keys/signing.key"
-ledger = "$d/ledger.sqlite"
+    { store_toml "$d"; cat <<CONF
 durability = "$( [ "$mode" = durable ] && echo record-before-forward || echo async )"
 [[listener]]
 name = "smpp"
@@ -86,6 +76,7 @@ window = $window
 [log]
 level = "warn"
 CONF
+} > "$d/relaylog.toml"
     "$bin" --config "$d/relaylog.toml" init >/dev/null
     "$bin" --config "$d/relaylog.toml" serve 2>"$d/serve.log" & relay_pid[$mode]=$!
     pids+=(${relay_pid[$mode]})

@@ -51,8 +51,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+. benches/lib.sh
 # CPU ticks of a process and its live descendants, plus the reaped children its
 # kernel accounting holds (cutime + cstime): Postfix's master reaps its daemons.
 ticks() {
