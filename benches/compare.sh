@@ -20,8 +20,6 @@
 # of `relaylog bench http`; the open-loop runs always use bench http.
 # Loopback only. nginx and wrk are installed with apt-get when missing (needs root).
 set -euo pipefail
-# Empty arrays ("${proxy[@]}") under set -u need bash 4.4.
-(( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 404 )) || { echo "$0 needs bash 4.4 or later" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 
 connections=64
@@ -113,12 +111,11 @@ CONF
 done
 for p in "$sim" "$ngx" "$floor" "$durable" "$async"; do wait_port "$p"; done
 
-# CPU ticks (utime + stime, fields 14 and 15 of /proc/PID/stat, counted after the
-# command name) of a process and its children (nginx's workers).
-ticks() {
+# CPU ticks of a process and its children (nginx's workers).
+tree_ticks() {
     local t=0 p
     for p in "$1" $(pgrep -P "$1" || true); do
-        t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+        t=$((t + $(ticks "$p")))
     done
     echo "$t"
 }
@@ -129,7 +126,7 @@ usage() {
     for p in "$1" $(pgrep -P "$1" || true); do
         c=$((c + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s+0}')))
     done
-    echo "$(ticks "$1") $c $(steal)"
+    echo "$(tree_ticks "$1") $c $(steal)"
 }
 # Waits (at most 10 s) until a process has stopped working after a run: relaylog
 # writes its deferred index entries and drains its queue once the load stops, and that
@@ -137,9 +134,10 @@ usage() {
 settle() {
     local a b
     for _ in 1 2 3 4 5 6 7 8 9 10; do
-        a=$(ticks "$1"); sleep 1; b=$(ticks "$1")
+        a=$(tree_ticks "$1"); sleep 1; b=$(tree_ticks "$1")
         [ $((b - a)) -le 1 ] && return 0
     done
+    echo "process $1 still busy 10 s after its run" >&2
 }
 url_path="/cgi-bin/sendsms?username=bench&password=bench&from=BENCH&to=%2B31612345678&text=Your+code+is+123456"
 run() { # name port [pid]
@@ -176,7 +174,8 @@ run direct "$sim"; run nginx "$ngx" "$ngx_pid"; run floor "$floor" "$floor_pid"
 run relaylog-durable "$durable" "${relay_pid[durable]}"; run relaylog-async "$async" "${relay_pid[async]}"
 awk '/VmHWM/ {print $2}' "/proc/${relay_pid[durable]}/status" > "$work/rss"
 # Who got how many threads: nginx's workers, relaylog's and the floor's runtime workers.
-echo "nginx $(pgrep -c -P "$ngx_pid") worker process(es); floor 1 thread; relaylog $(grep -l tokio-rt-worker /proc/"${relay_pid[durable]}"/task/*/comm | wc -l) runtime worker(s) and its writer thread" > "$work/threads"
+relay_cores=$( [ "$cores" = one ] && echo 1 || nproc )
+echo "nginx $(pgrep -c -P "$ngx_pid") worker process(es); floor 1 thread; relaylog $(( relay_cores > 1 ? relay_cores - 1 : 1 )) runtime worker(s) (serve.workers = auto) and its writer thread" > "$work/threads"
 
 # Added latency at half of nginx's saturating rate: open loop, same rate, direct and
 # through relaylog (durable).

@@ -1,5 +1,8 @@
 # Shell helpers the bench scripts share; sourced, not run.
 
+# Empty arrays ("${pids[@]}") under set -u need bash 4.4.
+(( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 404 )) || { echo "$0 needs bash 4.4 or later" >&2; exit 2; }
+
 # A scratch directory ($work) and the background processes to stop ($pids), both
 # cleaned up when the script exits.
 bench_setup() {
@@ -18,6 +21,10 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 
 # Waits (at most 10 s) until something listens on a loopback port.
 wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+
+# CPU ticks (utime + stime: fields 14 and 15 of /proc/PID/stat, counted after the
+# command name, which may hold spaces) of a process.
+ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 
 # CPU ticks the hypervisor has stolen from this machine so far (/proc/stat).
 steal() { awk '/^cpu / {print $9}' /proc/stat; }

@@ -38,7 +38,6 @@ bin=target/release/relaylog
 . benches/lib.sh
 bench_setup
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 smsc=$(port); hap=$(port); durable=$(port); async=$(port)
 "$bin" mock-gateway --listen "127.0.0.1:$smsc" --api smpp --receipt-delay 1s 2>"$work/smsc.log" & pids+=($!)

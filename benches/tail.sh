@@ -26,6 +26,7 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--rate R] [--windows N] [--window D] [--connections N]" >&2; exit 2 ;;
     esac
 done
+command -v curl >/dev/null || { echo "$0 needs curl (for relaylog's /metrics)" >&2; exit 2; }
 cargo build --release --quiet
 bin=target/release/relaylog
 . benches/lib.sh

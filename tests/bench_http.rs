@@ -82,6 +82,7 @@ async fn a_dead_target_is_counted_and_the_run_still_ends() {
         .local_addr()
         .unwrap();
     let mut b = bench(format!("http://{closed}"), ProfileKind::Jasmin);
+    b.recipients = 1;
     b.requests = None;
     b.duration = Some(Duration::from_millis(300));
     let report = tokio::time::timeout(Duration::from_secs(10), http::run(b))
@@ -91,6 +92,22 @@ async fn a_dead_target_is_counted_and_the_run_still_ends() {
     assert_eq!(report.ok, 0);
     assert!(report.errors.connect > 0, "{}", report.to_text());
     let mut unbounded = bench(format!("http://{closed}"), ProfileKind::Jasmin);
+    unbounded.recipients = 1;
     unbounded.requests = None;
-    assert!(http::run(unbounded).await.is_err(), "a run must be bounded");
+    assert!(
+        matches!(
+            http::run(unbounded).await,
+            Err(http::HttpBenchError::Unbounded)
+        ),
+        "a run must be bounded"
+    );
+    let mut several = bench(format!("http://{closed}"), ProfileKind::Jasmin);
+    several.recipients = 2;
+    assert!(
+        matches!(
+            http::run(several).await,
+            Err(http::HttpBenchError::OneRecipient)
+        ),
+        "Jasmin's API takes one recipient"
+    );
 }

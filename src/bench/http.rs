@@ -40,6 +40,8 @@ pub enum HttpBenchError {
     Unbounded,
     #[error("--connections and --recipients must be at least 1")]
     Empty,
+    #[error("Jasmin's HTTP API takes one recipient per request: --recipients 1")]
+    OneRecipient,
     #[error("a load worker failed: {0}")]
     Worker(String),
 }
@@ -165,13 +167,19 @@ impl Conn {
     async fn exchange(&mut self, request: &[u8]) -> std::io::Result<Answer> {
         self.stream.write_all(request).await?;
         self.buf.clear();
-        let (status, framing, keep_alive, head) = loop {
-            if let Some(head) = parse_head(&self.buf)? {
-                break head;
+        let (status, framing, keep_alive) = loop {
+            match parse_head(&self.buf)? {
+                // An interim answer (100 Continue, 103 Early Hints): the final one follows.
+                Some((status, _, _, head)) if (100..200).contains(&status) && status != 101 => {
+                    self.buf.drain(..head);
+                }
+                Some((status, framing, keep_alive, head)) => {
+                    self.buf.drain(..head);
+                    break (status, framing, keep_alive);
+                }
+                None => self.fill().await?,
             }
-            self.fill().await?;
         };
-        self.buf.drain(..head);
         match framing {
             Framing::Length(n) => {
                 while self.buf.len() < n {
@@ -185,13 +193,18 @@ impl Conn {
                 }
                 Ok(Answer { status, keep_alive })
             }
-            Framing::Close => {
-                while self.fill().await.is_ok() {}
-                Ok(Answer {
-                    status,
-                    keep_alive: false,
-                })
-            }
+            Framing::Close => loop {
+                match self.fill().await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        return Ok(Answer {
+                            status,
+                            keep_alive: false,
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+            },
         }
     }
 
@@ -240,7 +253,10 @@ fn parse_head(buf: &[u8]) -> std::io::Result<Option<(u16, Framing, bool, usize)>
         {
             framing = Framing::Chunked;
         } else if h.name.eq_ignore_ascii_case("connection") {
-            keep_alive = !h.value.eq_ignore_ascii_case(b"close");
+            keep_alive = !h
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
     }
     if (100..200).contains(&status) || status == 204 || status == 304 {
@@ -264,6 +280,9 @@ fn chunked_complete(buf: &[u8]) -> std::io::Result<bool> {
         let line = std::str::from_utf8(&buf[at..at + eol]).map_err(|_| bad())?;
         let hex = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(hex, 16).map_err(|_| bad())?;
+        if size > MAX_ANSWER {
+            return Err(bad());
+        }
         at += eol + 2;
         if size == 0 {
             return match buf.len().checked_sub(at) {
@@ -277,9 +296,12 @@ fn chunked_complete(buf: &[u8]) -> std::io::Result<bool> {
                 _ => Ok(false),
             };
         }
-        let end = at.checked_add(size + 2).ok_or_else(bad)?;
+        let end = at + size + 2;
         if buf.len() < end {
             return Ok(false);
+        }
+        if &buf[end - 2..end] != b"\r\n" {
+            return Err(bad());
         }
         at = end;
     }
@@ -312,7 +334,10 @@ async fn worker(
         }
         let start = schedule.wait(due).await;
         if conn.is_none() {
-            conn = Conn::connect(&addr).await.ok();
+            conn = tokio::time::timeout(REQUEST_TIMEOUT, Conn::connect(&addr))
+                .await
+                .ok()
+                .and_then(Result::ok);
             if conn.is_none() {
                 w.errors.connect += 1;
                 w.requests += 1;
@@ -359,6 +384,9 @@ pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
     }
     if b.connections == 0 || b.recipients == 0 {
         return Err(HttpBenchError::Empty);
+    }
+    if b.profile == ProfileKind::Jasmin && b.recipients > 1 {
+        return Err(HttpBenchError::OneRecipient);
     }
     let b = Arc::new(b);
     let started = Instant::now();
@@ -440,6 +468,8 @@ mod tests {
         assert_eq!(h.1, Framing::Chunked, "chunked wins over a length");
         let h = head("HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
         assert_eq!((h.0, h.2), (503, false));
+        let h = head("HTTP/1.1 200 OK\r\nConnection: x-other, Close\r\nContent-Length: 0\r\n\r\n");
+        assert!(!h.2, "close among other tokens");
         let h = head("HTTP/1.0 200 OK\r\n\r\n");
         assert_eq!((h.1, h.2), (Framing::Close, false), "no length: to the end");
         let h = head("HTTP/1.1 204 No Content\r\n\r\n");
@@ -447,6 +477,43 @@ mod tests {
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(), None);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
         assert!(parse_head(b"SMTP 220 hello\r\n\r\n").is_err());
+    }
+
+    /// An interim answer is passed over; the final one is the request's, and one cut
+    /// off by an error is not an answer.
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_a_reset_is_an_error() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 256];
+            let _ = s.read(&mut req).await.unwrap();
+            s.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let _ = s.read(&mut req).await.unwrap();
+            s.write_all(b"HTTP/1.0 200 OK\r\n\r\npartial")
+                .await
+                .unwrap();
+            // Zero linger: the close is a reset (it does not block on drop).
+            #[allow(deprecated)]
+            s.set_linger(Some(Duration::ZERO)).unwrap();
+            drop(s);
+        });
+        let mut conn = Conn::connect(&addr).await.unwrap();
+        let a = conn.exchange(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(
+            a,
+            Answer {
+                status: 202,
+                keep_alive: true
+            }
+        );
+        let cut = conn.exchange(b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(cut.is_err(), "a reset is not an answer: {cut:?}");
+        server.await.unwrap();
     }
 
     #[test]
@@ -457,6 +524,14 @@ mod tests {
             assert!(!chunked_complete(&body[..cut]).unwrap(), "cut at {cut}");
         }
         assert!(chunked_complete(b"zz\r\n").is_err());
+        assert!(
+            chunked_complete(b"ffffffffffffffff\r\n").is_err(),
+            "no overflow"
+        );
+        assert!(
+            chunked_complete(b"2\r\nabXY0\r\n\r\n").is_err(),
+            "chunk not ended by CRLF"
+        );
         assert!(chunked_complete(b"0\r\nTrailer: x\r\n\r\n").is_err());
     }
 

@@ -91,6 +91,7 @@ impl Pending {
         for (taken, list) in entries.iter_mut().zip(self.entries.iter_mut()) {
             let rest = list.split_off(list.partition_point(|e| e.2 <= through));
             *taken = std::mem::replace(list, rest);
+            taken.shrink_to_fit();
         }
         self.records.drain(..FLUSH_ROWS);
         self.rows = self.records.len();
@@ -180,6 +181,10 @@ impl Default for BlindIndex {
 impl BlindIndex {
     pub fn push(&mut self, id: i64, bucket: i64, tags: [Option<i64>; 4]) {
         let p = &mut self.pending;
+        debug_assert!(
+            p.records.last().is_none_or(|r| r.0 < id),
+            "ids pushed in order"
+        );
         if p.rows == 0 {
             p.min_bucket = bucket;
             p.max_bucket = bucket;

@@ -527,14 +527,23 @@ impl Writer {
     /// nothing in it needs to survive a power loss (the entries are rebuilt from the
     /// records), and the next full commit syncs the WAL up to and past it.
     fn maintain(&mut self, id: PartitionId, sign: bool, index: Option<Budget>) -> bool {
-        let signer = if sign { self.cfg.signer.clone() } else { None };
         let now = self.cfg.clock.now_micros();
-        let relaxed = signer.is_none() && self.cfg.sync == SyncMode::Full;
         let path = id.path_in(&self.cfg.store_dir);
         let (checkpointer, checkpoint_rows) = (self.checkpointer.clone(), self.cfg.checkpoint_rows);
+        let full = self.cfg.sync == SyncMode::Full;
         let Some(open) = self.open.get_mut(&id) else {
             return false;
         };
+        // A head is signed only over leaves waiting; with none, nothing is.
+        let signer = if sign && open.tree.unsigned() > 0 {
+            self.cfg.signer.clone()
+        } else {
+            None
+        };
+        let relaxed = full && signer.is_none();
+        if signer.is_none() && index.is_none() {
+            return true;
+        }
         let result = (|| {
             if relaxed {
                 open.conn.pragma_update(None, "synchronous", "NORMAL")?;
