@@ -11,7 +11,7 @@
 //! is (see [`super::index`]). Once the queue has been idle for [`IDLE_FLUSH`], the
 //! entries not yet due are written too; all of them when the writer stops.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -181,6 +181,8 @@ impl Signals {
 }
 
 struct OpenPartition {
+    /// The file's path, made once: formatting it per commit cost allocations.
+    path: PathBuf,
     conn: Connection,
     index: BlindIndex,
     tree: super::integrity::TreeState,
@@ -206,13 +208,12 @@ impl OpenPartition {
         rows: u64,
         checkpointer: Option<&std::sync::mpsc::SyncSender<PathBuf>>,
         checkpoint_rows: u64,
-        path: PathBuf,
     ) {
         self.since_checkpoint += rows;
         if self.since_checkpoint >= checkpoint_rows
             && let Some(c) = checkpointer
             // A busy checkpointer (queue full) is asked again after the next rows.
-            && c.try_send(path).is_ok()
+            && c.try_send(self.path.clone()).is_ok()
         {
             self.since_checkpoint = 0;
         }
@@ -235,6 +236,10 @@ struct Writer {
     /// again with the next batch, so that a passing fault (a full disk, a lock held too
     /// long) does not lose a forwarded message's outcome. At most [`MAX_RETRY_ROWS`].
     retry: Vec<Job>,
+    /// Scratch of [`Writer::commit`], kept between commits (an allocation each less):
+    /// each partition's job indexes, and each job's result.
+    groups: Vec<(PartitionId, Vec<usize>)>,
+    results: Vec<Result<(), WriteError>>,
 }
 
 /// Most rows kept for another try after failed commits; past it the oldest are
@@ -256,6 +261,8 @@ pub fn spawn(
         last_job: Instant::now(),
         checkpointer: Some(checkpointer),
         retry: Vec::new(),
+        groups: Vec::new(),
+        results: Vec::new(),
     };
     let handle = std::thread::Builder::new()
         .name("relaylog-writer".into())
@@ -528,7 +535,6 @@ impl Writer {
     /// records), and the next full commit syncs the WAL up to and past it.
     fn maintain(&mut self, id: PartitionId, sign: bool, index: Option<Budget>) -> bool {
         let now = self.cfg.clock.now_micros();
-        let path = id.path_in(&self.cfg.store_dir);
         let (checkpointer, checkpoint_rows) = (self.checkpointer.clone(), self.cfg.checkpoint_rows);
         let full = self.cfg.sync == SyncMode::Full;
         let Some(open) = self.open.get_mut(&id) else {
@@ -560,12 +566,7 @@ impl Writer {
             if relaxed {
                 open.conn.pragma_update(None, "synchronous", "FULL")?;
             }
-            open.wrote(
-                postings as u64,
-                checkpointer.as_ref(),
-                checkpoint_rows,
-                path,
-            );
+            open.wrote(postings as u64, checkpointer.as_ref(), checkpoint_rows);
             Ok(())
         })();
         if let Err(e) = result {
@@ -587,16 +588,22 @@ impl Writer {
         }
         // A barrier promises that what came before it is committed and signed.
         let barrier = jobs.iter().any(|j| matches!(j, Job::Barrier(_)));
-        let mut by_partition: BTreeMap<PartitionId, Vec<usize>> = BTreeMap::new();
+        // Each partition's jobs, partitions in order (a batch rarely holds more than one).
+        let mut by_partition = std::mem::take(&mut self.groups);
+        by_partition.iter_mut().for_each(|(_, idx)| idx.clear());
         for (i, job) in jobs.iter().enumerate() {
-            match job {
-                Job::Records { partition, .. } | Job::Outcome { partition, .. } => {
-                    by_partition.entry(*partition).or_default().push(i)
+            if let Job::Records { partition, .. } | Job::Outcome { partition, .. } = job {
+                match by_partition.iter_mut().find(|(p, _)| p == partition) {
+                    Some((_, idx)) => idx.push(i),
+                    None => by_partition.push((*partition, vec![i])),
                 }
-                Job::Barrier(_) | Job::Stop | Job::Tick => {}
             }
         }
-        let mut results: Vec<Result<(), WriteError>> = vec![Ok(()); jobs.len()];
+        by_partition.retain(|(_, idx)| !idx.is_empty());
+        by_partition.sort_unstable_by_key(|(p, _)| *p);
+        let mut results = std::mem::take(&mut self.results);
+        results.clear();
+        results.resize(jobs.len(), Ok(()));
         let mut records = 0u64;
         for (partition, idx) in &by_partition {
             let result = self.write_partition(*partition, idx, jobs);
@@ -642,7 +649,7 @@ impl Writer {
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        for (job, result) in jobs.drain(..).zip(results) {
+        for (job, result) in jobs.drain(..).zip(results.drain(..)) {
             let done = match job {
                 Job::Records { done, .. } | Job::Outcome { done, .. } => done,
                 Job::Barrier(done) => Some(done),
@@ -653,6 +660,8 @@ impl Writer {
                 let _ = done.send(result);
             }
         }
+        self.groups = by_partition;
+        self.results = results;
     }
 
     fn write_partition(
@@ -665,7 +674,6 @@ impl Writer {
         let clock = self.cfg.clock.clone();
         let checkpointer = self.checkpointer.clone();
         let checkpoint_rows = self.cfg.checkpoint_rows;
-        let path = partition.path_in(&self.cfg.store_dir);
         let open = self.connection(partition)?;
         let (conn, index, tree) = (&open.conn, &mut open.index, &mut open.tree);
         let tx = conn.unchecked_transaction().map_err(sql)?;
@@ -787,7 +795,6 @@ impl Writer {
             records + outcomes + postings as u64,
             checkpointer.as_ref(),
             checkpoint_rows,
-            path,
         );
         Ok((records, outcomes))
     }
@@ -796,18 +803,16 @@ impl Writer {
     /// no longer names the file that is open.
     fn connection(&mut self, partition: PartitionId) -> Result<&mut OpenPartition, WriteError> {
         self.tick += 1;
-        let path = partition.path_in(&self.cfg.store_dir);
-        let current = file_identity(&path);
-        let stale = match (self.open.get(&partition), current) {
-            (Some(open), Some(id)) => open.identity != id,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
+        let stale = self
+            .open
+            .get(&partition)
+            .is_some_and(|open| file_identity(&open.path) != Some(open.identity));
         if stale {
             tracing::warn!(partition = %partition, "partition file was moved or replaced; reopening");
             self.open.remove(&partition);
         }
         if !self.open.contains_key(&partition) {
+            let path = partition.path_in(&self.cfg.store_dir);
             if self.open.len() >= MAX_OPEN
                 && let Some(oldest) = self
                     .open
@@ -833,6 +838,7 @@ impl Writer {
                     .map_err(sql)?;
             let (last_record, last_outcome) = (tree.last_record(), tree.last_outcome());
             let fresh = OpenPartition {
+                path,
                 conn,
                 index,
                 tree,
@@ -846,7 +852,7 @@ impl Writer {
         }
         let Some(open) = self.open.get_mut(&partition) else {
             // Inserted just above when absent; kept for the type, never taken.
-            return Err(WriteError::Vanished(path));
+            return Err(WriteError::Vanished(partition.path_in(&self.cfg.store_dir)));
         };
         open.last_used = self.tick;
         Ok(open)
