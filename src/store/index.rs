@@ -1,10 +1,10 @@
 //! The blind indexes' writes: late, sorted, and spread over the writer's idle moments.
 //!
-//! The writer keeps each record's `(bucket, tag, id)` entries in memory ([`Pending`])
+//! The writer keeps each record's `(bucket, tag, id)` entries in memory (`Pending`)
 //! and writes them into the `ix_*` tables sorted and grouped into posting lists (see
 //! [`super::schema`] for why). Written in one go, 65,536 records' entries took 60–80 ms
 //! inside a commit that durable clients waited on. So a set that is due is *frozen*
-//! ([`Flushing`]) and written a slice at a time (at most 64 posting rows and
+//! (`Flushing`) and written a slice at a time (at most 64 posting rows and
 //! [`SLICE_IDS`] ids; a list is sorted when the cursor enters it):
 //!
 //! - in the writer's gaps: when its queue is empty, it writes slices in a transaction
