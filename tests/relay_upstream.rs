@@ -39,6 +39,49 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     relay.running.shutdown().await;
 }
 
+/// The forwarded head is the client's, reused: an absolute-form target is cut to its
+/// path, hop-by-hop headers (and those `Connection` names) stay behind, the rest goes
+/// on with repeated values in order, and Host is the upstream's (`rewrite-host`).
+#[tokio::test]
+async fn the_forwarded_head_is_origin_form_and_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let mut s = TcpStream::connect(relay.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET http://relay.example/cgi-bin/sendsms?username=abs&password=x&to=%2B31612345678&text=hi HTTP/1.1\r\n\
+          Host: relay.example\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+          X-Trace: a\r\nX-Trace: b\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 202"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let seen = up.seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        seen.path_and_query,
+        "/cgi-bin/sendsms?username=abs&password=x&to=%2B31612345678&text=hi"
+    );
+    for hop in ["connection", "x-hop", "keep-alive"] {
+        assert!(!seen.headers.contains_key(hop), "{hop} forwarded");
+    }
+    let trace: Vec<_> = seen.headers.get_all("x-trace").iter().collect();
+    assert_eq!(trace, ["a", "b"]);
+    assert_eq!(
+        seen.headers["host"],
+        up.addr.to_string().as_str(),
+        "rewrite-host (the default): the upstream's Host"
+    );
+    relay.running.shutdown().await;
+}
+
 #[tokio::test]
 async fn https_upstream_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();

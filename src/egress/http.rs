@@ -212,22 +212,28 @@ impl Upstream {
     }
 
     /// Forwards a request (head as received, body already read) and reads the reply.
+    /// The head is reused, not rebuilt: a new header map and URI per request were
+    /// allocations on the hot path.
     pub async fn forward(
         &self,
-        head: &http::request::Parts,
+        mut head: http::request::Parts,
         body: Bytes,
     ) -> Result<Reply, UpstreamError> {
-        let path = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        // Origin form: the connection already names the upstream.
-        let mut req = Request::builder()
-            .method(head.method.clone())
-            .uri(path)
-            .body(Full::new(body))
-            .map_err(|_| UpstreamError::Request("bad request head"))?;
-        copy_end_to_end(&head.headers, req.headers_mut());
-        if self.rewrite_host || !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, self.host.clone());
+        // Origin form: the connection already names the upstream. A client's
+        // absolute-form target is cut to its path.
+        if head.uri.scheme().is_some() || head.uri.authority().is_some() {
+            let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+            head.uri = path
+                .parse()
+                .map_err(|_| UpstreamError::Request("bad request head"))?;
         }
+        head.version = http::Version::HTTP_11;
+        head.extensions.clear();
+        strip_hop_by_hop(&mut head.headers);
+        if self.rewrite_host || !head.headers.contains_key(header::HOST) {
+            head.headers.insert(header::HOST, self.host.clone());
+        }
+        let req = Request::from_parts(head, Full::new(body));
         tokio::time::timeout(self.timeout, self.exchange(req))
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
@@ -293,10 +299,11 @@ impl Upstream {
 
 impl Reply {
     /// The reply as it goes back to the client: status, end-to-end headers, body.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(mut self) -> Response<Full<Bytes>> {
+        strip_hop_by_hop(&mut self.headers);
         let mut resp = Response::new(Full::new(self.body));
         *resp.status_mut() = self.status;
-        copy_end_to_end(&self.headers, resp.headers_mut());
+        *resp.headers_mut() = self.headers;
         resp
     }
 }
@@ -315,22 +322,21 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
-/// Copies every header except hop-by-hop ones and those the `Connection` header names.
-pub fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    let named_by_connection = |name: &HeaderName| {
-        from.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-    };
-    for (name, value) in from {
-        if HOP_BY_HOP.contains(name) || *name == header::CONTENT_LENGTH || named_by_connection(name)
-        {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
+/// Removes, in place, the hop-by-hop headers, those the `Connection` header names, and
+/// `content-length`: what is left is end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Allocates only when a Connection header names something.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
     }
+    headers.remove(header::CONTENT_LENGTH);
 }
 
 #[cfg(test)]
@@ -378,10 +384,16 @@ mod tests {
         from.insert("x-kannel-username", HeaderValue::from_static("tester"));
         from.append("x-kannel-to", HeaderValue::from_static("1"));
         from.append("x-kannel-to", HeaderValue::from_static("2"));
-        let mut to = HeaderMap::new();
-        copy_end_to_end(&from, &mut to);
-        let names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-kannel-username", "x-kannel-to"]);
-        assert_eq!(to.get_all("x-kannel-to").iter().count(), 2);
+        from.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        from.insert("X-Upper", HeaderValue::from_static("kept"));
+        from.append(header::CONNECTION, HeaderValue::from_static("X-UPPER-HOP"));
+        from.insert("x-upper-hop", HeaderValue::from_static("1"));
+        let mut to = from.clone();
+        strip_hop_by_hop(&mut to);
+        let mut names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["x-kannel-to", "x-kannel-username", "x-upper"]);
+        let to_values: Vec<_> = to.get_all("x-kannel-to").iter().collect();
+        assert_eq!(to_values, ["1", "2"], "repeated values keep their order");
     }
 }

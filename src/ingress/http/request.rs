@@ -107,7 +107,7 @@ impl Listener {
         // Cut short at shutdown-timeout by dropping this future (see `Detached`): the
         // ticket then writes the outcome.
         let forwarding = Instant::now();
-        let result = self.upstream.forward(&head, body).await;
+        let result = self.upstream.forward(head, body).await;
         let forward = forwarding.elapsed();
         match result {
             Ok(r) => {
@@ -152,7 +152,7 @@ pub async fn handle(
     let view = RequestView::of(&head, &body);
     let extracted = match listener.profile.extract(&view) {
         Ok(Extract::Passthrough) => {
-            let (resp, failure) = match listener.upstream.forward(&head, body).await {
+            let (resp, failure) = match listener.upstream.forward(head, body).await {
                 Ok(r) => (r.into_response(), None),
                 Err(e) => (reply(Own::Upstream(&e)), Some(e)),
             };
