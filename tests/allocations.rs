@@ -2,8 +2,10 @@
 //! allocator around the system's: Kannel GETs on one keep-alive connection through
 //! relaylog durable, in this process, to `relaylog mock-gateway` in another (so the
 //! upstream's allocations are not counted), the client writing from and reading into
-//! fixed buffers. The figure is printed; the bound catches a change that adds
-//! allocations to the hot path. A count, not a timing.
+//! fixed buffers without allocating. SQLite (bundled) allocates with libc's malloc, not
+//! Rust's allocator: the writer's SQLite work is not in the count. The figure is
+//! printed; the bound catches a change that adds allocations to the hot path. A count,
+//! not a timing. The counter is the whole process's: this file holds one test.
 
 mod common;
 
@@ -43,12 +45,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Most heap allocations one relayed request may cost, everything in the process
-/// counted (listener, profile, sealing, the writer's job and commit share, the
-/// forward, the outcome). Measured: 62 at c80b852, 47 once the writer kept its
-/// partitions' paths and its commit scratch, 42 once the forward reused the
+/// Most heap allocations one relayed request may cost, everything on Rust's heap in
+/// the process counted (listener, profile, sealing, the writer's job and commit
+/// share, the forward, the outcome). Measured: 58 at c80b852, 43 once the writer kept
+/// its partitions' paths and its commit scratch, 38 once the forward reused the
 /// request's head (debug and release builds alike).
-const MOST_PER_REQUEST: u64 = 55;
+const MOST_PER_REQUEST: u64 = 48;
 
 /// Sends one Kannel GET and reads its whole answer (Content-Length framed).
 async fn relay_one(s: &mut tokio::net::TcpStream, i: u64, buf: &mut [u8]) {
@@ -76,12 +78,13 @@ async fn relay_one(s: &mut tokio::net::TcpStream, i: u64, buf: &mut [u8]) {
         };
         let head = std::str::from_utf8(&text[..head_end]).unwrap();
         assert!(head.starts_with("HTTP/1.1 2"), "{head}");
+        const NAME: &str = "content-length:";
         let length: usize = head
             .lines()
             .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().parse().unwrap())
+                l.get(..NAME.len())
+                    .filter(|n| n.eq_ignore_ascii_case(NAME))
+                    .map(|_| l[NAME.len()..].trim().parse().unwrap())
             })
             .expect("a Content-Length");
         if have >= head_end + 4 + length {
@@ -91,28 +94,39 @@ async fn relay_one(s: &mut tokio::net::TcpStream, i: u64, buf: &mut [u8]) {
     }
 }
 
+/// The mock gateway, stopped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_relayed_request_costs_a_bounded_number_of_allocations() {
     let gateway = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateway_addr = gateway.local_addr().unwrap();
     drop(gateway);
-    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_relaylog"))
-        .args([
-            "mock-gateway",
-            "--listen",
-            &gateway_addr.to_string(),
-            "--api",
-            "kannel",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(gateway_addr).is_ok() {
-            break;
-        }
+    let _sim = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_relaylog"))
+            .args([
+                "mock-gateway",
+                "--listen",
+                &gateway_addr.to_string(),
+                "--api",
+                "kannel",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ready = (0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        std::net::TcpStream::connect(gateway_addr).is_ok()
+    });
+    assert!(ready, "mock-gateway did not listen on {gateway_addr}");
     let dir = tempfile::tempdir().unwrap();
     let upstream = format!("http://{gateway_addr}");
     let relay = Relay::start(
@@ -140,8 +154,6 @@ async fn a_relayed_request_costs_a_bounded_number_of_allocations() {
     println!(
         "heap allocations per relayed request (durable, Kannel GET, one recipient): {per_request}"
     );
-    let _ = sim.kill();
-    let _ = sim.wait();
     assert!(
         per_request <= MOST_PER_REQUEST,
         "{per_request} allocations per request, more than {MOST_PER_REQUEST}"

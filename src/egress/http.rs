@@ -227,6 +227,9 @@ impl Upstream {
                 .parse()
                 .map_err(|_| UpstreamError::Request("bad request head"))?;
         }
+        // As a request built anew would be: HTTP/1.1 on the pooled connection whatever
+        // the client spoke, and none of the client connection's extensions (hyper's
+        // client reads some, e.g. a header-case map, from them).
         head.version = http::Version::HTTP_11;
         head.extensions.clear();
         strip_hop_by_hop(&mut head.headers);
@@ -325,13 +328,21 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes, in place, the hop-by-hop headers, those the `Connection` header names, and
 /// `content-length`: what is left is end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Allocates only when a Connection header names something.
+    // Allocates only when a Connection header names a header that is there and not
+    // already hop-by-hop (`keep-alive`, `close` and the like do not).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            headers.contains_key(*token)
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
