@@ -513,16 +513,31 @@ pub fn totp_at(seed: &[u8], at: i64) -> String {
 
 /// The log lines written on this thread while it lives: for tests on the
 /// current-thread runtime, where the relay's tasks run on the test's own thread.
+///
+/// One global subscriber (debug level) writes each line to the capture of the thread
+/// that logged it, if it has one. A per-test `set_default` subscriber instead lost
+/// lines now and then: tracing caches whether a callsite is enabled, and a test
+/// running beside it without a subscriber could leave an access-log callsite cached
+/// as disabled.
 pub struct LogCapture {
     buf: Arc<Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
 }
 
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
 
-impl std::io::Write for CaptureWriter {
+/// Writes to the current thread's capture; without one, nowhere.
+struct ThreadCapture;
+
+impl std::io::Write for ThreadCapture {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
+        CAPTURE.with(|c| {
+            if let Some(buf) = c.borrow().as_ref() {
+                buf.lock().unwrap().extend_from_slice(b);
+            }
+        });
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -530,19 +545,27 @@ impl std::io::Write for CaptureWriter {
     }
 }
 
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| *c.borrow_mut() = None);
+    }
+}
+
 impl LogCapture {
     pub fn start() -> LogCapture {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(|| ThreadCapture)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in the tests");
+        });
         let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || CaptureWriter(writer.clone()))
-            .finish();
-        LogCapture {
-            buf,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
+        CAPTURE.with(|c| *c.borrow_mut() = Some(buf.clone()));
+        LogCapture { buf }
     }
 
     /// Every captured line that contains `needle`.
