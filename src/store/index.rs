@@ -66,25 +66,30 @@ struct Pending {
     entries: [Vec<Entry>; 4],
     /// `(id, bucket)` of each record.
     records: Vec<(i64, i64)>,
-    rows: usize,
+    /// The bucket range of `records`, kept as they are pushed: `due` is asked often.
     min_bucket: i64,
     max_bucket: i64,
-    last_id: i64,
 }
 
 impl Pending {
+    fn rows(&self) -> usize {
+        self.records.len()
+    }
+
     /// A bucket has closed (a later one has begun) or the cap is reached.
     fn due(&self) -> bool {
-        self.rows >= FLUSH_ROWS || (self.rows > 0 && self.max_bucket > self.min_bucket)
+        self.rows() >= FLUSH_ROWS || (self.rows() > 0 && self.max_bucket > self.min_bucket)
     }
 
     /// Takes the entries of the first `FLUSH_ROWS` records at most (a tail rebuilt
-    /// after failures can be longer), leaving the rest pending; the last id taken.
+    /// after failures can be longer), leaving the rest pending; with them, how many
+    /// records they are and the last id taken. Not called on an empty set.
     fn take_set(&mut self) -> ([Vec<Entry>; 4], usize, i64) {
-        if self.rows <= FLUSH_ROWS {
+        if self.rows() <= FLUSH_ROWS {
             let taken = std::mem::take(self);
-            self.last_id = taken.last_id;
-            return (taken.entries, taken.rows, taken.last_id);
+            let through = taken.records.last().map_or(0, |r| r.0);
+            let rows = taken.rows();
+            return (taken.entries, rows, through);
         }
         let through = self.records[FLUSH_ROWS - 1].0;
         let mut entries: [Vec<Entry>; 4] = Default::default();
@@ -94,7 +99,6 @@ impl Pending {
             taken.shrink_to_fit();
         }
         self.records.drain(..FLUSH_ROWS);
-        self.rows = self.records.len();
         self.min_bucket = self.records.iter().map(|r| r.1).min().unwrap_or(0);
         self.max_bucket = self.records.iter().map(|r| r.1).max().unwrap_or(0);
         (entries, FLUSH_ROWS, through)
@@ -185,7 +189,7 @@ impl BlindIndex {
             p.records.last().is_none_or(|r| r.0 < id),
             "ids pushed in order"
         );
-        if p.rows == 0 {
+        if p.records.is_empty() {
             p.min_bucket = bucket;
             p.max_bucket = bucket;
         }
@@ -197,13 +201,11 @@ impl BlindIndex {
             }
         }
         p.records.push((id, bucket));
-        p.rows += 1;
-        p.last_id = p.last_id.max(id);
     }
 
     /// Rows whose entries are not in the `ix_*` tables yet.
     pub fn waiting(&self) -> usize {
-        self.pending.rows + self.flushing.as_ref().map_or(0, |f| f.rows)
+        self.pending.rows() + self.flushing.as_ref().map_or(0, |f| f.rows)
     }
 
     /// Entries not written yet: every slice makes it smaller.
@@ -238,7 +240,7 @@ impl BlindIndex {
             if self.flushing.is_none() {
                 let wanted = match budget {
                     Budget::Share | Budget::Gap => self.pending.due(),
-                    Budget::Idle | Budget::All => self.pending.rows > 0,
+                    Budget::Idle | Budget::All => self.pending.rows() > 0,
                 };
                 if !wanted {
                     return Ok(written);
@@ -289,7 +291,6 @@ impl BlindIndex {
     pub fn rebuild(conn: &Connection) -> rusqlite::Result<BlindIndex> {
         let mut index = BlindIndex::default();
         let through: i64 = conn.query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))?;
-        index.pending.last_id = through;
         let first_bucket: Option<i64> = conn.query_row(
             "SELECT min(bucket) FROM record WHERE id > ?1",
             [through],
@@ -468,6 +469,14 @@ mod tests {
         index
     }
 
+    /// Records `1..=n` are all indexed, each id once, and the watermark says so.
+    fn assert_indexed(conn: &Connection, n: i64) {
+        assert_eq!(watermark(conn), n);
+        for kind in 0..4 {
+            assert_eq!(stored(conn, kind), expected(n, kind), "index {kind}");
+        }
+    }
+
     /// Posting rows and ids in all four index tables.
     fn stored_sizes(conn: &Connection) -> (usize, usize) {
         (0..4)
@@ -518,10 +527,7 @@ mod tests {
         }
         // 5,000 recipients' postings alone are far more than one slice of 64.
         assert!(steps > 20, "written in {steps} steps");
-        assert_eq!(watermark(&conn), n);
-        for kind in 0..4 {
-            assert_eq!(stored(&conn, kind), expected(n, kind), "index {kind}");
-        }
+        assert_indexed(&conn, n);
     }
 
     #[test]
@@ -538,7 +544,8 @@ mod tests {
         index.push(2_001, bucket(2_001), tags(2_001));
         step(&conn, &mut index, 2, Budget::Share);
         assert_eq!(
-            index.pending.rows, 0,
+            index.pending.rows(),
+            0,
             "a closed bucket is frozen for writing"
         );
         let f = index.flushing.as_ref().unwrap();
@@ -610,10 +617,7 @@ mod tests {
             "the partial set's postings are gone"
         );
         step(&conn, &mut index, 0, Budget::All);
-        assert_eq!(watermark(&conn), n);
-        for kind in 0..4 {
-            assert_eq!(stored(&conn, kind), expected(n, kind), "index {kind}");
-        }
+        assert_indexed(&conn, n);
     }
 
     /// An idle writer writes entries not yet due; a gap does not.
@@ -695,7 +699,7 @@ mod tests {
         step(&conn, &mut index, 0, Budget::Share);
         let f = index.flushing.as_ref().unwrap();
         assert_eq!((f.rows, f.through), (FLUSH_ROWS, FLUSH_ROWS as i64));
-        assert_eq!(index.pending.rows, 500);
+        assert_eq!(index.pending.rows(), 500);
         assert_eq!(
             index.pending.entries[0].first().map(|e| e.2),
             Some(FLUSH_ROWS as i64 + 1)

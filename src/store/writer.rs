@@ -533,12 +533,12 @@ impl Writer {
     /// With `sync = "full"`, an index-only transaction does not wait for an fsync:
     /// nothing in it needs to survive a power loss (the entries are rebuilt from the
     /// records), and the next full commit syncs the WAL up to and past it.
-    fn maintain(&mut self, id: PartitionId, sign: bool, index: Option<Budget>) -> bool {
+    fn maintain(&mut self, id: PartitionId, sign: bool, index: Option<Budget>) {
         let now = self.cfg.clock.now_micros();
         let (checkpointer, checkpoint_rows) = (self.checkpointer.clone(), self.cfg.checkpoint_rows);
         let full = self.cfg.sync == SyncMode::Full;
         let Some(open) = self.open.get_mut(&id) else {
-            return false;
+            return;
         };
         // A head is signed only over leaves waiting; with none, nothing is.
         let signer = if sign && open.tree.unsigned() > 0 {
@@ -548,7 +548,7 @@ impl Writer {
         };
         let relaxed = full && signer.is_none();
         if signer.is_none() && index.is_none() {
-            return true;
+            return;
         }
         let result = (|| {
             if relaxed {
@@ -574,9 +574,7 @@ impl Writer {
             let e = sql(e);
             tracing::error!(partition = %id, reason = e.reason(), error = %e, "signing or index write failed; partition will be reopened");
             self.open.remove(&id);
-            return false;
         }
-        true
     }
 
     fn commit(&mut self, jobs: &mut Vec<Job>) {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::upstream::{InFlight, TEMPORARY_APP_ERROR};
+use super::upstream::InFlight;
 use super::wire::answer;
 use super::{End, Session};
 use crate::ingress::smpp::address;
@@ -218,7 +218,7 @@ impl Session<'_> {
             self.inbound_recording -= items.len();
         }
         let busy = if inbound {
-            TEMPORARY_APP_ERROR
+            status::TEMPORARY_APP_ERROR
         } else {
             status::THROTTLED
         };

@@ -55,7 +55,6 @@ const TEMPORARY: [u32; 4] = [
     status::THROTTLED,
     status::TEMPORARY_APP_ERROR,
 ];
-pub(super) const TEMPORARY_APP_ERROR: u32 = status::TEMPORARY_APP_ERROR;
 
 /// The outcome a command_status says.
 fn outcome_of(status: u32) -> Outcome {
@@ -94,7 +93,7 @@ async fn settle_with(ticket: Ticket, h: &Header, took: Duration, message_id: Opt
 pub(super) async fn settle_unanswered(r: UpstreamRequest, why: &SmppUpstreamError) {
     if let Some(ticket) = r.inbound {
         ticket
-            .outcome(Err(why), r.at.elapsed(), TEMPORARY_APP_ERROR as u16)
+            .outcome(Err(why), r.at.elapsed(), status::TEMPORARY_APP_ERROR as u16)
             .await;
     }
 }
@@ -208,10 +207,10 @@ impl Session<'_> {
         let not_now = |reason| {
             self.l.relay.log(
                 Exit::Rejected(reason),
-                TEMPORARY_APP_ERROR as u16,
+                status::TEMPORARY_APP_ERROR as u16,
                 Instant::now(),
             );
-            answer(&h, TEMPORARY_APP_ERROR)
+            answer(&h, status::TEMPORARY_APP_ERROR)
         };
         if self.ending.is_some() {
             let reply = not_now("session_ending");
