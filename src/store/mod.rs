@@ -5,6 +5,7 @@
 //! decides nothing, it seals a [`Submission`] in the caller's thread — blind indexes
 //! and AEAD run in parallel on every core — and hands the rows to the writer.
 
+pub mod batch;
 pub mod codec;
 pub mod expiry;
 pub mod index;
@@ -106,31 +107,14 @@ pub struct Store {
 struct Inner {
     cfg: StoreConfig,
     keyring: Keyring,
-    tx: mpsc::Sender<Job>,
     clock: SharedClock,
     ids: SubmissionIds,
-    /// Durable submissions waiting for their commit, and the writer's wake-up.
-    signals: Arc<writer::Signals>,
+    /// The writer's queue, the signals that wake it, and the wait for room in the queue.
+    route: batch::Route,
     /// The keys of the partition written most recently: the hot path's only lookup.
     current: Mutex<Option<Arc<PartitionKeys>>>,
     /// One key file access at a time from the async path (see `Recorder::keys_async`).
     key_io: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// One durable submission waiting for its commit; counted while alive.
-struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// A place kept in the writer's queue for one outcome event (see
@@ -249,6 +233,7 @@ impl Store {
             source,
         })?;
         let signals = Arc::new(writer::Signals::default());
+        let enqueue_timeout = cfg.enqueue_timeout;
         let (tx, handle) = writer::spawn(
             writer::WriterConfig {
                 store_dir: cfg.path.clone(),
@@ -269,10 +254,13 @@ impl Store {
                 inner: Arc::new(Inner {
                     cfg,
                     keyring,
-                    tx,
+                    route: batch::Route {
+                        tx,
+                        signals,
+                        wait: enqueue_timeout,
+                    },
                     clock,
                     ids: SubmissionIds::default(),
-                    signals,
                     current: Mutex::new(None),
                     key_io: Default::default(),
                 }),
@@ -319,7 +307,7 @@ impl Store {
     /// Commits everything queued so far, stops the writer and waits for it. Later
     /// submissions get [`RecordError::Closed`].
     pub async fn close(&self) {
-        let _ = self.recorder.inner.tx.send(Job::Stop).await;
+        let _ = self.recorder.inner.route.tx.send(Job::Stop).await;
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -328,7 +316,7 @@ impl Store {
 
     /// Blocking variant of [`Store::close`], for the CLI and benches.
     pub fn close_blocking(&self) {
-        let _ = self.recorder.inner.tx.blocking_send(Job::Stop);
+        let _ = self.recorder.inner.route.tx.blocking_send(Job::Stop);
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             let _ = handle.join();
@@ -483,38 +471,49 @@ impl Recorder {
             debug_assert!(false, "a batch of several partitions");
             return Err(RecordError::Internal);
         }
-        let durable = self.inner.cfg.durability == Durability::RecordBeforeForward;
-        // Counted from before sealing until the commit's answer, so the writer knows
-        // more submissions are on their way (and dropped with the future if cancelled).
-        let _waiting = durable.then(|| Waiting::new(&self.inner.signals.waiting));
         let keys = self.keys_async(partition).await?;
         let mut rows = Vec::with_capacity(subs.iter().map(|s| s.recipients.len()).sum());
         let mut tags = SenderTags::default();
         for sub in subs {
             self.seal_into(sub, &keys, &mut tags, &mut rows)?;
         }
-        let (done, wait) = if durable {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        self.enqueue(Job::Records {
-            partition,
-            rows,
-            done,
-        })
-        .await?;
-        if durable {
-            self.inner.signals.durable_queued();
+        if self.inner.cfg.durability != Durability::RecordBeforeForward {
+            return self
+                .enqueue(Job::Records {
+                    partition,
+                    rows,
+                    done: None,
+                })
+                .await;
         }
-        match wait {
-            Some(rx) => match tokio::time::timeout(COMMIT_TIMEOUT, rx).await {
-                Ok(Ok(result)) => result.map_err(RecordError::from),
-                Ok(Err(_)) => Err(RecordError::Closed),
-                Err(_) => Err(RecordError::Timeout(COMMIT_TIMEOUT)),
+        // Durable: gathered with the other submissions this thread seals before it
+        // next looks for I/O, then committed together (see `batch`).
+        let mut answer = match batch::join(
+            Arc::as_ptr(&self.inner) as usize,
+            partition,
+            &mut rows,
+            subs.len(),
+            self.inner.cfg.batch_max,
+            &self.inner.route,
+        ) {
+            batch::Joined::Member(answer) => answer,
+            batch::Joined::Owner(owner) => {
+                let answer = owner.answer();
+                tokio::task::yield_now().await;
+                owner.queue();
+                answer
+            }
+        };
+        match tokio::time::timeout(COMMIT_TIMEOUT, answer.wait_for(Option::is_some)).await {
+            Ok(Ok(result)) => match result.as_ref() {
+                Some(Ok(())) => Ok(()),
+                Some(Err(batch::BatchError::Write(e))) => Err(RecordError::Commit(e.clone())),
+                Some(Err(batch::BatchError::QueueFull)) => Err(RecordError::QueueFull),
+                Some(Err(batch::BatchError::Closed)) | None => Err(RecordError::Closed),
             },
-            None => Ok(()),
+            // The writer dropped the batch unanswered: it stopped.
+            Ok(Err(_)) => Err(RecordError::Closed),
+            Err(_) => Err(RecordError::Timeout(COMMIT_TIMEOUT)),
         }
     }
 
@@ -534,6 +533,7 @@ impl Recorder {
     pub fn record_blocking(&self, sub: &Submission) -> Result<(), RecordError> {
         let (partition, rows) = self.seal(sub)?;
         self.inner
+            .route
             .tx
             .blocking_send(Job::Records {
                 partition,
@@ -565,7 +565,7 @@ impl Recorder {
         let reserve = async {
             let mut slots = Vec::with_capacity(n);
             for _ in 0..n {
-                let permit = self.inner.tx.clone().reserve_owned().await;
+                let permit = self.inner.route.tx.clone().reserve_owned().await;
                 slots.push(OutcomeSlot {
                     permit: permit.map_err(|_| RecordError::Closed)?,
                     recorder: self.clone(),
@@ -629,7 +629,7 @@ impl Recorder {
     pub async fn barrier(&self) -> Result<(), RecordError> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Barrier(tx)).await?;
-        self.inner.signals.durable_queued();
+        self.inner.route.signals.durable_queued();
         rx.await
             .map_err(|_| RecordError::Closed)?
             .map_err(RecordError::from)
@@ -638,10 +638,11 @@ impl Recorder {
     pub fn barrier_blocking(&self) -> Result<(), RecordError> {
         let (tx, rx) = oneshot::channel();
         self.inner
+            .route
             .tx
             .blocking_send(Job::Barrier(tx))
             .map_err(|_| RecordError::Closed)?;
-        self.inner.signals.durable_queued();
+        self.inner.route.signals.durable_queued();
         rx.blocking_recv()
             .map_err(|_| RecordError::Closed)?
             .map_err(RecordError::from)
@@ -651,6 +652,7 @@ impl Recorder {
         use mpsc::error::SendTimeoutError;
         match self
             .inner
+            .route
             .tx
             .send_timeout(job, self.inner.cfg.enqueue_timeout)
             .await
@@ -664,7 +666,7 @@ impl Recorder {
     /// False once the writer thread has stopped (shutdown, or a crash): every record
     /// is then refused and the relay fails closed.
     pub fn writer_alive(&self) -> bool {
-        !self.inner.tx.is_closed()
+        !self.inner.route.tx.is_closed()
     }
 }
 
@@ -897,6 +899,125 @@ mod tests {
         ));
         assert!(store.recorder.inner.current.lock().unwrap().is_none());
         store.close().await;
+    }
+
+    /// A metric's value from the store's metrics text.
+    fn metric(metrics: &Metrics, name: &str) -> f64 {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in the metrics"))
+    }
+
+    /// A store at 10:00 with its keys loaded and one record committed, so that no
+    /// submission of a test waits on a key file: all of them seal in the same pass.
+    async fn warm(cfg: &StoreConfig, metrics: Arc<Metrics>) -> (Store, Recorder, Micros) {
+        init_keys(cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let store = Store::open(cfg.clone(), Arc::new(clock), metrics).unwrap();
+        let rec = store.recorder();
+        let t = at(10, 0, 0).timestamp_micros();
+        rec.record(&submission(&rec, t, "warm", "+31600000000"))
+            .await
+            .unwrap();
+        (store, rec, t)
+    }
+
+    /// Durable submissions sealed on one thread in one pass are committed together:
+    /// fewer commits than submissions, each answered, every record stored once.
+    #[tokio::test]
+    async fn durable_submissions_of_one_pass_share_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        let metrics = Arc::new(Metrics::new());
+        let (store, rec, t) = warm(&cfg, metrics.clone()).await;
+        let before = metric(&metrics, "relaylog_batch_records_count");
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let sub = submission(&rec, t, "a", &format!("+316100000{i:02}"));
+                    rec.record(&sub).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let commits = metric(&metrics, "relaylog_batch_records_count") - before;
+        assert!(
+            (1.0..=4.0).contains(&commits),
+            "40 submissions of one pass took {commits} commits"
+        );
+        assert_eq!(metric(&metrics, "relaylog_records_written_total"), 41.0);
+        store.close().await;
+        for i in 0..40 {
+            let found = find(&cfg, IndexKind::Recipient, &format!("+316100000{i:02}"));
+            assert_eq!(found.len(), 1, "recipient {i}");
+        }
+    }
+
+    /// The owner of a batch cancelled before it queued the batch (its client went
+    /// away) still queues it on drop: the other submissions are committed.
+    #[tokio::test]
+    async fn a_cancelled_owner_does_not_strand_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        let (store, rec, t) = warm(&cfg, Arc::new(Metrics::new())).await;
+        // Polled once, the owner has sealed and joined (opened the batch) and yields.
+        let owner_sub = submission(&rec, t, "owner", "+31611111111");
+        let mut owner = Box::pin(rec.record(&owner_sub));
+        assert!(futures_poll_once(owner.as_mut()).is_pending());
+        let member = {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                rec.record(&submission(&rec, t, "member", "+31622222222"))
+                    .await
+            })
+        };
+        // Let the member join the batch, then drop the owner before it queues it.
+        tokio::task::yield_now().await;
+        drop(owner);
+        member.await.unwrap().unwrap();
+        store.close().await;
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31622222222").len(), 1);
+        // The owner's own rows were gathered and go in too: recorded, never forwarded,
+        // as for any submission whose client leaves before the commit's answer.
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31611111111").len(), 1);
+    }
+
+    /// A batch that finds the queue full waits for room from a task of its own, at
+    /// most `enqueue-timeout`, then every submission of it is refused (not forwarded).
+    #[tokio::test]
+    async fn a_batch_meeting_a_full_queue_is_refused_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::under(dir.path());
+        cfg.queue_capacity = 4;
+        cfg.enqueue_timeout = Duration::from_millis(50);
+        let (store, rec, t) = warm(&cfg, Arc::new(Metrics::new())).await;
+        // Every place in the queue kept (as outcome places are).
+        let held = rec.reserve_outcomes(4).await.unwrap();
+        let refused = rec.record(&submission(&rec, t, "a", "+31633333333")).await;
+        assert!(
+            matches!(refused, Err(RecordError::QueueFull)),
+            "{refused:?}"
+        );
+        drop(held);
+        rec.record(&submission(&rec, t, "a", "+31644444444"))
+            .await
+            .unwrap();
+        store.close().await;
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31633333333").len(), 0);
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31644444444").len(), 1);
+    }
+
+    /// Polls a future once with a waker that does nothing.
+    fn futures_poll_once<F: std::future::Future>(
+        f: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.poll(&mut cx)
     }
 
     /// Records `n` messages from account "a" to +31612345678, a second apart from

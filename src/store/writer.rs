@@ -83,7 +83,27 @@ impl WriteError {
     }
 }
 
-pub type Done = oneshot::Sender<Result<(), WriteError>>;
+/// Who waits for a job's commit.
+pub enum Done {
+    /// One waiter (a barrier, a test).
+    One(oneshot::Sender<Result<(), WriteError>>),
+    /// Every submission of a batch gathered on one thread (see [`super::batch`]).
+    Many(tokio::sync::watch::Sender<super::batch::Answer>),
+}
+
+impl Done {
+    /// Answers; a waiter that gave up (timeout, client gone) is no one's concern.
+    fn send(self, result: Result<(), WriteError>) {
+        match self {
+            Done::One(tx) => {
+                let _ = tx.send(result);
+            }
+            Done::Many(tx) => {
+                tx.send_replace(Some(result.map_err(super::batch::BatchError::Write)));
+            }
+        }
+    }
+}
 
 pub enum Job {
     Records {
@@ -97,7 +117,7 @@ pub enum Job {
         done: Option<Done>,
     },
     /// Answered once everything queued before it is committed.
-    Barrier(Done),
+    Barrier(oneshot::Sender<Result<(), WriteError>>),
     /// Commit what is queued before it, then stop.
     Stop,
     /// Sent by the ticker every [`super::integrity::HEAD_INTERVAL`]: time-based duties
@@ -149,15 +169,16 @@ pub const CHECKPOINT_ROWS: u64 = 32_768;
 
 /// What the recorder and the writer share besides the queue.
 ///
-/// The writer waits for more work by sleeping, not by waiting on the queue: a thread
+/// The writer lingers for more work by sleeping, not by waiting on the queue: a thread
 /// waiting on the queue is woken by every job, and at 40,000 jobs/s those wake-ups
-/// cost more than the commits. A durable submission arriving while the writer lingers
-/// for async work (which may take [`ASYNC_DELAY`]) wakes it with [`Signals::durable_queued`].
+/// cost more than the commits. A durable batch queued while the writer lingers wakes
+/// it with [`Signals::durable_queued`].
 #[derive(Default)]
 pub struct Signals {
-    /// Durable submissions between sealing and their commit's answer.
+    /// Durable submissions sealed and gathered on a runtime thread whose batch is not
+    /// queued yet (see [`super::batch`]).
     pub waiting: AtomicUsize,
-    /// The writer is sleeping on a batch no one waits on.
+    /// The writer is sleeping on a batch, lingering for more.
     lingering: AtomicBool,
     /// The writer waits on an empty queue with heads to sign or index entries to
     /// write: the ticker wakes it. Ticks go only to an idle writer, so they never take
@@ -167,7 +188,7 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Called after a durable submission is queued.
+    /// Called after a durable batch (or a barrier) is queued.
     pub fn durable_queued(&self) {
         // SeqCst pairs with the writer's store before it drains the queue: either it
         // sees this job when it drains, or this sees it lingering. A missed wake-up
@@ -386,21 +407,17 @@ impl Writer {
                 }
                 // Group commit that groups: wait briefly for more when it pays (see
                 // SIBLING_DELAY and ASYNC_DELAY); otherwise commit what is in hand.
-                let Some((left, waited_on)) = self.linger(&jobs, rows, stop, started) else {
+                let Some(left) = self.linger(&jobs, rows, stop, started) else {
                     break;
                 };
-                // Sleep rather than wait on the queue (see Signals); a durable
-                // submission wakes a writer that lingers for async work.
-                if waited_on {
+                // Sleep rather than wait on the queue (see Signals): the next durable
+                // batch queued wakes the writer.
+                self.cfg.signals.lingering.store(true, Ordering::SeqCst);
+                // A durable job queued before the flag was up is seen here.
+                if rx.is_empty() {
                     std::thread::park_timeout(left);
-                } else {
-                    self.cfg.signals.lingering.store(true, Ordering::SeqCst);
-                    // A durable job queued before the flag was up is seen here.
-                    if rx.is_empty() {
-                        std::thread::park_timeout(left);
-                    }
-                    self.cfg.signals.lingering.store(false, Ordering::SeqCst);
                 }
+                self.cfg.signals.lingering.store(false, Ordering::SeqCst);
             }
             self.metrics.queue_depth.set(rx.len() as i64);
             self.commit(&mut jobs);
@@ -453,32 +470,27 @@ impl Writer {
 
     /// How much longer to wait for more jobs before committing, if at all.
     ///
-    /// - A batch that someone waits on (a durable submission, a barrier) waits up to
-    ///   [`SIBLING_DELAY`] while more submissions are waiting for a commit than the
-    ///   batch holds: they are about to arrive, and one commit for all of them is
-    ///   cheaper than one each (PostgreSQL's commit_delay/commit_siblings). Alone, it
-    ///   commits at once.
+    /// - A batch that someone waits on (durable submissions, a barrier) waits up to
+    ///   [`SIBLING_DELAY`] while a runtime thread is gathering more durable
+    ///   submissions (see [`super::batch`]): they are about to arrive, and one commit
+    ///   for both is cheaper than one each (PostgreSQL's commit_delay/commit_siblings).
+    ///   Otherwise, and always with a barrier, it commits at once.
     /// - A batch no one waits on (outcome events, async records) lingers up to
     ///   [`ASYNC_DELAY`] to ride along with the next one.
-    fn linger(
-        &self,
-        jobs: &[Job],
-        rows: usize,
-        stop: bool,
-        started: Instant,
-    ) -> Option<(Duration, bool)> {
+    ///
+    /// Either wait ends early when a durable batch is queued ([`Signals::durable_queued`]).
+    fn linger(&self, jobs: &[Job], rows: usize, stop: bool, started: Instant) -> Option<Duration> {
         if stop || rows >= self.cfg.batch_max {
             return None;
         }
         let waited_on = jobs
             .iter()
-            .filter(|j| matches!(j, Job::Records { done: Some(_), .. } | Job::Barrier(_)))
-            .count();
-        let limit = if waited_on == 0 {
+            .any(|j| matches!(j, Job::Records { done: Some(_), .. } | Job::Barrier(_)));
+        let limit = if !waited_on {
             ASYNC_DELAY
         } else if jobs.iter().any(|j| matches!(j, Job::Barrier(_))) {
             return None;
-        } else if self.cfg.signals.waiting.load(Ordering::Relaxed) > waited_on {
+        } else if self.cfg.signals.waiting.load(Ordering::Relaxed) > 0 {
             SIBLING_DELAY
         } else {
             return None;
@@ -486,7 +498,6 @@ impl Writer {
         limit
             .checked_sub(started.elapsed())
             .filter(|d| !d.is_zero())
-            .map(|d| (d, waited_on > 0))
     }
 
     /// Signs every open partition's waiting leaves and writes all its waiting index
@@ -650,12 +661,11 @@ impl Writer {
         for (job, result) in jobs.drain(..).zip(results.drain(..)) {
             let done = match job {
                 Job::Records { done, .. } | Job::Outcome { done, .. } => done,
-                Job::Barrier(done) => Some(done),
+                Job::Barrier(done) => Some(Done::One(done)),
                 Job::Stop | Job::Tick => None,
             };
             if let Some(done) = done {
-                // The waiter may have given up (timeout, client gone): nothing to do.
-                let _ = done.send(result);
+                done.send(result);
             }
         }
         self.groups = by_partition;
