@@ -452,14 +452,16 @@ impl Recorder {
     }
 
     /// Records a submission. In `record-before-forward` mode it returns once the rows
-    /// are committed; in `async` mode once they are queued. Either way the queue wait
-    /// is bounded by `enqueue-timeout`.
+    /// are committed (waiting at most `enqueue-timeout` for room in the queue plus
+    /// `COMMIT_TIMEOUT`); in `async` mode once they are queued (at most
+    /// `enqueue-timeout`).
     pub async fn record(&self, sub: &Submission) -> Result<(), RecordError> {
         self.record_many(std::slice::from_ref(sub)).await
     }
 
     /// Records submissions of one partition together (see
-    /// [`Recorder::same_partition`]): one queued job and one commit to wait for, all or
+    /// [`Recorder::same_partition`]): in one job (durable: with the other submissions
+    /// this thread seals in the same pass, see [`batch`]) and one commit, all or
     /// none. At most [`Recorder::batch_cap`] at once. Submissions of several
     /// partitions are refused (`Internal`: a caller's bug), nothing recorded.
     pub async fn record_many(&self, subs: &[Submission]) -> Result<(), RecordError> {
@@ -487,33 +489,24 @@ impl Recorder {
                 .await;
         }
         // Durable: gathered with the other submissions this thread seals before it
-        // next looks for I/O, then committed together (see `batch`).
-        let mut answer = match batch::join(
-            Arc::as_ptr(&self.inner) as usize,
+        // next polls for I/O, then committed together (see `batch`).
+        let (waiter, owner) = batch::join(
             partition,
             &mut rows,
             subs.len(),
             self.inner.cfg.batch_max,
             &self.inner.route,
-        ) {
-            batch::Joined::Member(answer) => answer,
-            batch::Joined::Owner(owner) => {
-                let answer = owner.answer();
-                tokio::task::yield_now().await;
-                owner.queue();
-                answer
-            }
-        };
-        match tokio::time::timeout(COMMIT_TIMEOUT, answer.wait_for(Option::is_some)).await {
-            Ok(Ok(result)) => match result.as_ref() {
-                Some(Ok(())) => Ok(()),
-                Some(Err(batch::BatchError::Write(e))) => Err(RecordError::Commit(e.clone())),
-                Some(Err(batch::BatchError::QueueFull)) => Err(RecordError::QueueFull),
-                Some(Err(batch::BatchError::Closed)) | None => Err(RecordError::Closed),
-            },
-            // The writer dropped the batch unanswered: it stopped.
-            Ok(Err(_)) => Err(RecordError::Closed),
-            Err(_) => Err(RecordError::Timeout(COMMIT_TIMEOUT)),
+        );
+        if let Some(owner) = owner {
+            tokio::task::yield_now().await;
+            owner.queue();
+        }
+        match waiter.wait(COMMIT_TIMEOUT).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(batch::BatchError::Write(e))) => Err(RecordError::Commit(e)),
+            Some(Err(batch::BatchError::QueueFull)) => Err(RecordError::QueueFull),
+            Some(Err(batch::BatchError::Closed)) => Err(RecordError::Closed),
+            None => Err(RecordError::Timeout(self.inner.route.wait + COMMIT_TIMEOUT)),
         }
     }
 
@@ -573,7 +566,7 @@ impl Recorder {
             }
             Ok(slots)
         };
-        match tokio::time::timeout(self.inner.cfg.enqueue_timeout, reserve).await {
+        match tokio::time::timeout(self.inner.route.wait, reserve).await {
             Ok(slots) => slots,
             Err(_) => Err(RecordError::QueueFull),
         }
@@ -654,7 +647,7 @@ impl Recorder {
             .inner
             .route
             .tx
-            .send_timeout(job, self.inner.cfg.enqueue_timeout)
+            .send_timeout(job, self.inner.route.wait)
             .await
         {
             Ok(()) => Ok(()),
@@ -945,9 +938,10 @@ mod tests {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
+        // One job: the writer cannot split it, so one commit.
         let commits = metric(&metrics, "relaylog_batch_records_count") - before;
-        assert!(
-            (1.0..=4.0).contains(&commits),
+        assert_eq!(
+            commits, 1.0,
             "40 submissions of one pass took {commits} commits"
         );
         assert_eq!(metric(&metrics, "relaylog_records_written_total"), 41.0);
@@ -978,7 +972,16 @@ mod tests {
         };
         // Let the member join the batch, then drop the owner before it queues it.
         tokio::task::yield_now().await;
+        let waiting = || {
+            rec.inner
+                .route
+                .signals
+                .waiting
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(waiting(), 2, "the member joined the owner's batch");
         drop(owner);
+        assert_eq!(waiting(), 0, "the batch was queued on drop");
         member.await.unwrap().unwrap();
         store.close().await;
         assert_eq!(find(&cfg, IndexKind::Recipient, "+31622222222").len(), 1);
@@ -988,25 +991,44 @@ mod tests {
     }
 
     /// A batch that finds the queue full waits for room from a task of its own, at
-    /// most `enqueue-timeout`, then every submission of it is refused (not forwarded).
+    /// most `enqueue-timeout`: committed if room comes in time, otherwise every
+    /// submission of it is refused (not forwarded).
     #[tokio::test]
-    async fn a_batch_meeting_a_full_queue_is_refused_after_the_wait() {
+    async fn a_batch_meeting_a_full_queue_waits_for_room_then_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig::under(dir.path());
         cfg.queue_capacity = 4;
-        cfg.enqueue_timeout = Duration::from_millis(50);
+        cfg.enqueue_timeout = Duration::from_millis(300);
         let (store, rec, t) = warm(&cfg, Arc::new(Metrics::new())).await;
-        // Every place in the queue kept (as outcome places are).
+        // Every place in the queue kept (as outcome places are), given back after
+        // 50 ms: the batch waits for it and goes in.
         let held = rec.reserve_outcomes(4).await.unwrap();
+        let started = std::time::Instant::now();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(held);
+        });
+        rec.record(&submission(&rec, t, "a", "+31644444444"))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "it waited for room"
+        );
+        release.await.unwrap();
+        // Kept for good: refused once enqueue-timeout has passed, not before.
+        let held = rec.reserve_outcomes(4).await.unwrap();
+        let started = std::time::Instant::now();
         let refused = rec.record(&submission(&rec, t, "a", "+31633333333")).await;
         assert!(
             matches!(refused, Err(RecordError::QueueFull)),
             "{refused:?}"
         );
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "it waited for room"
+        );
         drop(held);
-        rec.record(&submission(&rec, t, "a", "+31644444444"))
-            .await
-            .unwrap();
         store.close().await;
         assert_eq!(find(&cfg, IndexKind::Recipient, "+31633333333").len(), 0);
         assert_eq!(find(&cfg, IndexKind::Recipient, "+31644444444").len(), 1);

@@ -85,7 +85,7 @@ impl WriteError {
 
 /// Who waits for a job's commit.
 pub enum Done {
-    /// One waiter (a barrier, a test).
+    /// One waiter (a barrier).
     One(oneshot::Sender<Result<(), WriteError>>),
     /// Every submission of a batch gathered on one thread (see [`super::batch`]).
     Many(tokio::sync::watch::Sender<super::batch::Answer>),
@@ -142,8 +142,8 @@ pub struct WriterConfig {
     pub cache_mib: u32,
     pub batch_max: usize,
     pub queue_capacity: usize,
-    /// Shared with the recorder: how many durable submissions wait for a commit, and
-    /// a way for them to cut short the writer's wait for more work.
+    /// Shared with the recorder: how many durable submissions are being gathered into
+    /// a batch not yet queued, and a way to cut short the writer's wait for more work.
     pub signals: Arc<Signals>,
     /// Rows between requests to the checkpointer ([`CHECKPOINT_ROWS`]).
     pub checkpoint_rows: u64,
