@@ -4,10 +4,12 @@
 # front of `mock-gateway`. For each build given, alternating for --rounds rounds so
 # that the machine's drift falls on all of them, it prints:
 #   - messages/s, and serve's CPU per message (utime + stime, /proc/PID/stat);
-#   - the same per thread name (runtime workers, writer, checkpointer);
-#   - context switches per message (every thread's, /proc/PID/task/*/status);
+#   - the same per thread name (runtime workers, writer, checkpointer), of the
+#     threads alive at both ends of the run (/proc/PID/task/*/stat);
+#   - context switches per message (those threads', /proc/PID/task/*/status);
 #   - records per commit (relaylog_records_written_total over
-#     relaylog_batch_records_count, from the admin listener's /metrics);
+#     relaylog_batch_records_count, from the admin listener's /metrics; commits of
+#     outcomes alone count too, so it understates the records of a durable batch);
 #   - the CPU time the hypervisor stole from the machine during the run (/proc/stat).
 #
 #   benches/threads.sh [--cores one|all] [--mode durable|async] [--duration 6]
@@ -16,7 +18,6 @@
 # --cores one: serve on core 1, the load generator and the simulator on core 0.
 # Loopback only.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 cores=one mode=durable duration=6 rounds=1
 while [ $# -gt 0 ]; do
@@ -30,27 +31,32 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ $# -ge 1 ] || { echo "usage: $0 [--cores one|all] [--mode durable|async] [--duration S] [--rounds N] BINARY..." >&2; exit 2; }
+binaries=()
+for b in "$@"; do binaries+=("$(realpath "$b")"); done
+cd "$(dirname "$0")/.."
 case "$cores" in one|all) ;; *) echo "--cores one|all" >&2; exit 2 ;; esac
 case "$mode" in durable) durability=record-before-forward ;; async) durability=async ;; *) echo "--mode durable|async" >&2; exit 2 ;; esac
 . benches/lib.sh
 bench_setup
 if [ "$cores" = one ]; then relay=(taskset -c 1); rest=(taskset -c 0); else relay=(); rest=(); fi
 
-# Per thread name, CPU ticks summed: "name ticks" lines.
+# Per thread, its CPU ticks: "name ticks" lines (a thread gone meanwhile is skipped).
 thread_ticks() {
-    local t
+    local t name stat
     for t in /proc/"$1"/task/*; do
-        echo "$(cat "$t/comm") $(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')"
+        name=$(cat "$t/comm" 2>/dev/null) && stat=$(cat "$t/stat" 2>/dev/null) || continue
+        echo "$name $(sed 's/.*) //' <<<"$stat" | awk '{print $12 + $13}')"
     done
 }
-switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}' || true; }
 
 # run BINARY: one measured run, one result line.
 run() {
-    local bin=$1 sim p adm d rp s0 s1 c0 c1
+    local bin=$1 sim p adm d mp rp s0 s1 c0 c1 t0 t1
     sim=$(port); p=$(port); adm=$(port)
     d=$(mktemp -d -p "$work")
-    "${rest[@]}" "$bin" mock-gateway --listen "127.0.0.1:$sim" --api kannel 2>/dev/null & local mp=$!
+    "${rest[@]}" "$bin" mock-gateway --listen "127.0.0.1:$sim" --api kannel 2>/dev/null & mp=$!
+    pids+=("$mp")
     { store_toml "$d"; cat <<CONF
 durability = "$durability"
 [[listener]]
@@ -64,17 +70,18 @@ CONF
     } > "$d/relaylog.toml"
     "$bin" --config "$d/relaylog.toml" init >/dev/null
     "${relay[@]}" "$bin" --config "$d/relaylog.toml" serve 2>"$d/serve.log" & rp=$!
+    pids+=("$rp")
     wait_port "$sim"; wait_port "$p"; wait_port "$adm"
     # Warm-up: the partition's keys, the pool's connections, the page cache.
     "${rest[@]}" "$bin" bench http --target "http://127.0.0.1:$p" --api kannel --connections 64 --duration 2s --quiet --json >/dev/null
-    curl -s "127.0.0.1:$adm/metrics" > "$d/m0"; thread_ticks "$rp" > "$d/t0"; c0=$(switches "$rp"); s0=$(steal)
+    curl -fsS "127.0.0.1:$adm/metrics" > "$d/m0"; thread_ticks "$rp" > "$d/t0"; c0=$(switches "$rp"); s0=$(steal); t0=$(ticks "$rp")
     "${rest[@]}" "$bin" bench http --target "http://127.0.0.1:$p" --api kannel --connections 64 --duration "${duration}s" --quiet --json > "$d/load.json"
-    curl -s "127.0.0.1:$adm/metrics" > "$d/m1"; thread_ticks "$rp" > "$d/t1"; c1=$(switches "$rp"); s1=$(steal)
+    curl -fsS "127.0.0.1:$adm/metrics" > "$d/m1"; thread_ticks "$rp" > "$d/t1"; c1=$(switches "$rp"); s1=$(steal); t1=$(ticks "$rp")
     kill "$rp" "$mp" 2>/dev/null || true
     wait "$rp" "$mp" 2>/dev/null || true
-    python3 - "$d" "$bin" "$((c1 - c0))" "$((s1 - s0))" "$(getconf CLK_TCK)" <<'PY'
+    python3 - "$d" "$bin" "$((c1 - c0))" "$((s1 - s0))" "$(getconf CLK_TCK)" "$((t1 - t0))" <<'PY'
 import collections, json, os, re, sys
-d, binary, switches, stolen, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+d, binary, switches, stolen, hz, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 load = json.load(open(os.path.join(d, "load.json")))
 n = load["ok"]
 def ticks(name):
@@ -92,17 +99,17 @@ def metrics(name):
             out[m.group(1)] = float(m.group(2))
     return out
 m0, m1 = metrics("m0"), metrics("m1")
-commits = m1["relaylog_batch_records_count"] - m0.get("relaylog_batch_records_count", 0)
-records = m1["relaylog_records_written_total"] - m0.get("relaylog_records_written_total", 0)
+commits = m1.get("relaylog_batch_records_count", 0) - m0.get("relaylog_batch_records_count", 0)
+records = m1.get("relaylog_records_written_total", 0) - m0.get("relaylog_records_written_total", 0)
 us = lambda t: t * 1e6 / hz / n if n else float("nan")
 per_thread = "  ".join(f"{k} {us(t1[k] - t0[k]):.1f}" for k in sorted(t1) if t1[k] - t0[k] > 0)
-print(f"{binary}: {load['messages_per_second']:.0f} msg/s, {us(sum(t1.values()) - sum(t0.values())):.1f} us/msg "
-      f"[{per_thread}], {switches / n:.2f} switches/msg, {records / commits if commits else float('nan'):.1f} records/commit, "
+print(f"{binary}: {load['messages_per_second']:.0f} msg/s, {us(total):.1f} us/msg "
+      f"[{per_thread}], {switches / n if n else float('nan'):.2f} switches/msg, {records / commits if commits else float('nan'):.1f} records/commit, "
       f"stolen {stolen * 1000 // hz} ms")
 PY
 }
 
 echo "# $mode, cores $cores, bench http 64 connections, ${duration}s per run; CPU per message by thread in µs"
 for _ in $(seq "$rounds"); do
-    for bin in "$@"; do run "$bin"; done
+    for bin in "${binaries[@]}"; do run "$bin"; done
 done

@@ -10,8 +10,9 @@
 //! and partition, join the batch. Then the owner queues the lot as one job (the owner
 //! may by then run on another worker: the batch is behind a lock, and only its rows'
 //! thread of origin matters for who joins). The writer answers the job once; every
-//! submission of it waits for that answer. Off a worker thread the yield returns at
-//! once, and a batch is one caller's.
+//! submission of it waits for that answer. On a current-thread runtime the same holds
+//! with its one thread. Off a runtime's threads the yield returns at once, so a batch
+//! holds what the calling task seals before it (usually one caller's).
 //!
 //! A thread-local slot rather than one per store: each worker gathers what it alone
 //! seals in its own pass, with no lock shared between workers on the way in.
@@ -22,10 +23,13 @@
 //!
 //! Nothing here decides whether a record is written: a gathered submission is answered
 //! with its batch's commit result, or with an error (queue full, store closed, the
-//! writer gone), and an error still means "do not forward".
+//! writer gone), and an error still means "do not forward". Only a batch in the
+//! writer's queue can time out (`None` from [`Waiter::wait`]): its rows may still be
+//! committed, as after any commit timeout, and the relay records the message as not
+//! sent.
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -67,6 +71,8 @@ pub struct Gathering {
     route: Route,
     /// The rows gathered so far; `None` once the batch is taken to be queued.
     pending: Mutex<Option<Pending>>,
+    /// In the writer's queue (or answered): only then can a wait for it time out.
+    queued: AtomicBool,
     answer: watch::Receiver<Answer>,
 }
 
@@ -125,6 +131,7 @@ pub fn join(
                 submissions,
                 tell,
             })),
+            queued: AtomicBool::new(false),
             answer: answer.clone(),
         });
         route
@@ -150,7 +157,7 @@ pub struct Owner(Arc<Gathering>);
 impl Owner {
     /// Closes the batch to newcomers and queues it (see `Gathering::flush`).
     pub fn queue(self) {
-        // Drop does it.
+        self.0.flush();
     }
 }
 
@@ -168,20 +175,34 @@ pub struct Waiter {
 
 impl Waiter {
     /// The batch's answer, waited for at most the queue's wait for room plus `commit`
-    /// (the two waits a submission had before batches). `None` when that ran out: the
-    /// batch is then queued if no one had (an owner never polled again cannot hold
-    /// its members), so its rows may still be committed, as after any commit timeout.
+    /// (the two waits a submission had before batches) from the time the batch is
+    /// queued. A batch still not queued when that runs out (its owner was never polled
+    /// again) is queued by this waiter, and waited for as any other: an owner cannot
+    /// hold its members. `None` when a queued batch was not answered in time: its rows
+    /// may still be committed, as after any commit timeout.
     pub async fn wait(mut self, commit: Duration) -> Option<Result<(), BatchError>> {
         let limit = self.gathering.route.wait + commit;
-        match tokio::time::timeout(limit, self.answer.wait_for(Option::is_some)).await {
-            Ok(Ok(answer)) => answer.clone(),
-            // The batch was dropped unanswered: the writer stopped.
-            Ok(Err(_)) => Some(Err(BatchError::Closed)),
-            Err(_) => {
-                self.gathering.flush();
-                None
-            }
+        if let Ok(answer) = self.answer_within(limit).await {
+            return answer;
         }
+        if self.gathering.queued.load(Ordering::Acquire) {
+            return None;
+        }
+        self.gathering.flush();
+        self.answer_within(limit).await.unwrap_or(None)
+    }
+
+    async fn answer_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<Result<(), BatchError>>, tokio::time::error::Elapsed> {
+        let answer = tokio::time::timeout(limit, self.answer.wait_for(Option::is_some)).await?;
+        Ok(match answer {
+            Ok(answer) => answer.clone(),
+            // Dropped unanswered: the writer stopped (or panicked, possibly after the
+            // commit). Nothing can write an outcome now either.
+            Err(_) => Some(Err(BatchError::Closed)),
+        })
     }
 }
 
@@ -191,7 +212,7 @@ impl Gathering {
     /// (at most `route.wait`, then refuses the batch), so that cancelling the caller
     /// cannot lose the batch afterwards. Such a task holds one batch for at most that
     /// long. Outside a runtime a full queue refuses the batch at once.
-    fn flush(&self) {
+    fn flush(self: &Arc<Self>) {
         let taken = self
             .pending
             .lock()
@@ -206,7 +227,7 @@ impl Gathering {
         // another thread (the owner moved, or thread-locals are being torn down).
         let _ = OPEN.try_with(|open| {
             if let Ok(mut open) = open.try_borrow_mut()
-                && std::ptr::eq(open.as_ptr(), self)
+                && std::ptr::eq(open.as_ptr(), Arc::as_ptr(self))
             {
                 *open = Weak::new();
             }
@@ -217,14 +238,21 @@ impl Gathering {
             done: Some(Done::Many(p.tell)),
         };
         match tx.try_send(job) {
-            Ok(()) => signals.durable_queued(),
+            Ok(()) => {
+                self.queued.store(true, Ordering::Release);
+                signals.durable_queued();
+            }
             Err(mpsc::error::TrySendError::Closed(job)) => refuse(job, BatchError::Closed),
             Err(mpsc::error::TrySendError::Full(job)) => {
                 match tokio::runtime::Handle::try_current() {
                     Ok(runtime) => {
+                        let this = self.clone();
                         runtime.spawn(async move {
                             match tx.send_timeout(job, wait).await {
-                                Ok(()) => signals.durable_queued(),
+                                Ok(()) => {
+                                    this.queued.store(true, Ordering::Release);
+                                    signals.durable_queued();
+                                }
                                 Err(mpsc::error::SendTimeoutError::Timeout(job)) => {
                                     refuse(job, BatchError::QueueFull)
                                 }
@@ -313,6 +341,24 @@ mod tests {
         ));
         drop(owner);
         assert!(rx.try_recv().is_err(), "queued once");
+    }
+
+    /// A waiter whose batch was never queued does not answer "timed out" (which says
+    /// the rows may be committed): it queues the batch, and here, the queue being
+    /// full for good, gets the refusal.
+    #[tokio::test]
+    async fn a_batch_never_queued_is_refused_not_timed_out() {
+        let (r, _rx) = route();
+        for _ in 0..4 {
+            r.tx.try_send(Job::Tick).unwrap();
+        }
+        let (_owner_wait, owner) = join(day(1), &mut Vec::new(), 1, 8, &r);
+        let (member, _) = join(day(1), &mut Vec::new(), 1, 8, &r);
+        assert!(matches!(
+            member.wait(Duration::from_millis(10)).await,
+            Some(Err(BatchError::QueueFull))
+        ));
+        drop(owner);
     }
 
     /// A batch that cannot be queued (the writer is gone) is answered with the error,

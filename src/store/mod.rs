@@ -959,19 +959,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig::under(dir.path());
         let (store, rec, t) = warm(&cfg, Arc::new(Metrics::new())).await;
-        // Polled once, the owner has sealed and joined (opened the batch) and yields.
-        let owner_sub = submission(&rec, t, "owner", "+31611111111");
-        let mut owner = Box::pin(rec.record(&owner_sub));
-        assert!(futures_poll_once(owner.as_mut()).is_pending());
-        let member = {
-            let rec = rec.clone();
-            tokio::spawn(async move {
-                rec.record(&submission(&rec, t, "member", "+31622222222"))
-                    .await
-            })
-        };
-        // Let the member join the batch, then drop the owner before it queues it.
-        tokio::task::yield_now().await;
         let waiting = || {
             rec.inner
                 .route
@@ -979,9 +966,11 @@ mod tests {
                 .waiting
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
-        assert_eq!(waiting(), 2, "the member joined the owner's batch");
-        drop(owner);
-        assert_eq!(waiting(), 0, "the batch was queued on drop");
+        let member = member_of_a_dropped_owner(&rec, t, "+31611111111", "+31622222222", || {
+            assert_eq!(waiting(), 2, "both gathered, neither queued");
+        })
+        .await;
+        assert_eq!(waiting(), 0, "one batch held both, queued on drop");
         member.await.unwrap().unwrap();
         store.close().await;
         assert_eq!(find(&cfg, IndexKind::Recipient, "+31622222222").len(), 1);
@@ -996,9 +985,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_meeting_a_full_queue_waits_for_room_then_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = StoreConfig::under(dir.path());
-        cfg.queue_capacity = 4;
-        cfg.enqueue_timeout = Duration::from_millis(300);
+        let cfg = four_places(dir.path(), Duration::from_millis(300));
         let (store, rec, t) = warm(&cfg, Arc::new(Metrics::new())).await;
         // Every place in the queue kept (as outcome places are), given back after
         // 50 ms: the batch waits for it and goes in.
@@ -1032,6 +1019,57 @@ mod tests {
         store.close().await;
         assert_eq!(find(&cfg, IndexKind::Recipient, "+31633333333").len(), 0);
         assert_eq!(find(&cfg, IndexKind::Recipient, "+31644444444").len(), 1);
+    }
+
+    /// An owner cancelled while the queue is full: its batch waits for room from a
+    /// task of its own, and goes in when room comes.
+    #[tokio::test]
+    async fn a_batch_dropped_at_a_full_queue_goes_in_when_room_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = four_places(dir.path(), Duration::from_millis(500));
+        let (store, rec, t) = warm(&cfg, Arc::new(Metrics::new())).await;
+        // Every place in the queue kept (as outcome places are).
+        let held = rec.reserve_outcomes(4).await.unwrap();
+        let member =
+            member_of_a_dropped_owner(&rec, t, "+31655555555", "+31666666666", || {}).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        member.await.unwrap().unwrap();
+        store.close().await;
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31655555555").len(), 1);
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31666666666").len(), 1);
+    }
+
+    /// A store config whose queue has four places, waited for at most `wait`.
+    fn four_places(dir: &std::path::Path, wait: Duration) -> StoreConfig {
+        let mut cfg = StoreConfig::under(dir);
+        cfg.queue_capacity = 4;
+        cfg.enqueue_timeout = wait;
+        cfg
+    }
+
+    /// Opens a batch with an owner (to `owner_number`) polled once, so that it waits
+    /// in its yield; lets a spawned member (to `member_number`) join it; runs `between`;
+    /// then drops the owner before it queues the batch. Returns the member's task.
+    async fn member_of_a_dropped_owner(
+        rec: &Recorder,
+        t: Micros,
+        owner_number: &str,
+        member_number: &str,
+        between: impl FnOnce(),
+    ) -> tokio::task::JoinHandle<Result<(), RecordError>> {
+        let owner_sub = submission(rec, t, "owner", owner_number);
+        let mut owner = Box::pin(rec.record(&owner_sub));
+        assert!(futures_poll_once(owner.as_mut()).is_pending());
+        let member = {
+            let rec = rec.clone();
+            let number = member_number.to_string();
+            tokio::spawn(async move { rec.record(&submission(&rec, t, "member", &number)).await })
+        };
+        tokio::task::yield_now().await;
+        between();
+        drop(owner);
+        member
     }
 
     /// Polls a future once with a waker that does nothing.
