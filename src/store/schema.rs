@@ -309,16 +309,17 @@ pub fn open_for_write(
     sync: SyncMode,
     cache_mib: u32,
 ) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    // Another process (a query's WAL recovery, a maintenance command) may hold the write
-    // lock for a moment: wait for it rather than fail the batch. While the writer waits
-    // the queue fills, and past enqueue-timeout the relay fails closed.
-    conn.busy_timeout(WRITER_BUSY_TIMEOUT)?;
+    // Another connection (the checkpointer's RESTART, a query's WAL recovery, a
+    // maintenance command) may hold the write lock for a moment: wait for it rather
+    // than fail the batch. While the writer waits the queue fills, and past
+    // enqueue-timeout the relay fails closed.
+    conn.busy_handler(Some(writer_busy))?;
     // Takes effect only when the file is new (before its first write).
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -359,13 +360,47 @@ pub fn open_for_write(
     Ok(conn)
 }
 
+/// The writer's wait for a lock another connection holds, at most
+/// [`WRITER_BUSY_TIMEOUT`]: retried every 50 µs for the first millisecond, then every
+/// millisecond. SQLite's own busy timeout sleeps 1, 2, 5, 10… ms between tries, so a
+/// checkpoint holding the lock for 2 ms held every client waiting on that commit for 8.
+fn writer_busy(retries: i32) -> bool {
+    fine_wait(retries, WRITER_BUSY_TIMEOUT)
+}
+
+/// The checkpointer's wait for the writer to finish a commit, or for readers to leave
+/// the WAL, at most [`CHECKPOINT_BUSY_TIMEOUT`]. A RESTART checkpoint holds the writer
+/// back while it waits, so it waits in fine steps and not for long: one that gives up
+/// is tried again after the next rows.
+fn checkpointer_busy(retries: i32) -> bool {
+    fine_wait(retries, CHECKPOINT_BUSY_TIMEOUT)
+}
+
+/// How long a RESTART checkpoint may wait (holding the writer back) before it gives up.
+pub const CHECKPOINT_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A busy handler's step: sleeps 50 µs for the first 20 tries, then 1 ms, until about
+/// `limit` has passed (then gives up).
+fn fine_wait(retries: i32, limit: std::time::Duration) -> bool {
+    const FINE: u32 = 20;
+    const FINE_STEP: std::time::Duration = std::time::Duration::from_micros(50);
+    const STEP: std::time::Duration = std::time::Duration::from_millis(1);
+    let retries = u32::try_from(retries).unwrap_or(0);
+    let fine = retries.min(FINE);
+    if FINE_STEP * fine + STEP * (retries - fine) >= limit {
+        return false;
+    }
+    std::thread::sleep(if retries < FINE { FINE_STEP } else { STEP });
+    true
+}
+
 /// Opens an existing partition for the checkpointer thread.
 pub fn open_for_checkpoint(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(1))?;
+    conn.busy_handler(Some(checkpointer_busy))?;
     Ok(conn)
 }
 
@@ -398,6 +433,45 @@ pub fn open_for_read(path: &Path) -> rusqlite::Result<Connection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The busy handlers give up once their limit has passed: twenty 50 µs steps,
+    /// then 1 ms steps.
+    #[test]
+    fn fine_waits_give_up_at_their_limit() {
+        let limit = std::time::Duration::from_millis(10);
+        assert!(fine_wait(0, limit), "the first try waits");
+        assert!(fine_wait(28, limit), "1 ms + 8 ms waited: one more");
+        assert!(!fine_wait(29, limit), "1 ms + 9 ms waited: give up");
+        assert!(!fine_wait(i32::MAX, limit));
+        assert!(
+            !checkpointer_busy(29),
+            "the checkpointer waits 10 ms at most"
+        );
+        assert!(writer_busy(29), "the writer waits longer");
+    }
+
+    /// The writer waits out a write lock another connection holds for a while (as a
+    /// checkpoint's RESTART does), and commits.
+    #[test]
+    fn the_writer_waits_for_a_lock_held_by_another_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("2026-11-22.sqlite");
+        let writer = open_for_write(&path, "2026-11-22", SyncMode::Normal, 1).unwrap();
+        let other = open_for_checkpoint(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        let started = std::time::Instant::now();
+        writer
+            .execute_batch(
+                "BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('t', 'x'); COMMIT;",
+            )
+            .unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(25));
+        holder.join().unwrap();
+    }
 
     #[test]
     fn a_partition_is_ready_once_its_meta_row_is_there() {

@@ -342,12 +342,17 @@ fn spawn_checkpointer() -> std::io::Result<std::sync::mpsc::SyncSender<PathBuf>>
                     },
                 };
                 // PASSIVE copies the bulk beside the writer. It cannot empty a WAL that
-                // is still being appended to, so a short RESTART follows: it holds the
-                // writer back only while it copies what arrived during the first pass,
-                // and makes the next commit start the WAL from its beginning.
+                // is still being appended to, so a short RESTART follows and makes the
+                // next commit start the WAL from its beginning. It holds the writer back
+                // while it waits for a commit to end and for readers to leave the WAL
+                // (at most CHECKPOINT_BUSY_TIMEOUT, in fine steps), then while it
+                // copies what arrived during the first pass and syncs the file.
                 let result = conn
                     .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())));
+                // A RESTART kept out by the writer or a reader for
+                // CHECKPOINT_BUSY_TIMEOUT answers a row saying so, not an error: it is
+                // tried again after the next rows.
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "checkpoint failed; the writer's automatic checkpoint remains");
                     conns.retain(|(p, _)| *p != path);
