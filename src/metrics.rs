@@ -71,6 +71,7 @@ pub struct Metrics {
     pub rejected: Family<ReasonLabels, Counter>,
     pub connections_refused: Family<ListenerLabels, Counter>,
     pub store_errors: Counter,
+    pub checkpoints_kept_out: Counter,
     pub smpp_binds: Family<BindLabels, Counter>,
     pub smpp_pdus: Family<PduLabels, Counter>,
     /// SMPP messages being recorded or with the SMSC, all sessions of a listener.
@@ -198,6 +199,12 @@ impl Metrics {
             "Failed commits and partition opens",
             store_errors.clone(),
         );
+        let checkpoints_kept_out = Counter::default();
+        registry.register(
+            "checkpoints_kept_out",
+            "WAL restarts the checkpointer gave up for a writer or reader in the way (tried again after the next rows; the WAL grows meanwhile)",
+            checkpoints_kept_out.clone(),
+        );
         Self {
             registry,
             requests,
@@ -214,6 +221,7 @@ impl Metrics {
             rejected,
             connections_refused,
             store_errors,
+            checkpoints_kept_out,
             smpp_binds,
             smpp_pdus,
             smpp_window,

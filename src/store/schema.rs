@@ -319,7 +319,7 @@ pub fn open_for_write(
     // maintenance command) may hold the write lock for a moment: wait for it rather
     // than fail the batch. While the writer waits the queue fills, and past
     // enqueue-timeout the relay fails closed.
-    conn.busy_handler(Some(writer_busy))?;
+    conn.busy_handler(Some(fine_busy(WRITER_BUSY_TIMEOUT)))?;
     // Takes effect only when the file is new (before its first write).
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -360,38 +360,31 @@ pub fn open_for_write(
     Ok(conn)
 }
 
-/// The writer's wait for a lock another connection holds, at most
-/// [`WRITER_BUSY_TIMEOUT`]: retried every 50 µs for the first millisecond, then every
-/// millisecond. SQLite's own busy timeout sleeps 1, 2, 5, 10… ms between tries, so a
-/// checkpoint holding the lock for 2 ms held every client waiting on that commit for 8.
-fn writer_busy(retries: i32) -> bool {
-    fine_wait(retries, WRITER_BUSY_TIMEOUT)
-}
+/// How long a RESTART checkpoint may wait (holding the writer back while readers are
+/// in the WAL) before it gives up and is tried again after the next rows.
+pub const CHECKPOINT_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The checkpointer's wait for the writer to finish a commit, or for readers to leave
-/// the WAL, at most [`CHECKPOINT_BUSY_TIMEOUT`]. A RESTART checkpoint holds the writer
-/// back while it waits, so it waits in fine steps and not for long: one that gives up
-/// is tried again after the next rows.
-fn checkpointer_busy(retries: i32) -> bool {
-    fine_wait(retries, CHECKPOINT_BUSY_TIMEOUT)
-}
-
-/// How long a RESTART checkpoint may wait (holding the writer back) before it gives up.
-pub const CHECKPOINT_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// A busy handler's step: sleeps 50 µs for the first 20 tries, then 1 ms, until about
-/// `limit` has passed (then gives up).
-fn fine_wait(retries: i32, limit: std::time::Duration) -> bool {
-    const FINE: u32 = 20;
-    const FINE_STEP: std::time::Duration = std::time::Duration::from_micros(50);
-    const STEP: std::time::Duration = std::time::Duration::from_millis(1);
-    let retries = u32::try_from(retries).unwrap_or(0);
-    let fine = retries.min(FINE);
-    if FINE_STEP * fine + STEP * (retries - fine) >= limit {
-        return false;
+/// A busy handler that waits for a lock another connection holds, in fine steps, until
+/// `limit` has passed since the lock was first found taken (then SQLite answers
+/// `SQLITE_BUSY`): 50 µs steps for the first 20 tries, then 1 ms. SQLite's own busy
+/// timeout sleeps 1, 2, 5, 10… ms between tries, so a lock held 4 ms cost whoever waited
+/// 8 ms, and every commit queued behind the writer as long.
+pub fn fine_busy(limit: std::time::Duration) -> impl FnMut(i32) -> bool + Send + 'static {
+    let mut since = std::time::Instant::now();
+    move |retries| {
+        if retries <= 0 {
+            since = std::time::Instant::now();
+        }
+        if since.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(if retries < 20 {
+            std::time::Duration::from_micros(50)
+        } else {
+            std::time::Duration::from_millis(1)
+        });
+        true
     }
-    std::thread::sleep(if retries < FINE { FINE_STEP } else { STEP });
-    true
 }
 
 /// Opens an existing partition for the checkpointer thread.
@@ -400,7 +393,7 @@ pub fn open_for_checkpoint(path: &Path) -> rusqlite::Result<Connection> {
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_handler(Some(checkpointer_busy))?;
+    conn.busy_handler(Some(fine_busy(CHECKPOINT_BUSY_TIMEOUT)))?;
     Ok(conn)
 }
 
@@ -434,20 +427,32 @@ pub fn open_for_read(path: &Path) -> rusqlite::Result<Connection> {
 mod tests {
     use super::*;
 
-    /// The busy handlers give up once their limit has passed: twenty 50 µs steps,
-    /// then 1 ms steps.
+    /// A busy handler gives up once its limit has passed since the lock was first
+    /// found taken, counted afresh for each lock, and waits in fine steps first.
     #[test]
-    fn fine_waits_give_up_at_their_limit() {
-        let limit = std::time::Duration::from_millis(10);
-        assert!(fine_wait(0, limit), "the first try waits");
-        assert!(fine_wait(28, limit), "1 ms + 8 ms waited: one more");
-        assert!(!fine_wait(29, limit), "1 ms + 9 ms waited: give up");
-        assert!(!fine_wait(i32::MAX, limit));
-        assert!(
-            !checkpointer_busy(29),
-            "the checkpointer waits 10 ms at most"
-        );
-        assert!(writer_busy(29), "the writer waits longer");
+    fn fine_busy_gives_up_at_its_limit() {
+        let limit = std::time::Duration::from_millis(20);
+        let mut handler = fine_busy(limit);
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let mut tries = 0;
+            while handler(tries) {
+                tries += 1;
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(2),
+                    "it gives up"
+                );
+            }
+            assert!(
+                started.elapsed() >= limit,
+                "gave up after {:?}",
+                started.elapsed()
+            );
+            assert!(
+                tries > 20,
+                "fine steps first, then 1 ms ones: {tries} tries"
+            );
+        }
     }
 
     /// The writer waits out a write lock another connection holds for a while (as a
