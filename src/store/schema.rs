@@ -360,21 +360,26 @@ pub fn open_for_write(
     Ok(conn)
 }
 
-/// How long a RESTART checkpoint may wait (holding the writer back while readers are
-/// in the WAL) before it gives up and is tried again after the next rows.
+/// How long a RESTART checkpoint may wait, for the writer's commit to end and for
+/// readers to leave the WAL together (holding the writer back during the latter),
+/// before it gives up and is tried again after the next rows.
 pub const CHECKPOINT_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// A busy handler that waits for a lock another connection holds, in fine steps, until
-/// `limit` has passed since the lock was first found taken (then SQLite answers
-/// `SQLITE_BUSY`): 50 µs steps for the first 20 tries, then 1 ms. SQLite's own busy
-/// timeout sleeps 1, 2, 5, 10… ms between tries, so a lock held 4 ms cost whoever waited
-/// 8 ms, and every commit queued behind the writer as long.
+/// A busy handler that waits for locks other connections hold, in fine steps, until
+/// `limit` has passed since the statement first found one taken (all the waits of one
+/// statement share the limit; then SQLite answers `SQLITE_BUSY`): 50 µs steps for the
+/// first 20 tries, then 1 ms. SQLite's own busy timeout sleeps 1, 2, 5, 10… ms between
+/// tries, so a lock held 4 ms cost whoever waited 8 ms, and every commit queued behind
+/// the writer as long.
 pub fn fine_busy(limit: std::time::Duration) -> impl FnMut(i32) -> bool + Send + 'static {
     let mut since = std::time::Instant::now();
+    let mut last = -1;
     move |retries| {
-        if retries <= 0 {
+        // SQLite counts from 0 for each statement; anything else starts afresh too.
+        if retries <= 0 || retries != last + 1 {
             since = std::time::Instant::now();
         }
+        last = retries;
         if since.elapsed() >= limit {
             return false;
         }
@@ -427,8 +432,9 @@ pub fn open_for_read(path: &Path) -> rusqlite::Result<Connection> {
 mod tests {
     use super::*;
 
-    /// A busy handler gives up once its limit has passed since the lock was first
-    /// found taken, counted afresh for each lock, and waits in fine steps first.
+    /// A busy handler gives up once its limit has passed since the statement first
+    /// found a lock taken, counted afresh for the next statement, and waits in fine
+    /// steps first.
     #[test]
     fn fine_busy_gives_up_at_its_limit() {
         let limit = std::time::Duration::from_millis(20);
