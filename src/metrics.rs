@@ -63,6 +63,7 @@ pub struct Metrics {
     pub outcomes_written: Counter,
     pub batch_records: Histogram,
     pub commit_seconds: Histogram,
+    pub durable_wait_seconds: Histogram,
     pub queue_depth: Gauge,
     pub forward_seconds: Family<ListenerLabels, Histogram>,
     pub fail_closed: Family<ReasonLabels, Counter>,
@@ -124,6 +125,12 @@ impl Metrics {
             "commit_seconds",
             "Time to write and commit one batch",
             commit_seconds.clone(),
+        );
+        let durable_wait_seconds = Histogram::new(exponential_buckets(0.000_05, 2.5, 12));
+        registry.register(
+            "durable_wait_seconds",
+            "Time a durable submission waits, sealed, for its commit's answer (gathering, queue, commit, wake-up)",
+            durable_wait_seconds.clone(),
         );
         let queue_depth = Gauge::default();
         registry.register(
@@ -213,6 +220,7 @@ impl Metrics {
             outcomes_written,
             batch_records,
             commit_seconds,
+            durable_wait_seconds,
             queue_depth,
             forward_seconds,
             fail_closed,

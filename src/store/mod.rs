@@ -111,6 +111,7 @@ struct Inner {
     ids: SubmissionIds,
     /// The writer's queue, the signals that wake it, and the wait for room in the queue.
     route: batch::Route,
+    metrics: Arc<Metrics>,
     /// The keys of the partition written most recently: the hot path's only lookup.
     current: Mutex<Option<Arc<PartitionKeys>>>,
     /// One key file access at a time from the async path (see `Recorder::keys_async`).
@@ -246,7 +247,7 @@ impl Store {
                 signer: Some(signer),
                 clock: clock.clone(),
             },
-            metrics,
+            metrics.clone(),
         )
         .map_err(OpenError::Thread)?;
         Ok(Store {
@@ -259,6 +260,7 @@ impl Store {
                         signals,
                         wait: enqueue_timeout,
                     },
+                    metrics,
                     clock,
                     ids: SubmissionIds::default(),
                     current: Mutex::new(None),
@@ -490,6 +492,7 @@ impl Recorder {
         }
         // Durable: gathered with the other submissions this thread seals before it
         // next polls for I/O, then committed together (see `batch`).
+        let sealed = std::time::Instant::now();
         let (waiter, owner) = batch::join(
             partition,
             &mut rows,
@@ -501,7 +504,12 @@ impl Recorder {
             tokio::task::yield_now().await;
             owner.queue();
         }
-        match waiter.wait(COMMIT_TIMEOUT).await {
+        let answer = waiter.wait(COMMIT_TIMEOUT).await;
+        self.inner
+            .metrics
+            .durable_wait_seconds
+            .observe(sealed.elapsed().as_secs_f64());
+        match answer {
             Some(Ok(())) => Ok(()),
             Some(Err(batch::BatchError::Write(e))) => Err(RecordError::Commit(e)),
             Some(Err(batch::BatchError::QueueFull)) => Err(RecordError::QueueFull),
@@ -945,6 +953,11 @@ mod tests {
             "40 submissions of one pass took {commits} commits"
         );
         assert_eq!(metric(&metrics, "relaylog_records_written_total"), 41.0);
+        assert_eq!(
+            metric(&metrics, "relaylog_durable_wait_seconds_count"),
+            41.0,
+            "each durable submission's wait observed"
+        );
         store.close().await;
         for i in 0..40 {
             let found = find(&cfg, IndexKind::Recipient, &format!("+316100000{i:02}"));
