@@ -19,6 +19,7 @@
 # Loopback only.
 set -euo pipefail
 
+usage() { echo "usage: $0 [--cores one|all] [--mode durable|async] [--duration S] [--rounds N] BINARY..." >&2; exit 2; }
 cores=one mode=durable duration=6 rounds=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -26,16 +27,16 @@ while [ $# -gt 0 ]; do
         --mode) mode=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
-        -*) echo "usage: $0 [--cores one|all] [--mode durable|async] [--duration S] [--rounds N] BINARY..." >&2; exit 2 ;;
+        -*) usage ;;
         *) break ;;
     esac
 done
-[ $# -ge 1 ] || { echo "usage: $0 [--cores one|all] [--mode durable|async] [--duration S] [--rounds N] BINARY..." >&2; exit 2; }
+[ $# -ge 1 ] || usage
 binaries=()
 for b in "$@"; do binaries+=("$(realpath "$b")"); done
 cd "$(dirname "$0")/.."
-case "$cores" in one|all) ;; *) echo "--cores one|all" >&2; exit 2 ;; esac
-case "$mode" in durable) durability=record-before-forward ;; async) durability=async ;; *) echo "--mode durable|async" >&2; exit 2 ;; esac
+case "$cores" in one|all) ;; *) usage ;; esac
+case "$mode" in durable) durability=record-before-forward ;; async) durability=async ;; *) usage ;; esac
 . benches/lib.sh
 bench_setup
 if [ "$cores" = one ]; then relay=(taskset -c 1); rest=(taskset -c 0); else relay=(); rest=(); fi

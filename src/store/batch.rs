@@ -112,14 +112,7 @@ pub fn join(
                     .waiting
                     .fetch_add(submissions, Ordering::Relaxed);
                 drop(pending);
-                let answer = g.answer.clone();
-                return (
-                    Waiter {
-                        gathering: g,
-                        answer,
-                    },
-                    None,
-                );
+                return (Waiter { gathering: g }, None);
             }
         }
         let (tell, answer) = watch::channel(None);
@@ -132,7 +125,7 @@ pub fn join(
                 tell,
             })),
             queued: AtomicBool::new(false),
-            answer: answer.clone(),
+            answer,
         });
         route
             .signals
@@ -140,13 +133,7 @@ pub fn join(
             .fetch_add(submissions, Ordering::Relaxed);
         *open.borrow_mut() = Arc::downgrade(&g);
         let owner = Owner(g.clone());
-        (
-            Waiter {
-                gathering: g,
-                answer,
-            },
-            Some(owner),
-        )
+        (Waiter { gathering: g }, Some(owner))
     })
 }
 
@@ -170,7 +157,6 @@ impl Drop for Owner {
 /// One submission's wait for its batch's answer.
 pub struct Waiter {
     gathering: Arc<Gathering>,
-    answer: watch::Receiver<Answer>,
 }
 
 impl Waiter {
@@ -180,30 +166,32 @@ impl Waiter {
     /// again) is queued by this waiter, and waited for as any other: an owner cannot
     /// hold its members. `None` when a queued batch was not answered in time: its rows
     /// may still be committed, as after any commit timeout.
-    pub async fn wait(mut self, commit: Duration) -> Option<Result<(), BatchError>> {
+    pub async fn wait(self, commit: Duration) -> Option<Result<(), BatchError>> {
         let limit = self.gathering.route.wait + commit;
-        if let Ok(answer) = self.answer_within(limit).await {
+        let mut answer = self.gathering.answer.clone();
+        if let Ok(answer) = answer_within(&mut answer, limit).await {
             return answer;
         }
         if self.gathering.queued.load(Ordering::Acquire) {
             return None;
         }
         self.gathering.flush();
-        self.answer_within(limit).await.unwrap_or(None)
+        answer_within(&mut answer, limit).await.unwrap_or(None)
     }
+}
 
-    async fn answer_within(
-        &mut self,
-        limit: Duration,
-    ) -> Result<Option<Result<(), BatchError>>, tokio::time::error::Elapsed> {
-        let answer = tokio::time::timeout(limit, self.answer.wait_for(Option::is_some)).await?;
-        Ok(match answer {
-            Ok(answer) => answer.clone(),
-            // Dropped unanswered: the writer stopped (or panicked, possibly after the
-            // commit). Nothing can write an outcome now either.
-            Err(_) => Some(Err(BatchError::Closed)),
-        })
-    }
+/// A batch's answer, if it comes within `limit`.
+async fn answer_within(
+    answer: &mut watch::Receiver<Answer>,
+    limit: Duration,
+) -> Result<Option<Result<(), BatchError>>, tokio::time::error::Elapsed> {
+    let answer = tokio::time::timeout(limit, answer.wait_for(Option::is_some)).await?;
+    Ok(match answer {
+        Ok(answer) => answer.clone(),
+        // Dropped unanswered: the writer stopped (or panicked, possibly after the
+        // commit). Nothing can write an outcome now either.
+        Err(_) => Some(Err(BatchError::Closed)),
+    })
 }
 
 impl Gathering {

@@ -619,11 +619,7 @@ impl Recorder {
             leaf: [0; 32],
         };
         row.leaf = integrity::outcome_leaf(&row);
-        Ok(Job::Outcome {
-            partition,
-            row,
-            done: None,
-        })
+        Ok(Job::Outcome { partition, row })
     }
 
     /// Waits until everything queued before this call is committed.

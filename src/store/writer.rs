@@ -111,10 +111,10 @@ pub enum Job {
         rows: Vec<Row>,
         done: Option<Done>,
     },
+    /// An outcome event: no one waits for its commit (a failed one is tried again).
     Outcome {
         partition: PartitionId,
         row: OutcomeRow,
-        done: Option<Done>,
     },
     /// Answered once everything queued before it is committed.
     Barrier(oneshot::Sender<Result<(), WriteError>>),
@@ -646,7 +646,7 @@ impl Writer {
                     for &i in idx {
                         let unwaited = matches!(
                             jobs[i],
-                            Job::Records { done: None, .. } | Job::Outcome { done: None, .. }
+                            Job::Records { done: None, .. } | Job::Outcome { .. }
                         );
                         if unwaited {
                             self.retry.push(std::mem::replace(&mut jobs[i], Job::Tick));
@@ -678,9 +678,9 @@ impl Writer {
             .observe(started.elapsed().as_secs_f64());
         for (job, result) in jobs.drain(..).zip(results.drain(..)) {
             let done = match job {
-                Job::Records { done, .. } | Job::Outcome { done, .. } => done,
+                Job::Records { done, .. } => done,
                 Job::Barrier(done) => Some(Done::One(done)),
-                Job::Stop | Job::Tick => None,
+                Job::Outcome { .. } | Job::Stop | Job::Tick => None,
             };
             if let Some(done) = done {
                 done.send(result);
