@@ -3,6 +3,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use relaylog::config::ProfileKind;
+use relaylog::http1::Fields;
 use relaylog::ingress::profile::RequestView;
 use relaylog::simulator::Simulator;
 
@@ -19,7 +20,7 @@ fn bench(c: &mut Criterion) {
                 method: &Method::GET,
                 path: "/cgi-bin/sendsms",
                 query: Some(get_q),
-                headers: &none,
+                headers: Fields::Map(&none),
                 body: b"",
             };
             kannel.extract(std::hint::black_box(&v)).unwrap()
@@ -34,7 +35,7 @@ fn bench(c: &mut Criterion) {
                 method: &Method::POST,
                 path: "/cgi-bin/sendsms",
                 query: None,
-                headers: &xml_h,
+                headers: Fields::Map(&xml_h),
                 body: xml,
             };
             kannel.extract(std::hint::black_box(&v)).unwrap()
@@ -47,7 +48,7 @@ fn bench(c: &mut Criterion) {
                 method: &Method::GET,
                 path: "/send",
                 query: Some(jq),
-                headers: &none,
+                headers: Fields::Map(&none),
                 body: b"",
             };
             jasmin.extract(std::hint::black_box(&v)).unwrap()
@@ -66,7 +67,7 @@ fn bench(c: &mut Criterion) {
                 method: &Method::POST,
                 path: "/messages",
                 query: None,
-                headers: &json_h,
+                headers: Fields::Map(&json_h),
                 body,
             };
             json.extract(std::hint::black_box(&v)).unwrap()

@@ -43,6 +43,7 @@ pub mod compliance;
 pub mod config;
 pub mod egress;
 pub mod export;
+pub mod http1;
 pub mod ingress;
 pub mod ledger;
 pub mod metrics;

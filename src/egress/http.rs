@@ -3,16 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{StatusCode, Uri};
 use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsConnector;
 
 use super::pool::{Conn, Pool, Target};
 
 use crate::config::Forward;
+use crate::http1::{self, Fields, ReadError};
 use crate::ingress::tls::{TlsError, client_config};
 
 /// Why a connection to the upstream could not be made or broke before its reply: what
@@ -105,8 +104,9 @@ pub enum UpstreamError {
     TooLarge,
     #[error("upstream reply broken off")]
     Body,
-    #[error("request cannot be forwarded: {0}")]
-    Request(&'static str),
+    /// Not a valid HTTP/1.1 reply (fixed text saying what, no reply data).
+    #[error("upstream reply not valid HTTP/1.1: {0}")]
+    Malformed(&'static str),
 }
 
 impl UpstreamError {
@@ -124,7 +124,7 @@ impl UpstreamError {
             Self::Timeout => "timeout",
             Self::TooLarge => "response_too_large",
             Self::Body => "body",
-            Self::Request(_) => "request",
+            Self::Malformed(_) => "malformed_reply",
         }
     }
 
@@ -143,18 +143,20 @@ impl crate::relay::Failure for UpstreamError {
     }
 }
 
-/// A reply, fully read.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+pub use crate::http1::Reply;
+
+/// A request as it goes upstream, written once (see [`Upstream::outbound`]).
+pub struct Outbound {
+    bytes: Vec<u8>,
+    /// A HEAD request: its reply has no body.
+    head: bool,
 }
 
 pub struct Upstream {
     pool: Arc<Pool>,
     base: Uri,
-    host: HeaderValue,
+    /// The upstream's authority, for the Host header.
+    host: String,
     rewrite_host: bool,
     timeout: Duration,
     max_response_bytes: usize,
@@ -162,8 +164,8 @@ pub struct Upstream {
 
 /// How one attempt at an exchange ended, when it did not give a reply.
 enum Attempt {
-    /// The connection went away before the request was written: safe to send again.
-    NotSent(Box<Request<Full<Bytes>>>),
+    /// Writing the request failed: the upstream did not take it, safe to send again.
+    NotSent(std::io::Error),
     Failed(UpstreamError),
 }
 
@@ -194,13 +196,11 @@ impl Upstream {
             },
             cfg.pool_idle,
         );
-        let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
-        let host = HeaderValue::from_str(authority)
-            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let authority = base.authority().map_or("localhost", |a| a.as_str());
         Ok(Self {
             pool,
+            host: authority.to_owned(),
             base,
-            host,
             rewrite_host: cfg.rewrite_host,
             timeout: cfg.timeout,
             max_response_bytes: cfg.max_response_bytes,
@@ -211,143 +211,90 @@ impl Upstream {
         &self.base
     }
 
-    /// Forwards a request (head as received, body already read) and reads the reply.
-    /// The head is reused, not rebuilt: a new header map and URI per request were
-    /// allocations on the hot path.
-    pub async fn forward(
+    /// The request as it goes upstream: `target` in origin form, HTTP/1.1, the
+    /// end-to-end headers of `fields` (Host as configured), the body.
+    pub fn outbound(
         &self,
-        mut head: http::request::Parts,
-        body: Bytes,
-    ) -> Result<Reply, UpstreamError> {
-        // Origin form: the connection already names the upstream. A client's
-        // absolute-form target is cut to its path.
-        if head.uri.scheme().is_some() || head.uri.authority().is_some() {
-            let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-            head.uri = path
-                .parse()
-                .map_err(|_| UpstreamError::Request("bad request head"))?;
+        method: &str,
+        target: &str,
+        fields: Fields<'_>,
+        body: &[u8],
+    ) -> Outbound {
+        let mut bytes = Vec::new();
+        http1::write_request(
+            &mut bytes,
+            method,
+            target,
+            fields,
+            (&self.host, self.rewrite_host),
+            body,
+        );
+        Outbound {
+            bytes,
+            head: method == "HEAD",
         }
-        // As a request built anew would be: HTTP/1.1 on the pooled connection whatever
-        // the client spoke, and none of the client connection's extensions (hyper's
-        // client reads some, e.g. a header-case map, from them).
-        head.version = http::Version::HTTP_11;
-        head.extensions.clear();
-        strip_hop_by_hop(&mut head.headers);
-        if self.rewrite_host || !head.headers.contains_key(header::HOST) {
-            head.headers.insert(header::HOST, self.host.clone());
-        }
-        let req = Request::from_parts(head, Full::new(body));
+    }
+
+    /// Sends a request and reads its reply, within the upstream timeout.
+    pub async fn forward(&self, req: &Outbound) -> Result<Reply, UpstreamError> {
         tokio::time::timeout(self.timeout, self.exchange(req))
             .await
             .unwrap_or(Err(UpstreamError::Timeout))
     }
 
-    /// Sends on a pooled connection; if that connection turns out closed before the
-    /// request was written (the upstream dropped it while idle), once more on a new one.
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Reply, UpstreamError> {
-        let mut conn = self.pool.checkout().await.map_err(UpstreamError::connect)?;
-        let req = match self.attempt(&mut conn, req).await {
-            Ok(reply) => {
-                self.pool.checkin(conn);
-                return Ok(reply);
-            }
+    /// Sends on a pooled connection; if writing to it fails (the upstream dropped it
+    /// while idle), once more on a new one.
+    async fn exchange(&self, req: &Outbound) -> Result<Reply, UpstreamError> {
+        let (mut conn, pooled) = self.pool.checkout().await.map_err(UpstreamError::connect)?;
+        let not_sent = match self.attempt(&mut conn, req).await {
+            Ok(reply) => return Ok(self.keep(conn, reply)),
             Err(Attempt::Failed(e)) => return Err(e),
-            Err(Attempt::NotSent(req)) => *req,
+            Err(Attempt::NotSent(e)) => e,
         };
+        let new_conn_closed = |source| UpstreamError::Connect {
+            cause: ConnectCause::Reset,
+            source,
+        };
+        if !pooled {
+            return Err(new_conn_closed(not_sent));
+        }
         let mut conn = self.pool.connect().await.map_err(UpstreamError::connect)?;
         match self.attempt(&mut conn, req).await {
-            Ok(reply) => {
-                self.pool.checkin(conn);
-                Ok(reply)
-            }
+            Ok(reply) => Ok(self.keep(conn, reply)),
             Err(Attempt::Failed(e)) => Err(e),
-            Err(Attempt::NotSent(_)) => Err(UpstreamError::Connect {
-                cause: ConnectCause::Reset,
-                source: std::io::Error::other("a new connection closed before the request"),
-            }),
+            Err(Attempt::NotSent(e)) => Err(new_conn_closed(e)),
         }
     }
 
-    async fn attempt(&self, conn: &mut Conn, req: Request<Full<Bytes>>) -> Result<Reply, Attempt> {
-        let send = conn.send(req);
-        let max = self.max_response_bytes;
-        conn.drive_while(async move {
-            let resp = send.await.map_err(|mut e| match e.take_message() {
-                Some(req) => Attempt::NotSent(Box::new(req)),
-                None => {
-                    Attempt::Failed(UpstreamError::Broken(std::io::Error::other(e.into_error())))
-                }
-            })?;
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, max)
-                .collect()
-                .await
-                .map_err(|e| {
-                    Attempt::Failed(if e.is::<http_body_util::LengthLimitError>() {
-                        UpstreamError::TooLarge
-                    } else {
-                        UpstreamError::Body
-                    })
-                })?
-                .to_bytes();
-            Ok(Reply {
-                status: parts.status,
-                headers: parts.headers,
-                body,
+    fn keep(&self, conn: Conn, reply: Reply) -> Reply {
+        if reply.reusable {
+            self.pool.checkin(conn);
+        }
+        reply
+    }
+
+    async fn attempt(&self, conn: &mut Conn, req: &Outbound) -> Result<Reply, Attempt> {
+        let written = async {
+            conn.stream.write_all(&req.bytes).await?;
+            conn.stream.flush().await
+        };
+        written.await.map_err(Attempt::NotSent)?;
+        http1::read_reply(
+            &mut conn.stream,
+            &mut conn.buf,
+            req.head,
+            self.max_response_bytes,
+        )
+        .await
+        .map_err(|e| {
+            Attempt::Failed(match e {
+                ReadError::Nothing(e) => UpstreamError::Broken(e),
+                ReadError::Io(_) => UpstreamError::Body,
+                ReadError::Malformed(why) => UpstreamError::Malformed(why),
+                ReadError::TooLarge => UpstreamError::TooLarge,
             })
         })
-        .await
     }
-}
-
-impl Reply {
-    /// The reply as it goes back to the client: status, end-to-end headers, body.
-    pub fn into_response(mut self) -> Response<Full<Bytes>> {
-        strip_hop_by_hop(&mut self.headers);
-        let mut resp = Response::new(Full::new(self.body));
-        *resp.status_mut() = self.status;
-        *resp.headers_mut() = self.headers;
-        resp
-    }
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must not forward; `content-length`
-/// is dropped too and set again by hyper from the body it sends.
-pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-];
-
-/// Removes, in place, the hop-by-hop headers, those the `Connection` header names, and
-/// `content-length`: what is left is end to end.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Allocates only when a Connection header names a header that is there and not
-    // already hop-by-hop (`keep-alive`, `close` and the like do not).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|token| {
-            headers.contains_key(*token)
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
-        })
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
-        headers.remove(name);
-    }
-    headers.remove(header::CONTENT_LENGTH);
 }
 
 #[cfg(test)]
@@ -377,34 +324,5 @@ mod tests {
             UpstreamError::Broken(Error::other("x")).reason(),
             "connection_broken"
         );
-    }
-
-    #[test]
-    fn hop_by_hop_headers_stay_behind() {
-        let mut from = HeaderMap::new();
-        from.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        from.insert("x-secret-hop", HeaderValue::from_static("1"));
-        from.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        from.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        from.insert("x-kannel-username", HeaderValue::from_static("tester"));
-        from.append("x-kannel-to", HeaderValue::from_static("1"));
-        from.append("x-kannel-to", HeaderValue::from_static("2"));
-        from.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        from.insert("X-Upper", HeaderValue::from_static("kept"));
-        from.append(header::CONNECTION, HeaderValue::from_static("X-UPPER-HOP"));
-        from.insert("x-upper-hop", HeaderValue::from_static("1"));
-        let mut to = from.clone();
-        strip_hop_by_hop(&mut to);
-        let mut names: Vec<_> = to.keys().map(|k| k.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["x-kannel-to", "x-kannel-username", "x-upper"]);
-        let to_values: Vec<_> = to.get_all("x-kannel-to").iter().collect();
-        assert_eq!(to_values, ["1", "2"], "repeated values keep their order");
     }
 }

@@ -1,28 +1,20 @@
-//! Keep-alive connections to one upstream, driven by the request that uses them.
+//! Keep-alive connections to one upstream, used by the request that checks one out.
 //!
 //! hyper's pooled client runs every connection as a task of its own: a request is
 //! handed to that task through a channel and its reply comes back through another,
-//! two cross-task wake-ups per message. Here a request checks a connection out (the
-//! hyper `SendRequest` and its `Connection` future together), polls the connection
-//! itself while it waits for the reply and reads the body, and puts it back. An idle
-//! connection is polled by no one; the next request that takes it first drives it to
-//! ready, which is also where a connection the upstream has closed is found and
-//! dropped.
+//! two cross-task wake-ups per message. Here a request checks a connection out, writes
+//! and reads on it itself (`egress::http`, with `http1`), and puts it back. An idle
+//! connection is read by no one; the next request that takes it first looks whether
+//! the upstream has closed it meanwhile, and drops it if so.
 
 use super::http::ConnectCause;
-use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1};
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -93,55 +85,23 @@ impl AsyncWrite for Stream {
     }
 }
 
-type Driver = Pin<Box<http1::Connection<TokioIo<Stream>, Full<Bytes>>>>;
-
-/// One connection: the handle requests are sent through, and the future that does
-/// its I/O.
+/// One keep-alive connection to the upstream and what was read from it and not used.
 pub struct Conn {
-    sender: http1::SendRequest<Full<Bytes>>,
-    driver: Driver,
-    /// The driver has finished: the connection is closed.
-    closed: bool,
+    pub stream: Stream,
+    pub buf: BytesMut,
 }
 
 impl Conn {
-    /// Polls the connection until it can take a request. `false`: it is closed.
-    async fn ready(&mut self) -> bool {
-        poll_fn(|cx| {
-            self.drive(cx);
-            if self.closed {
-                return Poll::Ready(false);
-            }
-            self.sender.poll_ready(cx).map(|r| r.is_ok())
-        })
-        .await
-    }
-
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.closed && self.driver.as_mut().poll(cx).is_ready() {
-            self.closed = true;
-        }
-    }
-
-    /// Runs `work` (which sends through this connection and reads the reply) while
-    /// polling the connection, so that the connection's I/O happens in this task.
-    pub async fn drive_while<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let mut work = std::pin::pin!(work);
-        poll_fn(|cx| {
-            self.drive(cx);
-            work.as_mut().poll(cx)
-        })
-        .await
-    }
-
-    /// Sends a request; the future does not borrow the connection, which
-    /// [`Conn::drive_while`] polls meanwhile.
-    pub fn send(
-        &mut self,
-        req: Request<Full<Bytes>>,
-    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>>> + use<>
-    {
-        self.sender.try_send_request(req)
+    /// Whether an idle connection can still take a request: the upstream has neither
+    /// closed it nor sent anything unasked (a read now would block).
+    fn alive(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(
+            Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf),
+            Poll::Pending
+        )
     }
 }
 
@@ -186,24 +146,21 @@ impl Pool {
         })
     }
 
-    /// An idle connection that is still open, or a new one.
-    pub async fn checkout(&self) -> Result<Conn, ConnectError> {
+    /// An idle connection that is still open (`true`: from the pool), or a new one.
+    pub async fn checkout(&self) -> Result<(Conn, bool), ConnectError> {
         loop {
             let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
             let Some(mut conn) = idle else { break };
-            if conn.ready().await {
-                return Ok(conn);
+            if conn.alive() {
+                return Ok((conn, true));
             }
         }
-        self.connect().await
+        Ok((self.connect().await?, false))
     }
 
-    /// Returns a connection after a complete exchange; dropped (closed) if the pool is
-    /// full or the connection cannot take another request.
+    /// Returns a connection after a complete exchange that left it fit for another;
+    /// dropped (closed) if the pool is full.
     pub fn checkin(&self, conn: Conn) {
-        if conn.closed || conn.sender.is_closed() {
-            return;
-        }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.max_idle
         {
@@ -212,7 +169,7 @@ impl Pool {
     }
 
     /// A new connection, not from the pool. Each step says how it failed: name
-    /// resolution, TCP connect, TLS handshake, HTTP handshake.
+    /// resolution, TCP connect, TLS handshake.
     pub async fn connect(&self) -> Result<Conn, ConnectError> {
         let t = &self.target;
         let timed_out = |what: &str| ConnectError {
@@ -261,17 +218,9 @@ impl Pool {
                 Stream::Tls(Box::new(tls))
             }
         };
-        let (sender, driver) =
-            http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ConnectError {
-                    cause: ConnectCause::Other,
-                    source: io::Error::other(e),
-                })?;
         Ok(Conn {
-            sender,
-            driver: Box::pin(driver),
-            closed: false,
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
         })
     }
 }

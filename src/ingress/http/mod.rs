@@ -1,17 +1,19 @@
 //! The HTTP(S) listener: the shared accept loop ([`crate::net::run`]) with a "busy"
-//! reply at the connection limit, one hyper http1 connection per socket, a watchdog
-//! per connection for idle and slow-head timeouts and for shutdown, and the request
-//! phases in `request.rs`.
+//! reply at the connection limit; per socket, the fast path (`lean.rs`) and hyper's
+//! http1 server from the first request the fast path leaves to it; a watchdog per
+//! connection for idle and slow-head timeouts and for shutdown; and the request phases
+//! in `request.rs`, which both share.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -21,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::ListenerLabels;
 
+mod lean;
 mod request;
 
 use crate::shutdown::{Drain, Shutdown};
@@ -79,6 +82,8 @@ struct Activity {
     /// When the first byte of a request head arrived with no request in flight
     /// (`u64::MAX`: none pending).
     head_started: AtomicU64,
+    /// The watchdog asked the connection to close after the request in flight.
+    closing: AtomicBool,
 }
 
 impl Activity {
@@ -107,8 +112,10 @@ impl Activity {
     }
 }
 
-/// An IO stream that reports reads to the connection's [`Activity`].
+/// An IO stream that reports reads to the connection's [`Activity`], with the bytes
+/// the fast path read and did not use put back in front.
 struct Watched<I> {
+    prefix: Bytes,
     io: I,
     activity: Arc<Activity>,
 }
@@ -119,6 +126,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -154,13 +166,20 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 }
 
-/// Serves one connection until it ends, the idle timeout closes it, or shutdown:
-/// then hyper finishes the request in flight and closes. The header timeout keeps
-/// applying while closing (a client that never finishes its head cannot hold the
-/// drain), and past `shutdown-timeout` (the listener's `abort`) the connection is
-/// dropped at once; a recorded message in it still gets its outcome (see `relay`).
-async fn serve<I>(io: I, peer: SocketAddr, http: Arc<Listener>, shutdown: Shutdown, drain: &Drain)
-where
+/// Serves one connection until it ends, the idle timeout closes it, or shutdown: the
+/// fast path (`lean.rs`) first, hyper from the first request the fast path does not
+/// take. At shutdown the request in flight is finished and the connection closed. The
+/// header timeout keeps applying while closing (a client that never finishes its head
+/// cannot hold the drain), and past `shutdown-timeout` (the listener's `abort`) the
+/// connection is dropped at once; a recorded message in it still gets its outcome
+/// (see `relay`).
+async fn serve<I>(
+    mut io: I,
+    peer: SocketAddr,
+    http: Arc<Listener>,
+    shutdown: Shutdown,
+    drain: &Drain,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity {
@@ -168,8 +187,26 @@ where
         in_flight: AtomicUsize::new(0),
         last: AtomicU64::new(0),
         head_started: AtomicU64::new(u64::MAX),
+        closing: AtomicBool::new(false),
     });
-    let limits = http.limits;
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let fast = lean::serve(&mut io, &mut buf, &http, peer, drain, &activity);
+    // The fast path closes by itself after the request in flight; with none, the
+    // watchdog drops it.
+    let graceful = |_: Pin<&mut _>| {
+        activity.closing.store(true, Ordering::Relaxed);
+        activity.in_flight.load(Ordering::Relaxed) == 0
+    };
+    if !matches!(
+        watch(std::pin::pin!(fast), &activity, &http, &shutdown, graceful).await,
+        Some(lean::End::Handoff)
+    ) {
+        return;
+    }
+    if activity.closing.load(Ordering::Relaxed) {
+        return;
+    }
+
     let svc = {
         let activity = activity.clone();
         let drain = drain.clone();
@@ -187,37 +224,54 @@ where
         })
     };
     let io = Watched {
+        prefix: buf.freeze(),
         io,
         activity: activity.clone(),
     };
     let conn = http1::Builder::new()
         .keep_alive(true)
-        .max_buf_size(64 * 1024)
+        .max_buf_size(crate::http1::MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    let graceful = |conn: Pin<&mut _>| {
+        hyper::server::conn::http1::Connection::graceful_shutdown(conn);
+        false
+    };
+    if let Some(Err(e)) = watch(std::pin::pin!(conn), &activity, &http, &shutdown, graceful).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Runs a connection's future under the watchdog: idle and slow-head timeouts,
+/// shutdown and its deadline. `graceful` asks the connection to close after what is in
+/// flight; `true` from it: close now. `None`: the watchdog closed the connection.
+async fn watch<F: Future>(
+    mut conn: Pin<&mut F>,
+    activity: &Activity,
+    http: &Listener,
+    shutdown: &Shutdown,
+    mut graceful: impl FnMut(Pin<&mut F>) -> bool,
+) -> Option<F::Output> {
+    let limits = http.limits;
     let tick = Duration::from_millis(250)
         .min(limits.header_timeout)
         .min(limits.idle_timeout);
     let mut closing = false;
     loop {
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                break;
-            }
+            out = conn.as_mut() => return Some(out),
             // Shutdown and its deadline are looked at on the tick, not awaited: a
             // watch awaited here would take its lock on every poll of every
             // connection (twice a request), for news that comes once.
             _ = tokio::time::sleep(tick) => {
                 if http.relay.abort.is_triggered() {
                     tracing::debug!("shutdown-timeout passed; closing the connection");
-                    break;
+                    return None;
                 }
                 if !closing && shutdown.is_triggered() {
-                    conn.as_mut().graceful_shutdown();
                     closing = true;
+                    if graceful(conn.as_mut()) {
+                        return None;
+                    }
                 }
                 if activity.in_flight.load(Ordering::Relaxed) > 0 {
                     continue;
@@ -226,11 +280,13 @@ where
                 let head = activity.head_started.load(Ordering::Relaxed);
                 if head != u64::MAX && now.saturating_sub(head) >= limits.header_timeout.as_millis() as u64 {
                     tracing::debug!("request head not received in time; closing");
-                    break;
+                    return None;
                 }
                 if !closing && head == u64::MAX && now.saturating_sub(activity.last.load(Ordering::Relaxed)) >= limits.idle_timeout.as_millis() as u64 {
-                    conn.as_mut().graceful_shutdown();
                     closing = true;
+                    if graceful(conn.as_mut()) {
+                        return None;
+                    }
                 }
             }
         }

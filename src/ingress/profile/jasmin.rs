@@ -138,7 +138,7 @@ mod tests {
             method: &Method::GET,
             path: "/send",
             query: Some(q),
-            headers: h,
+            headers: crate::http1::Fields::Map(h),
             body: b"",
         }
     }
@@ -198,7 +198,7 @@ mod tests {
                 method: &Method::POST,
                 path: "/send",
                 query: q,
-                headers: &h,
+                headers: crate::http1::Fields::Map(&h),
                 body,
             })
         };

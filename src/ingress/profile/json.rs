@@ -195,8 +195,8 @@ fn is_gsm_basic(c: char) -> bool {
 }
 
 /// The user name of `Authorization: Basic …`, if present.
-fn basic_auth_user(headers: &http::HeaderMap) -> Result<Option<String>, ParseError> {
-    let mut all = headers.get_all(http::header::AUTHORIZATION).iter();
+fn basic_auth_user(headers: crate::http1::Fields<'_>) -> Result<Option<String>, ParseError> {
+    let mut all = headers.get_all("authorization");
     let (value, again) = (all.next(), all.next());
     if again.is_some() {
         return Err(ParseError::Duplicate("Authorization"));
@@ -204,7 +204,7 @@ fn basic_auth_user(headers: &http::HeaderMap) -> Result<Option<String>, ParseErr
     let Some(value) = value else {
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| ParseError::BadAuthorization)?;
+    let value = crate::http1::text(value).ok_or(ParseError::BadAuthorization)?;
     let Some((scheme, token)) = value.split_once(' ') else {
         return Err(ParseError::BadAuthorization);
     };
@@ -257,7 +257,7 @@ mod tests {
                 method: &Method::POST,
                 path: "/messages",
                 query: None,
-                headers: &h,
+                headers: crate::http1::Fields::Map(&h),
                 body,
             },
         )

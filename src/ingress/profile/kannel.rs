@@ -1,7 +1,9 @@
 //! Kannel smsbox `sendsms`: GET query, form-encoded POST, `text/plain` POST with
 //! `X-Kannel-*` headers, and the XML POST (`<message><submit>…`) with several `<da>`.
 
-use http::{HeaderMap, Method};
+use http::Method;
+
+use crate::http1::Fields;
 use quick_xml::events::Event;
 
 use super::{
@@ -108,28 +110,30 @@ fn form(
 /// Reads the `X-Kannel-*` headers of a `text/plain` POST. Any repeated `X-Kannel-*`
 /// header is refused, and so is a sender, recipient or coding header that is not text
 /// or holds a control character.
-fn headers(h: &HeaderMap, seen: &mut Seen, out: &mut Extracted) -> Result<(), ParseError> {
-    for name in h.keys() {
-        let Some(suffix) = name.as_str().strip_prefix("x-kannel-") else {
+fn headers(h: Fields<'_>, seen: &mut Seen, out: &mut Extracted) -> Result<(), ParseError> {
+    const PREFIX: &str = "x-kannel-";
+    for (name, value) in h.iter() {
+        let Some(suffix) = name
+            .get(..PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+            .map(|_| &name[PREFIX.len()..])
+        else {
             continue;
         };
-        let mut values = h.get_all(name).iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
+        let param = PARAMS
+            .iter()
+            .position(|names| names[0].eq_ignore_ascii_case(suffix));
+        if h.get_all(name).nth(1).is_some() {
             return Err(ParseError::Duplicate(
-                PARAMS
-                    .iter()
-                    .find(|names| names[0] == suffix)
-                    .map_or("X-Kannel-*", |names| names[0]),
+                param.map_or("X-Kannel-*", |i| PARAMS[i][0]),
             ));
-        };
-        let Some(i) = PARAMS.iter().position(|names| names[0] == suffix) else {
+        }
+        let Some(i) = param else {
             continue;
         };
         seen.once(PARAMS, i)?;
         let text = || {
-            value
-                .to_str()
-                .ok()
+            crate::http1::text(value)
                 .filter(|v| !super::has_control(v))
                 .ok_or(ParseError::MalformedField(PARAMS[i][0]))
         };
@@ -345,7 +349,7 @@ pub fn reply_code(body: &[u8]) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
     fn view<'a>(
         method: &'a Method,
@@ -357,7 +361,7 @@ mod tests {
             method,
             path: "/cgi-bin/sendsms",
             query,
-            headers,
+            headers: Fields::Map(headers),
             body,
         }
     }

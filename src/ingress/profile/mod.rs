@@ -7,7 +7,9 @@ pub mod jasmin;
 pub mod json;
 pub mod kannel;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
+
+use crate::http1::{self, Fields};
 
 use crate::config::{Profile, ProfileKind};
 use crate::record::Outcome;
@@ -22,7 +24,7 @@ pub struct RequestView<'a> {
     pub method: &'a Method,
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    pub headers: Fields<'a>,
     pub body: &'a [u8],
 }
 
@@ -32,7 +34,7 @@ impl<'a> RequestView<'a> {
             method: &head.method,
             path: head.uri.path(),
             query: head.uri.query(),
-            headers: &head.headers,
+            headers: Fields::Map(&head.headers),
             body,
         }
     }
@@ -179,11 +181,9 @@ pub fn normalize_path(path: &str) -> Option<String> {
 /// content type, framing, `Authorization`, `X-Kannel-*`): a proxy drops what
 /// `Connection` names, so the gateway would not see what relaylog read. Other names
 /// (`keep-alive`, `Upgrade, HTTP2-Settings`, …) only drop headers no profile reads.
-fn check_connection(headers: &HeaderMap) -> Result<(), ParseError> {
-    for value in headers.get_all(http::header::CONNECTION) {
-        let value = value
-            .to_str()
-            .map_err(|_| ParseError::ConnectionNamesHeader)?;
+fn check_connection(headers: Fields<'_>) -> Result<(), ParseError> {
+    for value in headers.get_all("connection") {
+        let value = http1::text(value).ok_or(ParseError::ConnectionNamesHeader)?;
         for token in value.split(',').map(str::trim) {
             let token = token.to_ascii_lowercase();
             let read = matches!(
@@ -201,13 +201,13 @@ fn check_connection(headers: &HeaderMap) -> Result<(), ParseError> {
 /// Refuses a request with two `Content-Type` headers (parsers differ on which one
 /// counts) or one that is not plain text (relaylog would not read it; a gateway
 /// might, up to its first `;`).
-fn check_content_type(headers: &HeaderMap) -> Result<(), ParseError> {
-    let mut all = headers.get_all(http::header::CONTENT_TYPE).iter();
+fn check_content_type(headers: Fields<'_>) -> Result<(), ParseError> {
+    let mut all = headers.get_all("content-type");
     let (first, second) = (all.next(), all.next());
     if second.is_some() {
         return Err(ParseError::Duplicate("Content-Type"));
     }
-    if first.is_some_and(|v| v.to_str().is_err()) {
+    if first.is_some_and(|v| http1::text(v).is_none()) {
         return Err(ParseError::MalformedField("Content-Type"));
     }
     Ok(())
@@ -300,8 +300,8 @@ fn split_recipients(to: &str, out: &mut Vec<String>) -> Result<(), ParseError> {
 }
 
 /// The media type of a request, lower-cased, without parameters.
-fn media_type(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+fn media_type(headers: Fields<'_>) -> Option<String> {
+    let v = http1::text(headers.get("content-type")?)?;
     Some(
         v.split(';')
             .next()
@@ -421,6 +421,7 @@ impl Seen {
 mod tests {
     use super::*;
     use crate::config::{Profile, ProfileKind};
+    use http::HeaderMap;
 
     /// Review of issue 10: a `Connection` header that names a header relaylog reads
     /// makes the proxy drop it on the way; passthrough paths match as configured, so
@@ -439,7 +440,7 @@ mod tests {
                 method: &Method::GET,
                 path,
                 query: Some("username=a&to=1"),
-                headers: h,
+                headers: Fields::Map(h),
                 body: b"",
             }
         }

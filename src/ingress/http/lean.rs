@@ -1,0 +1,237 @@
+//! The fast path: plain HTTP/1.1 requests relayed without hyper.
+//!
+//! hyper's server builds a header map, a URI and a body stream per request, and its
+//! reply a header map again; at saturation that was a fifth of relaylog's CPU per
+//! message. Here a request's head is parsed with httparse from the connection's
+//! buffer, the profile reads the fields in place ([`Fields::Raw`]), the request goes
+//! upstream as one write, and the upstream's reply goes back as one.
+//!
+//! Only what hyper would frame the same way is taken (see [`http1::take`]): HTTP/1.1,
+//! GET or POST, an origin-form target, no body or one framed by a single plain
+//! Content-Length, no `Expect` or `Upgrade`. At the first request that is anything
+//! else the connection is handed to hyper, its buffered bytes first, and hyper serves
+//! it to the end: chunked bodies, `100-continue`, HTTP/1.0 and every refusal of a
+//! smuggling attempt stay hyper's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use http::Method;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::Activity;
+use super::request::{Listener, Refusal, Request};
+use crate::http1::{self, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Take};
+use crate::ingress::profile::RequestView;
+use crate::shutdown::Drain;
+
+/// How the fast path left a connection.
+pub(super) enum End {
+    /// Closed, or to be closed: the client went, asked to close, sent a head that
+    /// cannot be read, or the listener is closing.
+    Closed,
+    /// A request the fast path does not take: hyper serves the connection from here,
+    /// starting with the bytes still in the buffer.
+    Handoff,
+}
+
+/// Why a request head cannot be read; hyper's answers to the same.
+enum BadHead {
+    Invalid,
+    TooLarge,
+}
+
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// Serves requests from `io` until the connection ends or a request needs hyper.
+/// `buf` holds what was read and not used yet.
+pub(super) async fn serve<I>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    listener: &Arc<Listener>,
+    peer: SocketAddr,
+    drain: &Drain,
+    activity: &Activity,
+) -> End
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = listener.limits;
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        // Phase 1a: a whole head.
+        let (head_len, take) = loop {
+            let parsed = {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(buf) {
+                    Ok(httparse::Status::Complete(n)) => Some(Ok((n, http1::take(&req)))),
+                    Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                        Some(Err(BadHead::TooLarge))
+                    }
+                    Ok(httparse::Status::Partial) => None,
+                    Err(httparse::Error::TooManyHeaders) => Some(Err(BadHead::TooLarge)),
+                    Err(_) => Some(Err(BadHead::Invalid)),
+                }
+            };
+            match parsed {
+                Some(Ok(head)) => break head,
+                Some(Err(bad)) => {
+                    tracing::debug!("request head not valid HTTP/1.1; closing");
+                    let reply = match bad {
+                        BadHead::Invalid => BAD_REQUEST,
+                        BadHead::TooLarge => HEAD_TOO_LARGE,
+                    };
+                    let _ = write_and_close(io, reply).await;
+                    return End::Closed;
+                }
+                None => {
+                    if !read(io, buf, activity).await {
+                        return End::Closed;
+                    }
+                }
+            }
+        };
+        let Take::Lean {
+            content_length,
+            close,
+        } = take
+        else {
+            return End::Handoff;
+        };
+        activity.begin();
+        let started = Instant::now();
+
+        // Phase 1b: the body, bounded by max-body-bytes and request-timeout.
+        let refusal = if content_length > limits.max_body_bytes {
+            Some(Refusal::BodyTooLarge)
+        } else {
+            let need = head_len + content_length;
+            match tokio::time::timeout(limits.request_timeout, fill(io, buf, need, activity)).await
+            {
+                Ok(true) => None,
+                Ok(false) => Some(Refusal::BodyBroken),
+                Err(_) => Some(Refusal::BodyTimeout),
+            }
+        };
+        if let Some(refusal) = refusal {
+            // The rest of the body is not read: the connection cannot go on.
+            out.clear();
+            listener.reject(refusal, started).write(&mut out, true);
+            let _ = write_and_close(io, &out).await;
+            activity.end();
+            return End::Closed;
+        }
+
+        // Phases 2 to 5. Extraction borrows the buffer; only the prepared request
+        // (owned) is kept across the awaits.
+        let prepared = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            // The same bytes parsed above: complete, and taken.
+            let _ = req.parse(&buf[..head_len]);
+            let method = if req.method == Some("POST") {
+                Method::POST
+            } else {
+                Method::GET
+            };
+            let target = req.path.unwrap_or("/");
+            let (path, query) = match target.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (target, None),
+            };
+            let request = Request {
+                view: RequestView {
+                    method: &method,
+                    path,
+                    query,
+                    headers: Fields::Raw(req.headers),
+                    body: &buf[head_len..head_len + content_length],
+                },
+                target,
+            };
+            listener.prepare(&request, peer)
+        };
+        buf.advance(head_len + content_length);
+        // The connection is read meanwhile, as hyper does: a client that hangs up
+        // drops the answer, which goes on detached and is not forwarded if it had not
+        // been yet (see `relay::Detached`). What a client sends meanwhile (its next
+        // request) waits in the buffer, up to the most one request may be.
+        let mut answer = std::pin::pin!(listener.answer(prepared, drain.clone(), started));
+        let cap = MAX_HEAD_BYTES + limits.max_body_bytes;
+        let answered = loop {
+            if buf.len() >= cap {
+                break Some(answer.as_mut().await);
+            }
+            tokio::select! {
+                biased;
+                answered = answer.as_mut() => break Some(answered),
+                more = read(io, buf, activity) => if !more {
+                    break None;
+                },
+            }
+        };
+        let Some(answered) = answered else {
+            activity.end();
+            return End::Closed;
+        };
+        let close = close || activity.closing.load(Ordering::Relaxed);
+        out.clear();
+        answered.write(&mut out, close);
+        drop(answered);
+        let written = io.write_all(&out).await.is_ok() && io.flush().await.is_ok();
+        activity.end();
+        if !written {
+            return End::Closed;
+        }
+        if close {
+            let _ = io.shutdown().await;
+            return End::Closed;
+        }
+        // A connection's buffers stay small between requests.
+        if out.capacity() > 64 * 1024 {
+            out = Vec::with_capacity(1024);
+        }
+    }
+}
+
+/// Reads more of the connection into `buf`. `false`: the client closed it, or it broke.
+async fn read<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, activity: &Activity) -> bool {
+    buf.reserve(4 * 1024);
+    match io.read_buf(buf).await {
+        Ok(0) | Err(_) => false,
+        Ok(_) => {
+            activity.read_some();
+            true
+        }
+    }
+}
+
+/// Reads until `buf` holds `need` octets. `false`: the connection ended first.
+async fn fill<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    need: usize,
+    activity: &Activity,
+) -> bool {
+    if buf.len() < need {
+        buf.reserve(need - buf.len());
+    }
+    while buf.len() < need {
+        if !read(io, buf, activity).await {
+            return false;
+        }
+    }
+    true
+}
+
+async fn write_and_close<I: AsyncWrite + Unpin>(io: &mut I, bytes: &[u8]) -> std::io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await?;
+    io.shutdown().await
+}

@@ -1,0 +1,234 @@
+//! The fast path (`ingress::http::lean`) and its hand-over to hyper: what each request
+//! becomes upstream and in the store, on one keep-alive connection, whoever serves it.
+
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use relaylog::http1::{Reply, read_reply};
+use relaylog::store::IndexKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const KANNEL_OK: &str = "0: Accepted for delivery";
+
+async fn connect(relay: &Relay) -> TcpStream {
+    TcpStream::connect(relay.url.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads one reply from the relay, as a client would.
+async fn reply(s: &mut TcpStream, buf: &mut BytesMut) -> Reply {
+    read_reply(s, buf, false, 1 << 20).await.unwrap()
+}
+
+fn get(user: &str, n: u32) -> String {
+    format!(
+        "GET /cgi-bin/sendsms?username={user}&password=pw&to={}&text=hi HTTP/1.1\r\nHost: relay\r\n\r\n",
+        number(n)
+    )
+}
+
+/// A plain GET (fast path), a chunked form POST (hyper, from there on), and a plain GET
+/// again, on one connection: each is forwarded once, as the client framed it, and
+/// recorded under its own account.
+#[tokio::test]
+async fn requests_hyper_frames_go_to_hyper_on_the_same_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let mut s = connect(&relay).await;
+    let mut buf = BytesMut::new();
+
+    s.write_all(get("fast", 1).as_bytes()).await.unwrap();
+    let r = reply(&mut s, &mut buf).await;
+    assert_eq!((r.status, &r.body[..]), (202, KANNEL_OK.as_bytes()));
+
+    let form = format!("username=chunked&password=pw&to={}&text=hi", number(2));
+    let (a, b) = form.split_at(10);
+    let chunked = format!(
+        "POST /cgi-bin/sendsms HTTP/1.1\r\nHost: relay\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    s.write_all(chunked.as_bytes()).await.unwrap();
+    let r = reply(&mut s, &mut buf).await;
+    assert_eq!(r.status, 202);
+
+    s.write_all(get("after", 3).as_bytes()).await.unwrap();
+    assert_eq!(reply(&mut s, &mut buf).await.status, 202);
+
+    relay.settle().await;
+    for account in ["fast", "chunked", "after"] {
+        assert_eq!(
+            relay.query(IndexKind::Account, account).len(),
+            1,
+            "{account}"
+        );
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        seen[1].body,
+        form.as_bytes(),
+        "the chunked body went on whole"
+    );
+    assert_eq!(
+        seen[1].headers["content-length"],
+        form.len().to_string().as_str()
+    );
+    assert!(!seen[1].headers.contains_key("transfer-encoding"));
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    relay.running.shutdown().await;
+}
+
+/// Requests sent together, before any reply, are answered in order, each once.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let mut s = connect(&relay).await;
+    let both = format!("{}{}", get("one", 1), get("two", 2));
+    s.write_all(both.as_bytes()).await.unwrap();
+    let mut buf = BytesMut::new();
+    for _ in 0..2 {
+        assert_eq!(reply(&mut s, &mut buf).await.status, 202);
+    }
+    let seen: Vec<String> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.path_and_query.clone())
+        .collect();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].contains("username=one") && seen[1].contains("username=two"));
+    relay.running.shutdown().await;
+}
+
+/// Heads the fast path cannot read and bodies it will not take are refused as hyper
+/// refuses them, the connection closed, nothing forwarded or recorded.
+#[tokio::test]
+async fn unreadable_heads_and_oversized_bodies_are_refused_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "max-body-bytes = 100\n", "").await;
+    let big_head = format!(
+        "GET /cgi-bin/sendsms?username=big HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let cases: [(&[u8], &str); 4] = [
+        (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", "HTTP/1.1 400"),
+        (
+            b"GET /cgi-bin/sendsms?username=x\x01 HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"POST /cgi-bin/sendsms HTTP/1.1\r\nContent-Length: 1000\r\n\r\nusername=long",
+            "HTTP/1.1 413",
+        ),
+        (big_head.as_bytes(), "HTTP/1.1 431"),
+    ];
+    for (request, want) in cases {
+        let mut s = connect(&relay).await;
+        // The relay may answer and close before it has read all of a large head.
+        let _ = s.write_all(request).await;
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with(want), "{want}: {text}");
+    }
+    assert_eq!(up.count(), 0);
+    relay.settle().await;
+    assert!(relay.query(IndexKind::Account, "long").is_empty());
+    relay.running.shutdown().await;
+}
+
+/// An upstream that answers every request with `reply`, and counts connections.
+async fn raw_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // Requests without bodies: the head's end is the request's.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A chunked reply with hop-by-hop headers goes back to the client whole, with its
+/// length, without them, and the upstream connection is used again.
+#[tokio::test]
+async fn chunked_replies_go_back_whole_and_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = raw_upstream(
+        b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Secret\r\n\
+          X-Secret: 1\r\nX-Kept: 2\r\n\r\n5\r\n0: Ac\r\n13\r\ncepted for delivery\r\n0\r\n\r\n",
+    )
+    .await;
+    let text = config_text(
+        dir.path(),
+        "kannel",
+        Some(&format!("http://{addr}")),
+        "",
+        "",
+    );
+    let relay = Relay::start(dir.path(), &text).await;
+    let mut s = connect(&relay).await;
+    let mut buf = BytesMut::new();
+    for n in 0..2 {
+        s.write_all(get("chunky", n).as_bytes()).await.unwrap();
+        let r = reply(&mut s, &mut buf).await;
+        assert_eq!((r.status, &r.body[..]), (202, KANNEL_OK.as_bytes()));
+        r.fields(|f| {
+            assert_eq!(f.get("x-kept"), Some(&b"2"[..]));
+            assert_eq!(f.get("content-length"), Some(&b"24"[..]));
+            for hop in ["x-secret", "transfer-encoding", "connection"] {
+                assert!(!f.contains(hop), "{hop} went back to the client");
+            }
+        });
+    }
+    relay.settle().await;
+    let found = relay.query(IndexKind::Account, "chunky");
+    assert_eq!(found.len(), 2);
+    assert!(found.iter().all(|f| f.outcome.is_some()));
+    relay.running.shutdown().await;
+}
+
+/// `Connection: close` from the client: the reply says so and the relay closes.
+#[tokio::test]
+async fn a_client_asking_to_close_gets_its_reply_and_the_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let mut s = connect(&relay).await;
+    let request =
+        get("closer", 1).replace("Host: relay\r\n", "Host: relay\r\nConnection: close\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 202 Accepted\r\n"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.ends_with(KANNEL_OK), "{text}");
+    relay.running.shutdown().await;
+}
