@@ -233,7 +233,10 @@ pub fn write_reply_head(
     if !dated {
         DATE.with_borrow_mut(|d| header(out, "date", d.now()));
     }
-    length(out, body_len);
+    // RFC 9110 §8.6: none on 1xx and 204; a 304's would describe another reply.
+    if !(status < 200 || status == 204 || status == 304) {
+        length(out, body_len);
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -274,7 +277,6 @@ thread_local! {
 }
 
 /// An upstream's reply, read whole: status, head as received, body de-chunked.
-#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     /// The status line and header fields, as received (parsed again by [`Reply::fields`]).
@@ -282,6 +284,18 @@ pub struct Reply {
     pub body: Bytes,
     /// The connection may carry another request.
     pub reusable: bool,
+}
+
+/// Status and sizes only: the body may echo a message's text.
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("head_len", &self.head.len())
+            .field("body_len", &self.body.len())
+            .field("reusable", &self.reusable)
+            .finish()
+    }
 }
 
 impl Reply {
@@ -298,6 +312,7 @@ impl Reply {
     }
 
     /// The reply as hyper's server sends it on: status, end-to-end headers, body.
+    /// Headers hyper's types cannot hold (obs-text names, say) are left out.
     pub fn into_response(self) -> http::Response<http_body_util::Full<Bytes>> {
         let mut resp = http::Response::new(http_body_util::Full::new(self.body.clone()));
         *resp.status_mut() =
@@ -322,10 +337,11 @@ impl Reply {
 /// Why a reply could not be read.
 #[derive(Debug)]
 pub enum ReadError {
-    /// The connection closed, or failed, before the first octet of a reply.
-    Nothing(io::Error),
-    /// It broke off after part of the reply.
-    Io(io::Error),
+    /// The connection closed, or failed, before the reply's head was whole: the
+    /// upstream may or may not have the request.
+    Broken(io::Error),
+    /// It broke off in the reply's body.
+    Body(io::Error),
     /// Not a valid HTTP/1.1 reply (the reason is fixed text, no reply data in it).
     Malformed(&'static str),
     /// The body is larger than the limit.
@@ -350,13 +366,15 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
     head_request: bool,
     max_body: usize,
 ) -> Result<Reply, ReadError> {
-    let mut received = !buf.is_empty();
-    let (status, framing, mut reusable, head_len) = loop {
+    let (head, head_len) = loop {
         let parsed = {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(buf) {
-                Ok(httparse::Status::Complete(n)) => Some((reply_framing(&resp, head_request)?, n)),
+                Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
+                    return Err(ReadError::Malformed("reply head too large"));
+                }
+                Ok(httparse::Status::Complete(n)) => Some((reply_head(&resp, head_request)?, n)),
                 Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                     return Err(ReadError::Malformed("reply head too large"));
                 }
@@ -365,15 +383,17 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
             }
         };
         match parsed {
-            Some((Some(head), n)) => break (head.0, head.1, head.2, n),
+            Some((Some(head), n)) => break (head, n),
             // An interim reply: skip it.
             Some((None, n)) => buf.advance(n),
-            None => {
-                fill(io, buf, received).await?;
-                received = true;
-            }
+            None => read_more(io, buf).await.map_err(ReadError::Broken)?,
         }
     };
+    let ReplyHead {
+        status,
+        framing,
+        mut reusable,
+    } = head;
     let head = buf.split_to(head_len).freeze();
     let body = match framing {
         Framing::Empty => Bytes::new(),
@@ -383,7 +403,7 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
             }
             while buf.len() < n {
                 buf.reserve(n - buf.len());
-                fill(io, buf, true).await?;
+                read_more(io, buf).await.map_err(ReadError::Body)?;
             }
             buf.split_to(n).freeze()
         }
@@ -396,7 +416,7 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
                 if state == Chunked::Done {
                     break;
                 }
-                fill(io, buf, true).await?;
+                read_more(io, buf).await.map_err(ReadError::Body)?;
             }
             body.freeze()
         }
@@ -410,7 +430,7 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
                 match io.read_buf(buf).await {
                     Ok(0) => break,
                     Ok(_) => {}
-                    Err(e) => return Err(ReadError::Io(e)),
+                    Err(e) => return Err(ReadError::Body(e)),
                 }
             }
             buf.split().freeze()
@@ -425,36 +445,30 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
 }
 
 /// Reads more into `buf`; the end of the stream is an error here.
-async fn fill<S: AsyncRead + Unpin>(
-    io: &mut S,
-    buf: &mut BytesMut,
-    received: bool,
-) -> Result<(), ReadError> {
+async fn read_more<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut) -> io::Result<()> {
     buf.reserve(8 * 1024);
-    let err = |e| {
-        if received {
-            ReadError::Io(e)
-        } else {
-            ReadError::Nothing(e)
-        }
-    };
-    match io.read_buf(buf).await {
-        Ok(0) => Err(err(io::Error::new(
+    match io.read_buf(buf).await? {
+        0 => Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "connection closed before the reply's end",
-        ))),
-        Ok(_) => Ok(()),
-        Err(e) => Err(err(e)),
+        )),
+        _ => Ok(()),
     }
 }
 
-/// A final reply's status, framing and whether its connection may be kept; `None` for
-/// an interim (1xx) reply.
-#[allow(clippy::type_complexity)]
-fn reply_framing(
+/// What a final reply's head says of the rest.
+struct ReplyHead {
+    status: u16,
+    framing: Framing,
+    /// The connection may be kept for another request.
+    reusable: bool,
+}
+
+/// Reads a reply head; `None` for an interim (1xx) reply.
+fn reply_head(
     resp: &httparse::Response<'_, '_>,
     head_request: bool,
-) -> Result<Option<(u16, Framing, bool)>, ReadError> {
+) -> Result<Option<ReplyHead>, ReadError> {
     let status = resp.code.unwrap_or(0);
     match status {
         101 => {
@@ -487,6 +501,12 @@ fn reply_framing(
             .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
     });
     let framing = if head_request || status == 204 || status == 304 {
+        // A HEAD's and a 304's length are another reply's; a 204 that gives one may
+        // send a body anyway, which would be read as the next request's reply: its
+        // connection is not used again.
+        if status == 204 && !head_request {
+            reusable &= length.unwrap_or(0) == 0 && chunked.is_none();
+        }
         Framing::Empty
     } else if let Some(chunked) = chunked {
         // Transfer-Encoding overrides Content-Length; a reply with both is suspect,
@@ -502,7 +522,11 @@ fn reply_framing(
     } else {
         Framing::Close
     };
-    Ok(Some((status, framing, reusable)))
+    Ok(Some(ReplyHead {
+        status,
+        framing,
+        reusable,
+    }))
 }
 
 /// Where a chunked body's decoding is.
@@ -537,6 +561,9 @@ fn dechunk(
                         Ok(at)
                     };
                 };
+                if end > MAX_CHUNK_LINE {
+                    return bad("chunk-size line too long");
+                }
                 let line = &rest[..end];
                 let size_end = line
                     .iter()
@@ -592,6 +619,9 @@ fn dechunk(
                         Ok(at)
                     };
                 };
+                if seen + end + 2 > MAX_HEAD_BYTES {
+                    return bad("trailers too long");
+                }
                 at += end + 2;
                 *state = if end == 0 {
                     Chunked::Done
@@ -783,9 +813,13 @@ mod tests {
     #[tokio::test]
     async fn broken_replies_are_errors_that_say_how() {
         for (input, want) in [
-            (&b""[..], "nothing"),
-            (b"HTTP/1.1 200 OK\r\nContent-Le", "io"),
-            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc", "io"),
+            (&b""[..], "broken"),
+            (b"HTTP/1.1 200 OK\r\nContent-Le", "broken"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc", "body"),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n",
+                "body",
+            ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
                 "malformed",
@@ -811,8 +845,8 @@ mod tests {
         ] {
             let got = match read(input, false, 10).await.0 {
                 Ok(_) => "ok",
-                Err(ReadError::Nothing(_)) => "nothing",
-                Err(ReadError::Io(_)) => "io",
+                Err(ReadError::Broken(_)) => "broken",
+                Err(ReadError::Body(_)) => "body",
                 Err(ReadError::Malformed(_)) => "malformed",
                 Err(ReadError::TooLarge) => "too large",
             };

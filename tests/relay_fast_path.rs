@@ -3,6 +3,10 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use bytes::BytesMut;
 use common::*;
 use relaylog::http1::{Reply, read_reply};
@@ -19,7 +23,7 @@ async fn connect(relay: &Relay) -> TcpStream {
 }
 
 /// Reads one reply from the relay, as a client would.
-async fn reply(s: &mut TcpStream, buf: &mut BytesMut) -> Reply {
+async fn reply_of(s: &mut TcpStream, buf: &mut BytesMut) -> Reply {
     read_reply(s, buf, false, 1 << 20).await.unwrap()
 }
 
@@ -42,7 +46,7 @@ async fn requests_hyper_frames_go_to_hyper_on_the_same_connection() {
     let mut buf = BytesMut::new();
 
     s.write_all(get("fast", 1).as_bytes()).await.unwrap();
-    let r = reply(&mut s, &mut buf).await;
+    let r = reply_of(&mut s, &mut buf).await;
     assert_eq!((r.status, &r.body[..]), (202, KANNEL_OK.as_bytes()));
 
     let form = format!("username=chunked&password=pw&to={}&text=hi", number(2));
@@ -54,11 +58,11 @@ async fn requests_hyper_frames_go_to_hyper_on_the_same_connection() {
         b.len()
     );
     s.write_all(chunked.as_bytes()).await.unwrap();
-    let r = reply(&mut s, &mut buf).await;
+    let r = reply_of(&mut s, &mut buf).await;
     assert_eq!(r.status, 202);
 
     s.write_all(get("after", 3).as_bytes()).await.unwrap();
-    assert_eq!(reply(&mut s, &mut buf).await.status, 202);
+    assert_eq!(reply_of(&mut s, &mut buf).await.status, 202);
 
     relay.settle().await;
     for account in ["fast", "chunked", "after"] {
@@ -80,11 +84,13 @@ async fn requests_hyper_frames_go_to_hyper_on_the_same_connection() {
         form.len().to_string().as_str()
     );
     assert!(!seen[1].headers.contains_key("transfer-encoding"));
-    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
     relay.running.shutdown().await;
 }
 
-/// Requests sent together, before any reply, are answered in order, each once.
+/// Requests sent together, before any reply, are answered in order, each once. (A
+/// client that closes its side is gone, as with hyper's default: the request then in
+/// flight is not forwarded, see `relay_exits`.)
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,7 +101,7 @@ async fn pipelined_requests_are_answered_in_order() {
     s.write_all(both.as_bytes()).await.unwrap();
     let mut buf = BytesMut::new();
     for _ in 0..2 {
-        assert_eq!(reply(&mut s, &mut buf).await.status, 202);
+        assert_eq!(reply_of(&mut s, &mut buf).await.status, 202);
     }
     let seen: Vec<String> = up
         .seen
@@ -147,12 +153,16 @@ async fn unreadable_heads_and_oversized_bodies_are_refused_and_closed() {
     relay.running.shutdown().await;
 }
 
-/// An upstream that answers every request with `reply`, and counts connections.
-async fn raw_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
+/// An upstream that answers every request with `reply`; the count is of the
+/// connections it accepted.
+async fn raw_upstream(reply: &'static [u8]) -> (std::net::SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let count = connections.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -172,7 +182,12 @@ async fn raw_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    (addr, connections)
+}
+
+async fn relay_to(dir: &std::path::Path, addr: std::net::SocketAddr) -> Relay {
+    let text = config_text(dir, "kannel", Some(&format!("http://{addr}")), "", "");
+    Relay::start(dir, &text).await
 }
 
 /// A chunked reply with hop-by-hop headers goes back to the client whole, with its
@@ -180,24 +195,17 @@ async fn raw_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
 #[tokio::test]
 async fn chunked_replies_go_back_whole_and_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = raw_upstream(
+    let (addr, connections) = raw_upstream(
         b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Secret\r\n\
           X-Secret: 1\r\nX-Kept: 2\r\n\r\n5\r\n0: Ac\r\n13\r\ncepted for delivery\r\n0\r\n\r\n",
     )
     .await;
-    let text = config_text(
-        dir.path(),
-        "kannel",
-        Some(&format!("http://{addr}")),
-        "",
-        "",
-    );
-    let relay = Relay::start(dir.path(), &text).await;
+    let relay = relay_to(dir.path(), addr).await;
     let mut s = connect(&relay).await;
     let mut buf = BytesMut::new();
     for n in 0..2 {
         s.write_all(get("chunky", n).as_bytes()).await.unwrap();
-        let r = reply(&mut s, &mut buf).await;
+        let r = reply_of(&mut s, &mut buf).await;
         assert_eq!((r.status, &r.body[..]), (202, KANNEL_OK.as_bytes()));
         r.fields(|f| {
             assert_eq!(f.get("x-kept"), Some(&b"2"[..]));
@@ -207,11 +215,75 @@ async fn chunked_replies_go_back_whole_and_end_to_end() {
             }
         });
     }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "the upstream connection is kept"
+    );
     relay.settle().await;
     let found = relay.query(IndexKind::Account, "chunky");
     assert_eq!(found.len(), 2);
     assert!(found.iter().all(|f| f.outcome.is_some()));
     relay.running.shutdown().await;
+}
+
+/// An upstream that closes after each reply (`Connection: close`, or HTTP/1.0) gets a
+/// new connection for each request; a 204 goes back without a length and the client's
+/// connection goes on.
+#[tokio::test]
+async fn upstream_connections_are_kept_only_when_the_reply_allows() {
+    for (reply, kept) in [
+        (&b"HTTP/1.1 204 No Content\r\n\r\n"[..], true),
+        (
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+            false,
+        ),
+        (b"HTTP/1.0 204 No Content\r\n\r\n", false),
+        (
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+            false,
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, connections) = raw_upstream(reply).await;
+        let relay = relay_to(dir.path(), addr).await;
+        let mut s = connect(&relay).await;
+        let mut buf = BytesMut::new();
+        for n in 0..3 {
+            s.write_all(get("nobody", n).as_bytes()).await.unwrap();
+            let r = reply_of(&mut s, &mut buf).await;
+            assert_eq!((r.status, r.body.len()), (204, 0));
+            r.fields(|f| assert!(!f.contains("content-length"), "no length on a 204"));
+        }
+        let want = if kept { 1 } else { 3 };
+        let text = String::from_utf8_lossy(reply);
+        assert_eq!(connections.load(Ordering::SeqCst), want, "{text}");
+        relay.running.shutdown().await;
+    }
+}
+
+/// Shutdown does not wait for a keep-alive client that is between requests: its
+/// connection is closed and shutdown ends long before shutdown-timeout.
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let text = config_text(dir.path(), "kannel", Some(&up.url()), "", "")
+        .replace("[store]", "[serve]\nshutdown-timeout = \"120s\"\n[store]");
+    let relay = Relay::start(dir.path(), &text).await;
+    let mut s = connect(&relay).await;
+    let mut buf = BytesMut::new();
+    s.write_all(get("idle", 1).as_bytes()).await.unwrap();
+    assert_eq!(reply_of(&mut s, &mut buf).await.status, 202);
+    tokio::time::timeout(Duration::from_secs(60), relay.running.shutdown())
+        .await
+        .expect("shutdown waited for an idle keep-alive connection");
+    let mut rest = Vec::new();
+    assert_eq!(
+        s.read_to_end(&mut rest).await.unwrap(),
+        0,
+        "closed, nothing more sent"
+    );
 }
 
 /// `Connection: close` from the client: the reply says so and the relay closes.

@@ -103,7 +103,7 @@ pub enum UpstreamError {
     #[error("upstream reply larger than max-response-bytes")]
     TooLarge,
     #[error("upstream reply broken off")]
-    Body,
+    Body(#[source] std::io::Error),
     /// Not a valid HTTP/1.1 reply (fixed text saying what, no reply data).
     #[error("upstream reply not valid HTTP/1.1: {0}")]
     Malformed(&'static str),
@@ -123,7 +123,7 @@ impl UpstreamError {
             Self::Broken(_) => "connection_broken",
             Self::Timeout => "timeout",
             Self::TooLarge => "response_too_large",
-            Self::Body => "body",
+            Self::Body(_) => "body",
             Self::Malformed(_) => "malformed_reply",
         }
     }
@@ -288,8 +288,8 @@ impl Upstream {
         .await
         .map_err(|e| {
             Attempt::Failed(match e {
-                ReadError::Nothing(e) => UpstreamError::Broken(e),
-                ReadError::Io(_) => UpstreamError::Body,
+                ReadError::Broken(e) => UpstreamError::Broken(e),
+                ReadError::Body(e) => UpstreamError::Body(e),
                 ReadError::Malformed(why) => UpstreamError::Malformed(why),
                 ReadError::TooLarge => UpstreamError::TooLarge,
             })

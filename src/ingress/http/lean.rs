@@ -70,6 +70,9 @@ where
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(buf) {
+                    Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
+                        Some(Err(BadHead::TooLarge))
+                    }
                     Ok(httparse::Status::Complete(n)) => Some(Ok((n, http1::take(&req)))),
                     Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                         Some(Err(BadHead::TooLarge))
@@ -112,7 +115,8 @@ where
             Some(Refusal::BodyTooLarge)
         } else {
             let need = head_len + content_length;
-            match tokio::time::timeout(limits.request_timeout, fill(io, buf, need, activity)).await
+            match tokio::time::timeout(limits.request_timeout, read_to(io, buf, need, activity))
+                .await
             {
                 Ok(true) => None,
                 Ok(false) => Some(Refusal::BodyBroken),
@@ -160,12 +164,12 @@ where
         buf.advance(head_len + content_length);
         // The connection is read meanwhile, as hyper does: a client that hangs up
         // drops the answer, which goes on detached and is not forwarded if it had not
-        // been yet (see `relay::Detached`). What a client sends meanwhile (its next
-        // request) waits in the buffer, up to the most one request may be.
+        // been yet (see `relay::Detached`); as with hyper's default, a client that
+        // closes its side is gone. Once the client has sent more (its next request),
+        // it is not read until this one is answered.
         let mut answer = std::pin::pin!(listener.answer(prepared, drain.clone(), started));
-        let cap = MAX_HEAD_BYTES + limits.max_body_bytes;
         let answered = loop {
-            if buf.len() >= cap {
+            if !buf.is_empty() {
                 break Some(answer.as_mut().await);
             }
             tokio::select! {
@@ -180,11 +184,19 @@ where
             activity.end();
             return End::Closed;
         };
-        let close = close || activity.closing.load(Ordering::Relaxed);
+        let close = close || activity.close_after.load(Ordering::Relaxed);
         out.clear();
         answered.write(&mut out, close);
         drop(answered);
-        let written = io.write_all(&out).await.is_ok() && io.flush().await.is_ok();
+        // A client that does not read its reply is dropped after request-timeout.
+        let write = async {
+            io.write_all(&out).await?;
+            io.flush().await
+        };
+        let written = matches!(
+            tokio::time::timeout(limits.request_timeout, write).await,
+            Ok(Ok(()))
+        );
         activity.end();
         if !written {
             return End::Closed;
@@ -193,9 +205,18 @@ where
             let _ = io.shutdown().await;
             return End::Closed;
         }
+        if !buf.is_empty() {
+            // The next head has begun: the header timeout runs from now.
+            activity.read_some();
+        }
         // A connection's buffers stay small between requests.
         if out.capacity() > 64 * 1024 {
             out = Vec::with_capacity(1024);
+        }
+        if buf.capacity() > 64 * 1024 && buf.len() <= 8 * 1024 {
+            let mut small = BytesMut::with_capacity(8 * 1024);
+            small.extend_from_slice(buf);
+            *buf = small;
         }
     }
 }
@@ -212,17 +233,17 @@ async fn read<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, activity: &A
     }
 }
 
-/// Reads until `buf` holds `need` octets. `false`: the connection ended first.
-async fn fill<I: AsyncRead + Unpin>(
+/// Reads until `buf` holds `need` octets, growing it as they come (a client that
+/// announces a large body and sends none holds no more memory than it sent).
+/// `false`: the connection ended first.
+async fn read_to<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
     need: usize,
     activity: &Activity,
 ) -> bool {
-    if buf.len() < need {
-        buf.reserve(need - buf.len());
-    }
     while buf.len() < need {
+        buf.reserve((need - buf.len()).min(64 * 1024));
         if !read(io, buf, activity).await {
             return false;
         }

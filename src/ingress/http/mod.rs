@@ -82,8 +82,8 @@ struct Activity {
     /// When the first byte of a request head arrived with no request in flight
     /// (`u64::MAX`: none pending).
     head_started: AtomicU64,
-    /// The watchdog asked the connection to close after the request in flight.
-    closing: AtomicBool,
+    /// Shutdown or the idle timeout: the fast path closes after the request in flight.
+    close_after: AtomicBool,
 }
 
 impl Activity {
@@ -129,6 +129,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix.split_to(n));
+            if self.prefix.is_empty() {
+                // Let go of the copy.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -187,25 +191,31 @@ async fn serve<I>(
         in_flight: AtomicUsize::new(0),
         last: AtomicU64::new(0),
         head_started: AtomicU64::new(u64::MAX),
-        closing: AtomicBool::new(false),
+        close_after: AtomicBool::new(false),
     });
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let fast = lean::serve(&mut io, &mut buf, &http, peer, drain, &activity);
-    // The fast path closes by itself after the request in flight; with none, the
-    // watchdog drops it.
-    let graceful = |_: Pin<&mut _>| {
-        activity.closing.store(true, Ordering::Relaxed);
+    // The fast path closes by itself after the request in flight; between requests,
+    // the watchdog drops it.
+    let close_after = |_: Pin<&mut _>| {
+        activity.close_after.store(true, Ordering::Relaxed);
         activity.in_flight.load(Ordering::Relaxed) == 0
     };
     if !matches!(
-        watch(std::pin::pin!(fast), &activity, &http, &shutdown, graceful).await,
+        watch(
+            std::pin::pin!(fast),
+            &activity,
+            &http,
+            &shutdown,
+            close_after
+        )
+        .await,
         Some(lean::End::Handoff)
     ) {
         return;
     }
-    if activity.closing.load(Ordering::Relaxed) {
-        return;
-    }
+    // Handed over while closing: hyper answers the request it was handed (the
+    // watchdog's next tick turns its keep-alive off) and closes.
 
     let svc = {
         let activity = activity.clone();
@@ -224,38 +234,51 @@ async fn serve<I>(
         })
     };
     let io = Watched {
-        prefix: buf.freeze(),
+        // A copy: the fast path's buffer may have grown large; the prefix is at most
+        // a head and a body.
+        prefix: Bytes::copy_from_slice(&buf),
         io,
         activity: activity.clone(),
     };
+    drop(buf);
     let conn = http1::Builder::new()
         .keep_alive(true)
         .max_buf_size(crate::http1::MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(io), svc);
-    let graceful = |conn: Pin<&mut _>| {
+    let close_after = |conn: Pin<&mut _>| {
         hyper::server::conn::http1::Connection::graceful_shutdown(conn);
         false
     };
-    if let Some(Err(e)) = watch(std::pin::pin!(conn), &activity, &http, &shutdown, graceful).await {
+    if let Some(Err(e)) = watch(
+        std::pin::pin!(conn),
+        &activity,
+        &http,
+        &shutdown,
+        close_after,
+    )
+    .await
+    {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
 /// Runs a connection's future under the watchdog: idle and slow-head timeouts,
-/// shutdown and its deadline. `graceful` asks the connection to close after what is in
-/// flight; `true` from it: close now. `None`: the watchdog closed the connection.
+/// shutdown and its deadline. Once shutdown or the idle timeout asks the connection to
+/// close, `close_after` is called on every tick with nothing in flight: it tells the
+/// connection to close after what is in flight (idempotent), and returns `true` when
+/// the watchdog should drop it now. `None`: the watchdog dropped the connection.
 async fn watch<F: Future>(
     mut conn: Pin<&mut F>,
     activity: &Activity,
     http: &Listener,
     shutdown: &Shutdown,
-    mut graceful: impl FnMut(Pin<&mut F>) -> bool,
+    mut close_after: impl FnMut(Pin<&mut F>) -> bool,
 ) -> Option<F::Output> {
     let limits = http.limits;
     let tick = Duration::from_millis(250)
         .min(limits.header_timeout)
         .min(limits.idle_timeout);
-    let mut closing = false;
+    let mut asked = false;
     loop {
         tokio::select! {
             out = conn.as_mut() => return Some(out),
@@ -267,9 +290,9 @@ async fn watch<F: Future>(
                     tracing::debug!("shutdown-timeout passed; closing the connection");
                     return None;
                 }
-                if !closing && shutdown.is_triggered() {
-                    closing = true;
-                    if graceful(conn.as_mut()) {
+                if !asked && shutdown.is_triggered() {
+                    asked = true;
+                    if close_after(conn.as_mut()) {
                         return None;
                     }
                 }
@@ -282,11 +305,11 @@ async fn watch<F: Future>(
                     tracing::debug!("request head not received in time; closing");
                     return None;
                 }
-                if !closing && head == u64::MAX && now.saturating_sub(activity.last.load(Ordering::Relaxed)) >= limits.idle_timeout.as_millis() as u64 {
-                    closing = true;
-                    if graceful(conn.as_mut()) {
-                        return None;
-                    }
+                let idle = head == u64::MAX && now.saturating_sub(activity.last.load(Ordering::Relaxed)) >= limits.idle_timeout.as_millis() as u64;
+                asked |= idle;
+                // Also when asked while a request was in flight that has ended since.
+                if asked && close_after(conn.as_mut()) {
+                    return None;
                 }
             }
         }

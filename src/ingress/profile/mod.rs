@@ -485,6 +485,52 @@ mod tests {
         ));
     }
 
+    /// The fast path's fields, as received: names in any case, repeats kept. What the
+    /// profiles refuse in a header map they refuse here too.
+    #[test]
+    fn fields_as_received_are_read_as_a_header_map_is() {
+        let kannel = Profile::new(
+            ProfileKind::Kannel,
+            "/cgi-bin/sendsms".into(),
+            ProfileKind::Kannel.default_passthrough(),
+            None,
+        );
+        let post = |headers: &[httparse::Header<'_>]| {
+            kannel.extract(&RequestView {
+                method: &Method::POST,
+                path: "/cgi-bin/sendsms",
+                query: None,
+                headers: Fields::Raw(headers),
+                body: b"hi",
+            })
+        };
+        let h = |name, value| httparse::Header { name, value };
+        let plain = h("Content-Type", &b"text/plain"[..]);
+        let user = h("X-KANNEL-USERNAME", b"acct");
+        let Ok(Extract::Message(m)) = post(&[plain, user, h("x-Kannel-To", b"+31612345678")])
+        else {
+            panic!("a text/plain POST with X-Kannel-* headers in any case is a message");
+        };
+        assert_eq!((m.account.as_str(), m.recipients.len()), ("acct", 1));
+        assert_eq!(
+            post(&[plain, user, h("X-Kannel-To", b"1"), h("x-kannel-to", b"2")]),
+            Err(ParseError::Duplicate("to"))
+        );
+        assert_eq!(
+            post(&[
+                plain,
+                user,
+                h("X-Kannel-To", b"1"),
+                h("Connection", b"X-KANNEL-TO")
+            ]),
+            Err(ParseError::ConnectionNamesHeader)
+        );
+        assert_eq!(
+            post(&[plain, h("content-type", b"text/xml"), user]),
+            Err(ParseError::Duplicate("Content-Type"))
+        );
+    }
+
     #[test]
     fn paths_normalise_as_a_router_would_match_them() {
         for (path, expected) in [
