@@ -33,10 +33,19 @@ pub const HOP_BY_HOP: [&str; 9] = [
 
 /// The header fields of a head: a hyper header map (requests hyper parsed) or httparse's
 /// fields as received (the fast path). Names compare without case either way.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum Fields<'a> {
     Map(&'a HeaderMap),
     Raw(&'a [httparse::Header<'a>]),
+}
+
+/// Names only: values may be credentials.
+impl std::fmt::Debug for Fields<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(name, _)| name))
+            .finish()
+    }
 }
 
 /// The (name, value) pairs of [`Fields`], in order, repeated names repeated.
@@ -402,7 +411,8 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
                 return Err(ReadError::TooLarge);
             }
             while buf.len() < n {
-                buf.reserve(n - buf.len());
+                // Grown as the body comes, not to the length it announces.
+                buf.reserve((n - buf.len()).min(64 * 1024));
                 read_more(io, buf).await.map_err(ReadError::Body)?;
             }
             buf.split_to(n).freeze()

@@ -7,8 +7,8 @@
 //!
 //! - [`config`]: TOML in, validated types out.
 //! - [`ingress`]: client-facing listeners. [`ingress::profile`] parses a request into a
-//!   message's metadata without doing I/O; [`ingress::http`] is the hyper server and the
-//!   phases of one HTTP request; [`ingress::smtp`] the SMTP listener, one session per
+//!   message's metadata without doing I/O; [`ingress::http`] is the HTTP listener (its
+//!   own HTTP/1.1 fast path, hyper's server for the rest) and the phases of one request; [`ingress::smtp`] the SMTP listener, one session per
 //!   client with its upstream leg (envelope, AUTH, content); [`ingress::smpp`] the SMPP
 //!   listener, one session per bind with its upstream session (records, outcomes,
 //!   delivery receipts, mobile-originated messages).
@@ -19,7 +19,9 @@
 //! - [`relay`]: the protocol-neutral core every session calls — record before forward
 //!   ([`relay::Relay::record`]), exactly one outcome after ([`relay::Ticket`]), one
 //!   logging phase on every exit.
-//! - [`egress`]: the upstream side: a keep-alive client pool (rustls for https), and
+//! - [`http1`]: HTTP/1.1 on the wire for the fast path and the upstream client: which
+//!   requests the fast path takes, end-to-end headers, heads, a bounded reply reader.
+//! - [`egress`]: the upstream side: a keep-alive HTTP/1.1 client pool (rustls for https), and
 //!   the SMTP upstream leg (TLS, STARTTLS, XCLIENT).
 //! - [`record`] and [`canonical`]: the metadata-only record and the canonical forms of
 //!   numbers, addresses and accounts.

@@ -266,8 +266,12 @@ impl Upstream {
         }
     }
 
-    fn keep(&self, conn: Conn, reply: Reply) -> Reply {
+    fn keep(&self, mut conn: Conn, reply: Reply) -> Reply {
         if reply.reusable {
+            if reply.body.len() > 64 * 1024 {
+                // What is left of a large reply's buffer shares its allocation.
+                conn.buf = bytes::BytesMut::with_capacity(8 * 1024);
+            }
             self.pool.checkin(conn);
         }
         reply

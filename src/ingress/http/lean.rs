@@ -127,7 +127,7 @@ where
             // The rest of the body is not read: the connection cannot go on.
             out.clear();
             listener.reject(refusal, started).write(&mut out, true);
-            let _ = write_and_close(io, &out).await;
+            let _ = tokio::time::timeout(limits.request_timeout, write_and_close(io, &out)).await;
             activity.end();
             return End::Closed;
         }
@@ -161,6 +161,8 @@ where
             };
             listener.prepare(&request, peer)
         };
+        // A large request leaves a large buffer: shrunk once it is answered.
+        let large = buf.capacity() > 64 * 1024;
         buf.advance(head_len + content_length);
         // The connection is read meanwhile, as hyper does: a client that hangs up
         // drops the answer, which goes on detached and is not forwarded if it had not
@@ -213,7 +215,7 @@ where
         if out.capacity() > 64 * 1024 {
             out = Vec::with_capacity(1024);
         }
-        if buf.capacity() > 64 * 1024 && buf.len() <= 8 * 1024 {
+        if large && buf.len() <= 8 * 1024 {
             let mut small = BytesMut::with_capacity(8 * 1024);
             small.extend_from_slice(buf);
             *buf = small;

@@ -195,11 +195,12 @@ async fn serve<I>(
     });
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let fast = lean::serve(&mut io, &mut buf, &http, peer, drain, &activity);
-    // The fast path closes by itself after the request in flight; between requests,
-    // the watchdog drops it.
+    // The fast path closes by itself after the request in flight; between requests
+    // (no head begun: the header timeout bounds one that has), the watchdog drops it.
     let close_after = |_: Pin<&mut _>| {
         activity.close_after.store(true, Ordering::Relaxed);
         activity.in_flight.load(Ordering::Relaxed) == 0
+            && activity.head_started.load(Ordering::Relaxed) == u64::MAX
     };
     if !matches!(
         watch(
@@ -305,10 +306,17 @@ async fn watch<F: Future>(
                     tracing::debug!("request head not received in time; closing");
                     return None;
                 }
-                let idle = head == u64::MAX && now.saturating_sub(activity.last.load(Ordering::Relaxed)) >= limits.idle_timeout.as_millis() as u64;
+                let quiet = now.saturating_sub(activity.last.load(Ordering::Relaxed));
+                let idle = head == u64::MAX && quiet >= limits.idle_timeout.as_millis() as u64;
                 asked |= idle;
                 // Also when asked while a request was in flight that has ended since.
                 if asked && close_after(conn.as_mut()) {
+                    return None;
+                }
+                // Asked, nothing in flight, no head begun, and still open a
+                // request-timeout later: stuck writing to a client that does not read.
+                if asked && head == u64::MAX && quiet >= (limits.idle_timeout + limits.request_timeout).as_millis() as u64 {
+                    tracing::debug!("reply not taken by the client in time; closing");
                     return None;
                 }
             }

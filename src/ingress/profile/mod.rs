@@ -19,13 +19,26 @@ use crate::record::Outcome;
 pub const MAX_RECIPIENTS: usize = 1_000;
 
 /// A request as the parsers see it: everything borrowed, the body already bounded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RequestView<'a> {
     pub method: &'a Method,
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: Fields<'a>,
     pub body: &'a [u8],
+}
+
+/// Method, path, header names and the body's size: the query, header values and body
+/// may hold passwords and message text.
+impl std::fmt::Debug for RequestView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestView")
+            .field("method", self.method)
+            .field("path", &self.path)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> RequestView<'a> {
