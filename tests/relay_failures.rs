@@ -240,6 +240,17 @@ async fn tls_ingress_with_a_generated_certificate() {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
+    // Keep-alive requests on the TLS connection, then one that asks to close.
+    let mut buf = bytes::BytesMut::new();
+    for _ in 0..2 {
+        tls.write_all(b"GET /cgi-bin/sendsms?username=tlsuser&password=pw&to=%2B31612345605&text=x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let r = relaylog::http1::read_reply(&mut tls, &mut buf, false, 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!((r.status, &r.body[..]), (202, KANNEL_OK.as_bytes()));
+    }
     tls.write_all(b"GET /cgi-bin/sendsms?username=tlsuser&password=pw&to=%2B31612345605&text=x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -248,7 +259,8 @@ async fn tls_ingress_with_a_generated_certificate() {
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
     assert!(reply.ends_with(KANNEL_OK), "{reply}");
-    assert_eq!(relay.query(IndexKind::Account, "tlsuser").len(), 1);
+    relay.settle().await;
+    assert_eq!(relay.query(IndexKind::Account, "tlsuser").len(), 3);
 
     // Plain HTTP to the TLS port gets no relay.
     let c = client();
@@ -260,7 +272,7 @@ async fn tls_ingress_with_a_generated_certificate() {
         )
         .await;
     assert!(plain.is_err() || plain.unwrap().status().as_u16() >= 400);
-    assert_eq!(up.count(), 1);
+    assert_eq!(up.count(), 3);
     relay.running.shutdown().await;
 }
 

@@ -108,6 +108,13 @@ async fn https_upstream_with_a_private_ca() {
         up.last().path_and_query,
         target.trim_start_matches(&relay.url)
     );
+    // The TLS connection is pooled and used again (an idle TLS connection is looked
+    // at before use, as a plain one is).
+    for n in 2..4 {
+        let (s, _) = get(&c, &sendsms(&relay.url, "tlsup", &number(n))).await;
+        assert_eq!(s.as_u16(), 202);
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(
         up.last().headers.get("host").unwrap().to_str().unwrap(),
         format!("localhost:{}", up.addr.port())
@@ -123,7 +130,7 @@ async fn https_upstream_with_a_private_ca() {
     .await;
     let (s, _) = get(&c, &sendsms(&relay.url, "untrusted", &number(2))).await;
     assert_eq!(s.as_u16(), 502);
-    assert_eq!(up.count(), 1);
+    assert_eq!(up.count(), 3);
     relay.settle().await;
     let f = relay.query(IndexKind::Account, "untrusted");
     assert_eq!(f[0].outcome.as_ref().unwrap().outcome, Outcome::Failed);
@@ -138,10 +145,11 @@ async fn https_upstream_with_a_private_ca() {
 #[tokio::test]
 async fn upstream_down_gives_502_and_a_failed_outcome() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Bound and never listening: the port stays taken (no other test's listener can
+    // get it) and connections to it are refused.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = reserved.local_addr().unwrap();
     let upstream = format!("http://{closed}");
     let relay = Relay::start(
         dir.path(),
