@@ -481,6 +481,8 @@ fn reply_head(
 ) -> Result<Option<ReplyHead>, ReadError> {
     let status = resp.code.unwrap_or(0);
     match status {
+        // httparse takes any three digits; a status is 100 to 999 (as hyper's type).
+        0..=99 => return Err(ReadError::Malformed("reply status not valid")),
         101 => {
             return Err(ReadError::Malformed(
                 "upgrade reply to a request that asked none",
@@ -852,6 +854,7 @@ mod tests {
                 "too large",
             ),
             (b"NOT HTTP\r\n\r\n", "malformed"),
+            (b"HTTP/1.1 010 Low\r\n\r\n", "malformed"),
         ] {
             let got = match read(input, false, 10).await.0 {
                 Ok(_) => "ok",

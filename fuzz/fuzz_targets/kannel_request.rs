@@ -5,6 +5,7 @@
 use http::{HeaderMap, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use relaylog::config::ProfileKind;
+use relaylog::http1::Fields;
 use relaylog::ingress::profile::{Extract, RequestView};
 use relaylog::simulator::Simulator;
 
@@ -20,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let method = if selector & 0x80 != 0 { Method::POST } else { Method::GET };
     for kind in [ProfileKind::Kannel, ProfileKind::Jasmin] {
         let profile = Simulator::profile_for(kind);
-        let view = RequestView { method: &method, path: &profile.path, query: Some(query), headers: &headers, body };
+        let view = RequestView { method: &method, path: &profile.path, query: Some(query), headers: Fields::Map(&headers), body };
         if let Ok(Extract::Message(m)) = profile.extract(&view) {
             assert!(!m.recipients.is_empty());
             assert!(!m.account.trim().is_empty());

@@ -214,6 +214,15 @@ fn check_connection(headers: Fields<'_>) -> Result<(), ParseError> {
 /// Refuses a request with two `Content-Type` headers (parsers differ on which one
 /// counts) or one that is not plain text (relaylog would not read it; a gateway
 /// might, up to its first `;`).
+/// Refuses a request with two `Host` headers (RFC 9112 §3.2: a server answers 400):
+/// the gateway and anything between could each take another one.
+fn check_host(headers: Fields<'_>) -> Result<(), ParseError> {
+    if headers.get_all("host").nth(1).is_some() {
+        return Err(ParseError::Duplicate("Host"));
+    }
+    Ok(())
+}
+
 fn check_content_type(headers: Fields<'_>) -> Result<(), ParseError> {
     let mut all = headers.get_all("content-type");
     let (first, second) = (all.next(), all.next());
@@ -229,6 +238,7 @@ fn check_content_type(headers: Fields<'_>) -> Result<(), ParseError> {
 impl Profile {
     pub fn extract(&self, req: &RequestView<'_>) -> Result<Extract, ParseError> {
         check_connection(req.headers)?;
+        check_host(req.headers)?;
         check_content_type(req.headers)?;
         // The exact configured path is the hot path: no normalisation, no allocation.
         if req.path != self.path {
@@ -541,6 +551,10 @@ mod tests {
         assert_eq!(
             post(&[plain, h("content-type", b"text/xml"), user]),
             Err(ParseError::Duplicate("Content-Type"))
+        );
+        assert_eq!(
+            post(&[plain, user, h("Host", b"a"), h("host", b"b")]),
+            Err(ParseError::Duplicate("Host"))
         );
     }
 
