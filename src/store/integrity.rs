@@ -155,9 +155,34 @@ pub fn node(left: &Hash, right: &Hash) -> Hash {
     sha(&[&[1], left, right])
 }
 
+/// A leaf's bytes fed straight into SHA-256 as they are laid out, in place of a buffer
+/// allocated per row to hash afterwards: the digest of the same bytes, one allocation
+/// less per record and per outcome.
+struct LeafHasher(digest::Context);
+
+impl LeafHasher {
+    fn new() -> Self {
+        LeafHasher(digest::Context::new(&SHA256))
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.0.update(&[byte]);
+    }
+
+    fn finish(self) -> Hash {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+}
+
 /// The leaf of a record row (everything but its id).
 pub fn record_leaf(r: &Row) -> Hash {
-    let mut b = Vec::with_capacity(96 + r.sealed.len());
+    let mut b = LeafHasher::new();
     b.extend_from_slice(&[0, b'r']);
     b.extend_from_slice(&r.submission.to_be_bytes());
     b.extend_from_slice(&r.ordinal.to_be_bytes());
@@ -177,12 +202,12 @@ pub fn record_leaf(r: &Row) -> Hash {
     b.extend_from_slice(&r.recipient_ix.to_be_bytes());
     b.extend_from_slice(&(r.sealed.len() as u32).to_be_bytes());
     b.extend_from_slice(&r.sealed);
-    sha(&[&b])
+    b.finish()
 }
 
 /// The leaf of an outcome event (everything but its id).
 pub fn outcome_leaf(o: &OutcomeRow) -> Hash {
-    let mut b = Vec::with_capacity(64);
+    let mut b = LeafHasher::new();
     b.extend_from_slice(&[0, b'o']);
     b.extend_from_slice(&o.submission.to_be_bytes());
     b.extend_from_slice(&o.at_us.to_be_bytes());
@@ -253,7 +278,7 @@ pub fn outcome_leaf(o: &OutcomeRow) -> Hash {
             }
         }
     }
-    sha(&[&b])
+    b.finish()
 }
 
 /// The right edge of a Merkle tree: enough to append leaves and compute the root.

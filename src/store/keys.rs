@@ -271,17 +271,18 @@ impl PartitionKeys {
 /// AES-256-GCM with a fresh random nonce: `nonce | ciphertext | tag`.
 fn seal_with(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
     let nonce = next_nonce()?;
+    // One buffer, sealed in place after the nonce: nonce ‖ ciphertext ‖ tag.
     let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
-    let mut body = out.split_off(NONCE_LEN);
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(aad),
-        &mut body,
-    )
-    .map_err(|_| KeyError::Open)?;
-    out.extend_from_slice(&body);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[NONCE_LEN..],
+        )
+        .map_err(|_| KeyError::Open)?;
+    out.extend_from_slice(tag.as_ref());
     Ok(out)
 }
 

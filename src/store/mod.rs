@@ -728,33 +728,67 @@ mod tests {
             .unwrap()
     }
 
+    /// A store (whose recorder seals the rows) and a writer of its own beside it,
+    /// writing under `dir/other` without integrity.
+    struct SideWriter {
+        dir: tempfile::TempDir,
+        store: Store,
+        tx: mpsc::Sender<Job>,
+        writer: std::thread::JoinHandle<()>,
+    }
+
+    impl SideWriter {
+        fn start(checkpoint_rows: u64) -> SideWriter {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = StoreConfig::under(dir.path());
+            init_keys(&cfg).unwrap();
+            let clock = ManualClock::new(at(10, 0, 0));
+            let store = open(&cfg, &clock);
+            let (tx, writer) = writer::spawn(
+                writer::WriterConfig {
+                    store_dir: dir.path().join("other"),
+                    sync: cfg.sync,
+                    cache_mib: cfg.cache_mib,
+                    batch_max: 64,
+                    queue_capacity: 1024,
+                    checkpoint_rows,
+                    signals: Default::default(),
+                    signer: None,
+                    clock: Arc::new(clock),
+                },
+                Arc::new(Metrics::new()),
+            )
+            .unwrap();
+            SideWriter {
+                dir,
+                store,
+                tx,
+                writer,
+            }
+        }
+
+        fn file(&self) -> std::path::PathBuf {
+            self.dir.path().join("other").join("2026-11-22.sqlite")
+        }
+
+        async fn stop(self) {
+            self.tx.send(Job::Stop).await.unwrap();
+            let writer = self.writer;
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .unwrap()
+                .unwrap();
+            self.store.close().await;
+        }
+    }
+
     /// The checkpointer copies the WAL into the partition file while the writer keeps
     /// it open: without it the file would hold only the schema until the backstop
     /// checkpoint at 65,536 pages.
     #[tokio::test]
     async fn checkpointer_copies_the_wal_beside_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig::under(dir.path());
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
-        let store = open(&cfg, &clock);
-        let rec = store.recorder();
-        let (tx, writer) = writer::spawn(
-            writer::WriterConfig {
-                store_dir: dir.path().join("other"),
-                sync: cfg.sync,
-                cache_mib: cfg.cache_mib,
-                batch_max: 64,
-                queue_capacity: 1024,
-                checkpoint_rows: 256,
-                signals: Default::default(),
-                signer: None,
-                clock: Arc::new(clock.clone()),
-            },
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
-        let file = dir.path().join("other").join("2026-11-22.sqlite");
+        let side = SideWriter::start(256);
+        let (rec, tx, file) = (side.store.recorder(), side.tx.clone(), side.file());
         for i in 0..4_000 {
             let t = at(10, 0, 0).timestamp_micros() + i;
             let (partition, rows) = rec
@@ -784,12 +818,73 @@ mod tests {
             size > 64 * 1024,
             "partition file still {size} bytes: WAL not checkpointed"
         );
-        tx.send(Job::Stop).await.unwrap();
-        tokio::task::spawn_blocking(move || writer.join())
-            .await
-            .unwrap()
+        drop(tx);
+        side.stop().await;
+    }
+
+    /// A record id already taken (only rows put in from outside the writer can do
+    /// that) fails its whole commit: every row of it is undone, its waiter gets the
+    /// error, and the next batch reopens the partition and goes in after the stranger.
+    #[tokio::test]
+    async fn a_taken_id_fails_the_whole_commit_and_the_next_one_goes_in() {
+        let side = SideWriter::start(writer::CHECKPOINT_ROWS);
+        let (rec, tx) = (side.store.recorder(), side.tx.clone());
+        let write = |rows: usize| {
+            let tx = tx.clone();
+            let mut all = Vec::new();
+            let mut partition = None;
+            for i in 0..rows {
+                let t = at(10, 0, 0).timestamp_micros() + i as i64;
+                let (p, r) = rec
+                    .seal(&submission(&rec, t, "acct", "+31612345678"))
+                    .unwrap();
+                partition = Some(p);
+                all.extend(r);
+            }
+            async move {
+                let (done, answer) = oneshot::channel();
+                tx.send(Job::Records {
+                    partition: partition.unwrap(),
+                    rows: all,
+                    done: Some(writer::Done::One(done)),
+                })
+                .await
+                .unwrap();
+                answer.await.unwrap()
+            }
+        };
+        write(1).await.unwrap();
+        let outside = rusqlite::Connection::open(side.file()).unwrap();
+        outside
+            .execute_batch(
+                "INSERT INTO record SELECT 2, submission, ordinal, at_us, bucket, protocol, service, \
+                 recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed \
+                 FROM record WHERE id = 1",
+            )
             .unwrap();
-        store.close().await;
+        let ids = |c: &rusqlite::Connection| -> Vec<i64> {
+            let mut stmt = c.prepare("SELECT id FROM record ORDER BY id").unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let err = write(3).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                writer::WriteError::Sqlite {
+                    code: rusqlite::ErrorCode::ConstraintViolation,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(ids(&outside), [1, 2], "nothing of the failed commit stays");
+        write(2).await.unwrap();
+        assert_eq!(ids(&outside), [1, 2, 3, 4], "ids go on after the stranger");
+        drop(tx);
+        side.stop().await;
     }
 
     /// Records in many buckets and across midnight are found through the index runs,
