@@ -5,7 +5,12 @@
 //!   per commit, as in production; `writer/leaf_hashes`: the leaf hashing that the
 //!   sealing threads do for it;
 //! - `writer/seal_and_commit`: the whole path a relayed message takes, blind indexes
-//!   and AEAD in the caller's thread, then the commit.
+//!   and AEAD in the caller's thread, then the commit;
+//! - `writer/durable_shape`: the writer as durable relaying under load drives it
+//!   (`benches/threads.sh`: ~18 records per commit): commits of 18 records someone
+//!   waits on, each with the outcomes of the 18 before, integrity on. Throughput is
+//!   in messages (a record and its outcome each); `writer/durable_shape_records`: the
+//!   same commits without the outcomes, which tells their share.
 //!
 //! Throughput is in records; the partition grows across iterations, as it does in use.
 
@@ -134,6 +139,7 @@ fn bench(c: &mut Criterion) {
         tx.blocking_send(Job::Stop).unwrap();
         handle.join().unwrap();
     }
+    durable_shape(&mut group, &recorder, keys_dir.path());
     // The sealing threads' share of integrity: one leaf hash per record.
     let sealed: Vec<Row> = submissions(BATCH, 0)
         .iter()
@@ -172,6 +178,104 @@ fn bench(c: &mut Criterion) {
         store.close_blocking();
     }
     group.finish();
+}
+
+/// Records per commit in `durable_shape`, as measured under 64 connections.
+const DURABLE_COMMIT: usize = 18;
+
+fn durable_shape(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    recorder: &relaylog::store::Recorder,
+    keys_dir: &std::path::Path,
+) {
+    let messages = BATCH / DURABLE_COMMIT * DURABLE_COMMIT;
+    group.throughput(Throughput::Elements(messages as u64));
+    let mut next = 0usize;
+    for (name, with_outcomes) in [("durable_shape", true), ("durable_shape_records", false)] {
+        let signer = Arc::new(
+            relaylog::store::integrity::load_signing_key(&StoreConfig::under(keys_dir).signing_key)
+                .unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let signals: Arc<writer::Signals> = Default::default();
+        let (tx, handle) = writer::spawn(
+            WriterConfig {
+                store_dir: dir.path().join("store"),
+                sync: relaylog::config::SyncMode::Normal,
+                cache_mib: 16,
+                batch_max: 4_096,
+                queue_capacity: 65_536,
+                checkpoint_rows: relaylog::store::writer::CHECKPOINT_ROWS,
+                signals: signals.clone(),
+                signer: Some(signer),
+                clock: Arc::new(relaylog::clock::SystemClock),
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        // The outcomes of the last commit's records, sent with the next commit.
+        let mut previous: Vec<(relaylog::store::partition::PartitionId, Row)> = Vec::new();
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let sealed: Vec<(relaylog::store::partition::PartitionId, Vec<Row>)> =
+                        submissions(messages, 1_000_000_000 + next)
+                            .iter()
+                            .map(|s| recorder.seal(s).unwrap())
+                            .collect();
+                    next += messages;
+                    sealed
+                },
+                |sealed| {
+                    for commit in sealed.chunks(DURABLE_COMMIT) {
+                        for (partition, row) in previous.drain(..) {
+                            let row = accepted(&row);
+                            tx.blocking_send(Job::Outcome { partition, row }).unwrap();
+                        }
+                        let partition = commit[0].0;
+                        let rows: Vec<Row> = commit.iter().flat_map(|(_, r)| r.clone()).collect();
+                        if with_outcomes {
+                            previous.extend(rows.iter().map(|r| (partition, r.clone())));
+                        }
+                        let (done, wait) = oneshot::channel();
+                        tx.blocking_send(Job::Records {
+                            partition,
+                            rows,
+                            done: Some(writer::Done::One(done)),
+                        })
+                        .unwrap();
+                        signals.durable_queued();
+                        wait.blocking_recv().unwrap().unwrap();
+                    }
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        tx.blocking_send(Job::Stop).unwrap();
+        handle.join().unwrap();
+    }
+    group.throughput(Throughput::Elements(BATCH as u64));
+}
+
+/// The outcome the relay writes once a Kannel gateway accepted the record's message.
+fn accepted(record: &Row) -> relaylog::store::rows::OutcomeRow {
+    let mut o = relaylog::store::rows::OutcomeRow {
+        submission: record.submission,
+        at_us: record.at_us + 2_000,
+        outcome: relaylog::record::Outcome::Accepted as u8,
+        upstream_status: Some(202),
+        gateway_code: Some(0),
+        message_id_sealed: None,
+        enhanced_status: None,
+        size_bytes: None,
+        ordinal: None,
+        receipt_state: None,
+        receipt_error: None,
+        receipt_done: None,
+        leaf: [0; 32],
+    };
+    o.leaf = relaylog::store::integrity::outcome_leaf(&o);
+    o
 }
 
 criterion_group!(benches, bench);

@@ -583,7 +583,7 @@ impl Writer {
             if relaxed {
                 open.conn.pragma_update(None, "synchronous", "NORMAL")?;
             }
-            let tx = open.conn.unchecked_transaction()?;
+            let tx = WriteTx::begin(&open.conn)?;
             if let Some(key) = &signer {
                 open.tree.sign_head(&tx, key, id, now)?;
             }
@@ -702,7 +702,7 @@ impl Writer {
         let checkpoint_rows = self.cfg.checkpoint_rows;
         let open = self.connection(partition)?;
         let (conn, index, tree) = (&open.conn, &mut open.index, &mut open.tree);
-        let tx = conn.unchecked_transaction().map_err(sql)?;
+        let tx = WriteTx::begin(conn).map_err(sql)?;
         let (mut records, mut outcomes) = (0u64, 0u64);
         // Far from i64::MAX in any store this writer wrote: a batch cannot overflow.
         const ID_LIMIT: i64 = i64::MAX / 2;
@@ -922,6 +922,48 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
         .ok()
         .filter(|m| m.is_file())
         .map(|m| (m.dev(), m.ino()))
+}
+
+/// A transaction on the writer's connection, begun and committed with cached
+/// statements (rusqlite's `Transaction` parses `BEGIN` and `COMMIT` again each time);
+/// rolled back when dropped uncommitted. A statement that failed with `OR ROLLBACK`
+/// has ended it already, and the rollback then finds none: that error is ignored, and
+/// the caller drops the connection after any failure anyway.
+struct WriteTx<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> WriteTx<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(WriteTx { conn, open: true })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            let _ = self
+                .conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut s| s.execute([]));
+        }
+    }
 }
 
 fn sql(e: rusqlite::Error) -> WriteError {
