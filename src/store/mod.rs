@@ -173,10 +173,16 @@ impl OutcomeSlot {
     }
 }
 
-/// The blind indexes of the last sender sealed (account, client IP, originator), for
-/// the next submission of a batch from the same sender. Within one partition's keys.
+/// The blind indexes of the last sender sealed on this thread (account, client IP,
+/// originator) and the keys they were made with. A client sends many messages in a
+/// row: without this each one cost three HMACs and three allocations (the address as
+/// text, the copies compared next time), a tenth of sealing.
 #[derive(Default)]
 struct SenderTags {
+    /// The keys' allocation, held weakly: it cannot be reused for other keys while
+    /// this points at it, and the keys themselves are not kept alive (expired keys
+    /// leave the process).
+    keys: std::sync::Weak<PartitionKeys>,
     last: Option<(
         String,
         std::net::IpAddr,
@@ -185,11 +191,22 @@ struct SenderTags {
     tags: (i64, i64, Option<i64>),
 }
 
+thread_local! {
+    static LAST_SENDER: std::cell::RefCell<SenderTags> = std::cell::RefCell::default();
+}
+
 impl SenderTags {
-    fn of(&mut self, sub: &Submission, keys: &PartitionKeys) -> (i64, i64, Option<i64>) {
-        let same = self.last.as_ref().is_some_and(|(account, ip, originator)| {
-            *account == sub.account && *ip == sub.client_ip && *originator == sub.originator
-        });
+    /// The sender's tags under `keys`, made again only when the sender or the keys
+    /// differ from the last call on this thread.
+    fn of(sub: &Submission, keys: &Arc<PartitionKeys>) -> (i64, i64, Option<i64>) {
+        LAST_SENDER.with_borrow_mut(|last| last.get(sub, keys))
+    }
+
+    fn get(&mut self, sub: &Submission, keys: &Arc<PartitionKeys>) -> (i64, i64, Option<i64>) {
+        let same = std::ptr::eq(self.keys.as_ptr(), Arc::as_ptr(keys))
+            && self.last.as_ref().is_some_and(|(account, ip, originator)| {
+                *account == sub.account && *ip == sub.client_ip && *originator == sub.originator
+            });
         if !same {
             let ip = crate::canonical::canonical_ip(sub.client_ip).to_string();
             self.tags = (
@@ -199,6 +216,7 @@ impl SenderTags {
                     .as_ref()
                     .map(|o| keys.blind_index(IndexKind::Originator, &o.index_value())),
             );
+            self.keys = Arc::downgrade(keys);
             self.last = Some((sub.account.clone(), sub.client_ip, sub.originator.clone()));
         }
         self.tags
@@ -407,23 +425,22 @@ impl Recorder {
     }
 
     /// Seals a submission with its partition's keys: no I/O.
-    fn seal_with(&self, sub: &Submission, keys: &PartitionKeys) -> Result<Vec<Row>, KeyError> {
+    fn seal_with(&self, sub: &Submission, keys: &Arc<PartitionKeys>) -> Result<Vec<Row>, KeyError> {
         let mut rows = Vec::with_capacity(sub.recipients.len());
-        self.seal_into(sub, keys, &mut SenderTags::default(), &mut rows)?;
+        self.seal_into(sub, keys, &mut rows)?;
         Ok(rows)
     }
 
     /// Seals a submission's rows onto `rows`. The sender's blind indexes (account, IP,
-    /// originator) are taken from `tags` when the previous submission sealed with it
-    /// had the same sender: a batch from one session computes them once.
+    /// originator) are made once for the messages a sender sends in a row on this
+    /// thread (see [`SenderTags`]).
     fn seal_into(
         &self,
         sub: &Submission,
-        keys: &PartitionKeys,
-        tags: &mut SenderTags,
+        keys: &Arc<PartitionKeys>,
         rows: &mut Vec<Row>,
     ) -> Result<(), KeyError> {
-        let (account_ix, ip_ix, originator_ix) = tags.of(sub, keys);
+        let (account_ix, ip_ix, originator_ix) = SenderTags::of(sub, keys);
         let bucket = keys.bucket(sub.at);
         let mut plain = Vec::with_capacity(128);
         for rec in sub.records() {
@@ -477,9 +494,8 @@ impl Recorder {
         }
         let keys = self.keys_async(partition).await?;
         let mut rows = Vec::with_capacity(subs.iter().map(|s| s.recipients.len()).sum());
-        let mut tags = SenderTags::default();
         for sub in subs {
-            self.seal_into(sub, &keys, &mut tags, &mut rows)?;
+            self.seal_into(sub, &keys, &mut rows)?;
         }
         if self.inner.cfg.durability != Durability::RecordBeforeForward {
             return self
@@ -1014,6 +1030,58 @@ mod tests {
             .await
             .unwrap();
         (store, rec, t)
+    }
+
+    /// The sender's tags kept from one message to the next on a thread are those of
+    /// this message's sender under this message's keys: a change of sender, of
+    /// originator or of day (keys) makes them again.
+    #[tokio::test]
+    async fn sender_tags_follow_the_sender_and_the_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        let day = at(10, 0, 0).timestamp_micros();
+        let next_day = day + 86_400_000_000;
+        let mut other_ip = submission(&rec, day, "a", "+31612345678");
+        other_ip.client_ip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        let mut with_originator = submission(&rec, day, "a", "+31612345678");
+        with_originator.originator = Some(Identifier {
+            form: Form::Raw,
+            value: "ACME".into(),
+        });
+        let sequence = [
+            submission(&rec, day, "a", "+31612345678"),
+            submission(&rec, day, "a", "+31612345679"),
+            submission(&rec, day, "b", "+31612345678"),
+            other_ip,
+            with_originator,
+            submission(&rec, next_day, "a", "+31612345678"),
+            submission(&rec, day, "a", "+31612345678"),
+        ];
+        for sub in &sequence {
+            let (partition, rows) = rec.seal(sub).unwrap();
+            let keys = rec.keys_for(partition).unwrap();
+            let ip = crate::canonical::canonical_ip(sub.client_ip).to_string();
+            let want = (
+                keys.blind_index(IndexKind::Account, &sub.account),
+                keys.blind_index(IndexKind::ClientIp, &ip),
+                sub.originator
+                    .as_ref()
+                    .map(|o| keys.blind_index(IndexKind::Originator, &o.index_value())),
+            );
+            assert_eq!(
+                (rows[0].account_ix, rows[0].ip_ix, rows[0].originator_ix),
+                want,
+                "{} {} {:?} on {partition}",
+                sub.account,
+                sub.client_ip,
+                sub.originator
+            );
+        }
+        store.close().await;
     }
 
     /// Durable submissions sealed on one thread in one pass are committed together:
