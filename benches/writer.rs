@@ -26,6 +26,8 @@ use relaylog::config::StoreConfig;
 use relaylog::metrics::Metrics;
 use relaylog::record::{Protocol, Service, Submission, SubmissionId};
 use relaylog::store::Store;
+use relaylog::store::partition::PartitionId;
+use relaylog::store::rows::OutcomeRow;
 use relaylog::store::writer::{self, Job, Row, WriterConfig};
 
 const BATCH: usize = 1_000;
@@ -109,11 +111,10 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || {
-                    let rows: Vec<(relaylog::store::partition::PartitionId, Vec<Row>)> =
-                        submissions(BATCH, next)
-                            .iter()
-                            .map(|s| recorder.seal(s).unwrap())
-                            .collect();
+                    let rows: Vec<(PartitionId, Vec<Row>)> = submissions(BATCH, next)
+                        .iter()
+                        .map(|s| recorder.seal(s).unwrap())
+                        .collect();
                     next += BATCH;
                     rows
                 },
@@ -214,28 +215,37 @@ fn durable_shape(
         )
         .unwrap();
         // The outcomes of the last commit's records, sent with the next commit.
-        let mut previous: Vec<(relaylog::store::partition::PartitionId, Row)> = Vec::new();
+        let mut previous: Vec<(PartitionId, OutcomeRow)> = Vec::new();
         group.bench_function(name, |b| {
             b.iter_batched(
+                // Sealed, cut into commits, and each record's outcome made (as the
+                // relay's threads do), outside the timing.
                 || {
-                    let sealed: Vec<(relaylog::store::partition::PartitionId, Vec<Row>)> =
+                    let sealed: Vec<(PartitionId, Vec<Row>)> =
                         submissions(messages, 1_000_000_000 + next)
                             .iter()
                             .map(|s| recorder.seal(s).unwrap())
                             .collect();
                     next += messages;
                     sealed
+                        .chunks(DURABLE_COMMIT)
+                        .map(|commit| {
+                            let partition = commit[0].0;
+                            let rows: Vec<Row> =
+                                commit.iter().flat_map(|(_, r)| r.clone()).collect();
+                            let outcomes: Vec<(PartitionId, OutcomeRow)> = if with_outcomes {
+                                rows.iter().map(|r| (partition, accepted(r))).collect()
+                            } else {
+                                Vec::new()
+                            };
+                            (partition, rows, outcomes)
+                        })
+                        .collect::<Vec<_>>()
                 },
-                |sealed| {
-                    for commit in sealed.chunks(DURABLE_COMMIT) {
-                        for (partition, row) in previous.drain(..) {
-                            let row = accepted(&row);
+                |commits| {
+                    for (partition, rows, outcomes) in commits {
+                        for (partition, row) in std::mem::replace(&mut previous, outcomes) {
                             tx.blocking_send(Job::Outcome { partition, row }).unwrap();
-                        }
-                        let partition = commit[0].0;
-                        let rows: Vec<Row> = commit.iter().flat_map(|(_, r)| r.clone()).collect();
-                        if with_outcomes {
-                            previous.extend(rows.iter().map(|r| (partition, r.clone())));
                         }
                         let (done, wait) = oneshot::channel();
                         tx.blocking_send(Job::Records {
@@ -258,22 +268,14 @@ fn durable_shape(
 }
 
 /// The outcome the relay writes once a Kannel gateway accepted the record's message.
-fn accepted(record: &Row) -> relaylog::store::rows::OutcomeRow {
-    let mut o = relaylog::store::rows::OutcomeRow {
-        submission: record.submission,
-        at_us: record.at_us + 2_000,
-        outcome: relaylog::record::Outcome::Accepted as u8,
-        upstream_status: Some(202),
-        gateway_code: Some(0),
-        message_id_sealed: None,
-        enhanced_status: None,
-        size_bytes: None,
-        ordinal: None,
-        receipt_state: None,
-        receipt_error: None,
-        receipt_done: None,
-        leaf: [0; 32],
-    };
+fn accepted(record: &Row) -> OutcomeRow {
+    let mut o = OutcomeRow::bare(
+        record.submission,
+        record.at_us + 2_000,
+        relaylog::record::Outcome::Accepted as u8,
+    );
+    o.upstream_status = Some(202);
+    o.gateway_code = Some(0);
     o.leaf = relaylog::store::integrity::outcome_leaf(&o);
     o
 }

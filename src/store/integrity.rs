@@ -1170,21 +1170,10 @@ mod tests {
     /// the sections for those are only there when one of their fields is.
     #[test]
     fn an_outcome_without_the_newer_fields_keeps_its_leaf() {
-        let mut row = OutcomeRow {
-            submission: 7,
-            at_us: 70,
-            outcome: 1,
-            upstream_status: Some(202),
-            gateway_code: Some(0),
-            message_id_sealed: Some(vec![9; 3]),
-            enhanced_status: None,
-            size_bytes: None,
-            ordinal: None,
-            receipt_state: None,
-            receipt_error: None,
-            receipt_done: None,
-            leaf: [0; 32],
-        };
+        let mut row = OutcomeRow::bare(7, 70, 1);
+        row.upstream_status = Some(202);
+        row.gateway_code = Some(0);
+        row.message_id_sealed = Some(vec![9; 3]);
         let mut legacy = vec![0, b'o'];
         legacy.extend_from_slice(&7i64.to_be_bytes());
         legacy.extend_from_slice(&70i64.to_be_bytes());
@@ -1200,6 +1189,53 @@ mod tests {
         // A receipt's fields change it.
         row.receipt_state = Some("DELIVRD".into());
         assert_ne!(outcome_leaf(&row), sha(&[&legacy]));
+    }
+
+    /// A record's leaf is SHA-256 over its fields in the layout stored leaves were
+    /// made with (signed heads depend on it), with and without an originator.
+    #[test]
+    fn a_record_leaf_hashes_its_fields_as_laid_out() {
+        let mut row = Row {
+            submission: 7,
+            ordinal: 2,
+            at_us: 70,
+            bucket: 1,
+            protocol: 1,
+            service: 2,
+            recipient_form: 3,
+            segments: 4,
+            account_ix: 11,
+            ip_ix: 12,
+            originator_ix: Some(13),
+            recipient_ix: 14,
+            sealed: vec![9; 5],
+            leaf: [0; 32],
+        };
+        let layout = |originator: Option<i64>| {
+            let mut b = vec![0, b'r'];
+            b.extend_from_slice(&7i64.to_be_bytes());
+            b.extend_from_slice(&2u32.to_be_bytes());
+            b.extend_from_slice(&70i64.to_be_bytes());
+            b.extend_from_slice(&1i64.to_be_bytes());
+            b.extend_from_slice(&[1, 2, 3]);
+            b.extend_from_slice(&4u16.to_be_bytes());
+            b.extend_from_slice(&11i64.to_be_bytes());
+            b.extend_from_slice(&12i64.to_be_bytes());
+            match originator {
+                Some(o) => {
+                    b.push(1);
+                    b.extend_from_slice(&o.to_be_bytes());
+                }
+                None => b.push(0),
+            }
+            b.extend_from_slice(&14i64.to_be_bytes());
+            b.extend_from_slice(&5u32.to_be_bytes());
+            b.extend_from_slice(&[9; 5]);
+            sha(&[&b])
+        };
+        assert_eq!(record_leaf(&row), layout(Some(13)));
+        row.originator_ix = None;
+        assert_eq!(record_leaf(&row), layout(None));
     }
 
     /// RFC 6962 §2.1, written the recursive way, as the reference.

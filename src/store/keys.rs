@@ -228,11 +228,18 @@ pub struct PartitionKeys {
     data: LessSafeKey,
     index: hmac::Key,
     params: IndexParams,
+    /// Unique to this unwrapping in this process (never 0): what is derived from these
+    /// keys can be remembered by it without holding the keys.
+    serial: u64,
 }
 
 impl PartitionKeys {
     pub fn partition(&self) -> PartitionId {
         self.partition
+    }
+
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     pub fn params(&self) -> IndexParams {
@@ -541,11 +548,13 @@ impl Keyring {
         let data = UnboundKey::new(&aead::AES_256_GCM, &material[..32])
             .map_err(|_| KeyError::Unwrap { partition })?;
         let index = hmac::Key::new(hmac::HMAC_SHA256, &material[32..64]);
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(PartitionKeys {
             partition,
             data: LessSafeKey::new(data),
             index,
             params,
+            serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 }

@@ -42,3 +42,25 @@ pub struct OutcomeRow {
     pub receipt_done: Option<String>,
     pub leaf: Hash,
 }
+
+impl OutcomeRow {
+    /// An event of `outcome` about `submission` at `at_us`, every other field empty and
+    /// its leaf not made yet: the fields that apply are set after.
+    pub fn bare(submission: i64, at_us: i64, outcome: u8) -> Self {
+        OutcomeRow {
+            submission,
+            at_us,
+            outcome,
+            upstream_status: None,
+            gateway_code: None,
+            message_id_sealed: None,
+            enhanced_status: None,
+            size_bytes: None,
+            ordinal: None,
+            receipt_state: None,
+            receipt_error: None,
+            receipt_done: None,
+            leaf: [0; 32],
+        }
+    }
+}

@@ -133,12 +133,13 @@ CREATE TABLE IF NOT EXISTS erasure (
 /// partitions written before need no migration.
 ///
 /// The writer's inserts say `OR ROLLBACK`: a constraint they break (an id taken, which
-/// only rows put there from outside the writer can cause) ends the whole transaction,
-/// which fails the commit as any error does. With SQLite's default (`ABORT`, undo the
-/// one statement) a multi-row insert inside a transaction keeps a statement journal, a
-/// copy of each page before it changes (6–8% of the writer's time under load). The
-/// posting inserts no longer need one; record and outcome inserts still do, because
-/// SQLite checks an explicit `INTEGER PRIMARY KEY` with an opcode that may abort.
+/// only rows put there from outside the writer can cause) ends the whole transaction
+/// at once rather than the one statement; the commit fails either way. What it saves:
+/// with SQLite's default (`ABORT`) a multi-row insert inside a transaction keeps a
+/// statement journal, a copy of each page before it changes (6–8% of the writer's
+/// time under load). Only the posting inserts are spared it: record and outcome
+/// inserts keep one, because SQLite checks an explicit `INTEGER PRIMARY KEY` with an
+/// opcode that may abort.
 pub const INSERT_RECORD: &str = "INSERT OR ROLLBACK INTO record (id, submission, ordinal, at_us, bucket, protocol, service, \
     recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";

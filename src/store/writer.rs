@@ -926,9 +926,9 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
 
 /// A transaction on the writer's connection, begun and committed with cached
 /// statements (rusqlite's `Transaction` parses `BEGIN` and `COMMIT` again each time);
-/// rolled back when dropped uncommitted. A statement that failed with `OR ROLLBACK`
-/// has ended it already, and the rollback then finds none: that error is ignored, and
-/// the caller drops the connection after any failure anyway.
+/// rolled back when dropped uncommitted, unless a statement that failed with
+/// `OR ROLLBACK` has ended it already. The caller drops the connection after any
+/// failure anyway.
 struct WriteTx<'c> {
     conn: &'c Connection,
     open: bool,
