@@ -89,24 +89,12 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap(),
     );
-    for (name, signer) in [("commit", None), ("commit_with_integrity", Some(signer))] {
+    for (name, signer) in [
+        ("commit", None),
+        ("commit_with_integrity", Some(signer.clone())),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let signals: Arc<writer::Signals> = Default::default();
-        let (tx, handle) = writer::spawn(
-            WriterConfig {
-                store_dir: dir.path().join("store"),
-                sync: relaylog::config::SyncMode::Normal,
-                cache_mib: 16,
-                batch_max: 4_096,
-                queue_capacity: 65_536,
-                checkpoint_rows: relaylog::store::writer::CHECKPOINT_ROWS,
-                signals: signals.clone(),
-                signer,
-                clock: Arc::new(relaylog::clock::SystemClock),
-            },
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
+        let (tx, handle, signals) = spawn_writer(dir.path(), signer);
         let mut next = 0usize;
         group.bench_function(name, |b| {
             b.iter_batched(
@@ -140,7 +128,7 @@ fn bench(c: &mut Criterion) {
         tx.blocking_send(Job::Stop).unwrap();
         handle.join().unwrap();
     }
-    durable_shape(&mut group, &recorder, keys_dir.path());
+    durable_shape(&mut group, &recorder, signer);
     // The sealing threads' share of integrity: one leaf hash per record.
     let sealed: Vec<Row> = submissions(BATCH, 0)
         .iter()
@@ -181,39 +169,49 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// A writer of its own under `dir`, as the store configures it (synchronous NORMAL),
+/// and the signals a durable submitter wakes it with.
+fn spawn_writer(
+    dir: &std::path::Path,
+    signer: Option<Arc<ring::signature::Ed25519KeyPair>>,
+) -> (
+    tokio::sync::mpsc::Sender<Job>,
+    std::thread::JoinHandle<()>,
+    Arc<writer::Signals>,
+) {
+    let signals: Arc<writer::Signals> = Default::default();
+    let (tx, handle) = writer::spawn(
+        WriterConfig {
+            store_dir: dir.join("store"),
+            sync: relaylog::config::SyncMode::Normal,
+            cache_mib: 16,
+            batch_max: 4_096,
+            queue_capacity: 65_536,
+            checkpoint_rows: relaylog::store::writer::CHECKPOINT_ROWS,
+            signals: signals.clone(),
+            signer,
+            clock: Arc::new(relaylog::clock::SystemClock),
+        },
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    (tx, handle, signals)
+}
+
 /// Records per commit in `durable_shape`, as measured under 64 connections.
 const DURABLE_COMMIT: usize = 18;
 
 fn durable_shape(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     recorder: &relaylog::store::Recorder,
-    keys_dir: &std::path::Path,
+    signer: Arc<ring::signature::Ed25519KeyPair>,
 ) {
     let messages = BATCH / DURABLE_COMMIT * DURABLE_COMMIT;
     group.throughput(Throughput::Elements(messages as u64));
     let mut next = 0usize;
     for (name, with_outcomes) in [("durable_shape", true), ("durable_shape_records", false)] {
-        let signer = Arc::new(
-            relaylog::store::integrity::load_signing_key(&StoreConfig::under(keys_dir).signing_key)
-                .unwrap(),
-        );
         let dir = tempfile::tempdir().unwrap();
-        let signals: Arc<writer::Signals> = Default::default();
-        let (tx, handle) = writer::spawn(
-            WriterConfig {
-                store_dir: dir.path().join("store"),
-                sync: relaylog::config::SyncMode::Normal,
-                cache_mib: 16,
-                batch_max: 4_096,
-                queue_capacity: 65_536,
-                checkpoint_rows: relaylog::store::writer::CHECKPOINT_ROWS,
-                signals: signals.clone(),
-                signer: Some(signer),
-                clock: Arc::new(relaylog::clock::SystemClock),
-            },
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
+        let (tx, handle, signals) = spawn_writer(dir.path(), Some(signer.clone()));
         // The outcomes of the last commit's records, sent with the next commit.
         let mut previous: Vec<(PartitionId, OutcomeRow)> = Vec::new();
         group.bench_function(name, |b| {

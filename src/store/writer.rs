@@ -926,23 +926,19 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
 
 /// A transaction on the writer's connection, begun and committed with cached
 /// statements (rusqlite's `Transaction` parses `BEGIN` and `COMMIT` again each time);
-/// rolled back when dropped uncommitted, unless a statement that failed with
-/// `OR ROLLBACK` has ended it already. The caller drops the connection after any
-/// failure anyway.
-struct WriteTx<'c> {
-    conn: &'c Connection,
-    open: bool,
-}
+/// rolled back when dropped while SQLite still has it open (not after a commit, nor
+/// after a statement that failed with `OR ROLLBACK` ended it). The caller drops the
+/// connection after any failure anyway.
+struct WriteTx<'c>(&'c Connection);
 
 impl<'c> WriteTx<'c> {
     fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
         conn.prepare_cached("BEGIN")?.execute([])?;
-        Ok(WriteTx { conn, open: true })
+        Ok(WriteTx(conn))
     }
 
-    fn commit(mut self) -> rusqlite::Result<()> {
-        self.conn.prepare_cached("COMMIT")?.execute([])?;
-        self.open = false;
+    fn commit(self) -> rusqlite::Result<()> {
+        self.0.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
     }
 }
@@ -951,15 +947,15 @@ impl std::ops::Deref for WriteTx<'_> {
     type Target = Connection;
 
     fn deref(&self) -> &Connection {
-        self.conn
+        self.0
     }
 }
 
 impl Drop for WriteTx<'_> {
     fn drop(&mut self) {
-        if self.open && !self.conn.is_autocommit() {
+        if !self.0.is_autocommit() {
             let _ = self
-                .conn
+                .0
                 .prepare_cached("ROLLBACK")
                 .and_then(|mut s| s.execute([]));
         }

@@ -211,24 +211,31 @@ fn check_connection(headers: Fields<'_>) -> Result<(), ParseError> {
     Ok(())
 }
 
-/// Refuses a request with two `Content-Type` headers (parsers differ on which one
-/// counts) or one that is not plain text (relaylog would not read it; a gateway
-/// might, up to its first `;`).
+/// The value of the header `name`, if there is one; two are refused as a duplicate
+/// `label`: parsers differ on which one counts, and so may the hops after relaylog.
+fn single<'a>(
+    headers: Fields<'a>,
+    name: &'a str,
+    label: &'static str,
+) -> Result<Option<&'a [u8]>, ParseError> {
+    let mut all = headers.get_all(name);
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(ParseError::Duplicate(label));
+    }
+    Ok(first)
+}
+
 /// Refuses a request with two `Host` headers (RFC 9112 §3.2: a server answers 400):
 /// the gateway and anything between could each take another one.
 fn check_host(headers: Fields<'_>) -> Result<(), ParseError> {
-    if headers.get_all("host").nth(1).is_some() {
-        return Err(ParseError::Duplicate("Host"));
-    }
-    Ok(())
+    single(headers, "host", "Host").map(|_| ())
 }
 
+/// Refuses a request with two `Content-Type` headers or one that is not plain text
+/// (relaylog would not read it; a gateway might, up to its first `;`).
 fn check_content_type(headers: Fields<'_>) -> Result<(), ParseError> {
-    let mut all = headers.get_all("content-type");
-    let (first, second) = (all.next(), all.next());
-    if second.is_some() {
-        return Err(ParseError::Duplicate("Content-Type"));
-    }
+    let first = single(headers, "content-type", "Content-Type")?;
     if first.is_some_and(|v| http1::text(v).is_none()) {
         return Err(ParseError::MalformedField("Content-Type"));
     }
