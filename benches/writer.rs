@@ -94,7 +94,7 @@ fn bench(c: &mut Criterion) {
         ("commit_with_integrity", Some(signer.clone())),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, handle, signals) = spawn_writer(dir.path(), signer);
+        let (tx, handle, signals) = spawn_writer(dir.path(), signer, false);
         let mut next = 0usize;
         group.bench_function(name, |b| {
             b.iter_batched(
@@ -108,12 +108,8 @@ fn bench(c: &mut Criterion) {
                 },
                 |rows| {
                     for (partition, rows) in rows {
-                        tx.blocking_send(Job::Records {
-                            partition,
-                            rows,
-                            done: None,
-                        })
-                        .unwrap();
+                        tx.blocking_send(Job::records(partition, rows, None))
+                            .unwrap();
                     }
                     let (done, wait) = oneshot::channel();
                     tx.blocking_send(Job::Barrier(done)).unwrap();
@@ -174,6 +170,7 @@ fn bench(c: &mut Criterion) {
 fn spawn_writer(
     dir: &std::path::Path,
     signer: Option<Arc<ring::signature::Ed25519KeyPair>>,
+    journal: bool,
 ) -> (
     tokio::sync::mpsc::Sender<Job>,
     std::thread::JoinHandle<()>,
@@ -191,6 +188,8 @@ fn spawn_writer(
             signals: signals.clone(),
             signer,
             clock: Arc::new(relaylog::clock::SystemClock),
+            journal: journal.then(|| dir.join("store").join(relaylog::store::JOURNAL_DIR)),
+            keyring: None,
         },
         Arc::new(Metrics::new()),
     )
@@ -209,9 +208,13 @@ fn durable_shape(
     let messages = BATCH / DURABLE_COMMIT * DURABLE_COMMIT;
     group.throughput(Throughput::Elements(messages as u64));
     let mut next = 0usize;
-    for (name, with_outcomes) in [("durable_shape", true), ("durable_shape_records", false)] {
+    for (name, with_outcomes, journal) in [
+        ("durable_shape", true, true),
+        ("durable_shape_direct", true, false),
+        ("durable_shape_records", false, true),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, handle, signals) = spawn_writer(dir.path(), Some(signer.clone()));
+        let (tx, handle, signals) = spawn_writer(dir.path(), Some(signer.clone()), journal);
         // The outcomes of the last commit's records, sent with the next commit.
         let mut previous: Vec<(PartitionId, OutcomeRow)> = Vec::new();
         group.bench_function(name, |b| {
@@ -243,18 +246,23 @@ fn durable_shape(
                 |commits| {
                     for (partition, rows, outcomes) in commits {
                         for (partition, row) in std::mem::replace(&mut previous, outcomes) {
-                            tx.blocking_send(Job::Outcome { partition, row }).unwrap();
+                            tx.blocking_send(Job::outcome(partition, row)).unwrap();
                         }
                         let (done, wait) = oneshot::channel();
-                        tx.blocking_send(Job::Records {
+                        tx.blocking_send(Job::records(
                             partition,
                             rows,
-                            done: Some(writer::Done::One(done)),
-                        })
+                            Some(writer::Done::One(done)),
+                        ))
                         .unwrap();
                         signals.durable_queued();
                         wait.blocking_recv().unwrap().unwrap();
                     }
+                    // Behind a journal, the rows are in the partitions only now.
+                    let (done, wait) = oneshot::channel();
+                    tx.blocking_send(Job::Barrier(done)).unwrap();
+                    signals.durable_queued();
+                    wait.blocking_recv().unwrap().unwrap();
                 },
                 BatchSize::PerIteration,
             )

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub outcomes_written: Counter,
     pub batch_records: Histogram,
     pub commit_seconds: Histogram,
+    pub journal_frame_records: Histogram,
+    pub journal_append_seconds: Histogram,
+    pub journal_bypassed: Gauge,
     pub durable_wait_seconds: Histogram,
     pub queue_depth: Gauge,
     pub forward_seconds: Family<ListenerLabels, Histogram>,
@@ -125,6 +128,24 @@ impl Metrics {
             "commit_seconds",
             "Time to write and commit one batch",
             commit_seconds.clone(),
+        );
+        let journal_frame_records = Histogram::new(exponential_buckets(1.0, 4.0, 9));
+        registry.register(
+            "journal_frame_records",
+            "Records per journal frame (one append, answering the clients waiting on it)",
+            journal_frame_records.clone(),
+        );
+        let journal_append_seconds = Histogram::new(exponential_buckets(0.000_005, 2.5, 12));
+        registry.register(
+            "journal_append_seconds",
+            "Time to encode and append one journal frame",
+            journal_append_seconds.clone(),
+        );
+        let journal_bypassed = Gauge::default();
+        registry.register(
+            "journal_bypassed",
+            "1 while the partitions are failing or stuck: clients wait for their commit, not for the journal",
+            journal_bypassed.clone(),
         );
         let durable_wait_seconds = Histogram::new(exponential_buckets(0.000_05, 2.5, 12));
         registry.register(
@@ -220,6 +241,9 @@ impl Metrics {
             outcomes_written,
             batch_records,
             commit_seconds,
+            journal_frame_records,
+            journal_append_seconds,
+            journal_bypassed,
             durable_wait_seconds,
             queue_depth,
             forward_seconds,

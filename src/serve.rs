@@ -259,6 +259,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 tokio::select! {
                     _ = shutdown.wait() => break,
                     _ = tokio::time::sleep(interval) => {
+                        // What the journal holds goes in first: expiry then deletes
+                        // it with its partition instead of leaving it to come back.
+                        if let Err(e) = store.recorder().barrier().await {
+                            tracing::error!(error = %e, "store not settled before expiry; retried at the next interval");
+                            continue;
+                        }
                         let (store, clock, config) = (store.clone(), clock.clone(), config.clone());
                         let _ = tokio::task::spawn_blocking(move || run_expiry(&store, &config, clock.as_ref())).await;
                     }
@@ -448,7 +454,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 Some(files) => {
                     let tls = tls::server_config(&files.cert, &files.key)
                         .map_err(ServeError::AdminTls)?;
-                    let api = crate::admin::api::Api::new(config.clone(), clock.clone())?;
+                    let api = crate::admin::api::Api::new(
+                        config.clone(),
+                        clock.clone(),
+                        Some(store.recorder()),
+                    )?;
                     Some((TlsAcceptor::from(tls), api))
                 }
                 None => None,

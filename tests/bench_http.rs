@@ -71,7 +71,7 @@ async fn through_the_relay_every_message_is_recorded() {
     assert!((report.messages_per_second - report.requests_per_second * 2.0).abs() < 1e-6);
     relay.settle().await;
     // Account "bench", two recipients per message.
-    assert_eq!(relay.query(IndexKind::Account, "bench").len(), 600);
+    assert_eq!(relay.query(IndexKind::Account, "bench").await.len(), 600);
     relay.running.shutdown().await;
 }
 

@@ -171,8 +171,7 @@ async fn canaries_never_leave_the_request() {
         assert_eq!(s.as_u16(), 202, "form {form}: {reply}");
         canaries.extend([text, password, number.clone(), number[1..].to_string()]);
     }
-    let metrics = get(&c, &format!("{admin}/metrics")).await.1;
-    assert_metric(&metrics, "relaylog_records_written_total 4");
+    let metrics = wait_metric(&admin, "relaylog_records_written_total 4").await;
 
     // Query from the CLI while serve is running.
     let q = bin()

@@ -250,13 +250,13 @@ async fn relays_to_a_real_kannel() {
     // Kannel took the first `to`, from the first `username`'s messages; relaylog
     // recorded neither (the delivery went around it, straight to Kannel).
     for n in ["+31612000101", "+31612000202"] {
-        assert!(relay.query(IndexKind::Recipient, n).is_empty(), "{n}");
+        assert!(relay.query(IndexKind::Recipient, n).await.is_empty(), "{n}");
     }
-    assert!(relay.query(IndexKind::Account, "nobody").is_empty());
+    assert!(relay.query(IndexKind::Account, "nobody").await.is_empty());
 
     relay.settle().await;
     for (_, n) in expected.iter().skip(1) {
-        let f = relay.query(IndexKind::Recipient, n);
+        let f = relay.query(IndexKind::Recipient, n).await;
         assert_eq!(f.len(), 1, "{n}");
         assert_eq!(f[0].fields.account, "tester");
         let o = f[0].outcome.as_ref().unwrap();
@@ -265,12 +265,12 @@ async fn relays_to_a_real_kannel() {
             (Outcome::Accepted, Some(202), Some(0))
         );
     }
-    let refused = relay.query(IndexKind::Recipient, "+31655555555");
+    let refused = relay.query(IndexKind::Recipient, "+31655555555").await;
     assert_eq!(
         refused[0].outcome.as_ref().unwrap().outcome,
         Outcome::Rejected
     );
-    let denied = relay.query(IndexKind::Recipient, "+31666666666");
+    let denied = relay.query(IndexKind::Recipient, "+31666666666").await;
     assert_eq!(
         denied[0].outcome.as_ref().unwrap().upstream_status,
         Some(403)

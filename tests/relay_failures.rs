@@ -95,8 +95,8 @@ async fn bad_requests_are_refused_and_not_forwarded() {
     // Still serving, and nothing accepted earlier was lost.
     let (s, _) = get(&c, &sendsms(&relay.url, "after", "%2B31612345679")).await;
     assert_eq!(s.as_u16(), 202);
-    assert_eq!(relay.query(IndexKind::Account, "first").len(), 1);
-    assert_eq!(relay.query(IndexKind::Account, "after").len(), 1);
+    assert_eq!(relay.query(IndexKind::Account, "first").await.len(), 1);
+    assert_eq!(relay.query(IndexKind::Account, "after").await.len(), 1);
     let metrics = relay.metrics().await;
     assert_metric(
         &metrics,
@@ -173,9 +173,9 @@ async fn unwritable_store_fails_closed_then_recovers() {
     let (s, _) = get(&c, &sendsms(&relay.url, "after", "%2B31612345603")).await;
     assert_eq!(s.as_u16(), 202);
     assert_eq!(up.count(), 2);
-    assert_eq!(relay.query(IndexKind::Account, "before").len(), 1);
-    assert_eq!(relay.query(IndexKind::Account, "during").len(), 0);
-    assert_eq!(relay.query(IndexKind::Account, "after").len(), 1);
+    assert_eq!(relay.query(IndexKind::Account, "before").await.len(), 1);
+    assert_eq!(relay.query(IndexKind::Account, "during").await.len(), 0);
+    assert_eq!(relay.query(IndexKind::Account, "after").await.len(), 1);
     relay.running.shutdown().await;
 }
 
@@ -260,7 +260,7 @@ async fn tls_ingress_with_a_generated_certificate() {
     assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
     assert!(reply.ends_with(KANNEL_OK), "{reply}");
     relay.settle().await;
-    assert_eq!(relay.query(IndexKind::Account, "tlsuser").len(), 3);
+    assert_eq!(relay.query(IndexKind::Account, "tlsuser").await.len(), 3);
 
     // Plain HTTP to the TLS port gets no relay.
     let c = client();
@@ -326,8 +326,17 @@ async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
     );
     relay.settle().await;
 
-    // Another process takes the partition's write lock: the writer waits on it.
+    // Another process takes the partition's write lock: the writer waits on it with
+    // the next message, which the journal took (answered and forwarded).
     let lock = hold_writer(dir.path());
+    assert_eq!(
+        get(&c, &sendsms(&relay.url, "journaled", &number(2)))
+            .await
+            .0
+            .as_u16(),
+        202
+    );
+    tokio::time::sleep(WRITER_STUCK).await;
 
     // One submission blocks in the writer, one fills the queue...
     let mut waiting = Vec::new();
@@ -340,16 +349,18 @@ async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
     let (s, reply) = get(&c, &sendsms(&relay.url, "refused", &number(20))).await;
     assert_eq!(s.as_u16(), 503, "{reply}");
     assert!(reply.contains("queue_full"), "{reply}");
-    assert_eq!(up.count(), 1, "nothing forwarded while the store is stuck");
+    assert_eq!(up.count(), 2, "nothing forwarded while the store is stuck");
 
     lock.execute_batch("COMMIT").unwrap();
     for w in waiting {
-        assert_eq!(w.await.unwrap().0.as_u16(), 202);
+        let (s, reply) = w.await.unwrap();
+        assert_eq!(s.as_u16(), 202, "{reply}");
     }
-    assert_eq!(up.count(), 3);
+    assert_eq!(up.count(), 4);
     relay.settle().await;
-    assert_eq!(relay.query(IndexKind::Account, "refused").len(), 0);
-    assert_eq!(relay.query(IndexKind::Account, "queued").len(), 1);
+    assert_eq!(relay.query(IndexKind::Account, "refused").await.len(), 0);
+    assert_eq!(relay.query(IndexKind::Account, "queued").await.len(), 1);
+    assert_eq!(relay.query(IndexKind::Account, "journaled").await.len(), 1);
     let metrics = relay.metrics().await;
     assert_metric(&metrics, "reason=\"queue_full\"} 1");
     relay.running.shutdown().await;
@@ -376,7 +387,7 @@ async fn client_gone_mid_forward_still_forwards_and_records_the_outcome() {
     assert_eq!(up.count(), 0, "hung up before the upstream answered");
     tokio::time::sleep(Duration::from_millis(600)).await;
     relay.settle().await;
-    let found = relay.query(IndexKind::Account, "gone");
+    let found = relay.query(IndexKind::Account, "gone").await;
     assert_eq!(found.len(), 1);
     assert_eq!(
         found[0].outcome.as_ref().map(|o| o.outcome),
@@ -421,16 +432,26 @@ async fn a_corrupt_partition_fails_closed_and_says_corrupt() {
     let kept = day.with_extension("kept");
     aside(&day, &kept);
     std::fs::write(&day, vec![0x5a; 8192]).unwrap();
+    // The journal takes the first message; the writer fails to put it in.
+    let (s, _) = get(&c, &sendsms(&relay.url, "journaled", &number(4))).await;
+    assert_eq!(s.as_u16(), 202);
+    tokio::time::sleep(WRITER_STUCK).await;
     let (s, reply) = get(&c, &sendsms(&relay.url, "during", &number(2))).await;
     assert_eq!(s.as_u16(), 503, "{reply}");
     assert!(reply.contains("(corrupt)"), "{reply}");
+    let metrics = relay.metrics().await;
     assert_metric(
-        &relay.metrics().await,
+        &metrics,
         "relaylog_fail_closed_total{listener=\"sms\",reason=\"corrupt\"} 1",
     );
-    assert_eq!(up.count(), 1, "nothing forwarded");
+    assert_metric(&metrics, "relaylog_journal_bypassed 1");
+    assert_eq!(up.count(), 2, "nothing forwarded once the writer failed");
     aside(&kept, &day);
     let (s, _) = get(&c, &sendsms(&relay.url, "after", &number(3))).await;
     assert_eq!(s.as_u16(), 202);
+    // The journaled message went in once the file was back; the refused one never.
+    assert_eq!(relay.query(IndexKind::Account, "journaled").await.len(), 1);
+    assert_eq!(relay.query(IndexKind::Account, "during").await.len(), 0);
+    assert_eq!(relay.query(IndexKind::Account, "after").await.len(), 1);
     relay.running.shutdown().await;
 }

@@ -67,7 +67,7 @@ async fn requests_hyper_frames_go_to_hyper_on_the_same_connection() {
     relay.settle().await;
     for account in ["fast", "chunked", "after"] {
         assert_eq!(
-            relay.query(IndexKind::Account, account).len(),
+            relay.query(IndexKind::Account, account).await.len(),
             1,
             "{account}"
         );
@@ -149,7 +149,7 @@ async fn unreadable_heads_and_oversized_bodies_are_refused_and_closed() {
     }
     assert_eq!(up.count(), 0);
     relay.settle().await;
-    assert!(relay.query(IndexKind::Account, "long").is_empty());
+    assert!(relay.query(IndexKind::Account, "long").await.is_empty());
     relay.running.shutdown().await;
 }
 
@@ -221,7 +221,7 @@ async fn chunked_replies_go_back_whole_and_end_to_end() {
         "the upstream connection is kept"
     );
     relay.settle().await;
-    let found = relay.query(IndexKind::Account, "chunky");
+    let found = relay.query(IndexKind::Account, "chunky").await;
     assert_eq!(found.len(), 2);
     assert!(found.iter().all(|f| f.outcome.is_some()));
     relay.running.shutdown().await;

@@ -30,7 +30,7 @@ async fn kannel_get_query_several_recipients() {
 
     relay.settle().await;
     for number in ["+31612345678", "+31687654321"] {
-        let found = relay.query(IndexKind::Recipient, number);
+        let found = relay.query(IndexKind::Recipient, number).await;
         assert_eq!(found.len(), 1, "{number}");
         let f = &found[0];
         assert_eq!(f.fields.account, "tester");
@@ -44,14 +44,14 @@ async fn kannel_get_query_several_recipients() {
             (Outcome::Accepted, Some(202), Some(0))
         );
     }
-    let both = relay.query(IndexKind::Account, "tester");
+    let both = relay.query(IndexKind::Account, "tester").await;
     assert_eq!(both.len(), 2);
     assert_eq!(
         both[0].submission, both[1].submission,
         "one submission, two recipient rows"
     );
-    assert_eq!(relay.query(IndexKind::ClientIp, "127.0.0.1").len(), 2);
-    assert_eq!(relay.query(IndexKind::Originator, "ACME").len(), 2);
+    assert_eq!(relay.query(IndexKind::ClientIp, "127.0.0.1").await.len(), 2);
+    assert_eq!(relay.query(IndexKind::Originator, "ACME").await.len(), 2);
     relay.running.shutdown().await;
 }
 
@@ -78,7 +78,7 @@ async fn kannel_post_forms_are_forwarded_byte_for_byte() {
         seen.headers.get("content-type").unwrap(),
         "application/x-www-form-urlencoded"
     );
-    let f = relay.query(IndexKind::Recipient, "+31611111111");
+    let f = relay.query(IndexKind::Recipient, "+31611111111").await;
     assert_eq!((f.len(), f[0].fields.account.as_str()), (1, "formuser"));
     assert_eq!(
         f[0].fields.originator.as_ref().unwrap().value,
@@ -101,9 +101,9 @@ async fn kannel_post_forms_are_forwarded_byte_for_byte() {
     for (k, v) in &headers[1..] {
         assert_eq!(seen.headers.get(*k).unwrap(), v, "{k} forwarded");
     }
-    assert_eq!(relay.query(IndexKind::Account, "plainuser").len(), 2);
+    assert_eq!(relay.query(IndexKind::Account, "plainuser").await.len(), 2);
     assert_eq!(
-        relay.query(IndexKind::Recipient, "+31644444444")[0]
+        relay.query(IndexKind::Recipient, "+31644444444").await[0]
             .fields
             .originator
             .as_ref()
@@ -118,7 +118,7 @@ async fn kannel_post_forms_are_forwarded_byte_for_byte() {
     let (s, _) = send(&c, Method::POST, &url, &[("content-type", "text/xml")], xml).await;
     assert_eq!(s.as_u16(), 202);
     assert_eq!(up.last().body.as_ref(), xml.as_bytes());
-    let x = relay.query(IndexKind::Account, "xmluser");
+    let x = relay.query(IndexKind::Account, "xmluser").await;
     assert_eq!(x.len(), 3);
     let mut numbers: Vec<_> = x.iter().map(|f| f.fields.recipient.value.clone()).collect();
     numbers.sort();
@@ -140,7 +140,7 @@ async fn jasmin_send_records_message_id() {
     assert!(body.starts_with("Success"));
     assert_eq!(up.last().path_and_query, pq);
     relay.settle().await;
-    let f = relay.query(IndexKind::Recipient, "+4915112345678");
+    let f = relay.query(IndexKind::Recipient, "+4915112345678").await;
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].fields.account, "jasuser");
     assert_eq!(
@@ -185,7 +185,7 @@ async fn json_api_with_basic_auth_and_pointers() {
         "Basic YXBpdXNlcjphcGlzZWNyZXQ="
     );
     relay.settle().await;
-    let f = relay.query(IndexKind::Account, "apiuser");
+    let f = relay.query(IndexKind::Account, "apiuser").await;
     assert_eq!(f.len(), 2);
     assert_eq!(
         f[0].outcome
@@ -272,7 +272,7 @@ async fn every_spelling_of_the_message_path_is_recorded() {
     }
     relay.settle().await;
     assert_eq!(
-        relay.query(IndexKind::Account, "spell").len(),
+        relay.query(IndexKind::Account, "spell").await.len(),
         spellings.len()
     );
     relay.running.shutdown().await;
@@ -322,7 +322,7 @@ async fn invalid_recipient_is_recorded_raw_and_forwarded() {
     .await;
     assert_eq!(s.as_u16(), 202, "the gateway decides");
     assert_eq!(up.count(), 1);
-    let f = relay.query(IndexKind::Recipient, "1234");
+    let f = relay.query(IndexKind::Recipient, "1234").await;
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].fields.recipient.form, Form::Raw);
     relay.running.shutdown().await;

@@ -132,7 +132,7 @@ async fn https_upstream_with_a_private_ca() {
     assert_eq!(s.as_u16(), 502);
     assert_eq!(up.count(), 3);
     relay.settle().await;
-    let f = relay.query(IndexKind::Account, "untrusted");
+    let f = relay.query(IndexKind::Account, "untrusted").await;
     assert_eq!(f[0].outcome.as_ref().unwrap().outcome, Outcome::Failed);
     // Issue 10: the cause is kept, not flattened into "connect".
     assert_metric(
@@ -161,7 +161,7 @@ async fn upstream_down_gives_502_and_a_failed_outcome() {
     assert_eq!(s.as_u16(), 502, "{body}");
     assert!(body.contains("upstream unreachable"), "{body}");
     relay.settle().await;
-    let f = relay.query(IndexKind::Account, "down");
+    let f = relay.query(IndexKind::Account, "down").await;
     assert_eq!(f.len(), 1, "the attempt is on record");
     let o = f[0].outcome.as_ref().unwrap();
     assert_eq!((o.outcome, o.upstream_status), (Outcome::Failed, None));
@@ -272,7 +272,7 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced() {
     }
     assert_eq!(requests.load(Ordering::SeqCst), 5, "each message sent once");
     relay.settle().await;
-    let found = relay.query(IndexKind::Account, "closing");
+    let found = relay.query(IndexKind::Account, "closing").await;
     assert_eq!(found.len(), 5);
     assert!(
         found

@@ -533,6 +533,16 @@ async fn when_records_cannot_be_committed_the_message_is_refused_and_not_deliver
     mail.settle().await;
 
     let lock = hold_writer(dir.path());
+    // The journal takes the next message; the writer is stuck on it.
+    for cmd in [
+        "MAIL FROM:<a@example.org>",
+        "RCPT TO:<journaled@example.net>",
+    ] {
+        assert_eq!(c.code(cmd).await, 250);
+    }
+    assert_eq!(c.code("DATA").await, 354);
+    assert_eq!(c.cmd("x\r\n.").await.code, 250);
+    tokio::time::sleep(WRITER_STUCK).await;
     // Two messages wait on the writer and fill its queue...
     let mut waiting = Vec::new();
     for n in 0..2 {
@@ -566,7 +576,7 @@ async fn when_records_cannot_be_committed_the_message_is_refused_and_not_deliver
     assert_eq!(c.reply().await.code, 451);
     assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
     assert_eq!(c.code("RSET").await, 250);
-    assert_eq!(mail.queued(), 1);
+    assert_eq!(mail.queued(), 2);
     lock.execute_batch("COMMIT").unwrap();
     for w in waiting {
         assert_eq!(
@@ -577,7 +587,8 @@ async fn when_records_cannot_be_committed_the_message_is_refused_and_not_deliver
     }
     mail.settle().await;
     assert!(mail.by_recipient("closed-out@example.net").is_empty());
-    assert_eq!(mail.queued(), 3);
+    assert_eq!(mail.by_recipient("journaled@example.net").len(), 1);
+    assert_eq!(mail.queued(), 4);
     mail.running.shutdown().await;
 }
 

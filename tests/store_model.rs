@@ -150,6 +150,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 Op::Advance { hours } => clock.advance(Duration::hours(hours)),
                 Op::Expire => {
+                    // As serve does: what the journal holds goes in before expiry.
+                    rec.barrier().await.unwrap();
                     let keyring = open_keyring(&cfg).unwrap();
                     expiry::run(&cfg, &keyring, "model", clock.now()).unwrap();
                     model.expire(clock.now(), cfg.retention);
@@ -193,7 +195,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             .release(CASES[case], 0, "model");
                     prop_assert_eq!(released.is_ok(), model.holds.remove(&case).is_some());
                 }
-                Op::Query { number } => check(&cfg, &model, number, &clock)?,
+                Op::Query { number } => {
+                    // Queries see a record once it is in the partitions.
+                    rec.barrier().await.unwrap();
+                    check(&cfg, &model, number, &clock)?
+                }
             }
         }
         store.close().await;

@@ -84,6 +84,10 @@ pub struct Api {
     logins: Semaphore,
     /// One export or offboarding at a time: each holds its records in memory.
     exporting: Semaphore,
+    /// The running store: what it has accepted is brought into the partitions before
+    /// a disclosure, an access request or an offboarding reads or erases them (a
+    /// client is answered once its records are in the journal, a moment before).
+    recorder: Option<crate::store::Recorder>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +104,11 @@ pub enum ApiSetupError {
 }
 
 impl Api {
-    pub fn new(config: Config, clock: SharedClock) -> Result<Arc<Api>, ApiSetupError> {
+    pub fn new(
+        config: Config,
+        clock: SharedClock,
+        recorder: Option<crate::store::Recorder>,
+    ) -> Result<Arc<Api>, ApiSetupError> {
         let admin = config.admin.as_ref();
         let exports = admin.map(|a| a.exports.clone()).unwrap_or_default();
         std::fs::create_dir_all(&exports).map_err(|source| ApiSetupError::Exports {
@@ -119,7 +127,21 @@ impl Api {
             exports,
             clock,
             config,
+            recorder,
         }))
+    }
+
+    /// Waits until everything the store accepted so far is in the partitions.
+    async fn settled(&self) -> Result<(), ApiError> {
+        match &self.recorder {
+            Some(r) => r.barrier().await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the store could not bring in what it accepted ({e}); retry"),
+                )
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -792,6 +814,7 @@ async fn disclose(
     Body(form): Body<DiscloseForm>,
 ) -> Result<Response, ApiError> {
     let permit = api.exporting.try_acquire().map_err(|_| busy())?;
+    api.settled().await?;
     let api2 = api.clone();
     let out = blocking(move || {
         let api = api2;
@@ -835,6 +858,7 @@ async fn subject_export(
         _ => return Err(ApiError::bad_request("give one of recipient or email")),
     };
     let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
+    api.settled().await?;
     let api2 = api.clone();
     let v = blocking(move || {
         let api = api2;
@@ -864,6 +888,7 @@ async fn offboard(
     Param(name): Param<String>,
 ) -> Result<Response, ApiError> {
     let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
+    api.settled().await?;
     let api2 = api.clone();
     let v = blocking(move || {
         let api = api2;

@@ -164,6 +164,21 @@ pub fn run(cli: Cli) -> Result<()> {
         command => {
             let config = Config::load(&cli.config)?;
             init_tracing(log_format(&cli, Some(&config)), &config.log.level);
+            // Commands that read or change the partitions first take in what a crash
+            // left in the journal.
+            if matches!(
+                command,
+                Command::Query(_)
+                    | Command::Expire(_)
+                    | Command::Case(_)
+                    | Command::Disclose(_)
+                    | Command::Account(_)
+                    | Command::Subject(_)
+            ) && crate::store::recover_journal(&config.store)
+                .context("ingesting the journal a stopped relaylog left")?
+            {
+                tracing::info!("journal frames a stopped relaylog left were ingested");
+            }
             match command {
                 Command::Init => init(&config),
                 Command::Serve => serve(config),

@@ -220,11 +220,7 @@ impl Gathering {
                 *open = Weak::new();
             }
         });
-        let job = Job::Records {
-            partition: self.partition,
-            rows: p.rows,
-            done: Some(Done::Many(p.tell)),
-        };
+        let job = Job::records(self.partition, p.rows, Some(Done::Many(p.tell)));
         match tx.try_send(job) {
             Ok(()) => {
                 self.queued.store(true, Ordering::Release);

@@ -366,7 +366,7 @@ impl Keyring {
     }
 
     pub fn key_path(&self, partition: PartitionId) -> PathBuf {
-        self.dir.join(format!("{partition}.key"))
+        key_file(&self.dir, partition)
     }
 
     /// Partitions that have a key file, oldest first.
@@ -557,6 +557,11 @@ impl Keyring {
             serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
+}
+
+/// A partition's key file in the keyring directory `dir`.
+pub fn key_file(dir: &Path, partition: PartitionId) -> PathBuf {
+    dir.join(format!("{partition}.key"))
 }
 
 #[cfg(test)]

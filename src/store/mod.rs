@@ -10,6 +10,7 @@ pub mod codec;
 pub mod expiry;
 pub mod index;
 pub mod integrity;
+pub mod journal;
 pub mod keys;
 pub mod partition;
 pub mod postings;
@@ -42,8 +43,13 @@ pub enum OpenError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot start the writer thread: {0}")]
+    #[error("cannot start the writer: {0}")]
     Thread(std::io::Error),
+    #[error("store journal {path}: {source}")]
+    Journal {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Signing(#[from] integrity::SigningKeyError),
 }
@@ -98,6 +104,9 @@ impl RecordError {
 /// How long a durable submission waits for its commit before the relay gives up and
 /// answers with a temporary error. Generous: a commit normally takes well under 10 ms.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The journal's directory under the store's (see [`journal`]).
+pub const JOURNAL_DIR: &str = "journal";
 
 pub struct Store {
     recorder: Recorder,
@@ -240,6 +249,29 @@ pub fn open_keyring(cfg: &StoreConfig) -> Result<Keyring, KeyError> {
     Keyring::open(&cfg.keyring, master, params)
 }
 
+/// Ingests what a stopped relaylog left in the journal (a crash between answering
+/// clients and writing their rows into the partitions), so that a command that reads
+/// or changes the partitions (a query, a disclosure, an erasure, expiry) sees every
+/// record a client was answered for. Nothing to do, `Ok(false)`, when the journal is
+/// empty or a running relaylog has it (which ingests it within `INGEST_DELAY`).
+pub fn recover_journal(cfg: &StoreConfig) -> Result<bool, OpenError> {
+    let dir = cfg.path.join(JOURNAL_DIR);
+    let needed = journal::needs_recovery(&dir).map_err(|source| OpenError::Journal {
+        path: dir.clone(),
+        source,
+    })?;
+    if !needed {
+        return Ok(false);
+    }
+    let store = Store::open(
+        cfg.clone(),
+        Arc::new(crate::clock::SystemClock),
+        Arc::new(Metrics::new()),
+    )?;
+    store.close_blocking();
+    Ok(true)
+}
+
 impl Store {
     pub fn open(
         cfg: StoreConfig,
@@ -265,6 +297,8 @@ impl Store {
                 signals: signals.clone(),
                 signer: Some(signer),
                 clock: clock.clone(),
+                journal: Some(cfg.path.join(JOURNAL_DIR)),
+                keyring: Some(cfg.keyring.clone()),
             },
             metrics.clone(),
         )
@@ -328,6 +362,7 @@ impl Store {
     /// Commits everything queued so far, stops the writer and waits for it. Later
     /// submissions get [`RecordError::Closed`].
     pub async fn close(&self) {
+        self.recorder.inner.route.signals.request_stop();
         let _ = self.recorder.inner.route.tx.send(Job::Stop).await;
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
@@ -337,6 +372,7 @@ impl Store {
 
     /// Blocking variant of [`Store::close`], for the CLI and benches.
     pub fn close_blocking(&self) {
+        self.recorder.inner.route.signals.request_stop();
         let _ = self.recorder.inner.route.tx.blocking_send(Job::Stop);
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
@@ -499,13 +535,7 @@ impl Recorder {
             self.seal_into(sub, &keys, &mut rows)?;
         }
         if self.inner.cfg.durability != Durability::RecordBeforeForward {
-            return self
-                .enqueue(Job::Records {
-                    partition,
-                    rows,
-                    done: None,
-                })
-                .await;
+            return self.enqueue(Job::records(partition, rows, None)).await;
         }
         // Durable: gathered with the other submissions this thread seals before it
         // next polls for I/O, then committed together (see `batch`).
@@ -553,11 +583,7 @@ impl Recorder {
         self.inner
             .route
             .tx
-            .blocking_send(Job::Records {
-                partition,
-                rows,
-                done: None,
-            })
+            .blocking_send(Job::records(partition, rows, None))
             .map_err(|_| RecordError::Closed)
     }
 
@@ -636,7 +662,7 @@ impl Recorder {
             leaf: [0; 32],
         };
         row.leaf = integrity::outcome_leaf(&row);
-        Ok(Job::Outcome { partition, row })
+        Ok(Job::outcome(partition, row))
     }
 
     /// Waits until everything queued before this call is committed.
@@ -774,6 +800,8 @@ mod tests {
                     signals: Default::default(),
                     signer,
                     clock: Arc::new(clock),
+                    journal: None,
+                    keyring: None,
                 },
                 Arc::new(Metrics::new()),
             )
@@ -813,13 +841,7 @@ mod tests {
             let (partition, rows) = rec
                 .seal(&submission(&rec, t, "acct", "+31612345678"))
                 .unwrap();
-            tx.send(Job::Records {
-                partition,
-                rows,
-                done: None,
-            })
-            .await
-            .unwrap();
+            tx.send(Job::records(partition, rows, None)).await.unwrap();
         }
         let (done, answer) = oneshot::channel();
         tx.send(Job::Barrier(done)).await.unwrap();
@@ -870,13 +892,9 @@ mod tests {
             let tx = tx.clone();
             async move {
                 let (done, answer) = oneshot::channel();
-                tx.send(Job::Records {
-                    partition,
-                    rows,
-                    done: Some(writer::Done::One(done)),
-                })
-                .await
-                .unwrap();
+                tx.send(Job::records(partition, rows, Some(writer::Done::One(done))))
+                    .await
+                    .unwrap();
                 answer.await.unwrap()
             }
         };
@@ -925,12 +943,7 @@ mod tests {
         );
         event.upstream_status = Some(202);
         event.leaf = integrity::outcome_leaf(&event);
-        tx.send(Job::Outcome {
-            partition,
-            row: event,
-        })
-        .await
-        .unwrap();
+        tx.send(Job::outcome(partition, event)).await.unwrap();
         assert!(write((partition, rows)).await.is_err());
         assert_eq!(ids("record"), [1, 4], "the record went with its outcome");
         outside.execute_batch("DROP TRIGGER refuse").unwrap();
@@ -1008,6 +1021,8 @@ mod tests {
         rec.record(&submission(&rec, late, "acct9", "+31612345678"))
             .await
             .unwrap();
+        // Journaled; queries see it once ingested.
+        rec.barrier().await.unwrap();
         let through = indexed_through(&cfg, "2026-11-23");
         let all = find(&cfg, IndexKind::Recipient, "+31612345678");
         assert_eq!(all.len(), 21);
@@ -1146,6 +1161,128 @@ mod tests {
         store.close().await;
     }
 
+    /// The files of a directory, to put back later as they were.
+    fn files_of(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect()
+    }
+
+    fn put_back(dir: &std::path::Path, files: &[(std::path::PathBuf, Vec<u8>)]) {
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        for (path, bytes) in files {
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+
+    /// A crash after the journal took rows and before the partitions did loses
+    /// nothing: the next start ingests them. One after the partitions took them and
+    /// before the journal let them go writes nothing twice. Either way the partition
+    /// verifies against its signed heads.
+    #[tokio::test]
+    async fn journaled_rows_go_in_once_whenever_the_crash_falls() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let t = at(10, 0, 0).timestamp_micros();
+        let journal_dir = cfg.path.join(JOURNAL_DIR);
+        let count = |number: &str| find(&cfg, IndexKind::Recipient, number).len();
+
+        // After the ingest: the journal comes back as it was when the clients were
+        // answered.
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        for i in 0..5 {
+            rec.record(&submission(&rec, t + i, "a", "+31612345678"))
+                .await
+                .unwrap();
+        }
+        let answered = files_of(&journal_dir);
+        store.close().await;
+        assert_eq!(count("+31612345678"), 5);
+        put_back(&journal_dir, &answered);
+        let store = open(&cfg, &clock);
+        store.recorder().barrier().await.unwrap();
+        assert_eq!(count("+31612345678"), 5, "not written twice");
+
+        // Before the ingest: one frame of rows of two days, appended while no writer
+        // runs (sealed by the store, as its front would have journaled them).
+        let rec = store.recorder();
+        let next_day = at(23, 59, 59).timestamp_micros() + 60_000_000;
+        let sealed: Vec<(PartitionId, Vec<Row>)> = [t + 100, t + 101, next_day]
+            .into_iter()
+            .map(|at_us| {
+                rec.seal(&submission(&rec, at_us, "b", "+31687654321"))
+                    .unwrap()
+            })
+            .collect();
+        let (today, tomorrow) = (sealed[0].0, sealed[2].0);
+        assert_ne!(today, tomorrow);
+        store.close().await;
+        {
+            let (mut journal, _) = journal::Journal::open(&journal_dir, false).unwrap();
+            journal.start(0).unwrap();
+            journal
+                .append(
+                    sealed
+                        .iter()
+                        .map(|(partition, rows)| journal::EntryRef::Records(*partition, rows)),
+                )
+                .unwrap();
+        }
+        let crashed = files_of(&journal_dir);
+        assert_eq!(count("+31687654321"), 0);
+        let store = open(&cfg, &clock);
+        assert_eq!(count("+31687654321"), 3, "in before the store opens");
+        store.close().await;
+
+        // The crash fell between the two days' commits: today's partition holds the
+        // frame, tomorrow's file was never made.
+        put_back(&journal_dir, &crashed);
+        for suffix in ["", "-wal", "-shm"] {
+            let path = format!("{}{suffix}", tomorrow.path_in(&cfg.path).display());
+            let _ = std::fs::remove_file(path);
+        }
+        assert_eq!(count("+31687654321"), 2);
+        let store = open(&cfg, &clock);
+        assert_eq!(
+            count("+31687654321"),
+            3,
+            "tomorrow's row once, today's not twice"
+        );
+        store.close().await;
+
+        // A partition expired (its keys gone) while the frame waited: its rows are
+        // dropped, its file not made again.
+        put_back(&journal_dir, &crashed);
+        for suffix in ["", "-wal", "-shm"] {
+            let path = format!("{}{suffix}", tomorrow.path_in(&cfg.path).display());
+            let _ = std::fs::remove_file(path);
+        }
+        std::fs::remove_file(crate::store::keys::key_file(&cfg.keyring, tomorrow)).unwrap();
+        let store = open(&cfg, &clock);
+        store.close().await;
+        assert!(!tomorrow.path_in(&cfg.path).exists(), "not brought back");
+        assert_eq!(count("+31687654321"), 2);
+
+        let conn = schema::open_for_read(&today.path_in(&cfg.path)).unwrap();
+        let public = integrity::load_public_key(&cfg.signing_key).unwrap();
+        let verified = integrity::verify(&conn, today, &public, i64::MAX / 2);
+        assert!(verified.damage.is_empty(), "{:?}", verified.damage);
+        assert_eq!(verified.records, 7);
+        assert!(
+            !journal::needs_recovery(&journal_dir).unwrap(),
+            "a clean stop leaves nothing to read back"
+        );
+    }
+
     /// Durable submissions sealed on one thread in one pass are committed together:
     /// fewer commits than submissions, each answered, every record stored once.
     #[tokio::test]
@@ -1154,7 +1291,7 @@ mod tests {
         let cfg = StoreConfig::under(dir.path());
         let metrics = Arc::new(Metrics::new());
         let (store, rec, t) = warm(&cfg, metrics.clone()).await;
-        let before = metric(&metrics, "relaylog_batch_records_count");
+        let before = metric(&metrics, "relaylog_journal_frame_records_count");
         let tasks: Vec<_> = (0..40)
             .map(|i| {
                 let rec = rec.clone();
@@ -1167,12 +1304,14 @@ mod tests {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        // One job: the writer cannot split it, so one commit.
-        let commits = metric(&metrics, "relaylog_batch_records_count") - before;
+        // One job: the journal's front cannot split it, so one append.
+        let commits = metric(&metrics, "relaylog_journal_frame_records_count") - before;
         assert_eq!(
             commits, 1.0,
-            "40 submissions of one pass took {commits} commits"
+            "40 submissions of one pass took {commits} appends"
         );
+        // In the partitions once ingested.
+        rec.barrier().await.unwrap();
         assert_eq!(metric(&metrics, "relaylog_records_written_total"), 41.0);
         assert_eq!(
             metric(&metrics, "relaylog_durable_wait_seconds_count"),

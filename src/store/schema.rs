@@ -426,6 +426,19 @@ pub fn is_ready(conn: &Connection) -> rusqlite::Result<bool> {
     }
 }
 
+/// Records, in the transaction that writes them, the last journal frame a partition
+/// holds (see [`super::journal`]).
+pub const SET_JOURNAL: &str = "INSERT OR REPLACE INTO meta (key, value) VALUES ('journal', ?1)";
+
+/// The journal frame a partition last recorded holding, as [`SET_JOURNAL`] wrote it.
+pub fn journal_meta(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row("SELECT value FROM meta WHERE key = 'journal'", [], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
 /// Opens an existing partition for queries. Read-write without create, so that a WAL
 /// left by a killed writer is recovered rather than refused; queries never write.
 pub fn open_for_read(path: &Path) -> rusqlite::Result<Connection> {

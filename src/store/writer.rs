@@ -1,10 +1,17 @@
-//! The writer: one thread that owns every partition connection, fed by a bounded queue.
+//! The writer: one thread that owns every partition connection, fed by a bounded queue,
+//! and in front of it the journal's front (see [`super::journal`]).
 //!
-//! It takes the first job, drains whatever else is already queued up to `batch-max`
-//! records, writes the lot in one transaction per partition (group commit), then
-//! answers every waiting submission. A failed commit answers each of its waiters with
-//! the error and drops the connection, so the next batch reopens the partition: the
-//! store recovers by itself when the fault goes away.
+//! The front takes the first job from the recorders' queue, drains whatever else is
+//! already queued up to `batch-max` records, appends the lot to the journal in one
+//! write and answers every waiting submission; then it passes the lot to the writer,
+//! which gathers thousands of rows and writes them in one transaction per partition.
+//! Without a journal (benchmarks that compare, tests of the writer alone) the writer
+//! takes the recorders' queue itself and answers after its commit. While the writer's
+//! commits fail or stall (see [`STUCK_AFTER`]), or the journal cannot take a group,
+//! the front passes rows on unjournaled with their waiters, one batch at a time: they
+//! are answered after the commit, as without a journal. A failed commit answers each
+//! of its waiters with the error and drops the connection, so the next batch reopens
+//! the partition: the store recovers by itself when the fault goes away.
 //!
 //! The blind indexes are written late and sorted, a slice at a time: in transactions of
 //! their own whenever the queue is empty, and as a share of each commit when it never
@@ -14,7 +21,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +29,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::index::{BlindIndex, Budget};
+use super::journal::{self, EntryRef, Journal};
 use super::partition::PartitionId;
 use super::schema;
 use crate::config::SyncMode;
@@ -54,6 +62,10 @@ pub enum WriteError {
     /// outside the writer can do that.
     #[error("partition ids exhausted (rows from outside the writer?)")]
     IdsExhausted,
+    /// The partition's record of the journal frames it holds is not one the writer
+    /// wrote: which frames it holds cannot be told.
+    #[error("partition's journal mark is malformed")]
+    JournalMeta,
 }
 
 impl WriteError {
@@ -78,7 +90,7 @@ impl WriteError {
                 _ => "io",
             },
             WriteError::Vanished(_) => "cannot_open",
-            WriteError::IdsExhausted => "corrupt",
+            WriteError::IdsExhausted | WriteError::JournalMeta => "corrupt",
         }
     }
 }
@@ -110,12 +122,20 @@ pub enum Job {
         partition: PartitionId,
         rows: Vec<Row>,
         done: Option<Done>,
+        /// The journal frame holding these rows (see [`super::journal`]); 0 until
+        /// the front has journaled them.
+        frame: u64,
     },
     /// An outcome event: no one waits for its commit (a failed one is tried again).
     Outcome {
         partition: PartitionId,
         row: OutcomeRow,
+        frame: u64,
     },
+    /// The jobs of one journal frame, their waiters answered: passed from the front to
+    /// the ingester whole, so that a partition takes a frame's rows in one transaction
+    /// (its `meta` then says which frames it holds).
+    Frame(Vec<Job>),
     /// Answered once everything queued before it is committed.
     Barrier(oneshot::Sender<Result<(), WriteError>>),
     /// Commit what is queued before it, then stop.
@@ -130,8 +150,52 @@ impl Job {
     fn rows(&self) -> usize {
         match self {
             Job::Records { rows, .. } => rows.len(),
+            Job::Frame(jobs) => jobs.iter().map(Job::rows).sum(),
             Job::Tick => 0,
             _ => 1,
+        }
+    }
+
+    /// Records to write, not journaled yet.
+    pub fn records(partition: PartitionId, rows: Vec<Row>, done: Option<Done>) -> Job {
+        Job::Records {
+            partition,
+            rows,
+            done,
+            frame: 0,
+        }
+    }
+
+    /// An outcome event to write, not journaled yet.
+    pub fn outcome(partition: PartitionId, row: OutcomeRow) -> Job {
+        Job::Outcome {
+            partition,
+            row,
+            frame: 0,
+        }
+    }
+
+    /// The records this job holds.
+    fn record_rows(&self) -> usize {
+        match self {
+            Job::Records { rows, .. } => rows.len(),
+            _ => 0,
+        }
+    }
+
+    /// Someone waits for this job's commit.
+    fn waited_on(&self) -> bool {
+        matches!(
+            self,
+            Job::Records { done: Some(_), .. } | Job::Barrier(_) | Job::Stop
+        )
+    }
+
+    /// The journal frame holding this job (0: none).
+    fn frame(&self) -> u64 {
+        match self {
+            Job::Records { frame, .. } | Job::Outcome { frame, .. } => *frame,
+            _ => 0,
         }
     }
 }
@@ -143,7 +207,7 @@ pub struct WriterConfig {
     pub batch_max: usize,
     pub queue_capacity: usize,
     /// Shared with the recorder: how many durable submissions are being gathered into
-    /// a batch not yet queued, and a way to cut short the writer's wait for more work.
+    /// a batch not yet queued, and a way to cut short the front's wait for more work.
     pub signals: Arc<Signals>,
     /// Rows between requests to the checkpointer ([`CHECKPOINT_ROWS`]).
     pub checkpoint_rows: u64,
@@ -152,6 +216,14 @@ pub struct WriterConfig {
     pub signer: Option<Arc<ring::signature::Ed25519KeyPair>>,
     /// The store's clock: head timestamps are its time, like everything else stored.
     pub clock: crate::clock::SharedClock,
+    /// The journal's directory (see [`super::journal`]); `None`: commits that clients
+    /// wait on go straight to the partitions (benchmarks that compare the two, and
+    /// tests of the writer alone).
+    pub journal: Option<PathBuf>,
+    /// The keyring's directory: rows read back from the journal for a partition whose
+    /// key file is gone (expired, shredded) are dropped, not written into a file made
+    /// anew for them. `None`: all are written.
+    pub keyring: Option<PathBuf>,
 }
 
 /// Longest wait for sibling submissions before a commit that clients wait on.
@@ -167,37 +239,205 @@ pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
 /// Ask the checkpointer to copy a partition's WAL into its file after this many rows.
 pub const CHECKPOINT_ROWS: u64 = 32_768;
 
-/// What the recorder and the writer share besides the queue.
+/// What the recorder, the journal's front and the writer share besides the queues.
 ///
-/// The writer lingers for more work by sleeping, not by waiting on the queue: a thread
+/// The thread that takes the recorders' queue (the front; the writer without a
+/// journal) lingers for more work by sleeping, not by waiting on the queue: a thread
 /// waiting on the queue is woken by every job, and at 40,000 jobs/s those wake-ups
-/// cost more than the commits. A durable batch queued while the writer lingers wakes
-/// it with [`Signals::durable_queued`].
+/// cost more than the commits. A durable batch queued while it lingers wakes it with
+/// [`Signals::durable_queued`]. The writer behind a journal lingers the same way, and
+/// the front wakes it only for what still waits on it (a barrier, a stop, rows the
+/// journal did not take).
 #[derive(Default)]
 pub struct Signals {
     /// Durable submissions sealed and gathered on a runtime thread whose batch is not
     /// queued yet (see [`super::batch`]).
     pub waiting: AtomicUsize,
-    /// The writer is sleeping on a batch, lingering for more.
-    lingering: AtomicBool,
+    /// The thread that takes the recorders' queue: the journal's front, or the writer
+    /// itself when there is no journal.
+    front: Lingering,
+    /// The writer (the ingester, behind a journal).
+    writer: Lingering,
     /// The writer waits on an empty queue with heads to sign or index entries to
     /// write: the ticker wakes it. Ticks go only to an idle writer, so they never take
     /// queue space a submission is waiting for.
     idle_with_duties: AtomicBool,
-    writer: OnceLock<std::thread::Thread>,
+    /// A stop was asked for ([`Signals::request_stop`]): a writer holding journaled rows
+    /// it cannot commit stops waiting for the store to come back (they stay in the
+    /// journal, read back at the next start).
+    stopping: AtomicBool,
+    /// The number of the journal segment this process started (0 until the front has
+    /// read the journal back): frames below it were read back, and a partition that
+    /// holds one already does not take it again; this process's frames are at or
+    /// above it.
+    first_new: AtomicU64,
+    /// The journal's active segment holds frames: the ticker wakes the front so that
+    /// it rotates them out once [`journal::ROTATE_AFTER`] old.
+    journal_unrotated: AtomicBool,
+    /// The writer's last commit failed in some partition.
+    failing: AtomicBool,
+    /// The writer holds [`MAX_RETRY_ROWS`] journaled rows it cannot commit and takes
+    /// no more.
+    retry_full: AtomicBool,
+    /// When the writer's commit under way began (nanoseconds after `epoch`, plus
+    /// one); 0 when it is not committing.
+    committing_since: AtomicU64,
+    epoch: OnceLock<Instant>,
+}
+
+/// A thread that sleeps while it lingers for more work, and the way to wake it.
+#[derive(Default)]
+struct Lingering {
+    now: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl Lingering {
+    fn wake(&self) {
+        // SeqCst pairs with the sleeper's store before it looks at its queue: either it
+        // sees the job, or this sees it lingering. A missed wake-up would cost at most
+        // the linger.
+        if self.now.load(Ordering::SeqCst)
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+    }
 }
 
 impl Signals {
     /// Called after a durable batch (or a barrier) is queued.
     pub fn durable_queued(&self) {
-        // SeqCst pairs with the writer's store before it drains the queue: either it
-        // sees this job when it drains, or this sees it lingering. A missed wake-up
-        // would cost at most ASYNC_DELAY.
-        if self.lingering.load(Ordering::SeqCst)
-            && let Some(t) = self.writer.get()
-        {
-            t.unpark();
+        self.front.wake();
+    }
+
+    /// Asks the writer to stop: set before [`Job::Stop`] is queued, so that a writer
+    /// holding rows it cannot commit stops waiting for the store to come back (they
+    /// stay in the journal) and lets the Stop through.
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+    }
+
+    /// The partitions are not keeping up with the journal: the writer's last commit
+    /// failed, or the one under way has taken longer than [`STUCK_AFTER`]. Clients
+    /// then wait for the partitions, and hear why they cannot be written.
+    fn partitions_stuck(&self) -> bool {
+        if self.failing.load(Ordering::Relaxed) {
+            return true;
         }
+        let since = self.committing_since.load(Ordering::Relaxed);
+        since != 0 && self.now().saturating_sub(since) > STUCK_AFTER.as_nanos() as u64
+    }
+}
+
+/// A commit of the writer's that takes longer than this (a lock held by another
+/// process, a disk that stalls) sends the clients' next rows past the journal, to
+/// wait for the partitions as they did before there was a journal. A normal commit
+/// of thousands of rows takes a few tens of milliseconds.
+pub const STUCK_AFTER: Duration = Duration::from_millis(100);
+
+/// How a thread gathers jobs into one commit (or one journal frame).
+#[derive(Clone, Copy)]
+struct Pace {
+    /// Rows past which it commits at once.
+    rows: usize,
+    /// Longest wait for more jobs when no one waits on those in hand.
+    unwaited: Duration,
+    /// Wait up to [`SIBLING_DELAY`] for durable submissions being gathered.
+    siblings: bool,
+}
+
+impl Pace {
+    /// How much longer to wait for more jobs before committing, if at all.
+    ///
+    /// - A batch that someone waits on (durable submissions, a barrier) waits up to
+    ///   [`SIBLING_DELAY`] while a runtime thread is gathering more durable
+    ///   submissions (see [`super::batch`]): they are about to arrive, and one commit
+    ///   for both is cheaper than one each (PostgreSQL's commit_delay/commit_siblings).
+    ///   Otherwise, and always with a barrier, it commits at once.
+    /// - A batch no one waits on (outcome events, async records, journaled rows)
+    ///   lingers up to `unwaited` to ride along with the next one.
+    ///
+    /// Either wait ends early when the thread is woken (a durable batch queued, see
+    /// [`Signals::durable_queued`]; for the writer behind a journal, a job that waits
+    /// on it).
+    fn linger(
+        &self,
+        jobs: &[Job],
+        rows: usize,
+        stop: bool,
+        started: Instant,
+        signals: &Signals,
+    ) -> Option<Duration> {
+        if stop || rows >= self.rows {
+            return None;
+        }
+        let limit = if !jobs.iter().any(Job::waited_on) {
+            self.unwaited
+        } else if !self.siblings || jobs.iter().any(|j| matches!(j, Job::Barrier(_))) {
+            return None;
+        } else if signals.waiting.load(Ordering::Relaxed) > 0 {
+            SIBLING_DELAY
+        } else {
+            return None;
+        };
+        limit
+            .checked_sub(started.elapsed())
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// Takes `first` and whatever else is queued into `jobs`, lingering as `pace` says
+/// (asleep, woken through `me`); a journal frame's jobs are taken whole. Ticks among
+/// them are dropped: a writer with jobs in hand does its timed duties as it commits.
+/// Returns whether [`Job::Stop`] came.
+fn gather(
+    rx: &mut mpsc::Receiver<Job>,
+    jobs: &mut Vec<Job>,
+    first: Job,
+    pace: Pace,
+    signals: &Signals,
+    me: &Lingering,
+) -> bool {
+    let started = Instant::now();
+    let mut rows = 0;
+    // Takes one job; true for Stop.
+    let take = |job: Job, jobs: &mut Vec<Job>, rows: &mut usize| {
+        *rows += job.rows();
+        match job {
+            Job::Tick => {}
+            Job::Frame(inner) => jobs.extend(inner),
+            Job::Stop => {
+                jobs.push(Job::Stop);
+                return true;
+            }
+            job => jobs.push(job),
+        }
+        false
+    };
+    let mut stopped = take(first, jobs, &mut rows);
+    loop {
+        while rows < pace.rows && !stopped {
+            match rx.try_recv() {
+                Ok(job) => stopped = take(job, jobs, &mut rows),
+                Err(_) => break,
+            }
+        }
+        let Some(left) = pace.linger(jobs, rows, stopped, started, signals) else {
+            return stopped;
+        };
+        // Sleep rather than wait on the queue (see Signals): the next durable batch
+        // queued wakes this thread.
+        me.now.store(true, Ordering::SeqCst);
+        // A durable job queued before the flag was up is seen here.
+        if rx.is_empty() {
+            std::thread::park_timeout(left);
+        }
+        me.now.store(false, Ordering::SeqCst);
     }
 }
 
@@ -219,6 +459,8 @@ struct OpenPartition {
     /// again from the file.
     last_record: i64,
     last_outcome: i64,
+    /// The last journal frame this partition holds (0: none of this journal's).
+    journal_through: u64,
 }
 
 impl OpenPartition {
@@ -253,20 +495,54 @@ struct Writer {
     /// When the last job other than a tick arrived.
     last_job: Instant,
     checkpointer: Option<std::sync::mpsc::SyncSender<PathBuf>>,
-    /// Jobs no one waits on (outcome events, async records) whose commit failed: tried
-    /// again with the next batch, so that a passing fault (a full disk, a lock held too
-    /// long) does not lose a forwarded message's outcome. At most [`MAX_RETRY_ROWS`].
+    /// Jobs no one waits on (outcome events, async records, journaled rows) whose
+    /// commit failed: tried again with the next batch, so that a passing fault (a full
+    /// disk, a lock held too long) does not lose a forwarded message's outcome. Of
+    /// those not journaled, at most [`MAX_RETRY_ROWS`] rows; journaled ones past it
+    /// stop the writer taking more (see [`MAX_RETRY_ROWS`]).
     retry: Vec<Job>,
     /// Scratch of [`Writer::commit`], kept between commits (an allocation each less):
     /// each partition's job indexes, and each job's result.
     groups: Vec<(PartitionId, Vec<usize>)>,
     results: Vec<Result<(), WriteError>>,
+    /// How it gathers jobs into a commit: as the front does without a journal, in
+    /// thousands of rows behind one.
+    pace: Pace,
+    /// Behind a journal: which frames the partitions hold, and which segments can go.
+    ingest: Option<Ingest>,
 }
 
-/// Most rows kept for another try after failed commits; past it the oldest are
-/// dropped, each drop logged and counted as a store error.
+/// The writer's side of the journal.
+struct Ingest {
+    id: String,
+    dir: PathBuf,
+    /// The journal's lock, held until the writer has released what it ingested.
+    _lock: Arc<std::fs::File>,
+    /// The newest frame taken (frames come whole and in order).
+    seen: u64,
+    last_release: Instant,
+}
+
+/// Most rows kept for another try after failed commits. Past it, rows not in the
+/// journal are dropped, oldest first, each drop logged and counted as a store error;
+/// journaled rows (their clients were answered) are never dropped: while this many
+/// wait, the writer takes no more (its queue fills, the front blocks, the recorders'
+/// queue fills and the relay refuses new messages), until they go in or a stop is
+/// asked for (they stay in the journal for the next start).
 pub const MAX_RETRY_ROWS: usize = 65_536;
 
+/// Pause between tries while [`MAX_RETRY_ROWS`] journaled rows wait.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Ingested segments are deleted at most this often.
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
+
+/// Journal frames passed to the writer and not yet taken, at most.
+const INGEST_QUEUE: usize = 256;
+
+/// Starts the writer, and in front of it the journal when `cfg.journal` names one
+/// (its frames not yet in the partitions are ingested first). Returns the recorders'
+/// queue and the thread to join: the last to stop.
 pub fn spawn(
     cfg: WriterConfig,
     metrics: Arc<Metrics>,
@@ -274,10 +550,28 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
     let checkpointer = spawn_checkpointer(metrics.clone())?;
     let signals = cfg.signals.clone();
-    let writer = Writer {
+    let front_pace = Pace {
+        rows: cfg.batch_max,
+        unwaited: ASYNC_DELAY,
+        siblings: true,
+    };
+    let journal = match &cfg.journal {
+        Some(dir) => Some(Journal::open(dir, cfg.sync == SyncMode::Full)?),
+        None => None,
+    };
+    let writer_keyring = cfg.keyring.clone();
+    let mut writer = Writer {
+        ingest: journal.as_ref().map(|(j, _)| Ingest {
+            id: j.id().to_owned(),
+            dir: j.dir().to_owned(),
+            _lock: j.lock(),
+            seen: 0,
+            last_release: Instant::now(),
+        }),
+        pace: front_pace,
         cfg,
         open: HashMap::new(),
-        metrics,
+        metrics: metrics.clone(),
         tick: 0,
         last_job: Instant::now(),
         checkpointer: Some(checkpointer),
@@ -285,12 +579,367 @@ pub fn spawn(
         groups: Vec::new(),
         results: Vec::new(),
     };
+    let Some((journal, segments)) = journal else {
+        let handle = std::thread::Builder::new()
+            .name("relaylog-writer".into())
+            .spawn(move || writer.run(rx))?;
+        let _ = signals.front.thread.set(handle.thread().clone());
+        let _ = signals.writer.thread.set(handle.thread().clone());
+        spawn_ticker(tx.downgrade(), signals)?;
+        return Ok((tx, handle));
+    };
+    writer.pace = Pace {
+        rows: journal::INGEST_ROWS.max(writer.cfg.batch_max),
+        unwaited: journal::INGEST_DELAY,
+        siblings: false,
+    };
+    let (to_writer, from_front) = mpsc::channel(INGEST_QUEUE);
     let handle = std::thread::Builder::new()
         .name("relaylog-writer".into())
-        .spawn(move || writer.run(rx))?;
-    let _ = signals.writer.set(handle.thread().clone());
+        .spawn(move || writer.run(from_front))?;
+    let _ = signals.writer.thread.set(handle.thread().clone());
+    let front = Front {
+        journal,
+        signals: signals.clone(),
+        metrics,
+        pace: front_pace,
+        to_writer,
+        append_failing: false,
+        keyring: writer_keyring,
+    };
+    let (replayed, wait) = std::sync::mpsc::sync_channel(1);
+    let front = std::thread::Builder::new()
+        .name("relaylog-journal".into())
+        .spawn(move || front.run(rx, segments, replayed))?;
+    let _ = signals.front.thread.set(front.thread().clone());
+    // The store opens once the journal's frames are in the partitions (or could not
+    // all be: then they stay in the writer's hands and the journal, tried again).
+    loop {
+        match wait.recv_timeout(RETRY_PAUSE) {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => return Err(e),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Frames read back that the partitions keep refusing fill the writer:
+                // it would wait for them for ever, and the store never open.
+                if signals.retry_full.load(Ordering::SeqCst) {
+                    signals.request_stop();
+                    return Err(std::io::Error::other(format!(
+                        "the partitions refuse the journal's rows ({MAX_RETRY_ROWS} wait; the log says why)"
+                    )));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(std::io::Error::other(
+                    "the journal's thread stopped at start",
+                ));
+            }
+        }
+    }
     spawn_ticker(tx.downgrade(), signals)?;
+    // The writer ends after the front (its queue closes when the front goes): joining
+    // it waits for both.
     Ok((tx, handle))
+}
+
+/// The journal's front: takes the recorders' queue, appends each group of jobs to the
+/// journal in one write, answers those waiting and passes the group to the writer
+/// whole. A group the journal could not take goes to the writer with its waiters, who
+/// are answered when it commits, as they were before there was a journal.
+struct Front {
+    journal: Journal,
+    signals: Arc<Signals>,
+    metrics: Arc<Metrics>,
+    pace: Pace,
+    to_writer: mpsc::Sender<Job>,
+    /// The last append failed (logged once until one succeeds).
+    append_failing: bool,
+    keyring: Option<PathBuf>,
+}
+
+impl Front {
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Job>,
+        segments: Vec<PathBuf>,
+        replayed: std::sync::mpsc::SyncSender<std::io::Result<()>>,
+    ) {
+        // What the partitions may not hold yet goes in before anything new, and before
+        // the store is open: expiry, queries and erasure at start see it.
+        let replay = match self.replay(&segments) {
+            Ok(replay) => replay,
+            Err(e) => {
+                let _ = replayed.send(Err(e));
+                return;
+            }
+        };
+        if replay.frames > 0 {
+            let (done, wait) = oneshot::channel();
+            if self.to_writer.blocking_send(Job::Barrier(done)).is_err() {
+                return;
+            }
+            self.signals.writer.wake();
+            match wait.blocking_recv() {
+                Ok(Ok(())) => tracing::info!(
+                    frames = replay.frames,
+                    "journal frames a stopped relaylog left are in the partitions"
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(reason = e.reason(), error = %e, "journal frames could not all be put into the partitions at start; they stay in the journal and are tried again")
+                }
+                Err(_) => return,
+            }
+        }
+        match self.journal.start(replay.last) {
+            Ok(first) => self.signals.first_new.store(first, Ordering::SeqCst),
+            Err(e) => {
+                let _ = replayed.send(Err(e));
+                return;
+            }
+        }
+        let _ = replayed.send(Ok(()));
+        let mut jobs = Vec::with_capacity(1024);
+        loop {
+            let Some(first) = rx.blocking_recv() else {
+                return;
+            };
+            let stop = if matches!(first, Job::Tick) {
+                jobs.push(first);
+                false
+            } else {
+                let stop = gather(
+                    &mut rx,
+                    &mut jobs,
+                    first,
+                    self.pace,
+                    &self.signals,
+                    &self.signals.front,
+                );
+                self.metrics.queue_depth.set(rx.len() as i64);
+                stop
+            };
+            if stop {
+                self.signals.request_stop();
+            }
+            if !self.pass(&mut jobs) || stop {
+                return;
+            }
+        }
+    }
+
+    /// Passes every whole frame of `segments` to the writer, in order, but for rows of
+    /// partitions whose keys are gone (see [`WriterConfig::keyring`]).
+    fn replay(&mut self, segments: &[PathBuf]) -> std::io::Result<Replay> {
+        let mut replay = Replay {
+            frames: 0,
+            last: 0,
+            shredded: 0,
+        };
+        let keyring = self.keyring.clone();
+        for path in segments {
+            let mut gone = false;
+            let whole = journal::read_segment(path, |frame| {
+                replay.frames += 1;
+                replay.last = replay.last.max(frame.seq);
+                let jobs: Vec<Job> = frame
+                    .entries
+                    .into_iter()
+                    .filter(|entry| {
+                        let keep = keyring.as_ref().is_none_or(|dir| {
+                            super::keys::key_file(dir, entry.partition()).exists()
+                        });
+                        replay.shredded += usize::from(!keep);
+                        keep
+                    })
+                    .map(|entry| entry.into_job(frame.seq))
+                    .collect();
+                if jobs.is_empty() {
+                    return true;
+                }
+                gone = self.to_writer.blocking_send(Job::Frame(jobs)).is_err();
+                !gone
+            })
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("journal segment {}: {e}", path.display()))
+            })?;
+            if gone {
+                return Err(std::io::Error::other(
+                    "the writer stopped while the journal was read back",
+                ));
+            }
+            if !whole {
+                self.metrics.store_errors.inc();
+                tracing::error!(segment = %path.display(), "journal segment ends in a frame that is not whole (a write cut short by a crash, or damage); the whole frames before it are put into the partitions");
+            }
+        }
+        if replay.shredded > 0 {
+            tracing::warn!(
+                entries = replay.shredded,
+                "journal entries of partitions whose keys are gone (expired) dropped"
+            );
+        }
+        Ok(replay)
+    }
+
+    /// Journals `jobs` and passes them on, in order. False when the writer is gone.
+    fn pass(&mut self, jobs: &mut Vec<Job>) -> bool {
+        let has_rows = jobs
+            .iter()
+            .any(|j| matches!(j, Job::Records { .. } | Job::Outcome { .. }));
+        // While the partitions are stuck or failing, no rows go to the journal: the
+        // writer commits them and answers their clients, one batch at a time, so that
+        // the recorders' queue fills as it would without a journal.
+        let direct = self.signals.partitions_stuck();
+        self.metrics.journal_bypassed.set(i64::from(direct));
+        if self.journal.due_for_rotation() || jobs.iter().any(|j| matches!(j, Job::Stop)) {
+            // Before a clean stop, and every ROTATE_AFTER: the frames so far go into
+            // segments the writer can delete once it has them all in.
+            if let Err(e) = self.journal.rotate() {
+                tracing::warn!(error = %e, "journal segment not rotated; tried again");
+            }
+        }
+        let journaled = if direct || !has_rows {
+            None
+        } else {
+            self.append(jobs)
+        };
+        self.signals
+            .journal_unrotated
+            .store(self.journal.holds_frames(), Ordering::Relaxed);
+        let mut frame = Vec::new();
+        let mut after = Vec::new();
+        // Answered once they are in the journal; woken, the writer, only for those
+        // that still wait on it.
+        let mut wake = false;
+        for job in jobs.drain(..) {
+            match (journaled, job) {
+                (
+                    Some(seq),
+                    Job::Records {
+                        partition,
+                        rows,
+                        done,
+                        ..
+                    },
+                ) => {
+                    if let Some(done) = done {
+                        done.send(Ok(()));
+                    }
+                    frame.push(Job::Records {
+                        partition,
+                        rows,
+                        done: None,
+                        frame: seq,
+                    });
+                }
+                (Some(seq), Job::Outcome { partition, row, .. }) => frame.push(Job::Outcome {
+                    partition,
+                    row,
+                    frame: seq,
+                }),
+                (None, job @ (Job::Records { .. } | Job::Outcome { .. })) => {
+                    wake |= job.waited_on();
+                    frame.push(job);
+                }
+                (_, job) => {
+                    wake |= job.waited_on();
+                    after.push(job);
+                }
+            }
+        }
+        // A barrier or stop gathered with the frame goes after it: what was queued
+        // before it is then in the writer's hands first.
+        let sent = (frame.is_empty() || self.to_writer.blocking_send(Job::Frame(frame)).is_ok())
+            && after
+                .into_iter()
+                .all(|job| self.to_writer.blocking_send(job).is_ok());
+        if wake {
+            self.signals.writer.wake();
+        }
+        if direct && has_rows && sent {
+            return self.wait_for_writer();
+        }
+        sent
+    }
+
+    /// Appends the rows of `jobs` as one frame: its number, or `None` when the journal
+    /// could not take it (the rows then wait for the partitions).
+    fn append(&mut self, jobs: &[Job]) -> Option<u64> {
+        let entries = jobs.iter().filter_map(|job| match job {
+            Job::Records {
+                partition, rows, ..
+            } => Some(EntryRef::Records(*partition, rows)),
+            Job::Outcome { partition, row, .. } => Some(EntryRef::Outcome(*partition, row)),
+            _ => None,
+        });
+        let started = Instant::now();
+        match self.journal.append(entries) {
+            Ok(seq) => {
+                self.metrics
+                    .journal_append_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let records: usize = jobs.iter().map(Job::record_rows).sum();
+                if records > 0 {
+                    self.metrics.journal_frame_records.observe(records as f64);
+                }
+                if std::mem::take(&mut self.append_failing) {
+                    tracing::info!("journal appends work again");
+                }
+                Some(seq)
+            }
+            Err(e) => {
+                let e = io(self.journal.dir(), e);
+                self.metrics.store_errors.inc();
+                if !std::mem::replace(&mut self.append_failing, true) {
+                    tracing::error!(reason = e.reason(), error = %e, "journal append failed; until one works, rows are committed to the partitions before their clients are answered");
+                }
+                None
+            }
+        }
+    }
+
+    /// Waits until the writer has committed everything passed to it. False when the
+    /// writer is gone.
+    fn wait_for_writer(&mut self) -> bool {
+        let (done, wait) = oneshot::channel();
+        if self.to_writer.blocking_send(Job::Barrier(done)).is_err() {
+            return false;
+        }
+        self.signals.writer.wake();
+        wait.blocking_recv().is_ok()
+    }
+}
+
+impl journal::Entry {
+    fn partition(&self) -> PartitionId {
+        match self {
+            journal::Entry::Records(p, _) | journal::Entry::Outcome(p, _) => *p,
+        }
+    }
+
+    /// The job of a frame read back: no one waits on it.
+    fn into_job(self, frame: u64) -> Job {
+        match self {
+            journal::Entry::Records(partition, rows) => Job::Records {
+                partition,
+                rows,
+                done: None,
+                frame,
+            },
+            journal::Entry::Outcome(partition, row) => Job::Outcome {
+                partition,
+                row,
+                frame,
+            },
+        }
+    }
+}
+
+/// What reading the journal back at start found.
+struct Replay {
+    frames: usize,
+    last: u64,
+    /// Entries dropped: their partitions' keys are gone.
+    shredded: usize,
 }
 
 /// Sends [`Job::Tick`] every head interval until the writer is gone. Holds only a
@@ -302,7 +951,13 @@ fn spawn_ticker(tx: mpsc::WeakSender<Job>, signals: Arc<Signals>) -> std::io::Re
             loop {
                 std::thread::sleep(super::integrity::HEAD_INTERVAL);
                 let Some(tx) = tx.upgrade() else { return };
-                if !signals.idle_with_duties.load(Ordering::Relaxed) {
+                // Only into an empty queue: a tick never takes a place a submission
+                // waits for (the front may be held up, waiting on the writer).
+                let idle = tx.capacity() == tx.max_capacity();
+                if !idle
+                    || !(signals.idle_with_duties.load(Ordering::Relaxed)
+                        || signals.journal_unrotated.load(Ordering::Relaxed))
+                {
                     continue;
                 }
                 // A full queue means the writer is busy and will sign as it commits.
@@ -385,6 +1040,18 @@ impl Writer {
                 self.index_gap(&rx);
                 continue;
             }
+            // Journaled rows are never dropped: while too many wait for another try,
+            // no more are taken (the queues fill and the relay refuses new messages).
+            let full = self.retry_is_full();
+            self.cfg.signals.retry_full.store(full, Ordering::SeqCst);
+            if full {
+                if self.cfg.signals.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(RETRY_PAUSE);
+                self.commit(&mut Vec::new());
+                continue;
+            }
             let duties = !self.retry.is_empty()
                 || self
                     .open
@@ -407,37 +1074,17 @@ impl Writer {
                 continue;
             }
             self.last_job = Instant::now();
-            let started = Instant::now();
-            let mut rows = first.rows();
-            stop = matches!(first, Job::Stop);
-            jobs.push(first);
-            loop {
-                while rows < self.cfg.batch_max && !stop {
-                    match rx.try_recv() {
-                        Ok(Job::Tick) => {}
-                        Ok(job) => {
-                            rows += job.rows();
-                            stop = matches!(job, Job::Stop);
-                            jobs.push(job);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                // Group commit that groups: wait briefly for more when it pays (see
-                // SIBLING_DELAY and ASYNC_DELAY); otherwise commit what is in hand.
-                let Some(left) = self.linger(&jobs, rows, stop, started) else {
-                    break;
-                };
-                // Sleep rather than wait on the queue (see Signals): the next durable
-                // batch queued wakes the writer.
-                self.cfg.signals.lingering.store(true, Ordering::SeqCst);
-                // A durable job queued before the flag was up is seen here.
-                if rx.is_empty() {
-                    std::thread::park_timeout(left);
-                }
-                self.cfg.signals.lingering.store(false, Ordering::SeqCst);
+            let signals = self.cfg.signals.clone();
+            // Without a journal the writer takes the recorders' queue: woken as the front.
+            let me = if self.ingest.is_some() {
+                &signals.writer
+            } else {
+                &signals.front
+            };
+            stop = gather(&mut rx, &mut jobs, first, self.pace, &signals, me);
+            if self.ingest.is_none() {
+                self.metrics.queue_depth.set(rx.len() as i64);
             }
-            self.metrics.queue_depth.set(rx.len() as i64);
             self.commit(&mut jobs);
         }
         if !self.retry.is_empty() {
@@ -445,12 +1092,23 @@ impl Writer {
             self.metrics.store_errors.inc();
             tracing::error!(
                 rows,
-                "stopping with failed commits: outcome events or async records lost"
+                "stopping with failed commits: outcome events or async records lost, journaled rows kept for the next start"
             );
         }
         self.flush_all();
+        self.release_journal(true);
         // Close connections cleanly (checkpoints the WAL).
         self.open.clear();
+    }
+
+    /// Journaled rows waiting for another try fill [`MAX_RETRY_ROWS`].
+    fn retry_is_full(&self) -> bool {
+        self.retry
+            .iter()
+            .filter(|j| j.frame() != 0)
+            .map(Job::rows)
+            .sum::<usize>()
+            >= MAX_RETRY_ROWS
     }
 
     /// Time-based duties: sign the heads of leaves written since the last head, and
@@ -460,6 +1118,8 @@ impl Writer {
         if !self.retry.is_empty() {
             self.commit(&mut Vec::new());
         }
+        // The front rotates the journal on ticks: what it rotated out goes now.
+        self.release_journal(true);
         let idle = self.last_job.elapsed();
         if idle >= IDLE_FLUSH {
             let left = |w: &Writer| -> usize {
@@ -484,38 +1144,6 @@ impl Writer {
         {
             self.seal_all(None);
         }
-    }
-
-    /// How much longer to wait for more jobs before committing, if at all.
-    ///
-    /// - A batch that someone waits on (durable submissions, a barrier) waits up to
-    ///   [`SIBLING_DELAY`] while a runtime thread is gathering more durable
-    ///   submissions (see [`super::batch`]): they are about to arrive, and one commit
-    ///   for both is cheaper than one each (PostgreSQL's commit_delay/commit_siblings).
-    ///   Otherwise, and always with a barrier, it commits at once.
-    /// - A batch no one waits on (outcome events, async records) lingers up to
-    ///   [`ASYNC_DELAY`] to ride along with the next one.
-    ///
-    /// Either wait ends early when a durable batch is queued ([`Signals::durable_queued`]).
-    fn linger(&self, jobs: &[Job], rows: usize, stop: bool, started: Instant) -> Option<Duration> {
-        if stop || rows >= self.cfg.batch_max {
-            return None;
-        }
-        let waited_on = jobs
-            .iter()
-            .any(|j| matches!(j, Job::Records { done: Some(_), .. } | Job::Barrier(_)));
-        let limit = if !waited_on {
-            ASYNC_DELAY
-        } else if jobs.iter().any(|j| matches!(j, Job::Barrier(_))) {
-            return None;
-        } else if self.cfg.signals.waiting.load(Ordering::Relaxed) > 0 {
-            SIBLING_DELAY
-        } else {
-            return None;
-        };
-        limit
-            .checked_sub(started.elapsed())
-            .filter(|d| !d.is_zero())
     }
 
     /// Signs every open partition's waiting leaves and writes all its waiting index
@@ -615,6 +1243,9 @@ impl Writer {
         }
         // A barrier promises that what came before it is committed and signed.
         let barrier = jobs.iter().any(|j| matches!(j, Job::Barrier(_)));
+        if let Some(ingest) = &mut self.ingest {
+            ingest.seen = jobs.iter().map(Job::frame).fold(ingest.seen, u64::max);
+        }
         // Each partition's jobs, partitions in order (a batch rarely holds more than one).
         let mut by_partition = std::mem::take(&mut self.groups);
         by_partition.iter_mut().for_each(|(_, idx)| idx.clear());
@@ -632,8 +1263,16 @@ impl Writer {
         results.clear();
         results.resize(jobs.len(), Ok(()));
         let mut records = 0u64;
+        let signals = self.cfg.signals.clone();
+        signals
+            .committing_since
+            .store(signals.now(), Ordering::Relaxed);
+        let mut failed: Option<WriteError> = None;
         for (partition, idx) in &by_partition {
             let result = self.write_partition(*partition, idx, jobs);
+            if let Err(e) = &result {
+                failed.get_or_insert_with(|| e.clone());
+            }
             match &result {
                 Ok((r, o)) => {
                     records += r;
@@ -658,9 +1297,21 @@ impl Writer {
                 results[i] = result.clone().map(|_| ());
             }
         }
-        let mut kept: usize = self.retry.iter().map(Job::rows).sum();
-        while kept > MAX_RETRY_ROWS && !self.retry.is_empty() {
-            let dropped = self.retry.remove(0);
+        signals.committing_since.store(0, Ordering::Relaxed);
+        signals.failing.store(failed.is_some(), Ordering::Relaxed);
+        // Past the cap, rows not in the journal go, oldest first; journaled ones stay
+        // (see `retry_is_full`).
+        let mut kept: usize = self
+            .retry
+            .iter()
+            .filter(|j| j.frame() == 0)
+            .map(Job::rows)
+            .sum();
+        while kept > MAX_RETRY_ROWS {
+            let Some(oldest) = self.retry.iter().position(|j| j.frame() == 0) else {
+                break;
+            };
+            let dropped = self.retry.remove(oldest);
             kept -= dropped.rows();
             self.metrics.store_errors.inc();
             tracing::error!(
@@ -670,6 +1321,15 @@ impl Writer {
         }
         if barrier {
             self.seal_all(None);
+            // A barrier promises what came before it is in: not so when some of it
+            // failed here.
+            if let Some(e) = failed {
+                for (job, result) in jobs.iter().zip(results.iter_mut()) {
+                    if matches!(job, Job::Barrier(_)) {
+                        *result = Err(e.clone());
+                    }
+                }
+            }
         }
         self.metrics.records_written.inc_by(records);
         self.metrics.batch_records.observe(records as f64);
@@ -680,7 +1340,7 @@ impl Writer {
             let done = match job {
                 Job::Records { done, .. } => done,
                 Job::Barrier(done) => Some(Done::One(done)),
-                Job::Outcome { .. } | Job::Stop | Job::Tick => None,
+                Job::Outcome { .. } | Job::Frame(_) | Job::Stop | Job::Tick => None,
             };
             if let Some(done) = done {
                 done.send(result);
@@ -688,6 +1348,41 @@ impl Writer {
         }
         self.groups = by_partition;
         self.results = results;
+        self.release_journal(false);
+    }
+
+    /// Deletes the journal segments whose frames are all in the partitions (at most
+    /// every [`RELEASE_EVERY`] unless `now`): older than the oldest frame waiting for
+    /// another try, and than the newest taken.
+    fn release_journal(&mut self, now: bool) {
+        let Some(ingest) = &mut self.ingest else {
+            return;
+        };
+        if !now && ingest.last_release.elapsed() < RELEASE_EVERY {
+            return;
+        }
+        ingest.last_release = Instant::now();
+        // Every frame read back at start (below `first_new`) was taken before anything
+        // new: it is in, or waiting for another try.
+        let taken = ingest.seen.max(
+            self.cfg
+                .signals
+                .first_new
+                .load(Ordering::SeqCst)
+                .saturating_sub(1),
+        );
+        let through = self
+            .retry
+            .iter()
+            .map(Job::frame)
+            .filter(|f| *f > 0)
+            .min()
+            .map_or(taken, |f| f - 1);
+        if let Err(e) = journal::release(&ingest.dir, through) {
+            let e = io(&ingest.dir, e);
+            self.metrics.store_errors.inc();
+            tracing::warn!(reason = e.reason(), error = %e, "ingested journal segments could not be deleted; tried again later");
+        }
     }
 
     fn write_partition(
@@ -700,6 +1395,9 @@ impl Writer {
         let clock = self.cfg.clock.clone();
         let checkpointer = self.checkpointer.clone();
         let checkpoint_rows = self.cfg.checkpoint_rows;
+        let journal_id = self.ingest.as_ref().map(|i| i.id.clone());
+        let signals = self.cfg.signals.clone();
+        let first_new = &signals.first_new;
         let open = self.connection(partition)?;
         let (conn, index, tree) = (&open.conn, &mut open.index, &mut open.tree);
         let tx = WriteTx::begin(conn).map_err(sql)?;
@@ -710,12 +1408,25 @@ impl Writer {
             return Err(WriteError::IdsExhausted);
         }
         let (mut next_record, mut next_outcome) = (open.last_record + 1, open.last_outcome + 1);
+        // Jobs of journal frames this partition holds already (replayed after a crash
+        // that fell after its commit) are not written twice.
+        // Only a frame read back at start is ever below what a partition holds; one
+        // of this process's frames is written whatever (journal numbers only grow).
+        let held = open.journal_through;
+        let first_new = first_new.load(Ordering::SeqCst);
+        let fresh = |j: &&Job| {
+            let frame = j.frame();
+            frame == 0 || frame > held || (first_new != 0 && frame >= first_new)
+        };
+        let newest = idx.iter().map(|&i| jobs[i].frame()).max().unwrap_or(0);
         {
             // Records go in with multi-row INSERTs (fewer statement executions per row,
             // the writer's main cost), each with the id the writer gives it.
             let rows: Vec<&Row> = idx
                 .iter()
-                .filter_map(|&i| match &jobs[i] {
+                .map(|&i| &jobs[i])
+                .filter(fresh)
+                .filter_map(|job| match job {
                     Job::Records { rows, .. } => Some(rows.iter()),
                     _ => None,
                 })
@@ -756,7 +1467,9 @@ impl Writer {
             }
             let events: Vec<&OutcomeRow> = idx
                 .iter()
-                .filter_map(|&i| match &jobs[i] {
+                .map(|&i| &jobs[i])
+                .filter(fresh)
+                .filter_map(|job| match job {
                     Job::Outcome { row, .. } => Some(row),
                     _ => None,
                 })
@@ -814,9 +1527,17 @@ impl Writer {
         let postings = index
             .write(&tx, records as usize, Budget::Share)
             .map_err(sql)?;
+        if newest > held
+            && let Some(journal) = journal_id
+        {
+            tx.prepare_cached(schema::SET_JOURNAL)
+                .and_then(|mut s| s.execute([journal::meta_value(&journal, newest)]))
+                .map_err(sql)?;
+        }
         tx.commit().map_err(sql)?;
         open.last_record = next_record - 1;
         open.last_outcome = next_outcome - 1;
+        open.journal_through = open.journal_through.max(newest);
         open.wrote(
             records + outcomes + postings as u64,
             checkpointer.as_ref(),
@@ -863,6 +1584,14 @@ impl Writer {
                 super::integrity::TreeState::load(&conn, partition, self.cfg.signer.as_deref())
                     .map_err(sql)?;
             let (last_record, last_outcome) = (tree.last_record(), tree.last_outcome());
+            let journal_through = match &self.ingest {
+                Some(ingest) => journal::held_through(
+                    schema::journal_meta(&conn).map_err(sql)?.as_deref(),
+                    &ingest.id,
+                )
+                .ok_or(WriteError::JournalMeta)?,
+                None => 0,
+            };
             let fresh = OpenPartition {
                 path,
                 conn,
@@ -873,6 +1602,7 @@ impl Writer {
                 since_checkpoint: 0,
                 last_record,
                 last_outcome,
+                journal_through,
             };
             self.open.insert(partition, fresh);
         }

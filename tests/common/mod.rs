@@ -262,8 +262,11 @@ impl Relay {
         get(&client(), &format!("{}/metrics", self.admin)).await.1
     }
 
-    /// Looks records up through the store's query path, as `relaylog query` does.
-    pub fn query(&self, kind: IndexKind, value: &str) -> Vec<Found> {
+    /// Looks records up through the store's query path, as `relaylog query` does,
+    /// once everything queued is in the partitions (a client is answered when its
+    /// records are in the journal, a moment before).
+    pub async fn query(&self, kind: IndexKind, value: &str) -> Vec<Found> {
+        self.settle().await;
         query_store(&self.config, kind, value)
     }
 }
@@ -421,6 +424,28 @@ pub fn assert_metric(metrics: &str, line_end: &str) {
         metrics.lines().any(|l| l.ends_with(line_end)),
         "`{line_end}` not in:\n{metrics}"
     );
+}
+
+/// How long a test waits, after it put a fault in the partitions' way and sent one
+/// message into the journal, for the writer to have failed on it or to be stuck on
+/// it (`writer::STUCK_AFTER` into its commit): from then on clients wait for the
+/// partitions and hear why they cannot be written, as they did before the journal.
+pub const WRITER_STUCK: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// Waits (up to 10 s) until the metrics at `admin` have a line ending in `line_end`:
+/// rows are counted as written once the writer takes them from the journal, a moment
+/// after their clients were answered. Fails with the last metrics text.
+pub async fn wait_metric(admin: &str, line_end: &str) -> String {
+    let c = client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = get(&c, &format!("{admin}/metrics")).await.1;
+        if metrics.lines().any(|l| l.ends_with(line_end)) || std::time::Instant::now() > deadline {
+            assert_metric(&metrics, line_end);
+            return metrics;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs the relaylog binary with a config: (succeeded, stdout and stderr).
