@@ -189,7 +189,7 @@ fn spawn_writer(
             signer,
             clock: Arc::new(relaylog::clock::SystemClock),
             journal: journal.then(|| dir.join("store").join(relaylog::store::JOURNAL_DIR)),
-            keyring: None,
+            expired: None,
         },
         Arc::new(Metrics::new()),
     )

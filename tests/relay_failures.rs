@@ -349,7 +349,7 @@ async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
     let (s, reply) = get(&c, &sendsms(&relay.url, "refused", &number(20))).await;
     assert_eq!(s.as_u16(), 503, "{reply}");
     assert!(reply.contains("queue_full"), "{reply}");
-    assert_eq!(up.count(), 2, "nothing forwarded while the store is stuck");
+    assert_eq!(up.count(), 2, "nothing forwarded once the writer was stuck");
 
     lock.execute_batch("COMMIT").unwrap();
     for w in waiting {

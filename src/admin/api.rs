@@ -103,6 +103,10 @@ pub enum ApiSetupError {
     },
 }
 
+/// Longest a disclosure, access request or offboarding waits for the store to bring
+/// in what it accepted before it reads the partitions.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Api {
     pub fn new(
         config: Config,
@@ -131,16 +135,22 @@ impl Api {
         }))
     }
 
-    /// Waits until everything the store accepted so far is in the partitions.
+    /// Waits (at most [`SETTLE_TIMEOUT`]) until everything the store accepted so far
+    /// is in the partitions.
     async fn settled(&self) -> Result<(), ApiError> {
-        match &self.recorder {
-            Some(r) => r.barrier().await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the store could not bring in what it accepted ({e}); retry"),
-                )
-            }),
-            None => Ok(()),
+        let Some(r) = &self.recorder else {
+            return Ok(());
+        };
+        let unavailable = |why: String| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store could not bring in what it accepted ({why}); retry"),
+            )
+        };
+        match tokio::time::timeout(SETTLE_TIMEOUT, r.barrier()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable("timed out".into())),
         }
     }
 

@@ -170,7 +170,6 @@ pub fn run(cli: Cli) -> Result<()> {
                 command,
                 Command::Query(_)
                     | Command::Expire(_)
-                    | Command::Case(_)
                     | Command::Disclose(_)
                     | Command::Account(_)
                     | Command::Subject(_)

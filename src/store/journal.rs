@@ -14,7 +14,7 @@
 //! (`meta` key `journal`: this journal's id and the last frame's number), so a frame
 //! read back after a crash goes into each partition once, even when the crash fell
 //! between one partition's commit and another's. Frame numbers only grow, across
-//! restarts too (see [`Journal::start`]). The id, made with the journal directory,
+//! restarts too, whatever the clock (see [`Journal::start`]). The id, made with the journal directory,
 //! keeps a journal made again from scratch from being mistaken for the old one.
 //!
 //! Segments are files named by a number no greater than their first frame's; the
@@ -127,14 +127,16 @@ impl Journal {
         Ok((journal, segments.into_iter().map(|(_, p)| p).collect()))
     }
 
-    /// Begins appending in a new segment, numbered after `last` (the last frame read
-    /// back) and after every segment's first: every frame read back is below it.
-    /// Frames are numbered from there, and at least at the clock's microseconds, so
-    /// that a frame's number is never one a partition may already hold, even when
-    /// the journal lost its last frames to a power cut that the partitions survived
-    /// (`sync = "normal"`). Returns the segment's number.
+    /// Begins appending in a new segment. Each start takes the next epoch (a counter
+    /// in `journal/epoch`, synced before any frame of the epoch is written) and numbers
+    /// its frames from `epoch << EPOCH_SHIFT`: above every frame of every earlier
+    /// start, whether or not it was read back, so a frame's number is never one a
+    /// partition may already hold, even when the journal lost its last frames to a
+    /// power cut that the partitions survived (`sync = "normal"`). `last` is the last
+    /// frame read back. Returns the first number.
     pub fn start(&mut self, last: u64) -> std::io::Result<u64> {
-        self.next = self.next.max(last + 1);
+        let epoch = next_epoch(&self.dir)?;
+        self.next = self.next.max(last + 1).max(epoch << EPOCH_SHIFT);
         self.start_segment(self.next)?;
         Ok(self.next)
     }
@@ -197,7 +199,7 @@ impl Journal {
         &mut self,
         entries: impl Iterator<Item = EntryRef<'a>>,
     ) -> std::io::Result<u64> {
-        let seq = self.next.max(now_us());
+        let seq = self.next;
         self.buf.clear();
         self.buf.extend_from_slice(&[0; FRAME_HEAD]);
         self.buf.extend_from_slice(&seq.to_le_bytes());
@@ -271,10 +273,36 @@ impl Journal {
     }
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+/// Frames a start may number: 2^40, a million a second for twelve days.
+const EPOCH_SHIFT: u32 = 40;
+
+/// Takes the next epoch: reads `dir/epoch`, writes it back one higher and syncs it
+/// (and the directory) before returning.
+fn next_epoch(dir: &Path) -> std::io::Result<u64> {
+    let path = dir.join("epoch");
+    let current = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a number", path.display()),
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let next = current + 1;
+    if next >= 1 << (64 - EPOCH_SHIFT) {
+        return Err(std::io::Error::other("the journal's epochs are used up"));
+    }
+    let tmp = dir.join("epoch.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(next.to_string().as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(next)
 }
 
 /// What `append` takes: borrowed, so that the jobs stay whole for the ingester.
@@ -315,10 +343,16 @@ pub fn needs_recovery(dir: &Path) -> std::io::Result<bool> {
     if !pending {
         return Ok(false);
     }
-    match lock(dir) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-        Err(e) => Err(e),
+    // Probed read-only: an operator who may only read the store can still ask.
+    let probe = match File::open(dir.join("lock")) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    match probe.try_lock_shared() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
@@ -849,9 +883,9 @@ mod tests {
         assert_eq!(seqs(&frames), [after]);
     }
 
-    /// A failed append leaves nothing of its frame behind.
+    /// A frame over the limit is refused before anything of it is written.
     #[test]
-    fn a_failed_append_leaves_nothing() {
+    fn an_oversized_frame_is_refused_before_it_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let (mut journal, _, _) = reopen(dir.path());
         let first = append_sample(&mut journal, 1);
@@ -885,12 +919,14 @@ mod tests {
         }
         let (journal, frames, _) = reopen(dir.path());
         assert_eq!(seqs(&frames), ends);
-        let count = || segments(dir.path()).unwrap().len();
-        assert_eq!(count(), 4, "one per start, the last empty");
-        assert_eq!(release(dir.path(), ends[0] - 1).unwrap(), 0);
-        assert_eq!(release(dir.path(), ends[0]).unwrap(), 1);
-        assert_eq!(release(dir.path(), ends[2]).unwrap(), 2);
-        assert_eq!(count(), 1, "the newest stays");
+        let starts: Vec<u64> = segments(dir.path()).unwrap().iter().map(|s| s.0).collect();
+        assert_eq!(starts.len(), 4, "one per start, the last empty");
+        assert!(starts.windows(2).all(|w| w[0] < w[1]));
+        // A segment goes once everything below the next one's start is in.
+        assert_eq!(release(dir.path(), starts[1] - 2).unwrap(), 0);
+        assert_eq!(release(dir.path(), starts[1] - 1).unwrap(), 1);
+        assert_eq!(release(dir.path(), starts[3] - 1).unwrap(), 2);
+        assert_eq!(segments(dir.path()).unwrap().len(), 1, "the newest stays");
         drop(journal);
         let (mut journal, frames, _) = reopen(dir.path());
         assert!(frames.is_empty());

@@ -43,7 +43,7 @@ pub enum OpenError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot start the writer: {0}")]
+    #[error("cannot start the writer or read its journal back: {0}")]
     Thread(std::io::Error),
     #[error("store journal {path}: {source}")]
     Journal {
@@ -269,6 +269,20 @@ pub fn recover_journal(cfg: &StoreConfig) -> Result<bool, OpenError> {
         Arc::new(Metrics::new()),
     )?;
     store.close_blocking();
+    // What could not go in stays in the journal: the command must not go on over
+    // partitions without it.
+    let left = journal::needs_recovery(&dir).map_err(|source| OpenError::Journal {
+        path: dir.clone(),
+        source,
+    })?;
+    if left {
+        return Err(OpenError::Journal {
+            path: dir,
+            source: std::io::Error::other(
+                "rows it holds could not all be put into the partitions (the log says why)",
+            ),
+        });
+    }
     Ok(true)
 }
 
@@ -298,7 +312,10 @@ impl Store {
                 signer: Some(signer),
                 clock: clock.clone(),
                 journal: Some(cfg.path.join(JOURNAL_DIR)),
-                keyring: Some(cfg.keyring.clone()),
+                expired: Some(writer::Expired {
+                    keyring: cfg.keyring.clone(),
+                    retention: cfg.retention,
+                }),
             },
             metrics.clone(),
         )
@@ -801,7 +818,7 @@ mod tests {
                     signer,
                     clock: Arc::new(clock),
                     journal: None,
-                    keyring: None,
+                    expired: None,
                 },
                 Arc::new(Metrics::new()),
             )
@@ -1259,15 +1276,16 @@ mod tests {
         );
         store.close().await;
 
-        // A partition expired (its keys gone) while the frame waited: its rows are
-        // dropped, its file not made again.
+        // A partition expiry removed (past retention, its keys gone) while the frame
+        // waited: its rows are dropped, its file not made again.
         put_back(&journal_dir, &crashed);
         for suffix in ["", "-wal", "-shm"] {
             let path = format!("{}{suffix}", tomorrow.path_in(&cfg.path).display());
             let _ = std::fs::remove_file(path);
         }
         std::fs::remove_file(crate::store::keys::key_file(&cfg.keyring, tomorrow)).unwrap();
-        let store = open(&cfg, &clock);
+        let much_later = ManualClock::new(at(10, 0, 0) + chrono::Months::new(14));
+        let store = open(&cfg, &much_later);
         store.close().await;
         assert!(!tomorrow.path_in(&cfg.path).exists(), "not brought back");
         assert_eq!(count("+31687654321"), 2);

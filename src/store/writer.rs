@@ -132,9 +132,10 @@ pub enum Job {
         row: OutcomeRow,
         frame: u64,
     },
-    /// The jobs of one journal frame, their waiters answered: passed from the front to
-    /// the ingester whole, so that a partition takes a frame's rows in one transaction
-    /// (its `meta` then says which frames it holds).
+    /// A group of jobs the front passes to the writer whole: those in a journal frame
+    /// (their `frame` set, their waiters answered), and any it sent past the journal
+    /// (`frame` 0, waiters kept). Whole, so that a partition takes a frame's rows in
+    /// one transaction (its `meta` then says which frames it holds).
     Frame(Vec<Job>),
     /// Answered once everything queued before it is committed.
     Barrier(oneshot::Sender<Result<(), WriteError>>),
@@ -220,10 +221,38 @@ pub struct WriterConfig {
     /// wait on go straight to the partitions (benchmarks that compare the two, and
     /// tests of the writer alone).
     pub journal: Option<PathBuf>,
-    /// The keyring's directory: rows read back from the journal for a partition whose
-    /// key file is gone (expired, shredded) are dropped, not written into a file made
-    /// anew for them. `None`: all are written.
-    pub keyring: Option<PathBuf>,
+    /// How to tell a partition that expiry removed: rows for it (read back from the
+    /// journal, or late) are dropped, not written into a file made anew for them.
+    /// `None`: all are written.
+    pub expired: Option<Expired>,
+}
+
+/// A partition expiry removed: wholly past retention, and its key file gone.
+#[derive(Clone)]
+pub struct Expired {
+    pub keyring: PathBuf,
+    pub retention: crate::config::Retention,
+}
+
+impl Expired {
+    /// Whether `partition` was removed by expiry. Only a key file that is not there
+    /// counts as gone: one that cannot be looked at (a keyring not mounted, no
+    /// permission) is an error, never a reason to drop rows.
+    pub fn removed(
+        &self,
+        partition: PartitionId,
+        now: crate::clock::Micros,
+    ) -> std::io::Result<bool> {
+        let cutoff = self.retention.cutoff(crate::clock::micros_to_datetime(now));
+        if partition.end_micros() > cutoff.timestamp_micros() {
+            return Ok(false);
+        }
+        match std::fs::metadata(super::keys::key_file(&self.keyring, partition)) {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Longest wait for sibling submissions before a commit that clients wait on.
@@ -559,7 +588,8 @@ pub fn spawn(
         Some(dir) => Some(Journal::open(dir, cfg.sync == SyncMode::Full)?),
         None => None,
     };
-    let writer_keyring = cfg.keyring.clone();
+    let expired = cfg.expired.clone();
+    let clock = cfg.clock.clone();
     let mut writer = Writer {
         ingest: journal.as_ref().map(|(j, _)| Ingest {
             id: j.id().to_owned(),
@@ -605,7 +635,9 @@ pub fn spawn(
         pace: front_pace,
         to_writer,
         append_failing: false,
-        keyring: writer_keyring,
+        rotate_failing: false,
+        expired,
+        clock,
     };
     let (replayed, wait) = std::sync::mpsc::sync_channel(1);
     let front = std::thread::Builder::new()
@@ -653,7 +685,10 @@ struct Front {
     to_writer: mpsc::Sender<Job>,
     /// The last append failed (logged once until one succeeds).
     append_failing: bool,
-    keyring: Option<PathBuf>,
+    /// The last rotation failed (logged once until one succeeds).
+    rotate_failing: bool,
+    expired: Option<Expired>,
+    clock: crate::clock::SharedClock,
 }
 
 impl Front {
@@ -727,31 +762,36 @@ impl Front {
     }
 
     /// Passes every whole frame of `segments` to the writer, in order, but for rows of
-    /// partitions whose keys are gone (see [`WriterConfig::keyring`]).
+    /// partitions expiry removed (see [`WriterConfig::expired`]).
     fn replay(&mut self, segments: &[PathBuf]) -> std::io::Result<Replay> {
         let mut replay = Replay {
             frames: 0,
             last: 0,
-            shredded: 0,
+            dropped: 0,
         };
-        let keyring = self.keyring.clone();
+        let expired = self.expired.clone();
+        let now = self.clock.now_micros();
         for path in segments {
             let mut gone = false;
+            let mut failed = None;
             let whole = journal::read_segment(path, |frame| {
                 replay.frames += 1;
                 replay.last = replay.last.max(frame.seq);
-                let jobs: Vec<Job> = frame
-                    .entries
-                    .into_iter()
-                    .filter(|entry| {
-                        let keep = keyring.as_ref().is_none_or(|dir| {
-                            super::keys::key_file(dir, entry.partition()).exists()
-                        });
-                        replay.shredded += usize::from(!keep);
-                        keep
-                    })
-                    .map(|entry| entry.into_job(frame.seq))
-                    .collect();
+                let mut jobs = Vec::with_capacity(frame.entries.len());
+                for entry in frame.entries {
+                    let removed = match &expired {
+                        Some(x) => x.removed(entry.partition(), now),
+                        None => Ok(false),
+                    };
+                    match removed {
+                        Ok(true) => replay.dropped += 1,
+                        Ok(false) => jobs.push(entry.into_job(frame.seq)),
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
+                    }
+                }
                 if jobs.is_empty() {
                     return true;
                 }
@@ -761,6 +801,14 @@ impl Front {
             .map_err(|e| {
                 std::io::Error::new(e.kind(), format!("journal segment {}: {e}", path.display()))
             })?;
+            if let Some(e) = failed {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot tell whether a partition in the journal expired: its key file: {e}"
+                    ),
+                ));
+            }
             if gone {
                 return Err(std::io::Error::other(
                     "the writer stopped while the journal was read back",
@@ -771,47 +819,54 @@ impl Front {
                 tracing::error!(segment = %path.display(), "journal segment ends in a frame that is not whole (a write cut short by a crash, or damage); the whole frames before it are put into the partitions");
             }
         }
-        if replay.shredded > 0 {
+        if replay.dropped > 0 {
             tracing::warn!(
-                entries = replay.shredded,
-                "journal entries of partitions whose keys are gone (expired) dropped"
+                entries = replay.dropped,
+                "journal entries of partitions expiry removed dropped"
             );
         }
         Ok(replay)
     }
 
     /// Journals `jobs` and passes them on, in order. False when the writer is gone.
+    ///
+    /// While the partitions are stuck or failing, rows that wait (durable records) do
+    /// not go to the journal: the writer commits them and answers their clients, one
+    /// batch at a time, so that the recorders' queue fills as it would without a
+    /// journal and clients hear why. Rows no one waits on (outcomes, async records)
+    /// still go to the journal, where a crash does not lose them.
     fn pass(&mut self, jobs: &mut Vec<Job>) -> bool {
-        let has_rows = jobs
-            .iter()
-            .any(|j| matches!(j, Job::Records { .. } | Job::Outcome { .. }));
-        // While the partitions are stuck or failing, no rows go to the journal: the
-        // writer commits them and answers their clients, one batch at a time, so that
-        // the recorders' queue fills as it would without a journal.
         let direct = self.signals.partitions_stuck();
         self.metrics.journal_bypassed.set(i64::from(direct));
-        if self.journal.due_for_rotation() || jobs.iter().any(|j| matches!(j, Job::Stop)) {
-            // Before a clean stop, and every ROTATE_AFTER: the frames so far go into
-            // segments the writer can delete once it has them all in.
-            if let Err(e) = self.journal.rotate() {
-                tracing::warn!(error = %e, "journal segment not rotated; tried again");
-            }
+        let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
+        if self.journal.due_for_rotation() {
+            self.rotate();
         }
-        let journaled = if direct || !has_rows {
-            None
-        } else {
-            self.append(jobs)
+        let to_journal = |j: &Job| {
+            matches!(j, Job::Records { .. } | Job::Outcome { .. }) && !(direct && j.waited_on())
         };
+        let journaled = if jobs.iter().any(to_journal) {
+            self.append(jobs, to_journal)
+        } else {
+            None
+        };
+        if stop {
+            // Before a clean stop, the frames so far (this one too) go into segments
+            // the writer deletes once it has them all in.
+            self.rotate();
+        }
         self.signals
             .journal_unrotated
             .store(self.journal.holds_frames(), Ordering::Relaxed);
         let mut frame = Vec::new();
         let mut after = Vec::new();
-        // Answered once they are in the journal; woken, the writer, only for those
-        // that still wait on it.
+        // Answered once they are in the journal; the writer woken only for what still
+        // waits on it.
         let mut wake = false;
+        let mut waiting_rows = false;
         for job in jobs.drain(..) {
-            match (journaled, job) {
+            let seq = journaled.filter(|_| to_journal(&job));
+            match (seq, job) {
                 (
                     Some(seq),
                     Job::Records {
@@ -836,8 +891,8 @@ impl Front {
                     row,
                     frame: seq,
                 }),
-                (None, job @ (Job::Records { .. } | Job::Outcome { .. })) => {
-                    wake |= job.waited_on();
+                (_, job @ (Job::Records { .. } | Job::Outcome { .. })) => {
+                    waiting_rows |= job.waited_on();
                     frame.push(job);
                 }
                 (_, job) => {
@@ -846,6 +901,7 @@ impl Front {
                 }
             }
         }
+        wake |= waiting_rows;
         // A barrier or stop gathered with the frame goes after it: what was queued
         // before it is then in the writer's hands first.
         let sent = (frame.is_empty() || self.to_writer.blocking_send(Job::Frame(frame)).is_ok())
@@ -855,16 +911,35 @@ impl Front {
         if wake {
             self.signals.writer.wake();
         }
-        if direct && has_rows && sent {
+        if waiting_rows && sent {
             return self.wait_for_writer();
         }
         sent
     }
 
-    /// Appends the rows of `jobs` as one frame: its number, or `None` when the journal
-    /// could not take it (the rows then wait for the partitions).
-    fn append(&mut self, jobs: &[Job]) -> Option<u64> {
-        let entries = jobs.iter().filter_map(|job| match job {
+    /// Starts a new journal segment (a failure logged once until one works).
+    fn rotate(&mut self) {
+        match self.journal.rotate() {
+            Ok(()) => {
+                if std::mem::take(&mut self.rotate_failing) {
+                    tracing::info!("journal segments rotate again");
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.rotate_failing, true) {
+                    let e = io(self.journal.dir(), e);
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(reason = e.reason(), error = %e, "journal segment not rotated; tried again with the next frames");
+                }
+            }
+        }
+    }
+
+    /// Appends the rows of the jobs that `take` picks as one frame: its number, or
+    /// `None` when the journal could not take it (the rows then wait for the
+    /// partitions).
+    fn append(&mut self, jobs: &[Job], take: impl Fn(&Job) -> bool) -> Option<u64> {
+        let entries = jobs.iter().filter(|j| take(j)).filter_map(|job| match job {
             Job::Records {
                 partition, rows, ..
             } => Some(EntryRef::Records(*partition, rows)),
@@ -877,7 +952,7 @@ impl Front {
                 self.metrics
                     .journal_append_seconds
                     .observe(started.elapsed().as_secs_f64());
-                let records: usize = jobs.iter().map(Job::record_rows).sum();
+                let records: usize = jobs.iter().filter(|j| take(j)).map(Job::record_rows).sum();
                 if records > 0 {
                     self.metrics.journal_frame_records.observe(records as f64);
                 }
@@ -938,8 +1013,8 @@ impl journal::Entry {
 struct Replay {
     frames: usize,
     last: u64,
-    /// Entries dropped: their partitions' keys are gone.
-    shredded: usize,
+    /// Entries dropped: their partitions were removed by expiry.
+    dropped: usize,
 }
 
 /// Sends [`Job::Tick`] every head interval until the writer is gone. Holds only a
@@ -1398,6 +1473,13 @@ impl Writer {
         let journal_id = self.ingest.as_ref().map(|i| i.id.clone());
         let signals = self.cfg.signals.clone();
         let first_new = &signals.first_new;
+        if self.expired_and_gone(partition)? {
+            // Late rows (an outcome, a retry) of a partition expiry removed: written,
+            // they would bring its file back, unreadable, past retention.
+            self.metrics.store_errors.inc();
+            tracing::warn!(partition = %partition, jobs = idx.len(), "rows of a partition expiry removed dropped");
+            return Ok((0, 0));
+        }
         let open = self.connection(partition)?;
         let (conn, index, tree) = (&open.conn, &mut open.index, &mut open.tree);
         let tx = WriteTx::begin(conn).map_err(sql)?;
@@ -1544,6 +1626,23 @@ impl Writer {
             checkpoint_rows,
         );
         Ok((records, outcomes))
+    }
+
+    /// Whether `partition` is not open, has no file and was removed by expiry.
+    fn expired_and_gone(&self, partition: PartitionId) -> Result<bool, WriteError> {
+        let Some(expired) = &self.cfg.expired else {
+            return Ok(false);
+        };
+        if self.open.contains_key(&partition) {
+            return Ok(false);
+        }
+        let path = partition.path_in(&self.cfg.store_dir);
+        if path.exists() {
+            return Ok(false);
+        }
+        expired
+            .removed(partition, self.cfg.clock.now_micros())
+            .map_err(|e| io(&expired.keyring, e))
     }
 
     /// The open connection of a partition, (re)opened if it is not open or if its path
