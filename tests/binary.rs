@@ -588,6 +588,23 @@ async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9()
         ] {
             send(url.clone(), user, n, pause).await;
         }
+        // Not while serve runs: rows it put in after the erasure would outlive it.
+        let (ok, out) = cli_with_input(
+            &config,
+            &[
+                "account",
+                "offboard",
+                "aay",
+                "--out",
+                dir.path().join("early").to_str().unwrap(),
+                "--officer",
+                "nobody",
+                "--totp",
+                "000000",
+            ],
+            "x\n",
+        );
+        assert!(!ok && out.contains("serve is running"), "{stop}: {out}");
         if stop == "TERM" {
             let (status, _) = served.terminate();
             assert!(status.success());

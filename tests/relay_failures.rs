@@ -449,6 +449,19 @@ async fn a_corrupt_partition_fails_closed_and_says_corrupt() {
     aside(&kept, &day);
     let (s, _) = get(&c, &sendsms(&relay.url, "after", &number(3))).await;
     assert_eq!(s.as_u16(), 202);
+    // The writer commits again: the next message goes through the journal.
+    let frames = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("relaylog_journal_frame_records_count "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = frames(&relay.metrics().await);
+    let (s, _) = get(&c, &sendsms(&relay.url, "later", &number(5))).await;
+    assert_eq!(s.as_u16(), 202);
+    let metrics = relay.metrics().await;
+    assert_metric(&metrics, "relaylog_journal_bypassed 0");
+    assert_eq!(frames(&metrics), before + 1, "journaled again");
     // The journaled message went in once the file was back; the refused one never.
     assert_eq!(relay.query(IndexKind::Account, "journaled").await.len(), 1);
     assert_eq!(relay.query(IndexKind::Account, "during").await.len(), 0);

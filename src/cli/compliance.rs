@@ -462,6 +462,16 @@ pub(super) fn offboard(
     officer: &str,
     totp: &str,
 ) -> Result<()> {
+    // A running serve answers clients before their rows reach the partitions: rows it
+    // puts in after this erasure would outlive the deletion statement.
+    let journal = config.store.path.join(crate::store::JOURNAL_DIR);
+    if crate::store::journal::in_use(&journal)
+        .with_context(|| format!("store journal {}", journal.display()))?
+    {
+        bail!(
+            "relaylog serve is running on this store: offboard through its compliance API (POST /api/v1/accounts/{{name}}/offboard), which waits for what it accepted, or stop it first"
+        );
+    }
     let mut x = Exporter::login(
         config,
         officer,

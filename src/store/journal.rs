@@ -343,15 +343,20 @@ pub fn needs_recovery(dir: &Path) -> std::io::Result<bool> {
     if !pending {
         return Ok(false);
     }
-    // Probed read-only: an operator who may only read the store can still ask.
+    Ok(!in_use(dir)?)
+}
+
+/// Whether a process has the journal in `dir` open (a running `serve`). Probed
+/// read-only: an operator who may only read the store can still ask.
+pub fn in_use(dir: &Path) -> std::io::Result<bool> {
     let probe = match File::open(dir.join("lock")) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
     match probe.try_lock_shared() {
-        Ok(()) => Ok(true),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
         Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod codec;
 pub mod expiry;
+mod front;
 pub mod index;
 pub mod integrity;
 pub mod journal;

@@ -1,5 +1,5 @@
 //! The writer: one thread that owns every partition connection, fed by a bounded queue,
-//! and in front of it the journal's front (see [`super::journal`]).
+//! and the journal's front before it (see [`super::front`] and [`super::journal`]).
 //!
 //! The front takes the first job from the recorders' queue, drains whatever else is
 //! already queued up to `batch-max` records, appends the lot to the journal in one
@@ -8,8 +8,8 @@
 //! Without a journal (benchmarks that compare, tests of the writer alone) the writer
 //! takes the recorders' queue itself and answers after its commit. While the writer's
 //! commits fail or stall (see [`STUCK_AFTER`]), or the journal cannot take a group,
-//! the front passes rows on unjournaled with their waiters, one batch at a time: they
-//! are answered after the commit, as without a journal. A failed commit answers each
+//! the front passes the rows clients wait on unjournaled with their waiters, one batch
+//! at a time: they are answered after the commit, as without a journal. A failed commit answers each
 //! of its waiters with the error and drops the connection, so the next batch reopens
 //! the partition: the store recovers by itself when the fault goes away.
 //!
@@ -29,7 +29,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::index::{BlindIndex, Budget};
-use super::journal::{self, EntryRef, Journal};
+use super::journal::{self, Journal};
 use super::partition::PartitionId;
 use super::schema;
 use crate::config::SyncMode;
@@ -105,7 +105,7 @@ pub enum Done {
 
 impl Done {
     /// Answers; a waiter that gave up (timeout, client gone) is no one's concern.
-    fn send(self, result: Result<(), WriteError>) {
+    pub(super) fn send(self, result: Result<(), WriteError>) {
         match self {
             Done::One(tx) => {
                 let _ = tx.send(result);
@@ -177,7 +177,7 @@ impl Job {
     }
 
     /// The records this job holds.
-    fn record_rows(&self) -> usize {
+    pub(super) fn record_rows(&self) -> usize {
         match self {
             Job::Records { rows, .. } => rows.len(),
             _ => 0,
@@ -185,7 +185,7 @@ impl Job {
     }
 
     /// Someone waits for this job's commit.
-    fn waited_on(&self) -> bool {
+    pub(super) fn waited_on(&self) -> bool {
         matches!(
             self,
             Job::Records { done: Some(_), .. } | Job::Barrier(_) | Job::Stop
@@ -284,9 +284,9 @@ pub struct Signals {
     pub waiting: AtomicUsize,
     /// The thread that takes the recorders' queue: the journal's front, or the writer
     /// itself when there is no journal.
-    front: Lingering,
+    pub(super) front: Lingering,
     /// The writer (the ingester, behind a journal).
-    writer: Lingering,
+    pub(super) writer: Lingering,
     /// The writer waits on an empty queue with heads to sign or index entries to
     /// write: the ticker wakes it. Ticks go only to an idle writer, so they never take
     /// queue space a submission is waiting for.
@@ -299,10 +299,10 @@ pub struct Signals {
     /// read the journal back): frames below it were read back, and a partition that
     /// holds one already does not take it again; this process's frames are at or
     /// above it.
-    first_new: AtomicU64,
+    pub(super) first_new: AtomicU64,
     /// The journal's active segment holds frames: the ticker wakes the front so that
     /// it rotates them out once [`journal::ROTATE_AFTER`] old.
-    journal_unrotated: AtomicBool,
+    pub(super) journal_unrotated: AtomicBool,
     /// The writer's last commit failed in some partition.
     failing: AtomicBool,
     /// The writer holds [`MAX_RETRY_ROWS`] journaled rows it cannot commit and takes
@@ -316,13 +316,13 @@ pub struct Signals {
 
 /// A thread that sleeps while it lingers for more work, and the way to wake it.
 #[derive(Default)]
-struct Lingering {
+pub(super) struct Lingering {
     now: AtomicBool,
     thread: OnceLock<std::thread::Thread>,
 }
 
 impl Lingering {
-    fn wake(&self) {
+    pub(super) fn wake(&self) {
         // SeqCst pairs with the sleeper's store before it looks at its queue: either it
         // sees the job, or this sees it lingering. A missed wake-up would cost at most
         // the linger.
@@ -354,7 +354,7 @@ impl Signals {
     /// The partitions are not keeping up with the journal: the writer's last commit
     /// failed, or the one under way has taken longer than [`STUCK_AFTER`]. Clients
     /// then wait for the partitions, and hear why they cannot be written.
-    fn partitions_stuck(&self) -> bool {
+    pub(super) fn partitions_stuck(&self) -> bool {
         if self.failing.load(Ordering::Relaxed) {
             return true;
         }
@@ -371,7 +371,7 @@ pub const STUCK_AFTER: Duration = Duration::from_millis(100);
 
 /// How a thread gathers jobs into one commit (or one journal frame).
 #[derive(Clone, Copy)]
-struct Pace {
+pub(super) struct Pace {
     /// Rows past which it commits at once.
     rows: usize,
     /// Longest wait for more jobs when no one waits on those in hand.
@@ -424,7 +424,7 @@ impl Pace {
 /// (asleep, woken through `me`); a journal frame's jobs are taken whole. Ticks among
 /// them are dropped: a writer with jobs in hand does its timed duties as it commits.
 /// Returns whether [`Job::Stop`] came.
-fn gather(
+pub(super) fn gather(
     rx: &mut mpsc::Receiver<Job>,
     jobs: &mut Vec<Job>,
     first: Job,
@@ -628,17 +628,15 @@ pub fn spawn(
         .name("relaylog-writer".into())
         .spawn(move || writer.run(from_front))?;
     let _ = signals.writer.thread.set(handle.thread().clone());
-    let front = Front {
+    let front = super::front::Front::new(
         journal,
-        signals: signals.clone(),
+        signals.clone(),
         metrics,
-        pace: front_pace,
+        front_pace,
         to_writer,
-        append_failing: false,
-        rotate_failing: false,
         expired,
         clock,
-    };
+    );
     let (replayed, wait) = std::sync::mpsc::sync_channel(1);
     let front = std::thread::Builder::new()
         .name("relaylog-journal".into())
@@ -671,350 +669,6 @@ pub fn spawn(
     // The writer ends after the front (its queue closes when the front goes): joining
     // it waits for both.
     Ok((tx, handle))
-}
-
-/// The journal's front: takes the recorders' queue, appends each group of jobs to the
-/// journal in one write, answers those waiting and passes the group to the writer
-/// whole. A group the journal could not take goes to the writer with its waiters, who
-/// are answered when it commits, as they were before there was a journal.
-struct Front {
-    journal: Journal,
-    signals: Arc<Signals>,
-    metrics: Arc<Metrics>,
-    pace: Pace,
-    to_writer: mpsc::Sender<Job>,
-    /// The last append failed (logged once until one succeeds).
-    append_failing: bool,
-    /// The last rotation failed (logged once until one succeeds).
-    rotate_failing: bool,
-    expired: Option<Expired>,
-    clock: crate::clock::SharedClock,
-}
-
-impl Front {
-    fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Job>,
-        segments: Vec<PathBuf>,
-        replayed: std::sync::mpsc::SyncSender<std::io::Result<()>>,
-    ) {
-        // What the partitions may not hold yet goes in before anything new, and before
-        // the store is open: expiry, queries and erasure at start see it.
-        let replay = match self.replay(&segments) {
-            Ok(replay) => replay,
-            Err(e) => {
-                let _ = replayed.send(Err(e));
-                return;
-            }
-        };
-        if replay.frames > 0 {
-            let (done, wait) = oneshot::channel();
-            if self.to_writer.blocking_send(Job::Barrier(done)).is_err() {
-                return;
-            }
-            self.signals.writer.wake();
-            match wait.blocking_recv() {
-                Ok(Ok(())) => tracing::info!(
-                    frames = replay.frames,
-                    "journal frames a stopped relaylog left are in the partitions"
-                ),
-                Ok(Err(e)) => {
-                    tracing::error!(reason = e.reason(), error = %e, "journal frames could not all be put into the partitions at start; they stay in the journal and are tried again")
-                }
-                Err(_) => return,
-            }
-        }
-        match self.journal.start(replay.last) {
-            Ok(first) => self.signals.first_new.store(first, Ordering::SeqCst),
-            Err(e) => {
-                let _ = replayed.send(Err(e));
-                return;
-            }
-        }
-        let _ = replayed.send(Ok(()));
-        let mut jobs = Vec::with_capacity(1024);
-        loop {
-            let Some(first) = rx.blocking_recv() else {
-                return;
-            };
-            let stop = if matches!(first, Job::Tick) {
-                jobs.push(first);
-                false
-            } else {
-                let stop = gather(
-                    &mut rx,
-                    &mut jobs,
-                    first,
-                    self.pace,
-                    &self.signals,
-                    &self.signals.front,
-                );
-                self.metrics.queue_depth.set(rx.len() as i64);
-                stop
-            };
-            if stop {
-                self.signals.request_stop();
-            }
-            if !self.pass(&mut jobs) || stop {
-                return;
-            }
-        }
-    }
-
-    /// Passes every whole frame of `segments` to the writer, in order, but for rows of
-    /// partitions expiry removed (see [`WriterConfig::expired`]).
-    fn replay(&mut self, segments: &[PathBuf]) -> std::io::Result<Replay> {
-        let mut replay = Replay {
-            frames: 0,
-            last: 0,
-            dropped: 0,
-        };
-        let expired = self.expired.clone();
-        let now = self.clock.now_micros();
-        for path in segments {
-            let mut gone = false;
-            let mut failed = None;
-            let whole = journal::read_segment(path, |frame| {
-                replay.frames += 1;
-                replay.last = replay.last.max(frame.seq);
-                let mut jobs = Vec::with_capacity(frame.entries.len());
-                for entry in frame.entries {
-                    let removed = match &expired {
-                        Some(x) => x.removed(entry.partition(), now),
-                        None => Ok(false),
-                    };
-                    match removed {
-                        Ok(true) => replay.dropped += 1,
-                        Ok(false) => jobs.push(entry.into_job(frame.seq)),
-                        Err(e) => {
-                            failed = Some(e);
-                            return false;
-                        }
-                    }
-                }
-                if jobs.is_empty() {
-                    return true;
-                }
-                gone = self.to_writer.blocking_send(Job::Frame(jobs)).is_err();
-                !gone
-            })
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("journal segment {}: {e}", path.display()))
-            })?;
-            if let Some(e) = failed {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot tell whether a partition in the journal expired: its key file: {e}"
-                    ),
-                ));
-            }
-            if gone {
-                return Err(std::io::Error::other(
-                    "the writer stopped while the journal was read back",
-                ));
-            }
-            if !whole {
-                self.metrics.store_errors.inc();
-                tracing::error!(segment = %path.display(), "journal segment ends in a frame that is not whole (a write cut short by a crash, or damage); the whole frames before it are put into the partitions");
-            }
-        }
-        if replay.dropped > 0 {
-            tracing::warn!(
-                entries = replay.dropped,
-                "journal entries of partitions expiry removed dropped"
-            );
-        }
-        Ok(replay)
-    }
-
-    /// Journals `jobs` and passes them on, in order. False when the writer is gone.
-    ///
-    /// While the partitions are stuck or failing, rows that wait (durable records) do
-    /// not go to the journal: the writer commits them and answers their clients, one
-    /// batch at a time, so that the recorders' queue fills as it would without a
-    /// journal and clients hear why. Rows no one waits on (outcomes, async records)
-    /// still go to the journal, where a crash does not lose them.
-    fn pass(&mut self, jobs: &mut Vec<Job>) -> bool {
-        let direct = self.signals.partitions_stuck();
-        self.metrics.journal_bypassed.set(i64::from(direct));
-        let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
-        if self.journal.due_for_rotation() {
-            self.rotate();
-        }
-        let to_journal = |j: &Job| {
-            matches!(j, Job::Records { .. } | Job::Outcome { .. }) && !(direct && j.waited_on())
-        };
-        let journaled = if jobs.iter().any(to_journal) {
-            self.append(jobs, to_journal)
-        } else {
-            None
-        };
-        if stop {
-            // Before a clean stop, the frames so far (this one too) go into segments
-            // the writer deletes once it has them all in.
-            self.rotate();
-        }
-        self.signals
-            .journal_unrotated
-            .store(self.journal.holds_frames(), Ordering::Relaxed);
-        let mut frame = Vec::new();
-        let mut after = Vec::new();
-        // Answered once they are in the journal; the writer woken only for what still
-        // waits on it.
-        let mut wake = false;
-        let mut waiting_rows = false;
-        for job in jobs.drain(..) {
-            let seq = journaled.filter(|_| to_journal(&job));
-            match (seq, job) {
-                (
-                    Some(seq),
-                    Job::Records {
-                        partition,
-                        rows,
-                        done,
-                        ..
-                    },
-                ) => {
-                    if let Some(done) = done {
-                        done.send(Ok(()));
-                    }
-                    frame.push(Job::Records {
-                        partition,
-                        rows,
-                        done: None,
-                        frame: seq,
-                    });
-                }
-                (Some(seq), Job::Outcome { partition, row, .. }) => frame.push(Job::Outcome {
-                    partition,
-                    row,
-                    frame: seq,
-                }),
-                (_, job @ (Job::Records { .. } | Job::Outcome { .. })) => {
-                    waiting_rows |= job.waited_on();
-                    frame.push(job);
-                }
-                (_, job) => {
-                    wake |= job.waited_on();
-                    after.push(job);
-                }
-            }
-        }
-        wake |= waiting_rows;
-        // A barrier or stop gathered with the frame goes after it: what was queued
-        // before it is then in the writer's hands first.
-        let sent = (frame.is_empty() || self.to_writer.blocking_send(Job::Frame(frame)).is_ok())
-            && after
-                .into_iter()
-                .all(|job| self.to_writer.blocking_send(job).is_ok());
-        if wake {
-            self.signals.writer.wake();
-        }
-        if waiting_rows && sent {
-            return self.wait_for_writer();
-        }
-        sent
-    }
-
-    /// Starts a new journal segment (a failure logged once until one works).
-    fn rotate(&mut self) {
-        match self.journal.rotate() {
-            Ok(()) => {
-                if std::mem::take(&mut self.rotate_failing) {
-                    tracing::info!("journal segments rotate again");
-                }
-            }
-            Err(e) => {
-                if !std::mem::replace(&mut self.rotate_failing, true) {
-                    let e = io(self.journal.dir(), e);
-                    self.metrics.store_errors.inc();
-                    tracing::warn!(reason = e.reason(), error = %e, "journal segment not rotated; tried again with the next frames");
-                }
-            }
-        }
-    }
-
-    /// Appends the rows of the jobs that `take` picks as one frame: its number, or
-    /// `None` when the journal could not take it (the rows then wait for the
-    /// partitions).
-    fn append(&mut self, jobs: &[Job], take: impl Fn(&Job) -> bool) -> Option<u64> {
-        let entries = jobs.iter().filter(|j| take(j)).filter_map(|job| match job {
-            Job::Records {
-                partition, rows, ..
-            } => Some(EntryRef::Records(*partition, rows)),
-            Job::Outcome { partition, row, .. } => Some(EntryRef::Outcome(*partition, row)),
-            _ => None,
-        });
-        let started = Instant::now();
-        match self.journal.append(entries) {
-            Ok(seq) => {
-                self.metrics
-                    .journal_append_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                let records: usize = jobs.iter().filter(|j| take(j)).map(Job::record_rows).sum();
-                if records > 0 {
-                    self.metrics.journal_frame_records.observe(records as f64);
-                }
-                if std::mem::take(&mut self.append_failing) {
-                    tracing::info!("journal appends work again");
-                }
-                Some(seq)
-            }
-            Err(e) => {
-                let e = io(self.journal.dir(), e);
-                self.metrics.store_errors.inc();
-                if !std::mem::replace(&mut self.append_failing, true) {
-                    tracing::error!(reason = e.reason(), error = %e, "journal append failed; until one works, rows are committed to the partitions before their clients are answered");
-                }
-                None
-            }
-        }
-    }
-
-    /// Waits until the writer has committed everything passed to it. False when the
-    /// writer is gone.
-    fn wait_for_writer(&mut self) -> bool {
-        let (done, wait) = oneshot::channel();
-        if self.to_writer.blocking_send(Job::Barrier(done)).is_err() {
-            return false;
-        }
-        self.signals.writer.wake();
-        wait.blocking_recv().is_ok()
-    }
-}
-
-impl journal::Entry {
-    fn partition(&self) -> PartitionId {
-        match self {
-            journal::Entry::Records(p, _) | journal::Entry::Outcome(p, _) => *p,
-        }
-    }
-
-    /// The job of a frame read back: no one waits on it.
-    fn into_job(self, frame: u64) -> Job {
-        match self {
-            journal::Entry::Records(partition, rows) => Job::Records {
-                partition,
-                rows,
-                done: None,
-                frame,
-            },
-            journal::Entry::Outcome(partition, row) => Job::Outcome {
-                partition,
-                row,
-                frame,
-            },
-        }
-    }
-}
-
-/// What reading the journal back at start found.
-struct Replay {
-    frames: usize,
-    last: u64,
-    /// Entries dropped: their partitions were removed by expiry.
-    dropped: usize,
 }
 
 /// Sends [`Job::Tick`] every head interval until the writer is gone. Holds only a
@@ -1803,7 +1457,7 @@ fn sql(e: rusqlite::Error) -> WriteError {
     }
 }
 
-fn io(path: &Path, e: std::io::Error) -> WriteError {
+pub(super) fn io(path: &Path, e: std::io::Error) -> WriteError {
     WriteError::Io {
         path: path.to_owned(),
         kind: e.kind(),

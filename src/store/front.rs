@@ -1,0 +1,382 @@
+//! The journal's front: the thread that takes the recorders' queue when the store has a
+//! journal (see [`super::journal`]). It reads the journal back at start, then appends
+//! each group of jobs to it in one write, answers those waiting, and passes the group
+//! to the writer ([`super::writer`]), which puts the rows into the partitions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::journal::{self, EntryRef, Journal};
+use super::partition::PartitionId;
+use super::writer::{Expired, Job, Pace, Signals, gather, io};
+use crate::metrics::Metrics;
+
+/// The journal's front: takes the recorders' queue, appends each group of jobs to the
+/// journal in one write, answers those waiting and passes the group to the writer
+/// whole. A group the journal could not take goes to the writer with its waiters, who
+/// are answered when it commits, as they were before there was a journal.
+pub(super) struct Front {
+    journal: Journal,
+    signals: Arc<Signals>,
+    metrics: Arc<Metrics>,
+    pace: Pace,
+    to_writer: mpsc::Sender<Job>,
+    /// The last append failed (logged once until one succeeds).
+    append_failing: bool,
+    /// The last rotation failed (logged once until one succeeds).
+    rotate_failing: bool,
+    expired: Option<Expired>,
+    clock: crate::clock::SharedClock,
+}
+
+impl Front {
+    pub(super) fn new(
+        journal: Journal,
+        signals: Arc<Signals>,
+        metrics: Arc<Metrics>,
+        pace: Pace,
+        to_writer: mpsc::Sender<Job>,
+        expired: Option<Expired>,
+        clock: crate::clock::SharedClock,
+    ) -> Front {
+        Front {
+            journal,
+            signals,
+            metrics,
+            pace,
+            to_writer,
+            append_failing: false,
+            rotate_failing: false,
+            expired,
+            clock,
+        }
+    }
+
+    pub(super) fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Job>,
+        segments: Vec<PathBuf>,
+        replayed: std::sync::mpsc::SyncSender<std::io::Result<()>>,
+    ) {
+        // What the partitions may not hold yet goes in before anything new, and before
+        // the store is open: expiry, queries and erasure at start see it.
+        let replay = match self.replay(&segments) {
+            Ok(replay) => replay,
+            Err(e) => {
+                let _ = replayed.send(Err(e));
+                return;
+            }
+        };
+        if replay.frames > 0 {
+            let (done, wait) = oneshot::channel();
+            if self.to_writer.blocking_send(Job::Barrier(done)).is_err() {
+                return;
+            }
+            self.signals.writer.wake();
+            match wait.blocking_recv() {
+                Ok(Ok(())) => tracing::info!(
+                    frames = replay.frames,
+                    "journal frames a stopped relaylog left are in the partitions"
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(reason = e.reason(), error = %e, "journal frames could not all be put into the partitions at start; they stay in the journal and are tried again")
+                }
+                Err(_) => return,
+            }
+        }
+        match self.journal.start(replay.last) {
+            Ok(first) => self.signals.first_new.store(first, Ordering::SeqCst),
+            Err(e) => {
+                let _ = replayed.send(Err(e));
+                return;
+            }
+        }
+        let _ = replayed.send(Ok(()));
+        let mut jobs = Vec::with_capacity(1024);
+        loop {
+            let Some(first) = rx.blocking_recv() else {
+                return;
+            };
+            let stop = if matches!(first, Job::Tick) {
+                jobs.push(first);
+                false
+            } else {
+                let stop = gather(
+                    &mut rx,
+                    &mut jobs,
+                    first,
+                    self.pace,
+                    &self.signals,
+                    &self.signals.front,
+                );
+                self.metrics.queue_depth.set(rx.len() as i64);
+                stop
+            };
+            if stop {
+                self.signals.request_stop();
+            }
+            if !self.pass(&mut jobs) || stop {
+                return;
+            }
+        }
+    }
+
+    /// Passes every whole frame of `segments` to the writer, in order, but for rows of
+    /// partitions expiry removed (see [`WriterConfig::expired`]).
+    fn replay(&mut self, segments: &[PathBuf]) -> std::io::Result<Replay> {
+        let mut replay = Replay {
+            frames: 0,
+            last: 0,
+            dropped: 0,
+        };
+        let expired = self.expired.clone();
+        let now = self.clock.now_micros();
+        for path in segments {
+            let mut gone = false;
+            let mut failed = None;
+            let whole = journal::read_segment(path, |frame| {
+                replay.frames += 1;
+                replay.last = replay.last.max(frame.seq);
+                let mut jobs = Vec::with_capacity(frame.entries.len());
+                for entry in frame.entries {
+                    let removed = match &expired {
+                        Some(x) => x.removed(entry.partition(), now),
+                        None => Ok(false),
+                    };
+                    match removed {
+                        Ok(true) => replay.dropped += 1,
+                        Ok(false) => jobs.push(entry.into_job(frame.seq)),
+                        Err(e) => {
+                            failed = Some(e);
+                            return false;
+                        }
+                    }
+                }
+                if jobs.is_empty() {
+                    return true;
+                }
+                gone = self.to_writer.blocking_send(Job::Frame(jobs)).is_err();
+                !gone
+            })
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("journal segment {}: {e}", path.display()))
+            })?;
+            if let Some(e) = failed {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot tell whether a partition in the journal expired: its key file: {e}"
+                    ),
+                ));
+            }
+            if gone {
+                return Err(std::io::Error::other(
+                    "the writer stopped while the journal was read back",
+                ));
+            }
+            if !whole {
+                self.metrics.store_errors.inc();
+                tracing::error!(segment = %path.display(), "journal segment ends in a frame that is not whole (a write cut short by a crash, or damage); the whole frames before it are put into the partitions");
+            }
+        }
+        if replay.dropped > 0 {
+            tracing::warn!(
+                entries = replay.dropped,
+                "journal entries of partitions expiry removed dropped"
+            );
+        }
+        Ok(replay)
+    }
+
+    /// Journals `jobs` and passes them on, in order. False when the writer is gone.
+    ///
+    /// While the partitions are stuck or failing, rows that wait (durable records) do
+    /// not go to the journal: the writer commits them and answers their clients, one
+    /// batch at a time, so that the recorders' queue fills as it would without a
+    /// journal and clients hear why. Rows no one waits on (outcomes, async records)
+    /// still go to the journal, where a crash does not lose them.
+    fn pass(&mut self, jobs: &mut Vec<Job>) -> bool {
+        let direct = self.signals.partitions_stuck();
+        self.metrics.journal_bypassed.set(i64::from(direct));
+        let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
+        if self.journal.due_for_rotation() {
+            self.rotate();
+        }
+        let to_journal = |j: &Job| {
+            matches!(j, Job::Records { .. } | Job::Outcome { .. }) && !(direct && j.waited_on())
+        };
+        let journaled = if jobs.iter().any(to_journal) {
+            self.append(jobs, to_journal)
+        } else {
+            None
+        };
+        if stop {
+            // Before a clean stop, the frames so far (this one too) go into segments
+            // the writer deletes once it has them all in.
+            self.rotate();
+        }
+        self.signals
+            .journal_unrotated
+            .store(self.journal.holds_frames(), Ordering::Relaxed);
+        let mut frame = Vec::new();
+        let mut after = Vec::new();
+        // Answered once they are in the journal; the writer woken only for what still
+        // waits on it.
+        let mut wake = false;
+        let mut waiting_rows = false;
+        for job in jobs.drain(..) {
+            let seq = journaled.filter(|_| to_journal(&job));
+            match (seq, job) {
+                (
+                    Some(seq),
+                    Job::Records {
+                        partition,
+                        rows,
+                        done,
+                        ..
+                    },
+                ) => {
+                    if let Some(done) = done {
+                        done.send(Ok(()));
+                    }
+                    frame.push(Job::Records {
+                        partition,
+                        rows,
+                        done: None,
+                        frame: seq,
+                    });
+                }
+                (Some(seq), Job::Outcome { partition, row, .. }) => frame.push(Job::Outcome {
+                    partition,
+                    row,
+                    frame: seq,
+                }),
+                (_, job @ (Job::Records { .. } | Job::Outcome { .. })) => {
+                    waiting_rows |= job.waited_on();
+                    frame.push(job);
+                }
+                (_, job) => {
+                    wake |= job.waited_on();
+                    after.push(job);
+                }
+            }
+        }
+        wake |= waiting_rows;
+        // A barrier or stop gathered with the frame goes after it: what was queued
+        // before it is then in the writer's hands first.
+        let sent = (frame.is_empty() || self.to_writer.blocking_send(Job::Frame(frame)).is_ok())
+            && after
+                .into_iter()
+                .all(|job| self.to_writer.blocking_send(job).is_ok());
+        if wake {
+            self.signals.writer.wake();
+        }
+        if waiting_rows && sent {
+            return self.wait_for_writer();
+        }
+        sent
+    }
+
+    /// Starts a new journal segment (a failure logged once until one works).
+    fn rotate(&mut self) {
+        match self.journal.rotate() {
+            Ok(()) => {
+                if std::mem::take(&mut self.rotate_failing) {
+                    tracing::info!("journal segments rotate again");
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.rotate_failing, true) {
+                    let e = io(self.journal.dir(), e);
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(reason = e.reason(), error = %e, "journal segment not rotated; tried again with the next frames");
+                }
+            }
+        }
+    }
+
+    /// Appends the rows of the jobs that `take` picks as one frame: its number, or
+    /// `None` when the journal could not take it (the rows then wait for the
+    /// partitions).
+    fn append(&mut self, jobs: &[Job], take: impl Fn(&Job) -> bool) -> Option<u64> {
+        let entries = jobs.iter().filter(|j| take(j)).filter_map(|job| match job {
+            Job::Records {
+                partition, rows, ..
+            } => Some(EntryRef::Records(*partition, rows)),
+            Job::Outcome { partition, row, .. } => Some(EntryRef::Outcome(*partition, row)),
+            _ => None,
+        });
+        let started = Instant::now();
+        match self.journal.append(entries) {
+            Ok(seq) => {
+                self.metrics
+                    .journal_append_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let records: usize = jobs.iter().filter(|j| take(j)).map(Job::record_rows).sum();
+                if records > 0 {
+                    self.metrics.journal_frame_records.observe(records as f64);
+                }
+                if std::mem::take(&mut self.append_failing) {
+                    tracing::info!("journal appends work again");
+                }
+                Some(seq)
+            }
+            Err(e) => {
+                let e = io(self.journal.dir(), e);
+                self.metrics.store_errors.inc();
+                if !std::mem::replace(&mut self.append_failing, true) {
+                    tracing::error!(reason = e.reason(), error = %e, "journal append failed; until one works, rows are committed to the partitions before their clients are answered");
+                }
+                None
+            }
+        }
+    }
+
+    /// Waits until the writer has committed everything passed to it. False when the
+    /// writer is gone.
+    fn wait_for_writer(&mut self) -> bool {
+        let (done, wait) = oneshot::channel();
+        if self.to_writer.blocking_send(Job::Barrier(done)).is_err() {
+            return false;
+        }
+        self.signals.writer.wake();
+        wait.blocking_recv().is_ok()
+    }
+}
+
+impl journal::Entry {
+    fn partition(&self) -> PartitionId {
+        match self {
+            journal::Entry::Records(p, _) | journal::Entry::Outcome(p, _) => *p,
+        }
+    }
+
+    /// The job of a frame read back: no one waits on it.
+    fn into_job(self, frame: u64) -> Job {
+        match self {
+            journal::Entry::Records(partition, rows) => Job::Records {
+                partition,
+                rows,
+                done: None,
+                frame,
+            },
+            journal::Entry::Outcome(partition, row) => Job::Outcome {
+                partition,
+                row,
+                frame,
+            },
+        }
+    }
+}
+
+/// What reading the journal back at start found.
+struct Replay {
+    frames: usize,
+    last: u64,
+    /// Entries dropped: their partitions were removed by expiry.
+    dropped: usize,
+}
