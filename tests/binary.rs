@@ -588,22 +588,15 @@ async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9()
         ] {
             send(url.clone(), user, n, pause).await;
         }
+        let offboard_aay = |officer: &str, totp: &str, password: &str| {
+            let out = dir.path().join("returned");
+            let args = ["account", "offboard", "aay", "--out", out.to_str().unwrap()];
+            let login = ["--officer", officer, "--totp", totp];
+            let all: Vec<&str> = args.iter().chain(&login).copied().collect();
+            cli_with_input(&config, &all, password)
+        };
         // Not while serve runs: rows it put in after the erasure would outlive it.
-        let (ok, out) = cli_with_input(
-            &config,
-            &[
-                "account",
-                "offboard",
-                "aay",
-                "--out",
-                dir.path().join("early").to_str().unwrap(),
-                "--officer",
-                "nobody",
-                "--totp",
-                "000000",
-            ],
-            "x\n",
-        );
+        let (ok, out) = offboard_aay("nobody", "000000", "x\n");
         assert!(!ok && out.contains("serve is running"), "{stop}: {out}");
         if stop == "TERM" {
             let (status, _) = served.terminate();
@@ -614,21 +607,7 @@ async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9()
         }
 
         let root = add_officer(&config, "root1", "admin");
-        let (ok, out) = cli_with_input(
-            &config,
-            &[
-                "account",
-                "offboard",
-                "aay",
-                "--out",
-                dir.path().join("returned").to_str().unwrap(),
-                "--officer",
-                "root1",
-                "--totp",
-                &totp_now(&root),
-            ],
-            "root1-long-password\n",
-        );
+        let (ok, out) = offboard_aay("root1", &totp_now(&root), "root1-long-password\n");
         assert!(ok && out.contains("2 records"), "{stop}: {out}");
 
         let served = Served::start(dir.path(), &config);

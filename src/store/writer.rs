@@ -1,5 +1,5 @@
 //! The writer: one thread that owns every partition connection, fed by a bounded queue,
-//! and the journal's front before it (see [`super::front`] and [`super::journal`]).
+//! and the journal's front before it (`src/store/front.rs`; see [`super::journal`]).
 //!
 //! The front takes the first job from the recorders' queue, drains whatever else is
 //! already queued up to `batch-max` records, appends the lot to the journal in one
