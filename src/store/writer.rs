@@ -255,10 +255,12 @@ impl Expired {
     }
 }
 
-/// Longest wait for sibling submissions before a commit that clients wait on.
+/// Longest wait for sibling submissions before a commit (a journal append, or a
+/// commit into the partitions without one) that clients wait on.
 pub const SIBLING_DELAY: Duration = Duration::from_micros(200);
 
-/// Longest wait before committing a batch no one waits on (outcomes, async records).
+/// Longest wait before committing (or journaling) a batch no one waits on (outcomes,
+/// async records).
 pub const ASYNC_DELAY: Duration = Duration::from_millis(2);
 
 /// Write the index entries not yet due (their bucket still open, fewer than
@@ -566,7 +568,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Ingested segments are deleted at most this often.
 const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
-/// Journal frames passed to the writer and not yet taken, at most.
+/// Journal frames passed to the writer and not yet taken, at most (each of at most
+/// `batch-max` records); past it the front waits, and the recorders' queue fills.
 const INGEST_QUEUE: usize = 256;
 
 /// Starts the writer, and in front of it the journal when `cfg.journal` names one
