@@ -248,7 +248,7 @@ async fn a_client_gone_before_the_forward_is_not_forwarded_for_and_the_outcome_s
             .as_u16(),
         202
     );
-    tokio::time::sleep(WRITER_STUCK).await;
+    writer_stuck(&relay.admin).await;
     let addr = relay.running.addr("sms").unwrap();
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(

@@ -336,7 +336,7 @@ async fn full_queue_fails_closed_and_drains_when_the_writer_resumes() {
             .as_u16(),
         202
     );
-    tokio::time::sleep(WRITER_STUCK).await;
+    writer_stuck(&relay.admin).await;
 
     // One submission blocks in the writer, one fills the queue...
     let mut waiting = Vec::new();
@@ -435,7 +435,7 @@ async fn a_corrupt_partition_fails_closed_and_says_corrupt() {
     // The journal takes the first message; the writer fails to put it in.
     let (s, _) = get(&c, &sendsms(&relay.url, "journaled", &number(4))).await;
     assert_eq!(s.as_u16(), 202);
-    tokio::time::sleep(WRITER_STUCK).await;
+    writer_stuck(&relay.admin).await;
     let (s, reply) = get(&c, &sendsms(&relay.url, "during", &number(2))).await;
     assert_eq!(s.as_u16(), 503, "{reply}");
     assert!(reply.contains("(corrupt)"), "{reply}");

@@ -260,7 +260,7 @@ async fn when_records_cannot_be_committed_the_submit_is_throttled() {
         assert_eq!((h.id, h.status), (id::SUBMIT_SM_RESP, status::OK));
         break;
     }
-    tokio::time::sleep(WRITER_STUCK).await;
+    writer_stuck(&relay.admin).await;
     let mut window = Vec::new();
     for n in 0..4u32 {
         window.extend_from_slice(&submit(b"31687654321", 10 + n));

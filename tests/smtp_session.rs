@@ -542,7 +542,7 @@ async fn when_records_cannot_be_committed_the_message_is_refused_and_not_deliver
     }
     assert_eq!(c.code("DATA").await, 354);
     assert_eq!(c.cmd("x\r\n.").await.code, 250);
-    tokio::time::sleep(WRITER_STUCK).await;
+    writer_stuck(&mail.admin).await;
     // Two messages wait on the writer and fill its queue...
     let mut waiting = Vec::new();
     for n in 0..2 {

@@ -426,11 +426,14 @@ pub fn assert_metric(metrics: &str, line_end: &str) {
     );
 }
 
-/// How long a test waits, after it put a fault in the partitions' way and sent one
-/// message into the journal, for the writer to have failed on it or to be stuck on
-/// it (`writer::STUCK_AFTER` into its commit): from then on clients wait for the
-/// partitions and hear why they cannot be written, as they did before the journal.
-pub const WRITER_STUCK: std::time::Duration = std::time::Duration::from_millis(400);
+/// Waits, after a test put a fault in the partitions' way and sent one message into
+/// the journal, until the writer has failed on it or been stuck on it past
+/// `writer::STUCK_AFTER` (the front, woken by the ticker while its journal holds
+/// frames, then reports `relaylog_journal_bypassed 1`): from then on clients wait for
+/// the partitions and hear why they cannot be written, as they did before the journal.
+pub async fn writer_stuck(admin: &str) {
+    wait_metric(admin, "relaylog_journal_bypassed 1").await;
+}
 
 /// Waits (up to 10 s) until the metrics at `admin` have a line ending in `line_end`:
 /// rows are counted as written once the writer takes them from the journal, a moment
