@@ -72,20 +72,15 @@ impl Front {
             }
         };
         if replay.frames > 0 {
-            let (done, wait) = oneshot::channel();
-            if self.to_writer.blocking_send(Job::Barrier(done)).is_err() {
-                return;
-            }
-            self.signals.writer.wake();
-            match wait.blocking_recv() {
-                Ok(Ok(())) => tracing::info!(
+            match self.wait_for_writer() {
+                Some(Ok(())) => tracing::info!(
                     frames = replay.frames,
                     "journal frames a stopped relaylog left are in the partitions"
                 ),
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     tracing::error!(reason = e.reason(), error = %e, "journal frames could not all be put into the partitions at start; they stay in the journal and are tried again")
                 }
-                Err(_) => return,
+                None => return,
             }
         }
         match self.journal.start(replay.last) {
@@ -276,7 +271,8 @@ impl Front {
             self.signals.writer.wake();
         }
         if waiting_rows && sent {
-            return self.wait_for_writer();
+            // Their clients hear from the writer; the next batch waits for it.
+            return self.wait_for_writer().is_some();
         }
         sent
     }
@@ -336,15 +332,13 @@ impl Front {
         }
     }
 
-    /// Waits until the writer has committed everything passed to it. False when the
-    /// writer is gone.
-    fn wait_for_writer(&mut self) -> bool {
+    /// Waits until the writer has committed everything passed to it: how that went,
+    /// or `None` when the writer is gone.
+    fn wait_for_writer(&mut self) -> Option<Result<(), super::writer::WriteError>> {
         let (done, wait) = oneshot::channel();
-        if self.to_writer.blocking_send(Job::Barrier(done)).is_err() {
-            return false;
-        }
+        self.to_writer.blocking_send(Job::Barrier(done)).ok()?;
         self.signals.writer.wake();
-        wait.blocking_recv().is_ok()
+        wait.blocking_recv().ok()
     }
 }
 

@@ -32,13 +32,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::partition::PartitionId;
 use super::rows::{OutcomeRow, Row};
+use super::writer::file_identity;
 use crate::config::Granularity;
 
 /// Longest a journaled row waits for the ingester's next transaction.
@@ -167,8 +167,14 @@ impl Journal {
 
     fn start_segment(&mut self, start: u64) -> std::io::Result<()> {
         let (file, path) = new_segment(&self.dir, start, self.sync)?;
+        let identity = file_identity(&path).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} vanished after it was made", path.display()),
+            )
+        })?;
         self.active = Some(Segment {
-            identity: identity(&file)?,
+            identity,
             file,
             path,
             bytes: 0,
@@ -253,10 +259,7 @@ impl Journal {
         let Some(active) = &self.active else {
             return Err(std::io::Error::other("the journal was not started"));
         };
-        let moved = std::fs::metadata(&active.path)
-            .map(|m| (m.dev(), m.ino()) != active.identity)
-            .unwrap_or(true);
-        if moved {
+        if file_identity(&active.path) != Some(active.identity) {
             let id = std::fs::read_to_string(self.dir.join("id")).unwrap_or_default();
             if id.trim() != self.id {
                 return Err(std::io::Error::new(
@@ -294,15 +297,21 @@ fn next_epoch(dir: &Path) -> std::io::Result<u64> {
     if next >= 1 << (64 - EPOCH_SHIFT) {
         return Err(std::io::Error::other("the journal's epochs are used up"));
     }
-    let tmp = dir.join("epoch.tmp");
+    write_synced(dir, "epoch", next.to_string().as_bytes())?;
+    Ok(next)
+}
+
+/// Writes the small file `dir/name` whole or not at all (a file beside it, synced,
+/// renamed over it, the directory synced).
+fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     {
         let mut f = File::create(&tmp)?;
-        f.write_all(next.to_string().as_bytes())?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
-    Ok(next)
+    std::fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
 }
 
 /// What `append` takes: borrowed, so that the jobs stay whole for the ingester.
@@ -433,14 +442,7 @@ fn journal_id(dir: &Path, has_segments: bool) -> std::io::Result<String> {
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| std::io::Error::other("no randomness for the journal id"))?;
     let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = dir.join("id.tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(id.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
+    write_synced(dir, "id", id.as_bytes())?;
     Ok(id)
 }
 
@@ -461,11 +463,6 @@ fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
-}
-
-fn identity(file: &File) -> std::io::Result<(u64, u64)> {
-    let m = file.metadata()?;
-    Ok((m.dev(), m.ino()))
 }
 
 fn new_segment(dir: &Path, start: u64, sync: bool) -> std::io::Result<(File, PathBuf)> {

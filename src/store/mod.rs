@@ -257,11 +257,13 @@ pub fn open_keyring(cfg: &StoreConfig) -> Result<Keyring, KeyError> {
 /// empty or a running relaylog has it (which ingests it within `INGEST_DELAY`).
 pub fn recover_journal(cfg: &StoreConfig) -> Result<bool, OpenError> {
     let dir = cfg.path.join(JOURNAL_DIR);
-    let needed = journal::needs_recovery(&dir).map_err(|source| OpenError::Journal {
-        path: dir.clone(),
-        source,
-    })?;
-    if !needed {
+    let pending = || {
+        journal::needs_recovery(&dir).map_err(|source| OpenError::Journal {
+            path: dir.clone(),
+            source,
+        })
+    };
+    if !pending()? {
         return Ok(false);
     }
     let store = Store::open(
@@ -272,11 +274,7 @@ pub fn recover_journal(cfg: &StoreConfig) -> Result<bool, OpenError> {
     store.close_blocking();
     // What could not go in stays in the journal: the command must not go on over
     // partitions without it.
-    let left = journal::needs_recovery(&dir).map_err(|source| OpenError::Journal {
-        path: dir.clone(),
-        source,
-    })?;
-    if left {
+    if pending()? {
         return Err(OpenError::Journal {
             path: dir,
             source: std::io::Error::other(
@@ -1263,11 +1261,14 @@ mod tests {
 
         // The crash fell between the two days' commits: today's partition holds the
         // frame, tomorrow's file was never made.
+        let unmake_tomorrow = || {
+            for suffix in ["", "-wal", "-shm"] {
+                let path = format!("{}{suffix}", tomorrow.path_in(&cfg.path).display());
+                let _ = std::fs::remove_file(path);
+            }
+        };
         put_back(&journal_dir, &crashed);
-        for suffix in ["", "-wal", "-shm"] {
-            let path = format!("{}{suffix}", tomorrow.path_in(&cfg.path).display());
-            let _ = std::fs::remove_file(path);
-        }
+        unmake_tomorrow();
         assert_eq!(count("+31687654321"), 2);
         let store = open(&cfg, &clock);
         assert_eq!(
@@ -1280,10 +1281,7 @@ mod tests {
         // A partition expiry removed (past retention, its keys gone) while the frame
         // waited: its rows are dropped, its file not made again.
         put_back(&journal_dir, &crashed);
-        for suffix in ["", "-wal", "-shm"] {
-            let path = format!("{}{suffix}", tomorrow.path_in(&cfg.path).display());
-            let _ = std::fs::remove_file(path);
-        }
+        unmake_tomorrow();
         std::fs::remove_file(crate::store::keys::key_file(&cfg.keyring, tomorrow)).unwrap();
         let much_later = ManualClock::new(at(10, 0, 0) + chrono::Months::new(14));
         let store = open(&cfg, &much_later);

@@ -243,8 +243,8 @@ impl Expired {
         partition: PartitionId,
         now: crate::clock::Micros,
     ) -> std::io::Result<bool> {
-        let cutoff = self.retention.cutoff(crate::clock::micros_to_datetime(now));
-        if partition.end_micros() > cutoff.timestamp_micros() {
+        let now = crate::clock::micros_to_datetime(now);
+        if !super::expiry::past_retention(self.retention, partition, now) {
             return Ok(false);
         }
         match std::fs::metadata(super::keys::key_file(&self.keyring, partition)) {
@@ -545,7 +545,7 @@ struct Writer {
 
 /// The writer's side of the journal.
 struct Ingest {
-    id: String,
+    id: Arc<str>,
     dir: PathBuf,
     /// The journal's lock, held until the writer has released what it ingested.
     _lock: Arc<std::fs::File>,
@@ -595,7 +595,7 @@ pub fn spawn(
     let clock = cfg.clock.clone();
     let mut writer = Writer {
         ingest: journal.as_ref().map(|(j, _)| Ingest {
-            id: j.id().to_owned(),
+            id: j.id().into(),
             dir: j.dir().to_owned(),
             _lock: j.lock(),
             seen: 0,
@@ -1147,10 +1147,9 @@ impl Writer {
             return Err(WriteError::IdsExhausted);
         }
         let (mut next_record, mut next_outcome) = (open.last_record + 1, open.last_outcome + 1);
-        // Jobs of journal frames this partition holds already (replayed after a crash
-        // that fell after its commit) are not written twice.
-        // Only a frame read back at start is ever below what a partition holds; one
-        // of this process's frames is written whatever (journal numbers only grow).
+        // Jobs of frames read back at start that this partition holds already (the
+        // crash fell after its commit) are not written twice; this process's frames
+        // are written whatever (journal numbers only grow).
         let held = open.journal_through;
         let first_new = first_new.load(Ordering::SeqCst);
         let fresh = |j: &&Job| {
@@ -1403,7 +1402,9 @@ fn bind_record(
     Ok(())
 }
 
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
+/// (device, inode) of the regular file at `path`: whether a path still names the file
+/// that was opened.
+pub(super) fn file_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path)
         .ok()
         .filter(|m| m.is_file())
