@@ -5,11 +5,12 @@
 #   hyper pass-through, one thread, nothing recorded); relaylog durable (default);
 #   relaylog async.
 # Prints messages/s, p50/p99, and for each proxy the CPU per message (utime + stime
-# from /proc/PID/stat, nginx's workers included), context switches per message (every
-# thread's, from /proc/PID/task/*/status) and the CPU time the hypervisor stole from
-# the machine during the run (/proc/stat: windows with much of it are noise); then
-# relaylog's peak RSS, the open-loop latency added at half of nginx's rate, and the
-# ratios the targets of issue 13 are stated in.
+# from /proc/PID/stat, nginx's workers included) and its user-space part (utime),
+# context switches per message (every thread's, from /proc/PID/task/*/status) and the
+# CPU time the hypervisor stole from the machine during the run (/proc/stat: windows
+# with much of it are noise); then relaylog's peak RSS, the open-loop latency added at
+# half of nginx's rate and at half of relaylog's own, and the ratios the targets of
+# issue 13 are stated in.
 #
 #   benches/compare.sh [--connections 64] [--duration 10s] [--api kannel]
 #                      [--cores all|one] [--load bench|wrk]
@@ -119,14 +120,15 @@ tree_ticks() {
     done
     echo "$t"
 }
-# Ticks, context switches (voluntary and not, every thread) and the machine's stolen
-# ticks: "ticks switches steal".
+# Ticks, of them those in user space, context switches (voluntary and not, every
+# thread) and the machine's stolen ticks: "ticks user switches steal".
 usage() {
-    local c=0 p
+    local c=0 u=0 p
     for p in "$1" $(pgrep -P "$1" || true); do
         c=$((c + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s+0}')))
+        u=$((u + $(user_ticks "$p")))
     done
-    echo "$(tree_ticks "$1") $c $(steal)"
+    echo "$(tree_ticks "$1") $u $c $(steal)"
 }
 # Waits (at most 10 s) until a process has stopped working after a run: relaylog
 # writes its deferred index entries and drains its queue once the load stops, and that
@@ -142,7 +144,7 @@ settle() {
 url_path="/cgi-bin/sendsms?username=bench&password=bench&from=BENCH&to=%2B31612345678&text=Your+code+is+123456"
 run() { # name port [pid]
     local before after
-    if [ -n "${3:-}" ]; then before=$(usage "$3"); else before="0 0 $(steal)"; fi
+    if [ -n "${3:-}" ]; then before=$(usage "$3"); else before="0 0 0 $(steal)"; fi
     if [ "$load" = wrk ]; then
         "${rest[@]}" wrk -t1 -c"$connections" -d"$duration" --latency "http://127.0.0.1:$2$url_path" > "$work/$1.wrk"
         python3 - "$work/$1.wrk" "$duration" > "$work/$1.json" <<'PY'
@@ -167,7 +169,7 @@ PY
         "${rest[@]}" "$bin" bench http --target "http://127.0.0.1:$2" --api "$api" --connections "$connections" \
             --duration "$duration" --quiet --json > "$work/$1.json"
     fi
-    if [ -n "${3:-}" ]; then settle "$3"; after=$(usage "$3"); else after="0 0 $(steal)"; fi
+    if [ -n "${3:-}" ]; then settle "$3"; after=$(usage "$3"); else after="0 0 0 $(steal)"; fi
     echo "$before $after" > "$work/$1.usage"
 }
 run direct "$sim"; run nginx "$ngx" "$ngx_pid"; run floor "$floor" "$floor_pid"
@@ -180,15 +182,20 @@ echo "nginx $(pgrep -c -P "$ngx_pid") worker process(es); floor 1 thread; relayl
 # Added latency at half of nginx's saturating rate: open loop, same rate, direct and
 # through relaylog (durable).
 half=$(python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_second"] / 2)))' "$work/nginx.json")
-open_loop() {
+# The same at half of relaylog's own rate: what it adds to a client's latency when it
+# is not near saturation (half of nginx's rate is most of relaylog's while it carries
+# fewer messages/s than nginx).
+own=$(python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_second"] / 2)))' "$work/relaylog-durable.json")
+open_loop() { # name port rate
     local s0 s1
     s0=$(steal)
     "${rest[@]}" "$bin" bench http --target "http://127.0.0.1:$2" --api "$api" --connections "$connections" \
-        --duration "$duration" --rate "$half" --quiet --json > "$work/$1.json"
+        --duration "$duration" --rate "$3" --quiet --json > "$work/$1.json"
     s1=$(steal)
     echo $((s1 - s0)) > "$work/$1.steal"
 }
-open_loop half-direct "$sim"; open_loop half-relaylog "$durable"
+open_loop half-direct "$sim" "$half"; open_loop half-relaylog "$durable" "$half"
+open_loop own-direct "$sim" "$own"; open_loop own-relaylog "$durable" "$own"
 
 python3 - "$work" "$connections" "$duration" "$api" "$(getconf CLK_TCK)" "$cores" "$load" <<'PY'
 import json, os, sys
@@ -200,16 +207,18 @@ for name in ["direct", "nginx", "floor", "relaylog-durable", "relaylog-async"]:
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 where = "each proxy on core 1 alone, load and simulator on core 0" if cores == "one" else "all cores shared with the load generator"
 print(f"# {api}, {conns} connections, {duration} each, load {'wrk -t1' if load == 'wrk' else 'bench http'}; {os.cpu_count()} cores ({cpu}); {where}")
-print(f"{'target':<18} {'messages/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU µs/msg':>11} {'switches/msg':>13} {'stolen ms':>10}")
-per_msg = {}
+print(f"{'target':<18} {'messages/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU µs/msg':>11} {'user µs':>8} {'switches/msg':>13} {'stolen ms':>10}")
+per_msg, user = {}, {}
 for name, r in rows.items():
     errors = r["errors"]["connect"] + r["errors"]["io"] + r["errors"]["timeout"] + sum(r["errors"]["status"].values())
-    t0, c0, s0, t1, c1, s1 = map(int, open(os.path.join(work, name + ".usage")).read().split())
+    t0, u0, c0, s0, t1, u1, c1, s1 = map(int, open(os.path.join(work, name + ".usage")).read().split())
     msgs = r["messages"] if "messages" in r else r["messages_per_second"] * r["seconds"]
     per_msg[name] = (t1 - t0) / hz * 1e6 / msgs if t1 > t0 and msgs else None
+    user[name] = (u1 - u0) / hz * 1e6 / msgs if t1 > t0 and msgs else None
     cpu_s = f"{per_msg[name]:.1f}" if per_msg[name] else "-"
+    user_s = f"{user[name]:.1f}" if user[name] is not None else "-"
     sw_s = f"{(c1 - c0) / msgs:.2f}" if c1 > c0 and msgs else "-"
-    print(f"{name:<18} {r['messages_per_second']:>11.0f} {r['latency_ms']['p50']:>8.2f} {r['latency_ms']['p99']:>8.2f} {errors:>7} {cpu_s:>11} {sw_s:>13} {(s1 - s0) * 1000 // hz:>10}")
+    print(f"{name:<18} {r['messages_per_second']:>11.0f} {r['latency_ms']['p50']:>8.2f} {r['latency_ms']['p99']:>8.2f} {errors:>7} {cpu_s:>11} {user_s:>8} {sw_s:>13} {(s1 - s0) * 1000 // hz:>10}")
 print(open(os.path.join(work, "threads")).read().strip())
 def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "-"
@@ -220,13 +229,18 @@ extra = f"{c['relaylog-durable'] - c['floor']:.1f} µs" if c["relaylog-durable"]
 print(f"CPU per message: durable / nginx {ratio(c['relaylog-durable'], c['nginx'])} (target <= 1.2)   "
       f"floor / nginx {ratio(c['floor'], c['nginx'])}   durable - floor {extra}")
 rss = int(open(os.path.join(work, "rss")).read()) / 1024
+if all(user[k] is not None for k in ("nginx", "floor", "relaylog-durable")):
+    k = lambda name: per_msg[name] - user[name]
+    print(f"of which in the kernel: nginx {k('nginx'):.1f} µs, floor {k('floor'):.1f} µs, durable {k('relaylog-durable'):.1f} µs; "
+          f"in user space: nginx {user['nginx']:.1f} µs, floor {user['floor']:.1f} µs, durable {user['relaylog-durable']:.1f} µs")
 print(f"relaylog durable peak RSS: {rss:.0f} MiB (target < 100)")
-hd = json.load(open(os.path.join(work, "half-direct.json")))
-hr = json.load(open(os.path.join(work, "half-relaylog.json")))
-sd = int(open(os.path.join(work, "half-direct.steal")).read()) * 1000 // hz
-sr = int(open(os.path.join(work, "half-relaylog.steal")).read()) * 1000 // hz
-for q, target in (("p99", 2), ("p99_9", 10)):
-    print(f"open loop at half of nginx's rate ({hr['requests_per_second']:.0f} req/s): {q} direct {hd['latency_ms'][q]:.2f} ms, "
-          f"through relaylog {hr['latency_ms'][q]:.2f} ms, added {hr['latency_ms'][q] - hd['latency_ms'][q]:.2f} ms (target <= {target})")
-print(f"  (stolen during those runs: {sd} and {sr} ms)")
+for prefix, whose in (("half", "nginx's"), ("own", "relaylog's own")):
+    hd = json.load(open(os.path.join(work, prefix + "-direct.json")))
+    hr = json.load(open(os.path.join(work, prefix + "-relaylog.json")))
+    sd = int(open(os.path.join(work, prefix + "-direct.steal")).read()) * 1000 // hz
+    sr = int(open(os.path.join(work, prefix + "-relaylog.steal")).read()) * 1000 // hz
+    for q, target in (("p99", 2), ("p99_9", 10)):
+        print(f"open loop at half of {whose} rate ({hr['requests_per_second']:.0f} req/s): {q} direct {hd['latency_ms'][q]:.2f} ms, "
+              f"through relaylog {hr['latency_ms'][q]:.2f} ms, added {hr['latency_ms'][q] - hd['latency_ms'][q]:.2f} ms (target <= {target})")
+    print(f"  (stolen during those runs: {sd} and {sr} ms)")
 PY
