@@ -28,6 +28,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("normalise_international", |b| {
         b.iter(|| nl.normalize(std::hint::black_box("+31612345678")))
     });
+    // Kannel's `to=31612345678`: the home country code without `+`, the national path.
+    g.bench_function("normalise_international_without_plus", |b| {
+        b.iter(|| nl.normalize(std::hint::black_box("31612345678")))
+    });
     let at = rec.now();
     let sub = Submission {
         smpp: None,

@@ -221,11 +221,7 @@ impl Pattern {
     fn of(d: &phonenumber::metadata::Descriptor) -> Option<Pattern> {
         Some(Pattern {
             lengths: d.possible_length().to_vec(),
-            // Built as `phonenumber` builds it (its metadata is written with white space).
-            re: regex::RegexBuilder::new(d.national_number().as_str())
-                .ignore_whitespace(true)
-                .build()
-                .ok()?,
+            re: anchored(d.national_number().as_str())?,
         })
     }
 
@@ -233,8 +229,19 @@ impl Pattern {
     /// any), and the pattern found at the start.
     fn is_match(&self, national: &str) -> bool {
         (self.lengths.is_empty() || self.lengths.contains(&(national.len() as u16)))
-            && self.re.find(national).is_some_and(|m| m.start() == 0)
+            && self.re.is_match(national)
     }
+}
+
+/// A metadata pattern compiled as `phonenumber` compiles it (its metadata is written
+/// with white space), anchored: it matches where `phonenumber`'s `find` would find a
+/// match starting at the first character, without searching the rest of the input.
+fn anchored(pattern: &str) -> Option<regex::Regex> {
+    // The closing parenthesis on a line of its own, out of reach of a `#` comment.
+    regex::RegexBuilder::new(&format!("^(?:{pattern}\n)"))
+        .ignore_whitespace(true)
+        .build()
+        .ok()
 }
 
 impl Home {
@@ -248,7 +255,10 @@ impl Home {
         }
         let d = meta.descriptors();
         let mut types = Vec::new();
+        // Any one of them makes a number valid: the commonest first.
         for desc in [
+            d.mobile(),
+            d.fixed_line(),
             d.premium_rate(),
             d.toll_free(),
             d.shared_cost(),
@@ -257,8 +267,6 @@ impl Home {
             d.pager(),
             d.uan(),
             d.voicemail(),
-            d.fixed_line(),
-            d.mobile(),
         ]
         .into_iter()
         .flatten()
@@ -325,12 +333,9 @@ impl International {
         let idd_00 = home
             .and_then(|m| m.international_prefix())
             .is_some_and(|r| r.as_str() == "00");
-        let idd = home.and_then(|m| m.international_prefix()).and_then(|r| {
-            regex::RegexBuilder::new(r.as_str())
-                .ignore_whitespace(true)
-                .build()
-                .ok()
-        });
+        let idd = home
+            .and_then(|m| m.international_prefix())
+            .and_then(|r| anchored(r.as_str()));
         Self {
             lengths,
             national_prefix,
@@ -402,11 +407,7 @@ impl International {
         }
         // The parser strips the region's international call prefix first (its pattern,
         // not only `00`): what begins with it is the parser's.
-        if self
-            .idd
-            .as_ref()
-            .is_none_or(|idd| idd.find(raw).is_some_and(|m| m.start() == 0))
-        {
+        if self.idd.as_ref().is_none_or(|idd| idd.is_match(raw)) {
             return Fast::Parse;
         }
         let prefix = self.national_prefix.as_deref();
