@@ -79,7 +79,7 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
         }
         Ok(())
     };
-    fields.each(&mut visit)?;
+    fields.each(|k, v| visit(k, &v.text()))?;
     if json_body {
         let doc = super::json::parse_unique_keys(req.body).map_err(|e| match e {
             Some(_) => ParseError::Duplicate("(a JSON object key)"),

@@ -96,11 +96,11 @@ fn form(
 ) -> Result<(), ParseError> {
     fields.each(|k, v| {
         match seen.note(PARAMS, k)? {
-            Some(USERNAME) => out.account = identity("username", v)?.to_owned(),
-            Some(FROM) => out.originator = Some(identity("from", v)?.to_owned()),
-            Some(TO) => kannel_recipients(identity("to", v)?, &mut out.recipients)?,
-            Some(TEXT) if text_is_field => out.text_chars = v.chars().count(),
-            Some(CODING) if text_is_field => out.coding = v.trim().parse().unwrap_or(0),
+            Some(USERNAME) => out.account = identity("username", &v.text())?.to_owned(),
+            Some(FROM) => out.originator = Some(identity("from", &v.text())?.to_owned()),
+            Some(TO) => kannel_recipients(identity("to", &v.text())?, &mut out.recipients)?,
+            Some(TEXT) if text_is_field => out.text_chars = v.chars(),
+            Some(CODING) if text_is_field => out.coding = v.text().trim().parse().unwrap_or(0),
             _ => {}
         }
         Ok(())
