@@ -88,6 +88,58 @@ async fn requests_hyper_frames_go_to_hyper_on_the_same_connection() {
     relay.running.shutdown().await;
 }
 
+/// Form POSTs framed by Content-Length stay on the fast path: one whose body comes with
+/// its head (extracted from the head's one parse), one whose body comes later (the
+/// head read again once the body is in): each goes upstream whole and is recorded
+/// under its own account, and the connection goes on.
+#[tokio::test]
+async fn form_bodies_with_their_head_or_after_it_are_relayed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    let mut s = connect(&relay).await;
+    let mut buf = BytesMut::new();
+    let post = |user: &str, n: u32| {
+        let form = format!("username={user}&password=pw&to={}&text=hi+there", number(n));
+        let head = format!(
+            "POST /cgi-bin/sendsms HTTP/1.1\r\nHost: relay\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+            form.len()
+        );
+        (head, form)
+    };
+
+    let (head, together) = post("together", 1);
+    s.write_all(format!("{head}{together}").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(reply_of(&mut s, &mut buf).await.status, 202);
+
+    let (head, later) = post("later", 2);
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(later.as_bytes()).await.unwrap();
+    assert_eq!(reply_of(&mut s, &mut buf).await.status, 202);
+
+    s.write_all(get("after", 3).as_bytes()).await.unwrap();
+    assert_eq!(reply_of(&mut s, &mut buf).await.status, 202);
+
+    relay.settle().await;
+    for account in ["together", "later", "after"] {
+        assert_eq!(
+            relay.query(IndexKind::Account, account).await.len(),
+            1,
+            "{account}"
+        );
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].body, together.as_bytes());
+    assert_eq!(seen[1].body, later.as_bytes());
+    relay.running.shutdown().await;
+}
+
 /// Requests sent together, before any reply, are answered in order, each once. (A
 /// client that closes its side is gone, as with hyper's default: the request then in
 /// flight is not forwarded, see `relay_exits`.)

@@ -23,7 +23,7 @@ use http::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Activity;
-use super::request::{Listener, Refusal, Request};
+use super::request::{Listener, Prepared, Refusal, Request};
 use crate::http1::{self, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Take};
 use crate::ingress::profile::RequestView;
 use crate::shutdown::Drain;
@@ -64,8 +64,9 @@ where
     let limits = listener.limits;
     let mut out = Vec::with_capacity(1024);
     loop {
-        // Phase 1a: a whole head.
-        let (head_len, take) = loop {
+        // Phase 1a: a whole head; and when the whole request is in the buffer (a GET,
+        // or a body that came with its head), phase 2 from the same parse.
+        let head = loop {
             let parsed = {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
@@ -73,7 +74,24 @@ where
                     Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
                         Some(Err(BadHead::TooLarge))
                     }
-                    Ok(httparse::Status::Complete(n)) => Some(Ok((n, http1::take(&req)))),
+                    Ok(httparse::Status::Complete(n)) => Some(Ok(match http1::take(&req) {
+                        Take::Lean {
+                            content_length,
+                            close,
+                        } if content_length <= limits.max_body_bytes
+                            && buf.len() >= n + content_length =>
+                        {
+                            activity.begin();
+                            let started = Instant::now();
+                            Head::Whole {
+                                prepared: prepare(listener, &req, n, content_length, buf, peer),
+                                used: n + content_length,
+                                close,
+                                started,
+                            }
+                        }
+                        take => Head::Partial(n, take),
+                    })),
                     Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                         Some(Err(BadHead::TooLarge))
                     }
@@ -100,70 +118,64 @@ where
                 }
             }
         };
-        let Take::Lean {
-            content_length,
-            close,
-        } = take
-        else {
-            return End::Handoff;
-        };
-        activity.begin();
-        let started = Instant::now();
+        let (prepared, used, close, started) = match head {
+            Head::Whole {
+                prepared,
+                used,
+                close,
+                started,
+            } => (prepared, used, close, started),
+            Head::Partial(head_len, take) => {
+                let Take::Lean {
+                    content_length,
+                    close,
+                } = take
+                else {
+                    return End::Handoff;
+                };
+                activity.begin();
+                let started = Instant::now();
 
-        // Phase 1b: the body, bounded by max-body-bytes and request-timeout.
-        let refusal = if content_length > limits.max_body_bytes {
-            Some(Refusal::BodyTooLarge)
-        } else {
-            let need = head_len + content_length;
-            match tokio::time::timeout(limits.request_timeout, read_to(io, buf, need, activity))
-                .await
-            {
-                Ok(true) => None,
-                Ok(false) => Some(Refusal::BodyBroken),
-                Err(_) => Some(Refusal::BodyTimeout),
+                // Phase 1b: the body, bounded by max-body-bytes and request-timeout.
+                let refusal = if content_length > limits.max_body_bytes {
+                    Some(Refusal::BodyTooLarge)
+                } else {
+                    let need = head_len + content_length;
+                    match tokio::time::timeout(
+                        limits.request_timeout,
+                        read_to(io, buf, need, activity),
+                    )
+                    .await
+                    {
+                        Ok(true) => None,
+                        Ok(false) => Some(Refusal::BodyBroken),
+                        Err(_) => Some(Refusal::BodyTimeout),
+                    }
+                };
+                if let Some(refusal) = refusal {
+                    // The rest of the body is not read: the connection cannot go on.
+                    out.clear();
+                    listener.reject(refusal, started).write(&mut out, true);
+                    let _ = tokio::time::timeout(limits.request_timeout, write_and_close(io, &out))
+                        .await;
+                    activity.end();
+                    return End::Closed;
+                }
+
+                // Phase 2 once the body is in: the head parsed again, as the buffer
+                // may have moved while it grew.
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut headers);
+                // The same bytes parsed above: complete, and taken.
+                let _ = req.parse(&buf[..head_len]);
+                let prepared = prepare(listener, &req, head_len, content_length, buf, peer);
+                (prepared, head_len + content_length, close, started)
             }
         };
-        if let Some(refusal) = refusal {
-            // The rest of the body is not read: the connection cannot go on.
-            out.clear();
-            listener.reject(refusal, started).write(&mut out, true);
-            let _ = tokio::time::timeout(limits.request_timeout, write_and_close(io, &out)).await;
-            activity.end();
-            return End::Closed;
-        }
 
-        // Phases 2 to 5. Extraction borrows the buffer; only the prepared request
-        // (owned) is kept across the awaits.
-        let prepared = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            // The same bytes parsed above: complete, and taken.
-            let _ = req.parse(&buf[..head_len]);
-            let method = if req.method == Some("POST") {
-                Method::POST
-            } else {
-                Method::GET
-            };
-            let target = req.path.unwrap_or("/");
-            let (path, query) = match target.split_once('?') {
-                Some((path, query)) => (path, Some(query)),
-                None => (target, None),
-            };
-            let request = Request {
-                view: RequestView {
-                    method: &method,
-                    path,
-                    query,
-                    headers: Fields::Raw(req.headers),
-                    body: &buf[head_len..head_len + content_length],
-                },
-                target,
-            };
-            listener.prepare(&request, peer)
-        };
         // A large request leaves a large buffer: shrunk once it is answered.
         let large = buf.capacity() > 64 * 1024;
-        buf.advance(head_len + content_length);
+        buf.advance(used);
         // The connection is read meanwhile, as hyper does: a client that hangs up
         // drops the answer, which goes on detached and is not forwarded if it had not
         // been yet (see `relay::Detached`); as with hyper's default, a client that
@@ -221,6 +233,55 @@ where
             *buf = small;
         }
     }
+}
+
+/// A request head read from the buffer.
+enum Head {
+    /// The whole request was there: extracted and prepared from the same parse.
+    Whole {
+        prepared: Prepared,
+        /// Octets of the buffer it took (head and body).
+        used: usize,
+        close: bool,
+        started: Instant,
+    },
+    /// The head's length and what [`http1::take`] made of it; the body (if any) is
+    /// still to come, or too large, or the request is not the fast path's.
+    Partial(usize, Take),
+}
+
+/// Phase 2, extraction: the request `req` parsed from `buf` (its head the first
+/// `head_len` octets, its body the `content_length` after them), prepared for phases 3
+/// to 5. Borrows the buffer; what it returns owns its data.
+fn prepare(
+    listener: &Listener,
+    req: &httparse::Request<'_, '_>,
+    head_len: usize,
+    content_length: usize,
+    buf: &[u8],
+    peer: SocketAddr,
+) -> Prepared {
+    let method = if req.method == Some("POST") {
+        Method::POST
+    } else {
+        Method::GET
+    };
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let request = Request {
+        view: RequestView {
+            method: &method,
+            path,
+            query,
+            headers: Fields::Raw(req.headers),
+            body: &buf[head_len..head_len + content_length],
+        },
+        target,
+    };
+    listener.prepare(&request, peer)
 }
 
 /// Reads more of the connection into `buf`. `false`: the client closed it, or it broke.
