@@ -25,8 +25,6 @@ wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/nu
 # CPU ticks (utime + stime: fields 14 and 15 of /proc/PID/stat, counted after the
 # command name, which may hold spaces) of a process.
 ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-# The user-space part of those ticks (utime alone): the rest is the kernel's.
-user_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12}'; }
 
 # CPU ticks the hypervisor has stolen from this machine so far (/proc/stat).
 steal() { awk '/^cpu / {print $9}' /proc/stat; }

@@ -611,6 +611,27 @@ mod tests {
 
     /// Numbers people write in their own country's format take the fast path and come
     /// out as the parser makes them.
+    /// Every pattern the fast paths use compiles anchored: one that did not would
+    /// silently send every national number to the parser. (Regions that share their
+    /// country code, GB's +44 with JE, GG and IM, have no national fast path.)
+    #[test]
+    fn the_fast_paths_patterns_compile_in_every_plan_tested() {
+        for region in [
+            country::Id::NL,
+            country::Id::DE,
+            country::Id::FR,
+            country::Id::BE,
+            country::Id::CH,
+            country::Id::NZ,
+            country::Id::IL,
+            country::Id::KE,
+        ] {
+            let n = normalizer(region);
+            assert!(n.international.home.is_some(), "{region:?}: its plan");
+            assert!(n.international.idd.is_some(), "{region:?}: its call prefix");
+        }
+    }
+
     #[test]
     fn national_formats_take_the_fast_path() {
         let table = [

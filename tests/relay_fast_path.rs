@@ -88,10 +88,10 @@ async fn requests_hyper_frames_go_to_hyper_on_the_same_connection() {
     relay.running.shutdown().await;
 }
 
-/// Form POSTs framed by Content-Length stay on the fast path: one whose body comes with
-/// its head (extracted from the head's one parse), one whose body comes later (the
-/// head read again once the body is in): each goes upstream whole and is recorded
-/// under its own account, and the connection goes on.
+/// Form POSTs framed by Content-Length, one whose body comes with its head (the fast
+/// path extracts it from the head's one parse), one whose body comes 100 ms after it
+/// (the head is read again once the body is in), then a GET: each goes upstream whole
+/// and once, is recorded under its own account, on one connection each way.
 #[tokio::test]
 async fn form_bodies_with_their_head_or_after_it_are_relayed_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,6 +137,8 @@ async fn form_bodies_with_their_head_or_after_it_are_relayed_whole() {
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[0].body, together.as_bytes());
     assert_eq!(seen[1].body, later.as_bytes());
+    assert!(seen[2].path_and_query.contains("username=after"));
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
     relay.running.shutdown().await;
 }
 

@@ -81,16 +81,15 @@ where
                         } if content_length <= limits.max_body_bytes
                             && buf.len() >= n + content_length =>
                         {
-                            activity.begin();
-                            let started = Instant::now();
+                            let started = begin(activity);
                             Head::Whole {
-                                prepared: prepare(listener, &req, n, content_length, buf, peer),
+                                prepared: extract(listener, &req, n, content_length, buf, peer),
                                 used: n + content_length,
                                 close,
                                 started,
                             }
                         }
-                        take => Head::Partial(n, take),
+                        take => Head::Partial { head_len: n, take },
                     })),
                     Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
                         Some(Err(BadHead::TooLarge))
@@ -125,7 +124,7 @@ where
                 close,
                 started,
             } => (prepared, used, close, started),
-            Head::Partial(head_len, take) => {
+            Head::Partial { head_len, take } => {
                 let Take::Lean {
                     content_length,
                     close,
@@ -133,8 +132,7 @@ where
                 else {
                     return End::Handoff;
                 };
-                activity.begin();
-                let started = Instant::now();
+                let started = begin(activity);
 
                 // Phase 1b: the body, bounded by max-body-bytes and request-timeout.
                 let refusal = if content_length > limits.max_body_bytes {
@@ -168,11 +166,12 @@ where
                 let mut req = httparse::Request::new(&mut headers);
                 // The same bytes parsed above: complete, and taken.
                 let _ = req.parse(&buf[..head_len]);
-                let prepared = prepare(listener, &req, head_len, content_length, buf, peer);
+                let prepared = extract(listener, &req, head_len, content_length, buf, peer);
                 (prepared, head_len + content_length, close, started)
             }
         };
 
+        // Phases 3 to 5: only the prepared request (owned) is kept across the awaits.
         // A large request leaves a large buffer: shrunk once it is answered.
         let large = buf.capacity() > 64 * 1024;
         buf.advance(used);
@@ -245,15 +244,21 @@ enum Head {
         close: bool,
         started: Instant,
     },
-    /// The head's length and what [`http1::take`] made of it; the body (if any) is
+    /// What [`http1::take`] made of a head of `head_len` octets: the body (if any) is
     /// still to come, or too large, or the request is not the fast path's.
-    Partial(usize, Take),
+    Partial { head_len: usize, take: Take },
+}
+
+/// A request taken by the fast path begins: it is in flight, and its time runs.
+fn begin(activity: &Activity) -> Instant {
+    activity.begin();
+    Instant::now()
 }
 
 /// Phase 2, extraction: the request `req` parsed from `buf` (its head the first
 /// `head_len` octets, its body the `content_length` after them), prepared for phases 3
 /// to 5. Borrows the buffer; what it returns owns its data.
-fn prepare(
+fn extract(
     listener: &Listener,
     req: &httparse::Request<'_, '_>,
     head_len: usize,
