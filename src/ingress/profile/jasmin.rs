@@ -79,7 +79,15 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
         }
         Ok(())
     };
-    fields.each(|k, v| visit(k, &v.text()))?;
+    fields.each(|k, v| {
+        let value = match k {
+            "username" => v.identity("username")?,
+            "to" => v.identity("to")?,
+            "from" => v.identity("from")?,
+            _ => v.text(),
+        };
+        visit(k, &value)
+    })?;
     if json_body {
         let doc = super::json::parse_unique_keys(req.body).map_err(|e| match e {
             Some(_) => ParseError::Duplicate("(a JSON object key)"),
@@ -238,6 +246,21 @@ mod tests {
             )),
             Err(ParseError::MalformedField(_))
         ));
+        // A recorded value that is not UTF-8 is refused, not recorded as U+FFFD; the
+        // content may be anything.
+        for (q, refused) in [
+            ("username=%FF&to=1&content=x", true),
+            ("username=a&from=%C3&to=1&content=x", true),
+            ("username=a&to=1%E9&content=x", true),
+            ("username=a&to=%2B31612000101&content=%FF", false),
+        ] {
+            let read = extract(&view(q, &h));
+            assert_eq!(
+                matches!(read, Err(ParseError::MalformedField(_))),
+                refused,
+                "{q}: {read:?}"
+            );
+        }
     }
 
     #[test]

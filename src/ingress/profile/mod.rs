@@ -407,6 +407,20 @@ impl<'a> FormValue<'a> {
         form_decode(self.0)
     }
 
+    /// The decoded value of a field relaylog records (account, originator, recipients),
+    /// checked as [`identity`] checks it, and refused if it is not UTF-8: replacing
+    /// invalid sequences would record two different values (`%FF`, `%FE`) as one,
+    /// while the gateway acts on the octets.
+    fn identity(self, field: &'static str) -> Result<Cow<'a, str>, ParseError> {
+        let value: Option<Cow<'a, str>> = match form_octets(self.0) {
+            Cow::Borrowed(octets) => std::str::from_utf8(octets).ok().map(Cow::Borrowed),
+            Cow::Owned(octets) => String::from_utf8(octets).ok().map(Cow::Owned),
+        };
+        let value = value.ok_or(ParseError::MalformedField(field))?;
+        identity(field, &value)?;
+        Ok(value)
+    }
+
     /// How many characters [`text`](Self::text) has, without building it when nothing
     /// is percent-encoded (a `+` is one character either way).
     fn chars(self) -> usize {
@@ -422,6 +436,17 @@ impl<'a> FormValue<'a> {
 /// `+` to space, then percent-decoding, then UTF-8 with invalid sequences replaced:
 /// `form_urlencoded`'s decoding, borrowing wherever it has nothing to change.
 fn form_decode(raw: &[u8]) -> Cow<'_, str> {
+    match form_octets(raw) {
+        Cow::Borrowed(bytes) => String::from_utf8_lossy(bytes),
+        Cow::Owned(bytes) => Cow::Owned(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+    }
+}
+
+/// The octets a form value stands for: `+` to space, then percent-decoding.
+fn form_octets(raw: &[u8]) -> Cow<'_, [u8]> {
     let spaced: Cow<'_, [u8]> = if raw.contains(&b'+') {
         Cow::Owned(
             raw.iter()
@@ -431,16 +456,9 @@ fn form_decode(raw: &[u8]) -> Cow<'_, str> {
     } else {
         Cow::Borrowed(raw)
     };
-    let decoded: Cow<'_, [u8]> = match percent_encoding::percent_decode(&spaced).into() {
+    match percent_encoding::percent_decode(&spaced).into() {
         Cow::Owned(bytes) => Cow::Owned(bytes),
         Cow::Borrowed(_) => spaced,
-    };
-    match decoded {
-        Cow::Borrowed(bytes) => String::from_utf8_lossy(bytes),
-        Cow::Owned(bytes) => Cow::Owned(
-            String::from_utf8(bytes)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        ),
     }
 }
 
