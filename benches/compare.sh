@@ -129,7 +129,7 @@ usage() {
         # Both from one read of /proc/PID/stat, so that user <= total.
         stat=$(sed 's/.*) //' "/proc/$p/stat")
         t=$((t + $(awk '{print $12 + $13}' <<<"$stat")))
-        u=$((u + $(awk '{print $12}' <<<"$stat")))
+        u=$((u + $(awk '{print $12 + 0}' <<<"$stat")))
     done
     echo "$t $u $c $(steal)"
 }

@@ -609,8 +609,6 @@ mod tests {
         n
     }
 
-    /// Numbers people write in their own country's format take the fast path and come
-    /// out as the parser makes them.
     /// Every pattern the fast paths use compiles anchored: one that did not would
     /// silently send every national number to the parser. (Regions that share their
     /// country code, GB's +44 with JE, GG and IM, have no national fast path.)
@@ -632,6 +630,8 @@ mod tests {
         }
     }
 
+    /// Numbers people write in their own country's format take the fast path and come
+    /// out as the parser makes them.
     #[test]
     fn national_formats_take_the_fast_path() {
         let table = [

@@ -695,6 +695,13 @@ mod tests {
             let fields = FormFields { query: None, body: Some(&raw) };
             let mut ours = Vec::new();
             let read = fields.each(|k, v| {
+                // A recorded field's strict reading: the text itself where that is
+                // UTF-8 with no control character, a refusal otherwise.
+                let strict = std::str::from_utf8(&form_octets(v.0)).is_ok_and(|t| identity("f", t).is_ok());
+                match v.identity("f") {
+                    Ok(t) => assert!(strict && t == v.text()),
+                    Err(e) => assert!(!strict && e == ParseError::MalformedField("f")),
+                }
                 ours.push((k.to_owned(), v.text().into_owned(), v.chars()));
                 Ok(())
             });
