@@ -674,8 +674,9 @@ mod tests {
 
     proptest::proptest! {
         /// The form reader splits and decodes as `form_urlencoded` does (which it
-        /// replaced on the hot path), and counts a value's characters as its decoded
-        /// text has them, for any bytes whose escapes are well formed.
+        /// replaced on the hot path), counts a value's characters as its decoded text
+        /// has them, and reads a recorded field strictly (UTF-8, no control
+        /// character) or refuses it, for any bytes whose escapes are well formed.
         #[test]
         fn form_fields_read_as_form_urlencoded_does(
             pieces in proptest::collection::vec(
