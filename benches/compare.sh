@@ -184,11 +184,12 @@ echo "nginx $(pgrep -c -P "$ngx_pid") worker process(es); floor 1 thread; relayl
 
 # Added latency at half of nginx's saturating rate: open loop, same rate, direct and
 # through relaylog (durable).
-half=$(python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_second"] / 2)))' "$work/nginx.json")
+half_rate() { python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_second"] / 2)))' "$work/$1.json"; }
+half=$(half_rate nginx)
 # The same at half of relaylog's own rate: what it adds to a client's latency when it
 # is not near saturation (half of nginx's rate is most of relaylog's while it carries
 # fewer messages/s than nginx).
-own=$(python3 -c 'import json,sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_second"] / 2)))' "$work/relaylog-durable.json")
+own=$(half_rate relaylog-durable)
 open_loop() { # name port rate
     local s0 s1
     s0=$(steal)

@@ -2,12 +2,14 @@
 //! `hex-content`, `coding`; GET query, form-encoded or JSON POST. Replies
 //! `200 Success "<message id>"`.
 
+use std::borrow::Cow;
+
 use http::StatusCode;
 use serde_json::Value;
 
 use super::{
-    Extract, Extracted, FormFields, Params, ParseError, RequestView, Seen, bounded_id, identity,
-    media_type,
+    Extract, Extracted, FormFields, FormValue, Params, ParseError, RequestView, Seen, bounded_id,
+    identity, media_type,
 };
 
 /// Jasmin's `/send` parameters; `content` and `hex-content` are one parameter (the
@@ -61,15 +63,15 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
     {
         return Err(ParseError::UnsupportedContentType);
     }
-    let mut visit = |k: &str, v: &str| -> Result<(), ParseError> {
+    let mut visit = |k: &str, v: Given<'_>| -> Result<(), ParseError> {
         match seen.note(PARAMS, k)? {
-            Some(USERNAME) => out.account = identity("username", v)?.to_owned(),
-            Some(FROM) => out.originator = Some(identity("from", v)?.to_owned()),
-            Some(TO) => to = Some(identity("to", v)?.trim().to_owned()),
-            Some(CONTENT) if k == "hex-content" => out.text_chars = v.len() / 2,
-            Some(CONTENT) => out.text_chars = v.chars().count(),
+            Some(USERNAME) => out.account = v.identity("username")?.into_owned(),
+            Some(FROM) => out.originator = Some(v.identity("from")?.into_owned()),
+            Some(TO) => to = Some(v.identity("to")?.trim().to_owned()),
+            Some(CONTENT) if k == "hex-content" => out.text_chars = v.text().len() / 2,
+            Some(CONTENT) => out.text_chars = v.chars(),
             Some(CODING) => {
-                out.coding = match v.trim() {
+                out.coding = match v.text().trim() {
                     "8" => 2,
                     "4" | "2" => 1,
                     _ => 0,
@@ -79,14 +81,7 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
         }
         Ok(())
     };
-    fields.each(|k, v| {
-        // The fields relaylog records are read strictly (see `FormValue::identity`).
-        let value = match PARAMS.iter().position(|names| names.contains(&k)) {
-            Some(i @ (USERNAME | TO | FROM)) => v.identity(PARAMS[i][0])?,
-            _ => v.text(),
-        };
-        visit(k, &value)
-    })?;
+    fields.each(|k, v| visit(k, Given::Form(v)))?;
     if json_body {
         let doc = super::json::parse_unique_keys(req.body).map_err(|e| match e {
             Some(_) => ParseError::Duplicate("(a JSON object key)"),
@@ -97,8 +92,10 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
         };
         for (k, v) in &map {
             match v {
-                Value::String(s) => visit(k, s)?,
-                Value::Number(n) if n.is_i64() || n.is_u64() => visit(k, &n.to_string())?,
+                Value::String(s) => visit(k, Given::Json(s))?,
+                Value::Number(n) if n.is_i64() || n.is_u64() => {
+                    visit(k, Given::Json(&n.to_string()))?
+                }
                 _ => {
                     if let Some(name) = param_name(k) {
                         return Err(ParseError::WrongType(name));
@@ -115,6 +112,38 @@ pub fn extract(req: &RequestView<'_>) -> Result<Extract, ParseError> {
         return Err(ParseError::MissingAccount);
     }
     Ok(Extract::Message(out))
+}
+
+/// A parameter's value as Jasmin was given it: a form field, still encoded (decoded
+/// only where it is read, a recorded one strictly: see [`FormValue::identity`]), or a
+/// JSON string.
+#[derive(Clone, Copy)]
+enum Given<'v> {
+    Form(FormValue<'v>),
+    Json(&'v str),
+}
+
+impl<'v> Given<'v> {
+    fn identity(self, field: &'static str) -> Result<Cow<'v, str>, ParseError> {
+        match self {
+            Given::Form(v) => v.identity(field),
+            Given::Json(s) => identity(field, s).map(Cow::Borrowed),
+        }
+    }
+
+    fn text(self) -> Cow<'v, str> {
+        match self {
+            Given::Form(v) => v.text(),
+            Given::Json(s) => Cow::Borrowed(s),
+        }
+    }
+
+    fn chars(self) -> usize {
+        match self {
+            Given::Form(v) => v.chars(),
+            Given::Json(s) => s.chars().count(),
+        }
+    }
 }
 
 /// The parameter `name` is a name of, if it is one of Jasmin's message parameters.

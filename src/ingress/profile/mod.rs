@@ -370,8 +370,7 @@ impl<'a> FormFields<'a> {
     /// Pairs are split as `application/x-www-form-urlencoded` says (and as
     /// `form_urlencoded::parse` does): on `&`, empty ones skipped, at the first `=`.
     /// Names are decoded; a value only when the profile asks for it ([`FormValue`]):
-    /// Kannel's reader never decodes a password and counts a text where it lies
-    /// (Jasmin's decodes every value, as its JSON body comes decoded).
+    /// a password is never decoded, and a text is counted where it lies.
     fn each(
         &self,
         mut f: impl FnMut(&str, FormValue<'_>) -> Result<(), ParseError>,
