@@ -76,8 +76,10 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 /// assert_eq!(nl.normalize("ACME").form, Form::Raw);
 /// ```
 ///
-/// `phonenumber` loads its metadata on first use (~100 ms): [`NumberNormalizer::new`]
-/// warms it so the first request does not pay for it.
+/// `phonenumber` loads its metadata on first use, and the region's patterns are
+/// compiled at the first national number (~100 ms in all): [`NumberNormalizer::warmed`]
+/// does both up front, so that a server's first request does not pay for them; a
+/// one-off command takes [`NumberNormalizer::new`] and pays only for what it uses.
 ///
 /// Numbers already in international format (`+` or the region's `00`, then digits)
 /// take a fast path that needs no parsing, and valid numbers in the region's national
@@ -85,15 +87,26 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 #[derive(Debug, Clone)]
 pub struct NumberNormalizer {
     region: country::Id,
-    international: Arc<International>,
+    /// Built from the metadata at the first number (see [`Self::warmed`]).
+    international: Arc<std::sync::OnceLock<International>>,
 }
 
 impl NumberNormalizer {
     pub fn new(region: country::Id) -> Self {
-        let n = Self {
+        Self {
             region,
-            international: Arc::new(International::new(region)),
-        };
+            international: Arc::default(),
+        }
+    }
+
+    fn international(&self) -> &International {
+        self.international
+            .get_or_init(|| International::new(self.region))
+    }
+
+    /// [`Self::new`], with the metadata and the region's patterns loaded now.
+    pub fn warmed(region: country::Id) -> Self {
+        let n = Self::new(region);
         let _ = n.normalize("0612345678");
         n
     }
@@ -102,7 +115,7 @@ impl NumberNormalizer {
     /// [`Form::Raw`]. Idempotent: normalising the output again yields the output.
     pub fn normalize(&self, input: &str) -> Identifier {
         let raw = canonical_raw(input);
-        match self.international.classify(&raw) {
+        match self.international().classify(&raw) {
             Fast::E164(value) => {
                 return Identifier {
                     form: Form::E164,
@@ -191,6 +204,15 @@ struct International {
     disabled: bool,
     /// `00` is the default region's international call prefix.
     idd_00: bool,
+    region: country::Id,
+    /// The default region's patterns, compiled at the first number in its national
+    /// format (compiling them is most of a one-off command's start-up).
+    plan: std::sync::OnceLock<NationalPlan>,
+}
+
+/// What the fast path for national formats runs.
+#[derive(Debug)]
+struct NationalPlan {
     /// The default region's international call prefix as the parser matches it: a
     /// number that begins with it (`019…` in IL) is read as international.
     idd: Option<regex::Regex>,
@@ -333,17 +355,28 @@ impl International {
         let idd_00 = home
             .and_then(|m| m.international_prefix())
             .is_some_and(|r| r.as_str() == "00");
-        let idd = home
-            .and_then(|m| m.international_prefix())
-            .and_then(|r| anchored(r.as_str()));
         Self {
             lengths,
             national_prefix,
             disabled,
             idd_00,
-            idd,
-            home: Home::of(db, region),
+            region,
+            plan: std::sync::OnceLock::new(),
         }
+    }
+
+    fn plan(&self) -> &NationalPlan {
+        self.plan.get_or_init(|| {
+            let db = &*phonenumber::metadata::DATABASE;
+            let idd = db
+                .by_id(self.region.as_ref())
+                .and_then(|m| m.international_prefix())
+                .and_then(|r| anchored(r.as_str()));
+            NationalPlan {
+                idd,
+                home: Home::of(db, self.region),
+            }
+        })
     }
 
     fn classify(&self, raw: &str) -> Fast {
@@ -399,7 +432,8 @@ impl International {
     /// the code, a second national prefix, an invalid number) takes the parser.
     /// `national_fast_path_agrees_with_the_parser` checks the two against each other.
     fn national(&self, raw: &str) -> Fast {
-        let Some(home) = &self.home else {
+        let plan = self.plan();
+        let Some(home) = &plan.home else {
             return Fast::Parse;
         };
         if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
@@ -407,7 +441,7 @@ impl International {
         }
         // The parser strips the region's international call prefix first (its pattern,
         // not only `00`): what begins with it is the parser's.
-        if self.idd.as_ref().is_none_or(|idd| idd.is_match(raw)) {
+        if plan.idd.as_ref().is_none_or(|idd| idd.is_match(raw)) {
             return Fast::Parse;
         }
         let prefix = self.national_prefix.as_deref();
@@ -625,8 +659,14 @@ mod tests {
             country::Id::KE,
         ] {
             let n = normalizer(region);
-            assert!(n.international.home.is_some(), "{region:?}: its plan");
-            assert!(n.international.idd.is_some(), "{region:?}: its call prefix");
+            assert!(
+                n.international().plan().home.is_some(),
+                "{region:?}: its plan"
+            );
+            assert!(
+                n.international().plan().idd.is_some(),
+                "{region:?}: its call prefix"
+            );
         }
     }
 
@@ -645,7 +685,7 @@ mod tests {
         for (region, raw, e164) in table {
             let n = normalizer(region);
             assert_eq!(
-                n.international.national(raw),
+                n.international().national(raw),
                 Fast::E164(e164.into()),
                 "{region:?} {raw}"
             );
@@ -654,20 +694,20 @@ mod tests {
         // The region's international call prefix is a pattern in some (IL: `01[2-9]`):
         // what begins with it is read as international by the parser.
         let il = normalizer(country::Id::IL);
-        assert_eq!(il.international.national("01919123404"), Fast::Parse);
+        assert_eq!(il.international().national("01919123404"), Fast::Parse);
         assert_eq!(il.parse_e164("01919123404"), None);
         // A country code never begins with 0.
         let n = nl();
-        assert_eq!(n.international.classify("+012025550123"), Fast::Parse);
-        assert_eq!(n.international.classify("00031612345678"), Fast::Parse);
+        assert_eq!(n.international().classify("+012025550123"), Fast::Parse);
+        assert_eq!(n.international().classify("00031612345678"), Fast::Parse);
         // A country code shared by several regions (+44: GB, GG, IM, JE): the parser
         // chooses among them.
         let gb = normalizer(country::Id::GB);
-        assert_eq!(gb.international.national("07400123456"), Fast::Parse);
+        assert_eq!(gb.international().national("07400123456"), Fast::Parse);
         // The region's country code without `+`, as Kannel passes `to=`.
         let n = nl();
         assert_eq!(
-            n.international.national("31612345678"),
+            n.international().national("31612345678"),
             Fast::E164("+31612345678".into())
         );
         assert_eq!(n.parse_e164("31612345678").as_deref(), Some("+31612345678"));
@@ -680,7 +720,7 @@ mod tests {
             "",
             "06",
         ] {
-            assert_eq!(n.international.national(raw), Fast::Parse, "{raw}");
+            assert_eq!(n.international().national(raw), Fast::Parse, "{raw}");
         }
     }
 
@@ -714,7 +754,7 @@ mod tests {
     #[test]
     fn international_numbers_take_the_fast_path() {
         let n = nl();
-        let fast = |s: &str| n.international.classify(&canonical_raw(s));
+        let fast = |s: &str| n.international().classify(&canonical_raw(s));
         assert_eq!(fast("+31612345678"), Fast::E164("+31612345678".into()));
         assert_eq!(fast("0031 6 12345678"), Fast::E164("+31612345678".into()));
         assert_eq!(fast("+44 20 7946 0958"), Fast::E164("+442079460958".into()));
@@ -728,7 +768,7 @@ mod tests {
         assert_eq!(fast("+316123"), Fast::Parse);
         // A region whose international prefix is not 00 reads 00 as national digits.
         let us = NumberNormalizer::new(country::Id::US);
-        assert_eq!(us.international.classify("0044207946095"), Fast::Parse);
+        assert_eq!(us.international().classify("0044207946095"), Fast::Parse);
     }
 
     #[test]
@@ -804,7 +844,7 @@ mod tests {
         ) {
             let n = nl();
             let raw = format!("{prefix}{code}{national}");
-            if let Fast::E164(fast) = n.international.classify(&raw) {
+            if let Fast::E164(fast) = n.international().classify(&raw) {
                 match n.parse_e164(&raw) {
                     Some(parsed) => prop_assert_eq!(&fast, &parsed),
                     None => prop_assert_eq!(fast, format!("+{code}{national}")),
@@ -829,7 +869,7 @@ mod tests {
         ) {
             let n = normalizer(region);
             let raw = format!("{prefix}{national}");
-            if let Fast::E164(fast) = n.international.national(&raw) {
+            if let Fast::E164(fast) = n.international().national(&raw) {
                 prop_assert_eq!(Some(fast), n.parse_e164(&raw), "{:?} {}", region, raw);
             }
         }

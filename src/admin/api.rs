@@ -124,7 +124,7 @@ impl Api {
             master: MasterKey::load(&config.store.master_key)?,
             signer: crate::store::integrity::load_signing_key(&config.store.signing_key)
                 .map_err(|e| ApiSetupError::Signing(e.to_string()))?,
-            numbers: NumberNormalizer::new(config.store.default_region),
+            numbers: NumberNormalizer::warmed(config.store.default_region),
             sessions: Sessions::new(ttl),
             logins: Semaphore::new(CONCURRENT_LOGINS),
             exporting: Semaphore::new(1),
