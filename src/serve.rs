@@ -48,6 +48,61 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the compaction thread: {0}")]
+    Compactor(std::io::Error),
+}
+
+/// Compaction of the partitions whose period is over (see `store::compact`), on a
+/// thread of its own at low priority: at start-up, then every `store.expire-interval`.
+struct Compactor {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Dropped to stop the thread's wait between runs.
+    wake: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Compactor {
+    fn spawn(store: Arc<Store>, interval: std::time::Duration) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wake, rx) = std::sync::mpsc::channel::<()>();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("relaylog-compact".into())
+            .spawn(move || {
+                crate::store::compact::lower_priority();
+                loop {
+                    for (p, result) in store.compact_due(&|| flag.load(Ordering::Relaxed)) {
+                        match result {
+                            Ok(c) => tracing::info!(
+                                partition = %p,
+                                records = c.records,
+                                seconds = c.seconds,
+                                "partition compacted"
+                            ),
+                            Err(e) => tracing::error!(
+                                partition = %p,
+                                error = %e,
+                                "compaction failed; tried again at the next interval"
+                            ),
+                        }
+                    }
+                    match rx.recv_timeout(interval) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => break,
+                    }
+                }
+            })?;
+        Ok(Self { stop, wake, thread })
+    }
+
+    /// Stops it between two transactions and waits for the thread.
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.wake);
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
 }
 
 /// Where a listener forwards: an HTTP gateway, a mail server or an SMSC.
@@ -167,6 +222,7 @@ pub struct Running {
     drain: DrainWaiter,
     tasks: Vec<JoinHandle<()>>,
     store: Arc<Store>,
+    compactor: Compactor,
 }
 
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeError> {
@@ -274,7 +330,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
             }
         }));
     }
-    let normalizer = NumberNormalizer::new(config.store.default_region);
+    let normalizer = NumberNormalizer::warmed(config.store.default_region);
     let (drain, drain_waiter) = shutdown::drain();
     let mut bound = Vec::new();
     for (l, upstream) in config.listeners.iter().zip(upstreams) {
@@ -482,6 +538,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         None => None,
     };
 
+    // Last, once nothing else can fail: the thread holds the store.
+    let compactor = Compactor::spawn(store.clone(), config.store.expire_interval)
+        .map_err(ServeError::Compactor)?;
     Ok(Running {
         listeners: bound,
         admin,
@@ -494,6 +553,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         drain: drain_waiter,
         tasks,
         store,
+        compactor,
     })
 }
 
@@ -564,6 +624,7 @@ impl Running {
                 );
             }
         }
+        self.compactor.stop().await;
         self.store.close().await;
         self.simulator_trigger.trigger();
         for t in self.tasks {

@@ -422,11 +422,7 @@ fn json_log_format_writes_one_json_object_per_line() {
 fn serve_expires_old_partitions_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
-    let run = |args: &[&str]| {
-        let (ok, text) = cli(&config, args);
-        assert!(ok, "{args:?}: {text}");
-        text
-    };
+    let run = |args: &[&str]| cli_ok(&config, args);
     run(&["init"]);
     // Three days of history two years ago, and one day now.
     let report = run(&[
@@ -629,4 +625,107 @@ async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9()
             );
         }
     }
+}
+
+/// `serve` compacts the partitions whose day is over, at start-up; a query answers
+/// the same before and after; `verify` checks what compaction built; `bench query`
+/// looks up over them and reports in JSON.
+#[test]
+fn serve_compacts_closed_partitions_and_lookups_answer_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
+    let run = |args: &[&str]| cli_ok(&config, args);
+    run(&["init"]);
+    let start = (chrono::Utc::now() - chrono::Duration::days(4))
+        .date_naive()
+        .to_string();
+    let today = chrono::Utc::now().date_naive().to_string();
+    run(&[
+        "bench",
+        "store",
+        "--records",
+        "300",
+        "--days",
+        "3",
+        "--start",
+        &start,
+        "--recipients-pool",
+        "50",
+        "--quiet",
+    ]);
+    let lookup = || {
+        let mut lines: Vec<String> = run(&[
+            "query",
+            "--recipient",
+            "+31610000007",
+            "--since",
+            &start,
+            "--until",
+            &today,
+        ])
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(str::to_owned)
+        .collect();
+        lines.sort();
+        lines
+    };
+    let before = lookup();
+    assert!(!before.is_empty());
+
+    let store = dir.path().join("store");
+    let filters = || {
+        std::fs::read_dir(&store)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".sqlite-filter")
+            })
+            .count()
+    };
+    assert_eq!(filters(), 0);
+    let served = Served::start(dir.path(), &config);
+    served.addr("listening");
+    let began = Instant::now();
+    while filters() < 3 && began.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, output) = served.terminate();
+    assert!(status.success());
+    assert_eq!(filters(), 3, "{}", String::from_utf8_lossy(&output));
+    assert_eq!(lookup(), before);
+    let verify = run(&["verify"]);
+    assert!(!verify.contains("INDEX"), "{verify}");
+    assert!(
+        verify.contains("3 partition(s) verified, 0 problem(s)"),
+        "{verify}"
+    );
+
+    let report = run(&[
+        "bench",
+        "query",
+        "--days",
+        "3",
+        "--start",
+        &start,
+        "--recipients-pool",
+        "50",
+        "--lookups",
+        "20",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["partitions"], 3, "{report}");
+    assert_eq!(
+        report["compacted_partitions"], 0,
+        "serve compacted them: {report}"
+    );
+    assert_eq!(report["warm"]["lookups"], 20, "{report}");
+    assert!(
+        report["warm"]["mean_matches"].as_f64().unwrap() > 1.0,
+        "{report}"
+    );
 }

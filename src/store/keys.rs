@@ -264,6 +264,22 @@ impl PartitionKeys {
         (u64::from_be_bytes(head) >> shift) as i64
     }
 
+    /// A MAC over `parts` under the index key, for what is derived from the index and
+    /// kept beside it (the filter, see [`super::compact`]): HMAC-SHA256 truncated to 16
+    /// bytes. Domain-separated from [`Self::blind_index`], whose first byte is an
+    /// [`IndexKind`] (1 to 4), by a leading `0xFF`.
+    pub fn derived_mac(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut ctx = hmac::Context::with_key(&self.index);
+        ctx.update(&[0xFF]);
+        for part in parts {
+            ctx.update(part);
+        }
+        let tag = ctx.sign();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&tag.as_ref()[..16]);
+        out
+    }
+
     /// Seals `plaintext` in place: the result is `nonce | ciphertext | tag`. `aad` binds
     /// the sealed value to its row, so it cannot be moved to another.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {

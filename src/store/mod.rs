@@ -7,7 +7,9 @@
 
 pub mod batch;
 pub mod codec;
+pub mod compact;
 pub mod expiry;
+pub mod filter;
 mod front;
 pub mod index;
 pub mod integrity;
@@ -377,6 +379,21 @@ impl Store {
 
     /// Commits everything queued so far, stops the writer and waits for it. Later
     /// submissions get [`RecordError::Closed`].
+    /// Compacts the partitions whose period is over (see [`compact`]) with this
+    /// store's keyring; blocking, for a thread of its own.
+    pub fn compact_due(
+        &self,
+        stop: &dyn Fn() -> bool,
+    ) -> Vec<(PartitionId, Result<compact::Compacted, String>)> {
+        let inner = &self.recorder.inner;
+        compact::compact_due(
+            &inner.cfg.path,
+            &inner.keyring,
+            inner.clock.now_micros(),
+            stop,
+        )
+    }
+
     pub async fn close(&self) {
         self.recorder.inner.route.signals.request_stop();
         let _ = self.recorder.inner.route.tx.send(Job::Stop).await;
@@ -768,7 +785,11 @@ mod tests {
         .unwrap()
     }
 
-    fn find(cfg: &StoreConfig, kind: IndexKind, value: &str) -> Vec<query::Found> {
+    fn lookup(
+        cfg: &StoreConfig,
+        kind: IndexKind,
+        value: &str,
+    ) -> (Vec<query::Found>, query::QueryStats) {
         let keyring = open_keyring(cfg).unwrap();
         let criteria = query::Criteria {
             kind,
@@ -777,8 +798,12 @@ mod tests {
             until: i64::MAX / 2,
         };
         let mut out = Vec::new();
-        query::run(&cfg.path, &keyring, &criteria, |f| out.push(f)).unwrap();
-        out
+        let stats = query::run(&cfg.path, &keyring, &criteria, |f| out.push(f)).unwrap();
+        (out, stats)
+    }
+
+    fn find(cfg: &StoreConfig, kind: IndexKind, value: &str) -> Vec<query::Found> {
+        lookup(cfg, kind, value).0
     }
 
     fn indexed_through(cfg: &StoreConfig, day: &str) -> i64 {
@@ -1051,6 +1076,126 @@ mod tests {
         assert_eq!(find(&cfg, IndexKind::ClientIp, "192.0.2.1").len(), 41);
         assert!(find(&cfg, IndexKind::Recipient, "+31600000000").is_empty());
         store.close().await;
+    }
+
+    /// Compacted partitions answer exactly as before; a partition without the
+    /// identifier is ruled out by its filter; a record that comes into a compacted
+    /// partition takes its filter away and is found; a damaged filter is searched
+    /// around, and said so.
+    #[tokio::test]
+    async fn compacted_partitions_answer_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        let hour = 3_600_000_000i64;
+        // 60 hours from 10:00 on the 22nd: three days' partitions.
+        for i in 0..60i64 {
+            let t = at(10, 0, 0).timestamp_micros() + i * hour;
+            let n = match i {
+                0 => "+31611111111",
+                _ if i % 2 == 0 => "+31612345678",
+                _ => "+31687654321",
+            };
+            rec.record(&submission(&rec, t, &format!("acct{}", i % 4), n))
+                .await
+                .unwrap();
+        }
+        store.close().await;
+        let asked = [
+            (IndexKind::Recipient, "+31612345678"),
+            (IndexKind::Recipient, "+31687654321"),
+            (IndexKind::Recipient, "+31611111111"),
+            (IndexKind::Account, "acct1"),
+            (IndexKind::ClientIp, "192.0.2.1"),
+            (IndexKind::Recipient, "+31600000000"),
+        ];
+        let before: Vec<_> = asked.iter().map(|&(k, v)| lookup(&cfg, k, v).0).collect();
+        assert_eq!(before[0].len() + before[1].len() + before[2].len(), 60);
+
+        let keyring = open_keyring(&cfg).unwrap();
+        let later = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros();
+        let not_yet = compact::compact_due(
+            &cfg.path,
+            &keyring,
+            at(23, 0, 0).timestamp_micros(),
+            &|| false,
+        );
+        assert!(
+            not_yet.is_empty(),
+            "nothing is due before its day is over: {not_yet:?}"
+        );
+        let done = compact::compact_due(&cfg.path, &keyring, later, &|| false);
+        assert_eq!(done.len(), 3);
+        assert_eq!(
+            done.iter()
+                .map(|(_, r)| r.as_ref().unwrap().records)
+                .sum::<u64>(),
+            60
+        );
+        for (p, _) in &done {
+            let keys = keyring.keys(*p).unwrap();
+            let path = p.path_in(&cfg.path);
+            assert!(filter::path_of(&path).exists());
+            assert_eq!(compact::check(&path, &keys).unwrap(), Some(vec![]), "{p}");
+        }
+        assert!(
+            compact::compact_due(&cfg.path, &keyring, later, &|| false).is_empty(),
+            "once"
+        );
+        for (&(k, v), expected) in asked.iter().zip(&before) {
+            assert_eq!(&lookup(&cfg, k, v).0, expected, "{v}");
+        }
+        let (_, stats) = lookup(&cfg, IndexKind::Recipient, "+31611111111");
+        assert_eq!(
+            (stats.partitions_searched, stats.partitions_ruled_out),
+            (3, 2)
+        );
+        let (_, stats) = lookup(&cfg, IndexKind::Recipient, "+31600000000");
+        assert_eq!(stats.partitions_ruled_out, 3);
+
+        // A record late into the 23rd, compacted: its filter goes, the record is found
+        // (past the compacted ids), and the next run compacts the day again.
+        let day23 = PartitionId::parse("2026-11-23").unwrap();
+        let filter23 = filter::path_of(&day23.path_in(&cfg.path));
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        let t = at(10, 0, 0).timestamp_micros() + 20 * hour;
+        rec.record(&submission(&rec, t, "acct9", "+31622222222"))
+            .await
+            .unwrap();
+        rec.barrier().await.unwrap();
+        assert!(!filter23.exists(), "the writer removed the filter");
+        assert_eq!(
+            lookup(&cfg, IndexKind::Recipient, "+31622222222").0.len(),
+            1
+        );
+        store.close().await;
+        let again = compact::compact_due(&cfg.path, &keyring, later, &|| false);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, day23);
+        assert!(filter23.exists());
+        let (found, stats) = lookup(&cfg, IndexKind::Recipient, "+31622222222");
+        assert_eq!((found.len(), stats.partitions_ruled_out), (1, 2));
+
+        // A filter that does not check out is not trusted.
+        let mut bytes = std::fs::read(&filter23).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&filter23, &bytes).unwrap();
+        let (found, stats) = lookup(&cfg, IndexKind::Recipient, "+31622222222");
+        assert_eq!(found.len(), 1);
+        assert_eq!(stats.filters_damaged, vec![day23]);
+        let keys = keyring.keys(day23).unwrap();
+        let problems = compact::check(&day23.path_in(&cfg.path), &keys)
+            .unwrap()
+            .unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[tokio::test]

@@ -1,18 +1,24 @@
 //! Lookups by identifier and time window.
 //!
-//! For each partition overlapping the window, in one read transaction: compute the
-//! identifier's blind index under that partition's index key, seek `(bucket, tag)` in
-//! its `ix_*` table once per bucket in the window (keeping the ids up to
-//! `indexed_through`), then scan the unindexed tail (`id > indexed_through`, bounded by
-//! the writer's flush cap, see `index`) by its tag column.
+//! For each partition overlapping the window: compute the identifier's blind index
+//! under that partition's index key; if the partition has a filter (closed and
+//! compacted, see `compact`) and it says the tag is absent, go on to the next without
+//! opening it. Otherwise, in one read transaction: in a compacted partition, seek `tag`
+//! in its `cx_*` table once (keeping the ids up to `meta.compacted`); in any other,
+//! seek `(bucket, tag)` in its `ix_*` table once per bucket in the window (keeping the
+//! ids up to `indexed_through`); then scan the records past those ids (none in a
+//! compacted partition, unless one came late; the unindexed tail, bounded by the
+//! writer's flush cap, see `index`) by their tag column.
 //! Each hit is decrypted and kept only if the decrypted value equals the identifier
 //! (a truncated HMAC can collide). Sealed values are never scanned.
 
 use std::path::Path;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::codec::{self, SealedFields};
+use super::compact;
+use super::filter::{self, Probe};
 use super::keys::{IndexKind, KeyError, Keyring};
 use super::partition::{self, PartitionId};
 use super::postings;
@@ -90,6 +96,10 @@ pub struct FoundReceipt {
 #[derive(Debug, Default, Clone)]
 pub struct QueryStats {
     pub partitions_searched: usize,
+    /// Of those, partitions their filter ruled out without opening them.
+    pub partitions_ruled_out: usize,
+    /// Partitions whose filter did not check out (searched without it).
+    pub filters_damaged: Vec<PartitionId>,
     /// Partitions in the window whose keys are gone: their records cannot be read.
     pub partitions_shredded: Vec<PartitionId>,
     /// Index hits whose decrypted value did not match (truncated-HMAC collisions).
@@ -107,15 +117,6 @@ fn part_err(partition: PartitionId) -> impl Fn(rusqlite::Error) -> QueryError {
 impl IndexKind {
     fn table(self) -> &'static str {
         schema::INDEX_TABLES[self as usize - 1]
-    }
-
-    fn column(self) -> &'static str {
-        match self {
-            IndexKind::Account => "account_ix",
-            IndexKind::ClientIp => "ip_ix",
-            IndexKind::Originator => "originator_ix",
-            IndexKind::Recipient => "recipient_ix",
-        }
     }
 
     /// Does the decrypted record hold `value` (in its indexed form) in this role?
@@ -145,185 +146,218 @@ pub fn run(
     if criteria.until <= criteria.since {
         return Err(QueryError::EmptyWindow);
     }
-    let partitions = partition::list(store_dir).map_err(|source| QueryError::List {
-        path: store_dir.to_owned(),
-        source,
-    })?;
-    let mut stats = QueryStats::default();
-    for p in partitions
+    let partitions: Vec<PartitionId> = partition::list(store_dir)
+        .map_err(|source| QueryError::List {
+            path: store_dir.to_owned(),
+            source,
+        })?
         .into_iter()
         .filter(|p| p.start_micros() < criteria.until && p.end_micros() > criteria.since)
-    {
-        let keys = match keyring.keys(p) {
-            Ok(k) => k,
-            Err(KeyError::Shredded { .. }) => {
-                stats.partitions_shredded.push(p);
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        stats.partitions_searched += 1;
-        let conn = schema::open_for_read(&p.path_in(store_dir)).map_err(part_err(p))?;
-        if !schema::is_ready(&conn).map_err(part_err(p))? {
-            // Being created this very moment: nothing in it yet.
-            continue;
+        .collect();
+    let mut stats = QueryStats::default();
+    for &p in &partitions {
+        search(store_dir, keyring, criteria, p, &mut stats, &mut emit)?;
+    }
+    Ok(stats)
+}
+
+/// Searches one partition, handing each match to `emit` in time order.
+fn search(
+    store_dir: &Path,
+    keyring: &Keyring,
+    criteria: &Criteria,
+    p: PartitionId,
+    stats: &mut QueryStats,
+    emit: &mut dyn FnMut(Found),
+) -> Result<(), QueryError> {
+    let keys = match keyring.keys(p) {
+        Ok(k) => k,
+        Err(KeyError::Shredded { .. }) => {
+            stats.partitions_shredded.push(p);
+            return Ok(());
         }
-        let since = criteria.since.max(p.start_micros());
-        let until = criteria.until.min(p.end_micros());
-        let tag = keys.blind_index(criteria.kind, &criteria.value);
-        let tx = conn.unchecked_transaction().map_err(part_err(p))?;
-        let through: i64 = tx
-            .query_row(schema::GET_INDEXED_THROUGH, [], |r| r.get(0))
-            .map_err(part_err(p))?;
-        const COLUMNS: &str =
-            "r.id, r.submission, r.ordinal, r.at_us, r.protocol, r.service, r.segments, r.sealed";
-        let postings_sql = format!(
+        Err(e) => return Err(e.into()),
+    };
+    stats.partitions_searched += 1;
+    let path = p.path_in(store_dir);
+    let tag = keys.blind_index(criteria.kind, &criteria.value);
+    // Present, a filter covers every record of its partition: the writer deletes
+    // it before it adds one (see `compact`).
+    let filtered = match filter::probe(&filter::path_of(&path), &keys, criteria.kind, tag) {
+        Probe::Absent { .. } => {
+            stats.partitions_ruled_out += 1;
+            return Ok(());
+        }
+        Probe::Maybe { through } => Some(through),
+        Probe::Damaged => {
+            tracing::warn!(partition = %p, "the partition's filter does not check out; searching the partition without it");
+            stats.filters_damaged.push(p);
+            None
+        }
+        Probe::Missing => None,
+    };
+    let conn = schema::open_for_read(&path).map_err(part_err(p))?;
+    let tx = conn.unchecked_transaction().map_err(part_err(p))?;
+    let state = match filtered {
+        // Compacted through the filter's `through`, and nothing past it.
+        Some(through) => PartitionState {
+            compacted: Some(through),
+            indexed_through: through,
+            newest: through,
+        },
+        None => match partition_state(&tx).map_err(part_err(p))? {
+            Some(state) => state,
+            // Being created this very moment: nothing in it yet.
+            None => return Ok(()),
+        },
+    };
+    let since = criteria.since.max(p.start_micros());
+    let until = criteria.until.min(p.end_micros());
+    // The ids the index gives are those up to `through`; the records past it are
+    // scanned by their tag column.
+    let compacted = state.compacted;
+    let through = compacted.unwrap_or(state.indexed_through);
+    const COLUMNS: &str =
+        "r.id, r.submission, r.ordinal, r.at_us, r.protocol, r.service, r.segments, r.sealed";
+    let postings_sql = match compacted {
+        // Read-optimised: one seek for the whole partition.
+        Some(_) => format!(
+            "SELECT ids FROM {} WHERE tag = ?2 AND ?1 IS NOT NULL",
+            compact::table(criteria.kind)
+        ),
+        None => format!(
             "SELECT ids FROM {} WHERE bucket = ?1 AND tag = ?2",
             criteria.kind.table()
-        );
-        let by_id = format!(
-            "SELECT {COLUMNS} FROM record r WHERE r.id = ?1 AND r.at_us >= ?2 AND r.at_us < ?3"
-        );
-        let tail = format!(
-            "SELECT {COLUMNS} FROM record r WHERE r.id > ?1 AND r.{} = ?2 AND r.at_us >= ?3 AND r.at_us < ?4 ORDER BY r.id",
-            criteria.kind.column()
-        );
-        let columns = schema::outcome_columns(&tx).map_err(part_err(p))?;
-        // An event is about this record when it names its ordinal or none.
-        let about = if columns.per_recipient {
-            "submission = ?1 AND (ordinal IS NULL OR ordinal = ?2)"
-        } else {
-            // Every event is the submission's; `?2` is still bound, so it is named.
-            "submission = ?1 AND ?2 IS NOT NULL"
+        ),
+    };
+    let by_id = format!(
+        "SELECT {COLUMNS} FROM record r WHERE r.id = ?1 AND r.at_us >= ?2 AND r.at_us < ?3"
+    );
+    let tail = format!(
+        "SELECT {COLUMNS} FROM record r WHERE r.id > ?1 AND r.{} = ?2 AND r.at_us >= ?3 AND r.at_us < ?4 ORDER BY r.id",
+        compact::column(criteria.kind)
+    );
+    // The events statement is made at the first match: most partitions a filter
+    // lets through hold one, some none, and making statements is most of what
+    // opening a partition costs.
+    let mut events_sql: Option<String> = None;
+    let mut take = |row: &rusqlite::Row<'_>| -> Result<(), QueryError> {
+        let record_id: i64 = row.get(0).map_err(part_err(p))?;
+        let submission = SubmissionId(row.get(1).map_err(part_err(p))?);
+        let ordinal: u32 = row.get(2).map_err(part_err(p))?;
+        let sealed: Vec<u8> = row.get(7).map_err(part_err(p))?;
+        let corrupt = |what: &str| QueryError::Partition {
+            partition: p,
+            message: format!("record {record_id}: {what}"),
         };
-        let receipt = Outcome::Receipt as u8;
-        let mut outcome_stmt = tx
-            .prepare(&format!(
-                "SELECT {} FROM outcome WHERE {about} AND outcome != {receipt} ORDER BY id DESC LIMIT 1",
-                columns.select
-            ))
-            .map_err(part_err(p))?;
-        let mut receipt_stmt = tx
-            .prepare(&format!(
-                "SELECT at_us, {} FROM outcome WHERE {about} AND outcome = {receipt} ORDER BY id DESC LIMIT 1",
-                if columns.per_recipient {
-                    "receipt_state, receipt_error, receipt_done"
-                } else {
-                    "NULL, NULL, NULL"
-                }
-            ))
-            .map_err(part_err(p))?;
-        let mut take = |row: &rusqlite::Row<'_>| -> Result<(), QueryError> {
-            let record_id: i64 = row.get(0).map_err(part_err(p))?;
-            let submission = SubmissionId(row.get(1).map_err(part_err(p))?);
-            let ordinal: u32 = row.get(2).map_err(part_err(p))?;
-            let sealed: Vec<u8> = row.get(7).map_err(part_err(p))?;
-            let corrupt = |what: &str| QueryError::Partition {
-                partition: p,
-                message: format!("record {record_id}: {what}"),
-            };
-            let plain = keys
-                .open(&codec::record_aad(submission, ordinal), &sealed)
-                .map_err(|_| corrupt("sealed value does not open (damaged or moved)"))?;
-            let fields = codec::decode(&plain).map_err(|_| corrupt("sealed payload malformed"))?;
-            if !criteria.kind.matches(&fields, &criteria.value) {
-                stats.collisions += 1;
-                return Ok(());
+        let plain = keys
+            .open(&codec::record_aad(submission, ordinal), &sealed)
+            .map_err(|_| corrupt("sealed value does not open (damaged or moved)"))?;
+        let fields = codec::decode(&plain).map_err(|_| corrupt("sealed payload malformed"))?;
+        if !criteria.kind.matches(&fields, &criteria.value) {
+            stats.collisions += 1;
+            return Ok(());
+        }
+        let events_q = match &mut events_sql {
+            Some(made) => &*made,
+            slot @ None => {
+                let columns = match compacted {
+                    // Compaction completed the table: no need to ask.
+                    Some(_) => schema::all_outcome_columns(),
+                    None => schema::outcome_columns(&tx).map_err(part_err(p))?,
+                };
+                &*slot.insert(events_statement(&columns))
             }
-            let outcome = outcome_stmt
-                .query_row(params![submission.0, ordinal], |r| {
-                    Ok((
-                        (
-                            r.get::<_, u8>(3)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, Option<u16>>(4)?,
-                            r.get::<_, Option<i32>>(5)?,
-                            r.get::<_, Option<Vec<u8>>>(6)?,
-                        ),
-                        r.get::<_, Option<String>>(7)?,
-                        r.get::<_, Option<i64>>(8)?,
-                    ))
-                })
-                .optional()
-                .map_err(part_err(p))?;
-            let outcome = match outcome {
-                Some(((o, at, status, code, msgid), enhanced_status, size)) => Some(FoundOutcome {
-                    enhanced_status,
-                    size_bytes: size.map(|n| n.max(0) as u64),
-                    outcome: Outcome::from_u8(o).ok_or_else(|| corrupt("unknown outcome"))?,
-                    at,
-                    upstream_status: status,
-                    gateway_code: code,
-                    upstream_message_id: match msgid {
-                        Some(sealed) => Some(
-                            String::from_utf8(
-                                keys.open(&codec::outcome_aad(submission), &sealed)
-                                    .map_err(|_| corrupt("sealed message id does not open"))?,
-                            )
-                            .map_err(|_| corrupt("message id is not UTF-8"))?,
-                        ),
-                        None => None,
-                    },
-                }),
-                None => None,
-            };
-            let receipt = receipt_stmt
-                .query_row(params![submission.0, ordinal], |r| {
-                    Ok(FoundReceipt {
-                        at: r.get(0)?,
-                        state: r.get(1)?,
-                        error: r.get(2)?,
-                        done: r.get(3)?,
-                    })
-                })
-                .optional()
-                .map_err(part_err(p))?;
-            stats.matches += 1;
-            emit(Found {
-                partition: p,
-                record_id,
-                submission,
-                ordinal,
-                at: row.get(3).map_err(part_err(p))?,
-                protocol: Protocol::from_u8(row.get(4).map_err(part_err(p))?)
-                    .ok_or_else(|| corrupt("unknown protocol"))?,
-                service: Service::from_u8(row.get(5).map_err(part_err(p))?)
-                    .ok_or_else(|| corrupt("unknown service"))?,
-                segments: row.get(6).map_err(part_err(p))?,
-                fields,
-                outcome,
-                receipt,
-            });
-            Ok(())
         };
-        {
-            let mut postings = tx.prepare(&postings_sql).map_err(part_err(p))?;
-            let mut record = tx.prepare(&by_id).map_err(part_err(p))?;
-            let mut ids = Vec::new();
-            for bucket in keys.bucket(since)..=keys.bucket(until - 1) {
-                ids.clear();
-                let mut rows = postings.query(params![bucket, tag]).map_err(part_err(p))?;
-                while let Some(row) = rows.next().map_err(part_err(p))? {
-                    let blob: Vec<u8> = row.get(0).map_err(part_err(p))?;
-                    postings::decode(&blob, &mut ids).map_err(|_| QueryError::Partition {
-                        partition: p,
-                        message: format!("damaged posting list in bucket {bucket}"),
-                    })?;
-                }
-                // Postings past the watermark belong to a set still being written
-                // (see `index`): the tail scan below finds those records.
-                ids.retain(|&id| id <= through);
-                ids.sort_unstable();
-                for &id in &ids {
-                    let mut rows = record
-                        .query(params![id, since, until])
-                        .map_err(part_err(p))?;
-                    if let Some(row) = rows.next().map_err(part_err(p))? {
-                        take(row)?;
-                    }
+        let (mut outcome, mut receipt) = (None, None);
+        let mut events = tx.prepare_cached(events_q).map_err(part_err(p))?;
+        let mut rows = events
+            .query(params![submission.0, ordinal])
+            .map_err(part_err(p))?;
+        while let Some(r) = rows.next().map_err(part_err(p))? {
+            let kind: u8 = r.get(3).map_err(part_err(p))?;
+            let at: i64 = r.get(2).map_err(part_err(p))?;
+            if kind == Outcome::Receipt as u8 {
+                receipt = Some(FoundReceipt {
+                    at,
+                    state: r.get(10).map_err(part_err(p))?,
+                    error: r.get(11).map_err(part_err(p))?,
+                    done: r.get(12).map_err(part_err(p))?,
+                });
+                continue;
+            }
+            let msgid: Option<Vec<u8>> = r.get(6).map_err(part_err(p))?;
+            let size: Option<i64> = r.get(8).map_err(part_err(p))?;
+            outcome = Some(FoundOutcome {
+                enhanced_status: r.get(7).map_err(part_err(p))?,
+                size_bytes: size.map(|n| n.max(0) as u64),
+                outcome: Outcome::from_u8(kind).ok_or_else(|| corrupt("unknown outcome"))?,
+                at,
+                upstream_status: r.get(4).map_err(part_err(p))?,
+                gateway_code: r.get(5).map_err(part_err(p))?,
+                upstream_message_id: match msgid {
+                    Some(sealed) => Some(
+                        String::from_utf8(
+                            keys.open(&codec::outcome_aad(submission), &sealed)
+                                .map_err(|_| corrupt("sealed message id does not open"))?,
+                        )
+                        .map_err(|_| corrupt("message id is not UTF-8"))?,
+                    ),
+                    None => None,
+                },
+            });
+        }
+        stats.matches += 1;
+        emit(Found {
+            partition: p,
+            record_id,
+            submission,
+            ordinal,
+            at: row.get(3).map_err(part_err(p))?,
+            protocol: Protocol::from_u8(row.get(4).map_err(part_err(p))?)
+                .ok_or_else(|| corrupt("unknown protocol"))?,
+            service: Service::from_u8(row.get(5).map_err(part_err(p))?)
+                .ok_or_else(|| corrupt("unknown service"))?,
+            segments: row.get(6).map_err(part_err(p))?,
+            fields,
+            outcome,
+            receipt,
+        });
+        Ok(())
+    };
+    {
+        let mut postings = tx.prepare(&postings_sql).map_err(part_err(p))?;
+        let mut record = tx.prepare(&by_id).map_err(part_err(p))?;
+        let mut ids = Vec::new();
+        let buckets = match compacted {
+            Some(_) => 0..=0,
+            None => keys.bucket(since)..=keys.bucket(until - 1),
+        };
+        for bucket in buckets {
+            ids.clear();
+            let mut rows = postings.query(params![bucket, tag]).map_err(part_err(p))?;
+            while let Some(row) = rows.next().map_err(part_err(p))? {
+                let blob: Vec<u8> = row.get(0).map_err(part_err(p))?;
+                postings::decode(&blob, &mut ids).map_err(|_| QueryError::Partition {
+                    partition: p,
+                    message: format!("damaged posting list in bucket {bucket}"),
+                })?;
+            }
+            // Postings past the watermark belong to a set still being written
+            // (see `index`): the tail scan below finds those records.
+            ids.retain(|&id| id <= through);
+            ids.sort_unstable();
+            for &id in &ids {
+                let mut rows = record
+                    .query(params![id, since, until])
+                    .map_err(part_err(p))?;
+                if let Some(row) = rows.next().map_err(part_err(p))? {
+                    take(row)?;
                 }
             }
         }
+    }
+    if state.newest > through {
         let mut stmt = tx.prepare(&tail).map_err(part_err(p))?;
         let mut rows = stmt
             .query(params![through, tag, since, until])
@@ -332,5 +366,65 @@ pub fn run(
             take(row)?;
         }
     }
-    Ok(stats)
+    Ok(())
+}
+
+/// What a lookup needs to know of a partition before it seeks, in one statement.
+struct PartitionState {
+    /// The highest record id the read-optimised index covers (compacted partitions).
+    compacted: Option<i64>,
+    /// The highest record id the bucketed index covers.
+    indexed_through: i64,
+    newest: i64,
+}
+
+/// The partition's state, or `None` if its tables are not all there yet (as
+/// [`schema::is_ready`]).
+fn partition_state(conn: &rusqlite::Connection) -> rusqlite::Result<Option<PartitionState>> {
+    let row = conn.query_row(
+        "SELECT (SELECT 1 FROM meta WHERE key = 'schema'), \
+                (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'compacted'), \
+                (SELECT indexed_through FROM ix_state WHERE one = 1), \
+                (SELECT coalesce(max(id), 0) FROM record)",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, Option<i64>>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        },
+    );
+    match row {
+        Ok((Some(_), compacted, indexed_through, newest)) => Ok(Some(PartitionState {
+            compacted,
+            indexed_through: indexed_through.unwrap_or(0),
+            newest,
+        })),
+        Ok((None, ..)) => Ok(None),
+        Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such table") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The statement reading a record's latest outcome (other than a receipt) and its
+/// latest receipt: up to two rows of `columns.select`, told apart by their `outcome`.
+fn events_statement(columns: &schema::OutcomeColumns) -> String {
+    // An event is about this record when it names its ordinal or none.
+    let about = if columns.per_recipient {
+        "submission = ?1 AND (ordinal IS NULL OR ordinal = ?2)"
+    } else {
+        // Every event is the submission's; `?2` is still bound, so it is named.
+        "submission = ?1 AND ?2 IS NOT NULL"
+    };
+    let receipt = Outcome::Receipt as u8;
+    let select = &columns.select;
+    format!(
+        "SELECT * FROM (SELECT {select} FROM outcome WHERE {about} AND outcome != {receipt} ORDER BY id DESC LIMIT 1) \
+         UNION ALL \
+         SELECT * FROM (SELECT {select} FROM outcome WHERE {about} AND outcome = {receipt} ORDER BY id DESC LIMIT 1)"
+    )
 }

@@ -288,7 +288,16 @@ pub struct OutcomeColumns {
 }
 
 pub fn outcome_columns(conn: &Connection) -> rusqlite::Result<OutcomeColumns> {
-    let has = outcome_groups(conn)?;
+    Ok(columns_of(outcome_groups(conn)?))
+}
+
+/// The outcome columns of a partition that has every group: one compaction or the
+/// writer has completed (see [`complete_outcome_table`]), known without asking.
+pub fn all_outcome_columns() -> OutcomeColumns {
+    columns_of([true; GROUPS])
+}
+
+fn columns_of(has: [bool; GROUPS]) -> OutcomeColumns {
     let mut select = vec![
         "id",
         "submission",
@@ -305,10 +314,26 @@ pub fn outcome_columns(conn: &Connection) -> rusqlite::Result<OutcomeColumns> {
                 .map(|(name, _)| if has[group] { *name } else { "NULL" }),
         );
     }
-    Ok(OutcomeColumns {
+    OutcomeColumns {
         select: select.join(", "),
         per_recipient: has[SMPP_GROUP],
-    })
+    }
+}
+
+/// Adds the groups of outcome columns an older partition lacks: nullable columns, no
+/// rewrite, a group all or none.
+pub fn complete_outcome_table(conn: &Connection) -> rusqlite::Result<()> {
+    for (has, columns) in outcome_groups(conn)?.into_iter().zip(OUTCOME_GROUPS) {
+        if !has {
+            let mut sql = String::from("BEGIN;");
+            for (name, kind) in columns {
+                sql.push_str(&format!(" ALTER TABLE outcome ADD COLUMN {name} {kind};"));
+            }
+            sql.push_str(" COMMIT;");
+            conn.execute_batch(&sql)?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens (creating if needed) a partition for the writer.
@@ -351,17 +376,7 @@ pub fn open_for_write(
     conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(DDL)?;
     conn.execute_batch(ERASURE_DDL)?;
-    for (has, columns) in outcome_groups(&conn)?.into_iter().zip(OUTCOME_GROUPS) {
-        if !has {
-            // Nullable columns, no rewrite: a group all or none.
-            let mut sql = String::from("BEGIN;");
-            for (name, kind) in columns {
-                sql.push_str(&format!(" ALTER TABLE outcome ADD COLUMN {name} {kind};"));
-            }
-            sql.push_str(" COMMIT;");
-            conn.execute_batch(&sql)?;
-        }
-    }
+    complete_outcome_table(&conn)?;
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1), ('partition', ?2)",
         rusqlite::params![SCHEMA_VERSION, partition],

@@ -1203,6 +1203,14 @@ impl Writer {
                 }
                 records += chunk.len() as u64;
             }
+            if !rows.is_empty() {
+                // A record into a compacted partition (late, or a clock set back):
+                // its filter would hide it, so it goes, under this transaction's write
+                // lock (see `compact`), and compaction builds it anew later. Looked
+                // for at every commit with records (one `unlink`, failing when there is
+                // none): compaction may have written it since the partition was opened.
+                super::compact::remove_filter(&open.path);
+            }
             let events: Vec<&OutcomeRow> = idx
                 .iter()
                 .map(|&i| &jobs[i])

@@ -464,6 +464,13 @@ pub fn cli(config: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// [`cli`], which must succeed: its output.
+pub fn cli_ok(config: &Path, args: &[&str]) -> String {
+    let (ok, text) = cli(config, args);
+    assert!(ok, "{args:?}: {text}");
+    text
+}
+
 /// Runs the relaylog binary with `stdin` as its standard input.
 pub fn cli_with_input(config: &Path, args: &[&str], stdin: &str) -> (bool, String) {
     use std::io::Write;

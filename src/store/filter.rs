@@ -1,0 +1,324 @@
+//! A closed partition's filter: a blocked Bloom filter of every blind-index tag its
+//! records hold, in a file beside it (`<day>.sqlite-filter`), so that a lookup rules out
+//! a partition without the identifier without opening its database.
+//!
+//! Layout (integers big-endian):
+//!
+//! ```text
+//! header  "RLF1" | pages u32 | through i64 | entries u64 | reserved [8]   (32 bytes)
+//! macs    pages × 16 bytes: MAC of page i (see below)
+//! pages   pages × 1,024 bytes of bits: 16 blocks of 512 bits each
+//! ```
+//!
+//! An entry (an identifier kind and its tag) sets [`K`] bits of one block: a lookup
+//! reads one page. Each page carries its own MAC under the partition's index key
+//! ([`PartitionKeys::derived_mac`] over the partition's name, the header, the page's
+//! number and its bits), so that a lookup checks what it reads (two `pread`s) and not
+//! the whole file, and a filter cannot be moved to another partition or have bits
+//! cleared unseen. A filter that does not check out is not used: the lookup opens the
+//! partition as if there were none.
+//!
+//! The filter holds the tags of the records with ids up to `through`. The writer
+//! deletes it before it puts a record into the partition (see `compact`), so a filter
+//! present never says "absent" of a record that is there: at most it answers "maybe"
+//! for one that is not (about 1 in 200 at [`BITS_PER_ENTRY`]).
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::keys::{IndexKind, PartitionKeys};
+
+const MAGIC: &[u8; 4] = b"RLF1";
+const HEADER: usize = 32;
+const MAC: usize = 16;
+const PAGE: usize = 1024;
+const BLOCK: usize = 64;
+const BLOCKS_PER_PAGE: usize = PAGE / BLOCK;
+/// Bits set per entry, all in one 512-bit block.
+pub const K: u32 = 7;
+/// Bits of filter per distinct entry (a false positive about 1 time in 200).
+pub const BITS_PER_ENTRY: usize = 12;
+/// Most pages a filter has: 4 GiB of bits would be a partition of ~2.8 G distinct
+/// identifiers. A larger header is refused as damaged.
+const MAX_PAGES: u32 = 1 << 20;
+
+/// The filter's path: beside the partition, named like SQLite's own side files so that
+/// whatever removes a partition's `-wal` and `-shm` removes it too.
+pub fn path_of(partition_file: &Path) -> PathBuf {
+    let mut name = partition_file.as_os_str().to_owned();
+    name.push("-filter");
+    PathBuf::from(name)
+}
+
+/// What a filter says of one identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// No record up to [`Probe::Maybe`]'s `through` holds it: the partition is ruled out
+    /// for those ids.
+    Absent { through: i64 },
+    /// It may be there (or the records past `through` may hold it).
+    Maybe { through: i64 },
+    /// No filter (not built yet, or removed by the writer).
+    Missing,
+    /// A filter that does not check out (damaged, truncated, another partition's).
+    Damaged,
+}
+
+fn position(kind: IndexKind, tag: i64, blocks: u64) -> (u64, u64) {
+    let h = mix(tag as u64 ^ (kind as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    // Fast range: the block is the high half of h times the count.
+    let block = ((h >> 32) * blocks) >> 32;
+    (block, mix(h))
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn bits(bits: u64) -> impl Iterator<Item = usize> {
+    (0..K).map(move |j| ((bits >> (9 * j)) & 511) as usize)
+}
+
+fn header(pages: u32, through: i64, entries: u64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..4].copy_from_slice(MAGIC);
+    h[4..8].copy_from_slice(&pages.to_be_bytes());
+    h[8..16].copy_from_slice(&through.to_be_bytes());
+    h[16..24].copy_from_slice(&entries.to_be_bytes());
+    h
+}
+
+fn page_mac(keys: &PartitionKeys, header: &[u8], page: u32, bits: &[u8]) -> [u8; MAC] {
+    let name = keys.partition().to_string();
+    keys.derived_mac(&[
+        b"relaylog filter v1",
+        name.as_bytes(),
+        header,
+        &page.to_be_bytes(),
+        bits,
+    ])
+}
+
+/// Builds the filter of `entries` (distinct or not) for records up to `through` and
+/// writes it durably to `path` (a temporary file, synced, then renamed). Returns its
+/// size in bytes.
+pub fn write(
+    path: &Path,
+    keys: &PartitionKeys,
+    through: i64,
+    entries: &[(IndexKind, i64)],
+) -> std::io::Result<u64> {
+    let wanted = entries.len().max(1) * BITS_PER_ENTRY / 8;
+    let pages = wanted.div_ceil(PAGE).clamp(1, MAX_PAGES as usize) as u32;
+    let blocks = u64::from(pages) * BLOCKS_PER_PAGE as u64;
+    let mut bitmap = vec![0u8; pages as usize * PAGE];
+    for &(kind, tag) in entries {
+        let (block, h) = position(kind, tag, blocks);
+        let base = block as usize * BLOCK;
+        for bit in bits(h) {
+            bitmap[base + bit / 8] |= 1 << (bit % 8);
+        }
+    }
+    let head = header(pages, through, entries.len() as u64);
+    let mut out = Vec::with_capacity(HEADER + pages as usize * (MAC + PAGE));
+    out.extend_from_slice(&head);
+    for (i, page) in bitmap.chunks(PAGE).enumerate() {
+        out.extend_from_slice(&page_mac(keys, &head, i as u32, page));
+    }
+    out.extend_from_slice(&bitmap);
+    let tmp = {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{}.tmp", std::process::id()));
+        PathBuf::from(name)
+    };
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&out)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(out.len() as u64)
+}
+
+/// Looks `(kind, tag)` up in the filter at `path`: reads the header and the page's MAC,
+/// then the page, and checks the MAC before answering.
+pub fn probe(path: &Path, keys: &PartitionKeys, kind: IndexKind, tag: i64) -> Probe {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Probe::Missing,
+        Err(_) => return Probe::Damaged,
+    };
+    match probe_file(&file, keys, kind, tag) {
+        Some(p) => p,
+        None => Probe::Damaged,
+    }
+}
+
+fn probe_file(
+    file: &std::fs::File,
+    keys: &PartitionKeys,
+    kind: IndexKind,
+    tag: i64,
+) -> Option<Probe> {
+    // The header and the first MACs in one read (enough for a 250 KiB bitmap).
+    let mut first = [0u8; 4096];
+    let got = read_up_to(file, &mut first, 0)?;
+    if got < HEADER || &first[..4] != MAGIC {
+        return None;
+    }
+    let head = &first[..HEADER];
+    let pages = u32::from_be_bytes(head[4..8].try_into().ok()?);
+    let through = i64::from_be_bytes(head[8..16].try_into().ok()?);
+    if pages == 0 || pages > MAX_PAGES {
+        return None;
+    }
+    let (block, h) = position(kind, tag, u64::from(pages) * BLOCKS_PER_PAGE as u64);
+    let page = (block / BLOCKS_PER_PAGE as u64) as u32;
+    let mac_at = HEADER + page as usize * MAC;
+    let mut mac = [0u8; MAC];
+    if mac_at + MAC <= got {
+        mac.copy_from_slice(&first[mac_at..mac_at + MAC]);
+    } else {
+        file.read_exact_at(&mut mac, mac_at as u64).ok()?;
+    }
+    let mut bitmap = vec![0u8; PAGE];
+    let page_at = HEADER + pages as usize * MAC + page as usize * PAGE;
+    file.read_exact_at(&mut bitmap, page_at as u64).ok()?;
+    let expected = page_mac(keys, head, page, &bitmap);
+    // Compared whole, without an early exit.
+    if expected.iter().zip(&mac).fold(0u8, |d, (a, b)| d | (a ^ b)) != 0 {
+        return None;
+    }
+    let base = (block as usize % BLOCKS_PER_PAGE) * BLOCK;
+    let present = bits(h).all(|bit| bitmap[base + bit / 8] & (1 << (bit % 8)) != 0);
+    Some(if present {
+        Probe::Maybe { through }
+    } else {
+        Probe::Absent { through }
+    })
+}
+
+fn read_up_to(file: &std::fs::File, buf: &mut [u8], at: u64) -> Option<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(got)
+}
+
+/// Whether the filter at `path` was built for `partition` (its MACs check) and holds
+/// every one of `entries`: what `verify` asks of a compacted partition.
+pub fn holds_all(
+    path: &Path,
+    keys: &PartitionKeys,
+    entries: &[(IndexKind, i64)],
+) -> Result<bool, Probe> {
+    for &(kind, tag) in entries {
+        match probe(path, keys, kind, tag) {
+            Probe::Maybe { .. } => {}
+            Probe::Absent { .. } => return Ok(false),
+            other => return Err(other),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::partition::PartitionId;
+
+    fn keys(dir: &Path, day: &str) -> std::sync::Arc<PartitionKeys> {
+        let ring = crate::store::keys::tests::keyring(dir, 8);
+        ring.keys_or_create(PartitionId::parse(day).unwrap())
+            .unwrap()
+    }
+
+    /// Every entry put in is found; of 20,000 never put in, few are "maybe".
+    #[test]
+    fn no_false_negatives_and_few_false_positives() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keys(dir.path(), "2026-01-01");
+        let path = dir.path().join("2026-01-01.sqlite-filter");
+        let entries: Vec<(IndexKind, i64)> = (0..20_000i64)
+            .map(|i| {
+                (
+                    IndexKind::Recipient,
+                    k.blind_index(IndexKind::Recipient, &format!("+3161{i:07}")),
+                )
+            })
+            .chain((0..200).map(|i| {
+                (
+                    IndexKind::Account,
+                    k.blind_index(IndexKind::Account, &format!("a{i}")),
+                )
+            }))
+            .collect();
+        write(&path, &k, 99, &entries).unwrap();
+        assert_eq!(holds_all(&path, &k, &entries), Ok(true));
+        let mut maybe = 0;
+        for i in 20_000..40_000i64 {
+            let tag = k.blind_index(IndexKind::Recipient, &format!("+3161{i:07}"));
+            match probe(&path, &k, IndexKind::Recipient, tag) {
+                Probe::Maybe { through: 99 } => maybe += 1,
+                Probe::Absent { through: 99 } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(maybe < 400, "{maybe} false positives in 20,000");
+        // The same tag under another kind is another entry.
+        let tag = k.blind_index(IndexKind::Account, "a1");
+        assert_eq!(
+            probe(&path, &k, IndexKind::Account, tag),
+            Probe::Maybe { through: 99 }
+        );
+    }
+
+    /// A flipped bit, a truncated file, another partition's filter, another partition's
+    /// keys: not used.
+    #[test]
+    fn a_filter_that_does_not_check_out_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keys(dir.path(), "2026-01-01");
+        let other = keys(dir.path(), "2026-01-02");
+        let path = dir.path().join("f");
+        let tag = k.blind_index(IndexKind::Recipient, "+31612345678");
+        write(&path, &k, 1, &[(IndexKind::Recipient, tag)]).unwrap();
+        assert_eq!(
+            probe(&path, &k, IndexKind::Recipient, tag),
+            Probe::Maybe { through: 1 }
+        );
+        assert_eq!(
+            probe(&path, &other, IndexKind::Recipient, tag),
+            Probe::Damaged
+        );
+        let good = std::fs::read(&path).unwrap();
+        for at in [0, 5, 10, HEADER + 3, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            assert_eq!(
+                probe(&path, &k, IndexKind::Recipient, tag),
+                Probe::Damaged,
+                "byte {at}"
+            );
+        }
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert_eq!(probe(&path, &k, IndexKind::Recipient, tag), Probe::Damaged);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(probe(&path, &k, IndexKind::Recipient, tag), Probe::Missing);
+    }
+}
