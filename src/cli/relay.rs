@@ -28,6 +28,33 @@ pub enum BenchCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Look up random recipients over a store's whole window, after compacting its
+    /// closed partitions; fills the store first (as `bench store`) when it is empty.
+    Query {
+        /// Records to fill an empty store with.
+        #[arg(long, default_value_t = 8_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 396)]
+        days: u32,
+        /// First day (YYYY-MM-DD) of the filled store and of the lookups' window.
+        #[arg(long, default_value = "2025-11-01")]
+        start: NaiveDate,
+        #[arg(long, default_value_t = 200_000)]
+        recipients_pool: u64,
+        #[arg(long, default_value_t = 3)]
+        seed: u64,
+        /// Warm lookups.
+        #[arg(long, default_value_t = 200)]
+        lookups: usize,
+        /// Also this many cold lookups, the page cache dropped before each (root).
+        #[arg(long, default_value_t = 0)]
+        drop_caches: usize,
+        #[arg(long)]
+        json: bool,
+        /// No progress bar while filling.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Load an SMS submission API (relaylog, or a gateway directly) and report
     /// throughput, errors and latency percentiles.
     Http {
@@ -345,6 +372,65 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 report.seconds,
                 report.overall()
             );
+            Ok(())
+        }
+        BenchCommand::Query {
+            records,
+            days,
+            start,
+            recipients_pool,
+            seed,
+            lookups,
+            drop_caches,
+            json,
+            quiet,
+        } => {
+            let b = crate::bench::query::QueryBench {
+                fill: crate::bench::StoreBench {
+                    records: *records,
+                    days: *days,
+                    start: *start,
+                    recipients_pool: *recipients_pool,
+                    seed: *seed,
+                    producers: 1,
+                    progress: !quiet,
+                },
+                lookups: *lookups,
+                cold: *drop_caches,
+            };
+            let r = crate::bench::query::run(config.store.clone(), &b)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            if let Some(rate) = r.filled_records_per_second {
+                println!("filled: {records} records over {days} day(s), {rate:.0} records/s");
+            }
+            println!(
+                "compacted: {} partition(s), {} records in {:.2} s: {:.0} records/s",
+                r.compacted_partitions,
+                r.compacted_records,
+                r.compaction_seconds,
+                r.compaction_records_per_second
+            );
+            println!(
+                "disk: {:.0} bytes per record, of which filters {:.1}",
+                r.bytes_per_record, r.filter_bytes_per_record
+            );
+            for (name, l) in [("warm", Some(&r.warm)), ("cold", r.cold.as_ref())] {
+                let Some(l) = l else { continue };
+                println!(
+                    "{name}: {} lookups over {} partitions: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({:.1} matches, {:.1} partitions opened per lookup)",
+                    l.lookups,
+                    r.partitions,
+                    l.p50_ms,
+                    l.p90_ms,
+                    l.p99_ms,
+                    l.max_ms,
+                    l.mean_matches,
+                    l.mean_partitions_opened
+                );
+            }
             Ok(())
         }
         BenchCommand::Http {

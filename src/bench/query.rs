@@ -1,0 +1,179 @@
+//! `relaylog bench query`: lookups by recipient over a store like the one `bench store`
+//! fills (which it fills first when the store has no partitions), after compacting the
+//! partitions whose period is over. Reports the compaction rate and lookup latency
+//! percentiles, warm and, as root with `--drop-caches`, cold.
+
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use serde::Serialize;
+
+use super::Rng;
+use crate::config::StoreConfig;
+use crate::store::compact;
+use crate::store::keys::IndexKind;
+use crate::store::query::{self, Criteria};
+
+#[derive(Debug, Clone)]
+pub struct QueryBench {
+    /// How the store is filled when it is empty (see `bench store`).
+    pub fill: super::StoreBench,
+    /// Warm lookups (each over the whole window of `fill`).
+    pub lookups: usize,
+    /// Cold lookups: the page cache dropped before each (root only).
+    pub cold: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub lookups: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_matches: f64,
+    /// Partitions opened per lookup (the others were ruled out by their filter).
+    pub mean_partitions_opened: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueryBenchReport {
+    pub partitions: usize,
+    /// Filled by this run (records/s), if the store was empty.
+    pub filled_records_per_second: Option<f64>,
+    pub compacted_partitions: usize,
+    pub compacted_records: u64,
+    pub compaction_seconds: f64,
+    pub compaction_records_per_second: f64,
+    /// On-disk bytes of the store per record, and of the filters alone.
+    pub bytes_per_record: f64,
+    pub filter_bytes_per_record: f64,
+    pub warm: Latency,
+    pub cold: Option<Latency>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryBenchError {
+    #[error(transparent)]
+    Fill(#[from] super::BenchError),
+    #[error(transparent)]
+    Keys(#[from] crate::store::keys::KeyError),
+    #[error(transparent)]
+    Query(#[from] query::QueryError),
+    #[error("cannot list the store: {0}")]
+    List(std::io::Error),
+    #[error("cannot drop the page cache (needs root): {0}")]
+    DropCaches(std::io::Error),
+    #[error("compaction: {0}")]
+    Compact(String),
+}
+
+fn day_micros(d: NaiveDate) -> i64 {
+    d.and_hms_opt(0, 0, 0)
+        .unwrap_or_default()
+        .and_utc()
+        .timestamp_micros()
+}
+
+fn drop_caches() -> std::io::Result<()> {
+    // Dirty pages are written first (sync(1)): drop_caches drops clean pages only.
+    std::process::Command::new("sync").status()?;
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBenchError> {
+    let listed = |dir| crate::store::partition::list(dir).map_err(QueryBenchError::List);
+    let filled_records_per_second = if listed(&cfg.path)?.is_empty() {
+        Some(super::store(cfg.clone(), &b.fill)?.overall())
+    } else {
+        None
+    };
+    let keyring = crate::store::open_keyring(&cfg)?;
+    let began = Instant::now();
+    let done = compact::compact_due(&cfg.path, &keyring, crate::clock::Micros::MAX, &|| false);
+    let compaction_seconds = began.elapsed().as_secs_f64();
+    let mut compacted_records = 0;
+    for (p, r) in &done {
+        match r {
+            Ok(c) => compacted_records += c.records,
+            Err(e) => return Err(QueryBenchError::Compact(format!("{p}: {e}"))),
+        }
+    }
+    let partitions = listed(&cfg.path)?;
+    let (mut store_bytes, mut filter_bytes, mut records) = (0u64, 0u64, 0u64);
+    for entry in std::fs::read_dir(&cfg.path).map_err(QueryBenchError::List)? {
+        let entry = entry.map_err(QueryBenchError::List)?;
+        let len = entry.metadata().map_err(QueryBenchError::List)?.len();
+        store_bytes += len;
+        if entry.file_name().to_string_lossy().ends_with("-filter") {
+            filter_bytes += len;
+        }
+    }
+    for p in &partitions {
+        let conn = crate::store::schema::open_for_read(&p.path_in(&cfg.path))
+            .map_err(|e| QueryBenchError::Compact(format!("{p}: {e}")))?;
+        // Ids are dense (erasure aside): the highest is the count, without a scan.
+        let n: i64 = conn
+            .query_row("SELECT coalesce(max(id), 0) FROM record", [], |r| r.get(0))
+            .map_err(|e| QueryBenchError::Compact(format!("{p}: {e}")))?;
+        records += n.max(0) as u64;
+    }
+    let since = day_micros(b.fill.start);
+    let until = since + i64::from(b.fill.days) * 86_400_000_000;
+    let mut rng = Rng(b.fill.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+    let mut lookups = |n: usize, cold: bool| -> Result<Latency, QueryBenchError> {
+        let (mut times, mut matches, mut opened) = (Vec::with_capacity(n), 0u64, 0usize);
+        for _ in 0..n {
+            let number = format!("+3161{:07}", rng.next() % b.fill.recipients_pool.max(1));
+            if cold {
+                drop_caches().map_err(QueryBenchError::DropCaches)?;
+            }
+            let criteria = Criteria {
+                kind: IndexKind::Recipient,
+                value: number,
+                since,
+                until,
+            };
+            let t = Instant::now();
+            let stats = query::run(&cfg.path, &keyring, &criteria, |_| {})?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            matches += stats.matches;
+            opened += stats.partitions_searched - stats.partitions_ruled_out;
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(Latency {
+            lookups: n,
+            p50_ms: percentile(&times, 0.5),
+            p90_ms: percentile(&times, 0.9),
+            p99_ms: percentile(&times, 0.99),
+            max_ms: times.last().copied().unwrap_or(0.0),
+            mean_matches: matches as f64 / n.max(1) as f64,
+            mean_partitions_opened: opened as f64 / n.max(1) as f64,
+        })
+    };
+    let warm = lookups(b.lookups, false)?;
+    let cold = if b.cold > 0 {
+        Some(lookups(b.cold, true)?)
+    } else {
+        None
+    };
+    Ok(QueryBenchReport {
+        partitions: partitions.len(),
+        filled_records_per_second,
+        compacted_partitions: done.len(),
+        compacted_records,
+        compaction_seconds,
+        compaction_records_per_second: compacted_records as f64 / compaction_seconds.max(1e-9),
+        bytes_per_record: store_bytes as f64 / records.max(1) as f64,
+        filter_bytes_per_record: filter_bytes as f64 / records.max(1) as f64,
+        warm,
+        cold,
+    })
+}
