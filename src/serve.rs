@@ -605,6 +605,8 @@ impl Running {
     pub async fn shutdown(self) {
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         self.trigger.trigger();
+        // Between two of its transactions: a moment.
+        self.compactor.stop().await;
         let mut drain = std::pin::pin!(self.drain.wait());
         if tokio::time::timeout(self.shutdown_timeout, drain.as_mut())
             .await
@@ -624,7 +626,6 @@ impl Running {
                 );
             }
         }
-        self.compactor.stop().await;
         self.store.close().await;
         self.simulator_trigger.trigger();
         for t in self.tasks {

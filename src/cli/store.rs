@@ -124,7 +124,7 @@ pub(super) fn verify(config: &Config, since: Option<&str>, until: Option<&str>) 
         if let Some(keys) = keyring.as_ref().and_then(|k| k.keys(r.partition).ok()) {
             let path = r.partition.path_in(&config.store.path);
             match crate::store::compact::check(&path, &keys) {
-                Ok(Some(problems)) if !problems.is_empty() => {
+                Ok(problems) if !problems.is_empty() => {
                     bad += 1;
                     for p in problems {
                         println!("{}  INDEX DAMAGED  {p}", r.partition);
@@ -315,6 +315,11 @@ pub(super) fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
             "warning: {} records matched; the first {} are shown (--limit)",
             stats.matches,
             found.len()
+        );
+    }
+    for p in stats.filters_damaged.iter().chain(&stats.filters_stale) {
+        eprintln!(
+            "warning: partition {p}: its filter does not check out or does not cover its records; searched without it (run `relaylog verify`)"
         );
     }
     for p in &stats.partitions_shredded {

@@ -258,6 +258,16 @@ fn erase_partition(
         records += r as u64;
         outcomes += o as u64;
     }
+    // The read-optimised index and the filter still hold the erased records' tags: the
+    // filter goes, and the next compaction rebuilds both from what is left.
+    if records > 0 {
+        crate::store::compact::remove_filter(&p.path_in(&inst.store.path)).map_err(|e| {
+            DiscloseError::Partition {
+                partition: p,
+                message: format!("cannot remove its filter after the erasure: {e}"),
+            }
+        })?;
+    }
     Ok((records, outcomes))
 }
 

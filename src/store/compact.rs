@@ -6,10 +6,11 @@
 //!
 //! - a **read-optimised index**: the `cx_*` tables, one per identifier kind, keyed by
 //!   `(tag, first id)` with the ids as posting lists (see `postings`): one seek per
-//!   partition. Written in transactions of [`ROWS_PER_TX`] rows so that the writer,
-//!   which may still put outcomes and receipts into the partition, never waits long
-//!   for it; `meta.compacted` (the highest record id it covers) is set in the last, so
-//!   an unfinished build is never read, and is started afresh after a crash;
+//!   partition. Written in transactions of [`ROWS_PER_TX`] rows (and emptied in such
+//!   steps before a rebuild) so that the writer, which may still put outcomes and
+//!   receipts into the partition, never waits long for it; `meta.compacted` (the
+//!   highest record id it covers) is set once all are written, so an unfinished build
+//!   is never read, and is started afresh after a crash;
 //! - a **filter** (see `filter`): a partition without the identifier is ruled out
 //!   without opening it.
 //!
@@ -17,11 +18,16 @@
 //! rebuilds them and compares) rather than covered by the partition's signed heads;
 //! the filter carries MACs under the partition's key.
 //!
-//! A lookup uses the `cx_*` index for ids up to `meta.compacted` and scans the records
-//! past it by their tag column (none, unless a record arrived late). The writer deletes
-//! the filter before it puts a record into a partition that has one (under its write
-//! lock), and compaction, after writing the filter, checks under the write lock that no
-//! record came meanwhile: a filter present never hides a record.
+//! What keeps a filter from hiding a record: it is written to a temporary file, and put
+//! in place (renamed) only under the partition's write lock (`BEGIN IMMEDIATE`) after
+//! checking that no record past the ids it covers exists; the writer, under that same
+//! lock, deletes it before it commits a record into the partition, and fails its batch
+//! (retried) if it cannot. One compaction runs at a time per store (a lock file). A
+//! lookup that opens a partition checks the filter's `through` against the partition
+//! (`query`), and `verify` checks it against the records.
+//!
+//! Memory: the bits of the filter (12 per distinct identifier) and one posting row; the
+//! sorting is SQLite's (its sorter spills to disk past its cache).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,7 +35,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::filter;
-use super::keys::{IndexKind, PartitionKeys};
+use super::keys::{IndexKind, KeyError, Keyring, PartitionKeys};
 use super::partition::PartitionId;
 use super::postings;
 use super::schema;
@@ -39,8 +45,12 @@ use crate::clock::Micros;
 /// within seconds of their time (queue and journal), far less than this.
 pub const GRACE: Duration = Duration::from_secs(3600);
 
-/// Posting rows written per transaction: a few milliseconds of the write lock.
+/// Posting rows written (or deleted) per transaction: a few milliseconds of the write
+/// lock.
 pub const ROWS_PER_TX: usize = 2_048;
+
+/// The lock file that lets one compaction run at a time in a store directory.
+const LOCK_FILE: &str = ".compaction.lock";
 
 const KINDS: [IndexKind; 4] = [
     IndexKind::Account,
@@ -94,18 +104,14 @@ pub fn is_due(p: PartitionId, now: Micros) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
-    #[error("partition {partition}: {source}")]
-    Sql {
-        partition: PartitionId,
-        source: rusqlite::Error,
-    },
-    #[error("partition {partition}: cannot write its filter: {source}")]
-    Filter {
-        partition: PartitionId,
-        source: std::io::Error,
-    },
-    #[error("partition {partition}: damaged posting list")]
-    Postings { partition: PartitionId },
+    #[error("{0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("its filter: {0}")]
+    Filter(#[from] std::io::Error),
+    #[error("its keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("a damaged posting list in {0}")]
+    Postings(&'static str),
 }
 
 /// What compacting one partition did.
@@ -118,136 +124,217 @@ pub struct Compacted {
     pub seconds: f64,
 }
 
+/// How a compaction of one partition ended, other than by an error.
+#[derive(Debug)]
+pub enum Ended {
+    Done(Compacted),
+    /// Its filter was there already: nothing to do.
+    AlreadyDone,
+    /// `stop` said so; started afresh next time.
+    Stopped,
+    /// A record came in meanwhile; compacted again next time.
+    Moved,
+}
+
 /// The highest record id of a partition now.
 fn newest(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT coalesce(max(id), 0) FROM record", [], |r| r.get(0))
 }
 
-/// The `(tag, id)` of every record up to `through` that has a tag of `kind`, sorted.
-/// One kind at a time: 16 bytes a record at most, whatever the partition holds.
-fn read_list(
+/// The `(tag, id)` of every record up to `through` with a tag of `kind`, sorted (by
+/// SQLite), handed to `each` one at a time; stops early when it answers false.
+fn each_tag(
     conn: &Connection,
     kind: IndexKind,
     through: i64,
-) -> rusqlite::Result<Vec<(i64, i64)>> {
+    mut each: impl FnMut(i64, i64) -> Result<bool, CompactError>,
+) -> Result<(), CompactError> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {0}, id FROM record WHERE id <= ?1 AND {0} IS NOT NULL",
+        "SELECT {0}, id FROM record WHERE id <= ?1 AND {0} IS NOT NULL ORDER BY {0}, id",
         column(kind)
     ))?;
-    let mut list = stmt
-        .query_map([through], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
-    list.sort_unstable();
-    Ok(list)
+    let mut rows = stmt.query([through])?;
+    while let Some(row) = rows.next()? {
+        if !each(row.get(0)?, row.get(1)?)? {
+            break;
+        }
+    }
+    Ok(())
 }
 
-/// The distinct tags of a sorted list, as filter entries.
-fn distinct(kind: IndexKind, list: &[(i64, i64)], out: &mut Vec<(IndexKind, i64)>) {
-    let mut last = None;
-    for &(tag, _) in list {
-        if last != Some(tag) {
-            out.push((kind, tag));
-            last = Some(tag);
+/// Empties a `cx_*` table a step at a time (see [`ROWS_PER_TX`]).
+fn empty(
+    conn: &Connection,
+    kind: IndexKind,
+    stop: &dyn Fn() -> bool,
+) -> Result<bool, CompactError> {
+    let sql = format!(
+        "DELETE FROM {0} WHERE (tag, first) IN (SELECT tag, first FROM {0} LIMIT {ROWS_PER_TX})",
+        table(kind)
+    );
+    while conn.execute(&sql, [])? > 0 {
+        if stop() {
+            return Ok(false);
         }
+    }
+    Ok(true)
+}
+
+/// The posting rows of one `cx_*` table as they are written: the ids of one tag (at
+/// most [`postings::MAX_IDS`] a row), in transactions of [`ROWS_PER_TX`] rows, on a
+/// connection that is reading the sorted tags meanwhile.
+struct Lists<'c> {
+    conn: &'c Connection,
+    insert: String,
+    tag: Option<i64>,
+    ids: Vec<i64>,
+    blob: Vec<u8>,
+    /// Rows in the transaction open now.
+    in_tx: usize,
+    rows: u64,
+}
+
+impl Lists<'_> {
+    /// Adds a record's `(tag, id)`, in `(tag, id)` order.
+    fn push(&mut self, tag: i64, id: i64) -> Result<(), CompactError> {
+        if self.tag != Some(tag) || self.ids.len() >= postings::MAX_IDS {
+            self.flush()?;
+            self.tag = Some(tag);
+        }
+        self.ids.push(id);
+        Ok(())
+    }
+
+    /// Writes the row being gathered, and ends the transaction when it is full.
+    fn flush(&mut self) -> Result<(), CompactError> {
+        let Some(tag) = self.tag else { return Ok(()) };
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        self.blob.clear();
+        postings::encode(&self.ids, &mut self.blob);
+        self.conn
+            .prepare_cached(&self.insert)?
+            .execute(rusqlite::params![tag, self.ids[0], self.blob])?;
+        self.ids.clear();
+        self.rows += 1;
+        self.in_tx += 1;
+        if self.in_tx >= ROWS_PER_TX {
+            self.conn.execute_batch("COMMIT; BEGIN")?;
+            self.in_tx = 0;
+        }
+        Ok(())
     }
 }
 
-/// A list's posting rows: `(tag, first id, ids blob)`, at most [`postings::MAX_IDS`]
-/// ids each.
-fn posting_rows(list: &[(i64, i64)]) -> impl Iterator<Item = (i64, i64, Vec<u8>)> + '_ {
-    list.chunk_by(|a, b| a.0 == b.0).flat_map(|same| {
-        same.chunks(postings::MAX_IDS).map(|chunk| {
-            let ids: Vec<i64> = chunk.iter().map(|&(_, id)| id).collect();
-            let mut blob = Vec::with_capacity(ids.len() * 3);
-            postings::encode(&ids, &mut blob);
-            (chunk[0].0, ids[0], blob)
-        })
-    })
-}
-
-/// Compacts the partition at `path` (see the module's text). Nothing is done to a
-/// partition whose filter is there already; `stop` is looked at between transactions,
-/// and a build cut short is started afresh next time.
-pub fn compact(
+/// Compacts the partition at `path` (see the module's text).
+fn compact(
     path: &Path,
     keys: &PartitionKeys,
     stop: &dyn Fn() -> bool,
-) -> Result<Option<Compacted>, CompactError> {
-    let partition = keys.partition();
-    let sql = |source| CompactError::Sql { partition, source };
+) -> Result<Ended, CompactError> {
     let filter_path = filter::path_of(path);
     if filter_path.exists() {
-        return Ok(None);
+        return Ok(Ended::AlreadyDone);
     }
     let began = Instant::now();
-    let conn = schema::open_for_read(path).map_err(sql)?;
-    if !schema::is_ready(&conn).map_err(sql)? {
-        return Ok(None);
+    let mut conn = schema::open_for_read(path)?;
+    if !schema::is_ready(&conn)? {
+        return Ok(Ended::Stopped); // being created this moment: next time
     }
-    conn.execute_batch(DDL).map_err(sql)?;
+    // In WAL mode, so that the long read of the tags below blocks no one: under a
+    // rollback journal it would hold off the writer's commits (a late outcome) and
+    // this connection's own. Put back to a rollback journal at the end.
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    conn.execute_batch(DDL)?;
     // A lookup in a compacted partition takes every outcome column to be there.
-    schema::complete_outcome_table(&conn).map_err(sql)?;
-    let through = newest(&conn).map_err(sql)?;
-    let records: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM record WHERE id <= ?1",
+    schema::complete_outcome_table(&conn)?;
+    let through = newest(&conn)?;
+    let records: i64 = conn.query_row(
+        "SELECT count(*) FROM record WHERE id <= ?1",
+        [through],
+        |r| r.get(0),
+    )?;
+    // Built afresh whenever the filter is missing (a late record, an erasure, a
+    // repair): until `meta.compacted` is back, lookups use the bucketed index.
+    conn.execute("DELETE FROM meta WHERE key = 'compacted'", [])?;
+    // The filter is sized for the distinct identifiers (SQLite counts them, in its
+    // bounded memory), and filled as the lists are written.
+    let mut distinct = 0u64;
+    for kind in KINDS {
+        let n: i64 = conn.query_row(
+            &format!(
+                "SELECT count(DISTINCT {0}) FROM record WHERE id <= ?1",
+                column(kind)
+            ),
             [through],
             |r| r.get(0),
-        )
-        .map_err(sql)?;
-    // Built afresh whenever the filter is missing (a late record, a repair): until
-    // `meta.compacted` is back, lookups use the bucketed index.
-    conn.execute("DELETE FROM meta WHERE key = 'compacted'", [])
-        .map_err(sql)?;
-    let (mut rows, mut entries) = (0u64, Vec::new());
+        )?;
+        distinct += n.max(0) as u64;
+    }
+    let mut bits = filter::Builder::new(distinct);
+    let mut rows = 0u64;
     for kind in KINDS {
-        let list = read_list(&conn, kind, through).map_err(sql)?;
-        distinct(kind, &list, &mut entries);
-        conn.execute(&format!("DELETE FROM {}", table(kind)), [])
-            .map_err(sql)?;
-        let mut rows_of = posting_rows(&list).peekable();
-        while rows_of.peek().is_some() {
-            if stop() {
-                return Ok(None);
+        if !empty(&conn, kind, stop)? {
+            return Ok(Ended::Stopped);
+        }
+        let mut list = Lists {
+            conn: &conn,
+            insert: format!(
+                "INSERT INTO {} (tag, first, ids) VALUES (?1, ?2, ?3)",
+                table(kind)
+            ),
+            tag: None,
+            ids: Vec::new(),
+            blob: Vec::new(),
+            in_tx: 0,
+            rows: 0,
+        };
+        conn.execute_batch("BEGIN")?;
+        let mut stopped = false;
+        each_tag(&conn, kind, through, |tag, id| {
+            if list.tag != Some(tag) {
+                bits.add(kind, tag);
             }
-            let tx = conn.unchecked_transaction().map_err(sql)?;
-            {
-                let mut insert = tx
-                    .prepare_cached(&format!(
-                        "INSERT INTO {} (tag, first, ids) VALUES (?1, ?2, ?3)",
-                        table(kind)
-                    ))
-                    .map_err(sql)?;
-                for (tag, first, blob) in rows_of.by_ref().take(ROWS_PER_TX) {
-                    insert
-                        .execute(rusqlite::params![tag, first, blob])
-                        .map_err(sql)?;
-                    rows += 1;
-                }
+            list.push(tag, id)?;
+            // Looked at between transactions.
+            if list.in_tx == 0 && stop() {
+                stopped = true;
+                return Ok(false);
             }
-            tx.commit().map_err(sql)?;
+            Ok(true)
+        })?;
+        list.flush()?;
+        rows += list.rows;
+        conn.execute_batch("COMMIT")?;
+        if stopped {
+            return Ok(Ended::Stopped);
         }
     }
     conn.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted', ?1)",
         [through],
-    )
-    .map_err(sql)?;
-    let filter_bytes = filter::write(&filter_path, keys, through, &entries)
-        .map_err(|source| CompactError::Filter { partition, source })?;
-    // A record the writer put in meanwhile, before it could see the filter to delete:
-    // then the filter goes (it would hide that record), and the next run builds anew.
-    let mut conn = conn;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql)?;
-    if newest(&tx).map_err(sql)? != through {
-        remove_filter(path);
+    )?;
+    let tmp = filter::tmp_path_of(path);
+    let filter_bytes = bits.write(&tmp, keys, through)?;
+    // Put in place under the write lock, once sure that no record came meanwhile (the
+    // writer deletes a filter under this lock before it commits a record).
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if newest(&tx)? != through {
+        drop(tx);
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(Ended::Moved);
     }
-    tx.commit().map_err(sql)?;
+    if let Err(e) = filter::publish(&tmp, &filter_path) {
+        let _ = std::fs::remove_file(&tmp);
+        // Renamed but not synced: it must not stay where a crash could leave it.
+        let _ = std::fs::remove_file(&filter_path);
+        return Err(e.into());
+    }
+    tx.commit()?;
     drop(conn);
     to_rollback_journal(path);
-    Ok(Some(Compacted {
+    Ok(Ended::Done(Compacted {
         records: records.max(0) as u64,
         rows,
         filter_bytes,
@@ -270,7 +357,7 @@ fn in_wal_mode(path: &Path) -> bool {
 /// while no one else has it open (the writer keeps recent partitions open): tried
 /// again at each run until it is done. The writer puts the partition back in WAL mode
 /// when it next opens it (a late outcome), which is correct either way.
-pub fn to_rollback_journal(path: &Path) {
+fn to_rollback_journal(path: &Path) {
     if !in_wal_mode(path) {
         return;
     }
@@ -281,101 +368,143 @@ pub fn to_rollback_journal(path: &Path) {
     let _ = conn.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()));
 }
 
-/// Removes a partition's filter, if it has one. Called by the writer, holding the
-/// partition's write lock, before it puts a record into it.
-pub fn remove_filter(partition_file: &Path) {
+/// Removes a partition's filter, if it has one, durably. The writer calls it holding
+/// the partition's write lock, before it commits a record into it, and fails its batch
+/// on an error: a filter left in place would hide the record.
+pub fn remove_filter(partition_file: &Path) -> std::io::Result<()> {
     let path = filter::path_of(partition_file);
     match std::fs::remove_file(&path) {
         Ok(()) => {
-            tracing::info!(path = %path.display(), "a record came into a compacted partition; its filter is removed until it is compacted again")
+            tracing::info!(path = %path.display(), "a record came into a compacted partition; its filter is removed until it is compacted again");
+            filter::sync_parent(&path)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove a partition's filter")
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
 /// Whether a compacted partition's `cx_*` index and filter are what its records give
-/// (what `verify` checks). `Ok(None)`: the partition is not compacted.
-pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Option<Vec<String>>, CompactError> {
-    let partition = keys.partition();
-    let sql = |source| CompactError::Sql { partition, source };
-    let conn = schema::open_for_read(path).map_err(sql)?;
-    if !schema::is_ready(&conn).map_err(sql)? {
-        return Ok(None);
+/// (what `verify` checks): the problems found, none when it is not compacted.
+pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactError> {
+    let conn = schema::open_for_read(path)?;
+    if !schema::is_ready(&conn)? {
+        return Ok(Vec::new());
     }
-    let Some(through) = compacted_through(&conn).map_err(sql)? else {
-        return Ok(None);
+    let tx = conn.unchecked_transaction()?;
+    let filter_path = filter::path_of(path);
+    let filter = match filter_path.exists() {
+        true => Some(filter::Checked::read(&filter_path, keys)?),
+        false => None,
     };
+    let compacted = compacted_through(&tx)?;
+    let newest = newest(&tx)?;
     let mut problems = Vec::new();
-    let mut entries = Vec::new();
-    for kind in KINDS {
-        let list = read_list(&conn, kind, through).map_err(sql)?;
-        distinct(kind, &list, &mut entries);
-        let mut stored = Vec::new();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT tag, ids FROM {} ORDER BY tag, first",
-                table(kind)
-            ))
-            .map_err(sql)?;
-        let mut rows = stmt.query([]).map_err(sql)?;
-        let mut ids = Vec::new();
-        while let Some(row) = rows.next().map_err(sql)? {
-            let tag: i64 = row.get(0).map_err(sql)?;
-            let blob: Vec<u8> = row.get(1).map_err(sql)?;
-            ids.clear();
-            postings::decode(&blob, &mut ids).map_err(|_| CompactError::Postings { partition })?;
-            stored.extend(ids.iter().map(|&id| (tag, id)));
+    let Some(through) = compacted else {
+        if filter.is_some() {
+            problems.push("a filter without a read-optimised index".into());
         }
-        // Erasure removes records and leaves their ids in the lists (a lookup skips
-        // them): what must hold is that every record is listed.
-        let mut missing = 0usize;
-        let mut at = 0usize;
-        for entry in &list {
-            while at < stored.len() && stored[at] < *entry {
-                at += 1;
+        return Ok(problems);
+    };
+    let filter = match filter {
+        Some(Some(f)) if f.through != through || through != newest => {
+            problems.push(format!(
+                "the filter covers records up to {}, the index up to {through}, the partition holds up to {newest}",
+                f.through
+            ));
+            None
+        }
+        Some(None) => {
+            problems.push("the filter does not check out".into());
+            None
+        }
+        other => other.flatten(),
+    };
+    for kind in KINDS {
+        let mut stored = tx.prepare(&format!(
+            "SELECT tag, ids FROM {} ORDER BY tag, first",
+            table(kind)
+        ))?;
+        let mut stored = stored.query([])?;
+        let (mut listed, mut at) = (Vec::new(), 0usize);
+        let (mut missing, mut unfiltered) = (0usize, 0usize);
+        let mut last_tag = None;
+        // Both sides in (tag, id) order: every record's must be listed (erasure
+        // leaves ids without records in the lists, which a lookup skips).
+        each_tag(&tx, kind, through, |tag, id| {
+            while at >= listed.len() || listed[at] < (tag, id) {
+                if at < listed.len() {
+                    at += 1;
+                    continue;
+                }
+                let Some(row) = stored.next()? else { break };
+                let t: i64 = row.get(0)?;
+                let blob: Vec<u8> = row.get(1)?;
+                let mut ids = Vec::new();
+                postings::decode(&blob, &mut ids)
+                    .map_err(|_| CompactError::Postings(table(kind)))?;
+                listed.clear();
+                listed.extend(ids.into_iter().map(|i| (t, i)));
+                at = 0;
             }
-            if stored.get(at) != Some(entry) {
+            if listed.get(at) != Some(&(tag, id)) {
                 missing += 1;
             }
-        }
+            if last_tag != Some(tag) {
+                last_tag = Some(tag);
+                if filter.as_ref().is_some_and(|f| !f.holds(kind, tag)) {
+                    unfiltered += 1;
+                }
+            }
+            Ok(true)
+        })?;
         if missing > 0 {
             problems.push(format!(
                 "{}: {missing} record(s) not in the read-optimised index",
                 table(kind)
             ));
         }
-    }
-    let filter_path = filter::path_of(path);
-    if filter_path.exists() {
-        match filter::holds_all(&filter_path, keys, &entries) {
-            Ok(true) => {}
-            Ok(false) => problems.push("the filter leaves out records' identifiers".into()),
-            Err(state) => problems.push(format!("the filter does not check out ({state:?})")),
+        if unfiltered > 0 {
+            problems.push(format!(
+                "the filter leaves out {unfiltered} identifier(s) of {}",
+                table(kind)
+            ));
         }
     }
-    Ok(Some(problems))
+    Ok(problems)
 }
 
 /// Compacts every partition in `store_dir` that is due at `now` and not compacted
-/// yet, oldest first, until `stop` says so; partitions whose keys are gone are left.
-/// Returns what was done, and the failures (the next run tries them again).
+/// yet, oldest first, until `stop` says so; partitions whose keys are gone are left,
+/// and so is everything while another compaction holds the store's lock. Returns what
+/// was done, and the failures (the next run tries them again).
 pub fn compact_due(
     store_dir: &Path,
-    keyring: &super::keys::Keyring,
+    keyring: &Keyring,
     now: Micros,
     stop: &dyn Fn() -> bool,
-) -> Vec<(PartitionId, Result<Compacted, String>)> {
+) -> Vec<(PartitionId, Result<Compacted, CompactError>)> {
+    let mut done = Vec::new();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(store_dir.join(LOCK_FILE));
+    let _lock = match lock.map(|f| f.try_lock().map(|()| f)) {
+        Ok(Ok(held)) => held,
+        // Another compaction runs (serve, or a bench): it does this.
+        Ok(Err(std::fs::TryLockError::WouldBlock)) => return done,
+        Ok(Err(std::fs::TryLockError::Error(e))) | Err(e) => {
+            tracing::error!(error = %e, "cannot take the store's compaction lock");
+            return done;
+        }
+    };
     let partitions = match super::partition::list(store_dir) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot list the partitions to compact");
-            return Vec::new();
+            return done;
         }
     };
-    let mut done = Vec::new();
     for p in partitions.into_iter().filter(|&p| is_due(p, now)) {
         if stop() {
             break;
@@ -387,25 +516,29 @@ pub fn compact_due(
         }
         let keys = match keyring.keys(p) {
             Ok(k) => k,
-            Err(super::keys::KeyError::Shredded { .. }) => continue,
+            Err(KeyError::Shredded { .. }) => continue,
             Err(e) => {
-                done.push((p, Err(e.to_string())));
+                done.push((p, Err(e.into())));
                 continue;
             }
         };
         match compact(&path, &keys, stop) {
-            Ok(Some(c)) => done.push((p, Ok(c))),
-            Ok(None) => {}
-            Err(e) => done.push((p, Err(e.to_string()))),
+            Ok(Ended::Done(c)) => done.push((p, Ok(c))),
+            Ok(Ended::AlreadyDone | Ended::Stopped | Ended::Moved) => {}
+            Err(e) => {
+                let _ = std::fs::remove_file(filter::tmp_path_of(&path));
+                done.push((p, Err(e)));
+            }
         }
     }
     done
 }
 
 /// Lowers the calling thread's CPU priority (nice 10): compaction runs beside the
-/// relay and must not take its time. Linux applies `setpriority` with `who = 0` to
-/// the calling thread alone.
+/// relay and must not take its time. On Linux, `setpriority` with `who = 0` applies to
+/// the calling thread alone (elsewhere it would lower the whole process: not done).
 pub fn lower_priority() {
+    #[cfg(target_os = "linux")]
     // SAFETY: setpriority reads no memory of ours; an error leaves the priority as is.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
 }

@@ -116,11 +116,18 @@ fn remove_if_present(path: &Path) -> Result<(), ExpiryError> {
     }
 }
 
-/// Removes one partition: keys shredded, then the file, its WAL and its filter.
+/// Removes one partition: keys shredded, then the file, its WAL or journal and its
+/// filter.
 pub fn remove(cfg: &StoreConfig, keyring: &Keyring, p: PartitionId) -> Result<(), ExpiryError> {
     keyring.shred(p)?;
     let file = p.path_in(&cfg.path);
-    for suffix in ["-wal", "-shm", "-filter"] {
+    for suffix in [
+        "-wal",
+        "-shm",
+        "-journal",
+        super::filter::SUFFIX,
+        super::filter::TMP_SUFFIX,
+    ] {
         let mut side = file.clone().into_os_string();
         side.push(suffix);
         remove_if_present(Path::new(&side))?;

@@ -18,10 +18,12 @@
 //! cleared unseen. A filter that does not check out is not used: the lookup opens the
 //! partition as if there were none.
 //!
-//! The filter holds the tags of the records with ids up to `through`. The writer
-//! deletes it before it puts a record into the partition (see `compact`), so a filter
-//! present never says "absent" of a record that is there: at most it answers "maybe"
-//! for one that is not (about 1 in 200 at [`BITS_PER_ENTRY`]).
+//! The filter holds the tags of the records with ids up to `through`. It is put in
+//! place under the partition's write lock once no record past `through` exists, and
+//! the writer deletes it, under that lock, before it commits a record into the
+//! partition (see `compact`); so a filter present says "absent" of no record that is
+//! there: at most it answers "maybe" for one that is not (about 1 in 200 at
+//! [`BITS_PER_ENTRY`]).
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -39,23 +41,33 @@ const BLOCKS_PER_PAGE: usize = PAGE / BLOCK;
 pub const K: u32 = 7;
 /// Bits of filter per distinct entry (a false positive about 1 time in 200).
 pub const BITS_PER_ENTRY: usize = 12;
-/// Most pages a filter has: 4 GiB of bits would be a partition of ~2.8 G distinct
-/// identifiers. A larger header is refused as damaged.
+/// Most pages a filter has: 1 GiB of bits, a partition of ~700 M distinct identifiers.
+/// A larger header is refused as damaged.
 const MAX_PAGES: u32 = 1 << 20;
 
-/// The filter's path: beside the partition, named like SQLite's own side files so that
-/// whatever removes a partition's `-wal` and `-shm` removes it too.
+/// The filter's path: beside the partition, named like SQLite's side files
+/// (`-wal`, `-shm`); expiry removes it with them.
 pub fn path_of(partition_file: &Path) -> PathBuf {
     let mut name = partition_file.as_os_str().to_owned();
-    name.push("-filter");
+    name.push(SUFFIX);
+    PathBuf::from(name)
+}
+
+/// The suffix of a partition's filter, and of the filter being written.
+pub const SUFFIX: &str = "-filter";
+pub const TMP_SUFFIX: &str = "-filter.tmp";
+
+/// Where a filter is written before it is put in place.
+pub fn tmp_path_of(partition_file: &Path) -> PathBuf {
+    let mut name = partition_file.as_os_str().to_owned();
+    name.push(TMP_SUFFIX);
     PathBuf::from(name)
 }
 
 /// What a filter says of one identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
-    /// No record up to [`Probe::Maybe`]'s `through` holds it: the partition is ruled out
-    /// for those ids.
+    /// No record up to `through` holds it: the partition is ruled out for those ids.
     Absent { through: i64 },
     /// It may be there (or the records past `through` may hold it).
     Maybe { through: i64 },
@@ -102,50 +114,62 @@ fn page_mac(keys: &PartitionKeys, header: &[u8], page: u32, bits: &[u8]) -> [u8;
     ])
 }
 
-/// Builds the filter of `entries` (distinct or not) for records up to `through` and
-/// writes it durably to `path` (a temporary file, synced, then renamed). Returns its
-/// size in bytes.
-pub fn write(
-    path: &Path,
-    keys: &PartitionKeys,
-    through: i64,
-    entries: &[(IndexKind, i64)],
-) -> std::io::Result<u64> {
-    let wanted = entries.len().max(1) * BITS_PER_ENTRY / 8;
-    let pages = wanted.div_ceil(PAGE).clamp(1, MAX_PAGES as usize) as u32;
-    let blocks = u64::from(pages) * BLOCKS_PER_PAGE as u64;
-    let mut bitmap = vec![0u8; pages as usize * PAGE];
-    for &(kind, tag) in entries {
-        let (block, h) = position(kind, tag, blocks);
-        let base = block as usize * BLOCK;
-        for bit in bits(h) {
-            bitmap[base + bit / 8] |= 1 << (bit % 8);
+/// A filter being built: sized for `entries` distinct entries, then filled one entry
+/// at a time (an entry added twice costs nothing more), so that building it holds its
+/// bits and nothing else.
+pub struct Builder {
+    pages: u32,
+    bitmap: Vec<u8>,
+    entries: u64,
+}
+
+impl Builder {
+    pub fn new(entries: u64) -> Self {
+        let wanted = (entries.max(1) as usize).saturating_mul(BITS_PER_ENTRY) / 8;
+        let pages = wanted.div_ceil(PAGE).clamp(1, MAX_PAGES as usize) as u32;
+        Self {
+            pages,
+            bitmap: vec![0u8; pages as usize * PAGE],
+            entries,
         }
     }
-    let head = header(pages, through, entries.len() as u64);
-    let mut out = Vec::with_capacity(HEADER + pages as usize * (MAC + PAGE));
-    out.extend_from_slice(&head);
-    for (i, page) in bitmap.chunks(PAGE).enumerate() {
-        out.extend_from_slice(&page_mac(keys, &head, i as u32, page));
+
+    pub fn add(&mut self, kind: IndexKind, tag: i64) {
+        let (block, h) = position(kind, tag, u64::from(self.pages) * BLOCKS_PER_PAGE as u64);
+        let base = block as usize * BLOCK;
+        for bit in bits(h) {
+            self.bitmap[base + bit / 8] |= 1 << (bit % 8);
+        }
     }
-    out.extend_from_slice(&bitmap);
-    let tmp = {
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".{}.tmp", std::process::id()));
-        PathBuf::from(name)
-    };
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&out)?;
+
+    /// Writes the filter, for records up to `through`, durably to `path` (the
+    /// temporary path: [`publish`] puts it in place). Returns its size in bytes.
+    pub fn write(self, path: &Path, keys: &PartitionKeys, through: i64) -> std::io::Result<u64> {
+        let head = header(self.pages, through, self.entries);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        f.write_all(&head)?;
+        for (i, page) in self.bitmap.chunks(PAGE).enumerate() {
+            f.write_all(&page_mac(keys, &head, i as u32, page))?;
+        }
+        f.write_all(&self.bitmap)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
+        Ok((HEADER + self.pages as usize * (MAC + PAGE)) as u64)
     }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
+}
+
+/// Puts a written filter in place (rename, then the directory synced).
+pub fn publish(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(tmp, path)?;
+    sync_parent(path)
+}
+
+/// Syncs the directory holding `path`, so that a rename or an unlink in it is durable.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
-    Ok(out.len() as u64)
 }
 
 /// Looks `(kind, tag)` up in the filter at `path`: reads the header and the page's MAC,
@@ -219,27 +243,60 @@ fn read_up_to(file: &std::fs::File, buf: &mut [u8], at: u64) -> Option<usize> {
     Some(got)
 }
 
-/// Whether the filter at `path` was built for `partition` (its MACs check) and holds
-/// every one of `entries`: what `verify` asks of a compacted partition.
-pub fn holds_all(
-    path: &Path,
-    keys: &PartitionKeys,
-    entries: &[(IndexKind, i64)],
-) -> Result<bool, Probe> {
-    for &(kind, tag) in entries {
-        match probe(path, keys, kind, tag) {
-            Probe::Maybe { .. } => {}
-            Probe::Absent { .. } => return Ok(false),
-            other => return Err(other),
+/// A whole filter read into memory and checked page by page: what `verify` asks of
+/// a compacted partition.
+pub struct Checked {
+    pub through: i64,
+    pages: u32,
+    bitmap: Vec<u8>,
+}
+
+impl Checked {
+    /// `None` when the filter does not check out (any page).
+    pub fn read(path: &Path, keys: &PartitionKeys) -> std::io::Result<Option<Checked>> {
+        let bytes = std::fs::read(path)?;
+        if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+            return Ok(None);
         }
+        let head = &bytes[..HEADER];
+        let pages = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        let through = i64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
+        if pages == 0 || pages > MAX_PAGES || bytes.len() != HEADER + pages as usize * (MAC + PAGE)
+        {
+            return Ok(None);
+        }
+        let (macs, bitmap) = bytes[HEADER..].split_at(pages as usize * MAC);
+        for (i, (mac, page)) in macs.chunks(MAC).zip(bitmap.chunks(PAGE)).enumerate() {
+            if page_mac(keys, head, i as u32, page) != mac {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Checked {
+            through,
+            pages,
+            bitmap: bitmap.to_vec(),
+        }))
     }
-    Ok(true)
+
+    pub fn holds(&self, kind: IndexKind, tag: i64) -> bool {
+        let (block, h) = position(kind, tag, u64::from(self.pages) * BLOCKS_PER_PAGE as u64);
+        let base = block as usize * BLOCK;
+        bits(h).all(|bit| self.bitmap[base + bit / 8] & (1 << (bit % 8)) != 0)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::partition::PartitionId;
+
+    fn write(path: &Path, keys: &PartitionKeys, through: i64, entries: &[(IndexKind, i64)]) {
+        let mut b = Builder::new(entries.len() as u64);
+        for &(kind, tag) in entries {
+            b.add(kind, tag);
+        }
+        b.write(path, keys, through).unwrap();
+    }
 
     fn keys(dir: &Path, day: &str) -> std::sync::Arc<PartitionKeys> {
         let ring = crate::store::keys::tests::keyring(dir, 8);
@@ -267,8 +324,10 @@ mod tests {
                 )
             }))
             .collect();
-        write(&path, &k, 99, &entries).unwrap();
-        assert_eq!(holds_all(&path, &k, &entries), Ok(true));
+        write(&path, &k, 99, &entries);
+        let checked = Checked::read(&path, &k).unwrap().unwrap();
+        assert_eq!(checked.through, 99);
+        assert!(entries.iter().all(|&(kind, tag)| checked.holds(kind, tag)));
         let mut maybe = 0;
         for i in 20_000..40_000i64 {
             let tag = k.blind_index(IndexKind::Recipient, &format!("+3161{i:07}"));
@@ -296,7 +355,7 @@ mod tests {
         let other = keys(dir.path(), "2026-01-02");
         let path = dir.path().join("f");
         let tag = k.blind_index(IndexKind::Recipient, "+31612345678");
-        write(&path, &k, 1, &[(IndexKind::Recipient, tag)]).unwrap();
+        write(&path, &k, 1, &[(IndexKind::Recipient, tag)]);
         assert_eq!(
             probe(&path, &k, IndexKind::Recipient, tag),
             Probe::Maybe { through: 1 }

@@ -377,14 +377,15 @@ impl Store {
         Ok(plan)
     }
 
-    /// Commits everything queued so far, stops the writer and waits for it. Later
-    /// submissions get [`RecordError::Closed`].
     /// Compacts the partitions whose period is over (see [`compact`]) with this
     /// store's keyring; blocking, for a thread of its own.
     pub fn compact_due(
         &self,
         stop: &dyn Fn() -> bool,
-    ) -> Vec<(PartitionId, Result<compact::Compacted, String>)> {
+    ) -> Vec<(
+        PartitionId,
+        Result<compact::Compacted, compact::CompactError>,
+    )> {
         let inner = &self.recorder.inner;
         compact::compact_due(
             &inner.cfg.path,
@@ -394,6 +395,8 @@ impl Store {
         )
     }
 
+    /// Commits everything queued so far, stops the writer and waits for it. Later
+    /// submissions get [`RecordError::Closed`].
     pub async fn close(&self) {
         self.recorder.inner.route.signals.request_stop();
         let _ = self.recorder.inner.route.tx.send(Job::Stop).await;
@@ -1142,7 +1145,11 @@ mod tests {
             let keys = keyring.keys(*p).unwrap();
             let path = p.path_in(&cfg.path);
             assert!(filter::path_of(&path).exists());
-            assert_eq!(compact::check(&path, &keys).unwrap(), Some(vec![]), "{p}");
+            assert_eq!(
+                compact::check(&path, &keys).unwrap(),
+                Vec::<String>::new(),
+                "{p}"
+            );
         }
         assert!(
             compact::compact_due(&cfg.path, &keyring, later, &|| false).is_empty(),
@@ -1192,10 +1199,83 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(stats.filters_damaged, vec![day23]);
         let keys = keyring.keys(day23).unwrap();
-        let problems = compact::check(&day23.path_in(&cfg.path), &keys)
-            .unwrap()
-            .unwrap();
+        let path23 = day23.path_in(&cfg.path);
+        let problems = compact::check(&path23, &keys).unwrap();
         assert_eq!(problems.len(), 1, "{problems:?}");
+
+        // A record that got past the filter (as if the writer had not deleted it): a
+        // lookup the filter lets through finds it and says the filter is stale, and
+        // verify's check names it.
+        std::fs::remove_file(&filter23).unwrap();
+        assert_eq!(
+            compact::compact_due(&cfg.path, &keyring, later, &|| false).len(),
+            1
+        );
+        let side = schema::open_for_read(&path23).unwrap();
+        side.execute_batch(
+            "CREATE TEMP TABLE copy AS SELECT * FROM record WHERE id = (SELECT max(id) FROM record);
+             UPDATE copy SET id = id + 1000;
+             INSERT INTO record SELECT * FROM copy;",
+        )
+        .unwrap();
+        let (found, stats) = lookup(&cfg, IndexKind::Recipient, "+31622222222");
+        assert_eq!(found.len(), 2, "the copy, from past the compacted ids");
+        assert_eq!(stats.filters_stale, vec![day23]);
+        let problems = compact::check(&path23, &keys).unwrap();
+        assert!(
+            problems[0].contains("the filter covers records up to"),
+            "{problems:?}"
+        );
+        drop(side);
+
+        // A record that comes while compaction runs: the filter is not put in place,
+        // and the next run compacts the partition with it.
+        std::fs::remove_file(&filter23).unwrap();
+        // The record comes once compaction has begun to empty the index it rebuilds:
+        // after it read which ids it covers.
+        let rows = |conn: &rusqlite::Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM cx_recipient", [], |r| r.get(0))
+                .unwrap()
+        };
+        let side = schema::open_for_read(&path23).unwrap();
+        let before = rows(&side);
+        let arrived = std::cell::Cell::new(false);
+        let arrive = || {
+            if !arrived.get() && rows(&side) < before {
+                arrived.set(true);
+                side.execute_batch(
+                    "CREATE TEMP TABLE copy2 AS SELECT * FROM record WHERE id = (SELECT max(id) FROM record);
+                     UPDATE copy2 SET id = id + 1;
+                     INSERT INTO record SELECT * FROM copy2;",
+                )
+                .unwrap();
+            }
+            false
+        };
+        let raced = compact::compact_due(&cfg.path, &keyring, later, &arrive);
+        assert!(raced.is_empty(), "{raced:?}");
+        assert!(arrived.get(), "the record came during the compaction");
+        drop(side);
+        assert!(
+            !filter23.exists(),
+            "not put in place over a record it does not hold"
+        );
+        assert!(
+            !compact::check(&path23, &keys)
+                .unwrap()
+                .iter()
+                .any(|p| p.contains("filter"))
+        );
+        let again = compact::compact_due(&cfg.path, &keyring, later, &|| false);
+        assert_eq!(again.len(), 1);
+        assert!(filter23.exists());
+        assert_eq!(
+            compact::check(&path23, &keys).unwrap(),
+            Vec::<String>::new()
+        );
+        let (found, stats) = lookup(&cfg, IndexKind::Recipient, "+31622222222");
+        assert_eq!(found.len(), 3);
+        assert!(stats.filters_stale.is_empty());
     }
 
     #[tokio::test]

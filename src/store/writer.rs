@@ -1206,10 +1206,12 @@ impl Writer {
             if !rows.is_empty() {
                 // A record into a compacted partition (late, or a clock set back):
                 // its filter would hide it, so it goes, under this transaction's write
-                // lock (see `compact`), and compaction builds it anew later. Looked
-                // for at every commit with records (one `unlink`, failing when there is
-                // none): compaction may have written it since the partition was opened.
-                super::compact::remove_filter(&open.path);
+                // lock (see `compact`), and compaction builds it anew later; if it
+                // cannot go, neither do the rows (the batch fails and is retried).
+                // Looked for at every commit with records (one `unlink`, failing when
+                // there is none): compaction may have put it there since the partition
+                // was opened.
+                super::compact::remove_filter(&open.path).map_err(|e| io(&open.path, e))?;
             }
             let events: Vec<&OutcomeRow> = idx
                 .iter()
