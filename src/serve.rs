@@ -96,7 +96,7 @@ impl Compactor {
         Ok(Self { stop, wake, thread })
     }
 
-    /// Stops it between two transactions and waits for the thread.
+    /// Stops it at its next step and waits for the thread.
     async fn stop(self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(self.wake);
@@ -605,7 +605,8 @@ impl Running {
     pub async fn shutdown(self) {
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         self.trigger.trigger();
-        // Between two of its transactions: a moment.
+        // At its next step: a page of 2,048 rows, or the copy of one kind of a
+        // partition's tags into its sorted table (about a second for a million).
         self.compactor.stop().await;
         let mut drain = std::pin::pin!(self.drain.wait());
         if tokio::time::timeout(self.shutdown_timeout, drain.as_mut())

@@ -45,8 +45,8 @@ use crate::clock::Micros;
 /// within seconds of their time (queue and journal), far less than this.
 pub const GRACE: Duration = Duration::from_secs(3600);
 
-/// Posting rows written (or deleted) per transaction: a few milliseconds of the write
-/// lock.
+/// Posting rows written (at most: they are the records' `(tag, id)` of one page of
+/// [`sorted_tags`]) or deleted per transaction: a few milliseconds of the write lock.
 pub const ROWS_PER_TX: usize = 2_048;
 
 /// The lock file that lets one compaction run at a time in a store directory.
@@ -118,22 +118,7 @@ pub enum CompactError {
 #[derive(Debug, Clone, Default)]
 pub struct Compacted {
     pub records: u64,
-    /// Posting rows written to the `cx_*` tables.
-    pub rows: u64,
-    pub filter_bytes: u64,
     pub seconds: f64,
-}
-
-/// How a compaction of one partition ended, other than by an error.
-#[derive(Debug)]
-pub enum Ended {
-    Done(Compacted),
-    /// Its filter was there already: nothing to do.
-    AlreadyDone,
-    /// `stop` said so; started afresh next time.
-    Stopped,
-    /// A record came in meanwhile; compacted again next time.
-    Moved,
 }
 
 /// The highest record id of a partition now.
@@ -141,24 +126,57 @@ fn newest(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT coalesce(max(id), 0) FROM record", [], |r| r.get(0))
 }
 
-/// The `(tag, id)` of every record up to `through` with a tag of `kind`, sorted (by
-/// SQLite), handed to `each` one at a time; stops early when it answers false.
-fn each_tag(
+/// `(tag, id)` rows handed over at a time by [`sorted_tags`], each page's posting rows
+/// written in a transaction of their own.
+const PAGE_ROWS: usize = ROWS_PER_TX;
+
+/// The `(tag, id)` of every record up to `through` with a tag of `kind`, in order,
+/// handed to `each` a page at a time; stops early when it answers false. They are
+/// copied first into a temporary table keyed by them (SQLite's temporary storage,
+/// which spills to disk past its cache), and each page is read whole before `each`
+/// sees it: no statement is pending while the caller writes (a write on a connection
+/// whose read is still open would have to upgrade that read's snapshot, which SQLite
+/// refuses at once when another connection committed meanwhile).
+fn sorted_tags(
     conn: &Connection,
     kind: IndexKind,
     through: i64,
-    mut each: impl FnMut(i64, i64) -> Result<bool, CompactError>,
+    mut each: impl FnMut(&[(i64, i64)]) -> Result<bool, CompactError>,
 ) -> Result<(), CompactError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {0}, id FROM record WHERE id <= ?1 AND {0} IS NOT NULL ORDER BY {0}, id",
-        column(kind)
-    ))?;
-    let mut rows = stmt.query([through])?;
-    while let Some(row) = rows.next()? {
-        if !each(row.get(0)?, row.get(1)?)? {
+    conn.execute_batch(
+        "DROP TABLE IF EXISTS temp.tags;
+         CREATE TEMP TABLE tags (tag INTEGER, id INTEGER, PRIMARY KEY (tag, id)) WITHOUT ROWID;",
+    )?;
+    conn.execute(
+        &format!(
+            "INSERT INTO temp.tags SELECT {0}, id FROM record WHERE id <= ?1 AND {0} IS NOT NULL",
+            column(kind)
+        ),
+        [through],
+    )?;
+    let mut after = (i64::MIN, i64::MIN);
+    let mut page = Vec::with_capacity(PAGE_ROWS);
+    loop {
+        page.clear();
+        {
+            let mut stmt = conn.prepare_cached(
+                "SELECT tag, id FROM temp.tags WHERE (tag, id) > (?1, ?2) ORDER BY tag, id LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(rusqlite::params![after.0, after.1, PAGE_ROWS as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            for row in rows {
+                page.push(row?);
+            }
+        }
+        let Some(&last) = page.last() else { break };
+        after = last;
+        if !each(&page)? {
             break;
         }
     }
+    conn.execute_batch("DROP TABLE temp.tags")?;
     Ok(())
 }
 
@@ -180,17 +198,14 @@ fn empty(
     Ok(true)
 }
 
-/// The posting rows of one `cx_*` table as they are written: the ids of one tag (at
-/// most [`postings::MAX_IDS`] a row), in transactions of [`ROWS_PER_TX`] rows, on a
-/// connection that is reading the sorted tags meanwhile.
+/// The posting rows of one `cx_*` table as they are written: the ids of one tag, at
+/// most [`postings::MAX_IDS`] a row (the caller holds the transaction).
 struct Lists<'c> {
     conn: &'c Connection,
     insert: String,
     tag: Option<i64>,
     ids: Vec<i64>,
     blob: Vec<u8>,
-    /// Rows in the transaction open now.
-    in_tx: usize,
     rows: u64,
 }
 
@@ -205,7 +220,7 @@ impl Lists<'_> {
         Ok(())
     }
 
-    /// Writes the row being gathered, and ends the transaction when it is full.
+    /// Writes the row being gathered.
     fn flush(&mut self) -> Result<(), CompactError> {
         let Some(tag) = self.tag else { return Ok(()) };
         if self.ids.is_empty() {
@@ -218,34 +233,34 @@ impl Lists<'_> {
             .execute(rusqlite::params![tag, self.ids[0], self.blob])?;
         self.ids.clear();
         self.rows += 1;
-        self.in_tx += 1;
-        if self.in_tx >= ROWS_PER_TX {
-            self.conn.execute_batch("COMMIT; BEGIN")?;
-            self.in_tx = 0;
-        }
         Ok(())
     }
 }
 
-/// Compacts the partition at `path` (see the module's text).
+/// Compacts the partition at `path` (see the module's text). `None`: nothing done
+/// (compacted already, not ready, stopped, or a record came in meanwhile), done afresh
+/// next time.
 fn compact(
     path: &Path,
     keys: &PartitionKeys,
     stop: &dyn Fn() -> bool,
-) -> Result<Ended, CompactError> {
+) -> Result<Option<Compacted>, CompactError> {
     let filter_path = filter::path_of(path);
     if filter_path.exists() {
-        return Ok(Ended::AlreadyDone);
+        return Ok(None);
     }
     let began = Instant::now();
     let mut conn = schema::open_for_read(path)?;
     if !schema::is_ready(&conn)? {
-        return Ok(Ended::Stopped); // being created this moment: next time
+        // Being created this moment: next time.
+        return Ok(None);
     }
-    // In WAL mode, so that the long read of the tags below blocks no one: under a
-    // rollback journal it would hold off the writer's commits (a late outcome) and
-    // this connection's own. Put back to a rollback journal at the end.
-    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    // In WAL mode while it works: its reads then hold off neither the writer's commits
+    // (late outcomes) nor a lookup's. Put back to a rollback journal at the end.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Ok(None);
+    }
     conn.execute_batch(DDL)?;
     // A lookup in a compacted partition takes every outcome column to be there.
     schema::complete_outcome_table(&conn)?;
@@ -273,10 +288,9 @@ fn compact(
         distinct += n.max(0) as u64;
     }
     let mut bits = filter::Builder::new(distinct);
-    let mut rows = 0u64;
     for kind in KINDS {
         if !empty(&conn, kind, stop)? {
-            return Ok(Ended::Stopped);
+            return Ok(None);
         }
         let mut list = Lists {
             conn: &conn,
@@ -287,43 +301,43 @@ fn compact(
             tag: None,
             ids: Vec::new(),
             blob: Vec::new(),
-            in_tx: 0,
             rows: 0,
         };
-        conn.execute_batch("BEGIN")?;
         let mut stopped = false;
-        each_tag(&conn, kind, through, |tag, id| {
-            if list.tag != Some(tag) {
-                bits.add(kind, tag);
+        sorted_tags(&conn, kind, through, |page| {
+            conn.execute_batch("BEGIN")?;
+            for &(tag, id) in page {
+                if list.tag != Some(tag) {
+                    bits.add(kind, tag);
+                }
+                list.push(tag, id)?;
             }
-            list.push(tag, id)?;
-            // Looked at between transactions.
-            if list.in_tx == 0 && stop() {
-                stopped = true;
-                return Ok(false);
-            }
-            Ok(true)
+            conn.execute_batch("COMMIT")?;
+            stopped = stop();
+            Ok(!stopped)
         })?;
-        list.flush()?;
-        rows += list.rows;
-        conn.execute_batch("COMMIT")?;
         if stopped {
-            return Ok(Ended::Stopped);
+            return Ok(None);
         }
+        conn.execute_batch("BEGIN")?;
+        list.flush()?;
+        conn.execute_batch("COMMIT")?;
     }
     conn.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted', ?1)",
         [through],
     )?;
     let tmp = filter::tmp_path_of(path);
-    let filter_bytes = bits.write(&tmp, keys, through)?;
+    bits.write(&tmp, keys, through)?;
     // Put in place under the write lock, once sure that no record came meanwhile (the
     // writer deletes a filter under this lock before it commits a record).
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if newest(&tx)? != through {
+    // Expiry may have removed the partition meanwhile: no filter beside nothing.
+    if newest(&tx)? != through || !path.exists() {
         drop(tx);
         let _ = std::fs::remove_file(&tmp);
-        return Ok(Ended::Moved);
+        tracing::info!(path = %path.display(), "a record came into the partition while it was compacted; compacted again next time");
+        return Ok(None);
     }
     if let Err(e) = filter::publish(&tmp, &filter_path) {
         let _ = std::fs::remove_file(&tmp);
@@ -334,10 +348,8 @@ fn compact(
     tx.commit()?;
     drop(conn);
     to_rollback_journal(path);
-    Ok(Ended::Done(Compacted {
+    Ok(Some(Compacted {
         records: records.max(0) as u64,
-        rows,
-        filter_bytes,
         seconds: began.elapsed().as_secs_f64(),
     }))
 }
@@ -391,13 +403,16 @@ pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactEr
         return Ok(Vec::new());
     }
     let tx = conn.unchecked_transaction()?;
-    let filter_path = filter::path_of(path);
-    let filter = match filter_path.exists() {
-        true => Some(filter::Checked::read(&filter_path, keys)?),
-        false => None,
-    };
+    // The snapshot begins here; the filter is read after, so that one the writer
+    // removed before it is not taken for damage.
     let compacted = compacted_through(&tx)?;
     let newest = newest(&tx)?;
+    let filter_path = filter::path_of(path);
+    let filter = match filter::Checked::read(&filter_path, keys) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
     let mut problems = Vec::new();
     let Some(through) = compacted else {
         if filter.is_some() {
@@ -420,39 +435,40 @@ pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactEr
         other => other.flatten(),
     };
     for kind in KINDS {
-        let mut stored = tx.prepare(&format!(
-            "SELECT tag, ids FROM {} ORDER BY tag, first",
-            table(kind)
-        ))?;
-        let mut stored = stored.query([])?;
-        let (mut listed, mut at) = (Vec::new(), 0usize);
-        let (mut missing, mut unfiltered) = (0usize, 0usize);
-        let mut last_tag = None;
-        // Both sides in (tag, id) order: every record's must be listed (erasure
-        // leaves ids without records in the lists, which a lookup skips).
-        each_tag(&tx, kind, through, |tag, id| {
-            while at >= listed.len() || listed[at] < (tag, id) {
-                if at < listed.len() {
-                    at += 1;
-                    continue;
-                }
-                let Some(row) = stored.next()? else { break };
-                let t: i64 = row.get(0)?;
+        // What the index holds, as (tag, id), in order.
+        let mut listed = Vec::new();
+        {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT tag, ids FROM {} ORDER BY tag, first",
+                table(kind)
+            ))?;
+            let mut rows = stmt.query([])?;
+            let mut ids = Vec::new();
+            while let Some(row) = rows.next()? {
+                let tag: i64 = row.get(0)?;
                 let blob: Vec<u8> = row.get(1)?;
-                let mut ids = Vec::new();
+                ids.clear();
                 postings::decode(&blob, &mut ids)
                     .map_err(|_| CompactError::Postings(table(kind)))?;
-                listed.clear();
-                listed.extend(ids.into_iter().map(|i| (t, i)));
-                at = 0;
+                listed.extend(ids.iter().map(|&id| (tag, id)));
             }
-            if listed.get(at) != Some(&(tag, id)) {
-                missing += 1;
-            }
-            if last_tag != Some(tag) {
-                last_tag = Some(tag);
-                if filter.as_ref().is_some_and(|f| !f.holds(kind, tag)) {
-                    unfiltered += 1;
+        }
+        // Every record's must be listed (erasure leaves ids without records in the
+        // lists, which a lookup skips).
+        let (mut at, mut missing, mut unfiltered, mut last_tag) = (0usize, 0usize, 0usize, None);
+        sorted_tags(&tx, kind, through, |page| {
+            for entry in page {
+                while at < listed.len() && listed[at] < *entry {
+                    at += 1;
+                }
+                if listed.get(at) != Some(entry) {
+                    missing += 1;
+                }
+                if last_tag != Some(entry.0) {
+                    last_tag = Some(entry.0);
+                    if filter.as_ref().is_some_and(|f| !f.holds(kind, entry.0)) {
+                        unfiltered += 1;
+                    }
                 }
             }
             Ok(true)
@@ -484,11 +500,17 @@ pub fn compact_due(
     stop: &dyn Fn() -> bool,
 ) -> Vec<(PartitionId, Result<Compacted, CompactError>)> {
     let mut done = Vec::new();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(store_dir.join(LOCK_FILE));
+    // Opened for reading (a lock needs no more), made if missing: whoever made it,
+    // root running a bench included, anyone may lock it.
+    let lock_path = store_dir.join(LOCK_FILE);
+    if !lock_path.exists() {
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path);
+    }
+    let lock = std::fs::File::open(&lock_path);
     let _lock = match lock.map(|f| f.try_lock().map(|()| f)) {
         Ok(Ok(held)) => held,
         // Another compaction runs (serve, or a bench): it does this.
@@ -523,8 +545,8 @@ pub fn compact_due(
             }
         };
         match compact(&path, &keys, stop) {
-            Ok(Ended::Done(c)) => done.push((p, Ok(c))),
-            Ok(Ended::AlreadyDone | Ended::Stopped | Ended::Moved) => {}
+            Ok(Some(c)) => done.push((p, Ok(c))),
+            Ok(None) => {}
             Err(e) => {
                 let _ = std::fs::remove_file(filter::tmp_path_of(&path));
                 done.push((p, Err(e)));

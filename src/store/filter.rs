@@ -67,8 +67,8 @@ pub fn tmp_path_of(partition_file: &Path) -> PathBuf {
 /// What a filter says of one identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
-    /// No record up to `through` holds it: the partition is ruled out for those ids.
-    Absent { through: i64 },
+    /// No record of the partition holds it: ruled out.
+    Absent,
     /// It may be there (or the records past `through` may hold it).
     Maybe { through: i64 },
     /// No filter (not built yet, or removed by the writer).
@@ -143,8 +143,8 @@ impl Builder {
     }
 
     /// Writes the filter, for records up to `through`, durably to `path` (the
-    /// temporary path: [`publish`] puts it in place). Returns its size in bytes.
-    pub fn write(self, path: &Path, keys: &PartitionKeys, through: i64) -> std::io::Result<u64> {
+    /// temporary path: [`publish`] puts it in place).
+    pub fn write(self, path: &Path, keys: &PartitionKeys, through: i64) -> std::io::Result<()> {
         let head = header(self.pages, through, self.entries);
         let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
         f.write_all(&head)?;
@@ -153,8 +153,7 @@ impl Builder {
         }
         f.write_all(&self.bitmap)?;
         let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        Ok((HEADER + self.pages as usize * (MAC + PAGE)) as u64)
+        f.sync_all()
     }
 }
 
@@ -226,7 +225,7 @@ fn probe_file(
     Some(if present {
         Probe::Maybe { through }
     } else {
-        Probe::Absent { through }
+        Probe::Absent
     })
 }
 
@@ -254,7 +253,7 @@ pub struct Checked {
 impl Checked {
     /// `None` when the filter does not check out (any page).
     pub fn read(path: &Path, keys: &PartitionKeys) -> std::io::Result<Option<Checked>> {
-        let bytes = std::fs::read(path)?;
+        let mut bytes = std::fs::read(path)?;
         if bytes.len() < HEADER || &bytes[..4] != MAGIC {
             return Ok(None);
         }
@@ -271,10 +270,11 @@ impl Checked {
                 return Ok(None);
             }
         }
+        bytes.drain(..HEADER + pages as usize * MAC);
         Ok(Some(Checked {
             through,
             pages,
-            bitmap: bitmap.to_vec(),
+            bitmap: bytes,
         }))
     }
 
@@ -333,7 +333,7 @@ mod tests {
             let tag = k.blind_index(IndexKind::Recipient, &format!("+3161{i:07}"));
             match probe(&path, &k, IndexKind::Recipient, tag) {
                 Probe::Maybe { through: 99 } => maybe += 1,
-                Probe::Absent { through: 99 } => {}
+                Probe::Absent => {}
                 other => panic!("{other:?}"),
             }
         }

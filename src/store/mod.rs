@@ -1278,6 +1278,53 @@ mod tests {
         assert!(stats.filters_stale.is_empty());
     }
 
+    /// Compaction goes on while another connection commits into the partition between
+    /// its pages (late outcomes do): no statement of its own is pending when it writes,
+    /// so none has a snapshot to upgrade.
+    #[tokio::test]
+    async fn compaction_goes_on_while_others_commit_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        let subs: Vec<Submission> = (0..5_000i64)
+            .map(|i| {
+                let t = at(10, 0, 0).timestamp_micros() + i * 1_000_000;
+                submission(&rec, t, "acct", &format!("+3161{i:07}"))
+            })
+            .collect();
+        for chunk in subs.chunks(500) {
+            rec.record_many(chunk).await.unwrap();
+        }
+        store.close().await;
+        let keyring = open_keyring(&cfg).unwrap();
+        let day = PartitionId::parse("2026-11-22").unwrap();
+        let path = day.path_in(&cfg.path);
+        let side = schema::open_for_read(&path).unwrap();
+        let commits = std::cell::Cell::new(0);
+        let beside = || {
+            side.execute_batch(
+                "BEGIN IMMEDIATE; UPDATE meta SET value = value WHERE key = 'schema'; COMMIT;",
+            )
+            .unwrap();
+            commits.set(commits.get() + 1);
+            false
+        };
+        let later = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros();
+        let done = compact::compact_due(&cfg.path, &keyring, later, &beside);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].1.as_ref().unwrap().records, 5_000);
+        assert!(commits.get() >= 4, "between pages: {}", commits.get());
+        let keys = keyring.keys(day).unwrap();
+        assert_eq!(compact::check(&path, &keys).unwrap(), Vec::<String>::new());
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31610004321").len(), 1);
+    }
+
     #[tokio::test]
     async fn next_partitions_keys_are_made_ahead_of_traffic() {
         let dir = tempfile::tempdir().unwrap();
