@@ -308,8 +308,22 @@ impl Home {
     }
 }
 
-impl International {
-    fn new(region: country::Id) -> Self {
+/// What the fast path for international formats needs of the metadata: the possible
+/// lengths of every country calling code, and the default region's prefixes.
+#[derive(Debug, PartialEq, Eq)]
+struct Facts {
+    /// Index = code (1..=999); empty where the code is not in use.
+    lengths: Vec<Vec<u16>>,
+    national_prefix: Option<String>,
+    disabled: bool,
+    idd_00: bool,
+}
+
+impl Facts {
+    /// From `phonenumber`'s database, which compiles every pattern it has when first
+    /// used (~120 ms): what [`Facts::of_tables`] is checked against.
+    #[cfg(test)]
+    fn of_metadata(region: country::Id) -> Self {
         let db = &*phonenumber::metadata::DATABASE;
         let mut lengths: Vec<Vec<u16>> = vec![Vec::new(); 1000];
         for meta in db.iter() {
@@ -342,24 +356,62 @@ impl International {
             slot.dedup();
         }
         let home = db.by_id(region.as_ref());
+        Self::derive(
+            lengths,
+            home.map(|m| {
+                (
+                    m.national_prefix(),
+                    m.national_prefix_for_parsing().map(|r| r.as_str()),
+                    m.international_prefix().map(|r| r.as_str()),
+                )
+            }),
+        )
+    }
+
+    /// From the tables generated from that database (`canonical_tables`), without
+    /// loading it: a one-off command that meets a number in `+` form pays nothing.
+    fn of_tables(region: country::Id) -> Self {
+        let mut lengths: Vec<Vec<u16>> = vec![Vec::new(); 1000];
+        for &(code, possible) in crate::canonical_tables::LENGTHS {
+            lengths[usize::from(code)] = possible.to_vec();
+        }
+        let home = crate::canonical_tables::REGIONS
+            .iter()
+            .find(|r| r.0 == region.as_ref())
+            .map(|r| (r.1, r.2, r.3));
+        Self::derive(lengths, home)
+    }
+
+    /// `home`: the region's national prefix, national prefix for parsing and
+    /// international prefix (patterns as text), if the metadata has the region.
+    fn derive(
+        lengths: Vec<Vec<u16>>,
+        home: Option<(Option<&str>, Option<&str>, Option<&str>)>,
+    ) -> Self {
         let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        let national_prefix = home.and_then(|m| m.national_prefix()).map(str::to_owned);
-        let parsing = home
-            .and_then(|m| m.national_prefix_for_parsing())
-            .map(|r| r.as_str().to_owned());
+        let national_prefix = home.and_then(|h| h.0).map(str::to_owned);
+        let parsing = home.and_then(|h| h.1);
         let disabled = home.is_none()
             || national_prefix.as_deref().is_some_and(|p| !plain(p))
-            || parsing
-                .as_deref()
-                .is_some_and(|p| Some(p) != national_prefix.as_deref());
-        let idd_00 = home
-            .and_then(|m| m.international_prefix())
-            .is_some_and(|r| r.as_str() == "00");
+            || parsing.is_some_and(|p| Some(p) != national_prefix.as_deref());
+        let idd_00 = home.and_then(|h| h.2) == Some("00");
         Self {
             lengths,
             national_prefix,
             disabled,
             idd_00,
+        }
+    }
+}
+
+impl International {
+    fn new(region: country::Id) -> Self {
+        let facts = Facts::of_tables(region);
+        Self {
+            lengths: facts.lengths,
+            national_prefix: facts.national_prefix,
+            disabled: facts.disabled,
+            idd_00: facts.idd_00,
             region,
             plan: std::sync::OnceLock::new(),
         }
@@ -880,5 +932,70 @@ mod tests {
             let once = n.normalize(&s);
             prop_assert_eq!(n.normalize(&once.value), once);
         }
+    }
+
+    /// The generated tables are the metadata's, for every region: regenerate them with
+    /// `REGENERATE=src/canonical_tables.rs cargo test --lib canonical_tables_are_the_metadatas`
+    /// when `phonenumber` is updated.
+    #[test]
+    fn canonical_tables_are_the_metadatas() {
+        if let Ok(path) = std::env::var("REGENERATE") {
+            std::fs::write(path, generate_tables()).unwrap();
+        }
+        let db = &*phonenumber::metadata::DATABASE;
+        let mut regions = 0;
+        for meta in db.iter() {
+            let Ok(region) = meta.id().parse::<country::Id>() else {
+                continue;
+            };
+            regions += 1;
+            assert_eq!(
+                Facts::of_tables(region),
+                Facts::of_metadata(region),
+                "{}",
+                meta.id()
+            );
+        }
+        assert!(regions > 200, "{regions}");
+    }
+
+    fn generate_tables() -> String {
+        let db = &*phonenumber::metadata::DATABASE;
+        let facts = Facts::of_metadata(country::Id::NL);
+        let mut out = String::from(
+            "//! Generated from `phonenumber`'s metadata by `canonical::tests::canonical_tables_are_the_metadatas`\n\
+             //! (which also checks them against it): do not edit.\n\n\
+             /// Possible lengths of the national significant number per country calling code.\n\
+             pub static LENGTHS: &[(u16, &[u16])] = &[\n",
+        );
+        for (code, lengths) in facts.lengths.iter().enumerate() {
+            if !lengths.is_empty() {
+                out.push_str(&format!("    ({code}, &{lengths:?}),\n"));
+            }
+        }
+        out.push_str(
+            "];\n\n/// Per region: its id, national prefix, national prefix for parsing and\n\
+             /// international prefix (the last two patterns, as text).\n\
+             #[allow(clippy::type_complexity)]\n\
+             pub static REGIONS: &[(&str, Option<&str>, Option<&str>, Option<&str>)] = &[\n",
+        );
+        let mut rows: Vec<String> = db
+            .iter()
+            .filter(|m| m.id().parse::<country::Id>().is_ok())
+            .map(|m| {
+                format!(
+                    "    ({:?}, {:?}, {:?}, {:?}),\n",
+                    m.id(),
+                    m.national_prefix(),
+                    m.national_prefix_for_parsing().map(|r| r.as_str()),
+                    m.international_prefix().map(|r| r.as_str())
+                )
+            })
+            .collect();
+        rows.sort();
+        rows.dedup();
+        out.extend(rows);
+        out.push_str("];\n");
+        out
     }
 }

@@ -39,6 +39,7 @@
 pub mod admin;
 pub mod bench;
 pub mod canonical;
+mod canonical_tables;
 pub mod cli;
 pub mod clock;
 pub mod compliance;
