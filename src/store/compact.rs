@@ -500,6 +500,17 @@ pub fn compact_due(
     stop: &dyn Fn() -> bool,
 ) -> Vec<(PartitionId, Result<Compacted, CompactError>)> {
     let mut done = Vec::new();
+    let due: Vec<PartitionId> = match super::partition::list(store_dir) {
+        Ok(p) => p.into_iter().filter(|&p| is_due(p, now)).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the partitions to compact");
+            return done;
+        }
+    };
+    // Nothing due: the store directory is not touched (no lock file made).
+    if due.is_empty() {
+        return done;
+    }
     // Opened for reading (a lock needs no more), made if missing: whoever made it,
     // root running a bench included, anyone may lock it.
     let lock_path = store_dir.join(LOCK_FILE);
@@ -520,14 +531,7 @@ pub fn compact_due(
             return done;
         }
     };
-    let partitions = match super::partition::list(store_dir) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list the partitions to compact");
-            return done;
-        }
-    };
-    for p in partitions.into_iter().filter(|&p| is_due(p, now)) {
+    for p in due {
         if stop() {
             break;
         }
