@@ -627,9 +627,24 @@ pub fn spawn(
         siblings: false,
     };
     let (to_writer, from_front) = mpsc::channel(INGEST_QUEUE);
+    // The front's handle, for the writer to join when it ends: the writer can end on
+    // the Stop the front passes on, before the front has let go of the journal (and
+    // its lock); joining the writer must mean both are gone. Its queue is dropped
+    // first, so a front still sending to it is not left waiting.
+    let front_handle = Arc::new(std::sync::Mutex::new(None::<std::thread::JoinHandle<()>>));
+    let front_of_writer = front_handle.clone();
     let handle = std::thread::Builder::new()
         .name("relaylog-writer".into())
-        .spawn(move || writer.run(from_front))?;
+        .spawn(move || {
+            writer.run(from_front);
+            let front = front_of_writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(front) = front {
+                let _ = front.join();
+            }
+        })?;
     let _ = signals.writer.thread.set(handle.thread().clone());
     let front = super::front::Front::new(
         journal,
@@ -645,6 +660,7 @@ pub fn spawn(
         .name("relaylog-journal".into())
         .spawn(move || front.run(rx, segments, replayed))?;
     let _ = signals.front.thread.set(front.thread().clone());
+    *front_handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(front);
     // The store opens once the journal's frames are in the partitions (or could not
     // all be: then they stay in the writer's hands and the journal, tried again).
     loop {
@@ -669,8 +685,7 @@ pub fn spawn(
         }
     }
     spawn_ticker(tx.downgrade(), signals)?;
-    // The writer ends after the front (its queue closes when the front goes): joining
-    // it waits for both.
+    // The writer joins the front when it ends: joining it waits for both.
     Ok((tx, handle))
 }
 
