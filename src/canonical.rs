@@ -76,10 +76,11 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 /// assert_eq!(nl.normalize("ACME").form, Form::Raw);
 /// ```
 ///
-/// `phonenumber` loads its metadata on first use, and the region's patterns are
-/// compiled at the first national number (~100 ms in all): [`NumberNormalizer::warmed`]
-/// does both up front, so that a server's first request does not pay for them; a
-/// one-off command takes [`NumberNormalizer::new`] and pays only for what it uses.
+/// `phonenumber` loads its metadata when first used (~100 ms: it compiles every
+/// pattern), and the region's patterns are compiled at the first national number:
+/// [`NumberNormalizer::warmed`] does both up front, so that a server's first request
+/// does not pay for them; a one-off command takes [`NumberNormalizer::new`] and pays
+/// only for what it uses (a valid number in `+` form: nothing, see `International`).
 ///
 /// Numbers already in international format (`+` or the region's `00`, then digits)
 /// take a fast path that needs no parsing, and valid numbers in the region's national
@@ -87,7 +88,8 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 #[derive(Debug, Clone)]
 pub struct NumberNormalizer {
     region: country::Id,
-    /// Built from the metadata at the first number (see [`Self::warmed`]).
+    /// Built at the first number, from tables generated from the metadata (see
+    /// `Facts`).
     international: Arc<std::sync::OnceLock<International>>,
 }
 
@@ -175,8 +177,8 @@ enum Fast {
     Parse,
 }
 
-/// The fast path for numbers in international format, built once from the
-/// `phonenumber` metadata.
+/// The fast path for numbers in international format, built once from tables
+/// generated from the `phonenumber` metadata (`Facts`), without loading it.
 ///
 /// Why: `phonenumber` runs every regular expression through one process-wide,
 /// mutex-guarded cache keyed by the pattern text, so under load two request threads

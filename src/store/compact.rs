@@ -46,7 +46,7 @@ use crate::clock::Micros;
 pub const GRACE: Duration = Duration::from_secs(3600);
 
 /// Posting rows written (at most: they are the records' `(tag, id)` of one page of
-/// [`sorted_tags`]) or deleted per transaction: a few milliseconds of the write lock.
+/// `sorted_tags`) or deleted per transaction: a few milliseconds of the write lock.
 pub const ROWS_PER_TX: usize = 2_048;
 
 /// The lock file that lets one compaction run at a time in a store directory.
