@@ -206,7 +206,6 @@ struct Lists<'c> {
     tag: Option<i64>,
     ids: Vec<i64>,
     blob: Vec<u8>,
-    rows: u64,
 }
 
 impl Lists<'_> {
@@ -232,7 +231,6 @@ impl Lists<'_> {
             .prepare_cached(&self.insert)?
             .execute(rusqlite::params![tag, self.ids[0], self.blob])?;
         self.ids.clear();
-        self.rows += 1;
         Ok(())
     }
 }
@@ -301,7 +299,6 @@ fn compact(
             tag: None,
             ids: Vec::new(),
             blob: Vec::new(),
-            rows: 0,
         };
         let mut stopped = false;
         sorted_tags(&conn, kind, through, |page| {
