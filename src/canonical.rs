@@ -88,22 +88,20 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 #[derive(Debug, Clone)]
 pub struct NumberNormalizer {
     region: country::Id,
-    /// Built at the first number, from tables generated from the metadata (see
-    /// `Facts`).
-    international: Arc<std::sync::OnceLock<International>>,
+    /// From tables generated from the metadata (see `Facts`): cheap to build.
+    international: Arc<International>,
 }
 
 impl NumberNormalizer {
     pub fn new(region: country::Id) -> Self {
         Self {
             region,
-            international: Arc::default(),
+            international: Arc::new(International::new(region)),
         }
     }
 
     fn international(&self) -> &International {
-        self.international
-            .get_or_init(|| International::new(self.region))
+        &self.international
     }
 
     /// [`Self::new`], with the metadata and the region's patterns loaded now.
@@ -195,17 +193,7 @@ enum Fast {
 /// `fast_path_agrees_with_the_parser` checks the two against each other.
 #[derive(Debug)]
 struct International {
-    /// Possible lengths of the national significant number, per country calling code
-    /// (index = code, 1..=999); empty where the code is not in use.
-    lengths: Vec<Vec<u16>>,
-    /// Leading digits of a national part that the default region's parser would
-    /// strip or rewrite (its national prefix): those take the slow path.
-    national_prefix: Option<String>,
-    /// The parser applies a national-prefix pattern of the default region: if it is
-    /// not a plain literal, every number takes the slow path.
-    disabled: bool,
-    /// `00` is the default region's international call prefix.
-    idd_00: bool,
+    facts: Facts,
     region: country::Id,
     /// The default region's patterns, compiled at the first number in its national
     /// format (compiling them is most of a one-off command's start-up).
@@ -314,10 +302,16 @@ impl Home {
 /// lengths of every country calling code, and the default region's prefixes.
 #[derive(Debug, PartialEq, Eq)]
 struct Facts {
-    /// Index = code (1..=999); empty where the code is not in use.
+    /// Possible lengths of the national significant number, per country calling code
+    /// (index = code, 1..=999); empty where the code is not in use.
     lengths: Vec<Vec<u16>>,
+    /// Leading digits of a national part that the default region's parser would
+    /// strip or rewrite (its national prefix): those take the slow path.
     national_prefix: Option<String>,
+    /// The parser applies a national-prefix pattern of the default region: if it is
+    /// not a plain literal, every number takes the slow path.
     disabled: bool,
+    /// `00` is the default region's international call prefix.
     idd_00: bool,
 }
 
@@ -408,12 +402,8 @@ impl Facts {
 
 impl International {
     fn new(region: country::Id) -> Self {
-        let facts = Facts::of_tables(region);
         Self {
-            lengths: facts.lengths,
-            national_prefix: facts.national_prefix,
-            disabled: facts.disabled,
-            idd_00: facts.idd_00,
+            facts: Facts::of_tables(region),
             region,
             plan: std::sync::OnceLock::new(),
         }
@@ -434,12 +424,12 @@ impl International {
     }
 
     fn classify(&self, raw: &str) -> Fast {
-        if self.disabled {
+        if self.facts.disabled {
             return Fast::Parse;
         }
         let digits = if let Some(d) = raw.strip_prefix('+') {
             d
-        } else if let Some(d) = raw.strip_prefix("00").filter(|_| self.idd_00) {
+        } else if let Some(d) = raw.strip_prefix("00").filter(|_| self.facts.idd_00) {
             d
         } else {
             return self.national(raw);
@@ -453,13 +443,19 @@ impl International {
         }
         // Country calling codes are prefix-free: at most one of 1, 2, 3 digits is in use.
         let Some((code_len, lengths)) = (1..=3.min(digits.len()))
-            .map(|n| (n, &self.lengths[digits[..n].parse::<usize>().unwrap_or(0)]))
+            .map(|n| {
+                (
+                    n,
+                    &self.facts.lengths[digits[..n].parse::<usize>().unwrap_or(0)],
+                )
+            })
             .find(|(_, l)| !l.is_empty())
         else {
             return Fast::Parse;
         };
         let national = &digits[code_len..];
         if self
+            .facts
             .national_prefix
             .as_deref()
             .is_some_and(|p| national.starts_with(p))
@@ -498,7 +494,7 @@ impl International {
         if plan.idd.as_ref().is_none_or(|idd| idd.is_match(raw)) {
             return Fast::Parse;
         }
-        let prefix = self.national_prefix.as_deref();
+        let prefix = self.facts.national_prefix.as_deref();
         // The parser reads digits that begin with the region's country code as the
         // code and a national number (Kannel's `to=31612345678` in NL), whatever
         // follows; otherwise it strips the national prefix.

@@ -17,7 +17,7 @@ pub mod passthrough;
 pub mod query;
 pub mod smpp;
 pub mod smtp;
-mod store;
+pub(crate) mod store;
 
 pub use self::store::{BenchError, StoreBench, StoreBenchReport, store};
 

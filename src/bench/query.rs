@@ -27,10 +27,7 @@ pub struct QueryBench {
 #[derive(Debug, Serialize)]
 pub struct Latency {
     pub lookups: usize,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    pub latency_ms: super::Percentiles,
     pub mean_matches: f64,
     /// Partitions opened per lookup (the others were ruled out by their filter).
     pub mean_partitions_opened: f64,
@@ -81,13 +78,6 @@ fn drop_caches() -> std::io::Result<()> {
     std::fs::write("/proc/sys/vm/drop_caches", "3")
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
 pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBenchError> {
     let listed = |dir| crate::store::partition::list(dir).map_err(QueryBenchError::List);
     let filled_records_per_second = if listed(&cfg.path)?.is_empty() {
@@ -114,7 +104,11 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
         let entry = entry.map_err(QueryBenchError::List)?;
         let len = entry.metadata().map_err(QueryBenchError::List)?.len();
         store_bytes += len;
-        if entry.file_name().to_string_lossy().ends_with("-filter") {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(crate::store::filter::SUFFIX)
+        {
             filter_bytes += len;
         }
     }
@@ -131,9 +125,9 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
     let until = since + i64::from(b.fill.days) * 86_400_000_000;
     let mut rng = Rng(b.fill.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
     let mut lookups = |n: usize, cold: bool| -> Result<Latency, QueryBenchError> {
-        let (mut times, mut matches, mut opened) = (Vec::with_capacity(n), 0u64, 0usize);
+        let (mut times, mut matches, mut opened) = (super::histogram(), 0u64, 0usize);
         for _ in 0..n {
-            let number = format!("+3161{:07}", rng.next() % b.fill.recipients_pool.max(1));
+            let number = super::store::pool_number(rng.next(), b.fill.recipients_pool);
             if cold {
                 drop_caches().map_err(QueryBenchError::DropCaches)?;
             }
@@ -145,17 +139,13 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
             };
             let t = Instant::now();
             let stats = query::run(&cfg.path, &keyring, &criteria, |_| {})?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+            let _ = times.record(super::micros_since(t));
             matches += stats.matches;
             opened += stats.partitions_searched - stats.partitions_ruled_out;
         }
-        times.sort_by(f64::total_cmp);
         Ok(Latency {
             lookups: n,
-            p50_ms: percentile(&times, 0.5),
-            p90_ms: percentile(&times, 0.9),
-            p99_ms: percentile(&times, 0.99),
-            max_ms: times.last().copied().unwrap_or(0.0),
+            latency_ms: super::Percentiles::of(&times),
             mean_matches: matches as f64 / n.max(1) as f64,
             mean_partitions_opened: opened as f64 / n.max(1) as f64,
         })

@@ -54,6 +54,11 @@ impl StoreBenchReport {
     }
 }
 
+/// The recipient number a random `n` draws from a pool of `pool` numbers.
+pub(crate) fn pool_number(n: u64, pool: u64) -> String {
+    format!("+3161{:07}", n % pool.max(1))
+}
+
 /// The `i`th synthetic submission: the same for the same seed, whatever the thread.
 fn synthetic(
     b: &StoreBench,
@@ -81,7 +86,7 @@ fn synthetic(
         segments: 1,
         recipients: vec![Identifier {
             form: Form::E164,
-            value: format!("+3161{:07}", n % b.recipients_pool.max(1)),
+            value: pool_number(n, b.recipients_pool),
         }],
     }
 }

@@ -423,10 +423,10 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                     "{name}: {} lookups over {} partitions: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({:.1} matches, {:.1} partitions opened per lookup)",
                     l.lookups,
                     r.partitions,
-                    l.p50_ms,
-                    l.p90_ms,
-                    l.p99_ms,
-                    l.max_ms,
+                    l.latency_ms.p50,
+                    l.latency_ms.p90,
+                    l.latency_ms.p99,
+                    l.latency_ms.max,
                     l.mean_matches,
                     l.mean_partitions_opened
                 );

@@ -94,6 +94,32 @@ fn bits(bits: u64) -> impl Iterator<Item = usize> {
     (0..K).map(move |j| ((bits >> (9 * j)) & 511) as usize)
 }
 
+/// Whether every bit of `h` is set in `block` (one 512-bit block).
+fn all_set(block: &[u8], h: u64) -> bool {
+    bits(h).all(|bit| block[bit / 8] & (1 << (bit % 8)) != 0)
+}
+
+/// A header's page count and `through`, if it is one (magic, pages in bounds).
+fn read_header(head: &[u8]) -> Option<(u32, i64)> {
+    if head.len() < HEADER || &head[..4] != MAGIC {
+        return None;
+    }
+    let pages = u32::from_be_bytes(head[4..8].try_into().ok()?);
+    let through = i64::from_be_bytes(head[8..16].try_into().ok()?);
+    (pages > 0 && pages <= MAX_PAGES).then_some((pages, through))
+}
+
+/// Whether a page's MAC is the one stored, compared whole (no early exit).
+fn mac_ok(keys: &PartitionKeys, head: &[u8], page: u32, bits: &[u8], stored: &[u8]) -> bool {
+    let expected = page_mac(keys, head, page, bits);
+    expected.len() == stored.len()
+        && expected
+            .iter()
+            .zip(stored)
+            .fold(0u8, |d, (a, b)| d | (a ^ b))
+            == 0
+}
+
 fn header(pages: u32, through: i64, entries: u64) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..4].copy_from_slice(MAGIC);
@@ -194,15 +220,8 @@ fn probe_file(
     // The header and the first MACs in one read (enough for a 250 KiB bitmap).
     let mut first = [0u8; 4096];
     let got = read_up_to(file, &mut first, 0)?;
-    if got < HEADER || &first[..4] != MAGIC {
-        return None;
-    }
+    let (pages, through) = read_header(&first[..got])?;
     let head = &first[..HEADER];
-    let pages = u32::from_be_bytes(head[4..8].try_into().ok()?);
-    let through = i64::from_be_bytes(head[8..16].try_into().ok()?);
-    if pages == 0 || pages > MAX_PAGES {
-        return None;
-    }
     let (block, h) = position(kind, tag, u64::from(pages) * BLOCKS_PER_PAGE as u64);
     let page = (block / BLOCKS_PER_PAGE as u64) as u32;
     let mac_at = HEADER + page as usize * MAC;
@@ -215,14 +234,11 @@ fn probe_file(
     let mut bitmap = vec![0u8; PAGE];
     let page_at = HEADER + pages as usize * MAC + page as usize * PAGE;
     file.read_exact_at(&mut bitmap, page_at as u64).ok()?;
-    let expected = page_mac(keys, head, page, &bitmap);
-    // Compared whole, without an early exit.
-    if expected.iter().zip(&mac).fold(0u8, |d, (a, b)| d | (a ^ b)) != 0 {
+    if !mac_ok(keys, head, page, &bitmap, &mac) {
         return None;
     }
     let base = (block as usize % BLOCKS_PER_PAGE) * BLOCK;
-    let present = bits(h).all(|bit| bitmap[base + bit / 8] & (1 << (bit % 8)) != 0);
-    Some(if present {
+    Some(if all_set(&bitmap[base..base + BLOCK], h) {
         Probe::Maybe { through }
     } else {
         Probe::Absent
@@ -254,19 +270,16 @@ impl Checked {
     /// `None` when the filter does not check out (any page).
     pub fn read(path: &Path, keys: &PartitionKeys) -> std::io::Result<Option<Checked>> {
         let mut bytes = std::fs::read(path)?;
-        if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+        let Some((pages, through)) = read_header(&bytes) else {
+            return Ok(None);
+        };
+        if bytes.len() != HEADER + pages as usize * (MAC + PAGE) {
             return Ok(None);
         }
-        let head = &bytes[..HEADER];
-        let pages = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        let through = i64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
-        if pages == 0 || pages > MAX_PAGES || bytes.len() != HEADER + pages as usize * (MAC + PAGE)
-        {
-            return Ok(None);
-        }
-        let (macs, bitmap) = bytes[HEADER..].split_at(pages as usize * MAC);
+        let (head, rest) = bytes.split_at(HEADER);
+        let (macs, bitmap) = rest.split_at(pages as usize * MAC);
         for (i, (mac, page)) in macs.chunks(MAC).zip(bitmap.chunks(PAGE)).enumerate() {
-            if page_mac(keys, head, i as u32, page) != mac {
+            if !mac_ok(keys, head, i as u32, page, mac) {
                 return Ok(None);
             }
         }
@@ -281,7 +294,7 @@ impl Checked {
     pub fn holds(&self, kind: IndexKind, tag: i64) -> bool {
         let (block, h) = position(kind, tag, u64::from(self.pages) * BLOCKS_PER_PAGE as u64);
         let base = block as usize * BLOCK;
-        bits(h).all(|bit| self.bitmap[base + bit / 8] & (1 << (bit % 8)) != 0)
+        all_set(&self.bitmap[base..base + BLOCK], h)
     }
 }
 

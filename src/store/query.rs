@@ -268,7 +268,7 @@ fn search(
         let events_q = match &mut events_sql {
             Some(made) => &*made,
             slot @ None => {
-                let columns = match compacted {
+                let columns = match state.compacted {
                     // Compaction completed the table: no need to ask.
                     Some(_) => schema::all_outcome_columns(),
                     None => schema::outcome_columns(&tx).map_err(part_err(p))?,
