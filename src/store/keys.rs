@@ -26,6 +26,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ring::aead::{self, AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hmac;
@@ -35,8 +36,14 @@ use super::partition::PartitionId;
 
 const KEY_MAGIC: &[u8; 4] = b"RLK1";
 
-/// Most partitions whose unwrapped keys a keyring keeps in memory.
-const MAX_CACHED: usize = 8;
+/// Most partitions whose unwrapped keys a keyring keeps in memory: more than a
+/// lookup over 13 months of day partitions (396) touches.
+const MAX_CACHED: usize = 512;
+/// How long unwrapped keys stay in memory after they were read from their file. A
+/// burst of lookups over a year unwraps each partition's keys once instead of once
+/// per lookup, and keys shredded by another process (`relaylog expire` beside
+/// `serve`) leave this one within it; a shred in this process drops them at once.
+const KEY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 const KEY_FILE_LEN: usize = 4 + 1 + 4 + NONCE_LEN + 64 + 16;
 const HEADER_LEN: usize = 4 + 1 + 4;
 
@@ -360,7 +367,9 @@ pub struct Keyring {
     master: MasterKey,
     /// Index shape for partitions created from now on; existing ones keep theirs.
     params: IndexParams,
-    cache: Mutex<HashMap<PartitionId, Arc<PartitionKeys>>>,
+    /// Unwrapped keys and when they were read, for at most `ttl`.
+    cache: Mutex<HashMap<PartitionId, (Arc<PartitionKeys>, Instant)>>,
+    ttl: std::time::Duration,
     /// Held while a key file is created: two threads of this process never write key
     /// material for one partition at once (another process is told apart by the
     /// hard link below).
@@ -376,6 +385,7 @@ impl Keyring {
             master,
             params,
             cache: Mutex::new(HashMap::new()),
+            ttl: KEY_TTL,
             creating: Mutex::new(()),
             rng: SystemRandom::new(),
         })
@@ -490,7 +500,10 @@ impl Keyring {
             .map_err(io_err(&self.dir))
     }
 
-    fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashMap<PartitionId, Arc<PartitionKeys>>> {
+    #[allow(clippy::type_complexity)]
+    fn cache_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<PartitionId, (Arc<PartitionKeys>, Instant)>> {
         // A panic while holding this lock cannot leave the map inconsistent (each
         // operation is a single insert or remove), so a poisoned lock is still usable.
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
@@ -498,20 +511,34 @@ impl Keyring {
 
     /// The keys of `partition` if they are in memory: no I/O.
     pub fn cached(&self, partition: PartitionId) -> Option<Arc<PartitionKeys>> {
-        self.cache_lock().get(&partition).cloned()
+        let mut cache = self.cache_lock();
+        match cache.get(&partition) {
+            Some((keys, read)) if read.elapsed() < self.ttl => Some(keys.clone()),
+            Some(_) => {
+                cache.remove(&partition);
+                None
+            }
+            None => None,
+        }
     }
 
     fn remember(&self, keys: Arc<PartitionKeys>) -> Arc<PartitionKeys> {
         let mut cache = self.cache_lock();
-        // Unwrapped keys stay in memory only for the few partitions in use: a query
-        // over a year must not leave a year of keys behind it.
+        // Keys stay in memory for `ttl` after they were read: a lookup over a year
+        // leaves a year of keys behind it for that long, not longer.
+        let ttl = self.ttl;
+        cache.retain(|_, (_, read)| read.elapsed() < ttl);
         if cache.len() >= MAX_CACHED
             && !cache.contains_key(&keys.partition)
             && let Some(oldest) = cache.keys().min().copied()
         {
             cache.remove(&oldest);
         }
-        cache.entry(keys.partition).or_insert(keys).clone()
+        cache
+            .entry(keys.partition)
+            .or_insert((keys, Instant::now()))
+            .0
+            .clone()
     }
 
     fn aad(partition: PartitionId, header: &[u8]) -> Vec<u8> {
@@ -655,6 +682,34 @@ pub(crate) mod tests {
         // New keys for the same day do not open the old value.
         let new = fresh.keys_or_create(day(3)).unwrap();
         assert!(new.open(b"row", &sealed).is_err());
+    }
+
+    /// Keys another keyring (another process) shredded stay usable through this one
+    /// only until its cache lets them go: once their time to live is over.
+    #[test]
+    fn keys_shredded_elsewhere_leave_the_cache_with_their_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reader = keyring(dir.path(), 8);
+        let writer = keyring(dir.path(), 8);
+        writer.keys_or_create(day(6)).unwrap();
+        reader.keys(day(6)).unwrap();
+        writer.shred(day(6)).unwrap();
+        assert!(reader.keys(day(6)).is_ok(), "within its ttl, from memory");
+        reader.ttl = std::time::Duration::ZERO;
+        assert!(reader.cached(day(6)).is_none());
+        assert!(matches!(
+            reader.keys(day(6)),
+            Err(KeyError::Shredded { .. })
+        ));
+        // And a shred in this process drops them at once, whatever their ttl.
+        reader.ttl = KEY_TTL;
+        writer.keys_or_create(day(7)).unwrap();
+        reader.keys(day(7)).unwrap();
+        reader.shred(day(7)).unwrap();
+        assert!(matches!(
+            reader.keys(day(7)),
+            Err(KeyError::Shredded { .. })
+        ));
     }
 
     #[test]

@@ -1081,6 +1081,76 @@ mod tests {
         store.close().await;
     }
 
+    /// A lookup gives each record its latest outcome and its latest receipt, with the
+    /// message id of that outcome; an event about another recipient of the submission
+    /// is not this one's.
+    #[tokio::test]
+    async fn a_lookup_gives_the_latest_outcome_and_receipt() {
+        use crate::record::{Outcome, OutcomeEvent, Receipt};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        let t = at(10, 0, 0).timestamp_micros();
+        let mut sub = submission(&rec, t, "acct", "+31612345678");
+        sub.recipients.push(Identifier {
+            form: Form::E164,
+            value: "+31687654321".into(),
+        });
+        rec.record(&sub).await.unwrap();
+        let event = |n: i64, outcome, id: Option<&str>, ordinal, state: Option<&str>| {
+            let mut ev = OutcomeEvent::new(sub.id, t, t + n, outcome);
+            ev.upstream_message_id = id.map(Into::into);
+            ev.ordinal = ordinal;
+            ev.receipt = state.map(|s| Receipt {
+                state: Some(s.into()),
+                error: None,
+                done: None,
+            });
+            ev
+        };
+        for ev in [
+            event(1, Outcome::Failed, Some("first"), None, None),
+            event(2, Outcome::Receipt, None, Some(0), Some("ENROUTE")),
+            event(3, Outcome::Accepted, Some("second"), None, None),
+            event(4, Outcome::Receipt, None, Some(0), Some("DELIVRD")),
+            // About the other recipient only.
+            event(5, Outcome::Rejected, None, Some(1), None),
+            event(6, Outcome::Receipt, None, Some(1), Some("UNDELIV")),
+        ] {
+            rec.record_outcome(&ev).await.unwrap();
+        }
+        store.close().await;
+        let (found, _) = lookup(&cfg, IndexKind::Recipient, "+31612345678");
+        assert_eq!(found.len(), 1);
+        let outcome = found[0].outcome.as_ref().expect("an outcome");
+        assert_eq!(
+            (
+                outcome.outcome,
+                outcome.at,
+                outcome.upstream_message_id.as_deref()
+            ),
+            (Outcome::Accepted, t + 3, Some("second"))
+        );
+        let receipt = found[0].receipt.as_ref().expect("a receipt");
+        assert_eq!(
+            (receipt.at, receipt.state.as_deref()),
+            (t + 4, Some("DELIVRD"))
+        );
+        let (other, _) = lookup(&cfg, IndexKind::Recipient, "+31687654321");
+        let outcome = other[0].outcome.as_ref().expect("an outcome");
+        assert_eq!(
+            (outcome.outcome, outcome.upstream_message_id.as_deref()),
+            (Outcome::Rejected, None)
+        );
+        assert_eq!(
+            other[0].receipt.as_ref().and_then(|r| r.state.as_deref()),
+            Some("UNDELIV")
+        );
+    }
+
     /// Compacted partitions answer exactly as before; a partition without the
     /// identifier is ruled out by its filter; a record that comes into a compacted
     /// partition takes its filter away and is found; a damaged filter is searched

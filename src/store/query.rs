@@ -276,7 +276,9 @@ fn search(
                 &*slot.insert(events_statement(&columns))
             }
         };
+        // Events come in id order: the last of each kind is the latest.
         let (mut outcome, mut receipt) = (None, None);
+        let mut sealed_id = None;
         let mut events = tx.prepare_cached(events_q).map_err(part_err(p))?;
         let mut rows = events
             .query(params![submission.0, ordinal])
@@ -293,8 +295,8 @@ fn search(
                 });
                 continue;
             }
-            let msgid: Option<Vec<u8>> = r.get(6).map_err(part_err(p))?;
             let size: Option<i64> = r.get(8).map_err(part_err(p))?;
+            sealed_id = r.get::<_, Option<Vec<u8>>>(6).map_err(part_err(p))?;
             outcome = Some(FoundOutcome {
                 enhanced_status: r.get(7).map_err(part_err(p))?,
                 size_bytes: size.map(|n| n.max(0) as u64),
@@ -302,17 +304,18 @@ fn search(
                 at,
                 upstream_status: r.get(4).map_err(part_err(p))?,
                 gateway_code: r.get(5).map_err(part_err(p))?,
-                upstream_message_id: match msgid {
-                    Some(sealed) => Some(
-                        String::from_utf8(
-                            keys.open(&codec::outcome_aad(submission), &sealed)
-                                .map_err(|_| corrupt("sealed message id does not open"))?,
-                        )
-                        .map_err(|_| corrupt("message id is not UTF-8"))?,
-                    ),
-                    None => None,
-                },
+                upstream_message_id: None,
             });
+        }
+        // Only the latest outcome's message id is opened.
+        if let (Some(found), Some(sealed)) = (&mut outcome, sealed_id) {
+            found.upstream_message_id = Some(
+                String::from_utf8(
+                    keys.open(&codec::outcome_aad(submission), &sealed)
+                        .map_err(|_| corrupt("sealed message id does not open"))?,
+                )
+                .map_err(|_| corrupt("message id is not UTF-8"))?,
+            );
         }
         stats.matches += 1;
         emit(Found {
@@ -417,8 +420,9 @@ fn partition_state(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Parti
     }
 }
 
-/// The statement reading a record's latest outcome (other than a receipt) and its
-/// latest receipt: up to two rows of `columns.select`, told apart by their `outcome`.
+/// The statement reading a record's events (outcomes and receipts) in the order they
+/// came: a plain indexed read, cheaper to prepare than one choosing the latest of each
+/// kind, and a record has few.
 fn events_statement(columns: &schema::OutcomeColumns) -> String {
     // An event is about this record when it names its ordinal or none.
     let about = if columns.per_recipient {
@@ -427,11 +431,6 @@ fn events_statement(columns: &schema::OutcomeColumns) -> String {
         // Every event is the submission's; `?2` is still bound, so it is named.
         "submission = ?1 AND ?2 IS NOT NULL"
     };
-    let receipt = Outcome::Receipt as u8;
     let select = &columns.select;
-    format!(
-        "SELECT * FROM (SELECT {select} FROM outcome WHERE {about} AND outcome != {receipt} ORDER BY id DESC LIMIT 1) \
-         UNION ALL \
-         SELECT * FROM (SELECT {select} FROM outcome WHERE {about} AND outcome = {receipt} ORDER BY id DESC LIMIT 1)"
-    )
+    format!("SELECT {select} FROM outcome WHERE {about} ORDER BY id")
 }
