@@ -100,10 +100,6 @@ impl NumberNormalizer {
         }
     }
 
-    fn international(&self) -> &International {
-        &self.international
-    }
-
     /// [`Self::new`], with the metadata and the region's patterns loaded now.
     pub fn warmed(region: country::Id) -> Self {
         let n = Self::new(region);
@@ -115,7 +111,7 @@ impl NumberNormalizer {
     /// [`Form::Raw`]. Idempotent: normalising the output again yields the output.
     pub fn normalize(&self, input: &str) -> Identifier {
         let raw = canonical_raw(input);
-        match self.international().classify(&raw) {
+        match self.international.classify(&raw) {
             Fast::E164(value) => {
                 return Identifier {
                     form: Form::E164,
@@ -710,11 +706,11 @@ mod tests {
         ] {
             let n = normalizer(region);
             assert!(
-                n.international().plan().home.is_some(),
+                n.international.plan().home.is_some(),
                 "{region:?}: its plan"
             );
             assert!(
-                n.international().plan().idd.is_some(),
+                n.international.plan().idd.is_some(),
                 "{region:?}: its call prefix"
             );
         }
@@ -735,7 +731,7 @@ mod tests {
         for (region, raw, e164) in table {
             let n = normalizer(region);
             assert_eq!(
-                n.international().national(raw),
+                n.international.national(raw),
                 Fast::E164(e164.into()),
                 "{region:?} {raw}"
             );
@@ -744,20 +740,20 @@ mod tests {
         // The region's international call prefix is a pattern in some (IL: `01[2-9]`):
         // what begins with it is read as international by the parser.
         let il = normalizer(country::Id::IL);
-        assert_eq!(il.international().national("01919123404"), Fast::Parse);
+        assert_eq!(il.international.national("01919123404"), Fast::Parse);
         assert_eq!(il.parse_e164("01919123404"), None);
         // A country code never begins with 0.
         let n = nl();
-        assert_eq!(n.international().classify("+012025550123"), Fast::Parse);
-        assert_eq!(n.international().classify("00031612345678"), Fast::Parse);
+        assert_eq!(n.international.classify("+012025550123"), Fast::Parse);
+        assert_eq!(n.international.classify("00031612345678"), Fast::Parse);
         // A country code shared by several regions (+44: GB, GG, IM, JE): the parser
         // chooses among them.
         let gb = normalizer(country::Id::GB);
-        assert_eq!(gb.international().national("07400123456"), Fast::Parse);
+        assert_eq!(gb.international.national("07400123456"), Fast::Parse);
         // The region's country code without `+`, as Kannel passes `to=`.
         let n = nl();
         assert_eq!(
-            n.international().national("31612345678"),
+            n.international.national("31612345678"),
             Fast::E164("+31612345678".into())
         );
         assert_eq!(n.parse_e164("31612345678").as_deref(), Some("+31612345678"));
@@ -770,7 +766,7 @@ mod tests {
             "",
             "06",
         ] {
-            assert_eq!(n.international().national(raw), Fast::Parse, "{raw}");
+            assert_eq!(n.international.national(raw), Fast::Parse, "{raw}");
         }
     }
 
@@ -804,7 +800,7 @@ mod tests {
     #[test]
     fn international_numbers_take_the_fast_path() {
         let n = nl();
-        let fast = |s: &str| n.international().classify(&canonical_raw(s));
+        let fast = |s: &str| n.international.classify(&canonical_raw(s));
         assert_eq!(fast("+31612345678"), Fast::E164("+31612345678".into()));
         assert_eq!(fast("0031 6 12345678"), Fast::E164("+31612345678".into()));
         assert_eq!(fast("+44 20 7946 0958"), Fast::E164("+442079460958".into()));
@@ -818,7 +814,7 @@ mod tests {
         assert_eq!(fast("+316123"), Fast::Parse);
         // A region whose international prefix is not 00 reads 00 as national digits.
         let us = NumberNormalizer::new(country::Id::US);
-        assert_eq!(us.international().classify("0044207946095"), Fast::Parse);
+        assert_eq!(us.international.classify("0044207946095"), Fast::Parse);
     }
 
     #[test]
@@ -894,7 +890,7 @@ mod tests {
         ) {
             let n = nl();
             let raw = format!("{prefix}{code}{national}");
-            if let Fast::E164(fast) = n.international().classify(&raw) {
+            if let Fast::E164(fast) = n.international.classify(&raw) {
                 match n.parse_e164(&raw) {
                     Some(parsed) => prop_assert_eq!(&fast, &parsed),
                     None => prop_assert_eq!(fast, format!("+{code}{national}")),
@@ -919,7 +915,7 @@ mod tests {
         ) {
             let n = normalizer(region);
             let raw = format!("{prefix}{national}");
-            if let Fast::E164(fast) = n.international().national(&raw) {
+            if let Fast::E164(fast) = n.international.national(&raw) {
                 prop_assert_eq!(Some(fast), n.parse_e164(&raw), "{:?} {}", region, raw);
             }
         }

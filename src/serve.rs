@@ -52,6 +52,9 @@ pub enum ServeError {
     Compactor(std::io::Error),
 }
 
+/// How long shutdown waits for the compaction thread once the requests are done.
+const COMPACTOR_JOIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Compaction of the partitions whose period is over (see `store::compact`), on a
 /// thread of its own at low priority: at start-up, then every `store.expire-interval`.
 struct Compactor {
@@ -87,21 +90,51 @@ impl Compactor {
                             ),
                         }
                     }
-                    match rx.recv_timeout(interval) {
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => break,
+                    // Between runs, the keys compaction (or anyone) read leave
+                    // memory once their time to live is over, whether or not
+                    // anything reads again.
+                    let next = std::time::Instant::now() + interval;
+                    loop {
+                        let step = next
+                            .saturating_duration_since(std::time::Instant::now())
+                            .min(crate::store::keys::KEY_TTL);
+                        match rx.recv_timeout(step) {
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
+                        store.forget_stale_keys();
+                        if std::time::Instant::now() >= next {
+                            break;
+                        }
                     }
                 }
             })?;
         Ok(Self { stop, wake, thread })
     }
 
-    /// Stops it at its next step and waits for the thread.
-    async fn stop(self) {
+    /// Tells it to stop at its next step (a page of 2,048 rows, or one statement over
+    /// a partition: counting or sorting one kind of its tags, seconds for tens of
+    /// millions); [`Self::join`] waits for it.
+    fn stop(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits for the thread, at most `limit`: a statement still running past it is
+    /// left to the process's exit, as a crash would (a compaction cut short is done
+    /// afresh next time).
+    async fn join(self, limit: std::time::Duration) {
+        self.stop();
         drop(self.wake);
         let thread = self.thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        match tokio::time::timeout(limit, tokio::task::spawn_blocking(move || thread.join())).await
+        {
+            Err(_) => tracing::warn!(
+                ?limit,
+                "compaction did not stop in time; left to the exit, and done afresh next time"
+            ),
+            Ok(Ok(Err(_))) => tracing::error!("the compaction thread panicked"),
+            Ok(_) => {}
+        }
     }
 }
 
@@ -605,9 +638,8 @@ impl Running {
     pub async fn shutdown(self) {
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         self.trigger.trigger();
-        // At its next step: a page of 2,048 rows, or the copy of one kind of a
-        // partition's tags into its sorted table (about a second for a million).
-        self.compactor.stop().await;
+        // Stops beside the drain; waited for once the requests are done.
+        self.compactor.stop();
         let mut drain = std::pin::pin!(self.drain.wait());
         if tokio::time::timeout(self.shutdown_timeout, drain.as_mut())
             .await
@@ -627,6 +659,7 @@ impl Running {
                 );
             }
         }
+        self.compactor.join(COMPACTOR_JOIN).await;
         self.store.close().await;
         self.simulator_trigger.trigger();
         for t in self.tasks {

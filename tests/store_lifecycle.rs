@@ -44,6 +44,7 @@ fn lookup(cfg: &StoreConfig) -> (usize, Vec<PartitionId>) {
         value: NUMBER.into(),
         since: 0,
         until: i64::MAX / 2,
+        filters: true,
     };
     let mut n = 0;
     let stats = query::run(&cfg.path, &keyring, &criteria, |_| n += 1).unwrap();

@@ -102,6 +102,7 @@ fn check(
         value: NUMBERS[number].into(),
         since: 0,
         until: i64::MAX / 2,
+        filters: true,
     };
     let mut days = Vec::new();
     query::run(&cfg.path, &keyring, &criteria, |f| {

@@ -193,13 +193,28 @@ impl Api {
         &self,
         f: impl FnOnce(&Installation<'_>) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let keyring = crate::store::open_keyring(&self.config.store)?;
-        f(&Installation {
-            store: &self.config.store,
-            keyring: &keyring,
-            master: &self.master,
-            signer: &self.signer,
+        self.with_keyring(|keyring| {
+            f(&Installation {
+                store: &self.config.store,
+                keyring,
+                master: &self.master,
+                signer: &self.signer,
+            })
         })
+    }
+
+    /// The keyring readers use: the running store's (its keys cached for seconds, a
+    /// shred dropping them at once, `serve` sweeping the rest); without a store in
+    /// this process, one opened for the request and dropped with it, so that nothing
+    /// stays in memory between requests.
+    fn with_keyring<T>(
+        &self,
+        f: impl FnOnce(&crate::store::keys::Keyring) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match &self.recorder {
+            Some(recorder) => f(recorder.keyring()),
+            None => f(&crate::store::open_keyring(&self.config.store)?),
+        }
     }
 }
 
@@ -1036,18 +1051,19 @@ async fn query(
     blocking(move || {
         let now = api.now();
         let mut ledger = api.ledger()?;
-        let keyring = crate::store::open_keyring(&api.config.store)?;
         let window = Window { since, until, limit };
-        let found = lookup::audited(
-            &api.config.store,
-            &keyring,
-            &api.master,
-            &mut ledger,
-            &who.officer.name,
-            &c,
-            &window,
-            now,
-        )?;
+        let found = api.with_keyring(|keyring| {
+            Ok(lookup::audited(
+                &api.config.store,
+                keyring,
+                &api.master,
+                &mut ledger,
+                &who.officer.name,
+                &c,
+                &window,
+                now,
+            )?)
+        })?;
         Ok(Json(json!({
             "matches": found.stats.matches,
             "shown": found.found.len(),

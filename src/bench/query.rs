@@ -83,6 +83,8 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
     let filled_records_per_second = if listed(&cfg.path)?.is_empty() {
         Some(super::store(cfg.clone(), &b.fill)?.overall())
     } else {
+        // Real records are never looked up, nor compacted, by a benchmark.
+        super::store::claim(&cfg.path)?;
         None
     };
     let keyring = crate::store::open_keyring(&cfg)?;
@@ -136,9 +138,18 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
                 value: number,
                 since,
                 until,
+                filters: true,
             };
             let t = Instant::now();
-            let stats = query::run(&cfg.path, &keyring, &criteria, |_| {})?;
+            // Cold: as a fresh process would, keys unwrapped from their files too.
+            let fresh;
+            let keyring = if cold {
+                fresh = crate::store::open_keyring(&cfg)?;
+                &fresh
+            } else {
+                &keyring
+            };
+            let stats = query::run(&cfg.path, keyring, &criteria, |_| {})?;
             let _ = times.record(super::micros_since(t));
             matches += stats.matches;
             opened += stats.partitions_searched - stats.partitions_ruled_out;

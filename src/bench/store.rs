@@ -38,6 +38,15 @@ pub enum BenchError {
     Record(#[from] RecordError),
     #[error("--records and --days must be at least 1")]
     Empty,
+    #[error(
+        "{0} holds records that no benchmark made: point --config at a store of its own (benchmarks fill an empty one)"
+    )]
+    NotABenchStore(std::path::PathBuf),
+    #[error("cannot mark {path} as a benchmark's store: {message}")]
+    Mark {
+        path: std::path::PathBuf,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +61,36 @@ impl StoreBenchReport {
     pub fn overall(&self) -> f64 {
         self.records as f64 / self.seconds
     }
+}
+
+/// The file that marks a store directory as a benchmark's: its records are made up.
+const BENCH_MARK: &str = ".relaylog-bench";
+
+/// Makes sure a store directory is a benchmark's, marking it so when it is empty: a
+/// benchmark never puts made-up records among real ones, nor looks real ones up.
+pub(crate) fn claim(store_dir: &std::path::Path) -> Result<(), BenchError> {
+    let mark = store_dir.join(BENCH_MARK);
+    if mark.exists() {
+        return Ok(());
+    }
+    let listed = crate::store::partition::list(store_dir).map_err(|e| BenchError::Mark {
+        path: store_dir.to_owned(),
+        message: e.to_string(),
+    })?;
+    if !listed.is_empty() {
+        return Err(BenchError::NotABenchStore(store_dir.to_owned()));
+    }
+    std::fs::create_dir_all(store_dir)
+        .and_then(|()| {
+            std::fs::write(
+                &mark,
+                "made by relaylog bench: the records here are made up\n",
+            )
+        })
+        .map_err(|e| BenchError::Mark {
+            path: mark,
+            message: e.to_string(),
+        })
 }
 
 /// The recipient number a random `n` draws from a pool of `pool` numbers.
@@ -95,6 +134,7 @@ pub fn store(cfg: StoreConfig, b: &StoreBench) -> Result<StoreBenchReport, Bench
     if b.records == 0 || b.days == 0 {
         return Err(BenchError::Empty);
     }
+    claim(&cfg.path)?;
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(cfg, Arc::new(SystemClock), metrics.clone())?;
     let start_us = b
@@ -173,4 +213,29 @@ pub fn store(cfg: StoreConfig, b: &StoreBench) -> Result<StoreBenchReport, Bench
         seconds,
         tenths,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A benchmark takes an empty store (and marks it), or one it marked; never one
+    /// holding records it did not make.
+    #[test]
+    fn benchmarks_keep_to_stores_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        claim(&store).unwrap();
+        std::fs::write(store.join("2026-01-01.sqlite"), b"").unwrap();
+        claim(&store).unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("2026-01-01.sqlite"), b"").unwrap();
+        let refused = claim(&real).unwrap_err();
+        assert!(
+            matches!(refused, BenchError::NotABenchStore(_)),
+            "{refused}"
+        );
+        assert!(!real.join(BENCH_MARK).exists());
+    }
 }

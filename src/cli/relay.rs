@@ -406,13 +406,17 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             if let Some(rate) = r.filled_records_per_second {
                 println!("filled: {records} records over {days} day(s), {rate:.0} records/s");
             }
-            println!(
-                "compacted: {} partition(s), {} records in {:.2} s: {:.0} records/s",
-                r.compacted_partitions,
-                r.compacted_records,
-                r.compaction_seconds,
-                r.compaction_records_per_second
-            );
+            if r.compacted_partitions == 0 {
+                println!("compacted: nothing was due (compacted before)");
+            } else {
+                println!(
+                    "compacted: {} partition(s), {} records in {:.2} s: {:.0} records/s",
+                    r.compacted_partitions,
+                    r.compacted_records,
+                    r.compaction_seconds,
+                    r.compaction_records_per_second
+                );
+            }
             println!(
                 "disk: {:.0} bytes per record, of which filters {:.1}",
                 r.bytes_per_record, r.filter_bytes_per_record

@@ -120,25 +120,36 @@ pub(super) fn verify(config: &Config, since: Option<&str>, until: Option<&str>) 
             );
         }
         // The read-optimised index and filter of a compacted partition are derived
-        // from its records: rebuilt here and compared.
-        if let Some(keys) = keyring.as_ref().and_then(|k| k.keys(r.partition).ok()) {
-            let path = r.partition.path_in(&config.store.path);
-            match crate::store::compact::check(&path, &keys) {
-                Ok(problems) if !problems.is_empty() => {
-                    bad += 1;
-                    for p in problems {
-                        println!("{}  INDEX DAMAGED  {p}", r.partition);
+        // from its records: checked against them.
+        let Some(keyring) = keyring.as_ref() else {
+            continue;
+        };
+        match keyring.keys(r.partition) {
+            Ok(keys) => {
+                let path = r.partition.path_in(&config.store.path);
+                match crate::store::compact::check(&path, &keys) {
+                    Ok(problems) if !problems.is_empty() => {
+                        bad += 1;
+                        for p in problems {
+                            println!("{}  INDEX DAMAGED  {p}", r.partition);
+                        }
+                        println!(
+                            "{}  (remove its -filter file: serve's next compaction rebuilds both)",
+                            r.partition
+                        );
                     }
-                    println!(
-                        "{}  (remove its -filter file: the next compaction rebuilds both)",
-                        r.partition
-                    );
+                    Ok(_) => {}
+                    Err(e) => {
+                        bad += 1;
+                        println!("{}  INDEX UNREADABLE  {e}", r.partition);
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    bad += 1;
-                    println!("{}  INDEX UNREADABLE  {e}", r.partition);
-                }
+            }
+            // Said above.
+            Err(crate::store::keys::KeyError::Shredded { .. }) => {}
+            Err(e) => {
+                bad += 1;
+                println!("{}  INDEX NOT CHECKED  {e}", r.partition);
             }
         }
     }
@@ -320,6 +331,11 @@ pub(super) fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
     for p in stats.filters_damaged.iter().chain(&stats.filters_stale) {
         eprintln!(
             "warning: partition {p}: its filter does not check out or does not cover its records; searched without it (run `relaylog verify`)"
+        );
+    }
+    for p in &stats.filters_unreadable {
+        eprintln!(
+            "warning: partition {p}: its filter cannot be read (see the log); searched without it"
         );
     }
     for p in &stats.partitions_shredded {

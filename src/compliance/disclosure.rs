@@ -247,6 +247,8 @@ pub fn collect(
             value: c.value.clone(),
             since,
             until,
+            // What is handed over or erased never rests on a filter's "absent".
+            filters: false,
         };
         let mut too_many = false;
         let stats = query::run(&store.path, keyring, &q, |f| {

@@ -57,6 +57,7 @@ pub fn audited(
         value: criterion.value.clone(),
         since: window.since,
         until: window.until,
+        filters: true,
     };
     let mut found = Vec::new();
     let stats = query::run(&store.path, keyring, &criteria, |f| {

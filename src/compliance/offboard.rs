@@ -97,6 +97,8 @@ pub fn offboard_in_chunks(
         value: account.clone(),
         since,
         until,
+        // What is handed over or erased never rests on a filter's "absent".
+        filters: false,
     };
 
     // 1. The customer's copy, first and synced: nothing is erased that was not
@@ -253,20 +255,13 @@ fn erase_partition(
         crate::store::schema::open_for_read(&p.path_in(&inst.store.path)).map_err(err)?;
     let (mut records, mut outcomes) = (0u64, 0u64);
     for ids in ids.chunks(chunk.max(1)) {
-        let (r, o) =
-            integrity::erase_records(&mut conn, p, inst.signer, now, reason, ids).map_err(err)?;
+        let (r, o) = integrity::erase_records(&mut conn, p, inst.signer, now, reason, ids)
+            .map_err(|e| DiscloseError::Partition {
+                partition: p,
+                message: e.to_string(),
+            })?;
         records += r as u64;
         outcomes += o as u64;
-    }
-    // The read-optimised index and the filter still hold the erased records' tags: the
-    // filter goes, and the next compaction rebuilds both from what is left.
-    if records > 0 {
-        crate::store::compact::remove_filter(&p.path_in(&inst.store.path)).map_err(|e| {
-            DiscloseError::Partition {
-                partition: p,
-                message: format!("cannot remove its filter after the erasure: {e}"),
-            }
-        })?;
     }
     Ok((records, outcomes))
 }

@@ -14,20 +14,26 @@
 //! - a **filter** (see `filter`): a partition without the identifier is ruled out
 //!   without opening it.
 //!
-//! Both are derived from the records alone, so they are verifiable from them (`verify`
-//! rebuilds them and compares) rather than covered by the partition's signed heads;
-//! the filter carries MACs under the partition's key.
+//! Both are derived from the records alone, so they are verifiable from them rather
+//! than covered by the partition's signed heads (`verify` checks that every record's
+//! tags are in the index and in the filter); the filter carries MACs under the
+//! partition's key.
 //!
 //! What keeps a filter from hiding a record: it is written to a temporary file, and put
 //! in place (renamed) only under the partition's write lock (`BEGIN IMMEDIATE`) after
-//! checking that no record past the ids it covers exists; the writer, under that same
-//! lock, deletes it before it commits a record into the partition, and fails its batch
-//! (retried) if it cannot. One compaction runs at a time per store (a lock file). A
-//! lookup that opens a partition checks the filter's `through` against the partition
-//! (`query`), and `verify` checks it against the records.
+//! checking that no record past the ids it covers exists and that no erasure came
+//! meanwhile; the writer, and an erasure, under that same lock, delete it before they
+//! commit (the writer fails its batch, retried, if it
+//! cannot). One compaction runs at a time per store (a lock file). Each run checks the
+//! filters already in place against their partitions and rebuilds any that does not
+//! cover its records (one restored from a backup, say); a lookup that opens a
+//! partition checks the filter's `through` too (`query`), `verify` checks it against
+//! the records, and disclosures, access requests and erasure do not let a filter rule
+//! a partition out at all.
 //!
-//! Memory: the bits of the filter (12 per distinct identifier) and one posting row; the
-//! sorting is SQLite's (its sorter spills to disk past its cache).
+//! Memory: the bits of the filter (12 per distinct identifier) and a page of
+//! [`ROWS_PER_TX`] `(tag, id)` pairs; the sorting is SQLite's (its sorter spills to
+//! its temporary directory past its cache).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -67,26 +73,6 @@ CREATE TABLE IF NOT EXISTS cx_originator (tag INTEGER, first INTEGER, ids BLOB N
 CREATE TABLE IF NOT EXISTS cx_recipient (tag INTEGER, first INTEGER, ids BLOB NOT NULL, PRIMARY KEY (tag, first)) WITHOUT ROWID;
 ";
 
-/// The `cx_*` table of an identifier kind.
-pub fn table(kind: IndexKind) -> &'static str {
-    match kind {
-        IndexKind::Account => "cx_account",
-        IndexKind::ClientIp => "cx_ip",
-        IndexKind::Originator => "cx_originator",
-        IndexKind::Recipient => "cx_recipient",
-    }
-}
-
-/// The tag column of `record` for an identifier kind.
-pub fn column(kind: IndexKind) -> &'static str {
-    match kind {
-        IndexKind::Account => "account_ix",
-        IndexKind::ClientIp => "ip_ix",
-        IndexKind::Originator => "originator_ix",
-        IndexKind::Recipient => "recipient_ix",
-    }
-}
-
 /// The highest record id a partition's `cx_*` index covers, if it has one.
 pub fn compacted_through(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.query_row(
@@ -121,14 +107,15 @@ pub struct Compacted {
     pub seconds: f64,
 }
 
+/// The id of a partition's latest erasure statement (0: none).
+fn last_erasure(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(id), 0) FROM erasure", [], |r| r.get(0))
+}
+
 /// The highest record id of a partition now.
 fn newest(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT coalesce(max(id), 0) FROM record", [], |r| r.get(0))
 }
-
-/// `(tag, id)` rows handed over at a time by [`sorted_tags`], each page's posting rows
-/// written in a transaction of their own.
-const PAGE_ROWS: usize = ROWS_PER_TX;
 
 /// The `(tag, id)` of every record up to `through` with a tag of `kind`, in order,
 /// handed to `each` a page at a time; stops early when it answers false. They are
@@ -150,22 +137,22 @@ fn sorted_tags(
     conn.execute(
         &format!(
             "INSERT INTO temp.tags SELECT {0}, id FROM record WHERE id <= ?1 AND {0} IS NOT NULL",
-            column(kind)
+            kind.tag_column()
         ),
         [through],
     )?;
     let mut after = (i64::MIN, i64::MIN);
-    let mut page = Vec::with_capacity(PAGE_ROWS);
+    let mut page = Vec::with_capacity(ROWS_PER_TX);
     loop {
         page.clear();
         {
             let mut stmt = conn.prepare_cached(
                 "SELECT tag, id FROM temp.tags WHERE (tag, id) > (?1, ?2) ORDER BY tag, id LIMIT ?3",
             )?;
-            let rows = stmt
-                .query_map(rusqlite::params![after.0, after.1, PAGE_ROWS as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
+            let rows = stmt.query_map(
+                rusqlite::params![after.0, after.1, ROWS_PER_TX as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             for row in rows {
                 page.push(row?);
             }
@@ -188,7 +175,7 @@ fn empty(
 ) -> Result<bool, CompactError> {
     let sql = format!(
         "DELETE FROM {0} WHERE (tag, first) IN (SELECT tag, first FROM {0} LIMIT {ROWS_PER_TX})",
-        table(kind)
+        kind.cx_table()
     );
     while conn.execute(&sql, [])? > 0 {
         if stop() {
@@ -257,12 +244,15 @@ fn compact(
     // (late outcomes) nor a lookup's. Put back to a rollback journal at the end.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "the partition cannot be put in WAL mode to be compacted; tried again next time");
         return Ok(None);
     }
     conn.execute_batch(DDL)?;
+    conn.execute_batch(schema::ERASURE_DDL)?;
     // A lookup in a compacted partition takes every outcome column to be there.
     schema::complete_outcome_table(&conn)?;
     let through = newest(&conn)?;
+    let erasures = last_erasure(&conn)?;
     let records: i64 = conn.query_row(
         "SELECT count(*) FROM record WHERE id <= ?1",
         [through],
@@ -278,7 +268,7 @@ fn compact(
         let n: i64 = conn.query_row(
             &format!(
                 "SELECT count(DISTINCT {0}) FROM record WHERE id <= ?1",
-                column(kind)
+                kind.tag_column()
             ),
             [through],
             |r| r.get(0),
@@ -294,7 +284,7 @@ fn compact(
             conn: &conn,
             insert: format!(
                 "INSERT INTO {} (tag, first, ids) VALUES (?1, ?2, ?3)",
-                table(kind)
+                kind.cx_table()
             ),
             tag: None,
             ids: Vec::new(),
@@ -330,10 +320,15 @@ fn compact(
     // writer deletes a filter under this lock before it commits a record).
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Expiry may have removed the partition meanwhile: no filter beside nothing.
-    if newest(&tx)? != through || !path.exists() {
+    // An erasure meanwhile: the lists may hold what it erased.
+    if newest(&tx)? != through
+        || last_erasure(&tx)? != erasures
+        || compacted_through(&tx)? != Some(through)
+        || !path.exists()
+    {
         drop(tx);
         let _ = std::fs::remove_file(&tmp);
-        tracing::info!(path = %path.display(), "a record came into the partition while it was compacted; compacted again next time");
+        tracing::info!(path = %path.display(), "the partition changed while it was compacted (a record, an erasure or its expiry); compacted again next time");
         return Ok(None);
     }
     if let Err(e) = filter::publish(&tmp, &filter_path) {
@@ -394,7 +389,20 @@ pub fn remove_filter(partition_file: &Path) -> std::io::Result<()> {
 
 /// Whether a compacted partition's `cx_*` index and filter are what its records give
 /// (what `verify` checks): the problems found, none when it is not compacted.
+///
+/// Holds the store's compaction lock (shared) while it reads, waiting for a
+/// compaction that runs: one that set `meta.compacted` and then put its filter in
+/// place between this check's two reads would otherwise look like damage.
 pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactError> {
+    // No lock file that this reader may make: no compaction can be running.
+    let lock = match open_lock(path.parent().unwrap_or(Path::new("."))) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(lock) = &lock {
+        lock.lock_shared()?;
+    }
     let conn = schema::open_for_read(path)?;
     if !schema::is_ready(&conn)? {
         return Ok(Vec::new());
@@ -437,7 +445,7 @@ pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactEr
         {
             let mut stmt = tx.prepare(&format!(
                 "SELECT tag, ids FROM {} ORDER BY tag, first",
-                table(kind)
+                kind.cx_table()
             ))?;
             let mut rows = stmt.query([])?;
             let mut ids = Vec::new();
@@ -446,7 +454,7 @@ pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactEr
                 let blob: Vec<u8> = row.get(1)?;
                 ids.clear();
                 postings::decode(&blob, &mut ids)
-                    .map_err(|_| CompactError::Postings(table(kind)))?;
+                    .map_err(|_| CompactError::Postings(kind.cx_table()))?;
                 listed.extend(ids.iter().map(|&id| (tag, id)));
             }
         }
@@ -473,13 +481,13 @@ pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactEr
         if missing > 0 {
             problems.push(format!(
                 "{}: {missing} record(s) not in the read-optimised index",
-                table(kind)
+                kind.cx_table()
             ));
         }
         if unfiltered > 0 {
             problems.push(format!(
                 "the filter leaves out {unfiltered} identifier(s) of {}",
-                table(kind)
+                kind.cx_table()
             ));
         }
     }
@@ -508,22 +516,11 @@ pub fn compact_due(
     if due.is_empty() {
         return done;
     }
-    // Opened for reading (a lock needs no more), made if missing: whoever made it,
-    // root running a bench included, anyone may lock it.
-    let lock_path = store_dir.join(LOCK_FILE);
-    if !lock_path.exists() {
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path);
-    }
-    let lock = std::fs::File::open(&lock_path);
-    let _lock = match lock.map(|f| f.try_lock().map(|()| f)) {
-        Ok(Ok(held)) => held,
+    let _lock = match lock_store(store_dir) {
+        Ok(Some(held)) => held,
         // Another compaction runs (serve, or a bench): it does this.
-        Ok(Err(std::fs::TryLockError::WouldBlock)) => return done,
-        Ok(Err(std::fs::TryLockError::Error(e))) | Err(e) => {
+        Ok(None) => return done,
+        Err(e) => {
             tracing::error!(error = %e, "cannot take the store's compaction lock");
             return done;
         }
@@ -533,10 +530,6 @@ pub fn compact_due(
             break;
         }
         let path = p.path_in(store_dir);
-        if filter::path_of(&path).exists() {
-            to_rollback_journal(&path);
-            continue;
-        }
         let keys = match keyring.keys(p) {
             Ok(k) => k,
             Err(KeyError::Shredded { .. }) => continue,
@@ -545,6 +538,28 @@ pub fn compact_due(
                 continue;
             }
         };
+        if filter::path_of(&path).exists() {
+            // A filter that does not cover the partition (restored from a backup, or
+            // left by a fault) would rule out records it holds: it goes, and the
+            // partition is compacted again.
+            match filter_is_current(&path, &keys) {
+                Ok(true) => {
+                    to_rollback_journal(&path);
+                    continue;
+                }
+                Ok(false) => {
+                    tracing::warn!(partition = %p, "its filter does not cover its records; removed, and the partition compacted again");
+                    if let Err(e) = remove_filter(&path) {
+                        done.push((p, Err(e.into())));
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    done.push((p, Err(e)));
+                    continue;
+                }
+            }
+        }
         match compact(&path, &keys, stop) {
             Ok(Some(c)) => done.push((p, Ok(c))),
             Ok(None) => {}
@@ -555,6 +570,55 @@ pub fn compact_due(
         }
     }
     done
+}
+
+/// Opens the store's compaction lock file, made if missing: never through a symbolic
+/// link, and only a regular file. Opened for reading (a lock needs no more): whoever
+/// made it, root running a bench included, anyone may lock it.
+fn open_lock(store_dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = store_dir.join(LOCK_FILE);
+    // Whoever cannot make it (a reader without write access) opens it if it is there.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Takes the store's compaction lock if no one holds it (`None`: someone does).
+fn lock_store(store_dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let file = open_lock(store_dir)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Whether the filter beside a partition checks out (every page) and covers exactly
+/// the records its read-optimised index does, which are all the partition holds. Run
+/// under the store's compaction lock: the only change that can come meanwhile is the
+/// writer or an erasure removing the filter, after which it is compacted again anyway.
+fn filter_is_current(path: &Path, keys: &PartitionKeys) -> Result<bool, CompactError> {
+    let Some(filter) = filter::Checked::read(&filter::path_of(path), keys)? else {
+        return Ok(false);
+    };
+    let conn = schema::open_for_read(path)?;
+    let tx = conn.unchecked_transaction()?;
+    Ok(compacted_through(&tx)? == Some(filter.through) && newest(&tx)? == filter.through)
 }
 
 /// Lowers the calling thread's CPU priority (nice 10): compaction runs beside the

@@ -1081,6 +1081,16 @@ fn erased_leaves(
     Ok(out)
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error(
+        "cannot remove the partition's filter (nothing erased; fix the store directory's permissions and run it again): {0}"
+    )]
+    Filter(std::io::Error),
+}
+
 /// Erases records (and the outcome events of their submissions) from a partition
 /// under a signed statement: the rows go, their leaves stay, so `verify` still
 /// recomputes every signed head and reports the erasure as such. One transaction.
@@ -1092,7 +1102,7 @@ pub fn erase_records(
     at_us: i64,
     reason: &str,
     record_ids: &[i64],
-) -> rusqlite::Result<(usize, usize)> {
+) -> Result<(usize, usize), EraseError> {
     // Immediate: wait (busy timeout) for a live writer to commit, rather than read
     // first and fail at once when upgrading to write.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -1144,6 +1154,17 @@ pub fn erase_records(
         let mut del = tx.prepare("DELETE FROM outcome WHERE id = ?1")?;
         for id in &outcome_ids {
             del.execute([id])?;
+        }
+    }
+    // The read-optimised index and the filter hold the erased records' tags: the
+    // index is no longer read (and a compaction running beside does not put its
+    // filter in place), the filter goes before the erasure commits, and the next
+    // compaction rebuilds both from what is left.
+    if !ids.is_empty() {
+        tx.execute("DELETE FROM meta WHERE key = 'compacted'", [])?;
+        if let Some(path) = tx.path().filter(|p| !p.is_empty()) {
+            super::compact::remove_filter(std::path::Path::new(path))
+                .map_err(EraseError::Filter)?;
         }
     }
     tx.commit()?;

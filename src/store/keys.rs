@@ -43,7 +43,7 @@ const MAX_CACHED: usize = 512;
 /// burst of lookups over a year unwraps each partition's keys once instead of once
 /// per lookup, and keys shredded by another process (`relaylog expire` beside
 /// `serve`) leave this one within it; a shred in this process drops them at once.
-const KEY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const KEY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 const KEY_FILE_LEN: usize = 4 + 1 + 4 + NONCE_LEN + 64 + 16;
 const HEADER_LEN: usize = 4 + 1 + 4;
 
@@ -522,6 +522,14 @@ impl Keyring {
         }
     }
 
+    /// Drops the keys read more than their time to live ago. Reads drop them too, but
+    /// only those they come across: a process that stops reading calls this.
+    pub fn forget_stale(&self) {
+        let ttl = self.ttl;
+        self.cache_lock()
+            .retain(|_, (_, read)| read.elapsed() < ttl);
+    }
+
     fn remember(&self, keys: Arc<PartitionKeys>) -> Arc<PartitionKeys> {
         let mut cache = self.cache_lock();
         // Keys stay in memory for `ttl` after they were read: a lookup over a year
@@ -530,9 +538,12 @@ impl Keyring {
         cache.retain(|_, (_, read)| read.elapsed() < ttl);
         if cache.len() >= MAX_CACHED
             && !cache.contains_key(&keys.partition)
-            && let Some(oldest) = cache.keys().min().copied()
+            && let Some(first_read) = cache
+                .iter()
+                .min_by_key(|(_, (_, read))| *read)
+                .map(|(p, _)| *p)
         {
-            cache.remove(&oldest);
+            cache.remove(&first_read);
         }
         cache
             .entry(keys.partition)

@@ -377,6 +377,11 @@ impl Store {
         Ok(plan)
     }
 
+    /// Drops the keys this store's keyring read longer ago than their time to live.
+    pub fn forget_stale_keys(&self) {
+        self.recorder.inner.keyring.forget_stale();
+    }
+
     /// Compacts the partitions whose period is over (see [`compact`]) with this
     /// store's keyring; blocking, for a thread of its own.
     pub fn compact_due(
@@ -418,6 +423,12 @@ impl Store {
 }
 
 impl Recorder {
+    /// The store's keyring: readers in the same process use it, so that a shred
+    /// (expiry) drops the keys they hold at once, and `serve` sweeps what they read.
+    pub fn keyring(&self) -> &Keyring {
+        &self.inner.keyring
+    }
+
     pub fn now(&self) -> Micros {
         self.inner.clock.now_micros()
     }
@@ -793,12 +804,23 @@ mod tests {
         kind: IndexKind,
         value: &str,
     ) -> (Vec<query::Found>, query::QueryStats) {
+        lookup_with(cfg, kind, value, true)
+    }
+
+    /// [`lookup`], with or without letting filters rule partitions out.
+    fn lookup_with(
+        cfg: &StoreConfig,
+        kind: IndexKind,
+        value: &str,
+        filters: bool,
+    ) -> (Vec<query::Found>, query::QueryStats) {
         let keyring = open_keyring(cfg).unwrap();
         let criteria = query::Criteria {
             kind,
             value: value.into(),
             since: 0,
             until: i64::MAX / 2,
+            filters,
         };
         let mut out = Vec::new();
         let stats = query::run(&cfg.path, &keyring, &criteria, |f| out.push(f)).unwrap();
@@ -1346,6 +1368,114 @@ mod tests {
         let (found, stats) = lookup(&cfg, IndexKind::Recipient, "+31622222222");
         assert_eq!(found.len(), 3);
         assert!(stats.filters_stale.is_empty());
+    }
+
+    /// A filter that no longer covers its partition (saved before a late record came,
+    /// then put back) may rule the record out of a lookup but not out of what a
+    /// disclosure reads, and the next compaction finds it out and rebuilds it. An
+    /// erasure while a compaction runs keeps that compaction's filter (built partly
+    /// before it) out, and the next one leaves what it erased out of the index.
+    #[tokio::test]
+    async fn stale_filters_are_rebuilt_and_erasures_keep_compaction_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let t = at(10, 0, 0).timestamp_micros();
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        for (i, n) in ["+31611111111", "+31622222222", "+31633333333"]
+            .iter()
+            .enumerate()
+        {
+            rec.record(&submission(&rec, t + i as i64, "acct", n))
+                .await
+                .unwrap();
+        }
+        store.close().await;
+        let keyring = open_keyring(&cfg).unwrap();
+        let later = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros();
+        let compact =
+            |stop: &dyn Fn() -> bool| compact::compact_due(&cfg.path, &keyring, later, stop);
+        assert_eq!(compact(&|| false).len(), 1);
+        let day = PartitionId::parse("2026-11-22").unwrap();
+        let path = day.path_in(&cfg.path);
+        let keys = keyring.keys(day).unwrap();
+        let filter_file = filter::path_of(&path);
+        let saved = std::fs::read(&filter_file).unwrap();
+
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        rec.record(&submission(&rec, t + 10, "gone", "+31644444444"))
+            .await
+            .unwrap();
+        // Not the newest: an erasure of it leaves the highest id as it was.
+        rec.record(&submission(&rec, t + 11, "acct", "+31655555555"))
+            .await
+            .unwrap();
+        store.close().await;
+        assert!(!filter_file.exists(), "the writer took it away");
+        std::fs::write(&filter_file, &saved).unwrap();
+        // At most a false alarm of the old filter lets a lookup see it now...
+        assert!(
+            lookup_with(&cfg, IndexKind::Recipient, "+31644444444", true)
+                .0
+                .len()
+                <= 1
+        );
+        // ...what a disclosure reads has it.
+        let (late, _) = lookup_with(&cfg, IndexKind::Recipient, "+31644444444", false);
+        assert_eq!(late.len(), 1);
+        let healed = compact(&|| false);
+        assert_eq!(healed.len(), 1, "{healed:?}");
+        assert_ne!(std::fs::read(&filter_file).unwrap(), saved);
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31644444444").len(), 1);
+        assert_eq!(compact::check(&path, &keys).unwrap(), Vec::<String>::new());
+
+        // The erasure comes at compaction's second step: after it wrote the accounts'
+        // lists, the erased one's among them.
+        compact::remove_filter(&path).unwrap();
+        let signer = integrity::load_signing_key(&cfg.signing_key).unwrap();
+        let side = std::cell::RefCell::new(schema::open_for_read(&path).unwrap());
+        let steps = std::cell::Cell::new(0);
+        let erase = || {
+            steps.set(steps.get() + 1);
+            if steps.get() == 2 {
+                let erased = integrity::erase_records(
+                    &mut side.borrow_mut(),
+                    day,
+                    &signer,
+                    later,
+                    "test",
+                    &[late[0].record_id],
+                )
+                .unwrap();
+                assert_eq!(erased.0, 1);
+            }
+            false
+        };
+        let raced = compact(&erase);
+        assert!(raced.is_empty(), "{raced:?}");
+        assert!(steps.get() >= 2);
+        assert!(!filter_file.exists(), "not put in place past an erasure");
+        assert_eq!(compact(&|| false).len(), 1);
+        assert!(filter_file.exists());
+        let gone = keys.blind_index(IndexKind::Account, "gone");
+        let listed: i64 = side
+            .borrow()
+            .query_row(
+                "SELECT count(*) FROM cx_account WHERE tag = ?1",
+                [gone],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(listed, 0, "the erased account is out of the rebuilt index");
+        assert_eq!(compact::check(&path, &keys).unwrap(), Vec::<String>::new());
+        assert!(find(&cfg, IndexKind::Account, "gone").is_empty());
+        assert_eq!(find(&cfg, IndexKind::Account, "acct").len(), 4);
     }
 
     /// Compaction goes on while another connection commits into the partition between

@@ -17,7 +17,6 @@ use std::path::Path;
 use rusqlite::params;
 
 use super::codec::{self, SealedFields};
-use super::compact;
 use super::filter::{self, Probe};
 use super::keys::{IndexKind, KeyError, Keyring};
 use super::partition::{self, PartitionId};
@@ -53,6 +52,12 @@ pub struct Criteria {
     pub since: Micros,
     /// Exclusive.
     pub until: Micros,
+    /// Whether a partition's filter may rule it out unopened. Lookups: yes.
+    /// Disclosures, access requests and erasure: no, every partition in the window is
+    /// opened (its read-optimised index still serves it), so that what is handed over
+    /// or erased never rests on a derived file saying "absent" (one restored from a
+    /// backup would be wrong until the next compaction finds it out).
+    pub filters: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +105,9 @@ pub struct QueryStats {
     pub partitions_ruled_out: usize,
     /// Partitions whose filter did not check out (searched without it).
     pub filters_damaged: Vec<PartitionId>,
+    /// Partitions whose filter could not be opened (permissions, open files): searched
+    /// without it.
+    pub filters_unreadable: Vec<PartitionId>,
     /// Partitions whose filter did not cover their records: a lookup that it ruled out
     /// may have missed some there (`verify` tells; a new compaction mends it).
     pub filters_stale: Vec<PartitionId>,
@@ -118,10 +126,6 @@ fn part_err(partition: PartitionId) -> impl Fn(rusqlite::Error) -> QueryError {
 }
 
 impl IndexKind {
-    fn table(self) -> &'static str {
-        schema::INDEX_TABLES[self as usize - 1]
-    }
-
     /// Does the decrypted record hold `value` (in its indexed form) in this role?
     fn matches(self, fields: &SealedFields, value: &str) -> bool {
         match self {
@@ -186,7 +190,11 @@ fn search(
     let tag = keys.blind_index(criteria.kind, &criteria.value);
     // Present, a filter covers every record of its partition: the writer deletes
     // it before it adds one (see `compact`).
-    let filtered = match filter::probe(&filter::path_of(&path), &keys, criteria.kind, tag) {
+    let probe = match criteria.filters {
+        true => filter::probe(&filter::path_of(&path), &keys, criteria.kind, tag),
+        false => Probe::Missing,
+    };
+    let filtered = match probe {
         Probe::Absent => {
             stats.partitions_ruled_out += 1;
             return Ok(());
@@ -195,6 +203,11 @@ fn search(
         Probe::Damaged => {
             tracing::warn!(partition = %p, "the partition's filter does not check out; searching the partition without it");
             stats.filters_damaged.push(p);
+            None
+        }
+        Probe::Unreadable(error) => {
+            tracing::warn!(partition = %p, ?error, "the partition's filter cannot be read; searching the partition without it");
+            stats.filters_unreadable.push(p);
             None
         }
         Probe::Missing => None,
@@ -230,11 +243,11 @@ fn search(
         // Read-optimised: one seek for the whole partition.
         Some(_) => format!(
             "SELECT ids FROM {} WHERE tag = ?2 AND ?1 IS NOT NULL",
-            compact::table(criteria.kind)
+            criteria.kind.cx_table()
         ),
         None => format!(
             "SELECT ids FROM {} WHERE bucket = ?1 AND tag = ?2",
-            criteria.kind.table()
+            criteria.kind.ix_table()
         ),
     };
     let by_id = format!(
@@ -242,7 +255,7 @@ fn search(
     );
     let tail = format!(
         "SELECT {COLUMNS} FROM record r WHERE r.id > ?1 AND r.{} = ?2 AND r.at_us >= ?3 AND r.at_us < ?4 ORDER BY r.id",
-        compact::column(criteria.kind)
+        criteria.kind.tag_column()
     );
     // The events statement is made at the first match: most partitions a filter
     // lets through hold one, some none, and making statements is most of what

@@ -147,6 +147,35 @@ pub const INSERT_RECORD: &str = "INSERT OR ROLLBACK INTO record (id, submission,
 /// The index tables, in [`crate::store::IndexKind`] order: account, ip, originator, recipient.
 pub const INDEX_TABLES: [&str; 4] = ["ix_account", "ix_ip", "ix_originator", "ix_recipient"];
 
+impl super::keys::IndexKind {
+    /// The write-optimised (bucketed) index table of this kind (see `index`).
+    pub fn ix_table(self) -> &'static str {
+        INDEX_TABLES[self as usize - 1]
+    }
+
+    /// The read-optimised index table of this kind, made by compaction (see `compact`).
+    pub fn cx_table(self) -> &'static str {
+        use super::keys::IndexKind::*;
+        match self {
+            Account => "cx_account",
+            ClientIp => "cx_ip",
+            Originator => "cx_originator",
+            Recipient => "cx_recipient",
+        }
+    }
+
+    /// The column of `record` holding this kind's tag.
+    pub fn tag_column(self) -> &'static str {
+        use super::keys::IndexKind::*;
+        match self {
+            Account => "account_ix",
+            ClientIp => "ip_ix",
+            Originator => "originator_ix",
+            Recipient => "recipient_ix",
+        }
+    }
+}
+
 pub const INSERT_INDEX: [&str; 4] = [
     "INSERT OR ROLLBACK INTO ix_account (bucket, tag, first, ids) VALUES (?1, ?2, ?3, ?4)",
     "INSERT OR ROLLBACK INTO ix_ip (bucket, tag, first, ids) VALUES (?1, ?2, ?3, ?4)",

@@ -631,17 +631,15 @@ pub fn spawn(
     // the Stop the front passes on, before the front has let go of the journal (and
     // its lock); joining the writer must mean both are gone. Its queue is dropped
     // first, so a front still sending to it is not left waiting.
-    let front_handle = Arc::new(std::sync::Mutex::new(None::<std::thread::JoinHandle<()>>));
-    let front_of_writer = front_handle.clone();
+    // Handed over once the front is spawned, and waited for even when the writer ends
+    // before that; a front that could not be spawned drops the sender.
+    let (front_handle, front_of_writer) =
+        std::sync::mpsc::sync_channel::<std::thread::JoinHandle<()>>(1);
     let handle = std::thread::Builder::new()
         .name("relaylog-writer".into())
         .spawn(move || {
             writer.run(from_front);
-            let front = front_of_writer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(front) = front {
+            if let Ok(front) = front_of_writer.recv() {
                 let _ = front.join();
             }
         })?;
@@ -660,7 +658,7 @@ pub fn spawn(
         .name("relaylog-journal".into())
         .spawn(move || front.run(rx, segments, replayed))?;
     let _ = signals.front.thread.set(front.thread().clone());
-    *front_handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(front);
+    let _ = front_handle.send(front);
     // The store opens once the journal's frames are in the partitions (or could not
     // all be: then they stay in the writer's hands and the journal, tried again).
     loop {
@@ -1226,7 +1224,16 @@ impl Writer {
                 // Looked for at every commit with records (one `unlink`, failing when
                 // there is none): compaction may have put it there since the partition
                 // was opened.
-                super::compact::remove_filter(&open.path).map_err(|e| io(&open.path, e))?;
+                super::compact::remove_filter(&open.path).map_err(|e| {
+                    let filter = super::filter::path_of(&open.path);
+                    io(
+                        &filter,
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("{e}; records cannot go into the partition while its filter is there: remove it, or let relaylog write to the store directory"),
+                        ),
+                    )
+                })?;
             }
             let events: Vec<&OutcomeRow> = idx
                 .iter()

@@ -287,6 +287,7 @@ pub fn query_store_cfg(
         value: value.to_owned(),
         since: 0,
         until: i64::MAX / 2,
+        filters: true,
     };
     let mut out = Vec::new();
     query::run(&store.path, &keyring, &criteria, |f| out.push(f)).unwrap();
