@@ -52,6 +52,9 @@ pub enum ServeError {
     Compactor(std::io::Error),
 }
 
+/// The longest wait between compaction runs (a larger `expire-interval` is as good).
+const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
 /// How long shutdown waits for the compaction thread once the requests are done.
 const COMPACTOR_JOIN: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -93,7 +96,9 @@ impl Compactor {
                     // Between runs, the keys compaction (or anyone) read leave
                     // memory once their time to live is over, whether or not
                     // anything reads again.
-                    let next = std::time::Instant::now() + interval;
+                    let next = std::time::Instant::now()
+                        .checked_add(interval)
+                        .unwrap_or_else(|| std::time::Instant::now() + YEAR);
                     loop {
                         let step = next
                             .saturating_duration_since(std::time::Instant::now())
@@ -125,15 +130,21 @@ impl Compactor {
     async fn join(self, limit: std::time::Duration) {
         self.stop();
         drop(self.wake);
-        let thread = self.thread;
-        match tokio::time::timeout(limit, tokio::task::spawn_blocking(move || thread.join())).await
-        {
-            Err(_) => tracing::warn!(
-                ?limit,
-                "compaction did not stop in time; left to the exit, and done afresh next time"
-            ),
-            Ok(Ok(Err(_))) => tracing::error!("the compaction thread panicked"),
-            Ok(_) => {}
+        // Polled rather than joined on a blocking thread: the runtime's end would wait
+        // for that thread however long the statement it waits on takes.
+        let began = std::time::Instant::now();
+        while !self.thread.is_finished() {
+            if began.elapsed() >= limit {
+                tracing::warn!(
+                    ?limit,
+                    "compaction did not stop in time; left to the exit, and done afresh next time"
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if self.thread.join().is_err() {
+            tracing::error!("the compaction thread panicked");
         }
     }
 }

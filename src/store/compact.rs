@@ -223,8 +223,8 @@ impl Lists<'_> {
 }
 
 /// Compacts the partition at `path` (see the module's text). `None`: nothing done
-/// (compacted already, not ready, stopped, or a record came in meanwhile), done afresh
-/// next time.
+/// (compacted already, not ready, stopped, or a record or an erasure came meanwhile),
+/// done afresh next time.
 fn compact(
     path: &Path,
     keys: &PartitionKeys,
@@ -310,34 +310,35 @@ fn compact(
         list.flush()?;
         conn.execute_batch("COMMIT")?;
     }
-    conn.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted', ?1)",
-        [through],
-    )?;
     let tmp = filter::tmp_path_of(path);
     bits.write(&tmp, keys, through)?;
-    // Put in place under the write lock, once sure that no record came meanwhile (the
-    // writer deletes a filter under this lock before it commits a record).
+    // The index is put in use, and the filter in place, under the write lock, once
+    // sure that no record came meanwhile (the writer deletes a filter under this lock
+    // before it commits a record), that no erasure did (the lists may hold what it
+    // erased), and that expiry has not removed the partition (no filter beside
+    // nothing).
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // Expiry may have removed the partition meanwhile: no filter beside nothing.
-    // An erasure meanwhile: the lists may hold what it erased.
-    if newest(&tx)? != through
-        || last_erasure(&tx)? != erasures
-        || compacted_through(&tx)? != Some(through)
-        || !path.exists()
-    {
+    if newest(&tx)? != through || last_erasure(&tx)? != erasures || !path.exists() {
         drop(tx);
         let _ = std::fs::remove_file(&tmp);
         tracing::info!(path = %path.display(), "the partition changed while it was compacted (a record, an erasure or its expiry); compacted again next time");
         return Ok(None);
     }
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted', ?1)",
+        [through],
+    )?;
     if let Err(e) = filter::publish(&tmp, &filter_path) {
         let _ = std::fs::remove_file(&tmp);
         // Renamed but not synced: it must not stay where a crash could leave it.
         let _ = std::fs::remove_file(&filter_path);
         return Err(e.into());
     }
-    tx.commit()?;
+    if let Err(e) = tx.commit() {
+        // Not in use without its index (a filter left would be rebuilt anyway).
+        let _ = remove_filter(path);
+        return Err(e.into());
+    }
     drop(conn);
     to_rollback_journal(path);
     Ok(Some(Compacted {
@@ -379,7 +380,7 @@ pub fn remove_filter(partition_file: &Path) -> std::io::Result<()> {
     let path = filter::path_of(partition_file);
     match std::fs::remove_file(&path) {
         Ok(()) => {
-            tracing::info!(path = %path.display(), "a record came into a compacted partition; its filter is removed until it is compacted again");
+            tracing::info!(path = %path.display(), "the partition's filter is removed (a record came, an erasure, or it did not cover the partition) until it is compacted again");
             filter::sync_parent(&path)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -401,7 +402,14 @@ pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactEr
         Err(e) => return Err(e.into()),
     };
     if let Some(lock) = &lock {
-        lock.lock_shared()?;
+        match lock.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::info!(path = %path.display(), "waiting for the compaction that runs");
+                lock.lock_shared()?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
     }
     let conn = schema::open_for_read(path)?;
     if !schema::is_ready(&conn)? {
@@ -518,8 +526,14 @@ pub fn compact_due(
     }
     let _lock = match lock_store(store_dir) {
         Ok(Some(held)) => held,
-        // Another compaction runs (serve, or a bench): it does this.
-        Ok(None) => return done,
+        // Another compaction runs (serve, or a bench): it does this; or a verify
+        // reads: the next run does.
+        Ok(None) => {
+            tracing::info!(
+                "the store's compaction lock is held (another compaction, or verify); this run is skipped"
+            );
+            return done;
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot take the store's compaction lock");
             return done;
@@ -529,6 +543,9 @@ pub fn compact_due(
         if stop() {
             break;
         }
+        // A run reads every partition's keys: those of the partitions done leave
+        // memory as the run goes, not only after it.
+        keyring.forget_stale();
         let path = p.path_in(store_dir);
         let keys = match keyring.keys(p) {
             Ok(k) => k,
@@ -579,12 +596,17 @@ fn open_lock(store_dir: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = store_dir.join(LOCK_FILE);
     // Whoever cannot make it (a reader without write access) opens it if it is there.
-    let _ = std::fs::OpenOptions::new()
+    if let Ok(made) = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&path);
+        .open(&path)
+    {
+        // Whatever the umask of whoever made it (root running verify, say): serve
+        // must be able to open it.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = made.set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -613,7 +635,9 @@ fn lock_store(store_dir: &Path) -> std::io::Result<Option<std::fs::File>> {
 /// under the store's compaction lock: the only change that can come meanwhile is the
 /// writer or an erasure removing the filter, after which it is compacted again anyway.
 fn filter_is_current(path: &Path, keys: &PartitionKeys) -> Result<bool, CompactError> {
-    let Some(filter) = filter::Checked::read(&filter::path_of(path), keys)? else {
+    // Unreadable (gone meanwhile, a link, not a file): not current either; removing it
+    // says what is wrong if anything still is.
+    let Ok(Some(filter)) = filter::Checked::read(&filter::path_of(path), keys) else {
         return Ok(false);
     };
     let conn = schema::open_for_read(path)?;

@@ -485,6 +485,14 @@ impl Keyring {
     /// Destroys a partition's keys: the key file is overwritten, synced and removed.
     pub fn shred(&self, partition: PartitionId) -> Result<(), KeyError> {
         self.cache_lock().remove(&partition);
+        // And again once the file is gone: a read of it that began before the shred
+        // may have put them back meanwhile (`remember` does not after it is gone).
+        let result = self.shred_file(partition);
+        self.cache_lock().remove(&partition);
+        result
+    }
+
+    fn shred_file(&self, partition: PartitionId) -> Result<(), KeyError> {
         let path = self.key_path(partition);
         match OpenOptions::new().write(true).open(&path) {
             Ok(mut f) => {
@@ -534,6 +542,11 @@ impl Keyring {
         let mut cache = self.cache_lock();
         // Keys stay in memory for `ttl` after they were read: a lookup over a year
         // leaves a year of keys behind it for that long, not longer.
+        // Keys whose file a shred removed since they were read are not kept (see
+        // `shred`): checked under the lock that `shred` takes after the removal.
+        if !self.key_path(keys.partition).exists() {
+            return keys;
+        }
         let ttl = self.ttl;
         cache.retain(|_, (_, read)| read.elapsed() < ttl);
         if cache.len() >= MAX_CACHED
@@ -721,6 +734,12 @@ pub(crate) mod tests {
             reader.keys(day(7)),
             Err(KeyError::Shredded { .. })
         ));
+        // Keys read just before a shred are not kept once their file is gone.
+        writer.keys_or_create(day(8)).unwrap();
+        let read = reader.keys(day(8)).unwrap();
+        reader.shred(day(8)).unwrap();
+        reader.remember(read);
+        assert!(reader.cached(day(8)).is_none());
     }
 
     #[test]

@@ -291,7 +291,9 @@ fn search(
         };
         // Events come in id order: the last of each kind is the latest.
         let (mut outcome, mut receipt) = (None, None);
-        let mut sealed_id = None;
+        // Of the latest outcome: its kind and message id are decoded once it is known
+        // to be the latest (a superseded event's are never read).
+        let (mut kind_of_latest, mut sealed_id) = (0u8, None);
         let mut events = tx.prepare_cached(events_q).map_err(part_err(p))?;
         let mut rows = events
             .query(params![submission.0, ordinal])
@@ -310,17 +312,22 @@ fn search(
             }
             let size: Option<i64> = r.get(8).map_err(part_err(p))?;
             sealed_id = r.get::<_, Option<Vec<u8>>>(6).map_err(part_err(p))?;
+            kind_of_latest = kind;
             outcome = Some(FoundOutcome {
                 enhanced_status: r.get(7).map_err(part_err(p))?,
                 size_bytes: size.map(|n| n.max(0) as u64),
-                outcome: Outcome::from_u8(kind).ok_or_else(|| corrupt("unknown outcome"))?,
+                // Set below, from `kind_of_latest`.
+                outcome: Outcome::Failed,
                 at,
                 upstream_status: r.get(4).map_err(part_err(p))?,
                 gateway_code: r.get(5).map_err(part_err(p))?,
                 upstream_message_id: None,
             });
         }
-        // Only the latest outcome's message id is opened.
+        if let Some(found) = &mut outcome {
+            found.outcome =
+                Outcome::from_u8(kind_of_latest).ok_or_else(|| corrupt("unknown outcome"))?;
+        }
         if let (Some(found), Some(sealed)) = (&mut outcome, sealed_id) {
             found.upstream_message_id = Some(
                 String::from_utf8(
