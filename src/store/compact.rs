@@ -448,33 +448,13 @@ pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactEr
         other => other.flatten(),
     };
     for kind in KINDS {
-        // What the index holds, as (tag, id), in order.
-        let mut listed = Vec::new();
-        {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT tag, ids FROM {} ORDER BY tag, first",
-                kind.cx_table()
-            ))?;
-            let mut rows = stmt.query([])?;
-            let mut ids = Vec::new();
-            while let Some(row) = rows.next()? {
-                let tag: i64 = row.get(0)?;
-                let blob: Vec<u8> = row.get(1)?;
-                ids.clear();
-                postings::decode(&blob, &mut ids)
-                    .map_err(|_| CompactError::Postings(kind.cx_table()))?;
-                listed.extend(ids.iter().map(|&id| (tag, id)));
-            }
-        }
-        // Every record's must be listed (erasure leaves ids without records in the
-        // lists, which a lookup skips).
-        let (mut at, mut missing, mut unfiltered, mut last_tag) = (0usize, 0usize, 0usize, None);
+        // What the index holds, as (tag, id), read a page of rows at a time beside
+        // the records' (no statement pending between pages).
+        let mut listed = Listed::new(kind);
+        let (mut missing, mut unfiltered, mut last_tag) = (0usize, 0usize, None);
         sorted_tags(&tx, kind, through, |page| {
             for entry in page {
-                while at < listed.len() && listed[at] < *entry {
-                    at += 1;
-                }
-                if listed.get(at) != Some(entry) {
+                if listed.seek(&tx, *entry)? != Some(*entry) {
                     missing += 1;
                 }
                 if last_tag != Some(entry.0) {
@@ -500,6 +480,72 @@ pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactEr
         }
     }
     Ok(problems)
+}
+
+/// A `cx_*` table read as its `(tag, id)` entries in order, [`ROWS_PER_TX`] rows at a
+/// time: what `check` walks beside the records'.
+struct Listed {
+    kind: IndexKind,
+    /// The rows read and not passed yet, decoded, in order.
+    entries: std::collections::VecDeque<(i64, i64)>,
+    /// Where the next page starts: after this `(tag, first)`.
+    after: (i64, i64),
+    done: bool,
+}
+
+impl Listed {
+    fn new(kind: IndexKind) -> Self {
+        Self {
+            kind,
+            entries: Default::default(),
+            after: (i64::MIN, i64::MIN),
+            done: false,
+        }
+    }
+
+    /// The first entry at or after `target` (entries before it are passed for good).
+    fn seek(
+        &mut self,
+        conn: &Connection,
+        target: (i64, i64),
+    ) -> Result<Option<(i64, i64)>, CompactError> {
+        loop {
+            while let Some(&front) = self.entries.front() {
+                if front >= target {
+                    return Ok(Some(front));
+                }
+                self.entries.pop_front();
+            }
+            if self.done || !self.next_page(conn)? {
+                self.done = true;
+                return Ok(None);
+            }
+        }
+    }
+
+    fn next_page(&mut self, conn: &Connection) -> Result<bool, CompactError> {
+        let table = self.kind.cx_table();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT tag, first, ids FROM {table} WHERE (tag, first) > (?1, ?2) ORDER BY tag, first LIMIT ?3"
+        ))?;
+        let mut rows = stmt.query(rusqlite::params![
+            self.after.0,
+            self.after.1,
+            ROWS_PER_TX as i64
+        ])?;
+        let mut ids = Vec::new();
+        let mut any = false;
+        while let Some(row) = rows.next()? {
+            any = true;
+            let (tag, first): (i64, i64) = (row.get(0)?, row.get(1)?);
+            let blob: Vec<u8> = row.get(2)?;
+            ids.clear();
+            postings::decode(&blob, &mut ids).map_err(|_| CompactError::Postings(table))?;
+            self.entries.extend(ids.iter().map(|&id| (tag, id)));
+            self.after = (tag, first);
+        }
+        Ok(any)
+    }
 }
 
 /// Compacts every partition in `store_dir` that is due at `now` and not compacted

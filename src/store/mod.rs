@@ -1476,6 +1476,16 @@ mod tests {
         assert_eq!(compact::check(&path, &keys).unwrap(), Vec::<String>::new());
         assert!(find(&cfg, IndexKind::Account, "gone").is_empty());
         assert_eq!(find(&cfg, IndexKind::Account, "acct").len(), 4);
+
+        // `verify` finds a record missing from the index.
+        let tag = keys.blind_index(IndexKind::Recipient, "+31655555555");
+        side.borrow()
+            .execute("DELETE FROM cx_recipient WHERE tag = ?1", [tag])
+            .unwrap();
+        assert_eq!(
+            compact::check(&path, &keys).unwrap(),
+            vec!["cx_recipient: 1 record(s) not in the read-optimised index".to_string()]
+        );
     }
 
     /// Compaction goes on while another connection commits into the partition between
