@@ -18,7 +18,7 @@ use rusqlite::params;
 
 use super::codec::{self, SealedFields};
 use super::filter::{self, Probe};
-use super::keys::{IndexKind, KeyError, Keyring};
+use super::keys::{IndexKind, KeyError, Keyring, PartitionKeys};
 use super::partition::{self, PartitionId};
 use super::postings;
 use super::schema;
@@ -188,29 +188,9 @@ fn search(
     stats.partitions_searched += 1;
     let path = p.path_in(store_dir);
     let tag = keys.blind_index(criteria.kind, &criteria.value);
-    // Present, a filter covers every record of its partition: the writer deletes
-    // it before it adds one (see `compact`).
-    let probe = match criteria.filters {
-        true => filter::probe(&filter::path_of(&path), &keys, criteria.kind, tag),
-        false => Probe::Missing,
-    };
-    let filtered = match probe {
-        Probe::Absent => {
-            stats.partitions_ruled_out += 1;
-            return Ok(());
-        }
-        Probe::Maybe { through } => Some(through),
-        Probe::Damaged => {
-            tracing::warn!(partition = %p, "the partition's filter does not check out; searching the partition without it");
-            stats.filters_damaged.push(p);
-            None
-        }
-        Probe::Unreadable(error) => {
-            tracing::warn!(partition = %p, ?error, "the partition's filter cannot be read; searching the partition without it");
-            stats.filters_unreadable.push(p);
-            None
-        }
-        Probe::Missing => None,
+    let Some(filtered) = probe_filter(&path, &keys, criteria, tag, p, stats) else {
+        stats.partitions_ruled_out += 1;
+        return Ok(());
     };
     let conn = schema::open_for_read(&path).map_err(part_err(p))?;
     let tx = conn.unchecked_transaction().map_err(part_err(p))?;
@@ -289,54 +269,11 @@ fn search(
                 &*slot.insert(events_statement(&columns))
             }
         };
-        // Events come in id order: the last of each kind is the latest.
-        let (mut outcome, mut receipt) = (None, None);
-        // Of the latest outcome: its kind and message id are decoded once it is known
-        // to be the latest (a superseded event's are never read).
-        let (mut kind_of_latest, mut sealed_id) = (0u8, None);
-        let mut events = tx.prepare_cached(events_q).map_err(part_err(p))?;
-        let mut rows = events
-            .query(params![submission.0, ordinal])
-            .map_err(part_err(p))?;
-        while let Some(r) = rows.next().map_err(part_err(p))? {
-            let kind: u8 = r.get(3).map_err(part_err(p))?;
-            let at: i64 = r.get(2).map_err(part_err(p))?;
-            if kind == Outcome::Receipt as u8 {
-                receipt = Some(FoundReceipt {
-                    at,
-                    state: r.get(10).map_err(part_err(p))?,
-                    error: r.get(11).map_err(part_err(p))?,
-                    done: r.get(12).map_err(part_err(p))?,
-                });
-                continue;
-            }
-            let size: Option<i64> = r.get(8).map_err(part_err(p))?;
-            sealed_id = r.get::<_, Option<Vec<u8>>>(6).map_err(part_err(p))?;
-            kind_of_latest = kind;
-            outcome = Some(FoundOutcome {
-                enhanced_status: r.get(7).map_err(part_err(p))?,
-                size_bytes: size.map(|n| n.max(0) as u64),
-                // Set below, from `kind_of_latest`.
-                outcome: Outcome::Failed,
-                at,
-                upstream_status: r.get(4).map_err(part_err(p))?,
-                gateway_code: r.get(5).map_err(part_err(p))?,
-                upstream_message_id: None,
-            });
-        }
-        if let Some(found) = &mut outcome {
-            found.outcome =
-                Outcome::from_u8(kind_of_latest).ok_or_else(|| corrupt("unknown outcome"))?;
-        }
-        if let (Some(found), Some(sealed)) = (&mut outcome, sealed_id) {
-            found.upstream_message_id = Some(
-                String::from_utf8(
-                    keys.open(&codec::outcome_aad(submission), &sealed)
-                        .map_err(|_| corrupt("sealed message id does not open"))?,
-                )
-                .map_err(|_| corrupt("message id is not UTF-8"))?,
-            );
-        }
+        let (outcome, receipt) =
+            read_events(&tx, &keys, events_q, submission, ordinal).map_err(|e| match e {
+                EventError::Sql(e) => part_err(p)(e),
+                EventError::Corrupt(what) => corrupt(what),
+            })?;
         stats.matches += 1;
         emit(Found {
             partition: p,
@@ -397,6 +334,107 @@ fn search(
         }
     }
     Ok(())
+}
+
+/// What the partition's filter says of `tag`: `None` when it rules the partition out;
+/// otherwise the ids it covers (`Some(None)`: no filter to go by).
+fn probe_filter(
+    path: &Path,
+    keys: &PartitionKeys,
+    criteria: &Criteria,
+    tag: i64,
+    p: PartitionId,
+    stats: &mut QueryStats,
+) -> Option<Option<i64>> {
+    // Present, a filter covers every record of its partition: the writer deletes
+    // it before it adds one (see `compact`).
+    if !criteria.filters {
+        return Some(None);
+    }
+    match filter::probe(&filter::path_of(path), keys, criteria.kind, tag) {
+        Probe::Absent => None,
+        Probe::Maybe { through } => Some(Some(through)),
+        Probe::Damaged => {
+            tracing::warn!(partition = %p, "the partition's filter does not check out; searching the partition without it");
+            stats.filters_damaged.push(p);
+            Some(None)
+        }
+        Probe::Unreadable(error) => {
+            tracing::warn!(partition = %p, ?error, "the partition's filter cannot be read; searching the partition without it");
+            stats.filters_unreadable.push(p);
+            Some(None)
+        }
+        Probe::Missing => Some(None),
+    }
+}
+
+enum EventError {
+    Sql(rusqlite::Error),
+    Corrupt(&'static str),
+}
+
+impl From<rusqlite::Error> for EventError {
+    fn from(e: rusqlite::Error) -> Self {
+        EventError::Sql(e)
+    }
+}
+
+/// A record's latest outcome (other than a receipt) and latest receipt, read with
+/// `events_q` (see [`events_statement`]).
+fn read_events(
+    tx: &rusqlite::Connection,
+    keys: &PartitionKeys,
+    events_q: &str,
+    submission: SubmissionId,
+    ordinal: u32,
+) -> Result<(Option<FoundOutcome>, Option<FoundReceipt>), EventError> {
+    // Events come in id order: the last of each kind is the latest.
+    let (mut outcome, mut receipt) = (None, None);
+    // Of the latest outcome: its kind and message id are decoded once it is known to
+    // be the latest (a superseded event's are never read).
+    let (mut kind_of_latest, mut sealed_id) = (0u8, None);
+    let mut events = tx.prepare_cached(events_q)?;
+    let mut rows = events.query(params![submission.0, ordinal])?;
+    while let Some(r) = rows.next()? {
+        let kind: u8 = r.get(3)?;
+        let at: i64 = r.get(2)?;
+        if kind == Outcome::Receipt as u8 {
+            receipt = Some(FoundReceipt {
+                at,
+                state: r.get(10)?,
+                error: r.get(11)?,
+                done: r.get(12)?,
+            });
+            continue;
+        }
+        let size: Option<i64> = r.get(8)?;
+        sealed_id = r.get::<_, Option<Vec<u8>>>(6)?;
+        kind_of_latest = kind;
+        outcome = Some(FoundOutcome {
+            enhanced_status: r.get(7)?,
+            size_bytes: size.map(|n| n.max(0) as u64),
+            // Set below, from `kind_of_latest`.
+            outcome: Outcome::Failed,
+            at,
+            upstream_status: r.get(4)?,
+            gateway_code: r.get(5)?,
+            upstream_message_id: None,
+        });
+    }
+    if let Some(found) = &mut outcome {
+        found.outcome =
+            Outcome::from_u8(kind_of_latest).ok_or(EventError::Corrupt("unknown outcome"))?;
+        if let Some(sealed) = sealed_id {
+            let id = keys
+                .open(&codec::outcome_aad(submission), &sealed)
+                .map_err(|_| EventError::Corrupt("sealed message id does not open"))?;
+            found.upstream_message_id = Some(
+                String::from_utf8(id)
+                    .map_err(|_| EventError::Corrupt("message id is not UTF-8"))?,
+            );
+        }
+    }
+    Ok((outcome, receipt))
 }
 
 /// What a lookup needs to know of a partition before it seeks, in one statement.
