@@ -339,6 +339,13 @@ fn compact(
         let _ = remove_filter(path);
         return Err(e.into());
     }
+    // Expiry takes no SQLite lock: it may have removed the partition since it was
+    // seen above; then the filter, which it may have looked for too early, goes too
+    // (expiry looks for it again after the partition's file is gone).
+    if !path.exists() {
+        remove_filter(path)?;
+        return Ok(None);
+    }
     drop(conn);
     to_rollback_journal(path);
     Ok(Some(Compacted {

@@ -133,6 +133,9 @@ pub fn remove(cfg: &StoreConfig, keyring: &Keyring, p: PartitionId) -> Result<()
         remove_if_present(Path::new(&side))?;
     }
     remove_if_present(&file)?;
+    // Once more: a compaction that checked the partition was there before it went may
+    // have put its filter in place since (it looks again after, see `compact`).
+    remove_if_present(&super::filter::path_of(&file))?;
     if let Ok(dir) = std::fs::File::open(&cfg.path) {
         let _ = dir.sync_all();
     }

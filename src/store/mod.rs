@@ -1488,6 +1488,53 @@ mod tests {
         );
     }
 
+    /// Expiry of a compacted partition leaves nothing of it: its file, its filter, a
+    /// filter being written, a journal.
+    #[tokio::test]
+    async fn expiry_leaves_nothing_of_a_compacted_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        init_keys(&cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let store = open(&cfg, &clock);
+        let rec = store.recorder();
+        rec.record(&submission(
+            &rec,
+            at(10, 0, 0).timestamp_micros(),
+            "acct",
+            "+31612345678",
+        ))
+        .await
+        .unwrap();
+        store.close().await;
+        let keyring = open_keyring(&cfg).unwrap();
+        let later = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros();
+        assert_eq!(
+            compact::compact_due(&cfg.path, &keyring, later, &|| false).len(),
+            1
+        );
+        let day = PartitionId::parse("2026-11-22").unwrap();
+        let path = day.path_in(&cfg.path);
+        assert!(filter::path_of(&path).exists());
+        for stray in [
+            filter::tmp_path_of(&path),
+            cfg.path.join("2026-11-22.sqlite-journal"),
+        ] {
+            std::fs::write(stray, b"left by a crash").unwrap();
+        }
+        expiry::remove(&cfg, &keyring, day).unwrap();
+        let left: Vec<String> = std::fs::read_dir(&cfg.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("2026-11-22"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(!keyring.exists(day));
+    }
+
     /// Compaction goes on while another connection commits into the partition between
     /// its pages (late outcomes do): no statement of its own is pending when it writes,
     /// so none has a snapshot to upgrade.
