@@ -827,6 +827,15 @@ mod tests {
         (out, stats)
     }
 
+    /// A time at which the test days' partitions (22–24 November 2026) are due for
+    /// compaction.
+    fn compaction_time() -> Micros {
+        chrono::Utc
+            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_micros()
+    }
+
     fn find(cfg: &StoreConfig, kind: IndexKind, value: &str) -> Vec<query::Found> {
         lookup(cfg, kind, value).0
     }
@@ -1211,10 +1220,7 @@ mod tests {
         assert_eq!(before[0].len() + before[1].len() + before[2].len(), 60);
 
         let keyring = open_keyring(&cfg).unwrap();
-        let later = chrono::Utc
-            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
-            .unwrap()
-            .timestamp_micros();
+        let later = compaction_time();
         let not_yet = compact::compact_due(
             &cfg.path,
             &keyring,
@@ -1394,10 +1400,7 @@ mod tests {
         }
         store.close().await;
         let keyring = open_keyring(&cfg).unwrap();
-        let later = chrono::Utc
-            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
-            .unwrap()
-            .timestamp_micros();
+        let later = compaction_time();
         let compact =
             |stop: &dyn Fn() -> bool| compact::compact_due(&cfg.path, &keyring, later, stop);
         assert_eq!(compact(&|| false).len(), 1);
@@ -1508,10 +1511,7 @@ mod tests {
         .unwrap();
         store.close().await;
         let keyring = open_keyring(&cfg).unwrap();
-        let later = chrono::Utc
-            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
-            .unwrap()
-            .timestamp_micros();
+        let later = compaction_time();
         assert_eq!(
             compact::compact_due(&cfg.path, &keyring, later, &|| false).len(),
             1
@@ -1569,10 +1569,7 @@ mod tests {
             commits.set(commits.get() + 1);
             false
         };
-        let later = chrono::Utc
-            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
-            .unwrap()
-            .timestamp_micros();
+        let later = compaction_time();
         let done = compact::compact_due(&cfg.path, &keyring, later, &beside);
         assert_eq!(done.len(), 1, "{done:?}");
         assert_eq!(done[0].1.as_ref().unwrap().records, 5_000);
