@@ -342,7 +342,7 @@ fn compact(
     // Expiry takes no SQLite lock: it may have removed the partition since it was
     // seen above; then the filter, which it may have looked for too early, goes too
     // (expiry looks for it again after the partition's file is gone).
-    if !path.exists() {
+    if !std::fs::exists(path)? {
         remove_filter(path)?;
         return Ok(None);
     }
@@ -489,7 +489,7 @@ pub fn check(path: &Path, keys: &PartitionKeys) -> Result<Vec<String>, CompactEr
     Ok(problems)
 }
 
-/// A `cx_*` table read as its `(tag, id)` entries in order, [`ROWS_PER_TX`] rows at a
+/// A `cx_*` table read as its `(tag, id)` entries in order, [`LISTED_ROWS`] rows at a
 /// time: what `check` walks beside the records'.
 struct Listed {
     kind: IndexKind,
@@ -497,8 +497,13 @@ struct Listed {
     entries: std::collections::VecDeque<(i64, i64)>,
     /// Where the next page starts: after this `(tag, first)`.
     after: (i64, i64),
+    /// The last entry read.
+    last: Option<(i64, i64)>,
     done: bool,
 }
+
+/// Rows `check` reads at a time: `Listed` then holds at most 64 K entries (1 MiB).
+const LISTED_ROWS: usize = 64;
 
 impl Listed {
     fn new(kind: IndexKind) -> Self {
@@ -506,6 +511,7 @@ impl Listed {
             kind,
             entries: Default::default(),
             after: (i64::MIN, i64::MIN),
+            last: None,
             done: false,
         }
     }
@@ -530,6 +536,9 @@ impl Listed {
         }
     }
 
+    /// Reads the next [`LISTED_ROWS`] rows, checking that they are as compaction
+    /// writes them: each at most [`postings::MAX_IDS`] ids, keyed by its first, every
+    /// entry after the one before. Memory: at most `LISTED_ROWS × MAX_IDS` entries.
     fn next_page(&mut self, conn: &Connection) -> Result<bool, CompactError> {
         let table = self.kind.cx_table();
         let mut stmt = conn.prepare_cached(&format!(
@@ -538,7 +547,7 @@ impl Listed {
         let mut rows = stmt.query(rusqlite::params![
             self.after.0,
             self.after.1,
-            ROWS_PER_TX as i64
+            LISTED_ROWS as i64
         ])?;
         let mut ids = Vec::new();
         let mut any = false;
@@ -548,7 +557,15 @@ impl Listed {
             let blob: Vec<u8> = row.get(2)?;
             ids.clear();
             postings::decode(&blob, &mut ids).map_err(|_| CompactError::Postings(table))?;
+            let in_order = ids.first() == Some(&first)
+                && ids.len() <= postings::MAX_IDS
+                && ids.windows(2).all(|w| w[0] < w[1])
+                && self.last.is_none_or(|last| (tag, first) > last);
+            if !in_order {
+                return Err(CompactError::Postings(table));
+            }
             self.entries.extend(ids.iter().map(|&id| (tag, id)));
+            self.last = ids.last().map(|&id| (tag, id));
             self.after = (tag, first);
         }
         Ok(any)
@@ -592,6 +609,7 @@ pub fn compact_due(
             return done;
         }
     };
+    remove_orphan_filters(store_dir);
     for p in due {
         if stop() {
             break;
@@ -683,6 +701,35 @@ fn lock_store(store_dir: &Path) -> std::io::Result<Option<std::fs::File>> {
     }
 }
 
+/// Removes filters (and filters being written) whose partition is gone: left by an
+/// expiry or a crash beside a compaction. Run under the store's compaction lock.
+fn remove_orphan_filters(store_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(store_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(partition) = name
+            .strip_suffix(filter::TMP_SUFFIX)
+            .or_else(|| name.strip_suffix(filter::SUFFIX))
+        else {
+            continue;
+        };
+        if !store_dir.join(partition).exists() {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "a filter without its partition removed")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "a filter without its partition could not be removed")
+                }
+            }
+        }
+    }
+}
+
 /// Whether the filter beside a partition checks out (every page) and covers exactly
 /// the records its read-optimised index does, which are all the partition holds. Run
 /// under the store's compaction lock: the only change that can come meanwhile is the
@@ -705,4 +752,61 @@ pub fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority reads no memory of ours; an error leaves the priority as is.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Listed` gives a `cx_*` table's entries in order across rows of one tag and
+    /// across pages, finds what is there and only that, and refuses rows out of order.
+    #[test]
+    fn listed_walks_a_table_across_rows_and_pages() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(DDL).unwrap();
+        let kind = IndexKind::Recipient;
+        // Tag 5 with 3,000 ids (three rows), then 200 tags of two ids each: 203 rows,
+        // more than three pages.
+        let mut entries: Vec<(i64, i64)> = (1..=3_000).map(|id| (5, id * 2)).collect();
+        entries.extend((0..200).flat_map(|t| [(100 + t, 7), (100 + t, 9)]));
+        let mut blob = Vec::new();
+        for chunk in entries.chunk_by(|a, b| a.0 == b.0) {
+            for row in chunk.chunks(postings::MAX_IDS) {
+                let ids: Vec<i64> = row.iter().map(|e| e.1).collect();
+                blob.clear();
+                postings::encode(&ids, &mut blob);
+                conn.execute(
+                    "INSERT INTO cx_recipient (tag, first, ids) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![row[0].0, ids[0], blob],
+                )
+                .unwrap();
+            }
+        }
+        let mut listed = Listed::new(kind);
+        // Every entry is found, in order; what lies between entries is not.
+        for (i, &e) in entries.iter().enumerate() {
+            if i % 97 == 0 {
+                let before = (e.0, e.1 - 1);
+                assert_eq!(listed.seek(&conn, before).unwrap(), Some(e));
+            }
+            assert_eq!(listed.seek(&conn, e).unwrap(), Some(e));
+        }
+        assert_eq!(listed.seek(&conn, (299, 10)).unwrap(), None, "past the end");
+
+        // A row whose key is not its first id is damage.
+        conn.execute(
+            "INSERT INTO cx_recipient (tag, first, ids) VALUES (1000, 3, ?1)",
+            [&blob],
+        )
+        .unwrap();
+        let mut listed = Listed::new(kind);
+        let walked = (|| -> Result<(), CompactError> {
+            while listed.seek(&conn, (i64::MAX, i64::MAX))?.is_some() {}
+            Ok(())
+        })();
+        assert!(
+            matches!(walked, Err(CompactError::Postings(_))),
+            "{walked:?}"
+        );
+    }
 }

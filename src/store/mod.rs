@@ -1501,20 +1501,18 @@ mod tests {
         let clock = ManualClock::new(at(10, 0, 0));
         let store = open(&cfg, &clock);
         let rec = store.recorder();
-        rec.record(&submission(
-            &rec,
-            at(10, 0, 0).timestamp_micros(),
-            "acct",
-            "+31612345678",
-        ))
-        .await
-        .unwrap();
+        for day in 0..2i64 {
+            let t = at(10, 0, 0).timestamp_micros() + day * 86_400_000_000;
+            rec.record(&submission(&rec, t, "acct", "+31612345678"))
+                .await
+                .unwrap();
+        }
         store.close().await;
         let keyring = open_keyring(&cfg).unwrap();
         let later = compaction_time();
         assert_eq!(
             compact::compact_due(&cfg.path, &keyring, later, &|| false).len(),
-            1
+            2
         );
         let day = PartitionId::parse("2026-11-22").unwrap();
         let path = day.path_in(&cfg.path);
@@ -1533,6 +1531,16 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         assert!(!keyring.exists(day));
+
+        // A filter left without its partition (a crash beside a compaction) goes at
+        // the next compaction run.
+        let orphans = [filter::path_of(&path), filter::tmp_path_of(&path)];
+        for orphan in &orphans {
+            std::fs::write(orphan, b"left").unwrap();
+        }
+        compact::compact_due(&cfg.path, &keyring, later, &|| false);
+        assert!(orphans.iter().all(|o| !o.exists()));
+        assert!(filter::path_of(&cfg.path.join("2026-11-23.sqlite")).exists());
     }
 
     /// Compaction goes on while another connection commits into the partition between
