@@ -63,6 +63,8 @@ pub enum QueryBenchError {
     DropCaches(std::io::Error),
     #[error("compaction: {0}")]
     Compact(String),
+    #[error("reading the store: {0}")]
+    Read(String),
 }
 
 fn day_micros(d: NaiveDate) -> i64 {
@@ -116,11 +118,10 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
     }
     for p in &partitions {
         let conn = crate::store::schema::open_for_read(&p.path_in(&cfg.path))
-            .map_err(|e| QueryBenchError::Compact(format!("{p}: {e}")))?;
+            .map_err(|e| QueryBenchError::Read(format!("partition {p}: {e}")))?;
         // Ids are dense (erasure aside): the highest is the count, without a scan.
-        let n: i64 = conn
-            .query_row("SELECT coalesce(max(id), 0) FROM record", [], |r| r.get(0))
-            .map_err(|e| QueryBenchError::Compact(format!("{p}: {e}")))?;
+        let n = compact::newest(&conn)
+            .map_err(|e| QueryBenchError::Read(format!("partition {p}: {e}")))?;
         records += n.max(0) as u64;
     }
     let since = day_micros(b.fill.start);

@@ -113,7 +113,7 @@ fn last_erasure(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// The highest record id of a partition now.
-fn newest(conn: &Connection) -> rusqlite::Result<i64> {
+pub(crate) fn newest(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT coalesce(max(id), 0) FROM record", [], |r| r.get(0))
 }
 

@@ -790,6 +790,14 @@ mod tests {
         }
     }
 
+    /// A store made afresh under `cfg` (keys and all), on a clock at 10:00.
+    fn open_at_ten(cfg: &StoreConfig) -> (ManualClock, Store) {
+        init_keys(cfg).unwrap();
+        let clock = ManualClock::new(at(10, 0, 0));
+        let store = open(cfg, &clock);
+        (clock, store)
+    }
+
     fn open(cfg: &StoreConfig, clock: &ManualClock) -> Store {
         Store::open(
             cfg.clone(),
@@ -1120,9 +1128,7 @@ mod tests {
         use crate::record::{Outcome, OutcomeEvent, Receipt};
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig::under(dir.path());
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
-        let store = open(&cfg, &clock);
+        let (_, store) = open_at_ten(&cfg);
         let rec = store.recorder();
         let t = at(10, 0, 0).timestamp_micros();
         let mut sub = submission(&rec, t, "acct", "+31612345678");
@@ -1190,9 +1196,7 @@ mod tests {
     async fn compacted_partitions_answer_as_before() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig::under(dir.path());
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
-        let store = open(&cfg, &clock);
+        let (clock, store) = open_at_ten(&cfg);
         let rec = store.recorder();
         let hour = 3_600_000_000i64;
         // 60 hours from 10:00 on the 22nd: three days' partitions.
@@ -1497,9 +1501,7 @@ mod tests {
     async fn expiry_leaves_nothing_of_a_compacted_partition() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig::under(dir.path());
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
-        let store = open(&cfg, &clock);
+        let (_, store) = open_at_ten(&cfg);
         let rec = store.recorder();
         for day in 0..2i64 {
             let t = at(10, 0, 0).timestamp_micros() + day * 86_400_000_000;
@@ -1550,9 +1552,7 @@ mod tests {
     async fn compaction_goes_on_while_others_commit_beside_it() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig::under(dir.path());
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
-        let store = open(&cfg, &clock);
+        let (_, store) = open_at_ten(&cfg);
         let rec = store.recorder();
         let subs: Vec<Submission> = (0..5_000i64)
             .map(|i| {
@@ -1608,9 +1608,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig::under(dir.path());
         cfg.retention = crate::config::Retention::Days(5);
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
-        let store = open(&cfg, &clock);
+        let (clock, store) = open_at_ten(&cfg);
         let rec = store.recorder();
         let first = at(10, 0, 0).timestamp_micros();
         rec.record(&submission(&rec, first, "a", "+31612345678"))
@@ -1662,9 +1660,7 @@ mod tests {
     async fn sender_tags_follow_the_sender_and_the_keys() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig::under(dir.path());
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
-        let store = open(&cfg, &clock);
+        let (_, store) = open_at_ten(&cfg);
         let rec = store.recorder();
         let day = at(10, 0, 0).timestamp_micros();
         let next_day = day + 86_400_000_000;
