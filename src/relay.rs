@@ -263,10 +263,16 @@ impl Relay {
         submission: &Submission,
         started: Instant,
     ) -> Result<Ticket, RecordError> {
-        let tickets = self
-            .record_many(std::slice::from_ref(submission), started)
-            .await?;
-        tickets.into_iter().next().ok_or(RecordError::Internal)
+        // One submission, the hot path: no vectors of places and tickets.
+        let slot = self.recorder.reserve_outcome().await?;
+        let ticket = self.ticket(submission, slot, started);
+        match self.recorder.record(submission).await {
+            Ok(()) => Ok(ticket),
+            Err(e) => {
+                self.unrecorded(ticket, &e).await;
+                Err(e)
+            }
+        }
     }
 
     /// Appends a later event about a message already recorded (a delivery receipt, one
@@ -290,35 +296,50 @@ impl Relay {
         let tickets: Vec<Ticket> = submissions
             .iter()
             .zip(slots)
-            .map(|(submission, slot)| Ticket {
-                relay: self.clone(),
-                submission: submission.id,
-                submitted_at: submission.at,
-                recipients: submission.recipients.len(),
-                slot: Some(slot),
-                started,
-            })
+            .map(|(submission, slot)| self.ticket(submission, slot, started))
             .collect();
         match self.recorder.record_many(submissions).await {
             Ok(()) => Ok(tickets),
             Err(e) => {
                 for ticket in tickets {
-                    let (submission, submitted_at) = ticket.submission();
-                    let slot = ticket.disarm();
-                    if matches!(e, RecordError::Timeout(_)) {
-                        // The records may still be committed: say they were not sent.
-                        let now = self.recorder.now();
-                        slot.record(&OutcomeEvent::new(
-                            submission,
-                            submitted_at,
-                            now,
-                            Outcome::Failed,
-                        ))
-                        .await;
-                    }
+                    self.unrecorded(ticket, &e).await;
                 }
                 Err(e)
             }
+        }
+    }
+
+    fn ticket(
+        self: &Arc<Self>,
+        submission: &Submission,
+        slot: OutcomeSlot,
+        started: Instant,
+    ) -> Ticket {
+        Ticket {
+            relay: self.clone(),
+            submission: submission.id,
+            submitted_at: submission.at,
+            recipients: submission.recipients.len(),
+            slot: Some(slot),
+            started,
+        }
+    }
+
+    /// Spends the ticket of a submission the store did not take (`e`) without a log
+    /// line (the caller logs the refusal): after a commit timeout the records may
+    /// still be committed, so its outcome says it was not sent.
+    async fn unrecorded(&self, ticket: Ticket, e: &RecordError) {
+        let (submission, submitted_at) = ticket.submission();
+        let slot = ticket.disarm();
+        if matches!(e, RecordError::Timeout(_)) {
+            let now = self.recorder.now();
+            slot.record(&OutcomeEvent::new(
+                submission,
+                submitted_at,
+                now,
+                Outcome::Failed,
+            ))
+            .await;
         }
     }
 

@@ -152,6 +152,35 @@ pub struct Outbound {
     head: bool,
 }
 
+thread_local! {
+    /// The buffers of requests sent from this thread, zeroed, for the next ones: no
+    /// allocation per request once a thread has as many as it has requests in flight.
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most spare request buffers a thread keeps.
+const SPARE_BUFFERS: usize = 64;
+
+/// The largest request buffer kept for reuse (a larger one is let go).
+const SPARE_BYTES: usize = 16 * 1024;
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if bytes.capacity() > SPARE_BYTES {
+            return;
+        }
+        // It held the message: nothing of it stays behind in a buffer kept for later.
+        bytes.fill(0);
+        bytes.clear();
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(bytes);
+            }
+        });
+    }
+}
+
 pub struct Upstream {
     pool: Arc<Pool>,
     base: Uri,
@@ -220,7 +249,7 @@ impl Upstream {
         fields: Fields<'_>,
         body: &[u8],
     ) -> Outbound {
-        let mut bytes = Vec::new();
+        let mut bytes = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
         http1::write_request(
             &mut bytes,
             method,
@@ -304,6 +333,44 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request's buffer is kept for the thread's next request, zeroed first: the
+    /// message it held does not stay behind it in memory. One too large is let go.
+    #[test]
+    fn request_buffers_are_reused_zeroed() {
+        let forward = crate::config::Forward {
+            upstream: None,
+            ca_file: None,
+            rewrite_host: false,
+            timeout: Duration::from_secs(1),
+            pool_idle: 1,
+            max_response_bytes: 1024,
+        };
+        let up = Upstream::new("http://127.0.0.1:9".parse().unwrap(), &forward).unwrap();
+        SPARE.with_borrow_mut(Vec::clear);
+        let secret = b"text=very+secret+words";
+        let first = up.outbound("POST", "/send", Fields::Raw(&[]), secret);
+        let (at, len) = (first.bytes.as_ptr(), first.bytes.len());
+        assert!(first.bytes.windows(secret.len()).any(|w| w == secret));
+        drop(first);
+        SPARE.with_borrow(|spare| {
+            let [kept] = spare.as_slice() else {
+                panic!("one buffer kept, not {}", spare.len())
+            };
+            assert_eq!((kept.as_ptr(), kept.len()), (at, 0));
+            // SAFETY: the kept buffer's first `len` bytes were written by the request
+            // above (and zeroed since): they are initialised, and nothing else holds it.
+            let old = unsafe { std::slice::from_raw_parts(kept.as_ptr(), len) };
+            assert!(old.iter().all(|&b| b == 0), "{old:?}");
+        });
+        let second = up.outbound("GET", "/next", Fields::Raw(&[]), b"");
+        assert_eq!(second.bytes.as_ptr(), at, "the next request reuses it");
+        assert!(second.bytes.starts_with(b"GET /next HTTP/1.1\r\n"));
+        drop(second);
+        let large = up.outbound("POST", "/send", Fields::Raw(&[]), &[b'x'; SPARE_BYTES + 1]);
+        drop(large);
+        assert_eq!(SPARE.with_borrow(Vec::len), 0, "a large buffer is not kept");
+    }
 
     /// Issue 10: the upstream's connect errors keep their cause.
     #[test]

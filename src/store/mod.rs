@@ -206,6 +206,27 @@ struct SenderTags {
 
 thread_local! {
     static LAST_SENDER: std::cell::RefCell<SenderTags> = std::cell::RefCell::default();
+    /// A record's plaintext on its way to being sealed: one buffer per thread, reused
+    /// (and zeroed once the record is sealed), instead of one allocated per record.
+    static PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The rows of one `record_many` call on their way into a batch: a joiner's go into
+    /// the batch open on the thread, and the room they leave is kept for the next.
+    static ROWS: std::cell::RefCell<Vec<Row>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most room [`PLAIN`] keeps between records (a record with a long recipient can
+/// need more; its buffer is then let go).
+const PLAIN_KEPT: usize = 4 * 1024;
+
+/// The most rows [`ROWS`] keeps room for between calls.
+const ROWS_KEPT: usize = 256;
+
+/// Gives the thread's spare row vector back, empty, unless it grew past [`ROWS_KEPT`].
+fn keep_rows(rows: Vec<Row>) {
+    debug_assert!(rows.is_empty(), "rows left behind in the spare vector");
+    if rows.capacity() <= ROWS_KEPT {
+        ROWS.set(rows);
+    }
 }
 
 impl SenderTags {
@@ -526,11 +547,18 @@ impl Recorder {
     ) -> Result<(), KeyError> {
         let (account_ix, ip_ix, originator_ix) = SenderTags::of(sub, keys);
         let bucket = keys.bucket(sub.at);
-        let mut plain = Vec::with_capacity(128);
         for rec in sub.records() {
-            plain.clear();
-            codec::encode(&rec, &mut plain);
-            let sealed = keys.seal(&codec::record_aad(sub.id, rec.ordinal), &plain)?;
+            let sealed = PLAIN.with_borrow_mut(|plain| {
+                codec::encode(&rec, plain);
+                let sealed = keys.seal(&codec::record_aad(sub.id, rec.ordinal), plain);
+                // The plaintext names the recipient: not left behind in the buffer.
+                plain.fill(0);
+                plain.clear();
+                if plain.capacity() > PLAIN_KEPT {
+                    *plain = Vec::new();
+                }
+                sealed
+            })?;
             rows.push(Row {
                 submission: sub.id.0,
                 ordinal: rec.ordinal,
@@ -577,9 +605,18 @@ impl Recorder {
             return Err(RecordError::Internal);
         }
         let keys = self.keys_async(partition).await?;
-        let mut rows = Vec::with_capacity(subs.iter().map(|s| s.recipients.len()).sum());
-        for sub in subs {
-            self.seal_into(sub, &keys, &mut rows)?;
+        // No await from here until the rows are in the batch: the thread's spare
+        // vector is taken and given back in one step.
+        let mut rows = ROWS.take();
+        rows.clear();
+        rows.reserve(subs.iter().map(|s| s.recipients.len()).sum());
+        let sealing = subs
+            .iter()
+            .try_for_each(|sub| self.seal_into(sub, &keys, &mut rows));
+        if let Err(e) = sealing {
+            rows.clear();
+            keep_rows(rows);
+            return Err(e.into());
         }
         if self.inner.cfg.durability != Durability::RecordBeforeForward {
             return self.enqueue(Job::records(partition, rows, None)).await;
@@ -594,6 +631,7 @@ impl Recorder {
             self.inner.cfg.batch_max,
             &self.inner.route,
         );
+        keep_rows(rows);
         if let Some(owner) = owner {
             tokio::task::yield_now().await;
             owner.queue();
@@ -647,8 +685,10 @@ impl Recorder {
     /// its outcome goes in. Waits for the place as long as a record would
     /// (`enqueue-timeout`); a relay that cannot get one fails closed.
     pub async fn reserve_outcome(&self) -> Result<OutcomeSlot, RecordError> {
-        let mut slots = self.reserve_outcomes(1).await?;
-        slots.pop().ok_or(RecordError::Internal)
+        match tokio::time::timeout(self.inner.route.wait, self.slot()).await {
+            Ok(slot) => slot,
+            Err(_) => Err(RecordError::QueueFull),
+        }
     }
 
     /// [`Recorder::reserve_outcome`] for `n` outcomes, all within one `enqueue-timeout`.
@@ -656,11 +696,7 @@ impl Recorder {
         let reserve = async {
             let mut slots = Vec::with_capacity(n);
             for _ in 0..n {
-                let permit = self.inner.route.tx.clone().reserve_owned().await;
-                slots.push(OutcomeSlot {
-                    permit: permit.map_err(|_| RecordError::Closed)?,
-                    recorder: self.clone(),
-                });
+                slots.push(self.slot().await?);
             }
             Ok(slots)
         };
@@ -668,6 +704,15 @@ impl Recorder {
             Ok(slots) => slots,
             Err(_) => Err(RecordError::QueueFull),
         }
+    }
+
+    /// One place in the writer's queue, however long it takes.
+    async fn slot(&self) -> Result<OutcomeSlot, RecordError> {
+        let permit = self.inner.route.tx.clone().reserve_owned().await;
+        Ok(OutcomeSlot {
+            permit: permit.map_err(|_| RecordError::Closed)?,
+            recorder: self.clone(),
+        })
     }
 
     /// An outcome event as a job, its upstream message id sealed.
@@ -910,6 +955,34 @@ mod tests {
                 .unwrap();
             self.store.close().await;
         }
+    }
+
+    /// A record's plaintext names its recipient: the thread's buffer it is encoded in
+    /// is zeroed once it is sealed, and kept for the next record.
+    #[tokio::test]
+    async fn sealing_leaves_no_plaintext_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        let (_, store) = open_at_ten(&cfg);
+        let rec = store.recorder();
+        let sub = submission(
+            &rec,
+            at(10, 0, 0).timestamp_micros(),
+            "acct",
+            "+31612345678",
+        );
+        let mut plain = Vec::new();
+        codec::encode(&sub.records().next().unwrap(), &mut plain);
+        assert!(plain.windows(9).any(|w| w == b"612345678"), "{plain:?}");
+        rec.seal(&sub).unwrap();
+        PLAIN.with_borrow(|kept| {
+            assert!(kept.is_empty() && kept.capacity() >= plain.len());
+            // SAFETY: the buffer's first `plain.len()` bytes were written when the
+            // record was encoded into it (and zeroed since): they are initialised.
+            let old = unsafe { std::slice::from_raw_parts(kept.as_ptr(), plain.len()) };
+            assert!(old.iter().all(|&b| b == 0), "{old:?}");
+        });
+        store.close().await;
     }
 
     /// The checkpointer copies the WAL into the partition file while the writer keeps
