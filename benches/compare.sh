@@ -178,9 +178,10 @@ PY
 run direct "$sim"; run nginx "$ngx" "$ngx_pid"; run floor "$floor" "$floor_pid"
 run relaylog-durable "$durable" "${relay_pid[durable]}"; run relaylog-async "$async" "${relay_pid[async]}"
 awk '/VmHWM/ {print $2}' "/proc/${relay_pid[durable]}/status" > "$work/rss"
-# Who got how many threads: nginx's workers, relaylog's and the floor's runtime workers.
-relay_cores=$( [ "$cores" = one ] && echo 1 || nproc )
-echo "nginx $(pgrep -c -P "$ngx_pid") worker process(es); floor 1 thread; relaylog $(( relay_cores > 1 ? relay_cores - 1 : 1 )) runtime worker(s) (serve.workers = auto) and its writer thread" > "$work/threads"
+# Who got how many threads: nginx's workers, the floor's thread, relaylog's HTTP threads
+# (serve.http-threads = auto: one per core it may use), as they were during the run.
+http_threads=$(grep -l '^relaylog-http$' /proc/"${relay_pid[durable]}"/task/*/comm 2>/dev/null | wc -l)
+echo "nginx $(pgrep -c -P "$ngx_pid") worker process(es); floor 1 thread; relaylog $http_threads HTTP thread(s) (serve.http-threads = auto), its journal and writer threads" > "$work/threads"
 
 # Added latency at half of nginx's saturating rate: open loop, same rate, direct and
 # through relaylog (durable).

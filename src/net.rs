@@ -163,12 +163,23 @@ pub fn refuse_busy(
     }
 }
 
-/// How a listener takes connections: at most `max_connections` at once (the next is
+/// A listener's cap on connections at once, shared by every accept loop serving it
+/// (an HTTP listener's runtime threads take from one cap).
+#[derive(Clone)]
+pub struct Connections(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Connections {
+    pub fn at_most(n: usize) -> Connections {
+        Connections(std::sync::Arc::new(tokio::sync::Semaphore::new(n)))
+    }
+}
+
+/// How a listener takes connections: at most `connections` at once (the next is
 /// handed to `refuse`, which may answer "busy" in the protocol's words), and with TLS
 /// when there is an acceptor, whose handshake must finish within `handshake_timeout`.
 pub struct Gate {
     pub name: String,
-    pub max_connections: usize,
+    pub connections: Connections,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub handshake_timeout: Duration,
 }
@@ -186,9 +197,8 @@ pub async fn run<S, F>(
     S: Fn(ClientStream, SocketAddr) -> F + Clone + Send + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(gate.max_connections));
     while let Some((stream, peer)) = accept(&listener, &mut shutdown, &gate.name).await {
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Ok(permit) = gate.connections.0.clone().try_acquire_owned() else {
             refuse(stream, peer);
             continue;
         };

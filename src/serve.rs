@@ -15,8 +15,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, ListenerProtocol, SmtpTarget};
 use crate::egress::http::Upstream;
 use crate::egress::smtp::SmtpUpstream;
-use crate::ingress::http::HttpServer;
-use crate::ingress::http::Listener;
+use crate::ingress::http::{HttpThreads, Listener};
 use crate::ingress::smtp::{SmtpListener, SmtpServer};
 use crate::ingress::tls::{self, TlsError};
 use crate::metrics::Metrics;
@@ -54,6 +53,10 @@ pub enum ServeError {
 
 /// The longest wait between compaction runs (a larger `expire-interval` is as good).
 const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// How long shutdown waits for the HTTP listeners' threads once their connections are
+/// done (they then only drop their runtimes).
+const HTTP_THREADS_JOIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long shutdown waits for the compaction thread once the requests are done.
 const COMPACTOR_JOIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -265,6 +268,8 @@ pub struct Running {
     simulator_trigger: Trigger,
     drain: DrainWaiter,
     tasks: Vec<JoinHandle<()>>,
+    /// The HTTP listeners' threads (see [`HttpThreads`]).
+    http_threads: Vec<HttpThreads>,
     store: Arc<Store>,
     compactor: Compactor,
 }
@@ -377,6 +382,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     let normalizer = NumberNormalizer::warmed(config.store.default_region);
     let (drain, drain_waiter) = shutdown::drain();
     let mut bound = Vec::new();
+    let mut http_threads = Vec::new();
     for (l, upstream) in config.listeners.iter().zip(upstreams) {
         let listener = TcpListener::bind(l.listen)
             .await
@@ -417,27 +423,37 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     )),
                     None => None,
                 };
-                let upstream = Upstream::new(uri, forward).map_err(tls_err)?;
-                let relay = Arc::new(Listener {
-                    relay: core,
-                    profile: (**profile).clone(),
-                    limits: l.limits,
-                    upstream,
-                });
+                // A listener (and so an upstream pool) per thread: a connection
+                // belongs to the runtime that made it.
+                let relays = (0..config.serve.http_threads)
+                    .map(|_| {
+                        Ok(Arc::new(Listener {
+                            relay: core.clone(),
+                            profile: (**profile).clone(),
+                            limits: l.limits,
+                            upstream: Upstream::new(uri.clone(), forward).map_err(tls_err)?,
+                        }))
+                    })
+                    .collect::<Result<Vec<_>, ServeError>>()?;
                 tracing::info!(
                     listener = %l.name,
                     addr = %addr,
                     profile = profile.kind.as_str(),
                     tls = tls.is_some(),
-                    upstream = %relay.upstream.base(),
+                    upstream = %uri,
+                    threads = relays.len(),
                     "listening"
                 );
-                let server = HttpServer {
-                    listener,
-                    http: relay,
-                    tls,
+                let thread_err = |source| ServeError::Bind {
+                    listener: l.name.clone(),
+                    addr,
+                    source,
                 };
-                tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));
+                let socket = listener.into_std().map_err(thread_err)?;
+                http_threads.push(
+                    HttpThreads::spawn(socket, relays, tls, &shutdown, &drain)
+                        .map_err(thread_err)?,
+                );
             }
             (ListenerProtocol::Smtp(smtp), Target::Smtp(target)) => {
                 let tls = match &l.tls {
@@ -596,6 +612,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         simulator_trigger,
         drain: drain_waiter,
         tasks,
+        http_threads,
         store,
         compactor,
     })
@@ -669,6 +686,9 @@ impl Running {
                     "requests still in flight after the abort; closing the store without them"
                 );
             }
+        }
+        for threads in self.http_threads {
+            threads.join(HTTP_THREADS_JOIN).await;
         }
         self.compactor.join(COMPACTOR_JOIN).await;
         self.store.close().await;

@@ -216,6 +216,111 @@ async fn connections_past_the_limit_are_told_busy() {
     relay.running.shutdown().await;
 }
 
+/// Sends a Kannel GET for `to` on a keep-alive connection and reads its whole answer:
+/// its status line.
+async fn relay_on(s: &mut TcpStream, to: &str) -> String {
+    let req = format!(
+        "GET /cgi-bin/sendsms?username=threads&password=p&to={to}&text=x HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut have = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&have)
+        );
+        have.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&have).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("a Content-Length");
+        if body.len() >= length {
+            return head.lines().next().unwrap().to_owned();
+        }
+    }
+}
+
+/// An HTTP listener served by several threads (`serve.http-threads`), each a runtime
+/// of its own on the one socket: they share the listener's `max-connections` (a
+/// connection past it is told busy whichever thread accepts it), every message on
+/// every connection is relayed once and recorded once, and shutdown ends the threads.
+#[tokio::test]
+async fn an_http_listeners_threads_share_its_connection_cap_and_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = CaptureUpstream::start(KANNEL_OK).await;
+    let relay = Relay::start(
+        dir.path(),
+        &config_text(
+            dir.path(),
+            "kannel",
+            Some(&up.url()),
+            "max-connections = 4\n[serve]\nhttp-threads = 3\n",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(relay.config.serve.http_threads, 3);
+    let addr = relay.running.addr("sms").unwrap();
+    // Four connections, each holding its place once it has been answered.
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let status = relay_on(&mut s, &number(i)).await;
+        assert!(status.starts_with("HTTP/1.1 202"), "{status}");
+        held.push(s);
+    }
+    // A fifth is over the cap however the four fell on the threads.
+    let mut fifth = TcpStream::connect(addr).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), fifth.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 503") && reply.contains("busy"),
+        "{reply}"
+    );
+    // The four at once, ten messages each.
+    let sends: Vec<_> = held
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut s)| {
+            tokio::spawn(async move {
+                for m in 0..10 {
+                    let status = relay_on(&mut s, &number(100 + c as u32 * 10 + m)).await;
+                    assert!(status.starts_with("HTTP/1.1 202"), "{status}");
+                }
+            })
+        })
+        .collect();
+    for send in sends {
+        send.await.unwrap();
+    }
+    assert_eq!(up.count(), 44, "each message forwarded once");
+    let found = relay.query(IndexKind::Account, "threads").await;
+    assert_eq!(found.len(), 44, "each message recorded once");
+    let mut numbers: Vec<_> = found
+        .iter()
+        .map(|f| f.fields.recipient.value.clone())
+        .collect();
+    numbers.sort();
+    numbers.dedup();
+    assert_eq!(numbers.len(), 44);
+    relay.running.shutdown().await;
+}
+
 /// An upstream that closes each keep-alive connection after answering (as gateways do
 /// at their idle timeout): the next message finds its pooled connection closed and goes
 /// out on a new one, without an error and without being sent twice.

@@ -45,7 +45,7 @@ impl AdminServer {
         let router = self.api.as_ref().map(|(_, api)| api.router());
         let gate = crate::net::Gate {
             name: "admin".into(),
-            max_connections: MAX_CONNECTIONS,
+            connections: crate::net::Connections::at_most(MAX_CONNECTIONS),
             tls: self.api.as_ref().map(|(tls, _)| tls.clone()),
             handshake_timeout: HANDSHAKE_TIMEOUT,
         };

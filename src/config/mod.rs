@@ -64,6 +64,8 @@ pub struct RawServe {
     pub shutdown_timeout: String,
     /// A number, or "auto".
     pub workers: toml::Value,
+    /// A number, or "auto".
+    pub http_threads: toml::Value,
 }
 
 impl Default for RawServe {
@@ -71,6 +73,7 @@ impl Default for RawServe {
         Self {
             shutdown_timeout: "30s".into(),
             workers: toml::Value::String("auto".into()),
+            http_threads: toml::Value::String("auto".into()),
         }
     }
 }
@@ -86,14 +89,42 @@ pub fn auto_workers(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
 }
 
+/// `serve.http-threads = "auto"`: one per core. Each is a runtime of its own whose
+/// connections never leave it, so, unlike the shared runtime's workers, they do not
+/// steal each other's tasks: on two cores, two of them relayed 15% more messages per
+/// second than one, at the same CPU per message (two workers of a shared runtime: a
+/// quarter more CPU per message).
+pub fn auto_http_threads(cores: usize) -> usize {
+    cores.max(1)
+}
+
+/// A thread count: "auto" (`auto` of the cores this process may use) or 1 to
+/// [`MAX_WORKERS`].
+fn threads(key: &str, v: &toml::Value, auto: fn(usize) -> usize) -> Result<usize, ConfigError> {
+    match v {
+        toml::Value::String(s) if s == "auto" => Ok(auto(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )),
+        toml::Value::Integer(n) if (1..=i64::from(MAX_WORKERS)).contains(n) => Ok(*n as usize),
+        _ => Err(invalid(
+            key,
+            format!("must be \"auto\" or a number from 1 to {MAX_WORKERS}"),
+        )),
+    }
+}
+
 /// How `serve` runs, beyond its listeners and store.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeConfig {
     /// How long a graceful shutdown lets requests in flight finish. Past it, what is
     /// still in flight is cut short and recorded as `failed: shutdown`.
     pub shutdown_timeout: Duration,
-    /// Threads of the runtime that serves the listeners (see [`auto_workers`]).
+    /// Threads of the runtime that serves the SMTP and SMPP listeners, the admin API
+    /// and the store's timers (see [`auto_workers`]).
     pub workers: usize,
+    /// Threads that serve each HTTP listener, each a runtime of its own (see
+    /// [`auto_http_threads`] and `ingress::http::HttpThreads`).
+    pub http_threads: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,23 +304,12 @@ impl RawConfig {
                     }
                     d
                 },
-                workers: {
-                    let key = "serve.workers";
-                    match &self.serve.workers {
-                        toml::Value::String(s) if s == "auto" => auto_workers(
-                            std::thread::available_parallelism().map_or(1, |n| n.get()),
-                        ),
-                        toml::Value::Integer(n) if (1..=i64::from(MAX_WORKERS)).contains(n) => {
-                            *n as usize
-                        }
-                        _ => {
-                            return Err(invalid(
-                                key,
-                                format!("must be \"auto\" or a number from 1 to {MAX_WORKERS}"),
-                            ));
-                        }
-                    }
-                },
+                workers: threads("serve.workers", &self.serve.workers, auto_workers)?,
+                http_threads: threads(
+                    "serve.http-threads",
+                    &self.serve.http_threads,
+                    auto_http_threads,
+                )?,
             },
         })
     }
@@ -330,6 +350,16 @@ mod tests {
         for bad in ["0", "257", "\"many\"", "1.5"] {
             let e = workers(bad).unwrap_err().to_string();
             assert!(e.contains("serve.workers"), "{bad}: {e}");
+        }
+        assert_eq!(auto_http_threads(1), 1);
+        assert_eq!(auto_http_threads(2), 2);
+        let http = |v: &str| parse(&format!("[serve]\nhttp-threads = {v}\n"));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(http("\"auto\"").unwrap().serve.http_threads, cores);
+        assert_eq!(http("4").unwrap().serve.http_threads, 4);
+        for bad in ["0", "257", "\"all\"", "true"] {
+            let e = http(bad).unwrap_err().to_string();
+            assert!(e.contains("serve.http-threads"), "{bad}: {e}");
         }
     }
 

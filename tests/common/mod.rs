@@ -547,43 +547,31 @@ pub fn totp_at(seed: &[u8], at: i64) -> String {
     )
 }
 
-/// The log lines written on this thread while it lives: for tests on the
-/// current-thread runtime, where the relay's tasks run on the test's own thread.
+/// The log lines written while it lives by this test's thread and the threads the
+/// relay starts from it (its HTTP listeners' threads take the subscriber of the code
+/// that started them).
 ///
-/// One global subscriber (debug level) writes each line to the capture of the thread
-/// that logged it, if it has one. A per-test `set_default` subscriber instead lost
-/// lines now and then: tracing caches whether a callsite is enabled, and a test
-/// running beside it without a subscriber could leave an access-log callsite cached
-/// as disabled.
+/// One global subscriber (debug level, writing nowhere) is installed first and stays:
+/// tracing caches whether a callsite is enabled, and without a subscriber that wants
+/// every level, a test running beside this one with none could leave an access-log
+/// callsite cached as disabled. Each capture is then a subscriber of its own, the
+/// default on the test's thread while it lives.
 pub struct LogCapture {
     buf: Arc<Mutex<Vec<u8>>>,
+    _default: tracing::subscriber::DefaultGuard,
 }
 
-thread_local! {
-    static CAPTURE: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> =
-        const { std::cell::RefCell::new(None) };
-}
+/// Writes to one capture's buffer.
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
 
-/// Writes to the current thread's capture; without one, nowhere.
-struct ThreadCapture;
-
-impl std::io::Write for ThreadCapture {
+impl std::io::Write for Capture {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        CAPTURE.with(|c| {
-            if let Some(buf) = c.borrow().as_ref() {
-                buf.lock().unwrap().extend_from_slice(b);
-            }
-        });
+        self.0.lock().unwrap().extend_from_slice(b);
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-impl Drop for LogCapture {
-    fn drop(&mut self) {
-        CAPTURE.with(|c| *c.borrow_mut() = None);
     }
 }
 
@@ -594,14 +582,22 @@ impl LogCapture {
             let subscriber = tracing_subscriber::fmt()
                 .with_max_level(tracing::Level::DEBUG)
                 .with_ansi(false)
-                .with_writer(|| ThreadCapture)
+                .with_writer(std::io::sink)
                 .finish();
             tracing::subscriber::set_global_default(subscriber)
                 .expect("no other global subscriber in the tests");
         });
         let buf = Arc::new(Mutex::new(Vec::new()));
-        CAPTURE.with(|c| *c.borrow_mut() = Some(buf.clone()));
-        LogCapture { buf }
+        let writer = Capture(buf.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        LogCapture {
+            buf,
+            _default: tracing::subscriber::set_default(subscriber),
+        }
     }
 
     /// Every captured line that contains `needle`.

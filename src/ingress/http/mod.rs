@@ -34,6 +34,8 @@ pub struct HttpServer {
     /// What each connection relays with: the HTTP phases and the relay core.
     pub http: Arc<Listener>,
     pub tls: Option<TlsAcceptor>,
+    /// The listener's `max-connections`, shared by every thread that serves it.
+    pub connections: crate::net::Connections,
 }
 
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nRetry-After: 1\r\nConnection: close\r\n\r\nrelaylog: too many connections, busy";
@@ -56,7 +58,7 @@ impl HttpServer {
         let plain = self.tls.is_none();
         let gate = crate::net::Gate {
             name: self.http.relay.name.clone(),
-            max_connections: self.http.limits.max_connections,
+            connections: self.connections,
             tls: self.tls,
             handshake_timeout: self.http.limits.header_timeout,
         };
@@ -71,6 +73,101 @@ impl HttpServer {
             }
         };
         crate::net::run(self.listener, gate, shutdown, refuse, session).await;
+    }
+}
+
+/// An HTTP listener served by threads of its own, each running a current-thread
+/// runtime on a copy of the listening socket (the same socket, so one bind and one
+/// accept queue: whichever thread is free takes the next connection) and relaying with
+/// a [`Listener`] of its own (its own upstream connections, which belong to that
+/// runtime). A connection and everything it does (parse, seal, wait for the journal,
+/// forward, answer) stay on one thread: no task moves between threads, and no thread
+/// wakes another to run it, as a shared multi-threaded runtime's workers did when they
+/// stole each other's tasks.
+///
+/// Each thread's connections hold a drain token of the thread's own; the thread holds
+/// one of the server's until the last of them is done, so `serve`'s shutdown waits for
+/// them as for the connections on its own runtime.
+pub struct HttpThreads {
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl HttpThreads {
+    /// Starts a thread per listener in `listeners`, all on `socket`, with one cap on
+    /// connections between them.
+    pub fn spawn(
+        socket: std::net::TcpListener,
+        listeners: Vec<Arc<Listener>>,
+        tls: Option<TlsAcceptor>,
+        shutdown: &Shutdown,
+        drain: &Drain,
+    ) -> io::Result<HttpThreads> {
+        let Some(first) = listeners.first() else {
+            return Ok(HttpThreads {
+                threads: Vec::new(),
+            });
+        };
+        let connections = crate::net::Connections::at_most(first.limits.max_connections);
+        socket.set_nonblocking(true)?;
+        // The threads log where the code that started them logs (the process's
+        // subscriber, or a test's).
+        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
+        let mut threads = Vec::with_capacity(listeners.len());
+        for http in listeners {
+            let socket = socket.try_clone()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (tls, connections) = (tls.clone(), connections.clone());
+            let (shutdown, server_drain) = (shutdown.clone(), drain.clone());
+            let dispatch = dispatch.clone();
+            let thread = std::thread::Builder::new()
+                .name("relaylog-http".into())
+                .spawn(move || {
+                    let _logs = tracing::dispatcher::set_default(&dispatch);
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(socket) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(listener = %http.relay.name, error = %e, "a listener thread cannot take its socket; the others serve it");
+                                return;
+                            }
+                        };
+                        let (drain, connections_done) = crate::shutdown::drain();
+                        let server = HttpServer {
+                            listener,
+                            http,
+                            tls,
+                            connections,
+                        };
+                        server.run(shutdown, drain).await;
+                        // Accepting is over; the connections (and the messages they
+                        // detached) finish on this runtime.
+                        connections_done.wait().await;
+                        drop(server_drain);
+                    });
+                })?;
+            threads.push(thread);
+        }
+        Ok(HttpThreads { threads })
+    }
+
+    /// Waits for the threads, at most `limit` (they end once their connections have,
+    /// which `serve`'s drain has waited for).
+    pub async fn join(self, limit: Duration) {
+        let began = Instant::now();
+        for thread in self.threads {
+            while !thread.is_finished() {
+                if began.elapsed() >= limit {
+                    tracing::warn!("an HTTP listener thread did not end in time; left to the exit");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if thread.join().is_err() {
+                tracing::error!("an HTTP listener thread panicked");
+            }
+        }
     }
 }
 

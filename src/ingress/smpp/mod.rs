@@ -130,7 +130,7 @@ impl SmppServer {
         );
         let gate = crate::net::Gate {
             name: relay.name.clone(),
-            max_connections: self.max_connections,
+            connections: crate::net::Connections::at_most(self.max_connections),
             tls: self.tls,
             handshake_timeout: self.handshake_timeout,
         };

@@ -54,7 +54,7 @@ impl SmtpServer {
         let plain = self.implicit_tls.is_none();
         let gate = crate::net::Gate {
             name: relay.name.clone(),
-            max_connections: self.smtp.max_connections,
+            connections: crate::net::Connections::at_most(self.smtp.max_connections),
             tls: self.implicit_tls,
             handshake_timeout: self.smtp.handshake_timeout,
         };
