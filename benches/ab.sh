@@ -4,15 +4,27 @@
 # machine's drift falls on both. Prints messages/s and serve's CPU per message
 # (utime + stime from /proc/PID/stat), the steadier figure on a shared machine.
 #
-#   benches/ab.sh [--smtp] OLD_BINARY NEW_BINARY [ROUNDS]   (e.g. an older commit built in a worktree)
+#   benches/ab.sh [--smtp] [--old-serve TOML] [--new-serve TOML] OLD_BINARY NEW_BINARY [ROUNDS]
+#
+# OLD_BINARY and NEW_BINARY: e.g. an older commit built in a worktree, or one build twice
+# with different `[serve]` settings (`--old-serve 'http-threads = 1' --new-serve
+# 'http-threads = 2'`: lines for each side's `[serve]` table).
 #
 # HTTP: `bench http`, 64 connections, Kannel. SMTP: `bench smtp`, 20 sessions of 100
 # pipelined messages each (serve's CPU then includes its sink's, the same for both).
 # Loopback only; ports 18080/18090.
 set -euo pipefail
 smtp=false
-if [ "${1:-}" = "--smtp" ]; then smtp=true; shift; fi
-[ $# -ge 2 ] || { echo "usage: $0 [--smtp] OLD_BINARY NEW_BINARY [ROUNDS]" >&2; exit 2; }
+declare -A serve=([old]="" [new]="")
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smtp) smtp=true; shift ;;
+        --old-serve) serve[old]=$2; shift 2 ;;
+        --new-serve) serve[new]=$2; shift 2 ;;
+        *) break ;;
+    esac
+done
+[ $# -ge 2 ] || { echo "usage: $0 [--smtp] [--old-serve TOML] [--new-serve TOML] OLD_BINARY NEW_BINARY [ROUNDS]" >&2; exit 2; }
 old=$1 new=$2 rounds=${3:-5}
 load=$new
 tck=$(getconf CLK_TCK)
@@ -34,6 +46,8 @@ $( $smtp && echo 'protocol = "smtp"' || echo 'profile = "kannel"' )
 listen = "127.0.0.1:18090"
 [log]
 level = "warn"
+[serve]
+${serve[$name]}
 T
     "$bin" --config "$dir/c.toml" init >/dev/null 2>&1
     "$bin" --config "$dir/c.toml" serve 2>"$dir/err" &

@@ -4,7 +4,8 @@
 # front of `mock-gateway`. For each build given, alternating for --rounds rounds so
 # that the machine's drift falls on all of them, it prints:
 #   - messages/s, and serve's CPU per message (utime + stime, /proc/PID/stat);
-#   - the same per thread name (runtime workers, writer, checkpointer), of the
+#   - the same per thread name (HTTP threads, runtime workers, journal, writer,
+#     checkpointer), of the
 #     threads alive at both ends of the run (/proc/PID/task/*/stat);
 #   - context switches per message (those threads', /proc/PID/task/*/status);
 #   - records per commit (relaylog_records_written_total over

@@ -230,3 +230,74 @@ pub async fn run<S, F>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Two accept loops with one [`Connections`] (as an HTTP listener's threads have):
+    /// a connection held on one takes the only place, and the other refuses the next.
+    #[tokio::test]
+    async fn accept_loops_share_one_connection_cap() {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let connections = Connections::at_most(1);
+        let (release, held) = tokio::sync::watch::channel(false);
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let gate = Gate {
+                name: "test".into(),
+                connections: connections.clone(),
+                tls: None,
+                handshake_timeout: Duration::from_secs(5),
+            };
+            let held = held.clone();
+            let serve = move |_stream: ClientStream, _peer| {
+                let mut held = held.clone();
+                async move {
+                    let _ = held.wait_for(|released| *released).await;
+                }
+            };
+            let refuse = |stream: TcpStream, _peer| {
+                let _ = stream.try_write(b"busy");
+            };
+            tokio::spawn(run(listener, gate, shutdown.clone(), refuse, serve));
+        }
+        let places = |n: usize| {
+            let connections = connections.clone();
+            async move {
+                while connections.0.available_permits() != n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let _first = TcpStream::connect(addrs[0]).await.unwrap();
+        // Once the first loop has taken it (and the place), the other refuses...
+        tokio::time::timeout(Duration::from_secs(5), places(0))
+            .await
+            .unwrap();
+        let mut second = TcpStream::connect(addrs[1]).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut reply))
+            .await
+            .expect("the other loop refuses at once")
+            .unwrap();
+        assert_eq!(reply, b"busy");
+        // ...and once the place is given back, the other loop serves the next (which
+        // here ends at once, without a word).
+        release.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), places(1))
+            .await
+            .unwrap();
+        let mut third = TcpStream::connect(addrs[1]).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, b"", "served, not refused");
+        trigger.trigger();
+    }
+}

@@ -38,6 +38,11 @@ pub enum ServeError {
     },
     #[error("listener `{listener}`: {source}")]
     Tls { listener: String, source: TlsError },
+    #[error("listener `{listener}`: cannot start its threads: {source}")]
+    Threads {
+        listener: String,
+        source: std::io::Error,
+    },
     #[error("admin: {0}")]
     AdminTls(TlsError),
     #[error("admin: compliance API: {0}")]
@@ -54,8 +59,8 @@ pub enum ServeError {
 /// The longest wait between compaction runs (a larger `expire-interval` is as good).
 const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
-/// How long shutdown waits for the HTTP listeners' threads once their connections are
-/// done (they then only drop their runtimes).
+/// How long shutdown waits for all the HTTP listeners' threads once their connections
+/// are done (they then only drop their runtimes).
 const HTTP_THREADS_JOIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long shutdown waits for the compaction thread once the requests are done.
@@ -251,6 +256,13 @@ pub struct StartedSimulator {
     pub stats: SimulatorStats,
 }
 
+/// How a shutdown went, beyond what it logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Every HTTP listener's threads ended (within 5 s of the drain).
+    pub http_threads_ended: bool,
+}
+
 /// How long requests cut short at `shutdown-timeout` get to write their outcomes: more
 /// than a record's worst case (key file, queue and commit timeouts).
 const ABANDON_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
@@ -424,14 +436,20 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     None => None,
                 };
                 // A listener (and so an upstream pool) per thread: a connection
-                // belongs to the runtime that made it.
-                let relays = (0..config.serve.http_threads)
+                // belongs to the runtime that made it. The idle connections the
+                // listener may keep are shared out among its threads.
+                let threads = config.serve.http_threads;
+                let forward = crate::config::Forward {
+                    pool_idle: forward.pool_idle.div_ceil(threads),
+                    ..forward.clone()
+                };
+                let relays = (0..threads)
                     .map(|_| {
                         Ok(Arc::new(Listener {
                             relay: core.clone(),
                             profile: (**profile).clone(),
                             limits: l.limits,
-                            upstream: Upstream::new(uri.clone(), forward).map_err(tls_err)?,
+                            upstream: Upstream::new(uri.clone(), &forward).map_err(tls_err)?,
                         }))
                     })
                     .collect::<Result<Vec<_>, ServeError>>()?;
@@ -444,15 +462,21 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     threads = relays.len(),
                     "listening"
                 );
-                let thread_err = |source| ServeError::Bind {
+                let thread_err = |source| ServeError::Threads {
                     listener: l.name.clone(),
-                    addr,
                     source,
                 };
                 let socket = listener.into_std().map_err(thread_err)?;
                 http_threads.push(
-                    HttpThreads::spawn(socket, relays, tls, &shutdown, &drain)
-                        .map_err(thread_err)?,
+                    HttpThreads::spawn(
+                        socket,
+                        relays,
+                        l.limits.max_connections,
+                        tls,
+                        &shutdown,
+                        &drain,
+                    )
+                    .map_err(thread_err)?,
                 );
             }
             (ListenerProtocol::Smtp(smtp), Target::Smtp(target)) => {
@@ -663,7 +687,7 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish for up to `shutdown-timeout`,
     /// then cuts short what is left (each recorded message still gets its outcome,
     /// `failed: shutdown`), commits the last batch.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(self) -> Stopped {
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         self.trigger.trigger();
         // Stops beside the drain; waited for once the requests are done.
@@ -687,8 +711,10 @@ impl Running {
                 );
             }
         }
+        let deadline = std::time::Instant::now() + HTTP_THREADS_JOIN;
+        let mut http_threads_ended = true;
         for threads in self.http_threads {
-            threads.join(HTTP_THREADS_JOIN).await;
+            http_threads_ended &= threads.join(deadline).await;
         }
         self.compactor.join(COMPACTOR_JOIN).await;
         self.store.close().await;
@@ -697,5 +723,6 @@ impl Running {
             let _ = t.await;
         }
         tracing::info!("stopped; last batch committed");
+        Stopped { http_threads_ended }
     }
 }

@@ -94,6 +94,10 @@ pub fn auto_workers(cores: usize) -> usize {
 /// steal each other's tasks: on two cores, two of them relayed 15% more messages per
 /// second than one, at the same CPU per message (two workers of a shared runtime: a
 /// quarter more CPU per message).
+///
+/// They are threads beside `serve.workers`' (the SMTP and SMPP listeners', the admin
+/// API's), the journal's and the writer's: an HTTP-only installation leaves those
+/// workers idle.
 pub fn auto_http_threads(cores: usize) -> usize {
     cores.max(1)
 }

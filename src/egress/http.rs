@@ -155,6 +155,7 @@ pub struct Outbound {
 thread_local! {
     /// The buffers of requests sent from this thread, zeroed, for the next ones: no
     /// allocation per request once a thread has as many as it has requests in flight.
+    /// Bounded: [`SPARE_BUFFERS`] of at most [`SPARE_BYTES`] each.
     static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -167,12 +168,12 @@ const SPARE_BYTES: usize = 16 * 1024;
 impl Drop for Outbound {
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.bytes);
+        // It held the message: zeroed, all of its room, whether it is kept for the next
+        // request or let go (writes the compiler may not leave out).
+        zeroize::Zeroize::zeroize(&mut bytes);
         if bytes.capacity() > SPARE_BYTES {
             return;
         }
-        // It held the message: nothing of it stays behind in a buffer kept for later.
-        bytes.fill(0);
-        bytes.clear();
         SPARE.with_borrow_mut(|spare| {
             if spare.len() < SPARE_BUFFERS {
                 spare.push(bytes);

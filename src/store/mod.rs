@@ -551,9 +551,9 @@ impl Recorder {
             let sealed = PLAIN.with_borrow_mut(|plain| {
                 codec::encode(&rec, plain);
                 let sealed = keys.seal(&codec::record_aad(sub.id, rec.ordinal), plain);
-                // The plaintext names the recipient: not left behind in the buffer.
-                plain.fill(0);
-                plain.clear();
+                // The plaintext names the recipient: zeroed, all of the buffer's room
+                // (writes the compiler may not leave out), before it is kept or let go.
+                zeroize::Zeroize::zeroize(plain);
                 if plain.capacity() > PLAIN_KEPT {
                     *plain = Vec::new();
                 }
@@ -605,8 +605,10 @@ impl Recorder {
             return Err(RecordError::Internal);
         }
         let keys = self.keys_async(partition).await?;
-        // No await from here until the rows are in the batch: the thread's spare
-        // vector is taken and given back in one step.
+        // No await from here until the rows are in the batch. The thread's spare
+        // vector is taken here; a joiner's rows move into the open batch and the room
+        // they leave is given back below (an opener's vector becomes the batch's, and
+        // async rows go in their job: the next call then starts a new one).
         let mut rows = ROWS.take();
         rows.clear();
         rows.reserve(subs.iter().map(|s| s.recipients.len()).sum());

@@ -29,24 +29,21 @@ mod request;
 use crate::shutdown::{Drain, Shutdown};
 pub use request::{Listener, handle};
 
-pub struct HttpServer {
-    pub listener: TcpListener,
+/// One thread's accept loop of an HTTP listener (see [`HttpThreads`]).
+struct HttpServer {
+    listener: TcpListener,
     /// What each connection relays with: the HTTP phases and the relay core.
-    pub http: Arc<Listener>,
-    pub tls: Option<TlsAcceptor>,
+    http: Arc<Listener>,
+    tls: Option<TlsAcceptor>,
     /// The listener's `max-connections`, shared by every thread that serves it.
-    pub connections: crate::net::Connections,
+    connections: crate::net::Connections,
 }
 
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nRetry-After: 1\r\nConnection: close\r\n\r\nrelaylog: too many connections, busy";
 
 impl HttpServer {
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
     /// Accepts until shutdown. Each connection holds a [`Drain`] token until it ends.
-    pub async fn run(self, shutdown: Shutdown, drain: Drain) {
+    async fn run(self, shutdown: Shutdown, drain: Drain) {
         let refused = self
             .http
             .relay
@@ -77,13 +74,13 @@ impl HttpServer {
 }
 
 /// An HTTP listener served by threads of its own, each running a current-thread
-/// runtime on a copy of the listening socket (the same socket, so one bind and one
-/// accept queue: whichever thread is free takes the next connection) and relaying with
-/// a [`Listener`] of its own (its own upstream connections, which belong to that
-/// runtime). A connection and everything it does (parse, seal, wait for the journal,
-/// forward, answer) stay on one thread: no task moves between threads, and no thread
-/// wakes another to run it, as a shared multi-threaded runtime's workers did when they
-/// stole each other's tasks.
+/// runtime on a copy of the listening socket (the same socket: one bind, one accept
+/// queue, which every thread's poller watches; a connection goes to the thread whose
+/// `accept` gets it first, and stays there) and relaying with a [`Listener`] of its own
+/// (its own upstream connections, which belong to that runtime). A connection and
+/// everything it does (parse, seal, wait for the journal, forward, answer) stay on one
+/// thread: no task moves between threads, and no thread wakes another to run it, as a
+/// shared multi-threaded runtime's workers did when they stole each other's tasks.
 ///
 /// Each thread's connections hold a drain token of the thread's own; the thread holds
 /// one of the server's until the last of them is done, so `serve`'s shutdown waits for
@@ -93,81 +90,103 @@ pub struct HttpThreads {
 }
 
 impl HttpThreads {
-    /// Starts a thread per listener in `listeners`, all on `socket`, with one cap on
-    /// connections between them.
+    /// Starts a thread for each of `listeners` (one [`Listener`] per thread), all on
+    /// `socket`, with at most `max_connections` connections between them. Returns once
+    /// every thread serves, or with the first failure (threads already started then
+    /// stop with `shutdown`'s trigger).
     pub fn spawn(
         socket: std::net::TcpListener,
         listeners: Vec<Arc<Listener>>,
+        max_connections: usize,
         tls: Option<TlsAcceptor>,
         shutdown: &Shutdown,
         drain: &Drain,
     ) -> io::Result<HttpThreads> {
-        let Some(first) = listeners.first() else {
-            return Ok(HttpThreads {
-                threads: Vec::new(),
-            });
-        };
-        let connections = crate::net::Connections::at_most(first.limits.max_connections);
+        let connections = crate::net::Connections::at_most(max_connections);
         socket.set_nonblocking(true)?;
         // The threads log where the code that started them logs (the process's
         // subscriber, or a test's).
         let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
-        let mut threads = Vec::with_capacity(listeners.len());
+        let mut started = HttpThreads {
+            threads: Vec::with_capacity(listeners.len()),
+        };
         for http in listeners {
             let socket = socket.try_clone()?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let (tls, connections) = (tls.clone(), connections.clone());
             let (shutdown, server_drain) = (shutdown.clone(), drain.clone());
             let dispatch = dispatch.clone();
+            let (ready, serving) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
             let thread = std::thread::Builder::new()
                 .name("relaylog-http".into())
                 .spawn(move || {
                     let _logs = tracing::dispatcher::set_default(&dispatch);
-                    runtime.block_on(async move {
-                        let listener = match TcpListener::from_std(socket) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                tracing::error!(listener = %http.relay.name, error = %e, "a listener thread cannot take its socket; the others serve it");
-                                return;
-                            }
-                        };
-                        let (drain, connections_done) = crate::shutdown::drain();
-                        let server = HttpServer {
-                            listener,
-                            http,
-                            tls,
-                            connections,
-                        };
-                        server.run(shutdown, drain).await;
-                        // Accepting is over; the connections (and the messages they
-                        // detached) finish on this runtime.
-                        connections_done.wait().await;
-                        drop(server_drain);
+                    let name = http.relay.name.clone();
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let rt = &runtime;
+                    let serve = std::panic::AssertUnwindSafe(move || {
+                        rt.block_on(async move {
+                            let listener = match TcpListener::from_std(socket) {
+                                Ok(l) => l,
+                                Err(e) => {
+                                    let _ = ready.send(Err(e));
+                                    return;
+                                }
+                            };
+                            let _ = ready.send(Ok(()));
+                            let (drain, connections_done) = crate::shutdown::drain();
+                            let server = HttpServer {
+                                listener,
+                                http,
+                                tls,
+                                connections,
+                            };
+                            server.run(shutdown, drain).await;
+                            // Accepting is over; the connections (and the messages
+                            // they detached) finish on this runtime.
+                            connections_done.wait().await;
+                            drop(server_drain);
+                        })
                     });
+                    if std::panic::catch_unwind(serve).is_err() {
+                        tracing::error!(listener = %name, "an HTTP listener thread panicked; the listener's other threads serve on");
+                    }
+                    // Before the log dispatch goes: what the runtime's end logs is kept.
+                    drop(runtime);
                 })?;
-            threads.push(thread);
+            started.threads.push(thread);
+            serving.recv().unwrap_or_else(|_| {
+                Err(io::Error::other(
+                    "the thread ended before it could serve (see the log)",
+                ))
+            })?;
         }
-        Ok(HttpThreads { threads })
+        Ok(started)
     }
 
-    /// Waits for the threads, at most `limit` (they end once their connections have,
-    /// which `serve`'s drain has waited for).
-    pub async fn join(self, limit: Duration) {
-        let began = Instant::now();
+    /// Waits until `deadline` for the threads, which end once their connections have
+    /// (what `serve`'s drain waited for). Whether they all did.
+    pub async fn join(self, deadline: Instant) -> bool {
         for thread in self.threads {
             while !thread.is_finished() {
-                if began.elapsed() >= limit {
+                if Instant::now() >= deadline {
                     tracing::warn!("an HTTP listener thread did not end in time; left to the exit");
-                    return;
+                    return false;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if thread.join().is_err() {
-                tracing::error!("an HTTP listener thread panicked");
-            }
+            // A panic was logged by the thread itself.
+            let _ = thread.join();
         }
+        true
     }
 }
 
