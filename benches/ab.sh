@@ -46,8 +46,8 @@ $( $smtp && echo 'protocol = "smtp"' || echo 'profile = "kannel"' )
 listen = "127.0.0.1:18090"
 [log]
 level = "warn"
-[serve]
-${serve[$name]}
+${serve[$name]:+[serve]
+${serve[$name]}}
 T
     "$bin" --config "$dir/c.toml" init >/dev/null 2>&1
     "$bin" --config "$dir/c.toml" serve 2>"$dir/err" &

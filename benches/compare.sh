@@ -180,7 +180,7 @@ run relaylog-durable "$durable" "${relay_pid[durable]}"; run relaylog-async "$as
 awk '/VmHWM/ {print $2}' "/proc/${relay_pid[durable]}/status" > "$work/rss"
 # Who got how many threads: nginx's workers, the floor's thread, relaylog's HTTP threads
 # (serve.http-threads = auto: one per core it may use), as they were during the run.
-http_threads=$(grep -l '^relaylog-http$' /proc/"${relay_pid[durable]}"/task/*/comm 2>/dev/null | wc -l)
+http_threads=$(cat /proc/"${relay_pid[durable]}"/task/*/comm 2>/dev/null | grep -c '^relaylog-http$' || true)
 echo "nginx $(pgrep -c -P "$ngx_pid") worker process(es); floor 1 thread; relaylog $http_threads HTTP thread(s) (serve.http-threads = auto), its journal and writer threads (its runtime's workers idle: no SMTP or SMPP listener)" > "$work/threads"
 
 # Added latency at half of nginx's saturating rate: open loop, same rate, direct and

@@ -197,7 +197,11 @@ pub fn write_request(
     (host, rewrite_host): (&str, bool),
     body: &[u8],
 ) {
-    out.reserve(256 + body.len());
+    // Room for all of it at once (the head's fields are bounded by MAX_HEAD_BYTES): a
+    // buffer that grew midway would leave what was written so far in the block it let
+    // go, and the caller zeroes only the last.
+    let fields_len: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    out.reserve(64 + method.len() + target.len() + host.len() + fields_len + body.len());
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());

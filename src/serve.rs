@@ -60,7 +60,7 @@ pub enum ServeError {
 const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 /// How long shutdown waits for all the HTTP listeners' threads once their connections
-/// are done (they then only drop their runtimes).
+/// are done (they then only end their runtimes, at most a second each).
 const HTTP_THREADS_JOIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long shutdown waits for the compaction thread once the requests are done.
@@ -437,8 +437,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 };
                 // A listener (and so an upstream pool) per thread: a connection
                 // belongs to the runtime that made it. The idle connections the
-                // listener may keep are shared out among its threads.
-                let threads = config.serve.http_threads;
+                // listener may keep are shared out among its threads (rounded up).
+                let threads = config.serve.http_threads.max(1);
                 let forward = crate::config::Forward {
                     pool_idle: forward.pool_idle.div_ceil(threads),
                     ..forward.clone()
@@ -715,6 +715,11 @@ impl Running {
         let mut http_threads_ended = true;
         for threads in self.http_threads {
             http_threads_ended &= threads.join(deadline).await;
+        }
+        if !http_threads_ended {
+            tracing::error!(
+                "HTTP listener threads still running at the store's close: outcomes of requests on them may be missing"
+            );
         }
         self.compactor.join(COMPACTOR_JOIN).await;
         self.store.close().await;

@@ -15,11 +15,17 @@ use tokio::net::TcpStream;
 
 const KANNEL_OK: &str = "0: Accepted for delivery";
 
+/// The listener's end of a configuration whose HTTP listener has one thread (and so one
+/// upstream pool).
+const ONE_THREAD: &str = "[serve]\nhttp-threads = 1\n";
+
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
-    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    // One HTTP thread: a second client connection on another thread would count a
+    // second upstream connection (each thread's pool is its own).
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", ONE_THREAD, "").await;
     let c = client();
     for i in 0..20 {
         assert_eq!(
@@ -98,7 +104,7 @@ async fn https_upstream_with_a_private_ca() {
     .with_single_cert(vec![ck.cert.der().clone()], key)
     .unwrap();
     let up = CaptureUpstream::start_tls(KANNEL_OK, Arc::new(server)).await;
-    let extra = format!("upstream-ca = \"{}\"\n", ca.display());
+    let extra = format!("upstream-ca = \"{}\"\n{ONE_THREAD}", ca.display());
     let relay = relay_in_front_of(dir.path(), &up, "kannel", &extra, "").await;
     let c = client();
     let target = sendsms(&relay.url, "tlsup", &number(1));

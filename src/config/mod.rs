@@ -82,8 +82,8 @@ impl Default for RawServe {
 pub const MAX_WORKERS: u32 = 256;
 
 /// `serve.workers = "auto"`: a worker per core but one, which the store's writer thread
-/// needs (at least one). On two cores a second worker cost a quarter more CPU per
-/// message and a fifth of the throughput: workers stealing each other's tasks and
+/// needs (at least one). On two cores a second worker cost 15–25% more CPU per
+/// message and up to a fifth of the throughput: workers stealing each other's tasks and
 /// waking each other, on cores the writer and the kernel also need.
 pub fn auto_workers(cores: usize) -> usize {
     cores.saturating_sub(1).max(1)
@@ -91,9 +91,9 @@ pub fn auto_workers(cores: usize) -> usize {
 
 /// `serve.http-threads = "auto"`: one per core. Each is a runtime of its own whose
 /// connections never leave it, so, unlike the shared runtime's workers, they do not
-/// steal each other's tasks: on two cores, two of them relayed 15% more messages per
-/// second than one, at the same CPU per message (two workers of a shared runtime: a
-/// quarter more CPU per message).
+/// steal each other's tasks: on two cores (two rounds each, a noisy host), two of them
+/// relayed about 15% more messages per second than one at about the same CPU per
+/// message, where two workers of a shared runtime cost 15–25% more CPU per message.
 ///
 /// They are threads beside `serve.workers`' (the SMTP and SMPP listeners', the admin
 /// API's), the journal's and the writer's: an HTTP-only installation leaves those

@@ -335,8 +335,9 @@ impl Upstream {
 mod tests {
     use super::*;
 
-    /// A request's buffer is kept for the thread's next request, zeroed first: the
-    /// message it held does not stay behind it in memory. One too large is let go.
+    /// A request's buffer is kept for the thread's next request, zeroed first (the
+    /// request was written into room reserved at once, so that buffer is the only
+    /// block that held it). One too large is let go.
     #[test]
     fn request_buffers_are_reused_zeroed() {
         let forward = crate::config::Forward {

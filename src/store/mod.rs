@@ -214,6 +214,10 @@ thread_local! {
     static ROWS: std::cell::RefCell<Vec<Row>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The room [`PLAIN`] is given before a record is encoded: more than a record with a
+/// recipient and an originator of the longest canonical forms and a long account.
+const PLAIN_ROOM: usize = 512;
+
 /// The most room [`PLAIN`] keeps between records (a record with a long recipient can
 /// need more; its buffer is then let go).
 const PLAIN_KEPT: usize = 4 * 1024;
@@ -549,6 +553,9 @@ impl Recorder {
         let bucket = keys.bucket(sub.at);
         for rec in sub.records() {
             let sealed = PLAIN.with_borrow_mut(|plain| {
+                // Room first: a buffer that grew while the record was encoded would
+                // leave the part written so far in the blocks it let go.
+                plain.reserve(PLAIN_ROOM);
                 codec::encode(&rec, plain);
                 let sealed = keys.seal(&codec::record_aad(sub.id, rec.ordinal), plain);
                 // The plaintext names the recipient: zeroed, all of the buffer's room

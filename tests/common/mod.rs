@@ -548,8 +548,10 @@ pub fn totp_at(seed: &[u8], at: i64) -> String {
 }
 
 /// The log lines written while it lives by this test's thread and the threads the
-/// relay starts from it (its HTTP listeners' threads take the subscriber of the code
-/// that started them).
+/// relay starts from it that take their starter's subscriber (its HTTP listeners'
+/// threads). The store's threads and a multi-thread runtime's workers and blocking
+/// threads log to the global subscriber, which writes nowhere: a test that looks for
+/// their lines must run the relay on a current-thread runtime, or read them elsewhere.
 ///
 /// One global subscriber (debug level, writing nowhere) is installed first and stays:
 /// tracing caches whether a callsite is enabled, and without a subscriber that wants

@@ -29,6 +29,10 @@ mod request;
 use crate::shutdown::{Drain, Shutdown};
 pub use request::{Listener, handle};
 
+/// How long an HTTP thread waits for its runtime's blocking work (a key file read) once
+/// its connections are done.
+const RUNTIME_END: Duration = Duration::from_secs(1);
+
 /// One thread's accept loop of an HTTP listener (see [`HttpThreads`]).
 struct HttpServer {
     listener: TcpListener,
@@ -102,10 +106,17 @@ impl HttpThreads {
         shutdown: &Shutdown,
         drain: &Drain,
     ) -> io::Result<HttpThreads> {
+        if listeners.is_empty() {
+            return Err(io::Error::other(
+                "an HTTP listener needs at least one thread",
+            ));
+        }
         let connections = crate::net::Connections::at_most(max_connections);
         socket.set_nonblocking(true)?;
         // The threads log where the code that started them logs (the process's
-        // subscriber, or a test's).
+        // subscriber, or a test's). A scoped default on a thread costs an event a
+        // thread-local look-up, and only events past the level filter: not the
+        // per-request debug lines of a relaylog logging at info.
         let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
         let mut started = HttpThreads {
             threads: Vec::with_capacity(listeners.len()),
@@ -156,11 +167,19 @@ impl HttpThreads {
                             drop(server_drain);
                         })
                     });
-                    if std::panic::catch_unwind(serve).is_err() {
-                        tracing::error!(listener = %name, "an HTTP listener thread panicked; the listener's other threads serve on");
+                    if let Err(panic) = std::panic::catch_unwind(serve) {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .copied()
+                            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                            .unwrap_or("(no message)");
+                        // Its connections went with it: a recorded message among them
+                        // got its outcome (`failed: shutdown`) from its dropped ticket.
+                        tracing::error!(listener = %name, panic = what, "an HTTP listener thread panicked; the listener's other threads serve on");
                     }
-                    // Before the log dispatch goes: what the runtime's end logs is kept.
-                    drop(runtime);
+                    // Before the log dispatch goes, so that what its end logs is kept;
+                    // bounded, as a key file read on its blocking pool could hang.
+                    runtime.shutdown_timeout(RUNTIME_END);
                 })?;
             started.threads.push(thread);
             serving.recv().unwrap_or_else(|_| {
