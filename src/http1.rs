@@ -202,6 +202,7 @@ pub fn write_request(
     // go, and the caller zeroes only the last.
     let fields_len: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
     out.reserve(64 + method.len() + target.len() + host.len() + fields_len + body.len());
+    let room = out.capacity();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -220,6 +221,7 @@ pub fn write_request(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+    debug_assert_eq!(out.capacity(), room, "a request outgrew its room");
 }
 
 /// Writes a reply head: the status line, `fields`' end-to-end headers, a Date if they

@@ -214,9 +214,10 @@ thread_local! {
     static ROWS: std::cell::RefCell<Vec<Row>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The room [`PLAIN`] is given before a record is encoded: more than a record with a
-/// recipient and an originator of the longest canonical forms and a long account.
-const PLAIN_ROOM: usize = 512;
+/// More than the octets a record's encoding adds to its account, originator and
+/// recipient (its version, lengths, forms, address, port and SMPP details: 34), so
+/// that [`PLAIN`] is given all the room a record needs before it is encoded.
+const PLAIN_FIXED: usize = 64;
 
 /// The most room [`PLAIN`] keeps between records (a record with a long recipient can
 /// need more; its buffer is then let go).
@@ -555,8 +556,15 @@ impl Recorder {
             let sealed = PLAIN.with_borrow_mut(|plain| {
                 // Room first: a buffer that grew while the record was encoded would
                 // leave the part written so far in the blocks it let go.
-                plain.reserve(PLAIN_ROOM);
+                plain.reserve(
+                    PLAIN_FIXED
+                        + sub.account.len()
+                        + sub.originator.as_ref().map_or(0, |o| o.value.len())
+                        + rec.recipient.value.len(),
+                );
+                let room = plain.capacity();
                 codec::encode(&rec, plain);
+                debug_assert_eq!(plain.capacity(), room, "a record outgrew its room");
                 let sealed = keys.seal(&codec::record_aad(sub.id, rec.ordinal), plain);
                 // The plaintext names the recipient: zeroed, all of the buffer's room
                 // (writes the compiler may not leave out), before it is kept or let go.
