@@ -91,9 +91,10 @@ pub fn auto_workers(cores: usize) -> usize {
 
 /// `serve.http-threads = "auto"`: one per core. Each is a runtime of its own whose
 /// connections never leave it, so, unlike the shared runtime's workers, they do not
-/// steal each other's tasks: on two cores (two rounds each, a noisy host), two of them
-/// relayed about 15% more messages per second than one at about the same CPU per
-/// message, where two workers of a shared runtime cost 15–25% more CPU per message.
+/// steal each other's tasks: on two cores (a noisy host), two of them relayed 4–15%
+/// more messages per second than one, at 0–8% more CPU per message depending on what
+/// else shared the cores, where two workers of a shared runtime cost 15–25% more CPU
+/// per message.
 ///
 /// They are threads beside `serve.workers`' (the SMTP and SMPP listeners', the admin
 /// API's), the journal's and the writer's: an HTTP-only installation leaves those
