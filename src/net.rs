@@ -265,39 +265,39 @@ mod tests {
             };
             tokio::spawn(run(listener, gate, shutdown.clone(), refuse, serve));
         }
+        // Waits (at most 5 s) until `n` places are free.
         let places = |n: usize| {
             let connections = connections.clone();
             async move {
-                while connections.0.available_permits() != n {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                let free = async {
+                    while connections.0.available_permits() != n {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(5), free)
+                    .await
+                    .unwrap();
             }
+        };
+        // What a new connection to `addr` is told before it closes (at most 5 s).
+        let told = |addr| async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut reply = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+                .await
+                .expect("closed in time")
+                .unwrap();
+            reply
         };
         let _first = TcpStream::connect(addrs[0]).await.unwrap();
         // Once the first loop has taken it (and the place), the other refuses...
-        tokio::time::timeout(Duration::from_secs(5), places(0))
-            .await
-            .unwrap();
-        let mut second = TcpStream::connect(addrs[1]).await.unwrap();
-        let mut reply = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut reply))
-            .await
-            .expect("the other loop refuses at once")
-            .unwrap();
-        assert_eq!(reply, b"busy");
+        places(0).await;
+        assert_eq!(told(addrs[1]).await, b"busy");
         // ...and once the place is given back, the other loop serves the next (which
         // here ends at once, without a word).
         release.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), places(1))
-            .await
-            .unwrap();
-        let mut third = TcpStream::connect(addrs[1]).await.unwrap();
-        let mut reply = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut reply))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(reply, b"", "served, not refused");
+        places(1).await;
+        assert_eq!(told(addrs[1]).await, b"", "served, not refused");
         trigger.trigger();
     }
 }

@@ -443,16 +443,17 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     pool_idle: forward.pool_idle.div_ceil(threads),
                     ..forward.clone()
                 };
-                let relays = (0..threads)
+                let upstream = Upstream::new(uri.clone(), &forward).map_err(tls_err)?;
+                let relays: Vec<_> = (0..threads)
                     .map(|_| {
-                        Ok(Arc::new(Listener {
+                        Arc::new(Listener {
                             relay: core.clone(),
                             profile: (**profile).clone(),
                             limits: l.limits,
-                            upstream: Upstream::new(uri.clone(), &forward).map_err(tls_err)?,
-                        }))
+                            upstream: upstream.with_own_pool(),
+                        })
                     })
-                    .collect::<Result<Vec<_>, ServeError>>()?;
+                    .collect();
                 tracing::info!(
                     listener = %l.name,
                     addr = %addr,

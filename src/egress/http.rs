@@ -237,6 +237,20 @@ impl Upstream {
         })
     }
 
+    /// The same upstream with a pool of its own, for another runtime's connections
+    /// (see `ingress::http::HttpThreads`): the TLS configuration and its session cache
+    /// are shared.
+    pub fn with_own_pool(&self) -> Upstream {
+        Upstream {
+            pool: self.pool.another(),
+            base: self.base.clone(),
+            host: self.host.clone(),
+            rewrite_host: self.rewrite_host,
+            timeout: self.timeout,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+
     pub fn base(&self) -> &Uri {
         &self.base
     }

@@ -106,6 +106,7 @@ impl Conn {
 }
 
 /// Where and how to connect.
+#[derive(Clone)]
 pub struct Target {
     pub host: String,
     pub port: u16,
@@ -144,6 +145,12 @@ impl Pool {
             idle: Mutex::new(Vec::with_capacity(max_idle)),
             max_idle,
         })
+    }
+
+    /// An empty pool to the same target (its TLS configuration shared, not built
+    /// again), for another runtime: a connection belongs to the runtime that made it.
+    pub fn another(&self) -> Arc<Self> {
+        Pool::new(self.target.clone(), self.max_idle)
     }
 
     /// An idle connection that is still open (`true`: from the pool), or a new one.

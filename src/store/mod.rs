@@ -1479,10 +1479,8 @@ mod tests {
     async fn stale_filters_are_rebuilt_and_erasures_keep_compaction_out() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig::under(dir.path());
-        init_keys(&cfg).unwrap();
-        let clock = ManualClock::new(at(10, 0, 0));
+        let (clock, store) = open_at_ten(&cfg);
         let t = at(10, 0, 0).timestamp_micros();
-        let store = open(&cfg, &clock);
         let rec = store.recorder();
         for (i, n) in ["+31611111111", "+31622222222", "+31633333333"]
             .iter()
