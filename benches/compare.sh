@@ -65,28 +65,8 @@ fi
 sim=$(port); ngx=$(port); floor=$(port); durable=$(port); async=$(port)
 "${rest[@]}" "$bin" mock-gateway --listen "127.0.0.1:$sim" --api "$api" 2>"$work/sim.log" & pids+=($!)
 
-mkdir -p "$work/nginx/logs"
 # As Debian's package ships it (one worker per core), or one worker on core 1.
-cat > "$work/nginx/nginx.conf" <<CONF
-worker_processes $workers;
-$affinity
-error_log $work/nginx/logs/error.log warn;
-pid $work/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-    log_format meta '\$remote_addr:\$remote_port [\$time_iso8601] "\$request_method \$uri" \$status \$request_length \$upstream_response_time';
-    access_log $work/nginx/logs/access.log meta;
-    upstream gateway { server 127.0.0.1:$sim; keepalive 64; }
-    server {
-        listen 127.0.0.1:$ngx;
-        location / {
-            proxy_pass http://gateway;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-CONF
+nginx_conf "$work/nginx" "$ngx" "$sim" "worker_processes $workers;" "$affinity"
 "${proxy[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' & ngx_pid=$!
 pids+=($ngx_pid)
 "${proxy[@]}" "$bin" bench passthrough --listen "127.0.0.1:$floor" --upstream "127.0.0.1:$sim" 2>"$work/floor.log" & floor_pid=$!

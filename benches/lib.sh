@@ -40,3 +40,31 @@ signing-key = "$1/keys/signing.key"
 ledger = "$1/ledger.sqlite"
 CONF
 }
+
+# An nginx configuration in $1 (with its logs/ there) of a reverse proxy on port $2 in
+# front of the gateway simulator on port $3: keep-alive upstream, an access log of
+# request metadata. Lines for the main context come after the arguments (workers,
+# affinity).
+nginx_conf() {
+    local dir=$1 listen=$2 sim=$3; shift 3
+    mkdir -p "$dir/logs"
+    { printf '%s\n' "$@"; cat <<CONF
+error_log $dir/logs/error.log warn;
+pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+    log_format meta '\$remote_addr:\$remote_port [\$time_iso8601] "\$request_method \$uri" \$status \$request_length \$upstream_response_time';
+    access_log $dir/logs/access.log meta;
+    upstream gateway { server 127.0.0.1:$sim; keepalive 64; }
+    server {
+        listen 127.0.0.1:$listen;
+        location / {
+            proxy_pass http://gateway;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+    } > "$dir/nginx.conf"
+}
