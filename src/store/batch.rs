@@ -220,7 +220,20 @@ impl Gathering {
                 *open = Weak::new();
             }
         });
-        let job = Job::records(self.partition, p.rows, Some(Done::Many(p.tell)));
+        // The thread that sealed the batch appends it to the journal itself when it
+        // can: no other thread woken on the way (see `super::front`).
+        let rows = match signals.appender.get() {
+            Some(appender) => match appender.try_append(&signals, self.partition, p.rows) {
+                Ok(()) => {
+                    self.queued.store(true, Ordering::Release);
+                    p.tell.send_replace(Some(Ok(())));
+                    return;
+                }
+                Err(rows) => rows,
+            },
+            None => p.rows,
+        };
+        let job = Job::records(self.partition, rows, Some(Done::Many(p.tell)));
         match tx.try_send(job) {
             Ok(()) => {
                 self.queued.store(true, Ordering::Release);

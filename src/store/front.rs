@@ -2,29 +2,151 @@
 //! journal (see [`super::journal`]). It reads the journal back at start, then appends
 //! each group of jobs to it in one write, answers those waiting, and passes the group
 //! to the writer ([`super::writer`]), which puts the rows into the partitions.
+//!
+//! A durable batch does not need the front: the relay thread that sealed it appends
+//! it as a frame of its own and answers its clients there ([`Appender::try_append`]),
+//! with no wake-up of another thread on the way. Two hops per batch (the front woken,
+//! then the relay thread woken back) cost more than the append: on two cores, the
+//! front's wake-ups preempted the relay threads some 2,000 times a second. The
+//! journal and the writer's queue sit behind one lock, taken by whoever appends, so
+//! frames reach the writer in the order of their numbers (which the writer's record
+//! of the frames a partition holds relies on). A relay thread only tries the lock: if
+//! the front or another thread holds it, or anything else stands in the way (the
+//! writer's queue full, the partitions stuck, `sync = "full"`, an append failed), the
+//! batch goes to the front as before.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, EntryRef, Journal};
 use super::partition::PartitionId;
+use super::rows::Row;
 use super::writer::{Expired, Job, Pace, Signals, gather, io};
 use crate::metrics::Metrics;
+
+/// The journal and the writer's queue, shared by the front and the relay threads (see
+/// the module's documentation).
+pub(super) struct Appender {
+    /// `None` once the front has ended: the journal (and its lock) and the writer's
+    /// queue are then let go, so that the writer ends and the store can be opened
+    /// again.
+    shared: Mutex<Option<Shared>>,
+    /// Relay threads may append (not with `sync = "full"`: a `fdatasync` per batch
+    /// would hold a relay thread, and every connection on it, for the disk).
+    relay_threads: bool,
+    metrics: Arc<Metrics>,
+    /// Frames the relay threads appended.
+    relay_frames: AtomicU64,
+}
+
+struct Shared {
+    journal: Journal,
+    to_writer: mpsc::Sender<Job>,
+    /// The front has read the journal back and its last append worked.
+    taking: bool,
+}
+
+impl Appender {
+    pub(super) fn new(
+        journal: Journal,
+        to_writer: mpsc::Sender<Job>,
+        relay_threads: bool,
+        metrics: Arc<Metrics>,
+    ) -> Appender {
+        Appender {
+            shared: Mutex::new(Some(Shared {
+                journal,
+                to_writer,
+                taking: false,
+            })),
+            relay_threads,
+            metrics,
+            relay_frames: AtomicU64::new(0),
+        }
+    }
+
+    /// Appends a durable batch's rows as one frame and passes them to the writer, from
+    /// the thread that sealed them: `Ok` once they are in the journal (their clients
+    /// may be answered). The rows back when the front must take them instead; never
+    /// waits for the lock or for room in the writer's queue.
+    pub(super) fn try_append(
+        &self,
+        signals: &Signals,
+        partition: PartitionId,
+        rows: Vec<Row>,
+    ) -> Result<(), Vec<Row>> {
+        if !self.relay_threads || signals.partitions_stuck() {
+            return Err(rows);
+        }
+        let Ok(mut guard) = self.shared.try_lock() else {
+            return Err(rows);
+        };
+        let Some(shared) = guard.as_mut().filter(|s| s.taking) else {
+            return Err(rows);
+        };
+        let Ok(permit) = shared.to_writer.try_reserve() else {
+            return Err(rows);
+        };
+        let started = Instant::now();
+        match shared
+            .journal
+            .append(std::iter::once(EntryRef::Records(partition, &rows)))
+        {
+            Ok(frame) => {
+                let records = rows.len();
+                permit.send(Job::Frame(vec![Job::Records {
+                    partition,
+                    rows,
+                    done: None,
+                    frame,
+                }]));
+                signals.journal_unrotated.store(true, Ordering::Relaxed);
+                drop(guard);
+                self.relay_frames.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .journal_append_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.journal_frame_records.observe(records as f64);
+                Ok(())
+            }
+            Err(_) => {
+                // The front tries these rows again, and says why.
+                shared.taking = false;
+                Err(rows)
+            }
+        }
+    }
+
+    /// Frames the relay threads appended so far.
+    #[cfg(test)]
+    pub(super) fn relay_frames(&self) -> u64 {
+        self.relay_frames.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Shared>> {
+        // A panic while it was held left the journal as it would after a failed
+        // append: whole frames, and nothing acknowledged past them.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// The journal's front: takes the recorders' queue, appends each group of jobs to the
 /// journal in one write, answers those waiting and passes the group to the writer
 /// whole. A group the journal could not take goes to the writer with its waiters, who
 /// are answered when it commits, as they were before there was a journal.
 pub(super) struct Front {
-    journal: Journal,
+    appender: Arc<Appender>,
+    /// The writer's queue, for what needs no order against frames (frames read back
+    /// before any new one, barriers).
+    to_writer: mpsc::Sender<Job>,
+    journal_dir: PathBuf,
     signals: Arc<Signals>,
     metrics: Arc<Metrics>,
     pace: Pace,
-    to_writer: mpsc::Sender<Job>,
     /// The last append failed (logged once until one succeeds).
     append_failing: bool,
     /// The last rotation failed (logged once until one succeeds).
@@ -33,27 +155,40 @@ pub(super) struct Front {
     clock: crate::clock::SharedClock,
 }
 
+impl Drop for Front {
+    fn drop(&mut self) {
+        // However the front ends: no relay thread appends after it, and the journal
+        // and the writer's queue go with it.
+        self.appender.lock().take();
+    }
+}
+
 impl Front {
     pub(super) fn new(
-        journal: Journal,
+        appender: Arc<Appender>,
         signals: Arc<Signals>,
         metrics: Arc<Metrics>,
         pace: Pace,
-        to_writer: mpsc::Sender<Job>,
         expired: Option<Expired>,
         clock: crate::clock::SharedClock,
-    ) -> Front {
-        Front {
-            journal,
+    ) -> Option<Front> {
+        let (to_writer, journal_dir) = {
+            let shared = appender.lock();
+            let shared = shared.as_ref()?;
+            (shared.to_writer.clone(), shared.journal.dir().to_owned())
+        };
+        Some(Front {
+            appender,
+            to_writer,
+            journal_dir,
             signals,
             metrics,
             pace,
-            to_writer,
             append_failing: false,
             rotate_failing: false,
             expired,
             clock,
-        }
+        })
     }
 
     pub(super) fn run(
@@ -83,12 +218,19 @@ impl Front {
                 None => return,
             }
         }
-        match self.journal.start(replay.last) {
-            Ok(first) => self.signals.first_new.store(first, Ordering::SeqCst),
-            Err(e) => {
-                let _ = replayed.send(Err(e));
+        {
+            let mut shared = self.appender.lock();
+            let Some(shared) = shared.as_mut() else {
                 return;
+            };
+            match shared.journal.start(replay.last) {
+                Ok(first) => self.signals.first_new.store(first, Ordering::SeqCst),
+                Err(e) => {
+                    let _ = replayed.send(Err(e));
+                    return;
+                }
             }
+            shared.taking = self.appender.relay_threads;
         }
         let _ = replayed.send(Ok(()));
         let mut jobs = Vec::with_capacity(1024);
@@ -198,25 +340,32 @@ impl Front {
         let direct = self.signals.partitions_stuck();
         self.metrics.journal_bypassed.set(i64::from(direct));
         let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
-        if self.journal.due_for_rotation() {
-            self.rotate();
+        // Held until the frame is in the writer's queue: a relay thread's frame goes
+        // wholly before or after it.
+        let appender = self.appender.clone();
+        let mut guard = appender.lock();
+        let Some(shared) = guard.as_mut() else {
+            return false;
+        };
+        if shared.journal.due_for_rotation() {
+            self.rotate(&mut shared.journal);
         }
         let to_journal = |j: &Job| {
             matches!(j, Job::Records { .. } | Job::Outcome { .. }) && !(direct && j.waited_on())
         };
         let journaled = if jobs.iter().any(to_journal) {
-            self.append(jobs, to_journal)
+            self.append(&mut shared.journal, jobs, to_journal)
         } else {
             None
         };
         if stop {
             // Before a clean stop, the frames so far (this one too) go into segments
             // the writer deletes once it has them all in.
-            self.rotate();
+            self.rotate(&mut shared.journal);
         }
         self.signals
             .journal_unrotated
-            .store(self.journal.holds_frames(), Ordering::Relaxed);
+            .store(shared.journal.holds_frames(), Ordering::Relaxed);
         let mut frame = Vec::new();
         let mut after = Vec::new();
         // Answered once they are in the journal; the writer woken only for what still
@@ -263,10 +412,14 @@ impl Front {
         wake |= waiting_rows;
         // A barrier or stop gathered with the frame goes after it: what was queued
         // before it is then in the writer's hands first.
-        let sent = (frame.is_empty() || self.to_writer.blocking_send(Job::Frame(frame)).is_ok())
+        let sent = (frame.is_empty() || shared.to_writer.blocking_send(Job::Frame(frame)).is_ok())
             && after
                 .into_iter()
-                .all(|job| self.to_writer.blocking_send(job).is_ok());
+                .all(|job| shared.to_writer.blocking_send(job).is_ok());
+        // Relay threads append again once the front's own append works; never after
+        // a stop.
+        shared.taking = appender.relay_threads && !self.append_failing && !stop;
+        drop(guard);
         if wake {
             self.signals.writer.wake();
         }
@@ -278,8 +431,8 @@ impl Front {
     }
 
     /// Starts a new journal segment (a failure logged once until one works).
-    fn rotate(&mut self) {
-        match self.journal.rotate() {
+    fn rotate(&mut self, journal: &mut Journal) {
+        match journal.rotate() {
             Ok(()) => {
                 if std::mem::take(&mut self.rotate_failing) {
                     tracing::info!("journal segments rotate again");
@@ -287,7 +440,7 @@ impl Front {
             }
             Err(e) => {
                 if !std::mem::replace(&mut self.rotate_failing, true) {
-                    let e = io(self.journal.dir(), e);
+                    let e = io(&self.journal_dir, e);
                     self.metrics.store_errors.inc();
                     tracing::warn!(reason = e.reason(), error = %e, "journal segment not rotated; tried again with the next frames");
                 }
@@ -298,7 +451,12 @@ impl Front {
     /// Appends the rows of the jobs that `take` picks as one frame: its number, or
     /// `None` when the journal could not take it (the rows then wait for the
     /// partitions).
-    fn append(&mut self, jobs: &[Job], take: impl Fn(&Job) -> bool) -> Option<u64> {
+    fn append(
+        &mut self,
+        journal: &mut Journal,
+        jobs: &[Job],
+        take: impl Fn(&Job) -> bool,
+    ) -> Option<u64> {
         let entries = jobs.iter().filter(|j| take(j)).filter_map(|job| match job {
             Job::Records {
                 partition, rows, ..
@@ -307,7 +465,7 @@ impl Front {
             _ => None,
         });
         let started = Instant::now();
-        match self.journal.append(entries) {
+        match journal.append(entries) {
             Ok(seq) => {
                 self.metrics
                     .journal_append_seconds
@@ -322,7 +480,7 @@ impl Front {
                 Some(seq)
             }
             Err(e) => {
-                let e = io(self.journal.dir(), e);
+                let e = io(&self.journal_dir, e);
                 self.metrics.store_errors.inc();
                 if !std::mem::replace(&mut self.append_failing, true) {
                     tracing::error!(reason = e.reason(), error = %e, "journal append failed; until one works, rows are committed to the partitions before their clients are answered");

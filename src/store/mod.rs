@@ -449,6 +449,17 @@ impl Store {
 }
 
 impl Recorder {
+    /// Journal frames the relay's threads appended themselves (see `front`).
+    #[cfg(test)]
+    fn relay_frames(&self) -> u64 {
+        self.inner
+            .route
+            .signals
+            .appender
+            .get()
+            .map_or(0, |a| a.relay_frames())
+    }
+
     /// The store's keyring: readers in the same process use it, so that a shred
     /// (expiry) drops the keys they hold at once, and `serve` sweeps what they read.
     pub fn keyring(&self) -> &Keyring {
@@ -824,8 +835,8 @@ mod tests {
     use super::*;
     use crate::canonical::{Form, Identifier};
     use crate::clock::{Clock, ManualClock};
-    use crate::config::StoreConfig;
-    use crate::record::{Protocol, Service};
+    use crate::config::{StoreConfig, SyncMode};
+    use crate::record::{Outcome, Protocol, Service};
     use chrono::TimeZone;
     use std::net::{IpAddr, Ipv4Addr};
 
@@ -1815,6 +1826,77 @@ mod tests {
         }
     }
 
+    /// A durable batch is journaled by the thread that sealed it, with no hop to the
+    /// front, and its records are found after the store closes; with `sync = "full"`
+    /// the front takes every batch (a `fdatasync` would hold the relay's thread).
+    #[tokio::test]
+    async fn relay_threads_journal_their_own_batches_but_not_with_full_sync() {
+        for (sync, by_relay) in [(SyncMode::Normal, true), (SyncMode::Full, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = StoreConfig::under(dir.path());
+            cfg.sync = sync;
+            let (_, store) = open_at_ten(&cfg);
+            let rec = store.recorder();
+            let t = at(10, 0, 0).timestamp_micros();
+            for i in 0..5 {
+                rec.record(&submission(&rec, t + i, "a", "+31612345678"))
+                    .await
+                    .unwrap();
+            }
+            let frames = rec.relay_frames();
+            store.close().await;
+            assert_eq!(frames > 0, by_relay, "{sync:?}: {frames} frames");
+            assert_eq!(find(&cfg, IndexKind::Recipient, "+31612345678").len(), 5);
+        }
+    }
+
+    /// Relay threads and the front append side by side (durable batches sealed on
+    /// four runtime threads, their outcomes through the front): frames reach the
+    /// writer in the order of their numbers (the writer asserts it in debug builds),
+    /// and every row goes in once.
+    #[test]
+    fn frames_of_relay_threads_and_the_front_reach_the_writer_in_order() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        let (_, store) = open_at_ten(&cfg);
+        let rec = store.recorder();
+        let t = at(10, 0, 0).timestamp_micros();
+        runtime.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for task in 0..8 {
+                let rec = rec.clone();
+                tasks.spawn(async move {
+                    for i in 0..50 {
+                        let sub = submission(&rec, t + task * 1_000 + i, "a", "+31612345678");
+                        rec.record(&sub).await.unwrap();
+                        let slot = rec.reserve_outcome().await.unwrap();
+                        let event =
+                            OutcomeEvent::new(sub.id, sub.at, sub.at + 1, Outcome::Accepted);
+                        slot.record(&event).await;
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+            assert!(rec.relay_frames() > 0, "the relay's threads appended");
+            store.close().await;
+        });
+        let found = find(&cfg, IndexKind::Account, "a");
+        assert_eq!(found.len(), 400);
+        assert!(
+            found
+                .iter()
+                .all(|f| f.outcome.as_ref().map(|o| o.outcome) == Some(Outcome::Accepted)),
+            "every outcome in"
+        );
+    }
+
     /// A crash after the journal took rows and before the partitions did loses
     /// nothing: the next start ingests them. One after the partitions took them and
     /// before the journal let them go writes nothing twice. Either way the partition
@@ -2049,10 +2131,14 @@ mod tests {
     }
 
     /// A store config whose queue has four places, waited for at most `wait`.
+    /// A store whose recorders' queue has four places. With `sync = "full"`, so that
+    /// durable batches go through that queue: otherwise the relay's thread journals
+    /// them itself, and a full queue holds only outcomes and async rows.
     fn four_places(dir: &std::path::Path, wait: Duration) -> StoreConfig {
         let mut cfg = StoreConfig::under(dir);
         cfg.queue_capacity = 4;
         cfg.enqueue_timeout = wait;
+        cfg.sync = SyncMode::Full;
         cfg
     }
 

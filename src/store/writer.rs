@@ -305,6 +305,9 @@ pub struct Signals {
     /// The journal's active segment holds frames: the ticker wakes the front so that
     /// it rotates them out once [`journal::ROTATE_AFTER`] old.
     pub(super) journal_unrotated: AtomicBool,
+    /// The journal, for the relay threads to append their durable batches to
+    /// themselves (see [`super::front`]); unset without a journal.
+    pub(super) appender: OnceLock<Arc<super::front::Appender>>,
     /// The writer's last commit failed in some partition.
     failing: AtomicBool,
     /// The writer holds [`MAX_RETRY_ROWS`] journaled rows it cannot commit and takes
@@ -587,8 +590,9 @@ pub fn spawn(
         unwaited: ASYNC_DELAY,
         siblings: true,
     };
+    let sync_full = cfg.sync == SyncMode::Full;
     let journal = match &cfg.journal {
-        Some(dir) => Some(Journal::open(dir, cfg.sync == SyncMode::Full)?),
+        Some(dir) => Some(Journal::open(dir, sync_full)?),
         None => None,
     };
     let expired = cfg.expired.clone();
@@ -644,15 +648,22 @@ pub fn spawn(
             }
         })?;
     let _ = signals.writer.thread.set(handle.thread().clone());
-    let front = super::front::Front::new(
+    let appender = Arc::new(super::front::Appender::new(
         journal,
+        to_writer,
+        !sync_full,
+        metrics.clone(),
+    ));
+    let _ = signals.appender.set(appender.clone());
+    let front = super::front::Front::new(
+        appender,
         signals.clone(),
         metrics,
         front_pace,
-        to_writer,
         expired,
         clock,
-    );
+    )
+    .ok_or_else(|| std::io::Error::other("the journal's front ended before it began"))?;
     let (replayed, wait) = std::sync::mpsc::sync_channel(1);
     let front = std::thread::Builder::new()
         .name("relaylog-journal".into())
@@ -981,6 +992,17 @@ impl Writer {
 
     fn commit(&mut self, jobs: &mut Vec<Job>) {
         let started = Instant::now();
+        // Frames come in the order of their numbers, whoever appended them (the
+        // front's lock, see `super::front`): `release_journal` and the partitions'
+        // record of the frames they hold rely on it.
+        #[cfg(debug_assertions)]
+        if let Some(ingest) = &self.ingest {
+            let mut last = ingest.seen;
+            for frame in jobs.iter().map(Job::frame).filter(|&f| f > 0) {
+                assert!(frame >= last, "journal frame {frame} came after {last}");
+                last = frame;
+            }
+        }
         if !self.retry.is_empty() {
             let mut again = std::mem::take(&mut self.retry);
             again.append(jobs);
