@@ -26,13 +26,16 @@ usage() { echo "usage: $0 [--requests N] [BINARY...]" >&2; exit 2; }
 requests=5000
 while [ $# -gt 0 ]; do
     case "$1" in
-        --requests) requests=$2; shift 2 ;;
+        --requests) [ $# -ge 2 ] && [[ $2 =~ ^[1-9][0-9]*$ ]] || usage; requests=$2; shift 2 ;;
         -*) usage ;;
         *) break ;;
     esac
 done
 binaries=()
-for b in "$@"; do binaries+=("$(realpath "$b")"); done
+for b in "$@"; do
+    [ -x "$b" ] || { echo "$b: not an executable" >&2; exit 2; }
+    binaries+=("$(realpath "$b")")
+done
 cd "$(dirname "$0")/.."
 for tool in valgrind nginx; do
     if ! command -v "$tool" >/dev/null 2>&1; then
@@ -69,13 +72,14 @@ count() {
     "$bin" bench http --target "http://127.0.0.1:$p" --api kannel --connections 64 \
         --requests 2000 --quiet --json >/dev/null
     sleep 3
-    callgrind_control -z "$pid" >/dev/null 2>&1 || { echo "callgrind_control -z failed for $name" >&2; exit 1; }
+    timeout 60 callgrind_control -z "$pid" >/dev/null 2>&1 || { echo "callgrind_control -z failed for $name" >&2; exit 1; }
     "$bin" bench http --target "http://127.0.0.1:$p" --api kannel --connections 64 \
         --requests "$requests" --quiet --json > "$work/$name/load.json"
     sleep 3
-    callgrind_control -d "$pid" >/dev/null 2>&1 || { echo "callgrind_control -d failed for $name" >&2; exit 1; }
+    timeout 60 callgrind_control -d "$pid" >/dev/null 2>&1 || { echo "callgrind_control -d failed for $name" >&2; exit 1; }
     # The dump is written by the process itself, after the command returns.
     for _ in $(seq 100); do ls "$work/$name"/cg.1* >/dev/null 2>&1 && break; sleep 0.1; done
+    ls "$work/$name"/cg.1* >/dev/null 2>&1 || { echo "no callgrind dump for $name" >&2; exit 1; }
     sleep 1
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -124,13 +128,17 @@ python3 - "$work" "${names[@]}" <<'PY'
 import glob, json, re, subprocess, sys
 work, names = sys.argv[1], sys.argv[2:]
 # A thread is named by a function only it runs.
-threads = [("store::writer::Writer::run", "writer"), ("store::front::Front::run", "journal"),
-           ("ingress::http::request::Listener", "http"), ("checkpoint", "checkpointer")]
+threads = [("relaylog::store::writer::Writer::run", "writer"),
+           ("relaylog::store::front::Front::run", "journal"),
+           ("relaylog::ingress::http::request::Listener", "http"),
+           ("relaylog::store::writer::spawn_checkpointer", "checkpointer")]
 base = None
 print(f"{'target':<22}{'instr/msg':>12}{'× nginx':>9}{'SHA-256':>9}  by thread")
 for name in names:
     d = f"{work}/{name}"
     ok = json.load(open(f"{d}/load.json"))["ok"]
+    if ok == 0:
+        sys.exit(f"{name}: no request answered")
     per, sha = {}, 0
     for f in glob.glob(f"{d}/cg.1*"):
         text = open(f, errors="replace").read()
@@ -146,6 +154,12 @@ for name in names:
         sha += sum(int(l.split()[0].replace(",", "")) for l in out.splitlines()
                    if "sha256_block_data_order_" in l and "[" in l and l.strip()[0].isdigit()
                    and l.split()[1].startswith("("))
+    if name.startswith("relaylog"):
+        # A thread the labels miss (a function renamed or inlined) would be counted
+        # as "other", and SHA-256 as none: say so rather than print it.
+        missing = {"http", "writer", "journal"} - per.keys()
+        if missing or sha == 0:
+            sys.exit(f"{name}: no {', '.join(sorted(missing)) or 'SHA-256'} found in the dumps; update the labels")
     total = sum(per.values()) / ok
     base = base or total
     split = "  ".join(f"{k} {v / ok:,.0f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1])) if name.startswith("relaylog") else ""

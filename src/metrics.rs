@@ -66,6 +66,7 @@ pub struct Metrics {
     pub journal_frame_records: Histogram,
     pub journal_append_seconds: Histogram,
     pub journal_bypassed: Gauge,
+    pub journal_relay_frames: Counter,
     pub durable_wait_seconds: Histogram,
     pub queue_depth: Gauge,
     pub forward_seconds: Family<ListenerLabels, Histogram>,
@@ -146,6 +147,12 @@ impl Metrics {
             "journal_bypassed",
             "1 while the partitions are failing or stuck: clients wait for their commit, not for the journal",
             journal_bypassed.clone(),
+        );
+        let journal_relay_frames = Counter::default();
+        registry.register(
+            "journal_relay_frames",
+            "Journal frames appended by the relay thread that sealed their durable batch (the others went through the journal's thread)",
+            journal_relay_frames.clone(),
         );
         let durable_wait_seconds = Histogram::new(exponential_buckets(0.000_05, 2.5, 12));
         registry.register(
@@ -244,6 +251,7 @@ impl Metrics {
             journal_frame_records,
             journal_append_seconds,
             journal_bypassed,
+            journal_relay_frames,
             durable_wait_seconds,
             queue_depth,
             forward_seconds,

@@ -7,11 +7,12 @@
 //! the worker next polls for I/O, which on a multi-thread runtime is after at most
 //! about 61 other polls (tokio's `event_interval`) or when the worker runs out of
 //! ready tasks. The submissions sealed meanwhile on the same thread, for the same store
-//! and partition, join the batch. Then the owner queues the lot as one job (the owner
-//! may by then run on another worker: the batch is behind a lock, and only its rows'
-//! thread of origin matters for who joins). The writer answers the job once; every
-//! submission of it waits for that answer. On a current-thread runtime the same holds
-//! with its one thread. Off a runtime's threads the yield returns at once, so a batch
+//! and partition, join the batch. Then the owner appends the lot to the journal as one
+//! frame and answers it ([`super::front::Appender::try_append`]), or, when it cannot,
+//! queues it as one job for the journal's front (the owner may by then run on another
+//! worker: the batch is behind a lock, and only its rows' thread of origin matters for
+//! who joins). The batch is answered once; every submission of it waits for that
+//! answer. On a current-thread runtime the same holds with its one thread. Off a runtime's threads the yield returns at once, so a batch
 //! holds what the calling task seals before it (usually one caller's).
 //!
 //! A thread-local slot rather than one per store: each worker gathers what it alone
@@ -195,10 +196,10 @@ async fn answer_within(
 }
 
 impl Gathering {
-    /// Closes the batch to newcomers and queues it, once (later calls do nothing): at
-    /// once if the queue has room; otherwise from a task of its own that waits for room
-    /// (at most `route.wait`, then refuses the batch), so that cancelling the caller
-    /// cannot lose the batch afterwards. Such a task holds one batch for at most that
+    /// Closes the batch to newcomers and journals it on this thread, or queues it,
+    /// once (later calls do nothing): queued at once if the queue has room; otherwise
+    /// from a task of its own that waits for room (at most `route.wait`, then refuses
+    /// the batch), so that cancelling the caller cannot lose the batch afterwards. Such a task holds one batch for at most that
     /// long. Outside a runtime a full queue refuses the batch at once.
     fn flush(self: &Arc<Self>) {
         let taken = self

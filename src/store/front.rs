@@ -16,8 +16,8 @@
 //! batch goes to the front as before.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -38,15 +38,19 @@ pub(super) struct Appender {
     /// Relay threads may append (not with `sync = "full"`: a `fdatasync` per batch
     /// would hold a relay thread, and every connection on it, for the disk).
     relay_threads: bool,
+    /// A relay thread's last append failed (logged once until one works).
+    relay_failing: AtomicBool,
+    journal_dir: PathBuf,
     metrics: Arc<Metrics>,
-    /// Frames the relay threads appended.
-    relay_frames: AtomicU64,
 }
 
 struct Shared {
     journal: Journal,
+    /// The writer's one queue: every frame goes to it under the lock, in order.
     to_writer: mpsc::Sender<Job>,
-    /// The front has read the journal back and its last append worked.
+    /// Relay threads may append: the front has read the journal back, and no append
+    /// failed since its own last one worked. Cleared by a failed relay append and by a
+    /// stop.
     taking: bool,
 }
 
@@ -58,21 +62,24 @@ impl Appender {
         metrics: Arc<Metrics>,
     ) -> Appender {
         Appender {
+            journal_dir: journal.dir().to_owned(),
             shared: Mutex::new(Some(Shared {
                 journal,
                 to_writer,
                 taking: false,
             })),
             relay_threads,
+            relay_failing: AtomicBool::new(false),
             metrics,
-            relay_frames: AtomicU64::new(0),
         }
     }
 
     /// Appends a durable batch's rows as one frame and passes them to the writer, from
     /// the thread that sealed them: `Ok` once they are in the journal (their clients
-    /// may be answered). The rows back when the front must take them instead; never
-    /// waits for the lock or for room in the writer's queue.
+    /// may be answered). The rows back when the front must take them instead. Never
+    /// waits for the lock or for room in the writer's queue, and never makes a file
+    /// (a new segment is the front's to start); what it costs the calling thread is
+    /// one `write` into the page cache, and a `stat` of the segment's path.
     pub(super) fn try_append(
         &self,
         signals: &Signals,
@@ -82,10 +89,15 @@ impl Appender {
         if !self.relay_threads || signals.partitions_stuck() {
             return Err(rows);
         }
-        let Ok(mut guard) = self.shared.try_lock() else {
-            return Err(rows);
+        let mut guard = match self.shared.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(rows),
         };
-        let Some(shared) = guard.as_mut().filter(|s| s.taking) else {
+        let Some(shared) = guard
+            .as_mut()
+            .filter(|s| s.taking && s.journal.appends_in_place())
+        else {
             return Err(rows);
         };
         let Ok(permit) = shared.to_writer.try_reserve() else {
@@ -106,31 +118,51 @@ impl Appender {
                 }]));
                 signals.journal_unrotated.store(true, Ordering::Relaxed);
                 drop(guard);
-                self.relay_frames.fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .journal_append_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.metrics.journal_frame_records.observe(records as f64);
+                self.appended(started, records);
+                self.metrics.journal_relay_frames.inc();
+                if self.relay_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("relay threads append to the journal again");
+                }
                 Ok(())
             }
-            Err(_) => {
-                // The front tries these rows again, and says why.
+            Err(e) => {
+                // The front takes these rows, and relay threads append again once
+                // the front's own append has worked.
+                drop(permit);
                 shared.taking = false;
+                drop(guard);
+                self.metrics.store_errors.inc();
+                if !self.relay_failing.swap(true, Ordering::Relaxed) {
+                    let e = io(&self.journal_dir, e);
+                    tracing::error!(reason = e.reason(), error = %e, "a relay thread's journal append failed; its batch goes through the journal's thread");
+                }
                 Err(rows)
             }
         }
     }
 
-    /// Frames the relay threads appended so far.
-    #[cfg(test)]
-    pub(super) fn relay_frames(&self) -> u64 {
-        self.relay_frames.load(Ordering::Relaxed)
+    /// Counts a frame appended in `started.elapsed()` holding `records` records.
+    fn appended(&self, started: Instant, records: usize) {
+        self.metrics
+            .journal_append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if records > 0 {
+            self.metrics.journal_frame_records.observe(records as f64);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Shared>> {
         // A panic while it was held left the journal as it would after a failed
         // append: whole frames, and nothing acknowledged past them.
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `job` to the writer after every frame appended so far. False when the
+    /// front has ended or the writer is gone.
+    fn send(&self, job: Job) -> bool {
+        self.lock()
+            .as_ref()
+            .is_some_and(|shared| shared.to_writer.blocking_send(job).is_ok())
     }
 }
 
@@ -140,10 +172,6 @@ impl Appender {
 /// are answered when it commits, as they were before there was a journal.
 pub(super) struct Front {
     appender: Arc<Appender>,
-    /// The writer's queue, for what needs no order against frames (frames read back
-    /// before any new one, barriers).
-    to_writer: mpsc::Sender<Job>,
-    journal_dir: PathBuf,
     signals: Arc<Signals>,
     metrics: Arc<Metrics>,
     pace: Pace,
@@ -171,16 +199,9 @@ impl Front {
         pace: Pace,
         expired: Option<Expired>,
         clock: crate::clock::SharedClock,
-    ) -> Option<Front> {
-        let (to_writer, journal_dir) = {
-            let shared = appender.lock();
-            let shared = shared.as_ref()?;
-            (shared.to_writer.clone(), shared.journal.dir().to_owned())
-        };
-        Some(Front {
+    ) -> Front {
+        Front {
             appender,
-            to_writer,
-            journal_dir,
             signals,
             metrics,
             pace,
@@ -188,7 +209,7 @@ impl Front {
             rotate_failing: false,
             expired,
             clock,
-        })
+        }
     }
 
     pub(super) fn run(
@@ -296,7 +317,7 @@ impl Front {
                 if jobs.is_empty() {
                     return true;
                 }
-                gone = self.to_writer.blocking_send(Job::Frame(jobs)).is_err();
+                gone = !self.appender.send(Job::Frame(jobs));
                 !gone
             })
             .map_err(|e| {
@@ -368,8 +389,9 @@ impl Front {
             .store(shared.journal.holds_frames(), Ordering::Relaxed);
         let mut frame = Vec::new();
         let mut after = Vec::new();
-        // Answered once they are in the journal; the writer woken only for what still
-        // waits on it.
+        // Answered once they are in the journal (after the lock is let go); the
+        // writer woken only for what still waits on it.
+        let mut answer = Vec::new();
         let mut wake = false;
         let mut waiting_rows = false;
         for job in jobs.drain(..) {
@@ -384,9 +406,7 @@ impl Front {
                         ..
                     },
                 ) => {
-                    if let Some(done) = done {
-                        done.send(Ok(()));
-                    }
+                    answer.extend(done);
                     frame.push(Job::Records {
                         partition,
                         rows,
@@ -416,10 +436,17 @@ impl Front {
             && after
                 .into_iter()
                 .all(|job| shared.to_writer.blocking_send(job).is_ok());
-        // Relay threads append again once the front's own append works; never after
-        // a stop.
-        shared.taking = appender.relay_threads && !self.append_failing && !stop;
+        // Relay threads append again once the front's own append has worked (one of
+        // theirs failing stopped them); never after a stop.
+        if stop || self.append_failing {
+            shared.taking = false;
+        } else if journaled.is_some() {
+            shared.taking = appender.relay_threads;
+        }
         drop(guard);
+        for done in answer {
+            done.send(Ok(()));
+        }
         if wake {
             self.signals.writer.wake();
         }
@@ -440,7 +467,7 @@ impl Front {
             }
             Err(e) => {
                 if !std::mem::replace(&mut self.rotate_failing, true) {
-                    let e = io(&self.journal_dir, e);
+                    let e = io(&self.appender.journal_dir, e);
                     self.metrics.store_errors.inc();
                     tracing::warn!(reason = e.reason(), error = %e, "journal segment not rotated; tried again with the next frames");
                 }
@@ -467,20 +494,15 @@ impl Front {
         let started = Instant::now();
         match journal.append(entries) {
             Ok(seq) => {
-                self.metrics
-                    .journal_append_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                let records: usize = jobs.iter().filter(|j| take(j)).map(Job::record_rows).sum();
-                if records > 0 {
-                    self.metrics.journal_frame_records.observe(records as f64);
-                }
+                let records = jobs.iter().filter(|j| take(j)).map(Job::record_rows).sum();
+                self.appender.appended(started, records);
                 if std::mem::take(&mut self.append_failing) {
                     tracing::info!("journal appends work again");
                 }
                 Some(seq)
             }
             Err(e) => {
-                let e = io(&self.journal_dir, e);
+                let e = io(&self.appender.journal_dir, e);
                 self.metrics.store_errors.inc();
                 if !std::mem::replace(&mut self.append_failing, true) {
                     tracing::error!(reason = e.reason(), error = %e, "journal append failed; until one works, rows are committed to the partitions before their clients are answered");
@@ -494,7 +516,9 @@ impl Front {
     /// or `None` when the writer is gone.
     fn wait_for_writer(&mut self) -> Option<Result<(), super::writer::WriteError>> {
         let (done, wait) = oneshot::channel();
-        self.to_writer.blocking_send(Job::Barrier(done)).ok()?;
+        if !self.appender.send(Job::Barrier(done)) {
+            return None;
+        }
         self.signals.writer.wake();
         wait.blocking_recv().ok()
     }

@@ -3,9 +3,10 @@
 //! A group commit into SQLite costs about 135 µs whatever it holds (the WAL frames of
 //! every page it touched, the B-tree walks, the statement journal), and under load a
 //! group holds some eighteen records: 7.5 µs a message before a row is written. So
-//! the writer's front appends each group's rows, sealed, indexed and hashed exactly
-//! as they will be stored, to a file in one `write` (and `fdatasync` with
-//! `sync = "full"`), answers the clients waiting on them, and passes the rows on to
+//! each group's rows, sealed, indexed and hashed exactly as they will be stored, are
+//! appended to a file in one `write` (and `fdatasync` with `sync = "full"`), by the
+//! relay thread that sealed them or by the writer's front (see `super::front`), the
+//! clients waiting on them are answered, and the rows are passed on to
 //! the ingester, which writes them into the partitions in transactions of thousands
 //! ([`INGEST_DELAY`], [`INGEST_ROWS`]). A crash between the two loses nothing: at
 //! start the frames the partitions do not hold yet are ingested before anything new.
@@ -155,6 +156,15 @@ impl Journal {
     /// The active segment holds frames.
     pub fn holds_frames(&self) -> bool {
         self.active.as_ref().is_some_and(|a| a.bytes > 0)
+    }
+
+    /// The next append stays in the active segment, unless its path was replaced: no
+    /// new file to make (a relay thread leaves that to the front, see `super::front`).
+    pub fn appends_in_place(&self) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| a.bytes < SEGMENT_BYTES)
+            && !self.due_for_rotation()
     }
 
     /// The active segment has held frames for [`ROTATE_AFTER`].

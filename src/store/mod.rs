@@ -452,12 +452,7 @@ impl Recorder {
     /// Journal frames the relay's threads appended themselves (see `front`).
     #[cfg(test)]
     fn relay_frames(&self) -> u64 {
-        self.inner
-            .route
-            .signals
-            .appender
-            .get()
-            .map_or(0, |a| a.relay_frames())
+        self.inner.metrics.journal_relay_frames.get()
     }
 
     /// The store's keyring: readers in the same process use it, so that a shred
@@ -1850,6 +1845,52 @@ mod tests {
         }
     }
 
+    /// A relay thread whose append fails hands its batch to the front (here its
+    /// append fails too: the rows are committed before the client is answered), and
+    /// relay threads append again only once the front's own append has worked.
+    #[tokio::test]
+    async fn a_failed_relay_append_goes_through_the_front_until_the_fronts_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        let metrics = Arc::new(Metrics::new());
+        let (store, rec, t) = warm(&cfg, metrics.clone()).await;
+        let frames = rec.relay_frames();
+        assert!(frames > 0);
+        // The journal's directory replaced under the running store: no append works.
+        let journal = cfg.path.join(JOURNAL_DIR);
+        let moved = cfg.path.join("journal.moved");
+        std::fs::rename(&journal, &moved).unwrap();
+        std::fs::create_dir(&journal).unwrap();
+        let errors = metrics.store_errors.get();
+        rec.record(&submission(&rec, t + 1, "a", "+31611111111"))
+            .await
+            .unwrap();
+        assert_eq!(rec.relay_frames(), frames, "not by the relay's thread");
+        assert!(
+            metrics.store_errors.get() >= errors + 2,
+            "both failures counted"
+        );
+        // Back: the front appends the next batch, and the one after is the relay's.
+        std::fs::remove_dir(&journal).unwrap();
+        std::fs::rename(&moved, &journal).unwrap();
+        rec.record(&submission(&rec, t + 2, "a", "+31622222222"))
+            .await
+            .unwrap();
+        assert_eq!(rec.relay_frames(), frames, "the front's, first");
+        rec.record(&submission(&rec, t + 3, "a", "+31633333333"))
+            .await
+            .unwrap();
+        assert_eq!(rec.relay_frames(), frames + 1, "the relay's again");
+        store.close().await;
+        for number in ["+31611111111", "+31622222222", "+31633333333"] {
+            assert_eq!(
+                find(&cfg, IndexKind::Recipient, number).len(),
+                1,
+                "{number}"
+            );
+        }
+    }
+
     /// Relay threads and the front append side by side (durable batches sealed on
     /// four runtime threads, their outcomes through the front): frames reach the
     /// writer in the order of their numbers (the writer asserts it in debug builds),
@@ -1885,6 +1926,9 @@ mod tests {
                 done.unwrap();
             }
             assert!(rec.relay_frames() > 0, "the relay's threads appended");
+            // A writer that found frames out of order has panicked: the barrier
+            // is not answered.
+            rec.barrier().await.unwrap();
             store.close().await;
         });
         let found = find(&cfg, IndexKind::Account, "a");
@@ -2111,6 +2155,28 @@ mod tests {
         assert_eq!(find(&cfg, IndexKind::Recipient, "+31644444444").len(), 1);
     }
 
+    /// With the recorders' queue full (every place kept for an outcome), a durable
+    /// record still goes in at once: the relay's thread journals it, and the queue
+    /// holds only outcomes and async rows. The writer's own queue bounds it.
+    #[tokio::test]
+    async fn a_full_queue_leaves_the_relay_threads_journal_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = four_places(dir.path(), Duration::from_millis(300));
+        cfg.sync = SyncMode::Normal;
+        let (store, rec, t) = warm(&cfg, Arc::new(Metrics::new())).await;
+        let held = rec.reserve_outcomes(4).await.unwrap();
+        let before = rec.relay_frames();
+        let started = std::time::Instant::now();
+        rec.record(&submission(&rec, t, "a", "+31644444444"))
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_millis(300), "no wait");
+        assert_eq!(rec.relay_frames(), before + 1);
+        drop(held);
+        store.close().await;
+        assert_eq!(find(&cfg, IndexKind::Recipient, "+31644444444").len(), 1);
+    }
+
     /// An owner cancelled while the queue is full: its batch waits for room from a
     /// task of its own, and goes in when room comes.
     #[tokio::test]
@@ -2130,10 +2196,10 @@ mod tests {
         assert_eq!(find(&cfg, IndexKind::Recipient, "+31666666666").len(), 1);
     }
 
-    /// A store config whose queue has four places, waited for at most `wait`.
-    /// A store whose recorders' queue has four places. With `sync = "full"`, so that
-    /// durable batches go through that queue: otherwise the relay's thread journals
-    /// them itself, and a full queue holds only outcomes and async rows.
+    /// A store whose recorders' queue has four places, waited for at most `wait`.
+    /// With `sync = "full"`, so that durable batches go through that queue: otherwise
+    /// the relay's thread journals them itself (see
+    /// `a_full_queue_leaves_the_relay_threads_journal_open`).
     fn four_places(dir: &std::path::Path, wait: Duration) -> StoreConfig {
         let mut cfg = StoreConfig::under(dir);
         cfg.queue_capacity = 4;

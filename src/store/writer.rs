@@ -1,10 +1,13 @@
 //! The writer: one thread that owns every partition connection, fed by a bounded queue,
 //! and the journal's front before it (`src/store/front.rs`; see [`super::journal`]).
 //!
-//! The front takes the first job from the recorders' queue, drains whatever else is
-//! already queued up to `batch-max` records, appends the lot to the journal in one
-//! write and answers every waiting submission; then it passes the lot to the writer,
-//! which gathers thousands of rows and writes them in one transaction per partition.
+//! A durable batch is appended to the journal by the relay thread that sealed it,
+//! which answers its clients and passes the frame to the writer itself (see
+//! `super::front`). Everything else goes through the front: it takes the first job
+//! from the recorders' queue, drains whatever else is already queued up to
+//! `batch-max` records, appends the lot to the journal in one write and answers every
+//! waiting submission; then it passes the lot to the writer, which gathers thousands
+//! of rows and writes them in one transaction per partition.
 //! Without a journal (benchmarks that compare, tests of the writer alone) the writer
 //! takes the recorders' queue itself and answers after its commit. While the writer's
 //! commits fail or stall (see [`STUCK_AFTER`]), or the journal cannot take a group,
@@ -662,8 +665,7 @@ pub fn spawn(
         front_pace,
         expired,
         clock,
-    )
-    .ok_or_else(|| std::io::Error::other("the journal's front ended before it began"))?;
+    );
     let (replayed, wait) = std::sync::mpsc::sync_channel(1);
     let front = std::thread::Builder::new()
         .name("relaylog-journal".into())
