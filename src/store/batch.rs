@@ -12,8 +12,9 @@
 //! queues it as one job for the journal's front (the owner may by then run on another
 //! worker: the batch is behind a lock, and only its rows' thread of origin matters for
 //! who joins). The batch is answered once; every submission of it waits for that
-//! answer. On a current-thread runtime the same holds with its one thread. Off a runtime's threads the yield returns at once, so a batch
-//! holds what the calling task seals before it (usually one caller's).
+//! answer. On a current-thread runtime the same holds with its one thread. Off a
+//! runtime's threads the yield returns at once, so a batch holds what the calling
+//! task seals before it (usually one caller's).
 //!
 //! A thread-local slot rather than one per store: each worker gathers what it alone
 //! seals in its own pass, with no lock shared between workers on the way in.
@@ -199,8 +200,9 @@ impl Gathering {
     /// Closes the batch to newcomers and journals it on this thread, or queues it,
     /// once (later calls do nothing): queued at once if the queue has room; otherwise
     /// from a task of its own that waits for room (at most `route.wait`, then refuses
-    /// the batch), so that cancelling the caller cannot lose the batch afterwards. Such a task holds one batch for at most that
-    /// long. Outside a runtime a full queue refuses the batch at once.
+    /// the batch), so that cancelling the caller cannot lose the batch afterwards.
+    /// Such a task holds one batch for at most that long. Outside a runtime a full
+    /// queue refuses the batch at once.
     fn flush(self: &Arc<Self>) {
         let taken = self
             .pending

@@ -12,8 +12,8 @@
 //! frames reach the writer in the order of their numbers (which the writer's record
 //! of the frames a partition holds relies on). A relay thread only tries the lock: if
 //! the front or another thread holds it, or anything else stands in the way (the
-//! writer's queue full, the partitions stuck, `sync = "full"`, an append failed), the
-//! batch goes to the front as before.
+//! writer's queue full, the partitions stuck, `sync = "full"`, an append failed, the
+//! segment full or due for rotation), the batch goes to the front as before.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,8 +78,10 @@ impl Appender {
     /// the thread that sealed them: `Ok` once they are in the journal (their clients
     /// may be answered). The rows back when the front must take them instead. Never
     /// waits for the lock or for room in the writer's queue, and never makes a file
-    /// (a new segment is the front's to start); what it costs the calling thread is
-    /// one `write` into the page cache, and a `stat` of the segment's path.
+    /// (a new segment is the front's to start): what it costs the calling thread is a
+    /// `stat` of the segment's path and one `write`, into the page cache (which can
+    /// hold the thread when the kernel throttles writers of dirty pages, as it would
+    /// hold the front).
     pub(super) fn try_append(
         &self,
         signals: &Signals,
@@ -94,10 +96,7 @@ impl Appender {
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(rows),
         };
-        let Some(shared) = guard
-            .as_mut()
-            .filter(|s| s.taking && s.journal.appends_in_place())
-        else {
+        let Some(shared) = guard.as_mut().filter(|s| s.taking) else {
             return Err(rows);
         };
         let Ok(permit) = shared.to_writer.try_reserve() else {
@@ -106,7 +105,7 @@ impl Appender {
         let started = Instant::now();
         match shared
             .journal
-            .append(std::iter::once(EntryRef::Records(partition, &rows)))
+            .append_in_place(std::iter::once(EntryRef::Records(partition, &rows)))
         {
             Ok(frame) => {
                 let records = rows.len();
@@ -125,6 +124,8 @@ impl Appender {
                 }
                 Ok(())
             }
+            // A new segment is the front's to start: it takes these rows.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(rows),
             Err(e) => {
                 // The front takes these rows, and relay threads append again once
                 // the front's own append has worked.
@@ -151,6 +152,14 @@ impl Appender {
         }
     }
 
+    /// Tests: every append fails (or works again).
+    #[cfg(test)]
+    pub(super) fn fail_appends(&self, fail: bool) {
+        if let Some(shared) = self.lock().as_mut() {
+            shared.journal.fail_appends = fail;
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Option<Shared>> {
         // A panic while it was held left the journal as it would after a failed
         // append: whole frames, and nothing acknowledged past them.
@@ -167,8 +176,8 @@ impl Appender {
 }
 
 /// The journal's front: takes the recorders' queue, appends each group of jobs to the
-/// journal in one write, answers those waiting and passes the group to the writer
-/// whole. A group the journal could not take goes to the writer with its waiters, who
+/// journal in one write, passes the group to the writer whole and answers those
+/// waiting (before, when the writer's queue has no room for it). A group the journal could not take goes to the writer with its waiters, who
 /// are answered when it commits, as they were before there was a journal.
 pub(super) struct Front {
     appender: Arc<Appender>,
@@ -430,6 +439,13 @@ impl Front {
             }
         }
         wake |= waiting_rows;
+        // Clients whose rows are in the journal do not wait for room in the
+        // writer's queue: answered now if the sends below may wait for it.
+        if shared.to_writer.capacity() < 1 + after.len() {
+            for done in answer.drain(..) {
+                done.send(Ok(()));
+            }
+        }
         // A barrier or stop gathered with the frame goes after it: what was queued
         // before it is then in the writer's hands first.
         let sent = (frame.is_empty() || shared.to_writer.blocking_send(Job::Frame(frame)).is_ok())

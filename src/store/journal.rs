@@ -88,6 +88,9 @@ pub struct Journal {
     next: u64,
     sync: bool,
     buf: Vec<u8>,
+    /// Tests: every append fails, as on a disk that refuses writes.
+    #[cfg(test)]
+    pub(super) fail_appends: bool,
 }
 
 struct Segment {
@@ -124,6 +127,8 @@ impl Journal {
             next: segments.last().map_or(1, |(start, _)| start + 1),
             sync,
             buf: Vec::new(),
+            #[cfg(test)]
+            fail_appends: false,
         };
         Ok((journal, segments.into_iter().map(|(_, p)| p).collect()))
     }
@@ -156,15 +161,6 @@ impl Journal {
     /// The active segment holds frames.
     pub fn holds_frames(&self) -> bool {
         self.active.as_ref().is_some_and(|a| a.bytes > 0)
-    }
-
-    /// The next append stays in the active segment, unless its path was replaced: no
-    /// new file to make (a relay thread leaves that to the front, see `super::front`).
-    pub fn appends_in_place(&self) -> bool {
-        self.active
-            .as_ref()
-            .is_some_and(|a| a.bytes < SEGMENT_BYTES)
-            && !self.due_for_rotation()
     }
 
     /// The active segment has held frames for [`ROTATE_AFTER`].
@@ -215,6 +211,32 @@ impl Journal {
         &mut self,
         entries: impl Iterator<Item = EntryRef<'a>>,
     ) -> std::io::Result<u64> {
+        self.append_where(entries, true)
+    }
+
+    /// [`Journal::append`] into the active segment only: an error of kind
+    /// `WouldBlock`, with nothing written, when the frame would need a new one (the
+    /// segment full or due for rotation, its path no longer naming it). A relay thread
+    /// appends so and leaves making files to the front (see `super::front`).
+    pub fn append_in_place<'a>(
+        &mut self,
+        entries: impl Iterator<Item = EntryRef<'a>>,
+    ) -> std::io::Result<u64> {
+        self.append_where(entries, false)
+    }
+
+    fn append_where<'a>(
+        &mut self,
+        entries: impl Iterator<Item = EntryRef<'a>>,
+        new_segment: bool,
+    ) -> std::io::Result<u64> {
+        #[cfg(test)]
+        if self.fail_appends {
+            return Err(std::io::Error::other("an append made to fail"));
+        }
+        if !new_segment && self.due_for_rotation() {
+            return Err(not_in_place());
+        }
         let seq = self.next;
         self.buf.clear();
         self.buf.extend_from_slice(&[0; FRAME_HEAD]);
@@ -237,7 +259,7 @@ impl Journal {
         let check = check(&self.buf[FRAME_HEAD..]);
         self.buf[..4].copy_from_slice(&(body as u32).to_le_bytes());
         self.buf[4..FRAME_HEAD].copy_from_slice(&check);
-        self.place(seq)?;
+        self.place(seq, new_segment)?;
         let sync = self.sync;
         let Some(active) = self.active.as_mut() else {
             return Err(std::io::Error::other("the journal was not started"));
@@ -265,11 +287,15 @@ impl Journal {
     /// Makes sure frame `seq` goes where the next start will read it: a new segment
     /// when this one is full, or when its path no longer names it (in a journal
     /// whose id is still this one's).
-    fn place(&mut self, seq: u64) -> std::io::Result<()> {
+    fn place(&mut self, seq: u64, new_segment: bool) -> std::io::Result<()> {
         let Some(active) = &self.active else {
             return Err(std::io::Error::other("the journal was not started"));
         };
-        if file_identity(&active.path) != Some(active.identity) {
+        let moved = file_identity(&active.path) != Some(active.identity);
+        if !new_segment && (moved || active.bytes >= SEGMENT_BYTES) {
+            return Err(not_in_place());
+        }
+        if moved {
             let id = std::fs::read_to_string(self.dir.join("id")).unwrap_or_default();
             if id.trim() != self.id {
                 return Err(std::io::Error::new(
@@ -284,6 +310,14 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// What [`Journal::append_in_place`] answers when the frame needs a new segment.
+fn not_in_place() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::WouldBlock,
+        "the frame needs a new journal segment",
+    )
 }
 
 /// Frames a start may number: 2^40, a million a second for twelve days.
@@ -829,6 +863,34 @@ mod tests {
 
     fn seqs(frames: &[Frame]) -> Vec<u64> {
         frames.iter().map(|f| f.seq).collect()
+    }
+
+    /// A relay thread's append goes into the active segment or nowhere: with the
+    /// segment's path no longer naming it, nothing is written and no file made, and
+    /// the front's append then starts a new segment.
+    #[test]
+    fn an_append_in_place_makes_no_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path(), false).unwrap();
+        journal.start(0).unwrap();
+        let first = append_sample(&mut journal, 1);
+        let rows = vec![row(10, true)];
+        let entries = || std::iter::once(EntryRef::Records(day(), &rows));
+        assert_eq!(journal.append_in_place(entries()).unwrap(), first + 1);
+        // The active segment renamed away: its path names nothing.
+        let active = journal.active.as_ref().unwrap().path.clone();
+        std::fs::rename(&active, dir.path().join("elsewhere")).unwrap();
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        let before = files();
+        let refused = journal.append_in_place(entries()).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::WouldBlock);
+        assert_eq!(files(), before, "no file made");
+        assert_eq!(
+            journal.append(entries()).unwrap(),
+            first + 2,
+            "the number unused"
+        );
+        assert_eq!(files(), before + 1, "the front's append starts a segment");
     }
 
     #[test]
