@@ -153,7 +153,22 @@ impl Journal {
     /// soon after they are in the partitions.
     pub fn rotate(&mut self) -> std::io::Result<()> {
         if self.active.as_ref().is_some_and(|a| a.bytes > 0) {
+            self.still_ours()?;
             self.start_segment(self.next)?;
+        }
+        Ok(())
+    }
+
+    /// The directory is still this journal's (its `id`): not deleted, nor replaced
+    /// by another journal's, where a new segment would be read by no one or as
+    /// someone else's.
+    fn still_ours(&self) -> std::io::Result<()> {
+        let id = std::fs::read_to_string(self.dir.join("id")).unwrap_or_default();
+        if id.trim() != self.id {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is gone or replaced", self.dir.display()),
+            ));
         }
         Ok(())
     }
@@ -296,13 +311,7 @@ impl Journal {
             return Err(not_in_place());
         }
         if moved {
-            let id = std::fs::read_to_string(self.dir.join("id")).unwrap_or_default();
-            if id.trim() != self.id {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("{} is gone or replaced", self.dir.display()),
-                ));
-            }
+            self.still_ours()?;
             return self.start_segment(seq);
         }
         if active.bytes >= SEGMENT_BYTES {
@@ -891,6 +900,28 @@ mod tests {
             "the number unused"
         );
         assert_eq!(files(), before + 1, "the front's append starts a segment");
+    }
+
+    /// A rotation in a journal directory replaced under the process makes no
+    /// segment there: one that no start would read as this journal's.
+    #[test]
+    fn a_rotation_makes_no_segment_in_a_replaced_directory() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("journal");
+        let (mut journal, _) = Journal::open(&dir, false).unwrap();
+        journal.start(0).unwrap();
+        append_sample(&mut journal, 1);
+        std::fs::rename(&dir, parent.path().join("moved")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        let refused = journal.rotate().unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing made");
+        // Back in place: it rotates.
+        std::fs::remove_dir(&dir).unwrap();
+        std::fs::rename(parent.path().join("moved"), &dir).unwrap();
+        let before = std::fs::read_dir(&dir).unwrap().count();
+        journal.rotate().unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), before + 1);
     }
 
     #[test]
