@@ -177,8 +177,9 @@ impl Appender {
 
 /// The journal's front: takes the recorders' queue, appends each group of jobs to the
 /// journal in one write, passes the group to the writer whole and answers those
-/// waiting (before, when the writer's queue has no room for it). A group the journal could not take goes to the writer with its waiters, who
-/// are answered when it commits, as they were before there was a journal.
+/// waiting (before passing it, when the writer's queue has no room for it). A group
+/// the journal could not take goes to the writer with its waiters, who are answered
+/// when it commits, as they were before there was a journal.
 pub(super) struct Front {
     appender: Arc<Appender>,
     signals: Arc<Signals>,
