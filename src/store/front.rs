@@ -88,7 +88,15 @@ impl Appender {
         partition: PartitionId,
         rows: Vec<Row>,
     ) -> Result<(), Vec<Row>> {
-        if !self.relay_threads || signals.partitions_stuck() {
+        if !self.relay_threads {
+            return Err(rows);
+        }
+        // `journal_bypassed` says what the partitions' state is whoever appends: the
+        // front sets it at each pass, relay threads when it changes.
+        if signals.partitions_stuck() {
+            if self.metrics.journal_bypassed.get() == 0 {
+                self.metrics.journal_bypassed.set(1);
+            }
             return Err(rows);
         }
         let mut guard = match self.shared.try_lock() {
@@ -119,6 +127,9 @@ impl Appender {
                 drop(guard);
                 self.appended(started, records);
                 self.metrics.journal_relay_frames.inc();
+                if self.metrics.journal_bypassed.get() != 0 {
+                    self.metrics.journal_bypassed.set(0);
+                }
                 if self.relay_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("relay threads append to the journal again");
                 }
