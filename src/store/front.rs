@@ -88,15 +88,7 @@ impl Appender {
         partition: PartitionId,
         rows: Vec<Row>,
     ) -> Result<(), Vec<Row>> {
-        if !self.relay_threads {
-            return Err(rows);
-        }
-        // `journal_bypassed` says what the partitions' state is whoever appends: the
-        // front sets it at each pass, relay threads when it changes.
-        if signals.partitions_stuck() {
-            if self.metrics.journal_bypassed.get() == 0 {
-                self.metrics.journal_bypassed.set(1);
-            }
+        if !self.relay_threads || bypassing(signals, &self.metrics) {
             return Err(rows);
         }
         let mut guard = match self.shared.try_lock() {
@@ -127,9 +119,6 @@ impl Appender {
                 drop(guard);
                 self.appended(started, records);
                 self.metrics.journal_relay_frames.inc();
-                if self.metrics.journal_bypassed.get() != 0 {
-                    self.metrics.journal_bypassed.set(0);
-                }
                 if self.relay_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("relay threads append to the journal again");
                 }
@@ -184,6 +173,17 @@ impl Appender {
             .as_ref()
             .is_some_and(|shared| shared.to_writer.blocking_send(job).is_ok())
     }
+}
+
+/// Whether rows that clients wait on bypass the journal now (the partitions are stuck
+/// or failing), said in `journal_bypassed` by whoever asks, the front or a relay
+/// thread (written only when it changes: relay threads ask at every batch).
+fn bypassing(signals: &Signals, metrics: &Metrics) -> bool {
+    let stuck = signals.partitions_stuck();
+    if metrics.journal_bypassed.get() != i64::from(stuck) {
+        metrics.journal_bypassed.set(i64::from(stuck));
+    }
+    stuck
 }
 
 /// The journal's front: takes the recorders' queue, appends each group of jobs to the
@@ -379,8 +379,7 @@ impl Front {
     /// journal and clients hear why. Rows no one waits on (outcomes, async records)
     /// still go to the journal, where a crash does not lose them.
     fn pass(&mut self, jobs: &mut Vec<Job>) -> bool {
-        let direct = self.signals.partitions_stuck();
-        self.metrics.journal_bypassed.set(i64::from(direct));
+        let direct = bypassing(&self.signals, &self.metrics);
         let stop = jobs.iter().any(|j| matches!(j, Job::Stop));
         // Held until the frame is in the writer's queue: a relay thread's frame goes
         // wholly before or after it.
