@@ -462,7 +462,11 @@ fn serve_expires_old_partitions_at_start_up() {
     let served = Served::start(dir.path(), &config);
     served.addr("listening");
     let (status, output) = served.terminate();
-    assert!(status.success());
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        String::from_utf8_lossy(&output)
+    );
     let log = String::from_utf8_lossy(&output);
     for day in ["2024-06-01", "2024-06-02", "2024-06-03"] {
         assert!(

@@ -273,26 +273,43 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
 
 pub(super) fn serve(config: Config) -> Result<()> {
     runtime(Some(config.serve.workers))?.block_on(async move {
+        let stop = StopSignals::watch()?;
         let running = crate::serve::start(config, Arc::new(SystemClock)).await?;
-        wait_for_signal().await?;
+        stop.wait().await;
         running.shutdown().await;
         Ok(())
     })
 }
 
-pub(super) async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+/// SIGTERM and SIGINT, watched from the moment this is made: made before a command
+/// says it is listening, so that a signal sent once it has said so stops it cleanly
+/// rather than killing it (the default action, before a watch is in place).
+pub(super) struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub(super) fn watch() -> Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Until one of them comes.
+    pub(super) async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
+    }
 }
 
 pub(super) fn mock_gateway(args: &MockArgs) -> Result<()> {
     runtime(None)?.block_on(async move {
+        let stop = StopSignals::watch()?;
         let (trigger, shutdown) = crate::shutdown::channel();
         let task = match args.api.profile() {
             Some(kind) => {
@@ -312,7 +329,7 @@ pub(super) fn mock_gateway(args: &MockArgs) -> Result<()> {
                 tracing::info!(addr = %addr, "SMSC simulator listening");
                 let stats = smsc.stats.clone();
                 let task = tokio::spawn(smsc.run(shutdown));
-                wait_for_signal().await?;
+                stop.wait().await;
                 tracing::info!(counts = %stats.to_json(), "SMSC simulator stopping");
                 trigger.trigger();
                 let _ = task.await;
@@ -326,14 +343,14 @@ pub(super) fn mock_gateway(args: &MockArgs) -> Result<()> {
                 tracing::info!(addr = %addr, "sink MTA listening; it discards every message");
                 let stats = sink.stats.clone();
                 let task = tokio::spawn(sink.run(shutdown));
-                wait_for_signal().await?;
+                stop.wait().await;
                 tracing::info!(counts = %stats.to_json(), "sink MTA stopping");
                 trigger.trigger();
                 let _ = task.await;
                 return Ok(());
             }
         };
-        wait_for_signal().await?;
+        stop.wait().await;
         trigger.trigger();
         let _ = task.await;
         Ok(())
@@ -544,13 +561,15 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(async {
+                let stop = StopSignals::watch()?;
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 tokio::select! {
-                    () = crate::bench::passthrough::run(listener, *upstream) => Ok(()),
-                    signal = wait_for_signal() => signal,
+                    () = crate::bench::passthrough::run(listener, *upstream) => {}
+                    () = stop.wait() => {}
                 }
+                Ok(())
             })
         }
     }
