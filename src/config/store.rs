@@ -47,7 +47,7 @@ impl Default for RawStore {
             enqueue_timeout: "1s".into(),
             index_bytes: 8,
             index_bucket: "1m".into(),
-            cache_mib: 16,
+            cache_mib: 8,
             ledger: "data/ledger.sqlite".into(),
             expire_interval: "1h".into(),
             signing_key: "data/keys/signing.key".into(),
