@@ -165,8 +165,8 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// A writer of its own under `dir`, as the store configures it (synchronous NORMAL),
-/// and the signals a durable submitter wakes it with.
+/// A writer of its own under `dir`, as the store configures it (synchronous NORMAL, the
+/// default page cache), and the signals a durable submitter wakes it with.
 fn spawn_writer(
     dir: &std::path::Path,
     signer: Option<Arc<ring::signature::Ed25519KeyPair>>,
@@ -181,7 +181,7 @@ fn spawn_writer(
         WriterConfig {
             store_dir: dir.join("store"),
             sync: relaylog::config::SyncMode::Normal,
-            cache_mib: 16,
+            cache_mib: StoreConfig::under(dir).cache_mib,
             batch_max: 4_096,
             queue_capacity: 65_536,
             checkpoint_rows: relaylog::store::writer::CHECKPOINT_ROWS,

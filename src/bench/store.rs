@@ -212,8 +212,10 @@ pub fn store(cfg: StoreConfig, b: &StoreBench) -> Result<StoreBenchReport, Bench
 /// Tenths crossed between two looks (one commit can carry several) share the time
 /// since the last mark, so none is reported as crossed in no time.
 fn mark_tenths(marks: &mut Vec<f64>, done: u64, total: u64, now: f64) {
+    // Tenth t is crossed at t/10 of the records, compared without rounding (for fewer
+    // than ten records, `total * t / 10` would put some tenths at none).
     let crossed = (1..=10u64)
-        .filter(|&t| done >= total * t / 10)
+        .filter(|&t| u128::from(done) * 10 >= u128::from(total) * u128::from(t))
         .count()
         .saturating_sub(marks.len());
     if crossed == 0 {
@@ -263,6 +265,23 @@ mod tests {
         for r in &rates[1..] {
             assert!((r - 100.0).abs() < 1e-6, "{rates:?}");
         }
+        // Past the end (more committed than asked for, later looks): still ten.
+        mark_tenths(&mut marks, 1200, 1000, 11.0);
+        assert_eq!(marks.len(), 10);
+        assert_eq!(marks[9], 10.0);
+    }
+
+    /// With fewer records than tenths, no tenth is marked before a record is in.
+    #[test]
+    fn a_tenth_of_a_few_records_waits_for_them() {
+        let mut marks = Vec::new();
+        mark_tenths(&mut marks, 0, 3, 0.1);
+        assert!(marks.is_empty(), "{marks:?}");
+        mark_tenths(&mut marks, 1, 3, 1.0);
+        assert_eq!(marks.len(), 3, "a third of the records is three tenths");
+        mark_tenths(&mut marks, 3, 3, 2.0);
+        assert_eq!(marks.len(), 10);
+        assert_eq!(marks[9], 2.0);
     }
 
     /// A benchmark takes an empty store (and marks it), or one it marked; never one
