@@ -168,10 +168,28 @@ pub fn take(req: &httparse::Request<'_, '_>) -> Take {
 }
 
 /// A character RFC 3986 allows in a path and query (no fragment): what hyper's URI
-/// parser and the fast path read alike.
+/// parser and the fast path read alike. A table: a search of the punctuation list for
+/// each octet of a Kannel query string cost about 1,400 instructions per request.
 fn uri_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+    URI_CHARS[usize::from(b)]
 }
+
+const URI_PUNCTUATION: &[u8] = b"-._~!$&'()*+,;=:@/?%";
+
+static URI_CHARS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < URI_PUNCTUATION.len() {
+        table[URI_PUNCTUATION[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// A Content-Length value: decimal digits only, at most 18 of them.
 fn digits(v: &[u8]) -> Option<usize> {
@@ -654,6 +672,19 @@ fn dechunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table says what RFC 3986's unreserved and sub-delims characters, `:`, `@`,
+    /// `/`, `?` and `%` are, octet by octet: every other octet (space, `#`, `"`, `<`,
+    /// controls, anything above 0x7f) sends the request to hyper.
+    #[test]
+    fn uri_chars_are_rfc_3986_path_and_query_characters() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b);
+            assert_eq!(uri_char(b), expected, "octet {b:#04x}");
+        }
+        assert!(!uri_char(b' ') && !uri_char(b'#') && !uri_char(0x80));
+        assert!(uri_char(b'~') && uri_char(b'%') && uri_char(b'z'));
+    }
 
     fn parse_take(head: &[u8]) -> Take {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
