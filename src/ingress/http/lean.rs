@@ -67,7 +67,11 @@ where
         // Phase 1a: a whole head; and when the whole request is in the buffer (a GET,
         // or a body that came with its head), phase 2 from the same parse.
         let head = loop {
-            let parsed = {
+            // Nothing read yet (a keep-alive connection between requests): read before
+            // parsing, which starts by filling a header array of MAX_HEADERS.
+            let parsed = if buf.is_empty() {
+                None
+            } else {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(buf) {
