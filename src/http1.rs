@@ -357,8 +357,13 @@ impl Reply {
     /// Runs `f` over the reply's header fields.
     pub fn fields<R>(&self, f: impl FnOnce(Fields<'_>) -> R) -> R {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let n = split_fields(&self.head, &mut headers);
-        f(Fields::Raw(&headers[..n]))
+        let mut resp = httparse::Response::new(&mut headers);
+        // Parsed once already by `read_reply`; the same bytes parse the same way.
+        let n = match resp.parse(&self.head) {
+            Ok(httparse::Status::Complete(_)) => resp.headers.len(),
+            _ => 0,
+        };
+        f(Fields::Raw(&resp.headers[..n]))
     }
 
     /// The reply as hyper's server sends it on: status, end-to-end headers, body.
@@ -382,46 +387,6 @@ impl Reply {
         });
         resp
     }
-}
-
-/// The header fields of a head that httparse has accepted (as `read_reply` has
-/// `Reply::head`), split again without validating it a second time: the status line
-/// skipped, each line (ended by CRLF or LF) cut at its first `:`, the value without
-/// the spaces and tabs around it, up to the empty line. It reads what httparse read
-/// from the same bytes (`split_fields_read_what_httparse_read`), for a third of the
-/// instructions.
-fn split_fields<'h>(head: &'h [u8], out: &mut [httparse::Header<'h>]) -> usize {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line));
-    lines.next();
-    let mut n = 0;
-    for line in lines {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            break;
-        };
-        let Some(slot) = out.get_mut(n) else {
-            break;
-        };
-        let Ok(name) = std::str::from_utf8(&line[..colon]) else {
-            break;
-        };
-        let value = &line[colon + 1..];
-        let start = value
-            .iter()
-            .position(|&b| b != b' ' && b != b'\t')
-            .unwrap_or(value.len());
-        let end = value
-            .iter()
-            .rposition(|&b| b != b' ' && b != b'\t')
-            .map_or(start, |i| i + 1);
-        *slot = httparse::Header {
-            name,
-            value: &value[start..end],
-        };
-        n += 1;
-    }
-    n
 }
 
 /// Why a reply could not be read.
@@ -999,81 +964,7 @@ mod tests {
         }
     }
 
-    /// Fields as httparse splits them, including the cases that differ from a naive
-    /// split: bare LF line ends, white space around values, empty values, a colon in a
-    /// value, obs-text.
-    #[test]
-    fn split_fields_read_tricky_heads_as_httparse_does() {
-        for head in [
-            &b"HTTP/1.1 200 OK\r\nA: 1\r\nB:2\r\n\r\n"[..],
-            b"HTTP/1.1 200 OK\nA: 1\nB:  two words \t\n\n",
-            b"HTTP/1.1 404 \r\nEmpty:\r\nSpaces:   \r\nTime: 12:00:01\r\n\r\n",
-            b"HTTP/1.0 202 Accepted\r\nX: caf\xc3\xa9 \xff\r\nContent-Length: 0\r\n\r\n",
-            b"HTTP/1.1 204 No Content\r\n\r\n",
-        ] {
-            let mut theirs = [httparse::EMPTY_HEADER; 16];
-            let mut resp = httparse::Response::new(&mut theirs);
-            assert!(resp.parse(head).unwrap().is_complete(), "{head:?}");
-            let theirs: Vec<(&str, &[u8])> =
-                resp.headers.iter().map(|h| (h.name, h.value)).collect();
-            let mut ours = [httparse::EMPTY_HEADER; 16];
-            let n = split_fields(head, &mut ours);
-            let ours: Vec<(&str, &[u8])> = ours[..n].iter().map(|h| (h.name, h.value)).collect();
-            assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(head));
-        }
-    }
-
     proptest::proptest! {
-        /// Whatever head httparse accepts, `split_fields` reads the same fields.
-        #[test]
-        fn split_fields_read_what_httparse_read(
-            fields in proptest::collection::vec(
-                (
-                    "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}",
-                    // Mostly what values hold, so that most heads are accepted: visible
-                    // ASCII and spaces, tabs, obs-text; now and then any octet.
-                    proptest::collection::vec(
-                        proptest::prop_oneof![
-                            16 => 0x20u8..0x7f,
-                            1 => proptest::strategy::Just(b'\t'),
-                            2 => 0x80u8..=0xff,
-                            1 => proptest::num::u8::ANY,
-                        ],
-                        0..24,
-                    ),
-                    "[ \t]{0,2}",
-                    "[ \t]{0,2}",
-                ),
-                0..12,
-            ),
-            lf_only in proptest::bool::ANY,
-        ) {
-            let eol: &[u8] = if lf_only { b"\n" } else { b"\r\n" };
-            let mut head = b"HTTP/1.1 200 OK".to_vec();
-            head.extend_from_slice(eol);
-            for (name, value, before, after) in &fields {
-                head.extend_from_slice(name.as_bytes());
-                head.push(b':');
-                head.extend_from_slice(before.as_bytes());
-                head.extend_from_slice(value);
-                head.extend_from_slice(after.as_bytes());
-                head.extend_from_slice(eol);
-            }
-            head.extend_from_slice(eol);
-            let mut theirs = [httparse::EMPTY_HEADER; 16];
-            let mut resp = httparse::Response::new(&mut theirs);
-            // Only what httparse accepts reaches `split_fields` (values with control
-            // characters, say, are refused by `read_reply`).
-            if let Ok(httparse::Status::Complete(used)) = resp.parse(&head) {
-                proptest::prop_assert_eq!(used, head.len());
-                let theirs: Vec<(String, Vec<u8>)> = resp.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect();
-                let mut ours = [httparse::EMPTY_HEADER; 16];
-                let n = split_fields(&head, &mut ours);
-                let ours: Vec<(String, Vec<u8>)> = ours[..n].iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect();
-                proptest::prop_assert_eq!(ours, theirs);
-            }
-        }
-
         /// Any body, cut into any chunks, comes back whole.
         #[test]
         fn chunked_bodies_decode_to_what_was_chunked(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300), cuts in proptest::collection::vec(1usize..40, 0..20)) {
