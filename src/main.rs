@@ -12,12 +12,13 @@ use clap::Parser;
 /// touched becomes resident whole, which put `serve`'s anonymous memory at 30 MiB idle
 /// (8 without) and its peak under load at 98-109 MiB. mimalloc is built with `no_thp`
 /// (it no longer asks for them with `madvise`), and `main` turns them off for the
-/// process (where the kernel gives them unasked, THP `always`).
+/// process (where the kernel gives them unasked, THP `always`): see
+/// `relaylog::cli::no_huge_pages`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    no_huge_pages();
+    relaylog::cli::no_huge_pages();
     let cli = relaylog::cli::Cli::parse();
     match relaylog::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -25,16 +26,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Turns transparent huge pages off for this process (see [`ALLOCATOR`]); pages faulted
-/// in before it (a few, by the runtime's start-up) stay as they are.
-fn no_huge_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE reads no memory of ours; on error (an old kernel) the
-    // process keeps the system's setting.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }

@@ -140,6 +140,44 @@ fn log_format(cli: &Cli, config: Option<&Config>) -> LogFormat {
     }
 }
 
+/// What turning transparent huge pages off gave: 0 not tried yet, 1 done, otherwise
+/// the errno it failed with (negated).
+static NO_HUGE_PAGES: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Turns transparent huge pages off for this process, before anything else runs (the
+/// binary's `main`): with them each 2 MiB page of mimalloc's arena that is touched
+/// becomes resident whole, which put `serve`'s peak under load at 98-109 MiB against
+/// 57-58 without. Pages faulted in before it stay as they are. A refusal (an old
+/// kernel, a seccomp filter) is logged by `serve` once logging is up.
+pub fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        let one: libc::c_ulong = 1;
+        let zero: libc::c_ulong = 0;
+        // SAFETY: PR_SET_THP_DISABLE reads no memory of ours (its arguments are
+        // integers, passed as the unsigned longs the kernel reads); on error the
+        // process keeps the system's setting.
+        let done = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, one, zero, zero, zero) };
+        let outcome = if done == 0 {
+            1
+        } else {
+            -std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+        };
+        NO_HUGE_PAGES.store(outcome, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Says, once logging is up, that huge pages could not be turned off.
+fn report_huge_pages() {
+    let outcome = NO_HUGE_PAGES.load(std::sync::atomic::Ordering::Relaxed);
+    if outcome < 0 {
+        tracing::warn!(
+            error = %std::io::Error::from_raw_os_error(-outcome),
+            "transparent huge pages could not be turned off: resident memory may be 40 MiB higher under load"
+        );
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::MockGateway(args) => {

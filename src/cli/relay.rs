@@ -272,6 +272,7 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
 }
 
 pub(super) fn serve(config: Config) -> Result<()> {
+    super::report_huge_pages();
     runtime(Some(config.serve.workers))?.block_on(async move {
         let stop = StopSignals::watch()?;
         let running = crate::serve::start(config, Arc::new(SystemClock)).await?;

@@ -385,10 +385,16 @@ impl<'a> FormFields<'a> {
                     Some(i) => (&pair[..i], &pair[i + 1..]),
                     None => (pair, &pair[pair.len()..]),
                 };
-                let name = plain(name).map_or_else(|| form_decode(name), Cow::Borrowed);
-                if has_control(&name) {
-                    return Err(ParseError::MalformedField("(a field name)"));
-                }
+                let name = match plain(name) {
+                    Some(name) => Cow::Borrowed(name),
+                    None => {
+                        let name = form_decode(name);
+                        if has_control(&name) {
+                            return Err(ParseError::MalformedField("(a field name)"));
+                        }
+                        name
+                    }
+                };
                 f(&name, FormValue(value))?;
             }
         }
@@ -437,8 +443,8 @@ impl<'a> FormValue<'a> {
 
 /// A form name or value as it stands when decoding would change nothing and it holds no
 /// control character: printable ASCII other than `%` and `+` (what clients send for
-/// names, numbers and accounts). Checked in one pass, where decoding and then checking
-/// took several.
+/// names, numbers and accounts): an ASCII scan, where decoding and then checking took
+/// several passes and, for a value, a copy when it held a `+`.
 fn plain(raw: &[u8]) -> Option<&str> {
     if raw
         .iter()
