@@ -167,6 +167,14 @@ pub fn take(req: &httparse::Request<'_, '_>) -> Take {
     }
 }
 
+/// Room for a head's header fields, left uninitialised for httparse's
+/// `*_with_uninit_headers` parsers (the same parse as `parse`): they write the fields
+/// they find, where filling MAX_HEADERS `EMPTY_HEADER`s first cost hundreds of
+/// instructions a parse.
+pub fn header_room<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// A character RFC 3986 allows in a path and query (no fragment): what hyper's URI
 /// parser and the fast path read alike. A table: a search of the punctuation list for
 /// each octet of a Kannel query string cost about 1,400 instructions per request.
@@ -296,17 +304,17 @@ fn length(out: &mut Vec<u8>, n: usize) {
 /// `n` in decimal digits, without the formatting machinery (`write!` cost a few hundred
 /// instructions a reply).
 fn decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+    let mut text = [0u8; usize::MAX.ilog10() as usize + 1];
+    let mut at = text.len();
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        text[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(&text[at..]);
 }
 
 /// The IMF-fixdate of the current second, formatted once a second per thread.
@@ -356,10 +364,14 @@ impl std::fmt::Debug for Reply {
 impl Reply {
     /// Runs `f` over the reply's header fields.
     pub fn fields<R>(&self, f: impl FnOnce(Fields<'_>) -> R) -> R {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
+        let mut headers = header_room();
+        let mut resp = httparse::Response::new(&mut []);
         // Parsed once already by `read_reply`; the same bytes parse the same way.
-        let n = match resp.parse(&self.head) {
+        let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            &self.head,
+            &mut headers,
+        ) {
             Ok(httparse::Status::Complete(_)) => resp.headers.len(),
             _ => 0,
         };
@@ -422,14 +434,17 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
     max_body: usize,
 ) -> Result<Reply, ReadError> {
     let (head, head_len) = loop {
-        // Nothing read yet (the usual case: the reply is awaited): read before parsing,
-        // which starts by filling a header array of MAX_HEADERS.
+        // Nothing read yet (the usual case: the reply is awaited): read before parsing.
         let parsed = if buf.is_empty() {
             None
         } else {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(buf) {
+            let mut headers = header_room();
+            let mut resp = httparse::Response::new(&mut []);
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                buf,
+                &mut headers,
+            ) {
                 Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
                     return Err(ReadError::Malformed("reply head too large"));
                 }

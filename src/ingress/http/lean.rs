@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Activity;
 use super::request::{Listener, Prepared, Refusal, Request};
-use crate::http1::{self, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Take};
+use crate::http1::{self, Fields, MAX_HEAD_BYTES, Take};
 use crate::ingress::profile::RequestView;
 use crate::shutdown::Drain;
 
@@ -68,13 +68,13 @@ where
         // or a body that came with its head), phase 2 from the same parse.
         let head = loop {
             // Nothing read yet (a keep-alive connection between requests): read before
-            // parsing, which starts by filling a header array of MAX_HEADERS.
+            // parsing.
             let parsed = if buf.is_empty() {
                 None
             } else {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                match req.parse(buf) {
+                let mut headers = http1::header_room();
+                let mut req = httparse::Request::new(&mut []);
+                match req.parse_with_uninit_headers(buf, &mut headers) {
                     Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
                         Some(Err(BadHead::TooLarge))
                     }
@@ -166,10 +166,10 @@ where
 
                 // Phase 2 once the body is in: the head parsed again, as the buffer
                 // may have moved while it grew.
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
+                let mut headers = http1::header_room();
+                let mut req = httparse::Request::new(&mut []);
                 // The same bytes parsed above: complete, and taken.
-                let _ = req.parse(&buf[..head_len]);
+                let _ = req.parse_with_uninit_headers(&buf[..head_len], &mut headers);
                 let prepared = extract(listener, &req, head_len, content_length, buf, peer);
                 (prepared, head_len + content_length, close, started)
             }
