@@ -161,7 +161,10 @@ pub fn no_huge_pages() {
         let outcome = if done == 0 {
             1
         } else {
-            -std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+            // `last_os_error` right after a failed call always has an errno.
+            -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL)
         };
         NO_HUGE_PAGES.store(outcome, std::sync::atomic::Ordering::Relaxed);
     }
@@ -173,7 +176,7 @@ fn report_huge_pages() {
     if outcome < 0 {
         tracing::warn!(
             error = %std::io::Error::from_raw_os_error(-outcome),
-            "transparent huge pages could not be turned off: resident memory may be 40 MiB higher under load"
+            "transparent huge pages could not be turned off: resident memory may be 40-50 MiB higher under load"
         );
     }
 }

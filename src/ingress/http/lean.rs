@@ -168,8 +168,13 @@ where
                 // may have moved while it grew.
                 let mut headers = http1::header_room();
                 let mut req = httparse::Request::new(&mut []);
-                // The same bytes parsed above: complete, and taken.
-                let _ = req.parse_with_uninit_headers(&buf[..head_len], &mut headers);
+                // The same bytes parsed above: complete, and taken (the parser looks no
+                // further than the head's last line end).
+                let parsed = req.parse_with_uninit_headers(&buf[..head_len], &mut headers);
+                debug_assert!(
+                    matches!(parsed, Ok(httparse::Status::Complete(n)) if n == head_len),
+                    "the head parses again as it did"
+                );
                 let prepared = extract(listener, &req, head_len, content_length, buf, peer);
                 (prepared, head_len + content_length, close, started)
             }
