@@ -168,9 +168,14 @@ const SPARE_BYTES: usize = 16 * 1024;
 impl Drop for Outbound {
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.bytes);
-        // It held the message: zeroed, all of its room, whether it is kept for the next
-        // request or let go (writes the compiler may not leave out).
-        zeroize::Zeroize::zeroize(&mut bytes);
+        // It held the message: zeroed, whether it is kept for the next request or let
+        // go (writes the compiler may not leave out). Only what this request wrote:
+        // `write_request` writes within the length, with all the room it needs taken
+        // first, and each request zeroes its own part when done, so the rest of the
+        // room is zero already or was never written. Zeroing all of it cost each request
+        // the largest one the buffer had held (up to SPARE_BYTES).
+        zeroize::Zeroize::zeroize(bytes.as_mut_slice());
+        bytes.clear();
         if bytes.capacity() > SPARE_BYTES {
             return;
         }
@@ -382,7 +387,16 @@ mod tests {
         let second = up.outbound("GET", "/next", Fields::Raw(&[]), b"");
         assert_eq!(second.bytes.as_ptr(), at, "the next request reuses it");
         assert!(second.bytes.starts_with(b"GET /next HTTP/1.1\r\n"));
+        let short = second.bytes.len();
+        assert!(short < len);
         drop(second);
+        // Each request zeroes what it wrote: what the first left beyond the second's
+        // length is zero too.
+        SPARE.with_borrow(|spare| {
+            // SAFETY: as above: the first `len` bytes were written (and zeroed since).
+            let old = unsafe { std::slice::from_raw_parts(spare[0].as_ptr(), len) };
+            assert!(old.iter().all(|&b| b == 0), "{old:?}");
+        });
         let large = up.outbound("POST", "/send", Fields::Raw(&[]), &[b'x'; SPARE_BYTES + 1]);
         drop(large);
         assert_eq!(SPARE.with_borrow(Vec::len), 0, "a large buffer is not kept");

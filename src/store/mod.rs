@@ -580,9 +580,13 @@ impl Recorder {
                 codec::encode(&rec, plain);
                 debug_assert_eq!(plain.capacity(), room, "a record outgrew its room");
                 let sealed = keys.seal(&codec::record_aad(sub.id, rec.ordinal), plain);
-                // The plaintext names the recipient: zeroed, all of the buffer's room
-                // (writes the compiler may not leave out), before it is kept or let go.
-                zeroize::Zeroize::zeroize(plain);
+                // The plaintext names the recipient: zeroed (writes the compiler may
+                // not leave out) before it is kept or let go. Only what this record
+                // wrote: `encode` writes within the length, in the room reserved above,
+                // and each record zeroes its own part, so the rest of the room is zero
+                // already or was never written.
+                zeroize::Zeroize::zeroize(plain.as_mut_slice());
+                plain.clear();
                 if plain.capacity() > PLAIN_KEPT {
                     *plain = Vec::new();
                 }
@@ -1011,6 +1015,20 @@ mod tests {
             // SAFETY: the buffer's first `plain.len()` bytes were written when the
             // record was encoded into it (and zeroed since): they are initialised.
             let old = unsafe { std::slice::from_raw_parts(kept.as_ptr(), plain.len()) };
+            assert!(old.iter().all(|&b| b == 0), "{old:?}");
+        });
+        // Each record zeroes what it wrote: a long one, then a short one in the same
+        // room, leave none of the long one's plaintext past the short one's length.
+        let t = at(10, 0, 1).timestamp_micros();
+        let long = submission(&rec, t, "an-account-with-a-long-name", "+31612345678");
+        let mut long_plain = Vec::new();
+        codec::encode(&long.records().next().unwrap(), &mut long_plain);
+        rec.seal(&long).unwrap();
+        rec.seal(&submission(&rec, t, "a", "+31612345678")).unwrap();
+        PLAIN.with_borrow(|kept| {
+            assert!(kept.capacity() >= long_plain.len());
+            // SAFETY: as above, for the long record's bytes.
+            let old = unsafe { std::slice::from_raw_parts(kept.as_ptr(), long_plain.len()) };
             assert!(old.iter().all(|&b| b == 0), "{old:?}");
         });
         store.close().await;
