@@ -148,6 +148,9 @@ pub use crate::http1::Reply;
 /// A request as it goes upstream, written once (see [`Upstream::outbound`]).
 pub struct Outbound {
     bytes: Vec<u8>,
+    /// Its room is new (a buffer made or grown for it): what lies past the request in
+    /// it is whatever the allocator's last user left there.
+    new_room: bool,
     /// A HEAD request: its reply has no body.
     head: bool,
 }
@@ -169,13 +172,19 @@ impl Drop for Outbound {
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.bytes);
         // It held the message: zeroed, whether it is kept for the next request or let
-        // go (writes the compiler may not leave out). Only what this request wrote:
+        // go (writes the compiler may not leave out). All of its room when the room is
+        // new, which may hold what the allocator's last user left (other messages:
+        // ingress buffers are freed unzeroed); otherwise only what this request wrote:
         // `write_request` writes within the length, with all the room it needs taken
-        // first, and each request zeroes its own part when done, so the rest of the
-        // room is zero already or was never written. Zeroing all of it cost each request
-        // the largest one the buffer had held (up to SPARE_BYTES).
-        zeroize::Zeroize::zeroize(bytes.as_mut_slice());
-        bytes.clear();
+        // first, and the rest of a kept buffer's room was zeroed before. Zeroing all of
+        // it every time cost each request the largest one the buffer had held (up to
+        // SPARE_BYTES).
+        if self.new_room {
+            zeroize::Zeroize::zeroize(&mut bytes);
+        } else {
+            zeroize::Zeroize::zeroize(bytes.as_mut_slice());
+            bytes.clear();
+        }
         if bytes.capacity() > SPARE_BYTES {
             return;
         }
@@ -270,6 +279,7 @@ impl Upstream {
         body: &[u8],
     ) -> Outbound {
         let mut bytes = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
+        let room = bytes.capacity();
         http1::write_request(
             &mut bytes,
             method,
@@ -279,6 +289,7 @@ impl Upstream {
             body,
         );
         Outbound {
+            new_room: bytes.capacity() != room,
             bytes,
             head: method == "HEAD",
         }
@@ -379,10 +390,11 @@ mod tests {
                 panic!("one buffer kept, not {}", spare.len())
             };
             assert_eq!((kept.as_ptr(), kept.len()), (at, 0));
-            // SAFETY: the kept buffer's first `len` bytes were written by the request
-            // above (and zeroed since): they are initialised, and nothing else holds it.
-            let old = unsafe { std::slice::from_raw_parts(kept.as_ptr(), len) };
-            assert!(old.iter().all(|&b| b == 0), "{old:?}");
+            // SAFETY: its room was new, so all of it was zeroed when the request was
+            // done (whatever the allocator had left there too): every byte up to the
+            // capacity is initialised, and nothing else holds it.
+            let room = unsafe { std::slice::from_raw_parts(kept.as_ptr(), kept.capacity()) };
+            assert!(room.iter().all(|&b| b == 0), "{room:?}");
         });
         let second = up.outbound("GET", "/next", Fields::Raw(&[]), b"");
         assert_eq!(second.bytes.as_ptr(), at, "the next request reuses it");
@@ -390,12 +402,16 @@ mod tests {
         let short = second.bytes.len();
         assert!(short < len);
         drop(second);
-        // Each request zeroes what it wrote: what the first left beyond the second's
-        // length is zero too.
+        // A kept buffer's next request zeroes what it wrote, and the rest of the room
+        // stays as zero as it was.
         SPARE.with_borrow(|spare| {
-            // SAFETY: as above: the first `len` bytes were written (and zeroed since).
-            let old = unsafe { std::slice::from_raw_parts(spare[0].as_ptr(), len) };
-            assert!(old.iter().all(|&b| b == 0), "{old:?}");
+            let [kept] = spare.as_slice() else {
+                panic!("one buffer kept, not {}", spare.len())
+            };
+            assert_eq!(kept.as_ptr(), at, "the same block");
+            // SAFETY: as above: the whole room was zeroed after the first request.
+            let room = unsafe { std::slice::from_raw_parts(kept.as_ptr(), kept.capacity()) };
+            assert!(room.iter().all(|&b| b == 0), "{room:?}");
         });
         let large = up.outbound("POST", "/send", Fields::Raw(&[]), &[b'x'; SPARE_BYTES + 1]);
         drop(large);

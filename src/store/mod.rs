@@ -568,6 +568,7 @@ impl Recorder {
         let bucket = keys.bucket(sub.at);
         for rec in sub.records() {
             let sealed = PLAIN.with_borrow_mut(|plain| {
+                let before = plain.capacity();
                 // Room first: a buffer that grew while the record was encoded would
                 // leave the part written so far in the blocks it let go.
                 plain.reserve(
@@ -581,12 +582,16 @@ impl Recorder {
                 debug_assert_eq!(plain.capacity(), room, "a record outgrew its room");
                 let sealed = keys.seal(&codec::record_aad(sub.id, rec.ordinal), plain);
                 // The plaintext names the recipient: zeroed (writes the compiler may
-                // not leave out) before it is kept or let go. Only what this record
-                // wrote: `encode` writes within the length, in the room reserved above,
-                // and each record zeroes its own part, so the rest of the room is zero
-                // already or was never written.
-                zeroize::Zeroize::zeroize(plain.as_mut_slice());
-                plain.clear();
+                // not leave out) before it is kept or let go. All of the room when it
+                // is new (it may hold what the allocator's last user left); otherwise
+                // only what this record wrote: `encode` writes within the length, in
+                // the room reserved above, and the rest was zeroed before.
+                if room != before {
+                    zeroize::Zeroize::zeroize(plain);
+                } else {
+                    zeroize::Zeroize::zeroize(plain.as_mut_slice());
+                    plain.clear();
+                }
                 if plain.capacity() > PLAIN_KEPT {
                     *plain = Vec::new();
                 }
@@ -1010,27 +1015,32 @@ mod tests {
         codec::encode(&sub.records().next().unwrap(), &mut plain);
         assert!(plain.windows(9).any(|w| w == b"612345678"), "{plain:?}");
         rec.seal(&sub).unwrap();
-        PLAIN.with_borrow(|kept| {
-            assert!(kept.is_empty() && kept.capacity() >= plain.len());
-            // SAFETY: the buffer's first `plain.len()` bytes were written when the
-            // record was encoded into it (and zeroed since): they are initialised.
-            let old = unsafe { std::slice::from_raw_parts(kept.as_ptr(), plain.len()) };
-            assert!(old.iter().all(|&b| b == 0), "{old:?}");
-        });
-        // Each record zeroes what it wrote: a long one, then a short one in the same
-        // room, leave none of the long one's plaintext past the short one's length.
+        let whole_room_is_zero = || {
+            PLAIN.with_borrow(|kept| {
+                assert!(kept.is_empty());
+                // SAFETY: this thread's buffer had new room for its first record and
+                // for the long one below, and new room is zeroed whole once the
+                // record is sealed; what later records write is zeroed too: every
+                // byte up to the capacity is initialised.
+                let room = unsafe { std::slice::from_raw_parts(kept.as_ptr(), kept.capacity()) };
+                assert!(room.iter().all(|&b| b == 0), "{room:?}");
+                (kept.as_ptr(), kept.capacity())
+            })
+        };
+        let (_, capacity) = whole_room_is_zero();
+        assert!(capacity >= plain.len());
+        // A long record (new room), then a short one in the same room: none of either
+        // is left, up to the capacity.
         let t = at(10, 0, 1).timestamp_micros();
         let long = submission(&rec, t, "an-account-with-a-long-name", "+31612345678");
-        let mut long_plain = Vec::new();
-        codec::encode(&long.records().next().unwrap(), &mut long_plain);
         rec.seal(&long).unwrap();
+        let after_long = whole_room_is_zero();
         rec.seal(&submission(&rec, t, "a", "+31612345678")).unwrap();
-        PLAIN.with_borrow(|kept| {
-            assert!(kept.capacity() >= long_plain.len());
-            // SAFETY: as above, for the long record's bytes.
-            let old = unsafe { std::slice::from_raw_parts(kept.as_ptr(), long_plain.len()) };
-            assert!(old.iter().all(|&b| b == 0), "{old:?}");
-        });
+        assert_eq!(
+            whole_room_is_zero(),
+            after_long,
+            "the same block, not grown"
+        );
         store.close().await;
     }
 
