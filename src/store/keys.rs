@@ -305,13 +305,16 @@ fn seal_with(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>,
     let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
-    let tag = key
-        .seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad),
-            &mut out[NONCE_LEN..],
-        )
-        .map_err(|_| KeyError::Open)?;
+    let sealed = key.seal_in_place_separate_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut out[NONCE_LEN..],
+    );
+    let Ok(tag) = sealed else {
+        // Not sealed: it may still hold the plaintext.
+        zeroize::Zeroize::zeroize(&mut out);
+        return Err(KeyError::Open);
+    };
     out.extend_from_slice(tag.as_ref());
     Ok(out)
 }
