@@ -585,6 +585,10 @@ pub fn spawn(
     cfg: WriterConfig,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
+    // Made here, once: a store directory that goes away under a running writer (moved,
+    // replaced) is not made again empty beside it, where partitions would then start
+    // anew; opening a partition in it fails until it is back (fail closed).
+    std::fs::create_dir_all(&cfg.store_dir)?;
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
     let checkpointer = spawn_checkpointer(metrics.clone())?;
     let signals = cfg.signals.clone();
@@ -1380,7 +1384,6 @@ impl Writer {
             {
                 self.close_partition(oldest);
             }
-            std::fs::create_dir_all(&self.cfg.store_dir).map_err(|e| io(&self.cfg.store_dir, e))?;
             let conn = schema::open_for_write(
                 &path,
                 &partition.to_string(),
