@@ -1944,6 +1944,31 @@ mod tests {
         }
     }
 
+    /// A store directory taken away under a running store is not made again, empty,
+    /// where it was: a record for a partition not open yet fails (closed) instead of
+    /// starting that partition anew beside the moved store.
+    #[tokio::test]
+    async fn a_store_directory_taken_away_is_not_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        let (_, store) = open_at_ten(&cfg);
+        let rec = store.recorder();
+        let today = at(10, 0, 0).timestamp_micros();
+        rec.record(&submission(&rec, today, "acct", "+31611111111"))
+            .await
+            .unwrap();
+        let moved = dir.path().join("store.moved");
+        std::fs::rename(&cfg.path, &moved).unwrap();
+        let tomorrow = today + 86_400_000_000;
+        let refused = rec
+            .record(&submission(&rec, tomorrow, "acct", "+31622222222"))
+            .await;
+        assert!(refused.is_err(), "recorded into a store made again");
+        assert!(!cfg.path.exists(), "the store directory was made again");
+        std::fs::rename(&moved, &cfg.path).unwrap();
+        store.close().await;
+    }
+
     /// Relay threads and the front append side by side (durable batches sealed on
     /// four runtime threads, their outcomes through the front): frames reach the
     /// writer in the order of their numbers (the writer asserts it in debug builds),
