@@ -43,6 +43,8 @@ pub enum HttpBenchError {
     Empty,
     #[error("Jasmin's HTTP API takes one recipient per request: --recipients 1")]
     OneRecipient,
+    #[error("--recipients must not exceed --pool (a message names each number once)")]
+    PoolTooSmall,
     #[error("a load worker failed: {0}")]
     Worker(String),
 }
@@ -78,7 +80,13 @@ fn request(b: &HttpBench, rng: &mut Rng, out: &mut Vec<u8>) {
         .authority()
         .map(|a| a.as_str())
         .unwrap_or("localhost");
-    let mut numbers = (0..b.recipients).map(|_| rng.next() % b.pool.max(1));
+    // Distinct numbers within a message, as a client sends them: a number listed twice
+    // is one message to the gateway (Kannel sends it once) and one record, so drawn
+    // pairs that met made the records fewer than the recipients sent, at random. The
+    // first at random, the others after it in the pool (no allocation per request).
+    let pool = b.pool.max(1);
+    let first = rng.next() % pool;
+    let mut numbers = (0..b.recipients as u64).map(|i| (first + i) % pool);
     // Writing into a Vec cannot fail.
     match b.profile {
         ProfileKind::Kannel => {
@@ -256,6 +264,9 @@ pub async fn run(b: HttpBench) -> Result<HttpReport, HttpBenchError> {
     if b.profile == ProfileKind::Jasmin && b.recipients > 1 {
         return Err(HttpBenchError::OneRecipient);
     }
+    if b.recipients as u64 > b.pool.max(1) {
+        return Err(HttpBenchError::PoolTooSmall);
+    }
     let b = Arc::new(b);
     let started = Instant::now();
     let deadline = b.duration.map(|d| started + d);
@@ -407,5 +418,42 @@ mod tests {
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(json["to"].as_array().unwrap().len(), 3);
+    }
+
+    /// A message's recipients are distinct numbers, even from a pool no larger than
+    /// them (a number listed twice is one record); a pool smaller than them is refused.
+    #[tokio::test]
+    async fn a_message_never_names_a_number_twice() {
+        let mut b = HttpBench {
+            target: "http://127.0.0.1:9".parse().unwrap(),
+            profile: ProfileKind::Json,
+            connections: 1,
+            duration: None,
+            requests: Some(1),
+            rate: None,
+            recipients: 4,
+            pool: 4,
+            seed: 1,
+            progress: false,
+        };
+        let mut out = Vec::new();
+        let mut rng = Rng::for_worker(1, 0);
+        for _ in 0..50 {
+            request(&b, &mut rng, &mut out);
+            let text = String::from_utf8(out.clone()).unwrap();
+            let body = text.split_once("\r\n\r\n").unwrap().1;
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            let mut to: Vec<&str> = json["to"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap())
+                .collect();
+            to.sort_unstable();
+            to.dedup();
+            assert_eq!(to.len(), 4, "{body}");
+        }
+        b.pool = 3;
+        assert!(matches!(run(b).await, Err(HttpBenchError::PoolTooSmall)));
     }
 }
