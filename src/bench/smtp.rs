@@ -44,6 +44,8 @@ pub enum SmtpBenchError {
     Unbounded,
     #[error("--sessions, --messages-per-session and --recipients must be at least 1")]
     Empty,
+    #[error("--recipients must not exceed --pool (a message names each address once)")]
+    PoolTooSmall,
     #[error("a load worker failed: {0}")]
     Worker(String),
 }
@@ -223,8 +225,11 @@ async fn worker(
         };
         envelope.clear();
         envelope.extend_from_slice(b"MAIL FROM:<bench@relaylog.test>\r\n");
-        for _ in 0..b.recipients {
-            let n = rng.next() % b.pool.max(1);
+        // Distinct addresses within a message, as `bench http` draws its numbers.
+        let pool = b.pool.max(1);
+        let first = rng.next() % pool;
+        for i in 0..b.recipients as u64 {
+            let n = (first + i) % pool;
             envelope.extend_from_slice(format!("RCPT TO:<user{n}@example.net>\r\n").as_bytes());
         }
         envelope.extend_from_slice(b"DATA\r\n");
@@ -272,6 +277,9 @@ pub async fn run(b: SmtpBench) -> Result<SmtpReport, SmtpBenchError> {
     }
     if b.sessions == 0 || b.messages_per_session == 0 || b.recipients == 0 {
         return Err(SmtpBenchError::Empty);
+    }
+    if b.recipients as u64 > b.pool.max(1) {
+        return Err(SmtpBenchError::PoolTooSmall);
     }
     let mut body = content(b.size);
     let bytes_per_message = body.len();
