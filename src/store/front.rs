@@ -24,9 +24,25 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, EntryRef, Journal};
 use super::partition::PartitionId;
-use super::rows::Row;
+use super::rows::{OutcomeRow, Row};
 use super::writer::{Expired, Job, Pace, Signals, gather, io};
 use crate::metrics::Metrics;
+
+/// An outcome event a relay thread carries to the next frame it appends, with the place
+/// kept for it in the front's queue (given back once the event is in a frame; used to
+/// send it to the front when it cannot be).
+pub(super) struct Carried {
+    pub permit: mpsc::OwnedPermit<Job>,
+    pub partition: PartitionId,
+    pub row: OutcomeRow,
+}
+
+impl Carried {
+    /// To the front, in its kept place.
+    pub fn send(self) {
+        self.permit.send(Job::outcome(self.partition, self.row));
+    }
+}
 
 /// The journal and the writer's queue, shared by the front and the relay threads (see
 /// the module's documentation).
@@ -74,9 +90,12 @@ impl Appender {
         }
     }
 
-    /// Appends a durable batch's rows as one frame and passes them to the writer, from
-    /// the thread that sealed them: `Ok` once they are in the journal (their clients
-    /// may be answered). The rows back when the front must take them instead. Never
+    /// Appends a durable batch's rows, and the outcome events this thread carries
+    /// (see `super::batch::carry`), as one frame and passes them to the writer, from the
+    /// thread that made them: `Ok` once they are in the journal (the batch's clients
+    /// may be answered; the events' places in the front's queue are given back). With
+    /// no rows, a frame of the events alone. On `Err` the rows come back, and the
+    /// events are left in `outcomes`, for the front to take instead. Never
     /// waits for the lock or for room in the writer's queue, and never makes a file
     /// (a new segment is the front's to start): what it costs the calling thread is a
     /// `stat` of the segment's path and one `write`, into the page cache (which can
@@ -87,6 +106,7 @@ impl Appender {
         signals: &Signals,
         partition: PartitionId,
         rows: Vec<Row>,
+        outcomes: &mut Vec<Carried>,
     ) -> Result<(), Vec<Row>> {
         if !self.relay_threads || bypassing(signals, &self.metrics) {
             return Err(rows);
@@ -103,18 +123,32 @@ impl Appender {
             return Err(rows);
         };
         let started = Instant::now();
+        let records = (!rows.is_empty()).then(|| EntryRef::Records(partition, &rows));
+        let events = outcomes
+            .iter()
+            .map(|c| EntryRef::Outcome(c.partition, &c.row));
         match shared
             .journal
-            .append_in_place(std::iter::once(EntryRef::Records(partition, &rows)))
+            .append_in_place(records.into_iter().chain(events))
         {
             Ok(frame) => {
                 let records = rows.len();
-                permit.send(Job::Frame(vec![Job::Records {
-                    partition,
-                    rows,
-                    done: None,
+                let mut jobs = Vec::with_capacity(1 + outcomes.len());
+                if records > 0 {
+                    jobs.push(Job::Records {
+                        partition,
+                        rows,
+                        done: None,
+                        frame,
+                    });
+                }
+                // Each event's kept place in the front's queue goes with it here.
+                jobs.extend(outcomes.drain(..).map(|c| Job::Outcome {
+                    partition: c.partition,
+                    row: c.row,
                     frame,
-                }]));
+                }));
+                permit.send(Job::Frame(jobs));
                 signals.journal_unrotated.store(true, Ordering::Relaxed);
                 drop(guard);
                 self.appended(started, records);
@@ -140,6 +174,11 @@ impl Appender {
                 Err(rows)
             }
         }
+    }
+
+    /// Whether relay threads may append at all (not with `sync = "full"`).
+    pub(super) fn relay_threads(&self) -> bool {
+        self.relay_threads
     }
 
     /// Counts a frame appended in `started.elapsed()` holding `records` records.

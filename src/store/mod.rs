@@ -155,9 +155,17 @@ impl OutcomeSlot {
         }
     }
 
-    /// Queues a prepared outcome in the kept place: no wait.
+    /// Queues a prepared outcome in the kept place, or carries it to the next frame
+    /// this thread appends to the journal (see [`batch::carry`]): no wait.
     pub fn send(self, prepared: PreparedOutcome) {
-        self.permit.send(prepared.0);
+        match prepared.0 {
+            Job::Outcome { partition, row, .. } => {
+                batch::carry(&self.recorder.inner.route, self.permit, partition, row)
+            }
+            job => {
+                self.permit.send(job);
+            }
+        }
     }
 
     /// [`OutcomeSlot::prepare`], then [`OutcomeSlot::send`].
@@ -799,6 +807,8 @@ impl Recorder {
 
     /// Waits until everything queued before this call is committed.
     pub async fn barrier(&self) -> Result<(), RecordError> {
+        // The outcome events this thread carries are queued before the barrier.
+        batch::flush_carried();
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Barrier(tx)).await?;
         self.inner.route.signals.durable_queued();
@@ -808,6 +818,7 @@ impl Recorder {
     }
 
     pub fn barrier_blocking(&self) -> Result<(), RecordError> {
+        batch::flush_carried();
         let (tx, rx) = oneshot::channel();
         self.inner
             .route
@@ -1939,6 +1950,74 @@ mod tests {
             assert_eq!(
                 find(&cfg, IndexKind::Recipient, number).len(),
                 1,
+                "{number}"
+            );
+        }
+    }
+
+    /// On a relay's own thread (a current-thread runtime) an outcome event rides in the
+    /// next frame the thread appends, with the next durable batch, or in a frame of its
+    /// own after the pass when no batch follows: the journal's front appends none of
+    /// them. A barrier from the thread covers the events it carries.
+    #[tokio::test]
+    async fn outcomes_ride_in_the_relay_threads_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig::under(dir.path());
+        let metrics = Arc::new(Metrics::new());
+        batch::relay_thread();
+        let (store, rec, t) = warm(&cfg, metrics.clone()).await;
+        // Keeps the ticker from waking the front (see
+        // `a_failed_relay_append_goes_through_the_front_until_the_fronts_works`).
+        let _quiet = rec.reserve_outcomes(1).await.unwrap();
+        rec.barrier().await.unwrap();
+        let appends = || metric(&metrics, "relaylog_journal_append_seconds_count") as u64;
+        let by_front = || appends() - rec.relay_frames();
+        let front_before = by_front();
+        let outcome = |sub: &Submission| {
+            let rec = rec.clone();
+            let event = OutcomeEvent::new(sub.id, sub.at, sub.at + 1, Outcome::Accepted);
+            async move { rec.reserve_outcome().await.unwrap().record(&event).await }
+        };
+
+        // With the next batch: one frame for the second record and the first's outcome.
+        let first = submission(&rec, t + 1, "a", "+31611111111");
+        rec.record(&first).await.unwrap();
+        let frames = rec.relay_frames();
+        outcome(&first).await;
+        let second = submission(&rec, t + 2, "a", "+31622222222");
+        rec.record(&second).await.unwrap();
+        assert_eq!(rec.relay_frames(), frames + 1);
+        // In a frame of its own, after the pass.
+        outcome(&second).await;
+        assert_eq!(
+            rec.relay_frames(),
+            frames + 1,
+            "carried until the pass ends"
+        );
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(rec.relay_frames(), frames + 2, "appended after the pass");
+        // A barrier right after an event covers it.
+        let third = submission(&rec, t + 3, "a", "+31633333333");
+        rec.record(&third).await.unwrap();
+        outcome(&third).await;
+        rec.barrier().await.unwrap();
+        let found = find(&cfg, IndexKind::Recipient, "+31633333333");
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| f.outcome.as_ref().map(|o| o.outcome))
+                .collect::<Vec<_>>(),
+            [Some(Outcome::Accepted)]
+        );
+        assert_eq!(by_front(), front_before, "the front appended none of them");
+        store.close().await;
+        for number in ["+31611111111", "+31622222222", "+31633333333"] {
+            let found = find(&cfg, IndexKind::Recipient, number);
+            assert_eq!(found.len(), 1, "{number}");
+            assert_eq!(
+                found[0].outcome.as_ref().map(|o| o.outcome),
+                Some(Outcome::Accepted),
                 "{number}"
             );
         }

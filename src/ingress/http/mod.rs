@@ -143,6 +143,8 @@ impl HttpThreads {
                         }
                     };
                     let rt = &runtime;
+                    // Its outcome events ride in the journal frames it appends.
+                    crate::store::batch::relay_thread();
                     let serve = std::panic::AssertUnwindSafe(move || {
                         rt.block_on(async move {
                             let listener = match TcpListener::from_std(socket) {
@@ -164,6 +166,9 @@ impl HttpThreads {
                             // Accepting is over; the connections (and the messages
                             // they detached) finish on this runtime.
                             connections_done.wait().await;
+                            // The outcome events this thread still carries go before
+                            // `serve` is told its connections are done.
+                            crate::store::batch::flush_carried();
                             drop(server_drain);
                         })
                     });
