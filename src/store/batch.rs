@@ -374,8 +374,6 @@ pub(super) fn carry(
             if !carrying.flush_due {
                 carrying.flush_due = true;
                 runtime.spawn(async {
-                    // Flushes when the task ends or is dropped unrun (its runtime
-                    // shutting down): what is carried is never left behind.
                     let _flush = FlushOnDrop;
                     tokio::task::yield_now().await;
                 });
@@ -439,14 +437,24 @@ fn take_carried(signals: &Arc<Signals>) -> Vec<Carried> {
 /// before a barrier from this thread, so that it covers them, and when a relay
 /// thread stops.
 pub fn flush_carried() {
+    flush_carried_unless(false);
+}
+
+/// [`flush_carried`]; with `unless_batched`, not while a durable batch of the same
+/// store is open on this thread: its frame takes them (one `write` for the pass
+/// instead of two).
+fn flush_carried_unless(unless_batched: bool) {
     let taken = CARRIED
         .try_with(|carrying| {
             let Ok(mut carrying) = carrying.try_borrow_mut() else {
                 return None;
             };
             carrying.flush_due = false;
-            let events = std::mem::take(&mut carrying.outcomes);
-            carrying.signals.clone().map(|signals| (signals, events))
+            let signals = carrying.signals.clone()?;
+            if unless_batched && batch_open_here(&signals) {
+                return None;
+            }
+            Some((signals, std::mem::take(&mut carrying.outcomes)))
         })
         .ok()
         .flatten();
@@ -455,12 +463,32 @@ pub fn flush_carried() {
     }
 }
 
-/// Runs [`flush_carried`] when dropped.
+/// Whether a batch of the store of `signals` is open on this thread, not yet taken
+/// to be queued.
+fn batch_open_here(signals: &Arc<Signals>) -> bool {
+    OPEN.try_with(|open| {
+        open.try_borrow()
+            .ok()
+            .and_then(|weak| weak.upgrade())
+            .is_some_and(|g| {
+                Arc::ptr_eq(&g.route.signals, signals)
+                    && g.pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_some()
+            })
+    })
+    .unwrap_or(false)
+}
+
+/// Flushes what this thread carries when dropped: at the end of the task spawned for
+/// it, or when that task is dropped unrun (its runtime shutting down). Left to a
+/// durable batch open on the thread, whose owner queues it when it runs or is dropped.
 struct FlushOnDrop;
 
 impl Drop for FlushOnDrop {
     fn drop(&mut self) {
-        flush_carried();
+        flush_carried_unless(true);
     }
 }
 

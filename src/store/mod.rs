@@ -1997,6 +1997,17 @@ mod tests {
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
         assert_eq!(rec.relay_frames(), frames + 2, "appended after the pass");
+        // An event carried while a durable batch is open goes in the batch's frame,
+        // even when the task spawned to flush it runs first.
+        let fourth = submission(&rec, t + 4, "a", "+31644444444");
+        rec.record(&fourth).await.unwrap();
+        outcome(&fourth).await;
+        tokio::task::yield_now().await; // the flush task runs, and yields in turn
+        let frames = rec.relay_frames();
+        rec.record(&submission(&rec, t + 5, "a", "+31655555555"))
+            .await
+            .unwrap();
+        assert_eq!(rec.relay_frames(), frames + 1, "one frame for the pass");
         // A barrier right after an event covers it.
         let third = submission(&rec, t + 3, "a", "+31633333333");
         rec.record(&third).await.unwrap();
@@ -2012,7 +2023,12 @@ mod tests {
         );
         assert_eq!(by_front(), front_before, "the front appended none of them");
         store.close().await;
-        for number in ["+31611111111", "+31622222222", "+31633333333"] {
+        for number in [
+            "+31611111111",
+            "+31622222222",
+            "+31633333333",
+            "+31644444444",
+        ] {
             let found = find(&cfg, IndexKind::Recipient, number);
             assert_eq!(found.len(), 1, "{number}");
             assert_eq!(
