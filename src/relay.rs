@@ -333,7 +333,8 @@ impl Relay {
         let slot = ticket.disarm();
         if matches!(e, RecordError::Timeout(_)) {
             let now = self.recorder.now();
-            slot.record(&OutcomeEvent::new(
+            // Behind the records, which may still be in the queue.
+            slot.record_queued(&OutcomeEvent::new(
                 submission,
                 submitted_at,
                 now,

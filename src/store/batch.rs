@@ -23,6 +23,9 @@
 //! rows at a time (2.8 records per commit at 13,700 msg/s on one core, 39 µs a commit),
 //! and where it shares a core with the runtime it preempted the worker on every wake-up.
 //!
+//! The outcome events a relay thread makes ride in the frames it appends too (see
+//! `super::carry`).
+//!
 //! Nothing here decides whether a record is written: a gathered submission is answered
 //! with its batch's commit result, or with an error (queue full, store closed, the
 //! writer gone), and an error still means "do not forward". Only a batch in the
@@ -37,9 +40,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::front::Carried;
 use super::partition::PartitionId;
-use super::rows::OutcomeRow;
 use super::writer::{Done, Job, Row, Signals, WriteError};
 
 /// Why a gathered batch was not committed.
@@ -57,16 +58,6 @@ thread_local! {
     /// The batch open on this thread, if any. Weak: a batch lives as long as its
     /// owner or one of its waiters holds it.
     static OPEN: RefCell<Weak<Gathering>> = const { RefCell::new(Weak::new()) };
-
-    /// The outcome events this thread carries to its next frame (see [`carry`]).
-    static CARRIED: RefCell<Carrying> = const {
-        RefCell::new(Carrying {
-            relay: false,
-            signals: None,
-            outcomes: Vec::new(),
-            flush_due: false,
-        })
-    };
 }
 
 /// Where a batch goes: the writer's queue, the signals that wake the writer (one set
@@ -183,6 +174,11 @@ impl Waiter {
     pub async fn wait(self, commit: Duration) -> Option<Result<(), BatchError>> {
         let limit = self.gathering.route.wait + commit;
         let mut answer = self.gathering.answer.clone();
+        // Answered already (the owner's own wait, once it appended the batch): no
+        // timer to set and cancel.
+        if let Some(answered) = answer.borrow().clone() {
+            return Some(answered);
+        }
         if let Ok(answer) = answer_within(&mut answer, limit).await {
             return answer;
         }
@@ -239,19 +235,21 @@ impl Gathering {
         // can: no other thread woken on the way (see `super::front`).
         let rows = match signals.appender.get() {
             Some(appender) => {
-                // The outcome events this thread carries for the same store ride in
-                // the same frame.
-                let mut outcomes = take_carried(&signals);
-                let appended = appender.try_append(&signals, self.partition, p.rows, &mut outcomes);
-                // Those the frame could not take go to the front now.
-                outcomes.into_iter().for_each(Carried::send);
-                match appended {
+                // The outcome events this thread carries for the store ride in the
+                // same frame; those it cannot take go to the front when dropped.
+                let mut carried = super::carry::take(&signals);
+                let mut none = Vec::new();
+                let outcomes = match &mut carried {
+                    Some(carried) => carried.events(),
+                    None => &mut none,
+                };
+                match appender.try_append(&signals, Some((self.partition, p.rows)), outcomes) {
                     Ok(()) => {
                         self.queued.store(true, Ordering::Release);
                         p.tell.send_replace(Some(Ok(())));
                         return;
                     }
-                    Err(rows) => rows,
+                    Err(records) => records.map_or_else(Vec::new, |(_, rows)| rows),
                 }
             }
             None => p.rows,
@@ -289,183 +287,9 @@ impl Gathering {
     }
 }
 
-/// Outcome events a thread carries, all of one store (`signals`).
-struct Carrying {
-    /// This thread said it relays ([`relay_thread`]).
-    relay: bool,
-    signals: Option<Arc<Signals>>,
-    outcomes: Vec<Carried>,
-    /// A task that flushes them is spawned and has not run yet.
-    flush_due: bool,
-}
-
-impl Drop for Carrying {
-    /// The thread ends: what it still carries goes to the front.
-    fn drop(&mut self) {
-        self.outcomes.drain(..).for_each(Carried::send);
-    }
-}
-
-/// Most outcome events a thread carries before it appends them at once.
-const CARRY_MAX: usize = 256;
-
-/// Carries an outcome event on this thread to the next frame the thread appends to the
-/// journal, instead of sending it to the journal's front: under load a relay thread
-/// appends a durable batch every pass over its ready tasks, and an event sent to the
-/// front woke that thread for it (a wake-up and a frame of its own). The event goes in
-/// the frame of the batch this thread appends next, or, if the thread appends none
-/// first, in a frame of its own appended by a task spawned on this thread that runs
-/// after the pass (as a batch's owner does: see the module's documentation), or by
-/// this call when [`CARRY_MAX`] events wait. Either way it is queued within the pass
-/// it was made in, as a durable batch is. An event that cannot be appended goes to the
-/// front in its kept place, as before.
-///
-/// Only on a thread that said it relays ([`relay_thread`]: relaylog's HTTP threads)
-/// from its current-thread runtime, whose spawned task runs on this thread, and only
-/// when relay threads append at all; otherwise (a runtime's blocking thread, a
-/// multi-thread runtime, no runtime) the event goes to the front at once.
-pub(super) fn carry(
-    route: &Route,
-    permit: mpsc::OwnedPermit<Job>,
-    partition: PartitionId,
-    row: OutcomeRow,
-) {
-    let event = Carried {
-        permit,
-        partition,
-        row,
-    };
-    let runtime = match tokio::runtime::Handle::try_current() {
-        Ok(runtime)
-            if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
-                && route
-                    .signals
-                    .appender
-                    .get()
-                    .is_some_and(|a| a.relay_threads()) =>
-        {
-            runtime
-        }
-        _ => return event.send(),
-    };
-    let mut event = Some(event);
-    let full = CARRIED
-        .try_with(|carrying| {
-            let Ok(mut carrying) = carrying.try_borrow_mut() else {
-                return None;
-            };
-            let carrying = &mut *carrying;
-            if !carrying.relay {
-                return None;
-            }
-            if !carrying
-                .signals
-                .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(s, &route.signals))
-            {
-                // Another store's events (tests run many stores on one thread).
-                carrying.outcomes.drain(..).for_each(Carried::send);
-                carrying.signals = Some(route.signals.clone());
-            }
-            carrying.outcomes.extend(event.take());
-            if carrying.outcomes.len() >= CARRY_MAX {
-                return Some(std::mem::take(&mut carrying.outcomes));
-            }
-            if !carrying.flush_due {
-                carrying.flush_due = true;
-                runtime.spawn(async {
-                    let _flush = FlushOnDrop;
-                    tokio::task::yield_now().await;
-                });
-            }
-            Some(Vec::new())
-        })
-        .ok()
-        .flatten();
-    match full {
-        Some(events) => append_carried(&route.signals, events),
-        // Not a relay thread, or its slot is gone or in use: to the front.
-        None => event.into_iter().for_each(Carried::send),
-    }
-}
-
-/// Marks this thread as a relay's own (an HTTP thread running a current-thread
-/// runtime): the outcome events made on it are carried to its frames (see [`carry`]).
-pub fn relay_thread() {
-    let _ = CARRIED.try_with(|carrying| {
-        if let Ok(mut carrying) = carrying.try_borrow_mut() {
-            carrying.relay = true;
-        }
-    });
-}
-
-/// Appends `events` as a frame of their own from this thread, or sends those it
-/// cannot append to the front.
-fn append_carried(signals: &Signals, mut events: Vec<Carried>) {
-    if events.is_empty() {
-        return;
-    }
-    if let Some(appender) = signals.appender.get() {
-        // A frame without rows has no partition of its own: the first event's serves.
-        let partition = events[0].partition;
-        let _ = appender.try_append(signals, partition, Vec::new(), &mut events);
-    }
-    events.into_iter().for_each(Carried::send);
-}
-
-/// The events this thread carries for the store of `signals`, taken.
-fn take_carried(signals: &Arc<Signals>) -> Vec<Carried> {
-    CARRIED
-        .try_with(|carrying| {
-            let Ok(mut carrying) = carrying.try_borrow_mut() else {
-                return Vec::new();
-            };
-            if carrying
-                .signals
-                .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(s, signals))
-            {
-                std::mem::take(&mut carrying.outcomes)
-            } else {
-                Vec::new()
-            }
-        })
-        .unwrap_or_default()
-}
-
-/// Appends (or sends to the front) every outcome event this thread carries, now:
-/// before a barrier from this thread, so that it covers them, and when a relay
-/// thread stops.
-pub fn flush_carried() {
-    flush_carried_unless(false);
-}
-
-/// [`flush_carried`]; with `unless_batched`, not while a durable batch of the same
-/// store is open on this thread: its frame takes them (one `write` for the pass
-/// instead of two).
-fn flush_carried_unless(unless_batched: bool) {
-    let taken = CARRIED
-        .try_with(|carrying| {
-            let Ok(mut carrying) = carrying.try_borrow_mut() else {
-                return None;
-            };
-            carrying.flush_due = false;
-            let signals = carrying.signals.clone()?;
-            if unless_batched && batch_open_here(&signals) {
-                return None;
-            }
-            Some((signals, std::mem::take(&mut carrying.outcomes)))
-        })
-        .ok()
-        .flatten();
-    if let Some((signals, events)) = taken {
-        append_carried(&signals, events);
-    }
-}
-
-/// Whether a batch of the store of `signals` is open on this thread, not yet taken
-/// to be queued.
-fn batch_open_here(signals: &Arc<Signals>) -> bool {
+/// Whether a batch of the store of `signals` is open on this thread, not yet taken to
+/// be queued: it will be, by its owner, within the pass (see `super::carry`).
+pub(super) fn open_here(signals: &Arc<Signals>) -> bool {
     OPEN.try_with(|open| {
         open.try_borrow()
             .ok()
@@ -479,17 +303,6 @@ fn batch_open_here(signals: &Arc<Signals>) -> bool {
             })
     })
     .unwrap_or(false)
-}
-
-/// Flushes what this thread carries when dropped: at the end of the task spawned for
-/// it, or when that task is dropped unrun (its runtime shutting down). Left to a
-/// durable batch open on the thread, whose owner queues it when it runs or is dropped.
-struct FlushOnDrop;
-
-impl Drop for FlushOnDrop {
-    fn drop(&mut self) {
-        flush_carried_unless(true);
-    }
 }
 
 /// Answers every submission of a batch that was not queued.

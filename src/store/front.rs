@@ -5,7 +5,9 @@
 //!
 //! A durable batch does not need the front: the relay thread that sealed it appends
 //! it as a frame of its own and answers its clients there ([`Appender::try_append`]),
-//! with no wake-up of another thread on the way. Two hops per batch (the front woken,
+//! with no wake-up of another thread on the way; the outcome events a relay thread
+//! made go in the same frame, or in one of their own after its pass (see
+//! `super::carry`). Two hops per batch (the front woken,
 //! then the relay thread woken back) cost more than the append: on two cores, the
 //! front's wake-ups preempted the relay threads some 2,000 times a second. The
 //! journal and the writer's queue sit behind one lock, taken by whoever appends, so
@@ -28,9 +30,9 @@ use super::rows::{OutcomeRow, Row};
 use super::writer::{Expired, Job, Pace, Signals, gather, io};
 use crate::metrics::Metrics;
 
-/// An outcome event a relay thread carries to the next frame it appends, with the place
-/// kept for it in the front's queue (given back once the event is in a frame; used to
-/// send it to the front when it cannot be).
+/// An outcome event a relay thread carries to the next frame it appends (see
+/// `super::carry`), with the place kept for it in the recorders' queue: given back once
+/// the event is in a frame, used to send it to the front when it cannot be.
 pub(super) struct Carried {
     pub permit: mpsc::OwnedPermit<Job>,
     pub partition: PartitionId,
@@ -90,12 +92,13 @@ impl Appender {
         }
     }
 
-    /// Appends a durable batch's rows, and the outcome events this thread carries
-    /// (see `super::batch::carry`), as one frame and passes them to the writer, from the
-    /// thread that made them: `Ok` once they are in the journal (the batch's clients
-    /// may be answered; the events' places in the front's queue are given back). With
-    /// no rows, a frame of the events alone. On `Err` the rows come back, and the
-    /// events are left in `outcomes`, for the front to take instead. Never
+    /// Appends a durable batch's rows (`rows`), and the outcome events this thread
+    /// carries (see `super::carry`), as one frame and passes them to the writer, from
+    /// the thread that made them: `Ok` once they are in the journal (the batch's clients
+    /// may be answered; the events are drained from `outcomes` and their places in the
+    /// recorders' queue given back). Without records, a frame of the events alone. On
+    /// `Err` the rows come back and the events stay in `outcomes`, for the front to
+    /// take instead. Never
     /// waits for the lock or for room in the writer's queue, and never makes a file
     /// (a new segment is the front's to start): what it costs the calling thread is a
     /// `stat` of the segment's path and one `write`, into the page cache (which can
@@ -104,10 +107,9 @@ impl Appender {
     pub(super) fn try_append(
         &self,
         signals: &Signals,
-        partition: PartitionId,
-        rows: Vec<Row>,
+        rows: Option<(PartitionId, Vec<Row>)>,
         outcomes: &mut Vec<Carried>,
-    ) -> Result<(), Vec<Row>> {
+    ) -> Result<(), Option<(PartitionId, Vec<Row>)>> {
         if !self.relay_threads || bypassing(signals, &self.metrics) {
             return Err(rows);
         }
@@ -123,26 +125,25 @@ impl Appender {
             return Err(rows);
         };
         let started = Instant::now();
-        let records = (!rows.is_empty()).then(|| EntryRef::Records(partition, &rows));
-        let events = outcomes
+        let entries = rows
             .iter()
-            .map(|c| EntryRef::Outcome(c.partition, &c.row));
-        match shared
-            .journal
-            .append_in_place(records.into_iter().chain(events))
-        {
+            .map(|(partition, rows)| EntryRef::Records(*partition, rows))
+            .chain(
+                outcomes
+                    .iter()
+                    .map(|c| EntryRef::Outcome(c.partition, &c.row)),
+            );
+        match shared.journal.append_in_place(entries) {
             Ok(frame) => {
-                let records = rows.len();
+                let records = rows.as_ref().map_or(0, |(_, rows)| rows.len());
                 let mut jobs = Vec::with_capacity(1 + outcomes.len());
-                if records > 0 {
-                    jobs.push(Job::Records {
-                        partition,
-                        rows,
-                        done: None,
-                        frame,
-                    });
-                }
-                // Each event's kept place in the front's queue goes with it here.
+                jobs.extend(rows.map(|(partition, rows)| Job::Records {
+                    partition,
+                    rows,
+                    done: None,
+                    frame,
+                }));
+                // Each event's place in the recorders' queue is given back here.
                 jobs.extend(outcomes.drain(..).map(|c| Job::Outcome {
                     partition: c.partition,
                     row: c.row,
@@ -169,7 +170,7 @@ impl Appender {
                 self.metrics.store_errors.inc();
                 if !self.relay_failing.swap(true, Ordering::Relaxed) {
                     let e = io(&self.journal_dir, e);
-                    tracing::error!(reason = e.reason(), error = %e, "a relay thread's journal append failed; its batch goes through the journal's thread");
+                    tracing::error!(reason = e.reason(), error = %e, "a relay thread's journal append failed; what it held goes through the journal's thread");
                 }
                 Err(rows)
             }
