@@ -300,32 +300,57 @@ impl Drop for FlushAfterPass {
     }
 }
 
+/// A barrier's (or a close's) wait for the events relay threads carry.
+struct Wait<'a> {
+    signals: &'a Signals,
+    epoch: u64,
+    deadline: Instant,
+}
+
+impl<'a> Wait<'a> {
+    /// Flushes this thread's events and moves the epoch on.
+    fn begin(signals: &'a Signals, limit: Duration) -> Self {
+        flush();
+        Wait {
+            signals,
+            epoch: signals.carried.next(),
+            deadline: Instant::now() + limit,
+        }
+    }
+
+    /// `Some(true)` once the sets begun before the wait are queued, `Some(false)` past
+    /// its limit, `None` meanwhile.
+    fn done(&self) -> Option<bool> {
+        if !self.signals.carried.waiting(self.epoch) {
+            Some(true)
+        } else if Instant::now() >= self.deadline {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
 /// Before a barrier or a close on any thread: flushes this thread's events, then waits
 /// until every relay thread has queued the events it carried when this was called
 /// (within a pass of each), for at most `limit`. Whether they were.
 pub(super) async fn queued(signals: &Signals, limit: Duration) -> bool {
-    flush();
-    let epoch = signals.carried.next();
-    let deadline = Instant::now() + limit;
-    while signals.carried.waiting(epoch) {
-        if Instant::now() >= deadline {
-            return false;
+    let wait = Wait::begin(signals, limit);
+    loop {
+        if let Some(queued) = wait.done() {
+            return queued;
         }
         tokio::time::sleep(BARRIER_POLL).await;
     }
-    true
 }
 
 /// [`queued`], for blocking callers.
 pub(super) fn queued_blocking(signals: &Signals, limit: Duration) -> bool {
-    flush();
-    let epoch = signals.carried.next();
-    let deadline = Instant::now() + limit;
-    while signals.carried.waiting(epoch) {
-        if Instant::now() >= deadline {
-            return false;
+    let wait = Wait::begin(signals, limit);
+    loop {
+        if let Some(queued) = wait.done() {
+            return queued;
         }
         std::thread::sleep(BARRIER_POLL);
     }
-    true
 }
