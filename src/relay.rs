@@ -333,8 +333,7 @@ impl Relay {
         let slot = ticket.disarm();
         if matches!(e, RecordError::Timeout(_)) {
             let now = self.recorder.now();
-            // Behind the records, which may still be in the queue.
-            slot.record_queued(&OutcomeEvent::new(
+            slot.record(&OutcomeEvent::new(
                 submission,
                 submitted_at,
                 now,

@@ -23,9 +23,6 @@
 //! rows at a time (2.8 records per commit at 13,700 msg/s on one core, 39 µs a commit),
 //! and where it shares a core with the runtime it preempted the worker on every wake-up.
 //!
-//! The outcome events a relay thread makes ride in the frames it appends too (see
-//! `super::carry`).
-//!
 //! Nothing here decides whether a record is written: a gathered submission is answered
 //! with its batch's commit result, or with an error (queue full, store closed, the
 //! writer gone), and an error still means "do not forward". Only a batch in the
@@ -174,11 +171,6 @@ impl Waiter {
     pub async fn wait(self, commit: Duration) -> Option<Result<(), BatchError>> {
         let limit = self.gathering.route.wait + commit;
         let mut answer = self.gathering.answer.clone();
-        // Answered already (the owner's own wait, once it appended the batch): no
-        // timer to set and cancel.
-        if let Some(answered) = answer.borrow().clone() {
-            return Some(answered);
-        }
         if let Ok(answer) = answer_within(&mut answer, limit).await {
             return answer;
         }
@@ -234,24 +226,14 @@ impl Gathering {
         // The thread that sealed the batch appends it to the journal itself when it
         // can: no other thread woken on the way (see `super::front`).
         let rows = match signals.appender.get() {
-            Some(appender) => {
-                // The outcome events this thread carries for the store ride in the
-                // same frame; those it cannot take go to the front when dropped.
-                let mut carried = super::carry::take(&signals);
-                let mut none = Vec::new();
-                let outcomes = match &mut carried {
-                    Some(carried) => carried.events(),
-                    None => &mut none,
-                };
-                match appender.try_append(&signals, Some((self.partition, p.rows)), outcomes) {
-                    Ok(()) => {
-                        self.queued.store(true, Ordering::Release);
-                        p.tell.send_replace(Some(Ok(())));
-                        return;
-                    }
-                    Err(records) => records.map_or_else(Vec::new, |(_, rows)| rows),
+            Some(appender) => match appender.try_append(&signals, self.partition, p.rows) {
+                Ok(()) => {
+                    self.queued.store(true, Ordering::Release);
+                    p.tell.send_replace(Some(Ok(())));
+                    return;
                 }
-            }
+                Err(rows) => rows,
+            },
             None => p.rows,
         };
         let job = Job::records(self.partition, rows, Some(Done::Many(p.tell)));
@@ -285,24 +267,6 @@ impl Gathering {
             }
         }
     }
-}
-
-/// Whether a batch of the store of `signals` is open on this thread, not yet taken to
-/// be queued: it will be, by its owner, within the pass (see `super::carry`).
-pub(super) fn open_here(signals: &Arc<Signals>) -> bool {
-    OPEN.try_with(|open| {
-        open.try_borrow()
-            .ok()
-            .and_then(|weak| weak.upgrade())
-            .is_some_and(|g| {
-                Arc::ptr_eq(&g.route.signals, signals)
-                    && g.pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_some()
-            })
-    })
-    .unwrap_or(false)
 }
 
 /// Answers every submission of a batch that was not queued.

@@ -5,9 +5,7 @@
 //!
 //! A durable batch does not need the front: the relay thread that sealed it appends
 //! it as a frame of its own and answers its clients there ([`Appender::try_append`]),
-//! with no wake-up of another thread on the way; the outcome events a relay thread
-//! made go in the same frame, or in one of their own after its pass (see
-//! `super::carry`). Two hops per batch (the front woken,
+//! with no wake-up of another thread on the way. Two hops per batch (the front woken,
 //! then the relay thread woken back) cost more than the append: on two cores, the
 //! front's wake-ups preempted the relay threads some 2,000 times a second. The
 //! journal and the writer's queue sit behind one lock, taken by whoever appends, so
@@ -26,25 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, EntryRef, Journal};
 use super::partition::PartitionId;
-use super::rows::{OutcomeRow, Row};
+use super::rows::Row;
 use super::writer::{Expired, Job, Pace, Signals, gather, io};
 use crate::metrics::Metrics;
-
-/// An outcome event a relay thread carries to the next frame it appends (see
-/// `super::carry`), with the place kept for it in the recorders' queue: given back once
-/// the event is in a frame, used to send it to the front when it cannot be.
-pub(super) struct Carried {
-    pub permit: mpsc::OwnedPermit<Job>,
-    pub partition: PartitionId,
-    pub row: OutcomeRow,
-}
-
-impl Carried {
-    /// To the front, in its kept place.
-    pub fn send(self) {
-        self.permit.send(Job::outcome(self.partition, self.row));
-    }
-}
 
 /// The journal and the writer's queue, shared by the front and the relay threads (see
 /// the module's documentation).
@@ -92,13 +74,9 @@ impl Appender {
         }
     }
 
-    /// Appends a durable batch's rows (`rows`), and the outcome events this thread
-    /// carries (see `super::carry`), as one frame and passes them to the writer, from
-    /// the thread that made them: `Ok` once they are in the journal (the batch's clients
-    /// may be answered; the events are drained from `outcomes` and their places in the
-    /// recorders' queue given back). Without records, a frame of the events alone. On
-    /// `Err` the rows come back and the events stay in `outcomes`, for the front to
-    /// take instead. Never
+    /// Appends a durable batch's rows as one frame and passes them to the writer, from
+    /// the thread that sealed them: `Ok` once they are in the journal (their clients
+    /// may be answered). The rows back when the front must take them instead. Never
     /// waits for the lock or for room in the writer's queue, and never makes a file
     /// (a new segment is the front's to start): what it costs the calling thread is a
     /// `stat` of the segment's path and one `write`, into the page cache (which can
@@ -107,9 +85,9 @@ impl Appender {
     pub(super) fn try_append(
         &self,
         signals: &Signals,
-        rows: Option<(PartitionId, Vec<Row>)>,
-        outcomes: &mut Vec<Carried>,
-    ) -> Result<(), Option<(PartitionId, Vec<Row>)>> {
+        partition: PartitionId,
+        rows: Vec<Row>,
+    ) -> Result<(), Vec<Row>> {
         if !self.relay_threads || bypassing(signals, &self.metrics) {
             return Err(rows);
         }
@@ -125,31 +103,18 @@ impl Appender {
             return Err(rows);
         };
         let started = Instant::now();
-        let entries = rows
-            .iter()
-            .map(|(partition, rows)| EntryRef::Records(*partition, rows))
-            .chain(
-                outcomes
-                    .iter()
-                    .map(|c| EntryRef::Outcome(c.partition, &c.row)),
-            );
-        match shared.journal.append_in_place(entries) {
+        match shared
+            .journal
+            .append_in_place(std::iter::once(EntryRef::Records(partition, &rows)))
+        {
             Ok(frame) => {
-                let records = rows.as_ref().map_or(0, |(_, rows)| rows.len());
-                let mut jobs = Vec::with_capacity(1 + outcomes.len());
-                jobs.extend(rows.map(|(partition, rows)| Job::Records {
+                let records = rows.len();
+                permit.send(Job::Frame(vec![Job::Records {
                     partition,
                     rows,
                     done: None,
                     frame,
-                }));
-                // Each event's place in the recorders' queue is given back here.
-                jobs.extend(outcomes.drain(..).map(|c| Job::Outcome {
-                    partition: c.partition,
-                    row: c.row,
-                    frame,
-                }));
-                permit.send(Job::Frame(jobs));
+                }]));
                 signals.journal_unrotated.store(true, Ordering::Relaxed);
                 drop(guard);
                 self.appended(started, records);
@@ -170,16 +135,11 @@ impl Appender {
                 self.metrics.store_errors.inc();
                 if !self.relay_failing.swap(true, Ordering::Relaxed) {
                     let e = io(&self.journal_dir, e);
-                    tracing::error!(reason = e.reason(), error = %e, "a relay thread's journal append failed; what it held goes through the journal's thread");
+                    tracing::error!(reason = e.reason(), error = %e, "a relay thread's journal append failed; its batch goes through the journal's thread");
                 }
                 Err(rows)
             }
         }
-    }
-
-    /// Whether relay threads may append at all (not with `sync = "full"`).
-    pub(super) fn relay_threads(&self) -> bool {
-        self.relay_threads
     }
 
     /// Counts a frame appended in `started.elapsed()` holding `records` records.

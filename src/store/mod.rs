@@ -6,7 +6,6 @@
 //! and AEAD run in parallel on every core — and hands the rows to the writer.
 
 pub mod batch;
-pub mod carry;
 pub mod codec;
 pub mod compact;
 pub mod expiry;
@@ -139,10 +138,7 @@ pub struct OutcomeSlot {
 }
 
 /// An outcome event sealed and ready for its kept place ([`OutcomeSlot::send`]).
-pub struct PreparedOutcome {
-    partition: PartitionId,
-    row: OutcomeRow,
-}
+pub struct PreparedOutcome(Job);
 
 impl OutcomeSlot {
     /// Seals the outcome (its upstream message id) without spending the slot: a caller
@@ -151,7 +147,7 @@ impl OutcomeSlot {
     /// outcome is prepared without it rather than lost.
     pub async fn prepare(&self, ev: &OutcomeEvent) -> Option<PreparedOutcome> {
         match self.recorder.sealed_outcome(ev).await {
-            Ok(prepared) => Some(prepared),
+            Ok(job) => Some(PreparedOutcome(job)),
             Err(e) => {
                 tracing::error!(reason = e.reason(), error = %e, "outcome's message id not sealed; recorded without it");
                 self.unsealed(ev)
@@ -159,36 +155,15 @@ impl OutcomeSlot {
         }
     }
 
-    /// Queues a prepared outcome of a message whose records are in the journal (or
-    /// committed): in the kept place, or carried to the next frame this thread appends
-    /// when relaying is durable (see [`carry`]). No wait.
+    /// Queues a prepared outcome in the kept place: no wait.
     pub fn send(self, prepared: PreparedOutcome) {
-        let PreparedOutcome { partition, row } = prepared;
-        if self.recorder.inner.cfg.durability == Durability::RecordBeforeForward {
-            carry::carry(
-                &self.recorder.inner.route.signals,
-                self.permit,
-                partition,
-                row,
-            );
-        } else {
-            self.permit.send(Job::outcome(partition, row));
-        }
+        self.permit.send(prepared.0);
     }
 
     /// [`OutcomeSlot::prepare`], then [`OutcomeSlot::send`].
     pub async fn record(self, ev: &OutcomeEvent) {
         if let Some(prepared) = self.prepare(ev).await {
             self.send(prepared);
-        }
-    }
-
-    /// [`OutcomeSlot::record`] for a message whose records may still be in the
-    /// recorders' queue (a commit that timed out): always through the queue, behind
-    /// them, never carried ahead of them.
-    pub async fn record_queued(self, ev: &OutcomeEvent) {
-        if let Some(PreparedOutcome { partition, row }) = self.prepare(ev).await {
-            self.permit.send(Job::outcome(partition, row));
         }
     }
 
@@ -203,7 +178,10 @@ impl OutcomeSlot {
     /// The outcome without its upstream message id (there are no keys to seal it).
     fn unsealed(&self, ev: &OutcomeEvent) -> Option<PreparedOutcome> {
         let partition = self.recorder.partition_of(ev.submitted_at);
-        self.recorder.outcome_row(ev, partition, None).ok()
+        self.recorder
+            .outcome_job(ev, partition, None)
+            .ok()
+            .map(PreparedOutcome)
     }
 }
 
@@ -451,7 +429,6 @@ impl Store {
     /// Commits everything queued so far, stops the writer and waits for it. Later
     /// submissions get [`RecordError::Closed`].
     pub async fn close(&self) {
-        self.recorder.carried_queued().await;
         self.recorder.inner.route.signals.request_stop();
         let _ = self.recorder.inner.route.tx.send(Job::Stop).await;
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -462,7 +439,6 @@ impl Store {
 
     /// Blocking variant of [`Store::close`], for the CLI and benches.
     pub fn close_blocking(&self) {
-        self.recorder.carried_queued_blocking();
         self.recorder.inner.route.signals.request_stop();
         let _ = self.recorder.inner.route.tx.blocking_send(Job::Stop);
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -740,8 +716,8 @@ impl Recorder {
     /// The relay uses [`Recorder::reserve_outcome`] instead, so that a full queue can
     /// never leave a forwarded message without its outcome.
     pub async fn record_outcome(&self, ev: &OutcomeEvent) -> Result<(), RecordError> {
-        let PreparedOutcome { partition, row } = self.sealed_outcome(ev).await?;
-        self.enqueue(Job::outcome(partition, row)).await
+        let job = self.sealed_outcome(ev).await?;
+        self.enqueue(job).await
     }
 
     /// Keeps one place in the writer's queue for a message's outcome event, before its
@@ -780,23 +756,22 @@ impl Recorder {
     }
 
     /// An outcome event as a job, its upstream message id sealed.
-    async fn sealed_outcome(&self, ev: &OutcomeEvent) -> Result<PreparedOutcome, RecordError> {
+    async fn sealed_outcome(&self, ev: &OutcomeEvent) -> Result<Job, RecordError> {
         let partition = self.partition_of(ev.submitted_at);
         let keys = match &ev.upstream_message_id {
             Some(_) => Some(self.keys_async(partition).await?),
             None => None,
         };
-        self.outcome_row(ev, partition, keys.as_deref())
+        self.outcome_job(ev, partition, keys.as_deref())
     }
 
-    /// An outcome event as a row of `partition`; `keys` seal the upstream message id,
-    /// if there is one.
-    fn outcome_row(
+    /// An outcome event as a job; `keys` seal the upstream message id, if there is one.
+    fn outcome_job(
         &self,
         ev: &OutcomeEvent,
         partition: PartitionId,
         keys: Option<&PartitionKeys>,
-    ) -> Result<PreparedOutcome, RecordError> {
+    ) -> Result<Job, RecordError> {
         let message_id_sealed = match (&ev.upstream_message_id, keys) {
             (Some(id), Some(keys)) => {
                 Some(keys.seal(&codec::outcome_aad(ev.submission), id.as_bytes())?)
@@ -819,13 +794,11 @@ impl Recorder {
             leaf: [0; 32],
         };
         row.leaf = integrity::outcome_leaf(&row);
-        Ok(PreparedOutcome { partition, row })
+        Ok(Job::outcome(partition, row))
     }
 
-    /// Waits until everything queued before this call is committed, the outcome events
-    /// relay threads carry to their next frames included (see [`carry`]).
+    /// Waits until everything queued before this call is committed.
     pub async fn barrier(&self) -> Result<(), RecordError> {
-        self.carried_queued().await;
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Barrier(tx)).await?;
         self.inner.route.signals.durable_queued();
@@ -835,7 +808,6 @@ impl Recorder {
     }
 
     pub fn barrier_blocking(&self) -> Result<(), RecordError> {
-        self.carried_queued_blocking();
         let (tx, rx) = oneshot::channel();
         self.inner
             .route
@@ -846,28 +818,6 @@ impl Recorder {
         rx.blocking_recv()
             .map_err(|_| RecordError::Closed)?
             .map_err(RecordError::from)
-    }
-
-    /// Before a barrier or a stop: the outcome events relay threads carry (see
-    /// [`carry`]) are queued first, waited for at most `enqueue-timeout` (a pass of
-    /// each relay thread).
-    async fn carried_queued(&self) {
-        let signals = &self.inner.route.signals;
-        if !carry::queued(signals, self.inner.route.wait).await {
-            tracing::warn!(
-                "outcome events relay threads carry were not queued in time; the barrier goes on without them"
-            );
-        }
-    }
-
-    /// [`Recorder::carried_queued`], for blocking callers.
-    fn carried_queued_blocking(&self) {
-        let signals = &self.inner.route.signals;
-        if !carry::queued_blocking(signals, self.inner.route.wait) {
-            tracing::warn!(
-                "outcome events relay threads carry were not queued in time; the barrier goes on without them"
-            );
-        }
     }
 
     async fn enqueue(&self, job: Job) -> Result<(), RecordError> {
@@ -1992,171 +1942,6 @@ mod tests {
                 "{number}"
             );
         }
-    }
-
-    /// On a relay's own thread (a current-thread runtime) an outcome event rides in the
-    /// next frame the thread appends, with the next durable batch, or in a frame of its
-    /// own after the pass when no batch follows: the journal's front appends none of
-    /// them, and each is written once. A barrier covers the events carried when it is
-    /// asked for, on this thread or any other.
-    #[tokio::test]
-    async fn outcomes_ride_in_the_relay_threads_frames() {
-        carry::relay_thread();
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig::under(dir.path());
-        let metrics = Arc::new(Metrics::new());
-        let (store, rec, t) = warm(&cfg, metrics.clone()).await;
-        // Keeps the ticker from waking the front (see
-        // `a_failed_relay_append_goes_through_the_front_until_the_fronts_works`).
-        let _quiet = rec.reserve_outcomes(1).await.unwrap();
-        rec.barrier().await.unwrap();
-        let appends = || metric(&metrics, "relaylog_journal_append_seconds_count") as u64;
-        let by_front = || appends() - rec.relay_frames();
-        let front_before = by_front();
-        let outcome = |sub: &Submission| {
-            let rec = rec.clone();
-            let event = OutcomeEvent::new(sub.id, sub.at, sub.at + 1, Outcome::Accepted);
-            async move { rec.reserve_outcome().await.unwrap().record(&event).await }
-        };
-        let sub = |n: i64| submission(&rec, t + n, "a", &format!("+3161000000{n}"));
-
-        // With the next batch: one frame for the second record and the first's outcome.
-        let first = sub(1);
-        rec.record(&first).await.unwrap();
-        let frames = rec.relay_frames();
-        outcome(&first).await;
-        let second = sub(2);
-        rec.record(&second).await.unwrap();
-        assert_eq!(rec.relay_frames(), frames + 1);
-        // In a frame of its own, after the pass.
-        outcome(&second).await;
-        assert_eq!(
-            rec.relay_frames(),
-            frames + 1,
-            "carried until the pass ends"
-        );
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-        assert_eq!(rec.relay_frames(), frames + 2, "appended after the pass");
-        // An event carried while a durable batch is open goes in the batch's frame,
-        // even when the task spawned to flush it runs first.
-        let third = sub(3);
-        rec.record(&third).await.unwrap();
-        outcome(&third).await;
-        tokio::task::yield_now().await; // the flush task runs, and yields in turn
-        let frames = rec.relay_frames();
-        let fourth = sub(4);
-        rec.record(&fourth).await.unwrap();
-        assert_eq!(rec.relay_frames(), frames + 1, "one frame for the pass");
-        // A barrier on this thread appends what it carries before anything else.
-        outcome(&fourth).await;
-        let frames = rec.relay_frames();
-        {
-            let barrier = std::pin::pin!(rec.barrier());
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            let _ = barrier.poll(&mut cx);
-            assert_eq!(rec.relay_frames(), frames + 1, "flushed by the barrier");
-        }
-        assert_eq!(by_front(), front_before, "the front appended none of them");
-        // A barrier on another thread waits for this thread's pass to end (the front,
-        // taking the barrier, may hold the journal's lock meanwhile: the event may then
-        // go through it).
-        let fifth = sub(5);
-        rec.record(&fifth).await.unwrap();
-        outcome(&fifth).await;
-        let (done, barrier_done) = std::sync::mpsc::channel();
-        let other = {
-            let rec = rec.clone();
-            std::thread::spawn(move || {
-                rec.barrier_blocking().unwrap();
-                done.send(()).unwrap();
-            })
-        };
-        // This thread holds its event (its runtime does not run) for a while.
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            barrier_done.try_recv().is_err(),
-            "the barrier went on while the event was carried"
-        );
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-        tokio::task::spawn_blocking(move || other.join().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(
-            find(&cfg, IndexKind::Recipient, "+31610000005")[0]
-                .outcome
-                .as_ref()
-                .map(|o| o.outcome),
-            Some(Outcome::Accepted),
-            "committed when the barrier returned"
-        );
-        // Carried when the store closes: written.
-        let sixth = sub(6);
-        rec.record(&sixth).await.unwrap();
-        outcome(&sixth).await;
-        store.close().await;
-        assert_eq!(
-            metric(&metrics, "relaylog_outcomes_written_total"),
-            6.0,
-            "each event written once"
-        );
-        for n in 1..=6 {
-            let found = find(&cfg, IndexKind::Recipient, &format!("+3161000000{n}"));
-            assert_eq!(found.len(), 1, "{n}");
-            assert_eq!(
-                found[0].outcome.as_ref().map(|o| o.outcome),
-                Some(Outcome::Accepted),
-                "{n}"
-            );
-        }
-    }
-
-    /// Carried events the journal cannot take go to the front, and each is written
-    /// once: a failing append, and a second store's event on the same thread (the
-    /// first store's set is sent on).
-    #[tokio::test]
-    async fn carried_outcomes_the_journal_cannot_take_go_to_the_front() {
-        carry::relay_thread();
-        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let cfgs = dirs.each_ref().map(|d| StoreConfig::under(d.path()));
-        let metrics = [Arc::new(Metrics::new()), Arc::new(Metrics::new())];
-        let (a, rec_a, t) = warm(&cfgs[0], metrics[0].clone()).await;
-        let (b, rec_b, _) = warm(&cfgs[1], metrics[1].clone()).await;
-        let outcome = |rec: &Recorder, sub: &Submission| {
-            let rec = rec.clone();
-            let event = OutcomeEvent::new(sub.id, sub.at, sub.at + 1, Outcome::Accepted);
-            async move { rec.reserve_outcome().await.unwrap().record(&event).await }
-        };
-        let one = submission(&rec_a, t + 1, "a", "+31611111111");
-        rec_a.record(&one).await.unwrap();
-        rec_a.fail_journal_appends(true);
-        outcome(&rec_a, &one).await;
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-        rec_a.fail_journal_appends(false);
-        let two = submission(&rec_a, t + 2, "a", "+31622222222");
-        rec_a.record(&two).await.unwrap();
-        outcome(&rec_a, &two).await;
-        let three = submission(&rec_b, t + 3, "b", "+31633333333");
-        rec_b.record(&three).await.unwrap();
-        outcome(&rec_b, &three).await;
-        a.close().await;
-        b.close().await;
-        for (cfg, number) in [
-            (&cfgs[0], "+31611111111"),
-            (&cfgs[0], "+31622222222"),
-            (&cfgs[1], "+31633333333"),
-        ] {
-            let found = find(cfg, IndexKind::Recipient, number);
-            assert_eq!(
-                found[0].outcome.as_ref().map(|o| o.outcome),
-                Some(Outcome::Accepted),
-                "{number}"
-            );
-        }
-        assert_eq!(metric(&metrics[0], "relaylog_outcomes_written_total"), 2.0);
-        assert_eq!(metric(&metrics[1], "relaylog_outcomes_written_total"), 1.0);
     }
 
     /// A store directory taken away under a running store is not made again, empty,

@@ -311,9 +311,6 @@ pub struct Signals {
     /// The journal, for the relay threads to append their durable batches to
     /// themselves (see [`super::front`]); unset without a journal.
     pub(super) appender: OnceLock<Arc<super::front::Appender>>,
-    /// The outcome events relay threads carry to their next frames, counted for
-    /// barriers (see [`super::carry`]).
-    pub(super) carried: super::carry::CarriedSets,
     /// The writer's last commit failed in some partition.
     failing: AtomicBool,
     /// The writer holds [`MAX_RETRY_ROWS`] journaled rows it cannot commit and takes
@@ -578,8 +575,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
 /// Journal frames passed to the writer and not yet taken, at most (each of at most
-/// `batch-max` records, and from a relay thread at most `carry::CARRY_MAX` outcome
-/// events besides); past it the front waits, and the recorders' queue fills.
+/// `batch-max` records); past it the front waits, and the recorders' queue fills.
 const INGEST_QUEUE: usize = 256;
 
 /// Starts the writer, and in front of it the journal when `cfg.journal` names one

@@ -251,9 +251,8 @@ impl Relay {
         }
     }
 
-    /// Waits until every queued record and outcome event is committed (an outcome is
-    /// made before the reply goes back, queued by the end of its thread's pass, and
-    /// committed a moment later; the barrier waits for those passes).
+    /// Waits until every queued record and outcome event is committed (outcomes are
+    /// queued when the reply goes back, and committed a moment later).
     pub async fn settle(&self) {
         self.running.settle().await.unwrap();
     }

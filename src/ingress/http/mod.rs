@@ -143,8 +143,6 @@ impl HttpThreads {
                         }
                     };
                     let rt = &runtime;
-                    // Its outcome events ride in the journal frames it appends.
-                    crate::store::carry::relay_thread();
                     let serve = std::panic::AssertUnwindSafe(move || {
                         rt.block_on(async move {
                             let listener = match TcpListener::from_std(socket) {
@@ -166,9 +164,6 @@ impl HttpThreads {
                             // Accepting is over; the connections (and the messages
                             // they detached) finish on this runtime.
                             connections_done.wait().await;
-                            // The outcome events this thread still carries go before
-                            // `serve` is told its connections are done.
-                            crate::store::carry::flush();
                             drop(server_drain);
                         })
                     });
@@ -185,9 +180,6 @@ impl HttpThreads {
                     // Before the log dispatch goes, so that what its end logs is kept;
                     // bounded, as a key file read on its blocking pool could hang.
                     runtime.shutdown_timeout(RUNTIME_END);
-                    // And what the runtime's end made (outcomes of tickets dropped
-                    // with their tasks).
-                    crate::store::carry::flush();
                 })?;
             started.threads.push(thread);
             serving.recv().unwrap_or_else(|_| {
