@@ -171,6 +171,11 @@ impl Waiter {
     pub async fn wait(self, commit: Duration) -> Option<Result<(), BatchError>> {
         let limit = self.gathering.route.wait + commit;
         let mut answer = self.gathering.answer.clone();
+        // Answered already (the owner's own wait, once it appended the batch): no
+        // timer to set and cancel.
+        if let Some(answered) = answer.borrow().clone() {
+            return Some(answered);
+        }
         if let Ok(answer) = answer_within(&mut answer, limit).await {
             return answer;
         }
