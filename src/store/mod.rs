@@ -725,6 +725,13 @@ impl Recorder {
     /// its outcome goes in. Waits for the place as long as a record would
     /// (`enqueue-timeout`); a relay that cannot get one fails closed.
     pub async fn reserve_outcome(&self) -> Result<OutcomeSlot, RecordError> {
+        // A place free now (the queue is not full: nearly always) is taken without the
+        // timeout (a clock read and a timer built and dropped).
+        match self.inner.route.tx.clone().try_reserve_owned() {
+            Ok(permit) => return Ok(self.slot_of(permit)),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(RecordError::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => {}
+        }
         match tokio::time::timeout(self.inner.route.wait, self.slot()).await {
             Ok(slot) => slot,
             Err(_) => Err(RecordError::QueueFull),
@@ -749,10 +756,14 @@ impl Recorder {
     /// One place in the writer's queue, however long it takes.
     async fn slot(&self) -> Result<OutcomeSlot, RecordError> {
         let permit = self.inner.route.tx.clone().reserve_owned().await;
-        Ok(OutcomeSlot {
-            permit: permit.map_err(|_| RecordError::Closed)?,
+        Ok(self.slot_of(permit.map_err(|_| RecordError::Closed)?))
+    }
+
+    fn slot_of(&self, permit: mpsc::OwnedPermit<Job>) -> OutcomeSlot {
+        OutcomeSlot {
+            permit,
             recorder: self.clone(),
-        })
+        }
     }
 
     /// An outcome event as a job, its upstream message id sealed.

@@ -210,15 +210,22 @@ where
         out.clear();
         answered.write(&mut out, close);
         drop(answered);
-        // A client that does not read its reply is dropped after request-timeout.
-        let write = async {
-            io.write_all(&out).await?;
-            io.flush().await
+        // A client that does not read its reply is dropped after request-timeout; one
+        // whose socket takes it at once (nearly always) needs no timer for it.
+        let written = match write_now(io, &mut out) {
+            Ok(true) => true,
+            Ok(false) => {
+                let write = async {
+                    io.write_all(&out).await?;
+                    io.flush().await
+                };
+                matches!(
+                    tokio::time::timeout(limits.request_timeout, write).await,
+                    Ok(Ok(()))
+                )
+            }
+            Err(_) => false,
         };
-        let written = matches!(
-            tokio::time::timeout(limits.request_timeout, write).await,
-            Ok(Ok(()))
-        );
         activity.end();
         if !written {
             return End::Closed;
@@ -328,8 +335,81 @@ async fn read_to<I: AsyncRead + Unpin>(
     true
 }
 
+/// Writes `out` and flushes the stream if both are done at once, without waiting:
+/// `Ok(true)`. `Ok(false)` when the stream would wait; what it took of `out` is then
+/// cut from the front of it (`out` is left holding the rest, to write by waiting, which
+/// polls the stream again with the task's waker). Before, every reply was written
+/// under a timeout: a clock read and a timer built and dropped (never armed).
+fn write_now<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut written = 0;
+    let done = loop {
+        if written == out.len() {
+            break match std::pin::Pin::new(&mut *io).poll_flush(&mut cx) {
+                std::task::Poll::Ready(Ok(())) => true,
+                std::task::Poll::Ready(Err(e)) => return Err(e),
+                std::task::Poll::Pending => false,
+            };
+        }
+        match std::pin::Pin::new(&mut *io).poll_write(&mut cx, &out[written..]) {
+            std::task::Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            std::task::Poll::Ready(Ok(n)) => written += n,
+            std::task::Poll::Ready(Err(e)) => return Err(e),
+            std::task::Poll::Pending => break false,
+        }
+    };
+    out.drain(..written);
+    Ok(done)
+}
+
 async fn write_and_close<I: AsyncWrite + Unpin>(io: &mut I, bytes: &[u8]) -> std::io::Result<()> {
     io.write_all(bytes).await?;
     io.flush().await?;
     io.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A reply the stream takes whole is written and flushed at once; of one it takes
+    /// in part, what it took is cut from the front and the rest is left to write by
+    /// waiting, which then delivers every octet once, in order.
+    #[tokio::test]
+    async fn a_reply_is_written_at_once_or_its_rest_by_waiting() {
+        let (mut near, mut far) = tokio::io::duplex(64);
+        let mut out = b"HTTP/1.1 202 Accepted\r\n\r\n".to_vec();
+        assert!(write_now(&mut near, &mut out).unwrap());
+        assert!(out.is_empty());
+        let mut got = vec![0; 25];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"HTTP/1.1 202 Accepted\r\n\r\n");
+
+        let (mut near, mut far) = tokio::io::duplex(8);
+        let reply: Vec<u8> = (0..100u8).collect();
+        let mut out = reply.clone();
+        assert!(
+            !write_now(&mut near, &mut out).unwrap(),
+            "the stream would wait"
+        );
+        assert_eq!(out, reply[8..], "the first 8 octets were taken");
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; 100];
+            far.read_exact(&mut got).await.unwrap();
+            got
+        });
+        near.write_all(&out).await.unwrap();
+        near.flush().await.unwrap();
+        assert_eq!(reader.await.unwrap(), reply);
+    }
+
+    /// A stream that fails is an error, not a wait.
+    #[tokio::test]
+    async fn a_stream_that_fails_is_an_error() {
+        let (mut near, far) = tokio::io::duplex(8);
+        drop(far);
+        let mut out = b"reply".to_vec();
+        assert!(write_now(&mut near, &mut out).is_err());
+    }
 }
