@@ -22,8 +22,18 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Read from `SystemTime` directly: `Utc::now()` makes a calendar date of it first
+    /// (two a relayed message, on the hot path), which `timestamp_micros` then undoes.
     fn now_micros(&self) -> Micros {
-        Utc::now().timestamp_micros()
+        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => micros(after),
+            // Before 1970, rounded down as chrono rounds it.
+            Err(e) => {
+                let before = e.duration();
+                -micros(before) - i64::from(before.subsec_nanos() % 1_000 != 0)
+            }
+        }
     }
 }
 
@@ -80,3 +90,17 @@ pub fn parse_time(s: &str, end_of_day: bool) -> Result<DateTime<Utc>, BadTime> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{0}` is neither an RFC 3339 time nor a date (YYYY-MM-DD)")]
 pub struct BadTime(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wall clock read without chrono gives what chrono gives.
+    #[test]
+    fn the_system_clock_reads_as_chrono_does() {
+        let before = Utc::now().timestamp_micros();
+        let now = SystemClock.now_micros();
+        let after = Utc::now().timestamp_micros();
+        assert!((before..=after).contains(&now), "{before} {now} {after}");
+    }
+}

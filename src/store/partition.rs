@@ -21,8 +21,23 @@ const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 impl PartitionId {
     pub fn containing(granularity: Granularity, at: Micros) -> Self {
-        let date = micros_to_datetime(at).date_naive();
-        Self::of_date(granularity, date)
+        thread_local! {
+            /// The partition this thread found last, with its bounds: every message
+            /// asks (its records, its outcome), and nearly all of them ask for the
+            /// same one, which costs a calendar date to find afresh.
+            static LAST: std::cell::Cell<Option<(PartitionId, Micros, Micros)>> =
+                const { std::cell::Cell::new(None) };
+        }
+        let last = LAST.try_with(std::cell::Cell::get).ok().flatten();
+        if let Some((p, start, end)) = last
+            && p.granularity == granularity
+            && (start..end).contains(&at)
+        {
+            return p;
+        }
+        let p = Self::of_date(granularity, micros_to_datetime(at).date_naive());
+        let _ = LAST.try_with(|l| l.set(Some((p, p.start_micros(), p.end_micros()))));
+        p
     }
 
     pub fn of_date(granularity: Granularity, date: NaiveDate) -> Self {
@@ -151,6 +166,33 @@ mod tests {
             .with_ymd_and_hms(y, m, d, h, 0, 0)
             .unwrap()
             .timestamp_micros()
+    }
+
+    /// The partition a thread found last is given again only for a time inside it and
+    /// of its granularity: at its bounds, across them and back, and from one
+    /// granularity to the other, the answer is the one found afresh.
+    #[test]
+    fn the_last_partition_kept_is_given_only_inside_it() {
+        let fresh = |g: Granularity, at: Micros| {
+            PartitionId::of_date(g, micros_to_datetime(at).date_naive())
+        };
+        let day = us(2026, 12, 4, 0);
+        let times = [
+            day,
+            day + 1,
+            day + MICROS_PER_DAY - 1,
+            day + MICROS_PER_DAY,
+            day - 1,
+            day,
+            us(2026, 12, 31, 23),
+            us(2027, 1, 1, 0),
+            us(2026, 12, 31, 23),
+        ];
+        for g in [Granularity::Day, Granularity::Month, Granularity::Day] {
+            for at in times {
+                assert_eq!(PartitionId::containing(g, at), fresh(g, at), "{g:?} {at}");
+            }
+        }
     }
 
     #[test]
