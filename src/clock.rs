@@ -28,7 +28,8 @@ impl Clock for SystemClock {
         let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
         match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             Ok(after) => micros(after),
-            // Before 1970, rounded down as chrono rounds it.
+            // A clock set before 1970 (where chrono's `Utc::now` panics): rounded down,
+            // as chrono rounds a negative time.
             Err(e) => {
                 let before = e.duration();
                 -micros(before) - i64::from(before.subsec_nanos() % 1_000 != 0)

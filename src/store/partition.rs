@@ -187,6 +187,13 @@ mod tests {
             us(2026, 12, 31, 23),
             us(2027, 1, 1, 0),
             us(2026, 12, 31, 23),
+            us(2028, 2, 29, 23),
+            us(2028, 3, 1, 0),
+            -1,
+            0,
+            -MICROS_PER_DAY,
+            i64::MIN,
+            i64::MAX,
         ];
         for g in [Granularity::Day, Granularity::Month, Granularity::Day] {
             for at in times {
