@@ -5,7 +5,7 @@
 # that the machine's drift falls on all of them, it prints:
 #   - messages/s, and serve's CPU per message (utime + stime, /proc/PID/stat);
 #   - the same per thread name (HTTP threads, runtime workers, journal, writer,
-#     checkpointer), of the
+#     checkpointer), split into user space and kernel, of the
 #     threads alive at both ends of the run (/proc/PID/task/*/stat);
 #   - context switches per message (those threads', /proc/PID/task/*/status);
 #   - records per commit (relaylog_records_written_total over
@@ -42,12 +42,13 @@ case "$mode" in durable) durability=record-before-forward ;; async) durability=a
 bench_setup
 if [ "$cores" = one ]; then relay=(taskset -c 1); rest=(taskset -c 0); else relay=(); rest=(); fi
 
-# Per thread, its CPU ticks: "name ticks" lines (a thread gone meanwhile is skipped).
+# Per thread, its CPU ticks: "name user kernel" lines (a thread gone meanwhile is
+# skipped).
 thread_ticks() {
     local t name stat
     for t in /proc/"$1"/task/*; do
         name=$(cat "$t/comm" 2>/dev/null) && stat=$(cat "$t/stat" 2>/dev/null) || continue
-        echo "$name $(sed 's/.*) //' <<<"$stat" | awk '{print $12 + $13}')"
+        echo "$name $(sed 's/.*) //' <<<"$stat" | awk '{print $12, $13}')"
     done
 }
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}' || true; }
@@ -87,12 +88,13 @@ d, binary, switches, stolen, hz, total = sys.argv[1], sys.argv[2], int(sys.argv[
 load = json.load(open(os.path.join(d, "load.json")))
 n = load["ok"]
 def ticks(name):
-    c = collections.Counter()
+    user, kernel = collections.Counter(), collections.Counter()
     for line in open(os.path.join(d, name)):
-        thread, t = line.rsplit(" ", 1)
-        c[thread] += int(t)
-    return c
-t0, t1 = ticks("t0"), ticks("t1")
+        thread, u, k = line.rsplit(" ", 2)
+        user[thread] += int(u)
+        kernel[thread] += int(k)
+    return user, kernel
+(u0, k0), (u1, k1) = ticks("t0"), ticks("t1")
 def metrics(name):
     out = {}
     for line in open(os.path.join(d, name)):
@@ -104,14 +106,18 @@ m0, m1 = metrics("m0"), metrics("m1")
 commits = m1.get("relaylog_batch_records_count", 0) - m0.get("relaylog_batch_records_count", 0)
 records = m1.get("relaylog_records_written_total", 0) - m0.get("relaylog_records_written_total", 0)
 us = lambda t: t * 1e6 / hz / n if n else float("nan")
-per_thread = "  ".join(f"{k} {us(t1[k] - t0[k]):.1f}" for k in sorted(t1) if t1[k] - t0[k] > 0)
+def spent(k):
+    return (u1[k] - u0[k], k1[k] - k0[k])
+per_thread = "  ".join(
+    f"{k} {us(sum(spent(k))):.1f} ({us(spent(k)[0]):.1f}+{us(spent(k)[1]):.1f})"
+    for k in sorted(u1) if sum(spent(k)) > 0)
 print(f"{binary}: {load['messages_per_second']:.0f} msg/s, {us(total):.1f} us/msg "
       f"[{per_thread}], {switches / n if n else float('nan'):.2f} switches/msg, {records / commits if commits else float('nan'):.1f} records/commit, "
       f"stolen {stolen * 1000 // hz} ms")
 PY
 }
 
-echo "# $mode, cores $cores, bench http 64 connections, ${duration}s per run; CPU per message by thread in µs"
+echo "# $mode, cores $cores, bench http 64 connections, ${duration}s per run; CPU per message by thread in µs (user space + kernel)"
 for _ in $(seq "$rounds"); do
     for bin in "${binaries[@]}"; do run "$bin"; done
 done
