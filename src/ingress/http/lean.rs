@@ -14,8 +14,10 @@
 //! smuggling attempt stay hyper's.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -341,21 +343,21 @@ async fn read_to<I: AsyncRead + Unpin>(
 /// polls the stream again with the task's waker). Before, every reply was written
 /// under a timeout: a clock read and a timer built and dropped (never armed).
 fn write_now<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> std::io::Result<bool> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut cx = Context::from_waker(Waker::noop());
     let mut written = 0;
     let done = loop {
         if written == out.len() {
-            break match std::pin::Pin::new(&mut *io).poll_flush(&mut cx) {
-                std::task::Poll::Ready(Ok(())) => true,
-                std::task::Poll::Ready(Err(e)) => return Err(e),
-                std::task::Poll::Pending => false,
+            break match Pin::new(&mut *io).poll_flush(&mut cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => false,
             };
         }
-        match std::pin::Pin::new(&mut *io).poll_write(&mut cx, &out[written..]) {
-            std::task::Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-            std::task::Poll::Ready(Ok(n)) => written += n,
-            std::task::Poll::Ready(Err(e)) => return Err(e),
-            std::task::Poll::Pending => break false,
+        match Pin::new(&mut *io).poll_write(&mut cx, &out[written..]) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => written += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break false,
         }
     };
     out.drain(..written);
