@@ -110,16 +110,31 @@ async fn untouched_store_verifies_clean() {
 async fn each_kind_of_damage_is_named() {
     // (what, the tampering SQL, the damage verify must report)
     type Case = (&'static str, &'static str, fn(&Damage) -> bool);
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         (
             "changed field",
             "UPDATE record SET segments = 9 WHERE id = 3",
             |d| matches!(d, Damage::Changed { .. }),
         ),
         (
+            // The outcome byte of the block's first event: after its id, submission
+            // and time (8 bytes each).
             "changed outcome",
-            "UPDATE outcome SET outcome = 3 WHERE id = 2",
+            "UPDATE outcome_block SET events = CAST(substr(events, 1, 24) || X'03' || substr(events, 26) AS BLOB) \
+             WHERE first = 2",
             |d| matches!(d, Damage::Changed { .. }),
+        ),
+        (
+            "outcome block removed",
+            "DELETE FROM outcome_block WHERE first = 2",
+            |d| matches!(d, Damage::Removed { table: "outcome", ids } if ids == &vec![2]),
+        ),
+        (
+            // A block that claims to start later than its first event: lookups by
+            // submission or id would be misled by it.
+            "outcome block bounds",
+            "UPDATE outcome_block SET sub_min = sub_min + 1 WHERE first = 2",
+            |d| matches!(d, Damage::Unreadable(why) if why.contains("outcome block 2")),
         ),
         (
             "deleted row",
@@ -367,8 +382,18 @@ fn erase_account(cfg: &StoreConfig, account: &str, out: &std::path::Path, now: i
 }
 
 /// Every record id and outcome id in a partition, in order.
+/// The ids of a partition's records, or of its outcome events (rows and blocks both).
 fn ids(cfg: &StoreConfig, partition: &str, table: &str) -> Vec<i64> {
     let conn = rusqlite::Connection::open(cfg.path.join(format!("{partition}.sqlite"))).unwrap();
+    if table == "outcome" {
+        let mut scan = relaylog::store::events::Scan::prepare(&conn).unwrap();
+        return scan
+            .after(0)
+            .unwrap()
+            .map(|e| e.map(|(id, _)| id))
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+    }
     let mut stmt = conn
         .prepare(&format!("SELECT id FROM {table} ORDER BY id"))
         .unwrap();

@@ -26,10 +26,10 @@ use ring::digest::{self, SHA256};
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use rusqlite::Connection;
 
+use super::events;
 use super::keys::{hex, unhex};
 use super::partition::PartitionId;
 use super::rows::{OutcomeRow, Row};
-use super::schema;
 
 pub use super::rows::Hash;
 
@@ -501,12 +501,9 @@ impl TreeState {
             t.push_record(id, leaf);
         }
         let mut leaves: BTreeMap<i64, Hash> = erased.outcomes.into_iter().collect();
-        let mut stmt = conn.prepare(&format!(
-            "{} WHERE id > ?1 ORDER BY id",
-            outcome_select(conn)?
-        ))?;
-        for row in stmt.query_map([t.outcome_through], read_outcome)? {
-            let (id, row) = row?;
+        let mut scan = events::Scan::prepare(conn)?;
+        for event in scan.after(t.outcome_through)? {
+            let (id, row) = event?;
             leaves.insert(id, outcome_leaf(&row));
         }
         for (id, leaf) in leaves {
@@ -596,15 +593,6 @@ impl TreeState {
 
 const RECORD_SELECT: &str = "SELECT id, submission, ordinal, at_us, bucket, protocol, service, recipient_form, segments, \
      account_ix, ip_ix, originator_ix, recipient_ix, sealed FROM record";
-/// `SELECT <outcome columns> FROM outcome` for this partition (see
-/// [`schema::outcome_columns`]).
-fn outcome_select(conn: &Connection) -> rusqlite::Result<String> {
-    Ok(format!(
-        "SELECT {} FROM outcome",
-        schema::outcome_columns(conn)?.select
-    ))
-}
-
 /// What `verify` found in one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Damage {
@@ -725,27 +713,6 @@ fn read_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Row)> {
     ))
 }
 
-fn read_outcome(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, OutcomeRow)> {
-    Ok((
-        r.get(0)?,
-        OutcomeRow {
-            submission: r.get(1)?,
-            at_us: r.get(2)?,
-            outcome: r.get(3)?,
-            upstream_status: r.get(4)?,
-            gateway_code: r.get(5)?,
-            message_id_sealed: r.get(6)?,
-            enhanced_status: r.get(7)?,
-            size_bytes: r.get::<_, Option<i64>>(8)?.map(|n| n.max(0) as u64),
-            ordinal: r.get(9)?,
-            receipt_state: r.get(10)?,
-            receipt_error: r.get(11)?,
-            receipt_done: r.get(12)?,
-            leaf: [0; 32],
-        },
-    ))
-}
-
 /// Recomputes a partition's tree head by head and checks every signature.
 pub fn verify(
     conn: &Connection,
@@ -776,9 +743,9 @@ fn verify_inner(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     out.heads = heads.len() as i64;
     let mut records = conn.prepare(&format!("{RECORD_SELECT} ORDER BY id"))?;
-    let mut outcomes = conn.prepare(&format!("{} ORDER BY id", outcome_select(conn)?))?;
+    let mut outcomes = events::Scan::prepare(conn)?;
     let mut rec_iter = records.query_map([], read_record)?.peekable();
-    let mut out_iter = outcomes.query_map([], read_outcome)?.peekable();
+    let mut out_iter = outcomes.after(0)?.peekable();
     let (erased_r, erased_o, statements) = load_erased(conn, partition, &key, &mut out.damage)?;
     out.erasures = statements;
     let mut frontier = Frontier::default();
@@ -1123,19 +1090,13 @@ pub fn erase_records(
         }
     }
     let mut outcome_ids = Vec::new();
-    {
-        let mut stmt = tx.prepare(&format!(
-            "{} WHERE submission = ?1 ORDER BY id",
-            outcome_select(&tx)?
-        ))?;
-        for s in &submissions {
-            for r in stmt.query_map([s], read_outcome)? {
-                let (id, row) = r?;
-                entries.push(ERASED_OUTCOME);
-                entries.extend_from_slice(&id.to_be_bytes());
-                entries.extend_from_slice(&outcome_leaf(&row));
-                outcome_ids.push(id);
-            }
+    let lookup = events::Lookup::new(&tx)?;
+    for s in &submissions {
+        for (id, row) in lookup.of(&tx, *s)? {
+            entries.push(ERASED_OUTCOME);
+            entries.extend_from_slice(&id.to_be_bytes());
+            entries.extend_from_slice(&outcome_leaf(&row));
+            outcome_ids.push(id);
         }
     }
     let id: i64 = tx.query_row("SELECT coalesce(max(id), 0) + 1 FROM erasure", [], |r| {
@@ -1151,11 +1112,8 @@ pub fn erase_records(
         for id in &ids {
             del.execute([id])?;
         }
-        let mut del = tx.prepare("DELETE FROM outcome WHERE id = ?1")?;
-        for id in &outcome_ids {
-            del.execute([id])?;
-        }
     }
+    events::remove(&tx, &outcome_ids)?;
     // The read-optimised index and the filter hold the erased records' tags: the
     // index is no longer read (and a compaction running beside does not put its
     // filter in place), the filter goes before the erasure commits, and the next

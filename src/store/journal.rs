@@ -615,34 +615,40 @@ fn encode_entry(buf: &mut Vec<u8>, entry: EntryRef<'_>) {
         EntryRef::Outcome(p, o) => {
             buf.push(KIND_OUTCOME);
             put_partition(buf, p);
-            buf.extend_from_slice(&o.submission.to_le_bytes());
-            buf.extend_from_slice(&o.at_us.to_le_bytes());
-            buf.push(o.outcome);
-            put_opt(buf, o.upstream_status, |b, v| {
-                b.extend_from_slice(&v.to_le_bytes())
-            });
-            put_opt(buf, o.gateway_code, |b, v| {
-                b.extend_from_slice(&v.to_le_bytes())
-            });
-            put_opt(buf, o.message_id_sealed.as_deref(), put_bytes);
-            put_opt(buf, o.enhanced_status.as_deref(), |b, s| {
-                put_bytes(b, s.as_bytes())
-            });
-            put_opt(buf, o.size_bytes, |b, v| {
-                b.extend_from_slice(&v.to_le_bytes())
-            });
-            put_opt(buf, o.ordinal, |b, v| b.extend_from_slice(&v.to_le_bytes()));
-            for s in [&o.receipt_state, &o.receipt_error, &o.receipt_done] {
-                put_opt(buf, s.as_deref(), |b, s| put_bytes(b, s.as_bytes()));
-            }
+            put_outcome(buf, o);
             buf.extend_from_slice(&o.leaf);
         }
     }
 }
 
+/// An outcome event's fields (not its leaf), as journal frames and outcome blocks
+/// (see `events`) hold them; read back by [`Cursor::outcome`].
+pub(super) fn put_outcome(buf: &mut Vec<u8>, o: &OutcomeRow) {
+    buf.extend_from_slice(&o.submission.to_le_bytes());
+    buf.extend_from_slice(&o.at_us.to_le_bytes());
+    buf.push(o.outcome);
+    put_opt(buf, o.upstream_status, |b, v| {
+        b.extend_from_slice(&v.to_le_bytes())
+    });
+    put_opt(buf, o.gateway_code, |b, v| {
+        b.extend_from_slice(&v.to_le_bytes())
+    });
+    put_opt(buf, o.message_id_sealed.as_deref(), put_bytes);
+    put_opt(buf, o.enhanced_status.as_deref(), |b, s| {
+        put_bytes(b, s.as_bytes())
+    });
+    put_opt(buf, o.size_bytes, |b, v| {
+        b.extend_from_slice(&v.to_le_bytes())
+    });
+    put_opt(buf, o.ordinal, |b, v| b.extend_from_slice(&v.to_le_bytes()));
+    for s in [&o.receipt_state, &o.receipt_error, &o.receipt_done] {
+        put_opt(buf, s.as_deref(), |b, s| put_bytes(b, s.as_bytes()));
+    }
+}
+
 /// Reads a frame body; `None` for anything malformed (the check makes that damage,
 /// not a torn write).
-struct Cursor<'a>(&'a [u8]);
+pub(super) struct Cursor<'a>(pub(super) &'a [u8]);
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
@@ -674,7 +680,7 @@ impl<'a> Cursor<'a> {
         Some(i32::from_le_bytes(self.array()?))
     }
 
-    fn i64(&mut self) -> Option<i64> {
+    pub(super) fn i64(&mut self) -> Option<i64> {
         Some(i64::from_le_bytes(self.array()?))
     }
 
@@ -708,6 +714,25 @@ impl<'a> Cursor<'a> {
         let start = self.i64()?;
         let p = PartitionId::containing(granularity, start);
         (p.start_micros() == start).then_some(p)
+    }
+
+    /// The fields [`put_outcome`] wrote; the leaf is left empty.
+    pub(super) fn outcome(&mut self) -> Option<OutcomeRow> {
+        Some(OutcomeRow {
+            submission: self.i64()?,
+            at_us: self.i64()?,
+            outcome: self.u8()?,
+            upstream_status: self.opt(Cursor::u16)?,
+            gateway_code: self.opt(Cursor::i32)?,
+            message_id_sealed: self.opt(Cursor::bytes)?,
+            enhanced_status: self.opt(Cursor::text)?,
+            size_bytes: self.opt(Cursor::u64)?,
+            ordinal: self.opt(Cursor::u32)?,
+            receipt_state: self.opt(Cursor::text)?,
+            receipt_error: self.opt(Cursor::text)?,
+            receipt_done: self.opt(Cursor::text)?,
+            leaf: [0; 32],
+        })
     }
 }
 
@@ -748,21 +773,8 @@ fn decode_frame(body: &[u8]) -> Option<Frame> {
             }
             KIND_OUTCOME => {
                 let p = c.partition()?;
-                let row = OutcomeRow {
-                    submission: c.i64()?,
-                    at_us: c.i64()?,
-                    outcome: c.u8()?,
-                    upstream_status: c.opt(Cursor::u16)?,
-                    gateway_code: c.opt(Cursor::i32)?,
-                    message_id_sealed: c.opt(Cursor::bytes)?,
-                    enhanced_status: c.opt(Cursor::text)?,
-                    size_bytes: c.opt(Cursor::u64)?,
-                    ordinal: c.opt(Cursor::u32)?,
-                    receipt_state: c.opt(Cursor::text)?,
-                    receipt_error: c.opt(Cursor::text)?,
-                    receipt_done: c.opt(Cursor::text)?,
-                    leaf: c.array()?,
-                };
+                let mut row = c.outcome()?;
+                row.leaf = c.array()?;
                 Entry::Outcome(p, row)
             }
             _ => return None,

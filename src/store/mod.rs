@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod codec;
 pub mod compact;
+pub mod events;
 pub mod expiry;
 pub mod filter;
 mod front;
@@ -1127,8 +1128,13 @@ mod tests {
         write(seal(1)).await.unwrap();
         let outside = rusqlite::Connection::open(side.file()).unwrap();
         let ids = |table: &str| -> Vec<i64> {
+            let id = if table == "outcome_block" {
+                "first"
+            } else {
+                "id"
+            };
             let mut stmt = outside
-                .prepare(&format!("SELECT id FROM {table} ORDER BY id"))
+                .prepare(&format!("SELECT {id} FROM {table} ORDER BY {id}"))
                 .unwrap();
             stmt.query_map([], |r| r.get(0))
                 .unwrap()
@@ -1158,7 +1164,7 @@ mod tests {
         // Outcomes refused: a record and an outcome committed together fail together.
         outside
             .execute_batch(
-                "CREATE TRIGGER refuse BEFORE INSERT ON outcome BEGIN SELECT RAISE(ABORT, 'refused'); END",
+                "CREATE TRIGGER refuse BEFORE INSERT ON outcome_block BEGIN SELECT RAISE(ABORT, 'refused'); END",
             )
             .unwrap();
         let (partition, rows) = seal(1);
@@ -1175,7 +1181,7 @@ mod tests {
         outside.execute_batch("DROP TRIGGER refuse").unwrap();
         write(seal(2)).await.unwrap();
         assert_eq!(ids("record"), [1, 4, 5, 6], "ids go on after the stranger");
-        assert_eq!(ids("outcome"), [1], "the outcome was tried again");
+        assert_eq!(ids("outcome_block"), [1], "the outcome was tried again");
         // The stranger is no leaf of the tree; everything the writer wrote is, so
         // verify finds the rows it folds hash to the signed roots (nothing `Changed`),
         // and reads the ids passed over for the stranger, once it is gone, as removed.

@@ -17,6 +17,7 @@ use std::path::Path;
 use rusqlite::params;
 
 use super::codec::{self, SealedFields};
+use super::events;
 use super::filter::{self, Probe};
 use super::keys::{IndexKind, KeyError, Keyring, PartitionKeys};
 use super::partition::{self, PartitionId};
@@ -240,7 +241,7 @@ fn search(
     // The events statement is made at the first match: most partitions a filter
     // lets through hold one, some none, and making statements is most of what
     // opening a partition costs.
-    let mut events_sql: Option<String> = None;
+    let mut lookup: Option<events::Lookup> = None;
     let mut take = |row: &rusqlite::Row<'_>| -> Result<(), QueryError> {
         let record_id: i64 = row.get(0).map_err(part_err(p))?;
         let submission = SubmissionId(row.get(1).map_err(part_err(p))?);
@@ -258,7 +259,7 @@ fn search(
             stats.collisions += 1;
             return Ok(());
         }
-        let events_q = match &mut events_sql {
+        let lookup = match &mut lookup {
             Some(made) => &*made,
             slot @ None => {
                 let columns = match state.compacted {
@@ -266,11 +267,15 @@ fn search(
                     Some(_) => schema::all_outcome_columns(),
                     None => schema::outcome_columns(&tx).map_err(part_err(p))?,
                 };
-                &*slot.insert(events_statement(&columns))
+                &*slot.insert(events::Lookup::with_columns(
+                    &columns,
+                    state.outcome_rows,
+                    state.outcome_blocks,
+                ))
             }
         };
         let (outcome, receipt) =
-            read_events(&tx, &keys, events_q, submission, ordinal).map_err(|e| match e {
+            read_events(&tx, &keys, lookup, submission, ordinal).map_err(|e| match e {
                 EventError::Sql(e) => part_err(p)(e),
                 EventError::Corrupt(what) => corrupt(what),
             })?;
@@ -379,62 +384,58 @@ impl From<rusqlite::Error> for EventError {
     }
 }
 
-/// A record's latest outcome (other than a receipt) and latest receipt, read with
-/// `events_q` (see [`events_statement`]).
+/// A record's latest outcome (other than a receipt) and latest receipt: of its
+/// submission's events, those about it (naming its ordinal, or none).
 fn read_events(
     tx: &rusqlite::Connection,
     keys: &PartitionKeys,
-    events_q: &str,
+    lookup: &events::Lookup,
     submission: SubmissionId,
     ordinal: u32,
 ) -> Result<(Option<FoundOutcome>, Option<FoundReceipt>), EventError> {
     // Events come in id order: the last of each kind is the latest.
-    let (mut outcome, mut receipt) = (None, None);
-    // Of the latest outcome: its kind and message id are decoded once it is known to
-    // be the latest (a superseded event's are never read).
-    let (mut kind_of_latest, mut sealed_id) = (0u8, None);
-    let mut events = tx.prepare_cached(events_q)?;
-    let mut rows = events.query(params![submission.0, ordinal])?;
-    while let Some(r) = rows.next()? {
-        let kind: u8 = r.get(3)?;
-        let at: i64 = r.get(2)?;
-        if kind == Outcome::Receipt as u8 {
-            receipt = Some(FoundReceipt {
-                at,
-                state: r.get(10)?,
-                error: r.get(11)?,
-                done: r.get(12)?,
-            });
+    let (mut latest, mut receipt) = (None, None);
+    for (_, e) in lookup.of(tx, submission.0)? {
+        if e.ordinal.is_some_and(|o| o != ordinal) {
             continue;
         }
-        let size: Option<i64> = r.get(8)?;
-        sealed_id = r.get::<_, Option<Vec<u8>>>(6)?;
-        kind_of_latest = kind;
-        outcome = Some(FoundOutcome {
-            enhanced_status: r.get(7)?,
-            size_bytes: size.map(|n| n.max(0) as u64),
-            // Set below, from `kind_of_latest`.
-            outcome: Outcome::Failed,
-            at,
-            upstream_status: r.get(4)?,
-            gateway_code: r.get(5)?,
-            upstream_message_id: None,
-        });
-    }
-    if let Some(found) = &mut outcome {
-        found.outcome =
-            Outcome::from_u8(kind_of_latest).ok_or(EventError::Corrupt("unknown outcome"))?;
-        if let Some(sealed) = sealed_id {
-            let id = keys
-                .open(&codec::outcome_aad(submission), &sealed)
-                .map_err(|_| EventError::Corrupt("sealed message id does not open"))?;
-            found.upstream_message_id = Some(
-                String::from_utf8(id)
-                    .map_err(|_| EventError::Corrupt("message id is not UTF-8"))?,
-            );
+        if e.outcome == Outcome::Receipt as u8 {
+            receipt = Some(FoundReceipt {
+                at: e.at_us,
+                state: e.receipt_state,
+                error: e.receipt_error,
+                done: e.receipt_done,
+            });
+        } else {
+            latest = Some(e);
         }
     }
-    Ok((outcome, receipt))
+    let Some(e) = latest else {
+        return Ok((None, receipt));
+    };
+    // Of the latest outcome only: a superseded event's message id is never opened.
+    let upstream_message_id = match &e.message_id_sealed {
+        Some(sealed) => {
+            let id = keys
+                .open(&codec::outcome_aad(submission), sealed)
+                .map_err(|_| EventError::Corrupt("sealed message id does not open"))?;
+            Some(
+                String::from_utf8(id)
+                    .map_err(|_| EventError::Corrupt("message id is not UTF-8"))?,
+            )
+        }
+        None => None,
+    };
+    let outcome = FoundOutcome {
+        outcome: Outcome::from_u8(e.outcome).ok_or(EventError::Corrupt("unknown outcome"))?,
+        at: e.at_us,
+        upstream_status: e.upstream_status,
+        gateway_code: e.gateway_code,
+        upstream_message_id,
+        enhanced_status: e.enhanced_status,
+        size_bytes: e.size_bytes,
+    };
+    Ok((Some(outcome), receipt))
 }
 
 /// What a lookup needs to know of a partition before it seeks, in one statement.
@@ -444,6 +445,11 @@ struct PartitionState {
     /// The highest record id the bucketed index covers.
     indexed_through: i64,
     newest: i64,
+    /// Whether it holds outcome events in rows, and has the table of blocks (see
+    /// `events`): a record's events are looked for only where there can be any (in a
+    /// partition written since blocks, rows are rare).
+    outcome_rows: bool,
+    outcome_blocks: bool,
 }
 
 /// The partition's state, or `None` if its tables are not all there yet (as
@@ -453,7 +459,9 @@ fn partition_state(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Parti
         "SELECT (SELECT 1 FROM meta WHERE key = 'schema'), \
                 (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'compacted'), \
                 (SELECT indexed_through FROM ix_state WHERE one = 1), \
-                (SELECT coalesce(max(id), 0) FROM record)",
+                (SELECT coalesce(max(id), 0) FROM record), \
+                (SELECT max(id) IS NOT NULL FROM outcome), \
+                (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'outcome_block')",
         [],
         |r| {
             Ok((
@@ -461,34 +469,25 @@ fn partition_state(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Parti
                 r.get::<_, Option<i64>>(1)?,
                 r.get::<_, Option<i64>>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, i64>(5)?,
             ))
         },
     );
     match row {
-        Ok((Some(_), compacted, indexed_through, newest)) => Ok(Some(PartitionState {
-            compacted,
-            indexed_through: indexed_through.unwrap_or(0),
-            newest,
-        })),
+        Ok((Some(_), compacted, indexed_through, newest, rows, blocks)) => {
+            Ok(Some(PartitionState {
+                compacted,
+                indexed_through: indexed_through.unwrap_or(0),
+                newest,
+                outcome_rows: rows,
+                outcome_blocks: blocks > 0,
+            }))
+        }
         Ok((None, ..)) => Ok(None),
         Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.starts_with("no such table") => {
             Ok(None)
         }
         Err(e) => Err(e),
     }
-}
-
-/// The statement reading a record's events (outcomes and receipts) in the order they
-/// came: a plain indexed read, cheaper to prepare than one choosing the latest of each
-/// kind, and a record has few.
-fn events_statement(columns: &schema::OutcomeColumns) -> String {
-    // An event is about this record when it names its ordinal or none.
-    let about = if columns.per_recipient {
-        "submission = ?1 AND (ordinal IS NULL OR ordinal = ?2)"
-    } else {
-        // Every event is the submission's; `?2` is still bound, so it is named.
-        "submission = ?1 AND ?2 IS NOT NULL"
-    };
-    let select = &columns.select;
-    format!("SELECT {select} FROM outcome WHERE {about} ORDER BY id")
 }

@@ -14,6 +14,8 @@
 //!         enhanced_status, size_bytes,       -- SMTP; added by ALTER to older files
 //!         ordinal, receipt_state,            -- SMPP: one recipient's event, a receipt;
 //!         receipt_error, receipt_done)       --   added by ALTER to older files
+//!                                  -- (events of submissions long past; the others go in
+//!                                  --   `outcome_block`, one row per transaction: see `events`)
 //! ix_account / ix_ip / ix_originator / ix_recipient
 //!        (bucket, tag, first, ids) PRIMARY KEY (bucket, tag, first), WITHOUT ROWID
 //!                                  -- blind-index posting lists (see `postings`)
@@ -293,8 +295,6 @@ const OUTCOME_GROUPS: [&[(&str, &str)]; GROUPS] = [
 ];
 
 const GROUPS: usize = 2;
-/// The group of `ordinal` and the receipt columns in [`OUTCOME_GROUPS`].
-const SMPP_GROUP: usize = 1;
 
 /// Which groups of [`OUTCOME_GROUPS`] the partition's outcome table has.
 fn outcome_groups(conn: &Connection) -> rusqlite::Result<[bool; GROUPS]> {
@@ -312,8 +312,6 @@ pub struct OutcomeColumns {
     /// message_id_sealed, enhanced_status, size_bytes, ordinal, receipt_state,
     /// receipt_error, receipt_done (NULL for those the partition predates).
     pub select: String,
-    /// Whether the table has `ordinal`: without it every event is the submission's.
-    pub per_recipient: bool,
 }
 
 pub fn outcome_columns(conn: &Connection) -> rusqlite::Result<OutcomeColumns> {
@@ -345,7 +343,6 @@ fn columns_of(has: [bool; GROUPS]) -> OutcomeColumns {
     }
     OutcomeColumns {
         select: select.join(", "),
-        per_recipient: has[SMPP_GROUP],
     }
 }
 
@@ -405,6 +402,7 @@ pub fn open_for_write(
     conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(DDL)?;
     conn.execute_batch(ERASURE_DDL)?;
+    conn.execute_batch(super::events::DDL)?;
     complete_outcome_table(&conn)?;
     conn.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1), ('partition', ?2)",
@@ -585,7 +583,7 @@ mod tests {
             )
             .unwrap();
             let columns = outcome_columns(&conn).unwrap();
-            assert!(!columns.per_recipient);
+            assert!(!super::super::events::has_blocks(&conn).unwrap());
             let row: (i64, Option<String>, Option<i64>) = conn
                 .query_row(
                     &format!("SELECT {} FROM outcome", columns.select),
@@ -597,8 +595,19 @@ mod tests {
         }
         let conn = open_for_write(&path, "old", SyncMode::Normal, 2).unwrap();
         let columns = outcome_columns(&conn).unwrap();
-        assert!(columns.per_recipient);
         assert!(!columns.select.contains("NULL"), "{}", columns.select);
+        assert!(super::super::events::has_blocks(&conn).unwrap());
+        // The event written before reads as it did, from its row: no ordinal (the
+        // submission's), no receipt.
+        let found = super::super::events::Lookup::new(&conn)
+            .unwrap()
+            .of(&conn, 7)
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].0, found[0].1.at_us, found[0].1.ordinal),
+            (1, 70, None)
+        );
         let stmt = conn.prepare(INSERT_OUTCOME).unwrap();
         assert_eq!(stmt.parameter_count(), OUTCOME_COLUMNS);
     }

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::events;
 use super::index::{BlindIndex, Budget};
 use super::journal::{self, Journal};
 use super::partition::PartitionId;
@@ -1272,14 +1273,23 @@ impl Writer {
                     _ => None,
                 })
                 .collect();
-            for chunk in schema::power_of_two_runs(&events) {
+            // Ids in the order the events came, the tree's leaf order; most go into
+            // one block, any others into rows (see `events`).
+            let (block, in_rows) = events::place(&events, next_outcome);
+            for o in &events {
+                if signer.is_some() {
+                    tree.push_outcome(next_outcome, o.leaf);
+                }
+                next_outcome += 1;
+            }
+            block.insert(&tx).map_err(sql)?;
+            for chunk in schema::power_of_two_runs(&in_rows) {
                 let mut stmt = tx
                     .prepare_cached(schema::insert_many(schema::Batched::Outcome, chunk.len()))
                     .map_err(sql)?;
-                for (k, o) in chunk.iter().enumerate() {
+                for (k, (id, o)) in chunk.iter().enumerate() {
                     let n = 1 + k * schema::OUTCOME_COLUMNS;
-                    stmt.raw_bind_parameter(n, next_outcome + k as i64)
-                        .map_err(sql)?;
+                    stmt.raw_bind_parameter(n, *id).map_err(sql)?;
                     stmt.raw_bind_parameter(n + 1, o.submission).map_err(sql)?;
                     stmt.raw_bind_parameter(n + 2, o.at_us).map_err(sql)?;
                     stmt.raw_bind_parameter(n + 3, o.outcome).map_err(sql)?;
@@ -1305,14 +1315,8 @@ impl Writer {
                         .map_err(sql)?;
                 }
                 stmt.raw_execute().map_err(sql)?;
-                for o in chunk {
-                    if signer.is_some() {
-                        tree.push_outcome(next_outcome, o.leaf);
-                    }
-                    next_outcome += 1;
-                }
-                outcomes += chunk.len() as u64;
             }
+            outcomes += events.len() as u64;
         }
         // A signed head at most every HEAD_INTERVAL: signing (Ed25519) per commit cost
         // a tenth of the relay's CPU under load. Idle, barrier and stop sign the rest.
