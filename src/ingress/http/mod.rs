@@ -131,6 +131,9 @@ impl HttpThreads {
                 .name("relaylog-http".into())
                 .spawn(move || {
                     let _logs = tracing::dispatcher::set_default(&dispatch);
+                    if let Err(e) = crate::sched::short_slices() {
+                        tracing::debug!(error = %e, "the kernel keeps the relay thread's default slice");
+                    }
                     let name = http.relay.name.clone();
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
