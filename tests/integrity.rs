@@ -110,7 +110,7 @@ async fn untouched_store_verifies_clean() {
 async fn each_kind_of_damage_is_named() {
     // (what, the tampering SQL, the damage verify must report)
     type Case = (&'static str, &'static str, fn(&Damage) -> bool);
-    let cases: [Case; 8] = [
+    let cases: [Case; 11] = [
         (
             "changed field",
             "UPDATE record SET segments = 9 WHERE id = 3",
@@ -135,6 +135,27 @@ async fn each_kind_of_damage_is_named() {
             "outcome block bounds",
             "UPDATE outcome_block SET sub_min = sub_min + 1 WHERE first = 2",
             |d| matches!(d, Damage::Unreadable(why) if why.contains("outcome block 2")),
+        ),
+        (
+            // Bounds whose difference wraps round would pass for narrow ones and hide
+            // the block from every lookup.
+            "outcome block bounds wrapping round",
+            "UPDATE outcome_block SET sub_min = -9223372036854775808 WHERE first = 2",
+            |d| matches!(d, Damage::Unreadable(why) if why.contains("outcome block 2")),
+        ),
+        (
+            // An id no writer gives (0 or below) is read and folded all the same.
+            "outcome row below the ids",
+            "INSERT INTO outcome (id, submission, at_us, outcome) \
+             SELECT 0, submission, at_us, 1 FROM record WHERE id = 1",
+            |d| matches!(d, Damage::Changed { .. }),
+        ),
+        (
+            // An event put in as a row (where receipts long after their submission go).
+            "inserted outcome row",
+            "INSERT INTO outcome (id, submission, at_us, outcome) \
+             SELECT 6, submission, at_us, 1 FROM record WHERE id = 1",
+            |d| matches!(d, Damage::Inserted { table: "outcome", ids } if ids == &vec![6]),
         ),
         (
             "deleted row",
@@ -381,14 +402,14 @@ fn erase_account(cfg: &StoreConfig, account: &str, out: &std::path::Path, now: i
     (o.records, o.outcomes)
 }
 
-/// Every record id and outcome id in a partition, in order.
-/// The ids of a partition's records, or of its outcome events (rows and blocks both).
+/// The ids of a partition's records, or of its outcome events (rows and blocks both),
+/// in order.
 fn ids(cfg: &StoreConfig, partition: &str, table: &str) -> Vec<i64> {
     let conn = rusqlite::Connection::open(cfg.path.join(format!("{partition}.sqlite"))).unwrap();
     if table == "outcome" {
-        let mut scan = relaylog::store::events::Scan::prepare(&conn).unwrap();
+        let mut scan = relaylog::store::events::Scan::all(&conn).unwrap();
         return scan
-            .after(0)
+            .events()
             .unwrap()
             .map(|e| e.map(|(id, _)| id))
             .collect::<rusqlite::Result<_>>()

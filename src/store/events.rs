@@ -22,11 +22,15 @@
 //!
 //! A block is found by submission through its index on `(sub_min, sub_max)`: the
 //! blocks that can hold submission `s` are those with `sub_min` in `[s - SPAN, s]`, a
-//! range seek. Readers take events from both places and merge them by id, so the
+//! range seek that compares `sub_max` in the index, so only the blocks that span `s`
+//! are read (one or two). Readers take events from both places and merge them by id, so the
 //! Merkle fold (`integrity`) and a record's latest outcome (`query`) see one sequence.
 //! A block whose contents disagree with its columns (an id or a submission outside
 //! them, ids out of order, bounds further apart than `SPAN`) is an error, never
 //! skipped: `verify` reports the partition damaged.
+//!
+//! Erasure writes a block again without the erased events, under columns that bound
+//! only what is left ([`remove`]).
 //!
 //! Partitions written before blocks have no `outcome_block` table until a writer opens
 //! them (and creates it, empty): readers ask once ([`has_blocks`]).
@@ -172,13 +176,16 @@ pub struct Malformed {
     what: &'static str,
 }
 
-/// The events of one row of `SELECT {BLOCK_COLUMNS} FROM outcome_block`, checked
-/// against its columns.
-fn read_block(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<(i64, OutcomeRow)>> {
+/// The events of one row of `SELECT {BLOCK_COLUMNS} FROM outcome_block` that `keep`
+/// takes, every one checked against its columns.
+fn read_block(
+    r: &rusqlite::Row<'_>,
+    keep: impl Fn(&OutcomeRow) -> bool,
+) -> rusqlite::Result<Vec<(i64, OutcomeRow)>> {
     let (first, last, sub_min, sub_max): (i64, i64, i64, i64) =
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
     let bytes = r.get_ref(4)?.as_blob()?;
-    decode(first, last, (sub_min, sub_max), bytes).map_err(|e| {
+    decode(first, last, (sub_min, sub_max), bytes, keep).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Blob, e.into())
     })
 }
@@ -188,14 +195,22 @@ fn decode(
     last: i64,
     (sub_min, sub_max): (i64, i64),
     bytes: &[u8],
+    keep: impl Fn(&OutcomeRow) -> bool,
 ) -> Result<Vec<(i64, OutcomeRow)>, Malformed> {
     let bad = |what| Malformed { first, what };
-    if first > last || sub_min > sub_max || sub_max - sub_min > SPAN {
-        return Err(bad("bounds out of order or too far apart"));
+    // Ids start at 1; the bounds are compared without overflowing (a span that
+    // wrapped round would pass for a narrow one and hide the block from lookups).
+    if first < 1 || first > last {
+        return Err(bad("ids out of order or below 1"));
+    }
+    if sub_max
+        .checked_sub(sub_min)
+        .is_none_or(|span| !(0..=SPAN).contains(&span))
+    {
+        return Err(bad("submission bounds out of order or too far apart"));
     }
     let mut c = Cursor(bytes);
-    let mut out = Vec::new();
-    let mut prev = first - 1;
+    let (mut out, mut events, mut prev) = (Vec::new(), 0usize, first - 1);
     while !c.0.is_empty() {
         let (id, o) = c
             .i64()
@@ -208,45 +223,77 @@ fn decode(
             return Err(bad("an event's submission is outside the block's"));
         }
         prev = id;
-        out.push((id, o));
+        events += 1;
+        if keep(&o) {
+            out.push((id, o));
+        }
     }
-    if out.is_empty() {
+    if events == 0 {
         return Err(bad("no events"));
     }
     Ok(out)
 }
 
-/// Reads every event after an id, in id order, from both places: the Merkle fold's
-/// view of a partition (`integrity::TreeState::load` and `verify`).
+/// Reads a partition's events in id order from both places: the Merkle fold's view of
+/// it (`integrity::TreeState::load` and `verify`).
 pub struct Scan<'c> {
     rows: rusqlite::Statement<'c>,
     blocks: Option<rusqlite::Statement<'c>>,
+    after: Option<i64>,
 }
 
 /// An event (id, fields) or the error that stopped the reading.
 pub type Event = rusqlite::Result<(i64, OutcomeRow)>;
 
 impl<'c> Scan<'c> {
-    pub fn prepare(conn: &'c Connection) -> rusqlite::Result<Scan<'c>> {
-        let rows = conn.prepare(&format!("{} WHERE id > ?1 ORDER BY id", row_select(conn)?))?;
-        let blocks = if has_blocks(conn)? {
-            Some(conn.prepare(&blocks_after())?)
-        } else {
-            None
+    /// Every event, whatever its id: `verify` must see an id no writer gives (0 or
+    /// below) to report it.
+    pub fn all(conn: &'c Connection) -> rusqlite::Result<Scan<'c>> {
+        let rows = conn.prepare(&format!("{} ORDER BY id", row_select(conn)?))?;
+        let blocks = match has_blocks(conn)? {
+            true => Some(conn.prepare(&format!(
+                "SELECT {BLOCK_COLUMNS} FROM outcome_block ORDER BY first"
+            ))?),
+            false => None,
         };
-        Ok(Scan { rows, blocks })
+        Ok(Scan {
+            rows,
+            blocks,
+            after: None,
+        })
     }
 
-    /// The events with ids above `after`, in id order.
-    pub fn after(&mut self, after: i64) -> rusqlite::Result<impl Iterator<Item = Event> + '_> {
-        let rows = self.rows.query_map([after], read_row)?;
+    /// The events with ids above `after`: the writer's, past its last signed head.
+    pub fn after(conn: &'c Connection, after: i64) -> rusqlite::Result<Scan<'c>> {
+        let rows = conn.prepare(&format!("{} WHERE id > ?1 ORDER BY id", row_select(conn)?))?;
+        let blocks = match has_blocks(conn)? {
+            true => Some(conn.prepare(&blocks_after())?),
+            false => None,
+        };
+        Ok(Scan {
+            rows,
+            blocks,
+            after: Some(after),
+        })
+    }
+
+    /// The events, in id order.
+    pub fn events(&mut self) -> rusqlite::Result<impl Iterator<Item = Event> + '_> {
+        let after = self.after;
+        let rows = match after {
+            Some(id) => self.rows.query_map([id], read_row)?,
+            None => self.rows.query_map([], read_row)?,
+        };
         let blocks = match &mut self.blocks {
             Some(stmt) => Some(BlockEvents {
-                rows: stmt.query([after])?,
+                rows: match after {
+                    Some(id) => stmt.query([id])?,
+                    None => stmt.query([])?,
+                },
                 block: 0,
                 current: Vec::new().into_iter(),
-                start: after,
-                prev: after,
+                after,
+                prev: None,
             }),
             None => None,
         };
@@ -263,20 +310,21 @@ impl<'c> Scan<'c> {
 fn blocks_after() -> String {
     format!(
         "SELECT {BLOCK_COLUMNS} FROM outcome_block WHERE first >= \
-         (SELECT coalesce(max(first), 0) FROM outcome_block WHERE first <= ?1) ORDER BY first"
+         coalesce((SELECT max(first) FROM outcome_block WHERE first <= ?1), ?1) ORDER BY first"
     )
 }
 
 /// The events of a block query's rows, one block decoded at a time: those above
-/// `start`, each checked to come after the one before (blocks come by `first`, and
+/// `after` (of the first block: `decode` keeps every later block's ids at or above its
+/// `first`), each checked to come after the one before (blocks come by `first`, and
 /// the writer never gives a block ids below an earlier one's).
 struct BlockEvents<'s> {
     rows: rusqlite::Rows<'s>,
     /// The block being read: its `first` and the events left.
     block: i64,
     current: std::vec::IntoIter<(i64, OutcomeRow)>,
-    start: i64,
-    prev: i64,
+    after: Option<i64>,
+    prev: Option<i64>,
 }
 
 impl Iterator for BlockEvents<'_> {
@@ -285,11 +333,10 @@ impl Iterator for BlockEvents<'_> {
     fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(e) = self.current.next() {
-                if e.0 <= self.start {
-                    // The head of the first block, before where the scan starts.
+                if self.after.is_some_and(|after| e.0 <= after) {
                     continue;
                 }
-                if e.0 <= self.prev {
+                if self.prev.is_some_and(|prev| e.0 <= prev) {
                     self.current = Vec::new().into_iter();
                     return Some(Err(rusqlite::Error::FromSqlConversionFailure(
                         4,
@@ -301,11 +348,14 @@ impl Iterator for BlockEvents<'_> {
                         .into(),
                     )));
                 }
-                self.prev = e.0;
+                self.prev = Some(e.0);
                 return Some(Ok(e));
             }
             match self.rows.next() {
-                Ok(Some(r)) => match r.get(0).and_then(|first| Ok((first, read_block(r)?))) {
+                Ok(Some(r)) => match r
+                    .get(0)
+                    .and_then(|first| Ok((first, read_block(r, |_| true)?)))
+                {
                     Ok((first, events)) => (self.block, self.current) = (first, events.into_iter()),
                     Err(e) => return Some(Err(e)),
                 },
@@ -390,11 +440,7 @@ impl Lookup {
             let mut stmt = conn.prepare_cached(sql)?;
             let mut rows = stmt.query([submission])?;
             while let Some(r) = rows.next()? {
-                found.extend(
-                    read_block(r)?
-                        .into_iter()
-                        .filter(|(_, o)| o.submission == submission),
-                );
+                found.extend(read_block(r, |o| o.submission == submission)?);
             }
         }
         Ok(found.into_iter().collect())
@@ -402,7 +448,8 @@ impl Lookup {
 }
 
 /// Removes events, wherever they are: their rows deleted, their blocks written again
-/// without them (deleted once empty). Returns how many were removed.
+/// without them, under columns that bound only what is left (deleted once empty).
+/// Returns how many were removed. Holds one block's events at a time.
 pub fn remove(tx: &Connection, ids: &[i64]) -> rusqlite::Result<usize> {
     let mut removed = 0;
     let mut del = tx.prepare_cached("DELETE FROM outcome WHERE id = ?1")?;
@@ -412,39 +459,49 @@ pub fn remove(tx: &Connection, ids: &[i64]) -> rusqlite::Result<usize> {
     if !has_blocks(tx)? {
         return Ok(removed);
     }
-    // Each id's block: the one with the highest `first` not above it.
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    // An id's block: the last to begin at or before it.
     let mut holding = tx.prepare_cached(&format!(
         "SELECT {BLOCK_COLUMNS} FROM outcome_block WHERE first <= ?1 ORDER BY first DESC LIMIT 1"
     ))?;
-    let mut by_block: BTreeMap<i64, Vec<(i64, OutcomeRow)>> = BTreeMap::new();
-    let mut gone = std::collections::BTreeSet::new();
-    for &id in ids {
+    let mut rest = &ids[..];
+    while let Some(&id) = rest.first() {
         let found = holding
-            .query_row([id], |r| Ok((r.get::<_, i64>(0)?, read_block(r)?)))
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    read_block(r, |_| true)?,
+                ))
+            })
             .optional()?;
-        if let Some((first, events)) = found
-            && events.iter().any(|e| e.0 == id)
-        {
-            by_block.entry(first).or_insert(events);
-            gone.insert(id);
-        }
-    }
-    for (first, events) in by_block {
-        // The block's columns stay: they still bound what it keeps.
+        // The ids this block's range covers (at least `id`'s, to move on).
+        let (gone, later) = match &found {
+            Some((_, last, _)) => rest.split_at(rest.partition_point(|i| i <= last).max(1)),
+            None => rest.split_at(1),
+        };
+        rest = later;
+        let Some((first, _, events)) = found else {
+            continue;
+        };
         let mut kept = Block::default();
-        for (id, o) in events.iter().filter(|e| !gone.contains(&e.0)) {
-            kept.push(*id, o);
+        let mut taken = 0;
+        for (eid, o) in &events {
+            if gone.binary_search(eid).is_ok() {
+                taken += 1;
+            } else {
+                kept.push(*eid, o);
+            }
         }
-        if kept.events.is_empty() {
+        if taken > 0 {
             tx.execute("DELETE FROM outcome_block WHERE first = ?1", [first])?;
-        } else {
-            tx.execute(
-                "UPDATE outcome_block SET events = ?2 WHERE first = ?1",
-                params![first, kept.events],
-            )?;
+            kept.insert(tx)?;
+            removed += taken;
         }
     }
-    Ok(removed + gone.len())
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -495,7 +552,7 @@ mod tests {
     }
 
     fn scan(conn: &Connection, after: i64) -> rusqlite::Result<Vec<(i64, OutcomeRow)>> {
-        Scan::prepare(conn)?.after(after)?.collect()
+        Scan::after(conn, after)?.events()?.collect()
     }
 
     fn leaves(events: &[(i64, OutcomeRow)]) -> Vec<(i64, [u8; 32])> {
@@ -583,7 +640,10 @@ mod tests {
         good.push(5, &event(S, 1));
         good.push(6, &event(S + 9, 1));
         let bytes = good.events.clone();
-        assert_eq!(decode(5, 6, (S, S + 9), &bytes).unwrap().len(), 2);
+        let all = |_: &OutcomeRow| true;
+        assert_eq!(decode(5, 6, (S, S + 9), &bytes, all).unwrap().len(), 2);
+        let one = decode(5, 6, (S, S + 9), &bytes, |o| o.submission == S + 9).unwrap();
+        assert_eq!(one.iter().map(|e| e.0).collect::<Vec<_>>(), [6]);
         for (what, first, last, subs, bytes) in [
             ("cut short", 5, 6, (S, S + 9), &bytes[..bytes.len() - 1]),
             ("an id below first", 6, 6, (S, S + 9), &bytes[..]),
@@ -591,10 +651,15 @@ mod tests {
             ("a submission below", 5, 6, (S + 1, S + 9), &bytes[..]),
             ("a submission above", 5, 6, (S, S + 8), &bytes[..]),
             ("too wide", 5, 6, (S - SPAN, S + 9), &bytes[..]),
+            ("wrapping round", 5, 6, (i64::MIN, S + 9), &bytes[..]),
+            ("reversed", 5, 6, (S + 9, S), &bytes[..]),
             ("empty", 5, 6, (S, S + 9), &[][..]),
         ] {
-            assert!(decode(first, last, subs, bytes).is_err(), "{what}");
+            assert!(decode(first, last, subs, bytes, all).is_err(), "{what}");
         }
+        let mut low = Block::default();
+        low.push(0, &event(S, 1));
+        assert!(decode(0, 0, (S, S), &low.events, all).is_err(), "id 0");
         // Two blocks whose events overlap: the scan stops at the second.
         let (_dir, conn) = partition();
         write(&conn, &[event(S, 1), event(S, 1)], 1);
@@ -640,27 +705,65 @@ mod tests {
         );
     }
 
-    /// Removed events leave their block written again without them, and the block
-    /// goes with the last of them; rows go one by one.
+    /// Removed events leave their block written again without them, under columns
+    /// that bound only what is left, and the block goes with the last of them; rows
+    /// go one by one.
     #[test]
     fn removing_events_rewrites_or_deletes_their_blocks() {
         let (_dir, conn) = partition();
         let late = event(S - (3600 << 28), 4);
-        write(
-            &conn,
-            &[event(S, 1), late, event(S + 1, 1), event(S + 2, 1)],
-            1,
-        );
-        assert_eq!(remove(&conn, &[2, 3, 9]).unwrap(), 2);
+        let events = [late, event(S, 1), event(S + 1, 1), event(S + 2, 1)];
+        assert_eq!(write(&conn, &events, 1), [1]);
+        // The late event's row and the block's first two (9 is nowhere).
+        assert_eq!(remove(&conn, &[9, 3, 1, 2]).unwrap(), 3);
         let ids = |conn: &Connection| -> Vec<i64> {
             scan(conn, 0).unwrap().into_iter().map(|e| e.0).collect()
         };
-        assert_eq!(ids(&conn), [1, 4]);
-        assert_eq!(remove(&conn, &[1, 4]).unwrap(), 2);
+        assert_eq!(ids(&conn), [4]);
+        let columns: (i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT first, last, sub_min, sub_max FROM outcome_block",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            columns,
+            (4, 4, S + 2, S + 2),
+            "nothing of the removed events kept"
+        );
+        let lookup = Lookup::new(&conn).unwrap();
+        assert_eq!(
+            lookup.of(&conn, S + 2).unwrap()[0].0,
+            4,
+            "the rest still found"
+        );
+        assert!(lookup.of(&conn, S).unwrap().is_empty());
+        assert_eq!(remove(&conn, &[4]).unwrap(), 1);
         assert_eq!(ids(&conn), Vec::<i64>::new());
         let blocks: i64 = conn
             .query_row("SELECT count(*) FROM outcome_block", [], |r| r.get(0))
             .unwrap();
         assert_eq!(blocks, 0);
+    }
+
+    /// The scan `verify` makes reads every event, an id no writer gives included.
+    #[test]
+    fn the_whole_scan_reads_ids_below_one() {
+        let (_dir, conn) = partition();
+        write(&conn, &[event(S, 1)], 1);
+        conn.execute(
+            "INSERT INTO outcome (id, submission, at_us, outcome) VALUES (0, 7, 7, 1), (-5, 7, 7, 1)",
+            [],
+        )
+        .unwrap();
+        let all: Vec<i64> = Scan::all(&conn)
+            .unwrap()
+            .events()
+            .unwrap()
+            .map(|e| e.unwrap().0)
+            .collect();
+        assert_eq!(all, [-5, 0, 1]);
+        assert_eq!(scan(&conn, 0).unwrap().len(), 1);
     }
 }

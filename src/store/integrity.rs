@@ -501,8 +501,8 @@ impl TreeState {
             t.push_record(id, leaf);
         }
         let mut leaves: BTreeMap<i64, Hash> = erased.outcomes.into_iter().collect();
-        let mut scan = events::Scan::prepare(conn)?;
-        for event in scan.after(t.outcome_through)? {
+        let mut scan = events::Scan::after(conn, t.outcome_through)?;
+        for event in scan.events()? {
             let (id, row) = event?;
             leaves.insert(id, outcome_leaf(&row));
         }
@@ -743,9 +743,9 @@ fn verify_inner(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     out.heads = heads.len() as i64;
     let mut records = conn.prepare(&format!("{RECORD_SELECT} ORDER BY id"))?;
-    let mut outcomes = events::Scan::prepare(conn)?;
+    let mut outcomes = events::Scan::all(conn)?;
     let mut rec_iter = records.query_map([], read_record)?.peekable();
-    let mut out_iter = outcomes.after(0)?.peekable();
+    let mut out_iter = outcomes.events()?.peekable();
     let (erased_r, erased_o, statements) = load_erased(conn, partition, &key, &mut out.damage)?;
     out.erasures = statements;
     let mut frontier = Frontier::default();
@@ -1056,6 +1056,10 @@ pub enum EraseError {
         "cannot remove the partition's filter (nothing erased; fix the store directory's permissions and run it again): {0}"
     )]
     Filter(std::io::Error),
+    #[error(
+        "of the {found} outcome events of the records, {removed} could be removed (nothing erased; run `relaylog verify` on the partition)"
+    )]
+    Outcomes { found: usize, removed: usize },
 }
 
 /// Erases records (and the outcome events of their submissions) from a partition
@@ -1113,7 +1117,14 @@ pub fn erase_records(
             del.execute([id])?;
         }
     }
-    events::remove(&tx, &outcome_ids)?;
+    let removed = events::remove(&tx, &outcome_ids)?;
+    if removed != outcome_ids.len() {
+        // Read a moment ago in this transaction: only a damaged partition gets here.
+        return Err(EraseError::Outcomes {
+            found: outcome_ids.len(),
+            removed,
+        });
+    }
     // The read-optimised index and the filter hold the erased records' tags: the
     // index is no longer read (and a compaction running beside does not put its
     // filter in place), the filter goes before the erasure commits, and the next

@@ -1182,6 +1182,7 @@ mod tests {
         write(seal(2)).await.unwrap();
         assert_eq!(ids("record"), [1, 4, 5, 6], "ids go on after the stranger");
         assert_eq!(ids("outcome_block"), [1], "the outcome was tried again");
+        assert_eq!(ids("outcome"), Vec::<i64>::new(), "in its block, not a row");
         // The stranger is no leaf of the tree; everything the writer wrote is, so
         // verify finds the rows it folds hash to the signed roots (nothing `Changed`),
         // and reads the ids passed over for the stranger, once it is gone, as removed.

@@ -10,7 +10,7 @@
 //!        sealed)                   -- nonce | AES-256-GCM(codec payload) | tag
 //! outcome(id INTEGER PRIMARY KEY, -- given by the writer, never reused, like record.id
 //!         submission, at_us, outcome, upstream_status,
-//!         gateway_code, message_id_sealed,   -- appended, never updated
+//!         gateway_code, message_id_sealed,   -- appended, never updated (but erased)
 //!         enhanced_status, size_bytes,       -- SMTP; added by ALTER to older files
 //!         ordinal, receipt_state,            -- SMPP: one recipient's event, a receipt;
 //!         receipt_error, receipt_done)       --   added by ALTER to older files
