@@ -982,12 +982,7 @@ mod tests {
         let first = append_sample(&mut journal, 1);
         append_sample(&mut journal, 10);
         drop(journal);
-        let path = segments(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|(_, p)| p)
-            .find(|p| std::fs::metadata(p).unwrap().len() > 0)
-            .unwrap();
+        let path = written_segment(dir.path());
         let whole = std::fs::read(&path).unwrap();
         for cut in [whole.len() - 1, whole.len() - 40] {
             std::fs::write(&path, &whole[..cut]).unwrap();
@@ -1016,6 +1011,16 @@ mod tests {
         assert_eq!(seqs(&frames), [after]);
     }
 
+    /// The one segment of `dir` with frames in it.
+    fn written_segment(dir: &Path) -> PathBuf {
+        segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+            .unwrap()
+    }
+
     /// Frames written before the CRC (checked by their SHA-256's first bytes) are read
     /// as they were; a frame that matches neither check ends the reading.
     #[test]
@@ -1025,12 +1030,7 @@ mod tests {
         let first = append_sample(&mut journal, 1);
         let second = append_sample(&mut journal, 10);
         drop(journal);
-        let path = segments(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|(_, p)| p)
-            .find(|p| std::fs::metadata(p).unwrap().len() > 0)
-            .unwrap();
+        let path = written_segment(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
         let mut at = 0;
         while at < bytes.len() {
