@@ -3,9 +3,10 @@
 //! Two places, one sequence of ids (the writer's, never reused) over both:
 //!
 //! ```sql
-//! outcome_block(first INTEGER PRIMARY KEY,  -- the lowest event id the block was written with
+//! outcome_block(first INTEGER PRIMARY KEY,  -- the lowest event id it holds
 //!               last,                       -- the highest
 //!               sub_min, sub_max,           -- its lowest and highest submission id, at most SPAN apart
+//!                                           --   (the columns are exactly what the events span)
 //!               events)                     -- per event, in id order: its id (i64 LE) and its
 //!                                           --   fields as `journal::put_outcome` writes them
 //! outcome(id INTEGER PRIMARY KEY, submission, ...)   -- one row per event (see `schema`)
@@ -69,24 +70,38 @@ const BLOCK_COLUMNS: &str = "first, last, sub_min, sub_max, events";
 /// Gives a transaction's events their ids, from `next` on in the order they came, and
 /// places them: those of submissions within [`SPAN`] of the newest one's in the
 /// block, the others (a receipt long after its submission) for rows.
-pub fn place<'a>(events: &[&'a OutcomeRow], next: i64) -> (Block, Vec<(i64, &'a OutcomeRow)>) {
+pub fn place<'a>(events: &[&'a OutcomeRow], next: i64) -> (Vec<Block>, Vec<(i64, &'a OutcomeRow)>) {
     let floor = events
         .iter()
         .map(|o| o.submission)
         .max()
         .map_or(i64::MIN, |newest| newest.saturating_sub(SPAN));
-    let (mut block, mut rows) = (Block::default(), Vec::new());
+    let (mut blocks, mut rows) = (vec![Block::default()], Vec::new());
     for (id, o) in (next..).zip(events) {
-        if o.submission >= floor {
-            block.push(id, o);
-        } else {
+        if o.submission < floor {
             rows.push((id, *o));
+            continue;
+        }
+        if blocks.last().is_some_and(|b| b.events.len() >= BLOCK_BYTES) {
+            blocks.push(Block::default());
+        }
+        if let Some(block) = blocks.last_mut() {
+            block.push(id, o);
         }
     }
-    (block, rows)
+    (blocks, rows)
 }
 
-/// A block being filled by the writer, events in id order.
+/// A block is closed once it holds this many bytes, and the next event starts another:
+/// a reader decodes one block whole.
+pub const BLOCK_BYTES: usize = 1 << 20;
+
+/// Largest block a reader decodes: [`BLOCK_BYTES`] and one event, with room to spare
+/// (an event's strings are bounded far below this by the protocols' parsers).
+const MAX_BLOCK_BYTES: usize = 4 * BLOCK_BYTES;
+
+/// A block being filled by the writer, events in id order; its columns are what they
+/// span.
 #[derive(Debug, Default)]
 pub struct Block {
     events: Vec<u8>,
@@ -209,27 +224,30 @@ fn decode(
     {
         return Err(bad("submission bounds out of order or too far apart"));
     }
+    if bytes.len() > MAX_BLOCK_BYTES {
+        return Err(bad("larger than any block written"));
+    }
     let mut c = Cursor(bytes);
-    let (mut out, mut events, mut prev) = (Vec::new(), 0usize, first - 1);
+    let mut out = Vec::new();
+    // What the events span: the columns must say exactly that (a wider column would
+    // let a lookup or an erasure pass over ids or submissions it does not hold).
+    let (mut ids, mut subs) = (None::<(i64, i64)>, (i64::MAX, i64::MIN));
     while !c.0.is_empty() {
         let (id, o) = c
             .i64()
             .zip(c.outcome())
             .ok_or_else(|| bad("an event does not decode"))?;
-        if id <= prev || id > last {
-            return Err(bad("event ids out of order or outside the block"));
+        if ids.is_some_and(|(_, prev)| id <= prev) {
+            return Err(bad("event ids out of order"));
         }
-        if o.submission < sub_min || o.submission > sub_max {
-            return Err(bad("an event's submission is outside the block's"));
-        }
-        prev = id;
-        events += 1;
+        ids = Some((ids.map_or(id, |(low, _)| low), id));
+        subs = (subs.0.min(o.submission), subs.1.max(o.submission));
         if keep(&o) {
             out.push((id, o));
         }
     }
-    if events == 0 {
-        return Err(bad("no events"));
+    if ids != Some((first, last)) || subs != (sub_min, sub_max) {
+        return Err(bad("its columns are not the ids and submissions it holds"));
     }
     Ok(out)
 }
@@ -440,7 +458,21 @@ impl Lookup {
             let mut stmt = conn.prepare_cached(sql)?;
             let mut rows = stmt.query([submission])?;
             while let Some(r) = rows.next()? {
-                found.extend(read_block(r, |o| o.submission == submission)?);
+                for (id, o) in read_block(r, |o| o.submission == submission)? {
+                    // One id in two places: one would hide the other (an erasure
+                    // would remove one of them).
+                    if found.insert(id, o).is_some() {
+                        return Err(rusqlite::Error::FromSqlConversionFailure(
+                            4,
+                            rusqlite::types::Type::Blob,
+                            Malformed {
+                                first: r.get(0)?,
+                                what: "holds an event id held elsewhere too",
+                            }
+                            .into(),
+                        ));
+                    }
+                }
             }
         }
         Ok(found.into_iter().collect())
@@ -527,8 +559,10 @@ mod tests {
     /// Writes one transaction's events as the writer does; returns the ids put in rows.
     fn write(conn: &Connection, events: &[OutcomeRow], next: i64) -> Vec<i64> {
         let refs: Vec<&OutcomeRow> = events.iter().collect();
-        let (block, rows) = place(&refs, next);
-        block.insert(conn).unwrap();
+        let (blocks, rows) = place(&refs, next);
+        for block in blocks {
+            block.insert(conn).unwrap();
+        }
         let mut stmt = conn.prepare(schema::INSERT_OUTCOME).unwrap();
         for (id, o) in &rows {
             stmt.execute(params![
@@ -652,6 +686,14 @@ mod tests {
             ("a submission above", 5, 6, (S, S + 8), &bytes[..]),
             ("too wide", 5, 6, (S - SPAN, S + 9), &bytes[..]),
             ("wrapping round", 5, 6, (i64::MIN, S + 9), &bytes[..]),
+            ("a last beyond its events", 5, 7, (S, S + 9), &bytes[..]),
+            (
+                "bounds wider than its events",
+                5,
+                6,
+                (S - 1, S + 9),
+                &bytes[..],
+            ),
             ("reversed", 5, 6, (S + 9, S), &bytes[..]),
             ("empty", 5, 6, (S, S + 9), &[][..]),
         ] {
@@ -669,6 +711,27 @@ mod tests {
         overlapping.insert(&conn).unwrap();
         let err = scan(&conn, 0).unwrap_err().to_string();
         assert!(err.contains("outcome block 2: its events overlap"), "{err}");
+    }
+
+    /// A transaction's block is closed at BLOCK_BYTES and the next event starts
+    /// another, each with the columns of what it holds.
+    #[test]
+    fn a_large_transaction_fills_several_blocks() {
+        let events: Vec<OutcomeRow> = (0..40_000).map(|k| event(S + k, 1)).collect();
+        let refs: Vec<&OutcomeRow> = events.iter().collect();
+        let (blocks, rows) = place(&refs, 1);
+        assert!(rows.is_empty());
+        assert!(blocks.len() > 1, "{} blocks", blocks.len());
+        let mut next = 1;
+        for b in &blocks {
+            assert!(b.events.len() < BLOCK_BYTES + 200);
+            assert_eq!(b.first, next);
+            let held =
+                decode(b.first, b.last, (b.sub_min, b.sub_max), &b.events, |_| true).unwrap();
+            next = b.last + 1;
+            assert_eq!(held.len() as i64, b.last - b.first + 1);
+        }
+        assert_eq!(next, 40_001);
     }
 
     /// The statements that find blocks seek their keys: by submission through the

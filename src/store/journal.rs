@@ -459,7 +459,7 @@ pub fn held_through(meta: Option<&str>, id: &str) -> Option<u64> {
 }
 
 /// A frame's check, against a write cut short or damaged: its CRC-32 (IEEE, as
-/// `crc32fast` computes it, with the CPU's carry-less multiply), then four zero bytes.
+/// `crc32fast` computes it, with the CPU's carry-less multiply), then [`CRC_TAG`].
 /// Not a defence against someone who can write the journal (no unkeyed check is):
 /// the rows' Merkle leaves and signed heads are. It replaced the first 8 bytes of the
 /// body's SHA-256 (2026-12-04), which cost a relay thread about 0.15 µs a message:
@@ -467,7 +467,21 @@ pub fn held_through(meta: Option<&str>, id: &str) -> Option<u64> {
 fn check(body: &[u8]) -> [u8; 8] {
     let mut out = [0u8; 8];
     out[..4].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out[4..].copy_from_slice(CRC_TAG);
     out
+}
+
+/// The second half of a CRC [`check`]: what tells it from the former one, so that
+/// each frame is held to one check (and zeros, whose CRC is 0, to neither).
+const CRC_TAG: &[u8; 4] = b"crc1";
+
+/// Whether `stored` is the check of `body`, in the form it was written in.
+fn checks(body: &[u8], stored: &[u8]) -> bool {
+    if stored[4..] == CRC_TAG[..] {
+        check(body) == stored
+    } else {
+        old_check(body) == stored
+    }
 }
 
 /// The check of frames written before [`check`]: the first 8 bytes of the body's
@@ -567,8 +581,7 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(Frame) -> bool) -> std::io
         let Some(body) = bytes.get(at + FRAME_HEAD..at + FRAME_HEAD + len) else {
             return Ok(false);
         };
-        let stored = &head[4..FRAME_HEAD];
-        if check(body) != stored && old_check(body) != stored {
+        if !checks(body, &head[4..FRAME_HEAD]) {
             return Ok(false);
         }
         let Some(frame) = decode_frame(body) else {
@@ -1051,6 +1064,9 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let (_, frames, _) = reopen(dir.path());
         assert_eq!(seqs(&frames), [first]);
+        // Zeros (a tail a crash left zero-filled) pass neither check, CRC 0 or not.
+        assert!(!checks(&[], &[0; 8]));
+        assert!(checks(&[], &check(&[])));
     }
 
     /// A frame over the limit is refused before anything of it is written.

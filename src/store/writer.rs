@@ -1275,14 +1275,16 @@ impl Writer {
                 .collect();
             // Ids in the order the events came, the tree's leaf order; most go into
             // one block, any others into rows (see `events`).
-            let (block, in_rows) = events::place(&events, next_outcome);
+            let (blocks, in_rows) = events::place(&events, next_outcome);
             for o in &events {
                 if signer.is_some() {
                     tree.push_outcome(next_outcome, o.leaf);
                 }
                 next_outcome += 1;
             }
-            block.insert(&tx).map_err(sql)?;
+            for block in blocks {
+                block.insert(&tx).map_err(sql)?;
+            }
             for chunk in schema::power_of_two_runs(&in_rows) {
                 let mut stmt = tx
                     .prepare_cached(schema::insert_many(schema::Batched::Outcome, chunk.len()))
