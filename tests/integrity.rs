@@ -23,8 +23,15 @@ async fn accepted(rec: &relaylog::store::Recorder, account: &str, number: &str) 
     let at = rec.now();
     let sub = one_recipient(rec, at, account, number);
     rec.record(&sub).await.unwrap();
-    let ev = OutcomeEvent {
-        submission: sub.id,
+    rec.record_outcome(&accepted_event(sub.id, at))
+        .await
+        .unwrap();
+}
+
+/// The gateway's 202 for a submission made at `at`, at once.
+fn accepted_event(submission: relaylog::record::SubmissionId, at: i64) -> OutcomeEvent {
+    OutcomeEvent {
+        submission,
         submitted_at: at,
         at,
         outcome: Outcome::Accepted,
@@ -35,8 +42,7 @@ async fn accepted(rec: &relaylog::store::Recorder, account: &str, number: &str) 
         size_bytes: None,
         ordinal: None,
         receipt: None,
-    };
-    rec.record_outcome(&ev).await.unwrap();
+    }
 }
 
 /// Three days, five messages a day, each with its outcome: many signed heads.
@@ -366,6 +372,11 @@ fn empty_store() -> (tempfile::TempDir, StoreConfig) {
 }
 
 /// Offboards `account` from the closed or open store at `cfg` (chunks of 100).
+/// [`erase_account`] the day after the partitions' (day 0).
+fn erase_on_day_1(cfg: &StoreConfig, account: &str, out: &std::path::Path) -> (u64, u64) {
+    erase_account(cfg, account, out, day(1, 0).timestamp_micros())
+}
+
 fn erase_account(cfg: &StoreConfig, account: &str, out: &std::path::Path, now: i64) -> (u64, u64) {
     use relaylog::compliance::disclosure::Installation;
     use relaylog::compliance::officers::{Officer, Role};
@@ -456,29 +467,13 @@ async fn erasing_the_highest_ids_then_writing_more_does_not_reuse_ids_or_cry_dam
     send(&store, "aay", 2).await;
     store.close().await;
     // aay's rows are the partition's highest (records 3, 4; outcomes 3, 4).
-    assert_eq!(
-        erase_account(
-            &cfg,
-            "aay",
-            &dir.path().join("a"),
-            day(1, 0).timestamp_micros()
-        ),
-        (2, 2)
-    );
+    assert_eq!(erase_on_day_1(&cfg, "aay", &dir.path().join("a")), (2, 2));
     assert_eq!(ids(&cfg, "2026-11-01", "record"), [1, 2]);
 
     let store = open_store(&cfg, &clock);
     send(&store, "cee", 3).await;
     // Erased while the writer has the partition open, then more traffic.
-    assert_eq!(
-        erase_account(
-            &cfg,
-            "cee",
-            &dir.path().join("c"),
-            day(1, 0).timestamp_micros()
-        ),
-        (2, 2)
-    );
+    assert_eq!(erase_on_day_1(&cfg, "cee", &dir.path().join("c")), (2, 2));
     send(&store, "dee", 4).await;
     store.close().await;
     assert_eq!(ids(&cfg, "2026-11-01", "record"), [1, 2, 7, 8]);
@@ -520,15 +515,7 @@ async fn erasing_unsigned_rows_after_a_crash_does_not_reuse_ids_or_cry_damage() 
             .unwrap()
     };
     assert!(covered_bee >= 1, "bee's rows keep their head");
-    assert_eq!(
-        erase_account(
-            &cfg,
-            "aay",
-            &dir.path().join("a"),
-            day(1, 0).timestamp_micros()
-        ),
-        (2, 2)
-    );
+    assert_eq!(erase_on_day_1(&cfg, "aay", &dir.path().join("a")), (2, 2));
 
     let store = open_store(&cfg, &clock);
     clock.set(day(0, 3));
@@ -604,4 +591,69 @@ async fn a_forged_erasure_statement_does_not_steer_the_writer() {
     assert_eq!(ids(&cfg, "2026-11-01", "record"), [1, 2, 3]);
     let damage = damage_in(&verify(&cfg), "2026-11-01");
     assert_eq!(damage, [Damage::ErasureSignature { id: 1 }]);
+}
+
+/// Two accounts' events committed in one block: erasing one account writes the block
+/// again without its events; `verify` still passes, and the other account's records
+/// keep their outcomes.
+#[tokio::test]
+async fn erasing_from_a_block_shared_with_another_account_keeps_the_rest() {
+    // The four events go one after the other, then one barrier, so one ingest takes
+    // them all; a machine slow enough to split them is given another try.
+    for attempt in 1..=3 {
+        let (dir, cfg) = empty_store();
+        if !two_accounts_in_one_block(&cfg).await {
+            assert!(attempt < 3, "the events never shared a block");
+            continue;
+        }
+        assert_eq!(erase_on_day_1(&cfg, "aay", &dir.path().join("a")), (2, 2));
+        assert_clean(&cfg, 4);
+        assert_eq!(ids(&cfg, "2026-11-01", "outcome").len(), 2);
+        let bee = common::query_store_cfg(&cfg, relaylog::store::IndexKind::Account, "bee");
+        assert_eq!(bee.len(), 2);
+        assert!(
+            bee.iter().all(|f| f.outcome.is_some()),
+            "the rest keep their outcomes"
+        );
+        assert!(
+            common::query_store_cfg(&cfg, relaylog::store::IndexKind::Account, "aay").is_empty()
+        );
+        return;
+    }
+}
+
+/// Two messages each of accounts aay and bee, then their events; whether the events
+/// share a block.
+async fn two_accounts_in_one_block(cfg: &StoreConfig) -> bool {
+    let clock = ManualClock::new(day(0, 1));
+    let store = open_store(cfg, &clock);
+    let rec = store.recorder();
+    let mut sent = Vec::new();
+    for (account, number) in [
+        ("aay", "+31612000001"),
+        ("bee", "+31612000002"),
+        ("aay", "+31612000003"),
+        ("bee", "+31612000004"),
+    ] {
+        let at = rec.now();
+        let sub = one_recipient(&rec, at, account, number);
+        rec.record(&sub).await.unwrap();
+        sent.push((sub.id, at));
+    }
+    for (submission, at) in sent {
+        rec.record_outcome(&accepted_event(submission, at))
+            .await
+            .unwrap();
+    }
+    rec.barrier().await.unwrap();
+    store.close().await;
+    let conn = rusqlite::Connection::open(cfg.path.join("2026-11-01.sqlite")).unwrap();
+    let blocks: i64 = conn
+        .query_row("SELECT count(*) FROM outcome_block", [], |r| r.get(0))
+        .unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM outcome", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0, "prompt events go into blocks");
+    (1..4).contains(&blocks)
 }
