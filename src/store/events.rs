@@ -68,8 +68,9 @@ const INSERT_BLOCK: &str = "INSERT OR ROLLBACK INTO outcome_block (first, last, 
 const BLOCK_COLUMNS: &str = "first, last, sub_min, sub_max, events";
 
 /// Gives a transaction's events their ids, from `next` on in the order they came, and
-/// places them: those of submissions within [`SPAN`] of the newest one's in the
-/// block, the others (a receipt long after its submission) for rows.
+/// places them: those of submissions within [`SPAN`] of the newest one's in blocks
+/// (one, unless it passes [`BLOCK_BYTES`]), the others (a receipt long after its
+/// submission) for rows.
 pub fn place<'a>(events: &[&'a OutcomeRow], next: i64) -> (Vec<Block>, Vec<(i64, &'a OutcomeRow)>) {
     let floor = events
         .iter()
