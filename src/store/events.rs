@@ -158,7 +158,7 @@ pub fn has_blocks(conn: &Connection) -> rusqlite::Result<bool> {
 pub fn row_select(conn: &Connection) -> rusqlite::Result<String> {
     Ok(format!(
         "SELECT {} FROM outcome",
-        schema::outcome_columns(conn)?.select
+        schema::outcome_columns(conn)?
     ))
 }
 
@@ -182,6 +182,29 @@ pub fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, OutcomeRow)> {
             leaf: [0; 32],
         },
     ))
+}
+
+/// Binds an event as one row of `schema::INSERT_OUTCOME`'s columns, from parameter `n`
+/// on: what [`read_row`] reads back.
+pub fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    n: usize,
+    id: i64,
+    o: &OutcomeRow,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(n, id)?;
+    stmt.raw_bind_parameter(n + 1, o.submission)?;
+    stmt.raw_bind_parameter(n + 2, o.at_us)?;
+    stmt.raw_bind_parameter(n + 3, o.outcome)?;
+    stmt.raw_bind_parameter(n + 4, o.upstream_status)?;
+    stmt.raw_bind_parameter(n + 5, o.gateway_code)?;
+    stmt.raw_bind_parameter(n + 6, &o.message_id_sealed)?;
+    stmt.raw_bind_parameter(n + 7, &o.enhanced_status)?;
+    stmt.raw_bind_parameter(n + 8, o.size_bytes.map(|n| n.min(i64::MAX as u64) as i64))?;
+    stmt.raw_bind_parameter(n + 9, o.ordinal)?;
+    stmt.raw_bind_parameter(n + 10, &o.receipt_state)?;
+    stmt.raw_bind_parameter(n + 11, &o.receipt_error)?;
+    stmt.raw_bind_parameter(n + 12, &o.receipt_done)
 }
 
 /// A block whose contents do not match its columns or do not decode.
@@ -424,13 +447,10 @@ impl Lookup {
 
     /// With the partition's outcome columns known, looking in rows and blocks only
     /// where told to (a partition with none of either need not be asked).
-    pub fn with_columns(columns: &schema::OutcomeColumns, rows: bool, blocks: bool) -> Lookup {
+    pub fn with_columns(columns: &str, rows: bool, blocks: bool) -> Lookup {
         Lookup {
             rows: rows.then(|| {
-                format!(
-                    "SELECT {} FROM outcome WHERE submission = ?1 ORDER BY id",
-                    columns.select
-                )
+                format!("SELECT {columns} FROM outcome WHERE submission = ?1 ORDER BY id")
             }),
             blocks: blocks.then(|| {
                 format!(
@@ -566,22 +586,8 @@ mod tests {
         }
         let mut stmt = conn.prepare(schema::INSERT_OUTCOME).unwrap();
         for (id, o) in &rows {
-            stmt.execute(params![
-                id,
-                o.submission,
-                o.at_us,
-                o.outcome,
-                o.upstream_status,
-                o.gateway_code,
-                o.message_id_sealed,
-                o.enhanced_status,
-                o.size_bytes.map(|n| n as i64),
-                o.ordinal,
-                o.receipt_state,
-                o.receipt_error,
-                o.receipt_done
-            ])
-            .unwrap();
+            bind_row(&mut stmt, 1, *id, o).unwrap();
+            stmt.raw_execute().unwrap();
         }
         rows.iter().map(|(id, _)| *id).collect()
     }

@@ -306,25 +306,21 @@ fn outcome_groups(conn: &Connection) -> rusqlite::Result<[bool; GROUPS]> {
     Ok(has)
 }
 
-/// What a reader selects from a partition's outcome table.
-pub struct OutcomeColumns {
-    /// In this order: id, submission, at_us, outcome, upstream_status, gateway_code,
-    /// message_id_sealed, enhanced_status, size_bytes, ordinal, receipt_state,
-    /// receipt_error, receipt_done (NULL for those the partition predates).
-    pub select: String,
-}
-
-pub fn outcome_columns(conn: &Connection) -> rusqlite::Result<OutcomeColumns> {
+/// What a reader selects from a partition's outcome table, in this order: id,
+/// submission, at_us, outcome, upstream_status, gateway_code, message_id_sealed,
+/// enhanced_status, size_bytes, ordinal, receipt_state, receipt_error, receipt_done
+/// (NULL for those the partition predates).
+pub fn outcome_columns(conn: &Connection) -> rusqlite::Result<String> {
     Ok(columns_of(outcome_groups(conn)?))
 }
 
 /// The outcome columns of a partition that has every group: one compaction or the
 /// writer has completed (see [`complete_outcome_table`]), known without asking.
-pub fn all_outcome_columns() -> OutcomeColumns {
+pub fn all_outcome_columns() -> String {
     columns_of([true; GROUPS])
 }
 
-fn columns_of(has: [bool; GROUPS]) -> OutcomeColumns {
+fn columns_of(has: [bool; GROUPS]) -> String {
     let mut select = vec![
         "id",
         "submission",
@@ -341,9 +337,7 @@ fn columns_of(has: [bool; GROUPS]) -> OutcomeColumns {
                 .map(|(name, _)| if has[group] { *name } else { "NULL" }),
         );
     }
-    OutcomeColumns {
-        select: select.join(", "),
-    }
+    select.join(", ")
 }
 
 /// Adds the groups of outcome columns an older partition lacks: nullable columns, no
@@ -585,17 +579,15 @@ mod tests {
             let columns = outcome_columns(&conn).unwrap();
             assert!(!super::super::events::has_blocks(&conn).unwrap());
             let row: (i64, Option<String>, Option<i64>) = conn
-                .query_row(
-                    &format!("SELECT {} FROM outcome", columns.select),
-                    [],
-                    |r| Ok((r.get(1)?, r.get(7)?, r.get(9)?)),
-                )
+                .query_row(&format!("SELECT {columns} FROM outcome"), [], |r| {
+                    Ok((r.get(1)?, r.get(7)?, r.get(9)?))
+                })
                 .unwrap();
             assert_eq!(row, (7, None, None));
         }
         let conn = open_for_write(&path, "old", SyncMode::Normal, 2).unwrap();
         let columns = outcome_columns(&conn).unwrap();
-        assert!(!columns.select.contains("NULL"), "{}", columns.select);
+        assert!(!columns.contains("NULL"), "{columns}");
         assert!(super::super::events::has_blocks(&conn).unwrap());
         // The event written before reads as it did, from its row: no ordinal (the
         // submission's), no receipt.

@@ -1290,30 +1290,7 @@ impl Writer {
                     .prepare_cached(schema::insert_many(schema::Batched::Outcome, chunk.len()))
                     .map_err(sql)?;
                 for (k, (id, o)) in chunk.iter().enumerate() {
-                    let n = 1 + k * schema::OUTCOME_COLUMNS;
-                    stmt.raw_bind_parameter(n, *id).map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 1, o.submission).map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 2, o.at_us).map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 3, o.outcome).map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 4, o.upstream_status)
-                        .map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 5, o.gateway_code)
-                        .map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 6, &o.message_id_sealed)
-                        .map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 7, &o.enhanced_status)
-                        .map_err(sql)?;
-                    stmt.raw_bind_parameter(
-                        n + 8,
-                        o.size_bytes.map(|n| n.min(i64::MAX as u64) as i64),
-                    )
-                    .map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 9, o.ordinal).map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 10, &o.receipt_state)
-                        .map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 11, &o.receipt_error)
-                        .map_err(sql)?;
-                    stmt.raw_bind_parameter(n + 12, &o.receipt_done)
+                    events::bind_row(&mut stmt, 1 + k * schema::OUTCOME_COLUMNS, *id, o)
                         .map_err(sql)?;
                 }
                 stmt.raw_execute().map_err(sql)?;
