@@ -535,7 +535,9 @@ impl Ticket {
         };
         let slot = self.disarm();
         if let Some(prepared) = prepared {
-            slot.send(prepared);
+            // A ticket is spent only once its submission was recorded: the outcome
+            // may ride in a batch's frame (never before its record's).
+            slot.send_riding(prepared);
         }
     }
 
