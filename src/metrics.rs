@@ -67,7 +67,6 @@ pub struct Metrics {
     pub journal_append_seconds: Histogram,
     pub journal_bypassed: Gauge,
     pub journal_relay_frames: Counter,
-    pub journal_relay_outcomes: Counter,
     pub durable_wait_seconds: Histogram,
     pub queue_depth: Gauge,
     pub forward_seconds: Family<ListenerLabels, Histogram>,
@@ -154,12 +153,6 @@ impl Metrics {
             "journal_relay_frames",
             "Journal frames appended by the relay thread that sealed their durable batch (the others went through the journal's thread)",
             journal_relay_frames.clone(),
-        );
-        let journal_relay_outcomes = Counter::default();
-        registry.register(
-            "journal_relay_outcomes",
-            "Outcome events appended in a relay thread's frame with a durable batch (the others went through the journal's thread)",
-            journal_relay_outcomes.clone(),
         );
         let durable_wait_seconds = Histogram::new(exponential_buckets(0.000_05, 2.5, 12));
         registry.register(
@@ -259,7 +252,6 @@ impl Metrics {
             journal_append_seconds,
             journal_bypassed,
             journal_relay_frames,
-            journal_relay_outcomes,
             durable_wait_seconds,
             queue_depth,
             forward_seconds,

@@ -535,9 +535,7 @@ impl Ticket {
         };
         let slot = self.disarm();
         if let Some(prepared) = prepared {
-            // A ticket is spent only once its submission was recorded: the outcome
-            // may ride in a batch's frame (never before its record's).
-            slot.send_riding(prepared);
+            slot.send(prepared);
         }
     }
 

@@ -19,17 +19,6 @@
 //! A thread-local slot rather than one per store: each worker gathers what it alone
 //! seals in its own pass, with no lock shared between workers on the way in.
 //!
-//! Outcome events ride along ([`ride`]): an outcome sent with
-//! [`super::OutcomeSlot::send_riding`] on a thread while a batch of the same store is
-//! open there goes into that batch's frame, not through the journal's front (a queue
-//! send per event, and the front woken to append them again in a `write` of its own:
-//! about half a microsecond a message on one core). Only outcomes whose records are
-//! journaled already are sent so, and only while relay threads may append: a frame
-//! never holds an outcome before its record. Each rider keeps its place in the
-//! recorders' queue until its frame is appended: a batch that goes to the front
-//! instead sends its riders there through those places, so that a full queue still
-//! cannot lose one.
-//!
 //! Why: with a job per submission the writer woke for each one and committed a few
 //! rows at a time (2.8 records per commit at 13,700 msg/s on one core, 39 µs a commit),
 //! and where it shares a core with the runtime it preempted the worker on every wake-up.
@@ -49,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::partition::PartitionId;
-use super::writer::{Done, Job, OutcomeRow, Row, Signals, WriteError};
+use super::writer::{Done, Job, Row, Signals, WriteError};
 
 /// Why a gathered batch was not committed.
 #[derive(Debug, Clone)]
@@ -93,72 +82,6 @@ struct Pending {
     rows: Vec<Row>,
     submissions: usize,
     tell: watch::Sender<Answer>,
-    /// Outcome events riding in the batch's frame (see [`ride`]).
-    riders: Vec<Rider>,
-}
-
-/// The most outcome events one batch carries.
-const MAX_RIDERS: usize = 256;
-
-/// An outcome event and the place kept for it in the recorders' queue: spent there
-/// if its batch is not appended by the relay thread, released once it is.
-/// `permit` must be a place in the queue of the store whose batch it rides in.
-pub(super) struct Rider {
-    pub(super) partition: PartitionId,
-    pub(super) row: OutcomeRow,
-    pub(super) permit: mpsc::OwnedPermit<Job>,
-}
-
-impl Rider {
-    /// Sends the event through its kept place, as if it had never ridden.
-    pub(super) fn send(self) {
-        self.permit.send(Job::outcome(self.partition, self.row));
-    }
-
-    /// The event as a job of journal frame `frame`; its kept place is released.
-    pub(super) fn into_job(self, frame: u64) -> Job {
-        Job::Outcome {
-            partition: self.partition,
-            row: self.row,
-            frame,
-        }
-    }
-}
-
-/// Puts an outcome event into the batch open on this thread for the store of
-/// `signals` (any partition: a frame's entries name theirs), if there is one still
-/// open with room for it and relay threads may append now (otherwise the batch goes
-/// to the front, and the rider would only wait for it). Hands the rider back
-/// otherwise, to be sent through its kept place.
-#[must_use = "a rider handed back must be sent"]
-pub(super) fn ride(signals: &Arc<Signals>, rider: Rider) -> Option<Rider> {
-    let appending =
-        signals.appender.get().is_some_and(|a| a.relay_threads()) && !signals.partitions_stuck();
-    if !appending {
-        return Some(rider);
-    }
-    board(signals, rider)
-}
-
-/// [`ride`] but for whether relay threads may append now.
-fn board(signals: &Arc<Signals>, rider: Rider) -> Option<Rider> {
-    let open = OPEN.try_with(|open| {
-        open.try_borrow()
-            .ok()
-            .and_then(|g| g.upgrade())
-            .filter(|g| Arc::ptr_eq(&g.route.signals, signals))
-    });
-    let Some(g) = open.ok().flatten() else {
-        return Some(rider);
-    };
-    let mut pending = g.pending.lock().unwrap_or_else(|p| p.into_inner());
-    match pending.as_mut() {
-        Some(p) if p.riders.len() < MAX_RIDERS => {
-            p.riders.push(rider);
-            None
-        }
-        _ => Some(rider),
-    }
 }
 
 /// Adds the sealed rows of `submissions` submissions to the batch open on this thread
@@ -202,7 +125,6 @@ pub fn join(
                 rows: std::mem::take(rows),
                 submissions,
                 tell,
-                riders: Vec::new(),
             })),
             queued: AtomicBool::new(false),
             answer,
@@ -308,25 +230,17 @@ impl Gathering {
         });
         // The thread that sealed the batch appends it to the journal itself when it
         // can: no other thread woken on the way (see `super::front`).
-        let (rows, riders) = match signals.appender.get() {
-            Some(appender) => {
-                match appender.try_append(&signals, self.partition, p.rows, p.riders) {
-                    Ok(()) => {
-                        self.queued.store(true, Ordering::Release);
-                        p.tell.send_replace(Some(Ok(())));
-                        return;
-                    }
-                    Err(given_back) => given_back,
+        let rows = match signals.appender.get() {
+            Some(appender) => match appender.try_append(&signals, self.partition, p.rows) {
+                Ok(()) => {
+                    self.queued.store(true, Ordering::Release);
+                    p.tell.send_replace(Some(Ok(())));
+                    return;
                 }
-            }
-            None => (p.rows, p.riders),
+                Err(rows) => rows,
+            },
+            None => p.rows,
         };
-        // The riders go the way they would have gone alone, each through its kept
-        // place: a full queue refuses the batch, never them. Their records are in the
-        // journal already (see `ride`), so their order against this batch is free.
-        for rider in riders {
-            rider.send();
-        }
         let job = Job::records(self.partition, rows, Some(Done::Many(p.tell)));
         match tx.try_send(job) {
             Ok(()) => {
@@ -360,19 +274,6 @@ impl Gathering {
     }
 }
 
-impl Drop for Gathering {
-    fn drop(&mut self) {
-        // Never flushed (its owner always flushes it, so this is a guard): the riders
-        // still go, through their kept places.
-        let pending = self.pending.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = pending.take() {
-            for rider in p.riders {
-                rider.send();
-            }
-        }
-    }
-}
-
 /// Answers every submission of a batch that was not queued.
 fn refuse(job: Job, why: BatchError) {
     if let Job::Records {
@@ -390,11 +291,7 @@ mod tests {
     use crate::config::Granularity;
 
     fn route() -> (Route, mpsc::Receiver<Job>) {
-        route_of(4)
-    }
-
-    fn route_of(capacity: usize) -> (Route, mpsc::Receiver<Job>) {
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = mpsc::channel(4);
         let route = Route {
             tx,
             signals: Arc::new(Signals::default()),
@@ -425,116 +322,6 @@ mod tests {
         let (_w, other_day) = join(day(2), &mut Vec::new(), 1, 8, &a);
         assert!(other_day.is_some(), "another partition opens its own");
         assert_eq!((waiting(&a), waiting(&b)), (3, 1));
-    }
-
-    fn row() -> Row {
-        Row {
-            submission: 1,
-            ordinal: 0,
-            at_us: 1,
-            bucket: 0,
-            protocol: 0,
-            service: 0,
-            recipient_form: 0,
-            segments: 1,
-            account_ix: 1,
-            ip_ix: 1,
-            originator_ix: None,
-            recipient_ix: 1,
-            sealed: Vec::new(),
-            leaf: [0; 32],
-        }
-    }
-
-    /// A rider whose place was kept in a queue of `route`.
-    async fn rider(route: &Route, partition: PartitionId, submission: i64) -> Rider {
-        Rider {
-            partition,
-            row: OutcomeRow::bare(submission, submission, 1),
-            permit: route.tx.clone().reserve_owned().await.unwrap(),
-        }
-    }
-
-    /// An outcome boards only a batch of its own store that is still open and has
-    /// room (of any partition: the frame's entries name theirs); otherwise it is
-    /// handed back to be sent alone. One that boarded goes when the batch does (here,
-    /// with no journal, through its kept place). `ride` adds that relay threads may
-    /// append: with no journal, never.
-    #[tokio::test]
-    async fn an_outcome_boards_only_an_open_batch_of_its_store_with_room() {
-        let (a, mut rx_a) = route_of(MAX_RIDERS + 8);
-        let (b, _rx_b) = route();
-        assert!(
-            board(&a.signals, rider(&a, day(1), 1).await).is_some(),
-            "none open"
-        );
-        let (_w, owner) = join(day(2), &mut vec![row()], 1, 8, &a);
-        let owner = owner.expect("opened");
-        assert!(
-            board(&b.signals, rider(&b, day(2), 2).await).is_some(),
-            "another store's"
-        );
-        assert!(
-            ride(&a.signals, rider(&a, day(2), 2).await).is_some(),
-            "no journal"
-        );
-        assert!(
-            board(&a.signals, rider(&a, day(1), 3).await).is_none(),
-            "another day's"
-        );
-        for i in 1..MAX_RIDERS as i64 {
-            assert!(board(&a.signals, rider(&a, day(2), 3 + i).await).is_none());
-        }
-        assert!(
-            board(&a.signals, rider(&a, day(2), 0).await).is_some(),
-            "no room"
-        );
-        owner.queue();
-        assert!(
-            board(&a.signals, rider(&a, day(2), 0).await).is_some(),
-            "queued already"
-        );
-        let mut outcomes = Vec::new();
-        let mut records = 0;
-        while let Ok(job) = rx_a.try_recv() {
-            match job {
-                Job::Outcome { row, .. } => outcomes.push(row.submission),
-                Job::Records { rows, .. } => records += rows.len(),
-                _ => panic!("only the batch and its riders are queued"),
-            }
-        }
-        assert_eq!(records, 1);
-        let boarded: Vec<i64> = (3..3 + MAX_RIDERS as i64).collect();
-        assert_eq!(outcomes, boarded, "each rider once, in order");
-    }
-
-    /// A batch that is not appended by its thread (here: no journal, then a full
-    /// queue) sends its riders through their kept places: the queue's being full
-    /// refuses the batch, never a rider.
-    #[tokio::test]
-    async fn riders_of_a_batch_refused_still_go_through_their_places() {
-        let (r, mut rx) = route();
-        let kept = rider(&r, day(1), 7).await;
-        for _ in 0..3 {
-            r.tx.try_send(Job::Tick).unwrap();
-        }
-        let (waiter, owner) = join(day(1), &mut Vec::new(), 1, 8, &r);
-        assert!(board(&r.signals, kept).is_none());
-        // Queued from a task that waits for room: none comes, and the batch is refused.
-        owner.expect("opened").queue();
-        assert!(matches!(
-            waiter.wait(Duration::from_millis(10)).await,
-            Some(Err(BatchError::QueueFull))
-        ));
-        let mut outcomes = Vec::new();
-        while let Ok(job) = rx.try_recv() {
-            match job {
-                Job::Outcome { row, frame, .. } => outcomes.push((row.submission, frame)),
-                Job::Tick => {}
-                _ => panic!("only the ticks and the rider are queued"),
-            }
-        }
-        assert_eq!(outcomes, [(7, 0)], "the rider, once, not journaled");
     }
 
     /// An owner that is never polled again (nor dropped) cannot hold its members: the

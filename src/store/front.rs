@@ -5,17 +5,15 @@
 //!
 //! A durable batch does not need the front: the relay thread that sealed it appends
 //! it as a frame of its own and answers its clients there ([`Appender::try_append`]),
-//! with no wake-up of another thread on the way; the outcome events sent on that
-//! thread while the batch was open go in the same frame ([`super::batch::ride`]). Two
-//! hops per batch (the front woken, then the relay thread woken back) cost more than
-//! the append: on two cores, the front's wake-ups preempted the relay threads some
-//! 2,000 times a second. The journal and the writer's queue sit behind one lock, taken
-//! by whoever appends, so frames reach the writer in the order of their numbers (which
-//! the writer's record of the frames a partition holds relies on). A relay thread only
-//! tries the lock: if the front or another thread holds it, or anything else stands in
-//! the way (the writer's queue full, the partitions stuck, `sync = "full"`, an append
-//! failed, the segment full or due for rotation), the batch goes to the front as
-//! before.
+//! with no wake-up of another thread on the way. Two hops per batch (the front woken,
+//! then the relay thread woken back) cost more than the append: on two cores, the
+//! front's wake-ups preempted the relay threads some 2,000 times a second. The
+//! journal and the writer's queue sit behind one lock, taken by whoever appends, so
+//! frames reach the writer in the order of their numbers (which the writer's record
+//! of the frames a partition holds relies on). A relay thread only tries the lock: if
+//! the front or another thread holds it, or anything else stands in the way (the
+//! writer's queue full, the partitions stuck, `sync = "full"`, an append failed, the
+//! segment full or due for rotation), the batch goes to the front as before.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +22,6 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::Rider;
 use super::journal::{self, EntryRef, Journal};
 use super::partition::PartitionId;
 use super::rows::Row;
@@ -85,63 +82,50 @@ impl Appender {
     /// `stat` of the segment's path and one `write`, into the page cache (which can
     /// hold the thread when the kernel throttles writers of dirty pages, as it would
     /// hold the front).
-    ///
-    /// `riders` are outcome events that go in the same frame, after the rows (see
-    /// [`super::batch::ride`]); their kept places in the recorders' queue are released
-    /// once it is appended. Rows and riders are handed back together when it is not.
     pub(super) fn try_append(
         &self,
         signals: &Signals,
         partition: PartitionId,
         rows: Vec<Row>,
-        riders: Vec<Rider>,
-    ) -> Result<(), (Vec<Row>, Vec<Rider>)> {
+    ) -> Result<(), Vec<Row>> {
         if !self.relay_threads || bypassing(signals, &self.metrics) {
-            return Err((rows, riders));
+            return Err(rows);
         }
         let mut guard = match self.shared.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err((rows, riders)),
+            Err(TryLockError::WouldBlock) => return Err(rows),
         };
         let Some(shared) = guard.as_mut().filter(|s| s.taking) else {
-            return Err((rows, riders));
+            return Err(rows);
         };
         let Ok(permit) = shared.to_writer.try_reserve() else {
-            return Err((rows, riders));
+            return Err(rows);
         };
         let started = Instant::now();
-        let entries = std::iter::once(EntryRef::Records(partition, &rows)).chain(
-            riders
-                .iter()
-                .map(|r| EntryRef::Outcome(r.partition, &r.row)),
-        );
-        match shared.journal.append_in_place(entries) {
+        match shared
+            .journal
+            .append_in_place(std::iter::once(EntryRef::Records(partition, &rows)))
+        {
             Ok(frame) => {
                 let records = rows.len();
-                let outcomes = riders.len() as u64;
-                let mut jobs = Vec::with_capacity(1 + riders.len());
-                jobs.push(Job::Records {
+                permit.send(Job::Frame(vec![Job::Records {
                     partition,
                     rows,
                     done: None,
                     frame,
-                });
-                // Each rider's kept place in the recorders' queue is released here.
-                jobs.extend(riders.into_iter().map(|r| r.into_job(frame)));
-                permit.send(Job::Frame(jobs));
+                }]));
                 signals.journal_unrotated.store(true, Ordering::Relaxed);
                 drop(guard);
                 self.appended(started, records);
                 self.metrics.journal_relay_frames.inc();
-                self.metrics.journal_relay_outcomes.inc_by(outcomes);
                 if self.relay_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("relay threads append to the journal again");
                 }
                 Ok(())
             }
             // A new segment is the front's to start: it takes these rows.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err((rows, riders)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(rows),
             Err(e) => {
                 // The front takes these rows, and relay threads append again once
                 // the front's own append has worked.
@@ -153,15 +137,9 @@ impl Appender {
                     let e = io(&self.journal_dir, e);
                     tracing::error!(reason = e.reason(), error = %e, "a relay thread's journal append failed; its batch goes through the journal's thread");
                 }
-                Err((rows, riders))
+                Err(rows)
             }
         }
-    }
-
-    /// Relay threads may append (the store has a journal, and `sync` is not
-    /// `"full"`).
-    pub(super) fn relay_threads(&self) -> bool {
-        self.relay_threads
     }
 
     /// Counts a frame appended in `started.elapsed()` holding `records` records.

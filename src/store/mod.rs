@@ -139,7 +139,7 @@ pub struct OutcomeSlot {
 }
 
 /// An outcome event sealed and ready for its kept place ([`OutcomeSlot::send`]).
-pub struct PreparedOutcome(PartitionId, OutcomeRow);
+pub struct PreparedOutcome(Job);
 
 impl OutcomeSlot {
     /// Seals the outcome (its upstream message id) without spending the slot: a caller
@@ -148,7 +148,7 @@ impl OutcomeSlot {
     /// outcome is prepared without it rather than lost.
     pub async fn prepare(&self, ev: &OutcomeEvent) -> Option<PreparedOutcome> {
         match self.recorder.sealed_outcome(ev).await {
-            Ok((partition, row)) => Some(PreparedOutcome(partition, row)),
+            Ok(job) => Some(PreparedOutcome(job)),
             Err(e) => {
                 tracing::error!(reason = e.reason(), error = %e, "outcome's message id not sealed; recorded without it");
                 self.unsealed(ev)
@@ -158,26 +158,7 @@ impl OutcomeSlot {
 
     /// Queues a prepared outcome in the kept place: no wait.
     pub fn send(self, prepared: PreparedOutcome) {
-        let PreparedOutcome(partition, row) = prepared;
-        self.permit.send(Job::outcome(partition, row));
-    }
-
-    /// [`OutcomeSlot::send`] for the outcome of a submission whose records are in the
-    /// journal or committed (its `record` returned `Ok`): if a durable batch of the
-    /// same store is open on this thread, the outcome goes into that batch's frame,
-    /// holding the kept place until the frame is appended (see [`batch::ride`]). Until
-    /// that batch's owner queues it, later in this pass of the thread, the outcome is
-    /// not queued yet: a [`Recorder::barrier`] made meanwhile does not wait for it.
-    pub fn send_riding(self, prepared: PreparedOutcome) {
-        let PreparedOutcome(partition, row) = prepared;
-        let rider = batch::Rider {
-            partition,
-            row,
-            permit: self.permit,
-        };
-        if let Some(rider) = batch::ride(&self.recorder.inner.route.signals, rider) {
-            rider.send();
-        }
+        self.permit.send(prepared.0);
     }
 
     /// [`OutcomeSlot::prepare`], then [`OutcomeSlot::send`].
@@ -199,9 +180,9 @@ impl OutcomeSlot {
     fn unsealed(&self, ev: &OutcomeEvent) -> Option<PreparedOutcome> {
         let partition = self.recorder.partition_of(ev.submitted_at);
         self.recorder
-            .outcome_row(ev, partition, None)
+            .outcome_job(ev, partition, None)
             .ok()
-            .map(|(partition, row)| PreparedOutcome(partition, row))
+            .map(PreparedOutcome)
     }
 }
 
@@ -475,12 +456,6 @@ impl Recorder {
         self.inner.metrics.journal_relay_frames.get()
     }
 
-    /// Outcome events the relay's threads appended in their batches' frames.
-    #[cfg(test)]
-    fn relay_outcomes(&self) -> u64 {
-        self.inner.metrics.journal_relay_outcomes.get()
-    }
-
     /// Makes every journal append fail, or work again.
     #[cfg(test)]
     fn fail_journal_appends(&self, fail: bool) {
@@ -742,8 +717,7 @@ impl Recorder {
     /// The relay uses [`Recorder::reserve_outcome`] instead, so that a full queue can
     /// never leave a forwarded message without its outcome.
     pub async fn record_outcome(&self, ev: &OutcomeEvent) -> Result<(), RecordError> {
-        let (partition, row) = self.sealed_outcome(ev).await?;
-        let job = Job::outcome(partition, row);
+        let job = self.sealed_outcome(ev).await?;
         self.enqueue(job).await
     }
 
@@ -793,27 +767,23 @@ impl Recorder {
         }
     }
 
-    /// An outcome event's row and partition, its upstream message id sealed.
-    async fn sealed_outcome(
-        &self,
-        ev: &OutcomeEvent,
-    ) -> Result<(PartitionId, OutcomeRow), RecordError> {
+    /// An outcome event as a job, its upstream message id sealed.
+    async fn sealed_outcome(&self, ev: &OutcomeEvent) -> Result<Job, RecordError> {
         let partition = self.partition_of(ev.submitted_at);
         let keys = match &ev.upstream_message_id {
             Some(_) => Some(self.keys_async(partition).await?),
             None => None,
         };
-        self.outcome_row(ev, partition, keys.as_deref())
+        self.outcome_job(ev, partition, keys.as_deref())
     }
 
-    /// An outcome event's row and partition, its leaf made; `keys` seal the upstream
-    /// message id, if there is one.
-    fn outcome_row(
+    /// An outcome event as a job; `keys` seal the upstream message id, if there is one.
+    fn outcome_job(
         &self,
         ev: &OutcomeEvent,
         partition: PartitionId,
         keys: Option<&PartitionKeys>,
-    ) -> Result<(PartitionId, OutcomeRow), RecordError> {
+    ) -> Result<Job, RecordError> {
         let message_id_sealed = match (&ev.upstream_message_id, keys) {
             (Some(id), Some(keys)) => {
                 Some(keys.seal(&codec::outcome_aad(ev.submission), id.as_bytes())?)
@@ -836,7 +806,7 @@ impl Recorder {
             leaf: [0; 32],
         };
         row.leaf = integrity::outcome_leaf(&row);
-        Ok((partition, row))
+        Ok(Job::outcome(partition, row))
     }
 
     /// Waits until everything queued before this call is committed.
@@ -1992,104 +1962,6 @@ mod tests {
         }
     }
 
-    /// An outcome sent riding on a thread while a durable batch is open there goes
-    /// into that batch's frame; one sent with no batch open, or sent alone, goes
-    /// through the front, and so does a rider whose batch the relay thread cannot
-    /// append (through the place kept for it). Every outcome is in the partition
-    /// afterwards, once, and the partition verifies.
-    #[tokio::test]
-    async fn outcomes_ride_in_the_frame_of_a_batch_open_on_their_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig::under(dir.path());
-        let metrics = Arc::new(Metrics::new());
-        let (store, rec, t) = warm(&cfg, metrics.clone()).await;
-        // As in the test above: keeps the ticker from waking the front.
-        let _quiet = rec.reserve_outcomes(1).await.unwrap();
-        let number = |i: i64| format!("+316{i:08}");
-        // Message `i`: its submission and its outcome.
-        let message = |i: i64| {
-            let sub = submission(&rec, t + i, "a", &number(i));
-            let event = OutcomeEvent::new(sub.id, sub.at, sub.at + 1, Outcome::Accepted);
-            (sub, event)
-        };
-        // Records `sub` while the outcome `done` (of a message recorded already) is
-        // sent, riding or alone: the record opens a batch and yields, and the outcome
-        // is sent meanwhile.
-        let record_and_send = |sub: Submission, done: OutcomeEvent, riding: bool| {
-            let rec = rec.clone();
-            async move {
-                let slot = rec.reserve_outcome().await.unwrap();
-                let send = async {
-                    let prepared = slot.prepare(&done).await.unwrap();
-                    if riding {
-                        slot.send_riding(prepared);
-                    } else {
-                        slot.send(prepared);
-                    }
-                };
-                let (recorded, ()) = tokio::join!(rec.record(&sub), send);
-                recorded.unwrap();
-            }
-        };
-        let mut with_outcome = Vec::new();
-
-        let (sub, done) = message(1);
-        rec.record(&sub).await.unwrap();
-        let slot = rec.reserve_outcome().await.unwrap();
-        let prepared = slot.prepare(&done).await.unwrap();
-        slot.send_riding(prepared);
-        with_outcome.push(1);
-        assert_eq!(rec.relay_outcomes(), 0, "no batch open: through the front");
-
-        // The relay thread's try of the journal's lock can lose to the front's last
-        // pass: a few tries.
-        let (sub, mut done) = message(2);
-        rec.record(&sub).await.unwrap();
-        let mut i = 2;
-        while rec.relay_outcomes() == 0 && i < 7 {
-            rec.barrier().await.unwrap();
-            with_outcome.push(i);
-            i += 1;
-            let (sub, event) = message(i);
-            record_and_send(sub, done, true).await;
-            done = event;
-        }
-        assert_eq!(rec.relay_outcomes(), 1, "one rode in a batch's frame");
-
-        // Sent alone, an outcome never rides.
-        with_outcome.push(i);
-        i += 1;
-        let (sub, event) = message(i);
-        record_and_send(sub, done, false).await;
-        done = event;
-        assert_eq!(rec.relay_outcomes(), 1, "alone: through the front");
-
-        // The relay thread's append fails: the batch and its rider go to the front.
-        rec.fail_journal_appends(true);
-        with_outcome.push(i);
-        i += 1;
-        let (sub, _) = message(i);
-        record_and_send(sub, done, true).await;
-        assert_eq!(rec.relay_outcomes(), 1, "not by the relay's thread");
-        rec.fail_journal_appends(false);
-        store.close().await;
-
-        for m in 1..=i {
-            let found = find(&cfg, IndexKind::Recipient, &number(m));
-            assert_eq!(found.len(), 1, "message {m}");
-            let outcome = found[0].outcome.as_ref().map(|o| o.outcome);
-            let expected = with_outcome.contains(&m).then_some(Outcome::Accepted);
-            assert_eq!(outcome, expected, "message {m}");
-        }
-        let today = PartitionId::containing(cfg.partition, t);
-        let conn = schema::open_for_read(&today.path_in(&cfg.path)).unwrap();
-        let public = integrity::load_public_key(&cfg.signing_key).unwrap();
-        let verified = integrity::verify(&conn, today, &public, i64::MAX / 2);
-        assert!(verified.damage.is_empty(), "{:?}", verified.damage);
-        assert_eq!(verified.records, 1 + i, "the warm-up's and these");
-        assert_eq!(verified.outcomes, with_outcome.len() as i64, "each once");
-    }
-
     /// A store directory taken away under a running store is not made again, empty,
     /// where it was: a record for a partition not open yet fails (closed) instead of
     /// starting that partition anew beside the moved store.
@@ -2116,9 +1988,9 @@ mod tests {
     }
 
     /// Relay threads and the front append side by side (durable batches sealed on
-    /// four runtime threads, their outcomes sent riding: in a batch open on their
-    /// thread, or through the front): frames reach the writer in the order of their
-    /// numbers (the writer asserts it in debug builds), and every row goes in once.
+    /// four runtime threads, their outcomes through the front): frames reach the
+    /// writer in the order of their numbers (the writer asserts it in debug builds),
+    /// and every row goes in once.
     #[test]
     fn frames_of_relay_threads_and_the_front_reach_the_writer_in_order() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -2142,8 +2014,7 @@ mod tests {
                         let slot = rec.reserve_outcome().await.unwrap();
                         let event =
                             OutcomeEvent::new(sub.id, sub.at, sub.at + 1, Outcome::Accepted);
-                        let prepared = slot.prepare(&event).await.unwrap();
-                        slot.send_riding(prepared);
+                        slot.record(&event).await;
                     }
                 });
             }
