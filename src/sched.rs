@@ -29,42 +29,42 @@ pub const RELAY_SLICE: std::time::Duration = std::time::Duration::from_micros(10
 pub fn short_slices() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        use std::mem::{size_of, zeroed};
-        // SAFETY: `sched_attr` is plain data; both calls are given its size and write
-        // no more than that into it, and act on the calling thread (pid 0) alone.
-        unsafe {
-            let mut attr: libc::sched_attr = zeroed();
-            let size = size_of::<libc::sched_attr>() as libc::c_uint;
-            if libc::syscall(libc::SYS_sched_getattr, 0, &mut attr, size, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if attr.sched_policy != libc::SCHED_OTHER as u32 {
-                return Ok(());
-            }
-            attr.size = size;
-            attr.sched_runtime = RELAY_SLICE.as_nanos() as u64;
-            if libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+        let mut attr = attributes()?;
+        if attr.sched_policy != libc::SCHED_OTHER as u32 {
+            return Ok(());
+        }
+        attr.sched_runtime = RELAY_SLICE.as_nanos() as u64;
+        // SAFETY: `attr` is a whole `sched_attr` whose `size` says so; the call reads
+        // no more than that and acts on the calling thread (pid 0) alone.
+        if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())
+}
+
+/// The calling thread's scheduling attributes, `size` set to the structure's.
+#[cfg(target_os = "linux")]
+fn attributes() -> std::io::Result<libc::sched_attr> {
+    use std::mem::{size_of, zeroed};
+    let size = size_of::<libc::sched_attr>() as libc::c_uint;
+    // SAFETY: `sched_attr` is plain data; the call is given its size, writes no more
+    // than that into it, and reads the calling thread's (pid 0) attributes.
+    unsafe {
+        let mut attr: libc::sched_attr = zeroed();
+        if libc::syscall(libc::SYS_sched_getattr, 0, &mut attr, size, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        attr.size = size;
+        Ok(attr)
+    }
 }
 
 /// The slice the calling thread runs with, as the kernel reports it (0 when it does
 /// not keep one for normal threads).
 #[cfg(all(test, target_os = "linux"))]
 fn slice() -> std::io::Result<u64> {
-    use std::mem::{size_of, zeroed};
-    // SAFETY: as in `short_slices`.
-    unsafe {
-        let mut attr: libc::sched_attr = zeroed();
-        let size = size_of::<libc::sched_attr>() as libc::c_uint;
-        if libc::syscall(libc::SYS_sched_getattr, 0, &mut attr, size, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(attr.sched_runtime)
-    }
+    Ok(attributes()?.sched_runtime)
 }
 
 #[cfg(all(test, target_os = "linux"))]

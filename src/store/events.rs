@@ -142,15 +142,14 @@ impl Block {
     }
 }
 
-/// Whether the partition has the block table (see the module's last paragraph).
+/// An SQL expression, true when the partition has the block table (see the module's
+/// last paragraph): for readers that ask it beside other questions in one statement.
+pub const HAS_BLOCKS: &str =
+    "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outcome_block')";
+
+/// Whether the partition has the block table ([`HAS_BLOCKS`]).
 pub fn has_blocks(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outcome_block'",
-        [],
-        |_| Ok(()),
-    )
-    .optional()
-    .map(|found| found.is_some())
+    conn.query_row(&format!("SELECT {HAS_BLOCKS}"), [], |r| r.get(0))
 }
 
 /// `SELECT <outcome columns> FROM outcome` for this partition (see
@@ -215,6 +214,13 @@ pub struct Malformed {
     what: &'static str,
 }
 
+impl From<Malformed> for rusqlite::Error {
+    /// As rusqlite reports a column that does not convert: the block's blob (column 4).
+    fn from(m: Malformed) -> Self {
+        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Blob, m.into())
+    }
+}
+
 /// The events of one row of `SELECT {BLOCK_COLUMNS} FROM outcome_block` that `keep`
 /// takes, every one checked against its columns.
 fn read_block(
@@ -224,9 +230,7 @@ fn read_block(
     let (first, last, sub_min, sub_max): (i64, i64, i64, i64) =
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
     let bytes = r.get_ref(4)?.as_blob()?;
-    decode(first, last, (sub_min, sub_max), bytes, keep).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Blob, e.into())
-    })
+    Ok(decode(first, last, (sub_min, sub_max), bytes, keep)?)
 }
 
 fn decode(
@@ -380,15 +384,11 @@ impl Iterator for BlockEvents<'_> {
                 }
                 if self.prev.is_some_and(|prev| e.0 <= prev) {
                     self.current = Vec::new().into_iter();
-                    return Some(Err(rusqlite::Error::FromSqlConversionFailure(
-                        4,
-                        rusqlite::types::Type::Blob,
-                        Malformed {
-                            first: self.block,
-                            what: "its events overlap an earlier block's",
-                        }
-                        .into(),
-                    )));
+                    return Some(Err(Malformed {
+                        first: self.block,
+                        what: "its events overlap an earlier block's",
+                    }
+                    .into()));
                 }
                 self.prev = Some(e.0);
                 return Some(Ok(e));
@@ -483,15 +483,11 @@ impl Lookup {
                     // One id in two places: one would hide the other (an erasure
                     // would remove one of them).
                     if found.insert(id, o).is_some() {
-                        return Err(rusqlite::Error::FromSqlConversionFailure(
-                            4,
-                            rusqlite::types::Type::Blob,
-                            Malformed {
-                                first: r.get(0)?,
-                                what: "holds an event id held elsewhere too",
-                            }
-                            .into(),
-                        ));
+                        return Err(Malformed {
+                            first: r.get(0)?,
+                            what: "holds an event id held elsewhere too",
+                        }
+                        .into());
                     }
                 }
             }

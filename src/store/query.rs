@@ -456,12 +456,15 @@ struct PartitionState {
 /// [`schema::is_ready`]).
 fn partition_state(conn: &rusqlite::Connection) -> rusqlite::Result<Option<PartitionState>> {
     let row = conn.query_row(
-        "SELECT (SELECT 1 FROM meta WHERE key = 'schema'), \
-                (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'compacted'), \
-                (SELECT indexed_through FROM ix_state WHERE one = 1), \
-                (SELECT coalesce(max(id), 0) FROM record), \
-                (SELECT max(id) IS NOT NULL FROM outcome), \
-                (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'outcome_block')",
+        &format!(
+            "SELECT (SELECT 1 FROM meta WHERE key = 'schema'), \
+                    (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'compacted'), \
+                    (SELECT indexed_through FROM ix_state WHERE one = 1), \
+                    (SELECT coalesce(max(id), 0) FROM record), \
+                    (SELECT max(id) IS NOT NULL FROM outcome), \
+                    {}",
+            events::HAS_BLOCKS
+        ),
         [],
         |r| {
             Ok((
@@ -470,7 +473,7 @@ fn partition_state(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Parti
                 r.get::<_, Option<i64>>(2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, bool>(4)?,
-                r.get::<_, i64>(5)?,
+                r.get::<_, bool>(5)?,
             ))
         },
     );
@@ -481,7 +484,7 @@ fn partition_state(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Parti
                 indexed_through: indexed_through.unwrap_or(0),
                 newest,
                 outcome_rows: rows,
-                outcome_blocks: blocks > 0,
+                outcome_blocks: blocks,
             }))
         }
         Ok((None, ..)) => Ok(None),
