@@ -43,10 +43,13 @@ CONF
 
 # An nginx configuration in $1 (with its logs/ there) of a reverse proxy on port $2 in
 # front of the gateway simulator on port $3: keep-alive upstream, an access log of
-# request metadata. Lines for the main context come after the arguments (workers,
-# affinity).
+# request metadata (none with --no-log first). Lines for the main context come after
+# the arguments (workers, affinity).
 nginx_conf() {
-    local dir=$1 listen=$2 sim=$3; shift 3
+    local log=on
+    if [ "$1" = --no-log ]; then log=off; shift; fi
+    local dir=$1 listen=$2 sim=$3 access; shift 3
+    if [ "$log" = on ]; then access="access_log $dir/logs/access.log meta;"; else access="access_log off;"; fi
     mkdir -p "$dir/logs"
     { printf '%s\n' "$@"; cat <<CONF
 error_log $dir/logs/error.log warn;
@@ -54,7 +57,7 @@ pid $dir/nginx.pid;
 events { worker_connections 4096; }
 http {
     log_format meta '\$remote_addr:\$remote_port [\$time_iso8601] "\$request_method \$uri" \$status \$request_length \$upstream_response_time';
-    access_log $dir/logs/access.log meta;
+    $access
     upstream gateway { server 127.0.0.1:$sim; keepalive 64; }
     server {
         listen 127.0.0.1:$listen;
