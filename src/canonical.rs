@@ -517,13 +517,16 @@ impl International {
     }
 }
 
-/// The canonical raw form of a number-like string: surrounding white space and the
-/// visual separators people type (` -.()/`) removed, a leading `00` kept as given,
-/// length capped. Idempotent.
+/// The canonical raw form of a number-like string: the visual separators people type
+/// (` -.()/` and tabs) removed, then white space at either end, a leading `00` kept
+/// as given, length capped. Idempotent: white space that only the separators kept
+/// from an end (`"123\u{b}/"`) goes too.
 pub fn canonical_raw(input: &str) -> String {
     let mut out = String::with_capacity(input.len().min(MAX_IDENTIFIER_BYTES));
-    for c in input.trim().chars() {
-        if matches!(c, ' ' | '-' | '.' | '(' | ')' | '/' | '\t') {
+    for c in input.chars() {
+        if matches!(c, ' ' | '-' | '.' | '(' | ')' | '/' | '\t')
+            || (out.is_empty() && c.is_whitespace())
+        {
             continue;
         }
         if out.len() + c.len_utf8() > MAX_IDENTIFIER_BYTES {
@@ -531,6 +534,7 @@ pub fn canonical_raw(input: &str) -> String {
         }
         out.push(c);
     }
+    out.truncate(out.trim_end().len());
     out
 }
 
@@ -869,9 +873,23 @@ mod tests {
         assert!(canonical_raw(&long).len() <= MAX_IDENTIFIER_BYTES);
     }
 
+    /// fuzz/artifacts/stored_values/crash-3dc8e72667586ccc01da8f0b3a5042b123daf0b9:
+    /// white space was trimmed before the separators were taken off, so white space
+    /// that a separator had kept from the end stayed, and went at the next
+    /// normalisation: the value a record is indexed by and the one a query for that
+    /// value computes differed.
+    #[test]
+    fn crash_3dc8e726_raw_forms_lose_white_space_the_separators_kept() {
+        let n = nl();
+        let once = n.normalize("\u{1}\u{0}123\u{b}\u{b}\u{b}/");
+        assert_eq!(once.value, "\u{1}\u{0}123");
+        assert_eq!(n.normalize(&once.value), once);
+        assert_eq!(canonical_raw("/ \u{a0}+31 6 12 \u{3000}-"), "+31612");
+    }
+
     proptest! {
         #[test]
-        fn number_normalisation_is_idempotent(s in "[+0-9 ()./A-Za-z-]{0,24}") {
+        fn number_normalisation_is_idempotent(s in "[+0-9 ()./A-Za-z\t\n\x0b\u{a0}\u{3000}-]{0,24}") {
             let n = nl();
             let once = n.normalize(&s);
             let twice = n.normalize(&once.value);
