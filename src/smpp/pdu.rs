@@ -449,9 +449,14 @@ impl<'a> Message<'a> {
     }
 
     /// The esm_class of a submit_sm, deliver_sm or data_sm body, read without the
-    /// rest of it (what a proxy needs to tell a receipt from a message).
+    /// rest of it (what a proxy needs to tell a receipt from a message); `None` for
+    /// any other command (submit_multi's destinations come before its esm_class).
     pub fn esm_class_of(command: u32, body: &[u8]) -> Option<u8> {
-        let addr_max = if command == id::DATA_SM { 65 } else { 21 };
+        let addr_max = match command {
+            id::SUBMIT_SM | id::DELIVER_SM => 21,
+            id::DATA_SM => 65,
+            _ => return None,
+        };
         let mut r = Reader(body);
         r.cstr(6, 0).ok()?;
         for _ in 0..2 {
@@ -778,8 +783,11 @@ mod tests {
             let (h, b) = body(&pdu);
             let back = Message::read(h.id, b).unwrap();
             assert_eq!(back, m, "{command:#x}");
+            let esm = Message::esm_class_of(h.id, b);
             if command != id::SUBMIT_MULTI {
-                assert_eq!(Message::esm_class_of(h.id, b), Some(0x40));
+                assert_eq!(esm, Some(0x40));
+            } else {
+                assert_eq!(esm, None);
             }
             assert!(!format!("{back:?}").contains("hello"));
         }
@@ -928,5 +936,19 @@ mod tests {
             let pdu = m.write(id::SUBMIT_MULTI, 1);
             prop_assert_eq!(Message::read(id::SUBMIT_MULTI, &pdu[HEADER_LEN..]).unwrap(), m);
         }
+    }
+
+    /// fuzz/artifacts/smpp_pdu/crash-b243e67ca2cca4c29454bfdc802f16267f6aadd6:
+    /// esm_class_of read a submit_multi as if it were a submit_sm, and took a byte of
+    /// its destination list for esm_class (here 2, the second destination's dest_flag).
+    #[test]
+    fn crash_b243e67c_submit_multi_has_no_esm_class_read_alone() {
+        let pdu: &[u8] = b"\x00\x00\x00\x3a\x00\x00\x00\x21\x00\x00\x00\x00\x00\x00\x00\x01\
+            \x00\x05\x00ACME\x00\x02\x01\x01\x0131612345678\x00\x02list\x00\
+            \x00\x00\x00\x00\x00\x01\x00\x00\x00\x02hi";
+        let (h, b) = body(pdu);
+        assert_eq!(h.id, id::SUBMIT_MULTI);
+        assert_eq!(Message::read(h.id, b).unwrap().esm_class, 0);
+        assert_eq!(Message::esm_class_of(h.id, b), None);
     }
 }
