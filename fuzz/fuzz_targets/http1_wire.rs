@@ -13,10 +13,12 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use relaylog::http1::{self, Fields, Take, MAX_HEADERS, HOP_BY_HOP};
+use relaylog::http1::{self, Fields, HOP_BY_HOP, MAX_HEADERS, Take};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, data)) = data.split_first() else { return };
+    let Some((&selector, data)) = data.split_first() else {
+        return;
+    };
     if selector & 1 == 0 {
         request(data);
     } else {
@@ -27,8 +29,12 @@ fuzz_target!(|data: &[u8]| {
 fn request(data: &[u8]) {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = req.parse(data) else { return };
-    let Take::Lean { content_length, .. } = http1::take(&req) else { return };
+    let Ok(httparse::Status::Complete(head_len)) = req.parse(data) else {
+        return;
+    };
+    let Take::Lean { content_length, .. } = http1::take(&req) else {
+        return;
+    };
     // Two Hosts are refused by every profile (`check_host`) before anything goes up.
     if Fields::Raw(req.headers).get_all("host").count() > 1 {
         return;
@@ -37,7 +43,14 @@ fn request(data: &[u8]) {
     let body = &data[head_len..head_len + content_length.min(available)];
     let (method, target) = (req.method.unwrap(), req.path.unwrap());
     let mut out = Vec::new();
-    http1::write_request(&mut out, method, target, Fields::Raw(req.headers), ("upstream:80", false), body);
+    http1::write_request(
+        &mut out,
+        method,
+        target,
+        Fields::Raw(req.headers),
+        ("upstream:80", false),
+        body,
+    );
 
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 2];
     let mut sent = httparse::Request::new(&mut headers);
@@ -53,7 +66,9 @@ fn request(data: &[u8]) {
     assert!(!fields.contains("transfer-encoding"));
     let lengths: Vec<_> = fields.get_all("content-length").collect();
     assert!(lengths.len() <= 1);
-    let sent_len = lengths.first().map_or(0, |v| std::str::from_utf8(v).unwrap().parse::<usize>().unwrap());
+    let sent_len = lengths.first().map_or(0, |v| {
+        std::str::from_utf8(v).unwrap().parse::<usize>().unwrap()
+    });
     assert_eq!(sent_len, body.len(), "the body's length");
     assert_eq!(&out[n..], body, "the body, and nothing after it");
 }

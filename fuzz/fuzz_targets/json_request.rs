@@ -12,7 +12,13 @@ fuzz_target!(|data: &[u8]| {
     let profile = Simulator::profile_for(ProfileKind::Json);
     let mut headers = HeaderMap::new();
     headers.insert("authorization", HeaderValue::from_static("Basic dTpw"));
-    let view = RequestView { method: &Method::POST, path: &profile.path, query: None, headers: Fields::Map(&headers), body: data };
+    let view = RequestView {
+        method: &Method::POST,
+        path: &profile.path,
+        query: None,
+        headers: Fields::Map(&headers),
+        body: data,
+    };
     if let Ok(Extract::Message(m)) = profile.extract(&view) {
         assert!(!m.recipients.is_empty());
     }

@@ -702,12 +702,35 @@ pub fn verify_export(manifest_file: &Path, public_key: &[u8]) -> Result<Manifest
     };
     let bytes = read(manifest_file)?;
     let sig_text = read(&signature_path(manifest_file))?;
-    let sig = unhex(String::from_utf8_lossy(&sig_text).trim()).ok_or(VerifyError::Signature)?;
+    let manifest = verify_manifest(&bytes, &sig_text, public_key)?;
+    let export = manifest_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&manifest.export);
+    let actual = sha256_hex(&read(&export)?);
+    if actual != manifest.export_sha256 {
+        return Err(VerifyError::Digest {
+            expected: manifest.export_sha256.clone(),
+            actual,
+        });
+    }
+    Ok(manifest)
+}
+
+/// A manifest's bytes checked against its signature file's (hex, white space
+/// around it allowed) with `public_key`, then read: the part of [`verify_export`]
+/// that takes no file.
+pub fn verify_manifest(
+    bytes: &[u8],
+    sig_text: &[u8],
+    public_key: &[u8],
+) -> Result<Manifest, VerifyError> {
+    let sig = unhex(String::from_utf8_lossy(sig_text).trim()).ok_or(VerifyError::Signature)?;
     UnparsedPublicKey::new(&ED25519, public_key)
-        .verify(&bytes, &sig)
+        .verify(bytes, &sig)
         .map_err(|_| VerifyError::Signature)?;
     let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| VerifyError::Malformed(e.to_string()))?;
     if ![
         "relaylog disclosure v1",
         "relaylog subject export v1",
@@ -719,17 +742,6 @@ pub fn verify_export(manifest_file: &Path, public_key: &[u8]) -> Result<Manifest
             "unknown kind `{}`",
             manifest.kind
         )));
-    }
-    let export = manifest_file
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(&manifest.export);
-    let actual = sha256_hex(&read(&export)?);
-    if actual != manifest.export_sha256 {
-        return Err(VerifyError::Digest {
-            expected: manifest.export_sha256.clone(),
-            actual,
-        });
     }
     Ok(manifest)
 }

@@ -8,7 +8,7 @@ mod command;
 mod data;
 mod wire;
 
-pub use command::{Verb, bdat_args, mailbox, param, path_arg, verb};
+pub use command::{MAX_MAILBOX, Verb, bdat_args, mailbox, param, path_arg, verb};
 pub use data::{DotScanner, Scan};
 pub use wire::{
     Closed, Io, Line, MAX_COMMAND_LINE, MAX_REPLY_LINE, MAX_REPLY_LINES, READ_CHUNK, Reply, Wire,

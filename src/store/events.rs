@@ -233,7 +233,9 @@ fn read_block(
     Ok(decode(first, last, (sub_min, sub_max), bytes, keep)?)
 }
 
-fn decode(
+/// A block's events, checked against its columns (`first`, `last`, the submissions'
+/// bounds), those `keep` takes: what every reader of `outcome_block` does.
+pub fn decode(
     first: i64,
     last: i64,
     (sub_min, sub_max): (i64, i64),

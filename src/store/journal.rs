@@ -563,36 +563,41 @@ fn new_segment(dir: &Path, start: u64, sync: bool) -> std::io::Result<(File, Pat
 /// Reads a segment back, passing each whole frame to `each` (which returns false to
 /// stop). Returns false when the segment ends in a frame that is not whole: a write
 /// cut short by a crash, or damage; nothing after it is read.
-pub fn read_segment(path: &Path, mut each: impl FnMut(Frame) -> bool) -> std::io::Result<bool> {
+pub fn read_segment(path: &Path, each: impl FnMut(Frame) -> bool) -> std::io::Result<bool> {
     let mut bytes = Vec::new();
     // A segment is at most SEGMENT_BYTES and one frame.
     File::open(path)?
         .take(SEGMENT_BYTES + (FRAME_HEAD + MAX_FRAME) as u64)
         .read_to_end(&mut bytes)?;
+    Ok(read_frames(&bytes, each))
+}
+
+/// [`read_segment`] on a segment's bytes.
+pub fn read_frames(bytes: &[u8], mut each: impl FnMut(Frame) -> bool) -> bool {
     let mut at = 0;
     while at < bytes.len() {
         let Some(head) = bytes.get(at..at + FRAME_HEAD) else {
-            return Ok(false);
+            return false;
         };
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         if len > MAX_FRAME {
-            return Ok(false);
+            return false;
         }
         let Some(body) = bytes.get(at + FRAME_HEAD..at + FRAME_HEAD + len) else {
-            return Ok(false);
+            return false;
         };
         if !checks(body, &head[4..FRAME_HEAD]) {
-            return Ok(false);
+            return false;
         }
         let Some(frame) = decode_frame(body) else {
-            return Ok(false);
+            return false;
         };
         if !each(frame) {
-            return Ok(true);
+            return true;
         }
         at += FRAME_HEAD + len;
     }
-    Ok(true)
+    true
 }
 
 fn put_partition(buf: &mut Vec<u8>, p: PartitionId) {
@@ -765,7 +770,9 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode_frame(body: &[u8]) -> Option<Frame> {
+/// A frame's body (after its length and check) read back: `None` when it does not
+/// read as frames are written.
+pub fn decode_frame(body: &[u8]) -> Option<Frame> {
     let mut c = Cursor(body);
     let seq = c.u64()?;
     let count = c.u32()?;
