@@ -355,6 +355,31 @@ fn configuration_and_key_errors_are_clear() {
     let (ok, text) = cli(&config, &["check-config"]);
     assert!(ok && text.contains(": ok"), "{text}");
 
+    // Keys others may read, and key directories others may write to: `serve` does
+    // not start, `check-config` says why.
+    let keys = dir.path().join("keys");
+    let set = |p: &std::path::Path, mode| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for (path, mode, kept, says) in [
+        (keys.join("signing.key"), 0o644, 0o600, "signing key"),
+        (keys.join("master.key"), 0o640, 0o600, "master key"),
+        (keys.clone(), 0o777, 0o700, "writable by others"),
+    ] {
+        set(&path, mode);
+        for command in ["check-config", "serve"] {
+            let (ok, text) = cli(&config, &[command]);
+            assert!(
+                !ok && text.contains(says) && text.contains(&path.display().to_string()),
+                "{command}: {text}"
+            );
+        }
+        set(&path, kept);
+    }
+    let (ok, text) = cli(&config, &["check-config"]);
+    assert!(ok && text.contains(": ok"), "{text}");
+
     // The admin listener's TLS files are checked too (config_text ends with [admin]).
     let tls = dir.path().join("admin-tls.toml");
     let admin = format!(

@@ -248,7 +248,10 @@ pub(super) fn init(config: &Config) -> Result<()> {
 }
 
 pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
+    keys::check_directories(&config.store)?;
     keys::MasterKey::load(&config.store.master_key)?;
+    // `serve` signs the partitions' heads with it.
+    crate::store::integrity::load_signing_key(&config.store.signing_key)?;
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
             crate::ingress::tls::server_config(&tls.cert, &tls.key)
@@ -261,8 +264,6 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
     }
     if let Some(tls) = config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
         crate::ingress::tls::server_config(&tls.cert, &tls.key).context("admin")?;
-        crate::store::integrity::load_signing_key(&config.store.signing_key)
-            .context("admin: the compliance API signs exports")?;
     }
     println!("{}: ok", cli.config.display());
     for w in config.warnings() {

@@ -41,6 +41,8 @@ pub enum SigningKeyError {
     Missing { path: PathBuf },
     #[error("signing key {path} is malformed")]
     Malformed { path: PathBuf },
+    #[error("signing key {path} is readable by group or others (mode {mode:o}): chmod 600 it")]
+    Permissions { path: PathBuf, mode: u32 },
     #[error("signing key {path}: {source}")]
     Io {
         path: PathBuf,
@@ -97,21 +99,34 @@ pub fn create_signing_key(path: &Path) -> Result<(), SigningKeyError> {
     Ok(())
 }
 
+/// The private signing key, refused when group or others may read it (as the master
+/// key is).
 pub fn load_signing_key(path: &Path) -> Result<Ed25519KeyPair, SigningKeyError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| SigningKeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(SigningKeyError::Missing {
                 path: path.to_owned(),
             });
         }
-        Err(source) => {
-            return Err(SigningKeyError::Io {
-                path: path.to_owned(),
-                source,
-            });
-        }
+        Err(source) => return Err(io(source)),
     };
+    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SigningKeyError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut text = String::new();
+    // A PKCS#8 Ed25519 key is 85 bytes, 171 as hex: anything much larger is not one.
+    file.take(4096).read_to_string(&mut text).map_err(io)?;
     let der = unhex(text.trim()).ok_or_else(|| SigningKeyError::Malformed {
         path: path.to_owned(),
     })?;
@@ -1188,6 +1203,25 @@ mod tests {
 
     /// An outcome written before the SMTP and SMPP columns hashes as it always did:
     /// the sections for those are only there when one of their fields is.
+    /// The signing key is refused when group or others may read it, as the master
+    /// key is.
+    #[test]
+    fn a_signing_key_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.key");
+        create_signing_key(&path).unwrap();
+        load_signing_key(&path).unwrap();
+        for mode in [0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = load_signing_key(&path).err().unwrap();
+            assert!(matches!(err, SigningKeyError::Permissions { .. }), "{err}");
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        load_signing_key(&path).unwrap();
+    }
+
     #[test]
     fn an_outcome_without_the_newer_fields_keeps_its_leaf() {
         let mut row = OutcomeRow::bare(7, 70, 1);

@@ -58,6 +58,10 @@ pub enum KeyError {
     #[error("master key file {path} is malformed: expected 64 hex digits")]
     MasterMalformed { path: PathBuf },
     #[error(
+        "key directory {path} is writable by others (mode {mode:o}): anyone could replace the keys in it; chmod o-w it"
+    )]
+    DirectoryWritable { path: PathBuf, mode: u32 },
+    #[error(
         "keys of partition {partition} are gone (shredded at expiry, or the keyring was not restored)"
     )]
     Shredded { partition: PartitionId },
@@ -122,6 +126,38 @@ pub fn create_master_key(path: &Path) -> Result<(), KeyError> {
         })?;
     f.write_all(text.as_bytes()).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))?;
+    Ok(())
+}
+
+/// Refuses key directories that others may write to: the directories holding the
+/// master key and the signing key, and the keyring. Whoever can write there can put
+/// keys of their own in place of the installation's (records sealed under a key they
+/// know, heads signed by a key they hold) or move them away.
+pub fn check_directories(cfg: &crate::config::StoreConfig) -> Result<(), KeyError> {
+    let parent = |p: &Path| p.parent().map(Path::to_owned);
+    let dirs = [
+        parent(&cfg.master_key),
+        parent(&cfg.signing_key),
+        Some(cfg.keyring.clone()),
+    ];
+    for dir in dirs.into_iter().flatten() {
+        // An empty parent is the working directory.
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let meta = match std::fs::metadata(&dir) {
+            Ok(m) => m,
+            // Not made yet (`init` makes it): nothing to refuse.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o002 != 0 {
+            return Err(KeyError::DirectoryWritable { path: dir, mode });
+        }
+    }
     Ok(())
 }
 
@@ -680,6 +716,34 @@ pub(crate) mod tests {
             MasterKey::load(&path),
             Err(KeyError::MasterPermissions { .. })
         ));
+    }
+
+    /// A key directory others may write to is refused, whichever of the three it is;
+    /// one not made yet is not.
+    #[test]
+    fn key_directories_others_may_write_to_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::StoreConfig::under(dir.path());
+        check_directories(&cfg).unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(keys.join("keyring")).unwrap();
+        let set = |p: &Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set(&keys, 0o750);
+        set(&keys.join("keyring"), 0o700);
+        check_directories(&cfg).unwrap();
+        for (p, mode) in [(keys.clone(), 0o757), (keys.join("keyring"), 0o1777)] {
+            set(&p, mode);
+            let err = check_directories(&cfg).unwrap_err();
+            assert!(
+                matches!(&err, KeyError::DirectoryWritable { path, .. } if *path == p),
+                "{err}"
+            );
+            assert!(err.to_string().contains("chmod o-w"), "{err}");
+            set(&p, 0o700);
+        }
+        check_directories(&cfg).unwrap();
     }
 
     #[test]

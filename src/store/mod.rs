@@ -271,6 +271,7 @@ pub struct Recorder {
 
 /// Opens the keyring named by the config, with the index shape for new partitions.
 pub fn open_keyring(cfg: &StoreConfig) -> Result<Keyring, KeyError> {
+    keys::check_directories(cfg)?;
     let master = MasterKey::load(&cfg.master_key)?;
     let params = IndexParams {
         bytes: cfg.index_bytes,
