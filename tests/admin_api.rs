@@ -138,7 +138,7 @@ async fn start(four_eyes: bool) -> Setup {
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
     let text = format!(
-        "{}tls-cert = \"{}\"\ntls-key = \"{}\"\nsession-ttl = \"15m\"\n\n[compliance]\nfour-eyes = {four_eyes}\n",
+        "{}tls-cert = \"{}\"\ntls-key = \"{}\"\nsession-ttl = \"15m\"\n\n[compliance]\nfour-eyes = {four_eyes}\nsingle-operator = true\n",
         config_text(dir.path(), "kannel", None, "", ""),
         cert.display(),
         key.display(),

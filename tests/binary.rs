@@ -83,8 +83,10 @@ fn unsafe_kill(pid: u32, signal: &str) {
     assert!(ok.success());
 }
 
+/// Single-operator: these tests read with `query`, `hold` and `audit list` without an
+/// officer's login (which tests/compliance.rs tests).
 fn plain_config(dir: &Path, upstream: Option<&str>) -> PathBuf {
-    let text = config_text(dir, "kannel", upstream, "", "");
+    let text = config_text(dir, "kannel", upstream, "", "") + SINGLE_OPERATOR;
     write_config(dir, &text)
 }
 

@@ -4,20 +4,20 @@ mod common;
 
 use common::*;
 
-/// The actions of `audit list --json`, in order.
+/// The audit log's actions, in order, and the whole log as text (to look for what must
+/// not be in it), read from the ledger: `audit list` needs an admin's login, which
+/// `reads_on_the_command_line_need_an_officer` tests.
 fn audit_actions(config: &std::path::Path) -> (Vec<String>, String) {
-    let (ok, out) = cli(config, &["audit", "list", "--json"]);
-    assert!(ok, "{out}");
-    let actions = out
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["action"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+    let entries = audit_entries(config.parent().unwrap());
+    let actions = entries
+        .iter()
+        .map(|(_, action, _)| action.clone())
         .collect();
-    (actions, out)
+    let text = entries
+        .iter()
+        .map(|(actor, action, details)| format!("{actor}\t{action}\t{details}\n"))
+        .collect();
+    (actions, text)
 }
 
 #[test]
@@ -50,15 +50,33 @@ fn officers_are_added_listed_disabled_and_every_step_is_audited() {
         &format!("{password}\n"),
     );
     assert!(!ok && out.contains("already exists"), "{out}");
+    // Disabling and listing officers take an admin's login.
+    let ada = add_officer(&config, "ada", "admin");
     let (ok, out) = cli(&config, &["officer", "disable", "anna"]);
+    assert!(!ok && out.contains("--officer NAME --totp CODE"), "{out}");
+    let as_ada = |args: &[&str], steps| {
+        let code = totp_ahead(&ada, steps);
+        let mut args = args.to_vec();
+        args.extend(["--officer", "ada", "--totp", &code]);
+        cli_with_input(&config, &args, "ada-long-password\n")
+    };
+    let (ok, out) = as_ada(&["officer", "disable", "anna"], 0);
     assert!(ok, "{out}");
-    let (ok, out) = cli(&config, &["officer", "list"]);
+    let (ok, out) = as_ada(&["officer", "list"], 1);
     assert!(ok && out.contains("anna\tapprover\tdisabled"), "{out}");
 
     let (actions, _) = audit_actions(&config);
-    assert_eq!(actions, ["officer.add", "officer.disable"]);
+    assert_eq!(
+        actions,
+        [
+            "officer.add",
+            "officer.add",
+            "officer.disable",
+            "officer.list"
+        ]
+    );
     let (ok, out) = cli(&config, &["audit", "verify"]);
-    assert!(ok && out.contains("intact: 2 entries"), "{out}");
+    assert!(ok && out.contains("intact: 4 entries"), "{out}");
 
     // No password or TOTP seed in the clear anywhere under the data directory.
     for f in files_under(dir.path()) {
@@ -133,7 +151,7 @@ fn a_case_is_opened_refused_to_its_opener_and_approved_by_another_approver() {
     assert!(cli(&config, &["init"]).0);
     let anna = add_officer(&config, "anna", "approver");
     let _bob = add_officer(&config, "bob", "approver");
-    add_officer(&config, "carl", "officer");
+    let carl = add_officer(&config, "carl", "officer");
     let today = chrono::Utc::now().date_naive().to_string();
     let open = |officer: &str, request: &str, extra: &[&str]| {
         open_case(&config, officer, request, (&today, &today), extra)
@@ -167,13 +185,21 @@ fn a_case_is_opened_refused_to_its_opener_and_approved_by_another_approver() {
     assert!(!ok && out.contains("TOTP"), "{out}");
     let (ok, out) = approve("anna", &totp_now(&anna));
     assert!(ok && out.contains("case 1 approved"), "{out}");
-    let (ok, out) = cli(&config, &["case", "show", "1"]);
+    let show = |id: &str, steps| {
+        let code = totp_ahead(&carl, steps);
+        cli_with_input(
+            &config,
+            &["case", "show", id, "--officer", "carl", "--totp", &code],
+            "carl-long-password\n",
+        )
+    };
+    let (ok, out) = show("1", 0);
     assert!(
         ok && out.contains("approved") && out.contains("identifier\trecipient\t"),
         "{out}"
     );
     assert!(!out.contains("612345678"), "{out}");
-    let (ok, out) = cli(&config, &["case", "show", "99"]);
+    let (ok, out) = show("99", 1);
     assert!(!ok && out.contains("no case 99"), "{out}");
 
     let (actions, out) = audit_actions(&config);
@@ -615,7 +641,8 @@ async fn send_mail(addr: std::net::SocketAddr, account: Option<&str>, from: &str
 #[tokio::test]
 async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboarding() {
     let dir = tempfile::tempdir().unwrap();
-    let text = smtp_config_text(dir.path(), "", "");
+    // Queried without an officer's login (tested in reads_on_the_command_line_need_an_officer).
+    let text = smtp_config_text(dir.path(), "", "") + SINGLE_OPERATOR;
     let config = write_config(dir.path(), &text);
     init_keys(dir.path());
     let cfg = relaylog::config::Config::parse(&text, &config).unwrap();
@@ -794,4 +821,125 @@ async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboard
     );
     assert_eq!(query(&["--originator", "No.Reply@shop.example"]).len(), 0);
     assert_eq!(query(&["--email", "anna@example.com"]).len(), 1);
+}
+
+/// `query`, `case show/list`, `hold`, `officer list/disable` and `audit list` need an
+/// officer's login on the command line (password on standard input, a TOTP code), of
+/// the role the API asks for, and the audit log names that officer; refusals are
+/// audited. Under `compliance.single-operator = true` they run without one, each run
+/// audited as a single operator's, and the setting's change too.
+#[test]
+fn reads_on_the_command_line_need_an_officer() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), "kannel", None, "", "");
+    let config = write_config(dir.path(), &text);
+    assert!(cli(&config, &["init"]).0);
+    let olga = add_officer(&config, "olga", "officer");
+    let ada = add_officer(&config, "ada", "admin");
+    let with = |who: &str, seed: &[u8], steps, password: &str, args: &[&str]| {
+        let code = totp_ahead(seed, steps);
+        let mut args = args.to_vec();
+        args.extend(["--officer", who, "--totp", &code]);
+        cli_with_input(&config, &args, &format!("{password}\n"))
+    };
+    let reads: [&[&str]; 7] = [
+        &["query", "--recipient", "+31612345678"],
+        &["case", "list"],
+        &["case", "show", "1"],
+        &["hold", "list"],
+        &["hold", "release", "--case", "NL-1"],
+        &["officer", "list"],
+        &["audit", "list"],
+    ];
+    for args in reads {
+        let (ok, out) = cli(&config, args);
+        assert!(
+            !ok && out.contains("needs an officer's login")
+                && out.contains("--officer NAME --totp CODE"),
+            "{args:?}: {out}"
+        );
+    }
+    let (ok, out) = cli_with_input(
+        &config,
+        &["case", "list", "--officer", "olga"],
+        "olga-long-password\n",
+    );
+    assert!(!ok && out.contains("--totp CODE"), "{out}");
+
+    // An officer reads records; a wrong password and a role too low are refused.
+    let query = ["query", "--recipient", "+31612345678"];
+    let (ok, out) = with("olga", &olga, 0, "olga-long-password", &query);
+    assert!(ok, "{out}");
+    let (ok, out) = with("olga", &olga, 1, "not olga's password", &["case", "list"]);
+    assert!(!ok && out.contains("authentication failed"), "{out}");
+    let (ok, out) = with("olga", &olga, 1, "olga-long-password", &["audit", "list"]);
+    assert!(!ok && out.contains("needs the admin role"), "{out}");
+
+    // An admin reads the audit log: every read and refusal names its officer.
+    let (ok, out) = with(
+        "ada",
+        &ada,
+        0,
+        "ada-long-password",
+        &["audit", "list", "--json"],
+    );
+    assert!(ok, "{out}");
+    let entries: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |action: &str| -> Vec<(String, String)> {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| {
+                let why = e["details"]["for"].as_str().unwrap_or_default().to_owned()
+                    + "/"
+                    + e["details"]["reason"].as_str().unwrap_or_default();
+                (e["actor"].as_str().unwrap().to_owned(), why)
+            })
+            .collect()
+    };
+    assert_eq!(by("query"), [("olga".to_owned(), "/".to_owned())]);
+    assert_eq!(
+        by("auth.failure"),
+        [
+            ("olga".to_owned(), "case.list/credentials".to_owned()),
+            ("olga".to_owned(), "audit.list/role".to_owned()),
+        ]
+    );
+    assert_eq!(by("audit.list"), [("ada".to_owned(), "/".to_owned())]);
+    assert!(by("single-operator.run").is_empty() && by("setting.single-operator").is_empty());
+
+    // Single-operator: no login, each run audited as such, the change of setting too;
+    // an officer may still log in.
+    std::fs::write(&config, text + SINGLE_OPERATOR).unwrap();
+    for args in [&["case", "list"][..], &["hold", "list"]] {
+        let (ok, out) = cli(&config, args);
+        assert!(ok, "{args:?}: {out}");
+    }
+    let (ok, out) = with("ada", &ada, 1, "ada-long-password", &["officer", "list"]);
+    assert!(ok && out.contains("olga\tofficer\tenabled"), "{out}");
+    let entries = audit_entries(dir.path());
+    let of = |action: &str| -> Vec<(String, String)> {
+        entries
+            .iter()
+            .filter(|(_, a, _)| a == action)
+            .map(|(actor, _, details)| (actor.clone(), details.clone()))
+            .collect()
+    };
+    let setting = of("setting.single-operator");
+    assert_eq!(setting.len(), 1, "{setting:?}");
+    assert!(setting[0].1.contains("true"), "{setting:?}");
+    let runs = of("single-operator.run");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs[0].1.contains("case.list") && runs[1].1.contains("hold.list"),
+        "{runs:?}"
+    );
+    for (actor, _) in runs.iter().chain(&of("case.list")).chain(&of("hold.list")) {
+        assert!(actor.starts_with("single-operator:"), "{actor}");
+    }
+    assert_eq!(of("officer.list"), [("ada".to_owned(), "{}".to_owned())]);
+    assert!(cli(&config, &["audit", "verify"]).0);
 }

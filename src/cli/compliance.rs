@@ -3,6 +3,90 @@
 
 use super::*;
 
+/// An officer's login, for the commands that read records or the ledger: the name
+/// and a TOTP code as arguments, the password on standard input (as `disclose` takes
+/// them). Not needed under `compliance.single-operator = true`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Login {
+    /// The officer acting; the password is read from standard input.
+    #[arg(long)]
+    pub officer: Option<String>,
+    /// The current code of the officer's authenticator.
+    #[arg(long, requires = "officer")]
+    pub totp: Option<String>,
+}
+
+/// Who runs a read (`action`, as the audit log names it) on the command line: the
+/// officer logged in with password and TOTP code, whose role must allow `needed`
+/// (failures audited by [`crate::ledger::Ledger::authenticate`]); or, under
+/// `compliance.single-operator = true` and without `--officer`, the login user,
+/// audited as `single-operator.run`. Returns the actor for the audit log.
+pub(super) fn login(
+    config: &Config,
+    ledger: &mut crate::ledger::Ledger,
+    login: &Login,
+    needed: crate::compliance::officers::Role,
+    action: &str,
+) -> Result<String> {
+    use crate::compliance::officers::Credentials;
+    let now = SystemClock.now_micros();
+    // Off until an installation says otherwise: only a change from that is recorded.
+    ledger.note_setting(
+        "single_operator",
+        config.compliance.single_operator,
+        Some(false),
+        now,
+        &actor(),
+    )?;
+    match (&login.officer, &login.totp) {
+        (Some(name), Some(totp)) => {
+            let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
+            let password = read_secret_line("password")?;
+            let who = Credentials {
+                name,
+                password: &password,
+                totp: Some(totp),
+            };
+            Ok(ledger.authenticate(&master, who, needed, now, action)?.name)
+        }
+        (Some(_), None) => {
+            bail!("--officer needs --totp CODE, the current code of the officer's authenticator")
+        }
+        (None, _) if config.compliance.single_operator => {
+            let actor = format!("single-operator:{}", actor());
+            ledger.audit(
+                now,
+                &actor,
+                "single-operator.run",
+                serde_json::json!({"for": action}),
+            )?;
+            Ok(actor)
+        }
+        (None, _) => bail!(
+            "`{action}` needs an officer's login: --officer NAME --totp CODE, with the password on standard input (an installation run by one person may set compliance.single-operator = true instead)"
+        ),
+    }
+}
+
+/// [`login`] for a read whose audit entry is its action alone (a list): logs in, then
+/// audits `action` under the actor. Returns the actor.
+pub(super) fn login_to_list(
+    config: &Config,
+    ledger: &mut crate::ledger::Ledger,
+    who: &Login,
+    needed: crate::compliance::officers::Role,
+    action: &str,
+) -> Result<String> {
+    let actor = login(config, ledger, who, needed, action)?;
+    ledger.audit(
+        SystemClock.now_micros(),
+        &actor,
+        action,
+        serde_json::json!({}),
+    )?;
+    Ok(actor)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum OfficerCommand {
     /// Add an officer. The password is read from the first line of standard input;
@@ -12,10 +96,17 @@ pub enum OfficerCommand {
         #[arg(long, value_enum)]
         role: crate::compliance::officers::Role,
     },
-    /// List officers, their roles and whether they are enabled.
-    List,
-    /// Disable an officer (kept, for the audit trail).
-    Disable { name: String },
+    /// List officers, their roles and whether they are enabled (an admin's login).
+    List {
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Disable an officer, kept for the audit trail (an admin's login).
+    Disable {
+        name: String,
+        #[command(flatten)]
+        login: Login,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,10 +124,17 @@ pub enum CaseCommand {
         #[arg(long)]
         officer: String,
     },
-    /// Show a case (identifiers by kind and audit tag only).
-    Show { id: i64 },
-    /// List the cases.
-    List,
+    /// Show a case (identifiers by kind and audit tag only; an officer's login).
+    Show {
+        id: i64,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// List the cases (an officer's login).
+    List {
+        #[command(flatten)]
+        login: Login,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -191,16 +289,19 @@ pub struct DecideArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Print the audit log, oldest first.
+    /// Print the audit log, oldest first (an admin's login).
     List {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        login: Login,
     },
     /// Recompute the hash chain; non-zero exit if any entry was edited or removed.
     Verify,
 }
 
 pub(super) fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
+    use crate::compliance::officers::Role;
     let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
     let now = SystemClock.now_micros();
     match command {
@@ -216,7 +317,8 @@ pub(super) fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
             println!("TOTP enrolment (shown once; scan or type it into an authenticator app):");
             println!("{}", e.otpauth_uri);
         }
-        OfficerCommand::List => {
+        OfficerCommand::List { login: l } => {
+            login_to_list(config, &mut ledger, l, Role::Admin, "officer.list")?;
             for o in ledger.officers()? {
                 println!(
                     "{}\t{}\t{}\tadded by {} at {}",
@@ -228,8 +330,9 @@ pub(super) fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
                 );
             }
         }
-        OfficerCommand::Disable { name } => {
-            ledger.disable_officer(name, now, &actor())?;
+        OfficerCommand::Disable { name, login: l } => {
+            let who = login(config, &mut ledger, l, Role::Admin, "officer.disable")?;
+            ledger.disable_officer(name, now, &who)?;
             println!("officer {name} disabled");
         }
     }
@@ -307,11 +410,12 @@ pub(super) fn case(config: &Config, command: &CaseCommand) -> Result<()> {
             ledger.close_case(&officer, *id, now)?;
             println!("case {id} closed");
         }
-        CaseCommand::Show { id } => {
+        CaseCommand::Show { id, login: l } => {
+            let who = login(config, &mut ledger, l, Role::Officer, "case.show")?;
             let found = ledger.case(*id);
             ledger.audit(
                 now,
-                &actor(),
+                &who,
                 "case.show",
                 serde_json::json!({"case": id, "found": found.is_ok()}),
             )?;
@@ -342,8 +446,8 @@ pub(super) fn case(config: &Config, command: &CaseCommand) -> Result<()> {
                 );
             }
         }
-        CaseCommand::List => {
-            ledger.audit(now, &actor(), "case.list", serde_json::json!({}))?;
+        CaseCommand::List { login: l } => {
+            login_to_list(config, &mut ledger, l, Role::Officer, "case.list")?;
             for c in ledger.cases()? {
                 println!(
                     "{}\t{}\t{}\t{}\topened by {}\tdeadline {}",
@@ -545,9 +649,11 @@ pub(super) fn verify_export(
 }
 
 pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
-    let ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
     match command {
-        AuditCommand::List { json } => {
+        AuditCommand::List { json, login: l } => {
+            use crate::compliance::officers::Role;
+            login_to_list(config, &mut ledger, l, Role::Admin, "audit.list")?;
             for e in ledger.entries()? {
                 if *json {
                     let details: serde_json::Value =

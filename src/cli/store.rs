@@ -14,8 +14,10 @@ pub struct ExpireArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum HoldCommand {
-    /// Place a hold on the partitions overlapping a window.
+    /// Place a hold on the partitions overlapping a window (an officer's login).
     Add {
+        #[command(flatten)]
+        login: Login,
         /// The case reference (e.g. the authority's request number).
         #[arg(long)]
         case: String,
@@ -27,12 +29,17 @@ pub enum HoldCommand {
         #[arg(long)]
         reason: String,
     },
-    /// List the holds in force.
-    List,
-    /// Release every hold of a case.
+    /// List the holds in force (an officer's login).
+    List {
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Release every hold of a case (an officer's login).
     Release {
         #[arg(long)]
         case: String,
+        #[command(flatten)]
+        login: Login,
     },
 }
 
@@ -67,6 +74,8 @@ pub struct QueryArgs {
     /// before anything is printed, so its results are held in memory until then.
     #[arg(long, default_value_t = 100_000)]
     pub limit: usize,
+    #[command(flatten)]
+    pub login: Login,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -219,26 +228,30 @@ pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
 }
 
 pub(super) fn hold(config: &Config, command: &HoldCommand) -> Result<()> {
+    use crate::compliance::officers::Role;
     let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
     match command {
         HoldCommand::Add {
+            login: l,
             case,
             since,
             until,
             reason,
         } => {
+            let who = login(config, &mut ledger, l, Role::Officer, "hold.add")?;
             let hold = crate::ledger::Hold {
                 case: case.clone(),
                 since: parse_time(since, false)?.timestamp_micros(),
                 until: parse_time(until, true)?.timestamp_micros(),
                 reason: reason.clone(),
                 placed_at: SystemClock.now_micros(),
-                placed_by: actor(),
+                placed_by: who,
             };
             ledger.add_hold(&hold)?;
             println!("hold placed for case {case}");
         }
-        HoldCommand::List => {
+        HoldCommand::List { login: l } => {
+            login_to_list(config, &mut ledger, l, Role::Officer, "hold.list")?;
             for h in ledger.holds()? {
                 println!(
                     "{}\t{} .. {}\tby {} at {}\t{}",
@@ -251,8 +264,9 @@ pub(super) fn hold(config: &Config, command: &HoldCommand) -> Result<()> {
                 );
             }
         }
-        HoldCommand::Release { case } => {
-            let n = ledger.release(case, SystemClock.now_micros(), &actor())?;
+        HoldCommand::Release { case, login: l } => {
+            let who = login(config, &mut ledger, l, Role::Officer, "hold.release")?;
+            let n = ledger.release(case, SystemClock.now_micros(), &who)?;
             println!(
                 "released {n} hold(s) of case {case}; the next expiry removes what is past retention"
             );
@@ -287,9 +301,16 @@ pub(super) fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
         bail!("give one of --recipient, --account, --ip, --originator, --email");
     };
     let criterion = criterion(kind, raw, &numbers)?;
+    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let who = login(
+        config,
+        &mut ledger,
+        &args.login,
+        crate::compliance::officers::Role::Officer,
+        "query",
+    )?;
     let keyring = crate::store::open_keyring(&config.store)?;
     let master = keys::MasterKey::load(&config.store.master_key)?;
-    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
     let window = Window {
         since,
         until,
@@ -300,7 +321,7 @@ pub(super) fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
         &keyring,
         &master,
         &mut ledger,
-        &actor(),
+        &who,
         &criterion,
         &window,
         SystemClock.now_micros(),

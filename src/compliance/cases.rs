@@ -275,26 +275,38 @@ impl Ledger {
         at: Micros,
         actor: &str,
     ) -> Result<(), LedgerError> {
+        self.note_setting("four_eyes", four_eyes, None, at, actor)
+    }
+
+    /// Records a compliance setting (`field` of `[compliance]`, as `snake_case`) in the
+    /// audit log as `setting.<field>` when it differs from the last value recorded, or
+    /// when none was and it is not `unrecorded` (the value a log without any entry
+    /// stands for; `None`: the first value seen is recorded whatever it is).
+    pub fn note_setting(
+        &mut self,
+        field: &str,
+        value: bool,
+        unrecorded: Option<bool>,
+        at: Micros,
+        actor: &str,
+    ) -> Result<(), LedgerError> {
+        let action = format!("setting.{}", field.replace('_', "-"));
         // The last recorded value: one indexed lookup, not a read of the whole log.
         let last: Option<String> = self
             .conn
             .query_row(
-                "SELECT details FROM audit WHERE action = 'setting.four-eyes' ORDER BY seq DESC LIMIT 1",
-                [],
+                "SELECT details FROM audit WHERE action = ?1 ORDER BY seq DESC LIMIT 1",
+                [&action],
                 |r| r.get(0),
             )
             .optional()
             .map_err(sql_err(&self.path))?;
         let last = last
             .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
-            .and_then(|v| v["four_eyes"].as_bool());
-        if last != Some(four_eyes) {
-            self.audit(
-                at,
-                actor,
-                "setting.four-eyes",
-                serde_json::json!({"four_eyes": four_eyes}),
-            )?;
+            .and_then(|v| v[field].as_bool())
+            .or(unrecorded);
+        if last != Some(value) {
+            self.audit(at, actor, &action, serde_json::json!({ field: value }))?;
         }
         Ok(())
     }

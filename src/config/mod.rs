@@ -136,11 +136,15 @@ pub struct ServeConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RawCompliance {
     pub four_eyes: bool,
+    pub single_operator: bool,
 }
 
 impl Default for RawCompliance {
     fn default() -> Self {
-        Self { four_eyes: true }
+        Self {
+            four_eyes: true,
+            single_operator: false,
+        }
     }
 }
 
@@ -180,6 +184,11 @@ pub struct ComplianceConfig {
     /// A case must be approved by an approver other than the officer who opened it.
     /// Off only for a single-officer installation; every change of it is audited.
     pub four_eyes: bool,
+    /// The command line's reads (`query`, `case show/list`, `hold`, `officer
+    /// list/disable`, `audit list`) run without an officer's login, each run audited
+    /// as a single operator's. Off unless an installation run by one person says so;
+    /// every change of it is audited.
+    pub single_operator: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +308,7 @@ impl RawConfig {
             },
             compliance: ComplianceConfig {
                 four_eyes: self.compliance.four_eyes,
+                single_operator: self.compliance.single_operator,
             },
             serve: ServeConfig {
                 shutdown_timeout: {

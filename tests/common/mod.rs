@@ -212,6 +212,23 @@ pub fn smtp_config_text(dir: &Path, listener: &str, store: &str) -> String {
     )
 }
 
+/// The `[compliance]` table that lets the command line's reads run without an
+/// officer's login: for tests about something else (the login itself is tested in
+/// tests/compliance.rs).
+pub const SINGLE_OPERATOR: &str = "\n[compliance]\nsingle-operator = true\n";
+
+/// The audit log read straight from the ledger, oldest first: (actor, action, details).
+pub fn audit_entries(dir: &Path) -> Vec<(String, String, String)> {
+    let conn = rusqlite::Connection::open(dir.join("ledger.sqlite")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT actor, action, details FROM audit ORDER BY seq")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("relaylog.toml");
     std::fs::write(&path, text).unwrap();
