@@ -87,7 +87,27 @@ CREATE TABLE IF NOT EXISTS audit (
     hash    BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_action ON audit (action, seq);
+-- Refusals counted until their minute's one audit entry is written
+-- (src/compliance/refusals.rs): bounded by peers per minute, emptied every minute.
+CREATE TABLE IF NOT EXISTS refusal (
+    kind     TEXT NOT NULL,
+    peer     TEXT NOT NULL,
+    minute   INTEGER NOT NULL,
+    count    INTEGER NOT NULL,
+    first_at INTEGER NOT NULL,
+    last_at  INTEGER NOT NULL,
+    summary  TEXT NOT NULL,
+    PRIMARY KEY (kind, peer, minute)
+);
+CREATE INDEX IF NOT EXISTS refusal_minute ON refusal (minute);
 ";
+
+/// Columns added to a ledger made before them, with their definitions.
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    // Failed logins in a row, and until when the officer is locked out after too many.
+    ("officer", "failed_logins", "INTEGER NOT NULL DEFAULT 0"),
+    ("officer", "locked_until", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 /// A legal hold: partitions overlapping `[since, until)` are kept past retention.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +185,26 @@ impl Ledger {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.execute_batch(DDL).map_err(err)?;
+        for (table, column, definition) in ADDED_COLUMNS {
+            let present: bool = conn
+                .query_row(
+                    &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    [column],
+                    |r| r.get::<_, i64>(0).map(|n| n > 0),
+                )
+                .map_err(err)?;
+            if !present {
+                let added = conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                ));
+                // Another process opening the same old ledger may have added it first.
+                if let Err(e) = added
+                    && !e.to_string().contains("duplicate column")
+                {
+                    return Err(err(e));
+                }
+            }
+        }
         Ok(Ledger { conn, path: name })
     }
 
@@ -214,6 +254,8 @@ impl Ledger {
         action: &str,
         details: serde_json::Value,
     ) -> Result<i64, LedgerError> {
+        // Refusals of minutes now over go in first, so the log stays in order of time.
+        self.flush_refusals(at, false)?;
         let tx = self.conn.transaction().map_err(sql_err(&self.path))?;
         let seq = Self::append(&tx, at, actor, action, &details).map_err(sql_err(&self.path))?;
         tx.commit().map_err(sql_err(&self.path))?;

@@ -607,6 +607,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 None => None,
             };
             if api.is_some() {
+                tasks.push(spawn_refusal_flush(
+                    &config,
+                    clock.clone(),
+                    shutdown.clone(),
+                ));
                 tracing::info!(addr = %addr, "admin listening over TLS (/metrics, /healthz, compliance API under /api/v1)");
             } else {
                 tracing::info!(addr = %addr, "admin listening (/metrics, /healthz; no TLS, so no compliance API)");
@@ -640,6 +645,34 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         http_threads,
         store,
         compactor,
+    })
+}
+
+/// Every minute, the refused logins and unauthenticated calls of the minutes before
+/// go into the audit log, one entry per peer and minute (`compliance::refusals`), even
+/// when nothing else writes to the ledger.
+fn spawn_refusal_flush(
+    config: &Config,
+    clock: SharedClock,
+    mut shutdown: shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    let ledger = config.store.ledger.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+                    let (ledger, now) = (ledger.clone(), clock.now_micros());
+                    let flushed = tokio::task::spawn_blocking(move || {
+                        crate::ledger::Ledger::open(&ledger)?.flush_refusals(now, false)
+                    })
+                    .await;
+                    if let Ok(Err(e)) = flushed {
+                        tracing::warn!(error = %e, "refused logins not written to the audit log yet; tried again in a minute");
+                    }
+                }
+            }
+        }
     })
 }
 

@@ -600,34 +600,46 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
 
     let actions = audit_actions(&s.config_path);
     let names: Vec<&str> = actions.iter().map(|(a, _)| a.as_str()).collect();
-    let unauthenticated: Vec<&Value> = actions
-        .iter()
-        .filter(|(a, _)| a == "api.unauthenticated")
-        .map(|(_, v)| v)
-        .collect();
-    let reasons: Vec<&str> = unauthenticated
-        .iter()
-        .map(|v| v["details"]["reason"].as_str().unwrap())
-        .collect();
+    // Refusals are coalesced, one entry per peer and minute with counts (the manual
+    // clock may put them in one minute or several); a role too low is an entry of its
+    // own, at once.
+    let totals = |action: &str, map: &str| -> std::collections::BTreeMap<String, i64> {
+        let mut totals = std::collections::BTreeMap::new();
+        for (_, v) in actions
+            .iter()
+            .filter(|(a, v)| a == action && v["details"]["count"].is_i64())
+        {
+            assert_eq!(v["details"]["peer"], "127.0.0.1", "{v}");
+            for (k, n) in v["details"][map].as_object().unwrap() {
+                *totals.entry(k.clone()).or_default() += n.as_i64().unwrap();
+            }
+        }
+        totals
+    };
+    let expect = |pairs: &[(&str, i64)]| -> std::collections::BTreeMap<String, i64> {
+        pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+    };
     assert_eq!(
-        reasons,
-        [
-            "no token",
-            "unknown token",
-            "unknown token",
-            "officer disabled",
-            "expired token"
-        ]
+        totals("api.unauthenticated", "reasons"),
+        expect(&[
+            ("no token", 1),
+            ("unknown token", 2),
+            ("officer disabled", 1),
+            ("expired token", 1)
+        ])
     );
-    assert_eq!(unauthenticated[0]["details"]["route"], "/api/v1/cases");
-    let failures: Vec<&Value> = actions
+    let calls = totals("api.unauthenticated", "calls");
+    assert!(calls.contains_key("GET /api/v1/cases"), "{calls:?}");
+    assert_eq!(calls.values().sum::<i64>(), 5, "{calls:?}");
+    assert_eq!(totals("auth.failure", "reasons"), expect(&[("totp", 2)]));
+    assert_eq!(
+        totals("auth.failure", "calls"),
+        expect(&[("session.login", 2)])
+    );
+    let why: Vec<(&str, &str)> = actions
         .iter()
-        .filter(|(a, _)| a == "auth.failure")
-        .map(|(_, v)| v)
-        .collect();
-    let why: Vec<(&str, &str)> = failures
-        .iter()
-        .map(|v| {
+        .filter(|(a, v)| a == "auth.failure" && v["details"]["reason"].is_string())
+        .map(|(_, v)| {
             (
                 v["details"]["for"].as_str().unwrap(),
                 v["details"]["reason"].as_str().unwrap(),
@@ -637,8 +649,6 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
     assert_eq!(
         why,
         [
-            ("session.login", "totp"),
-            ("session.login", "totp"),
             ("case.approve", "role"),
             ("account.offboard", "role"),
             ("audit.list", "role")
@@ -800,5 +810,90 @@ async fn every_documented_route_is_served_and_asks_for_a_session() {
         .post("/api/v1/subject-exports", &token, Some(json!({})))
         .await;
     r.expect(StatusCode::BAD_REQUEST);
+    s.running.shutdown().await;
+}
+
+/// A flood from one address: calls without a session get 401 up to the limit, then
+/// 429; failed logins likewise, after which even the right password and code are
+/// turned away until the minute is over; and each kind of refusal of that minute is
+/// one audit entry with its count, not one entry a call.
+#[tokio::test]
+async fn a_flood_of_refused_calls_is_turned_away_and_audited_as_one_entry() {
+    use relaylog::compliance::refusals::{LOGINS_PER_MINUTE, UNAUTHENTICATED_PER_MINUTE};
+    let s = start(true).await;
+    let anna = add_officer(&s.config_path, "anna", "officer");
+    let mut statuses = Vec::new();
+    for _ in 0..UNAUTHENTICATED_PER_MINUTE + 5 {
+        let r = s
+            .admin
+            .call(Method::GET, "/api/v1/cases", Some("not-a-session"), None)
+            .await;
+        statuses.push(r.status);
+    }
+    let (under, over) = statuses.split_at(UNAUTHENTICATED_PER_MINUTE as usize);
+    assert!(
+        under.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    assert!(
+        over.iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+
+    let login = |officer: String, totp: String| {
+        let admin = &s.admin;
+        async move {
+            admin
+                .call(
+                    Method::POST,
+                    "/api/v1/session",
+                    None,
+                    Some(json!({"officer": officer, "password": "guessed-long-password", "totp": totp})),
+                )
+                .await
+                .status
+        }
+    };
+    // Names that do not exist: no officer is locked out on the way.
+    for i in 0..LOGINS_PER_MINUTE {
+        assert_eq!(
+            login(format!("guess{i}"), "123456".into()).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let right = json!({
+        "officer": "anna",
+        "password": "anna-long-password",
+        "totp": totp_at(&anna, s.clock.now_micros()),
+    });
+    let r = s
+        .admin
+        .call(Method::POST, "/api/v1/session", None, Some(right))
+        .await;
+    r.expect(StatusCode::TOO_MANY_REQUESTS);
+    // The next minute, the same address logs in.
+    s.clock.advance(chrono::Duration::seconds(61));
+    let token = s.admin.login("anna", &anna, &s.clock).await;
+    assert!(!token.is_empty());
+
+    let actions = audit_actions(&s.config_path);
+    let counted = |action: &str| -> Vec<i64> {
+        actions
+            .iter()
+            .filter(|(a, v)| a == action && v["details"]["count"].is_i64())
+            .map(|(_, v)| v["details"]["count"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        counted("api.unauthenticated"),
+        [UNAUTHENTICATED_PER_MINUTE + 5]
+    );
+    assert_eq!(counted("auth.failure"), [LOGINS_PER_MINUTE + 1]);
+    let entries = actions.len();
+    assert!(
+        entries < 10,
+        "{entries} audit entries for a flood of {}",
+        statuses.len()
+    );
     s.running.shutdown().await;
 }

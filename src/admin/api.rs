@@ -31,6 +31,7 @@ use crate::compliance::cases::{Case, CaseError, CaseForm, IdentifierKind, criter
 use crate::compliance::disclosure::{self, DiscloseError, Format, Installation};
 use crate::compliance::lookup::{self, LookupError, Window};
 use crate::compliance::officers::{Credentials, Officer, OfficerError, Role};
+use crate::compliance::refusals;
 use crate::config::Config;
 use crate::export::{found_json, rfc3339};
 use crate::ledger::{Ledger, LedgerError};
@@ -269,9 +270,11 @@ impl IntoResponse for ApiError {
 impl From<OfficerError> for ApiError {
     fn from(e: OfficerError) -> ApiError {
         let status = match &e {
-            OfficerError::BadCredentials | OfficerError::Disabled | OfficerError::BadTotp => {
-                StatusCode::UNAUTHORIZED
-            }
+            OfficerError::BadCredentials
+            | OfficerError::Disabled
+            | OfficerError::BadTotp
+            | OfficerError::Locked { .. } => StatusCode::UNAUTHORIZED,
+            OfficerError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             OfficerError::Forbidden { .. } => StatusCode::FORBIDDEN,
             OfficerError::BadName | OfficerError::WeakPassword => StatusCode::BAD_REQUEST,
             OfficerError::Exists(_) => StatusCode::CONFLICT,
@@ -459,7 +462,8 @@ impl FromRequestParts<Arc<Api>> for Authed {
             .get::<MatchedPath>()
             .map(|m| m.as_str().to_owned())
             .unwrap_or_default();
-        let call = json!({"method": parts.method.as_str(), "route": route, "peer": peer(parts)});
+        let call = format!("{} {route}", parts.method.as_str());
+        let from = peer(parts);
         let api = api.clone();
         blocking(move || {
             let mut ledger = api.ledger()?;
@@ -488,9 +492,22 @@ impl FromRequestParts<Arc<Api>> for Authed {
                 }
                 Err(e) => ("(unauthenticated)".to_owned(), e.reason(), e.to_string()),
             };
-            let mut details = call;
-            details["reason"] = reason.into();
-            ledger.audit(now, &actor, "api.unauthenticated", details)?;
+            // Counted, and audited one entry per peer and minute (compliance::refusals);
+            // a peer past its limit is told to slow down.
+            let n = ledger.count_refusal(
+                now,
+                refusals::UNAUTHENTICATED,
+                &from,
+                &actor,
+                &call,
+                reason,
+            )?;
+            if n > refusals::UNAUTHENTICATED_PER_MINUTE {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many calls without a live session from here: try again in a minute",
+                ));
+            }
             Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
         })
         .await
@@ -568,7 +585,14 @@ async fn login(
             password: &login.password,
             totp: Some(&login.totp),
         };
-        let officer = ledger.authenticate(&api.master, who, Role::Officer, now, "session.login")?;
+        let officer = ledger.authenticate(
+            &api.master,
+            who,
+            Role::Officer,
+            now,
+            "session.login",
+            &peer.ip().to_string(),
+        )?;
         let (token, session) = api
             .sessions
             .open(officer.clone(), now)
@@ -1125,6 +1149,8 @@ async fn audit_list(
         let now = api.now();
         let mut ledger = api.ledger()?;
         who.require(&mut ledger, Role::Admin, "audit.list", now)?;
+        // Every refusal so far, this minute's too, is in the log that is read.
+        ledger.flush_refusals(now, true)?;
         ledger.audit(now, &who.officer.name, "audit.list", json!({"after": p.after, "limit": limit}))?;
         let entries = ledger.entries_page(p.after, limit)?;
         let entries: Vec<Value> = entries
@@ -1147,6 +1173,7 @@ async fn audit_verify(
         let now = api.now();
         let mut ledger = api.ledger()?;
         who.require(&mut ledger, Role::Admin, "audit.verify", now)?;
+        ledger.flush_refusals(now, true)?;
         let n = ledger.verify_audit()?;
         ledger.audit(
             now,

@@ -47,7 +47,9 @@ pub(super) fn login(
                 password: &password,
                 totp: Some(totp),
             };
-            Ok(ledger.authenticate(&master, who, needed, now, action)?.name)
+            Ok(ledger
+                .authenticate(&master, who, needed, now, action, &local_peer())?
+                .name)
         }
         (Some(_), None) => {
             bail!("--officer needs --totp CODE, the current code of the officer's authenticator")
@@ -354,7 +356,14 @@ pub(super) fn case(config: &Config, command: &CaseCommand) -> Result<()> {
                 password: &password,
                 totp: None,
             };
-            let officer = ledger.authenticate(&master, who, Role::Officer, now, "case.open")?;
+            let officer = ledger.authenticate(
+                &master,
+                who,
+                Role::Officer,
+                now,
+                "case.open",
+                &local_peer(),
+            )?;
             let numbers = NumberNormalizer::new(config.store.default_region);
             let cutoff = config.store.retention.cutoff(SystemClock.now());
             let new = a
@@ -383,7 +392,8 @@ pub(super) fn case(config: &Config, command: &CaseCommand) -> Result<()> {
             } else {
                 "case.reject"
             };
-            let officer = ledger.authenticate(&master, who, Role::Approver, now, action)?;
+            let officer =
+                ledger.authenticate(&master, who, Role::Approver, now, action, &local_peer())?;
             ledger.decide_case(
                 &officer,
                 d.id,
@@ -406,7 +416,14 @@ pub(super) fn case(config: &Config, command: &CaseCommand) -> Result<()> {
                 password: &password,
                 totp: None,
             };
-            let officer = ledger.authenticate(&master, who, Role::Officer, now, "case.close")?;
+            let officer = ledger.authenticate(
+                &master,
+                who,
+                Role::Officer,
+                now,
+                "case.close",
+                &local_peer(),
+            )?;
             ledger.close_case(&officer, *id, now)?;
             println!("case {id} closed");
         }
@@ -510,7 +527,7 @@ impl Exporter {
             password: &password,
             totp: Some(totp),
         };
-        let officer = ledger.authenticate(&master, who, role, now, action)?;
+        let officer = ledger.authenticate(&master, who, role, now, action, &local_peer())?;
         Ok(Exporter {
             ledger,
             keys: ExportKeys {
@@ -653,6 +670,8 @@ pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
     match command {
         AuditCommand::List { json, login: l } => {
             use crate::compliance::officers::Role;
+            // Every refusal so far, this minute's too, is in the log that is read.
+            ledger.flush_refusals(SystemClock.now_micros(), true)?;
             login_to_list(config, &mut ledger, l, Role::Admin, "audit.list")?;
             for e in ledger.entries()? {
                 if *json {
@@ -675,6 +694,7 @@ pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
             }
         }
         AuditCommand::Verify => {
+            ledger.flush_refusals(SystemClock.now_micros(), true)?;
             let n = ledger.verify_audit()?;
             println!("audit log intact: {n} entries");
         }

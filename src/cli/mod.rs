@@ -286,6 +286,12 @@ fn actor() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The peer a login from the command line is counted against (see
+/// `compliance::refusals`): the machine's user running it.
+fn local_peer() -> String {
+    format!("local:{}", actor())
+}
+
 /// The first line of standard input, without its line end: how secrets reach the CLI
 /// (never as arguments, which `ps` shows).
 fn read_secret_line(what: &str) -> Result<String> {

@@ -5,5 +5,6 @@ pub mod disclosure;
 pub mod lookup;
 pub mod offboard;
 pub mod officers;
+pub mod refusals;
 pub mod report;
 pub mod totp;

@@ -11,6 +11,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{OptionalExtension, params};
 
+use super::refusals;
 use super::totp;
 use crate::clock::Micros;
 use crate::ledger::{Ledger, LedgerError, sql_err};
@@ -79,7 +80,14 @@ struct Stored {
     enabled: bool,
     created_at: Micros,
     created_by: String,
+    failed_logins: i64,
+    locked_until: Micros,
 }
+
+/// Failed logins in a row (wrong password or TOTP code) after which an officer is
+/// locked out, and for how long.
+pub const LOCK_AFTER: i64 = 5;
+pub const LOCK_FOR_MICROS: Micros = 15 * 60 * 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Officer {
@@ -117,6 +125,12 @@ pub enum OfficerError {
     BadTotp,
     #[error("this needs the {needed} role")]
     Forbidden { needed: &'static str },
+    /// Said only to whoever gives the right password: to anyone else a locked officer
+    /// reads as a wrong password, so that locking does not tell which names exist.
+    #[error("officer is locked out until {until} after repeated failed logins")]
+    Locked { until: String },
+    #[error("too many failed logins from here: try again in a minute")]
+    TooManyAttempts,
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -270,8 +284,13 @@ impl Ledger {
     }
 
     /// Checks an officer's password, and the TOTP code when `totp` is given (approving
-    /// and exporting need one), and the role. A failure is audited before it is
-    /// returned; a success is not (the action it authorises is).
+    /// and exporting need one), and the role. A login refused is counted against `peer`
+    /// (the client's address, or `local:USER` on the command line) and audited
+    /// coalesced, one entry per peer and minute (`compliance::refusals`); a peer past
+    /// [`refusals::LOGINS_PER_MINUTE`] is turned away before its password is hashed.
+    /// [`LOCK_AFTER`] wrong passwords or codes in a row lock the officer out for
+    /// [`LOCK_FOR_MICROS`] (audited as `officer.locked`). A role too low is audited at
+    /// once. A success is not audited here (the action it authorises is).
     pub fn authenticate(
         &mut self,
         master: &MasterKey,
@@ -279,30 +298,83 @@ impl Ledger {
         needed: Role,
         at: Micros,
         action: &str,
+        peer: &str,
     ) -> Result<Officer, OfficerError> {
-        let result = self.check_credentials(master, who, needed, at);
-        if let Err(e) = &result {
-            let reason = match e {
-                OfficerError::BadCredentials => "credentials",
-                OfficerError::Disabled => "disabled",
-                OfficerError::BadTotp => "totp",
-                OfficerError::Forbidden { .. } => "role",
-                _ => "error",
-            };
-            // The name as typed may be a password pasted into the wrong field: only a
-            // name that exists goes into the log.
-            let known = self
-                .officers()
+        // The name as typed may be a password pasted into the wrong field: only a
+        // name that exists goes into the log.
+        let known = |l: &Ledger| {
+            l.officers()
                 .map(|o| o.iter().any(|o| o.name == who.name))
-                .unwrap_or(false);
-            self.audit(
-                at,
-                if known { who.name } else { "(unknown)" },
-                "auth.failure",
-                serde_json::json!({"for": action, "reason": reason}),
-            )?;
+                .unwrap_or(false)
+        };
+        if self.refusals(at, refusals::LOGIN, peer)? >= refusals::LOGINS_PER_MINUTE {
+            let actor = if known(self) { who.name } else { "(unknown)" };
+            self.count_refusal(at, refusals::LOGIN, peer, actor, action, "rate-limited")?;
+            return Err(OfficerError::TooManyAttempts);
         }
+        let result = self.check_credentials(master, who, needed, at);
+        let reason = match &result {
+            Ok(_) => return result,
+            Err(OfficerError::Forbidden { .. }) => {
+                self.audit(
+                    at,
+                    who.name,
+                    refusals::LOGIN,
+                    serde_json::json!({"for": action, "reason": "role", "peer": peer}),
+                )?;
+                return result;
+            }
+            Err(OfficerError::BadCredentials) => "credentials",
+            Err(OfficerError::Disabled) => "disabled",
+            Err(OfficerError::BadTotp) => "totp",
+            Err(OfficerError::Locked { .. }) => "locked",
+            Err(_) => "error",
+        };
+        let actor = if known(self) { who.name } else { "(unknown)" };
+        self.count_refusal(at, refusals::LOGIN, peer, actor, action, reason)?;
         result
+    }
+
+    /// Counts a wrong password or code against a known officer, and locks the officer
+    /// out at [`LOCK_AFTER`] in a row (audited). Not while locked: a lock is not
+    /// lengthened by more attempts.
+    fn count_failure(
+        &mut self,
+        name: &str,
+        stored: &Stored,
+        at: Micros,
+    ) -> Result<(), OfficerError> {
+        if stored.locked_until > at {
+            return Ok(());
+        }
+        let err = sql_err(&self.path);
+        let failed = stored.failed_logins + 1;
+        if failed < LOCK_AFTER {
+            self.conn
+                .execute(
+                    "UPDATE officer SET failed_logins = ?1 WHERE name = ?2",
+                    params![failed, name],
+                )
+                .map_err(err)?;
+            return Ok(());
+        }
+        let until = at + LOCK_FOR_MICROS;
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "UPDATE officer SET failed_logins = 0, locked_until = ?1 WHERE name = ?2",
+            params![until, name],
+        )
+        .map_err(err)?;
+        Ledger::append(
+            &tx,
+            at,
+            name,
+            "officer.locked",
+            &serde_json::json!({"officer": name, "until": crate::export::rfc3339(until), "failed_logins": failed}),
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(())
     }
 
     fn check_credentials(
@@ -316,7 +388,7 @@ impl Ledger {
         let row: Option<Stored> = self
             .conn
             .query_row(
-                "SELECT role, password, totp, totp_last_step, enabled, created_at, created_by FROM officer WHERE name = ?1",
+                "SELECT role, password, totp, totp_last_step, enabled, created_at, created_by, failed_logins, locked_until FROM officer WHERE name = ?1",
                 [who.name],
                 |r| {
                     Ok(Stored {
@@ -327,6 +399,8 @@ impl Ledger {
                         enabled: r.get::<_, i64>(4)? != 0,
                         created_at: r.get(5)?,
                         created_by: r.get(6)?,
+                        failed_logins: r.get(7)?,
+                        locked_until: r.get(8)?,
                     })
                 },
             )
@@ -338,7 +412,13 @@ impl Ledger {
             return Err(OfficerError::BadCredentials);
         };
         if !password_matches(who.password, &stored.hash) {
+            self.count_failure(who.name, &stored, at)?;
             return Err(OfficerError::BadCredentials);
+        }
+        if stored.locked_until > at {
+            return Err(OfficerError::Locked {
+                until: crate::export::rfc3339(stored.locked_until),
+            });
         }
         if !stored.enabled {
             return Err(OfficerError::Disabled);
@@ -346,13 +426,23 @@ impl Ledger {
         let role = Role::parse(&stored.role).unwrap_or(Role::Officer);
         if let Some(code) = who.totp {
             let seed = master.open_secret(&totp_context(who.name), &stored.sealed_totp)?;
-            let step = totp::matching_step(&seed, code, at.div_euclid(1_000_000))
+            let Some(step) = totp::matching_step(&seed, code, at.div_euclid(1_000_000))
                 .filter(|s| *s > stored.last_step)
-                .ok_or(OfficerError::BadTotp)?;
+            else {
+                self.count_failure(who.name, &stored, at)?;
+                return Err(OfficerError::BadTotp);
+            };
             self.conn
                 .execute(
-                    "UPDATE officer SET totp_last_step = ?1 WHERE name = ?2",
+                    "UPDATE officer SET totp_last_step = ?1, failed_logins = 0 WHERE name = ?2",
                     params![step, who.name],
+                )
+                .map_err(err)?;
+        } else if stored.failed_logins > 0 {
+            self.conn
+                .execute(
+                    "UPDATE officer SET failed_logins = 0 WHERE name = ?1",
+                    [who.name],
                 )
                 .map_err(err)?;
         }
@@ -429,6 +519,7 @@ mod tests {
             Role::Approver,
             t,
             "case.approve",
+            "local:test",
         );
         assert_eq!(ok.unwrap().role, Role::Approver);
         // The same code again: refused (replay), and audited.
@@ -442,6 +533,7 @@ mod tests {
             Role::Approver,
             t,
             "case.approve",
+            "local:test",
         );
         assert!(matches!(again, Err(OfficerError::BadTotp)));
         let wrong_pw = l.authenticate(
@@ -454,6 +546,7 @@ mod tests {
             Role::Officer,
             t,
             "case.open",
+            "local:test",
         );
         assert!(matches!(wrong_pw, Err(OfficerError::BadCredentials)));
         let nobody = l.authenticate(
@@ -466,6 +559,7 @@ mod tests {
             Role::Officer,
             t,
             "case.open",
+            "local:test",
         );
         assert!(matches!(nobody, Err(OfficerError::BadCredentials)));
         let later = t + 60_000_000;
@@ -480,6 +574,7 @@ mod tests {
             Role::Admin,
             later,
             "officer.add",
+            "local:test",
         );
         assert!(matches!(
             role,
@@ -496,28 +591,49 @@ mod tests {
             Role::Officer,
             later,
             "case.open",
+            "local:test",
         );
         assert!(matches!(disabled, Err(OfficerError::Disabled)));
-        let actions: Vec<(String, String)> = l
-            .entries()
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.actor, e.action))
+        // The refusals of a minute are one entry, written when the minute is over (here
+        // at the next audit entry) or when the log is read; a role too low at once.
+        l.flush_refusals(later, true).unwrap();
+        let entries = l.entries().unwrap();
+        let actions: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e.actor.as_str(), e.action.as_str()))
             .collect();
         assert_eq!(
             actions,
             [
                 ("root", "officer.add"),
-                ("anna", "auth.failure"),
-                ("anna", "auth.failure"),
-                ("(unknown)", "auth.failure"),
+                ("(several)", "auth.failure"),
                 ("anna", "auth.failure"),
                 ("root", "officer.disable"),
                 ("anna", "auth.failure"),
             ]
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
         );
-        assert_eq!(l.verify_audit().unwrap(), 7);
+        let first: serde_json::Value = serde_json::from_str(&entries[1].details).unwrap();
+        assert_eq!(first["count"], 3);
+        assert_eq!(first["peer"], "local:test");
+        assert_eq!(
+            first["reasons"],
+            serde_json::json!({"totp": 1, "credentials": 2})
+        );
+        assert_eq!(
+            first["actors"],
+            serde_json::json!({"anna": 2, "(unknown)": 1})
+        );
+        assert!(
+            entries[2].details.contains("\"role\""),
+            "{}",
+            entries[2].details
+        );
+        assert!(
+            entries[4].details.contains("\"disabled\""),
+            "{}",
+            entries[4].details
+        );
+        assert_eq!(l.verify_audit().unwrap(), 5);
         // Nothing secret in the ledger file in the clear.
         let bytes = std::fs::read(_dir.path().join("ledger.sqlite")).unwrap();
         assert!(!crate::test_util::contains(
@@ -569,5 +685,151 @@ mod tests {
             Err(OfficerError::Unknown(_))
         ));
         assert_eq!(l.officers().unwrap().len(), 1);
+    }
+
+    fn login(
+        l: &mut Ledger,
+        master: &MasterKey,
+        password: &str,
+        totp: Option<&str>,
+        at: Micros,
+        peer: &str,
+    ) -> Result<Officer, OfficerError> {
+        l.authenticate(
+            master,
+            Credentials {
+                name: "anna",
+                password,
+                totp,
+            },
+            Role::Officer,
+            at,
+            "case.list",
+            peer,
+        )
+    }
+
+    /// [`LOCK_AFTER`] wrong passwords or codes in a row lock an officer out (audited
+    /// once) for [`LOCK_FOR_MICROS`], the right password and code included; a wrong
+    /// password meanwhile reads as any wrong password, and does not lengthen the lock.
+    /// A success resets the count.
+    #[test]
+    fn repeated_failures_lock_an_officer_out_for_a_while() {
+        let (_dir, mut l, master) = setup();
+        let t = 1_800_000_000_000_000;
+        let pw = "correct horse battery";
+        let e = l
+            .add_officer(&master, "anna", Role::Officer, pw, t, "root")
+            .unwrap();
+        let seed = seed_of(&e.otpauth_uri);
+        // Each from a peer of its own: the per-peer limit is not what is tested here.
+        let peer = |i: i64| format!("192.0.2.{i}");
+        // Four failures, a success: the count starts again.
+        for i in 0..LOCK_AFTER - 1 {
+            assert!(login(&mut l, &master, "wrong", None, t + i, &peer(i)).is_err());
+        }
+        login(&mut l, &master, pw, None, t + 10, &peer(10)).unwrap();
+        for i in 0..LOCK_AFTER - 1 {
+            assert!(login(&mut l, &master, "wrong", None, t + 20 + i, &peer(i)).is_err());
+        }
+        assert!(
+            !l.entries()
+                .unwrap()
+                .iter()
+                .any(|e| e.action == "officer.locked")
+        );
+        // The fifth in a row, a wrong TOTP code: locked.
+        let at = t + 30;
+        assert!(matches!(
+            login(&mut l, &master, pw, Some("000000"), at, &peer(30)),
+            Err(OfficerError::BadTotp)
+        ));
+        let code = code_at(&seed, at);
+        assert!(matches!(
+            login(&mut l, &master, pw, Some(&code), at + 1, &peer(31)),
+            Err(OfficerError::Locked { .. })
+        ));
+        for i in 0..LOCK_AFTER * 2 {
+            assert!(matches!(
+                login(&mut l, &master, "wrong", None, at + 2 + i, &peer(40 + i)),
+                Err(OfficerError::BadCredentials)
+            ));
+        }
+        let locked: Vec<_> = l
+            .entries()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "officer.locked")
+            .collect();
+        assert_eq!(locked.len(), 1, "{locked:?}");
+        assert!(
+            locked[0].details.contains("\"failed_logins\":5"),
+            "{}",
+            locked[0].details
+        );
+        // Still locked just before the end; not after.
+        let end = at + LOCK_FOR_MICROS;
+        assert!(matches!(
+            login(&mut l, &master, pw, None, end - 1, &peer(60)),
+            Err(OfficerError::Locked { .. })
+        ));
+        let code = code_at(&seed, end + 60_000_000);
+        login(
+            &mut l,
+            &master,
+            pw,
+            Some(&code),
+            end + 60_000_000,
+            &peer(61),
+        )
+        .unwrap();
+    }
+
+    /// A peer past [`refusals::LOGINS_PER_MINUTE`] refused logins in a minute is turned
+    /// away unchecked, right password included, until the minute is over; other peers
+    /// are not.
+    #[test]
+    fn a_peer_that_keeps_failing_is_turned_away_for_the_minute() {
+        let (_dir, mut l, master) = setup();
+        // The start of a minute (1.8e15 µs is a whole number of minutes).
+        let t = 1_800_000_000_000_000;
+        let pw = "correct horse battery";
+        l.add_officer(&master, "anna", Role::Officer, pw, t, "root")
+            .unwrap();
+        l.add_officer(&master, "bert", Role::Officer, pw, t, "root")
+            .unwrap();
+        for i in 0..refusals::LOGINS_PER_MINUTE {
+            // Unknown names: no officer is locked out on the way.
+            let r = l.authenticate(
+                &master,
+                Credentials {
+                    name: &format!("guess{i}"),
+                    password: "guess",
+                    totp: None,
+                },
+                Role::Officer,
+                t + i,
+                "session.login",
+                "198.51.100.9",
+            );
+            assert!(matches!(r, Err(OfficerError::BadCredentials)));
+        }
+        assert!(matches!(
+            login(&mut l, &master, pw, None, t + 100, "198.51.100.9"),
+            Err(OfficerError::TooManyAttempts)
+        ));
+        login(&mut l, &master, pw, None, t + 101, "198.51.100.10").unwrap();
+        login(&mut l, &master, pw, None, t + 60_000_000, "198.51.100.9").unwrap();
+        l.flush_refusals(t + 60_000_000, true).unwrap();
+        let coalesced: Vec<serde_json::Value> = l
+            .entries()
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "auth.failure")
+            .map(|e| serde_json::from_str(&e.details).unwrap())
+            .collect();
+        assert_eq!(coalesced.len(), 1, "{coalesced:?}");
+        assert_eq!(coalesced[0]["count"], refusals::LOGINS_PER_MINUTE + 1);
+        assert_eq!(coalesced[0]["reasons"]["rate-limited"], 1);
     }
 }

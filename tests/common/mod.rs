@@ -217,9 +217,16 @@ pub fn smtp_config_text(dir: &Path, listener: &str, store: &str) -> String {
 /// tests/compliance.rs).
 pub const SINGLE_OPERATOR: &str = "\n[compliance]\nsingle-operator = true\n";
 
-/// The audit log read straight from the ledger, oldest first: (actor, action, details).
+/// The audit log read straight from the ledger, oldest first: (actor, action, details);
+/// refusals not written to it yet (`compliance::refusals`) are written first, as
+/// `audit list` does.
 pub fn audit_entries(dir: &Path) -> Vec<(String, String, String)> {
-    let conn = rusqlite::Connection::open(dir.join("ledger.sqlite")).unwrap();
+    let path = dir.join("ledger.sqlite");
+    relaylog::ledger::Ledger::open(&path)
+        .unwrap()
+        .flush_refusals(chrono::Utc::now().timestamp_micros(), true)
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
     let mut stmt = conn
         .prepare("SELECT actor, action, details FROM audit ORDER BY seq")
         .unwrap();

@@ -1,0 +1,305 @@
+//! Refused logins and unauthenticated API calls, coalesced: one audit entry per peer,
+//! kind and minute, with counts, so that a flood cannot grow the hash-chained log
+//! without bound; and the per-peer limit that turns a flood away before it costs a
+//! password hash.
+//!
+//! A refusal is counted in the ledger's `refusal` table (outside the chain), in the row
+//! of its kind, peer and minute. The row becomes one audit entry once its minute is
+//! over, at the next write to the ledger or `serve`'s minute timer, or at once when the
+//! log is read (`audit list`, `audit verify`, the API's audit routes), so that a reader
+//! always sees every refusal so far. Peers are the client's IP address for the API and
+//! `local:USER` for the command line.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::clock::Micros;
+use crate::ledger::{Ledger, LedgerError, sql_err};
+
+/// A login refused: wrong or unknown credentials, TOTP, disabled or locked officer, or
+/// the peer over its limit. (A role too low for the action is not coalesced: the
+/// officer did log in, and it is audited at once.)
+pub const LOGIN: &str = "auth.failure";
+/// An API call without a live session.
+pub const UNAUTHENTICATED: &str = "api.unauthenticated";
+
+/// Refused logins a peer may have in a minute; past it, its logins are refused
+/// unchecked (HTTP 429 on the API) until the minute is over.
+pub const LOGINS_PER_MINUTE: i64 = 10;
+/// Unauthenticated API calls a peer may make in a minute before it gets 429.
+pub const UNAUTHENTICATED_PER_MINUTE: i64 = 60;
+/// Peers counted apart per kind and minute; refusals from any more are counted under
+/// [`OTHER_PEERS`], so that addresses in their thousands make one row, not thousands.
+pub const MAX_PEERS: i64 = 1024;
+pub const OTHER_PEERS: &str = "(other peers)";
+/// Distinct names kept per map of a row's summary (actors, reasons, calls); more are
+/// counted under `(more)`.
+const MAX_KEYS: usize = 16;
+
+fn minute_of(at: Micros) -> i64 {
+    at.div_euclid(60_000_000)
+}
+
+impl Ledger {
+    /// Counts one refusal of `kind` from `peer` at `at`: `actor` is the officer's name
+    /// when it exists (otherwise `(unknown)`), `call` what was tried (the action a
+    /// login was for, or an API call's method and route), `reason` why it was refused.
+    /// Returns the refusals of that kind the peer has had in this minute, this one
+    /// included.
+    pub fn count_refusal(
+        &mut self,
+        at: Micros,
+        kind: &str,
+        peer: &str,
+        actor: &str,
+        call: &str,
+        reason: &str,
+    ) -> Result<i64, LedgerError> {
+        self.flush_refusals(at, false)?;
+        let err = sql_err(&self.path);
+        let minute = minute_of(at);
+        let tx = self.conn.transaction().map_err(err)?;
+        let mut peer = peer;
+        let row = |peer: &str| {
+            tx.query_row(
+                "SELECT count, summary FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
+                params![kind, peer, minute],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+        };
+        let mut found = row(peer).map_err(err)?;
+        if found.is_none() {
+            let peers: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM refusal WHERE kind = ?1 AND minute = ?2",
+                    params![kind, minute],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
+            if peers >= MAX_PEERS {
+                peer = OTHER_PEERS;
+                found = row(peer).map_err(err)?;
+            }
+        }
+        let (count, summary) = found.unwrap_or_default();
+        let mut summary: serde_json::Value =
+            serde_json::from_str(&summary).unwrap_or_else(|_| serde_json::json!({}));
+        for (map, key) in [("actors", actor), ("calls", call), ("reasons", reason)] {
+            bump(&mut summary[map], key);
+        }
+        let count = count + 1;
+        tx.execute(
+            "INSERT INTO refusal (kind, peer, minute, count, first_at, last_at, summary)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+             ON CONFLICT (kind, peer, minute) DO UPDATE SET count = ?4, last_at = ?5, summary = ?6",
+            params![kind, peer, minute, count, at, summary.to_string()],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(count)
+    }
+
+    /// The refusals of `kind` from `peer` in the minute of `at` so far.
+    pub fn refusals(&self, at: Micros, kind: &str, peer: &str) -> Result<i64, LedgerError> {
+        let count: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT count FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
+                params![kind, peer, minute_of(at)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql_err(&self.path))?;
+        Ok(count.unwrap_or(0))
+    }
+
+    /// Writes the coalesced refusals of the minutes before `at`'s (every minute's, with
+    /// `all`) to the audit log, one entry per kind, peer and minute, and forgets them.
+    /// Returns how many entries it wrote.
+    pub fn flush_refusals(&mut self, at: Micros, all: bool) -> Result<usize, LedgerError> {
+        let err = sql_err(&self.path);
+        let before = if all { i64::MAX } else { minute_of(at) };
+        // Nothing to do, nearly always: one indexed probe before a transaction.
+        let any: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM refusal WHERE minute < ?1 LIMIT 1",
+                [before],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        if any.is_none() {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction().map_err(err)?;
+        let rows: Vec<(String, String, i64, i64, i64, i64, String)> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT kind, peer, minute, count, first_at, last_at, summary FROM refusal
+                     WHERE minute < ?1 ORDER BY minute, kind, peer",
+                )
+                .map_err(err)?;
+            stmt.query_map([before], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })
+            .map_err(err)?
+            .collect::<Result<_, _>>()
+            .map_err(err)?
+        };
+        for (kind, peer, minute, count, first_at, last_at, summary) in &rows {
+            let summary: serde_json::Value =
+                serde_json::from_str(summary).unwrap_or_else(|_| serde_json::json!({}));
+            // One officer named: that officer; several, or only unknown names: as is.
+            let actor = match summary["actors"].as_object() {
+                Some(actors) if actors.len() == 1 => actors.keys().next().cloned(),
+                _ => None,
+            }
+            .unwrap_or_else(|| "(several)".to_owned());
+            let details = serde_json::json!({
+                "peer": peer,
+                "minute": crate::export::rfc3339(minute * 60_000_000),
+                "count": count,
+                "first": crate::export::rfc3339(*first_at),
+                "last": crate::export::rfc3339(*last_at),
+                "actors": summary["actors"],
+                "calls": summary["calls"],
+                "reasons": summary["reasons"],
+            });
+            Ledger::append(&tx, at, &actor, kind, &details).map_err(err)?;
+        }
+        tx.execute("DELETE FROM refusal WHERE minute < ?1", [before])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(rows.len())
+    }
+}
+
+/// Adds one to `map[key]`, or to `map["(more)"]` once the map holds [`MAX_KEYS`] names.
+fn bump(map: &mut serde_json::Value, key: &str) {
+    if !map.is_object() {
+        *map = serde_json::json!({});
+    }
+    let obj = map.as_object_mut().expect("made an object above");
+    let key = if obj.contains_key(key) || obj.len() < MAX_KEYS {
+        key
+    } else {
+        "(more)"
+    };
+    let n = obj
+        .get(key)
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0);
+    obj.insert(key.to_owned(), (n + 1).into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Micros = 60_000_000;
+
+    fn ledger() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+        (dir, l)
+    }
+
+    /// A flood of refusals from one peer in one minute is one audit entry with the
+    /// count; the next minute's are another; the counts restart each minute.
+    #[test]
+    fn refusals_of_a_peer_in_a_minute_are_one_entry_with_a_count() {
+        let (_dir, mut l) = ledger();
+        let t = 1_000 * MIN;
+        for i in 0..500 {
+            let reason = if i % 2 == 0 { "credentials" } else { "totp" };
+            let n = l
+                .count_refusal(t + i, LOGIN, "192.0.2.7", "anna", "session.login", reason)
+                .unwrap();
+            assert_eq!(n, i + 1);
+        }
+        l.count_refusal(
+            t + 5,
+            LOGIN,
+            "192.0.2.8",
+            "(unknown)",
+            "session.login",
+            "credentials",
+        )
+        .unwrap();
+        assert_eq!(l.refusals(t + 10, LOGIN, "192.0.2.7").unwrap(), 500);
+        assert!(
+            l.entries().unwrap().is_empty(),
+            "nothing in the log mid-minute"
+        );
+        // The next minute's first refusal writes the last minute's, one entry a peer.
+        l.count_refusal(t + MIN, LOGIN, "192.0.2.7", "anna", "case.list", "totp")
+            .unwrap();
+        assert_eq!(l.refusals(t + MIN, LOGIN, "192.0.2.7").unwrap(), 1);
+        let entries = l.entries().unwrap();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        let d: serde_json::Value = serde_json::from_str(&entries[0].details).unwrap();
+        assert_eq!(entries[0].actor, "anna");
+        assert_eq!(entries[0].action, LOGIN);
+        assert_eq!(d["peer"], "192.0.2.7");
+        assert_eq!(d["count"], 500);
+        assert_eq!(
+            d["reasons"],
+            serde_json::json!({"credentials": 250, "totp": 250})
+        );
+        assert_eq!(d["calls"], serde_json::json!({"session.login": 500}));
+        assert_eq!(entries[1].actor, "(unknown)");
+        // Reading the log writes the current minute's too.
+        assert_eq!(l.flush_refusals(t + MIN + 1, true).unwrap(), 1);
+        assert_eq!(l.entries().unwrap().len(), 3);
+        assert_eq!(l.refusals(t + MIN, LOGIN, "192.0.2.7").unwrap(), 0);
+        l.verify_audit().unwrap();
+    }
+
+    /// Peers past [`MAX_PEERS`] in a minute share one row; names past `MAX_KEYS` in a
+    /// row's maps share one key: what a refusal costs the ledger is bounded.
+    #[test]
+    fn thousands_of_peers_and_names_stay_bounded() {
+        let (_dir, mut l) = ledger();
+        let t = 7 * MIN;
+        for i in 0..MAX_PEERS + 300 {
+            let peer = format!("2001:db8::{i:x}");
+            let name = format!("name{i}");
+            l.count_refusal(
+                t,
+                UNAUTHENTICATED,
+                &peer,
+                &name,
+                "GET /api/v1/cases",
+                "no token",
+            )
+            .unwrap();
+        }
+        let rows: i64 = l
+            .conn
+            .query_row("SELECT count(*) FROM refusal", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, MAX_PEERS + 1);
+        assert_eq!(l.refusals(t, UNAUTHENTICATED, OTHER_PEERS).unwrap(), 300);
+        l.flush_refusals(t, true).unwrap();
+        let other = l
+            .entries()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.details.contains(OTHER_PEERS))
+            .unwrap();
+        let d: serde_json::Value = serde_json::from_str(&other.details).unwrap();
+        assert_eq!(d["count"], 300);
+        assert_eq!(d["actors"].as_object().unwrap().len(), MAX_KEYS + 1);
+        assert_eq!(d["actors"]["(more)"], 300 - MAX_KEYS as i64);
+        assert_eq!(other.actor, "(several)");
+    }
+}
