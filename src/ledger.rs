@@ -52,7 +52,9 @@ CREATE TABLE IF NOT EXISTS officer (
     totp_last_step INTEGER NOT NULL DEFAULT -1,
     enabled        INTEGER NOT NULL DEFAULT 1,
     created_at     INTEGER NOT NULL,
-    created_by     TEXT NOT NULL
+    created_by     TEXT NOT NULL,
+    failed_logins  INTEGER NOT NULL DEFAULT 0,  -- wrong passwords or codes in a row
+    locked_until   INTEGER NOT NULL DEFAULT 0   -- locked out after too many, until then
 );
 CREATE TABLE IF NOT EXISTS cases (
     id              INTEGER PRIMARY KEY,
@@ -94,6 +96,7 @@ CREATE TABLE IF NOT EXISTS refusal (
     peer     TEXT NOT NULL,
     minute   INTEGER NOT NULL,
     count    INTEGER NOT NULL,
+    written  INTEGER NOT NULL,   -- of count, already in the audit log (a listing mid-minute)
     first_at INTEGER NOT NULL,
     last_at  INTEGER NOT NULL,
     summary  TEXT NOT NULL,
@@ -102,12 +105,36 @@ CREATE TABLE IF NOT EXISTS refusal (
 CREATE INDEX IF NOT EXISTS refusal_minute ON refusal (minute);
 ";
 
-/// Columns added to a ledger made before them, with their definitions.
-const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
-    // Failed logins in a row, and until when the officer is locked out after too many.
-    ("officer", "failed_logins", "INTEGER NOT NULL DEFAULT 0"),
-    ("officer", "locked_until", "INTEGER NOT NULL DEFAULT 0"),
-];
+/// The ledger's schema version (`PRAGMA user_version`). 1: the officer's lockout
+/// columns, which ledgers made before it lack.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Brings a ledger made by an older build to [`SCHEMA_VERSION`], in an IMMEDIATE
+/// transaction (two processes opening the same old ledger take turns; the second finds
+/// it done).
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version =
+        |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
+    if version(conn)? >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if version(&tx)? < 1 {
+        let has_lockout: i64 = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('officer') WHERE name = 'locked_until'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_lockout == 0 {
+            tx.execute_batch(
+                "ALTER TABLE officer ADD COLUMN failed_logins INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE officer ADD COLUMN locked_until INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
+}
 
 /// A legal hold: partitions overlapping `[since, until)` are kept past retention.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,32 +206,13 @@ impl Ledger {
                 message: e.to_string(),
             })?;
         }
-        let conn = Connection::open(path).map_err(err)?;
+        let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.execute_batch(DDL).map_err(err)?;
-        for (table, column, definition) in ADDED_COLUMNS {
-            let present: bool = conn
-                .query_row(
-                    &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
-                    [column],
-                    |r| r.get::<_, i64>(0).map(|n| n > 0),
-                )
-                .map_err(err)?;
-            if !present {
-                let added = conn.execute_batch(&format!(
-                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
-                ));
-                // Another process opening the same old ledger may have added it first.
-                if let Err(e) = added
-                    && !e.to_string().contains("duplicate column")
-                {
-                    return Err(err(e));
-                }
-            }
-        }
+        migrate(&mut conn).map_err(err)?;
         Ok(Ledger { conn, path: name })
     }
 
@@ -254,8 +262,12 @@ impl Ledger {
         action: &str,
         details: serde_json::Value,
     ) -> Result<i64, LedgerError> {
-        // Refusals of minutes now over go in first, so the log stays in order of time.
-        self.flush_refusals(at, false)?;
+        // Refusals of minutes now over go in first, ahead of this entry. Not this
+        // entry's business: if they cannot go in now, the next write or serve's minute
+        // timer writes them.
+        if let Err(e) = self.flush_refusals(at, false) {
+            tracing::warn!(error = %e, "refusals not yet written to the audit log");
+        }
         let tx = self.conn.transaction().map_err(sql_err(&self.path))?;
         let seq = Self::append(&tx, at, actor, action, &details).map_err(sql_err(&self.path))?;
         tx.commit().map_err(sql_err(&self.path))?;
@@ -438,5 +450,35 @@ mod tests {
             .execute("DELETE FROM audit WHERE seq = 1", [])
             .unwrap();
         assert!(matches!(l.verify_audit(), Err(LedgerError::Broken { .. })));
+    }
+
+    /// A ledger made before the lockout columns gets them on open, its officers kept;
+    /// a second open finds nothing to do.
+    #[test]
+    fn an_older_ledger_is_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE officer (name TEXT PRIMARY KEY, role TEXT NOT NULL, password TEXT NOT NULL,
+                 totp BLOB NOT NULL, totp_last_step INTEGER NOT NULL DEFAULT -1,
+                 enabled INTEGER NOT NULL DEFAULT 1, created_at INTEGER NOT NULL, created_by TEXT NOT NULL);
+             INSERT INTO officer (name, role, password, totp, created_at, created_by)
+                 VALUES ('anna', 'officer', 'x', x'00', 1, 'root');",
+        )
+        .unwrap();
+        drop(old);
+        for _ in 0..2 {
+            let l = Ledger::open(&path).unwrap();
+            let (failed, locked, version): (i64, i64, i64) = l
+                .conn
+                .query_row(
+                    "SELECT failed_logins, locked_until, (SELECT user_version FROM pragma_user_version) FROM officer WHERE name = 'anna'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .unwrap();
+            assert_eq!((failed, locked, version), (0, 0, SCHEMA_VERSION));
+        }
     }
 }

@@ -367,11 +367,11 @@ fn configuration_and_key_errors_are_clear() {
     for (path, mode, kept, says) in [
         (keys.join("signing.key"), 0o644, 0o600, "signing key"),
         (keys.join("master.key"), 0o640, 0o600, "master key"),
-        (keys.clone(), 0o777, 0o700, "writable by others"),
+        (keys.clone(), 0o777, 0o700, "writable by group or others"),
     ] {
         set(&path, mode);
         for command in ["check-config", "serve"] {
-            let (ok, text) = cli(&config, &[command]);
+            let (ok, text) = cli_refused_within(&config, &[command], 30);
             assert!(
                 !ok && text.contains(says) && text.contains(&path.display().to_string()),
                 "{command}: {text}"

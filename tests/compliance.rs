@@ -28,55 +28,82 @@ fn officers_are_added_listed_disabled_and_every_step_is_audited() {
     assert!(ok, "{out}");
     let password = "Tr0ub4dor&3 horse staple";
 
+    // The first officer is an admin, who adds the others; it needs no login.
     let (ok, out) = cli_with_input(
         &config,
         &["officer", "add", "anna", "--role", "approver"],
         &format!("{password}\n"),
     );
-    assert!(ok, "{out}");
     assert!(
-        out.contains("otpauth://totp/relaylog:anna?secret="),
+        !ok && out.contains("first officer must be an admin"),
         "{out}"
     );
     let (ok, out) = cli_with_input(
         &config,
-        &["officer", "add", "bob", "--role", "officer"],
+        &["officer", "add", "ada", "--role", "admin"],
         "short\n",
     );
     assert!(!ok && out.contains("at least 12 characters"), "{out}");
+    let ada = add_officer(&config, "ada", "admin");
+    // Every later one takes an admin's login: the admin's password first on standard
+    // input, then the new officer's.
     let (ok, out) = cli_with_input(
         &config,
-        &["officer", "add", "anna", "--role", "admin"],
+        &["officer", "add", "anna", "--role", "approver"],
         &format!("{password}\n"),
     );
-    assert!(!ok && out.contains("already exists"), "{out}");
-    // Disabling and listing officers take an admin's login.
-    let ada = add_officer(&config, "ada", "admin");
+    assert!(!ok && out.contains("--officer NAME --totp CODE"), "{out}");
+    let as_admin = |admin: &str, seed: &[u8], steps, args: &[&str], more: &str| {
+        let code = totp_ahead(seed, steps);
+        let mut args = args.to_vec();
+        args.extend(["--officer", admin, "--totp", &code]);
+        cli_with_input(&config, &args, &format!("{admin}-long-password\n{more}"))
+    };
+    let (ok, out) = as_admin(
+        "ada",
+        &ada,
+        0,
+        &["officer", "add", "anna", "--role", "approver"],
+        &format!("{password}\n"),
+    );
+    assert!(
+        ok && out.contains("otpauth://totp/relaylog:anna?secret="),
+        "{out}"
+    );
+    let (ok, out) = as_admin(
+        "ada",
+        &ada,
+        1,
+        &["officer", "add", "abe", "--role", "admin"],
+        "abe-long-password\n",
+    );
+    assert!(ok, "{out}");
+    let abe = seed_from(out.lines().find(|l| l.starts_with("otpauth://")).unwrap());
+    // Disabling and listing officers take an admin's login too.
     let (ok, out) = cli(&config, &["officer", "disable", "anna"]);
     assert!(!ok && out.contains("--officer NAME --totp CODE"), "{out}");
-    let as_ada = |args: &[&str], steps| {
-        let code = totp_ahead(&ada, steps);
-        let mut args = args.to_vec();
-        args.extend(["--officer", "ada", "--totp", &code]);
-        cli_with_input(&config, &args, "ada-long-password\n")
-    };
-    let (ok, out) = as_ada(&["officer", "disable", "anna"], 0);
+    let (ok, out) = as_admin("abe", &abe, 0, &["officer", "disable", "anna"], "");
     assert!(ok, "{out}");
-    let (ok, out) = as_ada(&["officer", "list"], 1);
+    let (ok, out) = as_admin("abe", &abe, 1, &["officer", "list"], "");
     assert!(ok && out.contains("anna\tapprover\tdisabled"), "{out}");
 
-    let (actions, _) = audit_actions(&config);
+    let entries = audit_entries(dir.path());
+    let steps: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|(actor, action, _)| (actor.as_str(), action.as_str()))
+        .collect();
     assert_eq!(
-        actions,
+        steps[1..],
         [
-            "officer.add",
-            "officer.add",
-            "officer.disable",
-            "officer.list"
+            ("ada", "officer.add"),
+            ("ada", "officer.add"),
+            ("abe", "officer.disable"),
+            ("abe", "officer.list")
         ]
     );
+    assert_eq!(steps[0].1, "officer.add");
     let (ok, out) = cli(&config, &["audit", "verify"]);
-    assert!(ok && out.contains("intact: 4 entries"), "{out}");
+    assert!(ok && out.contains("intact: 5 entries"), "{out}");
 
     // No password or TOTP seed in the clear anywhere under the data directory.
     for f in files_under(dir.path()) {
@@ -147,7 +174,9 @@ fn approve_case(config: &std::path::Path, id: i64, officer: &str, code: &str) ->
 #[test]
 fn a_case_is_opened_refused_to_its_opener_and_approved_by_another_approver() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &config_text(dir.path(), "kannel", None, "", ""));
+    // Officers added without an admin's login (tested in officers_are_added_...).
+    let text = config_text(dir.path(), "kannel", None, "", "") + SINGLE_OPERATOR;
+    let config = write_config(dir.path(), &text);
     assert!(cli(&config, &["init"]).0);
     let anna = add_officer(&config, "anna", "approver");
     let _bob = add_officer(&config, "bob", "approver");
@@ -251,7 +280,7 @@ async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest()
         Some(&up.url()),
         "",
         "index-bytes = 1\n",
-    );
+    ) + SINGLE_OPERATOR;
     let config = write_config(dir.path(), &text);
     let relay = Relay::start(dir.path(), &text).await;
     let target = "+31612345601";
@@ -526,7 +555,7 @@ async fn an_offboarded_account_is_exported_erased_and_verify_reports_it() {
     use relaylog::store::IndexKind;
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start("0: Accepted for delivery").await;
-    let text = config_text(dir.path(), "kannel", Some(&up.url()), "", "");
+    let text = config_text(dir.path(), "kannel", Some(&up.url()), "", "") + SINGLE_OPERATOR;
     let config = write_config(dir.path(), &text);
     let relay = Relay::start(dir.path(), &text).await;
     let c = client();
@@ -649,7 +678,7 @@ async fn send_mail(addr: std::net::SocketAddr, account: Option<&str>, from: &str
 #[tokio::test]
 async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboarding() {
     let dir = tempfile::tempdir().unwrap();
-    // Queried without an officer's login (tested in reads_on_the_command_line_need_an_officer).
+    // Queried, and officers added, without an officer's login (tested apart).
     let text = smtp_config_text(dir.path(), "", "") + SINGLE_OPERATOR;
     let config = write_config(dir.path(), &text);
     init_keys(dir.path());
@@ -842,8 +871,30 @@ fn reads_on_the_command_line_need_an_officer() {
     let text = config_text(dir.path(), "kannel", None, "", "");
     let config = write_config(dir.path(), &text);
     assert!(cli(&config, &["init"]).0);
-    let olga = add_officer(&config, "olga", "officer");
+    // The first officer, an admin, adds the others with its login.
     let ada = add_officer(&config, "ada", "admin");
+    let add = |name: &str, role: &str, steps| {
+        let code = totp_ahead(&ada, steps);
+        let (ok, out) = cli_with_input(
+            &config,
+            &[
+                "officer",
+                "add",
+                name,
+                "--role",
+                role,
+                "--officer",
+                "ada",
+                "--totp",
+                &code,
+            ],
+            &format!("ada-long-password\n{name}-long-password\n"),
+        );
+        assert!(ok, "{out}");
+        seed_from(out.lines().find(|l| l.starts_with("otpauth://")).unwrap())
+    };
+    let olga = add("olga", "officer", 0);
+    let adam = add("adam", "admin", 1);
     let with = |who: &str, seed: &[u8], steps, password: &str, args: &[&str]| {
         let code = totp_ahead(seed, steps);
         let mut args = args.to_vec();
@@ -885,10 +936,10 @@ fn reads_on_the_command_line_need_an_officer() {
 
     // An admin reads the audit log: every read and refusal names its officer.
     let (ok, out) = with(
-        "ada",
-        &ada,
+        "adam",
+        &adam,
         0,
-        "ada-long-password",
+        "adam-long-password",
         &["audit", "list", "--json"],
     );
     assert!(ok, "{out}");
@@ -933,7 +984,7 @@ fn reads_on_the_command_line_need_an_officer() {
             .unwrap()
             .starts_with("local:")
     );
-    assert_eq!(by("audit.list"), [("ada".to_owned(), "/".to_owned())]);
+    assert_eq!(by("audit.list"), [("adam".to_owned(), "/".to_owned())]);
     assert!(by("single-operator.run").is_empty() && by("setting.single-operator").is_empty());
 
     // Single-operator: no login, each run audited as such, the change of setting too;
@@ -943,7 +994,7 @@ fn reads_on_the_command_line_need_an_officer() {
         let (ok, out) = cli(&config, args);
         assert!(ok, "{args:?}: {out}");
     }
-    let (ok, out) = with("ada", &ada, 1, "ada-long-password", &["officer", "list"]);
+    let (ok, out) = with("adam", &adam, 1, "adam-long-password", &["officer", "list"]);
     assert!(ok && out.contains("olga\tofficer\tenabled"), "{out}");
     let entries = audit_entries(dir.path());
     let of = |action: &str| -> Vec<(String, String)> {
@@ -965,6 +1016,6 @@ fn reads_on_the_command_line_need_an_officer() {
     for (actor, _) in runs.iter().chain(&of("case.list")).chain(&of("hold.list")) {
         assert!(actor.starts_with("single-operator:"), "{actor}");
     }
-    assert_eq!(of("officer.list"), [("ada".to_owned(), "{}".to_owned())]);
+    assert_eq!(of("officer.list"), [("adam".to_owned(), "{}".to_owned())]);
     assert!(cli(&config, &["audit", "verify"]).0);
 }

@@ -263,6 +263,11 @@ impl IntoResponse for ApiError {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        // Refusals are limited per minute (compliance::refusals).
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
         r
     }
 }
@@ -438,8 +443,21 @@ fn peer(parts: &Parts) -> String {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .map(|c| refusal_peer(c.0.ip()))
         .unwrap_or_default()
+}
+
+/// The peer refusals are counted against (`compliance::refusals`): an IPv4 address,
+/// or an IPv6 address's /64, which one host is commonly given whole.
+fn refusal_peer(ip: std::net::IpAddr) -> String {
+    match crate::canonical::canonical_ip(ip) {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{net}/64")
+        }
+        v4 => v4.to_string(),
+    }
 }
 
 impl FromRequestParts<Arc<Api>> for Authed {
@@ -591,7 +609,7 @@ async fn login(
             Role::Officer,
             now,
             "session.login",
-            &peer.ip().to_string(),
+            &refusal_peer(peer.ip()),
         )?;
         let (token, session) = api
             .sessions
@@ -1173,7 +1191,6 @@ async fn audit_verify(
         let now = api.now();
         let mut ledger = api.ledger()?;
         who.require(&mut ledger, Role::Admin, "audit.verify", now)?;
-        ledger.flush_refusals(now, true)?;
         let n = ledger.verify_audit()?;
         ledger.audit(
             now,

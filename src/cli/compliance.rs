@@ -3,9 +3,10 @@
 
 use super::*;
 
-/// An officer's login, for the commands that read records or the ledger: the name
-/// and a TOTP code as arguments, the password on standard input (as `disclose` takes
-/// them). Not needed under `compliance.single-operator = true`.
+/// An officer's login, for the commands that read records or the ledger or change
+/// holds and officers: the name and a TOTP code as arguments, the password on standard
+/// input (as `disclose` takes them). Not needed under `compliance.single-operator =
+/// true`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Login {
     /// The officer acting; the password is read from standard input.
@@ -16,7 +17,7 @@ pub struct Login {
     pub totp: Option<String>,
 }
 
-/// Who runs a read (`action`, as the audit log names it) on the command line: the
+/// Who runs `action` (as the audit log names it) on the command line: the
 /// officer logged in with password and TOTP code, whose role must allow `needed`
 /// (failures audited by [`crate::ledger::Ledger::authenticate`]); or, under
 /// `compliance.single-operator = true` and without `--officer`, the login user,
@@ -70,9 +71,9 @@ pub(super) fn login(
     }
 }
 
-/// [`login`] for a read whose audit entry is its action alone (a list): logs in, then
-/// audits `action` under the actor. Returns the actor.
-pub(super) fn login_to_list(
+/// [`login`], then an audit entry of `action` alone under the actor (for lists, whose
+/// entry names nothing else). Returns the actor.
+pub(super) fn login_and_audit(
     config: &Config,
     ledger: &mut crate::ledger::Ledger,
     who: &Login,
@@ -93,10 +94,14 @@ pub(super) fn login_to_list(
 pub enum OfficerCommand {
     /// Add an officer. The password is read from the first line of standard input;
     /// the TOTP enrolment URI is printed once, for the officer's authenticator app.
+    /// The first officer needs no login; after that, an admin's (whose password comes
+    /// first on standard input, the new officer's on the line after).
     Add {
         name: String,
         #[arg(long, value_enum)]
         role: crate::compliance::officers::Role,
+        #[command(flatten)]
+        login: Login,
     },
     /// List officers, their roles and whether they are enabled (an admin's login).
     List {
@@ -105,6 +110,12 @@ pub enum OfficerCommand {
     },
     /// Disable an officer, kept for the audit trail (an admin's login).
     Disable {
+        name: String,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Lift an officer's lockout after repeated failed logins (an admin's login).
+    Unlock {
         name: String,
         #[command(flatten)]
         login: Login,
@@ -307,10 +318,24 @@ pub(super) fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
     let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
     let now = SystemClock.now_micros();
     match command {
-        OfficerCommand::Add { name, role } => {
+        OfficerCommand::Add {
+            name,
+            role,
+            login: l,
+        } => {
+            // The first officer is how an installation starts: an admin, who adds the
+            // others, as on the API (single-operator mode lets its operator add any).
+            let by = if ledger.officers()?.is_empty() && !config.compliance.single_operator {
+                if *role != Role::Admin {
+                    bail!("the first officer must be an admin (--role admin): it adds the others");
+                }
+                actor()
+            } else {
+                login(config, &mut ledger, l, Role::Admin, "officer.add")?
+            };
             let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
-            let password = read_secret_line("password")?;
-            let e = ledger.add_officer(&master, name, *role, &password, now, &actor())?;
+            let password = read_secret_line("the new officer's password")?;
+            let e = ledger.add_officer(&master, name, *role, &password, now, &by)?;
             println!(
                 "officer {} added with role {}",
                 e.officer.name,
@@ -320,7 +345,7 @@ pub(super) fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
             println!("{}", e.otpauth_uri);
         }
         OfficerCommand::List { login: l } => {
-            login_to_list(config, &mut ledger, l, Role::Admin, "officer.list")?;
+            login_and_audit(config, &mut ledger, l, Role::Admin, "officer.list")?;
             for o in ledger.officers()? {
                 println!(
                     "{}\t{}\t{}\tadded by {} at {}",
@@ -336,6 +361,11 @@ pub(super) fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
             let who = login(config, &mut ledger, l, Role::Admin, "officer.disable")?;
             ledger.disable_officer(name, now, &who)?;
             println!("officer {name} disabled");
+        }
+        OfficerCommand::Unlock { name, login: l } => {
+            let who = login(config, &mut ledger, l, Role::Admin, "officer.unlock")?;
+            ledger.unlock_officer(name, now, &who)?;
+            println!("officer {name} unlocked");
         }
     }
     Ok(())
@@ -464,7 +494,7 @@ pub(super) fn case(config: &Config, command: &CaseCommand) -> Result<()> {
             }
         }
         CaseCommand::List { login: l } => {
-            login_to_list(config, &mut ledger, l, Role::Officer, "case.list")?;
+            login_and_audit(config, &mut ledger, l, Role::Officer, "case.list")?;
             for c in ledger.cases()? {
                 println!(
                     "{}\t{}\t{}\t{}\topened by {}\tdeadline {}",
@@ -672,7 +702,7 @@ pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
             use crate::compliance::officers::Role;
             // Every refusal so far, this minute's too, is in the log that is read.
             ledger.flush_refusals(SystemClock.now_micros(), true)?;
-            login_to_list(config, &mut ledger, l, Role::Admin, "audit.list")?;
+            login_and_audit(config, &mut ledger, l, Role::Admin, "audit.list")?;
             for e in ledger.entries()? {
                 if *json {
                     let details: serde_json::Value =
@@ -694,7 +724,6 @@ pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
             }
         }
         AuditCommand::Verify => {
-            ledger.flush_refusals(SystemClock.now_micros(), true)?;
             let n = ledger.verify_audit()?;
             println!("audit log intact: {n} entries");
         }

@@ -279,11 +279,40 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Who is acting, for the audit log: the login name until officers exist.
+/// Who is acting, for the audit log, where no officer logs in: the system user this
+/// process runs as, by the account database (not `$USER`, which whoever runs it sets),
+/// or its uid when the database has no name for it.
 fn actor() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    let uid = {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        unsafe { libc::getuid() }
+    };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut entry = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to memory of ours, `buf` with its true length; on
+    // success `found` points to `entry`, whose strings live in `buf`, read below
+    // while both are alive.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            entry.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc == 0 && !found.is_null() {
+        // SAFETY: found is non-null, so getpwuid_r filled `entry`; pw_name is a
+        // NUL-terminated string in `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr((*found).pw_name) };
+        if let Ok(name) = name.to_str()
+            && !name.is_empty()
+        {
+            return name.to_owned();
+        }
+    }
+    format!("uid {uid}")
 }
 
 /// The peer a login from the command line is counted against (see

@@ -80,9 +80,11 @@ struct Stored {
     enabled: bool,
     created_at: Micros,
     created_by: String,
-    failed_logins: i64,
     locked_until: Micros,
 }
+
+/// A login refused, with the reason its audit entry gives.
+struct Refused(OfficerError, &'static str);
 
 /// Failed logins in a row (wrong password or TOTP code) after which an officer is
 /// locked out, and for how long.
@@ -312,23 +314,18 @@ impl Ledger {
             self.count_refusal(at, refusals::LOGIN, peer, actor, action, "rate-limited")?;
             return Err(OfficerError::TooManyAttempts);
         }
-        let result = self.check_credentials(master, who, needed, at);
-        let reason = match &result {
-            Ok(_) => return result,
-            Err(OfficerError::Forbidden { .. }) => {
+        let (result, reason) = match self.check_credentials(master, who, needed, at) {
+            Ok(officer) => return Ok(officer),
+            Err(Refused(e @ OfficerError::Forbidden { .. }, _)) => {
                 self.audit(
                     at,
                     who.name,
                     refusals::LOGIN,
                     serde_json::json!({"for": action, "reason": "role", "peer": peer}),
                 )?;
-                return result;
+                return Err(e);
             }
-            Err(OfficerError::BadCredentials) => "credentials",
-            Err(OfficerError::Disabled) => "disabled",
-            Err(OfficerError::BadTotp) => "totp",
-            Err(OfficerError::Locked { .. }) => "locked",
-            Err(_) => "error",
+            Err(Refused(e, reason)) => (Err(e), reason),
         };
         let actor = if known(self) { who.name } else { "(unknown)" };
         self.count_refusal(at, refusals::LOGIN, peer, actor, action, reason)?;
@@ -337,58 +334,88 @@ impl Ledger {
 
     /// Counts a wrong password or code against a known officer, and locks the officer
     /// out at [`LOCK_AFTER`] in a row (audited). Not while locked: a lock is not
-    /// lengthened by more attempts.
-    fn count_failure(
+    /// lengthened by more attempts. One IMMEDIATE transaction, so that attempts at the
+    /// same time (the API's two logins at once, processes of the command line) each
+    /// count.
+    fn count_failure(&mut self, name: &str, at: Micros) -> Result<(), OfficerError> {
+        let err = sql_err(&self.path);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let failed: Option<i64> = tx
+            .query_row(
+                "UPDATE officer SET failed_logins = failed_logins + 1
+                 WHERE name = ?1 AND locked_until <= ?2 RETURNING failed_logins",
+                params![name, at],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        if let Some(failed) = failed.filter(|n| *n >= LOCK_AFTER) {
+            let until = at + LOCK_FOR_MICROS;
+            tx.execute(
+                "UPDATE officer SET failed_logins = 0, locked_until = ?1 WHERE name = ?2",
+                params![until, name],
+            )
+            .map_err(err)?;
+            Ledger::append(
+                &tx,
+                at,
+                name,
+                "officer.locked",
+                &serde_json::json!({"officer": name, "until": crate::export::rfc3339(until), "failed_logins": failed}),
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(())
+    }
+
+    /// Lifts an officer's lockout before its time (an admin's act, audited).
+    pub fn unlock_officer(
         &mut self,
         name: &str,
-        stored: &Stored,
         at: Micros,
+        actor: &str,
     ) -> Result<(), OfficerError> {
-        if stored.locked_until > at {
-            return Ok(());
-        }
         let err = sql_err(&self.path);
-        let failed = stored.failed_logins + 1;
-        if failed < LOCK_AFTER {
-            self.conn
-                .execute(
-                    "UPDATE officer SET failed_logins = ?1 WHERE name = ?2",
-                    params![failed, name],
-                )
-                .map_err(err)?;
-            return Ok(());
-        }
-        let until = at + LOCK_FOR_MICROS;
         let tx = self.conn.transaction().map_err(err)?;
-        tx.execute(
-            "UPDATE officer SET failed_logins = 0, locked_until = ?1 WHERE name = ?2",
-            params![until, name],
-        )
-        .map_err(err)?;
+        let n = tx
+            .execute(
+                "UPDATE officer SET locked_until = 0, failed_logins = 0 WHERE name = ?1",
+                [name],
+            )
+            .map_err(err)?;
+        if n == 0 {
+            return Err(OfficerError::Unknown(name.to_owned()));
+        }
         Ledger::append(
             &tx,
             at,
-            name,
-            "officer.locked",
-            &serde_json::json!({"officer": name, "until": crate::export::rfc3339(until), "failed_logins": failed}),
+            actor,
+            "officer.unlock",
+            &serde_json::json!({"officer": name}),
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(())
     }
 
+    /// The officer, or why not, with the reason the audit log gives.
     fn check_credentials(
         &mut self,
         master: &MasterKey,
         who: Credentials<'_>,
         needed: Role,
         at: Micros,
-    ) -> Result<Officer, OfficerError> {
-        let err = sql_err(&self.path);
+    ) -> Result<Officer, Refused> {
+        let path = self.path.clone();
+        let err = |e| Refused(sql_err(&path)(e).into(), "error");
         let row: Option<Stored> = self
             .conn
             .query_row(
-                "SELECT role, password, totp, totp_last_step, enabled, created_at, created_by, failed_logins, locked_until FROM officer WHERE name = ?1",
+                "SELECT role, password, totp, totp_last_step, enabled, created_at, created_by, locked_until FROM officer WHERE name = ?1",
                 [who.name],
                 |r| {
                     Ok(Stored {
@@ -399,8 +426,7 @@ impl Ledger {
                         enabled: r.get::<_, i64>(4)? != 0,
                         created_at: r.get(5)?,
                         created_by: r.get(6)?,
-                        failed_logins: r.get(7)?,
-                        locked_until: r.get(8)?,
+                        locked_until: r.get(7)?,
                     })
                 },
             )
@@ -409,47 +435,65 @@ impl Ledger {
         let Some(stored) = row else {
             // Spend the same time as for a wrong password.
             let _ = password_matches(who.password, UNKNOWN_OFFICER_HASH);
-            return Err(OfficerError::BadCredentials);
+            return Err(Refused(OfficerError::BadCredentials, "credentials"));
+        };
+        let count = |l: &mut Ledger, e, reason| match l.count_failure(who.name, at) {
+            Ok(()) => Refused(e, reason),
+            Err(e) => Refused(e, "error"),
         };
         if !password_matches(who.password, &stored.hash) {
-            self.count_failure(who.name, &stored, at)?;
-            return Err(OfficerError::BadCredentials);
+            return Err(count(self, OfficerError::BadCredentials, "credentials"));
         }
-        if stored.locked_until > at {
-            return Err(OfficerError::Locked {
-                until: crate::export::rfc3339(stored.locked_until),
-            });
-        }
-        if !stored.enabled {
-            return Err(OfficerError::Disabled);
-        }
-        let role = Role::parse(&stored.role).unwrap_or(Role::Officer);
-        if let Some(code) = who.totp {
-            let seed = master.open_secret(&totp_context(who.name), &stored.sealed_totp)?;
-            let Some(step) = totp::matching_step(&seed, code, at.div_euclid(1_000_000))
-                .filter(|s| *s > stored.last_step)
-            else {
-                self.count_failure(who.name, &stored, at)?;
-                return Err(OfficerError::BadTotp);
-            };
-            self.conn
+        let totp_step = |code: &str| -> Result<Option<i64>, Refused> {
+            let seed = master
+                .open_secret(&totp_context(who.name), &stored.sealed_totp)
+                .map_err(|e| Refused(e.into(), "error"))?;
+            Ok(totp::matching_step(&seed, code, at.div_euclid(1_000_000))
+                .filter(|s| *s > stored.last_step))
+        };
+        let use_step = |l: &mut Ledger, step: i64| {
+            l.conn
                 .execute(
                     "UPDATE officer SET totp_last_step = ?1, failed_logins = 0 WHERE name = ?2",
                     params![step, who.name],
                 )
-                .map_err(err)?;
-        } else if stored.failed_logins > 0 {
-            self.conn
-                .execute(
-                    "UPDATE officer SET failed_logins = 0 WHERE name = ?1",
-                    [who.name],
-                )
-                .map_err(err)?;
+                .map(|_| ())
+        };
+        if stored.locked_until > at {
+            // Only a right password and a right code learn of the lock; anything less
+            // reads as wrong credentials, so that a lock is no oracle for passwords.
+            if let Some(code) = who.totp
+                && let Some(step) = totp_step(code)?
+            {
+                use_step(self, step).map_err(err)?;
+                return Err(Refused(
+                    OfficerError::Locked {
+                        until: crate::export::rfc3339(stored.locked_until),
+                    },
+                    "locked",
+                ));
+            }
+            return Err(Refused(OfficerError::BadCredentials, "locked"));
+        }
+        if !stored.enabled {
+            return Err(Refused(OfficerError::Disabled, "disabled"));
+        }
+        let role = Role::parse(&stored.role).unwrap_or(Role::Officer);
+        // Only a login with both factors clears the count of failures: a password alone
+        // (opening a case) must not reset the guesses at a code.
+        if let Some(code) = who.totp {
+            let Some(step) = totp_step(code)? else {
+                return Err(count(self, OfficerError::BadTotp, "totp"));
+            };
+            use_step(self, step).map_err(err)?;
         }
         if !role.allows(needed) {
-            return Err(OfficerError::Forbidden {
-                needed: needed.as_str(),
-            });
+            return Err(Refused(
+                OfficerError::Forbidden {
+                    needed: needed.as_str(),
+                },
+                "role",
+            ));
         }
         Ok(Officer {
             name: who.name.to_owned(),
@@ -710,9 +754,10 @@ mod tests {
     }
 
     /// [`LOCK_AFTER`] wrong passwords or codes in a row lock an officer out (audited
-    /// once) for [`LOCK_FOR_MICROS`], the right password and code included; a wrong
-    /// password meanwhile reads as any wrong password, and does not lengthen the lock.
-    /// A success resets the count.
+    /// once) for [`LOCK_FOR_MICROS`]. Meanwhile anything short of the right password
+    /// and a right code reads as wrong credentials (no oracle for guessing either), and
+    /// does not lengthen the lock; an admin may lift it. Only a login with both factors
+    /// resets the count: a password alone (opening a case) does not.
     #[test]
     fn repeated_failures_lock_an_officer_out_for_a_while() {
         let (_dir, mut l, master) = setup();
@@ -724,53 +769,62 @@ mod tests {
         let seed = seed_of(&e.otpauth_uri);
         // Each from a peer of its own: the per-peer limit is not what is tested here.
         let peer = |i: i64| format!("192.0.2.{i}");
-        // Four failures, a success: the count starts again.
+        let locks = |l: &Ledger| {
+            l.entries()
+                .unwrap()
+                .iter()
+                .filter(|e| e.action == "officer.locked")
+                .count()
+        };
+        // Four failures, a login with both factors: the count starts again.
         for i in 0..LOCK_AFTER - 1 {
             assert!(login(&mut l, &master, "wrong", None, t + i, &peer(i)).is_err());
         }
-        login(&mut l, &master, pw, None, t + 10, &peer(10)).unwrap();
+        let code = code_at(&seed, t + 10);
+        login(&mut l, &master, pw, Some(&code), t + 10, &peer(10)).unwrap();
+        // Four more, a password alone: the count goes on, and the fifth locks.
         for i in 0..LOCK_AFTER - 1 {
             assert!(login(&mut l, &master, "wrong", None, t + 20 + i, &peer(i)).is_err());
         }
-        assert!(
-            !l.entries()
-                .unwrap()
-                .iter()
-                .any(|e| e.action == "officer.locked")
-        );
-        // The fifth in a row, a wrong TOTP code: locked.
+        login(&mut l, &master, pw, None, t + 29, &peer(29)).unwrap();
+        assert_eq!(locks(&l), 0);
         let at = t + 30;
         assert!(matches!(
             login(&mut l, &master, pw, Some("000000"), at, &peer(30)),
             Err(OfficerError::BadTotp)
         ));
-        let code = code_at(&seed, at);
-        assert!(matches!(
-            login(&mut l, &master, pw, Some(&code), at + 1, &peer(31)),
-            Err(OfficerError::Locked { .. })
-        ));
-        for i in 0..LOCK_AFTER * 2 {
+        assert_eq!(locks(&l), 1);
+        // Locked: wrong password, right password without a code, right password with a
+        // wrong code all read as wrong credentials; only both right say "locked".
+        for (i, (password, totp)) in [("wrong", None), (pw, None), (pw, Some("000000"))]
+            .into_iter()
+            .cycle()
+            .take(3 * LOCK_AFTER as usize)
+            .enumerate()
+        {
             assert!(matches!(
-                login(&mut l, &master, "wrong", None, at + 2 + i, &peer(40 + i)),
+                login(
+                    &mut l,
+                    &master,
+                    password,
+                    totp,
+                    at + 2 + i as i64,
+                    &peer(40 + i as i64)
+                ),
                 Err(OfficerError::BadCredentials)
             ));
         }
-        let locked: Vec<_> = l
-            .entries()
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.action == "officer.locked")
-            .collect();
-        assert_eq!(locked.len(), 1, "{locked:?}");
-        assert!(
-            locked[0].details.contains("\"failed_logins\":5"),
-            "{}",
-            locked[0].details
-        );
+        let code = code_at(&seed, at + 60_000_000);
+        assert!(matches!(
+            login(&mut l, &master, pw, Some(&code), at + 60_000_000, &peer(31)),
+            Err(OfficerError::Locked { .. })
+        ));
+        assert_eq!(locks(&l), 1, "more attempts do not lock again");
         // Still locked just before the end; not after.
         let end = at + LOCK_FOR_MICROS;
+        let code = code_at(&seed, end - 1);
         assert!(matches!(
-            login(&mut l, &master, pw, None, end - 1, &peer(60)),
+            login(&mut l, &master, pw, Some(&code), end - 1, &peer(60)),
             Err(OfficerError::Locked { .. })
         ));
         let code = code_at(&seed, end + 60_000_000);
@@ -783,6 +837,33 @@ mod tests {
             &peer(61),
         )
         .unwrap();
+        // Locked again, and lifted by an admin (audited).
+        let later = end + 120_000_000;
+        for i in 0..LOCK_AFTER {
+            assert!(login(&mut l, &master, "wrong", None, later + i, &peer(70 + i)).is_err());
+        }
+        assert_eq!(locks(&l), 2);
+        l.unlock_officer("anna", later + 10, "root").unwrap();
+        let code = code_at(&seed, later + 60_000_000);
+        login(
+            &mut l,
+            &master,
+            pw,
+            Some(&code),
+            later + 60_000_000,
+            &peer(80),
+        )
+        .unwrap();
+        assert!(
+            l.entries()
+                .unwrap()
+                .iter()
+                .any(|e| e.action == "officer.unlock")
+        );
+        assert!(matches!(
+            l.unlock_officer("nobody", later, "root"),
+            Err(OfficerError::Unknown(_))
+        ));
     }
 
     /// A peer past [`refusals::LOGINS_PER_MINUTE`] refused logins in a minute is turned

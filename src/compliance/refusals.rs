@@ -5,10 +5,16 @@
 //!
 //! A refusal is counted in the ledger's `refusal` table (outside the chain), in the row
 //! of its kind, peer and minute. The row becomes one audit entry once its minute is
-//! over, at the next write to the ledger or `serve`'s minute timer, or at once when the
-//! log is read (`audit list`, `audit verify`, the API's audit routes), so that a reader
-//! always sees every refusal so far. Peers are the client's IP address for the API and
-//! `local:USER` for the command line.
+//! over, at the next write to the ledger or `serve`'s minute timer. When the log is
+//! listed (`audit list`, the API's audit list) within the minute, what the row holds
+//! so far is written then, so that a reader sees every refusal; the row keeps its
+//! count (the limit goes on), and the rest of the minute is one more entry.
+//!
+//! Peers are the client's address for the API (IPv6 by its /64, which one host may
+//! hold whole) and `local:USER` for the command line (the user the process runs as,
+//! not `$USER`). Past [`MAX_PEERS`] in a minute, further peers share one row and one
+//! limit, so that the log grows by at most about `2 × (MAX_PEERS + 1)` entries a
+//! minute whatever a flood does.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -28,8 +34,11 @@ pub const LOGINS_PER_MINUTE: i64 = 10;
 /// Unauthenticated API calls a peer may make in a minute before it gets 429.
 pub const UNAUTHENTICATED_PER_MINUTE: i64 = 60;
 /// Peers counted apart per kind and minute; refusals from any more are counted under
-/// [`OTHER_PEERS`], so that addresses in their thousands make one row, not thousands.
-pub const MAX_PEERS: i64 = 1024;
+/// [`OTHER_PEERS`] (one row and one limit for them all), so that addresses in their
+/// thousands make one row, not thousands.
+pub const MAX_PEERS: i64 = 256;
+/// The longest peer kept: longer ones are cut (an IPv6 /64 is at most 24 characters).
+const MAX_PEER_LEN: usize = 64;
 pub const OTHER_PEERS: &str = "(other peers)";
 /// Distinct names kept per map of a row's summary (actors, reasons, calls); more are
 /// counted under `(more)`.
@@ -44,7 +53,7 @@ impl Ledger {
     /// when it exists (otherwise `(unknown)`), `call` what was tried (the action a
     /// login was for, or an API call's method and route), `reason` why it was refused.
     /// Returns the refusals of that kind the peer has had in this minute, this one
-    /// included.
+    /// included (for a peer past [`MAX_PEERS`], those of all such peers).
     pub fn count_refusal(
         &mut self,
         at: Micros,
@@ -57,74 +66,74 @@ impl Ledger {
         self.flush_refusals(at, false)?;
         let err = sql_err(&self.path);
         let minute = minute_of(at);
-        let tx = self.conn.transaction().map_err(err)?;
-        let mut peer = peer;
-        let row = |peer: &str| {
-            tx.query_row(
-                "SELECT count, summary FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
+        // IMMEDIATE: the row is read and written back whole; two processes (or two
+        // blocking threads) counting at once wait their turn instead of failing.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let peer = row_peer(&tx, kind, peer, minute).map_err(err)?;
+        let found: Option<String> = tx
+            .query_row(
+                "SELECT summary FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
                 params![kind, peer, minute],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                |r| r.get(0),
             )
             .optional()
-        };
-        let mut found = row(peer).map_err(err)?;
-        if found.is_none() {
-            let peers: i64 = tx
-                .query_row(
-                    "SELECT count(*) FROM refusal WHERE kind = ?1 AND minute = ?2",
-                    params![kind, minute],
-                    |r| r.get(0),
-                )
-                .map_err(err)?;
-            if peers >= MAX_PEERS {
-                peer = OTHER_PEERS;
-                found = row(peer).map_err(err)?;
-            }
-        }
-        let (count, summary) = found.unwrap_or_default();
-        let mut summary: serde_json::Value =
-            serde_json::from_str(&summary).unwrap_or_else(|_| serde_json::json!({}));
+            .map_err(err)?;
+        let mut summary: serde_json::Value = found
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
         for (map, key) in [("actors", actor), ("calls", call), ("reasons", reason)] {
             bump(&mut summary[map], key);
         }
-        let count = count + 1;
-        tx.execute(
-            "INSERT INTO refusal (kind, peer, minute, count, first_at, last_at, summary)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
-             ON CONFLICT (kind, peer, minute) DO UPDATE SET count = ?4, last_at = ?5, summary = ?6",
-            params![kind, peer, minute, count, at, summary.to_string()],
-        )
-        .map_err(err)?;
+        let count: i64 = tx
+            .query_row(
+                "INSERT INTO refusal (kind, peer, minute, count, written, first_at, last_at, summary)
+                 VALUES (?1, ?2, ?3, 1, 0, ?4, ?4, ?5)
+                 ON CONFLICT (kind, peer, minute)
+                 DO UPDATE SET count = count + 1, last_at = ?4, summary = ?5
+                 RETURNING count",
+                params![kind, peer, minute, at, summary.to_string()],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(count)
     }
 
-    /// The refusals of `kind` from `peer` in the minute of `at` so far.
+    /// The refusals of `kind` from `peer` in the minute of `at` so far (for a peer
+    /// past [`MAX_PEERS`], those of all such peers).
     pub fn refusals(&self, at: Micros, kind: &str, peer: &str) -> Result<i64, LedgerError> {
+        let err = sql_err(&self.path);
+        let minute = minute_of(at);
+        let peer = row_peer(&self.conn, kind, peer, minute).map_err(err)?;
         let count: Option<i64> = self
             .conn
             .query_row(
                 "SELECT count FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
-                params![kind, peer, minute_of(at)],
+                params![kind, peer, minute],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(sql_err(&self.path))?;
+            .map_err(err)?;
         Ok(count.unwrap_or(0))
     }
 
-    /// Writes the coalesced refusals of the minutes before `at`'s (every minute's, with
-    /// `all`) to the audit log, one entry per kind, peer and minute, and forgets them.
-    /// Returns how many entries it wrote.
-    pub fn flush_refusals(&mut self, at: Micros, all: bool) -> Result<usize, LedgerError> {
+    /// Writes the coalesced refusals of the minutes before `at`'s to the audit log, one
+    /// entry per kind, peer and minute, and forgets them; with `listing`, also what the
+    /// current minute's rows hold so far (they keep their counts, for the limits, and
+    /// write only what comes after). Returns how many entries it wrote.
+    pub fn flush_refusals(&mut self, at: Micros, listing: bool) -> Result<usize, LedgerError> {
         let err = sql_err(&self.path);
-        let before = if all { i64::MAX } else { minute_of(at) };
+        let current = minute_of(at);
+        let upto = if listing { current + 1 } else { current };
         // Nothing to do, nearly always: one indexed probe before a transaction.
         let any: Option<i64> = self
             .conn
             .query_row(
-                "SELECT 1 FROM refusal WHERE minute < ?1 LIMIT 1",
-                [before],
+                "SELECT 1 FROM refusal WHERE minute < ?1 AND count > written LIMIT 1",
+                [upto],
                 |r| r.get(0),
             )
             .optional()
@@ -132,15 +141,19 @@ impl Ledger {
         if any.is_none() {
             return Ok(0);
         }
-        let tx = self.conn.transaction().map_err(err)?;
-        let rows: Vec<(String, String, i64, i64, i64, i64, String)> = {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        type Row = (String, String, i64, i64, i64, i64, i64, String);
+        let rows: Vec<Row> = {
             let mut stmt = tx
                 .prepare(
-                    "SELECT kind, peer, minute, count, first_at, last_at, summary FROM refusal
-                     WHERE minute < ?1 ORDER BY minute, kind, peer",
+                    "SELECT kind, peer, minute, count, written, first_at, last_at, summary FROM refusal
+                     WHERE minute < ?1 AND count > written ORDER BY minute, kind, peer",
                 )
                 .map_err(err)?;
-            stmt.query_map([before], |r| {
+            stmt.query_map([upto], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -149,13 +162,14 @@ impl Ledger {
                     r.get(4)?,
                     r.get(5)?,
                     r.get(6)?,
+                    r.get(7)?,
                 ))
             })
             .map_err(err)?
             .collect::<Result<_, _>>()
             .map_err(err)?
         };
-        for (kind, peer, minute, count, first_at, last_at, summary) in &rows {
+        for (kind, peer, minute, count, written, first_at, last_at, summary) in &rows {
             let summary: serde_json::Value =
                 serde_json::from_str(summary).unwrap_or_else(|_| serde_json::json!({}));
             // One officer named: that officer; several, or only unknown names: as is.
@@ -167,7 +181,7 @@ impl Ledger {
             let details = serde_json::json!({
                 "peer": peer,
                 "minute": crate::export::rfc3339(minute * 60_000_000),
-                "count": count,
+                "count": count - written,
                 "first": crate::export::rfc3339(*first_at),
                 "last": crate::export::rfc3339(*last_at),
                 "actors": summary["actors"],
@@ -176,11 +190,55 @@ impl Ledger {
             });
             Ledger::append(&tx, at, &actor, kind, &details).map_err(err)?;
         }
-        tx.execute("DELETE FROM refusal WHERE minute < ?1", [before])
+        tx.execute("DELETE FROM refusal WHERE minute < ?1", [current])
             .map_err(err)?;
+        // The current minute's rows, written so far: their counts stay for the limits.
+        tx.execute(
+            "UPDATE refusal SET written = count, summary = '{}', first_at = last_at
+             WHERE minute = ?1 AND count > written",
+            [current],
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(rows.len())
     }
+}
+
+/// The row a refusal from `peer` is counted in: its own (cut to [`MAX_PEER_LEN`]),
+/// unless it has none yet and [`MAX_PEERS`] peers have rows of this kind and minute
+/// already, then [`OTHER_PEERS`].
+fn row_peer(
+    conn: &rusqlite::Connection,
+    kind: &str,
+    peer: &str,
+    minute: i64,
+) -> rusqlite::Result<String> {
+    let mut end = peer.len().min(MAX_PEER_LEN);
+    while !peer.is_char_boundary(end) {
+        end -= 1;
+    }
+    let peer = &peer[..end];
+    let own: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
+            params![kind, peer, minute],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if own.is_some() {
+        return Ok(peer.to_owned());
+    }
+    let peers: i64 = conn.query_row(
+        "SELECT count(*) FROM refusal WHERE kind = ?1 AND minute = ?2 AND peer != ?3",
+        params![kind, minute, OTHER_PEERS],
+        |r| r.get(0),
+    )?;
+    Ok(if peers >= MAX_PEERS {
+        OTHER_PEERS
+    } else {
+        peer
+    }
+    .to_owned())
 }
 
 /// Adds one to `map[key]`, or to `map["(more)"]` once the map holds [`MAX_KEYS`] names.
@@ -257,10 +315,23 @@ mod tests {
         );
         assert_eq!(d["calls"], serde_json::json!({"session.login": 500}));
         assert_eq!(entries[1].actor, "(unknown)");
-        // Reading the log writes the current minute's too.
+        // Listing the log writes the current minute's too, and the count goes on: the
+        // rest of the minute is one more entry, with only what came after.
         assert_eq!(l.flush_refusals(t + MIN + 1, true).unwrap(), 1);
         assert_eq!(l.entries().unwrap().len(), 3);
-        assert_eq!(l.refusals(t + MIN, LOGIN, "192.0.2.7").unwrap(), 0);
+        assert_eq!(l.flush_refusals(t + MIN + 2, true).unwrap(), 0);
+        assert_eq!(l.refusals(t + MIN, LOGIN, "192.0.2.7").unwrap(), 1);
+        l.count_refusal(t + MIN + 3, LOGIN, "192.0.2.7", "anna", "case.list", "totp")
+            .unwrap();
+        assert_eq!(l.refusals(t + MIN, LOGIN, "192.0.2.7").unwrap(), 2);
+        l.flush_refusals(t + 2 * MIN, false).unwrap();
+        let entries = l.entries().unwrap();
+        assert_eq!(entries.len(), 4);
+        let d: serde_json::Value = serde_json::from_str(&entries[3].details).unwrap();
+        assert_eq!(
+            (d["count"].as_i64(), d["calls"]["case.list"].as_i64()),
+            (Some(1), Some(1))
+        );
         l.verify_audit().unwrap();
     }
 
@@ -289,6 +360,12 @@ mod tests {
             .unwrap();
         assert_eq!(rows, MAX_PEERS + 1);
         assert_eq!(l.refusals(t, UNAUTHENTICATED, OTHER_PEERS).unwrap(), 300);
+        // A peer past the limit is held to the shared row's count, not to its own none.
+        assert_eq!(
+            l.refusals(t, UNAUTHENTICATED, "2001:db8::ffff").unwrap(),
+            300
+        );
+        assert_eq!(l.refusals(t, UNAUTHENTICATED, "2001:db8::1").unwrap(), 1);
         l.flush_refusals(t, true).unwrap();
         let other = l
             .entries()

@@ -184,10 +184,10 @@ pub struct ComplianceConfig {
     /// A case must be approved by an approver other than the officer who opened it.
     /// Off only for a single-officer installation; every change of it is audited.
     pub four_eyes: bool,
-    /// The command line's reads (`query`, `case show/list`, `hold`, `officer
-    /// list/disable`, `audit list`) run without an officer's login, each run audited
-    /// as a single operator's. Off unless an installation run by one person says so;
-    /// every change of it is audited.
+    /// The command line's reads and ledger changes (`query`, `case show/list`, `hold`,
+    /// `officer add/list/disable/unlock`, `audit list`) run without an officer's
+    /// login, each run audited as a single operator's. Off unless an installation run
+    /// by one person says so; every change of it is audited.
     pub single_operator: bool,
 }
 

@@ -1201,8 +1201,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// An outcome written before the SMTP and SMPP columns hashes as it always did:
-    /// the sections for those are only there when one of their fields is.
     /// The signing key is refused when group or others may read it, as the master
     /// key is.
     #[test]
@@ -1222,6 +1220,8 @@ mod tests {
         load_signing_key(&path).unwrap();
     }
 
+    /// An outcome written before the SMTP and SMPP columns hashes as it always did:
+    /// the sections for those are only there when one of their fields is.
     #[test]
     fn an_outcome_without_the_newer_fields_keeps_its_leaf() {
         let mut row = OutcomeRow::bare(7, 70, 1);

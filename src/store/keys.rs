@@ -58,7 +58,7 @@ pub enum KeyError {
     #[error("master key file {path} is malformed: expected 64 hex digits")]
     MasterMalformed { path: PathBuf },
     #[error(
-        "key directory {path} is writable by others (mode {mode:o}): anyone could replace the keys in it; chmod o-w it"
+        "key directory {path} is writable by group or others (mode {mode:o}): they could replace the keys in it; chmod go-w it"
     )]
     DirectoryWritable { path: PathBuf, mode: u32 },
     #[error(
@@ -129,12 +129,16 @@ pub fn create_master_key(path: &Path) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Refuses key directories that others may write to: the directories holding the
-/// master key and the signing key, and the keyring. Whoever can write there can put
-/// keys of their own in place of the installation's (records sealed under a key they
-/// know, heads signed by a key they hold) or move them away.
+/// Refuses key directories that group or others may write to: the directories holding
+/// the master key and the signing key (as the files resolve, through any symbolic
+/// link), and the keyring. Whoever can write there can put keys of their own in place
+/// of the installation's (records sealed under a key they know, heads signed by a key
+/// they hold) or move them away.
 pub fn check_directories(cfg: &crate::config::StoreConfig) -> Result<(), KeyError> {
-    let parent = |p: &Path| p.parent().map(Path::to_owned);
+    let parent = |p: &Path| {
+        let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        real.parent().map(Path::to_owned)
+    };
     let dirs = [
         parent(&cfg.master_key),
         parent(&cfg.signing_key),
@@ -154,7 +158,7 @@ pub fn check_directories(cfg: &crate::config::StoreConfig) -> Result<(), KeyErro
             Err(e) => return Err(io_err(&dir)(e)),
         };
         let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o002 != 0 {
+        if mode & 0o022 != 0 {
             return Err(KeyError::DirectoryWritable { path: dir, mode });
         }
     }
@@ -718,8 +722,8 @@ pub(crate) mod tests {
         ));
     }
 
-    /// A key directory others may write to is refused, whichever of the three it is;
-    /// one not made yet is not.
+    /// A key directory group or others may write to is refused, whichever of the three
+    /// it is; one not made yet is not.
     #[test]
     fn key_directories_others_may_write_to_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -733,14 +737,18 @@ pub(crate) mod tests {
         set(&keys, 0o750);
         set(&keys.join("keyring"), 0o700);
         check_directories(&cfg).unwrap();
-        for (p, mode) in [(keys.clone(), 0o757), (keys.join("keyring"), 0o1777)] {
+        for (p, mode) in [
+            (keys.clone(), 0o757),
+            (keys.clone(), 0o770),
+            (keys.join("keyring"), 0o1777),
+        ] {
             set(&p, mode);
             let err = check_directories(&cfg).unwrap_err();
             assert!(
                 matches!(&err, KeyError::DirectoryWritable { path, .. } if *path == p),
                 "{err}"
             );
-            assert!(err.to_string().contains("chmod o-w"), "{err}");
+            assert!(err.to_string().contains("chmod go-w"), "{err}");
             set(&p, 0o700);
         }
         check_directories(&cfg).unwrap();

@@ -489,6 +489,31 @@ pub fn cli(config: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// [`cli`] for a command expected to stop by itself (`serve` refusing to start): one
+/// still running after `secs` is killed, and the test fails instead of hanging.
+pub fn cli_refused_within(config: &Path, args: &[&str], secs: u64) -> (bool, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relaylog"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{args:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// [`cli`], which must succeed: its output.
 pub fn cli_ok(config: &Path, args: &[&str]) -> String {
     let (ok, text) = cli(config, args);
