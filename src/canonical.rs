@@ -542,11 +542,11 @@ pub fn canonical_raw(input: &str) -> String {
 /// off, capped): this is the value sealed in the record. Returns a raw form when there
 /// is no local part and domain. The blind index is made of [`email_index_form`].
 pub fn normalize_email(input: &str) -> Identifier {
-    // ASCII white space only: a Unicode space may be part of an SMTPUTF8 address.
-    let trimmed = cap(input
-        .trim_ascii()
-        .trim_start_matches('<')
-        .trim_end_matches('>'));
+    // ASCII white space only: a Unicode space may be part of an SMTPUTF8 address. Both
+    // taken off together, and again after the cap, so that normalising is idempotent.
+    let start = |c: char| c.is_ascii_whitespace() || c == '<';
+    let end = |c: char| c.is_ascii_whitespace() || c == '>';
+    let trimmed = cap(input.trim_start_matches(start).trim_end_matches(end)).trim_end_matches(end);
     let form = match trimmed.rsplit_once('@') {
         Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Form::Email,
         _ => Form::Raw,
@@ -574,20 +574,24 @@ pub fn email_index_form(address: &str) -> Cow<'_, str> {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return Cow::Borrowed(address);
     };
-    // The root's dot (`example.com.`) names the same domain.
-    let dotted = domain.strip_suffix('.');
-    let domain = dotted.unwrap_or(domain);
+    // The root's dot (`example.com.`) names the same domain; dots after it, which no
+    // domain has, go too, so that the index form of an index form is itself.
+    let trimmed = domain.trim_end_matches('.');
+    let dotted = trimmed.len() != domain.len();
+    let domain = trimmed;
     let local = unquote(local);
     let clean = domain.is_ascii() && !domain.bytes().any(|b| b.is_ascii_uppercase());
-    if clean && dotted.is_none() && matches!(local, Cow::Borrowed(_)) {
+    if clean && !dotted && matches!(local, Cow::Borrowed(_)) {
         return Cow::Borrowed(address);
     }
     let domain = if domain.is_ascii() {
         domain.to_ascii_lowercase()
     } else {
         // A domain IDNA refuses is folded no further than ASCII (so that no Unicode
-        // case mapping makes two names one).
-        idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
+        // case mapping makes two names one). IDNA maps other full stops (`。`) to dots:
+        // those it leaves at the end go as well.
+        let ascii = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase());
+        ascii.trim_end_matches('.').to_owned()
     };
     Cow::Owned(format!("{local}@{domain}"))
 }
@@ -887,7 +891,53 @@ mod tests {
         assert_eq!(canonical_raw("/ \u{a0}+31 6 12 \u{3000}-"), "+31612");
     }
 
+    /// fuzz/artifacts/stored_values/crash-22dce377bb8632d73b961d3153b9f8ac3654d927:
+    /// white space was trimmed before the angle brackets, so `<\t\t<` kept the tabs
+    /// that the second normalisation then took off.
+    #[test]
+    fn crash_22dce377_email_normalisation_is_idempotent() {
+        for input in ["<\t\t\t\t\t<", " < <a@b.example> > ", "a@b.example>\t>"] {
+            let once = normalize_email(input);
+            assert_eq!(normalize_email(&once.value), once, "{input:?}");
+        }
+        assert_eq!(normalize_email("<\t\t\t\t\t<").value, "");
+        assert_eq!(normalize_email(" < <a@b.example> > ").value, "a@b.example");
+        // Cut at the cap, then trimmed again.
+        let long = format!("{}  x@y.example", "a".repeat(MAX_IDENTIFIER_BYTES - 1));
+        let once = normalize_email(&long);
+        assert_eq!(normalize_email(&once.value), once);
+    }
+
+    /// fuzz/artifacts/stored_values/crash-c2e2b48403fee705ca0b132a5b61d8cca41a1602:
+    /// one trailing dot of a domain was taken off at a time, so the index form of an
+    /// index form differed (and a domain IDNA maps to end in a dot kept it).
+    #[test]
+    fn crash_c2e2b484_the_index_form_of_an_index_form_is_itself() {
+        for address in [
+            "@^^^95^$\u{2e1}4\r......",
+            "a@b.example..",
+            "a@b\u{e9}.example\u{3002}",
+            "a@B.example.",
+        ] {
+            let once = email_index_form(address).into_owned();
+            assert_eq!(email_index_form(&once), once, "{address:?}");
+        }
+        assert_eq!(email_index_form("a@B.Example.."), "a@b.example");
+        assert_eq!(
+            email_index_form("a@b\u{e9}.example\u{3002}"),
+            "a@xn--b-bga.example"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn email_normalisation_is_idempotent(s in "[ \t<>a-zA-Z@.\u{e9}\u{3002}]{0,300}") {
+            let once = normalize_email(&s);
+            prop_assert_eq!(normalize_email(&once.value), once.clone());
+            let indexed = email_index_form(&once.value).into_owned();
+            prop_assert_eq!(email_index_form(&indexed).into_owned(), indexed);
+        }
+
         #[test]
         fn number_normalisation_is_idempotent(s in "[+0-9 ()./A-Za-z\t\n\x0b\u{a0}\u{3000}-]{0,24}") {
             let n = nl();

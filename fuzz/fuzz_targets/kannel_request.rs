@@ -1,5 +1,6 @@
-//! Kannel and Jasmin request parsing: any query, content type and body. The parsers
-//! must never panic, and every message they accept has a recipient and an account.
+//! Kannel and Jasmin request parsing (any query, content type and body) and their
+//! replies' reading: the parsers never panic, and every message they accept has a
+//! recipient and an account.
 #![no_main]
 
 use http::{HeaderMap, HeaderValue, Method};
@@ -49,5 +50,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(!m.recipients.is_empty());
             assert!(!m.account.trim().is_empty());
         }
+        // The same bytes as the gateway's reply (its outcome and message id).
+        let _ = profile.read_outcome(http::StatusCode::ACCEPTED, body);
     }
 });

@@ -1,13 +1,14 @@
 //! What the store reads back from disk, where damage or tampering puts any bytes:
 //! posting lists, sealed payloads, outcome blocks (checked against their columns),
-//! journal segments and frames; and number normalisation, which must be idempotent.
+//! journal segments and frames; and number and e-mail normalisation, which must be
+//! idempotent.
 //! None of them may panic; a block's events lie within its columns.
 #![no_main]
 
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use relaylog::canonical::NumberNormalizer;
+use relaylog::canonical::{NumberNormalizer, email_index_form, normalize_email};
 use relaylog::store::{codec, events, journal, postings};
 
 /// Built once: the region's rules come from phonenumber's metadata.
@@ -34,5 +35,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
         let once = NORMALIZER.normalize(s);
         assert_eq!(NORMALIZER.normalize(&once.value), once);
+        // E-mail addresses too: as sealed, and as indexed.
+        let email = normalize_email(s);
+        assert_eq!(normalize_email(&email.value), email);
+        let indexed = email_index_form(&email.value);
+        assert_eq!(email_index_form(&indexed), indexed);
     }
 });
