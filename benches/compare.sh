@@ -121,7 +121,8 @@ usage() {
         for task in /proc/"$p"/task/*; do
             case "$(cat "$task/comm" 2>/dev/null)" in
                 relaylog-writer|relaylog-journa*|relaylog-checkp*)
-                    w=$((w + $(sed 's/.*) //' "$task/stat" | awk '{print $12 + $13}'))) ;;
+                    # A thread gone meanwhile counts 0.
+                    w=$((w + $(sed 's/.*) //' "$task/stat" 2>/dev/null | awk '{print $12 + $13} END {if (NR == 0) print 0}'))) ;;
             esac
         done
     done
@@ -232,8 +233,9 @@ extra = f"{c['relaylog-durable'] - c['floor']:.1f} µs" if c["relaylog-durable"]
 print(f"CPU per message: durable / nginx {ratio(c['relaylog-durable'], c['nginx'])} (target <= 1.2)   "
       f"floor / nginx {ratio(c['floor'], c['nginx'])}   durable - floor {extra}")
 # What the ratio is made of: the floor proxies and records nothing; nginx proxies and
-# writes a log line; relaylog proxies and records. durable / nginx <= 1.0 needs what
-# relaylog adds to the floor to cost no more than nginx - floor.
+# writes a log line; relaylog proxies and records. CPU per message at nginx's (1.0, which
+# on one core is also nginx's messages/s) needs what relaylog adds to the floor to cost
+# no more than nginx - floor.
 if all(c[k] for k in ("nginx", "nginx-nolog", "floor", "relaylog-durable")):
     print(f"recording against logging: durable - floor {c['relaylog-durable'] - c['floor']:.1f} µs, of which relaylog's store threads "
           f"{store['relaylog-durable']:.1f} µs; nginx - nginx without its log {c['nginx'] - c['nginx-nolog']:.1f} µs; "
