@@ -227,7 +227,7 @@ pub(super) fn init(config: &Config) -> Result<()> {
     let store = &config.store;
     std::fs::create_dir_all(&store.path)
         .with_context(|| format!("cannot create {}", store.path.display()))?;
-    std::fs::create_dir_all(&store.keyring)
+    keys::create_private_dir(&store.keyring)
         .with_context(|| format!("cannot create {}", store.keyring.display()))?;
     crate::store::init_keys(store)?;
     println!(

@@ -71,7 +71,7 @@ pub fn create_signing_key(path: &Path) -> Result<(), SigningKeyError> {
         });
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::store::keys::create_private_dir(dir).map_err(io)?;
     }
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).map_err(|_| {
         SigningKeyError::Malformed {

@@ -103,7 +103,7 @@ pub fn create_master_key(path: &Path) -> Result<(), KeyError> {
         });
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_private_dir(dir).map_err(io_err(dir))?;
     }
     let mut key = [0u8; 32];
     SystemRandom::new()
@@ -127,6 +127,17 @@ pub fn create_master_key(path: &Path) -> Result<(), KeyError> {
     f.write_all(text.as_bytes()).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))?;
     Ok(())
+}
+
+/// Creates a directory for keys, and any missing above it, for the owner alone (0700,
+/// whatever the umask: a umask of 002 would otherwise give group write, which
+/// [`check_directories`] refuses). An existing directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Refuses key directories that group or others may write to: the directories holding
@@ -422,7 +433,7 @@ pub struct Keyring {
 
 impl Keyring {
     pub fn open(dir: &Path, master: MasterKey, params: IndexParams) -> Result<Self, KeyError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_private_dir(dir).map_err(io_err(dir))?;
         Ok(Self {
             dir: dir.to_owned(),
             master,
@@ -720,6 +731,18 @@ pub(crate) mod tests {
             MasterKey::load(&path),
             Err(KeyError::MasterPermissions { .. })
         ));
+    }
+
+    /// Key directories are made for their owner alone, whatever the umask.
+    #[test]
+    fn key_directories_are_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("a/b/master.key");
+        create_master_key(&key).unwrap();
+        for d in [dir.path().join("a"), dir.path().join("a/b")] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", d.display());
+        }
     }
 
     /// A key directory group or others may write to is refused, whichever of the three
