@@ -34,8 +34,9 @@ failed=()
 rows=()
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
-    # Artifacts of earlier runs are not this run's crashes.
-    rm -rf "artifacts/$t"
+    # Artifacts of earlier runs (kept, until they are tests) are not this run's.
+    stamp="target/fuzz-$t.start"
+    touch "$stamp"
     log="target/fuzz-$t.log"
     # -timeout: an input that takes 10 s is a hang; -rss_limit_mb: one that needs 2 GiB
     # is a leak or an unbounded buffer.
@@ -43,7 +44,7 @@ for t in "${targets[@]}"; do
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
         crashes=0
     else
-        crashes=$(find "artifacts/$t" -type f 2>/dev/null | wc -l || true)
+        crashes=$(find "artifacts/$t" -type f -newer "$stamp" 2>/dev/null | wc -l || true)
         [ "$crashes" -gt 0 ] || crashes="? (see fuzz/$log)"
         failed+=("$t")
     fi

@@ -2,21 +2,23 @@
 # Builds the Debian package with cargo-deb, installs it on this machine and checks what
 # it installed: the relaylog user, its directories and keys with their modes, the
 # configuration, the service unit and its `systemd-analyze security` exposure (at most
-# 2.0), then runs `serve` as the service would (that user, that configuration, those
-# writable paths) long enough to relay one message and answer /healthz, and removes
-# the package again (its data and configuration stay, as Debian's `remove` leaves
+# 2.0), then runs `serve` as that user with that configuration (not inside the unit's
+# sandbox, which needs systemd running) long enough to relay one message and answer
+# /healthz, and removes the package again (its data and configuration stay, as Debian's `remove` leaves
 # them; --purge-data purges the package and deletes /var/lib/relaylog and the user).
 #
 #   packaging/test-deb.sh [--purge-data]
 #
-# Needs root (dpkg), cargo-deb (`cargo install cargo-deb --locked`), systemd-analyze
-# and curl; installs a package system-wide: for CI and throwaway machines.
+# Needs root (dpkg), cargo-deb (`cargo install cargo-deb --version 3.8.0 --locked`),
+# systemd-analyze, setpriv and curl; installs a package system-wide, so it refuses a
+# machine where relaylog is installed, its user or /var/lib/relaylog exists, or its
+# ports are taken: for CI and throwaway machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 purge=no
 [ "${1:-}" = --purge-data ] && purge=yes
 [ "$(id -u)" -eq 0 ] || { echo "$0 needs root (it installs a package)" >&2; exit 1; }
-for tool in cargo-deb systemd-analyze curl dpkg; do
+for tool in cargo-deb systemd-analyze curl dpkg setpriv; do
     command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }
 done
 
@@ -27,12 +29,18 @@ expect() { # what path "mode user:group"
     [ "$(mode_owner "$2")" = "$3" ] || fail "$1 $2 is $(mode_owner "$2"), expected $3"
 }
 
-deb=$(cargo deb --locked 2>/dev/null | tail -1)
-[ -f "$deb" ] || fail "cargo deb made no package"
-echo "built $deb ($(du -h "$deb" | cut -f1))"
-dpkg -i "$deb" >/dev/null
+# Never on a machine that runs relaylog: this installs, runs and removes it.
+dpkg -s relaylog >/dev/null 2>&1 && fail "relaylog is installed here already: not on this machine"
+getent passwd relaylog >/dev/null && fail "a relaylog user exists here already: not on this machine"
+[ -e /var/lib/relaylog ] && fail "/var/lib/relaylog exists here already: not on this machine"
+for p in 13080 13090; do
+    (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null && fail "port $p is taken: the packaged configuration listens there"
+done
+
+log=$(mktemp)
+serve_pid=
 cleanup() {
-    pkill -u relaylog -f '/usr/bin/relaylog' 2>/dev/null || true
+    [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
     if [ "$purge" = yes ]; then
         dpkg --purge relaylog >/dev/null 2>&1 || true
         rm -rf /var/lib/relaylog
@@ -40,14 +48,21 @@ cleanup() {
     else
         dpkg -r relaylog >/dev/null 2>&1 || true
     fi
+    rm -f "$log"
 }
 trap cleanup EXIT
+
+deb=$(cargo deb --locked 2>/dev/null | tail -1)
+[ -f "$deb" ] || fail "cargo deb made no package"
+echo "built $deb ($(du -h "$deb" | cut -f1))"
+dpkg -i "$deb" >/dev/null
 
 getent passwd relaylog >/dev/null || fail "no relaylog user"
 [ "$(getent passwd relaylog | cut -d: -f7)" != /bin/bash ] || fail "the relaylog user has a login shell"
 expect binary /usr/bin/relaylog "755 root:root"
+expect "top directory" /var/lib/relaylog "750 root:relaylog"
 expect config /etc/relaylog/relaylog.toml "640 root:relaylog"
-for d in /var/lib/relaylog /var/lib/relaylog/store /var/lib/relaylog/keys /var/lib/relaylog/keys/keyring /var/lib/relaylog/ledger; do
+for d in /var/lib/relaylog/store /var/lib/relaylog/keys /var/lib/relaylog/keys/keyring /var/lib/relaylog/ledger; do
     expect directory "$d" "700 relaylog:relaylog"
 done
 expect "master key" /var/lib/relaylog/keys/master.key "600 relaylog:relaylog"
@@ -62,12 +77,16 @@ key=$(sha256sum /var/lib/relaylog/keys/master.key)
 dpkg-reconfigure relaylog >/dev/null 2>&1 || dpkg -i "$deb" >/dev/null
 [ "$(sha256sum /var/lib/relaylog/keys/master.key)" = "$key" ] || fail "reinstalling replaced the master key"
 
-# serve as the unit runs it: as relaylog, from /var/lib/relaylog.
+# serve as the unit runs it (as relaylog, from /var/lib/relaylog; not under systemd's
+# sandbox, which needs systemd running: the unit's sandbox is scored above, not run).
 runuser -u relaylog -- /usr/bin/relaylog --config /etc/relaylog/relaylog.toml check-config >/dev/null
-(cd /var/lib/relaylog && exec runuser -u relaylog -- /usr/bin/relaylog --config /etc/relaylog/relaylog.toml serve) \
-    >/tmp/relaylog-deb-serve.log 2>&1 &
+cd /var/lib/relaylog
+setpriv --reuid=relaylog --regid=relaylog --init-groups \
+    /usr/bin/relaylog --config /etc/relaylog/relaylog.toml serve >"$log" 2>&1 &
+serve_pid=$!
+cd - >/dev/null
 for _ in $(seq 50); do curl -fsS http://127.0.0.1:13090/healthz >/dev/null 2>&1 && break; sleep 0.2; done
-curl -fsS http://127.0.0.1:13090/healthz >/dev/null || { cat /tmp/relaylog-deb-serve.log >&2; fail "serve did not come up"; }
+curl -fsS http://127.0.0.1:13090/healthz >/dev/null || { cat "$log" >&2; fail "serve did not come up"; }
 status=$(curl -s -o /dev/null -w '%{http_code}' \
     'http://127.0.0.1:13080/cgi-bin/sendsms?username=deb&password=test&to=%2B31612345678&text=hi')
 [ "$status" = 202 ] || fail "a message through the installed relay got $status"
@@ -78,7 +97,7 @@ for _ in $(seq 50); do
     sleep 0.2
 done
 [ "$recorded" = yes ] || fail "the message was not recorded"
-pkill -TERM -u relaylog -f '/usr/bin/relaylog' || true
-wait || true
-rm -f /tmp/relaylog-deb-serve.log
+kill -TERM "$serve_pid"
+wait "$serve_pid" || fail "serve did not stop cleanly on SIGTERM"
+serve_pid=
 echo "test-deb: ok"

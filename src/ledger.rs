@@ -106,8 +106,9 @@ CREATE INDEX IF NOT EXISTS refusal_minute ON refusal (minute);
 ";
 
 /// The ledger's schema version (`PRAGMA user_version`). 1: the officer's lockout
-/// columns, which ledgers made before it lack.
-const SCHEMA_VERSION: i64 = 1;
+/// columns, which ledgers made before it lack. 2: `refusal.written` (the table holds
+/// only the current minute's counts: one without the column is made again).
+const SCHEMA_VERSION: i64 = 2;
 
 /// Brings a ledger made by an older build to [`SCHEMA_VERSION`], in an IMMEDIATE
 /// transaction (two processes opening the same old ledger take turns; the second finds
@@ -130,6 +131,17 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
                 "ALTER TABLE officer ADD COLUMN failed_logins INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE officer ADD COLUMN locked_until INTEGER NOT NULL DEFAULT 0;",
             )?;
+        }
+    }
+    if version(&tx)? < 2 {
+        let has_written: i64 = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('refusal') WHERE name = 'written'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_written == 0 {
+            tx.execute_batch("DROP TABLE IF EXISTS refusal;")?;
+            tx.execute_batch(DDL)?;
         }
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -268,7 +280,10 @@ impl Ledger {
         if let Err(e) = self.flush_refusals(at, false) {
             tracing::warn!(error = %e, "refusals not yet written to the audit log");
         }
-        let tx = self.conn.transaction().map_err(sql_err(&self.path))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_err(&self.path))?;
         let seq = Self::append(&tx, at, actor, action, &details).map_err(sql_err(&self.path))?;
         tx.commit().map_err(sql_err(&self.path))?;
         Ok(seq)
@@ -283,7 +298,10 @@ impl Ledger {
             return Err(LedgerError::EmptyWindow);
         }
         let err = sql_err(&self.path);
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         tx.execute(
             "INSERT INTO hold (case_ref, since_us, until_us, reason, placed_at, placed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![hold.case, hold.since, hold.until, hold.reason, hold.placed_at, hold.placed_by],
@@ -297,7 +315,10 @@ impl Ledger {
     /// Releases every hold of a case, audited. Returns how many were released.
     pub fn release(&mut self, case: &str, at: Micros, actor: &str) -> Result<usize, LedgerError> {
         let err = sql_err(&self.path);
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         let n = tx
             .execute("DELETE FROM hold WHERE case_ref = ?1", [case])
             .map_err(err)?;
@@ -468,8 +489,23 @@ mod tests {
         )
         .unwrap();
         drop(old);
+        // And a refusal table made before its `written` column (one build had it).
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE refusal (kind TEXT NOT NULL, peer TEXT NOT NULL, minute INTEGER NOT NULL,
+                 count INTEGER NOT NULL, first_at INTEGER NOT NULL, last_at INTEGER NOT NULL,
+                 summary TEXT NOT NULL, PRIMARY KEY (kind, peer, minute));",
+        )
+        .unwrap();
+        drop(old);
         for _ in 0..2 {
-            let l = Ledger::open(&path).unwrap();
+            let mut l = Ledger::open(&path).unwrap();
+            assert_eq!(
+                l.count_refusal(60_000_000, "auth.failure", "192.0.2.1", "anna", "x", "y")
+                    .unwrap(),
+                1
+            );
+            l.conn.execute("DELETE FROM refusal", []).unwrap();
             let (failed, locked, version): (i64, i64, i64) = l
                 .conn
                 .query_row(

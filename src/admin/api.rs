@@ -512,15 +512,13 @@ impl FromRequestParts<Arc<Api>> for Authed {
             };
             // Counted, and audited one entry per peer and minute (compliance::refusals);
             // a peer past its limit is told to slow down.
-            let n = ledger.count_refusal(
+            ledger.count_refusal(now, refusals::UNAUTHENTICATED, &from, &actor, &call, reason)?;
+            if ledger.over_limit(
                 now,
                 refusals::UNAUTHENTICATED,
                 &from,
-                &actor,
-                &call,
-                reason,
-            )?;
-            if n > refusals::UNAUTHENTICATED_PER_MINUTE {
+                refusals::UNAUTHENTICATED_PER_MINUTE + 1,
+            )? {
                 return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "too many calls without a live session from here: try again in a minute",

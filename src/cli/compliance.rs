@@ -700,9 +700,9 @@ pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
     match command {
         AuditCommand::List { json, login: l } => {
             use crate::compliance::officers::Role;
+            login_and_audit(config, &mut ledger, l, Role::Admin, "audit.list")?;
             // Every refusal so far, this minute's too, is in the log that is read.
             ledger.flush_refusals(SystemClock.now_micros(), true)?;
-            login_and_audit(config, &mut ledger, l, Role::Admin, "audit.list")?;
             for e in ledger.entries()? {
                 if *json {
                     let details: serde_json::Value =

@@ -347,7 +347,10 @@ impl Ledger {
             .collect();
         let tags_json = serde_json::to_string(&tags).unwrap_or_default();
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(db(&path))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db(&path))?;
         let duplicate: Option<i64> = tx
             .query_row(
                 "SELECT id FROM cases WHERE country = ?1 AND organisation = ?2 AND request_number = ?3",
@@ -533,7 +536,10 @@ impl Ledger {
             return Err(refusal);
         }
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(db(&path))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db(&path))?;
         tx.execute(
             "UPDATE cases SET state = ?1, decided_by = ?2, decided_at = ?3, decision_note = ?4 WHERE id = ?5",
             params![if approve { "approved" } else { "rejected" }, approver.name, at, note, id],
@@ -562,7 +568,10 @@ impl Ledger {
             });
         }
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(db(&path))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db(&path))?;
         tx.execute(
             "UPDATE cases SET state = 'closed', closed_at = ?1 WHERE id = ?2",
             params![at, id],

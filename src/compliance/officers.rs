@@ -200,7 +200,10 @@ impl Ledger {
         let sealed = master.seal_secret(&totp_context(name), &seed)?;
         let hash = hash_password(password)?;
         let err = sql_err(&self.path);
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         let exists: Option<i64> = tx
             .query_row("SELECT 1 FROM officer WHERE name = ?1", [name], |r| {
                 r.get(0)
@@ -266,7 +269,10 @@ impl Ledger {
         actor: &str,
     ) -> Result<(), OfficerError> {
         let err = sql_err(&self.path);
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         let n = tx
             .execute("UPDATE officer SET enabled = 0 WHERE name = ?1", [name])
             .map_err(err)?;
@@ -309,7 +315,7 @@ impl Ledger {
                 .map(|o| o.iter().any(|o| o.name == who.name))
                 .unwrap_or(false)
         };
-        if self.refusals(at, refusals::LOGIN, peer)? >= refusals::LOGINS_PER_MINUTE {
+        if self.over_limit(at, refusals::LOGIN, peer, refusals::LOGINS_PER_MINUTE)? {
             let actor = if known(self) { who.name } else { "(unknown)" };
             self.count_refusal(at, refusals::LOGIN, peer, actor, action, "rate-limited")?;
             return Err(OfficerError::TooManyAttempts);
@@ -380,7 +386,10 @@ impl Ledger {
         actor: &str,
     ) -> Result<(), OfficerError> {
         let err = sql_err(&self.path);
-        let tx = self.conn.transaction().map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
         let n = tx
             .execute(
                 "UPDATE officer SET locked_until = 0, failed_logins = 0 WHERE name = ?1",
@@ -451,13 +460,14 @@ impl Ledger {
             Ok(totp::matching_step(&seed, code, at.div_euclid(1_000_000))
                 .filter(|s| *s > stored.last_step))
         };
+        // Spends the code's step, unless a login at the same time spent it first: then
+        // it is a replay.
         let use_step = |l: &mut Ledger, step: i64| {
-            l.conn
-                .execute(
-                    "UPDATE officer SET totp_last_step = ?1, failed_logins = 0 WHERE name = ?2",
-                    params![step, who.name],
-                )
-                .map(|_| ())
+            l.conn.execute(
+                "UPDATE officer SET totp_last_step = ?1, failed_logins = 0
+                 WHERE name = ?2 AND totp_last_step < ?1",
+                params![step, who.name],
+            )
         };
         if stored.locked_until > at {
             // Only a right password and a right code learn of the lock; anything less
@@ -465,7 +475,9 @@ impl Ledger {
             if let Some(code) = who.totp
                 && let Some(step) = totp_step(code)?
             {
-                use_step(self, step).map_err(err)?;
+                if use_step(self, step).map_err(err)? == 0 {
+                    return Err(Refused(OfficerError::BadCredentials, "locked"));
+                }
                 return Err(Refused(
                     OfficerError::Locked {
                         until: crate::export::rfc3339(stored.locked_until),
@@ -485,7 +497,9 @@ impl Ledger {
             let Some(step) = totp_step(code)? else {
                 return Err(count(self, OfficerError::BadTotp, "totp"));
             };
-            use_step(self, step).map_err(err)?;
+            if use_step(self, step).map_err(err)? == 0 {
+                return Err(count(self, OfficerError::BadTotp, "totp"));
+            }
         }
         if !role.allows(needed) {
             return Err(Refused(

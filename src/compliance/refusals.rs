@@ -34,9 +34,16 @@ pub const LOGINS_PER_MINUTE: i64 = 10;
 /// Unauthenticated API calls a peer may make in a minute before it gets 429.
 pub const UNAUTHENTICATED_PER_MINUTE: i64 = 60;
 /// Peers counted apart per kind and minute; refusals from any more are counted under
-/// [`OTHER_PEERS`] (one row and one limit for them all), so that addresses in their
-/// thousands make one row, not thousands.
+/// [`OTHER_PEERS`] (one row for them all, held to [`OTHER_PEERS_FACTOR`] times a peer's
+/// limit), so that addresses in their thousands make one row, not thousands. The
+/// command line's peers (`local:`) always have rows of their own: a flood from the
+/// network never turns the console away.
 pub const MAX_PEERS: i64 = 256;
+/// How many times one peer's limit the peers past [`MAX_PEERS`] share. A flood from
+/// that many addresses can still turn other new addresses away for the rest of its
+/// minute (not those already counted, nor the console): the price of a bound on the
+/// log and on guessing from many addresses.
+pub const OTHER_PEERS_FACTOR: i64 = 10;
 /// The longest peer kept: longer ones are cut (an IPv6 /64 is at most 24 characters).
 const MAX_PEER_LEN: usize = 64;
 pub const OTHER_PEERS: &str = "(other peers)";
@@ -92,7 +99,8 @@ impl Ledger {
                 "INSERT INTO refusal (kind, peer, minute, count, written, first_at, last_at, summary)
                  VALUES (?1, ?2, ?3, 1, 0, ?4, ?4, ?5)
                  ON CONFLICT (kind, peer, minute)
-                 DO UPDATE SET count = count + 1, last_at = ?4, summary = ?5
+                 DO UPDATE SET count = count + 1, last_at = ?4, summary = ?5,
+                     first_at = CASE WHEN count = written THEN ?4 ELSE first_at END
                  RETURNING count",
                 params![kind, peer, minute, at, summary.to_string()],
                 |r| r.get(0),
@@ -100,6 +108,26 @@ impl Ledger {
             .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(count)
+    }
+
+    /// Whether `peer` has had `limit` refusals of `kind` or more in the minute of `at`
+    /// (a peer past [`MAX_PEERS`]: whether all such peers have had
+    /// [`OTHER_PEERS_FACTOR`] times as many).
+    pub fn over_limit(
+        &self,
+        at: Micros,
+        kind: &str,
+        peer: &str,
+        limit: i64,
+    ) -> Result<bool, LedgerError> {
+        let err = sql_err(&self.path);
+        let shared = row_peer(&self.conn, kind, peer, minute_of(at)).map_err(err)? == OTHER_PEERS;
+        let limit = if shared {
+            limit * OTHER_PEERS_FACTOR
+        } else {
+            limit
+        };
+        Ok(self.refusals(at, kind, peer)? >= limit)
     }
 
     /// The refusals of `kind` from `peer` in the minute of `at` so far (for a peer
@@ -132,8 +160,8 @@ impl Ledger {
         let any: Option<i64> = self
             .conn
             .query_row(
-                "SELECT 1 FROM refusal WHERE minute < ?1 AND count > written LIMIT 1",
-                [upto],
+                "SELECT 1 FROM refusal WHERE minute < ?1 OR (minute < ?2 AND count > written) LIMIT 1",
+                [current, upto],
                 |r| r.get(0),
             )
             .optional()
@@ -194,7 +222,7 @@ impl Ledger {
             .map_err(err)?;
         // The current minute's rows, written so far: their counts stay for the limits.
         tx.execute(
-            "UPDATE refusal SET written = count, summary = '{}', first_at = last_at
+            "UPDATE refusal SET written = count, summary = '{}'
              WHERE minute = ?1 AND count > written",
             [current],
         )
@@ -205,8 +233,8 @@ impl Ledger {
 }
 
 /// The row a refusal from `peer` is counted in: its own (cut to [`MAX_PEER_LEN`]),
-/// unless it has none yet and [`MAX_PEERS`] peers have rows of this kind and minute
-/// already, then [`OTHER_PEERS`].
+/// unless it has none yet, is not the command line's, and [`MAX_PEERS`] peers have rows
+/// of this kind and minute already: then [`OTHER_PEERS`].
 fn row_peer(
     conn: &rusqlite::Connection,
     kind: &str,
@@ -225,7 +253,7 @@ fn row_peer(
             |r| r.get(0),
         )
         .optional()?;
-    if own.is_some() {
+    if own.is_some() || peer.starts_with("local:") {
         return Ok(peer.to_owned());
     }
     let peers: i64 = conn.query_row(
@@ -366,6 +394,20 @@ mod tests {
             300
         );
         assert_eq!(l.refusals(t, UNAUTHENTICATED, "2001:db8::1").unwrap(), 1);
+        // The shared row is held to ten times a peer's limit; the console's peers never
+        // share it.
+        assert!(
+            l.over_limit(t, UNAUTHENTICATED, "2001:db8::ffff", 30)
+                .unwrap()
+        );
+        assert!(
+            !l.over_limit(t, UNAUTHENTICATED, "2001:db8::ffff", 31)
+                .unwrap()
+        );
+        assert!(!l.over_limit(t, UNAUTHENTICATED, "local:root", 1).unwrap());
+        l.count_refusal(t, UNAUTHENTICATED, "local:root", "x", "y", "z")
+            .unwrap();
+        assert_eq!(l.refusals(t, UNAUTHENTICATED, "local:root").unwrap(), 1);
         l.flush_refusals(t, true).unwrap();
         let other = l
             .entries()

@@ -141,21 +141,25 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Refuses key directories that group or others may write to: the directories holding
-/// the master key and the signing key (as the files resolve, through any symbolic
-/// link), and the keyring. Whoever can write there can put keys of their own in place
+/// the master key and the signing key (and, where a key's path is a symbolic link, the
+/// one holding what it points to), and the keyring. Whoever can write there can put keys of their own in place
 /// of the installation's (records sealed under a key they know, heads signed by a key
 /// they hold) or move them away.
 pub fn check_directories(cfg: &crate::config::StoreConfig) -> Result<(), KeyError> {
-    let parent = |p: &Path| {
+    // The directory holding each key's path and, when it is a link, the one holding
+    // what it points to: whoever can write to either can swap the key.
+    let parents = |p: &Path| {
         let real = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-        real.parent().map(Path::to_owned)
+        [
+            p.parent().map(Path::to_owned),
+            real.parent().map(Path::to_owned),
+        ]
     };
-    let dirs = [
-        parent(&cfg.master_key),
-        parent(&cfg.signing_key),
-        Some(cfg.keyring.clone()),
-    ];
-    for dir in dirs.into_iter().flatten() {
+    let dirs = parents(&cfg.master_key)
+        .into_iter()
+        .chain(parents(&cfg.signing_key))
+        .chain([Some(cfg.keyring.clone())]);
+    for dir in dirs.flatten() {
         // An empty parent is the working directory.
         let dir = if dir.as_os_str().is_empty() {
             PathBuf::from(".")
