@@ -268,13 +268,29 @@ impl Ledger {
         at: Micros,
         actor: &str,
     ) -> Result<(), OfficerError> {
+        self.change_officer(name, "enabled = 0", "officer.disable", at, actor)
+    }
+
+    /// Sets `assignments` on one officer's row and audits `action` naming the officer,
+    /// in one transaction; `Unknown` when there is no such officer.
+    fn change_officer(
+        &mut self,
+        name: &str,
+        assignments: &str,
+        action: &str,
+        at: Micros,
+        actor: &str,
+    ) -> Result<(), OfficerError> {
         let err = sql_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
         let n = tx
-            .execute("UPDATE officer SET enabled = 0 WHERE name = ?1", [name])
+            .execute(
+                &format!("UPDATE officer SET {assignments} WHERE name = ?1"),
+                [name],
+            )
             .map_err(err)?;
         if n == 0 {
             return Err(OfficerError::Unknown(name.to_owned()));
@@ -283,7 +299,7 @@ impl Ledger {
             &tx,
             at,
             actor,
-            "officer.disable",
+            action,
             &serde_json::json!({"officer": name}),
         )
         .map_err(err)?;
@@ -385,30 +401,13 @@ impl Ledger {
         at: Micros,
         actor: &str,
     ) -> Result<(), OfficerError> {
-        let err = sql_err(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let n = tx
-            .execute(
-                "UPDATE officer SET locked_until = 0, failed_logins = 0 WHERE name = ?1",
-                [name],
-            )
-            .map_err(err)?;
-        if n == 0 {
-            return Err(OfficerError::Unknown(name.to_owned()));
-        }
-        Ledger::append(
-            &tx,
+        self.change_officer(
+            name,
+            "locked_until = 0, failed_logins = 0",
+            "officer.unlock",
             at,
             actor,
-            "officer.unlock",
-            &serde_json::json!({"officer": name}),
         )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(())
     }
 
     /// The officer, or why not, with the reason the audit log gives.
