@@ -97,6 +97,16 @@ for _ in $(seq 50); do
     sleep 0.2
 done
 [ "$recorded" = yes ] || fail "the message was not recorded"
+# The unit's reload: the file checked, then SIGHUP; serve reloads and goes on.
+runuser -u relaylog -- /usr/bin/relaylog --config /etc/relaylog/relaylog.toml check-config >/dev/null
+kill -HUP "$serve_pid"
+reloaded=no
+for _ in $(seq 50); do
+    grep -q '^relaylog_reloads_total{result="applied"} 1$' <<<"$(curl -fsS http://127.0.0.1:13090/metrics || true)" \
+        && { reloaded=yes; break; }
+    sleep 0.2
+done
+[ "$reloaded" = yes ] || { cat "$log" >&2; fail "SIGHUP did not reload"; }
 kill -TERM "$serve_pid"
 wait "$serve_pid" || fail "serve did not stop cleanly on SIGTERM"
 serve_pid=

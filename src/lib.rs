@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod net;
 pub mod record;
 pub mod relay;
+pub mod reload;
 pub mod sched;
 pub mod serve;
 pub mod shutdown;

@@ -55,6 +55,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// What became of something: `result` is a fixed word.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -74,7 +80,10 @@ pub struct Metrics {
     pub upstream_errors: Family<ReasonLabels, Counter>,
     pub not_forwarded: Family<ReasonLabels, Counter>,
     pub rejected: Family<ReasonLabels, Counter>,
-    pub connections_refused: Family<ListenerLabels, Counter>,
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    pub connections_cut: Family<ReasonLabels, Counter>,
+    /// Reloads (SIGHUP), by `result`: `applied`, `refused`.
+    pub reloads: Family<ResultLabels, Counter>,
     pub store_errors: Counter,
     pub checkpoints_kept_out: Counter,
     pub smpp_binds: Family<BindLabels, Counter>,
@@ -198,11 +207,23 @@ impl Metrics {
             "Requests refused for bad input, not forwarded",
             rejected.clone(),
         );
-        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections refused at max-connections",
+            "Connections refused at accept: max_connections, max_connections_per_peer",
             connections_refused.clone(),
+        );
+        let connections_cut = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_cut",
+            "Connections closed by a limit (a timeout, a size), by which",
+            connections_cut.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Reloads asked for (SIGHUP): applied, or refused (the old settings kept)",
+            reloads.clone(),
         );
         let smpp_binds = Family::<BindLabels, Counter>::default();
         registry.register(
@@ -260,6 +281,8 @@ impl Metrics {
             not_forwarded,
             rejected,
             connections_refused,
+            connections_cut,
+            reloads,
             store_errors,
             checkpoints_kept_out,
             smpp_binds,
@@ -267,6 +290,26 @@ impl Metrics {
             smpp_window,
             smpp_receipts,
         }
+    }
+
+    /// A connection to `listener` refused at accept, for `reason`.
+    pub fn refused(&self, listener: &str, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A connection to `listener` closed by a limit, `reason`.
+    pub fn cut(&self, listener: &str, reason: &'static str) {
+        self.connections_cut
+            .get_or_create(&ReasonLabels {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -19,8 +19,10 @@ use crate::ingress::http::{HttpThreads, Listener};
 use crate::ingress::smtp::{SmtpListener, SmtpServer};
 use crate::ingress::tls::{self, TlsError};
 use crate::metrics::Metrics;
+use crate::net::{Connections, Live};
 use crate::record::{Protocol, Service};
 use crate::relay::Relay;
+use crate::reload::{Contexts, Reloadable, Reloader};
 use crate::shutdown::{self, DrainWaiter, Trigger};
 use crate::simulator::smtp::{SinkStats, SmtpSink};
 use crate::simulator::{Simulator, Stats};
@@ -284,6 +286,7 @@ pub struct Running {
     http_threads: Vec<HttpThreads>,
     store: Arc<Store>,
     compactor: Compactor,
+    reloader: std::sync::Mutex<Reloader>,
 }
 
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeError> {
@@ -395,6 +398,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     let (drain, drain_waiter) = shutdown::drain();
     let mut bound = Vec::new();
     let mut http_threads = Vec::new();
+    let mut reloadable = Vec::new();
     for (l, upstream) in config.listeners.iter().zip(upstreams) {
         let listener = TcpListener::bind(l.listen)
             .await
@@ -427,11 +431,20 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
             Arc::new(abort.clone()),
             cut_short,
         ));
-        match (&l.protocol, upstream) {
+        let certificate = match &l.tls {
+            Some(files) => Some(tls::Certificate::load(&files.cert, &files.key).map_err(tls_err)?),
+            None => None,
+        };
+        let connections = Connections::new(
+            l.limits.max_connections,
+            l.limits.max_connections_per_peer,
+            l.limits.header_timeout,
+        );
+        let contexts = match (&l.protocol, upstream) {
             (ListenerProtocol::Http { profile, forward }, Target::Http(uri)) => {
-                let tls = match &l.tls {
-                    Some(files) => Some(TlsAcceptor::from(
-                        tls::server_config(&files.cert, &files.key).map_err(tls_err)?,
+                let tls = match &certificate {
+                    Some(c) => Some(TlsAcceptor::from(
+                        tls::with_certificate(c, &[b"http/1.1"]).map_err(tls_err)?,
                     )),
                     None => None,
                 };
@@ -446,12 +459,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 let upstream = Upstream::new(uri.clone(), &forward).map_err(tls_err)?;
                 let relays: Vec<_> = (0..threads)
                     .map(|_| {
-                        Arc::new(Listener {
+                        Live::new(Arc::new(Listener {
                             relay: core.clone(),
                             profile: (**profile).clone(),
                             limits: l.limits,
-                            upstream: upstream.with_own_pool(),
-                        })
+                            upstream: Arc::new(upstream.with_own_pool()),
+                        }))
                     })
                     .collect();
                 tracing::info!(
@@ -471,19 +484,20 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 http_threads.push(
                     HttpThreads::spawn(
                         socket,
-                        relays,
-                        l.limits.max_connections,
+                        relays.clone(),
+                        connections.clone(),
                         tls,
                         &shutdown,
                         &drain,
                     )
                     .map_err(thread_err)?,
                 );
+                Contexts::Http(relays)
             }
             (ListenerProtocol::Smtp(smtp), Target::Smtp(target)) => {
-                let tls = match &l.tls {
-                    Some(files) => Some(TlsAcceptor::from(
-                        tls::server_config_alpn(&files.cert, &files.key, &[]).map_err(tls_err)?,
+                let tls = match &certificate {
+                    Some(c) => Some(TlsAcceptor::from(
+                        tls::with_certificate(c, &[]).map_err(tls_err)?,
                     )),
                     None => None,
                 };
@@ -520,24 +534,26 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 } else {
                     (None, tls)
                 };
+                let live = Live::new(Arc::new(SmtpListener {
+                    relay: core,
+                    settings: smtp.clone(),
+                    starttls,
+                    upstream: Arc::new(upstream),
+                    handshake_timeout: l.limits.header_timeout,
+                }));
                 let server = SmtpServer {
                     listener,
-                    smtp: Arc::new(SmtpListener {
-                        relay: core,
-                        settings: smtp.clone(),
-                        starttls,
-                        upstream,
-                        handshake_timeout: l.limits.header_timeout,
-                        max_connections: l.limits.max_connections,
-                    }),
+                    smtp: live.clone(),
+                    connections: connections.clone(),
                     implicit_tls,
                 };
                 tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));
+                Contexts::Smtp(live)
             }
             (ListenerProtocol::Smpp(smpp), Target::Smpp(target)) => {
-                let tls = match &l.tls {
-                    Some(files) => Some(TlsAcceptor::from(
-                        tls::server_config_alpn(&files.cert, &files.key, &[]).map_err(tls_err)?,
+                let tls = match &certificate {
+                    Some(c) => Some(TlsAcceptor::from(
+                        tls::with_certificate(c, &[]).map_err(tls_err)?,
                     )),
                     None => None,
                 };
@@ -552,32 +568,39 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                     window = smpp.window,
                     "listening"
                 );
+                let live = Live::new(Arc::new(crate::ingress::smpp::SmppListener {
+                    relay: core,
+                    book: Arc::new(crate::ingress::smpp::receipts::ReceiptBook::new(
+                        smpp.receipt_wait,
+                        smpp.receipt_book,
+                        smpp.upstream_timeout,
+                    )),
+                    settings: smpp.clone(),
+                    metrics: Arc::new(crate::ingress::smpp::SmppMetrics::new(&metrics, &l.name)),
+                    upstream: Arc::new(upstream),
+                    accounts: Default::default(),
+                }));
                 let server = crate::ingress::smpp::SmppServer {
                     listener,
-                    smpp: Arc::new(crate::ingress::smpp::SmppListener {
-                        relay: core,
-                        book: crate::ingress::smpp::receipts::ReceiptBook::new(
-                            smpp.receipt_wait,
-                            smpp.receipt_book,
-                            smpp.upstream_timeout,
-                        ),
-                        settings: smpp.clone(),
-                        metrics: crate::ingress::smpp::SmppMetrics::new(&metrics, &l.name),
-                        upstream,
-                        accounts: Default::default(),
-                    }),
+                    smpp: live.clone(),
                     tls,
-                    handshake_timeout: l.limits.header_timeout,
-                    max_connections: l.limits.max_connections,
+                    connections: connections.clone(),
                 };
                 tasks.push(tokio::spawn(server.run(shutdown.clone(), drain.clone())));
+                Contexts::Smpp(live)
             }
             _ => unreachable!("each listener's upstream is made for its protocol above"),
-        }
+        };
+        reloadable.push(Reloadable {
+            connections,
+            certificate,
+            contexts,
+        });
         bound.push((l.name.clone(), addr));
     }
     drop(drain);
 
+    let mut admin_certificate = None;
     let admin = match &config.admin {
         Some(a) => {
             let listener =
@@ -595,8 +618,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 })?;
             let api = match &a.tls {
                 Some(files) => {
-                    let tls = tls::server_config(&files.cert, &files.key)
+                    let certificate = tls::Certificate::load(&files.cert, &files.key)
                         .map_err(ServeError::AdminTls)?;
+                    let tls = tls::with_certificate(&certificate, &[b"http/1.1"])
+                        .map_err(ServeError::AdminTls)?;
+                    admin_certificate = Some(certificate);
                     let api = crate::admin::api::Api::new(
                         config.clone(),
                         clock.clone(),
@@ -631,7 +657,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
     // Last, once nothing else can fail: the thread holds the store.
     let compactor = Compactor::spawn(store.clone(), config.store.expire_interval)
         .map_err(ServeError::Compactor)?;
+    let reloader = std::sync::Mutex::new(Reloader {
+        config: config.clone(),
+        listeners: reloadable,
+        admin_certificate,
+        metrics: metrics.clone(),
+    });
     Ok(Running {
+        reloader,
         listeners: bound,
         admin,
         simulators,
@@ -711,6 +744,16 @@ impl Running {
             .iter()
             .find(|(n, _)| n == listener)
             .map(|(_, a)| *a)
+    }
+
+    /// Reads the listeners' certificates again and applies `fresh`'s listener limits to
+    /// new connections (see [`crate::reload`]); closes no connection. What could not
+    /// be done, each in a sentence (the old kept for it); empty when all was.
+    pub fn reload(&self, fresh: Result<Config, crate::config::ConfigError>) -> Vec<String> {
+        self.reloader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .reload(fresh)
     }
 
     /// Waits until everything queued so far (records and outcome events) is committed.

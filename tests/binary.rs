@@ -760,3 +760,160 @@ fn serve_compacts_closed_partitions_and_lookups_answer_the_same() {
         "{report}"
     );
 }
+
+/// SIGHUP under load: the listener's certificate is renewed (new handshakes present
+/// the new one), its per-peer limit lowered (new connections over it are refused), and
+/// the connections already open go on relaying without a failure. A reload that would
+/// need a restart is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_renews_the_certificate_under_load() {
+    use http_body_util::{BodyExt, Empty};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (old, tls) = cert_files(dir.path(), "tls");
+    let text = |per_peer: usize, listen: &str| {
+        config_text(
+            dir.path(),
+            "kannel",
+            None,
+            &format!("{tls}max-connections-per-peer = {per_peer}\n"),
+            "",
+        )
+        .replace(
+            "listen = \"127.0.0.1:0\"\nprofile",
+            &format!("listen = \"{listen}\"\nprofile"),
+        ) + SINGLE_OPERATOR
+    };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let config = write_config(dir.path(), &text(64, &listen));
+    init_keys(dir.path());
+    let served = Served::start(dir.path(), &config);
+    served.addr("listening");
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+
+    // Four clients, each on one kept-alive TLS connection, sending until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for c in 0..4u32 {
+        let tls = trusting(&old)
+            .connect(
+                name.clone(),
+                tokio::net::TcpStream::connect(addr).await.unwrap(),
+            )
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let req = http::Request::get(format!(
+                    "/cgi-bin/sendsms?username=load&password=pw&to=%2B3161{c}{n:06}&text=hi"
+                ))
+                .header("host", "localhost")
+                .body(Empty::new())
+                .unwrap();
+                match sender.send_request(req).await {
+                    Ok(resp) if resp.status().is_success() => {
+                        let _ = resp.into_body().collect().await;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let wait_sent = |at_least: u64| {
+        let sent = sent.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while sent.load(Ordering::Relaxed) < at_least {
+                assert!(Instant::now() < deadline, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_sent(200).await;
+
+    // Renew the certificate and lower the per-peer limit below what is open; reload.
+    let (new, _) = cert_files(dir.path(), "tls");
+    std::fs::write(&config, text(2, &listen)).unwrap();
+    unsafe_kill(served.child.id(), "HUP");
+    // Waits (up to 10 s) for `what` in the log.
+    let logged = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = String::from_utf8_lossy(&served.output()).into_owned();
+            if log.contains(what) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "`{what}` not logged:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    logged("reloaded: certificates read again");
+    let before = sent.load(Ordering::Relaxed);
+    wait_sent(before + 200).await;
+
+    // New handshakes present the new certificate only.
+    let fresh = trusting(&new)
+        .connect(
+            name.clone(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await;
+    assert!(
+        fresh.is_err(),
+        "a fifth connection from this peer is over the new limit of 2"
+    );
+    let from_other = |ip: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+    let (_, renewed) = trusting(&new)
+        .connect(name.clone(), from_other("127.0.0.2").await)
+        .await
+        .expect("the renewed certificate is presented")
+        .into_inner();
+    assert_eq!(
+        renewed.peer_certificates().unwrap()[0].as_ref(),
+        new.cert.der().as_ref()
+    );
+    assert!(
+        trusting(&old)
+            .connect(name.clone(), from_other("127.0.0.3").await)
+            .await
+            .is_err(),
+        "the old certificate is no longer presented"
+    );
+
+    // A change that needs a restart: refused, nothing applied, still serving.
+    std::fs::write(&config, text(64, "127.0.0.1:1")).unwrap();
+    unsafe_kill(served.child.id(), "HUP");
+    logged("which needs a restart");
+    let before = sent.load(Ordering::Relaxed);
+    wait_sent(before + 100).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    let (status, out) = served.terminate();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out));
+}

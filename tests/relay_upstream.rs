@@ -217,7 +217,7 @@ async fn connections_past_the_limit_are_told_busy() {
     let metrics = relay.metrics().await;
     assert_metric(
         &metrics,
-        "relaylog_connections_refused_total{listener=\"sms\"} 1",
+        "relaylog_connections_refused_total{listener=\"sms\",reason=\"max_connections\"} 1",
     );
     relay.running.shutdown().await;
 }

@@ -9,6 +9,7 @@ pub mod session;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
@@ -37,20 +38,31 @@ pub struct AdminServer {
 /// health checks need a handful.
 const MAX_CONNECTIONS: usize = 64;
 
+/// Admin connections open at once from one peer: one client cannot take every place.
+const MAX_PER_PEER: usize = 16;
+
 /// How long a client may take over the TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request's body may take to arrive, from its head.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The listener's name in metrics.
+const NAME: &str = "admin";
 
 impl AdminServer {
     pub async fn run(self, shutdown: Shutdown) {
         let router = self.api.as_ref().map(|(_, api)| api.router());
         let gate = crate::net::Gate {
-            name: "admin".into(),
-            connections: crate::net::Connections::at_most(MAX_CONNECTIONS),
+            name: NAME.into(),
+            connections: crate::net::Connections::new(
+                MAX_CONNECTIONS,
+                MAX_PER_PEER,
+                HANDSHAKE_TIMEOUT,
+            ),
             tls: self.api.as_ref().map(|(tls, _)| tls.clone()),
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-        };
-        let refuse = |_stream, peer: SocketAddr| {
-            tracing::warn!(peer = %peer, "admin connection refused: {MAX_CONNECTIONS} open");
+            busy: b"",
+            metrics: self.metrics.clone(),
         };
         let (metrics, recorder, sessions) = (self.metrics, self.recorder, shutdown.clone());
         let session = move |stream, peer| {
@@ -63,7 +75,7 @@ impl AdminServer {
             let shutdown = sessions.clone();
             async move { conn.serve(stream, shutdown).await }
         };
-        crate::net::run(self.listener, gate, shutdown, refuse, session).await;
+        crate::net::run(self.listener, gate, shutdown, session).await;
     }
 }
 
@@ -82,6 +94,7 @@ impl Connection {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let metrics = self.metrics.clone();
         let svc = service_fn(move |mut req: Request<Incoming>| {
             let this = self.clone();
             async move {
@@ -94,13 +107,62 @@ impl Connection {
                 match this.router {
                     Some(router) => {
                         req.extensions_mut().insert(ConnectInfo(this.peer));
-                        router.oneshot(req.map(axum::body::Body::new)).await
+                        let metrics = this.metrics.clone();
+                        let req = req.map(|body| {
+                            axum::body::Body::new(Deadline {
+                                body,
+                                sleep: Box::pin(tokio::time::sleep(BODY_TIMEOUT)),
+                                metrics,
+                            })
+                        });
+                        router.oneshot(req).await
                     }
                     None => Ok(no_api()),
                 }
             }
         });
-        crate::net::serve_http1_io(stream, svc, shutdown).await;
+        if crate::net::serve_http1_io(stream, svc, shutdown)
+            .await
+            .is_some_and(|e| e.is_timeout())
+        {
+            metrics.cut(NAME, "header_timeout");
+        }
+    }
+}
+
+/// A request body that must arrive whole within [`BODY_TIMEOUT`] of its head: a client
+/// that sends it slowly cannot hold a connection and a handler for longer.
+struct Deadline {
+    body: Incoming,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    metrics: Arc<Metrics>,
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.metrics.cut(NAME, "body_timeout");
+            return Poll::Ready(Some(Err("request body not received in time".into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

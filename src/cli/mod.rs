@@ -221,7 +221,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             match command {
                 Command::Init => init(&config),
-                Command::Serve => serve(config),
+                Command::Serve => serve(config, &cli.config),
                 Command::CheckConfig => check_config(&cli, &config),
                 Command::Query(args) => run_query(&config, args),
                 Command::Expire(args) => expire(&config, args),

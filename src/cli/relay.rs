@@ -272,12 +272,26 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn serve(config: Config) -> Result<()> {
+/// Serves until SIGTERM or SIGINT; each SIGHUP reloads the certificates and the
+/// listener limits from `path` (see [`crate::reload`]).
+pub(super) fn serve(config: Config, path: &std::path::Path) -> Result<()> {
     super::report_huge_pages();
     runtime(Some(config.serve.workers))?.block_on(async move {
         let stop = StopSignals::watch()?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot watch SIGHUP")?;
         let running = crate::serve::start(config, Arc::new(SystemClock)).await?;
-        stop.wait().await;
+        let mut stopping = std::pin::pin!(stop.wait());
+        loop {
+            tokio::select! {
+                () = &mut stopping => break,
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading certificates and listener limits");
+                    // Problems are logged by the reload; the old settings stay.
+                    let _ = running.reload(Config::load(path));
+                }
+            }
+        }
         running.shutdown().await;
         Ok(())
     })

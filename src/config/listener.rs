@@ -34,6 +34,7 @@ pub struct RawListener {
     pub upstream_timeout: Option<String>,
     #[serde(default = "d_max_connections")]
     pub max_connections: usize,
+    pub max_connections_per_peer: Option<usize>,
     pub upstream_pool_idle: Option<usize>,
     pub json: Option<RawJsonProfile>,
     // SMTP only.
@@ -122,6 +123,9 @@ fn d_header_timeout() -> String {
 fn d_max_connections() -> usize {
     4096
 }
+
+/// The default `max-connections-per-peer`, or `max-connections` when that is lower.
+const D_MAX_PER_PEER: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -269,6 +273,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// Connections open at once from one peer (an IPv4 address, an IPv6 /64).
+    pub max_connections_per_peer: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -422,6 +428,15 @@ pub(super) fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConf
     if l.max_connections == 0 {
         return Err(invalid(key("max-connections"), "must be at least 1"));
     }
+    let max_connections_per_peer = l
+        .max_connections_per_peer
+        .unwrap_or(D_MAX_PER_PEER.min(l.max_connections));
+    if max_connections_per_peer == 0 || max_connections_per_peer > l.max_connections {
+        return Err(invalid(
+            key("max-connections-per-peer"),
+            "must be between 1 and max-connections",
+        ));
+    }
     let max_body_bytes = l.max_body_bytes.unwrap_or(D_MAX_BODY);
     if max_body_bytes == 0 || max_body_bytes > 64 * 1024 * 1024 {
         return Err(invalid(
@@ -441,6 +456,7 @@ pub(super) fn validate_listener(i: usize, l: RawListener) -> Result<ListenerConf
             l.request_timeout.as_deref().unwrap_or(D_REQUEST_TIMEOUT),
         )?,
         max_connections: l.max_connections,
+        max_connections_per_peer,
     };
     let speaks = match l.protocol.as_deref().unwrap_or("http") {
         "http" => "HTTP",

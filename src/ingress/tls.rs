@@ -1,10 +1,14 @@
 //! TLS for listeners: certificate chain and key from PEM files, rustls with the ring
-//! provider. Loaded at start-up so that a bad file stops `serve` with a clear message.
+//! provider. Loaded at start-up so that a bad file stops `serve` with a clear message,
+//! and again on a reload ([`Certificate::reload`]), keeping the old pair when the new
+//! one is bad.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -52,17 +56,87 @@ pub fn server_config_alpn(
     key: &Path,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = load_certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
-        path: key.to_owned(),
-        message: e.to_string(),
-    })?;
+    with_certificate(&Certificate::load(cert, key)?, alpn)
+}
+
+/// A server config presenting whatever `certificate` holds at each handshake.
+pub fn with_certificate(
+    certificate: &Arc<Certificate>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(ring_provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(certificate.clone());
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// A listener's certificate chain and key, read from their PEM files at start and
+/// again at each [`Certificate::reload`]: handshakes from then on present the new
+/// pair, connections already open keep the session they have.
+pub struct Certificate {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+/// The files, not the key.
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Certificate {
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Certificate>, TlsError> {
+        Ok(Arc::new(Certificate {
+            current: RwLock::new(Arc::new(Self::read(cert, key)?)),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        }))
+    }
+
+    /// Reads the files again. On any error (a file missing or half-written, a key that
+    /// is not the certificate's) the pair in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Arc::new(Self::read(&self.cert, &self.key)?);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The end-entity certificate in use (DER).
+    pub fn end_entity(&self) -> CertificateDer<'static> {
+        self.now().cert[0].clone()
+    }
+
+    fn now(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn read(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+        let certs = load_certs(cert)?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+            path: key.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(CertifiedKey::from_der(certs, key, &ring_provider())?)
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.now())
+    }
 }
 
 /// A client config trusting the CA certificates in `ca_file` when given, else the web

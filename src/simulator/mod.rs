@@ -97,7 +97,10 @@ impl Simulator {
                 let stats = stats.clone();
                 async move { Ok::<_, Infallible>(answer(&profile, &stats, req).await) }
             });
-            tokio::spawn(crate::net::serve_http1(stream, svc, shutdown.clone()));
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                crate::net::serve_http1(stream, svc, shutdown).await;
+            });
         }
     }
 }

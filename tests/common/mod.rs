@@ -742,6 +742,11 @@ pub struct SmtpClient {
 impl SmtpClient {
     pub async fn connect(addr: SocketAddr) -> (SmtpClient, relaylog::smtp::Reply) {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Self::over(tcp).await
+    }
+
+    /// A client over a connection already made; with the greeting.
+    pub async fn over(tcp: tokio::net::TcpStream) -> (SmtpClient, relaylog::smtp::Reply) {
         let port = tcp.local_addr().unwrap().port();
         let mut c = SmtpClient {
             wire: relaylog::smtp::Wire::new(Box::new(tcp)),

@@ -111,7 +111,11 @@ where
                     tracing::debug!("request head not valid HTTP/1.1; closing");
                     let reply = match bad {
                         BadHead::Invalid => BAD_REQUEST,
-                        BadHead::TooLarge => HEAD_TOO_LARGE,
+                        BadHead::TooLarge => {
+                            let relay = &listener.relay;
+                            relay.metrics.cut(&relay.name, "head_too_large");
+                            HEAD_TOO_LARGE
+                        }
                     };
                     let _ = write_and_close(io, reply).await;
                     return End::Closed;

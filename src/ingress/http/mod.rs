@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::ListenerLabels;
+use crate::net::{Connections, Live};
 
 mod lean;
 mod request;
@@ -36,11 +36,12 @@ const RUNTIME_END: Duration = Duration::from_secs(1);
 /// One thread's accept loop of an HTTP listener (see [`HttpThreads`]).
 struct HttpServer {
     listener: TcpListener,
-    /// What each connection relays with: the HTTP phases and the relay core.
-    http: Arc<Listener>,
+    /// What each new connection relays with: the HTTP phases and the relay core, with
+    /// the listener's limits as last (re)loaded.
+    http: Live<Listener>,
     tls: Option<TlsAcceptor>,
-    /// The listener's `max-connections`, shared by every thread that serves it.
-    connections: crate::net::Connections,
+    /// The listener's connection limits, shared by every thread that serves it.
+    connections: Connections,
 }
 
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 36\r\nRetry-After: 1\r\nConnection: close\r\n\r\nrelaylog: too many connections, busy";
@@ -48,32 +49,24 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/pla
 impl HttpServer {
     /// Accepts until shutdown. Each connection holds a [`Drain`] token until it ends.
     async fn run(self, shutdown: Shutdown, drain: Drain) {
-        let refused = self
-            .http
-            .relay
-            .metrics
-            .connections_refused
-            .get_or_create_owned(&ListenerLabels {
-                listener: self.http.relay.name.clone(),
-            });
-        let plain = self.tls.is_none();
+        let relay = self.http.get().relay.clone();
         let gate = crate::net::Gate {
-            name: self.http.relay.name.clone(),
+            name: relay.name.clone(),
             connections: self.connections,
             tls: self.tls,
-            handshake_timeout: self.http.limits.header_timeout,
+            busy: BUSY,
+            metrics: relay.metrics.clone(),
         };
-        let http = self.http.clone();
+        let live = self.http;
         let sessions = shutdown.clone();
-        let refuse = crate::net::refuse_busy(refused, plain, BUSY);
         let session = move |stream, peer| {
-            let (http, shutdown, drain) = (http.clone(), sessions.clone(), drain.clone());
+            let (http, shutdown, drain) = (live.get(), sessions.clone(), drain.clone());
             async move {
                 serve(stream, peer, http, shutdown, &drain).await;
                 drop(drain);
             }
         };
-        crate::net::run(self.listener, gate, shutdown, refuse, session).await;
+        crate::net::run(self.listener, gate, shutdown, session).await;
     }
 }
 
@@ -95,13 +88,13 @@ pub struct HttpThreads {
 
 impl HttpThreads {
     /// Starts a thread for each of `listeners` (one [`Listener`] per thread), all on
-    /// `socket`, with at most `max_connections` connections between them. Returns once
+    /// `socket`, within `connections` between them. Returns once
     /// every thread serves, or with the first failure (threads already started then
     /// stop with `shutdown`'s trigger).
     pub fn spawn(
         socket: std::net::TcpListener,
-        listeners: Vec<Arc<Listener>>,
-        max_connections: usize,
+        listeners: Vec<Live<Listener>>,
+        connections: Connections,
         tls: Option<TlsAcceptor>,
         shutdown: &Shutdown,
         drain: &Drain,
@@ -111,7 +104,6 @@ impl HttpThreads {
                 "an HTTP listener needs at least one thread",
             ));
         }
-        let connections = crate::net::Connections::at_most(max_connections);
         socket.set_nonblocking(true)?;
         // The threads log where the code that started them logs (the process's
         // subscriber, or a test's). A scoped default on a thread costs an event a
@@ -134,7 +126,7 @@ impl HttpThreads {
                     if let Err(e) = crate::sched::short_slices() {
                         tracing::debug!(error = %e, "the kernel keeps the relay thread's default slice");
                     }
-                    let name = http.relay.name.clone();
+                    let name = http.get().relay.name.clone();
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -222,6 +214,10 @@ struct Activity {
     head_started: AtomicU64,
     /// Shutdown or the idle timeout: the fast path closes after the request in flight.
     close_after: AtomicBool,
+    /// Nothing read yet. The first head must be in within header-timeout of the
+    /// connection's start, whether or not a byte of it came: a connection that says
+    /// nothing is cut then, not after idle-timeout.
+    silent: AtomicBool,
 }
 
 impl Activity {
@@ -230,6 +226,7 @@ impl Activity {
     }
     fn read_some(&self) {
         let now = self.now();
+        self.silent.store(false, Ordering::Relaxed);
         self.last.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             let _ = self.head_started.compare_exchange(
@@ -329,6 +326,7 @@ async fn serve<I>(
         in_flight: AtomicUsize::new(0),
         last: AtomicU64::new(0),
         head_started: AtomicU64::new(u64::MAX),
+        silent: AtomicBool::new(true),
         close_after: AtomicBool::new(false),
     });
     let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -439,13 +437,20 @@ async fn watch<F: Future>(
                     continue;
                 }
                 let now = activity.now();
-                let head = activity.head_started.load(Ordering::Relaxed);
+                let mut head = activity.head_started.load(Ordering::Relaxed);
+                if head == u64::MAX && activity.silent.load(Ordering::Relaxed) {
+                    head = 0;
+                }
                 if head != u64::MAX && now.saturating_sub(head) >= limits.header_timeout.as_millis() as u64 {
                     tracing::debug!("request head not received in time; closing");
+                    http.relay.metrics.cut(&http.relay.name, "header_timeout");
                     return None;
                 }
                 let quiet = now.saturating_sub(activity.last.load(Ordering::Relaxed));
                 let idle = head == u64::MAX && quiet >= limits.idle_timeout.as_millis() as u64;
+                if idle && !asked {
+                    http.relay.metrics.cut(&http.relay.name, "idle_timeout");
+                }
                 asked |= idle;
                 // Also when asked while a request was in flight that has ended since.
                 if asked && close_after(conn.as_mut()) {
@@ -455,6 +460,7 @@ async fn watch<F: Future>(
                 // request-timeout later: stuck writing to a client that does not read.
                 if asked && head == u64::MAX && quiet >= (limits.idle_timeout + limits.request_timeout).as_millis() as u64 {
                     tracing::debug!("reply not taken by the client in time; closing");
+                    http.relay.metrics.cut(&http.relay.name, "reply_timeout");
                     return None;
                 }
             }

@@ -43,7 +43,8 @@ pub struct Listener {
     pub relay: Arc<Relay>,
     pub profile: Profile,
     pub limits: Limits,
-    pub upstream: Upstream,
+    /// Its thread's upstream connections (see `HttpThreads`).
+    pub upstream: Arc<Upstream>,
 }
 
 /// Why a request was refused before anything was recorded or forwarded.
@@ -171,11 +172,25 @@ pub(super) enum Prepared {
 }
 
 impl Listener {
+    /// The same listener with `limits` (a reload's), sharing the rest.
+    pub fn with_limits(&self, limits: Limits) -> Listener {
+        Listener {
+            relay: self.relay.clone(),
+            profile: self.profile.clone(),
+            limits,
+            upstream: self.upstream.clone(),
+        }
+    }
+
     /// Ends a request that was refused before it was recorded or forwarded.
     pub(super) fn reject(&self, refusal: Refusal, started: Instant) -> Answered {
         let answer = own(Own::Rejected(&refusal));
         self.relay
             .log(Exit::Rejected(refusal.reason()), answer.status(), started);
+        if matches!(refusal, Refusal::BodyTimeout | Refusal::BodyTooLarge) {
+            // The rest of the body is not read: the connection ends with the answer.
+            self.relay.metrics.cut(&self.relay.name, refusal.reason());
+        }
         answer
     }
 

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -14,8 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::egress::smpp::SmppUpstream;
 use crate::metrics::ListenerLabels;
-use crate::net::ClientStream;
-use crate::net::Io;
+use crate::net::{ClientStream, Connections, Io, Live};
 use crate::relay::Relay;
 use crate::shutdown::{Drain, Shutdown};
 
@@ -27,12 +25,28 @@ pub mod session;
 pub struct SmppListener {
     pub relay: Arc<Relay>,
     pub settings: Smpp,
-    pub upstream: SmppUpstream,
+    pub upstream: Arc<SmppUpstream>,
     /// Sessions bound per account (system_id), for `max-sessions-per-account`.
-    pub accounts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    pub accounts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     /// Accepted messages' ids, for their delivery receipts.
-    pub book: receipts::ReceiptBook,
-    pub metrics: SmppMetrics,
+    pub book: Arc<receipts::ReceiptBook>,
+    pub metrics: Arc<SmppMetrics>,
+}
+
+impl SmppListener {
+    /// The same listener with `settings` (a reload's), sharing the rest: its
+    /// sessions per account and its receipt book (whose receipt-wait and
+    /// receipt-book stay as they started) count across the reload.
+    pub fn with_settings(&self, settings: Smpp) -> SmppListener {
+        SmppListener {
+            relay: self.relay.clone(),
+            settings,
+            upstream: self.upstream.clone(),
+            accounts: self.accounts.clone(),
+            book: self.book.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
 }
 
 /// The listener's SMPP counters, made once so that a PDU costs a lookup by a fixed
@@ -113,33 +127,28 @@ impl SmppMetrics {
 
 pub struct SmppServer {
     pub listener: TcpListener,
-    pub smpp: Arc<SmppListener>,
+    /// What each new session is served with, as last (re)loaded.
+    pub smpp: Live<SmppListener>,
     pub tls: Option<TlsAcceptor>,
-    pub handshake_timeout: Duration,
-    pub max_connections: usize,
+    pub connections: Connections,
 }
 
 impl SmppServer {
     /// Accepts until shutdown. Each session holds a [`Drain`] token until it ends.
     pub async fn run(self, shutdown: Shutdown, drain: Drain) {
-        let relay = &self.smpp.relay;
-        let refused = relay.metrics.connections_refused.get_or_create_owned(
-            &crate::metrics::ListenerLabels {
-                listener: relay.name.clone(),
-            },
-        );
+        let relay = self.smpp.get().relay.clone();
         let gate = crate::net::Gate {
             name: relay.name.clone(),
-            connections: crate::net::Connections::at_most(self.max_connections),
+            connections: self.connections,
             tls: self.tls,
-            handshake_timeout: self.handshake_timeout,
+            // SMPP has no greeting to say "busy" with: a refused connection just closes.
+            busy: b"",
+            metrics: relay.metrics.clone(),
         };
-        // SMPP has no greeting to say "busy" with: a refused connection just closes.
-        let refuse = crate::net::refuse_busy(refused, false, b"");
-        let smpp = self.smpp.clone();
+        let live = self.smpp;
         let sessions = shutdown.clone();
         let serve = move |stream: ClientStream, peer: SocketAddr| {
-            let (smpp, shutdown, drain) = (smpp.clone(), sessions.clone(), drain.clone());
+            let (smpp, shutdown, drain) = (live.get(), sessions.clone(), drain.clone());
             async move {
                 let io: Box<dyn Io> = Box::new(stream);
                 let mut abort = Shutdown::clone(&smpp.relay.abort);
@@ -150,6 +159,6 @@ impl SmppServer {
                 drop(drain);
             }
         };
-        crate::net::run(self.listener, gate, shutdown, refuse, serve).await;
+        crate::net::run(self.listener, gate, shutdown, serve).await;
     }
 }

@@ -11,9 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Smtp;
 use crate::egress::smtp::SmtpUpstream;
-use crate::metrics::ListenerLabels;
-use crate::net::ClientStream;
-use crate::net::Io;
+use crate::net::{ClientStream, Connections, Io, Live};
 use crate::relay::Relay;
 use crate::shutdown::{Drain, Shutdown};
 
@@ -26,15 +24,30 @@ pub struct SmtpListener {
     pub settings: Smtp,
     /// Offered through STARTTLS (`None`: no certificate, or TLS from the first byte).
     pub starttls: Option<TlsAcceptor>,
-    pub upstream: SmtpUpstream,
-    /// How long a client's TLS handshake may take.
+    pub upstream: Arc<SmtpUpstream>,
+    /// How long a client's STARTTLS handshake may take (the listener's header-timeout).
     pub handshake_timeout: Duration,
-    pub max_connections: usize,
+}
+
+impl SmtpListener {
+    /// The same listener with `settings` and `handshake_timeout` (a reload's), sharing
+    /// the rest.
+    pub fn with_settings(&self, settings: Smtp, handshake_timeout: Duration) -> SmtpListener {
+        SmtpListener {
+            relay: self.relay.clone(),
+            settings,
+            starttls: self.starttls.clone(),
+            upstream: self.upstream.clone(),
+            handshake_timeout,
+        }
+    }
 }
 
 pub struct SmtpServer {
     pub listener: TcpListener,
-    pub smtp: Arc<SmtpListener>,
+    /// What each new session is served with, as last (re)loaded.
+    pub smtp: Live<SmtpListener>,
+    pub connections: Connections,
     /// TLS from the first byte (an implicit-TLS listener).
     pub implicit_tls: Option<TlsAcceptor>,
 }
@@ -44,25 +57,18 @@ const BUSY: &[u8] = b"421 4.7.0 relaylog: too many connections, try again later\
 impl SmtpServer {
     /// Accepts until shutdown. Each session holds a [`Drain`] token until it ends.
     pub async fn run(self, shutdown: Shutdown, drain: Drain) {
-        let relay = &self.smtp.relay;
-        let refused = relay
-            .metrics
-            .connections_refused
-            .get_or_create_owned(&ListenerLabels {
-                listener: relay.name.clone(),
-            });
-        let plain = self.implicit_tls.is_none();
+        let relay = self.smtp.get().relay.clone();
         let gate = crate::net::Gate {
             name: relay.name.clone(),
-            connections: crate::net::Connections::at_most(self.smtp.max_connections),
+            connections: self.connections,
             tls: self.implicit_tls,
-            handshake_timeout: self.smtp.handshake_timeout,
+            busy: BUSY,
+            metrics: relay.metrics.clone(),
         };
-        let refuse = crate::net::refuse_busy(refused, plain, BUSY);
-        let smtp = self.smtp.clone();
+        let live = self.smtp;
         let sessions = shutdown.clone();
         let serve = move |stream: ClientStream, peer: SocketAddr| {
-            let (smtp, shutdown, drain) = (smtp.clone(), sessions.clone(), drain.clone());
+            let (smtp, shutdown, drain) = (live.get(), sessions.clone(), drain.clone());
             async move {
                 let tls = matches!(stream, ClientStream::Tls(_));
                 let io: Box<dyn Io> = Box::new(stream);
@@ -70,7 +76,7 @@ impl SmtpServer {
                 drop(drain);
             }
         };
-        crate::net::run(self.listener, gate, shutdown, refuse, serve).await;
+        crate::net::run(self.listener, gate, shutdown, serve).await;
     }
 }
 

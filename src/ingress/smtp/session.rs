@@ -455,9 +455,9 @@ impl Session<'_> {
             }
             Stop::Close(reply, reason) => {
                 if let Some(reason) = reason {
-                    self.listener
-                        .relay
-                        .log(Exit::Rejected(reason), reply.code, Instant::now());
+                    let relay = &self.listener.relay;
+                    relay.log(Exit::Rejected(reason), reply.code, Instant::now());
+                    relay.metrics.cut(&relay.name, reason);
                 }
                 self.say(&reply);
                 // A second to say it, even when max-session is what ended the session.

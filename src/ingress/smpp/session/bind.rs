@@ -85,10 +85,15 @@ pub(super) async fn bind<'l>(
         let pdu = match pdu {
             Ok(Ok(pdu)) => pdu,
             Ok(Err(ReadError::Frame)) => {
+                l.relay.metrics.cut(&l.relay.name, "pdu_length");
                 send(&mut cw, &nack(0, status::INVALID_CMD_LENGTH)).await;
                 return None;
             }
-            _ => return None,
+            Ok(Err(ReadError::Closed)) => return None,
+            Err(_) => {
+                l.relay.metrics.cut(&l.relay.name, "bind_timeout");
+                return None;
+            }
         };
         let h = Header::read(&pdu)?;
         let reply = match h.id {

@@ -21,6 +21,8 @@ impl Session<'_> {
             }
             Err(ReadError::Frame) => {
                 // The stream cannot be read on: the nack, then close.
+                let relay = &self.l.relay;
+                relay.metrics.cut(&relay.name, "pdu_length");
                 self.send_client(&nack(0, status::INVALID_CMD_LENGTH)).await;
                 self.flush().await;
                 self.client_alive = false;

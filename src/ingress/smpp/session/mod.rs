@@ -209,6 +209,7 @@ impl Session<'_> {
                 // Ready once a second at most, and never starved by busy legs.
                 _ = tick.tick() => {
                     if Instant::now() >= idle_until {
+                        self.l.relay.metrics.cut(&self.l.relay.name, "inactivity_timeout");
                         Some(End::Idle)
                     } else {
                         self.expire().await;
