@@ -9,8 +9,9 @@
 //! `data-timeout` and `max-session`, SMPP's `window`, `bind-timeout`,
 //! `inactivity-timeout`, `max-pdu-bytes` and `max-sessions-per-account`. Anything
 //! else that changed (a listener added, an upstream, the store, the admin side...)
-//! needs a restart: the reload then applies none of the file, says what, and keeps
-//! serving as before. A file that does not load is the same: nothing applied.
+//! needs a restart. A reload is whole or nothing: when a certificate does not load,
+//! the file does not, or it changes what needs a restart, nothing is applied, the log
+//! says why, and serving goes on as before.
 
 use std::sync::Arc;
 
@@ -78,9 +79,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Reads every certificate again, and applies `fresh`'s limits when it changes
-    /// nothing else. What could not be done, each in a sentence (logged here too);
-    /// whatever failed left the old in place.
+    /// Reads every certificate again and loads `fresh`; when all of that went well and
+    /// `fresh` changes nothing but limits, presents the new certificates and applies
+    /// the limits to new connections. Otherwise nothing is applied. What went wrong,
+    /// each in a sentence (logged here too); empty when the reload was applied.
     pub fn reload(&mut self, fresh: Result<Config, ConfigError>) -> Vec<String> {
         let mut problems = Vec::new();
         let certificates = self
@@ -90,42 +92,52 @@ impl Reloader {
             .zip(&self.listeners)
             .filter_map(|(l, r)| Some((l.name.as_str(), r.certificate.as_ref()?)))
             .chain(self.admin_certificate.as_ref().map(|c| ("admin", c)));
-        let mut renewed = 0;
+        let mut staged = Vec::new();
         for (name, certificate) in certificates {
-            match certificate.reload() {
-                Ok(()) => renewed += 1,
-                Err(e) => problems.push(format!(
-                    "{name}: certificate not reloaded, the one in use is kept: {e}"
-                )),
+            match certificate.read_again() {
+                Ok(pair) => staged.push((certificate, pair)),
+                Err(e) => problems.push(format!("{name}: its certificate: {e}")),
             }
         }
-        match fresh {
-            Err(e) => problems.push(format!(
-                "the configuration file was not applied (the running settings are kept): {e}"
-            )),
+        let fresh = match fresh {
+            Err(e) => {
+                problems.push(format!("the configuration file: {e}"));
+                None
+            }
             Ok(fresh) => match needs_restart(&self.config, &fresh) {
-                Some(what) => problems.push(format!(
-                    "the configuration file was not applied (the running settings are kept): {what} changed, which needs a restart"
-                )),
-                None => {
-                    for (reloadable, l) in self.listeners.iter().zip(&fresh.listeners) {
-                        reloadable.apply(l);
-                    }
-                    self.config = fresh;
+                Some(what) => {
+                    problems.push(format!(
+                        "the configuration file: {what} changed, which needs a restart"
+                    ));
+                    None
                 }
+                None => Some(fresh),
             },
-        }
-        let result = if problems.is_empty() {
-            tracing::info!(
-                certificates = renewed,
-                "reloaded: certificates read again, listener limits applied to new connections"
-            );
-            "applied"
-        } else {
-            for p in &problems {
-                tracing::error!("reload: {p}");
+        };
+        let result = match fresh {
+            Some(fresh) if problems.is_empty() => {
+                let renewed = staged.len();
+                for (certificate, pair) in staged {
+                    certificate.put(pair);
+                }
+                for (reloadable, l) in self.listeners.iter().zip(&fresh.listeners) {
+                    reloadable.apply(l);
+                }
+                self.config = fresh;
+                tracing::info!(
+                    certificates = renewed,
+                    "reloaded: certificates read again, listener limits applied to new connections"
+                );
+                "applied"
             }
-            "refused"
+            _ => {
+                for p in &problems {
+                    tracing::error!(
+                        "reload refused, nothing applied (the running certificates and settings are kept): {p}"
+                    );
+                }
+                "refused"
+            }
         };
         self.metrics
             .reloads

@@ -30,19 +30,21 @@ struct Abused {
 }
 
 impl Abused {
-    async fn start(dir: &Path, per_peer: usize) -> Abused {
+    /// Each relay listener takes `per_peer` connections from one peer, and the
+    /// TLS handshake and first head must come within `header_timeout`.
+    async fn start(dir: &Path, per_peer: usize, header_timeout: &str) -> Abused {
         common::init_keys(dir);
         let (cert, tls) = common::cert_files(dir, "tls");
         let d = dir.display();
         let limits = format!(
-            "header-timeout = \"1s\"\nmax-connections-per-peer = {per_peer}\nmax-connections = {}\n",
+            "header-timeout = \"{header_timeout}\"\nmax-connections-per-peer = {per_peer}\nmax-connections = {}\n",
             per_peer * 4
         );
         let text = format!(
             "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\nqueue-capacity = 65536\n\
              [[listener]]\nname = \"sms\"\nlisten = \"127.0.0.1:0\"\nprofile = \"kannel\"\nrequest-timeout = \"1s\"\nmax-body-bytes = 1024\n{limits}\n\
              [[listener]]\nname = \"sms-tls\"\nlisten = \"127.0.0.1:0\"\nprofile = \"kannel\"\n{tls}{limits}\n\
-             [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\ncommand-timeout = \"1s\"\n{limits}\n\
+             [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\ncommand-timeout = \"1s\"\ndata-timeout = \"1s\"\n{tls}{limits}\n\
              [[listener]]\nname = \"smpp\"\nprotocol = \"smpp\"\nlisten = \"127.0.0.1:0\"\nbind-timeout = \"1s\"\nmax-pdu-bytes = 4096\n{limits}\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n{tls}"
         );
@@ -152,7 +154,8 @@ fn enough_files(n: u64) {
 async fn idle_flood_is_capped_per_peer_and_cut() {
     enough_files(8192);
     let dir = tempfile::tempdir().unwrap();
-    let relay = Abused::start(dir.path(), 500).await;
+    // Time enough to take all 2,000 before the first are cut, on a slow machine.
+    let relay = Abused::start(dir.path(), 500, "5s").await;
     let addr = relay.addr("sms");
     let mut idle = Vec::new();
     for _ in 0..2000 {
@@ -187,7 +190,7 @@ async fn idle_flood_is_capped_per_peer_and_cut() {
 #[tokio::test]
 async fn slow_and_oversized_http_requests_are_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Abused::start(dir.path(), 64).await;
+    let relay = Abused::start(dir.path(), 64, "1s").await;
     let addr = relay.addr("sms");
 
     // A head a byte at a time, never finished.
@@ -261,7 +264,7 @@ async fn slow_and_oversized_http_requests_are_cut() {
 #[tokio::test]
 async fn half_open_tls_and_admin_abuse_are_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Abused::start(dir.path(), 64).await;
+    let relay = Abused::start(dir.path(), 64, "1s").await;
     let (https, admin) = (relay.addr("sms-tls"), relay.running.admin.unwrap());
     let tls = common::trusting(&relay.cert);
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
@@ -302,6 +305,17 @@ async fn half_open_tls_and_admin_abuse_are_cut() {
         .write_all(b"POST /api/v1/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"officer\":")
         .await
         .unwrap();
+    // From a third address: requests, and their replies never read. The replies fill
+    // the socket's buffers; the write that stalls is cut.
+    let mut deaf = tls
+        .connect(name.clone(), connect_from("127.0.0.3", admin).await)
+        .await
+        .unwrap();
+    let requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4000);
+    let deaf = tokio::spawn(async move {
+        let _ = deaf.write_all(&requests).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
     // Its 16 places for one peer: the abuser has 3; 13 more, and the next is refused.
     let mut more = Vec::new();
     for _ in 0..13 {
@@ -352,21 +366,33 @@ async fn half_open_tls_and_admin_abuse_are_cut() {
     relay
         .counted("connections_cut", "admin", "body_timeout", 1)
         .await;
+    relay
+        .counted("connections_cut", "admin", "reply_timeout", 1)
+        .await;
+    deaf.abort();
 }
 
-/// SMTP: a silent client is cut at command-timeout, an oversized line is refused
-/// (and enough of them end the session), a flood from one peer is told 421; a
-/// legitimate client's message goes through meanwhile.
+/// SMTP: a silent client is cut at command-timeout, a message whose content stalls at
+/// data-timeout, a STARTTLS handshake never begun at header-timeout; an oversized line
+/// is refused (and enough of them end the session); a flood from one peer is told 421;
+/// a legitimate client's message goes through meanwhile.
 #[tokio::test]
 async fn smtp_abuse_is_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Abused::start(dir.path(), 8).await;
+    let relay = Abused::start(dir.path(), 8, "1s").await;
     let addr = relay.addr("mail");
     let mut silent = connect_from(ABUSER, addr).await;
-    let mut long_lines = connect_from(ABUSER, addr).await;
-    let line = vec![b'a'; relaylog::smtp::MAX_COMMAND_LINE + 100];
+    let (mut slow_data, _) = common::SmtpClient::over(connect_from(ABUSER, addr).await).await;
+    assert_eq!(slow_data.code("EHLO abuser.example").await, 250);
+    assert_eq!(slow_data.code("MAIL FROM:<a@abuser.example>").await, 250);
+    assert_eq!(slow_data.code("RCPT TO:<b@example.org>").await, 250);
+    assert_eq!(slow_data.code("DATA").await, 354);
+    slow_data.send(b"Subject: never ends\r\n").await;
+    let (mut half_tls, _) = common::SmtpClient::over(connect_from(ABUSER, addr).await).await;
+    assert_eq!(half_tls.code("EHLO abuser.example").await, 250);
+    assert_eq!(half_tls.code("STARTTLS").await, 220);
     let mut flood = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..5 {
         flood.push(connect_from(ABUSER, addr).await);
     }
     let mut refused = connect_from(ABUSER, addr).await;
@@ -376,6 +402,32 @@ async fn smtp_abuse_is_cut() {
         "{}",
         String::from_utf8_lossy(&told)
     );
+    drop(flood);
+    // Long lines from the first moment, before command-timeout could cut the session
+    // (once the flood's places are given back).
+    let shouting = tokio::spawn(async move {
+        let line = [
+            vec![b'a'; relaylog::smtp::MAX_COMMAND_LINE + 100],
+            b"\r\n".to_vec(),
+        ]
+        .concat();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut long_lines = loop {
+            let mut s = connect_from(ABUSER, addr).await;
+            let mut greeting = [0u8; 4];
+            if s.read_exact(&mut greeting).await.is_ok() && &greeting == b"220 " {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no place for the long lines");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        for _ in 0..=relaylog::ingress::smtp::session::MAX_ERRORS {
+            if long_lines.write_all(&line).await.is_err() {
+                break;
+            }
+        }
+        until_closed(&mut long_lines, Duration::from_secs(10)).await
+    });
 
     let (mut c, greeting) = common::SmtpClient::over(connect_from(CLIENT, addr).await).await;
     assert_eq!(greeting.code, 220);
@@ -386,15 +438,7 @@ async fn smtp_abuse_is_cut() {
     assert_eq!(c.code("Subject: hi\r\n\r\nhello\r\n.").await, 250);
     assert_eq!(c.code("QUIT").await, 221);
 
-    let mut said = Vec::new();
-    for _ in 0..=relaylog::ingress::smtp::session::MAX_ERRORS {
-        if long_lines.write_all(&line).await.is_err()
-            || long_lines.write_all(b"\r\n").await.is_err()
-        {
-            break;
-        }
-    }
-    said.extend(until_closed(&mut long_lines, Duration::from_secs(10)).await);
+    let said = shouting.await.unwrap();
     let said = String::from_utf8_lossy(&said);
     assert!(said.contains("500 5.5.2 Error: line too long"), "{said}");
     assert!(
@@ -403,6 +447,14 @@ async fn smtp_abuse_is_cut() {
     );
     relay
         .counted("connections_cut", "mail", "too_many_errors", 1)
+        .await;
+    assert_eq!(slow_data.reply().await.code, 421);
+    relay
+        .counted("connections_cut", "mail", "data_timeout", 1)
+        .await;
+    assert!(half_tls.closed().await);
+    relay
+        .counted("connections_cut", "mail", "handshake_timeout", 1)
         .await;
     let told = until_closed(&mut silent, Duration::from_secs(5)).await;
     assert!(
@@ -424,7 +476,7 @@ async fn smtp_abuse_is_cut() {
 #[tokio::test]
 async fn smpp_abuse_is_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Abused::start(dir.path(), 8).await;
+    let relay = Abused::start(dir.path(), 8, "1s").await;
     let addr = relay.addr("smpp");
     let mut silent = connect_from(ABUSER, addr).await;
     let mut huge = connect_from(ABUSER, addr).await;
@@ -432,7 +484,7 @@ async fn smpp_abuse_is_cut() {
     huge.write_all(&[0x00, 0x10, 0x00, 0x00, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1])
         .await
         .unwrap();
-    let mut esme = Esme::connect(addr).await;
+    let mut esme = Esme::over(connect_from(CLIENT, addr).await);
     assert_eq!(esme.bind(b"acme", b"pw").await.status, 0);
     esme.send(&common::smpp::submit(b"31612345678", 2)).await;
     let resp = esme.header().await;

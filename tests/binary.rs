@@ -792,8 +792,21 @@ async fn sighup_renews_the_certificate_under_load() {
     init_keys(dir.path());
     let served = Served::start(dir.path(), &config);
     served.addr("listening");
+    let admin = served.addr("admin listening");
     let addr: std::net::SocketAddr = listen.parse().unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    // The value of the metric line `name` (0 when absent).
+    let metric = |name: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let text = get(&client(), &format!("{admin}/metrics")).await.1;
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        }
+    };
+    const PER_PEER: &str =
+        "relaylog_connections_refused_total{listener=\"sms\",reason=\"max_connections_per_peer\"} ";
 
     // Four clients, each on one kept-alive TLS connection, sending until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -854,32 +867,42 @@ async fn sighup_renews_the_certificate_under_load() {
     std::fs::write(&config, text(2, &listen)).unwrap();
     unsafe_kill(served.child.id(), "HUP");
     // Waits (up to 10 s) for `what` in the log.
-    let logged = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = String::from_utf8_lossy(&served.output()).into_owned();
-            if log.contains(what) {
-                return;
+    let logged = |what: &'static str| {
+        let served = &served;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let log = String::from_utf8_lossy(&served.output()).into_owned();
+                if log.contains(what) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "`{what}` not logged:\n{log}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(Instant::now() < deadline, "`{what}` not logged:\n{log}");
-            std::thread::sleep(Duration::from_millis(20));
         }
     };
-    logged("reloaded: certificates read again");
+    logged("reloaded: certificates read again").await;
     let before = sent.load(Ordering::Relaxed);
     wait_sent(before + 200).await;
 
+    // A fifth connection from this peer is over the new limit of 2.
+    let over_the_limit = || async {
+        let before = metric(PER_PEER).await;
+        let fifth = trusting(&new)
+            .connect(
+                name.clone(),
+                tokio::net::TcpStream::connect(addr).await.unwrap(),
+            )
+            .await;
+        assert!(fifth.is_err());
+        assert_eq!(
+            metric(PER_PEER).await,
+            before + 1,
+            "refused for its peer's limit"
+        );
+    };
+    over_the_limit().await;
     // New handshakes present the new certificate only.
-    let fresh = trusting(&new)
-        .connect(
-            name.clone(),
-            tokio::net::TcpStream::connect(addr).await.unwrap(),
-        )
-        .await;
-    assert!(
-        fresh.is_err(),
-        "a fifth connection from this peer is over the new limit of 2"
-    );
     let from_other = |ip: &'static str| async move {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
@@ -905,9 +928,13 @@ async fn sighup_renews_the_certificate_under_load() {
     // A change that needs a restart: refused, nothing applied, still serving.
     std::fs::write(&config, text(64, "127.0.0.1:1")).unwrap();
     unsafe_kill(served.child.id(), "HUP");
-    logged("which needs a restart");
+    logged("which needs a restart").await;
     let before = sent.load(Ordering::Relaxed);
     wait_sent(before + 100).await;
+    let applied = metric("relaylog_reloads_total{result=\"applied\"} ").await;
+    let refused = metric("relaylog_reloads_total{result=\"refused\"} ").await;
+    assert_eq!((applied, refused), (1, 1));
+    over_the_limit().await;
 
     stop.store(true, Ordering::Relaxed);
     for c in clients {

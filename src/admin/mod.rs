@@ -9,6 +9,7 @@ pub mod session;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -121,12 +122,126 @@ impl Connection {
                 }
             }
         });
-        if crate::net::serve_http1_io(stream, svc, shutdown)
-            .await
-            .is_some_and(|e| e.is_timeout())
-        {
-            metrics.cut(NAME, "header_timeout");
+        let state = Arc::new(Seen::default());
+        let stream = Guarded {
+            io: stream,
+            stalled: None,
+            seen: state.clone(),
+        };
+        let ended = crate::net::serve_http1_io(stream, svc, shutdown).await;
+        let cut = if state.write_stalled.load(Ordering::Relaxed) {
+            Some("reply_timeout")
+        } else if ended.is_some_and(|e| e.is_timeout()) {
+            // hyper's header timeout runs between requests too.
+            let idle = state.answered.load(Ordering::Relaxed)
+                && !state.read_since_answer.load(Ordering::Relaxed);
+            Some(if idle {
+                "idle_timeout"
+            } else {
+                "header_timeout"
+            })
+        } else {
+            None
+        };
+        if let Some(cut) = cut {
+            metrics.cut(NAME, cut);
         }
+    }
+}
+
+/// What [`Guarded`] saw of its connection.
+#[derive(Default)]
+struct Seen {
+    /// A reply was written (the connection went on to wait for the next request).
+    answered: AtomicBool,
+    /// Bytes came since the last reply: a request head was under way.
+    read_since_answer: AtomicBool,
+    /// A write made no progress for [`WRITE_STALL`]: the client does not read.
+    write_stalled: AtomicBool,
+}
+
+/// An admin connection's stream: a write that makes no progress for [`WRITE_STALL`]
+/// fails, so that a client that stops reading its reply cannot keep its place; and
+/// what the connection was doing when it ended ([`Seen`]).
+struct Guarded<I> {
+    io: I,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    seen: Arc<Seen>,
+}
+
+/// How long a reply's write may make no progress.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+
+impl<I> Guarded<I> {
+    /// A write's result: progress resets the stall clock; none starts it, and past
+    /// [`WRITE_STALL`] turns into an error.
+    /// `wrote`: the result is a write's (a flush is not a reply).
+    fn written<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+        wrote: bool,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match r {
+            Poll::Pending => {
+                let sleep = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.seen.write_stalled.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+                }
+                Poll::Pending
+            }
+            done => {
+                self.stalled = None;
+                if wrote {
+                    self.seen.answered.store(true, Ordering::Relaxed);
+                    self.seen.read_since_answer.store(false, Ordering::Relaxed);
+                }
+                done
+            }
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Guarded<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.seen.read_since_answer.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.written(cx, r, true)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.written(cx, r, false)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -100,15 +100,20 @@ impl Certificate {
         }))
     }
 
-    /// Reads the files again. On any error (a file missing or half-written, a key that
-    /// is not the certificate's) the pair in use stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = Arc::new(Self::read(&self.cert, &self.key)?);
+    /// Reads the files again, without presenting what they hold yet ([`Self::put`]
+    /// does): a file missing or not PEM, a key that is not the certificate's, is an
+    /// error, and the pair in use stays. (A chain file cut short after a whole
+    /// certificate still reads: replace the files by renaming, not by writing over.)
+    pub fn read_again(&self) -> Result<Arc<CertifiedKey>, TlsError> {
+        Ok(Arc::new(Self::read(&self.cert, &self.key)?))
+    }
+
+    /// Presents `pair` (from [`Self::read_again`]) from the next handshake on.
+    pub fn put(&self, pair: Arc<CertifiedKey>) {
         *self
             .current
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
-        Ok(())
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = pair;
     }
 
     /// The end-entity certificate in use (DER).
@@ -176,4 +181,34 @@ pub fn upstream_connector(
     let name = rustls_pki_types::ServerName::try_from(host.to_owned())
         .map_err(|_| TlsError::Invalid("upstream host is not a valid TLS server name"))?;
     Ok((tokio_rustls::TlsConnector::from(config), name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewal_that_does_not_load_keeps_the_pair_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let pair = || rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (a, b) = (pair(), pair());
+        let write = |c: &rcgen::CertifiedKey<rcgen::KeyPair>,
+                     k: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+            std::fs::write(&cert, c.cert.pem()).unwrap();
+            std::fs::write(&key, k.signing_key.serialize_pem()).unwrap();
+        };
+        write(&a, &a);
+        let certificate = Certificate::load(&cert, &key).unwrap();
+        assert_eq!(certificate.end_entity().as_ref(), a.cert.der().as_ref());
+        // b's certificate with a's key; then a certificate file that is not PEM.
+        write(&b, &a);
+        assert!(matches!(certificate.read_again(), Err(TlsError::Config(_))));
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+        assert!(certificate.read_again().is_err());
+        assert_eq!(certificate.end_entity().as_ref(), a.cert.der().as_ref());
+        write(&b, &b);
+        certificate.put(certificate.read_again().unwrap());
+        assert_eq!(certificate.end_entity().as_ref(), b.cert.der().as_ref());
+    }
 }

@@ -66,8 +66,13 @@ pub struct Esme {
 
 impl Esme {
     pub async fn connect(addr: SocketAddr) -> Esme {
+        Self::over(TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// An ESME over a connection already made.
+    pub fn over(tcp: TcpStream) -> Esme {
         Esme {
-            tcp: TcpStream::connect(addr).await.unwrap(),
+            tcp,
             buf: BytesMut::new(),
         }
     }

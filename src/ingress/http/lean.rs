@@ -225,10 +225,14 @@ where
                     io.write_all(&out).await?;
                     io.flush().await
                 };
-                matches!(
-                    tokio::time::timeout(limits.request_timeout, write).await,
-                    Ok(Ok(()))
-                )
+                match tokio::time::timeout(limits.request_timeout, write).await {
+                    Ok(r) => r.is_ok(),
+                    Err(_) => {
+                        let relay = &listener.relay;
+                        relay.metrics.cut(&relay.name, "reply_timeout");
+                        false
+                    }
+                }
             }
             Err(_) => false,
         };

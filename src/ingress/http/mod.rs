@@ -395,6 +395,9 @@ async fn serve<I>(
     )
     .await
     {
+        if e.is_parse_too_large() {
+            http.relay.metrics.cut(&http.relay.name, "head_too_large");
+        }
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

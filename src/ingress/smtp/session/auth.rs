@@ -50,6 +50,7 @@ impl Session<'_> {
         let plain = std::mem::replace(&mut self.client, Wire::new(Box::new(smtp::Closed)));
         let Wire { io, .. } = plain;
         let wait = self.within(self.listener.handshake_timeout);
+        let relay = &self.listener.relay;
         match tokio::time::timeout(wait, acceptor.accept(io)).await {
             Ok(Ok(tls)) => {
                 self.client = Wire::new(Box::new(tls));
@@ -57,7 +58,14 @@ impl Session<'_> {
                 self.needs_ehlo = true;
                 Ok(())
             }
-            _ => Err(Stop::ClientGone),
+            Ok(Err(_)) => {
+                relay.metrics.cut(&relay.name, "handshake_failed");
+                Err(Stop::ClientGone)
+            }
+            Err(_) => {
+                relay.metrics.cut(&relay.name, "handshake_timeout");
+                Err(Stop::ClientGone)
+            }
         }
     }
 

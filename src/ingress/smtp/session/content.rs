@@ -95,6 +95,17 @@ impl Session<'_> {
         // Logged once: as the message's outcome when its content had begun, else
         // under the reason here.
         let reason = |r: &'static str| if ticket.is_some() { None } else { Some(r) };
+        let cut = match why {
+            Abandon::ClientGone => None,
+            Abandon::ClientTimeout => Some("data_timeout"),
+            Abandon::TooBig => Some("message_too_big"),
+            Abandon::BareLineEnding => Some("bare_line_ending"),
+        };
+        if let (Some(cut), Some(_)) = (cut, &ticket) {
+            // Counted here when the ticket, not the session's end, logs it.
+            let relay = &self.listener.relay;
+            relay.metrics.cut(&relay.name, cut);
+        }
         let (status, stop) = match why {
             Abandon::ClientGone => (0, Stop::ClientGone),
             Abandon::ClientTimeout => (
