@@ -17,6 +17,7 @@ pub mod passthrough;
 pub mod query;
 pub mod smpp;
 pub mod smtp;
+pub mod soak;
 pub(crate) mod store;
 
 pub use self::store::{BenchError, StoreBench, StoreBenchReport, store};

@@ -196,7 +196,8 @@ pub fn run(cli: Cli) -> Result<()> {
             b @ (BenchCommand::Http { .. }
             | BenchCommand::Smtp { .. }
             | BenchCommand::Smpp { .. }
-            | BenchCommand::Passthrough { .. }),
+            | BenchCommand::Passthrough { .. }
+            | BenchCommand::Soak { .. }),
         ) => {
             init_tracing(log_format(&cli, None), "warn");
             let config = Config::parse("", &cli.config)?;

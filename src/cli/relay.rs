@@ -187,6 +187,43 @@ pub enum BenchCommand {
         #[arg(long)]
         upstream: SocketAddr,
     },
+    /// Run `relaylog serve` (a child of this command, with its own store and
+    /// upstreams) under HTTP, SMTP and SMPP traffic while faults come one after
+    /// another: upstream restarts and stalls, the store's disk full, its directories
+    /// read-only, SIGTERM and `kill -9` with restarts. At the end, check that every
+    /// message an upstream accepted or a client was told was accepted has its record,
+    /// and that RSS and open files stayed flat; exit 1 if not. As root the store goes
+    /// on a tmpfs of its own (for the disk-full fault) and relaylog runs as `nobody`.
+    Soak {
+        /// How long the traffic runs.
+        #[arg(long, default_value = "60s")]
+        duration: humantime::Duration,
+        /// A fault this often, the first after half of it.
+        #[arg(long, default_value = "10s")]
+        fault_every: humantime::Duration,
+        /// Messages a second over HTTP, SMTP and SMPP.
+        #[arg(long, default_value_t = 200.0)]
+        http_rate: f64,
+        #[arg(long, default_value_t = 50.0)]
+        smtp_rate: f64,
+        #[arg(long, default_value_t = 100.0)]
+        smpp_rate: f64,
+        /// Where the store, keys and logs go (default: a new temporary directory,
+        /// removed at the end unless --keep).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        keep: bool,
+        /// Fail unless every kind of fault can be injected (needs root).
+        #[arg(long)]
+        all_faults: bool,
+        /// The size of the store's tmpfs, in MiB (as root).
+        #[arg(long, default_value_t = 2048)]
+        disk_mib: u64,
+        /// Also write the report, with every sample, as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -566,6 +603,40 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             };
             let report = load_runtime(*threads)?.block_on(crate::bench::smpp::run(b))?;
             print_report(&report, report.to_text(), *json)
+        }
+        BenchCommand::Soak {
+            duration,
+            fault_every,
+            http_rate,
+            smtp_rate,
+            smpp_rate,
+            dir,
+            keep,
+            all_faults,
+            disk_mib,
+            json,
+        } => {
+            let args = crate::bench::soak::SoakArgs {
+                duration: (*duration).into(),
+                fault_every: (*fault_every).into(),
+                rates: [*http_rate, *smtp_rate, *smpp_rate],
+                dir: dir.clone(),
+                keep: *keep,
+                all_faults: *all_faults,
+                disk_mib: *disk_mib,
+            };
+            let report = crate::bench::soak::soak(&args)?;
+            report.print();
+            if let Some(path) = json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            let problems = report.problems();
+            if !problems.is_empty() {
+                bail!("soak failed: {}", problems.join("; "));
+            }
+            println!("soak: ok");
+            Ok(())
         }
         BenchCommand::Passthrough { listen, upstream } => {
             if !listen.ip().is_loopback() {
