@@ -3,7 +3,7 @@
 //! upstream's notes and the store's records can be matched one by one), paced to a
 //! rate, reconnecting whenever relaylog is down or drops them.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -33,20 +33,22 @@ pub struct Tally {
     pub refused: AtomicU64,
     /// Connections that failed or broke off (relaylog down, restarting, cutting).
     pub broken: AtomicU64,
-    /// The recipients of the acknowledged messages.
-    acked_to: Mutex<HashSet<String>>,
+    /// The recipients of the acknowledged messages, each with how many.
+    acked_to: Mutex<HashMap<String, u32>>,
 }
 
 impl Tally {
     fn ack(&self, to: String) {
         self.acked.fetch_add(1, Ordering::Relaxed);
-        self.acked_to
+        *self
+            .acked_to
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(to);
+            .entry(to)
+            .or_default() += 1;
     }
 
-    pub fn acked_to(&self) -> HashSet<String> {
+    pub fn acked_to(&self) -> HashMap<String, u32> {
         self.acked_to
             .lock()
             .unwrap_or_else(|p| p.into_inner())

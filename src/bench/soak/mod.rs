@@ -1,19 +1,27 @@
 //! `relaylog bench soak`: relaylog (`serve`, as a child process) under HTTP, SMTP and
 //! SMPP traffic for a set time while faults come one after another: its upstreams
 //! restarted and stalled, its store's disk filled and freed, the store's directories
-//! made read-only and back, SIGTERM and restart, `kill -9` and restart. At the end it
-//! checks that every message an upstream accepted, and every message a client was told
-//! was accepted, has its record in the store (none forwarded unrecorded), and reports
-//! relaylog's RSS and open files over time (they must stay flat).
+//! made read-only and back, SIGTERM and restart, `kill -9` (with messages held by a
+//! stalled upstream) and restart. Each fault is checked to have been felt (relaylog's
+//! metrics moved: upstream errors, store errors, fail-closed answers, the journal
+//! bypassed). At the end it checks that every message an upstream accepted, and every
+//! one a client was told was accepted, has its record in the store (counted per
+//! recipient: a message forwarded twice needs two records), that all three protocols
+//! were served after the last fault, and that relaylog's RSS and open files stayed
+//! flat within each run of it.
 //!
 //! Run as root it puts the store on a tmpfs of its own (so that it can fill it) and
-//! runs relaylog as `nobody` (so that a read-only directory is one to it); otherwise
-//! the disk-full fault is skipped, and said so.
+//! runs relaylog as `nobody` (so that a read-only directory is one to it). Otherwise,
+//! or when the tmpfs cannot be mounted, the disk-full fault is skipped, and said so.
+//!
+//! Its upstreams (`upstream.rs`) are its own rather than `crate::simulator`'s: they
+//! note every recipient, stall and restart on command, which the simulators (the
+//! default upstreams of `serve` and of the tests) have no need for.
 
 mod clients;
 mod upstream;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -35,13 +43,14 @@ pub struct SoakArgs {
     pub fault_every: Duration,
     /// Messages a second: HTTP, SMTP, SMPP.
     pub rates: [f64; 3],
-    /// Where the store, keys and logs go (a new directory under the system's temporary
-    /// one when not given); removed at the end unless `keep`.
+    /// Where the store, keys and logs go. Default: a new directory under the system's
+    /// temporary one, removed at the end unless `keep` (a given one is kept).
     pub dir: Option<PathBuf>,
     pub keep: bool,
-    /// Fail unless every kind of fault could be injected (CI, which runs as root).
+    /// Fail unless every kind of fault was injected and felt (CI, which runs as root).
     pub all_faults: bool,
-    /// The store's tmpfs, when run as root.
+    /// The size of the store's tmpfs, when run as root: room for the run's records
+    /// (about 30 MiB a minute at the default rates), which the disk-full fault fills.
     pub disk_mib: u64,
 }
 
@@ -66,8 +75,33 @@ const FAULTS: [Fault; 6] = [
     Fault::Kill9,
 ];
 
-/// How long the upstreams stay down, stall, the disk stays full, the directories read-only.
-const FAULT_HOLD: Duration = Duration::from_secs(3);
+impl Fault {
+    /// How long it lasts: the upstreams down or stalled past relaylog's
+    /// upstream-timeout (2 s); the disk full and the directories read-only past a
+    /// journal rotation (`store::journal::ROTATE_AFTER`).
+    fn hold(self) -> Duration {
+        match self {
+            Fault::UpstreamRestart | Fault::UpstreamStall => Duration::from_secs(3),
+            Fault::DiskFull | Fault::ReadOnly => {
+                crate::store::journal::ROTATE_AFTER + Duration::from_secs(2)
+            }
+            // Messages held by the stalled upstream when the kill comes.
+            Fault::Sigterm | Fault::Kill9 => Duration::from_secs(1),
+        }
+    }
+}
+
+/// A fault as it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Injected {
+    /// Seconds into the soak.
+    pub at: f64,
+    pub fault: Fault,
+    /// relaylog showed it: for the upstream faults its upstream errors grew, for the
+    /// store's its store errors or fail-closed answers grew or it bypassed the journal;
+    /// a stop it answered by exiting (cleanly for SIGTERM).
+    pub felt: bool,
+}
 
 /// A sample of relaylog's process.
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +122,8 @@ pub struct ProtocolCounts {
     pub acked: u64,
     pub refused: u64,
     pub broken_connections: u64,
+    /// Acknowledged after the last fault was over.
+    pub acked_at_the_end: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,40 +132,41 @@ pub struct SoakReport {
     pub http: ProtocolCounts,
     pub smtp: ProtocolCounts,
     pub smpp: ProtocolCounts,
-    /// Each fault injected, with when (seconds into the soak).
-    pub faults: Vec<(f64, Fault)>,
+    pub faults: Vec<Injected>,
     /// Faults that could not be injected here, and why.
     pub skipped: Vec<(Fault, String)>,
-    pub upstream_accepted: usize,
-    pub recorded: usize,
-    /// Accepted by an upstream, not in the store: forwarded unrecorded. Must be 0.
-    pub lost: usize,
-    /// Acknowledged to a client, not in the store. Must be 0.
-    pub acked_unrecorded: usize,
+    /// Whether every kind must have been injected and felt.
+    pub all_faults: bool,
+    /// Messages the upstreams accepted (per recipient, summed).
+    pub upstream_accepted: u64,
+    /// Records in the store.
+    pub recorded: u64,
+    /// Accepted by an upstream more often than recorded: forwarded unrecorded. Must be 0.
+    pub lost: u64,
+    /// Acknowledged to a client more often than recorded. Must be 0.
+    pub acked_unrecorded: u64,
+    /// Partitions whose keys were gone when the soak read the store (0).
+    pub unreadable_partitions: usize,
     /// SIGTERMs after which relaylog did not exit cleanly (0).
     pub unclean_exits: u32,
     pub samples: Vec<Sample>,
 }
 
+/// A run's samples from its 10th second: before, it is starting (caches filling, the
+/// journal replayed).
+const STEADY_AFTER: f64 = 10.0;
+
 impl SoakReport {
-    fn steady(&self) -> impl Iterator<Item = &Sample> {
-        // A run's first seconds are its start-up (caches filling, journal replay).
-        self.samples.iter().filter(|s| s.age >= 10.0)
-    }
-
-    /// (first, last, max) RSS in KiB of the steady samples.
-    pub fn rss(&self) -> (u64, u64, u64) {
-        let first = self.steady().next().map_or(0, |s| s.rss_kib);
-        let last = self.steady().last().map_or(0, |s| s.rss_kib);
-        let max = self.steady().map(|s| s.rss_kib).max().unwrap_or(0);
-        (first, last, max)
-    }
-
-    pub fn fds(&self) -> (u64, u64, u64) {
-        let first = self.steady().next().map_or(0, |s| s.fds);
-        let last = self.steady().last().map_or(0, |s| s.fds);
-        let max = self.steady().map(|s| s.fds).max().unwrap_or(0);
-        (first, last, max)
+    /// Each run of relaylog with steady samples: (incarnation, first, last).
+    fn runs(&self) -> Vec<(u32, &Sample, &Sample)> {
+        let mut runs: Vec<(u32, &Sample, &Sample)> = Vec::new();
+        for s in self.samples.iter().filter(|s| s.age >= STEADY_AFTER) {
+            match runs.last_mut() {
+                Some((n, _, last)) if *n == s.incarnation => *last = s,
+                _ => runs.push((s.incarnation, s, s)),
+            }
+        }
+        runs
     }
 
     /// What is wrong with the run, if anything.
@@ -147,27 +184,50 @@ impl SoakReport {
                 self.acked_unrecorded
             ));
         }
+        if self.unreadable_partitions > 0 {
+            p.push(format!(
+                "{} partitions could not be read",
+                self.unreadable_partitions
+            ));
+        }
         if self.unclean_exits > 0 {
-            p.push(format!(
-                "{} SIGTERMs without a clean exit",
-                self.unclean_exits
-            ));
+            p.push(format!("{} stops without a clean exit", self.unclean_exits));
         }
-        let acked = self.http.acked + self.smtp.acked + self.smpp.acked;
-        if acked == 0 {
-            p.push("no message was acknowledged: nothing was tested".into());
+        for (name, c) in [
+            ("http", &self.http),
+            ("smtp", &self.smtp),
+            ("smpp", &self.smpp),
+        ] {
+            if c.acked_at_the_end == 0 {
+                p.push(format!("{name}: nothing acknowledged after the last fault"));
+            }
         }
-        let (rss0, rss1, _) = self.rss();
-        if rss1 > rss0 + rss0 / 2 + 16 * 1024 {
-            p.push(format!(
-                "RSS grew from {} to {} MiB",
-                rss0 / 1024,
-                rss1 / 1024
-            ));
+        if self.all_faults {
+            for kind in FAULTS {
+                let felt = self.faults.iter().any(|f| f.fault == kind && f.felt);
+                if !felt {
+                    p.push(format!("{kind:?} was not injected, or not felt"));
+                }
+            }
         }
-        let (fd0, fd1, _) = self.fds();
-        if fd1 > fd0 + 32 {
-            p.push(format!("open files grew from {fd0} to {fd1}"));
+        let runs = self.runs();
+        if runs.is_empty() {
+            p.push("no steady sample of relaylog's RSS and open files".into());
+        }
+        for (n, first, last) in runs {
+            if last.rss_kib > first.rss_kib + first.rss_kib / 2 + 16 * 1024 {
+                p.push(format!(
+                    "run {n}: RSS grew from {} to {} MiB",
+                    first.rss_kib / 1024,
+                    last.rss_kib / 1024
+                ));
+            }
+            if last.fds > first.fds + 32 {
+                p.push(format!(
+                    "run {n}: open files grew from {} to {}",
+                    first.fds, last.fds
+                ));
+            }
         }
         p
     }
@@ -175,22 +235,28 @@ impl SoakReport {
     pub fn print(&self) {
         let row = |name: &str, c: &ProtocolCounts| {
             println!(
-                "  {name:<5} sent {:>8}  acked {:>8}  refused {:>6}  connections broken {:>5}",
-                c.sent, c.acked, c.refused, c.broken_connections
+                "  {name:<5} sent {:>8}  acked {:>8} ({} after the last fault)  refused {:>6}  connections broken {:>5}",
+                c.sent, c.acked, c.acked_at_the_end, c.refused, c.broken_connections
             );
         };
         println!("soak: {:.0} s", self.seconds);
         row("http", &self.http);
         row("smtp", &self.smtp);
         row("smpp", &self.smpp);
-        let mut kinds: Vec<(Fault, usize)> = Vec::new();
-        for (_, f) in &self.faults {
-            match kinds.iter_mut().find(|(k, _)| k == f) {
-                Some((_, n)) => *n += 1,
-                None => kinds.push((*f, 1)),
+        let mut kinds: Vec<(Fault, usize, usize)> = Vec::new();
+        for f in &self.faults {
+            match kinds.iter_mut().find(|(k, _, _)| *k == f.fault) {
+                Some((_, n, felt)) => {
+                    *n += 1;
+                    *felt += f.felt as usize;
+                }
+                None => kinds.push((f.fault, 1, f.felt as usize)),
             }
         }
-        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k:?} {n}")).collect();
+        let kinds: Vec<String> = kinds
+            .iter()
+            .map(|(k, n, felt)| format!("{k:?} {n} ({felt} felt)"))
+            .collect();
         println!(
             "faults injected: {} ({})",
             self.faults.len(),
@@ -200,75 +266,96 @@ impl SoakReport {
             println!("  skipped {f:?}: {why}");
         }
         println!(
-            "upstreams accepted {}; in the store {}; accepted but not recorded {}; acknowledged but not recorded {}",
+            "upstreams accepted {} messages; records in the store {}; accepted but not recorded {}; acknowledged but not recorded {}",
             self.upstream_accepted, self.recorded, self.lost, self.acked_unrecorded
         );
-        let (r0, r1, rmax) = self.rss();
-        let (f0, f1, fmax) = self.fds();
-        println!(
-            "relaylog RSS (MiB) start {:.1} end {:.1} max {:.1}; open files start {f0} end {f1} max {fmax}; runs {}",
-            r0 as f64 / 1024.0,
-            r1 as f64 / 1024.0,
-            rmax as f64 / 1024.0,
-            self.samples.last().map_or(0, |s| s.incarnation)
-        );
+        let runs = self.runs();
+        let mib = |k: u64| k as f64 / 1024.0;
+        if let (Some(first), Some(last)) = (runs.first(), runs.last()) {
+            let max_rss = runs.iter().map(|r| r.2.rss_kib).max().unwrap_or(0);
+            let max_fds = runs.iter().map(|r| r.2.fds).max().unwrap_or(0);
+            println!(
+                "relaylog, {} runs: RSS (MiB) first run {:.1} → {:.1}, last run {:.1} → {:.1}, highest {:.1}; open files first run {} → {}, last run {} → {}, highest {}",
+                runs.len(),
+                mib(first.1.rss_kib),
+                mib(first.2.rss_kib),
+                mib(last.1.rss_kib),
+                mib(last.2.rss_kib),
+                mib(max_rss),
+                first.1.fds,
+                first.2.fds,
+                last.1.fds,
+                last.2.fds,
+                max_fds
+            );
+        }
     }
 }
 
-/// The relaylog under test: a child process, restarted by the faults.
+/// The relaylog under test: a child process, killed if the soak ends early.
 struct Relay {
-    bin: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    /// Run as `nobody` (uid, gid) when the soak is root's.
-    user: Option<(u32, u32)>,
     child: Child,
     started: Instant,
     incarnation: u32,
 }
 
-impl Relay {
-    fn command(bin: &Path, config: &Path, log: &Path, user: Option<(u32, u32)>) -> Result<Command> {
+/// How to start relaylog.
+struct Launch {
+    bin: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    /// Run as `nobody` (uid, gid) when the soak is root's.
+    user: Option<(u32, u32)>,
+}
+
+impl Launch {
+    fn command(&self, what: &str) -> Result<Command> {
         use std::os::unix::process::CommandExt;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log)
+            .open(&self.log)
             .context("cannot open the serve log")?;
-        let mut c = Command::new(bin);
+        let mut c = Command::new(&self.bin);
         c.arg("--config")
-            .arg(config)
+            .arg(&self.config)
+            .arg(what)
             .stdout(log.try_clone()?)
             .stderr(log)
             .env("RUST_LOG", "warn");
-        if let Some((uid, gid)) = user {
+        if let Some((uid, gid)) = self.user {
             c.uid(uid).gid(gid);
         }
         Ok(c)
     }
 
-    fn start(&mut self) -> Result<()> {
-        self.child = Self::command(&self.bin, &self.config, &self.log, self.user)?
-            .arg("serve")
+    fn serve(&self, incarnation: u32) -> Result<Relay> {
+        let child = self
+            .command("serve")?
             .spawn()
             .context("cannot start relaylog serve")?;
-        self.started = Instant::now();
-        self.incarnation += 1;
-        Ok(())
+        Ok(Relay {
+            child,
+            started: Instant::now(),
+            incarnation,
+        })
     }
+}
 
+impl Relay {
     fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status();
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid() as libc::pid_t, sig);
+        }
     }
 
     /// Waits up to `limit` for the child to exit.
-    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+    async fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -277,7 +364,32 @@ impl Relay {
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops it with `sig` and waits: whether it exited cleanly (a SIGKILL's death
+    /// counts as clean). Killed outright when it does not exit in 20 s.
+    async fn stop(&mut self, sig: libc::c_int) -> bool {
+        self.signal(sig);
+        match self.wait(Duration::from_secs(20)).await {
+            Some(s) => sig == libc::SIGKILL || s.success(),
+            None => {
+                tracing::error!("relaylog did not exit within 20 s");
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                false
+            }
+        }
+    }
+}
+
+/// A soak that ends early (an error) leaves no relaylog behind.
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -319,6 +431,69 @@ fn sample(pid: u32) -> Option<(u64, u64)> {
     Some((rss, fds))
 }
 
+/// What a fault shows in relaylog's metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Signs {
+    upstream_errors: u64,
+    store_errors: u64,
+    fail_closed: u64,
+    bypassed: bool,
+}
+
+impl Signs {
+    /// From the admin listener's `/metrics`; `None` when it cannot be read.
+    async fn read(admin: SocketAddr) -> Option<Signs> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
+            .await
+            .ok()?
+            .ok()?;
+        let sum = |prefix: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        Some(Signs {
+            upstream_errors: sum("relaylog_upstream_errors_total{"),
+            store_errors: sum("relaylog_store_errors_total "),
+            fail_closed: sum("relaylog_fail_closed_total{"),
+            bypassed: sum("relaylog_journal_bypassed ") > 0,
+        })
+    }
+}
+
+/// Watches relaylog's metrics from `before` until `stop`: whether `fault` showed.
+async fn watch_signs(admin: SocketAddr, fault: Fault, stop: Arc<AtomicBool>) -> bool {
+    let Some(before) = Signs::read(admin).await else {
+        return false;
+    };
+    let mut felt = false;
+    loop {
+        if let Some(now) = Signs::read(admin).await {
+            felt |= match fault {
+                Fault::UpstreamRestart | Fault::UpstreamStall => {
+                    now.upstream_errors > before.upstream_errors
+                }
+                _ => {
+                    now.store_errors > before.store_errors
+                        || now.fail_closed > before.fail_closed
+                        || now.bypassed
+                }
+            };
+        }
+        if felt || stop.load(Ordering::Relaxed) {
+            return felt;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Sets the mode of `dir` and every directory below it.
 fn chmod_dirs(dir: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -356,52 +531,89 @@ pub fn soak(args: &SoakArgs) -> Result<SoakReport> {
         .block_on(run(args))
 }
 
+/// A new directory of the soak's own (not one that was there: root chowns it).
+fn new_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let nonce = ring::rand::generate::<[u8; 8]>(&ring::rand::SystemRandom::new())
+            .map(|r| u64::from_le_bytes(r.expose()))
+            .unwrap_or(attempt as u64);
+        let dir = base.join(format!("relaylog-soak-{nonce:016x}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).context("cannot create the soak's directory"),
+        }
+    }
+    bail!("cannot create a new directory under {}", base.display())
+}
+
 async fn run(args: &SoakArgs) -> Result<SoakReport> {
+    // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    let made = args.dir.is_none();
     let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("relaylog-soak-{}", std::process::id())),
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            d.clone()
+        }
+        None => new_dir()?,
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let store = dir.join("store");
-    std::fs::create_dir_all(&store)?;
     let mut skipped = Vec::new();
     let mut mounted = false;
     // nobody: the user a read-only directory stops.
     let user = root.then_some((65534u32, 65534u32));
-    if root {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!(
-                "size={}m,mode=0700,uid=65534,gid=65534",
-                args.disk_mib
-            ))
-            .arg("tmpfs")
-            .arg(&store)
-            .status();
-        match status {
-            Ok(s) if s.success() => mounted = true,
-            other => skipped.push((
+    let result = async {
+        std::fs::create_dir_all(&store)?;
+        if root {
+            let status = Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!(
+                    "size={}m,mode=0700,uid=65534,gid=65534",
+                    args.disk_mib
+                ))
+                .arg("tmpfs")
+                .arg(&store)
+                .status();
+            match status {
+                Ok(s) if s.success() => mounted = true,
+                other => skipped.push((
+                    Fault::DiskFull,
+                    format!("cannot mount a tmpfs for the store: {other:?}"),
+                )),
+            }
+            for path in [&dir, &store] {
+                let chown = Command::new("chown")
+                    .arg("65534:65534")
+                    .arg(path)
+                    .status()?;
+                if !chown.success() {
+                    bail!("cannot give {} to nobody", path.display());
+                }
+            }
+        } else {
+            skipped.push((
                 Fault::DiskFull,
-                format!("cannot mount a tmpfs for the store: {other:?}"),
-            )),
+                "needs root (the store goes on a tmpfs of its own to be filled)".into(),
+            ));
         }
-        let _ = Command::new("chown").arg("65534:65534").arg(&dir).status();
-    } else {
-        skipped.push((
-            Fault::DiskFull,
-            "needs root (the store goes on a tmpfs of its own to be filled)".into(),
-        ));
+        if args.all_faults && !skipped.is_empty() {
+            bail!("cannot inject every fault: {skipped:?}");
+        }
+        soak_in(args, &dir, &store, user, skipped).await
     }
-    if args.all_faults && !skipped.is_empty() {
-        bail!("cannot inject every fault: {skipped:?}");
-    }
-    let result = soak_in(args, &dir, &store, user, mounted, skipped).await;
+    .await;
     if mounted {
-        let _ = Command::new("umount").arg(&store).status();
+        let umount = Command::new("umount").arg(&store).status();
+        if !matches!(umount, Ok(s) if s.success()) {
+            eprintln!(
+                "soak: cannot unmount {} ({umount:?}); left as it is",
+                store.display()
+            );
+            return result;
+        }
     }
-    if made && !args.keep {
+    if args.dir.is_none() && !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         eprintln!("soak: files kept in {}", dir.display());
@@ -414,11 +626,11 @@ async fn soak_in(
     dir: &Path,
     store: &Path,
     user: Option<(u32, u32)>,
-    mounted: bool,
     skipped: Vec<(Fault, String)>,
 ) -> Result<SoakReport> {
     let ports = free_ports(7)?;
     let at = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+    let admin = at(6);
     let data = store.join("data");
     let d = dir.display();
     let config_text = format!(
@@ -426,7 +638,7 @@ async fn soak_in(
          [[listener]]\nname = \"sms\"\nlisten = \"{}\"\nprofile = \"kannel\"\nupstream = \"http://{}\"\nupstream-timeout = \"2s\"\n\n\
          [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"{}\"\nupstream = \"smtp://{}\"\nupstream-timeout = \"2s\"\n\n\
          [[listener]]\nname = \"smpp\"\nprotocol = \"smpp\"\nlisten = \"{}\"\nupstream = \"smpp://{}\"\nupstream-timeout = \"2s\"\n\n\
-         [admin]\nlisten = \"{}\"\n\n[serve]\nshutdown-timeout = \"5s\"\n",
+         [admin]\nlisten = \"{admin}\"\n\n[serve]\nshutdown-timeout = \"5s\"\n",
         data.display(),
         at(0),
         at(3),
@@ -434,7 +646,6 @@ async fn soak_in(
         at(4),
         at(2),
         at(5),
-        at(6),
     );
     let config_path = dir.join("soak.toml");
     std::fs::write(&config_path, &config_text)?;
@@ -442,27 +653,19 @@ async fn soak_in(
     // A copy of this binary that `nobody` can run, wherever the build is.
     let bin = dir.join("relaylog");
     std::fs::copy(std::env::current_exe()?, &bin).context("cannot copy relaylog")?;
-    let log = dir.join("serve.log");
-    let init = Relay::command(&bin, &config_path, &log, user)?
-        .arg("init")
-        .status()?;
-    if !init.success() {
-        bail!("relaylog init failed: see {}", log.display());
+    let launch = Launch {
+        bin,
+        config: config_path,
+        log: dir.join("serve.log"),
+        user,
+    };
+    if !launch.command("init")?.status()?.success() {
+        bail!("relaylog init failed: see {}", launch.log.display());
     }
 
     let mut upstreams = Upstreams::new(at(3), at(4), at(5));
     upstreams.start().await?;
-    let mut relay = Relay {
-        child: Command::new("true").spawn()?,
-        bin,
-        config: config_path,
-        log,
-        user,
-        started: Instant::now(),
-        incarnation: 0,
-    };
-    let _ = relay.child.wait();
-    relay.start()?;
+    let mut relay = launch.serve(1)?;
     wait_listening(at(0), Duration::from_secs(30)).await?;
 
     let begun = Instant::now();
@@ -475,6 +678,7 @@ async fn soak_in(
         stop: stop.clone(),
         next: Arc::new(AtomicU64::new(first)),
     };
+    // HTTP's numbers from 0, SMPP's from 50,000,000: both +316…, never the same.
     let (http, smtp, smpp) = (load(0, 4, 0), load(1, 2, 0), load(2, 2, 50_000_000));
     let tallies = [http.tally.clone(), smtp.tally.clone(), smpp.tally.clone()];
     let traffic = tokio::spawn(clients::run(http, smtp, smpp));
@@ -511,114 +715,153 @@ async fn soak_in(
     let mut unclean_exits = 0;
     let mut next_fault = begun + args.fault_every / 2;
     let end = begun + args.duration;
-    let mut round = 0usize;
-    while next_fault < end {
+    let mut acked_before_the_end = [0u64; 3];
+    for fault in FAULTS.iter().cycle().copied() {
+        if next_fault >= end {
+            break;
+        }
         tokio::time::sleep_until(next_fault.into()).await;
-        let fault = FAULTS[round % FAULTS.len()];
-        round += 1;
         next_fault += args.fault_every;
         if skipped.iter().any(|(f, _)| *f == fault) {
             continue;
         }
         let when = begun.elapsed().as_secs_f64();
-        tracing::info!(?fault, at = when, "fault");
-        match fault {
+        let watching = Arc::new(AtomicBool::new(false));
+        let signs = tokio::spawn(watch_signs(admin, fault, watching.clone()));
+        let mut felt = match fault {
             Fault::UpstreamRestart => {
                 upstreams.stop().await;
-                tokio::time::sleep(FAULT_HOLD).await;
+                tokio::time::sleep(fault.hold()).await;
                 upstreams.start().await?;
+                false
             }
             Fault::UpstreamStall => {
                 upstreams.tap.stall(true);
-                tokio::time::sleep(FAULT_HOLD).await;
+                tokio::time::sleep(fault.hold()).await;
                 upstreams.tap.stall(false);
+                false
             }
             Fault::DiskFull => {
-                debug_assert!(mounted);
                 let ballast = store.join("ballast");
                 let path = ballast.clone();
-                tokio::task::spawn_blocking(move || fill(&path)).await??;
-                tokio::time::sleep(FAULT_HOLD).await;
-                std::fs::remove_file(&ballast)?;
+                let filled = tokio::task::spawn_blocking(move || fill(&path)).await?;
+                tokio::time::sleep(fault.hold()).await;
+                let freed = std::fs::remove_file(&ballast);
+                filled?;
+                freed?;
+                false
             }
             Fault::ReadOnly => {
                 chmod_dirs(&data, 0o500)?;
-                tokio::time::sleep(FAULT_HOLD).await;
+                tokio::time::sleep(fault.hold()).await;
                 chmod_dirs(&data, 0o700)?;
+                false
             }
             Fault::Sigterm | Fault::Kill9 => {
-                relay.signal(if fault == Fault::Sigterm {
-                    "TERM"
-                } else {
-                    "KILL"
-                });
-                let status = tokio::task::block_in_place(|| relay.wait(Duration::from_secs(20)));
-                match status {
-                    Some(s) if fault == Fault::Kill9 || s.success() => {}
-                    other => {
-                        tracing::error!(?other, "relaylog did not exit cleanly on SIGTERM");
-                        unclean_exits += 1;
-                        let _ = relay.child.kill();
-                        let _ = relay.child.wait();
-                    }
+                // The kill comes with messages held by a stalled upstream: whatever
+                // it accepts of them after the stall must have been recorded first.
+                let kill = fault == Fault::Kill9;
+                if kill {
+                    upstreams.tap.stall(true);
+                    tokio::time::sleep(fault.hold()).await;
                 }
-                relay.start()?;
+                let clean = relay
+                    .stop(if kill { libc::SIGKILL } else { libc::SIGTERM })
+                    .await;
+                upstreams.tap.stall(false);
+                if !clean {
+                    tracing::error!(?fault, "relaylog did not exit cleanly");
+                    unclean_exits += 1;
+                }
+                relay = launch.serve(relay.incarnation + 1)?;
                 *current.lock().unwrap_or_else(|p| p.into_inner()) =
                     (relay.pid(), relay.incarnation, relay.started);
                 wait_listening(at(0), Duration::from_secs(30)).await?;
+                clean
             }
+        };
+        // Signs that come a moment after the fault count.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        watching.store(true, Ordering::Relaxed);
+        if matches!(fault, Fault::Sigterm | Fault::Kill9) {
+            signs.abort();
+        } else {
+            felt = signs.await.unwrap_or(false);
         }
-        faults.push((when, fault));
+        eprintln!(
+            "soak: {when:.0} s: {fault:?}, {}",
+            if felt { "felt" } else { "NOT felt" }
+        );
+        faults.push(Injected {
+            at: when,
+            fault,
+            felt,
+        });
+        for (before, t) in acked_before_the_end.iter_mut().zip(&tallies) {
+            *before = t.acked.load(Ordering::Relaxed);
+        }
     }
     tokio::time::sleep_until(end.into()).await;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(30), traffic).await;
     let samples = sampler.await.unwrap_or_default();
     let seconds = begun.elapsed().as_secs_f64();
-    relay.signal("TERM");
-    match tokio::task::block_in_place(|| relay.wait(Duration::from_secs(30))) {
-        Some(s) if s.success() => {}
-        other => {
-            tracing::error!(?other, "relaylog did not exit cleanly at the end");
-            unclean_exits += 1;
-            let _ = relay.child.kill();
-            let _ = relay.child.wait();
-        }
+    if !relay.stop(libc::SIGTERM).await {
+        tracing::error!("relaylog did not exit cleanly at the end");
+        unclean_exits += 1;
     }
     upstreams.stop().await;
 
-    let recorded = tokio::task::block_in_place(|| recorded(&config))?;
+    let (recorded, unreadable_partitions) = recorded(&config)?;
     let accepted = upstreams.tap.accepted();
-    let mut acked = HashSet::new();
+    let short = |counts: &HashMap<String, u32>| -> u64 {
+        counts
+            .iter()
+            .map(|(to, n)| n.saturating_sub(recorded.get(to).copied().unwrap_or(0)) as u64)
+            .sum()
+    };
+    let mut acked: HashMap<String, u32> = HashMap::new();
     for t in &tallies {
-        acked.extend(t.acked_to());
+        for (to, n) in t.acked_to() {
+            *acked.entry(to).or_default() += n;
+        }
     }
-    let counts = |t: &Tally| ProtocolCounts {
-        sent: t.sent.load(Ordering::Relaxed),
-        acked: t.acked.load(Ordering::Relaxed),
-        refused: t.refused.load(Ordering::Relaxed),
-        broken_connections: t.broken.load(Ordering::Relaxed),
+    let counts = |i: usize| {
+        let t = &tallies[i];
+        let acked = t.acked.load(Ordering::Relaxed);
+        ProtocolCounts {
+            sent: t.sent.load(Ordering::Relaxed),
+            acked,
+            refused: t.refused.load(Ordering::Relaxed),
+            broken_connections: t.broken.load(Ordering::Relaxed),
+            acked_at_the_end: acked - acked_before_the_end[i],
+        }
     };
     Ok(SoakReport {
         seconds,
-        http: counts(&tallies[0]),
-        smtp: counts(&tallies[1]),
-        smpp: counts(&tallies[2]),
+        http: counts(0),
+        smtp: counts(1),
+        smpp: counts(2),
         faults,
         skipped,
-        upstream_accepted: accepted.len(),
-        recorded: recorded.len(),
-        lost: accepted.difference(&recorded).count(),
-        acked_unrecorded: acked.difference(&recorded).count(),
+        all_faults: args.all_faults,
+        upstream_accepted: accepted.values().map(|&n| n as u64).sum(),
+        recorded: recorded.values().map(|&n| n as u64).sum(),
+        lost: short(&accepted),
+        acked_unrecorded: short(&acked),
+        unreadable_partitions,
         unclean_exits,
         samples,
     })
 }
 
-/// The recipients of every record in the store (all of the soak's clients are
-/// 127.0.0.1), after what the journal holds is taken in.
-fn recorded(config: &crate::config::Config) -> Result<HashSet<String>> {
+/// How many records each recipient has in the store (all of the soak's clients are
+/// 127.0.0.1), once what the journal holds is in the partitions; and how many
+/// partitions could not be read.
+fn recorded(config: &crate::config::Config) -> Result<(HashMap<String, u32>, usize)> {
     use crate::store::query::{Criteria, run};
+    // serve's clean stop leaves nothing in the journal; a kill -9's it took in at
+    // its next start. Whatever is there goes in before the count.
     crate::store::recover_journal(&config.store)?;
     let keyring = crate::store::open_keyring(&config.store)?;
     let criteria = Criteria {
@@ -628,9 +871,81 @@ fn recorded(config: &crate::config::Config) -> Result<HashSet<String>> {
         until: i64::MAX / 2,
         filters: false,
     };
-    let mut found = HashSet::new();
-    run(&config.store.path, &keyring, &criteria, |f| {
-        found.insert(f.fields.recipient.index_value().into_owned());
+    let mut found: HashMap<String, u32> = HashMap::new();
+    let stats = run(&config.store.path, &keyring, &criteria, |f| {
+        *found
+            .entry(f.fields.recipient.index_value().into_owned())
+            .or_default() += 1;
     })?;
-    Ok(found)
+    Ok((found, stats.partitions_shredded.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(lost: u64, unclean: u32, rss: [u64; 2], fds: [u64; 2]) -> SoakReport {
+        let counts = ProtocolCounts {
+            sent: 10,
+            acked: 10,
+            refused: 0,
+            broken_connections: 0,
+            acked_at_the_end: 3,
+        };
+        let sample = |at: f64, rss_kib: u64, fds: u64| Sample {
+            at,
+            incarnation: 1,
+            age: at,
+            rss_kib,
+            fds,
+        };
+        SoakReport {
+            seconds: 60.0,
+            http: counts.clone(),
+            smtp: counts.clone(),
+            smpp: counts,
+            faults: FAULTS
+                .iter()
+                .map(|&fault| Injected {
+                    at: 1.0,
+                    fault,
+                    felt: true,
+                })
+                .collect(),
+            skipped: vec![],
+            all_faults: true,
+            upstream_accepted: 30,
+            recorded: 30 - lost,
+            lost,
+            acked_unrecorded: lost,
+            unreadable_partitions: 0,
+            unclean_exits: unclean,
+            // The start-up sample (age 5) is not a steady one.
+            samples: vec![
+                sample(5.0, 1, 1),
+                sample(10.0, rss[0], fds[0]),
+                sample(50.0, rss[1], fds[1]),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_soak_fails_on_a_lost_record_an_unclean_exit_growth_or_a_fault_not_felt() {
+        let fine = || report(0, 0, [40_000, 44_000], [45, 47]);
+        assert_eq!(fine().problems(), Vec::<String>::new());
+        let problems = |r: SoakReport| r.problems().join("; ");
+        assert!(problems(report(1, 0, [40_000, 40_000], [45, 45])).contains("upstream accepted"));
+        assert!(problems(report(0, 1, [40_000, 40_000], [45, 45])).contains("clean exit"));
+        assert!(problems(report(0, 0, [40_000, 90_000], [45, 45])).contains("RSS grew"));
+        assert!(problems(report(0, 0, [40_000, 40_000], [45, 90])).contains("open files"));
+        let mut r = fine();
+        r.faults[2].felt = false;
+        assert!(problems(r).contains("DiskFull was not injected, or not felt"));
+        let mut r = fine();
+        r.smtp.acked_at_the_end = 0;
+        assert!(problems(r).contains("smtp: nothing acknowledged after the last fault"));
+        let mut r = fine();
+        r.samples.truncate(1);
+        assert!(problems(r).contains("no steady sample"));
+    }
 }

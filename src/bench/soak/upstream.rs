@@ -3,7 +3,7 @@
 //! [`Tap`]), and that the soak stalls (answers held back) and restarts (listener and
 //! connections closed, the same port bound again).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,12 +25,13 @@ use crate::smtp::{DotScanner, Line, Scan, Wire};
 /// How long an upstream waits on its client before giving up on it.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// What the soak sees of its upstreams: the recipients (canonical: `+316…`, the
-/// address in lower case) of every message accepted, and the stall switch.
+/// What the soak sees of its upstreams: how many messages each recipient was accepted
+/// for (the number as `+316…`, which the store's canonical form keeps; the address as
+/// sent, which the soak's clients spell as the store keeps it), and the stall switch.
 #[derive(Default)]
 pub struct Tap {
     stalled: AtomicBool,
-    accepted: Mutex<HashSet<String>>,
+    accepted: Mutex<HashMap<String, u32>>,
 }
 
 impl Tap {
@@ -46,13 +47,15 @@ impl Tap {
     }
 
     fn accept(&self, recipient: String) {
-        self.accepted
+        *self
+            .accepted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(recipient);
+            .entry(recipient)
+            .or_default() += 1;
     }
 
-    pub fn accepted(&self) -> HashSet<String> {
+    pub fn accepted(&self) -> HashMap<String, u32> {
         self.accepted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -182,7 +185,7 @@ async fn smtp(stream: TcpStream, tap: Arc<Tap>) {
             let to = original
                 .split_once('<')
                 .and_then(|(_, rest)| rest.split_once('>'))
-                .map(|(addr, _)| addr.to_ascii_lowercase());
+                .map(|(addr, _)| addr.to_owned());
             match to {
                 Some(to) if rcpts.len() < 1000 => {
                     rcpts.push(to);
