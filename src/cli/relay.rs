@@ -214,7 +214,11 @@ pub enum BenchCommand {
         dir: Option<PathBuf>,
         #[arg(long)]
         keep: bool,
-        /// Fail unless every kind of fault can be injected (needs root).
+        /// The faults, in the order they come round.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = crate::bench::soak::FAULTS)]
+        faults: Vec<crate::bench::soak::Fault>,
+        /// Fail unless every kind of fault given was injected and felt (the disk-full
+        /// fault needs root).
         #[arg(long)]
         all_faults: bool,
         /// The size of the store's tmpfs, in MiB (as root).
@@ -612,6 +616,7 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             smpp_rate,
             dir,
             keep,
+            faults,
             all_faults,
             disk_mib,
             json,
@@ -622,6 +627,7 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 rates: [*http_rate, *smtp_rate, *smpp_rate],
                 dir: dir.clone(),
                 keep: *keep,
+                faults: faults.clone(),
                 all_faults: *all_faults,
                 disk_mib: *disk_mib,
             };
