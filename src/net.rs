@@ -88,6 +88,16 @@ pub enum ClientStream {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
+impl ClientStream {
+    /// The TCP connection under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(s) => s,
+            ClientStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
 impl tokio::io::AsyncRead for ClientStream {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,

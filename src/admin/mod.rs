@@ -66,7 +66,8 @@ impl AdminServer {
             metrics: self.metrics.clone(),
         };
         let (metrics, recorder, sessions) = (self.metrics, self.recorder, shutdown.clone());
-        let session = move |stream, peer| {
+        let session = move |stream: crate::net::ClientStream, peer| {
+            small_send_buffer(stream.tcp());
             let conn = Connection {
                 metrics: metrics.clone(),
                 recorder: recorder.clone(),
@@ -148,6 +149,31 @@ impl Connection {
         }
     }
 }
+
+/// The socket's send buffer held to [`SEND_BUFFER`]: the kernel then reports it
+/// writable again each time about half of it has gone, so a slow client that keeps
+/// reading (an export over a slow link, down to a few KB/s) makes progress within
+/// [`WRITE_STALL`], where an auto-grown buffer of megabytes would let none show for long.
+fn small_send_buffer(tcp: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size = SEND_BUFFER as libc::c_int;
+    // SAFETY: setsockopt on an open socket with a pointer to an int and its size.
+    let set = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "admin socket keeps its send buffer");
+    }
+}
+
+/// An admin socket's send buffer (the kernel doubles it for its own bookkeeping).
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// What [`Guarded`] saw of its connection.
 #[derive(Default)]
@@ -241,7 +267,9 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<I> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        // TLS's close_notify is a write too.
+        let r = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
+        self.written(cx, r, false)
     }
 }
 

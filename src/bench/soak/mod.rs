@@ -44,7 +44,9 @@ pub struct SoakArgs {
     /// Messages a second: HTTP, SMTP, SMPP.
     pub rates: [f64; 3],
     /// Where the store, keys and logs go. Default: a new directory under the system's
-    /// temporary one, removed at the end unless `keep` (a given one is kept).
+    /// temporary one, removed at the end unless `keep` (a given one is kept). As root
+    /// it is handed to `nobody`, and the store's tmpfs is unmounted at the end (its
+    /// files go with it).
     pub dir: Option<PathBuf>,
     pub keep: bool,
     /// The faults, in the order they come round (each kind once at most).
@@ -157,6 +159,9 @@ pub struct SoakReport {
     pub unclean_exits: u32,
     pub samples: Vec<Sample>,
 }
+
+/// The traffic the soak lets run after its last fault, at least.
+const TAIL: Duration = Duration::from_secs(10);
 
 /// A run's samples from its 10th second: before, it is starting (caches filling, the
 /// journal replayed).
@@ -332,6 +337,17 @@ impl Launch {
         if let Some((uid, gid)) = self.user {
             c.uid(uid).gid(gid);
         }
+        // SAFETY: prctl only, between fork and exec (after the switch to `nobody`,
+        // which would clear it before): relaylog dies with the soak, however the soak
+        // ends (CI's timeout, a kill).
+        unsafe {
+            c.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         Ok(c)
     }
 
@@ -459,24 +475,41 @@ impl Signs {
             .await
             .ok()?
             .ok()?;
-        let sum = |prefix: &str| -> u64 {
+        let sum = |prefix: &str, reasons: &[&str]| -> u64 {
             text.lines()
                 .filter(|l| l.starts_with(prefix))
+                .filter(|l| {
+                    reasons.is_empty()
+                        || reasons
+                            .iter()
+                            .any(|r| l.contains(&format!("reason=\"{r}\"")))
+                })
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                 .sum()
         };
         Some(Signs {
-            upstream_errors: sum("relaylog_upstream_errors_total{"),
-            store_errors: sum("relaylog_store_errors_total "),
-            fail_closed: sum("relaylog_fail_closed_total{"),
-            bypassed: sum("relaylog_journal_bypassed ") > 0,
+            upstream_errors: sum("relaylog_upstream_errors_total{", &[]),
+            store_errors: sum("relaylog_store_errors_total ", &[]),
+            // What the disk says, not what load alone can cause (a full queue, a slow
+            // commit).
+            fail_closed: sum(
+                "relaylog_fail_closed_total{",
+                &["disk_full", "read_only", "io", "cannot_open"],
+            ),
+            bypassed: sum("relaylog_journal_bypassed ", &[]) > 0,
         })
     }
 }
 
-/// Watches relaylog's metrics from `before` until `stop`: whether `fault` showed.
-async fn watch_signs(admin: SocketAddr, fault: Fault, stop: Arc<AtomicBool>) -> bool {
-    let Some(before) = Signs::read(admin).await else {
+/// Watches relaylog's metrics, from `before` (read before the fault began) until
+/// `stop`: whether `fault` showed.
+async fn watch_signs(
+    admin: SocketAddr,
+    before: Option<Signs>,
+    fault: Fault,
+    stop: Arc<AtomicBool>,
+) -> bool {
+    let Some(before) = before else {
         return false;
     };
     let mut felt = false;
@@ -489,7 +522,7 @@ async fn watch_signs(admin: SocketAddr, fault: Fault, stop: Arc<AtomicBool>) -> 
                 _ => {
                     now.store_errors > before.store_errors
                         || now.fail_closed > before.fail_closed
-                        || now.bypassed
+                        || (now.bypassed && !before.bypassed)
                 }
             };
         }
@@ -606,7 +639,18 @@ async fn run(args: &SoakArgs) -> Result<SoakReport> {
         if args.all_faults && skipped.iter().any(|(f, _)| args.faults.contains(f)) {
             bail!("cannot inject every fault: {skipped:?}");
         }
-        soak_in(args, &dir, &store, user, skipped).await
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        );
+        // Stopped early, it still unmounts and removes what it made (relaylog goes
+        // with the soak's guard).
+        tokio::select! {
+            report = soak_in(args, &dir, &store, user, skipped) => report,
+            _ = term.recv() => bail!("stopped by SIGTERM"),
+            _ = int.recv() => bail!("stopped by SIGINT"),
+        }
     }
     .await;
     if mounted {
@@ -620,7 +664,9 @@ async fn run(args: &SoakArgs) -> Result<SoakReport> {
         }
     }
     if args.dir.is_none() && !args.keep {
-        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("soak: cannot remove {}: {e}", dir.display());
+        }
     } else {
         eprintln!("soak: files kept in {}", dir.display());
     }
@@ -736,7 +782,8 @@ async fn soak_in(
         }
         let when = begun.elapsed().as_secs_f64();
         let watching = Arc::new(AtomicBool::new(false));
-        let signs = tokio::spawn(watch_signs(admin, fault, watching.clone()));
+        let before = Signs::read(admin).await;
+        let signs = tokio::spawn(watch_signs(admin, before, fault, watching.clone()));
         let mut felt = match fault {
             Fault::UpstreamRestart => {
                 upstreams.stop().await;
@@ -789,6 +836,9 @@ async fn soak_in(
                 clean
             }
         };
+        for (before, t) in acked_before_the_end.iter_mut().zip(&tallies) {
+            *before = t.acked.load(Ordering::Relaxed);
+        }
         // Signs that come a moment after the fault count.
         tokio::time::sleep(Duration::from_secs(2)).await;
         watching.store(true, Ordering::Relaxed);
@@ -806,11 +856,9 @@ async fn soak_in(
             fault,
             felt,
         });
-        for (before, t) in acked_before_the_end.iter_mut().zip(&tallies) {
-            *before = t.acked.load(Ordering::Relaxed);
-        }
     }
-    tokio::time::sleep_until(end.into()).await;
+    // Traffic after the last fault: at least TAIL of it, past `end` if need be.
+    tokio::time::sleep_until(end.max(Instant::now() + TAIL).into()).await;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(30), traffic).await;
     let samples = sampler.await.unwrap_or_default();
@@ -843,7 +891,7 @@ async fn soak_in(
             acked,
             refused: t.refused.load(Ordering::Relaxed),
             broken_connections: t.broken.load(Ordering::Relaxed),
-            acked_at_the_end: acked - acked_before_the_end[i],
+            acked_at_the_end: acked.saturating_sub(acked_before_the_end[i]),
         }
     };
     Ok(SoakReport {

@@ -155,7 +155,10 @@ async fn http(stream: TcpStream, tap: Arc<Tap>) {
             Ok::<_, Infallible>(r)
         }
     });
+    // half_close: a request whose sender went away (relaylog killed while the stall
+    // held it) is still answered, and so noted, as a real gateway that had it would.
     let _ = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
         .await;
 }
