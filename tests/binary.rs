@@ -936,6 +936,23 @@ async fn sighup_renews_the_certificate_under_load() {
     assert_eq!((applied, refused), (1, 1));
     over_the_limit().await;
 
+    // A certificate that does not load, beside a limit raised back to 64: nothing is
+    // applied, not even the limit, and the renewed certificate stays in use.
+    std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
+    std::fs::write(&config, text(64, &listen)).unwrap();
+    unsafe_kill(served.child.id(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric("relaylog_reloads_total{result=\"refused\"} ").await < 2 {
+        assert!(Instant::now() < deadline, "the reload was not refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    logged("its certificate").await;
+    over_the_limit().await;
+    trusting(&new)
+        .connect(name.clone(), from_other("127.0.0.4").await)
+        .await
+        .expect("the renewed certificate is still presented");
+
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
