@@ -1,0 +1,213 @@
+//! A private PostgreSQL cluster for tests: `initdb` and `pg_ctl` from the system's
+//! PostgreSQL (Debian's `postgresql` package), in a temporary directory, on a free
+//! loopback port, TLS only (a certificate made here), one password-authenticated role.
+//! As root (CI) it runs as `nobody`, since PostgreSQL refuses to run as root. Stopped
+//! and removed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The role the tests connect as.
+pub const ROLE: &str = "relaylog";
+
+pub struct Cluster {
+    /// The data directory and socket, removed on drop.
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// As root: the user (uid, gid) PostgreSQL runs as.
+    user: Option<(u32, u32)>,
+    pub port: u16,
+    pub password: String,
+    /// The server's certificate, for a client to trust.
+    pub cert: rcgen::CertifiedKey<rcgen::KeyPair>,
+}
+
+/// The directory with `initdb` and `pg_ctl`: `pg_config --bindir`, else the newest
+/// under /usr/lib/postgresql.
+fn bindir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+impl Cluster {
+    /// A running cluster, or `None` (with a message) when PostgreSQL is not installed;
+    /// under `CI=true` that fails the test instead.
+    pub fn start() -> Option<Cluster> {
+        let Some(bin) = bindir() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "PostgreSQL is not installed (apt-get install postgresql): CI must run this test"
+            );
+            eprintln!("skipped: PostgreSQL is not installed (apt-get install postgresql)");
+            return None;
+        };
+        // SAFETY: geteuid cannot fail.
+        let user = (unsafe { libc::geteuid() } == 0).then_some((65534, 65534));
+        let dir = tempfile::tempdir().unwrap();
+        let password = super::random_token(24);
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .unwrap();
+        let cluster = Cluster {
+            port: super::free_port(),
+            dir,
+            bin,
+            user,
+            password,
+            cert,
+        };
+        cluster.init();
+        cluster.pg_ctl(
+            &["start", "-w", "-t", "60", "-l"],
+            Some(&cluster.path("log")),
+        );
+        Some(cluster)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs a PostgreSQL program as the cluster's user.
+    fn run(&self, program: &str, args: &[&str]) {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(self.bin.join(program));
+        c.args(args).current_dir(self.dir.path());
+        if let Some((uid, gid)) = self.user {
+            c.uid(uid).gid(gid);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.path("log")).unwrap_or_default()
+        );
+    }
+
+    fn pg_ctl(&self, args: &[&str], log: Option<&Path>) {
+        let data = self.path("data");
+        let mut all = vec!["-D", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        if let Some(log) = log {
+            all.push(log.to_str().unwrap());
+        }
+        self.run("pg_ctl", &all);
+    }
+
+    /// initdb, TLS files, a configuration that takes TLS connections only.
+    fn init(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let give = |path: &Path| {
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+            }
+        };
+        give(self.dir.path());
+        let pwfile = self.path("pwfile");
+        std::fs::write(&pwfile, &self.password).unwrap();
+        give(&pwfile);
+        let data = self.path("data");
+        self.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                ROLE,
+                "--pwfile",
+                pwfile.to_str().unwrap(),
+                "--auth",
+                "scram-sha-256",
+                "--encoding",
+                "UTF8",
+                "--no-instructions",
+            ],
+        );
+        std::fs::remove_file(&pwfile).unwrap();
+        for (name, pem) in [
+            ("server.crt", self.cert.cert.pem()),
+            ("server.key", self.cert.signing_key.serialize_pem()),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            give(&path);
+        }
+        let conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nfsync = off\n",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut text = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        text.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), text).unwrap();
+        // TLS, a password, loopback: nothing else gets in.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+    }
+
+    /// A libpq-style connection string (without the password).
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={ROLE} dbname={database} sslmode=require",
+            self.port
+        )
+    }
+
+    /// A rustls connector (ring) trusting this cluster's certificate only.
+    pub fn tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.cert.der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.path("data");
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "stop",
+                    "-m",
+                    "immediate",
+                    "-w",
+                ],
+            );
+        }));
+    }
+}
