@@ -292,12 +292,19 @@ async fn worker(
     w
 }
 
-/// The next PDU, within `wait`.
-async fn next_pdu(tcp: &mut TcpStream, buf: &mut BytesMut, wait: Duration) -> Option<BytesMut> {
+/// The next PDU, within `wait`; `None` on a stream that closed, timed out or cannot
+/// be framed (a command_length out of bounds: reading on would only wait).
+pub(crate) async fn next_pdu(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    wait: Duration,
+) -> Option<BytesMut> {
     let until = Instant::now() + wait;
     loop {
-        if let Ok(Some(len)) = frame_len(buf, MAX_PDU) {
-            return Some(buf.split_to(len));
+        match frame_len(buf, MAX_PDU) {
+            Ok(Some(len)) => return Some(buf.split_to(len)),
+            Ok(None) => {}
+            Err(_) => return None,
         }
         let left = until.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, tcp.read_buf(buf)).await {

@@ -3,18 +3,16 @@
 //! upstream's notes and the store's records can be matched one by one), paced to a
 //! rate, reconnecting whenever relaylog is down or drops them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::smpp::{Address, Bind, Dest, Header, Message, Tlvs, frame_len, id};
+use crate::smpp::{Address, Bind, Dest, Header, Message, Tlvs, id};
 use crate::smtp::Wire;
 
 /// How long a client waits for one answer.
@@ -34,25 +32,13 @@ pub struct Tally {
     /// Connections that failed or broke off (relaylog down, restarting, cutting).
     pub broken: AtomicU64,
     /// The recipients of the acknowledged messages, each with how many.
-    acked_to: Mutex<HashMap<String, u32>>,
+    pub(super) acked_to: super::PerRecipient,
 }
 
 impl Tally {
     fn ack(&self, to: String) {
         self.acked.fetch_add(1, Ordering::Relaxed);
-        *self
-            .acked_to
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(to)
-            .or_default() += 1;
-    }
-
-    pub fn acked_to(&self) -> HashMap<String, u32> {
-        self.acked_to
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.acked_to.add(to);
     }
 }
 
@@ -259,22 +245,17 @@ async fn smpp_client(load: Load) {
 }
 
 /// The next PDU from `conn` (answering the relay's enquire_links on the way).
-async fn next_pdu(conn: &mut TcpStream, buf: &mut BytesMut) -> Result<(Header, Vec<u8>), ()> {
+async fn next_pdu(conn: &mut TcpStream, buf: &mut BytesMut) -> Result<Header, ()> {
     loop {
-        if let Some(len) = frame_len(buf, 64 * 1024).map_err(|_| ())? {
-            let pdu = buf.split_to(len).to_vec();
-            let h = Header::read(&pdu).ok_or(())?;
-            if h.id == id::ENQUIRE_LINK {
-                let resp = crate::smpp::Writer::new(id::resp(h.id), 0, h.sequence).finish();
-                conn.write_all(&resp).await.map_err(|_| ())?;
-                continue;
-            }
-            return Ok((h, pdu));
+        let pdu = crate::bench::smpp::next_pdu(conn, buf, WAIT)
+            .await
+            .ok_or(())?;
+        let h = Header::read(&pdu).ok_or(())?;
+        if h.id != id::ENQUIRE_LINK {
+            return Ok(h);
         }
-        match tokio::time::timeout(WAIT, conn.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return Err(()),
-        }
+        let resp = crate::smpp::Writer::new(id::resp(h.id), 0, h.sequence).finish();
+        conn.write_all(&resp).await.map_err(|_| ())?;
     }
 }
 
@@ -293,7 +274,7 @@ async fn smpp_session(load: &Load, due: &mut Instant) -> Result<(), ()> {
     }
     .write(id::BIND_TRANSCEIVER, 1);
     conn.write_all(&bind).await.map_err(|_| ())?;
-    let (h, _) = next_pdu(&mut conn, &mut buf).await?;
+    let h = next_pdu(&mut conn, &mut buf).await?;
     if h.id != id::resp(id::BIND_TRANSCEIVER) || h.status != 0 {
         return Err(());
     }
@@ -329,7 +310,7 @@ async fn smpp_session(load: &Load, due: &mut Instant) -> Result<(), ()> {
         conn.write_all(&submit).await.map_err(|_| ())?;
         load.tally.sent.fetch_add(1, Ordering::Relaxed);
         loop {
-            let (h, _) = next_pdu(&mut conn, &mut buf).await?;
+            let h = next_pdu(&mut conn, &mut buf).await?;
             if h.id == id::resp(id::SUBMIT_SM) && h.sequence == sequence {
                 if h.status == 0 {
                     load.tally.ack(format!("+{digits}"));

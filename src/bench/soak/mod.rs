@@ -35,6 +35,27 @@ use serde::Serialize;
 use clients::{Load, Tally};
 use upstream::Upstreams;
 
+/// Messages per recipient, as the soak's clients (acknowledged) and upstreams
+/// (accepted) count them, to be matched with the store's records.
+#[derive(Default)]
+pub(crate) struct PerRecipient(std::sync::Mutex<HashMap<String, u32>>);
+
+impl PerRecipient {
+    fn add(&self, recipient: String) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(recipient)
+            .or_default() += 1;
+    }
+
+    /// The counts so far, leaving none behind (read once, at the end).
+    fn take(&self) -> HashMap<String, u32> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SoakArgs {
@@ -870,7 +891,7 @@ async fn soak_in(
     upstreams.stop().await;
 
     let (recorded, unreadable_partitions) = recorded(&config)?;
-    let accepted = upstreams.tap.accepted();
+    let accepted = upstreams.tap.accepted.take();
     let short = |counts: &HashMap<String, u32>| -> u64 {
         counts
             .iter()
@@ -879,7 +900,7 @@ async fn soak_in(
     };
     let mut acked: HashMap<String, u32> = HashMap::new();
     for t in &tallies {
-        for (to, n) in t.acked_to() {
+        for (to, n) in t.acked_to.take() {
             *acked.entry(to).or_default() += n;
         }
     }

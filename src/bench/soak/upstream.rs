@@ -3,11 +3,9 @@
 //! [`Tap`]), and that the soak stalls (answers held back) and restarts (listener and
 //! connections closed, the same port bound again).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -31,7 +29,7 @@ const WAIT: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct Tap {
     stalled: AtomicBool,
-    accepted: Mutex<HashMap<String, u32>>,
+    pub(super) accepted: super::PerRecipient,
 }
 
 impl Tap {
@@ -44,22 +42,6 @@ impl Tap {
         while self.stalled.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    fn accept(&self, recipient: String) {
-        *self
-            .accepted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(recipient)
-            .or_default() += 1;
-    }
-
-    pub fn accepted(&self) -> HashMap<String, u32> {
-        self.accepted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 }
 
@@ -145,7 +127,7 @@ async fn http(stream: TcpStream, tap: Arc<Tap>) {
             tap.unstalled().await;
             let (status, text) = match to {
                 Some(to) => {
-                    tap.accept(to);
+                    tap.accepted.add(to);
                     (StatusCode::ACCEPTED, "0: Accepted for delivery")
                 }
                 None => (StatusCode::BAD_REQUEST, "Missing receiver number"),
@@ -227,7 +209,7 @@ async fn smtp(stream: TcpStream, tap: Arc<Tap>) {
                 }
                 tap.unstalled().await;
                 for to in rcpts.drain(..) {
-                    tap.accept(to);
+                    tap.accepted.add(to);
                 }
                 b"250 2.0.0 Ok: queued\r\n"
             }
@@ -282,7 +264,8 @@ async fn smsc(mut stream: TcpStream, tap: Arc<Tap>) {
                     });
                     tap.unstalled().await;
                     if let Some((ton, addr)) = to {
-                        tap.accept(if ton == 1 { format!("+{addr}") } else { addr });
+                        tap.accepted
+                            .add(if ton == 1 { format!("+{addr}") } else { addr });
                     }
                     next_id += 1;
                     Writer::new(id::resp(h.id), status::OK, h.sequence)
