@@ -190,6 +190,7 @@ fn spawn_writer(
             clock: Arc::new(relaylog::clock::SystemClock),
             journal: journal.then(|| dir.join("store").join(relaylog::store::JOURNAL_DIR)),
             expired: None,
+            postgres: None,
         },
         Arc::new(Metrics::new()),
     )

@@ -51,6 +51,7 @@ pub mod ingress;
 pub mod ledger;
 pub mod metrics;
 pub mod net;
+pub mod pg;
 pub mod record;
 pub mod relay;
 pub mod reload;

@@ -366,10 +366,22 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
         );
     }
     let metrics = Arc::new(Metrics::new());
-    let store = Store::open(config.store.clone(), clock.clone(), metrics.clone())?;
+    // Off the runtime's threads: opening the store and expiring it are blocking work
+    // (files, or the PostgreSQL client, whose calls must not run on a runtime thread).
+    let store = {
+        let (cfg, clock, metrics) = (config.store.clone(), clock.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || Store::open(cfg, clock, metrics))
+            .await
+            .map_err(|e| OpenError::Thread(std::io::Error::other(e)))??
+    };
     // Expiry at start-up, then every expire-interval.
     let store = Arc::new(store);
-    run_expiry(&store, &config, clock.as_ref());
+    {
+        let (store, config, clock) = (store.clone(), config.clone(), clock.clone());
+        // A panic in it is the task's; the store stays usable, as when it fails.
+        let _ =
+            tokio::task::spawn_blocking(move || run_expiry(&store, &config, clock.as_ref())).await;
+    }
     {
         let (store, clock, mut shutdown) = (store.clone(), clock.clone(), shutdown.clone());
         let interval = config.store.expire_interval;

@@ -266,6 +266,9 @@ impl ApiArg {
 
 pub(super) fn init(config: &Config) -> Result<()> {
     let store = &config.store;
+    if let crate::config::Backend::Postgres(pg) = &store.backend {
+        return init_postgres(config, pg);
+    }
     std::fs::create_dir_all(&store.path)
         .with_context(|| format!("cannot create {}", store.path.display()))?;
     keys::create_private_dir(&store.keyring)
@@ -288,11 +291,56 @@ pub(super) fn init(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// `init` with the PostgreSQL store: this node's keys made where missing (the master
+/// key is the installation's: the first node makes it, the others are given a copy),
+/// then the database brought to this version and the node registered. Safe to run
+/// again, as an upgrade does.
+fn init_postgres(config: &Config, pg: &crate::config::PgConfig) -> Result<()> {
+    let store = &config.store;
+    if store.master_key.exists() {
+        println!("master key {} kept", store.master_key.display());
+    } else {
+        keys::create_master_key(&store.master_key)?;
+        println!(
+            "created master key {} (mode 0600): every other node needs a copy of it",
+            store.master_key.display()
+        );
+    }
+    if store.signing_key.exists() {
+        println!("signing key {} kept", store.signing_key.display());
+    } else {
+        crate::store::integrity::create_signing_key(&store.signing_key)?;
+        println!(
+            "created signing key {} (mode 0600) and {}",
+            store.signing_key.display(),
+            crate::store::integrity::public_key_path(&store.signing_key).display()
+        );
+    }
+    let done = crate::store::pgstore::init(store, pg, chrono::Utc::now().timestamp_micros())?;
+    if done.applied.from == done.applied.to {
+        println!("database schema at version {} already", done.applied.to);
+    } else {
+        println!(
+            "database schema migrated from version {} to {}",
+            done.applied.from, done.applied.to
+        );
+    }
+    println!("node `{}` registered (id {})", pg.node, done.node);
+    for w in config.warnings() {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
 pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
     keys::check_directories(&config.store)?;
     keys::MasterKey::load(&config.store.master_key)?;
     // `serve` signs the partitions' heads with it.
-    crate::store::integrity::load_signing_key(&config.store.signing_key)?;
+    let signer = crate::store::integrity::load_signing_key(&config.store.signing_key)?;
+    if let crate::config::Backend::Postgres(pg) = &config.store.backend {
+        // Reached, at this version, with this node registered under this key.
+        crate::store::pgstore::target(&config.store, pg, &signer)?;
+    }
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
             crate::ingress::tls::server_config(&tls.cert, &tls.key)

@@ -29,6 +29,13 @@ pub struct RawStore {
     pub ledger: PathBuf,
     pub expire_interval: String,
     pub signing_key: PathBuf,
+    pub backend: String,
+    pub url: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub pool_size: usize,
+    pub node: Option<String>,
+    pub connect_timeout: String,
 }
 
 impl Default for RawStore {
@@ -51,8 +58,54 @@ impl Default for RawStore {
             ledger: "data/ledger.sqlite".into(),
             expire_interval: "1h".into(),
             signing_key: "data/keys/signing.key".into(),
+            backend: "sqlite".into(),
+            url: None,
+            password_file: None,
+            ca_file: None,
+            pool_size: 8,
+            node: None,
+            connect_timeout: "5s".into(),
         }
     }
+}
+
+/// Where the records, the partition keys and the ledger are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// Files under `store.path`, `store.keyring` and `store.ledger`: one node.
+    Sqlite,
+    /// One PostgreSQL database shared by every node.
+    Postgres(PgConfig),
+}
+
+/// `store.backend = "postgres"`: how this node reaches the database, and its name there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PgConfig {
+    /// libpq-style: `postgresql://user@host:port/db?…` or `host=… user=… dbname=…`,
+    /// without a password (checked).
+    pub url: String,
+    /// Where the password is read from; without it, `RELAYLOG_STORE_PASSWORD`.
+    pub password_file: Option<PathBuf>,
+    /// The CA certificates the server's certificate is checked against (PEM); the web
+    /// PKI roots without it.
+    pub ca_file: Option<PathBuf>,
+    pub pool_size: usize,
+    /// This relaylog instance's name among the nodes that share the database.
+    pub node: String,
+    pub connect_timeout: Duration,
+}
+
+/// The environment variable the database password is read from when
+/// `store.password-file` is not set.
+pub const PASSWORD_ENV: &str = "RELAYLOG_STORE_PASSWORD";
+
+/// A node's name: what the database, the manifests and `verify` call it.
+pub fn valid_node_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,6 +162,7 @@ pub struct StoreConfig {
     pub expire_interval: Duration,
     /// The installation's Ed25519 key (PKCS#8, hex); its public key is `<path>.pub`.
     pub signing_key: PathBuf,
+    pub backend: Backend,
 }
 
 impl StoreConfig {
@@ -172,6 +226,83 @@ impl Retention {
 }
 
 impl RawStore {
+    fn backend(&self) -> Result<Backend, ConfigError> {
+        let postgres_only = [
+            ("store.url", self.url.is_some()),
+            ("store.password-file", self.password_file.is_some()),
+            ("store.ca-file", self.ca_file.is_some()),
+            ("store.node", self.node.is_some()),
+        ];
+        match self.backend.as_str() {
+            "sqlite" => match postgres_only.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(invalid(
+                    *key,
+                    "applies to store.backend = \"postgres\" only",
+                )),
+                None => Ok(Backend::Sqlite),
+            },
+            "postgres" => {
+                let url = self.url.clone().ok_or_else(|| {
+                    invalid("store.url", "is required with store.backend = \"postgres\"")
+                })?;
+                let parsed: postgres::Config = url.parse().map_err(|_| {
+                    // Not the parser's message: it may quote the string, password and all.
+                    invalid(
+                        "store.url",
+                        "is not a PostgreSQL URL (postgresql://user@host:port/database) or key=value string",
+                    )
+                })?;
+                if parsed.get_password().is_some() {
+                    return Err(invalid(
+                        "store.url",
+                        "must not hold the password: put it in store.password-file or RELAYLOG_STORE_PASSWORD",
+                    ));
+                }
+                if parsed.get_user().is_none() || parsed.get_hosts().is_empty() {
+                    return Err(invalid("store.url", "must name the user and the host"));
+                }
+                if parsed.get_ssl_mode() == postgres::config::SslMode::Disable {
+                    return Err(invalid(
+                        "store.url",
+                        "sslmode=disable: relaylog reaches PostgreSQL over TLS only",
+                    ));
+                }
+                let node = self.node.clone().ok_or_else(|| {
+                    invalid(
+                        "store.node",
+                        "is required with store.backend = \"postgres\"",
+                    )
+                })?;
+                if !valid_node_name(&node) {
+                    return Err(invalid(
+                        "store.node",
+                        format!("`{node}`: 1 to 63 of a-z, 0-9 and -, not starting with -"),
+                    ));
+                }
+                if !(1..=256).contains(&self.pool_size) {
+                    return Err(invalid("store.pool-size", "must be between 1 and 256"));
+                }
+                let connect_timeout =
+                    parse_duration("store.connect-timeout", &self.connect_timeout)?;
+                if connect_timeout < Duration::from_millis(100) {
+                    return Err(invalid("store.connect-timeout", "must be at least 100ms"));
+                }
+                Ok(Backend::Postgres(PgConfig {
+                    url,
+                    password_file: self.password_file.clone(),
+                    ca_file: self.ca_file.clone(),
+                    pool_size: self.pool_size,
+                    node,
+                    connect_timeout,
+                }))
+            }
+            other => Err(invalid(
+                "store.backend",
+                format!("`{other}`: expected \"sqlite\" or \"postgres\""),
+            )),
+        }
+    }
+
     pub fn validate(self) -> Result<StoreConfig, ConfigError> {
         let partition = match self.partition.as_str() {
             "day" => Granularity::Day,
@@ -265,7 +396,9 @@ impl RawStore {
                 return Err(invalid(key, "must not be empty"));
             }
         }
+        let backend = self.backend()?;
         Ok(StoreConfig {
+            backend,
             path: self.path,
             keyring: self.keyring,
             master_key: self.master_key,

@@ -397,8 +397,20 @@ pub struct Head {
 
 impl Head {
     pub fn message(&self, partition: PartitionId) -> Vec<u8> {
+        self.message_of(partition, None)
+    }
+
+    /// The signed bytes of this head of `partition`'s tree on `node` (PostgreSQL, where
+    /// each node keeps a tree per partition): the node's name follows the partition's,
+    /// so that one node's head cannot pass for another's. Without a node (SQLite, one
+    /// tree per partition) the bytes are those of [`Head::message`].
+    pub fn message_of(&self, partition: PartitionId, node: Option<&str>) -> Vec<u8> {
         let mut m = b"relaylog head v1".to_vec();
         m.extend_from_slice(partition.to_string().as_bytes());
+        if let Some(node) = node {
+            m.push(b'/');
+            m.extend_from_slice(node.as_bytes());
+        }
         m.push(0);
         m.extend_from_slice(&self.seq.to_be_bytes());
         m.extend_from_slice(&self.size.to_be_bytes());
@@ -509,21 +521,10 @@ impl TreeState {
             .query_row(
                 "SELECT seq, size, record_through, outcome_through, frontier FROM head ORDER BY seq DESC LIMIT 1",
                 [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get(2)?, r.get(3)?, r.get::<_, Vec<u8>>(4)?)),
+                |r| Ok(LastHead { seq: r.get(0)?, size: r.get(1)?, record_through: r.get(2)?, outcome_through: r.get(3)?, frontier: r.get(4)? }),
             )
             .optional()?;
-        let mut t = match last {
-            None => TreeState::default(),
-            Some((seq, size, rt, ot, frontier)) => TreeState {
-                frontier: Frontier::from_bytes(size as u64, &frontier).unwrap_or_default(),
-                seq,
-                record_through: rt,
-                outcome_through: ot,
-                last_record: rt,
-                last_outcome: ot,
-                ..TreeState::default()
-            },
-        };
+        let mut t = TreeState::after(last);
         let public = key.map(|k| {
             signature::UnparsedPublicKey::new(&signature::ED25519, k.public_key().as_ref().to_vec())
         });
@@ -596,8 +597,55 @@ impl TreeState {
         partition: PartitionId,
         at_us: i64,
     ) -> rusqlite::Result<()> {
-        if self.unsigned() == 0 {
+        let Some(next) = self.next_head(key, partition, None, at_us) else {
             return Ok(());
+        };
+        conn.prepare_cached(INSERT_HEAD)?
+            .execute(rusqlite::params![
+                next.head.seq,
+                next.head.size as i64,
+                next.head.record_through,
+                next.head.outcome_through,
+                next.head.root.to_vec(),
+                next.frontier.to_bytes(),
+                next.head.at_us,
+                next.signature,
+            ])?;
+        // Only now, with the head written into the caller's transaction: if that fails,
+        // the writer drops this state and reloads it from the file.
+        self.signed(next);
+        Ok(())
+    }
+
+    /// The state a tree resumes from after its last signed head (`None`: none yet),
+    /// before the leaves written after it are pushed.
+    pub fn after(last: Option<LastHead>) -> TreeState {
+        match last {
+            None => TreeState::default(),
+            Some(h) => TreeState {
+                frontier: Frontier::from_bytes(h.size as u64, &h.frontier).unwrap_or_default(),
+                seq: h.seq,
+                record_through: h.record_through,
+                outcome_through: h.outcome_through,
+                last_record: h.record_through,
+                last_outcome: h.outcome_through,
+                ..TreeState::default()
+            },
+        }
+    }
+
+    /// The head over the waiting leaves, signed (for `node`'s tree, see
+    /// [`Head::message_of`]); `None` when none wait. The state does not change until
+    /// the caller has written it and calls [`TreeState::signed`].
+    pub fn next_head(
+        &self,
+        key: &Ed25519KeyPair,
+        partition: PartitionId,
+        node: Option<&str>,
+        at_us: i64,
+    ) -> Option<NextHead> {
+        if self.unsigned() == 0 {
+            return None;
         }
         let mut frontier = self.frontier.clone();
         for leaf in self.records.iter().chain(&self.outcomes) {
@@ -611,29 +659,45 @@ impl TreeState {
             root: frontier.root(),
             at_us,
         };
-        let sig = key.sign(&head.message(partition));
-        conn.prepare_cached(INSERT_HEAD)?
-            .execute(rusqlite::params![
-                head.seq,
-                head.size as i64,
-                head.record_through,
-                head.outcome_through,
-                head.root.to_vec(),
-                frontier.to_bytes(),
-                head.at_us,
-                sig.as_ref().to_vec(),
-            ])?;
-        // Only now, with the head written into the caller's transaction: if that fails,
-        // the writer drops this state and reloads it from the file.
-        self.frontier = frontier;
-        self.seq = head.seq;
-        self.record_through = head.record_through;
-        self.outcome_through = head.outcome_through;
+        let signature = key
+            .sign(&head.message_of(partition, node))
+            .as_ref()
+            .to_vec();
+        Some(NextHead {
+            head,
+            frontier,
+            signature,
+        })
+    }
+
+    /// Moves the tree to `next`, written into the transaction about to commit.
+    pub fn signed(&mut self, next: NextHead) {
+        self.frontier = next.frontier;
+        self.seq = next.head.seq;
+        self.record_through = next.head.record_through;
+        self.outcome_through = next.head.outcome_through;
         self.records.clear();
         self.outcomes.clear();
         self.last_signed = std::time::Instant::now();
-        Ok(())
     }
+}
+
+/// A partition's last signed head, as the writer resumes from it.
+#[derive(Debug, Clone)]
+pub struct LastHead {
+    pub seq: i64,
+    pub size: i64,
+    pub record_through: i64,
+    pub outcome_through: i64,
+    pub frontier: Vec<u8>,
+}
+
+/// A head ready to be written: the head, the tree's frontier after it, its signature.
+#[derive(Debug, Clone)]
+pub struct NextHead {
+    pub head: Head,
+    pub frontier: Frontier,
+    pub signature: Vec<u8>,
 }
 
 const RECORD_SELECT: &str = "SELECT id, submission, ordinal, at_us, bucket, protocol, service, recipient_form, segments, \

@@ -85,6 +85,9 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The keys live in the database (`store.backend = "postgres"`), which failed.
+    #[error("partition keys in the database: {0}")]
+    Database(#[from] crate::pg::PgError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -419,9 +422,18 @@ fn next_nonce() -> Result<[u8; NONCE_LEN], KeyError> {
     })
 }
 
-/// The keyring: wrapped partition keys on disk, unwrapped ones cached in memory.
+/// Where the wrapped partition keys are kept.
+enum Vault {
+    /// One file per partition in the keyring directory.
+    Files(PathBuf),
+    /// `relaylog_keys.partition_key`, shared by every node (see [`crate::pg::schema`]).
+    Postgres(Arc<crate::pg::Pool>),
+}
+
+/// The keyring: wrapped partition keys on disk (or in the database), unwrapped ones
+/// cached in memory.
 pub struct Keyring {
-    dir: PathBuf,
+    vault: Vault,
     master: MasterKey,
     /// Index shape for partitions created from now on; existing ones keep theirs.
     params: IndexParams,
@@ -438,40 +450,96 @@ pub struct Keyring {
 impl Keyring {
     pub fn open(dir: &Path, master: MasterKey, params: IndexParams) -> Result<Self, KeyError> {
         create_private_dir(dir).map_err(io_err(dir))?;
-        Ok(Self {
-            dir: dir.to_owned(),
+        Ok(Self::with_vault(
+            Vault::Files(dir.to_owned()),
+            master,
+            params,
+        ))
+    }
+
+    /// A keyring whose wrapped keys are rows of `relaylog_keys.partition_key`.
+    pub fn open_postgres(
+        pool: Arc<crate::pg::Pool>,
+        master: MasterKey,
+        params: IndexParams,
+    ) -> Self {
+        Self::with_vault(Vault::Postgres(pool), master, params)
+    }
+
+    fn with_vault(vault: Vault, master: MasterKey, params: IndexParams) -> Self {
+        Self {
+            vault,
             master,
             params,
             cache: Mutex::new(HashMap::new()),
             ttl: KEY_TTL,
             creating: Mutex::new(()),
             rng: SystemRandom::new(),
-        })
+        }
     }
 
-    pub fn key_path(&self, partition: PartitionId) -> PathBuf {
-        key_file(&self.dir, partition)
-    }
-
-    /// Partitions that have a key file, oldest first.
+    /// Partitions that have keys, oldest first.
     pub fn partitions(&self) -> Result<Vec<PartitionId>, KeyError> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let name = entry.map_err(io_err(&self.dir))?.file_name();
-            if let Some(p) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".key"))
-                .and_then(PartitionId::parse)
-            {
-                out.push(p);
+        match &self.vault {
+            Vault::Files(dir) => {
+                for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+                    let name = entry.map_err(io_err(dir))?.file_name();
+                    if let Some(p) = name
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".key"))
+                        .and_then(PartitionId::parse)
+                    {
+                        out.push(p);
+                    }
+                }
+            }
+            Vault::Postgres(pool) => {
+                let rows = pool
+                    .get()?
+                    .query("SELECT partition FROM relaylog_keys.partition_key", &[])
+                    .map_err(crate::pg::PgError::from)?;
+                out.extend(
+                    rows.iter()
+                        .filter_map(|r| PartitionId::parse(r.get::<_, &str>(0))),
+                );
             }
         }
         out.sort();
         Ok(out)
     }
 
+    /// Whether `partition` has keys. One that cannot be looked at (a keyring not
+    /// mounted, the database down) is an error, never "gone".
+    pub fn has_keys(&self, partition: PartitionId) -> Result<bool, KeyError> {
+        Ok(self.read_wrapped(partition)?.is_some())
+    }
+
+    /// [`Keyring::has_keys`], an error read as "yes" (for tests and checks).
     pub fn exists(&self, partition: PartitionId) -> bool {
-        self.key_path(partition).exists()
+        self.has_keys(partition).unwrap_or(true)
+    }
+
+    /// The wrapped keys of `partition`, if it has any.
+    fn read_wrapped(&self, partition: PartitionId) -> Result<Option<Vec<u8>>, KeyError> {
+        match &self.vault {
+            Vault::Files(dir) => {
+                let path = key_file(dir, partition);
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io_err(&path)(e)),
+                }
+            }
+            Vault::Postgres(pool) => Ok(pool
+                .get()?
+                .query_opt(
+                    "SELECT wrapped FROM relaylog_keys.partition_key WHERE partition = $1",
+                    &[&partition.to_string()],
+                )
+                .map_err(crate::pg::PgError::from)?
+                .map(|r| r.get(0))),
+        }
     }
 
     /// The keys of an existing partition; [`KeyError::Shredded`] when its key file is gone.
@@ -479,14 +547,9 @@ impl Keyring {
         if let Some(k) = self.cached(partition) {
             return Ok(k);
         }
-        let path = self.key_path(partition);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(KeyError::Shredded { partition });
-            }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
+        let bytes = self
+            .read_wrapped(partition)?
+            .ok_or(KeyError::Shredded { partition })?;
         let keys = Arc::new(self.unwrap_keys(partition, &bytes)?);
         Ok(self.remember(keys))
     }
@@ -507,11 +570,25 @@ impl Keyring {
         let mut material = [0u8; 64];
         self.rng.fill(&mut material).map_err(|_| KeyError::Random)?;
         let file = self.wrap_keys(partition, &material)?;
-        let path = self.key_path(partition);
+        let dir =
+            match &self.vault {
+                Vault::Files(dir) => dir,
+                Vault::Postgres(pool) => {
+                    // Another node may create them at the same moment: the first row
+                    // stays, and both use it.
+                    pool.get()?
+                    .execute(
+                        "INSERT INTO relaylog_keys.partition_key (partition, wrapped, created_us) \
+                         VALUES ($1, $2, $3) ON CONFLICT (partition) DO NOTHING",
+                        &[&partition.to_string(), &file, &chrono::Utc::now().timestamp_micros()],
+                    )
+                    .map_err(crate::pg::PgError::from)?;
+                    return self.keys(partition);
+                }
+            };
+        let path = key_file(dir, partition);
         // Named by process: another process creating the same keys has its own file.
-        let tmp = self
-            .dir
-            .join(format!(".{partition}.key.{}.tmp", std::process::id()));
+        let tmp = dir.join(format!(".{partition}.key.{}.tmp", std::process::id()));
         {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -533,9 +610,9 @@ impl Keyring {
             Err(e) => return Err(io_err(&path)(e)),
         }
         let _ = std::fs::remove_file(&tmp);
-        File::open(&self.dir)
+        File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
+            .map_err(io_err(dir))?;
         let keys = Arc::new(self.unwrap_keys(partition, &file)?);
         Ok(self.remember(keys))
     }
@@ -551,7 +628,11 @@ impl Keyring {
     }
 
     fn shred_file(&self, partition: PartitionId) -> Result<(), KeyError> {
-        let path = self.key_path(partition);
+        let dir = match &self.vault {
+            Vault::Files(dir) => dir,
+            Vault::Postgres(pool) => return shred_row(pool, partition),
+        };
+        let path = key_file(dir, partition);
         match OpenOptions::new().write(true).open(&path) {
             Ok(mut f) => {
                 f.write_all(&[0u8; KEY_FILE_LEN]).map_err(io_err(&path))?;
@@ -561,9 +642,9 @@ impl Keyring {
             Err(e) => return Err(io_err(&path)(e)),
         }
         std::fs::remove_file(&path).map_err(io_err(&path))?;
-        File::open(&self.dir)
+        File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))
+            .map_err(io_err(dir))
     }
 
     #[allow(clippy::type_complexity)]
@@ -602,7 +683,7 @@ impl Keyring {
         // leaves a year of keys behind it for that long, not longer.
         // Keys whose file a shred removed since they were read are not kept (see
         // `shred`): checked under the lock that `shred` takes after the removal.
-        if !self.key_path(keys.partition).exists() {
+        if !self.has_keys(keys.partition).unwrap_or(false) {
             return keys;
         }
         let ttl = self.ttl;
@@ -682,6 +763,26 @@ impl Keyring {
             serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
+}
+
+/// Destroys a partition's row of wrapped keys, and the dead copy MVCC leaves behind:
+/// `VACUUM FULL` writes the (small) table anew, without it, and removes the old
+/// file. What it cannot reach (the WAL, its archive, base backups, replicas) the
+/// README tells the operator how to bound.
+fn shred_row(pool: &crate::pg::Pool, partition: PartitionId) -> Result<(), KeyError> {
+    let mut client = pool.get()?;
+    let deleted = client
+        .execute(
+            "DELETE FROM relaylog_keys.partition_key WHERE partition = $1",
+            &[&partition.to_string()],
+        )
+        .map_err(crate::pg::PgError::from)?;
+    if deleted > 0 {
+        client
+            .batch_execute("VACUUM FULL relaylog_keys.partition_key")
+            .map_err(crate::pg::PgError::from)?;
+    }
+    Ok(())
 }
 
 /// A partition's key file in the keyring directory `dir`.

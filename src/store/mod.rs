@@ -17,6 +17,7 @@ pub mod integrity;
 pub mod journal;
 pub mod keys;
 pub mod partition;
+pub mod pgstore;
 pub mod postings;
 pub mod query;
 pub mod rows;
@@ -56,6 +57,8 @@ pub enum OpenError {
     },
     #[error(transparent)]
     Signing(#[from] integrity::SigningKeyError),
+    #[error(transparent)]
+    Database(#[from] crate::pg::PgError),
 }
 
 /// Creates the installation's keys: the master key and the Ed25519 signing key pair.
@@ -277,7 +280,14 @@ pub fn open_keyring(cfg: &StoreConfig) -> Result<Keyring, KeyError> {
         bytes: cfg.index_bytes,
         bucket_secs: (cfg.index_bucket_us / 1_000_000) as u32,
     };
-    Keyring::open(&cfg.keyring, master, params)
+    match &cfg.backend {
+        crate::config::Backend::Sqlite => Keyring::open(&cfg.keyring, master, params),
+        crate::config::Backend::Postgres(pg) => Ok(Keyring::open_postgres(
+            crate::pg::Pool::shared(pg)?,
+            master,
+            params,
+        )),
+    }
 }
 
 /// Ingests what a stopped relaylog left in the journal (a crash between answering
@@ -323,10 +333,17 @@ impl Store {
     ) -> Result<Store, OpenError> {
         let keyring = open_keyring(&cfg)?;
         let signer = Arc::new(integrity::load_signing_key(&cfg.signing_key)?);
-        std::fs::create_dir_all(&cfg.path).map_err(|source| OpenError::Dir {
-            path: cfg.path.clone(),
-            source,
-        })?;
+        let postgres = match &cfg.backend {
+            crate::config::Backend::Sqlite => {
+                std::fs::create_dir_all(&cfg.path).map_err(|source| OpenError::Dir {
+                    path: cfg.path.clone(),
+                    source,
+                })?;
+                None
+            }
+            crate::config::Backend::Postgres(pg) => Some(pgstore::target(&cfg, pg, &signer)?),
+        };
+        let files = postgres.is_none();
         let signals = Arc::new(writer::Signals::default());
         let enqueue_timeout = cfg.enqueue_timeout;
         let (tx, handle) = writer::spawn(
@@ -340,11 +357,12 @@ impl Store {
                 signals: signals.clone(),
                 signer: Some(signer),
                 clock: clock.clone(),
-                journal: Some(cfg.path.join(JOURNAL_DIR)),
-                expired: Some(writer::Expired {
+                journal: files.then(|| cfg.path.join(JOURNAL_DIR)),
+                expired: files.then(|| writer::Expired {
                     keyring: cfg.keyring.clone(),
                     retention: cfg.retention,
                 }),
+                postgres,
             },
             metrics.clone(),
         )
@@ -983,6 +1001,7 @@ mod tests {
                     clock: Arc::new(clock),
                     journal: None,
                     expired: None,
+                    postgres: None,
                 },
                 Arc::new(Metrics::new()),
             )

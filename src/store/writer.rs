@@ -70,6 +70,12 @@ pub enum WriteError {
     /// wrote: which frames it holds cannot be told.
     #[error("partition's journal mark is malformed")]
     JournalMeta,
+    /// PostgreSQL's (see [`crate::pg::describe`]: never a bound value).
+    #[error("{message}")]
+    Database {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl WriteError {
@@ -95,6 +101,7 @@ impl WriteError {
             },
             WriteError::Vanished(_) => "cannot_open",
             WriteError::IdsExhausted | WriteError::JournalMeta => "corrupt",
+            WriteError::Database { reason, .. } => reason,
         }
     }
 }
@@ -229,6 +236,9 @@ pub struct WriterConfig {
     /// journal, or late) are dropped, not written into a file made anew for them.
     /// `None`: all are written.
     pub expired: Option<Expired>,
+    /// The partitions are in PostgreSQL, not files (no journal then: see
+    /// [`super::pgstore`]).
+    pub postgres: Option<super::pgstore::PgTarget>,
 }
 
 /// A partition expiry removed: wholly past retention, and its key file gone.
@@ -548,6 +558,8 @@ struct Writer {
     pace: Pace,
     /// Behind a journal: which frames the partitions hold, and which segments can go.
     ingest: Option<Ingest>,
+    /// The partitions in PostgreSQL (`open` then stays empty).
+    pg: Option<super::pgstore::PgSink>,
 }
 
 /// The writer's side of the journal.
@@ -589,9 +601,14 @@ pub fn spawn(
     // Made here, once: a store directory that goes away under a running writer (moved,
     // replaced) is not made again empty beside it, where partitions would then start
     // anew; opening a partition in it fails until it is back (fail closed).
-    std::fs::create_dir_all(&cfg.store_dir)?;
+    if cfg.postgres.is_none() {
+        std::fs::create_dir_all(&cfg.store_dir)?;
+    }
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-    let checkpointer = spawn_checkpointer(metrics.clone())?;
+    let checkpointer = match cfg.postgres {
+        None => Some(spawn_checkpointer(metrics.clone())?),
+        Some(_) => None,
+    };
     let signals = cfg.signals.clone();
     let front_pace = Pace {
         rows: cfg.batch_max,
@@ -600,6 +617,11 @@ pub fn spawn(
     };
     let sync_full = cfg.sync == SyncMode::Full;
     let journal = match &cfg.journal {
+        Some(_) if cfg.postgres.is_some() => {
+            return Err(std::io::Error::other(
+                "a journal in front of PostgreSQL: the writer commits there before answering",
+            ));
+        }
         Some(dir) => Some(Journal::open(dir, sync_full)?),
         None => None,
     };
@@ -614,12 +636,13 @@ pub fn spawn(
             last_release: Instant::now(),
         }),
         pace: front_pace,
+        pg: cfg.postgres.clone().map(super::pgstore::PgSink::new),
         cfg,
         open: HashMap::new(),
         metrics: metrics.clone(),
         tick: 0,
         last_job: Instant::now(),
-        checkpointer: Some(checkpointer),
+        checkpointer,
         retry: Vec::new(),
         groups: Vec::new(),
         results: Vec::new(),
@@ -816,6 +839,7 @@ impl Writer {
                 continue;
             }
             let duties = !self.retry.is_empty()
+                || self.pg.as_ref().is_some_and(|pg| pg.unsigned() > 0)
                 || self
                     .open
                     .values()
@@ -889,7 +913,8 @@ impl Writer {
                 w.open
                     .values()
                     .map(|p| p.index.remaining() + p.tree.unsigned())
-                    .sum()
+                    .sum::<usize>()
+                    + w.pg.as_ref().map_or(0, super::pgstore::PgSink::unsigned)
             };
             // Each pass writes at least a slice of each partition with entries waiting
             // (or drops a partition that fails); one that changes nothing ends it.
@@ -903,7 +928,8 @@ impl Writer {
                 before = after;
             }
         } else if idle >= super::integrity::HEAD_INTERVAL
-            && self.open.values().any(|p| p.tree.unsigned() > 0)
+            && (self.open.values().any(|p| p.tree.unsigned() > 0)
+                || self.pg.as_ref().is_some_and(|pg| pg.unsigned() > 0))
         {
             self.seal_all(None);
         }
@@ -918,6 +944,12 @@ impl Writer {
     /// Signs every open partition's waiting leaves (and writes its waiting index
     /// entries as far as `index` allows), one transaction each.
     fn seal_all(&mut self, index: Option<Budget>) {
+        if let (Some(pg), Some(key)) = (&mut self.pg, &self.cfg.signer) {
+            for (partition, e) in pg.seal_all(key, self.cfg.clock.now_micros()) {
+                self.metrics.store_errors.inc();
+                tracing::error!(partition = %partition, reason = e.reason(), error = %e, "signing failed; partition will be reopened");
+            }
+        }
         let ids: Vec<PartitionId> = self
             .open
             .iter()
@@ -1056,6 +1088,9 @@ impl Writer {
                     self.metrics.store_errors.inc();
                     tracing::error!(partition = %partition, reason = e.reason(), error = %e, "commit failed; records refused, partition will be reopened");
                     self.open.remove(partition);
+                    if let Some(pg) = &mut self.pg {
+                        pg.forget(*partition);
+                    }
                     for &i in idx {
                         let unwaited = matches!(
                             jobs[i],
@@ -1165,6 +1200,29 @@ impl Writer {
         idx: &[usize],
         jobs: &[Job],
     ) -> Result<(u64, u64), WriteError> {
+        if let Some(pg) = &mut self.pg {
+            // No journal in front: every job is fresh.
+            let mut records: Vec<&Row> = Vec::new();
+            let mut outcomes: Vec<&OutcomeRow> = Vec::new();
+            for &i in idx {
+                match &jobs[i] {
+                    Job::Records { rows, .. } => records.extend(rows),
+                    Job::Outcome { row, .. } => outcomes.push(row),
+                    _ => {}
+                }
+            }
+            let written = pg.write(
+                partition,
+                &records,
+                &outcomes,
+                self.cfg.signer.as_deref(),
+                self.cfg.clock.now_micros(),
+            )?;
+            if written == (0, 0) && !(records.is_empty() && outcomes.is_empty()) {
+                self.metrics.store_errors.inc();
+            }
+            return Ok(written);
+        }
         let signer = self.cfg.signer.clone();
         let clock = self.cfg.clock.clone();
         let checkpointer = self.checkpointer.clone();

@@ -178,6 +178,52 @@ impl Cluster {
         )
     }
 
+    /// A blocking client on `database`, as the superuser the cluster was made with (not
+    /// on a runtime's thread: in `spawn_blocking` from async tests).
+    pub fn client(&self, database: &str) -> postgres::Client {
+        let mut config: postgres::Config = self.url(database).parse().unwrap();
+        config.password(self.password.as_bytes());
+        config.connect(self.tls()).unwrap()
+    }
+
+    /// The `[store]` lines that put node `node`'s records into `database` (made if it
+    /// is not there yet): the URL, and the password and CA files written under `dir`.
+    /// Callable from async tests too (the blocking client runs on a thread of its own).
+    pub fn store_lines(&self, dir: &Path, database: &str, node: &str) -> String {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut admin = self.client("postgres");
+                let exists = admin
+                    .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+                    .unwrap()
+                    .is_some();
+                if !exists {
+                    // An identifier, not a value: it cannot be a parameter. Test names only.
+                    assert!(
+                        database
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b == b'_')
+                    );
+                    admin
+                        .batch_execute(&format!("CREATE DATABASE {database}"))
+                        .unwrap();
+                }
+            })
+            .join()
+            .unwrap()
+        });
+        let password = dir.join(format!("pg-password-{node}"));
+        std::fs::write(&password, format!("{}\n", self.password)).unwrap();
+        let ca = dir.join("pg-ca.pem");
+        std::fs::write(&ca, self.cert.cert.pem()).unwrap();
+        format!(
+            "backend = \"postgres\"\nurl = \"{}\"\npassword-file = \"{}\"\nca-file = \"{}\"\nnode = \"{node}\"\n",
+            self.url(database),
+            password.display(),
+            ca.display()
+        )
+    }
+
     /// A rustls connector (ring) trusting this cluster's certificate only.
     pub fn tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
         let mut roots = rustls::RootCertStore::empty();

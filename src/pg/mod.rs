@@ -1,0 +1,346 @@
+//! PostgreSQL, the store's backend for more than one node (`store.backend =
+//! "postgres"`): the connection (TLS through rustls with ring, the password from a file
+//! or the environment, never the config), a bounded pool of blocking clients, and the
+//! schema's versioned migrations (see [`schema`]), which only `relaylog init` runs.
+//!
+//! The clients are the blocking `postgres` crate's: everything that touches the
+//! database (the writer, the ledger, queries, expiry) already runs on threads of its
+//! own. Errors are rendered through [`describe`], which keeps PostgreSQL's code and
+//! message and drops its `DETAIL`, where a constraint names the values it refused.
+
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crate::config::{PASSWORD_ENV, PgConfig};
+
+/// Why the database could not be reached or used. Never carries the password, a bound
+/// value or a constraint's `DETAIL` (see [`describe`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PgError {
+    #[error("store.password-file {path}: {message}")]
+    Password { path: PathBuf, message: String },
+    #[error("no database password: set store.password-file or {PASSWORD_ENV}")]
+    NoPassword,
+    #[error("store.ca-file: {0}")]
+    Tls(String),
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+    #[error("PostgreSQL: {message}")]
+    Sql {
+        /// The SQLSTATE, when the server gave one.
+        code: Option<String>,
+        message: String,
+    },
+    #[error("no database connection free within {0:?} (store.pool-size)")]
+    PoolTimeout(Duration),
+    #[error(
+        "the database schema is at version {found}, this relaylog needs {wanted}: run `relaylog init`"
+    )]
+    Schema { found: i32, wanted: i32 },
+    #[error(
+        "the database schema is at version {found}, newer than this relaylog knows ({known}): upgrade relaylog"
+    )]
+    SchemaAhead { found: i32, known: i32 },
+    #[error("node `{0}` is not registered in the database: run `relaylog init` on it")]
+    UnknownNode(String),
+    #[error(
+        "node `{0}` is registered with another signing key: a node's name and key go together (pick another name, or restore its key)"
+    )]
+    NodeKey(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl PgError {
+    /// A short, fixed label for metrics and log lines.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PgError::Password { .. } | PgError::NoPassword => "database_password",
+            PgError::Tls(_) => "database_tls",
+            PgError::Connect(_) => "database_unreachable",
+            PgError::Sql { code, .. } => match code.as_deref() {
+                // Connection and operator-intervention classes: the server went away.
+                Some(c) if c.starts_with("08") || c.starts_with("57") => "database_unreachable",
+                Some(c) if c.starts_with("53") => "database_full",
+                Some("57014") => "database_timeout",
+                Some("40001") | Some("40P01") => "database_conflict",
+                Some("42501") => "database_permission",
+                _ => "database_error",
+            },
+            PgError::PoolTimeout(_) => "database_busy",
+            PgError::Schema { .. } | PgError::SchemaAhead { .. } => "database_schema",
+            PgError::UnknownNode(_) | PgError::NodeKey(_) => "database_node",
+            PgError::Other(_) => "database_error",
+        }
+    }
+
+    /// The server refused what was asked (a constraint, a missing relation), as
+    /// opposed to the connection failing.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            PgError::Sql { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A `postgres::Error` as relaylog shows it: the SQLSTATE and the server's message
+/// (never its `DETAIL` or `HINT`, which can quote a refused row), or the client's own
+/// description (I/O, protocol), which holds no values.
+pub fn describe(e: &postgres::Error) -> PgError {
+    match e.as_db_error() {
+        Some(db) => PgError::Sql {
+            code: Some(db.code().code().to_owned()),
+            message: format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => PgError::Sql {
+            code: e.code().map(|c| c.code().to_owned()),
+            message: e.to_string(),
+        },
+    }
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> Self {
+        describe(&e)
+    }
+}
+
+/// The settings every relaylog session runs with: commits durable on the server
+/// (`synchronous_commit`, whatever the server's default), statements and lock waits
+/// bounded, and a name that tells the sessions of each node apart in `pg_stat_activity`.
+fn session_options(node: &str) -> String {
+    format!(
+        "-c synchronous_commit=on -c statement_timeout=60000 -c lock_timeout=30000 \
+         -c idle_in_transaction_session_timeout=60000 -c application_name=relaylog/{node}"
+    )
+}
+
+/// How long [`Pool::get`] waits for a client when all are in use.
+pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bounded pool of clients to one database. Clients are made on demand, up to
+/// `store.pool-size`; a client that saw its connection fail is not given back.
+pub struct Pool {
+    config: postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    size: usize,
+    node: String,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<postgres::Client>,
+    /// Clients out of the pool plus idle ones.
+    open: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("node", &self.node)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// The pool for `cfg`, shared by everything in this process that uses the same
+    /// database as the same node (the writer, the ledger, the admin API's requests):
+    /// made on first use, without connecting.
+    pub fn shared(cfg: &PgConfig) -> Result<Arc<Pool>, PgError> {
+        static POOLS: OnceLock<Mutex<HashMap<PgConfig, Weak<Pool>>>> = OnceLock::new();
+        let mut pools = POOLS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pools.retain(|_, p| p.strong_count() > 0);
+        if let Some(pool) = pools.get(cfg).and_then(Weak::upgrade) {
+            return Ok(pool);
+        }
+        let pool = Arc::new(Pool::new(cfg)?);
+        pools.insert(cfg.clone(), Arc::downgrade(&pool));
+        Ok(pool)
+    }
+
+    /// A pool of its own (not shared): reads the password and the CA now.
+    pub fn new(cfg: &PgConfig) -> Result<Pool, PgError> {
+        let mut config: postgres::Config = cfg
+            .url
+            .parse()
+            .map_err(|_| PgError::Other("store.url does not parse".into()))?;
+        config.password(read_password(cfg)?);
+        // Whatever the URL says (`disable` is refused by the config): TLS, checked.
+        config.ssl_mode(postgres::config::SslMode::Require);
+        config.connect_timeout(cfg.connect_timeout);
+        // A server that vanished (power, network) is noticed within seconds, not at
+        // the kernel's default two hours.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(15));
+        let options = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {}", session_options(&cfg.node)),
+            _ => session_options(&cfg.node),
+        };
+        config.options(&options);
+        let client = crate::ingress::tls::client_config(cfg.ca_file.as_deref())
+            .map_err(|e| PgError::Tls(e.to_string()))?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*client).clone());
+        Ok(Pool {
+            config,
+            tls,
+            size: cfg.pool_size,
+            node: cfg.node.clone(),
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// A client of its own, outside the pool (the writer's).
+    pub fn connect(&self) -> Result<postgres::Client, PgError> {
+        self.config
+            .connect(self.tls.clone())
+            .map_err(|e| PgError::Connect(describe(&e).to_string()))
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A client: an idle one, a new one while fewer than `pool-size` are open, or the
+    /// first one given back within [`CHECKOUT_TIMEOUT`].
+    pub fn get(&self) -> Result<Pooled<'_>, PgError> {
+        self.get_within(CHECKOUT_TIMEOUT)
+    }
+
+    pub fn get_within(&self, wait: Duration) -> Result<Pooled<'_>, PgError> {
+        let deadline = Instant::now() + wait;
+        let mut state = self.lock();
+        loop {
+            if let Some(client) = state.idle.pop() {
+                if client.is_closed() {
+                    state.open -= 1;
+                    continue;
+                }
+                return Ok(Pooled {
+                    pool: self,
+                    client: Some(client),
+                });
+            }
+            if state.open < self.size {
+                state.open += 1;
+                drop(state);
+                return match self.connect() {
+                    Ok(client) => Ok(Pooled {
+                        pool: self,
+                        client: Some(client),
+                    }),
+                    Err(e) => {
+                        self.lock().open -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PgError::PoolTimeout(wait));
+            }
+            state = self
+                .freed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Closes the idle clients (the server then forgets their sessions): after a
+    /// failure, so that the next use connects afresh.
+    pub fn clear_idle(&self) {
+        let mut state = self.lock();
+        let n = state.idle.len();
+        state.idle.clear();
+        state.open -= n;
+    }
+}
+
+/// A client out of the pool; given back when dropped, unless its connection failed.
+pub struct Pooled<'p> {
+    pool: &'p Pool,
+    client: Option<postgres::Client>,
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        self.client
+            .as_ref()
+            .expect("a pooled client is present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        self.client
+            .as_mut()
+            .expect("a pooled client is present until dropped")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let mut state = self.pool.lock();
+        if client.is_closed() {
+            state.open -= 1;
+        } else {
+            state.idle.push(client);
+        }
+        drop(state);
+        self.pool.freed.notify_one();
+    }
+}
+
+/// The database password: the file's first line, or the environment's.
+fn read_password(cfg: &PgConfig) -> Result<Vec<u8>, PgError> {
+    let mut password = match &cfg.password_file {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| PgError::Password {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+            line.strip_suffix(b"\r").unwrap_or(line).to_vec()
+        }
+        None => std::env::var_os(PASSWORD_ENV)
+            .map(std::os::unix::ffi::OsStringExt::into_vec)
+            .ok_or(PgError::NoPassword)?,
+    };
+    if password.is_empty() {
+        return Err(match &cfg.password_file {
+            Some(path) => PgError::Password {
+                path: path.clone(),
+                message: "is empty".into(),
+            },
+            None => PgError::NoPassword,
+        });
+    }
+    password.shrink_to_fit();
+    Ok(password)
+}

@@ -1,0 +1,350 @@
+//! The PostgreSQL schema and its versioned migrations.
+//!
+//! Two schemas: `relaylog` holds the records, the outcome events, the signed heads,
+//! the erasure statements, the nodes and the ledger; `relaylog_keys` holds only the
+//! partition keys (wrapped by the master key), so that it can be backed up on its own
+//! schedule, or not at all (see the README: crypto-shredding on PostgreSQL).
+//!
+//! `record` and `outcome` are range-partitioned on `part`, the first day of the store
+//! partition a row belongs to (days since 1970-01-01): one table per day (or month),
+//! created ahead of traffic and dropped whole by expiry. Every blind index leads with
+//! its time bucket, so that inserts land at the right-hand edge of each B-tree.
+//!
+//! Migrations run only from `relaylog init`, in one transaction under an advisory lock
+//! (two nodes initialised at once apply each version once); `serve` and
+//! `check-config` refuse a database whose version is not [`VERSION`].
+
+use postgres::GenericClient;
+
+use super::PgError;
+use crate::store::partition::PartitionId;
+
+/// Advisory lock ids (`pg_advisory_xact_lock`), one per kind of serialised work.
+pub mod lock {
+    /// Migrations and node registration.
+    pub const MIGRATE: i64 = 0x726c_6f67_0001;
+    /// Creating and dropping partitions (expiry).
+    pub const PARTITIONS: i64 = 0x726c_6f67_0002;
+    /// Appending to the audit chain.
+    pub const AUDIT: i64 = 0x726c_6f67_0003;
+}
+
+/// The schema version this relaylog reads and writes.
+pub const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Version `n` is `MIGRATIONS[n - 1]`. Never edit one that shipped: add the next.
+const MIGRATIONS: &[&str] = &[V1_STORE];
+
+const V1_STORE: &str = "
+CREATE SCHEMA IF NOT EXISTS relaylog_keys;
+CREATE TABLE relaylog_keys.partition_key (
+    partition  text PRIMARY KEY,
+    wrapped    bytea NOT NULL,
+    created_us bigint NOT NULL
+);
+CREATE TABLE relaylog.installation (
+    one          integer PRIMARY KEY CHECK (one = 1),
+    master_check text NOT NULL,
+    created_us   bigint NOT NULL
+);
+CREATE TABLE relaylog.node (
+    id            smallint PRIMARY KEY CHECK (id > 0),
+    name          text NOT NULL UNIQUE,
+    public_key    bytea NOT NULL,
+    registered_us bigint NOT NULL
+);
+CREATE TABLE relaylog.partition (
+    name       text PRIMARY KEY,
+    part       integer NOT NULL UNIQUE,
+    end_part   integer NOT NULL,
+    created_us bigint NOT NULL
+);
+CREATE TABLE relaylog.record (
+    part           integer  NOT NULL,
+    node           smallint NOT NULL,
+    id             bigint   NOT NULL,
+    submission     bigint   NOT NULL,
+    ordinal        integer  NOT NULL,
+    at_us          bigint   NOT NULL,
+    bucket         bigint   NOT NULL,
+    protocol       smallint NOT NULL,
+    service        smallint NOT NULL,
+    recipient_form smallint NOT NULL,
+    segments       integer  NOT NULL,
+    account_ix     bigint   NOT NULL,
+    ip_ix          bigint   NOT NULL,
+    originator_ix  bigint,
+    recipient_ix   bigint   NOT NULL,
+    sealed         bytea    NOT NULL,
+    PRIMARY KEY (part, node, id)
+) PARTITION BY RANGE (part);
+CREATE INDEX record_recipient ON relaylog.record (bucket, recipient_ix);
+CREATE INDEX record_account ON relaylog.record (bucket, account_ix);
+CREATE INDEX record_ip ON relaylog.record (bucket, ip_ix);
+CREATE INDEX record_originator ON relaylog.record (bucket, originator_ix) WHERE originator_ix IS NOT NULL;
+CREATE TABLE relaylog.outcome (
+    part              integer  NOT NULL,
+    node              smallint NOT NULL,
+    id                bigint   NOT NULL,
+    submission        bigint   NOT NULL,
+    at_us             bigint   NOT NULL,
+    outcome           smallint NOT NULL,
+    upstream_status   integer,
+    gateway_code      integer,
+    message_id_sealed bytea,
+    enhanced_status   text,
+    size_bytes        bigint,
+    ordinal           integer,
+    receipt_state     text,
+    receipt_error     text,
+    receipt_done      text,
+    PRIMARY KEY (part, node, id)
+) PARTITION BY RANGE (part);
+CREATE INDEX outcome_submission ON relaylog.outcome (node, submission);
+CREATE TABLE relaylog.head (
+    part            integer  NOT NULL,
+    node            smallint NOT NULL,
+    seq             bigint   NOT NULL,
+    size            bigint   NOT NULL,
+    record_through  bigint   NOT NULL,
+    outcome_through bigint   NOT NULL,
+    root            bytea    NOT NULL,
+    frontier        bytea    NOT NULL,
+    at_us           bigint   NOT NULL,
+    signature       bytea    NOT NULL,
+    PRIMARY KEY (part, node, seq)
+);
+CREATE TABLE relaylog.erasure (
+    part      integer  NOT NULL,
+    node      smallint NOT NULL,
+    id        bigint   NOT NULL,
+    at_us     bigint   NOT NULL,
+    reason    text     NOT NULL,
+    entries   bytea    NOT NULL,
+    signature bytea    NOT NULL,
+    PRIMARY KEY (part, node, id)
+);
+";
+
+/// Where a database stands against this relaylog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub from: i32,
+    pub to: i32,
+}
+
+/// The version the database is at (0: never initialised).
+pub fn version(client: &mut impl GenericClient) -> Result<i32, PgError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('relaylog.migration') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let v: Option<i32> = client
+        .query_one("SELECT max(version) FROM relaylog.migration", &[])?
+        .get(0);
+    Ok(v.unwrap_or(0))
+}
+
+/// Brings the database to [`VERSION`], each missing migration in order, all in one
+/// transaction under [`lock::MIGRATE`].
+pub fn migrate(client: &mut postgres::Client, now_us: i64) -> Result<Applied, PgError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::MIGRATE])?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS relaylog;
+         CREATE TABLE IF NOT EXISTS relaylog.migration (
+             version    integer PRIMARY KEY,
+             applied_us bigint NOT NULL
+         );",
+    )?;
+    let from = version(&mut tx)?;
+    if from > VERSION {
+        return Err(PgError::SchemaAhead {
+            found: from,
+            known: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        let v = i as i32 + 1;
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO relaylog.migration (version, applied_us) VALUES ($1, $2)",
+            &[&v, &now_us],
+        )?;
+    }
+    tx.commit()?;
+    Ok(Applied { from, to: VERSION })
+}
+
+/// Fails unless the database is at [`VERSION`].
+pub fn check(client: &mut impl GenericClient) -> Result<(), PgError> {
+    match version(client)? {
+        v if v == VERSION => Ok(()),
+        v if v > VERSION => Err(PgError::SchemaAhead {
+            found: v,
+            known: VERSION,
+        }),
+        v => Err(PgError::Schema {
+            found: v,
+            wanted: VERSION,
+        }),
+    }
+}
+
+/// Records the master key's check value (see [`crate::store::pgstore::master_check`]) on
+/// the first node's `init`, or compares it on the others': every node must hold the
+/// same master key, or one node's new partition keys would be unreadable to the rest.
+pub fn claim_installation(
+    client: &mut impl GenericClient,
+    master_check: &str,
+    now_us: i64,
+) -> Result<(), PgError> {
+    client.execute(
+        "INSERT INTO relaylog.installation (one, master_check, created_us) VALUES (1, $1, $2) \
+         ON CONFLICT (one) DO NOTHING",
+        &[&master_check, &now_us],
+    )?;
+    check_installation(client, master_check)
+}
+
+/// Fails unless `master_check` is the installation's.
+pub fn check_installation(
+    client: &mut impl GenericClient,
+    master_check: &str,
+) -> Result<(), PgError> {
+    let stored: Option<String> = client
+        .query_opt("SELECT master_check FROM relaylog.installation", &[])?
+        .map(|r| r.get(0));
+    match stored {
+        Some(s) if s == master_check => Ok(()),
+        Some(_) => Err(PgError::Other(
+            "this node's master key is not the one the database's other nodes use: copy the first node's master key here (store.master-key)".into(),
+        )),
+        None => Err(PgError::Schema {
+            found: 0,
+            wanted: VERSION,
+        }),
+    }
+}
+
+/// Registers node `name` with its public signing key, or finds it registered with
+/// that key: its id. Another key under the name is refused.
+pub fn register_node(
+    client: &mut postgres::Client,
+    name: &str,
+    public_key: &[u8],
+    now_us: i64,
+) -> Result<i16, PgError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::MIGRATE])?;
+    if let Some(id) = node_id(&mut tx, name, public_key)? {
+        tx.commit()?;
+        return Ok(id);
+    }
+    let id: i16 = tx
+        .query_one(
+            "INSERT INTO relaylog.node (id, name, public_key, registered_us) \
+             SELECT coalesce(max(id), 0) + 1, $1, $2, $3 FROM relaylog.node RETURNING id",
+            &[&name, &public_key, &now_us],
+        )?
+        .get(0);
+    tx.commit()?;
+    Ok(id)
+}
+
+/// The id of node `name`, if it is registered; an error if with another key.
+pub fn node_id(
+    client: &mut impl GenericClient,
+    name: &str,
+    public_key: &[u8],
+) -> Result<Option<i16>, PgError> {
+    let row = client.query_opt(
+        "SELECT id, public_key FROM relaylog.node WHERE name = $1",
+        &[&name],
+    )?;
+    match row {
+        None => Ok(None),
+        Some(r) => {
+            let key: Vec<u8> = r.get(1);
+            if key != public_key {
+                return Err(PgError::NodeKey(name.to_owned()));
+            }
+            Ok(Some(r.get(0)))
+        }
+    }
+}
+
+/// Every registered node: id, name and public signing key, by id.
+pub fn nodes(client: &mut impl GenericClient) -> Result<Vec<(i16, String, Vec<u8>)>, PgError> {
+    Ok(client
+        .query(
+            "SELECT id, name, public_key FROM relaylog.node ORDER BY id",
+            &[],
+        )?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// The `part` value of a partition: its first day, in days since 1970-01-01.
+pub fn part(p: PartitionId) -> i32 {
+    (p.start_micros() / 86_400_000_000) as i32
+}
+
+/// The partition whose first day is `part`, in the given granularity.
+pub fn partition_of_part(granularity: crate::config::Granularity, part: i32) -> PartitionId {
+    PartitionId::containing(granularity, i64::from(part) * 86_400_000_000)
+}
+
+/// The suffix of a partition's tables: `2026_12_05` or `2026_12`.
+fn table_suffix(p: PartitionId) -> String {
+    p.to_string().replace('-', "_")
+}
+
+/// Creates `p`'s tables if they are not there yet (under [`lock::PARTITIONS`], so
+/// nodes doing it at once, or expiry dropping one, do not collide). Its name and
+/// bounds are formatted from a `PartitionId`, never from input.
+pub fn ensure_partition(
+    client: &mut postgres::Client,
+    p: PartitionId,
+    now_us: i64,
+) -> Result<bool, PgError> {
+    let name = p.to_string();
+    let exists = client
+        .query_opt("SELECT 1 FROM relaylog.partition WHERE name = $1", &[&name])?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    let (from, to) = (part(p), part(p.next()));
+    let suffix = table_suffix(p);
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::PARTITIONS])?;
+    let created = tx.execute(
+        "INSERT INTO relaylog.partition (name, part, end_part, created_us) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (name) DO NOTHING",
+        &[&name, &from, &to, &now_us],
+    )?;
+    if created == 1 {
+        tx.batch_execute(&format!(
+            "CREATE TABLE relaylog.record_{suffix} PARTITION OF relaylog.record FOR VALUES FROM ({from}) TO ({to});
+             CREATE TABLE relaylog.outcome_{suffix} PARTITION OF relaylog.outcome FOR VALUES FROM ({from}) TO ({to});"
+        ))?;
+    }
+    tx.commit()?;
+    Ok(created == 1)
+}
+
+/// The partitions that have tables, oldest first.
+pub fn partitions(
+    client: &mut impl GenericClient,
+    granularity: crate::config::Granularity,
+) -> Result<Vec<PartitionId>, PgError> {
+    Ok(client
+        .query("SELECT part FROM relaylog.partition ORDER BY part", &[])?
+        .into_iter()
+        .map(|r| partition_of_part(granularity, r.get(0)))
+        .collect())
+}

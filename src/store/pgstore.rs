@@ -1,0 +1,571 @@
+//! The store on PostgreSQL (`store.backend = "postgres"`, see [`crate::pg`]): the
+//! writer's side ([`PgSink`]) and the readers' ([`rows`] and the queries built on it).
+//!
+//! Each node writes its own rows: a record's key is `(part, node, id)`, ids given by
+//! that node's writer in order, and each node keeps its own Merkle tree per partition,
+//! its heads signed with its own key over the partition's name and the node's (see
+//! [`super::integrity::Head::message_of`]). The writer commits each partition's share
+//! of a batch in one transaction (`COPY … FROM STDIN BINARY`, the head when one is
+//! due) and answers the clients waiting on it only after the commit: no journal, so
+//! that a node that never comes back has lost nothing a client was answered for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+
+use super::integrity::{self, LastHead, TreeState};
+use super::partition::PartitionId;
+use super::rows::{Hash, OutcomeRow, Row};
+use super::writer::WriteError;
+use crate::config::{Granularity, Retention};
+use crate::pg::{PgError, Pool, schema};
+
+/// The value that tells whether two nodes hold the same master key: a MAC of a fixed
+/// string under it, which says nothing about the key.
+pub fn master_check(master: &super::keys::MasterKey) -> String {
+    master.audit_tag("installation", "relaylog master key check v1")
+}
+
+/// This node in the PostgreSQL store, checked: the database at this relaylog's schema
+/// version, the installation's master key, and the node registered there with this
+/// installation's signing key. What `serve` and `check-config` start with.
+pub fn target(
+    cfg: &crate::config::StoreConfig,
+    pg: &crate::config::PgConfig,
+    signer: &ring::signature::Ed25519KeyPair,
+) -> Result<PgTarget, super::OpenError> {
+    use ring::signature::KeyPair;
+    let master = super::keys::MasterKey::load(&cfg.master_key)?;
+    let pool = Pool::shared(pg)?;
+    let node = {
+        let mut client = pool.get()?;
+        schema::check(&mut *client)?;
+        schema::check_installation(&mut *client, &master_check(&master))?;
+        schema::node_id(&mut *client, &pg.node, signer.public_key().as_ref())?
+            .ok_or_else(|| PgError::UnknownNode(pg.node.clone()))?
+    };
+    Ok(PgTarget {
+        pool,
+        node,
+        node_name: pg.node.clone(),
+        granularity: cfg.partition,
+        retention: cfg.retention,
+    })
+}
+
+/// What `relaylog init` did to the database.
+#[derive(Debug)]
+pub struct Initialised {
+    pub applied: schema::Applied,
+    pub node: i16,
+}
+
+/// `relaylog init` on PostgreSQL, once the node's keys are in place: brings the schema
+/// to this version, records (or checks) the master key's check value, and registers
+/// this node with its public signing key. Runs again safely (an upgrade's migrations).
+pub fn init(
+    cfg: &crate::config::StoreConfig,
+    pg: &crate::config::PgConfig,
+    now_us: i64,
+) -> Result<Initialised, super::OpenError> {
+    use ring::signature::KeyPair;
+    let master = super::keys::MasterKey::load(&cfg.master_key)?;
+    let signer = integrity::load_signing_key(&cfg.signing_key)?;
+    let pool = Pool::new(pg)?;
+    let mut client = pool.get()?;
+    let applied = schema::migrate(&mut client, now_us)?;
+    schema::claim_installation(&mut *client, &master_check(&master), now_us)?;
+    let node = schema::register_node(&mut client, &pg.node, signer.public_key().as_ref(), now_us)?;
+    Ok(Initialised { applied, node })
+}
+
+/// Which database, and this node in it.
+#[derive(Clone)]
+pub struct PgTarget {
+    pub pool: Arc<Pool>,
+    /// This node's id in `relaylog.node` (see [`schema::register_node`]).
+    pub node: i16,
+    pub node_name: String,
+    pub granularity: Granularity,
+    pub retention: Retention,
+}
+
+impl From<PgError> for WriteError {
+    fn from(e: PgError) -> Self {
+        WriteError::Database {
+            reason: e.reason(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn db(e: postgres::Error) -> WriteError {
+    PgError::from(e).into()
+}
+
+const RECORD_COPY: &str = "COPY relaylog.record (part, node, id, submission, ordinal, at_us, bucket, \
+     protocol, service, recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed) \
+     FROM STDIN (FORMAT binary)";
+const RECORD_TYPES: &[Type] = &[
+    Type::INT4,
+    Type::INT2,
+    Type::INT8,
+    Type::INT8,
+    Type::INT4,
+    Type::INT8,
+    Type::INT8,
+    Type::INT2,
+    Type::INT2,
+    Type::INT2,
+    Type::INT4,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::BYTEA,
+];
+
+const OUTCOME_COPY: &str = "COPY relaylog.outcome (part, node, id, submission, at_us, outcome, \
+     upstream_status, gateway_code, message_id_sealed, enhanced_status, size_bytes, ordinal, \
+     receipt_state, receipt_error, receipt_done) FROM STDIN (FORMAT binary)";
+const OUTCOME_TYPES: &[Type] = &[
+    Type::INT4,
+    Type::INT2,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT2,
+    Type::INT4,
+    Type::INT4,
+    Type::BYTEA,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+];
+
+/// The columns [`record_row`] reads, in its order.
+pub const RECORD_COLUMNS: &str = "id, submission, ordinal, at_us, bucket, protocol, service, \
+     recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed";
+
+/// The columns [`outcome_row`] reads, in its order.
+pub const OUTCOME_COLUMNS: &str = "id, submission, at_us, outcome, upstream_status, gateway_code, \
+     message_id_sealed, enhanced_status, size_bytes, ordinal, receipt_state, receipt_error, receipt_done";
+
+/// A record as stored, its id first (its leaf not computed).
+pub fn record_row(r: &postgres::Row) -> (i64, Row) {
+    (
+        r.get(0),
+        Row {
+            submission: r.get(1),
+            ordinal: r.get::<_, i32>(2) as u32,
+            at_us: r.get(3),
+            bucket: r.get(4),
+            protocol: r.get::<_, i16>(5) as u8,
+            service: r.get::<_, i16>(6) as u8,
+            recipient_form: r.get::<_, i16>(7) as u8,
+            segments: r.get::<_, i32>(8) as u16,
+            account_ix: r.get(9),
+            ip_ix: r.get(10),
+            originator_ix: r.get(11),
+            recipient_ix: r.get(12),
+            sealed: r.get(13),
+            leaf: [0; 32],
+        },
+    )
+}
+
+/// An outcome event as stored, its id first (its leaf not computed).
+pub fn outcome_row(r: &postgres::Row) -> (i64, OutcomeRow) {
+    (
+        r.get(0),
+        OutcomeRow {
+            submission: r.get(1),
+            at_us: r.get(2),
+            outcome: r.get::<_, i16>(3) as u8,
+            upstream_status: r.get::<_, Option<i32>>(4).map(|v| v as u16),
+            gateway_code: r.get(5),
+            message_id_sealed: r.get(6),
+            enhanced_status: r.get(7),
+            size_bytes: r.get::<_, Option<i64>>(8).map(|v| v as u64),
+            ordinal: r.get::<_, Option<i32>>(9).map(|v| v as u32),
+            receipt_state: r.get(10),
+            receipt_error: r.get(11),
+            receipt_done: r.get(12),
+            leaf: [0; 32],
+        },
+    )
+}
+
+/// The last signed head of `node`'s tree of a partition.
+pub fn last_head(
+    client: &mut impl postgres::GenericClient,
+    part: i32,
+    node: i16,
+) -> Result<Option<LastHead>, postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT seq, size, record_through, outcome_through, frontier FROM relaylog.head \
+             WHERE part = $1 AND node = $2 ORDER BY seq DESC LIMIT 1",
+            &[&part, &node],
+        )?
+        .map(|r| LastHead {
+            seq: r.get(0),
+            size: r.get(1),
+            record_through: r.get(2),
+            outcome_through: r.get(3),
+            frontier: r.get(4),
+        }))
+}
+
+/// One partition as the writer holds it open.
+struct Open {
+    tree: TreeState,
+    last_used: u64,
+}
+
+/// Most partitions the writer keeps state for (as on SQLite).
+const MAX_OPEN: usize = 4;
+
+/// The writer's side: one connection of its own (never the pool's, which requests
+/// share), the partitions it writes, and their trees.
+pub struct PgSink {
+    target: PgTarget,
+    client: Option<postgres::Client>,
+    open: HashMap<PartitionId, Open>,
+    tick: u64,
+}
+
+impl PgSink {
+    pub fn new(target: PgTarget) -> Self {
+        PgSink {
+            target,
+            client: None,
+            open: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// The writer's connection, made again when it failed.
+    fn client(&mut self) -> Result<&mut postgres::Client, WriteError> {
+        if self
+            .client
+            .as_ref()
+            .is_some_and(postgres::Client::is_closed)
+        {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            self.client = Some(self.target.pool.connect()?);
+        }
+        Ok(self.client.as_mut().expect("connected just above"))
+    }
+
+    /// Forgets `partition`'s state after a failed commit (it is loaded again from
+    /// the database), and the connection if it failed.
+    pub fn forget(&mut self, partition: PartitionId) {
+        self.open.remove(&partition);
+        if self
+            .client
+            .as_ref()
+            .is_some_and(postgres::Client::is_closed)
+        {
+            self.client = None;
+        }
+    }
+
+    /// Leaves written and not yet under a signed head, in every open partition.
+    pub fn unsigned(&self) -> usize {
+        self.open.values().map(|o| o.tree.unsigned()).sum()
+    }
+
+    /// The state of `partition`, its tables created if they are not there yet;
+    /// `None` when expiry removed it (past retention, its keys gone): its late rows
+    /// are dropped rather than written into tables made anew for them.
+    fn open(&mut self, partition: PartitionId, now: i64) -> Result<Option<&mut Open>, WriteError> {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.open.contains_key(&partition) {
+            let (node, retention) = (self.target.node, self.target.retention);
+            let client = self.client()?;
+            let past = super::expiry::past_retention(
+                retention,
+                partition,
+                crate::clock::micros_to_datetime(now),
+            );
+            if past {
+                let keys = client
+                    .query_opt(
+                        "SELECT 1 FROM relaylog_keys.partition_key WHERE partition = $1",
+                        &[&partition.to_string()],
+                    )
+                    .map_err(db)?;
+                if keys.is_none() {
+                    return Ok(None);
+                }
+            }
+            schema::ensure_partition(client, partition, now)?;
+            let tree = load_tree(client, schema::part(partition), node)?;
+            if self.open.len() >= MAX_OPEN
+                && let Some(oldest) = self
+                    .open
+                    .iter()
+                    .min_by_key(|(_, o)| o.last_used)
+                    .map(|(p, _)| *p)
+            {
+                // Its waiting leaves are signed when it is next opened (they are
+                // read back from the rows).
+                self.open.remove(&oldest);
+            }
+            self.open.insert(
+                partition,
+                Open {
+                    tree,
+                    last_used: tick,
+                },
+            );
+        }
+        let open = self.open.get_mut(&partition).expect("inserted just above");
+        open.last_used = tick;
+        Ok(Some(open))
+    }
+
+    /// Writes a partition's share of a batch in one transaction: its records and
+    /// outcome events with the ids after the last ones, and a signed head when one
+    /// is due. Returns (records, outcomes) written; (0, 0) for a removed partition.
+    pub fn write(
+        &mut self,
+        partition: PartitionId,
+        records: &[&Row],
+        outcomes: &[&OutcomeRow],
+        signer: Option<&ring::signature::Ed25519KeyPair>,
+        now: i64,
+    ) -> Result<(u64, u64), WriteError> {
+        let (node, name) = (self.target.node, self.target.node_name.clone());
+        let part = schema::part(partition);
+        if self.open(partition, now)?.is_none() {
+            tracing::warn!(partition = %partition, rows = records.len() + outcomes.len(), "rows of a partition expiry removed dropped");
+            return Ok((0, 0));
+        }
+        // Taken out while the connection is borrowed; put back only after a commit.
+        let mut open = self.open.remove(&partition).expect("opened just above");
+        let mut tree = open.tree.clone();
+        let result = (|| {
+            let client = self.client()?;
+            let mut tx = client.transaction().map_err(db)?;
+            let mut next = tree.last_record() + 1;
+            if !records.is_empty() {
+                let sink = tx.copy_in(RECORD_COPY).map_err(db)?;
+                let mut w = BinaryCopyInWriter::new(sink, RECORD_TYPES);
+                for r in records {
+                    let (ordinal, segments) = (r.ordinal as i32, i32::from(r.segments));
+                    let (protocol, service, form) = (
+                        i16::from(r.protocol),
+                        i16::from(r.service),
+                        i16::from(r.recipient_form),
+                    );
+                    let values: [&(dyn ToSql + Sync); 16] = [
+                        &part,
+                        &node,
+                        &next,
+                        &r.submission,
+                        &ordinal,
+                        &r.at_us,
+                        &r.bucket,
+                        &protocol,
+                        &service,
+                        &form,
+                        &segments,
+                        &r.account_ix,
+                        &r.ip_ix,
+                        &r.originator_ix,
+                        &r.recipient_ix,
+                        &r.sealed,
+                    ];
+                    w.write(&values).map_err(db)?;
+                    tree.push_record(next, r.leaf);
+                    next += 1;
+                }
+                w.finish().map_err(db)?;
+            }
+            let mut next = tree.last_outcome() + 1;
+            if !outcomes.is_empty() {
+                let sink = tx.copy_in(OUTCOME_COPY).map_err(db)?;
+                let mut w = BinaryCopyInWriter::new(sink, OUTCOME_TYPES);
+                for o in outcomes {
+                    let outcome = i16::from(o.outcome);
+                    let status = o.upstream_status.map(i32::from);
+                    let size = o.size_bytes.map(|v| v as i64);
+                    let ordinal = o.ordinal.map(|v| v as i32);
+                    let values: [&(dyn ToSql + Sync); 15] = [
+                        &part,
+                        &node,
+                        &next,
+                        &o.submission,
+                        &o.at_us,
+                        &outcome,
+                        &status,
+                        &o.gateway_code,
+                        &o.message_id_sealed,
+                        &o.enhanced_status,
+                        &size,
+                        &ordinal,
+                        &o.receipt_state,
+                        &o.receipt_error,
+                        &o.receipt_done,
+                    ];
+                    w.write(&values).map_err(db)?;
+                    tree.push_outcome(next, o.leaf);
+                    next += 1;
+                }
+                w.finish().map_err(db)?;
+            }
+            if let Some(key) = signer
+                && tree.due()
+            {
+                sign(&mut tx, &mut tree, key, partition, part, node, &name, now)?;
+            }
+            tx.commit().map_err(db)
+        })();
+        if result.is_ok() {
+            open.tree = tree;
+            self.open.insert(partition, open);
+        } else if self
+            .client
+            .as_ref()
+            .is_some_and(postgres::Client::is_closed)
+        {
+            self.client = None;
+        }
+        result.map(|()| (records.len() as u64, outcomes.len() as u64))
+    }
+
+    /// Signs the waiting leaves of every open partition, a transaction each; a
+    /// partition that fails is forgotten (and its leaves signed when it is next
+    /// opened). Returns the failures.
+    pub fn seal_all(
+        &mut self,
+        key: &ring::signature::Ed25519KeyPair,
+        now: i64,
+    ) -> Vec<(PartitionId, WriteError)> {
+        let waiting: Vec<PartitionId> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.tree.unsigned() > 0)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut failed = Vec::new();
+        for partition in waiting {
+            let (node, name) = (self.target.node, self.target.node_name.clone());
+            let mut tree = self.open[&partition].tree.clone();
+            let result = (|| {
+                let client = self.client()?;
+                let mut tx = client.transaction().map_err(db)?;
+                sign(
+                    &mut tx,
+                    &mut tree,
+                    key,
+                    partition,
+                    schema::part(partition),
+                    node,
+                    &name,
+                    now,
+                )?;
+                tx.commit().map_err(db)
+            })();
+            match result {
+                Ok(()) => {
+                    if let Some(o) = self.open.get_mut(&partition) {
+                        o.tree = tree;
+                    }
+                }
+                Err(e) => {
+                    self.forget(partition);
+                    failed.push((partition, e));
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// Appends the signed head over `tree`'s waiting leaves in `tx` and moves the tree on.
+#[allow(clippy::too_many_arguments)]
+fn sign(
+    tx: &mut postgres::Transaction<'_>,
+    tree: &mut TreeState,
+    key: &ring::signature::Ed25519KeyPair,
+    partition: PartitionId,
+    part: i32,
+    node: i16,
+    node_name: &str,
+    now: i64,
+) -> Result<(), WriteError> {
+    let Some(next) = tree.next_head(key, partition, Some(node_name), now) else {
+        return Ok(());
+    };
+    let h = &next.head;
+    tx.execute(
+        "INSERT INTO relaylog.head (part, node, seq, size, record_through, outcome_through, root, frontier, at_us, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &part,
+            &node,
+            &h.seq,
+            &(h.size as i64),
+            &h.record_through,
+            &h.outcome_through,
+            &h.root.as_slice(),
+            &next.frontier.to_bytes(),
+            &h.at_us,
+            &next.signature,
+        ],
+    )
+    .map_err(db)?;
+    tree.signed(next);
+    Ok(())
+}
+
+/// `node`'s tree of a partition as of its last head, with the leaves of the rows
+/// written after it (a writer that stopped before signing them), in id order.
+fn load_tree(client: &mut postgres::Client, part: i32, node: i16) -> Result<TreeState, WriteError> {
+    let last = last_head(client, part, node).map_err(db)?;
+    let mut tree = TreeState::after(last);
+    let (rt, ot) = (tree.record_through, tree.outcome_through);
+    let mut leaves: BTreeMap<i64, Hash> = BTreeMap::new();
+    for r in client
+        .query(
+            &format!(
+                "SELECT {RECORD_COLUMNS} FROM relaylog.record WHERE part = $1 AND node = $2 AND id > $3 ORDER BY id"
+            ),
+            &[&part, &node, &rt],
+        )
+        .map_err(db)?
+    {
+        let (id, row) = record_row(&r);
+        leaves.insert(id, integrity::record_leaf(&row));
+    }
+    for (id, leaf) in std::mem::take(&mut leaves) {
+        tree.push_record(id, leaf);
+    }
+    for r in client
+        .query(
+            &format!(
+                "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome WHERE part = $1 AND node = $2 AND id > $3 ORDER BY id"
+            ),
+            &[&part, &node, &ot],
+        )
+        .map_err(db)?
+    {
+        let (id, row) = outcome_row(&r);
+        leaves.insert(id, integrity::outcome_leaf(&row));
+    }
+    for (id, leaf) in leaves {
+        tree.push_outcome(id, leaf);
+    }
+    Ok(tree)
+}
