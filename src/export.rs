@@ -110,6 +110,7 @@ mod tests {
     fn the_csv_columns_are_the_json_fields() {
         let f = Found {
             partition: PartitionId::containing(Granularity::Day, 0),
+            node: 0,
             record_id: 1,
             submission: SubmissionId(1),
             ordinal: 0,

@@ -5,6 +5,7 @@
 mod common;
 
 use common::pg::{Cluster, ROLE};
+use relaylog::store::IndexKind;
 
 #[tokio::test]
 async fn a_private_cluster_takes_tls_connections_only() {
@@ -80,6 +81,23 @@ async fn a_node_records_into_postgres_before_it_forwards() {
     assert_eq!(status, 202);
     assert_eq!(up.count(), 21);
     relay.settle().await;
+    let store = relay.config.store.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        (
+            common::query_store_cfg(&store, IndexKind::Recipient, &format!("+{canary}")),
+            common::query_store_cfg(&store, IndexKind::Account, "alice"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(found.0.len(), 1);
+    let one = &found.0[0];
+    assert_eq!((one.node, one.fields.account.as_str()), (1, "alice"));
+    assert_eq!(
+        one.outcome.as_ref().map(|o| o.upstream_status),
+        Some(Some(202))
+    );
+    assert_eq!(found.1.len(), 21);
 
     tokio::task::spawn_blocking(move || {
         let mut db = pg.client("relaylog");

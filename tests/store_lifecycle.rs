@@ -47,7 +47,7 @@ fn lookup(cfg: &StoreConfig) -> (usize, Vec<PartitionId>) {
         filters: true,
     };
     let mut n = 0;
-    let stats = query::run(&cfg.path, &keyring, &criteria, |_| n += 1).unwrap();
+    let stats = query::run(cfg, &keyring, &criteria, |_| n += 1).unwrap();
     (n, stats.partitions_shredded)
 }
 

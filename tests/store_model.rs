@@ -105,7 +105,7 @@ fn check(
         filters: true,
     };
     let mut days = Vec::new();
-    query::run(&cfg.path, &keyring, &criteria, |f| {
+    query::run(cfg, &keyring, &criteria, |f| {
         days.push(day_of(relaylog::clock::micros_to_datetime(f.at)))
     })
     .unwrap();

@@ -150,7 +150,7 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
             } else {
                 &keyring
             };
-            let stats = query::run(&cfg.path, keyring, &criteria, |_| {})?;
+            let stats = query::run(&cfg, keyring, &criteria, |_| {})?;
             let _ = times.record(super::micros_since(t));
             matches += stats.matches;
             opened += stats.partitions_searched - stats.partitions_ruled_out;

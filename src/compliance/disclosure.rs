@@ -251,7 +251,7 @@ pub fn collect(
             filters: false,
         };
         let mut too_many = false;
-        let stats = query::run(&store.path, keyring, &q, |f| {
+        let stats = query::run(store, keyring, &q, |f| {
             let key = (f.at, f.partition, f.record_id);
             if found.len() < MAX_EXPORT_RECORDS || found.contains_key(&key) {
                 found.insert(key, f);

@@ -60,7 +60,7 @@ pub fn audited(
         filters: true,
     };
     let mut found = Vec::new();
-    let stats = query::run(&store.path, keyring, &criteria, |f| {
+    let stats = query::run(store, keyring, &criteria, |f| {
         if found.len() < window.limit {
             found.push(f);
         }

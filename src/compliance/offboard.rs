@@ -107,7 +107,7 @@ pub fn offboard_in_chunks(
     let mut exported: BTreeMap<PartitionId, i64> = BTreeMap::new();
     let mut failed = None;
     let stats = query::run(
-        &inst.store.path,
+        inst.store,
         inst.keyring,
         &criteria(since, until),
         |f| {
@@ -242,7 +242,7 @@ fn erase_partition(
     reason: &str,
 ) -> Result<(u64, u64), DiscloseError> {
     let mut ids = Vec::new();
-    query::run(&inst.store.path, inst.keyring, criteria, |f| {
+    query::run(inst.store, inst.keyring, criteria, |f| {
         if f.partition == p && f.record_id <= top {
             ids.push(f.record_id);
         }

@@ -569,3 +569,94 @@ fn load_tree(client: &mut postgres::Client, part: i32, node: i16) -> Result<Tree
     }
     Ok(tree)
 }
+
+/// [`super::query::run`] on PostgreSQL: each partition in the window that has keys,
+/// oldest first; in each, the records whose blind index is the value's under that
+/// partition's key, in the window's time buckets (the index leads with them), opened
+/// and compared (a truncated index collides), with their events.
+pub fn run(
+    pool: &Pool,
+    granularity: Granularity,
+    keyring: &super::keys::Keyring,
+    criteria: &super::query::Criteria,
+    mut emit: impl FnMut(super::query::Found),
+) -> Result<super::query::QueryStats, super::query::QueryError> {
+    use super::query::{Hit, QueryError, QueryStats, read_events};
+    let failed = |p: PartitionId| {
+        move |e: postgres::Error| QueryError::Partition {
+            partition: p,
+            message: PgError::from(e).to_string(),
+        }
+    };
+    let mut client = pool.get()?;
+    let partitions: Vec<PartitionId> = schema::partitions(&mut *client, granularity)?
+        .into_iter()
+        .filter(|p| p.start_micros() < criteria.until && p.end_micros() > criteria.since)
+        .collect();
+    let column = criteria.kind.tag_column();
+    let records = client
+        .prepare(&format!(
+            "SELECT node, id, submission, ordinal, at_us, protocol, service, segments, sealed \
+             FROM relaylog.record WHERE part = $1 AND bucket = ANY($2) AND {column} = $3 \
+             AND at_us >= $4 AND at_us < $5 ORDER BY at_us, node, id"
+        ))
+        .map_err(PgError::from)?;
+    let events = client
+        .prepare(&format!(
+            "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome \
+             WHERE part = $1 AND node = $2 AND submission = $3 ORDER BY id"
+        ))
+        .map_err(PgError::from)?;
+    let mut stats = QueryStats::default();
+    for p in partitions {
+        let keys = match keyring.keys(p) {
+            Ok(k) => k,
+            Err(super::keys::KeyError::Shredded { .. }) => {
+                stats.partitions_shredded.push(p);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        stats.partitions_searched += 1;
+        let part = schema::part(p);
+        let since = criteria.since.max(p.start_micros());
+        let until = criteria.until.min(p.end_micros());
+        let buckets: Vec<i64> = (keys.bucket(since)..=keys.bucket(until - 1)).collect();
+        let tag = keys.blind_index(criteria.kind, &criteria.value);
+        let rows = client
+            .query(&records, &[&part, &buckets, &tag, &since, &until])
+            .map_err(failed(p))?;
+        for r in rows {
+            let hit = Hit {
+                node: r.get(0),
+                record_id: r.get(1),
+                submission: crate::record::SubmissionId(r.get(2)),
+                ordinal: r.get::<_, i32>(3) as u32,
+                at: r.get(4),
+                protocol: r.get::<_, i16>(5) as u8,
+                service: r.get::<_, i16>(6) as u8,
+                segments: r.get::<_, i32>(7) as u16,
+                sealed: r.get(8),
+            };
+            let Some(fields) = hit.open_if_match(p, &keys, criteria, &mut stats)? else {
+                continue;
+            };
+            let evs = client
+                .query(&events, &[&part, &hit.node, &hit.submission.0])
+                .map_err(failed(p))?;
+            let (outcome, receipt) = read_events(
+                evs.iter().map(|r| outcome_row(r).1),
+                &keys,
+                hit.submission,
+                hit.ordinal,
+            )
+            .map_err(|what| QueryError::Partition {
+                partition: p,
+                message: format!("record {}: {what}", hit.record_id),
+            })?;
+            stats.matches += 1;
+            emit(hit.found(p, fields, outcome, receipt)?);
+        }
+    }
+    Ok(stats)
+}

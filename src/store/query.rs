@@ -42,6 +42,8 @@ pub enum QueryError {
     Keys(#[from] KeyError),
     #[error("the time window is empty: --since must be before --until")]
     EmptyWindow,
+    #[error("the store's database: {0}")]
+    Database(#[from] crate::pg::PgError),
 }
 
 /// What to look for.
@@ -76,6 +78,9 @@ pub struct FoundOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub partition: PartitionId,
+    /// The node that wrote it (PostgreSQL; 0 on SQLite): a record is
+    /// `(partition, node, record_id)`.
+    pub node: i16,
     pub record_id: i64,
     pub submission: SubmissionId,
     pub ordinal: u32,
@@ -146,14 +151,30 @@ impl IndexKind {
 /// Runs a lookup, handing each match to `emit` in time order within each partition,
 /// partitions oldest first.
 pub fn run(
+    store: &crate::config::StoreConfig,
+    keyring: &Keyring,
+    criteria: &Criteria,
+    emit: impl FnMut(Found),
+) -> Result<QueryStats, QueryError> {
+    if criteria.until <= criteria.since {
+        return Err(QueryError::EmptyWindow);
+    }
+    match &store.backend {
+        crate::config::Backend::Sqlite => run_files(&store.path, keyring, criteria, emit),
+        crate::config::Backend::Postgres(pg) => {
+            let pool = crate::pg::Pool::shared(pg)?;
+            super::pgstore::run(&pool, store.partition, keyring, criteria, emit)
+        }
+    }
+}
+
+/// [`run`] on the partition files in `store_dir`.
+fn run_files(
     store_dir: &Path,
     keyring: &Keyring,
     criteria: &Criteria,
     mut emit: impl FnMut(Found),
 ) -> Result<QueryStats, QueryError> {
-    if criteria.until <= criteria.since {
-        return Err(QueryError::EmptyWindow);
-    }
     let partitions: Vec<PartitionId> = partition::list(store_dir)
         .map_err(|source| QueryError::List {
             path: store_dir.to_owned(),
@@ -243,22 +264,25 @@ fn search(
     // opening a partition costs.
     let mut lookup: Option<events::Lookup> = None;
     let mut take = |row: &rusqlite::Row<'_>| -> Result<(), QueryError> {
-        let record_id: i64 = row.get(0).map_err(part_err(p))?;
-        let submission = SubmissionId(row.get(1).map_err(part_err(p))?);
-        let ordinal: u32 = row.get(2).map_err(part_err(p))?;
-        let sealed: Vec<u8> = row.get(7).map_err(part_err(p))?;
+        let hit = Hit {
+            node: 0,
+            record_id: row.get(0).map_err(part_err(p))?,
+            submission: SubmissionId(row.get(1).map_err(part_err(p))?),
+            ordinal: row.get(2).map_err(part_err(p))?,
+            at: row.get(3).map_err(part_err(p))?,
+            protocol: row.get(4).map_err(part_err(p))?,
+            service: row.get(5).map_err(part_err(p))?,
+            segments: row.get(6).map_err(part_err(p))?,
+            sealed: row.get(7).map_err(part_err(p))?,
+        };
+        let (record_id, submission, ordinal) = (hit.record_id, hit.submission, hit.ordinal);
         let corrupt = |what: &str| QueryError::Partition {
             partition: p,
             message: format!("record {record_id}: {what}"),
         };
-        let plain = keys
-            .open(&codec::record_aad(submission, ordinal), &sealed)
-            .map_err(|_| corrupt("sealed value does not open (damaged or moved)"))?;
-        let fields = codec::decode(&plain).map_err(|_| corrupt("sealed payload malformed"))?;
-        if !criteria.kind.matches(&fields, &criteria.value) {
-            stats.collisions += 1;
+        let Some(fields) = hit.open_if_match(p, &keys, criteria, stats)? else {
             return Ok(());
-        }
+        };
         let lookup = match &mut lookup {
             Some(made) => &*made,
             slot @ None => {
@@ -274,27 +298,15 @@ fn search(
                 ))
             }
         };
+        let events = lookup
+            .of(&tx, submission.0)
+            .map_err(part_err(p))?
+            .into_iter()
+            .map(|(_, e)| e);
         let (outcome, receipt) =
-            read_events(&tx, &keys, lookup, submission, ordinal).map_err(|e| match e {
-                EventError::Sql(e) => part_err(p)(e),
-                EventError::Corrupt(what) => corrupt(what),
-            })?;
+            read_events(events, &keys, submission, ordinal).map_err(corrupt)?;
         stats.matches += 1;
-        emit(Found {
-            partition: p,
-            record_id,
-            submission,
-            ordinal,
-            at: row.get(3).map_err(part_err(p))?,
-            protocol: Protocol::from_u8(row.get(4).map_err(part_err(p))?)
-                .ok_or_else(|| corrupt("unknown protocol"))?,
-            service: Service::from_u8(row.get(5).map_err(part_err(p))?)
-                .ok_or_else(|| corrupt("unknown service"))?,
-            segments: row.get(6).map_err(part_err(p))?,
-            fields,
-            outcome,
-            receipt,
-        });
+        emit(hit.found(p, fields, outcome, receipt)?);
         Ok(())
     };
     {
@@ -373,29 +385,88 @@ fn probe_filter(
     }
 }
 
-enum EventError {
-    Sql(rusqlite::Error),
-    Corrupt(&'static str),
+/// A record an index pointed at, before its sealed fields are opened.
+pub(super) struct Hit {
+    pub node: i16,
+    pub record_id: i64,
+    pub submission: SubmissionId,
+    pub ordinal: u32,
+    pub at: Micros,
+    pub protocol: u8,
+    pub service: u8,
+    pub segments: u16,
+    pub sealed: Vec<u8>,
 }
 
-impl From<rusqlite::Error> for EventError {
-    fn from(e: rusqlite::Error) -> Self {
-        EventError::Sql(e)
+impl Hit {
+    fn corrupt(&self, p: PartitionId, what: &str) -> QueryError {
+        QueryError::Partition {
+            partition: p,
+            message: format!("record {}: {what}", self.record_id),
+        }
+    }
+
+    /// Its fields, opened, if they hold what `criteria` looks for; `None` for a
+    /// collision of the truncated blind index (counted).
+    pub(super) fn open_if_match(
+        &self,
+        p: PartitionId,
+        keys: &PartitionKeys,
+        criteria: &Criteria,
+        stats: &mut QueryStats,
+    ) -> Result<Option<SealedFields>, QueryError> {
+        let plain = keys
+            .open(
+                &codec::record_aad(self.submission, self.ordinal),
+                &self.sealed,
+            )
+            .map_err(|_| self.corrupt(p, "sealed value does not open (damaged or moved)"))?;
+        let fields =
+            codec::decode(&plain).map_err(|_| self.corrupt(p, "sealed payload malformed"))?;
+        if !criteria.kind.matches(&fields, &criteria.value) {
+            stats.collisions += 1;
+            return Ok(None);
+        }
+        Ok(Some(fields))
+    }
+
+    pub(super) fn found(
+        self,
+        p: PartitionId,
+        fields: SealedFields,
+        outcome: Option<FoundOutcome>,
+        receipt: Option<FoundReceipt>,
+    ) -> Result<Found, QueryError> {
+        Ok(Found {
+            partition: p,
+            node: self.node,
+            record_id: self.record_id,
+            submission: self.submission,
+            ordinal: self.ordinal,
+            at: self.at,
+            protocol: Protocol::from_u8(self.protocol)
+                .ok_or_else(|| self.corrupt(p, "unknown protocol"))?,
+            service: Service::from_u8(self.service)
+                .ok_or_else(|| self.corrupt(p, "unknown service"))?,
+            segments: self.segments,
+            fields,
+            outcome,
+            receipt,
+        })
     }
 }
 
 /// A record's latest outcome (other than a receipt) and latest receipt: of its
-/// submission's events, those about it (naming its ordinal, or none).
-fn read_events(
-    tx: &rusqlite::Connection,
+/// submission's events (in id order), those about it (naming its ordinal, or none).
+pub(super) fn read_events(
+    events: impl IntoIterator<Item = super::rows::OutcomeRow>,
     keys: &PartitionKeys,
-    lookup: &events::Lookup,
     submission: SubmissionId,
     ordinal: u32,
-) -> Result<(Option<FoundOutcome>, Option<FoundReceipt>), EventError> {
+) -> Result<(Option<FoundOutcome>, Option<FoundReceipt>), &'static str> {
     // Events come in id order: the last of each kind is the latest.
     let (mut latest, mut receipt) = (None, None);
-    for (_, e) in lookup.of(tx, submission.0)? {
+    for e in events {
         if e.ordinal.is_some_and(|o| o != ordinal) {
             continue;
         }
@@ -418,16 +489,13 @@ fn read_events(
         Some(sealed) => {
             let id = keys
                 .open(&codec::outcome_aad(submission), sealed)
-                .map_err(|_| EventError::Corrupt("sealed message id does not open"))?;
-            Some(
-                String::from_utf8(id)
-                    .map_err(|_| EventError::Corrupt("message id is not UTF-8"))?,
-            )
+                .map_err(|_| "sealed message id does not open")?;
+            Some(String::from_utf8(id).map_err(|_| "message id is not UTF-8")?)
         }
         None => None,
     };
     let outcome = FoundOutcome {
-        outcome: Outcome::from_u8(e.outcome).ok_or(EventError::Corrupt("unknown outcome"))?,
+        outcome: Outcome::from_u8(e.outcome).ok_or("unknown outcome")?,
         at: e.at_us,
         upstream_status: e.upstream_status,
         gateway_code: e.gateway_code,

@@ -315,7 +315,7 @@ pub fn query_store_cfg(
         filters: true,
     };
     let mut out = Vec::new();
-    query::run(&store.path, &keyring, &criteria, |f| out.push(f)).unwrap();
+    query::run(store, &keyring, &criteria, |f| out.push(f)).unwrap();
     out
 }
 

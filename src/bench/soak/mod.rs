@@ -951,7 +951,7 @@ fn recorded(config: &crate::config::Config) -> Result<(HashMap<String, u32>, usi
         filters: false,
     };
     let mut found: HashMap<String, u32> = HashMap::new();
-    let stats = run(&config.store.path, &keyring, &criteria, |f| {
+    let stats = run(&config.store, &keyring, &criteria, |f| {
         *found
             .entry(f.fields.recipient.index_value().into_owned())
             .or_default() += 1;
