@@ -33,6 +33,8 @@ pub enum ExpiryError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error("the store's database: {0}")]
+    Database(#[from] crate::pg::PgError),
 }
 
 /// What a run will do (and, after [`execute`], did).
@@ -76,10 +78,17 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> Result<Plan, ExpiryError> {
     let cutoff = cfg.retention.cutoff(now);
-    let mut candidates = partition::list(&cfg.path).map_err(|source| ExpiryError::List {
-        path: cfg.path.clone(),
-        source,
-    })?;
+    let pool = match &cfg.backend {
+        crate::config::Backend::Sqlite => None,
+        crate::config::Backend::Postgres(pg) => Some(crate::pg::Pool::shared(pg)?),
+    };
+    let mut candidates = match &pool {
+        None => partition::list(&cfg.path).map_err(|source| ExpiryError::List {
+            path: cfg.path.clone(),
+            source,
+        })?,
+        Some(pool) => crate::pg::schema::partitions(&mut *pool.get()?, cfg.partition)?,
+    };
     candidates.extend(keyring.partitions()?);
     candidates.sort();
     candidates.dedup();
@@ -97,7 +106,11 @@ pub fn plan(
             .map(|h| h.case.clone())
             .collect();
         if cases.is_empty() {
-            plan.expire.push((p, record_count(&p.path_in(&cfg.path))));
+            let records = match &pool {
+                None => record_count(&p.path_in(&cfg.path)),
+                Some(pool) => super::pgstore::record_count(pool, p)?,
+            };
+            plan.expire.push((p, records));
         } else {
             plan.held.push((p, cases));
         }
@@ -120,6 +133,12 @@ fn remove_if_present(path: &Path) -> Result<(), ExpiryError> {
 /// filter.
 pub fn remove(cfg: &StoreConfig, keyring: &Keyring, p: PartitionId) -> Result<(), ExpiryError> {
     keyring.shred(p)?;
+    if let crate::config::Backend::Postgres(pg) = &cfg.backend {
+        return Ok(super::pgstore::drop_partition(
+            &*crate::pg::Pool::shared(pg)?,
+            p,
+        )?);
+    }
     let file = p.path_in(&cfg.path);
     for suffix in [
         "-wal",

@@ -132,6 +132,8 @@ struct Inner {
     current: Mutex<Option<Arc<PartitionKeys>>>,
     /// One key file access at a time from the async path (see `Recorder::keys_async`).
     key_io: Arc<tokio::sync::Mutex<()>>,
+    /// The database, when the store is on PostgreSQL.
+    pg: Option<pgstore::PgTarget>,
 }
 
 /// A place kept in the writer's queue for one outcome event (see
@@ -366,7 +368,7 @@ impl Store {
                     keyring: cfg.keyring.clone(),
                     retention: cfg.retention,
                 }),
-                postgres,
+                postgres: postgres.clone(),
             },
             metrics.clone(),
         )
@@ -386,6 +388,7 @@ impl Store {
                     ids: SubmissionIds::default(),
                     current: Mutex::new(None),
                     key_io: Default::default(),
+                    pg: postgres,
                 }),
             },
             writer: Mutex::new(Some(handle)),
@@ -397,7 +400,7 @@ impl Store {
     }
 
     /// Creates (durably) and caches the keys of the partition holding `now` and of the
-    /// next one, so that the first message of a day does not create key files, with
+    /// next one (on PostgreSQL, their tables too), so that the first message of a day does not create key files, with
     /// their fsyncs, on a request thread. Keys of a day that then sees no traffic are
     /// removed by expiry like any others.
     pub fn prepare_keys(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), KeyError> {
@@ -405,6 +408,14 @@ impl Store {
         let current = PartitionId::containing(inner.cfg.partition, now.timestamp_micros());
         inner.keyring.keys_or_create(current)?;
         inner.keyring.keys_or_create(current.next())?;
+        if let Some(pg) = &inner.pg {
+            // And on PostgreSQL, their tables: made ahead of traffic, by whichever
+            // node gets there first.
+            let mut client = pg.pool.get()?;
+            for p in [current, current.next()] {
+                crate::pg::schema::ensure_partition(&mut client, p, now.timestamp_micros())?;
+            }
+        }
         Ok(())
     }
 
@@ -951,7 +962,7 @@ mod tests {
             filters,
         };
         let mut out = Vec::new();
-        let stats = query::run(&cfg, &keyring, &criteria, |f| out.push(f)).unwrap();
+        let stats = query::run(cfg, &keyring, &criteria, |f| out.push(f)).unwrap();
         (out, stats)
     }
 

@@ -660,3 +660,54 @@ pub fn run(
     }
     Ok(stats)
 }
+
+/// Records a partition has held, over every node: each node's highest record id (ids
+/// are never reused, so erased rows count too), as [`super::expiry`] counts them.
+pub fn record_count(pool: &Pool, p: PartitionId) -> Result<u64, PgError> {
+    let n: i64 = pool
+        .get()?
+        .query_one(
+            "SELECT coalesce(sum(top), 0)::bigint FROM \
+             (SELECT max(id) AS top FROM relaylog.record WHERE part = $1 GROUP BY node) t",
+            &[&schema::part(p)],
+        )?
+        .get(0);
+    Ok(n.max(0) as u64)
+}
+
+/// Removes a partition whose keys are already shredded: its tables detached (without
+/// stopping the writers: `DETACH … CONCURRENTLY`) and dropped, then its heads, erasure
+/// statements and its entry. Each step is safe to run again: a crash between two is
+/// finished by the next expiry (the entry, removed last, keeps it a candidate).
+pub fn drop_partition(pool: &Pool, p: PartitionId) -> Result<(), PgError> {
+    let suffix = p.to_string().replace('-', "_");
+    let mut client = pool.get()?;
+    for table in ["record", "outcome"] {
+        let child = format!("relaylog.{table}_{suffix}");
+        let attached = client
+            .query_opt(
+                "SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'relaylog' AND c.relname = $1",
+                &[&format!("{table}_{suffix}")],
+            )?
+            .is_some();
+        if attached {
+            client.batch_execute(&format!(
+                "ALTER TABLE relaylog.{table} DETACH PARTITION {child} CONCURRENTLY"
+            ))?;
+        }
+        client.batch_execute(&format!("DROP TABLE IF EXISTS {child}"))?;
+    }
+    let part = schema::part(p);
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::lock::PARTITIONS])?;
+    tx.execute("DELETE FROM relaylog.head WHERE part = $1", &[&part])?;
+    tx.execute("DELETE FROM relaylog.erasure WHERE part = $1", &[&part])?;
+    tx.execute(
+        "DELETE FROM relaylog.partition WHERE name = $1",
+        &[&p.to_string()],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
