@@ -701,7 +701,7 @@ fn spawn_refusal_flush(
     clock: SharedClock,
     mut shutdown: shutdown::Shutdown,
 ) -> tokio::task::JoinHandle<()> {
-    let ledger = config.store.ledger.clone();
+    let ledger = config.store.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -709,7 +709,7 @@ fn spawn_refusal_flush(
                 _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
                     let (ledger, now) = (ledger.clone(), clock.now_micros());
                     let flushed = tokio::task::spawn_blocking(move || {
-                        crate::ledger::Ledger::open(&ledger)?.flush_refusals(now, false)
+                        crate::ledger::Ledger::open_store(&ledger)?.flush_refusals(now, false)
                     })
                     .await;
                     if let Ok(Err(e)) = flushed {

@@ -126,7 +126,14 @@ impl Api {
             signer: crate::store::integrity::load_signing_key(&config.store.signing_key)
                 .map_err(|e| ApiSetupError::Signing(e.to_string()))?,
             numbers: NumberNormalizer::warmed(config.store.default_region),
-            sessions: Sessions::new(ttl),
+            sessions: match &config.store.backend {
+                crate::config::Backend::Sqlite => Sessions::new(ttl),
+                crate::config::Backend::Postgres(pg) => Sessions::in_database(
+                    ttl,
+                    crate::pg::Pool::shared(pg)
+                        .map_err(|e| ApiSetupError::Signing(e.to_string()))?,
+                ),
+            },
             logins: Semaphore::new(CONCURRENT_LOGINS),
             exporting: Semaphore::new(1),
             exports,
@@ -181,7 +188,7 @@ impl Api {
     }
 
     fn ledger(&self) -> Result<Ledger, ApiError> {
-        Ok(Ledger::open(&self.config.store.ledger)?)
+        Ok(Ledger::open_store(&self.config.store)?)
     }
 
     fn now(&self) -> Micros {
@@ -471,10 +478,6 @@ impl FromRequestParts<Arc<Api>> for Authed {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_owned());
-        let session = match &token {
-            None => Err(SessionError::Missing),
-            Some(t) => api.sessions.get(t, now),
-        };
         let route = parts
             .extensions
             .get::<MatchedPath>()
@@ -484,6 +487,14 @@ impl FromRequestParts<Arc<Api>> for Authed {
         let from = peer(parts);
         let api = api.clone();
         blocking(move || {
+            let session = match &token {
+                None => Err(SessionError::Missing),
+                Some(t) => api.sessions.get(t, now),
+            };
+            if let Err(e @ SessionError::Store(_)) = &session {
+                // Not the caller's fault, nor a refusal to count: the database is away.
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()));
+            }
             let mut ledger = api.ledger()?;
             let (actor, reason, message) = match session {
                 Ok(s) => {
@@ -499,7 +510,9 @@ impl FromRequestParts<Arc<Api>> for Authed {
                             });
                         }
                         _ => {
-                            api.sessions.close_officer(&s.officer.name);
+                            if let Err(e) = api.sessions.close_officer(&s.officer.name) {
+                                tracing::warn!(error = %e, "a disabled officer's sessions could not be ended; refused at each use");
+                            }
                             (
                                 s.officer.name,
                                 "officer disabled",
@@ -637,8 +650,10 @@ async fn logout(
     axum::extract::State(api): axum::extract::State<Arc<Api>>,
     who: Authed,
 ) -> Result<StatusCode, ApiError> {
-    api.sessions.close(&who.token);
     blocking(move || {
+        api.sessions
+            .close(&who.token)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         api.ledger()?
             .audit(api.now(), &who.officer.name, "session.logout", json!({}))?;
         Ok(StatusCode::NO_CONTENT)
@@ -1387,7 +1402,7 @@ pub fn expire_exports(config: &Config, now: Micros) -> Result<Vec<String>, ApiEr
         }
     }
     old.sort();
-    let mut ledger = Ledger::open(&config.store.ledger)?;
+    let mut ledger = Ledger::open_store(&config.store)?;
     let mut removed = Vec::new();
     for path in old {
         std::fs::remove_file(&path).map_err(|e| ApiError::internal(&e))?;

@@ -1,7 +1,10 @@
 //! Officers' API sessions: a random bearer token handed out at login (password and
 //! TOTP), valid for a fixed time from then, not extended by use. Only the token's
-//! SHA-256 is held, in memory: a restart logs everyone out, and a memory dump does not
-//! hand out live tokens.
+//! SHA-256 is held: in memory with the SQLite store (a restart logs everyone out), in
+//! the database with PostgreSQL, so that an officer's session works on every node
+//! behind the load balancer. A memory dump or a database dump hands out no live token.
+//!
+//! With PostgreSQL every call does blocking I/O: call them off the runtime's threads.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,6 +35,8 @@ pub enum SessionError {
     Expired,
     #[error("too many sessions open; try again when some have expired")]
     Full,
+    #[error("sessions cannot be read: {0}")]
+    Store(String),
 }
 
 impl SessionError {
@@ -42,6 +47,7 @@ impl SessionError {
             SessionError::Unknown => "unknown token",
             SessionError::Expired => "expired token",
             SessionError::Full => "sessions full",
+            SessionError::Store(_) => "sessions unavailable",
         }
     }
 }
@@ -50,8 +56,19 @@ type TokenHash = [u8; 32];
 
 pub struct Sessions {
     ttl_us: Micros,
-    by_hash: Mutex<HashMap<TokenHash, Session>>,
+    held: Held,
     rng: SystemRandom,
+}
+
+/// Where sessions are kept.
+enum Held {
+    Memory(Mutex<HashMap<TokenHash, Session>>),
+    /// `relaylog.session`, shared by every node.
+    Postgres(std::sync::Arc<crate::pg::Pool>),
+}
+
+fn store_err(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Store(e.to_string())
 }
 
 fn hash(token: &str) -> TokenHash {
@@ -61,10 +78,23 @@ fn hash(token: &str) -> TokenHash {
 }
 
 impl Sessions {
+    /// Sessions in this process's memory.
     pub fn new(ttl: std::time::Duration) -> Sessions {
+        Sessions::with(ttl, Held::Memory(Mutex::default()))
+    }
+
+    /// Sessions in the PostgreSQL store's database.
+    pub fn in_database(
+        ttl: std::time::Duration,
+        pool: std::sync::Arc<crate::pg::Pool>,
+    ) -> Sessions {
+        Sessions::with(ttl, Held::Postgres(pool))
+    }
+
+    fn with(ttl: std::time::Duration, held: Held) -> Sessions {
         Sessions {
             ttl_us: Micros::try_from(ttl.as_micros()).unwrap_or(Micros::MAX),
-            by_hash: Mutex::default(),
+            held,
             rng: SystemRandom::new(),
         }
     }
@@ -79,7 +109,35 @@ impl Sessions {
             officer,
             expires_at: now.saturating_add(self.ttl_us),
         };
-        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let map = match &self.held {
+            Held::Memory(map) => map,
+            Held::Postgres(pool) => {
+                let mut db = pool.get().map_err(store_err)?;
+                let mut tx = db.transaction().map_err(store_err)?;
+                tx.execute(
+                    "DELETE FROM relaylog.session WHERE expires_at <= $1",
+                    &[&now],
+                )
+                .map_err(store_err)?;
+                let open: i64 = tx
+                    .query_one("SELECT count(*) FROM relaylog.session", &[])
+                    .map_err(store_err)?
+                    .get(0);
+                if open >= MAX_SESSIONS as i64 {
+                    return Err(SessionError::Full);
+                }
+                let o = &session.officer;
+                tx.execute(
+                    "INSERT INTO relaylog.session (token_hash, officer, role, created_at, created_by, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[&hash(&token).as_slice(), &o.name, &o.role.as_str(), &o.created_at, &o.created_by, &session.expires_at],
+                )
+                .map_err(store_err)?;
+                tx.commit().map_err(store_err)?;
+                return Ok((token, session));
+            }
+        };
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_SESSIONS {
             map.retain(|_, s| s.expires_at > now);
             if map.len() >= MAX_SESSIONS {
@@ -94,7 +152,42 @@ impl Sessions {
     /// on the way, and said to be expired (not unknown) so the officer knows to log in.
     pub fn get(&self, token: &str, now: Micros) -> Result<Session, SessionError> {
         let key = hash(token);
-        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let map = match &self.held {
+            Held::Memory(map) => map,
+            Held::Postgres(pool) => {
+                let mut db = pool.get().map_err(store_err)?;
+                let row = db
+                    .query_opt(
+                        "SELECT officer, role, created_at, created_by, expires_at FROM relaylog.session \
+                         WHERE token_hash = $1",
+                        &[&key.as_slice()],
+                    )
+                    .map_err(store_err)?
+                    .ok_or(SessionError::Unknown)?;
+                let expires_at: i64 = row.get(4);
+                if expires_at <= now {
+                    db.execute(
+                        "DELETE FROM relaylog.session WHERE token_hash = $1",
+                        &[&key.as_slice()],
+                    )
+                    .map_err(store_err)?;
+                    return Err(SessionError::Expired);
+                }
+                let role: &str = row.get(1);
+                return Ok(Session {
+                    officer: Officer {
+                        name: row.get(0),
+                        role: crate::compliance::officers::Role::parse(role)
+                            .unwrap_or(crate::compliance::officers::Role::Officer),
+                        enabled: true,
+                        created_at: row.get(2),
+                        created_by: row.get(3),
+                    },
+                    expires_at,
+                });
+            }
+        };
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&key) {
             None => Err(SessionError::Unknown),
             Some(s) if s.expires_at <= now => {
@@ -106,15 +199,40 @@ impl Sessions {
     }
 
     /// Ends a session (logout). Whether it existed is returned.
-    pub fn close(&self, token: &str) -> bool {
-        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&hash(token)).is_some()
+    pub fn close(&self, token: &str) -> Result<bool, SessionError> {
+        let key = hash(token);
+        match &self.held {
+            Held::Memory(map) => {
+                let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(map.remove(&key).is_some())
+            }
+            Held::Postgres(pool) => Ok(pool
+                .get()
+                .map_err(store_err)?
+                .execute(
+                    "DELETE FROM relaylog.session WHERE token_hash = $1",
+                    &[&key.as_slice()],
+                )
+                .map_err(store_err)?
+                > 0),
+        }
     }
 
     /// Ends every session of an officer (disabled through the API).
-    pub fn close_officer(&self, name: &str) {
-        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, s| s.officer.name != name);
+    pub fn close_officer(&self, name: &str) -> Result<(), SessionError> {
+        match &self.held {
+            Held::Memory(map) => {
+                let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                map.retain(|_, s| s.officer.name != name);
+            }
+            Held::Postgres(pool) => {
+                pool.get()
+                    .map_err(store_err)?
+                    .execute("DELETE FROM relaylog.session WHERE officer = $1", &[&name])
+                    .map_err(store_err)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -158,10 +276,10 @@ mod tests {
         let (a, _) = s.open(officer("anna"), 0).unwrap();
         let (b, _) = s.open(officer("bob"), 0).unwrap();
         assert_ne!(a, b);
-        assert!(s.close(&a));
-        assert!(!s.close(&a));
+        assert!(s.close(&a).unwrap());
+        assert!(!s.close(&a).unwrap());
         assert_eq!(s.get(&a, 1).unwrap_err(), SessionError::Unknown);
-        s.close_officer("bob");
+        s.close_officer("bob").unwrap();
         assert_eq!(s.get(&b, 1).unwrap_err(), SessionError::Unknown);
     }
 

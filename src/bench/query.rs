@@ -86,7 +86,7 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
         Some(super::store(cfg.clone(), &b.fill)?.overall())
     } else {
         // Real records are never looked up, nor compacted, by a benchmark.
-        super::store::claim(&cfg.path)?;
+        super::store::claim(&cfg)?;
         None
     };
     let keyring = crate::store::open_keyring(&cfg)?;

@@ -66,9 +66,29 @@ impl StoreBenchReport {
 /// The file that marks a store directory as a benchmark's: its records are made up.
 const BENCH_MARK: &str = ".relaylog-bench";
 
-/// Makes sure a store directory is a benchmark's, marking it so when it is empty: a
-/// benchmark never puts made-up records among real ones, nor looks real ones up.
-pub(crate) fn claim(store_dir: &std::path::Path) -> Result<(), BenchError> {
+/// Makes sure a store is a benchmark's, marking it so when it is empty: a benchmark
+/// never puts made-up records among real ones, nor looks real ones up. On PostgreSQL
+/// the mark is in the database (`relaylog.installation.bench`).
+pub(crate) fn claim(cfg: &StoreConfig) -> Result<(), BenchError> {
+    match &cfg.backend {
+        crate::config::Backend::Sqlite => claim_dir(&cfg.path),
+        crate::config::Backend::Postgres(pg) => {
+            let what = std::path::PathBuf::from(format!("the database of store.url ({})", pg.url));
+            let mark = |e: crate::pg::PgError| BenchError::Mark {
+                path: what.clone(),
+                message: e.to_string(),
+            };
+            let pool = crate::pg::Pool::shared(pg).map_err(mark)?;
+            if crate::pg::schema::claim_for_bench(&mut *pool.get().map_err(mark)?).map_err(mark)? {
+                Ok(())
+            } else {
+                Err(BenchError::NotABenchStore(what))
+            }
+        }
+    }
+}
+
+fn claim_dir(store_dir: &std::path::Path) -> Result<(), BenchError> {
     let mark = store_dir.join(BENCH_MARK);
     if mark.exists() {
         return Ok(());
@@ -134,7 +154,7 @@ pub fn store(cfg: StoreConfig, b: &StoreBench) -> Result<StoreBenchReport, Bench
     if b.records == 0 || b.days == 0 {
         return Err(BenchError::Empty);
     }
-    claim(&cfg.path)?;
+    claim(&cfg)?;
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(cfg, Arc::new(SystemClock), metrics.clone())?;
     let start_us = b
@@ -290,13 +310,13 @@ mod tests {
     fn benchmarks_keep_to_stores_of_their_own() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
-        claim(&store).unwrap();
+        claim_dir(&store).unwrap();
         std::fs::write(store.join("2026-01-01.sqlite"), b"").unwrap();
-        claim(&store).unwrap();
+        claim_dir(&store).unwrap();
         let real = dir.path().join("real");
         std::fs::create_dir(&real).unwrap();
         std::fs::write(real.join("2026-01-01.sqlite"), b"").unwrap();
-        let refused = claim(&real).unwrap_err();
+        let refused = claim_dir(&real).unwrap_err();
         assert!(
             matches!(refused, BenchError::NotABenchStore(_)),
             "{refused}"

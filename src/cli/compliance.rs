@@ -315,7 +315,7 @@ pub enum AuditCommand {
 
 pub(super) fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
     use crate::compliance::officers::Role;
-    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
     let now = SystemClock.now_micros();
     match command {
         OfficerCommand::Add {
@@ -373,7 +373,7 @@ pub(super) fn officer(config: &Config, command: &OfficerCommand) -> Result<()> {
 
 pub(super) fn case(config: &Config, command: &CaseCommand) -> Result<()> {
     use crate::compliance::officers::{Credentials, Role};
-    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
     let now = SystemClock.now_micros();
     ledger.note_four_eyes(config.compliance.four_eyes, now, &actor())?;
     let master = || crate::store::keys::MasterKey::load(&config.store.master_key);
@@ -548,7 +548,7 @@ impl Exporter {
         role: crate::compliance::officers::Role,
     ) -> Result<Exporter> {
         use crate::compliance::officers::Credentials;
-        let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+        let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
         let now = SystemClock.now_micros();
         let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
         let password = read_secret_line("password")?;
@@ -696,7 +696,7 @@ pub(super) fn verify_export(
 }
 
 pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
-    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
     match command {
         AuditCommand::List { json, login: l } => {
             use crate::compliance::officers::Role;

@@ -238,7 +238,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     totp,
                 }) => offboard(&config, name, out, officer, totp),
                 Command::Report(ReportCommand::Cases { year, json }) => {
-                    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+                    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
                     let report = crate::compliance::report::cases_in_year(&ledger, *year)?;
                     ledger.audit(
                         SystemClock.now_micros(),

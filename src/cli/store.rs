@@ -184,7 +184,7 @@ pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
         None => SystemClock.now(),
     };
     let keyring = crate::store::open_keyring(&config.store)?;
-    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
     let plan = expiry::plan(&config.store, &keyring, &ledger.holds()?, now)?;
     let cutoff = plan.cutoff.map(|c| c.to_rfc3339()).unwrap_or_default();
     println!(
@@ -237,7 +237,7 @@ pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
 
 pub(super) fn hold(config: &Config, command: &HoldCommand) -> Result<()> {
     use crate::compliance::officers::Role;
-    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
     match command {
         HoldCommand::Add {
             login: l,
@@ -309,7 +309,7 @@ pub(super) fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
         bail!("give one of --recipient, --account, --ip, --originator, --email");
     };
     let criterion = criterion(kind, raw, &numbers)?;
-    let mut ledger = crate::ledger::Ledger::open(&config.store.ledger)?;
+    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
     let who = login(
         config,
         &mut ledger,

@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use rusqlite::{OptionalExtension, params};
+use crate::ledger::db::{DbError, Param};
 use serde::{Deserialize, Serialize};
 
 use super::officers::{Officer, OfficerError, Role};
@@ -258,12 +258,8 @@ fn criteria_context(id: i64) -> Vec<u8> {
     format!("relaylog case criteria v1|{id}").into_bytes()
 }
 
-fn db(path: &str) -> impl Fn(rusqlite::Error) -> CaseError + '_ {
+fn db(path: &str) -> impl Fn(DbError) -> CaseError + '_ {
     move |e| CaseError::Ledger(sql_err(path)(e))
-}
-
-fn rusqlite_err(l: &Ledger) -> impl Fn(rusqlite::Error) -> CaseError + '_ {
-    db(&l.path)
 }
 
 impl Ledger {
@@ -293,13 +289,12 @@ impl Ledger {
         let action = format!("setting.{}", field.replace('_', "-"));
         // The last recorded value: one indexed lookup, not a read of the whole log.
         let last: Option<String> = self
-            .conn
-            .query_row(
+            .db()
+            .query_opt(
                 "SELECT details FROM audit WHERE action = ?1 ORDER BY seq DESC LIMIT 1",
-                [&action],
-                |r| r.get(0),
+                &[&action],
             )
-            .optional()
+            .and_then(|r| r.map(|r| r.text(0)).transpose())
             .map_err(sql_err(&self.path))?;
         let last = last
             .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
@@ -347,52 +342,50 @@ impl Ledger {
             .collect();
         let tags_json = serde_json::to_string(&tags).unwrap_or_default();
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db(&path))?;
-        let duplicate: Option<i64> = tx
-            .query_row(
+        let mut conn = self.db();
+        let mut tx = conn.begin().map_err(db(&path))?;
+        let duplicate = tx
+            .query_opt(
                 "SELECT id FROM cases WHERE country = ?1 AND organisation = ?2 AND request_number = ?3",
-                params![d.request.country, d.request.organisation, d.request.number],
-                |r| r.get(0),
+                &[&d.request.country, &d.request.organisation, &d.request.number],
             )
-            .optional()
             .map_err(db(&path))?;
         if duplicate.is_some() {
             return Err(CaseError::Duplicate(d.request.to_string()));
         }
-        tx.execute(
-            "INSERT INTO cases (country, organisation, request_number, authority, legal_basis, order_reference, order_date, deadline, confidential, since_us, until_us, criteria, criteria_tags, state, opened_by, opened_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, x'', ?12, 'open', ?13, ?14)",
-            params![
-                d.request.country,
-                d.request.organisation,
-                d.request.number,
-                d.authority,
-                d.legal_basis,
-                d.order_reference,
-                d.order_date,
-                d.deadline,
-                d.confidential,
-                d.since,
-                d.until,
-                tags_json,
-                officer.name,
-                at
-            ],
-        )
-        .map_err(db(&path))?;
-        let id = tx.last_insert_rowid();
+        let id = tx
+            .query_one(
+                "INSERT INTO cases (country, organisation, request_number, authority, legal_basis, order_reference, order_date, deadline, confidential, since_us, until_us, criteria, criteria_tags, state, opened_by, opened_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'open', ?14, ?15) RETURNING id",
+                &[
+                    &d.request.country,
+                    &d.request.organisation,
+                    &d.request.number,
+                    &d.authority,
+                    &d.legal_basis,
+                    &d.order_reference,
+                    &d.order_date,
+                    &d.deadline,
+                    &d.confidential,
+                    &d.since,
+                    &d.until,
+                    &Vec::<u8>::new(),
+                    &tags_json,
+                    &officer.name,
+                    &at,
+                ],
+            )
+            .and_then(|r| r.int(0))
+            .map_err(db(&path))?;
         let plain = serde_json::to_vec(&new.criteria).unwrap_or_default();
         let sealed = master.seal_secret(&criteria_context(id), &plain)?;
         tx.execute(
             "UPDATE cases SET criteria = ?1 WHERE id = ?2",
-            params![sealed, id],
+            &[&sealed, &id],
         )
         .map_err(db(&path))?;
         Ledger::append(
-            &tx,
+            &mut tx,
             at,
             &officer.name,
             "case.open",
@@ -411,57 +404,52 @@ impl Ledger {
     }
 
     pub fn case(&self, id: i64) -> Result<Case, CaseError> {
-        self.cases_where("WHERE id = ?1", params![id])?
+        self.cases_where("WHERE id = ?1", &[&id])?
             .pop()
             .ok_or(CaseError::Unknown(id))
     }
 
     pub fn cases(&self) -> Result<Vec<Case>, CaseError> {
-        self.cases_where("", params![])
+        self.cases_where("", &[])
     }
 
-    fn cases_where(
-        &self,
-        filter: &str,
-        p: &[&dyn rusqlite::ToSql],
-    ) -> Result<Vec<Case>, CaseError> {
-        let e = rusqlite_err(self);
+    fn cases_where(&self, filter: &str, p: &[&dyn Param]) -> Result<Vec<Case>, CaseError> {
+        let e = db(&self.path);
         let sql = format!(
             "SELECT id, country, organisation, request_number, authority, legal_basis, order_reference, order_date, deadline, confidential, since_us, until_us, criteria_tags, state, opened_by, opened_at, decided_by, decided_at, decision_note FROM cases {filter} ORDER BY id"
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(&e)?;
-        let rows = stmt
-            .query_map(p, |r| {
-                let tags: String = r.get(12)?;
-                let state: String = r.get(13)?;
+        let rows = self.db().query(&sql, p).map_err(&e)?;
+        rows.iter()
+            .map(|r| {
+                let tags = r.text(12)?;
                 Ok(Case {
-                    id: r.get(0)?,
+                    id: r.int(0)?,
                     details: CaseDetails {
                         request: RequestId {
-                            country: r.get(1)?,
-                            organisation: r.get(2)?,
-                            number: r.get(3)?,
+                            country: r.text(1)?,
+                            organisation: r.text(2)?,
+                            number: r.text(3)?,
                         },
-                        authority: r.get(4)?,
-                        legal_basis: r.get(5)?,
-                        order_reference: r.get(6)?,
-                        order_date: r.get(7)?,
-                        deadline: r.get(8)?,
-                        confidential: r.get(9)?,
-                        since: r.get(10)?,
-                        until: r.get(11)?,
+                        authority: r.text(4)?,
+                        legal_basis: r.text(5)?,
+                        order_reference: r.text(6)?,
+                        order_date: r.text(7)?,
+                        deadline: r.text(8)?,
+                        confidential: r.int(9)? != 0,
+                        since: r.int(10)?,
+                        until: r.int(11)?,
                     },
                     criteria_tags: serde_json::from_str(&tags).unwrap_or_default(),
-                    state: State::parse(&state),
-                    opened_by: r.get(14)?,
-                    opened_at: r.get(15)?,
-                    decided_by: r.get(16)?,
-                    decided_at: r.get(17)?,
-                    decision_note: r.get(18)?,
+                    state: State::parse(&r.text(13)?),
+                    opened_by: r.text(14)?,
+                    opened_at: r.int(15)?,
+                    decided_by: r.opt_text(16)?,
+                    decided_at: r.opt_int(17)?,
+                    decision_note: r.opt_text(18)?,
                 })
             })
-            .map_err(&e)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(&e)
+            .collect::<Result<Vec<_>, DbError>>()
+            .map_err(&e)
     }
 
     /// The case's identifiers in the clear, for running it. Only for an approved case.
@@ -484,12 +472,12 @@ impl Ledger {
         master: &MasterKey,
         id: i64,
     ) -> Result<Vec<Criterion>, CaseError> {
-        let sealed: Vec<u8> = self
-            .conn
-            .query_row("SELECT criteria FROM cases WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .map_err(rusqlite_err(self))?;
+        let sealed = self
+            .db()
+            .query_opt("SELECT criteria FROM cases WHERE id = ?1", &[&id])
+            .and_then(|r| r.map(|r| r.blob(0)).transpose())
+            .map_err(db(&self.path))?
+            .ok_or(CaseError::Unknown(id))?;
         let plain = master.open_secret(&criteria_context(id), &sealed)?;
         serde_json::from_slice(&plain).map_err(|_| CaseError::Key(KeyError::Open))
     }
@@ -536,17 +524,16 @@ impl Ledger {
             return Err(refusal);
         }
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db(&path))?;
+        let mut conn = self.db();
+        let mut tx = conn.begin().map_err(db(&path))?;
+        let state = if approve { "approved" } else { "rejected" };
         tx.execute(
             "UPDATE cases SET state = ?1, decided_by = ?2, decided_at = ?3, decision_note = ?4 WHERE id = ?5",
-            params![if approve { "approved" } else { "rejected" }, approver.name, at, note, id],
+            &[&state, &approver.name, &at, &note, &id],
         )
         .map_err(db(&path))?;
         Ledger::append(
-            &tx,
+            &mut tx,
             at,
             &approver.name,
             action,
@@ -568,17 +555,15 @@ impl Ledger {
             });
         }
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db(&path))?;
+        let mut conn = self.db();
+        let mut tx = conn.begin().map_err(db(&path))?;
         tx.execute(
             "UPDATE cases SET state = 'closed', closed_at = ?1 WHERE id = ?2",
-            params![at, id],
+            &[&at, &id],
         )
         .map_err(db(&path))?;
         Ledger::append(
-            &tx,
+            &mut tx,
             at,
             &officer.name,
             "case.close",

@@ -106,21 +106,16 @@ pub fn offboard_in_chunks(
     let mut file = JsonArrayFile::create(&export)?;
     let mut exported: BTreeMap<PartitionId, i64> = BTreeMap::new();
     let mut failed = None;
-    let stats = query::run(
-        inst.store,
-        inst.keyring,
-        &criteria(since, until),
-        |f| {
-            if failed.is_some() {
-                return;
-            }
-            let top = exported.entry(f.partition).or_insert(f.record_id);
-            *top = (*top).max(f.record_id);
-            if let Err(e) = file.push(&found_json(&f)) {
-                failed = Some(e);
-            }
-        },
-    );
+    let stats = query::run(inst.store, inst.keyring, &criteria(since, until), |f| {
+        if failed.is_some() {
+            return;
+        }
+        let top = exported.entry(f.partition).or_insert(f.record_id);
+        *top = (*top).max(f.record_id);
+        if let Err(e) = file.push(&found_json(&f)) {
+            failed = Some(e);
+        }
+    });
     let stats = match (stats, failed) {
         (Ok(stats), None) => stats,
         (Err(e), _) => {

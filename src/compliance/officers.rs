@@ -9,7 +9,6 @@
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::{OptionalExtension, params};
 
 use super::refusals;
 use super::totp;
@@ -39,7 +38,7 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Option<Role> {
+    pub fn parse(s: &str) -> Option<Role> {
         match s {
             "officer" => Some(Role::Officer),
             "approver" => Some(Role::Approver),
@@ -200,26 +199,21 @@ impl Ledger {
         let sealed = master.seal_secret(&totp_context(name), &seed)?;
         let hash = hash_password(password)?;
         let err = sql_err(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let exists: Option<i64> = tx
-            .query_row("SELECT 1 FROM officer WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
+        let mut conn = self.db();
+        let mut tx = conn.begin().map_err(err)?;
+        let exists = tx
+            .query_opt("SELECT 1 FROM officer WHERE name = ?1", &[&name])
             .map_err(err)?;
         if exists.is_some() {
             return Err(OfficerError::Exists(name.to_owned()));
         }
         tx.execute(
             "INSERT INTO officer (name, role, password, totp, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![name, role.as_str(), hash, sealed, at, actor],
+            &[&name, &role.as_str(), &hash, &sealed, &at, &actor],
         )
         .map_err(err)?;
         Ledger::append(
-            &tx,
+            &mut tx,
             at,
             actor,
             "officer.add",
@@ -241,25 +235,26 @@ impl Ledger {
 
     pub fn officers(&self) -> Result<Vec<Officer>, OfficerError> {
         let err = sql_err(&self.path);
-        let mut stmt = self
-            .conn
-            .prepare(
+        let rows = self
+            .db()
+            .query(
                 "SELECT name, role, enabled, created_at, created_by FROM officer ORDER BY name",
+                &[],
             )
             .map_err(err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                let role: String = r.get(1)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
                 Ok(Officer {
-                    name: r.get(0)?,
-                    role: Role::parse(&role).unwrap_or(Role::Officer),
-                    enabled: r.get::<_, i64>(2)? != 0,
-                    created_at: r.get(3)?,
-                    created_by: r.get(4)?,
+                    name: r.text(0)?,
+                    role: Role::parse(&r.text(1)?).unwrap_or(Role::Officer),
+                    enabled: r.int(2)? != 0,
+                    created_at: r.int(3)?,
+                    created_by: r.text(4)?,
                 })
             })
-            .map_err(err)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>().map_err(err)?)
+            .collect::<Result<Vec<_>, crate::ledger::db::DbError>>()
+            .map_err(err)?)
     }
 
     pub fn disable_officer(
@@ -282,21 +277,19 @@ impl Ledger {
         actor: &str,
     ) -> Result<(), OfficerError> {
         let err = sql_err(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let mut conn = self.db();
+        let mut tx = conn.begin().map_err(err)?;
         let n = tx
             .execute(
                 &format!("UPDATE officer SET {assignments} WHERE name = ?1"),
-                [name],
+                &[&name],
             )
             .map_err(err)?;
         if n == 0 {
             return Err(OfficerError::Unknown(name.to_owned()));
         }
         Ledger::append(
-            &tx,
+            &mut tx,
             at,
             actor,
             action,
@@ -361,28 +354,25 @@ impl Ledger {
     /// count.
     fn count_failure(&mut self, name: &str, at: Micros) -> Result<(), OfficerError> {
         let err = sql_err(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let failed: Option<i64> = tx
-            .query_row(
+        let mut conn = self.db();
+        let mut tx = conn.begin().map_err(err)?;
+        let failed = tx
+            .query_opt(
                 "UPDATE officer SET failed_logins = failed_logins + 1
                  WHERE name = ?1 AND locked_until <= ?2 RETURNING failed_logins",
-                params![name, at],
-                |r| r.get(0),
+                &[&name, &at],
             )
-            .optional()
+            .and_then(|r| r.map(|r| r.int(0)).transpose())
             .map_err(err)?;
         if let Some(failed) = failed.filter(|n| *n >= LOCK_AFTER) {
             let until = at + LOCK_FOR_MICROS;
             tx.execute(
                 "UPDATE officer SET failed_logins = 0, locked_until = ?1 WHERE name = ?2",
-                params![until, name],
+                &[&until, &name],
             )
             .map_err(err)?;
             Ledger::append(
-                &tx,
+                &mut tx,
                 at,
                 name,
                 "officer.locked",
@@ -420,25 +410,27 @@ impl Ledger {
     ) -> Result<Officer, Refused> {
         let path = self.path.clone();
         let err = |e| Refused(sql_err(&path)(e).into(), "error");
-        let row: Option<Stored> = self
-            .conn
-            .query_row(
+        let row = self
+            .db()
+            .query_opt(
                 "SELECT role, password, totp, totp_last_step, enabled, created_at, created_by, locked_until FROM officer WHERE name = ?1",
-                [who.name],
-                |r| {
-                    Ok(Stored {
-                        role: r.get(0)?,
-                        hash: r.get(1)?,
-                        sealed_totp: r.get(2)?,
-                        last_step: r.get(3)?,
-                        enabled: r.get::<_, i64>(4)? != 0,
-                        created_at: r.get(5)?,
-                        created_by: r.get(6)?,
-                        locked_until: r.get(7)?,
-                    })
-                },
+                &[&who.name],
             )
-            .optional()
+            .and_then(|r| {
+                r.map(|r| {
+                    Ok(Stored {
+                        role: r.text(0)?,
+                        hash: r.text(1)?,
+                        sealed_totp: r.blob(2)?,
+                        last_step: r.int(3)?,
+                        enabled: r.int(4)? != 0,
+                        created_at: r.int(5)?,
+                        created_by: r.text(6)?,
+                        locked_until: r.int(7)?,
+                    })
+                })
+                .transpose()
+            })
             .map_err(err)?;
         let Some(stored) = row else {
             // Spend the same time as for a wrong password.
@@ -462,10 +454,10 @@ impl Ledger {
         // Spends the code's step, unless a login at the same time spent it first: then
         // it is a replay.
         let use_step = |l: &mut Ledger, step: i64| {
-            l.conn.execute(
+            l.db().execute(
                 "UPDATE officer SET totp_last_step = ?1, failed_logins = 0
                  WHERE name = ?2 AND totp_last_step < ?1",
-                params![step, who.name],
+                &[&step, &who.name],
             )
         };
         if stored.locked_until > at {

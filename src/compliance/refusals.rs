@@ -16,7 +16,7 @@
 //! limit, so that the log grows by at most about `2 × (MAX_PEERS + 1)` entries a
 //! minute whatever a flood does.
 
-use rusqlite::{OptionalExtension, params};
+use crate::ledger::db::{Db, DbResult};
 
 use crate::clock::Micros;
 use crate::ledger::{Ledger, LedgerError, sql_err};
@@ -75,18 +75,15 @@ impl Ledger {
         let minute = minute_of(at);
         // IMMEDIATE: the row is read and written back whole; two processes (or two
         // blocking threads) counting at once wait their turn instead of failing.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let peer = row_peer(&tx, kind, peer, minute).map_err(err)?;
-        let found: Option<String> = tx
-            .query_row(
+        let mut conn = self.db();
+        let mut tx = conn.begin().map_err(err)?;
+        let peer = row_peer(&mut tx, kind, peer, minute).map_err(err)?;
+        let found = tx
+            .query_opt(
                 "SELECT summary FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
-                params![kind, peer, minute],
-                |r| r.get(0),
+                &[&kind, &peer, &minute],
             )
-            .optional()
+            .and_then(|r| r.map(|r| r.text(0)).transpose())
             .map_err(err)?;
         let mut summary: serde_json::Value = found
             .and_then(|s| serde_json::from_str(&s).ok())
@@ -94,17 +91,17 @@ impl Ledger {
         for (map, key) in [("actors", actor), ("calls", call), ("reasons", reason)] {
             bump(&mut summary[map], key);
         }
-        let count: i64 = tx
-            .query_row(
+        let count = tx
+            .query_one(
                 "INSERT INTO refusal (kind, peer, minute, count, written, first_at, last_at, summary)
                  VALUES (?1, ?2, ?3, 1, 0, ?4, ?4, ?5)
                  ON CONFLICT (kind, peer, minute)
-                 DO UPDATE SET count = count + 1, last_at = ?4, summary = ?5,
-                     first_at = CASE WHEN count = written THEN ?4 ELSE first_at END
+                 DO UPDATE SET count = refusal.count + 1, last_at = ?4, summary = ?5,
+                     first_at = CASE WHEN refusal.count = refusal.written THEN ?4 ELSE refusal.first_at END
                  RETURNING count",
-                params![kind, peer, minute, at, summary.to_string()],
-                |r| r.get(0),
+                &[&kind, &peer, &minute, &at, &summary.to_string()],
             )
+            .and_then(|r| r.int(0))
             .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(count)
@@ -121,7 +118,8 @@ impl Ledger {
         limit: i64,
     ) -> Result<bool, LedgerError> {
         let err = sql_err(&self.path);
-        let shared = row_peer(&self.conn, kind, peer, minute_of(at)).map_err(err)? == OTHER_PEERS;
+        let shared =
+            row_peer(&mut self.db(), kind, peer, minute_of(at)).map_err(err)? == OTHER_PEERS;
         let limit = if shared {
             limit * OTHER_PEERS_FACTOR
         } else {
@@ -135,15 +133,14 @@ impl Ledger {
     pub fn refusals(&self, at: Micros, kind: &str, peer: &str) -> Result<i64, LedgerError> {
         let err = sql_err(&self.path);
         let minute = minute_of(at);
-        let peer = row_peer(&self.conn, kind, peer, minute).map_err(err)?;
-        let count: Option<i64> = self
-            .conn
-            .query_row(
+        let mut conn = self.db();
+        let peer = row_peer(&mut conn, kind, peer, minute).map_err(err)?;
+        let count = conn
+            .query_opt(
                 "SELECT count FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
-                params![kind, peer, minute],
-                |r| r.get(0),
+                &[&kind, &peer, &minute],
             )
-            .optional()
+            .and_then(|r| r.map(|r| r.int(0)).transpose())
             .map_err(err)?;
         Ok(count.unwrap_or(0))
     }
@@ -157,46 +154,41 @@ impl Ledger {
         let current = minute_of(at);
         let upto = if listing { current + 1 } else { current };
         // Nothing to do, nearly always: one indexed probe before a transaction.
-        let any: Option<i64> = self
-            .conn
-            .query_row(
+        let mut conn = self.db();
+        let any = conn
+            .query_opt(
                 "SELECT 1 FROM refusal WHERE minute < ?1 OR (minute < ?2 AND count > written) LIMIT 1",
-                [current, upto],
-                |r| r.get(0),
+                &[&current, &upto],
             )
-            .optional()
             .map_err(err)?;
         if any.is_none() {
             return Ok(0);
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let mut tx = conn.begin().map_err(err)?;
         type Row = (String, String, i64, i64, i64, i64, i64, String);
-        let rows: Vec<Row> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT kind, peer, minute, count, written, first_at, last_at, summary FROM refusal
-                     WHERE minute < ?1 AND count > written ORDER BY minute, kind, peer",
-                )
-                .map_err(err)?;
-            stmt.query_map([upto], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                ))
+        let rows: Vec<Row> = tx
+            .query(
+                "SELECT kind, peer, minute, count, written, first_at, last_at, summary FROM refusal
+                 WHERE minute < ?1 AND count > written ORDER BY minute, kind, peer",
+                &[&upto],
+            )
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.text(0)?,
+                            r.text(1)?,
+                            r.int(2)?,
+                            r.int(3)?,
+                            r.int(4)?,
+                            r.int(5)?,
+                            r.int(6)?,
+                            r.text(7)?,
+                        ))
+                    })
+                    .collect()
             })
-            .map_err(err)?
-            .collect::<Result<_, _>>()
-            .map_err(err)?
-        };
+            .map_err(err)?;
         for (kind, peer, minute, count, written, first_at, last_at, summary) in &rows {
             let summary: serde_json::Value =
                 serde_json::from_str(summary).unwrap_or_else(|_| serde_json::json!({}));
@@ -216,15 +208,15 @@ impl Ledger {
                 "calls": summary["calls"],
                 "reasons": summary["reasons"],
             });
-            Ledger::append(&tx, at, &actor, kind, &details).map_err(err)?;
+            Ledger::append(&mut tx, at, &actor, kind, &details).map_err(err)?;
         }
-        tx.execute("DELETE FROM refusal WHERE minute < ?1", [current])
+        tx.execute("DELETE FROM refusal WHERE minute < ?1", &[&current])
             .map_err(err)?;
         // The current minute's rows, written so far: their counts stay for the limits.
         tx.execute(
             "UPDATE refusal SET written = count, summary = '{}'
              WHERE minute = ?1 AND count > written",
-            [current],
+            &[&current],
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
@@ -235,32 +227,25 @@ impl Ledger {
 /// The row a refusal from `peer` is counted in: its own (cut to [`MAX_PEER_LEN`]),
 /// unless it has none yet, is not the command line's, and [`MAX_PEERS`] peers have rows
 /// of this kind and minute already: then [`OTHER_PEERS`].
-fn row_peer(
-    conn: &rusqlite::Connection,
-    kind: &str,
-    peer: &str,
-    minute: i64,
-) -> rusqlite::Result<String> {
+fn row_peer(conn: &mut Db, kind: &str, peer: &str, minute: i64) -> DbResult<String> {
     let mut end = peer.len().min(MAX_PEER_LEN);
     while !peer.is_char_boundary(end) {
         end -= 1;
     }
     let peer = &peer[..end];
-    let own: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
-            params![kind, peer, minute],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let own = conn.query_opt(
+        "SELECT 1 FROM refusal WHERE kind = ?1 AND peer = ?2 AND minute = ?3",
+        &[&kind, &peer, &minute],
+    )?;
     if own.is_some() || peer.starts_with("local:") {
         return Ok(peer.to_owned());
     }
-    let peers: i64 = conn.query_row(
-        "SELECT count(*) FROM refusal WHERE kind = ?1 AND minute = ?2 AND peer != ?3",
-        params![kind, minute, OTHER_PEERS],
-        |r| r.get(0),
-    )?;
+    let peers = conn
+        .query_one(
+            "SELECT count(*) FROM refusal WHERE kind = ?1 AND minute = ?2 AND peer != ?3",
+            &[&kind, &minute, &OTHER_PEERS],
+        )?
+        .int(0)?;
     Ok(if peers >= MAX_PEERS {
         OTHER_PEERS
     } else {
@@ -382,9 +367,11 @@ mod tests {
             )
             .unwrap();
         }
-        let rows: i64 = l
-            .conn
-            .query_row("SELECT count(*) FROM refusal", [], |r| r.get(0))
+        let rows = l
+            .db()
+            .query_one("SELECT count(*) FROM refusal", &[])
+            .unwrap()
+            .int(0)
             .unwrap();
         assert_eq!(rows, MAX_PEERS + 1);
         assert_eq!(l.refusals(t, UNAUTHENTICATED, OTHER_PEERS).unwrap(), 300);

@@ -112,11 +112,13 @@ impl From<postgres::Error> for PgError {
 
 /// The settings every relaylog session runs with: commits durable on the server
 /// (`synchronous_commit`, whatever the server's default), statements and lock waits
-/// bounded, and a name that tells the sessions of each node apart in `pg_stat_activity`.
+/// bounded, the `relaylog` schema first (the ledger's statements name its tables
+/// unqualified, as on SQLite), and a name that tells the sessions of each node apart in `pg_stat_activity`.
 fn session_options(node: &str) -> String {
     format!(
         "-c synchronous_commit=on -c statement_timeout=60000 -c lock_timeout=30000 \
-         -c idle_in_transaction_session_timeout=60000 -c application_name=relaylog/{node}"
+         -c idle_in_transaction_session_timeout=60000 -c search_path=relaylog \
+         -c application_name=relaylog/{node}"
     )
 }
 
@@ -223,11 +225,11 @@ impl Pool {
 
     /// A client: an idle one, a new one while fewer than `pool-size` are open, or the
     /// first one given back within [`CHECKOUT_TIMEOUT`].
-    pub fn get(&self) -> Result<Pooled<'_>, PgError> {
+    pub fn get(self: &Arc<Self>) -> Result<Pooled, PgError> {
         self.get_within(CHECKOUT_TIMEOUT)
     }
 
-    pub fn get_within(&self, wait: Duration) -> Result<Pooled<'_>, PgError> {
+    pub fn get_within(self: &Arc<Self>, wait: Duration) -> Result<Pooled, PgError> {
         let deadline = Instant::now() + wait;
         let mut state = self.lock();
         loop {
@@ -237,7 +239,7 @@ impl Pool {
                     continue;
                 }
                 return Ok(Pooled {
-                    pool: self,
+                    pool: self.clone(),
                     client: Some(client),
                 });
             }
@@ -246,7 +248,7 @@ impl Pool {
                 drop(state);
                 return match self.connect() {
                     Ok(client) => Ok(Pooled {
-                        pool: self,
+                        pool: self.clone(),
                         client: Some(client),
                     }),
                     Err(e) => {
@@ -279,12 +281,12 @@ impl Pool {
 }
 
 /// A client out of the pool; given back when dropped, unless its connection failed.
-pub struct Pooled<'p> {
-    pool: &'p Pool,
+pub struct Pooled {
+    pool: Arc<Pool>,
     client: Option<postgres::Client>,
 }
 
-impl std::ops::Deref for Pooled<'_> {
+impl std::ops::Deref for Pooled {
     type Target = postgres::Client;
     fn deref(&self) -> &postgres::Client {
         self.client
@@ -293,7 +295,7 @@ impl std::ops::Deref for Pooled<'_> {
     }
 }
 
-impl std::ops::DerefMut for Pooled<'_> {
+impl std::ops::DerefMut for Pooled {
     fn deref_mut(&mut self) -> &mut postgres::Client {
         self.client
             .as_mut()
@@ -301,7 +303,7 @@ impl std::ops::DerefMut for Pooled<'_> {
     }
 }
 
-impl Drop for Pooled<'_> {
+impl Drop for Pooled {
     fn drop(&mut self) {
         let Some(client) = self.client.take() else {
             return;

@@ -135,7 +135,7 @@ pub fn remove(cfg: &StoreConfig, keyring: &Keyring, p: PartitionId) -> Result<()
     keyring.shred(p)?;
     if let crate::config::Backend::Postgres(pg) = &cfg.backend {
         return Ok(super::pgstore::drop_partition(
-            &*crate::pg::Pool::shared(pg)?,
+            &crate::pg::Pool::shared(pg)?,
             p,
         )?);
     }
@@ -221,7 +221,7 @@ pub fn run(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Plan, ExpiryError> {
-    let mut ledger = Ledger::open(&cfg.ledger)?;
+    let mut ledger = Ledger::open_store(cfg)?;
     let plan = plan(cfg, keyring, &ledger.holds()?, now)?;
     execute(cfg, keyring, &mut ledger, &plan, actor, now, |_| {})?;
     Ok(plan)

@@ -512,7 +512,26 @@ impl Keyring {
     /// Whether `partition` has keys. One that cannot be looked at (a keyring not
     /// mounted, the database down) is an error, never "gone".
     pub fn has_keys(&self, partition: PartitionId) -> Result<bool, KeyError> {
-        Ok(self.read_wrapped(partition)?.is_some())
+        match &self.vault {
+            // Looked at, not read: a key file that blocks its readers (a stalled disk)
+            // must not stall this too.
+            Vault::Files(dir) => {
+                let path = key_file(dir, partition);
+                match std::fs::metadata(&path) {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(io_err(&path)(e)),
+                }
+            }
+            Vault::Postgres(pool) => Ok(pool
+                .get()?
+                .query_opt(
+                    "SELECT 1 FROM relaylog_keys.partition_key WHERE partition = $1",
+                    &[&partition.to_string()],
+                )
+                .map_err(crate::pg::PgError::from)?
+                .is_some()),
+        }
     }
 
     /// [`Keyring::has_keys`], an error read as "yes" (for tests and checks).
@@ -769,7 +788,7 @@ impl Keyring {
 /// `VACUUM FULL` writes the (small) table anew, without it, and removes the old
 /// file. What it cannot reach (the WAL, its archive, base backups, replicas) the
 /// README tells the operator how to bound.
-fn shred_row(pool: &crate::pg::Pool, partition: PartitionId) -> Result<(), KeyError> {
+fn shred_row(pool: &Arc<crate::pg::Pool>, partition: PartitionId) -> Result<(), KeyError> {
     let mut client = pool.get()?;
     let deleted = client
         .execute(

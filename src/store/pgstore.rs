@@ -73,7 +73,7 @@ pub fn init(
     use ring::signature::KeyPair;
     let master = super::keys::MasterKey::load(&cfg.master_key)?;
     let signer = integrity::load_signing_key(&cfg.signing_key)?;
-    let pool = Pool::new(pg)?;
+    let pool = Arc::new(Pool::new(pg)?);
     let mut client = pool.get()?;
     let applied = schema::migrate(&mut client, now_us)?;
     schema::claim_installation(&mut *client, &master_check(&master), now_us)?;
@@ -575,7 +575,7 @@ fn load_tree(client: &mut postgres::Client, part: i32, node: i16) -> Result<Tree
 /// partition's key, in the window's time buckets (the index leads with them), opened
 /// and compared (a truncated index collides), with their events.
 pub fn run(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     granularity: Granularity,
     keyring: &super::keys::Keyring,
     criteria: &super::query::Criteria,
@@ -663,7 +663,7 @@ pub fn run(
 
 /// Records a partition has held, over every node: each node's highest record id (ids
 /// are never reused, so erased rows count too), as [`super::expiry`] counts them.
-pub fn record_count(pool: &Pool, p: PartitionId) -> Result<u64, PgError> {
+pub fn record_count(pool: &Arc<Pool>, p: PartitionId) -> Result<u64, PgError> {
     let n: i64 = pool
         .get()?
         .query_one(
@@ -679,7 +679,7 @@ pub fn record_count(pool: &Pool, p: PartitionId) -> Result<u64, PgError> {
 /// stopping the writers: `DETACH … CONCURRENTLY`) and dropped, then its heads, erasure
 /// statements and its entry. Each step is safe to run again: a crash between two is
 /// finished by the next expiry (the entry, removed last, keeps it a candidate).
-pub fn drop_partition(pool: &Pool, p: PartitionId) -> Result<(), PgError> {
+pub fn drop_partition(pool: &Arc<Pool>, p: PartitionId) -> Result<(), PgError> {
     let suffix = p.to_string().replace('-', "_");
     let mut client = pool.get()?;
     for table in ["record", "outcome"] {
@@ -701,7 +701,10 @@ pub fn drop_partition(pool: &Pool, p: PartitionId) -> Result<(), PgError> {
     }
     let part = schema::part(p);
     let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::lock::PARTITIONS])?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&schema::lock::PARTITIONS],
+    )?;
     tx.execute("DELETE FROM relaylog.head WHERE part = $1", &[&part])?;
     tx.execute("DELETE FROM relaylog.erasure WHERE part = $1", &[&part])?;
     tx.execute(

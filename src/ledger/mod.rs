@@ -12,10 +12,12 @@
 //! `details` is JSON of ids, windows and counts, never a phone number or an address in
 //! the clear.
 
+pub mod db;
+
 use std::path::Path;
 
 use ring::digest;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 
 use crate::clock::Micros;
 use crate::store::partition::PartitionId;
@@ -175,14 +177,16 @@ pub struct AuditEntry {
 }
 
 pub struct Ledger {
-    pub(crate) conn: Connection,
+    /// Interior: reads take `&self`, and a PostgreSQL client needs `&mut`.
+    pub(crate) db: std::cell::RefCell<db::Db>,
+    /// What errors name: the file, or "the database".
     pub(crate) path: String,
 }
 
-pub(crate) fn sql_err(path: &str) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
+pub(crate) fn sql_err(path: &str) -> impl Fn(db::DbError) -> LedgerError + Copy + '_ {
     move |e| LedgerError::Sql {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: e.0,
     }
 }
 
@@ -206,6 +210,25 @@ fn chain(prev: &[u8], e: &AuditEntry) -> Vec<u8> {
 }
 
 impl Ledger {
+    /// The ledger of the store `cfg` describes: the file `store.ledger`, or the
+    /// tables of the PostgreSQL store (made by `relaylog init`).
+    pub fn open_store(cfg: &crate::config::StoreConfig) -> Result<Ledger, LedgerError> {
+        match &cfg.backend {
+            crate::config::Backend::Sqlite => Ledger::open(&cfg.ledger),
+            crate::config::Backend::Postgres(pg) => {
+                let path = "the store's database".to_owned();
+                let err = sql_err(&path);
+                let pool = crate::pg::Pool::shared(pg).map_err(|e| err(e.into()))?;
+                let db = db::Db::postgres(&pool).map_err(err)?;
+                Ok(Ledger {
+                    db: std::cell::RefCell::new(db),
+                    path,
+                })
+            }
+        }
+    }
+
+    /// The ledger in the SQLite file `path`, made or brought up to date.
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
         let name = path.display().to_string();
         let err = |e: rusqlite::Error| LedgerError::Sql {
@@ -225,30 +248,33 @@ impl Ledger {
             .map_err(err)?;
         conn.execute_batch(DDL).map_err(err)?;
         migrate(&mut conn).map_err(err)?;
-        Ok(Ledger { conn, path: name })
+        Ok(Ledger {
+            db: std::cell::RefCell::new(db::Db::Sqlite(conn)),
+            path: name,
+        })
     }
 
-    fn err(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
+    fn err(&self) -> impl Fn(db::DbError) -> LedgerError + '_ {
         sql_err(&self.path)
     }
 
-    /// Appends an audit entry inside the caller's transaction (or on its own).
+    /// The connection, for one operation.
+    pub(crate) fn db(&self) -> std::cell::RefMut<'_, db::Db> {
+        self.db.borrow_mut()
+    }
+
+    /// Appends an audit entry inside the caller's transaction (see [`db::Db::begin`]:
+    /// on PostgreSQL its lock keeps two nodes from taking the same place in the chain).
     pub(crate) fn append(
-        conn: &Connection,
+        db: &mut db::Db,
         at: Micros,
         actor: &str,
         action: &str,
         details: &serde_json::Value,
-    ) -> rusqlite::Result<i64> {
-        let last: Option<(i64, Vec<u8>)> = conn
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+    ) -> db::DbResult<i64> {
+        let last = db.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])?;
         let (seq, prev) = match last {
-            Some((s, h)) => (s + 1, h),
+            Some(r) => (r.int(0)? + 1, r.blob(1)?),
             None => (1, anchor()),
         };
         let entry = AuditEntry {
@@ -259,9 +285,9 @@ impl Ledger {
             details: details.to_string(),
         };
         let hash = chain(&prev, &entry);
-        conn.execute(
+        db.execute(
             "INSERT INTO audit (seq, at_us, actor, action, details, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![seq, at, entry.actor, entry.action, entry.details, hash],
+            &[&seq, &at, &entry.actor, &entry.action, &entry.details, &hash],
         )?;
         Ok(seq)
     }
@@ -280,12 +306,11 @@ impl Ledger {
         if let Err(e) = self.flush_refusals(at, false) {
             tracing::warn!(error = %e, "refusals not yet written to the audit log");
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql_err(&self.path))?;
-        let seq = Self::append(&tx, at, actor, action, &details).map_err(sql_err(&self.path))?;
-        tx.commit().map_err(sql_err(&self.path))?;
+        let err = sql_err(&self.path);
+        let mut db = self.db();
+        let mut tx = db.begin().map_err(err)?;
+        let seq = Self::append(&mut tx, at, actor, action, &details).map_err(err)?;
+        tx.commit().map_err(err)?;
         Ok(seq)
     }
 
@@ -298,35 +323,38 @@ impl Ledger {
             return Err(LedgerError::EmptyWindow);
         }
         let err = sql_err(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let mut db = self.db();
+        let mut tx = db.begin().map_err(err)?;
         tx.execute(
             "INSERT INTO hold (case_ref, since_us, until_us, reason, placed_at, placed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![hold.case, hold.since, hold.until, hold.reason, hold.placed_at, hold.placed_by],
+            &[&hold.case, &hold.since, &hold.until, &hold.reason, &hold.placed_at, &hold.placed_by],
         )
         .map_err(err)?;
         let details = serde_json::json!({"case": hold.case, "since_us": hold.since, "until_us": hold.until, "reason": hold.reason});
-        Self::append(&tx, hold.placed_at, &hold.placed_by, "hold.add", &details).map_err(err)?;
+        Self::append(
+            &mut tx,
+            hold.placed_at,
+            &hold.placed_by,
+            "hold.add",
+            &details,
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)
     }
 
     /// Releases every hold of a case, audited. Returns how many were released.
     pub fn release(&mut self, case: &str, at: Micros, actor: &str) -> Result<usize, LedgerError> {
         let err = sql_err(&self.path);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let mut db = self.db();
+        let mut tx = db.begin().map_err(err)?;
         let n = tx
-            .execute("DELETE FROM hold WHERE case_ref = ?1", [case])
+            .execute("DELETE FROM hold WHERE case_ref = ?1", &[&case])
             .map_err(err)?;
         if n == 0 {
             return Err(LedgerError::NoHold(case.to_owned()));
         }
         Self::append(
-            &tx,
+            &mut tx,
             at,
             actor,
             "hold.release",
@@ -334,76 +362,102 @@ impl Ledger {
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(n)
+        Ok(n as usize)
     }
 
     pub fn holds(&self) -> Result<Vec<Hold>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT case_ref, since_us, until_us, reason, placed_at, placed_by FROM hold ORDER BY id")
+        let rows = self
+            .db()
+            .query("SELECT case_ref, since_us, until_us, reason, placed_at, placed_by FROM hold ORDER BY id", &[])
             .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| {
+        rows.iter()
+            .map(|r| {
                 Ok(Hold {
-                    case: r.get(0)?,
-                    since: r.get(1)?,
-                    until: r.get(2)?,
-                    reason: r.get(3)?,
-                    placed_at: r.get(4)?,
-                    placed_by: r.get(5)?,
+                    case: r.text(0)?,
+                    since: r.int(1)?,
+                    until: r.int(2)?,
+                    reason: r.text(3)?,
+                    placed_at: r.int(4)?,
+                    placed_by: r.text(5)?,
                 })
             })
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            .collect::<db::DbResult<Vec<_>>>()
+            .map_err(self.err())
     }
 
     /// Up to `limit` entries after sequence number `after`, oldest first.
     pub fn entries_page(&self, after: i64, limit: usize) -> Result<Vec<AuditEntry>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT seq, at_us, actor, action, details FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .db()
+            .query("SELECT seq, at_us, actor, action, details FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2", &[&after, &limit])
             .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![after, limit as i64], |r| {
+        rows.iter()
+            .map(|r| {
                 Ok(AuditEntry {
-                    seq: r.get(0)?,
-                    at: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    details: r.get(4)?,
+                    seq: r.int(0)?,
+                    at: r.int(1)?,
+                    actor: r.text(2)?,
+                    action: r.text(3)?,
+                    details: r.text(4)?,
                 })
             })
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            .collect::<db::DbResult<Vec<_>>>()
+            .map_err(self.err())
     }
 
     pub fn entries(&self) -> Result<Vec<AuditEntry>, LedgerError> {
         self.entries_page(0, i64::MAX as usize)
     }
 
-    /// Recomputes the chain; the number of entries when it holds.
+    /// Recomputes the chain; the number of entries when it holds. Read a page at a
+    /// time: the log grows without end.
     pub fn verify_audit(&self) -> Result<usize, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT seq, at_us, actor, action, details, hash FROM audit ORDER BY seq")
-            .map_err(self.err())?;
-        let mut rows = stmt.query([]).map_err(self.err())?;
+        const PAGE: i64 = 10_000;
         let mut prev = anchor();
         let mut expected_seq = 1;
-        while let Some(r) = rows.next().map_err(self.err())? {
-            let e = AuditEntry {
-                seq: r.get(0).map_err(self.err())?,
-                at: r.get(1).map_err(self.err())?,
-                actor: r.get(2).map_err(self.err())?,
-                action: r.get(3).map_err(self.err())?,
-                details: r.get(4).map_err(self.err())?,
-            };
-            let stored: Vec<u8> = r.get(5).map_err(self.err())?;
-            if e.seq != expected_seq || chain(&prev, &e) != stored {
-                return Err(LedgerError::Broken { seq: e.seq });
+        loop {
+            let rows = self
+                .db()
+                .query(
+                    "SELECT seq, at_us, actor, action, details, hash FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                    &[&expected_seq, &PAGE],
+                )
+                .map_err(self.err())?;
+            let n = rows.len() as i64;
+            for r in rows {
+                let (e, stored) = (|| -> db::DbResult<_> {
+                    Ok((
+                        AuditEntry {
+                            seq: r.int(0)?,
+                            at: r.int(1)?,
+                            actor: r.text(2)?,
+                            action: r.text(3)?,
+                            details: r.text(4)?,
+                        },
+                        r.blob(5)?,
+                    ))
+                })()
+                .map_err(self.err())?;
+                if e.seq != expected_seq || chain(&prev, &e) != stored {
+                    return Err(LedgerError::Broken { seq: e.seq });
+                }
+                prev = stored;
+                expected_seq += 1;
             }
-            prev = stored;
-            expected_seq += 1;
+            if n < PAGE {
+                break;
+            }
+        }
+        // An entry below the first one read (seq 0 or less) is no entry of the chain.
+        let stray = self
+            .db()
+            .query_opt("SELECT seq FROM audit WHERE seq < 1 LIMIT 1", &[])
+            .map_err(self.err())?;
+        if let Some(r) = stray {
+            return Err(LedgerError::Broken {
+                seq: r.int(0).map_err(self.err())?,
+            });
         }
         Ok((expected_seq - 1) as usize)
     }
@@ -454,10 +508,10 @@ mod tests {
             l.audit(i, "x", "expire", serde_json::json!({"removed": i}))
                 .unwrap();
         }
-        l.conn
+        l.db()
             .execute(
                 "UPDATE audit SET details = '{\"removed\":9}' WHERE seq = 2",
-                [],
+                &[],
             )
             .unwrap();
         assert!(matches!(
@@ -467,8 +521,8 @@ mod tests {
         let mut l = Ledger::open(&dir.path().join("other.sqlite")).unwrap();
         l.audit(1, "x", "a", serde_json::json!({})).unwrap();
         l.audit(2, "x", "b", serde_json::json!({})).unwrap();
-        l.conn
-            .execute("DELETE FROM audit WHERE seq = 1", [])
+        l.db()
+            .execute("DELETE FROM audit WHERE seq = 1", &[])
             .unwrap();
         assert!(matches!(l.verify_audit(), Err(LedgerError::Broken { .. })));
     }
@@ -505,15 +559,19 @@ mod tests {
                     .unwrap(),
                 1
             );
-            l.conn.execute("DELETE FROM refusal", []).unwrap();
-            let (failed, locked, version): (i64, i64, i64) = l
-                .conn
-                .query_row(
+            l.db().execute("DELETE FROM refusal", &[]).unwrap();
+            let row = l
+                .db()
+                .query_one(
                     "SELECT failed_logins, locked_until, (SELECT user_version FROM pragma_user_version) FROM officer WHERE name = 'anna'",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    &[],
                 )
                 .unwrap();
+            let (failed, locked, version) = (
+                row.int(0).unwrap(),
+                row.int(1).unwrap(),
+                row.int(2).unwrap(),
+            );
             assert_eq!((failed, locked, version), (0, 0, SCHEMA_VERSION));
         }
     }
