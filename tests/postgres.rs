@@ -141,3 +141,127 @@ async fn a_node_records_into_postgres_before_it_forwards() {
     .await
     .unwrap();
 }
+
+/// Two nodes' command lines on one database: the second node joins with a copy of the
+/// first's master key; a hold placed through one keeps a partition from the other's
+/// expiry, which otherwise drops the partition's tables and its keys; both see one
+/// audit chain, which stays one chain when both append at the same moment.
+#[test]
+fn two_nodes_share_one_ledger_and_expiry_drops_whole_partitions() {
+    let Some(pg) = Cluster::start() else { return };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &std::path::Path, node: &str| {
+        let store = pg.store_lines(dir, "shared", node);
+        let text = common::config_text(dir, "kannel", None, "", &store) + common::SINGLE_OPERATOR;
+        common::write_config(dir, &text)
+    };
+    let (config_a, config_b) = (config(a.path(), "a"), config(b.path(), "b"));
+    common::cli_ok(&config_a, &["init"]);
+    // Node b without the installation's master key is turned away.
+    let (ok, out) = common::cli(&config_b, &["init"]);
+    assert!(!ok && out.contains("master key is not the one"), "{out}");
+    std::fs::copy(
+        a.path().join("keys/master.key"),
+        b.path().join("keys/master.key"),
+    )
+    .unwrap();
+    let out = common::cli_ok(&config_b, &["init"]);
+    assert!(out.contains("node `b` registered (id 2)"), "{out}");
+
+    let out = common::cli_ok(
+        &config_a,
+        &[
+            "bench",
+            "store",
+            "--records",
+            "20",
+            "--days",
+            "2",
+            "--start",
+            "2024-06-01",
+            "--quiet",
+        ],
+    );
+    assert!(out.contains("20 records"), "{out}");
+    common::cli_ok(
+        &config_b,
+        &[
+            "hold",
+            "add",
+            "--case",
+            "NL-7",
+            "--since",
+            "2024-06-02",
+            "--until",
+            "2024-06-02",
+            "--reason",
+            "order 17",
+        ],
+    );
+    let list = common::cli_ok(&config_a, &["hold", "list"]);
+    assert!(list.contains("NL-7") && list.contains("order 17"), "{list}");
+    let out = common::cli_ok(&config_b, &["expire"]);
+    assert!(
+        out.contains("removed  2024-06-01") && out.contains("held     2024-06-02 (cases: NL-7)"),
+        "{out}"
+    );
+    let mut db = pg.client("shared");
+    let exists = |db: &mut postgres::Client, table: &str| -> bool {
+        db.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .unwrap()
+            .get(0)
+    };
+    let keys = |db: &mut postgres::Client, p: &str| -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM relaylog_keys.partition_key WHERE partition = $1",
+            &[&p],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert!(!exists(&mut db, "relaylog.record_2024_06_01"));
+    assert!(!exists(&mut db, "relaylog.outcome_2024_06_01"));
+    assert_eq!(keys(&mut db, "2024-06-01"), 0);
+    assert!(exists(&mut db, "relaylog.record_2024_06_02"));
+    assert_eq!(keys(&mut db, "2024-06-02"), 1);
+
+    common::cli_ok(&config_a, &["hold", "release", "--case", "NL-7"]);
+    let (ok, out) = common::cli(&config_b, &["hold", "release", "--case", "NL-7"]);
+    assert!(!ok && out.contains("has no hold"), "{out}");
+    let out = common::cli_ok(&config_a, &["expire"]);
+    assert!(out.contains("removed  2024-06-02"), "{out}");
+    assert!(!exists(&mut db, "relaylog.record_2024_06_02"));
+    assert_eq!(keys(&mut db, "2024-06-02"), 0);
+    let partitions: i64 = db
+        .query_one("SELECT count(*) FROM relaylog.partition", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(partitions, 0);
+
+    // Both nodes append at once: still one chain, every entry in it.
+    let verified = |config: &std::path::Path| -> usize {
+        let out = common::cli_ok(config, &["audit", "verify"]);
+        out.split("intact: ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    let before = verified(&config_a);
+    assert_eq!(verified(&config_b), before);
+    std::thread::scope(|s| {
+        for config in [&config_a, &config_b] {
+            s.spawn(move || {
+                let text = std::fs::read_to_string(config).unwrap();
+                let cfg = relaylog::config::Config::parse(&text, config).unwrap();
+                let mut ledger = relaylog::ledger::Ledger::open_store(&cfg.store).unwrap();
+                for i in 0..50 {
+                    ledger
+                        .audit(i, "test", "test.append", serde_json::json!({"i": i}))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(verified(&config_b), before + 100);
+}
