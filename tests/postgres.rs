@@ -124,6 +124,25 @@ async fn a_node_records_into_postgres_before_it_forwards() {
                 &[],
             )
             .unwrap();
+        // Each node's tree of each partition checks out, and a changed row is damage.
+        let out = common::cli_ok(&config, &["verify"]);
+        assert!(out.contains("/a  ok  21 records, 21 outcomes"), "{out}");
+        db.execute(
+            "UPDATE relaylog.record SET segments = segments + 1 WHERE node = 1 AND id = 3",
+            &[],
+        )
+        .unwrap();
+        let (ok, out) = common::cli(&config, &["verify"]);
+        assert!(!ok && out.contains("/a  DAMAGED  record changed"), "{out}");
+        db.execute(
+            "UPDATE relaylog.record SET segments = segments - 1 WHERE node = 1 AND id = 3",
+            &[],
+        )
+        .unwrap();
+        db.execute("DELETE FROM relaylog.record WHERE node = 1 AND id = 5", &[])
+            .unwrap();
+        let (ok, out) = common::cli(&config, &["verify"]);
+        assert!(!ok && out.contains("/a  DAMAGED  record removed: id 5"), "{out}");
         for t in tables {
             let name: String = t.get(0);
             let dump: Vec<String> = db

@@ -121,24 +121,28 @@ pub(super) fn verify(config: &Config, since: Option<&str>, until: Option<&str>) 
                 v.erased, v.erasures
             );
         }
+        // On PostgreSQL each node's tree of the partition: `2026-12-05/node-a`.
+        let tree = match &r.node {
+            Some(node) => format!("{}/{node}", r.partition),
+            None => r.partition.to_string(),
+        };
         if v.damage.is_empty() {
-            println!("{}  ok  {counts}", r.partition);
+            println!("{tree}  ok  {counts}");
         } else {
             bad += 1;
             for d in &v.damage {
-                println!("{}  DAMAGED  {d}", r.partition);
+                println!("{tree}  DAMAGED  {d}");
             }
         }
         if r.keys_missing {
             bad += 1;
             println!(
-                "{}  KEYS MISSING  values unreadable; hashes and signatures checked ({counts})",
-                r.partition
+                "{tree}  KEYS MISSING  values unreadable; hashes and signatures checked ({counts})"
             );
         }
-        // The read-optimised index and filter of a compacted partition are derived
-        // from its records: checked against them.
-        let Some(keyring) = keyring.as_ref() else {
+        // The read-optimised index and filter of a compacted partition (SQLite) are
+        // derived from its records: checked against them.
+        let Some(keyring) = keyring.as_ref().filter(|_| r.node.is_none()) else {
             continue;
         };
         match keyring.keys(r.partition) {
@@ -170,7 +174,11 @@ pub(super) fn verify(config: &Config, since: Option<&str>, until: Option<&str>) 
             }
         }
     }
-    println!("{} partition(s) verified, {bad} problem(s)", reports.len());
+    let trees = match reports.iter().filter(|r| r.node.is_some()).count() {
+        0 => format!("{} partition(s)", reports.len()),
+        n => format!("{n} node tree(s) of partitions"),
+    };
+    println!("{trees} verified, {bad} problem(s)");
     if bad > 0 {
         bail!("integrity check failed for {bad} partition(s)");
     }

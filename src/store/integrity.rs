@@ -524,22 +524,44 @@ impl TreeState {
                 |r| Ok(LastHead { seq: r.get(0)?, size: r.get(1)?, record_through: r.get(2)?, outcome_through: r.get(3)?, frontier: r.get(4)? }),
             )
             .optional()?;
+        let statements = erasure_statements(conn)?;
+        let (rt, ot) = last
+            .as_ref()
+            .map_or((0, 0), |h| (h.record_through, h.outcome_through));
+        let mut stmt = conn.prepare(&format!("{RECORD_SELECT} WHERE id > ?1 ORDER BY id"))?;
+        let records = stmt.query_map([rt], read_record)?;
+        let mut scan = events::Scan::after(conn, ot)?;
+        let outcomes = scan.events()?;
+        TreeState::resume(last, &statements, key, partition, None, records, outcomes)
+    }
+
+    /// [`TreeState::load`] from what it reads: the last head, the erasure statements,
+    /// and the rows after the head (in id order), of `node`'s tree (PostgreSQL) or the
+    /// partition's one tree (`None`).
+    pub fn resume<E>(
+        last: Option<LastHead>,
+        statements: &[ErasureStatement],
+        key: Option<&Ed25519KeyPair>,
+        partition: PartitionId,
+        node: Option<&str>,
+        records: impl Iterator<Item = Result<(i64, Row), E>>,
+        outcomes: impl Iterator<Item = Result<(i64, OutcomeRow), E>>,
+    ) -> Result<TreeState, E> {
         let mut t = TreeState::after(last);
         let public = key.map(|k| {
             signature::UnparsedPublicKey::new(&signature::ED25519, k.public_key().as_ref().to_vec())
         });
-        let erased = erased_leaves(conn, (t.record_through, t.outcome_through), |s| {
+        let erased = erased_leaves(statements, (t.record_through, t.outcome_through), |s| {
             public.as_ref().is_none_or(|p| {
                 p.verify(
-                    &erasure_message(partition, s.id, s.at_us, &s.reason, &s.entries),
+                    &erasure_message_of(partition, node, s.id, s.at_us, &s.reason, &s.entries),
                     &s.signature,
                 )
                 .is_ok()
             })
-        })?;
+        });
         let mut leaves: BTreeMap<i64, Hash> = erased.records.into_iter().collect();
-        let mut stmt = conn.prepare(&format!("{RECORD_SELECT} WHERE id > ?1 ORDER BY id"))?;
-        for row in stmt.query_map([t.record_through], read_record)? {
+        for row in records {
             let (id, row) = row?;
             leaves.insert(id, record_leaf(&row));
         }
@@ -547,8 +569,7 @@ impl TreeState {
             t.push_record(id, leaf);
         }
         let mut leaves: BTreeMap<i64, Hash> = erased.outcomes.into_iter().collect();
-        let mut scan = events::Scan::after(conn, t.outcome_through)?;
-        for event in scan.events()? {
+        for event in outcomes {
             let (id, row) = event?;
             leaves.insert(id, outcome_leaf(&row));
         }
@@ -844,19 +865,66 @@ fn verify_inner(
     public_key: &[u8],
     now_us: i64,
 ) -> rusqlite::Result<Verified> {
-    let key = signature::UnparsedPublicKey::new(&signature::ED25519, public_key);
-    let mut out = Verified::default();
     let heads = conn
         .prepare(&format!("{HEAD_SELECT} ORDER BY seq"))?
         .query_map([], read_head)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    out.heads = heads.len() as i64;
     let mut records = conn.prepare(&format!("{RECORD_SELECT} ORDER BY id"))?;
     let mut outcomes = events::Scan::all(conn)?;
-    let mut rec_iter = records.query_map([], read_record)?.peekable();
-    let mut out_iter = outcomes.events()?.peekable();
-    let (erased_r, erased_o, statements) = load_erased(conn, partition, &key, &mut out.damage)?;
-    out.erasures = statements;
+    let statements = erasure_statements(conn)?;
+    let input = TreeInput {
+        heads,
+        records: records.query_map([], read_record)?,
+        outcomes: outcomes.events()?,
+        statements,
+        frontier_at: |seq| rebuild_frontier_from_head(conn, seq),
+    };
+    verify_tree(input, partition, None, public_key, now_us)
+}
+
+/// What verifying one tree reads: its signed heads in order (each with its
+/// signature), its rows in id order, its erasure statements, and the frontier any
+/// head stored (to resynchronise after damage).
+pub struct TreeInput<R, O, F> {
+    pub heads: Vec<(Head, Vec<u8>)>,
+    pub records: R,
+    pub outcomes: O,
+    pub statements: Vec<ErasureStatement>,
+    pub frontier_at: F,
+}
+
+/// Recomputes a tree head by head and checks every signature: `node`'s tree of
+/// `partition` (PostgreSQL), or the partition's one tree (`None`, SQLite). The engine
+/// that read the input fails with its own error type.
+pub fn verify_tree<E, R, O, F>(
+    input: TreeInput<R, O, F>,
+    partition: PartitionId,
+    node: Option<&str>,
+    public_key: &[u8],
+    now_us: i64,
+) -> Result<Verified, E>
+where
+    R: Iterator<Item = Result<(i64, Row), E>>,
+    O: Iterator<Item = Result<(i64, OutcomeRow), E>>,
+    F: FnMut(i64) -> Option<Frontier>,
+{
+    let TreeInput {
+        heads,
+        records,
+        outcomes,
+        statements,
+        mut frontier_at,
+    } = input;
+    let key = signature::UnparsedPublicKey::new(&signature::ED25519, public_key);
+    let mut out = Verified {
+        heads: heads.len() as i64,
+        ..Verified::default()
+    };
+    let mut rec_iter = records.peekable();
+    let mut out_iter = outcomes.peekable();
+    let (erased_r, erased_o, accepted) =
+        load_erased(&statements, partition, node, &key, &mut out.damage);
+    out.erasures = accepted;
     let mut frontier = Frontier::default();
     let (mut prev_r, mut prev_o) = (0i64, 0i64);
     for (i, (head, sig)) in heads.iter().enumerate() {
@@ -865,7 +933,7 @@ fn verify_inner(
             out.damage.push(Damage::HeadsBroken { seq: head.seq });
             return Ok(out);
         }
-        if key.verify(&head.message(partition), sig).is_err() {
+        if key.verify(&head.message_of(partition, node), sig).is_err() {
             out.damage.push(Damage::HeadSignature { seq: head.seq });
         }
         // This head's records by id, then its outcomes by id: the writer's leaf order.
@@ -913,7 +981,7 @@ fn verify_inner(
             }
             // Later heads cannot match a tree that already diverged: resynchronise on
             // the signed state so that later damage is still told apart.
-            frontier = rebuild_frontier_from_head(conn, head.seq).unwrap_or(frontier);
+            frontier = frontier_at(head.seq).unwrap_or(frontier);
         }
         prev_r = head.record_through;
         prev_o = head.outcome_through;
@@ -969,6 +1037,8 @@ fn verify_inner(
 #[derive(Debug, Clone)]
 pub struct PartitionReport {
     pub partition: PartitionId,
+    /// Whose tree (PostgreSQL: each node keeps one per partition); `None` on SQLite.
+    pub node: Option<String>,
     pub verified: Verified,
     /// The partition's keys are gone: values unreadable, hashes still checked.
     pub keys_missing: bool,
@@ -988,6 +1058,10 @@ pub fn verify_store(
     since: i64,
     until: i64,
 ) -> std::io::Result<Vec<PartitionReport>> {
+    if let crate::config::Backend::Postgres(pg) = &cfg.backend {
+        return super::pgstore::verify_store(cfg, pg, keyring, public_key, since, until)
+            .map_err(std::io::Error::other);
+    }
     let mut out = Vec::new();
     for p in super::partition::list(&cfg.path)?
         .into_iter()
@@ -1003,6 +1077,7 @@ pub fn verify_store(
         let keys_missing = keyring.is_some_and(|k| !k.exists(p));
         out.push(PartitionReport {
             partition: p,
+            node: None,
             verified,
             keys_missing,
         });
@@ -1016,14 +1091,14 @@ pub fn verify_store(
 /// Folds the rows of one head's id range into the tree, in id order. A row that is
 /// gone but named by a signed erasure statement contributes its kept leaf (counted in
 /// `erased_n`); any other gap is a removal.
-fn fold_range<T>(
-    rows: &mut std::iter::Peekable<impl Iterator<Item = rusqlite::Result<(i64, T)>>>,
+fn fold_range<T, E>(
+    rows: &mut std::iter::Peekable<impl Iterator<Item = Result<(i64, T), E>>>,
     (prev, through): (i64, i64),
     erased: &HashMap<i64, Hash>,
     erased_n: &mut i64,
     frontier: &mut Frontier,
     leaf: fn(&T) -> Hash,
-) -> rusqlite::Result<(i64, Vec<i64>)> {
+) -> Result<(i64, Vec<i64>), E> {
     let (mut n, mut missing, mut expect) = (0i64, Vec::new(), prev + 1);
     let mut gap = |from: i64, to: i64, frontier: &mut Frontier, missing: &mut Vec<i64>| {
         for id in from..to {
@@ -1058,8 +1133,24 @@ pub fn erasure_message(
     reason: &str,
     entries: &[u8],
 ) -> Vec<u8> {
+    erasure_message_of(partition, None, id, at_us, reason, entries)
+}
+
+/// [`erasure_message`] of `node`'s tree (PostgreSQL; see [`Head::message_of`]).
+pub fn erasure_message_of(
+    partition: PartitionId,
+    node: Option<&str>,
+    id: i64,
+    at_us: i64,
+    reason: &str,
+    entries: &[u8],
+) -> Vec<u8> {
     let mut m = b"relaylog erasure v1".to_vec();
     m.extend_from_slice(partition.to_string().as_bytes());
+    if let Some(node) = node {
+        m.push(b'/');
+        m.extend_from_slice(node.as_bytes());
+    }
     m.push(0);
     m.extend_from_slice(&id.to_be_bytes());
     m.extend_from_slice(&at_us.to_be_bytes());
@@ -1072,16 +1163,17 @@ pub fn erasure_message(
 /// The kept leaves of every validly signed erasure: (records, outcomes, statements).
 #[allow(clippy::type_complexity)]
 fn load_erased(
-    conn: &Connection,
+    statements: &[ErasureStatement],
     partition: PartitionId,
+    node: Option<&str>,
     key: &signature::UnparsedPublicKey<&[u8]>,
     damage: &mut Vec<Damage>,
-) -> rusqlite::Result<(HashMap<i64, Hash>, HashMap<i64, Hash>, i64)> {
-    let mut statements = 0;
-    let erased = erased_leaves(conn, (0, 0), |s| {
+) -> (HashMap<i64, Hash>, HashMap<i64, Hash>, i64) {
+    let mut accepted = 0;
+    let erased = erased_leaves(statements, (0, 0), |s| {
         if key
             .verify(
-                &erasure_message(partition, s.id, s.at_us, &s.reason, &s.entries),
+                &erasure_message_of(partition, node, s.id, s.at_us, &s.reason, &s.entries),
                 &s.signature,
             )
             .is_err()
@@ -1089,19 +1181,19 @@ fn load_erased(
             damage.push(Damage::ErasureSignature { id: s.id });
             return false;
         }
-        statements += 1;
+        accepted += 1;
         true
-    })?;
-    Ok((erased.records, erased.outcomes, statements))
+    });
+    (erased.records, erased.outcomes, accepted)
 }
 
 /// One stored erasure statement.
-struct ErasureStatement {
-    id: i64,
-    at_us: i64,
-    reason: String,
-    entries: Vec<u8>,
-    signature: Vec<u8>,
+pub struct ErasureStatement {
+    pub id: i64,
+    pub at_us: i64,
+    pub reason: String,
+    pub entries: Vec<u8>,
+    pub signature: Vec<u8>,
 }
 
 /// Kept leaves of erased rows, by row id.
@@ -1111,35 +1203,41 @@ struct Erased {
     outcomes: HashMap<i64, Hash>,
 }
 
-/// The kept leaves of every erasure statement that `accept` takes, of rows with ids
-/// above `(records, outcomes)` (the writer needs only those past its last head). A
-/// partition written before erasure existed has no statements.
-fn erased_leaves(
-    conn: &Connection,
-    (above_r, above_o): (i64, i64),
-    mut accept: impl FnMut(&ErasureStatement) -> bool,
-) -> rusqlite::Result<Erased> {
-    let mut out = Erased::default();
+/// The erasure statements of a partition file, in id order (none in a partition
+/// written before erasure existed).
+fn erasure_statements(conn: &Connection) -> rusqlite::Result<Vec<ErasureStatement>> {
     let exists: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'erasure'",
         [],
         |r| r.get(0),
     )?;
     if exists == 0 {
-        return Ok(out);
+        return Ok(Vec::new());
     }
     let mut stmt =
         conn.prepare("SELECT id, at_us, reason, entries, signature FROM erasure ORDER BY id")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let s = ErasureStatement {
+    stmt.query_map([], |r| {
+        Ok(ErasureStatement {
             id: r.get(0)?,
             at_us: r.get(1)?,
             reason: r.get(2)?,
             entries: r.get(3)?,
             signature: r.get(4)?,
-        };
-        if !accept(&s) {
+        })
+    })?
+    .collect()
+}
+
+/// The kept leaves of every erasure statement that `accept` takes, of rows with ids
+/// above `(records, outcomes)` (the writer needs only those past its last head).
+fn erased_leaves(
+    statements: &[ErasureStatement],
+    (above_r, above_o): (i64, i64),
+    mut accept: impl FnMut(&ErasureStatement) -> bool,
+) -> Erased {
+    let mut out = Erased::default();
+    for s in statements {
+        if !accept(s) {
             continue;
         }
         for e in s.entries.chunks_exact(41) {
@@ -1154,7 +1252,7 @@ fn erased_leaves(
             };
         }
     }
-    Ok(out)
+    out
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@
 //! due) and answers the clients waiting on it only after the commit: no journal, so
 //! that a node that never comes back has lost nothing a client was answered for.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use postgres::binary_copy::BinaryCopyInWriter;
@@ -17,7 +17,7 @@ use postgres::types::{ToSql, Type};
 
 use super::integrity::{self, LastHead, TreeState};
 use super::partition::PartitionId;
-use super::rows::{Hash, OutcomeRow, Row};
+use super::rows::{OutcomeRow, Row};
 use super::writer::WriteError;
 use crate::config::{Granularity, Retention};
 use crate::pg::{PgError, Pool, schema};
@@ -286,11 +286,17 @@ impl PgSink {
     /// The state of `partition`, its tables created if they are not there yet;
     /// `None` when expiry removed it (past retention, its keys gone): its late rows
     /// are dropped rather than written into tables made anew for them.
-    fn open(&mut self, partition: PartitionId, now: i64) -> Result<Option<&mut Open>, WriteError> {
+    fn open(
+        &mut self,
+        partition: PartitionId,
+        now: i64,
+        signer: Option<&ring::signature::Ed25519KeyPair>,
+    ) -> Result<Option<&mut Open>, WriteError> {
         self.tick += 1;
         let tick = self.tick;
         if !self.open.contains_key(&partition) {
             let (node, retention) = (self.target.node, self.target.retention);
+            let name = self.target.node_name.clone();
             let client = self.client()?;
             let past = super::expiry::past_retention(
                 retention,
@@ -309,7 +315,7 @@ impl PgSink {
                 }
             }
             schema::ensure_partition(client, partition, now)?;
-            let tree = load_tree(client, schema::part(partition), node)?;
+            let tree = load_tree(client, partition, node, &name, signer)?;
             if self.open.len() >= MAX_OPEN
                 && let Some(oldest) = self
                     .open
@@ -347,7 +353,7 @@ impl PgSink {
     ) -> Result<(u64, u64), WriteError> {
         let (node, name) = (self.target.node, self.target.node_name.clone());
         let part = schema::part(partition);
-        if self.open(partition, now)?.is_none() {
+        if self.open(partition, now, signer)?.is_none() {
             tracing::warn!(partition = %partition, rows = records.len() + outcomes.len(), "rows of a partition expiry removed dropped");
             return Ok((0, 0));
         }
@@ -531,43 +537,243 @@ fn sign(
 }
 
 /// `node`'s tree of a partition as of its last head, with the leaves of the rows
-/// written after it (a writer that stopped before signing them), in id order.
-fn load_tree(client: &mut postgres::Client, part: i32, node: i16) -> Result<TreeState, WriteError> {
+/// written after it (a writer that stopped before signing them), in id order, and
+/// those its erasure statements signed by `key` kept.
+fn load_tree(
+    client: &mut postgres::Client,
+    partition: PartitionId,
+    node: i16,
+    node_name: &str,
+    key: Option<&ring::signature::Ed25519KeyPair>,
+) -> Result<TreeState, WriteError> {
+    let part = schema::part(partition);
     let last = last_head(client, part, node).map_err(db)?;
-    let mut tree = TreeState::after(last);
-    let (rt, ot) = (tree.record_through, tree.outcome_through);
-    let mut leaves: BTreeMap<i64, Hash> = BTreeMap::new();
-    for r in client
+    let statements = erasure_statements(client, part, node).map_err(db)?;
+    let (rt, ot) = last
+        .as_ref()
+        .map_or((0, 0), |h| (h.record_through, h.outcome_through));
+    let records = client
         .query(
             &format!(
                 "SELECT {RECORD_COLUMNS} FROM relaylog.record WHERE part = $1 AND node = $2 AND id > $3 ORDER BY id"
             ),
             &[&part, &node, &rt],
         )
-        .map_err(db)?
-    {
-        let (id, row) = record_row(&r);
-        leaves.insert(id, integrity::record_leaf(&row));
-    }
-    for (id, leaf) in std::mem::take(&mut leaves) {
-        tree.push_record(id, leaf);
-    }
-    for r in client
+        .map_err(db)?;
+    let outcomes = client
         .query(
             &format!(
                 "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome WHERE part = $1 AND node = $2 AND id > $3 ORDER BY id"
             ),
             &[&part, &node, &ot],
         )
-        .map_err(db)?
+        .map_err(db)?;
+    TreeState::resume::<WriteError>(
+        last,
+        &statements,
+        key,
+        partition,
+        Some(node_name),
+        records.iter().map(|r| Ok(record_row(r))),
+        outcomes.iter().map(|r| Ok(outcome_row(r))),
+    )
+}
+
+/// `node`'s erasure statements in a partition, in id order.
+pub fn erasure_statements(
+    client: &mut impl postgres::GenericClient,
+    part: i32,
+    node: i16,
+) -> Result<Vec<integrity::ErasureStatement>, postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT id, at_us, reason, entries, signature FROM relaylog.erasure \
+             WHERE part = $1 AND node = $2 ORDER BY id",
+            &[&part, &node],
+        )?
+        .iter()
+        .map(|r| integrity::ErasureStatement {
+            id: r.get(0),
+            at_us: r.get(1),
+            reason: r.get(2),
+            entries: r.get(3),
+            signature: r.get(4),
+        })
+        .collect())
+}
+
+/// Rows of a portal, fetched a slice at a time: a partition's tree is read in order
+/// without holding it all in memory, two portals (records, outcomes) side by side in
+/// one transaction.
+struct Portal<'a, 't, T> {
+    tx: &'a std::cell::RefCell<postgres::Transaction<'t>>,
+    portal: postgres::Portal,
+    buf: std::collections::VecDeque<postgres::Row>,
+    done: bool,
+    map: fn(&postgres::Row) -> (i64, T),
+}
+
+/// Rows fetched per round trip when reading a tree.
+const PORTAL_ROWS: i32 = 8192;
+
+impl<T> Iterator for Portal<'_, '_, T> {
+    type Item = Result<(i64, T), postgres::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() && !self.done {
+            match self
+                .tx
+                .borrow_mut()
+                .query_portal(&self.portal, PORTAL_ROWS)
+            {
+                Ok(rows) => {
+                    self.done = rows.len() < PORTAL_ROWS as usize;
+                    self.buf.extend(rows);
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        self.buf.pop_front().map(|r| Ok((self.map)(&r)))
+    }
+}
+
+/// Recomputes `node`'s tree of a partition head by head (see
+/// [`integrity::verify_tree`]), in one repeatable-read transaction: a snapshot, so
+/// that a live writer's commits meanwhile are not half seen.
+pub fn verify_tree(
+    client: &mut postgres::Client,
+    partition: PartitionId,
+    node: i16,
+    node_name: &str,
+    public_key: &[u8],
+    now_us: i64,
+) -> Result<integrity::Verified, postgres::Error> {
+    let part = schema::part(partition);
+    let tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()?;
+    let tx = std::cell::RefCell::new(tx);
+    let heads = tx
+        .borrow_mut()
+        .query(
+            "SELECT seq, size, record_through, outcome_through, root, at_us, signature \
+             FROM relaylog.head WHERE part = $1 AND node = $2 ORDER BY seq",
+            &[&part, &node],
+        )?
+        .iter()
+        .map(|r| {
+            let root: Vec<u8> = r.get(4);
+            let mut hash = [0u8; 32];
+            if root.len() == 32 {
+                hash.copy_from_slice(&root);
+            }
+            (
+                integrity::Head {
+                    seq: r.get(0),
+                    size: r.get::<_, i64>(1) as u64,
+                    record_through: r.get(2),
+                    outcome_through: r.get(3),
+                    root: hash,
+                    at_us: r.get(5),
+                },
+                r.get::<_, Vec<u8>>(6),
+            )
+        })
+        .collect();
+    let statements = erasure_statements(&mut *tx.borrow_mut(), part, node)?;
+    let records = tx.borrow_mut().bind(
+        &*format!(
+            "SELECT {RECORD_COLUMNS} FROM relaylog.record WHERE part = $1 AND node = $2 ORDER BY id"
+        ),
+        &[&part, &node],
+    )?;
+    let outcomes = tx.borrow_mut().bind(
+        &*format!(
+            "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome WHERE part = $1 AND node = $2 ORDER BY id"
+        ),
+        &[&part, &node],
+    )?;
+    let input = integrity::TreeInput {
+        heads,
+        records: Portal {
+            tx: &tx,
+            portal: records,
+            buf: Default::default(),
+            done: false,
+            map: record_row,
+        },
+        outcomes: Portal {
+            tx: &tx,
+            portal: outcomes,
+            buf: Default::default(),
+            done: false,
+            map: outcome_row,
+        },
+        statements,
+        frontier_at: |seq: i64| {
+            let row = tx
+                .borrow_mut()
+                .query_opt(
+                    "SELECT size, frontier FROM relaylog.head WHERE part = $1 AND node = $2 AND seq = $3",
+                    &[&part, &node, &seq],
+                )
+                .ok()??;
+            integrity::Frontier::from_bytes(row.get::<_, i64>(0) as u64, row.get(1))
+        },
+    };
+    integrity::verify_tree(input, partition, Some(node_name), public_key, now_us)
+}
+
+/// `verify` on PostgreSQL: every node's tree of every partition overlapping
+/// `[since, until)`, oldest first, each checked against its node's public key as
+/// registered; this node's own must be the one its key file holds (a key replaced in
+/// the database is damage, not trust).
+pub fn verify_store(
+    cfg: &crate::config::StoreConfig,
+    pg: &crate::config::PgConfig,
+    keyring: Option<&super::keys::Keyring>,
+    own_public_key: &[u8],
+    since: i64,
+    until: i64,
+) -> Result<Vec<integrity::PartitionReport>, PgError> {
+    let pool = Pool::shared(pg)?;
+    let mut client = pool.get()?;
+    let nodes = schema::nodes(&mut *client)?;
+    if let Some((_, name, key)) = nodes.iter().find(|(_, name, _)| *name == pg.node)
+        && key != own_public_key
     {
-        let (id, row) = outcome_row(&r);
-        leaves.insert(id, integrity::outcome_leaf(&row));
+        return Err(PgError::NodeKey(name.clone()));
     }
-    for (id, leaf) in leaves {
-        tree.push_outcome(id, leaf);
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut out = Vec::new();
+    for p in schema::partitions(&mut *client, cfg.partition)?
+        .into_iter()
+        .filter(|p| p.start_micros() < until && p.end_micros() > since)
+    {
+        let keys_missing = keyring.is_some_and(|k| !k.exists(p));
+        for (id, name, key) in &nodes {
+            let verified = verify_tree(&mut client, p, *id, name, key, now).unwrap_or_else(|e| {
+                integrity::Verified {
+                    damage: vec![integrity::Damage::Unreadable(
+                        PgError::from(e).to_string(),
+                    )],
+                    ..integrity::Verified::default()
+                }
+            });
+            out.push(integrity::PartitionReport {
+                partition: p,
+                node: Some(name.clone()),
+                verified,
+                keys_missing,
+            });
+        }
     }
-    Ok(tree)
+    Ok(out)
 }
 
 /// [`super::query::run`] on PostgreSQL: each partition in the window that has keys,
