@@ -4,84 +4,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
 use http::Method;
 use relaylog::config::Config;
 use relaylog::store::IndexKind;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_relaylog"))
-}
-
-/// A running `relaylog serve` with its output in files.
-struct Served {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Served {
-    fn start(dir: &Path, config: &Path) -> Served {
-        let (out, err) = (dir.join("serve.out"), dir.join("serve.err"));
-        let child = bin()
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("RUST_LOG", "debug")
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
-        Served { child, out, err }
-    }
-
-    /// Waits for the log line that names the bound address of the listener or admin.
-    fn addr(&self, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let log = std::fs::read_to_string(&self.err).unwrap_or_default();
-            for line in log.lines().filter(|l| l.contains(what)) {
-                if let Some(i) = line.find("addr=") {
-                    let rest = &line[i + 5..];
-                    let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-                    return format!("http://{}", rest[..end].trim_matches('"'));
-                }
-            }
-            assert!(Instant::now() < deadline, "serve did not start:\n{log}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn output(&self) -> Vec<u8> {
-        let mut all = std::fs::read(&self.out).unwrap_or_default();
-        all.extend(std::fs::read(&self.err).unwrap_or_default());
-        all
-    }
-
-    fn terminate(mut self) -> (std::process::ExitStatus, Vec<u8>) {
-        unsafe_kill(self.child.id(), "TERM");
-        let status = self.child.wait().unwrap();
-        let out = self.output();
-        (status, out)
-    }
-}
-
-/// A failed assertion must not leave a relay running.
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn unsafe_kill(pid: u32, signal: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
 
 /// Single-operator: these tests read with `query`, `hold` and `audit list` without an
 /// officer's login (which tests/compliance.rs tests).

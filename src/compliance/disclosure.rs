@@ -88,6 +88,12 @@ pub enum VerifyError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HeadRef {
     pub partition: String,
+    /// The node whose tree this head signs (PostgreSQL, where every node keeps one
+    /// per partition), and the SHA-256 of its public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_key_fingerprint: Option<String>,
     pub seq: i64,
     pub size: u64,
     pub root: String,
@@ -238,7 +244,7 @@ pub fn collect(
     since: Micros,
     until: Micros,
 ) -> Result<Collected, DiscloseError> {
-    let mut found: BTreeMap<(Micros, PartitionId, i64), Found> = BTreeMap::new();
+    let mut found: BTreeMap<(Micros, PartitionId, i16, i64), Found> = BTreeMap::new();
     let mut collisions = 0;
     let mut unreadable = Vec::new();
     for c in criteria {
@@ -252,7 +258,7 @@ pub fn collect(
         };
         let mut too_many = false;
         let stats = query::run(store, keyring, &q, |f| {
-            let key = (f.at, f.partition, f.record_id);
+            let key = (f.at, f.partition, f.node, f.record_id);
             if found.len() < MAX_EXPORT_RECORDS || found.contains_key(&key) {
                 found.insert(key, f);
             } else {
@@ -283,21 +289,51 @@ pub fn readable(
     until: Micros,
     unreadable: &[PartitionId],
 ) -> Result<Vec<PartitionId>, DiscloseError> {
-    Ok(partition::list(&store.path)
-        .map_err(|e| DiscloseError::Io {
-            path: store.path.clone(),
-            source: e,
-        })?
+    let all = match &store.backend {
+        crate::config::Backend::Sqlite => {
+            partition::list(&store.path).map_err(|e| DiscloseError::Io {
+                path: store.path.clone(),
+                source: e,
+            })?
+        }
+        crate::config::Backend::Postgres(pg) => {
+            let pool = crate::pg::Pool::shared(pg).map_err(query::QueryError::from)?;
+            let mut client = pool.get().map_err(query::QueryError::from)?;
+            crate::pg::schema::partitions(&mut *client, store.partition)
+                .map_err(query::QueryError::from)?
+        }
+    };
+    Ok(all
         .into_iter()
         .filter(|p| p.start_micros() < until && p.end_micros() > since && !unreadable.contains(p))
         .collect())
 }
 
-/// The last signed head of each partition.
+/// The last signed head of each partition (on PostgreSQL, of each node's tree of it).
 pub fn heads(
     store: &StoreConfig,
     partitions: &[PartitionId],
 ) -> Result<Vec<HeadRef>, DiscloseError> {
+    if let crate::config::Backend::Postgres(pg) = &store.backend {
+        let pool = crate::pg::Pool::shared(pg).map_err(query::QueryError::from)?;
+        return crate::store::pgstore::latest_heads(&pool, partitions)
+            .map_err(|e| DiscloseError::Query(query::QueryError::from(e)))
+            .map(|heads| {
+                heads
+                    .into_iter()
+                    .map(|(p, node, key, head, signature)| HeadRef {
+                        partition: p.to_string(),
+                        node: Some(node),
+                        node_key_fingerprint: Some(sha256_hex(&key)),
+                        seq: head.seq,
+                        size: head.size,
+                        root: hex(&head.root),
+                        at: rfc3339(head.at_us),
+                        signature: hex(&signature),
+                    })
+                    .collect()
+            });
+    }
     let mut out = Vec::new();
     for p in partitions {
         let err = |e: rusqlite::Error| DiscloseError::Partition {
@@ -312,6 +348,8 @@ pub fn heads(
         if let Some((head, signature)) = integrity::latest_head(&conn).map_err(err)? {
             out.push(HeadRef {
                 partition: p.to_string(),
+                node: None,
+                node_key_fingerprint: None,
                 seq: head.seq,
                 size: head.size,
                 root: hex(&head.root),

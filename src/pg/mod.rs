@@ -236,6 +236,7 @@ impl Pool {
             if let Some(client) = state.idle.pop() {
                 if client.is_closed() {
                     state.open -= 1;
+                    discard(vec![client]);
                     continue;
                 }
                 return Ok(Pooled {
@@ -274,9 +275,33 @@ impl Pool {
     /// failure, so that the next use connects afresh.
     pub fn clear_idle(&self) {
         let mut state = self.lock();
-        let n = state.idle.len();
-        state.idle.clear();
-        state.open -= n;
+        let idle = std::mem::take(&mut state.idle);
+        state.open -= idle.len();
+        drop(state);
+        discard(idle);
+    }
+}
+
+/// Drops clients where that is allowed: a `postgres::Client` closes its connection on
+/// its own runtime when dropped, which panics on a thread that drives a runtime (the
+/// last `Arc` of a pool can go on any thread, a server shutting down included).
+fn discard(clients: Vec<postgres::Client>) {
+    if clients.is_empty() {
+        return;
+    }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let _ = std::thread::Builder::new()
+            .name("relaylog-pg-close".into())
+            .spawn(move || drop(clients));
+    } else {
+        drop(clients);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        discard(idle);
     }
 }
 
@@ -309,13 +334,20 @@ impl Drop for Pooled {
             return;
         };
         let mut state = self.pool.lock();
+        let mut gone = Vec::new();
         if client.is_closed() {
             state.open -= 1;
+            // The server went away (a restart, a failover): the idle clients are most
+            // likely dead too, and each would fail one caller before it is noticed.
+            gone = std::mem::take(&mut state.idle);
+            state.open -= gone.len();
+            gone.push(client);
         } else {
             state.idle.push(client);
         }
         drop(state);
         self.pool.freed.notify_one();
+        discard(gone);
     }
 }
 

@@ -621,11 +621,7 @@ impl<T> Iterator for Portal<'_, '_, T> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() && !self.done {
-            match self
-                .tx
-                .borrow_mut()
-                .query_portal(&self.portal, PORTAL_ROWS)
-            {
+            match self.tx.borrow_mut().query_portal(&self.portal, PORTAL_ROWS) {
                 Ok(rows) => {
                     self.done = rows.len() < PORTAL_ROWS as usize;
                     self.buf.extend(rows);
@@ -759,9 +755,7 @@ pub fn verify_store(
         for (id, name, key) in &nodes {
             let verified = verify_tree(&mut client, p, *id, name, key, now).unwrap_or_else(|e| {
                 integrity::Verified {
-                    damage: vec![integrity::Damage::Unreadable(
-                        PgError::from(e).to_string(),
-                    )],
+                    damage: vec![integrity::Damage::Unreadable(PgError::from(e).to_string())],
                     ..integrity::Verified::default()
                 }
             });
@@ -919,4 +913,47 @@ pub fn drop_partition(pool: &Arc<Pool>, p: PartitionId) -> Result<(), PgError> {
     )?;
     tx.commit()?;
     Ok(())
+}
+
+/// The last signed head of every node's tree of each partition: (partition, node,
+/// node's public key, head, signature), partitions in the order given, nodes by id.
+#[allow(clippy::type_complexity)]
+pub fn latest_heads(
+    pool: &Arc<Pool>,
+    partitions: &[PartitionId],
+) -> Result<Vec<(PartitionId, String, Vec<u8>, integrity::Head, Vec<u8>)>, PgError> {
+    let mut client = pool.get()?;
+    let nodes = schema::nodes(&mut *client)?;
+    let stmt = client.prepare(
+        "SELECT seq, size, record_through, outcome_through, root, at_us, signature \
+         FROM relaylog.head WHERE part = $1 AND node = $2 ORDER BY seq DESC LIMIT 1",
+    )?;
+    let mut out = Vec::new();
+    for &p in partitions {
+        for (id, name, key) in &nodes {
+            let Some(r) = client.query_opt(&stmt, &[&schema::part(p), id])? else {
+                continue;
+            };
+            let root: Vec<u8> = r.get(4);
+            let mut hash = [0u8; 32];
+            if root.len() == 32 {
+                hash.copy_from_slice(&root);
+            }
+            out.push((
+                p,
+                name.clone(),
+                key.clone(),
+                integrity::Head {
+                    seq: r.get(0),
+                    size: r.get::<_, i64>(1) as u64,
+                    record_through: r.get(2),
+                    outcome_through: r.get(3),
+                    root: hash,
+                    at_us: r.get(5),
+                },
+                r.get(6),
+            ));
+        }
+    }
+    Ok(out)
 }

@@ -844,3 +844,79 @@ pub fn wait_smsc_online(admin: u16, smsc_id: &str) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// The `relaylog` binary under test.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_relaylog"))
+}
+
+/// A running `relaylog serve` with its output in files.
+pub struct Served {
+    pub child: std::process::Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Served {
+    pub fn start(dir: &Path, config: &Path) -> Served {
+        let (out, err) = (dir.join("serve.out"), dir.join("serve.err"));
+        let child = bin()
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("RUST_LOG", "debug")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Served { child, out, err }
+    }
+
+    /// Waits for the log line that names the bound address of the listener or admin.
+    pub fn addr(&self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let log = std::fs::read_to_string(&self.err).unwrap_or_default();
+            for line in log.lines().filter(|l| l.contains(what)) {
+                if let Some(i) = line.find("addr=") {
+                    let rest = &line[i + 5..];
+                    let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+                    return format!("http://{}", rest[..end].trim_matches('"'));
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not start:\n{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn output(&self) -> Vec<u8> {
+        let mut all = std::fs::read(&self.out).unwrap_or_default();
+        all.extend(std::fs::read(&self.err).unwrap_or_default());
+        all
+    }
+
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<u8>) {
+        unsafe_kill(self.child.id(), "TERM");
+        let status = self.child.wait().unwrap();
+        let out = self.output();
+        (status, out)
+    }
+}
+
+/// A failed assertion must not leave a relay running.
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `signal` to `pid` with kill(1).
+pub fn unsafe_kill(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}

@@ -178,6 +178,16 @@ impl Cluster {
         )
     }
 
+    /// Stops the server at once (`immediate`: as a crash would), until [`Cluster::resume`].
+    pub fn halt(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"], None);
+    }
+
+    /// Starts the server again after [`Cluster::halt`], on the same port and data.
+    pub fn resume(&self) {
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&self.path("log")));
+    }
+
     /// A blocking client on `database`, as the superuser the cluster was made with (not
     /// on a runtime's thread: in `spawn_blocking` from async tests).
     pub fn client(&self, database: &str) -> postgres::Client {
