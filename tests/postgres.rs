@@ -61,6 +61,9 @@ async fn a_node_records_into_postgres_before_it_forwards() {
         "{out}"
     );
     common::cli_ok(&config, &["check-config"]);
+    // Every statement relaylog sends is kept, as text, by pg_stat_statements: checked
+    // below for values in the clear.
+    pg.batch("relaylog", "CREATE EXTENSION pg_stat_statements");
 
     let relay = common::Relay::start(dir.path(), &text).await;
     let client = common::client();
@@ -146,6 +149,21 @@ async fn a_node_records_into_postgres_before_it_forwards() {
             !ok && out.contains("/a  DAMAGED  record removed: id 5"),
             "{out}"
         );
+        let statements: Vec<String> = db
+            .query("SELECT query FROM pg_stat_statements", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            statements.iter().any(|q| q.contains("relaylog.record")),
+            "pg_stat_statements saw relaylog's statements"
+        );
+        for q in &statements {
+            for needle in [canary, "alice", "127.0.0.1", "hello"] {
+                assert!(!q.contains(needle), "{needle} in a statement: {q}");
+            }
+        }
         for t in tables {
             let name: String = t.get(0);
             let dump: Vec<String> = db
@@ -541,4 +559,129 @@ async fn two_serving_nodes_share_one_store_and_survive_losing_a_node_or_the_data
     // verify names them, and nothing else.
     let out = common::cli_ok(&config_b, &["verify"]);
     assert!(out.contains("/b  ok"), "{out}");
+}
+
+/// A lookup by number over a window touches that window's partitions only, and in
+/// each the statement it runs is planned as one partition's index scan: the blind
+/// index by (bucket, tag) while the partition is written, by tag alone once it is
+/// closed and indexed for reading (`EXPLAIN` of the lookup's own statement).
+#[test]
+fn a_lookup_by_number_reads_only_its_window_through_the_blind_index() {
+    use relaylog::store::keys::IndexKind;
+    use relaylog::store::partition::PartitionId;
+    let Some(pg) = Cluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = pg.store_lines(dir.path(), "explain", "a");
+    let text = common::config_text(dir.path(), "kannel", None, "", &store);
+    let config = common::write_config(dir.path(), &text);
+    common::cli_ok(&config, &["init"]);
+    common::cli_ok(
+        &config,
+        &[
+            "bench",
+            "store",
+            "--records",
+            "60000",
+            "--days",
+            "3",
+            "--start",
+            "2026-11-01",
+            "--recipients-pool",
+            "20000",
+            "--quiet",
+        ],
+    );
+    let cfg = relaylog::config::Config::load(&config).unwrap().store;
+    let keyring = relaylog::store::open_keyring(&cfg).unwrap();
+    let mut db = pg.client("explain");
+    db.batch_execute("ANALYZE").unwrap();
+    let number = "+31610000042";
+    let day = |d: u32| {
+        PartitionId::of_date(
+            cfg.partition,
+            chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap(),
+        )
+    };
+    // The window: 2 and 3 November. The lookup searches those two partitions only.
+    let (since, until) = (day(2).start_micros(), day(3).end_micros());
+    let criteria = relaylog::store::query::Criteria {
+        kind: IndexKind::Recipient,
+        value: number.into(),
+        since,
+        until,
+        filters: false,
+    };
+    let stats = relaylog::store::query::run(&cfg, &keyring, &criteria, |_| {}).unwrap();
+    assert_eq!(stats.partitions_searched, 2);
+    let explain = |db: &mut postgres::Client, p: PartitionId, by_tag: bool| -> String {
+        let keys = keyring.keys(p).unwrap();
+        let tag = keys.blind_index(IndexKind::Recipient, number);
+        let part = relaylog::pg::schema::part(p);
+        let sql = format!(
+            "EXPLAIN {}",
+            relaylog::store::pgstore::lookup_sql(IndexKind::Recipient, by_tag)
+        );
+        let rows = if by_tag {
+            db.query(&sql, &[&part, &tag, &p.start_micros(), &p.end_micros()])
+        } else {
+            let buckets: Vec<i64> =
+                (keys.bucket(p.start_micros())..=keys.bucket(p.end_micros() - 1)).collect();
+            db.query(
+                &sql,
+                &[&part, &buckets, &tag, &p.start_micros(), &p.end_micros()],
+            )
+        }
+        .unwrap();
+        rows.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for d in [2, 3] {
+        let plan = explain(&mut db, day(d), false);
+        let own = format!("record_2026_11_0{d}");
+        assert!(plan.contains(&own), "{plan}");
+        for other in (1..=3).filter(|o| *o != d) {
+            assert!(
+                !plan.contains(&format!("record_2026_11_0{other}")),
+                "{plan}"
+            );
+        }
+        assert!(
+            plan.contains("Index") && plan.contains("recipient_ix"),
+            "{plan}"
+        );
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+    }
+    // Closed and indexed for reading (what serve's compaction thread does): one
+    // seek on the tag index.
+    let pool = relaylog::pg::Pool::shared(match &cfg.backend {
+        relaylog::config::Backend::Postgres(pg) => pg,
+        _ => unreachable!(),
+    })
+    .unwrap();
+    let done = relaylog::store::pgstore::index_closed_due(
+        &pool,
+        cfg.partition,
+        chrono::Utc::now().timestamp_micros(),
+        &|| false,
+    );
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|(_, r)| r.is_ok()));
+    db.batch_execute("ANALYZE").unwrap();
+    let plan = explain(&mut db, day(2), true);
+    assert!(
+        plan.contains("record_2026_11_02_recipient_ix_tag"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("record_2026_11_01") && !plan.contains("record_2026_11_03"),
+        "{plan}"
+    );
+    // And the lookup finds the same through it.
+    let again = relaylog::store::query::run(&cfg, &keyring, &criteria, |_| {}).unwrap();
+    assert_eq!(
+        (again.partitions_searched, again.matches),
+        (2, stats.matches)
+    );
 }

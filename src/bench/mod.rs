@@ -14,6 +14,7 @@ use serde::Serialize;
 
 pub mod http;
 pub mod passthrough;
+pub mod pgcluster;
 pub mod query;
 pub mod smpp;
 pub mod smtp;

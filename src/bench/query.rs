@@ -80,9 +80,55 @@ fn drop_caches() -> std::io::Result<()> {
     std::fs::write("/proc/sys/vm/drop_caches", "3")
 }
 
+/// The store's partitions, oldest first.
+fn listed(cfg: &StoreConfig) -> Result<Vec<crate::store::partition::PartitionId>, QueryBenchError> {
+    match &cfg.backend {
+        crate::config::Backend::Sqlite => {
+            crate::store::partition::list(&cfg.path).map_err(QueryBenchError::List)
+        }
+        crate::config::Backend::Postgres(pg) => {
+            let pool = crate::pg::Pool::shared(pg).map_err(database)?;
+            let mut client = pool.get().map_err(database)?;
+            crate::pg::schema::partitions(&mut *client, cfg.partition).map_err(database)
+        }
+    }
+}
+
+fn database(e: crate::pg::PgError) -> QueryBenchError {
+    QueryBenchError::Read(e.to_string())
+}
+
+/// On PostgreSQL: the bytes of the record and outcome tables with their indexes (the
+/// heads and keys are small), and the records, as [`run`] counts them on SQLite.
+fn postgres_sizes(
+    pg: &crate::config::PgConfig,
+    partitions: &[crate::store::partition::PartitionId],
+) -> Result<(u64, u64), QueryBenchError> {
+    let pool = crate::pg::Pool::shared(pg).map_err(database)?;
+    let bytes: i64 = pool
+        .get()
+        .map_err(database)?
+        .query_one(
+            "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint FROM pg_inherits \
+             WHERE inhparent IN ('relaylog.record'::regclass, 'relaylog.outcome'::regclass)",
+            &[],
+        )
+        .map_err(|e| database(e.into()))?
+        .get(0);
+    let mut records = 0;
+    for &p in partitions {
+        records += crate::store::pgstore::record_count(&pool, p).map_err(database)?;
+    }
+    Ok((bytes.max(0) as u64, records))
+}
+
 pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBenchError> {
-    let listed = |dir| crate::store::partition::list(dir).map_err(QueryBenchError::List);
-    let filled_records_per_second = if listed(&cfg.path)?.is_empty() {
+    if b.cold > 0 && matches!(cfg.backend, crate::config::Backend::Postgres(_)) {
+        return Err(QueryBenchError::Read(
+            "--drop-caches drops the page cache, not PostgreSQL's buffers: cold lookups need the SQLite store".into(),
+        ));
+    }
+    let filled_records_per_second = if listed(&cfg)?.is_empty() {
         Some(super::store(cfg.clone(), &b.fill)?.overall())
     } else {
         // Real records are never looked up, nor compacted, by a benchmark.
@@ -93,7 +139,21 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
     let began = Instant::now();
     // What is due now, as serve would: a partition still being written is not.
     let now = crate::clock::Clock::now_micros(&crate::clock::SystemClock);
-    let done = compact::compact_due(&cfg.path, &keyring, now, &|| false);
+    let done: Vec<_> = match &cfg.backend {
+        crate::config::Backend::Sqlite => compact::compact_due(&cfg.path, &keyring, now, &|| false)
+            .into_iter()
+            .map(|(p, r)| (p, r.map_err(|e| e.to_string())))
+            .collect(),
+        crate::config::Backend::Postgres(pg) => crate::store::pgstore::index_closed_due(
+            &crate::pg::Pool::shared(pg).map_err(database)?,
+            cfg.partition,
+            now,
+            &|| false,
+        )
+        .into_iter()
+        .map(|(p, r)| (p, r.map_err(|e| e.to_string())))
+        .collect(),
+    };
     let compaction_seconds = began.elapsed().as_secs_f64();
     let mut compacted_records = 0;
     for (p, r) in &done {
@@ -102,9 +162,22 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
             Err(e) => return Err(QueryBenchError::Compact(format!("partition {p}: {e}"))),
         }
     }
-    let partitions = listed(&cfg.path)?;
+    let partitions = listed(&cfg)?;
     let (mut store_bytes, mut filter_bytes, mut records) = (0u64, 0u64, 0u64);
-    for entry in std::fs::read_dir(&cfg.path).map_err(QueryBenchError::List)? {
+    if let crate::config::Backend::Postgres(pg) = &cfg.backend {
+        (store_bytes, records) = postgres_sizes(pg, &partitions)?;
+    }
+    let files = match cfg.backend {
+        crate::config::Backend::Sqlite => Some(&cfg.path),
+        crate::config::Backend::Postgres(_) => None,
+    };
+    for entry in files
+        .map(std::fs::read_dir)
+        .transpose()
+        .map_err(QueryBenchError::List)?
+        .into_iter()
+        .flatten()
+    {
         let entry = entry.map_err(QueryBenchError::List)?;
         let len = entry.metadata().map_err(QueryBenchError::List)?.len();
         store_bytes += len;
@@ -116,7 +189,7 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
             filter_bytes += len;
         }
     }
-    for p in &partitions {
+    for p in partitions.iter().filter(|_| files.is_some()) {
         let conn = crate::store::schema::open_for_read(&p.path_in(&cfg.path))
             .map_err(|e| QueryBenchError::Read(format!("partition {p}: {e}")))?;
         // Ids are dense (erasure aside): the highest is the count, without a scan.

@@ -27,6 +27,10 @@ pub enum BenchCommand {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// `postgres` with a SQLite config: into a private PostgreSQL cluster made
+        /// for the run and removed after (a PostgreSQL config's store is used as is).
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
     },
     /// Look up random recipients over a store's whole window, after compacting its
     /// closed partitions; fills the store first (as `bench store`) when it is empty.
@@ -54,6 +58,9 @@ pub enum BenchCommand {
         /// No progress bar while filling.
         #[arg(long)]
         quiet: bool,
+        /// As `bench store --backend`.
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
     },
     /// Load an SMS submission API (relaylog, or a gateway directly) and report
     /// throughput, errors and latency percentiles.
@@ -462,6 +469,43 @@ pub(super) fn mock_gateway(args: &MockArgs) -> Result<()> {
     })
 }
 
+/// `bench store|query --backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Sqlite,
+    Postgres,
+}
+
+/// The store a benchmark writes to: the config's, or one in a private PostgreSQL
+/// cluster (kept running while the returned guard lives).
+fn bench_store(
+    config: &Config,
+    backend: Option<BackendArg>,
+) -> Result<(
+    crate::config::StoreConfig,
+    Option<crate::bench::pgcluster::Cluster>,
+)> {
+    use crate::config::Backend;
+    match (backend, &config.store.backend) {
+        (None | Some(BackendArg::Sqlite), Backend::Sqlite)
+        | (None | Some(BackendArg::Postgres), Backend::Postgres(_)) => {
+            Ok((config.store.clone(), None))
+        }
+        (Some(BackendArg::Sqlite), Backend::Postgres(_)) => {
+            bail!("--backend sqlite, but the config's store is on PostgreSQL")
+        }
+        (Some(BackendArg::Postgres), Backend::Sqlite) => {
+            let cluster = crate::bench::pgcluster::Cluster::start()?;
+            let store = cluster.store(&config.store)?;
+            eprintln!(
+                "PostgreSQL: a private cluster for this run, on a Unix socket; {}",
+                crate::bench::pgcluster::SETTINGS.trim().replace('\n', ", ")
+            );
+            Ok((store, Some(cluster)))
+        }
+    }
+}
+
 pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Store {
@@ -472,7 +516,9 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             seed,
             producers,
             quiet,
+            backend,
         } => {
+            let (store, _cluster) = bench_store(config, *backend)?;
             let b = crate::bench::StoreBench {
                 records: *records,
                 days: *days,
@@ -482,7 +528,7 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 producers: *producers,
                 progress: !quiet,
             };
-            let report = crate::bench::store(config.store.clone(), &b)?;
+            let report = crate::bench::store(store, &b)?;
             for (i, rate) in report.tenths.iter().enumerate() {
                 println!("tenth {:>2}: {:>10.0} records/s", i + 1, rate);
             }
@@ -506,7 +552,9 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
             drop_caches,
             json,
             quiet,
+            backend,
         } => {
+            let (store, _cluster) = bench_store(config, *backend)?;
             let b = crate::bench::query::QueryBench {
                 fill: crate::bench::StoreBench {
                     records: *records,
@@ -520,7 +568,7 @@ pub(super) fn bench(config: &Config, command: &BenchCommand) -> Result<()> {
                 lookups: *lookups,
                 cold: *drop_caches,
             };
-            let r = crate::bench::query::run(config.store.clone(), &b)?;
+            let r = crate::bench::query::run(store, &b)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(());

@@ -261,7 +261,11 @@ impl RawStore {
                 if parsed.get_user().is_none() || parsed.get_hosts().is_empty() {
                     return Err(invalid("store.url", "must name the user and the host"));
                 }
-                if parsed.get_ssl_mode() == postgres::config::SslMode::Disable {
+                let local = parsed
+                    .get_hosts()
+                    .iter()
+                    .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+                if parsed.get_ssl_mode() == postgres::config::SslMode::Disable && !local {
                     return Err(invalid(
                         "store.url",
                         "sslmode=disable: relaylog reaches PostgreSQL over TLS only",

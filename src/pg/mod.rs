@@ -177,8 +177,18 @@ impl Pool {
             .parse()
             .map_err(|_| PgError::Other("store.url does not parse".into()))?;
         config.password(read_password(cfg)?);
-        // Whatever the URL says (`disable` is refused by the config): TLS, checked.
-        config.ssl_mode(postgres::config::SslMode::Require);
+        // Whatever the URL says (`disable` is refused by the config): TLS, checked,
+        // to any host on the network. A Unix socket (a host that is a directory) is
+        // this machine's own and takes no TLS: nothing travels.
+        let local = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+        config.ssl_mode(if local {
+            postgres::config::SslMode::Disable
+        } else {
+            postgres::config::SslMode::Require
+        });
         config.connect_timeout(cfg.connect_timeout);
         // A server that vanished (power, network) is noticed within seconds, not at
         // the kernel's default two hours.

@@ -27,6 +27,8 @@ pub mod lock {
     pub const PARTITIONS: i64 = 0x726c_6f67_0002;
     /// Appending to the audit chain.
     pub const AUDIT: i64 = 0x726c_6f67_0003;
+    /// Building a closed partition's read-optimised indexes: this plus its `part`.
+    pub const INDEX_BASE: i64 = 0x726c_6f68_0000_0000;
 }
 
 /// The schema version this relaylog reads and writes.
@@ -59,7 +61,9 @@ CREATE TABLE relaylog.partition (
     name       text PRIMARY KEY,
     part       integer NOT NULL UNIQUE,
     end_part   integer NOT NULL,
-    created_us bigint NOT NULL
+    created_us bigint NOT NULL,
+    -- When its read-optimised indexes (by tag alone) were built, once it was closed.
+    indexed_us bigint
 );
 CREATE TABLE relaylog.record (
     part           integer  NOT NULL,
@@ -434,6 +438,74 @@ pub fn ensure_partition(
     }
     tx.commit()?;
     Ok(created == 1)
+}
+
+/// The partitions that have tables, oldest first, each with whether its
+/// read-optimised indexes are built (see [`index_closed`]).
+pub fn partitions_indexed(
+    client: &mut impl GenericClient,
+    granularity: crate::config::Granularity,
+) -> Result<Vec<(PartitionId, bool)>, PgError> {
+    Ok(client
+        .query(
+            "SELECT part, indexed_us IS NOT NULL FROM relaylog.partition ORDER BY part",
+            &[],
+        )?
+        .into_iter()
+        .map(|r| (partition_of_part(granularity, r.get(0)), r.get(1)))
+        .collect())
+}
+
+/// The read-optimised indexes of a closed partition: each blind index by its tag
+/// alone, so that a lookup seeks once per partition instead of once per time bucket.
+/// Built `CONCURRENTLY` (late rows still go in meanwhile) by whichever node gets the
+/// partition's advisory lock; `false` when another node holds it. Safe to run again.
+pub fn index_closed(
+    client: &mut postgres::Client,
+    p: PartitionId,
+    now_us: i64,
+) -> Result<bool, PgError> {
+    let key = lock::INDEX_BASE + i64::from(part(p));
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+        .get(0);
+    if !got {
+        return Ok(false);
+    }
+    let result = (|| {
+        let suffix = table_suffix(p);
+        for (column, filter) in [
+            ("recipient_ix", ""),
+            ("account_ix", ""),
+            ("ip_ix", ""),
+            ("originator_ix", " WHERE originator_ix IS NOT NULL"),
+        ] {
+            // A build interrupted before leaves an invalid index of that name: gone
+            // first, or IF NOT EXISTS would keep it.
+            let name = format!("record_{suffix}_{column}_tag");
+            let invalid: bool = client
+                .query_opt(
+                    "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = 'relaylog' AND c.relname = $1",
+                    &[&name],
+                )?
+                .is_some_and(|r| r.get(0));
+            if invalid {
+                client.batch_execute(&format!("DROP INDEX CONCURRENTLY relaylog.{name}"))?;
+            }
+            client.batch_execute(&format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON relaylog.record_{suffix} ({column}){filter}"
+            ))?;
+        }
+        client.execute(
+            "UPDATE relaylog.partition SET indexed_us = $2 WHERE name = $1",
+            &[&p.to_string(), &now_us],
+        )?;
+        Ok(())
+    })();
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&key]);
+    result.map(|()| true)
 }
 
 /// The partitions that have tables, oldest first.

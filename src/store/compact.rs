@@ -98,6 +98,8 @@ pub enum CompactError {
     Keys(#[from] KeyError),
     #[error("a damaged posting list in {0}")]
     Postings(&'static str),
+    #[error("the store's database: {0}")]
+    Database(#[from] crate::pg::PgError),
 }
 
 /// What compacting one partition did.

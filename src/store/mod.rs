@@ -453,6 +453,17 @@ impl Store {
         Result<compact::Compacted, compact::CompactError>,
     )> {
         let inner = &self.recorder.inner;
+        if let Some(pg) = &inner.pg {
+            return pgstore::index_closed_due(
+                &pg.pool,
+                inner.cfg.partition,
+                inner.clock.now_micros(),
+                stop,
+            )
+            .into_iter()
+            .map(|(p, r)| (p, r.map_err(compact::CompactError::from)))
+            .collect();
+        }
         compact::compact_due(
             &inner.cfg.path,
             &inner.keyring,

@@ -770,6 +770,27 @@ pub fn verify_store(
     Ok(out)
 }
 
+/// The statement a lookup runs on each partition of its window: by (bucket, tag) in
+/// a partition being written, one seek per time bucket of the window (parameters:
+/// part, buckets, tag, since, until); by tag alone in a closed one whose read-optimised
+/// indexes are built, one seek (part, tag, since, until).
+pub fn lookup_sql(kind: super::keys::IndexKind, by_tag: bool) -> String {
+    const COLUMNS: &str =
+        "node, id, submission, ordinal, at_us, protocol, service, segments, sealed";
+    let column = kind.tag_column();
+    if by_tag {
+        format!(
+            "SELECT {COLUMNS} FROM relaylog.record WHERE part = $1 AND {column} = $2 \
+             AND at_us >= $3 AND at_us < $4 ORDER BY at_us, node, id"
+        )
+    } else {
+        format!(
+            "SELECT {COLUMNS} FROM relaylog.record WHERE part = $1 AND bucket = ANY($2) AND {column} = $3 \
+             AND at_us >= $4 AND at_us < $5 ORDER BY at_us, node, id"
+        )
+    }
+}
+
 /// [`super::query::run`] on PostgreSQL: each partition in the window that has keys,
 /// oldest first; in each, the records whose blind index is the value's under that
 /// partition's key, in the window's time buckets (the index leads with them), opened
@@ -789,17 +810,16 @@ pub fn run(
         }
     };
     let mut client = pool.get()?;
-    let partitions: Vec<PartitionId> = schema::partitions(&mut *client, granularity)?
-        .into_iter()
-        .filter(|p| p.start_micros() < criteria.until && p.end_micros() > criteria.since)
-        .collect();
-    let column = criteria.kind.tag_column();
-    let records = client
-        .prepare(&format!(
-            "SELECT node, id, submission, ordinal, at_us, protocol, service, segments, sealed \
-             FROM relaylog.record WHERE part = $1 AND bucket = ANY($2) AND {column} = $3 \
-             AND at_us >= $4 AND at_us < $5 ORDER BY at_us, node, id"
-        ))
+    let partitions: Vec<(PartitionId, bool)> =
+        schema::partitions_indexed(&mut *client, granularity)?
+            .into_iter()
+            .filter(|(p, _)| p.start_micros() < criteria.until && p.end_micros() > criteria.since)
+            .collect();
+    let by_bucket = client
+        .prepare(&lookup_sql(criteria.kind, false))
+        .map_err(PgError::from)?;
+    let by_tag = client
+        .prepare(&lookup_sql(criteria.kind, true))
         .map_err(PgError::from)?;
     let events = client
         .prepare(&format!(
@@ -808,7 +828,7 @@ pub fn run(
         ))
         .map_err(PgError::from)?;
     let mut stats = QueryStats::default();
-    for p in partitions {
+    for (p, indexed) in partitions {
         let keys = match keyring.keys(p) {
             Ok(k) => k,
             Err(super::keys::KeyError::Shredded { .. }) => {
@@ -821,11 +841,14 @@ pub fn run(
         let part = schema::part(p);
         let since = criteria.since.max(p.start_micros());
         let until = criteria.until.min(p.end_micros());
-        let buckets: Vec<i64> = (keys.bucket(since)..=keys.bucket(until - 1)).collect();
         let tag = keys.blind_index(criteria.kind, &criteria.value);
-        let rows = client
-            .query(&records, &[&part, &buckets, &tag, &since, &until])
-            .map_err(failed(p))?;
+        let rows = if indexed {
+            client.query(&by_tag, &[&part, &tag, &since, &until])
+        } else {
+            let buckets: Vec<i64> = (keys.bucket(since)..=keys.bucket(until - 1)).collect();
+            client.query(&by_bucket, &[&part, &buckets, &tag, &since, &until])
+        }
+        .map_err(failed(p))?;
         for r in rows {
             let hit = Hit {
                 node: r.get(0),
@@ -956,4 +979,53 @@ pub fn latest_heads(
         }
     }
     Ok(out)
+}
+
+/// Builds the read-optimised indexes of every partition closed for longer than the
+/// compaction grace (see [`super::compact::is_due`]) that has none yet, until `stop`:
+/// PostgreSQL's counterpart of compaction.
+pub fn index_closed_due(
+    pool: &Arc<Pool>,
+    granularity: Granularity,
+    now: i64,
+    stop: &dyn Fn() -> bool,
+) -> Vec<(PartitionId, Result<super::compact::Compacted, PgError>)> {
+    let mut done = Vec::new();
+    let due: Vec<PartitionId> = match pool
+        .get()
+        .and_then(|mut c| schema::partitions_indexed(&mut *c, granularity))
+    {
+        Ok(all) => all
+            .into_iter()
+            .filter(|(p, indexed)| !indexed && super::compact::is_due(*p, now))
+            .map(|(p, _)| p)
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the partitions to index");
+            return done;
+        }
+    };
+    for p in due {
+        if stop() {
+            break;
+        }
+        let started = std::time::Instant::now();
+        let result = pool.get().and_then(|mut c| {
+            let built = schema::index_closed(&mut c, p, now)?;
+            let records = if built { record_count(pool, p)? } else { 0 };
+            Ok((built, records))
+        });
+        match result {
+            Ok((false, _)) => {}
+            Ok((true, records)) => done.push((
+                p,
+                Ok(super::compact::Compacted {
+                    records,
+                    seconds: started.elapsed().as_secs_f64(),
+                }),
+            )),
+            Err(e) => done.push((p, Err(e))),
+        }
+    }
+    done
 }

@@ -155,7 +155,7 @@ impl Cluster {
             give(&path);
         }
         let conf = format!(
-            "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nfsync = off\n",
+            "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nfsync = off\nshared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n",
             self.port,
             self.dir.path().display()
         );
@@ -194,6 +194,15 @@ impl Cluster {
         let mut config: postgres::Config = self.url(database).parse().unwrap();
         config.password(self.password.as_bytes());
         config.connect(self.tls()).unwrap()
+    }
+
+    /// Runs statements on `database` as the superuser, from any thread (async tests).
+    pub fn batch(&self, database: &str, sql: &str) {
+        std::thread::scope(|s| {
+            s.spawn(|| self.client(database).batch_execute(sql).unwrap())
+                .join()
+                .unwrap()
+        });
     }
 
     /// The `[store]` lines that put node `node`'s records into `database` (made if it
