@@ -335,6 +335,9 @@ impl From<DiscloseError> for ApiError {
             DiscloseError::TooMany => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
+            DiscloseError::NotOnPostgres(_) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, e.to_string())
+            }
             DiscloseError::Ledger(e) => ApiError::from_ledger(&e),
             e => ApiError::internal(&e),
         }

@@ -59,6 +59,8 @@ pub enum DiscloseError {
         "more than {MAX_EXPORT_RECORDS} records match: narrow the window, or split the request"
     )]
     TooMany,
+    #[error("{0} is not available with the PostgreSQL store yet")]
+    NotOnPostgres(&'static str),
 }
 
 /// Most records one export holds: an export is assembled in memory (deduplicated
@@ -673,12 +675,18 @@ pub fn subject_export(
             case.details.since,
             case.details.until,
         )?;
-        hidden.extend(covered.records.iter().map(|f| (f.partition, f.record_id)));
+        // A record is (partition, node, id): ids are each node's own.
+        hidden.extend(
+            covered
+                .records
+                .iter()
+                .map(|f| (f.partition, f.node, f.record_id)),
+        );
     }
     let records: Vec<&Found> = found
         .records
         .iter()
-        .filter(|f| !hidden.contains(&(f.partition, f.record_id)))
+        .filter(|f| !hidden.contains(&(f.partition, f.node, f.record_id)))
         .collect();
     let withheld = found.records.len() - records.len();
     let rows: Vec<serde_json::Value> = records

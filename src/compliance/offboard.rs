@@ -77,6 +77,11 @@ pub fn offboard_in_chunks(
     now: Micros,
     chunk: usize,
 ) -> Result<Offboarding, DiscloseError> {
+    if matches!(inst.store.backend, crate::config::Backend::Postgres(_)) {
+        // Erasure under signed statements is SQLite's so far: refused before anything
+        // is exported, rather than half done.
+        return Err(DiscloseError::NotOnPostgres("offboarding (erasure)"));
+    }
     let account = crate::canonical::canonical_account(account);
     let dir = out.dir;
     let stem = safe_name(out.stem.unwrap_or(&account));

@@ -155,12 +155,13 @@ const WRITE_LOCK: i64 = crate::pg::schema::lock::AUDIT;
 /// A connection to the ledger.
 pub enum Db {
     Sqlite(rusqlite::Connection),
-    Postgres(crate::pg::Pooled),
+    /// Boxed: a pooled client is three times a SQLite connection's size.
+    Postgres(Box<crate::pg::Pooled>),
 }
 
 impl Db {
     pub fn postgres(pool: &Arc<crate::pg::Pool>) -> DbResult<Db> {
-        Ok(Db::Postgres(pool.get()?))
+        Ok(Db::Postgres(Box::new(pool.get()?)))
     }
 
     pub fn is_postgres(&self) -> bool {

@@ -252,6 +252,7 @@ impl Pool {
                 return Ok(Pooled {
                     pool: self.clone(),
                     client: Some(client),
+                    keep: true,
                 });
             }
             if state.open < self.size {
@@ -261,6 +262,7 @@ impl Pool {
                     Ok(client) => Ok(Pooled {
                         pool: self.clone(),
                         client: Some(client),
+                        keep: true,
                     }),
                     Err(e) => {
                         self.lock().open -= 1;
@@ -315,10 +317,20 @@ impl Drop for Pool {
     }
 }
 
-/// A client out of the pool; given back when dropped, unless its connection failed.
+/// A client out of the pool; given back when dropped, unless its connection failed
+/// or [`Pooled::discard`] was called.
 pub struct Pooled {
     pool: Arc<Pool>,
     client: Option<postgres::Client>,
+    keep: bool,
+}
+
+impl Pooled {
+    /// Closes this client when it is dropped instead of giving it back (its session
+    /// holds something it must not pass on: a lock it could not release).
+    pub fn discard(&mut self) {
+        self.keep = false;
+    }
 }
 
 impl std::ops::Deref for Pooled {
@@ -345,7 +357,10 @@ impl Drop for Pooled {
         };
         let mut state = self.pool.lock();
         let mut gone = Vec::new();
-        if client.is_closed() {
+        if !self.keep && !client.is_closed() {
+            state.open -= 1;
+            gone.push(client);
+        } else if client.is_closed() {
             state.open -= 1;
             // The server went away (a restart, a failover): the idle clients are most
             // likely dead too, and each would fail one caller before it is noticed.

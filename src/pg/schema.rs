@@ -27,6 +27,8 @@ pub mod lock {
     pub const PARTITIONS: i64 = 0x726c_6f67_0002;
     /// Appending to the audit chain.
     pub const AUDIT: i64 = 0x726c_6f67_0003;
+    /// One node's expiry run at a time (a session lock, held through the run).
+    pub const EXPIRY: i64 = 0x726c_6f67_0004;
     /// Building a closed partition's read-optimised indexes: this plus its `part`.
     pub const INDEX_BASE: i64 = 0x726c_6f68_0000_0000;
 }
@@ -402,7 +404,7 @@ pub fn partition_of_part(granularity: crate::config::Granularity, part: i32) -> 
 }
 
 /// The suffix of a partition's tables: `2026_12_05` or `2026_12`.
-fn table_suffix(p: PartitionId) -> String {
+pub fn table_suffix(p: PartitionId) -> String {
     p.to_string().replace('-', "_")
 }
 

@@ -221,6 +221,19 @@ pub fn run(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Plan, ExpiryError> {
+    // On PostgreSQL one node expires at a time; the others skip their run.
+    let _turn = match &cfg.backend {
+        crate::config::Backend::Sqlite => None,
+        crate::config::Backend::Postgres(pg) => {
+            match super::pgstore::expiry_turn(&crate::pg::Pool::shared(pg)?)? {
+                Some(turn) => Some(turn),
+                None => {
+                    tracing::info!("another node is running expiry; this run is skipped");
+                    return Ok(Plan::default());
+                }
+            }
+        }
+    };
     let mut ledger = Ledger::open_store(cfg)?;
     let plan = plan(cfg, keyring, &ledger.holds()?, now)?;
     execute(cfg, keyring, &mut ledger, &plan, actor, now, |_| {})?;
