@@ -193,27 +193,24 @@ pub fn record_row(r: &postgres::Row) -> (i64, Row) {
 
 /// An outcome event as stored, its id first (its leaf not computed).
 pub fn outcome_row(r: &postgres::Row) -> (i64, OutcomeRow) {
-    (r.get(0), outcome_row_at(r, 0))
-}
-
-/// The outcome event in the columns of [`OUTCOME_COLUMNS`] from `at` on (the id at
-/// `at`, the submission after it).
-fn outcome_row_at(r: &postgres::Row, at: usize) -> OutcomeRow {
-    OutcomeRow {
-        submission: r.get(at + 1),
-        at_us: r.get(at + 2),
-        outcome: r.get::<_, i16>(at + 3) as u8,
-        upstream_status: r.get::<_, Option<i32>>(at + 4).map(|v| v as u16),
-        gateway_code: r.get(at + 5),
-        message_id_sealed: r.get(at + 6),
-        enhanced_status: r.get(at + 7),
-        size_bytes: r.get::<_, Option<i64>>(at + 8).map(|v| v as u64),
-        ordinal: r.get::<_, Option<i32>>(at + 9).map(|v| v as u32),
-        receipt_state: r.get(at + 10),
-        receipt_error: r.get(at + 11),
-        receipt_done: r.get(at + 12),
-        leaf: [0; 32],
-    }
+    (
+        r.get(0),
+        OutcomeRow {
+            submission: r.get(1),
+            at_us: r.get(2),
+            outcome: r.get::<_, i16>(3) as u8,
+            upstream_status: r.get::<_, Option<i32>>(4).map(|v| v as u16),
+            gateway_code: r.get(5),
+            message_id_sealed: r.get(6),
+            enhanced_status: r.get(7),
+            size_bytes: r.get::<_, Option<i64>>(8).map(|v| v as u64),
+            ordinal: r.get::<_, Option<i32>>(9).map(|v| v as u32),
+            receipt_state: r.get(10),
+            receipt_error: r.get(11),
+            receipt_done: r.get(12),
+            leaf: [0; 32],
+        },
+    )
 }
 
 /// The last signed head of `node`'s tree of a partition.
@@ -251,6 +248,8 @@ const MAX_OPEN: usize = 4;
 pub struct PgSink {
     target: PgTarget,
     client: Option<postgres::Client>,
+    /// A second connection of its own, for the other half of a large batch.
+    helper: Option<postgres::Client>,
     open: HashMap<PartitionId, Open>,
     tick: u64,
 }
@@ -260,6 +259,7 @@ impl PgSink {
         PgSink {
             target,
             client: None,
+            helper: None,
             open: HashMap::new(),
             tick: 0,
         }
@@ -375,92 +375,89 @@ impl PgSink {
         // Taken out while the connection is borrowed; put back only after a commit.
         let mut open = self.open.remove(&partition).expect("opened just above");
         let mut tree = open.tree.clone();
+        let first = tree.last_record() + 1;
+        // A large batch's records go in over two connections at once, each half in
+        // a transaction of its own: the server's work per row (five B-trees) is most
+        // of a commit's cost, and one connection uses one core. The half on the
+        // helper commits first; the head over both halves goes into the main one. If
+        // the main one then fails, the helper's half is in the database unsigned and
+        // unanswered for (the clients get the error): the tree is loaded again.
+        let split = if records.len() >= PARALLEL_ROWS {
+            records.len() / 2
+        } else {
+            0
+        };
+        let (helped, own) = records.split_at(split);
         let result = (|| {
-            let client = self.client()?;
-            let mut tx = client.transaction().map_err(db)?;
-            let mut next = tree.last_record() + 1;
-            if !records.is_empty() {
-                let sink = tx.copy_in(&record_copy(partition)).map_err(db)?;
-                let mut w = BinaryCopyInWriter::new(sink, RECORD_TYPES);
-                for r in records {
-                    let (ordinal, segments) = (r.ordinal as i32, i32::from(r.segments));
-                    let (protocol, service, form) = (
-                        i16::from(r.protocol),
-                        i16::from(r.service),
-                        i16::from(r.recipient_form),
-                    );
-                    let values: [&(dyn ToSql + Sync); 16] = [
-                        &part,
-                        &node,
-                        &next,
-                        &r.submission,
-                        &ordinal,
-                        &r.at_us,
-                        &r.bucket,
-                        &protocol,
-                        &service,
-                        &form,
-                        &segments,
-                        &r.account_ix,
-                        &r.ip_ix,
-                        &r.originator_ix,
-                        &r.recipient_ix,
-                        &r.sealed,
-                    ];
-                    w.write(&values).map_err(db)?;
-                    tree.push_record(next, r.leaf);
-                    next += 1;
+            if self.helper.as_ref().is_none_or(postgres::Client::is_closed) && !helped.is_empty() {
+                self.helper = Some(self.target.pool.connect()?);
+            }
+            let main = match &mut self.client {
+                Some(c) if !c.is_closed() => c,
+                _ => {
+                    self.client = Some(self.target.pool.connect()?);
+                    self.client.as_mut().expect("connected just above")
                 }
-                w.finish().map_err(db)?;
-            }
-            let mut next = tree.last_outcome() + 1;
-            if !outcomes.is_empty() {
-                let sink = tx.copy_in(&outcome_copy(partition)).map_err(db)?;
-                let mut w = BinaryCopyInWriter::new(sink, OUTCOME_TYPES);
-                for o in outcomes {
-                    let outcome = i16::from(o.outcome);
-                    let status = o.upstream_status.map(i32::from);
-                    let size = o.size_bytes.map(|v| v as i64);
-                    let ordinal = o.ordinal.map(|v| v as i32);
-                    let values: [&(dyn ToSql + Sync); 15] = [
-                        &part,
-                        &node,
-                        &next,
-                        &o.submission,
-                        &o.at_us,
-                        &outcome,
-                        &status,
-                        &o.gateway_code,
-                        &o.message_id_sealed,
-                        &o.enhanced_status,
-                        &size,
-                        &ordinal,
-                        &o.receipt_state,
-                        &o.receipt_error,
-                        &o.receipt_done,
-                    ];
-                    w.write(&values).map_err(db)?;
-                    tree.push_outcome(next, o.leaf);
-                    next += 1;
+            };
+            let helper = self.helper.as_mut();
+            std::thread::scope(|scope| -> Result<(), WriteError> {
+                let side = (!helped.is_empty())
+                    .then_some(helper)
+                    .flatten()
+                    .map(|client| {
+                        scope.spawn(move || -> Result<(), WriteError> {
+                            let mut tx = client.transaction().map_err(db)?;
+                            copy_records(&mut tx, partition, part, node, first, helped)?;
+                            tx.commit().map_err(db)
+                        })
+                    });
+                let mut tx = main.transaction().map_err(db)?;
+                let own_first = first + helped.len() as i64;
+                let copied =
+                    copy_records(&mut tx, partition, part, node, own_first, own).and_then(|()| {
+                        copy_outcomes(
+                            &mut tx,
+                            partition,
+                            part,
+                            node,
+                            tree.last_outcome() + 1,
+                            outcomes,
+                        )
+                    });
+                // The helper's half is in (or failed) before this transaction goes on.
+                if let Some(side) = side {
+                    side.join().unwrap_or_else(|_| {
+                        Err(WriteError::Database {
+                            reason: "database_error",
+                            message: "the helper connection's thread panicked".into(),
+                        })
+                    })?;
                 }
-                w.finish().map_err(db)?;
-            }
-            if let Some(key) = signer
-                && tree.due()
-            {
-                sign(&mut tx, &mut tree, key, partition, part, node, &name, now)?;
-            }
-            tx.commit().map_err(db)
+                copied?;
+                for (k, r) in records.iter().enumerate() {
+                    tree.push_record(first + k as i64, r.leaf);
+                }
+                let first_outcome = tree.last_outcome() + 1;
+                for (k, o) in outcomes.iter().enumerate() {
+                    tree.push_outcome(first_outcome + k as i64, o.leaf);
+                }
+                if let Some(key) = signer
+                    && tree.due()
+                {
+                    sign(&mut tx, &mut tree, key, partition, part, node, &name, now)?;
+                }
+                tx.commit().map_err(db)
+            })
         })();
         if result.is_ok() {
             open.tree = tree;
             self.open.insert(partition, open);
-        } else if self
-            .client
-            .as_ref()
-            .is_some_and(postgres::Client::is_closed)
-        {
-            self.client = None;
+        } else {
+            for c in [&mut self.client, &mut self.helper] {
+                if c.as_ref().is_some_and(postgres::Client::is_closed) {
+                    *c = None;
+                }
+            }
         }
         result.map(|()| (records.len() as u64, outcomes.len() as u64))
     }
@@ -512,6 +509,98 @@ impl PgSink {
         }
         failed
     }
+}
+
+/// Records a batch splits between two connections from (see [`PgSink::write`]).
+const PARALLEL_ROWS: usize = 2048;
+
+/// COPYs `records` into `partition`'s table with the ids from `first` on.
+fn copy_records(
+    tx: &mut postgres::Transaction<'_>,
+    partition: PartitionId,
+    part: i32,
+    node: i16,
+    first: i64,
+    records: &[&Row],
+) -> Result<(), WriteError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let sink = tx.copy_in(&record_copy(partition)).map_err(db)?;
+    let mut w = BinaryCopyInWriter::new(sink, RECORD_TYPES);
+    for (k, r) in records.iter().enumerate() {
+        let id = first + k as i64;
+        let (ordinal, segments) = (r.ordinal as i32, i32::from(r.segments));
+        let (protocol, service, form) = (
+            i16::from(r.protocol),
+            i16::from(r.service),
+            i16::from(r.recipient_form),
+        );
+        let values: [&(dyn ToSql + Sync); 16] = [
+            &part,
+            &node,
+            &id,
+            &r.submission,
+            &ordinal,
+            &r.at_us,
+            &r.bucket,
+            &protocol,
+            &service,
+            &form,
+            &segments,
+            &r.account_ix,
+            &r.ip_ix,
+            &r.originator_ix,
+            &r.recipient_ix,
+            &r.sealed,
+        ];
+        w.write(&values).map_err(db)?;
+    }
+    w.finish().map_err(db)?;
+    Ok(())
+}
+
+/// COPYs `outcomes` into `partition`'s table with the ids from `first` on.
+fn copy_outcomes(
+    tx: &mut postgres::Transaction<'_>,
+    partition: PartitionId,
+    part: i32,
+    node: i16,
+    first: i64,
+    outcomes: &[&OutcomeRow],
+) -> Result<(), WriteError> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let sink = tx.copy_in(&outcome_copy(partition)).map_err(db)?;
+    let mut w = BinaryCopyInWriter::new(sink, OUTCOME_TYPES);
+    for (k, o) in outcomes.iter().enumerate() {
+        let id = first + k as i64;
+        let outcome = i16::from(o.outcome);
+        let status = o.upstream_status.map(i32::from);
+        let size = o.size_bytes.map(|v| v as i64);
+        let ordinal = o.ordinal.map(|v| v as i32);
+        let values: [&(dyn ToSql + Sync); 15] = [
+            &part,
+            &node,
+            &id,
+            &o.submission,
+            &o.at_us,
+            &outcome,
+            &status,
+            &o.gateway_code,
+            &o.message_id_sealed,
+            &o.enhanced_status,
+            &size,
+            &ordinal,
+            &o.receipt_state,
+            &o.receipt_error,
+            &o.receipt_done,
+        ];
+        w.write(&values).map_err(db)?;
+    }
+    w.finish().map_err(db)?;
+    Ok(())
 }
 
 /// Appends the signed head over `tree`'s waiting leaves in `tx` and moves the tree on.
@@ -785,51 +874,31 @@ pub fn verify_store(
     Ok(out)
 }
 
-/// The statement a lookup runs on a partition being written: by (bucket, tag), one
-/// seek per time bucket of the window (parameters: part, buckets, tag, since, until).
-/// Closed partitions are read a group at a time (see [`group_sql`]).
-pub fn lookup_sql(kind: super::keys::IndexKind) -> String {
+/// The statement a lookup runs on each partition of its window: by (bucket, tag) in
+/// a partition being written, one seek per time bucket of the window (parameters:
+/// part, buckets, tag, since, until); by tag alone in a closed one whose read-optimised
+/// indexes are built, one seek (part, tag, since, until).
+pub fn lookup_sql(kind: super::keys::IndexKind, by_tag: bool) -> String {
     const COLUMNS: &str =
         "node, id, submission, ordinal, at_us, protocol, service, segments, sealed";
     let column = kind.tag_column();
-    format!(
-        "SELECT {COLUMNS} FROM relaylog.record WHERE part = $1 AND bucket = ANY($2) AND {column} = $3 \
-         AND at_us >= $4 AND at_us < $5 ORDER BY at_us, node, id"
-    )
+    if by_tag {
+        format!(
+            "SELECT {COLUMNS} FROM relaylog.record WHERE part = $1 AND {column} = $2 \
+             AND at_us >= $3 AND at_us < $4 ORDER BY at_us, node, id"
+        )
+    } else {
+        format!(
+            "SELECT {COLUMNS} FROM relaylog.record WHERE part = $1 AND bucket = ANY($2) AND {column} = $3 \
+             AND at_us >= $4 AND at_us < $5 ORDER BY at_us, node, id"
+        )
+    }
 }
 
-/// The statement a lookup runs over a group of closed partitions at once: each
-/// partition's tag (they differ: each has its own index key) joined to its rows
-/// through its read-optimised index (parameters: parts, tags, since, until). `part =
-/// ANY` lets the planner drop every other partition before it starts.
-pub fn group_sql(kind: super::keys::IndexKind) -> String {
-    let column = kind.tag_column();
-    format!(
-        "SELECT r.node, r.id, r.submission, r.ordinal, r.at_us, r.protocol, r.service, r.segments, r.sealed, r.part \
-         FROM unnest($1::integer[], $2::bigint[]) AS w(part, tag) \
-         JOIN relaylog.record r ON r.part = w.part AND r.{column} = w.tag \
-         WHERE r.part = ANY($1) AND r.at_us >= $3 AND r.at_us < $4 \
-         ORDER BY r.part, r.at_us, r.node, r.id"
-    )
-}
-
-/// The outcome events of a group's matches, in one statement (parameters: parts,
-/// nodes, submissions).
-const GROUP_EVENTS: &str = "SELECT o.part, o.node, o.id, o.submission, o.at_us, o.outcome, \
-     o.upstream_status, o.gateway_code, o.message_id_sealed, o.enhanced_status, o.size_bytes, \
-     o.ordinal, o.receipt_state, o.receipt_error, o.receipt_done \
-     FROM unnest($1::integer[], $2::smallint[], $3::bigint[]) AS w(part, node, submission) \
-     JOIN relaylog.outcome o ON o.part = w.part AND o.node = w.node AND o.submission = w.submission \
-     ORDER BY o.part, o.node, o.id";
-
-/// Closed partitions a lookup reads in one statement: a month of days.
-const GROUP_PARTITIONS: usize = 31;
-
-/// [`super::query::run`] on PostgreSQL: the partitions in the window that have keys,
-/// oldest first; the closed ones a group at a time in one statement through their
-/// read-optimised indexes, one being written through its (bucket, tag) index, one
-/// seek per time bucket of the window. Each hit is opened and compared (a truncated
-/// index collides); the events of a group's matches come in one more statement.
+/// [`super::query::run`] on PostgreSQL: each partition in the window that has keys,
+/// oldest first; in each, the records whose blind index is the value's under that
+/// partition's key, in the window's time buckets (the index leads with them), opened
+/// and compared (a truncated index collides), with their events.
 pub fn run(
     pool: &Arc<Pool>,
     granularity: Granularity,
@@ -838,72 +907,64 @@ pub fn run(
     mut emit: impl FnMut(super::query::Found),
 ) -> Result<super::query::QueryStats, super::query::QueryError> {
     use super::query::{Hit, QueryError, QueryStats, read_events};
-    let mut client = pool.get()?;
-    let mut stats = QueryStats::default();
-    // The window's partitions with their keys and the value's tag under them.
-    let mut window = Vec::new();
-    for (p, indexed) in schema::partitions_indexed(&mut *client, granularity)? {
-        if p.start_micros() >= criteria.until || p.end_micros() <= criteria.since {
-            continue;
-        }
-        match keyring.keys(p) {
-            Ok(keys) => {
-                let tag = keys.blind_index(criteria.kind, &criteria.value);
-                window.push((p, indexed, keys, tag));
-            }
-            Err(super::keys::KeyError::Shredded { .. }) => stats.partitions_shredded.push(p),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    stats.partitions_searched = window.len();
-    let by_bucket = client
-        .prepare(&lookup_sql(criteria.kind))
-        .map_err(PgError::from)?;
-    let by_group = client
-        .prepare(&group_sql(criteria.kind))
-        .map_err(PgError::from)?;
-    let events = client.prepare(GROUP_EVENTS).map_err(PgError::from)?;
-    let (since, until) = (criteria.since, criteria.until);
-    let mut rest = &window[..];
-    while let Some((first, ..)) = rest.first() {
-        let n = rest
-            .iter()
-            .take(GROUP_PARTITIONS)
-            .take_while(|(_, indexed, ..)| *indexed)
-            .count()
-            .max(1);
-        let (group, after) = rest.split_at(n);
-        rest = after;
-        let failed = |e: postgres::Error| QueryError::Partition {
-            partition: *first,
+    let failed = |p: PartitionId| {
+        move |e: postgres::Error| QueryError::Partition {
+            partition: p,
             message: PgError::from(e).to_string(),
-        };
-        let rows = match group {
-            [(p, false, keys, tag)] => {
-                let (s, u) = (since.max(p.start_micros()), until.min(p.end_micros()));
-                let buckets: Vec<i64> = (keys.bucket(s)..=keys.bucket(u - 1)).collect();
-                client.query(&by_bucket, &[&schema::part(*p), &buckets, tag, &s, &u])
-            }
-            _ => {
-                let parts: Vec<i32> = group.iter().map(|(p, ..)| schema::part(*p)).collect();
-                let tags: Vec<i64> = group.iter().map(|(.., tag)| *tag).collect();
-                client.query(&by_group, &[&parts, &tags, &since, &until])
-            }
         }
-        .map_err(failed)?;
-        // Opened and compared; the matches' events then come in one statement.
-        let mut matches = Vec::new();
-        for r in &rows {
-            // The by-bucket statement names no part: its one partition's.
-            let part: i32 = if r.len() > 9 {
-                r.get(9)
-            } else {
-                schema::part(group[0].0)
-            };
-            let Some((p, _, keys, _)) = group.iter().find(|(p, ..)| schema::part(*p) == part)
-            else {
+    };
+    let mut pooled = pool.get()?;
+    // Read-only, and each statement planned for its values: a generic plan of a
+    // statement on the partitioned table locks every partition (and its indexes) at
+    // each run, which over 13 months of days cost more than the seeks themselves.
+    let mut client = pooled
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .map_err(PgError::from)?;
+    client
+        .batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        .map_err(PgError::from)?;
+    let partitions: Vec<(PartitionId, bool)> =
+        schema::partitions_indexed(&mut client, granularity)?
+            .into_iter()
+            .filter(|(p, _)| p.start_micros() < criteria.until && p.end_micros() > criteria.since)
+            .collect();
+    let by_bucket = client
+        .prepare(&lookup_sql(criteria.kind, false))
+        .map_err(PgError::from)?;
+    let by_tag = client
+        .prepare(&lookup_sql(criteria.kind, true))
+        .map_err(PgError::from)?;
+    let events = client
+        .prepare(&format!(
+            "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome \
+             WHERE part = $1 AND node = $2 AND submission = $3 ORDER BY id"
+        ))
+        .map_err(PgError::from)?;
+    let mut stats = QueryStats::default();
+    for (p, indexed) in partitions {
+        let keys = match keyring.keys(p) {
+            Ok(k) => k,
+            Err(super::keys::KeyError::Shredded { .. }) => {
+                stats.partitions_shredded.push(p);
                 continue;
-            };
+            }
+            Err(e) => return Err(e.into()),
+        };
+        stats.partitions_searched += 1;
+        let part = schema::part(p);
+        let since = criteria.since.max(p.start_micros());
+        let until = criteria.until.min(p.end_micros());
+        let tag = keys.blind_index(criteria.kind, &criteria.value);
+        let rows = if indexed {
+            client.query(&by_tag, &[&part, &tag, &since, &until])
+        } else {
+            let buckets: Vec<i64> = (keys.bucket(since)..=keys.bucket(until - 1)).collect();
+            client.query(&by_bucket, &[&part, &buckets, &tag, &since, &until])
+        }
+        .map_err(failed(p))?;
+        for r in rows {
             let hit = Hit {
                 node: r.get(0),
                 record_id: r.get(1),
@@ -915,42 +976,27 @@ pub fn run(
                 segments: r.get::<_, i32>(7) as u16,
                 sealed: r.get(8),
             };
-            if let Some(fields) = hit.open_if_match(*p, keys, criteria, &mut stats)? {
-                matches.push((*p, keys, part, hit, fields));
-            }
-        }
-        if matches.is_empty() {
-            continue;
-        }
-        let parts: Vec<i32> = matches.iter().map(|m| m.2).collect();
-        let nodes: Vec<i16> = matches.iter().map(|m| m.3.node).collect();
-        let subs: Vec<i64> = matches.iter().map(|m| m.3.submission.0).collect();
-        let mut by_submission: HashMap<(i32, i16, i64), Vec<OutcomeRow>> = HashMap::new();
-        for r in client
-            .query(&events, &[&parts, &nodes, &subs])
-            .map_err(failed)?
-        {
-            // part, node, then the event as OUTCOME_COLUMNS lays it out.
-            let key = (r.get(0), r.get(1), r.get(3));
-            let row = outcome_row_at(&r, 2);
-            by_submission.entry(key).or_default().push(row);
-        }
-        for (p, keys, part, hit, fields) in matches {
-            let evs = by_submission
-                .get(&(part, hit.node, hit.submission.0))
-                .cloned()
-                .unwrap_or_default();
-            let (outcome, receipt) =
-                read_events(evs, keys, hit.submission, hit.ordinal).map_err(|what| {
-                    QueryError::Partition {
-                        partition: p,
-                        message: format!("record {}: {what}", hit.record_id),
-                    }
-                })?;
+            let Some(fields) = hit.open_if_match(p, &keys, criteria, &mut stats)? else {
+                continue;
+            };
+            let evs = client
+                .query(&events, &[&part, &hit.node, &hit.submission.0])
+                .map_err(failed(p))?;
+            let (outcome, receipt) = read_events(
+                evs.iter().map(|r| outcome_row(r).1),
+                &keys,
+                hit.submission,
+                hit.ordinal,
+            )
+            .map_err(|what| QueryError::Partition {
+                partition: p,
+                message: format!("record {}: {what}", hit.record_id),
+            })?;
             stats.matches += 1;
             emit(hit.found(p, fields, outcome, receipt)?);
         }
     }
+    client.commit().map_err(PgError::from)?;
     Ok(stats)
 }
 
