@@ -207,6 +207,22 @@ fn two_nodes_share_one_ledger_and_expiry_drops_whole_partitions() {
     .unwrap();
     let out = common::cli_ok(&config_b, &["init"]);
     assert!(out.contains("node `b` registered (id 2)"), "{out}");
+    // A node whose store settings differ (here a shorter retention, which would
+    // expire everyone's records) is turned away too.
+    let c = tempfile::tempdir().unwrap();
+    let store = pg.store_lines(c.path(), "shared", "c") + "retention = \"400 days\"\n";
+    let config_c = common::write_config(
+        c.path(),
+        &(common::config_text(c.path(), "kannel", None, "", &store) + common::SINGLE_OPERATOR),
+    );
+    std::fs::create_dir_all(c.path().join("keys")).unwrap();
+    std::fs::copy(
+        a.path().join("keys/master.key"),
+        c.path().join("keys/master.key"),
+    )
+    .unwrap();
+    let (ok, out) = common::cli(&config_c, &["init"]);
+    assert!(!ok && out.contains("store settings"), "{out}");
 
     let out = common::cli_ok(
         &config_a,

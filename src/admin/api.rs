@@ -494,9 +494,14 @@ impl FromRequestParts<Arc<Api>> for Authed {
                 None => Err(SessionError::Missing),
                 Some(t) => api.sessions.get(t, now),
             };
-            if let Err(e @ SessionError::Store(_)) = &session {
+            if let Err(SessionError::Store(e)) = &session {
                 // Not the caller's fault, nor a refusal to count: the database is away.
-                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()));
+                // Its words go to the log, not to a caller without a session.
+                tracing::error!(error = %e, "sessions cannot be read");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "sessions cannot be read now; try again in a moment",
+                ));
             }
             let mut ledger = api.ledger()?;
             let (actor, reason, message) = match session {

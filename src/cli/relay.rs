@@ -347,6 +347,7 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
     if let crate::config::Backend::Postgres(pg) = &config.store.backend {
         // Reached, at this version, with this node registered under this key.
         crate::store::pgstore::target(&config.store, pg, &signer)?;
+        refuse_bench_database(pg)?;
     }
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
@@ -368,9 +369,23 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// A database a benchmark filled holds made-up records: never served from.
+fn refuse_bench_database(pg: &crate::config::PgConfig) -> Result<()> {
+    let pool = crate::pg::Pool::shared(pg)?;
+    if crate::pg::schema::is_bench(&mut *pool.get()?)? {
+        bail!(
+            "the database of store.url was filled by `relaylog bench`: its records are made up; serve from a database of its own"
+        );
+    }
+    Ok(())
+}
+
 /// Serves until SIGTERM or SIGINT; each SIGHUP reloads the certificates and the
 /// listener limits from `path` (see [`crate::reload`]).
 pub(super) fn serve(config: Config, path: &std::path::Path) -> Result<()> {
+    if let crate::config::Backend::Postgres(pg) = &config.store.backend {
+        refuse_bench_database(pg)?;
+    }
     super::report_huge_pages();
     runtime(Some(config.serve.workers))?.block_on(async move {
         let stop = StopSignals::watch()?;

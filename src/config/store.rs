@@ -261,10 +261,7 @@ impl RawStore {
                 if parsed.get_user().is_none() || parsed.get_hosts().is_empty() {
                     return Err(invalid("store.url", "must name the user and the host"));
                 }
-                let local = parsed
-                    .get_hosts()
-                    .iter()
-                    .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+                let local = crate::pg::is_local(&parsed);
                 if parsed.get_ssl_mode() == postgres::config::SslMode::Disable && !local {
                     return Err(invalid(
                         "store.url",
@@ -283,8 +280,9 @@ impl RawStore {
                         format!("`{node}`: 1 to 63 of a-z, 0-9 and -, not starting with -"),
                     ));
                 }
-                if !(1..=256).contains(&self.pool_size) {
-                    return Err(invalid("store.pool-size", "must be between 1 and 256"));
+                // An expiry run holds three at once (its turn, the ledger, one more).
+                if !(4..=256).contains(&self.pool_size) {
+                    return Err(invalid("store.pool-size", "must be between 4 and 256"));
                 }
                 let connect_timeout =
                     parse_duration("store.connect-timeout", &self.connect_timeout)?;

@@ -109,7 +109,14 @@ impl From<crate::pg::PgError> for DbError {
 pub type DbResult<T> = Result<T, DbError>;
 
 fn mismatch(i: usize, want: &str, got: &Cell) -> DbError {
-    DbError(format!("column {i}: expected {want}, found {got:?}"))
+    // The kind only, never the value (a password hash, a sealed secret).
+    let found = match got {
+        Cell::Null => "null",
+        Cell::Int(_) => "an integer",
+        Cell::Text(_) => "text",
+        Cell::Blob(_) => "bytes",
+    };
+    DbError(format!("column {i}: expected {want}, found {found}"))
 }
 
 impl Row {
@@ -292,8 +299,12 @@ impl std::ops::DerefMut for Tx<'_> {
 
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self.db.batch("ROLLBACK");
+        if !self.done && self.db.batch("ROLLBACK").is_err() {
+            // Still in the transaction, and holding the ledger's lock: never given
+            // back to the pool like that.
+            if let Db::Postgres(c) = self.db {
+                c.discard();
+            }
         }
     }
 }
@@ -367,12 +378,21 @@ fn pg_refs<'a>(values: &'a [Value<'a>]) -> Vec<PgParam<'a>> {
     values.iter().map(PgParam).collect()
 }
 
-/// `?1` → `$1`: the ledger's SQL holds no `?` but its parameters.
+/// `?1` → `$1`: a `?` followed by a digit is a parameter; any other is left alone.
 fn pg_sql(sql: &str) -> Cow<'_, str> {
     if !sql.contains('?') {
         return Cow::Borrowed(sql);
     }
-    Cow::Owned(sql.replace('?', "$"))
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn pg_row(r: &postgres::Row) -> DbResult<Row> {
@@ -415,6 +435,10 @@ mod tests {
             "SELECT a FROM t WHERE b = $1 AND c = $2"
         );
         assert!(matches!(pg_sql("SELECT 1"), Cow::Borrowed(_)));
+        assert_eq!(
+            pg_sql("SELECT '?' WHERE a = ?12"),
+            "SELECT '?' WHERE a = $12"
+        );
     }
 
     #[test]

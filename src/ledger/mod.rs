@@ -1,6 +1,7 @@
-//! The ledger: legal holds and the audit log, in one SQLite file kept outside the store
-//! directory (`store.ledger`), so that what protects a partition and what records who
-//! touched it never expire with it.
+//! The ledger: legal holds, officers, cases and the audit log, in one SQLite file kept
+//! outside the store directory (`store.ledger`), or in the PostgreSQL store's tables
+//! (see [`db`]), so that what protects a partition and what records who touched it
+//! never expire with it.
 //!
 //! The audit log is append-only and hash-chained:
 //!

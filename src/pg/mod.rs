@@ -27,7 +27,7 @@ pub enum PgError {
     NoPassword,
     #[error("store.ca-file: {0}")]
     Tls(String),
-    #[error("cannot connect to PostgreSQL: {0}")]
+    #[error("cannot connect: {0}")]
     Connect(String),
     #[error("PostgreSQL: {message}")]
     Sql {
@@ -63,12 +63,16 @@ impl PgError {
             PgError::Tls(_) => "database_tls",
             PgError::Connect(_) => "database_unreachable",
             PgError::Sql { code, .. } => match code.as_deref() {
+                // A statement or a lock wait cut short (statement_timeout, lock_timeout).
+                Some("57014") | Some("55P03") => "database_timeout",
                 // Connection and operator-intervention classes: the server went away.
                 Some(c) if c.starts_with("08") || c.starts_with("57") => "database_unreachable",
                 Some(c) if c.starts_with("53") => "database_full",
-                Some("57014") => "database_timeout",
                 Some("40001") | Some("40P01") => "database_conflict",
                 Some("42501") => "database_permission",
+                Some(c) if c.starts_with("28") => "database_password",
+                // No code: the client's own failure, a connection closed or broken.
+                None => "database_unreachable",
                 _ => "database_error",
             },
             PgError::PoolTimeout(_) => "database_busy",
@@ -120,6 +124,36 @@ fn session_options(node: &str) -> String {
          -c idle_in_transaction_session_timeout=60000 -c search_path=relaylog \
          -c application_name=relaylog/{node}"
     )
+}
+
+/// Whether a connection stays on this machine: every host a Unix socket and no
+/// `hostaddr` (which the client would reach over TCP whatever `host` says).
+pub fn is_local(config: &postgres::Config) -> bool {
+    config.get_hostaddrs().is_empty()
+        && !config.get_hosts().is_empty()
+        && config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, postgres::config::Host::Unix(_)))
+}
+
+/// Runs `f` without the session's statement and lock timeouts (maintenance that may
+/// rightly take long: an index built, a detach waiting for old snapshots, the key
+/// table rewritten), then puts them back; a client whose timeouts cannot be put back
+/// is closed rather than pooled.
+pub fn unbounded<T>(
+    client: &mut Pooled,
+    f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+) -> Result<T, postgres::Error> {
+    client.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")?;
+    let result = f(client);
+    if client
+        .batch_execute("RESET statement_timeout; RESET lock_timeout")
+        .is_err()
+    {
+        client.discard();
+    }
+    result
 }
 
 /// How long [`Pool::get`] waits for a client when all are in use.
@@ -180,10 +214,7 @@ impl Pool {
         // Whatever the URL says (`disable` is refused by the config): TLS, checked,
         // to any host on the network. A Unix socket (a host that is a directory) is
         // this machine's own and takes no TLS: nothing travels.
-        let local = config
-            .get_hosts()
-            .iter()
-            .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+        let local = is_local(&config);
         config.ssl_mode(if local {
             postgres::config::SslMode::Disable
         } else {
@@ -266,7 +297,7 @@ impl Pool {
                     }),
                     Err(e) => {
                         self.lock().open -= 1;
-                        self.freed.notify_one();
+                        self.freed.notify_all();
                         Err(e)
                     }
                 };
@@ -281,16 +312,6 @@ impl Pool {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-    }
-
-    /// Closes the idle clients (the server then forgets their sessions): after a
-    /// failure, so that the next use connects afresh.
-    pub fn clear_idle(&self) {
-        let mut state = self.lock();
-        let idle = std::mem::take(&mut state.idle);
-        state.open -= idle.len();
-        drop(state);
-        discard(idle);
     }
 }
 
@@ -371,7 +392,8 @@ impl Drop for Pooled {
             state.idle.push(client);
         }
         drop(state);
-        self.pool.freed.notify_one();
+        // Dropping the idle ones freed several places: every waiter may go on.
+        self.pool.freed.notify_all();
         discard(gone);
     }
 }

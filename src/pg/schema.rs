@@ -49,6 +49,8 @@ CREATE TABLE relaylog_keys.partition_key (
 CREATE TABLE relaylog.installation (
     one          integer PRIMARY KEY CHECK (one = 1),
     master_check text NOT NULL,
+    -- The store settings every node must share (see `claim_installation`).
+    settings     text NOT NULL,
     created_us   bigint NOT NULL,
     -- Made by a benchmark: its records are made up (see `relaylog bench`).
     bench        boolean NOT NULL DEFAULT false
@@ -240,6 +242,8 @@ pub fn version(client: &mut impl GenericClient) -> Result<i32, PgError> {
 /// transaction under [`lock::MIGRATE`].
 pub fn migrate(client: &mut postgres::Client, now_us: i64) -> Result<Applied, PgError> {
     let mut tx = client.transaction()?;
+    // A migration may wait for a lock, or build indexes on large tables: no limit.
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::MIGRATE])?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS relaylog;
@@ -288,34 +292,52 @@ pub fn check(client: &mut impl GenericClient) -> Result<(), PgError> {
 pub fn claim_installation(
     client: &mut impl GenericClient,
     master_check: &str,
+    settings: &str,
     now_us: i64,
 ) -> Result<(), PgError> {
     client.execute(
-        "INSERT INTO relaylog.installation (one, master_check, created_us) VALUES (1, $1, $2) \
+        "INSERT INTO relaylog.installation (one, master_check, settings, created_us) VALUES (1, $1, $2, $3) \
          ON CONFLICT (one) DO NOTHING",
-        &[&master_check, &now_us],
+        &[&master_check, &settings, &now_us],
     )?;
-    check_installation(client, master_check)
+    check_installation(client, master_check, settings)
 }
 
-/// Fails unless `master_check` is the installation's.
+/// Fails unless `master_check` is the installation's and `settings` (partition
+/// granularity, retention, blind-index shape: see `pgstore::shared_settings`) are the
+/// ones the first node recorded: a node that made month partitions among days, or
+/// expired at a shorter retention, would break or delete the others' records.
 pub fn check_installation(
     client: &mut impl GenericClient,
     master_check: &str,
+    settings: &str,
 ) -> Result<(), PgError> {
-    let stored: Option<String> = client
-        .query_opt("SELECT master_check FROM relaylog.installation", &[])?
-        .map(|r| r.get(0));
+    let stored: Option<(String, String)> = client
+        .query_opt(
+            "SELECT master_check, settings FROM relaylog.installation",
+            &[],
+        )?
+        .map(|r| (r.get(0), r.get(1)));
     match stored {
-        Some(s) if s == master_check => Ok(()),
-        Some(_) => Err(PgError::Other(
+        Some((m, _)) if m != master_check => Err(PgError::Other(
             "this node's master key is not the one the database's other nodes use: copy the first node's master key here (store.master-key)".into(),
         )),
+        Some((_, s)) if s != settings => Err(PgError::Other(format!(
+            "this node's store settings ({settings}) are not the other nodes' ({s}): store.partition, store.retention, store.index-bytes and store.index-bucket must be the same on every node"
+        ))),
+        Some(_) => Ok(()),
         None => Err(PgError::Schema {
             found: 0,
             wanted: VERSION,
         }),
     }
+}
+
+/// Whether a benchmark filled this database (its records are made up).
+pub fn is_bench(client: &mut impl GenericClient) -> Result<bool, PgError> {
+    Ok(client
+        .query_opt("SELECT bench FROM relaylog.installation", &[])?
+        .is_some_and(|r| r.get(0)))
 }
 
 /// Marks the database as a benchmark's if it holds no partition yet; whether it is
@@ -463,7 +485,7 @@ pub fn partitions_indexed(
 /// Built `CONCURRENTLY` (late rows still go in meanwhile) by whichever node gets the
 /// partition's advisory lock; `false` when another node holds it. Safe to run again.
 pub fn index_closed(
-    client: &mut postgres::Client,
+    client: &mut super::Pooled,
     p: PartitionId,
     now_us: i64,
 ) -> Result<bool, PgError> {
@@ -493,12 +515,14 @@ pub fn index_closed(
                     &[&name],
                 )?
                 .is_some_and(|r| r.get(0));
-            if invalid {
-                client.batch_execute(&format!("DROP INDEX CONCURRENTLY relaylog.{name}"))?;
-            }
-            client.batch_execute(&format!(
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON relaylog.record_{suffix} ({column}){filter}"
-            ))?;
+            super::unbounded(client, |c| {
+                if invalid {
+                    c.batch_execute(&format!("DROP INDEX CONCURRENTLY relaylog.{name}"))?;
+                }
+                c.batch_execute(&format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON relaylog.record_{suffix} ({column}){filter}"
+                ))
+            })?;
         }
         client.execute(
             "UPDATE relaylog.partition SET indexed_us = $2 WHERE name = $1",
@@ -506,7 +530,13 @@ pub fn index_closed(
         )?;
         Ok(())
     })();
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&key]);
+    if client
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .is_err()
+    {
+        // Its session would keep the partition from every node's indexing.
+        client.discard();
+    }
     result.map(|()| true)
 }
 

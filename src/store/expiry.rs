@@ -176,9 +176,29 @@ pub fn execute(
     now: DateTime<Utc>,
     mut progress: impl FnMut(PartitionId),
 ) -> Result<(), ExpiryError> {
+    // On PostgreSQL one node expires at a time (serve's runs, `relaylog expire`); the
+    // others skip theirs.
+    let _turn = match &cfg.backend {
+        crate::config::Backend::Sqlite => None,
+        crate::config::Backend::Postgres(pg) => {
+            match super::pgstore::expiry_turn(&crate::pg::Pool::shared(pg)?)? {
+                Some(turn) => Some(turn),
+                None => {
+                    tracing::info!("another node is running expiry; this run is skipped");
+                    return Ok(());
+                }
+            }
+        }
+    };
     let mut done = Vec::new();
     let mut failure = None;
     for &(p, records) in &plan.expire {
+        // A hold placed since the plan was made (on another node, or while an earlier
+        // partition took its time) keeps the partition: read again before each.
+        if ledger.holds()?.iter().any(|h| h.covers(p)) {
+            tracing::info!(partition = %p, "held since expiry was planned: kept");
+            continue;
+        }
         match remove(cfg, keyring, p) {
             Ok(()) => {
                 tracing::info!(partition = %p, records, "expired: partition removed, keys shredded");
@@ -221,19 +241,6 @@ pub fn run(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<Plan, ExpiryError> {
-    // On PostgreSQL one node expires at a time; the others skip their run.
-    let _turn = match &cfg.backend {
-        crate::config::Backend::Sqlite => None,
-        crate::config::Backend::Postgres(pg) => {
-            match super::pgstore::expiry_turn(&crate::pg::Pool::shared(pg)?)? {
-                Some(turn) => Some(turn),
-                None => {
-                    tracing::info!("another node is running expiry; this run is skipped");
-                    return Ok(Plan::default());
-                }
-            }
-        }
-    };
     let mut ledger = Ledger::open_store(cfg)?;
     let plan = plan(cfg, keyring, &ledger.holds()?, now)?;
     execute(cfg, keyring, &mut ledger, &plan, actor, now, |_| {})?;

@@ -534,9 +534,10 @@ impl Keyring {
         }
     }
 
-    /// [`Keyring::has_keys`], an error read as "yes" (for tests and checks).
+    /// [`Keyring::has_keys`], an error read as "no" (as a file that cannot be looked
+    /// at was: `verify` then reports the keys missing).
     pub fn exists(&self, partition: PartitionId) -> bool {
-        self.has_keys(partition).unwrap_or(true)
+        self.has_keys(partition).unwrap_or(false)
     }
 
     /// The wrapped keys of `partition`, if it has any.
@@ -702,7 +703,10 @@ impl Keyring {
         // leaves a year of keys behind it for that long, not longer.
         // Keys whose file a shred removed since they were read are not kept (see
         // `shred`): checked under the lock that `shred` takes after the removal.
-        if !self.has_keys(keys.partition).unwrap_or(false) {
+        // (A file's presence only: on PostgreSQL no query under this lock, which the
+        // runtime's threads take; a shred elsewhere reaches this cache within `ttl`.)
+        if matches!(self.vault, Vault::Files(_)) && !self.has_keys(keys.partition).unwrap_or(false)
+        {
             return keys;
         }
         let ttl = self.ttl;
@@ -790,17 +794,19 @@ impl Keyring {
 /// README tells the operator how to bound.
 fn shred_row(pool: &Arc<crate::pg::Pool>, partition: PartitionId) -> Result<(), KeyError> {
     let mut client = pool.get()?;
-    let deleted = client
+    client
         .execute(
             "DELETE FROM relaylog_keys.partition_key WHERE partition = $1",
             &[&partition.to_string()],
         )
         .map_err(crate::pg::PgError::from)?;
-    if deleted > 0 {
-        client
-            .batch_execute("VACUUM FULL relaylog_keys.partition_key")
-            .map_err(crate::pg::PgError::from)?;
-    }
+    // Every time, not only when a row went: a run that deleted it and failed here
+    // is finished by the next. (A transaction older than the delete still sees the
+    // row, and VACUUM FULL keeps it for that one: see the README.)
+    crate::pg::unbounded(&mut client, |c| {
+        c.batch_execute("VACUUM FULL relaylog_keys.partition_key")
+    })
+    .map_err(crate::pg::PgError::from)?;
     Ok(())
 }
 

@@ -28,6 +28,23 @@ pub fn master_check(master: &super::keys::MasterKey) -> String {
     master.audit_tag("installation", "relaylog master key check v1")
 }
 
+/// The store settings every node must share, as `relaylog.installation` keeps them.
+pub fn shared_settings(cfg: &crate::config::StoreConfig) -> String {
+    let retention = match cfg.retention {
+        Retention::Months(n) => format!("{n} months"),
+        Retention::Days(n) => format!("{n} days"),
+    };
+    let partition = match cfg.partition {
+        Granularity::Day => "day",
+        Granularity::Month => "month",
+    };
+    format!(
+        "partition {partition}, retention {retention}, index {} bytes, bucket {} s",
+        cfg.index_bytes,
+        cfg.index_bucket_us / 1_000_000
+    )
+}
+
 /// This node in the PostgreSQL store, checked: the database at this relaylog's schema
 /// version, the installation's master key, and the node registered there with this
 /// installation's signing key. What `serve` and `check-config` start with.
@@ -42,7 +59,7 @@ pub fn target(
     let node = {
         let mut client = pool.get()?;
         schema::check(&mut *client)?;
-        schema::check_installation(&mut *client, &master_check(&master))?;
+        schema::check_installation(&mut *client, &master_check(&master), &shared_settings(cfg))?;
         schema::node_id(&mut *client, &pg.node, signer.public_key().as_ref())?
             .ok_or_else(|| PgError::UnknownNode(pg.node.clone()))?
     };
@@ -76,7 +93,12 @@ pub fn init(
     let pool = Arc::new(Pool::new(pg)?);
     let mut client = pool.get()?;
     let applied = schema::migrate(&mut client, now_us)?;
-    schema::claim_installation(&mut *client, &master_check(&master), now_us)?;
+    schema::claim_installation(
+        &mut *client,
+        &master_check(&master),
+        &shared_settings(cfg),
+        now_us,
+    )?;
     let node = schema::register_node(&mut client, &pg.node, signer.public_key().as_ref(), now_us)?;
     Ok(Initialised { applied, node })
 }
@@ -378,20 +400,30 @@ impl PgSink {
         let first = tree.last_record() + 1;
         // A large batch's records go in over two connections at once, each half in
         // a transaction of its own: the server's work per row (five B-trees) is most
-        // of a commit's cost, and one connection uses one core. The half on the
-        // helper commits first; the head over both halves goes into the main one. If
-        // the main one then fails, the helper's half is in the database unsigned and
-        // unanswered for (the clients get the error): the tree is loaded again.
-        let split = if records.len() >= PARALLEL_ROWS {
+        // of a commit's cost, and one connection uses one core. The helper's half
+        // commits only once both halves are copied, just before the main one, which
+        // holds the head over both: only a failure of that last commit (a connection
+        // lost at that moment, as with one connection) can leave the helper's half in
+        // unsigned and unanswered for; the tree is then loaded again. Without a
+        // helper connection the batch goes over one.
+        if records.len() >= PARALLEL_ROWS
+            && self.helper.as_ref().is_none_or(postgres::Client::is_closed)
+        {
+            self.helper = match self.target.pool.connect() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(reason = e.reason(), error = %e, "no second connection for large batches; writing over one");
+                    None
+                }
+            };
+        }
+        let split = if records.len() >= PARALLEL_ROWS && self.helper.is_some() {
             records.len() / 2
         } else {
             0
         };
         let (helped, own) = records.split_at(split);
         let result = (|| {
-            if self.helper.as_ref().is_none_or(postgres::Client::is_closed) && !helped.is_empty() {
-                self.helper = Some(self.target.pool.connect()?);
-            }
             let main = match &mut self.client {
                 Some(c) if !c.is_closed() => c,
                 _ => {
@@ -399,18 +431,29 @@ impl PgSink {
                     self.client.as_mut().expect("connected just above")
                 }
             };
-            let helper = self.helper.as_mut();
+            let helper = self.helper.as_mut().filter(|_| !helped.is_empty());
             std::thread::scope(|scope| -> Result<(), WriteError> {
-                let side = (!helped.is_empty())
-                    .then_some(helper)
-                    .flatten()
-                    .map(|client| {
-                        scope.spawn(move || -> Result<(), WriteError> {
-                            let mut tx = client.transaction().map_err(db)?;
-                            copy_records(&mut tx, partition, part, node, first, helped)?;
-                            tx.commit().map_err(db)
-                        })
-                    });
+                // The helper copies, says how that went, then waits to be told to
+                // commit (or not: its transaction is then rolled back).
+                let (copied_tx, copied_rx) = std::sync::mpsc::channel::<Result<(), WriteError>>();
+                let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+                let side = helper.map(|client| {
+                    scope.spawn(move || -> Result<(), WriteError> {
+                        match begin_copy(client, partition, part, node, first, helped) {
+                            Ok(tx) => {
+                                let _ = copied_tx.send(Ok(()));
+                                match go_rx.recv() {
+                                    Ok(true) => tx.commit().map_err(db),
+                                    _ => Ok(()),
+                                }
+                            }
+                            Err(e) => {
+                                let _ = copied_tx.send(Err(e.clone()));
+                                Err(e)
+                            }
+                        }
+                    })
+                });
                 let mut tx = main.transaction().map_err(db)?;
                 let own_first = first + helped.len() as i64;
                 let copied =
@@ -424,14 +467,24 @@ impl PgSink {
                             outcomes,
                         )
                     });
-                // The helper's half is in (or failed) before this transaction goes on.
                 if let Some(side) = side {
-                    side.join().unwrap_or_else(|_| {
+                    let helped_copied = copied_rx.recv().unwrap_or_else(|_| {
+                        Err(WriteError::Database {
+                            reason: "database_error",
+                            message: "the helper connection's thread stopped".into(),
+                        })
+                    });
+                    let both = copied.is_ok() && helped_copied.is_ok();
+                    let _ = go_tx.send(both);
+                    let committed = side.join().unwrap_or_else(|_| {
                         Err(WriteError::Database {
                             reason: "database_error",
                             message: "the helper connection's thread panicked".into(),
                         })
-                    })?;
+                    });
+                    helped_copied?;
+                    copied.clone()?;
+                    committed?;
                 }
                 copied?;
                 for (k, r) in records.iter().enumerate() {
@@ -513,6 +566,20 @@ impl PgSink {
 
 /// Records a batch splits between two connections from (see [`PgSink::write`]).
 const PARALLEL_ROWS: usize = 2048;
+
+/// A transaction on `client` with `records` copied in, not committed.
+fn begin_copy<'c>(
+    client: &'c mut postgres::Client,
+    partition: PartitionId,
+    part: i32,
+    node: i16,
+    first: i64,
+    records: &[&Row],
+) -> Result<postgres::Transaction<'c>, WriteError> {
+    let mut tx = client.transaction().map_err(db)?;
+    copy_records(&mut tx, partition, part, node, first, records)?;
+    Ok(tx)
+}
 
 /// COPYs `records` into `partition`'s table with the ids from `first` on.
 fn copy_records(
@@ -1023,20 +1090,29 @@ pub fn drop_partition(pool: &Arc<Pool>, p: PartitionId) -> Result<(), PgError> {
     let mut client = pool.get()?;
     for table in ["record", "outcome"] {
         let child = format!("relaylog.{table}_{suffix}");
-        let attached = client
+        // Still attached, and whether a detach begun before was cut short (its
+        // second phase then has to be finished, not begun again).
+        let attached: Option<bool> = client
             .query_opt(
-                "SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                "SELECT i.inhdetachpending FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = 'relaylog' AND c.relname = $1",
                 &[&format!("{table}_{suffix}")],
             )?
-            .is_some();
-        if attached {
-            client.batch_execute(&format!(
-                "ALTER TABLE relaylog.{table} DETACH PARTITION {child} CONCURRENTLY"
-            ))?;
-        }
-        client.batch_execute(&format!("DROP TABLE IF EXISTS {child}"))?;
+            .map(|r| r.get(0));
+        let detach = match attached {
+            None => None,
+            Some(true) => Some("FINALIZE"),
+            Some(false) => Some("CONCURRENTLY"),
+        };
+        crate::pg::unbounded(&mut client, |c| {
+            if let Some(how) = detach {
+                c.batch_execute(&format!(
+                    "ALTER TABLE relaylog.{table} DETACH PARTITION {child} {how}"
+                ))?;
+            }
+            c.batch_execute(&format!("DROP TABLE IF EXISTS {child}"))
+        })?;
     }
     let part = schema::part(p);
     let mut tx = client.transaction()?;
@@ -1149,25 +1225,23 @@ pub fn index_closed_due(
 /// This node's turn at expiry: a session advisory lock held on a client of its own
 /// until dropped; `None` while another node has it.
 pub fn expiry_turn(pool: &Arc<Pool>) -> Result<Option<ExpiryTurn>, PgError> {
-    let mut client = pool.get()?;
+    // A connection of its own: closing it (whatever happens) releases the lock, and
+    // it takes no place in the pool the run itself needs.
+    let mut client = pool.connect()?;
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::lock::EXPIRY])?
         .get(0);
     Ok(got.then_some(ExpiryTurn(client)))
 }
 
-/// See [`expiry_turn`].
-pub struct ExpiryTurn(crate::pg::Pooled);
+/// See [`expiry_turn`]. Dropped off the runtime's threads (expiry runs there).
+pub struct ExpiryTurn(postgres::Client);
 
 impl Drop for ExpiryTurn {
     fn drop(&mut self) {
-        let unlocked = self
+        // Closing the connection would release it too; said, so that it goes now.
+        let _ = self
             .0
             .execute("SELECT pg_advisory_unlock($1)", &[&schema::lock::EXPIRY]);
-        if unlocked.is_err() {
-            // Its session would keep the lock, every node's expiry skipped while the
-            // pool keeps it: closed instead (the server then releases the lock).
-            self.0.discard();
-        }
     }
 }
