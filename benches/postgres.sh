@@ -37,7 +37,10 @@ pg=$work/pg
 mkdir -p "$pg"
 password=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 echo "$password" > "$pg/pwfile"
-[ "$(id -u)" = 0 ] && chown -R nobody:nogroup "$pg"
+if [ "$(id -u)" = 0 ]; then
+    chmod 711 "$work"    # nobody passes through the scratch directory to its cluster
+    chown -R nobody:nogroup "$pg"
+fi
 "${as_pg[@]}" "$pgbin/initdb" -D "$pg/data" -U relaylog --pwfile "$pg/pwfile" --auth scram-sha-256 \
     --encoding UTF8 --no-instructions >/dev/null
 settings=$(sed -n '/^pub const SETTINGS/,/";$/p' src/bench/pgcluster.rs | sed 's/.*= "//; s/";$//; s/\\n\\$//; s/\\n/\n/g; s/\\$//')
@@ -63,9 +66,11 @@ run() {
     {
         store_toml "$dir"
         if [ "$backend" = postgres ]; then
+            # A database per round: each round's node has keys of its own.
+            PGPASSWORD=$password "$pgbin/createdb" -h "$pg" -U relaylog "bench$2"
             cat <<T
 backend = "postgres"
-url = "host=$pg user=relaylog dbname=postgres"
+url = "host=$pg user=relaylog dbname=bench$2"
 password-file = "$work/pg-password"
 node = "bench-$2"
 T
