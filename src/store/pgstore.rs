@@ -6,8 +6,9 @@
 //! its heads signed with its own key over the partition's name and the node's (see
 //! [`super::integrity::Head::message_of`]). The writer commits each partition's share
 //! of a batch in one transaction (`COPY … FROM STDIN BINARY`, the head when one is
-//! due) and answers the clients waiting on it only after the commit: no journal, so
-//! that a node that never comes back has lost nothing a client was answered for.
+//! due; a large batch's records in two, over two connections: see [`PgSink::write`])
+//! and answers the clients waiting on it only after the commit: no journal, so that
+//! a node that never comes back has lost nothing a client was answered for.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -265,7 +266,7 @@ struct Open {
 /// Most partitions the writer keeps state for (as on SQLite).
 const MAX_OPEN: usize = 4;
 
-/// The writer's side: one connection of its own (never the pool's, which requests
+/// The writer's side: connections of its own (never the pool's, which requests
 /// share), the partitions it writes, and their trees.
 pub struct PgSink {
     target: PgTarget,
@@ -377,9 +378,10 @@ impl PgSink {
         Ok(Some(open))
     }
 
-    /// Writes a partition's share of a batch in one transaction: its records and
-    /// outcome events with the ids after the last ones, and a signed head when one
-    /// is due. Returns (records, outcomes) written; (0, 0) for a removed partition.
+    /// Writes a partition's share of a batch in one transaction (two for a large
+    /// one, below): its records and outcome events with the ids after the last ones,
+    /// and a signed head when one is due. Returns (records, outcomes) written; (0, 0)
+    /// for a removed partition.
     pub fn write(
         &mut self,
         partition: PartitionId,
