@@ -38,8 +38,9 @@ pub struct Cluster {
     password: String,
 }
 
-/// The directory with `initdb` and `pg_ctl`.
-fn bindir() -> Option<PathBuf> {
+/// The directory with `initdb` and `pg_ctl`: `pg_config --bindir`, else the newest
+/// under /usr/lib/postgresql. (The tests' private cluster finds it here too.)
+pub fn bindir() -> Option<PathBuf> {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
     {

@@ -171,10 +171,6 @@ impl Db {
         Ok(Db::Postgres(Box::new(pool.get()?)))
     }
 
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Db::Postgres(_))
-    }
-
     /// Runs a statement; the rows it changed.
     pub fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> DbResult<u64> {
         match self {

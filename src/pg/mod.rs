@@ -256,10 +256,6 @@ impl Pool {
             .map_err(|e| PgError::Connect(describe(&e).to_string()))
     }
 
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -270,7 +266,7 @@ impl Pool {
         self.get_within(CHECKOUT_TIMEOUT)
     }
 
-    pub fn get_within(self: &Arc<Self>, wait: Duration) -> Result<Pooled, PgError> {
+    fn get_within(self: &Arc<Self>, wait: Duration) -> Result<Pooled, PgError> {
         let deadline = Instant::now() + wait;
         let mut state = self.lock();
         loop {

@@ -236,6 +236,28 @@ pub fn outcome_row(r: &postgres::Row) -> (i64, OutcomeRow) {
     )
 }
 
+/// A head row (seq, size, record_through, outcome_through, root, at_us, signature)
+/// and its signature. A root of the wrong length reads as zeros, which the signature
+/// over it then fails to verify: damage, reported as such (as on SQLite).
+fn signed_head(r: &postgres::Row) -> (integrity::Head, Vec<u8>) {
+    let root: Vec<u8> = r.get(4);
+    let mut hash = [0u8; 32];
+    if root.len() == 32 {
+        hash.copy_from_slice(&root);
+    }
+    (
+        integrity::Head {
+            seq: r.get(0),
+            size: r.get::<_, i64>(1) as u64,
+            record_through: r.get(2),
+            outcome_through: r.get(3),
+            root: hash,
+            at_us: r.get(5),
+        },
+        r.get(6),
+    )
+}
+
 /// The last signed head of `node`'s tree of a partition.
 pub fn last_head(
     client: &mut impl postgres::GenericClient,
@@ -835,24 +857,7 @@ pub fn verify_tree(
             &[&part, &node],
         )?
         .iter()
-        .map(|r| {
-            let root: Vec<u8> = r.get(4);
-            let mut hash = [0u8; 32];
-            if root.len() == 32 {
-                hash.copy_from_slice(&root);
-            }
-            (
-                integrity::Head {
-                    seq: r.get(0),
-                    size: r.get::<_, i64>(1) as u64,
-                    record_through: r.get(2),
-                    outcome_through: r.get(3),
-                    root: hash,
-                    at_us: r.get(5),
-                },
-                r.get::<_, Vec<u8>>(6),
-            )
-        })
+        .map(signed_head)
         .collect();
     let statements = erasure_statements(&mut *tx.borrow_mut(), part, node)?;
     let records = tx.borrow_mut().bind(
@@ -1151,25 +1156,8 @@ pub fn latest_heads(
             let Some(r) = client.query_opt(&stmt, &[&schema::part(p), id])? else {
                 continue;
             };
-            let root: Vec<u8> = r.get(4);
-            let mut hash = [0u8; 32];
-            if root.len() == 32 {
-                hash.copy_from_slice(&root);
-            }
-            out.push((
-                p,
-                name.clone(),
-                key.clone(),
-                integrity::Head {
-                    seq: r.get(0),
-                    size: r.get::<_, i64>(1) as u64,
-                    record_through: r.get(2),
-                    outcome_through: r.get(3),
-                    root: hash,
-                    at_us: r.get(5),
-                },
-                r.get(6),
-            ));
+            let (head, signature) = signed_head(&r);
+            out.push((p, name.clone(), key.clone(), head, signature));
         }
     }
     Ok(out)

@@ -22,28 +22,9 @@ pub struct Cluster {
     pub cert: rcgen::CertifiedKey<rcgen::KeyPair>,
 }
 
-/// The directory with `initdb` and `pg_ctl`: `pg_config --bindir`, else the newest
-/// under /usr/lib/postgresql.
+/// The directory with `initdb` and `pg_ctl` (as the benchmarks' cluster finds it).
 fn bindir() -> Option<PathBuf> {
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
-        && out.status.success()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Some(dir);
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let v = e.file_name().to_str()?.parse().ok()?;
-            Some((v, e.path().join("bin")))
-        })
-        .filter(|(_, bin)| bin.join("initdb").exists())
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
+    relaylog::bench::pgcluster::bindir()
 }
 
 impl Cluster {
