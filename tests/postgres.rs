@@ -372,6 +372,140 @@ fn load(
         .collect()
 }
 
+/// Two nodes, `a` and `b`, of one installation in database `db`, initialised, their
+/// upstream at `upstream`.
+struct TwoNodes {
+    a: tempfile::TempDir,
+    b: tempfile::TempDir,
+    config_a: std::path::PathBuf,
+    config_b: std::path::PathBuf,
+}
+
+impl TwoNodes {
+    fn init(pg: &Cluster, db: &str, upstream: &str) -> TwoNodes {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let config = |dir: &std::path::Path, node: &str| {
+            let store = pg.store_lines(dir, db, node);
+            let text = common::config_text(dir, "kannel", Some(upstream), "", &store)
+                + common::SINGLE_OPERATOR;
+            common::write_config(dir, &text)
+        };
+        let (config_a, config_b) = (config(a.path(), "a"), config(b.path(), "b"));
+        common::cli_ok(&config_a, &["init"]);
+        std::fs::create_dir_all(b.path().join("keys")).unwrap();
+        std::fs::copy(
+            a.path().join("keys/master.key"),
+            b.path().join("keys/master.key"),
+        )
+        .unwrap();
+        common::cli_ok(&config_b, &["init"]);
+        TwoNodes {
+            a,
+            b,
+            config_a,
+            config_b,
+        }
+    }
+}
+
+/// Offboarding on PostgreSQL: an admin on node a erases an account's records and
+/// outcome events from both nodes' trees while node b keeps writing, each tree's rows
+/// under a statement node a signs and names itself the signer of. Node b, restarted,
+/// takes that statement in when it resumes its tree and signs on over it; `verify`
+/// recomputes every head of both trees and reports the erasures, no damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offboarding_erases_an_account_from_every_nodes_tree() {
+    let Some(pg) = Cluster::start() else { return };
+    let up = common::CaptureUpstream::start("0: Accepted for delivery").await;
+    let TwoNodes {
+        a,
+        b,
+        config_a,
+        config_b,
+    } = TwoNodes::init(&pg, "offboard", &up.url());
+    let node_a = common::Served::start(a.path(), &config_a);
+    let node_b = common::Served::start(b.path(), &config_b);
+    let c = common::client();
+    let send = |url: String, user: &'static str, n: u32| {
+        let c = c.clone();
+        async move {
+            let to = format!("%2B3161234{n:04}");
+            let (s, _) = common::get(&c, &common::sendsms(&url, user, &to)).await;
+            assert_eq!(s.as_u16(), 202);
+        }
+    };
+    let (url_a, url_b) = (node_a.addr("listening"), node_b.addr("listening"));
+    for (i, user) in ["leaving", "staying", "leaving"].into_iter().enumerate() {
+        send(url_a.clone(), user, i as u32).await;
+        send(url_b.clone(), user, 10 + i as u32).await;
+    }
+    let (status, _) = node_a.terminate();
+    assert!(status.success());
+
+    let root = common::add_officer(&config_a, "root1", "admin");
+    let out = a.path().join("returned");
+    let (ok, text) = common::cli_with_input(
+        &config_a,
+        &[
+            "account",
+            "offboard",
+            "leaving",
+            "--out",
+            out.to_str().unwrap(),
+            "--officer",
+            "root1",
+            "--totp",
+            &common::totp_now(&root),
+        ],
+        "root1-long-password\n",
+    );
+    assert!(
+        ok && text.contains("4 records and 4 outcome events"),
+        "{text}"
+    );
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("leaving-records.json")).unwrap()).unwrap();
+    assert_eq!(rows.len(), 4);
+    let (ok, s) = common::cli(
+        &config_b,
+        &[
+            "verify-export",
+            out.join("leaving-deletion.json").to_str().unwrap(),
+        ],
+    );
+    assert!(ok && s.contains("signed by node `a`"), "{s}");
+
+    // Node b writes on with the tree it holds, then resumes it from the database.
+    send(url_b.clone(), "staying", 20).await;
+    let (status, _) = node_b.terminate();
+    assert!(status.success());
+    let node_b = common::Served::start(b.path(), &config_b);
+    send(node_b.addr("listening"), "staying", 21).await;
+    let (status, _) = node_b.terminate();
+    assert!(status.success());
+
+    let store = relaylog::config::Config::load(&config_b).unwrap().store;
+    let (leaving, staying) = tokio::task::spawn_blocking(move || {
+        (
+            common::query_store_cfg(&store, IndexKind::Account, "leaving").len(),
+            common::query_store_cfg(&store, IndexKind::Account, "staying").len(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!((leaving, staying), (0, 4));
+    let (ok, v) = common::cli(&config_a, &["verify"]);
+    assert!(ok, "{v}");
+    for node in ["a", "b"] {
+        assert!(
+            v.lines().any(|l| l.contains(&format!("/{node}  ok"))
+                && l.contains("4 rows erased under 1 signed erasure statement")),
+            "{v}"
+        );
+    }
+    assert!(!v.contains("damage"), "{v}");
+}
+
 /// Two `serve` processes, two nodes, one database: messages through both are found by
 /// one disclosure, whose manifest carries both nodes' signed heads; `kill -9` of one
 /// node under load loses no record of a message its upstream received while the
@@ -383,22 +517,12 @@ async fn two_serving_nodes_share_one_store_and_survive_losing_a_node_or_the_data
     use std::sync::atomic::{AtomicBool, Ordering};
     let Some(pg) = Cluster::start() else { return };
     let up = common::CaptureUpstream::start("0: Accepted for delivery").await;
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config = |dir: &std::path::Path, node: &str| {
-        let store = pg.store_lines(dir, "nodes", node);
-        let text = common::config_text(dir, "kannel", Some(&up.url()), "", &store)
-            + common::SINGLE_OPERATOR;
-        common::write_config(dir, &text)
-    };
-    let (config_a, config_b) = (config(a.path(), "a"), config(b.path(), "b"));
-    common::cli_ok(&config_a, &["init"]);
-    std::fs::create_dir_all(b.path().join("keys")).unwrap();
-    std::fs::copy(
-        a.path().join("keys/master.key"),
-        b.path().join("keys/master.key"),
-    )
-    .unwrap();
-    common::cli_ok(&config_b, &["init"]);
+    let TwoNodes {
+        a,
+        b,
+        config_a,
+        config_b,
+    } = TwoNodes::init(&pg, "nodes", &up.url());
     let node_a = common::Served::start(a.path(), &config_a);
     let node_b = common::Served::start(b.path(), &config_b);
     let (url_a, url_b) = (node_a.addr("listening"), node_b.addr("listening"));

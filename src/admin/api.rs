@@ -335,9 +335,7 @@ impl From<DiscloseError> for ApiError {
             DiscloseError::TooMany => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
-            DiscloseError::NotOnPostgres(_) => {
-                ApiError::new(StatusCode::NOT_IMPLEMENTED, e.to_string())
-            }
+            DiscloseError::Database(e) => ApiError::internal(&e),
             DiscloseError::Ledger(e) => ApiError::from_ledger(&e),
             e => ApiError::internal(&e),
         }

@@ -688,11 +688,44 @@ pub(super) fn verify_export(
 ) -> Result<()> {
     let key = crate::store::integrity::read_public_key(public_key)?;
     let m = crate::compliance::disclosure::verify_export(manifest, &key)?;
+    print_verified(&m, None);
+    Ok(())
+}
+
+/// [`verify_export`] with this installation's keys: its own signing key's, and on
+/// PostgreSQL every registered node's, since an export is signed by the node its
+/// officer ran it on.
+pub(super) fn verify_export_installed(config: &Config, manifest: &std::path::Path) -> Result<()> {
+    use crate::compliance::disclosure::{VerifyError, verify_export};
+    let own = crate::store::integrity::public_key_path(&config.store.signing_key);
+    let mut keys = vec![(None, crate::store::integrity::read_public_key(&own)?)];
+    if let crate::config::Backend::Postgres(pg) = &config.store.backend {
+        let pool = crate::pg::Pool::shared(pg)?;
+        let nodes = crate::pg::schema::nodes(&mut *pool.get()?)?;
+        keys.extend(nodes.into_iter().map(|(_, name, key)| (Some(name), key)));
+    }
+    let mut last = None;
+    for (node, key) in &keys {
+        match verify_export(manifest, key) {
+            Ok(m) => {
+                print_verified(&m, node.as_deref());
+                return Ok(());
+            }
+            Err(e @ VerifyError::Signature) => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.unwrap_or(VerifyError::Signature).into())
+}
+
+fn print_verified(m: &crate::compliance::disclosure::Manifest, node: Option<&str>) {
+    let by = node
+        .map(|n| format!(", signed by node `{n}`"))
+        .unwrap_or_default();
     println!(
-        "export verified: case {} ({}), {} records, sha256 {}",
+        "export verified: case {} ({}), {} records, sha256 {}{by}",
         m.case, m.request, m.records, m.export_sha256
     );
-    Ok(())
 }
 
 pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {

@@ -96,7 +96,8 @@ pub enum Command {
     /// --public-key, needs nothing else of the installation.
     VerifyExport {
         manifest: PathBuf,
-        /// The installation's `signing.key.pub`; default: the configured one.
+        /// The installation's `signing.key.pub`; default: the configured one, and on
+        /// PostgreSQL every registered node's (any node may have signed it).
         #[arg(long)]
         public_key: Option<PathBuf>,
     },
@@ -254,10 +255,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     Ok(())
                 }
                 Command::Subject(SubjectCommand::Export(a)) => subject_export(&config, a),
-                Command::VerifyExport { manifest, .. } => verify_export(
-                    manifest,
-                    &crate::store::integrity::public_key_path(&config.store.signing_key),
-                ),
+                Command::VerifyExport { manifest, .. } => {
+                    verify_export_installed(&config, manifest)
+                }
                 Command::Bench(b) => bench(&config, b),
                 Command::Verify { since, until } => {
                     verify(&config, since.as_deref(), until.as_deref())

@@ -59,8 +59,8 @@ pub enum DiscloseError {
         "more than {MAX_EXPORT_RECORDS} records match: narrow the window, or split the request"
     )]
     TooMany,
-    #[error("{0} is not available with the PostgreSQL store yet")]
-    NotOnPostgres(&'static str),
+    #[error(transparent)]
+    Database(#[from] crate::pg::PgError),
 }
 
 /// Most records one export holds: an export is assembled in memory (deduplicated

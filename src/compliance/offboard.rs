@@ -16,12 +16,13 @@ use super::disclosure::{
 };
 use super::officers::Officer;
 use crate::clock::Micros;
+use crate::config::Backend;
 use crate::export::found_json;
 use crate::ledger::Ledger;
 use crate::store::IndexKind;
-use crate::store::integrity;
 use crate::store::partition::PartitionId;
 use crate::store::query::{self, Criteria};
+use crate::store::{integrity, pgstore};
 
 #[derive(Debug)]
 pub struct Offboarding {
@@ -77,11 +78,6 @@ pub fn offboard_in_chunks(
     now: Micros,
     chunk: usize,
 ) -> Result<Offboarding, DiscloseError> {
-    if matches!(inst.store.backend, crate::config::Backend::Postgres(_)) {
-        // Erasure under signed statements is SQLite's so far: refused before anything
-        // is exported, rather than half done.
-        return Err(DiscloseError::NotOnPostgres("offboarding (erasure)"));
-    }
     let account = crate::canonical::canonical_account(account);
     let dir = out.dir;
     let stem = safe_name(out.stem.unwrap_or(&account));
@@ -107,15 +103,16 @@ pub fn offboard_in_chunks(
     };
 
     // 1. The customer's copy, first and synced: nothing is erased that was not
-    // exported. Per partition: the highest record id exported.
+    // exported. Per partition and node (PostgreSQL; 0 on SQLite): the highest record
+    // id exported.
     let mut file = JsonArrayFile::create(&export)?;
-    let mut exported: BTreeMap<PartitionId, i64> = BTreeMap::new();
+    let mut exported: BTreeMap<(PartitionId, i16), i64> = BTreeMap::new();
     let mut failed = None;
     let stats = query::run(inst.store, inst.keyring, &criteria(since, until), |f| {
         if failed.is_some() {
             return;
         }
-        let top = exported.entry(f.partition).or_insert(f.record_id);
+        let top = exported.entry((f.partition, f.node)).or_insert(f.record_id);
         *top = (*top).max(f.record_id);
         if let Err(e) = file.push(&found_json(&f)) {
             failed = Some(e);
@@ -139,11 +136,11 @@ pub fn offboard_in_chunks(
     let reason = format!("contract end of account tag {tag}");
     let (mut records, mut outcomes) = (0u64, 0u64);
     let mut touched = Vec::new();
-    for (&p, &top) in &exported {
-        let erased = erase_partition(
-            inst,
+    let eraser = Eraser::new(inst)?;
+    for (&(p, node), &top) in &exported {
+        let erased = eraser.erase_partition(
             &criteria(p.start_micros(), p.end_micros()),
-            p,
+            (p, node),
             top,
             chunk,
             now,
@@ -153,7 +150,9 @@ pub fn offboard_in_chunks(
             Ok((r, o)) => {
                 records += r;
                 outcomes += o;
-                touched.push(p);
+                if touched.last() != Some(&p) {
+                    touched.push(p);
+                }
             }
             Err(e) => {
                 // What is erased stays erased (each under its own signed statement);
@@ -230,40 +229,77 @@ pub fn offboard_in_chunks(
     })
 }
 
-/// Erases the account's records of one partition with ids up to `top` (the highest
-/// exported), `chunk` per signed statement. Returns (records, outcome events).
-fn erase_partition(
-    inst: &Installation<'_>,
-    criteria: &Criteria,
-    p: PartitionId,
-    top: i64,
-    chunk: usize,
-    now: Micros,
-    reason: &str,
-) -> Result<(u64, u64), DiscloseError> {
-    let mut ids = Vec::new();
-    query::run(inst.store, inst.keyring, criteria, |f| {
-        if f.partition == p && f.record_id <= top {
-            ids.push(f.record_id);
-        }
-    })?;
-    let err = |e: rusqlite::Error| DiscloseError::Partition {
-        partition: p,
-        message: e.to_string(),
-    };
-    let mut conn =
-        crate::store::schema::open_for_read(&p.path_in(&inst.store.path)).map_err(err)?;
-    let (mut records, mut outcomes) = (0u64, 0u64);
-    for ids in ids.chunks(chunk.max(1)) {
-        let (r, o) = integrity::erase_records(&mut conn, p, inst.signer, now, reason, ids)
-            .map_err(|e| DiscloseError::Partition {
-                partition: p,
-                message: e.to_string(),
-            })?;
-        records += r as u64;
-        outcomes += o as u64;
+/// Erasure on either backend, under the installation's signing key.
+enum Eraser<'a> {
+    Sqlite(&'a Installation<'a>),
+    Postgres(&'a Installation<'a>, pgstore::Eraser<'a>),
+}
+
+impl<'a> Eraser<'a> {
+    fn new(inst: &'a Installation<'a>) -> Result<Eraser<'a>, DiscloseError> {
+        Ok(match &inst.store.backend {
+            Backend::Sqlite => Eraser::Sqlite(inst),
+            Backend::Postgres(pg) => Eraser::Postgres(inst, pgstore::Eraser::new(pg, inst.signer)?),
+        })
     }
-    Ok((records, outcomes))
+
+    fn inst(&self) -> &Installation<'a> {
+        match self {
+            Eraser::Sqlite(inst) | Eraser::Postgres(inst, _) => inst,
+        }
+    }
+
+    /// Erases the account's records of one partition (of one node's tree on
+    /// PostgreSQL) with ids up to `top` (the highest exported), `chunk` per signed
+    /// statement. Returns (records, outcome events).
+    fn erase_partition(
+        &self,
+        criteria: &Criteria,
+        (p, node): (PartitionId, i16),
+        top: i64,
+        chunk: usize,
+        now: Micros,
+        reason: &str,
+    ) -> Result<(u64, u64), DiscloseError> {
+        let inst = self.inst();
+        let mut ids = Vec::new();
+        query::run(inst.store, inst.keyring, criteria, |f| {
+            if f.partition == p && f.node == node && f.record_id <= top {
+                ids.push(f.record_id);
+            }
+        })?;
+        let failed = |message: String| DiscloseError::Partition {
+            partition: p,
+            message,
+        };
+        let (mut records, mut outcomes) = (0u64, 0u64);
+        let mut add = |(r, o): (usize, usize)| {
+            records += r as u64;
+            outcomes += o as u64;
+        };
+        let chunks = ids.chunks(chunk.max(1));
+        match self {
+            Eraser::Sqlite(_) => {
+                let path = p.path_in(&inst.store.path);
+                let mut conn = crate::store::schema::open_for_read(&path)
+                    .map_err(|e| failed(e.to_string()))?;
+                for ids in chunks {
+                    add(
+                        integrity::erase_records(&mut conn, p, inst.signer, now, reason, ids)
+                            .map_err(|e| failed(e.to_string()))?,
+                    );
+                }
+            }
+            Eraser::Postgres(_, pg) => {
+                for ids in chunks {
+                    add(pg
+                        .erase(p, node, now, reason, ids)
+                        .map_err(|e| failed(e.to_string()))?);
+                }
+            }
+        }
+        Ok((records, outcomes))
+    }
 }
 
 /// An account name as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.

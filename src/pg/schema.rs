@@ -29,6 +29,8 @@ pub mod lock {
     pub const AUDIT: i64 = 0x726c_6f67_0003;
     /// One node's expiry run at a time (a session lock, held through the run).
     pub const EXPIRY: i64 = 0x726c_6f67_0004;
+    /// Writing an erasure statement (its id is the tree's next).
+    pub const ERASURE: i64 = 0x726c_6f67_0005;
     /// Building a closed partition's read-optimised indexes: this plus its `part`.
     pub const INDEX_BASE: i64 = 0x726c_6f68_0000_0000;
 }
@@ -37,7 +39,7 @@ pub mod lock {
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Version `n` is `MIGRATIONS[n - 1]`. Never edit one that shipped: add the next.
-const MIGRATIONS: &[&str] = &[V1_STORE, V2_LEDGER];
+const MIGRATIONS: &[&str] = &[V1_STORE, V2_LEDGER, V3_ERASURE_SIGNER];
 
 const V1_STORE: &str = "
 CREATE SCHEMA IF NOT EXISTS relaylog_keys;
@@ -215,6 +217,15 @@ CREATE TABLE relaylog.session (
     expires_at bigint NOT NULL
 );
 CREATE INDEX session_officer ON relaylog.session (officer);
+";
+
+/// Erasure across nodes: an officer on any node erases any node's rows (offboarding),
+/// so a statement names the node whose key signed it, beside the node whose tree it
+/// is. Statements written before were signed by their tree's node.
+const V3_ERASURE_SIGNER: &str = "
+ALTER TABLE relaylog.erasure ADD COLUMN signer smallint REFERENCES relaylog.node (id);
+UPDATE relaylog.erasure SET signer = node;
+ALTER TABLE relaylog.erasure ALTER COLUMN signer SET NOT NULL;
 ";
 
 /// Where a database stands against this relaylog.

@@ -548,17 +548,10 @@ impl TreeState {
         outcomes: impl Iterator<Item = Result<(i64, OutcomeRow), E>>,
     ) -> Result<TreeState, E> {
         let mut t = TreeState::after(last);
-        let public = key.map(|k| {
-            signature::UnparsedPublicKey::new(&signature::ED25519, k.public_key().as_ref().to_vec())
-        });
+        let public = key.map(|k| k.public_key().as_ref());
+        let public = public.map(|k| signature::UnparsedPublicKey::new(&signature::ED25519, k));
         let erased = erased_leaves(statements, (t.record_through, t.outcome_through), |s| {
-            public.as_ref().is_none_or(|p| {
-                p.verify(
-                    &erasure_message_of(partition, node, s.id, s.at_us, &s.reason, &s.entries),
-                    &s.signature,
-                )
-                .is_ok()
-            })
+            public.as_ref().is_none_or(|p| s.signed(partition, node, p))
         });
         let mut leaves: BTreeMap<i64, Hash> = erased.records.into_iter().collect();
         for row in records {
@@ -1125,6 +1118,27 @@ fn fold_range<T, E>(
 const ERASED_RECORD: u8 = b'r';
 const ERASED_OUTCOME: u8 = b'o';
 
+/// What an erasure statement keeps of the rows it removes: per row a kind byte, its
+/// id and its Merkle leaf (41 bytes), which is all a tree needs to be recomputed.
+#[derive(Default)]
+pub struct ErasedEntries(pub Vec<u8>);
+
+impl ErasedEntries {
+    pub fn record(&mut self, id: i64, row: &Row) {
+        self.push(ERASED_RECORD, id, record_leaf(row));
+    }
+
+    pub fn outcome(&mut self, id: i64, row: &OutcomeRow) {
+        self.push(ERASED_OUTCOME, id, outcome_leaf(row));
+    }
+
+    fn push(&mut self, kind: u8, id: i64, leaf: Hash) {
+        self.0.push(kind);
+        self.0.extend_from_slice(&id.to_be_bytes());
+        self.0.extend_from_slice(&leaf);
+    }
+}
+
 /// What an erasure statement's signature covers.
 pub fn erasure_message(
     partition: PartitionId,
@@ -1171,13 +1185,7 @@ fn load_erased(
 ) -> (HashMap<i64, Hash>, HashMap<i64, Hash>, i64) {
     let mut accepted = 0;
     let erased = erased_leaves(statements, (0, 0), |s| {
-        if key
-            .verify(
-                &erasure_message_of(partition, node, s.id, s.at_us, &s.reason, &s.entries),
-                &s.signature,
-            )
-            .is_err()
-        {
+        if !s.signed(partition, node, key) {
             damage.push(Damage::ErasureSignature { id: s.id });
             return false;
         }
@@ -1194,6 +1202,35 @@ pub struct ErasureStatement {
     pub reason: String,
     pub entries: Vec<u8>,
     pub signature: Vec<u8>,
+    /// The public key that signed it when not the tree's own (PostgreSQL: an officer
+    /// on one node erases another node's rows); `None`: the tree's key.
+    pub signer_key: Option<Vec<u8>>,
+}
+
+impl ErasureStatement {
+    /// Whether it is signed, for `node`'s tree of `partition`, by its signer's key
+    /// (`tree_key` unless it names another).
+    fn signed(
+        &self,
+        partition: PartitionId,
+        node: Option<&str>,
+        tree_key: &signature::UnparsedPublicKey<&[u8]>,
+    ) -> bool {
+        let message = erasure_message_of(
+            partition,
+            node,
+            self.id,
+            self.at_us,
+            &self.reason,
+            &self.entries,
+        );
+        match &self.signer_key {
+            Some(k) => signature::UnparsedPublicKey::new(&signature::ED25519, k)
+                .verify(&message, &self.signature)
+                .is_ok(),
+            None => tree_key.verify(&message, &self.signature).is_ok(),
+        }
+    }
 }
 
 /// Kept leaves of erased rows, by row id.
@@ -1223,6 +1260,7 @@ fn erasure_statements(conn: &Connection) -> rusqlite::Result<Vec<ErasureStatemen
             reason: r.get(2)?,
             entries: r.get(3)?,
             signature: r.get(4)?,
+            signer_key: None,
         })
     })?
     .collect()
@@ -1285,7 +1323,7 @@ pub fn erase_records(
     // first and fail at once when upgrading to write.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(super::schema::ERASURE_DDL)?;
-    let mut entries = Vec::new();
+    let mut entries = ErasedEntries::default();
     let mut submissions = std::collections::BTreeSet::new();
     let mut ids: Vec<i64> = record_ids.to_vec();
     ids.sort_unstable();
@@ -1294,9 +1332,7 @@ pub fn erase_records(
         let mut stmt = tx.prepare(&format!("{RECORD_SELECT} WHERE id = ?1"))?;
         for id in &ids {
             let (id, row) = stmt.query_row([id], read_record)?;
-            entries.push(ERASED_RECORD);
-            entries.extend_from_slice(&id.to_be_bytes());
-            entries.extend_from_slice(&record_leaf(&row));
+            entries.record(id, &row);
             submissions.insert(row.submission);
         }
     }
@@ -1304,19 +1340,17 @@ pub fn erase_records(
     let lookup = events::Lookup::new(&tx)?;
     for s in &submissions {
         for (id, row) in lookup.of(&tx, *s)? {
-            entries.push(ERASED_OUTCOME);
-            entries.extend_from_slice(&id.to_be_bytes());
-            entries.extend_from_slice(&outcome_leaf(&row));
+            entries.outcome(id, &row);
             outcome_ids.push(id);
         }
     }
     let id: i64 = tx.query_row("SELECT coalesce(max(id), 0) + 1 FROM erasure", [], |r| {
         r.get(0)
     })?;
-    let sig = signer.sign(&erasure_message(partition, id, at_us, reason, &entries));
+    let sig = signer.sign(&erasure_message(partition, id, at_us, reason, &entries.0));
     tx.execute(
         "INSERT INTO erasure (id, at_us, reason, entries, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
-        rusqlite::params![id, at_us, reason, entries, sig.as_ref()],
+        rusqlite::params![id, at_us, reason, entries.0, sig.as_ref()],
     )?;
     {
         let mut del = tx.prepare("DELETE FROM record WHERE id = ?1")?;

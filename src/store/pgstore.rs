@@ -733,7 +733,9 @@ fn sign(
 
 /// `node`'s tree of a partition as of its last head, with the leaves of the rows
 /// written after it (a writer that stopped before signing them), in id order, and
-/// those its erasure statements signed by `key` kept.
+/// those its erasure statements kept (signed by `key`, or by the node they name). In
+/// one repeatable-read snapshot: an erasure committing meanwhile is seen whole or not
+/// at all, never its statement without its deletions or the other way round.
 fn load_tree(
     client: &mut postgres::Client,
     partition: PartitionId,
@@ -742,12 +744,18 @@ fn load_tree(
     key: Option<&ring::signature::Ed25519KeyPair>,
 ) -> Result<TreeState, WriteError> {
     let part = schema::part(partition);
-    let last = last_head(client, part, node).map_err(db)?;
-    let statements = erasure_statements(client, part, node).map_err(db)?;
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(db)?;
+    let last = last_head(&mut tx, part, node).map_err(db)?;
+    let statements = erasure_statements(&mut tx, part, node).map_err(db)?;
     let (rt, ot) = last
         .as_ref()
         .map_or((0, 0), |h| (h.record_through, h.outcome_through));
-    let records = client
+    let records = tx
         .query(
             &format!(
                 "SELECT {RECORD_COLUMNS} FROM relaylog.record WHERE part = $1 AND node = $2 AND id > $3 ORDER BY id"
@@ -755,7 +763,7 @@ fn load_tree(
             &[&part, &node, &rt],
         )
         .map_err(db)?;
-    let outcomes = client
+    let outcomes = tx
         .query(
             &format!(
                 "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome WHERE part = $1 AND node = $2 AND id > $3 ORDER BY id"
@@ -763,6 +771,7 @@ fn load_tree(
             &[&part, &node, &ot],
         )
         .map_err(db)?;
+    tx.commit().map_err(db)?;
     TreeState::resume::<WriteError>(
         last,
         &statements,
@@ -774,7 +783,8 @@ fn load_tree(
     )
 }
 
-/// `node`'s erasure statements in a partition, in id order.
+/// `node`'s erasure statements in a partition, in id order, each with its signer's
+/// registered public key.
 pub fn erasure_statements(
     client: &mut impl postgres::GenericClient,
     part: i32,
@@ -782,8 +792,9 @@ pub fn erasure_statements(
 ) -> Result<Vec<integrity::ErasureStatement>, postgres::Error> {
     Ok(client
         .query(
-            "SELECT id, at_us, reason, entries, signature FROM relaylog.erasure \
-             WHERE part = $1 AND node = $2 ORDER BY id",
+            "SELECT e.id, e.at_us, e.reason, e.entries, e.signature, n.public_key \
+             FROM relaylog.erasure e LEFT JOIN relaylog.node n ON n.id = e.signer \
+             WHERE e.part = $1 AND e.node = $2 ORDER BY e.id",
             &[&part, &node],
         )?
         .iter()
@@ -793,8 +804,162 @@ pub fn erasure_statements(
             reason: r.get(2),
             entries: r.get(3),
             signature: r.get(4),
+            // A signer that is not registered has no key: an empty one, which
+            // verifies nothing (damage, as an unsigned statement is).
+            signer_key: Some(r.get::<_, Option<Vec<u8>>>(5).unwrap_or_default()),
         })
         .collect())
+}
+
+/// Erasure on PostgreSQL (offboarding): this node, with its signing key, erases
+/// rows of any node's trees, each batch under an erasure statement it signs and that
+/// names it as the signer (see [`integrity::ErasureStatement::signer_key`]).
+pub struct Eraser<'k> {
+    pool: Arc<Pool>,
+    names: HashMap<i16, String>,
+    signer: i16,
+    key: &'k ring::signature::Ed25519KeyPair,
+}
+
+impl<'k> Eraser<'k> {
+    pub fn new(
+        pg: &crate::config::PgConfig,
+        key: &'k ring::signature::Ed25519KeyPair,
+    ) -> Result<Eraser<'k>, PgError> {
+        use ring::signature::KeyPair;
+        let pool = Pool::shared(pg)?;
+        let (signer, nodes) = {
+            let mut client = pool.get()?;
+            let signer = schema::node_id(&mut *client, &pg.node, key.public_key().as_ref())?
+                .ok_or_else(|| PgError::UnknownNode(pg.node.clone()))?;
+            (signer, schema::nodes(&mut *client)?)
+        };
+        Ok(Eraser {
+            pool,
+            names: nodes.into_iter().map(|(id, name, _)| (id, name)).collect(),
+            signer,
+            key,
+        })
+    }
+
+    /// Erases records of `node`'s tree of a partition, and their outcome events, under
+    /// one signed erasure statement, which keeps the rows' Merkle leaves so that every
+    /// head signed over them still verifies. Returns (records, outcome events) erased.
+    pub fn erase(
+        &self,
+        partition: PartitionId,
+        node: i16,
+        at_us: i64,
+        reason: &str,
+        record_ids: &[i64],
+    ) -> Result<(usize, usize), PgError> {
+        let Some(node_name) = self.names.get(&node) else {
+            return Err(PgError::Other(format!(
+                "partition {partition}: rows of node id {node}, which is not registered"
+            )));
+        };
+        let mut client = self.pool.get()?;
+        erase_records(
+            &mut client,
+            partition,
+            (node, node_name),
+            (self.signer, self.key),
+            at_us,
+            reason,
+            record_ids,
+        )
+    }
+}
+
+fn erase_records(
+    client: &mut postgres::Client,
+    partition: PartitionId,
+    (node, node_name): (i16, &str),
+    (signer, key): (i16, &ring::signature::Ed25519KeyPair),
+    at_us: i64,
+    reason: &str,
+    record_ids: &[i64],
+) -> Result<(usize, usize), PgError> {
+    let part = schema::part(partition);
+    let mut ids = record_ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut tx = client.transaction()?;
+    // Erasures one at a time: each statement's id is its tree's next.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&schema::lock::ERASURE],
+    )?;
+    let records = tx.query(
+        &format!(
+            "SELECT {RECORD_COLUMNS} FROM relaylog.record \
+             WHERE part = $1 AND node = $2 AND id = ANY($3) ORDER BY id"
+        ),
+        &[&part, &node, &ids],
+    )?;
+    if records.len() != ids.len() {
+        return Err(PgError::Other(format!(
+            "partition {partition}/{node_name}: {} of {} records to erase are not there",
+            ids.len() - records.len(),
+            ids.len()
+        )));
+    }
+    let mut entries = integrity::ErasedEntries::default();
+    let mut submissions = Vec::new();
+    for r in &records {
+        let (id, row) = record_row(r);
+        entries.record(id, &row);
+        submissions.push(row.submission);
+    }
+    submissions.sort_unstable();
+    submissions.dedup();
+    let outcomes = tx.query(
+        &format!(
+            "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome \
+             WHERE part = $1 AND node = $2 AND submission = ANY($3) ORDER BY id"
+        ),
+        &[&part, &node, &submissions],
+    )?;
+    let mut outcome_ids = Vec::with_capacity(outcomes.len());
+    for r in &outcomes {
+        let (id, row) = outcome_row(r);
+        entries.outcome(id, &row);
+        outcome_ids.push(id);
+    }
+    let id: i64 = tx
+        .query_one(
+            "SELECT coalesce(max(id), 0) + 1 FROM relaylog.erasure WHERE part = $1 AND node = $2",
+            &[&part, &node],
+        )?
+        .get(0);
+    let entries = entries.0;
+    let message =
+        integrity::erasure_message_of(partition, Some(node_name), id, at_us, reason, &entries);
+    let signature = key.sign(&message);
+    tx.execute(
+        "INSERT INTO relaylog.erasure (part, node, id, at_us, reason, entries, signature, signer) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &part,
+            &node,
+            &id,
+            &at_us,
+            &reason,
+            &entries,
+            &signature.as_ref(),
+            &signer,
+        ],
+    )?;
+    tx.execute(
+        "DELETE FROM relaylog.record WHERE part = $1 AND node = $2 AND id = ANY($3)",
+        &[&part, &node, &ids],
+    )?;
+    tx.execute(
+        "DELETE FROM relaylog.outcome WHERE part = $1 AND node = $2 AND id = ANY($3)",
+        &[&part, &node, &outcome_ids],
+    )?;
+    tx.commit()?;
+    Ok((ids.len(), outcome_ids.len()))
 }
 
 /// Rows of a portal, fetched a slice at a time: a partition's tree is read in order
