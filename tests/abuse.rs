@@ -35,21 +35,20 @@ impl Abused {
     async fn start(dir: &Path, per_peer: usize, header_timeout: &str) -> Abused {
         common::init_keys(dir);
         let (cert, tls) = common::cert_files(dir, "tls");
-        let d = dir.display();
         let limits = format!(
             "header-timeout = \"{header_timeout}\"\nmax-connections-per-peer = {per_peer}\nmax-connections = {}\n",
             per_peer * 4
         );
         let text = format!(
-            "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\nqueue-capacity = 65536\n\
-             [[listener]]\nname = \"sms\"\nlisten = \"127.0.0.1:0\"\nprofile = \"kannel\"\nrequest-timeout = \"1s\"\nmax-body-bytes = 1024\n{limits}\n\
+            "{}[[listener]]\nname = \"sms\"\nlisten = \"127.0.0.1:0\"\nprofile = \"kannel\"\nrequest-timeout = \"1s\"\nmax-body-bytes = 1024\n{limits}\n\
              [[listener]]\nname = \"sms-tls\"\nlisten = \"127.0.0.1:0\"\nprofile = \"kannel\"\n{tls}{limits}\n\
              [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\ncommand-timeout = \"1s\"\ndata-timeout = \"1s\"\n{tls}{limits}\n\
              [[listener]]\nname = \"smpp\"\nprotocol = \"smpp\"\nlisten = \"127.0.0.1:0\"\nbind-timeout = \"1s\"\nmax-pdu-bytes = 4096\n{limits}\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n{tls}"
+             [admin]\nlisten = \"127.0.0.1:0\"\n{tls}",
+            common::store_table(dir, "queue-capacity = 65536\n")
         );
         let config = relaylog::config::Config::parse(&text, Path::new("test.toml")).unwrap();
-        let running = relaylog::serve::start(config, Arc::new(relaylog::clock::SystemClock))
+        let running = common::start_serve(config, Arc::new(relaylog::clock::SystemClock))
             .await
             .unwrap();
         Abused { running, cert }

@@ -63,7 +63,7 @@ async fn through_relaylog_every_recipient_is_recorded_under_the_auth_identity() 
     init_keys(dir.path());
     let text = smtp_config_text(dir.path(), "", "");
     let config = relaylog::config::Config::parse(&text, Path::new("test.toml")).unwrap();
-    let running = relaylog::serve::start(config.clone(), Arc::new(relaylog::clock::SystemClock))
+    let running = common::start_serve(config.clone(), Arc::new(relaylog::clock::SystemClock))
         .await
         .unwrap();
     let mut b = bench(running.addr("mail").unwrap());

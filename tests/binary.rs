@@ -49,7 +49,13 @@ async fn canaries_never_leave_the_request() {
             format!("text{}", random_token(24)),
             format!("pw{}", random_token(24)),
         );
-        let number = format!("+316{}", 10_000_000 + form * 1_234_567);
+        // Random digits: a round number could turn up in a metric's float (a sum of
+        // seconds printed as 0.0031610000000000003) and fail the test by chance.
+        let digits: String = random_token(8)
+            .bytes()
+            .map(|b| char::from(b'0' + (b - b'a') % 10))
+            .collect();
+        let number = format!("+316{form}{}", &digits[1..]);
         let (s, reply) = match form {
             0 => {
                 get(
@@ -131,6 +137,8 @@ async fn canaries_never_leave_the_request() {
         contains(&output, b"relayed"),
         "debug access log was on, so the leak check saw it"
     );
+    // Nor, at debug, a database client's bound values (PostgreSQL).
+    assert!(!contains(&output, b"with parameters"));
     for canary in &canaries {
         let needle = canary.as_bytes();
         assert!(
@@ -139,7 +147,11 @@ async fn canaries_never_leave_the_request() {
         );
         assert!(
             !contains(metrics.as_bytes(), needle),
-            "canary {canary} in /metrics"
+            "canary {canary} in /metrics: {:?}",
+            metrics
+                .lines()
+                .filter(|l| l.contains(canary.as_str()))
+                .collect::<Vec<_>>()
         );
         for file in files_under(&dir.path().join("store"))
             .into_iter()
@@ -281,7 +293,13 @@ fn configuration_and_key_errors_are_clear() {
     let (ok, text) = cli(&config, &["init"]);
     assert!(ok, "{text}");
     let (ok, text) = cli(&config, &["init"]);
-    assert!(!ok && text.contains("never overwrites"), "{text}");
+    if on_postgres() {
+        // Safe to run again on a database: an upgrade, keys kept.
+        assert!(ok && text.contains("schema at version"), "{text}");
+        assert!(!text.contains("NOTICE"), "{text}");
+    } else {
+        assert!(!ok && text.contains("never overwrites"), "{text}");
+    }
     let (ok, text) = cli(&config, &["check-config"]);
     assert!(ok && text.contains(": ok"), "{text}");
 
@@ -375,6 +393,11 @@ fn json_log_format_writes_one_json_object_per_line() {
 
 #[test]
 fn serve_expires_old_partitions_at_start_up() {
+    if sqlite_only(
+        "serve refuses a database `bench store` filled (tests/postgres.rs expires on PostgreSQL)",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
     let run = |args: &[&str]| cli_ok(&config, args);
@@ -550,9 +573,12 @@ async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9()
             let all: Vec<&str> = args.iter().chain(&login).copied().collect();
             cli_with_input(&config, &all, password)
         };
-        // Not while serve runs: rows it put in after the erasure would outlive it.
+        // Not while serve runs: rows it put in after the erasure would outlive it
+        // (SQLite; a PostgreSQL node commits before it answers).
         let (ok, out) = offboard_aay("nobody", "000000", "x\n");
-        assert!(!ok && out.contains("serve is running"), "{stop}: {out}");
+        if !on_postgres() {
+            assert!(!ok && out.contains("serve is running"), "{stop}: {out}");
+        }
         if stop == "TERM" {
             let (status, _) = served.terminate();
             assert!(status.success());
@@ -591,6 +617,9 @@ async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9()
 /// looks up over them and reports in JSON.
 #[test]
 fn serve_compacts_closed_partitions_and_lookups_answer_the_same() {
+    if sqlite_only("compaction's filter files; serve refuses a database `bench store` filled") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let config = plain_config(dir.path(), Some("http://127.0.0.1:9"));
     let run = |args: &[&str]| cli_ok(&config, args);

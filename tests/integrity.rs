@@ -1,16 +1,17 @@
-//! Tamper evidence: edits made directly to a partition's SQLite file are found by
-//! `verify`, named by partition and kind; an untouched store verifies clean.
+//! Tamper evidence: edits made directly to a partition's SQLite file (or, on
+//! PostgreSQL, to its rows: `RELAYLOG_TEST_BACKEND`, see `common::on_postgres`) are
+//! found by `verify`, named by partition and kind; an untouched store verifies clean.
 
 mod common;
 
-use common::{cli, one_recipient, open_store};
+use common::{cli, off_runtime, on_postgres, one_recipient, open_store};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use relaylog::clock::ManualClock;
 use relaylog::config::StoreConfig;
 use relaylog::record::{Outcome, OutcomeEvent};
 use relaylog::store::integrity::{self, Damage, PartitionReport};
-use relaylog::store::{init_keys, open_keyring};
+use relaylog::store::open_keyring;
 
 fn day(n: i64, minute: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 1, 9, 0, 0).unwrap()
@@ -47,9 +48,9 @@ fn accepted_event(submission: relaylog::record::SubmissionId, at: i64) -> Outcom
 
 /// Three days, five messages a day, each with its outcome: many signed heads.
 async fn fill(cfg: &StoreConfig) {
-    init_keys(cfg).unwrap();
+    common::init_store(cfg);
     let clock = ManualClock::new(day(0, 0));
-    let store = open_store(cfg, &clock);
+    let store = off_runtime(|| open_store(cfg, &clock));
     let rec = store.recorder();
     for d in 0..3 {
         for m in 0..5 {
@@ -62,14 +63,61 @@ async fn fill(cfg: &StoreConfig) {
 }
 
 fn verify(cfg: &StoreConfig) -> Vec<PartitionReport> {
-    let key = integrity::load_public_key(&cfg.signing_key).unwrap();
-    let keyring = open_keyring(cfg).unwrap();
-    integrity::verify_store(cfg, Some(&keyring), &key, 0, i64::MAX / 2).unwrap()
+    off_runtime(|| {
+        let key = integrity::load_public_key(&cfg.signing_key).unwrap();
+        let keyring = open_keyring(cfg).unwrap();
+        integrity::verify_store(cfg, Some(&keyring), &key, 0, i64::MAX / 2).unwrap()
+    })
 }
 
-fn tamper(cfg: &StoreConfig, partition: &str, sql: &str) {
-    let conn = rusqlite::Connection::open(cfg.path.join(format!("{partition}.sqlite"))).unwrap();
-    conn.execute_batch(sql).unwrap();
+/// Runs `sql` on a partition's SQLite file, or `pg_sql` on the PostgreSQL store (where
+/// `{part}` stands for the partition's `part`).
+fn tamper(cfg: &StoreConfig, partition: &str, sql: &str, pg_sql: &str) {
+    match &cfg.backend {
+        relaylog::config::Backend::Sqlite => {
+            let conn =
+                rusqlite::Connection::open(cfg.path.join(format!("{partition}.sqlite"))).unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
+        relaylog::config::Backend::Postgres(pg) => off_runtime(|| {
+            let pool = relaylog::pg::Pool::shared(pg).unwrap();
+            pool.get()
+                .unwrap()
+                .batch_execute(&pg_sql.replace("{part}", &part_of(partition)))
+                .unwrap();
+        }),
+    }
+}
+
+/// On PostgreSQL, a partition's `part` as a subquery.
+fn part_of(partition: &str) -> String {
+    format!("(SELECT part FROM relaylog.partition WHERE name = '{partition}')")
+}
+
+/// The integers `sql` selects from a partition's SQLite file, or `pg_sql` from the
+/// PostgreSQL store (`{part}` as in [`tamper`]).
+fn select(cfg: &StoreConfig, partition: &str, sql: &str, pg_sql: &str) -> Vec<i64> {
+    match &cfg.backend {
+        relaylog::config::Backend::Sqlite => {
+            let conn =
+                rusqlite::Connection::open(cfg.path.join(format!("{partition}.sqlite"))).unwrap();
+            let mut stmt = conn.prepare(sql).unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        }
+        relaylog::config::Backend::Postgres(pg) => off_runtime(|| {
+            let pool = relaylog::pg::Pool::shared(pg).unwrap();
+            pool.get()
+                .unwrap()
+                .query(&pg_sql.replace("{part}", &part_of(partition)), &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        }),
+    }
 }
 
 /// The damage found in the one partition that has any; the others must be clean.
@@ -95,7 +143,7 @@ fn damage_in(reports: &[PartitionReport], partition: &str) -> Vec<Damage> {
 
 async fn fresh() -> (tempfile::TempDir, StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig::under(dir.path());
+    let cfg = common::store_config(dir.path());
     fill(&cfg).await;
     (dir, cfg)
 }
@@ -114,12 +162,19 @@ async fn untouched_store_verifies_clean() {
 
 #[tokio::test]
 async fn each_kind_of_damage_is_named() {
-    // (what, the tampering SQL, the damage verify must report)
-    type Case = (&'static str, &'static str, fn(&Damage) -> bool);
+    // (what, the tampering SQL on SQLite, on PostgreSQL (none: SQLite's own layout),
+    // the damage verify must report)
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        fn(&Damage) -> bool,
+    );
     let cases: [Case; 11] = [
         (
             "changed field",
             "UPDATE record SET segments = 9 WHERE id = 3",
+            Some("UPDATE record SET segments = 9 WHERE part = {part} AND id = 3"),
             |d| matches!(d, Damage::Changed { .. }),
         ),
         (
@@ -128,11 +183,13 @@ async fn each_kind_of_damage_is_named() {
             "changed outcome",
             "UPDATE outcome_block SET events = CAST(substr(events, 1, 24) || X'03' || substr(events, 26) AS BLOB) \
              WHERE first = 2",
+            Some("UPDATE outcome SET outcome = 3 WHERE part = {part} AND id = 2"),
             |d| matches!(d, Damage::Changed { .. }),
         ),
         (
             "outcome block removed",
             "DELETE FROM outcome_block WHERE first = 2",
+            Some("DELETE FROM outcome WHERE part = {part} AND id = 2"),
             |d| matches!(d, Damage::Removed { table: "outcome", ids } if ids == &vec![2]),
         ),
         (
@@ -140,6 +197,7 @@ async fn each_kind_of_damage_is_named() {
             // submission or id would be misled by it.
             "outcome block bounds",
             "UPDATE outcome_block SET sub_min = sub_min + 1 WHERE first = 2",
+            None,
             |d| matches!(d, Damage::Unreadable(why) if why.contains("outcome block 2")),
         ),
         (
@@ -147,6 +205,7 @@ async fn each_kind_of_damage_is_named() {
             // the block from every lookup.
             "outcome block bounds wrapping round",
             "UPDATE outcome_block SET sub_min = -9223372036854775808 WHERE first = 2",
+            None,
             |d| matches!(d, Damage::Unreadable(why) if why.contains("outcome block 2")),
         ),
         (
@@ -154,6 +213,10 @@ async fn each_kind_of_damage_is_named() {
             "outcome row below the ids",
             "INSERT INTO outcome (id, submission, at_us, outcome) \
              SELECT 0, submission, at_us, 1 FROM record WHERE id = 1",
+            Some(
+                "INSERT INTO outcome (part, node, id, submission, at_us, outcome) \
+                 SELECT part, node, 0, submission, at_us, 1 FROM record WHERE part = {part} AND id = 1",
+            ),
             |d| matches!(d, Damage::Changed { .. }),
         ),
         (
@@ -161,11 +224,16 @@ async fn each_kind_of_damage_is_named() {
             "inserted outcome row",
             "INSERT INTO outcome (id, submission, at_us, outcome) \
              SELECT 6, submission, at_us, 1 FROM record WHERE id = 1",
+            Some(
+                "INSERT INTO outcome (part, node, id, submission, at_us, outcome) \
+                 SELECT part, node, 6, submission, at_us, 1 FROM record WHERE part = {part} AND id = 1",
+            ),
             |d| matches!(d, Damage::Inserted { table: "outcome", ids } if ids == &vec![6]),
         ),
         (
             "deleted row",
             "DELETE FROM record WHERE id = 2",
+            Some("DELETE FROM record WHERE part = {part} AND id = 2"),
             |d| matches!(d, Damage::Removed { table: "record", ids } if ids == &vec![2]),
         ),
         (
@@ -174,26 +242,46 @@ async fn each_kind_of_damage_is_named() {
              account_ix, ip_ix, originator_ix, recipient_ix, sealed) \
              SELECT submission, 1, at_us, bucket, protocol, service, recipient_form, segments, account_ix, ip_ix, \
              originator_ix, recipient_ix, sealed FROM record WHERE id = 1",
+            Some(
+                "INSERT INTO record (part, node, id, submission, ordinal, at_us, bucket, protocol, service, \
+                 recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed) \
+                 SELECT part, node, 6, submission, 1, at_us, bucket, protocol, service, recipient_form, segments, \
+                 account_ix, ip_ix, originator_ix, recipient_ix, sealed FROM record WHERE part = {part} AND id = 1",
+            ),
             |d| matches!(d, Damage::Inserted { table: "record", ids } if ids == &vec![6]),
         ),
-        ("truncated tree", "DELETE FROM head", |d| {
-            matches!(
-                d,
-                Damage::NoHeads {
-                    records: 5,
-                    outcomes: 5
-                }
-            )
-        }),
+        (
+            "truncated tree",
+            "DELETE FROM head",
+            Some("DELETE FROM head WHERE part = {part}"),
+            |d| {
+                matches!(
+                    d,
+                    Damage::NoHeads {
+                        records: 5,
+                        outcomes: 5
+                    }
+                )
+            },
+        ),
         (
             "forged signature",
             "UPDATE head SET signature = zeroblob(64) WHERE seq = 2",
+            Some(
+                "UPDATE head SET signature = decode(repeat('00', 64), 'hex') \
+                 WHERE part = {part} AND seq = 2",
+            ),
             |d| matches!(d, Damage::HeadSignature { seq: 2 }),
         ),
     ];
-    for (what, sql, expected) in cases {
+    for (what, sql, pg_sql, expected) in cases {
+        let pg_sql = match pg_sql {
+            Some(q) => q,
+            None if on_postgres() => continue,
+            None => "",
+        };
         let (_dir, cfg) = fresh().await;
-        tamper(&cfg, "2026-11-02", sql);
+        tamper(&cfg, "2026-11-02", sql, pg_sql);
         let damage = damage_in(&verify(&cfg), "2026-11-02");
         assert!(damage.iter().any(expected), "{what}: found {damage:?}");
     }
@@ -202,9 +290,8 @@ async fn each_kind_of_damage_is_named() {
 #[tokio::test]
 async fn shredded_keys_are_reported_and_hashes_still_checked() {
     let (_dir, cfg) = fresh().await;
-    let keyring = open_keyring(&cfg).unwrap();
     let p = relaylog::store::partition::PartitionId::parse("2026-11-03").unwrap();
-    keyring.shred(p).unwrap();
+    off_runtime(|| open_keyring(&cfg).unwrap().shred(p).unwrap());
     let reports = verify(&cfg);
     let r = reports.iter().find(|r| r.partition == p).unwrap();
     assert!(r.keys_missing && r.verified.damage.is_empty());
@@ -215,24 +302,27 @@ async fn shredded_keys_are_reported_and_hashes_still_checked() {
 async fn verify_command_names_the_partition_and_fails() {
     let (dir, cfg) = fresh().await;
     let config = dir.path().join("relaylog.toml");
-    let d = dir.path().display();
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\n\
-             signing-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, common::store_table(dir.path(), "")).unwrap();
+    // A tree is named by its partition, and on PostgreSQL its node's name.
+    let tree = if on_postgres() {
+        "2026-11-01/n1"
+    } else {
+        "2026-11-01"
+    };
     let run = |args: &[&str]| cli(&config, args);
     let (ok, text) = run(&["verify"]);
     assert!(ok, "{text}");
-    assert!(text.contains("2026-11-01  ok  5 records"), "{text}");
-    tamper(&cfg, "2026-11-01", "DELETE FROM record WHERE id = 4");
+    assert!(text.contains(&format!("{tree}  ok  5 records")), "{text}");
+    tamper(
+        &cfg,
+        "2026-11-01",
+        "DELETE FROM record WHERE id = 4",
+        "DELETE FROM record WHERE part = {part} AND id = 4",
+    );
     let (ok, text) = run(&["verify", "--since", "2026-11-01", "--until", "2026-11-01"]);
     assert!(!ok, "{text}");
     assert!(
-        text.contains("2026-11-01  DAMAGED  record removed: id 4"),
+        text.contains(&format!("{tree}  DAMAGED  record removed: id 4")),
         "{text}"
     );
     assert!(!text.contains("2026-11-02"), "only the window: {text}");
@@ -249,13 +339,12 @@ async fn verify_command_names_the_partition_and_fails() {
 #[tokio::test]
 async fn offboarding_erases_in_signed_chunks_and_the_store_still_verifies() {
     use relaylog::compliance::disclosure::Installation;
-    use relaylog::compliance::officers::{Officer, Role};
     use relaylog::store::IndexKind;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig::under(dir.path());
-    init_keys(&cfg).unwrap();
+    let cfg = common::store_config(dir.path());
+    common::init_store(&cfg);
     let clock = ManualClock::new(day(0, 0));
-    let store = open_store(&cfg, &clock);
+    let store = off_runtime(|| open_store(&cfg, &clock));
     let rec = store.recorder();
     // Day 0: five of the leaving account's messages and one of another; day 1: two.
     for (d, m, account) in [
@@ -273,101 +362,132 @@ async fn offboarding_erases_in_signed_chunks_and_the_store_still_verifies() {
     }
     rec.barrier().await.unwrap();
     store.close().await;
+    // The rest blocks (PostgreSQL's client): off the runtime.
+    off_runtime(|| {
+        let keyring = open_keyring(&cfg).unwrap();
+        let master = relaylog::store::keys::MasterKey::load(&cfg.master_key).unwrap();
+        let signer = integrity::load_signing_key(&cfg.signing_key).unwrap();
+        let inst = Installation {
+            store: &cfg,
+            keyring: &keyring,
+            master: &master,
+            signer: &signer,
+        };
+        let mut ledger = relaylog::ledger::Ledger::open_store(&cfg).unwrap();
+        let root = root_officer();
+        let now = day(3, 0).timestamp_micros();
+        let offboard = |ledger: &mut relaylog::ledger::Ledger, out: &str| {
+            relaylog::compliance::offboard::offboard_in_chunks(
+                &inst,
+                ledger,
+                &root,
+                "big",
+                relaylog::compliance::offboard::Out {
+                    dir: &dir.path().join(out),
+                    stem: None,
+                },
+                now,
+                2,
+            )
+        };
 
-    let keyring = open_keyring(&cfg).unwrap();
-    let master = relaylog::store::keys::MasterKey::load(&cfg.master_key).unwrap();
-    let signer = integrity::load_signing_key(&cfg.signing_key).unwrap();
-    let inst = Installation {
-        store: &cfg,
-        keyring: &keyring,
-        master: &master,
-        signer: &signer,
-    };
-    let mut ledger = relaylog::ledger::Ledger::open(&cfg.ledger).unwrap();
-    let root = Officer {
+        // Day 1's partition is locked by another writer (on PostgreSQL: refuses
+        // deletions): day 0 is erased, day 1 is not, and the audit log says how far it
+        // got.
+        let day1 = (!on_postgres()).then(|| {
+            let day1 = rusqlite::Connection::open(cfg.path.join("2026-11-02.sqlite")).unwrap();
+            day1.execute_batch("BEGIN IMMEDIATE").unwrap();
+            day1
+        });
+        tamper(
+            &cfg,
+            "2026-11-02",
+            "",
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN RAISE EXCEPTION 'refused'; END$$; \
+             CREATE TRIGGER refuse BEFORE DELETE ON record_2026_11_02 \
+             FOR EACH ROW EXECUTE FUNCTION refuse()",
+        );
+        let err = offboard(&mut ledger, "first").unwrap_err().to_string();
+        assert!(err.contains("2026-11-02"), "{err}");
+        if let Some(day1) = day1 {
+            day1.execute_batch("ROLLBACK").unwrap();
+        }
+        tamper(
+            &cfg,
+            "2026-11-02",
+            "",
+            "DROP TRIGGER refuse ON record_2026_11_02",
+        );
+        let first: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("first/big-records.json")).unwrap(),
+        )
+        .unwrap();
+        let times: Vec<&str> = first
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["time"].as_str().unwrap())
+            .collect();
+        assert_eq!(times.len(), 7, "the whole account was exported first");
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        let incomplete = ledger.entries().unwrap().pop().unwrap();
+        assert_eq!(incomplete.action, "account.offboard.incomplete");
+        let details: serde_json::Value = serde_json::from_str(&incomplete.details).unwrap();
+        assert_eq!(details["records"], 5);
+        assert_eq!(details["failed_partition"], "2026-11-02");
+        assert_eq!(
+            common::query_store_cfg(&cfg, IndexKind::Account, "big").len(),
+            2
+        );
+
+        // A second run into a new directory finishes it.
+        let o = offboard(&mut ledger, "second").unwrap();
+        assert_eq!((o.records, o.outcomes), (2, 2));
+        assert_eq!(o.partitions.len(), 1);
+
+        // Five rows of day 0 in chunks of two: three signed statements; day 1: one.
+        let reports = verify(&cfg);
+        let erasures: Vec<(i64, i64)> = reports
+            .iter()
+            .map(|r| (r.verified.erasures, r.verified.erased))
+            .collect();
+        assert_eq!(erasures, [(3, 10), (1, 4)]);
+        assert!(reports.iter().all(|r| r.ok()), "{reports:?}");
+        assert!(common::query_store_cfg(&cfg, IndexKind::Account, "big").is_empty());
+        assert_eq!(
+            common::query_store_cfg(&cfg, IndexKind::Account, "other").len(),
+            1
+        );
+        let key = integrity::load_public_key(&cfg.signing_key).unwrap();
+        let statement =
+            relaylog::compliance::disclosure::verify_export(&o.statement, &key).unwrap();
+        assert_eq!(statement.records, 2);
+        assert_eq!(statement.erased.unwrap().records, 2);
+        assert_eq!(
+            ledger.entries().unwrap().pop().unwrap().action,
+            "account.offboard"
+        );
+    });
+}
+
+/// The admin who offboards.
+fn root_officer() -> relaylog::compliance::officers::Officer {
+    use relaylog::compliance::officers::{Officer, Role};
+    Officer {
         name: "root".into(),
         role: Role::Admin,
         enabled: true,
         created_at: 0,
         created_by: "test".into(),
-    };
-    let now = day(3, 0).timestamp_micros();
-    let offboard = |ledger: &mut relaylog::ledger::Ledger, out: &str| {
-        relaylog::compliance::offboard::offboard_in_chunks(
-            &inst,
-            ledger,
-            &root,
-            "big",
-            relaylog::compliance::offboard::Out {
-                dir: &dir.path().join(out),
-                stem: None,
-            },
-            now,
-            2,
-        )
-    };
-
-    // Day 1's partition is locked by another writer: day 0 is erased, day 1 is not,
-    // and the audit log says how far it got.
-    let day1 = rusqlite::Connection::open(cfg.path.join("2026-11-02.sqlite")).unwrap();
-    day1.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let err = offboard(&mut ledger, "first").unwrap_err().to_string();
-    assert!(err.contains("2026-11-02"), "{err}");
-    day1.execute_batch("ROLLBACK").unwrap();
-    let first: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("first/big-records.json")).unwrap())
-            .unwrap();
-    let times: Vec<&str> = first
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["time"].as_str().unwrap())
-        .collect();
-    assert_eq!(times.len(), 7, "the whole account was exported first");
-    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
-    let incomplete = ledger.entries().unwrap().pop().unwrap();
-    assert_eq!(incomplete.action, "account.offboard.incomplete");
-    let details: serde_json::Value = serde_json::from_str(&incomplete.details).unwrap();
-    assert_eq!(details["records"], 5);
-    assert_eq!(details["failed_partition"], "2026-11-02");
-    assert_eq!(
-        common::query_store_cfg(&cfg, IndexKind::Account, "big").len(),
-        2
-    );
-
-    // A second run into a new directory finishes it.
-    let o = offboard(&mut ledger, "second").unwrap();
-    assert_eq!((o.records, o.outcomes), (2, 2));
-    assert_eq!(o.partitions.len(), 1);
-
-    // Five rows of day 0 in chunks of two: three signed statements; day 1: one.
-    let reports = verify(&cfg);
-    let erasures: Vec<(i64, i64)> = reports
-        .iter()
-        .map(|r| (r.verified.erasures, r.verified.erased))
-        .collect();
-    assert_eq!(erasures, [(3, 10), (1, 4)]);
-    assert!(reports.iter().all(|r| r.ok()), "{reports:?}");
-    assert!(common::query_store_cfg(&cfg, IndexKind::Account, "big").is_empty());
-    assert_eq!(
-        common::query_store_cfg(&cfg, IndexKind::Account, "other").len(),
-        1
-    );
-    let key = integrity::load_public_key(&cfg.signing_key).unwrap();
-    let statement = relaylog::compliance::disclosure::verify_export(&o.statement, &key).unwrap();
-    assert_eq!(statement.records, 2);
-    assert_eq!(statement.erased.unwrap().records, 2);
-    assert_eq!(
-        ledger.entries().unwrap().pop().unwrap().action,
-        "account.offboard"
-    );
+    }
 }
 
 /// An empty store with its keys, in a directory of its own.
 fn empty_store() -> (tempfile::TempDir, StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig::under(dir.path());
-    init_keys(&cfg).unwrap();
+    let cfg = common::store_config(dir.path());
+    common::init_store(&cfg);
     (dir, cfg)
 }
 
@@ -378,44 +498,43 @@ fn erase_on_day_1(cfg: &StoreConfig, account: &str, out: &std::path::Path) -> (u
 }
 
 fn erase_account(cfg: &StoreConfig, account: &str, out: &std::path::Path, now: i64) -> (u64, u64) {
-    use relaylog::compliance::disclosure::Installation;
-    use relaylog::compliance::officers::{Officer, Role};
-    let keyring = open_keyring(cfg).unwrap();
-    let master = relaylog::store::keys::MasterKey::load(&cfg.master_key).unwrap();
-    let signer = integrity::load_signing_key(&cfg.signing_key).unwrap();
-    let inst = Installation {
-        store: cfg,
-        keyring: &keyring,
-        master: &master,
-        signer: &signer,
-    };
-    let mut ledger = relaylog::ledger::Ledger::open(&cfg.ledger).unwrap();
-    let root = Officer {
-        name: "root".into(),
-        role: Role::Admin,
-        enabled: true,
-        created_at: 0,
-        created_by: "test".into(),
-    };
-    let o = relaylog::compliance::offboard::offboard_in_chunks(
-        &inst,
-        &mut ledger,
-        &root,
-        account,
-        relaylog::compliance::offboard::Out {
-            dir: out,
-            stem: None,
-        },
-        now,
-        100,
-    )
-    .unwrap();
-    (o.records, o.outcomes)
+    off_runtime(|| {
+        use relaylog::compliance::disclosure::Installation;
+        let keyring = open_keyring(cfg).unwrap();
+        let master = relaylog::store::keys::MasterKey::load(&cfg.master_key).unwrap();
+        let signer = integrity::load_signing_key(&cfg.signing_key).unwrap();
+        let inst = Installation {
+            store: cfg,
+            keyring: &keyring,
+            master: &master,
+            signer: &signer,
+        };
+        let mut ledger = relaylog::ledger::Ledger::open_store(cfg).unwrap();
+        let root = root_officer();
+        let o = relaylog::compliance::offboard::offboard_in_chunks(
+            &inst,
+            &mut ledger,
+            &root,
+            account,
+            relaylog::compliance::offboard::Out {
+                dir: out,
+                stem: None,
+            },
+            now,
+            100,
+        )
+        .unwrap();
+        (o.records, o.outcomes)
+    })
 }
 
 /// The ids of a partition's records, or of its outcome events (rows and blocks both),
 /// in order.
 fn ids(cfg: &StoreConfig, partition: &str, table: &str) -> Vec<i64> {
+    if on_postgres() {
+        let sql = format!("SELECT id FROM {table} WHERE part = {{part}} ORDER BY id");
+        return select(cfg, partition, "", &sql);
+    }
     let conn = rusqlite::Connection::open(cfg.path.join(format!("{partition}.sqlite"))).unwrap();
     if table == "outcome" {
         let mut scan = relaylog::store::events::Scan::all(&conn).unwrap();
@@ -426,13 +545,12 @@ fn ids(cfg: &StoreConfig, partition: &str, table: &str) -> Vec<i64> {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
     }
-    let mut stmt = conn
-        .prepare(&format!("SELECT id FROM {table} ORDER BY id"))
-        .unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap()
+    select(
+        cfg,
+        partition,
+        &format!("SELECT id FROM {table} ORDER BY id"),
+        "",
+    )
 }
 
 fn assert_clean(cfg: &StoreConfig, erased: i64) {
@@ -462,7 +580,7 @@ async fn erasing_the_highest_ids_then_writing_more_does_not_reuse_ids_or_cry_dam
             rec.barrier().await.unwrap();
         }
     };
-    let store = open_store(&cfg, &clock);
+    let store = off_runtime(|| open_store(&cfg, &clock));
     send(&store, "bee", 1).await;
     send(&store, "aay", 2).await;
     store.close().await;
@@ -470,7 +588,7 @@ async fn erasing_the_highest_ids_then_writing_more_does_not_reuse_ids_or_cry_dam
     assert_eq!(erase_on_day_1(&cfg, "aay", &dir.path().join("a")), (2, 2));
     assert_eq!(ids(&cfg, "2026-11-01", "record"), [1, 2]);
 
-    let store = open_store(&cfg, &clock);
+    let store = off_runtime(|| open_store(&cfg, &clock));
     send(&store, "cee", 3).await;
     // Erased while the writer has the partition open, then more traffic.
     assert_eq!(erase_on_day_1(&cfg, "cee", &dir.path().join("c")), (2, 2));
@@ -495,7 +613,7 @@ async fn erasing_the_highest_ids_then_writing_more_does_not_reuse_ids_or_cry_dam
 async fn erasing_unsigned_rows_after_a_crash_does_not_reuse_ids_or_cry_damage() {
     let (dir, cfg) = empty_store();
     let clock = ManualClock::new(day(0, 1));
-    let store = open_store(&cfg, &clock);
+    let store = off_runtime(|| open_store(&cfg, &clock));
     let rec = store.recorder();
     accepted(&rec, "bee", "+31612000001").await;
     rec.barrier().await.unwrap();
@@ -504,20 +622,22 @@ async fn erasing_unsigned_rows_after_a_crash_does_not_reuse_ids_or_cry_damage() 
     accepted(&rec, "aay", "+31612000003").await;
     store.close().await;
     // Drop the heads that cover aay's rows, as if the writer died before signing them.
-    let covered_bee = {
-        let conn = rusqlite::Connection::open(cfg.path.join("2026-11-01.sqlite")).unwrap();
-        conn.execute(
-            "DELETE FROM head WHERE record_through > 1 OR outcome_through > 1",
-            [],
-        )
-        .unwrap();
-        conn.query_row("SELECT count(*) FROM head", [], |r| r.get::<_, i64>(0))
-            .unwrap()
-    };
-    assert!(covered_bee >= 1, "bee's rows keep their head");
+    tamper(
+        &cfg,
+        "2026-11-01",
+        "DELETE FROM head WHERE record_through > 1 OR outcome_through > 1",
+        "DELETE FROM head WHERE part = {part} AND (record_through > 1 OR outcome_through > 1)",
+    );
+    let covered_bee = select(
+        &cfg,
+        "2026-11-01",
+        "SELECT count(*) FROM head",
+        "SELECT count(*) FROM head WHERE part = {part}",
+    );
+    assert!(covered_bee[0] >= 1, "bee's rows keep their head");
     assert_eq!(erase_on_day_1(&cfg, "aay", &dir.path().join("a")), (2, 2));
 
-    let store = open_store(&cfg, &clock);
+    let store = off_runtime(|| open_store(&cfg, &clock));
     clock.set(day(0, 3));
     let rec = store.recorder();
     accepted(&rec, "cee", "+31612000004").await;
@@ -534,7 +654,7 @@ async fn erasing_unsigned_rows_after_a_crash_does_not_reuse_ids_or_cry_damage() 
 async fn heads_and_erasures_carry_the_injected_clock_time() {
     let (dir, cfg) = empty_store();
     let clock = ManualClock::new(day(0, 1));
-    let store = open_store(&cfg, &clock);
+    let store = off_runtime(|| open_store(&cfg, &clock));
     let rec = store.recorder();
     accepted(&rec, "bee", "+31612000001").await;
     rec.barrier().await.unwrap();
@@ -543,21 +663,22 @@ async fn heads_and_erasures_carry_the_injected_clock_time() {
     store.close().await;
     let erased_at = day(1, 0).timestamp_micros();
     erase_account(&cfg, "aay", &dir.path().join("a"), erased_at);
-    let conn = rusqlite::Connection::open(cfg.path.join("2026-11-01.sqlite")).unwrap();
-    let heads: Vec<i64> = conn
-        .prepare("SELECT at_us FROM head ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
+    let heads = select(
+        &cfg,
+        "2026-11-01",
+        "SELECT at_us FROM head ORDER BY seq",
+        "SELECT at_us FROM head WHERE part = {part} ORDER BY seq",
+    );
     assert!(!heads.is_empty());
     let window = day(0, 1).timestamp_micros()..=day(0, 2).timestamp_micros();
     assert!(heads.iter().all(|t| window.contains(t)), "{heads:?}");
-    let erasure: i64 = conn
-        .query_row("SELECT at_us FROM erasure", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(erasure, erased_at);
+    let erasure = select(
+        &cfg,
+        "2026-11-01",
+        "SELECT at_us FROM erasure",
+        "SELECT at_us FROM erasure WHERE part = {part}",
+    );
+    assert_eq!(erasure, [erased_at]);
     assert_clean(&cfg, 2);
 }
 
@@ -569,7 +690,7 @@ async fn heads_and_erasures_carry_the_injected_clock_time() {
 async fn a_forged_erasure_statement_does_not_steer_the_writer() {
     let (_dir, cfg) = empty_store();
     let clock = ManualClock::new(day(0, 1));
-    let store = open_store(&cfg, &clock);
+    let store = off_runtime(|| open_store(&cfg, &clock));
     let rec = store.recorder();
     accepted(&rec, "bee", "+31612000001").await;
     accepted(&rec, "bee", "+31612000002").await;
@@ -577,14 +698,21 @@ async fn a_forged_erasure_statement_does_not_steer_the_writer() {
     let mut entry = vec![b'r'];
     entry.extend_from_slice(&1000i64.to_be_bytes());
     entry.extend_from_slice(&[0u8; 32]);
-    let conn = rusqlite::Connection::open(cfg.path.join("2026-11-01.sqlite")).unwrap();
-    conn.execute(
-        "INSERT INTO erasure (id, at_us, reason, entries, signature) VALUES (1, 0, 'forged', ?1, x'00')",
-        [entry],
-    )
-    .unwrap();
-    drop(conn);
-    let store = open_store(&cfg, &clock);
+    let entry: String = entry.iter().map(|b| format!("{b:02x}")).collect();
+    tamper(
+        &cfg,
+        "2026-11-01",
+        &format!(
+            "INSERT INTO erasure (id, at_us, reason, entries, signature) \
+             VALUES (1, 0, 'forged', x'{entry}', x'00')"
+        ),
+        // Signed, it says, by the node whose tree it is.
+        &format!(
+            "INSERT INTO erasure (part, node, id, at_us, reason, entries, signature, signer) \
+             VALUES ({{part}}, 1, 1, 0, 'forged', '\\x{entry}', '\\x00', 1)"
+        ),
+    );
+    let store = off_runtime(|| open_store(&cfg, &clock));
     let rec = store.recorder();
     accepted(&rec, "cee", "+31612000003").await;
     store.close().await;
@@ -598,6 +726,9 @@ async fn a_forged_erasure_statement_does_not_steer_the_writer() {
 /// keep their outcomes.
 #[tokio::test]
 async fn erasing_from_a_block_shared_with_another_account_keeps_the_rest() {
+    if common::sqlite_only("outcome blocks are SQLite's") {
+        return;
+    }
     // The four events go one after the other, then one barrier, so one ingest takes
     // them all; a machine slow enough to split them is given another try.
     for attempt in 1..=3 {
@@ -626,7 +757,7 @@ async fn erasing_from_a_block_shared_with_another_account_keeps_the_rest() {
 /// share a block.
 async fn two_accounts_in_one_block(cfg: &StoreConfig) -> bool {
     let clock = ManualClock::new(day(0, 1));
-    let store = open_store(cfg, &clock);
+    let store = off_runtime(|| open_store(cfg, &clock));
     let rec = store.recorder();
     let mut sent = Vec::new();
     for (account, number) in [

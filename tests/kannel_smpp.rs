@@ -70,14 +70,13 @@ async fn kannel_submits_through_relaylog_and_gets_its_receipt() {
     let logs = LogCapture::start();
     let dir = tempfile::tempdir().unwrap();
     init_keys(dir.path());
-    let d = dir.path().display();
     let text = format!(
-        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n\
-         [[listener]]\nname = \"smpp\"\nprotocol = \"smpp\"\nlisten = \"127.0.0.1:0\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n"
+        "{}[[listener]]\nname = \"smpp\"\nprotocol = \"smpp\"\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        common::store_table(dir.path(), "")
     );
     let config = relaylog::config::Config::parse(&text, Path::new("test.toml")).unwrap();
-    let running = relaylog::serve::start(config.clone(), Arc::new(relaylog::clock::SystemClock))
+    let running = common::start_serve(config.clone(), Arc::new(relaylog::clock::SystemClock))
         .await
         .unwrap();
     let smpp_port = running.addr("smpp").unwrap().port();

@@ -236,7 +236,7 @@ async fn relaylog_in_front_of_postfix_records_every_accepted_recipient() {
     );
     init_keys(dir.path());
     let config = Config::parse(&text, Path::new("test.toml")).unwrap();
-    let running = relaylog::serve::start(config.clone(), Arc::new(relaylog::clock::SystemClock))
+    let running = common::start_serve(config.clone(), Arc::new(relaylog::clock::SystemClock))
         .await
         .unwrap();
     let relay = running.addr("mail").unwrap();

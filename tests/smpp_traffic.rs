@@ -208,7 +208,7 @@ async fn an_inbound_message_that_cannot_be_recorded_is_held_back() {
         0x64,
         "ESME_RX_T_APPN: send it again later"
     );
-    lock.execute_batch("COMMIT").unwrap();
+    lock.release();
     // The client gets the others, and only them: each deliver_sm it sees is one the
     // SMSC did not hear refused.
     let mut seen = 0;

@@ -118,9 +118,15 @@ pub enum Command {
 }
 
 pub fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Whatever the level: the PostgreSQL client logs each statement's bound values at
+    // debug (sealed values, blind indexes, officers' password hashes, case fields),
+    // and rustls each handshake's peer.
+    for cap in ["tokio_postgres=info", "postgres=info", "rustls=info"] {
+        filter = filter.add_directive(cap.parse().expect("a fixed directive"));
+    }
     use std::io::IsTerminal;
     // Colour only on a terminal: a log file or journal must not get escape codes.
     let builder = tracing_subscriber::fmt()

@@ -253,8 +253,12 @@ pub fn version(client: &mut impl GenericClient) -> Result<i32, PgError> {
 /// transaction under [`lock::MIGRATE`].
 pub fn migrate(client: &mut postgres::Client, now_us: i64) -> Result<Applied, PgError> {
     let mut tx = client.transaction()?;
-    // A migration may wait for a lock, or build indexes on large tables: no limit.
-    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")?;
+    // A migration may wait for a lock, or build indexes on large tables: no limit. And
+    // no NOTICE for each `IF NOT EXISTS` on a run again.
+    tx.batch_execute(
+        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
+         SET LOCAL client_min_messages = warning",
+    )?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::MIGRATE])?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS relaylog;
@@ -346,6 +350,10 @@ pub fn check_installation(
 
 /// Whether a benchmark filled this database (its records are made up).
 pub fn is_bench(client: &mut impl GenericClient) -> Result<bool, PgError> {
+    // Not initialised: not a benchmark's (and `target` says to run `init`).
+    if version(client)? == 0 {
+        return Ok(false);
+    }
     Ok(client
         .query_opt("SELECT bench FROM relaylog.installation", &[])?
         .is_some_and(|r| r.get(0)))

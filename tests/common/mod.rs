@@ -191,26 +191,199 @@ pub fn config_text(
     extra_listener: &str,
     extra_store: &str,
 ) -> String {
-    let d = dir.display();
     let upstream = upstream
         .map(|u| format!("upstream = \"{u}\"\n"))
         .unwrap_or_default();
     format!(
-        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{extra_store}\n\
-         [[listener]]\nname = \"sms\"\nlisten = \"127.0.0.1:0\"\nprofile = \"{profile}\"\n{upstream}{extra_listener}\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n"
+        "{}[[listener]]\nname = \"sms\"\nlisten = \"127.0.0.1:0\"\nprofile = \"{profile}\"\n{upstream}{extra_listener}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        store_table(dir, extra_store)
     )
 }
 
 /// A configuration with one SMTP listener named `mail` (in front of the built-in sink
 /// unless `listener` names an upstream).
 pub fn smtp_config_text(dir: &Path, listener: &str, store: &str) -> String {
-    let d = dir.display();
     format!(
-        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{store}\n\
-         [[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n"
+        "{}[[listener]]\nname = \"mail\"\nprotocol = \"smtp\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        store_table(dir, store)
     )
+}
+
+/// The `[store]` table of a test's store under `dir`, with `extra` lines: its files
+/// under `dir`, and on PostgreSQL (see [`on_postgres`]) its database.
+pub fn store_table(dir: &Path, extra: &str) -> String {
+    let d = dir.display();
+    let backend = backend_lines(dir, extra);
+    format!(
+        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{extra}\n{backend}\n"
+    )
+}
+
+/// Whether this run puts the stores the tests make on PostgreSQL: with
+/// `RELAYLOG_TEST_BACKEND=postgres`, [`config_text`] and [`smtp_config_text`] give each
+/// test directory a database of its own in one private cluster per test binary
+/// ([`pg::shared`]), so that the suites about the store's users (`serve`, `query`,
+/// `expire`, holds, `verify`, cases, disclosure, offboarding, the admin API) run
+/// against both backends. Tests about SQLite's files say so and stop early
+/// ([`sqlite_only`]).
+pub fn on_postgres() -> bool {
+    match std::env::var("RELAYLOG_TEST_BACKEND").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("RELAYLOG_TEST_BACKEND={other}: sqlite or postgres"),
+    }
+}
+
+/// True (and says so) when the run is on PostgreSQL and this test is about SQLite's
+/// files (`why`): the caller returns.
+pub fn sqlite_only(why: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        eprintln!("not on PostgreSQL: {why}");
+    }
+    skip
+}
+
+/// The `[store]` lines that put `dir`'s store on PostgreSQL when the run is (the same
+/// database each time for one directory), unless `extra` chooses a backend itself.
+fn backend_lines(dir: &Path, extra: &str) -> String {
+    if extra.contains("backend =") {
+        return String::new();
+    }
+    match database(dir) {
+        Some(db) => pg::shared().store_lines(dir, &db, "n1"),
+        None => String::new(),
+    }
+}
+
+/// On PostgreSQL, the database of `dir`'s store (one per test directory).
+pub fn database(dir: &Path) -> Option<String> {
+    static DATABASES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    if !on_postgres() {
+        return None;
+    }
+    let mut dbs = DATABASES.lock().unwrap();
+    let n = match dbs.iter().position(|d| d == dir) {
+        Some(n) => n,
+        None => {
+            dbs.push(dir.to_owned());
+            dbs.len() - 1
+        }
+    };
+    Some(format!("suite_{n}"))
+}
+
+/// Where [`tamper`] changes data on SQLite.
+pub enum Stored {
+    /// `dir/ledger.sqlite`.
+    Ledger,
+    /// The store's one partition file ([`partition_file`]).
+    Partition,
+}
+
+/// Changes stored data behind relaylog's back, as an attacker or a failing disk would:
+/// `sql` on a SQLite file or, on PostgreSQL, `pg_sql` on `dir`'s database (schema
+/// `relaylog` first on the search path).
+pub fn tamper(dir: &Path, file: Stored, sql: &str, pg_sql: &str) {
+    if let Some(db) = database(dir) {
+        return pg::shared().batch(&db, &format!("SET search_path = relaylog; {pg_sql}"));
+    }
+    let file = match file {
+        Stored::Ledger => dir.join("ledger.sqlite"),
+        Stored::Partition => partition_file(dir),
+    };
+    rusqlite::Connection::open(file)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+/// Everything relaylog keeps at rest for `dir`: each file under it, and on PostgreSQL
+/// each table of its database as text (every row, every column), by name.
+pub fn stored_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = files_under(dir)
+        .into_iter()
+        .map(|f| {
+            (
+                f.display().to_string(),
+                std::fs::read(&f).unwrap_or_default(),
+            )
+        })
+        .collect();
+    if let Some(db) = database(dir) {
+        off_runtime(|| {
+            let mut c = pg::shared().client(&db);
+            let tables: Vec<String> = c
+                .query(
+                    "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+                     WHERE schemaname IN ('relaylog', 'relaylog_keys')",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for t in tables {
+                let text: Option<String> = c
+                    .query_one(
+                        &format!("SELECT string_agg(t::text, E'\\n') FROM {t} t"),
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                out.push((t, text.unwrap_or_default().into_bytes()));
+            }
+        });
+    }
+    out
+}
+
+/// The settings of a store under `dir` as `StoreConfig::under` makes them, on
+/// PostgreSQL when the run is (`dir`'s database: see [`on_postgres`]).
+pub fn store_config(dir: &Path) -> relaylog::config::StoreConfig {
+    let mut cfg = relaylog::config::StoreConfig::under(dir);
+    let lines = backend_lines(dir, "");
+    if !lines.is_empty() {
+        let text = format!("[store]\n{lines}");
+        cfg.backend = Config::parse(&text, Path::new("test.toml"))
+            .unwrap()
+            .store
+            .backend;
+    }
+    cfg
+}
+
+/// Creates a store's keys and, on PostgreSQL, its database's schema and this node
+/// (what `relaylog init` does), off the runtime's threads.
+pub fn init_store(cfg: &relaylog::config::StoreConfig) {
+    relaylog::store::init_keys(cfg).unwrap();
+    if let relaylog::config::Backend::Postgres(pg) = &cfg.backend {
+        off_runtime(|| {
+            relaylog::store::pgstore::init(cfg, pg, chrono::Utc::now().timestamp_micros()).unwrap()
+        });
+    }
+}
+
+/// The partitions a store holds, oldest first: its files, or its database's.
+pub fn partitions(
+    cfg: &relaylog::config::StoreConfig,
+) -> Vec<relaylog::store::partition::PartitionId> {
+    match &cfg.backend {
+        relaylog::config::Backend::Sqlite => relaylog::store::partition::list(&cfg.path).unwrap(),
+        relaylog::config::Backend::Postgres(pg) => off_runtime(|| {
+            let pool = relaylog::pg::Pool::shared(pg).unwrap();
+            let mut client = pool.get().unwrap();
+            relaylog::pg::schema::partitions(&mut *client, cfg.partition).unwrap()
+        }),
+    }
+}
+
+/// Runs `f` on a thread of its own: the PostgreSQL client blocks, and must not on a
+/// runtime's thread (async tests).
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
 }
 
 /// The `[compliance]` table that lets the command line's reads run without an
@@ -222,19 +395,20 @@ pub const SINGLE_OPERATOR: &str = "\n[compliance]\nsingle-operator = true\n";
 /// refusals not written to it yet (`compliance::refusals`) are written first, as
 /// `audit list` does.
 pub fn audit_entries(dir: &Path) -> Vec<(String, String, String)> {
-    let path = dir.join("ledger.sqlite");
-    relaylog::ledger::Ledger::open(&path)
-        .unwrap()
-        .flush_refusals(chrono::Utc::now().timestamp_micros(), true)
-        .unwrap();
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT actor, action, details FROM audit ORDER BY seq")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    let text = config_text(dir, "kannel", None, "", "");
+    let store = Config::parse(&text, Path::new("test.toml")).unwrap().store;
+    off_runtime(|| {
+        let mut ledger = relaylog::ledger::Ledger::open_store(&store).unwrap();
+        ledger
+            .flush_refusals(chrono::Utc::now().timestamp_micros(), true)
+            .unwrap();
+        ledger
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.actor, e.action, e.details))
+            .collect()
+    })
 }
 
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
@@ -243,13 +417,40 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-/// Creates the master and signing keys where [`config_text`] names them.
+/// Creates the master and signing keys where [`config_text`] names them; on
+/// PostgreSQL, with `dir/relaylog.toml` written, the database's schema and this node
+/// too (see [`init_database`]; [`Relay::start`] does that itself).
 pub fn init_keys(dir: &Path) {
     let master = dir.join("keys/master.key");
     if !master.exists() {
         keys::create_master_key(&master).unwrap();
         relaylog::store::integrity::create_signing_key(&dir.join("keys/signing.key")).unwrap();
     }
+    let config = dir.join("relaylog.toml");
+    if on_postgres() && config.exists() {
+        init_database(&Config::load(&config).unwrap());
+    }
+}
+
+/// On PostgreSQL: what `relaylog init` does to the database (migrations, the
+/// installation, this node); nothing on SQLite.
+pub fn init_database(config: &Config) {
+    if let relaylog::config::Backend::Postgres(pg) = &config.store.backend {
+        off_runtime(|| {
+            relaylog::store::pgstore::init(&config.store, pg, chrono::Utc::now().timestamp_micros())
+                .unwrap()
+        });
+    }
+}
+
+/// `relaylog::serve::start`, with the database initialised first on PostgreSQL (as
+/// `relaylog init` would have).
+pub async fn start_serve(
+    config: Config,
+    clock: relaylog::clock::SharedClock,
+) -> Result<Running, relaylog::serve::ServeError> {
+    init_database(&config);
+    relaylog::serve::start(config, clock).await
 }
 
 pub struct Relay {
@@ -263,7 +464,7 @@ impl Relay {
     pub async fn start(dir: &Path, text: &str) -> Relay {
         init_keys(dir);
         let config = Config::parse(text, Path::new("test.toml")).unwrap();
-        let running = relaylog::serve::start(config.clone(), Arc::new(SystemClock))
+        let running = start_serve(config.clone(), Arc::new(SystemClock))
             .await
             .unwrap();
         let url = format!("http://{}", running.addr("sms").unwrap());
@@ -306,7 +507,6 @@ pub fn query_store_cfg(
     kind: IndexKind,
     value: &str,
 ) -> Vec<Found> {
-    let keyring = open_keyring(store).unwrap();
     let criteria = Criteria {
         kind,
         value: value.to_owned(),
@@ -314,9 +514,12 @@ pub fn query_store_cfg(
         until: i64::MAX / 2,
         filters: true,
     };
-    let mut out = Vec::new();
-    query::run(store, &keyring, &criteria, |f| out.push(f)).unwrap();
-    out
+    off_runtime(|| {
+        let keyring = open_keyring(store).unwrap();
+        let mut out = Vec::new();
+        query::run(store, &keyring, &criteria, |f| out.push(f)).unwrap();
+        out
+    })
 }
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -691,12 +894,107 @@ pub fn partition_file(dir: &Path) -> PathBuf {
     files.into_iter().next().unwrap()
 }
 
-/// Another connection takes the write lock of the store's one partition: the writer
-/// waits on it until `COMMIT` (or `ROLLBACK`) on the returned connection.
-pub fn hold_writer(dir: &Path) -> rusqlite::Connection {
-    let lock = rusqlite::Connection::open(partition_file(dir)).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    lock
+/// Another connection takes the write lock of the store's one partition (on
+/// PostgreSQL: of the record and outcome tables): the writer waits on it until
+/// [`HeldWriter::release`].
+pub fn hold_writer(dir: &Path) -> HeldWriter {
+    let Some(db) = database(dir) else {
+        let lock = rusqlite::Connection::open(partition_file(dir)).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        return HeldWriter::Sqlite(lock);
+    };
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let mut c = pg::shared().client(&db);
+        let mut tx = c.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE relaylog.record, relaylog.outcome IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = released.recv();
+        tx.commit().unwrap();
+    });
+    locked.recv().unwrap();
+    HeldWriter::Postgres { release, thread }
+}
+
+/// The store made unable to write until [`Broken::mend`]: on SQLite its directory
+/// taken away and a plain file put in its place; on PostgreSQL a constraint no row
+/// meets on the record and outcome tables (the role is a superuser: `REVOKE` would
+/// not stop it).
+pub fn break_store(dir: &Path) -> Broken {
+    let db = database(dir);
+    match &db {
+        Some(db) => pg::shared().batch(
+            db,
+            "ALTER TABLE relaylog.record ADD CONSTRAINT test_broken CHECK (false) NOT VALID; \
+             ALTER TABLE relaylog.outcome ADD CONSTRAINT test_broken CHECK (false) NOT VALID",
+        ),
+        None => {
+            let store = dir.join("store");
+            std::fs::rename(&store, dir.join("store.moved")).unwrap();
+            std::fs::write(&store, b"not a directory").unwrap();
+        }
+    }
+    Broken {
+        dir: dir.to_owned(),
+        db,
+    }
+}
+
+/// A store [`break_store`] broke.
+pub struct Broken {
+    dir: PathBuf,
+    db: Option<String>,
+}
+
+impl Broken {
+    /// The `reason` label its failed commits are counted under.
+    pub fn reason(&self) -> &'static str {
+        if self.db.is_some() {
+            "database_error"
+        } else {
+            "cannot_open"
+        }
+    }
+
+    /// Puts the store back as it was.
+    pub fn mend(self) {
+        match &self.db {
+            Some(db) => pg::shared().batch(
+                db,
+                "ALTER TABLE relaylog.record DROP CONSTRAINT test_broken; \
+                 ALTER TABLE relaylog.outcome DROP CONSTRAINT test_broken",
+            ),
+            None => {
+                let store = self.dir.join("store");
+                std::fs::remove_file(&store).unwrap();
+                std::fs::rename(self.dir.join("store.moved"), &store).unwrap();
+            }
+        }
+    }
+}
+
+/// What [`hold_writer`] holds.
+pub enum HeldWriter {
+    Sqlite(rusqlite::Connection),
+    Postgres {
+        release: std::sync::mpsc::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    },
+}
+
+impl HeldWriter {
+    /// Lets the writer go on.
+    pub fn release(self) {
+        match self {
+            HeldWriter::Sqlite(c) => c.execute_batch("COMMIT").unwrap(),
+            HeldWriter::Postgres { release, thread } => {
+                release.send(()).unwrap();
+                thread.join().unwrap();
+            }
+        }
+    }
 }
 
 /// A self-signed certificate for `localhost`, written as `<name>.crt` and `<name>.key`

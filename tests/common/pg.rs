@@ -202,7 +202,7 @@ impl Cluster {
                     assert!(
                         database
                             .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b == b'_')
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                     );
                     admin
                         .batch_execute(&format!("CREATE DATABASE {database}"))
@@ -239,8 +239,38 @@ impl Cluster {
     }
 }
 
+/// The cluster this test binary's suites share when run on PostgreSQL (see
+/// `common::on_postgres`): started at first use, stopped and removed when the process
+/// exits. Fails the test when PostgreSQL is not installed.
+pub fn shared() -> &'static Cluster {
+    static SHARED: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+    extern "C" fn stop() {
+        if let Some(c) = SHARED.get() {
+            c.stop();
+            let _ = std::fs::remove_dir_all(c.dir.path());
+        }
+    }
+    SHARED.get_or_init(|| {
+        assert!(
+            bindir().is_some(),
+            "RELAYLOG_TEST_BACKEND=postgres: PostgreSQL is not installed (apt-get install postgresql)"
+        );
+        let cluster = Cluster::start().unwrap();
+        // SAFETY: registers a function without arguments, run once at exit.
+        assert_eq!(unsafe { libc::atexit(stop) }, 0);
+        cluster
+    })
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Cluster {
+    /// Stops the server at once (the data is thrown away after).
+    fn stop(&self) {
         let data = self.path("data");
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.run(

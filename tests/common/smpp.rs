@@ -17,11 +17,10 @@ use super::init_keys;
 pub const T: Duration = Duration::from_secs(10);
 
 pub fn smpp_config_text(dir: &Path, listener: &str, store: &str) -> String {
-    let d = dir.display();
     format!(
-        "[store]\npath = \"{d}/store\"\nkeyring = \"{d}/keys/keyring\"\nmaster-key = \"{d}/keys/master.key\"\nsigning-key = \"{d}/keys/signing.key\"\nledger = \"{d}/ledger.sqlite\"\n{store}\n\
-         [[listener]]\nname = \"smpp\"\nprotocol = \"smpp\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n"
+        "{}[[listener]]\nname = \"smpp\"\nprotocol = \"smpp\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        super::store_table(dir, store)
     )
 }
 
@@ -37,10 +36,9 @@ impl SmppRelay {
         init_keys(dir);
         let text = smpp_config_text(dir, listener, store);
         let config = relaylog::config::Config::parse(&text, Path::new("test.toml")).unwrap();
-        let running =
-            relaylog::serve::start(config.clone(), Arc::new(relaylog::clock::SystemClock))
-                .await
-                .unwrap();
+        let running = super::start_serve(config.clone(), Arc::new(relaylog::clock::SystemClock))
+            .await
+            .unwrap();
         let addr = running.addr("smpp").unwrap();
         let admin = format!("http://{}", running.admin.unwrap());
         SmppRelay {
