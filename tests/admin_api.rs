@@ -696,10 +696,7 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
     }
     let (ok, out) = cli(&s.config_path, &["audit", "verify"]);
     assert!(ok, "{out}");
-    let ledger: Vec<(String, Vec<u8>)> = stored_bytes(s.config_path.parent().unwrap())
-        .into_iter()
-        .filter(|(name, _)| name.ends_with("ledger.sqlite") || name.starts_with("relaylog"))
-        .collect();
+    let ledger = ledger_bytes(s.config_path.parent().unwrap());
     for number in ["31612345678", "612345678", "31611111111", "leaver"] {
         for (name, bytes) in &ledger {
             assert!(!contains(bytes, number.as_bytes()), "{number} in {name}");

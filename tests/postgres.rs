@@ -503,7 +503,68 @@ async fn offboarding_erases_an_account_from_every_nodes_tree() {
             "{v}"
         );
     }
-    assert!(!v.contains("damage"), "{v}");
+    assert!(!v.contains("DAMAGED"), "{v}");
+
+    // Someone with write access to the database alone registers a node of their own,
+    // and with its key signs an erasure statement in node a's tree and a deletion
+    // statement: none of it is believed.
+    use ring::signature::KeyPair;
+    let forger = ring::signature::Ed25519KeyPair::from_pkcs8(
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    let public: String = forger
+        .public_key()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let day = relaylog::store::partition::PartitionId::containing(
+        relaylog::config::Granularity::Day,
+        chrono::Utc::now().timestamp_micros(),
+    );
+    let mut entries = vec![b'r'];
+    entries.extend_from_slice(&2i64.to_be_bytes());
+    entries.extend_from_slice(&[7u8; 32]);
+    let message =
+        relaylog::store::integrity::erasure_message_of(day, Some("a"), 2, 0, "forged", &entries);
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    pg.batch(
+        "offboard",
+        &format!(
+            "INSERT INTO relaylog.node (id, name, public_key, registered_us) \
+             VALUES (9, 'relay-x', '\\x{public}', 0); \
+             INSERT INTO relaylog.erasure (part, node, id, at_us, reason, entries, signature, signer) \
+             SELECT part, 1, 2, 0, 'forged', '\\x{}', '\\x{}', 9 FROM relaylog.partition WHERE name = '{day}'",
+            hex(&entries),
+            hex(forger.sign(&message).as_ref())
+        ),
+    );
+    let (ok, v) = common::cli(&config_a, &["verify"]);
+    assert!(!ok, "{v}");
+    assert!(
+        v.contains("/relay-x  DAMAGED") && v.contains("not authenticated by the master key"),
+        "{v}"
+    );
+    assert!(
+        v.contains("/a  DAMAGED  erasure statement 2 is not signed by this installation"),
+        "{v}"
+    );
+    let statement = out.join("leaving-deletion.json");
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&statement).unwrap()).unwrap();
+    forged["records"] = 0.into();
+    let forged_bytes = serde_json::to_vec_pretty(&forged).unwrap();
+    std::fs::write(&statement, &forged_bytes).unwrap();
+    std::fs::write(
+        relaylog::compliance::disclosure::signature_path(&statement),
+        hex(forger.sign(&forged_bytes).as_ref()),
+    )
+    .unwrap();
+    let (ok, s) = common::cli(&config_b, &["verify-export", statement.to_str().unwrap()]);
+    assert!(!ok && s.contains("does not verify"), "{s}");
 }
 
 /// Two `serve` processes, two nodes, one database: messages through both are found by

@@ -694,30 +694,44 @@ pub(super) fn verify_export(
     Ok(())
 }
 
-/// [`verify_export`] with this installation's keys: its own signing key's, and on
-/// PostgreSQL every registered node's, since an export is signed by the node its
-/// officer ran it on.
+/// [`verify_export`] with this installation's keys: its own signing key's and, on
+/// PostgreSQL, every other node's whose row the master key authenticates (an export
+/// is signed by the node its officer ran it on; a key put in the database by anyone
+/// else is never tried).
 pub(super) fn verify_export_installed(config: &Config, manifest: &std::path::Path) -> Result<()> {
     use crate::compliance::disclosure::{VerifyError, verify_export};
     let own = crate::store::integrity::public_key_path(&config.store.signing_key);
-    let mut keys = vec![(None, crate::store::integrity::read_public_key(&own)?)];
-    if let crate::config::Backend::Postgres(pg) = &config.store.backend {
-        let pool = crate::pg::Pool::shared(pg)?;
-        let nodes = crate::pg::schema::nodes(&mut *pool.get()?)?;
-        keys.extend(nodes.into_iter().map(|(_, name, key)| (Some(name), key)));
-    }
-    let mut last = None;
-    for (node, key) in &keys {
-        match verify_export(manifest, key) {
+    let own = crate::store::integrity::read_public_key(&own)?;
+    let first = match verify_export(manifest, &own) {
+        Ok(m) => {
+            print_verified(&m, None);
+            return Ok(());
+        }
+        Err(e @ VerifyError::Signature) => e,
+        Err(e) => return Err(e.into()),
+    };
+    let crate::config::Backend::Postgres(pg) = &config.store.backend else {
+        return Err(first.into());
+    };
+    let master = crate::store::keys::MasterKey::load(&config.store.master_key)
+        .context("the other nodes' keys are trusted only with the master key")?;
+    let tagger = master.node_tagger();
+    let pool = crate::pg::Pool::shared(pg)?;
+    let nodes = crate::pg::schema::nodes(&mut *pool.get()?)?;
+    for node in nodes
+        .iter()
+        .filter(|n| n.authentic(&tagger) && n.public_key != own)
+    {
+        match verify_export(manifest, &node.public_key) {
             Ok(m) => {
-                print_verified(&m, node.as_deref());
+                print_verified(&m, Some(&node.name));
                 return Ok(());
             }
-            Err(e @ VerifyError::Signature) => last = Some(e),
+            Err(VerifyError::Signature) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Err(last.unwrap_or(VerifyError::Signature).into())
+    Err(first.into())
 }
 
 fn print_verified(m: &crate::compliance::disclosure::Manifest, node: Option<&str>) {

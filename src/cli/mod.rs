@@ -118,25 +118,41 @@ pub enum Command {
 }
 
 pub fn init_tracing(format: LogFormat, level: &str) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Whatever the level: the PostgreSQL client logs each statement's bound values at
-    // debug (sealed values, blind indexes, officers' password hashes, case fields),
-    // and rustls each handshake's peer.
-    for cap in ["tokio_postgres=info", "postgres=info", "rustls=info"] {
-        filter = filter.add_directive(cap.parse().expect("a fixed directive"));
-    }
     use std::io::IsTerminal;
     // Colour only on a terminal: a log file or journal must not get escape codes.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let layer = match format {
+        LogFormat::Json => layer.json().boxed(),
+        LogFormat::Text => layer.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(
+            layer
+                .with_filter(filter)
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                    quiet_enough(m.target(), *m.level())
+                })),
+        )
+        .init();
+}
+
+/// Whatever the level or `RUST_LOG` asks for, nothing below info from the PostgreSQL
+/// client, which logs each statement's bound values at debug (sealed values, blind
+/// indexes, officers' password hashes, case fields), nor from rustls (each
+/// handshake's peer).
+fn quiet_enough(target: &str, level: tracing::Level) -> bool {
+    let chatty = ["tokio_postgres", "postgres", "rustls"]
+        .iter()
+        .any(|c| target == *c || target.starts_with(&format!("{c}::")));
+    !chatty || level <= tracing::Level::INFO
 }
 
 fn log_format(cli: &Cli, config: Option<&Config>) -> LogFormat {
@@ -351,4 +367,28 @@ fn read_secret_line(what: &str) -> Result<String> {
 /// Parses `--since`/`--until` (see [`crate::clock::parse_time`]).
 pub fn parse_time(s: &str, end_of_day: bool) -> Result<DateTime<Utc>> {
     Ok(crate::clock::parse_time(s, end_of_day)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_enough;
+    use tracing::Level;
+
+    /// The PostgreSQL client's statement log (bound values) stays out at any level.
+    #[test]
+    fn the_database_clients_debug_lines_never_pass() {
+        for target in [
+            "tokio_postgres::query",
+            "tokio_postgres",
+            "postgres::config",
+            "rustls::client::hs",
+        ] {
+            assert!(!quiet_enough(target, Level::DEBUG), "{target}");
+            assert!(!quiet_enough(target, Level::TRACE), "{target}");
+            assert!(quiet_enough(target, Level::INFO), "{target}");
+            assert!(quiet_enough(target, Level::WARN), "{target}");
+        }
+        assert!(quiet_enough("relaylog::serve", Level::DEBUG));
+        assert!(quiet_enough("hyper::proto", Level::DEBUG));
+    }
 }

@@ -183,7 +183,7 @@ impl Manifest {
             export_sha256: d.export_sha256,
             records: d.records,
             collisions_dropped: d.found.collisions,
-            partitions: heads(inst.store, &d.found.read)?,
+            partitions: heads(inst.store, &inst.master.node_tagger(), &d.found.read)?,
             partitions_unreadable: d.found.unreadable.iter().map(|p| p.to_string()).collect(),
             officer: officer.name.clone(),
             created_at: rfc3339(now),
@@ -314,11 +314,12 @@ pub fn readable(
 /// The last signed head of each partition (on PostgreSQL, of each node's tree of it).
 pub fn heads(
     store: &StoreConfig,
+    tagger: &crate::store::keys::NodeTagger,
     partitions: &[PartitionId],
 ) -> Result<Vec<HeadRef>, DiscloseError> {
     if let crate::config::Backend::Postgres(pg) = &store.backend {
         let pool = crate::pg::Pool::shared(pg).map_err(query::QueryError::from)?;
-        return crate::store::pgstore::latest_heads(&pool, partitions)
+        return crate::store::pgstore::latest_heads(&pool, partitions, tagger)
             .map_err(|e| DiscloseError::Query(query::QueryError::from(e)))
             .map(|heads| {
                 heads

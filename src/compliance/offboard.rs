@@ -34,7 +34,8 @@ pub struct Offboarding {
 }
 
 /// Record ids one erasure statement covers at most: a statement holds ~41 bytes per
-/// row, and its transaction holds the partition's write lock while it runs.
+/// row, and on SQLite its transaction holds the partition's write lock while it runs
+/// (on PostgreSQL: [`PG_ERASE_CHUNK`]).
 pub const ERASE_CHUNK: usize = 100_000;
 
 /// Exports `account`'s records to `dir/<stem>-records.json`, erases them and their
@@ -92,6 +93,9 @@ pub fn offboard_in_chunks(
         path: dir.to_owned(),
         source,
     })?;
+    // Before the export: what would stop the erasure (on PostgreSQL, this node not
+    // registered, the database away) stops it with nothing written.
+    let eraser = Eraser::new(inst)?;
     let (since, until) = everything_until(now);
     let criteria = |since, until| Criteria {
         kind: IndexKind::Account,
@@ -103,16 +107,17 @@ pub fn offboard_in_chunks(
     };
 
     // 1. The customer's copy, first and synced: nothing is erased that was not
-    // exported. Per partition and node (PostgreSQL; 0 on SQLite): the highest record
-    // id exported.
+    // exported. Per partition, and in it per node (PostgreSQL; 0 on SQLite): the
+    // highest record id exported.
     let mut file = JsonArrayFile::create(&export)?;
-    let mut exported: BTreeMap<(PartitionId, i16), i64> = BTreeMap::new();
+    let mut exported: BTreeMap<PartitionId, Tops> = BTreeMap::new();
     let mut failed = None;
     let stats = query::run(inst.store, inst.keyring, &criteria(since, until), |f| {
         if failed.is_some() {
             return;
         }
-        let top = exported.entry((f.partition, f.node)).or_insert(f.record_id);
+        let tops = exported.entry(f.partition).or_default();
+        let top = tops.entry(f.node).or_insert(f.record_id);
         *top = (*top).max(f.record_id);
         if let Err(e) = file.push(&found_json(&f)) {
             failed = Some(e);
@@ -136,12 +141,11 @@ pub fn offboard_in_chunks(
     let reason = format!("contract end of account tag {tag}");
     let (mut records, mut outcomes) = (0u64, 0u64);
     let mut touched = Vec::new();
-    let eraser = Eraser::new(inst)?;
-    for (&(p, node), &top) in &exported {
+    for (&p, tops) in &exported {
         let erased = eraser.erase_partition(
             &criteria(p.start_micros(), p.end_micros()),
-            (p, node),
-            top,
+            p,
+            tops,
             chunk,
             now,
             &reason,
@@ -150,9 +154,7 @@ pub fn offboard_in_chunks(
             Ok((r, o)) => {
                 records += r;
                 outcomes += o;
-                if touched.last() != Some(&p) {
-                    touched.push(p);
-                }
+                touched.push(p);
             }
             Err(e) => {
                 // What is erased stays erased (each under its own signed statement);
@@ -249,23 +251,24 @@ impl<'a> Eraser<'a> {
         }
     }
 
-    /// Erases the account's records of one partition (of one node's tree on
-    /// PostgreSQL) with ids up to `top` (the highest exported), `chunk` per signed
-    /// statement. Returns (records, outcome events).
+    /// Erases the account's records of one partition with ids up to their node's top
+    /// (the highest exported; on PostgreSQL each node's tree on its own), `chunk` per
+    /// signed statement (at most [`PG_ERASE_CHUNK`] on PostgreSQL). Returns (records,
+    /// outcome events).
     fn erase_partition(
         &self,
         criteria: &Criteria,
-        (p, node): (PartitionId, i16),
-        top: i64,
+        p: PartitionId,
+        tops: &Tops,
         chunk: usize,
         now: Micros,
         reason: &str,
     ) -> Result<(u64, u64), DiscloseError> {
         let inst = self.inst();
-        let mut ids = Vec::new();
+        let mut ids: BTreeMap<i16, Vec<i64>> = BTreeMap::new();
         query::run(inst.store, inst.keyring, criteria, |f| {
-            if f.partition == p && f.node == node && f.record_id <= top {
-                ids.push(f.record_id);
+            if f.partition == p && tops.get(&f.node).is_some_and(|&top| f.record_id <= top) {
+                ids.entry(f.node).or_default().push(f.record_id);
             }
         })?;
         let failed = |message: String| DiscloseError::Partition {
@@ -277,13 +280,12 @@ impl<'a> Eraser<'a> {
             records += r as u64;
             outcomes += o as u64;
         };
-        let chunks = ids.chunks(chunk.max(1));
         match self {
             Eraser::Sqlite(_) => {
                 let path = p.path_in(&inst.store.path);
                 let mut conn = crate::store::schema::open_for_read(&path)
                     .map_err(|e| failed(e.to_string()))?;
-                for ids in chunks {
+                for ids in ids.values().flat_map(|ids| ids.chunks(chunk.max(1))) {
                     add(
                         integrity::erase_records(&mut conn, p, inst.signer, now, reason, ids)
                             .map_err(|e| failed(e.to_string()))?,
@@ -291,16 +293,25 @@ impl<'a> Eraser<'a> {
                 }
             }
             Eraser::Postgres(_, pg) => {
-                for ids in chunks {
-                    add(pg
-                        .erase(p, node, now, reason, ids)
-                        .map_err(|e| failed(e.to_string()))?);
+                for (&node, ids) in &ids {
+                    for ids in ids.chunks(chunk.clamp(1, PG_ERASE_CHUNK)) {
+                        add(pg
+                            .erase(p, node, now, reason, ids)
+                            .map_err(|e| failed(e.to_string()))?);
+                    }
                 }
             }
         }
         Ok((records, outcomes))
     }
 }
+
+/// Per node (0 on SQLite), the highest record id exported of a partition.
+type Tops = BTreeMap<i16, i64>;
+
+/// Record ids one erasure statement covers at most on PostgreSQL: its rows (sealed
+/// values and all) are read into memory, and erasures take turns (an advisory lock).
+pub const PG_ERASE_CHUNK: usize = 10_000;
 
 /// An account name as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.
 fn safe_name(s: &str) -> String {

@@ -221,11 +221,16 @@ CREATE INDEX session_officer ON relaylog.session (officer);
 
 /// Erasure across nodes: an officer on any node erases any node's rows (offboarding),
 /// so a statement names the node whose key signed it, beside the node whose tree it
-/// is. Statements written before were signed by their tree's node.
+/// is (statements written before were signed by their tree's node). A signer that is
+/// not a registered, authenticated node verifies nothing: no foreign key, so that a
+/// damaged row is reported by `verify` rather than stopping an upgrade. And each node's
+/// row gets a MAC of its name and key under the master key (`key_tag`, see
+/// [`crate::store::keys::NodeTagger`]), which `init` on the node writes.
 const V3_ERASURE_SIGNER: &str = "
-ALTER TABLE relaylog.erasure ADD COLUMN signer smallint REFERENCES relaylog.node (id);
+ALTER TABLE relaylog.erasure ADD COLUMN signer smallint;
 UPDATE relaylog.erasure SET signer = node;
 ALTER TABLE relaylog.erasure ALTER COLUMN signer SET NOT NULL;
+ALTER TABLE relaylog.node ADD COLUMN key_tag bytea;
 ";
 
 /// Where a database stands against this relaylog.
@@ -375,25 +380,31 @@ pub fn claim_for_bench(client: &mut impl GenericClient) -> Result<bool, PgError>
         .is_some_and(|r| r.get(0)))
 }
 
-/// Registers node `name` with its public signing key, or finds it registered with
-/// that key: its id. Another key under the name is refused.
+/// Registers node `name` with its public signing key and that pair's MAC under the
+/// master key (`key_tag`), or finds it registered with that key (and writes its tag,
+/// for a row registered before tags): its id. Another key under the name is refused.
 pub fn register_node(
     client: &mut postgres::Client,
     name: &str,
     public_key: &[u8],
+    key_tag: &[u8],
     now_us: i64,
 ) -> Result<i16, PgError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::MIGRATE])?;
     if let Some(id) = node_id(&mut tx, name, public_key)? {
+        tx.execute(
+            "UPDATE relaylog.node SET key_tag = $2 WHERE id = $1 AND key_tag IS DISTINCT FROM $2",
+            &[&id, &key_tag],
+        )?;
         tx.commit()?;
         return Ok(id);
     }
     let id: i16 = tx
         .query_one(
-            "INSERT INTO relaylog.node (id, name, public_key, registered_us) \
-             SELECT coalesce(max(id), 0) + 1, $1, $2, $3 FROM relaylog.node RETURNING id",
-            &[&name, &public_key, &now_us],
+            "INSERT INTO relaylog.node (id, name, public_key, key_tag, registered_us) \
+             SELECT coalesce(max(id), 0) + 1, $1, $2, $3, $4 FROM relaylog.node RETURNING id",
+            &[&name, &public_key, &key_tag, &now_us],
         )?
         .get(0);
     tx.commit()?;
@@ -422,15 +433,40 @@ pub fn node_id(
     }
 }
 
-/// Every registered node: id, name and public signing key, by id.
-pub fn nodes(client: &mut impl GenericClient) -> Result<Vec<(i16, String, Vec<u8>)>, PgError> {
+/// A registered node, as its row says.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: i16,
+    pub name: String,
+    pub public_key: Vec<u8>,
+    /// The MAC of its name and key under the master key (`None`: registered before
+    /// tags, until `init` runs on it again).
+    pub key_tag: Option<Vec<u8>>,
+}
+
+impl Node {
+    /// Whether its row is one a holder of the master key wrote.
+    pub fn authentic(&self, tagger: &crate::store::keys::NodeTagger) -> bool {
+        self.key_tag
+            .as_deref()
+            .is_some_and(|t| tagger.verify(&self.name, &self.public_key, t))
+    }
+}
+
+/// Every registered node, by id.
+pub fn nodes(client: &mut impl GenericClient) -> Result<Vec<Node>, PgError> {
     Ok(client
         .query(
-            "SELECT id, name, public_key FROM relaylog.node ORDER BY id",
+            "SELECT id, name, public_key, key_tag FROM relaylog.node ORDER BY id",
             &[],
         )?
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| Node {
+            id: r.get(0),
+            name: r.get(1),
+            public_key: r.get(2),
+            key_tag: r.get(3),
+        })
         .collect())
 }
 

@@ -239,12 +239,45 @@ impl MasterKey {
     /// same tag in every entry (so entries can be related), but the log holds no
     /// number or address in the clear, and without the master key a tag cannot be
     /// tested against a guess.
+    /// What authenticates the nodes' rows in a shared database (see [`NodeTagger`]).
+    pub fn node_tagger(&self) -> NodeTagger {
+        NodeTagger(self.1.clone())
+    }
+
     pub fn audit_tag(&self, kind: &str, value: &str) -> String {
         let mut ctx = ring::hmac::Context::with_key(&self.1);
         ctx.update(kind.as_bytes());
         ctx.update(&[0]);
         ctx.update(value.as_bytes());
         hex(&ctx.sign().as_ref()[..16])
+    }
+}
+
+/// Authenticates a node's registration in a shared database (PostgreSQL): its name
+/// and public signing key, under a MAC with a key derived from the master key, which
+/// is never in the database. A node row someone with write access to the database
+/// adds or changes does not verify, so its key signs nothing relaylog believes (heads,
+/// erasure statements, exports).
+#[derive(Clone)]
+pub struct NodeTagger(ring::hmac::Key);
+
+impl NodeTagger {
+    pub fn tag(&self, name: &str, public_key: &[u8]) -> Vec<u8> {
+        ring::hmac::sign(&self.0, &Self::message(name, public_key))
+            .as_ref()
+            .to_vec()
+    }
+
+    pub fn verify(&self, name: &str, public_key: &[u8], tag: &[u8]) -> bool {
+        ring::hmac::verify(&self.0, &Self::message(name, public_key), tag).is_ok()
+    }
+
+    fn message(name: &str, public_key: &[u8]) -> Vec<u8> {
+        let mut m = b"relaylog node key v1\0".to_vec();
+        m.extend_from_slice(name.as_bytes());
+        m.push(0);
+        m.extend_from_slice(public_key);
+        m
     }
 }
 
@@ -464,6 +497,11 @@ impl Keyring {
         params: IndexParams,
     ) -> Self {
         Self::with_vault(Vault::Postgres(pool), master, params)
+    }
+
+    /// The master key the partition keys are wrapped with.
+    pub fn master(&self) -> &MasterKey {
+        &self.master
     }
 
     fn with_vault(vault: Vault, master: MasterKey, params: IndexParams) -> Self {

@@ -13,9 +13,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::{ToSql, Type};
-
 use super::integrity::{self, LastHead, TreeState};
 use super::partition::PartitionId;
 use super::rows::{OutcomeRow, Row};
@@ -70,6 +67,7 @@ pub fn target(
         node_name: pg.node.clone(),
         granularity: cfg.partition,
         retention: cfg.retention,
+        tagger: master.node_tagger(),
     })
 }
 
@@ -100,7 +98,9 @@ pub fn init(
         &shared_settings(cfg),
         now_us,
     )?;
-    let node = schema::register_node(&mut client, &pg.node, signer.public_key().as_ref(), now_us)?;
+    let public_key = signer.public_key().as_ref();
+    let tag = master.node_tagger().tag(&pg.node, public_key);
+    let node = schema::register_node(&mut client, &pg.node, public_key, &tag, now_us)?;
     Ok(Initialised { applied, node })
 }
 
@@ -113,6 +113,9 @@ pub struct PgTarget {
     pub node_name: String,
     pub granularity: Granularity,
     pub retention: Retention,
+    /// Tells the nodes' rows this installation wrote from others (see
+    /// [`super::keys::NodeTagger`]).
+    pub tagger: super::keys::NodeTagger,
 }
 
 impl From<PgError> for WriteError {
@@ -138,24 +141,6 @@ fn record_copy(p: PartitionId) -> String {
         schema::table_suffix(p)
     )
 }
-const RECORD_TYPES: &[Type] = &[
-    Type::INT4,
-    Type::INT2,
-    Type::INT8,
-    Type::INT8,
-    Type::INT4,
-    Type::INT8,
-    Type::INT8,
-    Type::INT2,
-    Type::INT2,
-    Type::INT2,
-    Type::INT4,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::BYTEA,
-];
 
 fn outcome_copy(p: PartitionId) -> String {
     format!(
@@ -165,24 +150,6 @@ fn outcome_copy(p: PartitionId) -> String {
         schema::table_suffix(p)
     )
 }
-const OUTCOME_TYPES: &[Type] = &[
-    Type::INT4,
-    Type::INT2,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT2,
-    Type::INT4,
-    Type::INT4,
-    Type::BYTEA,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT4,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-];
-
 /// The columns [`record_row`] reads, in its order.
 pub const RECORD_COLUMNS: &str = "id, submission, ordinal, at_us, bucket, protocol, service, \
      recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed";
@@ -293,6 +260,9 @@ const MAX_OPEN: usize = 4;
 pub struct PgSink {
     target: PgTarget,
     client: Option<postgres::Client>,
+    /// Each open partition's COPY statements, prepared on `client` (see
+    /// [`PgSink::copies`]); emptied whenever `client` is replaced or a write fails.
+    copies: HashMap<PartitionId, (postgres::Statement, postgres::Statement)>,
     /// A second connection of its own, for the other half of a large batch.
     helper: Option<postgres::Client>,
     open: HashMap<PartitionId, Open>,
@@ -304,13 +274,15 @@ impl PgSink {
         PgSink {
             target,
             client: None,
+            copies: HashMap::new(),
             helper: None,
             open: HashMap::new(),
             tick: 0,
         }
     }
 
-    /// The writer's connection, made again when it failed.
+    /// The writer's connection, made again when it failed (its prepared statements
+    /// with it).
     fn client(&mut self) -> Result<&mut postgres::Client, WriteError> {
         if self
             .client
@@ -320,15 +292,36 @@ impl PgSink {
             self.client = None;
         }
         if self.client.is_none() {
+            self.copies.clear();
             self.client = Some(self.target.pool.connect()?);
         }
         Ok(self.client.as_mut().expect("connected just above"))
+    }
+
+    /// `partition`'s two COPY statements (records, outcome events), prepared on the
+    /// writer's connection once: a statement given as text is prepared again at each
+    /// use, a round trip more per batch.
+    fn copies(
+        &mut self,
+        partition: PartitionId,
+    ) -> Result<(postgres::Statement, postgres::Statement), WriteError> {
+        if let Some(c) = self.copies.get(&partition) {
+            return Ok(c.clone());
+        }
+        let client = self.client()?;
+        let c = (
+            client.prepare(&record_copy(partition)).map_err(db)?,
+            client.prepare(&outcome_copy(partition)).map_err(db)?,
+        );
+        self.copies.insert(partition, c.clone());
+        Ok(c)
     }
 
     /// Forgets `partition`'s state after a failed commit (it is loaded again from
     /// the database), and the connection if it failed.
     pub fn forget(&mut self, partition: PartitionId) {
         self.open.remove(&partition);
+        self.copies.clear();
         if self
             .client
             .as_ref()
@@ -357,6 +350,7 @@ impl PgSink {
         if !self.open.contains_key(&partition) {
             let (node, retention) = (self.target.node, self.target.retention);
             let name = self.target.node_name.clone();
+            let tagger = self.target.tagger.clone();
             let client = self.client()?;
             let past = super::expiry::past_retention(
                 retention,
@@ -375,7 +369,7 @@ impl PgSink {
                 }
             }
             schema::ensure_partition(client, partition, now)?;
-            let tree = load_tree(client, partition, node, &name, signer)?;
+            let tree = load_tree(client, partition, (node, &name), signer, &tagger)?;
             if self.open.len() >= MAX_OPEN
                 && let Some(oldest) = self
                     .open
@@ -448,13 +442,8 @@ impl PgSink {
         };
         let (helped, own) = records.split_at(split);
         let result = (|| {
-            let main = match &mut self.client {
-                Some(c) if !c.is_closed() => c,
-                _ => {
-                    self.client = Some(self.target.pool.connect()?);
-                    self.client.as_mut().expect("connected just above")
-                }
-            };
+            let (record_copy, outcome_copy) = self.copies(partition)?;
+            let main = self.client.as_mut().expect("connected by copies");
             let helper = self.helper.as_mut().filter(|_| !helped.is_empty());
             std::thread::scope(|scope| -> Result<(), WriteError> {
                 // The helper copies, says how that went, then waits to be told to
@@ -480,11 +469,11 @@ impl PgSink {
                 });
                 let mut tx = main.transaction().map_err(db)?;
                 let own_first = first + helped.len() as i64;
-                let copied =
-                    copy_records(&mut tx, partition, part, node, own_first, own).and_then(|()| {
+                let copied = copy_records(&mut tx, &record_copy, part, node, own_first, own)
+                    .and_then(|()| {
                         copy_outcomes(
                             &mut tx,
-                            partition,
+                            &outcome_copy,
                             part,
                             node,
                             tree.last_outcome() + 1,
@@ -530,6 +519,7 @@ impl PgSink {
             open.tree = tree;
             self.open.insert(partition, open);
         } else {
+            self.copies.clear();
             for c in [&mut self.client, &mut self.helper] {
                 if c.as_ref().is_some_and(postgres::Client::is_closed) {
                     *c = None;
@@ -601,14 +591,21 @@ fn begin_copy<'c>(
     records: &[&Row],
 ) -> Result<postgres::Transaction<'c>, WriteError> {
     let mut tx = client.transaction().map_err(db)?;
-    copy_records(&mut tx, partition, part, node, first, records)?;
+    copy_records(
+        &mut tx,
+        &*record_copy(partition),
+        part,
+        node,
+        first,
+        records,
+    )?;
     Ok(tx)
 }
 
-/// COPYs `records` into `partition`'s table with the ids from `first` on.
-fn copy_records(
+/// COPYs `records` with `copy` (into a partition's table) with the ids from `first` on.
+fn copy_records<S: postgres::ToStatement + ?Sized>(
     tx: &mut postgres::Transaction<'_>,
-    partition: PartitionId,
+    copy: &S,
     part: i32,
     node: i16,
     first: i64,
@@ -617,44 +614,33 @@ fn copy_records(
     if records.is_empty() {
         return Ok(());
     }
-    let sink = tx.copy_in(&record_copy(partition)).map_err(db)?;
-    let mut w = BinaryCopyInWriter::new(sink, RECORD_TYPES);
+    let mut rows = CopyRows::with_capacity(records.len() * (120 + records[0].sealed.len()));
     for (k, r) in records.iter().enumerate() {
-        let id = first + k as i64;
-        let (ordinal, segments) = (r.ordinal as i32, i32::from(r.segments));
-        let (protocol, service, form) = (
-            i16::from(r.protocol),
-            i16::from(r.service),
-            i16::from(r.recipient_form),
-        );
-        let values: [&(dyn ToSql + Sync); 16] = [
-            &part,
-            &node,
-            &id,
-            &r.submission,
-            &ordinal,
-            &r.at_us,
-            &r.bucket,
-            &protocol,
-            &service,
-            &form,
-            &segments,
-            &r.account_ix,
-            &r.ip_ix,
-            &r.originator_ix,
-            &r.recipient_ix,
-            &r.sealed,
-        ];
-        w.write(&values).map_err(db)?;
+        rows.row(16);
+        rows.i32(part);
+        rows.i16(node);
+        rows.i64(first + k as i64);
+        rows.i64(r.submission);
+        rows.i32(r.ordinal as i32);
+        rows.i64(r.at_us);
+        rows.i64(r.bucket);
+        rows.i16(i16::from(r.protocol));
+        rows.i16(i16::from(r.service));
+        rows.i16(i16::from(r.recipient_form));
+        rows.i32(i32::from(r.segments));
+        rows.i64(r.account_ix);
+        rows.i64(r.ip_ix);
+        rows.opt(r.originator_ix, CopyRows::i64);
+        rows.i64(r.recipient_ix);
+        rows.bytes(&r.sealed);
     }
-    w.finish().map_err(db)?;
-    Ok(())
+    rows.send(tx, copy)
 }
 
-/// COPYs `outcomes` into `partition`'s table with the ids from `first` on.
+/// COPYs `outcomes` with `copy` (into a partition's table) with the ids from `first` on.
 fn copy_outcomes(
     tx: &mut postgres::Transaction<'_>,
-    partition: PartitionId,
+    copy: &postgres::Statement,
     part: i32,
     node: i16,
     first: i64,
@@ -663,35 +649,97 @@ fn copy_outcomes(
     if outcomes.is_empty() {
         return Ok(());
     }
-    let sink = tx.copy_in(&outcome_copy(partition)).map_err(db)?;
-    let mut w = BinaryCopyInWriter::new(sink, OUTCOME_TYPES);
+    let mut rows = CopyRows::with_capacity(outcomes.len() * 128);
     for (k, o) in outcomes.iter().enumerate() {
-        let id = first + k as i64;
-        let outcome = i16::from(o.outcome);
-        let status = o.upstream_status.map(i32::from);
-        let size = o.size_bytes.map(|v| v as i64);
-        let ordinal = o.ordinal.map(|v| v as i32);
-        let values: [&(dyn ToSql + Sync); 15] = [
-            &part,
-            &node,
-            &id,
-            &o.submission,
-            &o.at_us,
-            &outcome,
-            &status,
-            &o.gateway_code,
-            &o.message_id_sealed,
-            &o.enhanced_status,
-            &size,
-            &ordinal,
-            &o.receipt_state,
-            &o.receipt_error,
-            &o.receipt_done,
-        ];
-        w.write(&values).map_err(db)?;
+        rows.row(15);
+        rows.i32(part);
+        rows.i16(node);
+        rows.i64(first + k as i64);
+        rows.i64(o.submission);
+        rows.i64(o.at_us);
+        rows.i16(i16::from(o.outcome));
+        rows.opt(o.upstream_status.map(i32::from), CopyRows::i32);
+        rows.opt(o.gateway_code, CopyRows::i32);
+        rows.opt(o.message_id_sealed.as_deref(), CopyRows::bytes);
+        rows.opt(o.enhanced_status.as_deref(), CopyRows::text);
+        rows.opt(o.size_bytes.map(|v| v as i64), CopyRows::i64);
+        rows.opt(o.ordinal.map(|v| v as i32), CopyRows::i32);
+        rows.opt(o.receipt_state.as_deref(), CopyRows::text);
+        rows.opt(o.receipt_error.as_deref(), CopyRows::text);
+        rows.opt(o.receipt_done.as_deref(), CopyRows::text);
     }
-    w.finish().map_err(db)?;
-    Ok(())
+    rows.send(tx, copy)
+}
+
+/// Rows in `COPY … (FORMAT binary)`'s encoding, written straight into one buffer (the
+/// client library's writer checks and encodes each value through `ToSql`, a share
+/// of the writer's time per row): the header, per row its field count and each field
+/// as a length (-1: NULL) and its bytes in the column type's binary form (integers
+/// big-endian, `bytea` and `text` as they are), the trailer.
+struct CopyRows(Vec<u8>);
+
+impl CopyRows {
+    fn with_capacity(n: usize) -> CopyRows {
+        let mut buf = Vec::with_capacity(n + 32);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+        CopyRows(buf)
+    }
+
+    fn row(&mut self, fields: i16) {
+        self.0.extend_from_slice(&fields.to_be_bytes());
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.0
+            .extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn i16(&mut self, v: i16) {
+        self.field(&v.to_be_bytes());
+    }
+
+    fn i32(&mut self, v: i32) {
+        self.field(&v.to_be_bytes());
+    }
+
+    fn i64(&mut self, v: i64) {
+        self.field(&v.to_be_bytes());
+    }
+
+    fn bytes(&mut self, v: &[u8]) {
+        self.field(v);
+    }
+
+    fn text(&mut self, v: &str) {
+        self.field(v.as_bytes());
+    }
+
+    fn opt<T>(&mut self, v: Option<T>, put: fn(&mut CopyRows, T)) {
+        match v {
+            Some(v) => put(self, v),
+            None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+
+    /// Ends the rows and copies them in with `copy`.
+    fn send<S: postgres::ToStatement + ?Sized>(
+        mut self,
+        tx: &mut postgres::Transaction<'_>,
+        copy: &S,
+    ) -> Result<(), WriteError> {
+        use std::io::Write;
+        self.0.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut sink = tx.copy_in(copy).map_err(db)?;
+        sink.write_all(&self.0).map_err(|e| WriteError::Database {
+            reason: "database_unreachable",
+            message: e.to_string(),
+        })?;
+        sink.finish().map_err(db)?;
+        Ok(())
+    }
 }
 
 /// Appends the signed head over `tree`'s waiting leaves in `tx` and moves the tree on.
@@ -739,9 +787,9 @@ fn sign(
 fn load_tree(
     client: &mut postgres::Client,
     partition: PartitionId,
-    node: i16,
-    node_name: &str,
+    (node, node_name): (i16, &str),
     key: Option<&ring::signature::Ed25519KeyPair>,
+    tagger: &super::keys::NodeTagger,
 ) -> Result<TreeState, WriteError> {
     let part = schema::part(partition);
     let mut tx = client
@@ -751,7 +799,7 @@ fn load_tree(
         .start()
         .map_err(db)?;
     let last = last_head(&mut tx, part, node).map_err(db)?;
-    let statements = erasure_statements(&mut tx, part, node).map_err(db)?;
+    let statements = erasure_statements(&mut tx, part, node, tagger).map_err(db)?;
     let (rt, ot) = last
         .as_ref()
         .map_or((0, 0), |h| (h.record_through, h.outcome_through));
@@ -784,29 +832,43 @@ fn load_tree(
 }
 
 /// `node`'s erasure statements in a partition, in id order, each with its signer's
-/// registered public key.
+/// public key when the signer is a registered node whose row `tagger` authenticates;
+/// an empty key otherwise, which verifies nothing (damage, as an unsigned statement
+/// is).
 pub fn erasure_statements(
     client: &mut impl postgres::GenericClient,
     part: i32,
     node: i16,
+    tagger: &super::keys::NodeTagger,
 ) -> Result<Vec<integrity::ErasureStatement>, postgres::Error> {
     Ok(client
         .query(
-            "SELECT e.id, e.at_us, e.reason, e.entries, e.signature, n.public_key \
+            "SELECT e.id, e.at_us, e.reason, e.entries, e.signature, n.name, n.public_key, n.key_tag \
              FROM relaylog.erasure e LEFT JOIN relaylog.node n ON n.id = e.signer \
              WHERE e.part = $1 AND e.node = $2 ORDER BY e.id",
             &[&part, &node],
         )?
         .iter()
-        .map(|r| integrity::ErasureStatement {
-            id: r.get(0),
-            at_us: r.get(1),
-            reason: r.get(2),
-            entries: r.get(3),
-            signature: r.get(4),
-            // A signer that is not registered has no key: an empty one, which
-            // verifies nothing (damage, as an unsigned statement is).
-            signer_key: Some(r.get::<_, Option<Vec<u8>>>(5).unwrap_or_default()),
+        .map(|r| {
+            let signer = r.get::<_, Option<String>>(5).map(|name| schema::Node {
+                id: 0,
+                name,
+                public_key: r.get(6),
+                key_tag: r.get(7),
+            });
+            integrity::ErasureStatement {
+                id: r.get(0),
+                at_us: r.get(1),
+                reason: r.get(2),
+                entries: r.get(3),
+                signature: r.get(4),
+                signer_key: Some(
+                    signer
+                        .filter(|n| n.authentic(tagger))
+                        .map(|n| n.public_key)
+                        .unwrap_or_default(),
+                ),
+            }
         })
         .collect())
 }
@@ -836,7 +898,7 @@ impl<'k> Eraser<'k> {
         };
         Ok(Eraser {
             pool,
-            names: nodes.into_iter().map(|(id, name, _)| (id, name)).collect(),
+            names: nodes.into_iter().map(|n| (n.id, n.name)).collect(),
             signer,
             key,
         })
@@ -950,14 +1012,22 @@ fn erase_records(
             &signer,
         ],
     )?;
-    tx.execute(
+    let records = tx.execute(
         "DELETE FROM relaylog.record WHERE part = $1 AND node = $2 AND id = ANY($3)",
         &[&part, &node, &ids],
     )?;
-    tx.execute(
+    let outcomes = tx.execute(
         "DELETE FROM relaylog.outcome WHERE part = $1 AND node = $2 AND id = ANY($3)",
         &[&part, &node, &outcome_ids],
     )?;
+    if (records, outcomes) != (ids.len() as u64, outcome_ids.len() as u64) {
+        // Read a moment ago in this transaction: rolled back, nothing erased.
+        return Err(PgError::Other(format!(
+            "partition {partition}/{node_name}: {records} of {} records and {outcomes} of {} outcome events deleted; nothing erased",
+            ids.len(),
+            outcome_ids.len()
+        )));
+    }
     tx.commit()?;
     Ok((ids.len(), outcome_ids.len()))
 }
@@ -1002,11 +1072,12 @@ impl<T> Iterator for Portal<'_, '_, T> {
 pub fn verify_tree(
     client: &mut postgres::Client,
     partition: PartitionId,
-    node: i16,
-    node_name: &str,
-    public_key: &[u8],
+    node: &schema::Node,
+    tagger: &super::keys::NodeTagger,
     now_us: i64,
 ) -> Result<integrity::Verified, postgres::Error> {
+    let (node_name, public_key) = (node.name.as_str(), node.public_key.as_slice());
+    let node = node.id;
     let part = schema::part(partition);
     let tx = client
         .build_transaction()
@@ -1024,7 +1095,7 @@ pub fn verify_tree(
         .iter()
         .map(signed_head)
         .collect();
-    let statements = erasure_statements(&mut *tx.borrow_mut(), part, node)?;
+    let statements = erasure_statements(&mut *tx.borrow_mut(), part, node, tagger)?;
     let records = tx.borrow_mut().bind(
         &*format!(
             "SELECT {RECORD_COLUMNS} FROM relaylog.record WHERE part = $1 AND node = $2 ORDER BY id"
@@ -1070,8 +1141,10 @@ pub fn verify_tree(
 
 /// `verify` on PostgreSQL: every node's tree of every partition overlapping
 /// `[since, until)`, oldest first, each checked against its node's public key as
-/// registered; this node's own must be the one its key file holds (a key replaced in
-/// the database is damage, not trust).
+/// registered, once the node's row is shown to be one a holder of the master key
+/// wrote (its `key_tag`: see [`super::keys::NodeTagger`]; a row added or changed in
+/// the database alone is damage, and its tree is not read); this node's own key must
+/// be the one its key file holds. Needs the keyring, for the master key.
 pub fn verify_store(
     cfg: &crate::config::StoreConfig,
     pg: &crate::config::PgConfig,
@@ -1080,13 +1153,19 @@ pub fn verify_store(
     since: i64,
     until: i64,
 ) -> Result<Vec<integrity::PartitionReport>, PgError> {
+    let Some(keyring) = keyring else {
+        return Err(PgError::Other(
+            "verify on PostgreSQL needs the master key: it authenticates the nodes' keys the database holds".into(),
+        ));
+    };
+    let tagger = keyring.master().node_tagger();
     let pool = Pool::shared(pg)?;
     let mut client = pool.get()?;
     let nodes = schema::nodes(&mut *client)?;
-    if let Some((_, name, key)) = nodes.iter().find(|(_, name, _)| *name == pg.node)
-        && key != own_public_key
+    if let Some(own) = nodes.iter().find(|n| n.name == pg.node)
+        && own.public_key != own_public_key
     {
-        return Err(PgError::NodeKey(name.clone()));
+        return Err(PgError::NodeKey(own.name.clone()));
     }
     let now = chrono::Utc::now().timestamp_micros();
     let mut out = Vec::new();
@@ -1094,17 +1173,26 @@ pub fn verify_store(
         .into_iter()
         .filter(|p| p.start_micros() < until && p.end_micros() > since)
     {
-        let keys_missing = keyring.is_some_and(|k| !k.exists(p));
-        for (id, name, key) in &nodes {
-            let verified = verify_tree(&mut client, p, *id, name, key, now).unwrap_or_else(|e| {
+        let keys_missing = !keyring.exists(p);
+        for node in &nodes {
+            let verified = if node.authentic(&tagger) {
+                verify_tree(&mut client, p, node, &tagger, now).unwrap_or_else(|e| {
+                    integrity::Verified {
+                        damage: vec![integrity::Damage::Unreadable(PgError::from(e).to_string())],
+                        ..integrity::Verified::default()
+                    }
+                })
+            } else {
                 integrity::Verified {
-                    damage: vec![integrity::Damage::Unreadable(PgError::from(e).to_string())],
+                    damage: vec![integrity::Damage::Unreadable(
+                        "the node's row is not authenticated by the master key (added or changed outside `relaylog init`): its key is not trusted".into(),
+                    )],
                     ..integrity::Verified::default()
                 }
-            });
+            };
             out.push(integrity::PartitionReport {
                 partition: p,
-                node: Some(name.clone()),
+                node: Some(node.name.clone()),
                 verified,
                 keys_missing,
             });
@@ -1302,27 +1390,34 @@ pub fn drop_partition(pool: &Arc<Pool>, p: PartitionId) -> Result<(), PgError> {
     Ok(())
 }
 
-/// The last signed head of every node's tree of each partition: (partition, node,
-/// node's public key, head, signature), partitions in the order given, nodes by id.
+/// The last signed head of every authenticated node's tree of each partition:
+/// (partition, node, node's public key, head, signature), partitions in the order
+/// given, nodes by id.
 #[allow(clippy::type_complexity)]
 pub fn latest_heads(
     pool: &Arc<Pool>,
     partitions: &[PartitionId],
+    tagger: &super::keys::NodeTagger,
 ) -> Result<Vec<(PartitionId, String, Vec<u8>, integrity::Head, Vec<u8>)>, PgError> {
     let mut client = pool.get()?;
-    let nodes = schema::nodes(&mut *client)?;
+    // Only nodes whose rows the master key's holders wrote: a manifest never vouches
+    // for a key someone put in the database.
+    let nodes: Vec<schema::Node> = schema::nodes(&mut *client)?
+        .into_iter()
+        .filter(|n| n.authentic(tagger))
+        .collect();
     let stmt = client.prepare(
         "SELECT seq, size, record_through, outcome_through, root, at_us, signature \
          FROM relaylog.head WHERE part = $1 AND node = $2 ORDER BY seq DESC LIMIT 1",
     )?;
     let mut out = Vec::new();
     for &p in partitions {
-        for (id, name, key) in &nodes {
-            let Some(r) = client.query_opt(&stmt, &[&schema::part(p), id])? else {
+        for n in &nodes {
+            let Some(r) = client.query_opt(&stmt, &[&schema::part(p), &n.id])? else {
                 continue;
             };
             let (head, signature) = signed_head(&r);
-            out.push((p, name.clone(), key.clone(), head, signature));
+            out.push((p, n.name.clone(), n.public_key.clone(), head, signature));
         }
     }
     Ok(out)

@@ -300,8 +300,28 @@ pub fn tamper(dir: &Path, file: Stored, sql: &str, pg_sql: &str) {
         .unwrap();
 }
 
+/// The ledger at rest (officers, cases, holds, the audit log, refusals, sessions):
+/// `dir/ledger.sqlite` and its WAL, or on PostgreSQL those tables' rows ([`stored_bytes`]).
+pub fn ledger_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    const TABLES: [&str; 6] = [
+        "relaylog.officer",
+        "relaylog.cases",
+        "relaylog.hold",
+        "relaylog.audit",
+        "relaylog.refusal",
+        "relaylog.session",
+    ];
+    let ledger: Vec<_> = stored_bytes(dir)
+        .into_iter()
+        .filter(|(name, _)| name.contains("ledger.sqlite") || TABLES.contains(&name.as_str()))
+        .collect();
+    assert!(!ledger.is_empty(), "no ledger under {}", dir.display());
+    ledger
+}
+
 /// Everything relaylog keeps at rest for `dir`: each file under it, and on PostgreSQL
-/// each table of its database as text (every row, every column), by name.
+/// each table of its database as text (every row, every column; `bytea` in escape
+/// form, its printable bytes as they are), by name.
 pub fn stored_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = files_under(dir)
         .into_iter()
@@ -315,6 +335,9 @@ pub fn stored_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     if let Some(db) = database(dir) {
         off_runtime(|| {
             let mut c = pg::shared().client(&db);
+            // bytea as its bytes where they are printable (not hex): text kept in a
+            // bytea column is found too.
+            c.batch_execute("SET bytea_output = 'escape'").unwrap();
             let tables: Vec<String> = c
                 .query(
                     "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
@@ -395,8 +418,13 @@ pub const SINGLE_OPERATOR: &str = "\n[compliance]\nsingle-operator = true\n";
 /// refusals not written to it yet (`compliance::refusals`) are written first, as
 /// `audit list` does.
 pub fn audit_entries(dir: &Path) -> Vec<(String, String, String)> {
-    let text = config_text(dir, "kannel", None, "", "");
-    let store = Config::parse(&text, Path::new("test.toml")).unwrap().store;
+    let written = dir.join("relaylog.toml");
+    let store = if written.exists() {
+        Config::load(&written).unwrap().store
+    } else {
+        let text = config_text(dir, "kannel", None, "", "");
+        Config::parse(&text, Path::new("test.toml")).unwrap().store
+    };
     off_runtime(|| {
         let mut ledger = relaylog::ledger::Ledger::open_store(&store).unwrap();
         ledger

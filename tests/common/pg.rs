@@ -240,26 +240,49 @@ impl Cluster {
 }
 
 /// The cluster this test binary's suites share when run on PostgreSQL (see
-/// `common::on_postgres`): started at first use, stopped and removed when the process
-/// exits. Fails the test when PostgreSQL is not installed.
+/// `common::on_postgres`): started at first use, stopped and removed once the process
+/// is gone, however it ends (a watchdog, [`Cluster::watch`]). Fails the test when
+/// PostgreSQL is not installed.
 pub fn shared() -> &'static Cluster {
     static SHARED: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
-    extern "C" fn stop() {
-        if let Some(c) = SHARED.get() {
-            c.stop();
-            let _ = std::fs::remove_dir_all(c.dir.path());
-        }
-    }
     SHARED.get_or_init(|| {
         assert!(
             bindir().is_some(),
             "RELAYLOG_TEST_BACKEND=postgres: PostgreSQL is not installed (apt-get install postgresql)"
         );
         let cluster = Cluster::start().unwrap();
-        // SAFETY: registers a function without arguments, run once at exit.
-        assert_eq!(unsafe { libc::atexit(stop) }, 0);
+        cluster.watch();
         cluster
     })
+}
+
+impl Cluster {
+    /// Starts a watchdog that stops the cluster and removes its directory when this
+    /// process ends, by exit, panic, signal or `kill -9`: a shell in a process group
+    /// of its own, reading a pipe whose writing end only this process holds (never
+    /// closed here, so only the process's end closes it). Never waited for: it
+    /// outlives this process by design, and is reaped by init.
+    #[allow(clippy::zombie_processes)]
+    fn watch(&self) {
+        use std::os::unix::process::CommandExt;
+        let script = format!(
+            "read _; '{}' -D '{}' stop -m immediate -w >/dev/null 2>&1; rm -rf '{}'",
+            self.bin.join("pg_ctl").display(),
+            self.path("data").display(),
+            self.dir.path().display()
+        );
+        let mut c = Command::new("sh");
+        c.args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        if let Some((uid, gid)) = self.user {
+            c.uid(uid).gid(gid);
+        }
+        let mut watchdog = c.spawn().unwrap();
+        std::mem::forget(watchdog.stdin.take());
+    }
 }
 
 impl Drop for Cluster {
