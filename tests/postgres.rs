@@ -505,9 +505,9 @@ async fn offboarding_erases_an_account_from_every_nodes_tree() {
     }
     assert!(!v.contains("DAMAGED"), "{v}");
 
-    // Someone with write access to the database alone registers a node of their own,
-    // and with its key signs an erasure statement in node a's tree and a deletion
-    // statement: none of it is believed.
+    // Someone with write access to the database alone registers a node of their own
+    // (with node a's tag copied onto it), and with its key signs an erasure statement
+    // in node a's tree and a deletion statement: none of it is believed.
     use ring::signature::KeyPair;
     let forger = ring::signature::Ed25519KeyPair::from_pkcs8(
         ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
@@ -534,8 +534,8 @@ async fn offboarding_erases_an_account_from_every_nodes_tree() {
     pg.batch(
         "offboard",
         &format!(
-            "INSERT INTO relaylog.node (id, name, public_key, registered_us) \
-             VALUES (9, 'relay-x', '\\x{public}', 0); \
+            "INSERT INTO relaylog.node (id, name, public_key, registered_us, key_tag) \
+             SELECT 9, 'relay-x', '\\x{public}', 0, key_tag FROM relaylog.node WHERE name = 'a'; \
              INSERT INTO relaylog.erasure (part, node, id, at_us, reason, entries, signature, signer) \
              SELECT part, 1, 2, 0, 'forged', '\\x{}', '\\x{}', 9 FROM relaylog.partition WHERE name = '{day}'",
             hex(&entries),
@@ -565,6 +565,24 @@ async fn offboarding_erases_an_account_from_every_nodes_tree() {
     .unwrap();
     let (ok, s) = common::cli(&config_b, &["verify-export", statement.to_str().unwrap()]);
     assert!(!ok && s.contains("does not verify"), "{s}");
+
+    // A node row without its tag (registered before tags, the database upgraded by
+    // `init` elsewhere) is not trusted until the node itself starts: `serve` writes it.
+    pg.batch(
+        "offboard",
+        "UPDATE relaylog.node SET key_tag = NULL WHERE name = 'b'",
+    );
+    let (_, v) = common::cli(&config_a, &["verify"]);
+    assert!(v.contains("/b  DAMAGED"), "{v}");
+    let node_b = common::Served::start(b.path(), &config_b);
+    node_b.addr("listening");
+    let (status, _) = node_b.terminate();
+    assert!(status.success());
+    let (_, v) = common::cli(&config_a, &["verify"]);
+    assert!(
+        v.lines().any(|l| l.contains("/b  ok")) && !v.contains("/b  DAMAGED"),
+        "{v}"
+    );
 }
 
 /// Two `serve` processes, two nodes, one database: messages through both are found by

@@ -133,14 +133,17 @@ pub fn init_tracing(format: LogFormat, level: &str) {
         LogFormat::Json => layer.json().boxed(),
         LogFormat::Text => layer.boxed(),
     };
+    // The level test in the closure too, and the hint: without them the filter below
+    // would make every `debug!` in the program a call site checked at each run.
+    let max = filter
+        .max_level_hint()
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::TRACE);
+    let quiet = tracing_subscriber::filter::filter_fn(move |m| {
+        max >= *m.level() && quiet_enough(m.target(), *m.level())
+    })
+    .with_max_level_hint(max);
     tracing_subscriber::registry()
-        .with(
-            layer
-                .with_filter(filter)
-                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-                    quiet_enough(m.target(), *m.level())
-                })),
-        )
+        .with(layer.with_filter(filter).with_filter(quiet))
         .init();
 }
 
@@ -149,9 +152,11 @@ pub fn init_tracing(format: LogFormat, level: &str) {
 /// indexes, officers' password hashes, case fields), nor from rustls (each
 /// handshake's peer).
 fn quiet_enough(target: &str, level: tracing::Level) -> bool {
-    let chatty = ["tokio_postgres", "postgres", "rustls"]
-        .iter()
-        .any(|c| target == *c || target.starts_with(&format!("{c}::")));
+    let chatty = ["tokio_postgres", "postgres", "rustls"].iter().any(|c| {
+        target
+            .strip_prefix(c)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    });
     !chatty || level <= tracing::Level::INFO
 }
 

@@ -95,11 +95,19 @@ pub(super) fn verify(config: &Config, since: Option<&str>, until: Option<&str>) 
         .transpose()?
         .map_or(i64::MAX / 2, |t| t.timestamp_micros());
     let public_key = integrity::load_public_key(&config.store.signing_key)?;
-    // The keyring is optional here: verify needs only the public key (a machine that
-    // checks a copy may have no keys). Key directories others may write to are not.
+    // The keyring is optional here on SQLite: verify needs only the public key (a
+    // machine that checks a copy may have no keys). Key directories others may write
+    // to are not, and on PostgreSQL it is needed: its master key authenticates the
+    // nodes' keys the database holds.
+    let on_postgres = matches!(config.store.backend, crate::config::Backend::Postgres(_));
     let keyring = match crate::store::open_keyring(&config.store) {
         Ok(k) => Some(k),
         Err(e @ keys::KeyError::DirectoryWritable { .. }) => return Err(e.into()),
+        Err(e) if on_postgres => {
+            return Err(anyhow::Error::new(e).context(
+                "verify on PostgreSQL needs the master key (it authenticates the nodes' keys)",
+            ));
+        }
         Err(e) => {
             tracing::info!(error = %e, "verifying without the keyring: checks that need the partitions' keys are skipped");
             None

@@ -241,7 +241,10 @@ impl<'a> Eraser<'a> {
     fn new(inst: &'a Installation<'a>) -> Result<Eraser<'a>, DiscloseError> {
         Ok(match &inst.store.backend {
             Backend::Sqlite => Eraser::Sqlite(inst),
-            Backend::Postgres(pg) => Eraser::Postgres(inst, pgstore::Eraser::new(pg, inst.signer)?),
+            Backend::Postgres(pg) => Eraser::Postgres(
+                inst,
+                pgstore::Eraser::new(pg, inst.signer, &inst.master.node_tagger())?,
+            ),
         })
     }
 

@@ -380,33 +380,36 @@ pub fn claim_for_bench(client: &mut impl GenericClient) -> Result<bool, PgError>
         .is_some_and(|r| r.get(0)))
 }
 
-/// Registers node `name` with its public signing key and that pair's MAC under the
-/// master key (`key_tag`), or finds it registered with that key (and writes its tag,
-/// for a row registered before tags): its id. Another key under the name is refused.
+/// Registers node `name` with its public signing key and the MAC of its row under the
+/// master key (`key_tag`, see [`crate::store::keys::NodeTagger`]), or finds it
+/// registered with that key (and writes its tag if it has none or a wrong one: a row
+/// registered before tags, upgraded): its id. Another key under the name is refused.
+/// Only a holder of the master key and the node's signing key gets here (`init`, and
+/// `serve` and offboarding on a node whose row has no tag yet).
 pub fn register_node(
     client: &mut postgres::Client,
     name: &str,
     public_key: &[u8],
-    key_tag: &[u8],
+    tagger: &crate::store::keys::NodeTagger,
     now_us: i64,
 ) -> Result<i16, PgError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::MIGRATE])?;
-    if let Some(id) = node_id(&mut tx, name, public_key)? {
-        tx.execute(
-            "UPDATE relaylog.node SET key_tag = $2 WHERE id = $1 AND key_tag IS DISTINCT FROM $2",
-            &[&id, &key_tag],
-        )?;
-        tx.commit()?;
-        return Ok(id);
-    }
-    let id: i16 = tx
-        .query_one(
-            "INSERT INTO relaylog.node (id, name, public_key, key_tag, registered_us) \
-             SELECT coalesce(max(id), 0) + 1, $1, $2, $3, $4 FROM relaylog.node RETURNING id",
-            &[&name, &public_key, &key_tag, &now_us],
-        )?
-        .get(0);
+    let id = match node_id(&mut tx, name, public_key)? {
+        Some(id) => id,
+        None => tx
+            .query_one(
+                "INSERT INTO relaylog.node (id, name, public_key, registered_us) \
+                 SELECT coalesce(max(id), 0) + 1, $1, $2, $3 FROM relaylog.node RETURNING id",
+                &[&name, &public_key, &now_us],
+            )?
+            .get(0),
+    };
+    let tag = tagger.tag(id, name, public_key);
+    tx.execute(
+        "UPDATE relaylog.node SET key_tag = $2 WHERE id = $1 AND key_tag IS DISTINCT FROM $2",
+        &[&id, &tag],
+    )?;
     tx.commit()?;
     Ok(id)
 }
@@ -433,7 +436,7 @@ pub fn node_id(
     }
 }
 
-/// A registered node, as its row says.
+/// A registered node, as its row says (which only [`Node::authentic`] vouches for).
 #[derive(Debug, Clone)]
 pub struct Node {
     pub id: i16,
@@ -449,7 +452,7 @@ impl Node {
     pub fn authentic(&self, tagger: &crate::store::keys::NodeTagger) -> bool {
         self.key_tag
             .as_deref()
-            .is_some_and(|t| tagger.verify(&self.name, &self.public_key, t))
+            .is_some_and(|t| tagger.verify(self.id, &self.name, &self.public_key, t))
     }
 }
 

@@ -235,15 +235,21 @@ impl MasterKey {
         open_with(&self.0, context, sealed)
     }
 
+    /// What authenticates the nodes' rows in a shared database (see [`NodeTagger`]):
+    /// a key of its own, derived from the audit tags' (never the same key for two
+    /// uses).
+    pub fn node_tagger(&self) -> NodeTagger {
+        let derived = ring::hmac::sign(&self.1, b"relaylog node key tag key v1");
+        NodeTagger(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            derived.as_ref(),
+        ))
+    }
+
     /// A keyed tag of an identifier for the audit log: the same identifier gives the
     /// same tag in every entry (so entries can be related), but the log holds no
     /// number or address in the clear, and without the master key a tag cannot be
     /// tested against a guess.
-    /// What authenticates the nodes' rows in a shared database (see [`NodeTagger`]).
-    pub fn node_tagger(&self) -> NodeTagger {
-        NodeTagger(self.1.clone())
-    }
-
     pub fn audit_tag(&self, kind: &str, value: &str) -> String {
         let mut ctx = ring::hmac::Context::with_key(&self.1);
         ctx.update(kind.as_bytes());
@@ -253,27 +259,31 @@ impl MasterKey {
     }
 }
 
-/// Authenticates a node's registration in a shared database (PostgreSQL): its name
-/// and public signing key, under a MAC with a key derived from the master key, which
-/// is never in the database. A node row someone with write access to the database
-/// adds or changes does not verify, so its key signs nothing relaylog believes (heads,
-/// erasure statements, exports).
+/// Authenticates a node's registration in a shared database (PostgreSQL): its id,
+/// name and public signing key, under a MAC with a key derived from the master key,
+/// which is never in the database. A node row someone with write access to the
+/// database adds or changes (or whose tag they copy from another row) does not
+/// verify, so its key signs nothing relaylog believes (heads, erasure statements,
+/// exports).
 #[derive(Clone)]
 pub struct NodeTagger(ring::hmac::Key);
 
 impl NodeTagger {
-    pub fn tag(&self, name: &str, public_key: &[u8]) -> Vec<u8> {
-        ring::hmac::sign(&self.0, &Self::message(name, public_key))
+    pub fn tag(&self, id: i16, name: &str, public_key: &[u8]) -> Vec<u8> {
+        ring::hmac::sign(&self.0, &Self::message(id, name, public_key))
             .as_ref()
             .to_vec()
     }
 
-    pub fn verify(&self, name: &str, public_key: &[u8], tag: &[u8]) -> bool {
-        ring::hmac::verify(&self.0, &Self::message(name, public_key), tag).is_ok()
+    /// In constant time.
+    pub fn verify(&self, id: i16, name: &str, public_key: &[u8], tag: &[u8]) -> bool {
+        ring::hmac::verify(&self.0, &Self::message(id, name, public_key), tag).is_ok()
     }
 
-    fn message(name: &str, public_key: &[u8]) -> Vec<u8> {
+    /// A node's name is `[a-z0-9-]` (`store.node`): no NUL, so the fields part cleanly.
+    fn message(id: i16, name: &str, public_key: &[u8]) -> Vec<u8> {
         let mut m = b"relaylog node key v1\0".to_vec();
+        m.extend_from_slice(&id.to_be_bytes());
         m.extend_from_slice(name.as_bytes());
         m.push(0);
         m.extend_from_slice(public_key);

@@ -51,15 +51,13 @@ pub fn target(
     pg: &crate::config::PgConfig,
     signer: &ring::signature::Ed25519KeyPair,
 ) -> Result<PgTarget, super::OpenError> {
-    use ring::signature::KeyPair;
     let master = super::keys::MasterKey::load(&cfg.master_key)?;
     let pool = Pool::shared(pg)?;
     let node = {
         let mut client = pool.get()?;
         schema::check(&mut *client)?;
         schema::check_installation(&mut *client, &master_check(&master), &shared_settings(cfg))?;
-        schema::node_id(&mut *client, &pg.node, signer.public_key().as_ref())?
-            .ok_or_else(|| PgError::UnknownNode(pg.node.clone()))?
+        authenticated_node(&mut client, pg, signer, &master.node_tagger())?
     };
     Ok(PgTarget {
         pool,
@@ -69,6 +67,29 @@ pub fn target(
         retention: cfg.retention,
         tagger: master.node_tagger(),
     })
+}
+
+/// This node's id, its row authenticated: a row registered before tags (the
+/// database upgraded by `init` on another node) gets its tag here, from this node's
+/// keys, so that its heads and erasure statements are believed from the first.
+fn authenticated_node(
+    client: &mut postgres::Client,
+    pg: &crate::config::PgConfig,
+    signer: &ring::signature::Ed25519KeyPair,
+    tagger: &super::keys::NodeTagger,
+) -> Result<i16, PgError> {
+    use ring::signature::KeyPair;
+    let public_key = signer.public_key().as_ref();
+    let id = schema::node_id(&mut *client, &pg.node, public_key)?
+        .ok_or_else(|| PgError::UnknownNode(pg.node.clone()))?;
+    let authentic = schema::nodes(&mut *client)?
+        .iter()
+        .any(|n| n.id == id && n.authentic(tagger));
+    if !authentic {
+        let now = chrono::Utc::now().timestamp_micros();
+        schema::register_node(client, &pg.node, public_key, tagger, now)?;
+    }
+    Ok(id)
 }
 
 /// What `relaylog init` did to the database.
@@ -99,8 +120,13 @@ pub fn init(
         now_us,
     )?;
     let public_key = signer.public_key().as_ref();
-    let tag = master.node_tagger().tag(&pg.node, public_key);
-    let node = schema::register_node(&mut client, &pg.node, public_key, &tag, now_us)?;
+    let node = schema::register_node(
+        &mut client,
+        &pg.node,
+        public_key,
+        &master.node_tagger(),
+        now_us,
+    )?;
     Ok(Initialised { applied, node })
 }
 
@@ -305,10 +331,12 @@ impl PgSink {
         &mut self,
         partition: PartitionId,
     ) -> Result<(postgres::Statement, postgres::Statement), WriteError> {
+        // A closed connection is replaced (and the statements with it) first.
+        self.client()?;
         if let Some(c) = self.copies.get(&partition) {
             return Ok(c.clone());
         }
-        let client = self.client()?;
+        let client = self.client.as_mut().expect("connected just above");
         let c = (
             client.prepare(&record_copy(partition)).map_err(db)?,
             client.prepare(&outcome_copy(partition)).map_err(db)?,
@@ -380,6 +408,7 @@ impl PgSink {
                 // Its waiting leaves are signed when it is next opened (they are
                 // read back from the rows).
                 self.open.remove(&oldest);
+                self.copies.remove(&oldest);
             }
             self.open.insert(
                 partition,
@@ -843,31 +872,31 @@ pub fn erasure_statements(
 ) -> Result<Vec<integrity::ErasureStatement>, postgres::Error> {
     Ok(client
         .query(
-            "SELECT e.id, e.at_us, e.reason, e.entries, e.signature, n.name, n.public_key, n.key_tag \
+            "SELECT e.id, e.at_us, e.reason, e.entries, e.signature, \
+             e.signer, n.name, n.public_key, n.key_tag \
              FROM relaylog.erasure e LEFT JOIN relaylog.node n ON n.id = e.signer \
              WHERE e.part = $1 AND e.node = $2 ORDER BY e.id",
             &[&part, &node],
         )?
         .iter()
         .map(|r| {
-            let signer = r.get::<_, Option<String>>(5).map(|name| schema::Node {
-                id: 0,
-                name,
-                public_key: r.get(6),
-                key_tag: r.get(7),
-            });
+            let signer: i16 = r.get(5);
+            let key: Option<Vec<u8>> = r.get(7);
+            let authentic = match (
+                r.get::<_, Option<&str>>(6),
+                &key,
+                r.get::<_, Option<&[u8]>>(8),
+            ) {
+                (Some(name), Some(key), Some(tag)) => tagger.verify(signer, name, key, tag),
+                _ => false,
+            };
             integrity::ErasureStatement {
                 id: r.get(0),
                 at_us: r.get(1),
                 reason: r.get(2),
                 entries: r.get(3),
                 signature: r.get(4),
-                signer_key: Some(
-                    signer
-                        .filter(|n| n.authentic(tagger))
-                        .map(|n| n.public_key)
-                        .unwrap_or_default(),
-                ),
+                signer_key: Some(key.filter(|_| authentic).unwrap_or_default()),
             }
         })
         .collect())
@@ -887,13 +916,12 @@ impl<'k> Eraser<'k> {
     pub fn new(
         pg: &crate::config::PgConfig,
         key: &'k ring::signature::Ed25519KeyPair,
+        tagger: &super::keys::NodeTagger,
     ) -> Result<Eraser<'k>, PgError> {
-        use ring::signature::KeyPair;
         let pool = Pool::shared(pg)?;
         let (signer, nodes) = {
             let mut client = pool.get()?;
-            let signer = schema::node_id(&mut *client, &pg.node, key.public_key().as_ref())?
-                .ok_or_else(|| PgError::UnknownNode(pg.node.clone()))?;
+            let signer = authenticated_node(&mut client, pg, key, tagger)?;
             (signer, schema::nodes(&mut *client)?)
         };
         Ok(Eraser {

@@ -276,6 +276,7 @@ impl Cluster {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            .current_dir(self.dir.path())
             .process_group(0);
         if let Some((uid, gid)) = self.user {
             c.uid(uid).gid(gid);
