@@ -606,6 +606,28 @@ async fn two_serving_nodes_share_one_store_and_survive_losing_a_node_or_the_data
     let node_b = common::Served::start(b.path(), &config_b);
     let (url_a, url_b) = (node_a.addr("listening"), node_b.addr("listening"));
 
+    // A second process as node a (its keys copied: one name, one key) does not start:
+    // two writers of one tree.
+    let twin = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(twin.path().join("keys")).unwrap();
+    for key in ["master.key", "signing.key", "signing.key.pub"] {
+        std::fs::copy(
+            a.path().join("keys").join(key),
+            twin.path().join("keys").join(key),
+        )
+        .unwrap();
+    }
+    let store = pg.store_lines(twin.path(), "nodes", "a");
+    let config_twin = common::write_config(
+        twin.path(),
+        &common::config_text(twin.path(), "kannel", Some(&up.url()), "", &store),
+    );
+    let (ok, out) = common::cli_refused_within(&config_twin, &["serve"], 30);
+    assert!(
+        !ok && out.contains("node `a` is being written by another relaylog process"),
+        "{out}"
+    );
+
     // One number, messages through both nodes; one disclosure finds them all.
     let c = common::client();
     for (url, user) in [(&url_a, "via-a"), (&url_b, "via-b")] {

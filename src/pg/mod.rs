@@ -51,6 +51,10 @@ pub enum PgError {
         "node `{0}` is registered with another signing key: a node's name and key go together (pick another name, or restore its key)"
     )]
     NodeKey(String),
+    #[error(
+        "node `{0}` is being written by another relaylog process: each running node needs a name of its own (store.node)"
+    )]
+    NodeBusy(String),
     #[error("{0}")]
     Other(String),
 }
@@ -77,7 +81,7 @@ impl PgError {
             },
             PgError::PoolTimeout(_) => "database_busy",
             PgError::Schema { .. } | PgError::SchemaAhead { .. } => "database_schema",
-            PgError::UnknownNode(_) | PgError::NodeKey(_) => "database_node",
+            PgError::UnknownNode(_) | PgError::NodeKey(_) | PgError::NodeBusy(_) => "database_node",
             PgError::Other(_) => "database_error",
         }
     }

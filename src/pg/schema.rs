@@ -33,6 +33,9 @@ pub mod lock {
     pub const ERASURE: i64 = 0x726c_6f67_0005;
     /// Building a closed partition's read-optimised indexes: this plus its `part`.
     pub const INDEX_BASE: i64 = 0x726c_6f68_0000_0000;
+    /// Writing as a node (a session lock its writer's connection holds): this plus the
+    /// node's id.
+    pub const NODE_BASE: i64 = 0x726c_6f6e_0000_0000;
 }
 
 /// The schema version this relaylog reads and writes.

@@ -347,7 +347,11 @@ impl Store {
                 })?;
                 None
             }
-            crate::config::Backend::Postgres(pg) => Some(pgstore::target(&cfg, pg, &signer)?),
+            crate::config::Backend::Postgres(pg) => {
+                let target = pgstore::target(&cfg, pg, &signer)?;
+                pgstore::node_free(&target)?;
+                Some(target)
+            }
         };
         let files = postgres.is_none();
         let signals = Arc::new(writer::Signals::default());

@@ -92,6 +92,35 @@ fn authenticated_node(
     Ok(id)
 }
 
+/// Whether no other process writes as this node now (its writer's connection holds
+/// [`schema::lock::NODE_BASE`] plus its id): what `serve` checks before it starts.
+/// Two processes under one name would write one tree with two writers.
+pub fn node_free(target: &PgTarget) -> Result<(), PgError> {
+    let key = schema::lock::NODE_BASE + i64::from(target.node);
+    let mut client = target.pool.get()?;
+    // A writer that has just stopped (this process's store closed and opened again, a
+    // restart) lets go of it when the server has seen its connection end: a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let free: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+            .get(0);
+        if free {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(PgError::NodeBusy(target.node_name.clone()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if let Err(e) = client.execute("SELECT pg_advisory_unlock($1)", &[&key]) {
+        // Not back into the pool holding the lock.
+        client.discard();
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 /// What `relaylog init` did to the database.
 #[derive(Debug)]
 pub struct Initialised {
@@ -319,9 +348,27 @@ impl PgSink {
         }
         if self.client.is_none() {
             self.copies.clear();
-            self.client = Some(self.target.pool.connect()?);
+            let mut client = self.target.pool.connect()?;
+            // One process writes as a node: the lock lives as long as the connection.
+            let mine: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1)",
+                    &[&(schema::lock::NODE_BASE + i64::from(self.target.node))],
+                )
+                .map_err(db)?
+                .get(0);
+            if !mine {
+                return Err(PgError::NodeBusy(self.target.node_name.clone()).into());
+            }
+            self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected just above"))
+    }
+
+    /// Connects the writer's connection now (it is otherwise made at the first
+    /// batch), taking this node's lock.
+    pub fn connect(&mut self) -> Result<(), WriteError> {
+        self.client().map(|_| ())
     }
 
     /// `partition`'s two COPY statements (records, outcome events), prepared on the

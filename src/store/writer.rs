@@ -650,7 +650,16 @@ pub fn spawn(
     let Some((journal, segments)) = journal else {
         let handle = std::thread::Builder::new()
             .name("relaylog-writer".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                // On PostgreSQL, connected (and this node's lock taken) from the start,
+                // not at the first batch; a failure is tried again at each batch.
+                if let Some(pg) = &mut writer.pg
+                    && let Err(e) = pg.connect()
+                {
+                    tracing::warn!(reason = e.reason(), error = %e, "the store's writer cannot connect yet; it tries again with each batch");
+                }
+                writer.run(rx)
+            })?;
         let _ = signals.front.thread.set(handle.thread().clone());
         let _ = signals.writer.thread.set(handle.thread().clone());
         spawn_ticker(tx.downgrade(), signals)?;
