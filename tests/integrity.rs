@@ -793,3 +793,29 @@ async fn two_accounts_in_one_block(cfg: &StoreConfig) -> bool {
     assert_eq!(rows, 0, "prompt events go into blocks");
     (1..4).contains(&blocks)
 }
+
+/// Rows of five days written one after another, quicker than a head is due: the
+/// writer keeps four partitions open, and the first one it closes for the fifth has
+/// its waiting rows signed as it goes (late rows of several days would otherwise stay
+/// unsigned in a day written to no more).
+#[tokio::test]
+async fn a_partition_closed_for_others_has_its_rows_signed() {
+    let (_dir, cfg) = empty_store();
+    let clock = ManualClock::new(day(0, 1));
+    let store = off_runtime(|| open_store(&cfg, &clock));
+    let rec = store.recorder();
+    for d in 0..5 {
+        let at = day(d, 1).timestamp_micros();
+        let sub = one_recipient(&rec, at, "bee", &format!("+3161200000{d}"));
+        rec.record(&sub).await.unwrap();
+    }
+    rec.barrier().await.unwrap();
+    store.close().await;
+    let reports = verify(&cfg);
+    assert_eq!(reports.len(), 5, "{reports:?}");
+    for r in &reports {
+        assert!(r.ok(), "{}: {:?}", r.partition, r.verified.damage);
+        assert_eq!(r.verified.records, 1, "{}", r.partition);
+        assert!(r.verified.heads >= 1, "{}: no head", r.partition);
+    }
+}

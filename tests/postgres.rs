@@ -862,14 +862,25 @@ fn a_lookup_by_number_reads_only_its_window_through_the_blind_index() {
             "EXPLAIN {}",
             relaylog::store::pgstore::lookup_sql(IndexKind::Recipient, by_tag)
         );
+        let limit = Some(1_025i64);
         let rows = if by_tag {
-            db.query(&sql, &[&part, &tag, &p.start_micros(), &p.end_micros()])
+            db.query(
+                &sql,
+                &[&part, &tag, &p.start_micros(), &p.end_micros(), &limit],
+            )
         } else {
             let buckets: Vec<i64> =
                 (keys.bucket(p.start_micros())..=keys.bucket(p.end_micros() - 1)).collect();
             db.query(
                 &sql,
-                &[&part, &buckets, &tag, &p.start_micros(), &p.end_micros()],
+                &[
+                    &part,
+                    &buckets,
+                    &tag,
+                    &p.start_micros(),
+                    &p.end_micros(),
+                    &limit,
+                ],
             )
         }
         .unwrap();
@@ -925,4 +936,37 @@ fn a_lookup_by_number_reads_only_its_window_through_the_blind_index() {
         (again.partitions_searched, again.matches),
         (2, stats.matches)
     );
+}
+
+/// A lookup with more matches in one partition than it reads in one round trip
+/// (1,024) gets them all, in time order: the rest through a portal, a slice at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_with_more_matches_in_a_day_than_one_read_gets_them_all() {
+    let Some(pg) = Cluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = pg.store_lines(dir.path(), "busy", "n1");
+    let text = common::config_text(dir.path(), "kannel", None, "", &store);
+    let cfg = relaylog::config::Config::parse(&text, std::path::Path::new("t.toml"))
+        .unwrap()
+        .store;
+    common::init_store(&cfg);
+    let clock = relaylog::clock::ManualClock::new(chrono::Utc::now());
+    let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
+    let rec = opened.recorder();
+    for i in 0..1_100 {
+        clock.set(chrono::Utc::now());
+        let sub = common::one_recipient(&rec, rec.now(), "busy", &format!("+3161{i:07}"));
+        rec.record(&sub).await.unwrap();
+    }
+    opened.close().await;
+    let found = common::query_store_cfg(&cfg, IndexKind::Account, "busy");
+    assert_eq!(found.len(), 1_100);
+    assert!(found.windows(2).all(|w| w[0].at <= w[1].at));
+    let mut numbers: Vec<String> = found
+        .iter()
+        .map(|f| f.fields.recipient.value.clone())
+        .collect();
+    numbers.sort();
+    numbers.dedup();
+    assert_eq!(numbers.len(), 1_100);
 }

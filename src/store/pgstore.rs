@@ -452,8 +452,14 @@ impl PgSink {
                     .min_by_key(|(_, o)| o.last_used)
                     .map(|(p, _)| *p)
             {
-                // Its waiting leaves are signed when it is next opened (they are
-                // read back from the rows).
+                // Its waiting leaves signed first: a day written to no more (late rows
+                // of several days) would otherwise keep them unsigned. If that fails,
+                // they are signed when it is next opened (read back from the rows).
+                if let Some(key) = signer
+                    && let Err(e) = self.seal(oldest, key, now)
+                {
+                    tracing::warn!(partition = %oldest, reason = e.reason(), error = %e, "the leaves of a partition closed for others could not be signed; they are when it is next opened");
+                }
                 self.open.remove(&oldest);
                 self.copies.remove(&oldest);
             }
@@ -621,36 +627,42 @@ impl PgSink {
             .collect();
         let mut failed = Vec::new();
         for partition in waiting {
-            let (node, name) = (self.target.node, self.target.node_name.clone());
-            let mut tree = self.open[&partition].tree.clone();
-            let result = (|| {
-                let client = self.client()?;
-                let mut tx = client.transaction().map_err(db)?;
-                sign(
-                    &mut tx,
-                    &mut tree,
-                    key,
-                    partition,
-                    schema::part(partition),
-                    node,
-                    &name,
-                    now,
-                )?;
-                tx.commit().map_err(db)
-            })();
-            match result {
-                Ok(()) => {
-                    if let Some(o) = self.open.get_mut(&partition) {
-                        o.tree = tree;
-                    }
-                }
-                Err(e) => {
-                    self.forget(partition);
-                    failed.push((partition, e));
-                }
+            if let Err(e) = self.seal(partition, key, now) {
+                self.forget(partition);
+                failed.push((partition, e));
             }
         }
         failed
+    }
+
+    /// Signs the waiting leaves of one open partition, in a transaction of its own.
+    fn seal(
+        &mut self,
+        partition: PartitionId,
+        key: &ring::signature::Ed25519KeyPair,
+        now: i64,
+    ) -> Result<(), WriteError> {
+        let (node, name) = (self.target.node, self.target.node_name.clone());
+        let Some(mut tree) = self.open.get(&partition).map(|o| o.tree.clone()) else {
+            return Ok(());
+        };
+        let client = self.client()?;
+        let mut tx = client.transaction().map_err(db)?;
+        sign(
+            &mut tx,
+            &mut tree,
+            key,
+            partition,
+            schema::part(partition),
+            node,
+            &name,
+            now,
+        )?;
+        tx.commit().map_err(db)?;
+        if let Some(o) = self.open.get_mut(&partition) {
+            o.tree = tree;
+        }
+        Ok(())
     }
 }
 
@@ -1278,8 +1290,9 @@ pub fn verify_store(
 
 /// The statement a lookup runs on each partition of its window: by (bucket, tag) in
 /// a partition being written, one seek per time bucket of the window (parameters:
-/// part, buckets, tag, since, until); by tag alone in a closed one whose read-optimised
-/// indexes are built, one seek (part, tag, since, until).
+/// part, buckets, tag, since, until, limit); by tag alone in a closed one whose
+/// read-optimised indexes are built, one seek (part, tag, since, until, limit). A
+/// `NULL` limit is none.
 pub fn lookup_sql(kind: super::keys::IndexKind, by_tag: bool) -> String {
     const COLUMNS: &str =
         "node, id, submission, ordinal, at_us, protocol, service, segments, sealed";
@@ -1287,12 +1300,12 @@ pub fn lookup_sql(kind: super::keys::IndexKind, by_tag: bool) -> String {
     if by_tag {
         format!(
             "SELECT {COLUMNS} FROM relaylog.record WHERE part = $1 AND {column} = $2 \
-             AND at_us >= $3 AND at_us < $4 ORDER BY at_us, node, id"
+             AND at_us >= $3 AND at_us < $4 ORDER BY at_us, node, id LIMIT $5"
         )
     } else {
         format!(
             "SELECT {COLUMNS} FROM relaylog.record WHERE part = $1 AND bucket = ANY($2) AND {column} = $3 \
-             AND at_us >= $4 AND at_us < $5 ORDER BY at_us, node, id"
+             AND at_us >= $4 AND at_us < $5 ORDER BY at_us, node, id LIMIT $6"
         )
     }
 }
@@ -1359,48 +1372,75 @@ pub fn run(
         let since = criteria.since.max(p.start_micros());
         let until = criteria.until.min(p.end_micros());
         let tag = keys.blind_index(criteria.kind, &criteria.value);
-        let rows = if indexed {
-            client.query(&by_tag, &[&part, &tag, &since, &until])
+        // At most LOOKUP_ROWS matches in one round trip, the usual case; more (an
+        // account's day can hold millions of records) through a portal, a slice at a
+        // time, never all in memory (each match's events read between two slices, in
+        // the same transaction).
+        let buckets: Vec<i64> = (keys.bucket(since)..=keys.bucket(until - 1)).collect();
+        let (stmt, mut params): (_, Vec<&(dyn postgres::types::ToSql + Sync)>) = if indexed {
+            (&by_tag, vec![&part, &tag, &since, &until])
         } else {
-            let buckets: Vec<i64> = (keys.bucket(since)..=keys.bucket(until - 1)).collect();
-            client.query(&by_bucket, &[&part, &buckets, &tag, &since, &until])
-        }
-        .map_err(failed(p))?;
-        for r in rows {
-            let hit = Hit {
-                node: r.get(0),
-                record_id: r.get(1),
-                submission: crate::record::SubmissionId(r.get(2)),
-                ordinal: r.get::<_, i32>(3) as u32,
-                at: r.get(4),
-                protocol: r.get::<_, i16>(5) as u8,
-                service: r.get::<_, i16>(6) as u8,
-                segments: r.get::<_, i32>(7) as u16,
-                sealed: r.get(8),
-            };
-            let Some(fields) = hit.open_if_match(p, &keys, criteria, &mut stats)? else {
-                continue;
-            };
-            let evs = client
-                .query(&events, &[&part, &hit.node, &hit.submission.0])
-                .map_err(failed(p))?;
-            let (outcome, receipt) = read_events(
-                evs.iter().map(|r| outcome_row(r).1),
-                &keys,
-                hit.submission,
-                hit.ordinal,
-            )
-            .map_err(|what| QueryError::Partition {
-                partition: p,
-                message: format!("record {}: {what}", hit.record_id),
-            })?;
-            stats.matches += 1;
-            emit(hit.found(p, fields, outcome, receipt)?);
+            (&by_bucket, vec![&part, &buckets, &tag, &since, &until])
+        };
+        let (most, unlimited) = (Some(i64::from(LOOKUP_ROWS) + 1), None::<i64>);
+        params.push(&most);
+        let mut rows = client.query(stmt, &params).map_err(failed(p))?;
+        let portal = if rows.len() > LOOKUP_ROWS as usize {
+            rows.clear();
+            *params.last_mut().expect("the limit") = &unlimited;
+            Some(client.bind(stmt, &params).map_err(failed(p))?)
+        } else {
+            None
+        };
+        loop {
+            if let Some(portal) = &portal {
+                rows = client
+                    .query_portal(portal, LOOKUP_ROWS)
+                    .map_err(failed(p))?;
+            }
+            let last = portal.is_none() || rows.len() < LOOKUP_ROWS as usize;
+            for r in rows.drain(..) {
+                let hit = Hit {
+                    node: r.get(0),
+                    record_id: r.get(1),
+                    submission: crate::record::SubmissionId(r.get(2)),
+                    ordinal: r.get::<_, i32>(3) as u32,
+                    at: r.get(4),
+                    protocol: r.get::<_, i16>(5) as u8,
+                    service: r.get::<_, i16>(6) as u8,
+                    segments: r.get::<_, i32>(7) as u16,
+                    sealed: r.get(8),
+                };
+                let Some(fields) = hit.open_if_match(p, &keys, criteria, &mut stats)? else {
+                    continue;
+                };
+                let evs = client
+                    .query(&events, &[&part, &hit.node, &hit.submission.0])
+                    .map_err(failed(p))?;
+                let (outcome, receipt) = read_events(
+                    evs.iter().map(|r| outcome_row(r).1),
+                    &keys,
+                    hit.submission,
+                    hit.ordinal,
+                )
+                .map_err(|what| QueryError::Partition {
+                    partition: p,
+                    message: format!("record {}: {what}", hit.record_id),
+                })?;
+                stats.matches += 1;
+                emit(hit.found(p, fields, outcome, receipt)?);
+            }
+            if last {
+                break;
+            }
         }
     }
     client.commit().map_err(PgError::from)?;
     Ok(stats)
 }
+
+/// Index hits a lookup reads from the server at a time (see [`run`]).
+const LOOKUP_ROWS: i32 = 1024;
 
 /// Records a partition has held, over every node: each node's highest record id (ids
 /// are never reused, so erased rows count too), as [`super::expiry`] counts them.
