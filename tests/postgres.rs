@@ -567,21 +567,34 @@ async fn offboarding_erases_an_account_from_every_nodes_tree() {
     assert!(!ok && s.contains("does not verify"), "{s}");
 
     // A node row without its tag (registered before tags, the database upgraded by
-    // `init` elsewhere) is not trusted until the node itself starts: `serve` writes it.
+    // `init` elsewhere) is not trusted, and its node does not start, until `init` runs
+    // on it (an operator's act, which says it wrote the tag); nor does a node whose
+    // row changed in the database (here its id swapped with relay-x's).
     pg.batch(
         "offboard",
         "UPDATE relaylog.node SET key_tag = NULL WHERE name = 'b'",
     );
     let (_, v) = common::cli(&config_a, &["verify"]);
     assert!(v.contains("/b  DAMAGED"), "{v}");
-    let node_b = common::Served::start(b.path(), &config_b);
-    node_b.addr("listening");
-    let (status, _) = node_b.terminate();
-    assert!(status.success());
+    let (ok, out) = common::cli_refused_within(&config_b, &["serve"], 30);
+    assert!(!ok && out.contains("has no tag yet"), "{out}");
+    let out = common::cli_ok(&config_b, &["init"]);
+    assert!(out.contains("its row's tag written"), "{out}");
     let (_, v) = common::cli(&config_a, &["verify"]);
     assert!(
         v.lines().any(|l| l.contains("/b  ok")) && !v.contains("/b  DAMAGED"),
         "{v}"
+    );
+    pg.batch(
+        "offboard",
+        "UPDATE relaylog.node SET id = 99 WHERE name = 'relay-x'; \
+         UPDATE relaylog.node SET id = 9 WHERE name = 'b'; \
+         UPDATE relaylog.node SET id = 2 WHERE name = 'relay-x'",
+    );
+    let (ok, out) = common::cli(&config_b, &["check-config"]);
+    assert!(
+        !ok && out.contains("not the one `relaylog init` wrote"),
+        "{out}"
     );
 }
 
@@ -624,7 +637,7 @@ async fn two_serving_nodes_share_one_store_and_survive_losing_a_node_or_the_data
     );
     let (ok, out) = common::cli_refused_within(&config_twin, &["serve"], 30);
     assert!(
-        !ok && out.contains("node `a` is being written by another relaylog process"),
+        !ok && out.contains("node `a` is being written by another session (pid "),
         "{out}"
     );
 
@@ -796,10 +809,20 @@ async fn two_serving_nodes_share_one_store_and_survive_losing_a_node_or_the_data
         missing.len(),
         missing.first()
     );
-    // Node a's unsigned rows are signed when it next opens the partition; until then
-    // verify names them, and nothing else.
+    // Node a's unsigned rows (kill -9 came between two heads) are signed when it next
+    // opens the partition: node a back, one message through it, and every tree of
+    // both nodes verifies.
+    let node_a = common::Served::start(a.path(), &config_a);
+    let (s, _) = common::get(
+        &c,
+        &common::sendsms(&node_a.addr("listening"), "back", "%2B31612345699"),
+    )
+    .await;
+    assert_eq!(s.as_u16(), 202);
+    let (status, _) = node_a.terminate();
+    assert!(status.success());
     let out = common::cli_ok(&config_b, &["verify"]);
-    assert!(out.contains("/b  ok"), "{out}");
+    assert!(out.contains("/a  ok") && out.contains("/b  ok"), "{out}");
 }
 
 /// A lookup by number over a window touches that window's partitions only, and in
@@ -950,11 +973,17 @@ async fn a_lookup_with_more_matches_in_a_day_than_one_read_gets_them_all() {
         .unwrap()
         .store;
     common::init_store(&cfg);
-    let clock = relaylog::clock::ManualClock::new(chrono::Utc::now());
+    // One day's noon, a millisecond a message: all in one partition.
+    let noon = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc();
+    let clock = relaylog::clock::ManualClock::new(noon);
     let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
     let rec = opened.recorder();
     for i in 0..1_100 {
-        clock.set(chrono::Utc::now());
+        clock.set(noon + chrono::Duration::milliseconds(i));
         let sub = common::one_recipient(&rec, rec.now(), "busy", &format!("+3161{i:07}"));
         rec.record(&sub).await.unwrap();
     }

@@ -52,9 +52,9 @@ pub enum PgError {
     )]
     NodeKey(String),
     #[error(
-        "node `{0}` is being written by another relaylog process: each running node needs a name of its own (store.node)"
+        "node `{node}` is being written by another session ({holder}): another relaylog process under this name? each running node needs a name of its own (store.node)"
     )]
-    NodeBusy(String),
+    NodeBusy { node: String, holder: String },
     #[error("{0}")]
     Other(String),
 }
@@ -81,7 +81,9 @@ impl PgError {
             },
             PgError::PoolTimeout(_) => "database_busy",
             PgError::Schema { .. } | PgError::SchemaAhead { .. } => "database_schema",
-            PgError::UnknownNode(_) | PgError::NodeKey(_) | PgError::NodeBusy(_) => "database_node",
+            PgError::UnknownNode(_) | PgError::NodeKey(_) | PgError::NodeBusy { .. } => {
+                "database_node"
+            }
             PgError::Other(_) => "database_error",
         }
     }
@@ -121,12 +123,17 @@ impl From<postgres::Error> for PgError {
 /// The settings every relaylog session runs with: commits durable on the server
 /// (`synchronous_commit`, whatever the server's default), statements and lock waits
 /// bounded, the `relaylog` schema first (the ledger's statements name its tables
-/// unqualified, as on SQLite), and a name that tells the sessions of each node apart in `pg_stat_activity`.
+/// unqualified, as on SQLite), a name that tells the sessions of each node apart in
+/// `pg_stat_activity`, and the server's side of TCP keepalives as short as the
+/// client's: a session whose node vanished (a network cut) ends within seconds, and
+/// with it the node's lock it held (see [`crate::store::pgstore::PgSink`]), instead
+/// of after the system's two hours.
 fn session_options(node: &str) -> String {
     format!(
         "-c synchronous_commit=on -c statement_timeout=60000 -c lock_timeout=30000 \
          -c idle_in_transaction_session_timeout=60000 -c search_path=relaylog \
-         -c application_name=relaylog/{node}"
+         -c application_name=relaylog/{node} -c tcp_keepalives_idle=5 \
+         -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=15000"
     )
 }
 

@@ -227,7 +227,7 @@ CREATE INDEX session_officer ON relaylog.session (officer);
 /// is (statements written before were signed by their tree's node). A signer that is
 /// not a registered, authenticated node verifies nothing: no foreign key, so that a
 /// damaged row is reported by `verify` rather than stopping an upgrade. And each node's
-/// row gets a MAC of its name and key under the master key (`key_tag`, see
+/// row gets a MAC of its id, name and key under the master key (`key_tag`, see
 /// [`crate::store::keys::NodeTagger`]), which `init` on the node writes.
 const V3_ERASURE_SIGNER: &str = "
 ALTER TABLE relaylog.erasure ADD COLUMN signer smallint;
@@ -386,35 +386,38 @@ pub fn claim_for_bench(client: &mut impl GenericClient) -> Result<bool, PgError>
 /// Registers node `name` with its public signing key and the MAC of its row under the
 /// master key (`key_tag`, see [`crate::store::keys::NodeTagger`]), or finds it
 /// registered with that key (and writes its tag if it has none or a wrong one: a row
-/// registered before tags, upgraded): its id. Another key under the name is refused.
-/// Only a holder of the master key and the node's signing key gets here (`init`, and
-/// `serve` and offboarding on a node whose row has no tag yet).
+/// registered before tags, upgraded): its id, and whether an existing row's tag was
+/// written. Another
+/// key under the name is refused. Only `init` gets here: a holder of the master key
+/// and the node's signing key, and an operator's act.
 pub fn register_node(
     client: &mut postgres::Client,
     name: &str,
     public_key: &[u8],
     tagger: &crate::store::keys::NodeTagger,
     now_us: i64,
-) -> Result<i16, PgError> {
+) -> Result<(i16, bool), PgError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::MIGRATE])?;
-    let id = match node_id(&mut tx, name, public_key)? {
-        Some(id) => id,
-        None => tx
-            .query_one(
+    let (id, existed) = match node_id(&mut tx, name, public_key)? {
+        Some(id) => (id, true),
+        None => (
+            tx.query_one(
                 "INSERT INTO relaylog.node (id, name, public_key, registered_us) \
                  SELECT coalesce(max(id), 0) + 1, $1, $2, $3 FROM relaylog.node RETURNING id",
                 &[&name, &public_key, &now_us],
             )?
             .get(0),
+            false,
+        ),
     };
     let tag = tagger.tag(id, name, public_key);
-    tx.execute(
+    let tagged = tx.execute(
         "UPDATE relaylog.node SET key_tag = $2 WHERE id = $1 AND key_tag IS DISTINCT FROM $2",
         &[&id, &tag],
-    )?;
+    )? > 0;
     tx.commit()?;
-    Ok(id)
+    Ok((id, existed && tagged))
 }
 
 /// The id of node `name`, if it is registered; an error if with another key.
@@ -445,7 +448,7 @@ pub struct Node {
     pub id: i16,
     pub name: String,
     pub public_key: Vec<u8>,
-    /// The MAC of its name and key under the master key (`None`: registered before
+    /// The MAC of its id, name and key under the master key (`None`: registered before
     /// tags, until `init` runs on it again).
     pub key_tag: Option<Vec<u8>>,
 }

@@ -347,11 +347,17 @@ impl Store {
                 })?;
                 None
             }
-            crate::config::Backend::Postgres(pg) => {
-                let target = pgstore::target(&cfg, pg, &signer)?;
-                pgstore::node_free(&target)?;
-                Some(target)
+            crate::config::Backend::Postgres(pg) => Some(pgstore::target(&cfg, pg, &signer)?),
+        };
+        // The writer's connection made now, and this node's lock taken with it: a
+        // second process under this node's name does not start.
+        let sink = match &postgres {
+            Some(target) => {
+                let mut sink = pgstore::PgSink::new(target.clone());
+                sink.connect_owning(std::time::Duration::from_secs(3))?;
+                Some(sink)
             }
+            None => None,
         };
         let files = postgres.is_none();
         let signals = Arc::new(writer::Signals::default());
@@ -372,7 +378,7 @@ impl Store {
                     keyring: cfg.keyring.clone(),
                     retention: cfg.retention,
                 }),
-                postgres: postgres.clone(),
+                postgres: sink,
             },
             metrics.clone(),
         )

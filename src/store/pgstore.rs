@@ -69,9 +69,10 @@ pub fn target(
     })
 }
 
-/// This node's id, its row authenticated: a row registered before tags (the
-/// database upgraded by `init` on another node) gets its tag here, from this node's
-/// keys, so that its heads and erasure statements are believed from the first.
+/// This node's id, its row as `relaylog init` wrote it: a row without its tag (the
+/// database upgraded, `init` not run on this node since) or with a wrong one (changed
+/// in the database: its id, name or key, or a tag copied from another row) is
+/// refused, never tagged here. Only `init`, an operator's act, writes a tag.
 fn authenticated_node(
     client: &mut postgres::Client,
     pg: &crate::config::PgConfig,
@@ -82,43 +83,20 @@ fn authenticated_node(
     let public_key = signer.public_key().as_ref();
     let id = schema::node_id(&mut *client, &pg.node, public_key)?
         .ok_or_else(|| PgError::UnknownNode(pg.node.clone()))?;
-    let authentic = schema::nodes(&mut *client)?
-        .iter()
-        .any(|n| n.id == id && n.authentic(tagger));
-    if !authentic {
-        let now = chrono::Utc::now().timestamp_micros();
-        schema::register_node(client, &pg.node, public_key, tagger, now)?;
+    let own = schema::nodes(&mut *client)?
+        .into_iter()
+        .find(|n| n.id == id);
+    match own {
+        Some(n) if n.authentic(tagger) => Ok(id),
+        Some(n) if n.key_tag.is_none() => Err(PgError::Other(format!(
+            "node `{}`'s row has no tag yet (the database was upgraded): run `relaylog init` on this node",
+            pg.node
+        ))),
+        _ => Err(PgError::Other(format!(
+            "node `{}`'s row in the database is not the one `relaylog init` wrote (its id, name, key or tag changed there): check the database (`relaylog verify`), then run `relaylog init` on this node",
+            pg.node
+        ))),
     }
-    Ok(id)
-}
-
-/// Whether no other process writes as this node now (its writer's connection holds
-/// [`schema::lock::NODE_BASE`] plus its id): what `serve` checks before it starts.
-/// Two processes under one name would write one tree with two writers.
-pub fn node_free(target: &PgTarget) -> Result<(), PgError> {
-    let key = schema::lock::NODE_BASE + i64::from(target.node);
-    let mut client = target.pool.get()?;
-    // A writer that has just stopped (this process's store closed and opened again, a
-    // restart) lets go of it when the server has seen its connection end: a moment.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    loop {
-        let free: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
-            .get(0);
-        if free {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(PgError::NodeBusy(target.node_name.clone()));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    if let Err(e) = client.execute("SELECT pg_advisory_unlock($1)", &[&key]) {
-        // Not back into the pool holding the lock.
-        client.discard();
-        return Err(e.into());
-    }
-    Ok(())
 }
 
 /// What `relaylog init` did to the database.
@@ -126,6 +104,9 @@ pub fn node_free(target: &PgTarget) -> Result<(), PgError> {
 pub struct Initialised {
     pub applied: schema::Applied,
     pub node: i16,
+    /// Whether this node's existing row got its tag written (upgraded, or changed in
+    /// the database since: the operator is told).
+    pub tagged: bool,
 }
 
 /// `relaylog init` on PostgreSQL, once the node's keys are in place: brings the schema
@@ -149,14 +130,18 @@ pub fn init(
         now_us,
     )?;
     let public_key = signer.public_key().as_ref();
-    let node = schema::register_node(
+    let (node, tagged) = schema::register_node(
         &mut client,
         &pg.node,
         public_key,
         &master.node_tagger(),
         now_us,
     )?;
-    Ok(Initialised { applied, node })
+    Ok(Initialised {
+        applied,
+        node,
+        tagged,
+    })
 }
 
 /// Which database, and this node in it.
@@ -347,28 +332,58 @@ impl PgSink {
             self.client = None;
         }
         if self.client.is_none() {
-            self.copies.clear();
-            let mut client = self.target.pool.connect()?;
-            // One process writes as a node: the lock lives as long as the connection.
-            let mine: bool = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1)",
-                    &[&(schema::lock::NODE_BASE + i64::from(self.target.node))],
-                )
-                .map_err(db)?
-                .get(0);
-            if !mine {
-                return Err(PgError::NodeBusy(self.target.node_name.clone()).into());
-            }
-            self.client = Some(client);
+            self.connect_locked()?;
         }
         Ok(self.client.as_mut().expect("connected just above"))
     }
 
-    /// Connects the writer's connection now (it is otherwise made at the first
-    /// batch), taking this node's lock.
-    pub fn connect(&mut self) -> Result<(), WriteError> {
-        self.client().map(|_| ())
+    /// A new connection for the writer, holding this node's lock (a session lock: it
+    /// lives as long as the connection), or [`PgError::NodeBusy`] naming the session
+    /// that holds it. What the writer held of its open partitions is read again: a
+    /// process that had the lock meanwhile may have written to them.
+    fn connect_locked(&mut self) -> Result<(), PgError> {
+        self.copies.clear();
+        self.open.clear();
+        let mut client = self.target.pool.connect()?;
+        let key = schema::lock::NODE_BASE + i64::from(self.target.node);
+        let mine: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+            .get(0);
+        if !mine {
+            let holder = client
+                .query_opt(
+                    "SELECT format('pid %s, role %s, application %L, from %s', a.pid, a.usename, \
+                     a.application_name, coalesce(a.client_addr::text, 'a local socket')) \
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                     AND l.classid = $1 AND l.objid = $2",
+                    &[&((key >> 32) as u32), &(key as u32)],
+                )?
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_else(|| "a session gone since".into());
+            return Err(PgError::NodeBusy {
+                node: self.target.node_name.clone(),
+                holder,
+            });
+        }
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// Connects the writer's connection now, taking this node's lock, waiting up to
+    /// `grace` for it: a writer that has just stopped (a restart, a store closed and
+    /// opened again in one process) lets go of it when the server has seen its
+    /// connection end.
+    pub fn connect_owning(&mut self, grace: std::time::Duration) -> Result<(), PgError> {
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            match self.connect_locked() {
+                Err(PgError::NodeBusy { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                done => return done,
+            }
+        }
     }
 
     /// `partition`'s two COPY statements (records, outcome events), prepared on the
@@ -454,14 +469,19 @@ impl PgSink {
             {
                 // Its waiting leaves signed first: a day written to no more (late rows
                 // of several days) would otherwise keep them unsigned. If that fails,
-                // they are signed when it is next opened (read back from the rows).
-                if let Some(key) = signer
-                    && let Err(e) = self.seal(oldest, key, now)
-                {
-                    tracing::warn!(partition = %oldest, reason = e.reason(), error = %e, "the leaves of a partition closed for others could not be signed; they are when it is next opened");
+                // it stays open (one more than the cap) until a later attempt signs
+                // them: closing it would leave them unsigned until it is next opened.
+                let waiting = self.open[&oldest].tree.unsigned() > 0;
+                let sealed = match signer {
+                    Some(key) if waiting => self.seal(oldest, key, now).map_err(|e| {
+                        tracing::warn!(partition = %oldest, reason = e.reason(), error = %e, "the waiting rows of a partition to close could not be signed; it stays open");
+                    }),
+                    _ => Ok(()),
+                };
+                if sealed.is_ok() {
+                    self.open.remove(&oldest);
+                    self.copies.remove(&oldest);
                 }
-                self.open.remove(&oldest);
-                self.copies.remove(&oldest);
             }
             self.open.insert(
                 partition,
@@ -1376,7 +1396,11 @@ pub fn run(
         // account's day can hold millions of records) through a portal, a slice at a
         // time, never all in memory (each match's events read between two slices, in
         // the same transaction).
-        let buckets: Vec<i64> = (keys.bucket(since)..=keys.bucket(until - 1)).collect();
+        let buckets: Vec<i64> = if indexed {
+            Vec::new()
+        } else {
+            (keys.bucket(since)..=keys.bucket(until - 1)).collect()
+        };
         let (stmt, mut params): (_, Vec<&(dyn postgres::types::ToSql + Sync)>) = if indexed {
             (&by_tag, vec![&part, &tag, &since, &until])
         } else {

@@ -237,8 +237,8 @@ pub struct WriterConfig {
     /// `None`: all are written.
     pub expired: Option<Expired>,
     /// The partitions are in PostgreSQL, not files (no journal then: see
-    /// [`super::pgstore`]).
-    pub postgres: Option<super::pgstore::PgTarget>,
+    /// [`super::pgstore`]): the writer's side, connected (holding this node's lock).
+    pub postgres: Option<super::pgstore::PgSink>,
 }
 
 /// A partition expiry removed: wholly past retention, and its key file gone.
@@ -609,6 +609,8 @@ pub fn spawn(
         None => Some(spawn_checkpointer(metrics.clone())?),
         Some(_) => None,
     };
+    let mut cfg = cfg;
+    let pg = cfg.postgres.take();
     let signals = cfg.signals.clone();
     let front_pace = Pace {
         rows: cfg.batch_max,
@@ -617,7 +619,7 @@ pub fn spawn(
     };
     let sync_full = cfg.sync == SyncMode::Full;
     let journal = match &cfg.journal {
-        Some(_) if cfg.postgres.is_some() => {
+        Some(_) if pg.is_some() => {
             return Err(std::io::Error::other(
                 "a journal in front of PostgreSQL: the writer commits there before answering",
             ));
@@ -636,7 +638,7 @@ pub fn spawn(
             last_release: Instant::now(),
         }),
         pace: front_pace,
-        pg: cfg.postgres.clone().map(super::pgstore::PgSink::new),
+        pg,
         cfg,
         open: HashMap::new(),
         metrics: metrics.clone(),
@@ -650,16 +652,7 @@ pub fn spawn(
     let Some((journal, segments)) = journal else {
         let handle = std::thread::Builder::new()
             .name("relaylog-writer".into())
-            .spawn(move || {
-                // On PostgreSQL, connected (and this node's lock taken) from the start,
-                // not at the first batch; a failure is tried again at each batch.
-                if let Some(pg) = &mut writer.pg
-                    && let Err(e) = pg.connect()
-                {
-                    tracing::warn!(reason = e.reason(), error = %e, "the store's writer cannot connect yet; it tries again with each batch");
-                }
-                writer.run(rx)
-            })?;
+            .spawn(move || writer.run(rx))?;
         let _ = signals.front.thread.set(handle.thread().clone());
         let _ = signals.writer.thread.set(handle.thread().clone());
         spawn_ticker(tx.downgrade(), signals)?;
