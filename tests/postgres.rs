@@ -596,6 +596,12 @@ async fn offboarding_erases_an_account_from_every_nodes_tree() {
         !ok && out.contains("not the one `relaylog init` wrote"),
         "{out}"
     );
+    // Nor does `init` bless it: the operator clears the tag, by hand, to accept it.
+    let (ok, out) = common::cli(&config_b, &["init"]);
+    assert!(
+        !ok && out.contains("carries a tag that is not its own"),
+        "{out}"
+    );
 }
 
 /// Two `serve` processes, two nodes, one database: messages through both are found by

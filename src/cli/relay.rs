@@ -335,7 +335,7 @@ fn init_postgres(config: &Config, pg: &crate::config::PgConfig) -> Result<()> {
     println!("node `{}` registered (id {})", pg.node, done.node);
     if done.tagged {
         println!(
-            "node `{}`: its row's tag written (the database upgraded, or the row changed there since: if you did not expect that, check the database with `relaylog verify` first)",
+            "node `{}`: its row's tag written (the database upgraded, or its tag cleared by hand)",
             pg.node
         );
     }

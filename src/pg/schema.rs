@@ -385,9 +385,9 @@ pub fn claim_for_bench(client: &mut impl GenericClient) -> Result<bool, PgError>
 
 /// Registers node `name` with its public signing key and the MAC of its row under the
 /// master key (`key_tag`, see [`crate::store::keys::NodeTagger`]), or finds it
-/// registered with that key (and writes its tag if it has none or a wrong one: a row
-/// registered before tags, upgraded): its id, and whether an existing row's tag was
-/// written. Another
+/// registered with that key (and writes its tag if it has none: a row registered
+/// before tags, upgraded; a wrong one is refused, since the row changed in the
+/// database): its id, and whether an existing row's tag was written. Another
 /// key under the name is refused. Only `init` gets here: a holder of the master key
 /// and the node's signing key, and an operator's act.
 pub fn register_node(
@@ -412,6 +412,16 @@ pub fn register_node(
         ),
     };
     let tag = tagger.tag(id, name, public_key);
+    if existed {
+        let old: Option<Vec<u8>> = tx
+            .query_one("SELECT key_tag FROM relaylog.node WHERE id = $1", &[&id])?
+            .get(0);
+        if old.is_some_and(|t| !tagger.verify(id, name, public_key, &t)) {
+            return Err(PgError::Other(format!(
+                "node `{name}`'s row carries a tag that is not its own (its id, name or key changed in the database, or the tag was copied there): check the database (`relaylog verify`); to accept the row as it is now, clear its tag (UPDATE relaylog.node SET key_tag = NULL WHERE name = '{name}') and run `relaylog init` again"
+            )));
+        }
+    }
     let tagged = tx.execute(
         "UPDATE relaylog.node SET key_tag = $2 WHERE id = $1 AND key_tag IS DISTINCT FROM $2",
         &[&id, &tag],

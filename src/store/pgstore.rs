@@ -306,6 +306,12 @@ pub struct PgSink {
     /// A second connection of its own, for the other half of a large batch.
     helper: Option<postgres::Client>,
     open: HashMap<PartitionId, Open>,
+    /// Partitions closed with rows waiting for their head (a failed signing, a lost
+    /// connection): opened again and signed by the next [`PgSink::seal_all`].
+    reseal: Vec<PartitionId>,
+    /// The server process of the writer's connection: a lock still held by it after
+    /// the connection was lost is this writer's own, ending.
+    backend_pid: Option<i32>,
     tick: u64,
 }
 
@@ -317,6 +323,8 @@ impl PgSink {
             copies: HashMap::new(),
             helper: None,
             open: HashMap::new(),
+            reseal: Vec::new(),
+            backend_pid: None,
             tick: 0,
         }
     }
@@ -332,40 +340,46 @@ impl PgSink {
             self.client = None;
         }
         if self.client.is_none() {
-            self.connect_locked()?;
+            self.connect_locked(std::time::Duration::ZERO)?;
         }
         Ok(self.client.as_mut().expect("connected just above"))
     }
 
     /// A new connection for the writer, holding this node's lock (a session lock: it
-    /// lives as long as the connection), or [`PgError::NodeBusy`] naming the session
-    /// that holds it. What the writer held of its open partitions is read again: a
-    /// process that had the lock meanwhile may have written to them.
-    fn connect_locked(&mut self) -> Result<(), PgError> {
+    /// lives as long as the connection), tried again on that connection for up to
+    /// `grace`, or [`PgError::NodeBusy`] naming the session that holds it. What the
+    /// writer held of its open partitions is read again from the database (a process
+    /// that had the lock meanwhile may have written to them); those with rows waiting
+    /// for a head are opened and signed by the next [`PgSink::seal_all`].
+    fn connect_locked(&mut self, grace: std::time::Duration) -> Result<(), PgError> {
         self.copies.clear();
-        self.open.clear();
+        for (p, o) in self.open.drain() {
+            if o.tree.unsigned() > 0 && !self.reseal.contains(&p) {
+                self.reseal.push(p);
+            }
+        }
         let mut client = self.target.pool.connect()?;
         let key = schema::lock::NODE_BASE + i64::from(self.target.node);
-        let mine: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
-            .get(0);
-        if !mine {
-            let holder = client
-                .query_opt(
-                    "SELECT format('pid %s, role %s, application %L, from %s', a.pid, a.usename, \
-                     a.application_name, coalesce(a.client_addr::text, 'a local socket')) \
-                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-                     AND l.classid = $1 AND l.objid = $2",
-                    &[&((key >> 32) as u32), &(key as u32)],
-                )?
-                .map(|r| r.get::<_, String>(0))
-                .unwrap_or_else(|| "a session gone since".into());
-            return Err(PgError::NodeBusy {
-                node: self.target.node_name.clone(),
-                holder,
-            });
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let mine: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+                .get(0);
+            if mine {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(PgError::NodeBusy {
+                    node: self.target.node_name.clone(),
+                    holder: lock_holder(&mut client, key, self.backend_pid),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        self.backend_pid = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .ok()
+            .map(|r| r.get(0));
         self.client = Some(client);
         Ok(())
     }
@@ -375,15 +389,7 @@ impl PgSink {
     /// opened again in one process) lets go of it when the server has seen its
     /// connection end.
     pub fn connect_owning(&mut self, grace: std::time::Duration) -> Result<(), PgError> {
-        let deadline = std::time::Instant::now() + grace;
-        loop {
-            match self.connect_locked() {
-                Err(PgError::NodeBusy { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                done => return done,
-            }
-        }
+        self.connect_locked(grace)
     }
 
     /// `partition`'s two COPY statements (records, outcome events), prepared on the
@@ -423,7 +429,7 @@ impl PgSink {
 
     /// Leaves written and not yet under a signed head, in every open partition.
     pub fn unsigned(&self) -> usize {
-        self.open.values().map(|o| o.tree.unsigned()).sum()
+        self.open.values().map(|o| o.tree.unsigned()).sum::<usize>() + self.reseal.len()
     }
 
     /// The state of `partition`, its tables created if they are not there yet;
@@ -469,19 +475,19 @@ impl PgSink {
             {
                 // Its waiting leaves signed first: a day written to no more (late rows
                 // of several days) would otherwise keep them unsigned. If that fails,
-                // it stays open (one more than the cap) until a later attempt signs
-                // them: closing it would leave them unsigned until it is next opened.
+                // the next seal_all opens it again and signs them.
                 let waiting = self.open[&oldest].tree.unsigned() > 0;
-                let sealed = match signer {
-                    Some(key) if waiting => self.seal(oldest, key, now).map_err(|e| {
-                        tracing::warn!(partition = %oldest, reason = e.reason(), error = %e, "the waiting rows of a partition to close could not be signed; it stays open");
-                    }),
-                    _ => Ok(()),
-                };
-                if sealed.is_ok() {
-                    self.open.remove(&oldest);
-                    self.copies.remove(&oldest);
+                if let Some(key) = signer
+                    && waiting
+                    && let Err(e) = self.seal(oldest, key, now)
+                {
+                    tracing::warn!(partition = %oldest, reason = e.reason(), error = %e, "the waiting rows of a partition to close could not be signed; tried again with the next seal");
+                    if !self.reseal.contains(&oldest) {
+                        self.reseal.push(oldest);
+                    }
                 }
+                self.open.remove(&oldest);
+                self.copies.remove(&oldest);
             }
             self.open.insert(
                 partition,
@@ -510,6 +516,9 @@ impl PgSink {
     ) -> Result<(u64, u64), WriteError> {
         let (node, name) = (self.target.node, self.target.node_name.clone());
         let part = schema::part(partition);
+        // Connected first: a reconnection reads the trees again (see connect_locked),
+        // so the one taken out below is the database's.
+        self.client()?;
         if self.open(partition, now, signer)?.is_none() {
             tracing::warn!(partition = %partition, rows = records.len() + outcomes.len(), "rows of a partition expiry removed dropped");
             return Ok((0, 0));
@@ -639,13 +648,22 @@ impl PgSink {
         key: &ring::signature::Ed25519KeyPair,
         now: i64,
     ) -> Vec<(PartitionId, WriteError)> {
+        let mut failed = Vec::new();
+        for partition in std::mem::take(&mut self.reseal) {
+            if self.open.contains_key(&partition) {
+                continue;
+            }
+            if let Err(e) = self.open(partition, now, Some(key)) {
+                self.reseal.push(partition);
+                failed.push((partition, e));
+            }
+        }
         let waiting: Vec<PartitionId> = self
             .open
             .iter()
             .filter(|(_, o)| o.tree.unsigned() > 0)
             .map(|(p, _)| *p)
             .collect();
-        let mut failed = Vec::new();
         for partition in waiting {
             if let Err(e) = self.seal(partition, key, now) {
                 self.forget(partition);
@@ -663,10 +681,12 @@ impl PgSink {
         now: i64,
     ) -> Result<(), WriteError> {
         let (node, name) = (self.target.node, self.target.node_name.clone());
+        // Connected first: a reconnection reads the trees again (see connect_locked).
+        self.client()?;
         let Some(mut tree) = self.open.get(&partition).map(|o| o.tree.clone()) else {
             return Ok(());
         };
-        let client = self.client()?;
+        let client = self.client.as_mut().expect("connected just above");
         let mut tx = client.transaction().map_err(db)?;
         sign(
             &mut tx,
@@ -683,6 +703,31 @@ impl PgSink {
             o.tree = tree;
         }
         Ok(())
+    }
+}
+
+/// Who holds node lock `key` in this database, as far as this role may see: the
+/// session's pid, role, application and address; "this writer's previous session" for
+/// `own` (a connection lost on this side before the server noticed). Never an error:
+/// the lock's holder is only told, not needed.
+fn lock_holder(client: &mut postgres::Client, key: i64, own: Option<i32>) -> String {
+    let row = client.query(
+        "SELECT a.pid, format('pid %s, role %s, application %L, from %s', a.pid, a.usename, \
+         a.application_name, CASE WHEN a.usename = current_user \
+         THEN coalesce(a.client_addr::text, 'a local socket') ELSE 'an address not shown to this role' END) \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND l.classid = $1 AND l.objid = $2",
+        &[&((key >> 32) as u32), &(key as u32)],
+    );
+    match row.as_deref().map(|rows| rows.first()) {
+        Ok(Some(r)) if own == Some(r.get::<_, i32>(0)) => {
+            "this writer's previous session, ending".into()
+        }
+        Ok(Some(r)) => r.get(1),
+        Ok(None) => "a session gone since".into(),
+        Err(_) => "unknown".into(),
     }
 }
 
