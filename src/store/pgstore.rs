@@ -306,9 +306,10 @@ pub struct PgSink {
     /// A second connection of its own, for the other half of a large batch.
     helper: Option<postgres::Client>,
     open: HashMap<PartitionId, Open>,
-    /// Partitions closed with rows waiting for their head (a failed signing, a lost
-    /// connection): opened again and signed by the next [`PgSink::seal_all`].
-    reseal: Vec<PartitionId>,
+    /// Partitions closed with rows that may be waiting for their head (a failed write
+    /// or signing, a lost connection): opened again from the database and signed by
+    /// [`PgSink::seal_all`], with a growing pause after each failed try.
+    reseal: Reseal,
     /// The server process of the writer's connection: a lock still held by it after
     /// the connection was lost is this writer's own, ending.
     backend_pid: Option<i32>,
@@ -323,7 +324,7 @@ impl PgSink {
             copies: HashMap::new(),
             helper: None,
             open: HashMap::new(),
-            reseal: Vec::new(),
+            reseal: Reseal::default(),
             backend_pid: None,
             tick: 0,
         }
@@ -354,8 +355,8 @@ impl PgSink {
     fn connect_locked(&mut self, grace: std::time::Duration) -> Result<(), PgError> {
         self.copies.clear();
         for (p, o) in self.open.drain() {
-            if o.tree.unsigned() > 0 && !self.reseal.contains(&p) {
-                self.reseal.push(p);
+            if o.tree.unsigned() > 0 {
+                self.reseal.add(p);
             }
         }
         let mut client = self.target.pool.connect()?;
@@ -417,6 +418,8 @@ impl PgSink {
     /// the database), and the connection if it failed.
     pub fn forget(&mut self, partition: PartitionId) {
         self.open.remove(&partition);
+        // Rows written before the failure may be waiting for their head.
+        self.reseal.add(partition);
         self.copies.clear();
         if self
             .client
@@ -427,9 +430,12 @@ impl PgSink {
         }
     }
 
-    /// Leaves written and not yet under a signed head, in every open partition.
+    /// Leaves written and not yet under a signed head, in every open partition, and
+    /// one more for each closed partition due to be opened again and signed (see
+    /// [`Reseal`]): while any is above 0 the writer's ticks call
+    /// [`PgSink::seal_all`].
     pub fn unsigned(&self) -> usize {
-        self.open.values().map(|o| o.tree.unsigned()).sum::<usize>() + self.reseal.len()
+        self.open.values().map(|o| o.tree.unsigned()).sum::<usize>() + self.reseal.due()
     }
 
     /// The state of `partition`, its tables created if they are not there yet;
@@ -482,9 +488,7 @@ impl PgSink {
                     && let Err(e) = self.seal(oldest, key, now)
                 {
                     tracing::warn!(partition = %oldest, reason = e.reason(), error = %e, "the waiting rows of a partition to close could not be signed; tried again with the next seal");
-                    if !self.reseal.contains(&oldest) {
-                        self.reseal.push(oldest);
-                    }
+                    self.reseal.add(oldest);
                 }
                 self.open.remove(&oldest);
                 self.copies.remove(&oldest);
@@ -630,6 +634,8 @@ impl PgSink {
             open.tree = tree;
             self.open.insert(partition, open);
         } else {
+            // Its earlier rows may be waiting for their head: read back and signed.
+            self.reseal.add(partition);
             self.copies.clear();
             for c in [&mut self.client, &mut self.helper] {
                 if c.as_ref().is_some_and(postgres::Client::is_closed) {
@@ -640,21 +646,23 @@ impl PgSink {
         result.map(|()| (records.len() as u64, outcomes.len() as u64))
     }
 
-    /// Signs the waiting leaves of every open partition, a transaction each; a
-    /// partition that fails is forgotten (and its leaves signed when it is next
-    /// opened). Returns the failures.
+    /// Signs the waiting leaves of every open partition, a transaction each, after
+    /// opening again those of [`Reseal`] that are due; a partition that fails is
+    /// forgotten (and tried again later). Returns the failures.
     pub fn seal_all(
         &mut self,
         key: &ring::signature::Ed25519KeyPair,
         now: i64,
     ) -> Vec<(PartitionId, WriteError)> {
         let mut failed = Vec::new();
-        for partition in std::mem::take(&mut self.reseal) {
+        let tries = self.reseal.take_due();
+        for (&partition, &n) in &tries {
             if self.open.contains_key(&partition) {
                 continue;
             }
+            // `Ok(None)`: expiry removed it meanwhile; nothing left to sign.
             if let Err(e) = self.open(partition, now, Some(key)) {
-                self.reseal.push(partition);
+                self.reseal.failed(partition, n);
                 failed.push((partition, e));
             }
         }
@@ -667,6 +675,8 @@ impl PgSink {
         for partition in waiting {
             if let Err(e) = self.seal(partition, key, now) {
                 self.forget(partition);
+                self.reseal
+                    .failed(partition, tries.get(&partition).copied().unwrap_or(0));
                 failed.push((partition, e));
             }
         }
@@ -730,6 +740,50 @@ fn lock_holder(client: &mut postgres::Client, key: i64, own: Option<i32>) -> Str
         Err(_) => "unknown".into(),
     }
 }
+
+/// Closed partitions to open again and sign, each with when it is next due: at once
+/// when added, then after 1 s, 2 s, 4 s … up to a minute after each failed try (a
+/// partition that cannot be opened is not read ten times a second).
+#[derive(Default)]
+struct Reseal(HashMap<PartitionId, (std::time::Instant, u32)>);
+
+impl Reseal {
+    /// Due now (a partition already listed keeps its pause).
+    fn add(&mut self, p: PartitionId) {
+        self.0.entry(p).or_insert((std::time::Instant::now(), 0));
+    }
+
+    /// Due again after a pause that doubles with each failure (`tries` before this one).
+    fn failed(&mut self, p: PartitionId, tries: u32) {
+        let tries = tries + 1;
+        let pause = std::time::Duration::from_secs(1 << tries.min(6)).min(RESEAL_PAUSE_MAX);
+        self.0.insert(p, (std::time::Instant::now() + pause, tries));
+    }
+
+    fn due(&self) -> usize {
+        let now = std::time::Instant::now();
+        self.0.values().filter(|(at, _)| *at <= now).count()
+    }
+
+    /// The due ones with their failed tries so far, taken off the list (a failure
+    /// puts one back with [`Reseal::failed`]).
+    fn take_due(&mut self) -> HashMap<PartitionId, u32> {
+        let now = std::time::Instant::now();
+        let due: HashMap<PartitionId, u32> = self
+            .0
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(p, (_, tries))| (*p, *tries))
+            .collect();
+        for p in due.keys() {
+            self.0.remove(p);
+        }
+        due
+    }
+}
+
+/// The longest pause between two tries of a partition to open again and sign.
+const RESEAL_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Records a batch splits between two connections from (see [`PgSink::write`]).
 const PARALLEL_ROWS: usize = 2048;
@@ -1677,5 +1731,43 @@ impl Drop for ExpiryTurn {
         let _ = self
             .0
             .execute("SELECT pg_advisory_unlock($1)", &[&schema::lock::EXPIRY]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition to open again and sign is due at once, then after a pause that
+    /// grows with each failure and stops growing at a minute.
+    #[test]
+    fn a_partition_that_keeps_failing_is_tried_less_and_less_often() {
+        let p = PartitionId::parse("2026-11-01").unwrap();
+        let mut r = Reseal::default();
+        r.add(p);
+        assert_eq!(r.due(), 1);
+        let taken = r.take_due();
+        assert_eq!(taken.get(&p), Some(&0));
+        assert_eq!(r.due(), 0);
+        r.failed(p, 0);
+        assert_eq!(r.due(), 0, "not again at once");
+        r.add(p);
+        assert_eq!(r.0[&p].1, 1, "adding keeps the pause and the count");
+        let mut pauses = Vec::new();
+        for tries in 0..10 {
+            r.failed(p, tries);
+            let (at, _) = r.0[&p];
+            pauses.push(
+                at.saturating_duration_since(std::time::Instant::now())
+                    .as_secs()
+                    + 1,
+            );
+        }
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert!(pauses.iter().all(|s| *s <= 60), "{pauses:?}");
+        assert!(
+            pauses[0] <= 2 && *pauses.last().unwrap() >= 59,
+            "{pauses:?}"
+        );
     }
 }
