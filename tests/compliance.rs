@@ -572,23 +572,8 @@ async fn an_offboarded_account_is_exported_erased_and_verify_reports_it() {
     let root = add_officer(&config, "root1", "admin");
     let carl = add_officer(&config, "carl", "officer");
     let out = dir.path().join("returned");
-    let offboard = |officer: &str, code: &str| {
-        cli_with_input(
-            &config,
-            &[
-                "account",
-                "offboard",
-                "leaving",
-                "--out",
-                out.to_str().unwrap(),
-                "--officer",
-                officer,
-                "--totp",
-                code,
-            ],
-            &format!("{officer}-long-password\n"),
-        )
-    };
+    let offboard =
+        |officer: &str, code: &str| offboard_cli(&config, "leaving", &out, officer, code);
     let (ok, text_out) = offboard("carl", &totp_now(&carl));
     assert!(
         !ok && text_out.contains("needs the admin role"),
@@ -825,21 +810,7 @@ async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboard
     );
 
     let returned = dir.path().join("returned");
-    let (ok, out) = cli_with_input(
-        &config,
-        &[
-            "account",
-            "offboard",
-            "shop",
-            "--out",
-            returned.to_str().unwrap(),
-            "--officer",
-            "root1",
-            "--totp",
-            &totp_now(&root),
-        ],
-        "root1-long-password\n",
-    );
+    let (ok, out) = offboard_cli(&config, "shop", &returned, "root1", &totp_now(&root));
     assert!(
         ok && out.contains("3 records and 2 outcome events"),
         "{out}"

@@ -444,20 +444,12 @@ async fn offboarding_erases_an_account_from_every_nodes_tree() {
 
     let root = common::add_officer(&config_a, "root1", "admin");
     let out = a.path().join("returned");
-    let (ok, text) = common::cli_with_input(
+    let (ok, text) = common::offboard_cli(
         &config_a,
-        &[
-            "account",
-            "offboard",
-            "leaving",
-            "--out",
-            out.to_str().unwrap(),
-            "--officer",
-            "root1",
-            "--totp",
-            &common::totp_now(&root),
-        ],
-        "root1-long-password\n",
+        "leaving",
+        &out,
+        "root1",
+        &common::totp_now(&root),
     );
     assert!(
         ok && text.contains("4 records and 4 outcome events"),

@@ -97,7 +97,8 @@ pub enum Command {
     VerifyExport {
         manifest: PathBuf,
         /// The installation's `signing.key.pub`; default: the configured one, and on
-        /// PostgreSQL every registered node's (any node may have signed it).
+        /// PostgreSQL every other node's the master key authenticates (any node may
+        /// have signed it).
         #[arg(long)]
         public_key: Option<PathBuf>,
     },

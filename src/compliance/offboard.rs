@@ -231,27 +231,24 @@ pub fn offboard_in_chunks(
     })
 }
 
-/// Erasure on either backend, under the installation's signing key.
-enum Eraser<'a> {
-    Sqlite(&'a Installation<'a>),
-    Postgres(&'a Installation<'a>, pgstore::Eraser<'a>),
+/// Erasure on either backend, under the installation's signing key (on PostgreSQL
+/// through this node's registration there: `pg`).
+struct Eraser<'a> {
+    inst: &'a Installation<'a>,
+    pg: Option<pgstore::Eraser<'a>>,
 }
 
 impl<'a> Eraser<'a> {
     fn new(inst: &'a Installation<'a>) -> Result<Eraser<'a>, DiscloseError> {
-        Ok(match &inst.store.backend {
-            Backend::Sqlite => Eraser::Sqlite(inst),
-            Backend::Postgres(pg) => Eraser::Postgres(
-                inst,
-                pgstore::Eraser::new(pg, inst.signer, &inst.master.node_tagger())?,
-            ),
-        })
-    }
-
-    fn inst(&self) -> &Installation<'a> {
-        match self {
-            Eraser::Sqlite(inst) | Eraser::Postgres(inst, _) => inst,
-        }
+        let pg = match &inst.store.backend {
+            Backend::Sqlite => None,
+            Backend::Postgres(pg) => Some(pgstore::Eraser::new(
+                pg,
+                inst.signer,
+                &inst.master.node_tagger(),
+            )?),
+        };
+        Ok(Eraser { inst, pg })
     }
 
     /// Erases the account's records of one partition with ids up to their node's top
@@ -267,7 +264,7 @@ impl<'a> Eraser<'a> {
         now: Micros,
         reason: &str,
     ) -> Result<(u64, u64), DiscloseError> {
-        let inst = self.inst();
+        let inst = self.inst;
         let mut ids: BTreeMap<i16, Vec<i64>> = BTreeMap::new();
         query::run(inst.store, inst.keyring, criteria, |f| {
             if f.partition == p && tops.get(&f.node).is_some_and(|&top| f.record_id <= top) {
@@ -283,8 +280,8 @@ impl<'a> Eraser<'a> {
             records += r as u64;
             outcomes += o as u64;
         };
-        match self {
-            Eraser::Sqlite(_) => {
+        match &self.pg {
+            None => {
                 let path = p.path_in(&inst.store.path);
                 let mut conn = crate::store::schema::open_for_read(&path)
                     .map_err(|e| failed(e.to_string()))?;
@@ -295,7 +292,7 @@ impl<'a> Eraser<'a> {
                     );
                 }
             }
-            Eraser::Postgres(_, pg) => {
+            Some(pg) => {
                 for (&node, ids) in &ids {
                     for ids in ids.chunks(chunk.clamp(1, PG_ERASE_CHUNK)) {
                         add(pg

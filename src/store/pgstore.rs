@@ -453,14 +453,14 @@ impl PgSink {
             let (node, retention) = (self.target.node, self.target.retention);
             let name = self.target.node_name.clone();
             let tagger = self.target.tagger.clone();
-            let client = self.client()?;
             let past = super::expiry::past_retention(
                 retention,
                 partition,
                 crate::clock::micros_to_datetime(now),
             );
             if past {
-                let keys = client
+                let keys = self
+                    .client()?
                     .query_opt(
                         "SELECT 1 FROM relaylog_keys.partition_key WHERE partition = $1",
                         &[&partition.to_string()],
@@ -470,8 +470,8 @@ impl PgSink {
                     return Ok(None);
                 }
             }
-            schema::ensure_partition(client, partition, now)?;
-            let tree = load_tree(client, partition, (node, &name), signer, &tagger)?;
+            // Room made first, then the tree read: signing the closed one may have to
+            // connect again, which reads every tree again (see `connect_locked`).
             if self.open.len() >= MAX_OPEN
                 && let Some(oldest) = self
                     .open
@@ -493,6 +493,9 @@ impl PgSink {
                 self.open.remove(&oldest);
                 self.copies.remove(&oldest);
             }
+            let client = self.client()?;
+            schema::ensure_partition(client, partition, now)?;
+            let tree = load_tree(client, partition, (node, &name), signer, &tagger)?;
             self.open.insert(
                 partition,
                 Open {

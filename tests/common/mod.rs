@@ -819,6 +819,29 @@ pub fn add_officer(config: &std::path::Path, name: &str, role: &str) -> Vec<u8> 
     seed_from(out.lines().find(|l| l.starts_with("otpauth://")).unwrap())
 }
 
+/// `relaylog account offboard ACCOUNT --out OUT` as `officer` (password
+/// `<officer>-long-password`, as [`add_officer`] sets it) with TOTP `code`.
+pub fn offboard_cli(
+    config: &Path,
+    account: &str,
+    out: &Path,
+    officer: &str,
+    code: &str,
+) -> (bool, String) {
+    let args = [
+        "account",
+        "offboard",
+        account,
+        "--out",
+        out.to_str().unwrap(),
+        "--officer",
+        officer,
+        "--totp",
+        code,
+    ];
+    cli_with_input(config, &args, &format!("{officer}-long-password\n"))
+}
+
 /// The TOTP code for the step of `at` (microseconds), for servers on a manual clock.
 pub fn totp_at(seed: &[u8], at: i64) -> String {
     use relaylog::compliance::totp;
