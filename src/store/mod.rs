@@ -17,6 +17,7 @@ pub mod integrity;
 pub mod journal;
 pub mod keys;
 pub mod partition;
+pub mod pgrows;
 pub mod pgstore;
 pub mod postings;
 pub mod query;

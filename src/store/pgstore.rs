@@ -5,8 +5,10 @@
 //! that node's writer in order, and each node keeps its own Merkle tree per partition,
 //! its heads signed with its own key over the partition's name and the node's (see
 //! [`super::integrity::Head::message_of`]). The writer commits each partition's share
-//! of a batch in one transaction (`COPY … FROM STDIN BINARY`, the head when one is
-//! due; a large batch's records in two, over two connections: see [`PgSink::write`])
+//! of a batch in one transaction (one statement of array parameters for the relay's
+//! small batches, see [`super::pgrows`]; `COPY … FROM STDIN BINARY` for large ones,
+//! whose records go in over two connections: see [`PgSink::write`]; the head when one
+//! is due)
 //! and answers the clients waiting on it only after the commit: no journal, so that
 //! a node that never comes back has lost nothing a client was answered for.
 
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 use super::integrity::{self, LastHead, TreeState};
 use super::partition::PartitionId;
+use super::pgrows;
 use super::rows::{OutcomeRow, Row};
 use super::writer::WriteError;
 use crate::config::{Granularity, Retention};
@@ -300,9 +303,9 @@ const MAX_OPEN: usize = 4;
 pub struct PgSink {
     target: PgTarget,
     client: Option<postgres::Client>,
-    /// Each open partition's COPY statements, prepared on `client` (see
-    /// [`PgSink::copies`]); emptied whenever `client` is replaced or a write fails.
-    copies: HashMap<PartitionId, (postgres::Statement, postgres::Statement)>,
+    /// Each open partition's statements, prepared on `client` (see
+    /// [`PgSink::statements`]); emptied whenever `client` is replaced or a write fails.
+    statements: HashMap<PartitionId, Statements>,
     /// A second connection of its own, for the other half of a large batch.
     helper: Option<postgres::Client>,
     open: HashMap<PartitionId, Open>,
@@ -321,7 +324,7 @@ impl PgSink {
         PgSink {
             target,
             client: None,
-            copies: HashMap::new(),
+            statements: HashMap::new(),
             helper: None,
             open: HashMap::new(),
             reseal: Reseal::default(),
@@ -353,7 +356,7 @@ impl PgSink {
     /// that had the lock meanwhile may have written to them); those with rows waiting
     /// for a head are opened and signed by the next [`PgSink::seal_all`].
     fn connect_locked(&mut self, grace: std::time::Duration) -> Result<(), PgError> {
-        self.copies.clear();
+        self.statements.clear();
         for (p, o) in self.open.drain() {
             if o.tree.unsigned() > 0 {
                 self.reseal.add(p);
@@ -393,25 +396,76 @@ impl PgSink {
         self.connect_locked(grace)
     }
 
-    /// `partition`'s two COPY statements (records, outcome events), prepared on the
-    /// writer's connection once: a statement given as text is prepared again at each
-    /// use, a round trip more per batch.
-    fn copies(
-        &mut self,
-        partition: PartitionId,
-    ) -> Result<(postgres::Statement, postgres::Statement), WriteError> {
+    /// `partition`'s statements, prepared on the writer's connection once: a
+    /// statement given as text is prepared again at each use, a round trip more per
+    /// batch.
+    fn statements(&mut self, partition: PartitionId) -> Result<Statements, WriteError> {
         // A closed connection is replaced (and the statements with it) first.
         self.client()?;
-        if let Some(c) = self.copies.get(&partition) {
+        if let Some(c) = self.statements.get(&partition) {
             return Ok(c.clone());
         }
         let client = self.client.as_mut().expect("connected just above");
-        let c = (
-            client.prepare(&record_copy(partition)).map_err(db)?,
-            client.prepare(&outcome_copy(partition)).map_err(db)?,
-        );
-        self.copies.insert(partition, c.clone());
+        let c = Statements {
+            record_copy: client.prepare(&record_copy(partition)).map_err(db)?,
+            outcome_copy: client.prepare(&outcome_copy(partition)).map_err(db)?,
+            insert: client.prepare(&pgrows::insert_sql(partition)).map_err(db)?,
+        };
+        self.statements.insert(partition, c.clone());
         Ok(c)
+    }
+
+    /// Writes a small batch (see [`pgrows`]): records, outcome events and the head
+    /// when one is due in one statement, one round trip, moving `tree` on.
+    fn write_small(
+        &mut self,
+        partition: PartitionId,
+        tree: &mut TreeState,
+        records: &[&Row],
+        outcomes: &[&OutcomeRow],
+        signer: Option<&ring::signature::Ed25519KeyPair>,
+        now: i64,
+    ) -> Result<(), WriteError> {
+        use postgres::types::ToSql;
+        let insert = self.statements(partition)?.insert;
+        let (part, node) = (schema::part(partition), self.target.node);
+        let (first, first_outcome) = (tree.last_record() + 1, tree.last_outcome() + 1);
+        for (k, r) in records.iter().enumerate() {
+            tree.push_record(first + k as i64, r.leaf);
+        }
+        for (k, o) in outcomes.iter().enumerate() {
+            tree.push_outcome(first_outcome + k as i64, o.leaf);
+        }
+        let next = signer
+            .filter(|_| tree.due())
+            .and_then(|key| tree.next_head(key, partition, Some(&self.target.node_name), now));
+        let h = next.as_ref().map(|n| &n.head);
+        let frontier = next.as_ref().map(|n| n.frontier.to_bytes());
+        let head: [&(dyn ToSql + Sync); 8] = [
+            &h.map(|h| h.seq),
+            &h.map(|h| h.size as i64),
+            &h.map(|h| h.record_through),
+            &h.map(|h| h.outcome_through),
+            &h.map(|h| h.root.as_slice()),
+            &frontier,
+            &h.map(|h| h.at_us),
+            &next.as_ref().map(|n| n.signature.as_slice()),
+        ];
+        let (rc, oc) = (
+            pgrows::record_columns(records),
+            pgrows::outcome_columns(outcomes),
+        );
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(37);
+        params.extend([&part as &(dyn ToSql + Sync), &node, &first, &first_outcome]);
+        params.extend(rc.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend(oc.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend(head);
+        let client = self.client.as_mut().expect("connected by statements");
+        client.execute(&insert, &params).map_err(db)?;
+        if let Some(next) = next {
+            tree.signed(next);
+        }
+        Ok(())
     }
 
     /// Forgets `partition`'s state after a failed commit (it is loaded again from
@@ -420,7 +474,7 @@ impl PgSink {
         self.open.remove(&partition);
         // Rows written before the failure may be waiting for their head.
         self.reseal.add(partition);
-        self.copies.clear();
+        self.statements.clear();
         if self
             .client
             .as_ref()
@@ -491,7 +545,7 @@ impl PgSink {
                     self.reseal.add(oldest);
                 }
                 self.open.remove(&oldest);
-                self.copies.remove(&oldest);
+                self.statements.remove(&oldest);
             }
             let client = self.client()?;
             schema::ensure_partition(client, partition, now)?;
@@ -509,10 +563,12 @@ impl PgSink {
         Ok(Some(open))
     }
 
-    /// Writes a partition's share of a batch in one transaction (two for a large
-    /// one, below): its records and outcome events with the ids after the last ones,
-    /// and a signed head when one is due. Returns (records, outcomes) written; (0, 0)
-    /// for a removed partition.
+    /// Writes a partition's share of a batch in one transaction: its records and
+    /// outcome events with the ids after the last ones, and a signed head when one
+    /// is due. Fewer than [`ONE_STATEMENT_ROWS`] rows (the relay's batches) go in as
+    /// one statement, one round trip ([`PgSink::write_small`]); more by COPY
+    /// ([`PgSink::write_copy`]). Returns (records, outcomes) written; (0, 0) for a
+    /// removed partition.
     pub fn write(
         &mut self,
         partition: PartitionId,
@@ -521,8 +577,6 @@ impl PgSink {
         signer: Option<&ring::signature::Ed25519KeyPair>,
         now: i64,
     ) -> Result<(u64, u64), WriteError> {
-        let (node, name) = (self.target.node, self.target.node_name.clone());
-        let part = schema::part(partition);
         // Connected first: a reconnection reads the trees again (see connect_locked),
         // so the one taken out below is the database's.
         self.client()?;
@@ -533,6 +587,41 @@ impl PgSink {
         // Taken out while the connection is borrowed; put back only after a commit.
         let mut open = self.open.remove(&partition).expect("opened just above");
         let mut tree = open.tree.clone();
+        let result = if records.len() + outcomes.len() < ONE_STATEMENT_ROWS {
+            self.write_small(partition, &mut tree, records, outcomes, signer, now)
+        } else {
+            self.write_copy(partition, &mut tree, records, outcomes, signer, now)
+        };
+        if result.is_ok() {
+            open.tree = tree;
+            self.open.insert(partition, open);
+        } else {
+            // Its earlier rows may be waiting for their head: read back and signed.
+            self.reseal.add(partition);
+            self.statements.clear();
+            for c in [&mut self.client, &mut self.helper] {
+                if c.as_ref().is_some_and(postgres::Client::is_closed) {
+                    *c = None;
+                }
+            }
+        }
+        result.map(|()| (records.len() as u64, outcomes.len() as u64))
+    }
+
+    /// Writes a large batch by COPY in one transaction (see [`PgSink::write`]),
+    /// its records over two connections once it has [`PARALLEL_ROWS`], moving `tree`
+    /// on.
+    fn write_copy(
+        &mut self,
+        partition: PartitionId,
+        tree: &mut TreeState,
+        records: &[&Row],
+        outcomes: &[&OutcomeRow],
+        signer: Option<&ring::signature::Ed25519KeyPair>,
+        now: i64,
+    ) -> Result<(), WriteError> {
+        let (node, name) = (self.target.node, self.target.node_name.clone());
+        let part = schema::part(partition);
         let first = tree.last_record() + 1;
         // A large batch's records go in over two connections at once, each half in
         // a transaction of its own: the server's work per row (five B-trees) is most
@@ -559,94 +648,82 @@ impl PgSink {
             0
         };
         let (helped, own) = records.split_at(split);
-        let result = (|| {
-            let (record_copy, outcome_copy) = self.copies(partition)?;
-            let main = self.client.as_mut().expect("connected by copies");
-            let helper = self.helper.as_mut().filter(|_| !helped.is_empty());
-            std::thread::scope(|scope| -> Result<(), WriteError> {
-                // The helper copies, says how that went, then waits to be told to
-                // commit (or not: its transaction is then rolled back).
-                let (copied_tx, copied_rx) = std::sync::mpsc::channel::<Result<(), WriteError>>();
-                let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
-                let side = helper.map(|client| {
-                    scope.spawn(move || -> Result<(), WriteError> {
-                        match begin_copy(client, partition, part, node, first, helped) {
-                            Ok(tx) => {
-                                let _ = copied_tx.send(Ok(()));
-                                match go_rx.recv() {
-                                    Ok(true) => tx.commit().map_err(db),
-                                    _ => Ok(()),
-                                }
-                            }
-                            Err(e) => {
-                                let _ = copied_tx.send(Err(e.clone()));
-                                Err(e)
+        let Statements {
+            record_copy,
+            outcome_copy,
+            ..
+        } = self.statements(partition)?;
+        let main = self.client.as_mut().expect("connected by statements");
+        let helper = self.helper.as_mut().filter(|_| !helped.is_empty());
+        std::thread::scope(|scope| -> Result<(), WriteError> {
+            // The helper copies, says how that went, then waits to be told to
+            // commit (or not: its transaction is then rolled back).
+            let (copied_tx, copied_rx) = std::sync::mpsc::channel::<Result<(), WriteError>>();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+            let side = helper.map(|client| {
+                scope.spawn(move || -> Result<(), WriteError> {
+                    match begin_copy(client, partition, part, node, first, helped) {
+                        Ok(tx) => {
+                            let _ = copied_tx.send(Ok(()));
+                            match go_rx.recv() {
+                                Ok(true) => tx.commit().map_err(db),
+                                _ => Ok(()),
                             }
                         }
+                        Err(e) => {
+                            let _ = copied_tx.send(Err(e.clone()));
+                            Err(e)
+                        }
+                    }
+                })
+            });
+            let mut tx = main.transaction().map_err(db)?;
+            let own_first = first + helped.len() as i64;
+            let copied =
+                copy_records(&mut tx, &record_copy, part, node, own_first, own).and_then(|()| {
+                    copy_outcomes(
+                        &mut tx,
+                        &outcome_copy,
+                        part,
+                        node,
+                        tree.last_outcome() + 1,
+                        outcomes,
+                    )
+                });
+            if let Some(side) = side {
+                let helped_copied = copied_rx.recv().unwrap_or_else(|_| {
+                    Err(WriteError::Database {
+                        reason: "database_error",
+                        message: "the helper connection's thread stopped".into(),
                     })
                 });
-                let mut tx = main.transaction().map_err(db)?;
-                let own_first = first + helped.len() as i64;
-                let copied = copy_records(&mut tx, &record_copy, part, node, own_first, own)
-                    .and_then(|()| {
-                        copy_outcomes(
-                            &mut tx,
-                            &outcome_copy,
-                            part,
-                            node,
-                            tree.last_outcome() + 1,
-                            outcomes,
-                        )
-                    });
-                if let Some(side) = side {
-                    let helped_copied = copied_rx.recv().unwrap_or_else(|_| {
-                        Err(WriteError::Database {
-                            reason: "database_error",
-                            message: "the helper connection's thread stopped".into(),
-                        })
-                    });
-                    let both = copied.is_ok() && helped_copied.is_ok();
-                    let _ = go_tx.send(both);
-                    let committed = side.join().unwrap_or_else(|_| {
-                        Err(WriteError::Database {
-                            reason: "database_error",
-                            message: "the helper connection's thread panicked".into(),
-                        })
-                    });
-                    helped_copied?;
-                    copied.clone()?;
-                    committed?;
-                }
-                copied?;
-                for (k, r) in records.iter().enumerate() {
-                    tree.push_record(first + k as i64, r.leaf);
-                }
-                let first_outcome = tree.last_outcome() + 1;
-                for (k, o) in outcomes.iter().enumerate() {
-                    tree.push_outcome(first_outcome + k as i64, o.leaf);
-                }
-                if let Some(key) = signer
-                    && tree.due()
-                {
-                    sign(&mut tx, &mut tree, key, partition, part, node, &name, now)?;
-                }
-                tx.commit().map_err(db)
-            })
-        })();
-        if result.is_ok() {
-            open.tree = tree;
-            self.open.insert(partition, open);
-        } else {
-            // Its earlier rows may be waiting for their head: read back and signed.
-            self.reseal.add(partition);
-            self.copies.clear();
-            for c in [&mut self.client, &mut self.helper] {
-                if c.as_ref().is_some_and(postgres::Client::is_closed) {
-                    *c = None;
-                }
+                let both = copied.is_ok() && helped_copied.is_ok();
+                let _ = go_tx.send(both);
+                let committed = side.join().unwrap_or_else(|_| {
+                    Err(WriteError::Database {
+                        reason: "database_error",
+                        message: "the helper connection's thread panicked".into(),
+                    })
+                });
+                helped_copied?;
+                copied.clone()?;
+                committed?;
             }
-        }
-        result.map(|()| (records.len() as u64, outcomes.len() as u64))
+            copied?;
+            for (k, r) in records.iter().enumerate() {
+                tree.push_record(first + k as i64, r.leaf);
+            }
+            let first_outcome = tree.last_outcome() + 1;
+            for (k, o) in outcomes.iter().enumerate() {
+                tree.push_outcome(first_outcome + k as i64, o.leaf);
+            }
+            if let Some(key) = signer
+                && tree.due()
+            {
+                sign(&mut tx, tree, key, partition, part, node, &name, now)?;
+            }
+            tx.commit().map_err(db)
+        })
     }
 
     /// Signs the waiting leaves of every open partition, a transaction each, after
@@ -790,6 +867,20 @@ const RESEAL_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(60)
 
 /// Records a batch splits between two connections from (see [`PgSink::write`]).
 const PARALLEL_ROWS: usize = 2048;
+
+/// Batches of fewer rows (records and outcome events) go in as one statement of
+/// array parameters (see [`pgrows`]); larger ones by COPY, whose cost per row is
+/// lower once its round trips are shared by enough rows.
+const ONE_STATEMENT_ROWS: usize = 1024;
+
+/// A partition's statements, prepared on the writer's connection.
+#[derive(Clone)]
+struct Statements {
+    record_copy: postgres::Statement,
+    outcome_copy: postgres::Statement,
+    /// [`pgrows::insert_sql`].
+    insert: postgres::Statement,
+}
 
 /// A transaction on `client` with `records` copied in, not committed.
 fn begin_copy<'c>(
