@@ -350,10 +350,15 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
     keys::MasterKey::load(&config.store.master_key)?;
     // `serve` signs the partitions' heads with it.
     let signer = crate::store::integrity::load_signing_key(&config.store.signing_key)?;
+    let mut warnings = config.warnings();
     if let crate::config::Backend::Postgres(pg) = &config.store.backend {
         // Reached, at this version, with this node registered under this key.
-        crate::store::pgstore::target(&config.store, pg, &signer)?;
+        let target = crate::store::pgstore::target(&config.store, pg, &signer)?;
         refuse_bench_database(pg)?;
+        warnings.extend(crate::store::pgstore::open_files_warning(
+            &target.pool,
+            &config.store,
+        )?);
     }
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
@@ -369,7 +374,7 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
         crate::ingress::tls::server_config(&tls.cert, &tls.key).context("admin")?;
     }
     println!("{}: ok", cli.config.display());
-    for w in config.warnings() {
+    for w in warnings {
         println!("warning: {w}");
     }
     Ok(())
