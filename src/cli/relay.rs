@@ -355,10 +355,10 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
         // Reached, at this version, with this node registered under this key.
         let target = crate::store::pgstore::target(&config.store, pg, &signer)?;
         refuse_bench_database(pg)?;
-        warnings.extend(crate::store::pgstore::open_files_warning(
+        warnings.extend(crate::store::pglookup::server_warnings(
             &target.pool,
             &config.store,
-        )?);
+        ));
     }
     for l in &config.listeners {
         if let Some(tls) = &l.tls {

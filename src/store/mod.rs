@@ -17,6 +17,7 @@ pub mod integrity;
 pub mod journal;
 pub mod keys;
 pub mod partition;
+pub mod pglookup;
 pub mod pgrows;
 pub mod pgstore;
 pub mod postings;
@@ -360,6 +361,11 @@ impl Store {
             }
             None => None,
         };
+        if let Some(target) = &postgres {
+            for warning in pglookup::server_warnings(&target.pool, &cfg) {
+                tracing::warn!("{warning}");
+            }
+        }
         let files = postgres.is_none();
         let signals = Arc::new(writer::Signals::default());
         let enqueue_timeout = cfg.enqueue_timeout;

@@ -1,130 +1,264 @@
-//! A small batch's rows as PostgreSQL array parameters of one statement
-//! ([`insert_sql`]): its records, its outcome events and the head when one is due, in
-//! one round trip and one implicit transaction. COPY needs five round trips a batch
-//! (BEGIN, two COPYs of two each, COMMIT), and at the relay's batches of a few dozen
-//! rows those round trips, not the rows, were most of a commit's time.
+//! The writer's rows as PostgreSQL takes them, in one place: each column's name, type
+//! and value ([`RECORD_FIELDS`], [`OUTCOME_FIELDS`]), from which both ways of writing
+//! them are made.
 //!
-//! Each array is encoded straight from the rows ([`Column`]), with no vector of
-//! values per column: a batch costs the relay no allocation per row.
+//! - A small batch (the relay's: a few dozen rows) is one statement ([`insert_sql`])
+//!   of array parameters: its records, its outcome events and the head when one is
+//!   due, in one round trip and one implicit transaction. COPY takes six round trips
+//!   a batch (BEGIN, two COPYs of two each, COMMIT), and at those sizes the round
+//!   trips, not the rows, were most of a commit's time.
+//! - A large batch goes in by `COPY … FROM STDIN (FORMAT binary)` ([`copy_sql`],
+//!   [`CopyRows`]), cheaper per row once its round trips are shared by thousands.
+//!
+//! Either way the values are encoded straight from the rows into the buffer sent,
+//! with no vector of values per column: a batch costs the writer no allocation per
+//! row.
 
+use bytes::BufMut;
 use postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
 use super::partition::PartitionId;
 use super::rows::{OutcomeRow, Row};
 use crate::pg::schema;
 
-/// The statement writing a batch into `p`'s own tables (the rows skip the parent's
-/// routing). Parameters: `$1` part, `$2` node, `$3`/`$4` the first record and
-/// outcome ids, `$5..$17` the records' columns, `$18..$29` the outcome events', and
-/// `$30..$37` the head (all NULL when none is due). A data-modifying `WITH` runs
-/// whether or not it is read, all in the statement's one transaction.
-pub fn insert_sql(p: PartitionId) -> String {
-    let s = schema::table_suffix(p);
-    format!(
-        "WITH r AS (INSERT INTO relaylog.record_{s} (part, node, id, submission, ordinal, at_us, \
-         bucket, protocol, service, recipient_form, segments, account_ix, ip_ix, originator_ix, \
-         recipient_ix, sealed) \
-         SELECT $1::integer, $2::smallint, $3::bigint + n - 1, submission, ordinal, at_us, bucket, \
-         protocol, service, recipient_form, segments, account_ix, ip_ix, originator_ix, \
-         recipient_ix, sealed \
-         FROM unnest($5::bigint[], $6::integer[], $7::bigint[], $8::bigint[], $9::smallint[], \
-         $10::smallint[], $11::smallint[], $12::integer[], $13::bigint[], $14::bigint[], \
-         $15::bigint[], $16::bigint[], $17::bytea[]) WITH ORDINALITY AS t(submission, ordinal, \
-         at_us, bucket, protocol, service, recipient_form, segments, account_ix, ip_ix, \
-         originator_ix, recipient_ix, sealed, n)), \
-         o AS (INSERT INTO relaylog.outcome_{s} (part, node, id, submission, at_us, outcome, \
-         upstream_status, gateway_code, message_id_sealed, enhanced_status, size_bytes, ordinal, \
-         receipt_state, receipt_error, receipt_done) \
-         SELECT $1::integer, $2::smallint, $4::bigint + n - 1, submission, at_us, outcome, \
-         upstream_status, gateway_code, message_id_sealed, enhanced_status, size_bytes, ordinal, \
-         receipt_state, receipt_error, receipt_done \
-         FROM unnest($18::bigint[], $19::bigint[], $20::smallint[], $21::integer[], \
-         $22::integer[], $23::bytea[], $24::text[], $25::bigint[], $26::integer[], $27::text[], \
-         $28::text[], $29::text[]) WITH ORDINALITY AS t(submission, at_us, outcome, \
-         upstream_status, gateway_code, message_id_sealed, enhanced_status, size_bytes, ordinal, \
-         receipt_state, receipt_error, receipt_done, n)), \
-         h AS (INSERT INTO relaylog.head (part, node, seq, size, record_through, \
-         outcome_through, root, frontier, at_us, signature) \
-         SELECT $1::integer, $2::smallint, $30::bigint, $31::bigint, $32::bigint, $33::bigint, \
-         $34::bytea, $35::bytea, $36::bigint, $37::bytea WHERE $30::bigint IS NOT NULL) \
-         SELECT 1"
-    )
-}
-
-/// One value of a column, as [`Column`] reads it from a row.
+/// One value of a column, as a field of [`RECORD_FIELDS`] or [`OUTCOME_FIELDS`] reads
+/// it from a row.
 pub enum Field<'a> {
     Null,
     I16(i16),
     I32(i32),
     I64(i64),
+    /// `bytea` or `text` (its UTF-8 bytes).
     Bytes(&'a [u8]),
 }
 
-/// A one-dimensional array parameter, each element read from a row by `field`, in
-/// PostgreSQL's binary array form (dimensions, then each element as a length, -1 for
-/// NULL, and its bytes). The element type is the parameter's, as the statement
-/// declares it; `field` must give values of that type (checked: a mismatch is an
-/// error, never a wrong value).
-pub struct Column<'r, T> {
-    pub rows: &'r [&'r T],
-    pub field: for<'a> fn(&'a T) -> Field<'a>,
-}
+impl Field<'_> {
+    /// Its binary form, as COPY and arrays take it: a length (-1 for NULL) and the
+    /// bytes (integers big-endian).
+    fn put(&self, out: &mut impl BufMut) {
+        match *self {
+            Field::Null => out.put_i32(-1),
+            Field::I16(v) => {
+                out.put_i32(2);
+                out.put_i16(v);
+            }
+            Field::I32(v) => {
+                out.put_i32(4);
+                out.put_i32(v);
+            }
+            Field::I64(v) => {
+                out.put_i32(8);
+                out.put_i64(v);
+            }
+            Field::Bytes(b) => {
+                // Under 1 GiB: a row's fields are sealed records and short texts.
+                out.put_i32(b.len() as i32);
+                out.put_slice(b);
+            }
+        }
+    }
 
-impl<T> std::fmt::Debug for Column<'_, T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Column({} rows)", self.rows.len())
+    /// Whether it is a value of PostgreSQL type `ty`.
+    fn is(&self, ty: &Type) -> bool {
+        match self {
+            Field::Null => true,
+            Field::I16(_) => *ty == Type::INT2,
+            Field::I32(_) => *ty == Type::INT4,
+            Field::I64(_) => *ty == Type::INT8,
+            Field::Bytes(_) => *ty == Type::BYTEA || *ty == Type::TEXT,
+        }
     }
 }
 
-impl<T> ToSql for Column<'_, T> {
+/// A column the writer fills: its name, its SQL type, and how a row gives its value.
+pub struct Column<T> {
+    pub name: &'static str,
+    pub sql_type: &'static str,
+    pub value: for<'a> fn(&'a T) -> Field<'a>,
+}
+
+const fn column<T>(
+    name: &'static str,
+    sql_type: &'static str,
+    value: for<'a> fn(&'a T) -> Field<'a>,
+) -> Column<T> {
+    Column {
+        name,
+        sql_type,
+        value,
+    }
+}
+
+fn text(s: &str) -> Field<'_> {
+    Field::Bytes(s.as_bytes())
+}
+
+/// A record's columns after `(part, node, id)`, which the writer gives.
+pub const RECORD_FIELDS: [Column<Row>; 13] = [
+    column("submission", "bigint", |r| Field::I64(r.submission)),
+    column("ordinal", "integer", |r| Field::I32(r.ordinal as i32)),
+    column("at_us", "bigint", |r| Field::I64(r.at_us)),
+    column("bucket", "bigint", |r| Field::I64(r.bucket)),
+    column("protocol", "smallint", |r| {
+        Field::I16(i16::from(r.protocol))
+    }),
+    column("service", "smallint", |r| Field::I16(i16::from(r.service))),
+    column("recipient_form", "smallint", |r| {
+        Field::I16(i16::from(r.recipient_form))
+    }),
+    column("segments", "integer", |r| Field::I32(i32::from(r.segments))),
+    column("account_ix", "bigint", |r| Field::I64(r.account_ix)),
+    column("ip_ix", "bigint", |r| Field::I64(r.ip_ix)),
+    column("originator_ix", "bigint", |r| {
+        r.originator_ix.map_or(Field::Null, Field::I64)
+    }),
+    column("recipient_ix", "bigint", |r| Field::I64(r.recipient_ix)),
+    column("sealed", "bytea", |r| Field::Bytes(&r.sealed)),
+];
+
+/// An outcome event's columns after `(part, node, id)`.
+pub const OUTCOME_FIELDS: [Column<OutcomeRow>; 12] = [
+    column("submission", "bigint", |o| Field::I64(o.submission)),
+    column("at_us", "bigint", |o| Field::I64(o.at_us)),
+    column("outcome", "smallint", |o| Field::I16(i16::from(o.outcome))),
+    column("upstream_status", "integer", |o| {
+        o.upstream_status
+            .map_or(Field::Null, |v| Field::I32(i32::from(v)))
+    }),
+    column("gateway_code", "integer", |o| {
+        o.gateway_code.map_or(Field::Null, Field::I32)
+    }),
+    column("message_id_sealed", "bytea", |o| {
+        o.message_id_sealed
+            .as_deref()
+            .map_or(Field::Null, Field::Bytes)
+    }),
+    column("enhanced_status", "text", |o| {
+        o.enhanced_status.as_deref().map_or(Field::Null, text)
+    }),
+    column("size_bytes", "bigint", |o| {
+        o.size_bytes.map_or(Field::Null, |v| Field::I64(v as i64))
+    }),
+    column("ordinal", "integer", |o| {
+        o.ordinal.map_or(Field::Null, |v| Field::I32(v as i32))
+    }),
+    column("receipt_state", "text", |o| {
+        o.receipt_state.as_deref().map_or(Field::Null, text)
+    }),
+    column("receipt_error", "text", |o| {
+        o.receipt_error.as_deref().map_or(Field::Null, text)
+    }),
+    column("receipt_done", "text", |o| {
+        o.receipt_done.as_deref().map_or(Field::Null, text)
+    }),
+];
+
+fn names<T>(fields: &[Column<T>]) -> String {
+    fields.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+}
+
+/// `COPY` of `table` (`record` or `outcome`) into `p`'s own table (the rows skip the
+/// parent's routing, a share of the server's time per row).
+pub fn copy_sql<T>(table: &str, p: PartitionId, fields: &[Column<T>]) -> String {
+    format!(
+        "COPY relaylog.{table}_{} (part, node, id, {}) FROM STDIN (FORMAT binary)",
+        schema::table_suffix(p),
+        names(fields)
+    )
+}
+
+/// `INSERT … SELECT … FROM unnest(…)` of `table`'s rows in `p`'s own table, parameters
+/// from `$first` on (one array a column), ids from parameter `$id` on.
+fn insert_cte<T>(table: &str, p: PartitionId, fields: &[Column<T>], id: u32, first: u32) -> String {
+    let arrays = fields
+        .iter()
+        .enumerate()
+        .map(|(k, c)| format!("${}::{}[]", first + k as u32, c.sql_type))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let names = names(fields);
+    format!(
+        "INSERT INTO relaylog.{table}_{suffix} (part, node, id, {names}) \
+         SELECT $1::integer, $2::smallint, ${id}::bigint + n - 1, {names} \
+         FROM unnest({arrays}) WITH ORDINALITY AS t({names}, n)",
+        suffix = schema::table_suffix(p),
+    )
+}
+
+/// Parameters of [`insert_sql`] before the records' columns: part, node, the first
+/// record id, the first outcome id.
+const LEADING: u32 = 4;
+
+/// The statement writing a small batch into `p`'s tables. Parameters: `$1` part,
+/// `$2` node, `$3`/`$4` the first record and outcome ids, then one array a column of
+/// [`RECORD_FIELDS`] and of [`OUTCOME_FIELDS`], then the head's eight values (see
+/// [`HEAD_COLUMNS`]), all NULL when none is due. A data-modifying `WITH` runs whether
+/// or not it is read, all in the statement's one transaction.
+pub fn insert_sql(p: PartitionId) -> String {
+    let outcomes = LEADING + 1 + RECORD_FIELDS.len() as u32;
+    let head = outcomes + OUTCOME_FIELDS.len() as u32;
+    let head_values = (0..8)
+        .map(|k| format!("${}::{}", head + k, HEAD_TYPES[k as usize]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "WITH r AS ({}), o AS ({}), \
+         h AS (INSERT INTO relaylog.head (part, node, {HEAD_COLUMNS}) \
+         SELECT $1::integer, $2::smallint, {head_values} WHERE ${head}::bigint IS NOT NULL) \
+         SELECT 1",
+        insert_cte("record", p, &RECORD_FIELDS, 3, LEADING + 1),
+        insert_cte("outcome", p, &OUTCOME_FIELDS, 4, outcomes),
+    )
+}
+
+/// A head row's columns after `(part, node)`, as the writer inserts them.
+pub const HEAD_COLUMNS: &str =
+    "seq, size, record_through, outcome_through, root, frontier, at_us, signature";
+const HEAD_TYPES: [&str; 8] = [
+    "bigint", "bigint", "bigint", "bigint", "bytea", "bytea", "bigint", "bytea",
+];
+
+/// One column of a batch as an array parameter, each element read from a row, in
+/// PostgreSQL's binary array form (dimensions, then each element as [`Field::put`]
+/// writes it). The element type is the parameter's, as the statement declares it; a
+/// value of another type is an error, never a wrong value.
+pub struct Array<'r, T> {
+    pub rows: &'r [&'r T],
+    pub value: for<'a> fn(&'a T) -> Field<'a>,
+}
+
+impl<T> std::fmt::Debug for Array<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Array({} rows)", self.rows.len())
+    }
+}
+
+impl<T> ToSql for Array<'_, T> {
     fn to_sql(
         &self,
         ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        use bytes::BufMut;
         let Kind::Array(member) = ty.kind() else {
             return Err(format!("{ty} is not an array").into());
-        };
-        let width = match *member {
-            Type::INT2 => 2,
-            Type::INT4 => 4,
-            Type::INT8 => 8,
-            Type::BYTEA | Type::TEXT => 0,
-            _ => return Err(format!("no rows column of type {member}").into()),
         };
         let nulls = self
             .rows
             .iter()
-            .any(|r| matches!((self.field)(r), Field::Null));
-        out.put_i32(if self.rows.is_empty() { 0 } else { 1 });
+            .any(|r| matches!((self.value)(r), Field::Null));
+        out.put_i32(i32::from(!self.rows.is_empty()));
         out.put_i32(i32::from(nulls));
         out.put_u32(member.oid());
         if !self.rows.is_empty() {
-            out.put_i32(self.rows.len() as i32);
+            out.put_i32(i32::try_from(self.rows.len())?);
             out.put_i32(1);
         }
         for r in self.rows {
-            match ((self.field)(r), width) {
-                (Field::Null, _) => out.put_i32(-1),
-                (Field::I16(v), 2) => {
-                    out.put_i32(2);
-                    out.put_i16(v);
-                }
-                (Field::I32(v), 4) => {
-                    out.put_i32(4);
-                    out.put_i32(v);
-                }
-                (Field::I64(v), 8) => {
-                    out.put_i32(8);
-                    out.put_i64(v);
-                }
-                (Field::Bytes(b), 0) => {
-                    out.put_i32(i32::try_from(b.len())?);
-                    out.put_slice(b);
-                }
-                _ => return Err(format!("a value of the wrong type for {member}").into()),
+            let v = (self.value)(r);
+            if !v.is(member) {
+                return Err(format!("a value of the wrong type for {member}").into());
             }
+            v.put(out);
         }
         Ok(IsNull::No)
     }
@@ -136,52 +270,81 @@ impl<T> ToSql for Column<'_, T> {
     to_sql_checked!();
 }
 
-/// The records' thirteen columns (`$5..$17` of [`insert_sql`]).
-pub fn record_columns<'r>(rows: &'r [&'r Row]) -> [Column<'r, Row>; 13] {
-    let c = |field| Column { rows, field };
-    [
-        c(|r| Field::I64(r.submission)),
-        c(|r| Field::I32(r.ordinal as i32)),
-        c(|r| Field::I64(r.at_us)),
-        c(|r| Field::I64(r.bucket)),
-        c(|r| Field::I16(i16::from(r.protocol))),
-        c(|r| Field::I16(i16::from(r.service))),
-        c(|r| Field::I16(i16::from(r.recipient_form))),
-        c(|r| Field::I32(i32::from(r.segments))),
-        c(|r| Field::I64(r.account_ix)),
-        c(|r| Field::I64(r.ip_ix)),
-        c(|r| r.originator_ix.map_or(Field::Null, Field::I64)),
-        c(|r| Field::I64(r.recipient_ix)),
-        c(|r| Field::Bytes(&r.sealed)),
-    ]
+/// `rows`' columns as the array parameters of [`insert_sql`].
+pub fn arrays<'r, T, const N: usize>(
+    rows: &'r [&'r T],
+    fields: &[Column<T>; N],
+) -> [Array<'r, T>; N] {
+    std::array::from_fn(|k| Array {
+        rows,
+        value: fields[k].value,
+    })
 }
 
-fn text(s: &str) -> Field<'_> {
-    Field::Bytes(s.as_bytes())
+/// Rows in `COPY … (FORMAT binary)`'s encoding, written straight into one buffer (the
+/// client library's writer checks and encodes each value through `ToSql`, a share
+/// of the writer's time per row): the header, per row its field count and each field,
+/// the trailer.
+pub struct CopyRows {
+    buf: Vec<u8>,
+    rows: usize,
 }
 
-/// The outcome events' twelve columns (`$18..$29` of [`insert_sql`]).
-pub fn outcome_columns<'r>(rows: &'r [&'r OutcomeRow]) -> [Column<'r, OutcomeRow>; 12] {
-    let c = |field| Column { rows, field };
-    [
-        c(|o| Field::I64(o.submission)),
-        c(|o| Field::I64(o.at_us)),
-        c(|o| Field::I16(i16::from(o.outcome))),
-        c(|o| {
-            o.upstream_status
-                .map_or(Field::Null, |v| Field::I32(i32::from(v)))
-        }),
-        c(|o| o.gateway_code.map_or(Field::Null, Field::I32)),
-        c(|o| {
-            o.message_id_sealed
-                .as_deref()
-                .map_or(Field::Null, Field::Bytes)
-        }),
-        c(|o| o.enhanced_status.as_deref().map_or(Field::Null, text)),
-        c(|o| o.size_bytes.map_or(Field::Null, |v| Field::I64(v as i64))),
-        c(|o| o.ordinal.map_or(Field::Null, |v| Field::I32(v as i32))),
-        c(|o| o.receipt_state.as_deref().map_or(Field::Null, text)),
-        c(|o| o.receipt_error.as_deref().map_or(Field::Null, text)),
-        c(|o| o.receipt_done.as_deref().map_or(Field::Null, text)),
-    ]
+impl CopyRows {
+    /// `rows` of a table whose columns are `(part, node, id)` and `fields`, the ids
+    /// from `first` on.
+    pub fn of<T>(part: i32, node: i16, first: i64, rows: &[&T], fields: &[Column<T>]) -> Self {
+        let mut buf = Vec::with_capacity(rows.len() * 160 + 32);
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0); // flags
+        buf.put_i32(0); // header extension
+        for (k, r) in rows.iter().enumerate() {
+            buf.put_i16(3 + fields.len() as i16);
+            Field::I32(part).put(&mut buf);
+            Field::I16(node).put(&mut buf);
+            Field::I64(first + k as i64).put(&mut buf);
+            for c in fields {
+                (c.value)(r).put(&mut buf);
+            }
+        }
+        buf.put_i16(-1);
+        CopyRows {
+            buf,
+            rows: rows.len(),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statement_numbers_its_parameters_in_the_order_they_are_sent() {
+        let sql = insert_sql(PartitionId::of_date(
+            crate::config::Granularity::Day,
+            chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap(),
+        ));
+        let sent = LEADING as usize + RECORD_FIELDS.len() + OUTCOME_FIELDS.len() + 8;
+        assert_eq!(sent, 37);
+        for n in 1..=sent {
+            assert!(sql.contains(&format!("${n}::")), "${n} in {sql}");
+        }
+        assert!(!sql.contains(&format!("${}", sent + 1)), "{sql}");
+        // Each column's array in its place: the records' first, the outcomes' last.
+        assert!(sql.contains("$5::bigint[], $6::integer[]"), "{sql}");
+        assert!(
+            sql.contains("$29::text[]) WITH ORDINALITY AS t(submission, at_us"),
+            "{sql}"
+        );
+        assert!(sql.contains("$30::bigint, $31::bigint"), "{sql}");
+    }
 }

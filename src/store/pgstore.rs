@@ -1,16 +1,16 @@
 //! The store on PostgreSQL (`store.backend = "postgres"`, see [`crate::pg`]): the
-//! writer's side ([`PgSink`]) and the readers' ([`rows`] and the queries built on it).
+//! writer's side ([`PgSink`]; the rows' encodings in [`super::pgrows`]), and the
+//! readers' besides lookups ([`super::pglookup`]): verify, erasure, expiry, heads.
 //!
 //! Each node writes its own rows: a record's key is `(part, node, id)`, ids given by
 //! that node's writer in order, and each node keeps its own Merkle tree per partition,
 //! its heads signed with its own key over the partition's name and the node's (see
 //! [`super::integrity::Head::message_of`]). The writer commits each partition's share
-//! of a batch in one transaction (one statement of array parameters for the relay's
-//! small batches, see [`super::pgrows`]; `COPY … FROM STDIN BINARY` for large ones,
-//! whose records go in over two connections: see [`PgSink::write`]; the head when one
-//! is due)
-//! and answers the clients waiting on it only after the commit: no journal, so that
-//! a node that never comes back has lost nothing a client was answered for.
+//! of a batch with the head when one is due: the relay's small batches as one
+//! statement, larger ones by COPY in one transaction, or two over two connections for
+//! the largest (see [`PgSink::write`]). It answers the clients waiting on it only
+//! after the commit: no journal, so that a node that never comes back has lost
+//! nothing a client was answered for.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -174,25 +174,6 @@ fn db(e: postgres::Error) -> WriteError {
     PgError::from(e).into()
 }
 
-/// Into the partition's own table, named from its `PartitionId`: the rows skip the
-/// parent's routing, a share of the server's time per row.
-fn record_copy(p: PartitionId) -> String {
-    format!(
-        "COPY relaylog.record_{} (part, node, id, submission, ordinal, at_us, bucket, \
-         protocol, service, recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed) \
-         FROM STDIN (FORMAT binary)",
-        schema::table_suffix(p)
-    )
-}
-
-fn outcome_copy(p: PartitionId) -> String {
-    format!(
-        "COPY relaylog.outcome_{} (part, node, id, submission, at_us, outcome, \
-         upstream_status, gateway_code, message_id_sealed, enhanced_status, size_bytes, ordinal, \
-         receipt_state, receipt_error, receipt_done) FROM STDIN (FORMAT binary)",
-        schema::table_suffix(p)
-    )
-}
 /// The columns [`record_row`] reads, in its order.
 pub const RECORD_COLUMNS: &str = "id, submission, ordinal, at_us, bucket, protocol, service, \
      recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed";
@@ -407,80 +388,37 @@ impl PgSink {
         }
         let client = self.client.as_mut().expect("connected just above");
         let c = Statements {
-            record_copy: client.prepare(&record_copy(partition)).map_err(db)?,
-            outcome_copy: client.prepare(&outcome_copy(partition)).map_err(db)?,
+            record_copy: client
+                .prepare(&pgrows::copy_sql(
+                    "record",
+                    partition,
+                    &pgrows::RECORD_FIELDS,
+                ))
+                .map_err(db)?,
+            outcome_copy: client
+                .prepare(&pgrows::copy_sql(
+                    "outcome",
+                    partition,
+                    &pgrows::OUTCOME_FIELDS,
+                ))
+                .map_err(db)?,
             insert: client.prepare(&pgrows::insert_sql(partition)).map_err(db)?,
         };
         self.statements.insert(partition, c.clone());
         Ok(c)
     }
 
-    /// Writes a small batch (see [`pgrows`]): records, outcome events and the head
-    /// when one is due in one statement, one round trip, moving `tree` on.
-    fn write_small(
-        &mut self,
-        partition: PartitionId,
-        tree: &mut TreeState,
-        records: &[&Row],
-        outcomes: &[&OutcomeRow],
-        signer: Option<&ring::signature::Ed25519KeyPair>,
-        now: i64,
-    ) -> Result<(), WriteError> {
-        use postgres::types::ToSql;
-        let insert = self.statements(partition)?.insert;
-        let (part, node) = (schema::part(partition), self.target.node);
-        let (first, first_outcome) = (tree.last_record() + 1, tree.last_outcome() + 1);
-        for (k, r) in records.iter().enumerate() {
-            tree.push_record(first + k as i64, r.leaf);
-        }
-        for (k, o) in outcomes.iter().enumerate() {
-            tree.push_outcome(first_outcome + k as i64, o.leaf);
-        }
-        let next = signer
-            .filter(|_| tree.due())
-            .and_then(|key| tree.next_head(key, partition, Some(&self.target.node_name), now));
-        let h = next.as_ref().map(|n| &n.head);
-        let frontier = next.as_ref().map(|n| n.frontier.to_bytes());
-        let head: [&(dyn ToSql + Sync); 8] = [
-            &h.map(|h| h.seq),
-            &h.map(|h| h.size as i64),
-            &h.map(|h| h.record_through),
-            &h.map(|h| h.outcome_through),
-            &h.map(|h| h.root.as_slice()),
-            &frontier,
-            &h.map(|h| h.at_us),
-            &next.as_ref().map(|n| n.signature.as_slice()),
-        ];
-        let (rc, oc) = (
-            pgrows::record_columns(records),
-            pgrows::outcome_columns(outcomes),
-        );
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(37);
-        params.extend([&part as &(dyn ToSql + Sync), &node, &first, &first_outcome]);
-        params.extend(rc.iter().map(|c| c as &(dyn ToSql + Sync)));
-        params.extend(oc.iter().map(|c| c as &(dyn ToSql + Sync)));
-        params.extend(head);
-        let client = self.client.as_mut().expect("connected by statements");
-        client.execute(&insert, &params).map_err(db)?;
-        if let Some(next) = next {
-            tree.signed(next);
-        }
-        Ok(())
-    }
-
-    /// Forgets `partition`'s state after a failed commit (it is loaded again from
-    /// the database), and the connection if it failed.
+    /// Forgets `partition`'s state after a failed write (it is read again from the
+    /// database, and its earlier rows, which may be waiting for their head, signed),
+    /// the statements, and the connections that failed.
     pub fn forget(&mut self, partition: PartitionId) {
         self.open.remove(&partition);
-        // Rows written before the failure may be waiting for their head.
         self.reseal.add(partition);
         self.statements.clear();
-        if self
-            .client
-            .as_ref()
-            .is_some_and(postgres::Client::is_closed)
-        {
-            self.client = None;
+        for c in [&mut self.client, &mut self.helper] {
+            if c.as_ref().is_some_and(postgres::Client::is_closed) {
+                *c = None;
+            }
         }
     }
 
@@ -563,10 +501,11 @@ impl PgSink {
         Ok(Some(open))
     }
 
-    /// Writes a partition's share of a batch in one transaction: its records and
-    /// outcome events with the ids after the last ones, and a signed head when one
-    /// is due. Fewer than [`ONE_STATEMENT_ROWS`] rows (the relay's batches) go in as
-    /// one statement, one round trip ([`PgSink::write_small`]); more by COPY
+    /// Writes a partition's share of a batch: its records and outcome events with the
+    /// ids after the last ones, and a signed head when one is due. Fewer than
+    /// [`ONE_STATEMENT_ROWS`] rows (the relay's batches) go in as one statement, one
+    /// round trip ([`PgSink::write_small`]); more by COPY in one transaction, or two
+    /// over two connections for [`PARALLEL_ROWS`] records or more
     /// ([`PgSink::write_copy`]). Returns (records, outcomes) written; (0, 0) for a
     /// removed partition.
     pub fn write(
@@ -584,53 +523,110 @@ impl PgSink {
             tracing::warn!(partition = %partition, rows = records.len() + outcomes.len(), "rows of a partition expiry removed dropped");
             return Ok((0, 0));
         }
+        // Prepared (which may connect again) before the tree is taken out.
+        let statements = match self.statements(partition) {
+            Ok(s) => s,
+            Err(e) => {
+                self.forget(partition);
+                return Err(e);
+            }
+        };
         // Taken out while the connection is borrowed; put back only after a commit.
         let mut open = self.open.remove(&partition).expect("opened just above");
         let mut tree = open.tree.clone();
-        let result = if records.len() + outcomes.len() < ONE_STATEMENT_ROWS {
-            self.write_small(partition, &mut tree, records, outcomes, signer, now)
-        } else {
-            self.write_copy(partition, &mut tree, records, outcomes, signer, now)
+        let batch = Batch {
+            partition,
+            part: schema::part(partition),
+            first_record: tree.last_record() + 1,
+            first_outcome: tree.last_outcome() + 1,
+            records,
+            outcomes,
         };
-        if result.is_ok() {
-            open.tree = tree;
-            self.open.insert(partition, open);
+        for (k, r) in records.iter().enumerate() {
+            tree.push_record(batch.first_record + k as i64, r.leaf);
+        }
+        for (k, o) in outcomes.iter().enumerate() {
+            tree.push_outcome(batch.first_outcome + k as i64, o.leaf);
+        }
+        let head = signer
+            .filter(|_| tree.due())
+            .and_then(|key| tree.next_head(key, partition, Some(&self.target.node_name), now));
+        let result = if records.len() + outcomes.len() < ONE_STATEMENT_ROWS {
+            self.write_small(&statements.insert, &batch, head.as_ref())
         } else {
-            // Its earlier rows may be waiting for their head: read back and signed.
-            self.reseal.add(partition);
-            self.statements.clear();
-            for c in [&mut self.client, &mut self.helper] {
-                if c.as_ref().is_some_and(postgres::Client::is_closed) {
-                    *c = None;
+            self.write_copy(&statements, &batch, head.as_ref())
+        };
+        match result {
+            Ok(()) => {
+                if let Some(head) = head {
+                    tree.signed(head);
                 }
+                open.tree = tree;
+                self.open.insert(partition, open);
+                Ok((records.len() as u64, outcomes.len() as u64))
+            }
+            Err(e) => {
+                self.forget(partition);
+                Err(e)
             }
         }
-        result.map(|()| (records.len() as u64, outcomes.len() as u64))
     }
 
-    /// Writes a large batch by COPY in one transaction (see [`PgSink::write`]),
-    /// its records over two connections once it has [`PARALLEL_ROWS`], moving `tree`
-    /// on.
+    /// A small batch as one statement ([`pgrows::insert_sql`]): records, outcome
+    /// events and `head` in one round trip and one implicit transaction.
+    fn write_small(
+        &mut self,
+        insert: &postgres::Statement,
+        batch: &Batch<'_>,
+        head: Option<&integrity::NextHead>,
+    ) -> Result<(), WriteError> {
+        use postgres::types::ToSql;
+        let node = self.target.node;
+        let h = head.map(|n| &n.head);
+        let frontier = head.map(|n| n.frontier.to_bytes());
+        let head: [&(dyn ToSql + Sync); 8] = [
+            &h.map(|h| h.seq),
+            &h.map(|h| h.size as i64),
+            &h.map(|h| h.record_through),
+            &h.map(|h| h.outcome_through),
+            &h.map(|h| h.root.as_slice()),
+            &frontier,
+            &h.map(|h| h.at_us),
+            &head.map(|n| n.signature.as_slice()),
+        ];
+        let records = pgrows::arrays(batch.records, &pgrows::RECORD_FIELDS);
+        let outcomes = pgrows::arrays(batch.outcomes, &pgrows::OUTCOME_FIELDS);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(37);
+        params.extend([
+            &batch.part as &(dyn ToSql + Sync),
+            &node,
+            &batch.first_record,
+            &batch.first_outcome,
+        ]);
+        params.extend(records.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend(outcomes.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend(head);
+        let client = self.client.as_mut().expect("connected by statements");
+        client.execute(insert, &params).map_err(db)?;
+        Ok(())
+    }
+
+    /// A large batch by COPY in one transaction with `head`; its records over two
+    /// connections at once from [`PARALLEL_ROWS`] on, each half in a transaction of
+    /// its own: the server's work per row (five B-trees) is most of a commit's cost,
+    /// and one connection uses one core. The helper's half commits only once both
+    /// halves are copied, just before the main one, which holds the head over both:
+    /// only a failure of that last commit (a connection lost at that moment, as with
+    /// one connection) can leave the helper's half in unsigned and unanswered for; the
+    /// tree is then loaded again. Without a helper connection the batch goes over one.
     fn write_copy(
         &mut self,
-        partition: PartitionId,
-        tree: &mut TreeState,
-        records: &[&Row],
-        outcomes: &[&OutcomeRow],
-        signer: Option<&ring::signature::Ed25519KeyPair>,
-        now: i64,
+        statements: &Statements,
+        batch: &Batch<'_>,
+        head: Option<&integrity::NextHead>,
     ) -> Result<(), WriteError> {
-        let (node, name) = (self.target.node, self.target.node_name.clone());
-        let part = schema::part(partition);
-        let first = tree.last_record() + 1;
-        // A large batch's records go in over two connections at once, each half in
-        // a transaction of its own: the server's work per row (five B-trees) is most
-        // of a commit's cost, and one connection uses one core. The helper's half
-        // commits only once both halves are copied, just before the main one, which
-        // holds the head over both: only a failure of that last commit (a connection
-        // lost at that moment, as with one connection) can leave the helper's half in
-        // unsigned and unanswered for; the tree is then loaded again. Without a
-        // helper connection the batch goes over one.
+        let (node, part, first) = (self.target.node, batch.part, batch.first_record);
+        let records = batch.records;
         if records.len() >= PARALLEL_ROWS
             && self.helper.as_ref().is_none_or(postgres::Client::is_closed)
         {
@@ -648,21 +644,23 @@ impl PgSink {
             0
         };
         let (helped, own) = records.split_at(split);
-        let Statements {
-            record_copy,
-            outcome_copy,
-            ..
-        } = self.statements(partition)?;
         let main = self.client.as_mut().expect("connected by statements");
         let helper = self.helper.as_mut().filter(|_| !helped.is_empty());
+        let record_copy = pgrows::copy_sql("record", batch.partition, &pgrows::RECORD_FIELDS);
         std::thread::scope(|scope| -> Result<(), WriteError> {
             // The helper copies, says how that went, then waits to be told to
             // commit (or not: its transaction is then rolled back).
             let (copied_tx, copied_rx) = std::sync::mpsc::channel::<Result<(), WriteError>>();
             let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
             let side = helper.map(|client| {
+                let record_copy = &record_copy;
                 scope.spawn(move || -> Result<(), WriteError> {
-                    match begin_copy(client, partition, part, node, first, helped) {
+                    let copied = client.transaction().map_err(db).and_then(|mut tx| {
+                        let rows =
+                            pgrows::CopyRows::of(part, node, first, helped, &pgrows::RECORD_FIELDS);
+                        copy(&mut tx, record_copy.as_str(), &rows).map(|()| tx)
+                    });
+                    match copied {
                         Ok(tx) => {
                             let _ = copied_tx.send(Ok(()));
                             match go_rx.recv() {
@@ -679,17 +677,17 @@ impl PgSink {
             });
             let mut tx = main.transaction().map_err(db)?;
             let own_first = first + helped.len() as i64;
-            let copied =
-                copy_records(&mut tx, &record_copy, part, node, own_first, own).and_then(|()| {
-                    copy_outcomes(
-                        &mut tx,
-                        &outcome_copy,
-                        part,
-                        node,
-                        tree.last_outcome() + 1,
-                        outcomes,
-                    )
-                });
+            let rows = pgrows::CopyRows::of(part, node, own_first, own, &pgrows::RECORD_FIELDS);
+            let copied = copy(&mut tx, &statements.record_copy, &rows).and_then(|()| {
+                let rows = pgrows::CopyRows::of(
+                    part,
+                    node,
+                    batch.first_outcome,
+                    batch.outcomes,
+                    &pgrows::OUTCOME_FIELDS,
+                );
+                copy(&mut tx, &statements.outcome_copy, &rows)
+            });
             if let Some(side) = side {
                 let helped_copied = copied_rx.recv().unwrap_or_else(|_| {
                     Err(WriteError::Database {
@@ -710,17 +708,8 @@ impl PgSink {
                 committed?;
             }
             copied?;
-            for (k, r) in records.iter().enumerate() {
-                tree.push_record(first + k as i64, r.leaf);
-            }
-            let first_outcome = tree.last_outcome() + 1;
-            for (k, o) in outcomes.iter().enumerate() {
-                tree.push_outcome(first_outcome + k as i64, o.leaf);
-            }
-            if let Some(key) = signer
-                && tree.due()
-            {
-                sign(&mut tx, tree, key, partition, part, node, &name, now)?;
+            if let Some(head) = head {
+                insert_head(&mut tx, part, node, head)?;
             }
             tx.commit().map_err(db)
         })
@@ -871,7 +860,7 @@ const PARALLEL_ROWS: usize = 2048;
 /// Batches of fewer rows (records and outcome events) go in as one statement of
 /// array parameters (see [`pgrows`]); larger ones by COPY, whose cost per row is
 /// lower once its round trips are shared by enough rows.
-const ONE_STATEMENT_ROWS: usize = 1024;
+pub const ONE_STATEMENT_ROWS: usize = 1024;
 
 /// A partition's statements, prepared on the writer's connection.
 #[derive(Clone)]
@@ -882,165 +871,65 @@ struct Statements {
     insert: postgres::Statement,
 }
 
-/// A transaction on `client` with `records` copied in, not committed.
-fn begin_copy<'c>(
-    client: &'c mut postgres::Client,
+/// One partition's share of a batch, as [`PgSink::write`] passes it on.
+struct Batch<'a> {
     partition: PartitionId,
     part: i32,
-    node: i16,
-    first: i64,
-    records: &[&Row],
-) -> Result<postgres::Transaction<'c>, WriteError> {
-    let mut tx = client.transaction().map_err(db)?;
-    copy_records(
-        &mut tx,
-        &*record_copy(partition),
-        part,
-        node,
-        first,
-        records,
-    )?;
-    Ok(tx)
+    /// The ids the first record and the first outcome event get.
+    first_record: i64,
+    first_outcome: i64,
+    records: &'a [&'a Row],
+    outcomes: &'a [&'a OutcomeRow],
 }
 
-/// COPYs `records` with `copy` (into a partition's table) with the ids from `first` on.
-fn copy_records<S: postgres::ToStatement + ?Sized>(
+/// Copies `rows` in with `copy` (nothing to do for none).
+fn copy<S: postgres::ToStatement + ?Sized>(
     tx: &mut postgres::Transaction<'_>,
     copy: &S,
-    part: i32,
-    node: i16,
-    first: i64,
-    records: &[&Row],
+    rows: &pgrows::CopyRows,
 ) -> Result<(), WriteError> {
-    if records.is_empty() {
+    use std::io::Write;
+    if rows.is_empty() {
         return Ok(());
     }
-    let mut rows = CopyRows::with_capacity(records.len() * (120 + records[0].sealed.len()));
-    for (k, r) in records.iter().enumerate() {
-        rows.row(16);
-        rows.i32(part);
-        rows.i16(node);
-        rows.i64(first + k as i64);
-        rows.i64(r.submission);
-        rows.i32(r.ordinal as i32);
-        rows.i64(r.at_us);
-        rows.i64(r.bucket);
-        rows.i16(i16::from(r.protocol));
-        rows.i16(i16::from(r.service));
-        rows.i16(i16::from(r.recipient_form));
-        rows.i32(i32::from(r.segments));
-        rows.i64(r.account_ix);
-        rows.i64(r.ip_ix);
-        rows.opt(r.originator_ix, CopyRows::i64);
-        rows.i64(r.recipient_ix);
-        rows.bytes(&r.sealed);
-    }
-    rows.send(tx, copy)
-}
-
-/// COPYs `outcomes` with `copy` (into a partition's table) with the ids from `first` on.
-fn copy_outcomes(
-    tx: &mut postgres::Transaction<'_>,
-    copy: &postgres::Statement,
-    part: i32,
-    node: i16,
-    first: i64,
-    outcomes: &[&OutcomeRow],
-) -> Result<(), WriteError> {
-    if outcomes.is_empty() {
-        return Ok(());
-    }
-    let mut rows = CopyRows::with_capacity(outcomes.len() * 128);
-    for (k, o) in outcomes.iter().enumerate() {
-        rows.row(15);
-        rows.i32(part);
-        rows.i16(node);
-        rows.i64(first + k as i64);
-        rows.i64(o.submission);
-        rows.i64(o.at_us);
-        rows.i16(i16::from(o.outcome));
-        rows.opt(o.upstream_status.map(i32::from), CopyRows::i32);
-        rows.opt(o.gateway_code, CopyRows::i32);
-        rows.opt(o.message_id_sealed.as_deref(), CopyRows::bytes);
-        rows.opt(o.enhanced_status.as_deref(), CopyRows::text);
-        rows.opt(o.size_bytes.map(|v| v as i64), CopyRows::i64);
-        rows.opt(o.ordinal.map(|v| v as i32), CopyRows::i32);
-        rows.opt(o.receipt_state.as_deref(), CopyRows::text);
-        rows.opt(o.receipt_error.as_deref(), CopyRows::text);
-        rows.opt(o.receipt_done.as_deref(), CopyRows::text);
-    }
-    rows.send(tx, copy)
-}
-
-/// Rows in `COPY … (FORMAT binary)`'s encoding, written straight into one buffer (the
-/// client library's writer checks and encodes each value through `ToSql`, a share
-/// of the writer's time per row): the header, per row its field count and each field
-/// as a length (-1: NULL) and its bytes in the column type's binary form (integers
-/// big-endian, `bytea` and `text` as they are), the trailer.
-struct CopyRows(Vec<u8>);
-
-impl CopyRows {
-    fn with_capacity(n: usize) -> CopyRows {
-        let mut buf = Vec::with_capacity(n + 32);
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
-        CopyRows(buf)
-    }
-
-    fn row(&mut self, fields: i16) {
-        self.0.extend_from_slice(&fields.to_be_bytes());
-    }
-
-    fn field(&mut self, bytes: &[u8]) {
-        self.0
-            .extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-        self.0.extend_from_slice(bytes);
-    }
-
-    fn i16(&mut self, v: i16) {
-        self.field(&v.to_be_bytes());
-    }
-
-    fn i32(&mut self, v: i32) {
-        self.field(&v.to_be_bytes());
-    }
-
-    fn i64(&mut self, v: i64) {
-        self.field(&v.to_be_bytes());
-    }
-
-    fn bytes(&mut self, v: &[u8]) {
-        self.field(v);
-    }
-
-    fn text(&mut self, v: &str) {
-        self.field(v.as_bytes());
-    }
-
-    fn opt<T>(&mut self, v: Option<T>, put: fn(&mut CopyRows, T)) {
-        match v {
-            Some(v) => put(self, v),
-            None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-
-    /// Ends the rows and copies them in with `copy`.
-    fn send<S: postgres::ToStatement + ?Sized>(
-        mut self,
-        tx: &mut postgres::Transaction<'_>,
-        copy: &S,
-    ) -> Result<(), WriteError> {
-        use std::io::Write;
-        self.0.extend_from_slice(&(-1i16).to_be_bytes());
-        let mut sink = tx.copy_in(copy).map_err(db)?;
-        sink.write_all(&self.0).map_err(|e| WriteError::Database {
+    let mut sink = tx.copy_in(copy).map_err(db)?;
+    sink.write_all(rows.bytes())
+        .map_err(|e| WriteError::Database {
             reason: "database_unreachable",
             message: e.to_string(),
         })?;
-        sink.finish().map_err(db)?;
-        Ok(())
-    }
+    sink.finish().map_err(db)?;
+    Ok(())
+}
+
+/// Inserts a signed head of `node`'s tree of partition `part`.
+fn insert_head(
+    tx: &mut postgres::Transaction<'_>,
+    part: i32,
+    node: i16,
+    next: &integrity::NextHead,
+) -> Result<(), WriteError> {
+    let h = &next.head;
+    tx.execute(
+        &*format!(
+            "INSERT INTO relaylog.head (part, node, {}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            pgrows::HEAD_COLUMNS
+        ),
+        &[
+            &part,
+            &node,
+            &h.seq,
+            &(h.size as i64),
+            &h.record_through,
+            &h.outcome_through,
+            &h.root.as_slice(),
+            &next.frontier.to_bytes(),
+            &h.at_us,
+            &next.signature,
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
 }
 
 /// Appends the signed head over `tree`'s waiting leaves in `tx` and moves the tree on.
@@ -1058,24 +947,7 @@ fn sign(
     let Some(next) = tree.next_head(key, partition, Some(node_name), now) else {
         return Ok(());
     };
-    let h = &next.head;
-    tx.execute(
-        "INSERT INTO relaylog.head (part, node, seq, size, record_through, outcome_through, root, frontier, at_us, signature) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &part,
-            &node,
-            &h.seq,
-            &(h.size as i64),
-            &h.record_through,
-            &h.outcome_through,
-            &h.root.as_slice(),
-            &next.frontier.to_bytes(),
-            &h.at_us,
-            &next.signature,
-        ],
-    )
-    .map_err(db)?;
+    insert_head(tx, part, node, &next)?;
     tree.signed(next);
     Ok(())
 }
@@ -1499,354 +1371,6 @@ pub fn verify_store(
         }
     }
     Ok(out)
-}
-
-/// The statement a lookup runs on each partition of its window: by (bucket, tag) in
-/// a partition being written, one seek per time bucket of the window (parameters:
-/// part, buckets, tag, since, until, limit); by tag alone in a closed one whose
-/// read-optimised indexes are built, one seek (part, tag, since, until, limit). A
-/// `NULL` limit is none.
-pub fn lookup_sql(kind: super::keys::IndexKind, by_tag: bool) -> String {
-    const COLUMNS: &str =
-        "node, id, submission, ordinal, at_us, protocol, service, segments, sealed";
-    let column = kind.tag_column();
-    if by_tag {
-        format!(
-            "SELECT {COLUMNS} FROM relaylog.record WHERE part = $1 AND {column} = $2 \
-             AND at_us >= $3 AND at_us < $4 ORDER BY at_us, node, id LIMIT $5"
-        )
-    } else {
-        format!(
-            "SELECT {COLUMNS} FROM relaylog.record WHERE part = $1 AND bucket = ANY($2) AND {column} = $3 \
-             AND at_us >= $4 AND at_us < $5 ORDER BY at_us, node, id LIMIT $6"
-        )
-    }
-}
-
-/// [`super::query::run`] on PostgreSQL: each partition in the window that has keys,
-/// oldest first; in each, the records whose blind index is the value's under that
-/// partition's key, in the window's time buckets (the index leads with them), opened
-/// and compared (a truncated index collides), with their events.
-pub fn run(
-    pool: &Arc<Pool>,
-    granularity: Granularity,
-    keyring: &super::keys::Keyring,
-    criteria: &super::query::Criteria,
-    mut emit: impl FnMut(super::query::Found),
-) -> Result<super::query::QueryStats, super::query::QueryError> {
-    use super::query::{QueryError, QueryStats};
-    let mut pooled = pool.get()?;
-    // Read-only, and each statement planned for its values: a generic plan of a
-    // statement on the partitioned table locks every partition (and its indexes) at
-    // each run, which over 13 months of days cost more than the seeks themselves.
-    let mut client = pooled
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .map_err(PgError::from)?;
-    client
-        .batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        .map_err(PgError::from)?;
-    let partitions: Vec<(PartitionId, bool)> =
-        schema::partitions_indexed(&mut client, granularity)?
-            .into_iter()
-            .filter(|(p, _)| p.start_micros() < criteria.until && p.end_micros() > criteria.since)
-            .collect();
-    let events = client
-        .prepare(&format!(
-            "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome \
-             WHERE part = $1 AND node = $2 AND submission = $3 ORDER BY id"
-        ))
-        .map_err(PgError::from)?;
-    let mut stats = QueryStats::default();
-    let mut searched = Vec::with_capacity(partitions.len());
-    for (p, indexed) in partitions {
-        match keyring.keys(p) {
-            Ok(keys) => searched.push((p, indexed, keys)),
-            Err(super::keys::KeyError::Shredded { .. }) => stats.partitions_shredded.push(p),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let mut reader = Reader {
-        client: &mut client,
-        criteria,
-        events: &events,
-        stats: &mut stats,
-    };
-    // The partitions a chunk at a time in one statement (a round trip each, not one
-    // a partition: over 13 months of days, the round trips were most of a lookup's
-    // time). A partition with more matches than one read takes is read again alone,
-    // through a portal, a slice at a time, never all in memory.
-    for chunk in searched.chunks(LOOKUP_CHUNK) {
-        reader.stats.partitions_searched += chunk.len();
-        let searches: Vec<Search> = chunk
-            .iter()
-            .map(|(p, indexed, keys)| Search::new(*p, *indexed, keys, criteria))
-            .collect();
-        let rows = reader
-            .client
-            .query(
-                &chunk_sql(criteria.kind, &searches),
-                &chunk_params(&searches),
-            )
-            .map_err(|e| {
-                let last = chunk[chunk.len() - 1].0;
-                QueryError::Partition {
-                    partition: chunk[0].0,
-                    message: format!("(searched with those through {last}): {}", PgError::from(e)),
-                }
-            })?;
-        let mut rows = rows.into_iter().peekable();
-        for (k, (search, (p, _, keys))) in searches.iter().zip(chunk).enumerate() {
-            let mine: Vec<postgres::Row> =
-                std::iter::from_fn(|| rows.next_if(|r| r.get::<_, i32>(0) == k as i32)).collect();
-            if mine.len() > LOOKUP_ROWS as usize {
-                reader.alone(search, keys, &mut emit)?;
-            } else {
-                for r in &mine {
-                    reader.take(*p, keys, r, 1, &mut emit)?;
-                }
-            }
-        }
-    }
-    client.commit().map_err(PgError::from)?;
-    Ok(stats)
-}
-
-/// Files a server process keeps open for each partition a lookup searches: the
-/// record table and its indexes (the planner reads the size of each), the outcome
-/// table and its index, their free-space and visibility maps, with room to spare.
-pub const FILES_PER_PARTITION: i64 = 20;
-
-/// A warning when the server's `max_files_per_process` is below what a lookup over
-/// the whole retention opens ([`FILES_PER_PARTITION`] a partition): past it, a server
-/// process closes and opens files again at every lookup (measured over 396 daily
-/// partitions: 71 ms a lookup with PostgreSQL's default of 1,000, 39 ms with 8,000).
-pub fn open_files_warning(
-    pool: &Arc<Pool>,
-    cfg: &crate::config::StoreConfig,
-) -> Result<Option<String>, PgError> {
-    let now = chrono::Utc::now();
-    let from = cfg.retention.cutoff(now).timestamp_micros();
-    let kept = PartitionId::range(cfg.partition, from, now.timestamp_micros()).len() as i64;
-    let need = kept * FILES_PER_PARTITION;
-    let have: i64 = pool
-        .get()?
-        .query_one(
-            "SELECT setting::bigint FROM pg_settings WHERE name = 'max_files_per_process'",
-            &[],
-        )?
-        .get(0);
-    Ok((have < need).then(|| {
-        format!(
-            "the server's max_files_per_process is {have}: a lookup over the retention's {kept} \
-             partitions keeps about {need} files open; below that, each lookup opens them again \
-             (set it to {need} or more in postgresql.conf, and the server's open-file limit with it)"
-        )
-    }))
-}
-
-/// Index hits a lookup reads from the server at a time (see [`run`]).
-const LOOKUP_ROWS: i32 = 1024;
-
-/// Partitions a lookup searches in one statement (see [`run`]).
-const LOOKUP_CHUNK: usize = 32;
-
-/// One partition's share of a lookup: where, and for which blind index value.
-pub struct Search {
-    partition: PartitionId,
-    part: i32,
-    /// Its read-optimised index (by tag alone) is built: no time buckets needed.
-    indexed: bool,
-    tag: i64,
-    since: i64,
-    until: i64,
-    /// The window's time buckets under the partition's key (empty when `indexed`).
-    buckets: Vec<i64>,
-}
-
-impl Search {
-    pub fn new(
-        partition: PartitionId,
-        indexed: bool,
-        keys: &super::keys::PartitionKeys,
-        criteria: &super::query::Criteria,
-    ) -> Self {
-        let since = criteria.since.max(partition.start_micros());
-        let until = criteria.until.min(partition.end_micros());
-        Search {
-            partition,
-            part: schema::part(partition),
-            indexed,
-            tag: keys.blind_index(criteria.kind, &criteria.value),
-            since,
-            until,
-            buckets: if indexed {
-                Vec::new()
-            } else {
-                (keys.bucket(since)..=keys.bucket(until - 1)).collect()
-            },
-        }
-    }
-
-    /// Its values, as both [`chunk_sql`] and [`lookup_sql`] take them after the
-    /// partition: the buckets (unless `indexed`), the tag, the window.
-    fn push_params<'a>(&'a self, params: &mut Vec<&'a (dyn postgres::types::ToSql + Sync)>) {
-        if !self.indexed {
-            params.push(&self.buckets);
-        }
-        params.extend([
-            &self.tag as &(dyn postgres::types::ToSql + Sync),
-            &self.since,
-            &self.until,
-        ]);
-    }
-}
-
-/// One statement for `searches`: per partition, in order, its first
-/// [`LOOKUP_ROWS`]` + 1` matches in time order, each row led by the partition's place
-/// in `searches`. The partition numbers are literals (the planner then prunes to one
-/// partition a branch, and a partition dropped meanwhile reads as empty); the values
-/// looked for are parameters ([`chunk_params`]), never literals.
-pub fn chunk_sql(kind: super::keys::IndexKind, searches: &[Search]) -> String {
-    use std::fmt::Write;
-    let column = kind.tag_column();
-    let mut sql = String::with_capacity(searches.len() * 320);
-    sql.push_str("SELECT * FROM (");
-    let mut n = 0;
-    for (k, s) in searches.iter().enumerate() {
-        if k > 0 {
-            sql.push_str(" UNION ALL ");
-        }
-        let buckets = if s.indexed {
-            String::new()
-        } else {
-            n += 1;
-            format!("bucket = ANY(${n}::bigint[]) AND ")
-        };
-        let _ = write!(
-            sql,
-            "(SELECT {k}::integer AS k, node, id, submission, ordinal, at_us, protocol, service, \
-             segments, sealed FROM relaylog.record WHERE part = {part} AND {buckets}{column} = ${} \
-             AND at_us >= ${} AND at_us < ${} ORDER BY at_us, node, id LIMIT {})",
-            n + 1,
-            n + 2,
-            n + 3,
-            LOOKUP_ROWS + 1,
-            part = s.part,
-        );
-        n += 3;
-    }
-    sql.push_str(") found ORDER BY k, at_us, node, id");
-    sql
-}
-
-/// The parameters of [`chunk_sql`], in its order.
-pub fn chunk_params(searches: &[Search]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
-    let mut params = Vec::with_capacity(searches.len() * 4);
-    for s in searches {
-        s.push_params(&mut params);
-    }
-    params
-}
-
-/// A lookup's transaction and what it has found so far.
-struct Reader<'a, 't> {
-    client: &'a mut postgres::Transaction<'t>,
-    criteria: &'a super::query::Criteria,
-    /// A record's outcome events, by (part, node, submission).
-    events: &'a postgres::Statement,
-    stats: &'a mut super::query::QueryStats,
-}
-
-impl Reader<'_, '_> {
-    /// A match (a row of [`lookup_sql`]'s columns from column `at` on) opened and
-    /// compared (a truncated index collides), with its events.
-    fn take(
-        &mut self,
-        p: PartitionId,
-        keys: &super::keys::PartitionKeys,
-        r: &postgres::Row,
-        at: usize,
-        emit: &mut impl FnMut(super::query::Found),
-    ) -> Result<(), super::query::QueryError> {
-        use super::query::{Hit, QueryError, read_events};
-        let hit = Hit {
-            node: r.get(at),
-            record_id: r.get(at + 1),
-            submission: crate::record::SubmissionId(r.get(at + 2)),
-            ordinal: r.get::<_, i32>(at + 3) as u32,
-            at: r.get(at + 4),
-            protocol: r.get::<_, i16>(at + 5) as u8,
-            service: r.get::<_, i16>(at + 6) as u8,
-            segments: r.get::<_, i32>(at + 7) as u16,
-            sealed: r.get(at + 8),
-        };
-        let Some(fields) = hit.open_if_match(p, keys, self.criteria, self.stats)? else {
-            return Ok(());
-        };
-        let part = schema::part(p);
-        let evs = self
-            .client
-            .query(self.events, &[&part, &hit.node, &hit.submission.0])
-            .map_err(|e| partition_error(p, e))?;
-        let (outcome, receipt) = read_events(
-            evs.iter().map(|r| outcome_row(r).1),
-            keys,
-            hit.submission,
-            hit.ordinal,
-        )
-        .map_err(|what| QueryError::Partition {
-            partition: p,
-            message: format!("record {}: {what}", hit.record_id),
-        })?;
-        self.stats.matches += 1;
-        emit(hit.found(p, fields, outcome, receipt)?);
-        Ok(())
-    }
-
-    /// All of one partition's matches, [`LOOKUP_ROWS`] at a time through a portal
-    /// (each slice's events read before the next slice).
-    fn alone(
-        &mut self,
-        s: &Search,
-        keys: &super::keys::PartitionKeys,
-        emit: &mut impl FnMut(super::query::Found),
-    ) -> Result<(), super::query::QueryError> {
-        let p = s.partition;
-        let stmt = self
-            .client
-            .prepare(&lookup_sql(self.criteria.kind, s.indexed))
-            .map_err(|e| partition_error(p, e))?;
-        // In `lookup_sql`'s order, with no LIMIT.
-        let unlimited = None::<i64>;
-        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&s.part];
-        s.push_params(&mut params);
-        params.push(&unlimited);
-        let portal = self
-            .client
-            .bind(&stmt, &params)
-            .map_err(|e| partition_error(p, e))?;
-        loop {
-            let rows = self
-                .client
-                .query_portal(&portal, LOOKUP_ROWS)
-                .map_err(|e| partition_error(p, e))?;
-            for r in &rows {
-                self.take(p, keys, r, 0, emit)?;
-            }
-            if rows.len() < LOOKUP_ROWS as usize {
-                return Ok(());
-            }
-        }
-    }
-}
-
-fn partition_error(partition: PartitionId, e: postgres::Error) -> super::query::QueryError {
-    super::query::QueryError::Partition {
-        partition,
-        message: PgError::from(e).to_string(),
-    }
 }
 
 /// Records a partition has held, over every node: each node's highest record id (ids

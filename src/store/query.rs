@@ -38,6 +38,13 @@ pub enum QueryError {
         partition: PartitionId,
         message: String,
     },
+    /// Partitions searched in one statement (on PostgreSQL) that failed together.
+    #[error("partitions {first} to {last} (searched in one statement): {message}")]
+    Partitions {
+        first: PartitionId,
+        last: PartitionId,
+        message: String,
+    },
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("the time window is empty: --since must be before --until")]
@@ -163,7 +170,7 @@ pub fn run(
         crate::config::Backend::Sqlite => run_files(&store.path, keyring, criteria, emit),
         crate::config::Backend::Postgres(pg) => {
             let pool = crate::pg::Pool::shared(pg)?;
-            super::pgstore::run(&pool, store.partition, keyring, criteria, emit)
+            super::pglookup::run(&pool, store.partition, keyring, criteria, emit)
         }
     }
 }
