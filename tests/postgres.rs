@@ -70,15 +70,19 @@ async fn a_node_records_into_postgres_before_it_forwards() {
                 .any(|n| out.contains(&format!("set it to {n} or more"))),
         "{out}"
     );
-    // A server that logs modifying statements logs their parameters with them:
-    // said, until their length is set to 0.
+    // A server that logs slow statements logs their parameters with them: said (the
+    // settings read in their units), until their length is set to 0.
     pg.batch(
         "relaylog",
-        &format!("ALTER ROLE {ROLE} SET log_statement = 'mod'"),
+        &format!(
+            "ALTER ROLE {ROLE} SET log_min_duration_statement = '1s'; \
+             ALTER ROLE {ROLE} SET log_parameter_max_length = '64B'"
+        ),
     );
     let out = common::cli_ok(&config, &["check-config"]);
     assert!(
-        out.contains("logs statements with their parameters"),
+        out.contains("logs statements with their parameters")
+            && out.contains("max_files_per_process is 1000"),
         "{out}"
     );
     pg.batch(
@@ -89,7 +93,10 @@ async fn a_node_records_into_postgres_before_it_forwards() {
     assert!(!out.contains("with their parameters"), "{out}");
     pg.batch(
         "relaylog",
-        &format!("ALTER ROLE {ROLE} RESET log_statement; ALTER ROLE {ROLE} RESET log_parameter_max_length"),
+        &format!(
+            "ALTER ROLE {ROLE} RESET log_min_duration_statement; \
+             ALTER ROLE {ROLE} RESET log_parameter_max_length"
+        ),
     );
     // Every statement relaylog sends is kept, as text, by pg_stat_statements: checked
     // below for values in the clear.
@@ -1069,11 +1076,11 @@ async fn a_lookup_over_more_days_than_one_statement_searches_finds_them_all() {
 #[test]
 fn small_and_large_batches_store_the_same_rows() {
     use relaylog::store::integrity::{load_signing_key, outcome_leaf, record_leaf};
-    use relaylog::store::pgstore::{ONE_STATEMENT_ROWS, PgSink, target};
+    use relaylog::store::pgstore::{ONE_STATEMENT_ROWS, PARALLEL_ROWS, PgSink, target};
     // The rows of each table: the small batches' and the large one's on either side
-    // of the threshold.
-    let (n, chunk) = (ONE_STATEMENT_ROWS * 5 / 8, ONE_STATEMENT_ROWS / 8);
-    assert!(2 * n >= ONE_STATEMENT_ROWS && 2 * chunk < ONE_STATEMENT_ROWS);
+    // of the threshold, the large one's records split over two connections.
+    let (n, chunk) = (PARALLEL_ROWS + 512, ONE_STATEMENT_ROWS / 4);
+    assert!(n >= PARALLEL_ROWS && 2 * chunk < ONE_STATEMENT_ROWS);
     use relaylog::store::rows::{OutcomeRow, Row};
     let Some(pg) = Cluster::start() else { return };
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@
 //! at most [`LOOKUP_CHUNK`] times that; a partition with more is read again alone,
 //! [`LOOKUP_ROWS`] at a time through a portal ([`Reader::alone`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use postgres::types::{ToSql, Type};
@@ -33,8 +34,9 @@ const LOOKUP_ROWS: i32 = 1024;
 pub const LOOKUP_CHUNK: usize = 32;
 
 /// Time buckets a statement's partitions may look in, together (a partition still
-/// written is searched by bucket): a statement ends early at this many, so that a
-/// store of narrow buckets and wide partitions does not bind millions at once.
+/// written is searched by bucket): a statement ends before it would pass this many,
+/// so that narrow buckets are bound a partition at a time (a month of 1-s buckets
+/// is still 2.7 M in one statement, as before statements held several partitions).
 const LOOKUP_BUCKETS: usize = 65_536;
 
 /// The columns a match is read from, in [`Reader::take`]'s order.
@@ -202,22 +204,27 @@ pub fn run(
     };
     let mut chunk: Vec<Search> = Vec::with_capacity(LOOKUP_CHUNK);
     let mut buckets = 0;
-    for (i, (p, indexed)) in partitions.iter().enumerate() {
-        match keyring.keys(*p) {
-            Ok(keys) => {
-                let search = Search::new(*p, *indexed, keys, criteria);
-                buckets += search.buckets.len();
-                chunk.push(search);
+    for (p, indexed) in partitions {
+        let search = match keyring.keys(p) {
+            Ok(keys) => Search::new(p, indexed, keys, criteria),
+            Err(KeyError::Shredded { .. }) => {
+                reader.stats.partitions_shredded.push(p);
+                continue;
             }
-            Err(KeyError::Shredded { .. }) => reader.stats.partitions_shredded.push(*p),
             Err(e) => return Err(e.into()),
-        }
-        let last = i + 1 == partitions.len();
-        if !chunk.is_empty() && (last || chunk.len() == LOOKUP_CHUNK || buckets >= LOOKUP_BUCKETS) {
+        };
+        if chunk.len() == LOOKUP_CHUNK
+            || (!chunk.is_empty() && buckets + search.buckets.len() > LOOKUP_BUCKETS)
+        {
             reader.chunk(&chunk, &mut emit)?;
             chunk.clear();
             buckets = 0;
         }
+        buckets += search.buckets.len();
+        chunk.push(search);
+    }
+    if !chunk.is_empty() {
+        reader.chunk(&chunk, &mut emit)?;
     }
     client.commit().map_err(PgError::from)?;
     Ok(stats)
@@ -377,35 +384,59 @@ pub const FILES_PER_PARTITION: i64 = 20;
 ///   each batch's blind indexes and sealed values, and the ledger's, out of reach of
 ///   expiry and erasure.
 pub fn server_warnings(pool: &Arc<Pool>, cfg: &crate::config::StoreConfig) -> Vec<String> {
-    let settings = (|| -> Result<_, PgError> {
-        let row = pool.get()?.query_one(
-            "SELECT current_setting('max_files_per_process')::bigint, \
-             current_setting('log_statement'), \
-             current_setting('log_min_duration_statement')::integer, \
-             current_setting('log_parameter_max_length')::integer, \
-             current_setting('log_parameter_max_length_on_error')::integer",
-            &[],
-        )?;
-        Ok((
-            row.get::<_, i64>(0),
-            row.get::<_, String>(1),
-            row.get::<_, i32>(2),
-            row.get::<_, i32>(3),
-            row.get::<_, i32>(4),
-        ))
+    // As this session has them (the role's settings applied), in their base units
+    // (`current_setting` would add one: "250ms").
+    let settings = (|| -> Result<HashMap<String, String>, PgError> {
+        Ok(pool
+            .get()?
+            .query(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY($1)",
+                &[&[
+                    "max_files_per_process",
+                    "log_statement",
+                    "log_min_duration_statement",
+                    "log_min_duration_sample",
+                    "log_statement_sample_rate",
+                    "log_transaction_sample_rate",
+                    "log_parameter_max_length",
+                    "log_parameter_max_length_on_error",
+                ]
+                .as_slice()],
+            )?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
     })();
-    let (files, statements, duration, parameters, on_error) = match settings {
+    let settings = match settings {
         Ok(s) => s,
         Err(e) => return vec![format!("the server's settings could not be read: {e}")],
     };
+    // A setting this server does not have (an older release) reads as off.
+    let number = |name: &str| -> f64 {
+        settings
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let files = number("max_files_per_process") as i64;
+    let statements = settings.get("log_statement").map_or("none", String::as_str);
+    let logged = matches!(statements, "mod" | "all")
+        || number("log_min_duration_statement") >= 0.0
+        || (number("log_min_duration_sample") >= 0.0 && number("log_statement_sample_rate") > 0.0)
+        || number("log_transaction_sample_rate") > 0.0;
+    let (parameters, on_error) = (
+        number("log_parameter_max_length"),
+        number("log_parameter_max_length_on_error"),
+    );
     let mut out = Vec::new();
     let now = chrono::Utc::now();
-    let kept = PartitionId::range(
-        cfg.partition,
-        cfg.retention.cutoff(now).timestamp_micros(),
-        now.timestamp_micros(),
-    )
-    .len() as i64;
+    // Counted, not listed: a retention of millions of days is accepted.
+    let days = (now - cfg.retention.cutoff(now)).num_days() + 1;
+    let kept = match cfg.partition {
+        Granularity::Day => days,
+        Granularity::Month => days / 28 + 1,
+    }
+    .min(1 << 20);
     let need = kept * FILES_PER_PARTITION;
     if files < need {
         out.push(format!(
@@ -415,8 +446,7 @@ pub fn server_warnings(pool: &Arc<Pool>, cfg: &crate::config::StoreConfig) -> Ve
              open-file limit with it)"
         ));
     }
-    let logged = matches!(statements.as_str(), "mod" | "all") || duration >= 0;
-    if (logged && parameters != 0) || on_error != 0 {
+    if (logged && parameters != 0.0) || on_error != 0.0 {
         out.push(
             "the server logs statements with their parameters: its log would keep blind \
              indexes and sealed values past expiry and erasure (ALTER ROLE <relaylog's role> \

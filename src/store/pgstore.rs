@@ -532,7 +532,15 @@ impl PgSink {
             }
         };
         // Taken out while the connection is borrowed; put back only after a commit.
-        let mut open = self.open.remove(&partition).expect("opened just above");
+        // Gone if preparing had to connect again (which forgets every tree): the
+        // batch fails (its clients hear it), the next reads the tree again.
+        let Some(mut open) = self.open.remove(&partition) else {
+            self.forget(partition);
+            return Err(WriteError::Database {
+                reason: "database_unreachable",
+                message: "the connection to the database was lost and made again while the batch was prepared".into(),
+            });
+        };
         let mut tree = open.tree.clone();
         let batch = Batch {
             partition,
@@ -854,8 +862,8 @@ impl Reseal {
 /// The longest pause between two tries of a partition to open again and sign.
 const RESEAL_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Records a batch splits between two connections from (see [`PgSink::write`]).
-const PARALLEL_ROWS: usize = 2048;
+/// Records a batch splits between two connections from (see [`PgSink::write_copy`]).
+pub const PARALLEL_ROWS: usize = 2048;
 
 /// Batches of fewer rows (records and outcome events) go in as one statement of
 /// array parameters (see [`pgrows`]); larger ones by COPY, whose cost per row is
