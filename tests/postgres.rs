@@ -1067,6 +1067,45 @@ async fn a_lookup_over_more_days_than_one_statement_searches_finds_them_all() {
             .iter()
             .all(|f| f.fields.recipient.value == "+31612345678")
     );
+    // Two days' keys shredded: the first of the second statement and the last
+    // (today). The lookup names them and finds everything else.
+    use relaylog::store::partition::PartitionId;
+    let partitions = common::partitions(&cfg);
+    let shredded = [
+        partitions[relaylog::store::pglookup::LOOKUP_CHUNK],
+        *partitions.last().unwrap(),
+    ];
+    common::off_runtime(|| {
+        let mut db = pg.client("days");
+        for p in shredded {
+            let n = db
+                .execute(
+                    "DELETE FROM relaylog_keys.partition_key WHERE partition = $1",
+                    &[&p.to_string()],
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{p}");
+        }
+    });
+    let kept = found
+        .iter()
+        .filter(|f| !shredded.contains(&PartitionId::containing(cfg.partition, f.at)))
+        .count();
+    assert!(kept < found.len());
+    let criteria = relaylog::store::query::Criteria {
+        kind: IndexKind::Recipient,
+        value: "+31612345678".into(),
+        since: 0,
+        until: i64::MAX / 2,
+        filters: true,
+    };
+    let stats = common::off_runtime(|| {
+        let keyring = relaylog::store::open_keyring(&cfg).unwrap();
+        relaylog::store::query::run(&cfg, &keyring, &criteria, |_| {}).unwrap()
+    });
+    assert_eq!(stats.partitions_shredded, shredded);
+    assert_eq!(stats.partitions_searched, partitions.len() - 2);
+    assert_eq!(stats.matches, kept as u64);
 }
 
 /// The writer sends a batch of fewer than `ONE_STATEMENT_ROWS` rows as one statement
