@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # relaylog durable (`record-before-forward`) with the SQLite store and with the
 # PostgreSQL store, under the same load, alternating rounds: messages/s, serve's CPU per
-# message and PostgreSQL's (every server process, utime + stime from /proc/PID/stat),
+# message (with its user and system shares and its threads' context switches) and
+# PostgreSQL's (every server process, utime + stime from /proc/PID/stat),
 # and the ratio issue 16 sets (PostgreSQL ÷ SQLite messages/s ≥ 0.8).
 #
 #   benches/postgres.sh [--rounds N] [--duration 10s] [--connections 64] [BINARY]
@@ -60,6 +61,18 @@ pg_ticks() {
     echo "$sum"
 }
 
+# Of every thread of a process still running: user ticks, system ticks, and context
+# switches (voluntary and not), summed.
+threads() {
+    local u=0 y=0 c=0 t f
+    for t in /proc/"$1"/task/*; do
+        read -r -a f <<< "$(sed 's/.*) //' "$t/stat")"
+        u=$((u + f[11])) y=$((y + f[12]))
+        c=$((c + $(awk '/ctxt_switches/ {s += $2} END {print s}' "$t/status")))
+    done
+    echo "$u $y $c"
+}
+
 run() {
     local backend=$1 dir=$work/$1-$2 pid t0 t1 p0 p1 out
     mkdir -p "$dir"
@@ -90,18 +103,20 @@ T
     "$bin" --config "$dir/c.toml" serve 2>"$dir/err" &
     pid=$!
     wait_port 18080
-    t0=$(ticks "$pid") p0=$(pg_ticks)
+    t0=$(ticks "$pid") p0=$(pg_ticks) s0=$(threads "$pid")
     out=$("$bin" bench http --target http://127.0.0.1:18080 --connections "$connections" --duration "$duration" --json --quiet)
-    t1=$(ticks "$pid") p1=$(pg_ticks)
+    t1=$(ticks "$pid") p1=$(pg_ticks) s1=$(threads "$pid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    python3 - "$backend" "$out" "$t0" "$t1" "$p0" "$p1" "$tck" <<'P'
+    python3 - "$backend" "$out" "$t0" "$t1" "$p0" "$p1" "$tck" "$s0" "$s1" <<'P'
 import json, sys
 name, out = sys.argv[1], json.loads(sys.argv[2])
-t0, t1, p0, p1, tck = map(int, sys.argv[3:])
+t0, t1, p0, p1, tck = map(int, sys.argv[3:8])
+(u0, y0, c0), (u1, y1, c1) = (map(int, a.split()) for a in sys.argv[8:10])
 n = max(out["ok"], 1)
 serve, pgcpu = (t1 - t0) / tck, (p1 - p0) / tck
-print(f"{name:8} {out['messages_per_second']:8.0f} msg/s  serve {serve / n * 1e6:5.1f} us/msg  "
-      f"postgres {pgcpu / n * 1e6:5.1f} us/msg  errors {out['errors']}")
+print(f"{name:8} {out['messages_per_second']:8.0f} msg/s  serve {serve / n * 1e6:5.1f} us/msg "
+      f"(user {(u1 - u0) / tck / n * 1e6:4.1f}, system {(y1 - y0) / tck / n * 1e6:4.1f}, "
+      f"{(c1 - c0) / n:4.2f} switches)  postgres {pgcpu / n * 1e6:5.1f} us/msg  errors {out['errors']}")
 P
 }
 
