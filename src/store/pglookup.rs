@@ -202,6 +202,7 @@ pub fn run(
         events: &events,
         stats: &mut stats,
     };
+    keyring.prefetch(&partitions.iter().map(|(p, _)| *p).collect::<Vec<_>>())?;
     let mut chunk: Vec<Search> = Vec::with_capacity(LOOKUP_CHUNK);
     let mut buckets = 0;
     for (p, indexed) in partitions {
