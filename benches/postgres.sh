@@ -61,16 +61,11 @@ pg_ticks() {
     echo "$sum"
 }
 
-# Of every thread of a process still running: user ticks, system ticks, and context
-# switches (voluntary and not), summed.
+# Of a process: its user and system ticks (/proc/PID/stat, exited threads included),
+# and the context switches (voluntary and not) of the threads it still has.
 threads() {
-    local u=0 y=0 c=0 t f
-    for t in /proc/"$1"/task/*; do
-        read -r -a f <<< "$(sed 's/.*) //' "$t/stat")"
-        u=$((u + f[11])) y=$((y + f[12]))
-        c=$((c + $(awk '/ctxt_switches/ {s += $2} END {print s}' "$t/status")))
-    done
-    echo "$u $y $c"
+    sed 's/.*) //' "/proc/$1/stat" | awk '{printf "%d %d ", $12, $13}'
+    { cat /proc/"$1"/task/*/status 2>/dev/null || true; } | awk '/ctxt_switches/ {c += $2} END {print c + 0}'
 }
 
 run() {

@@ -163,14 +163,10 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
             .map_err(database)?
             .get()
             .map_err(database)?;
-        client
-            .batch_execute("SET statement_timeout = 0")
-            .and_then(|()| {
-                client.batch_execute("VACUUM (ANALYZE) relaylog.record, relaylog.outcome")
-            })
-            .map_err(|e| database(e.into()))?;
-        // Its session has no statement timeout: not given back to the pool.
-        client.discard();
+        crate::pg::unbounded(&mut client, |c| {
+            c.batch_execute("VACUUM (ANALYZE) relaylog.record, relaylog.outcome")
+        })
+        .map_err(|e| database(e.into()))?;
     }
     let mut compacted_records = 0;
     for (p, r) in &done {

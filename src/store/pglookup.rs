@@ -39,6 +39,9 @@ pub const LOOKUP_CHUNK: usize = 32;
 /// is still 2.7 M in one statement, as before statements held several partitions).
 const LOOKUP_BUCKETS: usize = 65_536;
 
+/// Partitions whose keys a lookup reads in one query (see `Keyring::prefetch`).
+const KEY_SLICE: usize = 4 * LOOKUP_CHUNK;
+
 /// The columns a match is read from, in [`Reader::take`]'s order.
 const MATCH_COLUMNS: &str =
     "node, id, submission, ordinal, at_us, protocol, service, segments, sealed";
@@ -202,10 +205,15 @@ pub fn run(
         events: &events,
         stats: &mut stats,
     };
-    keyring.prefetch(&partitions.iter().map(|(p, _)| *p).collect::<Vec<_>>())?;
     let mut chunk: Vec<Search> = Vec::with_capacity(LOOKUP_CHUNK);
     let mut buckets = 0;
-    for (p, indexed) in partitions {
+    for (i, &(p, indexed)) in partitions.iter().enumerate() {
+        // The keys of the next partitions in one query, a slice at a time (fewer
+        // than the keyring keeps in memory, so none is pushed out before its turn).
+        if i % KEY_SLICE == 0 {
+            let next = partitions[i..].iter().take(KEY_SLICE).map(|(p, _)| *p);
+            keyring.prefetch(&next.collect::<Vec<_>>())?;
+        }
         let search = match keyring.keys(p) {
             Ok(keys) => Search::new(p, indexed, keys, criteria),
             Err(KeyError::Shredded { .. }) => {
