@@ -970,18 +970,28 @@ fn a_lookup_by_number_reads_only_its_window_through_the_blind_index() {
     );
 }
 
+/// The store of node `n1` in `database`, initialised, its keys under `dir`.
+fn initialised_store(
+    pg: &Cluster,
+    dir: &std::path::Path,
+    database: &str,
+) -> relaylog::config::StoreConfig {
+    let store = pg.store_lines(dir, database, "n1");
+    let text = common::config_text(dir, "kannel", None, "", &store);
+    let cfg = relaylog::config::Config::parse(&text, std::path::Path::new("t.toml"))
+        .unwrap()
+        .store;
+    common::init_store(&cfg);
+    cfg
+}
+
 /// A lookup with more matches in one partition than it reads in one round trip
 /// (1,024) gets them all, in time order: the rest through a portal, a slice at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_with_more_matches_in_a_day_than_one_read_gets_them_all() {
     let Some(pg) = Cluster::start() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let store = pg.store_lines(dir.path(), "busy", "n1");
-    let text = common::config_text(dir.path(), "kannel", None, "", &store);
-    let cfg = relaylog::config::Config::parse(&text, std::path::Path::new("t.toml"))
-        .unwrap()
-        .store;
-    common::init_store(&cfg);
+    let cfg = initialised_store(&pg, dir.path(), "busy");
     // One day's noon, a millisecond a message: all in one partition.
     let noon = chrono::Utc::now()
         .date_naive()
@@ -1025,12 +1035,7 @@ async fn a_lookup_with_more_matches_in_a_day_than_one_read_gets_them_all() {
 async fn a_lookup_over_more_days_than_one_statement_searches_finds_them_all() {
     let Some(pg) = Cluster::start() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let store = pg.store_lines(dir.path(), "days", "n1");
-    let text = common::config_text(dir.path(), "kannel", None, "", &store);
-    let cfg = relaylog::config::Config::parse(&text, std::path::Path::new("t.toml"))
-        .unwrap()
-        .store;
-    common::init_store(&cfg);
+    let cfg = initialised_store(&pg, dir.path(), "days");
     // Three statements' worth of days and some, ending today: one message a day to
     // the number looked for, one to another; every other day, a second one at night.
     let days = 2 * relaylog::store::pglookup::LOOKUP_CHUNK as i64 + 6;

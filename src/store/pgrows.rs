@@ -212,8 +212,19 @@ pub fn insert_sql(p: PartitionId) -> String {
 }
 
 /// A head row's columns after `(part, node)`, as the writer inserts them.
-pub const HEAD_COLUMNS: &str =
-    "seq, size, record_through, outcome_through, root, frontier, at_us, signature";
+macro_rules! head_columns {
+    () => {
+        "seq, size, record_through, outcome_through, root, frontier, at_us, signature"
+    };
+}
+pub const HEAD_COLUMNS: &str = head_columns!();
+
+/// One signed head, in a transaction of its own or beside COPY.
+pub const INSERT_HEAD: &str = concat!(
+    "INSERT INTO relaylog.head (part, node, ",
+    head_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+);
 const HEAD_TYPES: [&str; 8] = [
     "bigint", "bigint", "bigint", "bigint", "bytea", "bytea", "bigint", "bytea",
 ];

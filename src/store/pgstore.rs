@@ -919,10 +919,7 @@ fn insert_head(
 ) -> Result<(), WriteError> {
     let h = &next.head;
     tx.execute(
-        &*format!(
-            "INSERT INTO relaylog.head (part, node, {}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            pgrows::HEAD_COLUMNS
-        ),
+        pgrows::INSERT_HEAD,
         &[
             &part,
             &node,
