@@ -233,7 +233,9 @@ pub fn write_request(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let own_host = rewrite_host || !fields.contains("host");
+    // Its own Host also when the client's would not go on (a `Connection: Host`):
+    // the request always carries exactly one.
+    let own_host = rewrite_host || !fields.contains("host") || !fields.end_to_end("host");
     if own_host {
         header(out, "host", host.as_bytes());
     }
@@ -806,6 +808,19 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET / HTTP/1.1\r\nhost: gw:13013\r\nX-Kannel-To: 1\r\nX-Kannel-To: 2\r\n\r\n"
+        );
+        // A client that names Host in Connection (found by fuzzing): its Host does not
+        // go on, the upstream's does; still exactly one.
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut h);
+        req.parse(b"GET /ce HTTP/1.1\r\nHost: client\r\nConnection: Host\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let fields = Fields::Raw(req.headers);
+        write_request(&mut out, "GET", "/ce", fields, ("gw:13013", false), b"");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /ce HTTP/1.1\r\nhost: gw:13013\r\n\r\n"
         );
     }
 
