@@ -993,11 +993,7 @@ async fn a_lookup_with_more_matches_in_a_day_than_one_read_gets_them_all() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = initialised_store(&pg, dir.path(), "busy");
     // One day's noon, a millisecond a message: all in one partition.
-    let noon = chrono::Utc::now()
-        .date_naive()
-        .and_hms_opt(12, 0, 0)
-        .unwrap()
-        .and_utc();
+    let noon = today_noon();
     let clock = relaylog::clock::ManualClock::new(noon);
     let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
     let rec = opened.recorder();
@@ -1141,11 +1137,7 @@ fn small_and_large_batches_store_the_same_rows() {
     sink.connect_owning(std::time::Duration::from_secs(3))
         .unwrap();
     // Two days: the small batches into yesterday, the one large batch into today.
-    let today = chrono::Utc::now()
-        .date_naive()
-        .and_hms_opt(12, 0, 0)
-        .unwrap()
-        .and_utc();
+    let today = today_noon();
     let yesterday = today - chrono::Duration::days(1);
     let day = |at: chrono::DateTime<chrono::Utc>| {
         relaylog::store::partition::PartitionId::containing(cfg.partition, at.timestamp_micros())
@@ -1214,7 +1206,8 @@ fn small_and_large_batches_store_the_same_rows() {
             std::thread::sleep(relaylog::store::integrity::HEAD_INTERVAL);
         }
         assert_eq!(
-            sink.write(day(yesterday), &r, &o, Some(&key), now).unwrap(),
+            sink.write(day(yesterday), &r, &o, 0, Some(&key), now)
+                .unwrap(),
             (r.len() as u64, o.len() as u64)
         );
     }
@@ -1222,7 +1215,7 @@ fn small_and_large_batches_store_the_same_rows() {
     let (r, o): (Vec<&Row>, Vec<&OutcomeRow>) =
         (large_r.iter().collect(), large_o.iter().collect());
     assert_eq!(
-        sink.write(day(today), &r, &o, Some(&key), now).unwrap(),
+        sink.write(day(today), &r, &o, 0, Some(&key), now).unwrap(),
         (n as u64, n as u64)
     );
     let mut db = pg.client("batches");
@@ -1298,4 +1291,145 @@ fn small_and_large_batches_store_the_same_rows() {
             "{out}"
         );
     }
+}
+
+/// The files of a directory, to put back later as they were.
+fn files_of(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+fn put_back(files: &[(std::path::PathBuf, Vec<u8>)]) {
+    for (path, bytes) in files {
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// A node that answers from its journal (`store.acknowledge = "journal"`) loses
+/// nothing to a crash after answering and before PostgreSQL took the rows, and writes
+/// nothing twice after one between PostgreSQL's commit and the journal letting go of
+/// them: each partition records, in the transaction that writes a frame's rows, the
+/// last frame it holds. A node that answers from the database puts a journal such a
+/// run left into the database before it opens. The trees verify throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
+    use relaylog::store::journal::{EntryRef, Journal};
+    let Some(pg) = Cluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let lines = pg.store_lines(dir.path(), "journaled", "n1");
+    let text = |ack: &str| {
+        let store = format!("{lines}\nacknowledge = \"{ack}\"\n");
+        common::config_text(dir.path(), "kannel", None, "", &store)
+    };
+    let config = common::write_config(dir.path(), &text("journal"));
+    let cfg = relaylog::config::Config::load(&config).unwrap().store;
+    common::init_store(&cfg);
+    let noon = today_noon();
+    let clock = relaylog::clock::ManualClock::new(noon);
+    let journal_dir = cfg.path.join(relaylog::store::JOURNAL_DIR);
+    let count = |cfg: &relaylog::config::StoreConfig, account: &str| {
+        common::query_store_cfg(cfg, IndexKind::Account, account).len()
+    };
+    let verified = || {
+        let out = common::cli_ok(&config, &["verify"]);
+        assert!(!out.contains("damage"), "{out}");
+    };
+
+    // After PostgreSQL took them: the journal comes back as it was when the clients
+    // were answered, and nothing goes in twice.
+    let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
+    let rec = opened.recorder();
+    for i in 0..5 {
+        let sub = common::one_recipient(&rec, rec.now() + i, "a", "+31612345678");
+        rec.record(&sub).await.unwrap();
+    }
+    let answered = files_of(&journal_dir);
+    assert!(
+        answered.iter().any(|(_, bytes)| bytes.len() > 64),
+        "answered from the journal"
+    );
+    opened.close().await;
+    assert_eq!(count(&cfg, "a"), 5);
+    put_back(&answered);
+    let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
+    opened.recorder().barrier().await.unwrap();
+    opened.close().await;
+    assert_eq!(count(&cfg, "a"), 5, "not written twice");
+    verified();
+
+    // Before PostgreSQL took them: a frame of rows of two days, appended while no
+    // writer runs, goes in before the store opens.
+    let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
+    let rec = opened.recorder();
+    // Off the runtime: the next day's key is read from the database.
+    let sealed: Vec<_> = common::off_runtime(|| {
+        [noon, noon + chrono::Duration::days(1)]
+            .into_iter()
+            .map(|at| {
+                let sub = common::one_recipient(&rec, at.timestamp_micros(), "b", "+31687654321");
+                rec.seal(&sub).unwrap()
+            })
+            .collect()
+    });
+    opened.close().await;
+    let append = || {
+        let (mut journal, _) = Journal::open(&journal_dir, false).unwrap();
+        journal.start(0).unwrap();
+        journal
+            .append(sealed.iter().map(|(p, rows)| EntryRef::Records(*p, rows)))
+            .unwrap();
+    };
+    append();
+    let crashed = files_of(&journal_dir);
+    let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
+    assert_eq!(count(&cfg, "b"), 2, "in before the store opens");
+    opened.close().await;
+    put_back(&crashed);
+    let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
+    opened.close().await;
+    assert_eq!(count(&cfg, "b"), 2, "each day's row once");
+    verified();
+
+    // A node that answers from the database takes in what such a run left first.
+    append();
+    assert!(relaylog::store::journal::needs_recovery(&journal_dir).unwrap());
+    let by_database = relaylog::config::Config::parse(&text("database"), &config)
+        .unwrap()
+        .store;
+    let opened = common::off_runtime(|| common::open_store(&by_database, &clock));
+    assert!(!relaylog::store::journal::needs_recovery(&journal_dir).unwrap());
+    assert_eq!(
+        count(&by_database, "b"),
+        4,
+        "the frame of a new journal run"
+    );
+    let rec = opened.recorder();
+    let sub = common::one_recipient(&rec, rec.now(), "c", "+31611111111");
+    rec.record(&sub).await.unwrap();
+    assert!(
+        !relaylog::store::journal::needs_recovery(&journal_dir).unwrap()
+            && files_of(&journal_dir)
+                .iter()
+                .all(|(_, bytes)| bytes.len() <= 64),
+        "answered from the database: no journal written"
+    );
+    opened.close().await;
+    assert_eq!(count(&by_database, "c"), 1);
+    verified();
+}
+
+/// Noon today (UTC): a partition that is open, with room on both sides of it.
+fn today_noon() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc()
 }

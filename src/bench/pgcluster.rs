@@ -199,6 +199,7 @@ impl Cluster {
             pool_size: 4,
             node: "bench".into(),
             connect_timeout: std::time::Duration::from_secs(10),
+            journal: false,
         };
         cfg.backend = Backend::Postgres(pg.clone());
         crate::store::init_keys(&cfg)?;

@@ -615,9 +615,14 @@ pub(super) fn offboard(
 ) -> Result<()> {
     // A running serve answers clients before their rows reach the partitions: rows it
     // puts in after this erasure would outlive the deletion statement. (On PostgreSQL
-    // a node answers only once its rows are committed: what is exported is all there.)
+    // a node that answers from the database answers only once its rows are committed:
+    // what is exported is all there.)
     let journal = config.store.path.join(crate::store::JOURNAL_DIR);
-    if matches!(config.store.backend, crate::config::Backend::Sqlite)
+    let answers_from_journal = match &config.store.backend {
+        crate::config::Backend::Sqlite => true,
+        crate::config::Backend::Postgres(pg) => pg.journal,
+    };
+    if answers_from_journal
         && crate::store::journal::in_use(&journal)
             .with_context(|| format!("store journal {}", journal.display()))?
     {

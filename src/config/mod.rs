@@ -433,6 +433,24 @@ mod tests {
         assert!(err.contains("upstreem"), "{err}");
     }
 
+    /// A PostgreSQL node answers from the database unless told to from its journal.
+    #[test]
+    fn a_postgres_node_acknowledges_from_the_database_by_default() {
+        let journal = |ack: &str| {
+            let text = format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"host=/tmp user=r\"\nnode = \"a\"\n{ack}"
+            );
+            match parse(&text).unwrap().store.backend {
+                Backend::Postgres(pg) => pg.journal,
+                Backend::Sqlite => panic!("postgres"),
+            }
+        };
+        assert!(!journal(""));
+        assert!(!journal("acknowledge = \"database\"\n"));
+        assert!(journal("acknowledge = \"journal\"\n"));
+        assert!(parse("[store]\nacknowledge = \"journal\"\n").is_ok());
+    }
+
     #[test]
     fn bad_values_name_their_key() {
         let table = [
@@ -444,6 +462,11 @@ mod tests {
             ),
             ("[store]\nindex-bytes = 9\n", "store.index-bytes"),
             ("[store]\nindex-bucket = \"7s\"\n", "store.index-bucket"),
+            ("[store]\nacknowledge = \"database\"\n", "store.acknowledge"),
+            (
+                "[store]\nbackend = \"postgres\"\nurl = \"host=/tmp user=r\"\nnode = \"a\"\nacknowledge = \"soon\"\n",
+                "store.acknowledge",
+            ),
             (
                 "[[listener]]\nname=\"a\"\nlisten=\"nope\"\nprofile=\"kannel\"\n",
                 "listener[0].listen",

@@ -36,6 +36,7 @@ pub struct RawStore {
     pub pool_size: usize,
     pub node: Option<String>,
     pub connect_timeout: String,
+    pub acknowledge: Option<String>,
 }
 
 impl Default for RawStore {
@@ -65,6 +66,7 @@ impl Default for RawStore {
             pool_size: 8,
             node: None,
             connect_timeout: "5s".into(),
+            acknowledge: None,
         }
     }
 }
@@ -93,6 +95,11 @@ pub struct PgConfig {
     /// This relaylog instance's name among the nodes that share the database.
     pub node: String,
     pub connect_timeout: Duration,
+    /// When a durable submission is answered (`store.acknowledge`): `false`
+    /// ("database", the default) once its batch is committed in PostgreSQL; `true`
+    /// ("journal") once it is in this node's journal under `store.path`, as on SQLite,
+    /// the writer putting it into PostgreSQL a moment later.
+    pub journal: bool,
 }
 
 /// The environment variable the database password is read from when
@@ -233,6 +240,22 @@ impl RawStore {
             ("store.ca-file", self.ca_file.is_some()),
             ("store.node", self.node.is_some()),
         ];
+        let journal = match (self.backend.as_str(), self.acknowledge.as_deref()) {
+            (_, Some("journal")) | ("sqlite", None) => true,
+            ("sqlite", Some("database")) => {
+                return Err(invalid(
+                    "store.acknowledge",
+                    "\"database\" applies to store.backend = \"postgres\" only: the SQLite store answers from its journal",
+                ));
+            }
+            (_, Some("database") | None) => false,
+            (_, Some(other)) => {
+                return Err(invalid(
+                    "store.acknowledge",
+                    format!("`{other}`: expected \"database\" or \"journal\""),
+                ));
+            }
+        };
         match self.backend.as_str() {
             "sqlite" => match postgres_only.iter().find(|(_, set)| *set) {
                 Some((key, _)) => Err(invalid(
@@ -296,6 +319,7 @@ impl RawStore {
                     pool_size: self.pool_size,
                     node,
                     connect_timeout,
+                    journal,
                 }))
             }
             other => Err(invalid(

@@ -42,7 +42,7 @@ pub mod lock {
 pub const VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Version `n` is `MIGRATIONS[n - 1]`. Never edit one that shipped: add the next.
-const MIGRATIONS: &[&str] = &[V1_STORE, V2_LEDGER, V3_ERASURE_SIGNER];
+const MIGRATIONS: &[&str] = &[V1_STORE, V2_LEDGER, V3_ERASURE_SIGNER, V4_JOURNAL];
 
 const V1_STORE: &str = "
 CREATE SCHEMA IF NOT EXISTS relaylog_keys;
@@ -242,6 +242,21 @@ pub struct Applied {
     pub from: i32,
     pub to: i32,
 }
+
+/// A node that answers from its journal (`store.acknowledge = "journal"`) records, in
+/// the transaction that writes a journal frame's rows into a partition, the last frame
+/// of its journal that the partition holds: a frame read back after a crash is
+/// written into a partition once whatever the crash (as a SQLite partition's `meta`
+/// row does). Rows go with their partition.
+const V4_JOURNAL: &str = "
+CREATE TABLE relaylog.journal_frame (
+    part    integer  NOT NULL,
+    node    smallint NOT NULL,
+    journal text     NOT NULL,
+    frame   bigint   NOT NULL,
+    PRIMARY KEY (part, node)
+);
+";
 
 /// The version the database is at (0: never initialised).
 pub fn version(client: &mut impl GenericClient) -> Result<i32, PgError> {

@@ -299,11 +299,12 @@ pub fn open_keyring(cfg: &StoreConfig) -> Result<Keyring, KeyError> {
 /// or changes the partitions (a query, a disclosure, an erasure, expiry) sees every
 /// record a client was answered for. Nothing to do, `Ok(false)`, when the journal is
 /// empty or a running relaylog has it (which ingests it within `INGEST_DELAY`).
+///
+/// On PostgreSQL the journal is that of this node, which answers from it with
+/// `store.acknowledge = "journal"`; one left by a run with that setting is ingested
+/// here just the same (a node answering from the database opens its store this way
+/// first).
 pub fn recover_journal(cfg: &StoreConfig) -> Result<bool, OpenError> {
-    if matches!(cfg.backend, crate::config::Backend::Postgres(_)) {
-        // No journal: the writer commits to the database before it answers.
-        return Ok(false);
-    }
     let dir = cfg.path.join(JOURNAL_DIR);
     let pending = || {
         journal::needs_recovery(&dir).map_err(|source| OpenError::Journal {
@@ -314,8 +315,12 @@ pub fn recover_journal(cfg: &StoreConfig) -> Result<bool, OpenError> {
     if !pending()? {
         return Ok(false);
     }
+    let mut journaled = cfg.clone();
+    if let crate::config::Backend::Postgres(pg) = &mut journaled.backend {
+        pg.journal = true;
+    }
     let store = Store::open(
-        cfg.clone(),
+        journaled,
         Arc::new(crate::clock::SystemClock),
         Arc::new(Metrics::new()),
     )?;
@@ -339,6 +344,13 @@ impl Store {
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Result<Store, OpenError> {
+        // A node that answers from the database puts what a run that answered from
+        // its journal left there into the database first.
+        if let crate::config::Backend::Postgres(pg) = &cfg.backend
+            && !pg.journal
+        {
+            recover_journal(&cfg)?;
+        }
         let keyring = open_keyring(&cfg)?;
         let signer = Arc::new(integrity::load_signing_key(&cfg.signing_key)?);
         let postgres = match &cfg.backend {
@@ -367,6 +379,10 @@ impl Store {
             }
         }
         let files = postgres.is_none();
+        let journaled = match &cfg.backend {
+            crate::config::Backend::Sqlite => true,
+            crate::config::Backend::Postgres(pg) => pg.journal,
+        };
         let signals = Arc::new(writer::Signals::default());
         let enqueue_timeout = cfg.enqueue_timeout;
         let (tx, handle) = writer::spawn(
@@ -380,7 +396,7 @@ impl Store {
                 signals: signals.clone(),
                 signer: Some(signer),
                 clock: clock.clone(),
-                journal: files.then(|| cfg.path.join(JOURNAL_DIR)),
+                journal: journaled.then(|| cfg.path.join(JOURNAL_DIR)),
                 expired: files.then(|| writer::Expired {
                     keyring: cfg.keyring.clone(),
                     retention: cfg.retention,

@@ -192,8 +192,10 @@ const LEADING: u32 = 4;
 /// The statement writing a small batch into `p`'s tables. Parameters: `$1` part,
 /// `$2` node, `$3`/`$4` the first record and outcome ids, then one array a column of
 /// [`RECORD_FIELDS`] and of [`OUTCOME_FIELDS`], then the head's eight values (see
-/// [`HEAD_COLUMNS`]), all NULL when none is due. A data-modifying `WITH` runs whether
-/// or not it is read, all in the statement's one transaction.
+/// [`HEAD_COLUMNS`]), all NULL when none is due, then the journal's id and the
+/// newest journal frame the batch holds ([`SET_JOURNAL_FRAME`]), both NULL without
+/// one. A data-modifying `WITH` runs whether or not it is read, all in the
+/// statement's one transaction.
 pub fn insert_sql(p: PartitionId) -> String {
     let outcomes = LEADING + 1 + RECORD_FIELDS.len() as u32;
     let head = outcomes + OUTCOME_FIELDS.len() as u32;
@@ -204,12 +206,30 @@ pub fn insert_sql(p: PartitionId) -> String {
     format!(
         "WITH r AS ({}), o AS ({}), \
          h AS (INSERT INTO relaylog.head (part, node, {HEAD_COLUMNS}) \
-         SELECT $1::integer, $2::smallint, {head_values} WHERE ${head}::bigint IS NOT NULL) \
+         SELECT $1::integer, $2::smallint, {head_values} WHERE ${head}::bigint IS NOT NULL), \
+         j AS ({}) \
          SELECT 1",
         insert_cte("record", p, &RECORD_FIELDS, 3, LEADING + 1),
         insert_cte("outcome", p, &OUTCOME_FIELDS, 4, outcomes),
+        set_journal_frame(head + 8),
     )
 }
+
+/// Records that a partition holds a node's journal through a frame: `$1` part, `$2`
+/// node, then the journal's id and the frame at `$first` and `$first + 1`; nothing
+/// when they are NULL (no journal in front). A frame number only grows.
+fn set_journal_frame(first: u32) -> String {
+    format!(
+        "INSERT INTO relaylog.journal_frame (part, node, journal, frame) \
+         SELECT $1::integer, $2::smallint, ${first}::text, ${}::bigint WHERE ${first}::text IS NOT NULL \
+         ON CONFLICT (part, node) DO UPDATE SET journal = excluded.journal, frame = excluded.frame",
+        first + 1
+    )
+}
+
+/// [`set_journal_frame`] as a statement of its own, beside COPY.
+pub static SET_JOURNAL_FRAME: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| set_journal_frame(3));
 
 /// A head row's columns after `(part, node)`, as the writer inserts them.
 macro_rules! head_columns {
@@ -344,8 +364,8 @@ mod tests {
             crate::config::Granularity::Day,
             chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap(),
         ));
-        let sent = LEADING as usize + RECORD_FIELDS.len() + OUTCOME_FIELDS.len() + 8;
-        assert_eq!(sent, 37);
+        let sent = LEADING as usize + RECORD_FIELDS.len() + OUTCOME_FIELDS.len() + 8 + 2;
+        assert_eq!(sent, 39);
         for n in 1..=sent {
             assert!(sql.contains(&format!("${n}::")), "${n} in {sql}");
         }
@@ -357,5 +377,7 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("$30::bigint, $31::bigint"), "{sql}");
+        assert!(sql.contains("$38::text, $39::bigint"), "{sql}");
+        assert!(SET_JOURNAL_FRAME.contains("$3::text, $4::bigint"));
     }
 }

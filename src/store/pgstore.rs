@@ -8,9 +8,13 @@
 //! [`super::integrity::Head::message_of`]). The writer commits each partition's share
 //! of a batch with the head when one is due: the relay's small batches as one
 //! statement, larger ones by COPY in one transaction, or two over two connections for
-//! the largest (see [`PgSink::write`]). It answers the clients waiting on it only
-//! after the commit: no journal, so that a node that never comes back has lost
-//! nothing a client was answered for.
+//! the largest (see [`PgSink::write`]). By default it answers the clients waiting on
+//! it only after the commit: no journal, so that a node that never comes back has
+//! lost nothing a client was answered for. With `store.acknowledge = "journal"` the
+//! node's journal is in front, as on SQLite: clients are answered from it, and each
+//! partition records the last journal frame it holds in the transaction that writes
+//! the frame's rows ([`PgSink::journal_through`]), so a frame read back after a crash
+//! goes in once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -274,6 +278,8 @@ pub fn last_head(
 struct Open {
     tree: TreeState,
     last_used: u64,
+    /// The last frame of the writer's journal the partition holds (0 without one).
+    journal_through: u64,
 }
 
 /// Most partitions the writer keeps state for (as on SQLite).
@@ -298,11 +304,15 @@ pub struct PgSink {
     /// the connection was lost is this writer's own, ending.
     backend_pid: Option<i32>,
     tick: u64,
+    /// The id of the journal in front (`store.acknowledge = "journal"`), whose frames
+    /// each partition records holding (see [`PgSink::journal_through`]).
+    journal: Option<Arc<str>>,
 }
 
 impl PgSink {
     pub fn new(target: PgTarget) -> Self {
         PgSink {
+            journal: None,
             target,
             client: None,
             statements: HashMap::new(),
@@ -375,6 +385,28 @@ impl PgSink {
     /// connection end.
     pub fn connect_owning(&mut self, grace: std::time::Duration) -> Result<(), PgError> {
         self.connect_locked(grace)
+    }
+
+    /// Puts the rows of journal `id`'s frames in front: each partition records the
+    /// last frame it holds, in the transaction that writes it.
+    pub fn journaled(&mut self, id: &str) {
+        self.journal = Some(id.into());
+        self.open.clear();
+        self.statements.clear();
+    }
+
+    /// The last frame of the journal in front that `partition` holds (0: none, or no
+    /// journal), the partition opened for it; `None` when expiry removed it.
+    pub fn journal_through(
+        &mut self,
+        partition: PartitionId,
+        now: i64,
+        signer: Option<&ring::signature::Ed25519KeyPair>,
+    ) -> Result<Option<u64>, WriteError> {
+        self.client()?;
+        Ok(self
+            .open(partition, now, signer)?
+            .map(|o| o.journal_through))
     }
 
     /// `partition`'s statements, prepared on the writer's connection once: a
@@ -488,11 +520,18 @@ impl PgSink {
             let client = self.client()?;
             schema::ensure_partition(client, partition, now)?;
             let tree = load_tree(client, partition, (node, &name), signer, &tagger)?;
+            let journal = self.journal.clone();
+            let client = self.client()?;
+            let journal_through = match journal.as_deref() {
+                Some(id) => journal_frame(client, partition, node, id)?,
+                None => 0,
+            };
             self.open.insert(
                 partition,
                 Open {
                     tree,
                     last_used: tick,
+                    journal_through,
                 },
             );
         }
@@ -506,13 +545,16 @@ impl PgSink {
     /// [`ONE_STATEMENT_ROWS`] rows (the relay's batches) go in as one statement, one
     /// round trip ([`PgSink::write_small`]); more by COPY in one transaction, or two
     /// over two connections for [`PARALLEL_ROWS`] records or more
-    /// ([`PgSink::write_copy`]). Returns (records, outcomes) written; (0, 0) for a
+    /// ([`PgSink::write_copy`]). With a journal in front, the partition records in
+    /// the same transaction that it holds the journal through `newest_frame` (when
+    /// that is past what it held). Returns (records, outcomes) written; (0, 0) for a
     /// removed partition.
     pub fn write(
         &mut self,
         partition: PartitionId,
         records: &[&Row],
         outcomes: &[&OutcomeRow],
+        newest_frame: u64,
         signer: Option<&ring::signature::Ed25519KeyPair>,
         now: i64,
     ) -> Result<(u64, u64), WriteError> {
@@ -542,6 +584,11 @@ impl PgSink {
             });
         };
         let mut tree = open.tree.clone();
+        let id = self.journal.clone();
+        let journal = id
+            .as_deref()
+            .filter(|_| newest_frame > open.journal_through)
+            .map(|id| (id, newest_frame as i64));
         let batch = Batch {
             partition,
             part: schema::part(partition),
@@ -549,6 +596,7 @@ impl PgSink {
             first_outcome: tree.last_outcome() + 1,
             records,
             outcomes,
+            journal,
         };
         for (k, r) in records.iter().enumerate() {
             tree.push_record(batch.first_record + k as i64, r.leaf);
@@ -570,6 +618,9 @@ impl PgSink {
                     tree.signed(head);
                 }
                 open.tree = tree;
+                if let Some((_, frame)) = journal {
+                    open.journal_through = frame as u64;
+                }
                 self.open.insert(partition, open);
                 Ok((records.len() as u64, outcomes.len() as u64))
             }
@@ -604,7 +655,8 @@ impl PgSink {
         ];
         let records = pgrows::arrays(batch.records, &pgrows::RECORD_FIELDS);
         let outcomes = pgrows::arrays(batch.outcomes, &pgrows::OUTCOME_FIELDS);
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(37);
+        let (journal, frame) = (batch.journal.map(|j| j.0), batch.journal.map(|j| j.1));
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(39);
         params.extend([
             &batch.part as &(dyn ToSql + Sync),
             &node,
@@ -614,6 +666,7 @@ impl PgSink {
         params.extend(records.iter().map(|c| c as &(dyn ToSql + Sync)));
         params.extend(outcomes.iter().map(|c| c as &(dyn ToSql + Sync)));
         params.extend(head);
+        params.extend([&journal as &(dyn ToSql + Sync), &frame]);
         let client = self.client.as_mut().expect("connected by statements");
         client.execute(insert, &params).map_err(db)?;
         Ok(())
@@ -718,6 +771,13 @@ impl PgSink {
             copied?;
             if let Some(head) = head {
                 insert_head(&mut tx, part, node, head)?;
+            }
+            if let Some((journal, frame)) = batch.journal {
+                tx.execute(
+                    pgrows::SET_JOURNAL_FRAME.as_str(),
+                    &[&part, &node, &journal, &frame],
+                )
+                .map_err(db)?;
             }
             tx.commit().map_err(db)
         })
@@ -888,6 +948,29 @@ struct Batch<'a> {
     first_outcome: i64,
     records: &'a [&'a Row],
     outcomes: &'a [&'a OutcomeRow],
+    /// The journal's id and the newest of its frames the batch holds, when the
+    /// partition is to record it.
+    journal: Option<(&'a str, i64)>,
+}
+
+/// The last frame of journal `id` that `node`'s rows in `partition` hold (0: none, or
+/// another journal's: a node whose journal directory was made anew).
+fn journal_frame(
+    client: &mut postgres::Client,
+    partition: PartitionId,
+    node: i16,
+    id: &str,
+) -> Result<u64, WriteError> {
+    let row = client
+        .query_opt(
+            "SELECT journal, frame FROM relaylog.journal_frame WHERE part = $1 AND node = $2",
+            &[&schema::part(partition), &node],
+        )
+        .map_err(db)?;
+    Ok(match row {
+        Some(r) if r.get::<_, &str>(0) == id => r.get::<_, i64>(1) as u64,
+        _ => 0,
+    })
 }
 
 /// Copies `rows` in with `copy` (nothing to do for none).
@@ -1433,6 +1516,10 @@ pub fn drop_partition(pool: &Arc<Pool>, p: PartitionId) -> Result<(), PgError> {
     )?;
     tx.execute("DELETE FROM relaylog.head WHERE part = $1", &[&part])?;
     tx.execute("DELETE FROM relaylog.erasure WHERE part = $1", &[&part])?;
+    tx.execute(
+        "DELETE FROM relaylog.journal_frame WHERE part = $1",
+        &[&part],
+    )?;
     tx.execute(
         "DELETE FROM relaylog.partition WHERE name = $1",
         &[&p.to_string()],

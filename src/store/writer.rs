@@ -236,8 +236,9 @@ pub struct WriterConfig {
     /// journal, or late) are dropped, not written into a file made anew for them.
     /// `None`: all are written.
     pub expired: Option<Expired>,
-    /// The partitions are in PostgreSQL, not files (no journal then: see
-    /// [`super::pgstore`]): the writer's side, connected (holding this node's lock).
+    /// The partitions are in PostgreSQL, not files (a journal in front only with
+    /// `store.acknowledge = "journal"`: see [`super::pgstore`]): the writer's side,
+    /// connected (holding this node's lock).
     pub postgres: Option<super::pgstore::PgSink>,
 }
 
@@ -619,14 +620,13 @@ pub fn spawn(
     };
     let sync_full = cfg.sync == SyncMode::Full;
     let journal = match &cfg.journal {
-        Some(_) if pg.is_some() => {
-            return Err(std::io::Error::other(
-                "a journal in front of PostgreSQL: the writer commits there before answering",
-            ));
-        }
         Some(dir) => Some(Journal::open(dir, sync_full)?),
         None => None,
     };
+    let mut pg = pg;
+    if let (Some(pg), Some((j, _))) = (&mut pg, &journal) {
+        pg.journaled(j.id());
+    }
     let expired = cfg.expired.clone();
     let clock = cfg.clock.clone();
     let mut writer = Writer {
@@ -1202,24 +1202,30 @@ impl Writer {
         idx: &[usize],
         jobs: &[Job],
     ) -> Result<(u64, u64), WriteError> {
+        let first_new = self.cfg.signals.first_new.load(Ordering::SeqCst);
         if let Some(pg) = &mut self.pg {
-            // No journal in front: every job is fresh.
+            let (signer, now) = (self.cfg.signer.as_deref(), self.cfg.clock.now_micros());
+            // Opened first: what it holds of the journal decides what is written.
+            let Some(held) = pg.journal_through(partition, now, signer)? else {
+                self.metrics.store_errors.inc();
+                tracing::warn!(partition = %partition, jobs = idx.len(), "rows of a partition expiry removed dropped");
+                return Ok((0, 0));
+            };
             let mut records: Vec<&Row> = Vec::new();
             let mut outcomes: Vec<&OutcomeRow> = Vec::new();
-            for &i in idx {
-                match &jobs[i] {
+            for job in idx
+                .iter()
+                .map(|&i| &jobs[i])
+                .filter(|j| fresh(j, held, first_new))
+            {
+                match job {
                     Job::Records { rows, .. } => records.extend(rows),
                     Job::Outcome { row, .. } => outcomes.push(row),
                     _ => {}
                 }
             }
-            let written = pg.write(
-                partition,
-                &records,
-                &outcomes,
-                self.cfg.signer.as_deref(),
-                self.cfg.clock.now_micros(),
-            )?;
+            let newest = idx.iter().map(|&i| jobs[i].frame()).max().unwrap_or(0);
+            let written = pg.write(partition, &records, &outcomes, newest, signer, now)?;
             if written == (0, 0) && !(records.is_empty() && outcomes.is_empty()) {
                 self.metrics.store_errors.inc();
             }
@@ -1230,8 +1236,6 @@ impl Writer {
         let checkpointer = self.checkpointer.clone();
         let checkpoint_rows = self.cfg.checkpoint_rows;
         let journal_id = self.ingest.as_ref().map(|i| i.id.clone());
-        let signals = self.cfg.signals.clone();
-        let first_new = &signals.first_new;
         if self.expired_and_gone(partition)? {
             // Late rows (an outcome, a retry) of a partition expiry removed: written,
             // they would bring its file back, unreadable, past retention.
@@ -1253,11 +1257,6 @@ impl Writer {
         // crash fell after its commit) are not written twice; this process's frames
         // are written whatever (journal numbers only grow).
         let held = open.journal_through;
-        let first_new = first_new.load(Ordering::SeqCst);
-        let fresh = |j: &&Job| {
-            let frame = j.frame();
-            frame == 0 || frame > held || (first_new != 0 && frame >= first_new)
-        };
         let newest = idx.iter().map(|&i| jobs[i].frame()).max().unwrap_or(0);
         {
             // Records go in with multi-row INSERTs (fewer statement executions per row,
@@ -1265,7 +1264,7 @@ impl Writer {
             let rows: Vec<&Row> = idx
                 .iter()
                 .map(|&i| &jobs[i])
-                .filter(fresh)
+                .filter(|j| fresh(j, held, first_new))
                 .filter_map(|job| match job {
                     Job::Records { rows, .. } => Some(rows.iter()),
                     _ => None,
@@ -1327,7 +1326,7 @@ impl Writer {
             let events: Vec<&OutcomeRow> = idx
                 .iter()
                 .map(|&i| &jobs[i])
-                .filter(fresh)
+                .filter(|j| fresh(j, held, first_new))
                 .filter_map(|job| match job {
                     Job::Outcome { row, .. } => Some(row),
                     _ => None,
@@ -1478,6 +1477,16 @@ impl Writer {
         self.maintain(id, true, None);
         self.open.remove(&id);
     }
+}
+
+/// Whether a job is written into a partition that holds the journal through frame
+/// `held`: jobs of frames read back at start that it holds already (the crash fell
+/// after its commit) are not written twice; this process's frames (from `first_new`
+/// on) are written whatever, journal numbers only growing; jobs that never went
+/// through the journal (frame 0) always are.
+fn fresh(job: &Job, held: u64, first_new: u64) -> bool {
+    let frame = job.frame();
+    frame == 0 || frame > held || (first_new != 0 && frame >= first_new)
 }
 
 /// Binds one record's columns from parameter `first` on.
