@@ -1321,6 +1321,7 @@ fn put_back(files: &[(std::path::PathBuf, Vec<u8>)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
     use relaylog::store::journal::{EntryRef, Journal};
+    use relaylog::store::pgstore::ONE_STATEMENT_ROWS;
     let Some(pg) = Cluster::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let lines = pg.store_lines(dir.path(), "journaled", "n1");
@@ -1365,15 +1366,20 @@ async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
     verified();
 
     // Before PostgreSQL took them: a frame of rows of two days, appended while no
-    // writer runs, goes in before the store opens.
+    // writer runs, goes in before the store opens. Today's share is large enough to
+    // go in by COPY, the frame recorded beside it.
     let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
     let rec = opened.recorder();
     // Off the runtime: the next day's key is read from the database.
     let sealed: Vec<_> = common::off_runtime(|| {
-        [noon, noon + chrono::Duration::days(1)]
+        let big =
+            (0..ONE_STATEMENT_ROWS as i64 + 100).map(|i| (noon.timestamp_micros() + i, "big"));
+        [(noon, "b"), (noon + chrono::Duration::days(1), "b")]
+            .map(|(at, account)| (at.timestamp_micros(), account))
             .into_iter()
-            .map(|at| {
-                let sub = common::one_recipient(&rec, at.timestamp_micros(), "b", "+31687654321");
+            .chain(big)
+            .map(|(at, account)| {
+                let sub = common::one_recipient(&rec, at, account, "+31687654321");
                 rec.seal(&sub).unwrap()
             })
             .collect()
@@ -1388,13 +1394,49 @@ async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
     };
     append();
     let crashed = files_of(&journal_dir);
+    // Not another node's to write: the journal names the node it is for.
+    let other = {
+        let lines = pg.store_lines(dir.path(), "journaled", "n2");
+        let store = format!("{lines}\nacknowledge = \"journal\"\n");
+        let text = common::config_text(dir.path(), "kannel", None, "", &store);
+        relaylog::config::Config::parse(&text, &config)
+            .unwrap()
+            .store
+    };
+    let relaylog::config::Backend::Postgres(other_pg) = &other.backend else {
+        panic!("a PostgreSQL store")
+    };
+    common::off_runtime(|| {
+        relaylog::store::pgstore::init(&other, other_pg, chrono::Utc::now().timestamp_micros())
+            .unwrap()
+    });
+    let refused = common::off_runtime(|| {
+        relaylog::store::Store::open(
+            other.clone(),
+            std::sync::Arc::new(clock.clone()),
+            std::sync::Arc::new(relaylog::metrics::Metrics::new()),
+        )
+        .err()
+        .expect("refused")
+        .to_string()
+    });
+    assert!(
+        refused.contains("rows journaled for postgres node n1, not for postgres node n2"),
+        "{refused}"
+    );
     let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
     assert_eq!(count(&cfg, "b"), 2, "in before the store opens");
+    assert_eq!(count(&cfg, "big"), ONE_STATEMENT_ROWS + 100);
     opened.close().await;
     put_back(&crashed);
     let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
     opened.close().await;
     assert_eq!(count(&cfg, "b"), 2, "each day's row once");
+    assert_eq!(
+        count(&cfg, "big"),
+        ONE_STATEMENT_ROWS + 100,
+        "COPY's rows once"
+    );
     verified();
 
     // A node that answers from the database takes in what such a run left first.
@@ -1410,6 +1452,7 @@ async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
         4,
         "the frame of a new journal run"
     );
+    assert_eq!(count(&by_database, "big"), 2 * (ONE_STATEMENT_ROWS + 100));
     let rec = opened.recorder();
     let sub = common::one_recipient(&rec, rec.now(), "c", "+31611111111");
     rec.record(&sub).await.unwrap();

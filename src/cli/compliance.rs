@@ -614,17 +614,13 @@ pub(super) fn offboard(
     totp: &str,
 ) -> Result<()> {
     // A running serve answers clients before their rows reach the partitions: rows it
-    // puts in after this erasure would outlive the deletion statement. (On PostgreSQL
-    // a node that answers from the database answers only once its rows are committed:
-    // what is exported is all there.)
+    // puts in after this erasure would outlive the deletion statement. Asked whatever
+    // this configuration says: a serve answering from its journal holds it open. (On
+    // PostgreSQL a node that answers from the database answers only once its rows are
+    // committed: what is exported is all there.)
     let journal = config.store.path.join(crate::store::JOURNAL_DIR);
-    let answers_from_journal = match &config.store.backend {
-        crate::config::Backend::Sqlite => true,
-        crate::config::Backend::Postgres(pg) => pg.journal,
-    };
-    if answers_from_journal
-        && crate::store::journal::in_use(&journal)
-            .with_context(|| format!("store journal {}", journal.display()))?
+    if crate::store::journal::in_use(&journal)
+        .with_context(|| format!("store journal {}", journal.display()))?
     {
         bail!(
             "relaylog serve is running on this store: offboard through its compliance API (POST /api/v1/accounts/{{name}}/offboard), which waits for what it accepted, or stop it first"

@@ -351,6 +351,10 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
     // `serve` signs the partitions' heads with it.
     let signer = crate::store::integrity::load_signing_key(&config.store.signing_key)?;
     let mut warnings = config.warnings();
+    // A journal holding another store's or node's rows would stop serve.
+    let journal = config.store.path.join(crate::store::JOURNAL_DIR);
+    crate::store::journal::foreign(&journal, &crate::store::journal_owner(&config.store))
+        .with_context(|| format!("store journal {}", journal.display()))?;
     if let crate::config::Backend::Postgres(pg) = &config.store.backend {
         // Reached, at this version, with this node registered under this key.
         let target = crate::store::pgstore::target(&config.store, pg, &signer)?;

@@ -173,6 +173,15 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// Whether a durable submission is answered once it is in the journal (always on
+    /// SQLite; `store.acknowledge = "journal"` on PostgreSQL), not once committed.
+    pub fn answers_from_journal(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite => true,
+            Backend::Postgres(pg) => pg.journal,
+        }
+    }
+
     /// Defaults with every path under `dir`: for tests, benches and examples.
     pub fn under(dir: &Path) -> Self {
         let raw = RawStore {

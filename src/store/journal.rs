@@ -17,6 +17,9 @@
 //! between one partition's commit and another's. Frame numbers only grow, across
 //! restarts too, whatever the clock (see [`Journal::start`]). The id, made with the journal directory,
 //! keeps a journal made again from scratch from being mistaken for the old one.
+//! On PostgreSQL (`store.acknowledge = "journal"`) the same holds through a row per
+//! partition and node (`relaylog.journal_frame`, see `super::pgstore`), and the
+//! journal names the store it is for ([`claim`]): its frames go only there.
 //!
 //! Segments are files named by a number no greater than their first frame's; the
 //! writer deletes those whose frames are all in the partitions, never the newest, and
@@ -394,19 +397,70 @@ pub fn release(dir: &Path, through: u64) -> std::io::Result<usize> {
 /// (a segment that is not empty), and no process has it open: then they should be
 /// ingested before the partitions are read or changed.
 pub fn needs_recovery(dir: &Path) -> std::io::Result<bool> {
+    if !has_frames(dir)? {
+        return Ok(false);
+    }
+    Ok(!in_use(dir)?)
+}
+
+/// Whose journal one with no `owner` file is: the SQLite store's, which wrote none.
+pub const SQLITE_OWNER: &str = "sqlite";
+
+/// Whose rows the journal in `dir` holds, as [`claim`] wrote it; `None` when it wrote
+/// nothing there (no journal, or the SQLite store's).
+pub fn owner(dir: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(dir.join("owner")) {
+        Ok(s) => Ok(Some(s.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes the journal in `dir` `owner`'s (the SQLite store's, [`SQLITE_OWNER`], or a
+/// PostgreSQL node's): refused while it holds frames of another's, whose rows would go
+/// into the wrong store or under the wrong node's name (a store directory copied to
+/// another node, a node renamed, a SQLite store's journal under a node switched to
+/// PostgreSQL). A journal holding none is taken over.
+pub fn claim(dir: &Path, owner_name: &str) -> std::io::Result<()> {
+    foreign(dir, owner_name)?;
+    let found = owner(dir)?;
+    if found.as_deref() == Some(owner_name) || (found.is_none() && owner_name == SQLITE_OWNER) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    write_synced(dir, "owner", owner_name.as_bytes())
+}
+
+/// An error when the journal in `dir` holds frames of another than `owner_name`
+/// (see [`claim`]).
+pub fn foreign(dir: &Path, owner_name: &str) -> std::io::Result<()> {
+    let found = owner(dir)?;
+    let theirs = found.as_deref().unwrap_or(SQLITE_OWNER);
+    if theirs != owner_name && has_frames(dir)? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} holds rows journaled for {theirs}, not for {owner_name}: run relaylog with the configuration that wrote them until they are in (`relaylog query` does it), or move the directory away",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether any segment of the journal in `dir` holds a byte.
+fn has_frames(dir: &Path) -> std::io::Result<bool> {
     let segments = match segments(dir) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let mut pending = false;
     for (_, path) in segments {
-        pending |= std::fs::metadata(path)?.len() > 0;
+        if std::fs::metadata(path)?.len() > 0 {
+            return Ok(true);
+        }
     }
-    if !pending {
-        return Ok(false);
-    }
-    Ok(!in_use(dir)?)
+    Ok(false)
 }
 
 /// Whether a process has the journal in `dir` open (a running `serve`). Probed

@@ -300,18 +300,44 @@ pub fn open_keyring(cfg: &StoreConfig) -> Result<Keyring, KeyError> {
 /// record a client was answered for. Nothing to do, `Ok(false)`, when the journal is
 /// empty or a running relaylog has it (which ingests it within `INGEST_DELAY`).
 ///
-/// On PostgreSQL the journal is that of this node, which answers from it with
-/// `store.acknowledge = "journal"`; one left by a run with that setting is ingested
-/// here just the same (a node answering from the database opens its store this way
-/// first).
+/// On PostgreSQL the journal is this node's, which answers from it with
+/// `store.acknowledge = "journal"`; one a run with that setting left is ingested
+/// here whatever the setting now (a node answering from the database opens its store
+/// this way first). A node that never answered from its journal has none.
 pub fn recover_journal(cfg: &StoreConfig) -> Result<bool, OpenError> {
+    recover_with(
+        cfg,
+        Arc::new(crate::clock::SystemClock),
+        Arc::new(Metrics::new()),
+    )
+}
+
+/// Whose rows the journal of a store with `cfg` holds (see [`journal::claim`]).
+pub fn journal_owner(cfg: &StoreConfig) -> String {
+    match &cfg.backend {
+        crate::config::Backend::Sqlite => journal::SQLITE_OWNER.into(),
+        crate::config::Backend::Postgres(pg) => format!("postgres node {}", pg.node),
+    }
+}
+
+fn recover_with(
+    cfg: &StoreConfig,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+) -> Result<bool, OpenError> {
     let dir = cfg.path.join(JOURNAL_DIR);
-    let pending = || {
-        journal::needs_recovery(&dir).map_err(|source| OpenError::Journal {
-            path: dir.clone(),
-            source,
-        })
+    let journal_error = |source| OpenError::Journal {
+        path: dir.clone(),
+        source,
     };
+    if matches!(cfg.backend, crate::config::Backend::Postgres(_)) {
+        match journal::owner(&dir).map_err(journal_error)? {
+            // Refused if it holds another's rows: they are not this node's to write.
+            Some(_) => journal::foreign(&dir, &journal_owner(cfg)).map_err(journal_error)?,
+            None => return Ok(false),
+        }
+    }
+    let pending = || journal::needs_recovery(&dir).map_err(journal_error);
     if !pending()? {
         return Ok(false);
     }
@@ -319,21 +345,13 @@ pub fn recover_journal(cfg: &StoreConfig) -> Result<bool, OpenError> {
     if let crate::config::Backend::Postgres(pg) = &mut journaled.backend {
         pg.journal = true;
     }
-    let store = Store::open(
-        journaled,
-        Arc::new(crate::clock::SystemClock),
-        Arc::new(Metrics::new()),
-    )?;
-    store.close_blocking();
+    Store::open_journaled(journaled, clock, metrics)?.close_blocking();
     // What could not go in stays in the journal: the command must not go on over
     // partitions without it.
     if pending()? {
-        return Err(OpenError::Journal {
-            path: dir,
-            source: std::io::Error::other(
-                "rows it holds could not all be put into the partitions (the log says why)",
-            ),
-        });
+        return Err(journal_error(std::io::Error::other(
+            "rows it holds could not all be put into the partitions (the log says why)",
+        )));
     }
     Ok(true)
 }
@@ -346,11 +364,18 @@ impl Store {
     ) -> Result<Store, OpenError> {
         // A node that answers from the database puts what a run that answered from
         // its journal left there into the database first.
-        if let crate::config::Backend::Postgres(pg) = &cfg.backend
-            && !pg.journal
-        {
-            recover_journal(&cfg)?;
+        if !cfg.answers_from_journal() {
+            recover_with(&cfg, clock.clone(), metrics.clone())?;
         }
+        Store::open_journaled(cfg, clock, metrics)
+    }
+
+    /// [`Store::open`] past the recovery of a journal the store does not answer from.
+    fn open_journaled(
+        cfg: StoreConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, OpenError> {
         let keyring = open_keyring(&cfg)?;
         let signer = Arc::new(integrity::load_signing_key(&cfg.signing_key)?);
         let postgres = match &cfg.backend {
@@ -379,10 +404,12 @@ impl Store {
             }
         }
         let files = postgres.is_none();
-        let journaled = match &cfg.backend {
-            crate::config::Backend::Sqlite => true,
-            crate::config::Backend::Postgres(pg) => pg.journal,
-        };
+        let journaled = cfg.answers_from_journal();
+        if journaled {
+            let dir = cfg.path.join(JOURNAL_DIR);
+            journal::claim(&dir, &journal_owner(&cfg))
+                .map_err(|source| OpenError::Journal { path: dir, source })?;
+        }
         let signals = Arc::new(writer::Signals::default());
         let enqueue_timeout = cfg.enqueue_timeout;
         let (tx, handle) = writer::spawn(

@@ -679,7 +679,8 @@ impl PgSink {
     /// halves are copied, just before the main one, which holds the head over both:
     /// only a failure of that last commit (a connection lost at that moment, as with
     /// one connection) can leave the helper's half in unsigned and unanswered for; the
-    /// tree is then loaded again. Without a helper connection the batch goes over one.
+    /// tree is then loaded again. Without a helper connection, or with a journal in
+    /// front (whose frames must go in whole or not at all), the batch goes over one.
     fn write_copy(
         &mut self,
         statements: &Statements,
@@ -688,9 +689,10 @@ impl PgSink {
     ) -> Result<(), WriteError> {
         let (node, part, first) = (self.target.node, batch.part, batch.first_record);
         let records = batch.records;
-        if records.len() >= PARALLEL_ROWS
-            && self.helper.as_ref().is_none_or(postgres::Client::is_closed)
-        {
+        // Not with a journal in front: the helper's half would be in without the
+        // frame recorded, should the main transaction then fail, and go in again.
+        let split_up = records.len() >= PARALLEL_ROWS && self.journal.is_none();
+        if split_up && self.helper.as_ref().is_none_or(postgres::Client::is_closed) {
             self.helper = match self.target.pool.connect() {
                 Ok(c) => Some(c),
                 Err(e) => {
@@ -699,7 +701,7 @@ impl PgSink {
                 }
             };
         }
-        let split = if records.len() >= PARALLEL_ROWS && self.helper.is_some() {
+        let split = if split_up && self.helper.is_some() {
             records.len() / 2
         } else {
             0

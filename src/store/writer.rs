@@ -1202,7 +1202,6 @@ impl Writer {
         idx: &[usize],
         jobs: &[Job],
     ) -> Result<(u64, u64), WriteError> {
-        let first_new = self.cfg.signals.first_new.load(Ordering::SeqCst);
         if let Some(pg) = &mut self.pg {
             let (signer, now) = (self.cfg.signer.as_deref(), self.cfg.clock.now_micros());
             // Opened first: what it holds of the journal decides what is written.
@@ -1211,18 +1210,29 @@ impl Writer {
                 tracing::warn!(partition = %partition, jobs = idx.len(), "rows of a partition expiry removed dropped");
                 return Ok((0, 0));
             };
-            let mut records: Vec<&Row> = Vec::new();
-            let mut outcomes: Vec<&OutcomeRow> = Vec::new();
-            for job in idx
-                .iter()
-                .map(|&i| &jobs[i])
-                .filter(|j| fresh(j, held, first_new))
-            {
+            // Frames the partition holds are never written again, this process's
+            // too: a commit whose reply was lost (the connection dropped at that
+            // moment) did go in, and its rows, retried, must not go in twice. A
+            // partition takes its frames in order (its jobs, retried ones first, go
+            // in one write), so a frame it holds is one it wrote.
+            let (mut records, mut outcomes) = (Vec::<&Row>::new(), Vec::<&OutcomeRow>::new());
+            let mut held_rows = 0;
+            for job in idx.iter().map(|&i| &jobs[i]) {
+                if !fresh(job, held, 0) {
+                    held_rows += job.rows();
+                    continue;
+                }
                 match job {
                     Job::Records { rows, .. } => records.extend(rows),
                     Job::Outcome { row, .. } => outcomes.push(row),
                     _ => {}
                 }
+            }
+            if held_rows > 0 {
+                tracing::info!(partition = %partition, rows = held_rows, "journaled rows the database holds already not written again");
+            }
+            if records.is_empty() && outcomes.is_empty() {
+                return Ok((0, 0));
             }
             let newest = idx.iter().map(|&i| jobs[i].frame()).max().unwrap_or(0);
             let written = pg.write(partition, &records, &outcomes, newest, signer, now)?;
@@ -1236,6 +1246,7 @@ impl Writer {
         let checkpointer = self.checkpointer.clone();
         let checkpoint_rows = self.cfg.checkpoint_rows;
         let journal_id = self.ingest.as_ref().map(|i| i.id.clone());
+        let first_new = self.cfg.signals.first_new.load(Ordering::SeqCst);
         if self.expired_and_gone(partition)? {
             // Late rows (an outcome, a retry) of a partition expiry removed: written,
             // they would bring its file back, unreadable, past retention.
@@ -1482,8 +1493,8 @@ impl Writer {
 /// Whether a job is written into a partition that holds the journal through frame
 /// `held`: jobs of frames read back at start that it holds already (the crash fell
 /// after its commit) are not written twice; this process's frames (from `first_new`
-/// on) are written whatever, journal numbers only growing; jobs that never went
-/// through the journal (frame 0) always are.
+/// on, 0 for none) are written whatever, journal numbers only growing; jobs that
+/// never went through the journal (frame 0) always are.
 fn fresh(job: &Job, held: u64, first_new: u64) -> bool {
     let frame = job.frame();
     frame == 0 || frame > held || (first_new != 0 && frame >= first_new)
@@ -1680,6 +1691,29 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 2001);
+    }
+
+    /// A frame a partition holds is written again only from this process on SQLite
+    /// (its commits cannot be lost on the way back); on PostgreSQL (no `first_new`)
+    /// never, so that rows retried after a commit whose reply was lost go in once.
+    #[test]
+    fn a_frame_a_partition_holds_is_not_written_again() {
+        let job = |frame| Job::Records {
+            partition: PartitionId::containing(crate::config::Granularity::Day, 0),
+            rows: Vec::new(),
+            done: None,
+            frame,
+        };
+        let (held, first_new) = (40, 30);
+        assert!(fresh(&job(0), held, first_new), "never journaled");
+        assert!(fresh(&job(41), held, first_new), "past what it holds");
+        assert!(!fresh(&job(20), held, first_new), "read back, held");
+        assert!(
+            fresh(&job(35), held, first_new),
+            "this process's, on SQLite"
+        );
+        assert!(!fresh(&job(35), held, 0), "held, on PostgreSQL");
+        assert!(fresh(&job(41), held, 0) && fresh(&job(0), held, 0));
     }
 
     /// Issue 10: a full disk, a lock held too long and a damaged file each have a label
