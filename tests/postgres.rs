@@ -1342,6 +1342,19 @@ async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
         let out = common::cli_ok(&config, &["verify"]);
         assert!(!out.contains("damage"), "{out}");
     };
+    // Why a store with `cfg` does not open.
+    let refused_open = |cfg: &relaylog::config::StoreConfig| {
+        common::off_runtime(|| {
+            relaylog::store::Store::open(
+                cfg.clone(),
+                std::sync::Arc::new(clock.clone()),
+                std::sync::Arc::new(relaylog::metrics::Metrics::new()),
+            )
+            .err()
+            .expect("refused")
+            .to_string()
+        })
+    };
 
     // After PostgreSQL took them: the journal comes back as it was when the clients
     // were answered, and nothing goes in twice.
@@ -1410,16 +1423,7 @@ async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
         relaylog::store::pgstore::init(&other, other_pg, chrono::Utc::now().timestamp_micros())
             .unwrap()
     });
-    let refused = common::off_runtime(|| {
-        relaylog::store::Store::open(
-            other.clone(),
-            std::sync::Arc::new(clock.clone()),
-            std::sync::Arc::new(relaylog::metrics::Metrics::new()),
-        )
-        .err()
-        .expect("refused")
-        .to_string()
-    });
+    let refused = refused_open(&other);
     assert!(
         refused.contains("rows journaled for postgres node n1, not for postgres node n2"),
         "{refused}"
@@ -1465,6 +1469,39 @@ async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
     );
     opened.close().await;
     assert_eq!(count(&by_database, "c"), 1);
+    verified();
+
+    // A journal directory restored from a backup (the first run's: its epoch and
+    // segments behind the database's frames) numbers its new frames above what the
+    // database holds, not among them, where they would be taken for frames it holds
+    // and never written.
+    for (path, _) in files_of(&journal_dir) {
+        std::fs::remove_file(path).unwrap();
+    }
+    put_back(&answered);
+    let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
+    let rec = opened.recorder();
+    for i in 0..3 {
+        let sub = common::one_recipient(&rec, rec.now() + i, "late", "+31612345678");
+        rec.record(&sub).await.unwrap();
+    }
+    opened.close().await;
+    assert_eq!(count(&cfg, "late"), 3, "recorded");
+
+    // A row raised in the database alone (its tag no longer verifies) is not taken
+    // at its word: the node does not start, rather than skip rows or stop writing them.
+    let raise = |by: &str| {
+        pg.batch(
+            "journaled",
+            &format!("UPDATE relaylog.journal_frame SET frame = frame {by} (1::bigint << 50)"),
+        )
+    };
+    raise("+");
+    let refused = refused_open(&cfg);
+    assert!(refused.contains("its tag does not verify"), "{refused}");
+    raise("-");
+    let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
+    opened.close().await;
     verified();
 }
 

@@ -247,13 +247,16 @@ pub struct Applied {
 /// the transaction that writes a journal frame's rows into a partition, the last frame
 /// of its journal that the partition holds: a frame read back after a crash is
 /// written into a partition once whatever the crash (as a SQLite partition's `meta`
-/// row does). Rows go with their partition.
+/// row does). Rows go with their partition. `tag`: a MAC of the row under a key
+/// derived from the master key ([`crate::store::keys::NodeTagger::frame_tag`]), so
+/// that a row raised in the database alone is not believed.
 const V4_JOURNAL: &str = "
 CREATE TABLE relaylog.journal_frame (
     part    integer  NOT NULL,
     node    smallint NOT NULL,
     journal text     NOT NULL,
     frame   bigint   NOT NULL,
+    tag     bytea    NOT NULL,
     PRIMARY KEY (part, node)
 );
 ";

@@ -15,7 +15,9 @@
 //! (`meta` key `journal`: this journal's id and the last frame's number), so a frame
 //! read back after a crash goes into each partition once, even when the crash fell
 //! between one partition's commit and another's. Frame numbers only grow, across
-//! restarts too, whatever the clock (see [`Journal::start`]). The id, made with the journal directory,
+//! restarts too, whatever the clock (see [`Journal::start`]; on PostgreSQL also
+//! above what the database records, [`Journal::raise_floor`], should the directory be
+//! restored from a backup). The id, made with the journal directory,
 //! keeps a journal made again from scratch from being mistaken for the old one.
 //! On PostgreSQL (`store.acknowledge = "journal"`) the same holds through a row per
 //! partition and node (`relaylog.journal_frame`, see `super::pgstore`), and the
@@ -135,6 +137,15 @@ impl Journal {
             fail_appends: false,
         };
         Ok((journal, segments.into_iter().map(|(_, p)| p).collect()))
+    }
+
+    /// Numbers the frames of the next [`Journal::start`] above `floor`: the newest frame
+    /// of this journal a store records holding (on PostgreSQL, where the journal's
+    /// `epoch` file, restored from a backup or a snapshot, can be behind the
+    /// database). A frame numbered at or below it would be taken for one the store
+    /// holds and never written.
+    pub fn raise_floor(&mut self, floor: u64) {
+        self.next = self.next.max(floor.saturating_add(1));
     }
 
     /// Begins appending in a new segment. Each start takes the next epoch (a counter
@@ -406,6 +417,11 @@ pub fn needs_recovery(dir: &Path) -> std::io::Result<bool> {
 /// Whose journal one with no `owner` file is: the SQLite store's, which wrote none.
 pub const SQLITE_OWNER: &str = "sqlite";
 
+/// The owner name of PostgreSQL node `node`'s journal (see [`claim`]).
+pub fn postgres_owner(node: &str) -> String {
+    format!("postgres node {node}")
+}
+
 /// Whose rows the journal in `dir` holds, as [`claim`] wrote it; `None` when it wrote
 /// nothing there (no journal, or the SQLite store's).
 pub fn owner(dir: &Path) -> std::io::Result<Option<String>> {
@@ -420,7 +436,9 @@ pub fn owner(dir: &Path) -> std::io::Result<Option<String>> {
 /// PostgreSQL node's): refused while it holds frames of another's, whose rows would go
 /// into the wrong store or under the wrong node's name (a store directory copied to
 /// another node, a node renamed, a SQLite store's journal under a node switched to
-/// PostgreSQL). A journal holding none is taken over.
+/// PostgreSQL). A journal holding none is taken over. Called with the journal's lock
+/// held ([`Journal::open`]): a process that cannot have the journal must not rename
+/// it under the one that has.
 pub fn claim(dir: &Path, owner_name: &str) -> std::io::Result<()> {
     foreign(dir, owner_name)?;
     let found = owner(dir)?;

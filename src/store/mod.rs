@@ -316,7 +316,7 @@ pub fn recover_journal(cfg: &StoreConfig) -> Result<bool, OpenError> {
 pub fn journal_owner(cfg: &StoreConfig) -> String {
     match &cfg.backend {
         crate::config::Backend::Sqlite => journal::SQLITE_OWNER.into(),
-        crate::config::Backend::Postgres(pg) => format!("postgres node {}", pg.node),
+        crate::config::Backend::Postgres(pg) => journal::postgres_owner(&pg.node),
     }
 }
 
@@ -330,12 +330,14 @@ fn recover_with(
         path: dir.clone(),
         source,
     };
-    if matches!(cfg.backend, crate::config::Backend::Postgres(_)) {
-        match journal::owner(&dir).map_err(journal_error)? {
-            // Refused if it holds another's rows: they are not this node's to write.
-            Some(_) => journal::foreign(&dir, &journal_owner(cfg)).map_err(journal_error)?,
-            None => return Ok(false),
-        }
+    // Refused if it holds another's rows (a SQLite store's, another node's): they are
+    // not this store's to write, nor to leave unsaid.
+    journal::foreign(&dir, &journal_owner(cfg)).map_err(journal_error)?;
+    if matches!(cfg.backend, crate::config::Backend::Postgres(_))
+        && journal::owner(&dir).map_err(journal_error)?.is_none()
+    {
+        // A node that never answered from its journal.
+        return Ok(false);
     }
     let pending = || journal::needs_recovery(&dir).map_err(journal_error);
     if !pending()? {
@@ -345,7 +347,7 @@ fn recover_with(
     if let crate::config::Backend::Postgres(pg) = &mut journaled.backend {
         pg.journal = true;
     }
-    Store::open_journaled(journaled, clock, metrics)?.close_blocking();
+    Store::open_without_recovery(journaled, clock, metrics)?.close_blocking();
     // What could not go in stays in the journal: the command must not go on over
     // partitions without it.
     if pending()? {
@@ -367,11 +369,11 @@ impl Store {
         if !cfg.answers_from_journal() {
             recover_with(&cfg, clock.clone(), metrics.clone())?;
         }
-        Store::open_journaled(cfg, clock, metrics)
+        Store::open_without_recovery(cfg, clock, metrics)
     }
 
     /// [`Store::open`] past the recovery of a journal the store does not answer from.
-    fn open_journaled(
+    fn open_without_recovery(
         cfg: StoreConfig,
         clock: SharedClock,
         metrics: Arc<Metrics>,
@@ -405,11 +407,6 @@ impl Store {
         }
         let files = postgres.is_none();
         let journaled = cfg.answers_from_journal();
-        if journaled {
-            let dir = cfg.path.join(JOURNAL_DIR);
-            journal::claim(&dir, &journal_owner(&cfg))
-                .map_err(|source| OpenError::Journal { path: dir, source })?;
-        }
         let signals = Arc::new(writer::Signals::default());
         let enqueue_timeout = cfg.enqueue_timeout;
         let (tx, handle) = writer::spawn(

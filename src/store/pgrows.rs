@@ -192,9 +192,9 @@ const LEADING: u32 = 4;
 /// The statement writing a small batch into `p`'s tables. Parameters: `$1` part,
 /// `$2` node, `$3`/`$4` the first record and outcome ids, then one array a column of
 /// [`RECORD_FIELDS`] and of [`OUTCOME_FIELDS`], then the head's eight values (see
-/// [`HEAD_COLUMNS`]), all NULL when none is due, then the journal's id and the
-/// newest journal frame the batch holds ([`SET_JOURNAL_FRAME`]), both NULL without
-/// one. A data-modifying `WITH` runs whether or not it is read, all in the
+/// [`HEAD_COLUMNS`]), all NULL when none is due, then the journal's id, the
+/// newest journal frame the batch holds and the row's tag ([`SET_JOURNAL_FRAME`]), all
+/// NULL without one. A data-modifying `WITH` runs whether or not it is read, all in the
 /// statement's one transaction.
 pub fn insert_sql(p: PartitionId) -> String {
     let outcomes = LEADING + 1 + RECORD_FIELDS.len() as u32;
@@ -216,14 +216,17 @@ pub fn insert_sql(p: PartitionId) -> String {
 }
 
 /// Records that a partition holds a node's journal through a frame: `$1` part, `$2`
-/// node, then the journal's id and the frame at `$first` and `$first + 1`; nothing
-/// when they are NULL (no journal in front). A frame number only grows.
+/// node, then the journal's id, the frame and the row's tag at `$first` … `$first +
+/// 2`; nothing when they are NULL (no journal in front). A frame number only grows: a lower one
+/// for the same journal leaves the row as it is.
 fn set_journal_frame(first: u32) -> String {
     format!(
-        "INSERT INTO relaylog.journal_frame (part, node, journal, frame) \
-         SELECT $1::integer, $2::smallint, ${first}::text, ${}::bigint WHERE ${first}::text IS NOT NULL \
-         ON CONFLICT (part, node) DO UPDATE SET journal = excluded.journal, frame = excluded.frame",
-        first + 1
+        "INSERT INTO relaylog.journal_frame (part, node, journal, frame, tag) \
+         SELECT $1::integer, $2::smallint, ${first}::text, ${}::bigint, ${}::bytea WHERE ${first}::text IS NOT NULL \
+         ON CONFLICT (part, node) DO UPDATE SET journal = excluded.journal, frame = excluded.frame, tag = excluded.tag \
+         WHERE journal_frame.journal <> excluded.journal OR journal_frame.frame < excluded.frame",
+        first + 1,
+        first + 2
     )
 }
 
@@ -364,8 +367,8 @@ mod tests {
             crate::config::Granularity::Day,
             chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap(),
         ));
-        let sent = LEADING as usize + RECORD_FIELDS.len() + OUTCOME_FIELDS.len() + 8 + 2;
-        assert_eq!(sent, 39);
+        let sent = LEADING as usize + RECORD_FIELDS.len() + OUTCOME_FIELDS.len() + 8 + 3;
+        assert_eq!(sent, 40);
         for n in 1..=sent {
             assert!(sql.contains(&format!("${n}::")), "${n} in {sql}");
         }
@@ -377,7 +380,7 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("$30::bigint, $31::bigint"), "{sql}");
-        assert!(sql.contains("$38::text, $39::bigint"), "{sql}");
-        assert!(SET_JOURNAL_FRAME.contains("$3::text, $4::bigint"));
+        assert!(sql.contains("$38::text, $39::bigint, $40::bytea"), "{sql}");
+        assert!(SET_JOURNAL_FRAME.contains("$3::text, $4::bigint, $5::bytea"));
     }
 }

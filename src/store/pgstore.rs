@@ -395,6 +395,37 @@ impl PgSink {
         self.statements.clear();
     }
 
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.target.node_name
+    }
+
+    /// The newest frame of the journal in front that any partition records holding
+    /// for this node (0: none): the journal numbers its frames above it.
+    pub fn journal_floor(&mut self) -> Result<u64, WriteError> {
+        let Some(id) = self.journal.clone() else {
+            return Ok(0);
+        };
+        let node = self.target.node;
+        let tagger = self.target.tagger.clone();
+        let rows = self
+            .client()?
+            .query(
+                "SELECT part, frame, tag FROM relaylog.journal_frame WHERE node = $1 AND journal = $2",
+                &[&node, &&*id],
+            )
+            .map_err(db)?;
+        let mut max = 0;
+        for r in rows {
+            let (part, frame, tag): (i32, i64, &[u8]) = (r.get(0), r.get(1), r.get(2));
+            if !tagger.verify_frame(part, node, &id, frame, tag) {
+                return Err(unauthenticated_frame(&format!("part {part}")));
+            }
+            max = max.max(frame);
+        }
+        Ok(max as u64)
+    }
+
     /// The last frame of the journal in front that `partition` holds (0: none, or no
     /// journal), the partition opened for it; `None` when expiry removed it.
     pub fn journal_through(
@@ -523,7 +554,7 @@ impl PgSink {
             let journal = self.journal.clone();
             let client = self.client()?;
             let journal_through = match journal.as_deref() {
-                Some(id) => journal_frame(client, partition, node, id)?,
+                Some(id) => journal_frame(client, partition, node, id, &tagger)?,
                 None => 0,
             };
             self.open.insert(
@@ -585,13 +616,21 @@ impl PgSink {
         };
         let mut tree = open.tree.clone();
         let id = self.journal.clone();
+        let part = schema::part(partition);
         let journal = id
             .as_deref()
             .filter(|_| newest_frame > open.journal_through)
-            .map(|id| (id, newest_frame as i64));
+            .map(|id| {
+                let frame = newest_frame as i64;
+                let tag = self
+                    .target
+                    .tagger
+                    .frame_tag(part, self.target.node, id, frame);
+                (id, frame, tag)
+            });
         let batch = Batch {
             partition,
-            part: schema::part(partition),
+            part,
             first_record: tree.last_record() + 1,
             first_outcome: tree.last_outcome() + 1,
             records,
@@ -618,7 +657,7 @@ impl PgSink {
                     tree.signed(head);
                 }
                 open.tree = tree;
-                if let Some((_, frame)) = journal {
+                if let Some((_, frame, _)) = journal {
                     open.journal_through = frame as u64;
                 }
                 self.open.insert(partition, open);
@@ -656,7 +695,8 @@ impl PgSink {
         let records = pgrows::arrays(batch.records, &pgrows::RECORD_FIELDS);
         let outcomes = pgrows::arrays(batch.outcomes, &pgrows::OUTCOME_FIELDS);
         let (journal, frame) = (batch.journal.map(|j| j.0), batch.journal.map(|j| j.1));
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(39);
+        let tag = batch.journal.as_ref().map(|j| j.2.as_slice());
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(40);
         params.extend([
             &batch.part as &(dyn ToSql + Sync),
             &node,
@@ -666,7 +706,7 @@ impl PgSink {
         params.extend(records.iter().map(|c| c as &(dyn ToSql + Sync)));
         params.extend(outcomes.iter().map(|c| c as &(dyn ToSql + Sync)));
         params.extend(head);
-        params.extend([&journal as &(dyn ToSql + Sync), &frame]);
+        params.extend([&journal as &(dyn ToSql + Sync), &frame, &tag]);
         let client = self.client.as_mut().expect("connected by statements");
         client.execute(insert, &params).map_err(db)?;
         Ok(())
@@ -774,10 +814,10 @@ impl PgSink {
             if let Some(head) = head {
                 insert_head(&mut tx, part, node, head)?;
             }
-            if let Some((journal, frame)) = batch.journal {
+            if let Some((journal, frame, tag)) = &batch.journal {
                 tx.execute(
                     pgrows::SET_JOURNAL_FRAME.as_str(),
-                    &[&part, &node, &journal, &frame],
+                    &[&part, &node, journal, frame, &tag.as_slice()],
                 )
                 .map_err(db)?;
             }
@@ -950,29 +990,44 @@ struct Batch<'a> {
     first_outcome: i64,
     records: &'a [&'a Row],
     outcomes: &'a [&'a OutcomeRow],
-    /// The journal's id and the newest of its frames the batch holds, when the
-    /// partition is to record it.
-    journal: Option<(&'a str, i64)>,
+    /// The journal's id, the newest of its frames the batch holds and the row's tag,
+    /// when the partition is to record it.
+    journal: Option<(&'a str, i64, [u8; 32])>,
 }
 
 /// The last frame of journal `id` that `node`'s rows in `partition` hold (0: none, or
-/// another journal's: a node whose journal directory was made anew).
+/// another journal's: a node whose journal directory was made anew). A row whose tag
+/// does not verify is an error: taken at its word, it could make the node skip rows.
 fn journal_frame(
     client: &mut postgres::Client,
     partition: PartitionId,
     node: i16,
     id: &str,
+    tagger: &super::keys::NodeTagger,
 ) -> Result<u64, WriteError> {
+    let part = schema::part(partition);
     let row = client
         .query_opt(
-            "SELECT journal, frame FROM relaylog.journal_frame WHERE part = $1 AND node = $2",
-            &[&schema::part(partition), &node],
+            "SELECT journal, frame, tag FROM relaylog.journal_frame WHERE part = $1 AND node = $2",
+            &[&part, &node],
         )
         .map_err(db)?;
-    Ok(match row {
-        Some(r) if r.get::<_, &str>(0) == id => r.get::<_, i64>(1) as u64,
-        _ => 0,
-    })
+    let Some(r) = row else { return Ok(0) };
+    let (journal, frame, tag): (&str, i64, &[u8]) = (r.get(0), r.get(1), r.get(2));
+    if !tagger.verify_frame(part, node, journal, frame, tag) {
+        return Err(unauthenticated_frame(&format!("partition {partition}")));
+    }
+    Ok(if journal == id { frame as u64 } else { 0 })
+}
+
+/// A `relaylog.journal_frame` row changed in the database alone.
+fn unauthenticated_frame(which: &str) -> WriteError {
+    WriteError::Database {
+        reason: "journal_frame_unauthenticated",
+        message: format!(
+            "relaylog.journal_frame's row of {which} for this node is not the one its writer wrote (its tag does not verify): the row was changed in the database; check it (`relaylog verify`) and delete the row once the partition's rows are known to be complete"
+        ),
+    }
 }
 
 /// Copies `rows` in with `copy` (nothing to do for none).

@@ -229,8 +229,8 @@ pub struct WriterConfig {
     /// The store's clock: head timestamps are its time, like everything else stored.
     pub clock: crate::clock::SharedClock,
     /// The journal's directory (see [`super::journal`]); `None`: commits that clients
-    /// wait on go straight to the partitions (benchmarks that compare the two, and
-    /// tests of the writer alone).
+    /// wait on go straight to the partitions (a PostgreSQL node answering from the
+    /// database, benchmarks that compare the two, and tests of the writer alone).
     pub journal: Option<PathBuf>,
     /// How to tell a partition that expiry removed: rows for it (read back from the
     /// journal, or late) are dropped, not written into a file made anew for them.
@@ -619,13 +619,22 @@ pub fn spawn(
         siblings: true,
     };
     let sync_full = cfg.sync == SyncMode::Full;
-    let journal = match &cfg.journal {
+    let mut journal = match &cfg.journal {
         Some(dir) => Some(Journal::open(dir, sync_full)?),
         None => None,
     };
     let mut pg = pg;
-    if let (Some(pg), Some((j, _))) = (&mut pg, &journal) {
-        pg.journaled(j.id());
+    if let Some((j, _)) = &mut journal {
+        // Its lock held: the journal is made this store's (or refused).
+        let owner = pg.as_ref().map_or_else(
+            || journal::SQLITE_OWNER.to_owned(),
+            |pg| journal::postgres_owner(pg.node_name()),
+        );
+        journal::claim(j.dir(), &owner)?;
+        if let Some(pg) = &mut pg {
+            pg.journaled(j.id());
+            j.raise_floor(pg.journal_floor().map_err(std::io::Error::other)?);
+        }
     }
     let expired = cfg.expired.clone();
     let clock = cfg.clock.clone();
@@ -1229,7 +1238,7 @@ impl Writer {
                 }
             }
             if held_rows > 0 {
-                tracing::info!(partition = %partition, rows = held_rows, "journaled rows the database holds already not written again");
+                tracing::warn!(partition = %partition, rows = held_rows, "journaled rows the database holds already not written again");
             }
             if records.is_empty() && outcomes.is_empty() {
                 return Ok((0, 0));
