@@ -71,13 +71,13 @@ threads() {
 }
 
 run() {
-    local backend=$1 dir=$work/$1-$2 pid t0 t1 p0 p1 out
+    local backend=$1 dir=$work/$1-$2 pid t0 t1 p0 p1 out db=
     mkdir -p "$dir"
     {
         store_toml "$dir"
         if [ "$backend" != sqlite ]; then
             # A database per round: each round's node has keys of its own.
-            local db=bench_${backend//-/_}_$2 ack=database
+            db=bench_${backend//-/_}_$2 ack=database
             [ "$backend" = pg-journal ] && ack=journal
             PGPASSWORD=$password "$pgbin/createdb" -h "$pg" -U relaylog "$db"
             cat <<T
@@ -107,6 +107,9 @@ T
     out=$("$bin" bench http --target http://127.0.0.1:18080 --connections "$connections" --duration "$duration" --json --quiet)
     t1=$(ticks "$pid") p1=$(pg_ticks) s1=$(threads "$pid")
     kill "$pid"; wait "$pid" 2>/dev/null || true
+    # Gone before the next round: autovacuum's passes over a finished round's tables
+    # would be counted as the next round's PostgreSQL CPU, and take its cores.
+    [ "$backend" = sqlite ] || PGPASSWORD=$password "$pgbin/dropdb" -h "$pg" -U relaylog "$db"
     python3 - "$backend" "$out" "$t0" "$t1" "$p0" "$p1" "$tck" "$s0" "$s1" <<'P'
 import json, sys
 name, out = sys.argv[1], json.loads(sys.argv[2])
