@@ -1499,6 +1499,12 @@ async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
     raise("+");
     let refused = refused_open(&cfg);
     assert!(refused.contains("its tag does not verify"), "{refused}");
+    assert!(
+        refused.contains("DELETE FROM relaylog.journal_frame WHERE part = "),
+        "{refused}"
+    );
+    let (ok, out) = common::cli(&config, &["check-config"]);
+    assert!(!ok && out.contains("its tag does not verify"), "{out}");
     raise("-");
     let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
     opened.close().await;

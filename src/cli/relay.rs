@@ -359,6 +359,15 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
         // Reached, at this version, with this node registered under this key.
         let target = crate::store::pgstore::target(&config.store, pg, &signer)?;
         refuse_bench_database(pg)?;
+        // Rows that say which journal frames this node's partitions hold, each
+        // authenticated, as `serve` checks them before it starts.
+        crate::store::pgstore::journal_frames(
+            &mut *target.pool.get()?,
+            target.node,
+            "",
+            &target.tagger,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         warnings.extend(crate::store::pglookup::server_warnings(
             &target.pool,
             &config.store,

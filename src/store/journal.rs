@@ -153,7 +153,9 @@ impl Journal {
     /// its frames from `epoch << EPOCH_SHIFT`: above every frame of every earlier
     /// start, whether or not it was read back, so a frame's number is never one a
     /// partition may already hold, even when the journal lost its last frames to a
-    /// power cut that the partitions survived (`sync = "normal"`). `last` is the last
+    /// power cut that the partitions survived (`sync = "normal"`). Not when the
+    /// directory was restored from a backup (its epoch behind the frames used since):
+    /// on PostgreSQL [`Journal::raise_floor`] covers that, before each start. `last` is the last
     /// frame read back. Returns the first number.
     pub fn start(&mut self, last: u64) -> std::io::Result<u64> {
         let epoch = next_epoch(&self.dir)?;

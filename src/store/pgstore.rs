@@ -406,24 +406,8 @@ impl PgSink {
         let Some(id) = self.journal.clone() else {
             return Ok(0);
         };
-        let node = self.target.node;
-        let tagger = self.target.tagger.clone();
-        let rows = self
-            .client()?
-            .query(
-                "SELECT part, frame, tag FROM relaylog.journal_frame WHERE node = $1 AND journal = $2",
-                &[&node, &&*id],
-            )
-            .map_err(db)?;
-        let mut max = 0;
-        for r in rows {
-            let (part, frame, tag): (i32, i64, &[u8]) = (r.get(0), r.get(1), r.get(2));
-            if !tagger.verify_frame(part, node, &id, frame, tag) {
-                return Err(unauthenticated_frame(&format!("part {part}")));
-            }
-            max = max.max(frame);
-        }
-        Ok(max as u64)
+        let (node, tagger) = (self.target.node, self.target.tagger.clone());
+        journal_frames(self.client()?, node, &id, &tagger)
     }
 
     /// The last frame of the journal in front that `partition` holds (0: none, or no
@@ -1008,26 +992,58 @@ fn journal_frame(
     let part = schema::part(partition);
     let row = client
         .query_opt(
-            "SELECT journal, frame, tag FROM relaylog.journal_frame WHERE part = $1 AND node = $2",
+            "SELECT part, journal, frame, tag FROM relaylog.journal_frame WHERE part = $1 AND node = $2",
             &[&part, &node],
         )
         .map_err(db)?;
-    let Some(r) = row else { return Ok(0) };
-    let (journal, frame, tag): (&str, i64, &[u8]) = (r.get(0), r.get(1), r.get(2));
-    if !tagger.verify_frame(part, node, journal, frame, tag) {
-        return Err(unauthenticated_frame(&format!("partition {partition}")));
-    }
-    Ok(if journal == id { frame as u64 } else { 0 })
+    Ok(match row {
+        Some(r) => authentic_frame(&r, node, id, tagger)?,
+        None => 0,
+    })
 }
 
-/// A `relaylog.journal_frame` row changed in the database alone.
-fn unauthenticated_frame(which: &str) -> WriteError {
-    WriteError::Database {
-        reason: "journal_frame_unauthenticated",
-        message: format!(
-            "relaylog.journal_frame's row of {which} for this node is not the one its writer wrote (its tag does not verify): the row was changed in the database; check it (`relaylog verify`) and delete the row once the partition's rows are known to be complete"
-        ),
+/// The newest frame of journal `id` any of `node`'s `journal_frame` rows records, each
+/// of the node's rows checked (whatever its journal: a row moved to another journal's
+/// id must not pass the start and fail only later, partition by partition). Also what
+/// `check-config` runs.
+pub fn journal_frames(
+    client: &mut postgres::Client,
+    node: i16,
+    id: &str,
+    tagger: &super::keys::NodeTagger,
+) -> Result<u64, WriteError> {
+    let rows = client
+        .query(
+            "SELECT part, journal, frame, tag FROM relaylog.journal_frame WHERE node = $1",
+            &[&node],
+        )
+        .map_err(db)?;
+    let mut newest = 0;
+    for r in &rows {
+        newest = newest.max(authentic_frame(r, node, id, tagger)?);
     }
+    Ok(newest)
+}
+
+/// A `journal_frame` row's frame if it is journal `id`'s (0 if another's), once its
+/// tag verifies; a row changed in the database alone is an error naming it.
+fn authentic_frame(
+    r: &postgres::Row,
+    node: i16,
+    id: &str,
+    tagger: &super::keys::NodeTagger,
+) -> Result<u64, WriteError> {
+    let (part, journal, frame, tag): (i32, &str, i64, &[u8]) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    if !tagger.verify_frame(part, node, journal, frame, tag) {
+        return Err(WriteError::Database {
+            reason: "journal_frame_unauthenticated",
+            message: format!(
+                "the relaylog.journal_frame row of part {part}, node {node} is not one a relaylog node wrote (its tag does not verify): it was changed in the database alone, which should be looked into. Believed, it could make this node skip journaled rows. Deleting it (DELETE FROM relaylog.journal_frame WHERE part = {part} AND node = {node}) lets the node start: the frames its journal still holds for that partition then go in again, possibly a second time, none lost"
+            ),
+        });
+    }
+    Ok(if journal == id { frame as u64 } else { 0 })
 }
 
 /// Copies `rows` in with `copy` (nothing to do for none).
