@@ -223,15 +223,11 @@ async fn past_the_shutdown_timeout_what_is_in_flight_is_recorded_failed_shutdown
 /// outcome says so.
 #[tokio::test]
 async fn a_client_gone_before_the_forward_is_not_forwarded_for_and_the_outcome_says_so() {
-    if sqlite_only(
-        "the journal answers while the writer is held up; PostgreSQL has none (a held-up node fails closed: smtp_session, smpp_session, tests/postgres.rs)",
-    ) {
-        return;
-    }
     let log = LogCapture::start();
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
-    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", "").await;
+    // On PostgreSQL, a node answering from its journal: the same as on SQLite.
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", answering_from_journal()).await;
     let c = client();
     assert_eq!(
         get(&c, &sendsms(&relay.url, "first", &number(5)))
@@ -295,15 +291,14 @@ async fn a_client_gone_before_the_forward_is_not_forwarded_for_and_the_outcome_s
 /// go in.
 #[tokio::test]
 async fn a_full_queue_cannot_take_a_forwarded_message_s_outcome() {
-    if sqlite_only(
-        "the journal answers while the writer is held up; PostgreSQL has none (a held-up node fails closed: smtp_session, smpp_session, tests/postgres.rs)",
-    ) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let up = CaptureUpstream::start(KANNEL_OK).await;
-    let store = "queue-capacity = 3\nenqueue-timeout = \"100ms\"\n";
-    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", store).await;
+    // On PostgreSQL, a node answering from its journal: the same as on SQLite.
+    let store = format!(
+        "queue-capacity = 3\nenqueue-timeout = \"100ms\"\n{}",
+        answering_from_journal()
+    );
+    let relay = relay_in_front_of(dir.path(), &up, "kannel", "", &store).await;
     let c = client();
     assert_eq!(
         get(&c, &sendsms(&relay.url, "first", &number(1)))

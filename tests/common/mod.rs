@@ -236,6 +236,17 @@ pub fn on_postgres() -> bool {
     }
 }
 
+/// The `[store]` line that makes the store answer from its journal on either backend
+/// (always so on SQLite; `store.acknowledge = "journal"` on PostgreSQL): for tests of
+/// what the journal does while the writer is held up.
+pub fn answering_from_journal() -> &'static str {
+    if on_postgres() {
+        "acknowledge = \"journal\"\n"
+    } else {
+        ""
+    }
+}
+
 /// True (and says so) when the run is on PostgreSQL and this test is about SQLite's
 /// files (`why`): the caller returns.
 pub fn sqlite_only(why: &str) -> bool {
