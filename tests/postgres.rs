@@ -1506,8 +1506,26 @@ async fn journaled_rows_go_into_postgres_once_whenever_the_crash_falls() {
     let (ok, out) = common::cli(&config, &["check-config"]);
     assert!(!ok && out.contains("its tag does not verify"), "{out}");
     raise("-");
+    // Met while the node runs (a partition the writer opens after the change): that
+    // partition's rows are refused, kept in the journal, and go in once the row is
+    // put right.
     let opened = common::off_runtime(|| common::open_store(&cfg, &clock));
+    let rec = opened.recorder();
+    raise("+");
+    let tomorrow = (noon + chrono::Duration::days(1)).timestamp_micros();
+    let sub = common::one_recipient(&rec, tomorrow, "runtime", "+31612345678");
+    assert!(rec.record(&sub).await.is_ok(), "answered from the journal");
+    let barrier = rec.barrier().await;
+    assert!(
+        barrier
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("its tag does not verify")),
+        "{barrier:?}"
+    );
+    raise("-");
+    rec.barrier().await.unwrap();
     opened.close().await;
+    assert_eq!(count(&cfg, "runtime"), 1, "in once the row is right");
     verified();
 }
 
