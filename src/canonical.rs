@@ -156,7 +156,21 @@ impl NumberNormalizer {
             && e164.starts_with('+')
             && e164[1..].bytes().all(|b| b.is_ascii_digit())
             && e164.len() <= 16;
-        stable.then_some(e164)
+        if !stable {
+            return None;
+        }
+        // And one that reads back as itself: phonenumber can drop leading zeros of a
+        // national number (Italy's) when it formats it, and the E.164 string is then
+        // another number, one it does not hold valid: normalised again, it would be
+        // indexed raw (fuzz/artifacts/stored_values/crash-e71379a1…).
+        // Read in the same region, as the next normalisation reads it: phonenumber
+        // reads `+39030661` with a leading zero without a region, without one in NL.
+        let again = std::panic::catch_unwind(|| phonenumber::parse(Some(region), &e164))
+            .ok()?
+            .ok()?;
+        let round_trip =
+            again.is_valid() && again.format().mode(phonenumber::Mode::E164).to_string() == e164;
+        round_trip.then_some(e164)
     }
 }
 
@@ -889,6 +903,29 @@ mod tests {
         assert_eq!(once.value, "\u{1}\u{0}123");
         assert_eq!(n.normalize(&once.value), once);
         assert_eq!(canonical_raw("/ \u{a0}+31 6 12 \u{3000}-"), "+31612");
+    }
+
+    /// fuzz/artifacts/stored_values/crash-e71379a10d9961e341dde0cc249cf18735ddbc8e:
+    /// `003900030661` read in NL is an Italian number with three leading zeros, which
+    /// phonenumber formats as `+39030661`, a number it does not hold valid: the first
+    /// normalisation gave E.164, the second raw. A form that does not read back as
+    /// itself is not taken.
+    #[test]
+    fn crash_e71379a1_number_normalisation_is_idempotent() {
+        let n = NumberNormalizer::new(country::Id::NL);
+        for input in ["003900030661", "+39 00030661", "0039030661"] {
+            let once = n.normalize(input);
+            assert_eq!(n.normalize(&once.value), once, "{input:?}");
+        }
+        assert_eq!(n.normalize("003900030661").form, Form::Raw);
+        // A valid number still gets its E.164 form through the parser.
+        assert_eq!(
+            n.normalize("0031612345678"),
+            Identifier {
+                form: Form::E164,
+                value: "+31612345678".into()
+            }
+        );
     }
 
     /// fuzz/artifacts/stored_values/crash-22dce377bb8632d73b961d3153b9f8ac3654d927:
