@@ -366,8 +366,7 @@ pub(super) fn check_config(cli: &Cli, config: &Config) -> Result<()> {
             target.node,
             "",
             &target.tagger,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        )?;
         warnings.extend(crate::store::pglookup::server_warnings(
             &target.pool,
             &config.store,

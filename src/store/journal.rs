@@ -442,8 +442,7 @@ pub fn owner(dir: &Path) -> std::io::Result<Option<String>> {
 /// held ([`Journal::open`]): a process that cannot have the journal must not rename
 /// it under the one that has.
 pub fn claim(dir: &Path, owner_name: &str) -> std::io::Result<()> {
-    foreign(dir, owner_name)?;
-    let found = owner(dir)?;
+    let found = foreign(dir, owner_name)?;
     if found.as_deref() == Some(owner_name) || (found.is_none() && owner_name == SQLITE_OWNER) {
         return Ok(());
     }
@@ -452,8 +451,8 @@ pub fn claim(dir: &Path, owner_name: &str) -> std::io::Result<()> {
 }
 
 /// An error when the journal in `dir` holds frames of another than `owner_name`
-/// (see [`claim`]).
-pub fn foreign(dir: &Path, owner_name: &str) -> std::io::Result<()> {
+/// (see [`claim`]); otherwise its `owner` file's name, if it has one.
+pub fn foreign(dir: &Path, owner_name: &str) -> std::io::Result<Option<String>> {
     let found = owner(dir)?;
     let theirs = found.as_deref().unwrap_or(SQLITE_OWNER);
     if theirs != owner_name && has_frames(dir)? {
@@ -465,7 +464,7 @@ pub fn foreign(dir: &Path, owner_name: &str) -> std::io::Result<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Whether any segment of the journal in `dir` holds a byte.

@@ -332,10 +332,8 @@ fn recover_with(
     };
     // Refused if it holds another's rows (a SQLite store's, another node's): they are
     // not this store's to write, nor to leave unsaid.
-    journal::foreign(&dir, &journal_owner(cfg)).map_err(journal_error)?;
-    if matches!(cfg.backend, crate::config::Backend::Postgres(_))
-        && journal::owner(&dir).map_err(journal_error)?.is_none()
-    {
+    let owner = journal::foreign(&dir, &journal_owner(cfg)).map_err(journal_error)?;
+    if matches!(cfg.backend, crate::config::Backend::Postgres(_)) && owner.is_none() {
         // A node that never answered from its journal.
         return Ok(false);
     }

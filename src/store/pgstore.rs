@@ -387,12 +387,11 @@ impl PgSink {
         self.connect_locked(grace)
     }
 
-    /// Puts the rows of journal `id`'s frames in front: each partition records the
-    /// last frame it holds, in the transaction that writes it.
+    /// Puts the rows of journal `id`'s frames in front, before the first write: each
+    /// partition records the last frame it holds, in the transaction that writes it.
     pub fn journaled(&mut self, id: &str) {
+        debug_assert!(self.open.is_empty(), "set before any partition is opened");
         self.journal = Some(id.into());
-        self.open.clear();
-        self.statements.clear();
     }
 
     /// This node's name.
@@ -532,11 +531,10 @@ impl PgSink {
                 self.open.remove(&oldest);
                 self.statements.remove(&oldest);
             }
+            let journal = self.journal.clone();
             let client = self.client()?;
             schema::ensure_partition(client, partition, now)?;
             let tree = load_tree(client, partition, (node, &name), signer, &tagger)?;
-            let journal = self.journal.clone();
-            let client = self.client()?;
             let journal_through = match journal.as_deref() {
                 Some(id) => journal_frame(client, partition, node, id, &tagger)?,
                 None => 0,

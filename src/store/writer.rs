@@ -1245,7 +1245,7 @@ impl Writer {
             }
             let newest = idx.iter().map(|&i| jobs[i].frame()).max().unwrap_or(0);
             let written = pg.write(partition, &records, &outcomes, newest, signer, now)?;
-            if written == (0, 0) && !(records.is_empty() && outcomes.is_empty()) {
+            if written == (0, 0) {
                 self.metrics.store_errors.inc();
             }
             return Ok(written);
