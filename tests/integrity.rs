@@ -183,13 +183,13 @@ async fn each_kind_of_damage_is_named() {
             "changed outcome",
             "UPDATE outcome_block SET events = CAST(substr(events, 1, 24) || X'03' || substr(events, 26) AS BLOB) \
              WHERE first = 2",
-            Some("UPDATE outcome SET outcome = 3 WHERE part = {part} AND id = 2"),
+            Some("UPDATE outcome_block SET outcome[1] = 3 WHERE part = {part} AND first = 2"),
             |d| matches!(d, Damage::Changed { .. }),
         ),
         (
             "outcome block removed",
             "DELETE FROM outcome_block WHERE first = 2",
-            Some("DELETE FROM outcome WHERE part = {part} AND id = 2"),
+            Some("DELETE FROM outcome_block WHERE part = {part} AND first = 2"),
             |d| matches!(d, Damage::Removed { table: "outcome", ids } if ids == &vec![2]),
         ),
         (
@@ -197,7 +197,9 @@ async fn each_kind_of_damage_is_named() {
             // submission or id would be misled by it.
             "outcome block bounds",
             "UPDATE outcome_block SET sub_min = sub_min + 1 WHERE first = 2",
-            None,
+            Some(
+                "UPDATE outcome_block SET sub_min = sub_min + 1 WHERE part = {part} AND first = 2",
+            ),
             |d| matches!(d, Damage::Unreadable(why) if why.contains("outcome block 2")),
         ),
         (
@@ -205,7 +207,10 @@ async fn each_kind_of_damage_is_named() {
             // the block from every lookup.
             "outcome block bounds wrapping round",
             "UPDATE outcome_block SET sub_min = -9223372036854775808 WHERE first = 2",
-            None,
+            Some(
+                "UPDATE outcome_block SET sub_min = -9223372036854775808 \
+                 WHERE part = {part} AND first = 2",
+            ),
             |d| matches!(d, Damage::Unreadable(why) if why.contains("outcome block 2")),
         ),
         (
@@ -537,6 +542,12 @@ fn erase_account(cfg: &StoreConfig, account: &str, out: &std::path::Path, now: i
 /// in order.
 fn ids(cfg: &StoreConfig, partition: &str, table: &str) -> Vec<i64> {
     if on_postgres() {
+        // Every event, in blocks or rows.
+        let table = if table == "outcome" {
+            "outcome_event"
+        } else {
+            table
+        };
         let sql = format!("SELECT id FROM {table} WHERE part = {{part}} ORDER BY id");
         return select(cfg, partition, "", &sql);
     }

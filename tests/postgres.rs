@@ -147,7 +147,10 @@ async fn a_node_records_into_postgres_before_it_forwards() {
             .get(0);
         assert_eq!(records, 21);
         let outcomes: i64 = db
-            .query_one("SELECT count(*) FROM relaylog.outcome WHERE node = 1", &[])
+            .query_one(
+                "SELECT count(*) FROM relaylog.outcome_event WHERE node = 1",
+                &[],
+            )
             .unwrap()
             .get(0);
         assert_eq!(outcomes, 21);
@@ -314,6 +317,7 @@ fn two_nodes_share_one_ledger_and_expiry_drops_whole_partitions() {
     };
     assert!(!exists(&mut db, "relaylog.record_2024_06_01"));
     assert!(!exists(&mut db, "relaylog.outcome_2024_06_01"));
+    assert!(!exists(&mut db, "relaylog.outcome_block_2024_06_01"));
     assert_eq!(keys(&mut db, "2024-06-01"), 0);
     assert!(exists(&mut db, "relaylog.record_2024_06_02"));
     assert_eq!(keys(&mut db, "2024-06-02"), 1);
@@ -962,6 +966,43 @@ fn a_lookup_by_number_reads_only_its_window_through_the_blind_index() {
     }
     assert!(!plan.contains("record_2026_11_01"), "{plan}");
     assert!(!plan.contains("Seq Scan"), "{plan}");
+    // A record's outcome events: its partition's rows and blocks, each by its index
+    // (the blocks' seek bounded on both sides by the submission). The tables are
+    // a few rows here, which a sequential scan reads cheapest: sequential scans off,
+    // to see that the indexes serve the statement.
+    db.batch_execute("SET enable_seqscan = off").unwrap();
+    let sub: i64 = db
+        .query_one(
+            "SELECT submission FROM relaylog.record WHERE part = $1 LIMIT 1",
+            &[&relaylog::pg::schema::part(day(2))],
+        )
+        .unwrap()
+        .get(0);
+    let plan = db
+        .query(
+            &format!("EXPLAIN {}", relaylog::store::pgevents::of_submission_sql()),
+            &[&relaylog::pg::schema::part(day(2)), &1i16, &sub],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    db.batch_execute("RESET enable_seqscan").unwrap();
+    assert!(
+        plan.contains("outcome_block_2026_11_02_node_sub_min_sub_max_idx"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("Index Cond: ((node = '1'::smallint) AND (sub_min >= "),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("outcome_2026_11_02_node_submission_idx"),
+        "{plan}"
+    );
+    assert!(!plan.contains("2026_11_03"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
     // And the lookup finds the same through it.
     let again = relaylog::store::query::run(&cfg, &keyring, &criteria, |_| {}).unwrap();
     assert_eq!(
@@ -1121,6 +1162,7 @@ fn small_and_large_batches_store_the_same_rows() {
     // of the threshold, the large one's records split over two connections.
     let (n, chunk) = (PARALLEL_ROWS + 512, ONE_STATEMENT_ROWS / 4);
     assert!(n >= PARALLEL_ROWS && 2 * chunk < ONE_STATEMENT_ROWS);
+    use relaylog::store::events::SPAN;
     use relaylog::store::rows::{OutcomeRow, Row};
     let Some(pg) = Cluster::start() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -1168,7 +1210,11 @@ fn small_and_large_batches_store_the_same_rows() {
             .collect();
         let outcomes: Vec<OutcomeRow> = (0..n as i64)
             .map(|i| {
-                let mut o = OutcomeRow::bare((base + i) << 8, base + i + 5, 1 + (i % 6) as u8);
+                // Every 50th a receipt for a submission long before the batch's
+                // (an outcome row, the others in blocks).
+                let old = if i % 50 == 7 { 2 * SPAN } else { 0 };
+                let mut o =
+                    OutcomeRow::bare(((base + i) << 8) - old, base + i + 5, 1 + (i % 6) as u8);
                 if i % 2 == 1 {
                     o.upstream_status = Some(200 + i as u16);
                     o.gateway_code = Some(-(i as i32));
@@ -1234,8 +1280,9 @@ fn small_and_large_batches_store_the_same_rows() {
     assert!(sink.seal_all(&key, now).is_empty());
     drop(sink);
 
-    // Every column but the partition's, as JSON, in id order; the values made from
-    // the day's time differ by exactly one day's worth.
+    // Every column but the partition's and the id, as JSON, in submission order
+    // (the events' ids depend on the batches: blocks' events take them first); the
+    // values made from the day's time differ by exactly one day's worth.
     let mut shift = |table: &str, at: chrono::DateTime<chrono::Utc>| -> Vec<String> {
         let base = at.timestamp_micros();
         let bucket = if table == "record" {
@@ -1245,10 +1292,10 @@ fn small_and_large_batches_store_the_same_rows() {
         };
         db.query(
             &format!(
-                "SELECT ((to_jsonb(t) - 'part' - 'submission' - 'at_us' - 'bucket') \
+                "SELECT ((to_jsonb(t) - 'part' - 'id' - 'submission' - 'at_us' - 'bucket') \
                  || jsonb_build_object('sub', t.submission - ($2::bigint << 8), \
                  'at', t.at_us - $2{bucket}))::text \
-                 FROM relaylog.{table} t WHERE part = $1 ORDER BY id"
+                 FROM relaylog.{table} t WHERE part = $1 ORDER BY submission, at_us"
             ),
             &[&relaylog::pg::schema::part(day(at)), &base],
         )
@@ -1257,7 +1304,7 @@ fn small_and_large_batches_store_the_same_rows() {
         .map(|r| r.get::<_, String>(0))
         .collect()
     };
-    for table in ["record", "outcome"] {
+    for table in ["record", "outcome_event"] {
         let (small, large) = (shift(table, yesterday), shift(table, today));
         assert_eq!((small.len(), large.len()), (n, n), "{table}");
         if let Some(k) = (0..n).find(|&k| small[k] != large[k]) {
@@ -1269,12 +1316,31 @@ fn small_and_large_batches_store_the_same_rows() {
     }
     let nulls: i64 = db
         .query_one(
-            "SELECT count(*) FROM relaylog.outcome WHERE upstream_status IS NULL \
+            "SELECT count(*) FROM relaylog.outcome_event WHERE upstream_status IS NULL \
              AND receipt_state IS NULL",
             &[],
         )
         .unwrap()
         .get(0);
+    // The old submissions' receipts in rows, every other event in blocks: one per
+    // small batch with events, one for the large one (under BLOCK_EVENTS).
+    let (rows, blocks): (i64, i64) = {
+        let r = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM relaylog.outcome), \
+                 (SELECT count(*) FROM relaylog.outcome_block)",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (rows, blocks),
+        (
+            2 * (0..n).filter(|i| i % 50 == 7).count() as i64,
+            n.div_ceil(chunk) as i64 + 1
+        )
+    );
     // The events with neither an upstream status (the even-numbered) nor a receipt
     // (all but every third), on both days.
     assert_eq!(

@@ -110,7 +110,8 @@ fn postgres_sizes(
         .map_err(database)?
         .query_one(
             "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint FROM pg_inherits \
-             WHERE inhparent IN ('relaylog.record'::regclass, 'relaylog.outcome'::regclass)",
+             WHERE inhparent IN ('relaylog.record'::regclass, 'relaylog.outcome'::regclass, \
+             'relaylog.outcome_block'::regclass)",
             &[],
         )
         .map_err(|e| database(e.into()))?
@@ -164,7 +165,9 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
             .get()
             .map_err(database)?;
         crate::pg::unbounded(&mut client, |c| {
-            c.batch_execute("VACUUM (ANALYZE) relaylog.record, relaylog.outcome")
+            c.batch_execute(
+                "VACUUM (ANALYZE) relaylog.record, relaylog.outcome, relaylog.outcome_block",
+            )
         })
         .map_err(|e| database(e.into()))?;
     }

@@ -72,11 +72,7 @@ const BLOCK_COLUMNS: &str = "first, last, sub_min, sub_max, events";
 /// (one, unless it passes [`BLOCK_BYTES`]), the others (a receipt long after its
 /// submission) for rows.
 pub fn place<'a>(events: &[&'a OutcomeRow], next: i64) -> (Vec<Block>, Vec<(i64, &'a OutcomeRow)>) {
-    let floor = events
-        .iter()
-        .map(|o| o.submission)
-        .max()
-        .map_or(i64::MIN, |newest| newest.saturating_sub(SPAN));
+    let floor = block_floor(events);
     let (mut blocks, mut rows) = (vec![Block::default()], Vec::new());
     for (id, o) in (next..).zip(events) {
         if o.submission < floor {
@@ -91,6 +87,16 @@ pub fn place<'a>(events: &[&'a OutcomeRow], next: i64) -> (Vec<Block>, Vec<(i64,
         }
     }
     (blocks, rows)
+}
+
+/// The oldest submission whose events go into a block with these: [`SPAN`] before the
+/// newest (older ones, rows).
+pub fn block_floor(events: &[&OutcomeRow]) -> i64 {
+    events
+        .iter()
+        .map(|o| o.submission)
+        .max()
+        .map_or(i64::MIN, |newest| newest.saturating_sub(SPAN))
 }
 
 /// A block is closed once it holds this many bytes, and the next event starts another:
@@ -345,10 +351,7 @@ impl<'c> Scan<'c> {
             }),
             None => None,
         };
-        Ok(Merge {
-            a: rows.peekable(),
-            b: blocks.into_iter().flatten().peekable(),
-        })
+        Ok(merge(rows, blocks.into_iter().flatten()))
     }
 }
 
@@ -411,16 +414,28 @@ impl Iterator for BlockEvents<'_> {
 }
 
 /// Two iterators of events in id order merged into one; an error comes as soon as
-/// it is met.
-struct Merge<A: Iterator<Item = Event>, B: Iterator<Item = Event>> {
+/// it is met. Rows and blocks, on SQLite as on PostgreSQL (`pgevents`).
+pub struct Merge<A: Iterator, B: Iterator<Item = A::Item>> {
     a: std::iter::Peekable<A>,
     b: std::iter::Peekable<B>,
 }
 
-impl<A: Iterator<Item = Event>, B: Iterator<Item = Event>> Iterator for Merge<A, B> {
-    type Item = Event;
+/// [`Merge`] of `a` and `b`.
+pub fn merge<A: Iterator, B: Iterator<Item = A::Item>>(a: A, b: B) -> Merge<A, B> {
+    Merge {
+        a: a.peekable(),
+        b: b.peekable(),
+    }
+}
 
-    fn next(&mut self) -> Option<Event> {
+impl<T, E, A, B> Iterator for Merge<A, B>
+where
+    A: Iterator<Item = Result<(i64, T), E>>,
+    B: Iterator<Item = A::Item>,
+{
+    type Item = A::Item;
+
+    fn next(&mut self) -> Option<A::Item> {
         let take_a = match (self.a.peek(), self.b.peek()) {
             (None, None) => return None,
             (Some(_), None) | (Some(Err(_)), _) => true,

@@ -17,6 +17,7 @@ pub mod integrity;
 pub mod journal;
 pub mod keys;
 pub mod partition;
+pub mod pgevents;
 pub mod pglookup;
 pub mod pgrows;
 pub mod pgstore;

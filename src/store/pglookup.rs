@@ -22,7 +22,7 @@ use postgres::types::{ToSql, Type};
 
 use super::keys::{IndexKind, KeyError, Keyring, PartitionKeys};
 use super::partition::PartitionId;
-use super::pgstore::{OUTCOME_COLUMNS, outcome_row};
+use super::pgstore::outcome_row;
 use super::query::{Criteria, Found, Hit, QueryError, QueryStats, read_events};
 use crate::config::Granularity;
 use crate::pg::{PgError, Pool, schema};
@@ -193,10 +193,7 @@ pub fn run(
             .filter(|(p, _)| p.start_micros() < criteria.until && p.end_micros() > criteria.since)
             .collect();
     let events = client
-        .prepare(&format!(
-            "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome \
-             WHERE part = $1 AND node = $2 AND submission = $3 ORDER BY id"
-        ))
+        .prepare(&super::pgevents::of_submission_sql())
         .map_err(PgError::from)?;
     let mut stats = QueryStats::default();
     let mut reader = Reader {

@@ -3,12 +3,14 @@
 //! them are made.
 //!
 //! - A small batch (the relay's: a few dozen rows) is one statement ([`insert_sql`])
-//!   of array parameters: its records, its outcome events and the head when one is
-//!   due, in one round trip and one implicit transaction. COPY takes six round trips
+//!   of array parameters: its records, its outcome events (nearly all in one block,
+//!   see [`super::pgevents`]) and the head when one is due, in one round trip and one
+//!   implicit transaction. COPY takes six round trips
 //!   a batch (BEGIN, two COPYs of two each, COMMIT), and at those sizes the round
 //!   trips, not the rows, were most of a commit's time.
 //! - A large batch goes in by `COPY … FROM STDIN (FORMAT binary)` ([`copy_sql`],
-//!   [`CopyRows`]), cheaper per row once its round trips are shared by thousands.
+//!   [`CopyRows`]), cheaper per row once its round trips are shared by thousands; its
+//!   outcome blocks by one `INSERT` each.
 //!
 //! Either way the values are encoded straight from the rows into the buffer sent,
 //! with no vector of values per column: a batch costs the writer no allocation per
@@ -153,7 +155,8 @@ pub const OUTCOME_FIELDS: [Column<OutcomeRow>; 12] = [
     }),
 ];
 
-fn names<T>(fields: &[Column<T>]) -> String {
+/// `fields`' names, as a column list.
+pub fn names<T>(fields: &[Column<T>]) -> String {
     fields.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
 }
 
@@ -167,15 +170,21 @@ pub fn copy_sql<T>(table: &str, p: PartitionId, fields: &[Column<T>]) -> String 
     )
 }
 
-/// `INSERT … SELECT … FROM unnest(…)` of `table`'s rows in `p`'s own table, parameters
-/// from `$first` on (one array a column), ids from parameter `$id` on.
-fn insert_cte<T>(table: &str, p: PartitionId, fields: &[Column<T>], id: u32, first: u32) -> String {
-    let arrays = fields
+/// One array parameter a column of `fields`, from `$first` on, typed:
+/// `$5::bigint[], $6::integer[], …`.
+pub fn array_params<T>(fields: &[Column<T>], first: u32) -> String {
+    fields
         .iter()
         .enumerate()
         .map(|(k, c)| format!("${}::{}[]", first + k as u32, c.sql_type))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+/// `INSERT … SELECT … FROM unnest(…)` of `table`'s rows in `p`'s own table, parameters
+/// from `$first` on (one array a column), ids from parameter `$id` on.
+fn insert_cte<T>(table: &str, p: PartitionId, fields: &[Column<T>], id: u32, first: u32) -> String {
+    let arrays = array_params(fields, first);
     let names = names(fields);
     format!(
         "INSERT INTO relaylog.{table}_{suffix} (part, node, id, {names}) \
@@ -186,32 +195,66 @@ fn insert_cte<T>(table: &str, p: PartitionId, fields: &[Column<T>], id: u32, fir
 }
 
 /// Parameters of [`insert_sql`] before the records' columns: part, node, the first
-/// record id, the first outcome id.
-const LEADING: u32 = 4;
+/// record id, the first id of the outcome events in rows and of those in the block.
+const LEADING: u32 = 5;
 
-/// The statement writing a small batch into `p`'s tables. Parameters: `$1` part,
-/// `$2` node, `$3`/`$4` the first record and outcome ids, then one array a column of
-/// [`RECORD_FIELDS`] and of [`OUTCOME_FIELDS`], then the head's eight values (see
-/// [`HEAD_COLUMNS`]), all NULL when none is due, then the journal's id, the
-/// newest journal frame the batch holds and the row's tag ([`SET_JOURNAL_FRAME`]), all
-/// NULL without one. A data-modifying `WITH` runs whether or not it is read, all in the
+/// Where [`insert_sql`]'s parameters begin: the records' arrays, the outcome rows'
+/// arrays, the block's bounds, the block's arrays, the head, the journal frame.
+pub struct Numbering {
+    pub records: u32,
+    pub rows: u32,
+    pub bounds: u32,
+    pub block: u32,
+    pub head: u32,
+    pub journal: u32,
+    /// How many there are.
+    pub count: u32,
+}
+
+pub const NUMBERING: Numbering = {
+    let records = LEADING + 1;
+    let rows = records + RECORD_FIELDS.len() as u32;
+    let bounds = rows + OUTCOME_FIELDS.len() as u32;
+    let block = bounds + 2;
+    let head = block + OUTCOME_FIELDS.len() as u32;
+    let journal = head + 8;
+    Numbering {
+        records,
+        rows,
+        bounds,
+        block,
+        head,
+        journal,
+        count: journal + 2,
+    }
+};
+
+/// The statement writing a small batch into `p`'s tables. Parameters ([`NUMBERING`]):
+/// `$1` part, `$2` node, `$3`/`$4`/`$5` the first ids of the records, of the outcome
+/// events in rows and of those in the block (see [`super::pgevents`]), then one array
+/// a column of [`RECORD_FIELDS`] and of [`OUTCOME_FIELDS`] (the rows'), the block's
+/// bounds and its arrays (empty: no block), then the head's eight values (see
+/// [`HEAD_COLUMNS`]), all NULL when none is due, then the journal's id, the newest
+/// journal frame the batch holds and the row's tag ([`SET_JOURNAL_FRAME`]), all NULL
+/// without one. A data-modifying `WITH` runs whether or not it is read, all in the
 /// statement's one transaction.
 pub fn insert_sql(p: PartitionId) -> String {
-    let outcomes = LEADING + 1 + RECORD_FIELDS.len() as u32;
-    let head = outcomes + OUTCOME_FIELDS.len() as u32;
+    let n = NUMBERING;
     let head_values = (0..8)
-        .map(|k| format!("${}::{}", head + k, HEAD_TYPES[k as usize]))
+        .map(|k| format!("${}::{}", n.head + k, HEAD_TYPES[k as usize]))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "WITH r AS ({}), o AS ({}), \
+        "WITH r AS ({}), o AS ({}), b AS ({}), \
          h AS (INSERT INTO relaylog.head (part, node, {HEAD_COLUMNS}) \
-         SELECT $1::integer, $2::smallint, {head_values} WHERE ${head}::bigint IS NOT NULL), \
+         SELECT $1::integer, $2::smallint, {head_values} WHERE ${}::bigint IS NOT NULL), \
          j AS ({}) \
          SELECT 1",
-        insert_cte("record", p, &RECORD_FIELDS, 3, LEADING + 1),
-        insert_cte("outcome", p, &OUTCOME_FIELDS, 4, outcomes),
-        set_journal_frame(head + 8),
+        insert_cte("record", p, &RECORD_FIELDS, 3, n.records),
+        insert_cte("outcome", p, &OUTCOME_FIELDS, 4, n.rows),
+        super::pgevents::insert_block(p, 5, n.bounds, n.block),
+        n.head,
+        set_journal_frame(n.journal),
     )
 }
 
@@ -367,20 +410,30 @@ mod tests {
             crate::config::Granularity::Day,
             chrono::NaiveDate::from_ymd_opt(2026, 12, 5).unwrap(),
         ));
-        let sent = LEADING as usize + RECORD_FIELDS.len() + OUTCOME_FIELDS.len() + 8 + 3;
-        assert_eq!(sent, 40);
+        let sent = NUMBERING.count as usize;
+        assert_eq!(
+            sent,
+            LEADING as usize + RECORD_FIELDS.len() + 2 * OUTCOME_FIELDS.len() + 2 + 8 + 3
+        );
+        assert_eq!(sent, 55);
         for n in 1..=sent {
             assert!(sql.contains(&format!("${n}::")), "${n} in {sql}");
         }
         assert!(!sql.contains(&format!("${}", sent + 1)), "{sql}");
-        // Each column's array in its place: the records' first, the outcomes' last.
-        assert!(sql.contains("$5::bigint[], $6::integer[]"), "{sql}");
+        // Each column's array in its place: the records' first, the outcome rows'
+        // next, the block's bounds and arrays, the head, the journal frame.
+        assert!(sql.contains("$6::bigint[], $7::integer[]"), "{sql}");
         assert!(
-            sql.contains("$29::text[]) WITH ORDINALITY AS t(submission, at_us"),
+            sql.contains("$30::text[]) WITH ORDINALITY AS t(submission, at_us"),
             "{sql}"
         );
-        assert!(sql.contains("$30::bigint, $31::bigint"), "{sql}");
-        assert!(sql.contains("$38::text, $39::bigint, $40::bytea"), "{sql}");
+        assert!(
+            sql.contains("$31::bigint, $32::bigint, $33::bigint[]"),
+            "{sql}"
+        );
+        assert!(sql.contains("cardinality($33::bigint[]) > 0"), "{sql}");
+        assert!(sql.contains("$45::bigint, $46::bigint"), "{sql}");
+        assert!(sql.contains("$53::text, $54::bigint, $55::bytea"), "{sql}");
         assert!(SET_JOURNAL_FRAME.contains("$3::text, $4::bigint, $5::bytea"));
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use super::integrity::{self, LastHead, TreeState};
 use super::partition::PartitionId;
+use super::pgevents;
 use super::pgrows;
 use super::rows::{OutcomeRow, Row};
 use super::writer::WriteError;
@@ -449,6 +450,9 @@ impl PgSink {
                 ))
                 .map_err(db)?,
             insert: client.prepare(&pgrows::insert_sql(partition)).map_err(db)?,
+            block_insert: client
+                .prepare(&pgevents::insert_sql(partition))
+                .map_err(db)?,
         };
         self.statements.insert(partition, c.clone());
         Ok(c)
@@ -610,19 +614,21 @@ impl PgSink {
                     .frame_tag(part, self.target.node, id, frame);
                 (id, frame, tag)
             });
+        // The events in the order they get their ids: the blocks' first.
+        let placed = pgevents::Placed::of(outcomes);
         let batch = Batch {
             partition,
             part,
             first_record: tree.last_record() + 1,
             first_outcome: tree.last_outcome() + 1,
             records,
-            outcomes,
+            outcomes: &placed,
             journal,
         };
         for (k, r) in records.iter().enumerate() {
             tree.push_record(batch.first_record + k as i64, r.leaf);
         }
-        for (k, o) in outcomes.iter().enumerate() {
+        for (k, o) in placed.events.iter().enumerate() {
             tree.push_outcome(batch.first_outcome + k as i64, o.leaf);
         }
         let head = signer
@@ -674,19 +680,30 @@ impl PgSink {
             &h.map(|h| h.at_us),
             &head.map(|n| n.signature.as_slice()),
         ];
+        let placed = batch.outcomes;
+        // Under ONE_STATEMENT_ROWS events: one block at most.
+        debug_assert!(placed.blocked <= pgevents::BLOCK_EVENTS);
+        let block = &placed.events[..placed.blocked];
+        let (sub_min, sub_max) = pgevents::bounds(block);
+        let first_row = batch.first_outcome + placed.blocked as i64;
         let records = pgrows::arrays(batch.records, &pgrows::RECORD_FIELDS);
-        let outcomes = pgrows::arrays(batch.outcomes, &pgrows::OUTCOME_FIELDS);
+        let rows = pgrows::arrays(placed.rows(), &pgrows::OUTCOME_FIELDS);
+        let blocked = pgrows::arrays(block, &pgrows::OUTCOME_FIELDS);
         let (journal, frame) = (batch.journal.map(|j| j.0), batch.journal.map(|j| j.1));
         let tag = batch.journal.as_ref().map(|j| j.2.as_slice());
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(40);
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            Vec::with_capacity(pgrows::NUMBERING.count as usize);
         params.extend([
             &batch.part as &(dyn ToSql + Sync),
             &node,
             &batch.first_record,
+            &first_row,
             &batch.first_outcome,
         ]);
         params.extend(records.iter().map(|c| c as &(dyn ToSql + Sync)));
-        params.extend(outcomes.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend(rows.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend([&sub_min as &(dyn ToSql + Sync), &sub_max]);
+        params.extend(blocked.iter().map(|c| c as &(dyn ToSql + Sync)));
         params.extend(head);
         params.extend([&journal as &(dyn ToSql + Sync), &frame, &tag]);
         let client = self.client.as_mut().expect("connected by statements");
@@ -763,15 +780,29 @@ impl PgSink {
             let mut tx = main.transaction().map_err(db)?;
             let own_first = first + helped.len() as i64;
             let rows = pgrows::CopyRows::of(part, node, own_first, own, &pgrows::RECORD_FIELDS);
+            let placed = batch.outcomes;
             let copied = copy(&mut tx, &statements.record_copy, &rows).and_then(|()| {
                 let rows = pgrows::CopyRows::of(
                     part,
                     node,
-                    batch.first_outcome,
-                    batch.outcomes,
+                    batch.first_outcome + placed.blocked as i64,
+                    placed.rows(),
                     &pgrows::OUTCOME_FIELDS,
                 );
-                copy(&mut tx, &statements.outcome_copy, &rows)
+                copy(&mut tx, &statements.outcome_copy, &rows)?;
+                let mut first = batch.first_outcome;
+                for block in placed.blocks() {
+                    pgevents::insert(
+                        &mut tx,
+                        &statements.block_insert,
+                        (part, node),
+                        first,
+                        block,
+                    )
+                    .map_err(db)?;
+                    first += block.len() as i64;
+                }
+                Ok(())
             });
             if let Some(side) = side {
                 let helped_copied = copied_rx.recv().unwrap_or_else(|_| {
@@ -961,6 +992,8 @@ struct Statements {
     outcome_copy: postgres::Statement,
     /// [`pgrows::insert_sql`].
     insert: postgres::Statement,
+    /// [`pgevents::insert_sql`].
+    block_insert: postgres::Statement,
 }
 
 /// One partition's share of a batch, as [`PgSink::write`] passes it on.
@@ -971,7 +1004,8 @@ struct Batch<'a> {
     first_record: i64,
     first_outcome: i64,
     records: &'a [&'a Row],
-    outcomes: &'a [&'a OutcomeRow],
+    /// The outcome events, in the order they get their ids.
+    outcomes: &'a pgevents::Placed<'a>,
     /// The journal's id, the newest of its frames the batch holds and the row's tag,
     /// when the partition is to record it.
     journal: Option<(&'a str, i64, [u8; 32])>,
@@ -1143,15 +1177,14 @@ fn load_tree(
             &[&part, &node, &rt],
         )
         .map_err(db)?;
-    let outcomes = tx
-        .query(
-            &format!(
-                "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome WHERE part = $1 AND node = $2 AND id > $3 ORDER BY id"
-            ),
-            &[&part, &node, &ot],
-        )
-        .map_err(db)?;
+    let (rows, blocks) = pgevents::after_sql();
+    let rows = tx.query(&rows, &[&part, &node, &ot]).map_err(db)?;
+    let blocks = tx.query(&blocks, &[&part, &node, &ot]).map_err(db)?;
     tx.commit().map_err(db)?;
+    let outcomes = super::events::merge(
+        rows.iter().map(|r| Ok(outcome_row(r))),
+        blocks.iter().map(|r| Ok(outcome_row(r))),
+    );
     TreeState::resume::<WriteError>(
         last,
         &statements,
@@ -1159,7 +1192,7 @@ fn load_tree(
         partition,
         Some(node_name),
         records.iter().map(|r| Ok(record_row(r))),
-        outcomes.iter().map(|r| Ok(outcome_row(r))),
+        outcomes,
     )
 }
 
@@ -1313,11 +1346,24 @@ fn erase_records(
         ),
         &[&part, &node, &submissions],
     )?;
-    let mut outcome_ids = Vec::with_capacity(outcomes.len());
-    for r in &outcomes {
-        let (id, row) = outcome_row(r);
-        entries.outcome(id, &row);
-        outcome_ids.push(id);
+    let outcomes: Vec<(i64, OutcomeRow)> = outcomes.iter().map(outcome_row).collect();
+    let outcome_ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
+    // The blocks holding any of them, written again without them.
+    let blocks = pgevents::blocks_holding(&mut tx, (part, node), &submissions)?;
+    let block_count = blocks.len();
+    let Some(from_blocks) = pgevents::rewrite(&mut tx, partition, node, blocks, |o| {
+        submissions.binary_search(&o.submission).is_ok()
+    })?
+    else {
+        // Read a moment ago in this transaction: rolled back, nothing erased.
+        return Err(PgError::Other(format!(
+            "partition {partition}/{node_name}: not all of {block_count} outcome blocks to rewrite were there; nothing erased"
+        )));
+    };
+    let mut erased_events: Vec<&(i64, OutcomeRow)> = outcomes.iter().chain(&from_blocks).collect();
+    erased_events.sort_unstable_by_key(|(id, _)| *id);
+    for (id, row) in &erased_events {
+        entries.outcome(*id, row);
     }
     let id: i64 = tx
         .query_one(
@@ -1360,7 +1406,7 @@ fn erase_records(
         )));
     }
     tx.commit()?;
-    Ok((ids.len(), outcome_ids.len()))
+    Ok((ids.len(), erased_events.len()))
 }
 
 /// Rows of a portal, fetched a slice at a time: a partition's tree is read in order
@@ -1433,12 +1479,9 @@ pub fn verify_tree(
         ),
         &[&part, &node],
     )?;
-    let outcomes = tx.borrow_mut().bind(
-        &*format!(
-            "SELECT {OUTCOME_COLUMNS} FROM relaylog.outcome WHERE part = $1 AND node = $2 ORDER BY id"
-        ),
-        &[&part, &node],
-    )?;
+    let (rows, blocks) = pgevents::all_sql();
+    let outcome_rows = tx.borrow_mut().bind(&*rows, &[&part, &node])?;
+    let outcome_blocks = tx.borrow_mut().bind(&*blocks, &[&part, &node])?;
     let input = integrity::TreeInput {
         heads,
         records: Portal {
@@ -1448,13 +1491,22 @@ pub fn verify_tree(
             done: false,
             map: record_row,
         },
-        outcomes: Portal {
-            tx: &tx,
-            portal: outcomes,
-            buf: Default::default(),
-            done: false,
-            map: outcome_row,
-        },
+        outcomes: super::events::merge(
+            Portal {
+                tx: &tx,
+                portal: outcome_rows,
+                buf: Default::default(),
+                done: false,
+                map: outcome_row,
+            },
+            Portal {
+                tx: &tx,
+                portal: outcome_blocks,
+                buf: Default::default(),
+                done: false,
+                map: outcome_row,
+            },
+        ),
         statements,
         frontier_at: |seq: i64| {
             let row = tx
@@ -1553,7 +1605,7 @@ pub fn record_count(pool: &Arc<Pool>, p: PartitionId) -> Result<u64, PgError> {
 pub fn drop_partition(pool: &Arc<Pool>, p: PartitionId) -> Result<(), PgError> {
     let suffix = schema::table_suffix(p);
     let mut client = pool.get()?;
-    for table in ["record", "outcome"] {
+    for table in ["record", "outcome", "outcome_block"] {
         let child = format!("relaylog.{table}_{suffix}");
         // Still attached, and whether a detach begun before was cut short (its
         // second phase then has to be finished, not begun again).

@@ -970,7 +970,7 @@ pub fn hold_writer(dir: &Path) -> HeldWriter {
     let thread = std::thread::spawn(move || {
         let mut c = pg::shared().client(&db);
         let mut tx = c.transaction().unwrap();
-        tx.batch_execute("LOCK TABLE relaylog.record, relaylog.outcome IN ACCESS EXCLUSIVE MODE")
+        tx.batch_execute("LOCK TABLE relaylog.record, relaylog.outcome, relaylog.outcome_block IN ACCESS EXCLUSIVE MODE")
             .unwrap();
         locked_tx.send(()).unwrap();
         let _ = released.recv();
@@ -990,7 +990,8 @@ pub fn break_store(dir: &Path) -> Broken {
         Some(db) => pg::shared().batch(
             db,
             "ALTER TABLE relaylog.record ADD CONSTRAINT test_broken CHECK (false) NOT VALID; \
-             ALTER TABLE relaylog.outcome ADD CONSTRAINT test_broken CHECK (false) NOT VALID",
+             ALTER TABLE relaylog.outcome ADD CONSTRAINT test_broken CHECK (false) NOT VALID; \
+             ALTER TABLE relaylog.outcome_block ADD CONSTRAINT test_broken CHECK (false) NOT VALID",
         ),
         None => {
             let store = dir.join("store");
@@ -1026,7 +1027,8 @@ impl Broken {
             Some(db) => pg::shared().batch(
                 db,
                 "ALTER TABLE relaylog.record DROP CONSTRAINT test_broken; \
-                 ALTER TABLE relaylog.outcome DROP CONSTRAINT test_broken",
+                 ALTER TABLE relaylog.outcome DROP CONSTRAINT test_broken; \
+                 ALTER TABLE relaylog.outcome_block DROP CONSTRAINT test_broken",
             ),
             None => {
                 let store = self.dir.join("store");
