@@ -527,6 +527,36 @@ async fn offboarding_erases_an_account_from_every_nodes_tree() {
     .await
     .unwrap();
     assert_eq!((leaving, staying), (0, 4));
+    // The erased records' ids are out of their postings, and a posting left with
+    // none is gone (its tags with it); the others' are as they were.
+    let (dangling, empty, listed, tagged) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut db = pg.client("offboard");
+            let r = db
+                .query_one(
+                    "SELECT (SELECT count(*) FROM relaylog.posting p, unnest(p.ids) AS i \
+                     WHERE NOT EXISTS (SELECT 1 FROM relaylog.record r \
+                     WHERE r.part = p.part AND r.node = p.node AND r.id = i)), \
+                     (SELECT count(*) FROM relaylog.posting WHERE cardinality(ids) = 0), \
+                     (SELECT coalesce(sum(cardinality(ids)), 0)::bigint FROM relaylog.posting), \
+                     (SELECT count(*) FROM relaylog.record r, LATERAL (VALUES (r.account_ix), \
+                     (r.ip_ix), (r.originator_ix)) AS x(tag) WHERE x.tag IS NOT NULL)",
+                    &[],
+                )
+                .unwrap();
+            (
+                r.get::<_, i64>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, i64>(2),
+                r.get::<_, i64>(3),
+            )
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!((dangling, empty), (0, 0));
+    assert!(tagged > 0);
+    assert_eq!(listed, tagged, "the staying records' postings are whole");
     let (ok, v) = common::cli(&config_a, &["verify"]);
     assert!(ok, "{v}");
     for node in ["a", "b"] {
@@ -917,13 +947,21 @@ fn a_lookup_by_number_reads_only_its_window_through_the_blind_index() {
     let stats = relaylog::store::query::run(&cfg, &keyring, &criteria, |_| {}).unwrap();
     assert_eq!(stats.partitions_searched, 2);
     // The statement the lookup sends for its partitions (one, for up to 32), explained.
-    let explain = |db: &mut postgres::Client, indexed: bool| -> String {
+    let account = relaylog::store::query::Criteria {
+        kind: IndexKind::Account,
+        value: "account007".into(),
+        ..criteria.clone()
+    };
+    let explain = |db: &mut postgres::Client,
+                   criteria: &relaylog::store::query::Criteria,
+                   indexed: bool|
+     -> String {
         use relaylog::store::pglookup::{Search, chunk_params, chunk_sql};
         let searches: Vec<Search> = [day(2), day(3)]
             .into_iter()
-            .map(|p| Search::new(p, indexed, keyring.keys(p).unwrap(), &criteria))
+            .map(|p| Search::new(p, indexed, keyring.keys(p).unwrap(), criteria))
             .collect();
-        let sql = format!("EXPLAIN {}", chunk_sql(IndexKind::Recipient, &searches));
+        let sql = format!("EXPLAIN {}", chunk_sql(criteria.kind, &searches));
         db.query_typed(&sql, &chunk_params(&searches))
             .unwrap()
             .iter()
@@ -931,16 +969,43 @@ fn a_lookup_by_number_reads_only_its_window_through_the_blind_index() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let plan = explain(&mut db, false);
+    // A number: the records' B-tree by (bucket, recipient tag).
+    let plan = explain(&mut db, &criteria, false);
     for d in [2, 3] {
         assert!(plan.contains(&format!("record_2026_11_0{d}")), "{plan}");
     }
-    assert!(!plan.contains("record_2026_11_01"), "{plan}");
+    assert!(!plan.contains("2026_11_01"), "{plan}");
     assert!(
         plan.contains("Index") && plan.contains("recipient_ix"),
         "{plan}"
     );
     assert!(!plan.contains("Seq Scan"), "{plan}");
+    // An account: its postings by (bucket, kind, tag), each id to its record by the
+    // primary key. A day's postings are a few pages here, which a sequential scan
+    // reads cheapest: sequential scans off, to see that the index serves the
+    // statement.
+    db.batch_execute("SET enable_seqscan = off").unwrap();
+    let plan = explain(&mut db, &account, false);
+    db.batch_execute("RESET enable_seqscan").unwrap();
+    for d in [2, 3] {
+        assert!(
+            plan.contains(&format!("posting_2026_11_0{d}_bucket_kind_tag_idx")),
+            "{plan}"
+        );
+        assert!(
+            plan.contains(&format!("record_2026_11_0{d}_pkey")),
+            "{plan}"
+        );
+    }
+    assert!(!plan.contains("2026_11_01"), "{plan}");
+    // Every column of the postings' index in the seek: bucket, kind, tag.
+    assert!(
+        plan.contains("::bigint[])) AND (kind = '1'::smallint) AND (tag = "),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    let found = relaylog::store::query::run(&cfg, &keyring, &account, |_| {}).unwrap();
+    assert!(found.matches > 0, "{found:?}");
     // Closed and indexed for reading (what serve's compaction thread does): one
     // seek on the tag index.
     let pool = relaylog::pg::Pool::shared(match &cfg.backend {
@@ -957,14 +1022,25 @@ fn a_lookup_by_number_reads_only_its_window_through_the_blind_index() {
     assert_eq!(done.len(), 3);
     assert!(done.iter().all(|(_, r)| r.is_ok()));
     db.batch_execute("ANALYZE").unwrap();
-    let plan = explain(&mut db, true);
+    let plan = explain(&mut db, &criteria, true);
     for d in [2, 3] {
         assert!(
             plan.contains(&format!("record_2026_11_0{d}_recipient_ix_tag")),
             "{plan}"
         );
     }
-    assert!(!plan.contains("record_2026_11_01"), "{plan}");
+    assert!(!plan.contains("2026_11_01"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    db.batch_execute("SET enable_seqscan = off").unwrap();
+    let plan = explain(&mut db, &account, true);
+    db.batch_execute("RESET enable_seqscan").unwrap();
+    for d in [2, 3] {
+        assert!(
+            plan.contains(&format!("posting_2026_11_0{d}_tag")),
+            "{plan}"
+        );
+    }
+    assert!(!plan.contains("2026_11_01"), "{plan}");
     assert!(!plan.contains("Seq Scan"), "{plan}");
     // A record's outcome events: its partition's rows and blocks, each by its index
     // (the blocks' seek bounded on both sides by the submission). The tables are
@@ -1347,6 +1423,49 @@ fn small_and_large_batches_store_the_same_rows() {
         nulls,
         2 * (0..n).filter(|i| i % 2 == 0 && i % 3 != 0).count() as i64
     );
+    // Every record's account, address and originator tags are in a posting of its
+    // day holding its id (the
+    // one-statement batches', the COPY's, the helper connection's half too), and the
+    // postings hold no other id.
+    let tags = "CROSS JOIN LATERAL (VALUES (1::smallint, r.account_ix), (2::smallint, r.ip_ix), \
+                (3::smallint, r.originator_ix)) AS x(kind, tag)";
+    let (missing, tagged, listed): (i64, i64, i64) = {
+        let r = db
+            .query_one(
+                &format!(
+                    "SELECT (SELECT count(*) FROM relaylog.record r {tags} WHERE x.tag IS NOT NULL \
+                     AND NOT EXISTS (SELECT 1 FROM relaylog.posting p WHERE p.part = r.part \
+                     AND p.node = r.node AND p.kind = x.kind AND p.bucket = r.bucket AND p.tag = x.tag \
+                     AND r.id = ANY(p.ids))), \
+                     (SELECT count(*) FROM relaylog.record r {tags} WHERE x.tag IS NOT NULL), \
+                     (SELECT coalesce(sum(cardinality(ids)), 0) FROM relaylog.posting)::bigint"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(missing, 0);
+    // A day's table made by the writer keeps its ids uncompressed too.
+    let storage: Vec<String> = db
+        .query(
+            "SELECT attstorage::text FROM pg_attribute a JOIN pg_inherits i ON i.inhrelid = a.attrelid \
+             WHERE i.inhparent = 'relaylog.posting'::regclass AND a.attname = 'ids'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        storage.len() >= 2 && storage.iter().all(|s| s == "e"),
+        "{storage:?}"
+    );
+    assert_eq!(
+        tagged,
+        2 * (2 * n as i64 + (0..n).filter(|i| i % 2 == 0).count() as i64)
+    );
+    assert_eq!(listed, tagged);
     // The rows' hashes and heads check out (no keys were made for these rows, which
     // `verify` reports as well: the values are not sealed under a partition's key).
     let (_, out) = common::cli(&config, &["verify"]);
@@ -1602,4 +1721,139 @@ fn today_noon() -> chrono::DateTime<chrono::Utc> {
         .and_hms_opt(12, 0, 0)
         .unwrap()
         .and_utc()
+}
+
+/// A database as an earlier relaylog left it (schema version 4: outcome events in
+/// rows, the blind indexes four B-trees on `record`, a closed day's by-tag indexes),
+/// upgraded by `init`'s migrations: the day gets its outcome blocks' and postings'
+/// tables, postings are made of the records already there (one list a node, kind,
+/// bucket and tag, its ids ascending) for accounts, addresses and originators, their
+/// B-trees go (the recipients' stay), and the closed day is to be indexed again.
+#[test]
+fn an_upgrade_makes_postings_of_the_records_already_there() {
+    use relaylog::pg::schema;
+    let Some(pg) = Cluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    pg.store_lines(dir.path(), "upgrade", "n1");
+    let mut db = pg.client("upgrade");
+    let now = chrono::Utc::now().timestamp_micros();
+    let applied = schema::migrate_to(&mut db, now, 4).unwrap();
+    assert_eq!((applied.from, applied.to), (0, 4));
+    let day = relaylog::store::partition::PartitionId::parse("2026-11-02").unwrap();
+    let (part, end) = (schema::part(day), schema::part(day.next()));
+    db.batch_execute(&format!(
+        "INSERT INTO relaylog.partition (name, part, end_part, created_us, indexed_us) \
+         VALUES ('2026-11-02', {part}, {end}, 1, 2);
+         CREATE TABLE relaylog.record_2026_11_02 PARTITION OF relaylog.record FOR VALUES FROM ({part}) TO ({end});
+         CREATE TABLE relaylog.outcome_2026_11_02 PARTITION OF relaylog.outcome FOR VALUES FROM ({part}) TO ({end});
+         CREATE INDEX record_2026_11_02_recipient_ix_tag ON relaylog.record_2026_11_02 (recipient_ix);
+         CREATE INDEX record_2026_11_02_account_ix_tag ON relaylog.record_2026_11_02 (account_ix);"
+    ))
+    .unwrap();
+    // Node 1's records 1–6 (two buckets), node 2's 1–2: one account and address each
+    // node, an originator on the even ids, three recipients.
+    let records: Vec<(i16, i64)> = (1..=6).map(|id| (1, id)).chain([(2, 1), (2, 2)]).collect();
+    let bucket = |id: i64| if id <= 4 { 100i64 } else { 101 };
+    for &(node, id) in &records {
+        let originator = (id % 2 == 0).then_some(9i64);
+        db.execute(
+            "INSERT INTO relaylog.record (part, node, id, submission, ordinal, at_us, bucket, protocol, \
+             service, recipient_form, segments, account_ix, ip_ix, originator_ix, recipient_ix, sealed) \
+             VALUES ($1, $2, $3, $3, 0, $3, $4, 0, 0, 0, 1, $5, $6, $7, $8, '\\x00')",
+            &[
+                &part,
+                &node,
+                &id,
+                &bucket(id),
+                &(7 + i64::from(node) * 100),
+                &(8 + i64::from(node) * 100),
+                &originator,
+                &(10 + id % 3),
+            ],
+        )
+        .unwrap();
+    }
+    let applied = schema::migrate(&mut db, now).unwrap();
+    assert_eq!((applied.from, applied.to), (4, schema::VERSION));
+
+    // What the postings must be, made here from the same rows.
+    let mut want: std::collections::BTreeMap<(i16, i16, i64, i64), Vec<i64>> = Default::default();
+    for &(node, id) in &records {
+        let tags = [
+            (1i16, Some(7 + i64::from(node) * 100)),
+            (2, Some(8 + i64::from(node) * 100)),
+            (3, (id % 2 == 0).then_some(9)),
+        ];
+        for (kind, tag) in tags {
+            if let Some(tag) = tag {
+                want.entry((node, kind, bucket(id), tag))
+                    .or_default()
+                    .push(id);
+            }
+        }
+    }
+    let found: std::collections::BTreeMap<(i16, i16, i64, i64), Vec<i64>> = db
+        .query(
+            "SELECT node, kind, bucket, tag, ids FROM relaylog.posting WHERE part = $1",
+            &[&part],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3)), r.get(4)))
+        .collect();
+    assert_eq!(found, want);
+    let exists = |db: &mut postgres::Client, name: &str| -> bool {
+        db.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .unwrap()
+            .get(0)
+    };
+    assert!(exists(&mut db, "relaylog.outcome_block_2026_11_02"));
+    assert!(exists(
+        &mut db,
+        "relaylog.posting_2026_11_02_bucket_kind_tag_idx"
+    ));
+    assert!(!exists(
+        &mut db,
+        "relaylog.record_2026_11_02_account_ix_tag"
+    ));
+    let record_indexes: Vec<String> = db
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'relaylog' AND tablename = 'record_2026_11_02'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // The recipients' B-trees stay: the parent's and the closed day's.
+    let mut record_indexes = record_indexes;
+    record_indexes.sort();
+    assert_eq!(
+        record_indexes,
+        [
+            "record_2026_11_02_bucket_recipient_ix_idx",
+            "record_2026_11_02_pkey",
+            "record_2026_11_02_recipient_ix_tag"
+        ]
+    );
+    let storage: String = db
+        .query_one(
+            "SELECT attstorage::text FROM pg_attribute WHERE attrelid = 'relaylog.posting_2026_11_02'::regclass \
+             AND attname = 'ids'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(storage, "e", "the ids are stored uncompressed");
+    let indexed: Option<i64> = db
+        .query_one(
+            "SELECT indexed_us FROM relaylog.partition WHERE part = $1",
+            &[&part],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        indexed, None,
+        "the closed day is indexed again, its postings now"
+    );
 }

@@ -110,8 +110,8 @@ fn postgres_sizes(
         .map_err(database)?
         .query_one(
             "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint FROM pg_inherits \
-             WHERE inhparent IN ('relaylog.record'::regclass, 'relaylog.outcome'::regclass, \
-             'relaylog.outcome_block'::regclass)",
+             WHERE inhparent IN ('relaylog.record'::regclass, 'relaylog.posting'::regclass, \
+             'relaylog.outcome'::regclass, 'relaylog.outcome_block'::regclass)",
             &[],
         )
         .map_err(|e| database(e.into()))?
@@ -166,7 +166,7 @@ pub fn run(cfg: StoreConfig, b: &QueryBench) -> Result<QueryBenchReport, QueryBe
             .map_err(database)?;
         crate::pg::unbounded(&mut client, |c| {
             c.batch_execute(
-                "VACUUM (ANALYZE) relaylog.record, relaylog.outcome, relaylog.outcome_block",
+                "VACUUM (ANALYZE) relaylog.record, relaylog.posting, relaylog.outcome, relaylog.outcome_block",
             )
         })
         .map_err(|e| database(e.into()))?;

@@ -22,6 +22,7 @@ use postgres::types::{ToSql, Type};
 
 use super::keys::{IndexKind, KeyError, Keyring, PartitionKeys};
 use super::partition::PartitionId;
+use super::pgrows;
 use super::pgstore::outcome_row;
 use super::query::{Criteria, Found, Hit, QueryError, QueryStats, read_events};
 use crate::config::Granularity;
@@ -42,14 +43,17 @@ const LOOKUP_BUCKETS: usize = 65_536;
 /// Partitions whose keys a lookup reads in one query (see `Keyring::prefetch`).
 const KEY_SLICE: usize = 4 * LOOKUP_CHUNK;
 
-/// The columns a match is read from, in [`Reader::take`]'s order.
-const MATCH_COLUMNS: &str =
-    "node, id, submission, ordinal, at_us, protocol, service, segments, sealed";
+/// The columns a match is read from, in [`Reader::take`]'s order (of the record `r`).
+const MATCH_COLUMNS: &str = "r.node, r.id, r.submission, r.ordinal, r.at_us, r.protocol, \
+     r.service, r.segments, r.sealed";
 
 /// The records of `kind` = `tag` in partition `part` (a literal or a parameter)
-/// within the window, in time order: parameters from `$first` on, the window's
-/// buckets first unless `indexed`, then the tag, since and until. Returns the SQL
-/// and the next parameter's number.
+/// within the window, in time order. Recipients by their B-tree on the record table
+/// (`(bucket, recipient_ix)`, or `recipient_ix` alone once `indexed`); the other kinds
+/// by their postings (`(bucket, kind, tag)`, or `(kind, tag)` once `indexed`), each id
+/// joined to its record by the primary key (see `crate::pg::schema`'s migration 6).
+/// Parameters from `$first` on: the window's buckets first unless `indexed`, then the
+/// tag, since and until. Returns the SQL and the next parameter's number.
 fn search_sql(
     kind: IndexKind,
     part: &str,
@@ -59,20 +63,37 @@ fn search_sql(
     limit: Option<i32>,
 ) -> (String, usize) {
     let mut n = first;
+    let posted = pgrows::posted(kind);
     let buckets = if indexed {
         String::new()
     } else {
         n += 1;
-        format!("bucket = ANY(${}::bigint[]) AND ", n - 1)
+        let table = if posted { "p" } else { "r" };
+        format!("{table}.bucket = ANY(${}::bigint[]) AND ", n - 1)
+    };
+    let (from, tag) = if posted {
+        (
+            format!(
+                "relaylog.posting p CROSS JOIN LATERAL unnest(p.ids) AS i(id) \
+                 JOIN relaylog.record r ON r.part = {part} AND r.node = p.node AND r.id = i.id \
+                 WHERE p.part = {part} AND p.kind = {}::smallint AND ",
+                kind as u8
+            ),
+            "p.tag",
+        )
+    } else {
+        (
+            format!("relaylog.record r WHERE r.part = {part} AND "),
+            "r.recipient_ix",
+        )
     };
     let limit = limit.map_or(String::new(), |l| format!(" LIMIT {l}"));
     let sql = format!(
-        "SELECT {MATCH_COLUMNS}{extra} FROM relaylog.record WHERE part = {part} AND {buckets}\
-         {column} = ${n}::bigint AND at_us >= ${}::bigint AND at_us < ${}::bigint \
-         ORDER BY at_us, node, id{limit}",
+        "SELECT {MATCH_COLUMNS}{extra} FROM {from}{buckets}{tag} = ${n}::bigint \
+         AND r.at_us >= ${}::bigint AND r.at_us < ${}::bigint \
+         ORDER BY r.at_us, r.node, r.id{limit}",
         n + 1,
         n + 2,
-        column = kind.tag_column(),
     );
     (sql, n + 3)
 }
@@ -265,7 +286,7 @@ impl Reader<'_, '_> {
                 last: searches[searches.len() - 1].partition,
                 message: PgError::from(e).to_string(),
             })?;
-        let k_column = MATCH_COLUMNS.split(", ").count();
+        let k_column = MATCH_COLUMNS.split(',').count();
         let mut rows = rows.into_iter().peekable();
         for (k, search) in searches.iter().enumerate() {
             let mine: Vec<postgres::Row> =
@@ -485,7 +506,14 @@ mod tests {
             n = next;
         }
         assert_eq!(n - 1, 3 * 5 + 2);
-        assert!(sql.contains("bucket = ANY($1::bigint[]) AND recipient_ix = $2::bigint"));
-        assert!(sql.contains("recipient_ix = $5::bigint AND at_us >= $6::bigint"));
+        assert!(sql.contains("r.bucket = ANY($1::bigint[]) AND r.recipient_ix = $2::bigint"));
+        assert!(sql.contains("r.recipient_ix = $5::bigint AND r.at_us >= $6::bigint"));
+        let (posted, _) = search_sql(IndexKind::Account, "7", false, 1, "", None);
+        assert!(
+            posted.contains(
+                "p.kind = 1::smallint AND p.bucket = ANY($1::bigint[]) AND p.tag = $2::bigint"
+            ),
+            "{posted}"
+        );
     }
 }

@@ -19,6 +19,7 @@
 use bytes::BufMut;
 use postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
+use super::keys::IndexKind;
 use super::partition::PartitionId;
 use super::rows::{OutcomeRow, Row};
 use crate::pg::schema;
@@ -202,6 +203,7 @@ const LEADING: u32 = 5;
 /// arrays, the block's bounds, the block's arrays, the head, the journal frame.
 pub struct Numbering {
     pub records: u32,
+    pub postings: u32,
     pub rows: u32,
     pub bounds: u32,
     pub block: u32,
@@ -213,13 +215,15 @@ pub struct Numbering {
 
 pub const NUMBERING: Numbering = {
     let records = LEADING + 1;
-    let rows = records + RECORD_FIELDS.len() as u32;
+    let postings = records + RECORD_FIELDS.len() as u32;
+    let rows = postings + POSTING_PARAMS;
     let bounds = rows + OUTCOME_FIELDS.len() as u32;
     let block = bounds + 2;
     let head = block + OUTCOME_FIELDS.len() as u32;
     let journal = head + 8;
     Numbering {
         records,
+        postings,
         rows,
         bounds,
         block,
@@ -245,17 +249,181 @@ pub fn insert_sql(p: PartitionId) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "WITH r AS ({}), o AS ({}), b AS ({}), \
+        "WITH r AS ({}), p AS ({}), o AS ({}), b AS ({}), \
          h AS (INSERT INTO relaylog.head (part, node, {HEAD_COLUMNS}) \
          SELECT $1::integer, $2::smallint, {head_values} WHERE ${}::bigint IS NOT NULL), \
          j AS ({}) \
          SELECT 1",
         insert_cte("record", p, &RECORD_FIELDS, 3, n.records),
+        postings_insert(p, n.postings),
         insert_cte("outcome", p, &OUTCOME_FIELDS, 4, n.rows),
         super::pgevents::insert_block(p, 5, n.bounds, n.block),
         n.head,
         set_journal_frame(n.journal),
     )
+}
+
+/// The kinds whose blind indexes are posting lists (see `crate::pg::schema`'s
+/// migration 6: recipients keep their B-tree on `record`).
+const POSTED: [IndexKind; 3] = [
+    IndexKind::Account,
+    IndexKind::ClientIp,
+    IndexKind::Originator,
+];
+
+/// Whether `kind`'s blind index is a posting list ([`POSTED`]).
+pub fn posted(kind: IndexKind) -> bool {
+    POSTED.contains(&kind)
+}
+
+/// A record's tags of the [`POSTED`] kinds, each with its kind (an originator's may be
+/// absent).
+fn posted_tags(r: &Row) -> [(IndexKind, Option<i64>); 3] {
+    [
+        (IndexKind::Account, Some(r.account_ix)),
+        (IndexKind::ClientIp, Some(r.ip_ix)),
+        (IndexKind::Originator, r.originator_ix),
+    ]
+}
+
+/// `CROSS JOIN LATERAL` of a record (`alias`, with the blind index columns by their
+/// names) to its tags of the [`POSTED`] kinds as rows `x(kind, tag)`, a NULL tag
+/// among them (no originator).
+fn tags_of(alias: &str) -> String {
+    let values = POSTED
+        .iter()
+        .map(|k| format!("({}::smallint, {alias}.{})", *k as u8, k.tag_column()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("CROSS JOIN LATERAL (VALUES {values}) AS x(kind, tag)")
+}
+
+/// Parameters of [`postings_insert`]: its arrays.
+const POSTING_PARAMS: u32 = 6;
+
+/// `INSERT` of a batch's postings ([`Postings`]) into `p`'s table: part and node at
+/// `$1`, `$2`, the arrays from `$first` on (kind, bucket, tag, where each posting's
+/// ids begin in the last one and how many, the ids).
+fn postings_insert(p: PartitionId, first: u32) -> String {
+    let n = |k: u32| first + k;
+    format!(
+        "INSERT INTO relaylog.posting_{suffix} (part, node, kind, bucket, tag, ids) \
+         SELECT $1::integer, $2::smallint, u.kind, u.bucket, u.tag, (${}::bigint[])[u.start:u.start + u.len - 1] \
+         FROM unnest(${}::smallint[], ${}::bigint[], ${}::bigint[], ${}::integer[], ${}::integer[]) \
+         AS u(kind, bucket, tag, start, len)",
+        n(5),
+        n(0),
+        n(1),
+        n(2),
+        n(3),
+        n(4),
+        suffix = schema::table_suffix(p),
+    )
+}
+
+/// [`postings_insert`] as a statement of its own, beside COPY: `$1` part, `$2` node,
+/// the arrays from `$3`.
+pub fn postings_sql(p: PartitionId) -> String {
+    postings_insert(p, 3)
+}
+
+/// A batch's blind index entries of the [`POSTED`] kinds grouped into postings by the
+/// writer: one for each (bucket, kind, tag) its records share, with their ids
+/// ascending, as the arrays [`postings_insert`] takes.
+#[derive(Debug, Default)]
+pub struct Postings {
+    kind: Vec<i16>,
+    bucket: Vec<i64>,
+    tag: Vec<i64>,
+    start: Vec<i32>,
+    len: Vec<i32>,
+    ids: Vec<i64>,
+}
+
+impl Postings {
+    /// Of `records`, whose ids are `first` on.
+    pub fn of(records: &[&Row], first: i64) -> Self {
+        let mut entries: Vec<(i64, i16, i64, i64)> = Vec::with_capacity(records.len() * 3);
+        for (k, r) in records.iter().enumerate() {
+            let id = first + k as i64;
+            for (kind, tag) in posted_tags(r) {
+                if let Some(tag) = tag {
+                    entries.push((r.bucket, i16::from(kind as u8), tag, id));
+                }
+            }
+        }
+        entries.sort_unstable();
+        let mut out = Postings {
+            ids: Vec::with_capacity(entries.len()),
+            ..Postings::default()
+        };
+        for (bucket, kind, tag, id) in entries {
+            let same = out.kind.last() == Some(&kind)
+                && out.bucket.last() == Some(&bucket)
+                && out.tag.last() == Some(&tag);
+            if same {
+                if let Some(len) = out.len.last_mut() {
+                    *len += 1;
+                }
+            } else {
+                out.kind.push(kind);
+                out.bucket.push(bucket);
+                out.tag.push(tag);
+                // 1-based, as PostgreSQL's arrays; a batch is far below 2^31 entries.
+                out.start.push(out.ids.len() as i32 + 1);
+                out.len.push(1);
+            }
+            out.ids.push(id);
+        }
+        out
+    }
+
+    /// Its arrays, in [`postings_insert`]'s order.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); POSTING_PARAMS as usize] {
+        [
+            &self.kind,
+            &self.bucket,
+            &self.tag,
+            &self.start,
+            &self.len,
+            &self.ids,
+        ]
+    }
+
+    /// How many postings.
+    pub fn len(&self) -> usize {
+        self.kind.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kind.is_empty()
+    }
+}
+
+/// Takes `node`'s records `$2` (`$1` the node) of `p` out of their postings, before
+/// they are erased: two statements, run in this order, in the erasure's transaction.
+/// The first takes their ids out of each posting holding one, the second removes the
+/// postings left with none. Both find them by the records' tags, through their index.
+pub fn unlist_sql(p: PartitionId) -> [String; 2] {
+    let suffix = schema::table_suffix(p);
+    let listed = format!(
+        "WITH listed AS (SELECT DISTINCT r.bucket, x.kind, x.tag FROM relaylog.record_{suffix} r {} \
+         WHERE r.node = $1::smallint AND r.id = ANY($2::bigint[]) AND x.tag IS NOT NULL)",
+        tags_of("r"),
+    );
+    let theirs =
+        "p.bucket = l.bucket AND p.kind = l.kind AND p.tag = l.tag AND p.node = $1::smallint";
+    [
+        format!(
+            "{listed} UPDATE relaylog.posting_{suffix} p \
+             SET ids = ARRAY(SELECT i FROM unnest(p.ids) AS i WHERE i <> ALL($2::bigint[]) ORDER BY i) \
+             FROM listed l WHERE {theirs} AND p.ids && $2::bigint[]"
+        ),
+        format!(
+            "{listed} DELETE FROM relaylog.posting_{suffix} p USING listed l \
+             WHERE {theirs} AND cardinality(p.ids) = 0"
+        ),
+    ]
 }
 
 /// Records that a partition holds a node's journal through a frame: `$1` part, `$2`
@@ -404,6 +572,64 @@ impl CopyRows {
 mod tests {
     use super::*;
 
+    fn record(bucket: i64, account: i64, originator: Option<i64>, recipient: i64) -> Row {
+        Row {
+            submission: 1,
+            ordinal: 0,
+            at_us: 1,
+            bucket,
+            protocol: 0,
+            service: 0,
+            recipient_form: 0,
+            segments: 1,
+            account_ix: account,
+            ip_ix: 5,
+            originator_ix: originator,
+            recipient_ix: recipient,
+            sealed: Vec::new(),
+            leaf: [0; 32],
+        }
+    }
+
+    #[test]
+    fn a_batch_groups_into_one_posting_a_bucket_kind_and_tag() {
+        let rows = [
+            record(7, 1, None, 30),
+            record(7, 1, Some(9), 31),
+            record(8, 1, Some(9), 30),
+            record(7, 2, None, 30),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let p = Postings::of(&refs, 100);
+        let got: Vec<(i64, i16, i64, Vec<i64>)> = (0..p.len())
+            .map(|k| {
+                let (start, len) = (p.start[k] as usize - 1, p.len[k] as usize);
+                (
+                    p.bucket[k],
+                    p.kind[k],
+                    p.tag[k],
+                    p.ids[start..start + len].to_vec(),
+                )
+            })
+            .collect();
+        // Recipients are not posted (their B-tree is on the record table).
+        assert_eq!(
+            got,
+            [
+                (7, 1, 1, vec![100, 101]),
+                (7, 1, 2, vec![103]),
+                (7, 2, 5, vec![100, 101, 103]),
+                (7, 3, 9, vec![101]),
+                (8, 1, 1, vec![102]),
+                (8, 2, 5, vec![102]),
+                (8, 3, 9, vec![102]),
+            ]
+        );
+        assert_eq!(p.ids.len(), 4 * 2 + 2);
+        assert!(Postings::of(&[], 1).is_empty());
+        assert!(!posted(IndexKind::Recipient) && posted(IndexKind::Originator));
+    }
+
     #[test]
     fn the_statement_numbers_its_parameters_in_the_order_they_are_sent() {
         let sql = insert_sql(PartitionId::of_date(
@@ -413,27 +639,39 @@ mod tests {
         let sent = NUMBERING.count as usize;
         assert_eq!(
             sent,
-            LEADING as usize + RECORD_FIELDS.len() + 2 * OUTCOME_FIELDS.len() + 2 + 8 + 3
+            LEADING as usize
+                + RECORD_FIELDS.len()
+                + POSTING_PARAMS as usize
+                + 2 * OUTCOME_FIELDS.len()
+                + 2
+                + 8
+                + 3
         );
-        assert_eq!(sent, 55);
+        assert_eq!(sent, 61);
         for n in 1..=sent {
             assert!(sql.contains(&format!("${n}::")), "${n} in {sql}");
         }
         assert!(!sql.contains(&format!("${}", sent + 1)), "{sql}");
-        // Each column's array in its place: the records' first, the outcome rows'
-        // next, the block's bounds and arrays, the head, the journal frame.
+        // Each column's array in its place: the records' first, their postings, the
+        // outcome rows' next, the block's bounds and arrays, the head, the journal
+        // frame.
         assert!(sql.contains("$6::bigint[], $7::integer[]"), "{sql}");
+        assert!(sql.contains("($24::bigint[])[u.start:"), "{sql}");
         assert!(
-            sql.contains("$30::text[]) WITH ORDINALITY AS t(submission, at_us"),
+            sql.contains("unnest($19::smallint[], $20::bigint[]"),
             "{sql}"
         );
         assert!(
-            sql.contains("$31::bigint, $32::bigint, $33::bigint[]"),
+            sql.contains("$36::text[]) WITH ORDINALITY AS t(submission, at_us"),
             "{sql}"
         );
-        assert!(sql.contains("cardinality($33::bigint[]) > 0"), "{sql}");
-        assert!(sql.contains("$45::bigint, $46::bigint"), "{sql}");
-        assert!(sql.contains("$53::text, $54::bigint, $55::bytea"), "{sql}");
+        assert!(
+            sql.contains("$37::bigint, $38::bigint, $39::bigint[]"),
+            "{sql}"
+        );
+        assert!(sql.contains("cardinality($39::bigint[]) > 0"), "{sql}");
+        assert!(sql.contains("$51::bigint, $52::bigint"), "{sql}");
+        assert!(sql.contains("$59::text, $60::bigint, $61::bytea"), "{sql}");
         assert!(SET_JOURNAL_FRAME.contains("$3::text, $4::bigint, $5::bytea"));
     }
 }

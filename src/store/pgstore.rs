@@ -453,6 +453,9 @@ impl PgSink {
             block_insert: client
                 .prepare(&pgevents::insert_sql(partition))
                 .map_err(db)?,
+            postings: client
+                .prepare(&pgrows::postings_sql(partition))
+                .map_err(db)?,
         };
         self.statements.insert(partition, c.clone());
         Ok(c)
@@ -700,7 +703,9 @@ impl PgSink {
             &first_row,
             &batch.first_outcome,
         ]);
+        let postings = pgrows::Postings::of(batch.records, batch.first_record);
         params.extend(records.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend(postings.params());
         params.extend(rows.iter().map(|c| c as &(dyn ToSql + Sync)));
         params.extend([&sub_min as &(dyn ToSql + Sync), &sub_max]);
         params.extend(blocked.iter().map(|c| c as &(dyn ToSql + Sync)));
@@ -749,18 +754,22 @@ impl PgSink {
         let main = self.client.as_mut().expect("connected by statements");
         let helper = self.helper.as_mut().filter(|_| !helped.is_empty());
         let record_copy = pgrows::copy_sql("record", batch.partition, &pgrows::RECORD_FIELDS);
+        let postings = pgrows::postings_sql(batch.partition);
         std::thread::scope(|scope| -> Result<(), WriteError> {
             // The helper copies, says how that went, then waits to be told to
             // commit (or not: its transaction is then rolled back).
             let (copied_tx, copied_rx) = std::sync::mpsc::channel::<Result<(), WriteError>>();
             let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
             let side = helper.map(|client| {
-                let record_copy = &record_copy;
+                let (record_copy, postings) = (&record_copy, &postings);
                 scope.spawn(move || -> Result<(), WriteError> {
                     let copied = client.transaction().map_err(db).and_then(|mut tx| {
                         let rows =
                             pgrows::CopyRows::of(part, node, first, helped, &pgrows::RECORD_FIELDS);
-                        copy(&mut tx, record_copy.as_str(), &rows).map(|()| tx)
+                        copy(&mut tx, record_copy.as_str(), &rows)?;
+                        let listed = pgrows::Postings::of(helped, first);
+                        insert_postings(&mut tx, postings.as_str(), (part, node), &listed)?;
+                        Ok(tx)
                     });
                     match copied {
                         Ok(tx) => {
@@ -782,6 +791,8 @@ impl PgSink {
             let rows = pgrows::CopyRows::of(part, node, own_first, own, &pgrows::RECORD_FIELDS);
             let placed = batch.outcomes;
             let copied = copy(&mut tx, &statements.record_copy, &rows).and_then(|()| {
+                let listed = pgrows::Postings::of(own, own_first);
+                insert_postings(&mut tx, &statements.postings, (part, node), &listed)?;
                 let rows = pgrows::CopyRows::of(
                     part,
                     node,
@@ -994,6 +1005,8 @@ struct Statements {
     insert: postgres::Statement,
     /// [`pgevents::insert_sql`].
     block_insert: postgres::Statement,
+    /// [`pgrows::postings_sql`].
+    postings: postgres::Statement,
 }
 
 /// One partition's share of a batch, as [`PgSink::write`] passes it on.
@@ -1076,6 +1089,24 @@ fn authentic_frame(
         });
     }
     Ok(if journal == id { frame as u64 } else { 0 })
+}
+
+/// Inserts a batch's postings with `stmt` ([`pgrows::postings_sql`]; nothing to do for
+/// none).
+fn insert_postings<S: postgres::ToStatement + ?Sized>(
+    tx: &mut postgres::Transaction<'_>,
+    stmt: &S,
+    (part, node): (i32, i16),
+    postings: &pgrows::Postings,
+) -> Result<(), WriteError> {
+    use postgres::types::ToSql;
+    if postings.is_empty() {
+        return Ok(());
+    }
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&part, &node];
+    params.extend(postings.params());
+    tx.execute(stmt, &params).map_err(db)?;
+    Ok(())
 }
 
 /// Copies `rows` in with `copy` (nothing to do for none).
@@ -1389,6 +1420,11 @@ fn erase_records(
             &signer,
         ],
     )?;
+    // Their ids out of their postings first (found by the records' tags): an erased
+    // record's tags are not kept.
+    for sql in pgrows::unlist_sql(partition) {
+        tx.execute(&sql, &[&node, &ids])?;
+    }
     let records = tx.execute(
         "DELETE FROM relaylog.record WHERE part = $1 AND node = $2 AND id = ANY($3)",
         &[&part, &node, &ids],
@@ -1605,7 +1641,7 @@ pub fn record_count(pool: &Arc<Pool>, p: PartitionId) -> Result<u64, PgError> {
 pub fn drop_partition(pool: &Arc<Pool>, p: PartitionId) -> Result<(), PgError> {
     let suffix = schema::table_suffix(p);
     let mut client = pool.get()?;
-    for table in ["record", "outcome", "outcome_block"] {
+    for table in ["record", "posting", "outcome", "outcome_block"] {
         let child = format!("relaylog.{table}_{suffix}");
         // Still attached, and whether a detach begun before was cut short (its
         // second phase then has to be finished, not begun again).
