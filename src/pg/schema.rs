@@ -280,7 +280,7 @@ CREATE TABLE relaylog.journal_frame (
 /// Found by submission through `(node, sub_min, sub_max)`; read in id order through
 /// the primary key on `last`. `outcome_block_damaged` raises the error a reader gets
 /// from a block whose arrays disagree with its columns (see
-/// `crate::store::pgstore::BLOCK_EVENTS`): never skipped, `verify` reports it.
+/// `crate::store::pgevents::select`): never skipped, `verify` reports it.
 /// `outcome_event` shows every event, however stored, to people who read the
 /// database by hand.
 const V5_OUTCOME_BLOCK: &str = "

@@ -40,9 +40,12 @@ use super::pgstore::{OUTCOME_COLUMNS, outcome_row};
 use super::rows::OutcomeRow;
 use crate::pg::schema;
 
-/// Most events in one block: a reader holds one block's arrays at a time, and the
-/// journal's commits (about 2,000 records) fit in one.
-pub const BLOCK_EVENTS: usize = 4096;
+/// Most events in one block: a reader reads a block whole (a lookup, a record's;
+/// `verify`, a block at a time). A batch written as one statement fits in one
+/// ([`super::pgstore::ONE_STATEMENT_ROWS`]).
+pub const BLOCK_EVENTS: usize = 1024;
+
+const _: () = assert!(super::pgstore::ONE_STATEMENT_ROWS <= BLOCK_EVENTS);
 
 /// A partition's share of a commit's events in the order they get their ids: the
 /// first `blocked` go into blocks, the rest into rows.

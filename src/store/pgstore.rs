@@ -684,7 +684,7 @@ impl PgSink {
             &head.map(|n| n.signature.as_slice()),
         ];
         let placed = batch.outcomes;
-        // Under ONE_STATEMENT_ROWS events: one block at most.
+        // Under ONE_STATEMENT_ROWS events: one block at most (see BLOCK_EVENTS).
         debug_assert!(placed.blocked <= pgevents::BLOCK_EVENTS);
         let block = &placed.events[..placed.blocked];
         let (sub_min, sub_max) = pgevents::bounds(block);
