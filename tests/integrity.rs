@@ -292,6 +292,56 @@ async fn each_kind_of_damage_is_named() {
     }
 }
 
+/// PostgreSQL keeps the account, client-IP and originator blind indexes as posting
+/// lists, derived from the records and outside their tree: `verify` checks them
+/// against the records. A posting removed (its records then missed by lookups by
+/// account, and by offboarding), an id taken out of one, or one listing an id that is
+/// not its record's, are damage.
+#[tokio::test]
+async fn postings_that_do_not_match_the_records_are_damage() {
+    if !on_postgres() {
+        return;
+    }
+    // (what, the tampering SQL, the damage verify must report)
+    type Case = (&'static str, &'static str, fn(&Damage) -> bool);
+    let cases: [Case; 3] = [
+        (
+            "posting removed",
+            "DELETE FROM posting WHERE part = {part} AND kind = 1",
+            |d| matches!(d, Damage::Postings { unlisted, unmatched: 0 } if *unlisted > 0),
+        ),
+        (
+            "an id taken out",
+            "UPDATE posting SET ids = ids[2:] WHERE part = {part} AND kind = 2 \
+             AND ctid = (SELECT ctid FROM posting WHERE part = {part} AND kind = 2 LIMIT 1)",
+            |d| {
+                matches!(
+                    d,
+                    Damage::Postings {
+                        unlisted: 1,
+                        unmatched: 0
+                    }
+                )
+            },
+        ),
+        (
+            "an id of another tag",
+            "UPDATE posting SET tag = tag + 1 WHERE part = {part} AND kind = 2",
+            |d| matches!(d, Damage::Postings { unlisted, unmatched } if *unlisted > 0 && unlisted == unmatched),
+        ),
+    ];
+    for (what, pg_sql, expected) in cases {
+        let (_dir, cfg) = fresh().await;
+        tamper(&cfg, "2026-11-02", "", pg_sql);
+        let damage = damage_in(&verify(&cfg), "2026-11-02");
+        assert!(damage.iter().any(expected), "{what}: found {damage:?}");
+        assert!(
+            damage.iter().all(|d| matches!(d, Damage::Postings { .. })),
+            "{what}: the tree itself is whole: {damage:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn shredded_keys_are_reported_and_hashes_still_checked() {
     let (_dir, cfg) = fresh().await;

@@ -1399,7 +1399,7 @@ fn small_and_large_batches_store_the_same_rows() {
         .unwrap()
         .get(0);
     // The old submissions' receipts in rows, every other event in blocks: one per
-    // small batch with events, one for the large one (under BLOCK_EVENTS).
+    // small batch with events, as many as BLOCK_EVENTS takes for the large one.
     let (rows, blocks): (i64, i64) = {
         let r = db
             .query_one(
@@ -1414,7 +1414,9 @@ fn small_and_large_batches_store_the_same_rows() {
         (rows, blocks),
         (
             2 * (0..n).filter(|i| i % 50 == 7).count() as i64,
-            n.div_ceil(chunk) as i64 + 1
+            n.div_ceil(chunk) as i64
+                + (n - (0..n).filter(|i| i % 50 == 7).count())
+                    .div_ceil(relaylog::store::pgevents::BLOCK_EVENTS) as i64
         )
     );
     // The events with neither an upstream status (the even-numbered) nor a receipt
@@ -1773,6 +1775,27 @@ fn an_upgrade_makes_postings_of_the_records_already_there() {
         )
         .unwrap();
     }
+    // Not while a node is writing (its writer's lock held): it would write rows the
+    // migration does not see.
+    db.execute(
+        "INSERT INTO relaylog.node (id, name, public_key, registered_us) VALUES (1, 'n1', '\\x00', 0)",
+        &[],
+    )
+    .unwrap();
+    let mut serving = pg.client("upgrade");
+    serving
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&(schema::lock::NODE_BASE + 1)],
+        )
+        .unwrap();
+    let refused = schema::migrate(&mut db, now).unwrap_err().to_string();
+    assert!(
+        refused.contains("node(s) n1 are running") && refused.contains("relaylog init"),
+        "{refused}"
+    );
+    assert_eq!(schema::version(&mut db).unwrap(), 4, "nothing applied");
+    drop(serving);
     let applied = schema::migrate(&mut db, now).unwrap();
     assert_eq!((applied.from, applied.to), (4, schema::VERSION));
 

@@ -27,7 +27,7 @@ pub enum ClusterError {
 /// this size, checkpoints spaced for a bulk load. Printed with the results.
 pub const SETTINGS: &str = "shared_buffers = 1GB\nwork_mem = 16MB\nmaintenance_work_mem = 256MB\n\
 wal_buffers = 64MB\nmax_wal_size = 8GB\ncheckpoint_timeout = 15min\n\
-fsync = on\nsynchronous_commit = on\nfull_page_writes = on\nmax_files_per_process = 8000\n";
+fsync = on\nsynchronous_commit = on\nfull_page_writes = on\nmax_files_per_process = 10000\n";
 
 /// A running private cluster; stopped and removed when dropped.
 pub struct Cluster {

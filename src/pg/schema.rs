@@ -310,6 +310,7 @@ DO $$
 DECLARE p record;
 BEGIN
     FOR p IN SELECT name, part, end_part FROM relaylog.partition LOOP
+        CONTINUE WHEN to_regclass('relaylog.outcome_' || replace(p.name, '-', '_')) IS NULL;
         EXECUTE format(
             'CREATE TABLE relaylog.%I PARTITION OF relaylog.outcome_block FOR VALUES FROM (%s) TO (%s)',
             'outcome_block_' || replace(p.name, '-', '_'), p.part, p.end_part);
@@ -359,6 +360,7 @@ CREATE VIEW relaylog.outcome_event AS
 /// tag), and the record table's three B-trees of those kinds dropped (the closed
 /// partitions' by-tag ones too: the compaction thread builds the postings' again).
 const V6_POSTING: &str = "
+LOCK TABLE relaylog.record IN SHARE MODE;
 CREATE TABLE relaylog.posting (
     part   integer  NOT NULL,
     node   smallint NOT NULL,
@@ -374,6 +376,8 @@ DECLARE p record; s text; c text;
 BEGIN
     FOR p IN SELECT name, part, end_part FROM relaylog.partition LOOP
         s := replace(p.name, '-', '_');
+        -- An expiry cut short after dropping the day's tables: it finishes the rest.
+        CONTINUE WHEN to_regclass('relaylog.record_' || s) IS NULL;
         EXECUTE format(
             'CREATE TABLE relaylog.%I PARTITION OF relaylog.posting FOR VALUES FROM (%s) TO (%s)',
             'posting_' || s, p.part, p.end_part);
@@ -439,6 +443,27 @@ pub fn migrate_to(client: &mut postgres::Client, now_us: i64, to: i32) -> Result
             found: from,
             known: VERSION,
         });
+    }
+    if from > 0 && from < to {
+        // Nodes writing meanwhile would write rows the migration does not see (and,
+        // on their older relaylog, rows without what it adds): stopped first. A node
+        // not running cannot start until the migration is done (its lock is held by
+        // this transaction).
+        let running: Vec<String> = tx
+            .query(
+                "SELECT name FROM relaylog.node WHERE NOT pg_try_advisory_xact_lock($1::bigint + id) ORDER BY name",
+                &[&lock::NODE_BASE],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !running.is_empty() {
+            return Err(PgError::Other(format!(
+                "the schema is at version {from} and this relaylog brings it to {to}, but node(s) {} are \
+                 running: stop every node's `serve`, then run `relaylog init` again",
+                running.join(", ")
+            )));
+        }
     }
     for (i, sql) in MIGRATIONS
         .iter()

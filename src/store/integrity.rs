@@ -751,6 +751,14 @@ pub enum Damage {
     ErasureSignature {
         id: i64,
     },
+    /// PostgreSQL: the posting lists (account, client IP and originator blind indexes)
+    /// do not hold exactly the records' entries. `unlisted`: entries of records no
+    /// posting holds, records that lookups, disclosures and offboarding by those
+    /// kinds would miss; `unmatched`: posting entries that are no record's.
+    Postings {
+        unlisted: i64,
+        unmatched: i64,
+    },
     Unreadable(String),
 }
 
@@ -795,6 +803,15 @@ impl std::fmt::Display for Damage {
                     "erasure statement {id} is not signed by this installation"
                 )
             }
+            Damage::Postings {
+                unlisted,
+                unmatched,
+            } => write!(
+                f,
+                "postings do not match the records: {unlisted} record entr(ies) in no posting \
+                 (lookups by account, address or originator miss them), {unmatched} posting \
+                 entr(ies) of no record"
+            ),
             Damage::Unreadable(m) => write!(f, "unreadable: {m}"),
         }
     }

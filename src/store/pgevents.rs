@@ -149,9 +149,10 @@ pub fn select(extra: &str, filter: &str) -> String {
         .collect::<Vec<_>>()
         .join(" AND ");
     // Compared as numeric: bounds whose difference wraps round must not pass for
-    // narrow ones.
+    // narrow ones. No larger than a writer makes: a reader holds a block whole.
     let ok = format!(
-        "b.first >= 1 AND {lengths} AND e.submission BETWEEN b.sub_min AND b.sub_max \
+        "b.first >= 1 AND b.last - b.first < {BLOCK_EVENTS} AND {lengths} \
+         AND e.submission BETWEEN b.sub_min AND b.sub_max \
          AND b.sub_max::numeric - b.sub_min BETWEEN 0 AND {SPAN} \
          AND e.at_us IS NOT NULL AND e.outcome IS NOT NULL"
     );

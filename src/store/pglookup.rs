@@ -394,9 +394,11 @@ fn partition_error(partition: PartitionId, e: postgres::Error) -> QueryError {
 }
 
 /// Files a server process keeps open for each partition a lookup searches: the
-/// record table and its indexes (the planner reads the size of each), the outcome
-/// table and its index, their free-space and visibility maps, with room to spare.
-pub const FILES_PER_PARTITION: i64 = 20;
+/// record table and its indexes (the planner reads the size of each), the postings
+/// and theirs (a lookup by account, address or originator), the outcome rows and
+/// blocks and theirs, their free-space and visibility maps and the TOAST tables of
+/// postings and blocks: 25 counted.
+pub const FILES_PER_PARTITION: i64 = 25;
 
 /// What an operator should know about the server's settings for this store, as
 /// warnings (a setting that cannot be read is one too, never an error):

@@ -400,6 +400,24 @@ impl Postings {
     }
 }
 
+/// `verify`'s check of the postings of node `$2` in partition `$1` against its
+/// records: how many of the records' (bucket, kind, tag, id) entries no posting holds,
+/// and how many posting entries are no record's (a NULL id, an id listed twice, a
+/// tag that is not its record's among them). Both 0 for postings that are whole.
+pub fn postings_check_sql() -> [String; 2] {
+    let records = format!(
+        "SELECT r.bucket, x.kind, x.tag, r.id FROM relaylog.record r {} \
+         WHERE r.part = $1 AND r.node = $2 AND x.tag IS NOT NULL",
+        tags_of("r")
+    );
+    let postings = "SELECT p.bucket, p.kind, p.tag, i.id FROM relaylog.posting p \
+         CROSS JOIN LATERAL unnest(p.ids) AS i(id) WHERE p.part = $1 AND p.node = $2";
+    [
+        format!("SELECT count(*) FROM ({records} EXCEPT ALL {postings}) AS unlisted"),
+        format!("SELECT count(*) FROM ({postings} EXCEPT ALL {records}) AS unmatched"),
+    ]
+}
+
 /// Takes `node`'s records `$2` (`$1` the node) of `p` out of their postings, before
 /// they are erased: two statements, run in this order, in the erasure's transaction.
 /// The first takes their ids out of each posting holding one, the second removes the

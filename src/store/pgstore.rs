@@ -1555,7 +1555,22 @@ pub fn verify_tree(
             integrity::Frontier::from_bytes(row.get::<_, i64>(0) as u64, row.get(1))
         },
     };
-    integrity::verify_tree(input, partition, Some(node_name), public_key, now_us)
+    let mut verified =
+        integrity::verify_tree(input, partition, Some(node_name), public_key, now_us)?;
+    // The postings against the records, in the same snapshot: they are derived from
+    // the records, which the tree covers, and nothing else checks them.
+    let [unlisted, unmatched] = pgrows::postings_check_sql();
+    let count = |sql: &str| -> Result<i64, postgres::Error> {
+        Ok(tx.borrow_mut().query_one(sql, &[&part, &node])?.get(0))
+    };
+    let (unlisted, unmatched) = (count(&unlisted)?, count(&unmatched)?);
+    if unlisted != 0 || unmatched != 0 {
+        verified.damage.push(integrity::Damage::Postings {
+            unlisted,
+            unmatched,
+        });
+    }
+    Ok(verified)
 }
 
 /// `verify` on PostgreSQL: every node's tree of every partition overlapping
