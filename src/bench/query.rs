@@ -98,7 +98,7 @@ fn database(e: crate::pg::PgError) -> QueryBenchError {
     QueryBenchError::Read(e.to_string())
 }
 
-/// On PostgreSQL: the bytes of the record and outcome tables with their indexes (the
+/// On PostgreSQL: the bytes of the record, posting and outcome tables with their indexes (the
 /// heads and keys are small), and the records, as [`run`] counts them on SQLite.
 fn postgres_sizes(
     pg: &crate::config::PgConfig,

@@ -1,6 +1,8 @@
 //! Where a PostgreSQL partition keeps a node's outcome events, and how every reader
 //! gets them back: as a SQLite partition does (see [`super::events`]), in blocks and
-//! rows, one sequence of ids over both.
+//! rows, one sequence of ids over both. Unlike SQLite, a commit's block events take
+//! its first ids and its rows the ones after ([`Placed`]), so that a block's ids are
+//! consecutive and need not be stored.
 //!
 //! ```sql
 //! outcome_block(part, node,
@@ -216,79 +218,74 @@ pub fn of_submission_sql() -> String {
     )
 }
 
-/// A block read whole: its `last` (its key) and its events in id order.
-pub type WholeBlock = (i64, Vec<(i64, OutcomeRow)>);
-
-/// The blocks of `node` in partition `part` that hold an event of any of
-/// `submissions`, whole, in id order.
+/// The blocks (their `last`, in order) of `node` in partition `part` that hold an
+/// event of any of `submissions`: those whose span covers one and whose events
+/// include it, found by the blocks' index.
 pub fn blocks_holding(
     client: &mut impl GenericClient,
     (part, node): (i32, i16),
     submissions: &[i64],
-) -> Result<Vec<WholeBlock>, postgres::Error> {
-    let sql = select(
-        "b.last",
-        &format!(
-            "b.part = $1 AND b.node = $2 AND b.last IN (\
-             SELECT h.last FROM unnest($3::bigint[]) AS s(sub) \
-             JOIN relaylog.outcome_block h ON h.part = $1 AND h.node = $2 \
-             AND h.sub_min BETWEEN s.sub - {SPAN} AND s.sub AND h.sub_max >= s.sub) \
-             ORDER BY b.last, e.n"
-        ),
-    );
-    let mut out: Vec<WholeBlock> = Vec::new();
-    for r in client.query(&sql, &[&part, &node, &submissions])? {
-        let last: i64 = r.get(OUTCOME_FIELDS.len() + 1);
-        let event = outcome_row(&r);
-        match out.last_mut() {
-            Some((l, events)) if *l == last => events.push(event),
-            _ => out.push((last, vec![event])),
-        }
-    }
-    Ok(out)
+) -> Result<Vec<i64>, postgres::Error> {
+    Ok(client
+        .query(
+            &format!(
+                "SELECT DISTINCT h.last FROM unnest($3::bigint[]) AS s(sub) \
+                 JOIN relaylog.outcome_block h ON h.part = $1 AND h.node = $2 \
+                 AND h.sub_min BETWEEN s.sub - {SPAN} AND s.sub AND h.sub_max >= s.sub \
+                 AND s.sub = ANY(h.submission) ORDER BY h.last"
+            ),
+            &[&part, &node, &submissions],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
-/// Writes `blocks` of `node` in partition `p` again without the events `erase`
-/// takes, each run of consecutive ids left a block of its own. Returns the erased
-/// events, or `None` when not every block was there to delete (read a moment ago in
-/// the same transaction: the caller rolls back).
+/// Writes block `last` of `node` in partition `p` again without the events `erase`
+/// takes, each run of consecutive ids left a block of its own: one block read at a
+/// time. Returns the erased events, or `None` when the block was not there to delete
+/// (found a moment ago in the same transaction: the caller rolls back).
 pub fn rewrite(
     tx: &mut postgres::Transaction<'_>,
     p: PartitionId,
     node: i16,
-    blocks: Vec<WholeBlock>,
+    last: i64,
     erase: impl Fn(&OutcomeRow) -> bool,
 ) -> Result<Option<Vec<(i64, OutcomeRow)>>, postgres::Error> {
     let part = schema::part(p);
-    let lasts: Vec<i64> = blocks.iter().map(|(last, _)| *last).collect();
+    let events: Vec<(i64, OutcomeRow)> = tx
+        .query(
+            &select(
+                "",
+                "b.part = $1 AND b.node = $2 AND b.last = $3 ORDER BY e.n",
+            ),
+            &[&part, &node, &last],
+        )?
+        .iter()
+        .map(outcome_row)
+        .collect();
     let deleted = tx.execute(
-        "DELETE FROM relaylog.outcome_block WHERE part = $1 AND node = $2 AND last = ANY($3)",
-        &[&part, &node, &lasts],
+        "DELETE FROM relaylog.outcome_block WHERE part = $1 AND node = $2 AND last = $3",
+        &[&part, &node, &last],
     )?;
-    if deleted != lasts.len() as u64 {
+    if deleted != 1 {
         return Ok(None);
     }
     let stmt = insert_sql(p);
     let mut erased = Vec::new();
-    for (_, events) in blocks {
-        let mut run: Vec<(i64, &OutcomeRow)> = Vec::new();
-        let mut kept = Vec::new();
-        for (id, o) in &events {
-            if erase(o) {
-                erased.push((*id, o.clone()));
-            } else {
-                kept.push((*id, o));
-            }
+    let mut run: Vec<(i64, &OutcomeRow)> = Vec::new();
+    for (id, o) in &events {
+        if erase(o) {
+            erased.push((*id, o.clone()));
+            continue;
         }
-        for (id, o) in kept {
-            if run.last().is_some_and(|(prev, _)| *prev + 1 != id) {
-                put_run(tx, &stmt, (part, node), &run)?;
-                run.clear();
-            }
-            run.push((id, o));
+        if run.last().is_some_and(|(prev, _)| *prev + 1 != *id) {
+            put_run(tx, &stmt, (part, node), &run)?;
+            run.clear();
         }
-        put_run(tx, &stmt, (part, node), &run)?;
+        run.push((*id, o));
     }
+    put_run(tx, &stmt, (part, node), &run)?;
     Ok(Some(erased))
 }
 

@@ -199,8 +199,9 @@ fn insert_cte<T>(table: &str, p: PartitionId, fields: &[Column<T>], id: u32, fir
 /// record id, the first id of the outcome events in rows and of those in the block.
 const LEADING: u32 = 5;
 
-/// Where [`insert_sql`]'s parameters begin: the records' arrays, the outcome rows'
-/// arrays, the block's bounds, the block's arrays, the head, the journal frame.
+/// Where [`insert_sql`]'s parameters begin: the records' arrays, their postings'
+/// arrays, the outcome rows' arrays, the block's bounds, the block's arrays, the head,
+/// the journal frame.
 pub struct Numbering {
     pub records: u32,
     pub postings: u32,

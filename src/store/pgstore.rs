@@ -718,7 +718,7 @@ impl PgSink {
 
     /// A large batch by COPY in one transaction with `head`; its records over two
     /// connections at once from [`PARALLEL_ROWS`] on, each half in a transaction of
-    /// its own: the server's work per row (five B-trees) is most of a commit's cost,
+    /// its own: the server's work per row (its B-trees and postings) is most of a commit's cost,
     /// and one connection uses one core. The helper's half commits only once both
     /// halves are copied, just before the main one, which holds the head over both:
     /// only a failure of that last commit (a connection lost at that moment, as with
@@ -1379,18 +1379,20 @@ fn erase_records(
     )?;
     let outcomes: Vec<(i64, OutcomeRow)> = outcomes.iter().map(outcome_row).collect();
     let outcome_ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
-    // The blocks holding any of them, written again without them.
-    let blocks = pgevents::blocks_holding(&mut tx, (part, node), &submissions)?;
-    let block_count = blocks.len();
-    let Some(from_blocks) = pgevents::rewrite(&mut tx, partition, node, blocks, |o| {
-        submissions.binary_search(&o.submission).is_ok()
-    })?
-    else {
-        // Read a moment ago in this transaction: rolled back, nothing erased.
-        return Err(PgError::Other(format!(
-            "partition {partition}/{node_name}: not all of {block_count} outcome blocks to rewrite were there; nothing erased"
-        )));
-    };
+    // The blocks holding any of them, written again without them, one at a time.
+    let mut from_blocks = Vec::new();
+    for last in pgevents::blocks_holding(&mut tx, (part, node), &submissions)? {
+        let Some(erased) = pgevents::rewrite(&mut tx, partition, node, last, |o| {
+            submissions.binary_search(&o.submission).is_ok()
+        })?
+        else {
+            // Found a moment ago in this transaction: rolled back, nothing erased.
+            return Err(PgError::Other(format!(
+                "partition {partition}/{node_name}: outcome block {last} to rewrite was not there; nothing erased"
+            )));
+        };
+        from_blocks.extend(erased);
+    }
     let mut erased_events: Vec<&(i64, OutcomeRow)> = outcomes.iter().chain(&from_blocks).collect();
     erased_events.sort_unstable_by_key(|(id, _)| *id);
     for (id, row) in &erased_events {
