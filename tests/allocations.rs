@@ -64,7 +64,9 @@ const MOST_PER_REQUEST: u64 = 23;
 /// client's `BinaryCopyInWriter` and a COPY statement prepared at each use; 111 with
 /// the rows encoded into one buffer and the statements prepared once; 36 with a batch
 /// written as one statement of array parameters, encoded straight from the rows (no
-/// transaction, no COPY).
+/// transaction, no COPY); 44 with postings and outcome blocks (2026-12-06), 36 again
+/// with the postings' buffers kept from batch to batch and the events borrowed when
+/// all go into the block.
 const MOST_PER_REQUEST_POSTGRES: u64 = 40;
 
 /// Sends one Kannel GET and reads its whole answer (Content-Length framed).

@@ -51,21 +51,31 @@ const _: () = assert!(super::pgstore::ONE_STATEMENT_ROWS <= BLOCK_EVENTS);
 
 /// A partition's share of a commit's events in the order they get their ids: the
 /// first `blocked` go into blocks, the rest into rows.
-pub struct Placed<'a> {
-    pub events: Vec<&'a OutcomeRow>,
+pub struct Placed<'s, 'a> {
+    /// Borrowed as they came when all go into blocks (nearly always).
+    pub events: std::borrow::Cow<'s, [&'a OutcomeRow]>,
     pub blocked: usize,
 }
 
-impl<'a> Placed<'a> {
+impl<'s, 'a> Placed<'s, 'a> {
     /// `outcomes` (in the order they came) placed: those within [`SPAN`] of the newest
     /// submission first, then the others, each group in its own order.
-    pub fn of(outcomes: &[&'a OutcomeRow]) -> Self {
+    pub fn of(outcomes: &'s [&'a OutcomeRow]) -> Self {
         let floor = block_floor(outcomes);
+        if outcomes.iter().all(|o| o.submission >= floor) {
+            return Placed {
+                events: std::borrow::Cow::Borrowed(outcomes),
+                blocked: outcomes.len(),
+            };
+        }
         let mut events = Vec::with_capacity(outcomes.len());
         events.extend(outcomes.iter().filter(|o| o.submission >= floor));
         let blocked = events.len();
         events.extend(outcomes.iter().filter(|o| o.submission < floor));
-        Placed { events, blocked }
+        Placed {
+            events: std::borrow::Cow::Owned(events),
+            blocked,
+        }
     }
 
     /// The blocks' events, a block a slice, in id order.

@@ -331,6 +331,8 @@ pub fn postings_sql(p: PartitionId) -> String {
 /// A batch's blind index entries of the [`POSTED`] kinds grouped into postings by the
 /// writer: one for each (bucket, kind, tag) its records share, with their ids
 /// ascending, as the arrays [`postings_insert`] takes.
+/// Its buffers are kept from one batch to the next ([`Postings::fill`]): the writer
+/// makes a batch's postings without allocating once they have grown to its batches.
 #[derive(Debug, Default)]
 pub struct Postings {
     kind: Vec<i16>,
@@ -339,12 +341,22 @@ pub struct Postings {
     start: Vec<i32>,
     len: Vec<i32>,
     ids: Vec<i64>,
+    /// (bucket, kind, tag, id) of each entry, sorted: the buffer they are grouped from.
+    entries: Vec<(i64, i16, i64, i64)>,
 }
 
 impl Postings {
     /// Of `records`, whose ids are `first` on.
     pub fn of(records: &[&Row], first: i64) -> Self {
-        let mut entries: Vec<(i64, i16, i64, i64)> = Vec::with_capacity(records.len() * 3);
+        let mut out = Postings::default();
+        out.fill(records, first);
+        out
+    }
+
+    /// Made again, of `records` (ids `first` on), in the buffers it has.
+    pub fn fill(&mut self, records: &[&Row], first: i64) {
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.clear();
         for (k, r) in records.iter().enumerate() {
             let id = first + k as i64;
             for (kind, tag) in posted_tags(r) {
@@ -354,11 +366,14 @@ impl Postings {
             }
         }
         entries.sort_unstable();
-        let mut out = Postings {
-            ids: Vec::with_capacity(entries.len()),
-            ..Postings::default()
-        };
-        for (bucket, kind, tag, id) in entries {
+        let out = self;
+        for v in [&mut out.bucket, &mut out.tag, &mut out.ids] {
+            v.clear();
+        }
+        out.kind.clear();
+        out.start.clear();
+        out.len.clear();
+        for &(bucket, kind, tag, id) in &entries {
             let same = out.kind.last() == Some(&kind)
                 && out.bucket.last() == Some(&bucket)
                 && out.tag.last() == Some(&tag);
@@ -376,7 +391,7 @@ impl Postings {
             }
             out.ids.push(id);
         }
-        out
+        out.entries = entries;
     }
 
     /// Its arrays, in [`postings_insert`]'s order.

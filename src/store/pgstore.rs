@@ -308,6 +308,8 @@ pub struct PgSink {
     /// The id of the journal in front (`store.acknowledge = "journal"`), whose frames
     /// each partition records holding (see [`PgSink::journal_through`]).
     journal: Option<Arc<str>>,
+    /// A batch's postings, made again in these buffers for each.
+    postings: pgrows::Postings,
 }
 
 impl PgSink {
@@ -322,6 +324,7 @@ impl PgSink {
             reseal: Reseal::default(),
             backend_pid: None,
             tick: 0,
+            postings: pgrows::Postings::default(),
         }
     }
 
@@ -703,9 +706,9 @@ impl PgSink {
             &first_row,
             &batch.first_outcome,
         ]);
-        let postings = pgrows::Postings::of(batch.records, batch.first_record);
+        self.postings.fill(batch.records, batch.first_record);
         params.extend(records.iter().map(|c| c as &(dyn ToSql + Sync)));
-        params.extend(postings.params());
+        params.extend(self.postings.params());
         params.extend(rows.iter().map(|c| c as &(dyn ToSql + Sync)));
         params.extend([&sub_min as &(dyn ToSql + Sync), &sub_max]);
         params.extend(blocked.iter().map(|c| c as &(dyn ToSql + Sync)));
@@ -753,6 +756,7 @@ impl PgSink {
         let (helped, own) = records.split_at(split);
         let main = self.client.as_mut().expect("connected by statements");
         let helper = self.helper.as_mut().filter(|_| !helped.is_empty());
+        let postings_buf = &mut self.postings;
         let record_copy = pgrows::copy_sql("record", batch.partition, &pgrows::RECORD_FIELDS);
         let postings = pgrows::postings_sql(batch.partition);
         std::thread::scope(|scope| -> Result<(), WriteError> {
@@ -791,8 +795,8 @@ impl PgSink {
             let rows = pgrows::CopyRows::of(part, node, own_first, own, &pgrows::RECORD_FIELDS);
             let placed = batch.outcomes;
             let copied = copy(&mut tx, &statements.record_copy, &rows).and_then(|()| {
-                let listed = pgrows::Postings::of(own, own_first);
-                insert_postings(&mut tx, &statements.postings, (part, node), &listed)?;
+                postings_buf.fill(own, own_first);
+                insert_postings(&mut tx, &statements.postings, (part, node), postings_buf)?;
                 let rows = pgrows::CopyRows::of(
                     part,
                     node,
@@ -1018,7 +1022,7 @@ struct Batch<'a> {
     first_outcome: i64,
     records: &'a [&'a Row],
     /// The outcome events, in the order they get their ids.
-    outcomes: &'a pgevents::Placed<'a>,
+    outcomes: &'a pgevents::Placed<'a, 'a>,
     /// The journal's id, the newest of its frames the batch holds and the row's tag,
     /// when the partition is to record it.
     journal: Option<(&'a str, i64, [u8; 32])>,
@@ -1562,6 +1566,11 @@ pub fn verify_tree(
     // The postings against the records, in the same snapshot: they are derived from
     // the records, which the tree covers, and nothing else checks them.
     let [unlisted, unmatched] = pgrows::postings_check_sql();
+    // Each compares a whole partition's entries (sorted or hashed, spilling to disk):
+    // no statement timeout for this transaction, whose verdict a timeout would turn
+    // into "unreadable".
+    tx.borrow_mut()
+        .batch_execute("SET LOCAL statement_timeout = 0")?;
     let count = |sql: &str| -> Result<i64, postgres::Error> {
         Ok(tx.borrow_mut().query_one(sql, &[&part, &node])?.get(0))
     };
