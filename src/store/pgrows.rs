@@ -277,14 +277,15 @@ pub fn posted(kind: IndexKind) -> bool {
     POSTED.contains(&kind)
 }
 
-/// A record's tags of the [`POSTED`] kinds, each with its kind (an originator's may be
-/// absent).
-fn posted_tags(r: &Row) -> [(IndexKind, Option<i64>); 3] {
-    [
-        (IndexKind::Account, Some(r.account_ix)),
-        (IndexKind::ClientIp, Some(r.ip_ix)),
-        (IndexKind::Originator, r.originator_ix),
-    ]
+/// A record's tag of `kind`, the column [`IndexKind::tag_column`] names (an
+/// originator's may be absent).
+fn tag_of(r: &Row, kind: IndexKind) -> Option<i64> {
+    match kind {
+        IndexKind::Account => Some(r.account_ix),
+        IndexKind::ClientIp => Some(r.ip_ix),
+        IndexKind::Originator => r.originator_ix,
+        IndexKind::Recipient => Some(r.recipient_ix),
+    }
 }
 
 /// `CROSS JOIN LATERAL` of a record (`alias`, with the blind index columns by their
@@ -359,20 +360,20 @@ impl Postings {
         entries.clear();
         for (k, r) in records.iter().enumerate() {
             let id = first + k as i64;
-            for (kind, tag) in posted_tags(r) {
-                if let Some(tag) = tag {
+            for kind in POSTED {
+                if let Some(tag) = tag_of(r, kind) {
                     entries.push((r.bucket, i16::from(kind as u8), tag, id));
                 }
             }
         }
         entries.sort_unstable();
         let out = self;
-        for v in [&mut out.bucket, &mut out.tag, &mut out.ids] {
-            v.clear();
-        }
         out.kind.clear();
+        out.bucket.clear();
+        out.tag.clear();
         out.start.clear();
         out.len.clear();
+        out.ids.clear();
         for &(bucket, kind, tag, id) in &entries {
             let same = out.kind.last() == Some(&kind)
                 && out.bucket.last() == Some(&bucket)
