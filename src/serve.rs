@@ -644,13 +644,27 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 }
                 None => None,
             };
+            let console = api.as_ref().map(|(_, api)| {
+                let traffic =
+                    crate::admin::console::traffic::Traffic::new(metrics.clone(), clock.clone());
+                tasks.push(tokio::spawn(traffic.clone().run(shutdown.clone())));
+                Arc::new(crate::admin::console::Console {
+                    api: api.clone(),
+                    traffic,
+                    listeners: config
+                        .listeners
+                        .iter()
+                        .map(|l| (l.name.clone(), l.protocol.name()))
+                        .collect(),
+                })
+            });
             if api.is_some() {
                 tasks.push(spawn_refusal_flush(
                     &config,
                     clock.clone(),
                     shutdown.clone(),
                 ));
-                tracing::info!(addr = %addr, "admin listening over TLS (/metrics, /healthz, compliance API under /api/v1)");
+                tracing::info!(addr = %addr, "admin listening over TLS (/metrics, /healthz, compliance API under /api/v1, console under /console/)");
             } else {
                 tracing::info!(addr = %addr, "admin listening (/metrics, /healthz; no TLS, so no compliance API)");
             }
@@ -659,6 +673,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 metrics: metrics.clone(),
                 recorder: store.recorder(),
                 api,
+                console,
             };
             tasks.push(tokio::spawn(server.run(shutdown.clone())));
             Some(addr)

@@ -3,183 +3,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use common::admin::*;
 use common::*;
-use relaylog::clock::{Clock, ManualClock};
-use relaylog::config::Config;
-
-/// An HTTPS client for the admin listener that trusts only the test's certificate.
-struct Admin {
-    addr: SocketAddr,
-    tls: tokio_rustls::TlsConnector,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    #[track_caller]
-    fn expect(&self, status: StatusCode) -> Value {
-        assert_eq!(
-            self.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.body)
-        );
-        self.json()
-    }
-}
-
-impl Admin {
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        self.raw(method, path, token, Bytes::from(body)).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Option<Value>) -> Reply {
-        self.call(Method::POST, path, Some(token), body).await
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Reply {
-        self.call(Method::GET, path, Some(token), None).await
-    }
-
-    async fn delete(&self, path: &str, token: &str) -> Reply {
-        self.call(Method::DELETE, path, Some(token), None).await
-    }
-
-    async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Bytes) -> Reply {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let stream = self.tls.connect(name, tcp).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost");
-        if !body.is_empty() {
-            req = req.header("content-type", "application/json");
-        }
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let resp = send
-            .send_request(req.body(Full::new(body)).unwrap())
-            .await
-            .unwrap();
-        let (head, body) = resp.into_parts();
-        Reply {
-            status: head.status,
-            headers: head.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
-    }
-
-    async fn login(&self, officer: &str, seed: &[u8], clock: &ManualClock) -> String {
-        let r = self
-            .call(
-                Method::POST,
-                "/api/v1/session",
-                None,
-                Some(json!({
-                    "officer": officer,
-                    "password": format!("{officer}-long-password"),
-                    "totp": totp_at(seed, clock.now_micros()),
-                })),
-            )
-            .await;
-        r.expect(StatusCode::CREATED)["token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-}
-
-struct Setup {
-    dir: tempfile::TempDir,
-    config_path: std::path::PathBuf,
-    config: Config,
-    clock: ManualClock,
-    running: relaylog::serve::Running,
-    admin: Admin,
-}
-
-/// `serve` with a TLS admin listener, on a manual clock set to now.
-async fn start(four_eyes: bool) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert, key) = (dir.path().join("admin.crt"), dir.path().join("admin.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let text = format!(
-        "{}tls-cert = \"{}\"\ntls-key = \"{}\"\nsession-ttl = \"15m\"\n\n[compliance]\nfour-eyes = {four_eyes}\nsingle-operator = true\n",
-        config_text(dir.path(), "kannel", None, "", ""),
-        cert.display(),
-        key.display(),
-    );
-    let config_path = write_config(dir.path(), &text);
-    init_keys(dir.path());
-    let config = Config::parse(&text, &config_path).unwrap();
-    let clock = ManualClock::new(chrono::Utc::now());
-    let running = common::start_serve(config.clone(), Arc::new(clock.clone()))
-        .await
-        .unwrap();
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let admin = Admin {
-        addr: running.admin.unwrap(),
-        tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-    };
-    Setup {
-        dir,
-        config_path,
-        config,
-        clock,
-        running,
-        admin,
-    }
-}
-
-/// Sends `to` one message from `user` through the relay.
-async fn relay_one(s: &Setup, user: &str, to: &str) {
-    let url = format!("http://{}", s.running.addr("sms").unwrap());
-    let (status, body) = get(&client(), &sendsms(&url, user, to)).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-}
+use relaylog::clock::Clock;
 
 fn audit_actions(config: &Path) -> Vec<(String, Value)> {
     let (ok, out) = cli(config, &["audit", "list", "--json"]);
@@ -724,6 +556,10 @@ async fn without_tls_the_admin_listener_serves_no_api() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("served only over TLS"), "{body}");
+    // Nor is the console.
+    let (status, body) = get(&c, &format!("{}/console/login", relay.admin)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("console is served only over TLS"), "{body}");
     assert_eq!(
         get(&c, &format!("{}/healthz", relay.admin)).await.0,
         StatusCode::OK

@@ -24,17 +24,17 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use super::session::{SessionError, Sessions};
+use super::ops::{Exported, blocking};
+use super::session::Sessions;
 use crate::canonical::NumberNormalizer;
 use crate::clock::{Micros, SharedClock};
 use crate::compliance::cases::{Case, CaseError, CaseForm, IdentifierKind, criterion};
-use crate::compliance::disclosure::{self, DiscloseError, Format, Installation};
-use crate::compliance::lookup::{self, LookupError, Window};
-use crate::compliance::officers::{Credentials, Officer, OfficerError, Role};
-use crate::compliance::refusals;
+use crate::compliance::disclosure::{DiscloseError, Format, Installation};
+use crate::compliance::lookup::{LookupError, Window};
+use crate::compliance::officers::{Officer, OfficerError, Role};
 use crate::config::Config;
 use crate::export::{found_json, rfc3339};
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{AuditEntry, Ledger, LedgerError};
 use crate::store::keys::{KeyError, MasterKey};
 
 /// Largest request body the API reads (JSON forms; no upload is larger).
@@ -75,16 +75,17 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 pub struct Api {
-    config: Config,
-    exports: PathBuf,
-    clock: SharedClock,
-    master: MasterKey,
+    pub(super) config: Config,
+    pub(super) exports: PathBuf,
+    pub(super) clock: SharedClock,
+    pub(super) master: MasterKey,
     signer: ring::signature::Ed25519KeyPair,
-    numbers: NumberNormalizer,
-    sessions: Sessions,
-    logins: Semaphore,
+    pub(super) numbers: NumberNormalizer,
+    pub(super) sessions: Sessions,
+    /// Password checks running at once (logins, enrolments, step-ups).
+    pub(super) logins: Semaphore,
     /// One export or offboarding at a time: each holds its records in memory.
-    exporting: Semaphore,
+    pub(super) exporting: Semaphore,
     /// The running store: what it has accepted is brought into the partitions before
     /// a disclosure, an access request or an offboarding reads or erases them (a
     /// client is answered once its records are in the journal, a moment before).
@@ -145,7 +146,7 @@ impl Api {
 
     /// Waits (at most [`SETTLE_TIMEOUT`]) until everything the store accepted so far
     /// is in the partitions.
-    async fn settled(&self) -> Result<(), ApiError> {
+    pub(super) async fn settled(&self) -> Result<(), ApiError> {
         let Some(r) = &self.recorder else {
             return Ok(());
         };
@@ -187,17 +188,17 @@ impl Api {
             .with_state(self.clone())
     }
 
-    fn ledger(&self) -> Result<Ledger, ApiError> {
+    pub(super) fn ledger(&self) -> Result<Ledger, ApiError> {
         Ok(Ledger::open_store(&self.config.store)?)
     }
 
-    fn now(&self) -> Micros {
+    pub(super) fn now(&self) -> Micros {
         self.clock.now_micros()
     }
 
     /// The installation's keys for an export; the keyring is opened per export, as
     /// partitions get keys day by day.
-    fn with_installation<T>(
+    pub(super) fn with_installation<T>(
         &self,
         f: impl FnOnce(&Installation<'_>) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
@@ -215,7 +216,7 @@ impl Api {
     /// shred dropping them at once, `serve` sweeping the rest); without a store in
     /// this process, one opened for the request and dropped with it, so that nothing
     /// stays in memory between requests.
-    fn with_keyring<T>(
+    pub(super) fn with_keyring<T>(
         &self,
         f: impl FnOnce(&crate::store::keys::Keyring) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
@@ -232,25 +233,25 @@ impl Api {
 
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    message: String,
+    pub status: StatusCode,
+    pub message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
     /// A failure of the installation, not of the request: logged in full, answered
     /// without detail.
-    fn internal(e: &dyn std::fmt::Display) -> ApiError {
+    pub fn internal(e: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "compliance API call failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -384,15 +385,6 @@ impl From<crate::clock::BadTime> for ApiError {
     }
 }
 
-/// Runs ledger and store work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(ApiError::internal(&e)))
-}
-
 // ---------------------------------------------------------------------------------
 // Extractors: a JSON body with JSON errors, and the session.
 // ---------------------------------------------------------------------------------
@@ -442,12 +434,15 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 /// The officer behind a live session. Extracting it checks the bearer token and that
 /// the officer is still enabled (disabling ends sessions at once); a failure is
 /// audited and answered with 401.
+#[derive(Clone)]
 pub struct Authed {
     pub officer: Officer,
-    token: String,
+    pub(super) token: String,
+    /// When the session ends.
+    pub expires_at: Micros,
 }
 
-fn peer(parts: &Parts) -> String {
+pub(super) fn peer(parts: &Parts) -> String {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -457,7 +452,7 @@ fn peer(parts: &Parts) -> String {
 
 /// The peer refusals are counted against (`compliance::refusals`): an IPv4 address,
 /// or an IPv6 address's /64, which one host is commonly given whole.
-fn refusal_peer(ip: std::net::IpAddr) -> String {
+pub(super) fn refusal_peer(ip: std::net::IpAddr) -> String {
     match crate::canonical::canonical_ip(ip) {
         std::net::IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -472,7 +467,6 @@ impl FromRequestParts<Arc<Api>> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, ApiError> {
-        let now = api.now();
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -487,72 +481,14 @@ impl FromRequestParts<Arc<Api>> for Authed {
         let call = format!("{} {route}", parts.method.as_str());
         let from = peer(parts);
         let api = api.clone();
-        blocking(move || {
-            let session = match &token {
-                None => Err(SessionError::Missing),
-                Some(t) => api.sessions.get(t, now),
-            };
-            if let Err(SessionError::Store(e)) = &session {
-                // Not the caller's fault, nor a refusal to count: the database is away.
-                // Its words go to the log, not to a caller without a session.
-                tracing::error!(error = %e, "sessions cannot be read");
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "sessions cannot be read now; try again in a moment",
-                ));
-            }
-            let mut ledger = api.ledger()?;
-            let (actor, reason, message) = match session {
-                Ok(s) => {
-                    let current = ledger
-                        .officers()?
-                        .into_iter()
-                        .find(|o| o.name == s.officer.name);
-                    match current {
-                        Some(officer) if officer.enabled => {
-                            return Ok(Authed {
-                                officer,
-                                token: token.unwrap_or_default(),
-                            });
-                        }
-                        _ => {
-                            if let Err(e) = api.sessions.close_officer(&s.officer.name) {
-                                tracing::warn!(error = %e, "a disabled officer's sessions could not be ended; refused at each use");
-                            }
-                            (
-                                s.officer.name,
-                                "officer disabled",
-                                "officer is disabled".to_owned(),
-                            )
-                        }
-                    }
-                }
-                Err(e) => ("(unauthenticated)".to_owned(), e.reason(), e.to_string()),
-            };
-            // Counted, and audited one entry per peer and minute (compliance::refusals);
-            // a peer past its limit is told to slow down.
-            ledger.count_refusal(now, refusals::UNAUTHENTICATED, &from, &actor, &call, reason)?;
-            if ledger.over_limit(
-                now,
-                refusals::UNAUTHENTICATED,
-                &from,
-                refusals::UNAUTHENTICATED_PER_MINUTE + 1,
-            )? {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many calls without a live session from here: try again in a minute",
-                ));
-            }
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
-        })
-        .await
+        blocking(move || api.session_officer(token, &call, &from)).await
     }
 }
 
 impl Authed {
     /// Refuses (403, audited like the command line's role check) an officer whose
     /// role is below `needed`.
-    fn require(
+    pub(super) fn require(
         &self,
         ledger: &mut Ledger,
         needed: Role,
@@ -612,39 +548,20 @@ async fn login(
     };
     let api2 = api.clone();
     blocking(move || {
-        let api = api2;
-        let now = api.now();
-        let mut ledger = api.ledger()?;
-        let who = Credentials {
-            name: &login.officer,
-            password: &login.password,
-            totp: Some(&login.totp),
-        };
-        let officer = ledger.authenticate(
-            &api.master,
-            who,
-            Role::Officer,
-            now,
-            "session.login",
+        let (token, session) = api2.log_in(
+            &login.officer,
+            &login.password,
+            &login.totp,
             &refusal_peer(peer.ip()),
-        )?;
-        let (token, session) = api
-            .sessions
-            .open(officer.clone(), now)
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        ledger.audit(
-            now,
-            &officer.name,
-            "session.login",
-            json!({"expires_at": rfc3339(session.expires_at), "peer": peer.ip().to_string()}),
+            &peer.ip().to_string(),
         )?;
         Ok((
             StatusCode::CREATED,
             Json(json!({
                 "token": token,
                 "expires_at": rfc3339(session.expires_at),
-                "officer": officer.name,
-                "role": officer.role.as_str(),
+                "officer": session.officer.name,
+                "role": session.officer.role.as_str(),
             })),
         )
             .into_response())
@@ -656,15 +573,7 @@ async fn logout(
     axum::extract::State(api): axum::extract::State<Arc<Api>>,
     who: Authed,
 ) -> Result<StatusCode, ApiError> {
-    blocking(move || {
-        api.sessions
-            .close(&who.token)
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        api.ledger()?
-            .audit(api.now(), &who.officer.name, "session.logout", json!({}))?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
+    blocking(move || api.log_out(&who).map(|()| StatusCode::NO_CONTENT)).await
 }
 
 type State = axum::extract::State<Arc<Api>>;
@@ -703,31 +612,15 @@ fn case_json(c: &Case) -> Value {
     })
 }
 
-/// A case command: the session's officer, the ledger with the four-eyes setting noted
-/// (as every case command of the command line does), and the time.
-fn case_command<T>(
-    api: &Api,
-    who: &Authed,
-    f: impl FnOnce(&mut Ledger, Micros) -> Result<T, ApiError>,
-) -> Result<T, ApiError> {
-    let now = api.now();
-    let mut ledger = api.ledger()?;
-    ledger.note_four_eyes(api.config.compliance.four_eyes, now, &who.officer.name)?;
-    f(&mut ledger, now)
-}
-
 async fn list_cases(
     axum::extract::State(api): State,
     who: Authed,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
-        case_command(&api, &who, |ledger, now| {
-            ledger.audit(now, &who.officer.name, "case.list", json!({}))?;
-            let cases = ledger.cases()?;
-            Ok(Json(
-                json!({ "cases": cases.iter().map(case_json).collect::<Vec<_>>() }),
-            ))
-        })
+        let cases = api.cases(&who)?;
+        Ok(Json(
+            json!({ "cases": cases.iter().map(case_json).collect::<Vec<_>>() }),
+        ))
     })
     .await
 }
@@ -738,13 +631,8 @@ async fn open_case(
     Body(form): Body<CaseForm>,
 ) -> Result<Response, ApiError> {
     blocking(move || {
-        case_command(&api, &who, |ledger, now| {
-            let cutoff = api.config.store.retention.cutoff(api.clock.now());
-            let new = form.validate(&api.numbers, now, Some(cutoff.timestamp_micros()))?;
-            let id = ledger.open_case(&api.master, &who.officer, &new, now)?;
-            let case = ledger.case(id)?;
-            Ok((StatusCode::CREATED, Json(case_json(&case))).into_response())
-        })
+        let case = api.open_case(&who, &form)?;
+        Ok((StatusCode::CREATED, Json(case_json(&case))).into_response())
     })
     .await
 }
@@ -754,19 +642,7 @@ async fn show_case(
     who: Authed,
     Param(id): Param<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    blocking(move || {
-        case_command(&api, &who, |ledger, now| {
-            let found = ledger.case(id);
-            ledger.audit(
-                now,
-                &who.officer.name,
-                "case.show",
-                json!({"case": id, "found": found.is_ok()}),
-            )?;
-            Ok(Json(case_json(&found?)))
-        })
-    })
-    .await
+    blocking(move || Ok(Json(case_json(&api.case(&who, id)?)))).await
 }
 
 #[derive(Deserialize, Default)]
@@ -784,28 +660,9 @@ async fn decide(
     note: String,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
-        case_command(&api, &who, |ledger, now| {
-            let action = if approve {
-                "case.approve"
-            } else {
-                "case.reject"
-            };
-            who.require(ledger, Role::Approver, action, now)?;
-            if !approve && note.trim().is_empty() {
-                return Err(ApiError::bad_request(
-                    "a rejection needs a note with the reason",
-                ));
-            }
-            ledger.decide_case(
-                &who.officer,
-                id,
-                approve,
-                &note,
-                api.config.compliance.four_eyes,
-                now,
-            )?;
-            Ok(Json(case_json(&ledger.case(id)?)))
-        })
+        Ok(Json(case_json(
+            &api.decide(&who, id, approve, &note, None)?,
+        )))
     })
     .await
 }
@@ -833,49 +690,25 @@ async fn close_case(
     who: Authed,
     Param(id): Param<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    blocking(move || {
-        case_command(&api, &who, |ledger, now| {
-            ledger.close_case(&who.officer, id, now)?;
-            Ok(Json(case_json(&ledger.case(id)?)))
-        })
-    })
-    .await
+    blocking(move || Ok(Json(case_json(&api.close_case(&who, id)?)))).await
 }
 
 // ---------------------------------------------------------------------------------
 // Exports: written to `admin.exports` with manifest and signature, fetched by name.
 // ---------------------------------------------------------------------------------
 
-/// A file name unique to this moment, e.g. `case-7-20261122T101530.123456Z.json`.
-fn export_name(prefix: &str, now: Micros, ext: &str) -> String {
-    format!("{}.{ext}", stamped(prefix, now))
-}
-
-/// `prefix-<UTC time to the microsecond>`.
-fn stamped(prefix: &str, now: Micros) -> String {
-    let t = crate::clock::micros_to_datetime(now).format("%Y%m%dT%H%M%S%.6fZ");
-    format!("{prefix}-{t}")
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn exported(d: &disclosure::Disclosure) -> Value {
-    let manifest = file_name(&d.manifest);
+fn exported(e: &Exported) -> Value {
     json!({
-        "records": d.records,
-        "sha256": d.sha256,
-        "export": file_name(&d.export),
-        "manifest": manifest,
-        "signature": file_name(&disclosure::signature_path(&d.manifest)),
-        "download": format!("/api/v1/exports/{}", file_name(&d.export)),
+        "records": e.records,
+        "sha256": e.sha256,
+        "export": e.export,
+        "manifest": e.manifest,
+        "signature": e.signature,
+        "download": format!("/api/v1/exports/{}", e.export),
     })
 }
 
-fn busy() -> ApiError {
+pub(super) fn busy() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "another export is running; retry when it is done",
@@ -899,31 +732,16 @@ async fn disclose(
     Param(id): Param<i64>,
     Body(form): Body<DiscloseForm>,
 ) -> Result<Response, ApiError> {
-    let permit = api.exporting.try_acquire().map_err(|_| busy())?;
+    let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
     api.settled().await?;
     let api2 = api.clone();
-    let out = blocking(move || {
-        let api = api2;
-        let now = api.now();
-        let mut ledger = api.ledger()?;
-        let ext = match form.format {
-            Format::Json => "json",
-            Format::Csv => "csv",
-        };
-        let out = api
-            .exports
-            .join(export_name(&format!("case-{id}"), now, ext));
-        api.with_installation(|inst| {
-            let d =
-                disclosure::disclose(inst, &mut ledger, &who.officer, id, form.format, &out, now)?;
-            let mut v = exported(&d);
-            v["case"] = id.into();
-            Ok(v)
-        })
+    let v = blocking(move || {
+        let mut v = exported(&api2.disclose(&who, id, form.format, None)?);
+        v["case"] = id.into();
+        Ok(v)
     })
-    .await;
-    drop(permit);
-    Ok((StatusCode::CREATED, Json(out?)).into_response())
+    .await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -946,25 +764,7 @@ async fn subject_export(
     let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
     api.settled().await?;
     let api2 = api.clone();
-    let v = blocking(move || {
-        let api = api2;
-        let now = api.now();
-        let mut ledger = api.ledger()?;
-        let out = api.exports.join(export_name("subject", now, "json"));
-        api.with_installation(|inst| {
-            let d = disclosure::subject_export(
-                inst,
-                &mut ledger,
-                &who.officer,
-                &subject,
-                api.config.store.retention,
-                &out,
-                now,
-            )?;
-            Ok(exported(&d))
-        })
-    })
-    .await?;
+    let v = blocking(move || Ok(exported(&api2.subject_export(&who, &subject, None)?))).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -977,49 +777,19 @@ async fn offboard(
     api.settled().await?;
     let api2 = api.clone();
     let v = blocking(move || {
-        let api = api2;
-        let now = api.now();
-        let mut ledger = api.ledger()?;
-        who.require(&mut ledger, Role::Admin, "account.offboard", now)?;
-        // Named by time, not account: download and expiry put file names in the
-        // audit log, which names accounts only by tag.
-        let stem = stamped("offboard", now);
-        let out = crate::compliance::offboard::Out {
-            dir: &api.exports,
-            stem: Some(&stem),
-        };
-        api.with_installation(|inst| {
-            let o = crate::compliance::offboard::offboard(
-                inst,
-                &mut ledger,
-                &who.officer,
-                &name,
-                out,
-                now,
-            )?;
-            Ok(json!({
-                "account": name,
-                "records": o.records,
-                "outcomes": o.outcomes,
-                "partitions": o.partitions.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                "export": file_name(&o.export),
-                "statement": file_name(&o.statement),
-                "signature": file_name(&disclosure::signature_path(&o.statement)),
-            }))
-        })
+        let o = api2.offboard(&who, &name, None)?;
+        Ok(json!({
+            "account": o.account,
+            "records": o.records,
+            "outcomes": o.outcomes,
+            "partitions": o.partitions,
+            "export": o.export,
+            "statement": o.statement,
+            "signature": o.signature,
+        }))
     })
     .await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
-}
-
-/// Names `download` serves: what the API writes, nothing else (no paths, no dot files).
-fn servable(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 async fn download(
@@ -1027,52 +797,29 @@ async fn download(
     who: Authed,
     Param(name): Param<String>,
 ) -> Result<Response, ApiError> {
-    if !servable(&name) {
-        return Err(ApiError::bad_request("not an export file name"));
-    }
-    let path = api.exports.join(&name);
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no export {name}"),
-            ));
-        }
-        Err(e) => return Err(ApiError::internal(&e)),
-    };
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .len();
-    let (api2, name2) = (api.clone(), name.clone());
-    blocking(move || {
-        api2.ledger()?.audit(
-            api2.now(),
-            &who.officer.name,
-            "export.download",
-            json!({"file": name2, "bytes": len}),
-        )?;
-        Ok(())
-    })
-    .await?;
-    let ctype = match Path::new(&name).extension().and_then(|e| e.to_str()) {
+    let name2 = name.clone();
+    let (file, len) = blocking(move || api.download(&who, &name2)).await?;
+    Ok(send_file(tokio::fs::File::from_std(file), len, &name))
+}
+
+/// An export file's reply: its type by extension, streamed in 64 KiB reads (an
+/// export may be far larger than memory should hold).
+pub(super) fn send_file(file: tokio::fs::File, len: u64, name: &str) -> Response {
+    let ctype = match Path::new(name).extension().and_then(|e| e.to_str()) {
         Some("json") => "application/json",
         Some("csv") => "text/csv; charset=utf-8",
         _ => "text/plain; charset=utf-8",
     };
-    // Streamed in 64 KiB reads: an export may be far larger than memory should hold.
     let body =
         axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
-    Ok((
+    (
         [
             (header::CONTENT_TYPE, ctype.to_owned()),
             (header::CONTENT_LENGTH, len.to_string()),
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 // ---------------------------------------------------------------------------------
@@ -1110,21 +857,7 @@ async fn query(
     };
     let c = criterion(q.kind, &q.value, &api.numbers)?;
     blocking(move || {
-        let now = api.now();
-        let mut ledger = api.ledger()?;
-        let window = Window { since, until, limit };
-        let found = api.with_keyring(|keyring| {
-            Ok(lookup::audited(
-                &api.config.store,
-                keyring,
-                &api.master,
-                &mut ledger,
-                &who.officer.name,
-                &c,
-                &window,
-                now,
-            )?)
-        })?;
+        let found = api.query(&who, &c, &Window { since, until, limit })?;
         Ok(Json(json!({
             "matches": found.stats.matches,
             "shown": found.found.len(),
@@ -1183,23 +916,17 @@ async fn audit_list(
         )));
     }
     blocking(move || {
-        let now = api.now();
-        let mut ledger = api.ledger()?;
-        who.require(&mut ledger, Role::Admin, "audit.list", now)?;
-        // Every refusal so far, this minute's too, is in the log that is read.
-        ledger.flush_refusals(now, true)?;
-        ledger.audit(now, &who.officer.name, "audit.list", json!({"after": p.after, "limit": limit}))?;
-        let entries = ledger.entries_page(p.after, limit)?;
-        let entries: Vec<Value> = entries
-            .iter()
-            .map(|e| {
-                let details: Value = serde_json::from_str(&e.details).unwrap_or(Value::Null);
-                json!({"seq": e.seq, "at": rfc3339(e.at), "actor": e.actor, "action": e.action, "details": details})
-            })
-            .collect();
-        Ok(Json(json!({ "entries": entries })))
+        let entries = api.audit_page(&who, p.after, limit)?;
+        Ok(Json(
+            json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() }),
+        ))
     })
     .await
+}
+
+fn audit_json(e: &AuditEntry) -> Value {
+    let details: Value = serde_json::from_str(&e.details).unwrap_or(Value::Null);
+    json!({"seq": e.seq, "at": rfc3339(e.at), "actor": e.actor, "action": e.action, "details": details})
 }
 
 async fn audit_verify(
@@ -1207,16 +934,7 @@ async fn audit_verify(
     who: Authed,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
-        let now = api.now();
-        let mut ledger = api.ledger()?;
-        who.require(&mut ledger, Role::Admin, "audit.verify", now)?;
-        let n = ledger.verify_audit()?;
-        ledger.audit(
-            now,
-            &who.officer.name,
-            "audit.verify",
-            json!({"entries": n}),
-        )?;
+        let n = api.audit_verify(&who)?;
         Ok(Json(json!({ "intact": true, "entries": n })))
     })
     .await
@@ -1241,11 +959,7 @@ async fn list_officers(
     who: Authed,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
-        let mut ledger = api.ledger()?;
-        let now = api.now();
-        who.require(&mut ledger, Role::Admin, "officer.list", now)?;
-        ledger.audit(now, &who.officer.name, "officer.list", json!({}))?;
-        let officers = ledger.officers()?;
+        let officers = api.officers(&who)?;
         Ok(Json(
             json!({ "officers": officers.iter().map(officer_json).collect::<Vec<_>>() }),
         ))
@@ -1279,18 +993,7 @@ async fn add_officer(
     })?;
     let api2 = api.clone();
     blocking(move || {
-        let api = api2;
-        let now = api.now();
-        let mut ledger = api.ledger()?;
-        who.require(&mut ledger, Role::Admin, "officer.add", now)?;
-        let e = ledger.add_officer(
-            &api.master,
-            &new.name,
-            new.role,
-            &new.password,
-            now,
-            &who.officer.name,
-        )?;
+        let e = api2.add_officer(&who, &new.name, new.role, &new.password)?;
         let mut v = officer_json(&e.officer);
         v["otpauth_uri"] = e.otpauth_uri.into();
         Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -1304,12 +1007,7 @@ async fn disable_officer(
     Param(name): Param<String>,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
-        let now = api.now();
-        let mut ledger = api.ledger()?;
-        who.require(&mut ledger, Role::Admin, "officer.disable", now)?;
-        // Her sessions end at their next use, which says why (see `Authed`).
-        ledger.disable_officer(&name, now, &who.officer.name)?;
-        let officer = ledger.officers()?.into_iter().find(|o| o.name == name);
+        let officer = api.disable_officer(&who, &name)?;
         Ok(Json(officer.as_ref().map(officer_json).unwrap_or_default()))
     })
     .await
@@ -1331,9 +1029,7 @@ async fn list_holds(
     who: Authed,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
-        let mut ledger = api.ledger()?;
-        ledger.audit(api.now(), &who.officer.name, "hold.list", json!({}))?;
-        let holds = ledger.holds()?;
+        let holds = api.holds(&who)?;
         Ok(Json(
             json!({ "holds": holds.iter().map(hold_json).collect::<Vec<_>>() }),
         ))
@@ -1355,16 +1051,8 @@ async fn add_hold(
     who: Authed,
     Body(h): Body<NewHold>,
 ) -> Result<Response, ApiError> {
-    let hold = crate::ledger::Hold {
-        case: h.case,
-        since: crate::clock::parse_time(&h.since, false)?.timestamp_micros(),
-        until: crate::clock::parse_time(&h.until, true)?.timestamp_micros(),
-        reason: h.reason,
-        placed_at: api.now(),
-        placed_by: who.officer.name.clone(),
-    };
     blocking(move || {
-        api.ledger()?.add_hold(&hold)?;
+        let hold = api.add_hold(&who, h.case, &h.since, &h.until, h.reason)?;
         Ok((StatusCode::CREATED, Json(hold_json(&hold))).into_response())
     })
     .await
@@ -1376,7 +1064,7 @@ async fn release_hold(
     Param(case): Param<String>,
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
-        let n = api.ledger()?.release(&case, api.now(), &who.officer.name)?;
+        let n = api.release_hold(&who, &case)?;
         Ok(Json(json!({ "case": case, "released": n })))
     })
     .await
@@ -1412,43 +1100,9 @@ pub fn expire_exports(config: &Config, now: Micros) -> Result<Vec<String>, ApiEr
     let mut removed = Vec::new();
     for path in old {
         std::fs::remove_file(&path).map_err(|e| ApiError::internal(&e))?;
-        let name = file_name(&path);
+        let name = super::ops::file_name(&path);
         ledger.audit(now, "serve", "export.expired", json!({"file": name}))?;
         removed.push(name);
     }
     Ok(removed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_plain_export_names_are_served() {
-        for ok in [
-            "case-7-20261122T101530.123456Z.json",
-            "acme-deletion.json.sig",
-        ] {
-            assert!(servable(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "../ledger.sqlite",
-            ".hidden",
-            "a/b",
-            "a\\b",
-            "x%2e",
-            &"a".repeat(256),
-        ] {
-            assert!(!servable(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn export_names_sort_by_time_and_carry_no_identifier() {
-        let a = export_name("subject", 1_795_000_000_000_000, "json");
-        let b = export_name("subject", 1_795_000_000_000_001, "json");
-        assert_eq!(a, "subject-20261118T110640.000000Z.json");
-        assert!(a < b);
-    }
 }

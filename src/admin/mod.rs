@@ -4,6 +4,8 @@
 //! passwords and exports do not cross a network in the clear.
 
 pub mod api;
+pub mod console;
+pub mod ops;
 pub mod session;
 
 use std::convert::Infallible;
@@ -33,6 +35,8 @@ pub struct AdminServer {
     pub recorder: Recorder,
     /// TLS and the compliance API come together.
     pub api: Option<(TlsAcceptor, Arc<api::Api>)>,
+    /// The officers' web console, served with the API.
+    pub console: Option<Arc<console::Console>>,
 }
 
 /// Admin connections open at once; more are closed at accept. Scrapers, officers and
@@ -53,7 +57,10 @@ const NAME: &str = "admin";
 
 impl AdminServer {
     pub async fn run(self, shutdown: Shutdown) {
-        let router = self.api.as_ref().map(|(_, api)| api.router());
+        let routers = self.api.as_ref().map(|(_, api)| Routers {
+            api: api.router(),
+            console: self.console.as_ref().map(|c| c.clone().router()),
+        });
         let gate = crate::net::Gate {
             name: NAME.into(),
             connections: crate::net::Connections::new(
@@ -71,7 +78,7 @@ impl AdminServer {
             let conn = Connection {
                 metrics: metrics.clone(),
                 recorder: recorder.clone(),
-                router: router.clone(),
+                routers: routers.clone(),
                 peer,
             };
             let shutdown = sessions.clone();
@@ -81,13 +88,21 @@ impl AdminServer {
     }
 }
 
+/// The routers behind TLS: the API's (`/api/`) and the console's (`/console/`), each
+/// with its own answer for what it does not serve.
+#[derive(Clone)]
+struct Routers {
+    api: axum::Router,
+    console: Option<axum::Router>,
+}
+
 /// One admin connection: `/metrics` and `/healthz` answered here, `/api/` handed to
 /// the API's router (or refused when there is none).
 #[derive(Clone)]
 struct Connection {
     metrics: Arc<Metrics>,
     recorder: Recorder,
-    router: Option<axum::Router>,
+    routers: Option<Routers>,
     peer: SocketAddr,
 }
 
@@ -100,13 +115,18 @@ impl Connection {
         let svc = service_fn(move |mut req: Request<Incoming>| {
             let this = self.clone();
             async move {
-                if !req.uri().path().starts_with("/api/") {
+                let path = req.uri().path();
+                let console = path == "/console" || path.starts_with("/console/");
+                if !console && !path.starts_with("/api/") {
                     let healthy = this.recorder.writer_alive();
                     return Ok::<_, Infallible>(
                         answer(&this.metrics, healthy, req).map(axum::body::Body::new),
                     );
                 }
-                match this.router {
+                let router = this
+                    .routers
+                    .and_then(|r| if console { r.console } else { Some(r.api) });
+                match router {
                     Some(router) => {
                         req.extensions_mut().insert(ConnectInfo(this.peer));
                         let metrics = this.metrics.clone();
@@ -119,7 +139,7 @@ impl Connection {
                         });
                         router.oneshot(req).await
                     }
-                    None => Ok(no_api()),
+                    None => Ok(no_api(req.uri().path())),
                 }
             }
         });
@@ -309,14 +329,24 @@ impl hyper::body::Body for Deadline {
     }
 }
 
-fn no_api() -> Response<axum::body::Body> {
-    let mut r = Response::new(axum::body::Body::from(
-        "{\"error\":\"the compliance API is served only over TLS: set admin.tls-cert and admin.tls-key\"}\n",
-    ));
+/// The API's and the console's answer on a listener without TLS.
+fn no_api(path: &str) -> Response<axum::body::Body> {
+    let (body, ctype) = if path.starts_with("/api/") {
+        (
+            "{\"error\":\"the compliance API is served only over TLS: set admin.tls-cert and admin.tls-key\"}\n",
+            "application/json",
+        )
+    } else {
+        (
+            "the console is served only over TLS: set admin.tls-cert and admin.tls-key\n",
+            "text/plain; charset=utf-8",
+        )
+    };
+    let mut r = Response::new(axum::body::Body::from(body));
     *r.status_mut() = StatusCode::NOT_FOUND;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+        http::HeaderValue::from_static(ctype),
     );
     r
 }

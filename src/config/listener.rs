@@ -301,6 +301,17 @@ pub enum ListenerProtocol {
     Smpp(Smpp),
 }
 
+impl ListenerProtocol {
+    /// The protocol's name, as `protocol =` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ListenerProtocol::Http { .. } => "http",
+            ListenerProtocol::Smtp(_) => "smtp",
+            ListenerProtocol::Smpp(_) => "smpp",
+        }
+    }
+}
+
 /// Where an SMPP listener relays to: `smpp://host:port` (2775 by default) or
 /// `smpps://host:port` (TLS, 3550 by default).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -168,6 +168,9 @@ impl Hold {
     }
 }
 
+/// Entries [`Ledger::case_history`] gives at most.
+pub const MAX_CASE_HISTORY: usize = 1000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub seq: i64,
@@ -175,6 +178,19 @@ pub struct AuditEntry {
     pub actor: String,
     pub action: String,
     pub details: String,
+}
+
+impl AuditEntry {
+    /// An entry from a row of `seq, at_us, actor, action, details` (in that order).
+    fn of_row(r: &db::Row) -> db::DbResult<AuditEntry> {
+        Ok(AuditEntry {
+            seq: r.int(0)?,
+            at: r.int(1)?,
+            actor: r.text(2)?,
+            action: r.text(3)?,
+            details: r.text(4)?,
+        })
+    }
 }
 
 pub struct Ledger {
@@ -394,17 +410,35 @@ impl Ledger {
             .query("SELECT seq, at_us, actor, action, details FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2", &[&after, &limit])
             .map_err(self.err())?;
         rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    seq: r.int(0)?,
-                    at: r.int(1)?,
-                    actor: r.text(2)?,
-                    action: r.text(3)?,
-                    details: r.text(4)?,
-                })
-            })
+            .map(AuditEntry::of_row)
             .collect::<db::DbResult<Vec<_>>>()
             .map_err(self.err())
+    }
+
+    /// The audit entries that name case `id` (`"case": id` in their details), oldest
+    /// first, at most [`MAX_CASE_HISTORY`]: a case's history as the console shows it.
+    /// The log is searched whole (it has no index by case); a case's entries are few.
+    pub fn case_history(&self, id: i64) -> Result<Vec<AuditEntry>, LedgerError> {
+        let pattern = format!("%\"case\":{id}%");
+        let cap = MAX_CASE_HISTORY as i64 * 4;
+        let rows = self
+            .db()
+            .query(
+                "SELECT seq, at_us, actor, action, details FROM audit WHERE details LIKE ?1 ORDER BY seq LIMIT ?2",
+                &[&pattern, &cap],
+            )
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for r in rows.iter() {
+            let e = AuditEntry::of_row(r).map_err(self.err())?;
+            // `"case":7` is also the start of `"case":71`: the details say which.
+            let names_it = serde_json::from_str::<serde_json::Value>(&e.details)
+                .is_ok_and(|d| d.get("case").and_then(serde_json::Value::as_i64) == Some(id));
+            if names_it && out.len() < MAX_CASE_HISTORY {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     pub fn entries(&self) -> Result<Vec<AuditEntry>, LedgerError> {
@@ -427,19 +461,9 @@ impl Ledger {
                 .map_err(self.err())?;
             let n = rows.len() as i64;
             for r in rows {
-                let (e, stored) = (|| -> db::DbResult<_> {
-                    Ok((
-                        AuditEntry {
-                            seq: r.int(0)?,
-                            at: r.int(1)?,
-                            actor: r.text(2)?,
-                            action: r.text(3)?,
-                            details: r.text(4)?,
-                        },
-                        r.blob(5)?,
-                    ))
-                })()
-                .map_err(self.err())?;
+                let (e, stored) =
+                    (|| -> db::DbResult<_> { Ok((AuditEntry::of_row(&r)?, r.blob(5)?)) })()
+                        .map_err(self.err())?;
                 if e.seq != expected_seq || chain(&prev, &e) != stored {
                     return Err(LedgerError::Broken { seq: e.seq });
                 }

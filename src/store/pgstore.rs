@@ -1660,6 +1660,31 @@ pub fn record_count(pool: &Arc<Pool>, p: PartitionId) -> Result<u64, PgError> {
     Ok(n.max(0) as u64)
 }
 
+/// The tables made per partition (`<table>_<suffix>`, attached to `relaylog.<table>`).
+const PARTITIONED_TABLES: [&str; 4] = ["record", "posting", "outcome", "outcome_block"];
+
+/// Each partition with the bytes its tables take (indexes and TOAST included),
+/// oldest first.
+pub fn partition_sizes(pool: &Arc<Pool>) -> Result<Vec<(PartitionId, u64)>, PgError> {
+    let mut client = pool.get()?;
+    let rows = client.query(
+        "SELECT p.name, coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+         FROM relaylog.partition p CROSS JOIN LATERAL (SELECT replace(p.name, '-', '_') AS s) x \
+         LEFT JOIN pg_class c ON c.relnamespace = 'relaylog'::regnamespace \
+          AND c.relname IN (SELECT t || '_' || x.s FROM unnest($1::text[]) t) \
+         GROUP BY p.name ORDER BY p.name",
+        &[&PARTITIONED_TABLES.as_slice()],
+    )?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let name: String = r.get(0);
+            let bytes: i64 = r.get(1);
+            PartitionId::parse(&name).map(|p| (p, bytes.max(0) as u64))
+        })
+        .collect())
+}
+
 /// Removes a partition whose keys are already shredded: its tables detached (without
 /// stopping the writers: `DETACH … CONCURRENTLY`) and dropped, then its heads, erasure
 /// statements and its entry. Each step is safe to run again: a crash between two is
@@ -1667,7 +1692,7 @@ pub fn record_count(pool: &Arc<Pool>, p: PartitionId) -> Result<u64, PgError> {
 pub fn drop_partition(pool: &Arc<Pool>, p: PartitionId) -> Result<(), PgError> {
     let suffix = schema::table_suffix(p);
     let mut client = pool.get()?;
-    for table in ["record", "posting", "outcome", "outcome_block"] {
+    for table in PARTITIONED_TABLES {
         let child = format!("relaylog.{table}_{suffix}");
         // Still attached, and whether a detach begun before was cut short (its
         // second phase then has to be finished, not begun again).

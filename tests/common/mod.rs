@@ -2,6 +2,7 @@
 //! small HTTP client. Everything binds 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod pg;
 pub mod smpp;
 

@@ -1,0 +1,656 @@
+//! What an officer can do on the admin listener, once: the JSON API ([`super::api`])
+//! and the web console ([`super::console`]) are two ways of asking for it, and each
+//! only turns these results into its own replies. Every operation checks the role,
+//! notes the four-eyes setting and writes the audit entry as the command line does,
+//! through the same library calls.
+//!
+//! All of them block (ledger, store, password hashing): callers run them on the
+//! blocking pool ([`blocking`]).
+
+use std::path::Path;
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use super::api::{Api, ApiError, Authed};
+use super::session::{Session, SessionError};
+use crate::clock::Micros;
+use crate::compliance::cases::{Case, CaseForm, Criterion};
+use crate::compliance::disclosure::{self, Format};
+use crate::compliance::lookup::{self, Lookup, Window};
+use crate::compliance::officers::{Credentials, Enrolment, Officer, Role};
+use crate::compliance::refusals;
+use crate::ledger::{AuditEntry, Hold, Ledger};
+
+/// Runs ledger and store work on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(&e)))
+}
+
+/// An export written to `admin.exports`: file names only (served by name).
+pub struct Exported {
+    pub records: u64,
+    pub sha256: String,
+    pub export: String,
+    pub manifest: String,
+    pub signature: String,
+}
+
+impl Exported {
+    fn of(d: &disclosure::Disclosure) -> Exported {
+        Exported {
+            records: d.records,
+            sha256: d.sha256.clone(),
+            export: file_name(&d.export),
+            manifest: file_name(&d.manifest),
+            signature: file_name(&disclosure::signature_path(&d.manifest)),
+        }
+    }
+}
+
+/// An account offboarded: what was exported and erased, and the signed statement.
+pub struct Offboarded {
+    pub account: String,
+    pub records: u64,
+    pub outcomes: u64,
+    pub partitions: Vec<String>,
+    pub export: String,
+    pub statement: String,
+    pub signature: String,
+}
+
+/// A second factor asked again before a sensitive act (approving, rejecting,
+/// exporting), as the command line asks for every such act: the officer's password
+/// and a fresh TOTP code, checked by the same library call as a login.
+pub struct StepUp<'a> {
+    pub password: &'a str,
+    pub totp: &'a str,
+    /// The client's address, which refusals are counted against.
+    pub peer: &'a str,
+}
+
+pub fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A file name unique to this moment, e.g. `case-7-20261122T101530.123456Z.json`.
+pub fn export_name(prefix: &str, now: Micros, ext: &str) -> String {
+    format!("{}.{ext}", stamped(prefix, now))
+}
+
+/// `prefix-<UTC time to the microsecond>`.
+fn stamped(prefix: &str, now: Micros) -> String {
+    let t = crate::clock::micros_to_datetime(now).format("%Y%m%dT%H%M%S%.6fZ");
+    format!("{prefix}-{t}")
+}
+
+impl Api {
+    // -----------------------------------------------------------------------------
+    // Sessions.
+    // -----------------------------------------------------------------------------
+
+    /// Password and TOTP checked (refusals counted against `peer`), a session opened
+    /// and the login audited. The token is the caller's to hand over, once.
+    pub fn log_in(
+        &self,
+        name: &str,
+        password: &str,
+        totp: &str,
+        peer: &str,
+        shown_peer: &str,
+    ) -> Result<(String, Session), ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        let who = Credentials {
+            name,
+            password,
+            totp: Some(totp),
+        };
+        let officer =
+            ledger.authenticate(&self.master, who, Role::Officer, now, "session.login", peer)?;
+        let (token, session) = self
+            .sessions
+            .open(officer.clone(), now)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        ledger.audit(
+            now,
+            &officer.name,
+            "session.login",
+            json!({"expires_at": crate::export::rfc3339(session.expires_at), "peer": shown_peer}),
+        )?;
+        Ok((token, session))
+    }
+
+    pub fn log_out(&self, who: &Authed) -> Result<(), ApiError> {
+        self.sessions
+            .close(&who.token)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        self.ledger()?
+            .audit(self.now(), &who.officer.name, "session.logout", json!({}))?;
+        Ok(())
+    }
+
+    /// The officer behind a session token, still enabled (disabling ends sessions at
+    /// once). A failure is counted against `from` and audited one entry per peer and
+    /// minute (`compliance::refusals`), with `call` (method and route template, never
+    /// a query string); a peer past its limit is told to slow down.
+    pub fn session_officer(
+        &self,
+        token: Option<String>,
+        call: &str,
+        from: &str,
+    ) -> Result<Authed, ApiError> {
+        let now = self.now();
+        let session = match &token {
+            None => Err(SessionError::Missing),
+            Some(t) => self.sessions.get(t, now),
+        };
+        if let Err(SessionError::Store(e)) = &session {
+            // Not the caller's fault, nor a refusal to count: the database is away.
+            // Its words go to the log, not to a caller without a session.
+            tracing::error!(error = %e, "sessions cannot be read");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sessions cannot be read now; try again in a moment",
+            ));
+        }
+        let mut ledger = self.ledger()?;
+        let (actor, reason, message) = match session {
+            Ok(s) => {
+                let current = ledger
+                    .officers()?
+                    .into_iter()
+                    .find(|o| o.name == s.officer.name);
+                match current {
+                    Some(officer) if officer.enabled => {
+                        return Ok(Authed {
+                            officer,
+                            token: token.unwrap_or_default(),
+                            expires_at: s.expires_at,
+                        });
+                    }
+                    _ => {
+                        if let Err(e) = self.sessions.close_officer(&s.officer.name) {
+                            tracing::warn!(error = %e, "a disabled officer's sessions could not be ended; refused at each use");
+                        }
+                        (
+                            s.officer.name,
+                            "officer disabled",
+                            "officer is disabled".to_owned(),
+                        )
+                    }
+                }
+            }
+            Err(e) => ("(unauthenticated)".to_owned(), e.reason(), e.to_string()),
+        };
+        ledger.count_refusal(now, refusals::UNAUTHENTICATED, from, &actor, call, reason)?;
+        if ledger.over_limit(
+            now,
+            refusals::UNAUTHENTICATED,
+            from,
+            refusals::UNAUTHENTICATED_PER_MINUTE + 1,
+        )? {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many calls without a live session from here: try again in a minute",
+            ));
+        }
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
+    }
+
+    /// The step-up check: the session's own officer, password and a fresh code, and
+    /// the role the act needs.
+    fn step_up(
+        &self,
+        ledger: &mut Ledger,
+        who: &Authed,
+        step: &StepUp<'_>,
+        needed: Role,
+        action: &str,
+        now: Micros,
+    ) -> Result<(), ApiError> {
+        let creds = Credentials {
+            name: &who.officer.name,
+            password: step.password,
+            totp: Some(step.totp),
+        };
+        ledger.authenticate(&self.master, creds, needed, now, action, step.peer)?;
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------
+    // Cases.
+    // -----------------------------------------------------------------------------
+
+    /// A case command: the ledger with the four-eyes setting noted (as every case
+    /// command of the command line does), and the time.
+    fn case_command<T>(
+        &self,
+        who: &Authed,
+        f: impl FnOnce(&mut Ledger, Micros) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        ledger.note_four_eyes(self.config.compliance.four_eyes, now, &who.officer.name)?;
+        f(&mut ledger, now)
+    }
+
+    pub fn cases(&self, who: &Authed) -> Result<Vec<Case>, ApiError> {
+        self.case_command(who, |ledger, now| {
+            ledger.audit(now, &who.officer.name, "case.list", json!({}))?;
+            Ok(ledger.cases()?)
+        })
+    }
+
+    pub fn open_case(&self, who: &Authed, form: &CaseForm) -> Result<Case, ApiError> {
+        self.case_command(who, |ledger, now| {
+            let cutoff = self.config.store.retention.cutoff(self.clock.now());
+            let new = form.validate(&self.numbers, now, Some(cutoff.timestamp_micros()))?;
+            let id = ledger.open_case(&self.master, &who.officer, &new, now)?;
+            Ok(ledger.case(id)?)
+        })
+    }
+
+    pub fn case(&self, who: &Authed, id: i64) -> Result<Case, ApiError> {
+        self.case_command(who, |ledger, now| {
+            let found = ledger.case(id);
+            ledger.audit(
+                now,
+                &who.officer.name,
+                "case.show",
+                json!({"case": id, "found": found.is_ok()}),
+            )?;
+            Ok(found?)
+        })
+    }
+
+    /// A case's history: the audit entries that name it, oldest first (at most
+    /// [`crate::ledger::MAX_CASE_HISTORY`]).
+    pub fn case_history(&self, id: i64) -> Result<Vec<AuditEntry>, ApiError> {
+        Ok(self.ledger()?.case_history(id)?)
+    }
+
+    /// Approves or rejects a case (an approver, another than its opener under the
+    /// four-eyes rule; a rejection needs its reason). `step`: the console's second
+    /// factor, checked first; the API's session stands for it.
+    pub fn decide(
+        &self,
+        who: &Authed,
+        id: i64,
+        approve: bool,
+        note: &str,
+        step: Option<&StepUp<'_>>,
+    ) -> Result<Case, ApiError> {
+        self.case_command(who, |ledger, now| {
+            let action = if approve {
+                "case.approve"
+            } else {
+                "case.reject"
+            };
+            who.require(ledger, Role::Approver, action, now)?;
+            if let Some(step) = step {
+                self.step_up(ledger, who, step, Role::Approver, action, now)?;
+            }
+            if !approve && note.trim().is_empty() {
+                return Err(ApiError::bad_request(
+                    "a rejection needs a note with the reason",
+                ));
+            }
+            ledger.decide_case(
+                &who.officer,
+                id,
+                approve,
+                note,
+                self.config.compliance.four_eyes,
+                now,
+            )?;
+            Ok(ledger.case(id)?)
+        })
+    }
+
+    pub fn close_case(&self, who: &Authed, id: i64) -> Result<Case, ApiError> {
+        self.case_command(who, |ledger, now| {
+            ledger.close_case(&who.officer, id, now)?;
+            Ok(ledger.case(id)?)
+        })
+    }
+
+    // -----------------------------------------------------------------------------
+    // Exports. The caller holds [`Api::exporting`] and has waited for the store to
+    // settle ([`Api::settled`]).
+    // -----------------------------------------------------------------------------
+
+    pub fn disclose(
+        &self,
+        who: &Authed,
+        id: i64,
+        format: Format,
+        step: Option<&StepUp<'_>>,
+    ) -> Result<Exported, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        if let Some(step) = step {
+            self.step_up(&mut ledger, who, step, Role::Officer, "case.disclose", now)?;
+        }
+        let ext = match format {
+            Format::Json => "json",
+            Format::Csv => "csv",
+        };
+        let out = self
+            .exports
+            .join(export_name(&format!("case-{id}"), now, ext));
+        self.with_installation(|inst| {
+            let d = disclosure::disclose(inst, &mut ledger, &who.officer, id, format, &out, now)?;
+            Ok(Exported::of(&d))
+        })
+    }
+
+    pub fn subject_export(
+        &self,
+        who: &Authed,
+        subject: &Criterion,
+        step: Option<&StepUp<'_>>,
+    ) -> Result<Exported, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        if let Some(step) = step {
+            self.step_up(&mut ledger, who, step, Role::Officer, "subject.export", now)?;
+        }
+        let out = self.exports.join(export_name("subject", now, "json"));
+        self.with_installation(|inst| {
+            let d = disclosure::subject_export(
+                inst,
+                &mut ledger,
+                &who.officer,
+                subject,
+                self.config.store.retention,
+                &out,
+                now,
+            )?;
+            Ok(Exported::of(&d))
+        })
+    }
+
+    pub fn offboard(
+        &self,
+        who: &Authed,
+        account: &str,
+        step: Option<&StepUp<'_>>,
+    ) -> Result<Offboarded, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        who.require(&mut ledger, Role::Admin, "account.offboard", now)?;
+        if let Some(step) = step {
+            self.step_up(&mut ledger, who, step, Role::Admin, "account.offboard", now)?;
+        }
+        // Named by time, not account: download and expiry put file names in the
+        // audit log, which names accounts only by tag.
+        let stem = stamped("offboard", now);
+        let out = crate::compliance::offboard::Out {
+            dir: &self.exports,
+            stem: Some(&stem),
+        };
+        self.with_installation(|inst| {
+            let o = crate::compliance::offboard::offboard(
+                inst,
+                &mut ledger,
+                &who.officer,
+                account,
+                out,
+                now,
+            )?;
+            Ok(Offboarded {
+                account: account.to_owned(),
+                records: o.records,
+                outcomes: o.outcomes,
+                partitions: o.partitions.iter().map(|p| p.to_string()).collect(),
+                export: file_name(&o.export),
+                statement: file_name(&o.statement),
+                signature: file_name(&disclosure::signature_path(&o.statement)),
+            })
+        })
+    }
+
+    /// The exports written for case `id` that are still in `admin.exports` (each with
+    /// its manifest and signature), oldest first.
+    pub fn case_exports(&self, id: i64) -> Result<Vec<Exported>, ApiError> {
+        let prefix = format!("case-{id}-");
+        let entries = match std::fs::read_dir(&self.exports) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ApiError::internal(&e)),
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| {
+                n.starts_with(&prefix)
+                    && (n.ends_with(".json") || n.ends_with(".csv"))
+                    && !n.ends_with(".manifest.json")
+            })
+            .collect();
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|export| {
+                let manifest = format!("{export}.manifest.json");
+                Exported {
+                    records: 0,
+                    sha256: String::new(),
+                    signature: format!("{manifest}.sig"),
+                    manifest,
+                    export,
+                }
+            })
+            .collect())
+    }
+
+    /// An export file to send, by name: opened, its size, and the download audited.
+    pub fn download(&self, who: &Authed, name: &str) -> Result<(std::fs::File, u64), ApiError> {
+        if !servable(name) {
+            return Err(ApiError::bad_request("not an export file name"));
+        }
+        let file = match std::fs::File::open(self.exports.join(name)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no export {name}"),
+                ));
+            }
+            Err(e) => return Err(ApiError::internal(&e)),
+        };
+        let len = file.metadata().map_err(|e| ApiError::internal(&e))?.len();
+        self.ledger()?.audit(
+            self.now(),
+            &who.officer.name,
+            "export.download",
+            json!({"file": name, "bytes": len}),
+        )?;
+        Ok((file, len))
+    }
+
+    /// A lookup by one identifier, audited (the records held in memory: `window.limit`
+    /// is capped by the caller).
+    pub fn query(
+        &self,
+        who: &Authed,
+        criterion: &Criterion,
+        window: &Window,
+    ) -> Result<Lookup, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        self.with_keyring(|keyring| {
+            Ok(lookup::audited(
+                &self.config.store,
+                keyring,
+                &self.master,
+                &mut ledger,
+                &who.officer.name,
+                criterion,
+                window,
+                now,
+            )?)
+        })
+    }
+
+    // -----------------------------------------------------------------------------
+    // Audit log.
+    // -----------------------------------------------------------------------------
+
+    /// A page of the audit log after `after` (an admin's; audited, and every refusal
+    /// so far, this minute's too, flushed into it first).
+    pub fn audit_page(
+        &self,
+        who: &Authed,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        who.require(&mut ledger, Role::Admin, "audit.list", now)?;
+        ledger.flush_refusals(now, true)?;
+        ledger.audit(
+            now,
+            &who.officer.name,
+            "audit.list",
+            json!({"after": after, "limit": limit}),
+        )?;
+        Ok(ledger.entries_page(after, limit)?)
+    }
+
+    /// Recomputes the audit chain; the number of entries when it holds.
+    pub fn audit_verify(&self, who: &Authed) -> Result<usize, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        who.require(&mut ledger, Role::Admin, "audit.verify", now)?;
+        let n = ledger.verify_audit()?;
+        ledger.audit(
+            now,
+            &who.officer.name,
+            "audit.verify",
+            json!({"entries": n}),
+        )?;
+        Ok(n)
+    }
+
+    // -----------------------------------------------------------------------------
+    // Officers and holds.
+    // -----------------------------------------------------------------------------
+
+    pub fn officers(&self, who: &Authed) -> Result<Vec<Officer>, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        who.require(&mut ledger, Role::Admin, "officer.list", now)?;
+        ledger.audit(now, &who.officer.name, "officer.list", json!({}))?;
+        Ok(ledger.officers()?)
+    }
+
+    /// Enrols an officer; the enrolment's otpauth URI is shown once, to the admin.
+    pub fn add_officer(
+        &self,
+        who: &Authed,
+        name: &str,
+        role: Role,
+        password: &str,
+    ) -> Result<Enrolment, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        who.require(&mut ledger, Role::Admin, "officer.add", now)?;
+        Ok(ledger.add_officer(&self.master, name, role, password, now, &who.officer.name)?)
+    }
+
+    pub fn disable_officer(&self, who: &Authed, name: &str) -> Result<Option<Officer>, ApiError> {
+        let now = self.now();
+        let mut ledger = self.ledger()?;
+        who.require(&mut ledger, Role::Admin, "officer.disable", now)?;
+        // Her sessions end at their next use, which says why (see `session_officer`).
+        ledger.disable_officer(name, now, &who.officer.name)?;
+        Ok(ledger.officers()?.into_iter().find(|o| o.name == name))
+    }
+
+    pub fn holds(&self, who: &Authed) -> Result<Vec<Hold>, ApiError> {
+        let mut ledger = self.ledger()?;
+        ledger.audit(self.now(), &who.officer.name, "hold.list", json!({}))?;
+        Ok(ledger.holds()?)
+    }
+
+    /// Places a hold (window as typed, whole days at its ends).
+    pub fn add_hold(
+        &self,
+        who: &Authed,
+        case: String,
+        since: &str,
+        until: &str,
+        reason: String,
+    ) -> Result<Hold, ApiError> {
+        let hold = Hold {
+            case,
+            since: crate::clock::parse_time(since, false)?.timestamp_micros(),
+            until: crate::clock::parse_time(until, true)?.timestamp_micros(),
+            reason,
+            placed_at: self.now(),
+            placed_by: who.officer.name.clone(),
+        };
+        self.ledger()?.add_hold(&hold)?;
+        Ok(hold)
+    }
+
+    /// Releases a case's holds; how many were released.
+    pub fn release_hold(&self, who: &Authed, case: &str) -> Result<usize, ApiError> {
+        Ok(self
+            .ledger()?
+            .release(case, self.now(), &who.officer.name)?)
+    }
+}
+
+/// Names `download` serves: what the admin listener writes, nothing else (no paths,
+/// no dot files).
+pub fn servable(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_export_names_are_served() {
+        for ok in [
+            "case-7-20261122T101530.123456Z.json",
+            "acme-deletion.json.sig",
+        ] {
+            assert!(servable(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../ledger.sqlite",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "x%2e",
+            &"a".repeat(256),
+        ] {
+            assert!(!servable(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn export_names_sort_by_time_and_carry_no_identifier() {
+        let a = export_name("subject", 1_795_000_000_000_000, "json");
+        let b = export_name("subject", 1_795_000_000_000_001, "json");
+        assert_eq!(a, "subject-20261118T110640.000000Z.json");
+        assert!(a < b);
+    }
+}
