@@ -29,7 +29,8 @@
 //!   writer, queries.
 //! - [`metrics`]: the Prometheus registry every layer counts into (labels from config and
 //!   fixed strings only).
-//! - [`admin`]: the admin listener: `/metrics`, `/healthz` and the compliance API.
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, the compliance API and the
+//!   officers' web console, both over the same operations (`admin::ops`).
 //! - [`simulator`]: a gateway look-alike, a sink MTA and an SMSC for tests, benchmarks
 //!   and the default upstream; [`bench`](mod@bench): the load generators (`bench http`, `bench
 //!   smtp`, `bench smpp`) and the store benchmark.

@@ -5,7 +5,8 @@
 //! case, the other approves it, the first discloses and downloads the export with its
 //! manifest and signature, and the download verifies with `verify-export`. Every page
 //! is photographed into `$CARGO_TARGET_TMPDIR/console-screenshots/`. Without
-//! chromedriver the test fails under `CI=true` and is skipped (said on stderr) elsewhere.
+//! Chromium or chromedriver the test fails under `CI=true` and is skipped (said on
+//! stderr) elsewhere.
 
 mod common;
 
@@ -19,16 +20,24 @@ use common::admin::*;
 use common::*;
 use relaylog::clock::Clock;
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// Chromium's own binary (Debian's `/usr/bin/chromium` is a shell launcher).
-fn chromium() -> &'static str {
-    if Path::new("/usr/lib/chromium/chromium").exists() {
-        "/usr/lib/chromium/chromium"
-    } else {
-        "/usr/bin/chromium"
-    }
+/// A program on the `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
+
+/// Chromium's own binary (Debian's `chromium` on the `PATH` is a shell launcher).
+fn chromium() -> Option<PathBuf> {
+    let own = PathBuf::from("/usr/lib/chromium/chromium");
+    if own.is_file() {
+        return Some(own);
+    }
+    on_path("chromium")
+}
+
+/// How long a page or a download may take, in tenths of a second (2 cores, busy).
+const WAIT_TENTHS: u32 = 300;
 
 /// chromedriver on a port of its own, killed when dropped.
 struct Driver {
@@ -51,29 +60,31 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn driver() -> Option<Driver> {
-    if !Path::new(CHROMEDRIVER).exists() {
+async fn driver() -> Option<(Driver, PathBuf)> {
+    let (Some(chromedriver), Some(chromium)) = (on_path("chromedriver"), chromium()) else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "{CHROMEDRIVER} is missing: .ci/run installs Debian's chromium and chromium-driver"
+            "chromium or chromedriver is missing: .ci/run installs Debian's chromium and chromium-driver"
         );
-        eprintln!("skipped: {CHROMEDRIVER} is missing (apt-get install chromium chromium-driver)");
+        eprintln!(
+            "skipped: chromium or chromedriver is missing (apt-get install chromium chromium-driver)"
+        );
         return None;
-    }
+    };
     let port = free_port();
-    let child = std::process::Command::new(CHROMEDRIVER)
+    let child = std::process::Command::new(chromedriver)
         .arg(format!("--port={port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("chromedriver starts");
     let d = Driver { child, port };
-    for _ in 0..100 {
+    for _ in 0..WAIT_TENTHS {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Some(d);
+            return Some((d, chromium));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -82,18 +93,18 @@ async fn driver() -> Option<Driver> {
 
 /// A headless Chromium of its own (profile, downloads), which trusts the test's
 /// self-signed certificate as a browser told to accept it.
-async fn browser(d: &Driver, profile: &Path, downloads: &Path) -> Client {
+async fn browser(d: &Driver, chromium: &Path, profile: &Path, downloads: &Path) -> Client {
     let mut caps = serde_json::Map::new();
     caps.insert("acceptInsecureCerts".into(), json!(true));
     caps.insert(
         "goog:chromeOptions".into(),
         json!({
-            "binary": chromium(),
+            "binary": chromium,
             "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                "--window-size=1280,1100",
+                "--window-size=1280,1100", "--lang=en-US",
                 format!("--user-data-dir={}", profile.display()),
             ],
             "prefs": {
@@ -140,7 +151,7 @@ async fn click(c: &Client, css: &str) {
 
 /// Waits until the page's path (and query) is `want`.
 async fn at(c: &Client, want: &str) {
-    for _ in 0..100 {
+    for _ in 0..WAIT_TENTHS {
         let url = c.current_url().await.unwrap();
         let here = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
@@ -168,7 +179,7 @@ async fn log_in(c: &Client, base: &str, officer: &str, code: &str) {
 /// Waits for a download to finish: the file there, and no partial one beside it.
 async fn downloaded(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
-    for _ in 0..100 {
+    for _ in 0..WAIT_TENTHS {
         let partial = std::fs::read_dir(dir)
             .unwrap()
             .flatten()
@@ -188,7 +199,9 @@ async fn downloaded(dir: &Path, name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_officers_open_approve_disclose_and_download_in_chromium() {
-    let Some(d) = driver().await else { return };
+    let Some((d, chromium)) = driver().await else {
+        return;
+    };
     let s = start(true).await;
     let anna = add_officer(&s.config_path, "anna", "officer");
     let bert = add_officer(&s.config_path, "bert", "approver");
@@ -226,7 +239,7 @@ async fn two_officers_open_approve_disclose_and_download_in_chromium() {
     let base = format!("https://127.0.0.1:{}", s.admin.addr.port());
 
     // Anna, an officer, logs in and opens a case.
-    let a = browser(&d, &work.path().join("anna"), &downloads).await;
+    let a = browser(&d, &chromium, &work.path().join("anna"), &downloads).await;
     a.goto(&format!("{base}/console/")).await.unwrap();
     at(&a, "/console/login").await;
     shots.take(&a, "login").await;
@@ -258,26 +271,26 @@ async fn two_officers_open_approve_disclose_and_download_in_chromium() {
     ] {
         fill(&a, id, &value).await;
     }
-    // Date inputs take what a keyboard types in the browser's locale (en-US here).
-    for (id, date) in [("order_date", "11202026"), ("deadline", "12242026")] {
-        a.find(Locator::Id(id))
-            .await
-            .unwrap()
-            .send_keys(date)
-            .await
-            .unwrap();
+    // A date field's typing follows the browser's locale: its value is set instead.
+    for (id, date) in [("order_date", "2026-11-20"), ("deadline", "2026-12-24")] {
+        a.execute(
+            "document.getElementById(arguments[0]).value = arguments[1]",
+            vec![json!(id), json!(date)],
+        )
+        .await
+        .unwrap();
     }
     shots.take(&a, "case-new").await;
     click(&a, "main form button[type=submit]").await;
     at(&a, "/console/cases/1").await;
     let page = a.source().await.unwrap();
     assert!(
-        page.contains("state open") && page.contains("2026-12-24"),
+        page.contains("class=\"state open\"") && page.contains("2026-12-24"),
         "{page}"
     );
 
     // Bert, an approver, approves it with password and a fresh code.
-    let b = browser(&d, &work.path().join("bert"), &downloads).await;
+    let b = browser(&d, &chromium, &work.path().join("bert"), &downloads).await;
     log_in(&b, &base, "bert", &totp_at(&bert, now())).await;
     shots.take(&b, "cases").await;
     next_step();
@@ -285,16 +298,21 @@ async fn two_officers_open_approve_disclose_and_download_in_chromium() {
     fill(&b, "note", "order checked against the register").await;
     fill(&b, "d-password", "bert-long-password").await;
     fill(&b, "d-totp", &totp_at(&bert, now())).await;
-    click(&b, "button[value=approve]").await;
+    click(&b, "#approve").await;
     at(&b, "/console/cases/1?done=approve").await;
-    assert!(b.source().await.unwrap().contains("state approved"));
+    assert!(
+        b.source()
+            .await
+            .unwrap()
+            .contains("class=\"state approved\"")
+    );
 
     // Anna discloses, then downloads the export, its manifest and its signature.
     next_step();
     a.goto(&format!("{base}/console/cases/1")).await.unwrap();
     fill(&a, "x-password", "anna-long-password").await;
     fill(&a, "x-totp", &totp_at(&anna, now())).await;
-    click(&a, "#disclose ~ form button[type=submit]").await;
+    click(&a, "#disclose-button").await;
     at(&a, "/console/cases/1?done=disclosed").await;
     shots.take(&a, "case-exports").await;
     let links = a
@@ -308,6 +326,8 @@ async fn two_officers_open_approve_disclose_and_download_in_chromium() {
         names.push(href.rsplit('/').next().unwrap().to_owned());
         link.click().await.unwrap();
     }
+    // And the public key the note on verifying links to.
+    click(&a, "a[href='/console/signing-key.pub']").await;
     let mut manifest = None;
     for name in &names {
         let path = downloaded(&downloads, name).await;
@@ -315,12 +335,18 @@ async fn two_officers_open_approve_disclose_and_download_in_chromium() {
             manifest = Some(path);
         }
     }
+    let key = downloaded(&downloads, "signing.key.pub").await;
     let manifest = manifest.expect("a manifest among the downloads");
     let (ok, out) = cli(
         &s.config_path,
-        &["verify-export", manifest.to_str().unwrap()],
+        &[
+            "verify-export",
+            manifest.to_str().unwrap(),
+            "--public-key",
+            key.to_str().unwrap(),
+        ],
     );
-    assert!(ok, "the download verifies: {out}");
+    assert!(ok, "the downloads verify with the downloaded key: {out}");
     let export = std::fs::read_to_string(downloads.join(&names[0])).unwrap();
     assert!(
         export.contains("+31612345678"),
@@ -330,7 +356,7 @@ async fn two_officers_open_approve_disclose_and_download_in_chromium() {
     shots.take(&a, "case").await;
 
     // Every other page, as an admin sees it.
-    let c = browser(&d, &work.path().join("carl"), &downloads).await;
+    let c = browser(&d, &chromium, &work.path().join("carl"), &downloads).await;
     next_step();
     log_in(&c, &base, "carl", &totp_at(&carl, now())).await;
     for (path, name) in [
@@ -343,24 +369,36 @@ async fn two_officers_open_approve_disclose_and_download_in_chromium() {
         c.goto(&format!("{base}{path}")).await.unwrap();
         shots.take(&c, name).await;
     }
-    // The traffic page at 200% zoom (half as wide a window): nothing wider than it.
-    c.goto(&format!("{base}/console/traffic")).await.unwrap();
+    // At 200% zoom a 1280-pixel window is 640 CSS pixels wide: no page scrolls
+    // sideways then (a wide table scrolls in its own box).
     c.set_window_size(640, 1100).await.unwrap();
-    let overflow = c
-        .execute(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(overflow, json!(0), "no sideways scrolling at 200%");
+    for path in [
+        "/console/cases",
+        "/console/cases/1",
+        "/console/audit",
+        "/console/officers",
+        "/console/traffic",
+    ] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        let overflow = c
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(overflow, json!(0), "{path} scrolls sideways at 640 px");
+    }
     shots.take(&c, "traffic-narrow").await;
     c.set_window_size(1280, 1100).await.unwrap();
     // Enrolling an officer shows the otpauth URI as a QR code.
     c.goto(&format!("{base}/console/officers")).await.unwrap();
+    next_step();
     fill(&c, "name", "dora").await;
-    fill(&c, "password", "dora-long-password").await;
-    click(&c, "main form.stack button[type=submit]").await;
+    fill(&c, "new_password", "dora-long-password").await;
+    fill(&c, "a-password", "carl-long-password").await;
+    fill(&c, "a-totp", &totp_at(&carl, now())).await;
+    click(&c, "#add-officer").await;
     let qr = c
         .wait()
         .at_most(Duration::from_secs(10))

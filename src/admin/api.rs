@@ -24,8 +24,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use super::ops::{Exported, blocking};
-use super::session::Sessions;
+use super::ops::{Exported, MAX_PASSWORD, blocking};
+use super::session::{Scope, Sessions};
 use crate::canonical::NumberNormalizer;
 use crate::clock::{Micros, SharedClock};
 use crate::compliance::cases::{Case, CaseError, CaseForm, IdentifierKind, criterion};
@@ -308,6 +308,7 @@ impl From<CaseError> for ApiError {
             | CaseError::TooManyIdentifiers
             | CaseError::BadTime(_)
             | CaseError::Missing(_)
+            | CaseError::BadDate(_)
             | CaseError::EmptyWindow
             | CaseError::OutsideRetention { .. }
             | CaseError::FutureWindow => StatusCode::BAD_REQUEST,
@@ -438,6 +439,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 pub struct Authed {
     pub officer: Officer,
     pub(super) token: String,
+    /// Where the session was opened (the API's bearer tokens, the console's cookies).
+    pub(super) scope: super::session::Scope,
     /// When the session ends.
     pub expires_at: Micros,
 }
@@ -481,7 +484,7 @@ impl FromRequestParts<Arc<Api>> for Authed {
         let call = format!("{} {route}", parts.method.as_str());
         let from = peer(parts);
         let api = api.clone();
-        blocking(move || api.session_officer(token, &call, &from)).await
+        blocking(move || api.session_officer(Scope::Api, token, &call, &from)).await
     }
 }
 
@@ -535,10 +538,8 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(login): Body<Login>,
 ) -> Result<Response, ApiError> {
-    if login.password.len() > 1024 {
-        return Err(ApiError::bad_request(
-            "the password is longer than 1024 bytes",
-        ));
+    if login.password.len() > MAX_PASSWORD {
+        return Err(too_long());
     }
     let Ok(_permit) = api.logins.try_acquire() else {
         return Err(ApiError::new(
@@ -549,6 +550,7 @@ async fn login(
     let api2 = api.clone();
     blocking(move || {
         let (token, session) = api2.log_in(
+            Scope::Api,
             &login.officer,
             &login.password,
             &login.totp,
@@ -659,12 +661,7 @@ async fn decide(
     approve: bool,
     note: String,
 ) -> Result<Json<Value>, ApiError> {
-    blocking(move || {
-        Ok(Json(case_json(
-            &api.decide(&who, id, approve, &note, None)?,
-        )))
-    })
-    .await
+    blocking(move || Ok(Json(case_json(&api.decide(&who, id, approve, &note)?)))).await
 }
 
 async fn approve_case(
@@ -708,6 +705,11 @@ fn exported(e: &Exported) -> Value {
     })
 }
 
+/// A password past [`MAX_PASSWORD`].
+pub(super) fn too_long() -> ApiError {
+    ApiError::bad_request(format!("the password is longer than {MAX_PASSWORD} bytes"))
+}
+
 pub(super) fn busy() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -736,7 +738,7 @@ async fn disclose(
     api.settled().await?;
     let api2 = api.clone();
     let v = blocking(move || {
-        let mut v = exported(&api2.disclose(&who, id, form.format, None)?);
+        let mut v = exported(&api2.disclose(&who, id, form.format)?);
         v["case"] = id.into();
         Ok(v)
     })
@@ -764,7 +766,7 @@ async fn subject_export(
     let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
     api.settled().await?;
     let api2 = api.clone();
-    let v = blocking(move || Ok(exported(&api2.subject_export(&who, &subject, None)?))).await?;
+    let v = blocking(move || Ok(exported(&api2.subject_export(&who, &subject)?))).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -777,7 +779,7 @@ async fn offboard(
     api.settled().await?;
     let api2 = api.clone();
     let v = blocking(move || {
-        let o = api2.offboard(&who, &name, None)?;
+        let o = api2.offboard(&who, &name)?;
         Ok(json!({
             "account": o.account,
             "records": o.records,
@@ -916,7 +918,7 @@ async fn audit_list(
         )));
     }
     blocking(move || {
-        let entries = api.audit_page(&who, p.after, limit)?;
+        let (entries, _) = api.audit_page(&who, p.after, limit)?;
         Ok(Json(
             json!({ "entries": entries.iter().map(audit_json).collect::<Vec<_>>() }),
         ))
@@ -980,10 +982,8 @@ async fn add_officer(
     who: Authed,
     Body(new): Body<NewOfficer>,
 ) -> Result<Response, ApiError> {
-    if new.password.len() > 1024 {
-        return Err(ApiError::bad_request(
-            "the password is longer than 1024 bytes",
-        ));
+    if new.password.len() > MAX_PASSWORD {
+        return Err(too_long());
     }
     let _permit = api.logins.try_acquire().map_err(|_| {
         ApiError::new(

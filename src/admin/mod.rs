@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text) and `/healthz`, which expose
 //! counts, never records, and need no login; and, when the listener has TLS, the
-//! compliance API under `/api/v1` ([`api`]). Without TLS the API is not served at all:
-//! passwords and exports do not cross a network in the clear.
+//! compliance API under `/api/v1` ([`api`]) and the officers' web console under
+//! `/console/` ([`console`]), both calling the same operations ([`ops`]). Without TLS
+//! neither is served: passwords and exports do not cross a network in the clear.
 
 pub mod api;
 pub mod console;
@@ -96,8 +97,8 @@ struct Routers {
     console: Option<axum::Router>,
 }
 
-/// One admin connection: `/metrics` and `/healthz` answered here, `/api/` handed to
-/// the API's router (or refused when there is none).
+/// One admin connection: `/metrics` and `/healthz` answered here, `/api/` and
+/// `/console/` handed to their routers (or refused when there is no TLS).
 #[derive(Clone)]
 struct Connection {
     metrics: Arc<Metrics>,

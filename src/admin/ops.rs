@@ -13,12 +13,12 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::api::{Api, ApiError, Authed};
-use super::session::{Session, SessionError};
+use super::session::{Scope, Session, SessionError};
 use crate::clock::Micros;
 use crate::compliance::cases::{Case, CaseForm, Criterion};
 use crate::compliance::disclosure::{self, Format};
 use crate::compliance::lookup::{self, Lookup, Window};
-use crate::compliance::officers::{Credentials, Enrolment, Officer, Role};
+use crate::compliance::officers::{Credentials, Enrolment, Officer, OfficerError, Role};
 use crate::compliance::refusals;
 use crate::ledger::{AuditEntry, Hold, Ledger};
 
@@ -52,6 +52,13 @@ impl Exported {
     }
 }
 
+/// A case's export still on disk: its three files' names.
+pub struct CaseExport {
+    pub export: String,
+    pub manifest: String,
+    pub signature: String,
+}
+
 /// An account offboarded: what was exported and erased, and the signed statement.
 pub struct Offboarded {
     pub account: String,
@@ -63,9 +70,14 @@ pub struct Offboarded {
     pub signature: String,
 }
 
-/// A second factor asked again before a sensitive act (approving, rejecting,
-/// exporting), as the command line asks for every such act: the officer's password
-/// and a fresh TOTP code, checked by the same library call as a login.
+/// Longest password a login, enrolment or step-up takes.
+pub const MAX_PASSWORD: usize = 1024;
+
+/// A second factor asked again before a sensitive act in the console (approving,
+/// rejecting, exporting, offboarding, enrolling an officer, releasing a hold): the
+/// officer's password and a fresh TOTP code, checked by the same library call as a
+/// login ([`Api::confirm`]). The API asks for none: its bearer tokens come from a
+/// login with both factors and are no console session (`session::Scope`).
 pub struct StepUp<'a> {
     pub password: &'a str,
     pub totp: &'a str,
@@ -99,6 +111,7 @@ impl Api {
     /// and the login audited. The token is the caller's to hand over, once.
     pub fn log_in(
         &self,
+        scope: Scope,
         name: &str,
         password: &str,
         totp: &str,
@@ -116,7 +129,7 @@ impl Api {
             ledger.authenticate(&self.master, who, Role::Officer, now, "session.login", peer)?;
         let (token, session) = self
             .sessions
-            .open(officer.clone(), now)
+            .open(scope, officer.clone(), now)
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         ledger.audit(
             now,
@@ -129,7 +142,7 @@ impl Api {
 
     pub fn log_out(&self, who: &Authed) -> Result<(), ApiError> {
         self.sessions
-            .close(&who.token)
+            .close(who.scope, &who.token)
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         self.ledger()?
             .audit(self.now(), &who.officer.name, "session.logout", json!({}))?;
@@ -142,6 +155,7 @@ impl Api {
     /// a query string); a peer past its limit is told to slow down.
     pub fn session_officer(
         &self,
+        scope: Scope,
         token: Option<String>,
         call: &str,
         from: &str,
@@ -149,7 +163,7 @@ impl Api {
         let now = self.now();
         let session = match &token {
             None => Err(SessionError::Missing),
-            Some(t) => self.sessions.get(t, now),
+            Some(t) => self.sessions.get(scope, t, now),
         };
         if let Err(SessionError::Store(e)) = &session {
             // Not the caller's fault, nor a refusal to count: the database is away.
@@ -172,6 +186,7 @@ impl Api {
                         return Ok(Authed {
                             officer,
                             token: token.unwrap_or_default(),
+                            scope,
                             expires_at: s.expires_at,
                         });
                     }
@@ -204,23 +219,62 @@ impl Api {
         Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
     }
 
-    /// The step-up check: the session's own officer, password and a fresh code, and
-    /// the role the act needs.
-    fn step_up(
+    /// The step-up check before a sensitive act: the session's own officer, her
+    /// password and a fresh code, and the role the act needs, as a login checks them
+    /// (refusals counted against the peer, a wrong code counting towards the lock).
+    /// A wrong password and a wrong code get the same answer, so that a session is no
+    /// oracle for the password. Runs among the password checks ([`Api::logins`]).
+    pub fn confirm(
         &self,
-        ledger: &mut Ledger,
         who: &Authed,
         step: &StepUp<'_>,
         needed: Role,
         action: &str,
-        now: Micros,
     ) -> Result<(), ApiError> {
+        if step.password.len() > MAX_PASSWORD {
+            return Err(ApiError::bad_request(format!(
+                "the password is longer than {MAX_PASSWORD} bytes"
+            )));
+        }
+        let _permit = self.logins.try_acquire().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many password checks at once; try again in a moment",
+            )
+        })?;
+        let mut ledger = self.ledger()?;
         let creds = Credentials {
             name: &who.officer.name,
             password: step.password,
             totp: Some(step.totp),
         };
-        ledger.authenticate(&self.master, creds, needed, now, action, step.peer)?;
+        match ledger.authenticate(&self.master, creds, needed, self.now(), action, step.peer) {
+            Ok(_) => Ok(()),
+            Err(OfficerError::BadCredentials | OfficerError::BadTotp) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "the password or the code is wrong (each code is taken once: wait for the next)",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Counts a refused console form (a bad CSRF token or origin) like a call without
+    /// a session: audited one entry per peer and minute.
+    pub fn refuse(
+        &self,
+        from: &str,
+        actor: &str,
+        call: &str,
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        self.ledger()?.count_refusal(
+            self.now(),
+            refusals::UNAUTHENTICATED,
+            from,
+            actor,
+            call,
+            reason,
+        )?;
         Ok(())
     }
 
@@ -270,22 +324,20 @@ impl Api {
         })
     }
 
-    /// A case's history: the audit entries that name it, oldest first (at most
-    /// [`crate::ledger::MAX_CASE_HISTORY`]).
-    pub fn case_history(&self, id: i64) -> Result<Vec<AuditEntry>, ApiError> {
+    /// A case's history from the audit log, and whether older entries were left out
+    /// ([`Ledger::case_history`]).
+    pub fn case_history(&self, id: i64) -> Result<(Vec<AuditEntry>, bool), ApiError> {
         Ok(self.ledger()?.case_history(id)?)
     }
 
     /// Approves or rejects a case (an approver, another than its opener under the
-    /// four-eyes rule; a rejection needs its reason). `step`: the console's second
-    /// factor, checked first; the API's session stands for it.
+    /// four-eyes rule; a rejection needs its reason).
     pub fn decide(
         &self,
         who: &Authed,
         id: i64,
         approve: bool,
         note: &str,
-        step: Option<&StepUp<'_>>,
     ) -> Result<Case, ApiError> {
         self.case_command(who, |ledger, now| {
             let action = if approve {
@@ -294,9 +346,6 @@ impl Api {
                 "case.reject"
             };
             who.require(ledger, Role::Approver, action, now)?;
-            if let Some(step) = step {
-                self.step_up(ledger, who, step, Role::Approver, action, now)?;
-            }
             if !approve && note.trim().is_empty() {
                 return Err(ApiError::bad_request(
                     "a rejection needs a note with the reason",
@@ -326,18 +375,9 @@ impl Api {
     // settle ([`Api::settled`]).
     // -----------------------------------------------------------------------------
 
-    pub fn disclose(
-        &self,
-        who: &Authed,
-        id: i64,
-        format: Format,
-        step: Option<&StepUp<'_>>,
-    ) -> Result<Exported, ApiError> {
+    pub fn disclose(&self, who: &Authed, id: i64, format: Format) -> Result<Exported, ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
-        if let Some(step) = step {
-            self.step_up(&mut ledger, who, step, Role::Officer, "case.disclose", now)?;
-        }
         let ext = match format {
             Format::Json => "json",
             Format::Csv => "csv",
@@ -351,17 +391,9 @@ impl Api {
         })
     }
 
-    pub fn subject_export(
-        &self,
-        who: &Authed,
-        subject: &Criterion,
-        step: Option<&StepUp<'_>>,
-    ) -> Result<Exported, ApiError> {
+    pub fn subject_export(&self, who: &Authed, subject: &Criterion) -> Result<Exported, ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
-        if let Some(step) = step {
-            self.step_up(&mut ledger, who, step, Role::Officer, "subject.export", now)?;
-        }
         let out = self.exports.join(export_name("subject", now, "json"));
         self.with_installation(|inst| {
             let d = disclosure::subject_export(
@@ -377,18 +409,10 @@ impl Api {
         })
     }
 
-    pub fn offboard(
-        &self,
-        who: &Authed,
-        account: &str,
-        step: Option<&StepUp<'_>>,
-    ) -> Result<Offboarded, ApiError> {
+    pub fn offboard(&self, who: &Authed, account: &str) -> Result<Offboarded, ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
         who.require(&mut ledger, Role::Admin, "account.offboard", now)?;
-        if let Some(step) = step {
-            self.step_up(&mut ledger, who, step, Role::Admin, "account.offboard", now)?;
-        }
         // Named by time, not account: download and expiry put file names in the
         // audit log, which names accounts only by tag.
         let stem = stamped("offboard", now);
@@ -419,36 +443,33 @@ impl Api {
 
     /// The exports written for case `id` that are still in `admin.exports` (each with
     /// its manifest and signature), oldest first.
-    pub fn case_exports(&self, id: i64) -> Result<Vec<Exported>, ApiError> {
+    pub fn case_exports(&self, id: i64) -> Result<Vec<CaseExport>, ApiError> {
         let prefix = format!("case-{id}-");
         let entries = match std::fs::read_dir(&self.exports) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(ApiError::internal(&e)),
         };
-        let mut names: Vec<String> = entries
+        let mut exports: Vec<CaseExport> = entries
             .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| {
-                n.starts_with(&prefix)
-                    && (n.ends_with(".json") || n.ends_with(".csv"))
-                    && !n.ends_with(".manifest.json")
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = file_name(p);
+                name.starts_with(&prefix)
+                    && (name.ends_with(".json") || name.ends_with(".csv"))
+                    && !name.ends_with(".manifest.json")
             })
-            .collect();
-        names.sort();
-        Ok(names
-            .into_iter()
             .map(|export| {
-                let manifest = format!("{export}.manifest.json");
-                Exported {
-                    records: 0,
-                    sha256: String::new(),
-                    signature: format!("{manifest}.sig"),
-                    manifest,
-                    export,
+                let manifest = disclosure::manifest_path(&export);
+                CaseExport {
+                    export: file_name(&export),
+                    signature: file_name(&disclosure::signature_path(&manifest)),
+                    manifest: file_name(&manifest),
                 }
             })
-            .collect())
+            .collect();
+        exports.sort_by(|a, b| a.export.cmp(&b.export));
+        Ok(exports)
     }
 
     /// An export file to send, by name: opened, its size, and the download audited.
@@ -505,13 +526,14 @@ impl Api {
     // -----------------------------------------------------------------------------
 
     /// A page of the audit log after `after` (an admin's; audited, and every refusal
-    /// so far, this minute's too, flushed into it first).
+    /// so far, this minute's too, flushed into it first), and the newest entry's
+    /// number.
     pub fn audit_page(
         &self,
         who: &Authed,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<AuditEntry>, ApiError> {
+    ) -> Result<(Vec<AuditEntry>, i64), ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
         who.require(&mut ledger, Role::Admin, "audit.list", now)?;
@@ -522,7 +544,7 @@ impl Api {
             "audit.list",
             json!({"after": after, "limit": limit}),
         )?;
-        Ok(ledger.entries_page(after, limit)?)
+        Ok((ledger.entries_page(after, limit)?, ledger.last_seq()?))
     }
 
     /// Recomputes the audit chain; the number of entries when it holds.

@@ -54,6 +54,16 @@ impl SessionError {
 
 type TokenHash = [u8; 32];
 
+/// Which door a session was opened at. A token works only at its own: a console
+/// session (a cookie) is no bearer token for the API, where the console's second
+/// factor for sensitive acts would not be asked. The scope goes into the token's
+/// hash, so sessions of both kinds share one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Api,
+    Console,
+}
+
 pub struct Sessions {
     ttl_us: Micros,
     held: Held,
@@ -71,9 +81,18 @@ fn store_err(e: impl std::fmt::Display) -> SessionError {
     SessionError::Store(e.to_string())
 }
 
-fn hash(token: &str) -> TokenHash {
+fn hash(scope: Scope, token: &str) -> TokenHash {
+    let d = match scope {
+        Scope::Api => digest::digest(&digest::SHA256, token.as_bytes()),
+        Scope::Console => {
+            let mut c = digest::Context::new(&digest::SHA256);
+            c.update(b"relaylog console session v1|");
+            c.update(token.as_bytes());
+            c.finish()
+        }
+    };
     let mut out = [0u8; 32];
-    out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+    out.copy_from_slice(d.as_ref());
     out
 }
 
@@ -101,7 +120,12 @@ impl Sessions {
 
     /// Opens a session for an officer who has just authenticated; returns the token
     /// (256 random bits, base64url) and the session.
-    pub fn open(&self, officer: Officer, now: Micros) -> Result<(String, Session), SessionError> {
+    pub fn open(
+        &self,
+        scope: Scope,
+        officer: Officer,
+        now: Micros,
+    ) -> Result<(String, Session), SessionError> {
         let mut bytes = [0u8; 32];
         self.rng.fill(&mut bytes).map_err(|_| SessionError::Full)?;
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
@@ -130,7 +154,7 @@ impl Sessions {
                 tx.execute(
                     "INSERT INTO relaylog.session (token_hash, officer, role, created_at, created_by, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&hash(&token).as_slice(), &o.name, &o.role.as_str(), &o.created_at, &o.created_by, &session.expires_at],
+                    &[&hash(scope, &token).as_slice(), &o.name, &o.role.as_str(), &o.created_at, &o.created_by, &session.expires_at],
                 )
                 .map_err(store_err)?;
                 tx.commit().map_err(store_err)?;
@@ -144,14 +168,14 @@ impl Sessions {
                 return Err(SessionError::Full);
             }
         }
-        map.insert(hash(&token), session.clone());
+        map.insert(hash(scope, &token), session.clone());
         Ok((token, session))
     }
 
     /// The session a token stands for, if it is live. An expired session is removed
     /// on the way, and said to be expired (not unknown) so the officer knows to log in.
-    pub fn get(&self, token: &str, now: Micros) -> Result<Session, SessionError> {
-        let key = hash(token);
+    pub fn get(&self, scope: Scope, token: &str, now: Micros) -> Result<Session, SessionError> {
+        let key = hash(scope, token);
         let map = match &self.held {
             Held::Memory(map) => map,
             Held::Postgres(pool) => {
@@ -199,8 +223,8 @@ impl Sessions {
     }
 
     /// Ends a session (logout). Whether it existed is returned.
-    pub fn close(&self, token: &str) -> Result<bool, SessionError> {
-        let key = hash(token);
+    pub fn close(&self, scope: Scope, token: &str) -> Result<bool, SessionError> {
+        let key = hash(scope, token);
         match &self.held {
             Held::Memory(map) => {
                 let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
@@ -254,43 +278,73 @@ mod tests {
     #[test]
     fn a_session_lasts_its_ttl_from_login_and_not_longer() {
         let s = Sessions::new(std::time::Duration::from_secs(60));
-        let (token, session) = s.open(officer("anna"), 1_000_000).unwrap();
+        let (token, session) = s.open(Scope::Api, officer("anna"), 1_000_000).unwrap();
         assert_eq!(session.expires_at, 61_000_000);
         assert_eq!(token.len(), 43, "256 bits in base64url");
-        assert_eq!(s.get(&token, 60_999_999).unwrap().officer.name, "anna");
         assert_eq!(
-            s.get(&token, 61_000_000).unwrap_err(),
+            s.get(Scope::Api, &token, 60_999_999).unwrap().officer.name,
+            "anna"
+        );
+        assert_eq!(
+            s.get(Scope::Api, &token, 61_000_000).unwrap_err(),
             SessionError::Expired
         );
         // Gone once seen expired.
         assert_eq!(
-            s.get(&token, 61_000_000).unwrap_err(),
+            s.get(Scope::Api, &token, 61_000_000).unwrap_err(),
             SessionError::Unknown
         );
-        assert_eq!(s.get("forged", 0).unwrap_err(), SessionError::Unknown);
+        assert_eq!(
+            s.get(Scope::Api, "forged", 0).unwrap_err(),
+            SessionError::Unknown
+        );
     }
 
     #[test]
     fn logout_and_disabling_end_sessions() {
         let s = Sessions::new(std::time::Duration::from_secs(60));
-        let (a, _) = s.open(officer("anna"), 0).unwrap();
-        let (b, _) = s.open(officer("bob"), 0).unwrap();
+        let (a, _) = s.open(Scope::Api, officer("anna"), 0).unwrap();
+        let (b, _) = s.open(Scope::Api, officer("bob"), 0).unwrap();
         assert_ne!(a, b);
-        assert!(s.close(&a).unwrap());
-        assert!(!s.close(&a).unwrap());
-        assert_eq!(s.get(&a, 1).unwrap_err(), SessionError::Unknown);
+        assert!(s.close(Scope::Api, &a).unwrap());
+        assert!(!s.close(Scope::Api, &a).unwrap());
+        assert_eq!(s.get(Scope::Api, &a, 1).unwrap_err(), SessionError::Unknown);
         s.close_officer("bob").unwrap();
-        assert_eq!(s.get(&b, 1).unwrap_err(), SessionError::Unknown);
+        assert_eq!(s.get(Scope::Api, &b, 1).unwrap_err(), SessionError::Unknown);
+    }
+
+    #[test]
+    fn a_token_works_only_at_the_door_it_was_opened_at() {
+        let s = Sessions::new(std::time::Duration::from_secs(60));
+        let (console, _) = s.open(Scope::Console, officer("anna"), 0).unwrap();
+        let (api, _) = s.open(Scope::Api, officer("anna"), 0).unwrap();
+        assert_eq!(
+            s.get(Scope::Console, &console, 1).unwrap().officer.name,
+            "anna"
+        );
+        assert_eq!(
+            s.get(Scope::Api, &console, 1).unwrap_err(),
+            SessionError::Unknown
+        );
+        assert_eq!(
+            s.get(Scope::Console, &api, 1).unwrap_err(),
+            SessionError::Unknown
+        );
+        assert!(!s.close(Scope::Api, &console).unwrap());
+        assert!(s.close(Scope::Console, &console).unwrap());
     }
 
     #[test]
     fn sessions_are_capped_and_expired_ones_make_room() {
         let s = Sessions::new(std::time::Duration::from_secs(60));
         for _ in 0..MAX_SESSIONS {
-            s.open(officer("anna"), 0).unwrap();
+            s.open(Scope::Api, officer("anna"), 0).unwrap();
         }
-        assert_eq!(s.open(officer("anna"), 1).unwrap_err(), SessionError::Full);
+        assert_eq!(
+            s.open(Scope::Api, officer("anna"), 1).unwrap_err(),
+            SessionError::Full
+        );
         // All of them expired by now: room again.
-        assert!(s.open(officer("anna"), 61_000_000).is_ok());
+        assert!(s.open(Scope::Api, officer("anna"), 61_000_000).is_ok());
     }
 }

@@ -226,6 +226,8 @@ pub enum CaseError {
     BadTime(#[from] crate::clock::BadTime),
     #[error("a case needs {0}")]
     Missing(&'static str),
+    #[error("the {0} is not a date: give it as YYYY-MM-DD")]
+    BadDate(&'static str),
     #[error("the window is empty: since must be before until")]
     EmptyWindow,
     #[error(
@@ -644,6 +646,17 @@ impl CaseForm {
         let since = crate::clock::parse_time(&self.since, false)?.timestamp_micros();
         let until = crate::clock::parse_time(&self.until, true)?.timestamp_micros();
         check_window(since, until, now, cutoff)?;
+        // Dates, so that deadlines compare and sort as dates wherever they are read.
+        let date = |field, needs, value: &str| {
+            if value.trim().is_empty() {
+                return Err(CaseError::Missing(needs));
+            }
+            chrono::NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d")
+                .map(|d| d.format("%Y-%m-%d").to_string())
+                .map_err(|_| CaseError::BadDate(field))
+        };
+        let order_date = date("order date", "an order date", &self.order_date)?;
+        let deadline = date("deadline", "a deadline", &self.deadline)?;
         Ok(NewCase {
             details: CaseDetails {
                 request: RequestId {
@@ -654,8 +667,8 @@ impl CaseForm {
                 authority: self.authority.clone(),
                 legal_basis: self.legal_basis.clone(),
                 order_reference: self.order_reference.clone(),
-                order_date: self.order_date.clone(),
-                deadline: self.deadline.clone(),
+                order_date,
+                deadline,
                 confidential: self.confidential,
                 since,
                 until,
@@ -796,6 +809,8 @@ mod tests {
             country: " nl ".into(),
             organisation: "OM-0042 ".into(),
             request: "7".into(),
+            order_date: "2026-11-20".into(),
+            deadline: " 2026-12-04".into(),
             since: "2026-11-01".into(),
             until: "2026-11-21".into(),
             ..CaseForm::default()
@@ -803,12 +818,25 @@ mod tests {
         form.identifiers.recipient.push("0612345678".into());
         form.identifiers.ip.push("192.0.2.1".into());
         let new = form.validate(&nl, now, None).unwrap();
+        assert_eq!(new.details.deadline, "2026-12-04");
         assert_eq!(new.details.request.to_string(), "NL/OM-0042/7");
         assert_eq!(new.criteria[0].value, "+31612345678");
         assert_eq!(new.criteria[1].kind, IdentifierKind::Ip);
         // The whole of 21 November is in the window.
         assert_eq!(new.details.until - new.details.since, 21 * 86_400_000_000);
 
+        // Dates are dates, so that deadlines compare as dates.
+        let mut vague = form.clone();
+        vague.deadline = "4 December".into();
+        assert!(matches!(
+            vague.validate(&nl, now, None),
+            Err(CaseError::BadDate("deadline"))
+        ));
+        vague.deadline = String::new();
+        assert!(matches!(
+            vague.validate(&nl, now, None),
+            Err(CaseError::Missing("a deadline"))
+        ));
         let mut late = form.clone();
         late.until = "next week".into();
         assert!(matches!(

@@ -415,30 +415,46 @@ impl Ledger {
             .map_err(self.err())
     }
 
-    /// The audit entries that name case `id` (`"case": id` in their details), oldest
-    /// first, at most [`MAX_CASE_HISTORY`]: a case's history as the console shows it.
-    /// The log is searched whole (it has no index by case); a case's entries are few.
-    pub fn case_history(&self, id: i64) -> Result<Vec<AuditEntry>, LedgerError> {
-        let pattern = format!("%\"case\":{id}%");
-        let cap = MAX_CASE_HISTORY as i64 * 4;
+    /// A case's history: the audit entries that name case `id` (`"case": id` in their
+    /// details), but for views of it (`case.show`), oldest first; at most the newest
+    /// [`MAX_CASE_HISTORY`], and whether older ones were left out. The log is searched
+    /// whole (it has no index by case).
+    pub fn case_history(&self, id: i64) -> Result<(Vec<AuditEntry>, bool), LedgerError> {
+        // Details are compact JSON: the number ends at a comma or a brace, so that
+        // case 7 does not match 70.
+        let (mid, end) = (format!("%\"case\":{id},%"), format!("%\"case\":{id}}}%"));
+        let limit = MAX_CASE_HISTORY as i64 + 1;
         let rows = self
             .db()
             .query(
-                "SELECT seq, at_us, actor, action, details FROM audit WHERE details LIKE ?1 ORDER BY seq LIMIT ?2",
-                &[&pattern, &cap],
+                "SELECT seq, at_us, actor, action, details FROM audit \
+                 WHERE (details LIKE ?1 OR details LIKE ?2) AND action <> 'case.show' \
+                 ORDER BY seq DESC LIMIT ?3",
+                &[&mid, &end, &limit],
             )
             .map_err(self.err())?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(rows.len());
         for r in rows.iter() {
             let e = AuditEntry::of_row(r).map_err(self.err())?;
-            // `"case":7` is also the start of `"case":71`: the details say which.
+            // A string value could hold the same characters: the details say.
             let names_it = serde_json::from_str::<serde_json::Value>(&e.details)
                 .is_ok_and(|d| d.get("case").and_then(serde_json::Value::as_i64) == Some(id));
-            if names_it && out.len() < MAX_CASE_HISTORY {
+            if names_it {
                 out.push(e);
             }
         }
-        Ok(out)
+        let cut = out.len() > MAX_CASE_HISTORY;
+        out.truncate(MAX_CASE_HISTORY);
+        out.reverse();
+        Ok((out, cut))
+    }
+
+    /// The newest entry's number (0 for an empty log).
+    pub fn last_seq(&self) -> Result<i64, LedgerError> {
+        self.db()
+            .query_one("SELECT coalesce(max(seq), 0) FROM audit", &[])
+            .and_then(|r| r.int(0))
+            .map_err(self.err())
     }
 
     pub fn entries(&self) -> Result<Vec<AuditEntry>, LedgerError> {

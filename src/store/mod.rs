@@ -277,32 +277,46 @@ pub struct Recorder {
     inner: Arc<Inner>,
 }
 
-/// Opens the keyring named by the config, with the index shape for new partitions.
+/// Why the partitions' sizes could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SizesError {
+    #[error("store directory {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] crate::pg::PgError),
+}
+
 /// Each partition the store holds, oldest first, with the bytes it takes on disk: its
 /// file (and write-ahead log) in SQLite, its tables with their indexes and TOAST in
 /// PostgreSQL. Counts only, for the console's traffic page.
-pub fn partition_sizes(cfg: &StoreConfig) -> Result<Vec<(PartitionId, u64)>, String> {
+pub fn partition_sizes(cfg: &StoreConfig) -> Result<Vec<(PartitionId, u64)>, SizesError> {
     match &cfg.backend {
         crate::config::Backend::Sqlite => {
-            let parts = partition::list(&cfg.path).map_err(|e| e.to_string())?;
+            let parts = partition::list(&cfg.path).map_err(|source| SizesError::Dir {
+                path: cfg.path.clone(),
+                source,
+            })?;
+            let size = |f: &std::path::Path| std::fs::metadata(f).map_or(0, |m| m.len());
             Ok(parts
                 .into_iter()
                 .map(|p| {
                     let file = p.path_in(&cfg.path);
                     let mut wal = file.clone().into_os_string();
                     wal.push("-wal");
-                    let size = |f: &std::path::Path| std::fs::metadata(f).map_or(0, |m| m.len());
                     (p, size(&file) + size(std::path::Path::new(&wal)))
                 })
                 .collect())
         }
         crate::config::Backend::Postgres(pg) => {
-            let pool = crate::pg::Pool::shared(pg).map_err(|e| e.to_string())?;
-            pgstore::partition_sizes(&pool).map_err(|e| e.to_string())
+            Ok(pgstore::partition_sizes(&crate::pg::Pool::shared(pg)?)?)
         }
     }
 }
 
+/// Opens the keyring named by the config, with the index shape for new partitions.
 pub fn open_keyring(cfg: &StoreConfig) -> Result<Keyring, KeyError> {
     keys::check_directories(cfg)?;
     let master = MasterKey::load(&cfg.master_key)?;

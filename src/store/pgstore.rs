@@ -1664,23 +1664,33 @@ pub fn record_count(pool: &Arc<Pool>, p: PartitionId) -> Result<u64, PgError> {
 const PARTITIONED_TABLES: [&str; 4] = ["record", "posting", "outcome", "outcome_block"];
 
 /// Each partition with the bytes its tables take (indexes and TOAST included),
-/// oldest first.
+/// oldest first. The tables' names are made here, as [`drop_partition`] makes them.
 pub fn partition_sizes(pool: &Arc<Pool>) -> Result<Vec<(PartitionId, u64)>, PgError> {
     let mut client = pool.get()?;
-    let rows = client.query(
-        "SELECT p.name, coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
-         FROM relaylog.partition p CROSS JOIN LATERAL (SELECT replace(p.name, '-', '_') AS s) x \
-         LEFT JOIN pg_class c ON c.relnamespace = 'relaylog'::regnamespace \
-          AND c.relname IN (SELECT t || '_' || x.s FROM unnest($1::text[]) t) \
-         GROUP BY p.name ORDER BY p.name",
-        &[&PARTITIONED_TABLES.as_slice()],
-    )?;
-    Ok(rows
+    let parts: Vec<PartitionId> = client
+        .query("SELECT name FROM relaylog.partition ORDER BY name", &[])?
         .iter()
-        .filter_map(|r| {
-            let name: String = r.get(0);
-            let bytes: i64 = r.get(1);
-            PartitionId::parse(&name).map(|p| (p, bytes.max(0) as u64))
+        .filter_map(|r| PartitionId::parse(r.get::<_, &str>(0)))
+        .collect();
+    let (mut names, mut tables) = (Vec::new(), Vec::new());
+    for p in &parts {
+        let suffix = schema::table_suffix(*p);
+        for table in PARTITIONED_TABLES {
+            names.push(p.to_string());
+            tables.push(format!("relaylog.{table}_{suffix}"));
+        }
+    }
+    let rows = client.query(
+        "SELECT t.name, coalesce(sum(pg_total_relation_size(to_regclass(t.rel))), 0)::bigint \
+         FROM unnest($1::text[], $2::text[]) AS t(name, rel) GROUP BY t.name",
+        &[&names, &tables],
+    )?;
+    let bytes: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(parts
+        .into_iter()
+        .map(|p| {
+            let b = bytes.get(&p.to_string()).copied().unwrap_or(0);
+            (p, b.max(0) as u64)
         })
         .collect())
 }

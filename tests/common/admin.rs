@@ -248,7 +248,7 @@ impl<'a> ConsoleClient<'a> {
         let cookie = self
             .session
             .as_ref()
-            .map(|s| format!("relaylog_console={s}"));
+            .map(|s| format!("__Host-relaylog_console={s}"));
         let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
         self.admin
             .request(Method::GET, path, &headers, Bytes::new())
@@ -259,7 +259,7 @@ impl<'a> ConsoleClient<'a> {
         let cookie = self
             .session
             .as_ref()
-            .map(|s| format!("relaylog_console={s}"));
+            .map(|s| format!("__Host-relaylog_console={s}"));
         let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
         if let Some(c) = &cookie {
             headers.push(("cookie", c.as_str()));
@@ -279,7 +279,7 @@ impl<'a> ConsoleClient<'a> {
     pub async fn log_in(&mut self, officer: &str, code: &str) -> Reply {
         let page = self.get("/console/login").await;
         assert_eq!(page.status, StatusCode::OK);
-        let (secret, attrs) = set_cookie(&page, "relaylog_login").expect("a login cookie");
+        let (secret, attrs) = set_cookie(&page, "__Host-relaylog_login").expect("a login cookie");
         assert!(
             attrs.contains("Secure")
                 && attrs.contains("HttpOnly")
@@ -288,7 +288,11 @@ impl<'a> ConsoleClient<'a> {
         );
         let token = csrf(&text(&page));
         let password = format!("{officer}-long-password");
-        let cookie = format!("relaylog_login={secret}");
+        // The browser sends the session cookie it has too: a login ends that session.
+        let cookie = match &self.session {
+            Some(old) => format!("__Host-relaylog_login={secret}; __Host-relaylog_console={old}"),
+            None => format!("__Host-relaylog_login={secret}"),
+        };
         let r = self
             .admin
             .request(
@@ -306,7 +310,7 @@ impl<'a> ConsoleClient<'a> {
                 ]),
             )
             .await;
-        if let Some((value, _)) = set_cookie(&r, "relaylog_console") {
+        if let Some((value, _)) = set_cookie(&r, "__Host-relaylog_console") {
             self.session = Some(value);
         }
         r

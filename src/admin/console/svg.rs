@@ -34,10 +34,17 @@ fn nice_top(max: u64) -> u64 {
     }
 }
 
-/// A column chart of hourly counts (oldest first): one bar an hour, a label under
-/// each day's first hour (`day_labels[i]` for the day starting at column `i * 24`
-/// from `day_offset`), the axis top on the left.
-pub fn hourly(title: &str, counts: &[u64], day_offset: usize, day_labels: &[String]) -> String {
+/// A column chart of hourly counts (oldest first, the first hour starting at
+/// `first_hour`): one bar an hour, named by its hour and count for screen readers, a
+/// label under each day's first hour (`day_labels[i]` for the day starting at column
+/// `day_offset + i * 24`), the axis top on the left.
+pub fn hourly(
+    title: &str,
+    counts: &[u64],
+    first_hour: crate::clock::Micros,
+    day_offset: usize,
+    day_labels: &[String],
+) -> String {
     let (w, h, left, bottom, top) = (720.0, 160.0, 48.0, 20.0, 8.0);
     let n = counts.len().max(1) as f64;
     let max = nice_top(counts.iter().copied().max().unwrap_or(0));
@@ -64,12 +71,14 @@ pub fn hourly(title: &str, counts: &[u64], day_offset: usize, day_labels: &[Stri
             continue;
         }
         let bh = (c as f64 / max as f64) * plot_h;
+        let hour = crate::clock::micros_to_datetime(first_hour + i as i64 * 3_600_000_000);
         let _ = write!(
             s,
-            r#"<rect x="{x:.2}" y="{y:.2}" width="{bw:.2}" height="{bh:.2}" class="bar"><title>{c}</title></rect>"#,
+            r#"<rect x="{x:.2}" y="{y:.2}" width="{bw:.2}" height="{bh:.2}" class="bar"><title>{at}: {c}</title></rect>"#,
             x = left + i as f64 * bar,
             y = top + plot_h - bh,
             bw = (bar - 0.5).max(0.5),
+            at = hour.format("%Y-%m-%d %H:00"),
         );
     }
     for (d, label) in day_labels.iter().enumerate() {
@@ -169,10 +178,11 @@ mod tests {
         assert_eq!(nice_top(0), 1);
         let mut counts = vec![0; 48];
         counts[30] = 4;
-        let h = hourly("Messages", &counts, 0, &["Mon".into(), "Tue".into()]);
+        let h = hourly("Messages", &counts, 0, 0, &["Mon".into(), "Tue".into()]);
         assert_eq!(h.matches("class=\"bar\"").count(), 1);
         assert!(h.contains(">5<"), "axis top is 5: {h}");
         assert!(h.contains(">Tue<"));
+        assert!(h.contains("<title>1970-01-02 06:00: 4</title>"), "{h}");
     }
 
     #[test]

@@ -188,7 +188,8 @@ impl Traffic {
     }
 }
 
-/// The drawn families' counters in an OpenMetrics exposition.
+/// The drawn families' counters in an OpenMetrics exposition (the process's own,
+/// from [`Metrics::encode`]): `name{label="value",...} number` lines.
 fn parse(text: &str) -> Vec<(Series, u64)> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -198,25 +199,30 @@ fn parse(text: &str) -> Vec<(Series, u64)> {
         else {
             continue;
         };
-        let rest = &line[name.len() + 1..];
-        let Some((labels, value)) = rest.split_once("} ") else {
+        let Some((labels, value)) = labels(&line[name.len() + 1..]) else {
             continue;
         };
-        let Ok(value) = value.trim().parse::<f64>() else {
+        let value = value.trim();
+        let Some(value) = value
+            .parse::<u64>()
+            .ok()
+            .or_else(|| value.parse::<f64>().ok().map(|v| v as u64))
+        else {
             continue;
         };
-        let label = |key: &str| -> Option<String> {
-            let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
-            let end = labels[start..].find('"')? + start;
-            Some(labels[start..end].to_owned())
+        let get = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
         };
-        let Some(listener) = label("listener") else {
+        let Some(listener) = get("listener") else {
             continue;
         };
         let label = if second.is_empty() {
             String::new()
         } else {
-            match label(second) {
+            match get(second) {
                 Some(l) => l,
                 None => continue,
             }
@@ -227,10 +233,38 @@ fn parse(text: &str) -> Vec<(Series, u64)> {
                 listener,
                 label,
             },
-            value as u64,
+            value,
         ));
     }
     out
+}
+
+/// The labels of `key="value",...}` (escapes `\\`, `\"`, `\n` undone) and what
+/// follows the closing brace.
+fn labels(s: &str) -> Option<(Vec<(String, String)>, &str)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            return Some((out, after));
+        }
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        out.push((key.trim_start_matches(',').to_owned(), value));
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +272,30 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::metrics::{ListenerLabels, ReasonLabels, RequestLabels};
+
+    #[test]
+    fn the_exposition_is_read_with_its_escapes() {
+        let text = "# TYPE relaylog_requests counter\n\
+            relaylog_requests_total{listener=\"a\\\"b\",kind=\"message\"} 7\n\
+            relaylog_requests_total{kind=\"rejected\",listener=\"sms\"} 2.0\n\
+            relaylog_requests_created{listener=\"sms\",kind=\"message\"} 1.7e9\n\
+            relaylog_messages_total{listener=\"sms\"} 3\n\
+            relaylog_messages_total{listener=\"sms\" 3\n";
+        let got = parse(text);
+        let s = |family, listener: &str, label: &str| Series {
+            family,
+            listener: listener.into(),
+            label: label.into(),
+        };
+        assert_eq!(
+            got,
+            [
+                (s(Family::Requests, "a\"b", "message"), 7),
+                (s(Family::Requests, "sms", "rejected"), 2),
+                (s(Family::Messages, "sms", ""), 3),
+            ]
+        );
+    }
 
     #[test]
     fn counts_land_in_their_hour_and_leave_after_a_week() {
