@@ -645,8 +645,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                 None => None,
             };
             let console = api.as_ref().map(|(_, api)| {
-                let traffic =
-                    crate::admin::console::traffic::Traffic::new(metrics.clone(), clock.clone());
+                let store = config.store.clone();
+                let traffic = crate::admin::console::traffic::Traffic::new(
+                    metrics.clone(),
+                    clock.clone(),
+                    Box::new(move || crate::ledger::Ledger::open_store(&store)),
+                );
                 tasks.push(tokio::spawn(traffic.clone().run(shutdown.clone())));
                 Arc::new(crate::admin::console::Console {
                     api: api.clone(),

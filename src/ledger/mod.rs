@@ -106,6 +106,16 @@ CREATE TABLE IF NOT EXISTS refusal (
     PRIMARY KEY (kind, peer, minute)
 );
 CREATE INDEX IF NOT EXISTS refusal_minute ON refusal (minute);
+-- Traffic at a glance (src/admin/console/traffic.rs): what each counter of /metrics
+-- grew by in each hour, summed over the nodes; counts only, a week of them kept.
+CREATE TABLE IF NOT EXISTS traffic (
+    hour     INTEGER NOT NULL,   -- hours since the epoch
+    family   TEXT NOT NULL,
+    listener TEXT NOT NULL,
+    label    TEXT NOT NULL,
+    count    INTEGER NOT NULL,
+    PRIMARY KEY (hour, family, listener, label)
+);
 ";
 
 /// The ledger's schema version (`PRAGMA user_version`). 1: the officer's lockout
@@ -166,6 +176,17 @@ impl Hold {
     pub fn covers(&self, p: PartitionId) -> bool {
         self.since < p.end_micros() && self.until > p.start_micros()
     }
+}
+
+/// What a counter of `/metrics` grew by in an hour (traffic at a glance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficCount {
+    /// Hours since the epoch.
+    pub hour: i64,
+    pub family: String,
+    pub listener: String,
+    pub label: String,
+    pub count: i64,
 }
 
 /// Entries [`Ledger::case_history`] gives at most.
@@ -447,6 +468,52 @@ impl Ledger {
         out.truncate(MAX_CASE_HISTORY);
         out.reverse();
         Ok((out, cut))
+    }
+
+    /// Adds counts to their hours (traffic at a glance; every node adds into the
+    /// same rows) and forgets the hours before `keep_from`. One transaction.
+    pub fn add_traffic(
+        &mut self,
+        counts: &[TrafficCount],
+        keep_from: i64,
+    ) -> Result<(), LedgerError> {
+        let err = sql_err(&self.path);
+        let mut db = self.db();
+        let mut tx = db.begin().map_err(&err)?;
+        for c in counts {
+            tx.execute(
+                "INSERT INTO traffic (hour, family, listener, label, count) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (hour, family, listener, label) DO UPDATE SET count = traffic.count + excluded.count",
+                &[&c.hour, &c.family, &c.listener, &c.label, &c.count],
+            )
+            .map_err(&err)?;
+        }
+        tx.execute("DELETE FROM traffic WHERE hour < ?1", &[&keep_from])
+            .map_err(&err)?;
+        tx.commit().map_err(&err)
+    }
+
+    /// The traffic counts of the hours from `from` on.
+    pub fn traffic_since(&self, from: i64) -> Result<Vec<TrafficCount>, LedgerError> {
+        let rows = self
+            .db()
+            .query(
+                "SELECT hour, family, listener, label, count FROM traffic WHERE hour >= ?1",
+                &[&from],
+            )
+            .map_err(self.err())?;
+        rows.iter()
+            .map(|r| {
+                Ok(TrafficCount {
+                    hour: r.int(0)?,
+                    family: r.text(1)?,
+                    listener: r.text(2)?,
+                    label: r.text(3)?,
+                    count: r.int(4)?,
+                })
+            })
+            .collect::<db::DbResult<Vec<_>>>()
+            .map_err(self.err())
     }
 
     /// The newest entry's number (0 for an empty log).

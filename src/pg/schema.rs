@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     V4_JOURNAL,
     V5_OUTCOME_BLOCK,
     V6_POSTING,
+    V7_TRAFFIC,
 ];
 
 const V1_STORE: &str = "
@@ -396,6 +397,18 @@ BEGIN
 END $$;
 DROP INDEX relaylog.record_account, relaylog.record_ip, relaylog.record_originator;
 UPDATE relaylog.partition SET indexed_us = NULL;
+";
+
+/// Traffic at a glance: the ledger's hourly counts (see `crate::ledger`'s DDL).
+const V7_TRAFFIC: &str = "
+CREATE TABLE relaylog.traffic (
+    hour     bigint NOT NULL,
+    family   text NOT NULL,
+    listener text NOT NULL,
+    label    text NOT NULL,
+    count    bigint NOT NULL,
+    PRIMARY KEY (hour, family, listener, label)
+);
 ";
 
 /// The version the database is at (0: never initialised).

@@ -2,15 +2,17 @@
 //! own counters (`/metrics`), never from records.
 //!
 //! A sampler reads the counters once a minute (and when the page is asked for) and
-//! adds what each grew by to the current hour. Nothing is added to the relay's hot
-//! path. The hours live in memory: a restart begins the week again, and the page says
-//! since when it counts. Memory is bounded by [`HOURS`] times the series, which come
-//! from configured listener names and fixed labels only.
+//! adds what each grew by to the current hour, in the ledger (`traffic`), where every
+//! node adds its own: the page shows the installation's week, and a restart loses
+//! nothing but the minute it was in. Nothing is added to the relay's hot path. Counts
+//! the ledger could not take wait in memory for the next try, bounded by [`HOURS`]
+//! times [`MAX_SERIES`]; series come from configured listener names and fixed labels.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::clock::{Micros, SharedClock};
+use crate::ledger::{Ledger, LedgerError, TrafficCount};
 use crate::metrics::Metrics;
 
 /// Hours kept: a week.
@@ -21,9 +23,9 @@ const HOUR_US: Micros = 3_600_000_000;
 /// How often the sampler reads the counters.
 pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Series kept at most (listeners × labels); more are not counted. Generous: labels
-/// come from configuration and fixed words.
-const MAX_SERIES: usize = 1024;
+/// Series counted at most (listeners × labels); more are not. Generous: labels come
+/// from configuration and fixed words.
+pub const MAX_SERIES: usize = 1024;
 
 /// The counters drawn, by their exposition names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,21 +44,42 @@ pub enum Family {
 }
 
 impl Family {
-    const ALL: [(Family, &'static str, &'static str); 5] = [
-        (Family::Messages, "relaylog_messages_total", ""),
-        (Family::Requests, "relaylog_requests_total", "kind"),
-        (Family::FailClosed, "relaylog_fail_closed_total", "reason"),
+    /// (family, exposition name, its second label, its name in the ledger).
+    const ALL: [(Family, &'static str, &'static str, &'static str); 5] = [
+        (Family::Messages, "relaylog_messages_total", "", "messages"),
+        (
+            Family::Requests,
+            "relaylog_requests_total",
+            "kind",
+            "requests",
+        ),
+        (
+            Family::FailClosed,
+            "relaylog_fail_closed_total",
+            "reason",
+            "fail_closed",
+        ),
         (
             Family::UpstreamErrors,
             "relaylog_upstream_errors_total",
             "reason",
+            "upstream_errors",
         ),
         (
             Family::NotForwarded,
             "relaylog_not_forwarded_total",
             "reason",
+            "not_forwarded",
         ),
     ];
+
+    fn stored(self) -> &'static str {
+        Family::ALL.iter().find(|f| f.0 == self).map_or("", |f| f.3)
+    }
+
+    fn of_stored(name: &str) -> Option<Family> {
+        Family::ALL.iter().find(|f| f.3 == name).map(|f| f.0)
+    }
 }
 
 /// One counter: its family, listener and second label (kind or reason; empty for
@@ -68,19 +91,24 @@ pub struct Series {
     pub label: String,
 }
 
+/// Opens the ledger the hours go into.
+pub type OpenLedger = Box<dyn Fn() -> Result<Ledger, LedgerError> + Send + Sync>;
+
 pub struct Traffic {
     metrics: Arc<Metrics>,
     clock: SharedClock,
-    since: Micros,
+    ledger: OpenLedger,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
+    /// The baseline was read: a counter first seen after it counts from zero.
+    started: bool,
     /// Each counter's value when last read.
     last: HashMap<Series, u64>,
-    /// (hour number since the epoch, what each series grew by in it), oldest first.
-    hours: VecDeque<(i64, HashMap<Series, u64>)>,
+    /// What the counters grew by, by hour, not yet in the ledger.
+    pending: HashMap<(i64, Series), u64>,
 }
 
 /// What the page draws: for each series, [`HOURS`] counts ending with the current
@@ -88,34 +116,29 @@ struct State {
 pub struct Week {
     /// The first hour's start.
     pub first_hour: Micros,
-    /// When counting began (the process's start), if within the week.
-    pub since: Micros,
     pub series: BTreeMap<Series, Vec<u64>>,
 }
 
 impl Traffic {
-    pub fn new(metrics: Arc<Metrics>, clock: SharedClock) -> Arc<Traffic> {
+    /// A sampler whose baseline is the counters' values now: what came before (none,
+    /// in a new process) is not counted.
+    pub fn new(metrics: Arc<Metrics>, clock: SharedClock, ledger: OpenLedger) -> Arc<Traffic> {
         let t = Arc::new(Traffic {
-            since: clock.now_micros(),
             metrics,
             clock,
+            ledger,
             state: Mutex::default(),
         });
-        // The counters' values at start are the baseline: what came before (none,
-        // in a new process) is not this week's.
         t.sample();
         t
     }
 
-    /// Reads the counters and adds their growth to the current hour.
-    pub fn sample(&self) {
-        let now = self.clock.now_micros();
-        let text = self.metrics.encode();
-        let read = parse(&text);
-        let hour = now.div_euclid(HOUR_US);
+    /// Reads the counters and adds their growth to the current hour's pending counts.
+    fn sample(&self) {
+        let hour = self.clock.now_micros().div_euclid(HOUR_US);
+        let read = parse(&self.metrics.encode());
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let first = st.last.is_empty();
-        let mut grew = Vec::new();
+        let first = !std::mem::replace(&mut st.started, true);
         for (series, value) in read {
             if !st.last.contains_key(&series) && st.last.len() >= MAX_SERIES {
                 continue;
@@ -128,61 +151,102 @@ impl Traffic {
                 None => value,
             };
             if delta > 0 {
-                grew.push((series, delta));
+                *st.pending.entry((hour, series)).or_default() += delta;
             }
         }
-        if st.hours.back().is_none_or(|(h, _)| *h < hour) {
-            st.hours.push_back((hour, HashMap::new()));
-        }
-        while st
-            .hours
-            .front()
-            .is_some_and(|(h, _)| *h <= hour - HOURS as i64)
-        {
-            st.hours.pop_front();
-        }
-        if let Some((_, counts)) = st.hours.back_mut() {
-            for (series, delta) in grew {
-                *counts.entry(series).or_default() += delta;
-            }
-        }
+        // Hours past the week are not worth keeping for a ledger that is away.
+        st.pending.retain(|(h, _), _| *h > hour - HOURS as i64);
     }
 
-    /// The week up to now, sampled afresh.
-    pub fn week(&self) -> Week {
+    /// Samples, and writes what is pending into the ledger. On failure the counts
+    /// stay pending for the next try. Blocking.
+    pub fn store(&self) -> Result<(), LedgerError> {
         self.sample();
+        let pending =
+            std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let hour = self.clock.now_micros().div_euclid(HOUR_US);
+        let rows: Vec<TrafficCount> = pending
+            .iter()
+            .map(|((h, s), n)| TrafficCount {
+                hour: *h,
+                family: s.family.stored().to_owned(),
+                listener: s.listener.clone(),
+                label: s.label.clone(),
+                count: i64::try_from(*n).unwrap_or(i64::MAX),
+            })
+            .collect();
+        let written =
+            (self.ledger)().and_then(|mut l| l.add_traffic(&rows, hour - HOURS as i64 + 1));
+        if written.is_err() {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, n) in pending {
+                *st.pending.entry(k).or_default() += n;
+            }
+        }
+        written
+    }
+
+    /// The week up to now, every node's counts, sampled and stored afresh. Blocking.
+    pub fn week(&self) -> Result<Week, LedgerError> {
+        if let Err(e) = self.store() {
+            tracing::warn!(error = %e, "traffic counts could not be stored; kept for the next try");
+        }
         let hour = self.clock.now_micros().div_euclid(HOUR_US);
         let first = hour - HOURS as i64 + 1;
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = (self.ledger)()?.traffic_since(first)?;
         let mut series: BTreeMap<Series, Vec<u64>> = BTreeMap::new();
-        for s in st.last.keys() {
+        for s in self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last
+            .keys()
+        {
             series.insert(s.clone(), vec![0; HOURS]);
         }
-        for (h, counts) in &st.hours {
-            let Ok(i) = usize::try_from(h - first) else {
+        for c in rows {
+            let (Some(family), Ok(i)) = (
+                Family::of_stored(&c.family),
+                usize::try_from(c.hour - first),
+            ) else {
                 continue;
             };
-            for (s, n) in counts {
-                if let Some(v) = series.get_mut(s).and_then(|v| v.get_mut(i)) {
-                    *v += n;
-                }
+            let key = Series {
+                family,
+                listener: c.listener,
+                label: c.label,
+            };
+            if i >= HOURS || (series.len() >= MAX_SERIES && !series.contains_key(&key)) {
+                continue;
             }
+            series.entry(key).or_insert_with(|| vec![0; HOURS])[i] +=
+                u64::try_from(c.count).unwrap_or(0);
         }
-        Week {
+        Ok(Week {
             first_hour: first * HOUR_US,
-            since: self.since,
             series,
-        }
+        })
     }
 
-    /// Samples every [`SAMPLE_EVERY`] until `shutdown`.
+    /// Stores every [`SAMPLE_EVERY`], and once more at `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => self.sample(),
-                () = shutdown.wait() => return,
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                () = shutdown.wait() => true,
+            };
+            let t = self.clone();
+            let stored = tokio::task::spawn_blocking(move || t.store()).await;
+            if let Ok(Err(e)) = stored {
+                tracing::warn!(error = %e, "traffic counts could not be stored; kept for the next try");
+            }
+            if last {
+                return;
             }
         }
     }
@@ -193,9 +257,9 @@ impl Traffic {
 fn parse(text: &str) -> Vec<(Series, u64)> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some((family, name, second)) = Family::ALL
+        let Some((family, name, second, _)) = Family::ALL
             .iter()
-            .find(|(_, name, _)| line.starts_with(name) && line[name.len()..].starts_with('{'))
+            .find(|(_, name, _, _)| line.starts_with(name) && line[name.len()..].starts_with('{'))
         else {
             continue;
         };
@@ -298,17 +362,20 @@ mod tests {
     }
 
     #[test]
-    fn counts_land_in_their_hour_and_leave_after_a_week() {
-        let metrics = Arc::new(Metrics::new());
+    fn counts_land_in_their_hour_survive_a_restart_and_leave_after_a_week() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let open = |p: std::path::PathBuf| -> OpenLedger { Box::new(move || Ledger::open(&p)) };
         let start = chrono::DateTime::parse_from_rfc3339("2026-12-06T10:15:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);
         let clock = ManualClock::new(start);
+        let metrics = Arc::new(Metrics::new());
         let msgs = metrics.messages.get_or_create_owned(&ListenerLabels {
             listener: "sms".into(),
         });
         msgs.inc_by(5); // before the start: not this week's
-        let t = Traffic::new(metrics.clone(), Arc::new(clock.clone()));
+        let t = Traffic::new(metrics.clone(), Arc::new(clock.clone()), open(path.clone()));
         msgs.inc_by(3);
         metrics
             .fail_closed
@@ -324,15 +391,15 @@ mod tests {
                 kind: "message",
             })
             .inc_by(3);
-        t.sample();
+        t.store().unwrap();
         clock.advance(chrono::Duration::seconds(3600));
         msgs.inc_by(2);
-        let w = t.week();
         let key = |family, label: &str| Series {
             family,
             listener: "sms".into(),
             label: label.into(),
         };
+        let w = t.week().unwrap();
         let m = &w.series[&key(Family::Messages, "")];
         assert_eq!(m.len(), HOURS);
         assert_eq!(&m[HOURS - 2..], &[3, 2]);
@@ -350,12 +417,42 @@ mod tests {
             3
         );
         assert_eq!(w.first_hour % HOUR_US, 0);
+
+        // A new process (its counters from zero) and a second node add to the same
+        // hours.
+        let again = Arc::new(Metrics::new());
+        let t2 = Traffic::new(again.clone(), Arc::new(clock.clone()), open(path.clone()));
+        again
+            .messages
+            .get_or_create_owned(&ListenerLabels {
+                listener: "sms".into(),
+            })
+            .inc_by(4);
+        let w = t2.week().unwrap();
+        assert_eq!(&w.series[&key(Family::Messages, "")][HOURS - 2..], &[3, 6]);
+
+        // Counts the ledger could not take wait for the next try.
+        let away = Traffic::new(
+            again.clone(),
+            Arc::new(clock.clone()),
+            open(dir.path().join("no/such/dir/x")),
+        );
+        std::fs::write(dir.path().join("no"), b"a file, not a directory").unwrap();
+        again
+            .messages
+            .get_or_create_owned(&ListenerLabels {
+                listener: "sms".into(),
+            })
+            .inc();
+        assert!(away.store().is_err());
+        assert_eq!(away.state.lock().unwrap().pending.values().sum::<u64>(), 1);
+
         // A week later the first hours are gone.
         clock.advance(chrono::Duration::seconds(7 * 24 * 3600 - 1800));
-        let w = t.week();
-        assert_eq!(w.series[&key(Family::Messages, "")].iter().sum::<u64>(), 2);
+        let w = t.week().unwrap();
+        assert_eq!(w.series[&key(Family::Messages, "")].iter().sum::<u64>(), 6);
         clock.advance(chrono::Duration::seconds(3600));
-        let w = t.week();
+        let w = t.week().unwrap();
         assert_eq!(w.series[&key(Family::Messages, "")].iter().sum::<u64>(), 0);
     }
 }

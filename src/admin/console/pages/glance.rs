@@ -11,7 +11,6 @@ use crate::admin::console::traffic::{Family, HOURS, Week};
 use crate::admin::console::{Signed, svg};
 use crate::admin::ops::blocking;
 use crate::clock::Micros;
-use crate::export::rfc3339;
 
 /// Partitions the page draws (the newest); the rest are counted in the total.
 const PARTITIONS_DRAWN: usize = 14;
@@ -30,7 +29,6 @@ struct ListenerWeek {
 #[template(path = "traffic.html", config = "src/admin/console/askama.toml")]
 struct TrafficPage {
     nav: Option<Nav>,
-    since: Option<String>,
     listeners: Vec<ListenerWeek>,
     outcomes: String,
     fail_closed: String,
@@ -103,12 +101,12 @@ fn next_expiry(
 }
 
 pub(super) async fn traffic(State(c): St, s: Signed) -> Page {
-    let week = c.traffic.week();
-    let api = c.api.clone();
-    let (sizes, holds) = blocking(move || {
+    let (api, traffic) = (c.api.clone(), c.traffic.clone());
+    let (week, sizes, holds) = blocking(move || {
+        let week = traffic.week()?;
         let sizes =
             crate::store::partition_sizes(&api.config.store).map_err(|e| ApiError::internal(&e))?;
-        Ok((sizes, api.ledger()?.holds()?))
+        Ok((week, sizes, api.ledger()?.holds()?))
     })
     .await?;
 
@@ -165,7 +163,6 @@ pub(super) async fn traffic(State(c): St, s: Signed) -> Page {
         .collect();
     ok(&TrafficPage {
         nav: nav(&s),
-        since: (week.since > week.first_hour).then(|| rfc3339(week.since)),
         listeners,
         outcomes: svg::bars("Requests by what became of them", &outcomes),
         fail_closed: svg::bars("Fail-closed by reason", &fail_closed),
