@@ -91,6 +91,8 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
     let now = || s.clock.now_micros();
     let next_step = || s.clock.advance(chrono::Duration::seconds(30));
     let today = s.clock.now().date_naive();
+    // The day the messages went into (the clock moves on during the test).
+    let relayed_on = s.clock.now().format("%Y-%m-%d").to_string();
 
     // Without a session: to the login page, every reply with the strict policy.
     let mut a = ConsoleClient::new(&s.admin);
@@ -188,6 +190,17 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Nor does a page of another site get a page in the officer's name.
+    let r = s
+        .admin
+        .request(
+            Method::GET,
+            "/console/cases",
+            &[("cookie", &cookie), ("sec-fetch-site", "same-site")],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
     let (ok, out) = cli(&s.config_path, &["case", "list"]);
     assert!(ok && !out.contains("2026-0815"), "no case opened: {out}");
     let log = audit(&s.config_path);
@@ -395,11 +408,31 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
     // A path outside the exports: refused.
     let r = a.get("/console/exports/..%2Fledger.sqlite").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    // Closed.
+    // A name that is no export: 404, counted as a refusal (names are not guessed).
+    let r = a
+        .get("/console/exports/case-1-20261206T000000.000000Z-0000000000000000.json")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Closed, with the second factor.
     let r = a
         .send("/console/cases/1/close", vec![("csrf", token.clone())])
         .await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "no second factor: not closed"
+    );
+    next_step();
+    let r = a
+        .confirmed(
+            "/console/cases/1/close",
+            &token,
+            "anna",
+            &totp_at(&anna, now()),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
     assert!(text(&a.get("/console/cases/1").await).contains("class=\"state closed\""));
 
     // A second case, rejected with its reason; the filters find it.
@@ -503,6 +536,57 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
     assert_eq!(r.status, StatusCode::CREATED, "{}", text(&r));
     let html = text(&r);
     assert!(html.contains("<svg role=\"img\"") && html.contains("otpauth://totp/relaylog:dora"));
+    // Disabling: an admin's act with the second factor; never the last admin.
+    next_step();
+    let r = a
+        .confirmed(
+            "/console/officers/disable",
+            &token,
+            "anna",
+            &totp_at(&anna, now()),
+            &[("name", "dora")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
+    let r = c
+        .send(
+            "/console/officers/disable",
+            vec![("csrf", carl_token.clone()), ("name", "dora".into())],
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "no second factor: not disabled"
+    );
+    next_step();
+    let r = c
+        .confirmed(
+            "/console/officers/disable",
+            &carl_token,
+            "carl",
+            &totp_at(&carl, now()),
+            &[("name", "dora")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    let html = text(&c.get("/console/officers").await);
+    assert!(
+        html.contains("<td>dora</td><td>officer</td><td>no</td>"),
+        "{html}"
+    );
+    next_step();
+    let r = c
+        .confirmed(
+            "/console/officers/disable",
+            &carl_token,
+            "carl",
+            &totp_at(&carl, now()),
+            &[("name", "carl")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", text(&r));
+    assert!(text(&r).contains("last enabled admin"));
     // Offboarding by the admin.
     next_step();
     let r = c
@@ -524,14 +608,22 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
     }
     let html = text(&c.get("/console/audit").await);
     assert!(html.contains("case.approve") && html.contains("export.download"));
-    let at = html.find("Newest</a>").unwrap_or_else(|| {
-        panic!(
-            "a link to the newest page: {}",
-            &html[html.len().saturating_sub(900)..]
-        )
-    });
-    let newest = &html[html[..at].rfind("href=\"").unwrap() + 6..at - 2];
-    let html = text(&c.get(newest).await);
+    assert!(
+        html.contains("<td>1</td>") && !html.contains("<td>101</td>"),
+        "the first page"
+    );
+    // The links of a page: its href before each link text.
+    let link = |html: &str, name: &str| -> String {
+        let at = html
+            .find(&format!("\">{name}</a>"))
+            .unwrap_or_else(|| panic!("a link {name}: {html}"));
+        html[html[..at].rfind("href=\"").unwrap() + 6..at].to_owned()
+    };
+    assert_eq!(link(&html, "Later entries"), "/console/audit?after=100");
+    let second = text(&c.get("/console/audit?after=100").await);
+    assert!(second.contains("<td>101</td>") && !second.contains("<td>100</td>"));
+    assert_eq!(link(&second, "Earlier entries"), "/console/audit?after=0");
+    let html = text(&c.get(&link(&html, "Newest")).await);
     assert!(
         html.contains("audit.list") && !html.contains("session.login"),
         "{html}"
@@ -547,9 +639,8 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
     let html = text(&r);
     assert!(html.contains("Messages per hour: sms (http)"), "{html}");
     assert!(html.contains("3 messages in 7 days"), "{html}");
-    let day = s.clock.now().format("%Y-%m-%d").to_string();
     assert!(
-        html.contains(&format!(">{day}</text>")),
+        html.contains(&format!(">{relayed_on}</text>")),
         "today's partition drawn: {html}"
     );
     assert!(!html.contains(">0 B<"), "its size is read: {html}");
@@ -610,7 +701,16 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
         ("anna", "case.close", vec![("/case", Value::from(1))]),
         ("anna", "export.download", vec![]),
         ("anna", "subject.export", vec![]),
+        ("anna", "hold.add", vec![]),
         ("anna", "hold.release", vec![]),
+        (
+            "anna",
+            "auth.failure",
+            vec![("/for", "officer.disable".into())],
+        ),
+        ("carl", "officer.disable", vec![("/officer", "dora".into())]),
+        ("carl", "session.logout", vec![("/replaced", true.into())]),
+        ("anna", "export.download", vec![("/case", Value::from(1))]),
         ("carl", "officer.add", vec![]),
         ("carl", "account.offboard", vec![]),
         ("carl", "audit.verify", vec![]),

@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,7 +40,9 @@ fn chromium() -> Option<PathBuf> {
 /// How long a page or a download may take, in tenths of a second (2 cores, busy).
 const WAIT_TENTHS: u32 = 300;
 
-/// chromedriver on a port of its own, killed when dropped.
+/// chromedriver on a port of its own, in a process group of its own: dropped (the
+/// test over, or failed), the group is killed, the Chromium processes it started
+/// with it.
 struct Driver {
     child: std::process::Child,
     port: u16,
@@ -47,7 +50,8 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on the group this child leads (process_group(0) below).
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -76,6 +80,7 @@ async fn driver() -> Option<(Driver, PathBuf)> {
         .arg(format!("--port={port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("chromedriver starts");
     let d = Driver { child, port };

@@ -31,7 +31,7 @@ use crate::clock::{Micros, SharedClock};
 use crate::compliance::cases::{Case, CaseError, CaseForm, IdentifierKind, criterion};
 use crate::compliance::disclosure::{DiscloseError, Format, Installation};
 use crate::compliance::lookup::{LookupError, Window};
-use crate::compliance::officers::{Officer, OfficerError, Role};
+use crate::compliance::officers::{Credentials, Officer, OfficerError, Role};
 use crate::config::Config;
 use crate::export::{found_json, rfc3339};
 use crate::ledger::{AuditEntry, Ledger, LedgerError};
@@ -538,22 +538,16 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(login): Body<Login>,
 ) -> Result<Response, ApiError> {
-    if login.password.len() > MAX_PASSWORD {
-        return Err(too_long());
-    }
-    let Ok(_permit) = api.logins.try_acquire() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many logins at once; retry in a moment",
-        ));
-    };
-    let api2 = api.clone();
     blocking(move || {
-        let (token, session) = api2.log_in(
+        let who = Credentials {
+            name: &login.officer,
+            password: &login.password,
+            totp: Some(&login.totp),
+        };
+        let (token, session) = api.log_in(
             Scope::Api,
-            &login.officer,
-            &login.password,
-            &login.totp,
+            None,
+            who,
             &refusal_peer(peer.ip()),
             &peer.ip().to_string(),
         )?;
@@ -796,11 +790,13 @@ async fn offboard(
 
 async fn download(
     axum::extract::State(api): State,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     who: Authed,
     Param(name): Param<String>,
 ) -> Result<Response, ApiError> {
     let name2 = name.clone();
-    let (file, len) = blocking(move || api.download(&who, &name2)).await?;
+    let from = refusal_peer(peer.ip());
+    let (file, len) = blocking(move || api.download(&who, &name2, &from)).await?;
     Ok(send_file(tokio::fs::File::from_std(file), len, &name))
 }
 
@@ -982,18 +978,8 @@ async fn add_officer(
     who: Authed,
     Body(new): Body<NewOfficer>,
 ) -> Result<Response, ApiError> {
-    if new.password.len() > MAX_PASSWORD {
-        return Err(too_long());
-    }
-    let _permit = api.logins.try_acquire().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many password operations at once; retry in a moment",
-        )
-    })?;
-    let api2 = api.clone();
     blocking(move || {
-        let e = api2.add_officer(&who, &new.name, new.role, &new.password)?;
+        let e = api.add_officer(&who, &new.name, new.role, &new.password)?;
         let mut v = officer_json(&e.officer);
         v["otpauth_uri"] = e.otpauth_uri.into();
         Ok((StatusCode::CREATED, Json(v)).into_response())

@@ -1,8 +1,10 @@
 //! What an officer can do on the admin listener, once: the JSON API ([`super::api`])
 //! and the web console ([`super::console`]) are two ways of asking for it, and each
-//! only turns these results into its own replies. Every operation checks the role,
-//! notes the four-eyes setting and writes the audit entry as the command line does,
-//! through the same library calls.
+//! only turns these results into its own replies. Each operation checks what the
+//! command line checks for the same act (a role where it asks for one, the four-eyes
+//! setting noted by case commands) and writes the audit entry it writes, through the
+//! same library calls; reads that the command line does not audit (a case's history,
+//! the exports on disk) are not audited here either.
 //!
 //! All of them block (ledger, store, password hashing): callers run them on the
 //! blocking pool ([`blocking`]).
@@ -91,15 +93,21 @@ pub fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// A file name unique to this moment, e.g. `case-7-20261122T101530.123456Z.json`.
+/// A file name unique to this moment and not to be guessed, e.g.
+/// `case-7-20261122T101530.123456Z-3f9a0c2e5b7d1e84.json`: a download is served to
+/// whoever names the file, so its name carries 64 random bits.
 pub fn export_name(prefix: &str, now: Micros, ext: &str) -> String {
     format!("{}.{ext}", stamped(prefix, now))
 }
 
-/// `prefix-<UTC time to the microsecond>`.
+/// `prefix-<UTC time to the microsecond>-<64 random bits in hex>`.
 fn stamped(prefix: &str, now: Micros) -> String {
     let t = crate::clock::micros_to_datetime(now).format("%Y%m%dT%H%M%S%.6fZ");
-    format!("{prefix}-{t}")
+    let mut random = [0u8; 8];
+    // Without randomness the name is still unique, only guessable.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    let r: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{t}-{r}")
 }
 
 impl Api {
@@ -107,24 +115,24 @@ impl Api {
     // Sessions.
     // -----------------------------------------------------------------------------
 
-    /// Password and TOTP checked (refusals counted against `peer`), a session opened
-    /// and the login audited. The token is the caller's to hand over, once.
+    /// Password and TOTP checked (refusals counted against `peer`; among the password
+    /// checks, [`Api::logins`]), a session opened and the login audited. The token is
+    /// the caller's to hand over, once. `replacing`: the session the client had, ended
+    /// (and audited) once the new one is open.
     pub fn log_in(
         &self,
         scope: Scope,
-        name: &str,
-        password: &str,
-        totp: &str,
+        replacing: Option<&str>,
+        who: Credentials<'_>,
         peer: &str,
         shown_peer: &str,
     ) -> Result<(String, Session), ApiError> {
+        if who.password.len() > MAX_PASSWORD {
+            return Err(super::api::too_long());
+        }
+        let _permit = self.password_slot()?;
         let now = self.now();
         let mut ledger = self.ledger()?;
-        let who = Credentials {
-            name,
-            password,
-            totp: Some(totp),
-        };
         let officer =
             ledger.authenticate(&self.master, who, Role::Officer, now, "session.login", peer)?;
         let (token, session) = self
@@ -137,6 +145,23 @@ impl Api {
             "session.login",
             json!({"expires_at": crate::export::rfc3339(session.expires_at), "peer": shown_peer}),
         )?;
+        if let Some(old) = replacing
+            && let Ok(s) = self.sessions.get(scope, old, now)
+        {
+            match self.sessions.close(scope, old) {
+                Ok(_) => {
+                    ledger.audit(
+                        now,
+                        &s.officer.name,
+                        "session.logout",
+                        json!({"replaced": true}),
+                    )?;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a session replaced at login could not be ended")
+                }
+            }
+        }
         Ok((token, session))
     }
 
@@ -219,6 +244,19 @@ impl Api {
         Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
     }
 
+    /// One of the [`Api::logins`] places: argon2 is costly on purpose, so only so
+    /// many passwords are hashed at once; past them a caller is told to retry. Taken
+    /// on the blocking thread that hashes, so that a client that goes away does not
+    /// free it mid-hash.
+    fn password_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.logins.try_acquire().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many password checks at once; try again in a moment",
+            )
+        })
+    }
+
     /// The step-up check before a sensitive act: the session's own officer, her
     /// password and a fresh code, and the role the act needs, as a login checks them
     /// (refusals counted against the peer, a wrong code counting towards the lock).
@@ -236,12 +274,7 @@ impl Api {
                 "the password is longer than {MAX_PASSWORD} bytes"
             )));
         }
-        let _permit = self.logins.try_acquire().map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many password checks at once; try again in a moment",
-            )
-        })?;
+        let _permit = self.password_slot()?;
         let mut ledger = self.ledger()?;
         let creds = Credentials {
             name: &who.officer.name,
@@ -472,14 +505,22 @@ impl Api {
         Ok(exports)
     }
 
-    /// An export file to send, by name: opened, its size, and the download audited.
-    pub fn download(&self, who: &Authed, name: &str) -> Result<(std::fs::File, u64), ApiError> {
+    /// An export file to send, by name: opened, its size, and the download audited
+    /// (with its case, for a case's export). A name that is no file is counted as a
+    /// refusal against `peer`: names are not to be guessed.
+    pub fn download(
+        &self,
+        who: &Authed,
+        name: &str,
+        peer: &str,
+    ) -> Result<(std::fs::File, u64), ApiError> {
         if !servable(name) {
             return Err(ApiError::bad_request("not an export file name"));
         }
         let file = match std::fs::File::open(self.exports.join(name)) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.refuse(peer, &who.officer.name, "GET export", "no such export")?;
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     format!("no export {name}"),
@@ -488,12 +529,12 @@ impl Api {
             Err(e) => return Err(ApiError::internal(&e)),
         };
         let len = file.metadata().map_err(|e| ApiError::internal(&e))?.len();
-        self.ledger()?.audit(
-            self.now(),
-            &who.officer.name,
-            "export.download",
-            json!({"file": name, "bytes": len}),
-        )?;
+        let mut details = json!({"file": name, "bytes": len});
+        if let Some(case) = case_of_export(name) {
+            details["case"] = case.into();
+        }
+        self.ledger()?
+            .audit(self.now(), &who.officer.name, "export.download", details)?;
         Ok((file, len))
     }
 
@@ -585,13 +626,34 @@ impl Api {
         let now = self.now();
         let mut ledger = self.ledger()?;
         who.require(&mut ledger, Role::Admin, "officer.add", now)?;
+        if password.len() > MAX_PASSWORD {
+            return Err(super::api::too_long());
+        }
+        let _permit = self.password_slot()?;
         Ok(ledger.add_officer(&self.master, name, role, password, now, &who.officer.name)?)
     }
 
+    /// Disables an officer (an admin's act; there is no undoing it but a new
+    /// enrolment). The last enabled admin is not disabled: nobody could enrol again.
     pub fn disable_officer(&self, who: &Authed, name: &str) -> Result<Option<Officer>, ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
         who.require(&mut ledger, Role::Admin, "officer.disable", now)?;
+        let officers = ledger.officers()?;
+        let admins = officers
+            .iter()
+            .filter(|o| o.enabled && o.role == Role::Admin)
+            .count();
+        if admins == 1
+            && officers
+                .iter()
+                .any(|o| o.name == name && o.enabled && o.role == Role::Admin)
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "that is the last enabled admin: enrol another admin first",
+            ));
+        }
         // Her sessions end at their next use, which says why (see `session_officer`).
         ledger.disable_officer(name, now, &who.officer.name)?;
         Ok(ledger.officers()?.into_iter().find(|o| o.name == name))
@@ -632,6 +694,11 @@ impl Api {
     }
 }
 
+/// The case an export file is of (`case-<id>-...`).
+fn case_of_export(name: &str) -> Option<i64> {
+    name.strip_prefix("case-")?.split('-').next()?.parse().ok()
+}
+
 /// Names `download` serves: what the admin listener writes, nothing else (no paths,
 /// no dot files).
 pub fn servable(name: &str) -> bool {
@@ -669,10 +736,19 @@ mod tests {
     }
 
     #[test]
-    fn export_names_sort_by_time_and_carry_no_identifier() {
+    fn export_names_sort_by_time_carry_no_identifier_and_are_not_to_be_guessed() {
         let a = export_name("subject", 1_795_000_000_000_000, "json");
         let b = export_name("subject", 1_795_000_000_000_001, "json");
-        assert_eq!(a, "subject-20261118T110640.000000Z.json");
+        assert!(a.starts_with("subject-20261118T110640.000000Z-"), "{a}");
+        assert_eq!(
+            a.len(),
+            "subject-20261118T110640.000000Z-".len() + 16 + ".json".len()
+        );
+        assert!(servable(&a));
         assert!(a < b);
+        assert_ne!(a, export_name("subject", 1_795_000_000_000_000, "json"));
+        assert_eq!(case_of_export(&export_name("case-7", 0, "csv")), Some(7));
+        assert_eq!(case_of_export("case-7.json"), None);
+        assert_eq!(case_of_export(&a), None);
     }
 }

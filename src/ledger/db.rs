@@ -265,6 +265,21 @@ impl Db {
             done: false,
         })
     }
+
+    /// Begins a transaction that does not wait for the audit chain's writers: for
+    /// writes that conflict only row by row (upserts), which each engine orders
+    /// itself. On SQLite every write transaction is serialised anyway (`IMMEDIATE`,
+    /// so that it does not fail on upgrading a read lock).
+    pub fn begin_unserialised(&mut self) -> DbResult<Tx<'_>> {
+        match self {
+            Db::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
+            Db::Postgres(c) => c.batch_execute("BEGIN")?,
+        }
+        Ok(Tx {
+            db: self,
+            done: false,
+        })
+    }
 }
 
 /// A write transaction (see [`Db::begin`]).

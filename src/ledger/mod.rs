@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS audit (
     actor   TEXT NOT NULL,
     action  TEXT NOT NULL,
     details TEXT NOT NULL,
-    hash    BLOB NOT NULL
+    hash    BLOB NOT NULL,
+    case_id INTEGER   -- the details' case number, if any: a case's history, by index
 );
 CREATE INDEX IF NOT EXISTS audit_action ON audit (action, seq);
 -- Refusals counted until their minute's one audit entry is written
@@ -120,8 +121,9 @@ CREATE TABLE IF NOT EXISTS traffic (
 
 /// The ledger's schema version (`PRAGMA user_version`). 1: the officer's lockout
 /// columns, which ledgers made before it lack. 2: `refusal.written` (the table holds
-/// only the current minute's counts: one without the column is made again).
-const SCHEMA_VERSION: i64 = 2;
+/// only the current minute's counts: one without the column is made again). 3:
+/// `audit.case_id` and its index (filled from the entries already there).
+const SCHEMA_VERSION: i64 = 3;
 
 /// Brings a ledger made by an older build to [`SCHEMA_VERSION`], in an IMMEDIATE
 /// transaction (two processes opening the same old ledger take turns; the second finds
@@ -157,6 +159,21 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             tx.execute_batch(DDL)?;
         }
     }
+    if version(&tx)? < 3 {
+        let has_case: i64 = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info('audit') WHERE name = 'case_id'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_case == 0 {
+            tx.execute_batch(
+                "ALTER TABLE audit ADD COLUMN case_id INTEGER;
+                 UPDATE audit SET case_id = json_extract(details, '$.case')
+                  WHERE json_valid(details) AND json_type(details, '$.case') = 'integer';",
+            )?;
+        }
+        tx.execute_batch("CREATE INDEX IF NOT EXISTS audit_case ON audit (case_id, seq);")?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()
 }
@@ -189,8 +206,10 @@ pub struct TrafficCount {
     pub count: i64,
 }
 
-/// Entries [`Ledger::case_history`] gives at most.
+/// Entries of a case's course [`Ledger::case_history`] gives at most.
 pub const MAX_CASE_HISTORY: usize = 1000;
+/// Other entries naming a case (refusals, downloads) it gives at most, the newest.
+pub const MAX_CASE_OTHER: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -323,9 +342,11 @@ impl Ledger {
             details: details.to_string(),
         };
         let hash = chain(&prev, &entry);
+        // Outside the chain's hash: an index, which the details it is read from prove.
+        let case_id = details.get("case").and_then(serde_json::Value::as_i64);
         db.execute(
-            "INSERT INTO audit (seq, at_us, actor, action, details, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            &[&seq, &at, &entry.actor, &entry.action, &entry.details, &hash],
+            "INSERT INTO audit (seq, at_us, actor, action, details, hash, case_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            &[&seq, &at, &entry.actor, &entry.action, &entry.details, &hash, &case_id],
         )?;
         Ok(seq)
     }
@@ -436,42 +457,42 @@ impl Ledger {
             .map_err(self.err())
     }
 
-    /// A case's history: the audit entries that name case `id` (`"case": id` in their
-    /// details), but for views of it (`case.show`), oldest first; at most the newest
-    /// [`MAX_CASE_HISTORY`], and whether older ones were left out. The log is searched
-    /// whole (it has no index by case).
+    /// A case's history, oldest first: every entry of its course (opened, decided,
+    /// disclosed, closed) and the newest [`MAX_CASE_OTHER`] of the rest that name it
+    /// (refusals, downloads), views of it left out; and whether some of the rest were
+    /// left out. Found by the audit log's index by case.
     pub fn case_history(&self, id: i64) -> Result<(Vec<AuditEntry>, bool), LedgerError> {
-        // Details are compact JSON: the number ends at a comma or a brace, so that
-        // case 7 does not match 70.
-        let (mid, end) = (format!("%\"case\":{id},%"), format!("%\"case\":{id}}}%"));
-        let limit = MAX_CASE_HISTORY as i64 + 1;
-        let rows = self
-            .db()
-            .query(
-                "SELECT seq, at_us, actor, action, details FROM audit \
-                 WHERE (details LIKE ?1 OR details LIKE ?2) AND action <> 'case.show' \
-                 ORDER BY seq DESC LIMIT ?3",
-                &[&mid, &end, &limit],
-            )
-            .map_err(self.err())?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows.iter() {
-            let e = AuditEntry::of_row(r).map_err(self.err())?;
-            // A string value could hold the same characters: the details say.
-            let names_it = serde_json::from_str::<serde_json::Value>(&e.details)
-                .is_ok_and(|d| d.get("case").and_then(serde_json::Value::as_i64) == Some(id));
-            if names_it {
-                out.push(e);
-            }
-        }
-        let cut = out.len() > MAX_CASE_HISTORY;
-        out.truncate(MAX_CASE_HISTORY);
-        out.reverse();
-        Ok((out, cut))
+        let read = |sql: &str, limit: i64| -> Result<Vec<AuditEntry>, LedgerError> {
+            let rows = self.db().query(sql, &[&id, &limit]).map_err(self.err())?;
+            rows.iter()
+                .map(AuditEntry::of_row)
+                .collect::<db::DbResult<Vec<_>>>()
+                .map_err(self.err())
+        };
+        let course = read(
+            "SELECT seq, at_us, actor, action, details FROM audit \
+             WHERE case_id = ?1 AND action IN ('case.open', 'case.approve', 'case.reject', 'case.disclose', 'case.close') \
+             ORDER BY seq LIMIT ?2",
+            MAX_CASE_HISTORY as i64,
+        )?;
+        let mut rest = read(
+            "SELECT seq, at_us, actor, action, details FROM audit \
+             WHERE case_id = ?1 AND action NOT IN ('case.show', 'case.open', 'case.approve', 'case.reject', 'case.disclose', 'case.close') \
+             ORDER BY seq DESC LIMIT ?2",
+            MAX_CASE_OTHER as i64 + 1,
+        )?;
+        let cut = rest.len() > MAX_CASE_OTHER;
+        rest.truncate(MAX_CASE_OTHER);
+        let mut all = course;
+        all.extend(rest);
+        all.sort_by_key(|e| e.seq);
+        Ok((all, cut))
     }
 
     /// Adds counts to their hours (traffic at a glance; every node adds into the
-    /// same rows) and forgets the hours before `keep_from`. One transaction.
+    /// same rows) and forgets the hours before `keep_from`. One transaction, which
+    /// does not wait for the audit log's writers; `counts` come sorted, so that two
+    /// nodes adding at once take the rows in the same order.
     pub fn add_traffic(
         &mut self,
         counts: &[TrafficCount],
@@ -479,7 +500,7 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let err = sql_err(&self.path);
         let mut db = self.db();
-        let mut tx = db.begin().map_err(&err)?;
+        let mut tx = db.begin_unserialised().map_err(&err)?;
         for c in counts {
             tx.execute(
                 "INSERT INTO traffic (hour, family, listener, label, count) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -538,16 +559,22 @@ impl Ledger {
             let rows = self
                 .db()
                 .query(
-                    "SELECT seq, at_us, actor, action, details, hash FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                    "SELECT seq, at_us, actor, action, details, hash, case_id FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
                     &[&expected_seq, &PAGE],
                 )
                 .map_err(self.err())?;
             let n = rows.len() as i64;
             for r in rows {
-                let (e, stored) =
-                    (|| -> db::DbResult<_> { Ok((AuditEntry::of_row(&r)?, r.blob(5)?)) })()
-                        .map_err(self.err())?;
-                if e.seq != expected_seq || chain(&prev, &e) != stored {
+                let (e, stored, case_id) = (|| -> db::DbResult<_> {
+                    Ok((AuditEntry::of_row(&r)?, r.blob(5)?, r.opt_int(6)?))
+                })()
+                .map_err(self.err())?;
+                // The case index is outside the hash: it must say what the details say,
+                // or a case's history could be made to miss an entry.
+                let names = serde_json::from_str::<serde_json::Value>(&e.details)
+                    .ok()
+                    .and_then(|d| d.get("case").and_then(serde_json::Value::as_i64));
+                if e.seq != expected_seq || chain(&prev, &e) != stored || names != case_id {
                     return Err(LedgerError::Broken { seq: e.seq });
                 }
                 prev = stored;
@@ -682,5 +709,97 @@ mod tests {
             );
             assert_eq!((failed, locked, version), (0, 0, SCHEMA_VERSION));
         }
+    }
+
+    /// A case's history comes by the audit log's case index: the case's course
+    /// whatever else names it, the newest of the rest, no views, no other case; an
+    /// index that does not say what the details say is damage.
+    #[test]
+    fn a_case_history_is_its_course_and_the_newest_of_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+        l.audit(1, "anna", "case.open", serde_json::json!({"case": 7}))
+            .unwrap();
+        l.audit(2, "anna", "case.open", serde_json::json!({"case": 70}))
+            .unwrap();
+        for i in 0..(MAX_CASE_OTHER as i64 + 5) {
+            l.audit(
+                3 + i,
+                "anna",
+                "case.show",
+                serde_json::json!({"case": 7, "found": true}),
+            )
+            .unwrap();
+            l.audit(
+                3 + i,
+                "bert",
+                "case.approve.refused",
+                serde_json::json!({"case": 7, "n": i}),
+            )
+            .unwrap();
+        }
+        l.audit(900, "bert", "case.approve", serde_json::json!({"case": 7}))
+            .unwrap();
+        l.audit(901, "anna", "hold.add", serde_json::json!({"case": "7"}))
+            .unwrap();
+        let (h, cut) = l.case_history(7).unwrap();
+        assert!(cut);
+        assert_eq!(h.first().unwrap().action, "case.open");
+        assert_eq!(h.last().unwrap().action, "case.approve");
+        assert_eq!(h.len(), 2 + MAX_CASE_OTHER);
+        assert!(h.windows(2).all(|w| w[0].seq < w[1].seq), "oldest first");
+        assert!(
+            h.iter()
+                .all(|e| e.action != "case.show" && e.details.contains("\"case\":7"))
+        );
+        // The refusals kept are the newest.
+        assert!(h[1].details.contains("\"n\":5"), "{}", h[1].details);
+        l.verify_audit().unwrap();
+        l.db()
+            .execute(
+                "UPDATE audit SET case_id = 8 WHERE action = 'case.approve'",
+                &[],
+            )
+            .unwrap();
+        assert!(matches!(l.verify_audit(), Err(LedgerError::Broken { .. })));
+    }
+
+    /// A ledger from before the case index gets it on open, filled from its entries.
+    #[test]
+    fn the_case_index_is_filled_for_entries_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE audit (seq INTEGER PRIMARY KEY, at_us INTEGER NOT NULL, actor TEXT NOT NULL,
+                 action TEXT NOT NULL, details TEXT NOT NULL, hash BLOB NOT NULL);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(old);
+        // Entries written as the old build wrote them: no case index.
+        let conn = Connection::open(&path).unwrap();
+        let mut prev = anchor();
+        for (seq, details) in [(1, r#"{"case":3}"#), (2, r#"{"case":"3"}"#), (3, "{}")] {
+            let e = AuditEntry {
+                seq,
+                at: seq,
+                actor: "anna".into(),
+                action: "case.open".into(),
+                details: details.into(),
+            };
+            let hash = chain(&prev, &e);
+            conn.execute(
+                "INSERT INTO audit (seq, at_us, actor, action, details, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![e.seq, e.at, e.actor, e.action, e.details, hash],
+            )
+            .unwrap();
+            prev = hash;
+        }
+        drop(conn);
+        let l = Ledger::open(&path).unwrap();
+        l.verify_audit().unwrap();
+        let (h, _) = l.case_history(3).unwrap();
+        assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
     }
 }

@@ -399,8 +399,14 @@ DROP INDEX relaylog.record_account, relaylog.record_ip, relaylog.record_originat
 UPDATE relaylog.partition SET indexed_us = NULL;
 ";
 
-/// Traffic at a glance: the ledger's hourly counts (see `crate::ledger`'s DDL).
+/// Traffic at a glance: the ledger's hourly counts (see `crate::ledger`'s DDL); and
+/// the audit log indexed by case, for a case's history.
 const V7_TRAFFIC: &str = "
+ALTER TABLE relaylog.audit ADD COLUMN case_id bigint;
+UPDATE relaylog.audit SET case_id = (details::jsonb ->> 'case')::bigint
+ WHERE jsonb_typeof(details::jsonb -> 'case') = 'number'
+   AND (details::jsonb ->> 'case') ~ '^-?[0-9]{1,18}$';
+CREATE INDEX audit_case ON relaylog.audit (case_id, seq);
 CREATE TABLE relaylog.traffic (
     hour     bigint NOT NULL,
     family   text NOT NULL,

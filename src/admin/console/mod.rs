@@ -215,6 +215,17 @@ impl FromRequestParts<Arc<Console>> for Signed {
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE).map(str::to_owned) else {
             return Err(Refusal::Login);
         };
+        // A page of another site (a sibling subdomain's image, say) gets nothing done
+        // in an officer's name, not even a view that is audited; a form it posts is
+        // refused and counted (as by [`Posted`]).
+        if !same_origin(&parts.headers) {
+            if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
+                return Err(Refusal::Login);
+            }
+            let (api, call, from) = (console.api.clone(), call_of(parts), super::api::peer(parts));
+            blocking(move || api.refuse(&from, "(unauthenticated)", &call, "origin")).await?;
+            return Err(ApiError::new(StatusCode::FORBIDDEN, NOT_FROM_HERE).into());
+        }
         let call = call_of(parts);
         let from = super::api::peer(parts);
         let api = console.api.clone();
@@ -249,6 +260,9 @@ pub struct Posted<T> {
     confirmation: Confirmation,
 }
 
+/// The answer to a form refused for its origin or CSRF token.
+const NOT_FROM_HERE: &str = "the form did not come from this console's page for this session: reload the page and send it again";
+
 /// The CSRF field every console form carries.
 const CSRF_FIELD: &str = "csrf";
 
@@ -274,11 +288,7 @@ impl<T: serde::de::DeserializeOwned + Send> FromRequest<Arc<Console>> for Posted
                 signed.who.officer.name.clone(),
             );
             blocking(move || api.refuse(&from, &actor, &call, reason)).await?;
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "the form did not come from this console's page for this session: reload the page and send it again",
-            )
-            .into());
+            return Err(ApiError::new(StatusCode::FORBIDDEN, NOT_FROM_HERE).into());
         }
         Ok(Posted {
             form: parse_form::<T>(&bytes)?,

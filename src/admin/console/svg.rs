@@ -34,11 +34,12 @@ fn nice_top(max: u64) -> u64 {
     }
 }
 
-/// A column chart of hourly counts (oldest first, the first hour starting at
+/// A column chart of hourly counts (`id`: unique on its page, naming its title) (oldest first, the first hour starting at
 /// `first_hour`): one bar an hour, named by its hour and count for screen readers, a
 /// label under each day's first hour (`day_labels[i]` for the day starting at column
 /// `day_offset + i * 24`), the axis top on the left.
 pub fn hourly(
+    id: &str,
     title: &str,
     counts: &[u64],
     first_hour: crate::clock::Micros,
@@ -55,7 +56,7 @@ pub fn hourly(
     let _ = write!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {w} {h}" role="img" aria-labelledby="t-{id}"><title id="t-{id}">{t}</title>"#,
-        id = slug(title),
+        id = esc(id),
         t = esc(title)
     );
     let _ = write!(
@@ -105,7 +106,7 @@ pub fn hourly(
 }
 
 /// Horizontal bars, one per (label, value, the value as written beside its bar).
-pub fn bars(title: &str, rows: &[(String, u64, String)]) -> String {
+pub fn bars(id: &str, title: &str, rows: &[(String, u64, String)]) -> String {
     let (w, row_h, label_w) = (720.0, 22.0, 220.0);
     let h = (rows.len().max(1) as f64) * row_h + 8.0;
     let max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(1);
@@ -114,7 +115,7 @@ pub fn bars(title: &str, rows: &[(String, u64, String)]) -> String {
     let _ = write!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {w} {h}" role="img" aria-labelledby="t-{id}"><title id="t-{id}">{t}</title>"#,
-        id = slug(title),
+        id = esc(id),
         t = esc(title)
     );
     for (i, (label, v, shown)) in rows.iter().enumerate() {
@@ -133,12 +134,6 @@ pub fn bars(title: &str, rows: &[(String, u64, String)]) -> String {
     }
     s.push_str("</svg>");
     s
-}
-
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect()
 }
 
 /// An otpauth URI as a QR code, for an authenticator app to scan off the screen.
@@ -168,6 +163,7 @@ mod tests {
     #[test]
     fn charts_escape_their_text_and_scale_to_a_round_top() {
         let s = bars(
+            "t",
             "a <b>",
             &[("x&y".into(), 7, "7".into()), ("z".into(), 3, "3".into())],
         );
@@ -178,7 +174,14 @@ mod tests {
         assert_eq!(nice_top(0), 1);
         let mut counts = vec![0; 48];
         counts[30] = 4;
-        let h = hourly("Messages", &counts, 0, 0, &["Mon".into(), "Tue".into()]);
+        let h = hourly(
+            "m",
+            "Messages",
+            &counts,
+            0,
+            0,
+            &["Mon".into(), "Tue".into()],
+        );
         assert_eq!(h.matches("class=\"bar\"").count(), 1);
         assert!(h.contains(">5<"), "axis top is 5: {h}");
         assert!(h.contains(">Tue<"));

@@ -103,12 +103,11 @@ pub struct Traffic {
 
 #[derive(Default)]
 struct State {
-    /// The baseline was read: a counter first seen after it counts from zero.
-    started: bool,
     /// Each counter's value when last read.
     last: HashMap<Series, u64>,
-    /// What the counters grew by, by hour, not yet in the ledger.
-    pending: HashMap<(i64, Series), u64>,
+    /// What the counters grew by, by hour, not yet in the ledger (sorted: see
+    /// [`Ledger::add_traffic`]).
+    pending: BTreeMap<(i64, Series), u64>,
 }
 
 /// What the page draws: for each series, [`HOURS`] counts ending with the current
@@ -120,8 +119,8 @@ pub struct Week {
 }
 
 impl Traffic {
-    /// A sampler whose baseline is the counters' values now: what came before (none,
-    /// in a new process) is not counted.
+    /// A sampler of this process's counters (which start at zero with it: all they
+    /// count is counted).
     pub fn new(metrics: Arc<Metrics>, clock: SharedClock, ledger: OpenLedger) -> Arc<Traffic> {
         let t = Arc::new(Traffic {
             metrics,
@@ -138,18 +137,14 @@ impl Traffic {
         let hour = self.clock.now_micros().div_euclid(HOUR_US);
         let read = parse(&self.metrics.encode());
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let first = !std::mem::replace(&mut st.started, true);
         for (series, value) in read {
             if !st.last.contains_key(&series) && st.last.len() >= MAX_SERIES {
                 continue;
             }
-            let before = st.last.insert(series.clone(), value);
-            // A counter seen for the first time after the start counts from zero.
-            let delta = match before {
-                Some(b) => value.saturating_sub(b),
-                None if first => 0,
-                None => value,
-            };
+            // The process's counters start at zero: a counter seen for the first
+            // time grew from zero.
+            let before = st.last.insert(series.clone(), value).unwrap_or(0);
+            let delta = value.saturating_sub(before);
             if delta > 0 {
                 *st.pending.entry((hour, series)).or_default() += delta;
             }
@@ -164,9 +159,7 @@ impl Traffic {
         self.sample();
         let pending =
             std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).pending);
-        if pending.is_empty() {
-            return Ok(());
-        }
+        // Even with nothing new: the hours past the week are forgotten.
         let hour = self.clock.now_micros().div_euclid(HOUR_US);
         let rows: Vec<TrafficCount> = pending
             .iter()
@@ -371,12 +364,15 @@ mod tests {
             .with_timezone(&chrono::Utc);
         let clock = ManualClock::new(start);
         let metrics = Arc::new(Metrics::new());
-        let msgs = metrics.messages.get_or_create_owned(&ListenerLabels {
+        let sms = ListenerLabels {
             listener: "sms".into(),
-        });
-        msgs.inc_by(5); // before the start: not this week's
+        };
+        let msgs = metrics.messages.get_or_create_owned(&sms);
+        // Counted before the sampler starts (the relay takes traffic first): counted.
+        msgs.inc_by(5);
         let t = Traffic::new(metrics.clone(), Arc::new(clock.clone()), open(path.clone()));
         msgs.inc_by(3);
+        // A family whose first counter comes later counts from zero.
         metrics
             .fail_closed
             .get_or_create(&ReasonLabels {
@@ -390,7 +386,7 @@ mod tests {
                 listener: "sms".into(),
                 kind: "message",
             })
-            .inc_by(3);
+            .inc_by(8);
         t.store().unwrap();
         clock.advance(chrono::Duration::seconds(3600));
         msgs.inc_by(2);
@@ -402,8 +398,8 @@ mod tests {
         let w = t.week().unwrap();
         let m = &w.series[&key(Family::Messages, "")];
         assert_eq!(m.len(), HOURS);
-        assert_eq!(&m[HOURS - 2..], &[3, 2]);
-        assert_eq!(m.iter().sum::<u64>(), 5);
+        assert_eq!(&m[HOURS - 2..], &[8, 2]);
+        assert_eq!(m.iter().sum::<u64>(), 10);
         assert_eq!(
             w.series[&key(Family::FailClosed, "queue_full")]
                 .iter()
@@ -414,43 +410,51 @@ mod tests {
             w.series[&key(Family::Requests, "message")]
                 .iter()
                 .sum::<u64>(),
-            3
+            8
         );
         assert_eq!(w.first_hour % HOUR_US, 0);
+        // Stored once: asking again adds nothing.
+        assert_eq!(t.week().unwrap().series[&key(Family::Messages, "")], *m);
 
-        // A new process (its counters from zero) and a second node add to the same
-        // hours.
-        let again = Arc::new(Metrics::new());
-        let t2 = Traffic::new(again.clone(), Arc::new(clock.clone()), open(path.clone()));
-        again
-            .messages
-            .get_or_create_owned(&ListenerLabels {
-                listener: "sms".into(),
-            })
-            .inc_by(4);
+        // A second node (or the next process) adds to the same hours.
+        let other = Arc::new(Metrics::new());
+        let t2 = Traffic::new(other.clone(), Arc::new(clock.clone()), open(path.clone()));
+        other.messages.get_or_create_owned(&sms).inc_by(4);
         let w = t2.week().unwrap();
-        assert_eq!(&w.series[&key(Family::Messages, "")][HOURS - 2..], &[3, 6]);
+        assert_eq!(&w.series[&key(Family::Messages, "")][HOURS - 2..], &[8, 6]);
 
-        // Counts the ledger could not take wait for the next try.
+        // Counts the ledger could not take wait for the next try, and go in once.
+        let blocked = dir.path().join("away");
+        std::fs::write(&blocked, b"a file where a directory should be").unwrap();
+        let third = Arc::new(Metrics::new());
         let away = Traffic::new(
-            again.clone(),
+            third.clone(),
             Arc::new(clock.clone()),
-            open(dir.path().join("no/such/dir/x")),
+            open(blocked.join("ledger.sqlite")),
         );
-        std::fs::write(dir.path().join("no"), b"a file, not a directory").unwrap();
-        again
-            .messages
-            .get_or_create_owned(&ListenerLabels {
-                listener: "sms".into(),
-            })
-            .inc();
+        third.messages.get_or_create_owned(&sms).inc();
         assert!(away.store().is_err());
-        assert_eq!(away.state.lock().unwrap().pending.values().sum::<u64>(), 1);
+        assert!(away.store().is_err());
+        std::fs::remove_file(&blocked).unwrap();
+        std::fs::create_dir(&blocked).unwrap();
+        away.store().unwrap();
+        away.store().unwrap();
+        let stored = Ledger::open(&blocked.join("ledger.sqlite"))
+            .unwrap()
+            .traffic_since(0)
+            .unwrap();
+        assert_eq!(stored.iter().map(|c| c.count).sum::<i64>(), 1, "{stored:?}");
 
-        // A week later the first hours are gone.
+        // A week later the first hours are gone, from the page and from the ledger.
         clock.advance(chrono::Duration::seconds(7 * 24 * 3600 - 1800));
         let w = t.week().unwrap();
         assert_eq!(w.series[&key(Family::Messages, "")].iter().sum::<u64>(), 6);
+        let first_hour = start.timestamp_micros().div_euclid(HOUR_US);
+        let rows = Ledger::open(&path)
+            .unwrap()
+            .traffic_since(i64::MIN)
+            .unwrap();
+        assert!(rows.iter().all(|c| c.hour > first_hour), "{rows:?}");
         clock.advance(chrono::Duration::seconds(3600));
         let w = t.week().unwrap();
         assert_eq!(w.series[&key(Family::Messages, "")].iter().sum::<u64>(), 0);

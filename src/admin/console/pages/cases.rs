@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -341,17 +341,25 @@ pub(super) async fn disclose(
     )))
 }
 
+/// A closed case discloses nothing more: the second factor first.
 pub(super) async fn close(State(c): St, Path(raw): Path<String>, p: Posted<Empty>) -> Page {
     let id = case_id(&raw)?;
+    p.confirm(&c, Role::Officer, "case.close").await?;
     let api = c.api.clone();
     blocking(move || api.close_case(&p.signed.who, id)).await?;
     Ok(redirect(&format!("/console/cases/{id}?done=closed")))
 }
 
-pub(super) async fn download(State(c): St, s: Signed, Path(name): Path<String>) -> Page {
+pub(super) async fn download(
+    State(c): St,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    s: Signed,
+    Path(name): Path<String>,
+) -> Page {
     let api = c.api.clone();
     let name2 = name.clone();
-    let (file, len) = blocking(move || api.download(&s.who, &name2)).await?;
+    let from = crate::admin::api::refusal_peer(peer.ip());
+    let (file, len) = blocking(move || api.download(&s.who, &name2, &from)).await?;
     let mut r = send_file(tokio::fs::File::from_std(file), len, &name);
     // `servable` names only: no quote or path can be in it.
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {

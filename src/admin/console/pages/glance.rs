@@ -121,10 +121,18 @@ pub(super) async fn traffic(State(c): St, s: Signed) -> Page {
     let listeners = c
         .listeners
         .iter()
-        .map(|(name, protocol)| {
+        .enumerate()
+        .map(|(i, (name, protocol))| {
             let counts = hourly(&week, name);
             let title = format!("Messages per hour: {name} ({protocol})");
-            let chart = svg::hourly(&title, &counts, week.first_hour, day_offset, &day_labels);
+            let chart = svg::hourly(
+                &format!("messages-{i}"),
+                &title,
+                &counts,
+                week.first_hour,
+                day_offset,
+                &day_labels,
+            );
             // Counts by day, the first (part of a) day included.
             let mut days: Vec<(String, u64)> = Vec::new();
             for (i, n) in counts.iter().enumerate() {
@@ -164,13 +172,14 @@ pub(super) async fn traffic(State(c): St, s: Signed) -> Page {
     ok(&TrafficPage {
         nav: nav(&s),
         listeners,
-        outcomes: svg::bars("Requests by what became of them", &outcomes),
-        fail_closed: svg::bars("Fail-closed by reason", &fail_closed),
+        outcomes: svg::bars("outcomes", "Requests by what became of them", &outcomes),
+        fail_closed: svg::bars("fail-closed", "Fail-closed by reason", &fail_closed),
         fail_closed_total,
         partitions: sizes.len(),
         store_size: human(total),
         next_expiry,
         sizes: svg::bars(
+            "sizes",
             &format!("Size of the newest {} partitions", drawn.len()),
             &drawn,
         ),

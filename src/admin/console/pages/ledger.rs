@@ -267,7 +267,10 @@ pub(super) struct DisableForm {
     name: String,
 }
 
+/// Disabling cannot be undone (only a new enrolment brings an officer back): the
+/// second factor first.
 pub(super) async fn disable_officer(State(c): St, p: Posted<DisableForm>) -> Page {
+    p.confirm(&c, Role::Admin, "officer.disable").await?;
     let api = c.api.clone();
     blocking(move || api.disable_officer(&p.signed.who, &p.form.name)).await?;
     Ok(redirect("/console/officers"))

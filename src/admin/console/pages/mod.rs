@@ -28,9 +28,9 @@ use super::{
     parse_form, read_form, same_origin, set_cookie,
 };
 use crate::admin::api::refusal_peer;
-use crate::admin::ops::{MAX_PASSWORD, blocking};
+use crate::admin::ops::blocking;
 use crate::admin::session::Scope;
-use crate::compliance::officers::Role;
+use crate::compliance::officers::{Credentials, Role};
 use crate::export::rfc3339;
 
 type St = State<Arc<Console>>;
@@ -264,42 +264,36 @@ async fn login(
         Err(e) => return login_form(e.status, "", Some(&e.message)),
     };
     let secret = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if secret.is_empty() || !csrf_matches(secret, &f.csrf) || !same_origin(&headers) {
+    let origin_ok = same_origin(&headers);
+    if secret.is_empty() || !csrf_matches(secret, &f.csrf) || !origin_ok {
+        // Counted like a form refused after login (audited per peer and minute).
+        let (api, from) = (c.api.clone(), refusal_peer(peer.ip()));
+        let reason = if origin_ok { "csrf" } else { "origin" };
+        if let Err(e) =
+            blocking(move || api.refuse(&from, "(unauthenticated)", "POST /console/login", reason))
+                .await
+        {
+            return error_page(e.status, &e.message);
+        }
         return login_form(
             StatusCode::FORBIDDEN,
             &f.officer,
             Some("the login form had expired or came from elsewhere: log in again"),
         );
     }
-    if f.password.len() > MAX_PASSWORD {
-        return login_form(
-            StatusCode::BAD_REQUEST,
-            &f.officer,
-            Some(&crate::admin::api::too_long().message),
-        );
-    }
-    let Ok(_permit) = c.api.logins.try_acquire() else {
-        return login_form(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &f.officer,
-            Some("too many logins at once; try again in a moment"),
-        );
-    };
     let api = c.api.clone();
-    // A session this browser had is ended, not left live beside the new one.
     let previous = cookie(&headers, SESSION_COOKIE).map(str::to_owned);
     let (name, password, totp) = (f.officer.clone(), f.password, f.totp);
     let done = blocking(move || {
-        if let Some(old) = previous
-            && let Err(e) = api.sessions.close(Scope::Console, &old)
-        {
-            tracing::warn!(error = %e, "a console session replaced at login could not be ended");
-        }
+        let who = Credentials {
+            name: &name,
+            password: &password,
+            totp: Some(&totp),
+        };
         let opened = api.log_in(
             Scope::Console,
-            &name,
-            &password,
-            &totp,
+            previous.as_deref(),
+            who,
             &refusal_peer(peer.ip()),
             &peer.ip().to_string(),
         )?;
