@@ -290,7 +290,7 @@ impl From<OfficerError> for ApiError {
             OfficerError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             OfficerError::Forbidden { .. } => StatusCode::FORBIDDEN,
             OfficerError::BadName | OfficerError::WeakPassword => StatusCode::BAD_REQUEST,
-            OfficerError::Exists(_) => StatusCode::CONFLICT,
+            OfficerError::Exists(_) | OfficerError::LastAdmin(_) => StatusCode::CONFLICT,
             OfficerError::Unknown(_) => StatusCode::NOT_FOUND,
             OfficerError::Ledger(e) => return ApiError::from_ledger(e),
             OfficerError::Key(_) | OfficerError::Hash => return ApiError::internal(&e),

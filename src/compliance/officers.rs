@@ -122,6 +122,8 @@ pub enum OfficerError {
     BadCredentials,
     #[error("officer is disabled")]
     Disabled,
+    #[error("`{0}` is the last enabled admin: enrol another admin first")]
+    LastAdmin(String),
     #[error("TOTP code missing, wrong, or already used")]
     BadTotp,
     #[error("this needs the {needed} role")]
@@ -263,11 +265,30 @@ impl Ledger {
         at: Micros,
         actor: &str,
     ) -> Result<(), OfficerError> {
-        self.change_officer(name, "enabled = 0", "officer.disable", at, actor)
+        // Never the last enabled admin: nobody could enrol again. Checked in the
+        // update itself, so that two admins disabling each other at once cannot both
+        // pass (writers take turns on the ledger).
+        let kept = self.change_officer(
+            name,
+            "enabled = 0",
+            "officer.disable",
+            at,
+            actor,
+            " AND (role <> 'admin' OR enabled = 0 OR (SELECT count(*) FROM officer o \
+               WHERE o.enabled = 1 AND o.role = 'admin' AND o.name <> ?1) > 0)",
+        );
+        match kept {
+            Err(OfficerError::Unknown(n)) if self.officers()?.iter().any(|o| o.name == n) => {
+                Err(OfficerError::LastAdmin(n))
+            }
+            other => other,
+        }
     }
 
     /// Sets `assignments` on one officer's row and audits `action` naming the officer,
     /// in one transaction; `Unknown` when there is no such officer.
+    /// `and`: a further condition on the row (`""` for none); a row it excludes
+    /// reads as `Unknown`.
     fn change_officer(
         &mut self,
         name: &str,
@@ -275,13 +296,14 @@ impl Ledger {
         action: &str,
         at: Micros,
         actor: &str,
+        and: &str,
     ) -> Result<(), OfficerError> {
         let err = sql_err(&self.path);
         let mut conn = self.db();
         let mut tx = conn.begin().map_err(err)?;
         let n = tx
             .execute(
-                &format!("UPDATE officer SET {assignments} WHERE name = ?1"),
+                &format!("UPDATE officer SET {assignments} WHERE name = ?1{and}"),
                 &[&name],
             )
             .map_err(err)?;
@@ -397,6 +419,7 @@ impl Ledger {
             "officer.unlock",
             at,
             actor,
+            "",
         )
     }
 
@@ -536,6 +559,37 @@ mod tests {
             "{:06}",
             totp::hotp(seed, totp::step_at(at / 1_000_000) as u64, 6)
         )
+    }
+
+    #[test]
+    fn the_last_enabled_admin_is_not_disabled() {
+        let (_dir, mut l, master) = setup();
+        for (name, role) in [
+            ("ada", Role::Admin),
+            ("bob", Role::Admin),
+            ("cy", Role::Officer),
+        ] {
+            l.add_officer(&master, name, role, "correct horse battery", 1, "root")
+                .unwrap();
+        }
+        l.disable_officer("cy", 2, "ada").unwrap();
+        l.disable_officer("bob", 3, "ada").unwrap();
+        assert!(matches!(
+            l.disable_officer("ada", 4, "ada"),
+            Err(OfficerError::LastAdmin(n)) if n == "ada"
+        ));
+        assert!(
+            l.officers()
+                .unwrap()
+                .iter()
+                .any(|o| o.name == "ada" && o.enabled)
+        );
+        // Disabling one already disabled stays allowed; an unknown name stays unknown.
+        l.disable_officer("bob", 5, "ada").unwrap();
+        assert!(matches!(
+            l.disable_officer("zed", 6, "ada"),
+            Err(OfficerError::Unknown(_))
+        ));
     }
 
     #[test]

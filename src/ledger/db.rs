@@ -266,10 +266,10 @@ impl Db {
         })
     }
 
-    /// Begins a transaction that does not wait for the audit chain's writers: for
-    /// writes that conflict only row by row (upserts), which each engine orders
-    /// itself. On SQLite every write transaction is serialised anyway (`IMMEDIATE`,
-    /// so that it does not fail on upgrading a read lock).
+    /// Begins a transaction that, on PostgreSQL, does not wait for the audit chain's
+    /// writers: for writes that conflict only row by row (upserts), which the engine
+    /// orders itself. On SQLite every write transaction takes its turn anyway
+    /// (`IMMEDIATE`, so that it does not fail on upgrading a read lock).
     pub fn begin_unserialised(&mut self) -> DbResult<Tx<'_>> {
         match self {
             Db::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,

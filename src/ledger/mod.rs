@@ -131,7 +131,18 @@ const SCHEMA_VERSION: i64 = 3;
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version =
         |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
-    if version(conn)? >= SCHEMA_VERSION {
+    let found = version(conn)?;
+    if found > SCHEMA_VERSION {
+        // A newer build's ledger: this one would write entries it does not know how
+        // to (the case index, say), which the newer one would take for damage.
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(format!(
+                "the ledger is at schema version {found}, newer than this relaylog's {SCHEMA_VERSION}: run the newer relaylog"
+            )),
+        ));
+    }
+    if found == SCHEMA_VERSION {
         return Ok(());
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -172,7 +183,10 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
                   WHERE json_valid(details) AND json_type(details, '$.case') = 'integer';",
             )?;
         }
-        tx.execute_batch("CREATE INDEX IF NOT EXISTS audit_case ON audit (case_id, seq);")?;
+        // Views of a case are not history, and the one thing a busy case has many of.
+        tx.execute_batch(
+            "CREATE INDEX IF NOT EXISTS audit_case ON audit (case_id, seq) WHERE action <> 'case.show';",
+        )?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()
@@ -457,36 +471,37 @@ impl Ledger {
             .map_err(self.err())
     }
 
-    /// A case's history, oldest first: every entry of its course (opened, decided,
-    /// disclosed, closed) and the newest [`MAX_CASE_OTHER`] of the rest that name it
-    /// (refusals, downloads), views of it left out; and whether some of the rest were
-    /// left out. Found by the audit log's index by case.
+    /// A case's history, oldest first: the newest [`MAX_CASE_HISTORY`] entries of
+    /// its course (opened, decided, disclosed, closed) and the newest
+    /// [`MAX_CASE_OTHER`] of the rest that name it (refusals, downloads), views of it
+    /// left out; and whether older entries were left out. Found by the audit log's
+    /// index by case.
     pub fn case_history(&self, id: i64) -> Result<(Vec<AuditEntry>, bool), LedgerError> {
-        let read = |sql: &str, limit: i64| -> Result<Vec<AuditEntry>, LedgerError> {
-            let rows = self.db().query(sql, &[&id, &limit]).map_err(self.err())?;
-            rows.iter()
+        let read = |course: &str, limit: usize| -> Result<(Vec<AuditEntry>, bool), LedgerError> {
+            let sql = format!(
+                "SELECT seq, at_us, actor, action, details FROM audit \
+                 WHERE case_id = ?1 AND action <> 'case.show' AND action {course} \
+                 ('case.open', 'case.approve', 'case.reject', 'case.disclose', 'case.close') \
+                 ORDER BY seq DESC LIMIT ?2"
+            );
+            let rows = self
+                .db()
+                .query(&sql, &[&id, &(limit as i64 + 1)])
+                .map_err(self.err())?;
+            let mut got = rows
+                .iter()
                 .map(AuditEntry::of_row)
                 .collect::<db::DbResult<Vec<_>>>()
-                .map_err(self.err())
+                .map_err(self.err())?;
+            let cut = got.len() > limit;
+            got.truncate(limit);
+            Ok((got, cut))
         };
-        let course = read(
-            "SELECT seq, at_us, actor, action, details FROM audit \
-             WHERE case_id = ?1 AND action IN ('case.open', 'case.approve', 'case.reject', 'case.disclose', 'case.close') \
-             ORDER BY seq LIMIT ?2",
-            MAX_CASE_HISTORY as i64,
-        )?;
-        let mut rest = read(
-            "SELECT seq, at_us, actor, action, details FROM audit \
-             WHERE case_id = ?1 AND action NOT IN ('case.show', 'case.open', 'case.approve', 'case.reject', 'case.disclose', 'case.close') \
-             ORDER BY seq DESC LIMIT ?2",
-            MAX_CASE_OTHER as i64 + 1,
-        )?;
-        let cut = rest.len() > MAX_CASE_OTHER;
-        rest.truncate(MAX_CASE_OTHER);
-        let mut all = course;
+        let (mut all, course_cut) = read("IN", MAX_CASE_HISTORY)?;
+        let (rest, rest_cut) = read("NOT IN", MAX_CASE_OTHER)?;
         all.extend(rest);
         all.sort_by_key(|e| e.seq);
-        Ok((all, cut))
+        Ok((all, course_cut || rest_cut))
     }
 
     /// Adds counts to their hours (traffic at a glance; every node adds into the
@@ -801,5 +816,19 @@ mod tests {
         l.verify_audit().unwrap();
         let (h, _) = l.case_history(3).unwrap();
         assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+    }
+
+    /// A ledger a newer build has brought up is refused, not written to.
+    #[test]
+    fn a_ledger_of_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        drop(Ledger::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let e = Ledger::open(&path).err().expect("refused");
+        assert!(e.to_string().contains("newer than this relaylog"), "{e}");
     }
 }

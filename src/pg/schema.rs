@@ -406,7 +406,7 @@ ALTER TABLE relaylog.audit ADD COLUMN case_id bigint;
 UPDATE relaylog.audit SET case_id = (details::jsonb ->> 'case')::bigint
  WHERE jsonb_typeof(details::jsonb -> 'case') = 'number'
    AND (details::jsonb ->> 'case') ~ '^-?[0-9]{1,18}$';
-CREATE INDEX audit_case ON relaylog.audit (case_id, seq);
+CREATE INDEX audit_case ON relaylog.audit (case_id, seq) WHERE action <> 'case.show';
 CREATE TABLE relaylog.traffic (
     hour     bigint NOT NULL,
     family   text NOT NULL,
