@@ -167,7 +167,11 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
     let disclosures = format!("/api/v1/cases/{id}/disclosures");
     let r = s
         .admin
-        .post(&disclosures, &anna_t, Some(json!({"format": "json"})))
+        .post(
+            &disclosures,
+            &anna_t,
+            Some(json!({"format": "json", "purpose": "lawful-request"})),
+        )
         .await;
     assert!(
         r.expect(StatusCode::CONFLICT)["error"]
@@ -195,7 +199,11 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
     // Disclose through the API, fetch the three files, verify them as the authority would.
     let d = s
         .admin
-        .post(&disclosures, &anna_t, Some(json!({"format": "json"})))
+        .post(
+            &disclosures,
+            &anna_t,
+            Some(json!({"format": "json", "purpose": "lawful-request"})),
+        )
         .await
         .expect(StatusCode::CREATED);
     assert_eq!(d["records"], 2);
@@ -237,6 +245,8 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
         &s.config_path,
         &[
             "disclose",
+            "--purpose",
+            "lawful-request",
             "--case",
             &id.to_string(),
             "--officer",
@@ -267,11 +277,24 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
         .post(
             "/api/v1/queries",
             &anna_t,
-            Some(json!({"kind": "recipient", "value": "0612345678"})),
+            Some(json!({"kind": "recipient", "value": "0612345678", "purpose": "operations"})),
         )
         .await
         .expect(StatusCode::OK);
     assert_eq!(q["matches"], 2);
+    // A read that states no purpose, or one not on the list, is refused.
+    for body in [
+        json!({"kind": "recipient", "value": "0612345678"}),
+        json!({"kind": "recipient", "value": "0612345678", "purpose": "marketing"}),
+    ] {
+        let r = s.admin.post("/api/v1/queries", &anna_t, Some(body)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
 
     // Subject access and contract end, by the admin.
     let carl_t = s.admin.login("carl", &carl, &s.clock).await;
@@ -280,19 +303,27 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
         .post(
             "/api/v1/subject-exports",
             &anna_t,
-            Some(json!({"recipient": "+31611111111"})),
+            Some(json!({"recipient": "+31611111111", "purpose": "subject-access"})),
         )
         .await
         .expect(StatusCode::CREATED);
     assert_eq!(subject["records"], 1);
     let r = s
         .admin
-        .post("/api/v1/accounts/leaver/offboard", &anna_t, None)
+        .post(
+            "/api/v1/accounts/leaver/offboard",
+            &anna_t,
+            Some(json!({"purpose": "contract-end"})),
+        )
         .await;
     r.expect(StatusCode::FORBIDDEN);
     let o = s
         .admin
-        .post("/api/v1/accounts/leaver/offboard", &carl_t, None)
+        .post(
+            "/api/v1/accounts/leaver/offboard",
+            &carl_t,
+            Some(json!({"purpose": "contract-end"})),
+        )
         .await
         .expect(StatusCode::CREATED);
     assert_eq!(o["records"], 1);
@@ -305,7 +336,7 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
         .post(
             "/api/v1/queries",
             &anna_t,
-            Some(json!({"kind": "account", "value": "leaver"})),
+            Some(json!({"kind": "account", "value": "leaver", "purpose": "contract-end"})),
         )
         .await
         .expect(StatusCode::OK);
@@ -638,7 +669,7 @@ async fn every_documented_route_is_served_and_asks_for_a_session() {
         .post(
             "/api/v1/queries",
             &token,
-            Some(json!({"kind": "recipient", "value": "+31612345678", "limit": 0})),
+            Some(json!({"kind": "recipient", "value": "+31612345678", "limit": 0, "purpose": "operations"})),
         )
         .await;
     r.expect(StatusCode::BAD_REQUEST);

@@ -115,6 +115,8 @@ async fn canaries_never_leave_the_request() {
             "--config",
             config.to_str().unwrap(),
             "query",
+            "--purpose",
+            "operations",
             "--account",
             "canary",
         ])
@@ -249,6 +251,8 @@ async fn kill_9_loses_no_forwarded_message() {
             "--config",
             config.to_str().unwrap(),
             "query",
+            "--purpose",
+            "operations",
             "--recipient",
             &forwarded[0],
             "--format",
@@ -340,7 +344,15 @@ fn configuration_and_key_errors_are_clear() {
 
     let (ok, text) = cli(
         &config,
-        &["query", "--recipient", "0612345678", "--since", "yesterday"],
+        &[
+            "query",
+            "--purpose",
+            "operations",
+            "--recipient",
+            "0612345678",
+            "--since",
+            "yesterday",
+        ],
     );
     assert!(!ok && text.contains("RFC 3339"), "{text}");
     let (ok, text) = cli(&config, &["query"]);
@@ -564,7 +576,15 @@ async fn offboarding_then_more_traffic_verifies_clean_after_sigterm_and_kill_9()
         }
         let offboard_aay = |officer: &str, totp: &str, password: &str| {
             let out = dir.path().join("returned");
-            let args = ["account", "offboard", "aay", "--out", out.to_str().unwrap()];
+            let args = [
+                "account",
+                "offboard",
+                "aay",
+                "--purpose",
+                "contract-end",
+                "--out",
+                out.to_str().unwrap(),
+            ];
             let login = ["--officer", officer, "--totp", totp];
             let all: Vec<&str> = args.iter().chain(&login).copied().collect();
             cli_with_input(&config, &all, password)
@@ -640,6 +660,8 @@ fn serve_compacts_closed_partitions_and_lookups_answer_the_same() {
     let lookup = || {
         let mut lines: Vec<String> = run(&[
             "query",
+            "--purpose",
+            "operations",
             "--recipient",
             "+31610000007",
             "--since",

@@ -342,6 +342,8 @@ async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest()
             &config,
             &[
                 "disclose",
+                "--purpose",
+                "lawful-request",
                 "--case",
                 "1",
                 "--officer",
@@ -435,6 +437,8 @@ async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest()
         &[
             "subject",
             "export",
+            "--purpose",
+            "subject-access",
             "--recipient",
             "0612345601",
             "--officer",
@@ -483,6 +487,8 @@ async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest()
         &[
             "subject",
             "export",
+            "--purpose",
+            "subject-access",
             "--officer",
             "dora",
             "--totp",
@@ -691,7 +697,7 @@ async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboard
     running.shutdown().await;
 
     let query = |args: &[&str]| -> Vec<serde_json::Value> {
-        let mut all = vec!["query"];
+        let mut all = vec!["query", "--purpose", "operations"];
         all.extend_from_slice(args);
         let (ok, out) = cli(&config, &all);
         assert!(ok, "{out}");
@@ -702,6 +708,37 @@ async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboard
     };
     let rows = query(&["--email", "Jürgen@xn--BCHER-KVA.example"]);
     assert_eq!(rows.len(), 1, "{rows:?}");
+    // Every read states its purpose, from the list only; the audit log names it and
+    // the report counts reads by it.
+    let (ok, out) = cli(&config, &["query", "--email", "a@b.c"]);
+    assert!(!ok && out.contains("--purpose"), "{out}");
+    let (ok, out) = cli(
+        &config,
+        &["query", "--purpose", "marketing", "--email", "a@b.c"],
+    );
+    assert!(
+        !ok && out.contains("lawful-request"),
+        "the list is offered: {out}"
+    );
+    let (ok, audit) = cli(&config, &["audit", "list", "--json"]);
+    assert!(ok, "{audit}");
+    let purposes: Vec<String> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["action"] == "query")
+        .map(|e| {
+            e["details"]["purpose"]
+                .as_str()
+                .unwrap_or("none")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(purposes, ["operations"]);
+    let year = chrono::Utc::now().format("%Y").to_string();
+    let (ok, report) = cli(&config, &["report", "cases", "--year", &year, "--json"]);
+    assert!(ok, "{report}");
+    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(report["reads_by_purpose"]["operations"], 1, "{report}");
     let r = &rows[0];
     assert_eq!(r["protocol"], "smtp");
     assert_eq!(r["service"], "email");
@@ -722,9 +759,23 @@ async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboard
     assert!(r["size_bytes"].as_u64().is_some_and(|n| n > 0), "{r}");
     assert_eq!(query(&["--email", "jürgen@bücher.example"]).len(), 0);
     assert_eq!(query(&["--originator", "No.Reply@shop.example"]).len(), 3);
-    let (ok, out) = cli(&config, &["query", "--email", "nobody"]);
+    let (ok, out) = cli(
+        &config,
+        &["query", "--purpose", "operations", "--email", "nobody"],
+    );
     assert!(!ok && out.contains("not an e-mail address"), "{out}");
-    let (ok, out) = cli(&config, &["query", "--email", "a@b.c", "--account", "x"]);
+    let (ok, out) = cli(
+        &config,
+        &[
+            "query",
+            "--purpose",
+            "operations",
+            "--email",
+            "a@b.c",
+            "--account",
+            "x",
+        ],
+    );
     assert!(!ok && out.contains("cannot be used with"), "{out}");
 
     let anna = add_officer(&config, "anna", "approver");
@@ -747,6 +798,8 @@ async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboard
         &config,
         &[
             "disclose",
+            "--purpose",
+            "lawful-request",
             "--case",
             "1",
             "--officer",
@@ -771,6 +824,8 @@ async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboard
         &[
             "subject",
             "export",
+            "--purpose",
+            "subject-access",
             "--email",
             "Jürgen@bücher.EXAMPLE",
             "--officer",
@@ -861,7 +916,13 @@ fn reads_on_the_command_line_need_an_officer() {
         cli_with_input(&config, &args, &format!("{password}\n"))
     };
     let reads: [&[&str]; 7] = [
-        &["query", "--recipient", "+31612345678"],
+        &[
+            "query",
+            "--purpose",
+            "operations",
+            "--recipient",
+            "+31612345678",
+        ],
         &["case", "list"],
         &["case", "show", "1"],
         &["hold", "list"],
@@ -885,7 +946,13 @@ fn reads_on_the_command_line_need_an_officer() {
     assert!(!ok && out.contains("--totp CODE"), "{out}");
 
     // An officer reads records; a wrong password and a role too low are refused.
-    let query = ["query", "--recipient", "+31612345678"];
+    let query = [
+        "query",
+        "--purpose",
+        "operations",
+        "--recipient",
+        "+31612345678",
+    ];
     let (ok, out) = with("olga", &olga, 0, "olga-long-password", &query);
     assert!(ok, "{out}");
     let (ok, out) = with("olga", &olga, 1, "not olga's password", &["case", "list"]);

@@ -279,7 +279,7 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
             &token,
             "anna",
             &totp_at(&anna, now()),
-            &[("account", "acme")],
+            &[("account", "acme"), ("purpose", "contract-end")],
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", text(&r));
@@ -360,7 +360,7 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
             &token,
             "anna",
             &totp_at(&anna, now()),
-            &[("format", "json")],
+            &[("format", "json"), ("purpose", "lawful-request")],
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
@@ -467,7 +467,7 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
             &token,
             "anna",
             &totp_at(&anna, now()),
-            &[("recipient", "+31687654321")],
+            &[("recipient", "+31687654321"), ("purpose", "subject-access")],
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", text(&r));
@@ -595,7 +595,7 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
             &carl_token,
             "carl",
             &totp_at(&carl, now()),
-            &[("account", "acme")],
+            &[("account", "acme"), ("purpose", "contract-end")],
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", text(&r));
@@ -697,7 +697,24 @@ async fn the_console_logs_in_opens_approves_and_discloses_with_its_defences_on()
             vec![("/case", Value::from(1)), ("/note", "checked".into())],
         ),
         ("bert", "case.reject", vec![("/case", Value::from(2))]),
-        ("anna", "case.disclose", vec![("/case", Value::from(1))]),
+        (
+            "anna",
+            "case.disclose",
+            vec![
+                ("/case", Value::from(1)),
+                ("/purpose", "lawful-request".into()),
+            ],
+        ),
+        (
+            "anna",
+            "subject.export",
+            vec![("/purpose", "subject-access".into())],
+        ),
+        (
+            "carl",
+            "account.offboard",
+            vec![("/purpose", "contract-end".into())],
+        ),
         ("anna", "case.close", vec![("/case", Value::from(1))]),
         ("anna", "export.download", vec![]),
         ("anna", "subject.export", vec![]),

@@ -441,6 +441,7 @@ async fn offboarding_erases_in_signed_chunks_and_the_store_still_verifies() {
                 &inst,
                 ledger,
                 &root,
+                relaylog::compliance::purpose::Purpose::ContractEnd,
                 "big",
                 relaylog::compliance::offboard::Out {
                     dir: &dir.path().join(out),
@@ -575,6 +576,7 @@ fn erase_account(cfg: &StoreConfig, account: &str, out: &std::path::Path, now: i
             &inst,
             &mut ledger,
             &root,
+            relaylog::compliance::purpose::Purpose::ContractEnd,
             account,
             relaylog::compliance::offboard::Out {
                 dir: out,

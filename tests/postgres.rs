@@ -774,6 +774,8 @@ async fn two_serving_nodes_share_one_store_and_survive_losing_a_node_or_the_data
         &config_a,
         &[
             "disclose",
+            "--purpose",
+            "lawful-request",
             "--case",
             "1",
             "--officer",

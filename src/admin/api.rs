@@ -32,6 +32,7 @@ use crate::compliance::cases::{Case, CaseError, CaseForm, IdentifierKind, criter
 use crate::compliance::disclosure::{DiscloseError, Format, Installation};
 use crate::compliance::lookup::{LookupError, Window};
 use crate::compliance::officers::{Credentials, Officer, OfficerError, Role};
+use crate::compliance::purpose::Purpose;
 use crate::config::Config;
 use crate::export::{found_json, rfc3339};
 use crate::ledger::{AuditEntry, Ledger, LedgerError};
@@ -716,6 +717,8 @@ pub(super) fn busy() -> ApiError {
 struct DiscloseForm {
     #[serde(default = "json_format")]
     format: Format,
+    /// Why the records are read (every read states one).
+    purpose: Purpose,
 }
 
 fn json_format() -> Format {
@@ -732,7 +735,7 @@ async fn disclose(
     api.settled().await?;
     let api2 = api.clone();
     let v = blocking(move || {
-        let mut v = exported(&api2.disclose(&who, id, form.format)?);
+        let mut v = exported(&api2.disclose(&who, form.purpose, id, form.format)?);
         v["case"] = id.into();
         Ok(v)
     })
@@ -745,6 +748,7 @@ async fn disclose(
 struct SubjectForm {
     recipient: Option<String>,
     email: Option<String>,
+    purpose: Purpose,
 }
 
 async fn subject_export(
@@ -760,20 +764,34 @@ async fn subject_export(
     let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
     api.settled().await?;
     let api2 = api.clone();
-    let v = blocking(move || Ok(exported(&api2.subject_export(&who, &subject)?))).await?;
+    let v = blocking(move || {
+        Ok(exported(&api2.subject_export(
+            &who,
+            form.purpose,
+            &subject,
+        )?))
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OffboardForm {
+    purpose: Purpose,
 }
 
 async fn offboard(
     axum::extract::State(api): State,
     who: Authed,
     Param(name): Param<String>,
+    Body(form): Body<OffboardForm>,
 ) -> Result<Response, ApiError> {
     let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
     api.settled().await?;
     let api2 = api.clone();
     let v = blocking(move || {
-        let o = api2.offboard(&who, &name)?;
+        let o = api2.offboard(&who, form.purpose, &name)?;
         Ok(json!({
             "account": o.account,
             "records": o.records,
@@ -829,6 +847,7 @@ pub(super) fn send_file(file: tokio::fs::File, len: u64, name: &str) -> Response
 struct QueryForm {
     kind: IdentifierKind,
     value: String,
+    purpose: Purpose,
     since: Option<String>,
     until: Option<String>,
     limit: Option<usize>,
@@ -855,7 +874,7 @@ async fn query(
     };
     let c = criterion(q.kind, &q.value, &api.numbers)?;
     blocking(move || {
-        let found = api.query(&who, &c, &Window { since, until, limit })?;
+        let found = api.query(&who, q.purpose, &c, &Window { since, until, limit })?;
         Ok(Json(json!({
             "matches": found.stats.matches,
             "shown": found.found.len(),

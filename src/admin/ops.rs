@@ -21,6 +21,7 @@ use crate::compliance::cases::{Case, CaseForm, Criterion};
 use crate::compliance::disclosure::{self, Format};
 use crate::compliance::lookup::{self, Lookup, Window};
 use crate::compliance::officers::{Credentials, Enrolment, Officer, OfficerError, Role};
+use crate::compliance::purpose::Purpose;
 use crate::compliance::refusals;
 use crate::ledger::{AuditEntry, Hold, Ledger};
 
@@ -413,7 +414,13 @@ impl Api {
     // settle ([`Api::settled`]).
     // -----------------------------------------------------------------------------
 
-    pub fn disclose(&self, who: &Authed, id: i64, format: Format) -> Result<Exported, ApiError> {
+    pub fn disclose(
+        &self,
+        who: &Authed,
+        purpose: Purpose,
+        id: i64,
+        format: Format,
+    ) -> Result<Exported, ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
         let ext = match format {
@@ -424,12 +431,26 @@ impl Api {
             .exports
             .join(export_name(&format!("case-{id}"), now, ext));
         self.with_installation(|inst| {
-            let d = disclosure::disclose(inst, &mut ledger, &who.officer, id, format, &out, now)?;
+            let d = disclosure::disclose(
+                inst,
+                &mut ledger,
+                &who.officer,
+                purpose,
+                id,
+                format,
+                &out,
+                now,
+            )?;
             Ok(Exported::of(&d))
         })
     }
 
-    pub fn subject_export(&self, who: &Authed, subject: &Criterion) -> Result<Exported, ApiError> {
+    pub fn subject_export(
+        &self,
+        who: &Authed,
+        purpose: Purpose,
+        subject: &Criterion,
+    ) -> Result<Exported, ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
         let out = self.exports.join(export_name("subject", now, "json"));
@@ -438,6 +459,7 @@ impl Api {
                 inst,
                 &mut ledger,
                 &who.officer,
+                purpose,
                 subject,
                 self.config.store.retention,
                 &out,
@@ -447,7 +469,12 @@ impl Api {
         })
     }
 
-    pub fn offboard(&self, who: &Authed, account: &str) -> Result<Offboarded, ApiError> {
+    pub fn offboard(
+        &self,
+        who: &Authed,
+        purpose: Purpose,
+        account: &str,
+    ) -> Result<Offboarded, ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
         who.require(&mut ledger, Role::Admin, "account.offboard", now)?;
@@ -463,6 +490,7 @@ impl Api {
                 inst,
                 &mut ledger,
                 &who.officer,
+                purpose,
                 account,
                 out,
                 now,
@@ -548,6 +576,7 @@ impl Api {
     pub fn query(
         &self,
         who: &Authed,
+        purpose: Purpose,
         criterion: &Criterion,
         window: &Window,
     ) -> Result<Lookup, ApiError> {
@@ -560,6 +589,7 @@ impl Api {
                 &self.master,
                 &mut ledger,
                 &who.officer.name,
+                purpose,
                 criterion,
                 window,
                 now,

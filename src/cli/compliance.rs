@@ -233,6 +233,9 @@ pub enum AccountCommand {
         officer: String,
         #[arg(long)]
         totp: String,
+        /// Why the records are read (contract-end, as a rule).
+        #[arg(long, value_enum)]
+        purpose: crate::compliance::purpose::Purpose,
     },
 }
 
@@ -266,6 +269,10 @@ pub struct SubjectExportArgs {
     pub officer: String,
     #[arg(long)]
     pub totp: String,
+    /// Why the records are read: lawful-request, subject-access, contract-end,
+    /// security-incident or operations (there is none for marketing or analytics).
+    #[arg(long, value_enum)]
+    pub purpose: crate::compliance::purpose::Purpose,
     /// Only JSON: the machine-readable form the subject is entitled to.
     #[arg(long, value_parser = ["json"], default_value = "json")]
     pub format: String,
@@ -281,6 +288,10 @@ pub struct DiscloseArgs {
     pub officer: String,
     #[arg(long)]
     pub totp: String,
+    /// Why the records are read: lawful-request, subject-access, contract-end,
+    /// security-incident or operations (there is none for marketing or analytics).
+    #[arg(long, value_enum)]
+    pub purpose: crate::compliance::purpose::Purpose,
     #[arg(long, value_enum, default_value = "json")]
     pub format: crate::compliance::disclosure::Format,
     /// The export file; the manifest goes beside it (`<out>.manifest.json`, `.sig`).
@@ -591,6 +602,7 @@ pub(super) fn subject_export(config: &Config, args: &SubjectExportArgs) -> Resul
         &inst,
         &mut x.ledger,
         &x.officer,
+        args.purpose,
         &subject,
         config.store.retention,
         &args.out,
@@ -612,6 +624,7 @@ pub(super) fn offboard(
     out: &std::path::Path,
     officer: &str,
     totp: &str,
+    purpose: crate::compliance::purpose::Purpose,
 ) -> Result<()> {
     // A running serve answers clients before their rows reach the partitions: rows it
     // puts in after this erasure would outlive the deletion statement. Asked whatever
@@ -638,6 +651,7 @@ pub(super) fn offboard(
         &inst,
         &mut x.ledger,
         &x.officer,
+        purpose,
         name,
         crate::compliance::offboard::Out {
             dir: out,
@@ -669,6 +683,7 @@ pub(super) fn disclose(config: &Config, args: &DiscloseArgs) -> Result<()> {
         &inst,
         &mut x.ledger,
         &x.officer,
+        args.purpose,
         args.case,
         args.format,
         &args.out,

@@ -265,7 +265,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     out,
                     officer,
                     totp,
-                }) => offboard(&config, name, out, officer, totp),
+                    purpose,
+                }) => offboard(&config, name, out, officer, totp, *purpose),
                 Command::Report(ReportCommand::Cases { year, json }) => {
                     let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
                     let report = crate::compliance::report::cases_in_year(&ledger, *year)?;

@@ -74,6 +74,10 @@ pub struct QueryArgs {
     /// before anything is printed, so its results are held in memory until then.
     #[arg(long, default_value_t = 100_000)]
     pub limit: usize,
+    /// Why the records are read: lawful-request, subject-access, contract-end,
+    /// security-incident or operations (there is none for marketing or analytics).
+    #[arg(long, value_enum)]
+    pub purpose: crate::compliance::purpose::Purpose,
     #[command(flatten)]
     pub login: Login,
 }
@@ -346,6 +350,7 @@ pub(super) fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
         &master,
         &mut ledger,
         &who,
+        args.purpose,
         &criterion,
         &window,
         SystemClock.now_micros(),

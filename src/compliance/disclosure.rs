@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cases::{CaseError, Criterion, State};
 use super::officers::Officer;
+use super::purpose::Purpose;
 use crate::clock::Micros;
 use crate::config::StoreConfig;
 use crate::export::{CSV_HEADER, found_csv, found_json, rfc3339};
@@ -485,10 +486,12 @@ pub struct Installation<'a> {
 /// Discloses an approved case to `out` (and its manifest). A case that is not
 /// approved is refused, and the refusal audited. The disclosure is audited before
 /// this returns; if the audit cannot be written, the files are removed again.
+#[allow(clippy::too_many_arguments)]
 pub fn disclose(
     inst: &Installation<'_>,
     ledger: &mut Ledger,
     officer: &Officer,
+    purpose: Purpose,
     case_id: i64,
     format: Format,
     out: &Path,
@@ -553,6 +556,7 @@ pub fn disclose(
         "record_age_months": age_buckets(&found.records, case.opened_at),
         "export_sha256": manifest.export_sha256,
         "format": format,
+        "purpose": purpose,
     });
     write_signed(inst, out, &body, &manifest, || {
         ledger.audit(now, &officer.name, "case.disclose", details)
@@ -636,10 +640,12 @@ pub fn write_manifest(
 /// the date it will be deleted. Records that an open or approved confidential case
 /// covers are left out (telling the subject would defeat the case). Signed and
 /// audited like a disclosure.
+#[allow(clippy::too_many_arguments)]
 pub fn subject_export(
     inst: &Installation<'_>,
     ledger: &mut Ledger,
     officer: &Officer,
+    purpose: Purpose,
     subject: &Criterion,
     retention: crate::config::Retention,
     out: &Path,
@@ -732,6 +738,7 @@ pub fn subject_export(
         "records": records.len(),
         "withheld_for_confidential_cases": withheld,
         "export_sha256": manifest.export_sha256,
+        "purpose": purpose,
     });
     write_signed(inst, out, &body, &manifest, || {
         ledger.audit(now, &officer.name, "subject.export", details)

@@ -45,6 +45,7 @@ pub fn audited(
     master: &MasterKey,
     ledger: &mut Ledger,
     actor: &str,
+    purpose: super::purpose::Purpose,
     criterion: &Criterion,
     window: &Window,
     now: Micros,
@@ -75,6 +76,7 @@ pub fn audited(
             "since_us": window.since,
             "until_us": window.until,
             "records": stats.matches,
+            "purpose": purpose,
         }),
     )?;
     Ok(Lookup { found, stats })

@@ -5,6 +5,7 @@ pub mod disclosure;
 pub mod lookup;
 pub mod offboard;
 pub mod officers;
+pub mod purpose;
 pub mod refusals;
 pub mod report;
 pub mod totp;

@@ -15,6 +15,7 @@ use super::disclosure::{
     TaggedCriterion, everything_until, readable, signature_path, write_manifest,
 };
 use super::officers::Officer;
+use super::purpose::Purpose;
 use crate::clock::Micros;
 use crate::config::Backend;
 use crate::export::found_json;
@@ -53,11 +54,21 @@ pub fn offboard(
     inst: &Installation<'_>,
     ledger: &mut Ledger,
     officer: &Officer,
+    purpose: Purpose,
     account: &str,
     out: Out<'_>,
     now: Micros,
 ) -> Result<Offboarding, DiscloseError> {
-    offboard_in_chunks(inst, ledger, officer, account, out, now, ERASE_CHUNK)
+    offboard_in_chunks(
+        inst,
+        ledger,
+        officer,
+        purpose,
+        account,
+        out,
+        now,
+        ERASE_CHUNK,
+    )
 }
 
 /// Where offboarding writes its files.
@@ -74,6 +85,7 @@ pub fn offboard_in_chunks(
     inst: &Installation<'_>,
     ledger: &mut Ledger,
     officer: &Officer,
+    purpose: Purpose,
     account: &str,
     out: Out<'_>,
     now: Micros,
@@ -220,6 +232,7 @@ pub fn offboard_in_chunks(
             "outcomes": outcomes,
             "partitions": manifest.erased.as_ref().map(|e| e.partitions.clone()),
             "export_sha256": manifest.export_sha256,
+            "purpose": purpose,
         }),
     )?;
     Ok(Offboarding {

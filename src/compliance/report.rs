@@ -30,7 +30,19 @@ pub struct YearReport {
     pub not_met_rejected: u64,
     pub not_met_no_records: u64,
     pub not_met_closed_without_disclosure: u64,
+    /// Reads of traffic data in the year (queries, disclosures, subject exports,
+    /// offboardings) by the purpose each stated; `unstated` for reads audited before
+    /// purposes were asked for.
+    pub reads_by_purpose: BTreeMap<String, u64>,
 }
+
+/// The audit actions that read traffic data, each with the purpose it states.
+pub const READS: [&str; 4] = [
+    "query",
+    "case.disclose",
+    "subject.export",
+    "account.offboard",
+];
 
 pub fn cases_in_year(ledger: &Ledger, year: i32) -> Result<YearReport, super::cases::CaseError> {
     let mut r = YearReport {
@@ -46,10 +58,17 @@ pub fn cases_in_year(ledger: &Ledger, year: i32) -> Result<YearReport, super::ca
     // Disclosures per case (any year) and this year's records.
     let mut disclosed: BTreeMap<i64, u64> = BTreeMap::new();
     for e in ledger.entries()? {
-        if e.action != "case.disclose" {
+        if !READS.contains(&e.action.as_str()) {
             continue;
         }
         let d: serde_json::Value = serde_json::from_str(&e.details).unwrap_or_default();
+        if micros_to_datetime(e.at).year() == year {
+            let purpose = d["purpose"].as_str().unwrap_or("unstated").to_owned();
+            *r.reads_by_purpose.entry(purpose).or_default() += 1;
+        }
+        if e.action != "case.disclose" {
+            continue;
+        }
         let case = d["case"].as_i64().unwrap_or(0);
         let records = d["records"].as_u64().unwrap_or(0);
         *disclosed.entry(case).or_default() += records;
@@ -103,6 +122,10 @@ impl YearReport {
             "not met\trejected {}, no records {}, closed without disclosure {}\n",
             self.not_met_rejected, self.not_met_no_records, self.not_met_closed_without_disclosure
         );
+        s += "reads of traffic data by purpose\n";
+        for (k, v) in &self.reads_by_purpose {
+            s += &format!("  {k}\t{v}\n");
+        }
         s
     }
 }

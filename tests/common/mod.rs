@@ -844,6 +844,8 @@ pub fn offboard_cli(
         "account",
         "offboard",
         account,
+        "--purpose",
+        "contract-end",
         "--out",
         out.to_str().unwrap(),
         "--officer",

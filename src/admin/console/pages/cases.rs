@@ -15,6 +15,7 @@ use crate::admin::ops::{CaseExport, blocking};
 use crate::compliance::cases::{Case, CaseForm, Identifiers};
 use crate::compliance::disclosure::Format;
 use crate::compliance::officers::Role;
+use crate::compliance::purpose::Purpose;
 use crate::export::rfc3339;
 
 /// Cases the list shows at most (the newest that pass the filters).
@@ -254,6 +255,7 @@ struct CasePage {
     history_cut: bool,
     exports: Vec<CaseExport>,
     public_key: String,
+    purposes: Vec<(&'static str, &'static str, bool)>,
 }
 
 #[derive(Deserialize, Default)]
@@ -294,6 +296,7 @@ pub(super) async fn page(
         history_cut,
         exports,
         public_key: crate::admin::ops::file_name(&key),
+        purposes: super::purposes(Purpose::LawfulRequest),
     })
 }
 
@@ -321,6 +324,7 @@ pub(super) async fn decide(State(c): St, Path(raw): Path<String>, p: Posted<Deci
 #[derive(Deserialize)]
 pub(super) struct DiscloseForm {
     format: Format,
+    purpose: Purpose,
 }
 
 pub(super) async fn disclose(
@@ -335,7 +339,7 @@ pub(super) async fn disclose(
     let _permit = c.api.exporting.try_acquire().map_err(|_| busy())?;
     c.api.settled().await?;
     let api = c.api.clone();
-    blocking(move || api.disclose(&p.signed.who, id, p.form.format)).await?;
+    blocking(move || api.disclose(&p.signed.who, p.form.purpose, id, p.form.format)).await?;
     Ok(redirect(&format!(
         "/console/cases/{id}?done=disclosed#exports"
     )))

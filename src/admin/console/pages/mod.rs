@@ -31,6 +31,7 @@ use crate::admin::api::refusal_peer;
 use crate::admin::ops::blocking;
 use crate::admin::session::Scope;
 use crate::compliance::officers::{Credentials, Role};
+use crate::compliance::purpose::Purpose;
 use crate::export::rfc3339;
 
 type St = State<Arc<Console>>;
@@ -174,6 +175,14 @@ fn case_id(raw: &str) -> Result<i64, Refusal> {
     raw.parse::<i64>().map_err(|_| {
         crate::admin::api::ApiError::bad_request("a case is named by its number").into()
     })
+}
+
+/// The purposes a read may state, as a form's choice: (value, label, chosen).
+fn purposes(chosen: Purpose) -> Vec<(&'static str, &'static str, bool)> {
+    Purpose::ALL
+        .into_iter()
+        .map(|p| (p.as_str(), p.label(), p == chosen))
+        .collect()
 }
 
 /// A form with no fields of its own (its CSRF token is checked by [`Posted`]).

@@ -12,6 +12,7 @@ use crate::admin::console::{Posted, Signed};
 use crate::admin::ops::blocking;
 use crate::compliance::cases::{IdentifierKind, criterion};
 use crate::compliance::officers::Role;
+use crate::compliance::purpose::Purpose;
 
 #[derive(Template)]
 #[template(path = "subject.html", config = "src/admin/console/askama.toml")]
@@ -19,6 +20,7 @@ struct SubjectPage<'a> {
     nav: Option<Nav>,
     csrf: String,
     error: Option<&'a str>,
+    purposes: Vec<(&'static str, &'static str, bool)>,
 }
 
 pub(super) async fn subject_page(s: Signed) -> Page {
@@ -26,6 +28,7 @@ pub(super) async fn subject_page(s: Signed) -> Page {
         csrf: s.csrf.clone(),
         nav: nav(&s),
         error: None,
+        purposes: super::purposes(Purpose::SubjectAccess),
     })
 }
 
@@ -45,6 +48,7 @@ pub(super) struct SubjectForm {
     recipient: String,
     #[serde(default)]
     email: String,
+    purpose: Purpose,
 }
 
 pub(super) async fn subject_export(State(c): St, p: Posted<SubjectForm>) -> Page {
@@ -59,6 +63,7 @@ pub(super) async fn subject_export(State(c): St, p: Posted<SubjectForm>) -> Page
                     csrf: p.signed.csrf.clone(),
                     nav: nav(&p.signed),
                     error: Some("give a phone number or an e-mail address, not both"),
+                    purposes: super::purposes(p.form.purpose),
                 },
             ));
         }
@@ -69,7 +74,7 @@ pub(super) async fn subject_export(State(c): St, p: Posted<SubjectForm>) -> Page
     c.api.settled().await?;
     let api = c.api.clone();
     let page_nav = nav(&p.signed);
-    let x = blocking(move || api.subject_export(&p.signed.who, &subject)).await?;
+    let x = blocking(move || api.subject_export(&p.signed.who, p.form.purpose, &subject)).await?;
     Ok(render(
         StatusCode::CREATED,
         &ExportedPage {
@@ -90,18 +95,21 @@ pub(super) async fn subject_export(State(c): St, p: Posted<SubjectForm>) -> Page
 struct OffboardPage {
     nav: Option<Nav>,
     csrf: String,
+    purposes: Vec<(&'static str, &'static str, bool)>,
 }
 
 pub(super) async fn offboard_page(s: Signed) -> Page {
     ok(&OffboardPage {
         csrf: s.csrf.clone(),
         nav: nav(&s),
+        purposes: super::purposes(Purpose::ContractEnd),
     })
 }
 
 #[derive(Deserialize)]
 pub(super) struct OffboardForm {
     account: String,
+    purpose: Purpose,
 }
 
 pub(super) async fn offboard(State(c): St, p: Posted<OffboardForm>) -> Page {
@@ -111,7 +119,8 @@ pub(super) async fn offboard(State(c): St, p: Posted<OffboardForm>) -> Page {
     c.api.settled().await?;
     let api = c.api.clone();
     let page_nav = nav(&p.signed);
-    let o = blocking(move || api.offboard(&p.signed.who, p.form.account.trim())).await?;
+    let o = blocking(move || api.offboard(&p.signed.who, p.form.purpose, p.form.account.trim()))
+        .await?;
     Ok(render(
         StatusCode::CREATED,
         &ExportedPage {
