@@ -196,6 +196,22 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
     let r = s.admin.get("/api/v1/cases", &bert_t).await;
     r.expect(StatusCode::UNAUTHORIZED);
 
+    // A disclosure reads for a lawful request, nothing else.
+    let r = s
+        .admin
+        .post(
+            &disclosures,
+            &anna_t,
+            Some(json!({"format": "json", "purpose": "operations"})),
+        )
+        .await;
+    assert!(
+        r.expect(StatusCode::BAD_REQUEST)["error"]
+            .as_str()
+            .unwrap()
+            .contains("reads for lawful-request")
+    );
+
     // Disclose through the API, fetch the three files, verify them as the authority would.
     let d = s
         .admin

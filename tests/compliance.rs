@@ -720,6 +720,12 @@ async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboard
         !ok && out.contains("lawful-request"),
         "the list is offered: {out}"
     );
+    // A lawful request is answered through an approved case, not one officer's query.
+    let (ok, out) = cli(
+        &config,
+        &["query", "--purpose", "lawful-request", "--email", "a@b.c"],
+    );
+    assert!(!ok && out.contains("approved case"), "{out}");
     let (ok, audit) = cli(&config, &["audit", "list", "--json"]);
     assert!(ok, "{audit}");
     let purposes: Vec<String> = audit

@@ -335,6 +335,7 @@ impl From<DiscloseError> for ApiError {
                 StatusCode::CONFLICT,
                 "an export of that name exists already; try again in a moment",
             ),
+            DiscloseError::Purpose(_) => ApiError::bad_request(e.to_string()),
             DiscloseError::TooMany => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
@@ -348,7 +349,9 @@ impl From<DiscloseError> for ApiError {
 impl From<LookupError> for ApiError {
     fn from(e: LookupError) -> ApiError {
         match e {
-            LookupError::EmptyWindow => ApiError::bad_request(e.to_string()),
+            LookupError::EmptyWindow | LookupError::Purpose(_) => {
+                ApiError::bad_request(e.to_string())
+            }
             LookupError::Case(e) => e.into(),
             LookupError::Ledger(e) => ApiError::from_ledger(&e),
             e => ApiError::internal(&e),

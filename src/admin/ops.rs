@@ -566,6 +566,9 @@ impl Api {
         if let Some(case) = case_of_export(name) {
             details["case"] = case.into();
         }
+        if let Some(purpose) = purpose_of_export(name) {
+            details["purpose"] = purpose.as_str().into();
+        }
         self.ledger()?
             .audit(self.now(), &who.officer.name, "export.download", details)?;
         Ok((file, len))
@@ -714,6 +717,18 @@ impl Api {
     }
 }
 
+/// The purpose an export file was made for, by the act its name says made it.
+fn purpose_of_export(name: &str) -> Option<Purpose> {
+    [
+        ("case-", Purpose::LawfulRequest),
+        ("subject-", Purpose::SubjectAccess),
+        ("offboard-", Purpose::ContractEnd),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| name.starts_with(prefix))
+    .map(|(_, p)| p)
+}
+
 /// The case an export file is of (`case-<id>-...`).
 fn case_of_export(name: &str) -> Option<i64> {
     name.strip_prefix("case-")?.split('-').next()?.parse().ok()
@@ -770,5 +785,11 @@ mod tests {
         assert_eq!(case_of_export(&export_name("case-7", 0, "csv")), Some(7));
         assert_eq!(case_of_export("case-7.json"), None);
         assert_eq!(case_of_export(&a), None);
+        assert_eq!(purpose_of_export(&a), Some(Purpose::SubjectAccess));
+        assert_eq!(
+            purpose_of_export("offboard-x-records.json"),
+            Some(Purpose::ContractEnd)
+        );
+        assert_eq!(purpose_of_export("stray.json"), None);
     }
 }

@@ -62,6 +62,8 @@ pub enum DiscloseError {
     TooMany,
     #[error(transparent)]
     Database(#[from] crate::pg::PgError),
+    #[error(transparent)]
+    Purpose(#[from] super::purpose::WrongPurpose),
 }
 
 /// Most records one export holds: an export is assembled in memory (deduplicated
@@ -497,6 +499,7 @@ pub fn disclose(
     out: &Path,
     now: Micros,
 ) -> Result<Disclosure, DiscloseError> {
+    purpose.must_be(Purpose::LawfulRequest, "a disclosure")?;
     let case = ledger.case(case_id)?;
     if case.state != State::Approved {
         let e = CaseError::WrongState {
@@ -651,6 +654,7 @@ pub fn subject_export(
     out: &Path,
     now: Micros,
 ) -> Result<Disclosure, DiscloseError> {
+    purpose.must_be(Purpose::SubjectAccess, "a subject's export")?;
     let manifest_file = manifest_path(out);
     for p in [
         out,

@@ -21,6 +21,8 @@ pub enum LookupError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(transparent)]
+    Purpose(#[from] super::purpose::WrongPurpose),
 }
 
 pub struct Lookup {
@@ -50,6 +52,7 @@ pub fn audited(
     window: &Window,
     now: Micros,
 ) -> Result<Lookup, LookupError> {
+    purpose.for_query()?;
     if window.until <= window.since {
         return Err(LookupError::EmptyWindow);
     }

@@ -91,6 +91,7 @@ pub fn offboard_in_chunks(
     now: Micros,
     chunk: usize,
 ) -> Result<Offboarding, DiscloseError> {
+    purpose.must_be(Purpose::ContractEnd, "an offboarding")?;
     let account = crate::canonical::canonical_account(account);
     let dir = out.dir;
     let stem = safe_name(out.stem.unwrap_or(&account));
@@ -182,6 +183,7 @@ pub fn offboard_in_chunks(
                         "partitions": touched.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                         "failed_partition": p.to_string(),
                         "export_sha256": export_sha256,
+                        "purpose": purpose,
                     }),
                 )?;
                 return Err(e);

@@ -72,6 +72,45 @@ impl Purpose {
     }
 }
 
+/// A read whose stated purpose is not the one its act serves.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{act} reads for {wanted}, not for {given}")]
+pub struct WrongPurpose {
+    pub act: &'static str,
+    pub wanted: &'static str,
+    pub given: Purpose,
+}
+
+impl Purpose {
+    /// The purpose an act with a purpose of its own serves (a disclosure answers a
+    /// lawful request, a subject's export an access request, an offboarding a
+    /// contract's end): anything else stated for it is refused, so that what is
+    /// signed and counted says why the records were read.
+    pub fn must_be(self, wanted: Purpose, act: &'static str) -> Result<(), WrongPurpose> {
+        if self == wanted {
+            return Ok(());
+        }
+        Err(WrongPurpose {
+            act,
+            wanted: wanted.as_str(),
+            given: self,
+        })
+    }
+
+    /// A query's purpose: any but a lawful request, which is answered through an
+    /// approved case (four eyes), never by one officer's query.
+    pub fn for_query(self) -> Result<(), WrongPurpose> {
+        if self != Purpose::LawfulRequest {
+            return Ok(());
+        }
+        Err(WrongPurpose {
+            act: "a query",
+            wanted: "anything but lawful-request (a lawful request is answered through an approved case)",
+            given: self,
+        })
+    }
+}
+
 impl std::fmt::Display for Purpose {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -36,18 +36,25 @@ pub struct YearReport {
     pub reads_by_purpose: BTreeMap<String, u64>,
 }
 
-/// The audit actions that read traffic data, each with the purpose it states.
-pub const READS: [&str; 4] = [
+/// The audit actions that read traffic data, each with the purpose it states (a
+/// download reads an export again, for the purpose it was made for).
+pub const READS: [&str; 6] = [
     "query",
     "case.disclose",
     "subject.export",
     "account.offboard",
+    "account.offboard.incomplete",
+    "export.download",
 ];
 
 pub fn cases_in_year(ledger: &Ledger, year: i32) -> Result<YearReport, super::cases::CaseError> {
     let mut r = YearReport {
         year,
         record_age_months: AGE_BANDS.iter().map(|b| (*b, 0)).collect(),
+        reads_by_purpose: super::purpose::Purpose::ALL
+            .iter()
+            .map(|p| (p.as_str().to_owned(), 0))
+            .collect(),
         ..Default::default()
     };
     let cases: Vec<_> = ledger

@@ -255,7 +255,7 @@ struct CasePage {
     history_cut: bool,
     exports: Vec<CaseExport>,
     public_key: String,
-    purposes: Vec<(&'static str, &'static str, bool)>,
+    purposes: (&'static str, &'static str),
 }
 
 #[derive(Deserialize, Default)]
@@ -296,7 +296,7 @@ pub(super) async fn page(
         history_cut,
         exports,
         public_key: crate::admin::ops::file_name(&key),
-        purposes: super::purposes(Purpose::LawfulRequest),
+        purposes: super::purpose(Purpose::LawfulRequest),
     })
 }
 

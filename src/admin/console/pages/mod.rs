@@ -177,12 +177,9 @@ fn case_id(raw: &str) -> Result<i64, Refusal> {
     })
 }
 
-/// The purposes a read may state, as a form's choice: (value, label, chosen).
-fn purposes(chosen: Purpose) -> Vec<(&'static str, &'static str, bool)> {
-    Purpose::ALL
-        .into_iter()
-        .map(|p| (p.as_str(), p.label(), p == chosen))
-        .collect()
+/// The purpose an act's form states, as the page shows it: (value, label).
+fn purpose(p: Purpose) -> (&'static str, &'static str) {
+    (p.as_str(), p.label())
 }
 
 /// A form with no fields of its own (its CSRF token is checked by [`Posted`]).

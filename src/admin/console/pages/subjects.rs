@@ -20,7 +20,7 @@ struct SubjectPage<'a> {
     nav: Option<Nav>,
     csrf: String,
     error: Option<&'a str>,
-    purposes: Vec<(&'static str, &'static str, bool)>,
+    purposes: (&'static str, &'static str),
 }
 
 pub(super) async fn subject_page(s: Signed) -> Page {
@@ -28,7 +28,7 @@ pub(super) async fn subject_page(s: Signed) -> Page {
         csrf: s.csrf.clone(),
         nav: nav(&s),
         error: None,
-        purposes: super::purposes(Purpose::SubjectAccess),
+        purposes: super::purpose(Purpose::SubjectAccess),
     })
 }
 
@@ -63,7 +63,7 @@ pub(super) async fn subject_export(State(c): St, p: Posted<SubjectForm>) -> Page
                     csrf: p.signed.csrf.clone(),
                     nav: nav(&p.signed),
                     error: Some("give a phone number or an e-mail address, not both"),
-                    purposes: super::purposes(p.form.purpose),
+                    purposes: super::purpose(Purpose::SubjectAccess),
                 },
             ));
         }
@@ -95,14 +95,14 @@ pub(super) async fn subject_export(State(c): St, p: Posted<SubjectForm>) -> Page
 struct OffboardPage {
     nav: Option<Nav>,
     csrf: String,
-    purposes: Vec<(&'static str, &'static str, bool)>,
+    purposes: (&'static str, &'static str),
 }
 
 pub(super) async fn offboard_page(s: Signed) -> Page {
     ok(&OffboardPage {
         csrf: s.csrf.clone(),
         nav: nav(&s),
-        purposes: super::purposes(Purpose::ContractEnd),
+        purposes: super::purpose(Purpose::ContractEnd),
     })
 }
 
