@@ -196,7 +196,12 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
     let r = s.admin.get("/api/v1/cases", &bert_t).await;
     r.expect(StatusCode::UNAUTHORIZED);
 
-    // A disclosure reads for a lawful request, nothing else.
+    // A disclosure reads for a lawful request, nothing else, and states it.
+    let r = s
+        .admin
+        .post(&disclosures, &anna_t, Some(json!({"format": "json"})))
+        .await;
+    r.expect(StatusCode::BAD_REQUEST);
     let r = s
         .admin
         .post(
@@ -298,7 +303,27 @@ async fn a_case_through_the_api_matches_the_command_line_and_every_call_is_audit
         .await
         .expect(StatusCode::OK);
     assert_eq!(q["matches"], 2);
-    // A read that states no purpose, or one not on the list, is refused.
+    // A read that states no purpose, or one not on the list, is refused: a query, a
+    // subject's export, an offboarding (the disclosure's is above).
+    for (path, body) in [
+        (
+            "/api/v1/subject-exports",
+            json!({"recipient": "+31611111111"}),
+        ),
+        ("/api/v1/accounts/leaver/offboard", json!({})),
+        (
+            "/api/v1/accounts/leaver/offboard",
+            json!({"purpose": "analytics"}),
+        ),
+    ] {
+        let r = s.admin.post(path, &anna_t, Some(body)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
     for body in [
         json!({"kind": "recipient", "value": "0612345678"}),
         json!({"kind": "recipient", "value": "0612345678", "purpose": "marketing"}),

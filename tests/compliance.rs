@@ -712,6 +712,49 @@ async fn mail_records_are_found_by_address_in_queries_cases_exports_and_offboard
     // the report counts reads by it.
     let (ok, out) = cli(&config, &["query", "--email", "a@b.c"]);
     assert!(!ok && out.contains("--purpose"), "{out}");
+    // The other reads too: refused before any login is asked for.
+    let out_dir = config.parent().unwrap().join("never");
+    let out_file = out_dir.join("x.json");
+    for read in [
+        vec![
+            "disclose",
+            "--case",
+            "1",
+            "--officer",
+            "x",
+            "--totp",
+            "000000",
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+        vec![
+            "subject",
+            "export",
+            "--email",
+            "a@b.c",
+            "--officer",
+            "x",
+            "--totp",
+            "000000",
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+        vec![
+            "account",
+            "offboard",
+            "shop",
+            "--officer",
+            "x",
+            "--totp",
+            "000000",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    ] {
+        let (ok, out) = cli(&config, &read);
+        assert!(!ok && out.contains("--purpose"), "{read:?}: {out}");
+    }
+    assert!(!out_dir.exists(), "nothing written");
     let (ok, out) = cli(
         &config,
         &["query", "--purpose", "marketing", "--email", "a@b.c"],
