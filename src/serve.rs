@@ -756,6 +756,16 @@ fn run_expiry(store: &Store, config: &Config, clock: &dyn crate::clock::Clock) {
     if let Err(e) = store.prepare_keys(clock.now()) {
         tracing::error!(error = %e, "cannot create the next partition's keys; the first message of the day will");
     }
+    // Backups past backup.retention: their keys go, and with them every copy.
+    match crate::ledger::Ledger::open_store(&config.store)
+        .and_then(|mut l| l.shred_backups(config.backup.retention, clock.now(), "serve"))
+    {
+        Ok(ids) if !ids.is_empty() => tracing::info!(backups = ids.len(), "backup keys shredded"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "shredding expired backups' keys failed; retried at the next interval")
+        }
+    }
     match store.expire("serve", clock.now()) {
         Ok(plan) if !plan.expire.is_empty() || !plan.held.is_empty() => {
             tracing::info!(

@@ -18,7 +18,7 @@ use relaylog::config::{Granularity, StoreConfig};
 use relaylog::ledger::{Hold, Ledger};
 use relaylog::store::partition::PartitionId;
 use relaylog::store::query::{self, Criteria};
-use relaylog::store::{IndexKind, expiry, open_keyring};
+use relaylog::store::{IndexKind, deletion, expiry, open_keyring};
 
 const NUMBER: &str = "+31612345678";
 
@@ -136,10 +136,10 @@ async fn four_hundred_days_expire_at_thirteen_calendar_months() {
         let ledger = Ledger::open_store(&cfg).unwrap();
         (ledger.entries().unwrap(), ledger.verify_audit().unwrap())
     });
-    assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].action, "expire");
-    assert!(entries[0].details.contains("2025-10-04") && !entries[0].details.contains(NUMBER));
-    assert_eq!(verified, 1);
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["partition.register", "expire"]);
+    assert!(entries[1].details.contains("2025-10-04") && !entries[1].details.contains(NUMBER));
+    assert_eq!(verified, 2);
 }
 
 #[tokio::test]
@@ -189,7 +189,16 @@ async fn a_held_partition_survives_expiry_until_released() {
         .into_iter()
         .map(|e| e.action)
         .collect();
-    assert_eq!(actions, ["hold.add", "expire", "hold.release", "expire"]);
+    assert_eq!(
+        actions,
+        [
+            "hold.add",
+            "partition.register",
+            "expire",
+            "hold.release",
+            "expire"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -206,6 +215,151 @@ async fn a_crash_between_shredding_and_removal_is_finished_next_time() {
     });
     assert_eq!(plan.expire.len(), 3);
     assert!(partitions(&cfg).is_empty());
+    // The run that finished it filed the certificate the cut-short one could not,
+    // with what the partition held.
+    let certificates = off_runtime(|| Ledger::open_store(&cfg).unwrap().certificates().unwrap());
+    assert_eq!(certificates.len(), 3);
+    let first: deletion::Certificate = serde_json::from_str(&certificates[0].document).unwrap();
+    assert_eq!(
+        (first.partition.as_str(), first.records, first.rows_found),
+        ("2025-10-01", 1, true)
+    );
+    assert_eq!(first.heads.len(), 1, "its last signed head");
+}
+
+/// Proof of deletion: 4 of 400 days expire under 4 signed certificates; `verify`
+/// accounts for every day; a partition removed by hand, or a certificate edited, is
+/// damage; the retention report's certificates check out with the public key alone.
+#[tokio::test]
+async fn every_expired_day_has_a_signed_certificate_and_every_day_is_accounted_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = store_config(dir.path());
+    fill(&cfg, 400).await;
+    let config = common::write_config(dir.path(), &common::store_table(dir.path(), ""));
+    let now = day(400);
+    let keyring = off_runtime(|| open_keyring(&cfg).unwrap());
+    let plan = off_runtime(|| expiry::run(&cfg, &keyring, "test", now).unwrap());
+    assert_eq!(plan.expire.len(), 4);
+
+    let certificates = off_runtime(|| Ledger::open_store(&cfg).unwrap().certificates().unwrap());
+    let keys = off_runtime(|| deletion::trusted_keys(&cfg, Some(&keyring)).unwrap());
+    let checked: Vec<deletion::Certificate> = certificates
+        .iter()
+        .map(|c| deletion::check(c, &keys).unwrap())
+        .collect();
+    let names: Vec<&str> = checked.iter().map(|c| c.partition.as_str()).collect();
+    assert_eq!(
+        names,
+        ["2025-10-01", "2025-10-02", "2025-10-03", "2025-10-04"]
+    );
+    for c in &checked {
+        assert_eq!(
+            (c.records, c.rows_found, c.retention.as_str()),
+            (1, true, "13 months")
+        );
+        assert_eq!(c.shredded_at, "2026-11-05T12:00:00.000000Z");
+        assert_eq!(c.cutoff, "2025-10-05T12:00:00.000000Z");
+        assert!(!c.heads.is_empty() && c.heads.iter().all(|h| h.size >= 1));
+        assert!(!c.until.is_empty() && c.until <= c.cutoff);
+    }
+
+    // verify: 396 days present and intact, 4 removed under certificates.
+    let out = common::cli_ok(&config, &["verify"]);
+    assert!(
+        out.contains("every partition from 2025-10-01 accounted for: 396 present, 4 removed under certificates, 0 never made (no records), 0 problem(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2025-10-02  removed  deletion certificate ok (1 records"),
+        "{out}"
+    );
+
+    // The report, as of the expiry: nothing past retention kept, the oldest record
+    // on 2025-10-05; its certificates verify with the public key alone.
+    let report = common::cli_ok(
+        &config,
+        &[
+            "report",
+            "retention",
+            "--json",
+            "--now",
+            "2026-11-05T12:00:00Z",
+        ],
+    );
+    let report: relaylog::compliance::retention::RetentionReport =
+        serde_json::from_str(&report).unwrap();
+    assert_eq!(report.oldest_partition.as_deref(), Some("2025-10-05"));
+    assert_eq!(
+        report.oldest_record.as_deref(),
+        Some("2025-10-05T12:00:00.000000Z")
+    );
+    assert!(report.nothing_older_in_store && report.overdue.is_empty());
+    assert_eq!((report.certificates.len(), report.problems.len()), (4, 0));
+    assert_eq!(report.removed_under_certificate, 4);
+    let report_file = dir.path().join("retention.json");
+    std::fs::write(&report_file, serde_json::to_vec(&report).unwrap()).unwrap();
+    let public_key = dir.path().join("keys/signing.key.pub");
+    let verify_retention = |file: &Path| {
+        let (file, key) = (file.display().to_string(), public_key.display().to_string());
+        common::cli(&config, &["verify-retention", &file, "--public-key", &key])
+    };
+    let (ok, out) = verify_retention(&report_file);
+    assert!(
+        ok && out.contains("4 deletion certificate(s) checked, 0 failed"),
+        "{out}"
+    );
+    // A report whose certificate was changed after it was made fails that check.
+    let mut forged = report.clone();
+    forged.certificates[1].certificate = forged.certificates[1]
+        .certificate
+        .replace("\"records\":1", "\"records\":0");
+    let forged_file = dir.path().join("forged.json");
+    std::fs::write(&forged_file, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let (ok, out) = verify_retention(&forged_file);
+    assert!(
+        !ok && out.contains("2025-10-02: its signature does not verify"),
+        "{out}"
+    );
+
+    // A day removed by hand, with no certificate: damage.
+    let tenth = PartitionId::of_date(Granularity::Day, date(2025, 10, 10));
+    match common::database(dir.path()) {
+        Some(_) => common::tamper(
+            dir.path(),
+            common::Stored::Ledger,
+            "",
+            "DELETE FROM partition WHERE name = '2025-10-10'",
+        ),
+        None => std::fs::remove_file(tenth.path_in(&cfg.path)).unwrap(),
+    }
+    let (ok, out) = common::cli(&config, &["verify"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("2025-10-10  DAMAGED  missing: registered in the audit log, but neither present nor removed under a deletion certificate"),
+        "{out}"
+    );
+
+    // A certificate edited in the ledger: damage too.
+    let edit = "UPDATE deletion SET certificate = replace(certificate, '\"records\":1', '\"records\":0') \
+                WHERE partition = '2025-10-03'";
+    common::tamper(dir.path(), common::Stored::Ledger, edit, edit);
+    let (ok, out) = common::cli(&config, &["verify"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "2025-10-03  DAMAGED  deletion certificate invalid: its signature does not verify"
+        ),
+        "{out}"
+    );
+    // And a certificate taken out of the ledger leaves its day unaccounted for.
+    common::tamper(
+        dir.path(),
+        common::Stored::Ledger,
+        "DELETE FROM deletion WHERE partition = '2025-10-04'",
+        "DELETE FROM deletion WHERE partition = '2025-10-04'",
+    );
+    let (_, out) = common::cli(&config, &["verify"]);
+    assert!(out.contains("2025-10-04  DAMAGED  missing"), "{out}");
 }
 
 #[tokio::test]

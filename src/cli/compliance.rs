@@ -249,6 +249,16 @@ pub enum ReportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Evidence of retention: the oldest record held, what past retention is kept and
+    /// why, every partition accounted for, and the deletion certificates with the keys
+    /// that verify them (check them with `relaylog verify-retention`).
+    Retention {
+        #[arg(long)]
+        json: bool,
+        /// As of this time (RFC 3339 or date) instead of now, as `expire --now`.
+        #[arg(long)]
+        now: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -792,6 +802,66 @@ pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
             let n = ledger.verify_audit()?;
             println!("audit log intact: {n} entries");
         }
+    }
+    Ok(())
+}
+
+pub(super) fn report_retention(config: &Config, json: bool, now: Option<&str>) -> Result<()> {
+    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
+    // On SQLite only the public key is needed; on PostgreSQL the master key decides
+    // which nodes' keys are trusted.
+    let keyring = match crate::store::open_keyring(&config.store) {
+        Ok(k) => Some(k),
+        Err(e) if matches!(config.store.backend, crate::config::Backend::Postgres(_)) => {
+            return Err(anyhow::Error::new(e)
+                .context("on PostgreSQL the nodes' keys are trusted only with the master key"));
+        }
+        Err(_) => None,
+    };
+    let now = match now {
+        Some(t) => super::parse_time(t, false)?,
+        None => SystemClock.now(),
+    };
+    let report =
+        crate::compliance::retention::report(&config.store, &ledger, keyring.as_ref(), now)?;
+    ledger.audit(
+        SystemClock.now_micros(),
+        &actor(),
+        "report.retention",
+        serde_json::json!({
+            "as_of": report.generated_at,
+            "certificates": report.certificates.len(),
+            "problems": report.problems.len(),
+        }),
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
+}
+
+/// Checks a retention report's certificates with public keys alone.
+pub(super) fn verify_retention(
+    report: &std::path::Path,
+    public_keys: &[std::path::PathBuf],
+) -> Result<()> {
+    use crate::compliance::retention;
+    let text = std::fs::read_to_string(report)
+        .with_context(|| format!("cannot read {}", report.display()))?;
+    let keys = retention::read_keys(public_keys)?;
+    let check = retention::check_report(&text, &keys).map_err(anyhow::Error::msg)?;
+    for f in &check.failures {
+        println!("FAILED  {f}");
+    }
+    println!(
+        "{} deletion certificate(s) checked, {} failed",
+        check.certificates,
+        check.failures.len()
+    );
+    if !check.failures.is_empty() {
+        bail!("{} certificate(s) do not verify", check.failures.len());
     }
     Ok(())
 }

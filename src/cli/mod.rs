@@ -92,6 +92,10 @@ pub enum Command {
     /// Data-subject requests.
     #[command(subcommand)]
     Subject(SubjectCommand),
+    /// Backups that expire: sealed archives whose keys expiry shreds after
+    /// `backup.retention`.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Check an export's manifest signature and the export's digest. With
     /// --public-key, needs nothing else of the installation.
     VerifyExport {
@@ -101,6 +105,14 @@ pub enum Command {
         /// have signed it).
         #[arg(long)]
         public_key: Option<PathBuf>,
+    },
+    /// Check the deletion certificates of a retention report (`report retention
+    /// --json`) with the installation's public key(s) alone.
+    VerifyRetention {
+        report: PathBuf,
+        /// `signing.key.pub` (on PostgreSQL, each node's: give it once per node).
+        #[arg(long, required = true)]
+        public_key: Vec<PathBuf>,
     },
     /// The hash-chained audit log: list it, or check that no entry was edited.
     #[command(subcommand)]
@@ -221,6 +233,7 @@ pub fn run(cli: Cli) -> Result<()> {
             manifest,
             public_key: Some(key),
         } => verify_export(manifest, key),
+        Command::VerifyRetention { report, public_key } => verify_retention(report, public_key),
         Command::Bench(
             b @ (BenchCommand::Http { .. }
             | BenchCommand::Smtp { .. }
@@ -283,7 +296,11 @@ pub fn run(cli: Cli) -> Result<()> {
                     }
                     Ok(())
                 }
+                Command::Report(ReportCommand::Retention { json, now }) => {
+                    report_retention(&config, *json, now.as_deref())
+                }
                 Command::Subject(SubjectCommand::Export(a)) => subject_export(&config, a),
+                Command::Backup(b) => backup(&config, b),
                 Command::VerifyExport { manifest, .. } => {
                     verify_export_installed(&config, manifest)
                 }
@@ -291,7 +308,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Verify { since, until } => {
                     verify(&config, since.as_deref(), until.as_deref())
                 }
-                Command::MockGateway(_) => unreachable!("handled above"),
+                Command::MockGateway(_) | Command::VerifyRetention { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     }

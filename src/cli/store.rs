@@ -13,6 +13,29 @@ pub struct ExpireArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Write a sealed archive of the partitions, the ledger and the wrapped keyring
+    /// (while `serve` runs); readable until expiry shreds its key, `backup.retention`
+    /// from now.
+    Create {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Each backup made, with its shred date.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into a new directory (`store/`, `keyring/`, `ledger.sqlite`),
+    /// as of today's retention, once every partition in it verifies.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        into: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum HoldCommand {
     /// Place a hold on the partitions overlapping a window (an officer's login).
     Add {
@@ -186,6 +209,7 @@ pub(super) fn verify(config: &Config, since: Option<&str>, until: Option<&str>) 
             }
         }
     }
+    bad += account_retention(config, keyring.as_ref(), since, until)?;
     let trees = match reports.iter().filter(|r| r.node.is_some()).count() {
         0 => format!("{} partition(s)", reports.len()),
         n => format!("{n} node tree(s) of partitions"),
@@ -197,6 +221,59 @@ pub(super) fn verify(config: &Config, since: Option<&str>, until: Option<&str>) 
     Ok(())
 }
 
+/// `verify`'s account of every partition in the window, from the first on record:
+/// present (checked above), removed under a valid deletion certificate, or never made.
+/// Prints removals and problems; returns how many problems.
+fn account_retention(
+    config: &Config,
+    keyring: Option<&keys::Keyring>,
+    since: i64,
+    until: i64,
+) -> Result<usize> {
+    use crate::store::deletion;
+    if matches!(config.store.backend, crate::config::Backend::Sqlite)
+        && !config.store.ledger.exists()
+    {
+        // A copy of the store checked without its ledger (the signed trees need only
+        // the public key): what was removed, and why, is the ledger's to say.
+        println!(
+            "retention: not accounted for: no ledger at {} (removed partitions cannot be told from lost ones without it)",
+            config.store.ledger.display()
+        );
+        return Ok(0);
+    }
+    let ledger = crate::ledger::Ledger::open_store(&config.store)?;
+    let mut bad = 0;
+    // The register is read from the audit log: an entry taken out breaks the chain.
+    if let Err(e) = ledger.verify_audit() {
+        bad += 1;
+        println!("retention  AUDIT LOG BROKEN  {e}");
+    }
+    let keys = deletion::trusted_keys(&config.store, keyring)?;
+    let a = deletion::account_store(&config.store, &ledger, &keys, since, until)?;
+    for (p, c) in &a.removed {
+        println!(
+            "{p}  removed  deletion certificate ok ({} records, {} outcomes; keys shredded {})",
+            c.records, c.outcomes, c.shredded_at
+        );
+    }
+    for (p, problem) in &a.problems {
+        bad += 1;
+        println!("{p}  DAMAGED  {problem}");
+    }
+    match a.first {
+        Some(first) => println!(
+            "retention: every partition from {first} accounted for: {} present, {} removed under certificates, {} never made (no records), {} problem(s)",
+            a.present.len(),
+            a.removed.len(),
+            a.never,
+            a.problems.len()
+        ),
+        None => println!("retention: no partition on record"),
+    }
+    Ok(bad)
+}
+
 pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
     use crate::store::expiry;
     let now = match &args.now {
@@ -205,6 +282,24 @@ pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
     };
     let keyring = crate::store::open_keyring(&config.store)?;
     let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
+    // A dry run changes nothing, the audit log's register included.
+    if !args.dry_run {
+        for id in ledger.shred_backups(config.backup.retention, now, &actor())? {
+            println!("backup {id}: key shredded, no copy of it can be read");
+        }
+        let named = crate::store::deletion::register(
+            &config.store,
+            &mut ledger,
+            &actor(),
+            now.timestamp_micros(),
+        )?;
+        if !named.is_empty() {
+            println!(
+                "{} partition(s) named in the audit log's register",
+                named.len()
+            );
+        }
+    }
     let plan = expiry::plan(&config.store, &keyring, &ledger.holds()?, now)?;
     let cutoff = plan.cutoff.map(|c| c.to_rfc3339()).unwrap_or_default();
     println!(
@@ -250,7 +345,7 @@ pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
         b.finish_and_clear();
     }
     for (p, records) in &plan.expire {
-        println!("removed  {p} ({records} records), keys shredded");
+        println!("removed  {p} ({records} records), keys shredded, deletion certificate filed");
     }
     Ok(())
 }
@@ -397,5 +492,88 @@ pub(super) fn run_query(config: &Config, args: &QueryArgs) -> Result<()> {
         "{} record(s) from {} partition(s)",
         stats.matches, stats.partitions_searched
     );
+    Ok(())
+}
+
+pub(super) fn backup(config: &Config, command: &BackupCommand) -> Result<()> {
+    use crate::store::backup;
+    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
+    let now = SystemClock.now();
+    match command {
+        BackupCommand::Create { out } => {
+            let master = keys::MasterKey::load(&config.store.master_key)?;
+            let made = backup::create(
+                &config.store,
+                config.backup.retention,
+                &mut ledger,
+                &master,
+                out,
+                &actor(),
+                now,
+            )?;
+            println!(
+                "backup {} written to {}: {} partition(s), {} bytes, sha256 {}; its key is shredded on {}",
+                made.id,
+                out.display(),
+                made.partitions,
+                made.bytes,
+                made.sha256,
+                made.shred_at.format("%Y-%m-%d")
+            );
+        }
+        BackupCommand::List { json } => {
+            let backups = ledger.backups()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&backups)?);
+            } else {
+                for b in &backups {
+                    let state = match (&b.shredded_at, b.partitions) {
+                        (Some(at), _) => format!("shredded {at}"),
+                        (None, None) => format!("incomplete; shred {}", b.shred_at),
+                        (None, Some(_)) => format!("readable until {}", b.shred_at),
+                    };
+                    println!(
+                        "{}  made {}  {} partition(s) {}..{}  {}",
+                        b.id,
+                        b.created_at,
+                        b.partitions.unwrap_or(0),
+                        b.oldest.as_deref().unwrap_or("-"),
+                        b.newest.as_deref().unwrap_or("-"),
+                        state
+                    );
+                }
+                if backups.is_empty() {
+                    println!("no backups made");
+                }
+            }
+        }
+        BackupCommand::Restore { file, into } => {
+            let master = keys::MasterKey::load(&config.store.master_key)?;
+            let public_key = crate::store::integrity::load_public_key(&config.store.signing_key)?;
+            let restored = backup::restore(
+                &config.store,
+                &mut ledger,
+                &master,
+                &public_key,
+                file,
+                into,
+                &actor(),
+                now,
+            )?;
+            for p in &restored.expired {
+                println!(
+                    "not restored  {p} (past retention), nor its keys; a deletion certificate is in the restored ledger"
+                );
+            }
+            let d = into.display();
+            println!(
+                "backup {} restored into {d}: {} partition(s), every one verified. Point a configuration at it:\n  \
+                 [store]\n  path = \"{d}/store\"\n  keyring = \"{d}/keyring\"\n  ledger = \"{d}/ledger.sqlite\"\n  \
+                 (master-key and signing-key: this installation's)",
+                restored.id,
+                restored.partitions.len()
+            );
+        }
+    }
     Ok(())
 }

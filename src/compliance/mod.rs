@@ -8,4 +8,5 @@ pub mod officers;
 pub mod purpose;
 pub mod refusals;
 pub mod report;
+pub mod retention;
 pub mod totp;

@@ -56,6 +56,22 @@ pub struct RawConfig {
     pub compliance: RawCompliance,
     #[serde(default)]
     pub serve: RawServe,
+    #[serde(default)]
+    pub backup: RawBackup,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RawBackup {
+    pub retention: String,
+}
+
+impl Default for RawBackup {
+    fn default() -> Self {
+        Self {
+            retention: "56 days".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +192,14 @@ pub struct Config {
     pub log: LogConfig,
     pub compliance: ComplianceConfig,
     pub serve: ServeConfig,
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: how long `relaylog backup create`'s archives stay readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupConfig {
+    /// After this, expiry shreds a backup's key: every copy of it is unreadable.
+    pub retention: Retention,
 }
 
 /// How cases are decided.
@@ -298,7 +322,19 @@ impl RawConfig {
                 ));
             }
         };
+        let backup = BackupConfig {
+            retention: Retention::parse(&self.backup.retention).ok_or_else(|| {
+                invalid(
+                    "backup.retention",
+                    format!(
+                        "`{}`: expected a number of days or months, such as \"56 days\"",
+                        self.backup.retention
+                    ),
+                )
+            })?,
+        };
         Ok(Config {
+            backup,
             store,
             listeners,
             admin,

@@ -117,13 +117,39 @@ CREATE TABLE IF NOT EXISTS traffic (
     count    INTEGER NOT NULL,
     PRIMARY KEY (hour, family, listener, label)
 );
+-- Deletion certificates (src/store/deletion.rs), one per partition expiry removed:
+-- a JSON document and the Ed25519 signature over it; never updated or deleted.
+CREATE TABLE IF NOT EXISTS deletion (
+    partition   TEXT PRIMARY KEY,
+    certificate TEXT NOT NULL,
+    signature   BLOB NOT NULL,
+    at_us       INTEGER NOT NULL
+);
+-- Backups (src/store/backup.rs): each archive's key, wrapped by the master key, until
+-- expiry shreds it (wrapped_key emptied, shredded_at set).
+CREATE TABLE IF NOT EXISTS backup (
+    id          TEXT PRIMARY KEY,   -- 32 hex digits, the archive's header holds it
+    created_at  INTEGER NOT NULL,
+    created_by  TEXT NOT NULL,
+    shred_at    INTEGER NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    shredded_at INTEGER,
+    partitions  INTEGER,            -- NULL until the archive is complete
+    oldest      TEXT,
+    newest      TEXT,
+    bytes       INTEGER,
+    sha256      TEXT
+);
 ";
 
 /// The ledger's schema version (`PRAGMA user_version`). 1: the officer's lockout
 /// columns, which ledgers made before it lack. 2: `refusal.written` (the table holds
 /// only the current minute's counts: one without the column is made again). 3:
-/// `audit.case_id` and its index (filled from the entries already there).
-const SCHEMA_VERSION: i64 = 3;
+/// `audit.case_id` and its index (filled from the entries already there). 4: the
+/// `deletion` and `backup` tables (made by [`DDL`]; the version keeps an older build,
+/// which would expire partitions without certificates and never shred a backup's
+/// key, from opening the ledger).
+const SCHEMA_VERSION: i64 = 4;
 
 /// Brings a ledger made by an older build to [`SCHEMA_VERSION`], in an IMMEDIATE
 /// transaction (two processes opening the same old ledger take turns; the second finds
@@ -206,6 +232,15 @@ pub struct Hold {
 impl Hold {
     pub fn covers(&self, p: PartitionId) -> bool {
         self.since < p.end_micros() && self.until > p.start_micros()
+    }
+
+    /// The cases whose holds among `holds` keep partition `p`.
+    pub fn cases_holding(holds: &[Hold], p: PartitionId) -> Vec<String> {
+        holds
+            .iter()
+            .filter(|h| h.covers(p))
+            .map(|h| h.case.clone())
+            .collect()
     }
 }
 

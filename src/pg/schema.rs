@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     V5_OUTCOME_BLOCK,
     V6_POSTING,
     V7_TRAFFIC,
+    V8_DELETION,
 ];
 
 const V1_STORE: &str = "
@@ -414,6 +415,31 @@ CREATE TABLE relaylog.traffic (
     label    text NOT NULL,
     count    bigint NOT NULL,
     PRIMARY KEY (hour, family, listener, label)
+);
+";
+
+/// Deletion certificates (see [`crate::store::deletion`]); and the backups table the
+/// ledger's code reads on either backend (relaylog makes backups of SQLite stores
+/// only: it stays empty here).
+const V8_DELETION: &str = "
+CREATE TABLE relaylog.deletion (
+    partition   text   PRIMARY KEY,
+    certificate text   NOT NULL,
+    signature   bytea  NOT NULL,
+    at_us       bigint NOT NULL
+);
+CREATE TABLE relaylog.backup (
+    id          text   PRIMARY KEY,
+    created_at  bigint NOT NULL,
+    created_by  text   NOT NULL,
+    shred_at    bigint NOT NULL,
+    wrapped_key bytea  NOT NULL,
+    shredded_at bigint,
+    partitions  bigint,
+    oldest      text,
+    newest      text,
+    bytes       bigint,
+    sha256      text
 );
 ";
 

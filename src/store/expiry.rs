@@ -6,12 +6,18 @@
 //! Order, for crash safety: keys first (the step that makes the data unreadable), then
 //! the file. Candidates are the union of partition files and key files, so a crash
 //! between the two steps is finished by the next run.
+//!
+//! Each removal is proved by a signed deletion certificate in the ledger, written
+//! between the two steps (see [`super::deletion`]); and before planning, a run names
+//! in the audit log every partition not yet named, so that one later removed by any
+//! other means than expiry shows as missing.
 
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use rusqlite::OpenFlags;
 
+use super::deletion::{self, Signer};
 use super::keys::{KeyError, Keyring};
 use super::partition::{self, PartitionId};
 use crate::config::StoreConfig;
@@ -35,6 +41,10 @@ pub enum ExpiryError {
     Ledger(#[from] LedgerError),
     #[error("the store's database: {0}")]
     Database(#[from] crate::pg::PgError),
+    #[error("deletion certificates cannot be signed: {0}")]
+    Signing(#[from] super::integrity::SigningKeyError),
+    #[error(transparent)]
+    Register(#[from] super::deletion::RegisterError),
 }
 
 /// What a run will do (and, after [`execute`], did).
@@ -100,11 +110,7 @@ pub fn plan(
         .into_iter()
         .filter(|p| past_retention(cfg.retention, *p, now))
     {
-        let cases: Vec<String> = holds
-            .iter()
-            .filter(|h| h.covers(p))
-            .map(|h| h.case.clone())
-            .collect();
+        let cases = Hold::cases_holding(holds, p);
         if cases.is_empty() {
             let records = match &pool {
                 None => record_count(&p.path_in(&cfg.path)),
@@ -130,9 +136,38 @@ fn remove_if_present(path: &Path) -> Result<(), ExpiryError> {
 }
 
 /// Removes one partition: keys shredded, then the file, its WAL or journal and its
-/// filter.
+/// filter. (Expiry does this with a certificate between: [`remove_certified`].)
 pub fn remove(cfg: &StoreConfig, keyring: &Keyring, p: PartitionId) -> Result<(), ExpiryError> {
     keyring.shred(p)?;
+    discard(cfg, p)
+}
+
+/// Removes one partition under a deletion certificate: what it held is read, its
+/// keys shredded, the certificate filed, then its file or tables removed. Returns the
+/// certificate's SHA-256, which the run's audit entry names.
+fn remove_certified(
+    cfg: &StoreConfig,
+    keyring: &Keyring,
+    ledger: &mut Ledger,
+    signer: &Signer,
+    cutoff: DateTime<Utc>,
+    p: PartitionId,
+    now: DateTime<Utc>,
+) -> Result<String, ExpiryError> {
+    let facts = deletion::facts(cfg, keyring, p)?;
+    keyring.shred(p)?;
+    let (document, signature) = signer.certify(p, facts, cfg.retention, cutoff, now);
+    let name = p.to_string();
+    if !ledger.file_certificate(&name, &document, &signature, now.timestamp_micros())? {
+        tracing::info!(partition = %p, "its deletion certificate was filed by an earlier run cut short: kept");
+    }
+    discard(cfg, p)?;
+    Ok(deletion::sha256_hex(document.as_bytes()))
+}
+
+/// The second half of a removal, once the keys are gone: the partition's file (with
+/// its WAL or journal and its filter), or its tables.
+fn discard(cfg: &StoreConfig, p: PartitionId) -> Result<(), ExpiryError> {
     if let crate::config::Backend::Postgres(pg) = &cfg.backend {
         return Ok(super::pgstore::drop_partition(
             &crate::pg::Pool::shared(pg)?,
@@ -192,17 +227,29 @@ pub fn execute(
     };
     let mut done = Vec::new();
     let mut failure = None;
+    // Loaded before anything is removed: a key that cannot sign stops the run.
+    let signer = if plan.expire.is_empty() {
+        None
+    } else {
+        Some(Signer::load(cfg)?)
+    };
+    let cutoff = plan.cutoff.unwrap_or_else(|| cfg.retention.cutoff(now));
     for &(p, records) in &plan.expire {
+        let Some(signer) = &signer else { break };
         // A hold placed since the plan was made (on another node, or while an earlier
         // partition took its time) keeps the partition: read again before each.
         if ledger.holds()?.iter().any(|h| h.covers(p)) {
             tracing::info!(partition = %p, "held since expiry was planned: kept");
             continue;
         }
-        match remove(cfg, keyring, p) {
-            Ok(()) => {
-                tracing::info!(partition = %p, records, "expired: partition removed, keys shredded");
-                done.push(serde_json::json!({"partition": p.to_string(), "records": records}));
+        match remove_certified(cfg, keyring, ledger, signer, cutoff, p, now) {
+            Ok(certificate) => {
+                tracing::info!(partition = %p, records, "expired: partition removed, keys shredded, deletion certificate filed");
+                done.push(serde_json::json!({
+                    "partition": p.to_string(),
+                    "records": records,
+                    "certificate_sha256": certificate,
+                }));
                 progress(p);
             }
             Err(e) => {
@@ -242,6 +289,7 @@ pub fn run(
     now: DateTime<Utc>,
 ) -> Result<Plan, ExpiryError> {
     let mut ledger = Ledger::open_store(cfg)?;
+    deletion::register(cfg, &mut ledger, actor, now.timestamp_micros())?;
     let plan = plan(cfg, keyring, &ledger.holds()?, now)?;
     execute(cfg, keyring, &mut ledger, &plan, actor, now, |_| {})?;
     Ok(plan)

@@ -5,9 +5,11 @@
 //! decides nothing, it seals a [`Submission`] in the caller's thread — blind indexes
 //! and AEAD run in parallel on every core — and hands the rows to the writer.
 
+pub mod backup;
 pub mod batch;
 pub mod codec;
 pub mod compact;
+pub mod deletion;
 pub mod events;
 pub mod expiry;
 pub mod filter;

@@ -1660,6 +1660,28 @@ pub fn record_count(pool: &Arc<Pool>, p: PartitionId) -> Result<u64, PgError> {
     Ok(n.max(0) as u64)
 }
 
+/// What a partition has held, over every node, for its deletion certificate:
+/// records and outcomes (each node's highest id, or its last head's if erased rows
+/// were the highest), and whether the partition is still listed.
+pub fn partition_counts(pool: &Arc<Pool>, p: PartitionId) -> Result<(u64, u64, bool), PgError> {
+    let row = pool.get()?.query_one(
+        "SELECT coalesce(sum(greatest(coalesce(r, 0), coalesce(hr, 0))), 0)::bigint, \
+                coalesce(sum(greatest(coalesce(o, 0), coalesce(ho, 0))), 0)::bigint, \
+                EXISTS (SELECT 1 FROM relaylog.partition WHERE name = $2) \
+         FROM (SELECT \
+           (SELECT max(id) FROM relaylog.record WHERE part = $1 AND node = n.id) AS r, \
+           (SELECT max(id) FROM relaylog.outcome WHERE part = $1 AND node = n.id) AS o, \
+           (SELECT record_through FROM relaylog.head WHERE part = $1 AND node = n.id \
+             ORDER BY seq DESC LIMIT 1) AS hr, \
+           (SELECT outcome_through FROM relaylog.head WHERE part = $1 AND node = n.id \
+             ORDER BY seq DESC LIMIT 1) AS ho \
+         FROM relaylog.node n) t",
+        &[&schema::part(p), &p.to_string()],
+    )?;
+    let (records, outcomes): (i64, i64) = (row.get(0), row.get(1));
+    Ok((records.max(0) as u64, outcomes.max(0) as u64, row.get(2)))
+}
+
 /// The tables made per partition (`<table>_<suffix>`, attached to `relaylog.<table>`).
 const PARTITIONED_TABLES: [&str; 4] = ["record", "posting", "outcome", "outcome_block"];
 

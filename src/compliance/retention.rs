@@ -1,0 +1,393 @@
+//! `relaylog report retention`: the evidence that traffic data is kept no longer than
+//! the retention period. It states the oldest record held, which partitions past
+//! retention are still kept and why (legal holds), whether every partition on record
+//! is accounted for (present, or removed under a deletion certificate), and lists the
+//! certificates with the public keys that verify them, so that an auditor can check
+//! them with those keys alone (`relaylog verify-retention REPORT --public-key KEY`).
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Backend, StoreConfig};
+use crate::export::rfc3339;
+use crate::ledger::{Hold, Ledger};
+use crate::store::deletion::{self, StoredCertificate, TrustedKey};
+use crate::store::expiry::past_retention;
+use crate::store::keys::{Keyring, hex, unhex};
+use crate::store::partition::PartitionId;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub generated_at: String,
+    pub retention: String,
+    /// Records older than this are past retention.
+    pub cutoff: String,
+    /// The oldest record the store holds, and its partition.
+    pub oldest_record: Option<String>,
+    pub oldest_partition: Option<String>,
+    pub partitions_present: usize,
+    /// Partitions wholly past retention kept by legal holds, with the cases.
+    pub held: Vec<HeldPartition>,
+    /// Partitions wholly past retention that nothing holds: expiry has yet to run.
+    pub overdue: Vec<String>,
+    /// No partition wholly past retention is kept but those legal holds keep.
+    pub nothing_older_in_store: bool,
+    /// Backups whose keys are not shredded yet (still readable), oldest first.
+    pub unshredded_backups: Vec<ReportBackup>,
+    /// No unshredded backup holds a partition that is past retention by now.
+    pub nothing_older_in_backups: bool,
+    /// The first partition on record, and how every one from it is accounted for.
+    pub accounted_from: Option<String>,
+    pub removed_under_certificate: usize,
+    pub never_made: u64,
+    /// Partitions not accounted for, and why (see `relaylog verify`).
+    pub problems: Vec<ReportProblem>,
+    pub audit_log_intact: bool,
+    /// The keys the certificates are signed with.
+    pub public_keys: Vec<ReportKey>,
+    pub certificates: Vec<ReportCertificate>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReportBackup {
+    pub id: String,
+    pub created_at: String,
+    pub oldest_partition: Option<String>,
+    /// When expiry shreds its key.
+    pub shred_at: String,
+    /// It holds partitions past retention by now (kept readable until `shred_at`).
+    pub holds_past_retention: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeldPartition {
+    pub partition: String,
+    pub cases: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReportProblem {
+    pub partition: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReportKey {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The raw Ed25519 public key, hex.
+    pub public_key: String,
+    pub fingerprint: String,
+}
+
+/// A certificate as filed: the exact signed document and its signature (hex).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReportCertificate {
+    pub partition: String,
+    pub certificate: String,
+    pub signature: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error(transparent)]
+    Register(#[from] deletion::RegisterError),
+    #[error(transparent)]
+    Present(#[from] deletion::PresentError),
+    #[error(transparent)]
+    Trust(#[from] deletion::TrustError),
+    #[error("partition {partition}: {message}")]
+    Partition { partition: String, message: String },
+    #[error("the store's database: {0}")]
+    Database(#[from] crate::pg::PgError),
+}
+
+/// The report as of `now`.
+pub fn report(
+    cfg: &StoreConfig,
+    ledger: &Ledger,
+    keyring: Option<&Keyring>,
+    now: DateTime<Utc>,
+) -> Result<RetentionReport, RetentionError> {
+    let present = deletion::present(cfg)?;
+    let holds = ledger.holds()?;
+    let (mut held, mut overdue) = (Vec::new(), Vec::new());
+    for &p in present
+        .iter()
+        .filter(|p| past_retention(cfg.retention, **p, now))
+    {
+        let cases = Hold::cases_holding(&holds, p);
+        if cases.is_empty() {
+            overdue.push(p.to_string());
+        } else {
+            held.push(HeldPartition {
+                partition: p.to_string(),
+                cases,
+            });
+        }
+    }
+    let oldest = oldest_record(cfg, &present)?;
+    let unshredded_backups: Vec<ReportBackup> = ledger
+        .backups()?
+        .into_iter()
+        .filter(|b| b.readable())
+        .map(|b| ReportBackup {
+            holds_past_retention: b
+                .oldest
+                .as_deref()
+                .and_then(PartitionId::parse)
+                .is_some_and(|p| past_retention(cfg.retention, p, now)),
+            id: b.id,
+            created_at: b.created_at,
+            oldest_partition: b.oldest,
+            shred_at: b.shred_at,
+        })
+        .collect();
+    let keys = deletion::trusted_keys(cfg, keyring)?;
+    let a = deletion::account(
+        cfg.partition,
+        &present,
+        &ledger.registered()?,
+        &ledger.certificates()?,
+        &keys,
+        0,
+        i64::MAX / 2,
+    );
+    let certificates = ledger
+        .certificates()?
+        .into_iter()
+        .map(|c| ReportCertificate {
+            partition: c.partition,
+            certificate: c.document,
+            signature: hex(&c.signature),
+        })
+        .collect();
+    Ok(RetentionReport {
+        generated_at: rfc3339(now.timestamp_micros()),
+        retention: deletion::retention_text(cfg.retention),
+        cutoff: rfc3339(cfg.retention.cutoff(now).timestamp_micros()),
+        oldest_record: oldest.map(|(_, at)| rfc3339(at)),
+        oldest_partition: oldest.map(|(p, _)| p.to_string()),
+        partitions_present: present.len(),
+        nothing_older_in_store: overdue.is_empty(),
+        nothing_older_in_backups: !unshredded_backups.iter().any(|b| b.holds_past_retention),
+        unshredded_backups,
+        held,
+        overdue,
+        accounted_from: a.first.map(|p| p.to_string()),
+        removed_under_certificate: a.removed.len(),
+        never_made: a.never,
+        problems: a
+            .problems
+            .iter()
+            .map(|(p, e)| ReportProblem {
+                partition: p.to_string(),
+                problem: e.to_string(),
+            })
+            .collect(),
+        audit_log_intact: ledger.verify_audit().is_ok(),
+        public_keys: keys
+            .iter()
+            .map(|k| ReportKey {
+                node: k.node.clone(),
+                public_key: hex(&k.public_key),
+                fingerprint: k.fingerprint(),
+            })
+            .collect(),
+        certificates,
+    })
+}
+
+/// The oldest record's time, from the oldest partition that has one.
+fn oldest_record(
+    cfg: &StoreConfig,
+    present: &[PartitionId],
+) -> Result<Option<(PartitionId, i64)>, RetentionError> {
+    for &p in present {
+        let at: Option<i64> = match &cfg.backend {
+            Backend::Sqlite => {
+                let err = |e: rusqlite::Error| RetentionError::Partition {
+                    partition: p.to_string(),
+                    message: e.to_string(),
+                };
+                let conn = rusqlite::Connection::open_with_flags(
+                    p.path_in(&cfg.path),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .map_err(err)?;
+                if !crate::store::schema::is_ready(&conn).map_err(err)? {
+                    continue;
+                }
+                conn.query_row("SELECT min(at_us) FROM record", [], |r| r.get(0))
+                    .map_err(err)?
+            }
+            Backend::Postgres(pg) => crate::pg::Pool::shared(pg)?
+                .get()?
+                .query_one(
+                    "SELECT min(at_us) FROM relaylog.record WHERE part = $1",
+                    &[&crate::pg::schema::part(p)],
+                )
+                .map_err(crate::pg::PgError::from)?
+                .get(0),
+        };
+        if let Some(at) = at {
+            return Ok(Some((p, at)));
+        }
+    }
+    Ok(None)
+}
+
+impl RetentionReport {
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "retention {}: records before {} are past it (report made {})\n",
+            self.retention, self.cutoff, self.generated_at
+        );
+        match (&self.oldest_record, &self.oldest_partition) {
+            (Some(at), Some(p)) => out += &format!("oldest record held: {at} (partition {p})\n"),
+            _ => out += "oldest record held: none (the store holds no records)\n",
+        }
+        out += &format!("partitions present: {}\n", self.partitions_present);
+        for h in &self.held {
+            out += &format!(
+                "past retention, kept by legal hold: {} (cases: {})\n",
+                h.partition,
+                h.cases.join(", ")
+            );
+        }
+        for p in &self.overdue {
+            out += &format!("PAST RETENTION, NOT HELD: {p} (expiry has yet to run)\n");
+        }
+        out += if self.nothing_older_in_store {
+            "nothing past retention is kept in the store but what legal holds keep\n"
+        } else {
+            "PARTITIONS PAST RETENTION ARE STILL KEPT\n"
+        };
+        for b in &self.unshredded_backups {
+            let past = if b.holds_past_retention {
+                ", HOLDS PARTITIONS PAST RETENTION until then"
+            } else {
+                ""
+            };
+            out += &format!(
+                "backup {} (made {}, oldest partition {}): its key is shredded {}{past}\n",
+                b.id,
+                b.created_at,
+                b.oldest_partition.as_deref().unwrap_or("-"),
+                b.shred_at
+            );
+        }
+        out += if self.nothing_older_in_backups {
+            "no unshredded backup holds anything past retention\n"
+        } else {
+            "unshredded backups hold partitions past retention until their keys are shredded\n"
+        };
+        match &self.accounted_from {
+            Some(first) => {
+                out += &format!(
+                    "every partition from {first}: {} present, {} removed under deletion certificates, {} never made, {} problem(s)\n",
+                    self.partitions_present,
+                    self.removed_under_certificate,
+                    self.never_made,
+                    self.problems.len()
+                )
+            }
+            None => out += "no partition on record\n",
+        }
+        for p in &self.problems {
+            out += &format!("PROBLEM {}: {}\n", p.partition, p.problem);
+        }
+        if !self.audit_log_intact {
+            out += "AUDIT LOG BROKEN: the register of partitions cannot be trusted\n";
+        }
+        for k in &self.public_keys {
+            let node = k
+                .node
+                .as_deref()
+                .map(|n| format!(" (node {n})"))
+                .unwrap_or_default();
+            out += &format!(
+                "signing key{node}: {} (sha256 {})\n",
+                k.public_key, k.fingerprint
+            );
+        }
+        for c in &self.certificates {
+            match serde_json::from_str::<deletion::Certificate>(&c.certificate) {
+                Ok(cert) => {
+                    out += &format!(
+                        "certificate {}: {} records, {} outcomes, keys shredded {}, cutoff {}\n",
+                        c.partition, cert.records, cert.outcomes, cert.shredded_at, cert.cutoff
+                    )
+                }
+                Err(_) => out += &format!("certificate {}: unreadable\n", c.partition),
+            }
+        }
+        out
+    }
+}
+
+/// What checking a report's certificates with public keys alone found.
+#[derive(Debug, Clone, Default)]
+pub struct ReportCheck {
+    pub certificates: usize,
+    pub failures: Vec<String>,
+}
+
+/// Checks every certificate of a report (as `report retention --json` wrote it) with
+/// `public_keys` alone: its signature, and that the partition it removed had ended
+/// before the cutoff it was removed under.
+pub fn check_report(text: &str, public_keys: &[Vec<u8>]) -> Result<ReportCheck, String> {
+    let report: RetentionReport =
+        serde_json::from_str(text).map_err(|e| format!("not a retention report: {e}"))?;
+    let keys: Vec<TrustedKey> = public_keys
+        .iter()
+        .map(|k| TrustedKey {
+            node: None,
+            public_key: k.clone(),
+        })
+        .collect();
+    let mut out = ReportCheck::default();
+    for c in &report.certificates {
+        out.certificates += 1;
+        let Some(signature) = unhex(&c.signature) else {
+            out.failures
+                .push(format!("{}: the signature is not hex", c.partition));
+            continue;
+        };
+        let stored = StoredCertificate {
+            partition: c.partition.clone(),
+            document: c.certificate.clone(),
+            signature,
+        };
+        let cert = match deletion::check(&stored, &keys) {
+            Ok(cert) => cert,
+            Err(e) => {
+                out.failures.push(format!("{}: {e}", c.partition));
+                continue;
+            }
+        };
+        let time = |s: &str| DateTime::parse_from_rfc3339(s).ok();
+        match (time(&cert.until), time(&cert.cutoff)) {
+            (Some(until), Some(cutoff)) if until <= cutoff => {}
+            _ => out.failures.push(format!(
+                "{}: not shown past retention when removed (it ends {}, the cutoff was {})",
+                c.partition, cert.until, cert.cutoff
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the raw public key files given to `verify-retention`.
+pub fn read_keys(
+    paths: &[impl AsRef<Path>],
+) -> Result<Vec<Vec<u8>>, crate::store::integrity::SigningKeyError> {
+    paths
+        .iter()
+        .map(|p| crate::store::integrity::read_public_key(p.as_ref()))
+        .collect()
+}
