@@ -254,7 +254,7 @@ async fn a_backup_made_under_load_restores_verified_and_is_unreadable_once_shred
     assert!(out.contains("key shredded"), "{out}");
     for file in [&archive, &copy] {
         let target = dir.path().join("too-late");
-        let (ok, out) = restore(&config_path, &file, &target);
+        let (ok, out) = restore(&config_path, file, &target);
         assert!(!ok && out.contains("was shredded on"), "{out}");
         assert!(!target.exists());
     }
