@@ -92,6 +92,8 @@ pub struct Metrics {
     pub smpp_window: Family<ListenerLabels, Gauge>,
     /// Delivery receipts from the SMSC, by whether they found their message.
     pub smpp_receipts: Family<ReceiptLabels, Counter>,
+    /// Data subjects' requests open past their deadline (counted every minute).
+    pub subject_requests_overdue: Gauge,
 }
 
 impl Default for Metrics {
@@ -156,6 +158,12 @@ impl Metrics {
             "journal_bypassed",
             "1 while the partitions are failing or stuck: clients wait for their commit, not for the journal",
             journal_bypassed.clone(),
+        );
+        let subject_requests_overdue = Gauge::default();
+        registry.register(
+            "subject_requests_overdue",
+            "Data subjects' requests open past their deadline (GDPR art. 12(3)), counted every minute",
+            subject_requests_overdue.clone(),
         );
         let journal_relay_frames = Counter::default();
         registry.register(
@@ -272,6 +280,7 @@ impl Metrics {
             journal_frame_records,
             journal_append_seconds,
             journal_bypassed,
+            subject_requests_overdue,
             journal_relay_frames,
             durable_wait_seconds,
             queue_depth,

@@ -662,6 +662,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                         .collect(),
                 })
             });
+            tasks.push(spawn_overdue_count(
+                &config,
+                clock.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
             if api.is_some() {
                 tasks.push(spawn_refusal_flush(
                     &config,
@@ -735,6 +741,43 @@ fn spawn_refusal_flush(
                         tracing::warn!(error = %e, "refused logins not written to the audit log yet; tried again in a minute");
                     }
                 }
+            }
+        }
+    })
+}
+
+/// At start-up and every minute, how many data subjects' requests are open past their
+/// deadline, for `/metrics` (a count only).
+fn spawn_overdue_count(
+    config: &Config,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    mut shutdown: shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    let ledger = config.store.clone();
+    tokio::spawn(async move {
+        loop {
+            let (ledger, today) = (ledger.clone(), clock.now().date_naive());
+            let counted = tokio::task::spawn_blocking(move || {
+                crate::ledger::Ledger::open_store(&ledger)
+                    .map_err(crate::compliance::requests::RequestError::from)?
+                    .overdue_requests(today)
+            })
+            .await;
+            match counted {
+                Ok(Ok(n)) => {
+                    metrics
+                        .subject_requests_overdue
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "overdue subject requests not counted; tried again in a minute")
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
             }
         }
     })

@@ -806,3 +806,187 @@ async fn a_flood_of_refused_calls_is_turned_away_and_audited_as_one_entry() {
     );
     s.running.shutdown().await;
 }
+
+/// Subject requests have a deadline: one month from receipt, extended once to three.
+/// Past it a request is overdue: in `subject request list` at an injected day, in
+/// `report cases`, and, with `serve` on a clock 40 days on, in `/metrics` (a count)
+/// and the API; `subject export --request` answers it, late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_requests_have_deadlines_and_overdue_ones_show_everywhere() {
+    let today = chrono::Utc::now().date_naive();
+    let late = today - chrono::Days::new(45);
+    let in_40_days = today + chrono::Days::new(40);
+    let clock = relaylog::clock::ManualClock::new(chrono::Utc::now() + chrono::Duration::days(40));
+    let mut seed = Vec::new();
+    let s = start_with(true, clock, |config| {
+        seed = add_officer(config, "anna", "officer");
+        let open = |subject: &[&str], received: &str| {
+            let mut args = vec!["subject", "request", "open"];
+            args.extend(subject);
+            args.extend(["--received", received]);
+            cli_ok(config, &args)
+        };
+        let out = open(&["--recipient", "+31612345678"], &late.to_string());
+        let due = relaylog::compliance::requests::deadline(late, false);
+        assert!(
+            out.contains(&format!(
+                "subject request 1: received {late}, answer by {due}"
+            )),
+            "{out}"
+        );
+        let out = open(&["--email", "Jan@Example.org"], &today.to_string());
+        assert!(out.contains("subject request 2"), "{out}");
+        // Received in the future: refused.
+        let tomorrow = (today + chrono::Days::new(1)).to_string();
+        let (ok, out) = cli(
+            config,
+            &[
+                "subject",
+                "request",
+                "open",
+                "--recipient",
+                "+31612345678",
+                "--received",
+                &tomorrow,
+            ],
+        );
+        assert!(!ok && out.contains("in the future"), "{out}");
+
+        // Extended once, within the first month, with a reason.
+        let out = cli_ok(
+            config,
+            &[
+                "subject",
+                "request",
+                "extend",
+                "2",
+                "--reason",
+                "many records across two systems",
+            ],
+        );
+        let extended = relaylog::compliance::requests::deadline(today, true);
+        assert!(out.contains(&format!("answer by {extended}")), "{out}");
+        let (ok, out) = cli(
+            config,
+            &["subject", "request", "extend", "2", "--reason", "again"],
+        );
+        assert!(!ok && out.contains("may be extended once"), "{out}");
+        let (ok, out) = cli(
+            config,
+            &["subject", "request", "extend", "1", "--reason", "too late"],
+        );
+        assert!(!ok && out.contains("within it"), "{out}");
+
+        // Today request 1 is overdue; 40 days on, 2 is not (extended).
+        let list = |now: &str| -> Vec<Value> {
+            serde_json::from_str(&cli_ok(
+                config,
+                &["subject", "request", "list", "--json", "--now", now],
+            ))
+            .unwrap()
+        };
+        let states = |v: Vec<Value>| -> Vec<String> {
+            v.iter()
+                .map(|r| r["state"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(states(list(&today.to_string())), ["overdue", "open"]);
+        assert_eq!(states(list(&in_40_days.to_string())), ["overdue", "open"]);
+        let listed = list(&today.to_string());
+        assert_eq!(listed[1]["kind"], "email");
+        assert!(
+            !listed
+                .iter()
+                .any(|r| r.to_string().contains("12345678") || r.to_string().contains("xample"))
+        );
+        let report = cli_ok(
+            config,
+            &[
+                "report",
+                "cases",
+                "--year",
+                &late.format("%Y").to_string(),
+                "--json",
+            ],
+        );
+        let report: Value = serde_json::from_str(&report).unwrap();
+        assert!(
+            report["subject_requests"]["overdue"].as_u64().unwrap() >= 1,
+            "{report}"
+        );
+    })
+    .await;
+
+    // serve, 40 days on: one overdue request, as a count in /metrics.
+    let r = s.admin.call(Method::GET, "/metrics", None, None).await;
+    assert!(
+        std::str::from_utf8(&r.body)
+            .unwrap()
+            .lines()
+            .any(|l| l == "relaylog_subject_requests_overdue 1"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let anna = s.admin.login("anna", &seed, &s.clock).await;
+    let listed = s
+        .admin
+        .get("/api/v1/subject-requests", &anna)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(listed["overdue"], 1, "{listed}");
+    assert_eq!(listed["requests"][0]["state"], "overdue");
+    assert_eq!(listed["requests"][1]["state"], "open");
+    assert_eq!(listed["today"], in_40_days.to_string());
+
+    // The export answers request 1 (late), and only once.
+    let body = json!({"request": 1, "purpose": "subject-access"});
+    let done = s
+        .admin
+        .post("/api/v1/subject-exports", &anna, Some(body.clone()))
+        .await;
+    assert_eq!(done.expect(StatusCode::CREATED)["request"], 1);
+    let again = s
+        .admin
+        .post("/api/v1/subject-exports", &anna, Some(body))
+        .await;
+    assert!(
+        again.expect(StatusCode::CONFLICT)["error"]
+            .as_str()
+            .unwrap()
+            .contains("was answered")
+    );
+    // Naming another subject than the request's: refused.
+    let other = json!({"request": 2, "recipient": "+31600000000", "purpose": "subject-access"});
+    let r = s
+        .admin
+        .post("/api/v1/subject-exports", &anna, Some(other))
+        .await;
+    assert!(
+        r.expect(StatusCode::BAD_REQUEST)["error"]
+            .as_str()
+            .unwrap()
+            .contains("not request 2")
+    );
+    let listed = s
+        .admin
+        .get("/api/v1/subject-requests", &anna)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(listed["overdue"], 0, "{listed}");
+    assert_eq!(listed["requests"][0]["state"], "answered-late");
+
+    let actions = audit_actions(&s.config_path);
+    let of = |a: &str| actions.iter().filter(|(x, _)| x == a).count();
+    assert_eq!(
+        (of("subject.request.open"), of("subject.request.extend")),
+        (2, 1)
+    );
+    let export = actions.iter().find(|(a, _)| a == "subject.export").unwrap();
+    assert_eq!(export.1["details"]["request"], 1, "{:?}", export.1);
+    assert!(
+        !actions
+            .iter()
+            .any(|(_, v)| v.to_string().contains("12345678"))
+    );
+    s.running.shutdown().await;
+}

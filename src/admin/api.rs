@@ -33,6 +33,7 @@ use crate::compliance::disclosure::{DiscloseError, Format, Installation};
 use crate::compliance::lookup::{LookupError, Window};
 use crate::compliance::officers::{Credentials, Officer, OfficerError, Role};
 use crate::compliance::purpose::Purpose;
+use crate::compliance::requests::{RequestError, RequestState};
 use crate::config::Config;
 use crate::export::{found_json, rfc3339};
 use crate::ledger::{AuditEntry, Ledger, LedgerError};
@@ -61,6 +62,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/cases/{id}/close"),
     ("POST", "/api/v1/cases/{id}/disclosures"),
     ("POST", "/api/v1/subject-exports"),
+    ("GET", "/api/v1/subject-requests"),
     ("POST", "/api/v1/accounts/{name}/offboard"),
     ("GET", "/api/v1/exports/{file}"),
     ("POST", "/api/v1/queries"),
@@ -174,6 +176,7 @@ impl Api {
             .route("/api/v1/cases/{id}/close", post(close_case))
             .route("/api/v1/cases/{id}/disclosures", post(disclose))
             .route("/api/v1/subject-exports", post(subject_export))
+            .route("/api/v1/subject-requests", get(list_subject_requests))
             .route("/api/v1/accounts/{name}/offboard", post(offboard))
             .route("/api/v1/exports/{file}", get(download))
             .route("/api/v1/queries", post(query))
@@ -336,6 +339,7 @@ impl From<DiscloseError> for ApiError {
                 "an export of that name exists already; try again in a moment",
             ),
             DiscloseError::Purpose(_) => ApiError::bad_request(e.to_string()),
+            DiscloseError::Request(e) => e.into(),
             DiscloseError::TooMany => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
@@ -343,6 +347,32 @@ impl From<DiscloseError> for ApiError {
             DiscloseError::Ledger(e) => ApiError::from_ledger(&e),
             e => ApiError::internal(&e),
         }
+    }
+}
+
+impl From<crate::compliance::report::ReportError> for ApiError {
+    fn from(e: crate::compliance::report::ReportError) -> ApiError {
+        use crate::compliance::report::ReportError;
+        match e {
+            ReportError::Case(e) => e.into(),
+            ReportError::Request(e) => e.into(),
+            ReportError::Ledger(e) => ApiError::from_ledger(&e),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> ApiError {
+        let status = match &e {
+            RequestError::Unknown(_) => StatusCode::NOT_FOUND,
+            RequestError::Closed { .. }
+            | RequestError::Extended(_)
+            | RequestError::TooLate { .. } => StatusCode::CONFLICT,
+            RequestError::Ledger(e) => return ApiError::from_ledger(e),
+            RequestError::Key(_) => return ApiError::internal(&e),
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -751,6 +781,8 @@ async fn disclose(
 struct SubjectForm {
     recipient: Option<String>,
     email: Option<String>,
+    /// The subject request the export answers (and closes).
+    request: Option<i64>,
     purpose: Purpose,
 }
 
@@ -759,20 +791,26 @@ async fn subject_export(
     who: Authed,
     Body(form): Body<SubjectForm>,
 ) -> Result<Response, ApiError> {
-    let subject = match (&form.recipient, &form.email) {
-        (Some(n), None) => criterion(IdentifierKind::Recipient, n, &api.numbers)?,
-        (None, Some(e)) => criterion(IdentifierKind::Email, e, &api.numbers)?,
-        _ => return Err(ApiError::bad_request("give one of recipient or email")),
+    let subject = match (&form.recipient, &form.email, form.request) {
+        (Some(n), None, _) => Some(criterion(IdentifierKind::Recipient, n, &api.numbers)?),
+        (None, Some(e), _) => Some(criterion(IdentifierKind::Email, e, &api.numbers)?),
+        (None, None, Some(_)) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give one of recipient or email, or a request",
+            ));
+        }
     };
     let _permit = api.exporting.try_acquire().map_err(|_| busy())?;
     api.settled().await?;
     let api2 = api.clone();
     let v = blocking(move || {
-        Ok(exported(&api2.subject_export(
-            &who,
-            form.purpose,
-            &subject,
-        )?))
+        let mut v =
+            exported(&api2.subject_export(&who, form.purpose, subject.as_ref(), form.request)?);
+        if let Some(id) = form.request {
+            v["request"] = id.into();
+        }
+        Ok(v)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -903,7 +941,8 @@ async fn report(
     let Query(p) = params.map_err(|r| ApiError::bad_request(r.body_text()))?;
     blocking(move || {
         let mut ledger = api.ledger()?;
-        let report = crate::compliance::report::cases_in_year(&ledger, p.year)?;
+        let today = crate::clock::micros_to_datetime(api.now()).date_naive();
+        let report = crate::compliance::report::cases_in_year(&ledger, p.year, today)?;
         ledger.audit(
             api.now(),
             &who.officer.name,
@@ -1030,6 +1069,32 @@ fn hold_json(h: &crate::ledger::Hold) -> Value {
         "placed_by": h.placed_by,
         "placed_at": rfc3339(h.placed_at),
     })
+}
+
+/// Every subject request with where it stands today, and how many are overdue (its
+/// subject only as kind and tag).
+async fn list_subject_requests(
+    axum::extract::State(api): State,
+    who: Authed,
+) -> Result<Json<Value>, ApiError> {
+    blocking(move || {
+        let (requests, today) = api.subject_requests(&who)?;
+        let mut overdue = 0;
+        let rows: Vec<Value> = requests
+            .iter()
+            .map(|r| {
+                let state = r.state(today);
+                overdue += usize::from(state == RequestState::Overdue);
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["state"] = serde_json::to_value(state).unwrap_or_default();
+                v
+            })
+            .collect();
+        Ok(Json(
+            json!({"today": today.to_string(), "overdue": overdue, "requests": rows}),
+        ))
+    })
+    .await
 }
 
 async fn list_holds(

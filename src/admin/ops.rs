@@ -23,6 +23,7 @@ use crate::compliance::lookup::{self, Lookup, Window};
 use crate::compliance::officers::{Credentials, Enrolment, Officer, OfficerError, Role};
 use crate::compliance::purpose::Purpose;
 use crate::compliance::refusals;
+use crate::compliance::requests::{RequestError, SubjectRequest};
 use crate::ledger::{AuditEntry, Hold, Ledger};
 
 /// Runs ledger and store work on the blocking pool.
@@ -445,28 +446,59 @@ impl Api {
         })
     }
 
+    /// A data subject's export, of `subject` or of the subject of `request` (which
+    /// it answers); given both, they must be the same.
     pub fn subject_export(
         &self,
         who: &Authed,
         purpose: Purpose,
-        subject: &Criterion,
+        subject: Option<&Criterion>,
+        request: Option<i64>,
     ) -> Result<Exported, ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
         let out = self.exports.join(export_name("subject", now, "json"));
         self.with_installation(|inst| {
+            let subject = match (request, subject) {
+                (Some(id), given) => {
+                    let of_request = ledger.request_subject(inst.master, id)?;
+                    if given.is_some_and(|g| *g != of_request) {
+                        return Err(RequestError::OtherSubject(id).into());
+                    }
+                    of_request
+                }
+                (None, Some(s)) => s.clone(),
+                (None, None) => {
+                    return Err(ApiError::bad_request(
+                        "give one of recipient, email or request",
+                    ));
+                }
+            };
             let d = disclosure::subject_export(
                 inst,
                 &mut ledger,
                 &who.officer,
                 purpose,
-                subject,
+                &subject,
+                request,
                 self.config.store.retention,
                 &out,
                 now,
             )?;
             Ok(Exported::of(&d))
         })
+    }
+
+    /// Every subject request, with where it stands today; audited.
+    pub fn subject_requests(
+        &self,
+        who: &Authed,
+    ) -> Result<(Vec<SubjectRequest>, chrono::NaiveDate), ApiError> {
+        let mut ledger = self.ledger()?;
+        let now = self.now();
+        ledger.audit(now, &who.officer.name, "subject.request.list", json!({}))?;
+        let today = crate::clock::micros_to_datetime(now).date_naive();
+        Ok((ledger.requests()?, today))
     }
 
     pub fn offboard(

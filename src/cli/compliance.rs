@@ -264,17 +264,63 @@ pub enum ReportCommand {
 #[derive(Debug, Subcommand)]
 pub enum SubjectCommand {
     /// Everything held about one number or address, with each record's deletion date
-    /// (password on standard input, and a TOTP code).
+    /// (password on standard input, and a TOTP code). With --request, the subject is
+    /// that request's, and the export answers (closes) it.
     Export(SubjectExportArgs),
+    /// Data subjects' requests and their deadlines (GDPR art. 12(3): one month from
+    /// receipt, extendable once by two months with a reason).
+    #[command(subcommand)]
+    Request(RequestCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestCommand {
+    /// Record a request received on --received (an officer's login); prints its id and
+    /// deadline.
+    #[command(group(clap::ArgGroup::new("subject").required(true).args(["recipient", "email"])))]
+    Open {
+        #[arg(long)]
+        recipient: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        /// The day the request was received (YYYY-MM-DD).
+        #[arg(long)]
+        received: String,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Extend an open request to three months from receipt, once, within its first
+    /// month (an officer's login).
+    Extend {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        login: Login,
+    },
+    /// Every request: received, deadline, and whether it is open, overdue or answered
+    /// (its subject only as kind and tag; an officer's login).
+    List {
+        #[arg(long)]
+        json: bool,
+        /// As of this day instead of today (RFC 3339 or date).
+        #[arg(long)]
+        now: Option<String>,
+        #[command(flatten)]
+        login: Login,
+    },
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("subject").required(true).args(["recipient", "email"])))]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["recipient", "email", "request"])))]
 pub struct SubjectExportArgs {
     #[arg(long)]
     pub recipient: Option<String>,
     #[arg(long)]
     pub email: Option<String>,
+    /// The subject request the export answers: its subject, and it is closed.
+    #[arg(long)]
+    pub request: Option<i64>,
     #[arg(long)]
     pub officer: String,
     #[arg(long)]
@@ -592,13 +638,135 @@ impl Exporter {
     }
 }
 
-pub(super) fn subject_export(config: &Config, args: &SubjectExportArgs) -> Result<()> {
+/// A data subject's number or address as given on the command line.
+fn subject_of(
+    config: &Config,
+    recipient: Option<&str>,
+    email: Option<&str>,
+) -> Result<crate::compliance::cases::Criterion> {
     use crate::compliance::cases::{IdentifierKind, criterion};
     let numbers = NumberNormalizer::new(config.store.default_region);
-    let subject = match (&args.recipient, &args.email) {
+    Ok(match (recipient, email) {
         (Some(n), _) => criterion(IdentifierKind::Recipient, n, &numbers)?,
         (_, Some(e)) => criterion(IdentifierKind::Email, e, &numbers)?,
         _ => bail!("give --recipient or --email"),
+    })
+}
+
+pub(super) fn subject_request(config: &Config, command: &RequestCommand) -> Result<()> {
+    use crate::compliance::officers::Role;
+    use crate::compliance::requests;
+    let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
+    match command {
+        RequestCommand::Open {
+            recipient,
+            email,
+            received,
+            login: l,
+        } => {
+            let subject = subject_of(config, recipient.as_deref(), email.as_deref())?;
+            let received = requests::parse_date(received)?;
+            let actor = login(
+                config,
+                &mut ledger,
+                l,
+                Role::Officer,
+                "subject.request.open",
+            )?;
+            let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
+            let now = SystemClock.now();
+            let (id, deadline) = ledger.open_request(
+                &master,
+                &actor,
+                &subject,
+                received,
+                now.date_naive(),
+                now.timestamp_micros(),
+            )?;
+            println!("subject request {id}: received {received}, answer by {deadline}");
+        }
+        RequestCommand::Extend {
+            id,
+            reason,
+            login: l,
+        } => {
+            let actor = login(
+                config,
+                &mut ledger,
+                l,
+                Role::Officer,
+                "subject.request.extend",
+            )?;
+            let now = SystemClock.now();
+            let deadline = ledger.extend_request(
+                &actor,
+                *id,
+                reason,
+                now.date_naive(),
+                now.timestamp_micros(),
+            )?;
+            println!("subject request {id}: extended, answer by {deadline}");
+        }
+        RequestCommand::List {
+            json,
+            now,
+            login: l,
+        } => {
+            login_and_audit(
+                config,
+                &mut ledger,
+                l,
+                Role::Officer,
+                "subject.request.list",
+            )?;
+            let today = match now {
+                Some(t) => super::parse_time(t, false)?,
+                None => SystemClock.now(),
+            }
+            .date_naive();
+            let list = ledger.requests()?;
+            if *json {
+                let rows: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(r).unwrap_or_default();
+                        v["state"] = serde_json::to_value(r.state(today)).unwrap_or_default();
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in &list {
+                    let state = serde_json::to_value(r.state(today)).unwrap_or_default();
+                    println!(
+                        "{}\t{} {}\treceived {}\tdeadline {}\t{}{}",
+                        r.id,
+                        r.kind,
+                        r.tag,
+                        r.received,
+                        r.deadline,
+                        state.as_str().unwrap_or_default(),
+                        r.answered_at
+                            .as_deref()
+                            .map(|a| format!(" {a}"))
+                            .unwrap_or_default()
+                    );
+                }
+                let overdue = list
+                    .iter()
+                    .filter(|r| r.state(today) == requests::RequestState::Overdue)
+                    .count();
+                println!("{} request(s), {overdue} overdue on {today}", list.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn subject_export(config: &Config, args: &SubjectExportArgs) -> Result<()> {
+    let given = match (&args.recipient, &args.email) {
+        (None, None) => None,
+        (r, e) => Some(subject_of(config, r.as_deref(), e.as_deref())?),
     };
     let mut x = Exporter::login(
         config,
@@ -607,6 +775,11 @@ pub(super) fn subject_export(config: &Config, args: &SubjectExportArgs) -> Resul
         "subject.export",
         crate::compliance::officers::Role::Officer,
     )?;
+    let subject = match (args.request, given) {
+        (Some(id), _) => x.ledger.request_subject(&x.keys.master, id)?,
+        (None, Some(s)) => s,
+        (None, None) => bail!("give --recipient, --email or --request"),
+    };
     let inst = x.keys.installation(config);
     let d = crate::compliance::disclosure::subject_export(
         &inst,
@@ -614,10 +787,14 @@ pub(super) fn subject_export(config: &Config, args: &SubjectExportArgs) -> Resul
         &x.officer,
         args.purpose,
         &subject,
+        args.request,
         config.store.retention,
         &args.out,
         x.now,
     )?;
+    if let Some(id) = args.request {
+        println!("subject request {id} answered");
+    }
     println!(
         "{} records to {}\nmanifest {} (sha256 of the export {})",
         d.records,

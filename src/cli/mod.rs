@@ -282,7 +282,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 }) => offboard(&config, name, out, officer, totp, *purpose),
                 Command::Report(ReportCommand::Cases { year, json }) => {
                     let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
-                    let report = crate::compliance::report::cases_in_year(&ledger, *year)?;
+                    let today = SystemClock.now().date_naive();
+                    let report = crate::compliance::report::cases_in_year(&ledger, *year, today)?;
                     ledger.audit(
                         SystemClock.now_micros(),
                         &actor(),
@@ -300,6 +301,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     report_retention(&config, *json, now.as_deref())
                 }
                 Command::Subject(SubjectCommand::Export(a)) => subject_export(&config, a),
+                Command::Subject(SubjectCommand::Request(r)) => subject_request(&config, r),
                 Command::Backup(b) => backup(&config, b),
                 Command::VerifyExport { manifest, .. } => {
                     verify_export_installed(&config, manifest)

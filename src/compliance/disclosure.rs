@@ -64,6 +64,8 @@ pub enum DiscloseError {
     Database(#[from] crate::pg::PgError),
     #[error(transparent)]
     Purpose(#[from] super::purpose::WrongPurpose),
+    #[error(transparent)]
+    Request(#[from] super::requests::RequestError),
 }
 
 /// Most records one export holds: an export is assembled in memory (deduplicated
@@ -642,7 +644,8 @@ pub fn write_manifest(
 /// [`Criterion::every_role`]), in every retained partition, each with
 /// the date it will be deleted. Records that an open or approved confidential case
 /// covers are left out (telling the subject would defeat the case). Signed and
-/// audited like a disclosure.
+/// audited like a disclosure. Given the subject request it answers (`request`), it
+/// closes that request in the export's audit entry's transaction.
 #[allow(clippy::too_many_arguments)]
 pub fn subject_export(
     inst: &Installation<'_>,
@@ -650,6 +653,7 @@ pub fn subject_export(
     officer: &Officer,
     purpose: Purpose,
     subject: &Criterion,
+    request: Option<i64>,
     retention: crate::config::Retention,
     out: &Path,
     now: Micros,
@@ -743,9 +747,11 @@ pub fn subject_export(
         "withheld_for_confidential_cases": withheld,
         "export_sha256": manifest.export_sha256,
         "purpose": purpose,
+        "request": request,
     });
-    write_signed(inst, out, &body, &manifest, || {
-        ledger.audit(now, &officer.name, "subject.export", details)
+    write_signed(inst, out, &body, &manifest, || match request {
+        Some(id) => ledger.audit_answer(id, now, &officer.name, details),
+        None => ledger.audit(now, &officer.name, "subject.export", details),
     })
 }
 

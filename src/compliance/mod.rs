@@ -8,5 +8,6 @@ pub mod officers;
 pub mod purpose;
 pub mod refusals;
 pub mod report;
+pub mod requests;
 pub mod retention;
 pub mod totp;

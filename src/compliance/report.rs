@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::cases::State;
 use super::disclosure::AGE_BANDS;
+use super::requests::RequestState;
 use crate::clock::micros_to_datetime;
 use crate::ledger::Ledger;
 
@@ -34,6 +35,19 @@ pub struct YearReport {
     /// offboardings) by the purpose each stated; `unstated` for reads audited before
     /// purposes were asked for.
     pub reads_by_purpose: BTreeMap<String, u64>,
+    /// Data subjects' requests received in the year, and where they stand on the day
+    /// the report is made.
+    pub subject_requests: SubjectRequests,
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SubjectRequests {
+    pub received: u64,
+    pub answered_in_time: u64,
+    pub answered_late: u64,
+    pub open: u64,
+    /// Open past their deadline on the day of the report.
+    pub overdue: u64,
 }
 
 /// The audit actions that read traffic data, each with the purpose it states (a
@@ -47,7 +61,12 @@ pub const READS: [&str; 6] = [
     "export.download",
 ];
 
-pub fn cases_in_year(ledger: &Ledger, year: i32) -> Result<YearReport, super::cases::CaseError> {
+/// The report of `year`, made on `today` (which decides which requests are overdue).
+pub fn cases_in_year(
+    ledger: &Ledger,
+    year: i32,
+    today: chrono::NaiveDate,
+) -> Result<YearReport, ReportError> {
     let mut r = YearReport {
         year,
         record_age_months: AGE_BANDS.iter().map(|b| (*b, 0)).collect(),
@@ -101,7 +120,34 @@ pub fn cases_in_year(ledger: &Ledger, year: i32) -> Result<YearReport, super::ca
             _ => {}
         }
     }
+    for q in ledger
+        .requests()?
+        .iter()
+        .filter(|q| q.received.year() == year)
+    {
+        let s = &mut r.subject_requests;
+        s.received += 1;
+        match q.state(today) {
+            RequestState::Answered => s.answered_in_time += 1,
+            RequestState::AnsweredLate => s.answered_late += 1,
+            RequestState::Open => s.open += 1,
+            RequestState::Overdue => {
+                s.open += 1;
+                s.overdue += 1;
+            }
+        }
+    }
     Ok(r)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Case(#[from] super::cases::CaseError),
+    #[error(transparent)]
+    Request(#[from] super::requests::RequestError),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 impl YearReport {
@@ -133,6 +179,11 @@ impl YearReport {
         for (k, v) in &self.reads_by_purpose {
             s += &format!("  {k}\t{v}\n");
         }
+        let q = &self.subject_requests;
+        s += &format!(
+            "subject requests\treceived {}, answered in time {}, answered late {}, open {}, OVERDUE {}\n",
+            q.received, q.answered_in_time, q.answered_late, q.open, q.overdue
+        );
         s
     }
 }
@@ -207,7 +258,12 @@ mod tests {
         )
         .unwrap();
         l.close_case(&officer("anna"), dropped, t2026).unwrap();
-        let r = cases_in_year(&l, 2026).unwrap();
+        let r = cases_in_year(
+            &l,
+            2026,
+            chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.cases, 3);
         assert_eq!(
             (
@@ -218,6 +274,15 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!((r.disclosures, r.records_disclosed), (1, 0));
-        assert_eq!(cases_in_year(&l, 2025).unwrap().cases, 1);
+        assert_eq!(
+            cases_in_year(
+                &l,
+                2025,
+                chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap()
+            )
+            .unwrap()
+            .cases,
+            1
+        );
     }
 }

@@ -140,13 +140,27 @@ CREATE TABLE IF NOT EXISTS backup (
     bytes       INTEGER,
     sha256      TEXT
 );
+-- Data subjects' requests (src/compliance/requests.rs), each with its deadline.
+CREATE TABLE IF NOT EXISTS subject_request (
+    id               INTEGER PRIMARY KEY,
+    kind             TEXT NOT NULL,      -- recipient or email
+    tag              TEXT NOT NULL,      -- the subject's audit tag
+    subject          BLOB NOT NULL,      -- the identifier, sealed under the master key
+    received         TEXT NOT NULL,      -- YYYY-MM-DD
+    deadline         TEXT NOT NULL,      -- YYYY-MM-DD, one month on (three, extended)
+    extension_reason TEXT,
+    opened_by        TEXT NOT NULL,
+    opened_at        INTEGER NOT NULL,
+    answered_at      INTEGER,
+    answered_by      TEXT
+);
 ";
 
 /// The ledger's schema version (`PRAGMA user_version`). 1: the officer's lockout
 /// columns, which ledgers made before it lack. 2: `refusal.written` (the table holds
 /// only the current minute's counts: one without the column is made again). 3:
 /// `audit.case_id` and its index (filled from the entries already there). 4: the
-/// `deletion` and `backup` tables (made by [`DDL`]; the version keeps an older build,
+/// `deletion`, `backup` and `subject_request` tables (made by [`DDL`]; the version keeps an older build,
 /// which would expire partitions without certificates and never shred a backup's
 /// key, from opening the ledger).
 const SCHEMA_VERSION: i64 = 4;

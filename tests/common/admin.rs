@@ -146,6 +146,16 @@ pub struct Setup {
 
 /// `serve` with a TLS admin listener, on a manual clock set to now.
 pub async fn start(four_eyes: bool) -> Setup {
+    start_with(four_eyes, ManualClock::new(chrono::Utc::now()), |_| {}).await
+}
+
+/// [`start`], on `clock`, with `prepare` run on the configuration's path (keys made,
+/// the database initialised on PostgreSQL) before `serve` starts.
+pub async fn start_with(
+    four_eyes: bool,
+    clock: ManualClock,
+    prepare: impl FnOnce(&std::path::Path),
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert, key) = (dir.path().join("admin.crt"), dir.path().join("admin.key"));
@@ -160,7 +170,8 @@ pub async fn start(four_eyes: bool) -> Setup {
     let config_path = write_config(dir.path(), &text);
     init_keys(dir.path());
     let config = Config::parse(&text, &config_path).unwrap();
-    let clock = ManualClock::new(chrono::Utc::now());
+    init_database(&config);
+    prepare(&config_path);
     let running = start_serve(config.clone(), Arc::new(clock.clone()))
         .await
         .unwrap();

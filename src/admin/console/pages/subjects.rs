@@ -74,7 +74,9 @@ pub(super) async fn subject_export(State(c): St, p: Posted<SubjectForm>) -> Page
     c.api.settled().await?;
     let api = c.api.clone();
     let page_nav = nav(&p.signed);
-    let x = blocking(move || api.subject_export(&p.signed.who, p.form.purpose, &subject)).await?;
+    let x =
+        blocking(move || api.subject_export(&p.signed.who, p.form.purpose, Some(&subject), None))
+            .await?;
     Ok(render(
         StatusCode::CREATED,
         &ExportedPage {
