@@ -44,6 +44,18 @@ fn restore_ok(config: &Path, file: &Path, into: &Path) -> String {
     out
 }
 
+/// The `wrapped_key` column of every backup a ledger file records.
+fn wrapped_keys(ledger: &Path) -> Vec<Vec<u8>> {
+    rusqlite::Connection::open(ledger)
+        .unwrap()
+        .prepare("SELECT wrapped_key FROM backup")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 const OLD_NUMBER: &str = "+31687654321";
 
 #[tokio::test]
@@ -207,6 +219,7 @@ async fn a_backup_made_under_load_restores_verified_and_is_unreadable_once_shred
             relaylog::store::integrity::load_public_key(&config.store.signing_key).unwrap();
         relaylog::store::backup::restore(
             &config.store,
+            config.backup.retention,
             &mut ledger,
             &master,
             &public_key,
@@ -217,22 +230,48 @@ async fn a_backup_made_under_load_restores_verified_and_is_unreadable_once_shred
         )
         .unwrap()
     });
-    assert_eq!(restored_later.expired, [old]);
+    assert_eq!(restored_later.left_out, [old]);
     assert_eq!(restored_later.partitions.len(), 1);
     assert!(!old.path_in(&later.join("store")).exists());
     assert!(!later.join(format!("keyring/{old}.key")).exists());
     let out = cli_ok(&restored_config(dir.path(), &later), &["verify"]);
     assert!(
-        out.contains("1 present, 1 removed under certificates")
+        out.contains("1 present, 0 removed under certificates, 1 left out at restore")
             && out.contains("1 partition(s) verified, 0 problem(s)"),
         "{out}"
     );
     assert!(
-        out.contains(&format!(
-            "{old}  removed  deletion certificate ok (1 records"
-        )),
+        out.contains(&format!("{old}  left out  by the restore")),
         "{out}"
     );
+    // A backup's key is only in the ledger that made it: through a restored copy of
+    // the ledger no backup opens, neither this one (made after the copy) nor, through
+    // a later backup's ledger, an earlier one (its key emptied in the copy). Else a
+    // shredded backup could be opened through a restored copy.
+    let (ok, out) = restore(&restored_cfg, &archive, &dir.path().join("through-copy"));
+    assert!(
+        !ok && out.contains("is not in this installation's ledger"),
+        "{out}"
+    );
+    let second = dir.path().join("second.rlbackup");
+    cli_ok(
+        &config_path,
+        &["backup", "create", "--out", &second.display().to_string()],
+    );
+    let restored2 = dir.path().join("restored2");
+    restore_ok(&config_path, &second, &restored2);
+    assert_eq!(
+        wrapped_keys(&restored2.join("ledger.sqlite")),
+        [Vec::<u8>::new()],
+        "the first backup's row, its key emptied"
+    );
+    let (ok, out) = restore(
+        &restored_config(dir.path(), &restored2),
+        &archive,
+        &dir.path().join("through-copy"),
+    );
+    assert!(!ok && out.contains("holds no key for it"), "{out}");
+    assert!(!dir.path().join("through-copy").exists());
 
     // A damaged archive restores nothing.
     let mut bytes = std::fs::read(&archive).unwrap();
@@ -243,7 +282,7 @@ async fn a_backup_made_under_load_restores_verified_and_is_unreadable_once_shred
     let target = dir.path().join("from-damaged");
     let (ok, out) = restore(&config_path, &damaged, &target);
     assert!(!ok && out.contains("damaged or was changed"), "{out}");
-    assert!(!target.exists() && !dir.path().join("from-damaged.restoring").exists());
+    assert!(!target.exists() && !dir.path().join(".from-damaged.restoring").exists());
 
     // Past backup.retention, expiry shreds the key: the archive, and a copy of it
     // taken before, are refused, and the wrapped key is gone from the ledger.
@@ -258,15 +297,8 @@ async fn a_backup_made_under_load_restores_verified_and_is_unreadable_once_shred
         assert!(!ok && out.contains("was shredded on"), "{out}");
         assert!(!target.exists());
     }
-    let keys: Vec<Vec<u8>> = rusqlite::Connection::open(&config.store.ledger)
-        .unwrap()
-        .prepare("SELECT wrapped_key FROM backup WHERE partitions IS NOT NULL")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(keys, [Vec::<u8>::new()]);
+    let keys = wrapped_keys(&config.store.ledger);
+    assert_eq!(keys, [Vec::<u8>::new(), Vec::new()]);
     let list = cli_ok(&config_path, &["backup", "list"]);
     assert!(list.contains("shredded"), "{list}");
     let actions: Vec<String> = audit_entries(dir.path())
@@ -280,6 +312,9 @@ async fn a_backup_made_under_load_restores_verified_and_is_unreadable_once_shred
             "backup.create",
             "backup.restore",
             "backup.restore",
+            "backup.create",
+            "backup.restore",
+            "backup.shred",
             "backup.shred"
         ]
     );

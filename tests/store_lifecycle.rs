@@ -266,7 +266,7 @@ async fn every_expired_day_has_a_signed_certificate_and_every_day_is_accounted_f
     // verify: 396 days present and intact, 4 removed under certificates.
     let out = common::cli_ok(&config, &["verify"]);
     assert!(
-        out.contains("every partition from 2025-10-01 accounted for: 396 present, 4 removed under certificates, 0 never made (no records), 0 problem(s)"),
+        out.contains("every partition from 2025-10-01 accounted for: 396 present, 4 removed under certificates, 0 left out at restore, 0 never made (no records), 0 problem(s)"),
         "{out}"
     );
     assert!(
@@ -286,38 +286,54 @@ async fn every_expired_day_has_a_signed_certificate_and_every_day_is_accounted_f
             "2026-11-05T12:00:00Z",
         ],
     );
-    let report: relaylog::compliance::retention::RetentionReport =
+    let signed: relaylog::compliance::retention::SignedReport =
         serde_json::from_str(&report).unwrap();
+    let report = &signed.report;
     assert_eq!(report.oldest_partition.as_deref(), Some("2025-10-05"));
     assert_eq!(
         report.oldest_record.as_deref(),
         Some("2025-10-05T12:00:00.000000Z")
     );
     assert!(report.nothing_older_in_store && report.overdue.is_empty());
+    assert!(report.nothing_older_in_backups && report.unshredded_backups.is_empty());
     assert_eq!((report.certificates.len(), report.problems.len()), (4, 0));
     assert_eq!(report.removed_under_certificate, 4);
-    let report_file = dir.path().join("retention.json");
-    std::fs::write(&report_file, serde_json::to_vec(&report).unwrap()).unwrap();
+    let write = |name: &str, r: &relaylog::compliance::retention::SignedReport| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, serde_json::to_vec(r).unwrap()).unwrap();
+        file
+    };
     let public_key = dir.path().join("keys/signing.key.pub");
-    let verify_retention = |file: &Path| {
-        let (file, key) = (file.display().to_string(), public_key.display().to_string());
+    let verify_retention = |file: &Path, key: &Path| {
+        let (file, key) = (file.display().to_string(), key.display().to_string());
         common::cli(&config, &["verify-retention", &file, "--public-key", &key])
     };
-    let (ok, out) = verify_retention(&report_file);
+    let (ok, out) = verify_retention(&write("retention.json", &signed), &public_key);
     assert!(
-        ok && out.contains("4 deletion certificate(s) checked, 0 failed"),
+        ok && out.contains("report signature ok; 4 deletion certificate(s) checked; 0 failure(s)"),
         "{out}"
     );
-    // A report whose certificate was changed after it was made fails that check.
-    let mut forged = report.clone();
-    forged.certificates[1].certificate = forged.certificates[1]
+    // Another installation's key does not verify it.
+    let other = dir.path().join("other.key");
+    relaylog::store::integrity::create_signing_key(&other).unwrap();
+    let other_pub = relaylog::store::integrity::public_key_path(&other);
+    let (ok, out) = verify_retention(&write("retention.json.2", &signed), &other_pub);
+    assert!(!ok && out.contains("signed by a key not given"), "{out}");
+    // Changed after it was made (a certificate, or a claim): its signature fails.
+    let mut forged = signed.clone();
+    forged.report.certificates[1].certificate = forged.report.certificates[1]
         .certificate
         .replace("\"records\":1", "\"records\":0");
-    let forged_file = dir.path().join("forged.json");
-    std::fs::write(&forged_file, serde_json::to_vec(&forged).unwrap()).unwrap();
-    let (ok, out) = verify_retention(&forged_file);
+    let (ok, out) = verify_retention(&write("forged.json", &forged), &public_key);
     assert!(
-        !ok && out.contains("2025-10-02: its signature does not verify"),
+        !ok && out.contains("the report's signature does not verify"),
+        "{out}"
+    );
+    let mut claimed = signed.clone();
+    claimed.report.oldest_partition = Some("2025-11-01".into());
+    let (ok, out) = verify_retention(&write("claimed.json", &claimed), &public_key);
+    assert!(
+        !ok && out.contains("the report's signature does not verify"),
         "{out}"
     );
 
@@ -338,6 +354,12 @@ async fn every_expired_day_has_a_signed_certificate_and_every_day_is_accounted_f
         out.contains("2025-10-10  DAMAGED  missing: registered in the audit log, but neither present nor removed under a deletion certificate"),
         "{out}"
     );
+    // A report made now says so, signed: it does not pass the auditor's check.
+    let damaged = common::cli_ok(&config, &["report", "retention", "--json"]);
+    let damaged: relaylog::compliance::retention::SignedReport =
+        serde_json::from_str(&damaged).unwrap();
+    let (ok, out) = verify_retention(&write("damaged.json", &damaged), &public_key);
+    assert!(!ok && out.contains("FAILED  2025-10-10: missing"), "{out}");
 
     // A certificate edited in the ledger: damage too.
     let edit = "UPDATE deletion SET certificate = replace(certificate, '\"records\":1', '\"records\":0') \

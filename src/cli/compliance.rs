@@ -993,12 +993,15 @@ pub(super) fn report_retention(config: &Config, json: bool, now: Option<&str>) -
             return Err(anyhow::Error::new(e)
                 .context("on PostgreSQL the nodes' keys are trusted only with the master key"));
         }
+        Err(e @ keys::KeyError::DirectoryWritable { .. }) => return Err(e.into()),
         Err(_) => None,
     };
     let now = match now {
         Some(t) => super::parse_time(t, false)?,
         None => SystemClock.now(),
     };
+    let key = crate::store::integrity::load_signing_key(&config.store.signing_key)
+        .context("the report is signed with the installation's signing key")?;
     let report =
         crate::compliance::retention::report(&config.store, &ledger, keyring.as_ref(), now)?;
     ledger.audit(
@@ -1011,10 +1014,16 @@ pub(super) fn report_retention(config: &Config, json: bool, now: Option<&str>) -
             "problems": report.problems.len(),
         }),
     )?;
+    let text = report.to_text();
+    let signed = report.sign(&key);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(&signed)?);
     } else {
-        print!("{}", report.to_text());
+        print!("{text}");
+        println!(
+            "(signed by the key with SHA-256 {}; `--json` gives the signed report for `relaylog verify-retention`)",
+            signed.key_fingerprint
+        );
     }
     Ok(())
 }
@@ -1028,17 +1037,20 @@ pub(super) fn verify_retention(
     let text = std::fs::read_to_string(report)
         .with_context(|| format!("cannot read {}", report.display()))?;
     let keys = retention::read_keys(public_keys)?;
-    let check = retention::check_report(&text, &keys).map_err(anyhow::Error::msg)?;
+    let check = retention::check_report(&text, &keys)?;
     for f in &check.failures {
         println!("FAILED  {f}");
     }
     println!(
-        "{} deletion certificate(s) checked, {} failed",
+        "report signature ok; {} deletion certificate(s) checked; {} failure(s)",
         check.certificates,
         check.failures.len()
     );
     if !check.failures.is_empty() {
-        bail!("{} certificate(s) do not verify", check.failures.len());
+        bail!(
+            "the report does not show retention kept: {} failure(s)",
+            check.failures.len()
+        );
     }
     Ok(())
 }

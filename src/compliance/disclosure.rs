@@ -446,9 +446,7 @@ impl JsonArrayFile {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(digest::digest(&digest::SHA256, bytes).as_ref())
-}
+pub use crate::store::keys::sha256_hex;
 
 /// Creates `path` with `bytes`, failing if it exists (never overwrites).
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), DiscloseError> {

@@ -1,22 +1,39 @@
 //! `relaylog report retention`: the evidence that traffic data is kept no longer than
 //! the retention period. It states the oldest record held, which partitions past
-//! retention are still kept and why (legal holds), whether every partition on record
-//! is accounted for (present, or removed under a deletion certificate), and lists the
-//! certificates with the public keys that verify them, so that an auditor can check
-//! them with those keys alone (`relaylog verify-retention REPORT --public-key KEY`).
+//! retention are still kept and why (legal holds), the backups still readable, whether
+//! every partition on record is accounted for (present, or removed under a deletion
+//! certificate), and lists the certificates with the public keys that verify them.
+//! The report is signed with the installation's key (over [`REPORT_DOMAIN`] and the
+//! report's JSON), so that an auditor checks it, and every certificate in it, with
+//! that key alone: `relaylog verify-retention REPORT --public-key KEY`.
 
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Backend, StoreConfig};
 use crate::export::rfc3339;
 use crate::ledger::{Hold, Ledger};
-use crate::store::deletion::{self, StoredCertificate, TrustedKey};
+use crate::store::deletion::{self, OnRecord, StoredCertificate, TrustedKey};
 use crate::store::expiry::past_retention;
-use crate::store::keys::{Keyring, hex, unhex};
+use crate::store::keys::{Keyring, hex, sha256_hex, unhex};
 use crate::store::partition::PartitionId;
+
+/// What a report's signature covers, ahead of the report's JSON.
+pub const REPORT_DOMAIN: &[u8] = b"relaylog retention report v1\n";
+
+/// A report as `report retention --json` prints it: the report, and the signature
+/// over its JSON (`serde_json::to_string(&report)`, the bytes a verifier makes again
+/// from the parsed report).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignedReport {
+    pub report: RetentionReport,
+    /// SHA-256 of the public key that verifies `signature`.
+    pub key_fingerprint: String,
+    pub signature: String,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -41,6 +58,8 @@ pub struct RetentionReport {
     /// The first partition on record, and how every one from it is accounted for.
     pub accounted_from: Option<String>,
     pub removed_under_certificate: usize,
+    /// Left out by the restore that made this store (past retention then).
+    pub left_out_at_restore: usize,
     pub never_made: u64,
     /// Partitions not accounted for, and why (see `relaylog verify`).
     pub problems: Vec<ReportProblem>,
@@ -95,8 +114,6 @@ pub enum RetentionError {
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
     #[error(transparent)]
-    Register(#[from] deletion::RegisterError),
-    #[error(transparent)]
     Present(#[from] deletion::PresentError),
     #[error(transparent)]
     Trust(#[from] deletion::TrustError),
@@ -148,17 +165,9 @@ pub fn report(
         })
         .collect();
     let keys = deletion::trusted_keys(cfg, keyring)?;
-    let a = deletion::account(
-        cfg.partition,
-        &present,
-        &ledger.registered()?,
-        &ledger.certificates()?,
-        &keys,
-        0,
-        i64::MAX / 2,
-    );
-    let certificates = ledger
-        .certificates()?
+    let mut record = OnRecord::read(ledger)?;
+    let a = deletion::account(cfg.partition, &present, &record, &keys, 0, i64::MAX / 2);
+    let certificates = std::mem::take(&mut record.certificates)
         .into_iter()
         .map(|c| ReportCertificate {
             partition: c.partition,
@@ -168,7 +177,7 @@ pub fn report(
         .collect();
     Ok(RetentionReport {
         generated_at: rfc3339(now.timestamp_micros()),
-        retention: deletion::retention_text(cfg.retention),
+        retention: cfg.retention.to_string(),
         cutoff: rfc3339(cfg.retention.cutoff(now).timestamp_micros()),
         oldest_record: oldest.map(|(_, at)| rfc3339(at)),
         oldest_partition: oldest.map(|(p, _)| p.to_string()),
@@ -180,6 +189,7 @@ pub fn report(
         overdue,
         accounted_from: a.first.map(|p| p.to_string()),
         removed_under_certificate: a.removed.len(),
+        left_out_at_restore: a.left_out.len(),
         never_made: a.never,
         problems: a
             .problems
@@ -330,19 +340,53 @@ impl RetentionReport {
     }
 }
 
-/// What checking a report's certificates with public keys alone found.
+impl RetentionReport {
+    /// The report signed with `key` (the installation's, or this node's).
+    pub fn sign(self, key: &Ed25519KeyPair) -> SignedReport {
+        let signature = key.sign(&signed_bytes(&self)).as_ref().to_vec();
+        SignedReport {
+            report: self,
+            key_fingerprint: sha256_hex(key.public_key().as_ref()),
+            signature: hex(&signature),
+        }
+    }
+}
+
+fn signed_bytes(report: &RetentionReport) -> Vec<u8> {
+    let mut m = REPORT_DOMAIN.to_vec();
+    m.extend_from_slice(
+        serde_json::to_string(report)
+            .expect("a report serialises")
+            .as_bytes(),
+    );
+    m
+}
+
+/// What checking a report with public keys alone found.
 #[derive(Debug, Clone, Default)]
 pub struct ReportCheck {
     pub certificates: usize,
+    /// Why the report does not show the promise kept: a signature that does not
+    /// verify, or what the report itself says is wrong.
     pub failures: Vec<String>,
 }
 
-/// Checks every certificate of a report (as `report retention --json` wrote it) with
-/// `public_keys` alone: its signature, and that the partition it removed had ended
-/// before the cutoff it was removed under.
-pub fn check_report(text: &str, public_keys: &[Vec<u8>]) -> Result<ReportCheck, String> {
-    let report: RetentionReport =
-        serde_json::from_str(text).map_err(|e| format!("not a retention report: {e}"))?;
+/// Checks a report (as `report retention --json` wrote it) with `public_keys` alone:
+/// its own signature, every certificate's signature and that each partition had
+/// ended before the cutoff it was removed under; then what the signed report states
+/// (problems, partitions past retention kept but not held, a broken audit log).
+pub fn check_report(text: &str, public_keys: &[Vec<u8>]) -> Result<ReportCheck, CheckError> {
+    let signed: SignedReport =
+        serde_json::from_str(text).map_err(|e| CheckError::Malformed(e.to_string()))?;
+    let key = public_keys
+        .iter()
+        .find(|k| sha256_hex(k) == signed.key_fingerprint)
+        .ok_or_else(|| CheckError::UnknownKey(signed.key_fingerprint.clone()))?;
+    let signature = unhex(&signed.signature).ok_or(CheckError::Signature)?;
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(&signed_bytes(&signed.report), &signature)
+        .map_err(|_| CheckError::Signature)?;
+    let report = &signed.report;
     let keys: Vec<TrustedKey> = public_keys
         .iter()
         .map(|k| TrustedKey {
@@ -363,23 +407,37 @@ pub fn check_report(text: &str, public_keys: &[Vec<u8>]) -> Result<ReportCheck, 
             document: c.certificate.clone(),
             signature,
         };
-        let cert = match deletion::check(&stored, &keys) {
-            Ok(cert) => cert,
-            Err(e) => {
-                out.failures.push(format!("{}: {e}", c.partition));
-                continue;
-            }
-        };
-        let time = |s: &str| DateTime::parse_from_rfc3339(s).ok();
-        match (time(&cert.until), time(&cert.cutoff)) {
-            (Some(until), Some(cutoff)) if until <= cutoff => {}
-            _ => out.failures.push(format!(
-                "{}: not shown past retention when removed (it ends {}, the cutoff was {})",
-                c.partition, cert.until, cert.cutoff
-            )),
+        if let Err(e) = deletion::check(&stored, &keys) {
+            out.failures.push(format!("{}: {e}", c.partition));
         }
     }
+    out.failures.extend(
+        report
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.partition, p.problem)),
+    );
+    out.failures.extend(
+        report
+            .overdue
+            .iter()
+            .map(|p| format!("{p}: past retention and held by nothing, still kept")),
+    );
+    if !report.audit_log_intact {
+        out.failures
+            .push("the audit log is broken: the register of partitions cannot be trusted".into());
+    }
     Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("not a signed retention report: {0}")]
+    Malformed(String),
+    #[error("the report is signed by a key not given (fingerprint {0})")]
+    UnknownKey(String),
+    #[error("the report's signature does not verify: it was changed after it was made")]
+    Signature,
 }
 
 /// Reads the raw public key files given to `verify-retention`.

@@ -197,6 +197,15 @@ impl StoreConfig {
     }
 }
 
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Retention::Months(n) => write!(f, "{n} months"),
+            Retention::Days(n) => write!(f, "{n} days"),
+        }
+    }
+}
+
 impl Retention {
     /// The instant before which a partition must be wholly gone: `now` minus the
     /// retention, in calendar months (31 January − 1 month = 31 December; 31 March −

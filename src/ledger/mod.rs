@@ -125,8 +125,9 @@ CREATE TABLE IF NOT EXISTS deletion (
     signature   BLOB NOT NULL,
     at_us       INTEGER NOT NULL
 );
--- Backups (src/store/backup.rs): each archive's key, wrapped by the master key, until
--- expiry shreds it (wrapped_key emptied, shredded_at set).
+-- Backups (src/store/backup/): each archive's key, wrapped by the master key, until
+-- expiry shreds it (wrapped_key emptied, shredded_at set). The only copy of that key:
+-- the ledger inside an archive has every wrapped_key emptied.
 CREATE TABLE IF NOT EXISTS backup (
     id          TEXT PRIMARY KEY,   -- 32 hex digits, the archive's header holds it
     created_at  INTEGER NOT NULL,
@@ -134,11 +135,11 @@ CREATE TABLE IF NOT EXISTS backup (
     shred_at    INTEGER NOT NULL,
     wrapped_key BLOB NOT NULL,
     shredded_at INTEGER,
-    partitions  INTEGER,            -- NULL until the archive is complete
+    partitions  INTEGER NOT NULL,
     oldest      TEXT,
     newest      TEXT,
-    bytes       INTEGER,
-    sha256      TEXT
+    bytes       INTEGER NOT NULL,
+    sha256      TEXT NOT NULL
 );
 -- Data subjects' requests (src/compliance/requests.rs), each with its deadline.
 CREATE TABLE IF NOT EXISTS subject_request (
@@ -365,6 +366,10 @@ impl Ledger {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        // Freed space is overwritten with zeros: a shredded backup key, a disabled
+        // officer's secrets, do not linger in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")
             .map_err(err)?;
         conn.execute_batch(DDL).map_err(err)?;
         migrate(&mut conn).map_err(err)?;

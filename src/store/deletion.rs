@@ -8,13 +8,14 @@
 //!   document signed with the installation's Ed25519 key (on PostgreSQL, the expiring
 //!   node's), over [`CERTIFICATE_DOMAIN`] followed by the document's exact bytes.
 //! - **The register.** Every partition a store holds is named once in the hash-chained
-//!   audit log (`partition.register`), by `serve` (at start-up and every
+//!   audit log (`partition.register`; two nodes at once may both name one), by `serve`
+//!   (at start-up and every
 //!   `store.expire-interval`) and by `relaylog expire`, before anything is removed.
 //!   A partition on record is then either present, or removed under a valid
 //!   certificate: one gone without a certificate is damage, and a day never
 //!   registered had no partition (nothing was recorded that day).
 //!
-//! Order, for crash safety (see [`super::expiry::execute`]): the facts are read from
+//! Order, for crash safety (see `expiry::remove_certified`): the facts are read from
 //! the partition, its keys shredded, the certificate written, then its file or tables
 //! removed. A crash before the certificate leaves the partition a candidate for the
 //! next run (its file is still there); one after it finds the certificate already
@@ -28,7 +29,7 @@ use rusqlite::OpenFlags;
 use serde::{Deserialize, Serialize};
 
 use super::integrity::{self, SigningKeyError};
-use super::keys::{Keyring, hex, unhex};
+use super::keys::{Keyring, hex};
 use super::partition::{self, PartitionId};
 use crate::config::{Backend, Granularity, Retention, StoreConfig};
 use crate::export::rfc3339;
@@ -107,6 +108,10 @@ pub enum CertificateError {
     Signature,
     #[error("it certifies partition {certified}, but is filed under {filed}")]
     Misfiled { certified: String, filed: String },
+    #[error(
+        "it does not show the partition past retention when removed (it ends {until}, the cutoff was {cutoff})"
+    )]
+    Early { until: String, cutoff: String },
 }
 
 /// A public key certificates may be signed with: the installation's, or on
@@ -123,9 +128,7 @@ impl TrustedKey {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
+pub use super::keys::sha256_hex;
 
 /// The keys certificates of this store are checked with. On PostgreSQL the master
 /// key (in `keyring`) decides which nodes' keys are trusted.
@@ -133,26 +136,24 @@ pub fn trusted_keys(
     cfg: &StoreConfig,
     keyring: Option<&Keyring>,
 ) -> Result<Vec<TrustedKey>, TrustError> {
-    let own = integrity::load_public_key(&cfg.signing_key)?;
-    let mut keys = vec![TrustedKey {
-        node: None,
-        public_key: own,
-    }];
-    if let Backend::Postgres(pg) = &cfg.backend {
-        let keyring = keyring.ok_or(TrustError::NoMasterKey)?;
-        let tagger = keyring.master().node_tagger();
-        let pool = crate::pg::Pool::shared(pg)?;
-        let nodes = crate::pg::schema::nodes(&mut *pool.get()?)?;
-        keys = nodes
-            .into_iter()
-            .filter(|n| n.authentic(&tagger))
-            .map(|n| TrustedKey {
-                node: Some(n.name),
-                public_key: n.public_key,
-            })
-            .collect();
-    }
-    Ok(keys)
+    let Backend::Postgres(pg) = &cfg.backend else {
+        return Ok(vec![TrustedKey {
+            node: None,
+            public_key: integrity::load_public_key(&cfg.signing_key)?,
+        }]);
+    };
+    let keyring = keyring.ok_or(TrustError::NoMasterKey)?;
+    let tagger = keyring.master().node_tagger();
+    let pool = crate::pg::Pool::shared(pg)?;
+    let nodes = crate::pg::schema::nodes(&mut *pool.get()?)?;
+    Ok(nodes
+        .into_iter()
+        .filter(|n| n.authentic(&tagger))
+        .map(|n| TrustedKey {
+            node: Some(n.name),
+            public_key: n.public_key,
+        })
+        .collect())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +193,14 @@ pub fn check(
             filed: stored.partition.clone(),
         });
     }
-    Ok(cert)
+    let time = |s: &str| DateTime::parse_from_rfc3339(s).ok();
+    match (time(&cert.until), time(&cert.cutoff)) {
+        (Some(until), Some(cutoff)) if until <= cutoff => Ok(cert),
+        _ => Err(CertificateError::Early {
+            until: cert.until,
+            cutoff: cert.cutoff,
+        }),
+    }
 }
 
 fn signed_bytes(document: &str) -> Vec<u8> {
@@ -226,13 +234,12 @@ fn certified_head(node: Option<String>, h: &integrity::Head, signature: &[u8]) -
 
 /// Reads a partition's counts and last signed heads (values stay sealed: no key
 /// is needed).
-pub fn facts(
-    cfg: &StoreConfig,
-    keyring: &Keyring,
-    p: PartitionId,
-) -> Result<Facts, crate::pg::PgError> {
+pub fn facts(cfg: &StoreConfig, keyring: &Keyring, p: PartitionId) -> Result<Facts, FactsError> {
     match &cfg.backend {
-        Backend::Sqlite => Ok(sqlite_facts(&p.path_in(&cfg.path))),
+        Backend::Sqlite => sqlite_facts(&p.path_in(&cfg.path)).map_err(|source| FactsError::Busy {
+            partition: p.to_string(),
+            source,
+        }),
         Backend::Postgres(pg) => {
             let pool = crate::pg::Pool::shared(pg)?;
             let tagger = keyring.master().node_tagger();
@@ -252,9 +259,11 @@ pub fn facts(
     }
 }
 
-pub(crate) fn sqlite_facts(path: &std::path::Path) -> Facts {
+/// A partition file's facts; one that cannot be read as a partition (damaged) is
+/// certified as such, `unreadable`; busy or locked is an error.
+fn sqlite_facts(path: &std::path::Path) -> rusqlite::Result<Facts> {
     if !path.exists() {
-        return Facts::default();
+        return Ok(Facts::default());
     }
     let read = || -> rusqlite::Result<Facts> {
         let conn = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -287,11 +296,35 @@ pub(crate) fn sqlite_facts(path: &std::path::Path) -> Facts {
                 .collect(),
         })
     };
-    read().unwrap_or_else(|e| Facts {
-        rows_found: true,
-        unreadable: Some(e.to_string()),
-        ..Facts::default()
-    })
+    match read() {
+        Ok(f) => Ok(f),
+        // Busy or locked: a moment's doing; the partition waits for the next run.
+        Err(
+            e @ rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error {
+                    code: rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked,
+                    ..
+                },
+                _,
+            ),
+        ) => Err(e),
+        Err(e) => Ok(Facts {
+            rows_found: true,
+            unreadable: Some(e.to_string()),
+            ..Facts::default()
+        }),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    #[error("partition {partition} is busy; it is removed at the next run: {source}")]
+    Busy {
+        partition: String,
+        source: rusqlite::Error,
+    },
+    #[error("the store's database: {0}")]
+    Database(#[from] crate::pg::PgError),
 }
 
 /// Who signs certificates: the installation's (or this node's) signing key.
@@ -330,7 +363,7 @@ impl Signer {
             rows_found: facts.rows_found,
             unreadable: facts.unreadable,
             heads: facts.heads,
-            retention: retention_text(retention),
+            retention: retention.to_string(),
             cutoff: rfc3339(cutoff.timestamp_micros()),
             shredded_at: rfc3339(shredded_at.timestamp_micros()),
             node: self.node.clone(),
@@ -342,11 +375,12 @@ impl Signer {
     }
 }
 
-pub fn retention_text(r: Retention) -> String {
-    match r {
-        Retention::Months(n) => format!("{n} months"),
-        Retention::Days(n) => format!("{n} days"),
-    }
+fn stored_of_row(r: &crate::ledger::db::Row) -> crate::ledger::db::DbResult<StoredCertificate> {
+    Ok(StoredCertificate {
+        partition: r.text(0)?,
+        document: r.text(1)?,
+        signature: r.blob(2)?,
+    })
 }
 
 impl Ledger {
@@ -372,6 +406,19 @@ impl Ledger {
         Ok(n == 1)
     }
 
+    /// The certificate filed for `partition`, if any.
+    pub fn certificate(&self, partition: &str) -> Result<Option<StoredCertificate>, LedgerError> {
+        let err = sql_err(&self.path);
+        let row = self
+            .db()
+            .query_opt(
+                "SELECT partition, certificate, signature FROM deletion WHERE partition = ?1",
+                &[&partition],
+            )
+            .map_err(err)?;
+        row.map(|r| stored_of_row(&r)).transpose().map_err(err)
+    }
+
     /// Every certificate filed, by partition.
     pub fn certificates(&self) -> Result<Vec<StoredCertificate>, LedgerError> {
         let err = sql_err(&self.path);
@@ -382,13 +429,7 @@ impl Ledger {
             )
             .map_err(err)?
             .iter()
-            .map(|r| {
-                Ok(StoredCertificate {
-                    partition: r.text(0)?,
-                    document: r.text(1)?,
-                    signature: r.blob(2)?,
-                })
-            })
+            .map(stored_of_row)
             .collect::<crate::ledger::db::DbResult<Vec<_>>>()
             .map_err(err)
     }
@@ -406,13 +447,42 @@ impl Ledger {
         let mut out = BTreeSet::new();
         for r in rows {
             let details = r.text(0).map_err(err)?;
-            let v: serde_json::Value = serde_json::from_str(&details).unwrap_or_default();
-            if let Some(list) = v.get("partitions").and_then(|l| l.as_array()) {
-                out.extend(list.iter().filter_map(|p| p.as_str().map(str::to_owned)));
-            }
+            out.extend(named_partitions(&details).ok_or_else(|| LedgerError::Sql {
+                path: self.path.clone(),
+                message: format!("a `{REGISTER}` entry names no partitions: {details}"),
+            })?);
         }
         Ok(out)
     }
+
+    /// Partitions a restore left out of this (restored) ledger's store: past
+    /// retention and held by nothing (see [`super::backup::LEFT_OUT`]).
+    pub fn left_out_at_restore(&self) -> Result<BTreeSet<String>, LedgerError> {
+        let err = sql_err(&self.path);
+        let rows = self
+            .db()
+            .query(
+                "SELECT details FROM audit WHERE action = ?1 ORDER BY seq",
+                &[&super::backup::LEFT_OUT],
+            )
+            .map_err(err)?;
+        let mut out = BTreeSet::new();
+        for r in rows {
+            let details = r.text(0).map_err(err)?;
+            out.extend(named_partitions(&details).unwrap_or_default());
+        }
+        Ok(out)
+    }
+}
+
+/// The `partitions` an audit entry's details name.
+fn named_partitions(details: &str) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(details).ok()?;
+    v.get("partitions")?
+        .as_array()?
+        .iter()
+        .map(|p| p.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The partitions the store holds now (files, or the PostgreSQL partitions' rows).
@@ -517,6 +587,8 @@ pub struct Accounting {
     pub first: Option<PartitionId>,
     pub present: Vec<PartitionId>,
     pub removed: Vec<(PartitionId, Certificate)>,
+    /// Left out by the restore that made this store (past retention, held by nothing).
+    pub left_out: Vec<PartitionId>,
     /// Partitions between the first and the last on record that never existed (no
     /// traffic, or relaylog not running): neither registered, present nor certified.
     pub never: u64,
@@ -526,28 +598,54 @@ pub struct Accounting {
 /// Accounts for every partition in `[since, until)` from the first on record:
 /// present, removed under a valid certificate, or never made; anything else is a
 /// problem.
+/// What the ledger says of the store's partitions (see [`account`]).
+#[derive(Debug, Clone, Default)]
+pub struct OnRecord {
+    pub registered: BTreeSet<String>,
+    pub certificates: Vec<StoredCertificate>,
+    /// Left out by the restore that made this store.
+    pub left_out: BTreeSet<String>,
+}
+
+impl OnRecord {
+    pub fn read(ledger: &Ledger) -> Result<OnRecord, LedgerError> {
+        Ok(OnRecord {
+            registered: ledger.registered()?,
+            certificates: ledger.certificates()?,
+            left_out: ledger.left_out_at_restore()?,
+        })
+    }
+}
+
 pub fn account(
     granularity: Granularity,
     present: &[PartitionId],
-    registered: &BTreeSet<String>,
-    certificates: &[StoredCertificate],
+    record: &OnRecord,
     keys: &[TrustedKey],
     since: i64,
     until: i64,
 ) -> Accounting {
-    let present: BTreeSet<PartitionId> = present.iter().copied().collect();
-    let registered: BTreeSet<PartitionId> = registered
-        .iter()
-        .filter_map(|n| PartitionId::parse(n))
-        .filter(|p| p.granularity() == granularity)
-        .collect();
-    let certified: BTreeMap<PartitionId, &StoredCertificate> = certificates
+    let ours = |p: &PartitionId| p.granularity() == granularity;
+    let parse = |names: &BTreeSet<String>| -> BTreeSet<PartitionId> {
+        names
+            .iter()
+            .filter_map(|n| PartitionId::parse(n))
+            .filter(ours)
+            .collect()
+    };
+    let present: BTreeSet<PartitionId> = present.iter().copied().filter(ours).collect();
+    let registered = parse(&record.registered);
+    let left_out = parse(&record.left_out);
+    let certified: BTreeMap<PartitionId, &StoredCertificate> = record
+        .certificates
         .iter()
         .filter_map(|c| PartitionId::parse(&c.partition).map(|p| (p, c)))
+        .filter(|(p, _)| ours(p))
         .collect();
     let mut all: BTreeSet<PartitionId> = present.clone();
     all.extend(registered.iter().copied());
     all.extend(certified.keys().copied());
+    all.extend(left_out.iter().copied());
     let in_window = |p: &PartitionId| p.start_micros() < until && p.end_micros() > since;
     let mut out = Accounting {
         first: all.iter().copied().find(in_window),
@@ -568,6 +666,7 @@ pub fn account(
                 out.removed.push((p, c));
             }
             (false, Some(Err(e))) => out.problems.push((p, Problem::Certificate(e))),
+            (false, None) if left_out.contains(&p) => out.left_out.push(p),
             (false, None) => out.problems.push((p, Problem::Missing)),
         }
     }
@@ -594,22 +693,14 @@ pub fn account_store(
     until: i64,
 ) -> Result<Accounting, RegisterError> {
     let present = present(cfg)?;
-    let registered = ledger.registered()?;
-    let certificates = ledger.certificates()?;
     Ok(account(
         cfg.partition,
         &present,
-        &registered,
-        &certificates,
+        &OnRecord::read(ledger)?,
         keys,
         since,
         until,
     ))
-}
-
-/// Parses a signature written as hex (a report's certificates).
-pub fn signature_from_hex(s: &str) -> Option<Vec<u8>> {
-    unhex(s)
 }
 
 #[cfg(test)]
@@ -673,8 +764,11 @@ mod tests {
         let a = account(
             Granularity::Day,
             &present,
-            &registered,
-            &certs,
+            &OnRecord {
+                registered,
+                certificates: certs.to_vec(),
+                left_out: BTreeSet::new(),
+            },
             &[key],
             0,
             day(8).start_micros(),
@@ -700,8 +794,11 @@ mod tests {
         let a = account(
             Granularity::Day,
             &[],
-            &registered,
-            &[edited, misfiled, foreign],
+            &OnRecord {
+                registered,
+                certificates: [edited, misfiled, foreign].to_vec(),
+                left_out: BTreeSet::new(),
+            },
             &[key],
             0,
             day(5).start_micros(),
@@ -737,8 +834,11 @@ mod tests {
         let a = account(
             Granularity::Day,
             &[day(3)],
-            &names(&[day(1), day(3)]),
-            &certs,
+            &OnRecord {
+                registered: names(&[day(1), day(3)]),
+                certificates: certs.to_vec(),
+                left_out: BTreeSet::new(),
+            },
             &[key],
             0,
             day(4).start_micros(),
@@ -751,5 +851,35 @@ mod tests {
             ]
         );
         assert_eq!(a.removed.len(), 2);
+    }
+
+    #[test]
+    fn an_early_certificate_is_refused_and_a_restore_s_left_out_accounted() {
+        let (s, key) = signer();
+        // Removed 2027-03-01 under a 13-month retention: the cutoff is 2026-02-01.
+        let march = PartitionId::of_date(
+            Granularity::Day,
+            NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+        );
+        let early = certificate(&s, march, true);
+        assert!(matches!(
+            check(&early, std::slice::from_ref(&key)),
+            Err(CertificateError::Early { .. })
+        ));
+        let record = OnRecord {
+            registered: names(&[day(1), day(2)]),
+            certificates: vec![],
+            left_out: names(&[day(1)]),
+        };
+        let a = account(
+            Granularity::Day,
+            &[],
+            &record,
+            &[key],
+            0,
+            day(3).start_micros(),
+        );
+        assert_eq!(a.left_out, [day(1)]);
+        assert_eq!(a.problems, [(day(2), Problem::Missing)]);
     }
 }

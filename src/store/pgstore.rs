@@ -36,10 +36,7 @@ pub fn master_check(master: &super::keys::MasterKey) -> String {
 
 /// The store settings every node must share, as `relaylog.installation` keeps them.
 pub fn shared_settings(cfg: &crate::config::StoreConfig) -> String {
-    let retention = match cfg.retention {
-        Retention::Months(n) => format!("{n} months"),
-        Retention::Days(n) => format!("{n} days"),
-    };
+    let retention = cfg.retention;
     let partition = match cfg.partition {
         Granularity::Day => "day",
         Granularity::Month => "month",
