@@ -1094,3 +1094,244 @@ fn reads_on_the_command_line_need_an_officer() {
     assert_eq!(of("officer.list"), [("adam".to_owned(), "{}".to_owned())]);
     assert!(cli(&config, &["audit", "verify"]).0);
 }
+
+/// FQLite's way of reading an ETSI file: a `/`-separated path of local names, each
+/// step the first child element of that name, whatever its namespace.
+fn find<'a>(node: roxmltree::Node<'a, 'a>, path: &str) -> Option<roxmltree::Node<'a, 'a>> {
+    path.split('/').try_fold(node, |n, part| {
+        n.children()
+            .find(|c| c.is_element() && c.tag_name().name() == part)
+    })
+}
+
+fn text<'a>(node: roxmltree::Node<'a, 'a>, path: &str) -> Option<&'a str> {
+    find(node, path).and_then(|n| n.text()).map(str::trim)
+}
+
+/// The local name of an element's first child element (an ASN.1 choice in XER).
+fn choice<'a>(node: roxmltree::Node<'a, 'a>, path: &str) -> Option<&'a str> {
+    find(node, path)?
+        .children()
+        .find(|c| c.is_element())
+        .map(|c| c.tag_name().name())
+}
+
+/// `"key"="value";` pairs, split as FQLite splits `otherInformation`.
+fn pairs(s: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut rest = s;
+    while let Some(start) = rest.find('"') {
+        let after = &rest[start + 1..];
+        let Some(k_end) = after.find('"') else { break };
+        let key = &after[..k_end];
+        let after = &after[k_end + 1..];
+        let Some(v_start) = after.find("=\"") else {
+            break;
+        };
+        let after = &after[v_start + 2..];
+        let Some(v_end) = after.find('"') else { break };
+        out.insert(key.to_owned(), after[..v_end].to_owned());
+        rest = &after[v_end + 1..];
+    }
+    out
+}
+
+/// ETSI TS 102 657 delivery: a case with SMS and e-mail records disclosed as a
+/// RetainedDataMessage. Well-formed, namespaced, one ResponseRecord per record, an SMS
+/// with both party legs and an e-mail as a messaging record, times in GeneralizedTime,
+/// relaylog's own fields in otherInformation; read along the element paths FQLite's
+/// importer reads; signed and verified like the other exports.
+#[tokio::test]
+async fn an_etsi_export_holds_every_record_where_forensic_tools_read_it() {
+    use relaylog::canonical::{Form, Identifier};
+    use relaylog::record::{Protocol, Service, Submission};
+    let dir = tempfile::tempdir().unwrap();
+    let settings = config_text(dir.path(), "kannel", None, "", "") + SINGLE_OPERATOR;
+    let config = write_config(
+        dir.path(),
+        &(settings.clone() + "csp-id = \"NL-RELAYLOG-01\"\n"),
+    );
+    let without_csp = dir.path().join("without-csp.toml");
+    std::fs::write(&without_csp, &settings).unwrap();
+    assert!(cli(&config, &["init"]).0);
+    let store_cfg = relaylog::config::Config::load(&config).unwrap().store;
+    let now = chrono::Utc::now();
+    let clock = relaylog::clock::ManualClock::new(now);
+    let store = off_runtime(|| open_store(&store_cfg, &clock));
+    let rec = store.recorder();
+    let at = now.timestamp_micros();
+    let sms = |to: &str, from: &str| Submission {
+        originator: Some(Identifier {
+            form: Form::E164,
+            value: from.into(),
+        }),
+        ..one_recipient(&rec, at, "acme", to)
+    };
+    rec.record(&sms("+31612345601", "+31687654321"))
+        .await
+        .unwrap();
+    rec.record(&sms("+31612345601", "+31611111111"))
+        .await
+        .unwrap();
+    let mail = Submission {
+        protocol: Protocol::Smtp,
+        service: Service::Email,
+        originator: Some(Identifier {
+            form: Form::Email,
+            value: "anna@example.org".into(),
+        }),
+        recipients: vec![Identifier {
+            form: Form::Email,
+            value: "bob@example.net".into(),
+        }],
+        ..one_recipient(&rec, at, "mailer", "+31600000000")
+    };
+    rec.record(&mail).await.unwrap();
+    // Another recipient's: not in the case.
+    rec.record(&sms("+31699999999", "+31687654321"))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let _anna = add_officer(&config, "anna", "approver");
+    let bob = add_officer(&config, "bob", "approver");
+    let carl = add_officer(&config, "carl", "officer");
+    let day = now.date_naive().to_string();
+    let (ok, out) = open_case(
+        &config,
+        "anna",
+        "2026-200",
+        (&day, &day),
+        &["--recipient", "+31612345601", "--email", "bob@example.net"],
+    );
+    assert!(ok, "{out}");
+    assert!(approve_case(&config, 1, "bob", &totp_now(&bob)).0);
+    let export = dir.path().join("case1.xml");
+    let disclose = |config: &std::path::Path, code: &str| {
+        cli_with_input(
+            config,
+            &[
+                "disclose",
+                "--purpose",
+                "lawful-request",
+                "--case",
+                "1",
+                "--format",
+                "etsi-xml",
+                "--officer",
+                "carl",
+                "--totp",
+                code,
+                "--out",
+                export.to_str().unwrap(),
+            ],
+            "carl-long-password\n",
+        )
+    };
+    let (ok, out) = disclose(&without_csp, &totp_now(&carl));
+    assert!(!ok && out.contains("set compliance.csp-id"), "{out}");
+    assert!(!export.exists());
+    let (ok, out) = disclose(&config, &totp_ahead(&carl, 1));
+    assert!(ok && out.contains("3 records"), "{out}");
+
+    let xml = std::fs::read_to_string(&export).unwrap();
+    let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "RetainedDataMessage");
+    assert_eq!(
+        root.tag_name().namespace(),
+        Some("http://uri.etsi.org/02657/v1.28.1#/RetainedData")
+    );
+    // The header, as FQLite reads it.
+    let header = find(root, "retainedDataHeader").unwrap();
+    assert_eq!(text(header, "requestID/countryCode"), Some("NL"));
+    assert_eq!(
+        text(header, "requestID/authorisedOrganisationID"),
+        Some("OM-0042")
+    );
+    assert_eq!(text(header, "requestID/requestNumber"), Some("2026-200"));
+    assert_eq!(text(header, "cSPID"), Some("NL-RELAYLOG-01"));
+    let generalized =
+        |s: &str| s.len() == 15 && s[..14].bytes().all(|b| b.is_ascii_digit()) && s.ends_with('Z');
+    assert!(generalized(text(header, "timeStamp").unwrap()));
+    // Every element in the namespace (no stray default-namespace elements).
+    assert!(
+        doc.descendants()
+            .filter(|n| n.is_element())
+            .all(|n| n.tag_name().namespace() == root.tag_name().namespace())
+    );
+
+    // One ResponseRecord per record, found anywhere (getElementsByTagNameNS("*", ...)).
+    let records: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.is_element() && n.tag_name().name() == "ResponseRecord")
+        .collect();
+    assert_eq!(records.len(), 3);
+    let (mut sms_legs, mut mails) = (Vec::new(), 0);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(text(*r, "recordNumber"), Some((i + 1).to_string().as_str()));
+        let other = pairs(text(*r, "additionalInformation/otherInformation").unwrap());
+        assert!(
+            other.contains_key("time") && other.contains_key("client_ip"),
+            "{other:?}"
+        );
+        let tsu = "recordPayload/telephonyRecord/telephonyServiceUsage";
+        if let Some(parties) = find(*r, &format!("{tsu}/partyInformation")) {
+            assert_eq!(other["account"], "acme");
+            assert_eq!(other["service"], "sms");
+            let legs: Vec<_> = parties
+                .children()
+                .filter(|c| c.is_element() && c.tag_name().name() == "TelephonyPartyInformation")
+                .collect();
+            assert_eq!(legs.len(), 2, "both party legs");
+            let roles: Vec<_> = legs
+                .iter()
+                .map(|l| choice(*l, "partyRole").unwrap())
+                .collect();
+            assert_eq!(roles, ["sms-Originator", "sms-Recipient"]);
+            assert!(roles.iter().all(|r| r.to_lowercase().starts_with("sms")));
+            for l in &legs {
+                assert!(generalized(
+                    text(*l, "communicationTime/startTime").unwrap()
+                ));
+            }
+            assert_eq!(text(legs[1], "partyNumber"), Some("+31612345601"));
+            sms_legs.push(text(legs[0], "partyNumber").unwrap().to_owned());
+        } else {
+            let usage = find(*r, "recordPayload/messagingRecord/messagingServiceUsage").unwrap();
+            let parties: Vec<_> = find(usage, "messagingPartyInformation")
+                .unwrap()
+                .children()
+                .filter(|c| c.is_element())
+                .collect();
+            assert_eq!(choice(parties[0], "partyRole"), Some("sender"));
+            assert_eq!(text(parties[0], "emailAddress"), Some("anna@example.org"));
+            assert_eq!(text(parties[0], "iPAddress"), Some("192.0.2.1"));
+            assert_eq!(choice(parties[1], "partyRole"), Some("receiver-to"));
+            assert_eq!(text(parties[1], "emailAddress"), Some("bob@example.net"));
+            assert!(generalized(text(usage, "messagingEventTime").unwrap()));
+            assert_eq!(other["account"], "mailer");
+            mails += 1;
+        }
+    }
+    sms_legs.sort();
+    assert_eq!(sms_legs, ["+31611111111", "+31687654321"]);
+    assert_eq!(mails, 1);
+    assert!(!xml.contains("+31699999999"), "only the case's records");
+
+    // Signed like the other exports: verified with the public key alone.
+    let manifest = dir.path().join("case1.xml.manifest.json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["format"], "etsi-xml");
+    let public = dir.path().join("keys/signing.key.pub");
+    let (ok, out) = cli(
+        &dir.path().join("no-such-config.toml"),
+        &[
+            "verify-export",
+            manifest.to_str().unwrap(),
+            "--public-key",
+            public.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("export verified: case 1"), "{out}");
+}

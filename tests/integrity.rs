@@ -432,6 +432,7 @@ async fn offboarding_erases_in_signed_chunks_and_the_store_still_verifies() {
             keyring: &keyring,
             master: &master,
             signer: &signer,
+            csp_id: "",
         };
         let mut ledger = relaylog::ledger::Ledger::open_store(&cfg).unwrap();
         let root = root_officer();
@@ -569,6 +570,7 @@ fn erase_account(cfg: &StoreConfig, account: &str, out: &std::path::Path, now: i
             keyring: &keyring,
             master: &master,
             signer: &signer,
+            csp_id: "",
         };
         let mut ledger = relaylog::ledger::Ledger::open_store(cfg).unwrap();
         let root = root_officer();

@@ -212,6 +212,7 @@ impl Api {
                 keyring,
                 master: &self.master,
                 signer: &self.signer,
+                csp_id: &self.config.compliance.csp_id,
             })
         })
     }
@@ -338,7 +339,9 @@ impl From<DiscloseError> for ApiError {
                 StatusCode::CONFLICT,
                 "an export of that name exists already; try again in a moment",
             ),
-            DiscloseError::Purpose(_) => ApiError::bad_request(e.to_string()),
+            DiscloseError::Purpose(_) | DiscloseError::NoCspId => {
+                ApiError::bad_request(e.to_string())
+            }
             DiscloseError::Request(e) => e.into(),
             DiscloseError::TooMany => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
@@ -865,6 +868,7 @@ pub(super) fn send_file(file: tokio::fs::File, len: u64, name: &str) -> Response
     let ctype = match Path::new(name).extension().and_then(|e| e.to_str()) {
         Some("json") => "application/json",
         Some("csv") => "text/csv; charset=utf-8",
+        Some("xml") => "application/xml",
         _ => "text/plain; charset=utf-8",
     };
     let body =

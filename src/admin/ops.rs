@@ -424,10 +424,7 @@ impl Api {
     ) -> Result<Exported, ApiError> {
         let now = self.now();
         let mut ledger = self.ledger()?;
-        let ext = match format {
-            Format::Json => "json",
-            Format::Csv => "csv",
-        };
+        let ext = format.extension();
         let out = self
             .exports
             .join(export_name(&format!("case-{id}"), now, ext));
@@ -554,7 +551,9 @@ impl Api {
             .filter(|p| {
                 let name = file_name(p);
                 name.starts_with(&prefix)
-                    && (name.ends_with(".json") || name.ends_with(".csv"))
+                    && [Format::Json, Format::Csv, Format::EtsiXml]
+                        .iter()
+                        .any(|f| name.ends_with(&format!(".{}", f.extension())))
                     && !name.ends_with(".manifest.json")
             })
             .map(|export| {

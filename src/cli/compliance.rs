@@ -602,6 +602,7 @@ impl ExportKeys {
             keyring: &self.keyring,
             master: &self.master,
             signer: &self.signer,
+            csp_id: &config.compliance.csp_id,
         }
     }
 }

@@ -30,10 +30,23 @@ use crate::store::query::{self, Criteria, Found};
 use crate::store::{integrity, schema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Format {
     Json,
     Csv,
+    /// ETSI TS 102 657 XML (a RetainedDataMessage): see [`super::etsi`].
+    EtsiXml,
+}
+
+impl Format {
+    /// The export file's extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::EtsiXml => "xml",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +79,10 @@ pub enum DiscloseError {
     Purpose(#[from] super::purpose::WrongPurpose),
     #[error(transparent)]
     Request(#[from] super::requests::RequestError),
+    #[error(
+        "an ETSI export names the provider: set compliance.csp-id (the identifier the authorities know it by)"
+    )]
+    NoCspId,
 }
 
 /// Most records one export holds: an export is assembled in memory (deduplicated
@@ -369,9 +386,11 @@ pub fn heads(
     Ok(out)
 }
 
-/// Writes records as JSON (an array) or CSV (a header row, then a row each).
-pub fn render(records: &[Found], format: Format) -> Vec<u8> {
+/// Writes records as JSON (an array), CSV (a header row, then a row each) or an ETSI
+/// RetainedDataMessage answering the request `header` names.
+pub fn render(records: &[Found], format: Format, header: &super::etsi::Header<'_>) -> Vec<u8> {
     match format {
+        Format::EtsiXml => super::etsi::render(header, records),
         Format::Json => {
             let rows: Vec<serde_json::Value> = records.iter().map(found_json).collect();
             let mut out = serde_json::to_vec_pretty(&rows).unwrap_or_default();
@@ -483,6 +502,8 @@ pub struct Installation<'a> {
     pub keyring: &'a Keyring,
     pub master: &'a MasterKey,
     pub signer: &'a Ed25519KeyPair,
+    /// The provider's identifier in ETSI exports (`compliance.csp-id`; empty: none).
+    pub csp_id: &'a str,
 }
 
 /// Discloses an approved case to `out` (and its manifest). A case that is not
@@ -525,7 +546,17 @@ pub fn disclose(
     let criteria = ledger.case_criteria(inst.master, case_id)?;
     let d = &case.details;
     let found = collect(inst.store, inst.keyring, &criteria, d.since, d.until)?;
-    let body = render(&found.records, format);
+    if format == Format::EtsiXml && inst.csp_id.trim().is_empty() {
+        return Err(DiscloseError::NoCspId);
+    }
+    let header = super::etsi::Header {
+        country: &d.request.country,
+        organisation: &d.request.organisation,
+        request_number: &d.request.number,
+        csp_id: inst.csp_id,
+        at: now,
+    };
+    let body = render(&found.records, format, &header);
     let tags = case
         .criteria_tags
         .iter()

@@ -2,6 +2,7 @@
 
 pub mod cases;
 pub mod disclosure;
+pub mod etsi;
 pub mod lookup;
 pub mod offboard;
 pub mod officers;

@@ -153,6 +153,7 @@ pub struct ServeConfig {
 pub struct RawCompliance {
     pub four_eyes: bool,
     pub single_operator: bool,
+    pub csp_id: String,
 }
 
 impl Default for RawCompliance {
@@ -160,6 +161,7 @@ impl Default for RawCompliance {
         Self {
             four_eyes: true,
             single_operator: false,
+            csp_id: String::new(),
         }
     }
 }
@@ -203,7 +205,7 @@ pub struct BackupConfig {
 }
 
 /// How cases are decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComplianceConfig {
     /// A case must be approved by an approver other than the officer who opened it.
     /// Off only for a single-officer installation; every change of it is audited.
@@ -213,6 +215,9 @@ pub struct ComplianceConfig {
     /// login, each run audited as a single operator's. Off unless an installation run
     /// by one person says so; every change of it is audited.
     pub single_operator: bool,
+    /// The provider's identifier in ETSI TS 102 657 exports (`cSPID`): the one the
+    /// authorities know it by. Empty: ETSI exports are refused.
+    pub csp_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +350,16 @@ impl RawConfig {
             compliance: ComplianceConfig {
                 four_eyes: self.compliance.four_eyes,
                 single_operator: self.compliance.single_operator,
+                csp_id: {
+                    let id = self.compliance.csp_id.trim();
+                    if id.len() > 256 || id.chars().any(char::is_control) {
+                        return Err(invalid(
+                            "compliance.csp-id",
+                            "at most 256 characters, none of them control characters",
+                        ));
+                    }
+                    id.to_owned()
+                },
             },
             serve: ServeConfig {
                 shutdown_timeout: {
