@@ -662,6 +662,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
                         .collect(),
                 })
             });
+            // Counted once before serve is up, so that /metrics has it from the start.
+            count_overdue(&config, clock.as_ref(), &metrics).await;
             tasks.push(spawn_overdue_count(
                 &config,
                 clock.clone(),
@@ -746,38 +748,44 @@ fn spawn_refusal_flush(
     })
 }
 
-/// At start-up and every minute, how many data subjects' requests are open past their
-/// deadline, for `/metrics` (a count only).
+/// How many data subjects' requests are open past their deadline, into `/metrics` (a
+/// count only).
+async fn count_overdue(config: &Config, clock: &dyn crate::clock::Clock, metrics: &Metrics) {
+    let (ledger, today) = (config.store.clone(), clock.now().date_naive());
+    let counted = tokio::task::spawn_blocking(move || {
+        crate::ledger::Ledger::open_store(&ledger)
+            .map_err(crate::compliance::requests::RequestError::from)?
+            .overdue_requests(today)
+    })
+    .await;
+    match counted {
+        Ok(Ok(n)) => {
+            metrics
+                .subject_requests_overdue
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "overdue subject requests not counted; tried again in a minute")
+        }
+        Err(e) => tracing::error!(error = %e, "counting overdue subject requests failed"),
+    }
+}
+
+/// Every minute after start-up, [`count_overdue`].
 fn spawn_overdue_count(
     config: &Config,
     clock: SharedClock,
     metrics: Arc<Metrics>,
     mut shutdown: shutdown::Shutdown,
 ) -> tokio::task::JoinHandle<()> {
-    let ledger = config.store.clone();
+    let config = config.clone();
     tokio::spawn(async move {
         loop {
-            let (ledger, today) = (ledger.clone(), clock.now().date_naive());
-            let counted = tokio::task::spawn_blocking(move || {
-                crate::ledger::Ledger::open_store(&ledger)
-                    .map_err(crate::compliance::requests::RequestError::from)?
-                    .overdue_requests(today)
-            })
-            .await;
-            match counted {
-                Ok(Ok(n)) => {
-                    metrics
-                        .subject_requests_overdue
-                        .set(i64::try_from(n).unwrap_or(i64::MAX));
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "overdue subject requests not counted; tried again in a minute")
-                }
-                Err(_) => {}
-            }
             tokio::select! {
                 _ = shutdown.wait() => break,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+                    count_overdue(&config, clock.as_ref(), &metrics).await;
+                }
             }
         }
     })

@@ -810,7 +810,8 @@ async fn a_flood_of_refused_calls_is_turned_away_and_audited_as_one_entry() {
 /// Subject requests have a deadline: one month from receipt, extended once to three.
 /// Past it a request is overdue: in `subject request list` at an injected day, in
 /// `report cases`, and, with `serve` on a clock 40 days on, in `/metrics` (a count)
-/// and the API; `subject export --request` answers it, late.
+/// and the API; `subject export --request` answers one on the command line and one,
+/// late, through the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subject_requests_have_deadlines_and_overdue_ones_show_everywhere() {
     let today = chrono::Utc::now().date_naive();
@@ -914,6 +915,30 @@ async fn subject_requests_have_deadlines_and_overdue_ones_show_everywhere() {
             report["subject_requests"]["overdue"].as_u64().unwrap() >= 1,
             "{report}"
         );
+
+        // Request 2 answered on the command line: its subject's export, and it closes.
+        let out_file = config.with_file_name("subject-2.json");
+        let (ok, out) = cli_with_input(
+            config,
+            &[
+                "subject",
+                "export",
+                "--purpose",
+                "subject-access",
+                "--request",
+                "2",
+                "--officer",
+                "anna",
+                "--totp",
+                &totp_now(&seed),
+                "--out",
+                out_file.to_str().unwrap(),
+            ],
+            "anna-long-password\n",
+        );
+        assert!(ok && out.contains("subject request 2 answered"), "{out}");
+        let export: Value = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+        assert_eq!(export["subject"]["kind"], "email", "{export}");
     })
     .await;
 
@@ -935,7 +960,7 @@ async fn subject_requests_have_deadlines_and_overdue_ones_show_everywhere() {
         .expect(StatusCode::OK);
     assert_eq!(listed["overdue"], 1, "{listed}");
     assert_eq!(listed["requests"][0]["state"], "overdue");
-    assert_eq!(listed["requests"][1]["state"], "open");
+    assert_eq!(listed["requests"][1]["state"], "answered");
     assert_eq!(listed["today"], in_40_days.to_string());
 
     // The export answers request 1 (late), and only once.
@@ -955,17 +980,17 @@ async fn subject_requests_have_deadlines_and_overdue_ones_show_everywhere() {
             .unwrap()
             .contains("was answered")
     );
-    // Naming another subject than the request's: refused.
-    let other = json!({"request": 2, "recipient": "+31600000000", "purpose": "subject-access"});
+    // A request and a subject at once: refused (one subject, as on the command line).
+    let both = json!({"request": 1, "recipient": "+31600000000", "purpose": "subject-access"});
     let r = s
         .admin
-        .post("/api/v1/subject-exports", &anna, Some(other))
+        .post("/api/v1/subject-exports", &anna, Some(both))
         .await;
     assert!(
         r.expect(StatusCode::BAD_REQUEST)["error"]
             .as_str()
             .unwrap()
-            .contains("not request 2")
+            .contains("one of recipient, email or request")
     );
     let listed = s
         .admin
@@ -981,8 +1006,12 @@ async fn subject_requests_have_deadlines_and_overdue_ones_show_everywhere() {
         (of("subject.request.open"), of("subject.request.extend")),
         (2, 1)
     );
-    let export = actions.iter().find(|(a, _)| a == "subject.export").unwrap();
-    assert_eq!(export.1["details"]["request"], 1, "{:?}", export.1);
+    let answered: Vec<&Value> = actions
+        .iter()
+        .filter(|(a, _)| a == "subject.export")
+        .map(|(_, v)| &v["details"]["request"])
+        .collect();
+    assert_eq!(answered, [2, 1], "the command line's, then the API's");
     assert!(
         !actions
             .iter()

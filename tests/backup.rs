@@ -56,6 +56,34 @@ fn wrapped_keys(ledger: &Path) -> Vec<Vec<u8>> {
         .unwrap()
 }
 
+/// `backup::restore` as of `at` (the command line restores as of now), with the
+/// installation's own ledger and keys.
+fn restore_at(
+    config: &Config,
+    archive: &Path,
+    into: &Path,
+    at: chrono::DateTime<Utc>,
+) -> relaylog::store::backup::Restored {
+    off_runtime(|| {
+        let mut ledger = relaylog::ledger::Ledger::open_store(&config.store).unwrap();
+        let master = relaylog::store::keys::MasterKey::load(&config.store.master_key).unwrap();
+        let public_key =
+            relaylog::store::integrity::load_public_key(&config.store.signing_key).unwrap();
+        relaylog::store::backup::restore(
+            &config.store,
+            config.backup.retention,
+            &mut ledger,
+            &master,
+            &public_key,
+            archive,
+            into,
+            "test",
+            at,
+        )
+        .unwrap()
+    })
+}
+
 const OLD_NUMBER: &str = "+31687654321";
 
 #[tokio::test]
@@ -210,26 +238,9 @@ async fn a_backup_made_under_load_restores_verified_and_is_unreadable_once_shred
     assert!(!ok && out.contains("exists"), "{out}");
 
     // Four days on, the old day is past retention: not restored, nor its keys, and
-    // the restored ledger accounts for it with a certificate.
+    // the restored ledger names it left out.
     let later = dir.path().join("restored-later");
-    let restored_later = off_runtime(|| {
-        let mut ledger = relaylog::ledger::Ledger::open_store(&config.store).unwrap();
-        let master = relaylog::store::keys::MasterKey::load(&config.store.master_key).unwrap();
-        let public_key =
-            relaylog::store::integrity::load_public_key(&config.store.signing_key).unwrap();
-        relaylog::store::backup::restore(
-            &config.store,
-            config.backup.retention,
-            &mut ledger,
-            &master,
-            &public_key,
-            &archive,
-            &later,
-            "test",
-            now + Duration::days(4),
-        )
-        .unwrap()
-    });
+    let restored_later = restore_at(&config, &archive, &later, now + Duration::days(4));
     assert_eq!(restored_later.left_out, [old]);
     assert_eq!(restored_later.partitions.len(), 1);
     assert!(!old.path_in(&later.join("store")).exists());
@@ -273,6 +284,33 @@ async fn a_backup_made_under_load_restores_verified_and_is_unreadable_once_shred
     assert!(!ok && out.contains("holds no key for it"), "{out}");
     assert!(!dir.path().join("through-copy").exists());
 
+    // What a legal hold keeps past retention is restored past it too.
+    let held = dir.path().join("restored-held");
+    let hold = relaylog::ledger::Hold {
+        case: "NL-7".into(),
+        since: old.start_micros(),
+        until: old.end_micros(),
+        reason: "production order".into(),
+        placed_at: now.timestamp_micros(),
+        placed_by: "test".into(),
+    };
+    off_runtime(|| {
+        relaylog::ledger::Ledger::open_store(&config.store)
+            .unwrap()
+            .add_hold(&hold)
+            .unwrap()
+    });
+    let restored_held = restore_at(&config, &archive, &held, now + Duration::days(4));
+    off_runtime(|| {
+        relaylog::ledger::Ledger::open_store(&config.store)
+            .unwrap()
+            .release("NL-7", now.timestamp_micros(), "test")
+            .unwrap()
+    });
+    assert!(restored_held.left_out.is_empty());
+    assert!(restored_held.partitions.contains(&old));
+    assert!(old.path_in(&held.join("store")).exists());
+
     // A damaged archive restores nothing.
     let mut bytes = std::fs::read(&archive).unwrap();
     let middle = bytes.len() / 2;
@@ -310,10 +348,17 @@ async fn a_backup_made_under_load_restores_verified_and_is_unreadable_once_shred
         actions,
         [
             "backup.create",
+            "backup.restore.start",
             "backup.restore",
+            "backup.restore.start",
             "backup.restore",
             "backup.create",
+            "backup.restore.start",
             "backup.restore",
+            "backup.restore.start",
+            "backup.restore",
+            // The damaged archive's: begun, not finished.
+            "backup.restore.start",
             "backup.shred",
             "backup.shred"
         ]

@@ -274,94 +274,87 @@ async fn every_expired_day_has_a_signed_certificate_and_every_day_is_accounted_f
         "{out}"
     );
 
-    // The report, as of the expiry: nothing past retention kept, the oldest record
-    // on 2025-10-05; its certificates verify with the public key alone.
-    let report = common::cli_ok(
-        &config,
-        &[
-            "report",
-            "retention",
-            "--json",
-            "--now",
-            "2026-11-05T12:00:00Z",
-        ],
-    );
-    let signed: relaylog::compliance::retention::SignedReport =
-        serde_json::from_str(&report).unwrap();
-    let report = &signed.report;
-    assert_eq!(report.oldest_partition.as_deref(), Some("2025-10-05"));
-    assert_eq!(
-        report.oldest_record.as_deref(),
-        Some("2025-10-05T12:00:00.000000Z")
-    );
-    assert!(report.nothing_older_in_store && report.overdue.is_empty());
-    assert!(report.nothing_older_in_backups && report.unshredded_backups.is_empty());
-    assert_eq!((report.certificates.len(), report.problems.len()), (4, 0));
-    assert_eq!(report.removed_under_certificate, 4);
-    let write = |name: &str, r: &relaylog::compliance::retention::SignedReport| {
+    // Expiry as of today (the days ending before 13 months ago go too), then the
+    // report: nothing past retention kept, the oldest record that of the oldest day
+    // left; signed, it and its certificates check out with the public key alone.
+    common::cli_ok(&config, &["expire"]);
+    let left = partitions(&cfg);
+    let public_key = dir.path().join("keys/signing.key.pub");
+    let report = |name: &str| {
         let file = dir.path().join(name);
-        std::fs::write(&file, serde_json::to_vec(r).unwrap()).unwrap();
+        common::cli_ok(
+            &config,
+            &["report", "retention", "--out", &file.display().to_string()],
+        );
         file
     };
-    let public_key = dir.path().join("keys/signing.key.pub");
     let verify_retention = |file: &Path, key: &Path| {
         let (file, key) = (file.display().to_string(), key.display().to_string());
         common::cli(&config, &["verify-retention", &file, "--public-key", &key])
     };
-    let (ok, out) = verify_retention(&write("retention.json", &signed), &public_key);
+    let clean = report("retention.json");
+    let parsed: relaylog::compliance::retention::RetentionReport =
+        serde_json::from_slice(&std::fs::read(&clean).unwrap()).unwrap();
+    assert_eq!(parsed.oldest_partition, left.first().map(|p| p.to_string()));
+    assert!(parsed.nothing_older_in_store && parsed.overdue.is_empty());
+    assert!(parsed.nothing_older_in_backups && parsed.unshredded_backups.is_empty());
+    assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+    assert_eq!(parsed.certificates.len() + left.len(), 400);
+    assert_eq!(parsed.removed_under_certificate, parsed.certificates.len());
+    let (ok, out) = verify_retention(&clean, &public_key);
     assert!(
-        ok && out.contains("report signature ok; 4 deletion certificate(s) checked; 0 failure(s)"),
+        ok && out.contains(&format!(
+            "report signature ok; {} deletion certificate(s) checked; 0 failure(s)",
+            parsed.certificates.len()
+        )),
         "{out}"
     );
     // Another installation's key does not verify it.
     let other = dir.path().join("other.key");
     relaylog::store::integrity::create_signing_key(&other).unwrap();
     let other_pub = relaylog::store::integrity::public_key_path(&other);
-    let (ok, out) = verify_retention(&write("retention.json.2", &signed), &other_pub);
-    assert!(!ok && out.contains("signed by a key not given"), "{out}");
+    let (ok, out) = verify_retention(&clean, &other_pub);
+    assert!(!ok && out.contains("signature does not verify"), "{out}");
     // Changed after it was made (a certificate, or a claim): its signature fails.
-    let mut forged = signed.clone();
-    forged.report.certificates[1].certificate = forged.report.certificates[1]
-        .certificate
-        .replace("\"records\":1", "\"records\":0");
-    let (ok, out) = verify_retention(&write("forged.json", &forged), &public_key);
-    assert!(
-        !ok && out.contains("the report's signature does not verify"),
-        "{out}"
-    );
-    let mut claimed = signed.clone();
-    claimed.report.oldest_partition = Some("2025-11-01".into());
-    let (ok, out) = verify_retention(&write("claimed.json", &claimed), &public_key);
-    assert!(
-        !ok && out.contains("the report's signature does not verify"),
-        "{out}"
-    );
+    let original = std::fs::read_to_string(&clean).unwrap();
+    for (from, to) in [
+        ("\\\"records\\\":1", "\\\"records\\\":0"),
+        ("\"overdue\": []", "\"overdue\": [ ]"),
+    ] {
+        assert!(original.contains(from), "{from} in {original}");
+        std::fs::write(&clean, original.replacen(from, to, 1)).unwrap();
+        let (ok, out) = verify_retention(&clean, &public_key);
+        assert!(!ok && out.contains("signature does not verify"), "{out}");
+    }
 
-    // A day removed by hand, with no certificate: damage.
-    let tenth = PartitionId::of_date(Granularity::Day, date(2025, 10, 10));
+    // A day removed by hand, with no certificate: damage, in `verify` and in a
+    // report made now, which does not pass the auditor's check.
+    let Some(&newest) = left.last() else {
+        return; // every day of the fill is past retention by now
+    };
     match common::database(dir.path()) {
         Some(_) => common::tamper(
             dir.path(),
             common::Stored::Ledger,
             "",
-            "DELETE FROM partition WHERE name = '2025-10-10'",
+            &format!("DELETE FROM partition WHERE name = '{newest}'"),
         ),
-        None => std::fs::remove_file(tenth.path_in(&cfg.path)).unwrap(),
+        None => std::fs::remove_file(newest.path_in(&cfg.path)).unwrap(),
     }
     let (ok, out) = common::cli(&config, &["verify"]);
     assert!(!ok, "{out}");
     assert!(
-        out.contains("2025-10-10  DAMAGED  missing: registered in the audit log, but neither present nor removed under a deletion certificate"),
+        out.contains(&format!("{newest}  DAMAGED  missing: registered in the audit log, but neither present nor removed under a deletion certificate")),
         "{out}"
     );
-    // A report made now says so, signed: it does not pass the auditor's check.
-    let damaged = common::cli_ok(&config, &["report", "retention", "--json"]);
-    let damaged: relaylog::compliance::retention::SignedReport =
-        serde_json::from_str(&damaged).unwrap();
-    let (ok, out) = verify_retention(&write("damaged.json", &damaged), &public_key);
-    assert!(!ok && out.contains("FAILED  2025-10-10: missing"), "{out}");
+    let (ok, out) = verify_retention(&report("damaged.json"), &public_key);
+    assert!(
+        !ok && out.contains(&format!("FAILED  {newest}: missing")),
+        "{out}"
+    );
 
-    // A certificate edited in the ledger: damage too.
+    // A certificate edited in the ledger: damage too, and a failure of the signed
+    // report's certificate check.
     let edit = "UPDATE deletion SET certificate = replace(certificate, '\"records\":1', '\"records\":0') \
                 WHERE partition = '2025-10-03'";
     common::tamper(dir.path(), common::Stored::Ledger, edit, edit);
@@ -371,6 +364,11 @@ async fn every_expired_day_has_a_signed_certificate_and_every_day_is_accounted_f
         out.contains(
             "2025-10-03  DAMAGED  deletion certificate invalid: its signature does not verify"
         ),
+        "{out}"
+    );
+    let (ok, out) = verify_retention(&report("edited.json"), &public_key);
+    assert!(
+        !ok && out.contains("FAILED  2025-10-03: its signature does not verify"),
         "{out}"
     );
     // And a certificate taken out of the ledger leaves its day unaccounted for.

@@ -794,13 +794,15 @@ async fn subject_export(
     who: Authed,
     Body(form): Body<SubjectForm>,
 ) -> Result<Response, ApiError> {
+    // One subject: a number, an address, or a recorded request's (as on the command
+    // line).
     let subject = match (&form.recipient, &form.email, form.request) {
-        (Some(n), None, _) => Some(criterion(IdentifierKind::Recipient, n, &api.numbers)?),
-        (None, Some(e), _) => Some(criterion(IdentifierKind::Email, e, &api.numbers)?),
+        (Some(n), None, None) => Some(criterion(IdentifierKind::Recipient, n, &api.numbers)?),
+        (None, Some(e), None) => Some(criterion(IdentifierKind::Email, e, &api.numbers)?),
         (None, None, Some(_)) => None,
         _ => {
             return Err(ApiError::bad_request(
-                "give one of recipient or email, or a request",
+                "give one of recipient, email or request",
             ));
         }
     };
@@ -1083,17 +1085,11 @@ async fn list_subject_requests(
 ) -> Result<Json<Value>, ApiError> {
     blocking(move || {
         let (requests, today) = api.subject_requests(&who)?;
-        let mut overdue = 0;
-        let rows: Vec<Value> = requests
+        let overdue = requests
             .iter()
-            .map(|r| {
-                let state = r.state(today);
-                overdue += usize::from(state == RequestState::Overdue);
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                v["state"] = serde_json::to_value(state).unwrap_or_default();
-                v
-            })
-            .collect();
+            .filter(|r| r.state(today) == RequestState::Overdue)
+            .count();
+        let rows: Vec<Value> = requests.iter().map(|r| r.view(today)).collect();
         Ok(Json(
             json!({"today": today.to_string(), "overdue": overdue, "requests": rows}),
         ))

@@ -253,11 +253,13 @@ pub enum ReportCommand {
     /// why, every partition accounted for, and the deletion certificates with the keys
     /// that verify them (check them with `relaylog verify-retention`).
     Retention {
-        #[arg(long)]
+        /// The report as JSON on standard output (unsigned).
+        #[arg(long, conflicts_with = "out")]
         json: bool,
-        /// As of this time (RFC 3339 or date) instead of now, as `expire --now`.
+        /// Write the report to FILE (JSON) signed with the installation's key
+        /// (FILE.sig), for `relaylog verify-retention`. Never overwrites.
         #[arg(long)]
-        now: Option<String>,
+        out: Option<PathBuf>,
     },
 }
 
@@ -283,7 +285,8 @@ pub enum RequestCommand {
         recipient: Option<String>,
         #[arg(long)]
         email: Option<String>,
-        /// The day the request was received (YYYY-MM-DD).
+        /// The day the request was received (YYYY-MM-DD, a UTC date as every date of
+        /// a request).
         #[arg(long)]
         received: String,
         #[command(flatten)]
@@ -727,14 +730,7 @@ pub(super) fn subject_request(config: &Config, command: &RequestCommand) -> Resu
             .date_naive();
             let list = ledger.requests()?;
             if *json {
-                let rows: Vec<serde_json::Value> = list
-                    .iter()
-                    .map(|r| {
-                        let mut v = serde_json::to_value(r).unwrap_or_default();
-                        v["state"] = serde_json::to_value(r.state(today)).unwrap_or_default();
-                        v
-                    })
-                    .collect();
+                let rows: Vec<serde_json::Value> = list.iter().map(|r| r.view(today)).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 for r in &list {
@@ -984,7 +980,11 @@ pub(super) fn audit(config: &Config, command: &AuditCommand) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn report_retention(config: &Config, json: bool, now: Option<&str>) -> Result<()> {
+pub(super) fn report_retention(
+    config: &Config,
+    json: bool,
+    out: Option<&std::path::Path>,
+) -> Result<()> {
     let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
     // On SQLite only the public key is needed; on PostgreSQL the master key decides
     // which nodes' keys are trusted.
@@ -997,34 +997,38 @@ pub(super) fn report_retention(config: &Config, json: bool, now: Option<&str>) -
         Err(e @ keys::KeyError::DirectoryWritable { .. }) => return Err(e.into()),
         Err(_) => None,
     };
-    let now = match now {
-        Some(t) => super::parse_time(t, false)?,
-        None => SystemClock.now(),
-    };
-    let key = crate::store::integrity::load_signing_key(&config.store.signing_key)
-        .context("the report is signed with the installation's signing key")?;
+    let now = SystemClock.now();
     let report =
         crate::compliance::retention::report(&config.store, &ledger, keyring.as_ref(), now)?;
     ledger.audit(
-        SystemClock.now_micros(),
+        now.timestamp_micros(),
         &actor(),
         "report.retention",
         serde_json::json!({
-            "as_of": report.generated_at,
             "certificates": report.certificates.len(),
             "problems": report.problems.len(),
         }),
     )?;
-    let text = report.to_text();
-    let signed = report.sign(&key);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&signed)?);
-    } else {
-        print!("{text}");
-        println!(
-            "(signed by the key with SHA-256 {}; `--json` gives the signed report for `relaylog verify-retention`)",
-            signed.key_fingerprint
-        );
+    match (json, out) {
+        (_, Some(file)) => {
+            let key = crate::store::integrity::load_signing_key(&config.store.signing_key)
+                .context("the report is signed with the installation's signing key")?;
+            let (bytes, signature) = report.signed(&key);
+            let sig = crate::compliance::disclosure::signature_path(file);
+            crate::compliance::disclosure::write_new(file, &bytes)?;
+            if let Err(e) = crate::compliance::disclosure::write_new(&sig, signature.as_bytes()) {
+                let _ = std::fs::remove_file(file);
+                return Err(e.into());
+            }
+            println!(
+                "retention report written to {} and signed ({}); check it with `relaylog verify-retention {} --public-key signing.key.pub`",
+                file.display(),
+                sig.display(),
+                file.display()
+            );
+        }
+        (true, None) => println!("{}", serde_json::to_string_pretty(&report)?),
+        (false, None) => print!("{}", report.to_text()),
     }
     Ok(())
 }
@@ -1035,10 +1039,31 @@ pub(super) fn verify_retention(
     public_keys: &[std::path::PathBuf],
 ) -> Result<()> {
     use crate::compliance::retention;
-    let text = std::fs::read_to_string(report)
-        .with_context(|| format!("cannot read {}", report.display()))?;
+    let bytes =
+        std::fs::read(report).with_context(|| format!("cannot read {}", report.display()))?;
+    let sig = crate::compliance::disclosure::signature_path(report);
+    let signature = std::fs::read_to_string(&sig)
+        .with_context(|| format!("cannot read the report's signature {}", sig.display()))?;
     let keys = retention::read_keys(public_keys)?;
-    let check = retention::check_report(&text, &keys)?;
+    let check = retention::check_report(&bytes, &signature, &keys)?;
+    let r = &check.report;
+    println!(
+        "report of {} (retention {}): oldest record held {}",
+        r.generated_at,
+        r.retention,
+        r.oldest_record.as_deref().unwrap_or("none")
+    );
+    for c in &r.restored_copies {
+        let state = if c.finished {
+            "restored"
+        } else {
+            "restore begun, not finished"
+        };
+        println!(
+            "note: backup {} {state} into {} on {} (a copy this store's expiry does not reach)",
+            c.backup, c.into, c.at
+        );
+    }
     for f in &check.failures {
         println!("FAILED  {f}");
     }

@@ -106,8 +106,8 @@ pub enum Command {
         #[arg(long)]
         public_key: Option<PathBuf>,
     },
-    /// Check the deletion certificates of a retention report (`report retention
-    /// --json`) with the installation's public key(s) alone.
+    /// Check a signed retention report (`report retention --out FILE`, with FILE.sig
+    /// beside it) and its deletion certificates with the public key(s) alone.
     VerifyRetention {
         report: PathBuf,
         /// `signing.key.pub` (on PostgreSQL, each node's: give it once per node).
@@ -297,8 +297,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     }
                     Ok(())
                 }
-                Command::Report(ReportCommand::Retention { json, now }) => {
-                    report_retention(&config, *json, now.as_deref())
+                Command::Report(ReportCommand::Retention { json, out }) => {
+                    report_retention(&config, *json, out.as_deref())
                 }
                 Command::Subject(SubjectCommand::Export(a)) => subject_export(&config, a),
                 Command::Subject(SubjectCommand::Request(r)) => subject_request(&config, r),

@@ -293,7 +293,8 @@ pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
     let mut ledger = crate::ledger::Ledger::open_store(&config.store)?;
     // A dry run changes nothing, the audit log's register included.
     // Neither step is a reason to keep partitions past retention: a failure is said,
-    // and expiry goes on.
+    // expiry goes on, and the command fails at its end.
+    let mut unfinished = None;
     if !args.dry_run {
         match ledger.shred_backups(config.backup.retention, now, &actor()) {
             Ok(ids) => {
@@ -301,7 +302,10 @@ pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
                     println!("backup {id}: key shredded, no copy of it can be read");
                 }
             }
-            Err(e) => eprintln!("warning: backups' keys not shredded: {e}"),
+            Err(e) => {
+                eprintln!("warning: backups' keys not shredded: {e}");
+                unfinished = Some(e.to_string());
+            }
         }
         match crate::store::deletion::register(
             &config.store,
@@ -365,6 +369,9 @@ pub(super) fn expire(config: &Config, args: &ExpireArgs) -> Result<()> {
     }
     for (p, records) in &plan.expire {
         println!("removed  {p} ({records} records), keys shredded, deletion certificate filed");
+    }
+    if let Some(e) = unfinished {
+        bail!("expiry done, but backups due were not shredded: {e}");
     }
     Ok(())
 }
@@ -540,6 +547,11 @@ pub(super) fn backup(config: &Config, command: &BackupCommand) -> Result<()> {
                 made.sha256,
                 made.shred_at.format("%Y-%m-%d")
             );
+            for p in &made.damaged {
+                eprintln!(
+                    "warning: partition {p} is not in the backup: within retention but without its keys, or gone (run `relaylog verify`)"
+                );
+            }
         }
         BackupCommand::List { json } => {
             let backups = ledger.backups()?;

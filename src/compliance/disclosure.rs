@@ -521,6 +521,10 @@ pub fn disclose(
     now: Micros,
 ) -> Result<Disclosure, DiscloseError> {
     purpose.must_be(Purpose::LawfulRequest, "a disclosure")?;
+    // Before anything is read: a refused ETSI export must not have decrypted records.
+    if format == Format::EtsiXml && inst.csp_id.trim().is_empty() {
+        return Err(DiscloseError::NoCspId);
+    }
     let case = ledger.case(case_id)?;
     if case.state != State::Approved {
         let e = CaseError::WrongState {
@@ -546,9 +550,6 @@ pub fn disclose(
     let criteria = ledger.case_criteria(inst.master, case_id)?;
     let d = &case.details;
     let found = collect(inst.store, inst.keyring, &criteria, d.since, d.until)?;
-    if format == Format::EtsiXml && inst.csp_id.trim().is_empty() {
-        return Err(DiscloseError::NoCspId);
-    }
     let header = super::etsi::Header {
         country: &d.request.country,
         organisation: &d.request.organisation,
@@ -593,7 +594,7 @@ pub fn disclose(
         "purpose": purpose,
     });
     write_signed(inst, out, &body, &manifest, || {
-        ledger.audit(now, &officer.name, "case.disclose", details)
+        Ok(ledger.audit(now, &officer.name, "case.disclose", details)?)
     })
 }
 
@@ -630,13 +631,12 @@ fn write_signed(
     out: &Path,
     body: &[u8],
     manifest: &Manifest,
-    audit: impl FnOnce() -> Result<i64, crate::ledger::LedgerError>,
+    audit: impl FnOnce() -> Result<i64, DiscloseError>,
 ) -> Result<Disclosure, DiscloseError> {
     let manifest_file = manifest_path(out);
     let sig_file = signature_path(&manifest_file);
     write_new(out, body)?;
-    let written = write_manifest(inst, &manifest_file, manifest)
-        .and_then(|()| audit().map(|_| ()).map_err(DiscloseError::from));
+    let written = write_manifest(inst, &manifest_file, manifest).and_then(|()| audit().map(|_| ()));
     if let Err(e) = written {
         for p in [out, manifest_file.as_path(), sig_file.as_path()] {
             let _ = std::fs::remove_file(p);
@@ -779,8 +779,8 @@ pub fn subject_export(
         "request": request,
     });
     write_signed(inst, out, &body, &manifest, || match request {
-        Some(id) => ledger.audit_answer(id, now, &officer.name, details),
-        None => ledger.audit(now, &officer.name, "subject.export", details),
+        Some(id) => Ok(ledger.audit_answer(id, now, &officer.name, details)?),
+        None => Ok(ledger.audit(now, &officer.name, "subject.export", details)?),
     })
 }
 

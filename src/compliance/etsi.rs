@@ -25,8 +25,8 @@
 //! to the microsecond, is in `otherInformation` as `time`. A value in
 //! `otherInformation` has `%`, `"`, `;` and control characters percent-encoded, so that
 //! the `"key"="value";` form importers split on stays whole. Element text is escaped
-//! as XML requires (control characters, which XML 1.0 cannot carry and canonical
-//! numbers and addresses never hold, percent-encoded).
+//! as XML requires, with `%`, control characters and the characters XML 1.0 cannot
+//! carry (U+FFFE, U+FFFF) percent-encoded (an address can hold any of them).
 
 use crate::clock::{Micros, micros_to_datetime};
 use crate::export::found_json;
@@ -137,7 +137,7 @@ fn record(x: &mut Xml, number: usize, f: &Found) {
     }
     x.close("recordPayload");
     x.open("additionalInformation");
-    x.leaf("otherInformation", &other_information(f));
+    x.encoded_leaf("otherInformation", &other_information(f));
     x.close("additionalInformation");
     x.close("ResponseRecord");
 }
@@ -164,11 +164,17 @@ fn other_information(f: &Found) -> String {
     out
 }
 
-/// `s` with `specials` and control characters percent-encoded (UTF-8 bytes).
+/// Characters XML 1.0 cannot carry at all, even escaped (outside its `Char`
+/// production), and control characters (which it could, invisibly).
+fn unfit(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+}
+
+/// `s` with `specials` and [`unfit`] characters percent-encoded (UTF-8 bytes).
 fn percent(s: &str, specials: &[char]) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c.is_control() || specials.contains(&c) {
+        if unfit(c) || specials.contains(&c) {
             let mut buf = [0u8; 4];
             for b in c.encode_utf8(&mut buf).bytes() {
                 out += &format!("%{b:02X}");
@@ -217,30 +223,40 @@ impl Xml {
         self.depth -= 1;
     }
 
+    /// An element holding `text`, percent-encoded where [`escape`] says.
     fn leaf(&mut self, name: &str, text: &str) {
+        self.encoded_leaf(name, &percent(text, &['%']));
+    }
+
+    /// An element holding `text` percent-encoded already (only markup is escaped).
+    fn encoded_leaf(&mut self, name: &str, text: &str) {
         self.depth += 1;
         self.indent();
-        self.out += &format!("<{name}>{}</{name}>\n", escape(text));
+        self.out += &format!("<{name}>{}</{name}>\n", markup(text));
         self.depth -= 1;
     }
 }
 
-/// Text as XML element content: markup characters escaped, control characters
-/// (which XML 1.0 cannot carry; canonical numbers and addresses have none)
-/// percent-encoded.
-fn escape(s: &str) -> String {
+/// Element content: the characters markup gives meaning to escaped (quotes need
+/// none there, and stay readable in `otherInformation`).
+fn markup(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in percent(s, &[]).chars() {
+    for c in s.chars() {
         match c {
             '&' => out += "&amp;",
             '<' => out += "&lt;",
             '>' => out += "&gt;",
-            '"' => out += "&quot;",
-            '\'' => out += "&apos;",
             c => out.push(c),
         }
     }
     out
+}
+
+/// Text as element content: `%` and [`unfit`] characters percent-encoded (so that
+/// the encoding can be undone), then markup escaped.
+#[cfg(test)]
+fn escape(s: &str) -> String {
+    markup(&percent(s, &['%']))
 }
 
 #[cfg(test)]
@@ -248,11 +264,71 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hostile_values_stay_in_their_element_and_their_pair() {
+        use crate::canonical::{Form, Identifier};
+        use crate::record::{Protocol, SubmissionId};
+        use crate::store::codec::SealedFields;
+        let f = Found {
+            partition: crate::store::partition::PartitionId::containing(
+                crate::config::Granularity::Day,
+                0,
+            ),
+            node: 0,
+            record_id: 1,
+            submission: SubmissionId(1),
+            ordinal: 0,
+            at: 0,
+            protocol: Protocol::Http,
+            service: Service::Sms,
+            segments: 1,
+            fields: SealedFields {
+                account: "a\";\"outcome\"=\"x</otherInformation><x>".into(),
+                client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                client_port: 1,
+                originator: None,
+                recipient: Identifier {
+                    form: Form::Raw,
+                    value: "<&\u{FFFF}>".into(),
+                },
+                smpp: None,
+            },
+            outcome: None,
+            receipt: None,
+        };
+        let xml = String::from_utf8(render(
+            &Header {
+                country: "NL",
+                organisation: "OM",
+                request_number: "1",
+                csp_id: "CSP",
+                at: 0,
+            },
+            &[f],
+        ))
+        .unwrap();
+        assert!(
+            xml.contains("<partyNumber>&lt;&amp;%EF%BF%BF&gt;</partyNumber>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<partyNumber></partyNumber>"),
+            "no originator: {xml}"
+        );
+        assert!(
+            xml.contains(
+                "\"account\"=\"a%22%3B%22outcome%22=%22x&lt;/otherInformation&gt;&lt;x&gt;\";"
+            ),
+            "{xml}"
+        );
+        assert_eq!(xml.matches("<otherInformation>").count(), 1);
+    }
+
+    #[test]
     fn times_and_escapes() {
         let at = chrono::DateTime::parse_from_rfc3339("2026-12-05T14:30:00.123456Z").unwrap();
         assert_eq!(generalized_time(at.timestamp_micros()), "20261205143000Z");
-        assert_eq!(escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
-        assert_eq!(escape("50%\u{1}"), "50%%01");
+        assert_eq!(escape("a<b>&\"c'"), "a&lt;b&gt;&amp;\"c'");
+        assert_eq!(escape("50%\u{1}\u{FFFF}"), "50%25%01%EF%BF%BF");
         assert_eq!(percent("x\"y;z%", &['%', '"', ';']), "x%22y%3Bz%25");
     }
 }

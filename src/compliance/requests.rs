@@ -43,10 +43,10 @@ pub enum RequestError {
     TooLate { id: i64, deadline: NaiveDate },
     #[error("an extension needs a reason (at most {MAX_REASON} characters)")]
     Reason,
-    #[error("the export's subject is not request {0}'s")]
-    OtherSubject(i64),
     #[error("a request's subject is a recipient number or an e-mail address")]
     Kind,
+    #[error("subject request {0}: its sealed subject does not read back: {1}")]
+    Sealed(i64, String),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -97,6 +97,13 @@ fn date<S: serde::Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl SubjectRequest {
+    /// The request as listed (command line, API): its fields and its state `today`.
+    pub fn view(&self, today: NaiveDate) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("a request serialises");
+        v["state"] = serde_json::to_value(self.state(today)).expect("a state serialises");
+        v
+    }
+
     pub fn state(&self, today: NaiveDate) -> RequestState {
         match self.answered_us {
             Some(at) if crate::clock::micros_to_datetime(at).date_naive() > self.deadline => {
@@ -109,13 +116,23 @@ impl SubjectRequest {
     }
 }
 
-/// The deadline of a request received on `received`: one month on (the same date of
-/// the next month, or that month's last day when it has no such date).
+/// The deadline of a request received on `received` (a UTC date, as every date of a
+/// request): one month on (the same date of the next month, or that month's last day
+/// when it has no such date); extended, two months more.
 pub fn deadline(received: NaiveDate, extended: bool) -> NaiveDate {
-    let months = ANSWER_MONTHS + if extended { EXTENSION_MONTHS } else { 0 };
-    received
-        .checked_add_months(Months::new(months))
-        .unwrap_or(NaiveDate::MAX)
+    let after = |d: NaiveDate, months| {
+        d.checked_add_months(Months::new(months))
+            .unwrap_or(NaiveDate::MAX)
+    };
+    let first = after(received, ANSWER_MONTHS);
+    match extended {
+        false => first,
+        // Two further months from the first deadline, and no later than three from
+        // receipt (31 January: 28 February, then 28 April, not 30 April).
+        true => {
+            after(first, EXTENSION_MONTHS).min(after(received, ANSWER_MONTHS + EXTENSION_MONTHS))
+        }
+    }
 }
 
 pub fn parse_date(s: &str) -> Result<NaiveDate, RequestError> {
@@ -192,7 +209,7 @@ impl Ledger {
             )
             .and_then(|r| r.int(0))
             .map_err(db(&path))?;
-        let plain = serde_json::to_vec(subject).unwrap_or_default();
+        let plain = serde_json::to_vec(subject).expect("an identifier serialises");
         let sealed = master.seal_secret(&subject_context(id), &plain)?;
         tx.execute(
             "UPDATE subject_request SET subject = ?1 WHERE id = ?2",
@@ -285,18 +302,14 @@ impl Ledger {
             .collect()
     }
 
-    /// How many requests are open past their deadline on `today`.
+    /// How many requests are open past their deadline on `today` (by
+    /// [`SubjectRequest::state`], the one definition of overdue).
     pub fn overdue_requests(&self, today: NaiveDate) -> Result<u64, RequestError> {
-        let path = self.path.clone();
-        let n = self
-            .db()
-            .query_one(
-                "SELECT count(*) FROM subject_request WHERE answered_at IS NULL AND deadline < ?1",
-                &[&today.to_string()],
-            )
-            .and_then(|r| r.int(0))
-            .map_err(db(&path))?;
-        Ok(n.max(0) as u64)
+        Ok(self
+            .requests()?
+            .iter()
+            .filter(|r| r.state(today) == RequestState::Overdue)
+            .count() as u64)
     }
 
     /// The subject of an open request, unsealed, for its export.
@@ -318,7 +331,7 @@ impl Ledger {
         }
         let sealed = row.blob(0).map_err(db(&path))?;
         let plain = master.open_secret(&subject_context(id), &sealed)?;
-        serde_json::from_slice(&plain).map_err(|_| RequestError::Key(KeyError::Open))
+        serde_json::from_slice(&plain).map_err(|e| RequestError::Sealed(id, e.to_string()))
     }
 
     /// Appends the export's audit entry and closes request `id` in one transaction
@@ -329,24 +342,25 @@ impl Ledger {
         at: Micros,
         officer: &str,
         details: serde_json::Value,
-    ) -> Result<i64, LedgerError> {
-        let err = sql_err(&self.path);
+    ) -> Result<i64, RequestError> {
+        let path = self.path.clone();
         let mut conn = self.db();
-        let mut tx = conn.begin().map_err(err)?;
+        let mut tx = conn.begin().map_err(db(&path))?;
         let closed = tx
             .execute(
                 "UPDATE subject_request SET answered_at = ?1, answered_by = ?2 WHERE id = ?3 AND answered_at IS NULL",
                 &[&at, &officer, &id],
             )
-            .map_err(err)?;
+            .map_err(db(&path))?;
         if closed != 1 {
-            return Err(LedgerError::Sql {
-                path: self.path.clone(),
-                message: format!("subject request {id} was answered meanwhile"),
+            return Err(RequestError::Closed {
+                id,
+                on: "a moment ago, by another export".into(),
             });
         }
-        let seq = Ledger::append(&mut tx, at, officer, "subject.export", &details).map_err(err)?;
-        tx.commit().map_err(err)?;
+        let seq =
+            Ledger::append(&mut tx, at, officer, "subject.export", &details).map_err(db(&path))?;
+        tx.commit().map_err(db(&path))?;
         Ok(seq)
     }
 }
@@ -360,12 +374,45 @@ mod tests {
     }
 
     #[test]
-    fn one_month_from_receipt_and_three_when_extended() {
+    fn one_month_from_receipt_and_two_more_when_extended() {
         assert_eq!(deadline(d(2026, 3, 15), false), d(2026, 4, 15));
         // No 31 February: the month's last day.
         assert_eq!(deadline(d(2026, 1, 31), false), d(2026, 2, 28));
         assert_eq!(deadline(d(2028, 1, 31), false), d(2028, 2, 29));
+        // Two months from the first deadline, never later than three from receipt.
+        assert_eq!(deadline(d(2026, 1, 31), true), d(2026, 4, 28));
         assert_eq!(deadline(d(2026, 11, 30), true), d(2027, 2, 28));
         assert_eq!(deadline(d(2026, 12, 6), true), d(2027, 3, 6));
+    }
+
+    #[test]
+    fn answered_on_the_deadline_is_in_time_and_a_day_later_is_late() {
+        let at = |y, m, day| {
+            chrono::NaiveDate::from_ymd_opt(y, m, day)
+                .unwrap()
+                .and_hms_opt(23, 59, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp_micros()
+        };
+        let mut r = SubjectRequest {
+            id: 1,
+            kind: "recipient",
+            tag: "t".into(),
+            received: d(2026, 1, 10),
+            deadline: d(2026, 2, 10),
+            extension_reason: None,
+            opened_by: "anna".into(),
+            opened_at: String::new(),
+            answered_at: None,
+            answered_us: None,
+            answered_by: None,
+        };
+        assert_eq!(r.state(d(2026, 2, 10)), RequestState::Open);
+        assert_eq!(r.state(d(2026, 2, 11)), RequestState::Overdue);
+        r.answered_us = Some(at(2026, 2, 10));
+        assert_eq!(r.state(d(2026, 3, 1)), RequestState::Answered);
+        r.answered_us = Some(at(2026, 2, 11));
+        assert_eq!(r.state(d(2026, 3, 1)), RequestState::AnsweredLate);
     }
 }

@@ -3,9 +3,10 @@
 //! retention are still kept and why (legal holds), the backups still readable, whether
 //! every partition on record is accounted for (present, or removed under a deletion
 //! certificate), and lists the certificates with the public keys that verify them.
-//! The report is signed with the installation's key (over [`REPORT_DOMAIN`] and the
-//! report's JSON), so that an auditor checks it, and every certificate in it, with
-//! that key alone: `relaylog verify-retention REPORT --public-key KEY`.
+//! `--out FILE` writes it signed with the installation's key (`FILE.sig`: Ed25519 over
+//! [`REPORT_DOMAIN`] and the file's exact bytes), so that an auditor checks it, and
+//! every certificate in it, with that key alone: `relaylog verify-retention FILE
+//! --public-key KEY`.
 
 use std::path::Path;
 
@@ -21,23 +22,15 @@ use crate::store::expiry::past_retention;
 use crate::store::keys::{Keyring, hex, sha256_hex, unhex};
 use crate::store::partition::PartitionId;
 
-/// What a report's signature covers, ahead of the report's JSON.
+/// What a report's signature covers, ahead of the report file's exact bytes.
 pub const REPORT_DOMAIN: &[u8] = b"relaylog retention report v1\n";
 
-/// A report as `report retention --json` prints it: the report, and the signature
-/// over its JSON (`serde_json::to_string(&report)`, the bytes a verifier makes again
-/// from the parsed report).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SignedReport {
-    pub report: RetentionReport,
-    /// SHA-256 of the public key that verifies `signature`.
-    pub key_fingerprint: String,
-    pub signature: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct RetentionReport {
     pub generated_at: String,
+    /// SHA-256 of the public key whose signature (`FILE.sig`) covers the report.
+    pub signed_by: String,
     pub retention: String,
     /// Records older than this are past retention.
     pub cutoff: String,
@@ -55,6 +48,9 @@ pub struct RetentionReport {
     pub unshredded_backups: Vec<ReportBackup>,
     /// No unshredded backup holds a partition that is past retention by now.
     pub nothing_older_in_backups: bool,
+    /// Directories backups were restored into (or a restore began in): copies of
+    /// traffic data this store's expiry does not reach.
+    pub restored_copies: Vec<crate::store::backup::RestoredCopy>,
     /// The first partition on record, and how every one from it is accounted for.
     pub accounted_from: Option<String>,
     pub removed_under_certificate: usize,
@@ -177,6 +173,7 @@ pub fn report(
         .collect();
     Ok(RetentionReport {
         generated_at: rfc3339(now.timestamp_micros()),
+        signed_by: String::new(),
         retention: cfg.retention.to_string(),
         cutoff: rfc3339(cfg.retention.cutoff(now).timestamp_micros()),
         oldest_record: oldest.map(|(_, at)| rfc3339(at)),
@@ -184,6 +181,7 @@ pub fn report(
         partitions_present: present.len(),
         nothing_older_in_store: overdue.is_empty(),
         nothing_older_in_backups: !unshredded_backups.iter().any(|b| b.holds_past_retention),
+        restored_copies: ledger.restored_copies()?,
         unshredded_backups,
         held,
         overdue,
@@ -341,52 +339,61 @@ impl RetentionReport {
 }
 
 impl RetentionReport {
-    /// The report signed with `key` (the installation's, or this node's).
-    pub fn sign(self, key: &Ed25519KeyPair) -> SignedReport {
-        let signature = key.sign(&signed_bytes(&self)).as_ref().to_vec();
-        SignedReport {
-            report: self,
-            key_fingerprint: sha256_hex(key.public_key().as_ref()),
-            signature: hex(&signature),
-        }
+    /// The report as a file, signed with `key` (the installation's, or this node's):
+    /// its bytes (pretty JSON) and the signature over [`REPORT_DOMAIN`] and them, as
+    /// hex with a newline (`FILE.sig`).
+    pub fn signed(mut self, key: &Ed25519KeyPair) -> (Vec<u8>, String) {
+        self.signed_by = sha256_hex(key.public_key().as_ref());
+        let mut bytes = serde_json::to_vec_pretty(&self).expect("a report serialises");
+        bytes.push(b'\n');
+        let signature = key.sign(&signed_bytes(&bytes));
+        (bytes, format!("{}\n", hex(signature.as_ref())))
     }
 }
 
-fn signed_bytes(report: &RetentionReport) -> Vec<u8> {
+fn signed_bytes(file: &[u8]) -> Vec<u8> {
     let mut m = REPORT_DOMAIN.to_vec();
-    m.extend_from_slice(
-        serde_json::to_string(report)
-            .expect("a report serialises")
-            .as_bytes(),
-    );
+    m.extend_from_slice(file);
     m
 }
 
 /// What checking a report with public keys alone found.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ReportCheck {
+    pub report: RetentionReport,
     pub certificates: usize,
-    /// Why the report does not show the promise kept: a signature that does not
-    /// verify, or what the report itself says is wrong.
+    /// Why the report does not show the promise kept: a certificate that does not
+    /// verify, or what the report itself states is wrong.
     pub failures: Vec<String>,
 }
 
-/// Checks a report (as `report retention --json` wrote it) with `public_keys` alone:
-/// its own signature, every certificate's signature and that each partition had
-/// ended before the cutoff it was removed under; then what the signed report states
-/// (problems, partitions past retention kept but not held, a broken audit log).
-pub fn check_report(text: &str, public_keys: &[Vec<u8>]) -> Result<ReportCheck, CheckError> {
-    let signed: SignedReport =
-        serde_json::from_str(text).map_err(|e| CheckError::Malformed(e.to_string()))?;
+/// Checks a report file and its signature (as `report retention --out` wrote them)
+/// with `public_keys` alone: the signature over the file's exact bytes; every
+/// certificate's signature, and that each partition had ended before the cutoff it
+/// was removed under, by its removal's time and by its signing's; then what the
+/// signed report states (problems, partitions past retention kept but not held,
+/// backups past their shred date still readable, a broken audit log).
+pub fn check_report(
+    file: &[u8],
+    signature_hex: &str,
+    public_keys: &[Vec<u8>],
+) -> Result<ReportCheck, CheckError> {
+    let signature = unhex(signature_hex.trim()).ok_or(CheckError::Signature)?;
     let key = public_keys
         .iter()
-        .find(|k| sha256_hex(k) == signed.key_fingerprint)
-        .ok_or_else(|| CheckError::UnknownKey(signed.key_fingerprint.clone()))?;
-    let signature = unhex(&signed.signature).ok_or(CheckError::Signature)?;
-    UnparsedPublicKey::new(&ED25519, key)
-        .verify(&signed_bytes(&signed.report), &signature)
-        .map_err(|_| CheckError::Signature)?;
-    let report = &signed.report;
+        .find(|k| {
+            UnparsedPublicKey::new(&ED25519, k)
+                .verify(&signed_bytes(file), &signature)
+                .is_ok()
+        })
+        .ok_or(CheckError::Signature)?;
+    let report: RetentionReport =
+        serde_json::from_slice(file).map_err(|e| CheckError::Malformed(e.to_string()))?;
+    if report.signed_by != sha256_hex(key) {
+        return Err(CheckError::Malformed(
+            "it names another key than the one its signature verifies with".into(),
+        ));
+    }
     let keys: Vec<TrustedKey> = public_keys
         .iter()
         .map(|k| TrustedKey {
@@ -394,12 +401,10 @@ pub fn check_report(text: &str, public_keys: &[Vec<u8>]) -> Result<ReportCheck, 
             public_key: k.clone(),
         })
         .collect();
-    let mut out = ReportCheck::default();
+    let mut failures = Vec::new();
     for c in &report.certificates {
-        out.certificates += 1;
         let Some(signature) = unhex(&c.signature) else {
-            out.failures
-                .push(format!("{}: the signature is not hex", c.partition));
+            failures.push(format!("{}: the signature is not hex", c.partition));
             continue;
         };
         let stored = StoredCertificate {
@@ -408,35 +413,51 @@ pub fn check_report(text: &str, public_keys: &[Vec<u8>]) -> Result<ReportCheck, 
             signature,
         };
         if let Err(e) = deletion::check(&stored, &keys) {
-            out.failures.push(format!("{}: {e}", c.partition));
+            failures.push(format!("{}: {e}", c.partition));
         }
     }
-    out.failures.extend(
+    failures.extend(
         report
             .problems
             .iter()
             .map(|p| format!("{}: {}", p.partition, p.problem)),
     );
-    out.failures.extend(
+    failures.extend(
         report
             .overdue
             .iter()
             .map(|p| format!("{p}: past retention and held by nothing, still kept")),
     );
+    failures.extend(
+        report
+            .unshredded_backups
+            .iter()
+            .filter(|b| b.shred_at <= report.generated_at)
+            .map(|b| {
+                format!(
+                    "backup {}: past its shred date ({}), its key not shredded",
+                    b.id, b.shred_at
+                )
+            }),
+    );
     if !report.audit_log_intact {
-        out.failures
+        failures
             .push("the audit log is broken: the register of partitions cannot be trusted".into());
     }
-    Ok(out)
+    Ok(ReportCheck {
+        certificates: report.certificates.len(),
+        report,
+        failures,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("not a signed retention report: {0}")]
+    #[error("not a retention report: {0}")]
     Malformed(String),
-    #[error("the report is signed by a key not given (fingerprint {0})")]
-    UnknownKey(String),
-    #[error("the report's signature does not verify: it was changed after it was made")]
+    #[error(
+        "the report's signature does not verify with the keys given: it was changed after it was made, or another installation made it"
+    )]
     Signature,
 }
 

@@ -351,11 +351,14 @@ impl RawConfig {
                 four_eyes: self.compliance.four_eyes,
                 single_operator: self.compliance.single_operator,
                 csp_id: {
+                    // ASN.1 PrintableString, as the ETSI header's cSPID is.
                     let id = self.compliance.csp_id.trim();
-                    if id.len() > 256 || id.chars().any(char::is_control) {
+                    let printable =
+                        |c: char| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c);
+                    if id.len() > 256 || !id.chars().all(printable) {
                         return Err(invalid(
                             "compliance.csp-id",
-                            "at most 256 characters, none of them control characters",
+                            "at most 256 characters, each a letter, a digit, a space or one of '()+,-./:=?",
                         ));
                     }
                     id.to_owned()

@@ -371,6 +371,10 @@ impl Ledger {
         // officer's secrets, do not linger in free pages.
         conn.pragma_update(None, "secure_delete", "ON")
             .map_err(err)?;
+        // And the write-ahead log is cut back to nothing after each checkpoint, so
+        // that old frames (a backup's key before it was shredded) do not outlive it.
+        conn.pragma_update(None, "journal_size_limit", 0)
+            .map_err(err)?;
         conn.execute_batch(DDL).map_err(err)?;
         migrate(&mut conn).map_err(err)?;
         Ok(Ledger {

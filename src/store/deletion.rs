@@ -7,13 +7,13 @@
 //!   the cutoff and the time its keys were shredded. The certificate is a JSON
 //!   document signed with the installation's Ed25519 key (on PostgreSQL, the expiring
 //!   node's), over [`CERTIFICATE_DOMAIN`] followed by the document's exact bytes.
-//! - **The register.** Every partition a store holds is named once in the hash-chained
+//! - **The register.** Every partition a store holds is named in the hash-chained
 //!   audit log (`partition.register`; two nodes at once may both name one), by `serve`
 //!   (at start-up and every
 //!   `store.expire-interval`) and by `relaylog expire`, before anything is removed.
-//!   A partition on record is then either present, or removed under a valid
-//!   certificate: one gone without a certificate is damage, and a day never
-//!   registered had no partition (nothing was recorded that day).
+//!   A partition on record is then present, removed under a valid certificate, or
+//!   (in a store a restore made) named left out by that restore: one gone otherwise
+//!   is damage, and a day never registered had no partition (nothing was recorded).
 //!
 //! Order, for crash safety (see `expiry::remove_certified`): the facts are read from
 //! the partition, its keys shredded, the certificate written, then its file or tables
@@ -80,7 +80,11 @@ pub struct Certificate {
     pub heads: Vec<CertifiedHead>,
     pub retention: String,
     pub cutoff: String,
+    /// The time of the run that removed it (`expire --now` may say another).
     pub shredded_at: String,
+    /// When it was signed, by the clock: a partition not past retention by then was
+    /// removed early, whatever time the run was told it was.
+    pub signed_at: String,
     /// PostgreSQL: the node that removed it and signed this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -109,7 +113,7 @@ pub enum CertificateError {
     #[error("it certifies partition {certified}, but is filed under {filed}")]
     Misfiled { certified: String, filed: String },
     #[error(
-        "it does not show the partition past retention when removed (it ends {until}, the cutoff was {cutoff})"
+        "it does not show the partition past retention when removed, by the run's time or the clock's when it was signed (it ends {until}, the run's cutoff was {cutoff})"
     )]
     Early { until: String, cutoff: String },
 }
@@ -193,9 +197,14 @@ pub fn check(
             filed: stored.partition.clone(),
         });
     }
-    let time = |s: &str| DateTime::parse_from_rfc3339(s).ok();
-    match (time(&cert.until), time(&cert.cutoff)) {
-        (Some(until), Some(cutoff)) if until <= cutoff => Ok(cert),
+    // Past retention when removed: by the run's time, and by the clock's when it was
+    // signed (a run told a later time than it was removes early).
+    let time = |s: &str| DateTime::parse_from_rfc3339(s).ok().map(|t| t.to_utc());
+    let by_the_clock = Retention::parse(&cert.retention)
+        .zip(time(&cert.signed_at))
+        .map(|(r, at)| r.cutoff(at));
+    match (time(&cert.until), time(&cert.cutoff), by_the_clock) {
+        (Some(until), Some(cutoff), Some(clock)) if until <= cutoff && until <= clock => Ok(cert),
         _ => Err(CertificateError::Early {
             until: cert.until,
             cutoff: cert.cutoff,
@@ -344,7 +353,7 @@ impl Signer {
         })
     }
 
-    /// The certificate of `p`'s removal, signed: (document, signature).
+    /// The certificate of `p`'s removal, signed now: (document, signature).
     pub fn certify(
         &self,
         p: PartitionId,
@@ -352,6 +361,18 @@ impl Signer {
         retention: Retention,
         cutoff: DateTime<Utc>,
         shredded_at: DateTime<Utc>,
+    ) -> (String, Vec<u8>) {
+        self.certify_at(p, facts, retention, cutoff, shredded_at, Utc::now())
+    }
+
+    fn certify_at(
+        &self,
+        p: PartitionId,
+        facts: Facts,
+        retention: Retention,
+        cutoff: DateTime<Utc>,
+        shredded_at: DateTime<Utc>,
+        signed_at: DateTime<Utc>,
     ) -> (String, Vec<u8>) {
         let cert = Certificate {
             certificate: VERSION.to_owned(),
@@ -366,6 +387,7 @@ impl Signer {
             retention: retention.to_string(),
             cutoff: rfc3339(cutoff.timestamp_micros()),
             shredded_at: rfc3339(shredded_at.timestamp_micros()),
+            signed_at: rfc3339(signed_at.timestamp_micros()),
             node: self.node.clone(),
             key_fingerprint: sha256_hex(self.key.public_key().as_ref()),
         };
@@ -469,7 +491,10 @@ impl Ledger {
         let mut out = BTreeSet::new();
         for r in rows {
             let details = r.text(0).map_err(err)?;
-            out.extend(named_partitions(&details).unwrap_or_default());
+            out.extend(named_partitions(&details).ok_or_else(|| LedgerError::Sql {
+                path: self.path.clone(),
+                message: format!("a restore's left-out entry names no partitions: {details}"),
+            })?);
         }
         Ok(out)
     }
@@ -731,7 +756,7 @@ mod tests {
 
     fn certificate(s: &Signer, p: PartitionId, rows_found: bool) -> StoredCertificate {
         let at = Utc.with_ymd_and_hms(2027, 3, 1, 0, 0, 0).unwrap();
-        let (document, signature) = s.certify(
+        let (document, signature) = s.certify_at(
             p,
             Facts {
                 records: 3,
@@ -741,6 +766,7 @@ mod tests {
             },
             Retention::Months(13),
             Retention::Months(13).cutoff(at),
+            at,
             at,
         );
         StoredCertificate {
@@ -864,6 +890,23 @@ mod tests {
         let early = certificate(&s, march, true);
         assert!(matches!(
             check(&early, std::slice::from_ref(&key)),
+            Err(CertificateError::Early { .. })
+        ));
+        // A run told a later time than the clock's (`expire --now` ahead): early too.
+        let (told, clock) = (
+            Utc.with_ymd_and_hms(2027, 3, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap(),
+        );
+        let r = Retention::Months(13);
+        let (document, signature) =
+            s.certify_at(day(1), Facts::default(), r, r.cutoff(told), told, clock);
+        let ahead = StoredCertificate {
+            partition: day(1).to_string(),
+            document,
+            signature,
+        };
+        assert!(matches!(
+            check(&ahead, std::slice::from_ref(&key)),
             Err(CertificateError::Early { .. })
         ));
         let record = OnRecord {

@@ -74,6 +74,12 @@ fn record_count(path: &Path) -> u64 {
     .unwrap_or(0)
 }
 
+/// Is partition `p` past retention at `now` with no legal hold among `holds` keeping
+/// it: what expiry removes, and what backups and restores leave out.
+pub fn expired(cfg: &StoreConfig, holds: &[Hold], p: PartitionId, now: DateTime<Utc>) -> bool {
+    past_retention(cfg.retention, p, now) && !holds.iter().any(|h| h.covers(p))
+}
+
 /// Is the whole of partition `p` older than `now − retention`?
 pub fn past_retention(
     retention: crate::config::Retention,
@@ -241,33 +247,35 @@ pub fn execute(
     };
     let mut done = Vec::new();
     let mut failure = None;
-    // Loaded before anything is removed: a key that cannot sign stops the run.
-    let signer = match plan.expire.is_empty() {
-        true => None,
-        false => Some(Signer::load(cfg)?),
-    };
-    let cutoff = plan.cutoff.unwrap_or_else(|| cfg.retention.cutoff(now));
-    // (The signer is there whenever there is something to remove.)
-    for (&(p, records), signer) in plan.expire.iter().zip(signer.iter().cycle()) {
-        // A hold placed since the plan was made (on another node, or while an earlier
-        // partition took its time) keeps the partition: read again before each.
-        if ledger.holds()?.iter().any(|h| h.covers(p)) {
-            tracing::info!(partition = %p, "held since expiry was planned: kept");
-            continue;
-        }
-        match remove_certified(cfg, keyring, ledger, signer, cutoff, p, now) {
-            Ok(certificate) => {
-                tracing::info!(partition = %p, records, "expired: partition removed, keys shredded, deletion certificate filed");
-                done.push(serde_json::json!({
-                    "partition": p.to_string(),
-                    "records": records,
-                    "certificate_sha256": certificate,
-                }));
-                progress(p);
+    if !plan.expire.is_empty() {
+        // Loaded before anything is removed: a key that cannot sign stops the run.
+        let signer = Signer::load(cfg)?;
+        let cutoff = plan.cutoff.unwrap_or_else(|| cfg.retention.cutoff(now));
+        for &(p, records) in &plan.expire {
+            // A hold placed since the plan was made (on another node, or while an
+            // earlier partition took its time) keeps the partition: read again before
+            // each.
+            if ledger.holds()?.iter().any(|h| h.covers(p)) {
+                tracing::info!(partition = %p, "held since expiry was planned: kept");
+                continue;
             }
-            Err(e) => {
-                failure = Some(e);
-                break;
+            match remove_certified(cfg, keyring, ledger, &signer, cutoff, p, now) {
+                Ok(certificate) => {
+                    tracing::info!(partition = %p, records, "expired: partition removed, keys shredded, deletion certificate filed");
+                    done.push(serde_json::json!({
+                        "partition": p.to_string(),
+                        "records": records,
+                        "certificate_sha256": certificate,
+                    }));
+                    progress(p);
+                }
+                // One partition that cannot go now (busy, a file that will not be
+                // removed) keeps no other past retention: the rest go on, and the
+                // first error is returned at the end (the next run tries it again).
+                Err(e) => {
+                    tracing::error!(partition = %p, error = %e, "not expired this run");
+                    failure.get_or_insert(e);
+                }
             }
         }
     }

@@ -9,12 +9,12 @@ use super::BackupError;
 use crate::store::partition::PartitionId;
 
 /// SQLite's online backup of `from` into `dst`, in one step (a read transaction:
-/// writers go on meanwhile; one holding a lock at that moment is waited for, 5 s at
-/// most).
+/// writers go on meanwhile; one holding a lock at that moment is waited for, about
+/// 5 s in all).
 fn online_copy(from: &Path, dst: &mut Connection) -> rusqlite::Result<()> {
     use rusqlite::backup::StepResult;
     let src = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    src.busy_timeout(std::time::Duration::from_secs(5))?;
+    src.busy_timeout(std::time::Duration::from_millis(50))?;
     let backup = rusqlite::backup::Backup::new(&src, dst)?;
     for _ in 0..100 {
         match backup.step(-1)? {
@@ -28,15 +28,29 @@ fn online_copy(from: &Path, dst: &mut Connection) -> rusqlite::Result<()> {
     ))
 }
 
+/// Empties every backup's key in a ledger file, and leaves no free page holding one.
+pub(super) fn scrub_in_place(ledger: &Path) -> rusqlite::Result<()> {
+    let conn = Connection::open(ledger)?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.execute("UPDATE backup SET wrapped_key = X''", [])?;
+    conn.execute_batch("VACUUM")
+}
+
 /// A copy of the ledger for an archive, without any backup's key: a backup's key
 /// lives only in the ledger that made it, so that shredding it there leaves no copy
-/// that opens the archive (or an older one). Copied into memory, the keys emptied
-/// there, and written out compacted (no free page keeps a key).
-pub(super) fn scrubbed_ledger(from: &Path, to: &Path) -> rusqlite::Result<()> {
-    let mut mem = Connection::open_in_memory()?;
-    online_copy(from, &mut mem)?;
-    mem.execute("UPDATE backup SET wrapped_key = X''", [])?;
-    mem.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
+/// that opens the archive (or an older one). Copied to `scratch` (in the run's
+/// private directory), the keys emptied there, and written to `to` compacted (no free
+/// page keeps a key); `scratch` is removed.
+pub(super) fn scrubbed_ledger(from: &Path, scratch: &Path, to: &Path) -> rusqlite::Result<()> {
+    {
+        let mut conn = Connection::open(scratch)?;
+        online_copy(from, &mut conn)?;
+        conn.pragma_update(None, "journal_mode", "DELETE")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.execute("UPDATE backup SET wrapped_key = X''", [])?;
+        conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
+    }
+    let _ = std::fs::remove_file(scratch);
     Ok(())
 }
 
@@ -75,20 +89,25 @@ fn trim(conn: &rusqlite::Connection, records: i64, outcomes: i64) -> rusqlite::R
     }
     if taken > 0 {
         for table in ["ix_account", "ix_ip", "ix_originator", "ix_recipient"] {
-            let rows: Vec<(i64, i64, i64, Vec<u8>)> = tx
-                .prepare(&format!("SELECT bucket, tag, first, ids FROM {table}"))?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut ids = Vec::new();
-            for (bucket, tag, first, blob) in rows {
-                ids.clear();
-                if crate::store::postings::decode(&blob, &mut ids).is_err() {
-                    // Left as it is: `verify` and the queries report a malformed list.
-                    continue;
+            // Only the lists that name a record taken out are held, not the table.
+            let mut touched: Vec<(i64, i64, i64, Vec<i64>)> = Vec::new();
+            {
+                let mut stmt =
+                    tx.prepare(&format!("SELECT bucket, tag, first, ids FROM {table}"))?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let blob: Vec<u8> = r.get(3)?;
+                    let mut ids = Vec::new();
+                    // A malformed list is left as it is: `verify` and queries report it.
+                    if crate::store::postings::decode(&blob, &mut ids).is_err()
+                        || ids.last().is_none_or(|&last| last <= records)
+                    {
+                        continue;
+                    }
+                    touched.push((r.get(0)?, r.get(1)?, r.get(2)?, ids));
                 }
-                if ids.last().is_none_or(|&last| last <= records) {
-                    continue;
-                }
+            }
+            for (bucket, tag, first, mut ids) in touched {
                 // Only ids past the head go: the row keeps its first id, or goes.
                 ids.retain(|&id| id <= records);
                 let key = "WHERE bucket = ?1 AND tag = ?2 AND first = ?3";

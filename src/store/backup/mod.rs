@@ -45,7 +45,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 
 use self::archive::{Kind, SealedReader, SealedWriter};
-use super::expiry::past_retention;
+use super::expiry::expired;
 use super::keys::{MasterKey, hex};
 use super::partition::{self, PartitionId};
 use crate::clock::Micros;
@@ -107,6 +107,10 @@ pub enum BackupError {
     Verify(String),
     #[error("no randomness for the backup's key")]
     Random,
+    #[error(
+        "restored into {into}, but its audit entry could not be written ({error}); `backup.restore.start` records it"
+    )]
+    RestoredUnaudited { into: PathBuf, error: LedgerError },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -276,13 +280,72 @@ impl Ledger {
     }
 }
 
+/// A directory a backup was restored into, from the audit log.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RestoredCopy {
+    pub backup: String,
+    pub into: String,
+    pub at: String,
+    /// `false`: the restore began and did not finish (its `.restoring` directory
+    /// may be left beside `into`).
+    pub finished: bool,
+}
+
+impl Ledger {
+    /// Every restore begun, with whether it finished, oldest first.
+    pub fn restored_copies(&self) -> Result<Vec<RestoredCopy>, LedgerError> {
+        let err = sql_err(&self.path);
+        let rows = self
+            .db()
+            .query(
+                "SELECT action, at_us, details FROM audit WHERE action IN ('backup.restore.start', 'backup.restore') ORDER BY seq",
+                &[],
+            )
+            .map_err(err)?;
+        let mut out: Vec<RestoredCopy> = Vec::new();
+        for r in rows {
+            let (action, at, details) = (
+                r.text(0).map_err(err)?,
+                r.int(1).map_err(err)?,
+                r.text(2).map_err(err)?,
+            );
+            let v: serde_json::Value = serde_json::from_str(&details).unwrap_or_default();
+            let (backup, into) = (
+                v["backup"].as_str().unwrap_or_default().to_owned(),
+                v["into"].as_str().unwrap_or_default().to_owned(),
+            );
+            match action.as_str() {
+                "backup.restore" => {
+                    if let Some(c) = out
+                        .iter_mut()
+                        .rev()
+                        .find(|c| c.backup == backup && c.into == into && !c.finished)
+                    {
+                        c.finished = true;
+                    }
+                }
+                _ => out.push(RestoredCopy {
+                    backup,
+                    into,
+                    at: rfc3339(at),
+                    finished: false,
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// What `backup create` made.
 #[derive(Debug, Clone)]
 pub struct Created {
     pub id: String,
     pub partitions: usize,
-    /// Left out: past retention and held by nothing, or expiring as it was made.
+    /// Left out: past retention and held by nothing.
     pub left_out: usize,
+    /// Not in the archive though within retention: without keys, or gone (damage
+    /// `verify` reports on the live store too).
+    pub damaged: Vec<PartitionId>,
     pub bytes: u64,
     pub sha256: String,
     pub shred_at: DateTime<Utc>,
@@ -310,6 +373,19 @@ fn beside(path: &Path, what: &str) -> Result<PathBuf, BackupError> {
         .ok_or_else(|| BackupError::NoName(path.to_owned()))?;
     let parent = path.parent().unwrap_or(Path::new(""));
     Ok(parent.join(format!(".{}.{what}", name.to_string_lossy())))
+}
+
+/// A new directory only this user may enter: one that exists (planted, or left by a
+/// run cut short) is refused, never reused.
+fn fresh_private_dir(path: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => BackupError::Leftover(path.to_owned()),
+            _ => io(path)(e),
+        })
 }
 
 fn fail_if_there(path: &Path) -> Result<(), BackupError> {
@@ -381,6 +457,7 @@ pub fn create(
         id: id_hex,
         partitions: written.partitions.len(),
         left_out: written.left_out.len(),
+        damaged: written.damaged.clone(),
         bytes: written.bytes,
         sha256: written.sha256,
         shred_at,
@@ -426,6 +503,7 @@ fn record_backup(
             "backup": id_hex,
             "partitions": n,
             "left_out": w.left_out.len(),
+            "damaged": w.damaged.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "oldest": oldest,
             "newest": newest,
             "bytes": w.bytes,
@@ -442,6 +520,8 @@ fn record_backup(
 struct Written {
     partitions: Vec<PartitionId>,
     left_out: Vec<PartitionId>,
+    /// Within retention but without keys, or registered and gone: not in the archive.
+    damaged: Vec<PartitionId>,
     bytes: u64,
     sha256: String,
 }
@@ -456,7 +536,7 @@ fn write_archive(
     partial: &Path,
     work: &Path,
 ) -> Result<Written, BackupError> {
-    super::keys::create_private_dir(work).map_err(io(work))?;
+    fresh_private_dir(work)?;
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -468,24 +548,23 @@ fn write_archive(
     // The ledger first: every partition its register names is, by the time the
     // partitions are listed, there, or named left out below.
     let ledger_copy = work.join("ledger.sqlite");
-    copy::scrubbed_ledger(&cfg.ledger, &ledger_copy)?;
+    copy::scrubbed_ledger(&cfg.ledger, &work.join("ledger.unscrubbed"), &ledger_copy)?;
     let registered = Ledger::open(&ledger_copy)?.registered()?;
     archive::entry_from_file(&mut sealed, Kind::Ledger, "ledger", &ledger_copy).map_err(w)?;
     std::fs::remove_file(&ledger_copy).map_err(io(&ledger_copy))?;
-    let (mut partitions, mut left_out) = (Vec::new(), Vec::new());
+    let (mut partitions, mut left_out, mut damaged) = (Vec::new(), Vec::new(), Vec::new());
     for p in partition::list(&cfg.path).map_err(io(&cfg.path))? {
+        if expired(cfg, holds, p, now) {
+            left_out.push(p);
+            continue;
+        }
         let keys = cfg.keyring.join(format!("{p}.key"));
-        let expired =
-            past_retention(cfg.retention, p, now) && Hold::cases_holding(holds, p).is_empty();
         let keys = match std::fs::read(&keys) {
-            Ok(k) if !expired => k,
-            Ok(_) => {
-                left_out.push(p);
-                continue;
-            }
-            // Shredded: expiry is removing it; nothing of it could be read anyway.
+            Ok(k) => k,
+            // Within retention without its keys: damage (`verify` says so), not
+            // something to name as left out; the restored store reports it missing.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                left_out.push(p);
+                damaged.push(p);
                 continue;
             }
             Err(e) => return Err(io(&keys)(e)),
@@ -497,14 +576,20 @@ fn write_archive(
         archive::entry(&mut sealed, Kind::Keys, &p.to_string(), &keys).map_err(w)?;
         partitions.push(p);
     }
-    // Registered in the ledger's copy, gone since (expiry, between the two copies).
-    let gone: Vec<PartitionId> = registered
-        .iter()
-        .filter_map(|n| PartitionId::parse(n))
-        .filter(|p| !partitions.contains(p) && !left_out.contains(p))
-        .collect();
-    left_out.extend(gone);
+    // Registered in the ledger's copy and gone since: named left out only when expiry
+    // may have removed it (past retention, held by nothing); else it is damage.
+    for p in registered.iter().filter_map(|n| PartitionId::parse(n)) {
+        if partitions.contains(&p) || left_out.contains(&p) {
+            continue;
+        }
+        match expired(cfg, holds, p, now) {
+            true => left_out.push(p),
+            false if !damaged.contains(&p) => damaged.push(p),
+            false => {}
+        }
+    }
     left_out.sort();
+    damaged.sort();
     for p in &left_out {
         archive::entry(&mut sealed, Kind::LeftOut, &p.to_string(), &[]).map_err(w)?;
     }
@@ -515,6 +600,7 @@ fn write_archive(
     Ok(Written {
         partitions,
         left_out,
+        damaged,
         bytes,
         sha256: hex(&digest),
     })
@@ -581,11 +667,22 @@ pub fn restore(
     }
     let staging = beside(&into, "restoring")?;
     fail_if_there(&staging)?;
+    // Said before anything is decrypted: a restore cut short (its staging directory
+    // left behind) is on record too.
+    ledger.audit(
+        now.timestamp_micros(),
+        actor,
+        "backup.restore.start",
+        serde_json::json!({"backup": id_hex, "into": into.display().to_string()}),
+    )?;
     let mut scratch = Scratch(vec![staging.clone()]);
     let holds = ledger.holds()?;
     let reader = SealedReader::new(inp, &id, created_us, &key);
     let mut restored = unpack(reader, cfg, &holds, &staging, now)?;
     check_staged(&staging, &restored, public_key, now)?;
+    // Archives hold a ledger without backups' keys; emptied again here whatever made
+    // this one, so that no restored copy opens a backup.
+    copy::scrub_in_place(&staging.join("ledger.sqlite"))?;
     name_left_out(&staging, &restored, &id_hex, actor, now)?;
     if into.exists() {
         std::fs::remove_dir(&into).map_err(io(&into))?;
@@ -594,17 +691,22 @@ pub fn restore(
     scratch.0.clear();
     sync_dir_of(&into);
     restored.id = id_hex.clone();
-    ledger.audit(
-        now.timestamp_micros(),
-        actor,
-        "backup.restore",
-        serde_json::json!({
-            "backup": id_hex,
-            "into": into.display().to_string(),
-            "partitions": restored.partitions.len(),
-            "left_out": restored.left_out.len(),
-        }),
-    )?;
+    ledger
+        .audit(
+            now.timestamp_micros(),
+            actor,
+            "backup.restore",
+            serde_json::json!({
+                "backup": id_hex,
+                "into": into.display().to_string(),
+                "partitions": restored.partitions.len(),
+                "left_out": restored.left_out.len(),
+            }),
+        )
+        .map_err(|e| BackupError::RestoredUnaudited {
+            into: into.clone(),
+            error: e,
+        })?;
     Ok(restored)
 }
 
@@ -620,7 +722,7 @@ fn unpack(
     let damaged = BackupError::Damaged;
     let (store, keyring) = (staging.join("store"), staging.join("keyring"));
     for d in [staging, &store, &keyring] {
-        super::keys::create_private_dir(d).map_err(io(d))?;
+        fresh_private_dir(d)?;
     }
     let mut out = Restored::default();
     let mut ledger_seen = false;
@@ -631,9 +733,7 @@ fn unpack(
                 .filter(|p| p.granularity() == cfg.partition)
                 .ok_or_else(|| damaged(format!("`{name}` is not a partition of this store")))
         };
-        let expired = |p: PartitionId| {
-            past_retention(cfg.retention, p, now) && Hold::cases_holding(holds, p).is_empty()
-        };
+        let expired = |p: PartitionId| expired(cfg, holds, p, now);
         let target = match kind {
             Kind::End => break,
             Kind::Ledger if !ledger_seen => {
