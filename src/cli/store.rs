@@ -595,6 +595,12 @@ pub(super) fn backup(config: &Config, command: &BackupCommand) -> Result<()> {
             for p in &restored.left_out {
                 println!("not restored  {p} (past retention, held by nothing), nor its keys");
             }
+            if restored.offboarded_since > 0 {
+                eprintln!(
+                    "warning: {} offboarding(s) since the backup was made (see `audit list`): those accounts' records are back in the restored store; offboard them again there before it serves",
+                    restored.offboarded_since
+                );
+            }
             let d = into.display();
             println!(
                 "backup {} restored into {d}: {} partition(s), every one verified. Point a configuration at it:\n  \

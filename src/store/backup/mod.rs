@@ -614,6 +614,9 @@ pub struct Restored {
     /// Not restored, nor their keys: past retention (by the backup, or by now) and
     /// held by nothing.
     pub left_out: Vec<PartitionId>,
+    /// Accounts offboarded (records erased at contract end) since the backup was
+    /// made: their records are back in the restored store, to be erased there again.
+    pub offboarded_since: usize,
 }
 
 /// Restores backup `file` into the new directory `into` (`store/`, `keyring/`,
@@ -691,6 +694,15 @@ pub fn restore(
     scratch.0.clear();
     sync_dir_of(&into);
     restored.id = id_hex.clone();
+    restored.offboarded_since = ledger
+        .db()
+        .query_one(
+            "SELECT count(*) FROM audit WHERE action = 'account.offboard' AND at_us > ?1",
+            &[&created_us],
+        )
+        .and_then(|r| r.int(0))
+        .map_err(sql_err(&ledger.path))?
+        .max(0) as usize;
     ledger
         .audit(
             now.timestamp_micros(),
@@ -701,6 +713,7 @@ pub fn restore(
                 "into": into.display().to_string(),
                 "partitions": restored.partitions.len(),
                 "left_out": restored.left_out.len(),
+                "offboarded_since": restored.offboarded_since,
             }),
         )
         .map_err(|e| BackupError::RestoredUnaudited {
