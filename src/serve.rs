@@ -726,23 +726,37 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, ServeE
 fn spawn_refusal_flush(
     config: &Config,
     clock: SharedClock,
-    mut shutdown: shutdown::Shutdown,
+    shutdown: shutdown::Shutdown,
 ) -> tokio::task::JoinHandle<()> {
     let ledger = config.store.clone();
+    every_minute(shutdown, move || {
+        let (ledger, now) = (ledger.clone(), clock.now_micros());
+        async move {
+            let flushed = tokio::task::spawn_blocking(move || {
+                crate::ledger::Ledger::open_store(&ledger)?.flush_refusals(now, false)
+            })
+            .await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(error = %e, "refused logins not written to the audit log yet; tried again in a minute");
+            }
+        }
+    })
+}
+
+/// Runs `tick` a minute after start-up and every minute after, until shutdown.
+fn every_minute<F, Fut>(
+    mut shutdown: shutdown::Shutdown,
+    mut tick: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.wait() => break,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
-                    let (ledger, now) = (ledger.clone(), clock.now_micros());
-                    let flushed = tokio::task::spawn_blocking(move || {
-                        crate::ledger::Ledger::open_store(&ledger)?.flush_refusals(now, false)
-                    })
-                    .await;
-                    if let Ok(Err(e)) = flushed {
-                        tracing::warn!(error = %e, "refused logins not written to the audit log yet; tried again in a minute");
-                    }
-                }
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => tick().await,
             }
         }
     })
@@ -776,18 +790,12 @@ fn spawn_overdue_count(
     config: &Config,
     clock: SharedClock,
     metrics: Arc<Metrics>,
-    mut shutdown: shutdown::Shutdown,
+    shutdown: shutdown::Shutdown,
 ) -> tokio::task::JoinHandle<()> {
-    let config = config.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.wait() => break,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
-                    count_overdue(&config, clock.as_ref(), &metrics).await;
-                }
-            }
-        }
+    let config = Arc::new(config.clone());
+    every_minute(shutdown, move || {
+        let (config, clock, metrics) = (config.clone(), clock.clone(), metrics.clone());
+        async move { count_overdue(&config, clock.as_ref(), &metrics).await }
     })
 }
 

@@ -853,6 +853,20 @@ async fn subject_requests_have_deadlines_and_overdue_ones_show_everywhere() {
         );
         assert!(!ok && out.contains("in the future"), "{out}");
 
+        // A reason naming the subject is refused: it would put the address in the
+        // audit log.
+        let (ok, out) = cli(
+            config,
+            &[
+                "subject",
+                "request",
+                "extend",
+                "2",
+                "--reason",
+                "jan@example.org asked twice",
+            ],
+        );
+        assert!(!ok && out.contains("names the subject"), "{out}");
         // Extended once, within the first month, with a reason.
         let out = cli_ok(
             config,

@@ -156,6 +156,25 @@ fn open_case(
     cli_with_input(config, &args, &format!("{officer}-long-password\n"))
 }
 
+/// Approvers anna and bob and officer carl (their TOTP seeds, in that order), and
+/// case 1, opened by anna for `request` over the day of `now`.
+fn officers_and_case(
+    config: &std::path::Path,
+    request: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    identifiers: &[&str],
+) -> [Vec<u8>; 3] {
+    let seeds = [
+        add_officer(config, "anna", "approver"),
+        add_officer(config, "bob", "approver"),
+        add_officer(config, "carl", "officer"),
+    ];
+    let day = now.date_naive().to_string();
+    let (ok, out) = open_case(config, "anna", request, (&day, &day), identifiers);
+    assert!(ok, "{out}");
+    seeds
+}
+
 fn approve_case(config: &std::path::Path, id: i64, officer: &str, code: &str) -> (bool, String) {
     let id = id.to_string();
     cli_with_input(
@@ -323,18 +342,9 @@ async fn an_approved_case_discloses_exactly_its_records_with_a_signed_manifest()
         .unwrap();
     store.close().await;
 
-    let anna = add_officer(&config, "anna", "approver");
-    let bob = add_officer(&config, "bob", "approver");
-    let carl = add_officer(&config, "carl", "officer");
+    let [anna, bob, carl] =
+        officers_and_case(&config, "2026-117", now, &["--recipient", "06 1234 5601"]);
     let day = now.date_naive().to_string();
-    let (ok, out) = open_case(
-        &config,
-        "anna",
-        "2026-117",
-        (&day, &day),
-        &["--recipient", "06 1234 5601"],
-    );
-    assert!(ok, "{out}");
     let export = dir.path().join("case1.json");
     let export_arg = export.to_str().unwrap().to_owned();
     let disclose = |officer: &str, code: &str| {
@@ -1193,18 +1203,12 @@ async fn an_etsi_export_holds_every_record_where_forensic_tools_read_it() {
         .unwrap();
     store.close().await;
 
-    let _anna = add_officer(&config, "anna", "approver");
-    let bob = add_officer(&config, "bob", "approver");
-    let carl = add_officer(&config, "carl", "officer");
-    let day = now.date_naive().to_string();
-    let (ok, out) = open_case(
+    let [_, bob, carl] = officers_and_case(
         &config,
-        "anna",
         "2026-200",
-        (&day, &day),
+        now,
         &["--recipient", "+31612345601", "--email", "bob@example.net"],
     );
-    assert!(ok, "{out}");
     assert!(approve_case(&config, 1, "bob", &totp_now(&bob)).0);
     let export = dir.path().join("case1.xml");
     let disclose = |config: &std::path::Path, code: &str| {

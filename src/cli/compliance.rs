@@ -701,8 +701,10 @@ pub(super) fn subject_request(config: &Config, command: &RequestCommand) -> Resu
                 Role::Officer,
                 "subject.request.extend",
             )?;
+            let master = crate::store::keys::MasterKey::load(&config.store.master_key)?;
             let now = SystemClock.now();
             let deadline = ledger.extend_request(
+                &master,
                 &actor,
                 *id,
                 reason,

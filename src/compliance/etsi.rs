@@ -223,16 +223,20 @@ impl Xml {
         self.depth -= 1;
     }
 
-    /// An element holding `text`, percent-encoded where [`escape`] says.
+    /// An element holding `text`, as [`escape`] writes it.
     fn leaf(&mut self, name: &str, text: &str) {
-        self.encoded_leaf(name, &percent(text, &['%']));
+        self.element(name, &escape(text));
     }
 
     /// An element holding `text` percent-encoded already (only markup is escaped).
     fn encoded_leaf(&mut self, name: &str, text: &str) {
+        self.element(name, &markup(text));
+    }
+
+    fn element(&mut self, name: &str, content: &str) {
         self.depth += 1;
         self.indent();
-        self.out += &format!("<{name}>{}</{name}>\n", markup(text));
+        self.out += &format!("<{name}>{content}</{name}>\n");
         self.depth -= 1;
     }
 }
@@ -254,7 +258,6 @@ fn markup(s: &str) -> String {
 
 /// Text as element content: `%` and [`unfit`] characters percent-encoded (so that
 /// the encoding can be undone), then markup escaped.
-#[cfg(test)]
 fn escape(s: &str) -> String {
     markup(&percent(s, &['%']))
 }

@@ -43,6 +43,10 @@ pub enum RequestError {
     TooLate { id: i64, deadline: NaiveDate },
     #[error("an extension needs a reason (at most {MAX_REASON} characters)")]
     Reason,
+    #[error(
+        "the reason names the subject's number or address: it goes into the audit log, which names subjects by tag only; say why without it"
+    )]
+    ReasonNamesSubject,
     #[error("a request's subject is a recipient number or an e-mail address")]
     Kind,
     #[error("subject request {0}: its sealed subject does not read back: {1}")]
@@ -233,10 +237,13 @@ impl Ledger {
         Ok((id, due))
     }
 
-    /// Extends an open request, once and within its first month, to three months
-    /// from receipt. Returns the new deadline.
+    /// Extends an open request, once and within its first month, by two months (see
+    /// [`deadline`]). Returns the new deadline. The reason goes into the audit log
+    /// and the listing, which name the subject by tag only: one that names the
+    /// subject's number or address is refused.
     pub fn extend_request(
         &mut self,
+        master: &MasterKey,
         officer: &str,
         id: i64,
         reason: &str,
@@ -246,6 +253,11 @@ impl Ledger {
         let reason = reason.trim();
         if reason.is_empty() || reason.chars().count() > MAX_REASON {
             return Err(RequestError::Reason);
+        }
+        let subject = self.request_subject(master, id)?;
+        let (lower, value) = (reason.to_lowercase(), subject.value.to_lowercase());
+        if lower.contains(&value) || lower.contains(value.trim_start_matches('+')) {
+            return Err(RequestError::ReasonNamesSubject);
         }
         let path = self.path.clone();
         let mut conn = self.db();

@@ -132,7 +132,7 @@ impl TrustedKey {
     }
 }
 
-pub use super::keys::sha256_hex;
+use super::keys::sha256_hex;
 
 /// The keys certificates of this store are checked with. On PostgreSQL the master
 /// key (in `keyring`) decides which nodes' keys are trusted.
@@ -458,34 +458,24 @@ impl Ledger {
 
     /// Every partition the audit log's register entries name.
     pub fn registered(&self) -> Result<BTreeSet<String>, LedgerError> {
-        let err = sql_err(&self.path);
-        let rows = self
-            .db()
-            .query(
-                "SELECT details FROM audit WHERE action = ?1 ORDER BY seq",
-                &[&REGISTER],
-            )
-            .map_err(err)?;
-        let mut out = BTreeSet::new();
-        for r in rows {
-            let details = r.text(0).map_err(err)?;
-            out.extend(named_partitions(&details).ok_or_else(|| LedgerError::Sql {
-                path: self.path.clone(),
-                message: format!("a `{REGISTER}` entry names no partitions: {details}"),
-            })?);
-        }
-        Ok(out)
+        self.partitions_named_by(REGISTER)
     }
 
     /// Partitions a restore left out of this (restored) ledger's store: past
     /// retention and held by nothing (see [`super::backup::LEFT_OUT`]).
     pub fn left_out_at_restore(&self) -> Result<BTreeSet<String>, LedgerError> {
+        self.partitions_named_by(super::backup::LEFT_OUT)
+    }
+
+    /// The partitions every audit entry of `action` names; an entry that names none
+    /// is an error (these entries are the accounting's evidence).
+    fn partitions_named_by(&self, action: &str) -> Result<BTreeSet<String>, LedgerError> {
         let err = sql_err(&self.path);
         let rows = self
             .db()
             .query(
                 "SELECT details FROM audit WHERE action = ?1 ORDER BY seq",
-                &[&super::backup::LEFT_OUT],
+                &[&action],
             )
             .map_err(err)?;
         let mut out = BTreeSet::new();
@@ -493,7 +483,7 @@ impl Ledger {
             let details = r.text(0).map_err(err)?;
             out.extend(named_partitions(&details).ok_or_else(|| LedgerError::Sql {
                 path: self.path.clone(),
-                message: format!("a restore's left-out entry names no partitions: {details}"),
+                message: format!("a `{action}` entry names no partitions: {details}"),
             })?);
         }
         Ok(out)

@@ -19,17 +19,12 @@ use rusqlite::OpenFlags;
 
 use super::deletion::{self, Signer};
 use super::keys::{KeyError, Keyring};
-use super::partition::{self, PartitionId};
+use super::partition::PartitionId;
 use crate::config::StoreConfig;
 use crate::ledger::{Hold, Ledger, LedgerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExpiryError {
-    #[error("cannot list {path}: {source}")]
-    List {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
     #[error("cannot remove {path}: {source}")]
     Remove {
         path: std::path::PathBuf,
@@ -47,6 +42,8 @@ pub enum ExpiryError {
     Register(#[from] super::deletion::RegisterError),
     #[error(transparent)]
     Facts(#[from] super::deletion::FactsError),
+    #[error(transparent)]
+    Present(#[from] super::deletion::PresentError),
 }
 
 /// What a run will do (and, after [`execute`], did).
@@ -100,13 +97,7 @@ pub fn plan(
         crate::config::Backend::Sqlite => None,
         crate::config::Backend::Postgres(pg) => Some(crate::pg::Pool::shared(pg)?),
     };
-    let mut candidates = match &pool {
-        None => partition::list(&cfg.path).map_err(|source| ExpiryError::List {
-            path: cfg.path.clone(),
-            source,
-        })?,
-        Some(pool) => crate::pg::schema::partitions(&mut *pool.get()?, cfg.partition)?,
-    };
+    let mut candidates = deletion::present(cfg)?;
     candidates.extend(keyring.partitions()?);
     candidates.sort();
     candidates.dedup();
@@ -182,7 +173,7 @@ fn remove_certified(
             .unwrap_or(document)
     };
     discard(cfg, p)?;
-    Ok(deletion::sha256_hex(filed.as_bytes()))
+    Ok(super::keys::sha256_hex(filed.as_bytes()))
 }
 
 /// The second half of a removal, once the keys are gone: the partition's file (with
